@@ -1,0 +1,61 @@
+# autoextend: `make demo` and `make test` set everything up themselves (Debian 12, root).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := qemu-system-x86 qemu-utils lvm2 libvirt-daemon-system libvirt-dev pkg-config \
+	busybox-static cpio sanlock gcc python3-venv python3-dev util-linux
+APT_STAMP := $(VENV)/.apt-done
+PIP_STAMP := $(VENV)/.pip-done
+GUEST_STAMP := $(VENV)/.guest-done
+PYTEST_ARGS ?=
+
+.PHONY: all setup apt venv guest test unit demo bench lint clean
+
+all: test
+
+setup: apt venv guest
+
+# apt: install only what is missing, so a second run costs one dpkg query.
+apt: $(APT_STAMP)
+$(APT_STAMP):
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+venv: $(PIP_STAMP)
+$(PIP_STAMP): pyproject.toml $(APT_STAMP) | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,dev]'
+	touch $@
+
+# The lab guest (Debian cloud kernel + busybox initramfs), cached under /var/cache/autoextend.
+guest: $(GUEST_STAMP)
+$(GUEST_STAMP): $(PIP_STAMP) $(wildcard autoextend/lab/*.py)
+	$(BIN)/autoextend lab build-guest
+	touch $@
+
+test: setup
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/autoextend demo
+
+bench: setup
+	$(BIN)/python -m bench.run_all
+
+lint: venv
+	$(BIN)/ruff check autoextend tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

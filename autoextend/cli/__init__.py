@@ -1,0 +1,1 @@
+"""The ``autoextend`` command line: one module per command group."""
