@@ -45,3 +45,12 @@ class ServiceNotRunning(AutoextendError):
         self.path = path
         self.reason = reason
         super().__init__(f"autoextend service is not running (control socket {path}: {reason})")
+
+
+class NotSpmError(AutoextendError):
+    """An SPM-only action was attempted without a valid SPM lease (never held, or it may
+    have expired: the holder fences itself before any other host could take over)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"not SPM: {reason}")
