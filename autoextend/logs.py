@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, Literal, TextIO
 
 import structlog
@@ -20,7 +21,7 @@ LEVELS = ("debug", "info", "warning", "error")
 STANDARD_KEYS = ("vm", "drive", "volume", "host_id", "request_id", "duration_s")
 
 
-def _round_durations(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _round_durations(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     value = event.get("duration_s")
     if isinstance(value, float):
         event["duration_s"] = round(value, 6)
@@ -55,7 +56,7 @@ def configure(level: str = "info", fmt: LogFormat = "auto", stream: TextIO | Non
     )
 
 
-def _identity(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _identity(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     return event
 
 

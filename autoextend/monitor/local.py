@@ -1,0 +1,33 @@
+"""The local extender: extend through the volume backend on this host (single-host mode).
+
+Extend the volume to at least the size asked, make this host see the new size (refresh), and
+report the size it now sees. Expected failures come back as outcomes, not exceptions.
+"""
+
+from __future__ import annotations
+
+from autoextend.errors import VolumeError
+from autoextend.logs import get_logger
+from autoextend.lvm.volume import VolumeBackend, VolumeRef
+from autoextend.monitor.protocols import ExtendOutcome, OutcomeKind
+
+log = get_logger("extender.local")
+
+
+class LocalExtender:
+    def __init__(self, backend: VolumeBackend) -> None:
+        self.backend = backend
+
+    async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome:
+        try:
+            result = await self.backend.extend(volume, size)
+            seen = await self.backend.refresh(volume)
+        except VolumeError as exc:
+            kind = OutcomeKind.REJECTED if getattr(exc, "permanent", False) else OutcomeKind.FAILED
+            return ExtendOutcome(kind, 0, str(exc))
+        if seen < size:
+            return ExtendOutcome(
+                OutcomeKind.FAILED, seen,
+                f"volume is {result.size} bytes in metadata but {seen} bytes on this host",
+            )
+        return ExtendOutcome(OutcomeKind.OK, seen)

@@ -1,0 +1,196 @@
+"""In-memory hypervisor, volumes and extender, for unit tests of the monitor's logic.
+
+Not a proof that anything works with QEMU or libvirt: the integration tests do that. This
+exists to drive the state machine through exact sequences (duplicates, lost events, failures,
+operator pauses) quickly and deterministically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
+
+from autoextend.errors import HypervisorError
+from autoextend.lvm.volume import ExtendResult, VolumeRef
+from autoextend.monitor.protocols import (
+    DriveInfo,
+    EnospcError,
+    ExtendOutcome,
+    HypervisorEvent,
+    OutcomeKind,
+    PauseReason,
+    RunState,
+    ThresholdCrossed,
+    VmAppeared,
+    VmGone,
+    VmPaused,
+    VmResumed,
+)
+
+
+class MemoryVolumes:
+    """Volume sizes by reference; ``extend`` never shrinks."""
+
+    def __init__(self) -> None:
+        self.sizes: dict[VolumeRef, int] = {}
+        self.extend_calls: list[tuple[VolumeRef, int]] = []
+
+    async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
+        self.extend_calls.append((volume, size))
+        current = self.sizes[volume]
+        if size <= current:
+            return ExtendResult(current, False)
+        self.sizes[volume] = size
+        return ExtendResult(size, True)
+
+    async def refresh(self, volume: VolumeRef) -> int:
+        return self.sizes[volume]
+
+    async def size(self, volume: VolumeRef) -> int:
+        return self.sizes[volume]
+
+    def lookup(self, path: str) -> VolumeRef | None:
+        vg, _, lv = path.removeprefix("/dev/").partition("/")
+        ref = VolumeRef(vg, lv)
+        return ref if ref in self.sizes else None
+
+    def device_path(self, volume: VolumeRef) -> str:
+        return f"/dev/{volume.vg}/{volume.lv}"
+
+
+@dataclass
+class MemoryDrive:
+    volume: VolumeRef
+    capacity: int
+    allocation: int = 0
+    threshold: int = 0
+
+
+@dataclass
+class MemoryVm:
+    drives: dict[str, MemoryDrive] = field(default_factory=dict)
+    running: bool = True
+    reason: PauseReason | None = None
+
+
+class MemoryHypervisor:
+    def __init__(self, volumes: MemoryVolumes) -> None:
+        self.volumes = volumes
+        self.vms: dict[str, MemoryVm] = {}
+        self.resumes: list[str] = []
+        self.thresholds: list[tuple[str, str, int]] = []
+        self.fail_set_threshold = False
+        self._events: MemoryObjectSendStream[HypervisorEvent] | None = None
+
+    # --- test controls
+
+    def add_vm(self, vm: str, drives: dict[str, tuple[VolumeRef, int, int]]) -> None:
+        """drives: name -> (volume, initial physical size, capacity)."""
+        record = MemoryVm()
+        for name, (volume, physical, capacity) in drives.items():
+            self.volumes.sizes[volume] = physical
+            record.drives[name] = MemoryDrive(volume, capacity)
+        self.vms[vm] = record
+        self.emit(VmAppeared(vm))
+
+    def remove_vm(self, vm: str) -> None:
+        del self.vms[vm]
+        self.emit(VmGone(vm))
+
+    def emit(self, event: HypervisorEvent) -> None:
+        if self._events is not None:
+            self._events.send_nowait(event)
+
+    def write(self, vm: str, drive: str, nbytes: int, *, events: bool = True) -> None:
+        """The guest writes ``nbytes`` more; fires threshold / ENOSPC like QEMU would."""
+        rec = self.vms[vm]
+        d = rec.drives[drive]
+        physical = self.volumes.sizes[d.volume]
+        end = d.allocation + nbytes
+        if d.threshold and end > d.threshold:
+            thr, d.threshold = d.threshold, 0
+            if events:
+                self.emit(ThresholdCrossed(vm, drive, thr, end - thr))
+        d.allocation = end
+        if end > physical and rec.running:
+            rec.running, rec.reason = False, PauseReason.ENOSPC
+            if events:
+                self.emit(EnospcError(vm, drive))
+                self.emit(VmPaused(vm, PauseReason.ENOSPC))
+
+    def pause(self, vm: str, reason: PauseReason) -> None:
+        rec = self.vms[vm]
+        rec.running, rec.reason = False, reason
+        self.emit(VmPaused(vm, reason))
+
+    # --- the Hypervisor protocol
+
+    async def run(
+        self,
+        events: MemoryObjectSendStream[HypervisorEvent],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._events = events
+        for vm in self.vms:
+            events.send_nowait(VmAppeared(vm))
+        task_status.started()
+        await anyio.sleep_forever()
+
+    def _vm(self, vm: str) -> MemoryVm:
+        try:
+            return self.vms[vm]
+        except KeyError:
+            raise HypervisorError(f"no such vm {vm}") from None
+
+    async def drives(self, vm: str) -> list[DriveInfo]:
+        rec = self._vm(vm)
+        return [
+            DriveInfo(vm, name, f"node-{name}", self.volumes.device_path(d.volume), d.capacity,
+                      d.allocation, self.volumes.sizes[d.volume], d.threshold)
+            for name, d in rec.drives.items()
+        ]
+
+    async def set_threshold(self, vm: str, drive: DriveInfo, threshold: int) -> None:
+        if self.fail_set_threshold:
+            raise HypervisorError("set_threshold failed (injected)")
+        self._vm(vm).drives[drive.drive].threshold = threshold
+        self.thresholds.append((vm, drive.drive, threshold))
+
+    async def run_state(self, vm: str) -> RunState:
+        rec = self._vm(vm)
+        return RunState(rec.running, rec.reason)
+
+    async def resume(self, vm: str) -> None:
+        rec = self._vm(vm)
+        self.resumes.append(vm)
+        rec.running, rec.reason = True, None
+        self.emit(VmResumed(vm))
+        for name, d in rec.drives.items():  # QEMU retries the failed write on cont
+            if d.allocation > self.volumes.sizes[d.volume]:
+                self.write(vm, name, 0)
+
+    def volume_of(self, drive: DriveInfo) -> VolumeRef | None:
+        return self.volumes.lookup(drive.path)
+
+
+class MemoryExtender:
+    """Extends MemoryVolumes; can be told to fail or to hold requests until released."""
+
+    def __init__(self, volumes: MemoryVolumes) -> None:
+        self.volumes = volumes
+        self.fail_with: OutcomeKind | None = None
+        self.gate: anyio.Event | None = None
+        self.calls = 0
+
+    async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_with is not None:
+            return ExtendOutcome(self.fail_with, 0, "injected failure")
+        result = await self.volumes.extend(volume, size)
+        return ExtendOutcome(OutcomeKind.OK, result.size)

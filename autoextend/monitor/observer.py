@@ -1,0 +1,156 @@
+"""What the monitor reports as it works: a small callback protocol.
+
+Metrics, the demo's live progress and its JSON summary are all observers. Callbacks are plain
+synchronous functions called on the event loop: they must be quick and must not raise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from autoextend.lvm.volume import VolumeRef
+from autoextend.monitor.protocols import DriveInfo, OutcomeKind, PauseReason
+
+
+class MonitorObserver(Protocol):
+    def drive_seen(self, info: DriveInfo, volume: VolumeRef, cap: int) -> None: ...
+
+    def drive_gone(self, vm: str, drive: str, volume: VolumeRef) -> None: ...
+
+    def extend_finished(
+        self,
+        vm: str,
+        drive: str,
+        volume: VolumeRef,
+        kind: OutcomeKind | None,
+        size: int,
+        phases: dict[str, float],
+    ) -> None:
+        """``kind`` None means capped (nothing to do). ``phases`` holds durations in seconds:
+        ``wait`` (event to start), ``extend`` (extender call), ``rearm``, ``total`` (event to
+        threshold re-armed on the larger volume)."""
+        ...
+
+    def extends_in_flight(self, count: int) -> None: ...
+
+    def paused(self, vm: str, reason: PauseReason) -> None: ...
+
+    def resumed(self, vm: str, automatic: bool) -> None: ...
+
+    def drive_at_cap(self, vm: str, drive: str, volume: VolumeRef) -> None: ...
+
+
+class NullObserver:
+    def drive_seen(self, info: DriveInfo, volume: VolumeRef, cap: int) -> None:
+        pass
+
+    def drive_gone(self, vm: str, drive: str, volume: VolumeRef) -> None:
+        pass
+
+    def extend_finished(
+        self,
+        vm: str,
+        drive: str,
+        volume: VolumeRef,
+        kind: OutcomeKind | None,
+        size: int,
+        phases: dict[str, float],
+    ) -> None:
+        pass
+
+    def extends_in_flight(self, count: int) -> None:
+        pass
+
+    def paused(self, vm: str, reason: PauseReason) -> None:
+        pass
+
+    def resumed(self, vm: str, automatic: bool) -> None:
+        pass
+
+    def drive_at_cap(self, vm: str, drive: str, volume: VolumeRef) -> None:
+        pass
+
+
+@dataclass
+class Tally(NullObserver):
+    """Counts what happened; used by the demo summary, the benchmarks and tests."""
+
+    extends: int = 0
+    failed: int = 0
+    pauses: int = 0
+    enospc_pauses: int = 0
+    resumes: int = 0
+    capped: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+    def extend_finished(
+        self,
+        vm: str,
+        drive: str,
+        volume: VolumeRef,
+        kind: OutcomeKind | None,
+        size: int,
+        phases: dict[str, float],
+    ) -> None:
+        if kind is OutcomeKind.OK:
+            self.extends += 1
+            if "total" in phases:
+                self.latencies.append(phases["total"])
+        elif kind is not None:
+            self.failed += 1
+
+    def paused(self, vm: str, reason: PauseReason) -> None:
+        self.pauses += 1
+        if reason is PauseReason.ENOSPC:
+            self.enospc_pauses += 1
+
+    def resumed(self, vm: str, automatic: bool) -> None:
+        if automatic:
+            self.resumes += 1
+
+    def drive_at_cap(self, vm: str, drive: str, volume: VolumeRef) -> None:
+        self.capped += 1
+
+
+class Fanout(NullObserver):
+    """Sends every callback to several observers."""
+
+    def __init__(self, *observers: MonitorObserver) -> None:
+        self._observers = observers
+
+    def drive_seen(self, info: DriveInfo, volume: VolumeRef, cap: int) -> None:
+        for o in self._observers:
+            o.drive_seen(info, volume, cap)
+
+    def drive_gone(self, vm: str, drive: str, volume: VolumeRef) -> None:
+        for o in self._observers:
+            o.drive_gone(vm, drive, volume)
+
+    def extend_finished(
+        self,
+        vm: str,
+        drive: str,
+        volume: VolumeRef,
+        kind: OutcomeKind | None,
+        size: int,
+        phases: dict[str, float],
+    ) -> None:
+        for o in self._observers:
+            o.extend_finished(vm, drive, volume, kind, size, phases)
+
+    def extends_in_flight(self, count: int) -> None:
+        for o in self._observers:
+            o.extends_in_flight(count)
+
+    def paused(self, vm: str, reason: PauseReason) -> None:
+        for o in self._observers:
+            o.paused(vm, reason)
+
+    def resumed(self, vm: str, automatic: bool) -> None:
+        for o in self._observers:
+            o.resumed(vm, automatic)
+
+    def drive_at_cap(self, vm: str, drive: str, volume: VolumeRef) -> None:
+        for o in self._observers:
+            o.drive_at_cap(vm, drive, volume)

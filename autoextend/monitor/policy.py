@@ -1,0 +1,89 @@
+"""Threshold and size policy: pure functions, no I/O, parameters passed in.
+
+Derivation (vdsm's thin provisioning, ../shared/reference/vdsm.md §1):
+
+* A chunk is the unit of growth. ``utilization_percent`` says how much of the last chunk may be
+  used before we grow, so the free space we keep ahead of the guest -- the *watermark* -- is
+  ``(100 - utilization_percent)`` percent of a chunk (80 % of 2560 MiB = 2048 MiB by default).
+* The threshold is armed where the free space left would drop below the watermark:
+  ``threshold = physical - watermark`` (at least 1, since QEMU treats 0 as "disarmed").
+* The next size adds one chunk and is rounded up to the volume's extent size:
+  ``next = round_up(physical + chunk, extent)``.
+* A qcow2 image never needs more than its virtual size plus metadata; vdsm bounds that by
+  ``capacity * 1.1``. So ``cap = round_up(capacity * cap_factor, extent)`` and
+  ``next = min(next, cap)``. We never shrink: ``next >= physical`` always.
+* A drive whose physical size has reached the cap is DISABLED: nothing more to do.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class DrivePolicy:
+    """Sizing parameters for one drive, in bytes (already resolved from config overrides)."""
+
+    chunk: int
+    utilization_percent: int
+    cap_factor: float
+    extent: int
+
+    def __post_init__(self) -> None:
+        if self.chunk <= 0 or self.extent <= 0:
+            raise ValueError("chunk and extent must be positive")
+        if not 0 <= self.utilization_percent < 100:
+            raise ValueError("utilization_percent must be in [0, 100)")
+        if self.cap_factor < 1.0:
+            raise ValueError("cap_factor must be >= 1.0")
+
+
+def round_up(value: int, step: int) -> int:
+    """Smallest multiple of ``step`` that is >= ``value`` (value >= 0, step > 0)."""
+    return -(-value // step) * step
+
+
+def watermark(policy: DrivePolicy) -> int:
+    """Free bytes to keep ahead of the guest: (100 - utilization)% of a chunk, at least 1."""
+    return max(1, (100 - policy.utilization_percent) * policy.chunk // 100)
+
+
+def threshold(physical: int, policy: DrivePolicy) -> int:
+    """Where to arm the write threshold on the protocol node: ``physical - watermark``.
+
+    Always in ``[1, physical)`` for ``physical >= 2``; 1 means "fire on the next write".
+    """
+    return max(1, physical - watermark(policy))
+
+
+def needs_extension(allocation: int, physical: int, policy: DrivePolicy) -> bool:
+    """True when less than the watermark is free (or writes already ran past the end)."""
+    return physical - allocation < watermark(policy)
+
+
+def cap(capacity: int, policy: DrivePolicy) -> int:
+    """The largest size a volume may reach: ``round_up(ceil(capacity * cap_factor), extent)``."""
+    # Decimal-free exact ceiling for float factors: math.ceil on the product is exact
+    # enough for sizes below 2**53 bytes (8 PiB).
+    return round_up(math.ceil(capacity * policy.cap_factor), policy.extent)
+
+
+def next_size(physical: int, capacity: int, policy: DrivePolicy) -> int:
+    """The size to extend to: one chunk more, extent-aligned, capped, never smaller."""
+    wanted = round_up(physical + policy.chunk, policy.extent)
+    return max(physical, min(wanted, cap(capacity, policy)))
+
+
+def at_cap(physical: int, capacity: int, policy: DrivePolicy) -> bool:
+    """True when no extension can add space (the next size equals the current size)."""
+    return next_size(physical, capacity, policy) <= physical
+
+
+def backoff(attempt: int, initial: float, maximum: float) -> float:
+    """Delay before retry number ``attempt`` (1-based): initial * 2**(attempt-1), capped."""
+    if attempt <= 1:
+        return min(initial, maximum)
+    return min(maximum, initial * (2.0 ** min(attempt - 1, 62)))

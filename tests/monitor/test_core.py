@@ -1,0 +1,256 @@
+"""Monitor behaviour against the in-memory hypervisor (exact sequences, fast)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+import pytest
+
+from autoextend.clock import ManualClock
+from autoextend.lvm.volume import VolumeRef
+from autoextend.monitor.config import PolicySettings
+from autoextend.monitor.core import Monitor, percentile
+from autoextend.monitor.drive import ThresholdState
+from autoextend.monitor.memory import MemoryExtender, MemoryHypervisor, MemoryVolumes
+from autoextend.monitor.observer import Tally
+from autoextend.monitor.policy import MiB
+from autoextend.monitor.protocols import OutcomeKind, PauseReason, ThresholdCrossed, VmGone
+
+VOL = VolumeRef("vg0", "lv1")
+SETTINGS = PolicySettings(
+    chunk_mib=128, utilization_percent=50, cap_factor=1.1, extent_mib=4, poll_interval_s=1.0,
+    extend_timeout_s=5.0, retry_initial_s=0.5, retry_max_s=2.0,
+)
+# watermark = 64 MiB; threshold = physical - 64 MiB; next = physical + 128 MiB
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    with anyio.fail_after(timeout):
+        while not cond():
+            await anyio.sleep(0.005)
+
+
+class Rig:
+    def __init__(self, **settings: object) -> None:
+        self.volumes = MemoryVolumes()
+        self.hv = MemoryHypervisor(self.volumes)
+        self.ext = MemoryExtender(self.volumes)
+        self.clock = ManualClock()
+        self.tally = Tally()
+        cfg = SETTINGS.model_copy(update=settings)
+        self.monitor = Monitor(self.hv, self.ext, cfg, self.clock, observer=self.tally,
+                               dry_run=bool(settings.get("dry_run", False)))
+
+    def state(self, vm: str = "vm1", drive: str = "vda") -> ThresholdState | None:
+        for v in self.monitor.snapshot():
+            if v["vm"] == vm:
+                for d in v["drives"]:
+                    if d["drive"] == drive:
+                        return ThresholdState(d["state"])
+        return None
+
+
+@pytest.fixture
+def rig() -> Rig:
+    return Rig()
+
+
+async def test_arms_threshold_on_discovery(rig: Rig) -> None:
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.hv.thresholds == [("vm1", "vda", 192 * MiB)])
+        assert rig.state() is ThresholdState.SET
+        tg.cancel_scope.cancel()
+
+
+async def test_threshold_event_extends_at_once_and_rearms(rig: Rig) -> None:
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.state() is ThresholdState.SET)
+        rig.hv.write("vm1", "vda", 200 * MiB)  # crosses 192 MiB; no clock advance: no poll
+        await until(
+            lambda: rig.volumes.sizes[VOL] == 384 * MiB and rig.state() is ThresholdState.SET
+        )
+        assert rig.hv.thresholds[-1] == ("vm1", "vda", 320 * MiB)
+        assert rig.tally.extends == 1 and len(rig.tally.latencies) == 1
+        tg.cancel_scope.cancel()
+
+
+async def test_duplicate_events_extend_once(rig: Rig) -> None:
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    rig.ext.gate = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.state() is ThresholdState.SET)
+        rig.hv.write("vm1", "vda", 200 * MiB)
+        for _ in range(5):
+            rig.hv.emit(ThresholdCrossed("vm1", "vda", 192 * MiB, 1))
+        await until(lambda: rig.state() is ThresholdState.EXTENDING)
+        await anyio.sleep(0.05)
+        assert rig.ext.calls == 1
+        assert rig.monitor.extends_in_flight == 1
+        rig.ext.gate.set()
+        await until(lambda: rig.state() is ThresholdState.SET)
+        assert rig.ext.calls == 1 and rig.monitor.extends_in_flight == 0
+        tg.cancel_scope.cancel()
+
+
+async def test_poll_catches_missed_event(rig: Rig) -> None:
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.state() is ThresholdState.SET)
+        rig.hv.write("vm1", "vda", 200 * MiB, events=False)  # event lost
+        await anyio.sleep(0.05)
+        assert rig.volumes.sizes[VOL] == 256 * MiB
+        rig.clock.advance(1.0)  # one poll
+        await until(lambda: rig.volumes.sizes[VOL] == 384 * MiB)
+        tg.cancel_scope.cancel()
+
+
+async def test_crossed_before_armed_is_extended_on_discovery(rig: Rig) -> None:
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    rig.hv.vms["vm1"].drives["vda"].allocation = 250 * MiB
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.volumes.sizes[VOL] == 384 * MiB)
+        tg.cancel_scope.cancel()
+
+
+async def test_enospc_pause_extends_then_resumes(rig: Rig) -> None:
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    rig.ext.gate = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.state() is ThresholdState.SET)
+        rig.hv.write("vm1", "vda", 300 * MiB)  # past the end: ENOSPC + pause
+        await until(lambda: rig.tally.enospc_pauses == 1)
+        assert rig.hv.resumes == []
+        rig.ext.gate.set()
+        await until(lambda: rig.hv.resumes == ["vm1"])
+        assert rig.hv.vms["vm1"].running
+        assert rig.tally.resumes == 1
+        tg.cancel_scope.cancel()
+
+
+async def test_enospc_needing_two_chunks_resumes_only_when_room(rig: Rig) -> None:
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 4096 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.state() is ThresholdState.SET)
+        rig.hv.write("vm1", "vda", 450 * MiB)  # needs 256 -> 384 -> 512
+        await until(lambda: rig.hv.resumes == ["vm1"])
+        assert rig.volumes.sizes[VOL] >= 512 * MiB
+        assert rig.hv.vms["vm1"].running
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("reason", [PauseReason.USER, PauseReason.MIGRATION, PauseReason.IO_ERROR])
+async def test_other_pauses_are_never_resumed(rig: Rig, reason: PauseReason) -> None:
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.state() is ThresholdState.SET)
+        rig.hv.pause("vm1", reason)
+        for _ in range(3):
+            rig.clock.advance(1.0)
+            await anyio.sleep(0.02)
+        assert rig.hv.resumes == []
+        assert not rig.hv.vms["vm1"].running
+        tg.cancel_scope.cancel()
+
+
+async def test_drive_at_cap_is_disabled_not_extended(rig: Rig) -> None:
+    # capacity 300 MiB -> cap = round_up(330, 4) = 332 MiB
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 300 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.state() is ThresholdState.SET)
+        rig.hv.write("vm1", "vda", 200 * MiB)
+        await until(lambda: rig.state() is ThresholdState.DISABLED)
+        assert rig.volumes.sizes[VOL] == 332 * MiB
+        calls = rig.ext.calls
+        rig.hv.write("vm1", "vda", 100 * MiB)
+        rig.clock.advance(1.0)
+        await anyio.sleep(0.05)
+        assert rig.ext.calls == calls
+        assert rig.tally.capped >= 1
+        tg.cancel_scope.cancel()
+
+
+async def test_failed_extension_retries_with_backoff(rig: Rig) -> None:
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    rig.ext.fail_with = OutcomeKind.FAILED
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.state() is ThresholdState.SET)
+        rig.hv.write("vm1", "vda", 200 * MiB)
+        await until(lambda: rig.ext.calls == 1 and rig.state() is ThresholdState.EXCEEDED)
+        snap = rig.monitor.snapshot()[0]["drives"][0]
+        assert snap["last_error"] == "injected failure" and snap["attempts"] == 1
+        rig.clock.advance(0.2)  # before the retry time: no poll, no retry
+        await anyio.sleep(0.05)
+        assert rig.ext.calls == 1
+        rig.ext.fail_with = None
+        rig.clock.advance(1.0)  # poll after retry_at
+        await until(lambda: rig.volumes.sizes[VOL] == 384 * MiB)
+        assert rig.monitor.snapshot()[0]["drives"][0]["last_error"] == ""
+        assert rig.tally.failed == 1
+        tg.cancel_scope.cancel()
+
+
+async def test_vm_gone_and_one_broken_vm_does_not_stall_others(rig: Rig) -> None:
+    other = VolumeRef("vg0", "lv2")
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    rig.hv.add_vm("vm2", {"vda": (other, 256 * MiB, 1024 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: len(rig.hv.thresholds) == 2)
+        del rig.hv.vms["vm1"]  # queries for vm1 now fail (broken VM)
+        rig.clock.advance(1.0)
+        rig.hv.write("vm2", "vda", 200 * MiB)
+        await until(lambda: rig.volumes.sizes[other] == 384 * MiB)
+        rig.hv.emit(VmGone("vm1"))
+        await until(lambda: [v["vm"] for v in rig.monitor.snapshot()] == ["vm2"])
+        tg.cancel_scope.cancel()
+
+
+async def test_dry_run_extends_and_resumes_nothing() -> None:
+    rig = Rig(dry_run=True)
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await anyio.sleep(0.05)
+        assert rig.hv.thresholds == []
+        rig.hv.write("vm1", "vda", 300 * MiB)
+        rig.clock.advance(1.0)
+        await anyio.sleep(0.05)
+        assert rig.ext.calls == 0 and rig.volumes.sizes[VOL] == 256 * MiB
+        assert rig.hv.resumes == []
+        tg.cancel_scope.cancel()
+
+
+async def test_rearm_failure_does_not_extend_twice(rig: Rig) -> None:
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.state() is ThresholdState.SET)
+        rig.hv.fail_set_threshold = True
+        rig.hv.write("vm1", "vda", 200 * MiB)
+        await until(lambda: rig.volumes.sizes[VOL] == 384 * MiB)
+        await until(lambda: rig.state() is ThresholdState.UNSET)
+        rig.hv.fail_set_threshold = False
+        rig.clock.advance(1.0)
+        await until(lambda: rig.state() is ThresholdState.SET)
+        assert rig.volumes.sizes[VOL] == 384 * MiB and rig.ext.calls == 1
+        tg.cancel_scope.cancel()
+
+
+def test_percentile() -> None:
+    assert percentile([], 50) == 0.0
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 100) == 4.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 1) == 1.0
