@@ -6,8 +6,14 @@ Each component owns its section model next to its code (``monitor/config.py``,
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+# TOML arrays arrive as lists; keep them immutable tuples in the model. Items stay strict.
+StrTuple = Annotated[tuple[str, ...], Field(strict=False)]

@@ -1,7 +1,11 @@
-"""``autoextend run``, ``demo`` and ``status``."""
+"""``autoextend run`` and ``status``."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+import anyio
 import click
 
 from autoextend.cli.context import CliContext, pass_ctx
@@ -10,21 +14,68 @@ from autoextend.cli.context import CliContext, pass_ctx
 @click.command("run")
 @pass_ctx
 def run(obj: CliContext) -> None:
-    """Run the service (monitor, extender, lease and SPM role as configured)."""
+    """Run the service (monitor, extender, lease and SPM role as configured).
+
+    SIGTERM/SIGINT stop it cleanly; SIGHUP reloads the config file.
+    """
     from autoextend.service import run_service
 
-    run_service(obj.load_settings())
+    run_service(obj.load_settings(), obj.config_path)
+
+
+def _human(size: Any) -> str:
+    if not isinstance(size, int):
+        return str(size)
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20)):
+        if size >= scale:
+            return f"{size / scale:.1f}{unit}"
+    return f"{size}B"
+
+
+def render_status(result: dict[str, Any]) -> str:
+    """The readable form of ``status``: what an operator asks first, first."""
+    lines: list[str] = []
+    svc = result.get("service", {})
+    spm = result.get("spm")
+    if spm is not None:
+        lines.append(f"SPM: host {spm.get('spm_host_id') or 'none'}"
+                     f" (this host: {spm.get('host_id')}, lease {spm.get('lease_health')})")
+    lines.append(
+        f"hypervisor {svc.get('hypervisor')}, extender {svc.get('extender')}"
+        + (", DRY RUN" if svc.get("dry_run") else "")
+        + f"; {svc.get('extends_in_flight', 0)} extending, {svc.get('extends', 0)} extends,"
+        f" {svc.get('failed', 0)} failed, {svc.get('enospc_pauses', 0)} ENOSPC pauses,"
+        f" {svc.get('resumes', 0)} resumed"
+    )
+    vms = result.get("vms", [])
+    if not vms:
+        lines.append("no VMs monitored")
+    for vm in vms:
+        paused = f"  PAUSED ({vm['paused']})" if vm.get("paused") else ""
+        lines.append(f"{vm['vm']}{paused}")
+        for d in vm.get("drives", []):
+            err = f"  last error: {d['last_error']}" if d.get("last_error") else ""
+            lines.append(
+                f"  {d['drive']:<8} {d['volume']:<24} {d['state']:<9}"
+                f" alloc {_human(d['allocation'])} / phys {_human(d['physical'])}"
+                f" / cap {_human(d['cap'])}  threshold {_human(d['threshold'])}{err}"
+            )
+    return "\n".join(lines)
 
 
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def status(obj: CliContext, as_json: bool) -> None:
-    """Show what the running service is doing."""
-    from autoextend.errors import ServiceNotRunning
+    """Show what the running service is doing (talks to it over its control socket)."""
+    from autoextend import control
 
     settings = obj.load_settings()
-    raise ServiceNotRunning(settings.service.control_socket, "status is not implemented yet")
+    result = anyio.run(control.call, settings.service.control_socket, "status")
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        click.echo(render_status(result))
 
 
 def register(group: click.Group) -> None:

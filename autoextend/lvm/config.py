@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from autoextend.confbase import Section
+from autoextend.confbase import Section, StrTuple
 
 
 class VolumeSettings(Section):
@@ -16,7 +16,7 @@ class VolumeSettings(Section):
 
 class LvmSettings(Section):
     lvm_binary: str = "lvm"
-    pvs: tuple[str, ...] = ()
-    vgs: tuple[str, ...] = ()
+    pvs: StrTuple = ()
+    vgs: StrTuple = ()
     command_timeout_s: float = Field(30.0, gt=0.0, le=3600.0)
     max_concurrent: int = Field(10, ge=1, le=100)

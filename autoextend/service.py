@@ -1,0 +1,170 @@
+"""``autoextend run``: build the parts from the config, wire them, run until SIGTERM.
+
+Wiring (config flows down from here; nothing reads globals)::
+
+    volume backend (lvm | loop) ─┐
+    hypervisor (qmp | libvirt) ──┼─> Monitor ──> extender (local | mailbox)
+    control socket, metrics, sd_notify, signals
+
+SIGTERM/SIGINT cancel everything and exit cleanly; SIGHUP reloads the config file (an invalid
+file is logged and the old config kept; monitor state is never lost).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from autoextend import logs
+from autoextend import settings as settings_mod
+from autoextend.clock import Clock, MonotonicClock
+from autoextend.control import ControlServer
+from autoextend.errors import ConfigError
+from autoextend.logs import get_logger
+from autoextend.lvm.volume import VolumeBackend, VolumeRef
+from autoextend.monitor.core import Monitor
+from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
+from autoextend.monitor.protocols import Extender, Hypervisor
+from autoextend.sdnotify import Notifier
+from autoextend.settings import Settings
+
+log = get_logger("service")
+
+
+def make_volume_backend(settings: Settings) -> VolumeBackend:
+    from autoextend.lvm.backends import LocalAuthority
+    from autoextend.lvm.backends import make_volume_backend as make
+
+    return make(settings, LocalAuthority())
+
+
+def make_hypervisor(
+    settings: Settings, lookup: Callable[[str], VolumeRef | None], clock: Clock
+) -> Hypervisor:
+    if settings.service.hypervisor == "libvirt":
+        from autoextend.libvirt_backend.hypervisor import LibvirtHypervisor
+
+        return LibvirtHypervisor(settings.libvirt, lookup, clock)
+    from autoextend.qmp.hypervisor import QmpHypervisor
+
+    return QmpHypervisor(settings.qmp, lookup, clock)
+
+
+def make_extender(settings: Settings, backend: VolumeBackend) -> Extender:
+    from autoextend.monitor.local import LocalExtender
+
+    return LocalExtender(backend)
+
+
+class Service:
+    """One running autoextend: the monitor plus its companions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: Path | None = None,
+        clock: Clock | None = None,
+        observer: MonitorObserver | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.clock = clock or MonotonicClock()
+        self.tally = Tally()
+        self.notifier = notifier or Notifier()
+        self.backend = make_volume_backend(settings)
+        self.hypervisor = make_hypervisor(settings, self.backend.lookup, self.clock)
+        self.extender = make_extender(settings, self.backend)
+        observers: list[MonitorObserver] = [self.tally]
+        if observer is not None:
+            observers.append(observer)
+        self.monitor = Monitor(
+            self.hypervisor,
+            self.extender,
+            settings.policy,
+            self.clock,
+            observer=Fanout(*observers),
+            dry_run=settings.service.dry_run,
+        )
+        self.control = ControlServer(settings.service.control_socket)
+        self.control.register("status", self._status)
+
+    async def _status(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "service": {
+                "hypervisor": self.settings.service.hypervisor,
+                "extender": self.settings.service.extender,
+                "dry_run": self.monitor.dry_run,
+                "extends_in_flight": self.monitor.extends_in_flight,
+                "extends": self.tally.extends,
+                "failed": self.tally.failed,
+                "enospc_pauses": self.tally.enospc_pauses,
+                "resumes": self.tally.resumes,
+            },
+            "vms": self.monitor.snapshot(),
+        }
+
+    def summary(self) -> str:
+        vms = self.monitor.snapshot()
+        drives = sum(len(v["drives"]) for v in vms)
+        paused = sum(1 for v in vms if v["paused"])
+        return (
+            f"{len(vms)} VMs, {drives} drives, {self.monitor.extends_in_flight} extending, "
+            f"{paused} paused, {self.tally.extends} extends"
+        )
+
+    def reload(self) -> bool:
+        """Re-read the config file; keep the old config when the new one is invalid."""
+        try:
+            new = settings_mod.load(self.config_path)
+        except ConfigError as exc:
+            log.error("config reload failed; keeping the old config", error=str(exc))
+            return False
+        logs.configure(new.service.log_level, new.service.log_format)
+        self.monitor.reconfigure(new.policy, None, new.service.dry_run)
+        self.settings = new
+        log.info("config reloaded", path=str(self.config_path))
+        return True
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.control.serve)
+            await tg.start(self.monitor.run)
+            tg.start_soon(self.notifier.watchdog_loop, self.clock)
+            tg.start_soon(self._status_loop)
+            self.notifier.ready(self.summary())
+            log.info("service ready", hypervisor=self.settings.service.hypervisor,
+                     extender=self.settings.service.extender)
+            task_status.started()
+
+    async def _status_loop(self) -> None:
+        while True:
+            await self.clock.sleep(10.0)
+            self.notifier.status(self.summary())
+
+
+async def serve(settings: Settings, config_path: Path | None = None) -> None:
+    """Run the service until SIGTERM/SIGINT; SIGHUP reloads."""
+    service = Service(settings, config_path=config_path)
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with anyio.create_task_group() as tg:
+            await tg.start(service.run)
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    service.reload()
+                    continue
+                log.info("shutting down", signal=signal.Signals(signum).name)
+                service.notifier.stopping()
+                tg.cancel_scope.cancel()
+                break
+    log.info("stopped")
+
+
+def run_service(settings: Settings, config_path: Path | None = None) -> None:
+    anyio.run(serve, settings, config_path)
