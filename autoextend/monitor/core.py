@@ -472,7 +472,8 @@ class Monitor:
             outcome = await self.extender.extend(d.volume, target)
         if outcome is None:
             outcome = ExtendOutcome(OutcomeKind.FAILED, 0,
-                                    f"no answer within {self.settings.extend_timeout_s} s")
+                                    f"no answer within {self.settings.extend_timeout_s} s",
+                                    code="timeout")
         t_extended = self.clock.now()
         if outcome.ok:
             info = await self._fresh(vm, d)
@@ -485,9 +486,15 @@ class Monitor:
             delay = self._retry_delay(d, outcome.kind)
             d.extend_failed(self.clock.now(), outcome.reason, delay)
             self.observer.extend_finished(vm.name, d.name, d.volume, outcome.kind, outcome.size,
-                                          {"extend": t_extended - t_start})
-            bound.warning("extension failed", result=outcome.kind.value, reason=outcome.reason,
-                          attempts=d.attempts, retry_in_s=round(delay, 3))
+                                          {"extender": t_extended - t_start})
+            if outcome.code == "vg_full":
+                self.observer.vg_full(vm.name, d.name, d.volume)
+                bound.error("volume group cannot satisfy the extension", size=target,
+                            reason=outcome.reason, retry_in_s=round(delay, 3))
+            else:
+                bound.warning("extension failed", result=outcome.kind.value,
+                              reason=outcome.reason, code=outcome.code, attempts=d.attempts,
+                              retry_in_s=round(delay, 3))
             return False
         if policy.at_cap(info.physical, info.capacity, pol):
             d.extend_done(0)
@@ -504,8 +511,9 @@ class Monitor:
                 bound.warning("re-arming failed; the next poll arms it", error=str(exc))
         t_armed = self.clock.now()
         phases = {
+            **outcome.phases,
             "wait": t_start - t_event,
-            "extend": t_extended - t_start,
+            "extender": t_extended - t_start,
             "rearm": t_armed - t_extended,
             "total": t_armed - t_event,
         }

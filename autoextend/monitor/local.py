@@ -6,6 +6,8 @@ report the size it now sees. Expected failures come back as outcomes, not except
 
 from __future__ import annotations
 
+import time
+
 from autoextend.errors import VolumeError
 from autoextend.logs import get_logger
 from autoextend.lvm.volume import VolumeBackend, VolumeRef
@@ -19,9 +21,12 @@ class LocalExtender:
         self.backend = backend
 
     async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome:
+        t0 = time.monotonic()
         try:
             result = await self.backend.extend(volume, size)
+            t1 = time.monotonic()
             seen = await self.backend.refresh(volume)
+            t2 = time.monotonic()
         except VolumeError as exc:
             kind = OutcomeKind.REJECTED if getattr(exc, "permanent", False) else OutcomeKind.FAILED
             return ExtendOutcome(kind, 0, str(exc))
@@ -30,4 +35,4 @@ class LocalExtender:
                 OutcomeKind.FAILED, seen,
                 f"volume is {result.size} bytes in metadata but {seen} bytes on this host",
             )
-        return ExtendOutcome(OutcomeKind.OK, seen)
+        return ExtendOutcome(OutcomeKind.OK, seen, phases={"extend": t1 - t0, "refresh": t2 - t1})

@@ -28,8 +28,9 @@ class MonitorObserver(Protocol):
         phases: dict[str, float],
     ) -> None:
         """``kind`` None means capped (nothing to do). ``phases`` holds durations in seconds:
-        ``wait`` (event to start), ``extend`` (extender call), ``rearm``, ``total`` (event to
-        threshold re-armed on the larger volume)."""
+        ``wait`` (event to start), ``extender`` (the whole extender call, plus the extender's
+        own phases such as ``request``, ``spm_extend``, ``extend``, ``refresh``), ``rearm``,
+        and ``total`` (event to threshold re-armed on the larger volume)."""
         ...
 
     def extends_in_flight(self, count: int) -> None: ...
@@ -39,6 +40,8 @@ class MonitorObserver(Protocol):
     def resumed(self, vm: str, automatic: bool) -> None: ...
 
     def drive_at_cap(self, vm: str, drive: str, volume: VolumeRef) -> None: ...
+
+    def vg_full(self, vm: str, drive: str, volume: VolumeRef) -> None: ...
 
 
 class NullObserver:
@@ -69,6 +72,9 @@ class NullObserver:
         pass
 
     def drive_at_cap(self, vm: str, drive: str, volume: VolumeRef) -> None:
+        pass
+
+    def vg_full(self, vm: str, drive: str, volume: VolumeRef) -> None:
         pass
 
 
@@ -154,3 +160,7 @@ class Fanout(NullObserver):
     def drive_at_cap(self, vm: str, drive: str, volume: VolumeRef) -> None:
         for o in self._observers:
             o.drive_at_cap(vm, drive, volume)
+
+    def vg_full(self, vm: str, drive: str, volume: VolumeRef) -> None:
+        for o in self._observers:
+            o.vg_full(vm, drive, volume)

@@ -8,7 +8,7 @@ queries with :class:`DriveInfo`. Nothing here knows about mailboxes or LVM comma
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from anyio.abc import TaskStatus
@@ -151,6 +151,12 @@ class ExtendOutcome:
     kind: OutcomeKind
     size: int = 0          # the volume's size afterwards, as seen on this host (refreshed)
     reason: str = ""
+    # Machine-readable reason for a failure: "vg_full" (the VG cannot satisfy the request),
+    # "timeout", "no_spm", "not_found", "invalid", or "" when nothing more specific is known.
+    code: str = ""
+    # Durations of the extender's own phases in seconds, e.g. "request" (mailbox round trip),
+    # "spm_extend" (lvextend on the SPM), "extend" (local extend), "refresh".
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,165 @@
+"""Prometheus metrics: a monitor observer plus gauges fed by the lease and the mailbox.
+
+Naming follows Prometheus conventions: base units (bytes, seconds), ``_total`` on counters,
+bounded label sets (``result``, ``phase``, ``volume`` -- one series per monitored volume,
+removed when the drive goes away). Each Service owns its own registry (no globals).
+The HTTP endpoint is off by default and binds to 127.0.0.1 unless configured otherwise.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from autoextend import __version__
+from autoextend.logs import get_logger
+from autoextend.lvm.volume import VolumeRef
+from autoextend.monitor.observer import NullObserver
+from autoextend.monitor.protocols import DriveInfo, OutcomeKind, PauseReason
+
+log = get_logger("metrics")
+
+PHASES = ("wait", "extender", "request", "spm_extend", "extend", "refresh", "rearm", "total")
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics(NullObserver):
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.build_info = Gauge("autoextend_build_info", "Build information", ["version"],
+                                registry=r)
+        self.build_info.labels(__version__).set(1)
+        self.extend_requests = Counter(
+            "autoextend_extend_requests_total",
+            "Extension requests by result (ok, failed, rejected, capped)", ["result"],
+            registry=r)
+        for result in ("ok", "failed", "rejected", "capped"):
+            self.extend_requests.labels(result)
+        self.extend_duration = Histogram(
+            "autoextend_extend_duration_seconds", "Extension duration by phase", ["phase"],
+            buckets=BUCKETS, registry=r)
+        self.enospc_pauses = Counter("autoextend_enospc_pauses_total",
+                                     "VM pauses for lack of space", registry=r)
+        self.pauses = Counter("autoextend_vm_pauses_total", "VM pauses seen, by reason",
+                              ["reason"], registry=r)
+        self.resumes = Counter("autoextend_resumes_total",
+                               "VMs resumed automatically after an ENOSPC pause", registry=r)
+        self.drives_monitored = Gauge("autoextend_drives_monitored", "Drives monitored",
+                                      registry=r)
+        self.in_flight = Gauge("autoextend_extends_in_flight", "Extensions in flight",
+                               registry=r)
+        self.at_cap = Counter("autoextend_drives_at_cap_total",
+                              "Times a drive reached its maximum size", registry=r)
+        self.vg_full_total = Counter("autoextend_vg_full_total",
+                               "Extensions the volume group could not satisfy", registry=r)
+        self.allocation = Gauge("autoextend_volume_allocation_bytes",
+                                "Highest written offset in the volume", ["volume"], registry=r)
+        self.physical = Gauge("autoextend_volume_physical_bytes", "Volume size", ["volume"],
+                              registry=r)
+        self.capacity = Gauge("autoextend_volume_capacity_bytes",
+                              "Virtual disk size (guest view)", ["volume"], registry=r)
+        self.cap = Gauge("autoextend_volume_cap_bytes", "Largest size the volume may reach",
+                         ["volume"], registry=r)
+        self._drives: set[tuple[str, str]] = set()
+
+    # ---- feeds from the lease and mailbox (callables evaluated at scrape time)
+
+    def gauge_from(self, name: str, doc: str, fn: Callable[[], float]) -> None:
+        Gauge(name, doc, registry=self.registry).set_function(fn)
+
+    def counter_from(self, name: str, doc: str, fn: Callable[[], float]) -> None:
+        """A counter whose value another component keeps (exposed as ``<name>_total``)."""
+        self.registry.register(_CallbackCounter(name, doc, fn))
+
+    # ---- MonitorObserver
+
+    def drive_seen(self, info: DriveInfo, volume: VolumeRef, cap: int) -> None:
+        v = str(volume)
+        self._drives.add((info.vm, info.drive))
+        self.drives_monitored.set(len(self._drives))
+        self.allocation.labels(v).set(info.allocation)
+        self.physical.labels(v).set(info.physical)
+        self.capacity.labels(v).set(info.capacity)
+        self.cap.labels(v).set(cap)
+
+    def drive_gone(self, vm: str, drive: str, volume: VolumeRef) -> None:
+        self._drives.discard((vm, drive))
+        self.drives_monitored.set(len(self._drives))
+        for gauge in (self.allocation, self.physical, self.capacity, self.cap):
+            try:
+                gauge.remove(str(volume))
+            except KeyError:
+                pass
+
+    def extend_finished(self, vm: str, drive: str, volume: VolumeRef,
+                        kind: OutcomeKind | None, size: int, phases: dict[str, float]) -> None:
+        self.extend_requests.labels("capped" if kind is None else kind.value).inc()
+        for phase, seconds in phases.items():
+            if phase in PHASES:
+                self.extend_duration.labels(phase).observe(seconds)
+        if kind is OutcomeKind.OK:
+            self.physical.labels(str(volume)).set(size)
+
+    def extends_in_flight(self, count: int) -> None:
+        self.in_flight.set(count)
+
+    def paused(self, vm: str, reason: PauseReason) -> None:
+        self.pauses.labels(reason.value).inc()
+        if reason is PauseReason.ENOSPC:
+            self.enospc_pauses.inc()
+
+    def resumed(self, vm: str, automatic: bool) -> None:
+        if automatic:
+            self.resumes.inc()
+
+    def drive_at_cap(self, vm: str, drive: str, volume: VolumeRef) -> None:
+        self.at_cap.inc()
+
+    def vg_full(self, vm: str, drive: str, volume: VolumeRef) -> None:
+        self.vg_full_total.inc()
+
+
+class _CallbackCounter:
+    def __init__(self, name: str, doc: str, fn: Callable[[], float]) -> None:
+        self.name, self.doc, self.fn = name, doc, fn
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        yield CounterMetricFamily(self.name, self.doc, value=self.fn())
+
+    def describe(self) -> Any:
+        return []
+
+
+async def serve_metrics(
+    registry: CollectorRegistry, address: str, port: int,
+    *, task_status: TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve /metrics from prometheus-client's HTTP server (its own thread) until cancelled.
+
+    ``task_status.started()`` reports the bound (address, port); port 0 picks a free one.
+    """
+    server, thread = await anyio.to_thread.run_sync(
+        lambda: start_http_server(port, address, registry)
+    )
+    bound = server.server_address[:2]
+    log.info("metrics endpoint up", address=bound[0], port=bound[1])
+    try:
+        task_status.started((str(bound[0]), int(bound[1])))
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_stop, server, thread)
+
+
+def _stop(server: Any, thread: threading.Thread) -> None:
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
