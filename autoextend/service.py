@@ -27,6 +27,7 @@ from autoextend.control import ControlServer
 from autoextend.errors import ConfigError
 from autoextend.logs import get_logger
 from autoextend.lvm.volume import VolumeBackend, VolumeRef
+from autoextend.metrics import Metrics, serve_metrics
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
 from autoextend.monitor.protocols import Extender, Hypervisor
@@ -77,11 +78,13 @@ class Service:
         self.config_path = config_path
         self.clock = clock or MonotonicClock()
         self.tally = Tally()
+        self.metrics = Metrics()
+        self.metrics_address: tuple[str, int] | None = None
         self.notifier = notifier or Notifier()
         self.backend = make_volume_backend(settings)
         self.hypervisor = make_hypervisor(settings, self.backend.lookup, self.clock)
         self.extender = make_extender(settings, self.backend)
-        observers: list[MonitorObserver] = [self.tally]
+        observers: list[MonitorObserver] = [self.tally, self.metrics]
         if observer is not None:
             observers.append(observer)
         self.monitor = Monitor(
@@ -135,6 +138,11 @@ class Service:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
             await tg.start(self.control.serve)
+            if self.settings.metrics.enabled:
+                self.metrics_address = await tg.start(
+                    serve_metrics, self.metrics.registry, self.settings.metrics.address,
+                    self.settings.metrics.port,
+                )
             await tg.start(self.monitor.run)
             tg.start_soon(self.notifier.watchdog_loop, self.clock)
             tg.start_soon(self._status_loop)
