@@ -4,19 +4,57 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from autoextend.confbase import Section, StrTuple
+from autoextend.confbase import Section
+from autoextend.lvm.lvmconf import device_filter_entry
+from autoextend.lvm.names import is_valid_name
 
 
 class VolumeSettings(Section):
+    # lvm: production (shared VG, lvm2). loop: sparse files on loop devices, for hosts
+    # without device-mapper (lab, CI, demo).
     backend: Literal["lvm", "loop"] = "lvm"
+    # loop backend: volumes are files <loop_root>/<vg>/<lv>.
     loop_root: str = "/var/lib/autoextend/volumes"
+    # loop backend: sizes round up to this, like LVM extents (oVirt storage domains use
+    # 128 MiB extents).
+    loop_extent_mib: int = Field(128, ge=1, le=1 << 20)
 
 
 class LvmSettings(Section):
     lvm_binary: str = "lvm"
-    pvs: StrTuple = ()
-    vgs: StrTuple = ()
+    # The only devices lvm2 may scan: the pool's PVs (a devices filter built per command).
+    pvs: tuple[str, ...] = ()
+    # The VGs autoextend manages; device paths of other VGs are not ours.
+    vgs: tuple[str, ...] = ()
+    # Each command is killed after this long (vdsm's LVM commands have no timeout; 30 s is
+    # far above the ~0.05-0.2 s an lvextend takes and below a lease's renewal budget).
     command_timeout_s: float = Field(30.0, gt=0.0, le=3600.0)
+    # At most this many lvm2 processes at once (vdsm: 10).
     max_concurrent: int = Field(10, ge=1, le=100)
+    # process: one lvm process per command. shell: one persistent `lvm` shell session
+    # (faster; restarted after a timeout or protocol error; ignores the host's lvm.conf).
+    runner: Literal["process", "shell"] = "process"
+    # auto: activate/refresh only where device-mapper exists (/dev/mapper/control).
+    activation: Literal["auto", "on", "off"] = "auto"
+    # Block on a held VG lock (up to command_timeout_s) instead of failing at once (vdsm: 1).
+    wait_for_locks: bool = True
+    # Keep lvm2's metadata archive (/etc/lvm/archive) for every change. Off: the SPM
+    # changes metadata often and lvm2 keeps metadata copies on every PV anyway.
+    archive: bool = False
+
+    @field_validator("pvs")
+    @classmethod
+    def _check_pvs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for device in value:
+            device_filter_entry(device)  # raises ValueError for an unusable path
+        return value
+
+    @field_validator("vgs")
+    @classmethod
+    def _check_vgs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not is_valid_name(name):
+                raise ValueError(f"invalid VG name {name!r}")
+        return value

@@ -1,0 +1,52 @@
+"""Build the configured volume backend (used by the service and the CLI).
+
+``authority`` decides whether this process may write: the SPM passes its SPM term object, a
+single-host setup passes :class:`~autoextend.lvm.authority.LocalAuthority`, and a host that
+only refreshes and reads passes None (its extends raise NotSpmError).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from autoextend.lvm.authority import SpmAuthority
+from autoextend.lvm.loop_backend import LoopVolumeBackend
+from autoextend.lvm.lvm_backend import LvmVolumeBackend
+from autoextend.lvm.lvmconf import LvmCommandConfig, resolve_activation
+from autoextend.lvm.reader import LvmReader
+from autoextend.lvm.runner import LvmRunner, ProcessRunner
+from autoextend.lvm.shell import LvmShellRunner
+from autoextend.lvm.writer import LvmWriter
+
+if TYPE_CHECKING:
+    from autoextend.lvm.config import LvmSettings
+    from autoextend.settings import Settings
+
+
+def make_runner(lvm: LvmSettings) -> LvmRunner:
+    if lvm.runner == "shell":
+        return LvmShellRunner(lvm.lvm_binary, lvm.command_timeout_s)
+    return ProcessRunner(lvm.lvm_binary, lvm.command_timeout_s, lvm.max_concurrent)
+
+
+def command_config(lvm: LvmSettings) -> LvmCommandConfig:
+    return LvmCommandConfig(
+        devices=lvm.pvs,
+        activation=resolve_activation(lvm.activation),
+        wait_for_locks=lvm.wait_for_locks,
+        archive=lvm.archive,
+    )
+
+
+def make_volume_backend(
+    settings: Settings, authority: SpmAuthority | None
+) -> LvmVolumeBackend | LoopVolumeBackend:
+    """The backend named by ``settings.volumes.backend``. Call ``aclose()`` when done."""
+    if settings.volumes.backend == "loop":
+        return LoopVolumeBackend(
+            settings.volumes.loop_root, settings.volumes.loop_extent_mib << 20, authority
+        )
+    runner = make_runner(settings.lvm)
+    config = command_config(settings.lvm)
+    writer = None if authority is None else LvmWriter(runner, config, authority)
+    return LvmVolumeBackend(runner, LvmReader(runner, config), writer, settings.lvm.vgs)

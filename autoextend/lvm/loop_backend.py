@@ -1,0 +1,191 @@
+"""The ``loop`` volume backend, for machines without device-mapper (this lab, CI, the demo).
+
+Each LV is a sparse file ``<root>/<vg>/<lv>`` attached to a loop device. Extending grows the
+file (rounded up to ``extent_size``, never shrinking; the check and the truncate happen
+under an exclusive ``flock`` on the file, so concurrent extenders in several processes
+cannot shrink it). Refresh is ``losetup -c`` on every loop device of this host backed by the
+file, so a host that has not refreshed still sees the old size, as with real LVs.
+
+Device lookups read ``/sys/block/loop*/loop/backing_file`` (no subprocess, no disk I/O).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+import anyio
+
+from autoextend.errors import NotSpmError
+from autoextend.lvm import loopdev
+from autoextend.lvm.authority import SpmAuthority
+from autoextend.lvm.errors import VolumeExists, VolumeNotFound
+from autoextend.lvm.names import check_name, is_valid_name, round_up_to_extent
+from autoextend.lvm.volume import ExtendResult, VolumeRef
+
+SYS_BLOCK = Path("/sys/block")
+_DELETED = " (deleted)"
+
+
+def _grow_file(path: str, size: int) -> tuple[int, bool]:
+    """Grow ``path`` to ``size`` under an exclusive flock; never shrink."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        current = os.fstat(fd).st_size
+        if current >= size:
+            return current, False
+        os.ftruncate(fd, size)
+        return size, True
+    finally:
+        os.close(fd)
+
+
+def _create_file(path: str, size: int) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
+def attached_devices(sys_block: Path = SYS_BLOCK) -> dict[str, str]:
+    """``{"/dev/loopN": backing file}`` for every attached loop device (sysfs only)."""
+    found: dict[str, str] = {}
+    try:
+        entries = list(sys_block.glob("loop*/loop/backing_file"))
+    except OSError:
+        return found
+    for entry in entries:
+        try:
+            backing = entry.read_text().rstrip("\n")
+        except OSError:
+            continue  # detached meanwhile
+        if backing.endswith(_DELETED):
+            continue
+        found[f"/dev/{entry.parent.parent.name}"] = backing
+    return found
+
+
+class LoopVolumeBackend:
+    """:class:`~autoextend.lvm.volume.VolumeBackend` over sparse files and loop devices.
+
+    ``authority`` gates the writes (extend, create, remove) exactly as for the lvm backend;
+    None means this host may not write (extend raises NotSpmError).
+    """
+
+    def __init__(
+        self, root: str, extent_size: int, authority: SpmAuthority | None = None
+    ) -> None:
+        if extent_size <= 0:
+            raise ValueError(f"extent size must be positive, got {extent_size}")
+        self.root = os.path.realpath(root)
+        self.extent_size = extent_size
+        self._authority = authority
+
+    def _check(self) -> None:
+        if self._authority is None:
+            raise NotSpmError("this host may not change volumes (no authority)")
+        self._authority.check()
+
+    def file_path(self, volume: VolumeRef) -> str:
+        return os.path.join(self.root, check_name("VG", volume.vg), check_name("LV", volume.lv))
+
+    def _volume_of_file(self, path: str) -> VolumeRef | None:
+        vg_dir, lv = os.path.split(path)
+        root, vg = os.path.split(vg_dir)
+        if root != self.root or not (is_valid_name(vg) and is_valid_name(lv)):
+            return None
+        return VolumeRef(vg, lv)
+
+    def _devices_of(self, volume: VolumeRef) -> list[str]:
+        path = self.file_path(volume)
+        return sorted(dev for dev, backing in attached_devices().items() if backing == path)
+
+    async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
+        if size <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        self._check()
+        target = round_up_to_extent(size, self.extent_size)
+        path = self.file_path(volume)
+        try:
+            new_size, changed = await anyio.to_thread.run_sync(_grow_file, path, target)
+        except FileNotFoundError as err:
+            raise VolumeNotFound(str(volume), path) from err
+        return ExtendResult(new_size, changed)
+
+    async def refresh(self, volume: VolumeRef) -> int:
+        path = self.file_path(volume)
+        if not await anyio.Path(path).exists():
+            raise VolumeNotFound(str(volume), path)
+        for device in await loopdev.devices_for(path):
+            await loopdev.set_capacity(device)
+        return await self.size(volume)
+
+    async def size(self, volume: VolumeRef) -> int:
+        """The attached device's size on this host, or the file size when not attached."""
+        devices = self._devices_of(volume)
+        if devices:
+            return loopdev.size_of(devices[0])
+        try:
+            return os.stat(self.file_path(volume)).st_size
+        except FileNotFoundError as err:
+            raise VolumeNotFound(str(volume), self.file_path(volume)) from err
+
+    def lookup(self, path: str) -> VolumeRef | None:
+        name = os.path.basename(path)
+        if path == f"/dev/{name}" and name.startswith("loop"):
+            try:
+                backing = (SYS_BLOCK / name / "loop" / "backing_file").read_text().rstrip("\n")
+            except OSError:
+                return None
+            return self._volume_of_file(backing)
+        return self._volume_of_file(os.path.realpath(path)) if path.startswith("/") else None
+
+    def device_path(self, volume: VolumeRef) -> str:
+        """The loop device of ``volume`` on this host (see :meth:`attach` to attach one)."""
+        devices = self._devices_of(volume)
+        if not devices:
+            raise VolumeNotFound(str(volume), "not attached to a loop device on this host")
+        return devices[0]
+
+    async def attach(self, volume: VolumeRef) -> str:
+        """The volume's loop device on this host, attaching the file if needed."""
+        devices = self._devices_of(volume)
+        if devices:
+            return devices[0]
+        path = self.file_path(volume)
+        if not await anyio.Path(path).exists():
+            raise VolumeNotFound(str(volume), path)
+        return await loopdev.attach(path)
+
+    async def create(self, volume: VolumeRef, size: int, attach: bool = True) -> str | None:
+        """Create the volume's sparse file (``size`` rounded up to extents), attach it and
+        return the loop device (None with ``attach=False``)."""
+        self._check()
+        path = self.file_path(volume)
+        target = round_up_to_extent(size, self.extent_size)
+        try:
+            await anyio.to_thread.run_sync(_create_file, path, target)
+        except FileExistsError as err:
+            raise VolumeExists(str(volume), path) from err
+        return await loopdev.attach(path) if attach else None
+
+    async def remove(self, volume: VolumeRef) -> None:
+        """Detach every loop device of the volume on this host and delete its file."""
+        self._check()
+        path = self.file_path(volume)
+        for device in await loopdev.devices_for(path):
+            await loopdev.detach(device)
+        try:
+            os.unlink(path)
+        except OSError as err:
+            if err.errno != errno.ENOENT:
+                raise
+            raise VolumeNotFound(str(volume), path) from err
+
+    async def aclose(self) -> None:
+        return None

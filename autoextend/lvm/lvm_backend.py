@@ -1,0 +1,76 @@
+"""The production volume backend: LVs of a shared VG, driven through lvm2.
+
+Extends go through an :class:`~autoextend.lvm.writer.LvmWriter` (SPM only; a host without
+one gets NotSpmError), refresh through ``lvchange --refresh``, and sizes are what this host
+sees: the active LV's block device size, or the metadata size where the LV is not active
+(e.g. no device-mapper on this host).
+"""
+
+from __future__ import annotations
+
+import os
+
+import anyio
+
+from autoextend.errors import NotSpmError
+from autoextend.lvm.names import lvm_device_path, parse_lvm_device_path
+from autoextend.lvm.reader import LvmReader
+from autoextend.lvm.runner import LvmRunner
+from autoextend.lvm.volume import ExtendResult, VolumeRef
+from autoextend.lvm.writer import LvmWriter
+
+
+def _block_device_size(path: str) -> int | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+class LvmVolumeBackend:
+    """:class:`~autoextend.lvm.volume.VolumeBackend` over lvm2."""
+
+    def __init__(
+        self,
+        runner: LvmRunner,
+        reader: LvmReader,
+        writer: LvmWriter | None,
+        vgs: tuple[str, ...] = (),
+    ) -> None:
+        self._runner = runner
+        self.reader = reader
+        self.writer = writer
+        self._vgs = frozenset(vgs)
+
+    async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
+        if self.writer is None:
+            raise NotSpmError("this host has no LVM writer (extends go through the SPM)")
+        return await self.writer.extend(volume, size)
+
+    async def refresh(self, volume: VolumeRef) -> int:
+        await self.reader.refresh(volume)
+        return await self.size(volume)
+
+    async def size(self, volume: VolumeRef) -> int:
+        lv = await self.reader.lv(volume)
+        if self.reader.config.activation and lv.active:
+            seen = await anyio.to_thread.run_sync(_block_device_size, self.device_path(volume))
+            if seen is not None:
+                return seen
+        return lv.size
+
+    def lookup(self, path: str) -> VolumeRef | None:
+        volume = parse_lvm_device_path(path)
+        if volume is None or (self._vgs and volume.vg not in self._vgs):
+            return None
+        return volume
+
+    def device_path(self, volume: VolumeRef) -> str:
+        return lvm_device_path(volume)
+
+    async def aclose(self) -> None:
+        await self._runner.aclose()

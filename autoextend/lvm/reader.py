@@ -1,0 +1,136 @@
+"""Host-side LVM access: reports with ``--readonly`` and ``lvchange --refresh``. Nothing here
+writes VG metadata, so any host may hold an :class:`LvmReader`.
+
+The report argument lists are also used by the SPM's writer (``writer.py``), which reads
+without ``--readonly`` under its own lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from autoextend.lvm import report
+from autoextend.lvm.errors import (
+    DeviceMapperUnavailable,
+    LvmReportError,
+    NoSuchLogicalVolume,
+    NoSuchVolumeGroup,
+    ReportFormatError,
+)
+from autoextend.lvm.lvmconf import LvmCommandConfig, render_config
+from autoextend.lvm.names import check_name
+from autoextend.lvm.runner import CommandResult, LvmRunner
+from autoextend.lvm.volume import VolumeRef
+
+T = TypeVar("T")
+
+REPORT_OPTIONS = ("--reportformat", "json", "--units", "b", "--nosuffix")
+
+
+def report_args(
+    command: str, fields: Sequence[str], config: str, targets: Sequence[str], readonly: bool
+) -> list[str]:
+    """``pvs``/``vgs``/``lvs`` with exactly ``fields``, in bytes, as JSON."""
+    args = [command, "--config", config, *REPORT_OPTIONS, "-o", ",".join(fields)]
+    if readonly:
+        args.append("--readonly")
+    return [*args, *targets]
+
+
+def volume_arg(volume: VolumeRef) -> str:
+    return f"{check_name('VG', volume.vg)}/{check_name('LV', volume.lv)}"
+
+
+def parse_or_raise(result: CommandResult, parse: Callable[[str], T]) -> T:
+    try:
+        return parse(result.stdout)
+    except ReportFormatError as err:
+        raise LvmReportError(result.argv, err.reason, result.stdout) from err
+
+
+class LvmReports:
+    """The report operations shared by the reader (``--readonly``) and the writer."""
+
+    def __init__(self, config: LvmCommandConfig, readonly: bool) -> None:
+        self.config = config
+        self._readonly = readonly
+
+    def pvs_args(self, vg: str | None) -> list[str]:
+        targets = [] if vg is None else [check_name("VG", vg)]
+        return report_args(
+            "pvs", report.PV_FIELDS, render_config(self.config), targets, self._readonly
+        )
+
+    def vgs_args(self, names: Sequence[str]) -> list[str]:
+        targets = [check_name("VG", name) for name in names]
+        return report_args(
+            "vgs", report.VG_FIELDS, render_config(self.config), targets, self._readonly
+        )
+
+    def lvs_args(self, targets: Sequence[str]) -> list[str]:
+        return report_args(
+            "lvs", report.LV_FIELDS, render_config(self.config), targets, self._readonly
+        )
+
+
+def one_vg(result: CommandResult, name: str) -> report.VG:
+    vgs = parse_or_raise(result, report.parse_vgs)
+    for vg in vgs:
+        if vg.name == name:
+            return vg
+    raise NoSuchVolumeGroup(result.argv, f'Volume group "{name}" not found', 0)
+
+
+def one_lv(result: CommandResult, volume: VolumeRef) -> report.LV:
+    lvs = parse_or_raise(result, report.parse_lvs)
+    for lv in lvs:
+        if lv.vg == volume.vg and lv.name == volume.lv:
+            return lv
+    raise NoSuchLogicalVolume(result.argv, f"Failed to find logical volume {volume}", 0)
+
+
+class LvmReader:
+    """Read-only LVM access for any host: ``--readonly`` reports, plus refresh."""
+
+    def __init__(self, runner: LvmRunner, config: LvmCommandConfig) -> None:
+        self._runner = runner
+        self._reports = LvmReports(config, readonly=True)
+        self.config = config
+
+    async def pvs(self, vg: str | None = None) -> tuple[report.PV, ...]:
+        """The pool's PVs (only those of ``vg`` if given)."""
+        result = await self._runner.run(self._reports.pvs_args(vg))
+        return parse_or_raise(result, report.parse_pvs)
+
+    async def vgs(self, *names: str) -> tuple[report.VG, ...]:
+        result = await self._runner.run(self._reports.vgs_args(names))
+        return parse_or_raise(result, report.parse_vgs)
+
+    async def vg(self, name: str) -> report.VG:
+        """Raises NoSuchVolumeGroup."""
+        return one_vg(await self._runner.run(self._reports.vgs_args([name])), name)
+
+    async def lvs(self, vg: str) -> tuple[report.LV, ...]:
+        result = await self._runner.run(self._reports.lvs_args([check_name("VG", vg)]))
+        return parse_or_raise(result, report.parse_lvs)
+
+    async def lv(self, volume: VolumeRef) -> report.LV:
+        """Raises NoSuchVolumeGroup / NoSuchLogicalVolume."""
+        result = await self._runner.run(self._reports.lvs_args([volume_arg(volume)]))
+        return one_lv(result, volume)
+
+    async def refresh(self, volume: VolumeRef) -> None:
+        """Reload an active LV's device-mapper table from current metadata
+        (``lvchange --refresh``); needs device-mapper.
+
+        Raises DeviceMapperUnavailable when activation is off: lvm2 would then exit 0 having
+        done nothing, and the caller would wrongly believe it sees the new size.
+        """
+        args = ["lvchange", "--config", render_config(self.config), "--refresh"]
+        args.append(volume_arg(volume))
+        if not self.config.activation:
+            raise DeviceMapperUnavailable(
+                args, "activation is disabled (no device-mapper on this host)", None
+            )
+        await self._runner.run(args)

@@ -1,0 +1,199 @@
+"""Typed lvm2 reports: the fields asked for, and strict parsers of lvm2's JSON output (pure).
+
+Commands ask for exactly the ``*_FIELDS`` below with ``--reportformat json --units b
+--nosuffix``; lvm2 prints every value as a string. The parsers accept only that shape:
+any missing field, non-numeric size or unexpected structure raises
+:class:`~autoextend.lvm.errors.ReportFormatError`, so garbage is never acted on. A ``log``
+section (present with ``log/report_command_log=1``, as in ``lvm shell`` sessions) is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from autoextend.lvm.errors import ReportFormatError
+from autoextend.lvm.volume import VolumeRef
+
+PV_FIELDS = (
+    "pv_name", "pv_uuid", "vg_name", "pv_size", "pv_free", "pv_pe_count",
+    "pv_pe_alloc_count", "pv_missing", "pv_tags",
+)
+VG_FIELDS = (
+    "vg_name", "vg_uuid", "vg_size", "vg_free", "vg_extent_size", "vg_extent_count",
+    "vg_free_count", "vg_seqno", "pv_count", "lv_count", "vg_tags",
+)
+LV_FIELDS = (
+    "vg_name", "lv_name", "lv_uuid", "lv_size", "vg_extent_size", "lv_tags", "lv_active",
+    "lv_attr",
+)
+
+
+@dataclass(frozen=True)
+class PV:
+    name: str
+    uuid: str
+    vg: str
+    size: int
+    free: int
+    extent_count: int
+    allocated_extents: int
+    missing: bool
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class VG:
+    name: str
+    uuid: str
+    size: int
+    free: int
+    extent_size: int
+    extent_count: int
+    free_extents: int
+    seqno: int
+    pv_count: int
+    lv_count: int
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LV:
+    """``active`` is None when lvm2 cannot tell (activation disabled, no device-mapper)."""
+
+    vg: str
+    name: str
+    uuid: str
+    size: int
+    extent_size: int
+    tags: tuple[str, ...]
+    active: bool | None
+    attr: str
+
+    @property
+    def ref(self) -> VolumeRef:
+        return VolumeRef(self.vg, self.name)
+
+    @property
+    def extent_count(self) -> int:
+        return self.size // self.extent_size
+
+
+def _int(row: dict[str, str], key: str) -> int:
+    value = row[key]
+    if not (value.isascii() and value.isdigit()):
+        raise ReportFormatError(f"{key}={value!r} is not a non-negative integer")
+    return int(value)
+
+
+def _tags(value: str) -> tuple[str, ...]:
+    # lvm2 tags cannot contain commas, so the comma-joined list splits back exactly.
+    return tuple(tag for tag in value.split(",") if tag)
+
+
+def _active(value: str) -> bool | None:
+    if value == "active":
+        return True
+    if value == "":
+        return False
+    if value == "unknown":
+        return None
+    raise ReportFormatError(f"lv_active={value!r} is not a known state")
+
+
+def _rows(text: str, kind: str, fields: tuple[str, ...]) -> list[dict[str, str]]:
+    try:
+        doc: Any = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ReportFormatError(f"not JSON: {err}") from err
+    if not isinstance(doc, dict) or not isinstance(doc.get("report"), list):
+        raise ReportFormatError("no 'report' list at the top level")
+    rows: list[dict[str, str]] = []
+    for section in doc["report"]:
+        if not isinstance(section, dict) or set(section) != {kind}:
+            raise ReportFormatError(f"report section is not a '{kind}' list")
+        records = section[kind]
+        if not isinstance(records, list):
+            raise ReportFormatError(f"'{kind}' is not a list")
+        for record in records:
+            if not isinstance(record, dict):
+                raise ReportFormatError(f"a '{kind}' record is not an object")
+            missing = [field for field in fields if field not in record]
+            if missing:
+                raise ReportFormatError(f"a '{kind}' record lacks {', '.join(missing)}")
+            if not all(isinstance(record[field], str) for field in fields):
+                raise ReportFormatError(f"a '{kind}' record has a non-string value")
+            rows.append({field: record[field] for field in fields})
+    return rows
+
+
+def _name(row: dict[str, str], key: str) -> str:
+    value = row[key]
+    if not value:
+        raise ReportFormatError(f"{key} is empty")
+    return value
+
+
+def parse_pvs(text: str) -> tuple[PV, ...]:
+    """PVs from ``pvs -o <PV_FIELDS> --reportformat json --units b --nosuffix``."""
+    return tuple(
+        PV(
+            name=_name(row, "pv_name"),
+            uuid=row["pv_uuid"],
+            vg=row["vg_name"],
+            size=_int(row, "pv_size"),
+            free=_int(row, "pv_free"),
+            extent_count=_int(row, "pv_pe_count"),
+            allocated_extents=_int(row, "pv_pe_alloc_count"),
+            missing=row["pv_missing"] == "missing",
+            tags=_tags(row["pv_tags"]),
+        )
+        for row in _rows(text, "pv", PV_FIELDS)
+    )
+
+
+def parse_vgs(text: str) -> tuple[VG, ...]:
+    """VGs from ``vgs -o <VG_FIELDS> --reportformat json --units b --nosuffix``."""
+    vgs: list[VG] = []
+    for row in _rows(text, "vg", VG_FIELDS):
+        vg = VG(
+            name=_name(row, "vg_name"),
+            uuid=row["vg_uuid"],
+            size=_int(row, "vg_size"),
+            free=_int(row, "vg_free"),
+            extent_size=_int(row, "vg_extent_size"),
+            extent_count=_int(row, "vg_extent_count"),
+            free_extents=_int(row, "vg_free_count"),
+            seqno=_int(row, "vg_seqno"),
+            pv_count=_int(row, "pv_count"),
+            lv_count=_int(row, "lv_count"),
+            tags=_tags(row["vg_tags"]),
+        )
+        if vg.extent_size == 0:
+            raise ReportFormatError(f"VG {vg.name} has extent size 0")
+        vgs.append(vg)
+    return tuple(vgs)
+
+
+def parse_lvs(text: str) -> tuple[LV, ...]:
+    """LVs from ``lvs -o <LV_FIELDS> --reportformat json --units b --nosuffix``."""
+    lvs: list[LV] = []
+    for row in _rows(text, "lv", LV_FIELDS):
+        lv = LV(
+            vg=_name(row, "vg_name"),
+            name=_name(row, "lv_name"),
+            uuid=row["lv_uuid"],
+            size=_int(row, "lv_size"),
+            extent_size=_int(row, "vg_extent_size"),
+            tags=_tags(row["lv_tags"]),
+            active=_active(row["lv_active"]),
+            attr=row["lv_attr"],
+        )
+        if lv.extent_size == 0 or lv.size % lv.extent_size:
+            raise ReportFormatError(
+                f"LV {lv.vg}/{lv.name} size {lv.size} is not a whole number of "
+                f"{lv.extent_size}-byte extents"
+            )
+        lvs.append(lv)
+    return tuple(lvs)

@@ -1,0 +1,300 @@
+"""A persistent ``lvm`` shell session behind the :class:`~autoextend.lvm.runner.LvmRunner` protocol.
+
+``lvm`` started without arguments reads commands from stdin, one per line, and saves the
+process start and library setup of every command. Each command's outcome is read from a
+report pipe (``LVM_REPORT_FD``): the session runs with a private ``LVM_SYSTEM_DIR`` whose
+``lvm.conf`` asks for JSON output with the command log, so every command answers with exactly
+one JSON document whose last ``shell``/``cmd`` status entry carries its return code, and whose
+``error``/``warn`` entries carry its messages. Everything else (the pool's devices filter,
+activation, ...) comes with each command's ``--config``, as with :class:`ProcessRunner`.
+(The host's own ``/etc/lvm/lvm.conf`` is therefore not read in shell mode.)
+
+Commands run one at a time. A command that times out, is cancelled, or gets an answer that is
+not a well-formed document kills the session (its whole process group) and reaps it; the next
+command starts a fresh session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anyio
+from anyio.abc import Process
+
+from autoextend import logs
+from autoextend.lvm.errors import (
+    LvmCommandError,
+    LvmReportError,
+    LvmTimeoutError,
+    classify_failure,
+)
+from autoextend.lvm.runner import MAX_OUTPUT, CommandResult, kill_process_group, lvm_environment
+
+log = logs.get_logger("lvm")
+
+SESSION_LVM_CONF = (
+    'report {\n    output_format = "json"\n}\n'
+    'log {\n    report_command_log = 1\n    command_log_selection = "all"\n}\n'
+)
+LVM_RET_SUCCESS = 1  # lvm2's ECMD_PROCESSED
+_SPECIAL = set(" \t\"'#\\")
+
+
+def quote_arg(arg: str) -> str:
+    """Quote one argument for the lvm shell's line splitter (pure).
+
+    The splitter separates on whitespace and takes a word between matching single or double
+    quotes verbatim; there is no escape character. So an argument may hold one kind of quote
+    but not both, and never a newline.
+    """
+    if "\n" in arg or "\r" in arg or "\0" in arg:
+        raise ValueError(f"argument cannot be passed to the lvm shell: {arg!r}")
+    if arg and not (_SPECIAL & set(arg)):
+        return arg
+    if "'" not in arg:
+        return f"'{arg}'"
+    if '"' not in arg:
+        return f'"{arg}"'
+    raise ValueError(f"argument holds both quote kinds: {arg!r}")
+
+
+def shell_line(args: Sequence[str]) -> str:
+    """One command line for the lvm shell."""
+    return " ".join(quote_arg(arg) for arg in args)
+
+
+def split_shell_line(line: str) -> list[str]:
+    """The splitter :func:`quote_arg` targets (used by tests to check round trips)."""
+    words: list[str] = []
+    i = 0
+    while i < len(line):
+        if line[i] in " \t":
+            i += 1
+            continue
+        if line[i] in "'\"":
+            end = line.index(line[i], i + 1)
+            words.append(line[i + 1 : end])
+            i = end + 1
+            continue
+        end = i
+        while end < len(line) and line[end] not in " \t":
+            end += 1
+        words.append(line[i:end])
+        i = end
+    return words
+
+
+def interpret_answer(text: str) -> tuple[int, str]:
+    """``(returncode, messages)`` from one answer document (pure).
+
+    ``returncode`` is 0 on success, else lvm2's failure code (5 failed, 3 bad arguments, ...).
+    Raises ValueError when the document is not an lvm2 answer.
+    """
+    doc: Any = json.loads(text)
+    if not isinstance(doc, dict) or not isinstance(doc.get("log"), list):
+        raise ValueError("no 'log' list in the answer")
+    status: int | None = None
+    messages: list[str] = []
+    for entry in doc["log"]:
+        if not isinstance(entry, dict):
+            raise ValueError("a log entry is not an object")
+        kind = entry.get("log_type")
+        message = entry.get("log_message")
+        if not isinstance(kind, str) or not isinstance(message, str):
+            raise ValueError("a log entry lacks log_type or log_message")
+        if kind in ("error", "warn"):
+            messages.append(message)
+        if kind == "status" and entry.get("log_context") == "shell":
+            code = entry.get("log_ret_code")
+            if not (isinstance(code, str) and code.isdigit()):
+                raise ValueError(f"bad log_ret_code {code!r}")
+            status = int(code)
+    if status is None:
+        raise ValueError("no command status in the answer")
+    return (0 if status == LVM_RET_SUCCESS else status or 5), "\n".join(messages)
+
+
+def _prepare_state_dir() -> tuple[str, int]:
+    """A private LVM_SYSTEM_DIR with the session's lvm.conf, and a file for its stderr."""
+    state_dir = tempfile.mkdtemp(prefix="autoextend-lvmshell-")
+    with open(os.path.join(state_dir, "lvm.conf"), "w") as conf:
+        conf.write(SESSION_LVM_CONF)
+    stderr_fd = os.open(
+        os.path.join(state_dir, "stderr"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600
+    )
+    return state_dir, stderr_fd
+
+
+class _Session:
+    """One running ``lvm`` shell process and its report pipe."""
+
+    def __init__(self, process: Process, report_fd: int, state_dir: str) -> None:
+        self.process = process
+        self.report_fd = report_fd
+        self.state_dir = state_dir
+
+    @classmethod
+    async def start(cls, binary: str, env: Mapping[str, str]) -> _Session:
+        state_dir, stderr_fd = await anyio.to_thread.run_sync(_prepare_state_dir)
+        read_fd, write_fd = os.pipe()
+        try:
+            os.set_blocking(read_fd, False)
+            session_env = dict(env)
+            session_env.update(
+                LVM_SYSTEM_DIR=state_dir, LVM_REPORT_FD=str(write_fd), HOME=state_dir
+            )
+            process = await anyio.open_process(
+                [binary],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr_fd,
+                env=session_env,
+                pass_fds=(write_fd,),
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(read_fd)
+            shutil.rmtree(state_dir, ignore_errors=True)
+            raise
+        finally:
+            os.close(write_fd)
+            os.close(stderr_fd)
+        return cls(process, read_fd, state_dir)
+
+    async def execute(self, line: str) -> str:
+        """Send one command; return its answer document (waits until it is complete)."""
+        assert self.process.stdin is not None
+        await self.process.stdin.send(line.encode() + b"\n")
+        buffer = bytearray()
+        while True:
+            await anyio.wait_readable(self.report_fd)
+            try:
+                chunk = os.read(self.report_fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise EOFError("the lvm shell closed its report pipe (it exited)")
+            buffer.extend(chunk)
+            if len(buffer) > MAX_OUTPUT:
+                raise ValueError(f"answer larger than {MAX_OUTPUT} bytes")
+            if buffer.rstrip().endswith(b"}"):
+                text = buffer.decode("utf-8", "replace")
+                try:
+                    json.loads(text)
+                except json.JSONDecodeError:
+                    continue  # not complete yet
+                return text
+
+    def stderr_tail(self) -> str:
+        try:
+            with open(os.path.join(self.state_dir, "stderr"), "rb") as file:
+                file.seek(0, os.SEEK_END)
+                file.seek(max(0, file.tell() - 2000))
+                return file.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    async def kill(self) -> None:
+        """Kill and reap (shielded), then release the pipe and the state directory."""
+        with anyio.CancelScope(shield=True):
+            kill_process_group(self.process)
+            await self.process.wait()
+            await self.process.aclose()
+            self._release()
+
+    async def close(self, grace_s: float = 5.0) -> None:
+        """End the session politely (EOF on stdin), killing it after ``grace_s``."""
+        with anyio.CancelScope(shield=True):
+            assert self.process.stdin is not None
+            try:
+                await self.process.stdin.aclose()
+            except (OSError, anyio.BrokenResourceError):
+                pass
+            with anyio.move_on_after(grace_s):
+                await self.process.wait()
+            if self.process.returncode is None:
+                kill_process_group(self.process)
+                await self.process.wait()
+            await self.process.aclose()
+            self._release()
+
+    def _release(self) -> None:
+        if self.report_fd >= 0:
+            os.close(self.report_fd)
+            self.report_fd = -1
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+class LvmShellRunner:
+    """Runs commands through one persistent ``lvm`` shell, restarted after any failure."""
+
+    def __init__(
+        self,
+        lvm_binary: str = "lvm",
+        timeout_s: float = 30.0,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self._binary = lvm_binary
+        self._timeout_s = timeout_s
+        self._env = lvm_environment(env)
+        self._lock = anyio.Lock()
+        self._session: _Session | None = None
+        self.sessions_started = 0
+
+    @property
+    def session_pid(self) -> int | None:
+        return self._session.process.pid if self._session is not None else None
+
+    async def run(self, args: Sequence[str]) -> CommandResult:
+        argv = tuple(args)
+        try:
+            line = shell_line(argv)
+        except ValueError as err:
+            raise LvmCommandError(argv, str(err)) from err
+        async with self._lock:
+            started = time.monotonic()
+            session = await self._ensure_session(argv)
+            answered = False
+            try:
+                with anyio.move_on_after(self._timeout_s) as scope:
+                    text = await session.execute(line)
+                    returncode, messages = interpret_answer(text)
+                    answered = True
+                if scope.cancelled_caught:
+                    log.warning("lvm shell command timed out", argv=argv[0])
+                    raise LvmTimeoutError(argv, self._timeout_s, session.stderr_tail())
+            except (ValueError, EOFError, OSError, anyio.BrokenResourceError) as err:
+                raise LvmReportError(argv, f"lvm shell: {err}", session.stderr_tail()) from err
+            finally:
+                if not answered:
+                    self._session = None
+                    await session.kill()
+        duration = time.monotonic() - started
+        if returncode != 0:
+            raise classify_failure(argv, returncode, messages)
+        return CommandResult(argv, text, messages, duration)
+
+    async def _ensure_session(self, argv: tuple[str, ...]) -> _Session:
+        if self._session is None or self._session.process.returncode is not None:
+            if self._session is not None:
+                await self._session.kill()
+            try:
+                self._session = await _Session.start(self._binary, self._env)
+            except OSError as err:
+                raise LvmCommandError(argv, f"cannot start {self._binary}: {err}") from err
+            self.sessions_started += 1
+            log.debug("lvm shell started", pid=self._session.process.pid)
+        return self._session
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            session, self._session = self._session, None
+            if session is not None:
+                await session.close()
