@@ -3,13 +3,35 @@
 Defaults follow vdsm (../shared/reference/vdsm.md): chunk 2560 MiB, utilization 20 %
 (so extend when less than 80 % of a chunk = 2048 MiB is free), cap = capacity x 1.1,
 a 2 s fallback poll.
+
+``[[policy.overrides]]`` entries change chunk, utilization or cap for the drives they match
+(by VG, LV, VM and/or drive; every given field must match; the last matching entry wins per
+key). ``[policy.vg_reserve_mib]`` keeps free space in a VG that autoextend never uses.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from autoextend.confbase import Section
+
+
+class PolicyOverride(Section):
+    vg: str | None = None
+    lv: str | None = None
+    vm: str | None = None
+    drive: str | None = None
+    chunk_mib: int | None = Field(None, ge=1, le=1 << 24)
+    utilization_percent: int | None = Field(None, ge=0, le=99)
+    cap_factor: float | None = Field(None, ge=1.0, le=4.0)
+
+    @model_validator(mode="after")
+    def _useful(self) -> PolicyOverride:
+        if not any((self.vg, self.lv, self.vm, self.drive)):
+            raise ValueError("an override needs at least one of vg, lv, vm, drive to match")
+        if self.chunk_mib is None and self.utilization_percent is None and self.cap_factor is None:
+            raise ValueError("an override must set chunk_mib, utilization_percent or cap_factor")
+        return self
 
 
 class PolicySettings(Section):
@@ -21,3 +43,12 @@ class PolicySettings(Section):
     extend_timeout_s: float = Field(60.0, gt=0.0, le=3600.0)
     retry_initial_s: float = Field(1.0, gt=0.0, le=600.0)
     retry_max_s: float = Field(30.0, gt=0.0, le=3600.0)
+    overrides: tuple[PolicyOverride, ...] = Field((), strict=False)
+    vg_reserve_mib: dict[str, int] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _reserves_positive(self) -> PolicySettings:
+        for vg, mib in self.vg_reserve_mib.items():
+            if mib < 0:
+                raise ValueError(f"vg_reserve_mib.{vg} must be >= 0")
+        return self

@@ -33,7 +33,7 @@ from autoextend.clock import Clock
 from autoextend.errors import AutoextendError
 from autoextend.logs import get_logger
 from autoextend.lvm.volume import VolumeRef
-from autoextend.monitor import policy
+from autoextend.monitor import overrides, policy
 from autoextend.monitor.config import PolicySettings
 from autoextend.monitor.drive import DriveState, ThresholdState
 from autoextend.monitor.observer import MonitorObserver, NullObserver
@@ -76,13 +76,8 @@ VmMessage = HypervisorEvent | _Resync | _Poll
 
 
 def default_policy_resolver(settings: PolicySettings) -> PolicyResolver:
-    fixed = policy.DrivePolicy(
-        chunk=settings.chunk_mib * policy.MiB,
-        utilization_percent=settings.utilization_percent,
-        cap_factor=settings.cap_factor,
-        extent=settings.extent_mib * policy.MiB,
-    )
-    return lambda info, volume: fixed
+    """Config defaults plus ``[[policy.overrides]]``."""
+    return lambda info, volume: overrides.resolve(settings, info, volume)
 
 
 @dataclass
