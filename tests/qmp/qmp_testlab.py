@@ -132,7 +132,7 @@ class QemuLab:
                     raise RuntimeError(f"qemu {qemu.name} exited: {qemu.process.returncode}")
                 await anyio.sleep(0.02)
 
-    async def kill(self, qemu: Qemu, sig: int = signal.SIGKILL) -> None:
+    async def kill(self, qemu: Qemu, sig: signal.Signals = signal.SIGKILL) -> None:
         if qemu.process is None or qemu.process.returncode is not None:
             return
         qemu.process.send_signal(sig)
