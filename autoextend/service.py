@@ -26,6 +26,10 @@ from autoextend.clock import Clock, MonotonicClock
 from autoextend.control import ControlServer
 from autoextend.errors import ConfigError
 from autoextend.logs import get_logger
+from autoextend.lvm import factory
+from autoextend.lvm.authority import LocalAuthority
+from autoextend.lvm.loop_backend import LoopVolumeBackend
+from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.volume import VolumeBackend, VolumeRef
 from autoextend.metrics import Metrics, serve_metrics
 from autoextend.monitor.core import Monitor
@@ -37,11 +41,11 @@ from autoextend.settings import Settings
 log = get_logger("service")
 
 
-def make_volume_backend(settings: Settings) -> VolumeBackend:
-    from autoextend.lvm.backends import LocalAuthority
-    from autoextend.lvm.backends import make_volume_backend as make
-
-    return make(settings, LocalAuthority())
+def make_volume_backend(settings: Settings) -> LvmVolumeBackend | LoopVolumeBackend:
+    """Single-host (local extender) mode: this host is the only writer, by configuration.
+    In mailbox mode the host side gets no authority; the SPM gets the lease's term."""
+    authority = LocalAuthority() if settings.service.extender == "local" else None
+    return factory.make_volume_backend(settings, authority)
 
 
 def make_hypervisor(
@@ -136,6 +140,13 @@ class Service:
         return True
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._run(task_status)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.backend.aclose()
+
+    async def _run(self, task_status: TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
             await tg.start(self.control.serve)
             if self.settings.metrics.enabled:
