@@ -1,0 +1,451 @@
+"""The host side of the mailbox: send extend requests to the SPM and wait for the replies.
+
+:class:`HostMailbox` owns this host's request box (only this host writes it) and its word in
+the doorbell area. :meth:`HostMailbox.run` is the one task that does I/O; callers of
+:meth:`HostMailbox.request` only change in-memory state and wait.
+
+Slot handshake (no extra round trip):
+
+1. The host writes request ``(generation, id)`` into a free slot and rings its doorbell.
+2. The SPM writes a reply carrying the same ``(generation, id)`` into the same slot of the
+   host's reply box. It never writes the request box.
+3. The host reads the reply, wakes the waiters and clears its slot (written with the next
+   flush, no doorbell). The slot is free again at once: a stale reply left in the reply
+   slot can never match, because ids never repeat within a generation.
+
+Withdrawing: when the last waiter gives up (timeout, cancellation), the host clears the slot.
+An SPM that already started still extends (harmless: extends only grow a volume to at least
+the size asked) and replies; the reply is ignored.
+
+Coalescing: a request for a volume already in flight joins it when it asks for no more than
+the size in flight. Asking for more *supersedes* it: the same slot is rewritten with a new id
+and the larger size; everybody waits for that reply, except that an OK reply to the earlier
+id already satisfies waiters that asked for no more than the size it reports.
+
+Restart: :meth:`run` starts a new generation (one more than any generation found in the two
+boxes) and writes an empty box, withdrawing whatever the previous incarnation left.
+
+No reply: the doorbell is rung again after ``ring_retry_initial_s``, doubling up to
+``ring_retry_max_s``; the request stays in its slot so a new SPM serves it after a failover.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskStatus
+
+from autoextend import logs
+from autoextend.clock import Clock, MonotonicClock
+from autoextend.directio import SectorStorage
+from autoextend.errors import AutoextendError
+from autoextend.lvm.volume import VolumeRef
+from autoextend.spm.config import MailboxSettings
+from autoextend.spm.errors import CorruptSector, MailboxClosed, MailboxTimeout
+from autoextend.spm.layout import SLOTS_PER_HOST, MailboxLayout, next_ring, read_word, with_word
+from autoextend.spm.waiting import sleep_or_event
+from autoextend.spm.wire import (
+    MAX_REQUEST_ID,
+    MAX_SIZE,
+    NAME_FIELD,
+    Kind,
+    ReasonCode,
+    Reply,
+    Request,
+    Status,
+    decode_sector,
+    encode_sector,
+)
+
+log = logs.get_logger("spm.host")
+
+# The doorbell sector is read back for this long after a ring, on every reply poll: another
+# host's read-modify-write of the same sector can undo our word within that window.
+DOORBELL_VERIFY_S = 1.0
+
+
+def reply_poll_interval(waited: float, base: float, maximum: float) -> float:
+    """How long to sleep between reply polls after waiting ``waited`` seconds: ``base`` at
+    first, then a tenth of the time waited, never more than ``maximum`` (pure)."""
+    return min(maximum, max(base, waited * 0.1))
+
+
+def next_retry_delay(previous: float, initial: float, maximum: float) -> float:
+    """The doorbell re-ring backoff: ``initial``, doubling, capped at ``maximum`` (pure)."""
+    return min(maximum, initial if previous <= 0 else previous * 2)
+
+
+def local_rejection(volume: VolumeRef, size: int) -> Reply | None:
+    """A request that cannot even be written to the mailbox, answered here (pure)."""
+    name = f"{volume.vg}/{volume.lv}"
+    if not name.isascii() or len(name) > NAME_FIELD or "/" in volume.vg or "/" in volume.lv:
+        return Reply(0, 0, Status.REJECTED, 0, ReasonCode.BAD_NAME,
+                     f"volume name not ASCII or longer than {NAME_FIELD} bytes")
+    if not 0 < size <= MAX_SIZE:
+        return Reply(0, 0, Status.REJECTED, 0, ReasonCode.BAD_SIZE, f"bad size {size}")
+    return None
+
+
+@dataclass(eq=False)
+class _Waiter:
+    size: int
+    deadline: float
+    done: anyio.Event = field(default_factory=anyio.Event)
+    reply: Reply | None = None
+    timed_out: bool = False
+    closed: bool = False
+
+
+@dataclass(eq=False)
+class _Pending:
+    volume: VolumeRef
+    size: int
+    request_id: int
+    created: float
+    slot: int | None = None
+    waiters: list[_Waiter] = field(default_factory=list)
+    earlier: dict[int, int] = field(default_factory=dict)  # superseded id -> its size
+
+
+@dataclass
+class HostMailboxCounters:
+    requests: int = 0  # calls to request()
+    sent: int = 0  # distinct requests written (new or superseding)
+    coalesced: int = 0  # calls that joined a request in flight
+    superseded: int = 0  # in-flight requests rewritten with a larger size
+    replies: int = 0  # replies matched to a request
+    corrupt_sectors: int = 0
+    timeouts: int = 0
+    withdrawn: int = 0
+    rings: int = 0
+    ring_repairs: int = 0  # our doorbell word was undone by another host's write
+    io_errors: int = 0
+
+
+class HostMailbox:
+    """One host's end of the mailbox. Start :meth:`run` in a task group (``await tg.start``),
+    then call :meth:`request` from any task."""
+
+    def __init__(
+        self,
+        storage: SectorStorage,
+        layout: MailboxLayout,
+        host_id: int,
+        settings: MailboxSettings,
+        clock: Clock | None = None,
+    ) -> None:
+        layout.check_host(host_id)
+        layout.check_fits(storage.size)
+        self._storage = storage
+        self._layout = layout
+        self._host_id = host_id
+        self._settings = settings
+        self._clock = clock or MonotonicClock()
+        self._log = log.bind(host_id=host_id)
+        self.counters = HostMailboxCounters()
+        self.generation = 0
+        self._running = False
+        self._wake: anyio.Event | None = None
+        self._next_id = 1
+        self._slots: list[Request | None] = [None] * SLOTS_PER_HOST
+        self._by_volume: dict[VolumeRef, _Pending] = {}
+        self._queue: list[_Pending] = []  # waiting for a free slot, oldest first
+        self._dirty: set[int] = set()  # request box sectors to write
+        self._ring_needed = False
+        self._bell = 0
+        self._rung_at = -1e18
+        self._retry_delay = 0.0
+
+    @property
+    def host_id(self) -> int:
+        return self._host_id
+
+    @property
+    def in_flight(self) -> int:
+        """Requests written or queued that still wait for a reply."""
+        return len(self._by_volume)
+
+    # The caller's side.
+
+    async def request(
+        self, volume: VolumeRef, size: int, *, timeout_s: float | None = None
+    ) -> Reply:
+        """Ask the SPM to extend ``volume`` to at least ``size`` bytes and wait for its reply.
+
+        Returns the reply (OK, FAILED or REJECTED). A name or size that cannot be sent gets a
+        REJECTED reply made here (request_id 0) without any I/O.
+
+        Raises:
+            MailboxTimeout: no reply within ``timeout_s`` (default ``request_timeout_s``).
+            MailboxClosed: :meth:`run` is not running, or stopped while waiting.
+        """
+        if not self._running or self._wake is None:
+            raise MailboxClosed()
+        rejection = local_rejection(volume, size)
+        if rejection is not None:
+            return rejection
+        self.counters.requests += 1
+        limit = self._settings.request_timeout_s if timeout_s is None else timeout_s
+        waiter = _Waiter(size, self._clock.now() + limit)
+        pending = self._by_volume.get(volume)
+        if pending is None:
+            pending = _Pending(volume, size, self._new_id(), self._clock.now())
+            self._by_volume[volume] = pending
+            self._queue.append(pending)
+            self.counters.sent += 1
+        elif size > pending.size:
+            self.counters.superseded += 1
+            self.counters.sent += 1
+            pending.earlier[pending.request_id] = pending.size
+            pending.request_id = self._new_id()
+            pending.size = size
+            pending.created = self._clock.now()
+            if pending.slot is not None:
+                self._write_slot(pending.slot, Request(pending.request_id, volume.vg,
+                                                       volume.lv, size), ring=True)
+        else:
+            self.counters.coalesced += 1
+        pending.waiters.append(waiter)
+        self._wake.set()
+        try:
+            await waiter.done.wait()
+        finally:
+            if not waiter.done.is_set():  # cancelled
+                self._drop_waiter(pending, waiter)
+        if waiter.reply is not None:
+            return waiter.reply
+        if waiter.closed:
+            raise MailboxClosed()
+        raise MailboxTimeout(str(volume), size, limit)
+
+    def _new_id(self) -> int:
+        request_id = self._next_id
+        self._next_id = 1 if self._next_id >= MAX_REQUEST_ID else self._next_id + 1
+        return request_id
+
+    def _write_slot(self, slot: int, request: Request | None, *, ring: bool) -> None:
+        self._slots[slot] = request
+        self._dirty.add(self._layout.slot_sector(slot))
+        self._ring_needed = self._ring_needed or ring
+        if self._wake is not None:
+            self._wake.set()
+
+    def _drop_waiter(self, pending: _Pending, waiter: _Waiter) -> None:
+        if waiter in pending.waiters:
+            pending.waiters.remove(waiter)
+        if not pending.waiters:
+            self._withdraw(pending)
+
+    def _withdraw(self, pending: _Pending) -> None:
+        if self._by_volume.get(pending.volume) is not pending:
+            return
+        del self._by_volume[pending.volume]
+        if pending in self._queue:
+            self._queue.remove(pending)
+        if pending.slot is not None:
+            self.counters.withdrawn += 1
+            self._write_slot(pending.slot, None, ring=False)
+
+    def _finish(self, pending: _Pending, waiter: _Waiter) -> None:
+        pending.waiters.remove(waiter)
+        waiter.done.set()
+
+    # The I/O task.
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Start a new generation, then serve requests until cancelled.
+
+        Raises:
+            StorageError: the boxes could not be read or written at start.
+        """
+        self._wake = anyio.Event()
+        await self._start()
+        self._running = True
+        task_status.started()
+        try:
+            while True:
+                await self._step()
+                await sleep_or_event(self._clock, self._sleep_time(), self._wake)
+                self._wake = anyio.Event()
+        finally:
+            self._running = False
+            for pending in list(self._by_volume.values()):
+                for waiter in list(pending.waiters):
+                    waiter.closed = True
+                    self._finish(pending, waiter)
+            self._by_volume.clear()
+            self._queue.clear()
+
+    async def _start(self) -> None:
+        layout, storage = self._layout, self._storage
+        ss = layout.sector_size
+        seen = 0
+        unreadable = False
+        for kind, offset in (
+            (Kind.REQUEST, layout.request_offset(self._host_id)),
+            (Kind.REPLY, layout.reply_offset(self._host_id)),
+        ):
+            box = await storage.read(offset, layout.box_bytes)
+            for i in range(layout.sectors_per_box):
+                try:
+                    sector = decode_sector(box[i * ss : (i + 1) * ss], kind, i, self._host_id,
+                                           len(layout.sector_slots(i)))
+                except CorruptSector:
+                    unreadable = True
+                    continue
+                seen = max(seen, sector.generation)
+                if kind is Kind.REPLY:
+                    seen = max([seen] + [r.generation for r in sector.slots
+                                         if isinstance(r, Reply)])
+        generation = seen + 1
+        if unreadable:  # a generation we could not see may be higher: jump well past it
+            generation += 1 + secrets.randbelow(1 << 20)
+        self.generation = generation & 0xFFFFFFFF or 1
+        self._dirty = set(range(layout.sectors_per_box))
+        self._ring_needed = True
+        await self._flush()
+        self._log.info("host mailbox started", generation=self.generation)
+
+    def _sleep_time(self) -> float | None:
+        if self._dirty or self._queue:
+            return 0.0 if self._dirty else self._settings.reply_poll_interval_s
+        if not self._by_volume:
+            return None  # idle: no I/O until a request comes
+        newest = max(p.created for p in self._by_volume.values())
+        return reply_poll_interval(
+            self._clock.now() - newest,
+            self._settings.reply_poll_interval_s,
+            self._settings.reply_poll_max_s,
+        )
+
+    async def _step(self) -> None:
+        now = self._clock.now()
+        self._expire(now)
+        self._assign_slots(now)
+        try:
+            if self._dirty:
+                await self._flush()
+            if any(p.slot is not None for p in self._by_volume.values()):
+                await self._poll_replies()
+                await self._keep_bell_rung(self._clock.now())
+        except AutoextendError as err:
+            self.counters.io_errors += 1
+            self._log.warning("mailbox I/O failed, will retry", error=str(err))
+            await self._clock.sleep(self._settings.reply_poll_max_s)
+
+    def _expire(self, now: float) -> None:
+        for pending in list(self._by_volume.values()):
+            for waiter in [w for w in pending.waiters if w.deadline <= now]:
+                waiter.timed_out = True
+                self.counters.timeouts += 1
+                self._finish(pending, waiter)
+                self._log.warning("no reply from the SPM", volume=str(pending.volume),
+                                  request_id=pending.request_id)
+            if not pending.waiters:
+                self._withdraw(pending)
+
+    def _assign_slots(self, now: float) -> None:
+        free = [i for i, slot in enumerate(self._slots) if slot is None]
+        while self._queue and free:
+            pending = self._queue.pop(0)
+            pending.slot = free.pop(0)
+            pending.created = now
+            self._write_slot(pending.slot, Request(pending.request_id, pending.volume.vg,
+                                                   pending.volume.lv, pending.size), ring=True)
+
+    async def _flush(self) -> None:
+        """Write the dirty request sectors (one I/O for the range), then ring if needed."""
+        layout = self._layout
+        first, last = min(self._dirty), max(self._dirty)
+        data = b"".join(
+            encode_sector(Kind.REQUEST, layout.sector_size, i, self._host_id, self.generation,
+                          [self._slots[j] for j in layout.sector_slots(i)])
+            for i in range(first, last + 1)
+        )
+        dirty, self._dirty = self._dirty, set()
+        ring, self._ring_needed = self._ring_needed, False
+        try:
+            await self._storage.write(
+                layout.request_offset(self._host_id) + first * layout.sector_size, data
+            )
+            if ring:
+                await self._ring()
+        except BaseException:
+            self._dirty |= dirty
+            self._ring_needed = self._ring_needed or ring
+            raise
+
+    async def _ring(self) -> None:
+        """Change our doorbell word (read-modify-write of the shared doorbell sector)."""
+        offset = self._layout.doorbell_sector_offset(self._host_id)
+        pos = self._layout.doorbell_word_pos(self._host_id)
+        sector = await self._storage.read(offset, self._layout.sector_size)
+        value = next_ring(max(self._bell, read_word(sector, pos)))
+        await self._storage.write(offset, with_word(sector, pos, value))
+        self._bell = value
+        self._rung_at = self._clock.now()
+        self.counters.rings += 1
+
+    async def _keep_bell_rung(self, now: float) -> None:
+        """Repair a doorbell word another host undid; ring again when no reply comes."""
+        if now - self._rung_at < DOORBELL_VERIFY_S:
+            offset = self._layout.doorbell_sector_offset(self._host_id)
+            sector = await self._storage.read(offset, self._layout.sector_size)
+            if read_word(sector, self._layout.doorbell_word_pos(self._host_id)) != self._bell:
+                self.counters.ring_repairs += 1
+                await self._ring()
+        delay = self._retry_delay or self._settings.ring_retry_initial_s
+        if now - self._rung_at >= delay:
+            self._log.info("no reply yet, ringing the doorbell again", pending=self.in_flight)
+            await self._ring()
+            self._retry_delay = next_retry_delay(
+                delay, self._settings.ring_retry_initial_s, self._settings.ring_retry_max_s
+            )
+
+    async def _poll_replies(self) -> None:
+        layout = self._layout
+        ss = layout.sector_size
+        by_sector: dict[int, list[_Pending]] = {}
+        for pending in self._by_volume.values():
+            if pending.slot is not None:
+                by_sector.setdefault(layout.slot_sector(pending.slot), []).append(pending)
+        first, last = min(by_sector), max(by_sector)
+        data = await self._storage.read(
+            layout.reply_offset(self._host_id) + first * ss, (last - first + 1) * ss
+        )
+        for index, pendings in by_sector.items():
+            raw = data[(index - first) * ss : (index - first + 1) * ss]
+            try:
+                sector = decode_sector(raw, Kind.REPLY, index, self._host_id,
+                                       len(layout.sector_slots(index)))
+            except CorruptSector as err:
+                self.counters.corrupt_sectors += 1
+                self._log.warning("corrupt reply sector skipped", error=str(err))
+                continue
+            base = layout.sector_slots(index).start
+            for pending in pendings:
+                assert pending.slot is not None
+                reply = sector.slots[pending.slot - base]
+                if isinstance(reply, Reply) and reply.generation == self.generation:
+                    self._take_reply(pending, reply)
+
+    def _take_reply(self, pending: _Pending, reply: Reply) -> None:
+        if reply.request_id == pending.request_id:
+            satisfied = list(pending.waiters)
+        elif reply.request_id in pending.earlier and reply.status is Status.OK:
+            satisfied = [w for w in pending.waiters if w.size <= reply.size]
+        else:
+            return
+        if not satisfied:
+            return
+        self.counters.replies += 1
+        self._retry_delay = 0.0
+        for waiter in satisfied:
+            waiter.reply = reply
+            self._finish(pending, waiter)
+        if reply.request_id == pending.request_id or not pending.waiters:
+            assert pending.slot is not None
+            del self._by_volume[pending.volume]
+            self._write_slot(pending.slot, None, ring=False)

@@ -1,0 +1,436 @@
+"""The SPM side of the mailbox: read requests, extend through the volume backend, reply.
+
+Run :meth:`SpmMailServer.run` only inside the lease's SPM scope; the server also calls
+``authority.check()`` before every extend and every reply write, and stops (raising
+NotSpmError) when it fails.
+
+Each poll reads the doorbell area (one small read) and then only the request boxes of hosts
+whose doorbell word changed, plus a slice of a slow round-robin full scan (the safety net).
+On start it reads every reply box (what was already answered) and every request box, and
+serves what is pending: after a failover nothing is lost, and a request whose reply is
+already on disk is not executed again.
+
+Extends run concurrently across VGs (at most ``max_concurrent_extends``) and one at a time
+per VG. A request is identified by ``(host, slot, generation, request_id)``; it is served at
+most once per server while its reply is known, and every extend is "to at least size", so a
+duplicate after a failover cannot grow a volume past what was asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from autoextend import logs
+from autoextend.clock import Clock, MonotonicClock
+from autoextend.directio import SectorStorage
+from autoextend.errors import AutoextendError, NotSpmError
+from autoextend.lvm.authority import SpmAuthority
+from autoextend.lvm.errors import VolumeNotFound, VolumeSpaceError
+from autoextend.lvm.volume import VolumeBackend, VolumeRef
+from autoextend.spm.config import MailboxSettings
+from autoextend.spm.errors import CorruptSector
+from autoextend.spm.layout import (
+    SLOTS_PER_HOST,
+    MailboxLayout,
+    changed_hosts,
+    contiguous_runs,
+    doorbell_words,
+)
+from autoextend.spm.validate import check_request
+from autoextend.spm.waiting import sleep_or_event
+from autoextend.spm.wire import (
+    Kind,
+    MalformedSlot,
+    ReasonCode,
+    Reply,
+    Request,
+    Status,
+    decode_sector,
+    encode_sector,
+)
+
+log = logs.get_logger("spm.server")
+
+MAX_READ_BYTES = 1 << 20  # adjacent boxes are read together, up to this much per I/O
+
+
+@dataclass
+class ServerCounters:
+    polls: int = 0
+    boxes_read: int = 0
+    received: int = 0  # requests taken up (each distinct request once)
+    duplicates: int = 0  # requests seen again whose reply is already written
+    replied: int = 0
+    ok: int = 0
+    failed: int = 0
+    rejected: int = 0
+    corrupt_sectors: int = 0  # torn/corrupt sectors skipped (each time seen)
+    stale_sectors: int = 0  # sectors of an older host generation, ignored
+    handed_back: int = 0  # requests left unanswered at step-down, for the next SPM
+    io_errors: int = 0
+
+
+@dataclass(frozen=True)
+class _Key:
+    host: int
+    slot: int
+
+
+class SpmMailServer:
+    """Serves every host's mailbox while this host is SPM."""
+
+    def __init__(
+        self,
+        storage: SectorStorage,
+        backend: VolumeBackend,
+        pool_vgs: Collection[str],
+        *,
+        layout: MailboxLayout,
+        authority: SpmAuthority,
+        settings: MailboxSettings,
+        clock: Clock | None = None,
+        epoch: int = 0,
+    ) -> None:
+        layout.check_fits(storage.size)
+        self._storage = storage
+        self._backend = backend
+        self._pool_vgs = frozenset(pool_vgs)
+        self._layout = layout
+        self._authority = authority
+        self._settings = settings
+        self._clock = clock or MonotonicClock()
+        self._epoch = epoch & 0xFFFFFFFF
+        self.counters = ServerCounters()
+        self._bells: list[int] = []
+        self._replies: dict[int, list[Reply | None]] = {}
+        self._on_disk: dict[tuple[int, int], list[Reply | None]] = {}
+        self._version: dict[tuple[int, int], int] = {}
+        self._written: dict[tuple[int, int], int] = {}
+        self._inflight: dict[_Key, tuple[int, int]] = {}
+        self._newer_seen: set[_Key] = set()
+        self._rescan: set[int] = set()
+        self._vg_locks: dict[str, anyio.Lock] = {}
+        self._host_locks: dict[int, anyio.Lock] = {}
+        self._queued: set[anyio.CancelScope] = set()
+        self._accepting = True
+        self._scan_cursor = 0
+        self._scan_credit = 0.0
+        self._tg: TaskGroup | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._lost: NotSpmError | None = None
+        self._wake: anyio.Event | None = None
+        self._stopped: anyio.Event | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled or stepped down (then it returns once in-flight work ended).
+
+        ``task_status.started()`` is called after the start-up scan has taken up everything
+        pending. Raises NotSpmError when ``authority.check()`` fails, StorageError when the
+        start-up reads fail.
+        """
+        self._wake = anyio.Event()
+        self._stopped = anyio.Event()
+        self._limiter = anyio.CapacityLimiter(self._settings.max_concurrent_extends)
+        layout = self._layout
+        self._lost = None
+        try:
+            self._authority.check()
+            area = await self._storage.read(layout.base, layout.doorbell_bytes)
+            self._bells = doorbell_words(area, layout.max_hosts)
+            await self._load_replies()
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                await self._scan(list(range(1, layout.max_hosts + 1)))
+                log.info("SPM mail server started", pending=self.in_flight,
+                         max_hosts=layout.max_hosts)
+                task_status.started()
+                last = self._clock.now()
+                while self._accepting:
+                    await sleep_or_event(self._clock, self._settings.poll_interval_s, self._wake)
+                    if not self._accepting or not self._still_spm():
+                        break
+                    now = self._clock.now()
+                    await self._poll(now - last)
+                    last = now
+                for scope in list(self._queued):
+                    scope.cancel()
+        finally:
+            self._tg = None
+            self._stopped.set()
+        if self._lost is not None:
+            log.warning("SPM mail server stopped: not SPM", reason=self._lost.reason)
+            raise self._lost
+        log.info("SPM mail server stopped", handed_back=self.counters.handed_back)
+
+    async def step_down(self, timeout_s: float | None = None) -> None:
+        """Stop taking requests, hand back queued ones (left unanswered in the hosts' boxes
+        for the next SPM), let running extends finish and reply, then return once :meth:`run`
+        has returned. After ``timeout_s`` running extends are cancelled too."""
+        self._accepting = False
+        for scope in list(self._queued):
+            scope.cancel()
+        if self._wake is not None:
+            self._wake.set()
+        if self._stopped is None:
+            return
+        with anyio.move_on_after(timeout_s):
+            await self._stopped.wait()
+            return
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+        await self._stopped.wait()
+
+    def _still_spm(self) -> bool:
+        try:
+            self._authority.check()
+        except NotSpmError as err:
+            self._lose(err)
+            return False
+        return True
+
+    def _lose(self, err: NotSpmError) -> None:
+        """Authority lost: stop at once, in-flight work is abandoned (never replied)."""
+        if self._lost is None:
+            self._lost = err
+        self._accepting = False
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    # Reading.
+
+    async def _load_replies(self) -> None:
+        layout = self._layout
+        ss = layout.sector_size
+        per_read = max(1, MAX_READ_BYTES // layout.box_bytes)
+        for first, count in contiguous_runs(list(range(1, layout.max_hosts + 1)), per_read):
+            data = await self._storage.read(layout.reply_offset(first), count * layout.box_bytes)
+            for n in range(count):
+                host = first + n
+                image: list[Reply | None] = [None] * SLOTS_PER_HOST
+                box = data[n * layout.box_bytes : (n + 1) * layout.box_bytes]
+                for index in range(layout.sectors_per_box):
+                    slots = layout.sector_slots(index)
+                    try:
+                        sector = decode_sector(box[index * ss : (index + 1) * ss], Kind.REPLY,
+                                               index, host, len(slots))
+                    except CorruptSector as err:
+                        self.counters.corrupt_sectors += 1
+                        log.warning("corrupt reply sector (will be rewritten)", error=str(err))
+                        continue
+                    for slot, reply in zip(slots, sector.slots, strict=True):
+                        image[slot] = reply if isinstance(reply, Reply) else None
+                self._replies[host] = image
+                for index in range(layout.sectors_per_box):
+                    self._on_disk[(host, index)] = [image[j] for j in layout.sector_slots(index)]
+
+    async def _poll(self, elapsed: float) -> None:
+        layout = self._layout
+        self.counters.polls += 1
+        try:
+            area = await self._storage.read(layout.base, layout.doorbell_bytes)
+        except AutoextendError as err:
+            self.counters.io_errors += 1
+            log.warning("doorbell read failed", error=str(err))
+            return
+        words = doorbell_words(area, layout.max_hosts)
+        hosts = set(changed_hosts(self._bells, words))
+        self._bells = words
+        hosts |= self._rescan
+        self._rescan = set()
+        hosts |= set(self._full_scan_slice(elapsed))
+        if hosts:
+            await self._scan(sorted(hosts))
+
+    def _full_scan_slice(self, elapsed: float) -> list[int]:
+        """The next hosts of the round-robin full scan (every box once per interval)."""
+        max_hosts = self._layout.max_hosts
+        self._scan_credit += elapsed * max_hosts / self._settings.full_scan_interval_s
+        count = min(int(self._scan_credit), max_hosts)
+        self._scan_credit -= count
+        hosts = [(self._scan_cursor + i) % max_hosts + 1 for i in range(count)]
+        self._scan_cursor = (self._scan_cursor + count) % max_hosts
+        return hosts
+
+    async def _scan(self, hosts: list[int]) -> None:
+        layout = self._layout
+        per_read = max(1, MAX_READ_BYTES // layout.box_bytes)
+        for first, count in contiguous_runs(hosts, per_read):
+            try:
+                data = await self._storage.read(
+                    layout.request_offset(first), count * layout.box_bytes
+                )
+            except AutoextendError as err:
+                self.counters.io_errors += 1
+                self._rescan.update(range(first, first + count))
+                log.warning("request box read failed", error=str(err))
+                continue
+            for n in range(count):
+                self.counters.boxes_read += 1
+                self._take_box(first + n, data[n * layout.box_bytes : (n + 1) * layout.box_bytes])
+
+    def _take_box(self, host: int, box: bytes) -> None:
+        layout = self._layout
+        ss = layout.sector_size
+        sectors = []
+        for index in range(layout.sectors_per_box):
+            try:
+                sectors.append(decode_sector(box[index * ss : (index + 1) * ss], Kind.REQUEST,
+                                             index, host, len(layout.sector_slots(index))))
+            except CorruptSector as err:
+                self.counters.corrupt_sectors += 1
+                log.warning("corrupt request sector skipped", host_id=host, error=str(err))
+        if not sectors:
+            return
+        newest = max(sector.generation for sector in sectors)
+        for sector in sectors:
+            if sector.generation != newest:
+                if any(slot is not None for slot in sector.slots):
+                    self.counters.stale_sectors += 1
+                continue
+            for slot, item in zip(layout.sector_slots(sector.index), sector.slots, strict=True):
+                if isinstance(item, Request | MalformedSlot):
+                    self._consider(_Key(host, slot), sector.generation, item)
+
+    def _consider(self, key: _Key, generation: int, item: Request | MalformedSlot) -> None:
+        ident = (generation, item.request_id)
+        running = self._inflight.get(key)
+        if running is not None:
+            if running != ident:
+                self._newer_seen.add(key)
+            return
+        done = self._replies[key.host][key.slot]
+        if done is not None and (done.generation, done.request_id) == ident:
+            self.counters.duplicates += 1
+            return
+        if not self._accepting or self._tg is None:
+            return
+        self.counters.received += 1
+        self._inflight[key] = ident
+        self._tg.start_soon(self._serve, key, generation, item)
+
+    # Serving.
+
+    async def _serve(self, key: _Key, generation: int, item: Request | MalformedSlot) -> None:
+        bound = log.bind(host_id=key.host, request_id=item.request_id)
+        try:
+            reply = await self._decide(key, generation, item)
+            if reply is not None and await self._reply(key, reply):
+                bound.info("replied", status=reply.status.name, size=reply.size,
+                           reason=reply.text or None)
+        except NotSpmError as err:
+            self._lose(err)
+        finally:
+            del self._inflight[key]
+            if key in self._newer_seen:
+                self._newer_seen.discard(key)
+                self._rescan.add(key.host)
+
+    async def _decide(
+        self, key: _Key, generation: int, item: Request | MalformedSlot
+    ) -> Reply | None:
+        """The reply to send, or None when the request is handed back (stepping down)."""
+        def answer(status: Status, size: int = 0, reason: ReasonCode = ReasonCode.NONE,
+                   text: str = "") -> Reply:
+            return Reply(item.request_id, generation, status, size, reason, text)
+
+        if isinstance(item, MalformedSlot):
+            return answer(Status.REJECTED, reason=ReasonCode.MALFORMED, text=item.problem)
+        rejection = check_request(item, self._pool_vgs, self._settings.max_request_bytes)
+        if rejection is not None:
+            return answer(Status.REJECTED, reason=rejection.reason, text=rejection.text)
+        if not self._accepting or self._limiter is None:
+            self.counters.handed_back += 1
+            return None
+        limiter = self._limiter
+        vg_lock = self._vg_locks.setdefault(item.vg, anyio.Lock())
+        scope = anyio.CancelScope()
+        self._queued.add(scope)
+        acquired = False
+        with scope:
+            await limiter.acquire()
+            try:
+                await vg_lock.acquire()
+            except BaseException:
+                limiter.release()
+                raise
+            acquired = True
+        self._queued.discard(scope)
+        if not acquired:
+            self.counters.handed_back += 1
+            return None
+        volume = VolumeRef(item.vg, item.lv)
+        try:
+            self._authority.check()
+            result = await self._backend.extend(volume, item.size)
+            return answer(Status.OK, size=result.size)
+        except NotSpmError:
+            raise
+        except VolumeNotFound as err:
+            return answer(Status.REJECTED, reason=ReasonCode.NO_SUCH_VOLUME, text=str(err))
+        except VolumeSpaceError as err:
+            return answer(Status.FAILED, reason=ReasonCode.NO_SPACE, text=str(err))
+        except AutoextendError as err:
+            return answer(Status.FAILED, reason=ReasonCode.VOLUME_ERROR, text=str(err))
+        except Exception as err:  # a bug in a backend must not take the server down
+            log.exception("extend failed unexpectedly", volume=str(volume))
+            return answer(Status.FAILED, reason=ReasonCode.INTERNAL, text=type(err).__name__)
+        finally:
+            vg_lock.release()
+            limiter.release()
+
+    async def _reply(self, key: _Key, reply: Reply) -> bool:
+        """Put the reply in the host's reply image and write its sector (writes that queue
+        behind another write of the same sector are folded into it). False when the write
+        failed: the request will be served again."""
+        layout = self._layout
+        index = layout.slot_sector(key.slot)
+        skey = (key.host, index)
+        self._replies[key.host][key.slot] = reply
+        version = self._version[skey] = self._version.get(skey, 0) + 1
+        lock = self._host_locks.setdefault(key.host, anyio.Lock())
+        async with lock:
+            if self._replies[key.host][key.slot] is not reply:
+                return False  # a failed write of this sector took it back
+            if self._written.get(skey, 0) >= version:
+                self._count(reply)
+                return True
+            current = self._version[skey]
+            slots = [self._replies[key.host][j] for j in layout.sector_slots(index)]
+            data = encode_sector(Kind.REPLY, layout.sector_size, index, key.host, self._epoch,
+                                 slots)
+            try:
+                self._authority.check()
+                await self._storage.write(layout.reply_offset(key.host) + index *
+                                          layout.sector_size, data)
+            except NotSpmError:
+                raise
+            except AutoextendError as err:
+                # Forget what did not reach the disk; the requests are served again.
+                self.counters.io_errors += 1
+                for j, old in zip(layout.sector_slots(index), self._on_disk[skey], strict=True):
+                    self._replies[key.host][j] = old
+                self._rescan.add(key.host)
+                log.warning("reply write failed, will serve again", host_id=key.host,
+                            error=str(err))
+                return False
+            self._written[skey] = current
+            self._on_disk[skey] = slots
+        self._count(reply)
+        return True
+
+    def _count(self, reply: Reply) -> None:
+        self.counters.replied += 1
+        if reply.status is Status.OK:
+            self.counters.ok += 1
+        elif reply.status is Status.FAILED:
+            self.counters.failed += 1
+        else:
+            self.counters.rejected += 1

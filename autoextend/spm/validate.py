@@ -1,0 +1,54 @@
+"""What the SPM accepts in a request (pure): VG in the pool, LVM-valid names, a sane size.
+
+A request that fails here gets a REJECTED reply with a reason and is never acted upon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from autoextend.lvm.names import is_valid_name
+from autoextend.spm.wire import ReasonCode, Request
+
+# LV names lvm2 reserves for its internal volumes: never ours to extend.
+_RESERVED_LV_PREFIXES = ("snapshot", "pvmove")
+_RESERVED_LV_PARTS = (
+    "_cdata", "_cmeta", "_corig", "_iorig", "_mimage", "_mlog", "_pmspare", "_rimage",
+    "_rmeta", "_tdata", "_tmeta", "_vdata", "_vorigin", "_wcorig",
+)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: ReasonCode
+    text: str
+
+
+def lv_name_problem(name: str) -> str | None:
+    """Why ``name`` is not an LV name we act on, or None."""
+    if not is_valid_name(name):
+        return "not a valid LVM name"
+    if name.startswith(_RESERVED_LV_PREFIXES) or any(p in name for p in _RESERVED_LV_PARTS):
+        return "reserved for lvm2 internal volumes"
+    return None
+
+
+def check_request(
+    req: Request, pool_vgs: Collection[str], max_request_bytes: int
+) -> Rejection | None:
+    """None when the SPM may act on ``req``; otherwise why not."""
+    if not is_valid_name(req.vg):
+        return Rejection(ReasonCode.BAD_NAME, f"malformed VG name {req.vg[:40]!r}")
+    problem = lv_name_problem(req.lv)
+    if problem:
+        return Rejection(ReasonCode.BAD_NAME, f"LV name {req.lv[:40]!r}: {problem}")
+    if req.vg not in pool_vgs:
+        return Rejection(ReasonCode.VG_NOT_IN_POOL, f"VG {req.vg} is not in the pool")
+    if req.size <= 0:
+        return Rejection(ReasonCode.BAD_SIZE, "size must be positive")
+    if req.size > max_request_bytes:
+        return Rejection(
+            ReasonCode.SIZE_TOO_LARGE, f"size {req.size} exceeds the limit {max_request_bytes}"
+        )
+    return None

@@ -1,0 +1,264 @@
+"""The mailbox wire format: sector and slot encodings as named constants and pure functions.
+
+Every mailbox sector stands alone: a 16-byte header (magic, version, sector index, host id,
+generation, crc32 of the whole sector) followed by fixed 120-byte slots. One sector is the
+unit of atomic write on real storage, so a torn write shows up as a bad checksum in one
+sector, and a multi-sector write that stopped halfway leaves each sector either old or new:
+both are complete, consistent sectors, because a slot never spans two sectors.
+
+An all-zero sector is valid and empty (a freshly zeroed metadata area needs no formatting).
+
+Request slot (host -> SPM), 120 bytes::
+
+    0   u32  request_id     0 = empty slot
+    4   u16  reserved       0
+    6   u8   name_len       length of "vg/lv"
+    7   u8   reserved       0
+    8   u64  size           extend the volume to at least this many bytes
+    16  104s name           ASCII "vg/lv", NUL padded
+
+Reply slot (SPM -> host), 120 bytes::
+
+    0   u32  request_id     0 = empty slot
+    4   u32  generation     the requesting host's generation (from its request sector)
+    8   u64  size           the volume's size after the extend (0 if unknown)
+    16  u8   status         Status
+    17  u8   reason         ReasonCode
+    18  u8   text_len
+    19  u8   reserved       0
+    20  100s text           UTF-8 reason text, NUL padded
+
+All integers are little-endian.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import zlib
+from dataclasses import dataclass
+
+from autoextend.spm.errors import CorruptSector
+
+VERSION = 1
+REQUEST_MAGIC = b"AXRQ"
+REPLY_MAGIC = b"AXRP"
+
+HEADER = struct.Struct("<4sBBHII")  # magic, version, sector index, host id, generation, crc
+HEADER_SIZE = HEADER.size  # 16
+CRC_OFFSET = 12
+SLOT_SIZE = 120
+
+REQUEST_SLOT = struct.Struct("<IHBBQ104s")
+REPLY_SLOT = struct.Struct("<IIQBBBB100s")
+NAME_FIELD = 104
+TEXT_FIELD = 100
+
+MAX_REQUEST_ID = 0xFFFFFFFF
+MAX_GENERATION = 0xFFFFFFFF
+MAX_SIZE = (1 << 64) - 1
+
+assert HEADER_SIZE == 16
+assert REQUEST_SLOT.size == SLOT_SIZE and REPLY_SLOT.size == SLOT_SIZE
+
+
+class Kind(enum.Enum):
+    REQUEST = REQUEST_MAGIC
+    REPLY = REPLY_MAGIC
+
+
+class Status(enum.IntEnum):
+    OK = 1
+    FAILED = 2  # may succeed if retried (VG full for now, I/O error)
+    REJECTED = 3  # will never succeed as asked (bad name, VG outside the pool, size too big)
+
+
+class ReasonCode(enum.IntEnum):
+    NONE = 0
+    VG_NOT_IN_POOL = 1
+    BAD_NAME = 2
+    BAD_SIZE = 3
+    SIZE_TOO_LARGE = 4
+    MALFORMED = 5
+    NO_SUCH_VOLUME = 6
+    NO_SPACE = 7
+    VOLUME_ERROR = 8
+    INTERNAL = 9
+
+
+@dataclass(frozen=True)
+class MalformedSlot:
+    """A non-empty slot in a sector with a good checksum whose fields make no sense."""
+
+    request_id: int
+    problem: str
+
+
+@dataclass(frozen=True)
+class Request:
+    request_id: int
+    vg: str
+    lv: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Reply:
+    request_id: int
+    generation: int
+    status: Status
+    size: int = 0
+    reason: ReasonCode = ReasonCode.NONE
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class Sector:
+    """One decoded sector: ``slots[i]`` is None for an empty slot, a MalformedSlot for a
+    non-empty slot whose fields make no sense (checksum was right: a buggy writer)."""
+
+    kind: Kind
+    index: int
+    host_id: int
+    generation: int
+    slots: tuple[Request | Reply | MalformedSlot | None, ...]
+
+
+def slots_per_sector(sector_size: int) -> int:
+    return (sector_size - HEADER_SIZE) // SLOT_SIZE
+
+
+def _crc(sector: bytes | bytearray) -> int:
+    crc = zlib.crc32(sector[:CRC_OFFSET])
+    crc = zlib.crc32(b"\0\0\0\0", crc)
+    return zlib.crc32(sector[CRC_OFFSET + 4 :], crc)
+
+
+# Slots.
+
+
+def encode_request(req: Request | None) -> bytes:
+    if req is None:
+        return bytes(SLOT_SIZE)
+    name = f"{req.vg}/{req.lv}".encode("ascii")
+    if not 0 < req.request_id <= MAX_REQUEST_ID:
+        raise ValueError(f"request id out of range: {req.request_id}")
+    if len(name) > NAME_FIELD:
+        raise ValueError(f"volume name longer than {NAME_FIELD} bytes: {name!r}")
+    if not 0 <= req.size <= MAX_SIZE:
+        raise ValueError(f"size out of range: {req.size}")
+    return REQUEST_SLOT.pack(req.request_id, 0, len(name), 0, req.size, name)
+
+
+def decode_request(raw: bytes) -> Request | MalformedSlot | None:
+    request_id, reserved1, name_len, reserved2, size, name = REQUEST_SLOT.unpack(raw)
+    if request_id == 0:
+        return None
+    if reserved1 or reserved2:
+        return MalformedSlot(request_id, "reserved bytes are not zero")
+    if not 0 < name_len <= NAME_FIELD or any(name[name_len:]):
+        return MalformedSlot(request_id, "bad name length or padding")
+    try:
+        text = name[:name_len].decode("ascii")
+    except UnicodeDecodeError:
+        return MalformedSlot(request_id, "volume name is not ASCII")
+    vg, sep, lv = text.partition("/")
+    if not sep:
+        return MalformedSlot(request_id, "volume name is not vg/lv")
+    return Request(request_id, vg, lv, size)
+
+
+def encode_reply(reply: Reply | None) -> bytes:
+    if reply is None:
+        return bytes(SLOT_SIZE)
+    if not 0 < reply.request_id <= MAX_REQUEST_ID:
+        raise ValueError(f"request id out of range: {reply.request_id}")
+    text = truncate_utf8(reply.text, TEXT_FIELD)
+    return REPLY_SLOT.pack(
+        reply.request_id, reply.generation, min(max(reply.size, 0), MAX_SIZE),
+        int(reply.status), int(reply.reason), len(text), 0, text,
+    )
+
+
+def truncate_utf8(text: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of UTF-8, cut on a character boundary."""
+    data = text.encode("utf-8", errors="replace")[:limit]
+    return data.decode("utf-8", errors="ignore").encode("utf-8")
+
+
+def decode_reply(raw: bytes) -> Reply | MalformedSlot | None:
+    request_id, generation, size, status, reason, text_len, reserved, text = REPLY_SLOT.unpack(
+        raw
+    )
+    if request_id == 0:
+        return None
+    if reserved or text_len > TEXT_FIELD or any(text[text_len:]):
+        return MalformedSlot(request_id, "bad reserved bytes, text length or padding")
+    try:
+        return Reply(
+            request_id, generation, Status(status), size, ReasonCode(reason),
+            text[:text_len].decode("utf-8"),
+        )
+    except (ValueError, UnicodeDecodeError):
+        return MalformedSlot(request_id, "unknown status or reason code, or bad text")
+
+
+# Sectors.
+
+
+def encode_sector(
+    kind: Kind,
+    sector_size: int,
+    index: int,
+    host_id: int,
+    generation: int,
+    slots: list[Request | None] | list[Reply | None],
+) -> bytes:
+    """One whole sector with its checksum. ``slots`` may be shorter than the sector holds."""
+    per_sector = slots_per_sector(sector_size)
+    if len(slots) > per_sector:
+        raise ValueError(f"{len(slots)} slots do not fit in a {sector_size} B sector")
+    buf = bytearray(sector_size)
+    HEADER.pack_into(buf, 0, kind.value, VERSION, index, host_id, generation, 0)
+    for i, slot in enumerate(slots):
+        raw = (
+            encode_request(slot)  # type: ignore[arg-type]
+            if kind is Kind.REQUEST
+            else encode_reply(slot)  # type: ignore[arg-type]
+        )
+        start = HEADER_SIZE + i * SLOT_SIZE
+        buf[start : start + SLOT_SIZE] = raw
+    struct.pack_into("<I", buf, CRC_OFFSET, _crc(buf))
+    return bytes(buf)
+
+
+def decode_sector(
+    data: bytes, kind: Kind, expect_index: int, expect_host: int, slot_count: int | None = None
+) -> Sector:
+    """Check and decode one sector. ``slot_count`` limits the slots read (the last sector of
+    a mailbox holds fewer). Raises CorruptSector for a bad checksum, magic, version or a
+    sector that belongs elsewhere (host id or index differ: a layout mismatch)."""
+    per_sector = slots_per_sector(len(data))
+    count = per_sector if slot_count is None else min(slot_count, per_sector)
+    if not any(data):
+        return Sector(kind, expect_index, expect_host, 0, (None,) * count)
+    magic, version, index, host_id, generation, crc = HEADER.unpack_from(data, 0)
+    if magic != kind.value:
+        raise CorruptSector(kind.name.lower(), expect_host, expect_index, "bad magic")
+    if crc != _crc(data):
+        raise CorruptSector(kind.name.lower(), expect_host, expect_index, "bad checksum")
+    if version != VERSION:
+        raise CorruptSector(
+            kind.name.lower(), expect_host, expect_index, f"unsupported version {version}"
+        )
+    if index != expect_index or host_id != expect_host:
+        raise CorruptSector(
+            kind.name.lower(), expect_host, expect_index,
+            f"sector says host {host_id} index {index} (layout mismatch?)",
+        )
+    decode = decode_request if kind is Kind.REQUEST else decode_reply
+    slots = tuple(
+        decode(data[HEADER_SIZE + i * SLOT_SIZE : HEADER_SIZE + (i + 1) * SLOT_SIZE])
+        for i in range(count)
+    )
+    return Sector(kind, index, host_id, generation, slots)

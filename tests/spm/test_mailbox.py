@@ -1,0 +1,395 @@
+"""Host mailbox and SPM mail server together, in one process, on in-memory storage."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+from anyio.abc import TaskStatus
+from structlog.testing import capture_logs
+
+from autoextend.clock import ManualClock
+from autoextend.directio import MemoryStorage
+from autoextend.errors import NotSpmError
+from autoextend.lvm.volume import VolumeRef
+from autoextend.spm.config import MailboxSettings
+from autoextend.spm.errors import MailboxClosed, MailboxTimeout
+from autoextend.spm.host import HostMailbox
+from autoextend.spm.layout import MailboxLayout
+from autoextend.spm.server import SpmMailServer
+from autoextend.spm.wire import Kind, ReasonCode, Request, Status, encode_sector
+
+from .fakes import FAST, Authority, RecordingBackend, layout_for
+
+MiB = 1 << 20
+VG = "vg0"
+
+
+def vol(n: int) -> VolumeRef:
+    return VolumeRef(VG, f"lv{n}")
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    with anyio.fail_after(timeout):
+        while not cond():
+            await anyio.sleep(0.001)
+
+
+class Pool:
+    def __init__(self, sector_size: int = 512, settings: MailboxSettings = FAST) -> None:
+        self.settings = settings
+        self.layout: MailboxLayout = layout_for(settings, sector_size)
+        self.storage = MemoryStorage(self.layout.end, sector_size)
+        self.backend = RecordingBackend({vol(n): 100 * MiB for n in range(80)})
+        self.authority = Authority()
+
+    def server(self, **kw: object) -> SpmMailServer:
+        return SpmMailServer(self.storage, self.backend, [VG], layout=self.layout,
+                             authority=self.authority, settings=self.settings, **kw)  # type: ignore[arg-type]
+
+    def host(self, host_id: int = 1) -> HostMailbox:
+        return HostMailbox(self.storage, self.layout, host_id, self.settings)
+
+
+@asynccontextmanager
+async def serving(pool: Pool, *host_ids: int) -> AsyncIterator[tuple[SpmMailServer,
+                                                                     list[HostMailbox]]]:
+    server = pool.server()
+    hosts = [pool.host(h) for h in host_ids]
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.run)
+        for host in hosts:
+            await tg.start(host.run)
+        yield server, hosts
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("sector_size", [512, 4096])
+async def test_round_trip(sector_size: int) -> None:
+    pool = Pool(sector_size)
+    async with serving(pool, 1, 2) as (server, (h1, h2)):
+        r1 = await h1.request(vol(1), 200 * MiB)
+        r2 = await h2.request(vol(2), 300 * MiB)
+    assert (r1.status, r1.size) == (Status.OK, 200 * MiB)
+    assert (r2.status, r2.size) == (Status.OK, 300 * MiB)
+    assert pool.backend.sizes[vol(1)] == 200 * MiB
+    assert server.counters.received == 2 and server.counters.ok == 2
+    assert h1.in_flight == 0 and h2.in_flight == 0
+
+
+async def test_63_in_flight_from_one_host_all_answered_once() -> None:
+    pool = Pool()
+    pool.backend.delay = 0.001
+    results: dict[int, Status] = {}
+    async with serving(pool, 3) as (server, (host,)):
+        async with anyio.create_task_group() as tg:
+            for n in range(63):
+                async def one(n: int = n) -> None:
+                    results[n] = (await host.request(vol(n), 101 * MiB + n)).status
+                tg.start_soon(one)
+    assert len(results) == 63 and set(results.values()) == {Status.OK}
+    assert server.counters.received == 63 and server.counters.replied == 63
+    assert len(pool.backend.calls) == 63
+    assert pool.backend.max_running_per_vg[VG] == 1  # serialised per VG
+
+
+async def test_more_volumes_than_slots_queue_for_a_slot() -> None:
+    pool = Pool()
+    async with serving(pool, 1) as (_, (host,)):
+        async with anyio.create_task_group() as tg:
+            for n in range(80):
+                tg.start_soon(host.request, vol(n), 150 * MiB)
+    assert all(pool.backend.sizes[vol(n)] == 150 * MiB for n in range(80))
+
+
+async def test_repeated_request_is_coalesced() -> None:
+    pool = Pool()
+    pool.backend.delay = 0.05
+    async with serving(pool, 1) as (server, (host,)):
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(host.request, vol(1), 200 * MiB)
+                await anyio.sleep(0.005)
+    assert host.counters.coalesced == 4 and host.counters.sent == 1
+    assert server.counters.received == 1 and len(pool.backend.calls) == 1
+
+
+async def test_larger_request_supersedes_the_one_in_flight() -> None:
+    pool = Pool()
+    pool.backend.delay = 0.05
+    got: list[int] = []
+    async with serving(pool, 1) as (server, (host,)):
+        async with anyio.create_task_group() as tg:
+
+            async def ask(size: int) -> None:
+                got.append((await host.request(vol(1), size)).size)
+
+            tg.start_soon(ask, 200 * MiB)
+            await until(lambda: server.in_flight == 1)
+            tg.start_soon(ask, 300 * MiB)
+    assert host.counters.superseded == 1
+    assert pool.backend.sizes[vol(1)] == 300 * MiB
+    # The first waiter takes the first reply (200 MiB is enough for it) or the second.
+    assert sorted(got)[-1] == 300 * MiB and all(size >= 200 * MiB for size in got)
+    assert [size for _, size, changed in pool.backend.calls if changed] == [200 * MiB,
+                                                                            300 * MiB]
+
+
+async def test_rejections_have_reasons() -> None:
+    pool = Pool()
+    async with serving(pool, 1) as (server, (host,)):
+        outside = await host.request(VolumeRef("othervg", "lv1"), 200 * MiB)
+        bad_lv = await host.request(VolumeRef(VG, "-bad"), 200 * MiB)
+        reserved = await host.request(VolumeRef(VG, "lv1_tmeta"), 200 * MiB)
+        too_big = await host.request(vol(1), FAST.max_request_bytes + 1)
+        missing = await host.request(VolumeRef(VG, "nosuch"), 200 * MiB)
+    assert outside.status is Status.REJECTED and outside.reason is ReasonCode.VG_NOT_IN_POOL
+    assert "not in the pool" in outside.text
+    assert bad_lv.reason is ReasonCode.BAD_NAME and bad_lv.status is Status.REJECTED
+    assert reserved.reason is ReasonCode.BAD_NAME
+    assert too_big.reason is ReasonCode.SIZE_TOO_LARGE and too_big.status is Status.REJECTED
+    assert missing.reason is ReasonCode.NO_SUCH_VOLUME
+    assert server.counters.rejected == 5
+    assert pool.backend.calls == []
+
+
+async def test_vg_full_is_a_failure_reply() -> None:
+    pool = Pool()
+    pool.backend.capacity = sum(pool.backend.sizes.values()) + 10 * MiB
+    async with serving(pool, 1) as (server, (host,)):
+        reply = await host.request(vol(1), 500 * MiB)
+    assert reply.status is Status.FAILED and reply.reason is ReasonCode.NO_SPACE
+    assert server.counters.failed == 1
+
+
+async def test_timeout_withdraws_and_a_late_spm_reply_is_ignored() -> None:
+    pool = Pool()
+    async with anyio.create_task_group() as tg:
+        host = pool.host(1)
+        await tg.start(host.run)
+        with pytest.raises(MailboxTimeout):
+            await host.request(vol(1), 200 * MiB, timeout_s=0.05)
+        assert host.counters.timeouts == 1 and host.in_flight == 0
+        await until(lambda: host.counters.withdrawn == 1)
+        server = pool.server()
+        await tg.start(server.run)  # nothing pending any more
+        assert server.counters.received == 0
+        reply = await host.request(vol(1), 200 * MiB)
+        assert reply.status is Status.OK and reply.request_id == 2
+        tg.cancel_scope.cancel()
+
+
+async def test_pending_requests_survive_spm_failover_without_double_extends() -> None:
+    pool = Pool()
+    pool.backend.delay = 0.02
+    results: list[Status] = []
+    async with anyio.create_task_group() as tg:
+        host = pool.host(1)
+        await tg.start(host.run)
+
+        async def ask(n: int) -> None:
+            results.append((await host.request(vol(n), 200 * MiB)).status)
+
+        for n in range(10):
+            tg.start_soon(ask, n)
+        # First SPM: serves some, then dies mid-run (cancelled, like a fenced SPM).
+        with anyio.CancelScope() as first:
+            old = pool.server()
+            tg.start_soon(old.run)
+            await until(lambda: old.counters.replied >= 3)
+            first.cancel()
+        served_before = old.counters.replied
+        new = pool.server()
+        await tg.start(new.run)
+        await until(lambda: len(results) == 10)
+        tg.cancel_scope.cancel()
+    assert results == [Status.OK] * 10
+    # Requests answered by the old SPM were not taken up again by the new one.
+    assert new.counters.received <= 10 - served_before
+    assert new.counters.duplicates + new.counters.received >= 10 - served_before
+    changed = [v for v, _, c in pool.backend.calls if c]
+    assert sorted(changed) == sorted(set(changed)) and len(changed) == 10
+
+
+async def test_server_restart_does_not_execute_answered_requests_again() -> None:
+    """A reply on disk whose request is still in the box (host not yet acked) is a
+    duplicate for a new SPM: no second extend."""
+    pool = Pool()
+    layout = pool.layout
+    request = encode_sector(Kind.REQUEST, 512, 0, 2, 7, [Request(5, VG, "lv1", 200 * MiB)])
+    await pool.storage.write(layout.request_offset(2), request)
+    async with serving(pool) as (first, _):
+        await until(lambda: first.counters.replied == 1)
+    async with serving(pool) as (second, _):
+        assert second.counters.duplicates == 1 and second.counters.received == 0
+    assert len(pool.backend.calls) == 1
+
+
+async def test_host_restart_starts_a_new_generation_and_ignores_stale_replies() -> None:
+    pool = Pool()
+    async with serving(pool, 1) as (_, (host,)):
+        await host.request(vol(1), 200 * MiB)
+        first_generation = host.generation
+    async with serving(pool, 1) as (_, (host,)):
+        assert host.generation > first_generation
+        # Same slot (0) and the same request id (1) as before: only the generation differs.
+        reply = await host.request(vol(1), 300 * MiB)
+        assert reply.size == 300 * MiB and reply.request_id == 1
+        assert reply.generation == host.generation
+
+
+async def test_restart_withdraws_requests_of_the_previous_incarnation() -> None:
+    pool = Pool()
+    async with anyio.create_task_group() as tg:
+        old = pool.host(1)
+        await tg.start(old.run)
+        tg.start_soon(old.request, vol(1), 200 * MiB)
+        await until(lambda: old.counters.rings >= 2)
+        tg.cancel_scope.cancel()
+    async with anyio.create_task_group() as tg:
+        await tg.start(pool.host(1).run)  # the restarted host
+        server = pool.server()
+        await tg.start(server.run)
+        await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()
+    assert server.counters.received == 0 and pool.backend.calls == []
+
+
+async def test_corrupt_sector_is_skipped_counted_and_serving_goes_on() -> None:
+    pool = Pool()
+    async with serving(pool, 1, 2) as (server, (h1, h2)):
+        await h1.request(vol(1), 200 * MiB)
+        offset = pool.layout.request_offset(1)
+        sector = bytearray(await pool.storage.read(offset, 512))
+        sector[40] ^= 0xFF
+        with capture_logs() as logs:
+            await pool.storage.write(offset, bytes(sector))
+            server._rescan.add(1)  # as the slow full scan would
+            await until(lambda: server.counters.corrupt_sectors >= 1)
+        assert any(e["event"] == "corrupt request sector skipped" for e in logs)
+        reply = await h2.request(vol(2), 200 * MiB)
+        assert reply.status is Status.OK
+        # Host 1 rewrites its sector with its next request; it is served.
+        reply = await h1.request(vol(3), 200 * MiB)
+        assert reply.status is Status.OK
+    assert len(pool.backend.calls) == 3
+
+
+async def test_garbage_in_a_whole_box_is_never_acted_on() -> None:
+    pool = Pool()
+    import random
+
+    rng = random.Random(4)
+    await pool.storage.write(pool.layout.request_offset(3),
+                             rng.randbytes(pool.layout.box_bytes))
+    async with serving(pool) as (server, _):
+        assert server.counters.corrupt_sectors == pool.layout.sectors_per_box
+    assert pool.backend.calls == []
+
+
+async def test_lost_doorbell_update_is_repaired() -> None:
+    """Another host's read-modify-write undoes our doorbell word: we ring again."""
+    pool = Pool()
+    pool.backend.delay = 0.05
+    async with serving(pool, 1) as (server, (host,)):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(host.request, vol(1), 200 * MiB)
+            await until(lambda: host.counters.rings >= 2)
+            offset = pool.layout.doorbell_sector_offset(1)
+            await pool.storage.write(offset, bytes(512))  # stale copy from another host
+            await until(lambda: host.counters.ring_repairs >= 1)
+    assert server.counters.ok == 1
+
+
+async def test_no_spm_the_host_rings_again_with_backoff_then_times_out() -> None:
+    """Nobody answers: the doorbell is rung again after 0.05, 0.1, 0.2, 0.2 ... s (backoff
+    capped), on the injected clock, until the request times out."""
+    pool = Pool()
+    clock = ManualClock()
+    host = HostMailbox(pool.storage, pool.layout, 1, pool.settings, clock)
+    async with anyio.create_task_group() as tg:
+        await tg.start(host.run)
+        outcome: list[BaseException] = []
+
+        async def ask() -> None:
+            try:
+                await host.request(vol(1), 200 * MiB, timeout_s=1.0)
+            except MailboxTimeout as err:
+                outcome.append(err)
+
+        tg.start_soon(ask)
+        await until(lambda: host.counters.rings == 2)  # start + the request
+        rings_at: list[float] = []
+        start = clock.now()
+        while not outcome:
+            before = host.counters.rings
+            clock.advance(0.01)
+            await anyio.sleep(0.001)
+            if host.counters.rings > before:
+                rings_at.append(round(clock.now() - start, 2))
+        tg.cancel_scope.cancel()
+    gaps = [round(b - a, 2) for a, b in zip([0.0, *rings_at], rings_at, strict=False)]
+    # Each gap is the backoff plus at most a couple of 10 ms clock steps of poll granularity.
+    for gap, expected in zip(gaps, [0.05, 0.1, 0.2, 0.2, 0.2], strict=False):
+        assert expected <= gap <= expected + 0.025
+    assert len(gaps) >= 4
+    assert host.counters.timeouts == 1 and host.counters.withdrawn == 1
+
+
+async def test_not_spm_stops_the_server_without_replying() -> None:
+    pool = Pool()
+    pool.backend.delay = 0.1
+    async with anyio.create_task_group() as tg:
+        host = pool.host(1)
+        await tg.start(host.run)
+        server = pool.server()
+        stopped = anyio.Event()
+
+        async def serve(*, task_status: TaskStatus[None]) -> None:
+            with pytest.raises(NotSpmError):
+                await server.run(task_status=task_status)
+            stopped.set()
+
+        await tg.start(serve)
+        tg.start_soon(host.request, vol(1), 200 * MiB)
+        await until(lambda: server.in_flight == 1)
+        pool.authority.valid = False
+        await stopped.wait()
+        assert server.in_flight == 0
+        assert server.counters.replied == 0
+        tg.cancel_scope.cancel()
+
+
+async def test_step_down_finishes_running_and_hands_back_queued() -> None:
+    pool = Pool()
+    pool.backend.delay = 0.05
+    statuses: list[Status] = []
+    async with anyio.create_task_group() as tg:
+        host = pool.host(1)
+        await tg.start(host.run)
+        server = pool.server()
+        await tg.start(server.run)
+
+        async def ask(n: int) -> None:
+            statuses.append((await host.request(vol(n), 200 * MiB)).status)
+
+        for n in range(5):
+            tg.start_soon(ask, n)
+        await until(lambda: server.in_flight == 5)
+        await server.step_down()
+        assert server.counters.replied == 1 and server.counters.handed_back == 4
+        await until(lambda: len(statuses) == 1)
+        successor = pool.server()
+        await tg.start(successor.run)
+        await until(lambda: len(statuses) == 5)
+        tg.cancel_scope.cancel()
+    assert statuses == [Status.OK] * 5 and successor.counters.received == 4
+    assert len(pool.backend.calls) == 5
+
+
+async def test_request_when_not_running_raises() -> None:
+    pool = Pool()
+    with pytest.raises(MailboxClosed):
+        await pool.host(1).request(vol(1), 1)

@@ -1,0 +1,251 @@
+"""The wire format and layout: round trips, corruption detection, torn sectors (pure)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from autoextend.lvm.volume import VolumeRef
+from autoextend.spm.errors import CorruptSector, LayoutError
+from autoextend.spm.host import local_rejection, next_retry_delay, reply_poll_interval
+from autoextend.spm.layout import (
+    SLOTS_PER_HOST,
+    MailboxLayout,
+    changed_hosts,
+    contiguous_runs,
+    doorbell_words,
+    next_ring,
+    read_word,
+    with_word,
+)
+from autoextend.spm.wire import (
+    MAX_SIZE,
+    NAME_FIELD,
+    SLOT_SIZE,
+    Kind,
+    MalformedSlot,
+    ReasonCode,
+    Reply,
+    Request,
+    Status,
+    decode_reply,
+    decode_request,
+    decode_sector,
+    encode_reply,
+    encode_request,
+    encode_sector,
+    slots_per_sector,
+)
+
+NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+_.-"
+names = st.text(NAME_CHARS, min_size=1, max_size=50)
+ids = st.integers(1, 0xFFFFFFFF)
+sizes = st.integers(0, MAX_SIZE)
+SECTOR_SIZES = st.sampled_from([512, 4096])
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> Request:
+    return Request(draw(ids), draw(names), draw(names), draw(sizes))
+
+
+@st.composite
+def replies(draw: st.DrawFn) -> Reply:
+    return Reply(
+        draw(ids), draw(st.integers(0, 0xFFFFFFFF)), draw(st.sampled_from(list(Status))),
+        draw(sizes), draw(st.sampled_from(list(ReasonCode))), draw(st.text(max_size=40)),
+    )
+
+
+@st.composite
+def request_sectors(draw: st.DrawFn) -> tuple[int, int, int, int, list[Request | None]]:
+    sector_size = draw(SECTOR_SIZES)
+    count = draw(st.integers(1, slots_per_sector(sector_size)))
+    slots = draw(st.lists(st.none() | requests(), min_size=count, max_size=count))
+    return sector_size, draw(st.integers(0, 255)), draw(st.integers(1, 2000)), draw(
+        st.integers(1, 0xFFFFFFFF)), slots
+
+
+@given(requests())
+def test_request_slot_round_trip(req: Request) -> None:
+    raw = encode_request(req)
+    assert len(raw) == SLOT_SIZE
+    assert decode_request(raw) == req
+
+
+@given(replies())
+def test_reply_slot_round_trip(reply: Reply) -> None:
+    assert decode_reply(encode_reply(reply)) == reply
+
+
+def test_reply_text_is_cut_on_a_character_boundary() -> None:
+    reply = Reply(1, 1, Status.FAILED, 0, ReasonCode.NO_SPACE, "é" * 80)
+    decoded = decode_reply(encode_reply(reply))
+    assert isinstance(decoded, Reply)
+    assert decoded.text == "é" * 50
+
+
+def test_empty_slots_and_zero_sector_are_empty() -> None:
+    assert decode_request(bytes(SLOT_SIZE)) is None
+    assert decode_reply(bytes(SLOT_SIZE)) is None
+    sector = decode_sector(bytes(512), Kind.REQUEST, 3, 7)
+    assert sector.generation == 0 and all(slot is None for slot in sector.slots)
+
+
+def test_encode_refuses_what_cannot_be_sent() -> None:
+    with pytest.raises(ValueError):
+        encode_request(Request(0, "vg", "lv", 1))
+    with pytest.raises(ValueError):
+        encode_request(Request(1, "vg", "x" * NAME_FIELD, 1))
+    with pytest.raises(ValueError):
+        encode_request(Request(1, "vg", "lv", MAX_SIZE + 1))
+
+
+@given(request_sectors())
+def test_sector_round_trip(case: tuple[int, int, int, int, list[Request | None]]) -> None:
+    sector_size, index, host, generation, slots = case
+    data = encode_sector(Kind.REQUEST, sector_size, index, host, generation, slots)
+    assert len(data) == sector_size
+    sector = decode_sector(data, Kind.REQUEST, index, host, len(slots))
+    assert sector.generation == generation
+    assert list(sector.slots) == slots
+
+
+@settings(max_examples=300)
+@given(request_sectors(), st.data())
+def test_any_single_corrupted_byte_is_detected(
+    case: tuple[int, int, int, int, list[Request | None]], data: st.DataObject
+) -> None:
+    sector_size, index, host, generation, slots = case
+    raw = bytearray(encode_sector(Kind.REQUEST, sector_size, index, host, generation, slots))
+    pos = data.draw(st.integers(0, sector_size - 1))
+    raw[pos] ^= data.draw(st.integers(1, 255))
+    if not any(raw):
+        return  # became the all-zero (empty) sector: impossible with a non-zero magic
+    with pytest.raises(CorruptSector):
+        decode_sector(bytes(raw), Kind.REQUEST, index, host, len(slots))
+
+
+@settings(max_examples=300)
+@given(SECTOR_SIZES, st.data())
+def test_torn_sector_is_old_new_or_detected(sector_size: int, data: st.DataObject) -> None:
+    """A sector write that stopped partway (a prefix of new bytes over old) never decodes as
+    anything but the old or the new sector."""
+    count = slots_per_sector(sector_size)
+    old_slots = data.draw(st.lists(st.none() | requests(), min_size=count, max_size=count))
+    new_slots = data.draw(st.lists(st.none() | requests(), min_size=count, max_size=count))
+    old = encode_sector(Kind.REQUEST, sector_size, 0, 1, 5, old_slots)
+    new = encode_sector(Kind.REQUEST, sector_size, 0, 1, 6, new_slots)
+    cut = data.draw(st.integers(1, sector_size - 1))
+    torn = new[:cut] + old[cut:]
+    try:
+        sector = decode_sector(torn, Kind.REQUEST, 0, 1)
+    except CorruptSector:
+        return
+    assert (sector.generation, list(sector.slots)) in ((5, old_slots), (6, new_slots))
+
+
+def test_sector_of_another_host_or_kind_is_rejected() -> None:
+    data = encode_sector(Kind.REQUEST, 512, 2, 5, 1, [Request(1, "vg", "lv", 10)])
+    with pytest.raises(CorruptSector, match="layout mismatch"):
+        decode_sector(data, Kind.REQUEST, 2, 6)
+    with pytest.raises(CorruptSector, match="bad magic"):
+        decode_sector(data, Kind.REPLY, 2, 5)
+
+
+def test_malformed_slot_with_good_checksum_is_reported_not_dropped() -> None:
+    raw = bytearray(encode_request(Request(9, "vg", "lv", 10)))
+    raw[16:21] = b"vg\xfflv"  # non-ASCII name
+    assert decode_request(bytes(raw)) == MalformedSlot(9, "volume name is not ASCII")
+    raw = bytearray(encode_request(Request(9, "vg", "lv", 10)))
+    raw[18] = ord("_")  # "vg_lv": no separator
+    assert isinstance(decode_request(bytes(raw)), MalformedSlot)
+
+
+# Layout.
+
+
+@given(SECTOR_SIZES, st.integers(1, 2000), st.integers(0, 64).map(lambda n: n * 4096))
+def test_layout_regions_do_not_overlap(sector_size: int, max_hosts: int, base: int) -> None:
+    layout = MailboxLayout(base, sector_size, max_hosts)
+    assert layout.sectors_per_box * layout.slots_per_sector >= SLOTS_PER_HOST >= 63
+    assert layout.doorbell_bytes >= 2 * max_hosts
+    assert layout.request_base == base + layout.doorbell_bytes
+    assert layout.request_offset(max_hosts) + layout.box_bytes == layout.reply_base
+    assert layout.reply_offset(max_hosts) + layout.box_bytes == layout.end
+    for offset in (layout.request_base, layout.reply_base, layout.end):
+        assert offset % sector_size == 0
+    slots = [s for i in range(layout.sectors_per_box) for s in layout.sector_slots(i)]
+    assert slots == list(range(SLOTS_PER_HOST))
+    assert all(layout.slot_sector(s) == i for i in range(layout.sectors_per_box)
+               for s in layout.sector_slots(i))
+
+
+@given(SECTOR_SIZES, st.integers(1, 2000), st.data())
+def test_doorbell_words_are_disjoint(sector_size: int, max_hosts: int, d: st.DataObject) -> None:
+    layout = MailboxLayout(0, sector_size, max_hosts)
+    host = d.draw(st.integers(1, max_hosts))
+    area = bytearray(layout.doorbell_bytes)
+    offset = layout.doorbell_sector_offset(host)
+    pos = layout.doorbell_word_pos(host)
+    sector = with_word(bytes(area[offset : offset + sector_size]), pos, 0xBEEF)
+    assert read_word(sector, pos) == 0xBEEF
+    area[offset : offset + sector_size] = sector
+    words = doorbell_words(bytes(area), max_hosts)
+    assert changed_hosts([0] * max_hosts, words) == [host]
+
+
+def test_layout_rejects_bad_geometry() -> None:
+    with pytest.raises(LayoutError):
+        MailboxLayout(100, 512, 10)
+    with pytest.raises(LayoutError):
+        MailboxLayout(0, 1024, 10)
+    layout = MailboxLayout(0, 512, 10)
+    with pytest.raises(LayoutError):
+        layout.request_offset(11)
+    with pytest.raises(LayoutError):
+        layout.check_fits(layout.end - 512)
+
+
+def test_2000_hosts_fit_in_32_mib() -> None:
+    for sector_size in (512, 4096):
+        layout = MailboxLayout(0, sector_size, 2000)
+        assert layout.box_bytes == 8192
+        assert layout.total_bytes <= 32 * 2**20 + 4096
+        assert layout.doorbell_bytes == 4096
+
+
+@given(st.integers(0, 0xFFFF))
+def test_next_ring_changes_and_is_never_zero(value: int) -> None:
+    nxt = next_ring(value)
+    assert nxt != value and nxt != 0 and 0 < nxt <= 0xFFFF
+
+
+@given(st.lists(st.integers(1, 2000), max_size=200), st.integers(1, 64))
+def test_contiguous_runs_cover_each_host_once(hosts: list[int], max_run: int) -> None:
+    runs = contiguous_runs(hosts, max_run)
+    covered = [first + i for first, count in runs for i in range(count)]
+    assert covered == sorted(set(hosts))
+    assert all(1 <= count <= max_run for _, count in runs)
+
+
+@given(st.floats(0, 1e6), st.floats(0.001, 1), st.floats(1, 10))
+def test_reply_poll_interval_bounds(waited: float, base: float, maximum: float) -> None:
+    interval = reply_poll_interval(waited, base, maximum)
+    assert base <= interval <= maximum
+
+
+@given(st.floats(0, 100), st.floats(0.01, 5), st.floats(5, 60))
+def test_retry_delay_grows_to_the_cap(previous: float, initial: float, maximum: float) -> None:
+    delay = next_retry_delay(previous, initial, maximum)
+    assert delay <= maximum
+    assert delay >= min(initial, maximum) or previous > 0
+
+
+def test_local_rejection() -> None:
+    assert local_rejection(VolumeRef("vg", "lv"), 1) is None
+    rejected = local_rejection(VolumeRef("vg", "l" * 200), 1)
+    assert rejected is not None and rejected.reason is ReasonCode.BAD_NAME
+    rejected = local_rejection(VolumeRef("vg", "lv"), 0)
+    assert rejected is not None and rejected.status is Status.REJECTED
