@@ -222,6 +222,10 @@ class QmpHypervisor:
         session = VmSession(name, conn, self._device_size)
         self._sessions[name] = session
         vlog = log.bind(vm=name, path=watcher.path)
+        try:
+            await session.drives()  # learn node names before the first event arrives
+        except QmpError as err:
+            vlog.warning("qmp drive query failed", error=str(err))
         announced = False
         try:
             await events.send(VmAppeared(name))

@@ -17,14 +17,21 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 from anyio.abc import Process
+from anyio.streams.memory import MemoryObjectReceiveStream
 from qemu.qmp import QMPClient
+
+from autoextend.lvm.volume import VolumeRef
+from autoextend.monitor.protocols import HypervisorEvent
+from autoextend.qmp.config import QmpSettings
+from autoextend.qmp.hypervisor import QmpHypervisor
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -120,6 +127,17 @@ class QemuLab:
         await self.launch(qemu)
         return qemu
 
+    async def start_custom(self, name: str, args: Sequence[str]) -> Qemu:
+        """Start ``qemu-system-x86_64 <args>`` plus this lab's two QMP sockets."""
+        qemu = Qemu(name, self.qmp_dir / f"{name}.sock", self.ctl_dir / f"{name}.sock", [
+            "qemu-system-x86_64", *args,
+            "-qmp", f"unix:{self.qmp_dir / name}.sock,server=on,wait=off",
+            "-qmp", f"unix:{self.ctl_dir / name}.sock,server=on,wait=off",
+        ])
+        self._qemus.append(qemu)
+        await self.launch(qemu)
+        return qemu
+
     async def launch(self, qemu: Qemu) -> None:
         """(Re)start ``qemu`` and wait until both its sockets exist."""
         qemu.process = await anyio.open_process(
@@ -169,6 +187,57 @@ class QemuLab:
                     await self.kill(qemu)
             for volume in self._volumes:
                 await anyio.run_process(["losetup", "-d", volume.device], check=False)
+
+
+Events = MemoryObjectReceiveStream[HypervisorEvent]
+
+
+def fast_settings(lab: QemuLab, **overrides: Any) -> QmpSettings:
+    values: dict[str, Any] = dict(
+        socket_glob=lab.glob, rescan_interval_s=0.2, connect_timeout_s=3.0,
+        command_timeout_s=5.0, reconnect_initial_s=0.1, reconnect_max_s=0.5,
+    )
+    values.update(overrides)
+    return QmpSettings(**values)
+
+
+class Lookup:
+    def __init__(self, lab: QemuLab) -> None:
+        self.lab = lab
+
+    def __call__(self, path: str) -> VolumeRef | None:
+        return VolumeRef("vg", os.path.basename(path)) if path.startswith("/dev/loop") else None
+
+
+@asynccontextmanager
+async def running(hv: QmpHypervisor, size: int = 1000) -> AsyncIterator[Events]:
+    send, receive = anyio.create_memory_object_stream[HypervisorEvent](size)
+    with send, receive:
+        async with anyio.create_task_group() as tg:
+            await tg.start(hv.run, send)
+            try:
+                yield receive
+            finally:
+                tg.cancel_scope.cancel()
+
+
+async def wait_for(
+    events: Events, match: Callable[[HypervisorEvent], bool], timeout: float = 20.0
+) -> HypervisorEvent:
+    with anyio.fail_after(timeout):
+        async for event in events:
+            if match(event):
+                return event
+    raise AssertionError("event stream closed")
+
+
+def drained(events: Events) -> list[HypervisorEvent]:
+    out: list[HypervisorEvent] = []
+    while True:
+        try:
+            out.append(events.receive_nowait())
+        except anyio.WouldBlock:
+            return out
 
 
 @asynccontextmanager

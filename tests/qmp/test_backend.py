@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import pytest
-from anyio.streams.memory import MemoryObjectReceiveStream
-from qmp_testlab import DriveSpec, MiB, QemuLab, qemu_lab
+from qmp_testlab import DriveSpec, Lookup, MiB, drained, fast_settings, qemu_lab, running, wait_for
 
 from autoextend.clock import MonotonicClock
 from autoextend.lvm.volume import VolumeRef
@@ -25,59 +22,8 @@ from autoextend.monitor.protocols import (
     VmPaused,
     VmResumed,
 )
-from autoextend.qmp.config import QmpSettings
 from autoextend.qmp.errors import QmpCommandFailed, QmpTimeout, VmNotFound
 from autoextend.qmp.hypervisor import QmpHypervisor
-
-Events = MemoryObjectReceiveStream[HypervisorEvent]
-
-
-def fast_settings(lab: QemuLab, **overrides: Any) -> QmpSettings:
-    values: dict[str, Any] = dict(
-        socket_glob=lab.glob, rescan_interval_s=0.2, connect_timeout_s=3.0,
-        command_timeout_s=5.0, reconnect_initial_s=0.1, reconnect_max_s=0.5,
-    )
-    values.update(overrides)
-    return QmpSettings(**values)
-
-
-class Lookup:
-    def __init__(self, lab: QemuLab) -> None:
-        self.lab = lab
-
-    def __call__(self, path: str) -> VolumeRef | None:
-        return VolumeRef("vg", os.path.basename(path)) if path.startswith("/dev/loop") else None
-
-
-@asynccontextmanager
-async def running(hv: QmpHypervisor, size: int = 1000) -> AsyncIterator[Events]:
-    send, receive = anyio.create_memory_object_stream[HypervisorEvent](size)
-    with send, receive:
-        async with anyio.create_task_group() as tg:
-            await tg.start(hv.run, send)
-            try:
-                yield receive
-            finally:
-                tg.cancel_scope.cancel()
-
-
-async def wait_for(
-    events: Events, match: Callable[[HypervisorEvent], bool], timeout: float = 20.0
-) -> HypervisorEvent:
-    with anyio.fail_after(timeout):
-        async for event in events:
-            if match(event):
-                return event
-    raise AssertionError("event stream closed")
-
-
-def drained(events: Events) -> list[HypervisorEvent]:
-    out: list[HypervisorEvent] = []
-    while True:
-        try:
-            out.append(events.receive_nowait())
-        except anyio.WouldBlock:
-            return out
 
 
 async def test_discovery_names_and_drives() -> None:
@@ -281,3 +227,18 @@ async def test_twenty_instances_and_one_failing() -> None:
                 if q.name != "vm07":
                     [vda] = await hv.drives(q.name)
                     assert vda.threshold == (0 if q.name in crossed else 1 * MiB)
+
+
+async def test_duplicate_vm_names_fall_back_to_the_socket_stem() -> None:
+    async with qemu_lab() as lab:
+        common = ["-machine", "none", "-nodefaults", "-display", "none", "-S", "-name", "dup"]
+        await lab.start_custom("first", common)
+        hv = QmpHypervisor(fast_settings(lab), Lookup(lab), MonotonicClock())
+        async with running(hv) as events:
+            assert drained(events) == [VmAppeared("dup")]
+            await lab.start_custom("second", common)
+            assert await wait_for(events, lambda e: isinstance(e, VmAppeared)) == (
+                VmAppeared("second"))
+            assert hv.vms() == {"dup": str(lab.qmp_dir / "first.sock"),
+                                "second": str(lab.qmp_dir / "second.sock")}
+            assert await hv.drives("second") == []  # -machine none: no block backends
