@@ -1,0 +1,245 @@
+"""The SPM resource lease: Disk Paxos ballots (``ballot.py``) plus the leader record, on I/O.
+
+``acquire`` loops until this host owns a new lease version (lver):
+
+1. Read the whole paxos area (leader + every dblock; one I/O).
+2. If some dblock is at a higher lver than a readable leader (a commit whose leader write was
+   lost, or a leader that is unreadable), re-run that instance: Paxos returns the value already
+   decided, or lets us decide it, and the leader is rewritten.
+3. Else the next instance (leader.lver + 1) may be run only if the lease is free: no owner,
+   RELEASED on the leader or on the owner's dblock for that lver, owned by us (an older
+   incarnation, or a value someone adopted for us), or the owner's host id lease is gone
+   (slot free, a new generation, or DEAD by the 8T+W rule). Otherwise poll.
+4. Ballot (3 writes of our dblock + reads, see ballot.py), then write the leader with the
+   decided value. The decided owner may be another host; then we keep waiting.
+
+A free acquire is 3 area reads + 3 sector writes. Aborts back off randomly (0..min(1 s, T)).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+
+from autoextend.clock import Clock
+from autoextend.directio import SectorStorage, StorageError
+from autoextend.lease.ballot import (
+    BlockView,
+    Value,
+    abort_reason,
+    choose_value,
+    highest_lver,
+    next_ballot,
+    phase1_block,
+    phase2_block,
+)
+from autoextend.lease.errors import RecordError
+from autoextend.lease.format import (
+    FLAG_RELEASED,
+    Dblock,
+    LeaderRecord,
+    pack_dblock,
+    pack_leader,
+    sectors,
+    unpack_dblock,
+    unpack_leader,
+)
+from autoextend.lease.layout import PAXOS_FIRST_DBLOCK_SECTOR, LeaseLayout
+from autoextend.lease.timeouts import LeaseTimeouts
+from autoextend.logs import get_logger
+
+
+@dataclass
+class PaxosArea:
+    leader: LeaderRecord | None            # None: unreadable
+    blocks: dict[int, Dblock | None]       # host_id -> block (None: unreadable)
+    errors: list[RecordError] = field(default_factory=list)
+
+
+@dataclass
+class PaxosStats:
+    ballots: int = 0
+    aborts: int = 0
+    commits: int = 0
+    record_errors: int = 0
+    io_errors: int = 0
+
+
+class BallotAborted(Exception):
+    """Internal: a ballot saw a higher ballot/lver or an unreadable block."""
+
+
+# (owner_id, owner_generation) -> True if the owner's host id lease is provably gone.
+OwnerGone = Callable[[int, int], Awaitable[bool]]
+
+
+def decode_area(data: bytes, layout: LeaseLayout) -> PaxosArea:
+    parts = sectors(data, layout.sector_size)
+    errors: list[RecordError] = []
+    leader: LeaderRecord | None
+    try:
+        leader = unpack_leader(parts[0], layout.leader_offset)
+    except RecordError as err:
+        leader = None
+        errors.append(err)
+    blocks: dict[int, Dblock | None] = {}
+    for index, raw in enumerate(parts[PAXOS_FIRST_DBLOCK_SECTOR:]):
+        host = index + 1
+        try:
+            blocks[host] = unpack_dblock(raw, layout.dblock_offset(host))
+        except RecordError as err:
+            blocks[host] = None
+            errors.append(err)
+    return PaxosArea(leader, blocks, errors)
+
+
+class PaxosLease:
+    def __init__(
+        self,
+        storage: SectorStorage,
+        layout: LeaseLayout,
+        host_id: int,
+        timeouts: LeaseTimeouts,
+        clock: Clock,
+        rng: random.Random | None = None,
+    ) -> None:
+        layout.check_host(host_id)
+        self.storage = storage
+        self.layout = layout
+        self.host_id = host_id
+        self.timeouts = timeouts
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.stats = PaxosStats()
+        self.last_leader: LeaderRecord | None = None
+        self.own: Dblock | None = None  # our dblock as last written (or read)
+        self.log = get_logger("lease", host_id=host_id)
+
+    async def read_area(self) -> PaxosArea:
+        data = await self.storage.read(self.layout.paxos_start, self.layout.paxos_length)
+        area = decode_area(data, self.layout)
+        for err in area.errors:
+            self.stats.record_errors += 1
+            self.log.warning("paxos_record_unreadable", error=str(err))
+        if area.leader is not None:
+            self.last_leader = area.leader
+        if self.own is None:
+            self.own = area.blocks.get(self.host_id)
+        return area
+
+    async def _write_own(self, block: Dblock) -> None:
+        await self.storage.write(
+            self.layout.dblock_offset(self.host_id), pack_dblock(block, self.layout.sector_size)
+        )
+        self.own = block
+
+    async def _phase(self, block: Dblock, lver: int, mbal: int) -> BlockView:
+        await self._write_own(block)
+        area = await self.read_area()
+        if area.leader is not None and area.leader.lver >= lver:
+            raise BallotAborted(f"lver {area.leader.lver} committed meanwhile")
+        reason = abort_reason(area.blocks, lver, mbal, self.host_id)
+        if reason:
+            raise BallotAborted(reason)
+        return area.blocks
+
+    async def ballot(self, area: PaxosArea, lver: int, mine: Value) -> Value:
+        """Run one ballot for instance ``lver``; the decided value. Raises BallotAborted."""
+        self.stats.ballots += 1
+        own_mbal = self.own.mbal if self.own is not None and self.own.lver == lver else 0
+        mbal = next_ballot(area.blocks, lver, self.host_id, self.layout.max_hosts, own_mbal)
+        blocks = await self._phase(phase1_block(self.own, self.host_id, lver, mbal), lver, mbal)
+        value = choose_value(blocks, lver, mine)
+        await self._phase(phase2_block(self.host_id, lver, mbal, value), lver, mbal)
+        return value
+
+    async def commit(self, lver: int, value: Value) -> LeaderRecord:
+        leader = LeaderRecord(
+            owner_id=value.host_id, owner_generation=value.generation, lver=lver,
+            timestamp_us=max(1, int(self.clock.now() * 1e6)), write_id=self.host_id,
+            io_timeout_ms=int(self.timeouts.io_timeout * 1000),
+            sector_size=self.layout.sector_size, max_hosts=self.layout.max_hosts,
+        )
+        data = pack_leader(leader, self.layout.sector_size)
+        await self.storage.write(self.layout.leader_offset, data)
+        self.stats.commits += 1
+        self.last_leader = leader
+        return leader
+
+    async def _may_run_next(
+        self, leader: LeaderRecord, area: PaxosArea, generation: int, owner_gone: OwnerGone
+    ) -> bool:
+        if leader.free:
+            return True
+        owner_block = area.blocks.get(leader.owner_id)
+        if (
+            owner_block is not None
+            and owner_block.lver == leader.lver
+            and owner_block.flags & FLAG_RELEASED
+        ):
+            return True
+        if leader.owner_id == self.host_id:
+            return True  # our older incarnation, or a value adopted for us: we are not holding
+        return await owner_gone(leader.owner_id, leader.owner_generation)
+
+    async def acquire(self, generation: int, owner_gone: OwnerGone) -> int:
+        """Loop until we own a new lver; return it. Cancel to give up. StorageError/RecordError
+        are counted and retried after a poll interval."""
+        mine = Value(self.host_id, generation)
+        while True:
+            try:
+                area = await self.read_area()
+                top = highest_lver(area.blocks)
+                leader = area.leader
+                if leader is None or leader.lver < top:
+                    lver = top if top > 0 else 1
+                elif await self._may_run_next(leader, area, generation, owner_gone):
+                    lver = leader.lver + 1
+                else:
+                    await self.clock.sleep(self.timeouts.acquire_poll)
+                    continue
+                value = await self.ballot(area, lver, mine)
+                await self.commit(lver, value)
+                if value == mine:
+                    self.log.info("spm_lease_acquired", lver=lver)
+                    return lver
+                self.log.info("spm_lease_decided_other", lver=lver, owner=value.host_id)
+            except BallotAborted as abort:
+                self.stats.aborts += 1
+                self.log.debug("ballot_aborted", reason=str(abort))
+                await self.clock.sleep(self.rng.uniform(0.0, self.timeouts.backoff_max))
+            except StorageError as err:
+                self.stats.io_errors += 1
+                self.log.warning("paxos_io_error", error=str(err))
+                await self.clock.sleep(self.rng.uniform(0.0, self.timeouts.backoff_max))
+
+    async def release(self, lver: int, generation: int) -> None:
+        """Mark our dblock RELEASED for ``lver``; clear the leader if it still names us."""
+        if self.own is not None and self.own.lver == lver:
+            released = replace(self.own, flags=self.own.flags | FLAG_RELEASED)
+            for _ in range(3):
+                try:
+                    await self._write_own(released)
+                    break
+                except StorageError as err:
+                    self.stats.io_errors += 1
+                    self.log.warning("paxos_release_io_error", error=str(err))
+        raw = await self.storage.read(self.layout.leader_offset, self.layout.sector_size)
+        try:
+            leader = unpack_leader(raw, self.layout.leader_offset)
+        except RecordError as err:
+            self.stats.record_errors += 1
+            self.log.warning("paxos_record_unreadable", error=str(err))
+            return
+        self.last_leader = leader
+        if (leader.owner_id, leader.owner_generation, leader.lver) != (
+            self.host_id, generation, lver,
+        ) or leader.flags & FLAG_RELEASED:
+            return  # someone committed a newer version: leave it alone
+        cleared = replace(leader, flags=leader.flags | FLAG_RELEASED, write_id=self.host_id)
+        await self.storage.write(
+            self.layout.leader_offset, pack_leader(cleared, self.layout.sector_size)
+        )
+        self.last_leader = cleared
+        self.log.info("spm_lease_released", lver=lver)

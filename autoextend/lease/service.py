@@ -1,0 +1,310 @@
+"""LeaseService: the host id lease, its renewal task, and the SPM lease as a fenced scope.
+
+    lease = LeaseService(storage, settings, clock)
+    async with lease.joined():              # host id acquired, renewal task running
+        async with lease.spm() as term:     # blocks until this host is SPM
+            term.check()                    # NotSpmError unless still valid (no I/O)
+            ...                             # cancelled before the lease could be lost
+
+The body of ``spm()`` runs in a cancel scope that is cancelled when the term ends: at the
+lease expiry (8T after the start of the last successful renewal, on our monotonic clock),
+when the host id is lost, or on :meth:`LeaseService.step_down`. Leaving the body releases
+the lease so another host takes over within one acquire poll. ``term.check()`` fails from the
+expiry instant on, even if the cancellation is delivered late.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import TaskStatus
+
+from autoextend.clock import Clock
+from autoextend.directio import SectorStorage, StorageError
+from autoextend.errors import NotSpmError
+from autoextend.lease.config import LeaseSettings
+from autoextend.lease.delta import DeltaLease
+from autoextend.lease.errors import HostIdLost, LeaseError
+from autoextend.lease.layout import LeaseLayout
+from autoextend.lease.liveness import HostMonitor, HostStatus
+from autoextend.lease.paxos import PaxosLease
+from autoextend.lease.timeouts import LeaseTimeouts, lease_timeouts
+from autoextend.lease.watchdog import NullWatchdog, Watchdog
+from autoextend.logs import get_logger
+
+
+class SpmTerm:
+    """One tenure as SPM: lease version ``lver`` held by ``host_id``."""
+
+    def __init__(self, service: LeaseService, lver: int, generation: int) -> None:
+        self.host_id = service.host_id
+        self.lver = lver
+        self.generation = generation
+        self.ended: str | None = None
+        self._service = service
+        self._wake: anyio.CancelScope | None = None
+
+    @property
+    def expiry(self) -> float:
+        return self._service.delta.expiry
+
+    @property
+    def valid(self) -> bool:
+        return self.ended is None and self._service.clock.now() < self.expiry
+
+    def check(self) -> None:
+        """Raise NotSpmError unless this term is still valid now. No I/O."""
+        if self.ended is not None:
+            raise NotSpmError(f"SPM term lver {self.lver} ended: {self.ended}")
+        if self._service.clock.now() >= self.expiry:
+            raise NotSpmError(f"SPM term lver {self.lver}: lease may have expired")
+
+    def end(self, reason: str) -> None:
+        if self.ended is None:
+            self.ended = reason
+        if self._wake is not None:
+            self._wake.cancel()
+
+
+@dataclass
+class LeaseStats:
+    renewals: int = 0
+    renewal_failures: int = 0
+    rejoins: int = 0
+    acquisitions: int = 0
+    fenced: int = 0
+
+
+class LeaseService:
+    def __init__(
+        self,
+        storage: SectorStorage,
+        settings: LeaseSettings,
+        clock: Clock,
+        *,
+        watchdog: Watchdog | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if settings.host_id < 1:
+            raise LeaseError("lease.host_id is not configured (1..max_hosts)")
+        self.settings = settings
+        self.host_id = settings.host_id
+        self.host_name = settings.host_name or socket.gethostname()
+        self.clock = clock
+        self.timeouts: LeaseTimeouts = lease_timeouts(
+            settings.io_timeout_s, settings.watchdog_fire_timeout_s, settings.acquire_poll_s
+        )
+        self.layout = LeaseLayout(settings.offset, storage.sector_size, settings.max_hosts)
+        self.monitor = HostMonitor(self.timeouts.host_fail, self.timeouts.host_dead)
+        self.delta = DeltaLease(
+            storage, self.layout, self.host_id, self.host_name, self.timeouts, clock, self.monitor
+        )
+        self.paxos = PaxosLease(storage, self.layout, self.host_id, self.timeouts, clock, rng)
+        self.watchdog = watchdog or NullWatchdog()
+        self.stats = LeaseStats()
+        self.storage = storage
+        self._joined = anyio.Event()
+        self._term: SpmTerm | None = None
+        self._hold_off_until = 0.0
+        self.log = get_logger("lease", host_id=self.host_id)
+
+    # ---- host id -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def joined(self) -> AsyncIterator[LeaseService]:
+        """Acquire the host id lease and keep renewing it while the body runs."""
+        await self.delta.acquire()
+        self._joined.set()
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self._renewal_loop)
+                try:
+                    yield self
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            if self._term is not None:
+                self._term.end("leaving")
+            with anyio.CancelScope(shield=True), anyio.move_on_after(
+                2 * self.timeouts.io_timeout
+            ):
+                try:
+                    await self.delta.release()
+                except StorageError as err:
+                    self.log.warning("delta_release_failed", error=str(err))
+            self._joined = anyio.Event()
+
+    def _lost(self, reason: str) -> None:
+        self.log.error("host_id_lost", reason=reason)
+        self._joined = anyio.Event()
+        if self._term is not None:
+            self.stats.fenced += 1
+            self._term.end(f"host id lost: {reason}")
+
+    async def _renewal_loop(self, *, task_status: TaskStatus[None]) -> None:
+        t = self.timeouts
+        task_status.started()
+        next_at = self.delta.last_renewal + t.renewal_interval
+        while True:
+            await self.clock.sleep(next_at - self.clock.now())
+            if self.delta.record is None:
+                try:
+                    await self.delta.acquire()
+                    self.stats.rejoins += 1
+                    self._joined.set()
+                    next_at = self.delta.last_renewal + t.renewal_interval
+                except (LeaseError, StorageError) as err:
+                    self.log.warning("host_id_rejoin_failed", error=str(err))
+                    next_at = self.clock.now() + t.renewal_retry
+                continue
+            try:
+                await self.delta.renew()
+            except HostIdLost as err:
+                self._lost(err.reason)
+                next_at = self.clock.now()
+                continue
+            except (StorageError, LeaseError) as err:
+                self.stats.renewal_failures += 1
+                age = self.clock.now() - self.delta.last_renewal
+                level = "error" if age >= t.renewal_warn else "warning"
+                getattr(self.log, level)("renewal_failed", error=str(err), duration_s=age)
+                next_at = self.clock.now() + t.renewal_retry
+                continue
+            self.stats.renewals += 1
+            if self._term is not None and self._term.ended is None:
+                self.watchdog.update(self.delta.expiry)
+            next_at = self.delta.last_renewal + t.renewal_interval
+
+    # ---- SPM -----------------------------------------------------------------------------
+
+    async def _owner_gone(self, owner: int, generation: int) -> bool:
+        if not 1 <= owner <= self.layout.max_hosts:
+            return True
+        if owner not in self.monitor.peers or self.monitor.needs_confirm(owner, self.clock.now()):
+            offset = self.layout.delta_offset(owner)
+            issued = self.clock.now()
+            raw = await self.storage.read(offset, self.layout.sector_size)
+            self.monitor.observe(owner, raw, offset, issued, self.clock.now())
+        record = self.monitor.record(owner)
+        if record is not None and (record.free or record.generation != generation):
+            return True
+        return self.monitor.is_dead(owner)
+
+    async def _acquire(self) -> tuple[int, int]:
+        while True:
+            await self._joined.wait()
+            await self.clock.sleep(self._hold_off_until - self.clock.now())
+            record = self.delta.record
+            if record is None:
+                continue
+            try:
+                lver = await self.paxos.acquire(record.generation, self._owner_gone)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._abandon_acquire(record.generation)
+                raise
+            current = self.delta.record
+            if self.delta.held and current is not None and current.generation == record.generation:
+                return lver, record.generation
+            await self._release(lver, record.generation)
+
+    async def _abandon_acquire(self, generation: int) -> None:
+        """Cancelled mid-acquire: a ballot may have decided for us; release it if so."""
+        with anyio.move_on_after(4 * self.timeouts.io_timeout):
+            try:
+                area = await self.paxos.read_area()
+            except StorageError:
+                return
+            leader = area.leader
+            if leader is not None and leader.owner_id == self.host_id and not leader.free:
+                await self._release(leader.lver, generation)
+
+    async def _release(self, lver: int, generation: int) -> None:
+        with anyio.move_on_after(4 * self.timeouts.io_timeout):
+            try:
+                await self.paxos.release(lver, generation)
+            except StorageError as err:
+                self.log.warning("spm_release_failed", lver=lver, error=str(err))
+
+    async def _guard(self, term: SpmTerm, body: anyio.CancelScope) -> None:
+        """End the term at its expiry (or when woken by step-down / loss) and cancel the body."""
+        while term.ended is None:
+            remaining = term.expiry - self.clock.now()
+            if remaining <= 0:
+                self.stats.fenced += 1
+                self.log.error("spm_fenced", lver=term.lver, reason="lease may expire")
+                term.end("lease may have expired (not renewed in time)")
+                break
+            with anyio.CancelScope() as wake:
+                term._wake = wake
+                await self.clock.sleep(remaining)
+            term._wake = None
+        body.cancel()
+
+    @asynccontextmanager
+    async def spm(self) -> AsyncIterator[SpmTerm]:
+        """Wait until this host is SPM; the body is cancelled before the lease could be lost."""
+        lver, generation = await self._acquire()
+        term = SpmTerm(self, lver, generation)
+        self._term = term
+        self.stats.acquisitions += 1
+        self.watchdog.update(term.expiry)
+        self.log.info("spm_term_started", lver=lver)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._guard, term, tg.cancel_scope)
+                try:
+                    yield term
+                finally:
+                    term.end(term.ended or "left")
+                    tg.cancel_scope.cancel()
+        finally:
+            term.end(term.ended or "left")
+            self._term = None
+            with anyio.CancelScope(shield=True):
+                self.watchdog.update(None)
+                await self._release(lver, generation)
+            self.log.info("spm_term_ended", lver=lver, reason=term.ended)
+
+    def step_down(self, hold_off_s: float | None = None) -> None:
+        """End the current SPM term (its body is cancelled, the lease released) and stay out
+        of the contest for ``hold_off_s`` (default two renewal intervals) so another host
+        takes over."""
+        hold = 2 * self.timeouts.renewal_interval if hold_off_s is None else hold_off_s
+        self._hold_off_until = self.clock.now() + hold
+        if self._term is not None:
+            self._term.end("stepped down")
+
+    # ---- status --------------------------------------------------------------------------
+
+    @property
+    def term(self) -> SpmTerm | None:
+        return self._term if self._term is not None and self._term.valid else None
+
+    def current_spm(self) -> tuple[int, int] | None:
+        """(host_id, lver) of the SPM as last seen (our own term, else the last leader read)."""
+        if self.term is not None:
+            return self.host_id, self.term.lver
+        leader = self.paxos.last_leader
+        if leader is None or leader.free:
+            return None
+        return leader.owner_id, leader.lver
+
+    def host_states(self) -> dict[int, HostStatus]:
+        now = self.clock.now()
+        return {host: self.monitor.status(host, now) for host in sorted(self.monitor.peers)}
+
+    def renewal_age(self) -> float | None:
+        """Seconds since the start of our last successful renewal (None if not joined)."""
+        if self.delta.record is None:
+            return None
+        return self.clock.now() - self.delta.last_renewal
+
+    @property
+    def record_errors(self) -> int:
+        return self.monitor.bad_records + self.paxos.stats.record_errors

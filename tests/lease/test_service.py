@@ -1,0 +1,156 @@
+"""LeaseService on an in-memory area: join, SPM, release, step-down, takeover, fencing."""
+
+from __future__ import annotations
+
+import random
+
+import anyio
+import pytest
+
+from autoextend.clock import MonotonicClock
+from autoextend.directio import MemoryStorage, StorageError
+from autoextend.errors import NotSpmError
+from autoextend.lease.liveness import HostState
+from autoextend.lease.service import LeaseService
+
+from .helpers import MAX_HOSTS, T, W, memory_area, settings
+
+
+async def test_single_host_becomes_spm_and_releases() -> None:
+    storage = await memory_area()
+    lease = LeaseService(storage, settings(1), MonotonicClock(), rng=random.Random(1))
+    async with lease.joined():
+        assert lease.current_spm() is None
+        async with lease.spm() as term:
+            term.check()
+            assert (term.host_id, term.lver) == (1, 1)
+            assert lease.current_spm() == (1, 1)
+            await anyio.sleep(5 * T)  # renewals keep it valid
+            term.check()
+            assert lease.stats.renewals >= 1
+        with pytest.raises(NotSpmError):
+            term.check()
+        assert lease.current_spm() is None
+        async with lease.spm() as term2:
+            assert term2.lver == 2
+    assert lease.delta.record is None
+
+
+async def test_second_host_takes_over_after_release_within_a_renewal_interval() -> None:
+    storage = await memory_area()
+    clock = MonotonicClock()
+    a = LeaseService(storage, settings(1), clock, rng=random.Random(1))
+    b = LeaseService(storage, settings(2), clock, rng=random.Random(2))
+    got: list[tuple[int, float]] = []
+    a_holds = anyio.Event()
+
+    async def contend() -> None:
+        await a_holds.wait()
+        async with b.spm() as term_b:
+            got.append((term_b.lver, clock.now()))
+
+    async with a.joined(), b.joined(), anyio.create_task_group() as tg:
+        tg.start_soon(contend)
+        async with a.spm() as term_a:
+            a_holds.set()
+            await anyio.sleep(4 * T)
+            assert got == []  # a holds it
+            term_a.check()
+            released_at = clock.now()
+            a.step_down()
+            await anyio.sleep(10)  # cancelled by the step-down
+            raise AssertionError("not cancelled")
+        assert term_a.ended == "stepped down"
+    assert got and got[0][0] == 2
+    assert got[0][1] - released_at <= a.timeouts.renewal_interval + 0.05
+
+
+class Cuttable:
+    """Storage proxy that fails every I/O after ``cut`` (a host losing its path / crashing)."""
+
+    def __init__(self, inner: MemoryStorage) -> None:
+        self.inner = inner
+        self.sector_size = inner.sector_size
+        self.size = inner.size
+        self.cut = False
+
+    async def read(self, offset: int, length: int) -> bytes:
+        if self.cut:
+            raise StorageError("cut", "read", offset, length, "path lost")
+        return await self.inner.read(offset, length)
+
+    async def write(self, offset: int, data: bytes) -> None:
+        if self.cut:
+            raise StorageError("cut", "write", offset, len(data), "path lost")
+        await self.inner.write(offset, data)
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_silent_holder_fences_and_is_taken_over_after_host_dead() -> None:
+    storage = await memory_area()
+    clock = MonotonicClock()
+    a_path = Cuttable(storage)
+    a = LeaseService(a_path, settings(1), clock)
+    b = LeaseService(storage, settings(2), clock)
+    times: dict[str, float] = {}
+
+    a_holds = anyio.Event()
+
+    async def contend() -> None:
+        await a_holds.wait()
+        async with b.spm() as term:
+            times["b_acquired"] = clock.now()
+            assert term.lver == 2
+
+    async with b.joined(), a.joined(), anyio.create_task_group() as tg:
+        tg.start_soon(contend)
+        async with a.spm() as term_a:
+            a_path.cut = True
+            times["a_last_renewal"] = a.delta.last_renewal
+            a_holds.set()
+            await anyio.sleep(100)  # cancelled by a's own fence
+        times["a_fenced"] = clock.now()
+        assert term_a.ended is not None and "expired" in term_a.ended
+        with anyio.fail_after(5):
+            while "b_acquired" not in times:
+                await anyio.sleep(T)
+    to = b.timeouts
+    assert times["a_fenced"] - times["a_last_renewal"] >= to.lease_expiry
+    taken = times["b_acquired"] - times["a_last_renewal"]
+    assert taken >= to.takeover_min
+    assert taken <= to.takeover_max_fast + 0.1
+
+
+async def test_fenced_when_renewals_fail() -> None:
+    inner = await memory_area()
+    clock = MonotonicClock()
+    path = Cuttable(inner)
+    lease = LeaseService(path, settings(1), clock)
+    async with lease.joined():
+        async with lease.spm() as term:
+            path.cut = True
+            await anyio.sleep(20 * T)
+            raise AssertionError("not fenced")
+        assert term.ended is not None
+        with pytest.raises(NotSpmError):
+            term.check()
+        assert clock.now() >= term.expiry
+        assert clock.now() - lease.delta.last_renewal < lease.timeouts.takeover_min
+        assert lease.stats.renewal_failures >= 1 and lease.stats.fenced == 1
+        path.cut = False
+
+
+async def test_host_states_live_and_unknown() -> None:
+    storage = await memory_area()
+    clock = MonotonicClock()
+    a = LeaseService(storage, settings(1), clock)
+    b = LeaseService(storage, settings(2), clock)
+    async with a.joined(), b.joined():
+        await anyio.sleep(6 * T)
+        states = a.host_states()
+        assert states[2].state is HostState.LIVE
+        assert states[3].state is HostState.FREE
+        assert 0 <= (a.renewal_age() or 0) <= 2 * T + 0.05
+    assert len(states) == MAX_HOSTS and W > 0
