@@ -1,0 +1,15 @@
+"""The one-machine lab: real guests, thin volumes, QEMU and libvirtd for demo, tests, benchmarks.
+
+Modules:
+    guest        the guest's job (kernel command line) and result line, pure functions
+    guest_init   the guest's busybox /init script
+    guestimage   build and cache the guest (Debian cloud kernel + busybox initramfs)
+    cpio         newc cpio writer for the initramfs
+    thinvol      thin volumes: sparse file + loop device + qcow2
+    qemu         QEMU launcher (TCG, direct kernel boot, QMP socket, serial log)
+    libvirtd     an isolated libvirtd + virtlogd for tests, and the domain XML builder
+    events       the once-per-process libvirtaio registration
+    fixtures     pytest plugin (fixtures + leftover check)
+
+Production code never imports this package.
+"""
