@@ -91,8 +91,15 @@ def render_config(config: LvmCommandConfig) -> str:
 
 
 def device_mapper_present(control: str = DM_CONTROL) -> bool:
-    """True when this host can activate LVs (``/dev/mapper/control`` exists)."""
-    return os.path.exists(control)
+    """True when this host can activate LVs: ``/dev/mapper/control`` exists and its driver
+    answers. (libdevmapper creates the node on demand even where the kernel lacks the driver,
+    so existence alone is not proof: opening it then fails with ENODEV.)"""
+    try:
+        fd = os.open(control, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
 
 
 def resolve_activation(mode: str, control: str = DM_CONTROL) -> bool:

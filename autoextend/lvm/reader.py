@@ -56,11 +56,8 @@ class LvmReports:
         self.config = config
         self._readonly = readonly
 
-    def pvs_args(self, vg: str | None) -> list[str]:
-        targets = [] if vg is None else [check_name("VG", vg)]
-        return report_args(
-            "pvs", report.PV_FIELDS, render_config(self.config), targets, self._readonly
-        )
+    def pvs_args(self) -> list[str]:
+        return report_args("pvs", report.PV_FIELDS, render_config(self.config), [], self._readonly)
 
     def vgs_args(self, names: Sequence[str]) -> list[str]:
         targets = [check_name("VG", name) for name in names]
@@ -100,8 +97,9 @@ class LvmReader:
 
     async def pvs(self, vg: str | None = None) -> tuple[report.PV, ...]:
         """The pool's PVs (only those of ``vg`` if given)."""
-        result = await self._runner.run(self._reports.pvs_args(vg))
-        return parse_or_raise(result, report.parse_pvs)
+        result = await self._runner.run(self._reports.pvs_args())
+        pvs = parse_or_raise(result, report.parse_pvs)
+        return pvs if vg is None else tuple(pv for pv in pvs if pv.vg == vg)
 
     async def vgs(self, *names: str) -> tuple[report.VG, ...]:
         result = await self._runner.run(self._reports.vgs_args(names))
@@ -129,6 +127,17 @@ class LvmReader:
         """
         args = ["lvchange", "--config", render_config(self.config), "--refresh"]
         args.append(volume_arg(volume))
+        if not self.config.activation:
+            raise DeviceMapperUnavailable(
+                args, "activation is disabled (no device-mapper on this host)", None
+            )
+        await self._runner.run(args)
+
+    async def set_active(self, volume: VolumeRef, active: bool) -> None:
+        """Activate or deactivate an LV on this host (``lvchange -a``; device-mapper only,
+        no metadata change)."""
+        args = ["lvchange", "--config", render_config(self.config), "--activate"]
+        args += ["y" if active else "n", volume_arg(volume)]
         if not self.config.activation:
             raise DeviceMapperUnavailable(
                 args, "activation is disabled (no device-mapper on this host)", None

@@ -121,6 +121,10 @@ def interpret_answer(text: str) -> tuple[int, str]:
     return (0 if status == LVM_RET_SUCCESS else status or 5), "\n".join(messages)
 
 
+class _NotSent(Exception):
+    """The session died before it received the command (safe to retry on a new one)."""
+
+
 def _prepare_state_dir() -> tuple[str, int]:
     """A private LVM_SYSTEM_DIR with the session's lvm.conf, and a file for its stderr."""
     state_dir = tempfile.mkdtemp(prefix="autoextend-lvmshell-")
@@ -169,9 +173,14 @@ class _Session:
         return cls(process, read_fd, state_dir)
 
     async def execute(self, line: str) -> str:
-        """Send one command; return its answer document (waits until it is complete)."""
+        """Send one command; return its answer document (waits until it is complete).
+
+        Raises _NotSent when the session is gone before the command reached it."""
         assert self.process.stdin is not None
-        await self.process.stdin.send(line.encode() + b"\n")
+        try:
+            await self.process.stdin.send(line.encode() + b"\n")
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as err:
+            raise _NotSent(str(err)) from err
         buffer = bytearray()
         while True:
             await anyio.wait_readable(self.report_fd)
@@ -260,26 +269,34 @@ class LvmShellRunner:
             raise LvmCommandError(argv, str(err)) from err
         async with self._lock:
             started = time.monotonic()
-            session = await self._ensure_session(argv)
-            answered = False
             try:
-                with anyio.move_on_after(self._timeout_s) as scope:
-                    text = await session.execute(line)
-                    returncode, messages = interpret_answer(text)
-                    answered = True
-                if scope.cancelled_caught:
-                    log.warning("lvm shell command timed out", argv=argv[0])
-                    raise LvmTimeoutError(argv, self._timeout_s, session.stderr_tail())
-            except (ValueError, EOFError, OSError, anyio.BrokenResourceError) as err:
-                raise LvmReportError(argv, f"lvm shell: {err}", session.stderr_tail()) from err
-            finally:
-                if not answered:
-                    self._session = None
-                    await session.kill()
+                returncode, text, messages = await self._run_in_session(argv, line)
+            except _NotSent:
+                log.info("lvm shell session was gone; retrying on a new one", argv=argv[0])
+                returncode, text, messages = await self._run_in_session(argv, line)
         duration = time.monotonic() - started
         if returncode != 0:
             raise classify_failure(argv, returncode, messages)
         return CommandResult(argv, text, messages, duration)
+
+    async def _run_in_session(self, argv: tuple[str, ...], line: str) -> tuple[int, str, str]:
+        session = await self._ensure_session(argv)
+        answered = False
+        try:
+            with anyio.move_on_after(self._timeout_s) as scope:
+                text = await session.execute(line)
+                returncode, messages = interpret_answer(text)
+                answered = True
+            if scope.cancelled_caught:
+                log.warning("lvm shell command timed out", argv=argv[0])
+                raise LvmTimeoutError(argv, self._timeout_s, session.stderr_tail())
+        except (ValueError, EOFError, OSError, anyio.BrokenResourceError) as err:
+            raise LvmReportError(argv, f"lvm shell: {err}", session.stderr_tail()) from err
+        finally:
+            if not answered:
+                self._session = None
+                await session.kill()
+        return returncode, text, messages
 
     async def _ensure_session(self, argv: tuple[str, ...]) -> _Session:
         if self._session is None or self._session.process.returncode is not None:
