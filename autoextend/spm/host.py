@@ -20,7 +20,9 @@ the size asked) and replies; the reply is ignored.
 Coalescing: a request for a volume already in flight joins it when it asks for no more than
 the size in flight. Asking for more *supersedes* it: the same slot is rewritten with a new id
 and the larger size; everybody waits for that reply, except that an OK reply to the earlier
-id already satisfies waiters that asked for no more than the size it reports.
+id already satisfies waiters that asked for no more than the size it reports. If the larger
+size fails or is rejected, the waiters that asked for less are asked for again on their own
+(the larger size may be exactly what was wrong).
 
 Restart: :meth:`run` starts a new generation (one more than any generation found in the two
 boxes) and writes an empty box, withdrawing whatever the previous incarnation left.
@@ -197,14 +199,7 @@ class HostMailbox:
             self.counters.sent += 1
         elif size > pending.size:
             self.counters.superseded += 1
-            self.counters.sent += 1
-            pending.earlier[pending.request_id] = pending.size
-            pending.request_id = self._new_id()
-            pending.size = size
-            pending.created = self._clock.now()
-            if pending.slot is not None:
-                self._write_slot(pending.slot, Request(pending.request_id, volume.vg,
-                                                       volume.lv, size), ring=True)
+            self._reissue(pending, size)
         else:
             self.counters.coalesced += 1
         pending.waiters.append(waiter)
@@ -432,7 +427,18 @@ class HostMailbox:
                     self._take_reply(pending, reply)
 
     def _take_reply(self, pending: _Pending, reply: Reply) -> None:
-        if reply.request_id == pending.request_id:
+        if reply.request_id == pending.request_id and reply.status is not Status.OK:
+            # A failed or rejected size answers those who asked for it; anyone who joined
+            # with a smaller size is asked for again on their own (the larger size may be
+            # what was wrong).
+            satisfied = [w for w in pending.waiters if w.size >= pending.size]
+            rest = [w for w in pending.waiters if w.size < pending.size]
+            if rest:
+                self._finish_all(pending, satisfied, reply)
+                self._reissue(pending, max(w.size for w in rest))
+                return
+            satisfied = list(pending.waiters)
+        elif reply.request_id == pending.request_id:
             satisfied = list(pending.waiters)
         elif reply.request_id in pending.earlier and reply.status is Status.OK:
             satisfied = [w for w in pending.waiters if w.size <= reply.size]
@@ -440,12 +446,26 @@ class HostMailbox:
             return
         if not satisfied:
             return
-        self.counters.replies += 1
-        self._retry_delay = 0.0
-        for waiter in satisfied:
-            waiter.reply = reply
-            self._finish(pending, waiter)
+        self._finish_all(pending, satisfied, reply)
         if reply.request_id == pending.request_id or not pending.waiters:
             assert pending.slot is not None
             del self._by_volume[pending.volume]
             self._write_slot(pending.slot, None, ring=False)
+
+    def _finish_all(self, pending: _Pending, waiters: list[_Waiter], reply: Reply) -> None:
+        self.counters.replies += 1
+        self._retry_delay = 0.0
+        for waiter in waiters:
+            waiter.reply = reply
+            self._finish(pending, waiter)
+
+    def _reissue(self, pending: _Pending, size: int) -> None:
+        """Rewrite the pending slot with a new id for ``size`` (supersede, or re-ask)."""
+        pending.earlier[pending.request_id] = pending.size
+        pending.request_id = self._new_id()
+        pending.size = size
+        pending.created = self._clock.now()
+        self.counters.sent += 1
+        if pending.slot is not None:
+            self._write_slot(pending.slot, Request(pending.request_id, pending.volume.vg,
+                                                   pending.volume.lv, size), ring=True)

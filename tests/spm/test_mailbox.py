@@ -393,3 +393,20 @@ async def test_request_when_not_running_raises() -> None:
     pool = Pool()
     with pytest.raises(MailboxClosed):
         await pool.host(1).request(vol(1), 1)
+
+
+async def test_rejected_larger_size_does_not_fail_the_smaller_waiter() -> None:
+    pool = Pool()
+    pool.backend.delay = 0.05
+    got: dict[int, Status] = {}
+    async with serving(pool, 1) as (server, (host,)):
+        async with anyio.create_task_group() as tg:
+
+            async def ask(size: int) -> None:
+                got[size] = (await host.request(vol(1), size)).status
+
+            tg.start_soon(ask, 200 * MiB)
+            await until(lambda: server.in_flight == 1)
+            tg.start_soon(ask, FAST.max_request_bytes + 1)
+    assert got == {200 * MiB: Status.OK, FAST.max_request_bytes + 1: Status.REJECTED}
+    assert pool.backend.sizes[vol(1)] == 200 * MiB
