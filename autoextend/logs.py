@@ -62,4 +62,6 @@ def _identity(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMappin
 
 def get_logger(component: str, **context: Any) -> Any:
     """A logger for one component, with ``component`` and any extra context bound."""
-    return structlog.get_logger().bind(component=component, **context)
+    # A lazy proxy: it assembles the logger from the configuration current at each call, so
+    # module-level loggers follow a later ``configure()``.
+    return structlog.get_logger(component=component, **context)
