@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import anyio
@@ -78,6 +79,38 @@ def status(obj: CliContext, as_json: bool) -> None:
         click.echo(render_status(result))
 
 
+@click.command("demo")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary at the end.")
+@click.option("--hypervisor", type=click.Choice(["qmp", "libvirt"]), default="qmp",
+              show_default=True, help="Watch the guest over QMP or through libvirtd.")
+@click.option("--vms", type=click.IntRange(1, 16), default=1, show_default=True)
+@click.option("--write-mib", type=click.IntRange(1, 65536), default=1024, show_default=True,
+              help="How much each guest writes (then reads back and verifies).")
+@click.option("--start-mib", type=click.IntRange(8, 65536), default=128, show_default=True,
+              help="Initial volume size.")
+@click.option("--chunk-mib", type=click.IntRange(4, 65536), default=128, show_default=True)
+@pass_ctx
+def demo(obj: CliContext, as_json: bool, hypervisor: str, vms: int, write_mib: int,
+         start_mib: int, chunk_mib: int) -> None:
+    """Run the embedded end-to-end demo on this machine (needs root, QEMU, loop devices).
+
+    A real guest writes WRITE_MIB into a thin volume that starts at START_MIB; the service
+    extends it as it fills. Exit code 0 only when the data is verified and no VM is left
+    paused.
+    """
+    from autoextend.lab import demo as demo_mod
+
+    obj.log_level = obj.log_level or "warning"
+    obj.setup_logs()
+    options = demo_mod.DemoOptions(
+        vms=vms, write_mib=write_mib, start_mib=start_mib, chunk_mib=chunk_mib,
+        virtual_mib=max(2048, write_mib * 2), hypervisor=hypervisor,
+        progress=not as_json and sys.stdout.isatty(),
+    )
+    raise click.exceptions.Exit(demo_mod.main(options, as_json))
+
+
 def register(group: click.Group) -> None:
     group.add_command(run)
     group.add_command(status)
+    group.add_command(demo)

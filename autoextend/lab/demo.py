@@ -1,0 +1,176 @@
+"""``autoextend demo``: a real guest fills a thin volume while the real service keeps it growing.
+
+Single host (QMP or libvirt): the guest writes ``write_mib`` (1 GiB) into a qcow2 on a loop
+volume that starts at ``start_mib`` (128 MiB) with a test-sized chunk (128 MiB); the service
+extends it before it fills. At the end the guest reads everything back and verifies it.
+
+The summary (``--json``) holds at least ``extends``, ``pauses``, ``resumes``,
+``data_verified``, ``vms_left_paused`` and ``latency_ms`` (p50/p99/max from the threshold
+event to the re-armed threshold on the larger volume).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import anyio
+
+from autoextend.lab.guest import GuestJob
+from autoextend.lab.singlehost import Guest, LabHost, lab_host
+from autoextend.lab.thinvol import qemu_img_check
+from autoextend.logs import get_logger
+from autoextend.monitor.core import percentile
+from autoextend.monitor.observer import Tally
+
+log = get_logger("demo")
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    vms: int = 1
+    write_mib: int = 1024
+    start_mib: int = 128
+    virtual_mib: int = 2048
+    chunk_mib: int = 128
+    utilization_percent: int = 50
+    rate_kib_s: int = 0
+    hypervisor: str = "qmp"
+    timeout_s: float = 900.0
+    progress: bool = False
+
+
+def _latency_ms(values: list[float]) -> dict[str, float]:
+    return {
+        "p50": round(percentile(values, 50) * 1000, 3),
+        "p99": round(percentile(values, 99) * 1000, 3),
+        "max": round(max(values, default=0.0) * 1000, 3),
+    }
+
+
+def summarize(
+    tally: Tally, results: dict[str, Any], left_paused: int, checks_clean: bool, elapsed: float
+) -> dict[str, Any]:
+    verified = bool(results) and all(r is not None and r.verified for r in results.values())
+    return {
+        "extends": tally.extends,
+        "failed_extends": tally.failed,
+        "pauses": tally.enospc_pauses,
+        "resumes": tally.resumes,
+        "data_verified": verified,
+        "vms_left_paused": left_paused,
+        "image_check_clean": checks_clean,
+        "latency_ms": _latency_ms(tally.latencies),
+        "extends_per_s": round(tally.extends / elapsed, 3) if elapsed > 0 else 0.0,
+        "elapsed_s": round(elapsed, 3),
+        "guests": {
+            name: (
+                {"verified": r.verified, "written_mib": r.written_mib, "error": r.error}
+                if r is not None else {"verified": False, "error": "no result"}
+            )
+            for name, r in results.items()
+        },
+    }
+
+
+async def _progress(host: LabHost, tally: Tally, out: TextIO) -> None:
+    while True:
+        parts = []
+        for vm in host.service.monitor.snapshot():
+            for d in vm["drives"]:
+                paused = " PAUSED" if vm["paused"] else ""
+                parts.append(
+                    f"{vm['vm']}: alloc {d['allocation'] // MiB:>5} MiB"
+                    f" / phys {d['physical'] // MiB:>5} MiB [{d['state']}]{paused}"
+                )
+        line = " | ".join(parts) or "waiting for the guest..."
+        out.write(f"\r{line}  extends {tally.extends}  pauses {tally.enospc_pauses}"
+                  f"  resumes {tally.resumes}\x1b[K")
+        out.flush()
+        await anyio.sleep(0.5)
+
+
+async def _run_guests(host: LabHost, options: DemoOptions, tally: Tally) -> dict[str, Any]:
+    job = GuestJob(mib=options.write_mib, rate_kib_s=options.rate_kib_s)
+    guests: dict[str, Guest] = {}
+    for i in range(options.vms):
+        name = f"vm{i + 1}"
+        guests[name] = await host.start_guest(
+            name, job, start_mib=options.start_mib, virtual_mib=options.virtual_mib
+        )
+    results: dict[str, Any] = {name: None for name in guests}
+
+    async def wait_one(name: str, guest: Guest) -> None:
+        try:
+            results[name] = await guest.vm.result(timeout=options.timeout_s)
+            await guest.vm.wait_exit(timeout=60)
+        except Exception as exc:  # a guest that never finishes is reported, not raised
+            log.error("guest did not finish", vm=name, error=str(exc))
+
+    async with anyio.create_task_group() as tg:
+        for name, guest in guests.items():
+            tg.start_soon(wait_one, name, guest)
+    return results
+
+
+async def run_demo(options: DemoOptions, out: TextIO | None = None) -> dict[str, Any]:
+    """Run the demo and return its summary. Everything it creates is removed afterwards."""
+    tally = Tally()
+    started = time.monotonic()
+    async with lab_host(
+        observer=tally,
+        hypervisor=options.hypervisor,
+        chunk_mib=options.chunk_mib,
+        utilization_percent=options.utilization_percent,
+    ) as host:
+        async with anyio.create_task_group() as tg:
+            if options.progress and out is not None:
+                tg.start_soon(_progress, host, tally, out)
+            results = await _run_guests(host, options, tally)
+            tg.cancel_scope.cancel()
+        elapsed = time.monotonic() - started
+        if options.progress and out is not None:
+            out.write("\n")
+        left_paused = sum(
+            1 for g in host.guests.values() if g.vm.returncode is None
+        )
+        clean = True
+        for guest in host.guests.values():
+            if guest.vm.returncode is None:
+                continue
+            check = await qemu_img_check(guest.device)
+            clean = clean and check.clean
+        return summarize(tally, results, left_paused, clean, elapsed)
+
+
+def render(summary: dict[str, Any]) -> str:
+    lat = summary["latency_ms"]
+    lines = [
+        f"extends: {summary['extends']} (failed {summary['failed_extends']}),"
+        f" ENOSPC pauses: {summary['pauses']}, automatic resumes: {summary['resumes']}",
+        f"extend latency (event -> re-armed): p50 {lat['p50']} ms, p99 {lat['p99']} ms,"
+        f" max {lat['max']} ms",
+        f"data verified: {'yes' if summary['data_verified'] else 'NO'},"
+        f" image check clean: {'yes' if summary['image_check_clean'] else 'NO'},"
+        f" VMs left paused: {summary['vms_left_paused']}",
+    ]
+    return "\n".join(lines)
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    return 0 if summary["data_verified"] and summary["vms_left_paused"] == 0 else 1
+
+
+def main(options: DemoOptions, as_json: bool) -> int:
+    import json
+
+    out = sys.stdout
+    summary = anyio.run(run_demo, options, out)
+    if as_json:
+        out.write(json.dumps(summary) + "\n")
+    else:
+        out.write(render(summary) + "\n")
+    return exit_code(summary)
