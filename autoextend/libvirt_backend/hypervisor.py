@@ -1,0 +1,416 @@
+"""The libvirt backend of the :class:`~autoextend.monitor.protocols.Hypervisor` protocol.
+
+Structure::
+
+    LibvirtHypervisor.run
+    ├── connection loop   connect (backoff) -> subscribe -> announce every running domain
+    │   └── rescan        every rescan_interval_s: list running domains (safety net)
+    ├── resync task       VMs whose event did not fit in the stream: VmAppeared or VmGone
+    └── classify task     I/O error pauses of unknown cause: ask dom.state()/diskErrors()
+
+libvirt callbacks run on the event loop thread (libvirtaio). They only translate
+(:mod:`~autoextend.libvirt_backend.events`) and ``send_nowait`` into the monitor's stream; a
+full stream marks the VM for a resync instead of blocking. Every libvirt call runs in a
+worker thread with a timeout (:class:`~autoextend.libvirt_backend.connection.LibvirtConnection`).
+
+After every (re)connect each running domain is announced with ``VmAppeared``: thresholds
+set while libvirtd was down may be lost, and the monitor re-arms on resync. Domains that
+vanished meanwhile get ``VmGone``. A VM is named by its domain name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import libvirt
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
+
+from autoextend.clock import Clock
+from autoextend.libvirt_backend import events as ev
+from autoextend.libvirt_backend.config import LibvirtSettings
+from autoextend.libvirt_backend.connection import LibvirtConnection
+from autoextend.libvirt_backend.domxml import DomainXmlError, parse_disks
+from autoextend.libvirt_backend.errors import (
+    LibvirtBackendError,
+    LibvirtConnectFailed,
+    LibvirtDisconnected,
+    MalformedReply,
+    VmNotFound,
+)
+from autoextend.libvirt_backend.eventloop import ensure_event_impl
+from autoextend.libvirt_backend.stats import StatsError, drives_from_stats
+from autoextend.logs import get_logger
+from autoextend.lvm.volume import VolumeRef
+from autoextend.monitor.protocols import (
+    DriveInfo,
+    DrivesChanged,
+    HypervisorEvent,
+    RunState,
+    VmAppeared,
+    VmGone,
+    VmPaused,
+    VmResumed,
+)
+
+log = get_logger("libvirt")
+
+STATS_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING
+
+
+class _PendingVms:
+    """A set of VM names plus a wake-up, filled by callbacks and drained by one task."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+        self._wake = anyio.Event()
+
+    def add(self, vm: str) -> None:
+        self.names.add(vm)
+        self._wake.set()
+
+    async def take(self) -> set[str]:
+        while not self.names:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+        taken, self.names = self.names, set()
+        return taken
+
+
+class LibvirtHypervisor:
+    """Running domains of one libvirtd, watched through events and queried on demand.
+
+    ``lookup`` maps a block device path to its volume (the volume backend's ``lookup``).
+    """
+
+    def __init__(
+        self,
+        settings: LibvirtSettings,
+        lookup: Callable[[str], VolumeRef | None],
+        clock: Clock,
+    ) -> None:
+        self.settings = settings
+        self._lookup = lookup
+        self._clock = clock
+        self._conn: LibvirtConnection | None = None
+        self._events: MemoryObjectSendStream[HypervisorEvent] | None = None
+        self._active: set[str] = set()
+        self._enospc_seen: set[str] = set()
+        self._drive_by_path: dict[str, dict[str, str]] = {}
+        self._event_seq: dict[str, int] = {}
+        self._resync = _PendingVms()
+        self._classify = _PendingVms()
+        self.connects = 0  # successful connections so far (a reconnect makes it > 1)
+
+    # ------------------------------------------------------------------ extras
+
+    @property
+    def uri(self) -> str:
+        return self.settings.uri
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed.is_set()
+
+    def vms(self) -> set[str]:
+        """Names of the running domains as last seen."""
+        return set(self._active)
+
+    # ------------------------------------------------------------------ protocol
+
+    async def run(
+        self,
+        events: MemoryObjectSendStream[HypervisorEvent],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Connect, announce running domains, follow events, reconnect; until cancelled.
+
+        ``started()`` comes after the first connection attempt: once every running domain
+        was announced, or once connecting failed (it is retried in the background).
+
+        Raises:
+            EventLoopMismatch: libvirtaio is bound to another event loop.
+        """
+        ensure_event_impl()
+        self._events = events
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._resync_loop)
+            tg.start_soon(self._classify_loop)
+            await self._connection_loop(task_status)
+
+    async def drives(self, vm: str) -> list[DriveInfo]:
+        """Fresh numbers for each writable qcow2 block disk's top image (``vda[N]``)."""
+        conn = self._require(vm, "domainListGetStats")
+
+        def read(c: libvirt.virConnect) -> tuple[dict[str, Any], str]:
+            dom = c.lookupByName(vm)
+            if not dom.isActive():
+                raise _NotRunning
+            found = c.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_BLOCK, STATS_FLAGS)
+            return (found[0][1] if found else {}), dom.XMLDesc(0)
+
+        try:
+            stats, xml = await conn.call(vm, "domainListGetStats", read)
+        except _NotRunning:
+            raise VmNotFound(vm, "domainListGetStats", "domain is not running") from None
+        try:
+            found = drives_from_stats(vm, stats, parse_disks(xml))
+        except (StatsError, DomainXmlError) as err:
+            raise MalformedReply(vm, "domainListGetStats", str(err)) from err
+        for drive, reason in found.skipped:
+            log.warning("drive skipped", vm=vm, drive=drive, reason=reason)
+        self._drive_by_path[vm] = {d.path: d.drive for d in found.drives}
+        return found.drives
+
+    async def set_threshold(self, vm: str, drive: DriveInfo, threshold: int) -> None:
+        """Arm ``drive.node`` (``vda[N]``); libvirt clears it when the event fires."""
+        conn = self._require(vm, "setBlockThreshold")
+        await conn.call(vm, "setBlockThreshold",
+                        lambda c: c.lookupByName(vm).setBlockThreshold(drive.node, threshold))
+
+    async def run_state(self, vm: str) -> RunState:
+        """Running, or paused and why (``diskErrors()`` tells ENOSPC from other I/O errors)."""
+        conn = self._require(vm, "state")
+
+        def read(c: libvirt.virConnect) -> tuple[int, int, dict[str, int] | None]:
+            dom = c.lookupByName(vm)
+            state, reason = dom.state()
+            errors = dom.diskErrors() if ev.needs_disk_errors(state, reason) else None
+            return state, reason, errors
+
+        state, reason, errors = await conn.call(vm, "state", read)
+        result = ev.run_state_of(state, reason, errors)
+        if result is None:
+            raise VmNotFound(vm, "state", "domain is shut off")
+        return result
+
+    async def resume(self, vm: str) -> None:
+        conn = self._require(vm, "resume")
+        await conn.call(vm, "resume", lambda c: c.lookupByName(vm).resume())
+
+    def volume_of(self, drive: DriveInfo) -> VolumeRef | None:
+        return self._lookup(drive.path)
+
+    # ------------------------------------------------------------------ connection
+
+    def _require(self, vm: str, call: str) -> LibvirtConnection:
+        conn = self._conn
+        if conn is None or conn.closed.is_set():
+            raise LibvirtDisconnected(vm, call)
+        return conn
+
+    async def _connection_loop(self, task_status: TaskStatus[None]) -> None:
+        s = self.settings
+        delay = s.reconnect_interval_s
+        failures = 0
+        started = False
+
+        def mark_started() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                task_status.started()
+
+        while True:
+            try:
+                conn = await LibvirtConnection.open(s)
+            except LibvirtConnectFailed as err:
+                failures += 1
+                (log.warning if failures == 1 else log.debug)(
+                    "libvirt connect failed", uri=s.uri, error=err.reason, failures=failures)
+                mark_started()
+                await self._clock.sleep(delay)
+                delay = min(delay * 2, s.reconnect_max_s)
+                continue
+            failures, delay = 0, s.reconnect_interval_s
+            try:
+                await self._serve(conn, mark_started)
+            except LibvirtBackendError as err:
+                log.warning("libvirt connection unusable", uri=s.uri, error=str(err))
+            finally:
+                self._conn = None
+                with anyio.CancelScope(shield=True):
+                    await conn.close()
+            mark_started()
+            await self._clock.sleep(s.reconnect_interval_s)
+
+    async def _serve(self, conn: LibvirtConnection, mark_started: Callable[[], None]) -> None:
+        self._conn = conn
+        self._enospc_seen.clear()
+        for event_id, callback in (
+            (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle),
+            (libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON, self._on_io_error),
+            (libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_THRESHOLD, self._on_threshold),
+            (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, self._on_device_change),
+            (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._on_device_change),
+        ):
+            await conn.call("", "domainEventRegisterAny", conn.register(event_id, callback))
+        await self._reconcile(conn, announce_all=True)
+        self.connects += 1
+        log.info("libvirt connected", uri=conn.uri, vms=len(self._active),
+                 connects=self.connects)
+        mark_started()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._rescan_loop, conn)
+            await conn.closed.wait()
+            tg.cancel_scope.cancel()
+        log.warning("libvirt connection lost", uri=conn.uri, reason=conn.close_reason)
+
+    async def _rescan_loop(self, conn: LibvirtConnection) -> None:
+        while True:
+            await self._clock.sleep(self.settings.rescan_interval_s)
+            try:
+                await self._reconcile(conn, announce_all=False)
+            except LibvirtBackendError as err:
+                log.debug("libvirt rescan failed", error=str(err))
+
+    async def _reconcile(self, conn: LibvirtConnection, *, announce_all: bool) -> None:
+        """Compare the running domains with what we know; announce the difference.
+
+        A VM that had a lifecycle event while the list was being read is left to that event.
+        """
+        seq_before = dict(self._event_seq)
+
+        def names(c: libvirt.virConnect) -> set[str]:
+            flags = libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE
+            return {dom.name() for dom in c.listAllDomains(flags)}
+
+        running = await conn.call("", "listAllDomains", names)
+        if conn is not self._conn:
+            return
+        moved = {vm for vm, seq in self._event_seq.items() if seq_before.get(vm) != seq}
+        for vm in sorted(running - moved):
+            if announce_all or vm not in self._active:
+                self._active.add(vm)
+                self._emit(VmAppeared(vm))
+        for vm in sorted(self._active - running - moved):
+            self._forget(vm)
+            self._emit(VmGone(vm))
+
+    def _forget(self, vm: str) -> None:
+        self._active.discard(vm)
+        self._enospc_seen.discard(vm)
+        self._drive_by_path.pop(vm, None)
+
+    # ------------------------------------------------------------------ emitting
+
+    def _emit(self, event: HypervisorEvent) -> None:
+        """Never blocks: a full stream turns into a resync of that VM."""
+        if self._events is None:
+            return
+        try:
+            self._events.send_nowait(event)
+        except anyio.WouldBlock:
+            log.debug("event stream full, resync pending", vm=event.vm)
+            self._resync.add(event.vm)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+    async def _resync_loop(self) -> None:
+        while True:
+            for vm in sorted(await self._resync.take()):
+                if self._conn is None:
+                    continue  # the reconnect announces every running domain anyway
+                try:
+                    await self.run_state(vm)
+                    running = True
+                except VmNotFound:
+                    running = False
+                except LibvirtBackendError as err:
+                    log.debug("resync check failed", vm=vm, error=str(err))
+                    continue
+                assert self._events is not None
+                if running:
+                    self._active.add(vm)
+                    await self._events.send(VmAppeared(vm))
+                else:
+                    self._forget(vm)
+                    await self._events.send(VmGone(vm))
+
+    async def _classify_loop(self) -> None:
+        while True:
+            for vm in sorted(await self._classify.take()):
+                try:
+                    state = await self.run_state(vm)
+                except VmNotFound:
+                    continue  # STOPPED follows (or came already)
+                except LibvirtBackendError as err:
+                    log.debug("pause classification failed", vm=vm, error=str(err))
+                    self._resync.add(vm)
+                    continue
+                if not state.running and state.pause_reason is not None:
+                    self._emit(VmPaused(vm, state.pause_reason))
+
+    # ------------------------------------------------------------------ callbacks
+    # On the event loop thread; tiny: translate, remember a little, send_nowait.
+
+    def _current(self, opaque: object) -> bool:
+        return opaque is not None and opaque is self._conn
+
+    def _on_lifecycle(self, _c: Any, dom: Any, event: int, detail: int, opaque: object) -> None:
+        if not self._current(opaque):
+            return
+        try:
+            vm = dom.name()
+            self._event_seq[vm] = self._event_seq.get(vm, 0) + 1
+            outcome = ev.lifecycle_outcome(vm, event, detail, enospc_seen=vm in self._enospc_seen)
+            log.debug("libvirt lifecycle", vm=vm, lifecycle_event=event, detail=detail,
+                      outcome=type(outcome).__name__)
+            if isinstance(outcome, ev.Classify):
+                self._classify.add(vm)
+                return
+            if isinstance(outcome, VmAppeared):
+                self._active.add(vm)
+                self._enospc_seen.discard(vm)
+            elif isinstance(outcome, VmGone):
+                self._forget(vm)
+            elif isinstance(outcome, VmResumed):
+                self._enospc_seen.discard(vm)
+            if outcome is not None:
+                self._emit(outcome)
+        except Exception:  # noqa: BLE001 - an exception here would be lost inside libvirt
+            log.exception("libvirt lifecycle callback failed")
+
+    def _on_io_error(self, _c: Any, dom: Any, src_path: str, dev_alias: str, action: int,
+                     reason: str, opaque: object) -> None:
+        if not self._current(opaque):
+            return
+        try:
+            vm = dom.name()
+            outcome = ev.io_error_outcome(vm, src_path, reason,
+                                          self._drive_by_path.get(vm, {}))
+            log.debug("libvirt io error", vm=vm, path=src_path, alias=dev_alias,
+                      action=action, reason=reason)
+            if outcome is not None:
+                self._enospc_seen.add(vm)
+                self._emit(outcome)
+        except Exception:  # noqa: BLE001
+            log.exception("libvirt io error callback failed")
+
+    def _on_threshold(self, _c: Any, dom: Any, dev: str, path: str, threshold: int,
+                      excess: int, opaque: object) -> None:
+        if not self._current(opaque):
+            return
+        try:
+            outcome = ev.threshold_outcome(dom.name(), dev, threshold, excess)
+            if outcome is not None:
+                self._emit(outcome)
+        except Exception:  # noqa: BLE001
+            log.exception("libvirt threshold callback failed")
+
+    def _on_device_change(self, _c: Any, dom: Any, alias: str, opaque: object) -> None:
+        if not self._current(opaque):
+            return
+        try:
+            vm = dom.name()
+            if vm in self._active:
+                self._emit(DrivesChanged(vm))
+        except Exception:  # noqa: BLE001
+            log.exception("libvirt device callback failed")
+
+
+class _NotRunning(Exception):
+    """Raised in a worker thread: the domain exists but is not active."""
