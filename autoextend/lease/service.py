@@ -111,6 +111,7 @@ class LeaseService:
         self._joined = anyio.Event()
         self._term: SpmTerm | None = None
         self._hold_off_until = 0.0
+        self._rejoin_not_before = 0.0
         self.log = get_logger("lease", host_id=self.host_id)
 
     # ---- host id -------------------------------------------------------------------------
@@ -139,9 +140,13 @@ class LeaseService:
                     self.log.warning("delta_release_failed", error=str(err))
             self._joined = anyio.Event()
 
-    def _lost(self, reason: str) -> None:
+    def _lost(self, reason: str, expiry: float) -> None:
         self.log.error("host_id_lost", reason=reason)
         self._joined = anyio.Event()
+        # Others may take our old generation's SPM lease over as soon as they see a new
+        # generation, so rejoin only once the old lease is over for them anyway (expiry + W)
+        # and our SPM body has exited.
+        self._rejoin_not_before = expiry + self.timeouts.watchdog_fire
         if self._term is not None:
             self.stats.fenced += 1
             self._term.end(f"host id lost: {reason}")
@@ -153,6 +158,11 @@ class LeaseService:
         while True:
             await self.clock.sleep(next_at - self.clock.now())
             if self.delta.record is None:
+                if self._term is not None or self.clock.now() < self._rejoin_not_before:
+                    next_at = max(
+                        self._rejoin_not_before, self.clock.now() + self.timeouts.renewal_retry
+                    )
+                    continue
                 try:
                     await self.delta.acquire()
                     self.stats.rejoins += 1
@@ -162,10 +172,11 @@ class LeaseService:
                     self.log.warning("host_id_rejoin_failed", error=str(err))
                     next_at = self.clock.now() + t.renewal_retry
                 continue
+            expiry = self.delta.expiry
             try:
                 await self.delta.renew()
             except HostIdLost as err:
-                self._lost(err.reason)
+                self._lost(err.reason, expiry)
                 next_at = self.clock.now()
                 continue
             except (StorageError, LeaseError) as err:

@@ -22,7 +22,7 @@ class LeaseTimeouts:
     delta_held_wait: float       # wait on a slot held by someone else before taking it
     delta_verify_wait: float     # 2T between our claim write and the verifying read
     acquire_poll: float          # how often a waiting contender re-reads the paxos area
-    backoff_max: float           # random 0..this after an aborted ballot
+    backoff_max: float           # random 0..min(1 s, T/5) after an aborted ballot
     takeover_min: float          # 8T+W: earliest takeover after the holder's last renewal start
     takeover_max_fast: float     # latest takeover when every I/O is fast (<< T)
     takeover_max_worst: float    # latest takeover when every I/O takes T
@@ -50,7 +50,7 @@ def lease_timeouts(
         delta_held_wait=max(host_dead, renewal + 6 * t),
         delta_verify_wait=2 * t,
         acquire_poll=poll,
-        backoff_max=min(1.0, t),
+        backoff_max=min(1.0, t / 5),
         takeover_min=host_dead,
         # The holder's last renewal is seen by the next renewal read (<= 2T later); DEAD needs
         # a read issued host_dead after that, which the poll loop makes within one poll.
