@@ -245,7 +245,10 @@ class QemuVm:
             yield client
         finally:
             with anyio.CancelScope(shield=True):
-                await client.disconnect()
+                try:
+                    await client.disconnect()
+                except (EOFError, OSError):
+                    pass  # QEMU exited (guest powered off): the connection is gone anyway
 
     def send_signal(self, signum: signal.Signals) -> None:
         if self.process.returncode is None:

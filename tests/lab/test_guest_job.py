@@ -1,0 +1,151 @@
+"""Pure functions of the guest job and result line: round trips, rejection of bad input."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from autoextend.lab.errors import GuestResultError
+from autoextend.lab.guest import (
+    MAX_SEED,
+    GuestJob,
+    GuestResult,
+    Mode,
+    Pattern,
+    build_cmdline,
+    expected_md5,
+    find_result,
+    format_result,
+    parse_cmdline,
+    parse_result,
+    pattern_block,
+)
+
+md5s = st.text(alphabet="0123456789abcdef", min_size=32, max_size=32)
+
+jobs = st.builds(
+    GuestJob,
+    mib=st.integers(0, 10**6),
+    rate_kib_s=st.integers(0, 10**6),
+    pattern=st.sampled_from(Pattern),
+    seed=st.integers(0, MAX_SEED),
+    device=st.sampled_from(["/dev/vda", "/dev/vdb", "/dev/sda", "/dev/nvme0n1"]),
+    offset_mib=st.integers(0, 10**6),
+    mode=st.sampled_from(Mode),
+    expect_md5=st.one_of(st.just(""), md5s),
+)
+
+seconds = st.integers(0, 10**6).map(lambda cs: cs / 100)
+results = st.builds(
+    GuestResult,
+    mode=st.sampled_from(Mode),
+    written_mib=st.integers(0, 10**7),
+    verified=st.booleans(),
+    md5=st.one_of(st.just(""), md5s),
+    expected_md5=st.one_of(st.just(""), md5s),
+    boot_s=seconds,
+    write_s=seconds,
+    verify_s=seconds,
+    error=st.sampled_from(["", "mismatch", "write-failed", "bad-MIB", "insmod-virtio"]),
+)
+
+
+@given(jobs)
+def test_cmdline_round_trip(job: GuestJob) -> None:
+    cmdline = build_cmdline(job)
+    assert cmdline.startswith("console=ttyS0 ")
+    assert parse_cmdline(cmdline) == job
+
+
+@given(jobs)
+def test_cmdline_is_plain_words(job: GuestJob) -> None:
+    for word in build_cmdline(job).split():
+        assert "=" in word or word == "quiet"
+        assert all(c.isprintable() and not c.isspace() for c in word)
+
+
+@given(results)
+def test_result_round_trip(result: GuestResult) -> None:
+    line = format_result(result)
+    assert parse_result(line) == result
+    # kernel messages or a prompt before the marker on the same line are ignored
+    assert parse_result("[   3.1] x " + line) == result
+
+
+def test_find_result_takes_the_last_line() -> None:
+    first = GuestResult(Mode.WRITE, 1, False, error="mismatch")
+    last = GuestResult(Mode.VERIFY, 2, True, md5="a" * 32, expected_md5="a" * 32)
+    text = f"boot\n{format_result(first)}\nnoise\n{format_result(last)}\n"
+    assert find_result(text) == last
+    assert find_result("boot\nno marker\n") is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "no marker here",
+        "AUTOEXTEND-GUEST-RESULT mode=write",
+        "AUTOEXTEND-GUEST-RESULT mode=write written_mib=1 verified=maybe md5=- expected_md5=- "
+        "boot_s=1 write_s=1 verify_s=1 error=-",
+        "AUTOEXTEND-GUEST-RESULT mode=write written_mib=x verified=ok md5=- expected_md5=- "
+        "boot_s=1 write_s=1 verify_s=1 error=-",
+        "AUTOEXTEND-GUEST-RESULT mode=write written_mib=1 verified=ok md5=zz expected_md5=- "
+        "boot_s=1 write_s=1 verify_s=1 error=-",
+        "AUTOEXTEND-GUEST-RESULT mode=read written_mib=1 verified=ok md5=- expected_md5=- "
+        "boot_s=1 write_s=1 verify_s=1 error=-",
+        "AUTOEXTEND-GUEST-RESULT mode=write written_mib=1 verified=ok md5=- expected_md5=- "
+        "boot_s=1 write_s=1 verify_s=1 error=- stray",
+    ],
+)
+def test_bad_result_lines_are_rejected(line: str) -> None:
+    with pytest.raises(GuestResultError):
+        parse_result(line)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"mib": -1},
+        {"mib": 1, "seed": MAX_SEED + 1},
+        {"mib": 1, "device": "vda"},
+        {"mib": 1, "device": "/dev/vda x"},
+        {"mib": 1, "device": "/dev/vda,x"},
+        {"mib": 1, "rate_kib_s": -5},
+        {"mib": 1, "expect_md5": "nothex"},
+        {"mib": True},
+    ],
+)
+def test_bad_jobs_are_rejected(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        GuestJob(**kwargs)  # type: ignore[arg-type]
+
+
+def test_cmdline_without_job_is_rejected() -> None:
+    with pytest.raises(ValueError, match="ae_mib"):
+        parse_cmdline("console=ttyS0 quiet")
+    with pytest.raises(ValueError):
+        parse_cmdline("ae_mib=1 ae_pattern=bogus")
+
+
+def test_counter_pattern_matches_busybox_seq() -> None:
+    block = pattern_block(Pattern.COUNTER, 7)
+    lines = block.decode().splitlines()
+    assert lines[0] == "700000" and lines[-1] == "765536" and len(lines) == 65537
+    # not a divisor of 1 MiB: consecutive MiB of the stream differ
+    assert (1 << 20) % len(block) != 0
+
+
+@given(st.integers(0, MAX_SEED), st.integers(0, MAX_SEED))
+def test_seeds_give_different_data(a: int, b: int) -> None:
+    if a != b:
+        assert pattern_block(Pattern.COUNTER, a) != pattern_block(Pattern.COUNTER, b)
+
+
+def test_expected_md5_depends_on_length_and_seed() -> None:
+    one = expected_md5(GuestJob(mib=1, seed=1))
+    assert one != expected_md5(GuestJob(mib=2, seed=1))
+    assert one != expected_md5(GuestJob(mib=1, seed=2))
+    assert expected_md5(GuestJob(mib=1, pattern=Pattern.FILL, seed=0)) == (
+        "b6d81b360a5672d80c27430f39153e2c"  # md5 of 1 MiB of zero bytes
+    )
