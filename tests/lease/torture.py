@@ -55,9 +55,11 @@ def check_history(log: Path) -> tuple[int, list[str]]:
             continue
         if parts[0] == "A":
             lver, host, at = int(parts[1]), int(parts[2]), float(parts[3])
-            if lver in acquired and acquired[lver][0] != host:
-                violations.append(f"lver {lver} acquired by {acquired[lver][0]} and {host}")
-            acquired[lver] = (host, at)
+            if lver in acquired:
+                if acquired[lver][0] != host:
+                    violations.append(f"lver {lver} acquired by {acquired[lver][0]} and {host}")
+                at = min(at, acquired[lver][1])
+            acquired[lver] = (acquired.get(lver, (host, at))[0], at)
         elif parts[0] == "W":
             writes.append((int(parts[1]), int(parts[2]), float(parts[3])))
         elif parts[0] == "V":
