@@ -1,10 +1,133 @@
-"""``autoextend lease``: commands (filled in by the lease component)."""
+"""``autoextend lease``: format the lease area (``init``) and show every record (``dump``)."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+import anyio
 import click
+
+from autoextend.cli.context import CliContext, pass_ctx
+from autoextend.directio import open_storage
+from autoextend.errors import ConfigError
+from autoextend.lease.area import dump_area, format_area
+from autoextend.lease.config import LeaseSettings
+from autoextend.lease.layout import LeaseLayout
+
+
+def _settings(obj: CliContext, path: str | None, offset: int | None, max_hosts: int | None,
+              sector_size: int | None) -> LeaseSettings:
+    over: dict[str, Any] = {}
+    for key, value in (("path", path), ("offset", offset), ("max_hosts", max_hosts),
+                       ("sector_size", sector_size)):
+        if value is not None:
+            over[key] = value
+    lease = obj.load_settings(lease=over).lease if over else obj.load_settings().lease
+    if not lease.path:
+        raise ConfigError("<command line>", [("lease.path", "no lease path configured")])
+    return lease
+
+
+_common = [
+    click.option("--path", default=None, help="Shared file or block device (default lease.path)."),
+    click.option("--offset", type=int, default=None, help="Area offset in bytes (1 MiB aligned)."),
+    click.option("--max-hosts", type=int, default=None, help="Host slots (lease.max_hosts)."),
+    click.option("--sector-size", type=click.Choice(["0", "512", "4096"]), default=None,
+                 help="0 = detect."),
+]
+
+
+def _with_common(fn: Any) -> Any:
+    for option in reversed(_common):
+        fn = option(fn)
+    return fn
 
 
 @click.group("lease")
 def lease() -> None:
     """Format and inspect the lease area on shared storage."""
+
+
+@lease.command("init")
+@_with_common
+@click.option("--yes", is_flag=True, help="Do not ask before overwriting the area.")
+@pass_ctx
+def init(obj: CliContext, path: str | None, offset: int | None, max_hosts: int | None,
+         sector_size: str | None, yes: bool) -> None:
+    """Format the lease area (host id slots, SPM leader, dblocks). Destroys existing leases:
+    run it only while no host uses the area."""
+    cfg = _settings(obj, path, offset, max_hosts, int(sector_size) if sector_size else None)
+    if not yes:
+        click.confirm(f"Format the lease area at {cfg.path} offset {cfg.offset}?", abort=True)
+
+    async def run() -> LeaseLayout:
+        storage = await open_storage(cfg.path, cfg.sector_size, cfg.io_timeout_s)
+        try:
+            layout = LeaseLayout(cfg.offset, storage.sector_size, cfg.max_hosts)
+            await format_area(storage, layout, cfg.io_timeout_s)
+            return layout
+        finally:
+            await storage.close()
+
+    try:
+        layout = anyio.run(run)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+    click.echo(f"formatted lease area: {cfg.path} offset {layout.base} sector {layout.sector_size} "
+               f"max_hosts {layout.max_hosts}; mailbox at offset {layout.end}")
+
+
+@lease.command("dump")
+@_with_common
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--all", "show_all", is_flag=True, help="Include free host slots and idle dblocks.")
+@pass_ctx
+def dump(obj: CliContext, path: str | None, offset: int | None, max_hosts: int | None,
+         sector_size: str | None, as_json: bool, show_all: bool) -> None:
+    """Show every record of the lease area (unreadable ones with their error)."""
+    cfg = _settings(obj, path, offset, max_hosts, int(sector_size) if sector_size else None)
+
+    async def run() -> dict[str, Any]:
+        storage = await open_storage(cfg.path, cfg.sector_size, cfg.io_timeout_s)
+        try:
+            return await dump_area(
+                storage, LeaseLayout(cfg.offset, storage.sector_size, cfg.max_hosts)
+            )
+        finally:
+            await storage.close()
+
+    try:
+        data = anyio.run(run)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    area = data["area"]
+    click.echo(f"area offset {area['offset']} sector {area['sector_size']} "
+               f"max_hosts {area['max_hosts']} mailbox {area['mailbox_offset']}")
+    lead = data["leader"]
+    if "error" in lead:
+        click.echo(f"leader: UNREADABLE ({lead['error']})")
+    else:
+        owner = (
+            "none" if lead["free"] else f"host {lead['owner_id']} gen {lead['owner_generation']}"
+        )
+        click.echo(f"leader: lver {lead['lver']} owner {owner} written by {lead['write_id']} "
+                   f"flags {','.join(lead['flags']) or '-'}")
+    click.echo("hosts:")
+    for h in data["hosts"]:
+        if "error" in h:
+            click.echo(f"  {h['host_id']:>4}  UNREADABLE ({h['error']})")
+        elif show_all or h["state"] != "free" or h["generation"]:
+            click.echo(f"  {h['host_id']:>4}  {h['state']:<5} gen {h['generation']:<6} "
+                       f"ts {h['timestamp_us']:<16} name {h['host_name']!r}")
+    click.echo("dblocks:")
+    for b in data["dblocks"]:
+        if "error" in b:
+            click.echo(f"  {b['host_id']:>4}  UNREADABLE ({b['error']})")
+        elif show_all or b["lver"] or b["mbal"]:
+            click.echo(f"  {b['host_id']:>4}  lver {b['lver']:<6} mbal {b['mbal']:<8} "
+                       f"bal {b['bal']:<8} inp {b['inp_host']}/{b['inp_generation']} "
+                       f"flags {','.join(b['flags']) or '-'}")
