@@ -119,6 +119,15 @@ class LabHost:
     ) -> Guest:
         """Create the guest's disk and boot it; the service finds it through its socket."""
         volume, device = await self.create_disk(f"{name}-disk", start_mib, virtual_mib)
+        return await self._boot(name, job, volume, device)
+
+    async def restart_guest(self, name: str, job: GuestJob) -> Guest:
+        """Boot a new QEMU for an existing guest: same disk, same service socket."""
+        old = self.guests[name]
+        await old.vm.stop()
+        return await self._boot(name, job, old.volume, old.device)
+
+    async def _boot(self, name: str, job: GuestJob, volume: VolumeRef, device: str) -> Guest:
         socket = self.workdir / "qmp" / f"{name}.sock"
         spec = guest_spec(
             name, self.image, [device], job,

@@ -1,0 +1,152 @@
+"""Issue 3 end to end: the real service (QMP backend, local extender, loop volumes) keeping
+real TCG guests supplied with space."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+import anyio
+import pytest
+
+from autoextend.lab.guest import GuestJob
+from autoextend.lab.singlehost import LabHost, lab_host
+from autoextend.lab.thinvol import qemu_img_check
+from autoextend.lvm.volume import VolumeRef
+from autoextend.monitor.observer import Tally
+from autoextend.monitor.protocols import Extender, ExtendOutcome, PauseReason
+
+pytestmark = pytest.mark.slow
+MiB = 1 << 20
+
+
+async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    with anyio.move_on_after(timeout):
+        while not cond():
+            await anyio.sleep(0.05)
+        return
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def drive(host: LabHost, vm: str) -> dict[str, object]:
+    for v in host.service.monitor.snapshot():
+        if v["vm"] == vm and v["drives"]:
+            return dict(v["drives"][0])
+    return {}
+
+
+def paused(host: LabHost, vm: str) -> str | None:
+    for v in host.service.monitor.snapshot():
+        if v["vm"] == vm:
+            return v["paused"]
+    return None
+
+
+async def test_guest_writes_1gib_into_128mib_volume() -> None:
+    tally = Tally()
+    async with lab_host(observer=tally, chunk_mib=128) as host:
+        guest = await host.start_guest("vm1", GuestJob(mib=1024), start_mib=128,
+                                       virtual_mib=2048)
+        result = await guest.vm.result(timeout=600)
+        assert await guest.vm.wait_exit(timeout=60) == 0
+        assert result.verified, result
+        assert result.written_mib == 1024
+        assert tally.extends >= 6
+        assert tally.failed == 0
+        assert host.volumes.file_path(guest.volume)
+        size = (await anyio.Path(host.volumes.file_path(guest.volume)).stat()).st_size
+        assert 1024 * MiB < size <= 2048 * MiB * 11 // 10
+        check = await qemu_img_check(guest.device)
+        assert check.clean, check
+
+
+class HeldExtender:
+    """Holds every extension until released (to make the guest hit ENOSPC first)."""
+
+    def __init__(self, inner: Extender) -> None:
+        self.inner = inner
+        self.release = anyio.Event()
+        self.calls = 0
+
+    async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome:
+        self.calls += 1
+        await self.release.wait()
+        return await self.inner.extend(volume, size)
+
+
+async def test_enospc_pause_is_extended_and_resumed() -> None:
+    tally = Tally()
+    async with lab_host(observer=tally, chunk_mib=128) as host:
+        held = HeldExtender(host.service.monitor.extender)
+        host.service.monitor.extender = held
+        guest = await host.start_guest("vm1", GuestJob(mib=192), start_mib=64, virtual_mib=512)
+        await until(lambda: paused(host, "vm1") == PauseReason.ENOSPC.value, 120,
+                    "the ENOSPC pause")
+        async with guest.vm.qmp() as qmp:
+            status = await qmp.execute("query-status")
+        assert status["status"] == "io-error"  # type: ignore[index]
+        assert tally.resumes == 0
+        held.release.set()
+        result = await guest.vm.result(timeout=300)
+        assert result.verified, result
+        assert tally.enospc_pauses >= 1
+        assert tally.resumes >= 1
+        assert (await qemu_img_check(guest.device)).clean
+
+
+async def test_operator_pause_is_never_resumed() -> None:
+    tally = Tally()
+    async with lab_host(observer=tally, chunk_mib=64, poll_interval_s=0.5) as host:
+        guest = await host.start_guest("vm1", GuestJob(mib=96, rate_kib_s=16384), start_mib=64,
+                                       virtual_mib=512)
+        await guest.vm.wait_for_start(timeout=120)
+        async with guest.vm.qmp() as qmp:
+            await qmp.execute("stop")
+            await until(lambda: paused(host, "vm1") == PauseReason.USER.value, 30,
+                        "the monitor to see the operator pause")
+            await anyio.sleep(2.0)  # four polls
+            status = await qmp.execute("query-status")
+            assert status["status"] == "paused"  # type: ignore[index]
+            assert tally.resumes == 0
+            await qmp.execute("cont")
+        result = await guest.vm.result(timeout=300)
+        assert result.verified
+
+
+async def test_drive_at_cap_is_disabled() -> None:
+    # virtual 64 MiB -> cap = round_up(70.4 MiB, 4 MiB) = 72 MiB; start 32 MiB, chunk 128.
+    tally = Tally()
+    async with lab_host(observer=tally, chunk_mib=128) as host:
+        guest = await host.start_guest("vm1", GuestJob(mib=60), start_mib=32, virtual_mib=64)
+        result = await guest.vm.result(timeout=300)
+        assert result.verified, result
+        await until(lambda: drive(host, "vm1").get("state") == "disabled", 10, "DISABLED")
+        size = (await anyio.Path(host.volumes.file_path(guest.volume)).stat()).st_size
+        assert size == 72 * MiB
+        assert tally.capped >= 1
+        extends = tally.extends
+        host.service.monitor.reconfigure(host.settings.policy, None, False)  # force resyncs
+        await anyio.sleep(1.0)
+        assert tally.extends == extends
+
+
+async def test_qemu_killed_mid_run_others_keep_being_served() -> None:
+    tally = Tally()
+    async with lab_host(observer=tally, chunk_mib=64, poll_interval_s=0.5) as host:
+        victim = await host.start_guest("vm1", GuestJob(mib=512, rate_kib_s=8192), start_mib=64,
+                                        virtual_mib=1024)
+        other = await host.start_guest("vm2", GuestJob(mib=256), start_mib=64, virtual_mib=1024)
+        await until(lambda: tally.extends >= 1, 120, "a first extension")
+        victim.vm.send_signal(signal.SIGKILL)
+        await victim.vm.wait_exit(timeout=30)
+        await until(lambda: paused(host, "vm1") is None and not drive(host, "vm1"), 30,
+                    "vm1 to be dropped")
+        result = await other.vm.result(timeout=600)
+        assert result.verified, result
+        # A new QEMU on the same socket is picked up and served.
+        before = tally.extends
+        again = await host.restart_guest("vm1", GuestJob(mib=256, seed=7))
+        await until(lambda: bool(drive(host, "vm1")), 60, "vm1 to be picked up again")
+        result = await again.vm.result(timeout=600)
+        assert result.verified, result
+        assert tally.extends > before
