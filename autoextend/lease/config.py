@@ -18,25 +18,25 @@ class LeaseSettings(Section):
     path: str = ""
     # Byte offset of the lease area on ``path``; a multiple of 1 MiB. The mailbox follows at
     # offset + autoextend.lease.layout.MAILBOX_OFFSET.
-    offset: int = Field(0, ge=0)
+    offset: int = Field(default=0, ge=0)
     # This host's id, 1..max_hosts, unique in the cluster (0 = not configured).
-    host_id: int = Field(0, ge=0, le=2000)
+    host_id: int = Field(default=0, ge=0, le=2000)
     # Unique host name stored in the host id record ("" = the machine's hostname). A host that
     # restarts with the same name skips the wait for its own old record.
-    host_name: str = Field("", max_length=64)
+    host_name: str = Field(default="", max_length=64)
     # 0 = detect (BLKSSZGET on block devices, 512 on files); or force 512 / 4096.
     sector_size: Literal[0, 512, 4096] = 0
     # T: the I/O timeout every lease timeout derives from (sanlock default 10 s; see
     # autoextend/lease/README.md for the table). Rule of thumb: tolerated storage outage / 5.
-    io_timeout_s: float = Field(10.0, gt=0.0, le=600.0)
+    io_timeout_s: float = Field(default=10.0, gt=0.0, le=600.0)
     # W: time a stuck holder may keep running after its lease expired before the watchdog
     # (or the process kill) has certainly stopped it. Must be equal on all hosts (sanlock 60 s).
-    watchdog_fire_timeout_s: float = Field(60.0, gt=0.0, le=3600.0)
+    watchdog_fire_timeout_s: float = Field(default=60.0, gt=0.0, le=3600.0)
     # Host slots in the area (vdsm uses 250; at most 2000 with 512 B, 500 with 4 KiB sectors).
-    max_hosts: int = Field(250, ge=1, le=2000)
+    max_hosts: int = Field(default=250, ge=1, le=2000)
     # How often a host waiting for the SPM lease re-reads it (0 = io_timeout). After a clean
     # release another host takes over within this plus one ballot.
-    acquire_poll_s: float = Field(0.0, ge=0.0, le=600.0)
+    acquire_poll_s: float = Field(default=0.0, ge=0.0, le=600.0)
 
     @model_validator(mode="after")
     def _check_geometry(self) -> LeaseSettings:
