@@ -24,7 +24,7 @@ from autoextend import settings as settings_mod
 from autoextend.lab import proc
 from autoextend.lab.guest import GuestJob
 from autoextend.lab.guestimage import GuestImage, build_guest
-from autoextend.lab.qemu import QemuVm, guest_spec, launch
+from autoextend.lab.qemu import Drive, QemuVm, VmSpec, guest_spec, launch
 from autoextend.logs import get_logger
 from autoextend.lvm.authority import LocalAuthority
 from autoextend.lvm.loop_backend import LoopVolumeBackend
@@ -127,12 +127,24 @@ class LabHost:
         await old.vm.stop()
         return await self._boot(name, job, old.volume, old.device)
 
-    async def _boot(self, name: str, job: GuestJob, volume: VolumeRef, device: str) -> Guest:
+    async def start_idle(self, name: str, *, start_mib: int = 32, virtual_mib: int = 256) -> Guest:
+        """A QEMU with the disk attached but no guest running (``-S``): cheap, for scale."""
+        volume, device = await self.create_disk(f"{name}-disk", start_mib, virtual_mib)
+        spec = VmSpec(name=name, drives=(Drive.numbered(device, 0),), paused=True,
+                      extra_args=self._service_socket_args(name))
+        return await self._launch(spec, volume, device)
+
+    def _service_socket_args(self, name: str) -> tuple[str, ...]:
         socket = self.workdir / "qmp" / f"{name}.sock"
-        spec = guest_spec(
-            name, self.image, [device], job,
-            extra_args=("-name", name, "-qmp", f"unix:{socket},server=on,wait=off"),
-        )
+        return ("-name", name, "-qmp", f"unix:{socket},server=on,wait=off")
+
+    async def _boot(self, name: str, job: GuestJob, volume: VolumeRef, device: str) -> Guest:
+        spec = guest_spec(name, self.image, [device], job,
+                          extra_args=self._service_socket_args(name))
+        return await self._launch(spec, volume, device)
+
+    async def _launch(self, spec: VmSpec, volume: VolumeRef, device: str) -> Guest:
+        name = spec.name
         vm = await launch(spec, self.workdir / "vms" / name)
         self._stack.push_async_callback(vm.stop)
         guest = Guest(vm, volume, device)
