@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from autoextend.errors import ConfigError
 from autoextend.lvm.authority import SpmAuthority
 from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
@@ -25,8 +26,10 @@ if TYPE_CHECKING:
 
 def make_runner(lvm: LvmSettings) -> LvmRunner:
     if lvm.runner == "shell":
-        return LvmShellRunner(lvm.lvm_binary, lvm.command_timeout_s)
-    return ProcessRunner(lvm.lvm_binary, lvm.command_timeout_s, lvm.max_concurrent)
+        return LvmShellRunner(lvm.lvm_binary, lvm.command_timeout_s, use_aio=lvm.use_aio)
+    return ProcessRunner(
+        lvm.lvm_binary, lvm.command_timeout_s, lvm.max_concurrent, use_aio=lvm.use_aio
+    )
 
 
 def command_config(lvm: LvmSettings) -> LvmCommandConfig:
@@ -41,10 +44,16 @@ def command_config(lvm: LvmSettings) -> LvmCommandConfig:
 def make_volume_backend(
     settings: Settings, authority: SpmAuthority | None
 ) -> LvmVolumeBackend | LoopVolumeBackend:
-    """The backend named by ``settings.volumes.backend``. Call ``aclose()`` when done."""
+    """The backend named by ``settings.volumes.backend``. Call ``aclose()`` when done.
+
+    Raises ConfigError when the lvm backend has no ``lvm.pvs``."""
     if settings.volumes.backend == "loop":
         return LoopVolumeBackend(
             settings.volumes.loop_root, settings.volumes.loop_extent_mib << 20, authority
+        )
+    if not settings.lvm.pvs:
+        raise ConfigError(
+            "<settings>", [("lvm.pvs", "must list the pool's PVs for volumes.backend = lvm")]
         )
     runner = make_runner(settings.lvm)
     config = command_config(settings.lvm)

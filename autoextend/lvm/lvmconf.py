@@ -85,6 +85,9 @@ def render_config(config: LvmCommandConfig) -> str:
             "backup {",
             "backup=0",
             f"archive={flag(config.archive)}",
+            # Explicit: the runners use a private LVM_SYSTEM_DIR, which would move these.
+            'archive_dir="/etc/lvm/archive"',
+            'backup_dir="/etc/lvm/backup"',
             "}",
         ]
     )

@@ -12,9 +12,12 @@ The persistent ``lvm`` shell session (``shell.py``) implements the same protocol
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +64,28 @@ def lvm_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+# lvm2 tears down its AIO context at the end of every command, and io_destroy waits about
+# 35 ms here (measured with strace: 40 ms of a 45 ms `lvs`). use_aio is read from lvm.conf
+# only (a --config override comes too late), hence the private LVM_SYSTEM_DIR.
+NO_AIO_CONF = "global {\n    use_aio = 0\n}\n"
+
+
+_SYSTEM_DIRS: dict[str, str] = {}
+
+
+def prepare_system_dir(lvm_conf: str) -> str:
+    """A private LVM_SYSTEM_DIR whose lvm.conf is exactly ``lvm_conf`` (blocking, small).
+    One per content per process, removed at exit."""
+    path = _SYSTEM_DIRS.get(lvm_conf)
+    if path is None or not os.path.exists(os.path.join(path, "lvm.conf")):
+        path = tempfile.mkdtemp(prefix="autoextend-lvmconf-")
+        with open(os.path.join(path, "lvm.conf"), "w") as conf:
+            conf.write(lvm_conf)
+        _SYSTEM_DIRS[lvm_conf] = path
+        atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 def kill_process_group(process: Process) -> None:
     """SIGKILL the process and anything it started (it leads its own session)."""
     try:
@@ -80,7 +105,13 @@ async def _drain(stream: ByteReceiveStream | None, sink: bytearray) -> None:
 
 
 class ProcessRunner:
-    """One ``lvm <command>`` process per call (the default runner)."""
+    """One ``lvm <command>`` process per call.
+
+    With ``use_aio=False`` (the default) lvm2 runs with a private ``LVM_SYSTEM_DIR`` whose
+    lvm.conf only turns AIO off (5x faster per command here); the host's lvm.conf is then not
+    read, and everything else comes from each command's ``--config``. ``use_aio=True`` runs
+    with the host's lvm.conf.
+    """
 
     def __init__(
         self,
@@ -88,14 +119,28 @@ class ProcessRunner:
         timeout_s: float = 30.0,
         max_concurrent: int = 10,
         env: Mapping[str, str] | None = None,
+        use_aio: bool = False,
     ) -> None:
         self._binary = lvm_binary
         self._timeout_s = timeout_s
         self._limiter = anyio.CapacityLimiter(max_concurrent)
         self._env = lvm_environment(env)
+        self._use_aio = use_aio
+        self._system_dir: str | None = None
+        self._setup_lock = anyio.Lock()
+
+    async def _prepare(self) -> None:
+        if self._use_aio or self._system_dir is not None:
+            return
+        async with self._setup_lock:
+            if self._system_dir is None:
+                path = await anyio.to_thread.run_sync(prepare_system_dir, NO_AIO_CONF)
+                self._env["LVM_SYSTEM_DIR"] = path
+                self._system_dir = path
 
     async def run(self, args: Sequence[str]) -> CommandResult:
         argv = tuple(args)
+        await self._prepare()
         async with self._limiter:
             started = time.monotonic()
             returncode, out, err = await self._run_once(argv)
@@ -143,4 +188,4 @@ class ProcessRunner:
         return process.returncode, bytes(out), bytes(err)
 
     async def aclose(self) -> None:
-        return None
+        return None  # the shared private LVM_SYSTEM_DIR is removed at process exit

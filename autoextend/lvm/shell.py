@@ -43,6 +43,7 @@ SESSION_LVM_CONF = (
     'report {\n    output_format = "json"\n}\n'
     'log {\n    report_command_log = 1\n    command_log_selection = "all"\n}\n'
 )
+AIO_OFF = "global {\n    use_aio = 0\n}\n"  # see runner.NO_AIO_CONF
 LVM_RET_SUCCESS = 1  # lvm2's ECMD_PROCESSED
 _SPECIAL = set(" \t\"'#\\")
 
@@ -125,11 +126,11 @@ class _NotSent(Exception):
     """The session died before it received the command (safe to retry on a new one)."""
 
 
-def _prepare_state_dir() -> tuple[str, int]:
+def _prepare_state_dir(lvm_conf: str) -> tuple[str, int]:
     """A private LVM_SYSTEM_DIR with the session's lvm.conf, and a file for its stderr."""
     state_dir = tempfile.mkdtemp(prefix="autoextend-lvmshell-")
     with open(os.path.join(state_dir, "lvm.conf"), "w") as conf:
-        conf.write(SESSION_LVM_CONF)
+        conf.write(lvm_conf)
     stderr_fd = os.open(
         os.path.join(state_dir, "stderr"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600
     )
@@ -145,8 +146,8 @@ class _Session:
         self.state_dir = state_dir
 
     @classmethod
-    async def start(cls, binary: str, env: Mapping[str, str]) -> _Session:
-        state_dir, stderr_fd = await anyio.to_thread.run_sync(_prepare_state_dir)
+    async def start(cls, binary: str, env: Mapping[str, str], lvm_conf: str) -> _Session:
+        state_dir, stderr_fd = await anyio.to_thread.run_sync(_prepare_state_dir, lvm_conf)
         read_fd, write_fd = os.pipe()
         try:
             os.set_blocking(read_fd, False)
@@ -249,10 +250,12 @@ class LvmShellRunner:
         lvm_binary: str = "lvm",
         timeout_s: float = 30.0,
         env: Mapping[str, str] | None = None,
+        use_aio: bool = False,
     ) -> None:
         self._binary = lvm_binary
         self._timeout_s = timeout_s
         self._env = lvm_environment(env)
+        self._lvm_conf = SESSION_LVM_CONF + ("" if use_aio else AIO_OFF)
         self._lock = anyio.Lock()
         self._session: _Session | None = None
         self.sessions_started = 0
@@ -303,7 +306,7 @@ class LvmShellRunner:
             if self._session is not None:
                 await self._session.kill()
             try:
-                self._session = await _Session.start(self._binary, self._env)
+                self._session = await _Session.start(self._binary, self._env, self._lvm_conf)
             except OSError as err:
                 raise LvmCommandError(argv, f"cannot start {self._binary}: {err}") from err
             self.sessions_started += 1

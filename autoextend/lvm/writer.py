@@ -135,9 +135,14 @@ class LvmWriter:
             await self._run([*args, volume_arg(volume)])
         return await self.lv(volume)
 
-    async def pvcreate(self, devices: Sequence[str]) -> None:
-        """Label ``devices`` as PVs (they must be in this writer's device filter)."""
-        await self._run(["pvcreate", "--config", self._config, "--yes", *devices])
+    async def pvcreate(self, devices: Sequence[str], metadata_size: int | None = None) -> None:
+        """Label ``devices`` as PVs (they must be in this writer's device filter).
+        ``metadata_size``: bytes for each metadata area (lvm2's default holds a few hundred
+        LVs; a pool with thousands needs more)."""
+        args = ["pvcreate", "--config", self._config, "--yes"]
+        if metadata_size is not None:
+            args += ["--metadatasize", f"{metadata_size}b"]
+        await self._run([*args, *devices])
 
     async def vgcreate(
         self, name: str, devices: Sequence[str], extent_size: int | None = None

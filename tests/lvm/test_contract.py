@@ -16,8 +16,8 @@ import pytest
 from autoextend.errors import NotSpmError
 from autoextend.lvm.authority import LocalAuthority
 from autoextend.lvm.errors import VolumeNotFound
-from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.loop_backend import LoopVolumeBackend, attached_devices
+from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.lvmconf import LvmCommandConfig, device_mapper_present
 from autoextend.lvm.reader import LvmReader
 from autoextend.lvm.runner import ProcessRunner
