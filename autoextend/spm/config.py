@@ -16,22 +16,12 @@ MiB = 1 << 20
 TiB = 1 << 40
 
 
-def _default_offset() -> int:
-    """The lease area sits before the mailbox; its layout module exports where it ends."""
-    try:
-        from autoextend.lease import layout  # type: ignore[attr-defined, unused-ignore]
-
-        return int(layout.MAILBOX_OFFSET)
-    except (ImportError, AttributeError):
-        return 16 * MiB
-
-
 class MailboxSettings(Section):
     # The metadata area (file or block device); empty means the lease area's path.
     path: str = ""
     # Byte offset of the mailbox region on the metadata area (multiple of 4096).
-    # Default: where the lease area ends (autoextend.lease.layout.MAILBOX_OFFSET).
-    offset: int = Field(default_factory=_default_offset, ge=0)
+    # Unset: right after the lease area ([lease] offset + lease.layout.MAILBOX_OFFSET).
+    offset: int | None = Field(None, ge=0)
     # 0 = the device's logical sector size (or the lease section's), else forced.
     sector_size: Literal[0, 512, 4096] = 0
     # Host ids 1..max_hosts have a mailbox. 2000 = sanlock's HOSTS_MAX; it costs 32 MiB of
@@ -48,7 +38,7 @@ class MailboxSettings(Section):
     # SPM: a request for more than this is rejected (qcow2 images stay far below it).
     max_request_bytes: int = Field(64 * TiB, ge=MiB, le=(1 << 63) - 1)
     # Host: how often to read its reply sectors while it waits for a reply (no I/O when idle).
-    # It slows down as the wait gets longer (a tenth of the time waited, up to the max), so a
+    # It slows down as the wait gets longer (a quarter of the time waited, up to the max), so a
     # host waiting through an SPM failover reads a sector a second, not two hundred.
     reply_poll_interval_s: float = Field(0.005, gt=0.0, le=60.0)
     reply_poll_max_s: float = Field(1.0, gt=0.0, le=60.0)
@@ -59,3 +49,12 @@ class MailboxSettings(Section):
     # Host: give up waiting for a reply after this long. Longer than an SPM failover
     # (lease expiry 80 s + acquisition) so a failover does not fail the request.
     request_timeout_s: float = Field(180.0, gt=0.0, le=86400.0)
+
+
+def mailbox_base(settings: MailboxSettings, lease_area_offset: int = 0) -> int:
+    """Where the mailbox region starts: ``offset`` if set, else after the lease area."""
+    if settings.offset is not None:
+        return settings.offset
+    from autoextend.lease.layout import mailbox_offset
+
+    return mailbox_offset(lease_area_offset)

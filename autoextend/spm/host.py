@@ -63,15 +63,12 @@ from autoextend.spm.wire import (
 
 log = logs.get_logger("spm.host")
 
-# The doorbell sector is read back for this long after a ring, on every reply poll: another
-# host's read-modify-write of the same sector can undo our word within that window.
-DOORBELL_VERIFY_S = 1.0
 
 
 def reply_poll_interval(waited: float, base: float, maximum: float) -> float:
     """How long to sleep between reply polls after waiting ``waited`` seconds: ``base`` at
-    first, then a tenth of the time waited, never more than ``maximum`` (pure)."""
-    return min(maximum, max(base, waited * 0.1))
+    first, then a quarter of the time waited, never more than ``maximum`` (pure)."""
+    return min(maximum, max(base, waited * 0.25))
 
 
 def next_retry_delay(previous: float, initial: float, maximum: float) -> float:
@@ -385,12 +382,15 @@ class HostMailbox:
 
     async def _keep_bell_rung(self, now: float) -> None:
         """Repair a doorbell word another host undid; ring again when no reply comes."""
-        if now - self._rung_at < DOORBELL_VERIFY_S:
-            offset = self._layout.doorbell_sector_offset(self._host_id)
-            sector = await self._storage.read(offset, self._layout.sector_size)
-            if read_word(sector, self._layout.doorbell_word_pos(self._host_id)) != self._bell:
-                self.counters.ring_repairs += 1
-                await self._ring()
+        # Read our word back on every poll while we wait: another host's read-modify-write
+        # of the shared doorbell sector undoes it if its read came before our write and its
+        # write after (a window of milliseconds, longer on a loaded host).
+        offset = self._layout.doorbell_sector_offset(self._host_id)
+        sector = await self._storage.read(offset, self._layout.sector_size)
+        if read_word(sector, self._layout.doorbell_word_pos(self._host_id)) != self._bell:
+            self.counters.ring_repairs += 1
+            await self._ring()
+            return
         delay = self._retry_delay or self._settings.ring_retry_initial_s
         if now - self._rung_at >= delay:
             self._log.info("no reply yet, ringing the doorbell again", pending=self.in_flight)

@@ -96,16 +96,33 @@ class MailboxLayout:
         first = sector * self.slots_per_sector
         return range(first, min(first + self.slots_per_sector, SLOTS_PER_HOST))
 
+    @property
+    def doorbell_sectors(self) -> int:
+        return self.doorbell_bytes // self.sector_size
+
+    def _doorbell_index(self, host_id: int) -> int:
+        """Word index of ``host_id``: hosts are dealt round-robin over the doorbell sectors,
+        so hosts with neighbouring ids (often busy at the same time) share fewer sectors."""
+        self.check_host(host_id)
+        sectors = self.doorbell_sectors
+        per_sector = self.sector_size // DOORBELL_WORD.size
+        return ((host_id - 1) % sectors) * per_sector + (host_id - 1) // sectors
+
     def doorbell_sector_offset(self, host_id: int) -> int:
         """Absolute offset of the doorbell sector holding ``host_id``'s word."""
-        self.check_host(host_id)
-        pos = (host_id - 1) * DOORBELL_WORD.size
+        pos = self._doorbell_index(host_id) * DOORBELL_WORD.size
         return self.base + pos - pos % self.sector_size
 
     def doorbell_word_pos(self, host_id: int) -> int:
         """Byte position of ``host_id``'s word inside its doorbell sector."""
-        self.check_host(host_id)
-        return ((host_id - 1) * DOORBELL_WORD.size) % self.sector_size
+        return (self._doorbell_index(host_id) * DOORBELL_WORD.size) % self.sector_size
+
+    def doorbell_words(self, area: bytes) -> list[int]:
+        """Every host's doorbell word from the doorbell area (index 0 = host 1)."""
+        return [
+            DOORBELL_WORD.unpack_from(area, self._doorbell_index(h) * DOORBELL_WORD.size)[0]
+            for h in range(1, self.max_hosts + 1)
+        ]
 
     def check_fits(self, storage_size: int) -> None:
         if self.end > storage_size:
@@ -113,11 +130,6 @@ class MailboxLayout:
                 f"the mailbox needs bytes {self.base}..{self.end} but the storage has "
                 f"{storage_size} (lower max_hosts or grow the metadata area)"
             )
-
-
-def doorbell_words(area: bytes, max_hosts: int) -> list[int]:
-    """Every host's doorbell word from the doorbell area (index 0 = host 1)."""
-    return [DOORBELL_WORD.unpack_from(area, i * DOORBELL_WORD.size)[0] for i in range(max_hosts)]
 
 
 def changed_hosts(old: list[int], new: list[int]) -> list[int]:

@@ -38,7 +38,6 @@ from autoextend.spm.layout import (
     MailboxLayout,
     changed_hosts,
     contiguous_runs,
-    doorbell_words,
 )
 from autoextend.spm.validate import check_request
 from autoextend.spm.waiting import sleep_or_event
@@ -144,7 +143,7 @@ class SpmMailServer:
         try:
             self._authority.check()
             area = await self._storage.read(layout.base, layout.doorbell_bytes)
-            self._bells = doorbell_words(area, layout.max_hosts)
+            self._bells = layout.doorbell_words(area)
             await self._load_replies()
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -240,7 +239,7 @@ class SpmMailServer:
             self.counters.io_errors += 1
             log.warning("doorbell read failed", error=str(err))
             return
-        words = doorbell_words(area, layout.max_hosts)
+        words = layout.doorbell_words(area)
         hosts = set(changed_hosts(self._bells, words))
         self._bells = words
         hosts |= self._rescan

@@ -7,7 +7,7 @@ import anyio
 from autoextend.errors import NotSpmError, VolumeError
 from autoextend.lvm.errors import VolumeNotFound, VolumeSpaceError
 from autoextend.lvm.volume import ExtendResult, VolumeRef
-from autoextend.spm.config import MailboxSettings
+from autoextend.spm.config import MailboxSettings, mailbox_base
 from autoextend.spm.layout import MailboxLayout
 
 FAST = MailboxSettings(
@@ -24,7 +24,7 @@ FAST = MailboxSettings(
 
 
 def layout_for(settings: MailboxSettings = FAST, sector_size: int = 512) -> MailboxLayout:
-    return MailboxLayout(settings.offset, sector_size, settings.max_hosts)
+    return MailboxLayout(mailbox_base(settings), sector_size, settings.max_hosts)
 
 
 class RecordingBackend:

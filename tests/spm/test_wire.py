@@ -14,7 +14,6 @@ from autoextend.spm.layout import (
     MailboxLayout,
     changed_hosts,
     contiguous_runs,
-    doorbell_words,
     next_ring,
     read_word,
     with_word,
@@ -192,7 +191,7 @@ def test_doorbell_words_are_disjoint(sector_size: int, max_hosts: int, d: st.Dat
     sector = with_word(bytes(area[offset : offset + sector_size]), pos, 0xBEEF)
     assert read_word(sector, pos) == 0xBEEF
     area[offset : offset + sector_size] = sector
-    words = doorbell_words(bytes(area), max_hosts)
+    words = layout.doorbell_words(bytes(area))
     assert changed_hosts([0] * max_hosts, words) == [host]
 
 
