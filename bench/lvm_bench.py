@@ -30,6 +30,7 @@ from typing import Any
 
 import anyio
 
+from autoextend import logs
 from autoextend.lvm import loopdev
 from autoextend.lvm.authority import LocalAuthority
 from autoextend.lvm.lvmconf import LvmCommandConfig
@@ -167,6 +168,7 @@ def main() -> None:
     parser.add_argument("--extends", type=int, default=500)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
+    logs.configure("warning", "json")  # logs to stderr; stdout is the JSON result
     result = anyio.run(run, args.lvs, min(args.extends, args.lvs))
     text = json.dumps(result, indent=2)
     args.output.parent.mkdir(parents=True, exist_ok=True)

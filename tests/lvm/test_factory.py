@@ -10,6 +10,7 @@ from autoextend.lvm.authority import LocalAuthority
 from autoextend.lvm.factory import make_volume_backend
 from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
+from autoextend.lvm.runner import ProcessRunner
 from autoextend.lvm.shell import LvmShellRunner
 from autoextend.lvm.volume import VolumeRef
 
@@ -25,13 +26,15 @@ async def test_loop_backend_from_settings(tmp_path: object) -> None:
 
 async def test_lvm_backend_from_settings() -> None:
     config = settings.from_mapping(
-        {"lvm": {"pvs": ["/dev/loop7"], "vgs": ["vg0"], "runner": "shell", "activation": "off"}}
+        {"lvm": {"pvs": ["/dev/loop7"], "vgs": ["vg0"], "runner": "process", "activation": "off"}}
     )
     spm = make_volume_backend(config, LocalAuthority())
     host = make_volume_backend(config, None)
     assert isinstance(spm, LvmVolumeBackend) and isinstance(host, LvmVolumeBackend)
     assert spm.writer is not None and host.writer is None
-    assert isinstance(spm.reader._runner, LvmShellRunner)
+    assert isinstance(spm.reader._runner, ProcessRunner)
+    default = make_volume_backend(settings.from_mapping({"lvm": {"pvs": ["/dev/loop7"]}}), None)
+    assert isinstance(default.reader._runner, LvmShellRunner)
     assert spm.lookup("/dev/vg0/lv") == VolumeRef("vg0", "lv")
     assert spm.lookup("/dev/vg1/lv") is None
     with pytest.raises(NotSpmError):
@@ -56,4 +59,4 @@ def test_bad_lvm_settings_are_config_errors(bad: dict[str, object]) -> None:
 
 def test_shipped_config_file_is_valid() -> None:
     loaded = settings.load("config/autoextend.toml")
-    assert loaded.lvm.runner == "process" and loaded.lvm.use_aio is False
+    assert loaded.lvm.runner == "shell" and loaded.lvm.use_aio is False

@@ -99,6 +99,8 @@ async def test_shell_runner_matches_process_runner(pool: Pool) -> None:
         with pytest.raises(InsufficientFreeExtents):
             await writer.extend(ref, 1 << 40)
         assert (await pool.reader.lv(ref)).size == 12 * MiB
+        await pool.writer.extend(ref, 20 * MiB)  # another process changes the metadata
+        assert (await reader.lv(ref)).size == 20 * MiB  # the session sees it (no stale cache)
         assert shell.sessions_started == 1  # errors did not cost the session
     finally:
         await shell.aclose()
