@@ -139,6 +139,7 @@ async def test_lock_contention_is_a_clear_error(pool: Pool) -> None:
         assert (await pool.reader.lv(ref)).size == 8 * MiB
     finally:
         os.close(lock_fd)
+        os.unlink(f"/run/lock/lvm/V_{pool.vg}")
 
 
 async def test_host_side_operations_leave_the_vg_untouched(pool: Pool) -> None:

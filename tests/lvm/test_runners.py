@@ -122,6 +122,7 @@ async def test_shell_hung_command_is_killed_and_session_restarted(pool: Pool) ->
                 await writer.extend(ref, 16 * MiB)
         finally:
             os.close(lock_fd)
+            os.unlink(f"/run/lock/lvm/V_{pool.vg}")
         assert shell.session_pid is None
         assert await _wait_gone(first_pid)
         assert (await writer.extend(ref, 16 * MiB)).changed
