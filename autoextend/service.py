@@ -74,12 +74,14 @@ class Service:
         settings: Settings,
         *,
         config_path: Path | None = None,
+        overrides: dict[str, dict[str, Any]] | None = None,
         clock: Clock | None = None,
         observer: MonitorObserver | None = None,
         notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.config_path = config_path
+        self.overrides = overrides or {}
         self.clock = clock or MonotonicClock()
         self.tally = Tally()
         self.metrics = Metrics()
@@ -130,6 +132,8 @@ class Service:
         """Re-read the config file; keep the old config when the new one is invalid."""
         try:
             new = settings_mod.load(self.config_path)
+            if self.overrides:
+                new = settings_mod.with_overrides(new, self.overrides)
         except ConfigError as exc:
             log.error("config reload failed; keeping the old config", error=str(exc))
             return False
@@ -168,9 +172,13 @@ class Service:
             self.notifier.status(self.summary())
 
 
-async def serve(settings: Settings, config_path: Path | None = None) -> None:
-    """Run the service until SIGTERM/SIGINT; SIGHUP reloads."""
-    service = Service(settings, config_path=config_path)
+async def serve(
+    settings: Settings,
+    config_path: Path | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    """Run the service until SIGTERM/SIGINT; SIGHUP reloads (CLI overrides stay applied)."""
+    service = Service(settings, config_path=config_path, overrides=overrides)
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with anyio.create_task_group() as tg:
             await tg.start(service.run)
@@ -185,5 +193,9 @@ async def serve(settings: Settings, config_path: Path | None = None) -> None:
     log.info("stopped")
 
 
-def run_service(settings: Settings, config_path: Path | None = None) -> None:
-    anyio.run(serve, settings, config_path)
+def run_service(
+    settings: Settings,
+    config_path: Path | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    anyio.run(serve, settings, config_path, overrides)

@@ -21,7 +21,7 @@ def run(obj: CliContext) -> None:
     """
     from autoextend.service import run_service
 
-    run_service(obj.load_settings(), obj.config_path)
+    run_service(obj.load_settings(), obj.config_path, obj.cli_overrides())
 
 
 def _human(size: Any) -> str:

@@ -237,10 +237,10 @@ class Monitor:
                              excess=excess)
                     self._start_extension(vm, d)
             case EnospcError(drive=name):
-                targets = [vm.drives[name]] if name in vm.drives else list(vm.drives.values())
-                for d in targets:
-                    if name or d.info.allocation >= d.info.physical:
-                        self._flag_enospc(vm, d, now)
+                if name in vm.drives:
+                    self._flag_enospc(vm, vm.drives[name], now)
+                else:
+                    self._flag_full_drives(vm)
             case VmPaused(reason=reason):
                 if vm.pause_reason is not reason:
                     vm.pause_reason = reason
@@ -330,10 +330,16 @@ class Monitor:
             log.info("drive removed", vm=vm.name, drive=name)
 
     def _flag_full_drives(self, vm: _Vm) -> None:
-        """A VM paused for ENOSPC whose ENOSPC event we did not see: find the full drives."""
+        """A VM paused for ENOSPC whose ENOSPC event we did not see: flag the drives that are
+        inside their watermark. (The highest written offset QEMU reports does not always
+        reach the device size at an ENOSPC, so "allocation >= physical" would miss some.)
+        If none qualifies, resuming is safe: QEMU retries the write and tells us again."""
         now = self.clock.now()
         for d in vm.drives.values():
-            if not d.enospc and d.info.allocation >= d.info.physical:
+            if d.enospc or d.in_flight:
+                continue
+            pol = self.policy_for(d.info, d.volume)
+            if policy.needs_extension(d.info.allocation, d.info.physical, pol):
                 self._flag_enospc(vm, d, now)
 
     async def _evaluate(self, vm: _Vm, d: DriveState) -> None:

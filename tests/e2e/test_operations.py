@@ -1,0 +1,225 @@
+"""Issue 6 against a running service: metrics, status, sd_notify, reload, dry-run, overrides."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from autoextend.lab.guest import GuestJob
+from autoextend.lab.singlehost import LabHost, lab_host
+from autoextend.lvm.volume import VolumeRef
+from autoextend.monitor.observer import Tally
+from autoextend.monitor.protocols import Extender, ExtendOutcome, PauseReason
+
+pytestmark = pytest.mark.slow
+MiB = 1 << 20
+
+
+async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    with anyio.move_on_after(timeout):
+        while not cond():
+            await anyio.sleep(0.05)
+        return
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(address: tuple[str, int]) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://{address[0]}:{address[1]}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def paused(host: LabHost, vm: str) -> str | None:
+    for v in host.service.monitor.snapshot():
+        if v["vm"] == vm:
+            return v["paused"]
+    return None
+
+
+async def test_metrics_endpoint_after_real_extensions() -> None:
+    tally = Tally()
+    async with lab_host(observer=tally, chunk_mib=64, metrics_port=free_port()) as host:
+        guest = await host.start_guest("vm1", GuestJob(mib=256), start_mib=64, virtual_mib=512)
+        result = await guest.vm.result(timeout=300)
+        assert result.verified
+        assert host.service.metrics_address is not None
+        m = await anyio.to_thread.run_sync(scrape, host.service.metrics_address)
+        assert host.service.metrics_address[0] == "127.0.0.1"
+        ok = m['autoextend_extend_requests_total{result="ok"}']
+        assert ok == tally.extends >= 3
+        assert m['autoextend_extend_requests_total{result="failed"}'] == 0
+        assert m['autoextend_extend_duration_seconds_count{phase="total"}'] == ok
+        assert m['autoextend_extend_duration_seconds_count{phase="refresh"}'] == ok
+        assert m["autoextend_extends_in_flight"] == 0
+        assert m["autoextend_enospc_pauses_total"] == tally.enospc_pauses
+        assert m['autoextend_build_info{version="0.1.0"}'] == 1
+        size = (await anyio.Path(host.volumes.file_path(guest.volume)).stat()).st_size
+        # The guest powered off, so the drive is gone and its gauges with it; before that
+        # they tracked the volume: check the counter history instead.
+        assert 'autoextend_volume_physical_bytes{volume="demo/vm1-disk"}' not in m or (
+            m['autoextend_volume_physical_bytes{volume="demo/vm1-disk"}'] == size
+        )
+
+
+class HeldExtender:
+    def __init__(self, inner: Extender) -> None:
+        self.inner = inner
+        self.release = anyio.Event()
+
+    async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome:
+        await self.release.wait()
+        return await self.inner.extend(volume, size)
+
+
+def write_config(host: LabHost, path: Path) -> None:
+    path.write_text(f'[service]\ncontrol_socket = "{host.settings.service.control_socket}"\n')
+
+
+async def test_status_json_with_paused_vm_and_extension_in_flight(tmp_path: Path) -> None:
+    async with lab_host(chunk_mib=64, metrics_port=free_port()) as host:
+        held = HeldExtender(host.service.monitor.extender)
+        host.service.monitor.extender = held
+        guest = await host.start_guest("vm1", GuestJob(mib=128), start_mib=32, virtual_mib=512)
+        await until(lambda: paused(host, "vm1") == PauseReason.ENOSPC.value, 120, "ENOSPC")
+        cfg = tmp_path / "c.toml"
+        write_config(host, cfg)
+        cmd = [sys.executable, "-m", "autoextend", "--config", str(cfg), "status"]
+        proc = await anyio.run_process([*cmd, "--json"], check=False)
+        assert proc.returncode == 0, proc.stderr
+        status = json.loads(proc.stdout)
+        assert status["service"]["extends_in_flight"] == 1
+        (vm,) = status["vms"]
+        assert vm["vm"] == "vm1" and vm["paused"] == "enospc"
+        (d,) = vm["drives"]
+        assert d["state"] == "extending" and d["volume"] == "demo/vm1-disk"
+        assert d["physical"] == 32 * MiB
+        assert d["cap"] > d["physical"] and d["enospc"] is True
+        readable = await anyio.run_process(cmd, check=False)
+        assert readable.returncode == 0
+        text = readable.stdout.decode()
+        assert "PAUSED (enospc)" in text and "extending" in text
+        m = await anyio.to_thread.run_sync(scrape, host.service.metrics_address)
+        assert m["autoextend_extends_in_flight"] == 1
+        assert m['autoextend_volume_physical_bytes{volume="demo/vm1-disk"}'] == 32 * MiB
+        held.release.set()
+        assert (await guest.vm.result(timeout=300)).verified
+
+
+async def test_dry_run_extends_and_resumes_nothing() -> None:
+    tally = Tally()
+    async with lab_host(observer=tally, chunk_mib=64, dry_run=True) as host:
+        guest = await host.start_guest("vm1", GuestJob(mib=96), start_mib=32, virtual_mib=512)
+        await until(lambda: paused(host, "vm1") == PauseReason.ENOSPC.value, 120, "ENOSPC")
+        await anyio.sleep(3.0)  # a poll or two
+        size = (await anyio.Path(host.volumes.file_path(guest.volume)).stat()).st_size
+        assert size == 32 * MiB
+        assert tally.extends == 0 and tally.resumes == 0
+        assert paused(host, "vm1") == "enospc"
+        (d,) = host.service.monitor.snapshot()[0]["drives"]
+        assert d["last_error"] == "dry-run"
+
+
+async def test_per_vg_override_changes_the_chunk() -> None:
+    tally = Tally()
+    overrides = {"policy": {"overrides": [{"vg": "demo", "chunk_mib": 32}]}}
+    async with lab_host(observer=tally, chunk_mib=128, extra=overrides) as host:
+        guest = await host.start_guest("vm1", GuestJob(mib=96), start_mib=32, virtual_mib=512)
+        assert (await guest.vm.result(timeout=300)).verified
+        size = (await anyio.Path(host.volumes.file_path(guest.volume)).stat()).st_size
+        assert tally.extends >= 2
+        assert size == 32 * MiB * (tally.extends + 1)  # every step was 32 MiB, not 128
+
+
+def _recv(sock: socket.socket, want: bytes, timeout: float = 30.0) -> list[bytes]:
+    sock.settimeout(timeout)
+    seen = []
+    while True:
+        msg = sock.recv(4096)
+        seen.append(msg)
+        if want in msg:
+            return seen
+
+
+def test_run_with_sd_notify_sighup_reload_and_sigterm() -> None:
+    work = Path(tempfile.mkdtemp(prefix="ae-run-", dir="/var/tmp"))
+    cfg = work / "autoextend.toml"
+    good = (
+        f'[service]\ncontrol_socket = "{work}/ctl.sock"\n'
+        f'[qmp]\nsocket_glob = "{work}/qmp/*.sock"\n'
+        f'[volumes]\nbackend = "loop"\nloop_root = "{work}/volumes"\n'
+    )
+    cfg.write_text(good)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(work / "notify.sock"))
+    env = {**os.environ, "NOTIFY_SOCKET": str(work / "notify.sock"), "WATCHDOG_USEC": "200000"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoextend", "--config", str(cfg), "--log-format", "json", "run"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        ready = b"".join(_recv(notify, b"READY=1"))
+        assert b"STATUS=" in ready
+        assert b"WATCHDOG=1" in b"".join(_recv(notify, b"WATCHDOG=1"))
+        status = subprocess.run(
+            [sys.executable, "-m", "autoextend", "--config", str(cfg), "status", "--json"],
+            capture_output=True, text=True, check=True)
+        assert json.loads(status.stdout)["service"]["dry_run"] is False
+        # An invalid file on SIGHUP: the old config stays, and the log says why.
+        cfg.write_text(good + "[policy]\nchunk_mib = -5\n")
+        proc.send_signal(signal.SIGHUP)
+        # A valid change on SIGHUP is applied without a restart.
+        deadline = 30
+        for _ in range(deadline * 10):
+            status = subprocess.run(
+                [sys.executable, "-m", "autoextend", "--config", str(cfg), "status", "--json"],
+                capture_output=True, text=True, check=False)
+            if status.returncode == 2:  # our own CLI refuses the invalid file: expected
+                break
+        cfg.write_text(good.replace("[service]\n", "[service]\ndry_run = true\n"))
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            status = subprocess.run(
+                [sys.executable, "-m", "autoextend", "--config", str(cfg), "status", "--json"],
+                capture_output=True, text=True, check=False)
+            assert status.returncode == 0, (status.stderr, proc.poll())
+            if json.loads(status.stdout)["service"]["dry_run"]:
+                break
+        else:
+            raise AssertionError("reload did not apply dry_run")
+        proc.send_signal(signal.SIGTERM)
+        assert b"STOPPING=1" in b"".join(_recv(notify, b"STOPPING=1"))
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err.decode()
+        log = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+        failed = [e for e in log if e["event"] == "config reload failed; keeping the old config"]
+        assert failed and "policy.chunk_mib" in failed[0]["error"]
+        assert any(e["event"] == "config reloaded" for e in log)
+        assert "Traceback" not in err.decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+        subprocess.run(["rm", "-rf", str(work)], check=False)
