@@ -34,6 +34,7 @@ import pytest
 from autoextend.lab import leftovers, thinvol
 from autoextend.lab.guest import GuestJob, with_expected_md5
 from autoextend.lab.guestimage import GuestImage, build_guest
+from autoextend.lab.libvirtd import LabLibvirtd, start_libvirtd
 from autoextend.lab.qemu import QemuVm, VmSpec, guest_spec, launch
 from autoextend.lab.thinvol import ThinVolume
 
@@ -155,6 +156,17 @@ async def qemu_vm(lab_tmp_path: Path, lab_guest: GuestImage,
         yield factory
     finally:
         await factory.close()
+
+
+@pytest.fixture(scope="session")
+async def libvirtd(lab_dir: Path) -> AsyncIterator[LabLibvirtd]:
+    """A lab libvirtd for the whole session: connect with ``libvirtd.uri``. Domains the tests
+    leave defined or running are destroyed when it stops."""
+    daemon = await start_libvirtd(lab_dir / "libvirtd")
+    try:
+        yield daemon
+    finally:
+        await daemon.stop()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
