@@ -25,7 +25,8 @@ log = get_logger("control")
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 MAX_REQUEST = 64 * 1024
-CLIENT_TIMEOUT_S = 10.0
+CLIENT_TIMEOUT_S = 10.0   # to read a request, and the client's default wait
+HANDLER_TIMEOUT_S = 300.0  # a step-down waits for the extensions in flight
 
 
 class ControlServer:
@@ -58,12 +59,13 @@ class ControlServer:
             try:
                 with anyio.fail_after(CLIENT_TIMEOUT_S):
                     raw = await _read_line(stream)
-                    request = json.loads(raw)
-                    if not isinstance(request, dict) or not isinstance(request.get("command"), str):
-                        raise ValueError("expected {\"command\": ...}")
-                    handler = self._handlers.get(request["command"])
-                    if handler is None:
-                        raise ValueError(f"unknown command {request['command']!r}")
+                request = json.loads(raw)
+                if not isinstance(request, dict) or not isinstance(request.get("command"), str):
+                    raise ValueError("expected {\"command\": ...}")
+                handler = self._handlers.get(request["command"])
+                if handler is None:
+                    raise ValueError(f"unknown command {request['command']!r}")
+                with anyio.fail_after(HANDLER_TIMEOUT_S):
                     reply = {"ok": True, "result": await handler(request)}
             except (ValueError, AutoextendError) as exc:
                 reply = {"ok": False, "error": str(exc)}

@@ -23,8 +23,9 @@ from anyio.abc import TaskStatus
 from autoextend import logs
 from autoextend import settings as settings_mod
 from autoextend.clock import Clock, MonotonicClock
+from autoextend.cluster import ClusterAgent
 from autoextend.control import ControlServer
-from autoextend.errors import ConfigError
+from autoextend.errors import AutoextendError, ConfigError
 from autoextend.logs import get_logger
 from autoextend.lvm import factory
 from autoextend.lvm.authority import LocalAuthority
@@ -34,7 +35,7 @@ from autoextend.lvm.volume import VolumeBackend, VolumeRef
 from autoextend.metrics import Metrics, serve_metrics
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
-from autoextend.monitor.protocols import Extender, Hypervisor
+from autoextend.monitor.protocols import Extender, ExtendOutcome, Hypervisor, OutcomeKind
 from autoextend.sdnotify import Notifier
 from autoextend.settings import Settings
 
@@ -60,7 +61,16 @@ def make_hypervisor(
     return QmpHypervisor(settings.qmp, lookup, clock)
 
 
+class _NotReadyExtender:
+    """Stands in until the cluster agent is up (the monitor starts after it)."""
+
+    async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome:
+        return ExtendOutcome(OutcomeKind.FAILED, 0, "not joined to the pool yet", code="no_spm")
+
+
 def make_extender(settings: Settings, backend: VolumeBackend) -> Extender:
+    if settings.service.extender == "mailbox":
+        return _NotReadyExtender()
     from autoextend.monitor.local import LocalExtender
 
     return LocalExtender(backend)
@@ -90,6 +100,9 @@ class Service:
         self.backend = make_volume_backend(settings)
         self.hypervisor = make_hypervisor(settings, self.backend.lookup, self.clock)
         self.extender = make_extender(settings, self.backend)
+        self.cluster: ClusterAgent | None = None
+        if settings.service.extender == "mailbox":
+            self.cluster = ClusterAgent(settings, self.backend, self.clock)
         observers: list[MonitorObserver] = [self.tally, self.metrics]
         if observer is not None:
             observers.append(observer)
@@ -103,6 +116,45 @@ class Service:
         )
         self.control = ControlServer(settings.service.control_socket)
         self.control.register("status", self._status)
+        self.control.register("spm_step_down", self._step_down)
+        if self.cluster is not None:
+            self._export_cluster_metrics(self.cluster)
+
+    def _export_cluster_metrics(self, cluster: ClusterAgent) -> None:
+        m = self.metrics
+
+        def is_spm() -> float:
+            return 1.0 if cluster.lease is not None and cluster.lease.term is not None else 0.0
+
+        def renewal_age() -> float:
+            age = cluster.lease.renewal_age() if cluster.lease is not None else None
+            return float("nan") if age is None else age
+
+        def server_counter(name: str) -> float:
+            return float(getattr(cluster.server.counters, name)) if cluster.server else 0.0
+
+        def host_counter(name: str) -> float:
+            return float(getattr(cluster.mailbox.counters, name)) if cluster.mailbox else 0.0
+
+        m.gauge_from("autoextend_spm_is_spm", "1 while this host holds the SPM lease", is_spm)
+        m.gauge_from("autoextend_lease_renewal_age_seconds",
+                     "Seconds since this host's last successful lease renewal", renewal_age)
+        m.gauge_from("autoextend_mailbox_requests_sent",
+                     "Requests this host wrote to its mailbox (since start)",
+                     lambda: host_counter("sent"))
+        m.gauge_from("autoextend_spm_mailbox_messages_received",
+                     "Requests the SPM took up in its current term",
+                     lambda: server_counter("received"))
+        m.gauge_from("autoextend_spm_mailbox_corrupt_sectors",
+                     "Corrupt mailbox sectors the SPM skipped in its current term",
+                     lambda: server_counter("corrupt_sectors"))
+        m.gauge_from("autoextend_spm_terms", "SPM terms this host has held",
+                     lambda: float(cluster.terms))
+
+    async def _step_down(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.cluster is None:
+            raise AutoextendError("this host runs in local mode: there is no SPM role")
+        return await self.cluster.step_down()
 
     async def _status(self, request: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -117,6 +169,7 @@ class Service:
                 "resumes": self.tally.resumes,
             },
             "vms": self.monitor.snapshot(),
+            "spm": self.cluster.status() if self.cluster is not None else None,
         }
 
     def summary(self) -> str:
@@ -153,6 +206,9 @@ class Service:
     async def _run(self, task_status: TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
             await tg.start(self.control.serve)
+            if self.cluster is not None:
+                await tg.start(self.cluster.run)
+                self.monitor.extender = self.cluster.extender()
             if self.settings.metrics.enabled:
                 self.metrics_address = await tg.start(
                     serve_metrics, self.metrics.registry, self.settings.metrics.address,

@@ -1,10 +1,58 @@
-"""``autoextend spm``: commands (filled in by the spm component)."""
+"""``autoextend spm``: who holds the SPM role, and moving it (talks to the running service)."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+import anyio
 import click
+
+from autoextend.cli.context import CliContext, pass_ctx
 
 
 @click.group("spm")
 def spm() -> None:
     """Storage Pool Manager role: inspect and move it."""
+
+
+def _render(info: dict[str, Any] | None) -> str:
+    if info is None:
+        return "this host runs in local mode (no SPM role)"
+    lines = [
+        f"SPM: host {info.get('spm_host_id') or 'none'} (lver {info.get('spm_lver')})",
+        f"this host: {info['host_id']}{' (SPM)' if info.get('is_spm') else ''},"
+        f" lease {info['lease_health']}, last renewal {info.get('last_renewal_age_s')} s ago",
+    ]
+    for host, peer in sorted(info.get("hosts", {}).items(), key=lambda kv: int(kv[0])):
+        lines.append(f"  host {host:>4} {peer['state']:<8} {peer['name']}"
+                     f" (silent {peer['silent_s']} s)")
+    return "\n".join(lines)
+
+
+@spm.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def spm_status(obj: CliContext, as_json: bool) -> None:
+    """Which host is SPM, this host's lease health, and the other hosts' liveness."""
+    from autoextend import control
+
+    settings = obj.load_settings()
+    result = anyio.run(control.call, settings.service.control_socket, "status")
+    info = result.get("spm")
+    click.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else _render(info))
+
+
+@spm.command("step-down")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(1, 3600), default=60.0,
+              show_default=True, help="How long to wait for the requests in flight.")
+@pass_ctx
+def spm_step_down(obj: CliContext, timeout_s: float) -> None:
+    """Make this host give up the SPM role: finish or hand back the requests in flight,
+    release the lease; another host takes over within one renewal interval."""
+    from autoextend import control
+
+    settings = obj.load_settings()
+    result = anyio.run(lambda: control.call(
+        settings.service.control_socket, "spm_step_down", wait_s=timeout_s + 10))
+    click.echo(f"host {result['host_id']} stepped down (lver {result['lver']})")

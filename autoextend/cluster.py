@@ -1,0 +1,158 @@
+"""Multi-host membership for one host: lease, SPM candidacy and the host mailbox.
+
+Every host runs the same thing (``service.extender = "mailbox"``)::
+
+    ClusterAgent.run
+    └── lease.joined()                 host id (delta lease) acquired and renewed
+        ├── HostMailbox.run            this host's requests to the SPM
+        └── candidacy loop             wait for the SPM lease, then, inside its scope:
+            └── SpmMailServer.run      validate, extend (writer gated by the SPM term), reply
+
+Invariants:
+
+* The SPM mail server and its volume writer exist only inside ``lease.spm()``; the writer
+  checks the term before every metadata change, and the term's scope is cancelled before
+  the lease could expire (self-fencing, see ``autoextend/lease/README.md``).
+* Losing or giving up the role never stops the host side: requests stay in this host's
+  mailbox and the next SPM serves them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from autoextend.clock import Clock
+from autoextend.directio import SectorStorage, open_storage
+from autoextend.errors import AutoextendError, NotSpmError
+from autoextend.lease.service import LeaseService
+from autoextend.logs import get_logger
+from autoextend.lvm import factory
+from autoextend.lvm.volume import VolumeBackend
+from autoextend.settings import Settings
+from autoextend.spm.config import mailbox_base
+from autoextend.spm.extender import MailboxExtender
+from autoextend.spm.host import HostMailbox
+from autoextend.spm.layout import MailboxLayout
+from autoextend.spm.server import SpmMailServer
+
+
+class ClusterAgent:
+    def __init__(self, settings: Settings, host_backend: VolumeBackend, clock: Clock) -> None:
+        if not settings.lease.path:
+            raise AutoextendError("mailbox mode needs [lease] path (the shared metadata area)")
+        if settings.lease.host_id < 1:
+            raise AutoextendError("mailbox mode needs [lease] host_id (1..max_hosts)")
+        if not settings.lvm.vgs:
+            raise AutoextendError("mailbox mode needs [lvm] vgs (the pool's volume groups)")
+        self.settings = settings
+        self.host_backend = host_backend
+        self.clock = clock
+        self.host_id = settings.lease.host_id
+        self.log = get_logger("cluster", host_id=self.host_id)
+        self.storage: SectorStorage | None = None
+        self.lease: LeaseService | None = None
+        self.mailbox: HostMailbox | None = None
+        self.server: SpmMailServer | None = None
+        self.terms = 0
+
+    def extender(self) -> MailboxExtender:
+        if self.mailbox is None:
+            raise AutoextendError("the cluster agent is not running")
+        return MailboxExtender(self.mailbox, self.host_backend, clock=self.clock)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Join, start the mailbox and the candidacy loop; ``started()`` once joined."""
+        lease_cfg = self.settings.lease
+        path = self.settings.mailbox.path or lease_cfg.path
+        if path != lease_cfg.path:
+            raise AutoextendError("[mailbox] path must be empty or equal to [lease] path")
+        storage = await open_storage(path, lease_cfg.sector_size, lease_cfg.io_timeout_s)
+        self.storage = storage
+        try:
+            lease = LeaseService(storage, lease_cfg, self.clock)
+            layout = MailboxLayout(
+                mailbox_base(self.settings.mailbox, lease_cfg.offset),
+                storage.sector_size,
+                self.settings.mailbox.max_hosts,
+            )
+            self.lease = lease
+            self.mailbox = HostMailbox(
+                storage, layout, self.host_id, self.settings.mailbox, self.clock
+            )
+            async with lease.joined(), anyio.create_task_group() as tg:
+                await tg.start(self.mailbox.run)
+                tg.start_soon(self._candidacy, lease, storage, layout)
+                self.log.info("joined the pool", host_name=lease.host_name)
+                task_status.started()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await storage.close()
+
+    async def _candidacy(
+        self, lease: LeaseService, storage: SectorStorage, layout: MailboxLayout
+    ) -> None:
+        """Forever: wait for the SPM lease, serve as SPM while it is valid, start over."""
+        while True:
+            async with lease.spm() as term:
+                self.terms += 1
+                backend = factory.make_volume_backend(self.settings, term)
+                server = SpmMailServer(
+                    storage, backend, self.settings.lvm.vgs, layout=layout, authority=term,
+                    settings=self.settings.mailbox, clock=self.clock, epoch=term.lver,
+                )
+                self.server = server
+                self.log.info("this host is SPM", lver=term.lver)
+                try:
+                    await server.run()
+                except NotSpmError as exc:
+                    self.log.warning("SPM role ended", reason=str(exc))
+                finally:
+                    self.server = None
+                    with anyio.CancelScope(shield=True):
+                        await backend.aclose()
+            self.log.info("no longer SPM")
+            await self.clock.sleep(0)  # a checkpoint between terms
+
+    async def step_down(self, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Finish or hand back the requests in flight, then release the SPM lease."""
+        if self.lease is None or self.lease.term is None:
+            raise AutoextendError(f"host {self.host_id} is not the SPM")
+        lver = self.lease.term.lver
+        server = self.server
+        if server is not None:
+            await server.step_down(timeout_s)
+        self.lease.step_down()
+        self.log.info("stepped down as SPM", lver=lver)
+        return {"stepped_down": True, "lver": lver, "host_id": self.host_id}
+
+    def status(self) -> dict[str, Any]:
+        lease = self.lease
+        spm = lease.current_spm() if lease is not None else None
+        age = lease.renewal_age() if lease is not None else None
+        health = "not joined"
+        if lease is not None and age is not None:
+            health = "ok" if age < lease.timeouts.renewal_warn else "renewals failing"
+        hosts = (
+            {
+                str(h): {"state": s.state.value, "name": s.host_name,
+                         "silent_s": round(s.silent_s, 3)}
+                for h, s in lease.host_states().items()
+            }
+            if lease is not None else {}
+        )
+        server = self.server
+        return {
+            "host_id": self.host_id,
+            "spm_host_id": spm[0] if spm else None,
+            "spm_lver": spm[1] if spm else None,
+            "is_spm": bool(lease is not None and lease.term is not None),
+            "lease_health": health,
+            "last_renewal_age_s": None if age is None else round(age, 3),
+            "hosts": hosts,
+            "terms_held": self.terms,
+            "mailbox": self.mailbox.counters.__dict__ if self.mailbox is not None else {},
+            "server": server.counters.__dict__ if server is not None else None,
+        }
