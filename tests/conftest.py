@@ -1,4 +1,4 @@
 """Project-wide test setup: the lab's pytest plugin (guest, volumes, VMs, libvirtd, leftover
-check). See autoextend/lab/fixtures.py for the fixtures."""
+check; see autoextend/lab/fixtures.py) and pytester for testing that plugin."""
 
-pytest_plugins = ["autoextend.lab.fixtures"]
+pytest_plugins = ["autoextend.lab.fixtures", "pytester"]
