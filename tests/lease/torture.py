@@ -79,6 +79,7 @@ def check_history(log: Path) -> tuple[int, list[str]]:
 def run_torture(
     workdir: Path, area: Path, hosts: int, seconds: float, *, seed: int, io_timeout: float,
     watchdog: float, poll: float, max_hosts: int, faults: bool = True, chaos: bool = True,
+    target: int = 0,
 ) -> TortureResult:
     """Run the torture for ``seconds`` on a formatted ``area``; blocking (call in a thread)."""
     rng = random.Random(seed)
@@ -113,10 +114,15 @@ def run_torture(
         start(w)
     began = time.monotonic()
     next_chaos = began + 1.0
+    next_count = began + 1.0
     try:
         while time.monotonic() - began < seconds:
             time.sleep(0.003)
             now = time.monotonic()
+            if target and now >= next_count:
+                next_count = now + 1.0
+                if log.exists() and log.read_bytes().count(b"\nA ") >= target:
+                    break
             marks = read_deadlines(str(deadlines), max_hosts + 1)
             for w in workers:
                 assert w.proc is not None
@@ -130,7 +136,7 @@ def run_torture(
                     w.proc.send_signal(signal.SIGCONT)
                     w.stopped_until = 0.0
             if chaos and now >= next_chaos:
-                next_chaos = now + rng.uniform(0.05, 0.4)
+                next_chaos = now + rng.uniform(0.2, 1.0)
                 victim = rng.choice(workers)
                 if rng.random() < 0.5:
                     result.kills += 1
