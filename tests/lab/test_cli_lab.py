@@ -80,6 +80,7 @@ def test_boot_prints_result(lab_tmp_path: Path, capsys: pytest.CaptureFixture[st
     path = lab_tmp_path / "b.img"
     assert main(["lab", "volume", "create", str(path), "--size", "32M",
                  "--virtual-size", "64M"]) == 0
+    capsys.readouterr()
     try:
         assert main(["lab", "boot", "--volume", str(path), "--mib", "8",
                      "--workdir", str(lab_tmp_path / "vm"), "--json"]) == 0
