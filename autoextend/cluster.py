@@ -98,7 +98,7 @@ class ClusterAgent:
         while True:
             async with lease.spm() as term:
                 self.terms += 1
-                backend = factory.make_volume_backend(self.settings, term)
+                backend = factory.make_pool_backend(self.settings, term)
                 server = SpmMailServer(
                     storage, backend, self.settings.lvm.vgs, layout=layout, authority=term,
                     settings=self.settings.mailbox, clock=self.clock, epoch=term.lver,

@@ -28,9 +28,8 @@ from autoextend.control import ControlServer
 from autoextend.errors import AutoextendError, ConfigError
 from autoextend.logs import get_logger
 from autoextend.lvm import factory
-from autoextend.lvm.authority import LocalAuthority
-from autoextend.lvm.loop_backend import LoopVolumeBackend
-from autoextend.lvm.lvm_backend import LvmVolumeBackend
+from autoextend.lvm.authority import LocalAuthority, SpmAuthority
+from autoextend.lvm.reserve import FreeSpaceBackend
 from autoextend.lvm.volume import VolumeBackend, VolumeRef
 from autoextend.metrics import Metrics, serve_metrics
 from autoextend.monitor.core import Monitor
@@ -42,11 +41,15 @@ from autoextend.settings import Settings
 log = get_logger("service")
 
 
-def make_volume_backend(settings: Settings) -> LvmVolumeBackend | LoopVolumeBackend:
-    """Single-host (local extender) mode: this host is the only writer, by configuration.
-    In mailbox mode the host side gets no authority; the SPM gets the lease's term."""
-    authority = LocalAuthority() if settings.service.extender == "local" else None
-    return factory.make_volume_backend(settings, authority)
+def make_volume_backend(
+    settings: Settings, authority: SpmAuthority | None = None
+) -> FreeSpaceBackend:
+    """The host's volume backend. Single-host (local extender) mode: this host is the only
+    writer, by configuration (``LocalAuthority``). In mailbox mode the host side gets no
+    authority at all; the SPM's backend is made with the lease's term as its authority."""
+    if authority is None and settings.service.extender == "local":
+        authority = LocalAuthority()
+    return factory.make_pool_backend(settings, authority)
 
 
 def make_hypervisor(

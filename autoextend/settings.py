@@ -113,6 +113,15 @@ def with_overrides(settings: Settings, overrides: dict[str, dict[str, Any]]) -> 
     return from_mapping(data, "<command line>")
 
 
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
 def dump_toml(settings: Settings) -> str:
-    """The effective configuration as TOML (for ``autoextend config show``)."""
-    return tomli_w.dumps(settings.model_dump(mode="json"))
+    """The effective configuration as TOML (for ``autoextend config show``). Keys whose
+    value is unset (None) are left out, as TOML has no null."""
+    return tomli_w.dumps(_drop_none(settings.model_dump(mode="json")))

@@ -15,6 +15,7 @@ from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.lvmconf import LvmCommandConfig, resolve_activation
 from autoextend.lvm.reader import LvmReader
+from autoextend.lvm.reserve import FreeSpaceBackend, with_reserves
 from autoextend.lvm.runner import LvmRunner, ProcessRunner
 from autoextend.lvm.shell import LvmShellRunner
 from autoextend.lvm.writer import LvmWriter
@@ -59,3 +60,12 @@ def make_volume_backend(
     config = command_config(settings.lvm)
     writer = None if authority is None else LvmWriter(runner, config, authority)
     return LvmVolumeBackend(runner, LvmReader(runner, config), writer, settings.lvm.vgs)
+
+
+def make_pool_backend(settings: Settings, authority: SpmAuthority | None) -> FreeSpaceBackend:
+    """:func:`make_volume_backend` guarded by the configured VG reserves
+    (``[policy] vg_reserve_mib``)."""
+    backend = make_volume_backend(settings, authority)
+    extent = (settings.volumes.loop_extent_mib if settings.volumes.backend == "loop"
+              else settings.policy.extent_mib) << 20
+    return with_reserves(backend, settings.policy.vg_reserve_mib, extent)

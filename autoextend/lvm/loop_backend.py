@@ -11,6 +11,7 @@ Device lookups read ``/sys/block/loop*/loop/backing_file`` (no subprocess, no di
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -21,7 +22,7 @@ import anyio
 from autoextend.errors import NotSpmError
 from autoextend.lvm import loopdev
 from autoextend.lvm.authority import SpmAuthority
-from autoextend.lvm.errors import VolumeExists, VolumeNotFound
+from autoextend.lvm.errors import VolumeExists, VolumeNotFound, VolumeSpaceError
 from autoextend.lvm.names import check_name, is_valid_name, round_up_to_extent
 from autoextend.lvm.volume import ExtendResult, VolumeRef
 
@@ -29,18 +30,62 @@ SYS_BLOCK = Path("/sys/block")
 _DELETED = " (deleted)"
 
 
-def _grow_file(path: str, size: int) -> tuple[int, bool]:
-    """Grow ``path`` to ``size`` under an exclusive flock; never shrink."""
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+VG_SIZE_FILE = ".vg_size"  # optional: the VG's capacity in bytes (decimal text)
+
+
+def vg_capacity(vg_dir: str) -> int | None:
+    """The capacity a loop "VG" was given (``<vg_dir>/.vg_size``), or None (unlimited)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        current = os.fstat(fd).st_size
-        if current >= size:
-            return current, False
-        os.ftruncate(fd, size)
-        return size, True
+        with open(os.path.join(vg_dir, VG_SIZE_FILE)) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return None
+    if not text.isdigit():
+        raise VolumeSpaceError(f"{vg_dir}/{VG_SIZE_FILE}: not a size in bytes: {text[:40]!r}")
+    return int(text)
+
+
+def vg_used(vg_dir: str) -> int:
+    """Bytes given to the LVs (the files' apparent sizes, as LV sizes are)."""
+    total = 0
+    with os.scandir(vg_dir) as entries:
+        for entry in entries:
+            if entry.is_file() and not entry.name.startswith("."):
+                total += entry.stat().st_size
+    return total
+
+
+def _grow_file(path: str, size: int) -> tuple[int, bool]:
+    """Grow ``path`` to ``size`` under an exclusive flock on its VG; never shrink, never
+    past the VG's capacity (VolumeSpaceError)."""
+    vg_dir = os.path.dirname(path)
+    lock = os.open(vg_dir, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            current = os.fstat(fd).st_size
+            if current >= size:
+                return current, False
+            capacity = vg_capacity(vg_dir)
+            if capacity is not None:
+                free = capacity - vg_used(vg_dir)
+                if size - current > free:
+                    raise VolumeSpaceError(
+                        f"VG {os.path.basename(vg_dir)}: {size - current} bytes needed,"
+                        f" {max(free, 0)} free"
+                    )
+            os.ftruncate(fd, size)
+            return size, True
+        finally:
+            os.close(fd)
     finally:
-        os.close(fd)
+        os.close(lock)
+
+
+def _vg_free(vg_dir: str) -> int | None:
+    capacity = vg_capacity(vg_dir)
+    return None if capacity is None else max(0, capacity - vg_used(vg_dir))
 
 
 def _create_file(path: str, size: int) -> None:
@@ -186,6 +231,29 @@ class LoopVolumeBackend:
             if err.errno != errno.ENOENT:
                 raise
             raise VolumeNotFound(str(volume), path) from err
+
+    async def free_bytes(self, vg: str) -> int | None:
+        """Free bytes in the VG (None: the loop VG has no capacity set)."""
+        vg_dir = os.path.join(self.root, check_name("VG", vg))
+        return await anyio.to_thread.run_sync(_vg_free, vg_dir)
+
+    async def set_vg_capacity(self, vg: str, size: int | None) -> None:
+        """Give a loop VG a capacity (None removes it): lab and tests ("VG full")."""
+        self._check()
+        path = os.path.join(self.root, check_name("VG", vg), VG_SIZE_FILE)
+
+        def write() -> None:
+            if size is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                return
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(f"{size}\n")
+            os.replace(tmp, path)
+
+        await anyio.to_thread.run_sync(write)
 
     async def aclose(self) -> None:
         return None

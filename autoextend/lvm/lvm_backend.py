@@ -51,6 +51,11 @@ class LvmVolumeBackend:
             raise NotSpmError("this host has no LVM writer (extends go through the SPM)")
         return await self.writer.extend(volume, size)
 
+    async def free_bytes(self, vg: str) -> int | None:
+        """Free bytes in the VG, from its metadata (read-only report)."""
+        info = await self.reader.vg(vg)
+        return info.free_extents * info.extent_size
+
     async def refresh(self, volume: VolumeRef) -> int:
         await self.reader.refresh(volume)
         return await self.size(volume)

@@ -10,6 +10,7 @@ import time
 
 from autoextend.errors import VolumeError
 from autoextend.logs import get_logger
+from autoextend.lvm.errors import VolumeNotFound, VolumeSpaceError
 from autoextend.lvm.volume import VolumeBackend, VolumeRef
 from autoextend.monitor.protocols import ExtendOutcome, OutcomeKind
 
@@ -27,9 +28,12 @@ class LocalExtender:
             t1 = time.monotonic()
             seen = await self.backend.refresh(volume)
             t2 = time.monotonic()
+        except VolumeSpaceError as exc:
+            return ExtendOutcome(OutcomeKind.FAILED, 0, str(exc), code="vg_full")
+        except VolumeNotFound as exc:
+            return ExtendOutcome(OutcomeKind.REJECTED, 0, str(exc), code="not_found")
         except VolumeError as exc:
-            kind = OutcomeKind.REJECTED if getattr(exc, "permanent", False) else OutcomeKind.FAILED
-            return ExtendOutcome(kind, 0, str(exc))
+            return ExtendOutcome(OutcomeKind.FAILED, 0, str(exc))
         if seen < size:
             return ExtendOutcome(
                 OutcomeKind.FAILED, seen,

@@ -12,9 +12,9 @@ from autoextend.clock import Clock, MonotonicClock
 from autoextend.errors import AutoextendError
 from autoextend.lvm.volume import VolumeBackend, VolumeRef
 from autoextend.monitor.protocols import ExtendOutcome, OutcomeKind
-from autoextend.spm.errors import MailboxError
+from autoextend.spm.errors import MailboxError, MailboxTimeout
 from autoextend.spm.host import HostMailbox
-from autoextend.spm.wire import Status
+from autoextend.spm.wire import ReasonCode, Status
 
 log = logs.get_logger("spm.extender")
 
@@ -42,15 +42,20 @@ class MailboxExtender:
             reply = await self._mailbox.request(volume, size, timeout_s=self._timeout_s)
         except MailboxError as err:
             bound.warning("extend request failed", error=str(err))
-            return ExtendOutcome(OutcomeKind.FAILED, reason=str(err))
+            code = "timeout" if isinstance(err, MailboxTimeout) else ""
+            return ExtendOutcome(OutcomeKind.FAILED, reason=str(err), code=code)
         if reply.status is Status.REJECTED:
             bound.warning("SPM rejected the extend", reason=reply.text, size=size)
             return ExtendOutcome(OutcomeKind.REJECTED, reason=_reason(reply.reason.name,
-                                                                      reply.text))
+                                                                      reply.text),
+                                 code="not_found" if reply.reason is ReasonCode.NO_SUCH_VOLUME
+                                 else "invalid")
         if reply.status is Status.FAILED:
             bound.warning("SPM could not extend", reason=reply.text, size=size)
             return ExtendOutcome(OutcomeKind.FAILED, reason=_reason(reply.reason.name,
-                                                                    reply.text))
+                                                                    reply.text),
+                                 code="vg_full" if reply.reason is ReasonCode.NO_SPACE else "")
+        t_reply = self._clock.now()
         try:
             seen = await self._backend.refresh(volume)
         except AutoextendError as err:
@@ -62,7 +67,8 @@ class MailboxExtender:
             return ExtendOutcome(OutcomeKind.FAILED, size=seen, reason=reason)
         bound.info("extended through the SPM", size=seen,
                    duration_s=self._clock.now() - started)
-        return ExtendOutcome(OutcomeKind.OK, size=seen)
+        return ExtendOutcome(OutcomeKind.OK, size=seen, phases={
+            "request": t_reply - started, "refresh": self._clock.now() - t_reply})
 
 
 def _reason(code: str, text: str) -> str:

@@ -1,0 +1,68 @@
+"""Keep free space in a VG that autoextend never uses (``[policy] vg_reserve_mib``).
+
+A VolumeBackend wrapper: before an extension it asks the backend how much the VG has free
+and refuses (``VolumeSpaceError``, reported as "vg_full") when the growth would eat into the
+reserve. The check is conservative: the growth is counted from the size this host sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from autoextend.lvm.errors import VolumeSpaceError
+from autoextend.lvm.names import round_up_to_extent
+from autoextend.lvm.volume import ExtendResult, VolumeBackend, VolumeRef
+
+
+class FreeSpaceBackend(VolumeBackend, Protocol):
+    async def free_bytes(self, vg: str) -> int | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ReservedSpace:
+    def __init__(
+        self, inner: FreeSpaceBackend, reserves: Mapping[str, int], extent_size: int
+    ) -> None:
+        self.inner = inner
+        self.reserves = dict(reserves)
+        self.extent_size = extent_size
+
+    async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
+        reserve = self.reserves.get(volume.vg, 0)
+        if reserve > 0:
+            current = await self.inner.size(volume)
+            growth = round_up_to_extent(size, self.extent_size) - current
+            free = await self.inner.free_bytes(volume.vg)
+            if growth > 0 and free is not None and free - growth < reserve:
+                raise VolumeSpaceError(
+                    f"VG {volume.vg}: growing {volume} by {growth} bytes would leave"
+                    f" {free - growth} bytes free, below the {reserve} bytes reserved"
+                )
+        return await self.inner.extend(volume, size)
+
+    async def refresh(self, volume: VolumeRef) -> int:
+        return await self.inner.refresh(volume)
+
+    async def size(self, volume: VolumeRef) -> int:
+        return await self.inner.size(volume)
+
+    def lookup(self, path: str) -> VolumeRef | None:
+        return self.inner.lookup(path)
+
+    def device_path(self, volume: VolumeRef) -> str:
+        return self.inner.device_path(volume)
+
+    async def free_bytes(self, vg: str) -> int | None:
+        return await self.inner.free_bytes(vg)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def with_reserves(backend: FreeSpaceBackend, reserves_mib: Mapping[str, int],
+                  extent_size: int) -> FreeSpaceBackend:
+    """``backend`` guarded by the configured reserves (unchanged when there are none)."""
+    reserves = {vg: mib << 20 for vg, mib in reserves_mib.items() if mib > 0}
+    return ReservedSpace(backend, reserves, extent_size) if reserves else backend
