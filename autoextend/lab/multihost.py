@@ -1,0 +1,288 @@
+"""Several autoextend hosts on one machine, sharing one pool, as separate processes.
+
+Each "host" is an ``autoextend run`` process with its own config, host id, QMP socket
+directory, control socket and log file. They share what real hosts share: one metadata area
+(a file used with O_DIRECT, holding the leases and the mailboxes) and the volumes (loop
+volumes under one root, VG ``demo``). Guests are started by the lab and attached to the host
+whose QMP directory holds their service socket.
+
+The lab itself creates the volumes (as an administrator would with lvcreate); only the SPM
+extends them, through the mailbox.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import Process
+
+from autoextend import control
+from autoextend.errors import AutoextendError
+from autoextend.lab import proc
+from autoextend.lab.guest import GuestJob
+from autoextend.lab.guestimage import GuestImage, build_guest
+from autoextend.lab.qemu import QemuVm, guest_spec, launch
+from autoextend.logs import get_logger
+from autoextend.lvm.authority import LocalAuthority
+from autoextend.lvm.loop_backend import LoopVolumeBackend
+from autoextend.lvm.volume import VolumeRef
+
+log = get_logger("lab.multihost")
+
+MiB = 1 << 20
+VG = "demo"
+MAX_HOSTS = 16
+META_SIZE = 64 * MiB
+
+
+def host_config(
+    pool_dir: Path, host_dir: Path, host_id: int, *, io_timeout_s: float,
+    watchdog_s: float, chunk_mib: int, poll_interval_s: float,
+) -> str:
+    return f"""\
+[service]
+hypervisor = "qmp"
+extender = "mailbox"
+control_socket = "{host_dir}/control.sock"
+
+[policy]
+chunk_mib = {chunk_mib}
+utilization_percent = 50
+extent_mib = 4
+poll_interval_s = {poll_interval_s}
+extend_timeout_s = 300.0
+retry_initial_s = 0.2
+retry_max_s = 2.0
+
+[qmp]
+socket_glob = "{host_dir}/qmp/*.sock"
+rescan_interval_s = 0.2
+
+[volumes]
+backend = "loop"
+loop_root = "{pool_dir}/volumes"
+loop_extent_mib = 4
+
+[lvm]
+vgs = ["{VG}"]
+
+[lease]
+path = "{pool_dir}/metadata"
+host_id = {host_id}
+host_name = "lab-host-{host_id}"
+io_timeout_s = {io_timeout_s}
+watchdog_fire_timeout_s = {watchdog_s}
+max_hosts = {MAX_HOSTS}
+
+[mailbox]
+max_hosts = {MAX_HOSTS}
+"""
+
+
+@dataclass
+class HostProcess:
+    host_id: int
+    directory: Path
+    config: Path
+    process: Process | None = None
+    starts: int = 0
+
+    @property
+    def control_socket(self) -> str:
+        return str(self.directory / "control.sock")
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "service.log"
+
+    async def start(self) -> None:
+        """Start ``autoextend run`` and wait until its control socket answers."""
+        def open_log() -> Any:
+            return open(self.log_path, "ab")
+
+        err = await anyio.to_thread.run_sync(open_log)
+        try:
+            self.process = await anyio.open_process(
+                [sys.executable, "-m", "autoextend", "--config", str(self.config),
+                 "--log-format", "json", "--log-level", "info", "run"],
+                stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+            )
+        finally:
+            err.close()
+        self.starts += 1
+        with anyio.fail_after(60):
+            while True:
+                if self.process.returncode is not None:
+                    raise AutoextendError(
+                        f"host {self.host_id} exited at start ({self.process.returncode});"
+                        f" see {self.log_path}")
+                try:
+                    await control.call(self.control_socket, "status", wait_s=2)
+                    return
+                except AutoextendError:
+                    await anyio.sleep(0.1)
+
+    async def status(self) -> dict[str, Any]:
+        result = await control.call(self.control_socket, "status", wait_s=5)
+        assert isinstance(result, dict)
+        return result
+
+    async def kill(self) -> None:
+        """SIGKILL: the host dies without releasing anything."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGKILL)
+            with anyio.CancelScope(shield=True):
+                await self.process.wait()
+
+    async def stop(self) -> None:
+        with anyio.CancelScope(shield=True):
+            if self.process is not None and self.process.returncode is None:
+                self.process.send_signal(signal.SIGTERM)
+                with anyio.move_on_after(15):
+                    await self.process.wait()
+                await self.kill()
+
+    def log_events(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return events
+        for line in text.splitlines():
+            if line.startswith("{"):
+                try:
+                    events.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return events
+
+
+@dataclass
+class PoolGuest:
+    vm: QemuVm
+    host_id: int
+    volume: VolumeRef
+    device: str
+
+
+@dataclass
+class Pool:
+    directory: Path
+    image: GuestImage
+    volumes: LoopVolumeBackend
+    hosts: dict[int, HostProcess] = field(default_factory=dict)
+    guests: dict[str, PoolGuest] = field(default_factory=dict)
+    stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+
+    @property
+    def metadata(self) -> Path:
+        return self.directory / "metadata"
+
+    async def start_guest(
+        self, host_id: int, name: str, job: GuestJob, *, start_mib: int = 128,
+        virtual_mib: int = 2048,
+    ) -> PoolGuest:
+        volume = VolumeRef(VG, f"{name}-disk")
+        device = await self.volumes.create(volume, start_mib * MiB)
+        assert device is not None
+        self.stack.push_async_callback(self._remove, volume)
+        await proc.run(["qemu-img", "create", "-q", "-f", "qcow2", device, f"{virtual_mib}M"])
+        host = self.hosts[host_id]
+        socket = host.directory / "qmp" / f"{name}.sock"
+        spec = guest_spec(name, self.image, [device], job,
+                          extra_args=("-name", name, "-qmp", f"unix:{socket},server=on,wait=off"))
+        vm = await launch(spec, self.directory / "vms" / name)
+        self.stack.push_async_callback(vm.stop)
+        guest = PoolGuest(vm, host_id, volume, device)
+        self.guests[name] = guest
+        return guest
+
+    async def _remove(self, volume: VolumeRef) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.volumes.remove(volume)
+            except Exception as exc:
+                log.warning("volume cleanup failed", volume=str(volume), error=str(exc))
+
+    async def statuses(self) -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        for host_id, host in self.hosts.items():
+            if host.process is None or host.process.returncode is not None:
+                continue
+            try:
+                out[host_id] = await host.status()
+            except AutoextendError:
+                continue
+        return out
+
+    async def spm_host(self) -> int | None:
+        """The host that says it holds the SPM lease now, if any."""
+        for host_id, status in (await self.statuses()).items():
+            if status.get("spm", {}).get("is_spm"):
+                return host_id
+        return None
+
+    async def wait_for_spm(self, timeout_s: float = 120.0, not_host: int | None = None) -> int:
+        with anyio.fail_after(timeout_s):
+            while True:
+                host = await self.spm_host()
+                if host is not None and host != not_host:
+                    return host
+                await anyio.sleep(0.2)
+
+
+@asynccontextmanager
+async def pool(
+    hosts: int = 2,
+    *,
+    io_timeout_s: float = 0.5,
+    watchdog_s: float = 1.0,
+    chunk_mib: int = 128,
+    poll_interval_s: float = 1.0,
+) -> AsyncIterator[Pool]:
+    """``hosts`` autoextend processes sharing one metadata area and one volume root."""
+    directory = Path(tempfile.mkdtemp(prefix="autoextend-pool-", dir="/var/tmp"))
+    try:
+        image = await build_guest()
+        meta = directory / "metadata"
+
+        def make_meta() -> None:
+            with open(meta, "wb") as f:
+                f.truncate(META_SIZE)
+
+        await anyio.to_thread.run_sync(make_meta)
+        await proc.run([sys.executable, "-m", "autoextend", "lease", "init", "--path", str(meta),
+                        "--max-hosts", str(MAX_HOSTS), "--yes"])
+        volumes = LoopVolumeBackend(str(directory / "volumes"), 4 * MiB, LocalAuthority())
+        the_pool = Pool(directory, image, volumes)
+        async with the_pool.stack:
+            for host_id in range(1, hosts + 1):
+                host_dir = directory / f"host{host_id}"
+                (host_dir / "qmp").mkdir(parents=True)
+                cfg = host_dir / "autoextend.toml"
+                cfg.write_text(host_config(
+                    directory, host_dir, host_id, io_timeout_s=io_timeout_s,
+                    watchdog_s=watchdog_s, chunk_mib=chunk_mib,
+                    poll_interval_s=poll_interval_s))
+                host = HostProcess(host_id, host_dir, cfg)
+                the_pool.hosts[host_id] = host
+                the_pool.stack.push_async_callback(host.stop)
+            for host in the_pool.hosts.values():
+                await host.start()
+            yield the_pool
+    finally:
+        keep = os.environ.get("AUTOEXTEND_KEEP_POOL")
+        if not keep:
+            await anyio.to_thread.run_sync(lambda: shutil.rmtree(directory, ignore_errors=True))
