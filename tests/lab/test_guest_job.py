@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autoextend.lab.errors import GuestResultError
@@ -136,6 +136,7 @@ def test_counter_pattern_matches_busybox_seq() -> None:
     assert (1 << 20) % len(block) != 0
 
 
+@settings(deadline=None, max_examples=25)
 @given(st.integers(0, MAX_SEED), st.integers(0, MAX_SEED))
 def test_seeds_give_different_data(a: int, b: int) -> None:
     if a != b:
