@@ -1,0 +1,162 @@
+"""Issue 8 end to end: several autoextend host processes sharing one pool through the
+storage mailbox, with the SPM elected by the Disk Paxos lease, and real guests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from typing import Any
+
+import anyio
+import pytest
+
+from autoextend.lab.guest import GuestJob
+from autoextend.lab.multihost import Pool, pool
+from autoextend.spm.config import MailboxSettings, mailbox_base
+from autoextend.spm.layout import MailboxLayout
+
+pytestmark = pytest.mark.slow
+MiB = 1 << 20
+
+
+def extended_sizes(the_pool: Pool) -> dict[str, list[int]]:
+    """Per volume, the sizes every host's monitor reported after each extension."""
+    sizes: dict[str, list[int]] = defaultdict(list)
+    for host in the_pool.hosts.values():
+        for e in host.log_events():
+            if e.get("event") == "extended" and e.get("component") == "monitor":
+                sizes[e["volume"]].append(int(e["size"]))
+    return sizes
+
+
+async def file_size(the_pool: Pool, lv: str) -> int:
+    return (await anyio.Path(the_pool.directory / "volumes" / "demo" / lv).stat()).st_size
+
+
+async def assert_each_step_once(the_pool: Pool, chunk: int, start: int) -> None:
+    """No request lost or applied twice: every extension added exactly one chunk, in order,
+    and the volume ends at the last size a host was told about."""
+    for name, guest in the_pool.guests.items():
+        sizes = extended_sizes(the_pool)[str(guest.volume)]
+        assert sizes, f"{name}: no extension logged"
+        expected = [start + chunk * (i + 1) for i in range(len(sizes))]
+        assert sizes == expected, (name, sizes)
+        assert await file_size(the_pool, guest.volume.lv) == sizes[-1]
+
+
+async def test_two_hosts_1gib_each_with_spm_killed_mid_run() -> None:
+    async with pool(2, chunk_mib=128) as p:
+        old_spm = await p.wait_for_spm()
+        g1 = await p.start_guest(1, "vm1", GuestJob(mib=1024), start_mib=128)
+        g2 = await p.start_guest(2, "vm2", GuestJob(mib=1024, seed=2), start_mib=128)
+        # Let both make progress through the mailbox, then kill the SPM host.
+        with anyio.fail_after(300):
+            while min(len(v) for v in (extended_sizes(p).get(str(g.volume), [])
+                                        for g in (g1, g2))) < 2:
+                await anyio.sleep(0.2)
+        await p.hosts[old_spm].kill()
+        await anyio.sleep(1.0)
+        await p.hosts[old_spm].start()  # as systemd would restart it
+        new_spm = await p.wait_for_spm(timeout_s=120)
+        results = [await g.vm.result(timeout=900) for g in (g1, g2)]
+        assert all(r.verified for r in results), results
+        statuses = await p.statuses()
+        lvers = {s["spm"]["spm_lver"] for s in statuses.values()}
+        assert len(lvers) == 1 and lvers.pop() >= 2  # a new term after the kill
+        assert new_spm in p.hosts
+        await assert_each_step_once(p, 128 * MiB, 128 * MiB)
+        for g in (g1, g2):
+            assert len(extended_sizes(p)[str(g.volume)]) >= 6
+
+
+async def test_step_down_moves_the_role_while_guests_write() -> None:
+    async with pool(2, chunk_mib=64) as p:
+        old_spm = await p.wait_for_spm()
+        g1 = await p.start_guest(1, "vm1", GuestJob(mib=384), start_mib=64, virtual_mib=1024)
+        g2 = await p.start_guest(2, "vm2", GuestJob(mib=384, seed=3), start_mib=64,
+                                 virtual_mib=1024)
+        with anyio.fail_after(300):
+            while len(extended_sizes(p).get(str(g1.volume), [])) < 1:
+                await anyio.sleep(0.2)
+        cli = [sys.executable, "-m", "autoextend", "--config", str(p.hosts[old_spm].config)]
+        proc = await anyio.run_process([*cli, "spm", "step-down"], check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert b"stepped down" in proc.stdout
+        new_spm = await p.wait_for_spm(timeout_s=30, not_host=old_spm)
+        assert new_spm != old_spm
+        shown = await anyio.run_process([*cli, "spm", "status", "--json"], check=False)
+        assert shown.returncode == 0
+        results = [await g.vm.result(timeout=600) for g in (g1, g2)]
+        assert all(r.verified for r in results), results
+        await assert_each_step_once(p, 64 * MiB, 64 * MiB)
+
+
+async def test_vg_full_fails_then_recovers_without_manual_steps() -> None:
+    async with pool(2, chunk_mib=64) as p:
+        await p.wait_for_spm()
+        await p.volumes.set_vg_capacity("demo", 64 * MiB)  # only the initial volume fits
+        g = await p.start_guest(2, "vm1", GuestJob(mib=160), start_mib=64, virtual_mib=512)
+        host = p.hosts[2]
+
+        async def drive() -> dict[str, Any]:
+            for vm in (await host.status())["vms"]:
+                if vm["drives"]:
+                    return {"paused": vm["paused"], **vm["drives"][0]}
+            return {"paused": None, "last_error": ""}
+
+        with anyio.fail_after(180):
+            while True:
+                d = await drive()
+                if d["paused"] == "enospc" and "no_space" in d["last_error"]:
+                    break
+                await anyio.sleep(0.3)
+        await anyio.sleep(2.0)
+        assert (await drive())["paused"] == "enospc"  # stays paused while the VG is full
+        cli = [sys.executable, "-m", "autoextend", "--config", str(host.config), "status"]
+        shown = await anyio.run_process(cli, check=False)
+        assert b"no_space" in shown.stdout and b"PAUSED (enospc)" in shown.stdout
+        assert any(e.get("event") == "volume group cannot satisfy the extension"
+                   for e in host.log_events())
+        await p.volumes.set_vg_capacity("demo", 1024 * MiB)  # space added
+        result = await g.vm.result(timeout=300)
+        assert result.verified
+        status = await host.status()
+        assert status["service"]["resumes"] >= 1
+
+
+async def test_corrupt_mailbox_bytes_are_rejected_counted_and_serving_goes_on() -> None:
+    async with pool(2, chunk_mib=64) as p:
+        spm = await p.wait_for_spm()
+        layout = MailboxLayout(mailbox_base(MailboxSettings(max_hosts=16), 0), 512, 16)
+        garbage = os.urandom(layout.box_bytes)
+
+        def inject() -> None:
+            fd = os.open(p.metadata, os.O_WRONLY)
+            try:
+                os.pwrite(fd, garbage, layout.request_offset(5))  # a host id nobody uses
+                os.pwrite(fd, os.urandom(512), layout.doorbell_sector_offset(5))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        await anyio.to_thread.run_sync(inject)
+        g = await p.start_guest(2, "vm1", GuestJob(mib=256), start_mib=64, virtual_mib=1024)
+        result = await g.vm.result(timeout=300)
+        assert result.verified
+        status = (await p.hosts[spm].status())["spm"]
+        assert status["server"]["corrupt_sectors"] >= 1
+        assert any(e.get("event", "").startswith("corrupt") or "corrupt" in e.get("event", "")
+                   for e in p.hosts[spm].log_events())
+        assert p.hosts[spm].process is not None and p.hosts[spm].process.returncode is None
+
+
+def test_cli_spm_commands_without_service(tmp_path: Any) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[service]\ncontrol_socket = "{tmp_path}/none.sock"\n')
+    for args in (["spm", "status"], ["spm", "step-down"]):
+        proc = subprocess.run([sys.executable, "-m", "autoextend", "--config", str(cfg), *args],
+                              capture_output=True, text=True, check=False)
+        assert proc.returncode == 1 and "not running" in proc.stderr
+        assert "Traceback" not in proc.stderr
