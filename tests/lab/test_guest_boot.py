@@ -45,7 +45,7 @@ async def test_guest_pauses_on_enospc_and_resumes_after_grow(
     thin_volume: ThinVolumeFactory, qemu_vm: QemuVmFactory
 ) -> None:
     vol = await thin_volume(size=64 * MiB, virtual_size=1 << 30)
-    job = GuestJob(mib=160, seed=5)
+    job = GuestJob(mib=96, seed=5)
     vm = await qemu_vm([vol], job, paused=True)
     await vm.wait_for_qmp_socket()
     client = QMPClient("test")
@@ -61,7 +61,7 @@ async def test_guest_pauses_on_enospc_and_resumes_after_grow(
             assert status["status"] == "io-error" and status["running"] is False
 
             assert vm.returncode is None
-            await vol.grow(by=192 * MiB)
+            await vol.grow(by=64 * MiB)
             await client.execute("cont")
             with anyio.fail_after(30):
                 await _wait_event(events, "RESUME")
@@ -70,7 +70,7 @@ async def test_guest_pauses_on_enospc_and_resumes_after_grow(
             await client.disconnect()
     result = await vm.result(timeout=240)
     assert result.verified, result
-    assert result.written_mib == 160
+    assert result.written_mib == 96
     assert await vm.wait_exit(30) == 0
     assert (await vol.check()).clean
 

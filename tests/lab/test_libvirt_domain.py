@@ -28,7 +28,7 @@ async def test_domain_pauses_with_enospc_event(
 ) -> None:
     ensure_libvirt_events()
     vol = await thin_volume(size=64 * MiB, virtual_size=1 << 30)
-    job = await anyio.to_thread.run_sync(with_expected_md5, GuestJob(mib=96, seed=9))
+    job = await anyio.to_thread.run_sync(with_expected_md5, GuestJob(mib=80, seed=9))
     serial = lab_tmp_path / "serial.log"
     xml = guest_domain_xml("lab-enospc", lab_guest, [vol.device], job, serial)
 
@@ -65,7 +65,7 @@ async def test_domain_pauses_with_enospc_event(
         state, why = await anyio.to_thread.run_sync(dom.state)
         assert (state, why) == (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_IOERROR)
 
-        await vol.grow(by=128 * MiB)
+        await vol.grow(by=64 * MiB)
         await anyio.to_thread.run_sync(dom.resume)
         with anyio.fail_after(120):
             async for event in receive:
@@ -78,5 +78,5 @@ async def test_domain_pauses_with_enospc_event(
             await anyio.to_thread.run_sync(conn.close)
     result = find_result(serial.read_text(errors="replace"))
     assert result is not None and result.verified, result
-    assert result.written_mib == 96
+    assert result.written_mib == 80
     assert (await vol.check()).clean
