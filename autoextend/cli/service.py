@@ -83,27 +83,42 @@ def status(obj: CliContext, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary at the end.")
 @click.option("--hypervisor", type=click.Choice(["qmp", "libvirt"]), default="qmp",
               show_default=True, help="Watch the guest over QMP or through libvirtd.")
-@click.option("--vms", type=click.IntRange(1, 16), default=1, show_default=True)
+@click.option("--hosts", type=click.IntRange(1, 8), default=None,
+              help="Host processes sharing one pool (default 2; 1 = single-host local mode;"
+                   " libvirt runs single-host).")
+@click.option("--kill-spm", is_flag=True,
+              help="SIGKILL the SPM host partway (it is restarted a second later).")
+@click.option("--vms", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Guests in single-host mode.")
 @click.option("--write-mib", type=click.IntRange(1, 65536), default=1024, show_default=True,
               help="How much each guest writes (then reads back and verifies).")
 @click.option("--start-mib", type=click.IntRange(8, 65536), default=128, show_default=True,
               help="Initial volume size.")
 @click.option("--chunk-mib", type=click.IntRange(4, 65536), default=128, show_default=True)
 @pass_ctx
-def demo(obj: CliContext, as_json: bool, hypervisor: str, vms: int, write_mib: int,
-         start_mib: int, chunk_mib: int) -> None:
+def demo(obj: CliContext, as_json: bool, hypervisor: str, hosts: int | None, kill_spm: bool,
+         vms: int, write_mib: int, start_mib: int, chunk_mib: int) -> None:
     """Run the embedded end-to-end demo on this machine (needs root, QEMU, loop devices).
 
-    A real guest writes WRITE_MIB into a thin volume that starts at START_MIB; the service
-    extends it as it fills. Exit code 0 only when the data is verified and no VM is left
+    By default two autoextend host processes share one pool (one metadata area with the
+    leases and mailboxes, one volume root); one of them is elected SPM. Each runs a real guest
+    that writes WRITE_MIB into a thin volume starting at START_MIB; the hosts extend them
+    through the SPM as they fill. Exit code 0 only when the data is verified and no VM is left
     paused.
     """
+    if hosts is None:
+        hosts = 1 if hypervisor == "libvirt" else 2
+    if hosts > 1 and hypervisor == "libvirt":
+        raise click.BadParameter("the libvirt demo runs a single host", param_hint="--hosts")
+    if kill_spm and hosts < 2:
+        raise click.BadParameter("--kill-spm needs at least 2 hosts", param_hint="--kill-spm")
     from autoextend.lab import demo as demo_mod
 
     obj.log_level = obj.log_level or "warning"
     obj.setup_logs()
     options = demo_mod.DemoOptions(
-        vms=vms, write_mib=write_mib, start_mib=start_mib, chunk_mib=chunk_mib,
+        hosts=hosts, kill_spm=kill_spm, vms=vms, write_mib=write_mib, start_mib=start_mib,
+        chunk_mib=chunk_mib,
         virtual_mib=max(2048, write_mib * 2), hypervisor=hypervisor,
         progress=not as_json and sys.stdout.isatty(),
     )

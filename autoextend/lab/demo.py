@@ -31,6 +31,8 @@ MiB = 1 << 20
 
 @dataclass(frozen=True)
 class DemoOptions:
+    hosts: int = 1
+    kill_spm: bool = False
     vms: int = 1
     write_mib: int = 1024
     start_mib: int = 128
@@ -146,6 +148,113 @@ async def run_demo(options: DemoOptions, out: TextIO | None = None) -> dict[str,
         return summarize(tally, results, left_paused, clean, elapsed)
 
 
+async def run_pool_demo(options: DemoOptions, out: TextIO | None = None) -> dict[str, Any]:
+    """Several host processes sharing one pool through the storage mailbox; one guest per
+    host. With ``kill_spm`` the SPM host is SIGKILLed partway and restarted a second later
+    (as systemd would), and the pool fails over."""
+    from autoextend.lab.multihost import pool
+
+    started = time.monotonic()
+    async with pool(options.hosts, chunk_mib=options.chunk_mib) as p:
+        first_spm = await p.wait_for_spm()
+        log.info("SPM elected", host_id=first_spm)
+        if out is not None and options.progress:
+            out.write(f"{options.hosts} hosts up; host {first_spm} is SPM\n")
+        job = GuestJob(mib=options.write_mib, rate_kib_s=options.rate_kib_s)
+        guests = {}
+        for host_id in p.hosts:
+            name = f"vm{host_id}"
+            guests[name] = await p.start_guest(
+                host_id, name, job, start_mib=options.start_mib, virtual_mib=options.virtual_mib)
+        results: dict[str, Any] = {name: None for name in guests}
+        killed: list[int] = []
+
+        async def killer() -> None:
+            while _extends_logged(p) < 2 * len(guests):  # noqa: ASYNC110 (other processes' logs)
+                await anyio.sleep(0.2)
+            spm = await p.spm_host()
+            if spm is None:
+                return
+            if out is not None and options.progress:
+                out.write(f"\nkilling the SPM (host {spm}) with SIGKILL\n")
+            await p.hosts[spm].kill()
+            killed.append(spm)
+            await anyio.sleep(1.0)
+            await p.hosts[spm].start()
+            new = await p.wait_for_spm(timeout_s=120)
+            if out is not None and options.progress:
+                out.write(f"host {new} is SPM now\n")
+
+        async def progress() -> None:
+            assert out is not None
+            while True:
+                parts = []
+                spm = await p.spm_host()
+                for host_id, status in (await p.statuses()).items():
+                    for vm in status["vms"]:
+                        for d in vm["drives"]:
+                            mark = "*" if host_id == spm else " "
+                            paused = " PAUSED" if vm["paused"] else ""
+                            parts.append(f"{mark}host{host_id} {vm['vm']}: "
+                                         f"{d['allocation'] // MiB}/{d['physical'] // MiB} MiB"
+                                         f"{paused}")
+                out.write("\r" + " | ".join(parts) + "  (* = SPM)\x1b[K")
+                out.flush()
+                await anyio.sleep(0.5)
+
+        async def wait_one(name: str) -> None:
+            try:
+                results[name] = await guests[name].vm.result(timeout=options.timeout_s)
+                await guests[name].vm.wait_exit(timeout=60)
+            except Exception as exc:
+                log.error("guest did not finish", vm=name, error=str(exc))
+
+        async with anyio.create_task_group() as tg:
+            if options.progress and out is not None:
+                tg.start_soon(progress)
+            if options.kill_spm:
+                tg.start_soon(killer)
+            async with anyio.create_task_group() as waiters:
+                for name in guests:
+                    waiters.start_soon(wait_one, name)
+            tg.cancel_scope.cancel()
+        if options.progress and out is not None:
+            out.write("\n")
+        elapsed = time.monotonic() - started
+        tally = Tally()
+        terms = 0
+        for host in p.hosts.values():
+            for e in host.log_events():
+                event = e.get("event")
+                if event == "extended" and e.get("component") == "monitor":
+                    tally.extends += 1
+                    tally.latencies.append(float(e.get("duration_s", 0.0)))
+                elif event == "vm paused" and e.get("reason") == "enospc":
+                    tally.enospc_pauses += 1
+                elif event == "vm resumed":
+                    tally.resumes += 1
+                elif event == "this host is SPM":
+                    terms += 1
+        left_paused = sum(1 for g in p.guests.values() if g.vm.returncode is None)
+        clean = True
+        for g in p.guests.values():
+            if g.vm.returncode is not None:
+                clean = clean and (await qemu_img_check(g.device)).clean
+        summary = summarize(tally, results, left_paused, clean, elapsed)
+        summary["hosts"] = options.hosts
+        summary["first_spm"] = first_spm
+        summary["spm_killed"] = killed
+        summary["spm_failovers"] = max(0, terms - 1)
+        return summary
+
+
+def _extends_logged(p: Any) -> int:
+    return sum(
+        1 for host in p.hosts.values() for e in host.log_events()
+        if e.get("event") == "extended" and e.get("component") == "monitor"
+    )
+
+
 def render(summary: dict[str, Any]) -> str:
     lat = summary["latency_ms"]
     lines = [
@@ -157,6 +266,9 @@ def render(summary: dict[str, Any]) -> str:
         f" image check clean: {'yes' if summary['image_check_clean'] else 'NO'},"
         f" VMs left paused: {summary['vms_left_paused']}",
     ]
+    if "hosts" in summary:
+        lines.insert(0, f"{summary['hosts']} hosts; first SPM: host {summary['first_spm']};"
+                        f" SPM failovers: {summary['spm_failovers']}")
     return "\n".join(lines)
 
 
@@ -168,7 +280,8 @@ def main(options: DemoOptions, as_json: bool) -> int:
     import json
 
     out = sys.stdout
-    summary = anyio.run(run_demo, options, out)
+    runner = run_pool_demo if options.hosts > 1 else run_demo
+    summary = anyio.run(runner, options, out)
     if as_json:
         out.write(json.dumps(summary) + "\n")
     else:
