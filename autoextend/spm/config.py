@@ -24,14 +24,28 @@ class MailboxSettings(Section):
     offset: int | None = Field(None, ge=0)
     # 0 = the device's logical sector size (or the lease section's), else forced.
     sector_size: Literal[0, 512, 4096] = 0
-    # Host ids 1..max_hosts have a mailbox. 2000 = sanlock's HOSTS_MAX; it costs 32 MiB of
-    # metadata area and a 4 KiB doorbell read per SPM poll.
-    max_hosts: int = Field(2000, ge=1, le=2000)
-    # SPM: how often to read the doorbell area (one 4 KiB read). 25 ms keeps the mailbox
-    # round trip far below vdsm's 0.5 s while idle I/O stays at ~160 KiB/s (vdsm: 518 KB/s).
+    # Host ids 1..max_hosts have a mailbox (one ring sector + 16 KiB each). 250 = the [lease]
+    # max_hosts default (host ids cannot be higher); up to 2000 (sanlock's HOSTS_MAX). The
+    # SPM's idle reads and its cold-path latency grow with it (see README.md, I/O budget).
+    max_hosts: int = Field(250, ge=1, le=2000)
+    # SPM: how often it reads the ring sectors of *active* hosts (those that sent a request
+    # within hot_window_s). 25 ms keeps the round trip of an active host > 10x below vdsm's
+    # 0.5 s; it costs one sector per active host per poll, nothing when no host is active.
     poll_interval_s: float = Field(0.025, gt=0.0, le=60.0)
-    # SPM: every mailbox is read once per this period anyway (safety net for a doorbell
-    # change that was lost); spread evenly, so it adds max_hosts*8 KiB/period of reads.
+    # SPM: a host stays on that fast path this long after its last new request. A VM that
+    # needs extending quickly writes fast and so asks again well within a minute; a slower
+    # writer has minutes of headroom and is served by the sweep below.
+    hot_window_s: float = Field(60.0, ge=0.0, le=3600.0)
+    # SPM: at most this many bytes/s of fast-path reads (the fast poll slows down when more
+    # hosts are active than fit: 2 MiB/s = 100 hosts with 512 B sectors at 25 ms).
+    hot_read_bytes_per_s: int = Field(2 * MiB, ge=4096)
+    # SPM: every host's ring sector is read in one sequential read every
+    # max(poll_interval_s, max_hosts * sector_size / this) seconds: the idle cost, and the
+    # latency bound of a host that was not active. 256 KiB/s is half of vdsm's idle reads;
+    # with 250 hosts and 512 B sectors it sweeps every 0.49 s.
+    ring_sweep_bytes_per_s: int = Field(256 * 1024, ge=4096)
+    # SPM: every request box is read once per this period anyway (safety net against a ring
+    # sector corrupted on disk); spread evenly, so it adds max_hosts*8 KiB/period of reads.
     full_scan_interval_s: float = Field(300.0, gt=0.0, le=86400.0)
     # SPM: lvextend commands running at once across VGs (vdsm: 10); one at a time per VG.
     max_concurrent_extends: int = Field(10, ge=1, le=100)
@@ -42,8 +56,9 @@ class MailboxSettings(Section):
     # host waiting through an SPM failover reads a sector a second, not two hundred.
     reply_poll_interval_s: float = Field(0.005, gt=0.0, le=60.0)
     reply_poll_max_s: float = Field(1.0, gt=0.0, le=60.0)
-    # Host: ring the doorbell again if no reply came for this long, doubling up to the max
-    # (an SPM that just took over, or a lost doorbell update, picks the request up).
+    # Host: ring again if no reply came for this long, doubling up to the max. Rings are never
+    # lost (each host writes only its own ring sector) and a new SPM reads every box at start,
+    # so this is only a cheap extra safety net.
     ring_retry_initial_s: float = Field(1.0, gt=0.0, le=600.0)
     ring_retry_max_s: float = Field(10.0, gt=0.0, le=3600.0)
     # Host: give up waiting for a reply after this long. Longer than an SPM failover

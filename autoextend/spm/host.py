@@ -1,16 +1,17 @@
 """The host side of the mailbox: send extend requests to the SPM and wait for the replies.
 
-:class:`HostMailbox` owns this host's request box (only this host writes it) and its word in
-the doorbell area. :meth:`HostMailbox.run` is the one task that does I/O; callers of
+:class:`HostMailbox` owns this host's request box and its ring sector (only this host writes
+them). :meth:`HostMailbox.run` is the one task that does I/O; callers of
 :meth:`HostMailbox.request` only change in-memory state and wait.
 
 Slot handshake (no extra round trip):
 
-1. The host writes request ``(generation, id)`` into a free slot and rings its doorbell.
+1. The host writes request ``(generation, id)`` into a free slot and, once that write is
+   durable, rings: it writes its ring sector with the next count (``watch.py``).
 2. The SPM writes a reply carrying the same ``(generation, id)`` into the same slot of the
    host's reply box. It never writes the request box.
 3. The host reads the reply, wakes the waiters and clears its slot (written with the next
-   flush, no doorbell). The slot is free again at once: a stale reply left in the reply
+   flush, no ring). The slot is free again at once: a stale reply left in the reply
    slot can never match, because ids never repeat within a generation.
 
 Withdrawing: when the last waiter gives up (timeout, cancellation), the host clears the slot.
@@ -27,8 +28,9 @@ size fails or is rejected, the waiters that asked for less are asked for again o
 Restart: :meth:`run` starts a new generation (one more than any generation found in the two
 boxes) and writes an empty box, withdrawing whatever the previous incarnation left.
 
-No reply: the doorbell is rung again after ``ring_retry_initial_s``, doubling up to
-``ring_retry_max_s``; the request stays in its slot so a new SPM serves it after a failover.
+No reply: it rings again after ``ring_retry_initial_s``, doubling up to ``ring_retry_max_s``
+(a safety net only: rings are never lost); the request stays in its slot so a new SPM serves
+it after a failover.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from autoextend.errors import AutoextendError
 from autoextend.lvm.volume import VolumeRef
 from autoextend.spm.config import MailboxSettings
 from autoextend.spm.errors import CorruptSector, MailboxClosed, MailboxTimeout
-from autoextend.spm.layout import SLOTS_PER_HOST, MailboxLayout, next_ring, read_word, with_word
+from autoextend.spm.layout import SLOTS_PER_HOST, MailboxLayout
 from autoextend.spm.waiting import sleep_or_event
 from autoextend.spm.wire import (
     MAX_REQUEST_ID,
@@ -56,13 +58,15 @@ from autoextend.spm.wire import (
     ReasonCode,
     Reply,
     Request,
+    Ring,
     Status,
+    decode_ring,
     decode_sector,
+    encode_ring,
     encode_sector,
 )
 
 log = logs.get_logger("spm.host")
-
 
 
 def reply_poll_interval(waited: float, base: float, maximum: float) -> float:
@@ -72,7 +76,7 @@ def reply_poll_interval(waited: float, base: float, maximum: float) -> float:
 
 
 def next_retry_delay(previous: float, initial: float, maximum: float) -> float:
-    """The doorbell re-ring backoff: ``initial``, doubling, capped at ``maximum`` (pure)."""
+    """The re-ring backoff: ``initial``, doubling, capped at ``maximum`` (pure)."""
     return min(maximum, initial if previous <= 0 else previous * 2)
 
 
@@ -119,7 +123,7 @@ class HostMailboxCounters:
     timeouts: int = 0
     withdrawn: int = 0
     rings: int = 0
-    ring_repairs: int = 0  # our doorbell word was undone by another host's write
+    ring_repairs: int = 0  # always 0: rings cannot be undone any more (kept for status)
     io_errors: int = 0
 
 
@@ -153,7 +157,7 @@ class HostMailbox:
         self._queue: list[_Pending] = []  # waiting for a free slot, oldest first
         self._dirty: set[int] = set()  # request box sectors to write
         self._ring_needed = False
-        self._bell = 0
+        self._ring_count = 0
         self._rung_at = -1e18
         self._retry_delay = 0.0
 
@@ -291,10 +295,18 @@ class HostMailbox:
                 if kind is Kind.REPLY:
                     seen = max([seen] + [r.generation for r in sector.slots
                                          if isinstance(r, Reply)])
+        try:
+            ring = decode_ring(
+                await storage.read(layout.ring_offset(self._host_id), ss), self._host_id
+            )
+            seen = max(seen, ring.generation)
+        except CorruptSector:
+            unreadable = True
         generation = seen + 1
         if unreadable:  # a generation we could not see may be higher: jump well past it
             generation += 1 + secrets.randbelow(1 << 20)
         self.generation = generation & 0xFFFFFFFF or 1
+        self._ring_count = 0
         self._dirty = set(range(layout.sectors_per_box))
         self._ring_needed = True
         await self._flush()
@@ -370,30 +382,22 @@ class HostMailbox:
             raise
 
     async def _ring(self) -> None:
-        """Change our doorbell word (read-modify-write of the shared doorbell sector)."""
-        offset = self._layout.doorbell_sector_offset(self._host_id)
-        pos = self._layout.doorbell_word_pos(self._host_id)
-        sector = await self._storage.read(offset, self._layout.sector_size)
-        value = next_ring(max(self._bell, read_word(sector, pos)))
-        await self._storage.write(offset, with_word(sector, pos, value))
-        self._bell = value
+        """Write our ring sector with the next count (nobody else writes it)."""
+        count = self._ring_count + 1
+        await self._storage.write(
+            self._layout.ring_offset(self._host_id),
+            encode_ring(self._layout.sector_size, Ring(self._host_id, self.generation, count)),
+        )
+        self._ring_count = count
         self._rung_at = self._clock.now()
         self.counters.rings += 1
 
     async def _keep_bell_rung(self, now: float) -> None:
-        """Repair a doorbell word another host undid; ring again when no reply comes."""
-        # Read our word back on every poll while we wait: another host's read-modify-write
-        # of the shared doorbell sector undoes it if its read came before our write and its
-        # write after (a window of milliseconds, longer on a loaded host).
-        offset = self._layout.doorbell_sector_offset(self._host_id)
-        sector = await self._storage.read(offset, self._layout.sector_size)
-        if read_word(sector, self._layout.doorbell_word_pos(self._host_id)) != self._bell:
-            self.counters.ring_repairs += 1
-            await self._ring()
-            return
+        """Ring again, with backoff, while no reply comes (a safety net: rings themselves are
+        never lost)."""
         delay = self._retry_delay or self._settings.ring_retry_initial_s
         if now - self._rung_at >= delay:
-            self._log.info("no reply yet, ringing the doorbell again", pending=self.in_flight)
+            self._log.info("no reply yet, ringing again", pending=self.in_flight)
             await self._ring()
             self._retry_delay = next_retry_delay(
                 delay, self._settings.ring_retry_initial_s, self._settings.ring_retry_max_s

@@ -2,27 +2,26 @@
 
 From ``base`` on, in this order::
 
-    doorbell area     max_hosts x u16, rounded up to whole sectors (SPM reads it each poll)
+    ring sectors      max_hosts x 1 sector       (host h writes only sector h - 1)
     request boxes     max_hosts x mailbox_bytes  (host h writes only its own box)
     reply boxes       max_hosts x mailbox_bytes  (only the SPM writes them)
 
 Host ids run 1..max_hosts; host ``h`` is index ``h - 1`` everywhere. A mailbox has
 ``SLOTS_PER_HOST`` slots spread over ``sectors_per_box`` sectors.
 
-The doorbell words are the one place where hosts share a sector (see ``doorbell.py`` for why
-that is safe: a doorbell is only a hint).
+No sector is written by two parties: every host writes only its ring sector and its request
+box, the SPM only the reply boxes. The ring sectors are contiguous so the SPM can read all of
+them in one sequential read (see ``watch.py``).
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 from autoextend.spm.errors import LayoutError
 from autoextend.spm.wire import slots_per_sector
 
 SLOTS_PER_HOST = 64  # requests in flight per host (vdsm: 63)
-DOORBELL_WORD = struct.Struct("<H")
 ALIGNMENT = 4096
 
 
@@ -53,13 +52,13 @@ class MailboxLayout:
         return self.sectors_per_box * self.sector_size
 
     @property
-    def doorbell_bytes(self) -> int:
-        raw = self.max_hosts * DOORBELL_WORD.size
-        return -(-raw // self.sector_size) * self.sector_size
+    def ring_bytes(self) -> int:
+        """The ring area: one sector per host."""
+        return self.max_hosts * self.sector_size
 
     @property
     def request_base(self) -> int:
-        return self.base + self.doorbell_bytes
+        return self.base + self.ring_bytes
 
     @property
     def reply_base(self) -> int:
@@ -96,33 +95,10 @@ class MailboxLayout:
         first = sector * self.slots_per_sector
         return range(first, min(first + self.slots_per_sector, SLOTS_PER_HOST))
 
-    @property
-    def doorbell_sectors(self) -> int:
-        return self.doorbell_bytes // self.sector_size
-
-    def _doorbell_index(self, host_id: int) -> int:
-        """Word index of ``host_id``: hosts are dealt round-robin over the doorbell sectors,
-        so hosts with neighbouring ids (often busy at the same time) share fewer sectors."""
+    def ring_offset(self, host_id: int) -> int:
+        """Absolute offset of ``host_id``'s ring sector."""
         self.check_host(host_id)
-        sectors = self.doorbell_sectors
-        per_sector = self.sector_size // DOORBELL_WORD.size
-        return ((host_id - 1) % sectors) * per_sector + (host_id - 1) // sectors
-
-    def doorbell_sector_offset(self, host_id: int) -> int:
-        """Absolute offset of the doorbell sector holding ``host_id``'s word."""
-        pos = self._doorbell_index(host_id) * DOORBELL_WORD.size
-        return self.base + pos - pos % self.sector_size
-
-    def doorbell_word_pos(self, host_id: int) -> int:
-        """Byte position of ``host_id``'s word inside its doorbell sector."""
-        return (self._doorbell_index(host_id) * DOORBELL_WORD.size) % self.sector_size
-
-    def doorbell_words(self, area: bytes) -> list[int]:
-        """Every host's doorbell word from the doorbell area (index 0 = host 1)."""
-        return [
-            DOORBELL_WORD.unpack_from(area, self._doorbell_index(h) * DOORBELL_WORD.size)[0]
-            for h in range(1, self.max_hosts + 1)
-        ]
+        return self.base + (host_id - 1) * self.sector_size
 
     def check_fits(self, storage_size: int) -> None:
         if self.end > storage_size:
@@ -130,29 +106,6 @@ class MailboxLayout:
                 f"the mailbox needs bytes {self.base}..{self.end} but the storage has "
                 f"{storage_size} (lower max_hosts or grow the metadata area)"
             )
-
-
-def changed_hosts(old: list[int], new: list[int]) -> list[int]:
-    """Host ids whose doorbell word differs (any change counts: a word may also go back)."""
-    return [i + 1 for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b]
-
-
-def read_word(sector: bytes, pos: int) -> int:
-    value: int = DOORBELL_WORD.unpack_from(sector, pos)[0]
-    return value
-
-
-def with_word(sector: bytes, pos: int, value: int) -> bytes:
-    """``sector`` with one doorbell word replaced (the other hosts' words kept as read)."""
-    buf = bytearray(sector)
-    DOORBELL_WORD.pack_into(buf, pos, value & 0xFFFF)
-    return bytes(buf)
-
-
-def next_ring(value: int) -> int:
-    """The next doorbell value; never 0 so a zeroed area always differs from a rung bell."""
-    nxt = (value + 1) & 0xFFFF
-    return nxt or 1
 
 
 def contiguous_runs(hosts: list[int], max_run: int) -> list[tuple[int, int]]:

@@ -4,11 +4,12 @@ Run :meth:`SpmMailServer.run` only inside the lease's SPM scope; the server also
 ``authority.check()`` before every extend and every reply write, and stops (raising
 NotSpmError) when it fails.
 
-Each poll reads the doorbell area (one small read) and then only the request boxes of hosts
-whose doorbell word changed, plus a slice of a slow round-robin full scan (the safety net).
-On start it reads every reply box (what was already answered) and every request box, and
-serves what is pending: after a failover nothing is lost, and a request whose reply is
-already on disk is not executed again.
+Each poll asks the ring watch (``watch.py``) which hosts rang (a sweep of every host's ring
+sector now and then, the active hosts' ring sectors at every poll) and then reads only the
+request boxes of those hosts, plus a slice of a slow round-robin full scan (the safety net).
+On start it reads every ring sector, then every reply box (what was already answered) and
+every request box, and serves what is pending: after a failover nothing is lost, and a
+request whose reply is already on disk is not executed again.
 
 Extends run concurrently across VGs (at most ``max_concurrent_extends``) and one at a time
 per VG. A request is identified by ``(host, slot, generation, request_id)``; it is served at
@@ -32,15 +33,12 @@ from autoextend.lvm.authority import SpmAuthority
 from autoextend.lvm.errors import VolumeNotFound, VolumeSpaceError
 from autoextend.lvm.volume import VolumeBackend, VolumeRef
 from autoextend.spm.config import MailboxSettings
+from autoextend.spm.counters import ServerCounters
 from autoextend.spm.errors import CorruptSector
-from autoextend.spm.layout import (
-    SLOTS_PER_HOST,
-    MailboxLayout,
-    changed_hosts,
-    contiguous_runs,
-)
+from autoextend.spm.layout import SLOTS_PER_HOST, MailboxLayout, contiguous_runs
 from autoextend.spm.validate import check_request
 from autoextend.spm.waiting import sleep_or_event
+from autoextend.spm.watch import RingWatch
 from autoextend.spm.wire import (
     Kind,
     MalformedSlot,
@@ -56,21 +54,7 @@ log = logs.get_logger("spm.server")
 
 MAX_READ_BYTES = 1 << 20  # adjacent boxes are read together, up to this much per I/O
 
-
-@dataclass
-class ServerCounters:
-    polls: int = 0
-    boxes_read: int = 0
-    received: int = 0  # requests taken up (each distinct request once)
-    duplicates: int = 0  # requests seen again whose reply is already written
-    replied: int = 0
-    ok: int = 0
-    failed: int = 0
-    rejected: int = 0
-    corrupt_sectors: int = 0  # torn/corrupt sectors skipped (each time seen)
-    stale_sectors: int = 0  # sectors of an older host generation, ignored
-    handed_back: int = 0  # requests left unanswered at step-down, for the next SPM
-    io_errors: int = 0
+__all__ = ["ServerCounters", "SpmMailServer"]
 
 
 @dataclass(frozen=True)
@@ -104,7 +88,7 @@ class SpmMailServer:
         self._clock = clock or MonotonicClock()
         self._epoch = epoch & 0xFFFFFFFF
         self.counters = ServerCounters()
-        self._bells: list[int] = []
+        self._watch = RingWatch(storage, layout, settings, self.counters)
         self._replies: dict[int, list[Reply | None]] = {}
         self._on_disk: dict[tuple[int, int], list[Reply | None]] = {}
         self._version: dict[tuple[int, int], int] = {}
@@ -142,14 +126,14 @@ class SpmMailServer:
         self._lost = None
         try:
             self._authority.check()
-            area = await self._storage.read(layout.base, layout.doorbell_bytes)
-            self._bells = layout.doorbell_words(area)
+            await self._watch.start(self._clock.now())  # rings first, then boxes
             await self._load_replies()
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 await self._scan(list(range(1, layout.max_hosts + 1)))
                 log.info("SPM mail server started", pending=self.in_flight,
-                         max_hosts=layout.max_hosts)
+                         max_hosts=layout.max_hosts,
+                         sweep_interval_s=round(self._watch.sweep_interval_s, 3))
                 task_status.started()
                 last = self._clock.now()
                 while self._accepting:
@@ -231,17 +215,8 @@ class SpmMailServer:
                     self._on_disk[(host, index)] = [image[j] for j in layout.sector_slots(index)]
 
     async def _poll(self, elapsed: float) -> None:
-        layout = self._layout
         self.counters.polls += 1
-        try:
-            area = await self._storage.read(layout.base, layout.doorbell_bytes)
-        except AutoextendError as err:
-            self.counters.io_errors += 1
-            log.warning("doorbell read failed", error=str(err))
-            return
-        words = layout.doorbell_words(area)
-        hosts = set(changed_hosts(self._bells, words))
-        self._bells = words
+        hosts = await self._watch.poll(self._clock.now())
         hosts |= self._rescan
         self._rescan = set()
         hosts |= set(self._full_scan_slice(elapsed))
@@ -312,6 +287,7 @@ class SpmMailServer:
         if not self._accepting or self._tg is None:
             return
         self.counters.received += 1
+        self._watch.mark_active(key.host, self._clock.now())
         self._inflight[key] = ident
         self._tg.start_soon(self._serve, key, generation, item)
 

@@ -28,6 +28,12 @@ Reply slot (SPM -> host), 120 bytes::
     19  u8   reserved       0
     20  100s text           UTF-8 reason text, NUL padded
 
+Ring sector (host -> SPM), one whole sector per host, written only by that host::
+
+    0   16s  header         magic "AXRG", version, index 0, host id, generation, crc32
+    16  u64  count          one more on every ring; 0 = never rung in this generation
+    24  ...  zero
+
 All integers are little-endian.
 """
 
@@ -36,6 +42,7 @@ from __future__ import annotations
 import enum
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from autoextend.spm.errors import CorruptSector
@@ -43,6 +50,7 @@ from autoextend.spm.errors import CorruptSector
 VERSION = 1
 REQUEST_MAGIC = b"AXRQ"
 REPLY_MAGIC = b"AXRP"
+RING_MAGIC = b"AXRG"
 
 HEADER = struct.Struct("<4sBBHII")  # magic, version, sector index, host id, generation, crc
 HEADER_SIZE = HEADER.size  # 16
@@ -57,6 +65,8 @@ TEXT_FIELD = 100
 MAX_REQUEST_ID = 0xFFFFFFFF
 MAX_GENERATION = 0xFFFFFFFF
 MAX_SIZE = (1 << 64) - 1
+RING_COUNT = struct.Struct("<Q")
+MAX_RING_COUNT = (1 << 64) - 1
 
 assert HEADER_SIZE == 16
 assert REQUEST_SLOT.size == SLOT_SIZE and REPLY_SLOT.size == SLOT_SIZE
@@ -212,7 +222,7 @@ def encode_sector(
     index: int,
     host_id: int,
     generation: int,
-    slots: list[Request | None] | list[Reply | None],
+    slots: Sequence[Request | None] | Sequence[Reply | None],
 ) -> bytes:
     """One whole sector with its checksum. ``slots`` may be shorter than the sector holds."""
     per_sector = slots_per_sector(sector_size)
@@ -262,3 +272,46 @@ def decode_sector(
         for i in range(count)
     )
     return Sector(kind, index, host_id, generation, slots)
+
+
+# Ring sectors.
+
+
+@dataclass(frozen=True)
+class Ring:
+    """A host's ring sector: ``count`` goes up by one with every ring of ``generation``."""
+
+    host_id: int
+    generation: int
+    count: int
+
+
+def encode_ring(sector_size: int, ring: Ring) -> bytes:
+    """One whole ring sector with its checksum."""
+    if not 0 <= ring.count <= MAX_RING_COUNT:
+        raise ValueError(f"ring count out of range: {ring.count}")
+    buf = bytearray(sector_size)
+    HEADER.pack_into(buf, 0, RING_MAGIC, VERSION, 0, ring.host_id, ring.generation, 0)
+    RING_COUNT.pack_into(buf, HEADER_SIZE, ring.count)
+    struct.pack_into("<I", buf, CRC_OFFSET, _crc(buf))
+    return bytes(buf)
+
+
+def decode_ring(data: bytes, expect_host: int) -> Ring:
+    """Check and decode a ring sector; an all-zero sector is a host that never rang.
+
+    Raises CorruptSector for a bad checksum, magic, version or host id."""
+    if not any(data):
+        return Ring(expect_host, 0, 0)
+    magic, version, index, host_id, generation, crc = HEADER.unpack_from(data, 0)
+    if magic != RING_MAGIC:
+        raise CorruptSector("ring", expect_host, 0, "bad magic")
+    if crc != _crc(data):
+        raise CorruptSector("ring", expect_host, 0, "bad checksum")
+    if version != VERSION:
+        raise CorruptSector("ring", expect_host, 0, f"unsupported version {version}")
+    if index != 0 or host_id != expect_host:
+        raise CorruptSector("ring", expect_host, 0,
+                            f"sector says host {host_id} index {index} (layout mismatch?)")
+    (count,) = RING_COUNT.unpack_from(data, HEADER_SIZE)
+    return Ring(host_id, generation, count)

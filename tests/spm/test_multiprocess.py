@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from autoextend.spm.layout import MailboxLayout, next_ring, with_word
+from autoextend.spm.layout import MailboxLayout
+from autoextend.spm.wire import Ring, encode_ring
 
 AGENT = str(Path(__file__).with_name("mp_agent.py"))
 MAX_HOSTS = 8
@@ -166,14 +167,12 @@ def test_corrupt_mailboxes_are_counted_and_rejections_have_reasons(rig: Rig) -> 
     rig.volume("lv1")
     spm = rig.spm()
     wait_for(rig.status.exists, 30, rig, "the SPM to start")
-    # Garbage in host 5's request box, then ring its doorbell so the SPM reads it now.
+    # Garbage in host 5's request box, then ring for it so the SPM reads it now.
     layout = rig.layout
     fd = os.open(rig.meta, os.O_RDWR)
     try:
         os.pwrite(fd, os.urandom(layout.box_bytes), layout.request_offset(5))
-        offset = layout.doorbell_sector_offset(5)
-        sector = os.pread(fd, 512, offset)
-        os.pwrite(fd, with_word(sector, layout.doorbell_word_pos(5), next_ring(0)), offset)
+        os.pwrite(fd, encode_ring(512, Ring(5, 1, 1)), layout.ring_offset(5))
         os.fsync(fd)
     finally:
         os.close(fd)

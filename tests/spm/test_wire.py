@@ -9,15 +9,7 @@ from hypothesis import strategies as st
 from autoextend.lvm.volume import VolumeRef
 from autoextend.spm.errors import CorruptSector, LayoutError
 from autoextend.spm.host import local_rejection, next_retry_delay, reply_poll_interval
-from autoextend.spm.layout import (
-    SLOTS_PER_HOST,
-    MailboxLayout,
-    changed_hosts,
-    contiguous_runs,
-    next_ring,
-    read_word,
-    with_word,
-)
+from autoextend.spm.layout import SLOTS_PER_HOST, MailboxLayout, contiguous_runs
 from autoextend.spm.wire import (
     MAX_SIZE,
     NAME_FIELD,
@@ -27,12 +19,15 @@ from autoextend.spm.wire import (
     ReasonCode,
     Reply,
     Request,
+    Ring,
     Status,
     decode_reply,
     decode_request,
+    decode_ring,
     decode_sector,
     encode_reply,
     encode_request,
+    encode_ring,
     encode_sector,
     slots_per_sector,
 )
@@ -169,8 +164,10 @@ def test_malformed_slot_with_good_checksum_is_reported_not_dropped() -> None:
 def test_layout_regions_do_not_overlap(sector_size: int, max_hosts: int, base: int) -> None:
     layout = MailboxLayout(base, sector_size, max_hosts)
     assert layout.sectors_per_box * layout.slots_per_sector >= SLOTS_PER_HOST >= 63
-    assert layout.doorbell_bytes >= 2 * max_hosts
-    assert layout.request_base == base + layout.doorbell_bytes
+    assert layout.ring_bytes == max_hosts * sector_size
+    assert layout.request_base == base + layout.ring_bytes
+    assert layout.ring_offset(1) == base
+    assert layout.ring_offset(max_hosts) + sector_size == layout.request_base
     assert layout.request_offset(max_hosts) + layout.box_bytes == layout.reply_base
     assert layout.reply_offset(max_hosts) + layout.box_bytes == layout.end
     for offset in (layout.request_base, layout.reply_base, layout.end):
@@ -181,18 +178,50 @@ def test_layout_regions_do_not_overlap(sector_size: int, max_hosts: int, base: i
                for s in layout.sector_slots(i))
 
 
-@given(SECTOR_SIZES, st.integers(1, 2000), st.data())
-def test_doorbell_words_are_disjoint(sector_size: int, max_hosts: int, d: st.DataObject) -> None:
+@settings(deadline=None, max_examples=50)
+@given(SECTOR_SIZES, st.integers(1, 2000))
+def test_every_sector_has_one_writer(sector_size: int, max_hosts: int) -> None:
+    """Host h writes its ring sector and its request box, the SPM the reply boxes: no two
+    writers share a sector."""
     layout = MailboxLayout(0, sector_size, max_hosts)
-    host = d.draw(st.integers(1, max_hosts))
-    area = bytearray(layout.doorbell_bytes)
-    offset = layout.doorbell_sector_offset(host)
-    pos = layout.doorbell_word_pos(host)
-    sector = with_word(bytes(area[offset : offset + sector_size]), pos, 0xBEEF)
-    assert read_word(sector, pos) == 0xBEEF
-    area[offset : offset + sector_size] = sector
-    words = layout.doorbell_words(bytes(area))
-    assert changed_hosts([0] * max_hosts, words) == [host]
+    ranges = []
+    for host in range(1, max_hosts + 1):
+        ranges.append((layout.ring_offset(host), layout.ring_offset(host) + sector_size))
+        ranges.append((layout.request_offset(host), layout.request_offset(host) +
+                       layout.box_bytes))
+    ranges.append((layout.reply_base, layout.end))
+    ranges.sort()
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(ranges, ranges[1:],
+                                                                     strict=False))
+    assert all(start % sector_size == 0 and end % sector_size == 0 for start, end in ranges)
+
+
+@given(SECTOR_SIZES, st.integers(1, 2000), st.integers(0, 0xFFFFFFFF),
+       st.integers(0, (1 << 64) - 1))
+def test_ring_sector_round_trip(sector_size: int, host: int, generation: int,
+                                count: int) -> None:
+    data = encode_ring(sector_size, Ring(host, generation, count))
+    assert len(data) == sector_size
+    assert decode_ring(data, host) == Ring(host, generation, count)
+
+
+@settings(max_examples=300)
+@given(SECTOR_SIZES, st.integers(1, 0xFFFFFFFF), st.integers(1, 1 << 40), st.data())
+def test_corrupt_ring_sector_is_detected(sector_size: int, generation: int, count: int,
+                                         data: st.DataObject) -> None:
+    raw = bytearray(encode_ring(sector_size, Ring(7, generation, count)))
+    pos = data.draw(st.integers(0, sector_size - 1))
+    raw[pos] ^= data.draw(st.integers(1, 255))
+    with pytest.raises(CorruptSector):
+        decode_ring(bytes(raw), 7)
+
+
+def test_ring_sector_of_another_host_and_zero_sector() -> None:
+    with pytest.raises(CorruptSector, match="layout mismatch"):
+        decode_ring(encode_ring(512, Ring(3, 1, 1)), 4)
+    assert decode_ring(bytes(4096), 9) == Ring(9, 0, 0)
+    with pytest.raises(CorruptSector, match="bad magic"):
+        decode_ring(encode_sector(Kind.REQUEST, 512, 0, 3, 1, []), 3)
 
 
 def test_layout_rejects_bad_geometry() -> None:
@@ -207,18 +236,13 @@ def test_layout_rejects_bad_geometry() -> None:
         layout.check_fits(layout.end - 512)
 
 
-def test_2000_hosts_fit_in_32_mib() -> None:
+def test_sizes_of_the_area() -> None:
     for sector_size in (512, 4096):
         layout = MailboxLayout(0, sector_size, 2000)
         assert layout.box_bytes == 8192
-        assert layout.total_bytes <= 32 * 2**20 + 4096
-        assert layout.doorbell_bytes == 4096
-
-
-@given(st.integers(0, 0xFFFF))
-def test_next_ring_changes_and_is_never_zero(value: int) -> None:
-    nxt = next_ring(value)
-    assert nxt != value and nxt != 0 and 0 < nxt <= 0xFFFF
+        assert layout.total_bytes == 2000 * (sector_size + 2 * 8192)
+    assert MailboxLayout(0, 512, 2000).total_bytes < 33 * 2**20
+    assert MailboxLayout(0, 512, 250).ring_bytes == 128_000
 
 
 @given(st.lists(st.integers(1, 2000), max_size=200), st.integers(1, 64))
