@@ -136,7 +136,7 @@ async def test_corrupt_mailbox_bytes_are_rejected_counted_and_serving_goes_on() 
             fd = os.open(p.metadata, os.O_WRONLY)
             try:
                 os.pwrite(fd, garbage, layout.request_offset(5))  # a host id nobody uses
-                os.pwrite(fd, os.urandom(512), layout.doorbell_sector_offset(5))
+                os.pwrite(fd, os.urandom(512), layout.ring_offset(5))
                 os.fsync(fd)
             finally:
                 os.close(fd)
