@@ -30,8 +30,14 @@ from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.config import PolicySettings
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.local import LocalExtender
-from autoextend.monitor.observer import Tally
-from autoextend.monitor.protocols import Extender, ExtendOutcome
+from autoextend.monitor.observer import Fanout, Tally
+from autoextend.monitor.protocols import (
+    DriveInfo,
+    Extender,
+    ExtendOutcome,
+    OutcomeKind,
+    PauseReason,
+)
 
 MiB = 1 << 20
 VG = "lv"
@@ -73,6 +79,41 @@ class HeldExtender:
         return await self.inner.extend(volume, size)
 
 
+class History:
+    """A MonitorObserver keeping what the monitor did, in order, for assertion messages."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def drive_seen(self, info: DriveInfo, volume: VolumeRef, cap: int) -> None:
+        pass
+
+    def drive_gone(self, vm: str, drive: str, volume: VolumeRef) -> None:
+        self.lines.append(f"gone {vm} {drive}")
+
+    def extends_in_flight(self, count: int) -> None:
+        pass
+
+    def drive_at_cap(self, vm: str, drive: str, volume: VolumeRef) -> None:
+        self.lines.append(f"at-cap {vm} {drive}")
+
+    def vg_full(self, vm: str, drive: str, volume: VolumeRef) -> None:
+        self.lines.append(f"vg-full {vm} {drive}")
+
+    def extend_finished(self, vm: str, drive: str, volume: VolumeRef, kind: OutcomeKind | None,
+                        size: int, phases: dict[str, float]) -> None:
+        self.lines.append(f"extend {vm} {drive} {kind.value if kind else 'capped'} {size}")
+
+    def paused(self, vm: str, reason: PauseReason) -> None:
+        self.lines.append(f"paused {vm} {reason.value}")
+
+    def resumed(self, vm: str, automatic: bool) -> None:
+        self.lines.append(f"resumed {vm} automatic={automatic}")
+
+    def __str__(self) -> str:
+        return "; ".join(self.lines[-30:])
+
+
 @dataclass
 class Domain:
     name: str
@@ -91,6 +132,7 @@ class Rig:
     monitor: Monitor
     extender: HeldExtender
     tally: Tally
+    history: History
     conn: Any = None  # the test's own blocking libvirt connection
     domains: list[str] = field(default_factory=list)
     volumes: list[VolumeRef] = field(default_factory=list)
@@ -220,11 +262,12 @@ async def lab_domains(
                                    backend.lookup, clock)
     extender = HeldExtender(LocalExtender(backend))
     tally = Tally()
+    history = History()
     policy = PolicySettings(chunk_mib=chunk_mib, utilization_percent=50, extent_mib=4,
                             poll_interval_s=poll_interval_s, retry_initial_s=0.2,
                             retry_max_s=2.0)
-    monitor = Monitor(hypervisor, extender, policy, clock, observer=tally)
-    rig = Rig(uri, workdir, guest, backend, hypervisor, monitor, extender, tally)
+    monitor = Monitor(hypervisor, extender, policy, clock, observer=Fanout(tally, history))
+    rig = Rig(uri, workdir, guest, backend, hypervisor, monitor, extender, tally, history)
     try:
         await rig.reconnect()
         yield rig

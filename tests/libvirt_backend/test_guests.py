@@ -38,7 +38,7 @@ async def test_guest_writes_1gib_into_128mib_volume(
         assert result.verified, result
         assert result.written_mib == 1024
         assert rig.tally.extends >= 7  # 128 MiB -> more than 1 GiB in 128 MiB chunks
-        assert rig.tally.failed == 0
+        assert rig.tally.failed == 0, str(rig.history)
         size = (await anyio.Path(rig.backend.file_path(dom.volume)).stat()).st_size
         assert 1024 * MiB < size <= 2048 * MiB * 11 // 10
         assert (await qemu_img_check(dom.device)).clean
@@ -103,11 +103,11 @@ async def test_domains_before_and_after_start(
             await until(lambda: rig.has_drive("lv-late"), 60, "the late domain's drive")
             for dom in (early, late):
                 result = await rig.finished(dom, timeout=180)
-                assert result.verified, (dom.name, result)
+                assert result.verified, (dom.name, result, str(rig.history))
             for dom in (early, late):
                 size = (await anyio.Path(rig.backend.file_path(dom.volume)).stat()).st_size
-                assert size > 96 * MiB, dom.name  # each one was extended
-            assert rig.tally.failed == 0
+                assert size > 96 * MiB, (dom.name, size, str(rig.history))  # both extended
+            assert rig.tally.failed == 0, str(rig.history)
             await until(lambda: rig.vm("lv-early") is None and rig.vm("lv-late") is None, 10,
                         "both stopped domains to be dropped")
 
