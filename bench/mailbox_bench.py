@@ -1,20 +1,26 @@
 """Mailbox benchmark: round trips, SPM throughput and idle I/O on a shared O_DIRECT file.
 
-    python -m bench.mailbox_bench [--quick]
+    python -m bench.mailbox_bench [--quick] [--runs N]
 
 One SPM process (no-op extend: the mailbox alone is measured) and host processes that each
 simulate several hosts (their own HostMailbox and host id), all on one file under /var/tmp
-opened with O_DIRECT, with the default ``[mailbox]`` settings (max_hosts 2000, 512 B
-sectors). Scenarios (vdsm's own mailbox on this kind of machine: 0.51 s; 0.52/1.04 s;
-0.71/1.27 s median/p99, 518 KB/s SPM idle reads):
+opened with O_DIRECT, with the default ``[mailbox]`` settings (max_hosts 250, 512 B
+sectors). Scenarios, in this order (vdsm's own mailbox on this kind of machine: 0.51 s;
+0.52/1.04 s; 0.71/1.27 s median/p99, 518 KB/s SPM idle reads):
 
+- idle I/O of the SPM (250 hosts started, none has sent anything) and of a host;
+- cold: 20 hosts that never sent anything send one request each, one after the other at
+  random moments (the SPM finds them with its ring sweep, not its fast path);
 - 1 host x 1 request, sequentially;
 - 1 host x 63 requests at once;
 - 50 hosts (2 processes) x 1 request at once;
+  (these three after one unmeasured round: they measure hosts in conversation with the SPM,
+  i.e. on its fast path; the first request of an inactive host is the cold scenario above)
 - SPM throughput: 250 hosts (5 processes) x 4 requests at once;
-- idle I/O of the SPM and of a host, measured from the storage's counters.
+- SPM reads while quiet but with every host still in its hot window (just after that);
+- idle I/O of an SPM configured for 2000 hosts (its own area).
 
-Writes bench/results/mailbox.json and prints it.
+Writes bench/results/mailbox.json (every run) and prints it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -44,8 +51,10 @@ from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.server import SpmMailServer
 
 RESULT = Path(__file__).parent / "results" / "mailbox.json"
-SETTINGS = MailboxSettings()  # the defaults are what is measured
-VDSM = {
+# The defaults are what is measured; AUTOEXTEND_BENCH_MAILBOX_SET (JSON, set from --set by
+# the parent) overrides keys for experiments.
+SETTINGS = MailboxSettings(**json.loads(os.environ.get("AUTOEXTEND_BENCH_MAILBOX_SET", "{}")))
+VDSM: dict[str, Any] = {
     "1x1": {"median_s": 0.511, "p99_s": 0.514},
     "1x63": {"median_s": 0.523, "p99_s": 1.035},
     "50x1": {"median_s": 0.705, "p99_s": 1.271},
@@ -72,8 +81,12 @@ class NoopBackend:
         return ""
 
 
-def _layout(storage: DirectStorage) -> MailboxLayout:
-    return MailboxLayout(mailbox_base(SETTINGS), storage.sector_size, SETTINGS.max_hosts)
+def _settings(max_hosts: int) -> MailboxSettings:
+    return SETTINGS.model_copy(update={"max_hosts": max_hosts})
+
+
+def _layout(storage: DirectStorage, settings: MailboxSettings) -> MailboxLayout:
+    return MailboxLayout(mailbox_base(settings), storage.sector_size, settings.max_hosts)
 
 
 def _io(storage: DirectStorage) -> dict[str, int]:
@@ -90,10 +103,11 @@ async def _commands(handle: Any) -> None:
         print(json.dumps(reply), flush=True)
 
 
-async def spm_worker(meta: str) -> None:
+async def spm_worker(meta: str, max_hosts: int) -> None:
+    settings = _settings(max_hosts)
     storage = await open_storage(meta, 512)
-    server = SpmMailServer(storage, NoopBackend(), ["vg0"], layout=_layout(storage),
-                           authority=LocalAuthority(), settings=SETTINGS)
+    server = SpmMailServer(storage, NoopBackend(), ["vg0"], layout=_layout(storage, settings),
+                           authority=LocalAuthority(), settings=settings)
 
     async def handle(cmd: dict[str, Any]) -> dict[str, Any]:
         return {"io": _io(storage), "counters": dataclasses.asdict(server.counters),
@@ -108,7 +122,7 @@ async def spm_worker(meta: str) -> None:
 
 async def host_worker(meta: str, first: int, count: int) -> None:
     storage = await open_storage(meta, 512)
-    layout = _layout(storage)
+    layout = _layout(storage, SETTINGS)
     boxes = [HostMailbox(storage, layout, first + i, SETTINGS) for i in range(count)]
 
     async def handle(cmd: dict[str, Any]) -> dict[str, Any]:
@@ -121,6 +135,15 @@ async def host_worker(meta: str, first: int, count: int) -> None:
         per_host = int(cmd["per_host"])
         latencies: list[float] = []
         start = time.monotonic()
+        if cmd["cmd"] == "cold":  # each host once, one after the other, at random moments
+            rng = random.Random(int(cmd["round"]))
+            for box in boxes:
+                await anyio.sleep(rng.uniform(0.0, 0.5))
+                began = time.monotonic()
+                reply = await box.request(VolumeRef("vg0", f"cold{box.host_id}"), 1 << 30)
+                assert reply.status.name == "OK", reply
+                latencies.append(time.monotonic() - began)
+            return {"latencies": latencies, "start": start, "end": time.monotonic()}
 
         async def one(box: HostMailbox, n: int) -> None:
             began = time.monotonic()
@@ -197,8 +220,16 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def rounds(workers: list[Worker], per_host: int, count: int) -> tuple[list[float], float]:
-    """``count`` rounds where every worker sends at once; latencies and best throughput."""
+def rounds(
+    workers: list[Worker], per_host: int, count: int, warmup: int = 0
+) -> tuple[list[float], float]:
+    """``warmup`` unmeasured rounds, then ``count`` rounds where every worker sends at once;
+    latencies and best throughput."""
+    for r in range(warmup):
+        for worker in workers:
+            worker.send({"cmd": "round", "per_host": per_host, "round": 1000 + r})
+        for worker in workers:
+            worker.receive()
     latencies: list[float] = []
     best = 0.0
     for r in range(count):
@@ -227,41 +258,70 @@ def idle_rate(worker: Worker, seconds: float) -> dict[str, float]:
     }
 
 
+def _fresh_area(root: Path, name: str, max_hosts: int) -> str:
+    settings = _settings(max_hosts)
+    meta = str(root / name)
+    with open(meta, "wb") as f:
+        f.truncate(MailboxLayout(mailbox_base(settings), 512, max_hosts).end)
+    return meta
+
+
+def _vs_vdsm(result: dict[str, Any]) -> None:
+    for key in ("1x1", "1x63", "50x1"):
+        result[key]["vdsm_median_over_ours"] = round(
+            VDSM[key]["median_s"] / result[key]["median_s"], 1)
+        result[key]["vdsm_p99_over_ours"] = round(
+            VDSM[key]["p99_s"] / result[key]["p99_s"], 1)
+    result["cold_1x1"]["vdsm_1x1_median_over_ours"] = round(
+        VDSM["1x1"]["median_s"] / result["cold_1x1"]["median_s"], 1)
+    idle = result["idle_250"]["spm"]["read_bytes_per_s"]
+    result["idle_250"]["vdsm_over_ours"] = round(
+        VDSM["spm_idle_read_bytes_per_s"] / max(idle, 1), 1)
+
+
 def run(quick: bool) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="autoextend-mailbox-bench-", dir="/var/tmp"))
     workers: list[Worker] = []
     try:
-        meta = str(root / "meta")
-        layout = MailboxLayout(mailbox_base(SETTINGS), 512, SETTINGS.max_hosts)
-        with open(meta, "wb") as f:
-            f.truncate(layout.end)
-        spm = Worker(["spm", meta])
+        max_hosts = SETTINGS.max_hosts
+        meta = _fresh_area(root, "meta", max_hosts)
+        result: dict[str, Any] = {"load_average_at_start": os.getloadavg()}
+        spm = Worker(["spm", meta, str(max_hosts)])
         workers.append(spm)
         one = Worker(["host", meta, "1", "1"])
-        workers.append(one)
-        n = 10 if quick else 40
-        result: dict[str, Any] = {"settings": SETTINGS.model_dump(), "sector_size": 512,
-                                  "vdsm": VDSM, "load_average_at_start": os.getloadavg()}
-        result["1x1"] = summary(rounds([one], 1, n)[0])
-        result["1x63"] = summary(rounds([one], 63, n // 4)[0])
         fifty = [Worker(["host", meta, str(10 + 25 * i), "25"]) for i in range(2)]
-        workers += fifty
-        result["50x1"] = summary(rounds(fifty, 1, n // 2)[0])
-        many = [Worker(["host", meta, str(100 + 50 * i), "50"]) for i in range(5)]
+        cold = Worker(["host", meta, "200", "20" if not quick else "10"])
+        workers += [one, *fifty, cold]
+        time.sleep(1.0)  # every host's start ring seen by a sweep
+        idle_s = 3.0 if quick else 10.0
+        result["idle_250"] = {"seconds": idle_s, "spm": idle_rate(spm, idle_s),
+                              "host": idle_rate(one, 2.0)}
+        cold.send({"cmd": "cold", "per_host": 1, "round": 1})
+        result["cold_1x1"] = summary(cold.receive()["latencies"])
+        n = 10 if quick else 40
+        result["1x1"] = summary(rounds([one], 1, n, warmup=1)[0])
+        result["1x63"] = summary(rounds([one], 63, n // 4)[0])
+        result["50x1"] = summary(rounds(fifty, 1, n // 2, warmup=1)[0])
+        for worker in [one, *fifty, cold]:
+            worker.stop()
+            workers.remove(worker)
+        many = [Worker(["host", meta, str(1 + 50 * i), "50"]) for i in range(5)]
         workers += many
+        time.sleep(1.0)
         latencies, throughput = rounds(many, 4, 3 if quick else 5)
         result["throughput_250x4"] = {**summary(latencies),
                                       "requests_per_s": round(throughput)}
         time.sleep(0.5)
-        idle_s = 3.0 if quick else 10.0
-        result["idle"] = {
-            "seconds": idle_s,
-            "spm": idle_rate(spm, idle_s),
-            "host": idle_rate(one, 1.0),
-        }
-        for key in ("1x1", "1x63", "50x1"):
-            result[key]["vdsm_median_over_ours"] = round(
-                VDSM[key]["median_s"] / result[key]["median_s"], 1)  # type: ignore[index]
+        result["quiet_hot_250"] = {"seconds": 3.0, "spm": idle_rate(spm, 3.0)}
+        for worker in [spm, *many]:
+            worker.stop()
+            workers.remove(worker)
+        big = Worker(["spm", _fresh_area(root, "meta2000", 2000), "2000"])
+        workers.append(big)
+        time.sleep(1.0)
+        result["idle_2000"] = {"seconds": idle_s, "spm": idle_rate(big, idle_s)}
+        result["load_average_at_end"] = os.getloadavg()
+        _vs_vdsm(result)
         return result
     finally:
         for worker in workers:
@@ -272,20 +332,35 @@ def run(quick: bool) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--runs", type=int, default=2, help="complete runs (default 2)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a [mailbox] setting (JSON value), for experiments")
+    parser.add_argument("--no-save", action="store_true", help="print only, keep the JSON file")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         logs.configure("warning", "json")
         kind, meta, *rest = args.worker
         if kind == "spm":
-            anyio.run(spm_worker, meta)
+            anyio.run(spm_worker, meta, int(rest[0]))
         else:
             anyio.run(host_worker, meta, int(rest[0]), int(rest[1]))
         return
-    result = run(args.quick)
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    if args.set:
+        overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+        os.environ["AUTOEXTEND_BENCH_MAILBOX_SET"] = json.dumps(overrides)
+        global SETTINGS
+        SETTINGS = MailboxSettings(**overrides)
+    runs = []
+    for _ in range(args.runs):
+        runs.append(run(args.quick))
+        time.sleep(2.0)
+    result = {"settings": SETTINGS.model_dump(), "sector_size": 512, "vdsm": VDSM,
+              "runs": runs}
     text = json.dumps(result, indent=2)
-    RESULT.write_text(text + "\n")
+    if not args.no_save:
+        RESULT.parent.mkdir(parents=True, exist_ok=True)
+        RESULT.write_text(text + "\n")
     print(text)
     os.sync()
 

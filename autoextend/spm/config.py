@@ -37,8 +37,8 @@ class MailboxSettings(Section):
     # writer has minutes of headroom and is served by the sweep below.
     hot_window_s: float = Field(60.0, ge=0.0, le=3600.0)
     # SPM: at most this many bytes/s of fast-path reads (the fast poll slows down when more
-    # hosts are active than fit: 2 MiB/s = 100 hosts with 512 B sectors at 25 ms).
-    hot_read_bytes_per_s: int = Field(2 * MiB, ge=4096)
+    # hosts are active than fit: 1 MiB/s = 51 hosts with 512 B sectors at 25 ms).
+    hot_read_bytes_per_s: int = Field(MiB, ge=4096)
     # SPM: every host's ring sector is read in one sequential read every
     # max(poll_interval_s, max_hosts * sector_size / this) seconds: the idle cost, and the
     # latency bound of a host that was not active. 256 KiB/s is half of vdsm's idle reads;
@@ -52,7 +52,7 @@ class MailboxSettings(Section):
     # SPM: a request for more than this is rejected (qcow2 images stay far below it).
     max_request_bytes: int = Field(64 * TiB, ge=MiB, le=(1 << 63) - 1)
     # Host: how often to read its reply sectors while it waits for a reply (no I/O when idle).
-    # It slows down as the wait gets longer (a quarter of the time waited, up to the max), so a
+    # It slows down as the wait gets longer (a tenth of the time waited, up to the max), so a
     # host waiting through an SPM failover reads a sector a second, not two hundred.
     reply_poll_interval_s: float = Field(0.005, gt=0.0, le=60.0)
     reply_poll_max_s: float = Field(1.0, gt=0.0, le=60.0)

@@ -71,8 +71,8 @@ log = logs.get_logger("spm.host")
 
 def reply_poll_interval(waited: float, base: float, maximum: float) -> float:
     """How long to sleep between reply polls after waiting ``waited`` seconds: ``base`` at
-    first, then a quarter of the time waited, never more than ``maximum`` (pure)."""
-    return min(maximum, max(base, waited * 0.25))
+    first, then a tenth of the time waited, never more than ``maximum`` (pure)."""
+    return min(maximum, max(base, waited * 0.1))
 
 
 def next_retry_delay(previous: float, initial: float, maximum: float) -> float:

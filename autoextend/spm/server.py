@@ -362,43 +362,55 @@ class SpmMailServer:
             limiter.release()
 
     async def _reply(self, key: _Key, reply: Reply) -> bool:
-        """Put the reply in the host's reply image and write its sector (writes that queue
-        behind another write of the same sector are folded into it). False when the write
-        failed: the request will be served again."""
+        """Put the reply in the host's reply image and write it. One write at a time per host:
+        it covers every reply sector of that host with unwritten replies (one I/O for the
+        range), so replies that queue behind a write are folded into the next one. False when
+        the write failed: the request will be served again."""
         layout = self._layout
-        index = layout.slot_sector(key.slot)
-        skey = (key.host, index)
-        self._replies[key.host][key.slot] = reply
+        host = key.host
+        skey = (host, layout.slot_sector(key.slot))
+        self._replies[host][key.slot] = reply
         version = self._version[skey] = self._version.get(skey, 0) + 1
-        lock = self._host_locks.setdefault(key.host, anyio.Lock())
+        lock = self._host_locks.setdefault(host, anyio.Lock())
         async with lock:
-            if self._replies[key.host][key.slot] is not reply:
+            if self._replies[host][key.slot] is not reply:
                 return False  # a failed write of this sector took it back
-            if self._written.get(skey, 0) >= version:
-                self._count(reply)
-                return True
-            current = self._version[skey]
-            slots = [self._replies[key.host][j] for j in layout.sector_slots(index)]
-            data = encode_sector(Kind.REPLY, layout.sector_size, index, key.host, self._epoch,
-                                 slots)
-            try:
-                self._authority.check()
-                await self._storage.write(layout.reply_offset(key.host) + index *
-                                          layout.sector_size, data)
-            except NotSpmError:
-                raise
-            except AutoextendError as err:
-                # Forget what did not reach the disk; the requests are served again.
-                self.counters.io_errors += 1
-                for j, old in zip(layout.sector_slots(index), self._on_disk[skey], strict=True):
-                    self._replies[key.host][j] = old
-                self._rescan.add(key.host)
-                log.warning("reply write failed, will serve again", host_id=key.host,
-                            error=str(err))
+            if self._written.get(skey, 0) < version and not await self._write_replies(host):
                 return False
-            self._written[skey] = current
-            self._on_disk[skey] = slots
         self._count(reply)
+        return True
+
+    async def _write_replies(self, host: int) -> bool:
+        """Write the range of ``host``'s reply sectors that hold unwritten replies (called
+        with the host's lock held)."""
+        layout = self._layout
+        dirty = [i for i in range(layout.sectors_per_box)
+                 if self._version.get((host, i), 0) > self._written.get((host, i), 0)]
+        span = range(min(dirty), max(dirty) + 1)
+        versions = {i: self._version.get((host, i), 0) for i in span}
+        images = {i: [self._replies[host][j] for j in layout.sector_slots(i)] for i in span}
+        data = b"".join(encode_sector(Kind.REPLY, layout.sector_size, i, host, self._epoch,
+                                      images[i]) for i in span)
+        try:
+            self._authority.check()
+            await self._storage.write(
+                layout.reply_offset(host) + span.start * layout.sector_size, data
+            )
+        except NotSpmError:
+            raise
+        except AutoextendError as err:
+            # Forget what did not reach the disk; the requests are served again.
+            self.counters.io_errors += 1
+            for i in span:
+                for j, old in zip(layout.sector_slots(i), self._on_disk[(host, i)],
+                                  strict=True):
+                    self._replies[host][j] = old
+            self._rescan.add(host)
+            log.warning("reply write failed, will serve again", host_id=host, error=str(err))
+            return False
+        for i in span:
+            self._written[(host, i)] = versions[i]
+            self._on_disk[(host, i)] = images[i]
         return True
 
     def _count(self, reply: Reply) -> None:

@@ -543,3 +543,55 @@ async def test_rejected_larger_size_does_not_fail_the_smaller_waiter() -> None:
             tg.start_soon(ask, FAST.max_request_bytes + 1)
     assert got == {200 * MiB: Status.OK, FAST.max_request_bytes + 1: Status.REJECTED}
     assert pool.backend.sizes[vol(1)] == 200 * MiB
+
+
+class GatedReplies:
+    """Shared storage whose reply-box writes wait for ``gate``; counts them."""
+
+    def __init__(self, inner: MemoryStorage, layout: MailboxLayout) -> None:
+        self.inner = inner
+        self.layout = layout
+        self.sector_size = inner.sector_size
+        self.size = inner.size
+        self.gate = anyio.Event()
+        self.reply_writes: list[tuple[int, int]] = []
+
+    async def read(self, offset: int, length: int) -> bytes:
+        return await self.inner.read(offset, length)
+
+    async def write(self, offset: int, data: bytes) -> None:
+        if offset >= self.layout.reply_base:
+            self.reply_writes.append((offset, len(data)))
+            await self.gate.wait()
+        await self.inner.write(offset, data)
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_replies_queued_behind_a_write_go_out_in_one_write() -> None:
+    """While one reply write of a host is in progress, the other replies to that host queue;
+    the next write covers all of them (one I/O for the range of its reply sectors)."""
+    pool = Pool()
+    gated = GatedReplies(pool.storage, pool.layout)
+    server = SpmMailServer(gated, pool.backend, [VG], layout=pool.layout,
+                           authority=pool.authority, settings=FAST)
+    host = pool.host(2)
+    statuses: list[Status] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.run)
+        await tg.start(host.run)
+        for n in range(63):
+
+            async def ask(n: int = n) -> None:
+                statuses.append((await host.request(vol(n), 120 * MiB)).status)
+
+            tg.start_soon(ask)
+        await until(lambda: len(pool.backend.calls) == 63 and len(gated.reply_writes) == 1)
+        gated.gate.set()
+        await until(lambda: len(statuses) == 63)
+        tg.cancel_scope.cancel()
+    assert statuses == [Status.OK] * 63
+    assert len(gated.reply_writes) == 2
+    _, second = gated.reply_writes
+    assert second == (pool.layout.reply_offset(2), pool.layout.box_bytes)
