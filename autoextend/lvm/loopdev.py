@@ -6,6 +6,7 @@ volumes build on them. Every failure raises :class:`LoopError` with the command 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import dataclass
@@ -91,13 +92,31 @@ async def detach(device: str) -> None:
     await _losetup(["--detach", device])
 
 
+LOOP_SET_CAPACITY = 0x4C07  # <linux/loop.h>
+
+
+def _set_capacity_blocking(device: str) -> None:
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, LOOP_SET_CAPACITY)
+    finally:
+        os.close(fd)
+
+
 async def set_capacity(device: str) -> None:
-    """Make the device see its backing file's current size (``losetup -c``).
+    """Make the device see its backing file's current size (what ``losetup -c`` does).
+
+    The LOOP_SET_CAPACITY ioctl in a worker thread: no process start on the extend path
+    (``losetup -c`` cost 10-20 ms here, and more under load).
 
     Raises:
         LoopError: not an attached loop device.
     """
-    await _losetup(["--set-capacity", device])
+    try:
+        await anyio.to_thread.run_sync(_set_capacity_blocking, device)
+    except OSError as err:
+        raise LoopError(["ioctl", device, "LOOP_SET_CAPACITY"], -1, "",
+                        reason=err.strerror or str(err)) from err
 
 
 def parse_list(text: str) -> list[LoopDevice]:
