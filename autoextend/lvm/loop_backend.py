@@ -166,7 +166,8 @@ class LoopVolumeBackend:
         path = self.file_path(volume)
         if not await anyio.Path(path).exists():
             raise VolumeNotFound(str(volume), path)
-        for device in await loopdev.devices_for(path):
+        devices = await anyio.to_thread.run_sync(self._devices_of, volume)
+        for device in devices:  # sysfs, no losetup process on the extend path
             await loopdev.set_capacity(device)
         return await self.size(volume)
 
