@@ -17,7 +17,7 @@ class LibvirtBackendError(HypervisorError):
         self.vm = vm
         self.call = call
         self.reason = reason
-        super().__init__(f"libvirt {vm}: {call}: {reason}")
+        super().__init__(f"libvirt {vm}: {call}: {reason}" if vm else f"libvirt: {call}: {reason}")
 
 
 class VmNotFound(LibvirtBackendError):

@@ -8,10 +8,11 @@ Structure::
     ├── resync task       VMs whose event did not fit in the stream: VmAppeared or VmGone
     └── classify task     I/O error pauses of unknown cause: ask dom.state()/diskErrors()
 
-libvirt callbacks run on the event loop thread (libvirtaio). They only translate
-(:mod:`~autoextend.libvirt_backend.events`) and ``send_nowait`` into the monitor's stream; a
-full stream marks the VM for a resync instead of blocking. Every libvirt call runs in a
-worker thread with a timeout (:class:`~autoextend.libvirt_backend.connection.LibvirtConnection`).
+libvirt callbacks run on the event loop thread (libvirtaio) and go to the
+:class:`~autoextend.libvirt_backend.tracker.DomainTracker`, which translates them and
+``send_nowait``s into the monitor's stream (a full stream marks the VM for the resync task
+instead of blocking). Every libvirt call runs in a worker thread with a timeout
+(:class:`~autoextend.libvirt_backend.connection.LibvirtConnection`).
 
 After every (re)connect each running domain is announced with ``VmAppeared``: thresholds
 set while libvirtd was down may be lost, and the monitor re-arms on resync. Domains that
@@ -42,41 +43,21 @@ from autoextend.libvirt_backend.errors import (
 )
 from autoextend.libvirt_backend.eventloop import ensure_event_impl
 from autoextend.libvirt_backend.stats import StatsError, drives_from_stats
+from autoextend.libvirt_backend.tracker import DomainTracker
 from autoextend.logs import get_logger
 from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.protocols import (
     DriveInfo,
-    DrivesChanged,
     HypervisorEvent,
     RunState,
     VmAppeared,
     VmGone,
     VmPaused,
-    VmResumed,
 )
 
 log = get_logger("libvirt")
 
 STATS_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING
-
-
-class _PendingVms:
-    """A set of VM names plus a wake-up, filled by callbacks and drained by one task."""
-
-    def __init__(self) -> None:
-        self.names: set[str] = set()
-        self._wake = anyio.Event()
-
-    def add(self, vm: str) -> None:
-        self.names.add(vm)
-        self._wake.set()
-
-    async def take(self) -> set[str]:
-        while not self.names:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-        taken, self.names = self.names, set()
-        return taken
 
 
 class LibvirtHypervisor:
@@ -95,13 +76,7 @@ class LibvirtHypervisor:
         self._lookup = lookup
         self._clock = clock
         self._conn: LibvirtConnection | None = None
-        self._events: MemoryObjectSendStream[HypervisorEvent] | None = None
-        self._active: set[str] = set()
-        self._enospc_seen: set[str] = set()
-        self._drive_by_path: dict[str, dict[str, str]] = {}
-        self._event_seq: dict[str, int] = {}
-        self._resync = _PendingVms()
-        self._classify = _PendingVms()
+        self._tracker = DomainTracker()
         self.connects = 0  # successful connections so far (a reconnect makes it > 1)
 
     # ------------------------------------------------------------------ extras
@@ -116,7 +91,7 @@ class LibvirtHypervisor:
 
     def vms(self) -> set[str]:
         """Names of the running domains as last seen."""
-        return set(self._active)
+        return set(self._tracker.active)
 
     # ------------------------------------------------------------------ protocol
 
@@ -135,7 +110,7 @@ class LibvirtHypervisor:
             EventLoopMismatch: libvirtaio is bound to another event loop.
         """
         ensure_event_impl()
-        self._events = events
+        self._tracker.events = events
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._resync_loop)
             tg.start_soon(self._classify_loop)
@@ -162,7 +137,7 @@ class LibvirtHypervisor:
             raise MalformedReply(vm, "domainListGetStats", str(err)) from err
         for drive, reason in found.skipped:
             log.warning("drive skipped", vm=vm, drive=drive, reason=reason)
-        self._drive_by_path[vm] = {d.path: d.drive for d in found.drives}
+        self._tracker.drives_seen(vm, found.drives)
         return found.drives
 
     async def set_threshold(self, vm: str, drive: DriveInfo, threshold: int) -> None:
@@ -231,26 +206,27 @@ class LibvirtHypervisor:
             except LibvirtBackendError as err:
                 log.warning("libvirt connection unusable", uri=s.uri, error=str(err))
             finally:
-                self._conn = None
+                self._conn = self._tracker.current = None
                 with anyio.CancelScope(shield=True):
                     await conn.close()
             mark_started()
             await self._clock.sleep(s.reconnect_interval_s)
 
     async def _serve(self, conn: LibvirtConnection, mark_started: Callable[[], None]) -> None:
-        self._conn = conn
-        self._enospc_seen.clear()
+        tracker = self._tracker
+        self._conn = tracker.current = conn
+        tracker.enospc_seen.clear()
         for event_id, callback in (
-            (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle),
-            (libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON, self._on_io_error),
-            (libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_THRESHOLD, self._on_threshold),
-            (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, self._on_device_change),
-            (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._on_device_change),
+            (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, tracker.on_lifecycle),
+            (libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON, tracker.on_io_error),
+            (libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_THRESHOLD, tracker.on_threshold),
+            (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, tracker.on_device_change),
+            (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, tracker.on_device_change),
         ):
             await conn.call("", "domainEventRegisterAny", conn.register(event_id, callback))
         await self._reconcile(conn, announce_all=True)
         self.connects += 1
-        log.info("libvirt connected", uri=conn.uri, vms=len(self._active),
+        log.info("libvirt connected", uri=conn.uri, vms=len(tracker.active),
                  connects=self.connects)
         mark_started()
         async with anyio.create_task_group() as tg:
@@ -272,46 +248,23 @@ class LibvirtHypervisor:
 
         A VM that had a lifecycle event while the list was being read is left to that event.
         """
-        seq_before = dict(self._event_seq)
+        seq_before = dict(self._tracker.event_seq)
 
         def names(c: libvirt.virConnect) -> set[str]:
             flags = libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE
             return {dom.name() for dom in c.listAllDomains(flags)}
 
         running = await conn.call("", "listAllDomains", names)
-        if conn is not self._conn:
-            return
-        moved = {vm for vm, seq in self._event_seq.items() if seq_before.get(vm) != seq}
-        for vm in sorted(running - moved):
-            if announce_all or vm not in self._active:
-                self._active.add(vm)
-                self._emit(VmAppeared(vm))
-        for vm in sorted(self._active - running - moved):
-            self._forget(vm)
-            self._emit(VmGone(vm))
+        if conn is self._conn:
+            self._tracker.reconcile(running, seq_before, announce_all=announce_all)
 
-    def _forget(self, vm: str) -> None:
-        self._active.discard(vm)
-        self._enospc_seen.discard(vm)
-        self._drive_by_path.pop(vm, None)
-
-    # ------------------------------------------------------------------ emitting
-
-    def _emit(self, event: HypervisorEvent) -> None:
-        """Never blocks: a full stream turns into a resync of that VM."""
-        if self._events is None:
-            return
-        try:
-            self._events.send_nowait(event)
-        except anyio.WouldBlock:
-            log.debug("event stream full, resync pending", vm=event.vm)
-            self._resync.add(event.vm)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
+    # ------------------------------------------------------------------ follow-ups
 
     async def _resync_loop(self) -> None:
+        """Deliver what did not fit in the stream: VmAppeared or VmGone, as it is now."""
+        tracker = self._tracker
         while True:
-            for vm in sorted(await self._resync.take()):
+            for vm in sorted(await tracker.resync.take()):
                 if self._conn is None:
                     continue  # the reconnect announces every running domain anyway
                 try:
@@ -322,94 +275,29 @@ class LibvirtHypervisor:
                 except LibvirtBackendError as err:
                     log.debug("resync check failed", vm=vm, error=str(err))
                     continue
-                assert self._events is not None
+                assert tracker.events is not None
                 if running:
-                    self._active.add(vm)
-                    await self._events.send(VmAppeared(vm))
+                    tracker.active.add(vm)
+                    await tracker.events.send(VmAppeared(vm))
                 else:
-                    self._forget(vm)
-                    await self._events.send(VmGone(vm))
+                    tracker.forget(vm)
+                    await tracker.events.send(VmGone(vm))
 
     async def _classify_loop(self) -> None:
+        """Why did a VM pause for an I/O error? Ask libvirt; send VmPaused with the answer."""
+        tracker = self._tracker
         while True:
-            for vm in sorted(await self._classify.take()):
+            for vm in sorted(await tracker.classify.take()):
                 try:
                     state = await self.run_state(vm)
                 except VmNotFound:
                     continue  # STOPPED follows (or came already)
                 except LibvirtBackendError as err:
                     log.debug("pause classification failed", vm=vm, error=str(err))
-                    self._resync.add(vm)
+                    tracker.resync.add(vm)
                     continue
                 if not state.running and state.pause_reason is not None:
-                    self._emit(VmPaused(vm, state.pause_reason))
-
-    # ------------------------------------------------------------------ callbacks
-    # On the event loop thread; tiny: translate, remember a little, send_nowait.
-
-    def _current(self, opaque: object) -> bool:
-        return opaque is not None and opaque is self._conn
-
-    def _on_lifecycle(self, _c: Any, dom: Any, event: int, detail: int, opaque: object) -> None:
-        if not self._current(opaque):
-            return
-        try:
-            vm = dom.name()
-            self._event_seq[vm] = self._event_seq.get(vm, 0) + 1
-            outcome = ev.lifecycle_outcome(vm, event, detail, enospc_seen=vm in self._enospc_seen)
-            log.debug("libvirt lifecycle", vm=vm, lifecycle_event=event, detail=detail,
-                      outcome=type(outcome).__name__)
-            if isinstance(outcome, ev.Classify):
-                self._classify.add(vm)
-                return
-            if isinstance(outcome, VmAppeared):
-                self._active.add(vm)
-                self._enospc_seen.discard(vm)
-            elif isinstance(outcome, VmGone):
-                self._forget(vm)
-            elif isinstance(outcome, VmResumed):
-                self._enospc_seen.discard(vm)
-            if outcome is not None:
-                self._emit(outcome)
-        except Exception:  # noqa: BLE001 - an exception here would be lost inside libvirt
-            log.exception("libvirt lifecycle callback failed")
-
-    def _on_io_error(self, _c: Any, dom: Any, src_path: str, dev_alias: str, action: int,
-                     reason: str, opaque: object) -> None:
-        if not self._current(opaque):
-            return
-        try:
-            vm = dom.name()
-            outcome = ev.io_error_outcome(vm, src_path, reason,
-                                          self._drive_by_path.get(vm, {}))
-            log.debug("libvirt io error", vm=vm, path=src_path, alias=dev_alias,
-                      action=action, reason=reason)
-            if outcome is not None:
-                self._enospc_seen.add(vm)
-                self._emit(outcome)
-        except Exception:  # noqa: BLE001
-            log.exception("libvirt io error callback failed")
-
-    def _on_threshold(self, _c: Any, dom: Any, dev: str, path: str, threshold: int,
-                      excess: int, opaque: object) -> None:
-        if not self._current(opaque):
-            return
-        try:
-            outcome = ev.threshold_outcome(dom.name(), dev, threshold, excess)
-            if outcome is not None:
-                self._emit(outcome)
-        except Exception:  # noqa: BLE001
-            log.exception("libvirt threshold callback failed")
-
-    def _on_device_change(self, _c: Any, dom: Any, alias: str, opaque: object) -> None:
-        if not self._current(opaque):
-            return
-        try:
-            vm = dom.name()
-            if vm in self._active:
-                self._emit(DrivesChanged(vm))
-        except Exception:  # noqa: BLE001
-            log.exception("libvirt device callback failed")
+                    tracker.emit(VmPaused(vm, state.pause_reason))
 
 
 class _NotRunning(Exception):
