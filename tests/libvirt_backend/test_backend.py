@@ -4,6 +4,8 @@ CPU), plus the paths that need no daemon: libvirtd unreachable, a foreign event 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 import anyio
@@ -14,7 +16,7 @@ from structlog.testing import capture_logs
 from autoextend.clock import MonotonicClock
 from autoextend.lab.guest import GuestJob
 from autoextend.lab.guestimage import GuestImage
-from autoextend.lab.libvirtd import LabLibvirtd
+from autoextend.lab.libvirtd import LabLibvirtd, start_libvirtd
 from autoextend.libvirt_backend.errors import (
     EventLoopMismatch,
     LibvirtCallFailed,
@@ -159,3 +161,36 @@ async def test_full_stream_becomes_a_resync(
                 event = await next_for(receive, "lv-full", VmAppeared)
                 assert event == VmAppeared("lv-full")
                 tg.cancel_scope.cancel()
+
+
+@pytest.mark.slow
+async def test_hung_libvirtd_is_dropped_by_keepalive_and_reconnected(lab_tmp_path: Path) -> None:
+    """A libvirtd that stops answering (SIGSTOP) is declared dead by keepalive; calls fail
+    fast meanwhile; once it answers again the backend reconnects."""
+    daemon = await start_libvirtd(lab_tmp_path / "lvd")
+    pid = int((daemon.root / "libvirtd.pid").read_text().strip())
+    try:
+        settings = fast_settings(daemon.uri, keepalive_interval_s=1, keepalive_count=2,
+                                 call_timeout_s=2.0)
+        hypervisor = LibvirtHypervisor(settings, lambda path: None, MonotonicClock())
+        send, receive = anyio.create_memory_object_stream[HypervisorEvent](64)
+        async with anyio.create_task_group() as tg:
+            await tg.start(hypervisor.run, send)
+            assert hypervisor.connected
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                with anyio.fail_after(20):
+                    while hypervisor.connected:
+                        await anyio.sleep(0.1)
+                with anyio.fail_after(1):
+                    with pytest.raises(LibvirtDisconnected):
+                        await hypervisor.drives("any")
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            with anyio.fail_after(30):
+                while hypervisor.connects < 2:
+                    await anyio.sleep(0.1)
+            assert hypervisor.connected
+            tg.cancel_scope.cancel()
+    finally:
+        await daemon.stop()
