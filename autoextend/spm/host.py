@@ -155,9 +155,10 @@ class HostMailbox:
         self._slots: list[Request | None] = [None] * SLOTS_PER_HOST
         self._by_volume: dict[VolumeRef, _Pending] = {}
         self._queue: list[_Pending] = []  # waiting for a free slot, oldest first
-        self._dirty: set[int] = set()  # request box sectors to write
+        self._dirty: set[int] = set()  # request sectors to write (0 = the ring sector)
         self._ring_needed = False
         self._ring_count = 0
+        self._box_seq = 0
         self._rung_at = -1e18
         self._retry_delay = 0.0
 
@@ -223,7 +224,7 @@ class HostMailbox:
 
     def _write_slot(self, slot: int, request: Request | None, *, ring: bool) -> None:
         self._slots[slot] = request
-        self._dirty.add(self._layout.slot_sector(slot))
+        self._dirty.add(self._layout.request_slot_sector(slot))
         self._ring_needed = self._ring_needed or ring
         if self._wake is not None:
             self._wake.set()
@@ -279,15 +280,25 @@ class HostMailbox:
         ss = layout.sector_size
         seen = 0
         unreadable = False
-        for kind, offset in (
-            (Kind.REQUEST, layout.request_offset(self._host_id)),
-            (Kind.REPLY, layout.reply_offset(self._host_id)),
+        try:
+            ring = decode_ring(
+                await storage.read(layout.ring_offset(self._host_id), ss), self._host_id
+            )
+            seen = ring.generation
+        except CorruptSector:
+            unreadable = True
+        for kind, offset, first, length in (
+            (Kind.REQUEST, layout.request_offset(self._host_id), 1, layout.request_box_bytes),
+            (Kind.REPLY, layout.reply_offset(self._host_id), 0, layout.reply_box_bytes),
         ):
-            box = await storage.read(offset, layout.box_bytes)
-            for i in range(layout.sectors_per_box):
+            box = await storage.read(offset, length)
+            for n in range(length // ss):
+                index = first + n
+                slots = (layout.request_sector_slots(index) if kind is Kind.REQUEST
+                         else layout.reply_sector_slots(index))
                 try:
-                    sector = decode_sector(box[i * ss : (i + 1) * ss], kind, i, self._host_id,
-                                           len(layout.sector_slots(i)))
+                    sector = decode_sector(box[n * ss : (n + 1) * ss], kind, index,
+                                           self._host_id, len(slots))
                 except CorruptSector:
                     unreadable = True
                     continue
@@ -295,19 +306,12 @@ class HostMailbox:
                 if kind is Kind.REPLY:
                     seen = max([seen] + [r.generation for r in sector.slots
                                          if isinstance(r, Reply)])
-        try:
-            ring = decode_ring(
-                await storage.read(layout.ring_offset(self._host_id), ss), self._host_id
-            )
-            seen = max(seen, ring.generation)
-        except CorruptSector:
-            unreadable = True
         generation = seen + 1
         if unreadable:  # a generation we could not see may be higher: jump well past it
             generation += 1 + secrets.randbelow(1 << 20)
         self.generation = generation & 0xFFFFFFFF or 1
         self._ring_count = 0
-        self._dirty = set(range(layout.sectors_per_box))
+        self._dirty = set(range(layout.request_sectors))
         self._ring_needed = True
         await self._flush()
         self._log.info("host mailbox started", generation=self.generation)
@@ -360,21 +364,26 @@ class HostMailbox:
                                                    pending.volume.lv, pending.size), ring=True)
 
     async def _flush(self) -> None:
-        """Write the dirty request sectors (one I/O for the range), then ring if needed."""
+        """Write the dirty box sectors (one I/O for the range) and, once that is durable, the
+        ring sector (when it holds a changed slot, or to ring)."""
         layout = self._layout
-        first, last = min(self._dirty), max(self._dirty)
-        data = b"".join(
-            encode_sector(Kind.REQUEST, layout.sector_size, i, self._host_id, self.generation,
-                          [self._slots[j] for j in layout.sector_slots(i)])
-            for i in range(first, last + 1)
-        )
         dirty, self._dirty = self._dirty, set()
         ring, self._ring_needed = self._ring_needed, False
+        box = sorted(i for i in dirty if i > 0)
         try:
-            await self._storage.write(
-                layout.request_offset(self._host_id) + first * layout.sector_size, data
-            )
-            if ring:
+            if box:
+                data = b"".join(
+                    encode_sector(Kind.REQUEST, layout.sector_size, i, self._host_id,
+                                  self.generation,
+                                  [self._slots[j] for j in layout.request_sector_slots(i)])
+                    for i in range(box[0], box[-1] + 1)
+                )
+                await self._storage.write(
+                    layout.request_offset(self._host_id) + (box[0] - 1) * layout.sector_size,
+                    data,
+                )
+                self._box_seq = (self._box_seq + 1) & 0xFFFFFFFF
+            if ring or 0 in dirty:
                 await self._ring()
         except BaseException:
             self._dirty |= dirty
@@ -382,11 +391,15 @@ class HostMailbox:
             raise
 
     async def _ring(self) -> None:
-        """Write our ring sector with the next count (nobody else writes it)."""
+        """Write our ring sector (the head slots, the box sequence) with the next count;
+        nobody else writes it."""
+        layout = self._layout
         count = self._ring_count + 1
+        head = tuple(self._slots[j] for j in layout.request_sector_slots(0))
         await self._storage.write(
-            self._layout.ring_offset(self._host_id),
-            encode_ring(self._layout.sector_size, Ring(self._host_id, self.generation, count)),
+            layout.ring_offset(self._host_id),
+            encode_ring(layout.sector_size,
+                        Ring(self._host_id, self.generation, count, self._box_seq, head)),
         )
         self._ring_count = count
         self._rung_at = self._clock.now()
@@ -409,7 +422,7 @@ class HostMailbox:
         by_sector: dict[int, list[_Pending]] = {}
         for pending in self._by_volume.values():
             if pending.slot is not None:
-                by_sector.setdefault(layout.slot_sector(pending.slot), []).append(pending)
+                by_sector.setdefault(layout.reply_slot_sector(pending.slot), []).append(pending)
         first, last = min(by_sector), max(by_sector)
         data = await self._storage.read(
             layout.reply_offset(self._host_id) + first * ss, (last - first + 1) * ss
@@ -418,12 +431,12 @@ class HostMailbox:
             raw = data[(index - first) * ss : (index - first + 1) * ss]
             try:
                 sector = decode_sector(raw, Kind.REPLY, index, self._host_id,
-                                       len(layout.sector_slots(index)))
+                                       len(layout.reply_sector_slots(index)))
             except CorruptSector as err:
                 self.counters.corrupt_sectors += 1
                 self._log.warning("corrupt reply sector skipped", error=str(err))
                 continue
-            base = layout.sector_slots(index).start
+            base = layout.reply_sector_slots(index).start
             for pending in pendings:
                 assert pending.slot is not None
                 reply = sector.slots[pending.slot - base]

@@ -2,12 +2,14 @@
 
 From ``base`` on, in this order::
 
-    ring sectors      max_hosts x 1 sector       (host h writes only sector h - 1)
-    request boxes     max_hosts x mailbox_bytes  (host h writes only its own box)
-    reply boxes       max_hosts x mailbox_bytes  (only the SPM writes them)
+    ring sectors      max_hosts x 1 sector              (host h writes only sector h - 1)
+    request boxes     max_hosts x request_box_bytes     (host h writes only its own box)
+    reply boxes       max_hosts x reply_box_bytes       (only the SPM writes them)
 
-Host ids run 1..max_hosts; host ``h`` is index ``h - 1`` everywhere. A mailbox has
-``SLOTS_PER_HOST`` slots spread over ``sectors_per_box`` sectors.
+Host ids run 1..max_hosts; host ``h`` is index ``h - 1`` everywhere. A host's
+``SLOTS_PER_HOST`` request slots are spread over its ring sector (request sector 0, the
+first ``head_slots``) and its request box (sectors 1..n); its reply slots over the sectors
+of its reply box.
 
 No sector is written by two parties: every host writes only its ring sector and its request
 box, the SPM only the reply boxes. The ring sectors are contiguous so the SPM can read all of
@@ -19,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from autoextend.spm.errors import LayoutError
-from autoextend.spm.wire import slots_per_sector
+from autoextend.spm.wire import head_slots, slots_per_sector
 
 SLOTS_PER_HOST = 64  # requests in flight per host (vdsm: 63)
 ALIGNMENT = 4096
@@ -41,15 +43,61 @@ class MailboxLayout:
 
     @property
     def slots_per_sector(self) -> int:
+        """Slots in a box sector (request sectors 1..n and every reply sector)."""
         return slots_per_sector(self.sector_size)
 
     @property
-    def sectors_per_box(self) -> int:
+    def head_slots(self) -> int:
+        """Request slots 0..head_slots-1 live in the host's ring sector."""
+        return head_slots(self.sector_size)
+
+    # Requests: sector 0 is the ring sector (in the ring area), sectors 1..n the request box.
+
+    @property
+    def request_sectors(self) -> int:
+        """Request sectors per host, the ring sector included."""
+        return 1 + -(-(SLOTS_PER_HOST - self.head_slots) // self.slots_per_sector)
+
+    @property
+    def request_box_bytes(self) -> int:
+        """A host's request sectors 1..n (its request box)."""
+        return (self.request_sectors - 1) * self.sector_size
+
+    def request_slot_sector(self, slot: int) -> int:
+        """The request sector (0 = ring sector) that holds ``slot``."""
+        _check_slot(slot)
+        if slot < self.head_slots:
+            return 0
+        return 1 + (slot - self.head_slots) // self.slots_per_sector
+
+    def request_sector_slots(self, sector: int) -> range:
+        """The slots held by request sector ``sector`` (0 = ring sector)."""
+        if sector == 0:
+            return range(self.head_slots)
+        first = self.head_slots + (sector - 1) * self.slots_per_sector
+        return range(first, min(first + self.slots_per_sector, SLOTS_PER_HOST))
+
+    # Replies: sectors 0..n of the reply box, every one written by the SPM only.
+
+    @property
+    def reply_sectors(self) -> int:
         return -(-SLOTS_PER_HOST // self.slots_per_sector)
 
     @property
-    def box_bytes(self) -> int:
-        return self.sectors_per_box * self.sector_size
+    def reply_box_bytes(self) -> int:
+        return self.reply_sectors * self.sector_size
+
+    def reply_slot_sector(self, slot: int) -> int:
+        """The reply sector that holds ``slot``."""
+        _check_slot(slot)
+        return slot // self.slots_per_sector
+
+    def reply_sector_slots(self, sector: int) -> range:
+        """The slots held by reply sector ``sector``."""
+        first = sector * self.slots_per_sector
+        return range(first, min(first + self.slots_per_sector, SLOTS_PER_HOST))
+
+    # Offsets.
 
     @property
     def ring_bytes(self) -> int:
@@ -62,11 +110,11 @@ class MailboxLayout:
 
     @property
     def reply_base(self) -> int:
-        return self.request_base + self.max_hosts * self.box_bytes
+        return self.request_base + self.max_hosts * self.request_box_bytes
 
     @property
     def end(self) -> int:
-        return self.reply_base + self.max_hosts * self.box_bytes
+        return self.reply_base + self.max_hosts * self.reply_box_bytes
 
     @property
     def total_bytes(self) -> int:
@@ -76,29 +124,19 @@ class MailboxLayout:
         if not 1 <= host_id <= self.max_hosts:
             raise LayoutError(f"host id {host_id} outside 1..{self.max_hosts}")
 
-    def request_offset(self, host_id: int) -> int:
+    def ring_offset(self, host_id: int) -> int:
+        """Absolute offset of ``host_id``'s ring sector (its request sector 0)."""
         self.check_host(host_id)
-        return self.request_base + (host_id - 1) * self.box_bytes
+        return self.base + (host_id - 1) * self.sector_size
+
+    def request_offset(self, host_id: int) -> int:
+        """Absolute offset of ``host_id``'s request box (its request sector 1)."""
+        self.check_host(host_id)
+        return self.request_base + (host_id - 1) * self.request_box_bytes
 
     def reply_offset(self, host_id: int) -> int:
         self.check_host(host_id)
-        return self.reply_base + (host_id - 1) * self.box_bytes
-
-    def slot_sector(self, slot: int) -> int:
-        """The sector (index within a box) that holds ``slot``."""
-        if not 0 <= slot < SLOTS_PER_HOST:
-            raise LayoutError(f"slot {slot} outside 0..{SLOTS_PER_HOST - 1}")
-        return slot // self.slots_per_sector
-
-    def sector_slots(self, sector: int) -> range:
-        """The slots held by sector ``sector`` of a box."""
-        first = sector * self.slots_per_sector
-        return range(first, min(first + self.slots_per_sector, SLOTS_PER_HOST))
-
-    def ring_offset(self, host_id: int) -> int:
-        """Absolute offset of ``host_id``'s ring sector."""
-        self.check_host(host_id)
-        return self.base + (host_id - 1) * self.sector_size
+        return self.reply_base + (host_id - 1) * self.reply_box_bytes
 
     def check_fits(self, storage_size: int) -> None:
         if self.end > storage_size:
@@ -106,6 +144,11 @@ class MailboxLayout:
                 f"the mailbox needs bytes {self.base}..{self.end} but the storage has "
                 f"{storage_size} (lower max_hosts or grow the metadata area)"
             )
+
+
+def _check_slot(slot: int) -> None:
+    if not 0 <= slot < SLOTS_PER_HOST:
+        raise LayoutError(f"slot {slot} outside 0..{SLOTS_PER_HOST - 1}")
 
 
 def contiguous_runs(hosts: list[int], max_run: int) -> list[tuple[int, int]]:

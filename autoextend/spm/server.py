@@ -35,6 +35,7 @@ from autoextend.lvm.volume import VolumeBackend, VolumeRef
 from autoextend.spm.config import MailboxSettings
 from autoextend.spm.counters import ServerCounters
 from autoextend.spm.errors import CorruptSector
+from autoextend.spm.inbox import Inbox
 from autoextend.spm.layout import SLOTS_PER_HOST, MailboxLayout, contiguous_runs
 from autoextend.spm.validate import check_request
 from autoextend.spm.waiting import sleep_or_event
@@ -89,6 +90,7 @@ class SpmMailServer:
         self._epoch = epoch & 0xFFFFFFFF
         self.counters = ServerCounters()
         self._watch = RingWatch(storage, layout, settings, self.counters)
+        self._inbox = Inbox(storage, layout, self.counters)
         self._replies: dict[int, list[Reply | None]] = {}
         self._on_disk: dict[tuple[int, int], list[Reply | None]] = {}
         self._version: dict[tuple[int, int], int] = {}
@@ -192,15 +194,16 @@ class SpmMailServer:
     async def _load_replies(self) -> None:
         layout = self._layout
         ss = layout.sector_size
-        per_read = max(1, MAX_READ_BYTES // layout.box_bytes)
+        size = layout.reply_box_bytes
+        per_read = max(1, MAX_READ_BYTES // size)
         for first, count in contiguous_runs(list(range(1, layout.max_hosts + 1)), per_read):
-            data = await self._storage.read(layout.reply_offset(first), count * layout.box_bytes)
+            data = await self._storage.read(layout.reply_offset(first), count * size)
             for n in range(count):
                 host = first + n
                 image: list[Reply | None] = [None] * SLOTS_PER_HOST
-                box = data[n * layout.box_bytes : (n + 1) * layout.box_bytes]
-                for index in range(layout.sectors_per_box):
-                    slots = layout.sector_slots(index)
+                box = data[n * size : (n + 1) * size]
+                for index in range(layout.reply_sectors):
+                    slots = layout.reply_sector_slots(index)
                     try:
                         sector = decode_sector(box[index * ss : (index + 1) * ss], Kind.REPLY,
                                                index, host, len(slots))
@@ -211,17 +214,25 @@ class SpmMailServer:
                     for slot, reply in zip(slots, sector.slots, strict=True):
                         image[slot] = reply if isinstance(reply, Reply) else None
                 self._replies[host] = image
-                for index in range(layout.sectors_per_box):
-                    self._on_disk[(host, index)] = [image[j] for j in layout.sector_slots(index)]
+                for index in range(layout.reply_sectors):
+                    self._on_disk[(host, index)] = [image[j] for j in
+                                                    layout.reply_sector_slots(index)]
 
     async def _poll(self, elapsed: float) -> None:
+        """Take what rang; read the boxes that may hold something new; rescan what failed
+        before and the next slice of the slow full scan."""
         self.counters.polls += 1
-        hosts = await self._watch.poll(self._clock.now())
-        hosts |= self._rescan
+        rung = await self._watch.poll(self._clock.now())
+        for host, ring in rung.items():
+            self._inbox.take_ring(host, ring)
+        scan = self._rescan | set(self._full_scan_slice(elapsed))
         self._rescan = set()
-        hosts |= set(self._full_scan_slice(elapsed))
-        if hosts:
-            await self._scan(sorted(hosts))
+        failed = await self._inbox.read_rings(sorted(scan))
+        boxes = scan | {host for host in rung if self._inbox.box_stale(host)}
+        failed |= await self._inbox.read_boxes(sorted(boxes))
+        self._rescan |= failed
+        for host in sorted(scan | set(rung)):
+            self._take(host)
 
     def _full_scan_slice(self, elapsed: float) -> list[int]:
         """The next hosts of the round-robin full scan (every box once per interval)."""
@@ -234,44 +245,16 @@ class SpmMailServer:
         return hosts
 
     async def _scan(self, hosts: list[int]) -> None:
-        layout = self._layout
-        per_read = max(1, MAX_READ_BYTES // layout.box_bytes)
-        for first, count in contiguous_runs(hosts, per_read):
-            try:
-                data = await self._storage.read(
-                    layout.request_offset(first), count * layout.box_bytes
-                )
-            except AutoextendError as err:
-                self.counters.io_errors += 1
-                self._rescan.update(range(first, first + count))
-                log.warning("request box read failed", error=str(err))
-                continue
-            for n in range(count):
-                self.counters.boxes_read += 1
-                self._take_box(first + n, data[n * layout.box_bytes : (n + 1) * layout.box_bytes])
+        """Read the ring sectors, then the boxes, of ``hosts`` and take their requests."""
+        failed = await self._inbox.read_rings(hosts)
+        failed |= await self._inbox.read_boxes(hosts)
+        self._rescan |= failed
+        for host in hosts:
+            self._take(host)
 
-    def _take_box(self, host: int, box: bytes) -> None:
-        layout = self._layout
-        ss = layout.sector_size
-        sectors = []
-        for index in range(layout.sectors_per_box):
-            try:
-                sectors.append(decode_sector(box[index * ss : (index + 1) * ss], Kind.REQUEST,
-                                             index, host, len(layout.sector_slots(index))))
-            except CorruptSector as err:
-                self.counters.corrupt_sectors += 1
-                log.warning("corrupt request sector skipped", host_id=host, error=str(err))
-        if not sectors:
-            return
-        newest = max(sector.generation for sector in sectors)
-        for sector in sectors:
-            if sector.generation != newest:
-                if any(slot is not None for slot in sector.slots):
-                    self.counters.stale_sectors += 1
-                continue
-            for slot, item in zip(layout.sector_slots(sector.index), sector.slots, strict=True):
-                if isinstance(item, Request | MalformedSlot):
-                    self._consider(_Key(host, slot), sector.generation, item)
+    def _take(self, host: int) -> None:
+        for slot, generation, item in self._inbox.requests(host):
+            self._consider(_Key(host, slot), generation, item)
 
     def _consider(self, key: _Key, generation: int, item: Request | MalformedSlot) -> None:
         ident = (generation, item.request_id)
@@ -368,7 +351,7 @@ class SpmMailServer:
         the write failed: the request will be served again."""
         layout = self._layout
         host = key.host
-        skey = (host, layout.slot_sector(key.slot))
+        skey = (host, layout.reply_slot_sector(key.slot))
         self._replies[host][key.slot] = reply
         version = self._version[skey] = self._version.get(skey, 0) + 1
         lock = self._host_locks.setdefault(host, anyio.Lock())
@@ -384,11 +367,12 @@ class SpmMailServer:
         """Write the range of ``host``'s reply sectors that hold unwritten replies (called
         with the host's lock held)."""
         layout = self._layout
-        dirty = [i for i in range(layout.sectors_per_box)
+        dirty = [i for i in range(layout.reply_sectors)
                  if self._version.get((host, i), 0) > self._written.get((host, i), 0)]
         span = range(min(dirty), max(dirty) + 1)
         versions = {i: self._version.get((host, i), 0) for i in span}
-        images = {i: [self._replies[host][j] for j in layout.sector_slots(i)] for i in span}
+        images = {i: [self._replies[host][j] for j in layout.reply_sector_slots(i)]
+                  for i in span}
         data = b"".join(encode_sector(Kind.REPLY, layout.sector_size, i, host, self._epoch,
                                       images[i]) for i in span)
         try:
@@ -402,7 +386,7 @@ class SpmMailServer:
             # Forget what did not reach the disk; the requests are served again.
             self.counters.io_errors += 1
             for i in span:
-                for j, old in zip(layout.sector_slots(i), self._on_disk[(host, i)],
+                for j, old in zip(layout.reply_sector_slots(i), self._on_disk[(host, i)],
                                   strict=True):
                     self._replies[host][j] = old
             self._rescan.add(host)

@@ -9,9 +9,10 @@ read that host's request box.
 Why no ring can be lost: a ring sector has one writer and its ``(generation, count)`` never
 repeats, so a change made after the SPM's last read of that sector is still visible at its
 next read: nobody can write an older value back. The host's box write finished before its
-ring write started, so a box read after seeing the ring holds the requests. At start the
-SPM reads the ring sectors *before* it reads any box, so a ring it did not see yet is one
-it will see changed.
+ring write started, so a box read after seeing the ring holds the requests (and requests
+in the ring sector's own head slots arrive with it; see ``inbox.py`` for when the box needs
+no read). At start the SPM reads the ring sectors *before* it reads any box, so a ring it
+did not see yet is one it will see changed.
 
 Two cadences:
 
@@ -36,7 +37,7 @@ from autoextend.spm.config import MailboxSettings
 from autoextend.spm.counters import ServerCounters
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.layout import MailboxLayout, contiguous_runs
-from autoextend.spm.wire import decode_ring
+from autoextend.spm.wire import Ring, decode_ring
 
 log = logs.get_logger("spm.watch")
 
@@ -53,15 +54,15 @@ def cadence(read_bytes: int, bytes_per_s: int, poll_interval_s: float) -> float:
     return max(poll_interval_s, read_bytes / bytes_per_s)
 
 
-def ring_key(data: bytes, host_id: int) -> tuple[RingKey, CorruptSector | None]:
+def ring_key(data: bytes, host_id: int) -> tuple[RingKey, Ring | CorruptSector]:
     """What identifies the state of a ring sector: ``(generation, count)`` when it is valid,
     else a digest of its bytes (a changed corrupt sector still counts as a change: the box
-    has its own checks). Pure."""
+    has its own checks); and the decoded sector or why it is corrupt. Pure."""
     try:
         ring = decode_ring(data, host_id)
     except CorruptSector as err:
         return hashlib.blake2b(data, digest_size=16).digest(), err
-    return (ring.generation, ring.count), None
+    return (ring.generation, ring.count), ring
 
 
 class RingTracker:
@@ -118,16 +119,17 @@ class RingWatch:
             StorageError: the ring area could not be read.
         """
         hosts = list(range(1, self._layout.max_hosts + 1))
-        await self._read(hosts, raise_errors=True)
+        await self._read(hosts, raise_errors=True, counting=False)
         self._next_sweep = now + self.sweep_interval_s
 
     def mark_active(self, host_id: int, now: float) -> None:
         self.tracker.mark_active(host_id, now)
 
-    async def poll(self, now: float) -> set[int]:
+    async def poll(self, now: float) -> dict[int, Ring | None]:
         """Read what is due (a sweep, or the active hosts' ring sectors) and return the hosts
-        whose ring sector changed. I/O errors are logged and counted; the sectors not read
-        keep their old state, so their changes show up at the next read."""
+        whose ring sector changed, with the sector (None: it failed its checks). I/O errors
+        are logged and counted; the sectors not read keep their old state, so their changes
+        show up at the next read."""
         if now >= self._next_sweep - _EPSILON:
             self._counters.sweeps += 1
             changed, failed = await self._read(list(range(1, self._layout.max_hosts + 1)))
@@ -139,23 +141,23 @@ class RingWatch:
             return changed
         hot = self.tracker.hot(now)
         if not hot:
-            return set()
+            return {}
         interval = cadence(len(hot) * self._layout.sector_size,
                            self._settings.hot_read_bytes_per_s, self._settings.poll_interval_s)
         if now - self._last_hot < interval - _EPSILON:
-            return set()
+            return {}
         self._last_hot = now
         self._counters.hot_polls += 1
         return (await self._read(hot))[0]
 
     async def _read(
-        self, hosts: list[int], *, raise_errors: bool = False
-    ) -> tuple[set[int], bool]:
+        self, hosts: list[int], *, raise_errors: bool = False, counting: bool = True
+    ) -> tuple[dict[int, Ring | None], bool]:
         """Read the ring sectors of ``hosts`` (adjacent ones together): the hosts whose
         sector changed, and whether some read failed."""
         layout = self._layout
         ss = layout.sector_size
-        changed: set[int] = set()
+        changed: dict[int, Ring | None] = {}
         failed = False
         for first, count in contiguous_runs(hosts, max(1, MAX_READ_BYTES // ss)):
             try:
@@ -170,13 +172,15 @@ class RingWatch:
                 continue
             for n in range(count):
                 host_id = first + n
-                key, corrupt = ring_key(data[n * ss : (n + 1) * ss], host_id)
-                if self.tracker.update(host_id, key):
-                    changed.add(host_id)
+                key, ring = ring_key(data[n * ss : (n + 1) * ss], host_id)
+                if self.tracker.update(host_id, key) and counting:
                     self._counters.rings += 1
-                    if corrupt is not None:
+                    if isinstance(ring, CorruptSector):
+                        changed[host_id] = None
                         self._counters.corrupt_rings += 1
                         self._counters.corrupt_sectors += 1
                         log.warning("corrupt ring sector (reading the box anyway)",
-                                    host_id=host_id, error=str(corrupt))
+                                    host_id=host_id, error=str(ring))
+                    else:
+                        changed[host_id] = ring
         return changed, failed

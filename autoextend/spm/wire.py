@@ -28,11 +28,14 @@ Reply slot (SPM -> host), 120 bytes::
     19  u8   reserved       0
     20  100s text           UTF-8 reason text, NUL padded
 
-Ring sector (host -> SPM), one whole sector per host, written only by that host::
+Ring sector (host -> SPM), one whole sector per host, written only by that host; it is
+sector 0 of the host's requests and holds the first ``head_slots`` request slots::
 
     0   16s  header         magic "AXRG", version, index 0, host id, generation, crc32
-    16  u64  count          one more on every ring; 0 = never rung in this generation
-    24  ...  zero
+    16  u64  count          one more on every write of this sector; 0 = never written
+    24  u32  box_seq        one more on every write of the box sectors (1..n)
+    28  u32  reserved       0
+    32  request slots       (512 - 32) // 120 = 4, or (4096 - 32) // 120 = 33
 
 All integers are little-endian.
 """
@@ -65,7 +68,8 @@ TEXT_FIELD = 100
 MAX_REQUEST_ID = 0xFFFFFFFF
 MAX_GENERATION = 0xFFFFFFFF
 MAX_SIZE = (1 << 64) - 1
-RING_COUNT = struct.Struct("<Q")
+RING_BODY = struct.Struct("<QII")  # count, box_seq, reserved
+RING_HEADER_SIZE = HEADER_SIZE + RING_BODY.size  # 32
 MAX_RING_COUNT = (1 << 64) - 1
 
 assert HEADER_SIZE == 16
@@ -277,22 +281,38 @@ def decode_sector(
 # Ring sectors.
 
 
+def head_slots(sector_size: int) -> int:
+    """Request slots held by a ring sector."""
+    return (sector_size - RING_HEADER_SIZE) // SLOT_SIZE
+
+
 @dataclass(frozen=True)
 class Ring:
-    """A host's ring sector: ``count`` goes up by one with every ring of ``generation``."""
+    """A host's ring sector. ``count`` goes up by one with every write of it, ``box_seq``
+    with every write of the host's other request sectors; ``slots`` are request slots
+    ``0..head_slots-1`` (decoded: None, Request or MalformedSlot)."""
 
     host_id: int
     generation: int
     count: int
+    box_seq: int = 0
+    slots: tuple[Request | MalformedSlot | None, ...] = ()
 
 
 def encode_ring(sector_size: int, ring: Ring) -> bytes:
-    """One whole ring sector with its checksum."""
+    """One whole ring sector with its checksum (``slots`` may be fewer than it holds)."""
     if not 0 <= ring.count <= MAX_RING_COUNT:
         raise ValueError(f"ring count out of range: {ring.count}")
+    if len(ring.slots) > head_slots(sector_size):
+        raise ValueError(f"{len(ring.slots)} slots do not fit in a {sector_size} B ring sector")
     buf = bytearray(sector_size)
     HEADER.pack_into(buf, 0, RING_MAGIC, VERSION, 0, ring.host_id, ring.generation, 0)
-    RING_COUNT.pack_into(buf, HEADER_SIZE, ring.count)
+    RING_BODY.pack_into(buf, HEADER_SIZE, ring.count, ring.box_seq & 0xFFFFFFFF, 0)
+    for i, slot in enumerate(ring.slots):
+        if isinstance(slot, MalformedSlot):
+            raise ValueError("cannot encode a malformed slot")
+        start = RING_HEADER_SIZE + i * SLOT_SIZE
+        buf[start : start + SLOT_SIZE] = encode_request(slot)
     struct.pack_into("<I", buf, CRC_OFFSET, _crc(buf))
     return bytes(buf)
 
@@ -300,9 +320,10 @@ def encode_ring(sector_size: int, ring: Ring) -> bytes:
 def decode_ring(data: bytes, expect_host: int) -> Ring:
     """Check and decode a ring sector; an all-zero sector is a host that never rang.
 
-    Raises CorruptSector for a bad checksum, magic, version or host id."""
+    Raises CorruptSector for a bad checksum, magic, version, host id or reserved field."""
+    count_slots = head_slots(len(data))
     if not any(data):
-        return Ring(expect_host, 0, 0)
+        return Ring(expect_host, 0, 0, 0, (None,) * count_slots)
     magic, version, index, host_id, generation, crc = HEADER.unpack_from(data, 0)
     if magic != RING_MAGIC:
         raise CorruptSector("ring", expect_host, 0, "bad magic")
@@ -313,5 +334,12 @@ def decode_ring(data: bytes, expect_host: int) -> Ring:
     if index != 0 or host_id != expect_host:
         raise CorruptSector("ring", expect_host, 0,
                             f"sector says host {host_id} index {index} (layout mismatch?)")
-    (count,) = RING_COUNT.unpack_from(data, HEADER_SIZE)
-    return Ring(host_id, generation, count)
+    count, box_seq, reserved = RING_BODY.unpack_from(data, HEADER_SIZE)
+    if reserved:
+        raise CorruptSector("ring", expect_host, 0, "reserved field is not zero")
+    slots = tuple(
+        decode_request(data[RING_HEADER_SIZE + i * SLOT_SIZE :
+                            RING_HEADER_SIZE + (i + 1) * SLOT_SIZE])
+        for i in range(count_slots)
+    )
+    return Ring(host_id, generation, count, box_seq, slots)

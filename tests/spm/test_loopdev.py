@@ -89,9 +89,10 @@ async def test_mailbox_on_a_loop_device(loop_device: tuple[str, int]) -> None:
             ring = decode_ring(raw, host.host_id)
             assert ring.host_id == host.host_id and ring.generation == host.generation
             assert ring.count >= host.counters.rings >= 2
-            box = await storage.read(layout.request_offset(host.host_id), layout.box_bytes)
-            first = decode_sector(box[:sector_size], Kind.REQUEST, 0, host.host_id,
-                                  layout.slots_per_sector)
+            box = await storage.read(layout.request_offset(host.host_id),
+                                     layout.request_box_bytes)
+            first = decode_sector(box[:sector_size], Kind.REQUEST, 1, host.host_id,
+                                  len(layout.request_sector_slots(1)))
             assert first.generation == host.generation
     finally:
         await storage.close()

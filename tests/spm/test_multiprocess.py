@@ -171,12 +171,12 @@ def test_corrupt_mailboxes_are_counted_and_rejections_have_reasons(rig: Rig) -> 
     layout = rig.layout
     fd = os.open(rig.meta, os.O_RDWR)
     try:
-        os.pwrite(fd, os.urandom(layout.box_bytes), layout.request_offset(5))
-        os.pwrite(fd, encode_ring(512, Ring(5, 1, 1)), layout.ring_offset(5))
+        os.pwrite(fd, os.urandom(layout.request_box_bytes), layout.request_offset(5))
+        os.pwrite(fd, encode_ring(512, Ring(5, 1, 1, box_seq=1)), layout.ring_offset(5))
         os.fsync(fd)
     finally:
         os.close(fd)
-    wait_for(lambda: rig.counters()["corrupt_sectors"] >= layout.sectors_per_box, 30, rig,
+    wait_for(lambda: rig.counters()["corrupt_sectors"] >= layout.request_sectors - 1, 30, rig,
              "the corrupt box to be counted")
     plan = [
         ["vg0", "lv1", 3 * MiB, 0],

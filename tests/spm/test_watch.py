@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from autoextend.spm.errors import CorruptSector
 from autoextend.spm.watch import RingTracker, cadence, ring_key
 from autoextend.spm.wire import Ring, encode_ring
 
@@ -34,8 +35,8 @@ def test_every_ring_written_is_seen_at_the_next_read(ops: list[tuple[int, bool]]
             disk[host] = encode_ring(512, Ring(host, 3, counts[host]))
             rang_since_read[host] = True
         else:
-            key, corrupt = ring_key(disk[host], host)
-            assert corrupt is None
+            key, ring = ring_key(disk[host], host)
+            assert isinstance(ring, Ring) and ring.count == counts[host]
             assert tracker.update(host, key) == rang_since_read[host]
             rang_since_read[host] = False
 
@@ -43,7 +44,7 @@ def test_every_ring_written_is_seen_at_the_next_read(ops: list[tuple[int, bool]]
 def test_a_changed_corrupt_sector_counts_as_a_change() -> None:
     tracker = RingTracker(hot_window_s=1.0)
     first, err = ring_key(b"\x01" * 512, 2)
-    assert err is not None and tracker.update(2, first)
+    assert isinstance(err, CorruptSector) and tracker.update(2, first)
     assert not tracker.update(2, ring_key(b"\x01" * 512, 2)[0])
     assert tracker.update(2, ring_key(b"\x02" * 512, 2)[0])
 

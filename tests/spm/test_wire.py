@@ -29,6 +29,7 @@ from autoextend.spm.wire import (
     encode_request,
     encode_ring,
     encode_sector,
+    head_slots,
     slots_per_sector,
 )
 
@@ -163,19 +164,24 @@ def test_malformed_slot_with_good_checksum_is_reported_not_dropped() -> None:
 @given(SECTOR_SIZES, st.integers(1, 2000), st.integers(0, 64).map(lambda n: n * 4096))
 def test_layout_regions_do_not_overlap(sector_size: int, max_hosts: int, base: int) -> None:
     layout = MailboxLayout(base, sector_size, max_hosts)
-    assert layout.sectors_per_box * layout.slots_per_sector >= SLOTS_PER_HOST >= 63
     assert layout.ring_bytes == max_hosts * sector_size
     assert layout.request_base == base + layout.ring_bytes
     assert layout.ring_offset(1) == base
     assert layout.ring_offset(max_hosts) + sector_size == layout.request_base
-    assert layout.request_offset(max_hosts) + layout.box_bytes == layout.reply_base
-    assert layout.reply_offset(max_hosts) + layout.box_bytes == layout.end
+    assert layout.request_offset(max_hosts) + layout.request_box_bytes == layout.reply_base
+    assert layout.reply_offset(max_hosts) + layout.reply_box_bytes == layout.end
     for offset in (layout.request_base, layout.reply_base, layout.end):
         assert offset % sector_size == 0
-    slots = [s for i in range(layout.sectors_per_box) for s in layout.sector_slots(i)]
-    assert slots == list(range(SLOTS_PER_HOST))
-    assert all(layout.slot_sector(s) == i for i in range(layout.sectors_per_box)
-               for s in layout.sector_slots(i))
+    # Every slot lives in exactly one request sector (0 = ring) and one reply sector.
+    requests = [s for i in range(layout.request_sectors) for s in layout.request_sector_slots(i)]
+    assert requests == list(range(SLOTS_PER_HOST)) and SLOTS_PER_HOST >= 63
+    assert all(layout.request_slot_sector(s) == i for i in range(layout.request_sectors)
+               for s in layout.request_sector_slots(i))
+    replies = [s for i in range(layout.reply_sectors) for s in layout.reply_sector_slots(i)]
+    assert replies == list(range(SLOTS_PER_HOST))
+    assert all(layout.reply_slot_sector(s) == i for i in range(layout.reply_sectors)
+               for s in layout.reply_sector_slots(i))
+    assert len(layout.request_sector_slots(0)) == layout.head_slots >= 4
 
 
 @settings(deadline=None, max_examples=50)
@@ -188,7 +194,7 @@ def test_every_sector_has_one_writer(sector_size: int, max_hosts: int) -> None:
     for host in range(1, max_hosts + 1):
         ranges.append((layout.ring_offset(host), layout.ring_offset(host) + sector_size))
         ranges.append((layout.request_offset(host), layout.request_offset(host) +
-                       layout.box_bytes))
+                       layout.request_box_bytes))
     ranges.append((layout.reply_base, layout.end))
     ranges.sort()
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(ranges, ranges[1:],
@@ -197,12 +203,14 @@ def test_every_sector_has_one_writer(sector_size: int, max_hosts: int) -> None:
 
 
 @given(SECTOR_SIZES, st.integers(1, 2000), st.integers(0, 0xFFFFFFFF),
-       st.integers(0, (1 << 64) - 1))
-def test_ring_sector_round_trip(sector_size: int, host: int, generation: int,
-                                count: int) -> None:
-    data = encode_ring(sector_size, Ring(host, generation, count))
-    assert len(data) == sector_size
-    assert decode_ring(data, host) == Ring(host, generation, count)
+       st.integers(0, (1 << 64) - 1), st.integers(0, 0xFFFFFFFF), st.data())
+def test_ring_sector_round_trip(sector_size: int, host: int, generation: int, count: int,
+                                box_seq: int, data: st.DataObject) -> None:
+    n = head_slots(sector_size)
+    slots = tuple(data.draw(st.lists(st.none() | requests(), min_size=n, max_size=n)))
+    raw = encode_ring(sector_size, Ring(host, generation, count, box_seq, slots))
+    assert len(raw) == sector_size
+    assert decode_ring(raw, host) == Ring(host, generation, count, box_seq, slots)
 
 
 @settings(max_examples=300)
@@ -219,7 +227,8 @@ def test_corrupt_ring_sector_is_detected(sector_size: int, generation: int, coun
 def test_ring_sector_of_another_host_and_zero_sector() -> None:
     with pytest.raises(CorruptSector, match="layout mismatch"):
         decode_ring(encode_ring(512, Ring(3, 1, 1)), 4)
-    assert decode_ring(bytes(4096), 9) == Ring(9, 0, 0)
+    assert decode_ring(bytes(4096), 9) == Ring(9, 0, 0, 0, (None,) * head_slots(4096))
+    assert head_slots(512) == 4 and head_slots(4096) == 33
     with pytest.raises(CorruptSector, match="bad magic"):
         decode_ring(encode_sector(Kind.REQUEST, 512, 0, 3, 1, []), 3)
 
@@ -237,11 +246,12 @@ def test_layout_rejects_bad_geometry() -> None:
 
 
 def test_sizes_of_the_area() -> None:
+    """16 KiB per host with either sector size: the ring sector is the box's first sector."""
     for sector_size in (512, 4096):
         layout = MailboxLayout(0, sector_size, 2000)
-        assert layout.box_bytes == 8192
-        assert layout.total_bytes == 2000 * (sector_size + 2 * 8192)
-    assert MailboxLayout(0, 512, 2000).total_bytes < 33 * 2**20
+        assert layout.reply_box_bytes == 8192
+        assert layout.ring_bytes + 2000 * layout.request_box_bytes == 2000 * 8192
+        assert layout.total_bytes == 2000 * 16384
     assert MailboxLayout(0, 512, 250).ring_bytes == 128_000
 
 
