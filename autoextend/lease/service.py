@@ -194,9 +194,20 @@ class LeaseService:
     # ---- SPM -----------------------------------------------------------------------------
 
     async def _owner_gone(self, owner: int, generation: int) -> bool:
+        """True if the host id lease that ``(owner, generation)`` held is provably over.
+
+        A free slot or another generation is trusted only from a read issued after the
+        caller's leader read: a cached record may predate the owner's restart, and then its
+        old generation says nothing about the incarnation that holds the lease now.
+        """
         if not 1 <= owner <= self.layout.max_hosts:
             return True
-        if owner not in self.monitor.peers or self.monitor.needs_confirm(owner, self.clock.now()):
+        cached = self.monitor.record(owner)
+        if (
+            owner not in self.monitor.peers
+            or (cached is not None and (cached.free or cached.generation != generation))
+            or self.monitor.needs_confirm(owner, self.clock.now())
+        ):
             offset = self.layout.delta_offset(owner)
             issued = self.clock.now()
             raw = await self.storage.read(offset, self.layout.sector_size)

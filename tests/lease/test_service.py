@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import anyio
 import pytest
 
-from autoextend.clock import MonotonicClock
+from autoextend.clock import ManualClock, MonotonicClock
 from autoextend.directio import MemoryStorage, StorageError
 from autoextend.errors import NotSpmError
 from autoextend.lease.liveness import HostState
@@ -154,3 +155,49 @@ async def test_host_states_live_and_unknown() -> None:
         assert states[3].state is HostState.FREE
         assert 0 <= (a.renewal_age() or 0) <= 2 * T + 0.05
     assert len(states) == MAX_HOSTS and W > 0
+
+
+async def test_restarted_holder_is_not_taken_over_on_a_stale_generation() -> None:
+    """Host 1 crashes holding the lease and restarts at once (same name, new generation) and
+    takes the lease again. Host 2 last read host 1's slot before the restart, so its cached
+    record still shows the old generation; that stale mismatch must not count as "the owner's
+    host id is gone" (a fresh read shows the new generation, which is the leader's)."""
+    storage = await memory_area()
+    real = MonotonicClock()
+    frozen = ManualClock()  # host 2's clock: it neither renews nor polls unless advanced
+    crashed = Cuttable(storage)
+    first = LeaseService(crashed, settings(1), real, rng=random.Random(1))
+    b = LeaseService(storage, settings(2), frozen, rng=random.Random(2))
+
+    async def advance_until(done: Callable[[], bool]) -> None:
+        with anyio.fail_after(5):
+            while not done():
+                frozen.advance(T / 4)
+                await anyio.sleep(0.001)
+
+    async with anyio.create_task_group() as tg:
+        joined_b = anyio.Event()
+
+        async def run_b() -> None:
+            async with b.joined():
+                joined_b.set()
+                await anyio.sleep_forever()
+
+        async with first.joined(), first.spm() as old_term:
+            tg.start_soon(run_b)
+            await advance_until(joined_b.is_set)
+            await advance_until(lambda: b.stats.renewals >= 1)  # b has seen host 1's slot
+            assert b.monitor.record(1) is not None
+            old_generation = old_term.generation
+            assert b.monitor.record(1).generation == old_generation  # type: ignore[union-attr]
+            crashed.cut = True  # crash: nothing more reaches the disk
+        second = LeaseService(storage, settings(1), real, rng=random.Random(3))
+        async with second.joined(), second.spm() as term:
+            assert term.generation != old_generation
+            taken = False
+            with anyio.move_on_after(20 * T):
+                async with b.spm():
+                    taken = True
+            assert not taken, "host 2 took the lease of a live holder"
+            term.check()
+        tg.cancel_scope.cancel()

@@ -1,48 +1,78 @@
 """Multi-process torture: N in {2,4,8} hosts, faults, SIGKILL, SIGSTOP/SIGCONT; 0 violations.
 
-CI size: up to 60 s per N, stopping early once 3400 acquisitions are reached (10,000+ over the
-three runs); AUTOEXTEND_LEASE_TORTURE_S overrides the time and disables the early stop. Soak:
-``AUTOEXTEND_LEASE_TORTURE_S=86400 pytest -m slow tests/lease/test_torture.py`` or
-``python -m tests.lease.torture SECONDS HOSTS``.
+CI size: the three runs (N = 2, 4 and 8, each on its own shared file) run side by side for up
+to RUN_S seconds and stop early once together they reach GOAL acquisitions. The test asserts
+at least MIN_TOTAL acquisitions in total (the issue asks for 10,000) and 0 violations, and
+prints the per-N counts. The runs go side by side because each is bound by the latency of its
+serial chain of I/Os and wake-ups (one holder at a time), not by CPU: one run uses about half
+a core of this 2-core machine.
+
+Soak: ``AUTOEXTEND_LEASE_TORTURE_S=86400 pytest -m slow tests/lease/test_torture.py`` (per run,
+no early stop), or ``python -m tests.lease.torture SECONDS HOSTS`` for one N.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import anyio
 import pytest
 
-from .torture import check_history, run_torture
+from .torture import AcquisitionCounter, TortureResult, check_history, run_torture
 from .torture_setup import format_file
 
-SECONDS = float(os.environ.get("AUTOEXTEND_LEASE_TORTURE_S", "60"))
-TARGET = 0 if "AUTOEXTEND_LEASE_TORTURE_S" in os.environ else 3400
-TOTAL: dict[int, int] = {}
+SOAK = "AUTOEXTEND_LEASE_TORTURE_S" in os.environ
+RUN_S = float(os.environ.get("AUTOEXTEND_LEASE_TORTURE_S", "160"))
+GOAL = 0 if SOAK else 16_000
+MIN_TOTAL = 11_000
+HOSTS = (2, 4, 8)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(SECONDS * 3 + 120)
-@pytest.mark.parametrize("hosts", [2, 4, 8])
-async def test_torture_no_two_holders(hosts: int) -> None:
-    with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="autoextend-torture-") as tmp:
-        area = Path(tmp) / "area.img"
+@pytest.mark.timeout(RUN_S + 120)
+async def test_torture_no_two_holders() -> None:
+    counts = dict.fromkeys(HOSTS, 0)
+    results: dict[int, TortureResult] = {}
+
+    def enough(hosts: int, count: int) -> bool:
+        counts[hosts] = count
+        return GOAL > 0 and sum(counts.values()) >= GOAL
+
+    async def one_run(tmp: Path, hosts: int) -> None:
+        workdir = tmp / f"n{hosts}"
+        workdir.mkdir()
+        area = workdir / "area.img"
         await format_file(area, 16)
-        result = await anyio.to_thread.run_sync(
+        results[hosts] = await anyio.to_thread.run_sync(
             lambda: run_torture(
-                Path(tmp), area, hosts, SECONDS, seed=hosts, io_timeout=0.05, watchdog=0.3,
-                poll=0.005 if hosts <= 4 else 0.01, max_hosts=16, target=TARGET,
+                workdir, area, hosts, RUN_S, seed=hosts, io_timeout=0.05, watchdog=0.3,
+                poll=0.005 if hosts <= 4 else 0.01, max_hosts=16,
+                stop=lambda count: enough(hosts, count),
             )
         )
-    TOTAL[hosts] = result.acquisitions
-    print(f"torture hosts={hosts} acquisitions={result.acquisitions} kills={result.kills} "
-          f"stops={result.stops} watchdog_fires={result.watchdog_fires} "
-          f"total_so_far={sum(TOTAL.values())}")
-    assert result.violations == []
-    assert result.acquisitions > 50 * hosts
-    assert result.kills > 0 and result.stops > 0
+
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="autoextend-torture-") as tmp:
+        async with anyio.create_task_group() as tg:
+            for hosts in HOSTS:
+                tg.start_soon(one_run, Path(tmp), hosts)
+    took = time.monotonic() - began
+    total = sum(r.acquisitions for r in results.values())
+    for hosts, r in sorted(results.items()):
+        print(f"torture hosts={hosts} acquisitions={r.acquisitions} kills={r.kills} "
+              f"stops={r.stops} watchdog_fires={r.watchdog_fires} restarts={r.restarts} "
+              f"violations={len(r.violations)}")
+    print(f"torture total acquisitions={total} in {took:.0f} s")
+    violations = [v for r in results.values() for v in r.violations]
+    assert violations == []
+    if not SOAK:
+        assert total >= MIN_TOTAL
+    for hosts, r in results.items():
+        assert r.acquisitions > 50 * hosts
+        assert r.kills > 0 and r.stops > 0
 
 
 def test_history_checker_catches_overlap(tmp_path: Path) -> None:
@@ -54,3 +84,14 @@ def test_history_checker_catches_overlap(tmp_path: Path) -> None:
     acquisitions, violations = check_history(log)
     assert acquisitions == 2
     assert len(violations) == 3
+
+
+def test_acquisition_counter_reads_only_complete_new_lines(tmp_path: Path) -> None:
+    log = tmp_path / "h.log"
+    counter = AcquisitionCounter(log)
+    assert counter.count() == 0
+    log.write_bytes(b"A 1 1 1.0\nW 1 1 1.1 1.2\nA 2 2 2.")
+    assert counter.count() == 1
+    with open(log, "ab") as f:
+        f.write(b"0\nA 3 1 3.0\n")
+    assert counter.count() == 3

@@ -1,9 +1,15 @@
 """Multi-process torture of the SPM lease on one shared file (harness; see test_torture.py).
 
-N worker processes (torture_worker.py) contend for the SPM lease through FaultyStorage while
-this harness SIGKILLs them at random (and restarts them), freezes them with SIGSTOP and thaws
-them with SIGCONT. It also plays the hardware watchdog: a worker whose published SPM deadline
-(DeadlineFileWatchdog) is more than W/2 past is SIGKILLed, as /dev/watchdog would reset it.
+N worker processes (torture_worker.py, forked by torture_spawner.py) contend for the SPM lease
+through FaultyStorage while this harness SIGKILLs them at random (and restarts them), freezes
+them with SIGSTOP and thaws them with SIGCONT. It also plays the hardware watchdog: a worker
+whose published SPM deadline (DeadlineFileWatchdog) is more than W/2 past is SIGKILLed, as
+/dev/watchdog would reset it.
+
+Two thirds of the killed workers restart at once (forked from a pre-imported spawner in a few
+ms), so the others see a new generation in the holder's slot and take over early; the rest
+stay away for 1 to 2 times host_dead, so the others must wait for the holder's host id to be
+DEAD (the 8T+W rule).
 
 Oracles: the workers' own devcount check (V lines) and an offline history check: one host per
 lver, and no check-sector write of lver L begun after a later lver was acquired.
@@ -11,18 +17,22 @@ lver, and no check-sector write of lver L begun after a later lver was acquired.
 
 from __future__ import annotations
 
+import mmap
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoextend.lease.watchdog import read_deadlines
+from autoextend.lease.watchdog import SLOT
 
 REPO = Path(__file__).resolve().parents[2]
+TICK_S = 0.005
 
 
 @dataclass
@@ -34,14 +44,85 @@ class TortureResult:
     kills: int = 0
     stops: int = 0
     watchdog_fires: int = 0
+    restarts: int = 0
+
+
+class Spawner:
+    """Client of torture_spawner.py: fork workers, signal them by pidfd, reap them."""
+
+    def __init__(self, errors: Path | None, nice: int) -> None:
+        """Workers' stderr goes to ``errors`` (None: inherited)."""
+        with open(errors or os.devnull, "ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.lease.torture_spawner"], cwd=REPO, text=True,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=err if errors is not None else None,
+                preexec_fn=(lambda: os.nice(nice)) if nice else None,
+            )
+
+    def _send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def spawn(self, args: list[str]) -> tuple[int, int]:
+        """Start a worker; returns (pid, pidfd)."""
+        assert self.proc.stdout is not None
+        self._send("spawn " + " ".join(args))
+        reply = self.proc.stdout.readline().split()
+        if len(reply) != 2 or reply[0] != "pid":
+            raise RuntimeError(f"torture spawner: unexpected reply {reply!r}")
+        pid = int(reply[1])
+        return pid, os.pidfd_open(pid)
+
+    def reap(self, pid: int, pidfd: int) -> None:
+        os.close(pidfd)
+        self._send(f"reap {pid}")
+
+    def close(self) -> None:
+        """EOF: the spawner SIGKILLs and reaps whatever is left, then exits."""
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+
+
+def exited(pidfd: int, timeout: float = 0.0) -> bool:
+    return bool(select.select([pidfd], [], [], timeout)[0])
 
 
 @dataclass
 class _Worker:
     host_id: int
-    proc: subprocess.Popen[bytes] | None = None
+    pid: int = 0
+    pidfd: int = -1
     stopped_until: float = 0.0
+    restart_at: float = 0.0
     starts: int = 0
+
+
+class AcquisitionCounter:
+    """Counts "A" lines of the history log incrementally (one read of the new bytes a call)."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self.offset = 0
+        self.total = 0
+        self.partial = b""
+
+    def count(self) -> int:
+        if not self.log.exists():
+            return 0
+        with open(self.log, "rb") as f:
+            f.seek(self.offset)
+            data = self.partial + f.read()
+        self.offset += len(data) - len(self.partial)
+        complete, _, self.partial = data.rpartition(b"\n")
+        self.total += sum(1 for line in complete.split(b"\n") if line.startswith(b"A "))
+        return self.total
 
 
 def check_history(log: Path) -> tuple[int, list[str]]:
@@ -79,77 +160,99 @@ def check_history(log: Path) -> tuple[int, list[str]]:
 def run_torture(
     workdir: Path, area: Path, hosts: int, seconds: float, *, seed: int, io_timeout: float,
     watchdog: float, poll: float, max_hosts: int, faults: bool = True, chaos: bool = True,
-    target: int = 0,
+    stop: Callable[[int], bool] | None = None, nice: int = 0,
 ) -> TortureResult:
-    """Run the torture for ``seconds`` on a formatted ``area``; blocking (call in a thread)."""
+    """Run the torture for ``seconds`` on a formatted ``area``; blocking (call in a thread).
+
+    ``stop`` is called about twice a second with the acquisitions so far (counted from the
+    history log); it returns True to end the run early."""
     rng = random.Random(seed)
+    host_dead = 8 * io_timeout + watchdog
     log = workdir / f"history-{hosts}.log"
     deadlines = workdir / f"deadlines-{hosts}.bin"
-    deadlines.write_bytes(bytes(8 * (max_hosts + 1)))
+    deadlines.write_bytes(bytes(SLOT.size * (max_hosts + 1)))
     workers = [_Worker(h) for h in range(1, hosts + 1)]
     result = TortureResult(hosts, seconds, 0)
+    spawner = Spawner(workdir / f"workers-{hosts}.err" if chaos else None, nice)
+
+    with open(deadlines, "r+b") as f:
+        marks = mmap.mmap(f.fileno(), 0)
 
     def start(w: _Worker) -> None:
-        with open(deadlines, "r+b") as f:
-            f.seek(8 * w.host_id)
-            f.write(bytes(8))
+        SLOT.pack_into(marks, SLOT.size * w.host_id, 0.0)
         w.starts += 1
-        w.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.lease.torture_worker", "--path", str(area),
-             "--log", str(log), "--deadlines", str(deadlines), "--host-id", str(w.host_id),
-             "--seed", str(seed * 1000 + w.host_id * 10 + w.starts),
+        w.pid, w.pidfd = spawner.spawn(
+            ["--path", str(area), "--log", str(log), "--deadlines", str(deadlines),
+             "--host-id", str(w.host_id), "--seed", str(seed * 1000 + w.host_id * 10 + w.starts),
              "--max-hosts", str(max_hosts), "--io-timeout", str(io_timeout),
-             "--watchdog", str(watchdog), "--poll", str(poll)] + (["--faults"] if faults else []),
-            cwd=REPO, preexec_fn=lambda: os.nice(5), stderr=subprocess.DEVNULL if chaos else None,
+             "--watchdog", str(watchdog), "--poll", str(poll)] + (["--faults"] if faults else [])
         )
         w.stopped_until = 0.0
+        w.restart_at = 0.0
 
-    def kill(w: _Worker) -> None:
-        assert w.proc is not None
-        w.proc.kill()
-        w.proc.wait()
-        start(w)
+    def stop_and_reap(w: _Worker) -> None:
+        signal.pidfd_send_signal(w.pidfd, signal.SIGKILL)
+        if not exited(w.pidfd, 10.0):
+            raise RuntimeError(f"torture worker {w.pid} survived SIGKILL")
+        spawner.reap(w.pid, w.pidfd)
+        w.pid, w.pidfd = 0, -1
 
-    for w in workers:
-        start(w)
-    began = time.monotonic()
-    next_chaos = began + 1.0
-    next_count = began + 1.0
+    def kill(w: _Worker, now: float, delay: bool) -> None:
+        stop_and_reap(w)
+        if delay and rng.random() < 1 / 3:
+            w.restart_at = now + rng.uniform(host_dead, 2 * host_dead)
+        else:
+            start(w)
+
     try:
+        for w in workers:
+            start(w)
+        began = time.monotonic()
+        next_chaos = began + 1.0
+        next_count = began + 0.5
+        counter = AcquisitionCounter(log)
         while time.monotonic() - began < seconds:
-            time.sleep(0.003)
+            time.sleep(TICK_S)
             now = time.monotonic()
-            if target and now >= next_count:
-                next_count = now + 1.0
-                if log.exists() and log.read_bytes().count(b"\nA ") >= target:
+            if stop is not None and now >= next_count:
+                next_count = now + 0.5
+                if stop(counter.count()):
                     break
-            marks = read_deadlines(str(deadlines), max_hosts + 1)
             for w in workers:
-                assert w.proc is not None
-                if w.proc.poll() is not None:
-                    start(w)  # crashed on its own (e.g. unexpected error): restart
+                if not w.pid:
+                    if now >= w.restart_at:
+                        result.restarts += 1
+                        start(w)
                     continue
-                if marks[w.host_id] and now > marks[w.host_id] + watchdog / 2:
+                if exited(w.pidfd):
+                    spawner.reap(w.pid, w.pidfd)  # died on its own (unexpected error)
+                    w.pid, w.pidfd = 0, -1
+                    continue
+                deadline = SLOT.unpack_from(marks, SLOT.size * w.host_id)[0]
+                if deadline and now > deadline + watchdog / 2:
                     result.watchdog_fires += 1
-                    kill(w)
+                    kill(w, now, delay=False)
                 elif w.stopped_until and now >= w.stopped_until:
-                    w.proc.send_signal(signal.SIGCONT)
+                    signal.pidfd_send_signal(w.pidfd, signal.SIGCONT)
                     w.stopped_until = 0.0
             if chaos and now >= next_chaos:
                 next_chaos = now + rng.uniform(0.2, 1.0)
                 victim = rng.choice(workers)
-                if rng.random() < 0.5:
+                if not victim.pid:
+                    pass
+                elif rng.random() < 0.5:
                     result.kills += 1
-                    kill(victim)
-                elif not victim.stopped_until and victim.proc is not None:
+                    kill(victim, now, delay=True)
+                elif not victim.stopped_until:
                     result.stops += 1
-                    victim.proc.send_signal(signal.SIGSTOP)
+                    signal.pidfd_send_signal(victim.pidfd, signal.SIGSTOP)
                     victim.stopped_until = now + rng.uniform(0.0, 12 * io_timeout)
     finally:
         for w in workers:
-            if w.proc is not None and w.proc.poll() is None:
-                w.proc.kill()
-                w.proc.wait()
+            if w.pid:
+                stop_and_reap(w)
+        spawner.close()
+        marks.close()
     result.acquisitions, result.violations = check_history(log)
     return result
 
