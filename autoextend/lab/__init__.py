@@ -7,9 +7,12 @@ Modules:
     cpio         newc cpio writer for the initramfs
     thinvol      thin volumes: sparse file + loop device + qcow2
     qemu         QEMU launcher (TCG, direct kernel boot, QMP socket, serial log)
-    libvirtd     an isolated libvirtd + virtlogd for tests, and the domain XML builder
+    libvirtd     an isolated libvirtd + virtlogd for tests (libvirtd_ns: its namespace side)
+    domxml       libvirt domain XML for the lab guest (ENOSPC pause policy)
     events       the once-per-process libvirtaio registration
+    leftovers    find loop devices / processes a test session left behind
     fixtures     pytest plugin (fixtures + leftover check)
+    proc, errors helpers: run a command, the lab's errors
 
 Production code never imports this package.
 """

@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,9 @@ from autoextend.lab.thinvol import ThinVolume
 
 MiB = 1 << 20
 GiB = 1 << 30
-LAB_ROOT = Path("/var/tmp")
+LAB_ROOT_ENV = "AUTOEXTEND_LAB_TMPDIR"  # where session dirs go (default /var/tmp)
 _ROOTS_KEY = pytest.StashKey[list[str]]()
+_LAB_DIRS_KEY = pytest.StashKey[list[Path]]()
 
 
 def _session_roots(config: pytest.Config) -> list[str]:
@@ -49,12 +50,13 @@ def _session_roots(config: pytest.Config) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def lab_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=f"ae-{os.getpid()}-", dir=LAB_ROOT))
+def lab_dir(request: pytest.FixtureRequest) -> Path:
+    """Removed at session end when nothing was left behind (kept for inspection otherwise)."""
+    root = os.environ.get(LAB_ROOT_ENV, "/var/tmp")
+    path = Path(tempfile.mkdtemp(prefix=f"ae-{os.getpid()}-", dir=root))
     _session_roots(request.config).append(str(path))
-    yield path
-    if not leftovers.find_leftovers([str(path)]):
-        shutil.rmtree(path, ignore_errors=True)
+    request.config.stash.setdefault(_LAB_DIRS_KEY, []).append(path)
+    return path
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -175,11 +177,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     found = leftovers.find_leftovers(roots, parent=os.getpid())
     if not found:
+        for lab_dir in session.config.stash.get(_LAB_DIRS_KEY, []):
+            shutil.rmtree(lab_dir, ignore_errors=True)
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     lines = ["lab leftover check FAILED: this test session left behind:"]
     lines += [f"  {item}" for item in found]
-    lines.append("  (cleaned up now; the test that created them must clean up itself)")
+    lines.append("  (cleaned up now; the test that created them must clean up itself;"
+                 " the session's files are kept for inspection)")
     text = "\n".join(lines)
     if reporter is not None:
         reporter.write_line(text, red=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from autoextend.lab import leftovers
-from autoextend.lab.fixtures import QemuVmFactory, ThinVolumeFactory
+from autoextend.lab.fixtures import LAB_ROOT_ENV, QemuVmFactory, ThinVolumeFactory
 from autoextend.lab.qemu import Drive, VmSpec
 from autoextend.lvm import loopdev
 
@@ -46,10 +46,18 @@ def test_leaks_a_loop_device(lab_tmp_path):
 '''
 
 
-@pytest.mark.slow
-def test_session_with_a_leak_fails_and_is_cleaned(pytester: pytest.Pytester) -> None:
+def _run_inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.RunResult:
+    # the inner session's lab dir goes under pytester's directory, not /var/tmp
+    monkeypatch.setenv(LAB_ROOT_ENV, str(pytester.path))
+    return pytester.runpytest_subprocess("-p", "autoextend.lab.fixtures",
+                                         "-p", "no:cacheprovider")
+
+
+def test_session_with_a_leak_fails_and_is_cleaned(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytester.makepyfile(test_leaky=LEAKY_TEST)
-    result = pytester.runpytest_subprocess("-p", "autoextend.lab.fixtures", "-p", "no:cacheprovider")
+    result = _run_inner(pytester, monkeypatch)
     output = result.stdout.str()
     assert result.ret != 0, output
     result.assert_outcomes(passed=1)
@@ -59,10 +67,15 @@ def test_session_with_a_leak_fails_and_is_cleaned(pytester: pytest.Pytester) -> 
     device, backing = match.groups()
     listing = subprocess.run(["losetup", "--json", "--list"], capture_output=True, text=True)
     assert backing not in listing.stdout  # the hook detached it
+    assert backing.startswith(str(pytester.path))
+    assert list(pytester.path.glob("ae-*"))  # kept for inspection
 
 
-def test_clean_session_passes(pytester: pytest.Pytester) -> None:
+def test_clean_session_passes_and_removes_its_dir(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytester.makepyfile(test_clean="def test_ok(lab_tmp_path):\n    assert lab_tmp_path.is_dir()\n")
-    result = pytester.runpytest_subprocess("-p", "autoextend.lab.fixtures", "-p", "no:cacheprovider")
+    result = _run_inner(pytester, monkeypatch)
     assert result.ret == 0
     assert "lab leftover check FAILED" not in result.stdout.str()
+    assert not list(pytester.path.glob("ae-*"))
