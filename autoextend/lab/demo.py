@@ -11,9 +11,11 @@ event to the re-armed threshold on the larger volume).
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
@@ -148,6 +150,92 @@ async def run_demo(options: DemoOptions, out: TextIO | None = None) -> dict[str,
         return summarize(tally, results, left_paused, clean, elapsed)
 
 
+async def run_libvirt_demo(options: DemoOptions, out: TextIO | None = None) -> dict[str, Any]:
+    """The single-host demo through libvirtd: the lab starts an isolated libvirtd, the guests
+    run as libvirt domains, and the service watches them with the libvirt backend."""
+    import tempfile
+
+    import libvirt
+
+    from autoextend.lab.domxml import guest_domain_xml
+    from autoextend.lab.guest import find_result
+    from autoextend.lab.libvirtd import run_libvirtd
+    from autoextend.lab.singlehost import host_settings
+
+    tally = Tally()
+    started = time.monotonic()
+    base = Path(tempfile.mkdtemp(prefix="autoextend-libvirt-", dir="/var/tmp"))
+    try:
+        async with run_libvirtd(base / "libvirtd") as daemon:
+            settings = host_settings(
+                base, hypervisor="libvirt", chunk_mib=options.chunk_mib,
+                utilization_percent=options.utilization_percent,
+                extra={"libvirt": {"uri": daemon.uri, "rescan_interval_s": 1.0}},
+            )
+            async with lab_host(settings, workdir=base, observer=tally) as host:
+                conn = await anyio.to_thread.run_sync(daemon.connect)
+                try:
+                    job = GuestJob(mib=options.write_mib, rate_kib_s=options.rate_kib_s)
+                    serials: dict[str, Path] = {}
+                    devices: dict[str, str] = {}
+                    for i in range(options.vms):
+                        name = f"vm{i + 1}"
+                        _, device = await host.create_disk(
+                            f"{name}-disk", options.start_mib, options.virtual_mib)
+                        serials[name] = base / f"{name}.serial"
+                        devices[name] = device
+                        xml = guest_domain_xml(name, host.image, [device], job, serials[name])
+                        await anyio.to_thread.run_sync(conn.createXML, xml, 0)
+                    results: dict[str, Any] = {}
+                    left_paused = 0
+                    async with anyio.create_task_group() as tg:
+                        if options.progress and out is not None:
+                            tg.start_soon(_progress, host, tally, out)
+                        for name in serials:
+                            running = await _wait_domain(conn, name, options.timeout_s)
+                            text = await anyio.Path(serials[name]).read_text(errors="replace")
+                            results[name] = find_result(text)
+                            left_paused += int(running)
+                        tg.cancel_scope.cancel()
+                    if options.progress and out is not None:
+                        out.write("\n")
+                    clean = True
+                    for device in devices.values():
+                        clean = clean and (await qemu_img_check(device)).clean
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        for name in [f"vm{i + 1}" for i in range(options.vms)]:
+                            try:
+                                dom = await anyio.to_thread.run_sync(conn.lookupByName, name)
+                                await anyio.to_thread.run_sync(dom.destroy)
+                            except libvirt.libvirtError:
+                                pass
+                        await anyio.to_thread.run_sync(conn.close)
+        summary = summarize(tally, results, left_paused, clean, time.monotonic() - started)
+        summary["hypervisor"] = "libvirt"
+        return summary
+    finally:
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(base, ignore_errors=True))
+
+
+async def _wait_domain(conn: Any, name: str, timeout_s: float) -> bool:
+    """Wait for a transient domain to stop; True if it is still running at the timeout."""
+    import libvirt
+
+    with anyio.move_on_after(timeout_s):
+        while True:
+            try:
+                dom = await anyio.to_thread.run_sync(conn.lookupByName, name)
+                if not await anyio.to_thread.run_sync(dom.isActive):
+                    return False
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return False
+                raise
+            await anyio.sleep(0.5)
+    return True
+
+
 async def run_pool_demo(options: DemoOptions, out: TextIO | None = None) -> dict[str, Any]:
     """Several host processes sharing one pool through the storage mailbox; one guest per
     host. With ``kill_spm`` the SPM host is SIGKILLed partway and restarted a second later
@@ -280,7 +368,10 @@ def main(options: DemoOptions, as_json: bool) -> int:
     import json
 
     out = sys.stdout
-    runner = run_pool_demo if options.hosts > 1 else run_demo
+    if options.hypervisor == "libvirt":
+        runner = run_libvirt_demo
+    else:
+        runner = run_pool_demo if options.hosts > 1 else run_demo
     summary = anyio.run(runner, options, out)
     if as_json:
         out.write(json.dumps(summary) + "\n")
