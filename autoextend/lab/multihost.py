@@ -31,7 +31,7 @@ from anyio.abc import Process
 from autoextend import control
 from autoextend.errors import AutoextendError
 from autoextend.lab import proc
-from autoextend.lab.guest import GuestJob
+from autoextend.lab.guest import GuestJob, with_expected_md5
 from autoextend.lab.guestimage import GuestImage, build_guest
 from autoextend.lab.qemu import QemuVm, guest_spec, launch
 from autoextend.logs import get_logger
@@ -200,6 +200,7 @@ class Pool:
         self.stack.push_async_callback(self._remove, volume)
         await proc.run(["qemu-img", "create", "-q", "-f", "qcow2", device, f"{virtual_mib}M"])
         host = self.hosts[host_id]
+        job = await anyio.to_thread.run_sync(with_expected_md5, job)  # guest only compares
         socket = host.directory / "qmp" / f"{name}.sock"
         spec = guest_spec(name, self.image, [device], job,
                           extra_args=("-name", name, "-qmp", f"unix:{socket},server=on,wait=off"))
@@ -251,9 +252,13 @@ async def pool(
     watchdog_s: float = 1.0,
     chunk_mib: int = 128,
     poll_interval_s: float = 1.0,
+    directory: Path | None = None,
 ) -> AsyncIterator[Pool]:
-    """``hosts`` autoextend processes sharing one metadata area and one volume root."""
-    directory = Path(tempfile.mkdtemp(prefix="autoextend-pool-", dir="/var/tmp"))
+    """``hosts`` autoextend processes sharing one metadata area and one volume root, in
+    ``directory`` (default: a new directory under /var/tmp, removed afterwards)."""
+    own_dir = directory is None
+    if directory is None:
+        directory = Path(tempfile.mkdtemp(prefix="autoextend-pool-", dir="/var/tmp"))
     try:
         image = await build_guest()
         meta = directory / "metadata"
@@ -283,6 +288,5 @@ async def pool(
                 await host.start()
             yield the_pool
     finally:
-        keep = os.environ.get("AUTOEXTEND_KEEP_POOL")
-        if not keep:
+        if own_dir and not os.environ.get("AUTOEXTEND_KEEP_POOL"):
             await anyio.to_thread.run_sync(lambda: shutil.rmtree(directory, ignore_errors=True))

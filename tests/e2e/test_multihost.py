@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -46,8 +47,8 @@ async def assert_each_step_once(the_pool: Pool, chunk: int, start: int) -> None:
         assert await file_size(the_pool, guest.volume.lv) == sizes[-1]
 
 
-async def test_two_hosts_1gib_each_with_spm_killed_mid_run() -> None:
-    async with pool(2, chunk_mib=128) as p:
+async def test_two_hosts_1gib_each_with_spm_killed_mid_run(lab_tmp_path: Path) -> None:
+    async with pool(2, directory=lab_tmp_path, chunk_mib=128) as p:
         old_spm = await p.wait_for_spm()
         g1 = await p.start_guest(1, "vm1", GuestJob(mib=1024), start_mib=128)
         g2 = await p.start_guest(2, "vm2", GuestJob(mib=1024, seed=2), start_mib=128)
@@ -71,8 +72,8 @@ async def test_two_hosts_1gib_each_with_spm_killed_mid_run() -> None:
             assert len(extended_sizes(p)[str(g.volume)]) >= 6
 
 
-async def test_step_down_moves_the_role_while_guests_write() -> None:
-    async with pool(2, chunk_mib=64) as p:
+async def test_step_down_moves_the_role_while_guests_write(lab_tmp_path: Path) -> None:
+    async with pool(2, directory=lab_tmp_path, chunk_mib=64) as p:
         old_spm = await p.wait_for_spm()
         g1 = await p.start_guest(1, "vm1", GuestJob(mib=384), start_mib=64, virtual_mib=1024)
         g2 = await p.start_guest(2, "vm2", GuestJob(mib=384, seed=3), start_mib=64,
@@ -93,8 +94,8 @@ async def test_step_down_moves_the_role_while_guests_write() -> None:
         await assert_each_step_once(p, 64 * MiB, 64 * MiB)
 
 
-async def test_vg_full_fails_then_recovers_without_manual_steps() -> None:
-    async with pool(2, chunk_mib=64) as p:
+async def test_vg_full_fails_then_recovers_without_manual_steps(lab_tmp_path: Path) -> None:
+    async with pool(2, directory=lab_tmp_path, chunk_mib=64) as p:
         await p.wait_for_spm()
         await p.volumes.set_vg_capacity("demo", 64 * MiB)  # only the initial volume fits
         g = await p.start_guest(2, "vm1", GuestJob(mib=160), start_mib=64, virtual_mib=512)
@@ -126,8 +127,8 @@ async def test_vg_full_fails_then_recovers_without_manual_steps() -> None:
         assert status["service"]["resumes"] >= 1
 
 
-async def test_corrupt_mailbox_bytes_are_rejected_counted_and_serving_goes_on() -> None:
-    async with pool(2, chunk_mib=64) as p:
+async def test_corrupt_mailbox_bytes_are_rejected_counted_and_serving_goes_on(lab_tmp_path: Path) -> None:
+    async with pool(2, directory=lab_tmp_path, chunk_mib=64) as p:
         spm = await p.wait_for_spm()
         layout = MailboxLayout(mailbox_base(MailboxSettings(max_hosts=16), 0), 512, 16)
         garbage = os.urandom(layout.box_bytes)

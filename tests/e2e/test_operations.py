@@ -58,9 +58,9 @@ def paused(host: LabHost, vm: str) -> str | None:
     return None
 
 
-async def test_metrics_endpoint_after_real_extensions() -> None:
+async def test_metrics_endpoint_after_real_extensions(lab_tmp_path: Path) -> None:
     tally = Tally()
-    async with lab_host(observer=tally, chunk_mib=64, metrics_port=free_port()) as host:
+    async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=64, metrics_port=free_port()) as host:
         guest = await host.start_guest("vm1", GuestJob(mib=256), start_mib=64, virtual_mib=512)
         result = await guest.vm.result(timeout=300)
         assert result.verified
@@ -97,8 +97,8 @@ def write_config(host: LabHost, path: Path) -> None:
     path.write_text(f'[service]\ncontrol_socket = "{host.settings.service.control_socket}"\n')
 
 
-async def test_status_json_with_paused_vm_and_extension_in_flight(tmp_path: Path) -> None:
-    async with lab_host(chunk_mib=64, metrics_port=free_port()) as host:
+async def test_status_json_with_paused_vm_and_extension_in_flight(tmp_path: Path, lab_tmp_path: Path) -> None:
+    async with lab_host(workdir=lab_tmp_path, chunk_mib=64, metrics_port=free_port()) as host:
         held = HeldExtender(host.service.monitor.extender)
         host.service.monitor.extender = held
         guest = await host.start_guest("vm1", GuestJob(mib=128), start_mib=32, virtual_mib=512)
@@ -127,9 +127,9 @@ async def test_status_json_with_paused_vm_and_extension_in_flight(tmp_path: Path
         assert (await guest.vm.result(timeout=300)).verified
 
 
-async def test_dry_run_extends_and_resumes_nothing() -> None:
+async def test_dry_run_extends_and_resumes_nothing(lab_tmp_path: Path) -> None:
     tally = Tally()
-    async with lab_host(observer=tally, chunk_mib=64, dry_run=True) as host:
+    async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=64, dry_run=True) as host:
         guest = await host.start_guest("vm1", GuestJob(mib=96), start_mib=32, virtual_mib=512)
         await until(lambda: paused(host, "vm1") == PauseReason.ENOSPC.value, 120, "ENOSPC")
         await anyio.sleep(3.0)  # a poll or two
@@ -141,10 +141,10 @@ async def test_dry_run_extends_and_resumes_nothing() -> None:
         assert d["last_error"] == "dry-run"
 
 
-async def test_per_vg_override_changes_the_chunk() -> None:
+async def test_per_vg_override_changes_the_chunk(lab_tmp_path: Path) -> None:
     tally = Tally()
     overrides = {"policy": {"overrides": [{"vg": "demo", "chunk_mib": 32}]}}
-    async with lab_host(observer=tally, chunk_mib=128, extra=overrides) as host:
+    async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=128, extra=overrides) as host:
         guest = await host.start_guest("vm1", GuestJob(mib=96), start_mib=32, virtual_mib=512)
         assert (await guest.vm.result(timeout=300)).verified
         size = (await anyio.Path(host.volumes.file_path(guest.volume)).stat()).st_size

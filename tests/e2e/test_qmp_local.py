@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 import pytest
@@ -42,9 +43,9 @@ def paused(host: LabHost, vm: str) -> str | None:
     return None
 
 
-async def test_guest_writes_1gib_into_128mib_volume() -> None:
+async def test_guest_writes_1gib_into_128mib_volume(lab_tmp_path: Path) -> None:
     tally = Tally()
-    async with lab_host(observer=tally, chunk_mib=128) as host:
+    async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=128) as host:
         guest = await host.start_guest("vm1", GuestJob(mib=1024), start_mib=128,
                                        virtual_mib=2048)
         result = await guest.vm.result(timeout=600)
@@ -74,9 +75,9 @@ class HeldExtender:
         return await self.inner.extend(volume, size)
 
 
-async def test_enospc_pause_is_extended_and_resumed() -> None:
+async def test_enospc_pause_is_extended_and_resumed(lab_tmp_path: Path) -> None:
     tally = Tally()
-    async with lab_host(observer=tally, chunk_mib=128) as host:
+    async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=128) as host:
         held = HeldExtender(host.service.monitor.extender)
         host.service.monitor.extender = held
         guest = await host.start_guest("vm1", GuestJob(mib=192), start_mib=64, virtual_mib=512)
@@ -94,9 +95,9 @@ async def test_enospc_pause_is_extended_and_resumed() -> None:
         assert (await qemu_img_check(guest.device)).clean
 
 
-async def test_operator_pause_is_never_resumed() -> None:
+async def test_operator_pause_is_never_resumed(lab_tmp_path: Path) -> None:
     tally = Tally()
-    async with lab_host(observer=tally, chunk_mib=64, poll_interval_s=0.5) as host:
+    async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=64, poll_interval_s=0.5) as host:
         guest = await host.start_guest("vm1", GuestJob(mib=96, rate_kib_s=16384), start_mib=64,
                                        virtual_mib=512)
         await guest.vm.wait_for_start(timeout=120)
@@ -113,10 +114,10 @@ async def test_operator_pause_is_never_resumed() -> None:
         assert result.verified
 
 
-async def test_drive_at_cap_is_disabled() -> None:
+async def test_drive_at_cap_is_disabled(lab_tmp_path: Path) -> None:
     # virtual 64 MiB -> cap = round_up(70.4 MiB, 4 MiB) = 72 MiB; start 32 MiB, chunk 128.
     tally = Tally()
-    async with lab_host(observer=tally, chunk_mib=128) as host:
+    async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=128) as host:
         guest = await host.start_guest("vm1", GuestJob(mib=60), start_mib=32, virtual_mib=64)
         result = await guest.vm.result(timeout=300)
         assert result.verified, result
@@ -130,9 +131,9 @@ async def test_drive_at_cap_is_disabled() -> None:
         assert tally.extends == extends
 
 
-async def test_qemu_killed_mid_run_others_keep_being_served() -> None:
+async def test_qemu_killed_mid_run_others_keep_being_served(lab_tmp_path: Path) -> None:
     tally = Tally()
-    async with lab_host(observer=tally, chunk_mib=64, poll_interval_s=0.5) as host:
+    async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=64, poll_interval_s=0.5) as host:
         victim = await host.start_guest("vm1", GuestJob(mib=512, rate_kib_s=8192), start_mib=64,
                                         virtual_mib=1024)
         other = await host.start_guest("vm2", GuestJob(mib=256), start_mib=64, virtual_mib=1024)

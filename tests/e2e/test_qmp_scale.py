@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 import pytest
@@ -28,8 +29,8 @@ def armed(host: LabHost) -> set[str]:
     }
 
 
-async def test_twenty_vms_and_a_broken_one() -> None:
-    async with lab_host(poll_interval_s=0.5) as host:
+async def test_twenty_vms_and_a_broken_one(lab_tmp_path: Path) -> None:
+    async with lab_host(workdir=lab_tmp_path, poll_interval_s=0.5) as host:
         names = [f"idle{i:02d}" for i in range(20)]
         for name in names:
             await host.start_idle(name)
