@@ -68,6 +68,8 @@ from autoextend.spm.wire import (
 
 log = logs.get_logger("spm.host")
 
+CLEAR_DELAY_S = 1.0  # an answered slot is cleared on disk with the next write, or after this
+
 
 def reply_poll_interval(waited: float, base: float, maximum: float) -> float:
     """How long to sleep between reply polls after waiting ``waited`` seconds: ``base`` at
@@ -159,6 +161,8 @@ class HostMailbox:
         self._ring_needed = False
         self._ring_count = 0
         self._box_seq = 0
+        self._lazy: set[int] = set()  # sectors holding answered slots not yet cleared on disk
+        self._lazy_since = 0.0
         self._rung_at = -1e18
         self._retry_delay = 0.0
 
@@ -222,9 +226,20 @@ class HostMailbox:
         self._next_id = 1 if self._next_id >= MAX_REQUEST_ID else self._next_id + 1
         return request_id
 
-    def _write_slot(self, slot: int, request: Request | None, *, ring: bool) -> None:
+    def _write_slot(
+        self, slot: int, request: Request | None, *, ring: bool, lazy: bool = False
+    ) -> None:
+        """Change a slot in memory; the run task writes it. ``lazy``: an answered slot, whose
+        clearing may wait for the next write (or CLEAR_DELAY_S): the SPM already answered
+        it, so seeing it again changes nothing."""
         self._slots[slot] = request
-        self._dirty.add(self._layout.request_slot_sector(slot))
+        sector = self._layout.request_slot_sector(slot)
+        if lazy:
+            if not self._lazy:
+                self._lazy_since = self._clock.now()
+            self._lazy.add(sector)
+            return
+        self._dirty.add(sector)
         self._ring_needed = self._ring_needed or ring
         if self._wake is not None:
             self._wake.set()
@@ -319,23 +334,29 @@ class HostMailbox:
     def _sleep_time(self) -> float | None:
         if self._dirty or self._queue:
             return 0.0 if self._dirty else self._settings.reply_poll_interval_s
+        clear = (None if not self._lazy else
+                 max(0.0, self._lazy_since + CLEAR_DELAY_S - self._clock.now()))
         if not self._by_volume:
-            return None  # idle: no I/O until a request comes
+            return clear  # idle: no I/O until a request comes (or answered slots to clear)
         newest = max(p.created for p in self._by_volume.values())
-        return reply_poll_interval(
+        poll = reply_poll_interval(
             self._clock.now() - newest,
             self._settings.reply_poll_interval_s,
             self._settings.reply_poll_max_s,
         )
+        return poll if clear is None else min(poll, clear)
 
     async def _step(self) -> None:
         now = self._clock.now()
         self._expire(now)
         self._assign_slots(now)
+        if self._lazy and (self._dirty or now - self._lazy_since >= CLEAR_DELAY_S):
+            self._dirty |= self._lazy
+            self._lazy = set()
         try:
-            if self._dirty:
-                await self._flush()
-            if any(p.slot is not None for p in self._by_volume.values()):
+            rang = await self._flush() if self._dirty else False
+            if not rang and any(p.slot is not None for p in self._by_volume.values()):
+                # (Right after a ring the SPM cannot have answered yet: poll next time.)
                 await self._poll_replies()
                 await self._keep_bell_rung(self._clock.now())
         except AutoextendError as err:
@@ -363,9 +384,9 @@ class HostMailbox:
             self._write_slot(pending.slot, Request(pending.request_id, pending.volume.vg,
                                                    pending.volume.lv, pending.size), ring=True)
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
         """Write the dirty box sectors (one I/O for the range) and, once that is durable, the
-        ring sector (when it holds a changed slot, or to ring)."""
+        ring sector (when it holds a changed slot, or to ring). True if it rang."""
         layout = self._layout
         dirty, self._dirty = self._dirty, set()
         ring, self._ring_needed = self._ring_needed, False
@@ -389,6 +410,7 @@ class HostMailbox:
             self._dirty |= dirty
             self._ring_needed = self._ring_needed or ring
             raise
+        return ring
 
     async def _ring(self) -> None:
         """Write our ring sector (the head slots, the box sequence) with the next count;
@@ -467,7 +489,7 @@ class HostMailbox:
         if reply.request_id == pending.request_id or not pending.waiters:
             assert pending.slot is not None
             del self._by_volume[pending.volume]
-            self._write_slot(pending.slot, None, ring=False)
+            self._write_slot(pending.slot, None, ring=False, lazy=True)
 
     def _finish_all(self, pending: _Pending, waiters: list[_Waiter], reply: Reply) -> None:
         self.counters.replies += 1

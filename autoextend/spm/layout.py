@@ -77,6 +77,11 @@ class MailboxLayout:
         first = self.head_slots + (sector - 1) * self.slots_per_sector
         return range(first, min(first + self.slots_per_sector, SLOTS_PER_HOST))
 
+    @property
+    def box_bytes(self) -> int:
+        """Same as :attr:`request_box_bytes` (the name callers of the first layout used)."""
+        return self.request_box_bytes
+
     # Replies: sectors 0..n of the reply box, every one written by the SPM only.
 
     @property

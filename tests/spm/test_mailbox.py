@@ -17,10 +17,18 @@ from autoextend.errors import NotSpmError
 from autoextend.lvm.volume import VolumeRef
 from autoextend.spm.config import MailboxSettings
 from autoextend.spm.errors import MailboxClosed, MailboxTimeout
-from autoextend.spm.host import HostMailbox
+from autoextend.spm.host import CLEAR_DELAY_S, HostMailbox
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.server import SpmMailServer
-from autoextend.spm.wire import ReasonCode, Request, Ring, Status, encode_ring
+from autoextend.spm.wire import (
+    MalformedSlot,
+    ReasonCode,
+    Request,
+    Ring,
+    Status,
+    decode_ring,
+    encode_ring,
+)
 
 from .fakes import FAST, Authority, RecordingBackend, layout_for
 
@@ -600,3 +608,34 @@ async def test_replies_queued_behind_a_write_go_out_in_one_write() -> None:
     assert len(gated.reply_writes) == 2
     _, second = gated.reply_writes
     assert second == (pool.layout.reply_offset(2), pool.layout.reply_box_bytes)
+
+
+async def test_an_answered_slot_is_cleared_on_disk_lazily() -> None:
+    """After the reply the slot is free at once in memory; on disk it is cleared with the
+    host's next write, or CLEAR_DELAY_S later: one write less on the reply's path."""
+    pool = Pool()
+    clock = ManualClock()
+    server = SpmMailServer(pool.storage, pool.backend, [VG], layout=pool.layout,
+                           authority=pool.authority, settings=FAST, clock=clock)
+    host = HostMailbox(pool.storage, pool.layout, 4, FAST, clock)
+
+    async def head_slot_0() -> Request | MalformedSlot | None:
+        raw = await pool.storage.read(pool.layout.ring_offset(4), 512)
+        return decode_ring(raw, 4).slots[0]
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.run)
+        await tg.start(host.run)
+        got: list[Status] = []
+
+        async def ask() -> None:
+            got.append((await host.request(vol(1), 200 * MiB)).status)
+
+        tg.start_soon(ask)
+        while not got:
+            await tick(clock, 0.025, step=0.005)
+        assert got == [Status.OK] and host.in_flight == 0
+        assert isinstance(await head_slot_0(), Request)  # not cleared yet
+        await tick(clock, CLEAR_DELAY_S + 0.01, step=0.005)
+        assert await head_slot_0() is None
+        tg.cancel_scope.cancel()

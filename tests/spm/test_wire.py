@@ -250,6 +250,7 @@ def test_sizes_of_the_area() -> None:
     for sector_size in (512, 4096):
         layout = MailboxLayout(0, sector_size, 2000)
         assert layout.reply_box_bytes == 8192
+        assert layout.box_bytes == layout.request_box_bytes  # the name older callers use
         assert layout.ring_bytes + 2000 * layout.request_box_bytes == 2000 * 8192
         assert layout.total_bytes == 2000 * 16384
     assert MailboxLayout(0, 512, 250).ring_bytes == 128_000
