@@ -35,7 +35,6 @@ it after a failover.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 
 import anyio
@@ -48,19 +47,22 @@ from autoextend.errors import AutoextendError
 from autoextend.lvm.volume import VolumeRef
 from autoextend.spm.config import MailboxSettings
 from autoextend.spm.errors import CorruptSector, MailboxClosed, MailboxTimeout
+from autoextend.spm.generation import next_generation
+from autoextend.spm.hostpolicy import (
+    HostMailboxCounters,
+    local_rejection,
+    next_retry_delay,
+    reply_poll_interval,
+)
 from autoextend.spm.layout import SLOTS_PER_HOST, MailboxLayout
 from autoextend.spm.waiting import sleep_or_event
 from autoextend.spm.wire import (
     MAX_REQUEST_ID,
-    MAX_SIZE,
-    NAME_FIELD,
     Kind,
-    ReasonCode,
     Reply,
     Request,
     Ring,
     Status,
-    decode_ring,
     decode_sector,
     encode_ring,
     encode_sector,
@@ -68,29 +70,16 @@ from autoextend.spm.wire import (
 
 log = logs.get_logger("spm.host")
 
+__all__ = [
+    "CLEAR_DELAY_S",
+    "HostMailbox",
+    "HostMailboxCounters",
+    "local_rejection",
+    "next_retry_delay",
+    "reply_poll_interval",
+]
+
 CLEAR_DELAY_S = 1.0  # an answered slot is cleared on disk with the next write, or after this
-
-
-def reply_poll_interval(waited: float, base: float, maximum: float) -> float:
-    """How long to sleep between reply polls after waiting ``waited`` seconds: ``base`` at
-    first, then a tenth of the time waited, never more than ``maximum`` (pure)."""
-    return min(maximum, max(base, waited * 0.1))
-
-
-def next_retry_delay(previous: float, initial: float, maximum: float) -> float:
-    """The re-ring backoff: ``initial``, doubling, capped at ``maximum`` (pure)."""
-    return min(maximum, initial if previous <= 0 else previous * 2)
-
-
-def local_rejection(volume: VolumeRef, size: int) -> Reply | None:
-    """A request that cannot even be written to the mailbox, answered here (pure)."""
-    name = f"{volume.vg}/{volume.lv}"
-    if not name.isascii() or len(name) > NAME_FIELD or "/" in volume.vg or "/" in volume.lv:
-        return Reply(0, 0, Status.REJECTED, 0, ReasonCode.BAD_NAME,
-                     f"volume name not ASCII or longer than {NAME_FIELD} bytes")
-    if not 0 < size <= MAX_SIZE:
-        return Reply(0, 0, Status.REJECTED, 0, ReasonCode.BAD_SIZE, f"bad size {size}")
-    return None
 
 
 @dataclass(eq=False)
@@ -112,21 +101,6 @@ class _Pending:
     slot: int | None = None
     waiters: list[_Waiter] = field(default_factory=list)
     earlier: dict[int, int] = field(default_factory=dict)  # superseded id -> its size
-
-
-@dataclass
-class HostMailboxCounters:
-    requests: int = 0  # calls to request()
-    sent: int = 0  # distinct requests written (new or superseding)
-    coalesced: int = 0  # calls that joined a request in flight
-    superseded: int = 0  # in-flight requests rewritten with a larger size
-    replies: int = 0  # replies matched to a request
-    corrupt_sectors: int = 0
-    timeouts: int = 0
-    withdrawn: int = 0
-    rings: int = 0
-    ring_repairs: int = 0  # always 0: rings cannot be undone any more (kept for status)
-    io_errors: int = 0
 
 
 class HostMailbox:
@@ -291,42 +265,9 @@ class HostMailbox:
             self._queue.clear()
 
     async def _start(self) -> None:
-        layout, storage = self._layout, self._storage
-        ss = layout.sector_size
-        seen = 0
-        unreadable = False
-        try:
-            ring = decode_ring(
-                await storage.read(layout.ring_offset(self._host_id), ss), self._host_id
-            )
-            seen = ring.generation
-        except CorruptSector:
-            unreadable = True
-        for kind, offset, first, length in (
-            (Kind.REQUEST, layout.request_offset(self._host_id), 1, layout.request_box_bytes),
-            (Kind.REPLY, layout.reply_offset(self._host_id), 0, layout.reply_box_bytes),
-        ):
-            box = await storage.read(offset, length)
-            for n in range(length // ss):
-                index = first + n
-                slots = (layout.request_sector_slots(index) if kind is Kind.REQUEST
-                         else layout.reply_sector_slots(index))
-                try:
-                    sector = decode_sector(box[n * ss : (n + 1) * ss], kind, index,
-                                           self._host_id, len(slots))
-                except CorruptSector:
-                    unreadable = True
-                    continue
-                seen = max(seen, sector.generation)
-                if kind is Kind.REPLY:
-                    seen = max([seen] + [r.generation for r in sector.slots
-                                         if isinstance(r, Reply)])
-        generation = seen + 1
-        if unreadable:  # a generation we could not see may be higher: jump well past it
-            generation += 1 + secrets.randbelow(1 << 20)
-        self.generation = generation & 0xFFFFFFFF or 1
+        self.generation = await next_generation(self._storage, self._layout, self._host_id)
         self._ring_count = 0
-        self._dirty = set(range(layout.request_sectors))
+        self._dirty = set(range(self._layout.request_sectors))
         self._ring_needed = True
         await self._flush()
         self._log.info("host mailbox started", generation=self.generation)

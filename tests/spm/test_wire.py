@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from autoextend.lvm.volume import VolumeRef
 from autoextend.spm.errors import CorruptSector, LayoutError
+from autoextend.spm.generation import after
 from autoextend.spm.host import local_rejection, next_retry_delay, reply_poll_interval
 from autoextend.spm.layout import SLOTS_PER_HOST, MailboxLayout, contiguous_runs
 from autoextend.spm.wire import (
@@ -283,3 +284,11 @@ def test_local_rejection() -> None:
     assert rejected is not None and rejected.reason is ReasonCode.BAD_NAME
     rejected = local_rejection(VolumeRef("vg", "lv"), 0)
     assert rejected is not None and rejected.status is Status.REJECTED
+
+
+@given(st.integers(0, 0xFFFFFFFF), st.booleans(), st.integers(1, 1 << 20))
+def test_next_generation_is_new_and_never_zero(seen: int, unreadable: bool, jump: int) -> None:
+    generation = after(seen, unreadable, jump)
+    assert 0 < generation <= 0xFFFFFFFF
+    if seen + 1 + jump <= 0xFFFFFFFF:  # no wrap-around
+        assert generation == seen + 1 + (jump if unreadable else 0) > seen
