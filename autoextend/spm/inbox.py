@@ -3,8 +3,10 @@
 A host's request slots live in two places: the first ``head_slots`` in its ring sector
 (request sector 0, read by the ring watch or here), the rest in its request box (sectors
 1..n, read here). The ring sector carries ``box_seq``, which the host bumps with every box
-write, so the box is read only when it may hold something new: a host with at most
-``head_slots`` requests in flight costs the SPM no box read at all.
+write, so the box is read only when ``(generation, box_seq)`` differs from the ring sector
+read before the last box read (a restarted host counts ``box_seq`` from the start again,
+its generation is new): a host with at most ``head_slots`` requests in flight costs the
+SPM no box read at all.
 
 Why a box that is not re-read is never missing a request: the host writes its box before
 the ring sector that carries the new ``box_seq``. A ring sector with the ``box_seq`` of the
@@ -60,7 +62,8 @@ class Inbox:
         self._layout = layout
         self._counters = counters
         self._heads: dict[int, Ring] = {}  # valid ring sectors only
-        self._box_seen: dict[int, int | None] = {}  # box_seq of the ring before the box read
+        # (generation, box_seq) of the ring sector read before the last box read
+        self._box_seen: dict[int, tuple[int, int] | None] = {}
         self._decoded: dict[tuple[int, int], tuple[bytes, _Part]] = {}
 
     def take_ring(self, host_id: int, ring: Ring | None) -> None:
@@ -74,7 +77,7 @@ class Inbox:
         """Whether the box may hold requests the last box read did not see."""
         head = self._heads.get(host_id)
         seen = self._box_seen.get(host_id)
-        return head is None or seen is None or head.box_seq != seen
+        return head is None or seen is None or (head.generation, head.box_seq) != seen
 
     async def read_rings(self, hosts: list[int]) -> set[int]:
         """Read and decode the ring sectors of ``hosts``; the hosts whose read failed."""
@@ -117,7 +120,9 @@ class Inbox:
             for n in range(count):
                 host_id = first + n
                 head = self._heads.get(host_id)
-                self._box_seen[host_id] = None if head is None else head.box_seq
+                self._box_seen[host_id] = (
+                    None if head is None else (head.generation, head.box_seq)
+                )
                 self._counters.boxes_read += 1
                 self._take_box(host_id, data[n * size : (n + 1) * size])
         return failed

@@ -21,6 +21,7 @@ from autoextend.spm.host import CLEAR_DELAY_S, HostMailbox
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.server import SpmMailServer
 from autoextend.spm.wire import (
+    Kind,
     MalformedSlot,
     ReasonCode,
     Request,
@@ -28,6 +29,7 @@ from autoextend.spm.wire import (
     Status,
     decode_ring,
     encode_ring,
+    encode_sector,
 )
 
 from .fakes import FAST, Authority, RecordingBackend, layout_for
@@ -639,3 +641,25 @@ async def test_an_answered_slot_is_cleared_on_disk_lazily() -> None:
         await tick(clock, CLEAR_DELAY_S + 0.01, step=0.005)
         assert await head_slot_0() is None
         tg.cancel_scope.cancel()
+
+
+async def test_a_restarted_host_whose_box_seq_repeats_still_gets_its_box_read() -> None:
+    """box_seq restarts with every generation: the SPM must re-read the box when the ring
+    sector's generation changed even if box_seq is the same number as before."""
+    pool = Pool(settings=NO_SAFETY_NET)
+    layout, host = pool.layout, 5
+
+    async def write(generation: int, box_seq: int, request: Request | None) -> None:
+        box_slots: list[Request | None] = [request] + [None] * (layout.slots_per_sector - 1)
+        await pool.storage.write(layout.request_offset(host), encode_sector(
+            Kind.REQUEST, 512, 1, host, generation, box_slots))
+        await pool.storage.write(layout.ring_offset(host), encode_ring(
+            512, Ring(host, generation, 1, box_seq)))
+
+    async with serving(pool) as (server, _):
+        reads = server.counters.boxes_read
+        await write(1, 3, None)  # first incarnation: an empty box
+        await until(lambda: server.counters.boxes_read > reads)
+        await write(2, 3, Request(9, VG, "lv1", 300 * MiB))  # restarted: same box_seq
+        await until(lambda: server.counters.ok == 1)
+    assert pool.backend.sizes[vol(1)] == 300 * MiB
