@@ -5,8 +5,9 @@ Run :meth:`SpmMailServer.run` only inside the lease's SPM scope; the server also
 NotSpmError) when it fails.
 
 Each poll asks the ring watch (``watch.py``) which hosts rang (a sweep of every host's ring
-sector now and then, the active hosts' ring sectors at every poll) and then reads only the
-request boxes of those hosts, plus a slice of a slow round-robin full scan (the safety net).
+sector now and then, the active hosts' ring sectors at every poll), takes the requests in
+those ring sectors and reads the request boxes that may hold more (``inbox.py``), plus a
+slice of a slow round-robin full scan (the safety net).
 On start it reads every ring sector, then every reply box (what was already answered) and
 every request box, and serves what is pending: after a failover nothing is lost, and a
 request whose reply is already on disk is not executed again.

@@ -452,7 +452,7 @@ async def test_an_active_host_is_read_at_every_poll_then_cools_down() -> None:
 
 
 async def test_no_spm_the_host_rings_again_with_backoff_then_times_out() -> None:
-    """Nobody answers: the doorbell is rung again after 0.05, 0.1, 0.2, 0.2 ... s (backoff
+    """Nobody answers: the host rings again after 0.05, 0.1, 0.2, 0.2 ... s (backoff
     capped), on the injected clock, until the request times out."""
     pool = Pool()
     clock = ManualClock()
