@@ -58,7 +58,7 @@ async def test_mailbox_on_a_loop_device(loop_device: tuple[str, int]) -> None:
     try:
         assert storage.sector_size == sector_size
         layout = MailboxLayout(0, storage.sector_size, FAST.max_hosts)
-        backend = RecordingBackend({vol(n): 100 * MiB for n in range(40)})
+        backend = RecordingBackend({vol(n): 100 * MiB for n in range(3 * 40)})
         server = SpmMailServer(storage, backend, [VG], layout=layout,
                                authority=LocalAuthority(), settings=FAST)
         hosts = [HostMailbox(storage, layout, h, FAST) for h in (1, 2, FAST.max_hosts)]
@@ -69,18 +69,18 @@ async def test_mailbox_on_a_loop_device(loop_device: tuple[str, int]) -> None:
                 await tg.start(host.run)
             async with anyio.create_task_group() as burst:
                 for i, host in enumerate(hosts):
-                    for n in range(12):  # spans more than one box sector at 512 B
+                    for n in range(40):  # past the ring sector's head slots (4, or 33)
 
-                        async def ask(host: HostMailbox = host, lv: int = i * 12 + n) -> None:
+                        async def ask(host: HostMailbox = host, lv: int = i * 40 + n) -> None:
                             replies[(host.host_id, lv)] = await host.request(vol(lv),
                                                                              (150 + lv) * MiB)
 
                         burst.start_soon(ask)
             tg.cancel_scope.cancel()
-        assert len(replies) == 36
+        assert len(replies) == 120
         assert all(r.status is Status.OK and r.size == (150 + lv) * MiB
                    for (_, lv), r in replies.items())
-        assert server.counters.received == 36 and server.counters.corrupt_sectors == 0
+        assert server.counters.received == 120 and server.counters.corrupt_sectors == 0
         # What is on the device: each host's ring sector (its count: at least the rings
         # counted; a ring cut short by the cancellation may still have landed) and its
         # request box, written in its generation.
