@@ -115,20 +115,24 @@ async def test_operator_pause_is_never_resumed(lab_tmp_path: Path) -> None:
 
 
 async def test_drive_at_cap_is_disabled(lab_tmp_path: Path) -> None:
-    # virtual 64 MiB -> cap = round_up(70.4 MiB, 4 MiB) = 72 MiB; start 32 MiB, chunk 128.
+    # virtual 64 MiB -> cap = round_up(70.4 MiB, 4 MiB) = 72 MiB; start 32 MiB, chunk 128:
+    # the first extension is capped at 72 MiB and the drive is DISABLED from then on.
     tally = Tally()
-    async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=128) as host:
-        guest = await host.start_guest("vm1", GuestJob(mib=60), start_mib=32, virtual_mib=64)
+    async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=128,
+                        poll_interval_s=0.5) as host:
+        guest = await host.start_guest("vm1", GuestJob(mib=60, rate_kib_s=4096), start_mib=32,
+                                       virtual_mib=64)
+        await until(lambda: drive(host, "vm1").get("state") == "disabled", 60, "DISABLED")
+        extends = tally.extends
+        assert tally.capped >= 1
+        await guest.vm.wait_for_serial("AUTOEXTEND-GUEST-PROGRESS", timeout=120)
+        await anyio.sleep(2.0)  # several polls while the guest writes
+        assert drive(host, "vm1").get("state") == "disabled"
+        assert tally.extends == extends
         result = await guest.vm.result(timeout=300)
         assert result.verified, result
-        await until(lambda: drive(host, "vm1").get("state") == "disabled", 10, "DISABLED")
         size = (await anyio.Path(host.volumes.file_path(guest.volume)).stat()).st_size
         assert size == 72 * MiB
-        assert tally.capped >= 1
-        extends = tally.extends
-        host.service.monitor.reconfigure(host.settings.policy, None, False)  # force resyncs
-        await anyio.sleep(1.0)
-        assert tally.extends == extends
 
 
 async def test_qemu_killed_mid_run_others_keep_being_served(lab_tmp_path: Path) -> None:
