@@ -92,6 +92,7 @@ async def test_enospc_pause_is_extended_and_resumed(lab_tmp_path: Path) -> None:
         assert result.verified, result
         assert tally.enospc_pauses >= 1
         assert tally.resumes >= 1
+        assert await guest.vm.wait_exit(timeout=60) == 0  # QEMU releases the image
         assert (await qemu_img_check(guest.device)).clean
 
 
