@@ -4,7 +4,6 @@ real TCG guests supplied with space."""
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -13,20 +12,13 @@ import pytest
 from autoextend.lab.guest import GuestJob
 from autoextend.lab.singlehost import LabHost, lab_host
 from autoextend.lab.thinvol import qemu_img_check
+from autoextend.lab.waiting import until
 from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.observer import Tally
 from autoextend.monitor.protocols import Extender, ExtendOutcome, PauseReason
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
-
-
-async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    with anyio.move_on_after(timeout):
-        while not cond():
-            await anyio.sleep(0.05)
-        return
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def drive(host: LabHost, vm: str) -> dict[str, object]:

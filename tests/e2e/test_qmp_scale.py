@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import pytest
 
 from autoextend.lab.singlehost import LabHost, lab_host
+from autoextend.lab.waiting import until
 
 pytestmark = pytest.mark.slow
-
-
-async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    with anyio.move_on_after(timeout):
-        while not cond():
-            await anyio.sleep(0.05)
-        return
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def armed(host: LabHost) -> set[str]:
