@@ -4,8 +4,10 @@ CI size: the three runs (N = 2, 4 and 8, each on its own shared file) run side b
 to RUN_S seconds and stop early once together they reach GOAL acquisitions. The test asserts
 at least MIN_TOTAL acquisitions in total (the issue asks for 10,000) and 0 violations, and
 prints the per-N counts. The runs go side by side because each is bound by the latency of its
-serial chain of I/Os and wake-ups (one holder at a time), not by CPU: one run uses about half
-a core of this 2-core machine.
+serial chain of I/Os and wake-ups (one holder at a time) more than by CPU. Timing: T = 50 ms,
+W = 300 ms, waiting hosts poll every 20 ms, a holder pauses 0..5 ms between terms (see
+torture.TORTURE_TIMING; a 5-10 ms poll cost a quarter more CPU per acquisition for no more
+acquisitions).
 
 Soak: ``AUTOEXTEND_LEASE_TORTURE_S=86400 pytest -m slow tests/lease/test_torture.py`` (per run,
 no early stop), or ``python -m tests.lease.torture SECONDS HOSTS`` for one N.
@@ -21,7 +23,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from .torture import AcquisitionCounter, TortureResult, check_history, run_torture
+from .torture import (
+    TORTURE_TIMING,
+    AcquisitionCounter,
+    TortureResult,
+    check_history,
+    run_torture,
+)
 from .torture_setup import format_file
 
 SOAK = "AUTOEXTEND_LEASE_TORTURE_S" in os.environ
@@ -48,8 +56,7 @@ async def test_torture_no_two_holders() -> None:
         await format_file(area, 16)
         results[hosts] = await anyio.to_thread.run_sync(
             lambda: run_torture(
-                workdir, area, hosts, RUN_S, seed=hosts, io_timeout=0.05, watchdog=0.3,
-                poll=0.005 if hosts <= 4 else 0.01, max_hosts=16,
+                workdir, area, hosts, RUN_S, seed=hosts, max_hosts=16, **TORTURE_TIMING,
                 stop=lambda count: enough(hosts, count),
             )
         )

@@ -28,11 +28,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from autoextend.lease.watchdog import SLOT
 
 REPO = Path(__file__).resolve().parents[2]
 TICK_S = 0.005
+
+
+class TortureTiming(TypedDict):
+    io_timeout: float  # T
+    watchdog: float    # W
+    poll: float        # how often a waiting host re-reads the lease
+    pause: float       # a holder pauses 0..pause between its terms
+
+
+TORTURE_TIMING: TortureTiming = {"io_timeout": 0.05, "watchdog": 0.3, "poll": 0.02,
+                                 "pause": 0.005}
 
 
 @dataclass
@@ -160,7 +172,7 @@ def check_history(log: Path) -> tuple[int, list[str]]:
 def run_torture(
     workdir: Path, area: Path, hosts: int, seconds: float, *, seed: int, io_timeout: float,
     watchdog: float, poll: float, max_hosts: int, faults: bool = True, chaos: bool = True,
-    stop: Callable[[int], bool] | None = None, nice: int = 0,
+    stop: Callable[[int], bool] | None = None, nice: int = 0, pause: float = -1.0,
 ) -> TortureResult:
     """Run the torture for ``seconds`` on a formatted ``area``; blocking (call in a thread).
 
@@ -185,7 +197,8 @@ def run_torture(
             ["--path", str(area), "--log", str(log), "--deadlines", str(deadlines),
              "--host-id", str(w.host_id), "--seed", str(seed * 1000 + w.host_id * 10 + w.starts),
              "--max-hosts", str(max_hosts), "--io-timeout", str(io_timeout),
-             "--watchdog", str(watchdog), "--poll", str(poll)] + (["--faults"] if faults else [])
+             "--watchdog", str(watchdog), "--poll", str(poll), "--pause", str(pause)]
+            + (["--faults"] if faults else [])
         )
         w.stopped_until = 0.0
         w.restart_at = 0.0
@@ -269,7 +282,7 @@ if __name__ == "__main__":  # long soak: python -m tests.lease.torture SECONDS [
     with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="autoextend-soak-") as tmp:
         area_file = Path(tmp) / "area.img"
         anyio.run(format_file, area_file, 16)
-        res = run_torture(Path(tmp), area_file, n, secs, seed=os.getpid(), io_timeout=0.05,
-                          watchdog=0.3, poll=0.005, max_hosts=16)
+        res = run_torture(Path(tmp), area_file, n, secs, seed=os.getpid(), max_hosts=16,
+                          **TORTURE_TIMING)
         print(res)
         sys.exit(1 if res.violations else 0)

@@ -69,7 +69,7 @@ class CheckSector:
 
 
 async def hold_terms(lease: LeaseService, check: CheckSector, host_id: int, log_fd: int,
-                     rng: random.Random, poll: float) -> None:
+                     rng: random.Random, pause: float) -> None:
     """Take the SPM lease again and again; while holding it, write and verify the check."""
     while True:
         try:
@@ -90,7 +90,7 @@ async def hold_terms(lease: LeaseService, check: CheckSector, host_id: int, log_
                               file=sys.stderr, flush=True)
         except NotSpmError:
             pass  # fenced before a check write: the term is over, as it should be
-        await anyio.sleep(rng.uniform(0, poll))
+        await anyio.sleep(rng.uniform(0, pause))  # let the others contend too
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -120,7 +120,8 @@ async def main(args: argparse.Namespace) -> None:
     while True:
         try:
             async with lease.joined():
-                await hold_terms(lease, check, args.host_id, log_fd, rng, args.poll)
+                await hold_terms(lease, check, args.host_id, log_fd, rng,
+                                 args.pause if args.pause >= 0 else args.poll)
         except (LeaseError, StorageError) as err:
             # Joining failed (an I/O timeout on a loaded machine, a racing claim): retry, as
             # the service would, instead of dying and costing a restart.
@@ -135,6 +136,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                        ("--io-timeout", float), ("--watchdog", float), ("--poll", float)]:
         parser.add_argument(name, type=kind, required=True)
     parser.add_argument("--faults", action="store_true")
+    parser.add_argument("--pause", type=float, default=-1.0,
+                        help="random pause after each term, 0..PAUSE s (default: --poll)")
     return parser.parse_args(argv)
 
 
