@@ -27,6 +27,7 @@ from anyio.abc import TaskStatus
 from autoextend.clock import Clock
 from autoextend.directio import SectorStorage, open_storage
 from autoextend.errors import AutoextendError, NotSpmError
+from autoextend.lease.liveness import HostState
 from autoextend.lease.service import LeaseService
 from autoextend.logs import get_logger
 from autoextend.lvm import factory
@@ -102,6 +103,7 @@ class ClusterAgent:
                 server = SpmMailServer(
                     storage, backend, self.settings.lvm.vgs, layout=layout, authority=term,
                     settings=self.settings.mailbox, clock=self.clock, epoch=term.lver,
+                    live_hosts=lambda: self._live_hosts(lease),
                 )
                 self.server = server
                 self.log.info("this host is SPM", lver=term.lver)
@@ -115,6 +117,14 @@ class ClusterAgent:
                         await backend.aclose()
             self.log.info("no longer SPM")
             await self.clock.sleep(0)  # a checkpoint between terms
+
+    def _live_hosts(self, lease: LeaseService) -> set[int]:
+        """Host ids whose mail the SPM reads at its fast cadence: every host whose delta
+        lease is not FREE or DEAD (alive or not known yet), and this host."""
+        live = {h for h, s in lease.host_states().items()
+                if s.state not in (HostState.FREE, HostState.DEAD)}
+        live.add(self.host_id)
+        return live
 
     async def step_down(self, timeout_s: float = 30.0) -> dict[str, Any]:
         """Finish or hand back the requests in flight, then release the SPM lease."""

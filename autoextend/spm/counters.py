@@ -19,7 +19,9 @@ class ServerCounters:
     stale_sectors: int = 0  # sectors of an older host generation, ignored
     handed_back: int = 0  # requests left unanswered at step-down, for the next SPM
     io_errors: int = 0
-    sweeps: int = 0  # reads of every host's ring sector (the cold path)
+    sweeps: int = 0  # sweeps: every ring sector the live sweep does not read (all, if none)
     hot_polls: int = 0  # reads of the active hosts' ring sectors (the fast path)
+    live_polls: int = 0  # reads of the live hosts' ring sectors (the live sweep)
+    live_hosts_errors: int = 0  # live_hosts calls that failed or returned something odd
     rings: int = 0  # ring sector changes noticed (each leads to a read of that host's box)
     corrupt_rings: int = 0  # ring sectors that failed their checks (counted once per change)

@@ -4,8 +4,9 @@ Run :meth:`SpmMailServer.run` only inside the lease's SPM scope; the server also
 ``authority.check()`` before every extend and every reply write, and stops (raising
 NotSpmError) when it fails.
 
-Each poll asks the ring watch (``watch.py``) which hosts rang (a sweep of every host's ring
-sector now and then, the active hosts' ring sectors at every poll), takes the requests in
+Each poll asks the ring watch (``watch.py``) which hosts rang (the live hosts' ring sectors
+at a fast cadence, a sweep of every other ring sector now and then, the active hosts' ring
+sectors at every poll), takes the requests in
 those ring sectors and reads the request boxes that may hold more (``inbox.py``), plus a
 slice of a slow round-robin full scan (the safety net).
 On start it reads every ring sector, then every reply box (what was already answered) and
@@ -40,7 +41,7 @@ from autoextend.spm.inbox import Inbox
 from autoextend.spm.layout import SLOTS_PER_HOST, MailboxLayout, contiguous_runs
 from autoextend.spm.validate import check_request
 from autoextend.spm.waiting import sleep_or_event
-from autoextend.spm.watch import RingWatch
+from autoextend.spm.watch import LiveHosts, RingWatch
 from autoextend.spm.wire import (
     Kind,
     MalformedSlot,
@@ -79,7 +80,13 @@ class SpmMailServer:
         settings: MailboxSettings,
         clock: Clock | None = None,
         epoch: int = 0,
+        live_hosts: LiveHosts | None = None,
     ) -> None:
+        """``live_hosts``, when given, returns the host ids the lease sees alive (it must be
+        cheap and must not block: it is called from the event loop about once a second).
+        Their ring sectors are read at the fast live-sweep cadence, every other one by the
+        slow sweep; it decides only when a sector is read, never whether a request is
+        served, and a failing or odd result falls back to the full sweep."""
         layout.check_fits(storage.size)
         self._storage = storage
         self._backend = backend
@@ -90,7 +97,7 @@ class SpmMailServer:
         self._clock = clock or MonotonicClock()
         self._epoch = epoch & 0xFFFFFFFF
         self.counters = ServerCounters()
-        self._watch = RingWatch(storage, layout, settings, self.counters)
+        self._watch = RingWatch(storage, layout, settings, self.counters, live_hosts)
         self._inbox = Inbox(storage, layout, self.counters)
         self._replies: dict[int, list[Reply | None]] = {}
         self._on_disk: dict[tuple[int, int], list[Reply | None]] = {}

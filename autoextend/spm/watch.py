@@ -14,14 +14,22 @@ in the ring sector's own head slots arrive with it; see ``inbox.py`` for when th
 no read). At start the SPM reads the ring sectors *before* it reads any box, so a ring it
 did not see yet is one it will see changed.
 
-Two cadences:
+Three cadences:
 
-- **sweep** (the cold path): all ``max_hosts`` ring sectors in one sequential read (1 MiB
-  per I/O at most), every ``max(poll_interval_s, ring_bytes / ring_sweep_bytes_per_s)``.
-  This is the whole idle cost.
+- **live sweep**: the ring sectors of the hosts the lease sees alive (``live_hosts``, a
+  callable the cluster agent passes in), as the few contiguous ranges covering them, every
+  ``poll_interval_s``, slowed down so this costs at most ``live_sweep_bytes_per_s`` (and
+  never slower than the sweep below).
+- **sweep** (the safety net): every other ring sector (all ``max_hosts`` of them when no live
+  set is known) every ``max(poll_interval_s, ring_bytes / ring_sweep_bytes_per_s)``: hosts
+  the lease does not know yet, dead hosts' leftovers, a wrong live set.
 - **hot** (the fast path): hosts that sent a new request within ``hot_window_s`` have their
   ring sectors read every ``poll_interval_s`` (adjacent ones in one read), slowed down so
   this costs at most ``hot_read_bytes_per_s``.
+
+Every ring sector is read by the live sweep or by the sweep, so ``live_hosts`` decides only
+*when* a sector is read, never *whether*: a wrong, failing or odd live set costs latency,
+never a request (a failing callable falls back to the full sweep, logged once).
 
 The pure parts (cadence math, the tracker of what was seen and who is active) have no I/O.
 """
@@ -29,6 +37,7 @@ The pure parts (cadence math, the tracker of what was seen and who is active) ha
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Collection
 
 from autoextend import logs
 from autoextend.directio import SectorStorage
@@ -42,7 +51,14 @@ from autoextend.spm.wire import Ring, decode_ring
 log = logs.get_logger("spm.watch")
 
 MAX_READ_BYTES = 1 << 20  # one I/O reads at most this much
+# The live sweep reads a gap of up to this many bytes between two live hosts rather than
+# issuing one more I/O (one 4 KiB read costs about what a 512 B read costs).
+MERGE_GAP_BYTES = 4096
+# How often the live set is asked for (the lease changes a host's state in seconds).
+LIVE_REFRESH_S = 1.0
 _EPSILON = 1e-9
+
+LiveHosts = Callable[[], Collection[int]]
 
 RingKey = tuple[int, int] | bytes  # (generation, count), or a digest of a corrupt sector
 NEVER_RUNG: RingKey = (0, 0)
@@ -52,6 +68,43 @@ def cadence(read_bytes: int, bytes_per_s: int, poll_interval_s: float) -> float:
     """Seconds between reads of ``read_bytes`` so they cost at most ``bytes_per_s``, but never
     more often than every poll (pure)."""
     return max(poll_interval_s, read_bytes / bytes_per_s)
+
+
+def live_cover(live: Collection[int], max_hosts: int, sector_size: int) -> list[int]:
+    """The ring sectors the live sweep reads: every live host id in 1..max_hosts, plus the
+    gaps of at most ``MERGE_GAP_BYTES`` between them, so they are read in a few contiguous
+    ranges (pure). Every range of hosts left out is longer than that gap."""
+    hosts = sorted({h for h in live if 1 <= h <= max_hosts})
+    max_gap = MERGE_GAP_BYTES // sector_size
+    cover: list[int] = []
+    for host in hosts:
+        if cover and host - cover[-1] - 1 <= max_gap:
+            cover.extend(range(cover[-1] + 1, host))
+        cover.append(host)
+    return cover
+
+
+def live_interval(cover_count: int, sector_size: int, settings: MailboxSettings,
+                  sweep_interval_s: float) -> float:
+    """Seconds between live sweeps of ``cover_count`` ring sectors: at most
+    ``live_sweep_bytes_per_s``, never more often than every poll, never less often than the
+    sweep (pure)."""
+    return min(sweep_interval_s, cadence(cover_count * sector_size,
+                                         settings.live_sweep_bytes_per_s,
+                                         settings.poll_interval_s))
+
+
+def idle_ring_read_rate(live: Collection[int], max_hosts: int, sector_size: int,
+                        settings: MailboxSettings) -> float:
+    """Bytes/s the SPM reads from the ring area while no host is hot: the live sweep of the
+    live cover plus the sweep of every other ring sector (pure; the I/O budget)."""
+    sweep_s = cadence(max_hosts * sector_size, settings.ring_sweep_bytes_per_s,
+                      settings.poll_interval_s)
+    covered = len(live_cover(live, max_hosts, sector_size))
+    rate = (max_hosts - covered) * sector_size / sweep_s
+    if covered:
+        rate += covered * sector_size / live_interval(covered, sector_size, settings, sweep_s)
+    return rate
 
 
 def ring_key(data: bytes, host_id: int) -> tuple[RingKey, Ring | CorruptSector]:
@@ -92,7 +145,7 @@ class RingTracker:
 
 
 class RingWatch:
-    """Reads ring sectors on the two cadences and reports the hosts whose ring changed."""
+    """Reads ring sectors on the three cadences and reports the hosts whose ring changed."""
 
     def __init__(
         self,
@@ -100,17 +153,31 @@ class RingWatch:
         layout: MailboxLayout,
         settings: MailboxSettings,
         counters: ServerCounters,
+        live_hosts: LiveHosts | None = None,
     ) -> None:
         self._storage = storage
         self._layout = layout
         self._settings = settings
         self._counters = counters
+        self._live_hosts = live_hosts
         self.tracker = RingTracker(settings.hot_window_s)
         self.sweep_interval_s = cadence(
             layout.ring_bytes, settings.ring_sweep_bytes_per_s, settings.poll_interval_s
         )
+        self._all = list(range(1, layout.max_hosts + 1))
+        self._cover: list[int] = []  # read by the live sweep
+        self._rest: list[int] = self._all  # read by the sweep
+        self.live_interval_s = self.sweep_interval_s
+        self._live_failing = False
+        self._next_live_refresh = -1e18
         self._next_sweep = 0.0
+        self._next_live = 0.0
         self._last_hot = -1e18
+
+    @property
+    def live_cover(self) -> list[int]:
+        """The ring sectors the live sweep reads now (empty: the sweep reads them all)."""
+        return list(self._cover)
 
     async def start(self, now: float) -> None:
         """Read every ring sector (nothing is reported: the caller reads every box next).
@@ -118,37 +185,93 @@ class RingWatch:
         Raises:
             StorageError: the ring area could not be read.
         """
-        hosts = list(range(1, self._layout.max_hosts + 1))
-        await self._read(hosts, raise_errors=True, counting=False)
+        await self._read(self._all, raise_errors=True, counting=False)
+        self._refresh_live(now)
         self._next_sweep = now + self.sweep_interval_s
+        self._next_live = now + self.live_interval_s
 
     def mark_active(self, host_id: int, now: float) -> None:
         self.tracker.mark_active(host_id, now)
 
     async def poll(self, now: float) -> dict[int, Ring | None]:
-        """Read what is due (a sweep, or the active hosts' ring sectors) and return the hosts
-        whose ring sector changed, with the sector (None: it failed its checks). I/O errors
-        are logged and counted; the sectors not read keep their old state, so their changes
-        show up at the next read."""
-        if now >= self._next_sweep - _EPSILON:
+        """Read what is due (the sweep, the live sweep, the active hosts' ring sectors; what
+        is due at once in one pass) and return the hosts whose ring sector changed, with the
+        sector (None: it failed its checks). I/O errors are logged and counted; the sectors
+        not read keep their old state, so their changes show up at the next read (a failed
+        sweep or live sweep is tried again at the next poll)."""
+        self._refresh_live(now)
+        hosts: set[int] = set()
+        sweep = now >= self._next_sweep - _EPSILON
+        live = bool(self._cover) and now >= self._next_live - _EPSILON
+        if sweep:
             self._counters.sweeps += 1
-            changed, failed = await self._read(list(range(1, self._layout.max_hosts + 1)))
-            # A failed sweep is tried again at the next poll.
-            self._next_sweep = now + (
-                self._settings.poll_interval_s if failed else self.sweep_interval_s
-            )
-            self._last_hot = now
-            return changed
+            hosts.update(self._rest)
+        if live:
+            self._counters.live_polls += 1
+            hosts.update(self._cover)
         hot = self.tracker.hot(now)
-        if not hot:
+        if hot and not hosts.issuperset(hot):
+            interval = cadence(len(hot) * self._layout.sector_size,
+                               self._settings.hot_read_bytes_per_s,
+                               self._settings.poll_interval_s)
+            if now - self._last_hot >= interval - _EPSILON:
+                self._last_hot = now
+                self._counters.hot_polls += 1
+                hosts.update(hot)
+        elif hot:
+            self._last_hot = now  # every hot host is read anyway
+        if not hosts:
             return {}
-        interval = cadence(len(hot) * self._layout.sector_size,
-                           self._settings.hot_read_bytes_per_s, self._settings.poll_interval_s)
-        if now - self._last_hot < interval - _EPSILON:
-            return {}
-        self._last_hot = now
-        self._counters.hot_polls += 1
-        return (await self._read(hot))[0]
+        changed, failed = await self._read(sorted(hosts))
+        retry = self._settings.poll_interval_s
+        if sweep:
+            self._next_sweep = now + (retry if failed else self.sweep_interval_s)
+        if live:
+            self._next_live = now + (retry if failed else self.live_interval_s)
+        return changed
+
+    def _refresh_live(self, now: float) -> None:
+        """Ask for the live set (at most every ``LIVE_REFRESH_S``) and split the ring
+        sectors between the live sweep and the sweep."""
+        if self._live_hosts is None or now < self._next_live_refresh:
+            return
+        self._next_live_refresh = now + LIVE_REFRESH_S
+        live = self._ask_live()
+        layout = self._layout
+        cover = [] if live is None else live_cover(live, layout.max_hosts, layout.sector_size)
+        if cover == self._cover:
+            return
+        covered = set(cover)
+        self._cover = cover
+        self._rest = [h for h in self._all if h not in covered]
+        old_interval = self.live_interval_s
+        self.live_interval_s = live_interval(len(cover), layout.sector_size, self._settings,
+                                             self.sweep_interval_s)
+        # A sector leaving the live sweep is read by the next sweep, at most a sweep from now.
+        self._next_live = min(self._next_live,
+                              self._next_live - old_interval + self.live_interval_s)
+        log.info("live sweep", hosts=len(covered), interval_s=round(self.live_interval_s, 3))
+
+    def _ask_live(self) -> frozenset[int] | None:
+        """The live host ids, or None when the callable failed or returned something odd
+        (the full sweep then covers everything; logged once until it works again)."""
+        assert self._live_hosts is not None
+        try:
+            got = frozenset(self._live_hosts())
+            odd = [h for h in got if not isinstance(h, int) or isinstance(h, bool)]
+            if odd:
+                raise TypeError(f"not host ids: {sorted(map(repr, odd))[:3]}")
+        except Exception as err:  # a bug in the callable must not stop the server
+            self._counters.live_hosts_errors += 1
+            if not self._live_failing:
+                self._live_failing = True
+                log.warning("live hosts unavailable, sweeping every host",
+                            error=f"{type(err).__name__}: {err}")
+            return None
+        if self._live_failing:
+            self._live_failing = False
+            log.info("live hosts available again", hosts=len(got))
+        return got
 
     async def _read(
         self, hosts: list[int], *, raise_errors: bool = False, counting: bool = True
