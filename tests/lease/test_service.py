@@ -153,7 +153,8 @@ async def test_host_states_live_and_unknown() -> None:
         states = a.host_states()
         assert states[2].state is HostState.LIVE
         assert states[3].state is HostState.FREE
-        assert 0 <= (a.renewal_age() or 0) <= 2 * T + 0.05
+        # renewals keep coming (every 2T; generous bound: a loaded CI machine delays tasks)
+        assert 0 <= (a.renewal_age() or 0) < 6 * T
     assert len(states) == MAX_HOSTS and W > 0
 
 
