@@ -8,9 +8,15 @@ opened with O_DIRECT, with the default ``[mailbox]`` settings (max_hosts 250, 51
 sectors). Scenarios, in this order (vdsm's own mailbox on this kind of machine: 0.51 s;
 0.52/1.04 s; 0.71/1.27 s median/p99, 518 KB/s SPM idle reads):
 
-- idle I/O of the SPM (250 hosts started, none has sent anything) and of a host;
-- cold: 20 hosts that never sent anything send one request each, one after the other at
-  random moments (the SPM finds them with its ring sweep, not its fast path);
+- idle I/O of the SPM (250 hosts started, none has sent anything) and of a host, with no
+  live set (every ring sector swept) and with 2, 50 and 250 of the 250 hosts live (the set
+  the lease would pass in: their ring sectors on the live sweep, the others on the sweep);
+- cold: 20 hosts that never sent anything and that the live set leaves out (a host the
+  lease does not know yet) send one request each, one after the other at random moments
+  (the SPM finds them with its ring sweep);
+- cold live: the same for 20 quiet hosts in the live set (the live sweep finds them), with
+  71 hosts live (every host running but the cold group above), then for 10 other quiet
+  hosts with 11 hosts live (a small pool: the live sweep runs at every poll);
 - 1 host x 1 request, sequentially;
 - 1 host x 63 requests at once;
 - 50 hosts (2 processes) x 1 request at once;
@@ -49,9 +55,10 @@ from autoextend.spm.config import MailboxSettings, mailbox_base
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.server import SpmMailServer
-from autoextend.spm.watch import cadence
+from autoextend.spm.watch import cadence, idle_ring_read_rate
 
 RESULT = Path(__file__).parent / "results" / "mailbox.json"
+LIVE_SETTLE_S = 1.5  # the SPM asks for the live set once a second
 # The defaults are what is measured; AUTOEXTEND_BENCH_MAILBOX_SET (JSON, set from --set by
 # the parent) overrides keys for experiments.
 SETTINGS = MailboxSettings(**json.loads(os.environ.get("AUTOEXTEND_BENCH_MAILBOX_SET", "{}")))
@@ -107,10 +114,15 @@ async def _commands(handle: Any) -> None:
 async def spm_worker(meta: str, max_hosts: int) -> None:
     settings = _settings(max_hosts)
     storage = await open_storage(meta, 512)
+    live: set[int] = set()  # what the lease would report alive (set by the parent)
     server = SpmMailServer(storage, NoopBackend(), ["vg0"], layout=_layout(storage, settings),
-                           authority=LocalAuthority(), settings=settings)
+                           authority=LocalAuthority(), settings=settings,
+                           live_hosts=lambda: live)
 
     async def handle(cmd: dict[str, Any]) -> dict[str, Any]:
+        if cmd["cmd"] == "live":
+            live.clear()
+            live.update(int(h) for h in cmd["hosts"])
         return {"io": _io(storage), "counters": dataclasses.asdict(server.counters),
                 "now": time.monotonic()}
 
@@ -273,8 +285,12 @@ def _vs_vdsm(result: dict[str, Any]) -> None:
             VDSM[key]["median_s"] / result[key]["median_s"], 1)
         result[key]["vdsm_p99_over_ours"] = round(
             VDSM[key]["p99_s"] / result[key]["p99_s"], 1)
-    result["cold_1x1"]["vdsm_1x1_median_over_ours"] = round(
-        VDSM["1x1"]["median_s"] / result["cold_1x1"]["median_s"], 1)
+    for key in ("cold_1x1", "cold_live_1x1", "cold_live_small_1x1"):
+        result[key]["vdsm_1x1_median_over_ours"] = round(
+            VDSM["1x1"]["median_s"] / result[key]["median_s"], 1)
+    for entry in result["idle_live_250"].values():
+        entry["vdsm_over_ours"] = round(
+            VDSM["spm_idle_read_bytes_per_s"] / max(entry["spm"]["read_bytes_per_s"], 1), 1)
     idle = result["idle_250"]["spm"]["read_bytes_per_s"]
     result["idle_250"]["vdsm_over_ours"] = round(
         VDSM["spm_idle_read_bytes_per_s"] / max(idle, 1), 1)
@@ -291,23 +307,54 @@ def run(quick: bool) -> dict[str, Any]:
         workers.append(spm)
         one = Worker(["host", meta, "1", "1"])
         fifty = [Worker(["host", meta, str(10 + 25 * i), "25"]) for i in range(2)]
-        cold = Worker(["host", meta, "200", "20" if not quick else "10"])
-        workers += [one, *fifty, cold]
+        n_cold = "20" if not quick else "10"
+        cold = Worker(["host", meta, "200", n_cold])
+        cold_live = Worker(["host", meta, "220", n_cold])
+        cold_small = Worker(["host", meta, "240", "10"])
+        workers += [one, *fifty, cold, cold_live, cold_small]
         time.sleep(1.0)  # every host's start ring seen by a sweep
         idle_s = 3.0 if quick else 10.0
-        result["idle_250"] = {"seconds": idle_s, "spm": idle_rate(spm, idle_s),
-                              "host": idle_rate(one, 2.0)}
+        result["idle_250"] = {"seconds": idle_s, "live_hosts": 0,
+                              "spm": idle_rate(spm, idle_s), "host": idle_rate(one, 2.0)}
+        result["idle_live_250"] = {}
+        for n_live in (2, 50, 250):
+            live = list(range(1, n_live + 1))
+            spm.ask({"cmd": "live", "hosts": live})
+            time.sleep(LIVE_SETTLE_S)  # the server asks for the live set once a second
+            seconds = idle_s / 2
+            result["idle_live_250"][str(n_live)] = {
+                "seconds": seconds, "live_hosts": n_live, "spm": idle_rate(spm, seconds),
+                "expected_read_bytes_per_s": round(
+                    idle_ring_read_rate(live, max_hosts, 512, SETTINGS)
+                    + max_hosts * 8192 / SETTINGS.full_scan_interval_s),
+            }
+        # Every host that runs is live, but the first cold group: hosts the lease does not
+        # know yet.
+        live = [1, *range(10, 60), *range(220, 240)]
+        spm.ask({"cmd": "live", "hosts": live})
+        time.sleep(LIVE_SETTLE_S)
         cold.send({"cmd": "cold", "per_host": 1, "round": 1})
-        result["cold_1x1"] = summary(cold.receive()["latencies"])
+        result["cold_1x1"] = {**summary(cold.receive()["latencies"]), "live_hosts": len(live)}
+        cold_live.send({"cmd": "cold", "per_host": 1, "round": 2})
+        result["cold_live_1x1"] = {**summary(cold_live.receive()["latencies"]),
+                                   "live_hosts": len(live)}
+        small = [1, *range(240, 250)]
+        spm.ask({"cmd": "live", "hosts": small})
+        time.sleep(LIVE_SETTLE_S)
+        cold_small.send({"cmd": "cold", "per_host": 1, "round": 3})
+        result["cold_live_small_1x1"] = {**summary(cold_small.receive()["latencies"]),
+                                         "live_hosts": len(small)}
+        spm.ask({"cmd": "live", "hosts": [*live, *range(240, 250)]})
         n = 10 if quick else 40
         result["1x1"] = summary(rounds([one], 1, n, warmup=1)[0])
         result["1x63"] = summary(rounds([one], 63, n // 4)[0])
         result["50x1"] = summary(rounds(fifty, 1, n // 2, warmup=1)[0])
-        for worker in [one, *fifty, cold]:
+        for worker in [one, *fifty, cold, cold_live, cold_small]:
             worker.stop()
             workers.remove(worker)
         many = [Worker(["host", meta, str(1 + 50 * i), "50"]) for i in range(5)]
         workers += many
+        spm.ask({"cmd": "live", "hosts": list(range(1, max_hosts + 1))})
         time.sleep(1.0)
         latencies, throughput = rounds(many, 4, 3 if quick else 5)
         result["throughput_250x4"] = {**summary(latencies),
