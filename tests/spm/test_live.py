@@ -241,3 +241,18 @@ async def test_rings_are_never_lost_through_the_live_sweep() -> None:
     assert server.counters.received == 4 * 8 * 3
     assert server.counters.live_polls > 0 and server.counters.sweeps > 0
     assert server.counters.hot_polls == 0
+
+
+def test_the_cluster_agent_passes_every_host_not_free_or_dead_and_itself() -> None:
+    from types import SimpleNamespace
+
+    from autoextend.cluster import ClusterAgent
+    from autoextend.lease.liveness import HostState, HostStatus
+
+    states = {h: HostStatus(h, state, f"h{h}", 1, 0.0) for h, state in enumerate(HostState, 1)}
+    lease = SimpleNamespace(host_states=lambda: states)
+    agent = SimpleNamespace(host_id=40)
+    live = ClusterAgent._live_hosts(agent, lease)  # type: ignore[arg-type]
+    assert live == {h for h, s in states.items()
+                    if s.state not in (HostState.FREE, HostState.DEAD)} | {40}
+    assert len(live) == len(HostState) - 2 + 1
