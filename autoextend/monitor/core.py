@@ -90,6 +90,7 @@ class _Vm:
     pause_reason: PauseReason | None = None
     expect_resume: bool = False
     resync_pending: bool = False
+    failing: bool = False
     tg: TaskGroup | None = None
 
     def post(self, message: VmMessage) -> None:
@@ -215,8 +216,16 @@ class Monitor:
                             vm.resync_pending = False
                             await self._sync(vm)
                     except AutoextendError as exc:
-                        log.warning("vm check failed", vm=vm.name, error=str(exc))
+                        # Once per outage at warning level, then quietly until it recovers
+                        # (e.g. libvirtd down: every poll of every VM would fail).
+                        report = log.debug if vm.failing else log.warning
+                        report("vm check failed", vm=vm.name, error=str(exc))
+                        vm.failing = True
                         vm.resync_pending = True
+                    else:
+                        if vm.failing:
+                            vm.failing = False
+                            log.info("vm check recovered", vm=vm.name)
 
     # ----------------------------------------------------------------- events
 

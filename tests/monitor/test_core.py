@@ -254,3 +254,24 @@ def test_percentile() -> None:
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 100) == 4.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 1) == 1.0
+
+
+async def test_a_failing_vm_warns_once_per_outage(rig: Rig) -> None:
+    from structlog.testing import capture_logs
+
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.state() is ThresholdState.SET)
+        record = rig.hv.vms.pop("vm1")  # every query now fails (hypervisor down)
+        with capture_logs() as logs:
+            for _ in range(4):
+                rig.clock.advance(1.0)
+                await anyio.sleep(0.02)
+            rig.hv.vms["vm1"] = record  # back
+            rig.clock.advance(1.0)
+            await until(lambda: any(e["event"] == "vm check recovered" for e in logs))
+        failed = [e for e in logs if e["event"] == "vm check failed"]
+        assert [e["log_level"] for e in failed].count("warning") == 1
+        assert len(failed) >= 3
+        tg.cancel_scope.cancel()
