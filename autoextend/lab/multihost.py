@@ -16,9 +16,11 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -49,7 +51,7 @@ META_SIZE = 64 * MiB
 
 def host_config(
     pool_dir: Path, host_dir: Path, host_id: int, *, io_timeout_s: float,
-    watchdog_s: float, chunk_mib: int, poll_interval_s: float,
+    watchdog_s: float, chunk_mib: int, poll_interval_s: float, metrics_port: int,
 ) -> str:
     return f"""\
 [service]
@@ -88,7 +90,18 @@ max_hosts = {MAX_HOSTS}
 
 [mailbox]
 max_hosts = {MAX_HOSTS}
+
+[metrics]
+enabled = true
+address = "127.0.0.1"
+port = {metrics_port}
 """
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -96,8 +109,21 @@ class HostProcess:
     host_id: int
     directory: Path
     config: Path
+    metrics_port: int = 0
     process: Process | None = None
     starts: int = 0
+
+    def scrape(self) -> dict[str, float]:
+        """The host's /metrics as {series: value} (blocking: call from a worker thread)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        values: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
 
     @property
     def control_socket(self) -> str:
@@ -277,11 +303,12 @@ async def pool(
                 host_dir = directory / f"host{host_id}"
                 (host_dir / "qmp").mkdir(parents=True)
                 cfg = host_dir / "autoextend.toml"
+                port = free_port()
                 cfg.write_text(host_config(
                     directory, host_dir, host_id, io_timeout_s=io_timeout_s,
                     watchdog_s=watchdog_s, chunk_mib=chunk_mib,
-                    poll_interval_s=poll_interval_s))
-                host = HostProcess(host_id, host_dir, cfg)
+                    poll_interval_s=poll_interval_s, metrics_port=port))
+                host = HostProcess(host_id, host_dir, cfg, port)
                 the_pool.hosts[host_id] = host
                 the_pool.stack.push_async_callback(host.stop)
             for host in the_pool.hosts.values():

@@ -87,11 +87,22 @@ async def test_step_down_moves_the_role_while_guests_write(lab_tmp_path: Path) -
         assert b"stepped down" in proc.stdout
         new_spm = await p.wait_for_spm(timeout_s=30, not_host=old_spm)
         assert new_spm != old_spm
+        # The SPM and lease metrics follow the role.
+        new_m = await anyio.to_thread.run_sync(p.hosts[new_spm].scrape)
+        old_m = await anyio.to_thread.run_sync(p.hosts[old_spm].scrape)
+        assert new_m["autoextend_spm_is_spm"] == 1 and old_m["autoextend_spm_is_spm"] == 0
+        assert old_m["autoextend_spm_terms"] == 1 and new_m["autoextend_spm_terms"] == 1
+        for m in (new_m, old_m):
+            assert 0 <= m["autoextend_lease_renewal_age_seconds"] < 6 * 0.5  # < 6T: healthy
         shown = await anyio.run_process([*cli, "spm", "status", "--json"], check=False)
         assert shown.returncode == 0
         results = [await g.vm.result(timeout=600) for g in (g1, g2)]
         assert all(r.verified for r in results), results
         await assert_each_step_once(p, 64 * MiB, 64 * MiB)
+        totals = [await anyio.to_thread.run_sync(h.scrape) for h in p.hosts.values()]
+        ok = sum(m['autoextend_extend_requests_total{result="ok"}'] for m in totals)
+        assert ok == sum(len(v) for v in extended_sizes(p).values())
+        assert sum(m["autoextend_mailbox_requests_sent"] for m in totals) >= ok
 
 
 async def test_vg_full_fails_then_recovers_without_manual_steps(lab_tmp_path: Path) -> None:
