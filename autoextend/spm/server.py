@@ -336,6 +336,9 @@ class SpmMailServer:
         try:
             self._authority.check()
             result = await self._backend.extend(volume, item.size)
+            log.info("volume extended" if result.changed else "volume already large enough",
+                     volume=str(volume), size=result.size, host_id=key.host,
+                     request_id=item.request_id)
             return answer(Status.OK, size=result.size)
         except NotSpmError:
             raise
