@@ -36,6 +36,7 @@ from autoextend.lab import proc
 from autoextend.lab.guest import GuestJob, with_expected_md5
 from autoextend.lab.guestimage import GuestImage, build_guest
 from autoextend.lab.qemu import QemuVm, guest_spec, launch
+from autoextend.lab.singlehost import create_qcow2_disk
 from autoextend.logs import get_logger
 from autoextend.lvm.authority import LocalAuthority
 from autoextend.lvm.loop_backend import LoopVolumeBackend
@@ -220,11 +221,8 @@ class Pool:
         self, host_id: int, name: str, job: GuestJob, *, start_mib: int = 128,
         virtual_mib: int = 2048,
     ) -> PoolGuest:
-        volume = VolumeRef(VG, f"{name}-disk")
-        device = await self.volumes.create(volume, start_mib * MiB)
-        assert device is not None
-        self.stack.push_async_callback(self._remove, volume)
-        await proc.run(["qemu-img", "create", "-q", "-f", "qcow2", device, f"{virtual_mib}M"])
+        volume, device = await create_qcow2_disk(
+            self.volumes, self.stack, VolumeRef(VG, f"{name}-disk"), start_mib, virtual_mib)
         host = self.hosts[host_id]
         job = await anyio.to_thread.run_sync(with_expected_md5, job)  # guest only compares
         socket = host.directory / "qmp" / f"{name}.sock"
@@ -235,13 +233,6 @@ class Pool:
         guest = PoolGuest(vm, host_id, volume, device)
         self.guests[name] = guest
         return guest
-
-    async def _remove(self, volume: VolumeRef) -> None:
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.volumes.remove(volume)
-            except Exception as exc:
-                log.warning("volume cleanup failed", volume=str(volume), error=str(exc))
 
     async def statuses(self) -> dict[int, dict[str, Any]]:
         out: dict[int, dict[str, Any]] = {}

@@ -81,6 +81,27 @@ def host_settings(
     return settings_mod.from_mapping(data, "<lab host>")
 
 
+async def create_qcow2_disk(
+    volumes: LoopVolumeBackend, stack: AsyncExitStack, volume: VolumeRef, start_mib: int,
+    virtual_mib: int,
+) -> tuple[VolumeRef, str]:
+    """Create a ``start_mib`` loop volume holding a ``virtual_mib`` qcow2 image; its removal
+    is registered on ``stack`` (shielded, and a failed removal does not stop the others)."""
+    device = await volumes.create(volume, start_mib * MiB)
+    assert device is not None
+
+    async def remove() -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await volumes.remove(volume)
+            except Exception as exc:  # cleanup must go on for the other volumes
+                log.warning("volume cleanup failed", volume=str(volume), error=str(exc))
+
+    stack.push_async_callback(remove)
+    await proc.run(["qemu-img", "create", "-q", "-f", "qcow2", device, f"{virtual_mib}M"])
+    return volume, device
+
+
 @dataclass
 class Guest:
     vm: QemuVm
@@ -100,19 +121,8 @@ class LabHost:
 
     async def create_disk(self, lv: str, start_mib: int, virtual_mib: int) -> tuple[VolumeRef, str]:
         """A thin volume: a ``start_mib`` loop volume holding a ``virtual_mib`` qcow2."""
-        volume = VolumeRef(VG, lv)
-        device = await self.volumes.create(volume, start_mib * MiB)
-        assert device is not None
-        self._stack.push_async_callback(self._remove_volume, volume)
-        await proc.run(["qemu-img", "create", "-q", "-f", "qcow2", device, f"{virtual_mib}M"])
-        return volume, device
-
-    async def _remove_volume(self, volume: VolumeRef) -> None:
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.volumes.remove(volume)
-            except Exception as exc:  # cleanup must go on for the other volumes
-                log.warning("volume cleanup failed", volume=str(volume), error=str(exc))
+        return await create_qcow2_disk(self.volumes, self._stack, VolumeRef(VG, lv),
+                                       start_mib, virtual_mib)
 
     async def start_guest(
         self, name: str, job: GuestJob, *, start_mib: int = 128, virtual_mib: int = 2048
