@@ -22,20 +22,15 @@ from typing import Any
 import anyio
 
 from autoextend import logs
+from autoextend.lab.demo import latency_ms
 from autoextend.lab.guest import GuestJob
 from autoextend.lab.multihost import pool
-from autoextend.monitor.core import percentile
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pool.json"
 
 
 def ms(values: list[float]) -> dict[str, float]:
-    return {
-        "p50": round(percentile(values, 50) * 1000, 1),
-        "p99": round(percentile(values, 99) * 1000, 1),
-        "max": round(max(values, default=0.0) * 1000, 1),
-        "n": len(values),
-    }
+    return {**latency_ms(values), "n": len(values)}
 
 
 async def main(quick: bool) -> dict[str, Any]:

@@ -47,7 +47,8 @@ class DemoOptions:
     progress: bool = False
 
 
-def _latency_ms(values: list[float]) -> dict[str, float]:
+def latency_ms(values: list[float]) -> dict[str, float]:
+    """p50 / p99 / max of durations in seconds, as milliseconds."""
     return {
         "p50": round(percentile(values, 50) * 1000, 3),
         "p99": round(percentile(values, 99) * 1000, 3),
@@ -67,7 +68,7 @@ def summarize(
         "data_verified": verified,
         "vms_left_paused": left_paused,
         "image_check_clean": checks_clean,
-        "latency_ms": _latency_ms(tally.latencies),
+        "latency_ms": latency_ms(tally.latencies),
         "extends_per_s": round(tally.extends / elapsed, 3) if elapsed > 0 else 0.0,
         "elapsed_s": round(elapsed, 3),
         "guests": {
