@@ -26,6 +26,7 @@ from typing import BinaryIO
 import anyio
 from anyio.abc import Process
 from qemu.qmp import QMPClient
+from qemu.qmp.protocol import ConnectError
 
 from autoextend import logs
 from autoextend.lab.errors import VmError
@@ -238,9 +239,7 @@ class QemuVm:
     @asynccontextmanager
     async def qmp(self, client_name: str = "lab") -> AsyncIterator[QMPClient]:
         """A connected :class:`qemu.qmp.QMPClient`, disconnected on exit (shielded)."""
-        await self.wait_for_qmp_socket()
-        client = QMPClient(client_name)
-        await client.connect(str(self.qmp_socket))
+        client = await self.connect_qmp(client_name)
         try:
             yield client
         finally:
@@ -249,6 +248,17 @@ class QemuVm:
                     await client.disconnect()
                 except (EOFError, OSError):
                     pass  # QEMU exited (guest powered off): the connection is gone anyway
+
+    async def connect_qmp(self, client_name: str = "lab", timeout: float = 10.0) -> QMPClient:  # noqa: ASYNC109
+        """A connected QMPClient; the caller disconnects it."""
+        await self.wait_for_qmp_socket(timeout)
+        try:
+            return await connect_qmp(str(self.qmp_socket), client_name, timeout)
+        except ConnectError as exc:
+            if self.process.returncode is not None:
+                raise VmError(self.name, f"exited ({self.process.returncode}) at start: "
+                              f"{self.stderr_text().strip()[-300:]}") from exc
+            raise
 
     def send_signal(self, signum: signal.Signals) -> None:
         if self.process.returncode is None:
@@ -275,6 +285,26 @@ class QemuVm:
                 shutil.rmtree(self._socket_dir, ignore_errors=True)
                 self._socket_dir = None
             log.debug("qemu stopped", vm=self.name, pid=self.pid, rc=self.process.returncode)
+
+
+async def connect_qmp(path: str, client_name: str, timeout: float = 10.0) -> QMPClient:  # noqa: ASYNC109
+    """Connect a QMPClient to ``path``, retrying a refused connect for up to ``timeout`` s.
+
+    QEMU creates its socket file (bind) a moment before it calls listen(); a connect in
+    between is refused. That window is tiny on an idle machine and real on a loaded one.
+    """
+    deadline = anyio.current_time() + timeout
+    while True:
+        client = QMPClient(client_name)
+        try:
+            await client.connect(path)
+            return client
+        except ConnectError as exc:
+            if not isinstance(exc.exc, ConnectionRefusedError | FileNotFoundError):
+                raise
+            if anyio.current_time() >= deadline:
+                raise
+        await anyio.sleep(0.05)
 
 
 def _socket_path(workdir: Path) -> tuple[Path, Path | None]:

@@ -6,7 +6,6 @@ from typing import Any
 
 import anyio
 import pytest
-from qemu.qmp import QMPClient
 
 from autoextend.lab import thinvol
 from autoextend.lab.fixtures import QemuVmFactory, ThinVolumeFactory
@@ -47,9 +46,7 @@ async def test_guest_pauses_on_enospc_and_resumes_after_grow(
     vol = await thin_volume(size=64 * MiB, virtual_size=1 << 30)
     job = GuestJob(mib=96, seed=5)
     vm = await qemu_vm([vol], job, paused=True)
-    await vm.wait_for_qmp_socket()
-    client = QMPClient("test")
-    await client.connect(str(vm.qmp_socket))
+    client = await vm.connect_qmp("test")
     try:
         with client.listener() as events:
             await client.execute("cont")

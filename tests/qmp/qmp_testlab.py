@@ -26,8 +26,8 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 from anyio.streams.memory import MemoryObjectReceiveStream
-from qemu.qmp import QMPClient
 
+from autoextend.lab.qemu import connect_qmp
 from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.protocols import HypervisorEvent
 from autoextend.qmp.config import QmpSettings
@@ -160,8 +160,7 @@ class QemuLab:
     async def control(self, qemu: Qemu, command: str,
                       arguments: Mapping[str, object] | None = None) -> object:
         """Run one command on the test's own monitor of ``qemu``."""
-        client = QMPClient(f"ctl-{qemu.name}")
-        await client.connect(str(qemu.control))
+        client = await connect_qmp(str(qemu.control), f"ctl-{qemu.name}")
         try:
             return await client.execute(command, arguments)
         finally:
