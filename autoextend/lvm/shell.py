@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
@@ -173,11 +174,32 @@ class _Session:
             os.close(stderr_fd)
         return cls(process, read_fd, state_dir)
 
+    def _unusable_before_send(self) -> bool:
+        """True when the shell has gone (its end of the report pipe is closed).
+
+        Between commands nothing may be waiting on the report pipe. A session that died
+        (killed from outside) has closed its end, so a read returns EOF at once. Checked
+        before a command is sent: a write to a dead shell's stdin can still succeed for a
+        moment (the pipe transport learns of the closed reader later), and the command
+        would then be reported as lost instead of being retried on a new session.
+        Stray bytes between commands also mean the session cannot be trusted.
+        """
+        readable, _, _ = select.select([self.report_fd], [], [], 0)
+        if not readable:
+            return False
+        try:
+            os.read(self.report_fd, 1 << 16)  # b"" (EOF: gone) or stray bytes: both unusable
+        except BlockingIOError:
+            return False
+        return True
+
     async def execute(self, line: str) -> str:
         """Send one command; return its answer document (waits until it is complete).
 
         Raises _NotSent when the session is gone before the command reached it."""
         assert self.process.stdin is not None
+        if self._unusable_before_send():
+            raise _NotSent("the lvm shell exited (or wrote out of turn) before the command")
         try:
             await self.process.stdin.send(line.encode() + b"\n")
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as err:
