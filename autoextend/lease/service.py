@@ -81,6 +81,10 @@ class LeaseStats:
 
 
 class LeaseService:
+    # Test-only switch (the simulation's mutation check, sim/): False skips the fresh read of
+    # the owner's host id record before a takeover and trusts a possibly stale cache.
+    _fresh_owner_read = True
+
     def __init__(
         self,
         storage: SectorStorage,
@@ -102,7 +106,8 @@ class LeaseService:
         self.layout = LeaseLayout(settings.offset, storage.sector_size, settings.max_hosts)
         self.monitor = HostMonitor(self.timeouts.host_fail, self.timeouts.host_dead)
         self.delta = DeltaLease(
-            storage, self.layout, self.host_id, self.host_name, self.timeouts, clock, self.monitor
+            storage, self.layout, self.host_id, self.host_name, self.timeouts, clock, self.monitor,
+            rng,
         )
         self.paxos = PaxosLease(storage, self.layout, self.host_id, self.timeouts, clock, rng)
         self.watchdog = watchdog or NullWatchdog()
@@ -203,7 +208,7 @@ class LeaseService:
         if not 1 <= owner <= self.layout.max_hosts:
             return True
         cached = self.monitor.record(owner)
-        if (
+        if self._fresh_owner_read and (
             owner not in self.monitor.peers
             or (cached is not None and (cached.free or cached.generation != generation))
             or self.monitor.needs_confirm(owner, self.clock.now())
