@@ -26,6 +26,8 @@ import anyio
 
 from autoextend.directio import IoTimeout, StorageError, check_range
 
+FAST_IO_S = 0.05  # below this an I/O is simulated with one sleep
+
 
 class Gate(Protocol):
     """The host side of an I/O: whether the process still exists, and its SIGSTOP gate."""
@@ -132,16 +134,27 @@ class HostStorage:
             disk.stats.io_errors += 1
             await anyio.sleep(delay * 0.5)
             raise StorageError(self.path, "read", offset, length, "I/O error (simulated)")
-        at = disk.rng.uniform(0.0, delay)
         if delay > disk.io_timeout:
             disk.stats.timeouts += 1
             await anyio.sleep(disk.io_timeout)
             raise IoTimeout(self.path, "read", offset, length, disk.io_timeout)
-        await anyio.sleep(at)
-        data = bytes(disk.data[offset : offset + length])
-        await anyio.sleep(delay - at)
+        # The data is the disk's at some instant within the I/O: its start or its end for a
+        # fast one (one sleep), any instant for a slow one.
+        if delay < FAST_IO_S:
+            if disk.rng.random() < 0.5:
+                data = bytes(disk.data[offset : offset + length])
+                await anyio.sleep(delay)
+            else:
+                await anyio.sleep(delay)
+                data = bytes(disk.data[offset : offset + length])
+        else:
+            at = disk.rng.uniform(0.0, delay)
+            await anyio.sleep(at)
+            data = bytes(disk.data[offset : offset + length])
+            await anyio.sleep(delay - at)
         disk.stats.reads += 1
-        await self.host.gate()
+        if self.host.frozen:
+            await self.host.gate()
         self._fail_if_dead("read", offset, length)
         return data
 
@@ -182,21 +195,32 @@ class HostStorage:
                 disk.land(host_id, offset, payload, torn or error or crashed)
             flight.done.set()
 
-        asyncio.get_running_loop().call_at(flight.lands_at, land)
-        if error or torn:
-            disk.stats.io_errors += error
-            disk.stats.torn_writes += torn
+        if not (error or torn) and delay < FAST_IO_S:
+            # Fast path (one sleep): the write lands when the sleep ends, or at that instant
+            # anyway if the writer is cancelled or crashes meanwhile.
+            try:
+                await anyio.sleep(delay)
+            except BaseException:
+                asyncio.get_running_loop().call_at(flight.lands_at, land)
+                raise
+            land()
+        else:
+            asyncio.get_running_loop().call_at(flight.lands_at, land)
+            if error or torn:
+                disk.stats.io_errors += error
+                disk.stats.torn_writes += torn
+                await flight.done.wait()
+                raise StorageError(self.path, "write", offset, length,
+                                   "torn write (simulated)" if torn else "I/O error (simulated)")
+            if delay > disk.io_timeout:
+                disk.stats.timeouts += 1
+                disk.stats.late_writes += 1
+                self._late.append(flight)
+                await anyio.sleep(disk.io_timeout)
+                raise IoTimeout(self.path, "write", offset, length, disk.io_timeout)
             await flight.done.wait()
-            raise StorageError(self.path, "write", offset, length,
-                               "torn write (simulated)" if torn else "I/O error (simulated)")
-        if delay > disk.io_timeout:
-            disk.stats.timeouts += 1
-            disk.stats.late_writes += 1
-            self._late.append(flight)
-            await anyio.sleep(disk.io_timeout)
-            raise IoTimeout(self.path, "write", offset, length, disk.io_timeout)
-        await flight.done.wait()
-        await host.gate()
+        if host.frozen:
+            await host.gate()
         self._fail_if_dead("write", offset, length)
 
     async def close(self) -> None:

@@ -24,6 +24,13 @@ class Deadlock(RuntimeError):
     """Every task waits for something no timer will ever bring."""
 
 
+class Livelock(RuntimeError):
+    """The loop kept running callbacks without time ever advancing (a busy loop)."""
+
+
+SPIN_LIMIT = 200_000  # loop iterations at one instant before it counts as a livelock
+
+
 class _TimeSelector(selectors.SelectSelector):
     """Registers file descriptors like a real selector but never polls them: ``select`` moves
     the loop's virtual clock to the next timer instead of sleeping."""
@@ -31,12 +38,19 @@ class _TimeSelector(selectors.SelectSelector):
     def __init__(self) -> None:
         super().__init__()
         self.loop: VirtualTimeLoop | None = None
+        self.spins = 0
 
     def select(self, timeout: float | None = None) -> list[Any]:
         loop = self.loop
         assert loop is not None
         if timeout is None:
             raise Deadlock("no task is ready and no timer is scheduled")
+        if timeout == 0:
+            self.spins += 1
+            if self.spins > SPIN_LIMIT:
+                raise Livelock(f"{SPIN_LIMIT} loop iterations at t={loop._vtime:.6f}")
+            return []
+        self.spins = 0
         if timeout > 0:
             scheduled = loop._scheduled  # type: ignore[attr-defined]
             target = scheduled[0]._when if scheduled else loop._vtime + timeout

@@ -39,6 +39,7 @@ GiB = 1 << 30
 MiB = 1 << 20
 SECTOR = 512
 VGS = ("vg0", "vg1")
+SAMPLE_S = 5.0  # the sampled checks' period (the SPM check also runs at every term start)
 MUTATIONS = ("owner-read", "term-check", "generation")
 
 
@@ -162,10 +163,10 @@ class World:
         self.timeouts = lease_timeouts(t, w)
         self.max_hosts = max(8, cfg.hosts)
         self.mailbox = MailboxSettings(
-            max_hosts=self.max_hosts, poll_interval_s=1.0, hot_window_s=60.0,
-            reply_poll_interval_s=0.5, reply_poll_max_s=5.0, ring_retry_initial_s=5.0,
+            max_hosts=self.max_hosts, poll_interval_s=5.0, hot_window_s=60.0,
+            reply_poll_interval_s=2.0, reply_poll_max_s=10.0, ring_retry_initial_s=5.0,
             ring_retry_max_s=30.0, request_timeout_s=900.0, full_scan_interval_s=300.0,
-            max_request_bytes=64 * GiB,
+            max_request_bytes=1 << 40,
         )
         self.layout = MailboxLayout(mailbox_offset(0), SECTOR, self.max_hosts)
         size = -(-self.layout.end // 4096) * 4096
@@ -351,9 +352,9 @@ class World:
                 if roll < 0.05:
                     size = self.volumes.caps[volume] + rng.randint(1, 8) * 256 * MiB
                 elif roll < 0.15:
-                    size = max(MiB, current - rng.randint(0, 4) * 256 * MiB)
+                    size = max(MiB, current - rng.randint(0, 4) * 64 * MiB)
                 else:
-                    size = min(self.volumes.caps[volume], current + rng.randint(1, 4) * 256 * MiB)
+                    size = min(self.volumes.caps[volume], current + rng.randint(1, 4) * 64 * MiB)
                 tg.start_soon(self.one_request, inc, mailbox, clock, volume, size)
 
     async def one_request(self, inc: Incarnation, mailbox: HostMailbox, clock: SimClock,
@@ -490,9 +491,9 @@ class World:
     # ---- the run -----------------------------------------------------------------------
 
     async def sampler(self) -> None:
-        """Checks that hold at every instant, sampled once a simulated second."""
+        """Checks that hold at every instant, sampled every few simulated seconds."""
         while True:
-            await anyio.sleep(1.0)
+            await anyio.sleep(SAMPLE_S)
             self.check_single_spm("sample")
             now = self.loop.time()
             if now >= self.fault_end and now >= self.last_fault + self.takeover_bound:

@@ -299,7 +299,8 @@ class HostMailbox:
         now = self._clock.now()
         self._expire(now)
         self._assign_slots(now)
-        if self._lazy and (self._dirty or now - self._lazy_since >= CLEAR_DELAY_S):
+        # (The same sum as in _sleep_time: a difference could round below it and spin.)
+        if self._lazy and (self._dirty or now >= self._lazy_since + CLEAR_DELAY_S):
             self._dirty |= self._lazy
             self._lazy = set()
         try:
