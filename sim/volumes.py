@@ -44,8 +44,13 @@ class SimVolumeBackend:
         self.rng = rng
 
     async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
+        self.world.maybe_freeze_at_write(self.inc, self.term)
+        if self.inc.frozen:
+            await self.inc.gate()  # a SIGSTOP may land between the server's decision and here
         if not self.inc.alive:
             raise VolumeError("the process is gone")  # a crash is instantaneous
+        # The writer's check before every command (as LvmWriter does), then the change.
+        self.term.check()
         vols = self.world.volumes
         if volume not in vols.sizes:
             raise VolumeNotFound(str(volume))

@@ -39,6 +39,7 @@ GiB = 1 << 30
 MiB = 1 << 20
 SECTOR = 512
 VGS = ("vg0", "vg1")
+FREEZE_AT_WRITE_PROB = 0.002  # per extend, while faults are on
 SAMPLE_S = 5.0  # the sampled checks' period (the SPM check also runs at every term start)
 MUTATIONS = ("owner-read", "term-check", "generation")
 
@@ -459,6 +460,19 @@ class World:
                 self._fault(kind, f"h{host} for {span:.3f}")
                 tg.start_soon(self._heal_later, host, kind, span)
 
+    def maybe_freeze_at_write(self, inc: Incarnation, term: SpmTerm) -> None:
+        """The worst moment for a SIGSTOP: the SPM decided to extend and is about to write.
+        Sometimes it lands there, and lasts until after the term's expiry (but usually not
+        long enough for the watchdog)."""
+        rng = self.rng_faults
+        if (self.loop.time() >= self.fault_end or inc.frozen or inc.tg is None
+                or rng.random() >= FREEZE_AT_WRITE_PROB):
+            return
+        span = max(0.0, term.expiry - self.loop.time()) + rng.uniform(0.0, self.cfg.watchdog)
+        self._fault("freeze-at-write", f"{inc.name} for {span:.3f}")
+        inc.freeze()
+        inc.tg.start_soon(self._thaw_later, inc, span)
+
     async def _thaw_later(self, inc: Incarnation, span: float) -> None:
         await anyio.sleep(span)
         if inc.alive and inc.frozen:
@@ -550,9 +564,9 @@ def mutation(name: str | None) -> Iterator[None]:
         return
     if name not in MUTATIONS:
         raise ValueError(f"unknown mutation {name!r} (known: {', '.join(MUTATIONS)})")
-    target: type = {"owner-read": LeaseService, "term-check": SpmMailServer,
+    target: type = {"owner-read": LeaseService, "term-check": SpmTerm,
                     "generation": HostMailbox}[name]
-    attr = {"owner-read": "_fresh_owner_read", "term-check": "_check_term_before_extend",
+    attr = {"owner-read": "_fresh_owner_read", "term-check": "_enforce",
             "generation": "_match_generation"}[name]
     setattr(target, attr, False)
     try:

@@ -41,6 +41,10 @@ from autoextend.logs import get_logger
 class SpmTerm:
     """One tenure as SPM: lease version ``lver`` held by ``host_id``."""
 
+    # Test-only switch (the simulation's mutation check, sim/): False makes check() pass
+    # whatever the term's state.
+    _enforce = True
+
     def __init__(self, service: LeaseService, lver: int, generation: int) -> None:
         self.host_id = service.host_id
         self.lver = lver
@@ -59,6 +63,8 @@ class SpmTerm:
 
     def check(self) -> None:
         """Raise NotSpmError unless this term is still valid now. No I/O."""
+        if not self._enforce:
+            return
         if self.ended is not None:
             raise NotSpmError(f"SPM term lver {self.lver} ended: {self.ended}")
         if self._service.clock.now() >= self.expiry:
