@@ -7,8 +7,8 @@ import argparse
 import random
 import sys
 
+from sim.config import MUTATIONS, SimConfig
 from sim.run import run_world
-from sim.world import MUTATIONS, SimConfig
 
 
 def main(argv: list[str] | None = None) -> int:

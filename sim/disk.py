@@ -34,6 +34,7 @@ class Gate(Protocol):
 
     host_id: int
     alive: bool
+    frozen: bool
 
     async def gate(self) -> None: ...
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import structlog
 
 from sim import vloop
-from sim.world import SimConfig, Stats, World, mutation
+from sim.config import SimConfig, Stats
+from sim.world import World, mutation
 
 
 @dataclass

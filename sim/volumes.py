@@ -19,7 +19,8 @@ from autoextend.lvm.volume import ExtendResult, VolumeRef
 
 if TYPE_CHECKING:
     from autoextend.lease.service import SpmTerm
-    from sim.world import Incarnation, World
+    from sim.host import Incarnation
+    from sim.world import World
 
 
 class SimVolumes:

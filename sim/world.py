@@ -13,7 +13,7 @@ import random
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from typing import Literal
 
 import anyio
 from anyio.abc import TaskGroup
@@ -32,123 +32,20 @@ from autoextend.spm.host import HostMailbox
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.server import SpmMailServer
 from autoextend.spm.wire import Status
+from sim.config import MUTATIONS, SimConfig, Stats
 from sim.disk import HostStorage, SimDisk
+from sim.faults import FaultDriver
+from sim.host import Incarnation, SimClock, SimWatchdog
 from sim.volumes import SimVolumeBackend, SimVolumes
 
 GiB = 1 << 30
 MiB = 1 << 20
-SECTOR = 512
+SECTOR: Literal[512] = 512
 VGS = ("vg0", "vg1")
-FREEZE_AT_WRITE_PROB = 0.002  # per extend, while faults are on
 SAMPLE_S = 5.0  # the sampled checks' period (the SPM check also runs at every term start)
-MUTATIONS = ("owner-read", "term-check", "generation")
 
 
-@dataclass(frozen=True)
-class SimConfig:
-    seed: int
-    hosts: int = 3
-    duration: float = 20_000.0       # simulated seconds with faults
-    io_timeout: float = 10.0         # T (sanlock's default)
-    watchdog: float = 60.0           # W (sanlock's default)
-    volumes_per_host: int = 4
-    request_gap_s: float = 40.0      # mean time between request bursts, per host
-    fault_gap_s: float = 150.0       # mean time between faults
-    mutation: str | None = None
-
-    def command(self) -> str:
-        extra = f" --mutation {self.mutation}" if self.mutation else ""
-        return (f"python -m sim --seed {self.seed} --hosts {self.hosts} "
-                f"--duration {self.duration:g}{extra}")
-
-
-@dataclass
-class Stats:
-    requests: int = 0
-    answered: int = 0
-    rejected: int = 0
-    timeouts: int = 0
-    closed: int = 0
-    terms: int = 0
-    changes: int = 0
-    checks: int = 0
-    faults: dict[str, int] = field(default_factory=dict)
-    agent_exits: int = 0
-    watchdog_kills: int = 0
-
-
-class Incarnation:
-    """One run of one host's process: its memory dies with it."""
-
-    def __init__(self, world: World, host_id: int, number: int) -> None:
-        self.world = world
-        self.host_id = host_id
-        self.number = number
-        self.alive = True
-        self.frozen = False
-        self._thaw = anyio.Event()
-        self.scope = anyio.CancelScope()
-        self.lease: LeaseService | None = None
-        self.server: SpmMailServer | None = None
-        self.tg: TaskGroup | None = None
-        self.armed: float | None = None      # watchdog deadline (term expiry)
-        self.restart_after = 1.0             # a process that exits is restarted (systemd)
-        self.name = f"h{host_id}.{number}"
-
-    async def gate(self) -> None:
-        """Where a frozen (SIGSTOPped) process stops: every sleep and every I/O passes here."""
-        while self.frozen and self.alive:
-            await self._thaw.wait()
-
-    def freeze(self) -> None:
-        if not self.frozen:
-            self.frozen = True
-            self._thaw = anyio.Event()
-
-    def thaw(self) -> None:
-        self.frozen = False
-        self._thaw.set()
-
-    def crash(self, restart_after: float) -> None:
-        self.alive = False
-        self.armed = None
-        self.restart_after = restart_after
-        self.thaw()
-        self.scope.cancel()
-
-
-class SimClock:
-    """The injected clock of one incarnation: virtual time; sleeps stop while frozen."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, inc: Incarnation) -> None:
-        self._loop = loop
-        self._inc = inc
-
-    def now(self) -> float:
-        return self._loop.time()
-
-    async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(max(0.0, seconds))
-        if self._inc.frozen:
-            await self._inc.gate()
-
-
-class SimWatchdog:
-    """The watchdog device: once a term's expiry passes while still armed, the host is reset
-    at some instant within W after it (a frozen process cannot disarm it)."""
-
-    def __init__(self, world: World, inc: Incarnation) -> None:
-        self.world = world
-        self.inc = inc
-
-    def update(self, expiry: float | None) -> None:
-        self.inc.armed = expiry
-        if expiry is not None:
-            fire = expiry + self.world.rng_faults.random() * 0.99 * self.world.cfg.watchdog
-            self.world.loop.call_at(fire, self.world.watchdog_fire, self.inc, expiry)
-
-
-class World:
+class World(FaultDriver):
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
         self.loop = asyncio.get_running_loop()
@@ -306,7 +203,8 @@ class World:
                               random.Random(rng.getrandbits(64)))
         async with lease.joined(), anyio.create_task_group() as tg:
             inc.tg = tg
-            self.trace(f"{inc.name} joined gen {lease.delta.record and lease.delta.record.generation}")
+            record = lease.delta.record
+            self.trace(f"{inc.name} joined gen {record.generation if record else None}")
             await tg.start(mailbox.run)
             self.trace(f"{inc.name} mailbox gen {mailbox.generation}")
             tg.start_soon(self.candidacy, inc, lease, storage, clock, rng)
@@ -398,109 +296,6 @@ class World:
             self.fail(f"{inc.name} req#{rid} acted on a reply not meant for it: asked "
                       f"{volume} {size}, got {reply.status.name} {reply.reason.name} "
                       f"{reply.text!r}")
-
-    # ---- faults ------------------------------------------------------------------------
-
-    def _fault(self, kind: str, line: str) -> None:
-        self.stats.faults[kind] = self.stats.faults.get(kind, 0) + 1
-        self.last_fault = self.loop.time()
-        self.trace(f"FAULT {kind} {line}")
-
-    def spm_incarnation(self) -> Incarnation | None:
-        for inc, _term in self.valid_terms():
-            return inc
-        return None
-
-    def pick_host(self, prefer_spm: float) -> Incarnation:
-        spm = self.spm_incarnation()
-        if spm is not None and self.rng_faults.random() < prefer_spm:
-            return spm
-        return self.current[self.rng_faults.randint(1, self.cfg.hosts)]
-
-    async def faults(self, tg: TaskGroup) -> None:
-        rng = self.rng_faults
-        while True:
-            await anyio.sleep(rng.expovariate(1.0 / self.cfg.fault_gap_s))
-            if self.loop.time() >= self.fault_end:
-                return
-            roll = rng.random()
-            if roll < 0.2:
-                inc = self.pick_host(0.5)
-                if inc.alive:
-                    delay = rng.uniform(0.1, 300.0)
-                    self._fault("crash", f"{inc.name} restart in {delay:.3f}")
-                    inc.crash(delay)
-            elif roll < 0.45:
-                inc = self.pick_host(0.6)
-                if inc.alive and not inc.frozen:
-                    t = self.timeouts
-                    span = (rng.uniform(0.0, 30.0) if rng.random() < 0.4 else
-                            rng.uniform(t.lease_expiry - 2 * t.io_timeout,
-                                        t.host_dead + 2 * t.io_timeout))
-                    self._fault("freeze", f"{inc.name} for {span:.3f}")
-                    inc.freeze()
-                    tg.start_soon(self._thaw_later, inc, span)
-            elif roll < 0.6:
-                inc = self.spm_incarnation()
-                if inc is not None and not inc.frozen and inc.tg is not None:
-                    self._fault("step-down", inc.name)
-                    inc.tg.start_soon(self._step_down, inc)
-            else:
-                host = rng.randint(1, self.cfg.hosts)
-                f = self.disk.faults_for(host)
-                span = rng.uniform(5.0, 200.0)
-                kind = rng.choice(("io-errors", "slow-io", "torn-writes"))
-                if kind == "io-errors":
-                    f.error_prob = rng.uniform(0.02, 0.5)
-                elif kind == "slow-io":
-                    f.slow_prob = rng.uniform(0.05, 0.6)
-                    f.slow_max_s = 2.5 * self.cfg.io_timeout
-                else:
-                    f.torn_prob = rng.uniform(0.1, 0.8)
-                self._fault(kind, f"h{host} for {span:.3f}")
-                tg.start_soon(self._heal_later, host, kind, span)
-
-    def maybe_freeze_at_write(self, inc: Incarnation, term: SpmTerm) -> None:
-        """The worst moment for a SIGSTOP: the SPM decided to extend and is about to write.
-        Sometimes it lands there, and lasts until after the term's expiry (but usually not
-        long enough for the watchdog)."""
-        rng = self.rng_faults
-        if (self.loop.time() >= self.fault_end or inc.frozen or inc.tg is None
-                or rng.random() >= FREEZE_AT_WRITE_PROB):
-            return
-        span = max(0.0, term.expiry - self.loop.time()) + rng.uniform(0.0, self.cfg.watchdog)
-        self._fault("freeze-at-write", f"{inc.name} for {span:.3f}")
-        inc.freeze()
-        inc.tg.start_soon(self._thaw_later, inc, span)
-
-    async def _thaw_later(self, inc: Incarnation, span: float) -> None:
-        await anyio.sleep(span)
-        if inc.alive and inc.frozen:
-            self.trace(f"{inc.name} thawed")
-            self.last_fault = self.loop.time()
-            inc.thaw()
-
-    async def _heal_later(self, host: int, kind: str, span: float) -> None:
-        await anyio.sleep(span)
-        f = self.disk.faults_for(host)
-        if kind == "io-errors":
-            f.error_prob = 0.0
-        elif kind == "slow-io":
-            f.slow_prob = 0.0
-        else:
-            f.torn_prob = 0.0
-        self.last_fault = self.loop.time()
-        self.trace(f"h{host} {kind} healed")
-
-    async def _step_down(self, inc: Incarnation) -> None:
-        """As ``ClusterAgent.step_down``, run in the host's process."""
-        lease, server = inc.lease, inc.server
-        if lease is None or lease.term is None:
-            return
-        if server is not None:
-            await server.step_down(30.0)
-        await inc.gate()
-        lease.step_down()
 
     # ---- the run -----------------------------------------------------------------------
 

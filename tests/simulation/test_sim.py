@@ -13,8 +13,9 @@ import pytest
 
 from autoextend.lease.service import LeaseService, SpmTerm
 from autoextend.spm.host import HostMailbox
+from sim.config import MUTATIONS, SimConfig
 from sim.run import Result, run_world
-from sim.world import MUTATIONS, SimConfig
+
 from .figures import FIGURES
 
 # 10 seeds x (98,560 s of faults + the quiet tail) > 10**6 simulated seconds.
