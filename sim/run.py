@@ -69,7 +69,7 @@ def run_world(cfg: SimConfig) -> Result:
         with mutation(cfg.mutation):
             vloop.run(main)
     except (vloop.Livelock, vloop.Deadlock) as err:
-        box["world"].trace(f"VIOLATION {type(err).__name__}: {err}")
+        box["world"].trace(f"VIOLATION {type(err).__name__}: {err}", last=True)
         box["world"].violation = box["world"].violation or f"{type(err).__name__}: {err}"
     finally:
         structlog.reset_defaults()

@@ -51,6 +51,7 @@ class World(FaultDriver):
         self.loop = asyncio.get_running_loop()
         self.stats = Stats()
         self._hash = hashlib.blake2b(digest_size=16)
+        self.closed = False
         self.tail: deque[str] = deque(maxlen=400)
         self.lines = 0
         seeds = random.Random(cfg.seed)
@@ -94,7 +95,12 @@ class World(FaultDriver):
 
     # ---- trace -------------------------------------------------------------------------
 
-    def trace(self, line: str) -> None:
+    def trace(self, line: str, *, last: bool = False) -> None:
+        if self.closed:
+            return
+        # Once the world stops (its end, or a violation), tasks are cancelled in an order
+        # that depends on object addresses: nothing after that instant is traced.
+        self.closed = last
         text = f"{self.loop.time():.6f} {line}"
         self._hash.update(text.encode())
         self._hash.update(b"\n")
@@ -106,7 +112,7 @@ class World(FaultDriver):
         return self._hash.hexdigest()
 
     def fail(self, what: str) -> None:
-        self.trace(f"VIOLATION {what}")
+        self.trace(f"VIOLATION {what}", last=True)
         if self.violation is None:
             self.violation = what
             self.stop.cancel()  # stop the world at the first violation
@@ -323,6 +329,7 @@ class World(FaultDriver):
         self.trace(f"world seed {self.cfg.seed} hosts {self.cfg.hosts} "
                    f"duration {self.cfg.duration:g} mutation {self.cfg.mutation}")
         self.stop.deadline = end
+        self.loop.call_at(end - 0.001, lambda: self.trace("world end", last=True))
         with self.stop:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.sampler)
@@ -330,7 +337,6 @@ class World(FaultDriver):
                 for h in range(1, self.cfg.hosts + 1):
                     tg.start_soon(self.supervise, h)
                     await anyio.sleep(self.rng_faults.uniform(0.0, 5.0))
-        self.trace("world end")
 
 
 class _RawStorage:
