@@ -186,7 +186,7 @@ class World(FaultDriver):
                     await self.run_host(inc)
                 except Exception as err:  # the process died on its own: systemd restarts it
                     self.stats.agent_exits += 1
-                    self.trace(f"{inc.name} exited: {type(err).__name__}: {err}")
+                    self.trace(f"{inc.name} exited: {_leaf(err)}")
             if inc.alive:
                 inc.alive = False
             await anyio.sleep(inc.restart_after)
@@ -337,6 +337,19 @@ class World(FaultDriver):
                 for h in range(1, self.cfg.hosts + 1):
                     tg.start_soon(self.supervise, h)
                     await anyio.sleep(self.rng_faults.uniform(0.0, 5.0))
+
+
+def _leaf(err: BaseException) -> str:
+    """The first real error inside (nested) exception groups, with where it was raised."""
+    while isinstance(err, BaseExceptionGroup) and err.exceptions:
+        err = err.exceptions[0]
+    tb = err.__traceback__
+    where: list[str] = []
+    while tb is not None:
+        if "/autoextend/" in tb.tb_frame.f_code.co_filename:
+            where.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    return f"{type(err).__name__} in {' > '.join(where[-3:])}: {err}"
 
 
 class _RawStorage:
