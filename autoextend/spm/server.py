@@ -69,10 +69,6 @@ class _Key:
 class SpmMailServer:
     """Serves every host's mailbox while this host is SPM."""
 
-    # Test-only switch (the simulation's mutation check, sim/): False skips the term check
-    # right before an extend.
-    _check_term_before_extend = True
-
     def __init__(
         self,
         storage: SectorStorage,
@@ -338,8 +334,7 @@ class SpmMailServer:
             return None
         volume = VolumeRef(item.vg, item.lv)
         try:
-            if self._check_term_before_extend:
-                self._authority.check()
+            self._authority.check()
             result = await self._backend.extend(volume, item.size)
             log.info("volume extended" if result.changed else "volume already large enough",
                      volume=str(volume), size=result.size, host_id=key.host,
