@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.hosts <= 2000:
         print("--hosts must be 1..2000", file=sys.stderr)
         return 2
+    if args.duration <= 0 or args.seeds < 1:
+        print("--duration must be > 0 and --seeds >= 1", file=sys.stderr)
+        return 2
     first = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     failed = 0
     total = 0.0

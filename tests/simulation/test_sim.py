@@ -82,6 +82,8 @@ def test_mutation_is_caught(mutation: str) -> None:
             FIGURES.append(f"mutation {mutation}: caught by seed {seed} after {spent:.0f} "
                            f"simulated seconds: {result.violation}; replay: {cfg.command()}")
             assert cfg.command() in report
+            replay = run_world(cfg)  # the printed seed replays the same failure, byte for byte
+            assert (replay.violation, replay.digest) == (result.violation, result.digest)
             break
         assert spent < budget, f"mutation {mutation} not caught in {spent:.0f} simulated s"
     else:
