@@ -39,15 +39,20 @@ class _TimeSelector(selectors.SelectSelector):
         super().__init__()
         self.loop: VirtualTimeLoop | None = None
         self.spins = 0
+        self.failed = False
 
     def select(self, timeout: float | None = None) -> list[Any]:
         loop = self.loop
         assert loop is not None
-        if timeout is None:
+        if self.failed:  # reported once; the loop is being shut down (tasks cancelled)
+            timeout = timeout or 0.0
+        elif timeout is None:
+            self.failed = True
             raise Deadlock("no task is ready and no timer is scheduled")
-        if timeout == 0:
+        elif timeout == 0:
             self.spins += 1
             if self.spins > SPIN_LIMIT:
+                self.failed = True
                 raise Livelock(f"{SPIN_LIMIT} loop iterations at t={loop._vtime:.6f}")
             return []
         self.spins = 0
@@ -64,7 +69,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._vtime = START
         super().__init__(selector)
         selector.loop = self
-        self._clock_resolution = 1e-9
+        # Timers due within this are run together (it must stay above the float spacing of
+        # the virtual time, or a timer due "now" would never be run).
+        self._clock_resolution = 1e-6
 
     def time(self) -> float:
         return self._vtime
