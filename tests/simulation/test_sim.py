@@ -90,3 +90,26 @@ def test_mutation_is_caught(mutation: str) -> None:
         pytest.fail(f"mutation {mutation} not caught")
     # The switch is restored: the real code checks again.
     assert LeaseService._fresh_owner_read and SpmTerm._enforce and HostMailbox._match_generation
+
+
+def test_cli_prints_the_trace_and_the_replay_command_of_a_failing_seed() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-m", "sim", "--seed", "1", "--duration", "50000",
+           "--mutation", "generation", "--tail", "5"]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 1, done.stdout + done.stderr
+    out = done.stdout
+    assert "VIOLATION: h" in out and "acted on a reply not meant for it" in out
+    assert "trace tail (5 of" in out
+    assert ("replay: python -m sim --seed 1 --hosts 3 --duration 50000 --mutation generation"
+            in out)
+    ok = subprocess.run([sys.executable, "-m", "sim", "--seed", "2", "--duration", "2000"],
+                        cwd=root, capture_output=True, text=True, timeout=240)
+    assert ok.returncode == 0 and "1 seeds, " in ok.stdout and "0 failed" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "sim", "--duration", "0"],
+                         cwd=root, capture_output=True, text=True, timeout=240)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
