@@ -180,6 +180,8 @@ class World(FaultDriver):
             number += 1
             inc = Incarnation(self, host_id, number)
             self.current[host_id] = inc
+            if number > 1:  # a restart ends a fault: the bounds count from here
+                self.last_fault = max(self.last_fault, self.loop.time())
             self.trace(f"{inc.name} start")
             with inc.scope:
                 try:
