@@ -20,7 +20,8 @@ class SimConfig:
     mutation: str | None = None
 
     def command(self) -> str:
-        extra = f" --mutation {self.mutation}" if self.mutation else ""
+        extra = f" --fault-gap {self.fault_gap_s:g}" if self.fault_gap_s != 150.0 else ""
+        extra += f" --mutation {self.mutation}" if self.mutation else ""
         return (f"python -m sim --seed {self.seed} --hosts {self.hosts} "
                 f"--duration {self.duration:g}{extra}")
 
