@@ -51,7 +51,8 @@ class FaultDriver:
         spm = self.spm_incarnation()
         if spm is not None and self.rng_faults.random() < prefer_spm:
             return spm
-        return self.current[self.rng_faults.randint(1, self.cfg.hosts)]
+        started = sorted(self.current)  # (hosts start a few seconds apart)
+        return self.current[started[self.rng_faults.randrange(len(started))]]
 
     async def faults(self, tg: TaskGroup) -> None:
         rng = self.rng_faults
@@ -59,6 +60,8 @@ class FaultDriver:
             await anyio.sleep(rng.expovariate(1.0 / self.cfg.fault_gap_s))
             if self.loop.time() >= self.fault_end:
                 return
+            if not self.current:
+                continue
             roll = rng.random()
             if roll < 0.2:
                 inc = self.pick_host(0.5)
