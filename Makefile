@@ -9,8 +9,10 @@ APT_STAMP := $(VENV)/.apt-done
 PIP_STAMP := $(VENV)/.pip-done
 GUEST_STAMP := $(VENV)/.guest-done
 PYTEST_ARGS ?=
+SIM_SEEDS ?= 40
+SIM_DURATION ?= 200000
 
-.PHONY: all setup apt venv guest test unit demo bench lint clean
+.PHONY: all setup apt venv guest test unit demo bench lint clean sim
 
 all: test
 
@@ -47,6 +49,11 @@ test: setup
 unit: venv
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
+# A longer soak of the deterministic simulation with random seeds (a failing seed prints
+# its trace and the command that replays it).
+sim: venv
+	$(BIN)/python -m sim --seeds $(SIM_SEEDS) --duration $(SIM_DURATION) --hosts 4
+
 demo: setup
 	$(BIN)/autoextend demo
 
@@ -54,7 +61,7 @@ bench: setup
 	$(BIN)/python -m bench.run_all
 
 lint: venv
-	$(BIN)/ruff check autoextend tests bench
+	$(BIN)/ruff check autoextend tests bench sim
 	$(BIN)/mypy
 
 clean:

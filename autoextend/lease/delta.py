@@ -39,6 +39,7 @@ class DeltaLease:
         timeouts: LeaseTimeouts,
         clock: Clock,
         monitor: HostMonitor,
+        rng: random.Random | None = None,
     ) -> None:
         layout.check_host(host_id)
         self.storage = storage
@@ -48,6 +49,7 @@ class DeltaLease:
         self.timeouts = timeouts
         self.clock = clock
         self.monitor = monitor
+        self.rng = rng or random.Random()
         self.record: DeltaRecord | None = None  # what we last wrote while holding
         self.expiry = 0.0                        # our clock; lease valid while now < expiry
         self.last_renewal = 0.0                  # start of the last successful renewal
@@ -94,7 +96,7 @@ class DeltaLease:
             self.monitor.observe(self.host_id, again, self._offset(), issued, done)
             if again != raw:
                 raise HostIdBusy(self.host_id, owner, "record changed while waiting: owner is live")
-        generation = old.generation + 1 if old is not None else random.getrandbits(40) + 1
+        generation = old.generation + 1 if old is not None else self.rng.getrandbits(40) + 1
         start = self.clock.now()
         claim = DeltaRecord(
             host_id=self.host_id, generation=generation, timestamp_us=_us(start),

@@ -41,6 +41,10 @@ from autoextend.logs import get_logger
 class SpmTerm:
     """One tenure as SPM: lease version ``lver`` held by ``host_id``."""
 
+    # Test-only switch (the simulation's mutation check, sim/): False makes check() pass
+    # whatever the term's state.
+    _enforce = True
+
     def __init__(self, service: LeaseService, lver: int, generation: int) -> None:
         self.host_id = service.host_id
         self.lver = lver
@@ -59,6 +63,8 @@ class SpmTerm:
 
     def check(self) -> None:
         """Raise NotSpmError unless this term is still valid now. No I/O."""
+        if not self._enforce:
+            return
         if self.ended is not None:
             raise NotSpmError(f"SPM term lver {self.lver} ended: {self.ended}")
         if self._service.clock.now() >= self.expiry:
@@ -81,6 +87,10 @@ class LeaseStats:
 
 
 class LeaseService:
+    # Test-only switch (the simulation's mutation check, sim/): False skips the fresh read of
+    # the owner's host id record before a takeover and trusts a possibly stale cache.
+    _fresh_owner_read = True
+
     def __init__(
         self,
         storage: SectorStorage,
@@ -102,7 +112,8 @@ class LeaseService:
         self.layout = LeaseLayout(settings.offset, storage.sector_size, settings.max_hosts)
         self.monitor = HostMonitor(self.timeouts.host_fail, self.timeouts.host_dead)
         self.delta = DeltaLease(
-            storage, self.layout, self.host_id, self.host_name, self.timeouts, clock, self.monitor
+            storage, self.layout, self.host_id, self.host_name, self.timeouts, clock, self.monitor,
+            rng,
         )
         self.paxos = PaxosLease(storage, self.layout, self.host_id, self.timeouts, clock, rng)
         self.watchdog = watchdog or NullWatchdog()
@@ -203,7 +214,7 @@ class LeaseService:
         if not 1 <= owner <= self.layout.max_hosts:
             return True
         cached = self.monitor.record(owner)
-        if (
+        if self._fresh_owner_read and (
             owner not in self.monitor.peers
             or (cached is not None and (cached.free or cached.generation != generation))
             or self.monitor.needs_confirm(owner, self.clock.now())

@@ -9,6 +9,7 @@ one jumps by a random amount up to 2**20 past what was seen.
 
 from __future__ import annotations
 
+import random
 import secrets
 
 from autoextend.directio import SectorStorage
@@ -24,8 +25,12 @@ def after(seen: int, unreadable: bool, jump: int) -> int:
     return generation & MAX_GENERATION or 1
 
 
-async def next_generation(storage: SectorStorage, layout: MailboxLayout, host_id: int) -> int:
-    """Read the host's sectors and pick its new generation.
+async def next_generation(
+    storage: SectorStorage, layout: MailboxLayout, host_id: int,
+    rng: random.Random | None = None,
+) -> int:
+    """Read the host's sectors and pick its new generation (``rng``: the random jump's source,
+    default the OS's).
 
     Raises:
         StorageError: a read failed.
@@ -54,4 +59,5 @@ async def next_generation(storage: SectorStorage, layout: MailboxLayout, host_id
                 continue
             seen = max([seen, sector.generation]
                        + [r.generation for r in sector.slots if isinstance(r, Reply)])
-    return after(seen, unreadable, 1 + secrets.randbelow(1 << 20))
+    jump = rng.randrange(1 << 20) if rng is not None else secrets.randbelow(1 << 20)
+    return after(seen, unreadable, 1 + jump)

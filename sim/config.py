@@ -1,0 +1,41 @@
+"""What one simulated world is (its seed and shape) and the figures it reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MUTATIONS = ("owner-read", "term-check", "generation")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    seed: int
+    hosts: int = 3
+    duration: float = 20_000.0       # simulated seconds with faults
+    io_timeout: float = 10.0         # T (sanlock's default)
+    watchdog: float = 60.0           # W (sanlock's default)
+    volumes_per_host: int = 4
+    request_gap_s: float = 40.0      # mean time between request bursts, per host
+    fault_gap_s: float = 150.0       # mean time between faults
+    mutation: str | None = None
+
+    def command(self) -> str:
+        extra = f" --fault-gap {self.fault_gap_s:g}" if self.fault_gap_s != 150.0 else ""
+        extra += f" --mutation {self.mutation}" if self.mutation else ""
+        return (f"python -m sim --seed {self.seed} --hosts {self.hosts} "
+                f"--duration {self.duration:g}{extra}")
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    answered: int = 0
+    rejected: int = 0
+    timeouts: int = 0
+    closed: int = 0
+    terms: int = 0
+    changes: int = 0
+    checks: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+    agent_exits: int = 0
+    watchdog_kills: int = 0
