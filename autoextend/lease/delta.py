@@ -74,7 +74,7 @@ class DeltaLease:
             raise NotFormatted(getattr(self.storage, "path", "?"), "host id slot is all zeros")
         old: DeltaRecord | None
         try:
-            old = unpack_delta(raw, self._offset())
+            old = unpack_delta(raw, self._offset(), self.host_id)
         except RecordError as err:
             self.log.warning("delta_record_unreadable", error=str(err))
             old = None
