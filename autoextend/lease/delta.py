@@ -18,7 +18,13 @@ from dataclasses import replace
 from autoextend.clock import Clock
 from autoextend.directio import SectorStorage
 from autoextend.lease.errors import HostIdBusy, HostIdLost, NotFormatted, RecordError
-from autoextend.lease.format import DeltaRecord, pack_delta, sectors, unpack_delta
+from autoextend.lease.format import (
+    MAX_GENERATION,
+    DeltaRecord,
+    pack_delta,
+    sectors,
+    unpack_delta,
+)
 from autoextend.lease.layout import LeaseLayout
 from autoextend.lease.liveness import HostMonitor
 from autoextend.lease.timeouts import LeaseTimeouts
@@ -95,6 +101,8 @@ class DeltaLease:
             if again != raw:
                 raise HostIdBusy(self.host_id, owner, "record changed while waiting: owner is live")
         generation = old.generation + 1 if old is not None else random.getrandbits(40) + 1
+        if generation > MAX_GENERATION:  # a hostile record at the limit: any new value will do
+            generation = random.getrandbits(40) + 1
         start = self.clock.now()
         claim = DeltaRecord(
             host_id=self.host_id, generation=generation, timestamp_us=_us(start),

@@ -242,8 +242,8 @@ def check_leader(rec: LeaderRecord, max_hosts: int | None = None) -> str | None:
         return f"write_id {rec.write_id} past {MAX_HOST_ID}"
     if rec.flags & ~FLAG_RELEASED:
         return f"unknown flags {rec.flags:#x}"
-    if rec.lver > MAX_LVER:
-        return f"lver {rec.lver} past {MAX_LVER}"
+    if rec.lver >= MAX_LVER:  # the next instance (lver + 1) must still be readable
+        return f"lver {rec.lver} leaves no next instance (limit {MAX_LVER})"
     if rec.owner_generation > MAX_GENERATION:
         return f"owner_generation {rec.owner_generation} past {MAX_GENERATION}"
     if rec.owner_id and not rec.lver:

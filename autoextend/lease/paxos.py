@@ -46,6 +46,8 @@ from autoextend.lease.ballot import (
 from autoextend.lease.errors import RecordError
 from autoextend.lease.format import (
     FLAG_RELEASED,
+    MAX_BALLOT,
+    MAX_LVER,
     Dblock,
     LeaderRecord,
     pack_dblock,
@@ -129,7 +131,12 @@ def decode_area(data: bytes, layout: LeaseLayout) -> PaxosArea:
     for index, raw in enumerate(parts[PAXOS_FIRST_DBLOCK_SECTOR:]):
         host = index + 1
         try:
-            blocks[host] = unpack_dblock(raw, layout.dblock_offset(host), host, layout.max_hosts)
+            block = unpack_dblock(raw, layout.dblock_offset(host), host, layout.max_hosts)
+            if block.mbal > MAX_BALLOT - 2 * layout.max_hosts:
+                # No ballot could ever be higher: it would stop this instance for good.
+                raise RecordError("dblock", layout.dblock_offset(host),
+                                  f"mbal {block.mbal} leaves no room for a higher ballot")
+            blocks[host] = block
         except RecordError as err:
             blocks[host] = None
             bad[host] = raw
@@ -254,6 +261,10 @@ class PaxosLease:
         view = self._view(area)
         own_mbal = self.own.mbal if self.own is not None and self.own.lver == lver else 0
         mbal = next_ballot(view, lver, self.host_id, self.layout.max_hosts, own_mbal)
+        if lver > MAX_LVER or mbal > MAX_BALLOT:
+            # Only a hostile, checksum-valid record near a limit gets here: never write a
+            # block nobody could read. The instance is stuck (README, "Bad records").
+            raise BallotAborted(f"lver {lver} / ballot {mbal} past the limits")
         blocks = await self._phase(phase1_block(self.own, self.host_id, lver, mbal), lver, mbal)
         value = choose_value(blocks, lver, mine)
         await self._phase(phase2_block(self.host_id, lver, mbal, value), lver, mbal)
