@@ -262,8 +262,8 @@ def check_dblock(
         return problem
     if rec.flags & ~FLAG_RELEASED:
         return f"unknown flags {rec.flags:#x}"
-    if rec.lver > MAX_LVER:
-        return f"lver {rec.lver} past {MAX_LVER}"
+    if rec.lver >= MAX_LVER:
+        return f"lver {rec.lver} past {MAX_LVER - 1}"
     if rec.mbal > MAX_BALLOT:
         return f"mbal {rec.mbal} past {MAX_BALLOT}"
     if rec.bal > rec.mbal:

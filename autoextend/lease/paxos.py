@@ -117,7 +117,10 @@ def skippable(
     }
 
 
-def decode_area(data: bytes, layout: LeaseLayout) -> PaxosArea:
+def decode_area(data: bytes, layout: LeaseLayout, own: int | None = None) -> PaxosArea:
+    """Decode a paxos area read. A dblock whose mbal leaves no room for a higher ballot is
+    unreadable too (it would stop its instance for good), except ``own``: the block this
+    process wrote itself."""
     parts = sectors(data, layout.sector_size)
     errors: list[RecordError] = []
     leader: LeaderRecord | None
@@ -132,7 +135,7 @@ def decode_area(data: bytes, layout: LeaseLayout) -> PaxosArea:
         host = index + 1
         try:
             block = unpack_dblock(raw, layout.dblock_offset(host), host, layout.max_hosts)
-            if block.mbal > MAX_BALLOT - 2 * layout.max_hosts:
+            if host != own and block.mbal > MAX_BALLOT - 2 * layout.max_hosts:
                 # No ballot could ever be higher: it would stop this instance for good.
                 raise RecordError("dblock", layout.dblock_offset(host),
                                   f"mbal {block.mbal} leaves no room for a higher ballot")
@@ -161,6 +164,7 @@ class PaxosLease:
         self._logged: dict[int, str] = {}  # offset -> reason already logged
         self._skip: dict[int, bytes] = {}  # this ballot: host -> the unreadable bytes skipped
         self.last_issued = 0.0
+        self._wrote_own = False
         self.storage = storage
         self.layout = layout
         self.host_id = host_id
@@ -177,7 +181,7 @@ class PaxosLease:
         data = await self.storage.read(self.layout.paxos_start, self.layout.paxos_length)
         done = self.clock.now()
         self.last_issued = issued
-        area = decode_area(data, self.layout)
+        area = decode_area(data, self.layout, self.host_id if self._wrote_own else None)
         self._note_errors(area.errors)
         for host in list(self._bad_since):
             if host not in area.bad:
@@ -241,6 +245,7 @@ class PaxosLease:
             self.layout.dblock_offset(self.host_id), pack_dblock(block, self.layout.sector_size)
         )
         self.own = block
+        self._wrote_own = True
 
     async def _phase(self, block: Dblock, lver: int, mbal: int) -> BlockView:
         self._fence()
@@ -261,7 +266,7 @@ class PaxosLease:
         view = self._view(area)
         own_mbal = self.own.mbal if self.own is not None and self.own.lver == lver else 0
         mbal = next_ballot(view, lver, self.host_id, self.layout.max_hosts, own_mbal)
-        if lver > MAX_LVER or mbal > MAX_BALLOT:
+        if lver >= MAX_LVER or mbal > MAX_BALLOT:
             # Only a hostile, checksum-valid record near a limit gets here: never write a
             # block nobody could read. The instance is stuck (README, "Bad records").
             raise BallotAborted(f"lver {lver} / ballot {mbal} past the limits")

@@ -155,12 +155,12 @@ def hostile_record(place: str, fields: dict[str, int]) -> tuple[int, bytes]:
                     io_timeout_ms=20, sector_size=512, max_hosts=MAX_HOSTS,
                     flags=FLAG_RELEASED)
         base.update(fields)
-        return layout.leader_offset, pack_leader(LeaderRecord(**base), 512)
+        return layout.leader_offset, pack_leader(LeaderRecord(**base), 512)  # type: ignore[arg-type]
     host = 1 if place == "own_dblock" else 3
     base = dict(host_id=host, lver=3, mbal=3, bal=3, inp_host=3, inp_generation=5,
                 flags=FLAG_RELEASED)
     base.update(fields)
-    return layout.dblock_offset(host), pack_dblock(Dblock(**base), 512)
+    return layout.dblock_offset(host), pack_dblock(Dblock(**base), 512)  # type: ignore[arg-type]
 
 
 FIELDS: dict[str, dict[str, st.SearchStrategy[int]]] = {

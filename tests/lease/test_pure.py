@@ -77,7 +77,7 @@ def test_delta_round_trip(host: int, gen: int, ts: int, name: str, io: int, wd: 
     assert unpack_delta(data, 0, host) == rec
 
 
-@given(st.integers(0, MAX_HOST_ID), gens, st.integers(1, MAX_LVER), u64,
+@given(st.integers(0, MAX_HOST_ID), gens, st.integers(1, MAX_LVER - 1), u64,
        st.integers(0, MAX_HOST_ID), st.integers(0, MAX_IO_TIMEOUT_MS), sector_sizes, hosts,
        st.sampled_from([0, FLAG_RELEASED]))
 def test_leader_round_trip(owner: int, gen: int, lver: int, ts: int, wid: int, io: int,
@@ -86,7 +86,7 @@ def test_leader_round_trip(owner: int, gen: int, lver: int, ts: int, wid: int, i
     assert unpack_leader(pack_leader(rec, ss)) == rec
 
 
-@given(hosts, st.integers(0, MAX_LVER), st.integers(0, MAX_BALLOT), st.data(), hosts, gens,
+@given(hosts, st.integers(0, MAX_LVER - 1), st.integers(0, MAX_BALLOT), st.data(), hosts, gens,
        st.sampled_from([0, FLAG_RELEASED]), sector_sizes)
 def test_dblock_round_trip(host: int, lver: int, mbal: int, data: st.DataObject, inp: int,
                            gen: int, flags: int, ss: int) -> None:
