@@ -15,6 +15,7 @@ import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from autoextend.clock import MonotonicClock
 from autoextend.directio import MemoryStorage
@@ -42,10 +43,11 @@ from autoextend.lease.format import (
     unpack_leader,
 )
 from autoextend.lease.layout import LeaseLayout
-from autoextend.lease.paxos import skippable
+from autoextend.lease.paxos import PaxosLease, skippable
 from autoextend.lease.service import LeaseService
+from autoextend.lease.timeouts import lease_timeouts
 
-from .helpers import MAX_HOSTS, T, memory_area
+from .helpers import MAX_HOSTS, T, W, memory_area
 from .helpers import settings as lease_settings
 
 U16, U32, U64 = (1 << 16) - 1, (1 << 32) - 1, (1 << 64) - 1
@@ -274,3 +276,67 @@ async def test_unreadable_dblock_of_a_live_host_is_never_skipped() -> None:
             await elected.wait()
         assert one.paxos.stats.skipped_dblocks >= 1
         tg.cancel_scope.cancel()
+
+
+async def test_unreadable_record_is_counted_every_time_and_logged_once() -> None:
+    storage = await memory_area()
+    await corrupt_dblocks(storage, [5])
+    lease = LeaseService(storage, lease_settings(1), MonotonicClock())
+    with capture_logs() as logs:
+        for _ in range(3):
+            await lease.paxos.read_area()
+    assert lease.paxos.stats.record_errors == 3
+    assert [e["event"] for e in logs].count("paxos_record_unreadable") == 1
+
+
+class RecordingWatchdog:
+    def __init__(self) -> None:
+        self.updates: list[float | None] = []
+
+    def update(self, expiry: float | None) -> None:
+        self.updates.append(expiry)
+
+
+async def test_watchdog_armed_while_a_ballot_writes_and_ballots_fenced_by_the_host_id() -> None:
+    storage = await memory_area()
+    dog = RecordingWatchdog()
+    lease = LeaseService(storage, lease_settings(1), MonotonicClock(), watchdog=dog)
+    async with lease.joined():
+        async with lease.spm():
+            pass
+        # ballot armed (expiry), disarmed (None), then the term: expiry ... None
+        assert dog.updates[0] is not None and dog.updates[1] is None
+        assert dog.updates[-1] is None
+
+
+class ExpiredGuard:
+    """A host id lease that is no longer valid: no ballot may write."""
+
+    def __init__(self) -> None:
+        self.armed: list[float | None] = []
+
+    def valid_until(self) -> float:
+        return 0.0
+
+    def arm(self, expiry: float | None) -> None:
+        self.armed.append(expiry)
+
+    async def gone(self, hosts: set[int]) -> set[int]:
+        return set()
+
+
+async def test_no_ballot_write_once_the_host_id_lease_may_have_expired() -> None:
+    storage = await memory_area()
+    layout = LeaseLayout(0, 512, MAX_HOSTS)
+    before = await storage.read(layout.paxos_start, layout.paxos_length)
+    to = lease_timeouts(T, W)
+    paxos = PaxosLease(storage, layout, 1, to, MonotonicClock(), guard=ExpiredGuard())
+
+    async def never_gone(owner: int, generation: int) -> bool:
+        return False
+
+    with anyio.move_on_after(10 * T):
+        await paxos.acquire(1, never_gone)
+        raise AssertionError("acquired without a valid host id lease")
+    assert paxos.stats.fenced_ballots >= 1 and paxos.stats.ballots == 0
+    assert await storage.read(layout.paxos_start, layout.paxos_length) == before
