@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from autoextend.clock import Clock
-from autoextend.directio import SectorStorage, StorageError
+from autoextend.directio import IoTimeout, SectorStorage, StorageError, UnalignedIoError
 from autoextend.lease.ballot import (
     BlockView,
     Value,
@@ -78,6 +78,7 @@ class PaxosStats:
     io_errors: int = 0
     skipped_dblocks: int = 0   # unreadable dblocks of gone hosts a ballot went past
     fenced_ballots: int = 0    # ballots stopped because our host id lease may have expired
+    sector_reads: int = 0      # area reads redone sector by sector after an I/O error
 
 
 class BallotAborted(Exception):
@@ -117,6 +118,11 @@ def skippable(
     }
 
 
+# Stands in for a sector whose read failed (it is never a valid record: no magic starts
+# with a NUL byte); see PaxosLease._read_sectors.
+EIO_TAG = b"\0EIO"
+
+
 def decode_area(data: bytes, layout: LeaseLayout, own: int | None = None) -> PaxosArea:
     """Decode a paxos area read. A dblock whose mbal leaves no room for a higher ballot is
     unreadable too (it would stop its instance for good), except ``own``: the block this
@@ -125,6 +131,8 @@ def decode_area(data: bytes, layout: LeaseLayout, own: int | None = None) -> Pax
     errors: list[RecordError] = []
     leader: LeaderRecord | None
     try:
+        if parts[0].startswith(EIO_TAG):
+            raise RecordError("leader", layout.leader_offset, "I/O error")
         leader = unpack_leader(parts[0], layout.leader_offset, layout.max_hosts)
     except RecordError as err:
         leader = None
@@ -134,6 +142,8 @@ def decode_area(data: bytes, layout: LeaseLayout, own: int | None = None) -> Pax
     for index, raw in enumerate(parts[PAXOS_FIRST_DBLOCK_SECTOR:]):
         host = index + 1
         try:
+            if raw.startswith(EIO_TAG):
+                raise RecordError("dblock", layout.dblock_offset(host), "I/O error")
             block = unpack_dblock(raw, layout.dblock_offset(host), host, layout.max_hosts)
             if host != own and block.mbal > MAX_BALLOT - 2 * layout.max_hosts:
                 # No ballot could ever be higher: it would stop this instance for good.
@@ -176,9 +186,33 @@ class PaxosLease:
         self.own: Dblock | None = None  # our dblock as last written (or read)
         self.log = get_logger("lease", host_id=host_id)
 
+    async def _read_sectors(self, err: StorageError) -> bytes:
+        """The area read failed with an I/O error (not a timeout): read it sector by sector so
+        one bad sector costs only its own record (EIO_TAG in its place). Re-raises ``err``
+        if every sector fails."""
+        ss = self.layout.sector_size
+        parts: list[bytes] = []
+        for offset in range(self.layout.paxos_start,
+                            self.layout.paxos_start + self.layout.paxos_length, ss):
+            try:
+                parts.append(await self.storage.read(offset, ss))
+            except IoTimeout:
+                raise
+            except StorageError:
+                parts.append(EIO_TAG + bytes(ss - len(EIO_TAG)))
+        if all(part.startswith(EIO_TAG) for part in parts):
+            raise err
+        self.stats.sector_reads += 1
+        return b"".join(parts)
+
     async def read_area(self) -> PaxosArea:
         issued = self.clock.now()
-        data = await self.storage.read(self.layout.paxos_start, self.layout.paxos_length)
+        try:
+            data = await self.storage.read(self.layout.paxos_start, self.layout.paxos_length)
+        except (IoTimeout, UnalignedIoError):
+            raise
+        except StorageError as err:
+            data = await self._read_sectors(err)
         done = self.clock.now()
         self.last_issued = issued
         area = decode_area(data, self.layout, self.host_id if self._wrote_own else None)

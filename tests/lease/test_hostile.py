@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from autoextend.clock import MonotonicClock
-from autoextend.directio import MemoryStorage
+from autoextend.directio import MemoryStorage, StorageError
 from autoextend.lease.ballot import next_ballot
 from autoextend.lease.errors import RecordError
 from autoextend.lease.format import (
@@ -348,3 +348,36 @@ async def test_no_ballot_write_once_the_host_id_lease_may_have_expired() -> None
         raise AssertionError("acquired without a valid host id lease")
     assert paxos.stats.fenced_ballots >= 1 and paxos.stats.ballots == 0
     assert await storage.read(layout.paxos_start, layout.paxos_length) == before
+
+
+class BadSectors:
+    """A storage whose reads fail (EIO) when they cover one of ``bad`` (absolute offsets)."""
+
+    def __init__(self, inner: MemoryStorage, bad: set[int]) -> None:
+        self.inner = inner
+        self.bad = bad
+        self.sector_size = inner.sector_size
+        self.size = inner.size
+
+    async def read(self, offset: int, length: int) -> bytes:
+        if any(offset <= b < offset + length for b in self.bad):
+            raise StorageError("<bad>", "read", offset, length, "Input/output error")
+        return await self.inner.read(offset, length)
+
+    async def write(self, offset: int, data: bytes) -> None:
+        await self.inner.write(offset, data)
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_spm_elected_past_a_dblock_sector_that_fails_with_eio() -> None:
+    """A dblock sector of an absent host that always fails to read (a bad sector) fails the
+    one-I/O area read; the area is read sector by sector and the ballot goes past it."""
+    layout = LeaseLayout(0, 512, MAX_HOSTS)
+    storage = BadSectors(await memory_area(), {layout.dblock_offset(4)})
+    lease = LeaseService(storage, lease_settings(1), MonotonicClock(), rng=random.Random(1))
+    with anyio.fail_after(15):
+        async with lease.joined(), lease.spm() as term:
+            term.check()
+    assert lease.paxos.stats.sector_reads >= 1 and lease.paxos.stats.skipped_dblocks >= 1
