@@ -69,7 +69,7 @@ async def dump_area(storage: SectorStorage, layout: LeaseLayout) -> dict[str, An
     for index, raw in enumerate(sectors(delta, ss)):
         host = index + 1
         try:
-            rec = unpack_delta(raw, layout.delta_offset(host))
+            rec = unpack_delta(raw, layout.delta_offset(host), host)
         except RecordError as err:
             hosts.append({"host_id": host, "error": err.reason})
             continue
@@ -83,7 +83,7 @@ async def dump_area(storage: SectorStorage, layout: LeaseLayout) -> dict[str, An
     parts = sectors(paxos, ss)
     leader: dict[str, Any]
     try:
-        lead = unpack_leader(parts[0], layout.leader_offset)
+        lead = unpack_leader(parts[0], layout.leader_offset, layout.max_hosts)
         leader = {
             "owner_id": lead.owner_id, "owner_generation": lead.owner_generation,
             "lver": lead.lver, "timestamp_us": lead.timestamp_us, "write_id": lead.write_id,
@@ -95,7 +95,7 @@ async def dump_area(storage: SectorStorage, layout: LeaseLayout) -> dict[str, An
     for index, raw in enumerate(parts[2:]):
         host = index + 1
         try:
-            b = unpack_dblock(raw, layout.dblock_offset(host))
+            b = unpack_dblock(raw, layout.dblock_offset(host), host, layout.max_hosts)
         except RecordError as err:
             dblocks.append({"host_id": host, "error": err.reason})
             continue

@@ -18,7 +18,13 @@ from dataclasses import replace
 from autoextend.clock import Clock
 from autoextend.directio import SectorStorage
 from autoextend.lease.errors import HostIdBusy, HostIdLost, NotFormatted, RecordError
-from autoextend.lease.format import DeltaRecord, pack_delta, sectors, unpack_delta
+from autoextend.lease.format import (
+    MAX_GENERATION,
+    DeltaRecord,
+    pack_delta,
+    sectors,
+    unpack_delta,
+)
 from autoextend.lease.layout import LeaseLayout
 from autoextend.lease.liveness import HostMonitor
 from autoextend.lease.timeouts import LeaseTimeouts
@@ -76,7 +82,7 @@ class DeltaLease:
             raise NotFormatted(getattr(self.storage, "path", "?"), "host id slot is all zeros")
         old: DeltaRecord | None
         try:
-            old = unpack_delta(raw, self._offset())
+            old = unpack_delta(raw, self._offset(), self.host_id)
         except RecordError as err:
             self.log.warning("delta_record_unreadable", error=str(err))
             old = None
@@ -97,6 +103,8 @@ class DeltaLease:
             if again != raw:
                 raise HostIdBusy(self.host_id, owner, "record changed while waiting: owner is live")
         generation = old.generation + 1 if old is not None else self.rng.getrandbits(40) + 1
+        if generation > MAX_GENERATION:  # a hostile record at the limit: any new value will do
+            generation = self.rng.getrandbits(40) + 1
         start = self.clock.now()
         claim = DeltaRecord(
             host_id=self.host_id, generation=generation, timestamp_us=_us(start),

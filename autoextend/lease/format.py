@@ -5,6 +5,12 @@ bytes before it, little-endian, at the start of its own sector; the rest of the 
 zero. :func:`unpack_delta`, :func:`unpack_leader` and :func:`unpack_dblock` raise
 :class:`RecordError` for anything that does not check out, so a torn or garbage sector is an
 error and is never mistaken for a free record.
+
+A record whose checksum is right is still range-checked field by field (:func:`check_delta`,
+:func:`check_leader`, :func:`check_dblock`): a value the code could not use (a generation or
+lver so large that ``+1`` no longer fits its field, a host id outside 1..2000, an unknown
+flag, an I/O timeout of 49 days) makes the record exactly as unreadable as a bad checksum.
+Every limit leaves headroom for the arithmetic done on the value (see README, "Bad records").
 """
 
 from __future__ import annotations
@@ -21,6 +27,17 @@ LEADER_MAGIC = 0x4C454144  # "LEAD"
 DBLOCK_MAGIC = 0x44424C4B  # "DBLK"
 FLAG_RELEASED = 0x1  # leader: released by its owner; dblock: owner released this lver
 NAME_BYTES = 64
+
+# Range limits of decoded fields (a value past one makes the record unreadable). Every limit
+# leaves room for the arithmetic on it: generation + 1, lver + 1 and the next ballot
+# (mbal // max_hosts + 1) * max_hosts + host_id all stay far below 2**64.
+MAX_GENERATION = 1 << 62   # delta generation, leader owner_generation, dblock inp_generation
+MAX_LVER = 1 << 62         # leader lver, dblock lver
+MAX_BALLOT = 1 << 62       # dblock mbal and bal
+MAX_HOST_ID = 2000         # layout.MAX_HOSTS_CAP: host ids and max_hosts fields
+MAX_IO_TIMEOUT_MS = 600_000        # [lease] io_timeout_s <= 600
+MAX_WATCHDOG_MS = 3_600_000        # [lease] watchdog_fire_timeout_s <= 3600
+SECTOR_SIZES = (512, 4096)
 
 # magic, version, sector_size, host_id, max_hosts, flags, generation, timestamp_us,
 # io_timeout_ms, watchdog_ms, host_name
@@ -116,16 +133,24 @@ def pack_delta(rec: DeltaRecord, sector_size: int) -> bytes:
     return _seal(body, sector_size)
 
 
-def unpack_delta(data: bytes, offset: int = 0) -> DeltaRecord:
+def unpack_delta(data: bytes, offset: int = 0, host_id: int | None = None) -> DeltaRecord:
+    """Decode and range-check a delta record; ``host_id``: the slot it was read from."""
     f = _open("delta", _DELTA, DELTA_MAGIC, data, offset)
+    raw_name = f[10].rstrip(b"\0")
+    if b"\0" in raw_name:
+        raise RecordError("delta", offset, "host name holds a NUL byte")
     try:
-        name = f[10].rstrip(b"\0").decode("utf-8")
+        name = raw_name.decode("utf-8")
     except UnicodeDecodeError:
         raise RecordError("delta", offset, "host name is not UTF-8") from None
-    return DeltaRecord(
+    rec = DeltaRecord(
         host_id=f[3], generation=f[6], timestamp_us=f[7], host_name=name,
         io_timeout_ms=f[8], watchdog_ms=f[9], sector_size=f[2], max_hosts=f[4], flags=f[5],
     )
+    problem = check_delta(rec, host_id)
+    if problem:
+        raise RecordError("delta", offset, problem)
+    return rec
 
 
 def pack_leader(rec: LeaderRecord, sector_size: int) -> bytes:
@@ -136,12 +161,18 @@ def pack_leader(rec: LeaderRecord, sector_size: int) -> bytes:
     return _seal(body, sector_size)
 
 
-def unpack_leader(data: bytes, offset: int = 0) -> LeaderRecord:
+def unpack_leader(data: bytes, offset: int = 0, max_hosts: int | None = None) -> LeaderRecord:
+    """Decode and range-check the leader; ``max_hosts``: our layout's, owner ids past it are
+    impossible."""
     f = _open("leader", _LEADER, LEADER_MAGIC, data, offset)
-    return LeaderRecord(
+    rec = LeaderRecord(
         owner_id=f[4], owner_generation=f[6], lver=f[7], timestamp_us=f[8], write_id=f[9],
         io_timeout_ms=f[10], sector_size=f[2], max_hosts=f[3], flags=f[5],
     )
+    problem = check_leader(rec, max_hosts)
+    if problem:
+        raise RecordError("leader", offset, problem)
+    return rec
 
 
 def pack_dblock(rec: Dblock, sector_size: int) -> bytes:
@@ -152,12 +183,98 @@ def pack_dblock(rec: Dblock, sector_size: int) -> bytes:
     return _seal(body, sector_size)
 
 
-def unpack_dblock(data: bytes, offset: int = 0) -> Dblock:
+def unpack_dblock(
+    data: bytes, offset: int = 0, host_id: int | None = None, max_hosts: int | None = None
+) -> Dblock:
+    """Decode and range-check a dblock; ``host_id``: the slot it was read from."""
     f = _open("dblock", _DBLOCK, DBLOCK_MAGIC, data, offset)
-    return Dblock(
+    rec = Dblock(
         host_id=f[2], flags=f[3], lver=f[4], mbal=f[5], bal=f[6], inp_host=f[7],
         inp_generation=f[8],
     )
+    problem = check_dblock(rec, host_id, max_hosts)
+    if problem:
+        raise RecordError("dblock", offset, problem)
+    return rec
+
+
+# Range checks (pure): the reason a checksum-valid record is unusable, or None.
+
+
+def _host_problem(what: str, value: int, slot: int | None) -> str | None:
+    if not 1 <= value <= MAX_HOST_ID:
+        return f"{what} {value} not in 1..{MAX_HOST_ID}"
+    if slot is not None and value != slot:
+        return f"{what} {value} in the slot of host {slot}"
+    return None
+
+
+def check_delta(rec: DeltaRecord, slot: int | None = None) -> str | None:
+    if rec.sector_size not in SECTOR_SIZES:
+        return f"sector_size {rec.sector_size}"
+    if not 1 <= rec.max_hosts <= MAX_HOST_ID:
+        return f"max_hosts {rec.max_hosts} not in 1..{MAX_HOST_ID}"
+    problem = _host_problem("host_id", rec.host_id, slot)
+    if problem:
+        return problem
+    if rec.flags:
+        return f"unknown flags {rec.flags:#x}"
+    if rec.generation > MAX_GENERATION:
+        return f"generation {rec.generation} past {MAX_GENERATION}"
+    if not rec.free and rec.generation == 0:
+        return "held with generation 0"
+    if rec.io_timeout_ms > MAX_IO_TIMEOUT_MS:
+        return f"io_timeout_ms {rec.io_timeout_ms} past {MAX_IO_TIMEOUT_MS}"
+    if rec.watchdog_ms > MAX_WATCHDOG_MS:
+        return f"watchdog_ms {rec.watchdog_ms} past {MAX_WATCHDOG_MS}"
+    return None
+
+
+def check_leader(rec: LeaderRecord, max_hosts: int | None = None) -> str | None:
+    limit = MAX_HOST_ID if max_hosts is None else max_hosts
+    if rec.sector_size not in SECTOR_SIZES:
+        return f"sector_size {rec.sector_size}"
+    if not 1 <= rec.max_hosts <= MAX_HOST_ID:
+        return f"max_hosts {rec.max_hosts} not in 1..{MAX_HOST_ID}"
+    if rec.owner_id > limit:
+        return f"owner_id {rec.owner_id} past {limit}"
+    if rec.write_id > MAX_HOST_ID:
+        return f"write_id {rec.write_id} past {MAX_HOST_ID}"
+    if rec.flags & ~FLAG_RELEASED:
+        return f"unknown flags {rec.flags:#x}"
+    if rec.lver >= MAX_LVER:  # the next instance (lver + 1) must still be readable
+        return f"lver {rec.lver} leaves no next instance (limit {MAX_LVER})"
+    if rec.owner_generation > MAX_GENERATION:
+        return f"owner_generation {rec.owner_generation} past {MAX_GENERATION}"
+    if rec.owner_id and not rec.lver:
+        return f"owner {rec.owner_id} at lver 0"
+    if rec.io_timeout_ms > MAX_IO_TIMEOUT_MS:
+        return f"io_timeout_ms {rec.io_timeout_ms} past {MAX_IO_TIMEOUT_MS}"
+    return None
+
+
+def check_dblock(
+    rec: Dblock, slot: int | None = None, max_hosts: int | None = None
+) -> str | None:
+    limit = MAX_HOST_ID if max_hosts is None else max_hosts
+    problem = _host_problem("host_id", rec.host_id, slot)
+    if problem:
+        return problem
+    if rec.flags & ~FLAG_RELEASED:
+        return f"unknown flags {rec.flags:#x}"
+    if rec.lver >= MAX_LVER:
+        return f"lver {rec.lver} past {MAX_LVER - 1}"
+    if rec.mbal > MAX_BALLOT:
+        return f"mbal {rec.mbal} past {MAX_BALLOT}"
+    if rec.bal > rec.mbal:
+        return f"bal {rec.bal} above mbal {rec.mbal}"
+    if rec.inp_host > limit:
+        return f"inp_host {rec.inp_host} past {limit}"
+    if rec.bal and not rec.inp_host:
+        return f"accepted ballot {rec.bal} without a value"
+    if rec.inp_generation > MAX_GENERATION:
+        return f"inp_generation {rec.inp_generation} past {MAX_GENERATION}"
+    return None
 
 
 def sectors(data: bytes, sector_size: int) -> list[bytes]:

@@ -57,7 +57,7 @@ class HostMonitor:
     def observe(self, host_id: int, raw: bytes, offset: int, issued: float, done: float) -> None:
         record: DeltaRecord | None
         try:
-            record = unpack_delta(raw, offset)
+            record = unpack_delta(raw, offset, host_id)
         except RecordError:
             record = None
             if any(raw):

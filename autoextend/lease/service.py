@@ -30,6 +30,7 @@ from autoextend.errors import NotSpmError
 from autoextend.lease.config import LeaseSettings
 from autoextend.lease.delta import DeltaLease
 from autoextend.lease.errors import HostIdLost, LeaseError
+from autoextend.lease.format import sectors
 from autoextend.lease.layout import LeaseLayout
 from autoextend.lease.liveness import HostMonitor, HostStatus
 from autoextend.lease.paxos import PaxosLease
@@ -77,6 +78,23 @@ class SpmTerm:
             self._wake.cancel()
 
 
+class _Guard:
+    """The host id lease as a ballot sees it (paxos.BallotGuard)."""
+
+    def __init__(self, service: LeaseService) -> None:
+        self._service = service
+
+    def valid_until(self) -> float:
+        delta = self._service.delta
+        return delta.expiry if delta.record is not None else 0.0
+
+    def arm(self, expiry: float | None) -> None:
+        self._service._arm_for_ballot(expiry)
+
+    async def gone(self, hosts: set[int]) -> set[int]:
+        return await self._service._hosts_gone(hosts)
+
+
 @dataclass
 class LeaseStats:
     renewals: int = 0
@@ -115,7 +133,10 @@ class LeaseService:
             storage, self.layout, self.host_id, self.host_name, self.timeouts, clock, self.monitor,
             rng,
         )
-        self.paxos = PaxosLease(storage, self.layout, self.host_id, self.timeouts, clock, rng)
+        self.paxos = PaxosLease(
+            storage, self.layout, self.host_id, self.timeouts, clock, rng, guard=_Guard(self)
+        )
+        self._ballot_armed = False
         self.watchdog = watchdog or NullWatchdog()
         self.stats = LeaseStats()
         self.storage = storage
@@ -198,7 +219,7 @@ class LeaseService:
                 next_at = self.clock.now() + t.renewal_retry
                 continue
             self.stats.renewals += 1
-            if self._term is not None and self._term.ended is None:
+            if (self._term is not None and self._term.ended is None) or self._ballot_armed:
                 self.watchdog.update(self.delta.expiry)
             next_at = self.delta.last_renewal + t.renewal_interval
 
@@ -227,6 +248,27 @@ class LeaseService:
         if record is not None and (record.free or record.generation != generation):
             return True
         return self.monitor.is_dead(owner)
+
+    async def _hosts_gone(self, hosts: set[int]) -> set[int]:
+        """Those of ``hosts`` whose host id slot is FREE or DEAD, from one read of the delta
+        area issued now (a ballot may go past their unreadable dblocks)."""
+        issued = self.clock.now()
+        area = await self.storage.read(self.layout.delta_start, self.layout.delta_length)
+        done = self.clock.now()
+        for index, raw in enumerate(sectors(area, self.layout.sector_size)):
+            host = index + 1
+            self.monitor.observe(host, raw, self.layout.delta_offset(host), issued, done)
+        gone: set[int] = set()
+        for host in hosts:
+            record = self.monitor.record(host)
+            if (record is not None and record.free) or self.monitor.is_dead(host):
+                gone.add(host)
+        return gone
+
+    def _arm_for_ballot(self, expiry: float | None) -> None:
+        self._ballot_armed = expiry is not None
+        if self._term is None:
+            self.watchdog.update(expiry)
 
     async def _acquire(self) -> tuple[int, int]:
         while True:

@@ -4,25 +4,44 @@ Replies match a request only with the same generation, so a restarted host must 
 one its previous incarnation used. It reads its ring sector, request box and reply box and
 takes one more than the highest generation there (also the generations the SPM copied into
 reply slots). When some sector is unreadable, the generation it held may be higher: the new
-one jumps by a random amount up to 2**20 past what was seen.
+one jumps by a random amount up to 2**20 past what was seen. Past
+``HOST_GENERATION_LIMIT`` (2**32 starts, or a hostile checksum-valid value) it starts again
+from 1, skipping every generation a reply slot still carries, so no old reply can match.
+The reply sectors' own header holds the SPM's epoch, not a host generation: it is not counted.
 """
 
 from __future__ import annotations
 
 import random
 import secrets
+from collections.abc import Collection
 
 from autoextend.directio import SectorStorage
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.layout import MailboxLayout
-from autoextend.spm.wire import MAX_GENERATION, Kind, Reply, decode_ring, decode_sector
+from autoextend.spm.wire import (
+    GENERATION_JUMP_MAX,
+    HOST_GENERATION_LIMIT,
+    Kind,
+    Reply,
+    decode_ring,
+    decode_sector,
+)
 
 
-def after(seen: int, unreadable: bool, jump: int) -> int:
-    """The generation after ``seen``; ``jump`` (>= 1) is added when a sector was unreadable;
-    never 0 (pure)."""
-    generation = seen + 1 + (jump if unreadable else 0)
-    return generation & MAX_GENERATION or 1
+def after(
+    seen: int, unreadable: bool, jump: int, taken: Collection[int] = frozenset()
+) -> int:
+    """The generation after ``seen``; ``jump`` (1..2**20) is added when a sector was
+    unreadable. Always in 1..HOST_GENERATION_LIMIT and never one of ``taken`` (the
+    generations in our reply slots) once it had to start again from 1 (pure)."""
+    extra = min(jump, GENERATION_JUMP_MAX) if unreadable else 0
+    generation = seen + 1 + extra
+    if generation > HOST_GENERATION_LIMIT:
+        generation = 1 + extra
+        while generation in taken:
+            generation += 1
+    return generation
 
 
 async def next_generation(
@@ -38,6 +57,7 @@ async def next_generation(
     ss = layout.sector_size
     seen = 0
     unreadable = False
+    taken: set[int] = set()
     try:
         seen = decode_ring(await storage.read(layout.ring_offset(host_id), ss), host_id).generation
     except CorruptSector:
@@ -57,7 +77,10 @@ async def next_generation(
             except CorruptSector:
                 unreadable = True
                 continue
-            seen = max([seen, sector.generation]
-                       + [r.generation for r in sector.slots if isinstance(r, Reply)])
-    jump = rng.randrange(1 << 20) if rng is not None else secrets.randbelow(1 << 20)
-    return after(seen, unreadable, 1 + jump)
+            replied = [r.generation for r in sector.slots if isinstance(r, Reply)]
+            taken.update(replied)
+            own = [sector.generation] if kind is Kind.REQUEST else []  # reply: the SPM's epoch
+            seen = max([seen, *own, *replied])
+    jump = (rng.randrange(GENERATION_JUMP_MAX) if rng is not None
+            else secrets.randbelow(GENERATION_JUMP_MAX))
+    return after(seen, unreadable, 1 + jump, taken)

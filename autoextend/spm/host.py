@@ -146,6 +146,7 @@ class HostMailbox:
         self._lazy_since = 0.0
         self._rung_at = -1e18
         self._retry_delay = 0.0
+        self._logged: dict[int, str] = {}  # reply sector -> corruption reason logged
 
     @property
     def host_id(self) -> int:
@@ -406,8 +407,11 @@ class HostMailbox:
                                        len(layout.reply_sector_slots(index)))
             except CorruptSector as err:
                 self.counters.corrupt_sectors += 1
-                self._log.warning("corrupt reply sector skipped", error=str(err))
+                if self._logged.get(index) != err.reason:  # logged once, counted every time
+                    self._logged[index] = err.reason
+                    self._log.warning("corrupt reply sector skipped", error=str(err))
                 continue
+            self._logged.pop(index, None)
             base = layout.reply_sector_slots(index).start
             for pending in pendings:
                 assert pending.slot is not None

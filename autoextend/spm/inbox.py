@@ -14,7 +14,8 @@ box the SPM read last therefore comes from before any later box write, and the r
 write that follows that box write changes the ring (a new count), which the SPM sees.
 
 Decoded box sectors are cached by their bytes: an unchanged sector is not decoded twice.
-Corrupt sectors are skipped, logged and counted every time they are read, never acted on.
+Corrupt sectors are skipped and counted every time they are read, logged once (again when
+the reason changes, or after the sector was good in between), never acted on.
 """
 
 from __future__ import annotations
@@ -65,6 +66,16 @@ class Inbox:
         # (generation, box_seq) of the ring sector read before the last box read
         self._box_seen: dict[int, tuple[int, int] | None] = {}
         self._decoded: dict[tuple[int, int], tuple[bytes, _Part]] = {}
+        self._logged: dict[tuple[int, int], str] = {}  # (host, sector) -> reason logged
+
+    def _corrupt(self, host_id: int, index: int, err: CorruptSector, what: str) -> None:
+        self._counters.corrupt_sectors += 1
+        if self._logged.get((host_id, index)) != err.reason:
+            self._logged[(host_id, index)] = err.reason
+            log.warning(what, host_id=host_id, error=str(err))
+
+    def _good(self, host_id: int, index: int) -> None:
+        self._logged.pop((host_id, index), None)
 
     def take_ring(self, host_id: int, ring: Ring | None) -> None:
         """A ring sector read by the ring watch (None: it failed its checks)."""
@@ -97,10 +108,10 @@ class Inbox:
                 try:
                     ring = decode_ring(data[n * ss : (n + 1) * ss], host_id)
                 except CorruptSector as err:
-                    self._counters.corrupt_sectors += 1
-                    log.warning("corrupt ring sector skipped", host_id=host_id, error=str(err))
+                    self._corrupt(host_id, 0, err, "corrupt ring sector skipped")
                     self.take_ring(host_id, None)
                     continue
+                self._good(host_id, 0)
                 self.take_ring(host_id, ring)
         return failed
 
@@ -141,9 +152,9 @@ class Inbox:
                 sector = decode_sector(raw, Kind.REQUEST, index, host_id, len(slots))
             except CorruptSector as err:
                 self._decoded.pop((host_id, index), None)
-                self._counters.corrupt_sectors += 1
-                log.warning("corrupt request sector skipped", host_id=host_id, error=str(err))
+                self._corrupt(host_id, index, err, "corrupt request sector skipped")
                 continue
+            self._good(host_id, index)
             items = tuple(None if isinstance(item, Reply) else item for item in sector.slots)
             self._decoded[(host_id, index)] = (raw, _Part(sector.generation, slots, items))
 

@@ -38,6 +38,13 @@ sector 0 of the host's requests and holds the first ``head_slots`` request slots
     32  request slots       (512 - 32) // 120 = 4, or (4096 - 32) // 120 = 33
 
 All integers are little-endian.
+
+Range checks: a sector whose checksum is right is still checked field by field. A host's
+generation (ring and request sector headers, reply slots) must be 1..``HOST_GENERATION_LIMIT``
+(a new generation adds at most 2**20 + 1 and must still fit 32 bits); a sector carrying
+another is corrupt, a reply slot carrying another is malformed. Sizes, request ids, counts
+and ``box_seq`` are only compared or validated later (``validate.py``), so every value of
+their field is usable. The reply sector header holds the SPM's epoch, which is any u32.
 """
 
 from __future__ import annotations
@@ -67,6 +74,10 @@ TEXT_FIELD = 100
 
 MAX_REQUEST_ID = 0xFFFFFFFF
 MAX_GENERATION = 0xFFFFFFFF
+# A host generation in 1..HOST_GENERATION_LIMIT; the next one (+1, + a jump of at most
+# 2**20 when a sector is unreadable) still fits 32 bits (generation.after).
+GENERATION_JUMP_MAX = 1 << 20
+HOST_GENERATION_LIMIT = MAX_GENERATION - 2 * GENERATION_JUMP_MAX
 MAX_SIZE = (1 << 64) - 1
 RING_BODY = struct.Struct("<QII")  # count, box_seq, reserved
 RING_HEADER_SIZE = HEADER_SIZE + RING_BODY.size  # 32
@@ -208,6 +219,8 @@ def decode_reply(raw: bytes) -> Reply | MalformedSlot | None:
         return None
     if reserved or text_len > TEXT_FIELD or any(text[text_len:]):
         return MalformedSlot(request_id, "bad reserved bytes, text length or padding")
+    if not 1 <= generation <= HOST_GENERATION_LIMIT:
+        return MalformedSlot(request_id, f"generation {generation} out of range")
     try:
         return Reply(
             request_id, generation, Status(status), size, ReasonCode(reason),
@@ -270,6 +283,9 @@ def decode_sector(
             kind.name.lower(), expect_host, expect_index,
             f"sector says host {host_id} index {index} (layout mismatch?)",
         )
+    if kind is Kind.REQUEST and not 1 <= generation <= HOST_GENERATION_LIMIT:
+        raise CorruptSector("request", expect_host, expect_index,
+                            f"generation {generation} out of range")
     decode = decode_request if kind is Kind.REQUEST else decode_reply
     slots = tuple(
         decode(data[HEADER_SIZE + i * SLOT_SIZE : HEADER_SIZE + (i + 1) * SLOT_SIZE])
@@ -337,6 +353,8 @@ def decode_ring(data: bytes, expect_host: int) -> Ring:
     count, box_seq, reserved = RING_BODY.unpack_from(data, HEADER_SIZE)
     if reserved:
         raise CorruptSector("ring", expect_host, 0, "reserved field is not zero")
+    if not 1 <= generation <= HOST_GENERATION_LIMIT:
+        raise CorruptSector("ring", expect_host, 0, f"generation {generation} out of range")
     slots = tuple(
         decode_request(data[RING_HEADER_SIZE + i * SLOT_SIZE :
                             RING_HEADER_SIZE + (i + 1) * SLOT_SIZE])

@@ -10,6 +10,13 @@ from hypothesis import strategies as st
 
 from autoextend.lease.errors import RecordError
 from autoextend.lease.format import (
+    FLAG_RELEASED,
+    MAX_BALLOT,
+    MAX_GENERATION,
+    MAX_HOST_ID,
+    MAX_IO_TIMEOUT_MS,
+    MAX_LVER,
+    MAX_WATCHDOG_MS,
     Dblock,
     DeltaRecord,
     LeaderRecord,
@@ -56,27 +63,36 @@ def test_sanlock_defaults() -> None:
         lease_timeouts(0.0, 60.0)
 
 
-@given(u16, u64, u64, st.text(max_size=16), u32, u32, sector_sizes, u16, u32)
+hosts = st.integers(1, MAX_HOST_ID)
+gens = st.integers(0, MAX_GENERATION)
+
+
+@given(hosts, gens.filter(bool), u64, st.text(max_size=16).filter(lambda n: "\0" not in n),
+       st.integers(0, MAX_IO_TIMEOUT_MS), st.integers(0, MAX_WATCHDOG_MS), sector_sizes, hosts)
 def test_delta_round_trip(host: int, gen: int, ts: int, name: str, io: int, wd: int,
-                          ss: int, mh: int, flags: int) -> None:
-    rec = DeltaRecord(host, gen, ts, name, io, wd, ss, mh, flags)
+                          ss: int, mh: int) -> None:
+    rec = DeltaRecord(host, gen, ts, name, io, wd, ss, mh)
     data = pack_delta(rec, ss)
     assert len(data) == ss
-    assert unpack_delta(data) == rec
+    assert unpack_delta(data, 0, host) == rec
 
 
-@given(u16, u64, u64, u64, u16, u32, sector_sizes, u16, u32)
+@given(st.integers(0, MAX_HOST_ID), gens, st.integers(1, MAX_LVER - 1), u64,
+       st.integers(0, MAX_HOST_ID), st.integers(0, MAX_IO_TIMEOUT_MS), sector_sizes, hosts,
+       st.sampled_from([0, FLAG_RELEASED]))
 def test_leader_round_trip(owner: int, gen: int, lver: int, ts: int, wid: int, io: int,
                            ss: int, mh: int, flags: int) -> None:
     rec = LeaderRecord(owner, gen, lver, ts, wid, io, ss, mh, flags)
     assert unpack_leader(pack_leader(rec, ss)) == rec
 
 
-@given(u16, u64, u64, u64, u16, u64, u32, sector_sizes)
-def test_dblock_round_trip(host: int, lver: int, mbal: int, bal: int, inp: int, gen: int,
-                           flags: int, ss: int) -> None:
+@given(hosts, st.integers(0, MAX_LVER - 1), st.integers(0, MAX_BALLOT), st.data(), hosts, gens,
+       st.sampled_from([0, FLAG_RELEASED]), sector_sizes)
+def test_dblock_round_trip(host: int, lver: int, mbal: int, data: st.DataObject, inp: int,
+                           gen: int, flags: int, ss: int) -> None:
+    bal = data.draw(st.integers(0, mbal))
     rec = Dblock(host, lver, mbal, bal, inp, gen, flags)
-    assert unpack_dblock(pack_dblock(rec, ss)) == rec
+    assert unpack_dblock(pack_dblock(rec, ss), 0, host) == rec
 
 
 @given(st.integers(0, 60), st.integers(1, 255))

@@ -37,6 +37,7 @@ RUN_S = float(os.environ.get("AUTOEXTEND_LEASE_TORTURE_S", "160"))
 GOAL = 0 if SOAK else 16_000
 MIN_TOTAL = 11_000
 HOSTS = (2, 4, 8)
+HOSTILE = (2, 8)
 
 
 @pytest.mark.slow
@@ -53,7 +54,10 @@ async def test_torture_no_two_holders() -> None:
         workdir = tmp / f"n{hosts}"
         workdir.mkdir()
         area = workdir / "area.img"
-        await format_file(area, 16)
+        # N = 2 and 8 run with every absent host id's records unreadable (hostile values
+        # included): each ballot must go past them (README, "Unreadable dblocks").
+        await format_file(area, 16, hostile=list(range(hosts + 1, 17)) if hosts in HOSTILE
+                          else None)
         results[hosts] = await anyio.to_thread.run_sync(
             lambda: run_torture(
                 workdir, area, hosts, RUN_S, seed=hosts, max_hosts=16, **TORTURE_TIMING,

@@ -12,6 +12,7 @@ from autoextend.spm.generation import after
 from autoextend.spm.host import local_rejection, next_retry_delay, reply_poll_interval
 from autoextend.spm.layout import SLOTS_PER_HOST, MailboxLayout, contiguous_runs
 from autoextend.spm.wire import (
+    HOST_GENERATION_LIMIT,
     MAX_SIZE,
     NAME_FIELD,
     SLOT_SIZE,
@@ -38,6 +39,7 @@ NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+_.-
 names = st.text(NAME_CHARS, min_size=1, max_size=50)
 ids = st.integers(1, 0xFFFFFFFF)
 sizes = st.integers(0, MAX_SIZE)
+gens = st.integers(1, HOST_GENERATION_LIMIT)
 SECTOR_SIZES = st.sampled_from([512, 4096])
 
 
@@ -49,7 +51,7 @@ def requests(draw: st.DrawFn) -> Request:
 @st.composite
 def replies(draw: st.DrawFn) -> Reply:
     return Reply(
-        draw(ids), draw(st.integers(0, 0xFFFFFFFF)), draw(st.sampled_from(list(Status))),
+        draw(ids), draw(gens), draw(st.sampled_from(list(Status))),
         draw(sizes), draw(st.sampled_from(list(ReasonCode))), draw(st.text(max_size=40)),
     )
 
@@ -60,7 +62,7 @@ def request_sectors(draw: st.DrawFn) -> tuple[int, int, int, int, list[Request |
     count = draw(st.integers(1, slots_per_sector(sector_size)))
     slots = draw(st.lists(st.none() | requests(), min_size=count, max_size=count))
     return sector_size, draw(st.integers(0, 255)), draw(st.integers(1, 2000)), draw(
-        st.integers(1, 0xFFFFFFFF)), slots
+        gens), slots
 
 
 @given(requests())
@@ -203,7 +205,7 @@ def test_every_sector_has_one_writer(sector_size: int, max_hosts: int) -> None:
     assert all(start % sector_size == 0 and end % sector_size == 0 for start, end in ranges)
 
 
-@given(SECTOR_SIZES, st.integers(1, 2000), st.integers(0, 0xFFFFFFFF),
+@given(SECTOR_SIZES, st.integers(1, 2000), gens,
        st.integers(0, (1 << 64) - 1), st.integers(0, 0xFFFFFFFF), st.data())
 def test_ring_sector_round_trip(sector_size: int, host: int, generation: int, count: int,
                                 box_seq: int, data: st.DataObject) -> None:
@@ -286,9 +288,13 @@ def test_local_rejection() -> None:
     assert rejected is not None and rejected.status is Status.REJECTED
 
 
-@given(st.integers(0, 0xFFFFFFFF), st.booleans(), st.integers(1, 1 << 20))
-def test_next_generation_is_new_and_never_zero(seen: int, unreadable: bool, jump: int) -> None:
-    generation = after(seen, unreadable, jump)
-    assert 0 < generation <= 0xFFFFFFFF
-    if seen + 1 + jump <= 0xFFFFFFFF:  # no wrap-around
+@given(st.integers(0, HOST_GENERATION_LIMIT), st.booleans(), st.integers(1, 1 << 20),
+       st.sets(st.integers(1, HOST_GENERATION_LIMIT), max_size=64))
+def test_next_generation_is_new_and_never_zero(seen: int, unreadable: bool, jump: int,
+                                               taken: set[int]) -> None:
+    generation = after(seen, unreadable, jump, taken)
+    assert 0 < generation <= HOST_GENERATION_LIMIT
+    if seen + 1 + (jump if unreadable else 0) <= HOST_GENERATION_LIMIT:  # no wrap-around
         assert generation == seen + 1 + (jump if unreadable else 0) > seen
+    else:  # started again from 1: no reply slot of ours carries it
+        assert generation not in taken
