@@ -122,3 +122,37 @@ def test_recorded_shapes_stay_real() -> None:
     fake = HostileQemu(Path("/nonexistent"), "/dev/x", Shape.HONEST, "h")
     block = fake.answer("query-block", {})
     assert isinstance(block, list) and len(block) == 5
+
+
+class RecordingClock(MonotonicClock):
+    """Real time, but sleeps are taken short and remembered, so backoff can be checked
+    without timing anything."""
+
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        await anyio.sleep(min(seconds, 0.02))
+
+
+@pytest.mark.parametrize("shape", [Shape.HUGE_VIRTUAL_SIZE, Shape.DEEP_REPLY])
+async def test_failing_sessions_back_off(workdir: Path, shape: Shape) -> None:
+    device = workdir / "volume"
+    device.write_bytes(b"\0" * MiB)
+    sockets = workdir / "qmp"
+    sockets.mkdir()
+    clock = RecordingClock()
+    s = settings(sockets).model_copy(update={"rescan_interval_s": 600.0})
+    hv = QmpHypervisor(s, lambda p: None, clock)
+    send, receive = anyio.create_memory_object_stream[HypervisorEvent](10_000)
+    async with hostile_qemus(sockets, str(device), [(shape, 0)]):
+        with send, receive:
+            async with anyio.create_task_group() as tg:
+                await tg.start(hv.run, send)
+                with anyio.fail_after(60):
+                    while hv.session_failures < 6:
+                        await anyio.sleep(0.02)
+                tg.cancel_scope.cancel()
+    backoffs = [x for x in clock.sleeps if x != 600.0][:6]
+    assert backoffs == [0.05, 0.1, 0.2, 0.4, 0.4, 0.4]
