@@ -130,6 +130,9 @@ class Service:
         m.counter_from("autoextend_hypervisor_session_failures_total",
                        "VM sessions ended by a bad reply or an error (the VM is retried)",
                        lambda: float(getattr(self.hypervisor, "session_failures", 0)))
+        m.counter_from("autoextend_hypervisor_malformed_events_total",
+                       "Hypervisor events dropped because their data failed validation",
+                       lambda: float(getattr(self.hypervisor, "malformed_events", 0)))
         m.counter_from("autoextend_control_clients_refused_total",
                        "Control socket clients refused because too many were connected",
                        lambda: float(control.refused))

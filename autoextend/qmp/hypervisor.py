@@ -98,6 +98,7 @@ class QmpHypervisor:
         self._watchers: dict[str, _Watcher] = {}
         #: Sessions ended by a bad reply or an unexpected error (not by QEMU going away).
         self.session_failures = 0
+        self._malformed_events_closed = 0  # of sessions that ended
         # qemu.qmp logs every failed connect at ERROR through stdlib logging; ours say more.
         logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 
@@ -142,6 +143,12 @@ class QmpHypervisor:
         return self._lookup(drive.path)
 
     # ------------------------------------------------------------------ extras
+
+    @property
+    def malformed_events(self) -> int:
+        """QMP events dropped because their data failed validation, over all sessions."""
+        return self._malformed_events_closed + sum(
+            s.malformed_events for s in self._sessions.values())
 
     def vms(self) -> dict[str, str]:
         """Connected VMs: name -> QMP socket path."""
@@ -267,6 +274,7 @@ class QmpHypervisor:
             return session.failure
         finally:
             del self._sessions[name]
+            self._malformed_events_closed += session.malformed_events
             if announced:
                 await self._announce_gone(watcher, name, events)
 

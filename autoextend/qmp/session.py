@@ -59,6 +59,8 @@ class VmSession:
         self._log = log.bind(vm=name)
         #: Why this session was ended by us (a bad reply, an unexpected error), else None.
         self.failure: str | None = None
+        #: Events dropped because their data failed validation (logged 1st, 10th, every 1000th).
+        self.malformed_events = 0
 
     async def fail(self, command: str, err: BaseException) -> QmpError:
         """End this session because of ``err``; return the error to raise to the caller."""
@@ -138,7 +140,10 @@ class VmSession:
                 for event in await self._translate(name, message.get("data")):
                     await send.send(event)
             except MalformedReply as err:
-                self._log.warning("ignoring malformed qmp event", qmp_event=name, error=str(err))
+                self.malformed_events += 1
+                if self.malformed_events in (1, 10) or self.malformed_events % 1000 == 0:
+                    self._log.warning("ignoring malformed qmp event", qmp_event=name,
+                                      error=str(err), malformed_events=self.malformed_events)
             except QmpDisconnected:
                 return  # the connection's owner notices and reconnects
             except QmpError as err:

@@ -113,6 +113,7 @@ async def test_out_of_range_event_is_ignored(workdir: Path) -> None:
                 events = drained(receive)
                 assert not [e for e in events if isinstance(e, ThresholdCrossed)]
                 assert fake.name in hv.vms() and fake.connections == 1
+                assert hv.malformed_events >= 1
                 assert hv.session_failures == 0
                 tg.cancel_scope.cancel()
 
