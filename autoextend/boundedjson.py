@@ -14,8 +14,10 @@ from typing import Any
 
 DEFAULT_MAX_DEPTH = 64
 
-# A JSON string: brackets inside it are not structure.
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# A JSON string: brackets inside it are not structure. An unterminated string runs to the end
+# of the input (the parser rejects it later); without that, the search would restart at every
+# escaped quote inside it and take quadratic time. Possessive: no backtracking either.
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*+(?:"|\Z)', re.DOTALL)
 _BRACKET = re.compile(rb"[][{}]")
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import anyio
 import pytest
 from anyio.abc import SocketStream
+from hypothesis import given
+from hypothesis import strategies as st
 
 from autoextend import control
 from autoextend.boundedjson import TooDeep, check_depth, nesting_depth
@@ -69,6 +71,31 @@ def test_nesting_depth() -> None:
     check_depth(b"[" * 64 + b"]" * 64)
     with pytest.raises(TooDeep):
         check_depth(b"[" * 65 + b"]" * 65)
+    # An unterminated string full of escaped quotes runs to the end (linear, not quadratic:
+    # this took hours before), and an escaped backslash ends a string as JSON says.
+    assert nesting_depth(b'"' + b'\\"' * 500_000 + b"[" * 100) == 0
+    assert nesting_depth(b'["x\\\\", [1]]') == 2
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+json_docs = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab,:', max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.text(alphabet='[]{}"\\ab', max_size=4), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@given(json_docs)
+def test_nesting_depth_is_the_documents_depth(doc: object) -> None:
+    assert nesting_depth(json.dumps(doc).encode()) == _depth(doc)
 
 
 async def test_deep_request_is_refused_and_service_goes_on(tmp_path: Path) -> None:
