@@ -3,9 +3,12 @@ DeserializationError (which ends that connection), never a RecursionError or Val
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from qemu.qmp.message import DeserializationError
 
+from autoextend.qmp.devsize import device_size
 from autoextend.qmp.listener import MAX_DEPTH, BoundedClient
 
 
@@ -35,3 +38,11 @@ async def test_deep_but_allowed() -> None:
     depth = MAX_DEPTH - 1
     msg = await _Line(b'{"return": ' + b"[" * depth + b"]" * depth + b"}\n")._do_recv()
     assert "return" in msg
+
+
+async def test_device_size_of_a_path_with_nul_is_unknown(tmp_path: Path) -> None:
+    volume = tmp_path / "v"
+    volume.write_bytes(b"\0" * 4096)
+    assert await device_size(str(volume)) == 4096
+    assert await device_size(str(volume) + "\x00") is None
+    assert await device_size(str(tmp_path / "absent")) is None
