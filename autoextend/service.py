@@ -120,8 +120,28 @@ class Service:
         self.control = ControlServer(settings.service.control_socket)
         self.control.register("status", self._status)
         self.control.register("spm_step_down", self._step_down)
+        self._export_input_metrics()
         if self.cluster is not None:
             self._export_cluster_metrics(self.cluster)
+
+    def _export_input_metrics(self) -> None:
+        """Counters of bad input refused at the service's edges (see README, bad input)."""
+        m, control = self.metrics, self.control.counters
+        m.counter_from("autoextend_hypervisor_session_failures_total",
+                       "VM sessions ended by a bad reply or an error (the VM is retried)",
+                       lambda: float(getattr(self.hypervisor, "session_failures", 0)))
+        m.counter_from("autoextend_hypervisor_malformed_events_total",
+                       "Hypervisor events dropped because their data failed validation",
+                       lambda: float(getattr(self.hypervisor, "malformed_events", 0)))
+        m.counter_from("autoextend_control_clients_refused_total",
+                       "Control socket clients refused because too many were connected",
+                       lambda: float(control.refused))
+        m.counter_from("autoextend_control_client_errors_total",
+                       "Control socket clients that sent garbage, timed out or vanished",
+                       lambda: float(control.failed))
+        m.counter_from("autoextend_control_accept_errors_total",
+                       "Control socket accept() failures (out of file descriptors)",
+                       lambda: float(control.accept_errors))
 
     def _export_cluster_metrics(self, cluster: ClusterAgent) -> None:
         m = self.metrics

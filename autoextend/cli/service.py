@@ -72,11 +72,16 @@ def status(obj: CliContext, as_json: bool) -> None:
     from autoextend import control
 
     settings = obj.load_settings()
-    result = anyio.run(control.call, settings.service.control_socket, "status")
+    path = settings.service.control_socket
+    result = anyio.run(control.call_dict, path, "status")
     if as_json:
         click.echo(json.dumps(result, indent=2, sort_keys=True))
-    else:
-        click.echo(render_status(result))
+        return
+    try:
+        text = render_status(result)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise control.UnexpectedAnswer(path, f"status of an unknown shape ({exc!r})") from None
+    click.echo(text)
 
 
 @click.command("demo")

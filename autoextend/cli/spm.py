@@ -38,9 +38,17 @@ def spm_status(obj: CliContext, as_json: bool) -> None:
     from autoextend import control
 
     settings = obj.load_settings()
-    result = anyio.run(control.call, settings.service.control_socket, "status")
+    path = settings.service.control_socket
+    result = anyio.run(control.call_dict, path, "status")
     info = result.get("spm")
-    click.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else _render(info))
+    if as_json:
+        click.echo(json.dumps(info, indent=2, sort_keys=True))
+        return
+    try:
+        text = _render(info)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise control.UnexpectedAnswer(path, f"status of an unknown shape ({exc!r})") from None
+    click.echo(text)
 
 
 @spm.command("step-down")
@@ -53,6 +61,6 @@ def spm_step_down(obj: CliContext, timeout_s: float) -> None:
     from autoextend import control
 
     settings = obj.load_settings()
-    result = anyio.run(lambda: control.call(
-        settings.service.control_socket, "spm_step_down", wait_s=timeout_s + 10))
-    click.echo(f"host {result['host_id']} stepped down (lver {result['lver']})")
+    path = settings.service.control_socket
+    result = anyio.run(lambda: control.call_dict(path, "spm_step_down", wait_s=timeout_s + 10))
+    click.echo(f"host {result.get('host_id')} stepped down (lver {result.get('lver')})")

@@ -19,8 +19,10 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-_INDEXED_RE = re.compile(r"([A-Za-z][A-Za-z0-9]*)\[([0-9]+)\]\Z")
-_NUMBER_RE = re.compile(r"[0-9]+\Z")
+# Targets are short (vda, sdb, hdc); image indexes small. Bounded so int() never sees a
+# 5,000-digit number (which raises ValueError, not DomainXmlError).
+_INDEXED_RE = re.compile(r"([A-Za-z][A-Za-z0-9]{0,63})\[([0-9]{1,10})\]\Z")
+_NUMBER_RE = re.compile(r"[0-9]{1,10}\Z")
 
 
 def indexed_name(target: str, index: int) -> str:
@@ -71,8 +73,8 @@ def parse_disks(xml: str) -> list[DiskFacts]:
     """
     try:
         root = ET.fromstring(xml)
-    except ET.ParseError as err:
-        raise DomainXmlError(f"domain XML does not parse: {err}") from err
+    except (ET.ParseError, ValueError, RecursionError) as err:
+        raise DomainXmlError(f"domain XML does not parse: {str(err)[:200]}") from None
     if root.tag != "domain":
         raise DomainXmlError(f"root element is <{root.tag}>, not <domain>")
     disks: list[DiskFacts] = []
@@ -91,7 +93,7 @@ def parse_disks(xml: str) -> list[DiskFacts]:
             if raw_index is not None:
                 if not _NUMBER_RE.match(raw_index):
                     raise DomainXmlError(
-                        f"disk {target}: source index {raw_index!r} is not a number")
+                        f"disk {target[:64]}: source index {raw_index[:32]!r} is not a number")
                 index = int(raw_index)
         disks.append(
             DiskFacts(

@@ -82,6 +82,8 @@ def threshold_outcome(vm: str, dev: str, threshold: int, excess: int) -> Thresho
     """A BLOCK_THRESHOLD event on ``vda[N]``; None for the duplicate on the plain ``vda``."""
     if parse_indexed_name(dev) is None:
         return None
+    if not all(isinstance(v, int) and 0 <= v < (1 << 63) for v in (threshold, excess)):
+        return None  # no real offset: the next poll reads the numbers afresh
     return ThresholdCrossed(vm, dev, threshold, excess)
 
 

@@ -78,6 +78,8 @@ class LibvirtHypervisor:
         self._conn: LibvirtConnection | None = None
         self._tracker = DomainTracker()
         self.connects = 0  # successful connections so far (a reconnect makes it > 1)
+        #: A VM's stats or XML refused as malformed (that VM's call fails; nothing else).
+        self.session_failures = 0
 
     # ------------------------------------------------------------------ extras
 
@@ -134,7 +136,12 @@ class LibvirtHypervisor:
         try:
             found = drives_from_stats(vm, stats, parse_disks(xml))
         except (StatsError, DomainXmlError) as err:
+            self.session_failures += 1
             raise MalformedReply(vm, "domainListGetStats", str(err)) from err
+        except Exception as err:  # noqa: BLE001 - a parser bug is this VM's, not the service's
+            self.session_failures += 1
+            log.exception("libvirt stats not understood", vm=vm)
+            raise MalformedReply(vm, "domainListGetStats", type(err).__name__) from err
         for drive, reason in found.skipped:
             log.warning("drive skipped", vm=vm, drive=drive, reason=reason)
         self._tracker.drives_seen(vm, found.drives)

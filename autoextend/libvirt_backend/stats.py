@@ -13,7 +13,9 @@ returns one flat dict per domain; with ``BACKING`` every image of every chain is
 
 The top image of a disk is the entry whose ``backingIndex`` equals the ``index`` of the
 disk's ``<source>`` in the live XML. An entry that lacks a number the monitor needs, or has
-capacity 0, is skipped with a reason rather than guessed at.
+capacity 0, is skipped with a reason rather than guessed at. libvirt reports sizes as
+unsigned 64-bit numbers: one of 2**63 or more is no real size and counts as lacking; a path
+with a NUL byte or over 4096 characters is no path.
 """
 
 from __future__ import annotations
@@ -36,11 +38,21 @@ class DrivesFound:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (drive or target, why)
 
 
+#: Largest size or offset taken from the stats (what a block device and lseek can mean).
+MAX_SIZE = (1 << 63) - 1
+MAX_PATH = 4096
+MAX_ENTRIES = 100_000  # images over all chains of one domain
+
+
 def _uint(stats: Mapping[str, Any], key: str) -> int | None:
     value = stats.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SIZE:
         return None
     return value
+
+
+def clean_path(value: object) -> bool:
+    return isinstance(value, str) and "\x00" not in value and len(value) <= MAX_PATH
 
 
 def _entries_for(stats: Mapping[str, Any], count: int, target: str) -> list[int]:
@@ -65,8 +77,8 @@ def drives_from_stats(vm: str, stats: Mapping[str, Any], disks: list[DiskFacts])
         StatsError: there is no usable ``block.count`` at all.
     """
     count = _uint(stats, "block.count")
-    if count is None:
-        raise StatsError("block stats lack block.count")
+    if count is None or count > MAX_ENTRIES:
+        raise StatsError("block stats lack a usable block.count")
     found = DrivesFound()
     for disk in disks:
         if not disk.monitorable:
@@ -94,12 +106,16 @@ def drives_from_stats(vm: str, stats: Mapping[str, Any], disks: list[DiskFacts])
             found.skipped.append((name, "capacity is 0"))
             continue
         path = stats.get(f"block.{i}.path")
+        path = path if isinstance(path, str) and path else disk.path
+        if not clean_path(path):
+            found.skipped.append((name, "path with a NUL byte or too long"))
+            continue
         found.drives.append(
             DriveInfo(
                 vm=vm,
                 drive=name,
                 node=name,
-                path=path if isinstance(path, str) and path else disk.path,
+                path=path,
                 capacity=capacity,
                 allocation=allocation,
                 physical=physical,

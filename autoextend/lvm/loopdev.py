@@ -7,7 +7,6 @@ volumes build on them. Every failure raises :class:`LoopError` with the command 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import anyio
 
+from autoextend import boundedjson
 from autoextend.errors import VolumeError
 
 LOSETUP = "losetup"
@@ -128,9 +128,9 @@ def parse_list(text: str) -> list[LoopDevice]:
     if not text.strip():
         return []
     try:
-        doc: Any = json.loads(text)
+        doc: Any = boundedjson.loads(text, 8)
         rows = doc["loopdevices"]
-        return [
+        devices = [
             LoopDevice(
                 name=str(row["name"]),
                 backing_file=str(row.get("back-file") or ""),
@@ -140,8 +140,14 @@ def parse_list(text: str) -> list[LoopDevice]:
             )
             for row in rows
         ]
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"unexpected losetup --json output: {err}") from err
+    except (ValueError, KeyError, TypeError, RecursionError) as err:
+        raise ValueError(f"unexpected losetup --json output: {str(err)[:200]}") from None
+    for dev in devices:
+        if not dev.name.startswith("/dev/") or "\x00" in dev.name + dev.backing_file:
+            raise ValueError(f"unexpected losetup --json output: device {dev.name[:64]!r}")
+        if dev.sector_size not in (512, 1024, 2048, 4096):
+            raise ValueError(f"unexpected losetup --json output: sector size {dev.sector_size}")
+    return devices
 
 
 def _flag(value: object) -> bool:
@@ -194,9 +200,11 @@ def size_of(device: str) -> int:
     """The current size in bytes the kernel reports for a block device (sysfs, no I/O)."""
     name = Path(device).name
     try:
-        sectors = int(Path(f"/sys/class/block/{name}/size").read_text())
+        sectors = int(Path(f"/sys/class/block/{name}/size").read_text().strip()[:24])
+        if not 0 <= sectors < (1 << 54):  # bytes < 2**63
+            raise ValueError(f"size {sectors} sectors is out of range")
     except (OSError, ValueError) as err:
-        raise LoopError(["cat", f"/sys/class/block/{name}/size"], -1, "", str(err)) from err
+        raise LoopError(["cat", f"/sys/class/block/{name[:64]}/size"], -1, "", str(err)) from err
     return sectors * 512
 
 

@@ -3,16 +3,18 @@
 Commands ask for exactly the ``*_FIELDS`` below with ``--reportformat json --units b
 --nosuffix``; lvm2 prints every value as a string. The parsers accept only that shape:
 any missing field, non-numeric size or unexpected structure raises
-:class:`~autoextend.lvm.errors.ReportFormatError`, so garbage is never acted on. A ``log``
+:class:`~autoextend.lvm.errors.ReportFormatError`, so garbage is never acted on. Numbers must
+lie in ``0 <= x < 2**63``, names must be non-empty and free of NUL bytes and the JSON must nest
+no deeper than a report does. A ``log``
 section (present with ``log/report_command_log=1``, as in ``lvm shell`` sessions) is ignored.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from autoextend import boundedjson
 from autoextend.lvm.errors import ReportFormatError
 from autoextend.lvm.volume import VolumeRef
 
@@ -80,11 +82,18 @@ class LV:
         return self.size // self.extent_size
 
 
+MAX_NUMBER = (1 << 63) - 1
+MAX_DEPTH = 8  # {"report": [{"lv": [{...}]}]} is 4 deep
+
+
 def _int(row: dict[str, str], key: str) -> int:
     value = row[key]
-    if not (value.isascii() and value.isdigit()):
-        raise ReportFormatError(f"{key}={value!r} is not a non-negative integer")
-    return int(value)
+    if not (value.isascii() and value.isdigit()) or len(value) > 19:
+        raise ReportFormatError(f"{key}={value[:32]!r} is not a non-negative integer")
+    number = int(value)
+    if number > MAX_NUMBER:
+        raise ReportFormatError(f"{key}={value} is beyond 2**63-1")
+    return number
 
 
 def _tags(value: str) -> tuple[str, ...]:
@@ -104,9 +113,9 @@ def _active(value: str) -> bool | None:
 
 def _rows(text: str, kind: str, fields: tuple[str, ...]) -> list[dict[str, str]]:
     try:
-        doc: Any = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        raise ReportFormatError(f"not JSON: {err}") from err
+        doc: Any = boundedjson.loads(text, MAX_DEPTH)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, TooDeep, huge numbers
+        raise ReportFormatError(f"not JSON: {str(err)[:200]}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("report"), list):
         raise ReportFormatError("no 'report' list at the top level")
     rows: list[dict[str, str]] = []
@@ -132,6 +141,8 @@ def _name(row: dict[str, str], key: str) -> str:
     value = row[key]
     if not value:
         raise ReportFormatError(f"{key} is empty")
+    if "\x00" in value or len(value) > 4096:
+        raise ReportFormatError(f"{key} has a NUL byte or is too long")
     return value
 
 

@@ -57,6 +57,9 @@ class QmpConnection:
         self._connect_timeout_s = connect_timeout_s
         self._command_timeout_s = command_timeout_s
         self._client = new_client(path)
+        #: Why the connection failed on our side (a message we could not parse, an unexpected
+        #: library error), as opposed to QEMU closing it; None while healthy.
+        self.failure: str | None = None
         self.listener = BoundedListener(EVENT_NAMES, event_queue_size)
         self._client.register_listener(self.listener)
 
@@ -111,6 +114,15 @@ class QmpConnection:
             raise QmpDisconnected(self.label, command, "connection lost") from err
         except (QMPError, OSError, EOFError) as err:
             raise QmpDisconnected(self.label, command, str(err) or type(err).__name__) from err
+        except Exception as err:  # noqa: BLE001 - whatever the library raised, this VM only
+            self._failed(err)
+            await self.close()
+            raise QmpDisconnected(self.label, command, self.failure or "error") from err
+
+    def _failed(self, err: BaseException) -> None:
+        if self.failure is None:
+            self.failure = (f"{type(err).__name__}: {err}" if str(err) else
+                            type(err).__name__)[:500]
 
     async def wait_lost(self) -> None:
         """Return once the connection is no longer running (QEMU exited, socket closed)."""
@@ -124,5 +136,10 @@ class QmpConnection:
                 return
             try:
                 await self._client.disconnect()
-            except (EOFError, OSError, QMPError) as err:
+            except (EOFError, OSError) as err:
                 log.debug("qmp disconnect", path=self.path, error=str(err) or type(err).__name__)
+            except Exception as err:  # noqa: BLE001 - the reader's error, re-raised here
+                # The library ends the connection when its reader fails (a message it could
+                # not parse, a line past its buffer) and hands that error to disconnect().
+                self._failed(err)
+                log.debug("qmp disconnect", path=self.path, error=self.failure)

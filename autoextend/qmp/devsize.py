@@ -22,8 +22,10 @@ def _size_now(path: str) -> int:
 
 
 async def device_size(path: str) -> int | None:
-    """The size of ``path`` in bytes, or None when it cannot be opened here."""
+    """The size of ``path`` in bytes, or None when it cannot be opened here (or the path is
+    not one: a NUL byte) or the size is not one a volume can have."""
     try:
-        return await anyio.to_thread.run_sync(_size_now, path)
-    except OSError:
+        size = await anyio.to_thread.run_sync(_size_now, path)
+    except (OSError, ValueError):
         return None
+    return size if 0 <= size < (1 << 63) else None

@@ -16,8 +16,9 @@ class QmpError(HypervisorError):
     def __init__(self, vm: str, command: str, reason: str) -> None:
         self.vm = vm
         self.command = command
-        self.reason = reason
-        super().__init__(f"qmp {vm}: {command}: {reason}")
+        # A reason may quote what QEMU sent: keep log lines short.
+        self.reason = reason if len(reason) <= 500 else reason[:500] + "..."
+        super().__init__(f"qmp {vm}: {command}: {self.reason}")
 
 
 class VmNotFound(QmpError):

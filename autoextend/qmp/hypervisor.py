@@ -5,6 +5,11 @@ its own task (under one task group) that connects, names the VM, sends ``VmAppea
 serves events and drive polls, and on connection loss sends ``VmGone`` and reconnects with
 backoff. A socket that refuses or hangs only ever delays its own task. A socket file that
 was replaced (a restarted QEMU) wakes its task at once.
+
+A session that ends because of what QEMU sent (a reply that fails validation, an unparsable
+or too-deep message) or because of any unexpected error is logged, counted in
+``session_failures`` (exported as ``autoextend_hypervisor_session_failures_total``) and retried
+with the same growing backoff as a refused connect; it never ends discovery or another VM.
 """
 
 from __future__ import annotations
@@ -91,6 +96,9 @@ class QmpHypervisor:
         self._device_size = device_size
         self._sessions: dict[str, VmSession] = {}
         self._watchers: dict[str, _Watcher] = {}
+        #: Sessions ended by a bad reply or an unexpected error (not by QEMU going away).
+        self.session_failures = 0
+        self._malformed_events_closed = 0  # of sessions that ended
         # qemu.qmp logs every failed connect at ERROR through stdlib logging; ours say more.
         logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 
@@ -135,6 +143,12 @@ class QmpHypervisor:
         return self._lookup(drive.path)
 
     # ------------------------------------------------------------------ extras
+
+    @property
+    def malformed_events(self) -> int:
+        """QMP events dropped because their data failed validation, over all sessions."""
+        return self._malformed_events_closed + sum(
+            s.malformed_events for s in self._sessions.values())
 
     def vms(self) -> dict[str, str]:
         """Connected VMs: name -> QMP socket path."""
@@ -190,30 +204,44 @@ class QmpHypervisor:
                     await self._sleep_or_wake(watcher, backoff)
                     backoff = min(backoff * 2, s.reconnect_max_s)
                     continue
-                failures, backoff = 0, s.reconnect_initial_s
+                failures = 0
+                failure: str | None
                 try:
-                    await self._serve(watcher, conn, events)
+                    failure = await self._serve(watcher, conn, events)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     raise  # the monitor stopped listening: nothing left to serve
-                except Exception:
+                except Exception as err:  # noqa: BLE001
                     # A bug in serving one VM must not take the others down.
                     log.exception("qmp vm task failed, reconnecting", path=watcher.path)
+                    failure = f"{type(err).__name__}: {err}"[:500]
                 finally:
                     await conn.close()
+                failure = failure or conn.failure
+                watcher.first_attempt.set()
+                if failure is None:
+                    backoff = s.reconnect_initial_s
+                else:
+                    self.session_failures += 1
+                    log.warning("qmp session failed, reconnecting with backoff",
+                                path=watcher.path, error=failure, retry_in_s=backoff,
+                                session_failures=self.session_failures)
                 await self._sleep_or_wake(watcher, backoff)
+                if failure is not None:
+                    backoff = min(backoff * 2, s.reconnect_max_s)
 
     async def _serve(
         self,
         watcher: _Watcher,
         conn: QmpConnection,
         events: MemoryObjectSendStream[HypervisorEvent],
-    ) -> None:
+    ) -> str | None:
+        """Serve one connection until it is lost; the reason when we ended it, else None."""
         try:
             name = vm_name(await conn.execute("query-name"), Path(watcher.path).stem)
         except QmpError as err:
             if not conn.connected:
                 watcher.first_attempt.set()
-                return
+                return None
             log.warning("qmp query-name failed, naming VM by socket", path=watcher.path,
                         error=str(err))
             name = Path(watcher.path).stem
@@ -222,12 +250,14 @@ class QmpHypervisor:
         session = VmSession(name, conn, self._device_size)
         self._sessions[name] = session
         vlog = log.bind(vm=name, path=watcher.path)
-        try:
-            await session.drives()  # learn node names before the first event arrives
-        except QmpError as err:
-            vlog.warning("qmp drive query failed", error=str(err))
         announced = False
         try:
+            try:
+                await session.drives()  # learn node names before the first event arrives
+            except QmpError as err:
+                if session.failure is not None:
+                    return session.failure
+                vlog.warning("qmp drive query failed", error=str(err))
             await events.send(VmAppeared(name))
             announced = True
             vlog.info("vm connected")
@@ -239,9 +269,12 @@ class QmpHypervisor:
                 )
                 await conn.wait_lost()
                 tg.cancel_scope.cancel()
-            vlog.info("vm connection lost")
+            if session.failure is None:
+                vlog.info("vm connection lost")
+            return session.failure
         finally:
             del self._sessions[name]
+            self._malformed_events_closed += session.malformed_events
             if announced:
                 await self._announce_gone(watcher, name, events)
 

@@ -1,4 +1,10 @@
-"""Bounded event intake for qemu.qmp, which would otherwise buffer events without limit.
+"""Bounded intake for qemu.qmp: events, and the JSON of every message.
+
+qemu.qmp parses each line QEMU sends with ``json.loads``: a line nested 100,000 deep raises
+``RecursionError`` and one with a 5,000-digit integer a plain ``ValueError``, neither of which
+the library expects. :func:`new_client`'s client refuses a line nested deeper than
+:data:`MAX_DEPTH` and turns any parse failure into qemu.qmp's own ``DeserializationError``,
+which ends that connection only (the backend reconnects with backoff).
 
 qemu.qmp's :class:`EventListener` keeps an unbounded queue and an unbounded ``_history``,
 and every client has a default catch-all listener (``client.events``) that stores every
@@ -14,6 +20,42 @@ import asyncio
 from collections.abc import Iterable
 
 from qemu.qmp import EventListener, Message, QMPClient
+from qemu.qmp.error import ProtocolError
+from qemu.qmp.message import DeserializationError
+
+from autoextend import boundedjson
+
+#: QMP replies nest a few levels per backing-chain element (``backing-image``); 512 allows a
+#: chain of well over a hundred images and stays far from the interpreter's recursion limit.
+MAX_DEPTH = 512
+#: Longest line accepted from QEMU (qemu.qmp's default, as libvirt's).
+MAX_LINE = 10 * 1024 * 1024
+
+
+class UnreadableMessage(DeserializationError):
+    """A line from QEMU that is not a QMP message we can parse (short, unlike the library's
+    error, which quotes the whole line)."""
+
+    def __init__(self, reason: str, raw: bytes) -> None:
+        super().__init__(reason, raw[:120])
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"unreadable QMP message: {self.reason}"
+
+
+class BoundedClient(QMPClient):
+    """QMPClient whose reader never lets a parse error other than the library's escape."""
+
+    async def _do_recv(self) -> Message:
+        raw = await self._readline()
+        try:
+            boundedjson.check_depth(raw, MAX_DEPTH)
+            return Message(raw, eager=True)
+        except ProtocolError as err:  # the library's own (its text quotes the whole line)
+            raise UnreadableMessage(err.error_message[:200], raw) from None
+        except (ValueError, RecursionError) as err:
+            raise UnreadableMessage(str(err)[:200] or type(err).__name__, raw) from None
 
 
 def _accept_nothing(event: Message) -> bool:
@@ -22,7 +64,7 @@ def _accept_nothing(event: Message) -> bool:
 
 def new_client(name: str) -> QMPClient:
     """A QMPClient whose built-in ``events`` listener never stores anything."""
-    client = QMPClient(name)
+    client = BoundedClient(name, readbuflen=MAX_LINE)
     client.events.accept = _accept_nothing  # type: ignore[method-assign]
     return client
 

@@ -2,7 +2,9 @@
 
 No I/O here: the functions take the decoded JSON QEMU sent and return :class:`DriveInfo`,
 :class:`RunState` or events. A reply of the wrong shape raises :class:`MalformedReply`
-naming the command and the key, and is never acted upon.
+naming the command and the key, and is never acted upon. Values are range-checked, not only
+typed: sizes and offsets must lie in ``0 <= x < 2**63`` (what a block device and ``lseek`` can
+mean), and names and paths must not contain NUL bytes; anything else is malformed.
 
 How a drive is found (QEMU 7.2, ``-blockdev`` + ``-device``)::
 
@@ -33,6 +35,12 @@ from autoextend.qmp.errors import MalformedReply
 PROTOCOL_DRIVER = "host_device"
 FORMAT_DRIVER = "qcow2"
 PERIPHERAL_PREFIX = "/machine/peripheral/"
+
+#: Sizes, offsets and thresholds QEMU reports are int64 in QMP's schema; nothing larger is
+#: a real size, and a larger one would overflow the cap arithmetic downstream.
+MAX_SIZE = (1 << 63) - 1
+#: Longest string taken from a reply (names, paths); QEMU's own are far shorter.
+MAX_STRING = 4096
 
 MIGRATION_STATES = frozenset({"inmigrate", "postmigrate", "finish-migrate"})
 
@@ -81,12 +89,16 @@ class _Reader:
         value = obj.get(key, default)
         if not isinstance(value, str):
             raise self.fail(f"{where}.{key}: expected a string, got {_kind(value)}")
+        if not clean_string(value):
+            raise self.fail(f"{where}.{key}: string with a NUL byte or over {MAX_STRING} chars")
         return value
 
     def int_(self, obj: Mapping[str, Any], key: str, where: str, default: int | None = None) -> int:
         value = obj.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(f"{where}.{key}: expected a non-negative integer, got {_kind(value)}")
+        if not 0 <= value <= MAX_SIZE:
+            raise self.fail(f"{where}.{key}: {_short(value)} is outside 0..2**63-1")
         return value
 
     def bool_(
@@ -100,6 +112,16 @@ class _Reader:
 
 def _kind(value: object) -> str:
     return "nothing (key missing)" if value is None else type(value).__name__
+
+
+def _short(value: int) -> str:
+    text = str(value) if value.bit_length() < 200 else f"a {value.bit_length()}-bit integer"
+    return text
+
+
+def clean_string(value: str) -> bool:
+    """A name or path autoextend may use: no NUL byte, not absurdly long."""
+    return "\x00" not in value and len(value) <= MAX_STRING
 
 
 def drive_name(qdev: str, device: str) -> str | None:
@@ -124,7 +146,7 @@ def vm_name(query_name_reply: object, socket_stem: str) -> str:
     just means no name."""
     if isinstance(query_name_reply, dict):
         name = query_name_reply.get("name")
-        if isinstance(name, str) and name.strip():
+        if isinstance(name, str) and name.strip() and clean_string(name):
             return name
     return socket_stem
 
@@ -245,7 +267,7 @@ def drive_set(vm: str, query_block: object) -> frozenset[tuple[str, str]]:
         if name is None or not isinstance(inserted, dict):
             continue
         node = inserted.get("node-name")
-        found.add((name, node if isinstance(node, str) else ""))
+        found.add((name, node if isinstance(node, str) and clean_string(node) else ""))
     return frozenset(found)
 
 
@@ -315,6 +337,7 @@ def io_error_event(vm: str, data: object, topology: Topology) -> tuple[bool, Eno
     node = body.get("node-name")
     device = body.get("device")
     drive = topology.drive_of(
-        node if isinstance(node, str) else None, device if isinstance(device, str) else None
+        node if isinstance(node, str) and clean_string(node) else None,
+        device if isinstance(device, str) and clean_string(device) else None,
     )
     return True, EnospcError(vm=vm, drive=drive or "")

@@ -4,13 +4,19 @@ A :class:`VmSession` lives exactly as long as one QMP connection. It remembers t
 drive topology (to name the drive an event's node belongs to) and whether an ENOSPC error
 was seen since the last resume (to classify an ``io-error`` stop on devices that have no
 io-status).
+
+A reply that fails validation (:class:`MalformedReply`) or any unexpected exception while
+serving the monitor ends the session: the connection is closed, the caller gets a
+:class:`~autoextend.qmp.errors.QmpError` (a HypervisorError, which the monitor handles per VM),
+``failure`` records why, and the backend reconnects with a growing backoff. Nothing QEMU sent
+in that reply is acted upon.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -27,6 +33,7 @@ from autoextend.monitor.protocols import (
 from autoextend.qmp.connection import QmpConnection
 from autoextend.qmp.errors import MalformedReply, QmpDisconnected, QmpError
 from autoextend.qmp.replies import (
+    MAX_SIZE,
     Topology,
     drive_set,
     io_error_event,
@@ -39,6 +46,7 @@ from autoextend.qmp.replies import (
 log = get_logger("qmp")
 
 DeviceSize = Callable[[str], Awaitable[int | None]]
+T = TypeVar("T")
 
 
 class VmSession:
@@ -49,11 +57,41 @@ class VmSession:
         self.topology = Topology()
         self._saw_nospace = False
         self._log = log.bind(vm=name)
+        #: Why this session was ended by us (a bad reply, an unexpected error), else None.
+        self.failure: str | None = None
+        #: Events dropped because their data failed validation (logged 1st, 10th, every 1000th).
+        self.malformed_events = 0
+
+    async def fail(self, command: str, err: BaseException) -> QmpError:
+        """End this session because of ``err``; return the error to raise to the caller."""
+        if self.failure is None:
+            self.failure = str(err) if isinstance(err, QmpError) else f"{command}: {err!r}"
+            self._log.warning("qmp session ended: bad reply or error", command=command,
+                              error=str(err)[:500], error_type=type(err).__name__)
+        await self.conn.close()
+        if isinstance(err, QmpError):
+            return err
+        return QmpDisconnected(self.name, command, f"session ended: {type(err).__name__}")
+
+    async def _guarded(self, command: str, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except QmpDisconnected:
+            raise
+        except MalformedReply as err:
+            raise await self.fail(command, err) from None
+        except QmpError:
+            raise  # timeouts and QEMU's own errors: the monitor retries, the session stays
+        except Exception as err:  # noqa: BLE001 - one VM's bug must stay that VM's
+            raise await self.fail(command, err) from err
 
     # ------------------------------------------------------------ monitor's calls
 
     async def drives(self) -> list[DriveInfo]:
         """Fresh drives; ``physical`` is the device's size now, not QEMU's cached length."""
+        return await self._guarded("query-block", self._drives)
+
+    async def _drives(self) -> list[DriveInfo]:
         block = await self.conn.execute("query-block")
         nodes = await self.conn.execute("query-named-block-nodes", {"flat": True})
         stats = await self.conn.execute("query-blockstats", {"query-nodes": True})
@@ -67,6 +105,9 @@ class VmSession:
         return fresh
 
     async def run_state(self) -> RunState:
+        return await self._guarded("query-status", self._run_state)
+
+    async def _run_state(self) -> RunState:
         status = await self.conn.execute("query-status")
         if isinstance(status, dict) and status.get("running") is True:
             return parse_run_state(self.name, status, ())
@@ -74,8 +115,8 @@ class VmSession:
         return parse_run_state(self.name, status, io_status.values(), self._saw_nospace)
 
     async def set_threshold(self, drive: DriveInfo, threshold: int) -> None:
-        if threshold < 0:
-            raise ValueError(f"threshold must be >= 0, got {threshold}")
+        if not 0 <= threshold <= MAX_SIZE:
+            raise ValueError(f"threshold must be in 0..2**63-1, got {threshold}")
         await self.conn.execute(
             "block-set-write-threshold", {"node-name": drive.node, "write-threshold": threshold}
         )
@@ -93,11 +134,16 @@ class VmSession:
                                   dropped=self.conn.listener.dropped)
                 await send.send(DrivesChanged(self.name))
             name = message.get("event")
+            if not isinstance(name, str) or len(name) > 64:
+                continue
             try:
-                for event in await self._translate(str(name), message.get("data")):
+                for event in await self._translate(name, message.get("data")):
                     await send.send(event)
             except MalformedReply as err:
-                self._log.warning("ignoring malformed qmp event", qmp_event=name, error=str(err))
+                self.malformed_events += 1
+                if self.malformed_events in (1, 10) or self.malformed_events % 1000 == 0:
+                    self._log.warning("ignoring malformed qmp event", qmp_event=name,
+                                      error=str(err), malformed_events=self.malformed_events)
             except QmpDisconnected:
                 return  # the connection's owner notices and reconnects
             except QmpError as err:

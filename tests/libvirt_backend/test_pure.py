@@ -189,13 +189,60 @@ def test_odd_stats_skip_the_drive_with_a_reason(change: dict[str, Any], reason: 
     assert reason in found.skipped[0][1]
 
 
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"capacity": 1 << 63}, "stats lack capacity"),
+        ({"physical": (1 << 64) - 1}, "stats lack physical"),
+        ({"allocation": 1 << 100}, "stats lack allocation"),
+        ({"path": "/dev/loop7\x00"}, "NUL"),
+        ({"path": "/" + "a" * 5000}, "too long"),
+    ],
+)
+def test_out_of_range_stats_skip_the_drive(change: dict[str, Any], reason: str) -> None:
+    found = drives_from_stats("vm1", block_stats({**VDA_TOP, **change}), parse_disks(DOMAIN_XML))
+    assert found.drives == []
+    assert reason in found.skipped[0][1]
+
+
+def test_largest_valid_size_and_out_of_range_threshold() -> None:
+    top = {**VDA_TOP, "capacity": (1 << 63) - 1, "threshold": 1 << 64}
+    (drive,) = drives_from_stats("vm1", block_stats(top), parse_disks(DOMAIN_XML)).drives
+    assert drive.capacity == (1 << 63) - 1 and drive.threshold == 0
+
+
+def test_absurd_block_count_is_an_error() -> None:
+    with pytest.raises(StatsError):
+        drives_from_stats("vm1", {"block.count": 1 << 64}, parse_disks(DOMAIN_XML))
+
+
+@pytest.mark.parametrize("xml", [
+    DOMAIN_XML.replace("index='3'", "index='" + "9" * 5000 + "'"),
+    "<domain>" + "<a>" * 100_000 + "</a>" * 100_000 + "</domain>",
+    "<domain><devices><disk><target dev='vda\x00'/></disk></devices></domain>",
+])
+def test_hostile_xml_is_an_error_or_harmless(xml: str) -> None:
+    try:
+        disks = parse_disks(xml)
+    except DomainXmlError:
+        return
+    assert all(d.index is None or d.index < 10**10 for d in disks)
+
+
+def test_threshold_event_out_of_range_is_dropped() -> None:
+    assert ev.threshold_outcome("vm1", "vda[1]", 1 << 64, 1) is None
+    assert ev.threshold_outcome("vm1", "vda[1]", 5, -1) is None
+    assert ev.threshold_outcome("vm1", "vda[" + "9" * 5000 + "]", 5, 1) is None
+
+
 def test_no_block_count_is_an_error() -> None:
     with pytest.raises(StatsError):
         drives_from_stats("vm1", {"state.state": 1}, parse_disks(DOMAIN_XML))
 
 
 stat_values = st.one_of(st.none(), st.integers(min_value=-5, max_value=1 << 40), st.text(max_size=3),
-                        st.booleans())
+                        st.booleans(), st.sampled_from([1 << 63, (1 << 64) - 1, 1 << 200,
+                                                        "/dev/x\x00"]))
 
 
 @given(st.lists(st.dictionaries(
@@ -212,8 +259,10 @@ def test_stats_never_crash_and_drives_are_sane(entries: list[dict[str, Any]], co
     except StatsError:
         return
     for drive in found.drives:
-        assert drive.capacity > 0
-        assert drive.allocation >= 0 and drive.physical >= 0 and drive.threshold >= 0
+        assert 0 < drive.capacity < 1 << 63
+        for value in (drive.allocation, drive.physical, drive.threshold):
+            assert 0 <= value < 1 << 63
+        assert "\x00" not in drive.path
         assert parse_indexed_name(drive.drive) is not None
         assert drive.node == drive.drive
 

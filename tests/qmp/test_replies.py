@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from autoextend.monitor.protocols import DriveInfo, EnospcError, PauseReason, ThresholdCrossed
 from autoextend.qmp.errors import MalformedReply
 from autoextend.qmp.replies import (
+    MAX_SIZE,
     classify_pause,
     drive_name,
     drive_set,
@@ -202,7 +203,9 @@ def test_malformed_replies_give_a_clear_error(which: str, mutate: Any, message: 
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 1 << 40) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-5, 1 << 40) | st.text(max_size=8)
+    | st.sampled_from([(1 << 63) - 1, 1 << 63, 1 << 64, 1 << 200, -(1 << 63), "\x00",
+                       "/dev/loop3\x00", "a" * 5000]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
                                                                   max_size=3),
     max_leaves=8,
@@ -246,5 +249,56 @@ def test_any_corruption_is_a_malformed_reply_or_a_valid_topology(data: st.DataOb
         assert err.command in {"query-block", "query-named-block-nodes", "query-blockstats"}
         return
     for drive in topo.drives:
-        assert drive.allocation >= 0 and drive.physical >= 0 and drive.capacity >= 0
+        for value in (drive.allocation, drive.physical, drive.capacity, drive.threshold):
+            assert 0 <= value <= MAX_SIZE
         assert isinstance(drive.path, str) and drive.node
+        for text in (drive.path, drive.node, drive.drive):
+            assert "\x00" not in text and len(text) <= 4096
+
+
+def _prot0(record: dict[str, Any]) -> dict[str, Any]:
+    return next(n for n in record["query-named-block-nodes"] if n["node-name"] == "prot0")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r["query-block"][0]["inserted"]["image"].update({"virtual-size": 1 << 80}),
+         r"virtual-size: 1208925819614629174706176 is outside 0\.\.2\*\*63-1"),
+        (lambda r: r["query-block"][0]["inserted"]["image"].update({"virtual-size": 1 << 63}),
+         "virtual-size"),
+        (lambda r: _prot0(r)["image"].update({"virtual-size": 1 << 64}), "virtual-size"),
+        (lambda r: _prot0(r).update({"write_threshold": 1 << 100}), "write_threshold"),
+        (lambda r: _prot0(r)["image"].update({"filename": "/dev/loop3\x00"}), "NUL"),
+        (lambda r: r["query-block"][0]["inserted"].update({"node-name": "fmt0\x00"}), "NUL"),
+        (lambda r: r["query-block"][0].update({"qdev": "x" * 5000}), "NUL byte or over"),
+        (lambda r: r["query-blockstats"][0]["stats"].update({"wr_highest_offset": 1 << 63}),
+         "wr_highest_offset"),
+    ],
+)
+def test_out_of_range_values_are_malformed(mutate: Any, message: str) -> None:
+    record = copy.deepcopy(RECORD)
+    mutate(record)
+    with pytest.raises(MalformedReply, match=message) as info:
+        topology_of(record)
+    assert len(str(info.value)) < 300
+
+
+def test_largest_valid_size_is_taken() -> None:
+    record = copy.deepcopy(RECORD)
+    record["query-block"][0]["inserted"]["image"]["virtual-size"] = MAX_SIZE
+    vda = next(d for d in topology_of(record).drives if d.drive == "vda")
+    assert vda.capacity == MAX_SIZE
+
+
+def test_events_out_of_range_and_nul() -> None:
+    topo = topology_of(RECORD)
+    with pytest.raises(MalformedReply, match="write-threshold"):
+        threshold_event("vm1", {"node-name": "prot0", "write-threshold": 1 << 70,
+                                "amount-exceeded": 1}, topo)
+    with pytest.raises(MalformedReply, match="NUL"):
+        threshold_event("vm1", {"node-name": "prot0\x00", "write-threshold": 1,
+                                "amount-exceeded": 1}, topo)
+    assert io_error_event("vm1", {"nospace": True, "node-name": "fmt0\x00"}, topo) == (
+        True, EnospcError("vm1", ""))
+    assert vm_name({"name": "evil\x00name"}, "stem") == "stem"

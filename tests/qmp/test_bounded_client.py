@@ -1,0 +1,48 @@
+"""The QMP client's reader: a too-deep or unparsable line is qemu.qmp's own
+DeserializationError (which ends that connection), never a RecursionError or ValueError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from qemu.qmp.message import DeserializationError
+
+from autoextend.qmp.devsize import device_size
+from autoextend.qmp.listener import MAX_DEPTH, BoundedClient
+
+
+class _Line(BoundedClient):
+    def __init__(self, line: bytes) -> None:
+        super().__init__("t")
+        self._line = line
+
+    async def _readline(self) -> bytes:
+        return self._line
+
+
+@pytest.mark.parametrize("line", [
+    b"[" * 100_000 + b"]" * 100_000 + b"\n",
+    b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1) + b"\n",
+    b'{"return": [' + b"9" * 5000 + b"]}\n",
+    b"\xff\xfe garbage\n",
+    b"[1, 2]\n",
+])
+async def test_unreadable_lines(line: bytes) -> None:
+    with pytest.raises(DeserializationError) as info:
+        await _Line(line)._do_recv()
+    assert len(str(info.value)) < 400
+
+
+async def test_deep_but_allowed() -> None:
+    depth = MAX_DEPTH - 1
+    msg = await _Line(b'{"return": ' + b"[" * depth + b"]" * depth + b"}\n")._do_recv()
+    assert "return" in msg
+
+
+async def test_device_size_of_a_path_with_nul_is_unknown(tmp_path: Path) -> None:
+    volume = tmp_path / "v"
+    volume.write_bytes(b"\0" * 4096)
+    assert await device_size(str(volume)) == 4096
+    assert await device_size(str(volume) + "\x00") is None
+    assert await device_size(str(tmp_path / "absent")) is None
