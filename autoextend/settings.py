@@ -67,7 +67,7 @@ def _describe(err: dict[str, Any]) -> str:
         return "unknown key"
     if kind == "missing":
         return "required key is missing"
-    msg = str(err.get("msg", "invalid value"))
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     msg = msg[0].lower() + msg[1:] if msg else msg
     if "input" in err and kind not in ("model_type", "dict_type"):
         msg += f" (got {_short.repr(err['input'])})"
