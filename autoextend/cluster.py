@@ -71,6 +71,7 @@ class ClusterAgent:
         storage = await open_storage(path, lease_cfg.sector_size, lease_cfg.io_timeout_s)
         self.storage = storage
         try:
+            startup.check_lease_area_fits(path, lease_cfg.offset, storage.size)
             lease = LeaseService(storage, lease_cfg, self.clock)
             layout = MailboxLayout(
                 mailbox_base(self.settings.mailbox, lease_cfg.offset),

@@ -79,3 +79,16 @@ def check_volume_backend(backend: str, lvm_binary: str) -> None:
     if backend == "lvm" and shutil.which(lvm_binary) is None:
         raise StartupError(f"lvm.lvm_binary {lvm_binary}",
                            "not found (neither a path to an executable nor on PATH)")
+
+
+def check_lease_area_fits(path: str, offset: int, storage_size: int) -> None:
+    """The lease area (``[lease] offset`` + 4 MiB) must lie within the metadata area."""
+    from autoextend.lease.layout import LEASE_AREA_SIZE
+
+    end = offset + LEASE_AREA_SIZE
+    if end > storage_size:
+        raise StartupError(
+            f"lease.offset {offset}",
+            f"the lease area ({offset}..{end}) lies beyond the end of {path}"
+            f" ({storage_size} bytes)",
+        )
