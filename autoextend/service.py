@@ -252,7 +252,9 @@ async def serve(
     service = Service(settings, config_path=config_path, overrides=overrides)
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with anyio.create_task_group() as tg:
-            await tg.start(service.run)
+            # start_soon, not start: SIGTERM must stop a start-up that waits (a lease join
+            # takes seconds); a start-up error still ends the group and reaches the CLI.
+            tg.start_soon(service.run)
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     service.reload()

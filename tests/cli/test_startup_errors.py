@@ -264,3 +264,35 @@ def test_debug_adds_the_traceback_before_the_line(tmp_path: Path) -> None:
         f"autoextend: error: control socket {tmp_path}/file/ctl.sock:"
         f" {tmp_path}/file is not a directory"
     )
+
+
+# ---- stopping during start-up ----------------------------------------------------------------
+
+
+def test_sigterm_stops_a_start_up_that_waits(tmp_path: Path, area: Path) -> None:
+    """A lease join waits for seconds (minutes at io_timeout 60 s); SIGTERM (systemctl stop)
+    must end the service at once, cleanly, not after the join."""
+    text = mailbox_config(tmp_path, area, "max_hosts = 16").replace(
+        "io_timeout_s = 0.1\nwatchdog_fire_timeout_s = 0.2", "io_timeout_s = 60.0"
+    )
+    path = write_config(tmp_path / "c.toml", text)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoextend", "run", "--config", str(path), "--log-format",
+         "json"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "ctl.sock").exists():  # started before the lease join
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "the control socket never appeared"
+            time.sleep(0.05)
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=60)  # the join alone would take minutes
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert '"shutting down"' in stderr and '"joined the pool"' not in stderr
+    assert not (tmp_path / "ctl.sock").exists()
