@@ -214,7 +214,9 @@ class Service:
         vol = self.settings.volumes.backend
         async with anyio.create_task_group() as tg:
             with startup.step(f"volume backend {vol}"):
-                startup.check_volume_backend(vol, self.settings.lvm.lvm_binary)
+                await anyio.to_thread.run_sync(
+                    startup.check_volume_backend, vol, self.settings.lvm.lvm_binary
+                )
             with startup.step(f"control socket {sock}"):
                 await startup.check_control_socket_free(sock)
                 await tg.start(self.control.serve)
