@@ -27,7 +27,7 @@ from anyio.abc import TaskStatus
 from autoextend import startup, validation
 from autoextend.clock import Clock
 from autoextend.directio import SectorStorage, open_storage
-from autoextend.errors import AutoextendError, ConfigError, NotSpmError
+from autoextend.errors import AutoextendError, ConfigError, NotSpmError, StartupError
 from autoextend.lease.liveness import HostState
 from autoextend.lease.service import LeaseService
 from autoextend.logs import get_logger
@@ -72,7 +72,10 @@ class ClusterAgent:
         self.storage = storage
         try:
             startup.check_lease_area_fits(path, lease_cfg.offset, storage.size)
-            lease = LeaseService(storage, lease_cfg, self.clock)
+            try:
+                lease = LeaseService(storage, lease_cfg, self.clock)
+            except ValueError as exc:  # geometry of the detected sector size (4 KiB)
+                raise StartupError(f"lease area on {path}", str(exc)) from None
             layout = MailboxLayout(
                 mailbox_base(self.settings.mailbox, lease_cfg.offset),
                 storage.sector_size,

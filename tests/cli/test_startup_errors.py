@@ -296,3 +296,19 @@ def test_sigterm_stops_a_start_up_that_waits(tmp_path: Path, area: Path) -> None
     assert "Traceback" not in stderr
     assert '"shutting down"' in stderr and '"joined the pool"' not in stderr
     assert not (tmp_path / "ctl.sock").exists()
+
+
+async def test_max_hosts_too_many_for_a_4k_device(tmp_path: Path) -> None:
+    """lease.sector_size = 0 detects 4 KiB on this device, where 250 hosts do not fit."""
+    from autoextend.lvm import loopdev
+
+    backing = tmp_path / "area4k"
+    with backing.open("wb") as f:
+        f.truncate(64 << 20)
+    device = await loopdev.attach(backing, sector_size=4096, direct_io=True)
+    try:
+        text = mailbox_config(tmp_path, Path(device), "max_hosts = 1000")
+        start_fails(tmp_path, text, 1,
+                    f"lease area on {device}: max_hosts 1000 not in 1..500 for 4096-byte sectors")
+    finally:
+        await loopdev.detach(device)
