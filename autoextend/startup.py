@@ -43,8 +43,18 @@ def step(what: str) -> Iterator[None]:
 
 
 async def check_control_socket_free(path: str) -> None:
-    """Refuse to start when another service answers on ``path``: starting would unlink its
-    socket and leave two services extending the same volumes."""
+    """Refuse to start when another service answers on ``path`` (starting would unlink its
+    socket and leave two services extending the same volumes), or when something that is not
+    a socket is in the way."""
+    try:
+        mode = (await anyio.Path(path).stat()).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISSOCK(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a socket"
+        raise StartupError(f"control socket {path}",
+                           f"the path exists and is {kind} (remove it or set another"
+                           " service.control_socket)")
     try:
         with anyio.fail_after(2.0):
             stream = await anyio.connect_unix(path)

@@ -90,6 +90,19 @@ def test_control_socket_with_nul(tmp_path: Path) -> None:
                 "service.control_socket: must not contain a NUL byte")
 
 
+@pytest.mark.parametrize("kind", ["file", "directory"])
+def test_control_socket_path_taken_by_something_else(tmp_path: Path, kind: str) -> None:
+    sock = tmp_path / "ctl.sock"
+    if kind == "file":
+        sock.write_text("")
+    else:
+        sock.mkdir()
+    text = "a directory" if kind == "directory" else "not a socket"
+    start_fails(tmp_path, loop_config(tmp_path), 1,
+                f"control socket {sock}: the path exists and is {text}")
+    assert sock.exists()  # left alone
+
+
 @pytest.fixture
 def running_service(tmp_path: Path) -> Iterator[Path]:
     """A real ``autoextend run`` (loop volumes, no VMs), ready on its control socket."""
