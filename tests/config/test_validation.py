@@ -7,6 +7,9 @@ from typing import Any
 
 import pytest
 import tomli_w
+from hypothesis import given
+from hypothesis import settings as settings_profile
+from hypothesis import strategies as st
 
 from autoextend import settings, validation
 from autoextend.errors import ConfigError
@@ -132,3 +135,43 @@ def test_config_check_and_run_print_the_same_line(
 def test_config_check_accepts_what_run_starts_with(tmp_path: Path) -> None:
     path = write_config(tmp_path / "c.toml", loop_config(tmp_path))
     assert autoextend("--config", str(path), "config", "check").stdout == "config ok\n"
+
+
+section_choices = st.fixed_dictionaries({
+    "service": st.fixed_dictionaries({
+        "extender": st.sampled_from(["local", "mailbox"]),
+        "hypervisor": st.sampled_from(["qmp", "libvirt"]),
+    }),
+    "volumes": st.fixed_dictionaries({"backend": st.sampled_from(["lvm", "loop"])}),
+    "lvm": st.fixed_dictionaries({
+        "pvs": st.lists(st.sampled_from(["/dev/loop5", "/dev/loop6"]), max_size=2, unique=True),
+        "vgs": st.lists(st.sampled_from(["vg0", "vg1"]), max_size=2, unique=True),
+    }),
+    "lease": st.fixed_dictionaries({
+        "path": st.sampled_from(["", "/dev/shared"]), "host_id": st.integers(0, 4),
+    }),
+    "mailbox": st.fixed_dictionaries({
+        "path": st.sampled_from(["", "/dev/shared", "/dev/other"]),
+        "max_hosts": st.integers(1, 4),
+        "offset": st.sampled_from([None, 0, MAILBOX_OFFSET, MAILBOX_OFFSET + 4096, 4096 * 3]),
+    }),
+})
+
+
+@settings_profile(max_examples=200, deadline=None)
+@given(section_choices)
+def test_what_check_accepts_the_service_is_built_from(data: dict[str, Any]) -> None:
+    """Property: check_service passes exactly when every part of `run` can be built from
+    the settings (the volume backend, the hypervisor, the cluster agent, the monitor)."""
+    from autoextend.service import Service
+
+    if data["mailbox"]["offset"] is None:
+        del data["mailbox"]["offset"]
+    s = settings.from_mapping(data)
+    accepted = not validation.service_problems(s)
+    try:
+        Service(s)
+    except ConfigError:
+        assert not accepted
+    else:
+        assert accepted
