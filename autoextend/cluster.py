@@ -24,9 +24,10 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
+from autoextend import startup, validation
 from autoextend.clock import Clock
 from autoextend.directio import SectorStorage, open_storage
-from autoextend.errors import AutoextendError, NotSpmError
+from autoextend.errors import AutoextendError, ConfigError, NotSpmError, StartupError
 from autoextend.lease.liveness import HostState
 from autoextend.lease.service import LeaseService
 from autoextend.logs import get_logger
@@ -42,12 +43,10 @@ from autoextend.spm.server import SpmMailServer
 
 class ClusterAgent:
     def __init__(self, settings: Settings, host_backend: VolumeBackend, clock: Clock) -> None:
-        if not settings.lease.path:
-            raise AutoextendError("mailbox mode needs [lease] path (the shared metadata area)")
-        if settings.lease.host_id < 1:
-            raise AutoextendError("mailbox mode needs [lease] host_id (1..max_hosts)")
-        if not settings.lvm.vgs:
-            raise AutoextendError("mailbox mode needs [lvm] vgs (the pool's volume groups)")
+        # lease.path, host_id, lvm.vgs, mailbox.path/max_hosts/offset: autoextend.validation
+        found = validation.problems(settings, [validation.mailbox_mode_rule])
+        if found:
+            raise ConfigError("<settings>", found)
         self.settings = settings
         self.host_backend = host_backend
         self.clock = clock
@@ -67,13 +66,16 @@ class ClusterAgent:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Join, start the mailbox and the candidacy loop; ``started()`` once joined."""
         lease_cfg = self.settings.lease
-        path = self.settings.mailbox.path or lease_cfg.path
-        if path != lease_cfg.path:
-            raise AutoextendError("[mailbox] path must be empty or equal to [lease] path")
+        path = lease_cfg.path  # mailbox.path is empty or the same (validation)
+        await anyio.to_thread.run_sync(startup.check_metadata_area, path)
         storage = await open_storage(path, lease_cfg.sector_size, lease_cfg.io_timeout_s)
         self.storage = storage
         try:
-            lease = LeaseService(storage, lease_cfg, self.clock)
+            startup.check_lease_area_fits(path, lease_cfg.offset, storage.size)
+            try:
+                lease = LeaseService(storage, lease_cfg, self.clock)
+            except ValueError as exc:  # geometry of the detected sector size (4 KiB)
+                raise StartupError(f"lease area on {path}", str(exc)) from None
             layout = MailboxLayout(
                 mailbox_base(self.settings.mailbox, lease_cfg.offset),
                 storage.sector_size,

@@ -12,7 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # TOML has inf and nan; no key means anything by them (nan even passes range checks
+    # written as "not above the max"), so they are refused everywhere.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 # TOML arrays arrive as lists; keep them immutable tuples in the model. Items stay strict.

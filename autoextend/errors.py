@@ -7,6 +7,14 @@ turns them into exit code 2 for bad input, 1 for runtime failures).
 
 from __future__ import annotations
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
+def one_line(text: str) -> str:
+    """``text`` fit for one line of a terminal or a journal: runs of whitespace become one
+    space, other control characters (NUL, ESC, ...) are shown escaped."""
+    return " ".join(text.split()).translate(_CONTROL)
+
 
 class AutoextendError(Exception):
     """Root of all autoextend errors."""
@@ -23,7 +31,7 @@ class ConfigError(AutoextendError):
         self.source = source
         self.problems = problems
         parts = [f"{key}: {msg}" if key else msg for key, msg in problems]
-        super().__init__(f"{source}: " + "; ".join(parts))
+        super().__init__(one_line(f"{source}: " + "; ".join(parts)))
 
 
 class LabError(AutoextendError):
@@ -54,3 +62,18 @@ class NotSpmError(AutoextendError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(f"not SPM: {reason}")
+
+
+class StartupError(AutoextendError):
+    """Something this host lacks or refuses stopped the service from starting (a port in
+    use, a missing metadata area, a socket directory that cannot exist): the environment,
+    not the config file. The CLI prints it on one line and exits 1.
+
+    ``what`` names the part that could not start (``metrics endpoint 127.0.0.1:9466``),
+    ``reason`` says why (``address already in use``).
+    """
+
+    def __init__(self, what: str, reason: str) -> None:
+        self.what = what
+        self.reason = reason
+        super().__init__(one_line(f"{what}: {reason}"))

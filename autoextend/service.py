@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from autoextend import logs
+from autoextend import logs, startup, validation
 from autoextend import settings as settings_mod
 from autoextend.clock import Clock, MonotonicClock
 from autoextend.cluster import ClusterAgent
@@ -92,6 +92,7 @@ class Service:
         observer: MonitorObserver | None = None,
         notifier: Notifier | None = None,
     ) -> None:
+        validation.check_service(settings)  # `run` checked it already; direct callers too
         self.settings = settings
         self.config_path = config_path
         self.overrides = overrides or {}
@@ -210,6 +211,7 @@ class Service:
             new = settings_mod.load(self.config_path)
             if self.overrides:
                 new = settings_mod.with_overrides(new, self.overrides)
+            validation.check_service(new, settings_mod.source_name(self.config_path))
         except ConfigError as exc:
             log.error("config reload failed; keeping the old config", error=str(exc))
             return False
@@ -227,17 +229,29 @@ class Service:
                 await self.backend.aclose()
 
     async def _run(self, task_status: TaskStatus[None]) -> None:
+        # Each part starts inside startup.step(): what the machine refuses is one line, exit 1.
+        sock = self.settings.service.control_socket
+        vol = self.settings.volumes.backend
         async with anyio.create_task_group() as tg:
-            await tg.start(self.control.serve)
+            with startup.step(f"volume backend {vol}"):
+                await anyio.to_thread.run_sync(
+                    startup.check_volume_backend, vol, self.settings.lvm.lvm_binary
+                )
+            with startup.step(f"control socket {sock}"):
+                await startup.check_control_socket_free(sock)
+                await tg.start(self.control.serve)
             if self.cluster is not None:
-                await tg.start(self.cluster.run)
+                with startup.step(f"lease and mailbox on {self.settings.lease.path}"):
+                    await tg.start(self.cluster.run)
                 self.monitor.extender = self.cluster.extender()
             if self.settings.metrics.enabled:
-                self.metrics_address = await tg.start(
-                    serve_metrics, self.metrics.registry, self.settings.metrics.address,
-                    self.settings.metrics.port,
-                )
-            await tg.start(self.monitor.run)
+                m = self.settings.metrics
+                with startup.step(f"metrics endpoint {m.address}:{m.port}"):
+                    self.metrics_address = await tg.start(
+                        serve_metrics, self.metrics.registry, m.address, m.port
+                    )
+            with startup.step("monitor"):
+                await tg.start(self.monitor.run)
             tg.start_soon(self.notifier.watchdog_loop, self.clock)
             tg.start_soon(self._status_loop)
             self.notifier.ready(self.summary())
@@ -260,7 +274,9 @@ async def serve(
     service = Service(settings, config_path=config_path, overrides=overrides)
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with anyio.create_task_group() as tg:
-            await tg.start(service.run)
+            # start_soon, not start: SIGTERM must stop a start-up that waits (a lease join
+            # takes seconds); a start-up error still ends the group and reaches the CLI.
+            tg.start_soon(service.run)
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     service.reload()

@@ -6,6 +6,9 @@ Every problem is reported with its dotted key (``policy.chunk_mib: must be >= 1`
 
 from __future__ import annotations
 
+import os
+import reprlib
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +26,12 @@ from autoextend.qmp.config import QmpSettings
 from autoextend.spm.config import MailboxSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/autoextend/autoextend.toml")
+# A config file is a few KiB; anything past this is not one (and /dev/zero never ends).
+MAX_CONFIG_BYTES = 1 << 20
+# Deeper than any real config (policy.overrides is 3 levels); bounds every walk of the data.
+MAX_NESTING = 16
+_short = reprlib.Repr()
+_short.maxlevel, _short.maxstring, _short.maxother = 2, 60, 60
 
 
 class ServiceSettings(Section):
@@ -58,23 +67,79 @@ def _describe(err: dict[str, Any]) -> str:
         return "unknown key"
     if kind == "missing":
         return "required key is missing"
-    msg = str(err.get("msg", "invalid value"))
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     msg = msg[0].lower() + msg[1:] if msg else msg
     if "input" in err and kind not in ("model_type", "dict_type"):
-        msg += f" (got {err['input']!r})"
-    return msg
+        msg += f" (got {_short.repr(err['input'])})"
+    return " ".join(msg.split())  # one line, whatever the input held
+
+
+def _too_deep(data: Any, limit: int) -> bool:
+    """True when ``data`` nests lists/tables more than ``limit`` levels (no recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def from_mapping(data: dict[str, Any], source: str = "<config>") -> Settings:
-    """Validate a parsed TOML mapping. Raises ConfigError naming every bad key."""
+    """Validate a parsed TOML mapping: every key's type and range, then the value rules of
+    :mod:`autoextend.validation` (NUL bytes, byte lengths, ...). Raises ConfigError naming
+    every bad key."""
+    from autoextend import validation
+
+    if _too_deep(data, MAX_NESTING):
+        raise ConfigError(source, [("", f"arrays or tables nested deeper than {MAX_NESTING}")])
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
         problems = [
             (".".join(str(part) for part in err["loc"]), _describe(dict(err)))
             for err in exc.errors()
         ]
         raise ConfigError(source, problems) from None
+    found = validation.value_problems(settings)
+    if found:
+        raise ConfigError(source, found)
+    return settings
+
+
+def source_name(path: Path | str | None) -> str:
+    """How messages name the config: the file, or the defaults when the default file is
+    absent (what :func:`load` does)."""
+    if path is not None:
+        return str(path)
+    if DEFAULT_CONFIG_PATH.exists():
+        return str(DEFAULT_CONFIG_PATH)
+    return f"{DEFAULT_CONFIG_PATH} (absent: built-in defaults)"
+
+
+def _read_config(file: Path) -> bytes:
+    """The file's bytes: a regular file (or a pipe such as /dev/stdin) of at most
+    MAX_CONFIG_BYTES. OSError for what the OS refuses, ValueError for what is not a file."""
+    fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ValueError("is a directory, not a file")
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            raise ValueError("is not a regular file")
+        os.set_blocking(fd, True)
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_CONFIG_BYTES:
+                raise ValueError(f"is larger than {MAX_CONFIG_BYTES} bytes: not a config file")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def load(path: Path | str | None = None) -> Settings:
@@ -89,19 +154,25 @@ def load(path: Path | str | None = None) -> Settings:
     explicit = path is not None
     file = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     try:
-        raw = file.read_bytes()
+        raw = _read_config(file)
     except FileNotFoundError:
         if not explicit:
             return Settings()
         raise ConfigError(str(file), [("", "file not found")]) from None
     except OSError as exc:
-        raise ConfigError(str(file), [("", f"cannot read: {exc.strerror}")]) from None
+        raise ConfigError(str(file), [("", f"cannot read: {exc.strerror or exc}")]) from None
+    except ValueError as exc:
+        raise ConfigError(str(file), [("", str(exc))]) from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(str(file), [("", "not UTF-8 text")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(file), [("", f"TOML syntax error: {exc}")]) from None
+    except RecursionError:
+        raise ConfigError(
+            str(file), [("", f"arrays or tables nested deeper than {MAX_NESTING}")]
+        ) from None
     return from_mapping(data, str(file))
 
 

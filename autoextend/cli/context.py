@@ -1,4 +1,5 @@
-"""What every command gets: the config path and log options from the top-level group."""
+"""What every command gets: the config path and log options (given before or after the
+subcommand, see :mod:`autoextend.cli.options`)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,25 @@ from typing import Any
 
 import click
 
-from autoextend import logs, settings
+from autoextend import logs, settings, validation
 
 
 @dataclass
 class CliContext:
-    config_path: Path | None
-    log_level: str | None
-    log_format: str | None
+    config_path: Path | None = None
+    log_level: str | None = None
+    log_format: str | None = None
+    effective_log_level: str | None = None  # once a config is loaded: file + command line
+
+    @property
+    def debug(self) -> bool:
+        """Tracebacks are printed with errors (``--log-level debug``, or the config's)."""
+        return "debug" in (self.log_level, self.effective_log_level)
+
+    @property
+    def config_source(self) -> str:
+        """How messages name the config in use (the same for ``config check`` and ``run``)."""
+        return settings.source_name(self.config_path)
 
     def cli_overrides(self) -> dict[str, dict[str, Any]]:
         """What the command line says over the config file (kept across reloads)."""
@@ -34,7 +46,15 @@ class CliContext:
             merged[section] = {**merged.get(section, {}), **values}
         if merged:
             loaded = settings.with_overrides(loaded, merged)
+        self.effective_log_level = loaded.service.log_level
         logs.configure(loaded.service.log_level, loaded.service.log_format)
+        return loaded
+
+    def load_service_settings(self) -> settings.Settings:
+        """:meth:`load_settings` plus every rule ``autoextend run`` needs
+        (:func:`autoextend.validation.check_service`): ``run`` and ``config check``."""
+        loaded = self.load_settings()
+        validation.check_service(loaded, self.config_source)
         return loaded
 
     def setup_logs(self) -> None:
@@ -42,4 +62,4 @@ class CliContext:
         logs.configure(self.log_level or "info", self.log_format or "auto")  # type: ignore[arg-type]
 
 
-pass_ctx = click.make_pass_decorator(CliContext)
+pass_ctx = click.make_pass_decorator(CliContext, ensure=True)

@@ -1,60 +1,82 @@
 """Entry point: ``autoextend [--config F] [--log-level L] [--log-format F] COMMAND``.
 
-User mistakes (bad config, bad arguments) print one line and exit 2; runtime failures print
-one line and exit 1. Tracebacks appear only with ``--log-level debug``.
+The three options are accepted after the subcommand too (``autoextend run --config F``).
+User mistakes (bad config, bad arguments) print one line and exit 2; failures of the
+environment print one line and exit 1 (see :mod:`autoextend.cli.errors`). Tracebacks appear
+only with ``--log-level debug``.
 """
 
 from __future__ import annotations
 
 import sys
-import traceback
-from pathlib import Path
 
 import click
 
 from autoextend import __version__, settings
 from autoextend.cli.context import CliContext, pass_ctx
-from autoextend.errors import AutoextendError, ConfigError
+from autoextend.cli.errors import report
+from autoextend.cli.options import attach_everywhere
+
+EPILOG = """\b
+Options --config, --log-level and --log-format may also follow the command:
+  autoextend run --config /etc/autoextend/pool.toml --log-level debug
+
+\b
+Exit codes: 0 ok; 1 the environment failed (a port in use, a missing lease area,
+the service not running); 2 the config file or the command line is wrong. Either
+way the error is one line on stderr; --log-level debug adds the traceback.
+
+\b
+Shell completion (bash; zsh and fish alike with zsh_source / fish_source):
+  eval "$(_AUTOEXTEND_COMPLETE=bash_source autoextend)"
+"""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=EPILOG)
 @click.version_option(__version__, prog_name="autoextend")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help=f"Config file (default {settings.DEFAULT_CONFIG_PATH}; built-in defaults if absent).",
-)
-@click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None
-)
-@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default=None)
-@click.pass_context
-def cli(
-    ctx: click.Context, config_path: Path | None, log_level: str | None, log_format: str | None
-) -> None:
+def cli() -> None:
     """Keep thin-provisioned VM disks on shared block storage from running out of space."""
-    ctx.obj = CliContext(config_path, log_level, log_format)
 
 
-@cli.group("config")
+@cli.group("config", epilog="""\b
+Examples:
+  autoextend config check                          # the default file
+  autoextend config check --config ./pool.toml     # exit 2 and one line if unusable
+  autoextend --config ./pool.toml config show > effective.toml
+""")
 def config_group() -> None:
-    """Inspect the configuration."""
+    """Inspect and validate the configuration.
+
+    The config is one TOML file (default /etc/autoextend/autoextend.toml; the built-in
+    defaults when that file is absent). config/autoextend.toml in the source tree documents
+    every key with its default and the reason for it.
+    """
 
 
 @config_group.command("show")
 @pass_ctx
 def config_show(obj: CliContext) -> None:
-    """Print the effective configuration (file merged over defaults) as TOML."""
+    """Print the effective configuration (the file merged over the defaults) as TOML.
+
+    Keys left unset (no TOML form) are left out. The output is a valid config file.
+    """
     click.echo(settings.dump_toml(obj.load_settings()), nl=False)
 
 
 @config_group.command("check")
 @pass_ctx
 def config_check(obj: CliContext) -> None:
-    """Validate the config file; exit 2 with the problems if it is not usable."""
-    obj.load_settings()
+    """Validate the config file with every rule `autoextend run` applies.
+
+    Checks each key's type and range, NUL bytes and byte lengths of paths and names, and the
+    rules across sections (volumes.backend = "lvm" needs lvm.pvs; service.extender =
+    "mailbox" needs lease.path, lease.host_id and lvm.vgs; ...). Prints "config ok" and exits
+    0, or prints one line naming every problem and exits 2: the same line `autoextend run`
+    prints for that file. What the machine must provide (the lease area, free ports) is
+    checked when the service starts (exit 1).
+    """
+    obj.load_service_settings()
     click.echo("config ok")
 
 
@@ -65,33 +87,28 @@ def _register_commands() -> None:
     cli.add_command(lab.lab)
     cli.add_command(lease.lease)
     cli.add_command(spm.spm)
+    attach_everywhere(cli)
 
 
 _register_commands()
 
 
+def _argv_debug(argv: list[str]) -> bool:
+    for i, arg in enumerate(argv):
+        if arg == "--log-level=debug" or (arg == "--log-level" and argv[i + 1:i + 2] == ["debug"]):
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
-    debug = "--log-level" in (argv or sys.argv) and "debug" in (argv or sys.argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    obj = CliContext()
     try:
-        rv = cli.main(args=argv, prog_name="autoextend", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+        rv = cli.main(args=args, prog_name="autoextend", standalone_mode=False, obj=obj)
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except ConfigError as exc:
-        click.echo(f"autoextend: config error: {exc}", err=True)
-        return 2
-    except AutoextendError as exc:
-        if debug:
-            traceback.print_exc()
-        click.echo(f"autoextend: error: {exc}", err=True)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    except (Exception, KeyboardInterrupt, BaseExceptionGroup) as exc:  # the one error path
+        return report(exc, debug=obj.debug or _argv_debug(args))
     return rv if isinstance(rv, int) else 0
 
 

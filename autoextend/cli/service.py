@@ -11,17 +11,40 @@ import click
 
 from autoextend.cli.context import CliContext, pass_ctx
 
+RUN_EPILOG = """\b
+Examples:
+  autoextend run                                   # /etc/autoextend/autoextend.toml
+  autoextend run --config ./pool.toml --log-level debug
+  systemctl reload autoextend                      # SIGHUP: re-read the config file
 
-@click.command("run")
+\b
+Start-up: the config is checked first with every rule of `autoextend config check`
+(a problem: one line, exit 2). Then the control socket, the lease and mailbox (mailbox
+mode), the metrics endpoint and the monitor start, in that order; whatever the machine
+refuses (a port in use, a missing or unformatted lease area, a socket directory that
+cannot be made) is one line naming the part and the reason, exit 1. READY=1 goes to
+systemd once all of it is up.
+"""
+
+
+@click.command("run", epilog=RUN_EPILOG)
 @pass_ctx
 def run(obj: CliContext) -> None:
-    """Run the service (monitor, extender, lease and SPM role as configured).
+    """Run the service: watch the VMs, extend their volumes, resume ENOSPC pauses.
 
-    SIGTERM/SIGINT stop it cleanly; SIGHUP reloads the config file.
+    What runs follows the config: the hypervisor backend ([service] hypervisor: QMP sockets or
+    libvirt), the extender ([service] extender: "local" extends through the volume backend on
+    this host, "mailbox" asks the SPM over the shared storage and takes part in the SPM
+    election with the Disk Paxos lease), the control socket for `autoextend status`, and the
+    Prometheus endpoint ([metrics]).
+
+    Logs go to stderr (JSON lines unless stderr is a TTY). SIGTERM or SIGINT stop the service
+    cleanly; SIGHUP re-reads the config file (an invalid file is logged and the running config
+    kept; command-line options stay applied).
     """
     from autoextend.service import run_service
 
-    run_service(obj.load_settings(), obj.config_path, obj.cli_overrides())
+    run_service(obj.load_service_settings(), obj.config_path, obj.cli_overrides())
 
 
 def _human(size: Any) -> str:
@@ -64,11 +87,31 @@ def render_status(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@click.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+STATUS_EPILOG = """\b
+Examples:
+  autoextend status
+  autoextend status --json | jq '.vms[] | select(.paused)'
+  autoextend status --config /etc/autoextend/pool.toml   # its [service] control_socket
+
+\b
+Output: the SPM line (mailbox mode: the SPM's host id, this host's id and lease
+health), a summary line (hypervisor, extender, extends in flight and done, failures,
+ENOSPC pauses, automatic resumes), then each VM (PAUSED with the reason when paused)
+and each of its drives: volume, state, allocation / physical size / cap, threshold and
+the last error. Exit 1 with one line when the service is not running.
+"""
+
+
+@click.command("status", epilog=STATUS_EPILOG)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (stdout).")
 @pass_ctx
 def status(obj: CliContext, as_json: bool) -> None:
-    """Show what the running service is doing (talks to it over its control socket)."""
+    """Show what the running service is doing.
+
+    Asks the running `autoextend run` over its control socket ([service] control_socket,
+    mode 0600: run as root) and prints its state. The sizes are in bytes in --json, rounded
+    MiB/GiB otherwise.
+    """
     from autoextend import control
 
     settings = obj.load_settings()

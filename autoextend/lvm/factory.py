@@ -53,9 +53,9 @@ def make_volume_backend(
             settings.volumes.loop_root, settings.volumes.loop_extent_mib << 20, authority
         )
     if not settings.lvm.pvs:
-        raise ConfigError(
-            "<settings>", [("lvm.pvs", "must list the pool's PVs for volumes.backend = lvm")]
-        )
+        from autoextend.validation import PVS_MESSAGE  # the rule lives there
+
+        raise ConfigError("<settings>", [("lvm.pvs", PVS_MESSAGE)])
     runner = make_runner(settings.lvm)
     config = command_config(settings.lvm)
     writer = None if authority is None else LvmWriter(runner, config, authority)

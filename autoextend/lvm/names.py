@@ -24,6 +24,39 @@ def is_valid_name(name: str) -> bool:
     )
 
 
+# LV names lvm2 reserves for its own internal (component) volumes, as lvm2's
+# apply_lvname_restrictions() does (lib/misc/lvm-string.c, lvm2 2.03): a name starting with a
+# reserved prefix, or containing a reserved part anywhere. "_mimagetmp" and "_rimage_N" are
+# covered by "_mimage" and "_rimage". lvm2 refuses to create such names, so an LV called so is
+# one of its internal volumes: never a VM disk to extend.
+RESERVED_LV_PREFIXES = ("pvmove", "snapshot")
+RESERVED_LV_PARTS = (
+    "_cdata", "_cmeta", "_corig", "_cpool", "_cvol", "_wcorig", "_mimage", "_mlog", "_rimage",
+    "_rmeta", "_tdata", "_tmeta", "_vdata", "_imeta", "_iorig", "_pmspare", "_vorigin",
+)
+
+
+def reserved_lv_word(name: str) -> str | None:
+    """The reserved prefix or part of lvm2 that ``name`` uses, or None."""
+    for prefix in RESERVED_LV_PREFIXES:
+        if name.startswith(prefix):
+            return prefix
+    for part in RESERVED_LV_PARTS:
+        if part in name:
+            return part
+    return None
+
+
+def lv_name_problem(name: str) -> str | None:
+    """Why ``name`` is not an LV name autoextend acts on (invalid, or reserved), or None."""
+    if not is_valid_name(name):
+        return "not a valid LVM name"
+    word = reserved_lv_word(name)
+    if word is not None:
+        return f"reserved for lvm2 internal volumes ({word!r})"
+    return None
+
+
 def check_name(kind: str, name: str) -> str:
     """Return ``name`` or raise ValueError naming what is wrong with it."""
     if not is_valid_name(name):
@@ -64,7 +97,7 @@ def parse_mapper_name(name: str) -> VolumeRef | None:
             vg = "".join(vg_chars)
             rest = name[i + 1 :]
             lv = _undouble(rest)
-            if lv is None or not is_valid_name(vg) or not is_valid_name(lv):
+            if lv is None or not is_valid_name(vg) or lv_name_problem(lv) is not None:
                 return None
             return VolumeRef(vg, lv)
         vg_chars.append(char)
@@ -94,12 +127,13 @@ def lvm_device_path(volume: VolumeRef) -> str:
 
 
 def parse_lvm_device_path(path: str) -> VolumeRef | None:
-    """Map ``/dev/<vg>/<lv>`` or ``/dev/mapper/<vg>-<lv>`` to ``vg/lv``; None otherwise."""
+    """Map ``/dev/<vg>/<lv>`` or ``/dev/mapper/<vg>-<lv>`` to ``vg/lv``; None otherwise
+    (also for lvm2's internal volumes, ``vg-pool_tdata`` and the like: never ours)."""
     if path.startswith("/dev/mapper/"):
         return parse_mapper_name(path[len("/dev/mapper/") :])
     parts = path.split("/")
     if len(parts) == 4 and parts[0] == "" and parts[1] == "dev":
         vg, lv = parts[2], parts[3]
-        if is_valid_name(vg) and is_valid_name(lv) and vg not in ("mapper", "disk"):
+        if is_valid_name(vg) and lv_name_problem(lv) is None and vg not in ("mapper", "disk"):
             return VolumeRef(vg, lv)
     return None

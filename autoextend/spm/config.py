@@ -1,12 +1,11 @@
 """The ``[mailbox]`` section: the storage mailbox between hosts and the SPM.
 
-Every host and the SPM must agree on ``offset``, ``max_hosts`` and the sector size: they fix
-the layout on the shared metadata area (see ``autoextend/spm/README.md``).
+Every host and the SPM must agree on ``offset``, ``max_hosts`` and the sector size (the
+lease area's: ``[lease] sector_size``): they fix the layout on the shared metadata area (see
+``autoextend/spm/README.md``).
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 from pydantic import Field
 
@@ -22,8 +21,6 @@ class MailboxSettings(Section):
     # Byte offset of the mailbox region on the metadata area (multiple of 4096).
     # Unset: right after the lease area ([lease] offset + lease.layout.MAILBOX_OFFSET).
     offset: int | None = Field(None, ge=0)
-    # 0 = the device's logical sector size (or the lease section's), else forced.
-    sector_size: Literal[0, 512, 4096] = 0
     # Host ids 1..max_hosts have a mailbox (one ring sector + 16 KiB each). 250 = the [lease]
     # max_hosts default (host ids cannot be higher); up to 2000 (sanlock's HOSTS_MAX). The
     # SPM's idle reads and its cold-path latency grow with it (see README.md, I/O budget).

@@ -1,4 +1,5 @@
-"""What the SPM accepts in a request (pure): VG in the pool, LVM-valid names, a sane size.
+"""What the SPM accepts in a request (pure): VG in the pool, LVM-valid names that are not
+lvm2's reserved internal names (``autoextend.lvm.names.lv_name_problem``), a sane size.
 
 A request that fails here gets a REJECTED reply with a reason and is never acted upon.
 """
@@ -8,30 +9,14 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from autoextend.lvm.names import is_valid_name
+from autoextend.lvm.names import is_valid_name, lv_name_problem
 from autoextend.spm.wire import ReasonCode, Request
-
-# LV names lvm2 reserves for its internal volumes: never ours to extend.
-_RESERVED_LV_PREFIXES = ("snapshot", "pvmove")
-_RESERVED_LV_PARTS = (
-    "_cdata", "_cmeta", "_corig", "_iorig", "_mimage", "_mlog", "_pmspare", "_rimage",
-    "_rmeta", "_tdata", "_tmeta", "_vdata", "_vorigin", "_wcorig",
-)
 
 
 @dataclass(frozen=True)
 class Rejection:
     reason: ReasonCode
     text: str
-
-
-def lv_name_problem(name: str) -> str | None:
-    """Why ``name`` is not an LV name we act on, or None."""
-    if not is_valid_name(name):
-        return "not a valid LVM name"
-    if name.startswith(_RESERVED_LV_PREFIXES) or any(p in name for p in _RESERVED_LV_PARTS):
-        return "reserved for lvm2 internal volumes"
-    return None
 
 
 def check_request(
