@@ -26,7 +26,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/autoextend/autoextend.toml")
 
 
 class ServiceSettings(Section):
-    hypervisor: Literal["qmp", "libvirt"] = "qmp"
+    hypervisor: Literal["qmp", "libvirt"] = "libvirt"
     extender: Literal["local", "mailbox"] = "local"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
