@@ -64,6 +64,7 @@ async def test_dashboard_and_alerts_against_real_prometheus(lab_tmp_path: Path) 
         with prometheus(lab_tmp_path / "prometheus", targets) as prom:
             await until(prom, lambda pr: len([r for r in pr.query("up == 1")]) == 2, 60,
                         "both hosts scraped")
+            t0 = time.time()
             host_id = 2 if spm == 1 else 1  # the guest runs on the host that is not SPM
             g = await p.start_guest(host_id, "vm1", GuestJob(mib=256), start_mib=64,
                                     virtual_mib=512)
@@ -94,10 +95,6 @@ async def test_dashboard_and_alerts_against_real_prometheus(lab_tmp_path: Path) 
             phases = {r["metric"]["phase"] for r in p99}
             assert {"total", "request", "refresh", "rearm"} <= phases, phases
 
-            png = os.environ.get("AUTOEXTEND_DASHBOARD_PNG")
-            if png:
-                await anyio.to_thread.run_sync(_render, prom, Path(png))
-
             await p.volumes.set_vg_capacity("demo", 1024 * MiB)  # space added
             result = await g.vm.result(timeout=300)
             assert result.verified
@@ -108,9 +105,12 @@ async def test_dashboard_and_alerts_against_real_prometheus(lab_tmp_path: Path) 
             resumes = await anyio.to_thread.run_sync(
                 prom.query, "sum(autoextend_resumes_total)")
             assert float(resumes[0]["value"][1]) >= 1
+            png = os.environ.get("AUTOEXTEND_DASHBOARD_PNG")
+            if png:
+                await anyio.to_thread.run_sync(_render, prom, Path(png), t0)
 
 
-def _render(prom: Prometheus, out: Path) -> None:
+def _render(prom: Prometheus, out: Path, start: float) -> None:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -118,5 +118,4 @@ def _render(prom: Prometheus, out: Path) -> None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    end = time.time()
-    module.render(prom.url, out, start=end - 240, end=end, step=2)
+    module.render(prom.url, out, start=start - 5, end=time.time(), step=1)
