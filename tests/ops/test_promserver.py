@@ -11,6 +11,7 @@ from autoextend.lab.leftovers import leftover_processes
 
 from .promserver import fast_rules, prometheus
 
+
 def test_fast_rules_shorten_every_for() -> None:
     text = "    rules:\n      - alert: A\n        expr: up == 0\n        for: 5m\n"
     assert fast_rules(text) == text.replace("for: 5m", "for: 3s")
