@@ -18,7 +18,8 @@ setup: apt venv guest
 
 # apt: install only what is missing, so a second run costs one dpkg query.
 apt: $(APT_STAMP)
-$(APT_STAMP):
+# Re-checked when the Makefile (the package list) changes: only missing packages are installed.
+$(APT_STAMP): Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing: $$missing"; \
