@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := qemu-system-x86 qemu-utils lvm2 libvirt-daemon-system libvirt-dev pkg-config \
-	busybox-static cpio sanlock gcc python3-venv python3-dev util-linux strace
+	busybox-static cpio sanlock gcc python3-venv python3-dev util-linux strace prometheus
 APT_STAMP := $(VENV)/.apt-done
 PIP_STAMP := $(VENV)/.pip-done
 GUEST_STAMP := $(VENV)/.guest-done
@@ -20,7 +20,8 @@ setup: apt venv guest
 
 # apt: install only what is missing, so a second run costs one dpkg query.
 apt: $(APT_STAMP)
-$(APT_STAMP):
+# Re-checked when the Makefile (the package list) changes: only missing packages are installed.
+$(APT_STAMP): Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing: $$missing"; \

@@ -66,7 +66,12 @@ class Metrics(NullObserver):
                               "Virtual disk size (guest view)", ["volume"], registry=r)
         self.cap = Gauge("autoextend_volume_cap_bytes", "Largest size the volume may reach",
                          ["volume"], registry=r)
+        self.vms_paused = Gauge(
+            "autoextend_vms_paused", "VMs paused right now, by reason", ["reason"], registry=r)
+        for reason in PauseReason:
+            self.vms_paused.labels(reason.value).set(0)
         self._drives: set[tuple[str, str]] = set()
+        self._paused: dict[str, PauseReason] = {}
 
     # ---- feeds from the lease and mailbox (callables evaluated at scrape time)
 
@@ -91,6 +96,8 @@ class Metrics(NullObserver):
     def drive_gone(self, vm: str, drive: str, volume: VolumeRef) -> None:
         self._drives.discard((vm, drive))
         self.drives_monitored.set(len(self._drives))
+        if not any(name == vm for name, _ in self._drives):
+            self._set_paused(vm, None)
         for gauge in (self.allocation, self.physical, self.capacity, self.cap):
             try:
                 gauge.remove(str(volume))
@@ -113,10 +120,22 @@ class Metrics(NullObserver):
         self.pauses.labels(reason.value).inc()
         if reason is PauseReason.ENOSPC:
             self.enospc_pauses.inc()
+        self._set_paused(vm, reason)
 
     def resumed(self, vm: str, automatic: bool) -> None:
         if automatic:
             self.resumes.inc()
+        self._set_paused(vm, None)
+
+    def _set_paused(self, vm: str, reason: PauseReason | None) -> None:
+        """Keep ``autoextend_vms_paused`` (what the "VM paused too long" alert reads)."""
+        if reason is None:
+            self._paused.pop(vm, None)
+        else:
+            self._paused[vm] = reason
+        for r in PauseReason:
+            self.vms_paused.labels(r.value).set(
+                sum(1 for v in self._paused.values() if v is r))
 
     def drive_at_cap(self, vm: str, drive: str, volume: VolumeRef) -> None:
         self.at_cap.inc()

@@ -184,6 +184,7 @@ class Service:
         return {
             "service": {
                 "hypervisor": self.settings.service.hypervisor,
+                "hypervisor_problem": getattr(self.hypervisor, "watch_problem", lambda: None)(),
                 "extender": self.settings.service.extender,
                 "dry_run": self.monitor.dry_run,
                 "extends_in_flight": self.monitor.extends_in_flight,

@@ -35,7 +35,7 @@ _short.maxlevel, _short.maxstring, _short.maxother = 2, 60, 60
 
 
 class ServiceSettings(Section):
-    hypervisor: Literal["qmp", "libvirt"] = "qmp"
+    hypervisor: Literal["qmp", "libvirt"] = "libvirt"
     extender: Literal["local", "mailbox"] = "local"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -71,6 +71,8 @@ def render_status(result: dict[str, Any]) -> str:
         f" {svc.get('failed', 0)} failed, {svc.get('enospc_pauses', 0)} ENOSPC pauses,"
         f" {svc.get('resumes', 0)} resumed"
     )
+    if svc.get("hypervisor_problem"):
+        lines.append(f"WARNING: {svc['hypervisor_problem']}")
     vms = result.get("vms", [])
     if not vms:
         lines.append("no VMs monitored")

@@ -1,9 +1,9 @@
 """Find (and clean up) lab resources a test session left behind.
 
 A resource belongs to a session when it points into one of the session's directories: a loop
-device whose backing file lives there, or a QEMU / libvirtd / virtlogd process whose command
-line names a path there. Direct child processes of the session count too. Other sessions'
-resources (other engineers run tests on the same machine) are never reported or touched.
+device whose backing file lives there, or a QEMU / libvirtd / virtlogd / Prometheus process
+whose command line names a path there. Direct child processes of the session count too. Other
+sessions' resources (other engineers run tests on the same machine) are never reported or touched.
 
 Synchronous on purpose: it runs from pytest's ``sessionfinish`` hook, outside the event loop.
 """
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-WATCHED_PROGRAMS = ("qemu-system", "libvirtd", "virtlogd", "virtqemud")
+WATCHED_PROGRAMS = ("qemu-system", "libvirtd", "virtlogd", "virtqemud", "prometheus")
 
 
 @dataclass(frozen=True)

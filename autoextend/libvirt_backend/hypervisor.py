@@ -80,6 +80,7 @@ class LibvirtHypervisor:
         self.connects = 0  # successful connections so far (a reconnect makes it > 1)
         #: A VM's stats or XML refused as malformed (that VM's call fails; nothing else).
         self.session_failures = 0
+        self._connect_error: str | None = None  # the last failure while not connected
 
     # ------------------------------------------------------------------ extras
 
@@ -94,6 +95,12 @@ class LibvirtHypervisor:
     def vms(self) -> set[str]:
         """Names of the running domains as last seen."""
         return set(self._tracker.active)
+
+    def watch_problem(self) -> str | None:
+        """Why nothing can be watched right now (for ``status``), or None."""
+        if self.connected or self._connect_error is None:
+            return None
+        return f"libvirt {self.uri} cannot be reached (retrying): {self._connect_error}"
 
     # ------------------------------------------------------------------ protocol
 
@@ -201,13 +208,18 @@ class LibvirtHypervisor:
                 conn = await LibvirtConnection.open(s)
             except LibvirtConnectFailed as err:
                 failures += 1
+                self._connect_error = err.reason
+                # One warning per outage (the first failure), retries at debug.
                 (log.warning if failures == 1 else log.debug)(
-                    "libvirt connect failed", uri=s.uri, error=err.reason, failures=failures)
+                    "libvirt connect failed", uri=s.uri, error=err.reason, failures=failures,
+                    retry="watching nothing until libvirtd answers; retrying",
+                    retry_s=delay)
                 mark_started()
                 await self._clock.sleep(delay)
                 delay = min(delay * 2, s.reconnect_max_s)
                 continue
             failures, delay = 0, s.reconnect_interval_s
+            self._connect_error = None
             try:
                 await self._serve(conn, mark_started)
             except LibvirtBackendError as err:

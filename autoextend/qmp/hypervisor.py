@@ -122,6 +122,9 @@ class QmpHypervisor:
                     await watcher.first_attempt.wait()
             log.info("qmp discovery started", glob=self.settings.socket_glob,
                      vms=len(self._sessions), sockets=len(self._watchers))
+            if not self._watchers:
+                log.warning("no QMP socket matches the glob: watching nothing until one appears",
+                            glob=self.settings.socket_glob)
             task_status.started()
             while True:
                 await self._clock.sleep(self.settings.rescan_interval_s)
@@ -153,6 +156,12 @@ class QmpHypervisor:
     def vms(self) -> dict[str, str]:
         """Connected VMs: name -> QMP socket path."""
         return {name: s.conn.path for name, s in self._sessions.items()}
+
+    def watch_problem(self) -> str | None:
+        """Why nothing can be watched right now (for ``status``), or None."""
+        if not self._watchers:
+            return f"no QMP socket matches {self.settings.socket_glob}"
+        return None
 
     def _session(self, vm: str, command: str) -> VmSession:
         session = self._sessions.get(vm)

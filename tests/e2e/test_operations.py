@@ -158,7 +158,7 @@ def test_run_with_sd_notify_sighup_reload_and_sigterm() -> None:
     work = Path(tempfile.mkdtemp(prefix="ae-run-", dir="/var/tmp"))
     cfg = work / "autoextend.toml"
     good = (
-        f'[service]\ncontrol_socket = "{work}/ctl.sock"\n'
+        f'[service]\nhypervisor = "qmp"\ncontrol_socket = "{work}/ctl.sock"\n'
         f'[qmp]\nsocket_glob = "{work}/qmp/*.sock"\n'
         f'[volumes]\nbackend = "loop"\nloop_root = "{work}/volumes"\n'
     )

@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Generate the Grafana dashboard for autoextend: ``python3 contrib/grafana/dashboard.py``.
+
+Writes ``contrib/grafana/autoextend.json`` next to this file (``--stdout`` prints it instead).
+Standard library only. The panel list below is the single source: the dashboard JSON, the
+end-to-end test that runs every expression against a real Prometheus (tests/ops) and the PNG
+renderer (render_png.py) all read it.
+
+Expressions use fixed 5 m windows rather than Grafana's ``$__rate_interval`` so that they are
+plain PromQL (the test sends them to Prometheus's HTTP API as they are).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).resolve().parent / "autoextend.json"
+W = "5m"
+
+
+@dataclass(frozen=True)
+class Target:
+    expr: str
+    legend: str
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    unit: str
+    targets: tuple[Target, ...]
+    description: str = ""
+
+
+def _q(quantile: float) -> str:
+    return (f"histogram_quantile({quantile}, sum by (phase, le) "
+            f"(rate(autoextend_extend_duration_seconds_bucket[{W}])))")
+
+
+PANELS: tuple[Panel, ...] = (
+    Panel("Extension latency by phase, p50", "s", (
+        Target(_q(0.5), "{{phase}}"),),
+        "From the threshold event to the re-armed threshold (total) and its phases: wait, "
+        "extender, request (mailbox round trip), spm_extend, extend, refresh, rearm."),
+    Panel("Extension latency by phase, p99", "s", (
+        Target(_q(0.99), "{{phase}}"),)),
+    Panel("Extensions and failures", "ops", (
+        Target(f"sum by (result) (rate(autoextend_extend_requests_total[{W}]))", "{{result}}"),
+        Target(f"sum(rate(autoextend_vg_full_total[{W}]))", "VG full"),
+        Target(f"sum(rate(autoextend_drives_at_cap_total[{W}]))", "drive at cap"),
+        Target("sum(autoextend_extends_in_flight)", "in flight")),
+        "Per second. result=failed is retried with backoff; VG full and at cap are refusals."),
+    Panel("Pauses and resumes", "short", (
+        Target("sum by (reason) (autoextend_vms_paused)", "paused now: {{reason}}"),
+        Target(f"sum by (reason) (increase(autoextend_vm_pauses_total[{W}]))",
+               "pauses ({{reason}}) /5m"),
+        Target(f"sum(increase(autoextend_resumes_total[{W}]))", "automatic resumes /5m")),
+        "VMs paused right now and pauses/resumes in the last 5 minutes."),
+    Panel("Volume headroom", "bytes", (
+        Target("autoextend_volume_physical_bytes - autoextend_volume_allocation_bytes",
+               "free in {{volume}}"),
+        Target("autoextend_volume_cap_bytes - autoextend_volume_physical_bytes",
+               "left to cap: {{volume}}")),
+        "Per volume: written space still free, and how far the volume may still grow. "
+        "(VG capacity gauges are not exported yet.)"),
+    Panel("Hosts and drives", "short", (
+        Target('up{job=~".*autoextend.*"}', "up {{instance}}"),
+        Target("autoextend_drives_monitored", "drives {{instance}}")),),
+    Panel("SPM and lease health", "s", (
+        Target("autoextend_lease_renewal_age_seconds", "renewal age {{instance}}"),
+        Target("autoextend_spm_is_spm", "is SPM {{instance}}"),
+        Target("sum(autoextend_spm_is_spm)", "SPMs in pool")),
+        "The lease is lost 8 x io_timeout after the last renewal; exactly one SPM is normal."),
+    Panel("Mailbox traffic", "ops", (
+        Target(f"rate(autoextend_mailbox_requests_sent[{W}])", "sent {{instance}}"),
+        Target(f"rate(autoextend_spm_mailbox_messages_received[{W}])",
+               "received by SPM {{instance}}"),
+        Target("autoextend_spm_mailbox_corrupt_sectors", "corrupt sectors {{instance}}")),
+        "Requests per second written by each host and taken up by the SPM (per term)."),
+)
+
+
+def dashboard() -> dict[str, Any]:
+    panels: list[dict[str, Any]] = []
+    for i, p in enumerate(PANELS):
+        panels.append({
+            "id": i + 1,
+            "type": "timeseries",
+            "title": p.title,
+            "description": p.description,
+            "datasource": {"type": "prometheus", "uid": "${datasource}"},
+            "gridPos": {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)},
+            "fieldConfig": {"defaults": {"unit": p.unit}, "overrides": []},
+            "options": {"legend": {"displayMode": "list", "placement": "bottom"},
+                        "tooltip": {"mode": "multi"}},
+            "targets": [
+                {"refId": chr(ord("A") + j), "expr": t.expr, "legendFormat": t.legend,
+                 "datasource": {"type": "prometheus", "uid": "${datasource}"}}
+                for j, t in enumerate(p.targets)
+            ],
+        })
+    return {
+        "uid": "autoextend",
+        "title": "autoextend",
+        "tags": ["autoextend", "storage"],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "templating": {"list": [{
+            "name": "datasource", "label": "Prometheus", "type": "datasource",
+            "query": "prometheus", "current": {}, "hide": 0}]},
+        "annotations": {"list": []},
+        "panels": panels,
+    }
+
+
+def render() -> str:
+    return json.dumps(dashboard(), indent=2) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    if "--stdout" in argv:
+        sys.stdout.write(render())
+    else:
+        OUT.write_text(render())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

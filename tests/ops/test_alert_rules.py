@@ -1,0 +1,52 @@
+"""The shipped alert rules load in Prometheus and pass their unit tests (promtool)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+RULES_DIR = Path(__file__).resolve().parents[2] / "contrib" / "prometheus"
+
+promtool = shutil.which("promtool")
+
+
+@pytest.fixture(autouse=True)
+def _have_promtool() -> None:
+    # Not a skip: `make test` installs the prometheus package, so a missing promtool is an error.
+    assert promtool is not None, "promtool missing: apt-get install prometheus (make setup does)"
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    assert promtool is not None
+    return subprocess.run([promtool, *args], cwd=RULES_DIR, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def test_rules_are_valid() -> None:
+    result = _promtool("check", "rules", "alerts.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 10 rules found" in result.stdout
+
+
+def test_rules_pass_their_unit_tests() -> None:
+    result = _promtool("test", "rules", "alerts_test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_unit_tests_catch_a_broken_rule(tmp_path: Path) -> None:
+    """A rule with the wrong threshold fails the tests: the tests can fail."""
+    rules = (RULES_DIR / "alerts.yml").read_text()
+    broken = rules.replace("autoextend_lease_renewal_age_seconds > 60",
+                           "autoextend_lease_renewal_age_seconds > 600")
+    assert broken != rules
+    (tmp_path / "alerts.yml").write_text(broken)
+    shutil.copy(RULES_DIR / "alerts_test.yml", tmp_path)
+    assert promtool is not None
+    result = subprocess.run([promtool, "test", "rules", "alerts_test.yml"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode != 0
+    assert "AutoextendLeaseRenewalLate" in result.stdout + result.stderr

@@ -1,0 +1,80 @@
+"""Packaging: the wheel and sdist install into a fresh virtualenv; the systemd unit matches
+the install steps in the README."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from autoextend import __version__
+from autoextend.settings import DEFAULT_CONFIG_PATH
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = ROOT / "config" / "autoextend.service"
+
+
+def _run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False,
+                            **kwargs)  # type: ignore[call-overload]
+    assert result.returncode == 0, f"{shlex.join(cmd)}:\n{result.stdout}\n{result.stderr}"
+    return result  # type: ignore[no-any-return]
+
+
+def test_license_is_an_spdx_string() -> None:
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert meta["project"]["license"] == "GPL-2.0-or-later"
+    assert "setuptools>=77" in meta["build-system"]["requires"]
+    assert meta["project"]["scripts"]["autoextend"] == "autoextend.cli.main:main"
+
+
+def _unit_exec_start() -> list[str]:
+    (line,) = [ln for ln in UNIT.read_text().splitlines() if ln.startswith("ExecStart=")]
+    return shlex.split(line.removeprefix("ExecStart="))
+
+
+def test_systemd_unit_matches_the_install_steps() -> None:
+    argv = _unit_exec_start()
+    binary = argv[0]
+    # README: `pip install .` as root (pip's scripts dir /usr/local/bin) or the symlink
+    # `ln -s .venv/bin/autoextend /usr/local/bin/autoextend`: both put the entry point here.
+    assert binary == "/usr/local/bin/autoextend"
+    readme = (ROOT / "README.md").read_text()
+    install = readme.split("### Install and enable", 1)[1].split("###", 1)[0]
+    assert re.search(r"ln -s \"?\S+/\.venv/bin/autoextend\"? /usr/local/bin/autoextend", install)
+    assert "install -m 0644 config/autoextend.service /etc/systemd/system/autoextend.service" \
+        in install
+    # No --config: the service reads the default path, where the README installs the file.
+    assert "--config" not in argv and argv[-1] == "run"
+    assert f"config/autoextend.toml {DEFAULT_CONFIG_PATH}" in install
+    text = UNIT.read_text()
+    assert "Type=notify" in text and "ExecReload=/bin/kill -HUP $MAINPID" in text
+    # The unit's RuntimeDirectory is where the default control socket lives.
+    from autoextend.settings import ServiceSettings
+    assert Path(ServiceSettings().control_socket).parent == Path("/run/autoextend")
+    assert "RuntimeDirectory=autoextend" in text
+
+
+@pytest.mark.slow
+def test_wheel_and_sdist_install_into_a_fresh_venv(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    build = _run([sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)])
+    assert "deprecat" not in (build.stdout + build.stderr).lower()
+    (wheel,) = dist.glob("autoextend-*.whl")
+    (sdist,) = dist.glob("autoextend-*.tar.gz")
+    for name, artifact in (("wheel", wheel), ("sdist", sdist)):
+        venv = tmp_path / f"venv-{name}"
+        _run([sys.executable, "-m", "venv", str(venv)])
+        _run([str(venv / "bin" / "pip"), "install", "-q", str(artifact)])
+        version = _run([str(venv / "bin" / "autoextend"), "--version"])
+        assert version.stdout.strip() == f"autoextend, version {__version__}"
+        # The installed package works from outside the source tree: the shipped config checks.
+        check = _run([str(venv / "bin" / "autoextend"), "--config",
+                      str(ROOT / "config" / "autoextend.toml"), "config", "check"],
+                     cwd=tmp_path)
+        assert check.returncode == 0
