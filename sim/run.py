@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -44,19 +45,25 @@ class Result:
         return "\n".join(lines)
 
 
-def _quiet_logs() -> None:
+def _quiet_logs() -> dict[str, Any]:
+    """Silence structlog for the run; returns the config to restore afterwards.
+
+    No logger caching: a module-level logger cached while the run's filter is on would keep
+    that filter after the run (and hide the logs of whatever runs next in the process)."""
     import logging
 
+    saved = structlog.get_config()
     structlog.configure(
         processors=[],
         wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=False,
     )
+    return saved
 
 
 def run_world(cfg: SimConfig) -> Result:
     """Run one deterministic world to its end or to its first violation."""
-    _quiet_logs()
+    saved_logging = _quiet_logs()
     started = time.perf_counter()
     box: dict[str, World] = {}
 
@@ -72,7 +79,7 @@ def run_world(cfg: SimConfig) -> Result:
         box["world"].trace(f"VIOLATION {type(err).__name__}: {err}", last=True)
         box["world"].violation = box["world"].violation or f"{type(err).__name__}: {err}"
     finally:
-        structlog.reset_defaults()
+        structlog.configure(**saved_logging)
     world = box["world"]
     return Result(cfg, world.violation, world.digest, world.loop.time() - vloop.START,
                   time.perf_counter() - started, world.stats, dict(vars(world.disk.stats)),

@@ -39,6 +39,7 @@ async def test_status_of_1000_drives(tmp_path: Path) -> None:
             for i in range(DRIVES)
         })
     # The real service and control socket; only the hypervisor and the volumes are in memory.
+    service.hypervisor = hv
     service.monitor = Monitor(hv, MemoryExtender(volumes), settings.policy, service.clock,
                               observer=service.tally)
     cfg = tmp_path / "c.toml"

@@ -18,6 +18,9 @@ from sim.run import Result, run_world
 
 from .figures import FIGURES
 
+# Pure Python, but about two minutes of CPU: part of `make test`, not of `make unit`.
+pytestmark = pytest.mark.slow
+
 # 10 seeds x (98,560 s of faults + the quiet tail) > 10**6 simulated seconds.
 CI_SEEDS = range(1, 11)
 CI_DURATION = 98_560.0
