@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from autoextend import logs
+from autoextend import logs, timeouts
 from autoextend import settings as settings_mod
 from autoextend.clock import Clock, MonotonicClock
 from autoextend.cluster import ClusterAgent
@@ -92,6 +92,9 @@ class Service:
         observer: MonitorObserver | None = None,
         notifier: Notifier | None = None,
     ) -> None:
+        problems = timeouts.check_timeouts(settings)
+        if problems:
+            raise ConfigError(str(config_path or "<config>"), problems)
         self.settings = settings
         self.config_path = config_path
         self.overrides = overrides or {}
@@ -116,12 +119,21 @@ class Service:
             self.clock,
             observer=Fanout(*observers),
             dry_run=settings.service.dry_run,
+            resume=settings.resume,
+            lease_ok=self._host_lease_valid if self.cluster is not None else None,
+            extend_deadline_s=timeouts.extension_deadline_s(settings),
         )
         self.control = ControlServer(settings.service.control_socket)
         self.control.register("status", self._status)
         self.control.register("spm_step_down", self._step_down)
         if self.cluster is not None:
             self._export_cluster_metrics(self.cluster)
+
+    def _host_lease_valid(self) -> bool:
+        """Mailbox mode: resume a VM after an I/O error only while this host's lease holds
+        (not expired, not fencing itself)."""
+        lease = self.cluster.lease if self.cluster is not None else None
+        return lease is not None and lease.delta.held
 
     def _export_cluster_metrics(self, cluster: ClusterAgent) -> None:
         m = self.metrics
@@ -190,11 +202,14 @@ class Service:
             new = settings_mod.load(self.config_path)
             if self.overrides:
                 new = settings_mod.with_overrides(new, self.overrides)
+            problems = timeouts.check_timeouts(new)
+            if problems:
+                raise ConfigError(str(self.config_path or "<config>"), problems)
         except ConfigError as exc:
             log.error("config reload failed; keeping the old config", error=str(exc))
             return False
         logs.configure(new.service.log_level, new.service.log_format)
-        self.monitor.reconfigure(new.policy, None, new.service.dry_run)
+        self.monitor.reconfigure(new.policy, None, new.service.dry_run, new.resume)
         self.settings = new
         log.info("config reloaded", path=str(self.config_path))
         return True

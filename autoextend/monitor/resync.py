@@ -26,7 +26,9 @@ class Resync(Extensions):
         self._merge_drives(vm, infos, rearm=rearm)
         state = await self.hypervisor.run_state(vm.name)
         self._observe(vm, state)
-        if vm.machine.state in (VmState.PAUSED_ENOSPC, VmState.PAUSED_ENOSPC_UNMANAGED):
+        if vm.machine.state in (VmState.PAUSED_ENOSPC, VmState.PAUSED_ENOSPC_UNMANAGED) or any(
+            e.nospace and e.drive in vm.drives for e in state.errors
+        ):
             self._flag_enospc_drives(vm, state)
         for d in list(vm.drives.values()):
             await self._evaluate(vm, d)
@@ -185,6 +187,8 @@ class Resync(Extensions):
         now = self.clock.now()
         if m.policy is ResumePolicy.LEAVE:
             return
+        if any(d.enospc or d.in_flight for d in vm.drives.values()):
+            return  # a managed drive also ran out of space: extend first
         if m.policy is ResumePolicy.KILL and m.paused_at is not None:
             kill_at = m.paused_at + m.kill_after_s
             if now >= kill_at:
