@@ -138,6 +138,7 @@ class Monitor(Resync):
                 "state": vm.machine.state.value,
                 "resume_policy": vm.machine.policy.value,
                 "resume_attempts": vm.machine.resume_attempts,
+                "last_action": vm.machine.last_action,
                 "drives": [d.snapshot() for d in vm.drives.values()],
             }
             for vm in self._vms.values()

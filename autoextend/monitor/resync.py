@@ -197,7 +197,7 @@ class Resync(Extensions):
                 return
             self._wake_at(vm, kill_at)
         if self.lease_ok is not None and not self.lease_ok():
-            m.probe_result(False)
+            m.probe_result(False, now, s.backoff_initial_s)
             log.info("not resuming: this host's lease is not valid", vm=vm.name)
             self._wake_at(vm, now + s.backoff_initial_s)
             return
@@ -205,10 +205,11 @@ class Resync(Extensions):
         paths = ([e.path for e in m.errors if not e.nospace] or [e.path for e in m.errors]
                  or [d.info.path for d in vm.drives.values()])
         ok = await probe_all(self.probe, paths)
-        if not m.probe_result(ok):
+        now = self.clock.now()
+        if not m.probe_result(ok, now, s.backoff_initial_s):
             if not ok:
                 log.info("storage probe failed; vm stays paused", vm=vm.name, paths=paths)
-            self._wake_at(vm, max(due, self.clock.now() + s.backoff_initial_s))
+            self._wake_at(vm, max(due, now + s.backoff_initial_s))
             return
         if self.clock.now() < due:
             self._wake_at(vm, due)
@@ -225,6 +226,7 @@ class Resync(Extensions):
                 log.info("dry-run: would resume", vm=vm.name, cause=cause)
                 return
             m.expect_resume = True
+            m.record(f"resumed after {cause}" + (f": {detail}" if detail else ""))
             await self.hypervisor.resume(vm.name)
             self.observer.resumed(vm.name, True)
             if cause == "io-error":
@@ -236,5 +238,6 @@ class Resync(Extensions):
                 log.info("dry-run: would kill", vm=vm.name, reason=detail)
                 return
             log.warning("killing vm", vm=vm.name, reason=detail)
+            m.record(f"killed: {detail}")
             await self.hypervisor.kill(vm.name)
             self.observer.io_error_action(vm.name, "kill", detail)

@@ -166,8 +166,10 @@ class VmMachine:
     resume_attempts: int = 0
     last_resume_at: float | None = None
     probe_ok_in_a_row: int = 0
+    first_ok_at: float | None = None
     expect_resume: bool = False
     errors: tuple[DriveError, ...] = ()     # the drives in error at the last look
+    last_action: str = ""                   # what autoextend last did, and why (status)
 
     def apply(
         self, event: VmEvent, now: float, *, reason: PauseReason | None = None,
@@ -185,10 +187,12 @@ class VmMachine:
             self.unmanaged = ()
             self.paused_at = None
             self.probe_ok_in_a_row = 0
+            self.first_ok_at = None
         elif before is not result.state and result.state in PAUSED:
             self.pause_reason = reason
             self.paused_at = now
             self.probe_ok_in_a_row = 0
+            self.first_ok_at = None
             if result.state is VmState.PAUSED_ENOSPC_UNMANAGED:
                 self.unmanaged = unmanaged
         if Action.RESUME in result.actions:
@@ -206,9 +210,20 @@ class VmMachine:
             return 0.0
         return self.last_resume_at + backoff(self.resume_attempts, initial, maximum)
 
-    def probe_result(self, ok: bool) -> bool:
-        """Record one storage probe; True once it succeeded twice in a row."""
-        self.probe_ok_in_a_row = self.probe_ok_in_a_row + 1 if ok else 0
+    def probe_result(self, ok: bool, now: float, spacing: float) -> bool:
+        """Record one storage probe; True once it succeeded twice in a row, the second at
+        least ``spacing`` seconds after the first (storage that answers, and keeps answering).
+        """
+        if not ok:
+            self.probe_ok_in_a_row = 0
+            self.first_ok_at = None
+            return False
+        if self.probe_ok_in_a_row == 0 or self.first_ok_at is None:
+            self.probe_ok_in_a_row = 1
+            self.first_ok_at = now
+            return False
+        if now - self.first_ok_at >= spacing:
+            self.probe_ok_in_a_row = 2
         return self.probe_ok_in_a_row >= 2
 
     def ran_stably(self, now: float, maximum: float) -> None:
@@ -220,3 +235,7 @@ class VmMachine:
 
     def describe(self) -> str | None:
         return describe(self.state, self.unmanaged)
+
+    def record(self, what: str) -> None:
+        """Remember the last resume or kill and its reason, for ``autoextend status``."""
+        self.last_action = what

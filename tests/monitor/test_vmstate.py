@@ -188,10 +188,11 @@ def test_machine_probe_twice_and_resume_backoff() -> None:
     m = VmMachine(policy=P.AUTO)
     assert m.apply(E.IO_ERROR, 10.0, reason=PauseReason.IO_ERROR) == PAUSE
     assert m.paused_at == 10.0 and m.describe() == "io-error"
-    assert not m.probe_result(True)
-    assert not m.probe_result(False)
-    assert not m.probe_result(True)
-    assert m.probe_result(True)
+    assert not m.probe_result(True, 10.0, 1.0)
+    assert not m.probe_result(False, 10.5, 1.0)
+    assert not m.probe_result(True, 10.6, 1.0)
+    assert not m.probe_result(True, 11.0, 1.0)  # too soon after the first: not yet
+    assert m.probe_result(True, 11.6, 1.0)
     assert m.resume_due_at(1.0, 30.0) == 0.0
     assert m.apply(E.STORAGE_OK, 11.0) == (A.RESUME,)
     assert m.resume_due_at(1.0, 30.0) == 12.0
