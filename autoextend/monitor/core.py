@@ -206,13 +206,21 @@ class Monitor(Resync):
                 vm.resync_pending = False
                 await self._resync(vm, rearm=True)
         except Exception as exc:  # noqa: BLE001 - one VM's failure must not stop the others
+            self._failed(vm, exc)
+        else:
+            if vm.failures:
+                vm.failures = 0
+                log.info("vm check recovered", vm=vm.name)
+
+    def _failed(self, vm: Vm, exc: Exception) -> None:
+        """Count, log and schedule the retry of a failed VM check. Never raises."""
+        try:
             vm.failures += 1
             delay = policy.backoff(vm.failures, self.settings.retry_initial_s,
                                    self.settings.retry_max_s)
             vm.retry_at = self.clock.now() + delay
             vm.resync_pending = True
             self._wake_at(vm, vm.retry_at)
-            self.observer.vm_check_failed(vm.name, str(exc) or type(exc).__name__)
             # Once per outage at warning level, then quietly until it recovers
             # (e.g. libvirtd down: every poll of every VM would fail).
             if isinstance(exc, AutoextendError):
@@ -223,10 +231,10 @@ class Monitor(Resync):
                 log.error("vm check failed on an unexpected error", vm=vm.name,
                           error=repr(exc), retry_in_s=round(delay, 3),
                           exc_info=vm.failures == 1)
-        else:
-            if vm.failures:
-                vm.failures = 0
-                log.info("vm check recovered", vm=vm.name)
+            self.observer.vm_check_failed(vm.name, str(exc) or type(exc).__name__)
+        except Exception as again:  # noqa: BLE001 - e.g. an observer that raises
+            log.error("vm failure handling failed", vm=vm.name, error=repr(again))
+            vm.resync_pending = True
 
     # ----------------------------------------------------------------- events
 

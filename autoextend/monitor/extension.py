@@ -9,6 +9,7 @@ host"); the monitor does not check it a second time. The wait is bounded by one 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import anyio
@@ -56,7 +57,8 @@ class Extensions(MonitorBase):
             else:
                 bound.error("extension failed on an unexpected error", error=repr(exc),
                             attempts=d.attempts, exc_info=True)
-                self.observer.vm_check_failed(vm.name, repr(exc))
+                with contextlib.suppress(Exception):  # observers must not raise; if one does
+                    self.observer.vm_check_failed(vm.name, repr(exc))
         finally:
             if vm.drives.get(d.name) is d:
                 self._count_in_flight(-1)

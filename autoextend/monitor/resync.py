@@ -105,11 +105,13 @@ class Resync(Extensions):
             if d.enospc or d.in_flight:
                 continue
             pol = self.policy_for(d.info, d.volume)
-            if d.name in named or policy.needs_extension(d.info.allocation, d.info.physical,
-                                                         pol):
+            # The hypervisor keeps naming a drive until the VM runs again: act on that once.
+            named_now = d.name in named and d.name not in vm.machine.full_drives
+            if named_now or policy.needs_extension(d.info.allocation, d.info.physical, pol):
                 self._flag_enospc(vm, d, now)
 
     def _flag_enospc(self, vm: Vm, d: DriveState, now: float) -> None:
+        vm.machine.managed_drive_full(d.name)
         if d.state is ThresholdState.DISABLED:
             if not d.enospc:
                 log.warning("enospc on a drive at its cap", vm=vm.name, drive=d.name,
@@ -171,6 +173,14 @@ class Resync(Extensions):
         m = vm.machine
         if m.state is VmState.PAUSED_ENOSPC:
             if any(d.enospc or d.in_flight for d in vm.drives.values()):
+                return
+            if not m.ours:
+                # Paused for ENOSPC, but on no drive autoextend knows to be full, and the
+                # hypervisor named none: not autoextend's pause to end (no resume storm).
+                if m.last_action != "left paused: enospc on no managed drive":
+                    m.record("left paused: enospc on no managed drive")
+                    log.warning("vm paused for lack of space, but no drive autoextend manages "
+                                "is full; leaving it paused", vm=vm.name)
                 return
             s = self.resume_settings
             due = m.resume_due_at(s.backoff_initial_s, s.backoff_max_s)

@@ -23,7 +23,7 @@ States::
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from autoextend.monitor.protocols import DriveError, PauseReason
 
@@ -170,6 +170,9 @@ class VmMachine:
     expect_resume: bool = False
     errors: tuple[DriveError, ...] = ()     # the drives in error at the last look
     last_action: str = ""                   # what autoextend last did, and why (status)
+    # Managed drives that ran out of space since the VM last ran: an ENOSPC pause is
+    # autoextend's to end only if this is not empty.
+    full_drives: set[str] = field(default_factory=set)
 
     def apply(
         self, event: VmEvent, now: float, *, reason: PauseReason | None = None,
@@ -182,6 +185,8 @@ class VmMachine:
             # An ENOSPC resume worked (room is checked before each): no backoff owed.
             self.resume_attempts = 0
             self.last_resume_at = None
+        if result.state is VmState.RUNNING and before in PAUSED:
+            self.full_drives = set()
         if result.state is VmState.RUNNING:
             self.pause_reason = None
             self.unmanaged = ()
@@ -235,6 +240,15 @@ class VmMachine:
 
     def describe(self) -> str | None:
         return describe(self.state, self.unmanaged)
+
+    def managed_drive_full(self, drive: str) -> None:
+        """A drive autoextend manages ran out of space (event, watermark or the hypervisor's
+        word): an ENOSPC pause now is autoextend's to resume once the drive has room."""
+        self.full_drives.add(drive)
+
+    @property
+    def ours(self) -> bool:
+        return bool(self.full_drives)
 
     def record(self, what: str) -> None:
         """Remember the last resume or kill and its reason, for ``autoextend status``."""

@@ -241,3 +241,33 @@ async def test_exception_in_one_vm_is_contained_and_retried() -> None:
         await settle(rig, 5.0)
         await until(lambda: any(t[0] == "bad" for t in rig.hv.thresholds))
         tg.cancel_scope.cancel()
+
+
+async def test_enospc_pause_on_no_known_drive_is_left_paused() -> None:
+    """The hypervisor names no drive and none of ours is full: not autoextend's pause."""
+    rig, _ = make_rig()
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    with capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            await tg.start(rig.monitor.run)
+            await until(lambda: rig.hv.thresholds != [])
+            rig.hv.pause("vm1", PauseReason.ENOSPC)
+            await until(lambda: vm_status(rig)["paused"] == "enospc")
+            await settle(rig, 10.0)
+            assert rig.hv.resumes == []
+            tg.cancel_scope.cancel()
+    assert len([e for e in logs if "no drive autoextend manages" in e["event"]]) == 1
+
+
+async def test_enospc_named_managed_drive_is_extended_and_resumed_once() -> None:
+    rig, _ = make_rig()
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.hv.thresholds != [])
+        rig.hv.pause("vm1", PauseReason.ENOSPC, (DriveError("vda", "/dev/vg0/lv1", True),))
+        await until(lambda: rig.hv.resumes == ["vm1"])
+        assert rig.volumes.sizes[VOL] > 256 * MiB  # extended before the resume
+        await settle(rig, 5.0)
+        assert rig.hv.resumes == ["vm1"]
+        tg.cancel_scope.cancel()
