@@ -239,6 +239,8 @@ class VmMachine:
             self.last_resume_at = None
 
     def describe(self) -> str | None:
+        if self.state is VmState.PAUSED_OTHER and self.pause_reason is not None:
+            return self.pause_reason.value  # user, migration, other: the hypervisor's word
         return describe(self.state, self.unmanaged)
 
     def managed_drive_full(self, drive: str) -> None:

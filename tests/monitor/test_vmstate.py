@@ -203,3 +203,14 @@ def test_machine_probe_twice_and_resume_backoff() -> None:
     m.apply(E.RUNNING, 12.1)
     m.ran_stably(50.0, 30.0)
     assert m.resume_attempts == 0
+
+
+def test_machine_describes_other_pauses_by_their_reason() -> None:
+    m = VmMachine()
+    m.apply(E.OTHER_PAUSE, 1.0, reason=PauseReason.USER)
+    assert m.describe() == "user"
+    m.apply(E.OTHER_PAUSE, 2.0, reason=PauseReason.MIGRATION)  # no state change: kept
+    assert m.describe() == "user"
+    m.apply(E.RUNNING, 3.0)
+    m.apply(E.OTHER_PAUSE, 4.0, reason=PauseReason.MIGRATION)
+    assert m.describe() == "migration"
