@@ -238,9 +238,10 @@ class Resync(Extensions):
             m.expect_resume = True
             m.record(f"resumed after {cause}" + (f": {detail}" if detail else ""))
             await self.hypervisor.resume(vm.name)
-            self.observer.resumed(vm.name, True)
             if cause == "io-error":
                 self.observer.io_error_action(vm.name, "resume", detail)
+            else:
+                self.observer.resumed(vm.name, True)  # autoextend_resumes_total: ENOSPC
             log.info("vm resumed", vm=vm.name, cause=cause, reason=detail or None,
                      attempt=m.resume_attempts)
         elif Action.KILL in actions:
