@@ -195,8 +195,8 @@ class Resync(Extensions):
         m = vm.machine
         s = self.resume_settings
         now = self.clock.now()
-        if m.policy is ResumePolicy.LEAVE:
-            return
+        if m.policy is ResumePolicy.LEAVE or m.killed:
+            return  # leave it; or killed already (the VM is on its way out)
         if any(d.enospc or d.in_flight for d in vm.drives.values()):
             return  # a managed drive also ran out of space: extend first
         if m.policy is ResumePolicy.KILL and m.paused_at is not None:

@@ -173,6 +173,7 @@ class VmMachine:
     # Managed drives that ran out of space since the VM last ran: an ENOSPC pause is
     # autoextend's to end only if this is not empty.
     full_drives: set[str] = field(default_factory=set)
+    killed: bool = False  # a kill was sent during this pause
 
     def apply(
         self, event: VmEvent, now: float, *, reason: PauseReason | None = None,
@@ -187,6 +188,7 @@ class VmMachine:
             self.last_resume_at = None
         if result.state is VmState.RUNNING and before in PAUSED:
             self.full_drives = set()
+            self.killed = False
         if result.state is VmState.RUNNING:
             self.pause_reason = None
             self.unmanaged = ()
@@ -200,6 +202,8 @@ class VmMachine:
             self.first_ok_at = None
             if result.state is VmState.PAUSED_ENOSPC_UNMANAGED:
                 self.unmanaged = unmanaged
+        if Action.KILL in result.actions:
+            self.killed = True
         if Action.RESUME in result.actions:
             self.resume_attempts += 1
             self.last_resume_at = now
