@@ -144,7 +144,7 @@ async def test_enospc_on_unmanaged_drive_is_never_resumed(lab_tmp_path: Path) ->
                     await qemu.start()
                     await until(lambda: vm_status(host, "u").get("state")
                                 == "paused-enospc-unmanaged", 120, "the unmanaged pause")
-                    assert qemu.count("STOP") >= 1
+                    await until(lambda: qemu.count("STOP") >= 1, 30, "QEMU's STOP event")
                     assert qemu.count("RESUME") == 1  # our start
                     await anyio.sleep(OBSERVE_S)  # observation window: nothing may happen
                     assert qemu.count("RESUME") == 1

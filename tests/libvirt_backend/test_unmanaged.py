@@ -69,7 +69,8 @@ async def test_enospc_on_unmanaged_drive_is_never_resumed(
 
                 await until(lambda: state() == "paused-enospc-unmanaged", 120,
                             "the unmanaged ENOSPC pause")
-                assert any(e == libvirt.VIR_DOMAIN_EVENT_SUSPENDED for e, _ in events)
+                await until(lambda: any(e == libvirt.VIR_DOMAIN_EVENT_SUSPENDED
+                                        for e, _ in events), 30, "libvirt's SUSPENDED event")
                 await anyio.sleep(OBSERVE_S)
                 assert resumes() == 0, events
                 paused = rig.paused(name)
