@@ -50,6 +50,17 @@ class Metrics(NullObserver):
                               ["reason"], registry=r)
         self.resumes = Counter("autoextend_resumes_total",
                                "VMs resumed automatically after an ENOSPC pause", registry=r)
+        self.unmanaged_enospc_total = Counter(
+            "autoextend_unmanaged_enospc_total",
+            "ENOSPC pauses involving a drive autoextend does not manage (left paused)",
+            registry=r)
+        self.io_error_actions_total = Counter(
+            "autoextend_io_error_actions_total",
+            "What autoextend did about I/O-error pauses (resume, kill), by reason",
+            ["action", "reason"], registry=r)
+        self.vm_check_failures_total = Counter(
+            "autoextend_vm_check_failures_total",
+            "Times handling one VM failed (retried with backoff)", registry=r)
         self.drives_monitored = Gauge("autoextend_drives_monitored", "Drives monitored",
                                       registry=r)
         self.in_flight = Gauge("autoextend_extends_in_flight", "Extensions in flight",
@@ -142,6 +153,15 @@ class Metrics(NullObserver):
 
     def vg_full(self, vm: str, drive: str, volume: VolumeRef) -> None:
         self.vg_full_total.inc()
+
+    def unmanaged_enospc(self, vm: str, drives: tuple[str, ...]) -> None:
+        self.unmanaged_enospc_total.inc()
+
+    def io_error_action(self, vm: str, action: str, reason: str) -> None:
+        self.io_error_actions_total.labels(action, reason).inc()
+
+    def vm_check_failed(self, vm: str, error: str) -> None:
+        self.vm_check_failures_total.inc()
 
 
 class _CallbackCounter:

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from autoextend import logs, startup, validation
+from autoextend import logs, startup, timeouts, validation
 from autoextend import settings as settings_mod
 from autoextend.clock import Clock, MonotonicClock
 from autoextend.cluster import ClusterAgent
@@ -117,6 +117,9 @@ class Service:
             self.clock,
             observer=Fanout(*observers),
             dry_run=settings.service.dry_run,
+            resume=settings.resume,
+            lease_ok=self._host_lease_valid if self.cluster is not None else None,
+            extend_deadline_s=timeouts.extension_deadline_s(settings),
         )
         self.control = ControlServer(settings.service.control_socket)
         self.control.register("status", self._status)
@@ -143,6 +146,12 @@ class Service:
         m.counter_from("autoextend_control_accept_errors_total",
                        "Control socket accept() failures (out of file descriptors)",
                        lambda: float(control.accept_errors))
+
+    def _host_lease_valid(self) -> bool:
+        """Mailbox mode: resume a VM after an I/O error only while this host's lease holds
+        (not expired, not fencing itself)."""
+        lease = self.cluster.lease if self.cluster is not None else None
+        return lease is not None and lease.delta.held
 
     def _export_cluster_metrics(self, cluster: ClusterAgent) -> None:
         m = self.metrics
@@ -192,6 +201,9 @@ class Service:
                 "failed": self.tally.failed,
                 "enospc_pauses": self.tally.enospc_pauses,
                 "resumes": self.tally.resumes,
+                "unmanaged_enospc": self.tally.unmanaged,
+                "io_error_resumes": self.tally.io_error_resumes,
+                "kills": self.tally.kills,
             },
             "vms": self.monitor.snapshot(),
             "spm": self.cluster.status() if self.cluster is not None else None,
@@ -217,7 +229,7 @@ class Service:
             log.error("config reload failed; keeping the old config", error=str(exc))
             return False
         logs.configure(new.service.log_level, new.service.log_format)
-        self.monitor.reconfigure(new.policy, None, new.service.dry_run)
+        self.monitor.reconfigure(new.policy, None, new.service.dry_run, new.resume)
         self.settings = new
         log.info("config reloaded", path=str(self.config_path))
         return True

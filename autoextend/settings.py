@@ -21,7 +21,7 @@ from autoextend.errors import ConfigError
 from autoextend.lease.config import LeaseSettings
 from autoextend.libvirt_backend.config import LibvirtSettings
 from autoextend.lvm.config import LvmSettings, VolumeSettings
-from autoextend.monitor.config import PolicySettings
+from autoextend.monitor.config import PolicySettings, ResumeSettings
 from autoextend.qmp.config import QmpSettings
 from autoextend.spm.config import MailboxSettings
 
@@ -52,6 +52,7 @@ class MetricsSettings(Section):
 class Settings(Section):
     service: ServiceSettings = ServiceSettings()
     policy: PolicySettings = PolicySettings()
+    resume: ResumeSettings = ResumeSettings()
     qmp: QmpSettings = QmpSettings()
     libvirt: LibvirtSettings = LibvirtSettings()
     volumes: VolumeSettings = VolumeSettings()

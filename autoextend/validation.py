@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from autoextend.errors import ConfigError
+from autoextend.timeouts import check_timeouts
 
 if TYPE_CHECKING:
     from autoextend.settings import Settings
@@ -180,7 +181,11 @@ def _mailbox_region(s: Settings) -> Iterator[Problem]:
                f" ({lease_start}..{lease_start + LEASE_AREA_SIZE})")
 
 
-SERVICE_RULES: list[Rule] = [_volume_backend, mailbox_mode_rule]
+def _extension_deadline(s: Settings) -> Iterator[Problem]:
+    yield from check_timeouts(s)  # an extension must outlast one SPM failover
+
+
+SERVICE_RULES: list[Rule] = [_volume_backend, mailbox_mode_rule, _extension_deadline]
 
 
 # ---- entry points ------------------------------------------------------------------------------

@@ -70,6 +70,9 @@ def render_status(result: dict[str, Any]) -> str:
         + f"; {svc.get('extends_in_flight', 0)} extending, {svc.get('extends', 0)} extends,"
         f" {svc.get('failed', 0)} failed, {svc.get('enospc_pauses', 0)} ENOSPC pauses,"
         f" {svc.get('resumes', 0)} resumed"
+        + (f", {svc['unmanaged_enospc']} unmanaged ENOSPC" if svc.get("unmanaged_enospc") else "")
+        + (f", {svc['io_error_resumes']} I/O-error resumes" if svc.get("io_error_resumes") else "")
+        + (f", {svc['kills']} killed" if svc.get("kills") else "")
     )
     if svc.get("hypervisor_problem"):
         lines.append(f"WARNING: {svc['hypervisor_problem']}")
@@ -78,7 +81,8 @@ def render_status(result: dict[str, Any]) -> str:
         lines.append("no VMs monitored")
     for vm in vms:
         paused = f"  PAUSED ({vm['paused']})" if vm.get("paused") else ""
-        lines.append(f"{vm['vm']}{paused}")
+        last = f"  last: {vm['last_action']}" if vm.get("last_action") else ""
+        lines.append(f"{vm['vm']}{paused}{last}")
         for d in vm.get("drives", []):
             err = f"  last error: {d['last_error']}" if d.get("last_error") else ""
             lines.append(

@@ -37,10 +37,12 @@ from autoextend.lab.guest import GuestJob, with_expected_md5
 from autoextend.lab.guestimage import GuestImage, build_guest
 from autoextend.lab.qemu import QemuVm, guest_spec, launch
 from autoextend.lab.singlehost import create_qcow2_disk
+from autoextend.lease.config import LeaseSettings
 from autoextend.logs import get_logger
 from autoextend.lvm.authority import LocalAuthority
 from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.lvm.volume import VolumeRef
+from autoextend.spm.config import MailboxSettings
 
 log = get_logger("lab.multihost")
 
@@ -50,10 +52,27 @@ MAX_HOSTS = 16
 META_SIZE = 64 * MiB
 
 
+# Every lease and mailbox timeout of the lab is the shipped default times this one factor, so
+# the lab runs at the shipped timing *ratios* (io_timeout : watchdog : request timeout =
+# 10 : 60 : 180): what a failover takes against what a request waits is what ships.
+TIME_SCALE = 0.05
+
+
+def scaled_timeouts(time_scale: float) -> dict[str, float]:
+    """The shipped lease/mailbox timeouts, all scaled by ``time_scale``."""
+    lease, mailbox = LeaseSettings(), MailboxSettings()
+    return {
+        "io_timeout_s": lease.io_timeout_s * time_scale,
+        "watchdog_fire_timeout_s": lease.watchdog_fire_timeout_s * time_scale,
+        "request_timeout_s": mailbox.request_timeout_s * time_scale,
+    }
+
+
 def host_config(
-    pool_dir: Path, host_dir: Path, host_id: int, *, io_timeout_s: float,
-    watchdog_s: float, chunk_mib: int, poll_interval_s: float, metrics_port: int,
+    pool_dir: Path, host_dir: Path, host_id: int, *, time_scale: float,
+    chunk_mib: int, poll_interval_s: float, metrics_port: int,
 ) -> str:
+    t = scaled_timeouts(time_scale)
     return f"""\
 [service]
 hypervisor = "qmp"
@@ -65,7 +84,6 @@ chunk_mib = {chunk_mib}
 utilization_percent = 50
 extent_mib = 4
 poll_interval_s = {poll_interval_s}
-extend_timeout_s = 300.0
 retry_initial_s = 0.2
 retry_max_s = 2.0
 
@@ -85,12 +103,13 @@ vgs = ["{VG}"]
 path = "{pool_dir}/metadata"
 host_id = {host_id}
 host_name = "lab-host-{host_id}"
-io_timeout_s = {io_timeout_s}
-watchdog_fire_timeout_s = {watchdog_s}
+io_timeout_s = {t["io_timeout_s"]}
+watchdog_fire_timeout_s = {t["watchdog_fire_timeout_s"]}
 max_hosts = {MAX_HOSTS}
 
 [mailbox]
 max_hosts = {MAX_HOSTS}
+request_timeout_s = {t["request_timeout_s"]}
 
 [metrics]
 enabled = true
@@ -265,8 +284,7 @@ class Pool:
 async def pool(
     hosts: int = 2,
     *,
-    io_timeout_s: float = 0.5,
-    watchdog_s: float = 1.0,
+    time_scale: float = TIME_SCALE,
     chunk_mib: int = 128,
     poll_interval_s: float = 1.0,
     directory: Path | None = None,
@@ -296,8 +314,7 @@ async def pool(
                 cfg = host_dir / "autoextend.toml"
                 port = free_port()
                 cfg.write_text(host_config(
-                    directory, host_dir, host_id, io_timeout_s=io_timeout_s,
-                    watchdog_s=watchdog_s, chunk_mib=chunk_mib,
+                    directory, host_dir, host_id, time_scale=time_scale, chunk_mib=chunk_mib,
                     poll_interval_s=poll_interval_s, metrics_port=port))
                 host = HostProcess(host_id, host_dir, cfg, port)
                 the_pool.hosts[host_id] = host

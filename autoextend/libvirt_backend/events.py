@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import libvirt
 
-from autoextend.libvirt_backend.domxml import parse_indexed_name
+from autoextend.libvirt_backend.domxml import DiskFacts, indexed_name, parse_indexed_name
 from autoextend.monitor.protocols import (
+    DriveError,
     EnospcError,
     HypervisorEvent,
     PauseReason,
@@ -146,3 +147,25 @@ def run_state_of(
             return RunState(False, PauseReason.ENOSPC if enospc else PauseReason.IO_ERROR)
         return RunState(False, _PAUSED_REASONS.get(reason, PauseReason.OTHER))
     return RunState(False, PauseReason.OTHER)  # crashed, pmsuspended, no state
+
+
+def drive_errors(disk_errors: Mapping[str, int], disks: list[DiskFacts]) -> tuple[
+    DriveError, ...
+]:
+    """``dom.diskErrors()`` -> every disk in error, raw or qcow2, managed or not, named like
+    the monitor's drives (``vda[1]`` when the live XML gives the top image's index), with the
+    source path from the domain XML."""
+    none: int = libvirt.VIR_DOMAIN_DISK_ERROR_NONE
+    no_space: int = libvirt.VIR_DOMAIN_DISK_ERROR_NO_SPACE
+    by_target = {d.target: d for d in disks}
+    found: list[DriveError] = []
+    for target, code in sorted(disk_errors.items()):
+        if code == none:
+            continue
+        disk = by_target.get(target)
+        name = target
+        if disk is not None and disk.index is not None:
+            name = indexed_name(target, disk.index)
+        found.append(DriveError(drive=name, path=disk.path if disk else "",
+                                nospace=code == no_space))
+    return tuple(found)

@@ -21,6 +21,7 @@ vanished meanwhile get ``VmGone``. A VM is named by its domain name.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -164,17 +165,28 @@ class LibvirtHypervisor:
         """Running, or paused and why (``diskErrors()`` tells ENOSPC from other I/O errors)."""
         conn = self._require(vm, "state")
 
-        def read(c: libvirt.virConnect) -> tuple[int, int, dict[str, int] | None]:
+        def read(c: libvirt.virConnect) -> tuple[int, int, dict[str, int] | None, str]:
             dom = c.lookupByName(vm)
             state, reason = dom.state()
             errors = dom.diskErrors() if ev.needs_disk_errors(state, reason) else None
-            return state, reason, errors
+            return state, reason, errors, dom.XMLDesc(0) if errors else ""
 
-        state, reason, errors = await conn.call(vm, "state", read)
+        state, reason, errors, xml = await conn.call(vm, "state", read)
         result = ev.run_state_of(state, reason, errors)
         if result is None:
             raise VmNotFound(vm, "state", "domain is shut off")
+        if errors:
+            try:
+                disks = parse_disks(xml)
+            except DomainXmlError as err:
+                raise MalformedReply(vm, "state", str(err)) from err
+            result = dataclasses.replace(result, errors=ev.drive_errors(errors, disks))
         return result
+
+    async def kill(self, vm: str) -> None:
+        """``virDomainDestroy``: the domain stops at once (``[resume] policy = "kill"``)."""
+        conn = self._require(vm, "destroy")
+        await conn.call(vm, "destroy", lambda c: c.lookupByName(vm).destroy())
 
     async def resume(self, vm: str) -> None:
         conn = self._require(vm, "resume")

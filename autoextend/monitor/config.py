@@ -11,6 +11,8 @@ key). ``[policy.vg_reserve_mib]`` keeps free space in a VG that autoextend never
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from autoextend.confbase import Section
@@ -52,3 +54,50 @@ class PolicySettings(Section):
             if mib < 0:
                 raise ValueError(f"vg_reserve_mib.{vg} must be >= 0")
         return self
+
+
+class ResumeOverride(Section):
+    """``[[resume.overrides]]``: another policy for the VMs it names (the last match wins)."""
+
+    vm: str
+    policy: Literal["auto", "leave", "kill"] | None = None
+    kill_after_s: float | None = Field(None, gt=0.0, le=86400.0)
+
+    @model_validator(mode="after")
+    def _useful(self) -> ResumeOverride:
+        if self.policy is None and self.kill_after_s is None:
+            raise ValueError("an override must set policy or kill_after_s")
+        return self
+
+
+class ResumeSettings(Section):
+    """``[resume]``: what to do with a VM that QEMU paused on an I/O error (not ENOSPC).
+
+    ``auto`` (default): resume once a storage probe of every drive in error succeeded twice
+    in a row (and, in mailbox mode, this host's lease is valid), at most one resume per
+    backoff step. ``leave``: leave it paused for an operator. ``kill``: like ``auto``, but
+    terminate the VM once it has been paused for ``kill_after_s`` (for VMs that another host
+    restarts). ENOSPC pauses on drives autoextend does not manage are never resumed.
+    """
+
+    policy: Literal["auto", "leave", "kill"] = "auto"
+    kill_after_s: float = Field(80.0, gt=0.0, le=86400.0)
+    backoff_initial_s: float = Field(1.0, gt=0.0, le=600.0)
+    backoff_max_s: float = Field(30.0, gt=0.0, le=3600.0)
+    probe_timeout_s: float = Field(10.0, gt=0.0, le=600.0)
+    overrides: tuple[ResumeOverride, ...] = Field((), strict=False)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ResumeSettings:
+        if self.backoff_initial_s > self.backoff_max_s:
+            raise ValueError("backoff_initial_s must be <= backoff_max_s")
+        return self
+
+    def for_vm(self, vm: str) -> tuple[str, float]:
+        """(policy, kill_after_s) for one VM: the defaults, then matching overrides in order."""
+        policy, kill_after = self.policy, self.kill_after_s
+        for o in self.overrides:
+            if o.vm == vm:
+                policy = o.policy or policy
+                kill_after = o.kill_after_s if o.kill_after_s is not None else kill_after
+        return policy, kill_after

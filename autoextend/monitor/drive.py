@@ -83,9 +83,15 @@ class DriveState:
             raise IllegalTransition(f"{self.name}: {self.state.value} -> {new.value}")
         self.state = new
 
-    def update_info(self, info: DriveInfo) -> None:
-        """Fresh numbers from the hypervisor. A changed path means a different volume."""
+    def update_info(self, info: DriveInfo, *, cap: int | None = None) -> None:
+        """Fresh numbers from the hypervisor (and the cap they give, when recomputed)."""
         self.info = info
+        if cap is not None:
+            self.cap = cap
+
+    def mark_enospc_at_cap(self) -> None:
+        """ENOSPC on a drive that cannot grow: remember it (the VM must stay paused)."""
+        self.enospc = True
 
     def armed(self, threshold: int) -> None:
         self._go(ThresholdState.SET)

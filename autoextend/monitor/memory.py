@@ -16,6 +16,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from autoextend.errors import HypervisorError
 from autoextend.lvm.volume import ExtendResult, VolumeRef
 from autoextend.monitor.protocols import (
+    DriveError,
     DriveInfo,
     EnospcError,
     ExtendOutcome,
@@ -74,6 +75,7 @@ class MemoryVm:
     drives: dict[str, MemoryDrive] = field(default_factory=dict)
     running: bool = True
     reason: PauseReason | None = None
+    errors: tuple[DriveError, ...] = ()
 
 
 class MemoryHypervisor:
@@ -81,6 +83,7 @@ class MemoryHypervisor:
         self.volumes = volumes
         self.vms: dict[str, MemoryVm] = {}
         self.resumes: list[str] = []
+        self.kills: list[str] = []
         self.thresholds: list[tuple[str, str, int]] = []
         self.fail_set_threshold = False
         self._events: MemoryObjectSendStream[HypervisorEvent] | None = None
@@ -121,9 +124,12 @@ class MemoryHypervisor:
                 self.emit(EnospcError(vm, drive))
                 self.emit(VmPaused(vm, PauseReason.ENOSPC))
 
-    def pause(self, vm: str, reason: PauseReason) -> None:
+    def pause(
+        self, vm: str, reason: PauseReason, errors: tuple[DriveError, ...] = ()
+    ) -> None:
+        """Pause as the hypervisor would; ``errors`` are the drives it reports in error."""
         rec = self.vms[vm]
-        rec.running, rec.reason = False, reason
+        rec.running, rec.reason, rec.errors = False, reason, errors
         self.emit(VmPaused(vm, reason))
 
     # --- the Hypervisor protocol
@@ -162,12 +168,17 @@ class MemoryHypervisor:
 
     async def run_state(self, vm: str) -> RunState:
         rec = self._vm(vm)
-        return RunState(rec.running, rec.reason)
+        return RunState(rec.running, rec.reason, rec.errors if not rec.running else ())
+
+    async def kill(self, vm: str) -> None:
+        self._vm(vm)
+        self.kills.append(vm)
+        self.remove_vm(vm)
 
     async def resume(self, vm: str) -> None:
         rec = self._vm(vm)
         self.resumes.append(vm)
-        rec.running, rec.reason = True, None
+        rec.running, rec.reason, rec.errors = True, None, ()
         self.emit(VmResumed(vm))
         for name, d in rec.drives.items():  # QEMU retries the failed write on cont
             if d.allocation > self.volumes.sizes[d.volume]:

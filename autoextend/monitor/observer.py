@@ -43,6 +43,18 @@ class MonitorObserver(Protocol):
 
     def vg_full(self, vm: str, drive: str, volume: VolumeRef) -> None: ...
 
+    def unmanaged_enospc(self, vm: str, drives: tuple[str, ...]) -> None:
+        """An ENOSPC pause involving drives autoextend does not manage: left paused."""
+        ...
+
+    def io_error_action(self, vm: str, action: str, reason: str) -> None:
+        """``action`` is ``resume`` or ``kill`` after an I/O-error pause, with its reason."""
+        ...
+
+    def vm_check_failed(self, vm: str, error: str) -> None:
+        """Handling one VM raised; that VM's handling is retried with backoff."""
+        ...
+
 
 class NullObserver:
     def drive_seen(self, info: DriveInfo, volume: VolumeRef, cap: int) -> None:
@@ -77,6 +89,15 @@ class NullObserver:
     def vg_full(self, vm: str, drive: str, volume: VolumeRef) -> None:
         pass
 
+    def unmanaged_enospc(self, vm: str, drives: tuple[str, ...]) -> None:
+        pass
+
+    def io_error_action(self, vm: str, action: str, reason: str) -> None:
+        pass
+
+    def vm_check_failed(self, vm: str, error: str) -> None:
+        pass
+
 
 @dataclass
 class Tally(NullObserver):
@@ -88,6 +109,10 @@ class Tally(NullObserver):
     enospc_pauses: int = 0
     resumes: int = 0
     capped: int = 0
+    unmanaged: int = 0
+    io_error_resumes: int = 0
+    kills: int = 0
+    check_failures: int = 0
     latencies: list[float] = field(default_factory=list)
 
     def extend_finished(
@@ -117,6 +142,18 @@ class Tally(NullObserver):
 
     def drive_at_cap(self, vm: str, drive: str, volume: VolumeRef) -> None:
         self.capped += 1
+
+    def unmanaged_enospc(self, vm: str, drives: tuple[str, ...]) -> None:
+        self.unmanaged += 1
+
+    def io_error_action(self, vm: str, action: str, reason: str) -> None:
+        if action == "resume":
+            self.io_error_resumes += 1
+        elif action == "kill":
+            self.kills += 1
+
+    def vm_check_failed(self, vm: str, error: str) -> None:
+        self.check_failures += 1
 
 
 class Fanout(NullObserver):
@@ -164,3 +201,15 @@ class Fanout(NullObserver):
     def vg_full(self, vm: str, drive: str, volume: VolumeRef) -> None:
         for o in self._observers:
             o.vg_full(vm, drive, volume)
+
+    def unmanaged_enospc(self, vm: str, drives: tuple[str, ...]) -> None:
+        for o in self._observers:
+            o.unmanaged_enospc(vm, drives)
+
+    def io_error_action(self, vm: str, action: str, reason: str) -> None:
+        for o in self._observers:
+            o.io_error_action(vm, action, reason)
+
+    def vm_check_failed(self, vm: str, error: str) -> None:
+        for o in self._observers:
+            o.vm_check_failed(vm, error)

@@ -47,9 +47,26 @@ class PauseReason(enum.Enum):
 
 
 @dataclass(frozen=True)
+class DriveError:
+    """A drive the hypervisor reports in error while the VM is paused, managed or not.
+
+    ``drive`` is named like :attr:`DriveInfo.drive` (so the monitor can tell its own drives
+    from others); ``path`` is the device or file underneath (what a storage probe reads);
+    ``nospace`` tells ENOSPC from any other I/O error.
+    """
+
+    drive: str
+    path: str
+    nospace: bool
+
+
+@dataclass(frozen=True)
 class RunState:
     running: bool
     pause_reason: PauseReason | None = None  # set when not running
+    # Set for I/O error pauses: every drive in error (also drives autoextend does not manage:
+    # raw, capacity 0, outside the pool), so an ENOSPC on one of those is never resumed.
+    errors: tuple[DriveError, ...] = ()
 
 
 # Events: the backend sends these into the monitor's stream.
@@ -134,6 +151,10 @@ class Hypervisor(Protocol):
     async def run_state(self, vm: str) -> RunState: ...
 
     async def resume(self, vm: str) -> None: ...
+
+    async def kill(self, vm: str) -> None:
+        """Terminate the VM (``[resume] policy = "kill"``)."""
+        ...
 
     def volume_of(self, drive: DriveInfo) -> VolumeRef | None:
         """Map a drive to its volume, or None when it is not on a managed volume."""

@@ -39,7 +39,7 @@ from autoextend.monitor.protocols import (
 from autoextend.qmp.config import QmpSettings
 from autoextend.qmp.connection import QmpConnection
 from autoextend.qmp.devsize import device_size
-from autoextend.qmp.errors import QmpConnectFailed, QmpError, VmNotFound
+from autoextend.qmp.errors import QmpConnectFailed, QmpDisconnected, QmpError, VmNotFound
 from autoextend.qmp.replies import vm_name
 from autoextend.qmp.session import DeviceSize, VmSession
 
@@ -141,6 +141,12 @@ class QmpHypervisor:
 
     async def resume(self, vm: str) -> None:
         await self._session(vm, "cont").resume()
+
+    async def kill(self, vm: str) -> None:
+        try:
+            await self._session(vm, "quit").kill()
+        except QmpDisconnected:
+            pass  # QEMU quit before it answered: what was asked
 
     def volume_of(self, drive: DriveInfo) -> VolumeRef | None:
         return self._lookup(drive.path)

@@ -32,6 +32,7 @@ from autoextend.monitor.protocols import (
 )
 from autoextend.qmp.connection import QmpConnection
 from autoextend.qmp.errors import MalformedReply, QmpDisconnected, QmpError
+from autoextend.qmp.pauses import drive_errors
 from autoextend.qmp.replies import (
     MAX_SIZE,
     Topology,
@@ -111,8 +112,14 @@ class VmSession:
         status = await self.conn.execute("query-status")
         if isinstance(status, dict) and status.get("running") is True:
             return parse_run_state(self.name, status, ())
-        io_status = parse_io_status(self.name, await self.conn.execute("query-block"))
-        return parse_run_state(self.name, status, io_status.values(), self._saw_nospace)
+        block = await self.conn.execute("query-block")
+        io_status = parse_io_status(self.name, block)
+        state = parse_run_state(self.name, status, io_status.values(), self._saw_nospace)
+        if state.running or not any(s != "ok" for s in io_status.values()):
+            return state
+        nodes = await self.conn.execute("query-named-block-nodes", {"flat": True})
+        stats = await self.conn.execute("query-blockstats", {"query-nodes": True})
+        return dataclasses.replace(state, errors=drive_errors(block, nodes, stats))
 
     async def set_threshold(self, drive: DriveInfo, threshold: int) -> None:
         if not 0 <= threshold <= MAX_SIZE:
@@ -123,6 +130,10 @@ class VmSession:
 
     async def resume(self) -> None:
         await self.conn.execute("cont")
+
+    async def kill(self) -> None:
+        """``quit``: QEMU exits at once (the connection drops, the VM is gone)."""
+        await self.conn.execute("quit")
 
     # ------------------------------------------------------------ background work
 

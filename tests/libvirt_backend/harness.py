@@ -30,7 +30,7 @@ from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.config import PolicySettings
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.local import LocalExtender
-from autoextend.monitor.observer import Fanout, Tally
+from autoextend.monitor.observer import Fanout, NullObserver, Tally
 from autoextend.monitor.protocols import (
     DriveInfo,
     Extender,
@@ -79,7 +79,7 @@ class HeldExtender:
         return await self.inner.extend(volume, size)
 
 
-class History:
+class History(NullObserver):
     """A MonitorObserver keeping what the monitor did, in order, for assertion messages."""
 
     def __init__(self) -> None:

@@ -1,0 +1,166 @@
+"""The extension task: one per drive at most, owned by its VM's task group.
+
+It extends until the drive has its watermark of room (or is at its cap), then asks the VM's
+task to look again (which re-arms and resumes): the VM task stays the only owner of the VM's
+pause state. The extender checks the new size (its contract: "visible at that size on this
+host"); the monitor does not check it a second time. The wait is bounded by one deadline,
+:attr:`MonitorBase.extend_deadline_s` (see ``autoextend/timeouts.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import anyio
+
+from autoextend.errors import AutoextendError
+from autoextend.monitor import policy
+from autoextend.monitor.drive import DriveState, ThresholdState
+from autoextend.monitor.protocols import DriveInfo, ExtendOutcome, OutcomeKind
+from autoextend.monitor.vm import POLL, MonitorBase, Vm, log
+
+
+class DriveVanished(AutoextendError):
+    def __init__(self, vm: str, drive: str) -> None:
+        self.vm = vm
+        self.drive = drive
+        super().__init__(f"{vm}: drive {drive} is gone")
+
+
+class Extensions(MonitorBase):
+    def _start_extension(self, vm: Vm, d: DriveState) -> None:
+        if d.state is not ThresholdState.EXCEEDED or vm.tg is None:
+            return
+        d.start_extend()
+        self._count_in_flight(+1)
+        vm.tg.start_soon(self._extend, vm, d, name=f"extend:{vm.name}:{d.name}")
+
+    async def _extend(self, vm: Vm, d: DriveState) -> None:
+        """Extend until the drive has its watermark of room (or is capped); one task owns it.
+
+        Any exception ends this extension only (counted as a failure, retried with backoff):
+        never the VM's task, never the monitor.
+        """
+        bound = log.bind(vm=vm.name, drive=d.name, volume=str(d.volume))
+        try:
+            while True:
+                again = await self._extend_once(vm, d, bound)
+                if not again:
+                    break
+        except Exception as exc:  # noqa: BLE001 - contained per drive, see docstring
+            if d.in_flight:
+                delay = self._retry_delay(d, OutcomeKind.FAILED)
+                d.extend_failed(self.clock.now(), str(exc) or type(exc).__name__, delay)
+            if isinstance(exc, AutoextendError):
+                bound.warning("extension failed", error=str(exc), attempts=d.attempts)
+            else:
+                bound.error("extension failed on an unexpected error", error=repr(exc),
+                            attempts=d.attempts, exc_info=True)
+                with contextlib.suppress(Exception):  # observers must not raise; if one does
+                    self.observer.vm_check_failed(vm.name, repr(exc))
+        finally:
+            if vm.drives.get(d.name) is d:
+                self._count_in_flight(-1)
+        if vm.drives.get(d.name) is d:
+            vm.post(POLL)  # the VM's task re-checks: re-arm, resume, retry
+
+    def _retry_delay(self, d: DriveState, kind: OutcomeKind) -> float:
+        if kind is OutcomeKind.REJECTED:
+            return self.settings.retry_max_s
+        return policy.backoff(d.attempts + 1, self.settings.retry_initial_s,
+                              self.settings.retry_max_s)
+
+    async def _fresh(self, vm: Vm, d: DriveState) -> DriveInfo:
+        for info in await self.hypervisor.drives(vm.name):
+            if info.drive == d.name:
+                d.update_info(info)
+                return info
+        raise DriveVanished(vm.name, d.name)
+
+    async def _extend_once(self, vm: Vm, d: DriveState, bound: Any) -> bool:
+        """One extension. Returns True when the drive needs another one right away."""
+        t_event = d.exceeded_at if d.exceeded_at is not None else self.clock.now()
+        t_start = self.clock.now()
+        info = await self._fresh(vm, d)
+        pol = self.policy_for(info, d.volume)
+        target = policy.next_size(info.physical, info.capacity, pol)
+        if target <= info.physical:
+            self._disable(vm, d)
+            self.observer.extend_finished(vm.name, d.name, d.volume, None, info.physical, {})
+            return False
+        if not d.enospc and not policy.needs_extension(info.allocation, info.physical, pol):
+            # A stale event (the drive grew since), or someone else extended it already.
+            new_threshold = policy.threshold(info.physical, pol)
+            d.not_needed(new_threshold)
+            bound.info("extension not needed", allocation=info.allocation,
+                       physical=info.physical)
+            try:
+                await self.hypervisor.set_threshold(vm.name, info, new_threshold)
+            except AutoextendError:
+                d.disarmed()
+                raise
+            return False
+        if self.dry_run:
+            bound.info("dry-run: would extend", physical=info.physical, size=target)
+            d.extend_failed(self.clock.now(), "dry-run", self.settings.retry_max_s)
+            return False
+        bound.info("extending", physical=info.physical, size=target,
+                   allocation=info.allocation, wait_s=round(t_start - t_event, 6))
+        deadline = self.extend_deadline_s
+        outcome: ExtendOutcome | None = None
+        with anyio.move_on_after(deadline):
+            outcome = await self.extender.extend(d.volume, target)
+        if outcome is None:
+            outcome = ExtendOutcome(OutcomeKind.FAILED, 0, f"no answer within {deadline} s",
+                                    code="timeout")
+        t_extended = self.clock.now()
+        if not outcome.ok:
+            delay = self._retry_delay(d, outcome.kind)
+            d.extend_failed(self.clock.now(), outcome.reason, delay)
+            self.observer.extend_finished(vm.name, d.name, d.volume, outcome.kind, outcome.size,
+                                          {"extender": t_extended - t_start})
+            if outcome.code == "vg_full":
+                self.observer.vg_full(vm.name, d.name, d.volume)
+                bound.error("volume group cannot satisfy the extension", size=target,
+                            reason=outcome.reason, retry_in_s=round(delay, 3))
+            else:
+                bound.warning("extension failed", result=outcome.kind.value,
+                              reason=outcome.reason, code=outcome.code, attempts=d.attempts,
+                              retry_in_s=round(delay, 3))
+            return False
+        # The extender checked the size (its contract); fresh numbers are for the threshold.
+        info = await self._fresh(vm, d)
+        if policy.at_cap(info.physical, info.capacity, pol):
+            d.extend_done(0)
+            self._disable(vm, d)
+            new_threshold = 0
+        else:
+            new_threshold = policy.threshold(info.physical, pol)
+            d.extend_done(new_threshold)
+            try:
+                await self.hypervisor.set_threshold(vm.name, info, new_threshold)
+            except AutoextendError as exc:
+                # The extension itself succeeded: do not extend again, just arm later.
+                d.disarmed()
+                bound.warning("re-arming failed; the next poll arms it", error=str(exc))
+        t_armed = self.clock.now()
+        phases = {
+            **outcome.phases,
+            "wait": t_start - t_event,
+            "extender": t_extended - t_start,
+            "rearm": t_armed - t_extended,
+            "total": t_armed - t_event,
+        }
+        self.observer.extend_finished(vm.name, d.name, d.volume, OutcomeKind.OK, info.physical,
+                                      phases)
+        bound.info("extended", size=info.physical, threshold=new_threshold,
+                   duration_s=phases["total"],
+                   phases={k: round(v, 6) for k, v in phases.items()})
+        if d.state is ThresholdState.SET and policy.needs_extension(
+            info.allocation, info.physical, pol
+        ):
+            d.mark_exceeded(self.clock.now())
+            d.start_extend()
+            return True
+        return False
