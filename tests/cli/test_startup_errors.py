@@ -285,7 +285,8 @@ def test_debug_adds_the_traceback_before_the_line(tmp_path: Path) -> None:
 def test_sigterm_stops_a_start_up_that_waits(tmp_path: Path, area: Path) -> None:
     """A lease join waits for seconds (minutes at io_timeout 60 s); SIGTERM (systemctl stop)
     must end the service at once, cleanly, not after the join."""
-    text = mailbox_config(tmp_path, area, "max_hosts = 16").replace(
+    text = mailbox_config(tmp_path, area, "max_hosts = 16",
+                          "request_timeout_s = 700.0").replace(  # outlasts a failover at 60 s
         "io_timeout_s = 0.1\nwatchdog_fire_timeout_s = 0.2", "io_timeout_s = 60.0"
     )
     path = write_config(tmp_path / "c.toml", text)
