@@ -32,9 +32,9 @@ from autoextend.lab.waiting import until
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
 POLL_S = 0.2
-# The issue asks for 30 s of observation; with a 0.2 s poll, 12 s is 60 poll cycles (each a
-# full resync of the VM), far more chances to resume than the 30 s at the shipped 2 s poll.
-OBSERVE_S = 12.0
+# Time is the subject here: nothing may happen in these windows (fixed sleeps on purpose).
+OBSERVE_S = 30.0  # the issue's window, at a 0.2 s poll (150 full resyncs)
+AFTER_GROW_S = 6.0  # after the drive is grown by hand: 30 more resyncs
 
 
 @dataclass
@@ -155,7 +155,7 @@ async def test_enospc_on_unmanaged_drive_is_never_resumed(lab_tmp_path: Path) ->
                     assert metric(host, "autoextend_unmanaged_enospc_total") == 1.0
 
                     await outside.grow(to=256 * MiB)  # grown by hand
-                    await anyio.sleep(OBSERVE_S / 2)
+                    await anyio.sleep(AFTER_GROW_S)
                     assert qemu.count("RESUME") == 1
                     assert vm_status(host, "u")["paused"] == "enospc, unmanaged vdb"
                     assert metric(host, "autoextend_unmanaged_enospc_total") == 1.0
