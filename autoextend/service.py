@@ -183,6 +183,9 @@ class Service:
                      lambda: server_counter("corrupt_sectors"))
         m.gauge_from("autoextend_spm_terms", "SPM terms this host has held",
                      lambda: float(cluster.terms))
+        m.counter_from("autoextend_lease_bad_records_total",
+                       "Lease records (delta, leader, dblock) read as corrupt or impossible",
+                       lambda: float(cluster.lease.record_errors) if cluster.lease else 0.0)
 
     async def _step_down(self, request: dict[str, Any]) -> dict[str, Any]:
         if self.cluster is None:

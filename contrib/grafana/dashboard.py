@@ -73,7 +73,9 @@ PANELS: tuple[Panel, ...] = (
     Panel("SPM and lease health", "s", (
         Target("autoextend_lease_renewal_age_seconds", "renewal age {{instance}}"),
         Target("autoextend_spm_is_spm", "is SPM {{instance}}"),
-        Target("sum(autoextend_spm_is_spm)", "SPMs in pool")),
+        Target("sum(autoextend_spm_is_spm)", "SPMs in pool"),
+        Target(f"increase(autoextend_lease_bad_records_total[{W}])",
+               "bad lease records {{instance}}")),
         "The lease is lost 8 x io_timeout after the last renewal; exactly one SPM is normal."),
     Panel("Mailbox traffic", "ops", (
         Target(f"rate(autoextend_mailbox_requests_sent[{W}])", "sent {{instance}}"),

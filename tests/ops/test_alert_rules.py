@@ -28,7 +28,8 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_rules_are_valid() -> None:
     result = _promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 10 rules found" in result.stdout
+    rules = (RULES_DIR / "alerts.yml").read_text().count("- alert:")
+    assert rules >= 10 and f"SUCCESS: {rules} rules found" in result.stdout
 
 
 def test_rules_pass_their_unit_tests() -> None:
