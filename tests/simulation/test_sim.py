@@ -83,7 +83,8 @@ def test_mutation_is_caught(mutation: str) -> None:
             report = result.report(tail=15)
             print(report)
             FIGURES.append(f"mutation {mutation}: caught by seed {seed} after {spent:.0f} "
-                           f"simulated seconds: {result.violation}; replay: {cfg.command()}")
+                           f"simulated seconds (seeds 1..{seed}, {result.sim_seconds:.0f} s in "
+                           f"the failing one): {result.violation}; replay: {cfg.command()}")
             assert cfg.command() in report
             replay = run_world(cfg)  # the printed seed replays the same failure, byte for byte
             assert (replay.violation, replay.digest) == (result.violation, result.digest)
