@@ -29,6 +29,8 @@ class Notifier:
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
         self.watchdog_interval_s: float | None = None
+        self.dropped = 0  # messages dropped because the manager's queue was full
+        self._dropping = False
         if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self.watchdog_interval_s = int(usec) / 1e6 / 2
 
@@ -37,16 +39,33 @@ class Notifier:
         return bool(self.address)
 
     def notify(self, *fields: str) -> None:
-        """Send ``KEY=value`` lines in one datagram. Never raises: a notify failure is logged."""
+        """Send ``KEY=value`` lines in one datagram. Never raises and never blocks.
+
+        The socket is non-blocking: a datagram socket whose reader has fallen behind (its queue
+        is only ``net.unix.max_dgram_qlen`` datagrams, 10 by default) would otherwise block
+        the sender, and the sender is the event loop: every extension would stop behind a
+        service manager that does not read. A message that does not fit is dropped and
+        counted (``dropped``); the first of a run of drops is logged.
+        """
         if not self.address:
             return
         payload = "\n".join(fields).encode()
+        kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            with socket.socket(socket.AF_UNIX, kind) as sock:
                 sock.connect(self.address)
                 sock.send(payload)
+        except BlockingIOError:
+            self.dropped += 1
+            if not self._dropping:
+                log.warning("sd_notify queue full; message dropped (the service manager is "
+                            "not reading its notify socket)", message=fields[0])
+            self._dropping = True
+            return
         except OSError as exc:
             log.warning("sd_notify failed", error=str(exc))
+            return
+        self._dropping = False
 
     def ready(self, status: str) -> None:
         self.notify("READY=1", f"STATUS={status}")

@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -144,14 +146,48 @@ async def test_per_vg_override_changes_the_chunk(lab_tmp_path: Path) -> None:
         assert size == 32 * MiB * (tally.extends + 1)  # every step was 32 MiB, not 128
 
 
-def _recv(sock: socket.socket, want: bytes, timeout: float = 30.0) -> list[bytes]:
-    sock.settimeout(timeout)
-    seen = []
-    while True:
-        msg = sock.recv(4096)
-        seen.append(msg)
-        if want in msg:
-            return seen
+class _Manager:
+    """Stands in for systemd's end of NOTIFY_SOCKET: it reads every datagram as it comes.
+
+    (A reader that stops reading fills the socket's small queue; the service then drops
+    messages rather than block, see tests/service/test_sdnotify.py.)"""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.messages: list[bytes] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                msg = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.messages.append(msg)
+
+    def wait_for(self, want: bytes, timeout: float = 30.0) -> bytes:
+        """The first message (in order) that contains ``want``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                for msg in self.messages:
+                    if want in msg:
+                        return msg
+            time.sleep(0.02)
+        raise AssertionError(f"no {want!r} within {timeout} s; got {self.messages[-5:]}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
 
 
 def test_run_with_sd_notify_sighup_reload_and_sigterm() -> None:
@@ -163,17 +199,16 @@ def test_run_with_sd_notify_sighup_reload_and_sigterm() -> None:
         f'[volumes]\nbackend = "loop"\nloop_root = "{work}/volumes"\n'
     )
     cfg.write_text(good)
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(work / "notify.sock"))
+    notify = _Manager(work / "notify.sock")
     env = {**os.environ, "NOTIFY_SOCKET": str(work / "notify.sock"), "WATCHDOG_USEC": "200000"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "autoextend", "--config", str(cfg), "--log-format", "json", "run"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:
-        ready = b"".join(_recv(notify, b"READY=1"))
+        ready = notify.wait_for(b"READY=1")
         assert b"STATUS=" in ready
-        assert b"WATCHDOG=1" in b"".join(_recv(notify, b"WATCHDOG=1"))
+        notify.wait_for(b"WATCHDOG=1")
         status = subprocess.run(
             [sys.executable, "-m", "autoextend", "--config", str(cfg), "status", "--json"],
             capture_output=True, text=True, check=True)
@@ -201,7 +236,7 @@ def test_run_with_sd_notify_sighup_reload_and_sigterm() -> None:
         else:
             raise AssertionError("reload did not apply dry_run")
         proc.send_signal(signal.SIGTERM)
-        assert b"STOPPING=1" in b"".join(_recv(notify, b"STOPPING=1"))
+        notify.wait_for(b"STOPPING=1")
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err.decode()
         log = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]

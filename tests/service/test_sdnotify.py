@@ -9,6 +9,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from autoextend.clock import MonotonicClock
 from autoextend.sdnotify import Notifier
@@ -74,3 +75,32 @@ async def test_watchdog_pings_from_the_loop(notify_socket: tuple[socket.socket, 
 def test_watchdog_for_another_pid_is_ignored() -> None:
     n = Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "100000", "WATCHDOG_PID": "1"})
     assert n.watchdog_interval_s is None
+
+
+def test_a_manager_that_does_not_read_never_blocks_the_sender(
+    notify_socket: tuple[socket.socket, str],
+) -> None:
+    # The reader's queue holds net.unix.max_dgram_qlen datagrams (10 by default); a blocking
+    # send past that would freeze the event loop. Nothing is read here: every send must
+    # return at once, the overflow is dropped and counted, and the drop is logged once.
+    sock, path = notify_socket
+    n = Notifier({"NOTIFY_SOCKET": path})
+    qlen = int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
+    sends = qlen + 50
+    with capture_logs() as logs:
+        for _ in range(sends):
+            n.notify("WATCHDOG=1")
+    assert 0 < n.dropped <= sends
+    warnings = [e for e in logs if "queue full" in e["event"]]
+    assert len(warnings) == 1
+    sock.setblocking(False)
+    received = 0
+    while True:
+        try:
+            sock.recv(4096)
+        except BlockingIOError:
+            break
+        received += 1
+    assert received + n.dropped == sends
+    n.ready("read again")  # the queue has room again: delivered, and a new run of drops
+    assert sock.recv(4096).startswith(b"READY=1")
