@@ -32,13 +32,13 @@ from autoextend.lease.liveness import HostState
 from autoextend.lease.service import LeaseService
 from autoextend.logs import get_logger
 from autoextend.lvm import factory
-from autoextend.lvm.volume import VolumeBackend
 from autoextend.settings import Settings
 from autoextend.spm.config import mailbox_base
 from autoextend.spm.extender import MailboxExtender
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.server import SpmMailServer
+from autoextend.volumes import VolumeBackend
 
 
 class ClusterAgent:

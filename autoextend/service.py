@@ -28,15 +28,14 @@ from autoextend.control import ControlServer
 from autoextend.errors import AutoextendError, ConfigError
 from autoextend.logs import get_logger
 from autoextend.lvm import factory
-from autoextend.lvm.authority import LocalAuthority, SpmAuthority
 from autoextend.lvm.reserve import FreeSpaceBackend
-from autoextend.lvm.volume import VolumeBackend, VolumeRef
 from autoextend.metrics import Metrics, serve_metrics
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
 from autoextend.monitor.protocols import Extender, ExtendOutcome, Hypervisor, OutcomeKind
 from autoextend.sdnotify import Notifier
 from autoextend.settings import Settings
+from autoextend.volumes import LocalAuthority, SpmAuthority, VolumeBackend, VolumeRef
 
 log = get_logger("service")
 

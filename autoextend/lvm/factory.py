@@ -1,7 +1,7 @@
 """Build the configured volume backend (used by the service and the CLI).
 
 ``authority`` decides whether this process may write: the SPM passes its SPM term object, a
-single-host setup passes :class:`~autoextend.lvm.authority.LocalAuthority`, and a host that
+single-host setup passes :class:`~autoextend.volumes.LocalAuthority`, and a host that
 only refreshes and reads passes None (its extends raise NotSpmError).
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from autoextend.errors import ConfigError
-from autoextend.lvm.authority import SpmAuthority
 from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.lvmconf import LvmCommandConfig, resolve_activation
@@ -19,6 +18,7 @@ from autoextend.lvm.reserve import FreeSpaceBackend, with_reserves
 from autoextend.lvm.runner import LvmRunner, ProcessRunner
 from autoextend.lvm.shell import LvmShellRunner
 from autoextend.lvm.writer import LvmWriter
+from autoextend.volumes import SpmAuthority
 
 if TYPE_CHECKING:
     from autoextend.lvm.config import LvmSettings

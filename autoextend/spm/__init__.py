@@ -5,12 +5,12 @@ See ``autoextend/spm/README.md`` for the layout on the metadata area and the I/O
 
 from __future__ import annotations
 
-from autoextend.lvm.authority import SpmAuthority
 from autoextend.spm.extender import MailboxExtender
 from autoextend.spm.host import HostMailbox, HostMailboxCounters
 from autoextend.spm.layout import SLOTS_PER_HOST, MailboxLayout
 from autoextend.spm.server import ServerCounters, SpmMailServer
 from autoextend.spm.wire import ReasonCode, Reply, Request, Status
+from autoextend.volumes import SpmAuthority
 
 __all__ = [
     "SLOTS_PER_HOST",

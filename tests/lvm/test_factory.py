@@ -6,13 +6,12 @@ import pytest
 
 from autoextend import settings
 from autoextend.errors import ConfigError, NotSpmError
-from autoextend.lvm.authority import LocalAuthority
 from autoextend.lvm.factory import make_volume_backend
 from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.runner import ProcessRunner
 from autoextend.lvm.shell import LvmShellRunner
-from autoextend.lvm.volume import VolumeRef
+from autoextend.volumes import LocalAuthority, VolumeRef
 
 
 async def test_loop_backend_from_settings(tmp_path: object) -> None:

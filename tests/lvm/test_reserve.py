@@ -11,13 +11,11 @@ import pytest
 
 from autoextend import settings as settings_mod
 from autoextend.lvm import factory
-from autoextend.lvm.authority import LocalAuthority
-from autoextend.lvm.errors import VolumeSpaceError
 from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.lvm.reserve import ReservedSpace
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.local import LocalExtender
 from autoextend.monitor.protocols import OutcomeKind
+from autoextend.volumes import LocalAuthority, VolumeRef, VolumeSpaceError
 
 MiB = 1 << 20
 

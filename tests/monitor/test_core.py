@@ -8,7 +8,6 @@ import anyio
 import pytest
 
 from autoextend.clock import ManualClock
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.config import PolicySettings
 from autoextend.monitor.core import Monitor, percentile
 from autoextend.monitor.drive import ThresholdState
@@ -16,6 +15,7 @@ from autoextend.monitor.memory import MemoryExtender, MemoryHypervisor, MemoryVo
 from autoextend.monitor.observer import Tally
 from autoextend.monitor.policy import MiB
 from autoextend.monitor.protocols import OutcomeKind, PauseReason, ThresholdCrossed, VmGone
+from autoextend.volumes import VolumeRef
 
 VOL = VolumeRef("vg0", "lv1")
 SETTINGS = PolicySettings(

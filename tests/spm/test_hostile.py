@@ -14,7 +14,6 @@ import anyio
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from autoextend.lvm.volume import VolumeRef
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.generation import after
 from autoextend.spm.validate import check_request
@@ -43,6 +42,7 @@ from autoextend.spm.wire import (
     decode_sector,
     encode_sector,
 )
+from autoextend.volumes import VolumeRef
 
 from .fakes import FAST
 from .test_mailbox import VG, MiB, Pool, serving, vol

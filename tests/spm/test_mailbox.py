@@ -14,7 +14,6 @@ from structlog.testing import capture_logs
 from autoextend.clock import ManualClock
 from autoextend.directio import MemoryStorage
 from autoextend.errors import NotSpmError
-from autoextend.lvm.volume import VolumeRef
 from autoextend.spm.config import MailboxSettings
 from autoextend.spm.errors import MailboxClosed, MailboxTimeout
 from autoextend.spm.host import CLEAR_DELAY_S, HostMailbox
@@ -31,6 +30,7 @@ from autoextend.spm.wire import (
     encode_ring,
     encode_sector,
 )
+from autoextend.volumes import VolumeRef
 
 from .fakes import FAST, Authority, RecordingBackend, layout_for
 
