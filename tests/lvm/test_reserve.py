@@ -64,11 +64,15 @@ async def test_factory_applies_configured_reserves(loop_root: Path) -> None:
         "volumes": {"backend": "loop", "loop_root": str(loop_root), "loop_extent_mib": 4},
         "policy": {"vg_reserve_mib": {"vg": 40}},
     })
-    backend = factory.make_pool_backend(cfg, LocalAuthority())
+    backend = factory.make_pool_backend(
+        cfg.volumes, cfg.lvm, LocalAuthority(),
+        reserves_mib=cfg.policy.vg_reserve_mib, extent_mib=cfg.policy.extent_mib)
     assert isinstance(backend, ReservedSpace) and backend.reserves == {"vg": 40 * MiB}
+    bare = settings_mod.from_mapping({"volumes": {"backend": "loop",
+                                                  "loop_root": str(loop_root)}})
     plain = factory.make_pool_backend(
-        settings_mod.from_mapping({"volumes": {"backend": "loop",
-                                               "loop_root": str(loop_root)}}), LocalAuthority())
+        bare.volumes, bare.lvm, LocalAuthority(),
+        reserves_mib=bare.policy.vg_reserve_mib, extent_mib=bare.policy.extent_mib)
     assert isinstance(plain, LoopVolumeBackend)
 
 
