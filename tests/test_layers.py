@@ -5,6 +5,8 @@
 - Production code never imports the lab, the simulator or the tests (only the lab's own CLI
   front-ends import ``autoextend.lab``).
 - Benchmarks do not import ``tests``.
+- No test module (``test_*.py``) imports another test module (shared helpers live in
+  non-test modules such as ``tests/spm/pool.py`` or in conftest fixtures).
 """
 
 from __future__ import annotations
@@ -113,3 +115,13 @@ def test_the_lab_imports_no_sim_or_tests() -> None:
 
 def test_benchmarks_do_not_import_tests() -> None:
     assert violations(py_files("bench"), ("tests",)) == []
+
+
+def test_no_test_module_imports_another_test_module() -> None:
+    found = []
+    for path in py_files("tests"):
+        rel = path.relative_to(ROOT).as_posix()
+        for name in sorted(imports_of(path)):
+            if name.split(".")[0] == "tests" and name.split(".")[-1].startswith("test_"):
+                found.append(f"{rel} imports {name}")
+    assert found == []

@@ -10,7 +10,6 @@ from autoextend.spm.host import HostMailbox, HostMailboxCounters
 from autoextend.spm.layout import SLOTS_PER_HOST, MailboxLayout
 from autoextend.spm.server import ServerCounters, SpmMailServer
 from autoextend.spm.wire import ReasonCode, Reply, Request, Status
-from autoextend.volumes import SpmAuthority
 
 __all__ = [
     "SLOTS_PER_HOST",
@@ -22,7 +21,6 @@ __all__ = [
     "Reply",
     "Request",
     "ServerCounters",
-    "SpmAuthority",
     "SpmMailServer",
     "Status",
 ]

@@ -42,14 +42,6 @@ MiB = 1 << 20
 VG = "lv"
 
 
-async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    with anyio.move_on_after(timeout):
-        while not cond():
-            await anyio.sleep(0.05)
-        return
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def fast_settings(uri: str, **overrides: Any) -> LibvirtSettings:
     values: dict[str, Any] = {"uri": uri, "reconnect_interval_s": 0.2, "reconnect_max_s": 1.0,
                               "rescan_interval_s": 1.0, "call_timeout_s": 10.0}

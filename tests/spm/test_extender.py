@@ -9,7 +9,7 @@ from autoextend.spm.extender import MailboxExtender
 from autoextend.volumes import VolumeRef
 
 from .fakes import RecordingBackend
-from .test_mailbox import MiB, Pool, serving, vol
+from .pool import MiB, Pool, serving, vol
 
 
 async def test_ok_refreshes_and_verifies() -> None:

@@ -45,7 +45,7 @@ from autoextend.spm.wire import (
 from autoextend.volumes import VolumeRef
 
 from .fakes import FAST
-from .test_mailbox import VG, MiB, Pool, serving, vol
+from .pool import VG, MiB, Pool, serving, vol
 
 U8, U16, U32, U64 = 0xFF, 0xFFFF, 0xFFFFFFFF, (1 << 64) - 1
 LIMIT = FAST.max_request_bytes

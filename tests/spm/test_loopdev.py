@@ -24,7 +24,7 @@ from autoextend.spm.wire import Kind, Reply, Status, decode_ring, decode_sector
 from autoextend.volumes import LocalAuthority
 
 from .fakes import FAST, RecordingBackend
-from .test_mailbox import VG, MiB, vol
+from .pool import VG, MiB, vol
 
 AREA_BYTES = 4 * MiB
 
