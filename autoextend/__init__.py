@@ -9,6 +9,9 @@ Packages:
     spm/              storage mailbox, SPM server, host-side mailbox extender
     lab/              one-machine rig: guests, thin volumes, QEMU and libvirtd launchers
     cli/              the `autoextend` command
+
+Neutral modules every layer may import: volumes.py (VolumeRef, the volume backend and SPM
+authority protocols), metadata_area.py (where the leases and the mailbox live).
 """
 
 from __future__ import annotations

@@ -19,53 +19,92 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
 
-from autoextend import startup, validation
+from autoextend import startup
 from autoextend.clock import Clock
 from autoextend.directio import SectorStorage, open_storage
 from autoextend.errors import AutoextendError, ConfigError, NotSpmError, StartupError
+from autoextend.lease.config import LeaseSettings
 from autoextend.lease.liveness import HostState
 from autoextend.lease.service import LeaseService
 from autoextend.logs import get_logger
-from autoextend.lvm import factory
-from autoextend.lvm.volume import VolumeBackend
-from autoextend.settings import Settings
-from autoextend.spm.config import mailbox_base
+from autoextend.monitor.protocols import ExtendOutcome
+from autoextend.spm.config import MailboxSettings, mailbox_base
 from autoextend.spm.extender import MailboxExtender
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.server import SpmMailServer
+from autoextend.volumes import SpmAuthority, VolumeBackend, VolumeRef
+
+if TYPE_CHECKING:
+    from autoextend.lvm.reserve import FreeSpaceBackend
+
+#: Builds the SPM's volume backend for one term (the term is the writer's authority).
+SpmBackendFactory = Callable[[SpmAuthority], "FreeSpaceBackend"]
 
 
 class ClusterAgent:
-    def __init__(self, settings: Settings, host_backend: VolumeBackend, clock: Clock) -> None:
-        # lease.path, host_id, lvm.vgs, mailbox.path/max_hosts/offset: autoextend.validation
-        found = validation.problems(settings, [validation.mailbox_mode_rule])
+    """``lease``/``mailbox``: their config sections; ``vgs``: the pool's VGs (``[lvm] vgs``).
+    The full cross-section rules (``autoextend.validation.mailbox_mode_rule``) are the
+    service's to check; this checks what it cannot run without."""
+
+    def __init__(
+        self,
+        lease: LeaseSettings,
+        mailbox: MailboxSettings,
+        vgs: tuple[str, ...],
+        host_backend: VolumeBackend,
+        spm_backend: SpmBackendFactory,
+        clock: Clock,
+    ) -> None:
+        found = []
+        if not lease.path:
+            found.append(("lease.path", "must name the shared metadata area"))
+        if not 1 <= lease.host_id <= mailbox.max_hosts:
+            found.append(("lease.host_id", "must be 1..mailbox.max_hosts"))
+        if not vgs:
+            found.append(("lvm.vgs", "must list the pool's VGs"))
         if found:
             raise ConfigError("<settings>", found)
-        self.settings = settings
+        self.lease_config = lease
+        self.mailbox_config = mailbox
+        self.vgs = vgs
         self.host_backend = host_backend
+        self.spm_backend = spm_backend
         self.clock = clock
-        self.host_id = settings.lease.host_id
+        self.host_id = lease.host_id
         self.log = get_logger("cluster", host_id=self.host_id)
         self.storage: SectorStorage | None = None
         self.lease: LeaseService | None = None
         self.mailbox: HostMailbox | None = None
         self.server: SpmMailServer | None = None
         self.terms = 0
+        self._joined: anyio.Event | None = None  # made inside the event loop, on first use
 
-    def extender(self) -> MailboxExtender:
+    def extender(self) -> AgentExtender:
+        """This host's extender; usable before :meth:`run` (requests wait until joined)."""
+        return AgentExtender(self)
+
+    def _joined_event(self) -> anyio.Event:
+        if self._joined is None:
+            self._joined = anyio.Event()
+        return self._joined
+
+    async def wait_joined(self) -> HostMailbox:
+        """The host mailbox, once this host has joined the pool and its mailbox runs."""
+        await self._joined_event().wait()
         if self.mailbox is None:
             raise AutoextendError("the cluster agent is not running")
-        return MailboxExtender(self.mailbox, self.host_backend, clock=self.clock)
+        return self.mailbox
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Join, start the mailbox and the candidacy loop; ``started()`` once joined."""
-        lease_cfg = self.settings.lease
+        lease_cfg = self.lease_config
         path = lease_cfg.path  # mailbox.path is empty or the same (validation)
         await anyio.to_thread.run_sync(startup.check_metadata_area, path)
         storage = await open_storage(path, lease_cfg.sector_size, lease_cfg.io_timeout_s)
@@ -77,18 +116,19 @@ class ClusterAgent:
             except ValueError as exc:  # geometry of the detected sector size (4 KiB)
                 raise StartupError(f"lease area on {path}", str(exc)) from None
             layout = MailboxLayout(
-                mailbox_base(self.settings.mailbox, lease_cfg.offset),
+                mailbox_base(self.mailbox_config, lease_cfg.offset),
                 storage.sector_size,
-                self.settings.mailbox.max_hosts,
+                self.mailbox_config.max_hosts,
             )
             self.lease = lease
             self.mailbox = HostMailbox(
-                storage, layout, self.host_id, self.settings.mailbox, self.clock
+                storage, layout, self.host_id, self.mailbox_config, self.clock
             )
             async with lease.joined(), anyio.create_task_group() as tg:
                 await tg.start(self.mailbox.run)
                 tg.start_soon(self._candidacy, lease, storage, layout)
                 self.log.info("joined the pool", host_name=lease.host_name)
+                self._joined_event().set()
                 task_status.started()
         finally:
             with anyio.CancelScope(shield=True):
@@ -101,10 +141,10 @@ class ClusterAgent:
         while True:
             async with lease.spm() as term:
                 self.terms += 1
-                backend = factory.make_pool_backend(self.settings, term)
+                backend = self.spm_backend(term)
                 server = SpmMailServer(
-                    storage, backend, self.settings.lvm.vgs, layout=layout, authority=term,
-                    settings=self.settings.mailbox, clock=self.clock, epoch=term.lver,
+                    storage, backend, self.vgs, layout=layout, authority=term,
+                    settings=self.mailbox_config, clock=self.clock, epoch=term.lver,
                     live_hosts=lambda: self._live_hosts(lease),
                 )
                 self.server = server
@@ -168,3 +208,19 @@ class ClusterAgent:
             "mailbox": self.mailbox.counters.__dict__ if self.mailbox is not None else {},
             "server": server.counters.__dict__ if server is not None else None,
         }
+
+
+class AgentExtender:
+    """The monitor's extender in mailbox mode, built before the agent runs: each request
+    waits until the host has joined the pool, then goes through the host mailbox."""
+
+    def __init__(self, agent: ClusterAgent) -> None:
+        self._agent = agent
+        self._inner: MailboxExtender | None = None
+
+    async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome:
+        if self._inner is None:
+            mailbox = await self._agent.wait_joined()
+            self._inner = MailboxExtender(mailbox, self._agent.host_backend,
+                                          clock=self._agent.clock)
+        return await self._inner.extend(volume, size)

@@ -18,9 +18,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from autoextend import __version__
 from autoextend.logs import get_logger
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.observer import NullObserver
 from autoextend.monitor.protocols import DriveInfo, OutcomeKind, PauseReason
+from autoextend.volumes import VolumeRef
 
 log = get_logger("metrics")
 

@@ -2,8 +2,8 @@
 
 Wiring (config flows down from here; nothing reads globals)::
 
-    volume backend (lvm | loop) ─┐
-    hypervisor (qmp | libvirt) ──┼─> Monitor ──> extender (local | mailbox)
+    volume backend (lvm | loop) ──> extender (local | cluster agent's mailbox) ─┐
+    hypervisor (qmp | libvirt) ─────────────────────────────────────────────────┴─> Monitor
     control socket, metrics, sd_notify, signals
 
 SIGTERM/SIGINT cancel everything and exit cleanly; SIGHUP reloads the config file (an invalid
@@ -28,15 +28,15 @@ from autoextend.control import ControlServer
 from autoextend.errors import AutoextendError, ConfigError
 from autoextend.logs import get_logger
 from autoextend.lvm import factory
-from autoextend.lvm.authority import LocalAuthority, SpmAuthority
 from autoextend.lvm.reserve import FreeSpaceBackend
-from autoextend.lvm.volume import VolumeBackend, VolumeRef
 from autoextend.metrics import Metrics, serve_metrics
 from autoextend.monitor.core import Monitor
+from autoextend.monitor.local import LocalExtender
 from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
-from autoextend.monitor.protocols import Extender, ExtendOutcome, Hypervisor, OutcomeKind
+from autoextend.monitor.protocols import Extender, Hypervisor
 from autoextend.sdnotify import Notifier
 from autoextend.settings import Settings
+from autoextend.volumes import LocalAuthority, SpmAuthority, VolumeBackend, VolumeRef
 
 log = get_logger("service")
 
@@ -49,7 +49,10 @@ def make_volume_backend(
     authority at all; the SPM's backend is made with the lease's term as its authority."""
     if authority is None and settings.service.extender == "local":
         authority = LocalAuthority()
-    return factory.make_pool_backend(settings, authority)
+    return factory.make_pool_backend(
+        settings.volumes, settings.lvm, authority,
+        reserves_mib=settings.policy.vg_reserve_mib, extent_mib=settings.policy.extent_mib,
+    )
 
 
 def make_hypervisor(
@@ -64,19 +67,16 @@ def make_hypervisor(
     return QmpHypervisor(settings.qmp, lookup, clock)
 
 
-class _NotReadyExtender:
-    """Stands in until the cluster agent is up (the monitor starts after it)."""
+def make_cluster_agent(
+    settings: Settings, host_backend: VolumeBackend, clock: Clock
+) -> ClusterAgent:
+    """Mailbox mode: the agent, with its sections and the SPM's per-term backend factory."""
 
-    async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome:
-        return ExtendOutcome(OutcomeKind.FAILED, 0, "not joined to the pool yet", code="no_spm")
+    def spm_backend(term: SpmAuthority) -> FreeSpaceBackend:
+        return make_volume_backend(settings, term)
 
-
-def make_extender(settings: Settings, backend: VolumeBackend) -> Extender:
-    if settings.service.extender == "mailbox":
-        return _NotReadyExtender()
-    from autoextend.monitor.local import LocalExtender
-
-    return LocalExtender(backend)
+    return ClusterAgent(settings.lease, settings.mailbox, settings.lvm.vgs, host_backend,
+                        spm_backend, clock)
 
 
 class Service:
@@ -101,12 +101,17 @@ class Service:
         self.metrics = Metrics()
         self.metrics_address: tuple[str, int] | None = None
         self.notifier = notifier or Notifier()
+        # In dependency order: volumes, then the extender (the cluster agent's in mailbox
+        # mode: it waits inside for the agent to join), then the hypervisor and the monitor.
         self.backend = make_volume_backend(settings)
-        self.hypervisor = make_hypervisor(settings, self.backend.lookup, self.clock)
-        self.extender = make_extender(settings, self.backend)
         self.cluster: ClusterAgent | None = None
+        self.extender: Extender
         if settings.service.extender == "mailbox":
-            self.cluster = ClusterAgent(settings, self.backend, self.clock)
+            self.cluster = make_cluster_agent(settings, self.backend, self.clock)
+            self.extender = self.cluster.extender()
+        else:
+            self.extender = LocalExtender(self.backend)
+        self.hypervisor = make_hypervisor(settings, self.backend.lookup, self.clock)
         observers: list[MonitorObserver] = [self.tally, self.metrics]
         if observer is not None:
             observers.append(observer)
@@ -259,7 +264,6 @@ class Service:
             if self.cluster is not None:
                 with startup.step(f"lease and mailbox on {self.settings.lease.path}"):
                     await tg.start(self.cluster.run)
-                self.monitor.extender = self.cluster.extender()
             if self.settings.metrics.enabled:
                 m = self.settings.metrics
                 with startup.step(f"metrics endpoint {m.address}:{m.port}"):

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 import anyio
 
 from autoextend.errors import StartupError
+from autoextend.metadata_area import LEASE_AREA_SIZE
 
 
 def os_reason(exc: OSError) -> str:
@@ -93,8 +94,6 @@ def check_volume_backend(backend: str, lvm_binary: str) -> None:
 
 def check_lease_area_fits(path: str, offset: int, storage_size: int) -> None:
     """The lease area (``[lease] offset`` + 4 MiB) must lie within the metadata area."""
-    from autoextend.lease.layout import LEASE_AREA_SIZE
-
     end = offset + LEASE_AREA_SIZE
     if end > storage_size:
         raise StartupError(

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from autoextend.errors import ConfigError
+from autoextend.metadata_area import LEASE_AREA_SIZE
 from autoextend.timeouts import check_timeouts
 
 if TYPE_CHECKING:
@@ -158,7 +159,6 @@ def mailbox_mode_rule(s: Settings) -> Iterator[Problem]:
 
 
 def _mailbox_region(s: Settings) -> Iterator[Problem]:
-    from autoextend.lease.layout import LEASE_AREA_SIZE
     from autoextend.spm.errors import LayoutError
     from autoextend.spm.layout import ALIGNMENT, MailboxLayout
 

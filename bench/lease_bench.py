@@ -36,6 +36,7 @@ from typing import Any
 import anyio
 
 from autoextend import logs
+from autoextend.lab.leasefile import format_file
 from bench import sanlock_peer
 from bench.lease_figures import (
     IDLE_WINDOW_S,
@@ -48,7 +49,6 @@ from bench.lease_figures import (
     ours_takeover_w60,
     ours_takeovers,
 )
-from tests.lease.torture_setup import format_file
 
 RESULTS = Path(__file__).parent / "results" / "lease.json"
 ROUNDS = 30  # free acquires per side

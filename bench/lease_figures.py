@@ -20,12 +20,12 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from autoextend.clock import MonotonicClock
 from autoextend.directio import DirectStorage, open_storage
+from autoextend.lab.leasefile import format_file
 from autoextend.lease.config import LeaseSettings
 from autoextend.lease.service import LeaseService
 from autoextend.lease.timeouts import lease_timeouts
 from bench.iocount import io_window
 from bench.sanlock_peer import percentiles
-from tests.lease.torture_setup import format_file
 
 REPO = Path(__file__).resolve().parents[1]
 T = 1.0            # io_timeout of every figure

@@ -26,11 +26,10 @@ import anyio
 
 from autoextend import logs
 from autoextend.lab.demo import DemoOptions, run_demo, run_libvirt_demo
-from autoextend.lvm.authority import LocalAuthority
 from autoextend.lvm.loop_backend import LoopVolumeBackend
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.core import percentile
 from autoextend.monitor.local import LocalExtender
+from autoextend.volumes import LocalAuthority, VolumeRef
 
 MiB = 1 << 20
 RESULTS = Path(__file__).resolve().parent / "results" / "local.json"

@@ -32,13 +32,12 @@ import anyio
 
 from autoextend import logs
 from autoextend.lvm import loopdev
-from autoextend.lvm.authority import LocalAuthority
 from autoextend.lvm.lvmconf import LvmCommandConfig
 from autoextend.lvm.reader import LvmReader
 from autoextend.lvm.runner import LvmRunner, ProcessRunner
 from autoextend.lvm.shell import LvmShellRunner
-from autoextend.lvm.volume import VolumeRef
 from autoextend.lvm.writer import LvmWriter
+from autoextend.volumes import LocalAuthority, VolumeRef
 
 RESULTS = Path(__file__).parent / "results" / "lvm.json"
 MiB = 1 << 20

@@ -49,13 +49,12 @@ import anyio
 
 from autoextend import logs
 from autoextend.directio import DirectStorage, open_storage
-from autoextend.lvm.authority import LocalAuthority
-from autoextend.lvm.volume import ExtendResult, VolumeRef
 from autoextend.spm.config import MailboxSettings, mailbox_base
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.server import SpmMailServer
 from autoextend.spm.watch import cadence, idle_ring_read_rate
+from autoextend.volumes import ExtendResult, LocalAuthority, VolumeRef
 
 RESULT = Path(__file__).parent / "results" / "mailbox.json"
 LIVE_SETTLE_S = 1.5  # the SPM asks for the live set once a second

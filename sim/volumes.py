@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from autoextend.errors import VolumeError
-from autoextend.lvm.errors import VolumeNotFound
-from autoextend.lvm.volume import ExtendResult, VolumeRef
+from autoextend.volumes import ExtendResult, VolumeNotFound, VolumeRef
 
 if TYPE_CHECKING:
     from autoextend.lease.service import SpmTerm

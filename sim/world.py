@@ -25,13 +25,13 @@ from autoextend.lease.layout import LeaseLayout, mailbox_offset
 from autoextend.lease.liveness import HostState
 from autoextend.lease.service import LeaseService, SpmTerm
 from autoextend.lease.timeouts import lease_timeouts
-from autoextend.lvm.volume import VolumeRef
 from autoextend.spm.config import MailboxSettings
 from autoextend.spm.errors import MailboxClosed, MailboxTimeout
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.server import SpmMailServer
 from autoextend.spm.wire import Status
+from autoextend.volumes import VolumeRef
 from sim.config import MUTATIONS, SimConfig, Stats
 from sim.disk import HostStorage, SimDisk
 from sim.faults import FaultDriver

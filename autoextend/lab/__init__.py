@@ -13,6 +13,9 @@ Modules:
     leftovers    find loop devices / processes a test session left behind
     fixtures     pytest plugin (fixtures + leftover check)
     proc, errors helpers: run a command, the lab's errors
+    waiting      until(): THE polling helper of the lab and the tests
+    leasefile    create and format a lease area file (lease torture tests, lease benchmarks)
 
-Production code never imports this package.
+Production code never imports this package (only the ``autoextend lab`` and ``demo``
+commands front it; ``tests/test_layers.py`` checks this).
 """

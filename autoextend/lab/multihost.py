@@ -39,10 +39,9 @@ from autoextend.lab.qemu import QemuVm, guest_spec, launch
 from autoextend.lab.singlehost import create_qcow2_disk
 from autoextend.lease.config import LeaseSettings
 from autoextend.logs import get_logger
-from autoextend.lvm.authority import LocalAuthority
 from autoextend.lvm.loop_backend import LoopVolumeBackend
-from autoextend.lvm.volume import VolumeRef
 from autoextend.spm.config import MailboxSettings
+from autoextend.volumes import LocalAuthority, VolumeRef
 
 log = get_logger("lab.multihost")
 

@@ -26,12 +26,11 @@ from autoextend.lab.guest import GuestJob, with_expected_md5
 from autoextend.lab.guestimage import GuestImage, build_guest
 from autoextend.lab.qemu import Drive, QemuVm, VmSpec, guest_spec, launch
 from autoextend.logs import get_logger
-from autoextend.lvm.authority import LocalAuthority
 from autoextend.lvm.loop_backend import LoopVolumeBackend
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.observer import MonitorObserver
 from autoextend.service import Service
 from autoextend.settings import Settings
+from autoextend.volumes import LocalAuthority, VolumeRef
 
 log = get_logger("lab.singlehost")
 

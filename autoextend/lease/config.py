@@ -17,7 +17,7 @@ class LeaseSettings(Section):
     # Shared file or block device holding the metadata area ("" = leases not used).
     path: str = ""
     # Byte offset of the lease area on ``path``; a multiple of 1 MiB. The mailbox follows at
-    # offset + autoextend.lease.layout.MAILBOX_OFFSET.
+    # offset + autoextend.metadata_area.MAILBOX_OFFSET.
     offset: int = Field(default=0, ge=0)
     # This host's id, 1..max_hosts, unique in the cluster (0 = not configured).
     host_id: int = Field(default=0, ge=0, le=2000)

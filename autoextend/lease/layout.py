@@ -5,7 +5,7 @@ All offsets are relative to the area start (``[lease] offset``, a multiple of 1 
     +0 MiB  delta lease area   2 MiB   host id records, host N in sector N-1
     +2 MiB  paxos lease area   2 MiB   sector 0 leader, sector 1 reserved (request),
                                        sector 2+N-1 the dblock of host N
-    +4 MiB  MAILBOX_OFFSET             the SPM storage mailbox (spm/ owns it from here)
+    +4 MiB  MAILBOX_OFFSET             the SPM storage mailbox (see metadata_area.py)
 
 2 MiB per area holds 2000 hosts at 512 B sectors and 500 at 4 KiB sectors, so the same
 layout (and the same MAILBOX_OFFSET) serves both sector sizes.
@@ -15,14 +15,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MIB = 1 << 20
-AREA_ALIGN = MIB
+from autoextend.metadata_area import (
+    AREA_ALIGN,
+    LEASE_AREA_SIZE,
+    MAILBOX_OFFSET,
+    MIB,
+    mailbox_offset,
+)
+
+__all__ = [
+    "AREA_ALIGN",
+    "LEASE_AREA_SIZE",
+    "MAILBOX_OFFSET",
+    "MIB",
+    "LeaseLayout",
+    "mailbox_offset",
+    "max_hosts_limit",
+]
+
 DELTA_AREA_OFFSET = 0
 DELTA_AREA_SIZE = 2 * MIB
 PAXOS_AREA_OFFSET = 2 * MIB
 PAXOS_AREA_SIZE = 2 * MIB
-LEASE_AREA_SIZE = 4 * MIB
-MAILBOX_OFFSET = LEASE_AREA_SIZE  # from the area start; the mailbox region begins here
 PAXOS_LEADER_SECTOR = 0
 PAXOS_REQUEST_SECTOR = 1
 PAXOS_FIRST_DBLOCK_SECTOR = 2
@@ -33,11 +47,6 @@ def max_hosts_limit(sector_size: int) -> int:
     """Most hosts one area holds: 2000 at 512 B sectors, 500 at 4 KiB sectors."""
     fit = min(DELTA_AREA_SIZE // sector_size, PAXOS_AREA_SIZE // sector_size - 2)
     return min(MAX_HOSTS_CAP, fit - fit % 100 if fit > 100 else fit)
-
-
-def mailbox_offset(area_offset: int) -> int:
-    """Absolute offset of the storage mailbox for a lease area starting at ``area_offset``."""
-    return area_offset + MAILBOX_OFFSET
 
 
 @dataclass(frozen=True)

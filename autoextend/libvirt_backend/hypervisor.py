@@ -46,7 +46,6 @@ from autoextend.libvirt_backend.eventloop import ensure_event_impl
 from autoextend.libvirt_backend.stats import StatsError, drives_from_stats
 from autoextend.libvirt_backend.tracker import DomainTracker
 from autoextend.logs import get_logger
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.protocols import (
     DriveInfo,
     HypervisorEvent,
@@ -55,6 +54,7 @@ from autoextend.monitor.protocols import (
     VmGone,
     VmPaused,
 )
+from autoextend.volumes import VolumeRef
 
 log = get_logger("libvirt")
 

@@ -1,7 +1,7 @@
 """Everything autoextend does with lvm2, and the loop-device stand-in with the same contract.
 
 - ``volume``: the VolumeBackend boundary (VolumeRef, ExtendResult).
-- ``factory.make_volume_backend(settings, authority)``: the configured backend.
+- ``factory.make_volume_backend(volumes, lvm, authority)``: the configured backend.
 - ``reader.LvmReader`` (any host: ``--readonly`` reports, refresh) and ``writer.LvmWriter``
   (SPM only, checks its ``authority`` before every command).
 - ``runner.ProcessRunner`` / ``shell.LvmShellRunner``: how commands run.

@@ -3,9 +3,10 @@
 Every lvm2 failure is an :class:`LvmError` carrying the command line (with the long
 ``--config`` value elided), the exit status and stderr. Callers act on the subclass:
 no such VG/LV, not enough free extents, lock contention, timeout, missing PV, unusable
-report. :class:`VolumeNotFound` and :class:`VolumeSpaceError` are the backend-neutral kinds
-both the ``lvm`` and ``loop`` backends raise, so the contract tests and callers need not know
-which backend they talk to.
+report. :class:`VolumeNotFound` and :class:`VolumeSpaceError` (defined in
+:mod:`autoextend.volumes`, re-exported here) are the backend-neutral kinds both the ``lvm``
+and ``loop`` backends raise, so the contract tests and callers need not know which backend
+they talk to.
 """
 
 from __future__ import annotations
@@ -13,27 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from autoextend.errors import VolumeError
+from autoextend.volumes import VolumeExists, VolumeNotFound, VolumeSpaceError
 
-
-class VolumeNotFound(VolumeError):
-    """The VG or LV (or the loop backend's file) does not exist."""
-
-    def __init__(self, volume: str, detail: str = "") -> None:
-        self.volume = volume
-        self.detail = detail
-        super().__init__(f"volume {volume} not found" + (f": {detail}" if detail else ""))
-
-
-class VolumeExists(VolumeError):
-    """A volume to be created exists already."""
-
-    def __init__(self, volume: str, detail: str = "") -> None:
-        self.volume = volume
-        super().__init__(f"volume {volume} exists already" + (f": {detail}" if detail else ""))
-
-
-class VolumeSpaceError(VolumeError):
-    """The volume cannot grow: not enough free space in its pool."""
+__all__ = ["VolumeExists", "VolumeNotFound", "VolumeSpaceError"]
 
 
 def display_argv(argv: Sequence[str]) -> str:

@@ -1,16 +1,16 @@
 """Build the configured volume backend (used by the service and the CLI).
 
 ``authority`` decides whether this process may write: the SPM passes its SPM term object, a
-single-host setup passes :class:`~autoextend.lvm.authority.LocalAuthority`, and a host that
+single-host setup passes :class:`~autoextend.volumes.LocalAuthority`, and a host that
 only refreshes and reads passes None (its extends raise NotSpmError).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from autoextend.errors import ConfigError
-from autoextend.lvm.authority import SpmAuthority
 from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.lvmconf import LvmCommandConfig, resolve_activation
@@ -19,10 +19,10 @@ from autoextend.lvm.reserve import FreeSpaceBackend, with_reserves
 from autoextend.lvm.runner import LvmRunner, ProcessRunner
 from autoextend.lvm.shell import LvmShellRunner
 from autoextend.lvm.writer import LvmWriter
+from autoextend.volumes import SpmAuthority
 
 if TYPE_CHECKING:
-    from autoextend.lvm.config import LvmSettings
-    from autoextend.settings import Settings
+    from autoextend.lvm.config import LvmSettings, VolumeSettings
 
 
 def make_runner(lvm: LvmSettings) -> LvmRunner:
@@ -43,29 +43,33 @@ def command_config(lvm: LvmSettings) -> LvmCommandConfig:
 
 
 def make_volume_backend(
-    settings: Settings, authority: SpmAuthority | None
+    volumes: VolumeSettings, lvm: LvmSettings, authority: SpmAuthority | None
 ) -> LvmVolumeBackend | LoopVolumeBackend:
-    """The backend named by ``settings.volumes.backend``. Call ``aclose()`` when done.
+    """The backend named by ``[volumes] backend``. Call ``aclose()`` when done.
 
     Raises ConfigError when the lvm backend has no ``lvm.pvs``."""
-    if settings.volumes.backend == "loop":
-        return LoopVolumeBackend(
-            settings.volumes.loop_root, settings.volumes.loop_extent_mib << 20, authority
-        )
-    if not settings.lvm.pvs:
+    if volumes.backend == "loop":
+        return LoopVolumeBackend(volumes.loop_root, volumes.loop_extent_mib << 20, authority)
+    if not lvm.pvs:
         from autoextend.validation import PVS_MESSAGE  # the rule lives there
 
         raise ConfigError("<settings>", [("lvm.pvs", PVS_MESSAGE)])
-    runner = make_runner(settings.lvm)
-    config = command_config(settings.lvm)
+    runner = make_runner(lvm)
+    config = command_config(lvm)
     writer = None if authority is None else LvmWriter(runner, config, authority)
-    return LvmVolumeBackend(runner, LvmReader(runner, config), writer, settings.lvm.vgs)
+    return LvmVolumeBackend(runner, LvmReader(runner, config), writer, lvm.vgs)
 
 
-def make_pool_backend(settings: Settings, authority: SpmAuthority | None) -> FreeSpaceBackend:
-    """:func:`make_volume_backend` guarded by the configured VG reserves
-    (``[policy] vg_reserve_mib``)."""
-    backend = make_volume_backend(settings, authority)
-    extent = (settings.volumes.loop_extent_mib if settings.volumes.backend == "loop"
-              else settings.policy.extent_mib) << 20
-    return with_reserves(backend, settings.policy.vg_reserve_mib, extent)
+def make_pool_backend(
+    volumes: VolumeSettings,
+    lvm: LvmSettings,
+    authority: SpmAuthority | None,
+    *,
+    reserves_mib: Mapping[str, int],
+    extent_mib: int,
+) -> FreeSpaceBackend:
+    """:func:`make_volume_backend` guarded by the VG reserves (``[policy] vg_reserve_mib``;
+    ``extent_mib`` is ``[policy] extent_mib``, the lvm backend's extent size)."""
+    backend = make_volume_backend(volumes, lvm, authority)
+    extent = (volumes.loop_extent_mib if volumes.backend == "loop" else extent_mib) << 20
+    return with_reserves(backend, reserves_mib, extent)

@@ -21,10 +21,9 @@ import anyio
 
 from autoextend.errors import NotSpmError
 from autoextend.lvm import loopdev
-from autoextend.lvm.authority import SpmAuthority
 from autoextend.lvm.errors import VolumeExists, VolumeNotFound, VolumeSpaceError
 from autoextend.lvm.names import check_name, is_valid_name, round_up_to_extent
-from autoextend.lvm.volume import ExtendResult, VolumeRef
+from autoextend.volumes import ExtendResult, SpmAuthority, VolumeRef
 
 SYS_BLOCK = Path("/sys/block")
 _DELETED = " (deleted)"
@@ -116,7 +115,7 @@ def attached_devices(sys_block: Path = SYS_BLOCK) -> dict[str, str]:
 
 
 class LoopVolumeBackend:
-    """:class:`~autoextend.lvm.volume.VolumeBackend` over sparse files and loop devices.
+    """:class:`~autoextend.volumes.VolumeBackend` over sparse files and loop devices.
 
     ``authority`` gates the writes (extend, create, remove) exactly as for the lvm backend;
     None means this host may not write (extend raises NotSpmError).

@@ -16,8 +16,8 @@ from autoextend.errors import NotSpmError
 from autoextend.lvm.names import lvm_device_path, parse_lvm_device_path
 from autoextend.lvm.reader import LvmReader
 from autoextend.lvm.runner import LvmRunner
-from autoextend.lvm.volume import ExtendResult, VolumeRef
 from autoextend.lvm.writer import LvmWriter
+from autoextend.volumes import ExtendResult, VolumeRef
 
 
 def _block_device_size(path: str) -> int | None:
@@ -32,7 +32,7 @@ def _block_device_size(path: str) -> int | None:
 
 
 class LvmVolumeBackend:
-    """:class:`~autoextend.lvm.volume.VolumeBackend` over lvm2."""
+    """:class:`~autoextend.volumes.VolumeBackend` over lvm2."""
 
     def __init__(
         self,

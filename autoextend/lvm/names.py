@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from autoextend.lvm.volume import VolumeRef
+from autoextend.volumes import VolumeRef
 
 MAX_NAME_LEN = 127
 _NAME_RE = re.compile(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]*")

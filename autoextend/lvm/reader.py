@@ -21,7 +21,7 @@ from autoextend.lvm.errors import (
 from autoextend.lvm.lvmconf import LvmCommandConfig, render_config
 from autoextend.lvm.names import check_name
 from autoextend.lvm.runner import CommandResult, LvmRunner
-from autoextend.lvm.volume import VolumeRef
+from autoextend.volumes import VolumeRef
 
 T = TypeVar("T")
 

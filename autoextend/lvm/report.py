@@ -16,7 +16,7 @@ from typing import Any
 
 from autoextend import boundedjson
 from autoextend.lvm.errors import ReportFormatError
-from autoextend.lvm.volume import VolumeRef
+from autoextend.volumes import VolumeRef
 
 PV_FIELDS = (
     "pv_name", "pv_uuid", "vg_name", "pv_size", "pv_free", "pv_pe_count",

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from autoextend.lvm.errors import VolumeSpaceError
 from autoextend.lvm.names import round_up_to_extent
-from autoextend.lvm.volume import ExtendResult, VolumeBackend, VolumeRef
+from autoextend.volumes import ExtendResult, VolumeBackend, VolumeRef
 
 
 class FreeSpaceBackend(VolumeBackend, Protocol):

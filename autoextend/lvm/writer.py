@@ -1,6 +1,6 @@
 """SPM-side LVM access: the only code that writes VG metadata.
 
-An :class:`LvmWriter` is built with an :class:`~autoextend.lvm.authority.SpmAuthority` and
+An :class:`LvmWriter` is built with an :class:`~autoextend.volumes.SpmAuthority` and
 calls ``authority.check()`` before **every** command it runs (reports included), so a host
 whose SPM term ended runs nothing. Metadata changes pass ``--driverloaded n``: the SPM
 changes metadata only and never touches device-mapper, so it does not see a new size before
@@ -19,13 +19,12 @@ import anyio
 
 from autoextend import logs
 from autoextend.lvm import report
-from autoextend.lvm.authority import SpmAuthority
 from autoextend.lvm.errors import LvmCommandError
 from autoextend.lvm.lvmconf import LvmCommandConfig, render_config
 from autoextend.lvm.names import check_name, extents_for
 from autoextend.lvm.reader import LvmReports, one_lv, one_vg, volume_arg
 from autoextend.lvm.runner import CommandResult, LvmRunner
-from autoextend.lvm.volume import ExtendResult, VolumeRef
+from autoextend.volumes import ExtendResult, SpmAuthority, VolumeRef
 
 log = logs.get_logger("lvm")
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.protocols import DriveInfo
+from autoextend.volumes import VolumeRef
 
 
 class ThresholdState(enum.Enum):

@@ -10,9 +10,8 @@ import time
 
 from autoextend.errors import VolumeError
 from autoextend.logs import get_logger
-from autoextend.lvm.errors import VolumeNotFound, VolumeSpaceError
-from autoextend.lvm.volume import VolumeBackend, VolumeRef
 from autoextend.monitor.protocols import ExtendOutcome, OutcomeKind
+from autoextend.volumes import VolumeBackend, VolumeNotFound, VolumeRef, VolumeSpaceError
 
 log = get_logger("extender.local")
 

@@ -14,7 +14,6 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.errors import HypervisorError
-from autoextend.lvm.volume import ExtendResult, VolumeRef
 from autoextend.monitor.protocols import (
     DriveError,
     DriveInfo,
@@ -30,6 +29,7 @@ from autoextend.monitor.protocols import (
     VmPaused,
     VmResumed,
 )
+from autoextend.volumes import ExtendResult, VolumeRef
 
 
 class MemoryVolumes:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.protocols import DriveInfo, OutcomeKind, PauseReason
+from autoextend.volumes import VolumeRef
 
 
 class MonitorObserver(Protocol):

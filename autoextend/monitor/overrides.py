@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.config import PolicyOverride, PolicySettings
 from autoextend.monitor.policy import DrivePolicy, MiB
 from autoextend.monitor.protocols import DriveInfo
+from autoextend.volumes import VolumeRef
 
 
 def matches(override: PolicyOverride, info: DriveInfo, volume: VolumeRef) -> bool:

@@ -14,7 +14,7 @@ from typing import Protocol
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
-from autoextend.lvm.volume import VolumeRef
+from autoextend.volumes import VolumeRef
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from autoextend.clock import Clock
 from autoextend.logs import get_logger
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor import overrides, policy
 from autoextend.monitor.config import PolicySettings, ResumeSettings
 from autoextend.monitor.drive import DriveState
@@ -27,6 +26,7 @@ from autoextend.monitor.observer import MonitorObserver
 from autoextend.monitor.probe import StorageProbe
 from autoextend.monitor.protocols import DriveInfo, Extender, Hypervisor, HypervisorEvent
 from autoextend.monitor.vmstate import VmMachine
+from autoextend.volumes import VolumeRef
 
 log = get_logger("monitor")
 

@@ -28,7 +28,6 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.clock import Clock
 from autoextend.logs import get_logger
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.protocols import (
     DriveInfo,
     HypervisorEvent,
@@ -42,6 +41,7 @@ from autoextend.qmp.devsize import device_size
 from autoextend.qmp.errors import QmpConnectFailed, QmpDisconnected, QmpError, VmNotFound
 from autoextend.qmp.replies import vm_name
 from autoextend.qmp.session import DeviceSize, VmSession
+from autoextend.volumes import VolumeRef
 
 log = get_logger("qmp")
 

@@ -5,7 +5,6 @@ See ``autoextend/spm/README.md`` for the layout on the metadata area and the I/O
 
 from __future__ import annotations
 
-from autoextend.lvm.authority import SpmAuthority
 from autoextend.spm.extender import MailboxExtender
 from autoextend.spm.host import HostMailbox, HostMailboxCounters
 from autoextend.spm.layout import SLOTS_PER_HOST, MailboxLayout
@@ -22,7 +21,6 @@ __all__ = [
     "Reply",
     "Request",
     "ServerCounters",
-    "SpmAuthority",
     "SpmMailServer",
     "Status",
 ]

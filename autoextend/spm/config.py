@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from autoextend.confbase import Section
+from autoextend.metadata_area import mailbox_start
 
 MiB = 1 << 20
 TiB = 1 << 40
@@ -19,7 +20,7 @@ class MailboxSettings(Section):
     # The metadata area (file or block device); empty means the lease area's path.
     path: str = ""
     # Byte offset of the mailbox region on the metadata area (multiple of 4096).
-    # Unset: right after the lease area ([lease] offset + lease.layout.MAILBOX_OFFSET).
+    # Unset: right after the lease area ([lease] offset + metadata_area.MAILBOX_OFFSET).
     offset: int | None = Field(None, ge=0)
     # Host ids 1..max_hosts have a mailbox (one ring sector + 16 KiB each). 250 = the [lease]
     # max_hosts default (host ids cannot be higher); up to 2000 (sanlock's HOSTS_MAX). The
@@ -71,8 +72,4 @@ class MailboxSettings(Section):
 
 def mailbox_base(settings: MailboxSettings, lease_area_offset: int = 0) -> int:
     """Where the mailbox region starts: ``offset`` if set, else after the lease area."""
-    if settings.offset is not None:
-        return settings.offset
-    from autoextend.lease.layout import mailbox_offset
-
-    return mailbox_offset(lease_area_offset)
+    return mailbox_start(settings.offset, lease_area_offset)

@@ -10,11 +10,11 @@ from __future__ import annotations
 from autoextend import logs
 from autoextend.clock import Clock, MonotonicClock
 from autoextend.errors import AutoextendError
-from autoextend.lvm.volume import VolumeBackend, VolumeRef
 from autoextend.monitor.protocols import ExtendOutcome, OutcomeKind
 from autoextend.spm.errors import MailboxError, MailboxTimeout
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.wire import ReasonCode, Status
+from autoextend.volumes import VolumeBackend, VolumeRef
 
 log = logs.get_logger("spm.extender")
 

@@ -45,7 +45,6 @@ from autoextend import logs
 from autoextend.clock import Clock, MonotonicClock
 from autoextend.directio import SectorStorage
 from autoextend.errors import AutoextendError
-from autoextend.lvm.volume import VolumeRef
 from autoextend.spm.config import MailboxSettings
 from autoextend.spm.errors import CorruptSector, MailboxClosed, MailboxTimeout
 from autoextend.spm.generation import next_generation
@@ -68,6 +67,7 @@ from autoextend.spm.wire import (
     encode_ring,
     encode_sector,
 )
+from autoextend.volumes import VolumeRef
 
 log = logs.get_logger("spm.host")
 

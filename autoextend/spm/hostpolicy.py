@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autoextend.lvm.volume import VolumeRef
 from autoextend.spm.wire import MAX_SIZE, NAME_FIELD, ReasonCode, Reply, Status
+from autoextend.volumes import VolumeRef
 
 
 def reply_poll_interval(waited: float, base: float, maximum: float) -> float:

@@ -31,9 +31,6 @@ from autoextend import logs
 from autoextend.clock import Clock, MonotonicClock
 from autoextend.directio import SectorStorage
 from autoextend.errors import AutoextendError, NotSpmError
-from autoextend.lvm.authority import SpmAuthority
-from autoextend.lvm.errors import VolumeNotFound, VolumeSpaceError
-from autoextend.lvm.volume import VolumeBackend, VolumeRef
 from autoextend.spm.config import MailboxSettings
 from autoextend.spm.counters import ServerCounters
 from autoextend.spm.errors import CorruptSector
@@ -51,6 +48,13 @@ from autoextend.spm.wire import (
     Status,
     decode_sector,
     encode_sector,
+)
+from autoextend.volumes import (
+    SpmAuthority,
+    VolumeBackend,
+    VolumeNotFound,
+    VolumeRef,
+    VolumeSpaceError,
 )
 
 log = logs.get_logger("spm.server")

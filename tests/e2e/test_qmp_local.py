@@ -13,9 +13,9 @@ from autoextend.lab.guest import GuestJob
 from autoextend.lab.singlehost import LabHost, lab_host
 from autoextend.lab.thinvol import qemu_img_check
 from autoextend.lab.waiting import until
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.observer import Tally
 from autoextend.monitor.protocols import Extender, ExtendOutcome, PauseReason
+from autoextend.volumes import VolumeRef
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20

@@ -8,10 +8,10 @@ from pathlib import Path
 import anyio
 import pytest
 
+from autoextend.lab.leasefile import format_file
 from autoextend.lease.timeouts import lease_timeouts
 
 from .takeover import measure
-from .torture_setup import format_file
 
 T, W = 0.1, 0.3
 

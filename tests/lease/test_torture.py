@@ -23,6 +23,8 @@ from pathlib import Path
 import anyio
 import pytest
 
+from autoextend.lab.leasefile import format_file
+
 from .torture import (
     TORTURE_TIMING,
     AcquisitionCounter,
@@ -30,7 +32,6 @@ from .torture import (
     check_history,
     run_torture,
 )
-from .torture_setup import format_file
 
 SOAK = "AUTOEXTEND_LEASE_TORTURE_S" in os.environ
 RUN_S = float(os.environ.get("AUTOEXTEND_LEASE_TORTURE_S", "160"))

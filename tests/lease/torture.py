@@ -275,7 +275,7 @@ if __name__ == "__main__":  # long soak: python -m tests.lease.torture SECONDS [
 
     import anyio
 
-    from .torture_setup import format_file
+    from autoextend.lab.leasefile import format_file
 
     secs = float(sys.argv[1]) if len(sys.argv) > 1 else 3600.0
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 8

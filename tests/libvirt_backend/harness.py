@@ -24,9 +24,7 @@ from autoextend.lab.guest import GuestJob, GuestResult, find_result, with_expect
 from autoextend.lab.guestimage import GuestImage
 from autoextend.libvirt_backend.config import LibvirtSettings
 from autoextend.libvirt_backend.hypervisor import LibvirtHypervisor
-from autoextend.lvm.authority import LocalAuthority
 from autoextend.lvm.loop_backend import LoopVolumeBackend
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.config import PolicySettings
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.local import LocalExtender
@@ -38,17 +36,10 @@ from autoextend.monitor.protocols import (
     OutcomeKind,
     PauseReason,
 )
+from autoextend.volumes import LocalAuthority, VolumeRef
 
 MiB = 1 << 20
 VG = "lv"
-
-
-async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    with anyio.move_on_after(timeout):
-        while not cond():
-            await anyio.sleep(0.05)
-        return
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def fast_settings(uri: str, **overrides: Any) -> LibvirtSettings:

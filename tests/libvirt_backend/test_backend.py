@@ -25,7 +25,6 @@ from autoextend.libvirt_backend.errors import (
 )
 from autoextend.libvirt_backend.eventloop import ensure_event_impl
 from autoextend.libvirt_backend.hypervisor import LibvirtHypervisor
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.protocols import (
     HypervisorEvent,
     PauseReason,
@@ -35,6 +34,7 @@ from autoextend.monitor.protocols import (
     VmPaused,
     VmResumed,
 )
+from autoextend.volumes import VolumeRef
 
 from .harness import VG, MiB, fast_settings, lab_domains
 

@@ -21,9 +21,10 @@ from autoextend.lab.guest import GuestJob, Mode
 from autoextend.lab.guestimage import GuestImage
 from autoextend.lab.libvirtd import LabLibvirtd, start_libvirtd
 from autoextend.lab.thinvol import qemu_img_check
+from autoextend.lab.waiting import until
 from autoextend.monitor.protocols import PauseReason
 
-from .harness import MiB, lab_domains, monitoring, served, until
+from .harness import MiB, lab_domains, monitoring, served
 
 pytestmark = pytest.mark.slow
 

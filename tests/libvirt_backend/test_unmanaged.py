@@ -17,8 +17,9 @@ from autoextend.lab.fixtures import ThinVolumeFactory
 from autoextend.lab.guest import GuestJob, with_expected_md5
 from autoextend.lab.guestimage import GuestImage
 from autoextend.lab.libvirtd import LabLibvirtd
+from autoextend.lab.waiting import until
 
-from .harness import MiB, served, until
+from .harness import MiB, served
 
 pytestmark = pytest.mark.slow
 # Time is the subject here: nothing may happen in these windows (fixed sleeps on purpose).

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import pytest
 
 from autoextend.lvm import loopdev
-from autoextend.lvm.authority import LocalAuthority
 from autoextend.lvm.lvmconf import LvmCommandConfig, device_mapper_present
 from autoextend.lvm.reader import LvmReader
 from autoextend.lvm.runner import CommandResult, LvmRunner, ProcessRunner
 from autoextend.lvm.writer import LvmWriter
+from autoextend.volumes import LocalAuthority
 
 MiB = 1 << 20
 EXTENT = 4 * MiB

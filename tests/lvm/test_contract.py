@@ -14,15 +14,13 @@ import anyio
 import pytest
 
 from autoextend.errors import NotSpmError
-from autoextend.lvm.authority import LocalAuthority
-from autoextend.lvm.errors import VolumeNotFound
 from autoextend.lvm.loop_backend import LoopVolumeBackend, attached_devices
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.lvmconf import LvmCommandConfig, device_mapper_present
 from autoextend.lvm.reader import LvmReader
 from autoextend.lvm.runner import ProcessRunner
-from autoextend.lvm.volume import VolumeBackend, VolumeRef
 from autoextend.lvm.writer import LvmWriter
+from autoextend.volumes import LocalAuthority, VolumeBackend, VolumeNotFound, VolumeRef
 
 from .support import EXTENT, MiB, make_pv_files, release_devices, unique_name
 

@@ -6,20 +6,19 @@ import pytest
 
 from autoextend import settings
 from autoextend.errors import ConfigError, NotSpmError
-from autoextend.lvm.authority import LocalAuthority
 from autoextend.lvm.factory import make_volume_backend
 from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.runner import ProcessRunner
 from autoextend.lvm.shell import LvmShellRunner
-from autoextend.lvm.volume import VolumeRef
+from autoextend.volumes import LocalAuthority, VolumeRef
 
 
 async def test_loop_backend_from_settings(tmp_path: object) -> None:
     config = settings.from_mapping(
         {"volumes": {"backend": "loop", "loop_root": str(tmp_path), "loop_extent_mib": 4}}
     )
-    backend = make_volume_backend(config, LocalAuthority())
+    backend = make_volume_backend(config.volumes, config.lvm, LocalAuthority())
     assert isinstance(backend, LoopVolumeBackend)
     assert backend.extent_size == 4 << 20
 
@@ -28,12 +27,13 @@ async def test_lvm_backend_from_settings() -> None:
     config = settings.from_mapping(
         {"lvm": {"pvs": ["/dev/loop7"], "vgs": ["vg0"], "runner": "process", "activation": "off"}}
     )
-    spm = make_volume_backend(config, LocalAuthority())
-    host = make_volume_backend(config, None)
+    spm = make_volume_backend(config.volumes, config.lvm, LocalAuthority())
+    host = make_volume_backend(config.volumes, config.lvm, None)
     assert isinstance(spm, LvmVolumeBackend) and isinstance(host, LvmVolumeBackend)
     assert spm.writer is not None and host.writer is None
     assert isinstance(spm.reader._runner, ProcessRunner)
-    default = make_volume_backend(settings.from_mapping({"lvm": {"pvs": ["/dev/loop7"]}}), None)
+    plain = settings.from_mapping({"lvm": {"pvs": ["/dev/loop7"]}})
+    default = make_volume_backend(plain.volumes, plain.lvm, None)
     assert isinstance(default.reader._runner, LvmShellRunner)
     assert spm.lookup("/dev/vg0/lv") == VolumeRef("vg0", "lv")
     assert spm.lookup("/dev/vg1/lv") is None
@@ -44,7 +44,8 @@ async def test_lvm_backend_from_settings() -> None:
 
 def test_lvm_backend_needs_pvs() -> None:
     with pytest.raises(ConfigError, match="lvm.pvs"):
-        make_volume_backend(settings.from_mapping({}), None)
+        empty = settings.from_mapping({})
+        make_volume_backend(empty.volumes, empty.lvm, None)
 
 
 @pytest.mark.parametrize(

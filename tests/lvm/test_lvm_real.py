@@ -10,7 +10,6 @@ import anyio
 import pytest
 
 from autoextend.errors import NotSpmError
-from autoextend.lvm.authority import LocalAuthority, NoAuthority
 from autoextend.lvm.errors import (
     DeviceMapperUnavailable,
     InsufficientFreeExtents,
@@ -24,8 +23,8 @@ from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.lvmconf import LvmCommandConfig
 from autoextend.lvm.reader import LvmReader
 from autoextend.lvm.runner import ProcessRunner
-from autoextend.lvm.volume import VolumeRef
 from autoextend.lvm.writer import LvmWriter
+from autoextend.volumes import LocalAuthority, NoAuthority, VolumeRef
 
 from .support import EXTENT, MiB, Pool, RecordingRunner, needs_dm
 

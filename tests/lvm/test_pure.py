@@ -33,7 +33,7 @@ from autoextend.lvm.names import (
     round_up_to_extent,
 )
 from autoextend.lvm.shell import interpret_answer, quote_arg, shell_line, split_shell_line
-from autoextend.lvm.volume import VolumeRef
+from autoextend.volumes import VolumeRef
 
 NAME_CHARS = string.ascii_letters + string.digits + "+_.-"
 names = st.text(NAME_CHARS, min_size=1, max_size=40).filter(is_valid_name)

@@ -11,13 +11,11 @@ import pytest
 
 from autoextend import settings as settings_mod
 from autoextend.lvm import factory
-from autoextend.lvm.authority import LocalAuthority
-from autoextend.lvm.errors import VolumeSpaceError
 from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.lvm.reserve import ReservedSpace
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.local import LocalExtender
 from autoextend.monitor.protocols import OutcomeKind
+from autoextend.volumes import LocalAuthority, VolumeRef, VolumeSpaceError
 
 MiB = 1 << 20
 
@@ -66,11 +64,15 @@ async def test_factory_applies_configured_reserves(loop_root: Path) -> None:
         "volumes": {"backend": "loop", "loop_root": str(loop_root), "loop_extent_mib": 4},
         "policy": {"vg_reserve_mib": {"vg": 40}},
     })
-    backend = factory.make_pool_backend(cfg, LocalAuthority())
+    backend = factory.make_pool_backend(
+        cfg.volumes, cfg.lvm, LocalAuthority(),
+        reserves_mib=cfg.policy.vg_reserve_mib, extent_mib=cfg.policy.extent_mib)
     assert isinstance(backend, ReservedSpace) and backend.reserves == {"vg": 40 * MiB}
+    bare = settings_mod.from_mapping({"volumes": {"backend": "loop",
+                                                  "loop_root": str(loop_root)}})
     plain = factory.make_pool_backend(
-        settings_mod.from_mapping({"volumes": {"backend": "loop",
-                                               "loop_root": str(loop_root)}}), LocalAuthority())
+        bare.volumes, bare.lvm, LocalAuthority(),
+        reserves_mib=bare.policy.vg_reserve_mib, extent_mib=bare.policy.extent_mib)
     assert isinstance(plain, LoopVolumeBackend)
 
 

@@ -22,9 +22,9 @@ from autoextend.lvm.names import (
     parse_lvm_device_path,
     reserved_lv_word,
 )
-from autoextend.lvm.volume import VolumeRef
 from autoextend.spm.validate import check_request
 from autoextend.spm.wire import ReasonCode, Request
+from autoextend.volumes import VolumeRef
 
 from .support import MiB, Pool
 

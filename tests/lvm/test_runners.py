@@ -14,7 +14,6 @@ from pathlib import Path
 import anyio
 import pytest
 
-from autoextend.lvm.authority import LocalAuthority
 from autoextend.lvm.errors import (
     InsufficientFreeExtents,
     LvmCommandError,
@@ -26,8 +25,8 @@ from autoextend.lvm.lvmconf import LvmCommandConfig
 from autoextend.lvm.reader import LvmReader
 from autoextend.lvm.runner import ProcessRunner
 from autoextend.lvm.shell import LvmShellRunner
-from autoextend.lvm.volume import VolumeRef
 from autoextend.lvm.writer import LvmWriter
+from autoextend.volumes import LocalAuthority, VolumeRef
 
 from .support import MiB, Pool
 

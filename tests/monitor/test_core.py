@@ -2,53 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import anyio
 import pytest
 
-from autoextend.clock import ManualClock
-from autoextend.lvm.volume import VolumeRef
-from autoextend.monitor.config import PolicySettings
-from autoextend.monitor.core import Monitor, percentile
+from autoextend.lab.waiting import until
+from autoextend.monitor.core import percentile
 from autoextend.monitor.drive import ThresholdState
-from autoextend.monitor.memory import MemoryExtender, MemoryHypervisor, MemoryVolumes
-from autoextend.monitor.observer import Tally
 from autoextend.monitor.policy import MiB
 from autoextend.monitor.protocols import OutcomeKind, PauseReason, ThresholdCrossed, VmGone
-
-VOL = VolumeRef("vg0", "lv1")
-SETTINGS = PolicySettings(
-    chunk_mib=128, utilization_percent=50, cap_factor=1.1, extent_mib=4, poll_interval_s=1.0,
-    extend_timeout_s=5.0, retry_initial_s=0.5, retry_max_s=2.0,
-)
-# watermark = 64 MiB; threshold = physical - 64 MiB; next = physical + 128 MiB
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    with anyio.fail_after(timeout):
-        while not cond():
-            await anyio.sleep(0.005)
-
-
-class Rig:
-    def __init__(self, **settings: object) -> None:
-        self.volumes = MemoryVolumes()
-        self.hv = MemoryHypervisor(self.volumes)
-        self.ext = MemoryExtender(self.volumes)
-        self.clock = ManualClock()
-        self.tally = Tally()
-        cfg = SETTINGS.model_copy(update=settings)
-        self.monitor = Monitor(self.hv, self.ext, cfg, self.clock, observer=self.tally,
-                               dry_run=bool(settings.get("dry_run", False)))
-
-    def state(self, vm: str = "vm1", drive: str = "vda") -> ThresholdState | None:
-        for v in self.monitor.snapshot():
-            if v["vm"] == vm:
-                for d in v["drives"]:
-                    if d["drive"] == drive:
-                        return ThresholdState(d["state"])
-        return None
+from autoextend.volumes import VolumeRef
+from tests.monitor.rig import VOL, Rig
 
 
 @pytest.fixture

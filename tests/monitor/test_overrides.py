@@ -6,10 +6,10 @@ import pytest
 
 from autoextend import settings
 from autoextend.errors import ConfigError
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.overrides import resolve
 from autoextend.monitor.policy import MiB
 from autoextend.monitor.protocols import DriveInfo
+from autoextend.volumes import VolumeRef
 
 INFO = DriveInfo("vm1", "vda", "n", "/dev/x", 1 << 30, 0, 1 << 28)
 

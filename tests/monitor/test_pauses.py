@@ -9,13 +9,14 @@ from __future__ import annotations
 import anyio
 from structlog.testing import capture_logs
 
-from autoextend.lvm.volume import VolumeRef
+from autoextend.lab.waiting import until
 from autoextend.monitor.config import ResumeOverride, ResumeSettings
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.memory import MemoryDrive
 from autoextend.monitor.policy import MiB
 from autoextend.monitor.protocols import DriveError, PauseReason
-from tests.monitor.test_core import SETTINGS, Rig, until
+from autoextend.volumes import VolumeRef
+from tests.monitor.rig import SETTINGS, Rig
 
 VOL = VolumeRef("vg0", "lv1")
 VOL2 = VolumeRef("vg0", "lv2")

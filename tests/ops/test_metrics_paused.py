@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from autoextend.lvm.volume import VolumeRef
 from autoextend.metrics import Metrics
 from autoextend.monitor.protocols import DriveInfo, PauseReason
+from autoextend.volumes import VolumeRef
 
 
 def _paused(m: Metrics, reason: str) -> float | None:

@@ -43,7 +43,7 @@ def panel_exprs() -> list[tuple[str, str]]:
     return [(p["title"], t["expr"]) for p in board["panels"] for t in p["targets"]]
 
 
-async def until(prom: Prometheus, cond: Callable[[Prometheus], Any], timeout: float,
+async def prom_until(prom: Prometheus, cond: Callable[[Prometheus], Any], timeout: float,
                 what: str) -> Any:
     """Poll ``cond(prom)`` (in a worker thread) until truthy; fail naming ``what``."""
     deadline = time.monotonic() + timeout
@@ -65,18 +65,18 @@ async def test_dashboard_and_alerts_against_real_prometheus(lab_tmp_path: Path) 
         await p.volumes.set_vg_capacity("demo", 192 * MiB)
         targets = [f"127.0.0.1:{h.metrics_port}" for h in p.hosts.values()]
         with prometheus(lab_tmp_path / "prometheus", targets) as prom:
-            await until(prom, lambda pr: len([r for r in pr.query("up == 1")]) == 2, 60,
+            await prom_until(prom, lambda pr: len([r for r in pr.query("up == 1")]) == 2, 60,
                         "both hosts scraped")
             t0 = time.time()
             host_id = 2 if spm == 1 else 1  # the guest runs on the host that is not SPM
             g = await p.start_guest(host_id, "vm1", GuestJob(mib=256), start_mib=64,
                                     virtual_mib=512)
-            firing = await until(prom, lambda pr: pr.firing("AutoextendVMPaused"), 240,
+            firing = await prom_until(prom, lambda pr: pr.firing("AutoextendVMPaused"), 240,
                                  "AutoextendVMPaused to fire")
             (alert,) = firing
             assert alert["labels"]["reason"] == "enospc"
             assert alert["labels"]["instance"] == f"127.0.0.1:{p.hosts[host_id].metrics_port}"
-            await until(prom, lambda pr: pr.firing("AutoextendVGSpaceLow"), 60,
+            await prom_until(prom, lambda pr: pr.firing("AutoextendVGSpaceLow"), 60,
                         "AutoextendVGSpaceLow to fire")
             assert not prom.firing("AutoextendNoSPM") and not prom.firing("AutoextendDown")
 
@@ -97,7 +97,7 @@ async def test_dashboard_and_alerts_against_real_prometheus(lab_tmp_path: Path) 
             await p.volumes.set_vg_capacity("demo", 1024 * MiB)  # space added
             result = await g.vm.result(timeout=300)
             assert result.verified
-            await until(prom, lambda pr: not pr.firing("AutoextendVMPaused")
+            await prom_until(prom, lambda pr: not pr.firing("AutoextendVMPaused")
                         and not [a for a in pr.alerts()
                                  if a["labels"]["alertname"] == "AutoextendVMPaused"],
                         120, "AutoextendVMPaused to resolve")

@@ -28,10 +28,10 @@ from anyio.abc import Process
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from autoextend.lab.qemu import connect_qmp
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.protocols import HypervisorEvent
 from autoextend.qmp.config import QmpSettings
 from autoextend.qmp.hypervisor import QmpHypervisor
+from autoextend.volumes import VolumeRef
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -11,7 +11,6 @@ import pytest
 from qmp_testlab import DriveSpec, Lookup, MiB, drained, fast_settings, qemu_lab, running, wait_for
 
 from autoextend.clock import MonotonicClock
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.protocols import (
     DrivesChanged,
     HypervisorEvent,
@@ -24,6 +23,7 @@ from autoextend.monitor.protocols import (
 )
 from autoextend.qmp.errors import QmpCommandFailed, QmpTimeout, VmNotFound
 from autoextend.qmp.hypervisor import QmpHypervisor
+from autoextend.volumes import VolumeRef
 
 
 async def test_discovery_names_and_drives() -> None:

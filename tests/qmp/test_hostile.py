@@ -14,12 +14,12 @@ from hostile_qmp import HostileQemu, Shape, hostile_qemus
 from qmp_testlab import drained
 
 from autoextend.clock import MonotonicClock
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.protocols import DriveInfo, HypervisorEvent, ThresholdCrossed, VmAppeared
 from autoextend.qmp.config import QmpSettings
 from autoextend.qmp.errors import QmpError
 from autoextend.qmp.hypervisor import QmpHypervisor
 from autoextend.qmp.replies import MAX_SIZE
+from autoextend.volumes import VolumeRef
 
 MiB = 1 << 20
 

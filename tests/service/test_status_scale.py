@@ -14,10 +14,10 @@ import anyio
 
 from autoextend.lab.singlehost import host_settings
 from autoextend.lab.waiting import until
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.memory import MemoryExtender, MemoryHypervisor, MemoryVolumes
 from autoextend.service import Service
+from autoextend.volumes import VolumeRef
 
 MiB = 1 << 20
 VMS, DRIVES = 50, 20

@@ -5,10 +5,9 @@ from __future__ import annotations
 import anyio
 
 from autoextend.errors import NotSpmError, VolumeError
-from autoextend.lvm.errors import VolumeNotFound, VolumeSpaceError
-from autoextend.lvm.volume import ExtendResult, VolumeRef
 from autoextend.spm.config import MailboxSettings, mailbox_base
 from autoextend.spm.layout import MailboxLayout
+from autoextend.volumes import ExtendResult, VolumeNotFound, VolumeRef, VolumeSpaceError
 
 FAST = MailboxSettings(
     offset=0,

@@ -20,13 +20,12 @@ from typing import Any
 import anyio
 
 from autoextend.directio import open_storage
-from autoextend.lvm.authority import LocalAuthority
 from autoextend.lvm.loop_backend import LoopVolumeBackend
-from autoextend.lvm.volume import ExtendResult, VolumeRef
 from autoextend.spm.config import MailboxSettings
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.server import SpmMailServer
+from autoextend.volumes import ExtendResult, LocalAuthority, VolumeRef
 
 EXTENT = 1 << 20
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import anyio
 
-from autoextend.lvm.volume import VolumeRef
 from autoextend.monitor.protocols import Extender, OutcomeKind
 from autoextend.spm.extender import MailboxExtender
+from autoextend.volumes import VolumeRef
 
 from .fakes import RecordingBackend
-from .test_mailbox import MiB, Pool, serving, vol
+from .pool import MiB, Pool, serving, vol
 
 
 async def test_ok_refreshes_and_verifies() -> None:

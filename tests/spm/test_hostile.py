@@ -14,7 +14,6 @@ import anyio
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from autoextend.lvm.volume import VolumeRef
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.generation import after
 from autoextend.spm.validate import check_request
@@ -43,9 +42,10 @@ from autoextend.spm.wire import (
     decode_sector,
     encode_sector,
 )
+from autoextend.volumes import VolumeRef
 
 from .fakes import FAST
-from .test_mailbox import VG, MiB, Pool, serving, vol
+from .pool import VG, MiB, Pool, serving, vol
 
 U8, U16, U32, U64 = 0xFF, 0xFFFF, 0xFFFFFFFF, (1 << 64) - 1
 LIMIT = FAST.max_request_bytes

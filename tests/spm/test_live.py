@@ -27,7 +27,7 @@ from autoextend.spm.watch import (
 )
 from autoextend.spm.wire import Status
 
-from .test_mailbox import NO_SAFETY_NET, VG, MiB, Pool, tick, vol
+from .pool import NO_SAFETY_NET, VG, MiB, Pool, tick, vol
 
 # 8 hosts x 512 B: the sweep reads the ring area once a second; the live sweep of up to
 # 2 sectors runs at every poll (25 ms).

@@ -17,14 +17,14 @@ import anyio
 import pytest
 
 from autoextend.directio import open_storage
-from autoextend.lvm.authority import LocalAuthority
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.server import SpmMailServer
 from autoextend.spm.wire import Kind, Reply, Status, decode_ring, decode_sector
+from autoextend.volumes import LocalAuthority
 
 from .fakes import FAST, RecordingBackend
-from .test_mailbox import VG, MiB, vol
+from .pool import VG, MiB, vol
 
 AREA_BYTES = 4 * MiB
 

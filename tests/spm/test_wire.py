@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoextend.lvm.volume import VolumeRef
 from autoextend.spm.errors import CorruptSector, LayoutError
 from autoextend.spm.generation import after
 from autoextend.spm.host import local_rejection, next_retry_delay, reply_poll_interval
@@ -34,6 +33,7 @@ from autoextend.spm.wire import (
     head_slots,
     slots_per_sector,
 )
+from autoextend.volumes import VolumeRef
 
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+_.-"
 names = st.text(NAME_CHARS, min_size=1, max_size=50)

@@ -1,8 +1,10 @@
-"""Create and format a lease area file for the torture runs."""
+"""Create and format a lease area file (the lease torture tests and the lease benchmarks)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import anyio
 
 from autoextend.directio import open_storage
 from autoextend.lease.area import format_area
@@ -40,8 +42,7 @@ async def format_file(path: Path, max_hosts: int, hostile: list[int] | None = No
     # Written, not sparse: a direct write into a hole costs an allocation (and a journal
     # commit) on ext4, and the workers' check sector (torture_worker.CHECK_OFFSET) lives past
     # the lease area.
-    with open(path, "wb") as f:
-        f.write(bytes(FILE_SIZE))
+    await anyio.to_thread.run_sync(_write_zeros, path)
     storage = await open_storage(str(path), io_timeout=5.0)
     try:
         layout = LeaseLayout(0, storage.sector_size, max_hosts)
@@ -50,3 +51,8 @@ async def format_file(path: Path, max_hosts: int, hostile: list[int] | None = No
             await storage.write(offset, raw)
     finally:
         await storage.close()
+
+
+def _write_zeros(path: Path) -> None:
+    with open(path, "wb") as f:
+        f.write(bytes(FILE_SIZE))

@@ -1,0 +1,107 @@
+"""Neutral core types of the volume pool, shared by every layer.
+
+The volume boundary (:class:`VolumeRef`, :class:`ExtendResult`, :class:`VolumeBackend`) is what
+the monitor, the extenders and the SPM need of volumes. A volume is an LV ``vg/lv``. Backends
+(in ``autoextend.lvm``): ``lvm`` (production) and ``loop`` (sparse files on loop devices, for
+machines without device-mapper). Both pass the same contract tests.
+
+Who may write VG metadata: the :class:`SpmAuthority` a writer checks before every command. In a
+shared-storage pool only the SPM writes metadata; the lease helper's SPM term object implements
+``check()``. :class:`LocalAuthority` always allows and is meant **only for single-host mode**
+(one host owns the VG, no SPM election), the lab and tests.
+
+This module imports no backend package, so every layer may import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from autoextend.errors import NotSpmError, VolumeError
+
+
+class VolumeNotFound(VolumeError):
+    """The VG or LV (or the loop backend's file) does not exist."""
+
+    def __init__(self, volume: str, detail: str = "") -> None:
+        self.volume = volume
+        self.detail = detail
+        super().__init__(f"volume {volume} not found" + (f": {detail}" if detail else ""))
+
+
+class VolumeExists(VolumeError):
+    """A volume to be created exists already."""
+
+    def __init__(self, volume: str, detail: str = "") -> None:
+        self.volume = volume
+        super().__init__(f"volume {volume} exists already" + (f": {detail}" if detail else ""))
+
+
+class VolumeSpaceError(VolumeError):
+    """The volume cannot grow: not enough free space in its pool."""
+
+
+@dataclass(frozen=True, order=True)
+class VolumeRef:
+    vg: str
+    lv: str
+
+    def __str__(self) -> str:
+        return f"{self.vg}/{self.lv}"
+
+
+@dataclass(frozen=True)
+class ExtendResult:
+    """``size`` is the volume's size in metadata afterwards; ``changed`` is False when the
+    volume was already at least as large as asked (idempotent no-op, or another extend got
+    there first)."""
+
+    size: int
+    changed: bool
+
+
+class VolumeBackend(Protocol):
+    """Raises :class:`~autoextend.errors.VolumeError` subclasses on failure."""
+
+    async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
+        """Grow to at least ``size`` (rounded up to the extent size). Never shrinks."""
+        ...
+
+    async def refresh(self, volume: VolumeRef) -> int:
+        """Make this host see the current size; returns the size this host now sees."""
+        ...
+
+    async def size(self, volume: VolumeRef) -> int:
+        """The size this host sees now."""
+        ...
+
+    def lookup(self, path: str) -> VolumeRef | None:
+        """Map a device path to its volume, or None when it is not one of ours."""
+        ...
+
+    def device_path(self, volume: VolumeRef) -> str: ...
+
+
+
+class SpmAuthority(Protocol):
+    def check(self) -> None:
+        """Return if this host may write metadata now; raise NotSpmError otherwise."""
+        ...
+
+
+class LocalAuthority:
+    """Always allows. Single-host mode only: never use it where other hosts share the VG."""
+
+    def check(self) -> None:
+        return None
+
+
+class NoAuthority:
+    """Never allows: what a host that is not SPM holds."""
+
+    def __init__(self, reason: str = "this host is not the SPM") -> None:
+        self.reason = reason
+
+    def check(self) -> None:
+        raise NotSpmError(self.reason)

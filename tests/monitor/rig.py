@@ -1,0 +1,43 @@
+"""The monitor test rig: a Monitor over the in-memory hypervisor, volumes and extender."""
+
+from __future__ import annotations
+
+from autoextend.clock import ManualClock
+from autoextend.monitor.config import PolicySettings
+from autoextend.monitor.core import Monitor
+from autoextend.monitor.drive import ThresholdState
+from autoextend.monitor.memory import MemoryExtender, MemoryHypervisor, MemoryVolumes
+from autoextend.monitor.observer import Tally
+from autoextend.volumes import VolumeRef
+
+VOL = VolumeRef("vg0", "lv1")
+SETTINGS = PolicySettings(
+    chunk_mib=128, utilization_percent=50, cap_factor=1.1, extent_mib=4, poll_interval_s=1.0,
+    extend_timeout_s=5.0, retry_initial_s=0.5, retry_max_s=2.0,
+)
+# watermark = 64 MiB; threshold = physical - 64 MiB; next = physical + 128 MiB
+
+
+class Rig:
+    def __init__(self, **settings: object) -> None:
+        self.volumes = MemoryVolumes()
+        self.hv = MemoryHypervisor(self.volumes)
+        self.ext = MemoryExtender(self.volumes)
+        self.clock = ManualClock()
+        self.tally = Tally()
+        cfg = SETTINGS.model_copy(update=settings)
+        self.monitor = Monitor(self.hv, self.ext, cfg, self.clock, observer=self.tally,
+                               dry_run=bool(settings.get("dry_run", False)))
+
+    def state(self, vm: str = "vm1", drive: str = "vda") -> ThresholdState | None:
+        for v in self.monitor.snapshot():
+            if v["vm"] == vm:
+                for d in v["drives"]:
+                    if d["drive"] == drive:
+                        return ThresholdState(d["state"])
+        return None
+
+    def describe(self) -> object:
+        """The last observed state, for :func:`autoextend.lab.waiting.until` messages."""
+        return {"vms": self.monitor.snapshot(), "sizes": dict(self.volumes.sizes),
+                "thresholds": list(self.hv.thresholds), "extender_calls": self.ext.calls}

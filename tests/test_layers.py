@@ -1,0 +1,127 @@
+"""The import contract between the layers, checked by parsing every module's imports.
+
+- ``autoextend/monitor/`` imports no backend package (``lvm``, ``spm``, ``lease``, ``qmp``,
+  ``libvirt_backend``): the shared types live in neutral modules (``autoextend.volumes``).
+- Production code never imports the lab, the simulator or the tests (only the lab's own CLI
+  front-ends import ``autoextend.lab``).
+- Benchmarks do not import ``tests``.
+- No test module (``test_*.py``) imports another test module (shared helpers live in
+  non-test modules such as ``tests/spm/pool.py`` or in conftest fixtures).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BACKENDS = ("autoextend.lvm", "autoextend.spm", "autoextend.lease", "autoextend.qmp",
+            "autoextend.libvirt_backend")
+NOT_PRODUCTION = ("autoextend.lab", "sim", "tests", "bench")
+# The ``autoextend lab`` and ``autoextend demo`` commands front the lab itself.
+LAB_FRONT_ENDS = {"autoextend/cli/lab.py": "autoextend.lab", "autoextend/cli/service.py":
+                  "autoextend.lab"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module ``path`` imports (absolute names; relative imports resolved), anywhere in
+    the file (function-local and ``TYPE_CHECKING`` imports included)."""
+    return imports_in(path.read_text(), module_name(path), path.name == "__init__.py")
+
+
+def imports_in(source: str, module: str, is_package: bool = False) -> set[str]:
+    package = module.split(".")
+    if not is_package:
+        package.pop()
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(source, module)):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                prefix = ".".join(base + ([node.module] if node.module else []))
+            else:
+                prefix = node.module or ""
+            out.add(prefix)
+            out.update(f"{prefix}.{alias.name}" for alias in node.names)
+    return out
+
+
+def under(name: str, packages: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
+def violations(files: list[Path], forbidden: tuple[str, ...],
+               allowed: dict[str, str] | None = None) -> list[str]:
+    sources = {p.relative_to(ROOT).as_posix(): p.read_text() for p in files}
+    return violations_in(sources, forbidden, allowed)
+
+
+def violations_in(sources: dict[str, str], forbidden: tuple[str, ...],
+                  allowed: dict[str, str] | None = None) -> list[str]:
+    """``sources``: module text by path relative to the repository root."""
+    found = []
+    for rel, text in sources.items():
+        path = ROOT / rel
+        names = imports_in(text, module_name(path), path.name == "__init__.py")
+        for name in sorted(names):
+            if under(name, forbidden) and not (allowed and under(name, (allowed.get(rel, "-"),))):
+                found.append(f"{rel} imports {name}")
+    return found
+
+
+def py_files(folder: str) -> list[Path]:
+    files = sorted((ROOT / folder).rglob("*.py"))
+    assert files, f"no modules under {folder}"
+    return files
+
+
+def test_the_parser_sees_relative_local_and_package_imports() -> None:
+    """A contract that cannot see an import cannot fail: check what the parser finds."""
+    local = "def f():\n    from autoextend.lvm import factory\n"
+    assert "autoextend.lvm.factory" in imports_in(local, "autoextend.monitor.x")
+    relative = "from ..lvm.names import parse\nfrom . import core\n"
+    found = imports_in(relative, "autoextend.monitor.x")
+    assert {"autoextend.lvm.names", "autoextend.monitor.core"} <= found
+    assert "autoextend.qmp" in imports_in("from .. import qmp\n", "autoextend.monitor", True)
+    assert "tests.spm.test_mailbox" in imports_in("from .test_mailbox import X\n",
+                                                  "tests.spm.test_hostile")
+    assert violations_in({"autoextend/monitor/x.py": "import autoextend.spm.wire\n"},
+                         BACKENDS) == ["autoextend/monitor/x.py imports autoextend.spm.wire"]
+    assert module_name(ROOT / "autoextend" / "monitor" / "__init__.py") == "autoextend.monitor"
+
+
+def test_monitor_imports_no_backend() -> None:
+    assert violations(py_files("autoextend/monitor"), BACKENDS) == []
+
+
+def test_production_code_imports_no_lab_sim_or_tests() -> None:
+    production = [p for p in py_files("autoextend") if "lab" not in p.relative_to(ROOT).parts]
+    assert violations(production, NOT_PRODUCTION, LAB_FRONT_ENDS) == []
+
+
+def test_the_lab_imports_no_sim_or_tests() -> None:
+    assert violations(py_files("autoextend/lab"), ("sim", "tests", "bench")) == []
+
+
+def test_benchmarks_do_not_import_tests() -> None:
+    assert violations(py_files("bench"), ("tests",)) == []
+
+
+def test_no_test_module_imports_another_test_module() -> None:
+    found = []
+    for path in py_files("tests"):
+        rel = path.relative_to(ROOT).as_posix()
+        for name in sorted(imports_of(path)):
+            if name.split(".")[0] == "tests" and name.split(".")[-1].startswith("test_"):
+                found.append(f"{rel} imports {name}")
+    assert found == []
