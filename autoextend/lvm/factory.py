@@ -50,7 +50,8 @@ def make_volume_backend(
     Raises ConfigError when the lvm backend has no ``lvm.pvs``."""
     if settings.volumes.backend == "loop":
         return LoopVolumeBackend(
-            settings.volumes.loop_root, settings.volumes.loop_extent_mib << 20, authority
+            settings.volumes.loop_root, settings.volumes.loop_extent_mib << 20, authority,
+            host=settings.volumes.loop_host,
         )
     if not settings.lvm.pvs:
         from autoextend.validation import PVS_MESSAGE  # the rule lives there
