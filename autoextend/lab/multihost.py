@@ -7,7 +7,11 @@ volumes under one root, VG ``demo``). Guests are started by the lab and attached
 whose QMP directory holds their service socket.
 
 The lab itself creates the volumes (as an administrator would with lvcreate); only the SPM
-extends them, through the mailbox.
+extends them, through the mailbox. Each host has its own view of a volume, as each real host
+has its own dm table for an LV: the guest's loop device is attached in the name of the host
+that runs the guest (``[volumes] loop_host``), and only that host's refresh grows it. The
+SPM's extend grows the backing file; the requesting host's refresh after the reply is what
+makes its guest see the new size.
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ rescan_interval_s = 0.2
 backend = "loop"
 loop_root = "{pool_dir}/volumes"
 loop_extent_mib = 4
+loop_host = "{host_view(host_id)}"
 
 [lvm]
 vgs = ["{VG}"]
@@ -115,6 +120,11 @@ enabled = true
 address = "127.0.0.1"
 port = {metrics_port}
 """
+
+
+def host_view(host_id: int) -> str:
+    """The loop view name (``[volumes] loop_host``) of lab host ``host_id``."""
+    return f"lab-host-{host_id}"
 
 
 def free_port() -> int:
@@ -235,12 +245,18 @@ class Pool:
     def metadata(self) -> Path:
         return self.directory / "metadata"
 
+    def host_volumes(self, host_id: int) -> LoopVolumeBackend:
+        """The pool's volumes as host ``host_id`` sees them: its own loop devices only."""
+        return LoopVolumeBackend(self.volumes.root, self.volumes.extent_size, LocalAuthority(),
+                                 host=host_view(host_id))
+
     async def start_guest(
         self, host_id: int, name: str, job: GuestJob, *, start_mib: int = 128,
         virtual_mib: int = 2048,
     ) -> PoolGuest:
-        volume, device = await create_qcow2_disk(
-            self.volumes, self.stack, VolumeRef(VG, f"{name}-disk"), start_mib, virtual_mib)
+        volume, device = await create_qcow2_disk(  # attached in the name of its host
+            self.host_volumes(host_id), self.stack, VolumeRef(VG, f"{name}-disk"), start_mib,
+            virtual_mib)
         host = self.hosts[host_id]
         job = await anyio.to_thread.run_sync(with_expected_md5, job)  # guest only compares
         socket = host.directory / "qmp" / f"{name}.sock"

@@ -20,6 +20,18 @@ class VolumeSettings(Section):
     # loop backend: sizes round up to this, like LVM extents (oVirt storage domains use
     # 128 MiB extents).
     loop_extent_mib: int = Field(128, ge=1, le=1 << 20)
+    # loop backend: this host's name when several "hosts" share one machine (the lab): it
+    # then refreshes only the loop devices it attached itself, as a real host refreshes
+    # only its own dm table. "": every loop device on this machine is this host's.
+    loop_host: str = ""
+
+    @field_validator("loop_host")
+    @classmethod
+    def _host_name(cls, value: str) -> str:
+        if value and not is_valid_name(value):
+            raise ValueError("must be empty or a name of letters, digits and + _ . -"
+                             " (at most 127 characters, not starting with -)")
+        return value
 
 
 class LvmSettings(Section):

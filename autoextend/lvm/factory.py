@@ -49,7 +49,8 @@ def make_volume_backend(
 
     Raises ConfigError when the lvm backend has no ``lvm.pvs``."""
     if volumes.backend == "loop":
-        return LoopVolumeBackend(volumes.loop_root, volumes.loop_extent_mib << 20, authority)
+        return LoopVolumeBackend(volumes.loop_root, volumes.loop_extent_mib << 20, authority,
+                                 host=volumes.loop_host)
     if not lvm.pvs:
         from autoextend.validation import PVS_MESSAGE  # the rule lives there
 

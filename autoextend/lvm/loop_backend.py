@@ -6,6 +6,15 @@ under an exclusive ``flock`` on the file, so concurrent extenders in several pro
 cannot shrink it). Refresh is ``losetup -c`` on every loop device of this host backed by the
 file, so a host that has not refreshed still sees the old size, as with real LVs.
 
+Per-host views: on a real host each LV has its own device-mapper table, and ``lvchange
+--refresh`` reloads only that host's. Several lab "hosts" share one machine, so a backend
+given a ``host`` name (config ``[volumes] loop_host``) owns only the loop devices it attached
+itself: each attach is recorded as ``<root>/@views/<host>/loopN`` holding the device's
+``diskseq`` and backing file. Its refresh, size and device lookups see only those devices, so
+another host's extend and refresh leave this host's view at the old size until this host
+refreshes. Without a host name, every loop device of the file on this machine is this host's
+(one host per machine, as in production).
+
 Device lookups read ``/sys/block/loop*/loop/backing_file`` (no subprocess, no disk I/O).
 """
 
@@ -27,6 +36,7 @@ from autoextend.volumes import ExtendResult, SpmAuthority, VolumeRef
 
 SYS_BLOCK = Path("/sys/block")
 _DELETED = " (deleted)"
+VIEWS_DIR = "@views"  # under the root; "@" is not allowed in VG names, so never a VG
 
 
 VG_SIZE_FILE = ".vg_size"  # optional: the VG's capacity in bytes (decimal text)
@@ -114,21 +124,85 @@ def attached_devices(sys_block: Path = SYS_BLOCK) -> dict[str, str]:
     return found
 
 
+def _diskseq(device: str, sys_block: Path = SYS_BLOCK) -> str:
+    """The kernel's disk sequence number of the device (new at every attach), or "" when
+    the kernel has none (before Linux 5.15)."""
+    try:
+        return (sys_block / Path(device).name / "diskseq").read_text().strip()[:24]
+    except OSError:
+        return ""
+
+
+def _record_view(view_dir: str, device: str, backing: str) -> None:
+    """Record that this host attached ``device`` over ``backing`` (atomic replace)."""
+    os.makedirs(view_dir, exist_ok=True)
+    name = Path(device).name
+    tmp = os.path.join(view_dir, f".{name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(f"{_diskseq(device)} {backing}\n")
+    os.replace(tmp, os.path.join(view_dir, name))
+
+
+def _view_devices(view_dir: str, sys_block: Path = SYS_BLOCK) -> dict[str, str]:
+    """``{"/dev/loopN": backing file}`` for the devices recorded in ``view_dir`` that are
+    still the very attachment recorded (same backing file and diskseq); stale records of
+    detached or re-used devices are ignored."""
+    found: dict[str, str] = {}
+    attached = attached_devices(sys_block)
+    try:
+        entries = [e.name for e in os.scandir(view_dir)
+                   if e.name.startswith("loop") and e.is_file()]
+    except FileNotFoundError:
+        return found
+    for name in entries:
+        try:
+            with open(os.path.join(view_dir, name)) as f:
+                seq, _, backing = f.read(8192).rstrip("\n").partition(" ")
+        except OSError:
+            continue
+        device = f"/dev/{name}"
+        if attached.get(device) == backing and _diskseq(device, sys_block) == seq:
+            found[device] = backing
+    return found
+
+
+def _forget_views(view_dir: str, backing: str) -> None:
+    """Drop this host's records of devices over ``backing``."""
+    try:
+        entries = [e.name for e in os.scandir(view_dir) if e.name.startswith("loop")]
+    except FileNotFoundError:
+        return
+    for name in entries:
+        path = os.path.join(view_dir, name)
+        try:
+            with open(path) as f:
+                if f.read(8192).rstrip("\n").partition(" ")[2] != backing:
+                    continue
+            os.unlink(path)
+        except OSError:
+            continue
+
+
 class LoopVolumeBackend:
     """:class:`~autoextend.volumes.VolumeBackend` over sparse files and loop devices.
 
     ``authority`` gates the writes (extend, create, remove) exactly as for the lvm backend;
-    None means this host may not write (extend raises NotSpmError).
+    None means this host may not write (extend raises NotSpmError). ``host`` names this
+    host's view (see the module docs); "" means every loop device on the machine.
     """
 
     def __init__(
-        self, root: str, extent_size: int, authority: SpmAuthority | None = None
+        self, root: str, extent_size: int, authority: SpmAuthority | None = None,
+        host: str = "",
     ) -> None:
         if extent_size <= 0:
             raise ValueError(f"extent size must be positive, got {extent_size}")
         self.root = os.path.realpath(root)
         self.extent_size = extent_size
         self._authority = authority
+        self.host = host
+        self.view_dir = (
+            os.path.join(self.root, VIEWS_DIR, check_name("host", host)) if host else None)
 
     def _check(self) -> None:
         if self._authority is None:
@@ -146,8 +220,16 @@ class LoopVolumeBackend:
         return VolumeRef(vg, lv)
 
     def _devices_of(self, volume: VolumeRef) -> list[str]:
+        """This host's loop devices over the volume's file."""
         path = self.file_path(volume)
-        return sorted(dev for dev, backing in attached_devices().items() if backing == path)
+        mine = attached_devices() if self.view_dir is None else _view_devices(self.view_dir)
+        return sorted(dev for dev, backing in mine.items() if backing == path)
+
+    async def _attach(self, path: str) -> str:
+        device = await loopdev.attach(path)
+        if self.view_dir is not None:
+            await anyio.to_thread.run_sync(_record_view, self.view_dir, device, path)
+        return device
 
     async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
         if size <= 0:
@@ -205,7 +287,14 @@ class LoopVolumeBackend:
         path = self.file_path(volume)
         if not await anyio.Path(path).exists():
             raise VolumeNotFound(str(volume), path)
-        return await loopdev.attach(path)
+        return await self._attach(path)
+
+    async def detach(self, volume: VolumeRef) -> None:
+        """Detach this host's loop devices of ``volume`` (other hosts' stay attached)."""
+        for device in await anyio.to_thread.run_sync(self._devices_of, volume):
+            await loopdev.detach(device)
+        if self.view_dir is not None:
+            await anyio.to_thread.run_sync(_forget_views, self.view_dir, self.file_path(volume))
 
     async def create(self, volume: VolumeRef, size: int, attach: bool = True) -> str | None:
         """Create the volume's sparse file (``size`` rounded up to extents), attach it and
@@ -217,14 +306,17 @@ class LoopVolumeBackend:
             await anyio.to_thread.run_sync(_create_file, path, target)
         except FileExistsError as err:
             raise VolumeExists(str(volume), path) from err
-        return await loopdev.attach(path) if attach else None
+        return await self._attach(path) if attach else None
 
     async def remove(self, volume: VolumeRef) -> None:
-        """Detach every loop device of the volume on this host and delete its file."""
+        """Detach every loop device of the volume on this machine (every lab host's: an LV
+        is removed once no host has it open) and delete its file."""
         self._check()
         path = self.file_path(volume)
         for device in await loopdev.devices_for(path):
             await loopdev.detach(device)
+        if self.view_dir is not None:
+            await anyio.to_thread.run_sync(_forget_views, self.view_dir, path)
         try:
             os.unlink(path)
         except OSError as err:

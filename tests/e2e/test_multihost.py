@@ -15,6 +15,7 @@ import pytest
 
 from autoextend.lab.guest import GuestJob
 from autoextend.lab.multihost import Pool, pool
+from autoextend.lvm import loopdev
 from autoextend.spm.config import MailboxSettings, mailbox_base
 from autoextend.spm.layout import MailboxLayout
 
@@ -63,6 +64,34 @@ async def assert_each_step_once(the_pool: Pool, chunk: int, start: int) -> None:
         assert await file_size(the_pool, guest.volume.lv) == spm_sizes[-1]
 
 
+async def watch_from_other_hosts(the_pool: Pool) -> dict[str, tuple[str, int]]:
+    """Per guest, a loop device over its volume attached in the name of another host (which
+    never runs it), and the volume's size now: that host's view of the volume."""
+    watchers = {}
+    for name, guest in the_pool.guests.items():
+        other = next(h for h in the_pool.hosts if h != guest.host_id)
+        device = await the_pool.host_volumes(other).attach(guest.volume)
+        watchers[name] = (device, loopdev.size_of(device))
+    return watchers
+
+
+async def assert_views_are_per_host(
+    the_pool: Pool, watchers: dict[str, tuple[str, int]]
+) -> None:
+    """Issue 12, item 1: only the host that runs a guest refreshes its view of the volume.
+    The guest's device reaches the volume's final size (its host refreshed after every
+    reply); the other host's device keeps the size it was attached with, although that
+    host may have been the SPM that grew the file."""
+    for name, guest in the_pool.guests.items():
+        final = await file_size(the_pool, guest.volume.lv)
+        with anyio.fail_after(60):
+            while loopdev.size_of(guest.device) != final:  # a last refresh may be in flight
+                await anyio.sleep(0.2)
+        device, size_then = watchers[name]
+        assert final > size_then, (name, final, size_then)
+        assert loopdev.size_of(device) == size_then, (name, device)
+
+
 def given_up(the_pool: Pool) -> list[dict[str, Any]]:
     """Extensions that timed out or were withdrawn from their mailbox slot, on any host."""
     found = []
@@ -108,6 +137,7 @@ async def test_step_down_moves_the_role_while_guests_write(lab_tmp_path: Path) -
         g1 = await p.start_guest(1, "vm1", GuestJob(mib=384), start_mib=64, virtual_mib=1024)
         g2 = await p.start_guest(2, "vm2", GuestJob(mib=384, seed=3), start_mib=64,
                                  virtual_mib=1024)
+        watchers = await watch_from_other_hosts(p)
         with anyio.fail_after(300):
             while len(extended_sizes(p).get(str(g1.volume), [])) < 1:
                 await anyio.sleep(0.2)
@@ -129,6 +159,7 @@ async def test_step_down_moves_the_role_while_guests_write(lab_tmp_path: Path) -
         results = [await g.vm.result(timeout=600) for g in (g1, g2)]
         assert all(r.verified for r in results), results
         await assert_each_step_once(p, 64 * MiB, 64 * MiB)
+        await assert_views_are_per_host(p, watchers)
         totals = [await anyio.to_thread.run_sync(h.scrape) for h in p.hosts.values()]
         ok = sum(m['autoextend_extend_requests_total{result="ok"}'] for m in totals)
         assert ok == sum(len(v) for v in extended_sizes(p).values())
