@@ -3,13 +3,15 @@ subcommand, see :mod:`autoextend.cli.options`)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
-from autoextend import logs, settings, validation
+from autoextend import control, logs, settings, validation
 
 
 @dataclass
@@ -63,3 +65,16 @@ class CliContext:
 
 
 pass_ctx = click.make_pass_decorator(CliContext, ensure=True)
+
+
+def echo_reply(path: str, data: Any, render: Callable[[Any], str], as_json: bool) -> None:
+    """Print a control-socket reply: as JSON, or rendered for people. A reply the renderer
+    cannot read (another program on the socket, another version) is one line, exit 1."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    try:
+        text = render(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise control.UnexpectedAnswer(path, f"status of an unknown shape ({exc!r})") from None
+    click.echo(text)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 import anyio
 import click
 
-from autoextend.cli.context import CliContext, pass_ctx
+from autoextend.cli.context import CliContext, echo_reply, pass_ctx
 
 RUN_EPILOG = """\b
 Examples:
@@ -123,14 +122,7 @@ def status(obj: CliContext, as_json: bool) -> None:
     settings = obj.load_settings()
     path = settings.service.control_socket
     result = anyio.run(control.call_dict, path, "status")
-    if as_json:
-        click.echo(json.dumps(result, indent=2, sort_keys=True))
-        return
-    try:
-        text = render_status(result)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise control.UnexpectedAnswer(path, f"status of an unknown shape ({exc!r})") from None
-    click.echo(text)
+    echo_reply(path, result, render_status, as_json)
 
 
 @click.command("demo")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import anyio
 import click
 
-from autoextend.cli.context import CliContext, pass_ctx
+from autoextend.cli.context import CliContext, echo_reply, pass_ctx
 
 
 @click.group("spm")
@@ -40,15 +39,7 @@ def spm_status(obj: CliContext, as_json: bool) -> None:
     settings = obj.load_settings()
     path = settings.service.control_socket
     result = anyio.run(control.call_dict, path, "status")
-    info = result.get("spm")
-    if as_json:
-        click.echo(json.dumps(info, indent=2, sort_keys=True))
-        return
-    try:
-        text = _render(info)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise control.UnexpectedAnswer(path, f"status of an unknown shape ({exc!r})") from None
-    click.echo(text)
+    echo_reply(path, result.get("spm"), _render, as_json)
 
 
 @spm.command("step-down")
