@@ -181,11 +181,8 @@ def _mailbox_region(s: Settings) -> Iterator[Problem]:
                f" ({lease_start}..{lease_start + LEASE_AREA_SIZE})")
 
 
-def _extension_deadline(s: Settings) -> Iterator[Problem]:
-    yield from check_timeouts(s)  # an extension must outlast one SPM failover
-
-
-SERVICE_RULES: list[Rule] = [_volume_backend, mailbox_mode_rule, _extension_deadline]
+# check_timeouts: an extension must outlast one SPM failover (autoextend/timeouts.py).
+SERVICE_RULES: list[Rule] = [_volume_backend, mailbox_mode_rule, check_timeouts]
 
 
 # ---- entry points ------------------------------------------------------------------------------
