@@ -312,6 +312,7 @@ def test_sigterm_stops_a_start_up_that_waits(tmp_path: Path, area: Path) -> None
     assert not (tmp_path / "ctl.sock").exists()
 
 
+@pytest.mark.slow
 async def test_max_hosts_too_many_for_a_4k_device(tmp_path: Path) -> None:
     """lease.sector_size = 0 detects 4 KiB on this device, where 250 hosts do not fit."""
     from autoextend.lvm import loopdev

@@ -66,6 +66,7 @@ async def test_open_errors_are_storage_errors(scratch_dir: Path) -> None:
         await open_storage(str(scratch_dir / "missing"), sector_size=1024)
 
 
+@pytest.mark.slow
 async def test_loop_device_sector_detected(loop_device: tuple[str, int]) -> None:
     dev, sector = loop_device
     storage = await open_storage(dev, io_timeout=5.0)
@@ -81,6 +82,7 @@ async def test_loop_device_sector_detected(loop_device: tuple[str, int]) -> None
         await storage.close()
 
 
+@pytest.mark.slow
 async def test_loop_4k_rejects_configured_512(loop_device: tuple[str, int]) -> None:
     dev, sector = loop_device
     if sector != 4096:

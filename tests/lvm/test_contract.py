@@ -24,6 +24,8 @@ from autoextend.volumes import LocalAuthority, VolumeBackend, VolumeNotFound, Vo
 
 from .support import EXTENT, MiB, make_pv_files, release_devices, unique_name
 
+pytestmark = pytest.mark.slow  # lvm2 and loop devices (make unit runs none)
+
 
 @dataclass
 class Subject:

@@ -81,6 +81,7 @@ async def test_garbage_output_is_never_acted_on(tmp_path: Path) -> None:
     assert calls.read_text().split() == ["vgs"]  # no lvextend with a garbage extent size
 
 
+@pytest.mark.slow
 async def test_shell_runner_matches_process_runner(pool: Pool) -> None:
     ref = VolumeRef(pool.vg, "lv1")
     await pool.writer.create_lv(ref, 8 * MiB, tags=("a", "b"))
@@ -105,6 +106,7 @@ async def test_shell_runner_matches_process_runner(pool: Pool) -> None:
         await shell.aclose()
 
 
+@pytest.mark.slow
 async def test_shell_hung_command_is_killed_and_session_restarted(pool: Pool) -> None:
     ref = VolumeRef(pool.vg, "lv1")
     await pool.writer.create_lv(ref, 8 * MiB)
@@ -131,6 +133,7 @@ async def test_shell_hung_command_is_killed_and_session_restarted(pool: Pool) ->
         await shell.aclose()
 
 
+@pytest.mark.slow
 async def test_shell_killed_from_outside_is_replaced(pool: Pool) -> None:
     shell = LvmShellRunner(timeout_s=10)
     reader = LvmReader(shell, pool.config)

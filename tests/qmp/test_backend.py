@@ -25,6 +25,8 @@ from autoextend.qmp.errors import QmpCommandFailed, QmpTimeout, VmNotFound
 from autoextend.qmp.hypervisor import QmpHypervisor
 from autoextend.volumes import VolumeRef
 
+pytestmark = pytest.mark.slow  # starts QEMU (make unit runs none)
+
 
 async def test_discovery_names_and_drives() -> None:
     async with qemu_lab() as lab:
