@@ -39,6 +39,7 @@ from autoextend.spm.extender import MailboxExtender
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.server import SpmMailServer
+from autoextend.validation import cluster_rule
 from autoextend.volumes import SpmAuthority, VolumeBackend, VolumeRef
 
 if TYPE_CHECKING:
@@ -50,8 +51,8 @@ SpmBackendFactory = Callable[[SpmAuthority], "FreeSpaceBackend"]
 
 class ClusterAgent:
     """``lease``/``mailbox``: their config sections; ``vgs``: the pool's VGs (``[lvm] vgs``).
-    The full cross-section rules (``autoextend.validation.mailbox_mode_rule``) are the
-    service's to check; this checks what it cannot run without."""
+    Refuses sections it cannot run with, by the one rule ``run`` and ``config check`` apply
+    (:func:`autoextend.validation.cluster_rule`)."""
 
     def __init__(
         self,
@@ -62,13 +63,7 @@ class ClusterAgent:
         spm_backend: SpmBackendFactory,
         clock: Clock,
     ) -> None:
-        found = []
-        if not lease.path:
-            found.append(("lease.path", "must name the shared metadata area"))
-        if not 1 <= lease.host_id <= mailbox.max_hosts:
-            found.append(("lease.host_id", "must be 1..mailbox.max_hosts"))
-        if not vgs:
-            found.append(("lvm.vgs", "must list the pool's VGs"))
+        found = list(cluster_rule(lease, mailbox, vgs))
         if found:
             raise ConfigError("<settings>", found)
         self.lease_config = lease
