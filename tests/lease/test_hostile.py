@@ -294,7 +294,7 @@ async def test_unreadable_record_is_counted_every_time_and_logged_once() -> None
         for _ in range(3):
             await lease.paxos.read_area()
     assert lease.paxos.stats.record_errors == 3
-    assert [e["event"] for e in logs].count("paxos_record_unreadable") == 1
+    assert [e["event"] for e in logs].count("lease record unreadable") == 1
 
 
 class RecordingWatchdog:
