@@ -98,6 +98,8 @@ class Monitor(Resync):
             extend_deadline_s=extend_deadline_s,
         )
         self._tg: TaskGroup | None = None
+        self._events_in: MemoryObjectReceiveStream[HypervisorEvent] | None = None
+        self._next_poll = -math.inf  # when the poller wakes next (not started: now)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -106,6 +108,7 @@ class Monitor(Resync):
         send, receive = anyio.create_memory_object_stream[HypervisorEvent](
             HYPERVISOR_STREAM_SIZE
         )
+        self._events_in = receive
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._dispatch, receive)
@@ -128,6 +131,26 @@ class Monitor(Resync):
         for vm in self._vms.values():
             self._set_resume_policy(vm)
             vm.post(RESYNC)
+
+    def idle(self, *, extensions: bool = True) -> bool:
+        """True when the monitor has nothing left to do at the clock's current time: every
+        hypervisor event is routed, every VM's inbox is handled (no VM mid-way through a
+        message), no poll or timer is due, and (with ``extensions``) no extension is in
+        flight. The synchronisation point for "nothing happened" in tests (with a manual
+        clock it is exact); never a sleep."""
+        if self._events_in is None or not _parked(self._events_in):
+            return False
+        now = self.clock.now()
+        if now >= self._next_poll:
+            return False
+        if extensions and self._in_flight:
+            return False
+        for vm in self._vms.values():
+            if not _parked(vm.receive):
+                return False
+            if vm.timer_at is not None and vm.timer_at <= now:
+                return False
+        return True
 
     def snapshot(self) -> list[dict[str, Any]]:
         """What ``autoextend status`` shows: every VM and drive."""
@@ -184,6 +207,7 @@ class Monitor(Resync):
 
     async def _poll_loop(self) -> None:
         while True:
+            self._next_poll = self.clock.now() + self.settings.poll_interval_s
             await self.clock.sleep(self.settings.poll_interval_s)
             for vm in list(self._vms.values()):
                 vm.post(POLL)
@@ -261,6 +285,13 @@ class Monitor(Resync):
                 await self._resync(vm, rearm=False)
             case _:
                 pass
+
+
+def _parked(stream: MemoryObjectReceiveStream[Any]) -> bool:
+    """Its reader has taken everything and waits for more (an item handed straight to a
+    waiting reader is not in the buffer, but that reader is no longer waiting)."""
+    stats = stream.statistics()
+    return stats.current_buffer_used == 0 and stats.tasks_waiting_receive > 0
 
 
 def percentile(values: list[float], q: float) -> float:
