@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import anyio
@@ -17,6 +16,7 @@ from autoextend.directio import (
     UnalignedIoError,
     open_storage,
 )
+from autoextend.lab.waiting import until
 
 
 @pytest.mark.parametrize("sector", [512, 4096])
@@ -114,6 +114,8 @@ async def test_timeout_abandons_and_orders_later_write(scratch_file: Path) -> No
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(new_write)
+            # time is the subject: a new write that did not wait for the abandoned one would
+            # finish within this window, and the final order would show it
             await anyio.sleep(0.05)
             assert order == []
             release.set()
@@ -131,10 +133,8 @@ async def test_close_defers_until_abandoned_io_done(scratch_file: Path) -> None:
     await storage.close()
     assert storage._fd >= 0  # still open: the abandoned thread holds it
     release.set()
-    deadline = time.monotonic() + 5
-    while storage._fd >= 0 and time.monotonic() < deadline:
-        await anyio.sleep(0.01)
-    assert storage._fd == -1
+    await until(lambda: storage._fd == -1, 5, "the deferred close",
+                describe=lambda: storage._fd)
     with pytest.raises(StorageError, match="closed"):
         await storage.read(0, 512)
 

@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import anyio
 import pytest
 
+from autoextend.lab.waiting import until
 from autoextend.lvm.errors import (
     InsufficientFreeExtents,
     LvmCommandError,
@@ -46,10 +46,8 @@ def _gone(pid: int) -> bool:
 
 
 async def _wait_gone(pid: int) -> bool:
-    with anyio.move_on_after(5):
-        while not _gone(pid):
-            await anyio.sleep(0.02)
-    return _gone(pid)
+    await until(lambda: _gone(pid), 5, f"process {pid} to be gone")
+    return True
 
 
 async def test_hung_command_is_killed_with_its_children(tmp_path: Path) -> None:

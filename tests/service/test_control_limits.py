@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from autoextend import control
 from autoextend.boundedjson import TooDeep, check_depth, nesting_depth
 from autoextend.errors import AutoextendError
+from autoextend.lab.waiting import until
 
 
 async def _status(request: dict[str, Any]) -> dict[str, Any]:
@@ -144,18 +145,16 @@ async def test_excess_clients_are_refused_not_fatal(tmp_path: Path) -> None:
         try:
             for _ in range(8):
                 held.append(await anyio.connect_unix(srv.path))
-            with anyio.fail_after(30):
-                while srv.active < 8:
-                    await anyio.sleep(0.01)
+            await until(lambda: srv.active == 8, 30, "8 clients served",
+                        describe=lambda: srv.counters)
             with pytest.raises(AutoextendError, match="busy"):
                 await control.call(srv.path, "status")
             assert srv.counters.refused >= 1
         finally:
             for s in held:
                 await s.aclose()
-        with anyio.fail_after(30):
-            while srv.active:
-                await anyio.sleep(0.01)
+        await until(lambda: srv.active == 0, 30, "every client gone",
+                    describe=lambda: srv.counters)
         assert (await control.call(srv.path, "status"))["vms"] == []
 
 
@@ -175,7 +174,7 @@ _EMFILE_SERVER = textwrap.dedent("""
             await tg.start(srv.serve)
             print("ready", flush=True)
             while srv.counters.accept_errors == 0:
-                await anyio.sleep(0.05)
+                await anyio.sleep(0.05)  # polls its own counter (a child, not the test)
             print("emfile", flush=True)
             await anyio.sleep_forever()
 
@@ -212,8 +211,8 @@ async def test_out_of_file_descriptors_is_survived(tmp_path: Path) -> None:
                 try:
                     assert (await control.call(path, "status"))["vms"] == []
                     break
-                except AutoextendError:
-                    await anyio.sleep(0.1)  # still draining the backlog
+                except AutoextendError:  # poll with a deadline: still draining the backlog
+                    await anyio.sleep(0.1)
         assert proc.poll() is None
     finally:
         for s in held:
