@@ -14,12 +14,12 @@ from autoextend.lab.loopblock import LoopBlockWatch, Snapshot
 
 
 async def _sleeps_in_the_loop() -> None:
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # a second callback: the blocking one is not the first step
     time.sleep(0.3)  # blocking on purpose: this is what the check must catch
 
 
 async def _spins_in_the_loop(cpu_s: float) -> None:
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # a second callback: the spinning one is not the first step
     start = time.thread_time()
     while time.thread_time() - start < cpu_s:
         pass
@@ -51,7 +51,7 @@ def test_the_patch_is_removed_after_watching() -> None:
             pass
     assert asyncio.events.Handle._run is before
     with watch.watching():
-        asyncio.run(asyncio.sleep(0))
+        asyncio.run(asyncio.sleep(0))  # a loop that runs a callback or two
     assert watch.blocks == [] and watch.callbacks > 0
 
 
@@ -118,15 +118,15 @@ async def test_blocks() -> None:
 
 @pytest.mark.loop_may_block("says so")
 async def test_blocks_and_says_so() -> None:
-    time.sleep(0.3)
+    time.sleep(0.3)  # blocking on purpose, and marked
 
 @pytest.mark.slow
 async def test_slow_tests_are_not_watched() -> None:
-    time.sleep(0.3)
+    time.sleep(0.3)  # blocking on purpose, in a slow test
 
 async def test_awaits() -> None:
     import asyncio
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # awaiting is not blocking
 """
 
 

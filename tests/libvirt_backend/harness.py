@@ -186,7 +186,7 @@ class Rig:
                     if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                         return
                     raise
-                await anyio.sleep(0.25)
+                await anyio.sleep(0.25)  # poll with a deadline (the caller's)
 
     async def finished(self, domain: Domain, timeout: float) -> GuestResult:
         """Wait until the domain has stopped, then read the guest's result line."""

@@ -211,8 +211,8 @@ async def test_out_of_file_descriptors_is_survived(tmp_path: Path) -> None:
                 try:
                     assert (await control.call(path, "status"))["vms"] == []
                     break
-                except AutoextendError:  # poll with a deadline: still draining the backlog
-                    await anyio.sleep(0.1)
+                except AutoextendError:  # still draining the backlog
+                    await anyio.sleep(0.1)  # poll with a deadline (the call is async)
         assert proc.poll() is None
     finally:
         for s in held:
