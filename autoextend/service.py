@@ -6,8 +6,10 @@ Wiring (config flows down from here; nothing reads globals)::
     hypervisor (qmp | libvirt) ─────────────────────────────────────────────────┴─> Monitor
     control socket, metrics, sd_notify, signals
 
-SIGTERM/SIGINT cancel everything and exit cleanly; SIGHUP reloads the config file (an invalid
-file is logged and the old config kept; monitor state is never lost).
+SIGTERM/SIGINT cancel everything and exit cleanly; SIGHUP (or the control socket's ``reload``)
+reloads the config file: an invalid file is logged and the old config kept; a valid one is
+applied as far as the running parts can take it, and the keys that need a restart are logged
+and shown by ``status`` (``autoextend/reload.py``). Monitor state is never lost.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from autoextend import logs, startup, timeouts, validation
+from autoextend import reload as reload_mod
 from autoextend import settings as settings_mod
 from autoextend.clock import Clock, MonotonicClock
 from autoextend.cluster import ClusterAgent
@@ -129,6 +132,10 @@ class Service:
         self.control = ControlServer(settings.service.control_socket)
         self.control.register("status", self._status)
         self.control.register("spm_step_down", self._step_down)
+        self.control.register("reload", self._reload)
+        self.reloads = 0
+        self.reload_applied: tuple[str, ...] = ()       # by the last reload
+        self.pending_restart: tuple[str, ...] = ()      # changed in the file, not in effect
         self._export_input_metrics()
         if self.cluster is not None:
             self._export_cluster_metrics(self.cluster)
@@ -215,7 +222,19 @@ class Service:
             },
             "vms": self.monitor.snapshot(),
             "spm": self.cluster.status() if self.cluster is not None else None,
+            "config": self._config_status(),
         }
+
+    def _config_status(self) -> dict[str, Any]:
+        return {"path": str(self.config_path) if self.config_path else None,
+                "reloads": self.reloads, "applied": list(self.reload_applied),
+                "pending_restart": list(self.pending_restart)}
+
+    async def _reload(self, request: dict[str, Any]) -> dict[str, Any]:
+        if not self.reload():
+            raise AutoextendError("the config file is invalid; the old config is kept "
+                                  "(see the service log)")
+        return self._config_status()
 
     def summary(self) -> str:
         vms = self.monitor.snapshot()
@@ -227,7 +246,11 @@ class Service:
         )
 
     def reload(self) -> bool:
-        """Re-read the config file; keep the old config when the new one is invalid."""
+        """Re-read the config file; keep the old config when the new one is invalid.
+
+        Applies what the running parts can take (``autoextend/reload.py``); ``settings``
+        stays the config in effect, and the keys that need a restart are logged and kept
+        for ``status``."""
         try:
             new = settings_mod.load(self.config_path)
             if self.overrides:
@@ -236,10 +259,21 @@ class Service:
         except ConfigError as exc:
             log.error("config reload failed; keeping the old config", error=str(exc))
             return False
-        logs.configure(new.service.log_level, new.service.log_format)
-        self.monitor.reconfigure(new.policy, None, new.service.dry_run, new.resume)
-        self.settings = new
-        log.info("config reloaded", path=str(self.config_path))
+        plan = reload_mod.plan(self.settings, new)
+        now = plan.effective
+        logs.configure(now.service.log_level, now.service.log_format)
+        self.monitor.reconfigure(now.policy, None, now.service.dry_run, now.resume,
+                                 extend_deadline_s=timeouts.extension_deadline_s(now))
+        self.settings = now
+        self.reloads += 1
+        self.reload_applied, self.pending_restart = plan.applied, plan.needs_restart
+        if plan.needs_restart:
+            log.warning("config reloaded; some changes need a restart",
+                        path=str(self.config_path), applied=list(plan.applied),
+                        needs_restart=list(plan.needs_restart))
+        else:
+            log.info("config reloaded", path=str(self.config_path),
+                     applied=list(plan.applied))
         return True
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

@@ -75,6 +75,10 @@ def render_status(result: dict[str, Any]) -> str:
     )
     if svc.get("hypervisor_problem"):
         lines.append(f"WARNING: {svc['hypervisor_problem']}")
+    pending = (result.get("config") or {}).get("pending_restart")
+    if pending:
+        lines.append("RESTART NEEDED: the config file changes " + ", ".join(pending)
+                     + " (the running values stay until a restart)")
     vms = result.get("vms", [])
     if not vms:
         lines.append("no VMs monitored")

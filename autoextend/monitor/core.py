@@ -119,11 +119,13 @@ class Monitor(Resync):
 
     def reconfigure(
         self, settings: PolicySettings, policy_for: PolicyResolver | None, dry_run: bool,
-        resume: ResumeSettings | None = None,
+        resume: ResumeSettings | None = None, *, extend_deadline_s: float | None = None,
     ) -> None:
         """Apply a reloaded config. Drive states are kept; new numbers apply from the next
         decision (thresholds are re-armed by the next poll)."""
         self.settings = settings
+        if extend_deadline_s is not None:
+            self._extend_deadline_s = extend_deadline_s
         self.policy_for = policy_for or default_policy_resolver(settings)
         self.dry_run = dry_run
         if resume is not None:
