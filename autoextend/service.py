@@ -182,6 +182,9 @@ class Service:
             return float(getattr(cluster.mailbox.counters, name)) if cluster.mailbox else 0.0
 
         m.gauge_from("autoextend_spm_is_spm", "1 while this host holds the SPM lease", is_spm)
+        m.counter_from("autoextend_cluster_join_failures_total",
+                       "I/O errors while joining the pool (lease or mailbox; each retried)",
+                       lambda: float(cluster.join_failures))
         m.gauge_from("autoextend_lease_renewal_age_seconds",
                      "Seconds since this host's last successful lease renewal", renewal_age)
         m.gauge_from("autoextend_mailbox_requests_sent",
