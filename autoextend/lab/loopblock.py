@@ -98,6 +98,7 @@ class LoopBlockWatch:
         self.callbacks = 0
         self.worst_wall_s = 0.0     # the slowest callback by wall time (preemption included)
         self.worst_blocked_s = 0.0  # the largest blocking bound or own CPU seen
+        self.worst: Block | None = None  # ... and that callback
         self._tid = 0
         self._gc_total = 0.0
         self._gc_started: float | None = None
@@ -158,9 +159,11 @@ class LoopBlockWatch:
         before, after = self._snap, self.snapshot()
         cpu_own = cpu - (after.gc - before.gc)
         blocked = self.blocked_bound(before, after, wall, cpu)
-        self.worst_blocked_s = max(self.worst_blocked_s, blocked, cpu_own)
+        block = Block(label(), wall, cpu, max(0.0, blocked))
+        if max(blocked, cpu_own) > self.worst_blocked_s:
+            self.worst_blocked_s, self.worst = max(blocked, cpu_own), block
         if blocked >= self.threshold_s or cpu_own >= self.threshold_s:
-            self.blocks.append(Block(label(), wall, cpu, max(0.0, blocked)))
+            self.blocks.append(block)
         # The next callback's window starts afresh (this one's terms are spent).
         self._snap, self._snap_at = after, time.perf_counter()
 

@@ -20,6 +20,7 @@ from autoextend.lab.loopblock import THRESHOLD_S, LoopBlockWatch
 
 ENV = "AUTOEXTEND_LOOPCHECK"
 _STATS_KEY = pytest.StashKey[dict[str, float]]()
+_WORST_KEY = pytest.StashKey[str]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -52,7 +53,9 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     stats["tests"] += 1
     stats["callbacks"] += watch.callbacks
     stats["worst_wall_s"] = max(stats["worst_wall_s"], watch.worst_wall_s)
-    stats["worst_blocked_s"] = max(stats["worst_blocked_s"], watch.worst_blocked_s)
+    if watch.worst is not None and watch.worst_blocked_s > stats["worst_blocked_s"]:
+        stats["worst_blocked_s"] = watch.worst_blocked_s
+        item.config.stash[_WORST_KEY] = f"{item.nodeid}: {watch.worst}"
     if watch.blocks:
         lines = "\n  ".join(str(b) for b in watch.blocks)
         pytest.fail(f"the event loop blocked for >= {THRESHOLD_S * 1000:.0f} ms "
@@ -71,3 +74,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
         f"blocking/CPU bound {stats['worst_blocked_s'] * 1000:.0f} ms "
         f"(fails at {THRESHOLD_S * 1000:.0f} ms)"
     )
+    worst = config.stash.get(_WORST_KEY, None)
+    if worst:
+        terminalreporter.write_line(f"loop-block check: worst: {worst}")
