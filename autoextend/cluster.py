@@ -231,8 +231,8 @@ class ClusterAgent:
             "hosts": hosts,
             "terms_held": self.terms,
             "join_failures": self.join_failures,
-            "mailbox": self.mailbox.counters.__dict__ if self.mailbox is not None else {},
-            "server": server.counters.__dict__ if server is not None else None,
+            "mailbox": dict(vars(self.mailbox.counters)) if self.mailbox is not None else {},
+            "server": dict(vars(server.counters)) if server is not None else None,
         }
 
 

@@ -15,9 +15,13 @@ wait*, i.e. time runnable but preempted):
 
 The subtracted terms are measured over a window that starts at most ``SNAPSHOT_EVERY_S``
 before the callback (a superset of it), so the bound can only err low: preemption, GIL waits
-and steal are never counted as blocking. The callback is flagged when that lower bound, or its
-own CPU time minus GC, reaches the threshold (100 ms by default). A ``time.sleep(0.3)`` in the
-loop is caught (bound ~ 250-300 ms); a callback preempted for a second is not.
+and steal are never counted as blocking. Two more excuses, from the thread's rusage over the
+window: no voluntary context switch means the thread never slept (all of its off-CPU time was
+preemption), and disk activity (block reads or writes, major page faults) means it may have
+waited for a loaded disk, which is the machine's load, not the callback's design. The
+callback is flagged when that lower bound, or its own CPU time minus GC, reaches the
+threshold (100 ms by default). A ``time.sleep(0.3)`` in the loop is caught (bound ~ 250-300
+ms); a callback preempted for a second is not.
 
 :class:`LoopBlockWatch` is the checker; :mod:`autoextend.lab.loopcheck` is the pytest plugin.
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 import asyncio.events
 import gc
 import os
+import resource
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -51,6 +56,8 @@ class Snapshot:
     process_cpu: float      # the process's CPU time (includes threads that have exited)
     steal: float            # the machine's stolen time (all CPUs)
     gc: float               # wall time spent in the garbage collector
+    voluntary: int = 0      # the loop thread's voluntary context switches (it slept)
+    disk: int = 0           # its block reads + writes + major page faults
 
 
 @dataclass(frozen=True)
@@ -125,8 +132,10 @@ class LoopBlockWatch:
             if tid != str(self._tid):
                 cpu, wait = _schedstat(tid)
                 others[tid] = cpu + wait
+        usage = resource.getrusage(resource.RUSAGE_THREAD)  # the loop thread's own
         return Snapshot(own_cpu, own_wait, others, time.process_time(), _steal(),
-                        self._gc_total)
+                        self._gc_total, usage.ru_nvcsw,
+                        usage.ru_inblock + usage.ru_oublock + usage.ru_majflt)
 
     def _callback_started(self, now: float) -> None:
         if self._snap is None or now - self._snap_at > SNAPSHOT_EVERY_S:
@@ -159,6 +168,10 @@ class LoopBlockWatch:
         before, after = self._snap, self.snapshot()
         cpu_own = cpu - (after.gc - before.gc)
         blocked = self.blocked_bound(before, after, wall, cpu)
+        if after.voluntary == before.voluntary or after.disk != before.disk:
+            # It never went to sleep (the time off the CPU was preemption), or it waited for
+            # the disk (a page fault, a read, dirty-page throttling: the machine's load).
+            blocked = min(blocked, 0.0)
         block = Block(label(), wall, cpu, max(0.0, blocked))
         if max(blocked, cpu_own) > self.worst_blocked_s:
             self.worst_blocked_s, self.worst = max(blocked, cpu_own), block
