@@ -23,6 +23,7 @@ from autoextend import control
 from autoextend.boundedjson import TooDeep, check_depth, nesting_depth
 from autoextend.errors import AutoextendError
 from autoextend.lab.waiting import until
+from tests.cli.clirun import autoextend
 
 
 async def _status(request: dict[str, Any]) -> dict[str, Any]:
@@ -264,18 +265,16 @@ async def test_status_client_with_wrong_answer_prints_one_line(
     cfg.write_text(f'[service]\ncontrol_socket = "{path}"\n')
     async with listener, anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, answer_with)
-        proc = await anyio.run_process(
-            [sys.executable, "-m", "autoextend", "--config", str(cfg), *command],
-            check=False, env={**os.environ, "COLUMNS": "200"},
-        )
+        proc = await anyio.to_thread.run_sync(lambda: autoextend(
+            "--config", str(cfg), *command, env={**os.environ, "COLUMNS": "200"}))
         tg.cancel_scope.cancel()
-    err = proc.stderr.decode()
+    err = proc.stderr
     assert "Traceback" not in err
-    if proc.returncode == 0:  # an odd result may still be printable (--json, missing keys)
+    if proc.code == 0:  # an odd result may still be printable (--json, missing keys)
         assert not garbage, proc.stdout
         assert proc.stdout and not err
         return
-    assert proc.returncode == 1, err
+    assert proc.code == 1, err
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith("autoextend: error:")
