@@ -59,6 +59,7 @@ def autoextend(*args: str, timeout: float = 120.0, cwd: Path | None = None,
 _SERVER = r"""
 import json, os, sys
 import autoextend.cli.main as cli_main
+import autoextend.cli.service, autoextend.service  # what `run` and `status` import lazily
 
 def child(req):
     os.chdir(req["cwd"])
