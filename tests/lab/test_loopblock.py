@@ -56,8 +56,25 @@ def test_the_patch_is_removed_after_watching() -> None:
 
 
 def _snap(own_cpu: float = 0.0, own_wait: float = 0.0, others: dict[str, float] | None = None,
-          process_cpu: float = 0.0, steal: float = 0.0, gc: float = 0.0) -> Snapshot:
-    return Snapshot(own_cpu, own_wait, others or {}, process_cpu, steal, gc)
+          process_cpu: float = 0.0, steal: float = 0.0, gc: float = 0.0, voluntary: int = 0,
+          disk: int = 0) -> Snapshot:
+    return Snapshot(own_cpu, own_wait, others or {}, process_cpu, steal, gc, voluntary, disk)
+
+
+@pytest.mark.parametrize(("voluntary", "disk", "flagged"), [
+    (1, 0, True),    # it went to sleep, no disk: 480 ms blocked of its own accord
+    (0, 0, False),   # it never slept: the time off the CPU was preemption
+    (1, 2, False),   # it waited for the disk (a loaded machine's I/O), not for a sleep
+])
+def test_a_slow_callback_is_judged_by_its_rusage(
+    monkeypatch: pytest.MonkeyPatch, voluntary: int, disk: int, flagged: bool
+) -> None:
+    watch = LoopBlockWatch(0.1)
+    watch._snap = _snap(own_cpu=1.0, process_cpu=20.0, voluntary=10, disk=5)
+    after = _snap(own_cpu=1.02, process_cpu=20.02, voluntary=10 + voluntary, disk=5 + disk)
+    monkeypatch.setattr(watch, "snapshot", lambda: after)
+    watch._callback_finished(lambda: "the callback", 0.5, 0.02)
+    assert [b.callback for b in watch.blocks] == (["the callback"] if flagged else [])
 
 
 def test_the_bound_excuses_preemption_gil_waits_steal_and_gc() -> None:
