@@ -82,13 +82,13 @@ class Guard:
 
         def _execute_child(popen: subprocess.Popen[Any], args: Any, executable: Any,
                            *rest: Any, **kwargs: Any) -> Any:
-            if executable is not None:
+            shell = len(rest) > 7 and bool(rest[7])  # Popen._execute_child's `shell`
+            first = args if isinstance(args, str | bytes) else list(args)[0]
+            if executable is not None and not shell:
                 program = os.fsdecode(executable)
-            elif isinstance(args, str | bytes):  # a command line (shell=True) or one program
-                words = os.fsdecode(args).split()
+            else:  # one program, or a shell command line: its first word
+                words = os.fsdecode(first).split()
                 program = words[0] if words else ""
-            else:
-                program = os.fsdecode(list(args)[0])
             if forbidden(program):
                 guard.spawned.append(program)
                 raise ForbiddenProgram(program)

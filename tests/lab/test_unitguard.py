@@ -22,6 +22,9 @@ def test_runs_qemu_by_path_and_swallows_the_error() -> None:
 def test_a_child_shell_runs_lvm() -> None:
     subprocess.run(["sh", "-c", "lvm version"], capture_output=True)
 
+def test_a_shell_command_line_runs_losetup() -> None:
+    subprocess.run("losetup --list", shell=True, capture_output=True)
+
 def test_a_stand_in_script_is_fine(tmp_path) -> None:
     fake = tmp_path / "lvm"
     fake.write_text("#!/bin/sh\\necho fake\\n")
@@ -47,7 +50,7 @@ def test_the_guard_fails_tests_that_start_heavy_programs(
     pytester.makepyfile(test_it=GUARDED)
     result = pytester.runpytest_subprocess("-p", "autoextend.lab.unitguard",
                                            "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2, failed=3)
+    result.assert_outcomes(passed=2, failed=4)
     out = result.stdout.str()
     assert "ForbiddenProgram: losetup may not run in make unit" in out
     assert "this test tried: ['/usr/bin/qemu-system-x86_64'] (mark it slow)" in out
