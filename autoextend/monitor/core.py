@@ -100,6 +100,7 @@ class Monitor(Resync):
         self._tg: TaskGroup | None = None
         self._events_in: MemoryObjectReceiveStream[HypervisorEvent] | None = None
         self._next_poll = -math.inf  # when the poller wakes next (not started: now)
+        self.polls = 0  # poll rounds posted so far (a test waits for N of them, then idle())
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -213,6 +214,7 @@ class Monitor(Resync):
             await self.clock.sleep(self.settings.poll_interval_s)
             for vm in list(self._vms.values()):
                 vm.post(POLL)
+            self.polls += 1
 
     async def _vm_main(self, vm: Vm) -> None:
         with vm.scope:
