@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 
 from autoextend.errors import AutoextendError
+from autoextend.monitor import jobpolicy as jobs
 from autoextend.monitor import policy
 from autoextend.monitor.drive import DriveState, ThresholdState
 from autoextend.monitor.observer import ExtendFinished, VgFull, VmCheckFailed
@@ -74,7 +75,9 @@ class Extensions(MonitorBase):
 
     async def _fresh(self, vm: Vm, d: DriveState) -> DriveInfo:
         for info in await self.hypervisor.drives(vm.name):
-            if info.drive == d.name:
+            # The same name on another path is another volume (a pivot or a snapshot made
+            # a new top): this extension must not go on with the new volume's numbers.
+            if info.drive == d.name and info.path == d.info.path:
                 d.update_info(info)
                 return info
         raise DriveVanished(vm.name, d.name)
@@ -85,13 +88,15 @@ class Extensions(MonitorBase):
         t_start = self.clock.now()
         info = await self._fresh(vm, d)
         pol = self.policy_for(info, d.volume)
-        target = policy.next_size(info.physical, info.capacity, pol)
+        target = max(policy.next_size(info.physical, info.capacity, pol),
+                     jobs.need_size(info, pol))
         if target <= info.physical:
             self._disable(vm, d)
             self.observer.notify(
                 ExtendFinished(vm.name, d.name, d.volume, None, info.physical))
             return False
-        if not d.enospc and not policy.needs_extension(info.allocation, info.physical, pol):
+        if not d.enospc and not jobs.short(info, pol) and not policy.needs_extension(
+                info.allocation, info.physical, pol):
             # A stale event (the drive grew since), or someone else extended it already.
             new_threshold = policy.threshold(info.physical, pol)
             d.not_needed(new_threshold)

@@ -110,6 +110,7 @@ class MonitorBase:
         self.lease_ok = lease_ok
         self._extend_deadline_s = extend_deadline_s
         self._vms: dict[str, Vm] = {}
+        self._job_resumed_at: dict[tuple[str, str], float] = {}  # (vm, job id) -> last resume
         self._in_flight = 0
 
     @property

@@ -1,0 +1,138 @@
+"""The QMP session's side of block jobs: ask QEMU for jobs, add their targets to the
+drives, measure a commit's data once at its start, and turn job events into ours.
+
+The pure parsing is in ``qmp/jobs.py``; this module does the queries. ``Measure`` is
+``qemu-img measure`` by default (injected so unit tests need no qemu-img).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from autoextend.logs import get_logger
+from autoextend.monitor.protocols import DrivesChanged, HypervisorEvent, JobEnded
+from autoextend.qmp.connection import QmpConnection
+from autoextend.qmp.errors import QmpCommandFailed
+from autoextend.qmp.jobs import Job, is_nospace, job_ended, job_targets, parse_graph, parse_jobs
+from autoextend.qmp.replies import MAX_SIZE, Topology
+
+log = get_logger("qmp")
+
+#: path of a qcow2 image (its backing chain below it is followed) -> bytes a qcow2 holding
+#: all of its data needs, or None when it cannot be measured.
+Measure = Callable[[str], Awaitable[int | None]]
+
+#: Job status changes after which the set of job targets (or the top image) may differ.
+RESYNC_STATUSES = frozenset({"running", "paused", "ready", "concluded", "null", "aborting"})
+
+
+async def qemu_img_measure(path: str) -> int | None:
+    """``qemu-img measure -U -O qcow2``: what a qcow2 with the chain's data needs."""
+    try:
+        with anyio.fail_after(30):
+            done = await anyio.run_process(
+                ["qemu-img", "measure", "-U", "--output=json", "-O", "qcow2", path],
+                check=False)
+    except (OSError, TimeoutError) as err:
+        log.warning("qemu-img measure failed", path=path, error=str(err))
+        return None
+    if done.returncode != 0:
+        log.warning("qemu-img measure failed", path=path,
+                    error=done.stderr.decode(errors="replace").strip()[:300])
+        return None
+    try:
+        required = json.loads(done.stdout).get("required")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(required, int) and not isinstance(required, bool) and 0 < required <= MAX_SIZE:
+        return required
+    return None
+
+
+class JobWatch:
+    def __init__(self, measure: Measure | None = None) -> None:
+        self._measure = measure or qemu_img_measure
+        self._needs: dict[str, int] = {}  # job id -> measured need (0: could not measure)
+
+    async def add_targets(self, vm: str, conn: QmpConnection, topology: Topology,
+                          nodes_reply: object, stats_reply: object) -> Topology:
+        """``topology`` plus one drive per job target (unchanged when no job runs)."""
+        try:
+            jobs = parse_jobs(vm, await conn.execute("query-block-jobs"))
+        except QmpCommandFailed:
+            return topology  # a QEMU (or test double) without jobs
+        if not jobs:
+            self._needs.clear()
+            return topology
+        graph = parse_graph(vm, await conn.execute("x-debug-query-block-graph"))
+        nodes = {n["node-name"]: n for n in nodes_reply if isinstance(n, dict)} \
+            if isinstance(nodes_reply, list) else {}
+        highest: dict[str, int] = {}
+        for entry in stats_reply if isinstance(stats_reply, list) else ():
+            if isinstance(entry, dict) and isinstance(entry.get("node-name"), str):
+                highest[entry["node-name"]] = entry["stats"]["wr_highest_offset"]
+        targets = job_targets(vm, jobs, graph, nodes, highest, topology.by_node)
+        if not targets:
+            return topology
+        targets = [await self._with_need(t, jobs, graph, nodes, topology) for t in targets]
+        by_node = dict(topology.by_node)
+        for t in targets:
+            by_node[t.node] = t.drive
+            for edge, child in graph.children.get(t.job_id, ()):
+                if edge in ("target", "base"):
+                    by_node.setdefault(child, t.drive)
+        live = {j.job_id for j in jobs}
+        for job_id in set(self._needs) - live:
+            del self._needs[job_id]
+        return dataclasses.replace(topology, drives=topology.drives + tuple(targets),
+                                   by_node=by_node)
+
+    async def _with_need(self, target: Any, jobs: list[Job], graph: Any,
+                         nodes: dict[str, Any], topology: Topology) -> Any:
+        """A commit's base gets ``job_need``: what the merged data needs, measured once."""
+        if target.job != "commit":
+            return target
+        if target.job_id not in self._needs:
+            self._needs[target.job_id] = await self._measure_commit(target, graph, nodes,
+                                                                    topology)
+        need = self._needs[target.job_id]
+        return dataclasses.replace(target, job_need=need) if need else target
+
+    async def _measure_commit(self, target: Any, graph: Any, nodes: dict[str, Any],
+                              topology: Topology) -> int:
+        edges = graph.children.get(target.job_id, ())
+        sources = [child for name, child in edges if name == "source"]
+        if not sources:  # an intermediate commit: the top is below the job's main node
+            sources = [child for name, child in edges if name == "intermediate node"]
+        for source in sources:
+            files = [c for n, c in graph.children.get(source, ()) if n == "file"]
+            node = nodes.get(files[0]) if files else None
+            image = node.get("image") if isinstance(node, dict) else None
+            path = image.get("filename") if isinstance(image, dict) else None
+            if isinstance(path, str):
+                measured = await self._measure(path)
+                log.info("commit measured", vm=target.vm, drive=target.drive,
+                         job_id=target.job_id, top=path, required=measured)
+                return measured or 0
+        return 0
+
+
+def job_event(vm: str, name: str, data: Any, vlog: Any) -> list[HypervisorEvent]:
+    """JOB_STATUS_CHANGE and BLOCK_JOB_COMPLETED/CANCELLED -> our events."""
+    if name == "JOB_STATUS_CHANGE":
+        status = data.get("status") if isinstance(data, dict) else None
+        return [DrivesChanged(vm)] if status in RESYNC_STATUSES else []
+    if name in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"):
+        ended = job_ended(data)
+        if ended is None:
+            return [DrivesChanged(vm)]
+        job_id, kind, error = ended
+        vlog.info("block job ended", job_id=job_id, job=kind, error=error or None,
+                  cancelled=name == "BLOCK_JOB_CANCELLED")
+        return [JobEnded(vm, job_id, kind, error, is_nospace(error)), DrivesChanged(vm)]
+    return []
