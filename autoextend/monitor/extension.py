@@ -15,7 +15,6 @@ from typing import Any
 import anyio
 
 from autoextend.errors import AutoextendError
-from autoextend.monitor import jobpolicy as jobs
 from autoextend.monitor import policy
 from autoextend.monitor.drive import DriveState, ThresholdState
 from autoextend.monitor.observer import ExtendFinished, VgFull, VmCheckFailed
@@ -89,13 +88,13 @@ class Extensions(MonitorBase):
         info = await self._fresh(vm, d)
         pol = self.policy_for(info, d.volume)
         target = max(policy.next_size(info.physical, info.capacity, pol),
-                     jobs.need_size(info, pol))
+                     self._job_need(info, pol))
         if target <= info.physical:
             self._disable(vm, d)
             self.observer.notify(
                 ExtendFinished(vm.name, d.name, d.volume, None, info.physical))
             return False
-        if not d.enospc and not jobs.short(info, pol) and not policy.needs_extension(
+        if not d.enospc and not self._job_short(info, pol) and not policy.needs_extension(
                 info.allocation, info.physical, pol):
             # A stale event (the drive grew since), or someone else extended it already.
             new_threshold = policy.threshold(info.physical, pol)

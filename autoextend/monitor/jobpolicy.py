@@ -27,8 +27,3 @@ def short(info: DriveInfo, pol: policy.DrivePolicy) -> bool:
     """True when a job target is smaller than what its job is known to need."""
     return need_size(info, pol) > info.physical
 
-
-def has_room(info: DriveInfo, pol: policy.DrivePolicy) -> bool:
-    """A job paused for lack of space may go on: a watermark free and its need met."""
-    return not short(info, pol) and not policy.needs_extension(info.allocation, info.physical,
-                                                               pol)

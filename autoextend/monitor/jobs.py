@@ -13,7 +13,7 @@ drive (a different path), so nothing meant for one volume is applied to another.
 
 from __future__ import annotations
 
-from autoextend.monitor import jobpolicy
+from autoextend.monitor import policy
 from autoextend.monitor.drive import DriveState, ThresholdState
 from autoextend.monitor.extension import Extensions
 from autoextend.monitor.observer import JobFailed, JobResumed
@@ -28,7 +28,8 @@ class JobSteps(Extensions):
         if not info.job or not info.job_paused or d.in_flight:
             return
         pol = self.policy_for(info, d.volume)
-        if not jobpolicy.has_room(info, pol):
+        if self._job_short(info, pol) or policy.needs_extension(info.allocation,
+                                                                  info.physical, pol):
             if d.state is ThresholdState.DISABLED:
                 return  # at its cap: the job stays paused, an operator must act
             if d.mark_exceeded(self.clock.now(), enospc=True):

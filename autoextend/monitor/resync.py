@@ -9,7 +9,7 @@ has one owner; the pure rules are in ``vmstate.py``.
 
 from __future__ import annotations
 
-from autoextend.monitor import jobpolicy, policy
+from autoextend.monitor import policy
 from autoextend.monitor.drive import DriveState, ThresholdState
 from autoextend.monitor.jobs import JobSteps
 from autoextend.monitor.observer import (
@@ -150,7 +150,7 @@ class Resync(JobSteps):
                 self._wake_at(vm, d.retry_at)
             return
         full = (policy.needs_extension(info.allocation, info.physical, pol) or d.enospc
-                or jobpolicy.short(info, pol))
+                or self._job_short(info, pol))
         if policy.at_cap(info.physical, info.capacity, pol):
             if d.state is not ThresholdState.DISABLED:
                 self._disable(vm, d)
