@@ -78,10 +78,27 @@ class Chain:
             await client.disconnect()
 
     async def write(self, pattern: int, offset_mib: int, mib: int) -> None:
-        """Write through the device, in 4 MiB requests (as a guest would)."""
-        for off in range(offset_mib, offset_mib + mib, 4):
+        """Write through the device in 2 MiB requests, each once the top volume has 3 MiB
+        free: HMP qemu-io does not pause on ENOSPC the way a guest's device does, so it
+        waits as a paused guest would (the service keeps a 4 MiB watermark here)."""
+        for off in range(offset_mib, offset_mib + mib, 2):
+            async def room() -> bool:
+                return await self.free() >= 3 * MiB
+            await until_async(room, 60, "room in the top volume")
             await self.qmp("human-monitor-command", {
-                "command-line": f'qemu-io -d {DEVICE} "write -P {pattern} {off}M 4M"'})
+                "command-line": f'qemu-io -d {DEVICE} "write -P {pattern} {off}M 2M"'})
+
+    async def free(self) -> int:
+        """Bytes left in the top image's device: its size minus the highest written offset."""
+        [block] = await self.qmp("query-block")
+        root = block["inserted"]["node-name"]
+        stats = await self.qmp("query-blockstats", {"query-nodes": True})
+        parent = next(e["parent"] for e in stats if e.get("node-name") == root)
+        nodes = await self.qmp("query-named-block-nodes", {"flat": True})
+        path = next(n["image"]["filename"] for n in nodes
+                    if n["node-name"] == parent["node-name"])
+        sectors = await anyio.Path(f"/sys/block/{Path(path).name}/size").read_text()
+        return int(sectors) * 512 - int(parent["stats"]["wr_highest_offset"])
 
     async def jobs(self) -> list[dict[str, Any]]:
         reply = await self.qmp("query-block-jobs")
@@ -117,11 +134,12 @@ class Chain:
 
 
 async def until_async(check: Any, timeout: float, what: str) -> None:
-    """Poll an async condition (``until`` takes a plain callable)."""
-    with anyio.fail_after(timeout):
+    """Poll an async condition (``until`` takes a plain one); AssertionError on timeout."""
+    with anyio.move_on_after(timeout):
         while not await check():
-            await anyio.sleep(0.05)
-    del what
+            await anyio.sleep(0.02)
+        return
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @asynccontextmanager
@@ -222,7 +240,7 @@ async def test_commit_with_report_and_limited_speed(lab_tmp_path: Path) -> None:
         host, [("base", 16), ("top", 64)], [("top", 0x55, 0, 40)],
     ) as vm:
         await vm.qmp("block-commit", {"job-id": "c1", "device": "ftop",
-                                      "speed": 16 * MiB})
+                                      "speed": 8 * MiB})
         await vm.wait_ready("c1")
         await vm.qmp("job-complete", {"id": "c1"})
         await vm.wait_gone("c1")
@@ -269,9 +287,12 @@ async def test_snapshot_new_top_extended_old_top_never(lab_tmp_path: Path) -> No
     tally = Recorder()
     async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=8,
                         poll_interval_s=0.5) as host, chain_vm(
-        host, [("top", 32)], [("top", 0x12, 0, 8)],
+        host, [("top", 16)], [("top", 0x12, 0, 8)],
     ) as vm:
-        await vm.write(0x13, 8, 8)
+        await vm.write(0x13, 8, 8)  # fills the 16 MiB top: extended before the snapshot
+        await until(lambda: vm.size("top") > 16 * MiB
+                    and (vm.drive("vda") or {}).get("state") == "set", 30,
+                    "the old top extended and re-armed")
         ref, device = await host.create_disk("vm1-snap", 16, 256)
         vm.vols["snap"] = Vol(ref, device)
         await proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b",
