@@ -35,11 +35,11 @@ from autoextend.monitor.protocols import (
     VmAppeared,
     VmGone,
 )
+from autoextend.qemuimg import Measure
 from autoextend.qmp.config import QmpSettings
 from autoextend.qmp.connection import QmpConnection
 from autoextend.qmp.devsize import device_size
 from autoextend.qmp.errors import QmpConnectFailed, QmpDisconnected, QmpError, VmNotFound
-from autoextend.qmp.jobwatch import Measure
 from autoextend.qmp.replies import vm_name
 from autoextend.qmp.session import DeviceSize, VmSession
 from autoextend.volumes import VolumeRef

@@ -8,50 +8,21 @@ The pure parsing is in ``qmp/jobs.py``; this module does the queries. ``Measure`
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Awaitable, Callable
 from typing import Any
-
-import anyio
 
 from autoextend.logs import get_logger
 from autoextend.monitor.protocols import DrivesChanged, HypervisorEvent, JobEnded
+from autoextend.qemuimg import Measure, qemu_img_measure
 from autoextend.qmp.connection import QmpConnection
 from autoextend.qmp.errors import QmpCommandFailed
 from autoextend.qmp.jobs import Job, is_nospace, job_ended, job_targets, parse_graph, parse_jobs
-from autoextend.qmp.replies import MAX_SIZE, Topology
+from autoextend.qmp.replies import Topology
 
 log = get_logger("qmp")
 
-#: path of a qcow2 image (its backing chain below it is followed) -> bytes a qcow2 holding
-#: all of its data needs, or None when it cannot be measured.
-Measure = Callable[[str], Awaitable[int | None]]
 
 #: Job status changes after which the set of job targets (or the top image) may differ.
 RESYNC_STATUSES = frozenset({"running", "paused", "ready", "concluded", "null", "aborting"})
-
-
-async def qemu_img_measure(path: str) -> int | None:
-    """``qemu-img measure -U -O qcow2``: what a qcow2 with the chain's data needs."""
-    try:
-        with anyio.fail_after(30):
-            done = await anyio.run_process(
-                ["qemu-img", "measure", "-U", "--output=json", "-O", "qcow2", path],
-                check=False)
-    except (OSError, TimeoutError) as err:
-        log.warning("qemu-img measure failed", path=path, error=str(err))
-        return None
-    if done.returncode != 0:
-        log.warning("qemu-img measure failed", path=path,
-                    error=done.stderr.decode(errors="replace").strip()[:300])
-        return None
-    try:
-        required = json.loads(done.stdout).get("required")
-    except (ValueError, AttributeError):
-        return None
-    if isinstance(required, int) and not isinstance(required, bool) and 0 < required <= MAX_SIZE:
-        return required
-    return None
 
 
 class JobWatch:

@@ -30,9 +30,10 @@ from autoextend.monitor.protocols import (
     VmPaused,
     VmResumed,
 )
+from autoextend.qemuimg import Measure
 from autoextend.qmp.connection import QmpConnection
 from autoextend.qmp.errors import MalformedReply, QmpDisconnected, QmpError
-from autoextend.qmp.jobwatch import JobWatch, Measure, job_event
+from autoextend.qmp.jobwatch import JobWatch, job_event
 from autoextend.qmp.pauses import drive_errors
 from autoextend.qmp.replies import (
     MAX_SIZE,

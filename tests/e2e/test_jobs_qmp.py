@@ -194,40 +194,41 @@ async def test_commit_intermediate_and_active_with_enospc(lab_tmp_path: Path) ->
     commit; then the base is the top, monitored and extended."""
     tally = Recorder()
     async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=8,
-                        poll_interval_s=0.5) as host, chain_vm(
-        host, [("base", 16), ("mid", 64), ("top", 64)],
-        [("mid", 0x11, 0, 20), ("top", 0x22, 20, 20)],
-    ) as vm:
-        held = HeldExtender(host.service.monitor.extender)
-        host.service.monitor.extender = held  # so that the job runs out of space first
-        await vm.qmp("block-commit", {"job-id": "c1", "device": "ftop", "top-node": "fmid",
-                                      "base-node": "fbase", "on-error": "enospc"})
+                        poll_interval_s=0.5) as host:
+        async with chain_vm(host, [("base", 16), ("mid", 64), ("top", 64)],
+                            [("mid", 0x11, 0, 20), ("top", 0x22, 20, 20)]) as vm:
+            held = HeldExtender(host.service.monitor.extender)
+            host.service.monitor.extender = held  # so that the job runs out of space first
+            await vm.qmp("block-commit", {"job-id": "c1", "device": "ftop",
+                                          "top-node": "fmid", "base-node": "fbase",
+                                          "on-error": "enospc"})
 
-        async def paused() -> bool:
-            return any(j["status"] == "paused" and j["io-status"] == "nospace"
-                       for j in await vm.jobs())
-        await until_async(paused, 60, "the commit paused for lack of space")
-        assert (vm.drive("vda#c1") or {}).get("job") == "commit"
-        held.release.set()
-        await vm.wait_gone("c1")
-        assert tally.job_resumes >= 1
-        after_intermediate = vm.size("base")
-        assert after_intermediate > 16 * MiB
-        await vm.qmp("block-commit", {"job-id": "c2", "device": "ftop", "on-error": "enospc"})
-        await vm.write(0x33, 40, 8)  # the "guest" writes while the active commit runs
-        await vm.wait_ready("c2")
-        await vm.qmp("job-complete", {"id": "c2"})
-        await vm.wait_gone("c2")
-        await until(lambda: (vm.drive("vda") or {}).get("path") == vm.vols["base"].device, 30,
-                    "vda is the base after the pivot")
-        assert vm.drive("vda#c2") is None and vm.drive("vda#c1") is None
-        pivoted = vm.size("base")
-        await vm.write(0x44, 48, 16)  # past the new top's threshold
-        await until(lambda: vm.size("base") > pivoted, 30, "the new top (base) extended")
-        await vm.qmp("quit")
-    assert tally.failures == []
-    assert (await qemu_img_check(vm.vols["base"].device)).clean
-    await vm.verify("base", [(0x11, 0, 20), (0x22, 20, 20), (0x33, 40, 8), (0x44, 48, 16)])
+            async def paused() -> bool:
+                return any(j["status"] == "paused" and j["io-status"] == "nospace"
+                           for j in await vm.jobs())
+            await until_async(paused, 60, "the commit paused for lack of space")
+            assert (vm.drive("vda#c1") or {}).get("job") == "commit"
+            held.release.set()
+            await vm.wait_gone("c1")
+            assert tally.job_resumes >= 1
+            assert vm.size("base") > 16 * MiB
+            await vm.qmp("block-commit", {"job-id": "c2", "device": "ftop",
+                                          "on-error": "enospc"})
+            await vm.write(0x33, 40, 8)  # the "guest" writes while the active commit runs
+            await vm.wait_ready("c2")
+            await vm.qmp("job-complete", {"id": "c2"})
+            await vm.wait_gone("c2")
+            await until(lambda: (vm.drive("vda") or {}).get("path") == vm.vols["base"].device,
+                        30, "vda is the base after the pivot")
+            assert vm.drive("vda#c2") is None and vm.drive("vda#c1") is None
+            pivoted = vm.size("base")
+            await vm.write(0x44, 48, 16)  # past the new top's threshold
+            await until(lambda: vm.size("base") > pivoted, 30, "the new top (base) extended")
+            await vm.qmp("quit")
+        assert tally.failures == []
+        assert (await qemu_img_check(vm.vols["base"].device)).clean
+        await vm.verify("base", [(0x11, 0, 20), (0x22, 20, 20), (0x33, 40, 8),
+                                 (0x44, 48, 16)])
 
 
 async def test_commit_with_report_and_limited_speed(lab_tmp_path: Path) -> None:
@@ -236,81 +237,81 @@ async def test_commit_with_report_and_limited_speed(lab_tmp_path: Path) -> None:
     tally = Recorder()
     async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=8,
                         poll_interval_s=0.5,
-                        extra={"policy": {"job_pre_extend": False}}) as host, chain_vm(
-        host, [("base", 16), ("top", 64)], [("top", 0x55, 0, 40)],
-    ) as vm:
-        await vm.qmp("block-commit", {"job-id": "c1", "device": "ftop",
-                                      "speed": 8 * MiB})
-        await vm.wait_ready("c1")
-        await vm.qmp("job-complete", {"id": "c1"})
-        await vm.wait_gone("c1")
-        await vm.qmp("quit")
-    assert tally.failures == []
-    assert tally.extends >= 2  # chunk by chunk: the threshold path, not one measured jump
-    assert vm.size("base") > 40 * MiB
-    assert (await qemu_img_check(vm.vols["base"].device)).clean
-    await vm.verify("base", [(0x55, 0, 40)])
+                        extra={"policy": {"job_pre_extend": False}}) as host:
+        async with chain_vm(host, [("base", 16), ("top", 64)],
+                            [("top", 0x55, 0, 40)]) as vm:
+            await vm.qmp("block-commit", {"job-id": "c1", "device": "ftop",
+                                          "speed": 8 * MiB})
+            await vm.wait_ready("c1")
+            await vm.qmp("job-complete", {"id": "c1"})
+            await vm.wait_gone("c1")
+            await vm.qmp("quit")
+        assert tally.failures == []
+        assert tally.extends >= 2  # chunk by chunk: the threshold path, not one measured jump
+        assert vm.size("base") > 40 * MiB
+        assert (await qemu_img_check(vm.vols["base"].device)).clean
+        await vm.verify("base", [(0x55, 0, 40)])
 
 
 async def test_mirror_to_small_target_then_new_top_monitored(lab_tmp_path: Path) -> None:
     tally = Recorder()
     async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=8,
-                        poll_interval_s=0.5) as host, chain_vm(
-        host, [("top", 64)], [("top", 0x66, 0, 40)],
-    ) as vm:
-        ref, device = await host.create_disk("vm1-copy", 16, 256)
-        vm.vols["copy"] = Vol(ref, device)
-        await vm.qmp("blockdev-add", {
-            "driver": "qcow2", "node-name": "fcopy",
-            "file": {"driver": "host_device", "filename": device, "node-name": "pcopy",
-                     "cache": {"direct": True}, "aio": "native"}})
-        await vm.qmp("blockdev-mirror", {"job-id": "m1", "device": "ftop", "target": "fcopy",
-                                         "sync": "full", "on-target-error": "enospc"})
-        await until(lambda: vm.drive("vda#m1") is not None, 30, "the mirror target monitored")
-        assert (vm.drive("vda#m1") or {}).get("job") == "mirror"
-        await vm.wait_ready("m1")
-        await vm.qmp("job-complete", {"id": "m1"})
-        await vm.wait_gone("m1")
-        await until(lambda: (vm.drive("vda") or {}).get("path") == device, 30,
-                    "vda is the copy after the pivot")
-        pivoted = vm.size("copy")
-        await vm.write(0x77, 40, 16)
-        await until(lambda: vm.size("copy") > pivoted, 30, "the new top extended")
-        await vm.qmp("quit")
-    assert tally.failures == []
-    assert pivoted > 16 * MiB  # the target itself was extended during the mirror
-    assert (await qemu_img_check(device)).clean
-    await vm.verify("copy", [(0x66, 0, 40), (0x77, 40, 16)])
+                        poll_interval_s=0.5) as host:
+        async with chain_vm(host, [("top", 64)], [("top", 0x66, 0, 40)]) as vm:
+            ref, device = await host.create_disk("vm1-copy", 16, 256)
+            vm.vols["copy"] = Vol(ref, device)
+            await vm.qmp("blockdev-add", {
+                "driver": "qcow2", "node-name": "fcopy",
+                "file": {"driver": "host_device", "filename": device, "node-name": "pcopy",
+                         "cache": {"direct": True}, "aio": "native"}})
+            await vm.qmp("blockdev-mirror", {"job-id": "m1", "device": "ftop",
+                                             "target": "fcopy", "sync": "full",
+                                             "on-target-error": "enospc"})
+            await until(lambda: vm.drive("vda#m1") is not None, 30,
+                        "the mirror target monitored")
+            assert (vm.drive("vda#m1") or {}).get("job") == "mirror"
+            await vm.wait_ready("m1")
+            await vm.qmp("job-complete", {"id": "m1"})
+            await vm.wait_gone("m1")
+            await until(lambda: (vm.drive("vda") or {}).get("path") == device, 30,
+                        "vda is the copy after the pivot")
+            pivoted = vm.size("copy")
+            await vm.write(0x77, 40, 16)
+            await until(lambda: vm.size("copy") > pivoted, 30, "the new top extended")
+            await vm.qmp("quit")
+        assert tally.failures == []
+        assert pivoted > 16 * MiB  # the target itself was extended during the mirror
+        assert (await qemu_img_check(device)).clean
+        await vm.verify("copy", [(0x66, 0, 40), (0x77, 40, 16)])
 
 
 async def test_snapshot_new_top_extended_old_top_never(lab_tmp_path: Path) -> None:
     tally = Recorder()
     async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=8,
-                        poll_interval_s=0.5) as host, chain_vm(
-        host, [("top", 16)], [("top", 0x12, 0, 8)],
-    ) as vm:
-        await vm.write(0x13, 8, 8)  # fills the 16 MiB top: extended before the snapshot
-        await until(lambda: vm.size("top") > 16 * MiB
-                    and (vm.drive("vda") or {}).get("state") == "set", 30,
-                    "the old top extended and re-armed")
-        ref, device = await host.create_disk("vm1-snap", 16, 256)
-        vm.vols["snap"] = Vol(ref, device)
-        await proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b",
-                        vm.vols["top"].device, "-F", "qcow2", device, "256M"])
-        await vm.qmp("blockdev-add", {
-            "driver": "qcow2", "node-name": "fsnap", "backing": None,
-            "file": {"driver": "host_device", "filename": device, "node-name": "psnap",
-                     "cache": {"direct": True}, "aio": "native"}})
-        await vm.qmp("blockdev-snapshot", {"node": "ftop", "overlay": "fsnap"})
-        old_size = vm.size("top")
-        await vm.write(0x14, 16, 24)  # the guest goes on writing, into the new top
-        await until(lambda: (vm.drive("vda") or {}).get("path") == device, 30,
-                    "vda is the snapshot")
-        await until(lambda: vm.size("snap") >= 24 * MiB, 30, "the new top extended")
-        await vm.write(0x15, 40, 8)
-        await until(lambda: vm.size("snap") >= 32 * MiB, 30, "the new top extended again")
-        await vm.qmp("quit")
-    assert vm.size("top") == old_size  # the old top was never extended again
-    assert tally.failures == []
-    assert (await qemu_img_check(device)).clean
-    await vm.verify("snap", [(0x12, 0, 8), (0x13, 8, 8), (0x14, 16, 24), (0x15, 40, 8)])
+                        poll_interval_s=0.5) as host:
+        async with chain_vm(host, [("top", 16)], [("top", 0x12, 0, 8)]) as vm:
+            await vm.write(0x13, 8, 8)  # fills the 16 MiB top: extended before the snapshot
+            await until(lambda: vm.size("top") > 16 * MiB
+                        and (vm.drive("vda") or {}).get("state") == "set", 30,
+                        "the old top extended and re-armed")
+            ref, device = await host.create_disk("vm1-snap", 16, 256)
+            vm.vols["snap"] = Vol(ref, device)
+            await proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b",
+                            vm.vols["top"].device, "-F", "qcow2", device, "256M"])
+            await vm.qmp("blockdev-add", {
+                "driver": "qcow2", "node-name": "fsnap", "backing": None,
+                "file": {"driver": "host_device", "filename": device, "node-name": "psnap",
+                         "cache": {"direct": True}, "aio": "native"}})
+            await vm.qmp("blockdev-snapshot", {"node": "ftop", "overlay": "fsnap"})
+            old_size = vm.size("top")
+            await vm.write(0x14, 16, 24)  # the guest goes on writing, into the new top
+            await until(lambda: (vm.drive("vda") or {}).get("path") == device, 30,
+                        "vda is the snapshot")
+            await until(lambda: vm.size("snap") >= 24 * MiB, 30, "the new top extended")
+            await vm.write(0x15, 40, 8)
+            await until(lambda: vm.size("snap") >= 32 * MiB, 30, "the new top extended again")
+            await vm.qmp("quit")
+        assert vm.size("top") == old_size  # the old top was never extended again
+        assert tally.failures == []
+        assert (await qemu_img_check(device)).clean
+        await vm.verify("snap", [(0x12, 0, 8), (0x13, 8, 8), (0x14, 16, 24), (0x15, 40, 8)])
