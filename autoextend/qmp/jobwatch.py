@@ -15,7 +15,7 @@ from autoextend.monitor.protocols import DrivesChanged, HypervisorEvent, JobEnde
 from autoextend.qemuimg import Measure, qemu_img_measure
 from autoextend.qmp.connection import QmpConnection
 from autoextend.qmp.errors import QmpCommandFailed
-from autoextend.qmp.jobs import Job, is_nospace, job_ended, job_targets, parse_graph, parse_jobs
+from autoextend.qmp.jobs import is_nospace, job_ended, job_targets, parse_graph, parse_jobs
 from autoextend.qmp.replies import Topology
 
 log = get_logger("qmp")
@@ -50,7 +50,7 @@ class JobWatch:
         targets = job_targets(vm, jobs, graph, nodes, highest, topology.by_node)
         if not targets:
             return topology
-        targets = [await self._with_need(t, jobs, graph, nodes, topology) for t in targets]
+        targets = [await self._with_need(t, graph, nodes, highest) for t in targets]
         by_node = dict(topology.by_node)
         for t in targets:
             by_node[t.node] = t.drive
@@ -63,34 +63,43 @@ class JobWatch:
         return dataclasses.replace(topology, drives=topology.drives + tuple(targets),
                                    by_node=by_node)
 
-    async def _with_need(self, target: Any, jobs: list[Job], graph: Any,
-                         nodes: dict[str, Any], topology: Topology) -> Any:
+    async def _with_need(self, target: Any, graph: Any, nodes: dict[str, Any],
+                         highest: dict[str, int]) -> Any:
         """A commit's base gets ``job_need``: what the merged data needs, measured once."""
         if target.job != "commit":
             return target
         if target.job_id not in self._needs:
             self._needs[target.job_id] = await self._measure_commit(target, graph, nodes,
-                                                                    topology)
+                                                                    highest)
         need = self._needs[target.job_id]
         return dataclasses.replace(target, job_need=need) if need else target
 
     async def _measure_commit(self, target: Any, graph: Any, nodes: dict[str, Any],
-                              topology: Topology) -> int:
+                              highest: dict[str, int]) -> int:
+        """``qemu-img measure`` of the commit's top (its chain followed). When QEMU's locks
+        refuse that (seen for an intermediate commit's top), an upper bound: the base's
+        highest written offset plus that of every image being merged into it."""
         edges = graph.children.get(target.job_id, ())
         sources = [child for name, child in edges if name == "source"]
         if not sources:  # an intermediate commit: the top is below the job's main node
             sources = [child for name, child in edges if name == "intermediate node"]
-        for source in sources:
-            files = [c for n, c in graph.children.get(source, ()) if n == "file"]
-            node = nodes.get(files[0]) if files else None
+        files = [c for s in sources for n, c in graph.children.get(s, ()) if n == "file"]
+        for file in files[:1]:
+            node = nodes.get(file)
             image = node.get("image") if isinstance(node, dict) else None
             path = image.get("filename") if isinstance(image, dict) else None
             if isinstance(path, str):
                 measured = await self._measure(path)
                 log.info("commit measured", vm=target.vm, drive=target.drive,
                          job_id=target.job_id, top=path, required=measured)
-                return measured or 0
-        return 0
+                if measured:
+                    return measured
+        if not files:
+            return 0
+        estimate = int(target.allocation) + sum(highest.get(f, 0) for f in set(files))
+        log.info("commit need estimated", vm=target.vm, drive=target.drive,
+                 job_id=target.job_id, required=estimate)
+        return estimate
 
 
 def job_event(vm: str, name: str, data: Any, vlog: Any) -> list[HypervisorEvent]:
