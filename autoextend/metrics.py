@@ -39,6 +39,7 @@ from autoextend.monitor.protocols import OutcomeKind, PauseReason
 log = get_logger("metrics")
 
 PHASES = ("wait", "extender", "request", "spm_extend", "extend", "refresh", "rearm", "total")
+JOB_KINDS = ("commit", "mirror", "backup")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -105,6 +106,8 @@ class Metrics:
         self.job_resumes = Counter(
             "autoextend_block_job_resumes_total",
             "Block jobs resumed after their target was extended", ["job"], registry=r)
+        for kind in JOB_KINDS:
+            self.job_targets.labels(kind).set(0)
         self._jobs: dict[tuple[str, str], str] = {}
         self._drives: set[tuple[str, str]] = set()
         self._paused: dict[str, PauseReason] = {}
@@ -189,7 +192,7 @@ class Metrics:
             self.physical.labels(str(event.volume)).set(event.size)
 
     def _count_jobs(self) -> None:
-        kinds = set(self._jobs.values()) | {"commit", "mirror", "backup"}
+        kinds = set(self._jobs.values()) | set(JOB_KINDS)
         for kind in kinds:
             self.job_targets.labels(kind).set(sum(1 for k in self._jobs.values() if k == kind))
 
