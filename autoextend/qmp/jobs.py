@@ -30,6 +30,8 @@ from autoextend.qmp.replies import FORMAT_DRIVER, PROTOCOL_DRIVER, _Reader
 
 #: Edge names from a job node to the node it writes.
 TARGET_EDGES = frozenset({"target", "base"})
+#: The job events the backend listens to (``qmp/jobwatch.py`` translates them).
+JOB_EVENT_NAMES = ("JOB_STATUS_CHANGE", "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED")
 #: Job kinds whose target autoextend monitors (``stream`` writes the top: already a drive).
 KINDS = frozenset({"commit", "mirror", "backup"})
 

@@ -207,7 +207,8 @@ async def test_commit_intermediate_and_active_with_enospc(lab_tmp_path: Path) ->
                 return any(j["status"] == "paused" and j["io-status"] == "nospace"
                            for j in await vm.jobs())
             await until_async(paused, 60, "the commit paused for lack of space")
-            assert (vm.drive("vda#c1") or {}).get("job") == "commit"
+            await until(lambda: (vm.drive("vda#c1") or {}).get("job") == "commit", 30,
+                        "the base monitored as the commit's target")
             held.release.set()
             await vm.wait_gone("c1")
             assert tally.job_resumes >= 1
@@ -233,17 +234,17 @@ async def test_commit_intermediate_and_active_with_enospc(lab_tmp_path: Path) ->
 
 async def test_commit_with_report_and_limited_speed(lab_tmp_path: Path) -> None:
     """on-error=report (the default), speed-limited, no pre-extension: the base's threshold
-    alone keeps it ahead of the commit."""
+    alone keeps it ahead of the commit. (An intermediate commit: an active one copies its
+    first 16 MiB buffer before the speed limit applies.)"""
     tally = Recorder()
     async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=8,
                         poll_interval_s=0.5,
                         extra={"policy": {"job_pre_extend": False}}) as host:
-        async with chain_vm(host, [("base", 16), ("top", 64)],
-                            [("top", 0x55, 0, 40)]) as vm:
+        async with chain_vm(host, [("base", 16), ("mid", 64), ("top", 64)],
+                            [("mid", 0x55, 0, 40)]) as vm:
             await vm.qmp("block-commit", {"job-id": "c1", "device": "ftop",
+                                          "top-node": "fmid", "base-node": "fbase",
                                           "speed": 8 * MiB})
-            await vm.wait_ready("c1")
-            await vm.qmp("job-complete", {"id": "c1"})
             await vm.wait_gone("c1")
             await vm.qmp("quit")
         assert tally.failures == []
@@ -251,6 +252,22 @@ async def test_commit_with_report_and_limited_speed(lab_tmp_path: Path) -> None:
         assert vm.size("base") > 40 * MiB
         assert (await qemu_img_check(vm.vols["base"].device)).clean
         await vm.verify("base", [(0x55, 0, 40)])
+
+
+async def test_commit_failing_for_space_is_counted(lab_tmp_path: Path) -> None:
+    """on-error=report and no room in time (the extender held): QEMU ends the job with
+    ENOSPC; autoextend logs and counts it with the reason."""
+    tally = Recorder()
+    async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=8,
+                        poll_interval_s=0.5) as host:
+        async with chain_vm(host, [("base", 16), ("top", 64)], [("top", 0x56, 0, 24)]) as vm:
+            host.service.monitor.extender = HeldExtender(host.service.monitor.extender)
+            await vm.qmp("block-commit", {"job-id": "c1", "device": "ftop"})
+            await vm.wait_gone("c1")
+            await until(lambda: tally.failures != [], 30, "the failure reported")
+            await vm.qmp("quit")
+    [failure] = tally.failures
+    assert (failure.job_id, failure.kind, failure.reason) == ("c1", "commit", "nospace")
 
 
 async def test_mirror_to_small_target_then_new_top_monitored(lab_tmp_path: Path) -> None:
@@ -276,13 +293,13 @@ async def test_mirror_to_small_target_then_new_top_monitored(lab_tmp_path: Path)
             await until(lambda: (vm.drive("vda") or {}).get("path") == device, 30,
                         "vda is the copy after the pivot")
             pivoted = vm.size("copy")
-            await vm.write(0x77, 40, 16)
+            await vm.write(0x77, 40, 24)  # past the new top's threshold
             await until(lambda: vm.size("copy") > pivoted, 30, "the new top extended")
             await vm.qmp("quit")
         assert tally.failures == []
         assert pivoted > 16 * MiB  # the target itself was extended during the mirror
         assert (await qemu_img_check(device)).clean
-        await vm.verify("copy", [(0x66, 0, 40), (0x77, 40, 16)])
+        await vm.verify("copy", [(0x66, 0, 40), (0x77, 40, 24)])
 
 
 async def test_snapshot_new_top_extended_old_top_never(lab_tmp_path: Path) -> None:
