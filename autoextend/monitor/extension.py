@@ -53,7 +53,11 @@ class Extensions(MonitorBase):
             if d.in_flight:
                 delay = self._retry_delay(d, OutcomeKind.FAILED)
                 d.extend_failed(self.clock.now(), str(exc) or type(exc).__name__, delay)
-            if isinstance(exc, AutoextendError):
+            if isinstance(exc, DriveVanished):
+                # A pivot, a snapshot or a job's end replaced the drive: what was asked for
+                # this volume is done; the new top is judged on its own numbers.
+                bound.info("drive replaced or gone during its extension", error=str(exc))
+            elif isinstance(exc, AutoextendError):
                 bound.warning("extension failed", error=str(exc), attempts=d.attempts)
             else:
                 bound.error("extension failed on an unexpected error", error=repr(exc),
