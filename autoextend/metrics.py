@@ -25,6 +25,8 @@ from autoextend.monitor.observer import (
     ExtendFinished,
     ExtendsInFlight,
     IoErrorAction,
+    JobFailed,
+    JobResumed,
     MonitorEvent,
     Paused,
     Resumed,
@@ -37,6 +39,7 @@ from autoextend.monitor.protocols import OutcomeKind, PauseReason
 log = get_logger("metrics")
 
 PHASES = ("wait", "extender", "request", "spm_extend", "extend", "refresh", "rearm", "total")
+JOB_KINDS = ("commit", "mirror", "backup")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -93,6 +96,19 @@ class Metrics:
             "autoextend_vms_paused", "VMs paused right now, by reason", ["reason"], registry=r)
         for reason in PauseReason:
             self.vms_paused.labels(reason.value).set(0)
+        self.job_targets = Gauge(
+            "autoextend_job_targets_monitored",
+            "Block-job targets monitored like drives, by job kind", ["job"], registry=r)
+        self.job_failures = Counter(
+            "autoextend_block_job_failures_total",
+            "Block jobs that ended with an error, by job kind and reason (nospace, error)",
+            ["job", "reason"], registry=r)
+        self.job_resumes = Counter(
+            "autoextend_block_job_resumes_total",
+            "Block jobs resumed after their target was extended", ["job"], registry=r)
+        for kind in JOB_KINDS:
+            self.job_targets.labels(kind).set(0)
+        self._jobs: dict[tuple[str, str], str] = {}
         self._drives: set[tuple[str, str]] = set()
         self._paused: dict[str, PauseReason] = {}
 
@@ -136,11 +152,18 @@ class Metrics:
                 self.io_error_actions_total.labels(action, reason).inc()
             case VmCheckFailed():
                 self.vm_check_failures_total.inc()
+            case JobFailed(kind=kind, reason=reason):
+                self.job_failures.labels(kind, reason).inc()
+            case JobResumed(kind=kind):
+                self.job_resumes.labels(kind).inc()
 
     def _drive_seen(self, event: DriveSeen) -> None:
         info, v = event.info, str(event.volume)
         self._drives.add((info.vm, info.drive))
         self.drives_monitored.set(len(self._drives))
+        if info.job:
+            self._jobs[(info.vm, info.drive)] = info.job
+            self._count_jobs()
         self.allocation.labels(v).set(info.allocation)
         self.physical.labels(v).set(info.physical)
         self.capacity.labels(v).set(info.capacity)
@@ -148,6 +171,8 @@ class Metrics:
 
     def _drive_gone(self, event: DriveGone) -> None:
         self._drives.discard((event.vm, event.drive))
+        if self._jobs.pop((event.vm, event.drive), None) is not None:
+            self._count_jobs()
         self.drives_monitored.set(len(self._drives))
         if not any(name == event.vm for name, _ in self._drives):
             self._set_paused(event.vm, None)
@@ -165,6 +190,11 @@ class Metrics:
                 self.extend_duration.labels(phase).observe(seconds)
         if kind is OutcomeKind.OK:
             self.physical.labels(str(event.volume)).set(event.size)
+
+    def _count_jobs(self) -> None:
+        kinds = set(self._jobs.values()) | set(JOB_KINDS)
+        for kind in kinds:
+            self.job_targets.labels(kind).set(sum(1 for k in self._jobs.values() if k == kind))
 
     def _set_paused(self, vm: str, reason: PauseReason | None) -> None:
         """Keep ``autoextend_vms_paused`` (what the "VM paused too long" alert reads)."""

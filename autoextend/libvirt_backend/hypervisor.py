@@ -32,6 +32,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.clock import Clock
 from autoextend.libvirt_backend import events as ev
+from autoextend.libvirt_backend import jobs
 from autoextend.libvirt_backend.config import LibvirtSettings
 from autoextend.libvirt_backend.connection import LibvirtConnection
 from autoextend.libvirt_backend.domxml import DomainXmlError, parse_disks
@@ -82,6 +83,7 @@ class LibvirtHypervisor:
         #: A VM's stats or XML refused as malformed (that VM's call fails; nothing else).
         self.session_failures = 0
         self._connect_error: str | None = None  # the last failure while not connected
+        self._commit_needs = jobs.CommitNeeds()
 
     # ------------------------------------------------------------------ extras
 
@@ -150,6 +152,9 @@ class LibvirtHypervisor:
             self.session_failures += 1
             log.exception("libvirt stats not understood", vm=vm)
             raise MalformedReply(vm, "domainListGetStats", type(err).__name__) from err
+        targets = jobs.job_targets(vm, stats, jobs.parse_mirrors(xml), found)
+        if targets:
+            found.drives.extend(await self._commit_needs.add(targets, list(found.drives)))
         for drive, reason in found.skipped:
             log.warning("drive skipped", vm=vm, drive=drive, reason=reason)
         self._tracker.drives_seen(vm, found.drives)
@@ -253,6 +258,7 @@ class LibvirtHypervisor:
             (libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_THRESHOLD, tracker.on_threshold),
             (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, tracker.on_device_change),
             (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, tracker.on_device_change),
+            (libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2, jobs.block_job_callback(tracker)),
         ):
             await conn.call("", "domainEventRegisterAny", conn.register(event_id, callback))
         await self._reconcile(conn, announce_all=True)

@@ -47,6 +47,7 @@ from autoextend.monitor.protocols import (
     Extender,
     Hypervisor,
     HypervisorEvent,
+    JobEnded,
     ThresholdCrossed,
     VmAppeared,
     VmGone,
@@ -284,6 +285,8 @@ class Monitor(Resync):
                     self._start_extension(vm, d)
             case EnospcError(drive=name) if name in vm.drives:
                 self._flag_enospc(vm, vm.drives[name], now)
+            case JobEnded():
+                self._job_ended(vm, message)
             case EnospcError() | VmPaused() | VmResumed():
                 # Which drives failed, and whether they are ours, comes from a fresh look.
                 await self._resync(vm, rearm=False)

@@ -53,7 +53,11 @@ class Extensions(MonitorBase):
             if d.in_flight:
                 delay = self._retry_delay(d, OutcomeKind.FAILED)
                 d.extend_failed(self.clock.now(), str(exc) or type(exc).__name__, delay)
-            if isinstance(exc, AutoextendError):
+            if isinstance(exc, DriveVanished):
+                # A pivot, a snapshot or a job's end replaced the drive: what was asked for
+                # this volume is done; the new top is judged on its own numbers.
+                bound.info("drive replaced or gone during its extension", error=str(exc))
+            elif isinstance(exc, AutoextendError):
                 bound.warning("extension failed", error=str(exc), attempts=d.attempts)
             else:
                 bound.error("extension failed on an unexpected error", error=repr(exc),
@@ -74,7 +78,9 @@ class Extensions(MonitorBase):
 
     async def _fresh(self, vm: Vm, d: DriveState) -> DriveInfo:
         for info in await self.hypervisor.drives(vm.name):
-            if info.drive == d.name:
+            # The same name on another path is another volume (a pivot or a snapshot made
+            # a new top): this extension must not go on with the new volume's numbers.
+            if info.drive == d.name and info.path == d.info.path:
                 d.update_info(info)
                 return info
         raise DriveVanished(vm.name, d.name)
@@ -85,13 +91,15 @@ class Extensions(MonitorBase):
         t_start = self.clock.now()
         info = await self._fresh(vm, d)
         pol = self.policy_for(info, d.volume)
-        target = policy.next_size(info.physical, info.capacity, pol)
+        target = max(policy.next_size(info.physical, info.capacity, pol),
+                     self._job_need(info, pol))
         if target <= info.physical:
             self._disable(vm, d)
             self.observer.notify(
                 ExtendFinished(vm.name, d.name, d.volume, None, info.physical))
             return False
-        if not d.enospc and not policy.needs_extension(info.allocation, info.physical, pol):
+        if not d.enospc and not self._job_short(info, pol) and not policy.needs_extension(
+                info.allocation, info.physical, pol):
             # A stale event (the drive grew since), or someone else extended it already.
             new_threshold = policy.threshold(info.physical, pol)
             d.not_needed(new_threshold)

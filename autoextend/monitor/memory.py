@@ -17,6 +17,7 @@ from autoextend.errors import HypervisorError
 from autoextend.monitor.protocols import (
     DriveError,
     DriveInfo,
+    DrivesChanged,
     EnospcError,
     ExtendOutcome,
     HypervisorEvent,
@@ -68,6 +69,10 @@ class MemoryDrive:
     capacity: int
     allocation: int = 0
     threshold: int = 0
+    job: str = ""           # a block job's target (see DriveInfo.job)
+    job_id: str = ""
+    job_paused: bool = False
+    job_need: int = 0
 
 
 @dataclass
@@ -84,6 +89,7 @@ class MemoryHypervisor:
         self.vms: dict[str, MemoryVm] = {}
         self.resumes: list[str] = []
         self.kills: list[str] = []
+        self.job_resumes: list[tuple[str, str]] = []
         self.thresholds: list[tuple[str, str, int]] = []
         self.fail_set_threshold = False
         self._events: MemoryObjectSendStream[HypervisorEvent] | None = None
@@ -98,6 +104,14 @@ class MemoryHypervisor:
             record.drives[name] = MemoryDrive(volume, capacity)
         self.vms[vm] = record
         self.emit(VmAppeared(vm))
+
+    def add_job_target(self, vm: str, name: str, volume: VolumeRef, physical: int,
+                       capacity: int, *, job: str, job_id: str, need: int = 0) -> None:
+        """A block job's target appears as one more drive of ``vm``."""
+        self.volumes.sizes[volume] = physical
+        self.vms[vm].drives[name] = MemoryDrive(volume, capacity, job=job, job_id=job_id,
+                                                job_need=need)
+        self.emit(DrivesChanged(vm))
 
     def remove_vm(self, vm: str) -> None:
         del self.vms[vm]
@@ -118,6 +132,12 @@ class MemoryHypervisor:
             if events:
                 self.emit(ThresholdCrossed(vm, drive, thr, end - thr))
         d.allocation = end
+        if d.job and end > physical:  # a job with on-error=enospc pauses itself, not the VM
+            if not d.job_paused:
+                d.job_paused = True
+                if events:
+                    self.emit(DrivesChanged(vm))
+            return
         if end > physical and rec.running:
             rec.running, rec.reason = False, PauseReason.ENOSPC
             if events:
@@ -156,7 +176,8 @@ class MemoryHypervisor:
         rec = self._vm(vm)
         return [
             DriveInfo(vm, name, f"node-{name}", self.volumes.device_path(d.volume), d.capacity,
-                      d.allocation, self.volumes.sizes[d.volume], d.threshold)
+                      d.allocation, self.volumes.sizes[d.volume], d.threshold, job=d.job,
+                      job_id=d.job_id, job_paused=d.job_paused, job_need=d.job_need)
             for name, d in rec.drives.items()
         ]
 
@@ -183,6 +204,12 @@ class MemoryHypervisor:
         for name, d in rec.drives.items():  # QEMU retries the failed write on cont
             if d.allocation > self.volumes.sizes[d.volume]:
                 self.write(vm, name, 0)
+
+    async def resume_job(self, vm: str, job_id: str) -> None:
+        self.job_resumes.append((vm, job_id))
+        for d in self._vm(vm).drives.values():
+            if d.job_id == job_id:
+                d.job_paused = d.allocation > self.volumes.sizes[d.volume]
 
     def volume_of(self, drive: DriveInfo) -> VolumeRef | None:
         return self.volumes.lookup(drive.path)

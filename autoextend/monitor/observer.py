@@ -107,9 +107,30 @@ class VmCheckFailed:
     error: str
 
 
+@dataclass(frozen=True)
+class JobFailed:
+    """A block job ended with an error; ``reason`` is ``nospace`` or ``error``."""
+
+    vm: str
+    job_id: str
+    kind: str
+    reason: str
+    error: str
+
+
+@dataclass(frozen=True)
+class JobResumed:
+    """autoextend resumed a block job paused for lack of space on its target ``drive``."""
+
+    vm: str
+    drive: str
+    kind: str
+    job_id: str
+
+
 MonitorEvent = (
     DriveSeen | DriveGone | ExtendFinished | ExtendsInFlight | Paused | Resumed | DriveAtCap
-    | VgFull | UnmanagedEnospc | IoErrorAction | VmCheckFailed
+    | VgFull | UnmanagedEnospc | IoErrorAction | VmCheckFailed | JobFailed | JobResumed
 )
 
 
@@ -136,6 +157,8 @@ class Tally:
     io_error_resumes: int = 0
     kills: int = 0
     check_failures: int = 0
+    job_failures: int = 0
+    job_resumes: int = 0
     latencies: list[float] = field(default_factory=list)
 
     def notify(self, event: MonitorEvent) -> None:
@@ -164,6 +187,10 @@ class Tally:
                 self.kills += 1
             case VmCheckFailed():
                 self.check_failures += 1
+            case JobFailed():
+                self.job_failures += 1
+            case JobResumed():
+                self.job_resumes += 1
 
 
 class Fanout:

@@ -26,6 +26,13 @@ class DriveInfo:
     arms the threshold on (QMP: the protocol node name; libvirt: the indexed target).
     ``allocation`` is the highest written physical offset, ``physical`` the device size,
     ``capacity`` the guest-visible virtual size. ``threshold`` is 0 when none is armed.
+
+    A block job's target (a commit base, a mirror target, a backup scratch node) is a drive
+    too (``monitor/jobs.py``): ``job`` names the job's kind (``commit``, ``mirror``,
+    ``backup``; empty for a guest's own drive), ``job_id`` the job, ``job_paused`` says the
+    job stopped for lack of space (``on-error=enospc``) and waits for ``resume_job``, and
+    ``job_need`` is the size the target should have for the job to finish (a commit base
+    measured at the job's start; 0 when unknown).
     """
 
     vm: str
@@ -36,6 +43,10 @@ class DriveInfo:
     allocation: int
     physical: int
     threshold: int = 0
+    job: str = ""
+    job_id: str = ""
+    job_paused: bool = False
+    job_need: int = 0
 
 
 class PauseReason(enum.Enum):
@@ -116,8 +127,21 @@ class VmResumed:
     vm: str
 
 
+@dataclass(frozen=True)
+class JobEnded:
+    """A block job ended (completed, failed or cancelled). ``error`` is QEMU's or libvirt's
+    message when it failed, ``nospace`` when it failed for lack of space."""
+
+    vm: str
+    job_id: str
+    kind: str
+    error: str = ""
+    nospace: bool = False
+
+
 HypervisorEvent = (
     VmAppeared | VmGone | DrivesChanged | ThresholdCrossed | EnospcError | VmPaused | VmResumed
+    | JobEnded
 )
 
 
@@ -158,6 +182,14 @@ class Hypervisor(Protocol):
 
     def volume_of(self, drive: DriveInfo) -> VolumeRef | None:
         """Map a drive to its volume, or None when it is not on a managed volume."""
+        ...
+
+
+class JobControl(Protocol):
+    """What a backend that reports block-job targets can do about the jobs."""
+
+    async def resume_job(self, vm: str, job_id: str) -> None:
+        """Resume a job paused for lack of space (QMP ``job-resume``)."""
         ...
 
 

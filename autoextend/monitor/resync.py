@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from autoextend.monitor import policy
 from autoextend.monitor.drive import DriveState, ThresholdState
-from autoextend.monitor.extension import Extensions
+from autoextend.monitor.jobs import JobSteps
 from autoextend.monitor.observer import (
     DriveGone,
     DriveSeen,
@@ -26,7 +26,7 @@ from autoextend.monitor.vm import Vm, log
 from autoextend.monitor.vmstate import Action, ResumePolicy, VmEvent, VmState, classify
 
 
-class Resync(Extensions):
+class Resync(JobSteps):
     async def _resync(self, vm: Vm, *, rearm: bool) -> None:
         """Re-read the VM and act. ``rearm``: the hypervisor may have lost our thresholds
         (connect, hot-plug, dropped event), so arm every drive again."""
@@ -40,6 +40,7 @@ class Resync(Extensions):
             self._flag_enospc_drives(vm, state)
         for d in list(vm.drives.values()):
             await self._evaluate(vm, d)
+            await self._job_step(vm, d)
         await self._after_check(vm)
 
     def _observe(self, vm: Vm, state: RunState) -> None:
@@ -90,7 +91,8 @@ class Resync(Extensions):
                 vm.drives[info.drive] = d
                 self.observer.notify(DriveSeen(info, volume, d.cap))
                 log.info("drive added", vm=vm.name, drive=info.drive, volume=str(volume),
-                         physical=info.physical, capacity=info.capacity)
+                         physical=info.physical, capacity=info.capacity,
+                         job=info.job or None, job_need=info.job_need or None)
                 continue
             d.update_info(info, cap=policy.cap(info.capacity, self.policy_for(info, volume)))
             self.observer.notify(DriveSeen(info, volume, d.cap))
@@ -147,7 +149,8 @@ class Resync(Extensions):
             else:
                 self._wake_at(vm, d.retry_at)
             return
-        full = policy.needs_extension(info.allocation, info.physical, pol) or d.enospc
+        full = (policy.needs_extension(info.allocation, info.physical, pol) or d.enospc
+                or self._job_short(info, pol))
         if policy.at_cap(info.physical, info.capacity, pol):
             if d.state is not ThresholdState.DISABLED:
                 self._disable(vm, d)

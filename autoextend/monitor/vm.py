@@ -19,7 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from autoextend.clock import Clock
 from autoextend.logs import get_logger
-from autoextend.monitor import overrides, policy
+from autoextend.monitor import jobpolicy, overrides, policy
 from autoextend.monitor.config import PolicySettings, ResumeSettings
 from autoextend.monitor.drive import DriveState
 from autoextend.monitor.observer import DriveAtCap, ExtendsInFlight, MonitorObserver
@@ -110,6 +110,7 @@ class MonitorBase:
         self.lease_ok = lease_ok
         self._extend_deadline_s = extend_deadline_s
         self._vms: dict[str, Vm] = {}
+        self._job_resumed_at: dict[tuple[str, str], float] = {}  # (vm, job id) -> last resume
         self._in_flight = 0
 
     @property
@@ -126,6 +127,13 @@ class MonitorBase:
     def _count_in_flight(self, delta: int) -> None:
         self._in_flight += delta
         self.observer.notify(ExtendsInFlight(self._in_flight))
+
+    def _job_need(self, info: DriveInfo, pol: policy.DrivePolicy) -> int:
+        """The size a job target should reach before its job writes (0: no pre-extension)."""
+        return jobpolicy.need_size(info, pol) if self.settings.job_pre_extend else 0
+
+    def _job_short(self, info: DriveInfo, pol: policy.DrivePolicy) -> bool:
+        return self._job_need(info, pol) > info.physical
 
     def _disable(self, vm: Vm, d: DriveState) -> None:
         d.reached_cap()

@@ -35,6 +35,7 @@ from autoextend.monitor.protocols import (
     VmAppeared,
     VmGone,
 )
+from autoextend.qemuimg import Measure
 from autoextend.qmp.config import QmpSettings
 from autoextend.qmp.connection import QmpConnection
 from autoextend.qmp.devsize import device_size
@@ -89,11 +90,13 @@ class QmpHypervisor:
         clock: Clock,
         *,
         device_size: DeviceSize = device_size,
+        measure: Measure | None = None,
     ) -> None:
         self.settings = settings
         self._lookup = lookup
         self._clock = clock
         self._device_size = device_size
+        self._measure = measure
         self._sessions: dict[str, VmSession] = {}
         self._watchers: dict[str, _Watcher] = {}
         #: Sessions ended by a bad reply or an unexpected error (not by QEMU going away).
@@ -141,6 +144,9 @@ class QmpHypervisor:
 
     async def resume(self, vm: str) -> None:
         await self._session(vm, "cont").resume()
+
+    async def resume_job(self, vm: str, job_id: str) -> None:
+        await self._session(vm, "job-resume").resume_job(job_id)
 
     async def kill(self, vm: str) -> None:
         try:
@@ -262,7 +268,7 @@ class QmpHypervisor:
             name = Path(watcher.path).stem
         name = self._unique_name(name, watcher.path)
         conn.label = name
-        session = VmSession(name, conn, self._device_size)
+        session = VmSession(name, conn, self._device_size, self._measure)
         self._sessions[name] = session
         vlog = log.bind(vm=name, path=watcher.path)
         announced = False

@@ -30,8 +30,10 @@ from autoextend.monitor.protocols import (
     VmPaused,
     VmResumed,
 )
+from autoextend.qemuimg import Measure
 from autoextend.qmp.connection import QmpConnection
 from autoextend.qmp.errors import MalformedReply, QmpDisconnected, QmpError
+from autoextend.qmp.jobwatch import JobWatch, job_event
 from autoextend.qmp.pauses import drive_errors
 from autoextend.qmp.replies import (
     MAX_SIZE,
@@ -51,12 +53,14 @@ T = TypeVar("T")
 
 
 class VmSession:
-    def __init__(self, name: str, conn: QmpConnection, device_size: DeviceSize) -> None:
+    def __init__(self, name: str, conn: QmpConnection, device_size: DeviceSize,
+                 measure: Measure | None = None) -> None:
         self.name = name
         self.conn = conn
         self._device_size = device_size
         self.topology = Topology()
         self._saw_nospace = False
+        self._jobs = JobWatch(measure)
         self._log = log.bind(vm=name)
         #: Why this session was ended by us (a bad reply, an unexpected error), else None.
         self.failure: str | None = None
@@ -97,6 +101,8 @@ class VmSession:
         nodes = await self.conn.execute("query-named-block-nodes", {"flat": True})
         stats = await self.conn.execute("query-blockstats", {"query-nodes": True})
         self.topology = parse_topology(self.name, block, nodes, stats)
+        self.topology = await self._jobs.add_targets(self.name, self.conn, self.topology,
+                                                     nodes, stats)
         fresh: list[DriveInfo] = []
         for info in self.topology.drives:
             size = await self._device_size(info.path)
@@ -130,6 +136,10 @@ class VmSession:
 
     async def resume(self) -> None:
         await self.conn.execute("cont")
+
+    async def resume_job(self, job_id: str) -> None:
+        """``job-resume``: a job paused by ``on-error=enospc`` goes on once it has room."""
+        await self.conn.execute("job-resume", {"id": job_id})
 
     async def kill(self) -> None:
         """``quit``: QEMU exits at once (the connection drops, the VM is gone)."""
@@ -191,7 +201,7 @@ class VmSession:
             return [VmResumed(self.name)]
         if name == "DEVICE_DELETED":
             return [DrivesChanged(self.name)]
-        return []
+        return job_event(self.name, name, data, self._log)
 
     async def watch_drives(
         self, send: MemoryObjectSendStream[HypervisorEvent], clock: Clock, interval_s: float
