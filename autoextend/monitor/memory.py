@@ -196,9 +196,13 @@ class MemoryExtender:
         self.fail_with: OutcomeKind | None = None
         self.gate: anyio.Event | None = None
         self.calls = 0
+        self.unrefreshed = 0  # calls with refresh=False (a VM migrating out)
 
-    async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome:
+    async def extend(
+        self, volume: VolumeRef, size: int, *, refresh: bool = True
+    ) -> ExtendOutcome:
         self.calls += 1
+        self.unrefreshed += not refresh
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_with is not None:

@@ -31,6 +31,7 @@ EVENT_NAMES = (
     "STOP",
     "RESUME",
     "DEVICE_DELETED",
+    "MIGRATION",
 )
 
 # How long closing may take before we give up on a clean disconnect.
