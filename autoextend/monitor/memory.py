@@ -14,12 +14,14 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.errors import HypervisorError
+from autoextend.monitor.migration import NOT_MIGRATING, MigrationInfo
 from autoextend.monitor.protocols import (
     DriveError,
     DriveInfo,
     EnospcError,
     ExtendOutcome,
     HypervisorEvent,
+    MigrationChanged,
     OutcomeKind,
     PauseReason,
     RunState,
@@ -86,6 +88,8 @@ class MemoryHypervisor:
         self.kills: list[str] = []
         self.thresholds: list[tuple[str, str, int]] = []
         self.fail_set_threshold = False
+        #: Per VM, what ``migration()`` answers (absent: not migrating).
+        self.migrations: dict[str, MigrationInfo] = {}
         self._events: MemoryObjectSendStream[HypervisorEvent] | None = None
 
     # --- test controls
@@ -152,6 +156,15 @@ class MemoryHypervisor:
         except KeyError:
             raise HypervisorError(f"no such vm {vm}") from None
 
+    async def migration(self, vm: str) -> MigrationInfo:
+        self._vm(vm)
+        return self.migrations.get(vm, NOT_MIGRATING)
+
+    def migrate(self, vm: str, info: MigrationInfo) -> None:
+        """Set the VM's migration state, with the event a hypervisor would send."""
+        self.migrations[vm] = info
+        self.emit(MigrationChanged(vm))
+
     async def drives(self, vm: str) -> list[DriveInfo]:
         rec = self._vm(vm)
         return [
@@ -197,6 +210,9 @@ class MemoryExtender:
         self.gate: anyio.Event | None = None
         self.calls = 0
         self.unrefreshed = 0  # calls with refresh=False (a VM migrating out)
+        #: refresh=False grows only this "metadata" size; ``volumes.sizes`` is this host's
+        #: view of the volume, which such a call leaves as it is.
+        self.metadata: dict[VolumeRef, int] = {}
 
     async def extend(
         self, volume: VolumeRef, size: int, *, refresh: bool = True
@@ -207,5 +223,9 @@ class MemoryExtender:
             await self.gate.wait()
         if self.fail_with is not None:
             return ExtendOutcome(self.fail_with, 0, "injected failure")
+        if not refresh:
+            grown = max(size, self.metadata.get(volume, 0), self.volumes.sizes[volume])
+            self.metadata[volume] = grown
+            return ExtendOutcome(OutcomeKind.OK, grown, refreshed=False)
         result = await self.volumes.extend(volume, size)
         return ExtendOutcome(OutcomeKind.OK, result.size)

@@ -70,7 +70,9 @@ class Migrations(MonitorBase):
         result = migration.step(before, info)
         refreshed = False
         if MigAction.REFRESH_ALL in result.actions:
-            await self._refresh_all(vm, role=info.role)
+            # Repeated at every look while incoming: quietly after the first.
+            quiet = before is MigState.INCOMING and result.state is MigState.INCOMING
+            await self._refresh_all(vm, role=info.role, quiet=quiet)
             refreshed = True
         # Only now (a failed refresh raises, and the next look steps again).
         m.migration = result.state
@@ -88,15 +90,16 @@ class Migrations(MonitorBase):
                    and info.role is Role.DESTINATION)
         return MigrationCheck(refreshed, MigAction.REARM in result.actions, arrived)
 
-    async def _refresh_all(self, vm: Vm, *, role: Role) -> None:
+    async def _refresh_all(self, vm: Vm, *, role: Role, quiet: bool = False) -> None:
         if self.views is None:
             log.warning("cannot refresh for a migration: no volume views", vm=vm.name)
             return
         volumes = sorted({d.volume for d in vm.drives.values()})
         for volume in volumes:
             size = await self.views.refresh(volume)
-            log.info("volume refreshed for a migration", vm=vm.name, volume=str(volume),
-                     size=size, role=role.value)
+            (log.debug if quiet else log.info)(
+                "volume refreshed for a migration", vm=vm.name, volume=str(volume), size=size,
+                role=role.value)
 
     def _arrived_paused(self, vm: Vm, state: RunState) -> RunState:
         """A guest that ran out of space on the source during the migration arrives paused

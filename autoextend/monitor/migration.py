@@ -16,9 +16,10 @@ volumes is at least as large as every view through which the guest has ever writ
   view. So the guest's written data stays inside S's view as it was when the migration
   started (``V_S``).
 * D refreshes every managed volume of the VM when the VM appears (state INCOMING, QEMU
-  ``inmigrate``), and again when the incoming migration becomes active, before arming any
-  threshold. A refresh shows the metadata size, which is at least every view ever made from
-  it, so D's view is at least ``V_S`` before the guest can run on D.
+  ``inmigrate``), and again at every look (event or poll) while the incoming migration is
+  active; it arms no threshold and starts no extension meanwhile. A refresh shows the
+  metadata size, which is at least every view ever made from it, so D's view is at least
+  ``V_S`` before the guest can run on D.
 * On completion D refreshes again (picking up what S extended during the migration), then
   arms thresholds and monitors as usual; a guest that ran out of space on S during the
   migration arrives paused and is resumed here, once its drives have room.
@@ -36,9 +37,10 @@ before the guest runs on (its pause is only ended by a resume after the refresh)
 
 The one gap: S learns of the migration from QEMU asynchronously. An extension whose
 refresh began just before S learned of it can grow ``V_S`` after D refreshed at
-appearance; D's refresh at activation (QMP ``MIGRATION`` status ``active`` on the
-destination) covers it when it comes after S's refresh. To keep the window small, S asks
-the hypervisor for the migration status right before every refresh it makes.
+appearance. D's refreshes while the migration is active (each ``MIGRATION`` event, each
+poll) cover it as soon as one comes after S's refresh, which is before the switchover
+unless the whole migration is shorter than one poll interval. To keep the window small, S
+asks the hypervisor for the migration status right before every refresh it makes.
 
 ``step`` is pure and total; :class:`~autoextend.monitor.vmstate.VmMachine` holds the state
 (one owner); ``monitor/migrating.py`` carries out the actions.
@@ -128,13 +130,16 @@ def step(state: MigState, info: MigrationInfo) -> MigStep:
             if state is MigState.INCOMING:
                 return MigStep(MigState.NONE,
                                (MigAction.NOTE, MigAction.REFRESH_ALL, MigAction.REARM))
-            # Arrived before we knew of it (this service started late): refresh anyway.
-            return MigStep(MigState.NONE, (MigAction.REFRESH_ALL, MigAction.REARM))
+            # Arrived before we knew of it (this service started late, or a later look at
+            # a VM that came here by migration): refreshing again is always safe.
+            return MigStep(MigState.NONE, (MigAction.REFRESH_ALL,))
         if info.phase in (Phase.FAILED, Phase.CANCELLED):
             # The incoming QEMU is of no use (it exits); never act on it.
             return MigStep(MigState.DEPARTED, (MigAction.NOTE,))
         if state is MigState.INCOMING:
-            # Refresh again when the transfer starts: the source froze its view by then.
+            # Refresh again at every look once the transfer runs: the source froze its view
+            # by then, so any refresh it made as the migration began is covered before the
+            # switchover (unless the whole migration is shorter than one poll).
             again = info.phase in (Phase.SETUP, Phase.ACTIVE)
             return MigStep(state, (MigAction.REFRESH_ALL,) if again else ())
         return MigStep(MigState.INCOMING, (MigAction.NOTE, MigAction.REFRESH_ALL))
