@@ -1,0 +1,72 @@
+"""Issue 12 in mailbox mode: two autoextend host processes sharing one pool through the SPM
+(elected by the lease: either host), a guest migrating from host 1 to host 2 while the source
+requests extensions through the mailbox. Sizes scaled as in tests/e2e/test_migration.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from autoextend.lab.guest import GuestJob
+from autoextend.lab.migrate import start_destination, start_migration
+from autoextend.lab.multihost import HostProcess, pool
+from autoextend.lab.thinvol import qemu_img_check
+from autoextend.lvm import loopdev
+
+pytestmark = pytest.mark.slow
+MiB = 1 << 20
+START_MIB = 64
+JOB = GuestJob(mib=96, rate_kib_s=12 * 1024, seed=21)
+
+
+def deferred(host: HostProcess, vm: str) -> list[dict[str, Any]]:
+    """The host's extensions of ``vm`` made without refreshing (during a migration out)."""
+    return [e for e in host.log_events()
+            if e.get("event") == "extended; refresh deferred until the migration ends"
+            and e.get("vm") == vm]
+
+
+async def vm_status(host: HostProcess, vm: str) -> dict[str, Any]:
+    for v in (await host.status())["vms"]:
+        if v["vm"] == vm:
+            return dict(v)
+    return {}
+
+
+async def test_mailbox_migration_source_extends_through_spm(lab_tmp_path: Path) -> None:
+    async with pool(2, directory=lab_tmp_path, chunk_mib=16, poll_interval_s=0.5) as p:
+        spm = await p.wait_for_spm()
+        guest = await p.start_guest(1, "mbx1", JOB, start_mib=START_MIB, virtual_mib=1024)
+        src, dst = p.hosts[1], p.hosts[2]
+        with anyio.fail_after(60):
+            while not (await vm_status(src, "mbx1")).get("drives"):
+                await anyio.sleep(0.1)
+        dest_device = await p.host_volumes(2).attach(guest.volume)
+        dest = await start_destination(guest.vm, [dest_device], p.directory / "vms" / "mbx1-2",
+                                       dst.directory / "qmp")
+        p.stack.push_async_callback(dest.stop)
+        migration = await start_migration(guest.vm, dest, p.directory / "mbx1.mig",
+                                          max_bandwidth=1 * MiB)
+        with anyio.fail_after(90):
+            while len(deferred(src, "mbx1")) < 2 or (
+                    await vm_status(src, "mbx1")).get("paused") != "enospc":
+                await anyio.sleep(0.1)
+        assert (await vm_status(src, "mbx1"))["migration"] == "migrating-out"
+        assert loopdev.size_of(guest.device) == START_MIB * MiB  # the source's view: frozen
+        assert await migration.finish() == "completed"
+        await guest.vm.stop()
+        result = await dest.result(timeout=120)
+        assert result.verified, result
+        assert result.written_mib == JOB.mib
+        assert await dest.wait_exit(timeout=60) == 0
+        assert "I/O error" not in dest.serial_text()
+        assert loopdev.size_of(guest.device) == START_MIB * MiB  # never refreshed after
+        # The SPM (host 1 or 2) extended for the source's requests during the migration.
+        spm_sizes = [e for e in p.hosts[spm].log_events() if e.get("event") == "volume extended"
+                     and e.get("volume") == str(guest.volume)]
+        assert len(spm_sizes) >= 2
+        check = await qemu_img_check(dest_device)
+        assert check.clean, check
