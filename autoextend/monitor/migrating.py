@@ -27,6 +27,7 @@ from typing import Protocol
 
 from autoextend.monitor import migration
 from autoextend.monitor.migration import MigAction, MigrationAware, MigState, Role
+from autoextend.monitor.observer import MigrationNoted
 from autoextend.monitor.protocols import DriveInfo, MigrationChanged, PauseReason, RunState
 from autoextend.monitor.vm import MonitorBase, Vm, log
 from autoextend.volumes import VolumeRef
@@ -83,6 +84,8 @@ class Migrations(MonitorBase):
             log.info("migration", vm=vm.name, role=info.role.value, phase=info.phase.value,
                      state=result.state.value, was=before.value)
             m.record(f"migration: {info.role.value} {info.phase.value}")
+            self.observer.notify(MigrationNoted(vm.name, info.role.value, info.phase.value,
+                                                result.state.value))
         if MigAction.FREEZE_VIEWS in result.actions:
             log.info("vm migrates out: extending without refreshing this host's view until "
                      "the migration ends", vm=vm.name)
