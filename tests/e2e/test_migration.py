@@ -3,7 +3,7 @@ of the guest's volume, while the guest writes and its volume is extended.
 
 Sizes are scaled down from the issue's (256 MiB at 20 MiB/s into 48 MiB, 32 MiB chunk, a
 10-20 s migration) to fit the suite's time budget: 96 MiB at 12 MiB/s into 64 MiB with a
-16 MiB chunk, the migration held at 1 MiB/s until at least two extensions fell inside it.
+16 MiB chunk, the migration held at 256 KiB/s until at least two extensions fell inside it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 MiB = 1 << 20
 START_MIB = 64
 JOB = GuestJob(mib=96, rate_kib_s=12 * 1024, seed=12)
-HELD_BPS = 1 * MiB  # slow enough that the migration cannot end before the test lifts it
+HELD_BPS = 256 << 10  # slow enough that the migration cannot end before the test lifts it
 
 
 def vm_entry(host: LabHost, vm: str) -> dict[str, Any]:
@@ -68,7 +68,7 @@ def no_io_error(vm: QemuVm) -> bool:
 
 async def test_local_migration_defers_source_refresh(lab_tmp_path: Path) -> None:
     async with local_lab(lab_tmp_path) as lab:
-        src = lab.hosts["src"]
+        src, dst = lab.hosts["src"], lab.hosts["dst"]
         vm, dest, migration, device = await boot_and_migrate(lab, "mig1")
         before = extends(src, "mig1")
         # The guest outruns its frozen view: extended twice in metadata (the threshold,
@@ -82,6 +82,10 @@ async def test_local_migration_defers_source_refresh(lab_tmp_path: Path) -> None
         assert await migration.finish() == "completed"
         print(f"migration took {migration.duration_s:.1f} s")
         await vm.stop()
+        # The guest that ran out of space on the source is resumed on the destination.
+        await until(lambda: vm_entry(dst, "mig1").get("paused") is None
+                    and vm_entry(dst, "mig1").get("migration") == "none", 10,
+                    "the destination resuming the guest", describe=lambda: vm_entry(dst, "mig1"))
         result = await dest.result(timeout=120)
         assert result.verified, result
         assert result.written_mib == JOB.mib

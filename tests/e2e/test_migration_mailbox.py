@@ -49,7 +49,7 @@ async def test_mailbox_migration_source_extends_through_spm(lab_tmp_path: Path) 
                                        dst.directory / "qmp")
         p.stack.push_async_callback(dest.stop)
         migration = await start_migration(guest.vm, dest, p.directory / "mbx1.mig",
-                                          max_bandwidth=1 * MiB)
+                                          max_bandwidth=256 << 10)
         with anyio.fail_after(90):
             while len(deferred(src, "mbx1")) < 2 or (
                     await vm_status(src, "mbx1")).get("paused") != "enospc":
