@@ -1,6 +1,7 @@
 """Issue 12 in mailbox mode: two autoextend host processes sharing one pool through the SPM
-(elected by the lease: either host), a guest migrating from host 1 to host 2 while the source
-requests extensions through the mailbox. Sizes scaled as in tests/e2e/test_migration.py."""
+(elected by the lease), a guest migrating from one host to the other while the source
+requests extensions through the mailbox. Sizes scaled as in tests/e2e/test_migration.py.
+Run with the SPM on the source and on the destination."""
 
 from __future__ import annotations
 
@@ -36,16 +37,26 @@ async def vm_status(host: HostProcess, vm: str) -> dict[str, Any]:
     return {}
 
 
-async def test_mailbox_migration_source_extends_through_spm(lab_tmp_path: Path) -> None:
+@pytest.mark.parametrize("spm_on", ["source", "destination"])
+async def test_mailbox_migration_source_extends_through_spm(
+    lab_tmp_path: Path, spm_on: str
+) -> None:
+    """The source host asks the SPM for the extensions made during the migration, whether
+    the SPM is the source itself or the destination (whichever the lease elected, the guest
+    is started on the host that makes it so)."""
     async with pool(2, directory=lab_tmp_path, chunk_mib=16, poll_interval_s=0.5) as p:
         spm = await p.wait_for_spm()
-        guest = await p.start_guest(1, "mbx1", JOB, start_mib=START_MIB, virtual_mib=1024)
-        src, dst = p.hosts[1], p.hosts[2]
+        other = next(h for h in p.hosts if h != spm)
+        source, target = (spm, other) if spm_on == "source" else (other, spm)
+        guest = await p.start_guest(source, "mbx1", JOB, start_mib=START_MIB,
+                                    virtual_mib=1024)
+        src, dst = p.hosts[source], p.hosts[target]
         with anyio.fail_after(60):
             while not (await vm_status(src, "mbx1")).get("drives"):
                 await anyio.sleep(0.1)
-        dest_device = await p.host_volumes(2).attach(guest.volume)
-        dest = await start_destination(guest.vm, [dest_device], p.directory / "vms" / "mbx1-2",
+        dest_device = await p.host_volumes(target).attach(guest.volume)
+        dest = await start_destination(guest.vm, [dest_device],
+                                       p.directory / "vms" / f"mbx1-{target}",
                                        dst.directory / "qmp")
         p.stack.push_async_callback(dest.stop)
         migration = await start_migration(guest.vm, dest, p.directory / "mbx1.mig",
