@@ -244,9 +244,13 @@ class AgentExtender:
         self._agent = agent
         self._inner: MailboxExtender | None = None
 
-    async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome:
+    async def extend(
+        self, volume: VolumeRef, size: int, *, refresh: bool = True
+    ) -> ExtendOutcome:
         if self._inner is None:
             mailbox = await self._agent.wait_joined()
             self._inner = MailboxExtender(mailbox, self._agent.host_backend,
                                           clock=self._agent.clock)
+        if not refresh:
+            return await self._inner.extend(volume, size, refresh=False)
         return await self._inner.extend(volume, size)

@@ -27,6 +27,7 @@ from autoextend.monitor.observer import (
     IoErrorAction,
     JobFailed,
     JobResumed,
+    MigrationNoted,
     MonitorEvent,
     Paused,
     Resumed,
@@ -76,6 +77,10 @@ class Metrics:
         self.vm_check_failures_total = Counter(
             "autoextend_vm_check_failures_total",
             "Times handling one VM failed (retried with backoff)", registry=r)
+        self.migrations_total = Counter(
+            "autoextend_migrations_total",
+            "Live migration state changes seen on this host, by role and phase",
+            ["role", "phase"], registry=r)
         self.drives_monitored = Gauge("autoextend_drives_monitored", "Drives monitored",
                                       registry=r)
         self.in_flight = Gauge("autoextend_extends_in_flight", "Extensions in flight",
@@ -156,6 +161,8 @@ class Metrics:
                 self.job_failures.labels(kind, reason).inc()
             case JobResumed(kind=kind):
                 self.job_resumes.labels(kind).inc()
+            case MigrationNoted(role=role, phase=phase):
+                self.migrations_total.labels(role, phase).inc()
 
     def _drive_seen(self, event: DriveSeen) -> None:
         info, v = event.info, str(event.volume)

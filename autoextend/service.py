@@ -128,6 +128,7 @@ class Service:
             resume=settings.resume,
             lease_ok=self._host_lease_valid if self.cluster is not None else None,
             extend_deadline_s=timeouts.extension_deadline_s(settings),
+            views=self.backend,
         )
         self.control = ControlServer(settings.service.control_socket)
         self.control.register("status", self._status)

@@ -44,9 +44,11 @@ from autoextend.libvirt_backend.errors import (
     VmNotFound,
 )
 from autoextend.libvirt_backend.eventloop import ensure_event_impl
+from autoextend.libvirt_backend.migration import migration_of
 from autoextend.libvirt_backend.stats import StatsError, drives_from_stats
 from autoextend.libvirt_backend.tracker import DomainTracker
 from autoextend.logs import get_logger
+from autoextend.monitor.migration import MigrationInfo
 from autoextend.monitor.protocols import (
     DriveInfo,
     HypervisorEvent,
@@ -187,6 +189,18 @@ class LibvirtHypervisor:
                 raise MalformedReply(vm, "state", str(err)) from err
             result = dataclasses.replace(result, errors=ev.drive_errors(errors, disks))
         return result
+
+    async def migration(self, vm: str) -> MigrationInfo:
+        """The VM's migration role and phase: its job (``jobStats``) and ``state()``."""
+        conn = self._require(vm, "jobStats")
+
+        def read(c: libvirt.virConnect) -> tuple[dict[str, object], int, int]:
+            dom = c.lookupByName(vm)
+            state, reason = dom.state()
+            return dict(dom.jobStats()), state, reason
+
+        job, state, reason = await conn.call(vm, "jobStats", read)
+        return migration_of(job, state, reason)
 
     async def kill(self, vm: str) -> None:
         """``virDomainDestroy``: the domain stops at once (``[resume] policy = "kill"``)."""

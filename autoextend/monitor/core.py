@@ -21,6 +21,9 @@ Invariants:
   pauses follow ``[resume] policy``. Operator, migration and unknown pauses are never resumed.
 * Never shrink, never pass the cap (``policy.next_size``).
 * An event is acted on at once; the poller only catches what events missed.
+* No host ever runs the guest through a view of its volume smaller than one it wrote
+  through: live migration defers the source's refreshes and refreshes the destination
+  first (``monitor/migration.py`` has the invariant and the argument).
 * An exception while handling one VM ends that VM's handling only (logged, counted, retried
   with backoff), never the monitor.
 """
@@ -39,6 +42,7 @@ from autoextend.errors import AutoextendError
 from autoextend.monitor import policy
 from autoextend.monitor.config import PolicySettings, ResumeSettings
 from autoextend.monitor.extension import DriveVanished
+from autoextend.monitor.migrating import VolumeViews
 from autoextend.monitor.observer import DriveGone, MonitorObserver, NullObserver, VmCheckFailed
 from autoextend.monitor.probe import StorageProbe, direct_read_probe
 from autoextend.monitor.protocols import (
@@ -48,6 +52,7 @@ from autoextend.monitor.protocols import (
     Hypervisor,
     HypervisorEvent,
     JobEnded,
+    MigrationChanged,
     ThresholdCrossed,
     VmAppeared,
     VmGone,
@@ -90,6 +95,7 @@ class Monitor(Resync):
         probe: StorageProbe | None = None,
         lease_ok: LeaseOk | None = None,
         extend_deadline_s: float | None = None,
+        views: VolumeViews | None = None,
     ) -> None:
         resume = resume or ResumeSettings()
         super().__init__(
@@ -102,6 +108,7 @@ class Monitor(Resync):
         self._events_in: MemoryObjectReceiveStream[HypervisorEvent] | None = None
         self._next_poll = -math.inf  # when the poller wakes next (not started: now)
         self.polls = 0  # poll rounds posted so far (a test waits for N of them, then idle())
+        self.views = views  # this host's refresh, for migrations (monitor/migrating.py)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -166,6 +173,7 @@ class Monitor(Resync):
                 "resume_policy": vm.machine.policy.value,
                 "resume_attempts": vm.machine.resume_attempts,
                 "last_action": vm.machine.last_action,
+                "migration": vm.machine.migration.value,
                 "drives": [d.snapshot() for d in vm.drives.values()],
             }
             for vm in self._vms.values()
@@ -287,6 +295,9 @@ class Monitor(Resync):
                 self._flag_enospc(vm, vm.drives[name], now)
             case JobEnded():
                 self._job_ended(vm, message)
+            case MigrationChanged():
+                vm.machine.migration_stale = True
+                await self._resync(vm, rearm=False)
             case EnospcError() | VmPaused() | VmResumed():
                 # Which drives failed, and whether they are ours, comes from a fresh look.
                 await self._resync(vm, rearm=False)

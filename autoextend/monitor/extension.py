@@ -17,9 +17,10 @@ import anyio
 from autoextend.errors import AutoextendError
 from autoextend.monitor import policy
 from autoextend.monitor.drive import DriveState, ThresholdState
+from autoextend.monitor.migrating import Migrations
 from autoextend.monitor.observer import ExtendFinished, VgFull, VmCheckFailed
 from autoextend.monitor.protocols import DriveInfo, ExtendOutcome, OutcomeKind
-from autoextend.monitor.vm import POLL, MonitorBase, Vm, log
+from autoextend.monitor.vm import POLL, Vm, log
 
 
 class DriveVanished(AutoextendError):
@@ -29,7 +30,7 @@ class DriveVanished(AutoextendError):
         super().__init__(f"{vm}: drive {drive} is gone")
 
 
-class Extensions(MonitorBase):
+class Extensions(Migrations):
     def _start_extension(self, vm: Vm, d: DriveState) -> None:
         if d.state is not ThresholdState.EXCEEDED or vm.tg is None:
             return
@@ -89,7 +90,7 @@ class Extensions(MonitorBase):
         """One extension. Returns True when the drive needs another one right away."""
         t_event = d.exceeded_at if d.exceeded_at is not None else self.clock.now()
         t_start = self.clock.now()
-        info = await self._fresh(vm, d)
+        info = self._effective(vm, await self._fresh(vm, d))
         pol = self.policy_for(info, d.volume)
         target = max(policy.next_size(info.physical, info.capacity, pol),
                      self._job_need(info, pol))
@@ -120,7 +121,10 @@ class Extensions(MonitorBase):
         deadline = self.extend_deadline_s
         outcome: ExtendOutcome | None = None
         with anyio.move_on_after(deadline):
-            outcome = await self.extender.extend(d.volume, target)
+            if await self._may_refresh(vm):
+                outcome = await self.extender.extend(d.volume, target)
+            else:  # migrating out: grow the volume, leave this host's view (migration.py)
+                outcome = await self.extender.extend(d.volume, target, refresh=False)
         if outcome is None:
             outcome = ExtendOutcome(OutcomeKind.FAILED, 0, f"no answer within {deadline} s",
                                     code="timeout")
@@ -138,6 +142,17 @@ class Extensions(MonitorBase):
                 bound.warning("extension failed", result=outcome.kind.value,
                               reason=outcome.reason, code=outcome.code, attempts=d.attempts,
                               retry_in_s=round(delay, 3))
+            return False
+        if not outcome.refreshed:
+            sizes = vm.machine.deferred_sizes
+            sizes[d.name] = max(sizes.get(d.name, 0), outcome.size, target)
+            d.extend_done(0)  # nothing to arm: this host's view did not grow
+            self.observer.notify(ExtendFinished(
+                vm.name, d.name, d.volume, OutcomeKind.OK, outcome.size,
+                {**outcome.phases, "extender": t_extended - t_start}))
+            bound.info("extended; refresh deferred until the migration ends",
+                       size=outcome.size, seen=d.info.physical,
+                       duration_s=t_extended - t_start)
             return False
         # The extender checked the size (its contract); fresh numbers are for the threshold.
         info = await self._fresh(vm, d)

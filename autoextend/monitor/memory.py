@@ -14,6 +14,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.errors import HypervisorError
+from autoextend.monitor.migration import NOT_MIGRATING, MigrationInfo
 from autoextend.monitor.protocols import (
     DriveError,
     DriveInfo,
@@ -21,6 +22,7 @@ from autoextend.monitor.protocols import (
     EnospcError,
     ExtendOutcome,
     HypervisorEvent,
+    MigrationChanged,
     OutcomeKind,
     PauseReason,
     RunState,
@@ -92,6 +94,8 @@ class MemoryHypervisor:
         self.job_resumes: list[tuple[str, str]] = []
         self.thresholds: list[tuple[str, str, int]] = []
         self.fail_set_threshold = False
+        #: Per VM, what ``migration()`` answers (absent: not migrating).
+        self.migrations: dict[str, MigrationInfo] = {}
         self._events: MemoryObjectSendStream[HypervisorEvent] | None = None
 
     # --- test controls
@@ -172,6 +176,15 @@ class MemoryHypervisor:
         except KeyError:
             raise HypervisorError(f"no such vm {vm}") from None
 
+    async def migration(self, vm: str) -> MigrationInfo:
+        self._vm(vm)
+        return self.migrations.get(vm, NOT_MIGRATING)
+
+    def migrate(self, vm: str, info: MigrationInfo) -> None:
+        """Set the VM's migration state, with the event a hypervisor would send."""
+        self.migrations[vm] = info
+        self.emit(MigrationChanged(vm))
+
     async def drives(self, vm: str) -> list[DriveInfo]:
         rec = self._vm(vm)
         return [
@@ -223,12 +236,23 @@ class MemoryExtender:
         self.fail_with: OutcomeKind | None = None
         self.gate: anyio.Event | None = None
         self.calls = 0
+        self.unrefreshed = 0  # calls with refresh=False (a VM migrating out)
+        #: refresh=False grows only this "metadata" size; ``volumes.sizes`` is this host's
+        #: view of the volume, which such a call leaves as it is.
+        self.metadata: dict[VolumeRef, int] = {}
 
-    async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome:
+    async def extend(
+        self, volume: VolumeRef, size: int, *, refresh: bool = True
+    ) -> ExtendOutcome:
         self.calls += 1
+        self.unrefreshed += not refresh
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_with is not None:
             return ExtendOutcome(self.fail_with, 0, "injected failure")
+        if not refresh:
+            grown = max(size, self.metadata.get(volume, 0), self.volumes.sizes[volume])
+            self.metadata[volume] = grown
+            return ExtendOutcome(OutcomeKind.OK, grown, refreshed=False)
         result = await self.volumes.extend(volume, size)
         return ExtendOutcome(OutcomeKind.OK, result.size)

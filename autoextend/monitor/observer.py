@@ -128,9 +128,23 @@ class JobResumed:
     job_id: str
 
 
+@dataclass(frozen=True)
+class MigrationNoted:
+    """A VM's live migration changed state on this host (``monitor/migration.py``):
+    ``role`` source or destination, ``phase`` setup, active, completed, failed, cancelled
+    (or pending, none), ``state`` what this host now does (migrating-out, incoming,
+    departed, none)."""
+
+    vm: str
+    role: str
+    phase: str
+    state: str
+
+
 MonitorEvent = (
     DriveSeen | DriveGone | ExtendFinished | ExtendsInFlight | Paused | Resumed | DriveAtCap
     | VgFull | UnmanagedEnospc | IoErrorAction | VmCheckFailed | JobFailed | JobResumed
+    | MigrationNoted
 )
 
 
@@ -159,6 +173,7 @@ class Tally:
     check_failures: int = 0
     job_failures: int = 0
     job_resumes: int = 0
+    migrations: int = 0  # migration state changes noted (MigrationNoted)
     latencies: list[float] = field(default_factory=list)
 
     def notify(self, event: MonitorEvent) -> None:
@@ -191,6 +206,8 @@ class Tally:
                 self.job_failures += 1
             case JobResumed():
                 self.job_resumes += 1
+            case MigrationNoted():
+                self.migrations += 1
 
 
 class Fanout:

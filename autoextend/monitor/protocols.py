@@ -139,9 +139,18 @@ class JobEnded:
     nospace: bool = False
 
 
+@dataclass(frozen=True)
+class MigrationChanged:
+    """A migration of the VM started, progressed or ended (either direction): ask the
+    hypervisor for the VM's migration role and phase (``monitor/migration.py``)."""
+
+    vm: str
+
+
 HypervisorEvent = (
     VmAppeared | VmGone | DrivesChanged | ThresholdCrossed | EnospcError | VmPaused | VmResumed
     | JobEnded
+    | MigrationChanged
 )
 
 
@@ -210,6 +219,9 @@ class ExtendOutcome:
     # Durations of the extender's own phases in seconds, e.g. "request" (mailbox round trip),
     # "spm_extend" (lvextend on the SPM), "extend" (local extend), "refresh".
     phases: dict[str, float] = field(default_factory=dict)
+    # False for ``extend(..., refresh=False)``: ``size`` is then the size in metadata, and
+    # this host's view was left as it was (a VM migrating out, see monitor/migration.py).
+    refreshed: bool = True
 
     @property
     def ok(self) -> bool:
@@ -222,6 +234,12 @@ class Extender(Protocol):
     Local: the volume backend on this host. Mailbox: a request to the SPM, then a local
     refresh. Returns an outcome rather than raising for expected failures; raises only on
     cancellation.
+
+    ``refresh=False`` (passed only while the VM migrates out of this host): get the volume
+    to ``size`` in metadata but leave this host's view as it is; the outcome has
+    ``refreshed=False`` and the size in metadata.
     """
 
-    async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome: ...
+    async def extend(
+        self, volume: VolumeRef, size: int, *, refresh: bool = True
+    ) -> ExtendOutcome: ...

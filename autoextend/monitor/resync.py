@@ -9,7 +9,7 @@ has one owner; the pure rules are in ``vmstate.py``.
 
 from __future__ import annotations
 
-from autoextend.monitor import policy
+from autoextend.monitor import migration, policy
 from autoextend.monitor.drive import DriveState, ThresholdState
 from autoextend.monitor.jobs import JobSteps
 from autoextend.monitor.observer import (
@@ -33,6 +33,11 @@ class Resync(JobSteps):
         infos = await self.hypervisor.drives(vm.name)
         self._merge_drives(vm, infos, rearm=rearm)
         state = await self.hypervisor.run_state(vm.name)
+        moved = await self._check_migration(vm, state)
+        if moved.refreshed or moved.rearm:  # views grew: fresh numbers, arm again
+            self._merge_drives(vm, await self.hypervisor.drives(vm.name), rearm=True)
+        if moved.arrived:
+            state = self._arrived_paused(vm, state)
         self._observe(vm, state)
         if vm.machine.state in (VmState.PAUSED_ENOSPC, VmState.PAUSED_ENOSPC_UNMANAGED) or any(
             e.nospace and e.drive in vm.drives for e in state.errors
@@ -115,9 +120,10 @@ class Resync(JobSteps):
             if d.enospc or d.in_flight:
                 continue
             pol = self.policy_for(d.info, d.volume)
+            info = self._effective(vm, d.info)  # frozen view: the size it was extended to
             # The hypervisor keeps naming a drive until the VM runs again: act on that once.
             named_now = d.name in named and d.name not in vm.machine.full_drives
-            if named_now or policy.needs_extension(d.info.allocation, d.info.physical, pol):
+            if named_now or policy.needs_extension(info.allocation, info.physical, pol):
                 self._flag_enospc(vm, d, now)
 
     def _flag_enospc(self, vm: Vm, d: DriveState, now: float) -> None:
@@ -137,7 +143,9 @@ class Resync(JobSteps):
         """Decide what a drive needs, from its latest numbers. Never blocks on an extension."""
         if d.in_flight or d.name not in vm.drives:
             return
-        info = d.info
+        if not migration.may_arm(vm.machine.migration):
+            return  # incoming (the guest runs elsewhere yet) or departed
+        info = self._effective(vm, d.info)
         pol = self.policy_for(info, d.volume)
         now = self.clock.now()
         if info.capacity <= 0:
@@ -163,6 +171,8 @@ class Resync(JobSteps):
             return
         if d.state is ThresholdState.DISABLED:
             d.disarmed()
+        if self._frozen(vm, d.name):
+            return  # extended while migrating out: this host's view did not grow
         wanted = policy.threshold(info.physical, pol)
         lost = d.state is ThresholdState.SET and (info.threshold == 0 or d.threshold != wanted)
         if d.state is ThresholdState.UNSET or lost:
@@ -182,6 +192,13 @@ class Resync(JobSteps):
 
     async def _after_check(self, vm: Vm) -> None:
         m = vm.machine
+        if m.paused and not migration.may_resume(m.migration):
+            held = f"left paused: {m.migration.value} (resumed where it runs next)"
+            if m.last_action != held:
+                m.record(held)
+                log.info("vm paused during a migration: not resuming it here", vm=vm.name,
+                         migration=m.migration.value)
+            return
         if m.state is VmState.PAUSED_ENOSPC:
             if any(d.enospc or d.in_flight for d in vm.drives.values()):
                 return

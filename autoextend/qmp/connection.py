@@ -33,6 +33,7 @@ EVENT_NAMES = (
     "RESUME",
     "DEVICE_DELETED",
     *JOB_EVENT_NAMES,
+    "MIGRATION",
 )
 
 # How long closing may take before we give up on a clean disconnect.

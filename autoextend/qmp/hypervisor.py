@@ -28,6 +28,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.clock import Clock
 from autoextend.logs import get_logger
+from autoextend.monitor.migration import MigrationInfo
 from autoextend.monitor.protocols import (
     DriveInfo,
     HypervisorEvent,
@@ -141,6 +142,10 @@ class QmpHypervisor:
 
     async def run_state(self, vm: str) -> RunState:
         return await self._session(vm, "query-status").run_state()
+
+    async def migration(self, vm: str) -> MigrationInfo:
+        """The VM's migration role and phase (``query-status`` + ``query-migrate``)."""
+        return await self._session(vm, "query-migrate").migration()
 
     async def resume(self, vm: str) -> None:
         await self._session(vm, "cont").resume()

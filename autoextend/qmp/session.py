@@ -22,10 +22,12 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.clock import Clock
 from autoextend.logs import get_logger
+from autoextend.monitor.migration import MigrationInfo
 from autoextend.monitor.protocols import (
     DriveInfo,
     DrivesChanged,
     HypervisorEvent,
+    MigrationChanged,
     RunState,
     VmPaused,
     VmResumed,
@@ -34,6 +36,7 @@ from autoextend.qemuimg import Measure
 from autoextend.qmp.connection import QmpConnection
 from autoextend.qmp.errors import MalformedReply, QmpDisconnected, QmpError
 from autoextend.qmp.jobwatch import JobWatch, job_event
+from autoextend.qmp.migration import migration_info, migration_phase
 from autoextend.qmp.pauses import drive_errors
 from autoextend.qmp.replies import (
     MAX_SIZE,
@@ -127,6 +130,16 @@ class VmSession:
         stats = await self.conn.execute("query-blockstats", {"query-nodes": True})
         return dataclasses.replace(state, errors=drive_errors(block, nodes, stats))
 
+    async def migration(self) -> MigrationInfo:
+        return await self._guarded("query-migrate", self._migration)
+
+    async def _migration(self) -> MigrationInfo:
+        status = await self.conn.execute("query-status")
+        run_status = status.get("status", "") if isinstance(status, dict) else ""
+        reply = await self.conn.execute("query-migrate")
+        return migration_info(self.name, run_status if isinstance(run_status, str) else "",
+                              reply)
+
     async def set_threshold(self, drive: DriveInfo, threshold: int) -> None:
         if not 0 <= threshold <= MAX_SIZE:
             raise ValueError(f"threshold must be in 0..2**63-1, got {threshold}")
@@ -201,6 +214,9 @@ class VmSession:
             return [VmResumed(self.name)]
         if name == "DEVICE_DELETED":
             return [DrivesChanged(self.name)]
+        if name == "MIGRATION":
+            migration_phase(self.name, data)  # validate; the monitor asks for the rest
+            return [MigrationChanged(self.name)]
         return job_event(self.name, name, data, self._log)
 
     async def watch_drives(
