@@ -20,12 +20,14 @@ from autoextend.monitor.protocols import (
     EnospcError,
     ExtendOutcome,
     HypervisorEvent,
+    HypervisorHealth,
     OutcomeKind,
     PauseReason,
     RunState,
     ThresholdCrossed,
     VmAppeared,
     VmGone,
+    VmNotFound,
     VmPaused,
     VmResumed,
 )
@@ -86,6 +88,7 @@ class MemoryHypervisor:
         self.kills: list[str] = []
         self.thresholds: list[tuple[str, str, int]] = []
         self.fail_set_threshold = False
+        self.problem: str | None = None  # what health() reports as the current problem
         self._events: MemoryObjectSendStream[HypervisorEvent] | None = None
 
     # --- test controls
@@ -150,7 +153,7 @@ class MemoryHypervisor:
         try:
             return self.vms[vm]
         except KeyError:
-            raise HypervisorError(f"no such vm {vm}") from None
+            raise VmNotFound(vm) from None
 
     async def drives(self, vm: str) -> list[DriveInfo]:
         rec = self._vm(vm)
@@ -186,6 +189,11 @@ class MemoryHypervisor:
 
     def volume_of(self, drive: DriveInfo) -> VolumeRef | None:
         return self.volumes.lookup(drive.path)
+
+    # --- optional capability: ReportsHealth
+
+    def health(self) -> HypervisorHealth:
+        return HypervisorHealth(problem=self.problem)
 
 
 class MemoryExtender:
