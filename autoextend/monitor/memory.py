@@ -31,29 +31,89 @@ from autoextend.monitor.protocols import (
     VmPaused,
     VmResumed,
 )
-from autoextend.volumes import ExtendResult, VolumeRef
+from autoextend.volumes import (
+    ExtendResult,
+    LocalAuthority,
+    NoAuthority,
+    SpmAuthority,
+    VolumeExists,
+    VolumeNotFound,
+    VolumeRef,
+    VolumeSpaceError,
+)
 
 
 class MemoryVolumes:
-    """Volume sizes by reference; ``extend`` never shrinks."""
+    """Volume sizes by reference: an in-memory :class:`~autoextend.volumes.VolumeBackend`.
 
-    def __init__(self) -> None:
+    It passes the same conformance suite as the lvm and loop backends
+    (``tests/conformance/test_volume_backend.py``): sizes round up to ``extent_size``
+    (1 byte by default: exact sizes), ``extend`` never shrinks, a missing volume raises
+    :class:`~autoextend.volumes.VolumeNotFound`, a VG given a capacity
+    (:meth:`set_vg_capacity`) runs out of space, and a view without the authority to write
+    (:meth:`host_side`) cannot extend. There are no block devices: every host sees the
+    metadata size at once, so ``refresh`` only reads it.
+    """
+
+    def __init__(self, *, extent_size: int = 1, authority: SpmAuthority | None = None) -> None:
         self.sizes: dict[VolumeRef, int] = {}
+        self.capacities: dict[str, int] = {}  # VG -> bytes; a VG without one is unlimited
+        self.extent_size = extent_size
+        self.authority: SpmAuthority = authority or LocalAuthority()
         self.extend_calls: list[tuple[VolumeRef, int]] = []
+
+    def host_side(self) -> MemoryVolumes:
+        """The same volumes seen by a host that may not write metadata (not the SPM)."""
+        view = MemoryVolumes(extent_size=self.extent_size, authority=NoAuthority())
+        view.sizes, view.capacities = self.sizes, self.capacities
+        return view
+
+    def _rounded(self, size: int) -> int:
+        return -(-size // self.extent_size) * self.extent_size
+
+    def _current(self, volume: VolumeRef) -> int:
+        try:
+            return self.sizes[volume]
+        except KeyError:
+            raise VolumeNotFound(str(volume)) from None
+
+    async def create(self, volume: VolumeRef, size: int) -> None:
+        self.authority.check()
+        if volume in self.sizes:
+            raise VolumeExists(str(volume))
+        self.sizes[volume] = self._rounded(size)
+
+    async def set_vg_capacity(self, vg: str, size: int | None) -> None:
+        if size is None:
+            self.capacities.pop(vg, None)
+        else:
+            self.capacities[vg] = size
+
+    async def free_bytes(self, vg: str) -> int | None:
+        capacity = self.capacities.get(vg)
+        if capacity is None:
+            return None
+        return capacity - sum(size for ref, size in self.sizes.items() if ref.vg == vg)
 
     async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
         self.extend_calls.append((volume, size))
-        current = self.sizes[volume]
-        if size <= current:
+        self.authority.check()
+        current = self._current(volume)
+        target = self._rounded(size)
+        if target <= current:
             return ExtendResult(current, False)
-        self.sizes[volume] = size
-        return ExtendResult(size, True)
+        free = await self.free_bytes(volume.vg)
+        if free is not None and target - current > free:
+            raise VolumeSpaceError(f"VG {volume.vg}: {free} bytes free, {volume} needs "
+                                   f"{target - current} more")
+        self.sizes[volume] = target
+        return ExtendResult(target, True)
 
     async def refresh(self, volume: VolumeRef) -> int:
-        return self.sizes[volume]
+        return self._current(volume)
 
     async def size(self, volume: VolumeRef) -> int:
-        return self.sizes[volume]
+        return self._current(volume)
 
     def lookup(self, path: str) -> VolumeRef | None:
         vg, _, lv = path.removeprefix("/dev/").partition("/")
@@ -62,6 +122,9 @@ class MemoryVolumes:
 
     def device_path(self, volume: VolumeRef) -> str:
         return f"/dev/{volume.vg}/{volume.lv}"
+
+    async def aclose(self) -> None:
+        return None
 
 
 @dataclass

@@ -1,0 +1,8 @@
+"""Fixtures of the conformance suites: one subject per implementation of each boundary (built
+in the ``*_subjects`` helper modules; the real ones are marked ``slow``)."""
+
+from __future__ import annotations
+
+from tests.conformance.volume_subjects import volume_subject
+
+__all__ = ["volume_subject"]
