@@ -38,10 +38,16 @@ class MemoryStorage:
         self.size = size
         self.data = bytearray(size)
         self.stats = IoStats()
+        self.closed = False
+
+    def _check_open(self, op: str, offset: int, length: int) -> None:
+        if self.closed:
+            raise StorageError(self.path, op, offset, length, "storage is closed")
 
     async def read(self, offset: int, length: int) -> bytes:
         check_range(self.path, "read", self.sector_size, self.size, offset, length)
         await anyio.lowlevel.checkpoint()
+        self._check_open("read", offset, length)
         self.stats.reads += 1
         self.stats.read_bytes += length
         return bytes(self.data[offset : offset + length])
@@ -49,12 +55,14 @@ class MemoryStorage:
     async def write(self, offset: int, data: bytes) -> None:
         check_range(self.path, "write", self.sector_size, self.size, offset, len(data))
         await anyio.lowlevel.checkpoint()
+        self._check_open("write", offset, len(data))
         self.data[offset : offset + len(data)] = data
         self.stats.writes += 1
         self.stats.write_bytes += len(data)
 
     async def close(self) -> None:
-        return None
+        """Later I/O fails with StorageError, as on a closed DirectStorage (idempotent)."""
+        self.closed = True
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ in the ``*_subjects`` helper modules; the real ones are marked ``slow``)."""
 
 from __future__ import annotations
 
+from tests.conformance.sector_subjects import sector_storage
 from tests.conformance.volume_subjects import volume_subject
 
-__all__ = ["volume_subject"]
+__all__ = ["sector_storage", "volume_subject"]
