@@ -260,7 +260,11 @@ class MemoryHypervisor:
 
 
 class MemoryExtender:
-    """Extends MemoryVolumes; can be told to fail or to hold requests until released."""
+    """Extends MemoryVolumes; can be told to fail or to hold requests until released.
+
+    Without those test controls it passes the Extender conformance suite
+    (``tests/conformance/test_extender.py``) like the local and mailbox extenders.
+    """
 
     def __init__(self, volumes: MemoryVolumes) -> None:
         self.volumes = volumes
@@ -274,5 +278,10 @@ class MemoryExtender:
             await self.gate.wait()
         if self.fail_with is not None:
             return ExtendOutcome(self.fail_with, 0, "injected failure")
-        result = await self.volumes.extend(volume, size)
+        try:
+            result = await self.volumes.extend(volume, size)
+        except VolumeNotFound as exc:
+            return ExtendOutcome(OutcomeKind.REJECTED, 0, str(exc), code="not_found")
+        except VolumeSpaceError as exc:
+            return ExtendOutcome(OutcomeKind.FAILED, 0, str(exc), code="vg_full")
         return ExtendOutcome(OutcomeKind.OK, result.size)

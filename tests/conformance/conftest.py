@@ -3,7 +3,8 @@ in the ``*_subjects`` helper modules; the real ones are marked ``slow``)."""
 
 from __future__ import annotations
 
+from tests.conformance.extender_subjects import extender_subject
 from tests.conformance.sector_subjects import sector_storage
 from tests.conformance.volume_subjects import volume_subject
 
-__all__ = ["sector_storage", "volume_subject"]
+__all__ = ["extender_subject", "sector_storage", "volume_subject"]
