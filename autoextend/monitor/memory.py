@@ -229,7 +229,10 @@ class MemoryHypervisor:
     async def set_threshold(self, vm: str, drive: DriveInfo, threshold: int) -> None:
         if self.fail_set_threshold:
             raise HypervisorError("set_threshold failed (injected)")
-        self._vm(vm).drives[drive.drive].threshold = threshold
+        found = self._vm(vm).drives.get(drive.drive)
+        if found is None:  # as QEMU and libvirt refuse a node they do not have
+            raise HypervisorError(f"{vm}: no drive {drive.drive}")
+        found.threshold = threshold
         self.thresholds.append((vm, drive.drive, threshold))
 
     async def run_state(self, vm: str) -> RunState:
