@@ -213,7 +213,13 @@ class QmpDriver(Driver):
 
 
 def guestless_domain_xml(name: str, device: str, workdir: Path, guest: GuestImage) -> str:
-    """A lab domain (q35, TCG, the drive as vda with the ENOSPC policy) without a kernel."""
+    """A lab domain (q35, TCG, the ENOSPC policy) without a kernel, its drive on SATA.
+
+    SATA rather than virtio: HMP ``qemu-io -d <qdev id>`` needs the device that owns the
+    block backend, and a virtio-blk-pci proxy does not (its inner virtio device, without an
+    id, does); a write through another backend on the node would conflict with the device's
+    write permission.
+    """
 
     root = ET.fromstring(domain_xml(name, guest, [device], cmdline="",
                                     serial_log=workdir / f"{name}.serial", memory_mib=64))
@@ -222,6 +228,10 @@ def guestless_domain_xml(name: str, device: str, workdir: Path, guest: GuestImag
     for tag in ("kernel", "initrd", "cmdline"):
         for element in os_el.findall(tag):
             os_el.remove(element)
+    target = root.find("devices/disk/target")
+    assert target is not None
+    target.set("dev", "sda")
+    target.set("bus", "sata")
     return ET.tostring(root, encoding="unicode")
 
 
@@ -259,9 +269,11 @@ class LibvirtDriver(Driver):
     async def write(self, name: str, nbytes: int) -> None:
 
         dom = await self._dom(name)
+        alias = ET.fromstring(await self._call(dom.XMLDesc, 0)).find("devices/disk/alias")
+        assert alias is not None, "libvirt gave the disk no alias"
         out = await self._call(
             libvirt_qemu.qemuMonitorCommand, dom,
-            f'qemu-io -d virtio-disk0 "write -P 0x5a 0 {nbytes}"',
+            f'qemu-io -d {alias.get("name")} "write -P 0x5a 0 {nbytes}"',
             libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
         _check_qemu_io(out)
 
