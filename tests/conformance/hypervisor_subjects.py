@@ -47,7 +47,7 @@ from autoextend.monitor.protocols import (
 from autoextend.qmp.hypervisor import QmpHypervisor
 from autoextend.volumes import VolumeRef
 from tests.libvirt_backend.harness import fast_settings as libvirt_settings
-from tests.qmp.qmp_testlab import DriveSpec, QemuLab, qemu_lab
+from tests.qmp.qmp_testlab import DriveSpec, Qemu, QemuLab, Volume, qemu_lab
 from tests.qmp.qmp_testlab import fast_settings as qmp_settings
 
 MiB = 1 << 20
@@ -184,7 +184,7 @@ class QmpDriver(Driver):
         super().__init__()
         self.lab = lab
         self.hypervisor = QmpHypervisor(qmp_settings(lab), loop_lookup, MonotonicClock())
-        self.vms: dict[str, tuple[Any, Any]] = {}  # name -> (Qemu, Volume)
+        self.vms: dict[str, tuple[Qemu, Volume]] = {}
 
     async def _start(self, name: str) -> Expected:
 

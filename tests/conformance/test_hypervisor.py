@@ -8,7 +8,7 @@ that is not there, a plain ``HypervisorError`` for a bad call on one that is).""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -112,7 +112,7 @@ async def test_every_call_on_an_unknown_vm_raises_the_neutral_vm_not_found(
         await driver.add_vm(vm)
         (drive,) = await hv.drives(vm)
         other = f"{vm}-absent"
-        calls = {
+        calls: dict[str, Callable[[], Awaitable[object]]] = {
             "drives": lambda: hv.drives(other),
             "set_threshold": lambda: hv.set_threshold(other, drive, 4 * MiB),
             "run_state": lambda: hv.run_state(other),
