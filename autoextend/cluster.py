@@ -31,7 +31,7 @@ from anyio.abc import TaskStatus
 
 from autoextend import startup
 from autoextend.clock import Clock
-from autoextend.directio import SectorStorage, StorageError, open_storage
+from autoextend.directio import open_storage
 from autoextend.errors import AutoextendError, ConfigError, NotSpmError, StartupError
 from autoextend.lease.config import LeaseSettings
 from autoextend.lease.liveness import HostState
@@ -39,6 +39,7 @@ from autoextend.lease.service import LeaseService
 from autoextend.logs import get_logger
 from autoextend.monitor.policy import backoff
 from autoextend.monitor.protocols import ExtendOutcome
+from autoextend.sectors import SectorStorage, StorageError
 from autoextend.spm.config import MailboxSettings, mailbox_base
 from autoextend.spm.extender import MailboxExtender
 from autoextend.spm.host import HostMailbox

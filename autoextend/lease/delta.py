@@ -16,7 +16,6 @@ import random
 from dataclasses import replace
 
 from autoextend.clock import Clock
-from autoextend.directio import SectorStorage
 from autoextend.lease.errors import HostIdBusy, HostIdLost, NotFormatted, RecordError
 from autoextend.lease.format import (
     MAX_GENERATION,
@@ -29,6 +28,7 @@ from autoextend.lease.layout import LeaseLayout
 from autoextend.lease.liveness import HostMonitor
 from autoextend.lease.timeouts import LeaseTimeouts
 from autoextend.logs import get_logger
+from autoextend.sectors import SectorStorage
 
 
 def _us(seconds: float) -> int:

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from autoextend.clock import Clock
-from autoextend.directio import IoTimeout, SectorStorage, StorageError, UnalignedIoError
 from autoextend.lease.ballot import (
     BlockView,
     Value,
@@ -59,6 +58,7 @@ from autoextend.lease.format import (
 from autoextend.lease.layout import PAXOS_FIRST_DBLOCK_SECTOR, LeaseLayout
 from autoextend.lease.timeouts import LeaseTimeouts
 from autoextend.logs import get_logger
+from autoextend.sectors import IoTimeout, SectorStorage, StorageError, UnalignedIoError
 
 
 @dataclass

@@ -25,7 +25,6 @@ import anyio
 from anyio.abc import TaskStatus
 
 from autoextend.clock import Clock
-from autoextend.directio import SectorStorage, StorageError
 from autoextend.errors import NotSpmError
 from autoextend.lease.config import LeaseSettings
 from autoextend.lease.delta import DeltaLease
@@ -37,6 +36,7 @@ from autoextend.lease.paxos import PaxosLease
 from autoextend.lease.timeouts import LeaseTimeouts, lease_timeouts
 from autoextend.lease.watchdog import NullWatchdog, Watchdog
 from autoextend.logs import get_logger
+from autoextend.sectors import SectorStorage, StorageError
 
 
 class SpmTerm:

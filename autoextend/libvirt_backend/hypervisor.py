@@ -52,6 +52,7 @@ from autoextend.monitor.migration import MigrationInfo
 from autoextend.monitor.protocols import (
     DriveInfo,
     HypervisorEvent,
+    HypervisorHealth,
     RunState,
     VmAppeared,
     VmGone,
@@ -106,6 +107,11 @@ class LibvirtHypervisor:
         if self.connected or self._connect_error is None:
             return None
         return f"libvirt {self.uri} cannot be reached (retrying): {self._connect_error}"
+
+    def health(self) -> HypervisorHealth:
+        """Implements :class:`~autoextend.monitor.protocols.ReportsHealth` (libvirt events
+        carry no data to validate: ``malformed_events`` stays 0)."""
+        return HypervisorHealth(self.session_failures, 0, self.watch_problem())
 
     # ------------------------------------------------------------------ protocol
 

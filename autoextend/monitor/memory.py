@@ -22,6 +22,7 @@ from autoextend.monitor.protocols import (
     EnospcError,
     ExtendOutcome,
     HypervisorEvent,
+    HypervisorHealth,
     MigrationChanged,
     OutcomeKind,
     PauseReason,
@@ -29,32 +30,93 @@ from autoextend.monitor.protocols import (
     ThresholdCrossed,
     VmAppeared,
     VmGone,
+    VmNotFound,
     VmPaused,
     VmResumed,
 )
-from autoextend.volumes import ExtendResult, VolumeRef
+from autoextend.volumes import (
+    ExtendResult,
+    LocalAuthority,
+    NoAuthority,
+    SpmAuthority,
+    VolumeExists,
+    VolumeNotFound,
+    VolumeRef,
+    VolumeSpaceError,
+)
 
 
 class MemoryVolumes:
-    """Volume sizes by reference; ``extend`` never shrinks."""
+    """Volume sizes by reference: an in-memory :class:`~autoextend.volumes.VolumeBackend`.
 
-    def __init__(self) -> None:
+    It passes the same conformance suite as the lvm and loop backends
+    (``tests/conformance/test_volume_backend.py``): sizes round up to ``extent_size``
+    (1 byte by default: exact sizes), ``extend`` never shrinks, a missing volume raises
+    :class:`~autoextend.volumes.VolumeNotFound`, a VG given a capacity
+    (:meth:`set_vg_capacity`) runs out of space, and a view without the authority to write
+    (:meth:`host_side`) cannot extend. There are no block devices: every host sees the
+    metadata size at once, so ``refresh`` only reads it.
+    """
+
+    def __init__(self, *, extent_size: int = 1, authority: SpmAuthority | None = None) -> None:
         self.sizes: dict[VolumeRef, int] = {}
+        self.capacities: dict[str, int] = {}  # VG -> bytes; a VG without one is unlimited
+        self.extent_size = extent_size
+        self.authority: SpmAuthority = authority or LocalAuthority()
         self.extend_calls: list[tuple[VolumeRef, int]] = []
+
+    def host_side(self) -> MemoryVolumes:
+        """The same volumes seen by a host that may not write metadata (not the SPM)."""
+        view = MemoryVolumes(extent_size=self.extent_size, authority=NoAuthority())
+        view.sizes, view.capacities = self.sizes, self.capacities
+        return view
+
+    def _rounded(self, size: int) -> int:
+        return -(-size // self.extent_size) * self.extent_size
+
+    def _current(self, volume: VolumeRef) -> int:
+        try:
+            return self.sizes[volume]
+        except KeyError:
+            raise VolumeNotFound(str(volume)) from None
+
+    async def create(self, volume: VolumeRef, size: int) -> None:
+        self.authority.check()
+        if volume in self.sizes:
+            raise VolumeExists(str(volume))
+        self.sizes[volume] = self._rounded(size)
+
+    async def set_vg_capacity(self, vg: str, size: int | None) -> None:
+        if size is None:
+            self.capacities.pop(vg, None)
+        else:
+            self.capacities[vg] = size
+
+    async def free_bytes(self, vg: str) -> int | None:
+        capacity = self.capacities.get(vg)
+        if capacity is None:
+            return None
+        return capacity - sum(size for ref, size in self.sizes.items() if ref.vg == vg)
 
     async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
         self.extend_calls.append((volume, size))
-        current = self.sizes[volume]
-        if size <= current:
+        self.authority.check()
+        current = self._current(volume)
+        target = self._rounded(size)
+        if target <= current:
             return ExtendResult(current, False)
-        self.sizes[volume] = size
-        return ExtendResult(size, True)
+        free = await self.free_bytes(volume.vg)
+        if free is not None and target - current > free:
+            raise VolumeSpaceError(f"VG {volume.vg}: {free} bytes free, {volume} needs "
+                                   f"{target - current} more")
+        self.sizes[volume] = target
+        return ExtendResult(target, True)
 
     async def refresh(self, volume: VolumeRef) -> int:
-        return self.sizes[volume]
+        return self._current(volume)
 
     async def size(self, volume: VolumeRef) -> int:
-        return self.sizes[volume]
+        return self._current(volume)
 
     def lookup(self, path: str) -> VolumeRef | None:
         vg, _, lv = path.removeprefix("/dev/").partition("/")
@@ -63,6 +125,9 @@ class MemoryVolumes:
 
     def device_path(self, volume: VolumeRef) -> str:
         return f"/dev/{volume.vg}/{volume.lv}"
+
+    async def aclose(self) -> None:
+        return None
 
 
 @dataclass
@@ -96,6 +161,7 @@ class MemoryHypervisor:
         self.fail_set_threshold = False
         #: Per VM, what ``migration()`` answers (absent: not migrating).
         self.migrations: dict[str, MigrationInfo] = {}
+        self.problem: str | None = None  # what health() reports as the current problem
         self._events: MemoryObjectSendStream[HypervisorEvent] | None = None
 
     # --- test controls
@@ -174,7 +240,7 @@ class MemoryHypervisor:
         try:
             return self.vms[vm]
         except KeyError:
-            raise HypervisorError(f"no such vm {vm}") from None
+            raise VmNotFound(vm) from None
 
     async def migration(self, vm: str) -> MigrationInfo:
         self._vm(vm)
@@ -197,7 +263,10 @@ class MemoryHypervisor:
     async def set_threshold(self, vm: str, drive: DriveInfo, threshold: int) -> None:
         if self.fail_set_threshold:
             raise HypervisorError("set_threshold failed (injected)")
-        self._vm(vm).drives[drive.drive].threshold = threshold
+        found = self._vm(vm).drives.get(drive.drive)
+        if found is None:  # as QEMU and libvirt refuse a node they do not have
+            raise HypervisorError(f"{vm}: no drive {drive.drive}")
+        found.threshold = threshold
         self.thresholds.append((vm, drive.drive, threshold))
 
     async def run_state(self, vm: str) -> RunState:
@@ -227,9 +296,18 @@ class MemoryHypervisor:
     def volume_of(self, drive: DriveInfo) -> VolumeRef | None:
         return self.volumes.lookup(drive.path)
 
+    # --- optional capability: ReportsHealth
+
+    def health(self) -> HypervisorHealth:
+        return HypervisorHealth(problem=self.problem)
+
 
 class MemoryExtender:
-    """Extends MemoryVolumes; can be told to fail or to hold requests until released."""
+    """Extends MemoryVolumes; can be told to fail or to hold requests until released.
+
+    Without those test controls it passes the Extender conformance suite
+    (``tests/conformance/test_extender.py``) like the local and mailbox extenders.
+    """
 
     def __init__(self, volumes: MemoryVolumes) -> None:
         self.volumes = volumes
@@ -254,5 +332,10 @@ class MemoryExtender:
             grown = max(size, self.metadata.get(volume, 0), self.volumes.sizes[volume])
             self.metadata[volume] = grown
             return ExtendOutcome(OutcomeKind.OK, grown, refreshed=False)
-        result = await self.volumes.extend(volume, size)
+        try:
+            result = await self.volumes.extend(volume, size)
+        except VolumeNotFound as exc:
+            return ExtendOutcome(OutcomeKind.REJECTED, 0, str(exc), code="not_found")
+        except VolumeSpaceError as exc:
+            return ExtendOutcome(OutcomeKind.FAILED, 0, str(exc), code="vg_full")
         return ExtendOutcome(OutcomeKind.OK, result.size)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
+from autoextend.errors import HypervisorError
 from autoextend.volumes import VolumeRef
 
 
@@ -154,11 +155,61 @@ HypervisorEvent = (
 )
 
 
+# Neutral errors: what every hypervisor backend raises (or subclasses), fakes included.
+
+
+class VmNotFound(HypervisorError):
+    """The hypervisor has no such VM now: never seen, gone, shut off, or not connected.
+
+    Backends subclass it (``qmp.errors.VmNotFound``, ``libvirt_backend.errors.VmNotFound``)
+    to add what they know (the command or call); ``vm`` names the VM.
+    """
+
+    def __init__(self, vm: str, detail: str = "no such VM") -> None:
+        self.vm = vm
+        super().__init__(f"{vm}: {detail}")
+
+
+class HypervisorDisconnected(HypervisorError):
+    """The backend has no usable connection right now (QMP socket or libvirtd lost); the
+    call may succeed after a reconnect."""
+
+
+@dataclass(frozen=True)
+class HypervisorHealth:
+    """What a backend counts at its edge, for metrics and ``status``.
+
+    ``session_failures``: VM sessions or calls ended by a bad reply or an unexpected error;
+    ``malformed_events``: events dropped because their data failed validation; ``problem``:
+    why nothing can be watched right now (no socket matches, libvirtd unreachable), or None.
+    """
+
+    session_failures: int = 0
+    malformed_events: int = 0
+    problem: str | None = None
+
+
+@runtime_checkable
+class ReportsHealth(Protocol):
+    """Optional hypervisor capability: counters and a current problem (see
+    :class:`HypervisorHealth`). The service checks it with ``isinstance``; a hypervisor
+    without it reports a healthy, all-zero :class:`HypervisorHealth`."""
+
+    def health(self) -> HypervisorHealth: ...
+
+
+def health_of(hypervisor: object) -> HypervisorHealth:
+    """``hypervisor.health()`` when it reports health, else all zeros and no problem."""
+    return hypervisor.health() if isinstance(hypervisor, ReportsHealth) else HypervisorHealth()
+
+
 class Hypervisor(Protocol):
     """A source of drive events and the calls the monitor makes back.
 
     All methods raise :class:`~autoextend.errors.HypervisorError` (or a subclass) on failure;
-    ``VmNotFound`` when the VM is gone.
+    :class:`VmNotFound` (or a subclass) when the VM is not there, and
+    :class:`HypervisorDisconnected` (or a subclass) when the backend has no connection.
+    Every implementation passes ``tests/conformance/test_hypervisor.py``.
     """
 
     async def run(

@@ -32,6 +32,7 @@ from autoextend.monitor.migration import MigrationInfo
 from autoextend.monitor.protocols import (
     DriveInfo,
     HypervisorEvent,
+    HypervisorHealth,
     RunState,
     VmAppeared,
     VmGone,
@@ -179,6 +180,11 @@ class QmpHypervisor:
         if not self._watchers:
             return f"no QMP socket matches {self.settings.socket_glob}"
         return None
+
+    def health(self) -> HypervisorHealth:
+        """Implements :class:`~autoextend.monitor.protocols.ReportsHealth`."""
+        return HypervisorHealth(self.session_failures, self.malformed_events,
+                                self.watch_problem())
 
     def _session(self, vm: str, command: str) -> VmSession:
         session = self._sessions.get(vm)

@@ -8,15 +8,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from autoextend.directio import (
-    DirectStorage,
-    IoTimeout,
-    MemoryStorage,
-    StorageError,
-    UnalignedIoError,
-    open_storage,
-)
+from autoextend.directio import DirectStorage, open_storage
 from autoextend.lab.waiting import until
+from autoextend.sectorfakes import MemoryStorage
+from autoextend.sectors import IoTimeout, StorageError, UnalignedIoError
 
 
 @pytest.mark.parametrize("sector", [512, 4096])

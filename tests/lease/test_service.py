@@ -9,11 +9,12 @@ import anyio
 import pytest
 
 from autoextend.clock import ManualClock, MonotonicClock
-from autoextend.directio import MemoryStorage, StorageError
 from autoextend.errors import NotSpmError
 from autoextend.lab.waiting import until
 from autoextend.lease.liveness import HostState
 from autoextend.lease.service import LeaseService
+from autoextend.sectorfakes import MemoryStorage
+from autoextend.sectors import StorageError
 
 from .helpers import MAX_HOSTS, T, W, memory_area, settings
 

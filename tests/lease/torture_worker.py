@@ -27,12 +27,14 @@ import anyio
 
 from autoextend import logs
 from autoextend.clock import MonotonicClock
-from autoextend.directio import FaultPlan, FaultyStorage, StorageError, open_storage
+from autoextend.directio import open_storage
 from autoextend.errors import NotSpmError
 from autoextend.lease.config import LeaseSettings
 from autoextend.lease.errors import LeaseError
 from autoextend.lease.service import LeaseService
 from autoextend.lease.watchdog import DeadlineFileWatchdog
+from autoextend.sectorfakes import FaultPlan, FaultyStorage
+from autoextend.sectors import StorageError
 
 CHECK_OFFSET = 6 << 20
 CHECK_SIZE = 4096  # one page: a whole sector at 512 B and at 4 KiB

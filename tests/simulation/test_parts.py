@@ -8,7 +8,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from autoextend.directio import IoTimeout, StorageError
+from autoextend.sectors import IoTimeout, StorageError
 from sim import vloop
 from sim.disk import HostStorage, SimDisk
 

@@ -9,10 +9,11 @@ from structlog.testing import capture_logs
 
 from autoextend.clock import MonotonicClock
 from autoextend.cluster import ClusterAgent
-from autoextend.directio import FaultPlan, FaultyStorage, MemoryStorage, StorageError
 from autoextend.lab.waiting import until
 from autoextend.lease.errors import NotFormatted
 from autoextend.lease.layout import LEASE_AREA_SIZE
+from autoextend.sectorfakes import FaultPlan, FaultyStorage, MemoryStorage
+from autoextend.sectors import StorageError
 from tests.lease.helpers import T, memory_area, settings
 
 from .fakes import FAST

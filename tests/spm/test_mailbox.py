@@ -9,9 +9,9 @@ from anyio.abc import TaskStatus
 from structlog.testing import capture_logs
 
 from autoextend.clock import ManualClock
-from autoextend.directio import MemoryStorage
 from autoextend.errors import NotSpmError
 from autoextend.lab.waiting import until
+from autoextend.sectorfakes import MemoryStorage
 from autoextend.spm.errors import MailboxClosed, MailboxTimeout
 from autoextend.spm.host import CLEAR_DELAY_S, HostMailbox
 from autoextend.spm.layout import MailboxLayout
