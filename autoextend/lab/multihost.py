@@ -252,6 +252,7 @@ class Pool:
     hosts: dict[int, HostProcess] = field(default_factory=dict)
     guests: dict[str, PoolGuest] = field(default_factory=dict)
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+    sanlock_daemons: dict[int, SanlockDaemon] = field(default_factory=dict)
 
     @property
     def metadata(self) -> Path:
@@ -338,7 +339,7 @@ async def pool(
         volumes = LoopVolumeBackend(str(directory / "volumes"), 4 * MiB, LocalAuthority())
         the_pool = Pool(directory, image, volumes)
         async with the_pool.stack:
-            daemons: dict[int, SanlockDaemon] = {}
+            daemons = the_pool.sanlock_daemons
             if engine == "sanlock":
                 shim = await build_shim(directory)
                 for host_id in range(1, hosts + 1):

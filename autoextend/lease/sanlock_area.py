@@ -64,17 +64,14 @@ async def dump_sanlock(settings: LeaseSettings, sector_size: int) -> dict[str, A
         with anyio.CancelScope(shield=True):
             await storage.close()
     hosts: list[dict[str, Any]] = []
-    for index in range(AREA // ss):
-        rec = parse_leader(lockspace[index * ss:(index + 1) * ss])
+    for index in range(2000 if ss == 512 else 250):  # a 1 MiB lockspace's host slots
+        raw = lockspace[index * ss:(index + 1) * ss]
+        rec = parse_leader(raw)
         host = index + 1
         if rec["magic"] != DELTA_MAGIC:
-            if index == 0 or any(lockspace[index * ss:(index + 1) * ss]):
+            if index == 0 or any(raw):
                 hosts.append({"host_id": host, "error": f"bad magic {rec['magic']:#010x}"})
-            if index == 0:
-                break
             continue
-        if index >= rec["max_hosts"] > 0:
-            break
         hosts.append({
             "host_id": host, "state": "free" if rec["timestamp"] == 0 else "held",
             "host_name": rec["resource_name"], "generation": rec["owner_generation"],
