@@ -85,6 +85,16 @@ def missing_tools() -> list[str]:
     return [tool for tool in TOOLS if shutil.which(tool) is None]
 
 
+def unavailable() -> str | None:
+    """Why no lab sanlock daemon can run on this machine (None: it can)."""
+    if os.geteuid() != 0:
+        return "the sanlock daemon needs root (mount namespaces, /run/sanlock)"
+    missing = missing_tools()
+    if missing:
+        return f"missing {', '.join(missing)} (apt-get install sanlock gcc util-linux)"
+    return None
+
+
 async def build_shim(directory: Path) -> Path:
     """Compile the setrlimit shim into ``directory``."""
     source = directory / "sanlock_shim.c"

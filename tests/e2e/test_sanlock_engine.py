@@ -18,16 +18,16 @@ import pytest
 
 from autoextend.lab import proc
 from autoextend.lab.multihost import SANLOCK_TIMEOUTS, Pool, pool
-from autoextend.lab.sanlockd import missing_tools
+from autoextend.lab.sanlockd import unavailable
 
 pytestmark = pytest.mark.slow
 T = SANLOCK_TIMEOUTS["io_timeout_s"]
 
 
 def need_sanlock() -> None:
-    missing = missing_tools()
-    if missing:
-        pytest.skip(f"the sanlock daemon cannot run here: missing {', '.join(missing)}")
+    reason = unavailable()
+    if reason:
+        pytest.skip(f"the sanlock daemon cannot run here: {reason}")
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -56,9 +56,23 @@ def events(p: Pool, host_id: int, name: str) -> list[dict[str, Any]]:
     return [e for e in p.hosts[host_id].log_events() if e.get("event") == name]
 
 
+def other_engine_config(p: Pool, directory: Path, engine: str) -> Path:
+    """Host 1's config turned into a third host's with lease.engine = ``engine``."""
+    config = p.hosts[1].config.read_text()
+    host_dir = directory / f"{engine}-host"
+    host_dir.mkdir()
+    path = host_dir / "autoextend.toml"
+    path.write_text(config.replace('engine = "sanlock"', f'engine = "{engine}"')
+                    .replace('engine = "native"', f'engine = "{engine}"')
+                    .replace("host_id = 1", "host_id = 3")
+                    .replace(str(p.hosts[1].directory), str(host_dir))
+                    .replace("enabled = true", "enabled = false"))
+    return path
+
+
 async def test_sanlock_pool_dump_status_crash_takeover_and_fence(lab_tmp_path: Path) -> None:
     """Two hosts, two daemons. The SPM's lease is on disk (``lease dump``) and in ``spm
-    status``; a SIGKILLed SPM process loses the lease at once (its daemon releases it) and
+    status``; a host configured for the native engine refuses the pool; a SIGKILLed SPM process loses the lease at once (its daemon releases it) and
     the other host takes over with a higher lver; the restarted host rejoins; an SPM whose
     daemon stops renewing fences itself (scope cancelled) before 8T have passed."""
     need_sanlock()
@@ -89,6 +103,16 @@ async def test_sanlock_pool_dump_status_crash_takeover_and_fence(lab_tmp_path: P
         assert shown.returncode == 0 and f"SPM: host {spm} (lver {lver})" in shown.stdout
         assert "lease engine sanlock" in shown.stdout
 
+        # A host configured for the native engine refuses this pool: one line, exit 1.
+        run = await anyio.to_thread.run_sync(
+            lambda: cli(other_engine_config(p, lab_tmp_path, "native"), "run"))
+        assert run.returncode == 1, run.stderr
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+        assert 'formatted for lease.engine = "sanlock"' in lines[0]
+        assert 'configured for lease.engine = "native"' in lines[0]
+        assert await p.spm_host() == spm  # the pool goes on
+
         # The SPM process dies: its daemon releases the resource, the other host takes over
         # within a few acquire polls (no 8T + W wait: the host itself is alive).
         await p.hosts[spm].kill()
@@ -118,36 +142,37 @@ async def test_sanlock_pool_dump_status_crash_takeover_and_fence(lab_tmp_path: P
             os.kill(daemon.pid, signal.SIGCONT)
 
 
-async def test_native_and_sanlock_hosts_refuse_to_share_a_pool(lab_tmp_path: Path) -> None:
+async def test_a_sanlock_host_refuses_a_native_pool(lab_tmp_path: Path) -> None:
     """The engine recorded by ``lease init`` stops a host configured for the other engine at
-    start, with one line and exit 1, while the pool's hosts go on."""
-    need_sanlock()
-    async with pool(1, directory=lab_tmp_path, engine="sanlock") as p:
-        spm = await p.wait_for_spm(timeout_s=60)
-        config = p.hosts[1].config.read_text()
-        native_dir = lab_tmp_path / "native-host"
-        native_dir.mkdir()
-        native = native_dir / "autoextend.toml"
-        native.write_text(config.replace('engine = "sanlock"', 'engine = "native"')
-                          .replace("host_id = 1", "host_id = 2")
-                          .replace(str(p.hosts[1].directory), str(native_dir))
-                          .replace("enabled = true", "enabled = false"))
-        run = await anyio.to_thread.run_sync(lambda: cli(native, "run"))
-        assert run.returncode == 1, run.stderr
-        lines = run.stderr.strip().splitlines()
-        assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
-        assert 'formatted for lease.engine = "sanlock"' in lines[0]
-        assert 'configured for lease.engine = "native"' in lines[0]
-        assert await p.spm_host() == spm
-
-    # The other way round: a sanlock host on a native pool (no daemon needed to refuse).
-    meta = lab_tmp_path / "native-meta"
+    start (before it talks to any daemon), with one line and exit 1."""
+    meta = lab_tmp_path / "metadata"
     await anyio.to_thread.run_sync(lambda: meta.write_bytes(bytes(16 << 20)))
     await proc.run([sys.executable, "-m", "autoextend", "lease", "init", "--path", str(meta),
                     "--max-hosts", "16", "--yes"])
     cfg = lab_tmp_path / "sanlock.toml"
-    cfg.write_text(config.replace(str(p.directory / "metadata"), str(meta))
-                   .replace("enabled = true", "enabled = false"))
+    cfg.write_text(f"""\
+[service]
+hypervisor = "qmp"
+extender = "mailbox"
+control_socket = "{lab_tmp_path}/control.sock"
+[qmp]
+socket_glob = "{lab_tmp_path}/qmp/*.sock"
+[volumes]
+backend = "loop"
+loop_root = "{lab_tmp_path}/volumes"
+[lvm]
+vgs = ["demo"]
+[lease]
+engine = "sanlock"
+path = "{meta}"
+host_id = 1
+max_hosts = 16
+io_timeout_s = 2.0
+[mailbox]
+max_hosts = 16
+""")
     run = await anyio.to_thread.run_sync(lambda: cli(cfg, "run"))
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
-    assert 'formatted for lease.engine = "native"' in run.stderr.strip().splitlines()[-1]
+    line = run.stderr.strip().splitlines()[-1]
+    assert 'formatted for lease.engine = "native"' in line
+    assert 'configured for lease.engine = "sanlock"' in line
