@@ -29,6 +29,7 @@ host_dead, 8T + W (140..210 s at sanlock's defaults).
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -39,7 +40,7 @@ from typing import TypeVar
 import anyio
 
 from autoextend.clock import Clock
-from autoextend.errors import NotSpmError
+from autoextend.errors import AutoextendError, NotSpmError, StartupError
 from autoextend.lease import sanlock_lib as sl
 from autoextend.lease.config import LeaseSettings
 from autoextend.lease.errors import LeaseError
@@ -195,7 +196,17 @@ class SanlockEngine:
     async def _join(self) -> None:
         started = self.clock.now()
         mono = time.monotonic()
-        rv = await self._call(lambda: sl.add_lockspace(self._ls, self.io_timeout, wait=True))
+        try:
+            rv = await self._call(lambda: sl.add_lockspace(self._ls, self.io_timeout,
+                                                           wait=True))
+        except sl.SanlockError as err:
+            if err.rv in (-errno.ENOENT, -errno.ECONNREFUSED):
+                run_dir = os.environ.get("SANLOCK_RUN_DIR", "/run/sanlock")
+                raise StartupError("lease.engine sanlock",
+                                   f"no sanlock daemon answers on {run_dir}/sanlock.sock "
+                                   "(start it: systemctl start sanlock)") from None
+            raise StartupError(f"sanlock lockspace {self.lockspace_name!r} on {self.path}",
+                               str(err)) from None
         if rv == 0:
             # The delta lease was written after the call started: a lower bound.
             self._own_ts = int(mono)
@@ -273,7 +284,7 @@ class SanlockEngine:
             if not self._joined.is_set():
                 try:
                     await self._rejoin()
-                except (sl.SanlockError, LeaseError, OSError) as err:
+                except (AutoextendError, OSError) as err:
                     self.log.warning("sanlock rejoin failed", error=str(err))
                     await self.clock.sleep(self._timeouts.acquire_poll)
                     continue

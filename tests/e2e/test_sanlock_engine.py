@@ -142,28 +142,22 @@ async def test_sanlock_pool_dump_status_crash_takeover_and_fence(lab_tmp_path: P
             os.kill(daemon.pid, signal.SIGCONT)
 
 
-async def test_a_sanlock_host_refuses_a_native_pool(lab_tmp_path: Path) -> None:
-    """The engine recorded by ``lease init`` stops a host configured for the other engine at
-    start (before it talks to any daemon), with one line and exit 1."""
-    meta = lab_tmp_path / "metadata"
-    await anyio.to_thread.run_sync(lambda: meta.write_bytes(bytes(16 << 20)))
-    await proc.run([sys.executable, "-m", "autoextend", "lease", "init", "--path", str(meta),
-                    "--max-hosts", "16", "--yes"])
-    cfg = lab_tmp_path / "sanlock.toml"
+def host_toml(directory: Path, meta: Path, engine: str) -> Path:
+    cfg = directory / f"{engine}.toml"
     cfg.write_text(f"""\
 [service]
 hypervisor = "qmp"
 extender = "mailbox"
-control_socket = "{lab_tmp_path}/control.sock"
+control_socket = "{directory}/control.sock"
 [qmp]
-socket_glob = "{lab_tmp_path}/qmp/*.sock"
+socket_glob = "{directory}/qmp/*.sock"
 [volumes]
 backend = "loop"
-loop_root = "{lab_tmp_path}/volumes"
+loop_root = "{directory}/volumes"
 [lvm]
 vgs = ["demo"]
 [lease]
-engine = "sanlock"
+engine = "{engine}"
 path = "{meta}"
 host_id = 1
 max_hosts = 16
@@ -171,8 +165,37 @@ io_timeout_s = 2.0
 [mailbox]
 max_hosts = 16
 """)
+    return cfg
+
+
+async def formatted(directory: Path, engine: str) -> Path:
+    meta = directory / "metadata"
+    await anyio.to_thread.run_sync(lambda: meta.write_bytes(bytes(16 << 20)))
+    await proc.run([sys.executable, "-m", "autoextend", "lease", "init", "--path", str(meta),
+                    "--max-hosts", "16", "--engine", engine, "--yes"])
+    return meta
+
+
+async def test_a_sanlock_host_refuses_a_native_pool(lab_tmp_path: Path) -> None:
+    """The engine recorded by ``lease init`` stops a host configured for the other engine at
+    start (before it talks to any daemon), with one line and exit 1."""
+    cfg = host_toml(lab_tmp_path, await formatted(lab_tmp_path, "native"), "sanlock")
     run = await anyio.to_thread.run_sync(lambda: cli(cfg, "run"))
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
     line = run.stderr.strip().splitlines()[-1]
     assert 'formatted for lease.engine = "native"' in line
     assert 'configured for lease.engine = "sanlock"' in line
+
+
+async def test_a_sanlock_host_without_a_daemon_says_so_in_one_line(lab_tmp_path: Path) -> None:
+    """``lease init`` formats the sanlock leases without a daemon (libsanlock's direct
+    calls); ``run`` then needs one and names the socket it tried."""
+    need_sanlock()
+    cfg = host_toml(lab_tmp_path, await formatted(lab_tmp_path, "sanlock"), "sanlock")
+    env = {**os.environ, "SANLOCK_RUN_DIR": str(lab_tmp_path / "no-daemon")}
+    run = await anyio.to_thread.run_sync(lambda: subprocess.run(
+        [sys.executable, "-m", "autoextend", "--config", str(cfg), "run"], env=env,
+        capture_output=True, text=True, check=False, timeout=60))
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no sanlock daemon answers on" in lines[0], run.stderr
