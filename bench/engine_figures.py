@@ -27,10 +27,19 @@ ROUNDS = 30
 
 
 async def engine_free_acquire(a: SanlockHost, cluster: Cluster) -> dict[str, Any]:
-    os.environ["SANLOCK_RUN_DIR"] = a.daemon.run_dir  # libsanlock reads it on first use
     path = str(cluster.path)
     res = sl.resource("LS", "SPM", path, sl_offset(cluster), 512)
-    sock = await anyio.to_thread.run_sync(sl.register)
+    # libsanlock reads SANLOCK_RUN_DIR once, at its first connection; restore the variable at
+    # once so that the processes started later (host B's clients) do not inherit it.
+    before = os.environ.get("SANLOCK_RUN_DIR")
+    os.environ["SANLOCK_RUN_DIR"] = a.daemon.run_dir
+    try:
+        sock = await anyio.to_thread.run_sync(sl.register)
+    finally:
+        if before is None:
+            del os.environ["SANLOCK_RUN_DIR"]
+        else:
+            os.environ["SANLOCK_RUN_DIR"] = before
     times: list[float] = []
     try:
         for _ in range(ROUNDS):
