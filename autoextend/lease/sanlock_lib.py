@@ -6,7 +6,7 @@ Why ctypes and not Debian's ``python3-sanlock``: that module is built for Debian
 virtualenv (any interpreter, no system site-packages) does not see; exposing it would mean a
 ``.pth`` that pulls every Debian Python package into the venv, or a symlinked extension built
 for another interpreter. libsanlock's ABI is the daemon's wire format (the structs below are
-sent over its socket as they are), stable since sanlock 3.x; the binding is ~150 lines and
+sent over its socket as they are), stable since sanlock 3.x; the binding is small and
 needs nothing but the library the daemon package already installs.
 
 Every call blocks (socket round trips to the daemon; ``direct_*`` do disk I/O): callers run
