@@ -34,8 +34,9 @@ from autoextend.clock import Clock
 from autoextend.directio import open_storage
 from autoextend.errors import AutoextendError, ConfigError, NotSpmError, StartupError
 from autoextend.lease.config import LeaseSettings
+from autoextend.lease.engine import LeaseEngine, make_engine
+from autoextend.lease.engine_record import check_engine
 from autoextend.lease.liveness import HostState
-from autoextend.lease.service import LeaseService
 from autoextend.logs import get_logger
 from autoextend.monitor.policy import backoff
 from autoextend.monitor.protocols import ExtendOutcome
@@ -81,7 +82,7 @@ class ClusterAgent:
         self.host_id = lease.host_id
         self.log = get_logger("cluster", host_id=self.host_id)
         self.storage: SectorStorage | None = None
-        self.lease: LeaseService | None = None
+        self.lease: LeaseEngine | None = None
         self.mailbox: HostMailbox | None = None
         self.server: SpmMailServer | None = None
         self.terms = 0
@@ -132,7 +133,7 @@ class ClusterAgent:
         )
         while True:
             try:
-                lease = LeaseService(storage, lease_cfg, self.clock)
+                lease = make_engine(lease_cfg, storage, self.clock)
             except ValueError as exc:  # geometry of the detected sector size (4 KiB)
                 raise StartupError(f"lease area on {path}", str(exc)) from None
             self.lease = lease
@@ -140,6 +141,7 @@ class ClusterAgent:
                 storage, layout, self.host_id, self.mailbox_config, self.clock
             )
             try:
+                await check_engine(storage, lease_cfg)  # its read is the join's first I/O
                 async with lease.joined(), anyio.create_task_group() as tg:
                     await tg.start(self.mailbox.run)
                     tg.start_soon(self._candidacy, lease, storage, layout)
@@ -161,7 +163,7 @@ class ClusterAgent:
                 await self.clock.sleep(delay)
 
     async def _candidacy(
-        self, lease: LeaseService, storage: SectorStorage, layout: MailboxLayout
+        self, lease: LeaseEngine, storage: SectorStorage, layout: MailboxLayout
     ) -> None:
         """Forever: wait for the SPM lease, serve as SPM while it is valid, start over."""
         while True:
@@ -186,7 +188,7 @@ class ClusterAgent:
             self.log.info("no longer SPM")
             await self.clock.sleep(0)  # a checkpoint between terms
 
-    def _live_hosts(self, lease: LeaseService) -> set[int]:
+    def _live_hosts(self, lease: LeaseEngine) -> set[int]:
         """Host ids whose mail the SPM reads at its fast cadence: every host whose delta
         lease is not FREE or DEAD (alive or not known yet), and this host."""
         live = {h for h, s in lease.host_states().items()
@@ -224,6 +226,7 @@ class ClusterAgent:
         server = self.server
         return {
             "host_id": self.host_id,
+            "engine": self.lease_config.engine,
             "spm_host_id": spm[0] if spm else None,
             "spm_lver": spm[1] if spm else None,
             "is_spm": bool(lease is not None and lease.term is not None),

@@ -164,7 +164,7 @@ class Service:
         """Mailbox mode: resume a VM after an I/O error only while this host's lease holds
         (not expired, not fencing itself)."""
         lease = self.cluster.lease if self.cluster is not None else None
-        return lease is not None and lease.delta.held
+        return lease is not None and lease.held
 
     def _export_cluster_metrics(self, cluster: ClusterAgent) -> None:
         m = self.metrics

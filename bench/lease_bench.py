@@ -38,6 +38,7 @@ import anyio
 from autoextend import logs
 from autoextend.lab.leasefile import format_file
 from bench import sanlock_peer
+from bench.engine_figures import engine_free_acquire, engine_process_crash_takeover
 from bench.lease_figures import (
     IDLE_WINDOW_S,
     W_OURS,
@@ -119,6 +120,9 @@ async def run_all(tmp: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             ours["free_acquire"] = mine.summary()
         await guarded(sanlock, "acquire_release_cycle", sanlock_peer.measure_cycle_io, a,
                       cluster, tmp)
+        await guarded(sanlock, "engine_free_acquire", engine_free_acquire, a, cluster)
+        await guarded(sanlock, "engine_takeover_after_process_sigkill",
+                      engine_process_crash_takeover, a, b, cluster)
         async with anyio.create_task_group() as tg:
             tg.start_soon(guarded, ours, "idle_io", ours_idle_io, tmp)
             tg.start_soon(guarded, sanlock, "idle_io", sanlock_peer.measure_idle_io, a, b, cluster,
@@ -201,6 +205,32 @@ def side_by_side(ours: dict[str, Any], sanlock: dict[str, Any]) -> list[dict[str
     ]
 
 
+def engines(ours: dict[str, Any], sanlock: dict[str, Any]) -> dict[str, Any]:
+    """The two ``[lease] engine`` choices side by side, at T = 1 s."""
+    return {
+        "native": {
+            "free_acquire_p50_ms": _get(ours, "free_acquire", "p50_ms"),
+            "free_acquire_p99_ms": _get(ours, "free_acquire", "p99_ms"),
+            "takeover_after_sigkill_of_spm_process_w60_s":
+                _get(ours, "takeover_after_sigkill_w60", "measured_s"),
+            "takeover_after_sigkill_of_spm_process_w2_s":
+                _get(ours, "takeover_after_sigkill_w2", "measured_s"),
+            "note": "the SPM process holds the host lease itself: its death is the host's "
+                    "(8T+W); W is configurable",
+        },
+        "sanlock": {
+            "free_acquire_p50_ms": _get(sanlock, "engine_free_acquire", "p50_ms"),
+            "free_acquire_p99_ms": _get(sanlock, "engine_free_acquire", "p99_ms"),
+            "takeover_after_sigkill_of_spm_process_s":
+                _get(sanlock, "engine_takeover_after_process_sigkill", "from_kill_s"),
+            "takeover_after_host_death_s":
+                _get(sanlock, "takeover_after_sigkill", "from_last_renewal_s"),
+            "note": "the daemon outlives the process and releases its lease; a dead host "
+                    "(daemon killed) waits 8T+W with W fixed at 60 s",
+        },
+    }
+
+
 def loadavg() -> str:
     with open("/proc/loadavg") as f:
         return f.read().strip()
@@ -245,6 +275,7 @@ async def run() -> dict[str, Any]:
     result["ours"] = ours
     result["sanlock"] = sanlock
     result["side_by_side"] = side_by_side(ours, sanlock)
+    result["engines"] = engines(ours, sanlock)
     result["sanlock_formula_takeover_s"] = {
         "T1_W60": [8 * T + 60, 15 * T + 60], "T1_W2": [8 * T + W_OURS, 15 * T + W_OURS],
         "T10_W60_defaults": [140, 210],

@@ -1,15 +1,10 @@
 """sanlock itself as a side-by-side peer in the lease benchmark (see bench/lease_bench.py).
 
-Each sanlock "host" is one daemon in its own mount namespace with a private ``/run`` (the
-daemon's socket path ``/run/sanlock/sanlock.sock`` is fixed), started as::
-
-    unshare --mount --propagation private -- python -m bench.sanlock_peer SHIM NAME
-
-which mounts a tmpfs on ``/run`` and execs ``sanlock daemon -D -w 0 -l 0 -h 0 -U root
--G root -e NAME`` with ``LD_PRELOAD=SHIM`` (bench/sanlock_shim.c, compiled with gcc into a
-temporary directory: the daemon cannot raise RLIMIT_MEMLOCK/RLIMIT_RTPRIO here). Clients run
-in its namespace: ``nsenter -t PID -m -- sanlock client ...``. No watchdog (``-w 0``), as in
-sanlock's own test suite.
+Each sanlock "host" is one daemon in its own mount namespace with a private ``/run``, started
+by the lab (autoextend/lab/sanlockd.py: the setrlimit shim, ``-w 0 -l 0 -h 0``, shut down or
+SIGKILLed on exit). Clients run in its namespace: ``nsenter -t PID -m -- sanlock client ...``;
+the sanlock engine's figures use libsanlock in this process through
+``SANLOCK_RUN_DIR=/proc/PID/root/run/sanlock``.
 
 Everything started here is stopped in ``finally`` blocks: holders are killed, daemons are
 shut down (``client shutdown -f 1``) or SIGKILLed, and every process is waited for.
@@ -17,12 +12,7 @@ shut down (``client shutdown -f 1``) or SIGKILLed, and every process is waited f
 
 from __future__ import annotations
 
-import ctypes
-import os
-import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -34,25 +24,11 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 
+from autoextend.lab.sanlockd import SanlockDaemon, build_shim, missing_tools, sanlock_daemon
 from bench.iocount import IoCall, io_window, trace_io
 
-SHIM_SOURCE = Path(__file__).with_name("sanlock_shim.c")
-REPO = Path(__file__).resolve().parents[1]
+__all__ = ["build_shim", "missing_tools"]
 ALIGN = 1 << 20  # sanlock's lockspace and resource size for 512-byte sectors
-PR_SET_PDEATHSIG = 1
-
-
-def missing_tools() -> list[str]:
-    return [tool for tool in ("sanlock", "gcc", "unshare", "nsenter", "mount")
-            if shutil.which(tool) is None]
-
-
-async def build_shim(tmp: Path) -> Path:
-    shim = tmp / "sanlock_shim.so"
-    await anyio.run_process(
-        ["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-o", str(shim), str(SHIM_SOURCE), "-ldl"]
-    )
-    return shim
 
 
 async def _kill(process: Process, grace: float = 5.0) -> None:
@@ -71,46 +47,29 @@ async def _kill(process: Process, grace: float = 5.0) -> None:
 class SanlockHost:
     name: str
     host_id: int
-    process: Process
+    daemon: SanlockDaemon
+
+    @property
+    def process(self) -> Process:
+        return self.daemon.process
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.daemon.pid
 
     def command(self, *args: str) -> list[str]:
-        return ["nsenter", "-t", str(self.pid), "-m", "--", "sanlock", "client", *args]
+        return self.daemon.command(*args)
 
     async def client(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        return await anyio.run_process(self.command(*args), check=check)
+        return await self.daemon.client(*args, check=check)
 
 
 @asynccontextmanager
 async def sanlock_host(
     shim: Path, name: str, host_id: int, log: Path
 ) -> AsyncIterator[SanlockHost]:
-    out = await anyio.to_thread.run_sync(open, log, "ab")
-    try:
-        process = await anyio.open_process(
-            ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-m",
-             "bench.sanlock_peer", str(shim), name],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=REPO,
-        )
-    finally:
-        out.close()
-    host = SanlockHost(name, host_id, process)
-    try:
-        with anyio.fail_after(15):
-            while (await host.client("gets", check=False)).returncode != 0:
-                if process.returncode is not None:
-                    raise RuntimeError(f"sanlock daemon {name} exited; see {log}")
-                await anyio.sleep(0.05)
-        yield host
-    finally:
-        with anyio.CancelScope(shield=True):
-            if process.returncode is None:
-                with anyio.move_on_after(10):
-                    await host.client("shutdown", "-f", "1", "-w", "1", check=False)
-            await _kill(process)
+    async with sanlock_daemon(shim, name, log) as daemon:
+        yield SanlockHost(name, host_id, daemon)
 
 
 @dataclass
@@ -290,19 +249,3 @@ async def measure_cycle_io(a: SanlockHost, cluster: Cluster, tmp: Path,
             "read_bytes_per_cycle": round(sum(c.length for c in resource if c.op == "read")
                                           / cycles),
             "io_calls": dict(Counter(str(c) for c in resource))}
-
-
-def daemon_main(shim: str, name: str) -> None:
-    """Inside the private mount namespace: a tmpfs on /run, then exec the daemon. The daemon
-    is SIGKILLed if the benchmark process dies (PR_SET_PDEATHSIG survives the exec)."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/run"], check=True)
-    os.makedirs("/run/sanlock", exist_ok=True)
-    env = dict(os.environ, LD_PRELOAD=shim)
-    sanlock = shutil.which("sanlock") or "/usr/sbin/sanlock"
-    os.execve(sanlock, [sanlock, "daemon", "-D", "-w", "0", "-l", "0", "-h", "0", "-U", "root",
-                        "-G", "root", "-L", "-1", "-S", "-1", "-e", name], env)
-
-
-if __name__ == "__main__":
-    daemon_main(sys.argv[1], sys.argv[2])

@@ -19,7 +19,8 @@ def _render(info: dict[str, Any] | None) -> str:
     if info is None:
         return "this host runs in local mode (no SPM role)"
     lines = [
-        f"SPM: host {info.get('spm_host_id') or 'none'} (lver {info.get('spm_lver')})",
+        f"SPM: host {info.get('spm_host_id') or 'none'} (lver {info.get('spm_lver')}),"
+        f" lease engine {info.get('engine', 'native')}",
         f"this host: {info['host_id']}{' (SPM)' if info.get('is_spm') else ''},"
         f" lease {info['lease_health']}, last renewal {info.get('last_renewal_age_s')} s ago",
     ]

@@ -40,6 +40,7 @@ from autoextend.lab import proc
 from autoextend.lab.guest import GuestJob, with_expected_md5
 from autoextend.lab.guestimage import GuestImage, build_guest
 from autoextend.lab.qemu import QemuVm, guest_spec, launch
+from autoextend.lab.sanlockd import SanlockDaemon, build_shim, sanlock_daemon
 from autoextend.lab.singlehost import create_qcow2_disk
 from autoextend.lease.config import LeaseSettings
 from autoextend.logs import get_logger
@@ -71,11 +72,19 @@ def scaled_timeouts(time_scale: float) -> dict[str, float]:
     }
 
 
+# The sanlock engine's lab timing: sanlock counts io_timeout in whole seconds and 3.8.5 fixes
+# W at 60 s, so the time scale cannot apply; T = 2 s keeps the renewal the daemon reports
+# (up to one renewal late) far from the 8T expiry on a loaded machine, and a request outlasts
+# one failover (10T + W = 80 s).
+SANLOCK_TIMEOUTS = {"io_timeout_s": 2.0, "watchdog_fire_timeout_s": 60.0,
+                    "request_timeout_s": 90.0}
+
+
 def host_config(
     pool_dir: Path, host_dir: Path, host_id: int, *, time_scale: float,
-    chunk_mib: int, poll_interval_s: float, metrics_port: int,
+    chunk_mib: int, poll_interval_s: float, metrics_port: int, engine: str = "native",
 ) -> str:
-    t = scaled_timeouts(time_scale)
+    t = SANLOCK_TIMEOUTS if engine == "sanlock" else scaled_timeouts(time_scale)
     return f"""\
 [service]
 hypervisor = "qmp"
@@ -104,6 +113,7 @@ loop_host = "{host_view(host_id)}"
 vgs = ["{VG}"]
 
 [lease]
+engine = "{engine}"
 path = "{pool_dir}/metadata"
 host_id = {host_id}
 host_name = "lab-host-{host_id}"
@@ -141,6 +151,7 @@ class HostProcess:
     metrics_port: int = 0
     process: Process | None = None
     starts: int = 0
+    env: dict[str, str] = field(default_factory=dict)  # e.g. its sanlock daemon's run dir
 
     def scrape(self) -> dict[str, float]:
         """The host's /metrics as {series: value} (blocking: call from a worker thread)."""
@@ -173,6 +184,7 @@ class HostProcess:
                 [sys.executable, "-m", "autoextend", "--config", str(self.config),
                  "--log-format", "json", "--log-level", "info", "run"],
                 stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                env={**os.environ, **self.env} if self.env else None,
             )
         finally:
             err.close()
@@ -240,6 +252,7 @@ class Pool:
     hosts: dict[int, HostProcess] = field(default_factory=dict)
     guests: dict[str, PoolGuest] = field(default_factory=dict)
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+    sanlock_daemons: dict[int, SanlockDaemon] = field(default_factory=dict)
 
     @property
     def metadata(self) -> Path:
@@ -303,9 +316,12 @@ async def pool(
     chunk_mib: int = 128,
     poll_interval_s: float = 1.0,
     directory: Path | None = None,
+    engine: str = "native",
 ) -> AsyncIterator[Pool]:
     """``hosts`` autoextend processes sharing one metadata area and one volume root, in
-    ``directory`` (default: a new directory under /var/tmp, removed afterwards)."""
+    ``directory`` (default: a new directory under /var/tmp, removed afterwards). With
+    ``engine = "sanlock"`` each host gets its own sanlock daemon (autoextend/lab/sanlockd.py,
+    in its own mount namespace) that outlives the host's process: LabError if none starts."""
     own_dir = directory is None
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="autoextend-pool-", dir="/var/tmp"))
@@ -319,10 +335,16 @@ async def pool(
 
         await anyio.to_thread.run_sync(make_meta)
         await proc.run([sys.executable, "-m", "autoextend", "lease", "init", "--path", str(meta),
-                        "--max-hosts", str(MAX_HOSTS), "--yes"])
+                        "--max-hosts", str(MAX_HOSTS), "--engine", engine, "--yes"])
         volumes = LoopVolumeBackend(str(directory / "volumes"), 4 * MiB, LocalAuthority())
         the_pool = Pool(directory, image, volumes)
         async with the_pool.stack:
+            daemons = the_pool.sanlock_daemons
+            if engine == "sanlock":
+                shim = await build_shim(directory)
+                for host_id in range(1, hosts + 1):
+                    daemons[host_id] = await the_pool.stack.enter_async_context(sanlock_daemon(
+                        shim, host_view(host_id), directory / f"sanlock-{host_id}.log"))
             for host_id in range(1, hosts + 1):
                 host_dir = directory / f"host{host_id}"
                 (host_dir / "qmp").mkdir(parents=True)
@@ -330,8 +352,10 @@ async def pool(
                 port = free_port()
                 cfg.write_text(host_config(
                     directory, host_dir, host_id, time_scale=time_scale, chunk_mib=chunk_mib,
-                    poll_interval_s=poll_interval_s, metrics_port=port))
+                    poll_interval_s=poll_interval_s, metrics_port=port, engine=engine))
                 host = HostProcess(host_id, host_dir, cfg, port)
+                if host_id in daemons:
+                    host.env = daemons[host_id].env()
                 the_pool.hosts[host_id] = host
                 the_pool.stack.push_async_callback(host.stop)
             for host in the_pool.hosts.values():

@@ -12,8 +12,21 @@ from pydantic import Field, model_validator
 from autoextend.confbase import Section
 from autoextend.lease.layout import AREA_ALIGN, max_hosts_limit
 
+# A 1 MiB sanlock lockspace holds 2000 hosts with 512-byte sectors, 250 with 4096-byte ones.
+SANLOCK_MAX_HOSTS_4K = 250
+
 
 class LeaseSettings(Section):
+    # The lease engine: "native" (autoextend's own delta and Disk Paxos leases in the lease
+    # area) or "sanlock" (a lockspace and a resource of the local sanlock daemon). Every host
+    # of a pool must use the same engine; ``autoextend lease init`` records it on disk.
+    engine: Literal["native", "sanlock"] = "native"
+    # sanlock engine: the lockspace name, the same on every host (at most 48 bytes).
+    sanlock_lockspace: str = Field(default="autoextend", min_length=1, max_length=48,
+                                   pattern=r"^[A-Za-z0-9_.-]+$")
+    # sanlock engine: a file or device holding the lockspace (at 0) and the SPM resource (at
+    # 1 MiB); "" = inside the lease area on ``path`` (at ``offset`` and ``offset`` + 1 MiB).
+    sanlock_path: str = ""
     # Shared file or block device holding the metadata area ("" = leases not used).
     path: str = ""
     # Byte offset of the lease area on ``path``; a multiple of 1 MiB. The mailbox follows at
@@ -45,6 +58,13 @@ class LeaseSettings(Section):
         limit = max_hosts_limit(self.sector_size or 512)
         if self.sector_size == 4096 and self.max_hosts > limit:
             raise ValueError(f"max_hosts must be <= {limit} with 4096-byte sectors")
+        if self.engine == "sanlock":
+            if self.io_timeout_s != int(self.io_timeout_s) or self.io_timeout_s > 65535:
+                raise ValueError("io_timeout_s must be a whole number of seconds with "
+                                 "engine = \"sanlock\" (sanlock's unit)")
+            if self.sector_size == 4096 and self.host_id > SANLOCK_MAX_HOSTS_4K:
+                raise ValueError(f"host_id must be <= {SANLOCK_MAX_HOSTS_4K} with engine = "
+                                 "\"sanlock\" and 4096-byte sectors")
         if self.host_id > self.max_hosts:
             raise ValueError(f"host_id {self.host_id} is larger than max_hosts {self.max_hosts}")
         return self

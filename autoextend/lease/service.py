@@ -374,6 +374,11 @@ class LeaseService:
         now = self.clock.now()
         return {host: self.monitor.status(host, now) for host in sorted(self.monitor.peers)}
 
+    @property
+    def held(self) -> bool:
+        """This host's id lease is held and not past its expiry."""
+        return self.delta.held
+
     def renewal_age(self) -> float | None:
         """Seconds since the start of our last successful renewal (None if not joined)."""
         if self.delta.record is None:
