@@ -20,7 +20,8 @@ import anyio
 import pytest
 
 from autoextend.lab import proc
-from autoextend.lab.qemu import connect_qmp
+from autoextend.lab.guest import GuestJob, build_cmdline, with_expected_md5
+from autoextend.lab.qemu import VmSpec, connect_qmp, run_vm
 from autoextend.lab.singlehost import LabHost, lab_host
 from autoextend.lab.thinvol import qemu_img_check
 from autoextend.lab.waiting import until
@@ -332,3 +333,52 @@ async def test_snapshot_new_top_extended_old_top_never(lab_tmp_path: Path) -> No
         assert tally.failures == []
         assert (await qemu_img_check(device)).clean
         await vm.verify("snap", [(0x12, 0, 8), (0x13, 8, 8), (0x14, 16, 24), (0x15, 40, 8)])
+
+
+async def test_active_commit_while_a_guest_writes(lab_tmp_path: Path) -> None:
+    """A real guest writes 40 MiB (8 MiB/s) while its top is committed into a base on a
+    16 MiB volume (on-error=enospc), pivoted with job-complete; it goes on writing into the
+    base, and verifies every byte it wrote."""
+    tally = Recorder()
+    async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=8,
+                        poll_interval_s=0.5) as host:
+        base_ref, base = await host.create_disk("vm1-base", 16, 256)
+        _, top = await host.create_disk("vm1-top", 64, 256)
+        await proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2",
+                        top, "256M"])
+        job = await anyio.to_thread.run_sync(
+            with_expected_md5, GuestJob(mib=40, rate_kib_s=8192, seed=31))
+        extra: list[str] = []
+        for name, device, backing in (("base", base, ""), ("top", top, ",backing=fbase")):
+            extra += ["-blockdev", f"driver=host_device,filename={device},node-name=p{name},"
+                      "cache.direct=on,aio=native",
+                      "-blockdev", f"driver=qcow2,file=p{name},node-name=f{name}{backing}"]
+        extra += ["-device", "virtio-blk-pci,drive=ftop,id=vda,werror=enospc,rerror=report",
+                  "-name", "vm1",
+                  "-qmp", f"unix:{host.workdir / 'qmp' / 'vm1.sock'},server=on,wait=off"]
+        spec = VmSpec(name="vm1", guest=host.image, cmdline=build_cmdline(job),
+                      extra_args=tuple(extra))
+        async with run_vm(spec, host.workdir / "vms" / "vm1") as guest:
+            await guest.wait_for_start(timeout=120)
+            async with guest.qmp() as qmp:
+                await qmp.execute("block-commit", {"job-id": "c1", "device": "ftop",
+                                                   "on-error": "enospc"})
+                await until(lambda: any(d["drive"] == "vda#c1" for v in
+                                        host.service.monitor.snapshot() for d in v["drives"]),
+                            30, "the base monitored as the commit's target")
+
+                async def ready() -> bool:
+                    jobs = await qmp.execute("query-block-jobs")
+                    return any(j["device"] == "c1" and j["ready"] for j in jobs)  # type: ignore
+                await until_async(ready, 120, "the commit ready")
+                await qmp.execute("job-complete", {"id": "c1"})
+
+                async def gone() -> bool:
+                    return not await qmp.execute("query-block-jobs")
+                await until_async(gone, 60, "the commit gone")
+            result = await guest.result(timeout=300)
+            assert await guest.wait_exit(timeout=60) == 0
+        assert result.verified, result
+        assert tally.failures == []
+        assert Path(host.volumes.file_path(base_ref)).stat().st_size > 40 * MiB
+        assert (await qemu_img_check(base)).clean
