@@ -7,7 +7,8 @@ one costs no CPU), and a failure message that names what was awaited and the las
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 
 import anyio
 
@@ -16,22 +17,27 @@ MAX_POLL_S = 0.05
 
 
 async def until(
-    cond: Callable[[], object],
+    cond: Callable[[], object] | Callable[[], Awaitable[object]],
     timeout: float = 10.0,  # noqa: ASYNC109 (the deadline is the helper's point)
     what: str = "the condition",
     *,
     describe: Callable[[], object] | None = None,
 ) -> None:
-    """Poll ``cond`` until it is true; AssertionError after ``timeout`` seconds.
+    """Poll ``cond`` until it is true; AssertionError after ``timeout`` seconds. ``cond`` may
+    be a coroutine function (a condition that asks QEMU, for example).
 
     The message names ``what`` and, when ``describe`` is given, what it returns at the
     deadline (the last observed state: sizes, states, counters)."""
     poll = MIN_POLL_S
     with anyio.move_on_after(timeout):
-        while not cond():  # noqa: ASYNC110 (the condition lives in other tasks' state)
+        while True:
+            result = cond()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return
             await anyio.sleep(poll)
             poll = min(poll * 2, MAX_POLL_S)
-        return
     message = f"timed out after {timeout} s waiting for {what}"
     if describe is not None:
         try:

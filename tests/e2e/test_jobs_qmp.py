@@ -34,15 +34,15 @@ MiB = 1 << 20
 DEVICE = "/machine/peripheral/vda/virtio-backend"
 
 
-class Recorder(Tally):
-    """A tally that also keeps the job failures it saw."""
+class Recorder:
+    """A tally (``counts``) that also keeps the job failures it saw."""
 
     def __init__(self) -> None:
-        super().__init__()
+        self.counts = Tally()
         self.failures: list[JobFailed] = []
 
     def notify(self, event: MonitorEvent) -> None:
-        super().notify(event)
+        self.counts.notify(event)
         if isinstance(event, JobFailed):
             self.failures.append(event)
 
@@ -85,7 +85,7 @@ class Chain:
         for off in range(offset_mib, offset_mib + mib, 2):
             async def room() -> bool:
                 return await self.free() >= 3 * MiB
-            await until_async(room, 60, "room in the top volume")
+            await until(room, 60, "room in the top volume")
             await self.qmp("human-monitor-command", {
                 "command-line": f'qemu-io -d {DEVICE} "write -P {pattern} {off}M 2M"'})
 
@@ -109,12 +109,12 @@ class Chain:
     async def wait_ready(self, job: str) -> None:
         async def ready() -> bool:
             return any(j["device"] == job and j["ready"] for j in await self.jobs())
-        await until_async(ready, 60, f"job {job} ready")
+        await until(ready, 60, f"job {job} ready")
 
     async def wait_gone(self, job: str) -> None:
         async def gone() -> bool:
             return not any(j["device"] == job for j in await self.jobs())
-        await until_async(gone, 60, f"job {job} gone")
+        await until(gone, 60, f"job {job} gone")
 
     def size(self, name: str) -> int:
         return Path(self.host.volumes.file_path(self.vols[name].ref)).stat().st_size
@@ -132,15 +132,6 @@ class Chain:
             out = await proc.run(["qemu-io", "-r", "-U", "-f", "qcow2", "-c",
                                   f"read -P {pattern} {off}M {mib}M", self.vols[vol].device])
             assert "Pattern verification failed" not in out, (vol, pattern, off, out)
-
-
-async def until_async(check: Any, timeout: float, what: str) -> None:
-    """Poll an async condition (``until`` takes a plain one); AssertionError on timeout."""
-    with anyio.move_on_after(timeout):
-        while not await check():
-            await anyio.sleep(0.02)
-        return
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @asynccontextmanager
@@ -176,10 +167,9 @@ async def chain_vm(host: LabHost, layers: list[tuple[str, int]],
     process = await anyio.open_process(args, stdin=subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        with anyio.fail_after(20):
-            while not ctl.exists():
-                assert process.returncode is None, "qemu exited"
-                await anyio.sleep(0.02)
+        await until(lambda: ctl.exists() or process.returncode is not None, 20,
+                    "QEMU's control socket", describe=lambda: process.returncode)
+        assert process.returncode is None, "qemu exited"
         chain = Chain(host, ctl, vols)
         await until(lambda: chain.drive("vda") is not None, 30, "the service sees vda")
         yield chain
@@ -207,12 +197,12 @@ async def test_commit_intermediate_and_active_with_enospc(lab_tmp_path: Path) ->
             async def paused() -> bool:
                 return any(j["status"] == "paused" and j["io-status"] == "nospace"
                            for j in await vm.jobs())
-            await until_async(paused, 60, "the commit paused for lack of space")
+            await until(paused, 60, "the commit paused for lack of space")
             await until(lambda: (vm.drive("vda#c1") or {}).get("job") == "commit", 30,
                         "the base monitored as the commit's target")
             held.release.set()
             await vm.wait_gone("c1")
-            assert tally.job_resumes >= 1
+            assert tally.counts.job_resumes >= 1
             assert vm.size("base") > 16 * MiB
             await vm.qmp("block-commit", {"job-id": "c2", "device": "ftop",
                                           "on-error": "enospc"})
@@ -249,7 +239,7 @@ async def test_commit_with_report_and_limited_speed(lab_tmp_path: Path) -> None:
             await vm.wait_gone("c1")
             await vm.qmp("quit")
         assert tally.failures == []
-        assert tally.extends >= 2  # chunk by chunk: the threshold path, not one measured jump
+        assert tally.counts.extends >= 2  # chunk by chunk: the threshold path, not one measured jump
         assert vm.size("base") > 40 * MiB
         assert (await qemu_img_check(vm.vols["base"].device)).clean
         await vm.verify("base", [(0x55, 0, 40)])
@@ -370,12 +360,12 @@ async def test_active_commit_while_a_guest_writes(lab_tmp_path: Path) -> None:
                 async def ready() -> bool:
                     jobs = await qmp.execute("query-block-jobs")
                     return any(j["device"] == "c1" and j["ready"] for j in jobs)  # type: ignore
-                await until_async(ready, 120, "the commit ready")
+                await until(ready, 120, "the commit ready")
                 await qmp.execute("job-complete", {"id": "c1"})
 
                 async def gone() -> bool:
                     return not await qmp.execute("query-block-jobs")
-                await until_async(gone, 60, "the commit gone")
+                await until(gone, 60, "the commit gone")
             result = await guest.result(timeout=300)
             assert await guest.wait_exit(timeout=60) == 0
         assert result.verified, result

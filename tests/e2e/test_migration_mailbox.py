@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from autoextend.lab.guest import GuestJob
 from autoextend.lab.migrate import start_destination, start_migration
 from autoextend.lab.multihost import HostProcess, pool
 from autoextend.lab.thinvol import qemu_img_check
+from autoextend.lab.waiting import until
 from autoextend.lvm import loopdev
 
 pytestmark = pytest.mark.slow
@@ -51,9 +51,9 @@ async def test_mailbox_migration_source_extends_through_spm(
         guest = await p.start_guest(source, "mbx1", JOB, start_mib=START_MIB,
                                     virtual_mib=1024)
         src, dst = p.hosts[source], p.hosts[target]
-        with anyio.fail_after(60):
-            while not (await vm_status(src, "mbx1")).get("drives"):
-                await anyio.sleep(0.1)
+        async def monitored() -> bool:
+            return bool((await vm_status(src, "mbx1")).get("drives"))
+        await until(monitored, 60, "the source monitoring mbx1")
         dest_device = await p.host_volumes(target).attach(guest.volume)
         dest = await start_destination(guest.vm, [dest_device],
                                        p.directory / "vms" / f"mbx1-{target}",
@@ -61,10 +61,10 @@ async def test_mailbox_migration_source_extends_through_spm(
         p.stack.push_async_callback(dest.stop)
         migration = await start_migration(guest.vm, dest, p.directory / "mbx1.mig",
                                           max_bandwidth=256 << 10)
-        with anyio.fail_after(90):
-            while len(deferred(src, "mbx1")) < 2 or (
-                    await vm_status(src, "mbx1")).get("paused") != "enospc":
-                await anyio.sleep(0.1)
+        async def outran() -> bool:
+            return len(deferred(src, "mbx1")) >= 2 and (
+                await vm_status(src, "mbx1")).get("paused") == "enospc"
+        await until(outran, 90, "two deferred extensions and an ENOSPC pause on the source")
         assert (await vm_status(src, "mbx1"))["migration"] == "migrating-out"
         assert loopdev.size_of(guest.device) == START_MIB * MiB  # the source's view: frozen
         assert await migration.finish() == "completed"

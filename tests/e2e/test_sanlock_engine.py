@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 from autoextend.lab import proc
 from autoextend.lab.multihost import SANLOCK_TIMEOUTS, Pool, pool
 from autoextend.lab.sanlockd import unavailable
+from autoextend.lab.waiting import until
 
 pytestmark = pytest.mark.slow
 T = SANLOCK_TIMEOUTS["io_timeout_s"]
@@ -40,16 +40,6 @@ async def spm_info(p: Pool, host_id: int) -> dict[str, Any]:
     spm = status["spm"]
     assert isinstance(spm, dict)
     return spm
-
-
-async def until(cond: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Poll an async condition (the control socket) until true; AssertionError naming
-    ``what`` after ``timeout`` seconds."""
-    with anyio.move_on_after(timeout):
-        while not await cond():
-            await anyio.sleep(0.2)
-        return
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def events(p: Pool, host_id: int, name: str) -> list[dict[str, Any]]:

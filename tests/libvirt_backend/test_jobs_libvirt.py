@@ -42,21 +42,15 @@ async def xml_of(rig: Rig, name: str) -> str:
 
 
 async def wait_xml(rig: Rig, name: str, needle: str, present: bool, what: str) -> None:
-    with anyio.move_on_after(60):
-        while (needle in await xml_of(rig, name)) != present:
-            await anyio.sleep(0.05)
-        return
-    raise AssertionError(f"timed out waiting for {what}")
+    async def shown() -> bool:
+        return (needle in await xml_of(rig, name)) == present
+    await until(shown, 60, what)
 
 
 async def started(rig: Rig, domain: Domain) -> None:
     async def marker() -> bool:
         return START_MARKER in await anyio.Path(domain.serial).read_text(errors="replace")
-    with anyio.move_on_after(120):
-        while not await marker():
-            await anyio.sleep(0.05)
-        return
-    raise AssertionError("the guest never started writing")
+    await until(marker, 120, "the guest to start writing")
 
 
 async def test_blockcommit_active_pivot(

@@ -180,8 +180,7 @@ async def test_source_extends_without_refresh_and_resumes_after_failure() -> Non
         await until(lambda: entry(rig).get("paused") == "enospc", describe=rig.describe)
         await until(lambda: rig.ext.unrefreshed == 2, describe=rig.describe)
         for _ in range(5):  # polls: no more extensions, no resume, no refresh
-            rig.clock.advance(SETTINGS.poll_interval_s)
-            await anyio.sleep(0.01)
+            await rig.advance(SETTINGS.poll_interval_s)
         assert rig.ext.unrefreshed == 2 and rig.ext.calls == 2
         assert rig.hv.resumes == [] and views.refreshed == []
         assert rig.volumes.sizes[VOL] == 256 * MiB  # this host's view never grew
@@ -227,7 +226,6 @@ async def test_departed_source_is_left_alone() -> None:
         await until(lambda: entry(rig).get("migration") == "departed")
         rig.hv.write("vm1", "vda", 300 * MiB, events=False)
         for _ in range(5):
-            rig.clock.advance(SETTINGS.poll_interval_s)
-            await anyio.sleep(0.01)
+            await rig.advance(SETTINGS.poll_interval_s)
         assert rig.ext.calls == 0 and views.refreshed == [] and rig.hv.resumes == []
         tg.cancel_scope.cancel()
