@@ -93,6 +93,10 @@ class Metrics(NullObserver):
         """A counter whose value another component keeps (exposed as ``<name>_total``)."""
         self.registry.register(_CallbackCounter(name, doc, fn))
 
+    def volume_gauge_from(self, name: str, doc: str, fn: Callable[[], dict[str, float]]) -> None:
+        """A gauge per volume whose values another component keeps (read at scrape time)."""
+        self.registry.register(_CallbackVolumeGauge(name, doc, fn))
+
     # ---- MonitorObserver
 
     def drive_seen(self, info: DriveInfo, volume: VolumeRef, cap: int) -> None:
@@ -162,6 +166,22 @@ class Metrics(NullObserver):
 
     def vm_check_failed(self, vm: str, error: str) -> None:
         self.vm_check_failures_total.inc()
+
+
+class _CallbackVolumeGauge:
+    def __init__(self, name: str, doc: str, fn: Callable[[], dict[str, float]]) -> None:
+        self.name, self.doc, self.fn = name, doc, fn
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(self.name, self.doc, labels=["volume"])
+        for volume, value in sorted(self.fn().items()):
+            family.add_metric([volume], value)
+        yield family
+
+    def describe(self) -> Any:
+        return []
 
 
 class _CallbackCounter:

@@ -30,6 +30,7 @@ from autoextend.logs import get_logger
 from autoextend.lvm import factory
 from autoextend.lvm.reserve import FreeSpaceBackend
 from autoextend.metrics import Metrics, serve_metrics
+from autoextend.monitor.chunking import WriteRateChunks
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.local import LocalExtender
 from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
@@ -112,7 +113,12 @@ class Service:
         else:
             self.extender = LocalExtender(self.backend)
         self.hypervisor = make_hypervisor(settings, self.backend.lookup, self.clock)
-        observers: list[MonitorObserver] = [self.tally, self.metrics]
+        self.chunks = WriteRateChunks(settings.policy, self.clock)
+        self.metrics.volume_gauge_from(
+            "autoextend_chunk_bytes",
+            "The chunk in use per volume (chunk_mib, or the write-rate chunk)",
+            lambda: {str(v): c for v, c in self.chunks.chunks().items()})
+        observers: list[MonitorObserver] = [self.tally, self.metrics, self.chunks]
         if observer is not None:
             observers.append(observer)
         self.monitor = Monitor(
@@ -120,6 +126,7 @@ class Service:
             self.extender,
             settings.policy,
             self.clock,
+            policy_for=self.chunks,
             observer=Fanout(*observers),
             dry_run=settings.service.dry_run,
             resume=settings.resume,
@@ -237,7 +244,8 @@ class Service:
             log.error("config reload failed; keeping the old config", error=str(exc))
             return False
         logs.configure(new.service.log_level, new.service.log_format)
-        self.monitor.reconfigure(new.policy, None, new.service.dry_run, new.resume)
+        self.chunks.reconfigure(new.policy)
+        self.monitor.reconfigure(new.policy, self.chunks, new.service.dry_run, new.resume)
         self.settings = new
         log.info("config reloaded", path=str(self.config_path))
         return True
