@@ -24,7 +24,8 @@ from autoextend.volumes import VolumeRef
 
 log = get_logger("metrics")
 
-PHASES = ("wait", "extender", "request", "spm_extend", "extend", "refresh", "rearm", "total")
+PHASES = ("wait", "decision", "extender", "request", "spm_extend", "extend", "refresh", "rearm",
+          "total", "pause_resume")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 

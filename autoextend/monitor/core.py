@@ -38,7 +38,8 @@ from autoextend.clock import Clock
 from autoextend.errors import AutoextendError
 from autoextend.monitor import policy
 from autoextend.monitor.config import PolicySettings, ResumeSettings
-from autoextend.monitor.extension import DriveVanished
+from autoextend.monitor.drive import ThresholdState
+from autoextend.monitor.extension import DriveVanished, event_info
 from autoextend.monitor.observer import MonitorObserver, NullObserver
 from autoextend.monitor.probe import StorageProbe, direct_read_probe
 from autoextend.monitor.protocols import (
@@ -250,10 +251,14 @@ class Monitor(Resync):
                 if d is None:
                     await self._resync(vm, rearm=True)
                     return
+                armed = d.state is ThresholdState.SET and d.threshold == thr and thr > 0
                 if d.mark_exceeded(now):
                     log.info("threshold crossed", vm=vm.name, drive=name, threshold=thr,
                              excess=excess)
-                    self._start_extension(vm, d)
+                    # The event names the threshold we armed on the size we know: the
+                    # decision needs no fresh query (the allocation is in the event).
+                    self._start_extension(vm, d, event_info(d.info, thr, excess)
+                                          if armed else None)
             case EnospcError(drive=name) if name in vm.drives:
                 self._flag_enospc(vm, vm.drives[name], now)
             case EnospcError() | VmPaused() | VmResumed():
