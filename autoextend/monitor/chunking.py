@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from autoextend.clock import Clock
 from autoextend.monitor import overrides
 from autoextend.monitor.config import PolicySettings
-from autoextend.monitor.observer import NullObserver
+from autoextend.monitor.observer import DriveGone, ExtendFinished, MonitorEvent
 from autoextend.monitor.policy import DrivePolicy, MiB, round_up
 from autoextend.monitor.protocols import DriveInfo, OutcomeKind
 from autoextend.volumes import VolumeRef
@@ -67,15 +67,16 @@ def rate_chunk(
     """The chunk whose watermark covers ``rate x latency_s x margin`` (see module doc).
 
     Always in ``[min_chunk, max_chunk]``; a multiple of ``extent`` unless a bound is not;
-    at most ``room_to_cap`` when that is at least ``min_chunk``.
+    at most ``room_to_cap`` (in whole extents) when that is at least ``min_chunk``.
     """
     needed = max(0.0, rate) * max(0.0, latency_s) * params.margin
     free_share = 100 - utilization_percent
     chunk = math.ceil(needed * 100 / free_share) if needed < 1 << 62 else params.max_chunk
     chunk = round_up(max(chunk, 1), extent)
     chunk = min(max(chunk, params.min_chunk), params.max_chunk)
-    if room_to_cap >= params.min_chunk:
-        chunk = min(chunk, room_to_cap)
+    room = room_to_cap // extent * extent
+    if room >= params.min_chunk:
+        chunk = min(chunk, room)
     return chunk
 
 
@@ -109,10 +110,10 @@ class _Drive:
 
 
 
-class WriteRateChunks(NullObserver):
+class WriteRateChunks:
     """The monitor's policy resolver: config defaults and overrides, and with
     ``chunk_mode = "write_rate"`` each drive's chunk sized by its write rate. Also a monitor
-    observer (it learns the extension latency from ``extend_finished``).
+    observer (it learns the extension latency from ``ExtendFinished``).
 
     The monitor calls the resolver with fresh drive numbers at each decision (poll, event,
     extension); each call is one allocation sample for the drive's rate. In fixed mode it only
@@ -169,18 +170,18 @@ class WriteRateChunks(NullObserver):
 
     # ------------------------------------------------------------ observer side
 
-    def extend_finished(
-        self, vm: str, drive: str, volume: VolumeRef, kind: OutcomeKind | None, size: int,
-        phases: dict[str, float],
-    ) -> None:
-        if kind is OutcomeKind.OK and "total" in phases:
-            self._latencies.append(phases["total"])
-
-    def drive_gone(self, vm: str, drive: str, volume: VolumeRef) -> None:
-        self._drives.pop(volume, None)
+    def notify(self, event: MonitorEvent) -> None:
+        match event:
+            case ExtendFinished(kind=OutcomeKind.OK, phases=phases) if "total" in phases:
+                self._latencies.append(phases["total"])
+            case DriveGone(volume=volume):
+                self._drives.pop(volume, None)
+            case _:
+                pass
 
 
 def params_from(settings: PolicySettings) -> RateChunkParams:
+    """``[policy]``'s write-rate keys in bytes (chunks rounded up to the extent)."""
     extent = settings.extent_mib * MiB
     return RateChunkParams(
         min_chunk=round_up(settings.min_chunk_mib * MiB, extent),
@@ -189,4 +190,3 @@ def params_from(settings: PolicySettings) -> RateChunkParams:
         half_life_s=settings.rate_half_life_s,
         assumed_latency_s=settings.assumed_latency_s,
     )
-

@@ -40,7 +40,7 @@ from autoextend.monitor import policy
 from autoextend.monitor.config import PolicySettings, ResumeSettings
 from autoextend.monitor.drive import ThresholdState
 from autoextend.monitor.extension import DriveVanished, event_info
-from autoextend.monitor.observer import MonitorObserver, NullObserver
+from autoextend.monitor.observer import DriveGone, MonitorObserver, NullObserver, VmCheckFailed
 from autoextend.monitor.probe import StorageProbe, direct_read_probe
 from autoextend.monitor.protocols import (
     DrivesChanged,
@@ -178,7 +178,7 @@ class Monitor(Resync):
         vm.scope.cancel()
         vm.inbox.close()
         for d in vm.drives.values():
-            self.observer.drive_gone(name, d.name, d.volume)
+            self.observer.notify(DriveGone(name, d.name, d.volume))
             if d.in_flight:
                 self._count_in_flight(-1)
         log.info("vm gone", vm=name)
@@ -232,7 +232,7 @@ class Monitor(Resync):
                 log.error("vm check failed on an unexpected error", vm=vm.name,
                           error=repr(exc), retry_in_s=round(delay, 3),
                           exc_info=vm.failures == 1)
-            self.observer.vm_check_failed(vm.name, str(exc) or type(exc).__name__)
+            self.observer.notify(VmCheckFailed(vm.name, str(exc) or type(exc).__name__))
         except Exception as again:  # noqa: BLE001 - e.g. an observer that raises
             log.error("vm failure handling failed", vm=vm.name, error=repr(again))
             vm.resync_pending = True

@@ -18,6 +18,7 @@ import anyio
 from autoextend.errors import AutoextendError
 from autoextend.monitor import policy
 from autoextend.monitor.drive import DriveState, ThresholdState
+from autoextend.monitor.observer import ExtendFinished, VgFull, VmCheckFailed
 from autoextend.monitor.protocols import DriveInfo, ExtendOutcome, OutcomeKind
 from autoextend.monitor.vm import POLL, MonitorBase, Vm, log
 
@@ -69,7 +70,7 @@ class Extensions(MonitorBase):
                 bound.error("extension failed on an unexpected error", error=repr(exc),
                             attempts=d.attempts, exc_info=True)
                 with contextlib.suppress(Exception):  # observers must not raise; if one does
-                    self.observer.vm_check_failed(vm.name, repr(exc))
+                    self.observer.notify(VmCheckFailed(vm.name, repr(exc)))
         finally:
             if vm.drives.get(d.name) is d:
                 self._count_in_flight(-1)
@@ -111,7 +112,8 @@ class Extensions(MonitorBase):
         target = policy.next_size(info.physical, info.capacity, pol)
         if target <= info.physical:
             self._disable(vm, d)
-            self.observer.extend_finished(vm.name, d.name, d.volume, None, info.physical, {})
+            self.observer.notify(
+                ExtendFinished(vm.name, d.name, d.volume, None, info.physical))
             return False
         if not d.enospc and not policy.needs_extension(info.allocation, info.physical, pol):
             # A stale event (the drive grew since), or someone else extended it already.
@@ -142,10 +144,10 @@ class Extensions(MonitorBase):
         if not outcome.ok:
             delay = self._retry_delay(d, outcome.kind)
             d.extend_failed(self.clock.now(), outcome.reason, delay)
-            self.observer.extend_finished(vm.name, d.name, d.volume, outcome.kind, outcome.size,
-                                          {"extender": t_extended - t_decided})
+            self.observer.notify(ExtendFinished(vm.name, d.name, d.volume, outcome.kind,
+                                                outcome.size, {"extender": t_extended - t_decided}))
             if outcome.code == "vg_full":
-                self.observer.vg_full(vm.name, d.name, d.volume)
+                self.observer.notify(VgFull(vm.name, d.name, d.volume))
                 bound.error("volume group cannot satisfy the extension", size=target,
                             reason=outcome.reason, retry_in_s=round(delay, 3))
             else:
@@ -180,8 +182,8 @@ class Extensions(MonitorBase):
             "rearm": t_armed - t_extended,
             "total": t_armed - t_event,
         }
-        self.observer.extend_finished(vm.name, d.name, d.volume, OutcomeKind.OK, info.physical,
-                                      phases)
+        self.observer.notify(
+            ExtendFinished(vm.name, d.name, d.volume, OutcomeKind.OK, info.physical, phases))
         bound.info("extended", size=info.physical, threshold=new_threshold,
                    duration_s=phases["total"],
                    phases={k: round(v, 6) for k, v in phases.items()})

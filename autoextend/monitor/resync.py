@@ -12,6 +12,15 @@ from __future__ import annotations
 from autoextend.monitor import policy
 from autoextend.monitor.drive import DriveState, ThresholdState
 from autoextend.monitor.extension import Extensions
+from autoextend.monitor.observer import (
+    DriveGone,
+    DriveSeen,
+    IoErrorAction,
+    Paused,
+    Resumed,
+    ResumeLatency,
+    UnmanagedEnospc,
+)
 from autoextend.monitor.probe import probe_all
 from autoextend.monitor.protocols import DriveInfo, PauseReason, RunState
 from autoextend.monitor.vm import Vm, log
@@ -47,7 +56,7 @@ class Resync(Extensions):
         for action in m.apply(event, now, reason=reason, unmanaged=unmanaged):
             if action is Action.NOTE_PAUSED:
                 assert reason is not None
-                self.observer.paused(vm.name, reason)
+                self.observer.notify(Paused(vm.name, reason))
                 log.info("vm paused", vm=vm.name, reason=reason.value,
                          state=m.state.value)
             elif action is Action.WARN_UNMANAGED:
@@ -56,10 +65,10 @@ class Resync(Extensions):
                         log.warning("vm paused for lack of space on a drive autoextend does "
                                     "not manage; leaving it paused", vm=vm.name,
                                     drive=e.drive, path=e.path)
-                self.observer.unmanaged_enospc(vm.name, unmanaged)
+                self.observer.notify(UnmanagedEnospc(vm.name, unmanaged))
             elif action is Action.NOTE_RUNNING:
                 if not was_expected:
-                    self.observer.resumed(vm.name, False)
+                    self.observer.notify(Resumed(vm.name, False))
                     log.info("vm runs again (resumed by someone else)", vm=vm.name)
         if state.running:
             m.expect_resume = False
@@ -80,19 +89,19 @@ class Resync(Extensions):
                 pol = self.policy_for(info, volume)
                 d = DriveState(info, volume, policy.cap(info.capacity, pol))
                 vm.drives[info.drive] = d
-                self.observer.drive_seen(info, volume, d.cap)
+                self.observer.notify(DriveSeen(info, volume, d.cap))
                 log.info("drive added", vm=vm.name, drive=info.drive, volume=str(volume),
                          physical=info.physical, capacity=info.capacity)
                 continue
             d.update_info(info, cap=policy.cap(info.capacity, self.policy_for(info, volume)))
-            self.observer.drive_seen(info, volume, d.cap)
+            self.observer.notify(DriveSeen(info, volume, d.cap))
             if rearm and not d.in_flight:
                 d.disarmed()  # the hypervisor may have lost it: arm again below
         for name in set(vm.drives) - seen:
             d = vm.drives.pop(name)
             if d.in_flight:
                 self._count_in_flight(-1)
-            self.observer.drive_gone(vm.name, name, d.volume)
+            self.observer.notify(DriveGone(vm.name, name, d.volume))
             log.info("drive removed", vm=vm.name, drive=name)
 
     def _flag_enospc_drives(self, vm: Vm, state: RunState) -> None:
@@ -230,6 +239,7 @@ class Resync(Extensions):
     async def _act(self, vm: Vm, event: VmEvent, cause: str, detail: str = "") -> None:
         """Apply a check event; send the resume or kill it asks for."""
         m = vm.machine
+        paused_at = m.paused_at
         actions = m.apply(event, self.clock.now())
         if Action.RESUME in actions:
             if self.dry_run:
@@ -239,9 +249,11 @@ class Resync(Extensions):
             m.record(f"resumed after {cause}" + (f": {detail}" if detail else ""))
             await self.hypervisor.resume(vm.name)
             if cause == "io-error":
-                self.observer.io_error_action(vm.name, "resume", detail)
+                self.observer.notify(IoErrorAction(vm.name, "resume", detail))
             else:
-                self.observer.resumed(vm.name, True)  # autoextend_resumes_total: ENOSPC
+                self.observer.notify(Resumed(vm.name, True))  # autoextend_resumes_total: ENOSPC
+                if paused_at is not None:
+                    self.observer.notify(ResumeLatency(vm.name, self.clock.now() - paused_at))
             log.info("vm resumed", vm=vm.name, cause=cause, reason=detail or None,
                      attempt=m.resume_attempts)
         elif Action.KILL in actions:
@@ -251,4 +263,4 @@ class Resync(Extensions):
             log.warning("killing vm", vm=vm.name, reason=detail)
             m.record(f"killed: {detail}")
             await self.hypervisor.kill(vm.name)
-            self.observer.io_error_action(vm.name, "kill", detail)
+            self.observer.notify(IoErrorAction(vm.name, "kill", detail))

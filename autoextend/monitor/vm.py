@@ -22,7 +22,7 @@ from autoextend.logs import get_logger
 from autoextend.monitor import overrides, policy
 from autoextend.monitor.config import PolicySettings, ResumeSettings
 from autoextend.monitor.drive import DriveState
-from autoextend.monitor.observer import MonitorObserver
+from autoextend.monitor.observer import DriveAtCap, ExtendsInFlight, MonitorObserver
 from autoextend.monitor.probe import StorageProbe
 from autoextend.monitor.protocols import DriveInfo, Extender, Hypervisor, HypervisorEvent
 from autoextend.monitor.vmstate import VmMachine
@@ -125,11 +125,11 @@ class MonitorBase:
 
     def _count_in_flight(self, delta: int) -> None:
         self._in_flight += delta
-        self.observer.extends_in_flight(self._in_flight)
+        self.observer.notify(ExtendsInFlight(self._in_flight))
 
     def _disable(self, vm: Vm, d: DriveState) -> None:
         d.reached_cap()
-        self.observer.drive_at_cap(vm.name, d.name, d.volume)
+        self.observer.notify(DriveAtCap(vm.name, d.name, d.volume))
         log.warning("drive reached its cap; no further extension", vm=vm.name, drive=d.name,
                     volume=str(d.volume), physical=d.info.physical, cap=d.cap)
 

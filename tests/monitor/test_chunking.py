@@ -14,6 +14,7 @@ from autoextend.monitor.chunking import (
     rate_chunk,
 )
 from autoextend.monitor.config import PolicySettings
+from autoextend.monitor.observer import DriveGone, ExtendFinished
 from autoextend.monitor.protocols import DriveInfo, OutcomeKind
 from autoextend.volumes import VolumeRef
 
@@ -41,7 +42,7 @@ def test_rate_chunk_bounds(
     chunk = rate_chunk(rate, latency, p, utilization, EXTENT, room)
     assert p.min_chunk <= chunk <= p.max_chunk
     assert chunk % EXTENT == 0
-    if room >= p.min_chunk:
+    if room // EXTENT * EXTENT >= p.min_chunk:
         assert chunk <= room
 
 
@@ -114,7 +115,7 @@ def test_resolver_follows_the_rate_and_the_measured_latency() -> None:
     assert chunks(_info(100 * MiB), vol).chunk == 200 * MiB
     assert chunks.chunks() == {vol: 200 * MiB}
     for _ in range(5):
-        chunks.extend_finished("vm1", "vda", vol, OutcomeKind.OK, 0, {"total": 0.05})
+        chunks.notify(ExtendFinished("vm1", "vda", vol, OutcomeKind.OK, 0, {"total": 0.05}))
     assert chunks.latency_s() == 0.05
     clock.advance(1.0)
     # Still 100 MiB/s; 0.05 s x 2 -> 10 MiB watermark -> 20 MiB chunk.
@@ -131,5 +132,5 @@ def test_fixed_mode_reports_the_fixed_chunk() -> None:
     clock.advance(1.0)
     assert chunks(_info(GiB), vol).chunk == 128 * MiB
     assert chunks.chunks() == {vol: 128 * MiB}
-    chunks.drive_gone("vm1", "vda", vol)
+    chunks.notify(DriveGone("vm1", "vda", vol))
     assert chunks.chunks() == {}
