@@ -56,7 +56,10 @@ MAX_READ_BYTES = 1 << 20  # one I/O reads at most this much
 MERGE_GAP_BYTES = 4096
 # How often the live set is asked for (the lease changes a host's state in seconds).
 LIVE_REFRESH_S = 1.0
-_EPSILON = 1e-9
+_EPSILON = 1e-6  # what is due this close to now is due now
+#: The server sleeps until this much before what is due (clocks and float sums may land a
+#: hair short of it; less than ``_EPSILON``, so what it wakes for is due).
+WAKE_EARLY_S = 1e-7
 
 LiveHosts = Callable[[], Collection[int]]
 
@@ -173,6 +176,7 @@ class RingWatch:
         self._next_sweep = 0.0
         self._next_live = 0.0
         self._last_hot = -1e18
+        self._raw: dict[int, bytes] = {}  # the bytes last read of each ring sector
 
     @property
     def live_cover(self) -> list[int]:
@@ -229,6 +233,23 @@ class RingWatch:
         if live:
             self._next_live = now + (retry if failed else self.live_interval_s)
         return changed
+
+    def next_due(self, now: float) -> float:
+        """When :meth:`poll` has something to read next (the sweep, the live sweep, the hot
+        hosts' next read, the next ask for the live set): the server sleeps until then
+        instead of waking every ``poll_interval_s`` to find nothing due."""
+        due = self._next_sweep
+        if self._cover:
+            due = min(due, self._next_live)
+        if self._live_hosts is not None:
+            due = min(due, self._next_live_refresh)
+        hot = self.tracker.hot(now)
+        if hot:
+            interval = cadence(len(hot) * self._layout.sector_size,
+                               self._settings.hot_read_bytes_per_s,
+                               self._settings.poll_interval_s)
+            due = min(due, self._last_hot + interval)
+        return due
 
     def _refresh_live(self, now: float) -> None:
         """Ask for the live set (at most every ``LIVE_REFRESH_S``) and split the ring
@@ -295,7 +316,11 @@ class RingWatch:
                 continue
             for n in range(count):
                 host_id = first + n
-                key, ring = ring_key(data[n * ss : (n + 1) * ss], host_id)
+                raw = data[n * ss : (n + 1) * ss]
+                if self._raw.get(host_id) == raw:
+                    continue  # the same bytes as last read: nothing to decode
+                self._raw[host_id] = raw
+                key, ring = ring_key(raw, host_id)
                 if self.tracker.update(host_id, key) and counting:
                     self._counters.rings += 1
                     if isinstance(ring, CorruptSector):
