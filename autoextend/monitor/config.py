@@ -42,6 +42,7 @@ class PolicySettings(Section):
     cap_factor: float = Field(1.1, ge=1.0, le=4.0)
     extent_mib: int = Field(128, ge=1, le=1 << 16)
     poll_interval_s: float = Field(2.0, gt=0.0, le=3600.0)
+    full_poll_interval_s: float | None = Field(None, gt=0.0, le=86400.0)
     extend_timeout_s: float = Field(60.0, gt=0.0, le=3600.0)
     retry_initial_s: float = Field(1.0, gt=0.0, le=600.0)
     retry_max_s: float = Field(30.0, gt=0.0, le=3600.0)

@@ -36,7 +36,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from autoextend.clock import Clock
 from autoextend.errors import AutoextendError
-from autoextend.monitor import policy
+from autoextend.monitor import policy, pollplan
 from autoextend.monitor.config import PolicySettings, ResumeSettings
 from autoextend.monitor.drive import ThresholdState
 from autoextend.monitor.extension import DriveVanished, event_info
@@ -184,10 +184,16 @@ class Monitor(Resync):
         log.info("vm gone", vm=name)
 
     async def _poll_loop(self) -> None:
+        polls = 0
         while True:
             await self.clock.sleep(self.settings.poll_interval_s)
+            polls += 1
+            every = pollplan.full_poll_every(self.settings.poll_interval_s,
+                                             self.settings.full_poll_interval_s)
+            full = polls % every == 0
             for vm in list(self._vms.values()):
-                vm.post(POLL)
+                if full or pollplan.needs_poll(vm):
+                    vm.post(POLL)
 
     async def _vm_main(self, vm: Vm) -> None:
         with vm.scope:
