@@ -32,10 +32,13 @@ import anyio
 
 from autoextend import logs
 from autoextend.lab.qemu import Drive, VmSpec, launch
-from autoextend.lab.singlehost import create_qcow2_disk, host_settings, lab_host
+from autoextend.lab.singlehost import create_qcow2_disk, host_settings
 from autoextend.lab.waiting import until
+from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.qmp import connection, session
-from autoextend.volumes import VolumeRef
+from autoextend.service import Service
+from autoextend.settings import Settings
+from autoextend.volumes import LocalAuthority, VolumeRef
 
 MiB = 1 << 20
 RESULTS = Path(__file__).resolve().parent / "results" / "idle.json"
@@ -90,29 +93,80 @@ class Calls:
         session.VmSession.__init__ = self._size  # type: ignore[method-assign]
 
 
-async def idle_qmp(vms: int, drives: int, window_s: float, warmup_s: float) -> dict[str, Any]:
+CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
+    # This build's defaults.
+    "default": {},
+    # The build before: every poll looked at every VM, each VM's drive list every rescan.
+    "every_poll_full": {"policy": {"full_poll_interval_s": 2.0},
+                        "qmp": {"drive_watch_interval_s": 1.0}},
+}
+
+
+async def measure(settings: Settings, vms: int, drives: int, window_s: float,
+                  warmup_s: float, calls: Calls) -> dict[str, Any]:
+    """Run the service on the VMs already up; measure it once every drive is armed."""
+    service = Service(settings)
+    async with anyio.create_task_group() as tg:
+        await tg.start(service.run)
+
+        def armed() -> int:
+            return sum(1 for vm in service.monitor.snapshot()
+                       for d in vm["drives"] if d["state"] == "set")
+
+        await until(lambda: armed() == vms * drives, timeout=300,
+                    what=f"all {vms * drives} drives armed",
+                    describe=lambda: f"{armed()} armed")
+        await anyio.sleep(warmup_s)
+        calls.counts.clear()
+        rss0 = rss_mib()
+        c0, t0 = cpu_s(), time.monotonic()
+        await anyio.sleep(window_s)
+        cpu, elapsed = cpu_s() - c0, time.monotonic() - t0
+        counts = dict(calls.counts)
+        result = {
+            "drives": armed(), "window_s": round(elapsed, 1),
+            "cpu_percent_of_core": round(100 * cpu / elapsed, 2),
+            "rss_mib": rss_mib(), "rss_mib_at_window_start": rss0,
+            "qmp_calls_per_s": round(sum(v for k, v in counts.items() if k != "lseek")
+                                     / elapsed, 2),
+            "qmp_calls_by_command_per_s": {k: round(v / elapsed, 2)
+                                           for k, v in sorted(counts.items()) if k != "lseek"},
+            "size_reads_per_s": round(counts.get("lseek", 0) / elapsed, 2),
+            "settings": {"poll_interval_s": settings.policy.poll_interval_s,
+                         "full_poll_interval_s": settings.policy.full_poll_interval_s,
+                         "qmp_rescan_interval_s": settings.qmp.rescan_interval_s,
+                         "qmp_drive_watch_s": settings.qmp.drive_watch_s},
+        }
+        tg.cancel_scope.cancel()
+    return result
+
+
+async def idle_qmp(vms: int, drives: int, window_s: float, warmup_s: float,
+                   configs: list[str]) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="ae-bench-idle-", dir="/var/tmp"))
     calls = Calls()
     calls.install()
     try:
-        settings = host_settings(base, chunk_mib=128, extra={"qmp": {"rescan_interval_s": 1.0}})
-        async with lab_host(settings, workdir=base) as host, AsyncExitStack() as stack:
+        (base / "qmp").mkdir()
+        plain = host_settings(base, chunk_mib=128, extra={"qmp": {"rescan_interval_s": 1.0}})
+        volumes = LoopVolumeBackend(plain.volumes.loop_root, 4 * MiB, LocalAuthority())
+        results: dict[str, Any] = {"vms": vms, "drives_per_vm": drives}
+        async with AsyncExitStack() as stack:
             limiter = anyio.CapacityLimiter(8)
-            devices: dict[str, list[str]] = {}
+            devices: dict[str, list[str]] = {f"idle{v}": [""] * drives for v in range(vms)}
 
             async def disk(vm: str, i: int) -> None:
                 async with limiter:
                     _, device = await create_qcow2_disk(
-                        host.volumes, stack, VolumeRef("idle", f"{vm}-d{i}"), 16, 256)
+                        volumes, stack, VolumeRef("idle", f"{vm}-d{i}"), 16, 256)
                 devices[vm][i] = device
 
             t0 = time.monotonic()
             async with anyio.create_task_group() as tg:
-                for v in range(vms):
-                    devices[f"idle{v}"] = [""] * drives
+                for name in devices:
                     for i in range(drives):
-                        tg.start_soon(disk, f"idle{v}", i)
-            setup_disks_s = time.monotonic() - t0
+                        tg.start_soon(disk, name, i)
+            results["setup_disks_s"] = round(time.monotonic() - t0, 1)
             for name, devs in devices.items():
                 socket = base / "qmp" / f"{name}.sock"
                 spec = VmSpec(name=name, paused=True, memory_mib=64,
@@ -120,35 +174,14 @@ async def idle_qmp(vms: int, drives: int, window_s: float, warmup_s: float) -> d
                               extra_args=("-qmp", f"unix:{socket},server=on,wait=off"))
                 vm = await launch(spec, base / "vms" / name)
                 stack.push_async_callback(vm.stop)
-
-            def armed() -> int:
-                return sum(1 for vm in host.service.monitor.snapshot()
-                           for d in vm["drives"] if d["state"] == "set")
-
-            await until(lambda: armed() == vms * drives, timeout=300,
-                        what=f"all {vms * drives} drives armed",
-                        describe=lambda: f"{armed()} armed")
-            await anyio.sleep(warmup_s)
-            calls.counts.clear()
-            c0, t0 = cpu_s(), time.monotonic()
-            await anyio.sleep(window_s)
-            cpu, elapsed = cpu_s() - c0, time.monotonic() - t0
-            counts = dict(calls.counts)
-            return {
-                "vms": vms, "drives_per_vm": drives, "drives": armed(),
-                "window_s": round(elapsed, 1),
-                "cpu_percent_of_core": round(100 * cpu / elapsed, 2),
-                "rss_mib": rss_mib(),
-                "qmp_calls_per_s": round(sum(v for k, v in counts.items() if k != "lseek")
-                                         / elapsed, 1),
-                "qmp_calls_by_command_per_s": {k: round(v / elapsed, 2)
-                                               for k, v in sorted(counts.items())
-                                               if k != "lseek"},
-                "size_reads_per_s": round(counts.get("lseek", 0) / elapsed, 1),
-                "setup_disks_s": round(setup_disks_s, 1),
-                "settings": {"poll_interval_s": settings.policy.poll_interval_s,
-                             "qmp_rescan_interval_s": settings.qmp.rescan_interval_s},
-            }
+            for config in configs:
+                extra = {"qmp": {"rescan_interval_s": 1.0}}
+                for section, values in CONFIGS[config].items():
+                    extra.setdefault(section, {}).update(values)
+                settings = host_settings(base, chunk_mib=128, extra=extra)
+                results[config] = await measure(settings, vms, drives, window_s, warmup_s,
+                                                calls)
+        return results
     finally:
         calls.uninstall()
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(base, ignore_errors=True))
@@ -160,10 +193,14 @@ def main() -> None:
     parser.add_argument("--drives", type=int, default=20)
     parser.add_argument("--window", type=float, default=30.0)
     parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--config", choices=sorted(CONFIGS), action="append",
+                        help="service configurations to measure, one after the other "
+                             "(default: all)")
     args = parser.parse_args()
     logs.configure("warning", "json")
     start = loadavg()
-    figures = anyio.run(idle_qmp, args.vms, args.drives, args.window, args.warmup)
+    figures = anyio.run(idle_qmp, args.vms, args.drives, args.window, args.warmup,
+                        args.config or list(CONFIGS))
     figures.update(loadavg_start=start, loadavg_end=loadavg(),
                    when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     results: dict[str, Any] = {"benchmark": "idle"}

@@ -3,7 +3,8 @@
 Events drive the monitor: a drive whose threshold is armed on a running VM tells us when it
 needs room (vdsm polls only drives whose threshold is not set, for the same reason). So a
 poll every ``poll_interval_s`` looks only at VMs with something to do -- a drive not armed
-or waiting for a retry, a VM paused or failing, a resync pending -- and every
+or waiting for a retry, a VM paused for lack of space or on an I/O error, a failing VM, a
+resync pending -- and every
 ``full_poll_interval_s`` at every VM (the safety net under the safety net: a lost event, a
 size changed behind our back). An idle host with 1,000 armed drives then costs a sweep a
 minute instead of four QMP commands and twenty size reads per VM every two seconds.
@@ -20,9 +21,15 @@ from autoextend.monitor.vmstate import VmState
 NEEDS_LOOK = frozenset({ThresholdState.UNSET, ThresholdState.EXCEEDED})
 
 
+#: VM states a poll acts on: an ENOSPC pause (resume once there is room) and an I/O-error
+#: pause (probe, resume or kill). A running VM waits for its drives' events; a VM paused by
+#: someone else, or on a drive autoextend does not manage, waits for its RESUME event.
+POLLED_STATES = frozenset({VmState.PAUSED_ENOSPC, VmState.PAUSED_IO_ERROR})
+
+
 def needs_poll(vm: Vm) -> bool:
     """True when a poll of ``vm`` may have something to do."""
-    if vm.failures or vm.resync_pending or vm.machine.state is not VmState.RUNNING:
+    if vm.failures or vm.resync_pending or vm.machine.state in POLLED_STATES:
         return True
     return any(d.state in NEEDS_LOOK or d.enospc for d in vm.drives.values())
 
