@@ -148,7 +148,7 @@ async def idle_qmp(vms: int, drives: int, window_s: float, warmup_s: float,
     calls.install()
     try:
         (base / "qmp").mkdir()
-        plain = host_settings(base, chunk_mib=128, extra={"qmp": {"rescan_interval_s": 1.0}})
+        plain = host_settings(base, chunk_mib=8, extra={"qmp": {"rescan_interval_s": 1.0}})
         volumes = LoopVolumeBackend(plain.volumes.loop_root, 4 * MiB, LocalAuthority())
         results: dict[str, Any] = {"vms": vms, "drives_per_vm": drives}
         async with AsyncExitStack() as stack:
@@ -178,7 +178,7 @@ async def idle_qmp(vms: int, drives: int, window_s: float, warmup_s: float,
                 extra = {"qmp": {"rescan_interval_s": 1.0}}
                 for section, values in CONFIGS[config].items():
                     extra.setdefault(section, {}).update(values)
-                settings = host_settings(base, chunk_mib=128, extra=extra)
+                settings = host_settings(base, chunk_mib=8, extra=extra)
                 results[config] = await measure(settings, vms, drives, window_s, warmup_s,
                                                 calls)
         return results

@@ -130,6 +130,8 @@ class WriteRateChunks:
         """A reloaded ``[policy]``: rates and latencies measured so far are kept."""
         self.settings = settings
         self.enabled = settings.chunk_mode == "write_rate"
+        #: Read by the monitor: sample the drive once more right after each extension.
+        self.sample_after_extend = self.enabled
         self.params = params_from(settings)
 
     def base(self, info: DriveInfo, volume: VolumeRef) -> DrivePolicy:

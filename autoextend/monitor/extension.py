@@ -160,6 +160,11 @@ class Extensions(MonitorBase):
         # the new threshold fires it (the safety-net poll catches the rest).
         info = dataclasses.replace(info, physical=max(info.physical, outcome.size))
         d.update_info(info)
+        if getattr(self.policy_for, "sample_after_extend", False):
+            # Write-rate chunks: a fresh look now measures the rate over this extension,
+            # so the threshold re-armed below already covers a burst.
+            info = await self._fresh(vm, d)
+            pol = self.policy_for(info, d.volume)
         if policy.at_cap(info.physical, info.capacity, pol):
             d.extend_done(0)
             self._disable(vm, d)
