@@ -18,8 +18,8 @@ Three cadences:
 
 - **live sweep**: the ring sectors of the hosts the lease sees alive (``live_hosts``, a
   callable the cluster agent passes in), as the few contiguous ranges covering them, every
-  ``poll_interval_s``, slowed down so this costs at most ``live_sweep_bytes_per_s`` (and
-  never slower than the sweep below).
+  ``live_poll_interval_s`` (0.2 s), slowed down so this costs at most
+  ``live_sweep_bytes_per_s`` (and never slower than the sweep below).
 - **sweep** (the safety net): every other ring sector (all ``max_hosts`` of them when no live
   set is known) every ``max(poll_interval_s, ring_bytes / ring_sweep_bytes_per_s)``: hosts
   the lease does not know yet, dead hosts' leftovers, a wrong live set.
@@ -90,11 +90,12 @@ def live_cover(live: Collection[int], max_hosts: int, sector_size: int) -> list[
 def live_interval(cover_count: int, sector_size: int, settings: MailboxSettings,
                   sweep_interval_s: float) -> float:
     """Seconds between live sweeps of ``cover_count`` ring sectors: at most
-    ``live_sweep_bytes_per_s``, never more often than every poll, never less often than the
-    sweep (pure)."""
+    ``live_sweep_bytes_per_s``, never more often than every ``live_poll_interval_s`` (nor
+    every poll), never less often than the sweep (pure)."""
     return min(sweep_interval_s, cadence(cover_count * sector_size,
                                          settings.live_sweep_bytes_per_s,
-                                         settings.poll_interval_s))
+                                         max(settings.poll_interval_s,
+                                             settings.live_poll_interval_s)))
 
 
 def idle_ring_read_rate(live: Collection[int], max_hosts: int, sector_size: int,
@@ -177,6 +178,7 @@ class RingWatch:
         self._next_live = 0.0
         self._last_hot = -1e18
         self._raw: dict[int, bytes] = {}  # the bytes last read of each ring sector
+        self._runs: dict[tuple[int, int], bytes] = {}  # ... and of each run read together
 
     @property
     def live_cover(self) -> list[int]:
@@ -314,6 +316,9 @@ class RingWatch:
                 log.warning("ring sector read failed", first_host=first, hosts=count,
                             error=str(err))
                 continue
+            if self._runs.get((first, count)) == data:
+                continue  # the same bytes as the last read of this run: nothing changed
+            self._runs[(first, count)] = data
             for n in range(count):
                 host_id = first + n
                 raw = data[n * ss : (n + 1) * ss]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from autoextend.lab.guest import GuestJob
@@ -28,13 +29,23 @@ async def burst(workdir: Path, policy: dict[str, Any]) -> tuple[Tally, dict[str,
     tally = Tally()
     settings = host_settings(workdir, chunk_mib=4, utilization_percent=90,
                              extra={"policy": policy})
+    chunks: dict[str, int] = {}  # the largest chunk seen in use, per volume
     async with lab_host(settings, workdir=workdir, observer=tally) as host:
-        guest = await host.start_guest("vm1", GuestJob(mib=96), start_mib=16,
-                                       virtual_mib=256)
-        result = await guest.vm.result(timeout=600)
-        assert await guest.vm.wait_exit(timeout=60) == 0
+
+        async def watch_chunks() -> None:
+            while True:
+                for volume, chunk in host.service.chunks.chunks().items():
+                    chunks[str(volume)] = max(chunk, chunks.get(str(volume), 0))
+                await anyio.sleep(0.01)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch_chunks)
+            guest = await host.start_guest("vm1", GuestJob(mib=96), start_mib=16,
+                                           virtual_mib=256)
+            result = await guest.vm.result(timeout=600)
+            assert await guest.vm.wait_exit(timeout=60) == 0
+            tg.cancel_scope.cancel()
         assert result.verified, result
-        chunks = {str(v): c for v, c in host.service.chunks.chunks().items()}
     return tally, chunks
 
 
