@@ -38,6 +38,8 @@ class FloorExtender:
     phases: list[dict[str, float]] = field(default_factory=list)
     pauses: int = 0
     resume_latencies: list[float] = field(default_factory=list)
+    #: STOP -> RESUME by QEMU's own event timestamps (seconds).
+    qemu_pauses: list[float] = field(default_factory=list)
 
     def _size(self) -> int:
         fd = os.open(self.device, os.O_RDONLY | os.O_CLOEXEC)
@@ -69,9 +71,17 @@ class FloorExtender:
             await self._arm(self._size())
             task_status.started()
             paused_at: float | None = None
+            stopped: float | None = None
             async for event in events:
                 name = event.get("event")
                 data: Any = event.get("data") or {}
+                ts: Any = event.get("timestamp") or {}
+                when = ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6
+                if name == "STOP":
+                    stopped = when
+                elif name == "RESUME" and stopped is not None:
+                    self.qemu_pauses.append(when - stopped)
+                    stopped = None
                 if name == "BLOCK_WRITE_THRESHOLD" and data.get("node-name") == self.node:
                     t0 = time.perf_counter()
                     size = self._grow()

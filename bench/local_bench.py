@@ -100,25 +100,23 @@ async def floor_round(workdir: Path, image: Any, job: GuestJob, chunk_mib: int, 
                                               start_mib, 1024)
         vm = await launch(guest_spec(name, image, [device], job), workdir / "floor-vms" / name)
         stack.push_async_callback(vm.stop)
-        client = await vm.connect_qmp("floor")
-        watcher = await vm.connect_qmp("pauses")
+        client = await vm.connect_qmp("floor")  # the instance's one QMP socket
         chunk = chunk_mib * MiB
         floor = FloorExtender(client, volumes.file_path(ref), device, "file0", chunk,
                               max(1, (100 - util) * chunk // 100))
-        pauses = QemuPauses()
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(floor.run)
-                await tg.start(pauses.watch, watcher)
                 result = await vm.result(timeout=600)
                 await vm.wait_exit(timeout=60)
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await client.disconnect()
-                await watcher.disconnect()
         if not result.verified:
             raise RuntimeError(f"floor guest {name}: data not verified: {result}")
+    pauses = QemuPauses()
+    pauses.latencies = floor.qemu_pauses
     return floor, pauses
 
 
