@@ -18,6 +18,9 @@ Results go to ``bench/results/idle.json`` (merged by scale: ``qmp_50x20``...).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import os
 import json
 import resource
 import shutil
@@ -146,6 +149,7 @@ async def idle_qmp(vms: int, drives: int, window_s: float, warmup_s: float,
     base = Path(tempfile.mkdtemp(prefix="ae-bench-idle-", dir="/var/tmp"))
     calls = Calls()
     calls.install()
+    used: list[str] = []
     try:
         (base / "qmp").mkdir()
         plain = host_settings(base, chunk_mib=8, extra={"qmp": {"rescan_interval_s": 1.0}})
@@ -181,10 +185,30 @@ async def idle_qmp(vms: int, drives: int, window_s: float, warmup_s: float,
                 settings = host_settings(base, chunk_mib=8, extra=extra)
                 results[config] = await measure(settings, vms, drives, window_s, warmup_s,
                                                 calls)
-        return results
+            used = [d for devs in devices.values() for d in devs if d]
     finally:
         calls.uninstall()
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(base, ignore_errors=True))
+    await anyio.to_thread.run_sync(remove_loop_nodes, used)
+    return results
+
+
+LOOP_CTL_REMOVE = 0x4C81  # <linux/loop.h>
+
+
+def remove_loop_nodes(devices: list[str]) -> None:
+    """Remove the (detached) loop device nodes this run made: a thousand idle /dev/loopN
+    left behind make every sysfs scan of loop devices on the machine slower."""
+    fd = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for device in devices:
+            number = int(device.removeprefix("/dev/loop"))
+            if os.path.exists(f"/sys/block/loop{number}/loop/backing_file"):
+                continue  # attached again meanwhile (not ours any more)
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(fd, LOOP_CTL_REMOVE, number)
+    finally:
+        os.close(fd)
 
 
 def main() -> None:
