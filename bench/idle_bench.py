@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import os
 import json
+import os
 import resource
 import shutil
 import tempfile
