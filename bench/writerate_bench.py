@@ -79,7 +79,7 @@ async def write_at_rate(client: Any, total: int, rate_mib_s: float) -> dict[str,
         if due > now:
             await anyio.sleep(due - now)
         while True:
-            out = await hmp(client, f'qemu-io -d vda "write -P {pattern(i)} {i * BLOCK} {BLOCK}"')
+            out = await hmp(client, f'qemu-io fmt0 "write -P {pattern(i)} {i * BLOCK} {BLOCK}"')
             if "No space left" in out:
                 enospc += 1
                 await anyio.sleep(0.02)
@@ -96,7 +96,7 @@ async def verify(client: Any, total: int) -> int:
     """Blocks whose pattern does not read back."""
     bad = 0
     for i in range(total // BLOCK):
-        out = await hmp(client, f'qemu-io -d vda "read -P {pattern(i)} {i * BLOCK} {BLOCK}"')
+        out = await hmp(client, f'qemu-io fmt0 "read -P {pattern(i)} {i * BLOCK} {BLOCK}"')
         if "read " not in out or "verification failed" in out.lower():
             bad += 1
     return bad
