@@ -26,6 +26,7 @@ Results are merged into ``bench/results/local.json`` (one key per part).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import tempfile
@@ -111,8 +112,8 @@ async def floor_round(workdir: Path, image: Any, job: GuestJob, chunk_mib: int, 
                 await vm.wait_exit(timeout=60)
                 tg.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True):
-                await client.disconnect()
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await client.disconnect()  # QEMU has exited: EOF is expected
         if not result.verified:
             raise RuntimeError(f"floor guest {name}: data not verified: {result}")
     pauses = QemuPauses()
@@ -132,8 +133,8 @@ async def autoextend_round(host: Any, job: GuestJob, start_mib: int, name: str,
             await guest.vm.wait_exit(timeout=60)
             tg.cancel_scope.cancel()
     finally:
-        with anyio.CancelScope(shield=True):
-            await watcher.disconnect()
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await watcher.disconnect()  # QEMU has exited: EOF is expected
     if not result.verified:
         raise RuntimeError(f"guest {name}: data not verified: {result}")
     return pauses
