@@ -33,6 +33,7 @@ from typing import Any
 import anyio
 
 from autoextend import logs
+from autoextend.lab import qemu as labqemu
 from autoextend.lab.qemu import Drive, VmSpec, launch
 from autoextend.lab.singlehost import create_qcow2_disk, host_settings
 from autoextend.lvm.loop_backend import LoopVolumeBackend
@@ -52,6 +53,16 @@ POLICIES: dict[str, dict[str, Any]] = {
                    "min_chunk_mib": 16, "max_chunk_mib": 1024, "rate_margin": 2.0,
                    "rate_half_life_s": 30.0, "assumed_latency_s": 0.1},
 }
+
+
+def _shared_rw_command(spec: VmSpec, qmp_socket: str, serial_log: str) -> list[str]:
+    """The lab's QEMU command, with ``share-rw=on`` on the virtio-blk devices: the writer's
+    ``qemu-io`` on the qcow2 node needs the device to share write access."""
+    return [arg + ",share-rw=on" if arg.startswith("virtio-blk-pci,") else arg
+            for arg in _LAB_COMMAND(spec, qmp_socket, serial_log)]
+
+
+_LAB_COMMAND = labqemu.qemu_command
 
 
 def loadavg() -> list[float]:
@@ -176,6 +187,7 @@ async def one_policy(name: str, rates: list[float], total: int) -> dict[str, Any
 
 async def run(quick: bool) -> dict[str, Any]:
     logs.configure("warning", "json")
+    labqemu.qemu_command = _shared_rw_command  # this process launches only the writer's QEMU
     rates = [50.0, 200.0, 800.0] if quick else [25.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0]
     total = (128 if quick else 512) * MiB
     out: dict[str, Any] = {"block_mib": BLOCK // MiB, "write_mib_per_step": total // MiB,
