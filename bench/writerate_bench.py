@@ -73,12 +73,31 @@ def pattern(index: int) -> int:
     return index % 255 + 1
 
 
-async def hmp(client: Any, line: str) -> str:
-    out = await client.execute("human-monitor-command", {"command-line": line})
-    return str(out)
+class QemuOutput:
+    """What QEMU printed since the last look: HMP ``qemu-io`` prints its results on
+    QEMU's stdout (the lab's ``qemu.log``), not always into the command's reply."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def new_text(self) -> str:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        return data.decode(errors="replace")
 
 
-async def write_at_rate(client: Any, total: int, rate_mib_s: float) -> dict[str, Any]:
+async def hmp(client: Any, line: str, output: QemuOutput | None = None) -> str:
+    out = str(await client.execute("human-monitor-command", {"command-line": line}))
+    if output is not None:
+        out += output.new_text()
+    return out
+
+
+async def write_at_rate(client: Any, total: int, rate_mib_s: float,
+                        output: QemuOutput | None = None) -> dict[str, Any]:
     """Write ``total`` bytes in BLOCK-sized patterned writes paced to ``rate_mib_s``."""
     blocks = total // BLOCK
     interval = BLOCK / (rate_mib_s * MiB)
@@ -90,7 +109,8 @@ async def write_at_rate(client: Any, total: int, rate_mib_s: float) -> dict[str,
         if due > now:
             await anyio.sleep(due - now)
         while True:
-            out = await hmp(client, f'qemu-io fmt0 "write -P {pattern(i)} {i * BLOCK} {BLOCK}"')
+            out = await hmp(client, f'qemu-io fmt0 "write -P {pattern(i)} {i * BLOCK} {BLOCK}"',
+                            output)
             if "No space left" in out:
                 enospc += 1
                 await anyio.sleep(0.02)
@@ -103,11 +123,12 @@ async def write_at_rate(client: Any, total: int, rate_mib_s: float) -> dict[str,
             "rate_mib_s": round(total / MiB / elapsed, 1)}
 
 
-async def verify(client: Any, total: int) -> int:
+async def verify(client: Any, total: int, output: QemuOutput | None = None) -> int:
     """Blocks whose pattern does not read back."""
     bad = 0
     for i in range(total // BLOCK):
-        out = await hmp(client, f'qemu-io fmt0 "read -P {pattern(i)} {i * BLOCK} {BLOCK}"')
+        out = await hmp(client, f'qemu-io fmt0 "read -P {pattern(i)} {i * BLOCK} {BLOCK}"',
+                        output)
         if "read " not in out or "verification failed" in out.lower():
             bad += 1
     return bad
@@ -156,11 +177,12 @@ async def one_policy(name: str, rates: list[float], total: int) -> dict[str, Any
                     if not armed:
                         raise RuntimeError(f"{vm_name}: the service did not arm the drive")
                     extends0 = tally.extends
-                    figures = await write_at_rate(client, total, rate)
+                    output = QemuOutput(vm.stderr_log)
+                    figures = await write_at_rate(client, total, rate, output)
                     written_end = await highest_offset(client)
                     physical = os.stat(volumes.file_path(ref)).st_size
                     chunks = service.chunks.chunks()
-                    bad = await verify(client, total)
+                    bad = await verify(client, total, output)
                     steps.append({
                         "target_mib_s": rate, **figures,
                         "extends": tally.extends - extends0,
