@@ -31,6 +31,7 @@ from autoextend.monitor.observer import (
     MonitorEvent,
     Paused,
     Resumed,
+    ResumeLatency,
     UnmanagedEnospc,
     VgFull,
     VmCheckFailed,
@@ -39,8 +40,9 @@ from autoextend.monitor.protocols import OutcomeKind, PauseReason
 
 log = get_logger("metrics")
 
-PHASES = ("wait", "extender", "request", "spm_extend", "extend", "refresh", "rearm", "total")
 JOB_KINDS = ("commit", "mirror", "backup")
+PHASES = ("wait", "decision", "extender", "request", "spm_extend", "extend", "refresh", "rearm",
+          "total", "resume")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -126,6 +128,10 @@ class Metrics:
         """A counter whose value another component keeps (exposed as ``<name>_total``)."""
         self.registry.register(_CallbackCounter(name, doc, fn))
 
+    def volume_gauge_from(self, name: str, doc: str, fn: Callable[[], dict[str, float]]) -> None:
+        """A gauge per volume whose values another component keeps (read at scrape time)."""
+        self.registry.register(_CallbackVolumeGauge(name, doc, fn))
+
     # ---- MonitorObserver
 
     def notify(self, event: MonitorEvent) -> None:
@@ -138,6 +144,8 @@ class Metrics:
                 self._extend_finished(event)
             case ExtendsInFlight(count=count):
                 self.in_flight.set(count)
+            case ResumeLatency(seconds=seconds):
+                self.extend_duration.labels("resume").observe(seconds)
             case Paused(vm=vm, reason=reason):
                 self.pauses.labels(reason.value).inc()
                 if reason is PauseReason.ENOSPC:
@@ -212,6 +220,22 @@ class Metrics:
         for r in PauseReason:
             self.vms_paused.labels(r.value).set(
                 sum(1 for v in self._paused.values() if v is r))
+
+
+class _CallbackVolumeGauge:
+    def __init__(self, name: str, doc: str, fn: Callable[[], dict[str, float]]) -> None:
+        self.name, self.doc, self.fn = name, doc, fn
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(self.name, self.doc, labels=["volume"])
+        for volume, value in sorted(self.fn().items()):
+            family.add_metric([volume], value)
+        yield family
+
+    def describe(self) -> Any:
+        return []
 
 
 class _CallbackCounter:

@@ -33,6 +33,7 @@ from autoextend.logs import get_logger
 from autoextend.lvm import factory
 from autoextend.lvm.reserve import FreeSpaceBackend
 from autoextend.metrics import Metrics, serve_metrics
+from autoextend.monitor.chunking import WriteRateChunks
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.local import LocalExtender
 from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
@@ -115,7 +116,12 @@ class Service:
         else:
             self.extender = LocalExtender(self.backend)
         self.hypervisor = make_hypervisor(settings, self.backend.lookup, self.clock)
-        observers: list[MonitorObserver] = [self.tally, self.metrics]
+        self.chunks = WriteRateChunks(settings.policy, self.clock)
+        self.metrics.volume_gauge_from(
+            "autoextend_chunk_bytes",
+            "The chunk in use per volume (chunk_mib, or the write-rate chunk)",
+            lambda: {str(v): c for v, c in self.chunks.chunks().items()})
+        observers: list[MonitorObserver] = [self.tally, self.metrics, self.chunks]
         if observer is not None:
             observers.append(observer)
         self.monitor = Monitor(
@@ -123,6 +129,7 @@ class Service:
             self.extender,
             settings.policy,
             self.clock,
+            policy_for=self.chunks,
             observer=Fanout(*observers),
             dry_run=settings.service.dry_run,
             resume=settings.resume,
@@ -266,7 +273,8 @@ class Service:
         plan = reload_mod.plan(self.settings, new)
         now = plan.effective
         logs.configure(now.service.log_level, now.service.log_format)
-        self.monitor.reconfigure(now.policy, None, now.service.dry_run, now.resume,
+        self.chunks.reconfigure(now.policy)
+        self.monitor.reconfigure(now.policy, self.chunks, now.service.dry_run, now.resume,
                                  extend_deadline_s=timeouts.extension_deadline_s(now))
         self.settings = now
         self.reloads += 1

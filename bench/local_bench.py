@@ -1,38 +1,204 @@
-"""Benchmark: the local (single-host) extend path.
+"""Benchmark: the local (single-host) extend path, against its floor, phase by phase.
 
-1. Real guests (TCG) filling thin volumes while the real service extends them: latency from
-   the threshold event to the re-armed threshold on the larger volume (p50/p99/max), once
-   over QMP and once through libvirtd (side by side).
-2. The local extender alone over the loop volume backend: extensions per second, one at a
-   time and concurrently.
+Parts (``--part``; each under 5 minutes, each records the load average at its start and end):
 
-Baseline: vdsm's published end-to-end extend, 0.77 / 1.15 / 1.39 s (min / avg / max).
-Aim: p50 under 50 ms on the local path.
+``floor``
+    Real TCG guests write 512 MiB into a 64 MiB thin volume (qcow2 on a loop device, 64 MiB
+    chunks, utilization 50 %: 32 MiB watermark). Rounds alternate, on the same guest image,
+    sizes and chunk: the floor (``bench/floor.py``: grow, refresh, re-arm, nothing else) and
+    the real service over QMP. Latency per extension (event to re-armed threshold) with
+    autoextend's phases; the ratio autoextend / floor at p50 and p99.
+``libvirt``
+    The same guests as libvirt domains (an isolated libvirtd), the service's libvirt backend.
+``pauses``
+    ENOSPC pause -> resume: a guest writing with a watermark it cannot outrun (4 MiB chunks,
+    utilization 90 %: 0.4 MiB watermark, less than one 1 MiB guest write), over QMP and
+    over libvirt. Measured by the service
+    (pause noticed -> resume sent); over QMP also by QEMU's own clock (STOP to RESUME event
+    timestamps, on the lab's second QMP socket), the floor's the same way.
+``extender``
+    The local extender alone over 200 loop volumes: one at a time and all at once.
 
-    python -m bench.local_bench [--quick]      # JSON to bench/results/local.json
+    python -m bench.local_bench [--part floor|libvirt|pauses|extender] [--quick]
+
+Results are merged into ``bench/results/local.json`` (one key per part).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from autoextend import logs
-from autoextend.lab.demo import DemoOptions, run_demo, run_libvirt_demo
+from autoextend.lab.demo import DemoOptions, run_libvirt_demo
+from autoextend.lab.guest import GuestJob, with_expected_md5
+from autoextend.lab.qemu import guest_spec, launch
+from autoextend.lab.singlehost import create_qcow2_disk, host_settings, lab_host
 from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.monitor.core import percentile
 from autoextend.monitor.local import LocalExtender
+from autoextend.monitor.observer import Tally
 from autoextend.volumes import LocalAuthority, VolumeRef
+from bench.floor import FloorExtender
 
 MiB = 1 << 20
 RESULTS = Path(__file__).resolve().parent / "results" / "local.json"
+PHASE_ORDER = ("wait", "decision", "extend", "refresh", "extender", "rearm", "total")
+
+
+def loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def ms(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "p50": round(percentile(values, 50) * 1000, 3),
+        "p99": round(percentile(values, 99) * 1000, 3),
+        "max": round(max(values, default=0.0) * 1000, 3),
+    }
+
+
+def phase_table(phases: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    names = [p for p in PHASE_ORDER if any(p in x for x in phases)]
+    return {name: ms([x[name] for x in phases if name in x]) for name in names}
+
+
+class QemuPauses:
+    """STOP -> RESUME from QEMU's own event timestamps, on the lab's QMP socket."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+
+    async def watch(self, client: Any, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        with client.listener() as events:
+            task_status.started()
+            stopped: float | None = None
+            async for event in events:
+                ts = event.get("timestamp") or {}
+                t = ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6
+                if event.get("event") == "STOP":
+                    stopped = t
+                elif event.get("event") == "RESUME" and stopped is not None:
+                    self.latencies.append(t - stopped)
+                    stopped = None
+
+
+async def floor_round(workdir: Path, image: Any, job: GuestJob, chunk_mib: int, util: int,
+                      start_mib: int, name: str) -> tuple[FloorExtender, QemuPauses]:
+    volumes = LoopVolumeBackend(str(workdir / "floor-volumes"), 4 * MiB, LocalAuthority())
+    async with AsyncExitStack() as stack:
+        ref, device = await create_qcow2_disk(volumes, stack, VolumeRef("floor", name),
+                                              start_mib, 1024)
+        vm = await launch(guest_spec(name, image, [device], job), workdir / "floor-vms" / name)
+        stack.push_async_callback(vm.stop)
+        client = await vm.connect_qmp("floor")  # the instance's one QMP socket
+        chunk = chunk_mib * MiB
+        floor = FloorExtender(client, volumes.file_path(ref), device, "file0", chunk,
+                              max(1, (100 - util) * chunk // 100))
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(floor.run)
+                result = await vm.result(timeout=600)
+                await vm.wait_exit(timeout=60)
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await client.disconnect()  # QEMU has exited: EOF is expected
+        if not result.verified:
+            raise RuntimeError(f"floor guest {name}: data not verified: {result}")
+    pauses = QemuPauses()
+    pauses.latencies = floor.qemu_pauses
+    return floor, pauses
+
+
+async def autoextend_round(host: Any, job: GuestJob, start_mib: int, name: str,
+                           tally: Tally) -> QemuPauses:
+    guest = await host.start_guest(name, job, start_mib=start_mib, virtual_mib=1024)
+    pauses = QemuPauses()
+    watcher = await guest.vm.connect_qmp("pauses")
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(pauses.watch, watcher)
+            result = await guest.vm.result(timeout=600)
+            await guest.vm.wait_exit(timeout=60)
+            tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await watcher.disconnect()  # QEMU has exited: EOF is expected
+    if not result.verified:
+        raise RuntimeError(f"guest {name}: data not verified: {result}")
+    return pauses
+
+
+async def side_by_side(rounds: int, write_mib: int, chunk_mib: int, util: int,
+                       start_mib: int) -> dict[str, Any]:
+    """Alternating rounds: the floor, then autoextend over QMP, on the same guest job."""
+    base = Path(tempfile.mkdtemp(prefix="ae-bench-floor-", dir="/var/tmp"))
+    tally = Tally()
+    floor_phases: list[dict[str, float]] = []
+    floor_pauses: list[float] = []
+    floor_pause_count = 0
+    ae_qemu_pauses: list[float] = []
+    try:
+        settings = host_settings(base, chunk_mib=chunk_mib, utilization_percent=util)
+        async with lab_host(settings, workdir=base, observer=tally) as host:
+            job = await anyio.to_thread.run_sync(with_expected_md5, GuestJob(mib=write_mib))
+            for r in range(rounds):
+                floor, fp = await floor_round(base, host.image, job, chunk_mib, util,
+                                              start_mib, f"floor{r}")
+                floor_phases += floor.phases
+                floor_pauses += fp.latencies
+                floor_pause_count += floor.pauses
+                ap = await autoextend_round(host, job, start_mib, f"vm{r}", tally)
+                ae_qemu_pauses += ap.latencies
+    finally:
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(base, ignore_errors=True))
+    ae = phase_table(tally.phases)
+    fl = phase_table(floor_phases)
+    return {
+        "rounds": rounds, "write_mib": write_mib, "chunk_mib": chunk_mib,
+        "utilization_percent": util, "start_mib": start_mib,
+        "autoextend": {"extends": tally.extends, "pauses": tally.enospc_pauses,
+                       "phases_ms": ae,
+                       "pause_resume_service_ms": ms(tally.resume_latencies),
+                       "pause_resume_qemu_ms": ms(ae_qemu_pauses)},
+        "floor": {"extends": len(floor_phases), "pauses": floor_pause_count, "phases_ms": fl,
+                  "pause_resume_qemu_ms": ms(floor_pauses)},
+        "ratio": {
+            q: round(ae["total"][q] / fl["total"][q], 2) if fl.get("total", {}).get(q) else None
+            for q in ("p50", "p99")
+        } if "total" in ae else {},
+    }
+
+
+async def libvirt_runs(rounds: int, write_mib: int, chunk_mib: int, util: int,
+                       start_mib: int) -> dict[str, Any]:
+    tally = Tally()
+    verified = True
+    for _ in range(rounds):
+        summary = await run_libvirt_demo(DemoOptions(
+            vms=1, write_mib=write_mib, chunk_mib=chunk_mib, utilization_percent=util,
+            start_mib=start_mib, virtual_mib=1024, hypervisor="libvirt",
+        ), tally=tally)
+        verified = verified and summary["data_verified"]
+    return {
+        "rounds": rounds, "write_mib": write_mib, "chunk_mib": chunk_mib,
+        "utilization_percent": util, "start_mib": start_mib,
+        "extends": tally.extends, "pauses": tally.enospc_pauses, "data_verified": verified,
+        "phases_ms": phase_table(tally.phases),
+        "pause_resume_service_ms": ms(tally.resume_latencies),
+    }
 
 
 async def extender_throughput(volumes: int, rounds: int) -> dict[str, Any]:
@@ -58,11 +224,7 @@ async def extender_throughput(volumes: int, rounds: int) -> dict[str, Any]:
         burst = time.perf_counter() - t0
         return {
             "volumes": volumes,
-            "sequential_ms": {
-                "p50": round(percentile(sequential, 50) * 1000, 3),
-                "p99": round(percentile(sequential, 99) * 1000, 3),
-                "max": round(max(sequential) * 1000, 3),
-            },
+            "sequential_ms": ms(sequential),
             "sequential_extends_per_s": round(len(sequential) / sum(sequential), 1),
             "concurrent_extends_per_s": round(volumes / burst, 1),
         }
@@ -75,43 +237,46 @@ async def extender_throughput(volumes: int, rounds: int) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def main(quick: bool) -> dict[str, Any]:
+async def run_part(part: str, quick: bool) -> dict[str, Any]:
     logs.configure("warning", "json")
-    guests = await run_demo(DemoOptions(
-        vms=1 if quick else 2, write_mib=256 if quick else 512, chunk_mib=32,
-        utilization_percent=50, start_mib=64, virtual_mib=1024,
-    ))
-    libvirt = await run_libvirt_demo(DemoOptions(
-        vms=1 if quick else 2, write_mib=256 if quick else 512, chunk_mib=32,
-        utilization_percent=50, start_mib=64, virtual_mib=1024, hypervisor="libvirt",
-    ))
-    extender = await extender_throughput(50 if quick else 200, 3 if quick else 10)
+    rounds = 1 if quick else 4
+    if part == "floor":
+        return await side_by_side(rounds, 256 if quick else 512, 64, 50, 64)
+    if part == "libvirt":
+        return await libvirt_runs(1 if quick else 3, 256 if quick else 512, 64, 50, 64)
+    if part == "pauses":
+        qmp = await side_by_side(1 if quick else 2, 128 if quick else 256, 4, 90, 16)
+        virt = await libvirt_runs(1, 128 if quick else 256, 4, 90, 16)
+        return {"qmp": qmp, "libvirt": virt}
+    if part == "extender":
+        return await extender_throughput(50 if quick else 200, 3 if quick else 10)
+    raise ValueError(part)
 
-    def figures(run: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "vms": 1 if quick else 2,
-            "extends": run["extends"],
-            "pauses": run["pauses"],
-            "latency_ms": run["latency_ms"],
-            "extends_per_s": run["extends_per_s"],
-            "data_verified": run["data_verified"],
-        }
 
-    return {
-        "benchmark": "local_extend",
-        "guests": figures(guests),
-        "guests_libvirt": figures(libvirt),
-        "extender": extender,
-        "baseline_vdsm_end_to_end_ms": {"min": 770, "avg": 1150, "max": 1390},
-        "aim": "p50 < 50 ms",
-    }
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--part", choices=("floor", "libvirt", "pauses", "extender"),
+                        action="append", help="run only these parts (default: all)")
+    parser.add_argument("--quick", action="store_true", help="smaller run (CI-sized)")
+    args = parser.parse_args()
+    results: dict[str, Any] = {"benchmark": "local_extend"}
+    if RESULTS.exists():
+        try:
+            results = json.loads(RESULTS.read_text())
+        except ValueError:
+            pass
+    for part in args.part or ["floor", "libvirt", "pauses", "extender"]:
+        start = loadavg()
+        t0 = time.monotonic()
+        figures = anyio.run(run_part, part, args.quick)
+        results[part] = {**figures, "elapsed_s": round(time.monotonic() - t0, 1),
+                         "loadavg_start": start, "loadavg_end": loadavg(),
+                         "quick": args.quick, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                    time.gmtime())}
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps({part: results[part]}, indent=2))
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--quick", action="store_true", help="smaller run (CI-sized)")
-    args = parser.parse_args()
-    result = anyio.run(main, args.quick)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    main()

@@ -168,7 +168,10 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     logs.configure("warning", "json")  # logs to stderr; stdout is the JSON result
+    start = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
     result = anyio.run(run, args.lvs, min(args.extends, args.lvs))
+    result["loadavg_start"] = start
+    result["loadavg_end"] = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
     text = json.dumps(result, indent=2)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text + "\n")

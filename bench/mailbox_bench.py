@@ -256,12 +256,21 @@ def rounds(
     return latencies, best
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def idle_rate(worker: Worker, seconds: float) -> dict[str, float]:
+    cpu0 = process_cpu_s(worker.proc.pid)
     before = worker.ask({"cmd": "io"})
     time.sleep(seconds)
     after = worker.ask({"cmd": "io"})
+    cpu = process_cpu_s(worker.proc.pid) - cpu0
     elapsed = after["now"] - before["now"]
     return {
+        "cpu_percent_of_core": round(100 * cpu / elapsed, 2),
         "read_bytes_per_s": round((after["io"]["read_bytes"] - before["io"]["read_bytes"])
                                   / elapsed),
         "write_bytes_per_s": round((after["io"]["write_bytes"] - before["io"]["write_bytes"])

@@ -78,7 +78,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--quick", action="store_true", help="smaller run")
     args = parser.parse_args()
+    start = Path("/proc/loadavg").read_text().split()[:3]
     result = anyio.run(main, args.quick)
+    result["loadavg_start"] = [float(x) for x in start]
+    result["loadavg_end"] = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -121,9 +122,12 @@ async def _run_guests(host: LabHost, options: DemoOptions, tally: Tally) -> dict
     return results
 
 
-async def run_demo(options: DemoOptions, out: TextIO | None = None) -> dict[str, Any]:
-    """Run the demo and return its summary. Everything it creates is removed afterwards."""
-    tally = Tally()
+async def run_demo(
+    options: DemoOptions, out: TextIO | None = None, tally: Tally | None = None
+) -> dict[str, Any]:
+    """Run the demo and return its summary. Everything it creates is removed afterwards.
+    ``tally``: the caller's, to read more than the summary (the benchmarks' phases)."""
+    tally = tally if tally is not None else Tally()
     started = time.monotonic()
     async with lab_host(
         observer=tally,
@@ -151,7 +155,9 @@ async def run_demo(options: DemoOptions, out: TextIO | None = None) -> dict[str,
         return summarize(tally, results, left_paused, clean, elapsed)
 
 
-async def run_libvirt_demo(options: DemoOptions, out: TextIO | None = None) -> dict[str, Any]:
+async def run_libvirt_demo(
+    options: DemoOptions, out: TextIO | None = None, tally: Tally | None = None
+) -> dict[str, Any]:
     """The single-host demo through libvirtd: the lab starts an isolated libvirtd, the guests
     run as libvirt domains, and the service watches them with the libvirt backend."""
     import tempfile
@@ -163,7 +169,7 @@ async def run_libvirt_demo(options: DemoOptions, out: TextIO | None = None) -> d
     from autoextend.lab.libvirtd import run_libvirtd
     from autoextend.lab.singlehost import host_settings
 
-    tally = Tally()
+    tally = tally if tally is not None else Tally()
     started = time.monotonic()
     base = Path(tempfile.mkdtemp(prefix="autoextend-libvirt-", dir="/var/tmp"))
     try:
@@ -369,6 +375,7 @@ def main(options: DemoOptions, as_json: bool) -> int:
     import json
 
     out = sys.stdout
+    runner: Callable[[DemoOptions, TextIO | None], Awaitable[dict[str, Any]]]
     if options.hypervisor == "libvirt":
         runner = run_libvirt_demo
     else:

@@ -24,6 +24,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import time
 from pathlib import Path
 
 import anyio
@@ -242,6 +243,38 @@ class LoopVolumeBackend:
         except FileNotFoundError as err:
             raise VolumeNotFound(str(volume), path) from err
         return ExtendResult(new_size, changed)
+
+    async def extend_and_refresh(
+        self, volume: VolumeRef, size: int
+    ) -> tuple[ExtendResult, int, dict[str, float]]:
+        """:meth:`extend` then :meth:`refresh` in one worker-thread hop (the local
+        extender's path): the result, the size this host sees, and the phases (seconds)."""
+        if size <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        self._check()
+        target = round_up_to_extent(size, self.extent_size)
+        path = self.file_path(volume)
+
+        def work() -> tuple[ExtendResult, int, dict[str, float]]:
+            t0 = time.perf_counter()
+            try:
+                new_size, changed = _grow_file(path, target)
+            except FileNotFoundError as err:
+                raise VolumeNotFound(str(volume), path) from err
+            t1 = time.perf_counter()
+            devices = self._devices_of(volume)
+            for device in devices:
+                try:
+                    loopdev._set_capacity_blocking(device)
+                except OSError as err:
+                    raise loopdev.LoopError(["ioctl", device, "LOOP_SET_CAPACITY"], -1, "",
+                                            reason=err.strerror or str(err)) from err
+            seen = loopdev.size_of(devices[0]) if devices else os.stat(path).st_size
+            t2 = time.perf_counter()
+            return ExtendResult(new_size, changed), seen, {"extend": t1 - t0,
+                                                          "refresh": t2 - t1}
+
+        return await anyio.to_thread.run_sync(work)
 
     async def refresh(self, volume: VolumeRef) -> int:
         path = self.file_path(volume)

@@ -42,16 +42,25 @@ class PolicySettings(Section):
     cap_factor: float = Field(1.1, ge=1.0, le=4.0)
     extent_mib: int = Field(128, ge=1, le=1 << 16)
     poll_interval_s: float = Field(2.0, gt=0.0, le=3600.0)
+    full_poll_interval_s: float | None = Field(None, gt=0.0, le=86400.0)
     extend_timeout_s: float = Field(60.0, gt=0.0, le=3600.0)
     retry_initial_s: float = Field(1.0, gt=0.0, le=600.0)
     retry_max_s: float = Field(30.0, gt=0.0, le=3600.0)
     job_chunk_factor: float = Field(2.0, ge=1.0, le=16.0)
     job_pre_extend: bool = True
+    chunk_mode: Literal["fixed", "write_rate"] = "fixed"
+    min_chunk_mib: int = Field(256, ge=1, le=1 << 24)
+    max_chunk_mib: int = Field(20480, ge=1, le=1 << 24)
+    rate_margin: float = Field(2.0, ge=1.0, le=100.0)
+    rate_half_life_s: float = Field(30.0, gt=0.0, le=86400.0)
+    assumed_latency_s: float = Field(1.0, gt=0.0, le=3600.0)
     overrides: tuple[PolicyOverride, ...] = Field((), strict=False)
     vg_reserve_mib: dict[str, int] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _reserves_positive(self) -> PolicySettings:
+        if self.min_chunk_mib > self.max_chunk_mib:
+            raise ValueError("min_chunk_mib must be <= max_chunk_mib")
         for vg, mib in self.vg_reserve_mib.items():
             if mib < 0:
                 raise ValueError(f"vg_reserve_mib.{vg} must be >= 0")

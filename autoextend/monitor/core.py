@@ -39,9 +39,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from autoextend.clock import Clock
 from autoextend.errors import AutoextendError
-from autoextend.monitor import policy
+from autoextend.monitor import policy, pollplan
 from autoextend.monitor.config import PolicySettings, ResumeSettings
-from autoextend.monitor.extension import DriveVanished
+from autoextend.monitor.drive import ThresholdState
+from autoextend.monitor.extension import DriveVanished, event_info
 from autoextend.monitor.migrating import VolumeViews
 from autoextend.monitor.observer import DriveGone, MonitorObserver, NullObserver, VmCheckFailed
 from autoextend.monitor.probe import StorageProbe, direct_read_probe
@@ -218,11 +219,17 @@ class Monitor(Resync):
         log.info("vm gone", vm=name)
 
     async def _poll_loop(self) -> None:
+        polls = 0
         while True:
             self._next_poll = self.clock.now() + self.settings.poll_interval_s
             await self.clock.sleep(self.settings.poll_interval_s)
+            polls += 1
+            every = pollplan.full_poll_every(self.settings.poll_interval_s,
+                                             self.settings.full_poll_interval_s)
+            full = polls % every == 0
             for vm in list(self._vms.values()):
-                vm.post(POLL)
+                if full or pollplan.needs_poll(vm):
+                    vm.post(POLL)
             self.polls += 1
 
     async def _vm_main(self, vm: Vm) -> None:
@@ -287,10 +294,14 @@ class Monitor(Resync):
                 if d is None:
                     await self._resync(vm, rearm=True)
                     return
+                armed = d.state is ThresholdState.SET and d.threshold == thr and thr > 0
                 if d.mark_exceeded(now):
                     log.info("threshold crossed", vm=vm.name, drive=name, threshold=thr,
                              excess=excess)
-                    self._start_extension(vm, d)
+                    # The event names the threshold we armed on the size we know: the
+                    # decision needs no fresh query (the allocation is in the event).
+                    self._start_extension(vm, d, event_info(d.info, thr, excess)
+                                          if armed else None)
             case EnospcError(drive=name) if name in vm.drives:
                 self._flag_enospc(vm, vm.drives[name], now)
             case JobEnded():

@@ -10,6 +10,7 @@ host"); the monitor does not check it a second time. The wait is bounded by one 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any
 
 import anyio
@@ -30,15 +31,24 @@ class DriveVanished(AutoextendError):
         super().__init__(f"{vm}: drive {drive} is gone")
 
 
+def event_info(info: DriveInfo, threshold: int, excess: int) -> DriveInfo:
+    """The drive's numbers as a threshold event gives them: the event's offset
+    (threshold + excess) is the highest written offset when QEMU sent it."""
+    return dataclasses.replace(info, allocation=max(info.allocation, threshold + excess),
+                               threshold=0)
+
+
 class Extensions(Migrations):
-    def _start_extension(self, vm: Vm, d: DriveState) -> None:
+    def _start_extension(self, vm: Vm, d: DriveState, info: DriveInfo | None = None) -> None:
+        """Start the drive's extension task. ``info``: numbers fresh enough to decide on
+        (a threshold event for the threshold we armed); None queries the hypervisor first."""
         if d.state is not ThresholdState.EXCEEDED or vm.tg is None:
             return
         d.start_extend()
         self._count_in_flight(+1)
-        vm.tg.start_soon(self._extend, vm, d, name=f"extend:{vm.name}:{d.name}")
+        vm.tg.start_soon(self._extend, vm, d, info, name=f"extend:{vm.name}:{d.name}")
 
-    async def _extend(self, vm: Vm, d: DriveState) -> None:
+    async def _extend(self, vm: Vm, d: DriveState, known: DriveInfo | None = None) -> None:
         """Extend until the drive has its watermark of room (or is capped); one task owns it.
 
         Any exception ends this extension only (counted as a failure, retried with backoff):
@@ -47,7 +57,8 @@ class Extensions(Migrations):
         bound = log.bind(vm=vm.name, drive=d.name, volume=str(d.volume))
         try:
             while True:
-                again = await self._extend_once(vm, d, bound)
+                again = await self._extend_once(vm, d, bound, known)
+                known = None
                 if not again:
                     break
         except Exception as exc:  # noqa: BLE001 - contained per drive, see docstring
@@ -86,12 +97,26 @@ class Extensions(Migrations):
                 return info
         raise DriveVanished(vm.name, d.name)
 
-    async def _extend_once(self, vm: Vm, d: DriveState, bound: Any) -> bool:
-        """One extension. Returns True when the drive needs another one right away."""
+    async def _extend_once(
+        self, vm: Vm, d: DriveState, bound: Any, known: DriveInfo | None = None
+    ) -> bool:
+        """One extension. Returns True when the drive needs another one right away.
+
+        Phases (seconds, see ``observer.extend_finished``): ``wait`` (event received to this
+        task), ``decision`` (fresh numbers, unless the event gave them, and the policy),
+        the extender's (``extend``, ``refresh``; its size check is part of ``refresh``),
+        ``rearm`` and ``total``.
+        """
         t_event = d.exceeded_at if d.exceeded_at is not None else self.clock.now()
         t_start = self.clock.now()
-        info = self._effective(vm, await self._fresh(vm, d))
+        if known is None:
+            info = await self._fresh(vm, d)
+        else:
+            info = known
+            d.update_info(info)
+        info = self._effective(vm, info)
         pol = self.policy_for(info, d.volume)
+        t_decided = self.clock.now()
         target = max(policy.next_size(info.physical, info.capacity, pol),
                      self._job_need(info, pol))
         if target <= info.physical:
@@ -133,7 +158,7 @@ class Extensions(Migrations):
             delay = self._retry_delay(d, outcome.kind)
             d.extend_failed(self.clock.now(), outcome.reason, delay)
             self.observer.notify(ExtendFinished(vm.name, d.name, d.volume, outcome.kind,
-                                                outcome.size, {"extender": t_extended - t_start}))
+                                                outcome.size, {"extender": t_extended - t_decided}))
             if outcome.code == "vg_full":
                 self.observer.notify(VgFull(vm.name, d.name, d.volume))
                 bound.error("volume group cannot satisfy the extension", size=target,
@@ -154,8 +179,16 @@ class Extensions(Migrations):
                        size=outcome.size, seen=d.info.physical,
                        duration_s=t_extended - t_start)
             return False
-        # The extender checked the size (its contract); fresh numbers are for the threshold.
-        info = await self._fresh(vm, d)
+        # The extender checked the size this host sees (its contract): that is the new
+        # physical size. No second query: the allocation moves on anyway, and a write past
+        # the new threshold fires it (the safety-net poll catches the rest).
+        info = dataclasses.replace(info, physical=max(info.physical, outcome.size))
+        d.update_info(info)
+        if getattr(self.policy_for, "sample_after_extend", False):
+            # Write-rate chunks: a fresh look now measures the rate over this extension,
+            # so the threshold re-armed below already covers a burst.
+            info = await self._fresh(vm, d)
+            pol = self.policy_for(info, d.volume)
         if policy.at_cap(info.physical, info.capacity, pol):
             d.extend_done(0)
             self._disable(vm, d)
@@ -173,7 +206,8 @@ class Extensions(Migrations):
         phases = {
             **outcome.phases,
             "wait": t_start - t_event,
-            "extender": t_extended - t_start,
+            "decision": t_decided - t_start,
+            "extender": t_extended - t_decided,
             "rearm": t_armed - t_extended,
             "total": t_armed - t_event,
         }

@@ -69,6 +69,15 @@ class Resumed:
 
 
 @dataclass(frozen=True)
+class ResumeLatency:
+    """An ENOSPC pause ended by autoextend's resume: ``seconds`` from the pause being noticed
+    to the resume sent (sent with the ``Resumed`` of that resume)."""
+
+    vm: str
+    seconds: float
+
+
+@dataclass(frozen=True)
 class DriveAtCap:
     vm: str
     drive: str
@@ -144,7 +153,7 @@ class MigrationNoted:
 MonitorEvent = (
     DriveSeen | DriveGone | ExtendFinished | ExtendsInFlight | Paused | Resumed | DriveAtCap
     | VgFull | UnmanagedEnospc | IoErrorAction | VmCheckFailed | JobFailed | JobResumed
-    | MigrationNoted
+    | MigrationNoted | ResumeLatency
 )
 
 
@@ -175,11 +184,15 @@ class Tally:
     job_resumes: int = 0
     migrations: int = 0  # migration state changes noted (MigrationNoted)
     latencies: list[float] = field(default_factory=list)
+    #: ``phases`` of each successful extension, and pause -> resume seconds (ENOSPC).
+    phases: list[Mapping[str, float]] = field(default_factory=list)
+    resume_latencies: list[float] = field(default_factory=list)
 
     def notify(self, event: MonitorEvent) -> None:
         match event:
             case ExtendFinished(kind=OutcomeKind.OK, phases=phases):
                 self.extends += 1
+                self.phases.append(phases)
                 if "total" in phases:
                     self.latencies.append(phases["total"])
             case ExtendFinished(kind=None):
@@ -208,6 +221,8 @@ class Tally:
                 self.job_resumes += 1
             case MigrationNoted():
                 self.migrations += 1
+            case ResumeLatency(seconds=seconds):
+                self.resume_latencies.append(seconds)
 
 
 class Fanout:

@@ -18,6 +18,7 @@ from autoextend.monitor.observer import (
     IoErrorAction,
     Paused,
     Resumed,
+    ResumeLatency,
     UnmanagedEnospc,
 )
 from autoextend.monitor.probe import probe_all
@@ -258,6 +259,7 @@ class Resync(JobSteps):
     async def _act(self, vm: Vm, event: VmEvent, cause: str, detail: str = "") -> None:
         """Apply a check event; send the resume or kill it asks for."""
         m = vm.machine
+        paused_at = m.paused_at
         actions = m.apply(event, self.clock.now())
         if Action.RESUME in actions:
             if self.dry_run:
@@ -270,6 +272,8 @@ class Resync(JobSteps):
                 self.observer.notify(IoErrorAction(vm.name, "resume", detail))
             else:
                 self.observer.notify(Resumed(vm.name, True))  # autoextend_resumes_total: ENOSPC
+                if paused_at is not None:
+                    self.observer.notify(ResumeLatency(vm.name, self.clock.now() - paused_at))
             log.info("vm resumed", vm=vm.name, cause=cause, reason=detail or None,
                      attempt=m.resume_attempts)
         elif Action.KILL in actions:

@@ -297,7 +297,7 @@ class QmpHypervisor:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(session.pump_events, events)
                 tg.start_soon(
-                    session.watch_drives, events, self._clock, self.settings.rescan_interval_s
+                    session.watch_drives, events, self._clock, self.settings.drive_watch_s
                 )
                 await conn.wait_lost()
                 tg.cancel_scope.cancel()

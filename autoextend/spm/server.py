@@ -38,7 +38,7 @@ from autoextend.spm.inbox import Inbox
 from autoextend.spm.layout import SLOTS_PER_HOST, MailboxLayout, contiguous_runs
 from autoextend.spm.validate import check_request
 from autoextend.spm.waiting import sleep_or_event
-from autoextend.spm.watch import LiveHosts, RingWatch
+from autoextend.spm.watch import WAKE_EARLY_S, LiveHosts, RingWatch
 from autoextend.spm.wire import (
     Kind,
     MalformedSlot,
@@ -151,7 +151,7 @@ class SpmMailServer:
                 task_status.started()
                 last = self._clock.now()
                 while self._accepting:
-                    await sleep_or_event(self._clock, self._settings.poll_interval_s, self._wake)
+                    await sleep_or_event(self._clock, self._idle_wait(), self._wake)
                     if not self._accepting or not self._still_spm():
                         break
                     now = self._clock.now()
@@ -166,6 +166,18 @@ class SpmMailServer:
             log.warning("SPM mail server stopped: not SPM", reason=self._lost.reason)
             raise self._lost
         log.info("SPM mail server stopped", handed_back=self.counters.handed_back)
+
+    def _idle_wait(self) -> float:
+        """Seconds until the next poll: when the ring watch has something due (at least
+        ``poll_interval_s``; at once after a failed read's retry), at most a sweep interval
+        (the slow full scan's credit keeps flowing). An idle SPM wakes for its sweeps, not
+        every ``poll_interval_s``."""
+        poll = self._settings.poll_interval_s
+        if self._rescan:
+            return poll
+        now = self._clock.now()
+        due = self._watch.next_due(now) - now - WAKE_EARLY_S
+        return min(max(poll, due), max(poll, self._watch.sweep_interval_s))
 
     async def step_down(self, timeout_s: float | None = None) -> None:
         """Stop taking requests, hand back queued ones (left unanswered in the hosts' boxes

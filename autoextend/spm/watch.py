@@ -18,8 +18,8 @@ Three cadences:
 
 - **live sweep**: the ring sectors of the hosts the lease sees alive (``live_hosts``, a
   callable the cluster agent passes in), as the few contiguous ranges covering them, every
-  ``poll_interval_s``, slowed down so this costs at most ``live_sweep_bytes_per_s`` (and
-  never slower than the sweep below).
+  ``live_poll_interval_s`` (0.2 s), slowed down so this costs at most
+  ``live_sweep_bytes_per_s`` (and never slower than the sweep below).
 - **sweep** (the safety net): every other ring sector (all ``max_hosts`` of them when no live
   set is known) every ``max(poll_interval_s, ring_bytes / ring_sweep_bytes_per_s)``: hosts
   the lease does not know yet, dead hosts' leftovers, a wrong live set.
@@ -56,7 +56,10 @@ MAX_READ_BYTES = 1 << 20  # one I/O reads at most this much
 MERGE_GAP_BYTES = 4096
 # How often the live set is asked for (the lease changes a host's state in seconds).
 LIVE_REFRESH_S = 1.0
-_EPSILON = 1e-9
+_EPSILON = 1e-6  # what is due this close to now is due now
+#: The server sleeps until this much before what is due (clocks and float sums may land a
+#: hair short of it; less than ``_EPSILON``, so what it wakes for is due).
+WAKE_EARLY_S = 1e-7
 
 LiveHosts = Callable[[], Collection[int]]
 
@@ -87,11 +90,12 @@ def live_cover(live: Collection[int], max_hosts: int, sector_size: int) -> list[
 def live_interval(cover_count: int, sector_size: int, settings: MailboxSettings,
                   sweep_interval_s: float) -> float:
     """Seconds between live sweeps of ``cover_count`` ring sectors: at most
-    ``live_sweep_bytes_per_s``, never more often than every poll, never less often than the
-    sweep (pure)."""
+    ``live_sweep_bytes_per_s``, never more often than every ``live_poll_interval_s`` (nor
+    every poll), never less often than the sweep (pure)."""
     return min(sweep_interval_s, cadence(cover_count * sector_size,
                                          settings.live_sweep_bytes_per_s,
-                                         settings.poll_interval_s))
+                                         max(settings.poll_interval_s,
+                                             settings.live_poll_interval_s)))
 
 
 def idle_ring_read_rate(live: Collection[int], max_hosts: int, sector_size: int,
@@ -173,6 +177,8 @@ class RingWatch:
         self._next_sweep = 0.0
         self._next_live = 0.0
         self._last_hot = -1e18
+        self._raw: dict[int, bytes] = {}  # the bytes last read of each ring sector
+        self._runs: dict[tuple[int, int], bytes] = {}  # ... and of each run read together
 
     @property
     def live_cover(self) -> list[int]:
@@ -229,6 +235,23 @@ class RingWatch:
         if live:
             self._next_live = now + (retry if failed else self.live_interval_s)
         return changed
+
+    def next_due(self, now: float) -> float:
+        """When :meth:`poll` has something to read next (the sweep, the live sweep, the hot
+        hosts' next read, the next ask for the live set): the server sleeps until then
+        instead of waking every ``poll_interval_s`` to find nothing due."""
+        due = self._next_sweep
+        if self._cover:
+            due = min(due, self._next_live)
+        if self._live_hosts is not None:
+            due = min(due, self._next_live_refresh)
+        hot = self.tracker.hot(now)
+        if hot:
+            interval = cadence(len(hot) * self._layout.sector_size,
+                               self._settings.hot_read_bytes_per_s,
+                               self._settings.poll_interval_s)
+            due = min(due, self._last_hot + interval)
+        return due
 
     def _refresh_live(self, now: float) -> None:
         """Ask for the live set (at most every ``LIVE_REFRESH_S``) and split the ring
@@ -293,9 +316,16 @@ class RingWatch:
                 log.warning("ring sector read failed", first_host=first, hosts=count,
                             error=str(err))
                 continue
+            if self._runs.get((first, count)) == data:
+                continue  # the same bytes as the last read of this run: nothing changed
+            self._runs[(first, count)] = data
             for n in range(count):
                 host_id = first + n
-                key, ring = ring_key(data[n * ss : (n + 1) * ss], host_id)
+                raw = data[n * ss : (n + 1) * ss]
+                if self._raw.get(host_id) == raw:
+                    continue  # the same bytes as last read: nothing to decode
+                self._raw[host_id] = raw
+                key, ring = ring_key(raw, host_id)
                 if self.tracker.update(host_id, key) and counting:
                     self._counters.rings += 1
                     if isinstance(ring, CorruptSector):

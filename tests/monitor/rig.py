@@ -15,6 +15,7 @@ VOL = VolumeRef("vg0", "lv1")
 SETTINGS = PolicySettings(
     chunk_mib=128, utilization_percent=50, cap_factor=1.1, extent_mib=4, poll_interval_s=1.0,
     extend_timeout_s=5.0, retry_initial_s=0.5, retry_max_s=2.0,
+    full_poll_interval_s=1.0,  # every poll looks at every VM (pollplan tests use others)
 )
 # watermark = 64 MiB; threshold = physical - 64 MiB; next = physical + 128 MiB
 

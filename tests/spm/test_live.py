@@ -34,6 +34,7 @@ from .pool import NO_SAFETY_NET, VG, MiB, Pool, tick, vol
 SLOW_SWEEP = NO_SAFETY_NET.model_copy(update={
     "poll_interval_s": 0.025, "ring_sweep_bytes_per_s": 4096,
     "live_sweep_bytes_per_s": 2 * 512 * 40, "hot_window_s": 60.0,
+    "live_poll_interval_s": 0.025,  # the live sweep at every poll
 })
 DEFAULTS = MailboxSettings()
 
@@ -256,3 +257,12 @@ def test_the_cluster_agent_passes_every_host_not_free_or_dead_and_itself() -> No
     assert live == {h for h, s in states.items()
                     if s.state not in (HostState.FREE, HostState.DEAD)} | {40}
     assert len(live) == len(HostState) - 2 + 1
+
+
+def test_the_live_sweep_waits_live_poll_interval_at_least() -> None:
+    """Two quiet live hosts are read every live_poll_interval_s (0.2 s), not every 25 ms
+    poll: the SPM's idle wake-ups (and CPU) follow the live set's traffic."""
+    sweep = cadence(250 * 512, DEFAULTS.ring_sweep_bytes_per_s, DEFAULTS.poll_interval_s)
+    assert live_interval(2, 512, DEFAULTS, sweep) == DEFAULTS.live_poll_interval_s == 0.2
+    fast = DEFAULTS.model_copy(update={"live_poll_interval_s": 0.01})
+    assert live_interval(2, 512, fast, sweep) == DEFAULTS.poll_interval_s

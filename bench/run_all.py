@@ -1,0 +1,47 @@
+"""``make bench``: every benchmark, one after the other, each in its own process.
+
+Each writes its JSON under ``bench/results/``. On a shared machine, run each under the
+shared lock instead (``flock /tmp/ae-heavy.lock python -m bench.<name>``).
+
+    python -m bench.run_all [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+BENCHMARKS: list[list[str]] = [
+    ["bench.local_bench", "--part", "floor"],
+    ["bench.local_bench", "--part", "libvirt", "--part", "pauses", "--part", "extender"],
+    ["bench.writerate_bench"],
+    ["bench.idle_bench", "--window", "65"],
+    ["bench.mailbox_bench", "--runs", "1"],
+    ["bench.pool_bench"],
+    ["bench.lvm_bench"],
+    ["bench.lease_bench"],
+]
+QUICK_FLAG = {"bench.local_bench", "bench.writerate_bench", "bench.mailbox_bench",
+              "bench.pool_bench"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs where offered")
+    args = parser.parse_args()
+    failed = []
+    for bench in BENCHMARKS:
+        command = [sys.executable, "-m", *bench]
+        if args.quick and bench[0] in QUICK_FLAG:
+            command.append("--quick")
+        print("==>", " ".join(command[2:]), flush=True)
+        if subprocess.run(command, check=False).returncode != 0:
+            failed.append(" ".join(bench))
+    for name in failed:
+        print("FAILED:", name, file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
