@@ -22,6 +22,7 @@ from anyio.abc import TaskStatus
 
 from autoextend import logs, startup, timeouts, validation
 from autoextend import settings as settings_mod
+from autoextend.capacity.wiring import CapacityPart
 from autoextend.clock import Clock, MonotonicClock
 from autoextend.cluster import ClusterAgent
 from autoextend.control import ControlServer
@@ -126,6 +127,10 @@ class Service:
             lease_ok=self._host_lease_valid if self.cluster is not None else None,
             extend_deadline_s=timeouts.extension_deadline_s(settings),
         )
+        self.capacity = CapacityPart(settings, self.backend, self.monitor, self.clock,
+                                     self.metrics.registry)
+        if self.capacity.watcher is not None:
+            self.capacity.watcher.on_level = lambda: self.notifier.status(self.summary())
         self.control = ControlServer(settings.service.control_socket)
         self.control.register("status", self._status)
         self.control.register("spm_step_down", self._step_down)
@@ -215,16 +220,19 @@ class Service:
             },
             "vms": self.monitor.snapshot(),
             "spm": self.cluster.status() if self.cluster is not None else None,
+            "capacity": self.capacity.status(),
         }
 
     def summary(self) -> str:
         vms = self.monitor.snapshot()
         drives = sum(len(v["drives"]) for v in vms)
         paused = sum(1 for v in vms if v["paused"])
-        return (
+        text = (
             f"{len(vms)} VMs, {drives} drives, {self.monitor.extends_in_flight} extending, "
             f"{paused} paused, {self.tally.extends} extends"
         )
+        space = self.capacity.summary()
+        return f"{text}; {space}" if space else text
 
     def reload(self) -> bool:
         """Re-read the config file; keep the old config when the new one is invalid."""
@@ -238,6 +246,7 @@ class Service:
             return False
         logs.configure(new.service.log_level, new.service.log_format)
         self.monitor.reconfigure(new.policy, None, new.service.dry_run, new.resume)
+        self.capacity.reconfigure(new)
         self.settings = new
         log.info("config reloaded", path=str(self.config_path))
         return True
@@ -274,6 +283,7 @@ class Service:
                 await tg.start(self.monitor.run)
             tg.start_soon(self.notifier.watchdog_loop, self.clock)
             tg.start_soon(self._status_loop)
+            tg.start_soon(self.capacity.run)
             self.notifier.ready(self.summary())
             log.info("service ready", hypervisor=self.settings.service.hypervisor,
                      extender=self.settings.service.extender)

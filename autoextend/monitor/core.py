@@ -144,6 +144,20 @@ class Monitor(Resync):
             for vm in self._vms.values()
         ]
 
+    def space_added(self, vg: str) -> int:
+        """The VG gained free space: every drive of it waiting to retry a failed extension
+        retries now, not at its next backoff step. Returns how many drives were woken."""
+        now = self.clock.now()
+        woken = 0
+        for vm in self._vms.values():
+            hit = [d for d in vm.drives.values() if d.volume.vg == vg and d.retry_now(now)]
+            if hit:
+                woken += len(hit)
+                vm.post(POLL)
+                log.info("volume group gained space; retrying now", vm=vm.name, vg=vg,
+                         drives=[d.name for d in hit])
+        return woken
+
     # ----------------------------------------------------------------- routing
 
     async def _dispatch(self, receive: MemoryObjectReceiveStream[HypervisorEvent]) -> None:

@@ -19,6 +19,7 @@ from autoextend.monitor import policy
 from autoextend.monitor.drive import DriveState, ThresholdState
 from autoextend.monitor.protocols import DriveInfo, ExtendOutcome, OutcomeKind
 from autoextend.monitor.vm import POLL, MonitorBase, Vm, log
+from autoextend.monitor.vmstate import VmState
 
 
 class DriveVanished(AutoextendError):
@@ -71,6 +72,13 @@ class Extensions(MonitorBase):
         return policy.backoff(d.attempts + 1, self.settings.retry_initial_s,
                               self.settings.retry_max_s)
 
+    def _space_held(self, vm: Vm, d: DriveState) -> str | None:
+        """Why the VG's level holds this extension back (None: go ahead)."""
+        if self.space_gate is None:
+            return None
+        paused = d.enospc or vm.machine.state is VmState.PAUSED_ENOSPC
+        return self.space_gate(d.volume, paused)
+
     async def _fresh(self, vm: Vm, d: DriveState) -> DriveInfo:
         for info in await self.hypervisor.drives(vm.name):
             if info.drive == d.name:
@@ -100,6 +108,12 @@ class Extensions(MonitorBase):
             except AutoextendError:
                 d.disarmed()
                 raise
+            return False
+        held = self._space_held(vm, d)
+        if held is not None:
+            delay = self._retry_delay(d, OutcomeKind.FAILED)
+            d.extend_failed(self.clock.now(), held, delay)
+            bound.warning("extension held back", reason=held, retry_in_s=round(delay, 3))
             return False
         if self.dry_run:
             bound.info("dry-run: would extend", physical=info.physical, size=target)

@@ -32,6 +32,9 @@ log = get_logger("monitor")
 
 PolicyResolver = Callable[[DriveInfo, VolumeRef], policy.DrivePolicy]
 LeaseOk = Callable[[], bool]
+# (volume, paused on ENOSPC) -> None to go ahead, or why the extension must wait
+# (a VG at its critical level extends only drives whose VM paused on ENOSPC).
+SpaceGate = Callable[[VolumeRef, bool], str | None]
 
 VM_INBOX_SIZE = 64
 
@@ -111,6 +114,7 @@ class MonitorBase:
         self._extend_deadline_s = extend_deadline_s
         self._vms: dict[str, Vm] = {}
         self._in_flight = 0
+        self.space_gate: SpaceGate | None = None  # set by the service (capacity levels)
 
     @property
     def extend_deadline_s(self) -> float:

@@ -1,0 +1,85 @@
+"""The capacity part of one service: the watcher, its gauges, the monitor's hooks, and the
+``volume_reduce`` control command (see ``reduce.py``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from autoextend.capacity import metrics as capacity_metrics
+from autoextend.capacity.sources import VgSource, source_for
+from autoextend.capacity.watch import CapacityWatcher
+from autoextend.clock import Clock
+from autoextend.logs import get_logger
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from autoextend.monitor.core import Monitor
+    from autoextend.settings import Settings
+
+log = get_logger("capacity")
+
+
+def committed_by_vg(vms: list[dict[str, Any]]) -> dict[str, int]:
+    """Sum of the caps of the volumes in the monitor's snapshot, per VG (each volume once)."""
+    caps: dict[str, int] = {}
+    for vm in vms:
+        for d in vm["drives"]:
+            caps[str(d["volume"])] = int(d["cap"])
+    out: dict[str, int] = {}
+    for volume, cap in caps.items():
+        vg = volume.partition("/")[0]
+        out[vg] = out.get(vg, 0) + cap
+    return out
+
+
+class CapacityPart:
+    def __init__(
+        self,
+        settings: Settings,
+        backend: Any,
+        monitor: Monitor,
+        clock: Clock,
+        registry: CollectorRegistry,
+        source: VgSource | None = None,
+    ) -> None:
+        self.settings = settings
+        self.monitor = monitor
+        self.reduces = 0
+        self.reduced_bytes = 0
+        source = source or source_for(backend)
+        self.watcher: CapacityWatcher | None = None
+        if source is not None and settings.capacity.enabled:
+            self.watcher = CapacityWatcher(
+                settings.capacity, source, clock, vgs=self._vgs,
+                committed=lambda: committed_by_vg(monitor.snapshot()),
+                on_space=monitor.space_added)
+            monitor.space_gate = self.watcher.gate
+            capacity_metrics.register(registry, capacity_metrics.CapacityCollector(
+                self.watcher, lambda: (self.reduces, self.reduced_bytes)))
+
+    def _vgs(self) -> set[str]:
+        names = set(self.settings.lvm.vgs)
+        for vm in self.monitor.snapshot():
+            for d in vm["drives"]:
+                names.add(str(d["volume"]).partition("/")[0])
+        return names
+
+    def reconfigure(self, settings: Settings) -> None:
+        self.settings = settings
+        if self.watcher is not None:
+            self.watcher.settings = settings.capacity
+
+    async def run(self) -> None:
+        if self.watcher is not None:
+            await self.watcher.run()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "vgs": self.watcher.snapshot() if self.watcher is not None else [],
+            "reduces": self.reduces,
+            "reduced_bytes": self.reduced_bytes,
+        }
+
+    def summary(self) -> str:
+        return self.watcher.summary() if self.watcher is not None else ""
