@@ -134,6 +134,7 @@ class Service:
         self.control = ControlServer(settings.service.control_socket)
         self.control.register("status", self._status)
         self.control.register("spm_step_down", self._step_down)
+        self.control.register("volume_reduce", self.capacity.handle_reduce)
         self._export_input_metrics()
         if self.cluster is not None:
             self._export_cluster_metrics(self.cluster)

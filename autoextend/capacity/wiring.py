@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from autoextend.capacity import metrics as capacity_metrics
+from autoextend.capacity.reduce import Reducer, parse_volume
 from autoextend.capacity.sources import VgSource, source_for
 from autoextend.capacity.watch import CapacityWatcher
 from autoextend.clock import Clock
@@ -45,8 +46,7 @@ class CapacityPart:
     ) -> None:
         self.settings = settings
         self.monitor = monitor
-        self.reduces = 0
-        self.reduced_bytes = 0
+        self.reducer = Reducer(backend, settings, monitor.snapshot)
         source = source or source_for(backend)
         self.watcher: CapacityWatcher | None = None
         if source is not None and settings.capacity.enabled:
@@ -56,7 +56,7 @@ class CapacityPart:
                 on_space=monitor.space_added)
             monitor.space_gate = self.watcher.gate
             capacity_metrics.register(registry, capacity_metrics.CapacityCollector(
-                self.watcher, lambda: (self.reduces, self.reduced_bytes)))
+                self.watcher, lambda: (self.reducer.reduces, self.reducer.given_back)))
 
     def _vgs(self) -> set[str]:
         names = set(self.settings.lvm.vgs)
@@ -65,8 +65,18 @@ class CapacityPart:
                 names.add(str(d["volume"]).partition("/")[0])
         return names
 
+    async def handle_reduce(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Control command ``volume_reduce``: ``{"volume": "vg/lv", "dry_run": bool}``."""
+        volume = request.get("volume")
+        if not isinstance(volume, str):
+            raise ValueError("volume_reduce needs \"volume\": \"VG/LV\"")
+        plan = await self.reducer.reduce(parse_volume(volume),
+                                         dry_run=request.get("dry_run") is True)
+        return plan.as_dict()
+
     def reconfigure(self, settings: Settings) -> None:
         self.settings = settings
+        self.reducer.settings = settings
         if self.watcher is not None:
             self.watcher.settings = settings.capacity
 
@@ -77,8 +87,8 @@ class CapacityPart:
     def status(self) -> dict[str, Any]:
         return {
             "vgs": self.watcher.snapshot() if self.watcher is not None else [],
-            "reduces": self.reduces,
-            "reduced_bytes": self.reduced_bytes,
+            "reduces": self.reducer.reduces,
+            "reduced_bytes": self.reducer.given_back,
         }
 
     def summary(self) -> str:

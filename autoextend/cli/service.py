@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 import click
 
+from autoextend.capacity.render import render_capacity
 from autoextend.cli.context import CliContext, echo_reply, pass_ctx
 
 RUN_EPILOG = """\b
@@ -75,6 +76,7 @@ def render_status(result: dict[str, Any]) -> str:
     )
     if svc.get("hypervisor_problem"):
         lines.append(f"WARNING: {svc['hypervisor_problem']}")
+    lines.extend(render_capacity(result.get("capacity")))
     vms = result.get("vms", [])
     if not vms:
         lines.append("no VMs monitored")

@@ -45,6 +45,12 @@ class ReservedSpace:
     async def refresh(self, volume: VolumeRef) -> int:
         return await self.inner.refresh(volume)
 
+    def __getattr__(self, name: str) -> object:
+        # reduce, holders_paths, file_path ...: what the guard does not care about.
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
     async def size(self, volume: VolumeRef) -> int:
         return await self.inner.size(volume)
 
