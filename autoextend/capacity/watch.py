@@ -89,6 +89,8 @@ class CapacityWatcher:
         self._failing = False
         self.looked = anyio.Event()  # set after each look (tests wait on it)
         self.on_level: Callable[[], object] = lambda: None  # a level changed (STATUS=)
+        # Every level change: (time, vg, new level, free, size, free at the look before).
+        self.changes: list[tuple[float, str, Level, int, int, int | None]] = []
 
     async def run(self) -> None:
         while True:
@@ -118,13 +120,13 @@ class CapacityWatcher:
             st = self.state.get(f.vg)
             if st is None:
                 st = self.state[f.vg] = VgState(f, now)
-                self._set_level(st)
+                self._set_level(st, None, now)
             else:
                 before = st.figures
                 st.rate = update_rate(st.rate, before.free, f.free, now - st.seen_at,
                                       self.settings.rate_window_s)
                 st.figures, st.seen_at = f, now
-                self._set_level(st)
+                self._set_level(st, before.free, now)
                 if f.free > before.free:
                     log.info("volume group gained space", vg=f.vg, free=f.free,
                              gained=f.free - before.free)
@@ -134,7 +136,7 @@ class CapacityWatcher:
         self.looked.set()
         self.looked = anyio.Event()
 
-    def _set_level(self, st: VgState) -> None:
+    def _set_level(self, st: VgState, free_before: int | None, now: float) -> None:
         f = st.figures
         level = level_of(f.size, f.free, self.settings.levels_for(f.vg))
         if level is st.level:
@@ -145,6 +147,7 @@ class CapacityWatcher:
         report("volume group space level changed", vg=f.vg, level=level.value,
                was=st.level.value, free=f.free, size=f.size, free_percent=pct)
         st.level = level
+        self.changes.append((now, f.vg, level, f.free, f.size, free_before))
         self.on_level()
 
     def gate(self, volume: VolumeRef, paused_enospc: bool) -> str | None:
