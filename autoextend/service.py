@@ -128,7 +128,7 @@ class Service:
             extend_deadline_s=timeouts.extension_deadline_s(settings),
         )
         self.capacity = CapacityPart(settings, self.backend, self.monitor, self.clock,
-                                     self.metrics.registry)
+                                     self.metrics.registry, cluster=self.cluster)
         if self.capacity.watcher is not None:
             self.capacity.watcher.on_level = lambda: self.notifier.status(self.summary())
         self.control = ControlServer(settings.service.control_socket)

@@ -126,7 +126,10 @@ class Reducer:
             return plan
         if self.remote is not None:
             new_size = await self.remote(volume, target)
-            await self.backend.refresh(volume)
+            try:
+                await self.backend.refresh(volume)  # this host's view of the smaller LV
+            except AutoextendError as exc:
+                log.warning("refresh after reduce failed", volume=str(volume), error=str(exc))
         else:
             new_size = (await self.backend.reduce(volume, target)).size
         given = max(0, size - new_size)

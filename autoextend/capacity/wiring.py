@@ -6,11 +6,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from autoextend.capacity import metrics as capacity_metrics
-from autoextend.capacity.reduce import Reducer, parse_volume
+from autoextend.capacity.published import PublishedSource
+from autoextend.capacity.reduce import Reducer, ReduceRefused, RemoteReduce, parse_volume
 from autoextend.capacity.sources import VgSource, source_for
 from autoextend.capacity.watch import CapacityWatcher
 from autoextend.clock import Clock
 from autoextend.logs import get_logger
+from autoextend.volumes import VolumeRef
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -19,6 +21,22 @@ if TYPE_CHECKING:
     from autoextend.settings import Settings
 
 log = get_logger("capacity")
+
+
+def mailbox_reduce(cluster: Any) -> RemoteReduce:
+    """Mailbox mode: a REDUCE request to the SPM; the new size, or ReduceRefused."""
+    from autoextend.spm.wire import OP_REDUCE, Status
+
+    async def remote(volume: VolumeRef, size: int) -> int:
+        mailbox = cluster.mailbox
+        if mailbox is None:
+            raise ReduceRefused(volume, "this host has not joined the pool yet")
+        reply = await mailbox.request(volume, size, op=OP_REDUCE)
+        if reply.status is Status.OK:
+            return int(reply.size)
+        raise ReduceRefused(volume, f"the SPM refused: {reply.text or reply.reason.name}")
+
+    return remote
 
 
 def committed_by_vg(vms: list[dict[str, Any]]) -> dict[str, int]:
@@ -43,11 +61,17 @@ class CapacityPart:
         clock: Clock,
         registry: CollectorRegistry,
         source: VgSource | None = None,
+        cluster: Any = None,
     ) -> None:
         self.settings = settings
         self.monitor = monitor
-        self.reducer = Reducer(backend, settings, monitor.snapshot)
+        self.reducer = Reducer(backend, settings, monitor.snapshot,
+                               remote=None if cluster is None else mailbox_reduce(cluster))
         source = source or source_for(backend)
+        self.published: PublishedSource | None = None
+        if source is not None and cluster is not None:
+            self.published = source = PublishedSource(
+                cluster, source, settings.capacity, settings.lease.offset, clock)
         self.watcher: CapacityWatcher | None = None
         if source is not None and settings.capacity.enabled:
             self.watcher = CapacityWatcher(
@@ -79,6 +103,8 @@ class CapacityPart:
         self.reducer.settings = settings
         if self.watcher is not None:
             self.watcher.settings = settings.capacity
+        if self.published is not None:
+            self.published.settings = settings.capacity
 
     async def run(self) -> None:
         if self.watcher is not None:
