@@ -118,3 +118,60 @@ async def test_reduce_changes_metadata_only_through_the_writer(pool: Pool) -> No
         assert all(c[0] in ("vgs", "lvs") for c in host_runner.commands)
     finally:
         await host.aclose()
+
+
+async def test_reduce_through_the_spm_mailbox(pool: Pool) -> None:
+    """A host's REDUCE goes host mailbox -> SPM server -> LvmWriter (O_DIRECT mailbox file):
+    refused while the SPM's term is younger than hot_window_s and while a host asked to
+    extend the volume within it, then done; vg_seqno moves once, through the writer."""
+    from autoextend.clock import MonotonicClock
+    from autoextend.directio import open_storage
+    from autoextend.lab.waiting import until
+    from autoextend.spm.config import MailboxSettings, mailbox_base
+    from autoextend.spm.host import HostMailbox
+    from autoextend.spm.layout import MailboxLayout
+    from autoextend.spm.server import SpmMailServer
+    from autoextend.spm.wire import OP_REDUCE, ReasonCode, Status
+    from autoextend.volumes import LocalAuthority
+
+    hot = 0.3
+    settings = MailboxSettings(offset=0, max_hosts=4, poll_interval_s=0.005,
+                               reply_poll_interval_s=0.002, reply_poll_max_s=0.02,
+                               hot_window_s=hot)
+    layout = MailboxLayout(mailbox_base(settings), 512, settings.max_hosts)
+    path = os.path.join(pool.workdir, "mailbox")
+    with open(path, "wb") as f:
+        f.truncate(layout.end)
+    storage = await open_storage(path, 512)
+    volume = VolumeRef(pool.vg, "disk")
+    await pool.writer.create_lv(volume, 256 * MiB)
+    spm = LvmVolumeBackend(pool.runner, pool.reader, pool.writer, (pool.vg,))
+    server = SpmMailServer(storage, spm, [pool.vg], layout=layout, authority=LocalAuthority(),
+                           settings=settings)
+    host = HostMailbox(storage, layout, 2, settings)
+    clock = MonotonicClock()
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(server.run)
+            await tg.start(host.run)
+            _, _, seqno = await vgs_truth(pool, pool.devices)
+            t0 = clock.now()
+            young = await host.request(volume, 166 * MiB, op=OP_REDUCE)
+            assert young.status is Status.REJECTED and young.reason is ReasonCode.VOLUME_BUSY
+            assert "took over" in young.text
+            await until(lambda: clock.now() - t0 > hot, 10, "the new term's hot window")
+            ok = await host.request(volume, 256 * MiB)  # an extend (no-op: large enough)
+            assert ok.status is Status.OK
+            busy = await host.request(volume, 166 * MiB, op=OP_REDUCE)
+            assert busy.status is Status.REJECTED and "host 2 asked to extend it" in busy.text
+            assert (await vgs_truth(pool, pool.devices))[2] == seqno
+            t1 = clock.now()
+            await until(lambda: clock.now() - t1 > hot, 10, "the volume's hot window")
+            done = await host.request(volume, 166 * MiB, op=OP_REDUCE)
+            assert done.status is Status.OK and done.size == 168 * MiB
+            assert (await pool.reader.lv(volume)).size == 168 * MiB
+            assert (await vgs_truth(pool, pool.devices))[2] == seqno + 1
+            assert [c[0] for c in pool.runner.commands].count("lvreduce") == 1
+            tg.cancel_scope.cancel()
+    finally:
+        await storage.close()
