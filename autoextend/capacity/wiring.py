@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from autoextend.capacity import metrics as capacity_metrics
 from autoextend.capacity.published import PublishedSource
 from autoextend.capacity.reduce import Reducer, ReduceRefused, RemoteReduce, parse_volume
 from autoextend.capacity.sources import VgSource, source_for
 from autoextend.capacity.watch import CapacityWatcher
 from autoextend.clock import Clock
+from autoextend.errors import AutoextendError
 from autoextend.logs import get_logger
 from autoextend.volumes import VolumeRef
 
@@ -21,6 +24,8 @@ if TYPE_CHECKING:
     from autoextend.settings import Settings
 
 log = get_logger("capacity")
+STOPPED_QUEUE = 64
+STOP_RETRIES = 20
 
 
 def mailbox_reduce(cluster: Any) -> RemoteReduce:
@@ -65,6 +70,10 @@ class CapacityPart:
     ) -> None:
         self.settings = settings
         self.monitor = monitor
+        self.clock = clock
+        self._stopped_send, self._stopped = anyio.create_memory_object_stream[
+            tuple[str, list[VolumeRef]]](STOPPED_QUEUE)
+        monitor.on_clean_stop = self._on_clean_stop
         self.reducer = Reducer(backend, settings, monitor.snapshot,
                                remote=None if cluster is None else mailbox_reduce(cluster))
         source = source or source_for(backend)
@@ -107,8 +116,43 @@ class CapacityPart:
             self.published.settings = settings.capacity
 
     async def run(self) -> None:
-        if self.watcher is not None:
-            await self.watcher.run()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._reduce_stopped)
+            if self.watcher is not None:
+                await self.watcher.run()
+
+    def _on_clean_stop(self, vm: str, volumes: list[VolumeRef]) -> None:
+        """``[policy] reduce_on_stop``: a guest shut down cleanly; reduce its volumes."""
+        if not self.settings.policy.reduce_on_stop or not volumes:
+            return
+        try:
+            self._stopped_send.send_nowait((vm, volumes))
+        except anyio.WouldBlock:
+            log.warning("too many stopped VMs queued for reduce; skipping", vm=vm)
+
+    async def _reduce_stopped(self) -> None:
+        async for vm, volumes in self._stopped:
+            for volume in volumes:
+                await self._reduce_after_stop(vm, volume)
+
+    async def _reduce_after_stop(self, vm: str, volume: VolumeRef) -> None:
+        """QEMU may hold the device a moment after the guest's shutdown: retry that
+        refusal for up to 10 s; any other refusal is logged and ends the attempt."""
+        for attempt in range(STOP_RETRIES):
+            try:
+                plan = await self.reducer.reduce(volume, exclude_vm=vm)
+            except ReduceRefused as exc:
+                if "open on this host" in exc.reason and attempt + 1 < STOP_RETRIES:
+                    await self.clock.sleep(0.5)
+                    continue
+                log.warning("reduce on stop refused", vm=vm, volume=str(volume),
+                            reason=exc.reason)
+                return
+            except AutoextendError as exc:
+                log.warning("reduce on stop failed", vm=vm, volume=str(volume), error=str(exc))
+                return
+            log.info("reduce on stop", vm=vm, volume=str(volume), given_back=plan.given_back)
+            return
 
     def status(self) -> dict[str, Any]:
         return {

@@ -164,7 +164,11 @@ class Monitor(Resync):
         async with receive:
             async for event in receive:
                 if isinstance(event, VmGone):
+                    gone = self._vms.get(event.vm)
                     self._drop_vm(event.vm)
+                    if event.clean and gone is not None and self.on_clean_stop is not None:
+                        self.on_clean_stop(event.vm, sorted({d.volume
+                                                             for d in gone.drives.values()}))
                     continue
                 vm = self._vms.get(event.vm) or self._add_vm(event.vm)
                 vm.post(RESYNC if isinstance(event, VmAppeared) else event)

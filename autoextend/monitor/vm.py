@@ -115,6 +115,8 @@ class MonitorBase:
         self._vms: dict[str, Vm] = {}
         self._in_flight = 0
         self.space_gate: SpaceGate | None = None  # set by the service (capacity levels)
+        # Called with the VM and its volumes when a guest shut down cleanly (reduce_on_stop).
+        self.on_clean_stop: Callable[[str, list[VolumeRef]], object] | None = None
 
     @property
     def extend_deadline_s(self) -> float:

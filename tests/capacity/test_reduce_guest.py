@@ -88,3 +88,44 @@ async def test_reduce_after_clean_shutdown_and_refused_while_running(
 
         again = await host.restart_guest("vm1", GuestJob(mib=100, mode=Mode.VERIFY))
         assert (await again.vm.result(timeout=300)).verified
+
+
+async def test_reduce_on_stop_only_after_a_clean_shutdown(lab_tmp_path: Path) -> None:
+    import signal
+
+    extra = {"policy": {"reduce_on_stop": True}}
+    async with lab_host(workdir=lab_tmp_path, chunk_mib=CHUNK_MIB, utilization_percent=0,
+                        poll_interval_s=0.5, extra=extra) as host:
+        killed = await host.start_guest("vm2", GuestJob(mib=100, rate_kib_s=8192),
+                                        start_mib=64, virtual_mib=1024)
+        clean = await host.start_guest("vm1", GuestJob(mib=100), start_mib=64,
+                                       virtual_mib=1024)
+        path2 = host.volumes.file_path(killed.volume)
+
+        async def size(path: str) -> int:
+            return (await anyio.Path(path).stat()).st_size
+
+        sizes: dict[str, int] = {}
+
+        async def grown() -> None:
+            sizes["vm2"] = await size(path2)
+
+        with anyio.fail_after(120):
+            while sizes.get("vm2", 0) <= 64 * MiB:  # vm2 was extended: it has space to give
+                await grown()
+                await anyio.sleep(0.2)
+        killed.vm.send_signal(signal.SIGKILL)  # a crash: never reduced
+        await killed.vm.wait_exit(timeout=30)
+        await until(lambda: paused(host, "vm2") == "gone", 30, "the monitor to drop vm2")
+        assert (await clean.vm.result(timeout=300)).verified
+        assert await clean.vm.wait_exit(timeout=60) == 0
+        path1 = host.volumes.file_path(clean.volume)
+        reducer = host.service.capacity.reducer
+        await until(lambda: reducer.reduces == 1, 60, "the reduce on stop",
+                    describe=lambda: host.service.capacity.status())
+        end = (await check_image(path1)).image_end_offset
+        assert await size(path1) == reduce_target(end, 256 * MiB, CHUNK_MIB * MiB, 4 * MiB,
+                                                  leaf=True)
+        assert (await check_image(path1)).consistent
+        assert await size(path2) == sizes["vm2"]  # the killed VM's volume is untouched
+        assert reducer.reduces == 1

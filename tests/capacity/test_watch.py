@@ -148,3 +148,38 @@ async def test_critical_gate_extends_only_paused_vms(rig: Rig) -> None:
         await until(lambda: rig.volumes.sizes[VOL] == 384 * MiB, what="the paused VM's extension")
         assert held[-1] == (VOL, True)
         tg.cancel_scope.cancel()
+
+
+async def test_clean_stop_reports_the_volumes_and_a_crash_does_not(rig: Rig) -> None:
+    from autoextend.monitor.protocols import VmGone
+
+    stopped: list[tuple[str, list[VolumeRef]]] = []
+    rig.monitor.on_clean_stop = lambda vm, volumes: stopped.append((vm, volumes))
+    other = VolumeRef("vg0", "lv2")
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    rig.hv.add_vm("vm2", {"vda": (other, 256 * MiB, 1024 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.state("vm1") is ThresholdState.SET
+                    and rig.state("vm2") is ThresholdState.SET)
+        rig.hv.emit(VmGone("vm2"))  # crashed, killed, migrated or connection lost
+        rig.hv.emit(VmGone("vm1", clean=True))
+        await until(lambda: not rig.monitor.snapshot(), what="both VMs dropped")
+        assert stopped == [("vm1", [VOL])]
+        tg.cancel_scope.cancel()
+
+
+def test_libvirt_stopped_shutdown_is_the_only_clean_stop() -> None:
+    import libvirt
+
+    from autoextend.libvirt_backend.events import lifecycle_outcome
+    from autoextend.monitor.protocols import VmGone
+
+    stopped = libvirt.VIR_DOMAIN_EVENT_STOPPED
+    assert lifecycle_outcome("v", stopped, libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN,
+                             enospc_seen=False) == VmGone("v", clean=True)
+    for detail in (libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED,
+                   libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED,
+                   libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED,
+                   libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED):
+        assert lifecycle_outcome("v", stopped, detail, enospc_seen=False) == VmGone("v")
