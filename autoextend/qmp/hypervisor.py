@@ -292,7 +292,7 @@ class QmpHypervisor:
             self._malformed_events_closed += session.malformed_events
             if announced:
                 await self._announce_gone(watcher, name, events,
-                                          clean=session.clean_shutdown)
+                                          clean=session.conn.listener.guest_shutdown)
 
     async def _announce_gone(
         self, watcher: _Watcher, name: str, events: MemoryObjectSendStream[HypervisorEvent],

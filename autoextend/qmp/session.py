@@ -62,8 +62,6 @@ class VmSession:
         self.failure: str | None = None
         #: Events dropped because their data failed validation (logged 1st, 10th, every 1000th).
         self.malformed_events = 0
-        #: QEMU reported a shutdown the guest asked for (SHUTDOWN, guest-shutdown).
-        self.clean_shutdown = False
 
     async def fail(self, command: str, err: BaseException) -> QmpError:
         """End this session because of ``err``; return the error to raise to the caller."""
@@ -193,9 +191,6 @@ class VmSession:
             return [VmResumed(self.name)]
         if name == "DEVICE_DELETED":
             return [DrivesChanged(self.name)]
-        if name == "SHUTDOWN":
-            self.clean_shutdown = (isinstance(data, dict) and data.get("guest") is True
-                                   and data.get("reason") == "guest-shutdown")
         return []
 
     async def watch_drives(
