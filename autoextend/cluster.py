@@ -15,6 +15,10 @@ Invariants:
   the lease could expire (self-fencing, see ``autoextend/lease/README.md``).
 * Losing or giving up the role never stops the host side: requests stay in this host's
   mailbox and the next SPM serves them.
+* An I/O error while joining (the first lease or mailbox I/O) does not end the agent: it is
+  logged (a warning the first time), counted (``join_failures``) and the join is tried again
+  with backoff (the lease's io_timeout, doubling up to six times that). What is not an I/O
+  error (an unformatted area, a busy host id) still ends it: the environment must change.
 """
 
 from __future__ import annotations
@@ -27,18 +31,21 @@ from anyio.abc import TaskStatus
 
 from autoextend import startup
 from autoextend.clock import Clock
-from autoextend.directio import SectorStorage, open_storage
+from autoextend.directio import open_storage
 from autoextend.errors import AutoextendError, ConfigError, NotSpmError, StartupError
 from autoextend.lease.config import LeaseSettings
 from autoextend.lease.liveness import HostState
 from autoextend.lease.service import LeaseService
 from autoextend.logs import get_logger
+from autoextend.monitor.policy import backoff
 from autoextend.monitor.protocols import ExtendOutcome
+from autoextend.sectors import SectorStorage, StorageError
 from autoextend.spm.config import MailboxSettings, mailbox_base
 from autoextend.spm.extender import MailboxExtender
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.server import SpmMailServer
+from autoextend.validation import cluster_rule
 from autoextend.volumes import SpmAuthority, VolumeBackend, VolumeRef
 
 if TYPE_CHECKING:
@@ -50,8 +57,8 @@ SpmBackendFactory = Callable[[SpmAuthority], "FreeSpaceBackend"]
 
 class ClusterAgent:
     """``lease``/``mailbox``: their config sections; ``vgs``: the pool's VGs (``[lvm] vgs``).
-    The full cross-section rules (``autoextend.validation.mailbox_mode_rule``) are the
-    service's to check; this checks what it cannot run without."""
+    Refuses sections it cannot run with, by the one rule ``run`` and ``config check`` apply
+    (:func:`autoextend.validation.cluster_rule`)."""
 
     def __init__(
         self,
@@ -62,13 +69,7 @@ class ClusterAgent:
         spm_backend: SpmBackendFactory,
         clock: Clock,
     ) -> None:
-        found = []
-        if not lease.path:
-            found.append(("lease.path", "must name the shared metadata area"))
-        if not 1 <= lease.host_id <= mailbox.max_hosts:
-            found.append(("lease.host_id", "must be 1..mailbox.max_hosts"))
-        if not vgs:
-            found.append(("lvm.vgs", "must list the pool's VGs"))
+        found = list(cluster_rule(lease, mailbox, vgs))
         if found:
             raise ConfigError("<settings>", found)
         self.lease_config = lease
@@ -84,6 +85,7 @@ class ClusterAgent:
         self.mailbox: HostMailbox | None = None
         self.server: SpmMailServer | None = None
         self.terms = 0
+        self.join_failures = 0  # I/O errors while joining (each retried with backoff)
         self._joined: anyio.Event | None = None  # made inside the event loop, on first use
 
     def extender(self) -> AgentExtender:
@@ -108,31 +110,55 @@ class ClusterAgent:
         path = lease_cfg.path  # mailbox.path is empty or the same (validation)
         await anyio.to_thread.run_sync(startup.check_metadata_area, path)
         storage = await open_storage(path, lease_cfg.sector_size, lease_cfg.io_timeout_s)
-        self.storage = storage
         try:
-            startup.check_lease_area_fits(path, lease_cfg.offset, storage.size)
+            await self.run_on(storage, task_status=task_status)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await storage.close()
+
+    async def run_on(
+        self, storage: SectorStorage, *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """:meth:`run` on an opened metadata area (tests give it a fault-injecting one)."""
+        lease_cfg = self.lease_config
+        path = lease_cfg.path
+        self.storage = storage
+        startup.check_lease_area_fits(path, lease_cfg.offset, storage.size)
+        layout = MailboxLayout(
+            mailbox_base(self.mailbox_config, lease_cfg.offset),
+            storage.sector_size,
+            self.mailbox_config.max_hosts,
+        )
+        while True:
             try:
                 lease = LeaseService(storage, lease_cfg, self.clock)
             except ValueError as exc:  # geometry of the detected sector size (4 KiB)
                 raise StartupError(f"lease area on {path}", str(exc)) from None
-            layout = MailboxLayout(
-                mailbox_base(self.mailbox_config, lease_cfg.offset),
-                storage.sector_size,
-                self.mailbox_config.max_hosts,
-            )
             self.lease = lease
             self.mailbox = HostMailbox(
                 storage, layout, self.host_id, self.mailbox_config, self.clock
             )
-            async with lease.joined(), anyio.create_task_group() as tg:
-                await tg.start(self.mailbox.run)
-                tg.start_soon(self._candidacy, lease, storage, layout)
-                self.log.info("joined the pool", host_name=lease.host_name)
-                self._joined_event().set()
-                task_status.started()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await storage.close()
+            try:
+                async with lease.joined(), anyio.create_task_group() as tg:
+                    await tg.start(self.mailbox.run)
+                    tg.start_soon(self._candidacy, lease, storage, layout)
+                    self.log.info("joined the pool", host_name=lease.host_name,
+                                  join_failures=self.join_failures)
+                    self._joined_event().set()
+                    task_status.started()
+                return
+            except* StorageError as group:  # from the join, or from the mailbox's start
+                if self._joined_event().is_set():
+                    raise  # after the join: not a join failure
+                first = group.exceptions[0]
+                self.join_failures += 1
+                delay = backoff(self.join_failures, lease_cfg.io_timeout_s,
+                                6 * lease_cfg.io_timeout_s)
+                report = self.log.warning if self.join_failures == 1 else self.log.debug
+                report("joining the pool failed on an I/O error; retrying", error=str(first),
+                       attempts=self.join_failures, retry_in_s=round(delay, 3))
+                await self.clock.sleep(delay)
 
     async def _candidacy(
         self, lease: LeaseService, storage: SectorStorage, layout: MailboxLayout
@@ -205,8 +231,9 @@ class ClusterAgent:
             "last_renewal_age_s": None if age is None else round(age, 3),
             "hosts": hosts,
             "terms_held": self.terms,
-            "mailbox": self.mailbox.counters.__dict__ if self.mailbox is not None else {},
-            "server": server.counters.__dict__ if server is not None else None,
+            "join_failures": self.join_failures,
+            "mailbox": dict(vars(self.mailbox.counters)) if self.mailbox is not None else {},
+            "server": dict(vars(server.counters)) if server is not None else None,
         }
 
 
@@ -218,9 +245,13 @@ class AgentExtender:
         self._agent = agent
         self._inner: MailboxExtender | None = None
 
-    async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome:
+    async def extend(
+        self, volume: VolumeRef, size: int, *, refresh: bool = True
+    ) -> ExtendOutcome:
         if self._inner is None:
             mailbox = await self._agent.wait_joined()
             self._inner = MailboxExtender(mailbox, self._agent.host_backend,
                                           clock=self._agent.clock)
+        if not refresh:
+            return await self._inner.extend(volume, size, refresh=False)
         return await self._inner.extend(volume, size)

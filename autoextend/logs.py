@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, cast
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 LogFormat = Literal["auto", "json", "console"]
 LEVELS = ("debug", "info", "warning", "error")
@@ -60,8 +61,14 @@ def _identity(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMappin
     return event
 
 
-def get_logger(component: str, **context: Any) -> Any:
-    """A logger for one component, with ``component`` and any extra context bound."""
+Logger = FilteringBoundLogger
+
+
+def get_logger(component: str, **context: Any) -> Logger:
+    """A logger for one component, with ``component`` and any extra context bound.
+
+    Typed as structlog's :class:`FilteringBoundLogger` protocol (``debug``/``info``/...,
+    ``bind``), the wrapper :func:`configure` installs."""
     # A lazy proxy: it assembles the logger from the configuration current at each call, so
     # module-level loggers follow a later ``configure()``.
-    return structlog.get_logger(component=component, **context)
+    return cast(Logger, structlog.get_logger(component=component, **context))

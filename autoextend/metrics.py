@@ -18,17 +18,33 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from autoextend import __version__
 from autoextend.logs import get_logger
-from autoextend.monitor.observer import NullObserver
-from autoextend.monitor.protocols import DriveInfo, OutcomeKind, PauseReason
-from autoextend.volumes import VolumeRef
+from autoextend.monitor.observer import (
+    DriveAtCap,
+    DriveGone,
+    DriveSeen,
+    ExtendFinished,
+    ExtendsInFlight,
+    IoErrorAction,
+    JobFailed,
+    JobResumed,
+    MigrationNoted,
+    MonitorEvent,
+    Paused,
+    Resumed,
+    UnmanagedEnospc,
+    VgFull,
+    VmCheckFailed,
+)
+from autoextend.monitor.protocols import OutcomeKind, PauseReason
 
 log = get_logger("metrics")
 
 PHASES = ("wait", "extender", "request", "spm_extend", "extend", "refresh", "rearm", "total")
+JOB_KINDS = ("commit", "mirror", "backup")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-class Metrics(NullObserver):
+class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
@@ -61,6 +77,10 @@ class Metrics(NullObserver):
         self.vm_check_failures_total = Counter(
             "autoextend_vm_check_failures_total",
             "Times handling one VM failed (retried with backoff)", registry=r)
+        self.migrations_total = Counter(
+            "autoextend_migrations_total",
+            "Live migration state changes seen on this host, by role and phase",
+            ["role", "phase"], registry=r)
         self.drives_monitored = Gauge("autoextend_drives_monitored", "Drives monitored",
                                       registry=r)
         self.in_flight = Gauge("autoextend_extends_in_flight", "Extensions in flight",
@@ -81,6 +101,19 @@ class Metrics(NullObserver):
             "autoextend_vms_paused", "VMs paused right now, by reason", ["reason"], registry=r)
         for reason in PauseReason:
             self.vms_paused.labels(reason.value).set(0)
+        self.job_targets = Gauge(
+            "autoextend_job_targets_monitored",
+            "Block-job targets monitored like drives, by job kind", ["job"], registry=r)
+        self.job_failures = Counter(
+            "autoextend_block_job_failures_total",
+            "Block jobs that ended with an error, by job kind and reason (nospace, error)",
+            ["job", "reason"], registry=r)
+        self.job_resumes = Counter(
+            "autoextend_block_job_resumes_total",
+            "Block jobs resumed after their target was extended", ["job"], registry=r)
+        for kind in JOB_KINDS:
+            self.job_targets.labels(kind).set(0)
+        self._jobs: dict[tuple[str, str], str] = {}
         self._drives: set[tuple[str, str]] = set()
         self._paused: dict[str, PauseReason] = {}
 
@@ -95,48 +128,80 @@ class Metrics(NullObserver):
 
     # ---- MonitorObserver
 
-    def drive_seen(self, info: DriveInfo, volume: VolumeRef, cap: int) -> None:
-        v = str(volume)
+    def notify(self, event: MonitorEvent) -> None:
+        match event:
+            case DriveSeen():
+                self._drive_seen(event)
+            case DriveGone():
+                self._drive_gone(event)
+            case ExtendFinished():
+                self._extend_finished(event)
+            case ExtendsInFlight(count=count):
+                self.in_flight.set(count)
+            case Paused(vm=vm, reason=reason):
+                self.pauses.labels(reason.value).inc()
+                if reason is PauseReason.ENOSPC:
+                    self.enospc_pauses.inc()
+                self._set_paused(vm, reason)
+            case Resumed(vm=vm, automatic=automatic):
+                if automatic:
+                    self.resumes.inc()
+                self._set_paused(vm, None)
+            case DriveAtCap():
+                self.at_cap.inc()
+            case VgFull():
+                self.vg_full_total.inc()
+            case UnmanagedEnospc():
+                self.unmanaged_enospc_total.inc()
+            case IoErrorAction(action=action, reason=reason):
+                self.io_error_actions_total.labels(action, reason).inc()
+            case VmCheckFailed():
+                self.vm_check_failures_total.inc()
+            case JobFailed(kind=kind, reason=reason):
+                self.job_failures.labels(kind, reason).inc()
+            case JobResumed(kind=kind):
+                self.job_resumes.labels(kind).inc()
+            case MigrationNoted(role=role, phase=phase):
+                self.migrations_total.labels(role, phase).inc()
+
+    def _drive_seen(self, event: DriveSeen) -> None:
+        info, v = event.info, str(event.volume)
         self._drives.add((info.vm, info.drive))
         self.drives_monitored.set(len(self._drives))
+        if info.job:
+            self._jobs[(info.vm, info.drive)] = info.job
+            self._count_jobs()
         self.allocation.labels(v).set(info.allocation)
         self.physical.labels(v).set(info.physical)
         self.capacity.labels(v).set(info.capacity)
-        self.cap.labels(v).set(cap)
+        self.cap.labels(v).set(event.cap)
 
-    def drive_gone(self, vm: str, drive: str, volume: VolumeRef) -> None:
-        self._drives.discard((vm, drive))
+    def _drive_gone(self, event: DriveGone) -> None:
+        self._drives.discard((event.vm, event.drive))
+        if self._jobs.pop((event.vm, event.drive), None) is not None:
+            self._count_jobs()
         self.drives_monitored.set(len(self._drives))
-        if not any(name == vm for name, _ in self._drives):
-            self._set_paused(vm, None)
+        if not any(name == event.vm for name, _ in self._drives):
+            self._set_paused(event.vm, None)
         for gauge in (self.allocation, self.physical, self.capacity, self.cap):
             try:
-                gauge.remove(str(volume))
+                gauge.remove(str(event.volume))
             except KeyError:
                 pass
 
-    def extend_finished(self, vm: str, drive: str, volume: VolumeRef,
-                        kind: OutcomeKind | None, size: int, phases: dict[str, float]) -> None:
+    def _extend_finished(self, event: ExtendFinished) -> None:
+        kind = event.kind
         self.extend_requests.labels("capped" if kind is None else kind.value).inc()
-        for phase, seconds in phases.items():
+        for phase, seconds in event.phases.items():
             if phase in PHASES:
                 self.extend_duration.labels(phase).observe(seconds)
         if kind is OutcomeKind.OK:
-            self.physical.labels(str(volume)).set(size)
+            self.physical.labels(str(event.volume)).set(event.size)
 
-    def extends_in_flight(self, count: int) -> None:
-        self.in_flight.set(count)
-
-    def paused(self, vm: str, reason: PauseReason) -> None:
-        self.pauses.labels(reason.value).inc()
-        if reason is PauseReason.ENOSPC:
-            self.enospc_pauses.inc()
-        self._set_paused(vm, reason)
-
-    def resumed(self, vm: str, automatic: bool) -> None:
-        if automatic:
-            self.resumes.inc()
-        self._set_paused(vm, None)
+    def _count_jobs(self) -> None:
+        kinds = set(self._jobs.values()) | set(JOB_KINDS)
+        for kind in kinds:
+            self.job_targets.labels(kind).set(sum(1 for k in self._jobs.values() if k == kind))
 
     def _set_paused(self, vm: str, reason: PauseReason | None) -> None:
         """Keep ``autoextend_vms_paused`` (what the "VM paused too long" alert reads)."""
@@ -147,21 +212,6 @@ class Metrics(NullObserver):
         for r in PauseReason:
             self.vms_paused.labels(r.value).set(
                 sum(1 for v in self._paused.values() if v is r))
-
-    def drive_at_cap(self, vm: str, drive: str, volume: VolumeRef) -> None:
-        self.at_cap.inc()
-
-    def vg_full(self, vm: str, drive: str, volume: VolumeRef) -> None:
-        self.vg_full_total.inc()
-
-    def unmanaged_enospc(self, vm: str, drives: tuple[str, ...]) -> None:
-        self.unmanaged_enospc_total.inc()
-
-    def io_error_action(self, vm: str, action: str, reason: str) -> None:
-        self.io_error_actions_total.labels(action, reason).inc()
-
-    def vm_check_failed(self, vm: str, error: str) -> None:
-        self.vm_check_failures_total.inc()
 
 
 class _CallbackCounter:

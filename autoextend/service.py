@@ -6,8 +6,10 @@ Wiring (config flows down from here; nothing reads globals)::
     hypervisor (qmp | libvirt) ─────────────────────────────────────────────────┴─> Monitor
     control socket, metrics, sd_notify, signals
 
-SIGTERM/SIGINT cancel everything and exit cleanly; SIGHUP reloads the config file (an invalid
-file is logged and the old config kept; monitor state is never lost).
+SIGTERM/SIGINT cancel everything and exit cleanly; SIGHUP (or the control socket's ``reload``)
+reloads the config file: an invalid file is logged and the old config kept; a valid one is
+applied as far as the running parts can take it, and the keys that need a restart are logged
+and shown by ``status`` (``autoextend/reload.py``). Monitor state is never lost.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from autoextend import logs, startup, timeouts, validation
+from autoextend import reload as reload_mod
 from autoextend import settings as settings_mod
 from autoextend.capacity.wiring import CapacityPart
 from autoextend.clock import Clock, MonotonicClock
@@ -34,7 +37,7 @@ from autoextend.metrics import Metrics, serve_metrics
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.local import LocalExtender
 from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
-from autoextend.monitor.protocols import Extender, Hypervisor
+from autoextend.monitor.protocols import Extender, Hypervisor, health_of
 from autoextend.sdnotify import Notifier
 from autoextend.settings import Settings
 from autoextend.volumes import LocalAuthority, SpmAuthority, VolumeBackend, VolumeRef
@@ -126,6 +129,7 @@ class Service:
             resume=settings.resume,
             lease_ok=self._host_lease_valid if self.cluster is not None else None,
             extend_deadline_s=timeouts.extension_deadline_s(settings),
+            views=self.backend,
         )
         self.capacity = CapacityPart(settings, self.backend, self.monitor, self.clock,
                                      self.metrics.registry, cluster=self.cluster)
@@ -135,6 +139,10 @@ class Service:
         self.control.register("status", self._status)
         self.control.register("spm_step_down", self._step_down)
         self.control.register("volume_reduce", self.capacity.handle_reduce)
+        self.control.register("reload", self._reload)
+        self.reloads = 0
+        self.reload_applied: tuple[str, ...] = ()       # by the last reload
+        self.pending_restart: tuple[str, ...] = ()      # changed in the file, not in effect
         self._export_input_metrics()
         if self.cluster is not None:
             self._export_cluster_metrics(self.cluster)
@@ -144,10 +152,10 @@ class Service:
         m, control = self.metrics, self.control.counters
         m.counter_from("autoextend_hypervisor_session_failures_total",
                        "VM sessions ended by a bad reply or an error (the VM is retried)",
-                       lambda: float(getattr(self.hypervisor, "session_failures", 0)))
+                       lambda: float(health_of(self.hypervisor).session_failures))
         m.counter_from("autoextend_hypervisor_malformed_events_total",
                        "Hypervisor events dropped because their data failed validation",
-                       lambda: float(getattr(self.hypervisor, "malformed_events", 0)))
+                       lambda: float(health_of(self.hypervisor).malformed_events))
         m.counter_from("autoextend_control_clients_refused_total",
                        "Control socket clients refused because too many were connected",
                        lambda: float(control.refused))
@@ -181,6 +189,9 @@ class Service:
             return float(getattr(cluster.mailbox.counters, name)) if cluster.mailbox else 0.0
 
         m.gauge_from("autoextend_spm_is_spm", "1 while this host holds the SPM lease", is_spm)
+        m.counter_from("autoextend_cluster_join_failures_total",
+                       "I/O errors while joining the pool (lease or mailbox; each retried)",
+                       lambda: float(cluster.join_failures))
         m.gauge_from("autoextend_lease_renewal_age_seconds",
                      "Seconds since this host's last successful lease renewal", renewal_age)
         m.gauge_from("autoextend_mailbox_requests_sent",
@@ -207,7 +218,7 @@ class Service:
         return {
             "service": {
                 "hypervisor": self.settings.service.hypervisor,
-                "hypervisor_problem": getattr(self.hypervisor, "watch_problem", lambda: None)(),
+                "hypervisor_problem": health_of(self.hypervisor).problem,
                 "extender": self.settings.service.extender,
                 "dry_run": self.monitor.dry_run,
                 "extends_in_flight": self.monitor.extends_in_flight,
@@ -221,8 +232,20 @@ class Service:
             },
             "vms": self.monitor.snapshot(),
             "spm": self.cluster.status() if self.cluster is not None else None,
+            "config": self._config_status(),
             "capacity": self.capacity.status(),
         }
+
+    def _config_status(self) -> dict[str, Any]:
+        return {"path": str(self.config_path) if self.config_path else None,
+                "reloads": self.reloads, "applied": list(self.reload_applied),
+                "pending_restart": list(self.pending_restart)}
+
+    async def _reload(self, request: dict[str, Any]) -> dict[str, Any]:
+        if not self.reload():
+            raise AutoextendError("the config file is invalid; the old config is kept "
+                                  "(see the service log)")
+        return self._config_status()
 
     def summary(self) -> str:
         vms = self.monitor.snapshot()
@@ -236,7 +259,11 @@ class Service:
         return f"{text}; {space}" if space else text
 
     def reload(self) -> bool:
-        """Re-read the config file; keep the old config when the new one is invalid."""
+        """Re-read the config file; keep the old config when the new one is invalid.
+
+        Applies what the running parts can take (``autoextend/reload.py``); ``settings``
+        stays the config in effect, and the keys that need a restart are logged and kept
+        for ``status``."""
         try:
             new = settings_mod.load(self.config_path)
             if self.overrides:
@@ -245,11 +272,22 @@ class Service:
         except ConfigError as exc:
             log.error("config reload failed; keeping the old config", error=str(exc))
             return False
-        logs.configure(new.service.log_level, new.service.log_format)
-        self.monitor.reconfigure(new.policy, None, new.service.dry_run, new.resume)
-        self.capacity.reconfigure(new)
-        self.settings = new
-        log.info("config reloaded", path=str(self.config_path))
+        plan = reload_mod.plan(self.settings, new)
+        now = plan.effective
+        logs.configure(now.service.log_level, now.service.log_format)
+        self.monitor.reconfigure(now.policy, None, now.service.dry_run, now.resume,
+                                 extend_deadline_s=timeouts.extension_deadline_s(now))
+        self.capacity.reconfigure(now)
+        self.settings = now
+        self.reloads += 1
+        self.reload_applied, self.pending_restart = plan.applied, plan.needs_restart
+        if plan.needs_restart:
+            log.warning("config reloaded; some changes need a restart",
+                        path=str(self.config_path), applied=list(plan.applied),
+                        needs_restart=list(plan.needs_restart))
+        else:
+            log.info("config reloaded", path=str(self.config_path),
+                     applied=list(plan.applied))
         return True
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

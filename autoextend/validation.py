@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from autoextend.errors import ConfigError
@@ -33,7 +33,9 @@ from autoextend.metadata_area import LEASE_AREA_SIZE
 from autoextend.timeouts import check_timeouts
 
 if TYPE_CHECKING:
+    from autoextend.lease.config import LeaseSettings
     from autoextend.settings import Settings
+    from autoextend.spm.config import MailboxSettings
 
 Problem = tuple[str, str]
 Rule = Callable[["Settings"], Iterable[Problem]]
@@ -145,27 +147,34 @@ def _volume_backend(s: Settings) -> Iterator[Problem]:
 
 
 def mailbox_mode_rule(s: Settings) -> Iterator[Problem]:
-    if s.service.extender != "mailbox":
-        return
-    if not s.lease.path:
+    if s.service.extender == "mailbox":
+        yield from cluster_rule(s.lease, s.mailbox, s.lvm.vgs)
+
+
+def cluster_rule(lease: LeaseSettings, mailbox: MailboxSettings,
+                 vgs: Sequence[str]) -> Iterator[Problem]:
+    """What mailbox mode needs from its own sections: THE rule, applied by ``run`` and
+    ``config check`` (:func:`mailbox_mode_rule`) and by ``ClusterAgent``, which is given only
+    these sections and refuses what it cannot run with."""
+    if not lease.path:
         yield "lease.path", "must name the shared metadata area for service.extender = mailbox"
-    if s.lease.host_id < 1:
+    if lease.host_id < 1:
         yield "lease.host_id", "must be 1..lease.max_hosts for service.extender = mailbox"
-    if not s.lvm.vgs:
+    if not vgs:
         yield "lvm.vgs", "must list the pool's VGs for service.extender = mailbox"
-    if s.mailbox.path and s.mailbox.path != s.lease.path:
+    if mailbox.path and mailbox.path != lease.path:
         yield "mailbox.path", "must be empty or equal to lease.path (one metadata area)"
-    if s.lease.host_id > s.mailbox.max_hosts:
+    if lease.host_id > mailbox.max_hosts:
         yield ("mailbox.max_hosts",
-               f"{s.mailbox.max_hosts} leaves lease.host_id {s.lease.host_id} without a mailbox")
-    yield from _mailbox_region(s)
+               f"{mailbox.max_hosts} leaves lease.host_id {lease.host_id} without a mailbox")
+    yield from _mailbox_region(lease, mailbox)
 
 
-def _mailbox_region(s: Settings) -> Iterator[Problem]:
+def _mailbox_region(lease: LeaseSettings, mailbox: MailboxSettings) -> Iterator[Problem]:
     from autoextend.spm.errors import LayoutError
     from autoextend.spm.layout import ALIGNMENT, MailboxLayout
 
-    offset = s.mailbox.offset
+    offset = mailbox.offset
     if offset is None:
         return
     if offset % ALIGNMENT:
@@ -173,11 +182,11 @@ def _mailbox_region(s: Settings) -> Iterator[Problem]:
         return
     try:
         # The smallest the region can be (512-byte sectors): overlap there is overlap always.
-        end = MailboxLayout(offset, s.lease.sector_size or 512, s.mailbox.max_hosts).end
+        end = MailboxLayout(offset, lease.sector_size or 512, mailbox.max_hosts).end
     except LayoutError as exc:
         yield "mailbox.offset", str(exc)
         return
-    lease_start = s.lease.offset
+    lease_start = lease.offset
     if offset < lease_start + LEASE_AREA_SIZE and end > lease_start:
         yield ("mailbox.offset",
                f"the mailbox ({offset}..{end}) overlaps the lease area"

@@ -3,7 +3,8 @@
 The volume boundary (:class:`VolumeRef`, :class:`ExtendResult`, :class:`VolumeBackend`) is what
 the monitor, the extenders and the SPM need of volumes. A volume is an LV ``vg/lv``. Backends
 (in ``autoextend.lvm``): ``lvm`` (production) and ``loop`` (sparse files on loop devices, for
-machines without device-mapper). Both pass the same contract tests.
+machines without device-mapper). Both pass ``tests/conformance/test_volume_backend.py``, as do
+the in-memory fake and the reserve wrapper.
 
 Who may write VG metadata: the :class:`SpmAuthority` a writer checks before every command. In a
 shared-storage pool only the SPM writes metadata; the lease helper's SPM term object implements

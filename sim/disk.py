@@ -24,7 +24,7 @@ from typing import Protocol
 
 import anyio
 
-from autoextend.directio import IoTimeout, StorageError, check_range
+from autoextend.sectors import IoTimeout, StorageError, check_range
 
 FAST_IO_S = 0.05  # below this an I/O is simulated with one sleep
 

@@ -10,7 +10,12 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-pytest_plugins = ["autoextend.lab.fixtures", "pytester"]
+pytest_plugins = [
+    "autoextend.lab.fixtures",   # the lab: guest, volumes, VMs, libvirtd, leftover check
+    "autoextend.lab.loopcheck",  # fails an async unit test whose event loop blocked
+    "autoextend.lab.unitguard",  # make unit (AUTOEXTEND_UNIT=1): no QEMU, libvirtd, lvm2, ...
+    "pytester",
+]
 
 
 @pytest.fixture(autouse=True)

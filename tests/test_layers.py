@@ -7,11 +7,18 @@
 - Benchmarks do not import ``tests``.
 - No test module (``test_*.py``) imports another test module (shared helpers live in
   non-test modules such as ``tests/spm/pool.py`` or in conftest fixtures).
+- No test class subclasses a production class (protocols, abstract bases and exceptions
+  aside): fakes are compositions or implement the protocol.
+- Every fixed sleep in the tests carries a comment: tests wait for events (``until()``, the
+  monitor's ``idle()``), and sleep only where time itself is the subject.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
+import inspect
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,4 +131,66 @@ def test_no_test_module_imports_another_test_module() -> None:
         for name in sorted(imports_of(path)):
             if name.split(".")[0] == "tests" and name.split(".")[-1].startswith("test_"):
                 found.append(f"{rel} imports {name}")
+    assert found == []
+
+
+# ---- tests wait for events, not time ----------------------------------------------------------
+
+SLEEP = re.compile(r"\b(?:anyio|asyncio|time|trio)\.sleep\(")
+
+
+def uncommented_sleeps(text: str) -> list[int]:
+    """Lines with a fixed sleep and no comment on it or on the line above (a sleep stays only
+    where time itself is the subject, and says so)."""
+    lines = text.splitlines()
+    return [i + 1 for i, line in enumerate(lines)
+            if SLEEP.search(line) and "#" not in line
+            and not (i and lines[i - 1].strip().startswith("#"))]
+
+
+def test_the_sleep_check_sees_a_bare_sleep() -> None:
+    # a bare sleep, in a string:
+    assert uncommented_sleeps("    await anyio.sleep(0.05)\n") == [1]
+    assert uncommented_sleeps("    time.sleep(1)  # time is the subject: ...\n") == []
+    assert uncommented_sleeps("    # the window\n    await anyio.sleep(3)\n") == []
+    assert uncommented_sleeps("    await anyio.sleep_forever()\n    await clock.sleep(1)\n") == []
+
+
+def test_every_sleep_in_the_tests_says_why() -> None:
+    found = [f"{path.relative_to(ROOT)}:{n}" for path in py_files("tests")
+             for n in uncommented_sleeps(path.read_text())]
+    assert found == []
+
+
+def production_bases(path: Path) -> list[tuple[str, str]]:
+    """(class, base) for each class in ``path`` whose base is imported from ``autoextend``."""
+    tree = ast.parse(path.read_text())
+    imported: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                imported[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            for base in node.bases:
+                full = imported.get(ast.unparse(base), "")
+                if full.startswith("autoextend.") and not full.startswith("autoextend.lab."):
+                    found.append((node.name, full))
+    return found
+
+
+def is_interface(qualname: str) -> bool:
+    """A Protocol, an abstract base or an exception: made to be subclassed."""
+    module, _, name = qualname.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    return (bool(getattr(cls, "_is_protocol", False)) or inspect.isabstract(cls)
+            or issubclass(cls, BaseException))
+
+
+def test_no_test_subclasses_a_production_class() -> None:
+    """Fakes are compositions or implement the boundary's protocol; a subclass of a real
+    class would drift with it silently (vdsm's habit to avoid, see the style notes)."""
+    found = [f"{path.relative_to(ROOT)}: {cls}({base})" for path in py_files("tests")
+             for cls, base in production_bases(path) if not is_interface(base)]
     assert found == []

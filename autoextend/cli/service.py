@@ -76,6 +76,10 @@ def render_status(result: dict[str, Any]) -> str:
     )
     if svc.get("hypervisor_problem"):
         lines.append(f"WARNING: {svc['hypervisor_problem']}")
+    pending = (result.get("config") or {}).get("pending_restart")
+    if pending:
+        lines.append("RESTART NEEDED: the config file changes " + ", ".join(pending)
+                     + " (the running values stay until a restart)")
     lines.extend(render_capacity(result.get("capacity")))
     vms = result.get("vms", [])
     if not vms:
@@ -86,8 +90,9 @@ def render_status(result: dict[str, Any]) -> str:
         lines.append(f"{vm['vm']}{paused}{last}")
         for d in vm.get("drives", []):
             err = f"  last error: {d['last_error']}" if d.get("last_error") else ""
+            job = f" ({d['job']} target)" if d.get("job") else ""
             lines.append(
-                f"  {d['drive']:<8} {d['volume']:<24} {d['state']:<9}"
+                f"  {d['drive'] + job:<8} {d['volume']:<24} {d['state']:<9}"
                 f" alloc {_human(d['allocation'])} / phys {_human(d['physical'])}"
                 f" / cap {_human(d['cap'])}  threshold {_human(d['threshold'])}{err}"
             )

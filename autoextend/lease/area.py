@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoextend.directio import SectorStorage
 from autoextend.lease.errors import NotFormatted, RecordError
 from autoextend.lease.format import (
     FLAG_RELEASED,
@@ -20,6 +19,7 @@ from autoextend.lease.format import (
     unpack_leader,
 )
 from autoextend.lease.layout import LEASE_AREA_SIZE, LeaseLayout
+from autoextend.sectors import SectorStorage
 
 
 async def format_area(storage: SectorStorage, layout: LeaseLayout, io_timeout_s: float) -> None:

@@ -16,7 +16,6 @@ import random
 from dataclasses import replace
 
 from autoextend.clock import Clock
-from autoextend.directio import SectorStorage
 from autoextend.lease.errors import HostIdBusy, HostIdLost, NotFormatted, RecordError
 from autoextend.lease.format import (
     MAX_GENERATION,
@@ -29,6 +28,7 @@ from autoextend.lease.layout import LeaseLayout
 from autoextend.lease.liveness import HostMonitor
 from autoextend.lease.timeouts import LeaseTimeouts
 from autoextend.logs import get_logger
+from autoextend.sectors import SectorStorage
 
 
 def _us(seconds: float) -> int:
@@ -84,7 +84,7 @@ class DeltaLease:
         try:
             old = unpack_delta(raw, self._offset(), self.host_id)
         except RecordError as err:
-            self.log.warning("delta_record_unreadable", error=str(err))
+            self.log.warning("host record unreadable", error=str(err))
             old = None
         if old is not None and old.sector_size != self.layout.sector_size:
             raise NotFormatted(
@@ -96,7 +96,7 @@ class DeltaLease:
             wait = t.delta_held_wait
             if old is not None:
                 wait = max(wait, 8 * old.io_timeout_ms / 1000 + t.watchdog_fire)
-            self.log.info("delta_acquire_wait", owner=owner, duration_s=wait)
+            self.log.info("waiting for the host id", owner=owner, duration_s=wait)
             await self.clock.sleep(wait)
             again, issued, done = await self._read_own()
             self.monitor.observe(self.host_id, again, self._offset(), issued, done)
@@ -122,7 +122,7 @@ class DeltaLease:
         self.record = claim
         self.last_renewal = start
         self.expiry = start + t.lease_expiry
-        self.log.info("delta_acquired", generation=generation)
+        self.log.info("host id acquired", generation=generation)
 
     async def renew(self) -> None:
         """One area read and one write. Raises HostIdLost, StorageError."""
@@ -160,4 +160,4 @@ class DeltaLease:
         self.record = None
         self.expiry = 0.0
         await self.storage.write(self._offset(), pack_delta(free, self.layout.sector_size))
-        self.log.info("delta_released")
+        self.log.info("host id released")

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from autoextend.clock import Clock
-from autoextend.directio import IoTimeout, SectorStorage, StorageError, UnalignedIoError
 from autoextend.lease.ballot import (
     BlockView,
     Value,
@@ -59,6 +58,7 @@ from autoextend.lease.format import (
 from autoextend.lease.layout import PAXOS_FIRST_DBLOCK_SECTOR, LeaseLayout
 from autoextend.lease.timeouts import LeaseTimeouts
 from autoextend.logs import get_logger
+from autoextend.sectors import IoTimeout, SectorStorage, StorageError, UnalignedIoError
 
 
 @dataclass
@@ -241,7 +241,7 @@ class PaxosLease:
             self.stats.record_errors += 1
             if self._logged.get(err.offset) != err.reason:
                 self._logged[err.offset] = err.reason
-                self.log.warning("paxos_record_unreadable", error=str(err))
+                self.log.warning("lease record unreadable", error=str(err))
 
     def _fence(self) -> None:
         """Abort the ballot if our host id lease may have expired (no ballot write then)."""
@@ -272,7 +272,7 @@ class PaxosLease:
         self._skip = {host: area.bad[host] for host in persistent & gone}
         if self._skip:
             self.stats.skipped_dblocks += len(self._skip)
-            self.log.debug("dblocks_skipped", hosts=sorted(self._skip))
+            self.log.debug("ballot skips unreadable hosts", hosts=sorted(self._skip))
 
     async def _write_own(self, block: Dblock) -> None:
         await self.storage.write(
@@ -357,16 +357,16 @@ class PaxosLease:
                     continue
                 value = await self._guarded_ballot(area, lver, mine)
                 if value == mine:
-                    self.log.info("spm_lease_acquired", lver=lver)
+                    self.log.info("SPM lease acquired", lver=lver)
                     return lver
-                self.log.info("spm_lease_decided_other", lver=lver, owner=value.host_id)
+                self.log.info("SPM lease went to another host", lver=lver, owner=value.host_id)
             except BallotAborted as abort:
                 self.stats.aborts += 1
-                self.log.debug("ballot_aborted", reason=str(abort))
+                self.log.debug("ballot aborted", reason=str(abort))
                 await self.clock.sleep(self.rng.uniform(0.0, self.timeouts.backoff_max))
             except StorageError as err:
                 self.stats.io_errors += 1
-                self.log.warning("paxos_io_error", error=str(err))
+                self.log.warning("SPM lease I/O failed", error=str(err))
                 await self.clock.sleep(self.rng.uniform(0.0, self.timeouts.backoff_max))
 
     async def _guarded_ballot(self, area: PaxosArea, lver: int, mine: Value) -> Value:
@@ -393,7 +393,7 @@ class PaxosLease:
                     break
                 except StorageError as err:
                     self.stats.io_errors += 1
-                    self.log.warning("paxos_release_io_error", error=str(err))
+                    self.log.warning("SPM lease release I/O failed", error=str(err))
         raw = await self.storage.read(self.layout.leader_offset, self.layout.sector_size)
         try:
             leader = unpack_leader(raw, self.layout.leader_offset, self.layout.max_hosts)
@@ -410,4 +410,4 @@ class PaxosLease:
             self.layout.leader_offset, pack_leader(cleared, self.layout.sector_size)
         )
         self.last_leader = cleared
-        self.log.info("spm_lease_released", lver=lver)
+        self.log.info("SPM lease released", lver=lver)

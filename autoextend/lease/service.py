@@ -25,7 +25,6 @@ import anyio
 from anyio.abc import TaskStatus
 
 from autoextend.clock import Clock
-from autoextend.directio import SectorStorage, StorageError
 from autoextend.errors import NotSpmError
 from autoextend.lease.config import LeaseSettings
 from autoextend.lease.delta import DeltaLease
@@ -37,6 +36,7 @@ from autoextend.lease.paxos import PaxosLease
 from autoextend.lease.timeouts import LeaseTimeouts, lease_timeouts
 from autoextend.lease.watchdog import NullWatchdog, Watchdog
 from autoextend.logs import get_logger
+from autoextend.sectors import SectorStorage, StorageError
 
 
 class SpmTerm:
@@ -169,11 +169,11 @@ class LeaseService:
                 try:
                     await self.delta.release()
                 except StorageError as err:
-                    self.log.warning("delta_release_failed", error=str(err))
+                    self.log.warning("host id release failed", error=str(err))
             self._joined = anyio.Event()
 
     def _lost(self, reason: str, expiry: float) -> None:
-        self.log.error("host_id_lost", reason=reason)
+        self.log.error("host id lost", reason=reason)
         self._joined = anyio.Event()
         # Others may take our old generation's SPM lease over as soon as they see a new
         # generation, so rejoin only once the old lease is over for them anyway (expiry + W)
@@ -201,7 +201,7 @@ class LeaseService:
                     self._joined.set()
                     next_at = self.delta.last_renewal + t.renewal_interval
                 except (LeaseError, StorageError) as err:
-                    self.log.warning("host_id_rejoin_failed", error=str(err))
+                    self.log.warning("host id rejoin failed", error=str(err))
                     next_at = self.clock.now() + t.renewal_retry
                 continue
             expiry = self.delta.expiry
@@ -215,7 +215,7 @@ class LeaseService:
                 self.stats.renewal_failures += 1
                 age = self.clock.now() - self.delta.last_renewal
                 level = "error" if age >= t.renewal_warn else "warning"
-                getattr(self.log, level)("renewal_failed", error=str(err), duration_s=age)
+                getattr(self.log, level)("host id renewal failed", error=str(err), duration_s=age)
                 next_at = self.clock.now() + t.renewal_retry
                 continue
             self.stats.renewals += 1
@@ -304,7 +304,7 @@ class LeaseService:
             try:
                 await self.paxos.release(lver, generation)
             except StorageError as err:
-                self.log.warning("spm_release_failed", lver=lver, error=str(err))
+                self.log.warning("SPM lease release failed", lver=lver, error=str(err))
 
     async def _guard(self, term: SpmTerm, body: anyio.CancelScope) -> None:
         """End the term at its expiry (or when woken by step-down / loss) and cancel the body."""
@@ -312,7 +312,7 @@ class LeaseService:
             remaining = term.expiry - self.clock.now()
             if remaining <= 0:
                 self.stats.fenced += 1
-                self.log.error("spm_fenced", lver=term.lver, reason="lease may expire")
+                self.log.error("SPM term fenced", lver=term.lver, reason="lease may expire")
                 term.end("lease may have expired (not renewed in time)")
                 break
             with anyio.CancelScope() as wake:
@@ -329,7 +329,7 @@ class LeaseService:
         self._term = term
         self.stats.acquisitions += 1
         self.watchdog.update(term.expiry)
-        self.log.info("spm_term_started", lver=lver)
+        self.log.info("SPM term started", lver=lver)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._guard, term, tg.cancel_scope)
@@ -344,7 +344,7 @@ class LeaseService:
             with anyio.CancelScope(shield=True):
                 self.watchdog.update(None)
                 await self._release(lver, generation)
-            self.log.info("spm_term_ended", lver=lver, reason=term.ended)
+            self.log.info("SPM term ended", lver=lver, reason=term.ended)
 
     def step_down(self, hold_off_s: float | None = None) -> None:
         """End the current SPM term (its body is cancelled, the lease released) and stay out

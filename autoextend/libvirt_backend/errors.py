@@ -8,6 +8,7 @@ running; :class:`LibvirtDisconnected` that there is no connection to libvirtd ri
 from __future__ import annotations
 
 from autoextend.errors import HypervisorError
+from autoextend.monitor import protocols
 
 
 class LibvirtBackendError(HypervisorError):
@@ -20,18 +21,18 @@ class LibvirtBackendError(HypervisorError):
         super().__init__(f"libvirt {vm}: {call}: {reason}" if vm else f"libvirt: {call}: {reason}")
 
 
-class VmNotFound(LibvirtBackendError):
+class VmNotFound(protocols.VmNotFound, LibvirtBackendError):
     """No running domain of that name (never existed, stopped, undefined)."""
 
     def __init__(self, vm: str, call: str, detail: str = "no such running domain") -> None:
-        super().__init__(vm, call, detail)
+        LibvirtBackendError.__init__(self, vm, call, detail)
 
 
-class LibvirtDisconnected(LibvirtBackendError):
+class LibvirtDisconnected(protocols.HypervisorDisconnected, LibvirtBackendError):
     """There is no usable connection to libvirtd (down, restarting, or not yet connected)."""
 
     def __init__(self, vm: str, call: str, detail: str = "not connected to libvirtd") -> None:
-        super().__init__(vm, call, detail)
+        LibvirtBackendError.__init__(self, vm, call, detail)
 
 
 class LibvirtCallFailed(LibvirtBackendError):

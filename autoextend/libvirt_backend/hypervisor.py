@@ -32,6 +32,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.clock import Clock
 from autoextend.libvirt_backend import events as ev
+from autoextend.libvirt_backend import jobs
 from autoextend.libvirt_backend.config import LibvirtSettings
 from autoextend.libvirt_backend.connection import LibvirtConnection
 from autoextend.libvirt_backend.domxml import DomainXmlError, parse_disks
@@ -43,12 +44,15 @@ from autoextend.libvirt_backend.errors import (
     VmNotFound,
 )
 from autoextend.libvirt_backend.eventloop import ensure_event_impl
+from autoextend.libvirt_backend.migration import migration_of
 from autoextend.libvirt_backend.stats import StatsError, drives_from_stats
 from autoextend.libvirt_backend.tracker import DomainTracker
 from autoextend.logs import get_logger
+from autoextend.monitor.migration import MigrationInfo
 from autoextend.monitor.protocols import (
     DriveInfo,
     HypervisorEvent,
+    HypervisorHealth,
     RunState,
     VmAppeared,
     VmGone,
@@ -82,6 +86,7 @@ class LibvirtHypervisor:
         #: A VM's stats or XML refused as malformed (that VM's call fails; nothing else).
         self.session_failures = 0
         self._connect_error: str | None = None  # the last failure while not connected
+        self._commit_needs = jobs.CommitNeeds()
 
     # ------------------------------------------------------------------ extras
 
@@ -102,6 +107,11 @@ class LibvirtHypervisor:
         if self.connected or self._connect_error is None:
             return None
         return f"libvirt {self.uri} cannot be reached (retrying): {self._connect_error}"
+
+    def health(self) -> HypervisorHealth:
+        """Implements :class:`~autoextend.monitor.protocols.ReportsHealth` (libvirt events
+        carry no data to validate: ``malformed_events`` stays 0)."""
+        return HypervisorHealth(self.session_failures, 0, self.watch_problem())
 
     # ------------------------------------------------------------------ protocol
 
@@ -150,6 +160,9 @@ class LibvirtHypervisor:
             self.session_failures += 1
             log.exception("libvirt stats not understood", vm=vm)
             raise MalformedReply(vm, "domainListGetStats", type(err).__name__) from err
+        targets = jobs.job_targets(vm, stats, jobs.parse_mirrors(xml), found)
+        if targets:
+            found.drives.extend(await self._commit_needs.add(targets, list(found.drives)))
         for drive, reason in found.skipped:
             log.warning("drive skipped", vm=vm, drive=drive, reason=reason)
         self._tracker.drives_seen(vm, found.drives)
@@ -182,6 +195,18 @@ class LibvirtHypervisor:
                 raise MalformedReply(vm, "state", str(err)) from err
             result = dataclasses.replace(result, errors=ev.drive_errors(errors, disks))
         return result
+
+    async def migration(self, vm: str) -> MigrationInfo:
+        """The VM's migration role and phase: its job (``jobStats``) and ``state()``."""
+        conn = self._require(vm, "jobStats")
+
+        def read(c: libvirt.virConnect) -> tuple[dict[str, object], int, int]:
+            dom = c.lookupByName(vm)
+            state, reason = dom.state()
+            return dict(dom.jobStats()), state, reason
+
+        job, state, reason = await conn.call(vm, "jobStats", read)
+        return migration_of(job, state, reason)
 
     async def kill(self, vm: str) -> None:
         """``virDomainDestroy``: the domain stops at once (``[resume] policy = "kill"``)."""
@@ -253,6 +278,7 @@ class LibvirtHypervisor:
             (libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_THRESHOLD, tracker.on_threshold),
             (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, tracker.on_device_change),
             (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, tracker.on_device_change),
+            (libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2, jobs.block_job_callback(tracker)),
         ):
             await conn.call("", "domainEventRegisterAny", conn.register(event_id, callback))
         await self._reconcile(conn, announce_all=True)

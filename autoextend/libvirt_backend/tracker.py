@@ -17,6 +17,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.libvirt_backend import events as ev
+from autoextend.libvirt_backend.migration import migration_event
 from autoextend.logs import get_logger
 from autoextend.monitor.protocols import (
     DriveInfo,
@@ -138,6 +139,9 @@ class DomainTracker:
                 self.enospc_seen.discard(vm)
             if outcome is not None:
                 self.emit(outcome)
+            moved = migration_event(vm, event, detail)
+            if moved is not None:
+                self.emit(moved)
         except Exception:  # noqa: BLE001 - see above
             log.exception("libvirt lifecycle callback failed")
 

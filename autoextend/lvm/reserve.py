@@ -3,12 +3,17 @@
 A VolumeBackend wrapper: before an extension it asks the backend how much the VG has free
 and refuses (``VolumeSpaceError``, reported as "vg_full") when the growth would eat into the
 reserve. The check is conservative: the growth is counted from the size this host sees.
+
+The check and the extension that follows run under one lock per VG: two extensions in one VG
+cannot both pass the check on the same free space and together eat into the reserve.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Protocol
+
+import anyio
 
 from autoextend.lvm.errors import VolumeSpaceError
 from autoextend.lvm.names import round_up_to_extent
@@ -28,10 +33,16 @@ class ReservedSpace:
         self.inner = inner
         self.reserves = dict(reserves)
         self.extent_size = extent_size
+        self.locks: dict[str, anyio.Lock] = {}  # per VG: check + extend as one step
 
     async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
         reserve = self.reserves.get(volume.vg, 0)
-        if reserve > 0:
+        if reserve <= 0:
+            return await self.inner.extend(volume, size)
+        lock = self.locks.get(volume.vg)
+        if lock is None:
+            lock = self.locks[volume.vg] = anyio.Lock()
+        async with lock:
             current = await self.inner.size(volume)
             growth = round_up_to_extent(size, self.extent_size) - current
             free = await self.inner.free_bytes(volume.vg)
@@ -40,7 +51,7 @@ class ReservedSpace:
                     f"VG {volume.vg}: growing {volume} by {growth} bytes would leave"
                     f" {free - growth} bytes free, below the {reserve} bytes reserved"
                 )
-        return await self.inner.extend(volume, size)
+            return await self.inner.extend(volume, size)
 
     async def refresh(self, volume: VolumeRef) -> int:
         return await self.inner.refresh(volume)

@@ -45,6 +45,8 @@ class PolicySettings(Section):
     extend_timeout_s: float = Field(60.0, gt=0.0, le=3600.0)
     retry_initial_s: float = Field(1.0, gt=0.0, le=600.0)
     retry_max_s: float = Field(30.0, gt=0.0, le=3600.0)
+    job_chunk_factor: float = Field(2.0, ge=1.0, le=16.0)
+    job_pre_extend: bool = True
     overrides: tuple[PolicyOverride, ...] = Field((), strict=False)
     vg_reserve_mib: dict[str, int] = Field(default_factory=dict)
     reduce_on_stop: bool = False

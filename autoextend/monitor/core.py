@@ -21,6 +21,9 @@ Invariants:
   pauses follow ``[resume] policy``. Operator, migration and unknown pauses are never resumed.
 * Never shrink, never pass the cap (``policy.next_size``).
 * An event is acted on at once; the poller only catches what events missed.
+* No host ever runs the guest through a view of its volume smaller than one it wrote
+  through: live migration defers the source's refreshes and refreshes the destination
+  first (``monitor/migration.py`` has the invariant and the argument).
 * An exception while handling one VM ends that VM's handling only (logged, counted, retried
   with backoff), never the monitor.
 """
@@ -39,7 +42,8 @@ from autoextend.errors import AutoextendError
 from autoextend.monitor import policy
 from autoextend.monitor.config import PolicySettings, ResumeSettings
 from autoextend.monitor.extension import DriveVanished
-from autoextend.monitor.observer import MonitorObserver, NullObserver
+from autoextend.monitor.migrating import VolumeViews
+from autoextend.monitor.observer import DriveGone, MonitorObserver, NullObserver, VmCheckFailed
 from autoextend.monitor.probe import StorageProbe, direct_read_probe
 from autoextend.monitor.protocols import (
     DrivesChanged,
@@ -47,6 +51,8 @@ from autoextend.monitor.protocols import (
     Extender,
     Hypervisor,
     HypervisorEvent,
+    JobEnded,
+    MigrationChanged,
     ThresholdCrossed,
     VmAppeared,
     VmGone,
@@ -89,6 +95,7 @@ class Monitor(Resync):
         probe: StorageProbe | None = None,
         lease_ok: LeaseOk | None = None,
         extend_deadline_s: float | None = None,
+        views: VolumeViews | None = None,
     ) -> None:
         resume = resume or ResumeSettings()
         super().__init__(
@@ -98,6 +105,10 @@ class Monitor(Resync):
             extend_deadline_s=extend_deadline_s,
         )
         self._tg: TaskGroup | None = None
+        self._events_in: MemoryObjectReceiveStream[HypervisorEvent] | None = None
+        self._next_poll = -math.inf  # when the poller wakes next (not started: now)
+        self.polls = 0  # poll rounds posted so far (a test waits for N of them, then idle())
+        self.views = views  # this host's refresh, for migrations (monitor/migrating.py)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -106,6 +117,7 @@ class Monitor(Resync):
         send, receive = anyio.create_memory_object_stream[HypervisorEvent](
             HYPERVISOR_STREAM_SIZE
         )
+        self._events_in = receive
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._dispatch, receive)
@@ -116,11 +128,13 @@ class Monitor(Resync):
 
     def reconfigure(
         self, settings: PolicySettings, policy_for: PolicyResolver | None, dry_run: bool,
-        resume: ResumeSettings | None = None,
+        resume: ResumeSettings | None = None, *, extend_deadline_s: float | None = None,
     ) -> None:
         """Apply a reloaded config. Drive states are kept; new numbers apply from the next
         decision (thresholds are re-armed by the next poll)."""
         self.settings = settings
+        if extend_deadline_s is not None:
+            self._extend_deadline_s = extend_deadline_s
         self.policy_for = policy_for or default_policy_resolver(settings)
         self.dry_run = dry_run
         if resume is not None:
@@ -128,6 +142,26 @@ class Monitor(Resync):
         for vm in self._vms.values():
             self._set_resume_policy(vm)
             vm.post(RESYNC)
+
+    def idle(self, *, extensions: bool = True) -> bool:
+        """True when the monitor has nothing left to do at the clock's current time: every
+        hypervisor event is routed, every VM's inbox is handled (no VM mid-way through a
+        message), no poll or timer is due, and (with ``extensions``) no extension is in
+        flight. The synchronisation point for "nothing happened" in tests (with a manual
+        clock it is exact); never a sleep."""
+        if self._events_in is None or not _parked(self._events_in):
+            return False
+        now = self.clock.now()
+        if now >= self._next_poll:
+            return False
+        if extensions and self._in_flight:
+            return False
+        for vm in self._vms.values():
+            if not _parked(vm.receive):
+                return False
+            if vm.timer_at is not None and vm.timer_at <= now:
+                return False
+        return True
 
     def snapshot(self) -> list[dict[str, Any]]:
         """What ``autoextend status`` shows: every VM and drive."""
@@ -139,6 +173,7 @@ class Monitor(Resync):
                 "resume_policy": vm.machine.policy.value,
                 "resume_attempts": vm.machine.resume_attempts,
                 "last_action": vm.machine.last_action,
+                "migration": vm.machine.migration.value,
                 "drives": [d.snapshot() for d in vm.drives.values()],
             }
             for vm in self._vms.values()
@@ -195,16 +230,18 @@ class Monitor(Resync):
         vm.scope.cancel()
         vm.inbox.close()
         for d in vm.drives.values():
-            self.observer.drive_gone(name, d.name, d.volume)
+            self.observer.notify(DriveGone(name, d.name, d.volume))
             if d.in_flight:
                 self._count_in_flight(-1)
         log.info("vm gone", vm=name)
 
     async def _poll_loop(self) -> None:
         while True:
+            self._next_poll = self.clock.now() + self.settings.poll_interval_s
             await self.clock.sleep(self.settings.poll_interval_s)
             for vm in list(self._vms.values()):
                 vm.post(POLL)
+            self.polls += 1
 
     async def _vm_main(self, vm: Vm) -> None:
         with vm.scope:
@@ -249,7 +286,7 @@ class Monitor(Resync):
                 log.error("vm check failed on an unexpected error", vm=vm.name,
                           error=repr(exc), retry_in_s=round(delay, 3),
                           exc_info=vm.failures == 1)
-            self.observer.vm_check_failed(vm.name, str(exc) or type(exc).__name__)
+            self.observer.notify(VmCheckFailed(vm.name, str(exc) or type(exc).__name__))
         except Exception as again:  # noqa: BLE001 - e.g. an observer that raises
             log.error("vm failure handling failed", vm=vm.name, error=repr(again))
             vm.resync_pending = True
@@ -274,11 +311,23 @@ class Monitor(Resync):
                     self._start_extension(vm, d)
             case EnospcError(drive=name) if name in vm.drives:
                 self._flag_enospc(vm, vm.drives[name], now)
+            case JobEnded():
+                self._job_ended(vm, message)
+            case MigrationChanged():
+                vm.machine.migration_stale = True
+                await self._resync(vm, rearm=False)
             case EnospcError() | VmPaused() | VmResumed():
                 # Which drives failed, and whether they are ours, comes from a fresh look.
                 await self._resync(vm, rearm=False)
             case _:
                 pass
+
+
+def _parked(stream: MemoryObjectReceiveStream[Any]) -> bool:
+    """Its reader has taken everything and waits for more (an item handed straight to a
+    waiting reader is not in the buffer, but that reader is no longer waiting)."""
+    stats = stream.statistics()
+    return stats.current_buffer_used == 0 and stats.tasks_waiting_receive > 0
 
 
 def percentile(values: list[float], q: float) -> float:

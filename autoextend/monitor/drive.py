@@ -168,4 +168,6 @@ class DriveState:
             "extends": self.extends,
             "attempts": self.attempts,
             "last_error": self.last_error,
+            "job": self.info.job,
+            "job_id": self.info.job_id,
         }

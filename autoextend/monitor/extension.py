@@ -17,8 +17,10 @@ import anyio
 from autoextend.errors import AutoextendError
 from autoextend.monitor import policy
 from autoextend.monitor.drive import DriveState, ThresholdState
+from autoextend.monitor.migrating import Migrations
+from autoextend.monitor.observer import ExtendFinished, VgFull, VmCheckFailed
 from autoextend.monitor.protocols import DriveInfo, ExtendOutcome, OutcomeKind
-from autoextend.monitor.vm import POLL, MonitorBase, Vm, log
+from autoextend.monitor.vm import POLL, Vm, log
 from autoextend.monitor.vmstate import VmState
 
 
@@ -29,7 +31,7 @@ class DriveVanished(AutoextendError):
         super().__init__(f"{vm}: drive {drive} is gone")
 
 
-class Extensions(MonitorBase):
+class Extensions(Migrations):
     def _start_extension(self, vm: Vm, d: DriveState) -> None:
         if d.state is not ThresholdState.EXCEEDED or vm.tg is None:
             return
@@ -53,13 +55,17 @@ class Extensions(MonitorBase):
             if d.in_flight:
                 delay = self._retry_delay(d, OutcomeKind.FAILED)
                 d.extend_failed(self.clock.now(), str(exc) or type(exc).__name__, delay)
-            if isinstance(exc, AutoextendError):
+            if isinstance(exc, DriveVanished):
+                # A pivot, a snapshot or a job's end replaced the drive: what was asked for
+                # this volume is done; the new top is judged on its own numbers.
+                bound.info("drive replaced or gone during its extension", error=str(exc))
+            elif isinstance(exc, AutoextendError):
                 bound.warning("extension failed", error=str(exc), attempts=d.attempts)
             else:
                 bound.error("extension failed on an unexpected error", error=repr(exc),
                             attempts=d.attempts, exc_info=True)
                 with contextlib.suppress(Exception):  # observers must not raise; if one does
-                    self.observer.vm_check_failed(vm.name, repr(exc))
+                    self.observer.notify(VmCheckFailed(vm.name, repr(exc)))
         finally:
             if vm.drives.get(d.name) is d:
                 self._count_in_flight(-1)
@@ -81,7 +87,9 @@ class Extensions(MonitorBase):
 
     async def _fresh(self, vm: Vm, d: DriveState) -> DriveInfo:
         for info in await self.hypervisor.drives(vm.name):
-            if info.drive == d.name:
+            # The same name on another path is another volume (a pivot or a snapshot made
+            # a new top): this extension must not go on with the new volume's numbers.
+            if info.drive == d.name and info.path == d.info.path:
                 d.update_info(info)
                 return info
         raise DriveVanished(vm.name, d.name)
@@ -90,14 +98,17 @@ class Extensions(MonitorBase):
         """One extension. Returns True when the drive needs another one right away."""
         t_event = d.exceeded_at if d.exceeded_at is not None else self.clock.now()
         t_start = self.clock.now()
-        info = await self._fresh(vm, d)
+        info = self._effective(vm, await self._fresh(vm, d))
         pol = self.policy_for(info, d.volume)
-        target = policy.next_size(info.physical, info.capacity, pol)
+        target = max(policy.next_size(info.physical, info.capacity, pol),
+                     self._job_need(info, pol))
         if target <= info.physical:
             self._disable(vm, d)
-            self.observer.extend_finished(vm.name, d.name, d.volume, None, info.physical, {})
+            self.observer.notify(
+                ExtendFinished(vm.name, d.name, d.volume, None, info.physical))
             return False
-        if not d.enospc and not policy.needs_extension(info.allocation, info.physical, pol):
+        if not d.enospc and not self._job_short(info, pol) and not policy.needs_extension(
+                info.allocation, info.physical, pol):
             # A stale event (the drive grew since), or someone else extended it already.
             new_threshold = policy.threshold(info.physical, pol)
             d.not_needed(new_threshold)
@@ -124,7 +135,10 @@ class Extensions(MonitorBase):
         deadline = self.extend_deadline_s
         outcome: ExtendOutcome | None = None
         with anyio.move_on_after(deadline):
-            outcome = await self.extender.extend(d.volume, target)
+            if await self._may_refresh(vm):
+                outcome = await self.extender.extend(d.volume, target)
+            else:  # migrating out: grow the volume, leave this host's view (migration.py)
+                outcome = await self.extender.extend(d.volume, target, refresh=False)
         if outcome is None:
             outcome = ExtendOutcome(OutcomeKind.FAILED, 0, f"no answer within {deadline} s",
                                     code="timeout")
@@ -132,16 +146,27 @@ class Extensions(MonitorBase):
         if not outcome.ok:
             delay = self._retry_delay(d, outcome.kind)
             d.extend_failed(self.clock.now(), outcome.reason, delay)
-            self.observer.extend_finished(vm.name, d.name, d.volume, outcome.kind, outcome.size,
-                                          {"extender": t_extended - t_start})
+            self.observer.notify(ExtendFinished(vm.name, d.name, d.volume, outcome.kind,
+                                                outcome.size, {"extender": t_extended - t_start}))
             if outcome.code == "vg_full":
-                self.observer.vg_full(vm.name, d.name, d.volume)
+                self.observer.notify(VgFull(vm.name, d.name, d.volume))
                 bound.error("volume group cannot satisfy the extension", size=target,
                             reason=outcome.reason, retry_in_s=round(delay, 3))
             else:
                 bound.warning("extension failed", result=outcome.kind.value,
                               reason=outcome.reason, code=outcome.code, attempts=d.attempts,
                               retry_in_s=round(delay, 3))
+            return False
+        if not outcome.refreshed:
+            sizes = vm.machine.deferred_sizes
+            sizes[d.name] = max(sizes.get(d.name, 0), outcome.size, target)
+            d.extend_done(0)  # nothing to arm: this host's view did not grow
+            self.observer.notify(ExtendFinished(
+                vm.name, d.name, d.volume, OutcomeKind.OK, outcome.size,
+                {**outcome.phases, "extender": t_extended - t_start}))
+            bound.info("extended; refresh deferred until the migration ends",
+                       size=outcome.size, seen=d.info.physical,
+                       duration_s=t_extended - t_start)
             return False
         # The extender checked the size (its contract); fresh numbers are for the threshold.
         info = await self._fresh(vm, d)
@@ -166,8 +191,8 @@ class Extensions(MonitorBase):
             "rearm": t_armed - t_extended,
             "total": t_armed - t_event,
         }
-        self.observer.extend_finished(vm.name, d.name, d.volume, OutcomeKind.OK, info.physical,
-                                      phases)
+        self.observer.notify(
+            ExtendFinished(vm.name, d.name, d.volume, OutcomeKind.OK, info.physical, phases))
         bound.info("extended", size=info.physical, threshold=new_threshold,
                    duration_s=phases["total"],
                    phases={k: round(v, 6) for k, v in phases.items()})

@@ -20,11 +20,16 @@ class LocalExtender:
     def __init__(self, backend: VolumeBackend) -> None:
         self.backend = backend
 
-    async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome:
+    async def extend(
+        self, volume: VolumeRef, size: int, *, refresh: bool = True
+    ) -> ExtendOutcome:
         t0 = time.monotonic()
         try:
             result = await self.backend.extend(volume, size)
             t1 = time.monotonic()
+            if not refresh:  # a VM migrating out: this host's view stays as it is
+                return ExtendOutcome(OutcomeKind.OK, result.size, phases={"extend": t1 - t0},
+                                     refreshed=False)
             seen = await self.backend.refresh(volume)
             t2 = time.monotonic()
         except VolumeSpaceError as exc:

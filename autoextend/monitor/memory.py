@@ -14,44 +14,109 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.errors import HypervisorError
+from autoextend.monitor.migration import NOT_MIGRATING, MigrationInfo
 from autoextend.monitor.protocols import (
     DriveError,
     DriveInfo,
+    DrivesChanged,
     EnospcError,
     ExtendOutcome,
     HypervisorEvent,
+    HypervisorHealth,
+    MigrationChanged,
     OutcomeKind,
     PauseReason,
     RunState,
     ThresholdCrossed,
     VmAppeared,
     VmGone,
+    VmNotFound,
     VmPaused,
     VmResumed,
 )
-from autoextend.volumes import ExtendResult, VolumeRef
+from autoextend.volumes import (
+    ExtendResult,
+    LocalAuthority,
+    NoAuthority,
+    SpmAuthority,
+    VolumeExists,
+    VolumeNotFound,
+    VolumeRef,
+    VolumeSpaceError,
+)
 
 
 class MemoryVolumes:
-    """Volume sizes by reference; ``extend`` never shrinks."""
+    """Volume sizes by reference: an in-memory :class:`~autoextend.volumes.VolumeBackend`.
 
-    def __init__(self) -> None:
+    It passes the same conformance suite as the lvm and loop backends
+    (``tests/conformance/test_volume_backend.py``): sizes round up to ``extent_size``
+    (1 byte by default: exact sizes), ``extend`` never shrinks, a missing volume raises
+    :class:`~autoextend.volumes.VolumeNotFound`, a VG given a capacity
+    (:meth:`set_vg_capacity`) runs out of space, and a view without the authority to write
+    (:meth:`host_side`) cannot extend. There are no block devices: every host sees the
+    metadata size at once, so ``refresh`` only reads it.
+    """
+
+    def __init__(self, *, extent_size: int = 1, authority: SpmAuthority | None = None) -> None:
         self.sizes: dict[VolumeRef, int] = {}
+        self.capacities: dict[str, int] = {}  # VG -> bytes; a VG without one is unlimited
+        self.extent_size = extent_size
+        self.authority: SpmAuthority = authority or LocalAuthority()
         self.extend_calls: list[tuple[VolumeRef, int]] = []
+
+    def host_side(self) -> MemoryVolumes:
+        """The same volumes seen by a host that may not write metadata (not the SPM)."""
+        view = MemoryVolumes(extent_size=self.extent_size, authority=NoAuthority())
+        view.sizes, view.capacities = self.sizes, self.capacities
+        return view
+
+    def _rounded(self, size: int) -> int:
+        return -(-size // self.extent_size) * self.extent_size
+
+    def _current(self, volume: VolumeRef) -> int:
+        try:
+            return self.sizes[volume]
+        except KeyError:
+            raise VolumeNotFound(str(volume)) from None
+
+    async def create(self, volume: VolumeRef, size: int) -> None:
+        self.authority.check()
+        if volume in self.sizes:
+            raise VolumeExists(str(volume))
+        self.sizes[volume] = self._rounded(size)
+
+    async def set_vg_capacity(self, vg: str, size: int | None) -> None:
+        if size is None:
+            self.capacities.pop(vg, None)
+        else:
+            self.capacities[vg] = size
+
+    async def free_bytes(self, vg: str) -> int | None:
+        capacity = self.capacities.get(vg)
+        if capacity is None:
+            return None
+        return capacity - sum(size for ref, size in self.sizes.items() if ref.vg == vg)
 
     async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
         self.extend_calls.append((volume, size))
-        current = self.sizes[volume]
-        if size <= current:
+        self.authority.check()
+        current = self._current(volume)
+        target = self._rounded(size)
+        if target <= current:
             return ExtendResult(current, False)
-        self.sizes[volume] = size
-        return ExtendResult(size, True)
+        free = await self.free_bytes(volume.vg)
+        if free is not None and target - current > free:
+            raise VolumeSpaceError(f"VG {volume.vg}: {free} bytes free, {volume} needs "
+                                   f"{target - current} more")
+        self.sizes[volume] = target
+        return ExtendResult(target, True)
 
     async def refresh(self, volume: VolumeRef) -> int:
-        return self.sizes[volume]
+        return self._current(volume)
 
     async def size(self, volume: VolumeRef) -> int:
-        return self.sizes[volume]
+        return self._current(volume)
 
     def lookup(self, path: str) -> VolumeRef | None:
         vg, _, lv = path.removeprefix("/dev/").partition("/")
@@ -61,6 +126,9 @@ class MemoryVolumes:
     def device_path(self, volume: VolumeRef) -> str:
         return f"/dev/{volume.vg}/{volume.lv}"
 
+    async def aclose(self) -> None:
+        return None
+
 
 @dataclass
 class MemoryDrive:
@@ -68,6 +136,10 @@ class MemoryDrive:
     capacity: int
     allocation: int = 0
     threshold: int = 0
+    job: str = ""           # a block job's target (see DriveInfo.job)
+    job_id: str = ""
+    job_paused: bool = False
+    job_need: int = 0
 
 
 @dataclass
@@ -84,8 +156,12 @@ class MemoryHypervisor:
         self.vms: dict[str, MemoryVm] = {}
         self.resumes: list[str] = []
         self.kills: list[str] = []
+        self.job_resumes: list[tuple[str, str]] = []
         self.thresholds: list[tuple[str, str, int]] = []
         self.fail_set_threshold = False
+        #: Per VM, what ``migration()`` answers (absent: not migrating).
+        self.migrations: dict[str, MigrationInfo] = {}
+        self.problem: str | None = None  # what health() reports as the current problem
         self._events: MemoryObjectSendStream[HypervisorEvent] | None = None
 
     # --- test controls
@@ -98,6 +174,14 @@ class MemoryHypervisor:
             record.drives[name] = MemoryDrive(volume, capacity)
         self.vms[vm] = record
         self.emit(VmAppeared(vm))
+
+    def add_job_target(self, vm: str, name: str, volume: VolumeRef, physical: int,
+                       capacity: int, *, job: str, job_id: str, need: int = 0) -> None:
+        """A block job's target appears as one more drive of ``vm``."""
+        self.volumes.sizes[volume] = physical
+        self.vms[vm].drives[name] = MemoryDrive(volume, capacity, job=job, job_id=job_id,
+                                                job_need=need)
+        self.emit(DrivesChanged(vm))
 
     def remove_vm(self, vm: str) -> None:
         del self.vms[vm]
@@ -118,6 +202,12 @@ class MemoryHypervisor:
             if events:
                 self.emit(ThresholdCrossed(vm, drive, thr, end - thr))
         d.allocation = end
+        if d.job and end > physical:  # a job with on-error=enospc pauses itself, not the VM
+            if not d.job_paused:
+                d.job_paused = True
+                if events:
+                    self.emit(DrivesChanged(vm))
+            return
         if end > physical and rec.running:
             rec.running, rec.reason = False, PauseReason.ENOSPC
             if events:
@@ -150,20 +240,33 @@ class MemoryHypervisor:
         try:
             return self.vms[vm]
         except KeyError:
-            raise HypervisorError(f"no such vm {vm}") from None
+            raise VmNotFound(vm) from None
+
+    async def migration(self, vm: str) -> MigrationInfo:
+        self._vm(vm)
+        return self.migrations.get(vm, NOT_MIGRATING)
+
+    def migrate(self, vm: str, info: MigrationInfo) -> None:
+        """Set the VM's migration state, with the event a hypervisor would send."""
+        self.migrations[vm] = info
+        self.emit(MigrationChanged(vm))
 
     async def drives(self, vm: str) -> list[DriveInfo]:
         rec = self._vm(vm)
         return [
             DriveInfo(vm, name, f"node-{name}", self.volumes.device_path(d.volume), d.capacity,
-                      d.allocation, self.volumes.sizes[d.volume], d.threshold)
+                      d.allocation, self.volumes.sizes[d.volume], d.threshold, job=d.job,
+                      job_id=d.job_id, job_paused=d.job_paused, job_need=d.job_need)
             for name, d in rec.drives.items()
         ]
 
     async def set_threshold(self, vm: str, drive: DriveInfo, threshold: int) -> None:
         if self.fail_set_threshold:
             raise HypervisorError("set_threshold failed (injected)")
-        self._vm(vm).drives[drive.drive].threshold = threshold
+        found = self._vm(vm).drives.get(drive.drive)
+        if found is None:  # as QEMU and libvirt refuse a node they do not have
+            raise HypervisorError(f"{vm}: no drive {drive.drive}")
+        found.threshold = threshold
         self.thresholds.append((vm, drive.drive, threshold))
 
     async def run_state(self, vm: str) -> RunState:
@@ -184,24 +287,55 @@ class MemoryHypervisor:
             if d.allocation > self.volumes.sizes[d.volume]:
                 self.write(vm, name, 0)
 
+    async def resume_job(self, vm: str, job_id: str) -> None:
+        self.job_resumes.append((vm, job_id))
+        for d in self._vm(vm).drives.values():
+            if d.job_id == job_id:
+                d.job_paused = d.allocation > self.volumes.sizes[d.volume]
+
     def volume_of(self, drive: DriveInfo) -> VolumeRef | None:
         return self.volumes.lookup(drive.path)
 
+    # --- optional capability: ReportsHealth
+
+    def health(self) -> HypervisorHealth:
+        return HypervisorHealth(problem=self.problem)
+
 
 class MemoryExtender:
-    """Extends MemoryVolumes; can be told to fail or to hold requests until released."""
+    """Extends MemoryVolumes; can be told to fail or to hold requests until released.
+
+    Without those test controls it passes the Extender conformance suite
+    (``tests/conformance/test_extender.py``) like the local and mailbox extenders.
+    """
 
     def __init__(self, volumes: MemoryVolumes) -> None:
         self.volumes = volumes
         self.fail_with: OutcomeKind | None = None
         self.gate: anyio.Event | None = None
         self.calls = 0
+        self.unrefreshed = 0  # calls with refresh=False (a VM migrating out)
+        #: refresh=False grows only this "metadata" size; ``volumes.sizes`` is this host's
+        #: view of the volume, which such a call leaves as it is.
+        self.metadata: dict[VolumeRef, int] = {}
 
-    async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome:
+    async def extend(
+        self, volume: VolumeRef, size: int, *, refresh: bool = True
+    ) -> ExtendOutcome:
         self.calls += 1
+        self.unrefreshed += not refresh
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_with is not None:
             return ExtendOutcome(self.fail_with, 0, "injected failure")
-        result = await self.volumes.extend(volume, size)
+        if not refresh:
+            grown = max(size, self.metadata.get(volume, 0), self.volumes.sizes[volume])
+            self.metadata[volume] = grown
+            return ExtendOutcome(OutcomeKind.OK, grown, refreshed=False)
+        try:
+            result = await self.volumes.extend(volume, size)
+        except VolumeNotFound as exc:
+            return ExtendOutcome(OutcomeKind.REJECTED, 0, str(exc), code="not_found")
+        except VolumeSpaceError as exc:
+            return ExtendOutcome(OutcomeKind.FAILED, 0, str(exc), code="vg_full")
         return ExtendOutcome(OutcomeKind.OK, result.size)

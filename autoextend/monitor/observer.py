@@ -1,11 +1,14 @@
-"""What the monitor reports as it works: a small callback protocol.
+"""What the monitor reports as it works: one ``notify(event)`` call per thing that happened.
 
-Metrics, the demo's live progress and its JSON summary are all observers. Callbacks are plain
-synchronous functions called on the event loop: they must be quick and must not raise.
+Each event is a small frozen dataclass. Metrics, the demo's live progress and its JSON summary
+are all observers: they look at the events they care about (a ``match`` on the event type) and
+ignore the rest, so adding an event changes only the observers that want it. ``notify`` is a
+plain synchronous function called on the event loop: it must be quick and must not raise.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -13,94 +16,149 @@ from autoextend.monitor.protocols import DriveInfo, OutcomeKind, PauseReason
 from autoextend.volumes import VolumeRef
 
 
+@dataclass(frozen=True)
+class DriveSeen:
+    """A managed drive was found or re-read (sizes as QEMU or libvirt reported them)."""
+
+    info: DriveInfo
+    volume: VolumeRef
+    cap: int
+
+
+@dataclass(frozen=True)
+class DriveGone:
+    vm: str
+    drive: str
+    volume: VolumeRef
+
+
+@dataclass(frozen=True)
+class ExtendFinished:
+    """One extension attempt ended. ``kind`` None means capped (nothing to do).
+
+    ``phases`` holds durations in seconds: ``wait`` (event to start), ``extender`` (the whole
+    extender call, plus the extender's own phases such as ``request``, ``spm_extend``,
+    ``extend``, ``refresh``), ``rearm``, and ``total`` (event to threshold re-armed on the
+    larger volume)."""
+
+    vm: str
+    drive: str
+    volume: VolumeRef
+    kind: OutcomeKind | None
+    size: int
+    phases: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExtendsInFlight:
+    count: int
+
+
+@dataclass(frozen=True)
+class Paused:
+    vm: str
+    reason: PauseReason
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """``automatic``: autoextend resumed it (after ENOSPC); otherwise somebody else did."""
+
+    vm: str
+    automatic: bool
+
+
+@dataclass(frozen=True)
+class DriveAtCap:
+    vm: str
+    drive: str
+    volume: VolumeRef
+
+
+@dataclass(frozen=True)
+class VgFull:
+    vm: str
+    drive: str
+    volume: VolumeRef
+
+
+@dataclass(frozen=True)
+class UnmanagedEnospc:
+    """An ENOSPC pause involving drives autoextend does not manage: left paused."""
+
+    vm: str
+    drives: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class IoErrorAction:
+    """``action`` is ``resume`` or ``kill`` after an I/O-error pause, with its reason."""
+
+    vm: str
+    action: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class VmCheckFailed:
+    """Handling one VM raised; that VM's handling is retried with backoff."""
+
+    vm: str
+    error: str
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    """A block job ended with an error; ``reason`` is ``nospace`` or ``error``."""
+
+    vm: str
+    job_id: str
+    kind: str
+    reason: str
+    error: str
+
+
+@dataclass(frozen=True)
+class JobResumed:
+    """autoextend resumed a block job paused for lack of space on its target ``drive``."""
+
+    vm: str
+    drive: str
+    kind: str
+    job_id: str
+
+
+@dataclass(frozen=True)
+class MigrationNoted:
+    """A VM's live migration changed state on this host (``monitor/migration.py``):
+    ``role`` source or destination, ``phase`` setup, active, completed, failed, cancelled
+    (or pending, none), ``state`` what this host now does (migrating-out, incoming,
+    departed, none)."""
+
+    vm: str
+    role: str
+    phase: str
+    state: str
+
+
+MonitorEvent = (
+    DriveSeen | DriveGone | ExtendFinished | ExtendsInFlight | Paused | Resumed | DriveAtCap
+    | VgFull | UnmanagedEnospc | IoErrorAction | VmCheckFailed | JobFailed | JobResumed
+    | MigrationNoted
+)
+
+
 class MonitorObserver(Protocol):
-    def drive_seen(self, info: DriveInfo, volume: VolumeRef, cap: int) -> None: ...
-
-    def drive_gone(self, vm: str, drive: str, volume: VolumeRef) -> None: ...
-
-    def extend_finished(
-        self,
-        vm: str,
-        drive: str,
-        volume: VolumeRef,
-        kind: OutcomeKind | None,
-        size: int,
-        phases: dict[str, float],
-    ) -> None:
-        """``kind`` None means capped (nothing to do). ``phases`` holds durations in seconds:
-        ``wait`` (event to start), ``extender`` (the whole extender call, plus the extender's
-        own phases such as ``request``, ``spm_extend``, ``extend``, ``refresh``), ``rearm``,
-        and ``total`` (event to threshold re-armed on the larger volume)."""
-        ...
-
-    def extends_in_flight(self, count: int) -> None: ...
-
-    def paused(self, vm: str, reason: PauseReason) -> None: ...
-
-    def resumed(self, vm: str, automatic: bool) -> None: ...
-
-    def drive_at_cap(self, vm: str, drive: str, volume: VolumeRef) -> None: ...
-
-    def vg_full(self, vm: str, drive: str, volume: VolumeRef) -> None: ...
-
-    def unmanaged_enospc(self, vm: str, drives: tuple[str, ...]) -> None:
-        """An ENOSPC pause involving drives autoextend does not manage: left paused."""
-        ...
-
-    def io_error_action(self, vm: str, action: str, reason: str) -> None:
-        """``action`` is ``resume`` or ``kill`` after an I/O-error pause, with its reason."""
-        ...
-
-    def vm_check_failed(self, vm: str, error: str) -> None:
-        """Handling one VM raised; that VM's handling is retried with backoff."""
-        ...
+    def notify(self, event: MonitorEvent) -> None: ...
 
 
 class NullObserver:
-    def drive_seen(self, info: DriveInfo, volume: VolumeRef, cap: int) -> None:
-        pass
-
-    def drive_gone(self, vm: str, drive: str, volume: VolumeRef) -> None:
-        pass
-
-    def extend_finished(
-        self,
-        vm: str,
-        drive: str,
-        volume: VolumeRef,
-        kind: OutcomeKind | None,
-        size: int,
-        phases: dict[str, float],
-    ) -> None:
-        pass
-
-    def extends_in_flight(self, count: int) -> None:
-        pass
-
-    def paused(self, vm: str, reason: PauseReason) -> None:
-        pass
-
-    def resumed(self, vm: str, automatic: bool) -> None:
-        pass
-
-    def drive_at_cap(self, vm: str, drive: str, volume: VolumeRef) -> None:
-        pass
-
-    def vg_full(self, vm: str, drive: str, volume: VolumeRef) -> None:
-        pass
-
-    def unmanaged_enospc(self, vm: str, drives: tuple[str, ...]) -> None:
-        pass
-
-    def io_error_action(self, vm: str, action: str, reason: str) -> None:
-        pass
-
-    def vm_check_failed(self, vm: str, error: str) -> None:
+    def notify(self, event: MonitorEvent) -> None:
         pass
 
 
 @dataclass
-class Tally(NullObserver):
+class Tally:
     """Counts what happened; used by the demo summary, the benchmarks and tests."""
 
     extends: int = 0
@@ -113,103 +171,51 @@ class Tally(NullObserver):
     io_error_resumes: int = 0
     kills: int = 0
     check_failures: int = 0
+    job_failures: int = 0
+    job_resumes: int = 0
+    migrations: int = 0  # migration state changes noted (MigrationNoted)
     latencies: list[float] = field(default_factory=list)
 
-    def extend_finished(
-        self,
-        vm: str,
-        drive: str,
-        volume: VolumeRef,
-        kind: OutcomeKind | None,
-        size: int,
-        phases: dict[str, float],
-    ) -> None:
-        if kind is OutcomeKind.OK:
-            self.extends += 1
-            if "total" in phases:
-                self.latencies.append(phases["total"])
-        elif kind is not None:
-            self.failed += 1
-
-    def paused(self, vm: str, reason: PauseReason) -> None:
-        self.pauses += 1
-        if reason is PauseReason.ENOSPC:
-            self.enospc_pauses += 1
-
-    def resumed(self, vm: str, automatic: bool) -> None:
-        if automatic:
-            self.resumes += 1
-
-    def drive_at_cap(self, vm: str, drive: str, volume: VolumeRef) -> None:
-        self.capped += 1
-
-    def unmanaged_enospc(self, vm: str, drives: tuple[str, ...]) -> None:
-        self.unmanaged += 1
-
-    def io_error_action(self, vm: str, action: str, reason: str) -> None:
-        if action == "resume":
-            self.io_error_resumes += 1
-        elif action == "kill":
-            self.kills += 1
-
-    def vm_check_failed(self, vm: str, error: str) -> None:
-        self.check_failures += 1
+    def notify(self, event: MonitorEvent) -> None:
+        match event:
+            case ExtendFinished(kind=OutcomeKind.OK, phases=phases):
+                self.extends += 1
+                if "total" in phases:
+                    self.latencies.append(phases["total"])
+            case ExtendFinished(kind=None):
+                pass
+            case ExtendFinished():
+                self.failed += 1
+            case Paused(reason=reason):
+                self.pauses += 1
+                if reason is PauseReason.ENOSPC:
+                    self.enospc_pauses += 1
+            case Resumed(automatic=True):
+                self.resumes += 1
+            case DriveAtCap():
+                self.capped += 1
+            case UnmanagedEnospc():
+                self.unmanaged += 1
+            case IoErrorAction(action="resume"):
+                self.io_error_resumes += 1
+            case IoErrorAction(action="kill"):
+                self.kills += 1
+            case VmCheckFailed():
+                self.check_failures += 1
+            case JobFailed():
+                self.job_failures += 1
+            case JobResumed():
+                self.job_resumes += 1
+            case MigrationNoted():
+                self.migrations += 1
 
 
-class Fanout(NullObserver):
-    """Sends every callback to several observers."""
+class Fanout:
+    """Sends every event to several observers."""
 
     def __init__(self, *observers: MonitorObserver) -> None:
         self._observers = observers
 
-    def drive_seen(self, info: DriveInfo, volume: VolumeRef, cap: int) -> None:
+    def notify(self, event: MonitorEvent) -> None:
         for o in self._observers:
-            o.drive_seen(info, volume, cap)
-
-    def drive_gone(self, vm: str, drive: str, volume: VolumeRef) -> None:
-        for o in self._observers:
-            o.drive_gone(vm, drive, volume)
-
-    def extend_finished(
-        self,
-        vm: str,
-        drive: str,
-        volume: VolumeRef,
-        kind: OutcomeKind | None,
-        size: int,
-        phases: dict[str, float],
-    ) -> None:
-        for o in self._observers:
-            o.extend_finished(vm, drive, volume, kind, size, phases)
-
-    def extends_in_flight(self, count: int) -> None:
-        for o in self._observers:
-            o.extends_in_flight(count)
-
-    def paused(self, vm: str, reason: PauseReason) -> None:
-        for o in self._observers:
-            o.paused(vm, reason)
-
-    def resumed(self, vm: str, automatic: bool) -> None:
-        for o in self._observers:
-            o.resumed(vm, automatic)
-
-    def drive_at_cap(self, vm: str, drive: str, volume: VolumeRef) -> None:
-        for o in self._observers:
-            o.drive_at_cap(vm, drive, volume)
-
-    def vg_full(self, vm: str, drive: str, volume: VolumeRef) -> None:
-        for o in self._observers:
-            o.vg_full(vm, drive, volume)
-
-    def unmanaged_enospc(self, vm: str, drives: tuple[str, ...]) -> None:
-        for o in self._observers:
-            o.unmanaged_enospc(vm, drives)
-
-    def io_error_action(self, vm: str, action: str, reason: str) -> None:
-        for o in self._observers:
-            o.io_error_action(vm, action, reason)
-
-    def vm_check_failed(self, vm: str, error: str) -> None:
-        for o in self._observers:
-            o.vm_check_failed(vm, error)
+            o.notify(event)

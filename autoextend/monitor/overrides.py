@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from autoextend.monitor.config import PolicyOverride, PolicySettings
 from autoextend.monitor.policy import DrivePolicy, MiB
 from autoextend.monitor.protocols import DriveInfo
@@ -28,4 +30,9 @@ def resolve(settings: PolicySettings, info: DriveInfo, volume: VolumeRef) -> Dri
         chunk = o.chunk_mib if o.chunk_mib is not None else chunk
         utilization = o.utilization_percent if o.utilization_percent is not None else utilization
         cap_factor = o.cap_factor if o.cap_factor is not None else cap_factor
-    return DrivePolicy(chunk * MiB, utilization, cap_factor, settings.extent_mib * MiB)
+    chunk_bytes = chunk * MiB
+    if info.job:
+        # A block job's target gets a larger chunk while the job runs (vdsm doubles it for a
+        # mirror's replica): a job writes at full speed, faster than most guests.
+        chunk_bytes = math.ceil(chunk_bytes * settings.job_chunk_factor)
+    return DrivePolicy(chunk_bytes, utilization, cap_factor, settings.extent_mib * MiB)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
+from autoextend.errors import HypervisorError
 from autoextend.volumes import VolumeRef
 
 
@@ -26,6 +27,13 @@ class DriveInfo:
     arms the threshold on (QMP: the protocol node name; libvirt: the indexed target).
     ``allocation`` is the highest written physical offset, ``physical`` the device size,
     ``capacity`` the guest-visible virtual size. ``threshold`` is 0 when none is armed.
+
+    A block job's target (a commit base, a mirror target, a backup scratch node) is a drive
+    too (``monitor/jobs.py``): ``job`` names the job's kind (``commit``, ``mirror``,
+    ``backup``; empty for a guest's own drive), ``job_id`` the job, ``job_paused`` says the
+    job stopped for lack of space (``on-error=enospc``) and waits for ``resume_job``, and
+    ``job_need`` is the size the target should have for the job to finish (a commit base
+    measured at the job's start; 0 when unknown).
     """
 
     vm: str
@@ -36,6 +44,10 @@ class DriveInfo:
     allocation: int
     physical: int
     threshold: int = 0
+    job: str = ""
+    job_id: str = ""
+    job_paused: bool = False
+    job_need: int = 0
 
 
 class PauseReason(enum.Enum):
@@ -119,16 +131,88 @@ class VmResumed:
     vm: str
 
 
+@dataclass(frozen=True)
+class JobEnded:
+    """A block job ended (completed, failed or cancelled). ``error`` is QEMU's or libvirt's
+    message when it failed, ``nospace`` when it failed for lack of space."""
+
+    vm: str
+    job_id: str
+    kind: str
+    error: str = ""
+    nospace: bool = False
+
+
+@dataclass(frozen=True)
+class MigrationChanged:
+    """A migration of the VM started, progressed or ended (either direction): ask the
+    hypervisor for the VM's migration role and phase (``monitor/migration.py``)."""
+
+    vm: str
+
+
 HypervisorEvent = (
     VmAppeared | VmGone | DrivesChanged | ThresholdCrossed | EnospcError | VmPaused | VmResumed
+    | JobEnded
+    | MigrationChanged
 )
+
+
+# Neutral errors: what every hypervisor backend raises (or subclasses), fakes included.
+
+
+class VmNotFound(HypervisorError):
+    """The hypervisor has no such VM now: never seen, gone, shut off, or not connected.
+
+    Backends subclass it (``qmp.errors.VmNotFound``, ``libvirt_backend.errors.VmNotFound``)
+    to add what they know (the command or call); ``vm`` names the VM.
+    """
+
+    def __init__(self, vm: str, detail: str = "no such VM") -> None:
+        self.vm = vm
+        super().__init__(f"{vm}: {detail}")
+
+
+class HypervisorDisconnected(HypervisorError):
+    """The backend has no usable connection right now (QMP socket or libvirtd lost); the
+    call may succeed after a reconnect."""
+
+
+@dataclass(frozen=True)
+class HypervisorHealth:
+    """What a backend counts at its edge, for metrics and ``status``.
+
+    ``session_failures``: VM sessions or calls ended by a bad reply or an unexpected error;
+    ``malformed_events``: events dropped because their data failed validation; ``problem``:
+    why nothing can be watched right now (no socket matches, libvirtd unreachable), or None.
+    """
+
+    session_failures: int = 0
+    malformed_events: int = 0
+    problem: str | None = None
+
+
+@runtime_checkable
+class ReportsHealth(Protocol):
+    """Optional hypervisor capability: counters and a current problem (see
+    :class:`HypervisorHealth`). The service checks it with ``isinstance``; a hypervisor
+    without it reports a healthy, all-zero :class:`HypervisorHealth`."""
+
+    def health(self) -> HypervisorHealth: ...
+
+
+def health_of(hypervisor: object) -> HypervisorHealth:
+    """``hypervisor.health()`` when it reports health, else all zeros and no problem."""
+    return hypervisor.health() if isinstance(hypervisor, ReportsHealth) else HypervisorHealth()
 
 
 class Hypervisor(Protocol):
     """A source of drive events and the calls the monitor makes back.
 
     All methods raise :class:`~autoextend.errors.HypervisorError` (or a subclass) on failure;
-    ``VmNotFound`` when the VM is gone.
+    :class:`VmNotFound` (or a subclass) when the VM is not there, and
+    :class:`HypervisorDisconnected` (or a subclass) when the backend has no connection.
+    Every implementation passes ``tests/conformance/test_hypervisor.py``.
     """
 
     async def run(
@@ -164,6 +248,14 @@ class Hypervisor(Protocol):
         ...
 
 
+class JobControl(Protocol):
+    """What a backend that reports block-job targets can do about the jobs."""
+
+    async def resume_job(self, vm: str, job_id: str) -> None:
+        """Resume a job paused for lack of space (QMP ``job-resume``)."""
+        ...
+
+
 class OutcomeKind(enum.Enum):
     OK = "ok"
     FAILED = "failed"      # may succeed if retried (I/O error, timeout, VG full for now)
@@ -181,6 +273,9 @@ class ExtendOutcome:
     # Durations of the extender's own phases in seconds, e.g. "request" (mailbox round trip),
     # "spm_extend" (lvextend on the SPM), "extend" (local extend), "refresh".
     phases: dict[str, float] = field(default_factory=dict)
+    # False for ``extend(..., refresh=False)``: ``size`` is then the size in metadata, and
+    # this host's view was left as it was (a VM migrating out, see monitor/migration.py).
+    refreshed: bool = True
 
     @property
     def ok(self) -> bool:
@@ -193,6 +288,12 @@ class Extender(Protocol):
     Local: the volume backend on this host. Mailbox: a request to the SPM, then a local
     refresh. Returns an outcome rather than raising for expected failures; raises only on
     cancellation.
+
+    ``refresh=False`` (passed only while the VM migrates out of this host): get the volume
+    to ``size`` in metadata but leave this host's view as it is; the outcome has
+    ``refreshed=False`` and the size in metadata.
     """
 
-    async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome: ...
+    async def extend(
+        self, volume: VolumeRef, size: int, *, refresh: bool = True
+    ) -> ExtendOutcome: ...

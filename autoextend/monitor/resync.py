@@ -9,22 +9,35 @@ has one owner; the pure rules are in ``vmstate.py``.
 
 from __future__ import annotations
 
-from autoextend.monitor import policy
+from autoextend.monitor import migration, policy
 from autoextend.monitor.drive import DriveState, ThresholdState
-from autoextend.monitor.extension import Extensions
+from autoextend.monitor.jobs import JobSteps
+from autoextend.monitor.observer import (
+    DriveGone,
+    DriveSeen,
+    IoErrorAction,
+    Paused,
+    Resumed,
+    UnmanagedEnospc,
+)
 from autoextend.monitor.probe import probe_all
 from autoextend.monitor.protocols import DriveInfo, PauseReason, RunState
 from autoextend.monitor.vm import Vm, log
 from autoextend.monitor.vmstate import Action, ResumePolicy, VmEvent, VmState, classify
 
 
-class Resync(Extensions):
+class Resync(JobSteps):
     async def _resync(self, vm: Vm, *, rearm: bool) -> None:
         """Re-read the VM and act. ``rearm``: the hypervisor may have lost our thresholds
         (connect, hot-plug, dropped event), so arm every drive again."""
         infos = await self.hypervisor.drives(vm.name)
         self._merge_drives(vm, infos, rearm=rearm)
         state = await self.hypervisor.run_state(vm.name)
+        moved = await self._check_migration(vm, state)
+        if moved.refreshed or moved.rearm:  # views grew: fresh numbers, arm again
+            self._merge_drives(vm, await self.hypervisor.drives(vm.name), rearm=True)
+        if moved.arrived:
+            state = self._arrived_paused(vm, state)
         self._observe(vm, state)
         if vm.machine.state in (VmState.PAUSED_ENOSPC, VmState.PAUSED_ENOSPC_UNMANAGED) or any(
             e.nospace and e.drive in vm.drives for e in state.errors
@@ -32,6 +45,7 @@ class Resync(Extensions):
             self._flag_enospc_drives(vm, state)
         for d in list(vm.drives.values()):
             await self._evaluate(vm, d)
+            await self._job_step(vm, d)
         await self._after_check(vm)
 
     def _observe(self, vm: Vm, state: RunState) -> None:
@@ -47,7 +61,7 @@ class Resync(Extensions):
         for action in m.apply(event, now, reason=reason, unmanaged=unmanaged):
             if action is Action.NOTE_PAUSED:
                 assert reason is not None
-                self.observer.paused(vm.name, reason)
+                self.observer.notify(Paused(vm.name, reason))
                 log.info("vm paused", vm=vm.name, reason=reason.value,
                          state=m.state.value)
             elif action is Action.WARN_UNMANAGED:
@@ -56,10 +70,10 @@ class Resync(Extensions):
                         log.warning("vm paused for lack of space on a drive autoextend does "
                                     "not manage; leaving it paused", vm=vm.name,
                                     drive=e.drive, path=e.path)
-                self.observer.unmanaged_enospc(vm.name, unmanaged)
+                self.observer.notify(UnmanagedEnospc(vm.name, unmanaged))
             elif action is Action.NOTE_RUNNING:
                 if not was_expected:
-                    self.observer.resumed(vm.name, False)
+                    self.observer.notify(Resumed(vm.name, False))
                     log.info("vm runs again (resumed by someone else)", vm=vm.name)
         if state.running:
             m.expect_resume = False
@@ -80,19 +94,20 @@ class Resync(Extensions):
                 pol = self.policy_for(info, volume)
                 d = DriveState(info, volume, policy.cap(info.capacity, pol))
                 vm.drives[info.drive] = d
-                self.observer.drive_seen(info, volume, d.cap)
+                self.observer.notify(DriveSeen(info, volume, d.cap))
                 log.info("drive added", vm=vm.name, drive=info.drive, volume=str(volume),
-                         physical=info.physical, capacity=info.capacity)
+                         physical=info.physical, capacity=info.capacity,
+                         job=info.job or None, job_need=info.job_need or None)
                 continue
             d.update_info(info, cap=policy.cap(info.capacity, self.policy_for(info, volume)))
-            self.observer.drive_seen(info, volume, d.cap)
+            self.observer.notify(DriveSeen(info, volume, d.cap))
             if rearm and not d.in_flight:
                 d.disarmed()  # the hypervisor may have lost it: arm again below
         for name in set(vm.drives) - seen:
             d = vm.drives.pop(name)
             if d.in_flight:
                 self._count_in_flight(-1)
-            self.observer.drive_gone(vm.name, name, d.volume)
+            self.observer.notify(DriveGone(vm.name, name, d.volume))
             log.info("drive removed", vm=vm.name, drive=name)
 
     def _flag_enospc_drives(self, vm: Vm, state: RunState) -> None:
@@ -105,9 +120,10 @@ class Resync(Extensions):
             if d.enospc or d.in_flight:
                 continue
             pol = self.policy_for(d.info, d.volume)
+            info = self._effective(vm, d.info)  # frozen view: the size it was extended to
             # The hypervisor keeps naming a drive until the VM runs again: act on that once.
             named_now = d.name in named and d.name not in vm.machine.full_drives
-            if named_now or policy.needs_extension(d.info.allocation, d.info.physical, pol):
+            if named_now or policy.needs_extension(info.allocation, info.physical, pol):
                 self._flag_enospc(vm, d, now)
 
     def _flag_enospc(self, vm: Vm, d: DriveState, now: float) -> None:
@@ -127,7 +143,9 @@ class Resync(Extensions):
         """Decide what a drive needs, from its latest numbers. Never blocks on an extension."""
         if d.in_flight or d.name not in vm.drives:
             return
-        info = d.info
+        if not migration.may_arm(vm.machine.migration):
+            return  # incoming (the guest runs elsewhere yet) or departed
+        info = self._effective(vm, d.info)
         pol = self.policy_for(info, d.volume)
         now = self.clock.now()
         if info.capacity <= 0:
@@ -139,7 +157,8 @@ class Resync(Extensions):
             else:
                 self._wake_at(vm, d.retry_at)
             return
-        full = policy.needs_extension(info.allocation, info.physical, pol) or d.enospc
+        full = (policy.needs_extension(info.allocation, info.physical, pol) or d.enospc
+                or self._job_short(info, pol))
         if policy.at_cap(info.physical, info.capacity, pol):
             if d.state is not ThresholdState.DISABLED:
                 self._disable(vm, d)
@@ -152,6 +171,8 @@ class Resync(Extensions):
             return
         if d.state is ThresholdState.DISABLED:
             d.disarmed()
+        if self._frozen(vm, d.name):
+            return  # extended while migrating out: this host's view did not grow
         wanted = policy.threshold(info.physical, pol)
         lost = d.state is ThresholdState.SET and (info.threshold == 0 or d.threshold != wanted)
         if d.state is ThresholdState.UNSET or lost:
@@ -171,6 +192,13 @@ class Resync(Extensions):
 
     async def _after_check(self, vm: Vm) -> None:
         m = vm.machine
+        if m.paused and not migration.may_resume(m.migration):
+            held = f"left paused: {m.migration.value} (resumed where it runs next)"
+            if m.last_action != held:
+                m.record(held)
+                log.info("vm paused during a migration: not resuming it here", vm=vm.name,
+                         migration=m.migration.value)
+            return
         if m.state is VmState.PAUSED_ENOSPC:
             if any(d.enospc or d.in_flight for d in vm.drives.values()):
                 return
@@ -239,9 +267,9 @@ class Resync(Extensions):
             m.record(f"resumed after {cause}" + (f": {detail}" if detail else ""))
             await self.hypervisor.resume(vm.name)
             if cause == "io-error":
-                self.observer.io_error_action(vm.name, "resume", detail)
+                self.observer.notify(IoErrorAction(vm.name, "resume", detail))
             else:
-                self.observer.resumed(vm.name, True)  # autoextend_resumes_total: ENOSPC
+                self.observer.notify(Resumed(vm.name, True))  # autoextend_resumes_total: ENOSPC
             log.info("vm resumed", vm=vm.name, cause=cause, reason=detail or None,
                      attempt=m.resume_attempts)
         elif Action.KILL in actions:
@@ -251,4 +279,4 @@ class Resync(Extensions):
             log.warning("killing vm", vm=vm.name, reason=detail)
             m.record(f"killed: {detail}")
             await self.hypervisor.kill(vm.name)
-            self.observer.io_error_action(vm.name, "kill", detail)
+            self.observer.notify(IoErrorAction(vm.name, "kill", detail))

@@ -19,10 +19,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from autoextend.clock import Clock
 from autoextend.logs import get_logger
-from autoextend.monitor import overrides, policy
+from autoextend.monitor import jobpolicy, overrides, policy
 from autoextend.monitor.config import PolicySettings, ResumeSettings
 from autoextend.monitor.drive import DriveState
-from autoextend.monitor.observer import MonitorObserver
+from autoextend.monitor.observer import DriveAtCap, ExtendsInFlight, MonitorObserver
 from autoextend.monitor.probe import StorageProbe
 from autoextend.monitor.protocols import DriveInfo, Extender, Hypervisor, HypervisorEvent
 from autoextend.monitor.vmstate import VmMachine
@@ -113,6 +113,7 @@ class MonitorBase:
         self.lease_ok = lease_ok
         self._extend_deadline_s = extend_deadline_s
         self._vms: dict[str, Vm] = {}
+        self._job_resumed_at: dict[tuple[str, str], float] = {}  # (vm, job id) -> last resume
         self._in_flight = 0
         self.space_gate: SpaceGate | None = None  # set by the service (capacity levels)
         # Called with the VM and its volumes when a guest shut down cleanly (reduce_on_stop).
@@ -131,11 +132,18 @@ class MonitorBase:
 
     def _count_in_flight(self, delta: int) -> None:
         self._in_flight += delta
-        self.observer.extends_in_flight(self._in_flight)
+        self.observer.notify(ExtendsInFlight(self._in_flight))
+
+    def _job_need(self, info: DriveInfo, pol: policy.DrivePolicy) -> int:
+        """The size a job target should reach before its job writes (0: no pre-extension)."""
+        return jobpolicy.need_size(info, pol) if self.settings.job_pre_extend else 0
+
+    def _job_short(self, info: DriveInfo, pol: policy.DrivePolicy) -> bool:
+        return self._job_need(info, pol) > info.physical
 
     def _disable(self, vm: Vm, d: DriveState) -> None:
         d.reached_cap()
-        self.observer.drive_at_cap(vm.name, d.name, d.volume)
+        self.observer.notify(DriveAtCap(vm.name, d.name, d.volume))
         log.warning("drive reached its cap; no further extension", vm=vm.name, drive=d.name,
                     volume=str(d.volume), physical=d.info.physical, cap=d.cap)
 

@@ -13,6 +13,10 @@ States::
        │    ──other_pause─────▶ PAUSED_OTHER    (operator, migration, unknown: never resumed)
        └── any state ──gone──▶ GONE (absorbing)
 
+Orthogonal to these, ``VmMachine.migration`` holds the VM's live-migration state (NONE,
+MIGRATING_OUT, INCOMING, DEPARTED; pure ``step`` in ``monitor/migration.py``): while it is
+not NONE, no resume is sent from this host (``migration.may_resume``).
+
 * autoextend resumes only what it caused (ENOSPC on drives it manages, once they have room)
   and, by ``[resume] policy``, pauses for I/O errors once storage answers again.
 * An ENOSPC pause that involves a drive autoextend does not manage is sticky: it stays
@@ -25,6 +29,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from autoextend.monitor.migration import MigState
 from autoextend.monitor.protocols import DriveError, PauseReason
 
 
@@ -174,6 +179,13 @@ class VmMachine:
     # autoextend's to end only if this is not empty.
     full_drives: set[str] = field(default_factory=set)
     killed: bool = False  # a kill was sent during this pause
+    # Live migration (an orthogonal region of this machine; rules in monitor/migration.py):
+    # migrating-out, incoming, departed. ``migration_stale``: ask the hypervisor at the next
+    # look. ``deferred_sizes``: per drive, the size its volume was extended to while this
+    # host's view is frozen (migrating out): extended in metadata, not yet visible here.
+    migration: MigState = MigState.NONE
+    migration_stale: bool = True
+    deferred_sizes: dict[str, int] = field(default_factory=dict)
 
     def apply(
         self, event: VmEvent, now: float, *, reason: PauseReason | None = None,

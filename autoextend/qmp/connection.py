@@ -20,6 +20,7 @@ from autoextend.qmp.errors import (
     QmpDisconnected,
     QmpTimeout,
 )
+from autoextend.qmp.jobs import JOB_EVENT_NAMES
 from autoextend.qmp.listener import BoundedListener, new_client
 
 log = get_logger("qmp")
@@ -31,6 +32,8 @@ EVENT_NAMES = (
     "STOP",
     "RESUME",
     "DEVICE_DELETED",
+    *JOB_EVENT_NAMES,
+    "MIGRATION",
 )
 
 # How long closing may take before we give up on a clean disconnect.

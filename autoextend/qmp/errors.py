@@ -8,6 +8,7 @@ connected.
 from __future__ import annotations
 
 from autoextend.errors import HypervisorError
+from autoextend.monitor import protocols
 
 
 class QmpError(HypervisorError):
@@ -21,11 +22,11 @@ class QmpError(HypervisorError):
         super().__init__(f"qmp {vm}: {command}: {self.reason}")
 
 
-class VmNotFound(QmpError):
+class VmNotFound(protocols.VmNotFound, QmpError):
     """No connected VM of that name (never seen, gone, or between reconnects)."""
 
     def __init__(self, vm: str, command: str) -> None:
-        super().__init__(vm, command, "no such VM connected")
+        QmpError.__init__(self, vm, command, "no such VM connected")
 
 
 class QmpCommandFailed(QmpError):
@@ -45,7 +46,7 @@ class QmpTimeout(QmpError):
         super().__init__(vm, command, f"no reply within {timeout_s:g} s")
 
 
-class QmpDisconnected(QmpError):
+class QmpDisconnected(protocols.HypervisorDisconnected, QmpError):
     """The connection dropped before or while the command ran."""
 
 

@@ -28,13 +28,16 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.clock import Clock
 from autoextend.logs import get_logger
+from autoextend.monitor.migration import MigrationInfo
 from autoextend.monitor.protocols import (
     DriveInfo,
     HypervisorEvent,
+    HypervisorHealth,
     RunState,
     VmAppeared,
     VmGone,
 )
+from autoextend.qemuimg import Measure
 from autoextend.qmp.config import QmpSettings
 from autoextend.qmp.connection import QmpConnection
 from autoextend.qmp.devsize import device_size
@@ -89,11 +92,13 @@ class QmpHypervisor:
         clock: Clock,
         *,
         device_size: DeviceSize = device_size,
+        measure: Measure | None = None,
     ) -> None:
         self.settings = settings
         self._lookup = lookup
         self._clock = clock
         self._device_size = device_size
+        self._measure = measure
         self._sessions: dict[str, VmSession] = {}
         self._watchers: dict[str, _Watcher] = {}
         #: Sessions ended by a bad reply or an unexpected error (not by QEMU going away).
@@ -139,8 +144,15 @@ class QmpHypervisor:
     async def run_state(self, vm: str) -> RunState:
         return await self._session(vm, "query-status").run_state()
 
+    async def migration(self, vm: str) -> MigrationInfo:
+        """The VM's migration role and phase (``query-status`` + ``query-migrate``)."""
+        return await self._session(vm, "query-migrate").migration()
+
     async def resume(self, vm: str) -> None:
         await self._session(vm, "cont").resume()
+
+    async def resume_job(self, vm: str, job_id: str) -> None:
+        await self._session(vm, "job-resume").resume_job(job_id)
 
     async def kill(self, vm: str) -> None:
         try:
@@ -168,6 +180,11 @@ class QmpHypervisor:
         if not self._watchers:
             return f"no QMP socket matches {self.settings.socket_glob}"
         return None
+
+    def health(self) -> HypervisorHealth:
+        """Implements :class:`~autoextend.monitor.protocols.ReportsHealth`."""
+        return HypervisorHealth(self.session_failures, self.malformed_events,
+                                self.watch_problem())
 
     def _session(self, vm: str, command: str) -> VmSession:
         session = self._sessions.get(vm)
@@ -262,7 +279,7 @@ class QmpHypervisor:
             name = Path(watcher.path).stem
         name = self._unique_name(name, watcher.path)
         conn.label = name
-        session = VmSession(name, conn, self._device_size)
+        session = VmSession(name, conn, self._device_size, self._measure)
         self._sessions[name] = session
         vlog = log.bind(vm=name, path=watcher.path)
         announced = False

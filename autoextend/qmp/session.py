@@ -22,16 +22,21 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.clock import Clock
 from autoextend.logs import get_logger
+from autoextend.monitor.migration import MigrationInfo
 from autoextend.monitor.protocols import (
     DriveInfo,
     DrivesChanged,
     HypervisorEvent,
+    MigrationChanged,
     RunState,
     VmPaused,
     VmResumed,
 )
+from autoextend.qemuimg import Measure
 from autoextend.qmp.connection import QmpConnection
 from autoextend.qmp.errors import MalformedReply, QmpDisconnected, QmpError
+from autoextend.qmp.jobwatch import JobWatch, job_event
+from autoextend.qmp.migration import migration_info, migration_phase
 from autoextend.qmp.pauses import drive_errors
 from autoextend.qmp.replies import (
     MAX_SIZE,
@@ -51,12 +56,14 @@ T = TypeVar("T")
 
 
 class VmSession:
-    def __init__(self, name: str, conn: QmpConnection, device_size: DeviceSize) -> None:
+    def __init__(self, name: str, conn: QmpConnection, device_size: DeviceSize,
+                 measure: Measure | None = None) -> None:
         self.name = name
         self.conn = conn
         self._device_size = device_size
         self.topology = Topology()
         self._saw_nospace = False
+        self._jobs = JobWatch(measure)
         self._log = log.bind(vm=name)
         #: Why this session was ended by us (a bad reply, an unexpected error), else None.
         self.failure: str | None = None
@@ -97,6 +104,8 @@ class VmSession:
         nodes = await self.conn.execute("query-named-block-nodes", {"flat": True})
         stats = await self.conn.execute("query-blockstats", {"query-nodes": True})
         self.topology = parse_topology(self.name, block, nodes, stats)
+        self.topology = await self._jobs.add_targets(self.name, self.conn, self.topology,
+                                                     nodes, stats)
         fresh: list[DriveInfo] = []
         for info in self.topology.drives:
             size = await self._device_size(info.path)
@@ -121,6 +130,16 @@ class VmSession:
         stats = await self.conn.execute("query-blockstats", {"query-nodes": True})
         return dataclasses.replace(state, errors=drive_errors(block, nodes, stats))
 
+    async def migration(self) -> MigrationInfo:
+        return await self._guarded("query-migrate", self._migration)
+
+    async def _migration(self) -> MigrationInfo:
+        status = await self.conn.execute("query-status")
+        run_status = status.get("status", "") if isinstance(status, dict) else ""
+        reply = await self.conn.execute("query-migrate")
+        return migration_info(self.name, run_status if isinstance(run_status, str) else "",
+                              reply)
+
     async def set_threshold(self, drive: DriveInfo, threshold: int) -> None:
         if not 0 <= threshold <= MAX_SIZE:
             raise ValueError(f"threshold must be in 0..2**63-1, got {threshold}")
@@ -130,6 +149,10 @@ class VmSession:
 
     async def resume(self) -> None:
         await self.conn.execute("cont")
+
+    async def resume_job(self, job_id: str) -> None:
+        """``job-resume``: a job paused by ``on-error=enospc`` goes on once it has room."""
+        await self.conn.execute("job-resume", {"id": job_id})
 
     async def kill(self) -> None:
         """``quit``: QEMU exits at once (the connection drops, the VM is gone)."""
@@ -191,7 +214,10 @@ class VmSession:
             return [VmResumed(self.name)]
         if name == "DEVICE_DELETED":
             return [DrivesChanged(self.name)]
-        return []
+        if name == "MIGRATION":
+            migration_phase(self.name, data)  # validate; the monitor asks for the rest
+            return [MigrationChanged(self.name)]
+        return job_event(self.name, name, data, self._log)
 
     async def watch_drives(
         self, send: MemoryObjectSendStream[HypervisorEvent], clock: Clock, interval_s: float

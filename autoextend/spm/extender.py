@@ -35,7 +35,9 @@ class MailboxExtender:
         self._timeout_s = timeout_s
         self._clock = clock or MonotonicClock()
 
-    async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome:
+    async def extend(
+        self, volume: VolumeRef, size: int, *, refresh: bool = True
+    ) -> ExtendOutcome:
         bound = log.bind(volume=str(volume), host_id=self._mailbox.host_id)
         started = self._clock.now()
         try:
@@ -56,6 +58,11 @@ class MailboxExtender:
                                                                     reply.text),
                                  code="vg_full" if reply.reason is ReasonCode.NO_SPACE else "")
         t_reply = self._clock.now()
+        if not refresh:  # a VM migrating out: this host's view stays as it is
+            bound.info("extended through the SPM; refresh deferred", size=reply.size,
+                       duration_s=t_reply - started)
+            return ExtendOutcome(OutcomeKind.OK, size=reply.size, refreshed=False,
+                                 phases={"request": t_reply - started})
         try:
             seen = await self._backend.refresh(volume)
         except AutoextendError as err:

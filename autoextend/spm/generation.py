@@ -16,7 +16,7 @@ import random
 import secrets
 from collections.abc import Collection
 
-from autoextend.directio import SectorStorage
+from autoextend.sectors import SectorStorage
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.wire import (

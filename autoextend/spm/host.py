@@ -43,8 +43,8 @@ from anyio.abc import TaskStatus
 
 from autoextend import logs
 from autoextend.clock import Clock, MonotonicClock
-from autoextend.directio import SectorStorage
 from autoextend.errors import AutoextendError
+from autoextend.sectors import SectorStorage
 from autoextend.spm.config import MailboxSettings
 from autoextend.spm.errors import CorruptSector, MailboxClosed, MailboxTimeout
 from autoextend.spm.generation import next_generation

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from autoextend import logs
-from autoextend.directio import SectorStorage
 from autoextend.errors import AutoextendError
+from autoextend.sectors import SectorStorage
 from autoextend.spm.counters import ServerCounters
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.layout import MailboxLayout, contiguous_runs

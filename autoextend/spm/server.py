@@ -29,8 +29,8 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from autoextend import logs
 from autoextend.clock import Clock, MonotonicClock
-from autoextend.directio import SectorStorage
 from autoextend.errors import AutoextendError, NotSpmError
+from autoextend.sectors import SectorStorage
 from autoextend.spm.config import MailboxSettings
 from autoextend.spm.counters import ServerCounters
 from autoextend.spm.errors import CorruptSector

@@ -40,8 +40,8 @@ import hashlib
 from collections.abc import Callable, Collection
 
 from autoextend import logs
-from autoextend.directio import SectorStorage
 from autoextend.errors import AutoextendError
+from autoextend.sectors import SectorStorage
 from autoextend.spm.config import MailboxSettings
 from autoextend.spm.counters import ServerCounters
 from autoextend.spm.errors import CorruptSector

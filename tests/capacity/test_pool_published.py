@@ -29,7 +29,7 @@ async def gauges_until(host: HostProcess, want: dict[str, float], what: str) -> 
             seen = {k: values.get(SERIES.format(k)) for k in want}
             if seen == want:
                 return
-            await anyio.sleep(0.2)
+            await anyio.sleep(0.2)  # poll the scrape until the figures arrive
     raise AssertionError(f"{what}: {seen}")
 
 

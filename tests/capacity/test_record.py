@@ -16,7 +16,7 @@ from autoextend.capacity.config import CapacitySettings
 from autoextend.capacity.figures import VgFigures
 from autoextend.capacity.published import FiguresUnavailable, PublishedSource
 from autoextend.clock import ManualClock
-from autoextend.directio import MemoryStorage
+from autoextend.sectorfakes import MemoryStorage
 from autoextend.errors import NotSpmError
 from autoextend.metadata_area import LEASE_AREA_SIZE
 

@@ -113,7 +113,7 @@ async def test_reduce_on_stop_only_after_a_clean_shutdown(lab_tmp_path: Path) ->
         with anyio.fail_after(120):
             while sizes.get("vm2", 0) <= 64 * MiB:  # vm2 was extended: it has space to give
                 await grown()
-                await anyio.sleep(0.2)
+                await anyio.sleep(0.2)  # poll the file size until vm2 was extended
         killed.vm.send_signal(signal.SIGKILL)  # a crash: never reduced
         await killed.vm.wait_exit(timeout=30)
         await until(lambda: paused(host, "vm2") == "gone", 30, "the monitor to drop vm2")

@@ -116,7 +116,7 @@ def running_service(tmp_path: Path) -> Iterator[Path]:
         while autoextend("status", "--config", str(path)).code != 0:
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             assert time.monotonic() < deadline, "the first service never answered"
-            time.sleep(0.1)
+            time.sleep(0.1)  # poll with a deadline (a sync fixture)
         yield path
     finally:
         proc.terminate()
@@ -299,7 +299,7 @@ def test_sigterm_stops_a_start_up_that_waits(tmp_path: Path, area: Path) -> None
         while not (tmp_path / "ctl.sock").exists():  # started before the lease join
             assert proc.poll() is None, proc.communicate()[1]
             assert time.monotonic() < deadline, "the control socket never appeared"
-            time.sleep(0.05)
+            time.sleep(0.05)  # poll with a deadline (a sync test)
         proc.terminate()
         _, stderr = proc.communicate(timeout=60)  # the join alone would take minutes
     finally:
@@ -312,6 +312,7 @@ def test_sigterm_stops_a_start_up_that_waits(tmp_path: Path, area: Path) -> None
     assert not (tmp_path / "ctl.sock").exists()
 
 
+@pytest.mark.slow
 async def test_max_hosts_too_many_for_a_4k_device(tmp_path: Path) -> None:
     """lease.sector_size = 0 detects 4 KiB on this device, where 250 hosts do not fit."""
     from autoextend.lvm import loopdev

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import pytest
 
 from autoextend import settings
 from autoextend.errors import ConfigError
+from tests.cli.clirun import autoextend
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "config" / "autoextend.toml"
@@ -70,11 +69,8 @@ def test_bad_input_names_the_key(tmp_path: Path, text: str | None, expected: str
         settings.load(path)
     assert expected in str(info.value)
     # The CLI turns it into one line on stderr and exit code 2, no traceback.
-    proc = subprocess.run(
-        [sys.executable, "-m", "autoextend", "--config", str(path), "config", "check"],
-        capture_output=True, text=True, check=False,
-    )
-    assert proc.returncode == 2
+    proc = autoextend("--config", str(path), "config", "check")
+    assert proc.code == 2
     assert expected in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -83,27 +79,21 @@ def test_bad_input_names_the_key(tmp_path: Path, text: str | None, expected: str
 def test_config_show_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text("[policy]\nchunk_mib = 128\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "autoextend", "--config", str(path), "config", "show"],
-        capture_output=True, text=True, check=True,
-    )
+    proc = autoextend("--config", str(path), "config", "show")
+    assert proc.code == 0, proc.stderr
     shown = tomllib.loads(proc.stdout)
     assert shown["policy"]["chunk_mib"] == 128
     assert settings.from_mapping(shown) == settings.load(path)
 
 
 def test_cli_usage_errors_exit_2() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "autoextend", "--log-level", "loud", "config", "show"],
-        capture_output=True, text=True, check=False,
-    )
-    assert proc.returncode == 2
+    proc = autoextend("--log-level", "loud", "config", "show")
+    assert proc.code == 2
     assert "Traceback" not in proc.stderr
 
 
 def test_version_and_help() -> None:
     for args in (["--version"], ["--help"], ["run", "--help"], ["status", "--help"]):
-        proc = subprocess.run([sys.executable, "-m", "autoextend", *args],
-                              capture_output=True, text=True, check=False)
-        assert proc.returncode == 0, (args, proc.stderr)
+        proc = autoextend(*args)
+        assert proc.code == 0, (args, proc.stderr)
         assert proc.stdout

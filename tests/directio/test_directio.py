@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import anyio
 import pytest
 
-from autoextend.directio import (
-    DirectStorage,
-    IoTimeout,
-    MemoryStorage,
-    StorageError,
-    UnalignedIoError,
-    open_storage,
-)
+from autoextend.directio import DirectStorage, open_storage
+from autoextend.lab.waiting import until
+from autoextend.sectorfakes import MemoryStorage
+from autoextend.sectors import IoTimeout, StorageError, UnalignedIoError
 
 
 @pytest.mark.parametrize("sector", [512, 4096])
@@ -66,6 +61,7 @@ async def test_open_errors_are_storage_errors(scratch_dir: Path) -> None:
         await open_storage(str(scratch_dir / "missing"), sector_size=1024)
 
 
+@pytest.mark.slow
 async def test_loop_device_sector_detected(loop_device: tuple[str, int]) -> None:
     dev, sector = loop_device
     storage = await open_storage(dev, io_timeout=5.0)
@@ -81,6 +77,7 @@ async def test_loop_device_sector_detected(loop_device: tuple[str, int]) -> None
         await storage.close()
 
 
+@pytest.mark.slow
 async def test_loop_4k_rejects_configured_512(loop_device: tuple[str, int]) -> None:
     dev, sector = loop_device
     if sector != 4096:
@@ -112,6 +109,8 @@ async def test_timeout_abandons_and_orders_later_write(scratch_file: Path) -> No
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(new_write)
+            # time is the subject: a new write that did not wait for the abandoned one would
+            # finish within this window, and the final order would show it
             await anyio.sleep(0.05)
             assert order == []
             release.set()
@@ -129,10 +128,8 @@ async def test_close_defers_until_abandoned_io_done(scratch_file: Path) -> None:
     await storage.close()
     assert storage._fd >= 0  # still open: the abandoned thread holds it
     release.set()
-    deadline = time.monotonic() + 5
-    while storage._fd >= 0 and time.monotonic() < deadline:
-        await anyio.sleep(0.01)
-    assert storage._fd == -1
+    await until(lambda: storage._fd == -1, 5, "the deferred close",
+                describe=lambda: storage._fd)
     with pytest.raises(StorageError, match="closed"):
         await storage.read(0, 512)
 

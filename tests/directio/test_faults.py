@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from autoextend.clock import MonotonicClock
-from autoextend.directio import FaultPlan, FaultyStorage, IoTimeout, MemoryStorage, StorageError
+from autoextend.sectorfakes import FaultPlan, FaultyStorage, MemoryStorage
+from autoextend.sectors import IoTimeout, StorageError
 
 SECTOR = 512
 

@@ -126,7 +126,10 @@ async def test_dry_run_extends_and_resumes_nothing(lab_tmp_path: Path) -> None:
     async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=64, dry_run=True) as host:
         guest = await host.start_guest("vm1", GuestJob(mib=96), start_mib=32, virtual_mib=512)
         await until(lambda: paused(host, "vm1") == PauseReason.ENOSPC.value, 120, "ENOSPC")
-        await anyio.sleep(3.0)  # a poll or two
+        # the extension path ran and chose not to act (not: a few seconds went by)
+        await until(lambda: host.service.monitor.snapshot()[0]["drives"][0]["last_error"]
+                    == "dry-run", 60, "the dry-run decision",
+                    describe=lambda: host.service.monitor.snapshot())
         size = (await anyio.Path(host.volumes.file_path(guest.volume)).stat()).st_size
         assert size == 32 * MiB
         assert tally.extends == 0 and tally.resumes == 0
@@ -181,7 +184,7 @@ class _Manager:
                 for msg in self.messages:
                     if want in msg:
                         return msg
-            time.sleep(0.02)
+            time.sleep(0.02)  # poll with a deadline (a reader thread collects them)
         raise AssertionError(f"no {want!r} within {timeout} s; got {self.messages[-5:]}")
 
     def close(self) -> None:

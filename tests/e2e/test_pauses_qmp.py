@@ -76,7 +76,7 @@ async def qemu_events(vm: QemuVm, tg: TaskGroup) -> AsyncIterator[QemuEvents]:
             except ConnectError:
                 if time.monotonic() > deadline:
                     raise
-                await anyio.sleep(0.1)
+                await anyio.sleep(0.1)  # retry with a deadline until QEMU listens
 
     scope = anyio.CancelScope()
 
@@ -155,7 +155,7 @@ async def test_enospc_on_unmanaged_drive_is_never_resumed(lab_tmp_path: Path) ->
                     assert metric(host, "autoextend_unmanaged_enospc_total") == 1.0
 
                     await outside.grow(to=256 * MiB)  # grown by hand
-                    await anyio.sleep(AFTER_GROW_S)
+                    await anyio.sleep(AFTER_GROW_S)  # time is the subject: still not resumed
                     assert qemu.count("RESUME") == 1
                     assert vm_status(host, "u")["paused"] == "enospc, unmanaged vdb"
                     assert metric(host, "autoextend_unmanaged_enospc_total") == 1.0

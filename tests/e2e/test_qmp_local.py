@@ -98,7 +98,9 @@ async def test_operator_pause_is_never_resumed(lab_tmp_path: Path) -> None:
             await qmp.execute("stop")
             await until(lambda: paused(host, "vm1") == PauseReason.USER.value, 30,
                         "the monitor to see the operator pause")
-            await anyio.sleep(2.0)  # four polls
+            polls = host.service.monitor.polls
+            await until(lambda: host.service.monitor.polls >= polls + 4
+                        and host.service.monitor.idle(), 60, "four polls handled")
             status = await qmp.execute("query-status")
             assert status["status"] == "paused"  # type: ignore[index]
             assert tally.resumes == 0
@@ -119,7 +121,10 @@ async def test_drive_at_cap_is_disabled(lab_tmp_path: Path) -> None:
         extends = tally.extends
         assert tally.capped >= 1
         await guest.vm.wait_for_serial("AUTOEXTEND-GUEST-PROGRESS", timeout=120)
-        await anyio.sleep(2.0)  # several polls while the guest writes
+        polls = host.service.monitor.polls
+        await until(lambda: host.service.monitor.polls >= polls + 4
+                    and host.service.monitor.idle(extensions=False), 60,
+                    "four polls handled while the guest writes")
         assert drive(host, "vm1").get("state") == "disabled"
         assert tally.extends == extends
         result = await guest.vm.result(timeout=300)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-import anyio
 import pytest
 
 from autoextend.lab.singlehost import LabHost, lab_host
@@ -31,7 +30,9 @@ async def test_twenty_vms_and_a_broken_one(lab_tmp_path: Path) -> None:
         hung = host.guests["idle00"].vm
         hung.send_signal(signal.SIGSTOP)  # a VM whose QMP socket stops answering
         try:
-            await anyio.sleep(1.5)  # several polls run into the hung VM
+            polls = host.service.monitor.polls
+            await until(lambda: host.service.monitor.polls >= polls + 3, 30,
+                        "three polls run into the hung VM")
             await host.start_idle("late")  # discovery still works
             await until(lambda: "late" in armed(host), 30, "the late VM armed")
 

@@ -47,6 +47,7 @@ def test_build_guest_is_cached(capsys: pytest.CaptureFixture[str]) -> None:
     assert Path(data["kernel"]).is_file() and Path(data["initrd"]).is_file()
 
 
+@pytest.mark.slow
 def test_volume_lifecycle(lab_tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = lab_tmp_path / "v.img"
     try:

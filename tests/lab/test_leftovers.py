@@ -15,6 +15,8 @@ from autoextend.lvm import loopdev
 
 MiB = 1 << 20
 
+pytestmark = pytest.mark.slow  # loop devices and QEMU (make unit runs none)
+
 
 async def test_finds_only_what_is_under_its_roots(
     lab_tmp_path: Path, thin_volume: ThinVolumeFactory, qemu_vm: QemuVmFactory

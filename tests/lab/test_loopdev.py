@@ -15,6 +15,7 @@ MiB = 1 << 20
 
 
 @pytest.mark.parametrize("sector_size", [512, 4096])
+@pytest.mark.slow
 async def test_attach_grow_detach(lab_tmp_path: Path, sector_size: int) -> None:
     path = lab_tmp_path / "f.img"
     path.write_bytes(b"")
@@ -36,6 +37,7 @@ async def test_attach_grow_detach(lab_tmp_path: Path, sector_size: int) -> None:
     assert await loopdev.devices_for(path) == []
 
 
+@pytest.mark.slow
 async def test_direct_io_flag(lab_tmp_path: Path) -> None:
     path = lab_tmp_path / "d.img"
     path.write_bytes(b"\0" * MiB)
@@ -47,6 +49,7 @@ async def test_direct_io_flag(lab_tmp_path: Path) -> None:
         await loopdev.detach(device)
 
 
+@pytest.mark.slow
 async def test_attach_missing_file_names_command_and_stderr(lab_tmp_path: Path) -> None:
     missing = lab_tmp_path / "missing.img"
     with pytest.raises(LoopError) as info:
@@ -59,6 +62,7 @@ async def test_attach_missing_file_names_command_and_stderr(lab_tmp_path: Path) 
     assert str(missing) in str(err)
 
 
+@pytest.mark.slow
 async def test_detach_and_set_capacity_of_non_loop_device_fail() -> None:
     with pytest.raises(LoopError) as info:
         await loopdev.detach("/dev/null")

@@ -13,6 +13,7 @@ from autoextend.lvm import loopdev
 MiB = 1 << 20
 
 
+@pytest.mark.slow
 async def test_create_grow_remove(lab_tmp_path: Path) -> None:
     path = lab_tmp_path / "v.img"
     async with thinvol.thin_volume(path, 64 * MiB, 1 << 30) as vol:
@@ -30,6 +31,7 @@ async def test_create_grow_remove(lab_tmp_path: Path) -> None:
     assert await loopdev.devices_for(path) == []
 
 
+@pytest.mark.slow
 async def test_cleanup_when_the_block_fails(lab_tmp_path: Path) -> None:
     path = lab_tmp_path / "f.img"
     with pytest.raises(RuntimeError):
@@ -38,6 +40,7 @@ async def test_cleanup_when_the_block_fails(lab_tmp_path: Path) -> None:
     assert not path.exists()
 
 
+@pytest.mark.slow
 async def test_cleanup_when_qemu_img_fails(lab_tmp_path: Path) -> None:
     path = lab_tmp_path / "tiny.img"
     # qemu-img rejects a virtual size beyond qcow2's limit, after the device is attached
@@ -55,6 +58,7 @@ async def test_existing_file_is_never_reused(lab_tmp_path: Path) -> None:
     assert path.read_bytes() == b"precious"
 
 
+@pytest.mark.slow
 async def test_remove_twice_is_harmless(lab_tmp_path: Path) -> None:
     vol = await thinvol.create(lab_tmp_path / "r.img", 8 * MiB, 64 * MiB)
     await thinvol.remove(vol)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoextend.directio import MemoryStorage
 from autoextend.lease.area import format_area
 from autoextend.lease.config import LeaseSettings
 from autoextend.lease.layout import LEASE_AREA_SIZE, LeaseLayout
+from autoextend.sectorfakes import MemoryStorage
 
 T = 0.02
 W = 0.05

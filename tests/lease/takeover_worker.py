@@ -48,7 +48,7 @@ async def main(args: argparse.Namespace) -> None:
                         lease.step_down()
                     tg.start_soon(wait_stdin)
                 while time.monotonic() < stop_at:
-                    await anyio.sleep(args.io_timeout / 20)
+                    await anyio.sleep(args.io_timeout / 20)  # time is the subject: watch renewals
                     if lease.delta.last_renewal != seen:
                         seen = lease.delta.last_renewal
                         say("RENEW", f"{seen:.6f}")

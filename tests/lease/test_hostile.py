@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from autoextend.clock import MonotonicClock
-from autoextend.directio import MemoryStorage, StorageError
 from autoextend.lease.ballot import next_ballot
 from autoextend.lease.errors import RecordError
 from autoextend.lease.format import (
@@ -46,6 +45,8 @@ from autoextend.lease.layout import LeaseLayout
 from autoextend.lease.paxos import PaxosLease, skippable
 from autoextend.lease.service import LeaseService
 from autoextend.lease.timeouts import lease_timeouts
+from autoextend.sectorfakes import MemoryStorage
+from autoextend.sectors import StorageError
 
 from .helpers import MAX_HOSTS, T, W, memory_area
 from .helpers import settings as lease_settings
@@ -294,7 +295,7 @@ async def test_unreadable_record_is_counted_every_time_and_logged_once() -> None
         for _ in range(3):
             await lease.paxos.read_area()
     assert lease.paxos.stats.record_errors == 3
-    assert [e["event"] for e in logs].count("paxos_record_unreadable") == 1
+    assert [e["event"] for e in logs].count("lease record unreadable") == 1
 
 
 class RecordingWatchdog:

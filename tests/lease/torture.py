@@ -225,7 +225,7 @@ def run_torture(
         next_count = began + 0.5
         counter = AcquisitionCounter(log)
         while time.monotonic() - began < seconds:
-            time.sleep(TICK_S)
+            time.sleep(TICK_S)  # time is the subject: the torture's clock tick
             now = time.monotonic()
             if stop is not None and now >= next_count:
                 next_count = now + 0.5

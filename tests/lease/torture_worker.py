@@ -27,12 +27,14 @@ import anyio
 
 from autoextend import logs
 from autoextend.clock import MonotonicClock
-from autoextend.directio import FaultPlan, FaultyStorage, StorageError, open_storage
+from autoextend.directio import open_storage
 from autoextend.errors import NotSpmError
 from autoextend.lease.config import LeaseSettings
 from autoextend.lease.errors import LeaseError
 from autoextend.lease.service import LeaseService
 from autoextend.lease.watchdog import DeadlineFileWatchdog
+from autoextend.sectorfakes import FaultPlan, FaultyStorage
+from autoextend.sectors import StorageError
 
 CHECK_OFFSET = 6 << 20
 CHECK_SIZE = 4096  # one page: a whole sector at 512 B and at 4 KiB
@@ -81,7 +83,7 @@ async def hold_terms(lease: LeaseService, check: CheckSector, host_id: int, log_
                     mine = f"{host_id} {term.lver} {count}".encode()
                     await check.write(mine)
                     emit(log_fd, f"W {term.lver} {host_id} {t_check:.6f} {time.monotonic():.6f}")
-                    await anyio.sleep(rng.uniform(0, 0.002))
+                    await anyio.sleep(rng.uniform(0, 0.002))  # time is the subject: jitter
                     back = await check.read()
                     if back != mine:
                         other = back.decode(errors="replace")
@@ -126,7 +128,7 @@ async def main(args: argparse.Namespace) -> None:
             # Joining failed (an I/O timeout on a loaded machine, a racing claim): retry, as
             # the service would, instead of dying and costing a restart.
             print(f"join failed: {err}", file=sys.stderr, flush=True)
-            await anyio.sleep(args.io_timeout)
+            await anyio.sleep(args.io_timeout)  # time is the subject: a rejoin delay
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

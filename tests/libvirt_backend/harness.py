@@ -28,13 +28,20 @@ from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.monitor.config import PolicySettings
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.local import LocalExtender
-from autoextend.monitor.observer import Fanout, NullObserver, Tally
+from autoextend.monitor.observer import (
+    DriveAtCap,
+    DriveGone,
+    ExtendFinished,
+    Fanout,
+    MonitorEvent,
+    Paused,
+    Resumed,
+    Tally,
+    VgFull,
+)
 from autoextend.monitor.protocols import (
-    DriveInfo,
     Extender,
     ExtendOutcome,
-    OutcomeKind,
-    PauseReason,
 )
 from autoextend.volumes import LocalAuthority, VolumeRef
 
@@ -70,36 +77,26 @@ class HeldExtender:
         return await self.inner.extend(volume, size)
 
 
-class History(NullObserver):
+class History:
     """A MonitorObserver keeping what the monitor did, in order, for assertion messages."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
 
-    def drive_seen(self, info: DriveInfo, volume: VolumeRef, cap: int) -> None:
-        pass
-
-    def drive_gone(self, vm: str, drive: str, volume: VolumeRef) -> None:
-        self.lines.append(f"gone {vm} {drive}")
-
-    def extends_in_flight(self, count: int) -> None:
-        pass
-
-    def drive_at_cap(self, vm: str, drive: str, volume: VolumeRef) -> None:
-        self.lines.append(f"at-cap {vm} {drive}")
-
-    def vg_full(self, vm: str, drive: str, volume: VolumeRef) -> None:
-        self.lines.append(f"vg-full {vm} {drive}")
-
-    def extend_finished(self, vm: str, drive: str, volume: VolumeRef, kind: OutcomeKind | None,
-                        size: int, phases: dict[str, float]) -> None:
-        self.lines.append(f"extend {vm} {drive} {kind.value if kind else 'capped'} {size}")
-
-    def paused(self, vm: str, reason: PauseReason) -> None:
-        self.lines.append(f"paused {vm} {reason.value}")
-
-    def resumed(self, vm: str, automatic: bool) -> None:
-        self.lines.append(f"resumed {vm} automatic={automatic}")
+    def notify(self, event: MonitorEvent) -> None:
+        match event:
+            case DriveGone(vm=vm, drive=drive):
+                self.lines.append(f"gone {vm} {drive}")
+            case DriveAtCap(vm=vm, drive=drive):
+                self.lines.append(f"at-cap {vm} {drive}")
+            case VgFull(vm=vm, drive=drive):
+                self.lines.append(f"vg-full {vm} {drive}")
+            case ExtendFinished(vm=vm, drive=drive, kind=kind, size=size):
+                self.lines.append(f"extend {vm} {drive} {kind.value if kind else 'capped'} {size}")
+            case Paused(vm=vm, reason=reason):
+                self.lines.append(f"paused {vm} {reason.value}")
+            case Resumed(vm=vm, automatic=automatic):
+                self.lines.append(f"resumed {vm} automatic={automatic}")
 
     def __str__(self) -> str:
         return "; ".join(self.lines[-30:])
@@ -189,7 +186,7 @@ class Rig:
                     if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                         return
                     raise
-                await anyio.sleep(0.25)
+                await anyio.sleep(0.25)  # poll with a deadline (the caller's)
 
     async def finished(self, domain: Domain, timeout: float) -> GuestResult:
         """Wait until the domain has stopped, then read the guest's result line."""

@@ -17,6 +17,7 @@ from autoextend.clock import MonotonicClock
 from autoextend.lab.guest import GuestJob
 from autoextend.lab.guestimage import GuestImage
 from autoextend.lab.libvirtd import LabLibvirtd, start_libvirtd
+from autoextend.lab.waiting import until
 from autoextend.libvirt_backend.errors import (
     EventLoopMismatch,
     LibvirtCallFailed,
@@ -179,17 +180,14 @@ async def test_hung_libvirtd_is_dropped_by_keepalive_and_reconnected(lab_tmp_pat
             assert hypervisor.connected
             os.kill(pid, signal.SIGSTOP)
             try:
-                with anyio.fail_after(20):
-                    while hypervisor.connected:
-                        await anyio.sleep(0.1)
+                await until(lambda: not hypervisor.connected, 20, "the hung libvirtd noticed")
                 with anyio.fail_after(1):
                     with pytest.raises(LibvirtDisconnected):
                         await hypervisor.drives("any")
             finally:
                 os.kill(pid, signal.SIGCONT)
-            with anyio.fail_after(30):
-                while hypervisor.connects < 2:
-                    await anyio.sleep(0.1)
+            await until(lambda: hypervisor.connects >= 2, 30, "a reconnect",
+                        describe=lambda: hypervisor.connects)
             assert hypervisor.connected
             tg.cancel_scope.cancel()
     finally:

@@ -77,9 +77,11 @@ async def test_vm_suspended_by_hand_stays_suspended(
         await rig.call(handle.suspend)
         await until(lambda: rig.paused("lv-user") == PauseReason.USER.value, 30,
                     "the monitor to see the operator pause")
-        await anyio.sleep(2.5)  # several polls and resyncs
+        polls = rig.monitor.polls
+        await until(lambda: rig.monitor.polls >= polls + 4 and rig.monitor.idle(), 60,
+                    "four polls handled")
         rig.monitor.reconfigure(rig.monitor.settings, None, False)  # forces a resync
-        await anyio.sleep(1.0)
+        await until(rig.monitor.idle, 30, "the resync handled")
         assert await rig.state("lv-user") == (libvirt.VIR_DOMAIN_PAUSED,
                                               libvirt.VIR_DOMAIN_PAUSED_USER)
         assert rig.tally.resumes == 0

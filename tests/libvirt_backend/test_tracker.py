@@ -161,7 +161,7 @@ async def test_pending_vms_wake_and_drain() -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(taker)
-        await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()  # the taker waits (a taker that did not, is done)
         assert got == []
         t.resync.add("a")
         t.resync.add("b")

@@ -72,7 +72,7 @@ async def test_enospc_on_unmanaged_drive_is_never_resumed(
                             "the unmanaged ENOSPC pause")
                 await until(lambda: any(e == libvirt.VIR_DOMAIN_EVENT_SUSPENDED
                                         for e, _ in events), 30, "libvirt's SUSPENDED event")
-                await anyio.sleep(OBSERVE_S)
+                await anyio.sleep(OBSERVE_S)  # time is the subject: the observation window
                 assert resumes() == 0, events
                 paused = rig.paused(name)
                 assert paused is not None and paused.startswith("enospc, unmanaged vdb"), paused
@@ -80,7 +80,7 @@ async def test_enospc_on_unmanaged_drive_is_never_resumed(
                 assert rig.tally.resumes == 0
 
                 await outside.grow(to=256 * MiB)  # grown by hand: still not ours to resume
-                await anyio.sleep(AFTER_GROW_S)
+                await anyio.sleep(AFTER_GROW_S)  # time is the subject: still not resumed
                 assert resumes() == 0
                 assert state() == "paused-enospc-unmanaged"
                 assert await rig.state(name) == (libvirt.VIR_DOMAIN_PAUSED,

@@ -28,6 +28,8 @@ from autoextend.volumes import LocalAuthority, NoAuthority, VolumeRef
 
 from .support import EXTENT, MiB, Pool, RecordingRunner, needs_dm
 
+pytestmark = pytest.mark.slow  # lvm2 on loop devices (make unit runs none)
+
 
 async def test_vg_over_several_pvs(pool: Pool) -> None:
     vg = await pool.reader.vg(pool.vg)

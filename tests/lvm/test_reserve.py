@@ -10,12 +10,13 @@ import anyio
 import pytest
 
 from autoextend import settings as settings_mod
+from autoextend.lab.waiting import until
 from autoextend.lvm import factory
 from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.lvm.reserve import ReservedSpace
 from autoextend.monitor.local import LocalExtender
 from autoextend.monitor.protocols import OutcomeKind
-from autoextend.volumes import LocalAuthority, VolumeRef, VolumeSpaceError
+from autoextend.volumes import ExtendResult, LocalAuthority, VolumeRef, VolumeSpaceError
 
 MiB = 1 << 20
 
@@ -57,6 +58,78 @@ async def test_reserve_refuses_growth_into_the_reserve(loop_root: Path) -> None:
     outcome = await LocalExtender(guarded).extend(vol, 28 * MiB)
     assert outcome.kind is OutcomeKind.FAILED and outcome.code == "vg_full"
     assert await inner.size(vol) == 24 * MiB
+
+
+class HeldExtends:
+    """A FreeSpaceBackend that delegates to ``inner`` but holds every extend until released
+    (so two extensions can be made to overlap exactly)."""
+
+    def __init__(self, inner: LoopVolumeBackend) -> None:
+        self.inner = inner
+        self.release = anyio.Event()
+        self.extends_waiting = 0
+
+    async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
+        self.extends_waiting += 1
+        await self.release.wait()
+        return await self.inner.extend(volume, size)
+
+    async def refresh(self, volume: VolumeRef) -> int:
+        return await self.inner.refresh(volume)
+
+    async def size(self, volume: VolumeRef) -> int:
+        return await self.inner.size(volume)
+
+    def lookup(self, path: str) -> VolumeRef | None:
+        return self.inner.lookup(path)
+
+    def device_path(self, volume: VolumeRef) -> str:
+        return self.inner.device_path(volume)
+
+    async def free_bytes(self, vg: str) -> int | None:
+        return await self.inner.free_bytes(vg)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_two_concurrent_extends_cannot_both_pass_the_reserve_check(
+    loop_root: Path,
+) -> None:
+    """48 MiB free, 24 MiB reserved: one +16 MiB extension fits, a second would leave 16 MiB.
+    The first is held inside the backend's extend while the second runs as far as it can:
+    the second must see the first's growth (check and extend are one step per VG)."""
+    inner = LoopVolumeBackend(str(loop_root), 4 * MiB, LocalAuthority())
+    a, b = VolumeRef("vg", "a"), VolumeRef("vg", "b")
+    await inner.create(a, 8 * MiB, attach=False)
+    await inner.create(b, 8 * MiB, attach=False)
+    await inner.set_vg_capacity("vg", 64 * MiB)  # 48 MiB free
+    held = HeldExtends(inner)
+    guarded = ReservedSpace(held, {"vg": 24 * MiB}, 4 * MiB)
+    results: dict[VolumeRef, object] = {}
+
+    async def extend(volume: VolumeRef) -> None:
+        try:
+            results[volume] = (await guarded.extend(volume, 24 * MiB)).size
+        except VolumeSpaceError as exc:
+            results[volume] = exc
+
+    def second_went_as_far_as_it_can() -> bool:
+        lock = guarded.locks.get("vg")
+        waiting = lock.statistics().tasks_waiting if lock is not None else 0
+        return held.extends_waiting == 2 or (held.extends_waiting == 1 and waiting == 1)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(extend, a)
+        tg.start_soon(extend, b)
+        await until(second_went_as_far_as_it_can, 10, "both extensions to run as far as they can",
+                    describe=lambda: (held.extends_waiting, results))
+        held.release.set()
+    sizes = {v: await inner.size(v) for v in (a, b)}
+    assert sorted(sizes.values()) == [8 * MiB, 24 * MiB], (sizes, results)
+    assert await inner.free_bytes("vg") == 32 * MiB  # the reserve (24 MiB) is intact
+    refused = [r for r in results.values() if isinstance(r, VolumeSpaceError)]
+    assert len(refused) == 1 and "reserved" in str(refused[0])
 
 
 async def test_factory_applies_configured_reserves(loop_root: Path) -> None:

@@ -79,6 +79,7 @@ def test_spm_rejects_reserved_names() -> None:
     assert check_request(_request("vm1_disk0"), {"vg0"}, 1 << 40) is None
 
 
+@pytest.mark.slow
 async def test_our_list_is_lvm2s(pool: Pool) -> None:
     """lvcreate refuses a name exactly when autoextend calls it reserved."""
     refused_by_lvm2: set[str] = set()

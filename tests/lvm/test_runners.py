@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import anyio
 import pytest
 
+from autoextend.lab.waiting import until
 from autoextend.lvm.errors import (
     InsufficientFreeExtents,
     LvmCommandError,
@@ -46,10 +46,8 @@ def _gone(pid: int) -> bool:
 
 
 async def _wait_gone(pid: int) -> bool:
-    with anyio.move_on_after(5):
-        while not _gone(pid):
-            await anyio.sleep(0.02)
-    return _gone(pid)
+    await until(lambda: _gone(pid), 5, f"process {pid} to be gone")
+    return True
 
 
 async def test_hung_command_is_killed_with_its_children(tmp_path: Path) -> None:
@@ -81,6 +79,7 @@ async def test_garbage_output_is_never_acted_on(tmp_path: Path) -> None:
     assert calls.read_text().split() == ["vgs"]  # no lvextend with a garbage extent size
 
 
+@pytest.mark.slow
 async def test_shell_runner_matches_process_runner(pool: Pool) -> None:
     ref = VolumeRef(pool.vg, "lv1")
     await pool.writer.create_lv(ref, 8 * MiB, tags=("a", "b"))
@@ -105,6 +104,7 @@ async def test_shell_runner_matches_process_runner(pool: Pool) -> None:
         await shell.aclose()
 
 
+@pytest.mark.slow
 async def test_shell_hung_command_is_killed_and_session_restarted(pool: Pool) -> None:
     ref = VolumeRef(pool.vg, "lv1")
     await pool.writer.create_lv(ref, 8 * MiB)
@@ -131,6 +131,7 @@ async def test_shell_hung_command_is_killed_and_session_restarted(pool: Pool) ->
         await shell.aclose()
 
 
+@pytest.mark.slow
 async def test_shell_killed_from_outside_is_replaced(pool: Pool) -> None:
     shell = LvmShellRunner(timeout_s=10)
     reader = LvmReader(shell, pool.config)

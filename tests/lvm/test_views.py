@@ -56,6 +56,7 @@ def getsize64(device: str) -> int:
     return int(out)
 
 
+@pytest.mark.slow
 async def test_each_host_refreshes_only_its_own_view(views: Views) -> None:
     a, b, volume = views.spm, views.other, views.volume
     dev_a, dev_b = a.device_path(volume), b.device_path(volume)
@@ -75,6 +76,7 @@ async def test_each_host_refreshes_only_its_own_view(views: Views) -> None:
     assert getsize64(dev_b) == 40 * MiB
 
 
+@pytest.mark.slow
 async def test_a_machine_wide_backend_refreshes_every_view(views: Views) -> None:
     """The default (no host name: one host per machine) still owns every device of the file;
     this is the behaviour the views take away from a lab host."""
@@ -85,6 +87,7 @@ async def test_a_machine_wide_backend_refreshes_every_view(views: Views) -> None
     assert getsize64(views.other.device_path(views.volume)) == 24 * MiB
 
 
+@pytest.mark.slow
 async def test_detach_leaves_the_other_hosts_view(views: Views) -> None:
     a, b, volume = views.spm, views.other, views.volume
     dev_a = a.device_path(volume)
@@ -97,6 +100,7 @@ async def test_detach_leaves_the_other_hosts_view(views: Views) -> None:
     assert b.device_path(volume) == dev_b != dev_a
 
 
+@pytest.mark.slow
 async def test_a_host_without_a_device_refreshes_nothing(views: Views) -> None:
     c = LoopVolumeBackend(views.root, EXTENT, None, host="host-c")
     await views.spm.extend(views.volume, 20 * MiB)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from autoextend.clock import ManualClock
+from autoextend.lab.waiting import until
 from autoextend.monitor.config import PolicySettings
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.drive import ThresholdState
@@ -41,3 +42,15 @@ class Rig:
         """The last observed state, for :func:`autoextend.lab.waiting.until` messages."""
         return {"vms": self.monitor.snapshot(), "sizes": dict(self.volumes.sizes),
                 "thresholds": list(self.hv.thresholds), "extender_calls": self.ext.calls}
+
+    async def settle(self, *, extensions: bool = True) -> None:
+        """Wait until the monitor is idle at the manual clock's time (every event and message
+        handled, nothing due): the synchronisation point before asserting that nothing
+        happened. ``extensions=False``: an extension may stay in flight (held by a gate)."""
+        await until(lambda: self.monitor.idle(extensions=extensions), 10.0,
+                    "the monitor to be idle", describe=self.describe)
+
+    async def advance(self, seconds: float, *, extensions: bool = True) -> None:
+        """Move the manual clock, then :meth:`settle`."""
+        self.clock.advance(seconds)
+        await self.settle(extensions=extensions)

@@ -9,7 +9,13 @@ from autoextend.lab.waiting import until
 from autoextend.monitor.core import percentile
 from autoextend.monitor.drive import ThresholdState
 from autoextend.monitor.policy import MiB
-from autoextend.monitor.protocols import OutcomeKind, PauseReason, ThresholdCrossed, VmGone
+from autoextend.monitor.protocols import (
+    OutcomeKind,
+    PauseReason,
+    ThresholdCrossed,
+    VmAppeared,
+    VmGone,
+)
 from autoextend.volumes import VolumeRef
 from tests.monitor.rig import VOL, Rig
 
@@ -52,7 +58,7 @@ async def test_duplicate_events_extend_once(rig: Rig) -> None:
         for _ in range(5):
             rig.hv.emit(ThresholdCrossed("vm1", "vda", 192 * MiB, 1))
         await until(lambda: rig.state() is ThresholdState.EXTENDING)
-        await anyio.sleep(0.05)
+        await rig.settle(extensions=False)  # all five events handled; the first still held
         assert rig.ext.calls == 1
         assert rig.monitor.extends_in_flight == 1
         rig.ext.gate.set()
@@ -67,7 +73,7 @@ async def test_poll_catches_missed_event(rig: Rig) -> None:
         await tg.start(rig.monitor.run)
         await until(lambda: rig.state() is ThresholdState.SET)
         rig.hv.write("vm1", "vda", 200 * MiB, events=False)  # event lost
-        await anyio.sleep(0.05)
+        await rig.settle()
         assert rig.volumes.sizes[VOL] == 256 * MiB
         rig.clock.advance(1.0)  # one poll
         await until(lambda: rig.volumes.sizes[VOL] == 384 * MiB)
@@ -119,8 +125,7 @@ async def test_other_pauses_are_never_resumed(rig: Rig, reason: PauseReason) -> 
         await until(lambda: rig.state() is ThresholdState.SET)
         rig.hv.pause("vm1", reason)
         for _ in range(3):
-            rig.clock.advance(1.0)
-            await anyio.sleep(0.02)
+            await rig.advance(1.0)  # a poll, handled
         assert rig.hv.resumes == []
         assert not rig.hv.vms["vm1"].running
         tg.cancel_scope.cancel()
@@ -137,8 +142,7 @@ async def test_drive_at_cap_is_disabled_not_extended(rig: Rig) -> None:
         assert rig.volumes.sizes[VOL] == 332 * MiB
         calls = rig.ext.calls
         rig.hv.write("vm1", "vda", 100 * MiB)
-        rig.clock.advance(1.0)
-        await anyio.sleep(0.05)
+        await rig.advance(1.0)
         assert rig.ext.calls == calls
         assert rig.tally.capped >= 1
         tg.cancel_scope.cancel()
@@ -154,8 +158,7 @@ async def test_failed_extension_retries_with_backoff(rig: Rig) -> None:
         await until(lambda: rig.ext.calls == 1 and rig.state() is ThresholdState.EXCEEDED)
         snap = rig.monitor.snapshot()[0]["drives"][0]
         assert snap["last_error"] == "injected failure" and snap["attempts"] == 1
-        rig.clock.advance(0.2)  # before the retry time: no poll, no retry
-        await anyio.sleep(0.05)
+        await rig.advance(0.2)  # before the retry time: no poll, no retry
         assert rig.ext.calls == 1
         rig.ext.fail_with = None
         rig.clock.advance(1.0)  # poll after retry_at
@@ -186,11 +189,10 @@ async def test_dry_run_extends_and_resumes_nothing() -> None:
     rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
     async with anyio.create_task_group() as tg:
         await tg.start(rig.monitor.run)
-        await anyio.sleep(0.05)
+        await rig.settle()
         assert rig.hv.thresholds == []
         rig.hv.write("vm1", "vda", 300 * MiB)
-        rig.clock.advance(1.0)
-        await anyio.sleep(0.05)
+        await rig.advance(1.0)
         assert rig.ext.calls == 0 and rig.volumes.sizes[VOL] == 256 * MiB
         assert rig.hv.resumes == []
         tg.cancel_scope.cancel()
@@ -229,12 +231,36 @@ async def test_a_failing_vm_warns_once_per_outage(rig: Rig) -> None:
         record = rig.hv.vms.pop("vm1")  # every query now fails (hypervisor down)
         with capture_logs() as logs:
             for _ in range(4):
-                rig.clock.advance(1.0)
-                await anyio.sleep(0.02)
+                await rig.advance(1.0)
             rig.hv.vms["vm1"] = record  # back
             rig.clock.advance(1.0)
             await until(lambda: any(e["event"] == "vm check recovered" for e in logs))
         failed = [e for e in logs if e["event"] == "vm check failed"]
         assert [e["log_level"] for e in failed].count("warning") == 1
         assert len(failed) >= 3
+        tg.cancel_scope.cancel()
+
+
+async def test_idle_is_false_until_events_polls_and_extensions_are_handled(rig: Rig) -> None:
+    """The synchronisation point of the "nothing happened" tests cannot be trivially true."""
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    assert not rig.monitor.idle()  # not running yet
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await rig.settle()
+        assert rig.state() is ThresholdState.SET
+        rig.hv.emit(VmAppeared("vm1"))  # an event not yet routed
+        assert not rig.monitor.idle()
+        await rig.settle()
+        rig.clock.advance(1.0)  # a poll is due, not yet run
+        assert not rig.monitor.idle()
+        await rig.settle()
+        rig.ext.gate = anyio.Event()
+        rig.hv.write("vm1", "vda", 200 * MiB)
+        await until(lambda: rig.state() is ThresholdState.EXTENDING)
+        await rig.settle(extensions=False)
+        assert not rig.monitor.idle()  # the extension is in flight
+        rig.ext.gate.set()
+        await rig.settle()
+        assert rig.volumes.sizes[VOL] == 384 * MiB and rig.state() is ThresholdState.SET
         tg.cancel_scope.cancel()

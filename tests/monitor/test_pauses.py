@@ -51,12 +51,11 @@ def vm_status(rig: Rig, vm: str = "vm1") -> dict[str, object]:
 
 
 async def settle(rig: Rig, seconds: float, step: float = 0.5) -> None:
-    """Let manual time pass in steps, giving the monitor's tasks room to run."""
+    """Let manual time pass in steps; after each, wait until the monitor is idle."""
     t = 0.0
     while t < seconds:
-        rig.clock.advance(step)
+        await rig.advance(step)
         t += step
-        await anyio.sleep(0.01)
 
 
 async def test_enospc_on_unmanaged_drive_is_never_resumed() -> None:

@@ -107,7 +107,7 @@ def prometheus(directory: Path, targets: list[str], *, interval: str = "1s",
             except OSError:
                 pass
             assert time.monotonic() < deadline, f"prometheus not ready: {server.log()}"
-            time.sleep(0.2)
+            time.sleep(0.2)  # poll with a deadline until Prometheus is ready
         yield server
     finally:
         if proc.poll() is None:

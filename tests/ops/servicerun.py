@@ -34,7 +34,7 @@ def poll(cond: Callable[[], Any], timeout: float, what: str) -> Any:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.2)
+        time.sleep(0.2)  # poll with a deadline (a sync helper)
 
 
 class Running:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # promtool (make unit runs none)
+
 RULES_DIR = Path(__file__).resolve().parents[2] / "contrib" / "prometheus"
 
 promtool = shutil.which("promtool")

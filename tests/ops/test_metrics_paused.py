@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from autoextend.metrics import Metrics
+from autoextend.monitor.observer import DriveGone, DriveSeen, Paused, Resumed
 from autoextend.monitor.protocols import DriveInfo, PauseReason
 from autoextend.volumes import VolumeRef
 
@@ -19,22 +20,22 @@ def _drive(vm: str) -> DriveInfo:
 def test_paused_gauge_counts_vms_by_reason() -> None:
     m = Metrics()
     assert _paused(m, "enospc") == 0
-    m.drive_seen(_drive("vm1"), VolumeRef("vg", "vm1"), 4)
-    m.drive_seen(_drive("vm2"), VolumeRef("vg", "vm2"), 4)
-    m.paused("vm1", PauseReason.ENOSPC)
-    m.paused("vm2", PauseReason.ENOSPC)
+    m.notify(DriveSeen(_drive("vm1"), VolumeRef("vg", "vm1"), 4))
+    m.notify(DriveSeen(_drive("vm2"), VolumeRef("vg", "vm2"), 4))
+    m.notify(Paused("vm1", PauseReason.ENOSPC))
+    m.notify(Paused("vm2", PauseReason.ENOSPC))
     assert _paused(m, "enospc") == 2
-    m.paused("vm2", PauseReason.USER)  # the same VM, now paused for another reason
+    m.notify(Paused("vm2", PauseReason.USER))  # the same VM, now paused for another reason
     assert (_paused(m, "enospc"), _paused(m, "user")) == (1, 1)
-    m.resumed("vm1", True)
+    m.notify(Resumed("vm1", True))
     assert _paused(m, "enospc") == 0
-    m.resumed("vm2", False)  # resumed by an operator
+    m.notify(Resumed("vm2", False))  # resumed by an operator
     assert _paused(m, "user") == 0
 
 
 def test_a_paused_vm_that_goes_away_is_no_longer_counted() -> None:
     m = Metrics()
-    m.drive_seen(_drive("vm1"), VolumeRef("vg", "vm1"), 4)
-    m.paused("vm1", PauseReason.ENOSPC)
-    m.drive_gone("vm1", "vda", VolumeRef("vg", "vm1"))
+    m.notify(DriveSeen(_drive("vm1"), VolumeRef("vg", "vm1"), 4))
+    m.notify(Paused("vm1", PauseReason.ENOSPC))
+    m.notify(DriveGone("vm1", "vda", VolumeRef("vg", "vm1")))
     assert _paused(m, "enospc") == 0

@@ -54,7 +54,7 @@ async def prom_until(prom: Prometheus, cond: Callable[[Prometheus], Any], timeou
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; "
                                  f"alerts: {prom.alerts()}\n{prom.log()}")
-        await anyio.sleep(0.5)
+        await anyio.sleep(0.5)  # poll with a deadline (each look is a Prometheus query)
 
 
 async def test_dashboard_and_alerts_against_real_prometheus(lab_tmp_path: Path) -> None:

@@ -148,7 +148,7 @@ class QemuLab:
             while not (qemu.socket.exists() and qemu.control.exists()):
                 if qemu.process.returncode is not None:
                     raise RuntimeError(f"qemu {qemu.name} exited: {qemu.process.returncode}")
-                await anyio.sleep(0.02)
+                await anyio.sleep(0.02)  # poll with a deadline for QEMU's sockets
 
     async def kill(self, qemu: Qemu, sig: signal.Signals = signal.SIGKILL) -> None:
         if qemu.process is None or qemu.process.returncode is not None:

@@ -3,6 +3,7 @@ DeserializationError (which ends that connection), never a RecursionError or Val
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -12,13 +13,14 @@ from autoextend.qmp.devsize import device_size
 from autoextend.qmp.listener import MAX_DEPTH, BoundedClient
 
 
-class _Line(BoundedClient):
-    def __init__(self, line: bytes) -> None:
-        super().__init__("t")
-        self._line = line
-
-    async def _readline(self) -> bytes:
-        return self._line
+def _Line(line: bytes) -> BoundedClient:
+    """A client whose incoming stream holds ``line`` (as a connection would give it)."""
+    client = BoundedClient("t")
+    reader = asyncio.StreamReader(limit=1 << 20)
+    reader.feed_data(line)
+    reader.feed_eof()
+    client._reader = reader
+    return client
 
 
 @pytest.mark.parametrize("line", [

@@ -14,6 +14,7 @@ from hostile_qmp import HostileQemu, Shape, hostile_qemus
 from qmp_testlab import drained
 
 from autoextend.clock import MonotonicClock
+from autoextend.lab.waiting import until
 from autoextend.monitor.protocols import DriveInfo, HypervisorEvent, ThresholdCrossed, VmAppeared
 from autoextend.qmp.config import QmpSettings
 from autoextend.qmp.errors import QmpError
@@ -75,7 +76,7 @@ async def test_hostile_vm_fails_alone(workdir: Path, shape: Shape, after: int) -
                 with anyio.fail_after(60):
                     # retried with backoff, again and again, each time counted
                     while hv.session_failures < 3 or hostile.connections < 3:
-                        await anyio.sleep(0.05)
+                        await anyio.sleep(0.05)  # poll with a deadline; each looks again
                         if hostile.name in hv.vms():
                             try:
                                 drives = await hv.drives(hostile.name)
@@ -108,7 +109,7 @@ async def test_out_of_range_event_is_ignored(workdir: Path) -> None:
                 await tg.start(hv.run, send)
                 with anyio.fail_after(60):
                     while fake.counts.get("query-block", 0) < 5:  # several events sent
-                        await anyio.sleep(0.05)
+                        await anyio.sleep(0.05)  # poll with a deadline; each asks again
                         await hv.drives(fake.name)
                 events = drained(receive)
                 assert not [e for e in events if isinstance(e, ThresholdCrossed)]
@@ -125,16 +126,20 @@ def test_recorded_shapes_stay_real() -> None:
     assert isinstance(block, list) and len(block) == 5
 
 
-class RecordingClock(MonotonicClock):
+class RecordingClock:
     """Real time, but sleeps are taken short and remembered, so backoff can be checked
     without timing anything."""
 
     def __init__(self) -> None:
+        self.real = MonotonicClock()
         self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.real.now()
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
-        await anyio.sleep(min(seconds, 0.02))
+        await anyio.sleep(min(seconds, 0.02))  # time is the subject: backoff, taken short
 
 
 @pytest.mark.parametrize("shape", [Shape.HUGE_VIRTUAL_SIZE, Shape.DEEP_REPLY])
@@ -151,9 +156,8 @@ async def test_failing_sessions_back_off(workdir: Path, shape: Shape) -> None:
         with send, receive:
             async with anyio.create_task_group() as tg:
                 await tg.start(hv.run, send)
-                with anyio.fail_after(60):
-                    while hv.session_failures < 6:
-                        await anyio.sleep(0.02)
+                await until(lambda: hv.session_failures >= 6, 60, "6 failed sessions",
+                            describe=lambda: clock.sleeps)
                 tg.cancel_scope.cancel()
     backoffs = [x for x in clock.sleeps if x != 600.0][:6]
     assert backoffs == [0.05, 0.1, 0.2, 0.4, 0.4, 0.4]

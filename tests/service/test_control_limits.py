@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 from autoextend import control
 from autoextend.boundedjson import TooDeep, check_depth, nesting_depth
 from autoextend.errors import AutoextendError
+from autoextend.lab.waiting import until
+from tests.cli.clirun import autoextend
 
 
 async def _status(request: dict[str, Any]) -> dict[str, Any]:
@@ -144,18 +146,16 @@ async def test_excess_clients_are_refused_not_fatal(tmp_path: Path) -> None:
         try:
             for _ in range(8):
                 held.append(await anyio.connect_unix(srv.path))
-            with anyio.fail_after(30):
-                while srv.active < 8:
-                    await anyio.sleep(0.01)
+            await until(lambda: srv.active == 8, 30, "8 clients served",
+                        describe=lambda: srv.counters)
             with pytest.raises(AutoextendError, match="busy"):
                 await control.call(srv.path, "status")
             assert srv.counters.refused >= 1
         finally:
             for s in held:
                 await s.aclose()
-        with anyio.fail_after(30):
-            while srv.active:
-                await anyio.sleep(0.01)
+        await until(lambda: srv.active == 0, 30, "every client gone",
+                    describe=lambda: srv.counters)
         assert (await control.call(srv.path, "status"))["vms"] == []
 
 
@@ -175,7 +175,7 @@ _EMFILE_SERVER = textwrap.dedent("""
             await tg.start(srv.serve)
             print("ready", flush=True)
             while srv.counters.accept_errors == 0:
-                await anyio.sleep(0.05)
+                await anyio.sleep(0.05)  # polls its own counter (a child, not the test)
             print("emfile", flush=True)
             await anyio.sleep_forever()
 
@@ -212,8 +212,8 @@ async def test_out_of_file_descriptors_is_survived(tmp_path: Path) -> None:
                 try:
                     assert (await control.call(path, "status"))["vms"] == []
                     break
-                except AutoextendError:
-                    await anyio.sleep(0.1)  # still draining the backlog
+                except AutoextendError:  # still draining the backlog
+                    await anyio.sleep(0.1)  # poll with a deadline (the call is async)
         assert proc.poll() is None
     finally:
         for s in held:
@@ -265,18 +265,16 @@ async def test_status_client_with_wrong_answer_prints_one_line(
     cfg.write_text(f'[service]\ncontrol_socket = "{path}"\n')
     async with listener, anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, answer_with)
-        proc = await anyio.run_process(
-            [sys.executable, "-m", "autoextend", "--config", str(cfg), *command],
-            check=False, env={**os.environ, "COLUMNS": "200"},
-        )
+        proc = await anyio.to_thread.run_sync(lambda: autoextend(
+            "--config", str(cfg), *command, env={**os.environ, "COLUMNS": "200"}))
         tg.cancel_scope.cancel()
-    err = proc.stderr.decode()
+    err = proc.stderr
     assert "Traceback" not in err
-    if proc.returncode == 0:  # an odd result may still be printable (--json, missing keys)
+    if proc.code == 0:  # an odd result may still be printable (--json, missing keys)
         assert not garbage, proc.stdout
         assert proc.stdout and not err
         return
-    assert proc.returncode == 1, err
+    assert proc.code == 1, err
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith("autoextend: error:")

@@ -53,7 +53,7 @@ FLOOD = textwrap.dedent("""
                 s.close()
                 continue
             held.append(s)
-        time.sleep(0.5)
+        time.sleep(0.5)  # time is the subject: the flood is held open a while
         for s in held:
             s.close()
         rounds += 1

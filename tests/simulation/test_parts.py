@@ -8,7 +8,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from autoextend.directio import IoTimeout, StorageError
+from autoextend.sectors import IoTimeout, StorageError
 from sim import vloop
 from sim.disk import HostStorage, SimDisk
 
@@ -35,14 +35,14 @@ def test_time_jumps_to_the_next_timer() -> None:
 
     async def main() -> None:
         start = anyio.current_time()
-        await anyio.sleep(3600.0)
+        await anyio.sleep(3600.0)  # virtual time is the subject (the simulated clock)
         seen.append(anyio.current_time() - start)
         with anyio.move_on_after(86_400.0 * 365):
             await anyio.Event().wait()
         seen.append(anyio.current_time() - start)
         with pytest.raises(TimeoutError):
             with anyio.fail_after(5.0):
-                await anyio.sleep(10.0)
+                await anyio.sleep(10.0)  # virtual time: cut short by fail_after
         seen.append(anyio.current_time() - start)
 
     vloop.run(main)
@@ -107,7 +107,7 @@ def test_a_timed_out_write_lands_later_and_a_crashed_hosts_write_still_lands() -
         told = anyio.current_time() - start
         assert disk.data[SS : 2 * SS] != b"x" * SS  # not yet
         host.alive = False  # crashed: its write in flight lands anyway
-        await anyio.sleep(2000.0)
+        await anyio.sleep(2000.0)  # virtual time: the crashed host's write lands meanwhile
         assert disk.data[SS : 2 * SS] == b"x" * SS
         assert landed[-1] - start > told
         with pytest.raises(StorageError):

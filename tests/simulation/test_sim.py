@@ -9,6 +9,10 @@ clock, disk and hosts, under seeded faults.
 
 from __future__ import annotations
 
+import multiprocessing
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+
 import pytest
 
 from autoextend.lease.service import LeaseService, SpmTerm
@@ -36,9 +40,23 @@ def _account(result: Result) -> None:
         _totals[key] = _totals.get(key, 0) + value
 
 
+@pytest.fixture(scope="module")
+def ci_runs() -> Iterator[dict[int, Future[Result]]]:
+    """The CI seeds, run in two worker processes (pure CPU: a second core halves their wall
+    time; the worlds are deterministic, so where one runs does not matter). Each seed's test
+    waits for its own; seeds not asked for by then are cancelled."""
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no fork of pytest
+    pool = ProcessPoolExecutor(max_workers=2, mp_context=context)
+    try:
+        yield {seed: pool.submit(run_world, SimConfig(seed=seed, duration=CI_DURATION))
+               for seed in CI_SEEDS}
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 @pytest.mark.parametrize("seed", CI_SEEDS)
-def test_seed_holds_every_invariant(seed: int) -> None:
-    result = run_world(SimConfig(seed=seed, duration=CI_DURATION))
+def test_seed_holds_every_invariant(seed: int, ci_runs: dict[int, Future[Result]]) -> None:
+    result = ci_runs[seed].result()
     _account(result)
     print(result.summary())
     assert result.ok, result.report()

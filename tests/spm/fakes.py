@@ -43,6 +43,8 @@ class RecordingBackend:
         self.refreshed: list[VolumeRef] = []
         self.visible: dict[VolumeRef, int] = {}  # what "this host" sees until refresh
         self.raise_on_extend: Exception | None = None
+        self.gate: anyio.Event | None = None  # when set: every extend waits for it
+        self.held = 0  # extends waiting at the gate
         self.running = 0
         self.max_running_per_vg: dict[str, int] = {}
         self._running_vg: dict[str, int] = {}
@@ -57,8 +59,14 @@ class RecordingBackend:
             self.max_running_per_vg.get(volume.vg, 0), self._running_vg[volume.vg]
         )
         try:
+            if self.gate is not None:
+                self.held += 1
+                try:
+                    await self.gate.wait()
+                finally:
+                    self.held -= 1
             if self.delay:
-                await anyio.sleep(self.delay)
+                await anyio.sleep(self.delay)  # time is the subject: a slow lvextend
             current = self.sizes[volume]
             if size <= current:
                 self.calls.append((volume, size, False))

@@ -38,16 +38,21 @@ def settings(max_hosts: int) -> MailboxSettings:
     )
 
 
-class RecordingLoopBackend(LoopVolumeBackend):
+class RecordingLoopBackend:
+    """The loop backend, with every extension appended to a file (composition)."""
+
     def __init__(self, root: str, record: str) -> None:
-        super().__init__(root, EXTENT, LocalAuthority())
+        self.inner = LoopVolumeBackend(root, EXTENT, LocalAuthority())
         self._record = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
-        result = await super().extend(volume, size)
+        result = await self.inner.extend(volume, size)
         line = json.dumps({"volume": str(volume), "size": size, "changed": result.changed})
         os.write(self._record, (line + "\n").encode())
         return result
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the loop backend's
+        return getattr(self.inner, name)
 
 
 async def run_spm(meta: str, root: str, record: str, status: str, max_hosts: int) -> None:
@@ -64,7 +69,7 @@ async def run_spm(meta: str, root: str, record: str, status: str, max_hosts: int
             with open(tmp, "w") as out:
                 json.dump(dataclasses.asdict(server.counters), out)
             os.replace(tmp, status)
-            await anyio.sleep(0.05)
+            await anyio.sleep(0.05)  # a periodic report for the parent (not a wait)
 
     async with anyio.create_task_group() as tg:
         await tg.start(server.run)

@@ -9,7 +9,7 @@ import anyio
 import anyio.lowlevel
 
 from autoextend.clock import ManualClock
-from autoextend.directio import MemoryStorage
+from autoextend.sectorfakes import MemoryStorage
 from autoextend.spm.config import MailboxSettings
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.layout import MailboxLayout

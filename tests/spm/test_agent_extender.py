@@ -15,6 +15,7 @@ from autoextend.lab.waiting import until
 from autoextend.lease.config import LeaseSettings
 from autoextend.monitor.protocols import ExtendOutcome, OutcomeKind
 from autoextend.service import Service
+from autoextend.validation import check_service, mailbox_mode_rule
 
 from .fakes import FAST
 from .pool import VG, MiB, Pool, serving, vol
@@ -24,8 +25,12 @@ def no_spm_backend(term: object) -> object:
     raise AssertionError("this test never becomes SPM")
 
 
+# The agent's own sections must pass the one rule: the mailbox after the lease area.
+AGENT_MAILBOX = FAST.model_copy(update={"offset": None})
+
+
 def agent_for(pool: Pool) -> ClusterAgent:
-    return ClusterAgent(LeaseSettings(path="/nonexistent/area", host_id=1), FAST, (VG,),
+    return ClusterAgent(LeaseSettings(path="/nonexistent/area", host_id=1), AGENT_MAILBOX, (VG,),
                         pool.backend, no_spm_backend, MonotonicClock())  # type: ignore[arg-type]
 
 
@@ -58,6 +63,26 @@ def test_the_agent_refuses_sections_it_cannot_run_with() -> None:
     with pytest.raises(ConfigError, match="lvm.vgs"):
         ClusterAgent(LeaseSettings(path="/a", host_id=1), FAST, (), pool.backend,
                      no_spm_backend, MonotonicClock())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sections", [
+    {"lease": {"host_id": 1}},
+    {"lease": {"path": "/a", "host_id": 1}, "lvm": {"vgs": []}},
+    {"lease": {"path": "/a", "host_id": 3}, "mailbox": {"max_hosts": 2}},
+    {"lease": {"path": "/a", "host_id": 1}, "mailbox": {"path": "/b"}},
+    {"lease": {"path": "/a", "host_id": 1}, "mailbox": {"offset": 4096}},
+])
+def test_the_agent_and_config_check_apply_one_rule(sections: dict[str, object]) -> None:
+    """Whatever ``config check`` says about the agent's sections, the agent says the same."""
+    s = settings_mod.from_mapping({"service": {"extender": "mailbox"},
+                                   "lvm": {"vgs": [VG]}, **sections})
+    with pytest.raises(ConfigError) as checked:
+        check_service(s)
+    with pytest.raises(ConfigError) as refused:
+        ClusterAgent(s.lease, s.mailbox, s.lvm.vgs, Pool().backend, no_spm_backend,
+                     MonotonicClock())  # type: ignore[arg-type]
+    assert refused.value.problems == list(mailbox_mode_rule(s))
+    assert set(refused.value.problems) <= set(checked.value.problems)
 
 
 def test_the_service_wires_the_agent_extender_into_the_monitor_at_construction(

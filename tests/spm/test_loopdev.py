@@ -26,6 +26,8 @@ from autoextend.volumes import LocalAuthority
 from .fakes import FAST, RecordingBackend
 from .pool import VG, MiB, vol
 
+pytestmark = pytest.mark.slow  # loop devices (make unit runs none)
+
 AREA_BYTES = 4 * MiB
 
 

@@ -9,9 +9,9 @@ from anyio.abc import TaskStatus
 from structlog.testing import capture_logs
 
 from autoextend.clock import ManualClock
-from autoextend.directio import MemoryStorage
 from autoextend.errors import NotSpmError
 from autoextend.lab.waiting import until
+from autoextend.sectorfakes import MemoryStorage
 from autoextend.spm.errors import MailboxClosed, MailboxTimeout
 from autoextend.spm.host import CLEAR_DELAY_S, HostMailbox
 from autoextend.spm.layout import MailboxLayout
@@ -73,12 +73,17 @@ async def test_more_volumes_than_slots_queue_for_a_slot() -> None:
 
 async def test_repeated_request_is_coalesced() -> None:
     pool = Pool()
-    pool.backend.delay = 0.05
+    pool.backend.gate = anyio.Event()
     async with serving(pool, 1) as (server, (host,)):
         async with anyio.create_task_group() as tg:
-            for _ in range(5):
+            tg.start_soon(host.request, vol(1), 200 * MiB)
+            await until(lambda: pool.backend.held == 1, 10, "the first request at the SPM",
+                        describe=lambda: (host.counters, server.counters))
+            for _ in range(4):
                 tg.start_soon(host.request, vol(1), 200 * MiB)
-                await anyio.sleep(0.005)
+            await until(lambda: host.counters.coalesced == 4, 10, "4 requests coalesced",
+                        describe=lambda: host.counters)
+            pool.backend.gate.set()
     assert host.counters.coalesced == 4 and host.counters.sent == 1
     assert server.counters.received == 1 and len(pool.backend.calls) == 1
 
@@ -219,7 +224,9 @@ async def test_restart_withdraws_requests_of_the_previous_incarnation() -> None:
         await tg.start(pool.host(1).run)  # the restarted host
         server = pool.server()
         await tg.start(server.run)
-        await anyio.sleep(0.05)
+        # the server has read host 1's box (the old request would be taken up there)
+        await until(lambda: server.counters.boxes_read >= 1 and server.counters.polls >= 2,
+                    10, "the server to read host 1's box", describe=lambda: server.counters)
         tg.cancel_scope.cancel()
     assert server.counters.received == 0 and pool.backend.calls == []
 
@@ -415,7 +422,7 @@ async def test_no_spm_the_host_rings_again_with_backoff_then_times_out() -> None
         while not outcome:
             before = host.counters.rings
             clock.advance(0.01)
-            await anyio.sleep(0.001)
+            await anyio.sleep(0.001)  # time is the subject: backoff gaps on a stepped clock
             if host.counters.rings > before:
                 rings_at.append(round(clock.now() - start, 2))
         tg.cancel_scope.cancel()

@@ -114,7 +114,7 @@ def wait_for(cond: Any, timeout: float, rig: Rig, what: str) -> None:
     while not cond():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}\n{rig.logs()}")
-        time.sleep(0.01)
+        time.sleep(0.01)  # poll with a deadline (a sync test watching other processes)
 
 
 def plan_for(host_id: int, volumes: int = 5, rounds: int = 8) -> list[list[Any]]:

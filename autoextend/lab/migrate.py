@@ -1,0 +1,189 @@
+"""Live migration in the lab: QEMU to QEMU over a UNIX socket on this machine.
+
+The lab plays the management layer (what libvirt does for vdsm): it starts the destination
+QEMU with the same guest and ``-incoming defer``, its drives on the *destination host's* loop
+devices (each host has its own view of a volume, ``[volumes] loop_host``), turns on the
+``events`` migration capability on both sides, then ``migrate-incoming`` on the destination
+and ``migrate`` on the source, both on one UNIX socket. ``max-bandwidth`` stretches the
+migration (so that extensions fall inside it); :meth:`Migration.finish` lifts it.
+
+:func:`two_local_hosts` gives two in-process autoextend services in local (single-writer)
+mode sharing one loop volume root, each with its own QMP socket directory and its own loop
+views; the multihost lab (``lab/multihost.py``) gives mailbox-mode hosts as processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from autoextend.lab.errors import VmError
+from autoextend.lab.guest import GuestJob, with_expected_md5
+from autoextend.lab.guestimage import GuestImage, build_guest
+from autoextend.lab.qemu import QemuVm, guest_spec, launch
+from autoextend.lab.singlehost import LabHost, create_qcow2_disk, lab_host
+from autoextend.logs import get_logger
+from autoextend.lvm.loop_backend import LoopVolumeBackend
+from autoextend.volumes import LocalAuthority, VolumeRef
+
+log = get_logger("lab.migrate")
+
+MiB = 1 << 20
+VG = "demo"
+UNLIMITED_BPS = 1 << 40  # max-bandwidth when the lab lets the migration finish
+ENDED = frozenset({"completed", "failed", "cancelled"})
+
+
+def service_socket_args(name: str, qmp_dir: Path) -> tuple[str, ...]:
+    """The VM's name and the QMP socket the host's autoextend finds it by."""
+    socket = qmp_dir / f"{name}.sock"
+    return ("-name", name, "-qmp", f"unix:{socket},server=on,wait=off")
+
+
+async def _execute(vm: QemuVm, command: str, arguments: dict[str, Any] | None = None) -> Any:
+    async with vm.qmp("lab-migrate") as client:
+        return await client.execute(command, arguments)
+
+
+async def start_destination(
+    source: QemuVm, devices: Sequence[str], workdir: Path, qmp_dir: Path
+) -> QemuVm:
+    """A QEMU for ``source``'s guest, waiting for an incoming migration (``-incoming
+    defer``), its drives on ``devices`` (the destination host's views), its service socket
+    in ``qmp_dir`` (the destination host's)."""
+    if len(devices) != len(source.spec.drives):
+        raise ValueError("one destination device per source drive")
+    drives = tuple(dataclasses.replace(d, device=dev)
+                   for d, dev in zip(source.spec.drives, devices, strict=True))
+    spec = dataclasses.replace(
+        source.spec, drives=drives,
+        extra_args=(*service_socket_args(source.name, qmp_dir), "-incoming", "defer"))
+    return await launch(spec, workdir)
+
+
+@dataclass
+class Migration:
+    source: QemuVm
+    destination: QemuVm
+    uri: str
+    started_at: float = 0.0
+    ended_at: float | None = None
+    status: str = ""
+
+    async def query(self) -> dict[str, Any]:
+        """The source's ``query-migrate``."""
+        reply = await _execute(self.source, "query-migrate")
+        assert isinstance(reply, dict)
+        self.status = str(reply.get("status", ""))
+        if self.status in ENDED and self.ended_at is None:
+            self.ended_at = anyio.current_time()
+        return reply
+
+    async def set_bandwidth(self, bytes_per_s: int) -> None:
+        await _execute(self.source, "migrate-set-parameters", {"max-bandwidth": bytes_per_s})
+
+    async def wait_ended(self, timeout: float = 60.0) -> str:  # noqa: ASYNC109
+        """Poll the source until the migration completed, failed or was cancelled."""
+        with anyio.move_on_after(timeout):
+            while (await self.query()).get("status") not in ENDED:  # noqa: ASYNC110 (QEMU's state)
+                await anyio.sleep(0.05)
+            return self.status
+        raise VmError(self.source.name, f"migration still {self.status!r} after {timeout} s")
+
+    async def finish(self, timeout: float = 60.0) -> str:  # noqa: ASYNC109
+        """Lift the bandwidth limit and wait for the end; returns the final status."""
+        await self.set_bandwidth(UNLIMITED_BPS)
+        return await self.wait_ended(timeout)
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.ended_at is None else self.ended_at - self.started_at
+
+
+async def start_migration(
+    source: QemuVm, destination: QemuVm, socket_path: Path, *, max_bandwidth: int
+) -> Migration:
+    """``migrate-incoming`` on the destination, then ``migrate`` on the source, over the
+    UNIX socket ``socket_path``, at most ``max_bandwidth`` bytes/s."""
+    uri = f"unix:{socket_path}"
+    events = {"capabilities": [{"capability": "events", "state": True}]}
+    await _execute(destination, "migrate-set-capabilities", events)
+    await _execute(destination, "migrate-incoming", {"uri": uri})
+    await _execute(source, "migrate-set-capabilities", events)
+    await _execute(source, "migrate-set-parameters", {"max-bandwidth": max_bandwidth})
+    migration = Migration(source, destination, uri, started_at=anyio.current_time())
+    await _execute(source, "migrate", {"uri": uri})
+    log.info("migration started", vm=source.name, uri=uri, max_bandwidth=max_bandwidth)
+    return migration
+
+
+# ------------------------------------------------------------------ two local hosts
+
+
+@dataclass
+class MigrationLab:
+    """Two autoextend hosts on one machine sharing one loop volume root."""
+
+    directory: Path
+    image: GuestImage
+    hosts: dict[str, LabHost]
+    stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+
+    def views(self, host: str) -> LoopVolumeBackend:
+        """The pool's volumes as ``host`` sees them (its own loop devices)."""
+        cfg = self.hosts[host].settings.volumes
+        return LoopVolumeBackend(cfg.loop_root, cfg.loop_extent_mib * MiB, LocalAuthority(),
+                                 host=cfg.loop_host)
+
+    def qmp_dir(self, host: str) -> Path:
+        return self.hosts[host].workdir / "qmp"
+
+    async def start_guest(
+        self, host: str, name: str, job: GuestJob, *, start_mib: int, virtual_mib: int = 1024,
+    ) -> tuple[QemuVm, VolumeRef, str]:
+        """Create the guest's volume (attached in ``host``'s view) and boot it there."""
+        volume, device = await create_qcow2_disk(
+            self.views(host), self.stack, VolumeRef(VG, f"{name}-disk"), start_mib, virtual_mib)
+        job = await anyio.to_thread.run_sync(with_expected_md5, job)
+        spec = guest_spec(name, self.image, [device], job,
+                          extra_args=service_socket_args(name, self.qmp_dir(host)))
+        vm = await launch(spec, self.directory / "vms" / f"{name}-{host}")
+        self.stack.push_async_callback(vm.stop)
+        return vm, volume, device
+
+    async def destination(self, host: str, source: QemuVm, volume: VolumeRef) -> QemuVm:
+        """``source``'s guest waiting for its migration on ``host`` (own view attached)."""
+        device = await self.views(host).attach(volume)
+        vm = await start_destination(source, [device], self.directory / "vms" /
+                                     f"{source.name}-{host}", self.qmp_dir(host))
+        self.stack.push_async_callback(vm.stop)
+        return vm
+
+
+@asynccontextmanager
+async def two_local_hosts(
+    directory: Path, *, names: tuple[str, str] = ("src", "dst"), **settings: Any
+) -> AsyncIterator[MigrationLab]:
+    """Two local-mode autoextend services (in this process) for migrations between them.
+
+    ``settings`` go to :func:`~autoextend.lab.singlehost.host_settings` (chunk, poll ...).
+    """
+    image = await build_guest()
+    root = directory / "volumes"
+    extra = settings.pop("extra", {})
+    async with AsyncExitStack() as outer:
+        hosts: dict[str, LabHost] = {}
+        for name in names:
+            sections = {**extra, "volumes": {**extra.get("volumes", {}),
+                                             "loop_root": str(root), "loop_host": name}}
+            hosts[name] = await outer.enter_async_context(
+                lab_host(workdir=directory / name, extra=sections, **settings))
+        lab = MigrationLab(directory, image, hosts)
+        async with lab.stack:  # guests and volumes go before the services
+            yield lab

@@ -1,0 +1,43 @@
+"""``qemu-img measure``: what a qcow2 holding an image chain's data needs (used by both
+hypervisor backends to size a commit's base before the commit writes)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from autoextend.logs import get_logger
+
+log = get_logger("qemuimg")
+
+#: Sizes above this are no real sizes (int64, as QEMU reports them).
+MAX_SIZE = (1 << 63) - 1
+
+#: path of a qcow2 image (its backing chain below it is followed) -> bytes a qcow2 holding
+#: all of its data needs, or None when it cannot be measured.
+Measure = Callable[[str], Awaitable[int | None]]
+
+
+async def qemu_img_measure(path: str) -> int | None:
+    """``qemu-img measure -U -O qcow2``: what a qcow2 with the chain's data needs."""
+    try:
+        with anyio.fail_after(30):
+            done = await anyio.run_process(
+                ["qemu-img", "measure", "-U", "--output=json", "-O", "qcow2", path],
+                check=False)
+    except (OSError, TimeoutError) as err:
+        log.warning("qemu-img measure failed", path=path, error=str(err))
+        return None
+    if done.returncode != 0:
+        log.warning("qemu-img measure failed", path=path,
+                    error=done.stderr.decode(errors="replace").strip()[:300])
+        return None
+    try:
+        required = json.loads(done.stdout).get("required")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(required, int) and not isinstance(required, bool) and 0 < required <= MAX_SIZE:
+        return required
+    return None

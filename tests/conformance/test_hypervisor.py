@@ -1,0 +1,151 @@
+"""One contract for every Hypervisor: the in-memory fake, QMP against guestless QEMU and
+libvirt against the lab libvirtd. Each case starts its own paused VM with one thin qcow2
+drive (``PHYSICAL`` bytes on a ``CAPACITY`` virtual disk) and checks what the monitor relies
+on: discovery, the drive's numbers, a one-shot threshold that fires, growth seen at once,
+pause and resume reported as events and as state, and neutral errors (``VmNotFound`` for a VM
+that is not there, a plain ``HypervisorError`` for a bad call on one that is)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from autoextend.errors import HypervisorError
+from autoextend.monitor.protocols import (
+    HypervisorHealth,
+    PauseReason,
+    ReportsHealth,
+    RunState,
+    ThresholdCrossed,
+    VmGone,
+    VmNotFound,
+    VmPaused,
+    VmResumed,
+    health_of,
+)
+from tests.conformance.hypervisor_subjects import CAPACITY, PHYSICAL, Driver, MiB, serving
+
+Factory = Callable[[], Driver]
+
+
+async def test_a_new_vm_is_announced_with_its_drive(hypervisor_driver: Factory) -> None:
+    async with serving(hypervisor_driver()) as driver:
+        hv, vm = driver.hypervisor, driver.name()
+        expected = await driver.add_vm(vm)
+        (drive,) = await hv.drives(vm)
+        assert (drive.vm, drive.path) == (vm, expected.path)
+        assert drive.drive and drive.node
+        assert (drive.capacity, drive.physical, drive.threshold) == (CAPACITY, PHYSICAL, 0)
+        assert 0 <= drive.allocation < PHYSICAL
+        assert hv.volume_of(drive) == expected.volume
+        assert hv.volume_of(dataclasses.replace(drive, path="/nonexistent/disk")) is None
+
+
+async def test_a_threshold_is_armed_fires_once_and_is_cleared(
+    hypervisor_driver: Factory,
+) -> None:
+    async with serving(hypervisor_driver()) as driver:
+        hv, vm = driver.hypervisor, driver.name()
+        await driver.add_vm(vm)
+        (drive,) = await hv.drives(vm)
+        await hv.set_threshold(vm, drive, 1 * MiB)
+        (armed,) = await hv.drives(vm)
+        assert armed.threshold == 1 * MiB
+
+        await driver.write(vm, 2 * MiB)
+        crossed = await driver.next_event(vm, ThresholdCrossed)
+        assert isinstance(crossed, ThresholdCrossed)
+        assert (crossed.drive, crossed.threshold) == (drive.drive, 1 * MiB)
+        assert crossed.excess > 0
+        (after,) = await hv.drives(vm)
+        assert after.threshold == 0  # one-shot: the hypervisor disarmed it
+        assert after.allocation >= 2 * MiB
+
+
+async def test_volume_growth_is_seen_at_once(hypervisor_driver: Factory) -> None:
+    async with serving(hypervisor_driver()) as driver:
+        hv, vm = driver.hypervisor, driver.name()
+        await driver.add_vm(vm)
+        await driver.grow(vm, PHYSICAL + 64 * MiB)
+        (drive,) = await hv.drives(vm)
+        assert (drive.physical, drive.capacity) == (PHYSICAL + 64 * MiB, CAPACITY)
+
+
+async def test_pause_and_resume_are_events_and_state(hypervisor_driver: Factory) -> None:
+    async with serving(hypervisor_driver()) as driver:
+        hv, vm = driver.hypervisor, driver.name()
+        await driver.add_vm(vm)
+        started = await hv.run_state(vm)
+        assert not started.running
+        assert started.pause_reason in (PauseReason.USER, PauseReason.OTHER)
+
+        await hv.resume(vm)
+        assert await driver.next_event(vm, VmResumed) == VmResumed(vm)
+        assert await hv.run_state(vm) == RunState(True)
+
+        await driver.operator_pause(vm)
+        assert await driver.next_event(vm, VmPaused) == VmPaused(vm, PauseReason.USER)
+        assert await hv.run_state(vm) == RunState(False, PauseReason.USER)
+
+
+async def test_a_killed_vm_is_gone_and_then_not_found(hypervisor_driver: Factory) -> None:
+    async with serving(hypervisor_driver()) as driver:
+        hv, vm = driver.hypervisor, driver.name()
+        await driver.add_vm(vm)
+        (drive,) = await hv.drives(vm)
+        await hv.kill(vm)
+        assert await driver.next_event(vm, VmGone) == VmGone(vm)
+        with pytest.raises(VmNotFound) as info:
+            await hv.drives(vm)
+        assert info.value.vm == vm
+        with pytest.raises(VmNotFound):
+            await hv.set_threshold(vm, drive, 4 * MiB)
+
+
+async def test_every_call_on_an_unknown_vm_raises_the_neutral_vm_not_found(
+    hypervisor_driver: Factory,
+) -> None:
+    async with serving(hypervisor_driver()) as driver:
+        hv, vm = driver.hypervisor, driver.name()
+        await driver.add_vm(vm)
+        (drive,) = await hv.drives(vm)
+        other = f"{vm}-absent"
+        calls: dict[str, Callable[[], Awaitable[object]]] = {
+            "drives": lambda: hv.drives(other),
+            "set_threshold": lambda: hv.set_threshold(other, drive, 4 * MiB),
+            "run_state": lambda: hv.run_state(other),
+            "resume": lambda: hv.resume(other),
+            "kill": lambda: hv.kill(other),
+        }
+        for call, make in calls.items():
+            with pytest.raises(VmNotFound) as info:
+                await make()
+            assert info.value.vm == other, call
+            assert isinstance(info.value, HypervisorError)
+        assert len(await hv.drives(vm)) == 1  # the known VM is unaffected
+
+
+async def test_a_bad_call_on_a_known_vm_is_a_hypervisor_error(
+    hypervisor_driver: Factory,
+) -> None:
+    async with serving(hypervisor_driver()) as driver:
+        hv, vm = driver.hypervisor, driver.name()
+        await driver.add_vm(vm)
+        (drive,) = await hv.drives(vm)
+        bogus = dataclasses.replace(drive, drive="zz9", node="zz9")
+        with pytest.raises(HypervisorError) as info:
+            await hv.set_threshold(vm, bogus, 4 * MiB)
+        assert not isinstance(info.value, VmNotFound)
+        (still,) = await hv.drives(vm)
+        assert still.threshold == 0
+
+
+async def test_health_is_reported_through_the_protocol(hypervisor_driver: Factory) -> None:
+    async with serving(hypervisor_driver()) as driver:
+        hv, vm = driver.hypervisor, driver.name()
+        await driver.add_vm(vm)
+        assert isinstance(hv, ReportsHealth)
+        assert health_of(hv) == HypervisorHealth(0, 0, None)
+    assert health_of(object()) == HypervisorHealth()  # no capability: healthy, all zeros
