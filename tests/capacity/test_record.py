@@ -16,9 +16,9 @@ from autoextend.capacity.config import CapacitySettings
 from autoextend.capacity.figures import VgFigures
 from autoextend.capacity.published import FiguresUnavailable, PublishedSource
 from autoextend.clock import ManualClock
-from autoextend.sectorfakes import MemoryStorage
 from autoextend.errors import NotSpmError
 from autoextend.metadata_area import LEASE_AREA_SIZE
+from autoextend.sectorfakes import MemoryStorage
 
 MiB = 1 << 20
 names = st.from_regex(r"[a-z][a-z0-9_]{0,20}", fullmatch=True)
