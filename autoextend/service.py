@@ -25,6 +25,7 @@ from anyio.abc import TaskStatus
 from autoextend import logs, startup, timeouts, validation
 from autoextend import reload as reload_mod
 from autoextend import settings as settings_mod
+from autoextend.capacity.wiring import CapacityPart
 from autoextend.clock import Clock, MonotonicClock
 from autoextend.cluster import ClusterAgent
 from autoextend.control import ControlServer
@@ -137,9 +138,14 @@ class Service:
             extend_deadline_s=timeouts.extension_deadline_s(settings),
             views=self.backend,
         )
+        self.capacity = CapacityPart(settings, self.backend, self.monitor, self.clock,
+                                     self.metrics.registry, cluster=self.cluster)
+        if self.capacity.watcher is not None:
+            self.capacity.watcher.on_level = lambda: self.notifier.status(self.summary())
         self.control = ControlServer(settings.service.control_socket)
         self.control.register("status", self._status)
         self.control.register("spm_step_down", self._step_down)
+        self.control.register("volume_reduce", self.capacity.handle_reduce)
         self.control.register("reload", self._reload)
         self.reloads = 0
         self.reload_applied: tuple[str, ...] = ()       # by the last reload
@@ -234,6 +240,7 @@ class Service:
             "vms": self.monitor.snapshot(),
             "spm": self.cluster.status() if self.cluster is not None else None,
             "config": self._config_status(),
+            "capacity": self.capacity.status(),
         }
 
     def _config_status(self) -> dict[str, Any]:
@@ -251,10 +258,12 @@ class Service:
         vms = self.monitor.snapshot()
         drives = sum(len(v["drives"]) for v in vms)
         paused = sum(1 for v in vms if v["paused"])
-        return (
+        text = (
             f"{len(vms)} VMs, {drives} drives, {self.monitor.extends_in_flight} extending, "
             f"{paused} paused, {self.tally.extends} extends"
         )
+        space = self.capacity.summary()
+        return f"{text}; {space}" if space else text
 
     def reload(self) -> bool:
         """Re-read the config file; keep the old config when the new one is invalid.
@@ -276,6 +285,7 @@ class Service:
         self.chunks.reconfigure(now.policy)
         self.monitor.reconfigure(now.policy, self.chunks, now.service.dry_run, now.resume,
                                  extend_deadline_s=timeouts.extension_deadline_s(now))
+        self.capacity.reconfigure(now)
         self.settings = now
         self.reloads += 1
         self.reload_applied, self.pending_restart = plan.applied, plan.needs_restart
@@ -320,6 +330,7 @@ class Service:
                 await tg.start(self.monitor.run)
             tg.start_soon(self.notifier.watchdog_loop, self.clock)
             tg.start_soon(self._status_loop)
+            tg.start_soon(self.capacity.run)
             self.notifier.ready(self.summary())
             log.info("service ready", hypervisor=self.settings.service.hypervisor,
                      extender=self.settings.service.extender)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import Field, ValidationError
 
+from autoextend.capacity.config import CapacitySettings
 from autoextend.confbase import Section
 from autoextend.errors import ConfigError
 from autoextend.lease.config import LeaseSettings
@@ -60,6 +61,7 @@ class Settings(Section):
     lease: LeaseSettings = LeaseSettings()
     mailbox: MailboxSettings = MailboxSettings()
     metrics: MetricsSettings = MetricsSettings()
+    capacity: CapacitySettings = CapacitySettings()
 
 
 def _describe(err: dict[str, Any]) -> str:

@@ -124,6 +124,9 @@ def _lvm_names(s: Settings) -> Iterator[Problem]:
     for vg in s.policy.vg_reserve_mib:
         if not is_valid_name(vg):
             yield f"policy.vg_reserve_mib.{vg}", "is not a valid VG name"
+    for vg in s.capacity.vgs:
+        if not is_valid_name(vg):
+            yield f"capacity.vgs.{vg}", "is not a valid VG name"
     for i, rule in enumerate(s.policy.overrides):
         for field in ("vg", "lv"):
             name = getattr(rule, field, None)

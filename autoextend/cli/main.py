@@ -81,12 +81,13 @@ def config_check(obj: CliContext) -> None:
 
 
 def _register_commands() -> None:
-    from autoextend.cli import lab, lease, service, spm
+    from autoextend.cli import lab, lease, service, spm, volume
 
     service.register(cli)
     cli.add_command(lab.lab)
     cli.add_command(lease.lease)
     cli.add_command(spm.spm)
+    cli.add_command(volume.volume)
     attach_everywhere(cli)
 
 

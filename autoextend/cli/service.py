@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 import click
 
+from autoextend.capacity.render import render_capacity
 from autoextend.cli.context import CliContext, echo_reply, pass_ctx
 
 RUN_EPILOG = """\b
@@ -79,6 +80,7 @@ def render_status(result: dict[str, Any]) -> str:
     if pending:
         lines.append("RESTART NEEDED: the config file changes " + ", ".join(pending)
                      + " (the running values stay until a restart)")
+    lines.extend(render_capacity(result.get("capacity")))
     vms = result.get("vms", [])
     if not vms:
         lines.append("no VMs monitored")

@@ -66,7 +66,7 @@ def lifecycle_outcome(vm: str, event: int, detail: int, *, enospc_seen: bool) ->
     if event == libvirt.VIR_DOMAIN_EVENT_STARTED:
         return VmAppeared(vm)
     if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
-        return VmGone(vm)
+        return VmGone(vm, clean=detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
     if event == libvirt.VIR_DOMAIN_EVENT_RESUMED:
         return VmResumed(vm)
     if event == libvirt.VIR_DOMAIN_EVENT_SUSPENDED:

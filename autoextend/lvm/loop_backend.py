@@ -93,6 +93,25 @@ def _grow_file(path: str, size: int) -> tuple[int, bool]:
         os.close(lock)
 
 
+def _shrink_file(path: str, size: int) -> tuple[int, bool]:
+    """Shrink ``path`` to ``size`` under the VG's flock; never grow."""
+    vg_dir = os.path.dirname(path)
+    lock = os.open(vg_dir, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            current = os.fstat(fd).st_size
+            if current <= size:
+                return current, False
+            os.ftruncate(fd, size)
+            return size, True
+        finally:
+            os.close(fd)
+    finally:
+        os.close(lock)
+
+
 def _vg_free(vg_dir: str) -> int | None:
     capacity = vg_capacity(vg_dir)
     return None if capacity is None else max(0, capacity - vg_used(vg_dir))
@@ -275,6 +294,29 @@ class LoopVolumeBackend:
                                                           "refresh": t2 - t1}
 
         return await anyio.to_thread.run_sync(work)
+
+    async def reduce(self, volume: VolumeRef, size: int) -> ExtendResult:
+        """Shrink to ``size`` rounded up to the extent size (never grows), then refresh this
+        host's loop devices. The caller made sure nothing uses the data past ``size``."""
+        if size <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        self._check()
+        target = round_up_to_extent(size, self.extent_size)
+        path = self.file_path(volume)
+        try:
+            new_size, changed = await anyio.to_thread.run_sync(_shrink_file, path, target)
+        except FileNotFoundError as err:
+            raise VolumeNotFound(str(volume), path) from err
+        if changed:
+            for device in await anyio.to_thread.run_sync(self._devices_of, volume):
+                await loopdev.set_capacity(device)
+        return ExtendResult(new_size, changed)
+
+    def holders_paths(self, volume: VolumeRef) -> list[str]:
+        """Every path through which a process on this machine may hold the volume: its file
+        and every loop device over it (any lab host's)."""
+        path = self.file_path(volume)
+        return [path, *sorted(d for d, b in attached_devices().items() if b == path)]
 
     async def refresh(self, volume: VolumeRef) -> int:
         path = self.file_path(volume)

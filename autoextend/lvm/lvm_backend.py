@@ -51,6 +51,15 @@ class LvmVolumeBackend:
             raise NotSpmError("this host has no LVM writer (extends go through the SPM)")
         return await self.writer.extend(volume, size)
 
+    async def reduce(self, volume: VolumeRef, size: int) -> ExtendResult:
+        if self.writer is None:
+            raise NotSpmError("this host has no LVM writer (reduces go through the SPM)")
+        return await self.writer.reduce(volume, size)
+
+    def holders_paths(self, volume: VolumeRef) -> list[str]:
+        """The LV's device path on this host (absent when it is not active here)."""
+        return [self.device_path(volume)]
+
     async def free_bytes(self, vg: str) -> int | None:
         """Free bytes in the VG, from its metadata (read-only report)."""
         info = await self.reader.vg(vg)

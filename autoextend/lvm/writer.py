@@ -100,6 +100,26 @@ class LvmWriter:
             log.info("lv extended", volume=str(volume), size=extents * extent_size)
             return ExtendResult(extents * extent_size, True)
 
+    async def reduce(self, volume: VolumeRef, size: int) -> ExtendResult:
+        """Shrink ``volume`` to ``size`` bytes rounded up to whole extents; never grows
+        (``changed`` False when it is that small already). Metadata only (``--driverloaded
+        n``): hosts with the LV active see the new size after their refresh. The caller
+        made sure no data lives past ``size``."""
+        if size <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        target = volume_arg(volume)
+        async with self._vg_lock(volume.vg):
+            extent_size = await self._extent_size(volume.vg)
+            extents = extents_for(size, extent_size)
+            current = await self.lv(volume)
+            if current.extent_count <= extents:
+                return ExtendResult(current.size, False)
+            args = ["lvreduce", "--config", self._config, *METADATA_ONLY, "--force"]
+            await self._run([*args, "--extents", str(extents), target])
+            log.info("lv reduced", volume=str(volume), size=extents * extent_size,
+                     was=current.size)
+            return ExtendResult(extents * extent_size, True)
+
     async def create_lv(
         self, volume: VolumeRef, size: int, tags: Sequence[str] = (), activate: bool = False
     ) -> report.LV:

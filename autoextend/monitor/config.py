@@ -56,6 +56,7 @@ class PolicySettings(Section):
     assumed_latency_s: float = Field(1.0, gt=0.0, le=3600.0)
     overrides: tuple[PolicyOverride, ...] = Field((), strict=False)
     vg_reserve_mib: dict[str, int] = Field(default_factory=dict)
+    reduce_on_stop: bool = False
 
     @model_validator(mode="after")
     def _reserves_positive(self) -> PolicySettings:

@@ -180,13 +180,31 @@ class Monitor(Resync):
             for vm in self._vms.values()
         ]
 
+    def space_added(self, vg: str) -> int:
+        """The VG gained free space: every drive of it waiting to retry a failed extension
+        retries now, not at its next backoff step. Returns how many drives were woken."""
+        now = self.clock.now()
+        woken = 0
+        for vm in self._vms.values():
+            hit = [d for d in vm.drives.values() if d.volume.vg == vg and d.retry_now(now)]
+            if hit:
+                woken += len(hit)
+                vm.post(POLL)
+                log.info("volume group gained space; retrying now", vm=vm.name, vg=vg,
+                         drives=[d.name for d in hit])
+        return woken
+
     # ----------------------------------------------------------------- routing
 
     async def _dispatch(self, receive: MemoryObjectReceiveStream[HypervisorEvent]) -> None:
         async with receive:
             async for event in receive:
                 if isinstance(event, VmGone):
+                    gone = self._vms.get(event.vm)
                     self._drop_vm(event.vm)
+                    if event.clean and gone is not None and self.on_clean_stop is not None:
+                        self.on_clean_stop(event.vm, sorted({d.volume
+                                                             for d in gone.drives.values()}))
                     continue
                 vm = self._vms.get(event.vm) or self._add_vm(event.vm)
                 vm.post(RESYNC if isinstance(event, VmAppeared) else event)

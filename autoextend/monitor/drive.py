@@ -123,6 +123,14 @@ class DriveState:
         self.last_error = reason
         self.retry_at = now + delay
 
+    def retry_now(self, now: float) -> bool:
+        """A failed extension may be retried at once (its VG gained space). Returns True
+        when the drive was waiting for a retry."""
+        if self.state is not ThresholdState.EXCEEDED or self.retry_at <= now:
+            return False
+        self.retry_at = now
+        return True
+
     def extend_done(self, threshold: int) -> None:
         self._go(ThresholdState.SET)
         self.threshold = threshold

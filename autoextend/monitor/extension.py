@@ -22,6 +22,7 @@ from autoextend.monitor.migrating import Migrations
 from autoextend.monitor.observer import ExtendFinished, VgFull, VmCheckFailed
 from autoextend.monitor.protocols import DriveInfo, ExtendOutcome, OutcomeKind
 from autoextend.monitor.vm import POLL, Vm, log
+from autoextend.monitor.vmstate import VmState
 
 
 class DriveVanished(AutoextendError):
@@ -88,6 +89,13 @@ class Extensions(Migrations):
         return policy.backoff(d.attempts + 1, self.settings.retry_initial_s,
                               self.settings.retry_max_s)
 
+    def _space_held(self, vm: Vm, d: DriveState) -> str | None:
+        """Why the VG's level holds this extension back (None: go ahead)."""
+        if self.space_gate is None:
+            return None
+        paused = d.enospc or vm.machine.state is VmState.PAUSED_ENOSPC
+        return self.space_gate(d.volume, paused)
+
     async def _fresh(self, vm: Vm, d: DriveState) -> DriveInfo:
         for info in await self.hypervisor.drives(vm.name):
             # The same name on another path is another volume (a pivot or a snapshot made
@@ -136,6 +144,12 @@ class Extensions(Migrations):
             except AutoextendError:
                 d.disarmed()
                 raise
+            return False
+        held = self._space_held(vm, d)
+        if held is not None:
+            delay = self._retry_delay(d, OutcomeKind.FAILED)
+            d.extend_failed(self.clock.now(), held, delay)
+            bound.warning("extension held back", reason=held, retry_in_s=round(delay, 3))
             return False
         if self.dry_run:
             bound.info("dry-run: would extend", physical=info.physical, size=target)

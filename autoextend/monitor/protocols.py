@@ -92,6 +92,9 @@ class VmAppeared:
 @dataclass(frozen=True)
 class VmGone:
     vm: str
+    # True only when the guest shut itself down cleanly (never a migration, a crash, a kill
+    # or a lost connection): what ``[policy] reduce_on_stop`` acts on.
+    clean: bool = False
 
 
 @dataclass(frozen=True)

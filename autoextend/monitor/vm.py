@@ -32,6 +32,9 @@ log = get_logger("monitor")
 
 PolicyResolver = Callable[[DriveInfo, VolumeRef], policy.DrivePolicy]
 LeaseOk = Callable[[], bool]
+# (volume, paused on ENOSPC) -> None to go ahead, or why the extension must wait
+# (a VG at its critical level extends only drives whose VM paused on ENOSPC).
+SpaceGate = Callable[[VolumeRef, bool], str | None]
 
 VM_INBOX_SIZE = 64
 
@@ -112,6 +115,9 @@ class MonitorBase:
         self._vms: dict[str, Vm] = {}
         self._job_resumed_at: dict[tuple[str, str], float] = {}  # (vm, job id) -> last resume
         self._in_flight = 0
+        self.space_gate: SpaceGate | None = None  # set by the service (capacity levels)
+        # Called with the VM and its volumes when a guest shut down cleanly (reduce_on_stop).
+        self.on_clean_stop: Callable[[str, list[VolumeRef]], object] | None = None
 
     @property
     def extend_deadline_s(self) -> float:

@@ -308,16 +308,18 @@ class QmpHypervisor:
             del self._sessions[name]
             self._malformed_events_closed += session.malformed_events
             if announced:
-                await self._announce_gone(watcher, name, events)
+                await self._announce_gone(watcher, name, events,
+                                          clean=session.conn.listener.guest_shutdown)
 
     async def _announce_gone(
-        self, watcher: _Watcher, name: str, events: MemoryObjectSendStream[HypervisorEvent]
+        self, watcher: _Watcher, name: str, events: MemoryObjectSendStream[HypervisorEvent],
+        *, clean: bool = False,
     ) -> None:
         """VmGone after a lost connection or a vanished socket; not on service shutdown."""
         try:
             with anyio.CancelScope(shield=watcher.vanished):
                 with anyio.move_on_after(self.settings.command_timeout_s):
-                    await events.send(VmGone(name))
+                    await events.send(VmGone(name, clean=clean))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
 

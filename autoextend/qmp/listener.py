@@ -77,9 +77,16 @@ class BoundedListener(EventListener):
         self._queue = asyncio.Queue(maxsize=maxsize)
         self.dropped = 0
         self._overflowed = False
+        # Set on receipt (not when the queue is pumped, which a lost connection cancels):
+        # QEMU's SHUTDOWN of a guest that powered itself off (reduce_on_stop).
+        self.guest_shutdown = False
 
     async def put(self, event: Message) -> None:
         """Called by the client's reader: enqueue without ever waiting."""
+        if event.get("event") == "SHUTDOWN":  # remembered, never queued
+            data = event.get("data")
+            self.guest_shutdown = (isinstance(data, dict) and data.get("guest") is True
+                                   and data.get("reason") == "guest-shutdown")
         if not self.accept(event):
             return
         try:

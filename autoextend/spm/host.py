@@ -58,7 +58,9 @@ from autoextend.spm.layout import SLOTS_PER_HOST, MailboxLayout
 from autoextend.spm.waiting import sleep_or_event
 from autoextend.spm.wire import (
     MAX_REQUEST_ID,
+    OP_EXTEND,
     Kind,
+    ReasonCode,
     Reply,
     Request,
     Ring,
@@ -100,6 +102,7 @@ class _Pending:
     request_id: int
     created: float
     slot: int | None = None
+    op: int = OP_EXTEND
     waiters: list[_Waiter] = field(default_factory=list)
     earlier: dict[int, int] = field(default_factory=dict)  # superseded id -> its size
 
@@ -160,7 +163,8 @@ class HostMailbox:
     # The caller's side.
 
     async def request(
-        self, volume: VolumeRef, size: int, *, timeout_s: float | None = None
+        self, volume: VolumeRef, size: int, *, timeout_s: float | None = None,
+        op: int = OP_EXTEND,
     ) -> Reply:
         """Ask the SPM to extend ``volume`` to at least ``size`` bytes and wait for its reply.
 
@@ -180,8 +184,12 @@ class HostMailbox:
         limit = self._settings.request_timeout_s if timeout_s is None else timeout_s
         waiter = _Waiter(size, self._clock.now() + limit)
         pending = self._by_volume.get(volume)
+        if pending is not None and (op != OP_EXTEND or pending.op != OP_EXTEND):
+            # A reduce never joins nor supersedes anything, nor is joined.
+            return Reply(0, 0, Status.FAILED, 0, ReasonCode.VOLUME_BUSY,
+                         "another request for this volume is in flight")
         if pending is None:
-            pending = _Pending(volume, size, self._new_id(), self._clock.now())
+            pending = _Pending(volume, size, self._new_id(), self._clock.now(), op=op)
             self._by_volume[volume] = pending
             self._queue.append(pending)
             self.counters.sent += 1
@@ -333,7 +341,8 @@ class HostMailbox:
             pending.slot = free.pop(0)
             pending.created = now
             self._write_slot(pending.slot, Request(pending.request_id, pending.volume.vg,
-                                                   pending.volume.lv, pending.size), ring=True)
+                                                   pending.volume.lv, pending.size,
+                                                   pending.op), ring=True)
 
     async def _flush(self) -> bool:
         """Write the dirty box sectors (one I/O for the range) and, once that is durable, the
@@ -462,4 +471,5 @@ class HostMailbox:
         self.counters.sent += 1
         if pending.slot is not None:
             self._write_slot(pending.slot, Request(pending.request_id, pending.volume.vg,
-                                                   pending.volume.lv, size), ring=True)
+                                                   pending.volume.lv, size, pending.op),
+                              ring=True)

@@ -13,8 +13,9 @@ Request slot (host -> SPM), 120 bytes::
     0   u32  request_id     0 = empty slot
     4   u16  reserved       0
     6   u8   name_len       length of "vg/lv"
-    7   u8   reserved       0
-    8   u64  size           extend the volume to at least this many bytes
+    7   u8   op             0 = extend, 1 = reduce (was reserved: an SPM of the first
+                            format answers a reduce MALFORMED and never acts on it)
+    8   u64  size           extend: to at least this many bytes; reduce: to this size
     16  104s name           ASCII "vg/lv", NUL padded
 
 Reply slot (SPM -> host), 120 bytes::
@@ -109,6 +110,7 @@ class ReasonCode(enum.IntEnum):
     NO_SPACE = 7
     VOLUME_ERROR = 8
     INTERNAL = 9
+    VOLUME_BUSY = 10  # reduce: a host asked to extend the volume within hot_window_s
 
 
 @dataclass(frozen=True)
@@ -119,12 +121,18 @@ class MalformedSlot:
     problem: str
 
 
+OP_EXTEND = 0
+OP_REDUCE = 1
+OPS = (OP_EXTEND, OP_REDUCE)
+
+
 @dataclass(frozen=True)
 class Request:
     request_id: int
     vg: str
     lv: str
     size: int
+    op: int = OP_EXTEND
 
 
 @dataclass(frozen=True)
@@ -172,15 +180,19 @@ def encode_request(req: Request | None) -> bytes:
         raise ValueError(f"volume name longer than {NAME_FIELD} bytes: {name!r}")
     if not 0 <= req.size <= MAX_SIZE:
         raise ValueError(f"size out of range: {req.size}")
-    return REQUEST_SLOT.pack(req.request_id, 0, len(name), 0, req.size, name)
+    if req.op not in OPS:
+        raise ValueError(f"unknown op: {req.op}")
+    return REQUEST_SLOT.pack(req.request_id, 0, len(name), req.op, req.size, name)
 
 
 def decode_request(raw: bytes) -> Request | MalformedSlot | None:
-    request_id, reserved1, name_len, reserved2, size, name = REQUEST_SLOT.unpack(raw)
+    request_id, reserved1, name_len, op, size, name = REQUEST_SLOT.unpack(raw)
     if request_id == 0:
         return None
-    if reserved1 or reserved2:
+    if reserved1:
         return MalformedSlot(request_id, "reserved bytes are not zero")
+    if op not in OPS:
+        return MalformedSlot(request_id, f"unknown op {op}")
     if not 0 < name_len <= NAME_FIELD or any(name[name_len:]):
         return MalformedSlot(request_id, "bad name length or padding")
     try:
@@ -190,7 +202,7 @@ def decode_request(raw: bytes) -> Request | MalformedSlot | None:
     vg, sep, lv = text.partition("/")
     if not sep:
         return MalformedSlot(request_id, "volume name is not vg/lv")
-    return Request(request_id, vg, lv, size)
+    return Request(request_id, vg, lv, size, op)
 
 
 def encode_reply(reply: Reply | None) -> bytes:

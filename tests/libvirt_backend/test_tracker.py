@@ -130,7 +130,7 @@ def test_reconcile_defers_to_events_newer_than_the_listing() -> None:
     # While the listing (which still shows "a" and not "b") was being read:
     t.on_lifecycle(None, Dom("a"), E.VIR_DOMAIN_EVENT_STOPPED, 0, CONN)
     t.on_lifecycle(None, Dom("b"), E.VIR_DOMAIN_EVENT_STARTED, 0, CONN)
-    assert drain(receive) == [VmGone("a"), VmAppeared("b")]
+    assert drain(receive) == [VmGone("a", clean=True), VmAppeared("b")]
     t.reconcile({"a"}, before, announce_all=True)
     assert drain(receive) == []  # neither resurrects "a" nor drops "b"
     assert t.active == {"b"}

@@ -67,7 +67,9 @@ async def test_guest_enospc_pause_then_grow_and_resume() -> None:
             await hv.resume("guest")
             await wait_for(events, lambda e: e == VmResumed("guest"))
             # the guest finishes, powers off, QEMU exits and removes its socket
-            await wait_for(events, lambda e: e == VmGone("guest"), timeout=180)
+            gone = await wait_for(events, lambda e: isinstance(e, VmGone) and e.vm == "guest",
+                                  timeout=180)
+            assert gone == VmGone("guest", clean=True)  # a guest poweroff: a clean stop
 
         result = guest.find_result(serial.read_text())
         assert result is not None, serial.read_text()[-2000:]

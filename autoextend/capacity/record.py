@@ -1,0 +1,148 @@
+"""The SPM's VG record: one sector in the metadata area that every host reads (pure codec).
+
+In mailbox mode only the SPM runs ``vgs`` (the authoritative view); it publishes each pool
+VG's size and free bytes here, and every other host's watcher reads this sector instead of
+asking lvm2. Where: the first sector of the lease area's second-to-last 4 KiB
+(``area offset + 4 MiB - 8 KiB``): the paxos leases use sectors 2..max_hosts+1 of their 2 MiB,
+which leaves it free at both sector sizes (2000 hosts x 512 B, 500 hosts x 4 KiB), and the
+lease engine's record (``lease/engine_record.py``) has the last 4 KiB. One writer (the SPM,
+checking its term before every write); a zeroed sector means "never published".
+
+Layout (little-endian)::
+
+    0   4s   magic "AXCP"
+    4   u8   version 1
+    5   u8   count           VG entries that follow (<= (sector - 32) // 96)
+    6   u16  reserved        0
+    8   u32  host_id         the SPM that wrote it (1..2000)
+    12  u32  crc32           of the whole sector with this field zeroed
+    16  u64  seq             one more at every write (hosts tell a live record by it)
+    24  u64  reserved        0
+    32  entries, 96 bytes each:
+        0  u8   name_len     1..64
+        1  7s   reserved     0
+        8  64s  name         ASCII VG name, NUL padded (lvm2 name rules)
+        72 u64  size         bytes, < 2**63
+        80 u64  free         bytes, <= size
+        88 u64  reserved     0
+
+5 VGs fit in a 512 B sector, 42 in 4 KiB; a pool with more VGs publishes the first ones by
+name (the rest have no figures on other hosts, logged once by the SPM). Every field is
+range-checked on decode; a sector that fails any check is not a record (never acted on).
+
+I/O: the SPM writes one sector when the figures change and at least every
+``[capacity] publish_interval_s`` (5 s: 0.2 writes/s); each other host reads one sector every
+``[capacity] poll_interval_s`` (0.5 s: 1 KiB/s at 512 B, 8 KiB/s at 4 KiB sectors, per host).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+from autoextend.capacity.figures import VgFigures
+from autoextend.lvm.names import is_valid_name
+from autoextend.metadata_area import LEASE_AREA_SIZE
+
+MAGIC = b"AXCP"
+VERSION = 1
+HEADER = struct.Struct("<4sBBHIIQQ")
+ENTRY = struct.Struct("<B7s64sQQQ")
+HEADER_SIZE = 32
+ENTRY_SIZE = 96
+NAME_FIELD = 64
+CRC_OFFSET = 12
+MAX_HOST_ID = 2000
+MAX_SIZE = (1 << 63) - 1
+assert HEADER.size == HEADER_SIZE and ENTRY.size == ENTRY_SIZE
+
+
+class BadRecord(ValueError):
+    """The sector is not a valid VG record."""
+
+
+@dataclass(frozen=True)
+class VgRecord:
+    host_id: int
+    seq: int
+    figures: tuple[VgFigures, ...]
+
+
+RECORD_FROM_END = 8192  # the engine record owns the last 4 KiB; this one the 4 KiB before
+
+
+def record_offset(area_offset: int, sector_size: int) -> int:
+    """Absolute offset of the record: one sector (of ``sector_size``, at most 4 KiB) at
+    ``area offset + 4 MiB - 8 KiB``."""
+    assert sector_size <= RECORD_FROM_END // 2
+    return area_offset + LEASE_AREA_SIZE - RECORD_FROM_END
+
+
+def capacity(sector_size: int) -> int:
+    return (sector_size - HEADER_SIZE) // ENTRY_SIZE
+
+
+def encode(record: VgRecord, sector_size: int) -> bytes:
+    """One sector. Entries past the sector's capacity are left out (sorted by name first);
+    raises ValueError for values no decoder would accept."""
+    figs = sorted(record.figures, key=lambda f: f.vg)[: capacity(sector_size)]
+    if not 1 <= record.host_id <= MAX_HOST_ID or not 0 <= record.seq <= MAX_SIZE:
+        raise ValueError("host_id or seq out of range")
+    out = bytearray(sector_size)
+    for i, f in enumerate(figs):
+        name = f.vg.encode("ascii")
+        if not is_valid_name(f.vg) or len(name) > NAME_FIELD:
+            raise ValueError(f"VG name not publishable: {f.vg!r}")
+        if not 0 <= f.free <= f.size <= MAX_SIZE:
+            raise ValueError(f"VG {f.vg}: sizes out of range")
+        ENTRY.pack_into(out, HEADER_SIZE + i * ENTRY_SIZE, len(name), bytes(7), name,
+                        f.size, f.free, 0)
+    HEADER.pack_into(out, 0, MAGIC, VERSION, len(figs), 0, record.host_id, 0, record.seq, 0)
+    crc = zlib.crc32(out)
+    struct.pack_into("<I", out, CRC_OFFSET, crc)
+    return bytes(out)
+
+
+def decode(data: bytes) -> VgRecord | None:
+    """The record in ``data`` (one sector), None for a zeroed sector; BadRecord otherwise."""
+    if not any(data):
+        return None
+    if len(data) not in (512, 4096):
+        raise BadRecord(f"not one sector ({len(data)} bytes)")
+    magic, version, count, reserved, host_id, crc, seq, reserved2 = HEADER.unpack_from(data)
+    if magic != MAGIC or version != VERSION:
+        raise BadRecord("bad magic or version")
+    check = bytearray(data)
+    struct.pack_into("<I", check, CRC_OFFSET, 0)
+    if zlib.crc32(check) != crc:
+        raise BadRecord("bad checksum")
+    if reserved or reserved2:
+        raise BadRecord("reserved header fields are not zero")
+    if not 1 <= host_id <= MAX_HOST_ID:
+        raise BadRecord(f"host id {host_id} out of range")
+    if seq > MAX_SIZE:
+        raise BadRecord("seq out of range")
+    if count > capacity(len(data)):
+        raise BadRecord(f"{count} entries do not fit")
+    end = HEADER_SIZE + count * ENTRY_SIZE
+    if any(data[end:]):
+        raise BadRecord("bytes after the last entry are not zero")
+    figs = []
+    for i in range(count):
+        at = HEADER_SIZE + i * ENTRY_SIZE
+        name_len, pad, name, size, free, zero = ENTRY.unpack_from(data, at)
+        if any(pad) or zero or not 1 <= name_len <= NAME_FIELD or any(name[name_len:]):
+            raise BadRecord(f"entry {i}: bad name length, padding or reserved field")
+        try:
+            vg = name[:name_len].decode("ascii")
+        except UnicodeDecodeError:
+            raise BadRecord(f"entry {i}: name is not ASCII") from None
+        if not is_valid_name(vg):
+            raise BadRecord(f"entry {i}: not a valid VG name")
+        if not 0 <= free <= size <= MAX_SIZE:
+            raise BadRecord(f"entry {i}: free past size, or out of range")
+        figs.append(VgFigures(vg, size, free))
+    if len({f.vg for f in figs}) != len(figs):
+        raise BadRecord("a VG appears twice")
+    return VgRecord(host_id, seq, tuple(figs))

@@ -1,0 +1,155 @@
+"""Give space back: reduce a volume to what its image uses plus one chunk.
+
+Host side of ``autoextend volume reduce VG/LV [--dry-run]`` (and ``[policy]
+reduce_on_stop``), in this order; each refusal is one line (``ReduceRefused``, exit 1):
+
+1. the volume's VG is in the pool (``[lvm] vgs`` when set);
+2. no VM on this host has the volume as a drive (the monitor's view);
+3. no process on this host has it open (every fd in ``/proc``; for loop volumes the file and
+   every loop device over it);
+4. ``qemu-img check`` reports no corruption; its ``image-end-offset`` is the image's end;
+5. target = ``round_up(end + chunk, extent)`` (``figures.reduce_target``; never below the
+   end, never above the current size); nothing to do when it is not smaller;
+6. local mode: the volume backend shrinks it (the LVM writer's ``lvreduce``, or the loop
+   file); mailbox mode: a REDUCE request to the SPM, which refuses a volume any host asked
+   to extend within ``hot_window_s``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import anyio
+
+from autoextend.capacity.figures import reduce_target
+from autoextend.capacity.qcheck import ImageCheckError, check_image, open_by
+from autoextend.errors import AutoextendError
+from autoextend.logs import get_logger
+from autoextend.lvm.names import is_valid_name
+from autoextend.monitor import overrides
+from autoextend.monitor.protocols import DriveInfo
+from autoextend.volumes import VolumeRef
+
+log = get_logger("capacity")
+
+RemoteReduce = Callable[[VolumeRef, int], Awaitable[int]]
+
+
+class ReduceRefused(AutoextendError):
+    def __init__(self, volume: VolumeRef, reason: str) -> None:
+        self.volume = volume
+        self.reason = reason
+        super().__init__(f"cannot reduce {volume}: {reason}")
+
+
+@dataclass(frozen=True)
+class ReducePlan:
+    volume: str
+    size: int            # before
+    image_end: int       # qemu-img check's image-end-offset
+    target: int          # the size asked for
+    new_size: int        # after (== size for a dry run or nothing to give back)
+    given_back: int
+    dry_run: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_volume(text: str) -> VolumeRef:
+    """``VG/LV`` (ValueError otherwise)."""
+    vg, sep, lv = text.partition("/")
+    if not sep or not is_valid_name(vg) or not is_valid_name(lv):
+        raise ValueError(f"expected VG/LV with valid LVM names, got {text[:80]!r}")
+    return VolumeRef(vg, lv)
+
+
+class Reducer:
+    def __init__(
+        self,
+        backend: Any,
+        settings: Any,
+        vms: Callable[[], list[dict[str, Any]]],
+        *,
+        remote: RemoteReduce | None = None,
+    ) -> None:
+        self.backend = backend
+        self.settings = settings
+        self._vms = vms
+        self.remote = remote
+        self.reduces = 0
+        self.given_back = 0
+        self._lock = anyio.Lock()
+
+    async def reduce(self, volume: VolumeRef, *, dry_run: bool = False,
+                     exclude_vm: str | None = None) -> ReducePlan:
+        async with self._lock:
+            return await self._reduce(volume, dry_run, exclude_vm)
+
+    async def _reduce(self, volume: VolumeRef, dry_run: bool,
+                      exclude_vm: str | None) -> ReducePlan:
+        pool = self.settings.lvm.vgs
+        if pool and volume.vg not in pool:
+            raise ReduceRefused(volume, f"VG {volume.vg} is not in the pool ({', '.join(pool)})")
+        for vm in self._vms():
+            if vm["vm"] == exclude_vm:
+                continue
+            for d in vm["drives"]:
+                if d["volume"] == str(volume):
+                    raise ReduceRefused(volume, f"VM {vm['vm']} uses it (drive {d['drive']})")
+        try:
+            paths = list(self.backend.holders_paths(volume))
+        except AutoextendError as exc:
+            raise ReduceRefused(volume, str(exc)) from exc
+        holders = await anyio.to_thread.run_sync(open_by, paths)
+        if holders:
+            who = ", ".join(f"pid {pid} ({comm})" for pid, comm in holders[:3])
+            raise ReduceRefused(volume, f"it is open on this host by {who}")
+        image = self._image_path(volume, paths)
+        try:
+            check = await check_image(image)
+        except ImageCheckError as exc:
+            raise ReduceRefused(volume, str(exc)) from exc
+        if not check.consistent:
+            raise ReduceRefused(volume, f"qemu-img check found {check.corruptions} corruptions"
+                                        f" and {check.check_errors} check errors")
+        size = await self.backend.size(volume)
+        chunk, extent = await self._chunk_and_extent(volume)
+        target = reduce_target(check.image_end_offset, size, chunk, extent, leaf=True)
+        plan = ReducePlan(str(volume), size, check.image_end_offset, target, size, 0, dry_run)
+        bound = log.bind(volume=str(volume))
+        if dry_run or target >= size:
+            bound.info("reduce planned" if dry_run else "nothing to give back",
+                       size=size, image_end=check.image_end_offset, target=target)
+            return plan
+        if self.remote is not None:
+            new_size = await self.remote(volume, target)
+            try:
+                await self.backend.refresh(volume)  # this host's view of the smaller LV
+            except AutoextendError as exc:
+                log.warning("refresh after reduce failed", volume=str(volume), error=str(exc))
+        else:
+            new_size = (await self.backend.reduce(volume, target)).size
+        given = max(0, size - new_size)
+        self.reduces += 1
+        self.given_back += given
+        bound.info("volume reduced", size=size, new_size=new_size, given_back=given,
+                   image_end=check.image_end_offset)
+        return ReducePlan(str(volume), size, check.image_end_offset, target, new_size, given,
+                          dry_run)
+
+    def _image_path(self, volume: VolumeRef, paths: list[str]) -> str:
+        file_path = getattr(self.backend, "file_path", None)
+        return str(file_path(volume)) if file_path is not None else paths[0]
+
+    async def _chunk_and_extent(self, volume: VolumeRef) -> tuple[int, int]:
+        info = DriveInfo(vm="", drive="", node="", path="", capacity=0, allocation=0,
+                         physical=0)
+        pol = overrides.resolve(self.settings.policy, info, volume)
+        extent = getattr(self.backend, "extent_size", None)
+        if extent is None:
+            reader = getattr(self.backend, "reader", None)
+            extent = (await reader.vg(volume.vg)).extent_size if reader else pol.extent
+        return pol.chunk, int(extent)
