@@ -17,7 +17,7 @@ This module imports no backend package, so every layer may import it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from autoextend.errors import NotSpmError, VolumeError
 
@@ -83,6 +83,27 @@ class VolumeBackend(Protocol):
 
     def device_path(self, volume: VolumeRef) -> str: ...
 
+
+@runtime_checkable
+class ExtendsAndRefreshes(Protocol):
+    """Optional: a backend that grows a volume and refreshes this host's view in one step
+    (the loop backend: one worker-thread hop). Never offered by a wrapper that checks
+    extensions (``lvm/reserve.py``), so the check cannot be skipped through it."""
+
+    async def extend_and_refresh(
+        self, volume: VolumeRef, size: int
+    ) -> tuple[ExtendResult, int, dict[str, float]]:
+        """The result, the size this host now sees, and the phases (seconds)."""
+        ...
+
+
+@runtime_checkable
+class Reduces(Protocol):
+    """Optional: a backend that can shrink a volume (``autoextend volume reduce``)."""
+
+    async def reduce(self, volume: VolumeRef, size: int) -> ExtendResult:
+        """Shrink to ``size`` rounded up to the extent size; never grows."""
+        ...
 
 
 class SpmAuthority(Protocol):

@@ -38,7 +38,7 @@ class JobSteps(Extensions):
             self._start_extension(vm, d)
             return
         control = self.hypervisor
-        if not hasattr(control, "resume_job"):
+        if not isinstance(control, JobControl):
             return
         key = (vm.name, info.job_id)
         now = self.clock.now()
@@ -50,8 +50,7 @@ class JobSteps(Extensions):
         if self.dry_run:
             log.info("dry-run: would resume block job", vm=vm.name, job_id=info.job_id)
             return
-        job_control: JobControl = control  # type: ignore[assignment]
-        await job_control.resume_job(vm.name, info.job_id)
+        await control.resume_job(vm.name, info.job_id)
         self.observer.notify(JobResumed(vm.name, d.name, info.job, info.job_id))
         log.info("block job resumed", vm=vm.name, drive=d.name, job=info.job,
                  job_id=info.job_id, physical=info.physical)

@@ -11,7 +11,13 @@ import time
 from autoextend.errors import VolumeError
 from autoextend.logs import get_logger
 from autoextend.monitor.protocols import ExtendOutcome, OutcomeKind
-from autoextend.volumes import VolumeBackend, VolumeNotFound, VolumeRef, VolumeSpaceError
+from autoextend.volumes import (
+    ExtendsAndRefreshes,
+    VolumeBackend,
+    VolumeNotFound,
+    VolumeRef,
+    VolumeSpaceError,
+)
 
 log = get_logger("extender.local")
 
@@ -24,10 +30,10 @@ class LocalExtender:
         self, volume: VolumeRef, size: int, *, refresh: bool = True
     ) -> ExtendOutcome:
         t0 = time.monotonic()
-        both = getattr(self.backend, "extend_and_refresh", None)
+        both = self.backend if isinstance(self.backend, ExtendsAndRefreshes) else None
         try:
             if both is not None and refresh:  # one worker-thread hop instead of four (loop)
-                result, seen, phases = await both(volume, size)
+                result, seen, phases = await both.extend_and_refresh(volume, size)
             else:
                 result = await self.backend.extend(volume, size)
                 t1 = time.monotonic()

@@ -248,8 +248,10 @@ class Hypervisor(Protocol):
         ...
 
 
+@runtime_checkable
 class JobControl(Protocol):
-    """What a backend that reports block-job targets can do about the jobs."""
+    """What a backend that reports block-job targets can do about the jobs (optional: the
+    monitor checks ``isinstance(hypervisor, JobControl)``)."""
 
     async def resume_job(self, vm: str, job_id: str) -> None:
         """Resume a job paused for lack of space (QMP ``job-resume``)."""

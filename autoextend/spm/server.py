@@ -51,6 +51,7 @@ from autoextend.spm.wire import (
     encode_sector,
 )
 from autoextend.volumes import (
+    Reduces,
     SpmAuthority,
     VolumeBackend,
     VolumeNotFound,
@@ -395,13 +396,12 @@ class SpmMailServer:
         if asked is not None and now - asked[0] < self._settings.hot_window_s:
             return answer(Status.REJECTED, reason=ReasonCode.VOLUME_BUSY,
                           text=f"host {asked[1]} asked to extend it {now - asked[0]:.0f} s ago")
-        reduce = getattr(self._backend, "reduce", None)
-        if reduce is None:
+        if not isinstance(self._backend, Reduces):
             return answer(Status.REJECTED, reason=ReasonCode.VOLUME_ERROR,
                           text="this SPM's volume backend cannot reduce")
         try:
             self._authority.check()
-            result = await reduce(volume, size)
+            result = await self._backend.reduce(volume, size)
             log.info("volume reduced" if result.changed else "volume already that small",
                      volume=str(volume), size=result.size, host_id=key.host)
             return answer(Status.OK, size=result.size)
