@@ -4,9 +4,10 @@ A real TCG guest writes 96 MiB as fast as it can, in 1 MiB O_DIRECT writes, into
 thin volume. With a fixed 4 MiB chunk at 90 % utilization the watermark is 0.4 MiB: a 1 MiB
 write that crosses the threshold runs past the end of the volume 60 % of the time, so over
 about twenty extensions the guest pauses on ENOSPC (and is resumed). With write-rate chunks
-(starting at 64 MiB, 6.4 MiB of watermark, until a rate is measured; then the watermark
-covers rate x latency x 2, at least 4 MiB chunks) the same burst runs without a pause.
-No timing is asserted: only pauses, data and sizes.
+(64 MiB until a rate is measured, at 75 % utilization; then the watermark covers
+rate x latency x 2, with chunks of at least 32 MiB: an 8 MiB watermark, so that a rate
+measured while the guest was still idle cannot leave less room than a few of its 1 MiB
+writes, even beside a CPU hog) the same burst runs without a pause. No timing is asserted: only pauses, data and sizes.
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ async def test_fixed_small_chunk_pauses_write_rate_chunks_do_not(lab_tmp_path: P
     assert set(fixed_chunks.values()) == {4 * MiB}
 
     rate, rate_chunks = await burst(lab_tmp_path / "rate", {
-        "chunk_mode": "write_rate", "chunk_mib": 64, "min_chunk_mib": 4,
-        "max_chunk_mib": 256, "rate_margin": 2.0, "assumed_latency_s": 0.1,
+        "chunk_mode": "write_rate", "chunk_mib": 64, "utilization_percent": 75,
+        "min_chunk_mib": 32, "max_chunk_mib": 256, "rate_margin": 2.0, "assumed_latency_s": 0.25,
     })
     assert rate.enospc_pauses == 0, rate
     assert rate.extends >= 1 and rate.failed == 0
-    assert all(4 * MiB <= c <= 256 * MiB for c in rate_chunks.values()), rate_chunks
+    assert all(32 * MiB <= c <= 256 * MiB for c in rate_chunks.values()), rate_chunks
