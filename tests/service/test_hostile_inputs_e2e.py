@@ -63,10 +63,11 @@ FLOOD = textwrap.dedent("""
 
 async def test_client_flood_beside_a_guest_being_extended(lab_tmp_path: Path) -> None:
     tally = Tally()
-    async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=64) as host:
+    async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=32) as host:
         path = host.settings.service.control_socket
         counters = host.service.control.counters
-        guest = await host.start_guest("vm1", GuestJob(mib=192, rate_kib_s=4096),
+        # 96 MiB at 4 MiB/s in 32 MiB chunks: two extensions while the flood runs.
+        guest = await host.start_guest("vm1", GuestJob(mib=96, rate_kib_s=4096),
                                        start_mib=64, virtual_mib=512)
         flood = await anyio.open_process([sys.executable, "-c", FLOOD, path],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
