@@ -24,23 +24,17 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 
-from autoextend.lab.sanlockd import SanlockDaemon, build_shim, missing_tools, sanlock_daemon
+from autoextend.lab.sanlockd import (
+    SanlockDaemon,
+    build_shim,
+    kill_and_wait,
+    missing_tools,
+    sanlock_daemon,
+)
 from bench.iocount import IoCall, io_window, trace_io
 
 __all__ = ["build_shim", "missing_tools"]
 ALIGN = 1 << 20  # sanlock's lockspace and resource size for 512-byte sectors
-
-
-async def _kill(process: Process, grace: float = 5.0) -> None:
-    """Stop a process we started and wait for it (shielded: runs on failure too)."""
-    with anyio.CancelScope(shield=True):
-        if process.returncode is None:
-            try:
-                process.kill()
-            except ProcessLookupError:
-                pass
-        with anyio.move_on_after(grace):
-            await process.wait()
 
 
 @dataclass
@@ -127,7 +121,7 @@ async def holder(host: SanlockHost, cluster: Cluster) -> AsyncIterator[Process]:
                 await anyio.sleep(0.05)
         yield process
     finally:
-        await _kill(process)
+        await kill_and_wait(process)
 
 
 async def inquire(host: SanlockHost, pid: int) -> str:

@@ -108,7 +108,8 @@ async def build_shim(directory: Path) -> Path:
     return shim
 
 
-async def _kill(process: Process, grace: float = 5.0) -> None:
+async def kill_and_wait(process: Process, grace: float = 5.0) -> None:
+    """Stop a process we started and wait for it (shielded: runs on failure too)."""
     with anyio.CancelScope(shield=True):
         if process.returncode is None:
             try:
@@ -183,7 +184,7 @@ async def sanlock_daemon(shim: Path, name: str, log: Path,
             if process.returncode is None:
                 with anyio.move_on_after(10):
                     await daemon.client("shutdown", "-f", "1", "-w", "1", check=False)
-            await _kill(process)
+            await kill_and_wait(process)
 
 
 def daemon_main(shim: str, name: str) -> None:

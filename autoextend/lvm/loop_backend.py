@@ -251,12 +251,15 @@ class LoopVolumeBackend:
             await anyio.to_thread.run_sync(_record_view, self.view_dir, device, path)
         return device
 
-    async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
+    def _resize_target(self, volume: VolumeRef, size: int) -> tuple[int, str]:
+        """A resize's size (rounded up to the extent) and the volume's file; checks both."""
         if size <= 0:
             raise ValueError(f"size must be positive, got {size}")
         self._check()
-        target = round_up_to_extent(size, self.extent_size)
-        path = self.file_path(volume)
+        return round_up_to_extent(size, self.extent_size), self.file_path(volume)
+
+    async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
+        target, path = self._resize_target(volume, size)
         try:
             new_size, changed = await anyio.to_thread.run_sync(_grow_file, path, target)
         except FileNotFoundError as err:
@@ -268,11 +271,7 @@ class LoopVolumeBackend:
     ) -> tuple[ExtendResult, int, dict[str, float]]:
         """:meth:`extend` then :meth:`refresh` in one worker-thread hop (the local
         extender's path): the result, the size this host sees, and the phases (seconds)."""
-        if size <= 0:
-            raise ValueError(f"size must be positive, got {size}")
-        self._check()
-        target = round_up_to_extent(size, self.extent_size)
-        path = self.file_path(volume)
+        target, path = self._resize_target(volume, size)
 
         def work() -> tuple[ExtendResult, int, dict[str, float]]:
             t0 = time.perf_counter()
@@ -298,11 +297,7 @@ class LoopVolumeBackend:
     async def reduce(self, volume: VolumeRef, size: int) -> ExtendResult:
         """Shrink to ``size`` rounded up to the extent size (never grows), then refresh this
         host's loop devices. The caller made sure nothing uses the data past ``size``."""
-        if size <= 0:
-            raise ValueError(f"size must be positive, got {size}")
-        self._check()
-        target = round_up_to_extent(size, self.extent_size)
-        path = self.file_path(volume)
+        target, path = self._resize_target(volume, size)
         try:
             new_size, changed = await anyio.to_thread.run_sync(_shrink_file, path, target)
         except FileNotFoundError as err:
