@@ -3,7 +3,9 @@
 CI size: the three runs (N = 2, 4 and 8, each on its own shared file) run side by side for up
 to RUN_S seconds and stop early once together they reach GOAL acquisitions. The test asserts
 at least MIN_TOTAL acquisitions in total (the issue asks for 10,000) and 0 violations, and
-prints the per-N counts. The runs go side by side because each is bound by the latency of its
+prints the per-N counts. `make test` runs it beside the unit tests and the simulation (cpu), so
+RUN_S is a cap well above the ~110 s the goal takes on a loaded 2-core machine: a slower
+machine takes longer, it does not fail. The runs go side by side because each is bound by the latency of its
 serial chain of I/Os and wake-ups (one holder at a time) more than by CPU. Timing: T = 50 ms,
 W = 300 ms, waiting hosts poll every 20 ms, a holder pauses 0..5 ms between terms (see
 torture.TORTURE_TIMING; a 5-10 ms poll cost a quarter more CPU per acquisition for no more
@@ -34,14 +36,15 @@ from .torture import (
 )
 
 SOAK = "AUTOEXTEND_LEASE_TORTURE_S" in os.environ
-RUN_S = float(os.environ.get("AUTOEXTEND_LEASE_TORTURE_S", "160"))
-GOAL = 0 if SOAK else 16_000
+RUN_S = float(os.environ.get("AUTOEXTEND_LEASE_TORTURE_S", "420"))
+GOAL = 0 if SOAK else 13_000
 MIN_TOTAL = 11_000
 HOSTS = (2, 4, 8)
 HOSTILE = (2, 8)
 
 
 @pytest.mark.slow
+@pytest.mark.cpu
 @pytest.mark.timeout(RUN_S + 120)
 async def test_torture_no_two_holders() -> None:
     counts = dict.fromkeys(HOSTS, 0)

@@ -61,6 +61,7 @@ def test_systemd_unit_matches_the_install_steps() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.cpu
 def test_wheel_and_sdist_install_into_a_fresh_venv(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     build = _run([sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)])

@@ -22,8 +22,10 @@ from sim.run import Result, run_world
 
 from .figures import FIGURES
 
-# Pure Python, but about two minutes of CPU: part of `make test`, not of `make unit`.
-pytestmark = pytest.mark.slow
+# Pure Python, but about two minutes of CPU: part of `make test`, not of `make unit`. `make
+# test` runs it beside the unit tests (cpu); the group keeps the module on one xdist worker, so
+# the seeds' process pool (the module fixture below) is started once.
+pytestmark = [pytest.mark.slow, pytest.mark.cpu, pytest.mark.xdist_group("simulation")]
 
 # 10 seeds x (98,560 s of faults + the quiet tail) > 10**6 simulated seconds.
 CI_SEEDS = range(1, 11)
