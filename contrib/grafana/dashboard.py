@@ -41,7 +41,7 @@ def _q(quantile: float) -> str:
             f"(rate(autoextend_extend_duration_seconds_bucket[{W}])))")
 
 
-PANELS: tuple[Panel, ...] = (
+SERVICE_PANELS: tuple[Panel, ...] = (
     Panel("Extension latency by phase, p50", "s", (
         Target(_q(0.5), "{{phase}}"),),
         "From the threshold event to the re-armed threshold (total) and its phases: wait, "
@@ -65,8 +65,7 @@ PANELS: tuple[Panel, ...] = (
                "free in {{volume}}"),
         Target("autoextend_volume_cap_bytes - autoextend_volume_physical_bytes",
                "left to cap: {{volume}}")),
-        "Per volume: written space still free, and how far the volume may still grow. "
-        "(VG capacity gauges are not exported yet.)"),
+        "Per volume: written space still free, and how far the volume may still grow."),
     Panel("Hosts and drives", "short", (
         Target('up{job=~".*autoextend.*"}', "up {{instance}}"),
         Target("autoextend_drives_monitored", "drives {{instance}}")),),
@@ -85,26 +84,68 @@ PANELS: tuple[Panel, ...] = (
         "Requests per second written by each host and taken up by the SPM (per term)."),
 )
 
+# The VG gauges of autoextend/capacity/metrics.py. Every host that watches a VG exports them,
+# hence max/min by (vg); committed bytes (and so the over-commit ratio) are each host's view.
+POOL_ROW = "Pool capacity"
+POOL_PANELS: tuple[Panel, ...] = (
+    Panel("VG free vs size", "bytes", (
+        Target("max by (vg) (autoextend_vg_size_bytes)", "size {{vg}}"),
+        Target("min by (vg) (autoextend_vg_free_bytes)", "free {{vg}}"),
+        Target("sum by (vg) (autoextend_vg_committed_bytes)", "committed {{vg}}")),
+        "Committed: sum over the hosts of the caps of the volumes each one runs."),
+    Panel("VG over-commit ratio", "short", (
+        Target("max by (vg) (autoextend_vg_overcommit_ratio)", "largest host view {{vg}}"),
+        Target("sum by (vg) (autoextend_vg_committed_bytes) / on (vg) "
+               "max by (vg) (autoextend_vg_size_bytes)", "pool {{vg}}")),
+        "Committed bytes (caps) over the VG's size; above 1 the VG cannot hold every volume "
+        "at its cap."),
+    Panel("VG headroom (seconds until full)", "s", (
+        Target("min by (vg) (autoextend_vg_headroom_seconds)", "{{vg}}"),),
+        "Free bytes over the recent rate of extensions ([capacity] rate_window_s); +Inf while "
+        "nothing is used. AutoextendVGFull pages below 10 minutes."),
+    Panel("VG level", "short", (
+        Target("max by (vg) (autoextend_vg_level)", "{{vg}}"),),
+        "0 ok, 1 warning ([capacity] warn_free_percent), 2 critical (critical_free_mib: "
+        "only paused VMs get extensions)."),
+    Panel("Space given back by reduces", "bytes", (
+        Target(f"sum(increase(autoextend_volume_reduced_bytes_total[{W}]))", "bytes /5m"),),
+        "Bytes returned to the VGs by volume reduces in the last 5 minutes."),
+    Panel("Volume reduces", "short", (
+        Target(f"sum(increase(autoextend_volume_reduces_total[{W}]))", "reduces /5m"),),
+        "autoextend volume reduce and [policy] reduce_on_stop, in the last 5 minutes."),
+)
+
+PANELS: tuple[Panel, ...] = SERVICE_PANELS + POOL_PANELS
+
+
+def _panel(p: Panel, pid: int, grid: dict[str, int]) -> dict[str, Any]:
+    return {
+        "id": pid,
+        "type": "timeseries",
+        "title": p.title,
+        "description": p.description,
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "gridPos": grid,
+        "fieldConfig": {"defaults": {"unit": p.unit}, "overrides": []},
+        "options": {"legend": {"displayMode": "list", "placement": "bottom"},
+                    "tooltip": {"mode": "multi"}},
+        "targets": [
+            {"refId": chr(ord("A") + j), "expr": t.expr, "legendFormat": t.legend,
+             "datasource": {"type": "prometheus", "uid": "${datasource}"}}
+            for j, t in enumerate(p.targets)
+        ],
+    }
+
 
 def dashboard() -> dict[str, Any]:
-    panels: list[dict[str, Any]] = []
-    for i, p in enumerate(PANELS):
-        panels.append({
-            "id": i + 1,
-            "type": "timeseries",
-            "title": p.title,
-            "description": p.description,
-            "datasource": {"type": "prometheus", "uid": "${datasource}"},
-            "gridPos": {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)},
-            "fieldConfig": {"defaults": {"unit": p.unit}, "overrides": []},
-            "options": {"legend": {"displayMode": "list", "placement": "bottom"},
-                        "tooltip": {"mode": "multi"}},
-            "targets": [
-                {"refId": chr(ord("A") + j), "expr": t.expr, "legendFormat": t.legend,
-                 "datasource": {"type": "prometheus", "uid": "${datasource}"}}
-                for j, t in enumerate(p.targets)
-            ],
-        })
+    panels = [_panel(p, i + 1, {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)})
+              for i, p in enumerate(SERVICE_PANELS)]
+    y = 8 * ((len(SERVICE_PANELS) + 1) // 2)
+    panels.append({"id": len(panels) + 1, "type": "row", "title": POOL_ROW, "collapsed": False,
+                   "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+    for i, p in enumerate(POOL_PANELS):  # smaller panels, three a line
+        panels.append(_panel(p, len(panels) + 1,
+                             {"h": 7, "w": 8, "x": 8 * (i % 3), "y": y + 1 + 7 * (i // 3)}))
     return {
         "uid": "autoextend",
         "title": "autoextend",

@@ -40,7 +40,11 @@ DASHBOARD = ROOT / "contrib" / "grafana" / "autoextend.json"
 
 def panel_exprs() -> list[tuple[str, str]]:
     board = json.loads(DASHBOARD.read_text())
-    return [(p["title"], t["expr"]) for p in board["panels"] for t in p["targets"]]
+    return [(p["title"], t["expr"]) for p in board["panels"] for t in p.get("targets", [])]
+
+
+def _targets(title: str) -> list[str]:
+    return [e for t, e in panel_exprs() if t == title]
 
 
 async def prom_until(prom: Prometheus, cond: Callable[[Prometheus], Any], timeout: float,
@@ -93,6 +97,16 @@ async def test_dashboard_and_alerts_against_real_prometheus(lab_tmp_path: Path) 
             p99 = await anyio.to_thread.run_sync(prom.query, panel_exprs()[1][1])
             phases = {r["metric"]["phase"] for r in p99}
             assert {"total", "request", "refresh", "rearm"} <= phases, phases
+            # The pool row shows the full VG: level warning or worse, free below size.
+            pool_row = {}
+            for title in ("VG level", "VG free vs size"):
+                for i, expr in enumerate(_targets(title)):
+                    result = await anyio.to_thread.run_sync(prom.query, expr)
+                    pool_row[title, i] = {r["metric"]["vg"]: float(r["value"][1])
+                                          for r in result}
+            assert pool_row["VG level", 0]["demo"] >= 1, pool_row
+            size, free = pool_row["VG free vs size", 0], pool_row["VG free vs size", 1]
+            assert free["demo"] < size["demo"] <= 256 * MiB, pool_row
 
             await p.volumes.set_vg_capacity("demo", 1024 * MiB)  # space added
             result = await g.vm.result(timeout=300)
