@@ -1,7 +1,13 @@
 """Project-wide test setup: the lab's pytest plugin (guest, volumes, VMs, libvirtd, leftover
 check; see autoextend/lab/fixtures.py), pytester for testing that plugin, and a structlog reset
 after every test (CLI tests configure logging onto pytest's capture streams, which are closed
-when the test ends)."""
+when the test ends), and the hypothesis profile.
+
+Hypothesis profile: no per-example deadline and no "input generation is slow" health check.
+The property tests check what the code computes, not how fast; on a loaded machine (make
+test runs them beside the simulation and the lease torture, and CI may run a CPU hog
+beside it) generating 1 input took 1.5 s once, and that failed a correct test. Per-test
+``@settings(...)`` inherit these and change only what they name."""
 
 from __future__ import annotations
 
@@ -9,6 +15,11 @@ from collections.abc import Iterator
 
 import pytest
 import structlog
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("autoextend", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("autoextend")
 
 pytest_plugins = [
     "autoextend.lab.fixtures",   # the lab: guest, volumes, VMs, libvirtd, leftover check
