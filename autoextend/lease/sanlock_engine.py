@@ -40,12 +40,13 @@ from typing import TypeVar
 import anyio
 
 from autoextend.clock import Clock
-from autoextend.errors import AutoextendError, NotSpmError, StartupError
+from autoextend.errors import AutoextendError, StartupError
 from autoextend.lease import sanlock_lib as sl
 from autoextend.lease.config import LeaseSettings
 from autoextend.lease.errors import LeaseError
 from autoextend.lease.layout import MIB
 from autoextend.lease.liveness import HostState, HostStatus
+from autoextend.lease.term import Term, TermHolder
 from autoextend.lease.timeouts import LeaseTimeouts, lease_timeouts
 from autoextend.logs import get_logger
 
@@ -68,38 +69,14 @@ def host_state(flag: int) -> HostState:
     return _STATES.get(flag, HostState.UNKNOWN)
 
 
-class SanlockTerm:
+class SanlockTerm(Term):
     """One tenure as SPM: the SPM resource at version ``lver``."""
 
     def __init__(self, engine: SanlockEngine, lver: int) -> None:
-        self.host_id = engine.host_id
-        self.lver = lver
-        self.ended: str | None = None
-        self._engine = engine
-        self._wake: anyio.CancelScope | None = None
-
-    @property
-    def expiry(self) -> float:
-        return self._engine.expiry
-
-    @property
-    def valid(self) -> bool:
-        return self.ended is None and self._engine.clock.now() < self.expiry
-
-    def check(self) -> None:
-        if self.ended is not None:
-            raise NotSpmError(f"SPM term lver {self.lver} ended: {self.ended}")
-        if self._engine.clock.now() >= self.expiry:
-            raise NotSpmError(f"SPM term lver {self.lver}: lease may have expired")
-
-    def end(self, reason: str) -> None:
-        if self.ended is None:
-            self.ended = reason
-        if self._wake is not None:
-            self._wake.cancel()
+        super().__init__(engine.host_id, lver, lambda: engine.expiry, engine.clock)
 
 
-class SanlockEngine:
+class SanlockEngine(TermHolder[SanlockTerm]):
     def __init__(self, settings: LeaseSettings, sector_size: int, clock: Clock) -> None:
         if settings.host_id < 1:
             raise LeaseError("lease.host_id is not configured (1..max_hosts)")
@@ -320,51 +297,28 @@ class SanlockEngine:
             except (sl.SanlockError, LeaseError) as err:
                 self.log.warning("sanlock release failed", lver=lver, error=str(err))
 
-    async def _guard(self, term: SanlockTerm, body: anyio.CancelScope) -> None:
-        while term.ended is None:
-            remaining = term.expiry - self.clock.now()
-            if remaining <= 0:
-                self._end_term(term, "lease may have expired (renewal not seen in time)")
-                break
-            with anyio.CancelScope() as wake:
-                term._wake = wake
-                await self.clock.sleep(remaining)
-            term._wake = None
-        body.cancel()
+    # TermHolder hooks: spm(), step_down() and term are in autoextend.lease.term.
 
-    @asynccontextmanager
-    async def spm(self) -> AsyncIterator[SanlockTerm]:
+    async def _start_term(self) -> SanlockTerm:
         lver = await self._acquire()
         term = SanlockTerm(self, lver)
         self._term = term
         self._leader = (self._host_id, lver)
-        self.log.info("SPM term started", lver=lver)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._guard, term, tg.cancel_scope)
-                try:
-                    yield term
-                finally:
-                    term.end(term.ended or "left")
-                    tg.cancel_scope.cancel()
-        finally:
-            term.end(term.ended or "left")
-            with anyio.CancelScope(shield=True):
-                await self._release(lver)
-            self._term = None
-            self.log.info("SPM term ended", lver=lver, reason=term.ended)
+        return term
 
-    def step_down(self, hold_off_s: float | None = None) -> None:
-        hold = 2 * self._timeouts.renewal_interval if hold_off_s is None else hold_off_s
-        self._hold_off_until = self.clock.now() + hold
-        if self._term is not None:
-            self._term.end("stepped down")
+    async def _finish_term(self, term: SanlockTerm) -> None:
+        # Release before clearing _term: _rejoin waits for _term to be None and then closes
+        # the registered socket the release must go out on.
+        await self._release(term.lver)
+        self._term = None
+
+    def _fence_at_expiry(self, term: SanlockTerm) -> None:
+        self._end_term(term, "lease may have expired (renewal not seen in time)")
+
+    def _default_hold_off(self) -> float:
+        return 2 * self._timeouts.renewal_interval
 
     # ---- status ------------------------------------------------------------------------------
-
-    @property
-    def term(self) -> SanlockTerm | None:
-        return self._term if self._term is not None and self._term.valid else None
 
     def current_spm(self) -> tuple[int, int] | None:
         if self.term is not None:

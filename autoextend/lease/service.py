@@ -25,7 +25,6 @@ import anyio
 from anyio.abc import TaskStatus
 
 from autoextend.clock import Clock
-from autoextend.errors import NotSpmError
 from autoextend.lease.config import LeaseSettings
 from autoextend.lease.delta import DeltaLease
 from autoextend.lease.errors import HostIdLost, LeaseError
@@ -33,49 +32,20 @@ from autoextend.lease.format import sectors
 from autoextend.lease.layout import LeaseLayout
 from autoextend.lease.liveness import HostMonitor, HostStatus
 from autoextend.lease.paxos import PaxosLease
+from autoextend.lease.term import Term, TermHolder
 from autoextend.lease.timeouts import LeaseTimeouts, lease_timeouts
 from autoextend.lease.watchdog import NullWatchdog, Watchdog
 from autoextend.logs import get_logger
 from autoextend.sectors import SectorStorage, StorageError
 
 
-class SpmTerm:
-    """One tenure as SPM: lease version ``lver`` held by ``host_id``."""
-
-    # Test-only switch (the simulation's mutation check, sim/): False makes check() pass
-    # whatever the term's state.
-    _enforce = True
+class SpmTerm(Term):
+    """One tenure as SPM: lease version ``lver`` held by ``host_id``, under the host id
+    lease of ``generation`` (the term's expiry is that lease's)."""
 
     def __init__(self, service: LeaseService, lver: int, generation: int) -> None:
-        self.host_id = service.host_id
-        self.lver = lver
+        super().__init__(service.host_id, lver, lambda: service.delta.expiry, service.clock)
         self.generation = generation
-        self.ended: str | None = None
-        self._service = service
-        self._wake: anyio.CancelScope | None = None
-
-    @property
-    def expiry(self) -> float:
-        return self._service.delta.expiry
-
-    @property
-    def valid(self) -> bool:
-        return self.ended is None and self._service.clock.now() < self.expiry
-
-    def check(self) -> None:
-        """Raise NotSpmError unless this term is still valid now. No I/O."""
-        if not self._enforce:
-            return
-        if self.ended is not None:
-            raise NotSpmError(f"SPM term lver {self.lver} ended: {self.ended}")
-        if self._service.clock.now() >= self.expiry:
-            raise NotSpmError(f"SPM term lver {self.lver}: lease may have expired")
-
-    def end(self, reason: str) -> None:
-        if self.ended is None:
-            self.ended = reason
-        if self._wake is not None:
-            self._wake.cancel()
 
 
 class _Guard:
@@ -104,7 +74,7 @@ class LeaseStats:
     fenced: int = 0
 
 
-class LeaseService:
+class LeaseService(TermHolder[SpmTerm]):
     # Test-only switch (the simulation's mutation check, sim/): False skips the fresh read of
     # the owner's host id record before a takeover and trusts a possibly stale cache.
     _fresh_owner_read = True
@@ -306,60 +276,32 @@ class LeaseService:
             except StorageError as err:
                 self.log.warning("SPM lease release failed", lver=lver, error=str(err))
 
-    async def _guard(self, term: SpmTerm, body: anyio.CancelScope) -> None:
-        """End the term at its expiry (or when woken by step-down / loss) and cancel the body."""
-        while term.ended is None:
-            remaining = term.expiry - self.clock.now()
-            if remaining <= 0:
-                self.stats.fenced += 1
-                self.log.error("SPM term fenced", lver=term.lver, reason="lease may expire")
-                term.end("lease may have expired (not renewed in time)")
-                break
-            with anyio.CancelScope() as wake:
-                term._wake = wake
-                await self.clock.sleep(remaining)
-            term._wake = None
-        body.cancel()
+    # TermHolder hooks: spm(), step_down() and term are in autoextend.lease.term.
 
-    @asynccontextmanager
-    async def spm(self) -> AsyncIterator[SpmTerm]:
-        """Wait until this host is SPM; the body is cancelled before the lease could be lost."""
+    async def _start_term(self) -> SpmTerm:
         lver, generation = await self._acquire()
         term = SpmTerm(self, lver, generation)
         self._term = term
         self.stats.acquisitions += 1
         self.watchdog.update(term.expiry)
-        self.log.info("SPM term started", lver=lver)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._guard, term, tg.cancel_scope)
-                try:
-                    yield term
-                finally:
-                    term.end(term.ended or "left")
-                    tg.cancel_scope.cancel()
-        finally:
-            term.end(term.ended or "left")
-            self._term = None
-            with anyio.CancelScope(shield=True):
-                self.watchdog.update(None)
-                await self._release(lver, generation)
-            self.log.info("SPM term ended", lver=lver, reason=term.ended)
+        return term
 
-    def step_down(self, hold_off_s: float | None = None) -> None:
-        """End the current SPM term (its body is cancelled, the lease released) and stay out
-        of the contest for ``hold_off_s`` (default two renewal intervals) so another host
-        takes over."""
-        hold = 2 * self.timeouts.renewal_interval if hold_off_s is None else hold_off_s
-        self._hold_off_until = self.clock.now() + hold
-        if self._term is not None:
-            self._term.end("stepped down")
+    async def _finish_term(self, term: SpmTerm) -> None:
+        # _term is cleared before the release: a host id loss during the release no longer
+        # counts as a fenced term, and the renewal loop may rejoin without waiting for it.
+        self._term = None
+        self.watchdog.update(None)
+        await self._release(term.lver, term.generation)
+
+    def _fence_at_expiry(self, term: SpmTerm) -> None:
+        self.stats.fenced += 1
+        self.log.error("SPM term fenced", lver=term.lver, reason="lease may expire")
+        term.end("lease may have expired (not renewed in time)")
+
+    def _default_hold_off(self) -> float:
+        return 2 * self.timeouts.renewal_interval
 
     # ---- status --------------------------------------------------------------------------
-
-    @property
-    def term(self) -> SpmTerm | None:
-        return self._term if self._term is not None and self._term.valid else None
 
     def current_spm(self) -> tuple[int, int] | None:
         """(host_id, lver) of the SPM as last seen (our own term, else the last leader read)."""
