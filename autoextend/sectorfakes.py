@@ -124,7 +124,7 @@ class FaultyStorage:
         self.io_timeout = io_timeout
         self.sector_size = inner.sector_size
         self.size = inner.size
-        self.path = getattr(inner, "path", "<faulty>")
+        self.path = inner.path
         self.counts = FaultCounts()
         self._rng = random.Random(plan.seed)
         self._late: list[_LateWrite] = []

@@ -23,6 +23,7 @@ SECTOR_SIZES = (512, 4096)
 class SectorStorage(Protocol):
     sector_size: int   # 512 or 4096
     size: int          # bytes usable
+    path: str          # what it is, for messages: a file or device path, or a fake's label
 
     async def read(self, offset: int, length: int) -> bytes:
         """Read ``length`` bytes at ``offset``; both multiples of ``sector_size``."""

@@ -106,6 +106,48 @@ class Reduces(Protocol):
         ...
 
 
+@runtime_checkable
+class HoldsPaths(Protocol):
+    """Optional: a backend that says where a process on this machine may hold a volume open
+    (``autoextend volume reduce`` refuses a volume that is open)."""
+
+    def holders_paths(self, volume: VolumeRef) -> list[str]:
+        """Every path through which the volume may be open here (device, file, loop devices)."""
+        ...
+
+
+@runtime_checkable
+class FileBacked(Protocol):
+    """Optional: a backend whose volumes are files (the loop backend)."""
+
+    def file_path(self, volume: VolumeRef) -> str: ...
+
+
+@runtime_checkable
+class FixedExtent(Protocol):
+    """Optional: a backend whose extent size is known without asking the VG."""
+
+    @property
+    def extent_size(self) -> int: ...
+
+
+@runtime_checkable
+class Wraps(Protocol):
+    """A backend that wraps another (the VG reserve guard). Look through ``inner`` (see
+    :func:`innermost`) only to learn what the wrapped backend *is* (its figures, its files);
+    every change to a volume goes through the wrapper, which may check it."""
+
+    @property
+    def inner(self) -> VolumeBackend: ...
+
+
+def innermost(backend: object) -> object:
+    """The backend under every :class:`Wraps` layer of ``backend`` (itself if none)."""
+    while isinstance(backend, Wraps):
+        backend = backend.inner
+    return backend
+
+
 class SpmAuthority(Protocol):
     def check(self) -> None:
         """Return if this host may write metadata now; raise NotSpmError otherwise."""

@@ -361,6 +361,7 @@ class _RawStorage:
         self.disk = disk
         self.sector_size = disk.sector_size
         self.size = disk.size
+        self.path = "sim-disk(raw)"
 
     async def read(self, offset: int, length: int) -> bytes:
         return bytes(self.disk.data[offset : offset + length])

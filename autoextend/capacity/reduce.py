@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 
@@ -30,11 +30,43 @@ from autoextend.logs import get_logger
 from autoextend.lvm.names import is_valid_name
 from autoextend.monitor import overrides
 from autoextend.monitor.protocols import DriveInfo
-from autoextend.volumes import VolumeRef
+from autoextend.volumes import (
+    FileBacked,
+    FixedExtent,
+    HoldsPaths,
+    Reduces,
+    VolumeBackend,
+    VolumeRef,
+    Wraps,
+    innermost,
+)
 
 log = get_logger("capacity")
 
 RemoteReduce = Callable[[VolumeRef, int], Awaitable[int]]
+
+
+class ReduceBackend(VolumeBackend, Reduces, HoldsPaths, Protocol):
+    """What the reducer needs of the host's volume backend (the reserve guard passes
+    ``reduce`` and ``holders_paths`` on; optional: ``FileBacked``, ``FixedExtent``,
+    :class:`ReadsVgs`, looked for through ``Wraps`` layers)."""
+
+
+class VgFacts(Protocol):
+    @property
+    def extent_size(self) -> int: ...
+
+
+class VgReader(Protocol):
+    async def vg(self, name: str) -> VgFacts: ...
+
+
+@runtime_checkable
+class ReadsVgs(Protocol):
+    """Optional: a backend that reads its VGs' metadata (the lvm backend's reader)."""
+
+    @property
+    def reader(self) -> VgReader: ...
 
 
 class ReduceRefused(AutoextendError):
@@ -69,7 +101,7 @@ def parse_volume(text: str) -> VolumeRef:
 class Reducer:
     def __init__(
         self,
-        backend: Any,
+        backend: ReduceBackend,
         settings: Any,
         vms: Callable[[], list[dict[str, Any]]],
         *,
@@ -141,15 +173,26 @@ class Reducer:
                           dry_run)
 
     def _image_path(self, volume: VolumeRef, paths: list[str]) -> str:
-        file_path = getattr(self.backend, "file_path", None)
-        return str(file_path(volume)) if file_path is not None else paths[0]
+        base = innermost(self.backend)
+        return base.file_path(volume) if isinstance(base, FileBacked) else paths[0]
 
     async def _chunk_and_extent(self, volume: VolumeRef) -> tuple[int, int]:
         info = DriveInfo(vm="", drive="", node="", path="", capacity=0, allocation=0,
                          physical=0)
         pol = overrides.resolve(self.settings.policy, info, volume)
-        extent = getattr(self.backend, "extent_size", None)
-        if extent is None:
-            reader = getattr(self.backend, "reader", None)
-            extent = (await reader.vg(volume.vg)).extent_size if reader else pol.extent
-        return pol.chunk, int(extent)
+        return pol.chunk, await extent_of(self.backend, volume, pol.extent)
+
+
+async def extent_of(backend: object, volume: VolumeRef, fallback: int) -> int:
+    """The extent size of ``volume``'s VG: the first layer of ``backend`` (looking through
+    wrappers) that knows it (a fixed extent size, or the VG's metadata); else ``fallback``
+    (the policy's ``extent_mib``)."""
+    layer = backend
+    while True:
+        if isinstance(layer, FixedExtent):
+            return int(layer.extent_size)
+        if isinstance(layer, ReadsVgs):
+            return int((await layer.reader.vg(volume.vg)).extent_size)
+        if not isinstance(layer, Wraps):
+            return fallback
+        layer = layer.inner

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import anyio
 
@@ -17,6 +17,7 @@ from autoextend.capacity.figures import VgFigures
 from autoextend.lvm.loop_backend import LoopVolumeBackend, vg_capacity, vg_used
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.names import is_valid_name
+from autoextend.volumes import innermost
 
 
 class VgSource(Protocol):
@@ -62,14 +63,11 @@ class LoopSource:
         return await anyio.to_thread.run_sync(_loop_figures, self.backend.root, list(vgs))
 
 
-def source_for(backend: Any) -> VgSource | None:
-    """The figures source of a volume backend (unwrapping the reserve guard), or None."""
-    while not isinstance(backend, LvmVolumeBackend | LoopVolumeBackend) and hasattr(
-        backend, "inner"
-    ):
-        backend = backend.inner
-    if isinstance(backend, LvmVolumeBackend):
-        return LvmSource(backend)
-    if isinstance(backend, LoopVolumeBackend):
-        return LoopSource(backend)
+def source_for(backend: object) -> VgSource | None:
+    """The figures source of a volume backend (looking through the reserve guard), or None."""
+    base = innermost(backend)
+    if isinstance(base, LvmVolumeBackend):
+        return LvmSource(base)
+    if isinstance(base, LoopVolumeBackend):
+        return LoopSource(base)
     return None

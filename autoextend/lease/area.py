@@ -29,7 +29,7 @@ async def format_area(storage: SectorStorage, layout: LeaseLayout, io_timeout_s:
     """
     if layout.end > storage.size:
         raise NotFormatted(
-            getattr(storage, "path", "?"),
+            storage.path,
             f"storage has {storage.size} bytes, the lease area needs {layout.end} "
             f"(offset {layout.base} + {LEASE_AREA_SIZE})",
         )

@@ -79,7 +79,7 @@ class DeltaLease:
         raw, issued, done = await self._read_own()
         self.monitor.observe(self.host_id, raw, self._offset(), issued, done)
         if not any(raw):
-            raise NotFormatted(getattr(self.storage, "path", "?"), "host id slot is all zeros")
+            raise NotFormatted(self.storage.path, "host id slot is all zeros")
         old: DeltaRecord | None
         try:
             old = unpack_delta(raw, self._offset(), self.host_id)
@@ -88,7 +88,7 @@ class DeltaLease:
             old = None
         if old is not None and old.sector_size != self.layout.sector_size:
             raise NotFormatted(
-                getattr(self.storage, "path", "?"),
+                self.storage.path,
                 f"area formatted for {old.sector_size}-byte sectors",
             )
         if old is None or not (old.free or old.host_name == self.host_name):

@@ -1,11 +1,17 @@
 """Keep free space in a VG that autoextend never uses (``[policy] vg_reserve_mib``).
 
-A VolumeBackend wrapper: before an extension it asks the backend how much the VG has free
-and refuses (``VolumeSpaceError``, reported as "vg_full") when the growth would eat into the
-reserve. The check is conservative: the growth is counted from the size this host sees.
+A VolumeBackend wrapper (:class:`~autoextend.volumes.Wraps`): before an extension it asks
+the backend how much the VG has free and refuses (``VolumeSpaceError``, reported as
+"vg_full") when the growth would eat into the reserve. The check is conservative: the
+growth is counted from the size this host sees.
 
 The check and the extension that follows run under one lock per VG: two extensions in one VG
 cannot both pass the check on the same free space and together eat into the reserve.
+
+Besides the volume boundary it passes on, explicitly, only what cannot grow a volume:
+``reduce``, ``holders_paths``, ``free_bytes``, ``aclose``. It never offers
+``extend_and_refresh`` (:class:`~autoextend.volumes.ExtendsAndRefreshes`), so the check
+cannot be skipped; look through ``inner`` for what the wrapped backend is (its files).
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ from typing import Protocol
 
 import anyio
 
+from autoextend.errors import VolumeError
 from autoextend.lvm.errors import VolumeSpaceError
 from autoextend.lvm.names import round_up_to_extent
-from autoextend.volumes import ExtendResult, VolumeBackend, VolumeRef
+from autoextend.volumes import ExtendResult, HoldsPaths, Reduces, VolumeBackend, VolumeRef
 
 
 class FreeSpaceBackend(VolumeBackend, Protocol):
@@ -56,12 +63,18 @@ class ReservedSpace:
     async def refresh(self, volume: VolumeRef) -> int:
         return await self.inner.refresh(volume)
 
-    def __getattr__(self, name: str) -> object:
-        # reduce, holders_paths, file_path ...: what the guard does not care about. Never a
-        # way to grow (the loop backend's extend_and_refresh): that would skip the check.
-        if name == "inner" or name.startswith("extend"):
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    # Explicit pass-throughs only: what the guard does not care about. Never a way to grow
+    # (no extend_and_refresh, see ExtendsAndRefreshes): that would skip the check.
+
+    async def reduce(self, volume: VolumeRef, size: int) -> ExtendResult:
+        if not isinstance(self.inner, Reduces):
+            raise VolumeError(f"{volume}: this volume backend cannot reduce")
+        return await self.inner.reduce(volume, size)
+
+    def holders_paths(self, volume: VolumeRef) -> list[str]:
+        if not isinstance(self.inner, HoldsPaths):
+            raise VolumeError(f"{volume}: this volume backend cannot tell who holds it open")
+        return self.inner.holders_paths(volume)
 
     async def size(self, volume: VolumeRef) -> int:
         return await self.inner.size(volume)

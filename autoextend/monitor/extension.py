@@ -21,7 +21,7 @@ from autoextend.monitor.drive import DriveState, ThresholdState
 from autoextend.monitor.migrating import Migrations
 from autoextend.monitor.observer import ExtendFinished, VgFull, VmCheckFailed
 from autoextend.monitor.protocols import DriveInfo, ExtendOutcome, OutcomeKind
-from autoextend.monitor.vm import POLL, Vm, log
+from autoextend.monitor.vm import POLL, SamplesAfterExtend, Vm, log
 from autoextend.monitor.vmstate import VmState
 
 
@@ -198,7 +198,8 @@ class Extensions(Migrations):
         # the new threshold fires it (the safety-net poll catches the rest).
         info = dataclasses.replace(info, physical=max(info.physical, outcome.size))
         d.update_info(info)
-        if getattr(self.policy_for, "sample_after_extend", False):
+        resolver = self.policy_for
+        if isinstance(resolver, SamplesAfterExtend) and resolver.sample_after_extend:
             # Write-rate chunks: a fresh look now measures the rate over this extension,
             # so the threshold re-armed below already covers a burst.
             info = await self._fresh(vm, d)

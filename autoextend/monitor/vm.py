@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import anyio
 from anyio.abc import TaskGroup
@@ -31,6 +32,19 @@ from autoextend.volumes import VolumeRef
 log = get_logger("monitor")
 
 PolicyResolver = Callable[[DriveInfo, VolumeRef], policy.DrivePolicy]
+
+
+@runtime_checkable
+class SamplesAfterExtend(Protocol):
+    """Optional on a :data:`PolicyResolver`: one whose policy follows what it measures (the
+    write-rate chunks, ``monitor/chunking.py``). While ``sample_after_extend`` is true the
+    monitor samples the drive once more right after each extension and asks again."""
+
+    sample_after_extend: bool
+
+    def __call__(self, info: DriveInfo, volume: VolumeRef) -> policy.DrivePolicy: ...
+
+
 LeaseOk = Callable[[], bool]
 # (volume, paused on ENOSPC) -> None to go ahead, or why the extension must wait
 # (a VG at its critical level extends only drives whose VM paused on ENOSPC).

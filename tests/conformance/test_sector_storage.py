@@ -22,6 +22,20 @@ async def test_geometry(sector_storage: SectorStorage) -> None:
     assert s.size == SIZE and s.size % s.sector_size == 0
 
 
+async def test_path_names_the_storage_in_its_errors(sector_storage: SectorStorage) -> None:
+    """``path`` says what the storage is (lease and mailbox messages use it); its own errors
+    carry the same name."""
+    s = sector_storage
+    assert isinstance(s.path, str) and s.path.strip() and s.path.isprintable()
+    with pytest.raises(UnalignedIoError) as past:
+        await s.read(s.size, s.sector_size)
+    assert past.value.path == s.path and str(past.value).startswith(f"{s.path}: ")
+    await s.close()
+    with pytest.raises(StorageError) as closed:
+        await s.write(0, bytes(s.sector_size))
+    assert closed.value.path == s.path
+
+
 async def test_fresh_sectors_read_as_zeros(sector_storage: SectorStorage) -> None:
     s = sector_storage
     assert await s.read(0, 2 * s.sector_size) == bytes(2 * s.sector_size)

@@ -359,6 +359,7 @@ class BadSectors:
         self.bad = bad
         self.sector_size = inner.sector_size
         self.size = inner.size
+        self.path = inner.path
 
     async def read(self, offset: int, length: int) -> bytes:
         if any(offset <= b < offset + length for b in self.bad):

@@ -75,6 +75,7 @@ class Cuttable:
         self.inner = inner
         self.sector_size = inner.sector_size
         self.size = inner.size
+        self.path = inner.path
         self.cut = False
 
     async def read(self, offset: int, length: int) -> bytes:

@@ -10,13 +10,26 @@ import anyio
 import pytest
 
 from autoextend import settings as settings_mod
+from autoextend.capacity.sources import LoopSource, source_for
+from autoextend.errors import VolumeError
 from autoextend.lab.waiting import until
 from autoextend.lvm import factory
 from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.lvm.reserve import ReservedSpace
 from autoextend.monitor.local import LocalExtender
+from autoextend.monitor.memory import MemoryVolumes
 from autoextend.monitor.protocols import OutcomeKind
-from autoextend.volumes import ExtendResult, LocalAuthority, VolumeRef, VolumeSpaceError
+from autoextend.volumes import (
+    ExtendResult,
+    ExtendsAndRefreshes,
+    FileBacked,
+    HoldsPaths,
+    LocalAuthority,
+    Reduces,
+    VolumeRef,
+    VolumeSpaceError,
+    innermost,
+)
 
 MiB = 1 << 20
 
@@ -156,3 +169,36 @@ async def test_bad_vg_size_file_is_an_error_not_unlimited(loop_root: Path) -> No
     (loop_root / "vg" / ".vg_size").write_text("lots\n")
     with pytest.raises(VolumeSpaceError, match="not a size"):
         await backend.extend(vol, 16 * MiB)
+
+
+async def test_guard_passes_on_reduce_and_holders_but_no_way_to_grow(loop_root: Path) -> None:
+    """Explicit pass-throughs: ``reduce`` and ``holders_paths`` reach the wrapped backend;
+    ``extend_and_refresh`` (which the loop backend offers) does not exist on the guard, so the
+    local extender cannot skip the reserve check through it."""
+    inner = LoopVolumeBackend(str(loop_root), 4 * MiB, LocalAuthority())
+    vol = VolumeRef("vg", "a")
+    await inner.create(vol, 32 * MiB, attach=False)
+    guarded = ReservedSpace(inner, {"vg": 8 * MiB}, 4 * MiB)
+    assert isinstance(inner, ExtendsAndRefreshes)
+    assert not isinstance(guarded, ExtendsAndRefreshes)
+    assert not any(name.startswith("extend_") for name in dir(guarded))
+    assert isinstance(guarded, Reduces) and isinstance(guarded, HoldsPaths)
+    assert (await guarded.reduce(vol, 10 * MiB)) == ExtendResult(12 * MiB, True)
+    assert await inner.size(vol) == 12 * MiB
+    assert guarded.holders_paths(vol) == inner.holders_paths(vol) == [inner.file_path(vol)]
+    assert not isinstance(guarded, FileBacked)  # only what the wrapped backend is ...
+    assert innermost(guarded) is inner and isinstance(innermost(guarded), FileBacked)
+    assert isinstance(source_for(guarded), LoopSource)  # ... seen through the guard
+
+
+async def test_guard_over_a_backend_that_cannot_reduce_says_so() -> None:
+    volumes = MemoryVolumes(extent_size=4 * MiB, authority=LocalAuthority())
+    vol = VolumeRef("vg", "a")
+    await volumes.create(vol, 16 * MiB)
+    guarded = ReservedSpace(volumes, {"vg": 8 * MiB}, 4 * MiB)
+    with pytest.raises(VolumeError, match="cannot reduce"):
+        await guarded.reduce(vol, 8 * MiB)
+    with pytest.raises(VolumeError, match="who holds it open"):
+        guarded.holders_paths(vol)
+    assert await volumes.size(vol) == 16 * MiB
+    assert source_for(guarded) is None

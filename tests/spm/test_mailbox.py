@@ -275,6 +275,7 @@ class WriterLog:
         self.inner = inner
         self.sector_size = inner.sector_size
         self.size = inner.size
+        self.path = inner.path
         self.sectors: set[int] = set()
 
     async def read(self, offset: int, length: int) -> bytes:
@@ -516,6 +517,7 @@ class GatedReplies:
         self.layout = layout
         self.sector_size = inner.sector_size
         self.size = inner.size
+        self.path = inner.path
         self.gate = anyio.Event()
         self.reply_writes: list[tuple[int, int]] = []
 
