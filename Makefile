@@ -45,14 +45,15 @@ $(GUEST_STAMP): $(PIP_STAMP) $(wildcard autoextend/lab/*.py)
 	touch $@
 
 # Every test, in two stages. First the unit tests and the slow tests that need only CPU and
-# private files (marker cpu: the simulation, the lease torture, packaging), on every core, with
+# private files (marker cpu: the simulation, the lease torture, packaging), on every core (a
+# test file stays on one worker: module fixtures start once), with
 # the unit guard on. Then the tests that use QEMU, libvirtd, lvm2, loop devices, sanlock and
 # Prometheus, one at a time. Both stages always run; exit 5 (nothing selected, e.g. by a path
 # in PYTEST_ARGS) is not a failure.
 PYTEST_STAGE = || { r=$$?; [ $$r -eq 5 ] || rc=$$r; }
 test: setup
 	@rc=0; \
-	AUTOEXTEND_UNIT=1 $(BIN)/pytest -m "not slow or cpu" -n auto --dist loadgroup $(PYTEST_ARGS) $(PYTEST_STAGE); \
+	AUTOEXTEND_UNIT=1 $(BIN)/pytest -m "not slow or cpu" -n auto --dist loadfile $(PYTEST_ARGS) $(PYTEST_STAGE); \
 	$(BIN)/pytest -m "slow and not cpu" $(PYTEST_ARGS) $(PYTEST_STAGE); \
 	exit $$rc
 

@@ -23,9 +23,10 @@ from sim.run import Result, run_world
 from .figures import FIGURES
 
 # Pure Python, but about two minutes of CPU: part of `make test`, not of `make unit`. `make
-# test` runs it beside the unit tests (cpu); the group keeps the module on one xdist worker, so
-# the seeds' process pool (the module fixture below) is started once.
-pytestmark = [pytest.mark.slow, pytest.mark.cpu, pytest.mark.xdist_group("simulation")]
+# test` runs it beside the unit tests (cpu) with `--dist loadfile`, which keeps this module on
+# one xdist worker: the seeds' process pool (the module fixture below) starts once, and the
+# figures test below sees every seed's result.
+pytestmark = [pytest.mark.slow, pytest.mark.cpu]
 
 # 10 seeds x (98,560 s of faults + the quiet tail) > 10**6 simulated seconds.
 CI_SEEDS = range(1, 11)
