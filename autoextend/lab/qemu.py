@@ -27,6 +27,7 @@ import anyio
 from anyio.abc import Process
 from qemu.qmp import QMPClient
 from qemu.qmp.protocol import ConnectError
+from qemu.qmp.qmp_client import NegotiationError
 
 from autoextend import logs
 from autoextend.lab.errors import VmError
@@ -288,20 +289,29 @@ class QemuVm:
 
 
 async def connect_qmp(path: str, client_name: str, timeout: float = 10.0) -> QMPClient:  # noqa: ASYNC109
-    """Connect a QMPClient to ``path``, retrying a refused connect for up to ``timeout`` s.
+    """Connect a QMPClient to ``path``, retrying for up to ``timeout`` s a connect that was
+    refused or whose handshake failed.
 
     QEMU creates its socket file (bind) a moment before it calls listen(); a connect in
     between is refused. That window is tiny on an idle machine and real on a loaded one.
+    QEMU 7.2 can also stop answering its monitors for seconds (seen right after an active
+    commit failed with ENOSPC, beside a CPU hog): the greeting arrives, the capabilities
+    reply does not, and the handshake fails. A new connection once QEMU answers again works.
     """
     deadline = anyio.current_time() + timeout
     while True:
         client = QMPClient(client_name)
         try:
-            await client.connect(path)
+            with anyio.fail_after(max(0.5, deadline - anyio.current_time())):
+                await client.connect(path)
             return client
-        except ConnectError as exc:
-            if not isinstance(exc.exc, ConnectionRefusedError | FileNotFoundError):
+        except (ConnectError, TimeoutError) as exc:
+            cause = exc.exc if isinstance(exc, ConnectError) else exc
+            if not isinstance(cause, ConnectionRefusedError | FileNotFoundError
+                              | NegotiationError | TimeoutError):
                 raise
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await client.disconnect()
             if anyio.current_time() >= deadline:
                 raise
         await anyio.sleep(0.05)
