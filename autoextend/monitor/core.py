@@ -75,6 +75,7 @@ from autoextend.monitor.vm import (
     log,
 )
 from autoextend.monitor.vmstate import ResumePolicy, VmMachine
+from autoextend.volumes import VolumeRef
 
 __all__ = ["DriveVanished", "Monitor", "default_policy_resolver", "percentile"]
 
@@ -200,11 +201,9 @@ class Monitor(Resync):
         async with receive:
             async for event in receive:
                 if isinstance(event, VmGone):
-                    gone = self._vms.get(event.vm)
-                    self._drop_vm(event.vm)
-                    if event.clean and gone is not None and self.on_clean_stop is not None:
-                        self.on_clean_stop(event.vm, sorted({d.volume
-                                                             for d in gone.drives.values()}))
+                    volumes = self._drop_vm(event.vm)
+                    if event.clean and volumes is not None and self.on_clean_stop is not None:
+                        self.on_clean_stop(event.vm, volumes)
                     continue
                 vm = self._vms.get(event.vm) or self._add_vm(event.vm)
                 vm.post(RESYNC if isinstance(event, VmAppeared) else event)
@@ -224,17 +223,22 @@ class Monitor(Resync):
         log.info("vm added", vm=name)
         return vm
 
-    def _drop_vm(self, name: str) -> None:
+    def _drop_vm(self, name: str) -> list[VolumeRef] | None:
+        """Forget a VM; the volumes of its drives, or None if it was not known."""
         vm = self._vms.pop(name, None)
         if vm is None:
-            return
+            return None
         vm.scope.cancel()
         vm.inbox.close()
-        for d in vm.drives.values():
+        # Counted here, once: the cancelled extension tasks see their drive gone and do not
+        # count it again (a task cancelled before it ran would not count it at all).
+        drives, vm.drives = vm.drives, {}
+        for d in drives.values():
             self.observer.notify(DriveGone(name, d.name, d.volume))
             if d.in_flight:
                 self._count_in_flight(-1)
         log.info("vm gone", vm=name)
+        return sorted({d.volume for d in drives.values()})
 
     async def _poll_loop(self) -> None:
         polls = 0

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 import anyio
 import pytest
-from anyio.abc import TaskGroup
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -59,36 +59,46 @@ class Holder(TermHolder[Term]):
         return 5.0
 
 
+@dataclass
+class Body:
+    """What a body run inside spm() saw: the term on entry, and again once cancelled."""
+
+    entered: anyio.Event = field(default_factory=anyio.Event)
+    terms: list[Term] = field(default_factory=list)
+
+
+async def _body(holder: Holder, body: Body) -> None:
+    async with holder.spm() as term:
+        body.terms.append(term)
+        body.entered.set()
+        await anyio.sleep_forever()
+    body.terms.append(term)  # reached only once spm() cancelled the body and released
+
+
 @asynccontextmanager
-async def _tasks() -> AsyncIterator[TaskGroup]:
+async def _spm_body(holder: Holder, *, wait_entered: bool = True) -> AsyncIterator[Body]:
+    """Run a body in ``holder.spm()``; leaving the block waits until the body is done."""
+    body = Body()
     with anyio.fail_after(30):  # a guard that never fences would hang the test
         async with anyio.create_task_group() as tg:
-            yield tg
-
-
-async def _body(holder: Holder, entered: anyio.Event, out: list[Term]) -> None:
-    async with holder.spm() as term:
-        out.append(term)
-        entered.set()
-        await anyio.sleep_forever()
-    out.append(term)  # reached only once spm() cancelled the body and released
+            tg.start_soon(_body, holder, body)
+            if wait_entered:
+                await body.entered.wait()
+            yield body
 
 
 async def test_guard_fences_at_expiry_and_follows_renewals() -> None:
     holder = Holder(expiry=110.0)
-    entered, out = anyio.Event(), list[Term]()
-    async with _tasks() as tg:
-        tg.start_soon(_body, holder, entered, out)
-        await entered.wait()
-        term = out[0]
+    async with _spm_body(holder) as body:
+        term = body.terms[0]
         assert holder.term is term and term.valid
         holder.manual.advance(9.0)
         holder.expiry = 120.0  # a renewal moves the expiry on
         holder.manual.advance(1.0)
         await anyio.wait_all_tasks_blocked()
-        assert len(out) == 1 and holder.fenced == [] and term.valid
+        assert len(body.terms) == 1 and holder.fenced == [] and term.valid
         holder.manual.advance(10.0)
-    assert out == [term, term] and holder.fenced == [term]
+    assert body.terms == [term, term] and holder.fenced == [term]
     assert term.ended == "expired" and holder.finished == [(term, True)]
     assert holder.term is None
     with pytest.raises(NotSpmError, match="ended: expired"):
@@ -97,25 +107,20 @@ async def test_guard_fences_at_expiry_and_follows_renewals() -> None:
 
 async def test_step_down_wakes_the_guard_and_holds_off() -> None:
     holder = Holder(expiry=1e9)
-    entered, out = anyio.Event(), list[Term]()
-    async with _tasks() as tg:
-        tg.start_soon(_body, holder, entered, out)
-        await entered.wait()
+    async with _spm_body(holder) as body:
         holder.step_down()  # no clock movement: end() alone wakes the guard
-    term = out[0]
-    assert out == [term, term] and term.ended == "stepped down" and holder.fenced == []
+    term = body.terms[0]
+    assert body.terms == [term, term] and term.ended == "stepped down" and holder.fenced == []
     assert holder._hold_off_until == 105.0
-    entered, out = anyio.Event(), list[Term]()
-    async with _tasks() as tg:
-        tg.start_soon(_body, holder, entered, out)
+    async with _spm_body(holder, wait_entered=False) as body:
         holder.manual.advance(4.9)
         await anyio.wait_all_tasks_blocked()
-        assert not entered.is_set()  # still held off
+        assert not body.entered.is_set()  # still held off
         holder.manual.advance(0.1)
-        await entered.wait()
-        assert out[0].lver == 2
+        await body.entered.wait()
+        assert body.terms[0].lver == 2
         holder.step_down(0.0)
-    assert holder._hold_off_until == 105.0 and out[0].ended == "stepped down"
+    assert holder._hold_off_until == 105.0 and body.terms[0].ended == "stepped down"
 
 
 async def test_leaving_the_body_ends_the_term() -> None:

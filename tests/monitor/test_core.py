@@ -264,3 +264,27 @@ async def test_idle_is_false_until_events_polls_and_extensions_are_handled(rig: 
         await rig.settle()
         assert rig.volumes.sizes[VOL] == 384 * MiB and rig.state() is ThresholdState.SET
         tg.cancel_scope.cancel()
+
+
+async def test_vm_back_after_lost_connection_mid_extension_is_resumed_once(rig: Rig) -> None:
+    """The monitor connection drops while a VM paused for space waits on its extension, and
+    comes back (QEMU lived on): the VM is taken up again, extended and resumed exactly once."""
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    rig.ext.gate = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.state() is ThresholdState.SET)
+        rig.hv.write("vm1", "vda", 300 * MiB)  # past the end: ENOSPC + pause
+        await until(lambda: rig.tally.enospc_pauses == 1 and rig.ext.calls == 1)
+        rig.hv.emit(VmGone("vm1"))
+        await until(lambda: rig.monitor.snapshot() == [])
+        assert rig.monitor.extends_in_flight == 0
+        rig.hv.emit(VmAppeared("vm1"))  # reconnected: still paused for space
+        await until(lambda: [v["vm"] for v in rig.monitor.snapshot()] == ["vm1"])
+        rig.ext.gate.set()
+        await until(lambda: rig.hv.resumes == ["vm1"])
+        await rig.settle()  # idle: no extension counted in flight twice or left over
+        assert rig.hv.resumes == ["vm1"] and rig.hv.vms["vm1"].running
+        assert rig.volumes.sizes[VOL] >= 384 * MiB
+        assert rig.monitor.extends_in_flight == 0
+        tg.cancel_scope.cancel()

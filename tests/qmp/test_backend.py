@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 from qmp_testlab import DriveSpec, Lookup, MiB, drained, fast_settings, qemu_lab, running, wait_for
 
@@ -244,3 +246,72 @@ async def test_duplicate_vm_names_fall_back_to_the_socket_stem() -> None:
             assert hv.vms() == {"dup": str(lab.qmp_dir / "first.sock"),
                                 "second": str(lab.qmp_dir / "second.sock")}
             assert await hv.drives("second") == []  # -machine none: no block backends
+
+
+class CuttableProxy:
+    """A unix-socket relay in front of a real QEMU monitor; ``cut()`` drops every connection
+    through it (as when QEMU closes a monitor connection) while QEMU itself keeps running."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.connections = 0
+        self._scopes: set[anyio.CancelScope] = set()
+
+    async def handle(self, client: anyio.abc.ByteStream) -> None:
+        self.connections += 1
+        async with client, await anyio.connect_unix(self.target) as upstream:
+            with anyio.CancelScope() as scope:
+                self._scopes.add(scope)
+                async with anyio.create_task_group() as pumps:
+                    pumps.start_soon(self._pump, client, upstream, pumps.cancel_scope)
+                    pumps.start_soon(self._pump, upstream, client, pumps.cancel_scope)
+            self._scopes.discard(scope)
+
+    @staticmethod
+    async def _pump(src: anyio.abc.ByteStream, dst: anyio.abc.ByteStream,
+                    both: anyio.CancelScope) -> None:
+        try:
+            async for chunk in src:
+                await dst.send(chunk)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+        both.cancel()  # one side ended: end the relay
+
+    def cut(self) -> None:
+        for scope in list(self._scopes):
+            scope.cancel()
+
+
+async def test_connection_dropped_while_qemu_lives_is_reconnected() -> None:
+    """QEMU stays up but its monitor connection drops (QEMU 7.2 did this to both its monitors
+    right after an active commit failed with ENOSPC, beside a CPU hog): the VM is gone, then
+    back on the next connect, with QEMU's state intact and its events flowing again."""
+    async with qemu_lab() as lab:
+        qemu = await lab.start("vm1", [DriveSpec(await lab.volume(), "vda")])
+        real = lab.root / "vm1-real.sock"
+        qemu.socket.rename(real)  # out of the glob; the relay takes its place
+        proxy = CuttableProxy(real)
+        listener = await anyio.create_unix_listener(qemu.socket)
+        async with listener, anyio.create_task_group() as server:
+            server.start_soon(listener.serve, proxy.handle)
+            hv = QmpHypervisor(fast_settings(lab), Lookup(lab), MonotonicClock())
+            async with running(hv) as events:
+                assert drained(events) == [VmAppeared("vm1")]
+                [vda] = await hv.drives("vm1")
+                await hv.set_threshold("vm1", vda, 1 * MiB)
+
+                proxy.cut()
+                assert await wait_for(events, lambda e: isinstance(e, VmGone)) == (
+                    VmGone("vm1"))
+                assert await wait_for(events, lambda e: isinstance(e, VmAppeared)) == (
+                    VmAppeared("vm1"))
+                assert proxy.connections == 2
+                assert qemu.process is not None and qemu.process.returncode is None
+                [vda] = await hv.drives("vm1")
+                assert vda.threshold == 1 * MiB  # QEMU kept it while we were away
+
+                await lab.qemu_io(qemu, "fmt0", "write 0 2M")
+                crossed = await wait_for(events, lambda e: isinstance(e, ThresholdCrossed))
+                assert isinstance(crossed, ThresholdCrossed) and crossed.vm == "vm1"
+                assert hv.session_failures == 0  # QEMU's side ended it, not a bad reply
+            server.cancel_scope.cancel()
