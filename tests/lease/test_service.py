@@ -116,7 +116,10 @@ async def test_silent_holder_fences_and_is_taken_over_after_host_dead() -> None:
             a_holds.set()
             await anyio.sleep(100)  # cancelled by a's own fence
         times["a_fenced"] = clock.now()
-        assert term_a.ended is not None and "expired" in term_a.ended
+        # Fenced at the expiry by whichever notices it first: the term's guard, or the
+        # renewal loop retrying the cut path (beside a CPU hog either can win).
+        assert term_a.ended in {"lease may have expired (not renewed in time)",
+                                "host id lost: not renewed within the lease expiry"}
         await until(lambda: "b_acquired" in times, 5, "b to take the lease over",
                     describe=lambda: times)
     to = b.timeouts
