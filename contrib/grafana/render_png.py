@@ -54,7 +54,8 @@ def render(url: str, out: Path, *, start: float, end: float, step: float) -> Non
 
     panels = _panels()
     rows = (len(panels) + 1) // 2
-    fig, axes = plt.subplots(rows, 2, figsize=(14, 3.1 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, 2, figsize=(14, 3.1 * rows), squeeze=False,
+                             layout="constrained")  # leaves room for the suptitle
     fig.suptitle("autoextend (panels of contrib/grafana/autoextend.json, "
                  "rendered from Prometheus with matplotlib)", fontsize=11)
     for ax, panel in zip(axes.flat, panels, strict=False):
@@ -77,7 +78,6 @@ def render(url: str, out: Path, *, start: float, end: float, step: float) -> Non
             ax.legend(fontsize=6, loc="upper left", ncol=2)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.tight_layout()
     fig.savefig(out, dpi=80)
     plt.close(fig)
 
