@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from anyio.abc import TaskGroup
 
 from autoextend.lab.waiting import until
 from autoextend.monitor.core import percentile
@@ -89,14 +90,20 @@ async def test_crossed_before_armed_is_extended_on_discovery(rig: Rig) -> None:
         tg.cancel_scope.cancel()
 
 
-async def test_enospc_pause_extends_then_resumes(rig: Rig) -> None:
+async def _paused_for_space(rig: Rig, tg: TaskGroup) -> None:
+    """Start the monitor on vm1 and write past its drive's end with the extender held: the VM
+    is paused for space and its one extension waits on ``rig.ext.gate``."""
     rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
     rig.ext.gate = anyio.Event()
+    await tg.start(rig.monitor.run)
+    await until(lambda: rig.state() is ThresholdState.SET)
+    rig.hv.write("vm1", "vda", 300 * MiB)  # past the end: ENOSPC + pause
+    await until(lambda: rig.tally.enospc_pauses == 1 and rig.ext.calls == 1)
+
+
+async def test_enospc_pause_extends_then_resumes(rig: Rig) -> None:
     async with anyio.create_task_group() as tg:
-        await tg.start(rig.monitor.run)
-        await until(lambda: rig.state() is ThresholdState.SET)
-        rig.hv.write("vm1", "vda", 300 * MiB)  # past the end: ENOSPC + pause
-        await until(lambda: rig.tally.enospc_pauses == 1)
+        await _paused_for_space(rig, tg)
         assert rig.hv.resumes == []
         rig.ext.gate.set()
         await until(lambda: rig.hv.resumes == ["vm1"])
@@ -269,13 +276,8 @@ async def test_idle_is_false_until_events_polls_and_extensions_are_handled(rig: 
 async def test_vm_back_after_lost_connection_mid_extension_is_resumed_once(rig: Rig) -> None:
     """The monitor connection drops while a VM paused for space waits on its extension, and
     comes back (QEMU lived on): the VM is taken up again, extended and resumed exactly once."""
-    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
-    rig.ext.gate = anyio.Event()
     async with anyio.create_task_group() as tg:
-        await tg.start(rig.monitor.run)
-        await until(lambda: rig.state() is ThresholdState.SET)
-        rig.hv.write("vm1", "vda", 300 * MiB)  # past the end: ENOSPC + pause
-        await until(lambda: rig.tally.enospc_pauses == 1 and rig.ext.calls == 1)
+        await _paused_for_space(rig, tg)
         rig.hv.emit(VmGone("vm1"))
         await until(lambda: rig.monitor.snapshot() == [])
         assert rig.monitor.extends_in_flight == 0
