@@ -22,7 +22,11 @@ from autoextend.lab.errors import GuestResultError
 RESULT_MARKER = "AUTOEXTEND-GUEST-RESULT"
 START_MARKER = "AUTOEXTEND-GUEST-START"
 PROGRESS_MARKER = "AUTOEXTEND-GUEST-PROGRESS"
-BASE_CMDLINE = ("console=ttyS0", "quiet", "panic=-1")
+# no_timer_check: under TCG on a loaded host the kernel's IO-APIC timer check can miss its
+# window and panic in start_kernel ("IO-APIC + timer doesn't work!"); seen in 3 of 16 boots
+# beside two busy test runs, 0 of 24 with the check off. Timer checking tests the emulator,
+# not autoextend, so the lab guest skips it (as most CI images for TCG guests do).
+BASE_CMDLINE = ("console=ttyS0", "quiet", "panic=-1", "no_timer_check")
 MAX_SEED = 10**9  # seed * 100000 + 65536 stays exact in busybox seq's doubles
 MAX_NUMBER = 10**12 - 1  # the guest rejects numbers longer than 12 digits
 MiB = 1 << 20
