@@ -34,8 +34,9 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 
+from autoextend.errors import LabError
 from autoextend.lab import proc
-from autoextend.lab.errors import CommandError, LabError
+from autoextend.lab.errors import CommandError
 from autoextend.lab.waiting import until
 from autoextend.logs import get_logger
 

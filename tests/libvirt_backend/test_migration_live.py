@@ -4,8 +4,27 @@ socket (``virsh migrate --live --migrateuri unix:///PATH``), while the guest wri
 verifiable pattern and its volume is extended on the source with its view frozen.
 
 Sizes as in the QMP tests (tests/e2e/test_migration.py): 96 MiB at 12 MiB/s into a 64 MiB
-volume with a 16 MiB chunk, the migration held at libvirt's smallest bandwidth (1 MiB/s:
-minutes for the guest's 256 MiB of RAM) until at least two extensions fell inside it. Mailbox mode: tests/e2e/test_migration_libvirt_mailbox.py.
+volume with a 16 MiB chunk; the migration held at libvirt's smallest bandwidth (1 MiB/s)
+until the guest ran out of its frozen view on the source.
+
+What libvirt 9.0 does differently from QMP here (seen on this rig; README "Live migration"):
+
+- The source's migration job can hold the domain's job lock for most of the migration:
+  block stats, ``blockInfo`` and ``setBlockThreshold`` then wait (a call times out after
+  ``call_timeout_s``), and so does ``resume``. In some runs the threshold crossing's
+  extension therefore waits for the end and only the ENOSPC path extends on the source
+  during the migration; in others both fall inside it, as over QMP. The test asks for at
+  least one deferred extension and prints how many there were.
+- The destination's domain is in the incoming migration job until the switchover, so its
+  autoextend cannot read the incoming VM's drives before it runs; its view grew through its
+  own extension after the guest's retried write failed with ENOSPC there.
+- A domain that paused during the migration arrived once (in a bare experiment) PAUSED with
+  reason USER on the destination; autoextend never resumes an operator's pause, so the lab
+  resumes such a domain as the management would (vdsm passes the pause code along). In the
+  test runs so far libvirt resumed it itself; the test prints which happened.
+- No negative control (deferral off, stale read) through libvirt: whether the source can
+  extend and refresh while the guest runs during the migration depends on the job lock
+  above, so the stale read cannot be produced on demand.
 """
 
 from __future__ import annotations
@@ -88,11 +107,8 @@ async def switch_over(lab: LibvirtLab, name: str, migration: Migration) -> float
     """Lift the bandwidth, wait for the end, and have the guest run on dst; returns the
     seconds from the end of the migration until it runs there.
 
-    libvirt finishes the migration of a domain that paused during it (here: on the source's
-    frozen view, ENOSPC) with the destination domain PAUSED, reason USER: the I/O-error cause
-    does not cross, and autoextend never resumes an operator's pause. As vdsm's management
-    does (it passes the pause code along), the lab resumes it, once the destination's
-    autoextend has refreshed the incoming VM's volume; README "Live migration" names the gap.
+    A domain that libvirt leaves PAUSED/USER on the destination is resumed here, as the
+    management would (see the module docs).
     """
     assert await migration.finish() is None, migration.error
     assert migration.ended_at is not None
@@ -111,8 +127,11 @@ async def switch_over(lab: LibvirtLab, name: str, migration: Migration) -> float
                 "the destination's autoextend taking the VM over",
                 describe=lambda: vm_entry(lab.hosts["dst"], name))
     if await paused_by_libvirt():
+        print("destination arrived PAUSED/USER: the lab resumes it")
         dom = await anyio.to_thread.run_sync(lab.conns["dst"].lookupByName, name)
         await anyio.to_thread.run_sync(dom.resume)
+    else:
+        print(f"destination arrived in state {await lab.state('dst', name)}")
     await until(running, RESUME_BOUND_S, "the guest running on the destination",
                 describe=lambda: vm_entry(lab.hosts["dst"], name))
     return anyio.current_time() - migration.ended_at
@@ -123,7 +142,7 @@ def pair(libvirtd_pair: tuple[LabLibvirtd, LabLibvirtd]) -> tuple[LabLibvirtd, L
     return libvirtd_pair
 
 
-async def test_libvirt_local_migration_defers_source_refresh(  # noqa: PLR0915
+async def test_libvirt_local_migration_defers_source_refresh(
     lab_tmp_path: Path, pair: tuple[LabLibvirtd, LabLibvirtd]
 ) -> None:
     async with two_libvirt_hosts(lab_tmp_path, pair, chunk_mib=16, poll_interval_s=0.5) as lab:
@@ -141,6 +160,7 @@ async def test_libvirt_local_migration_defers_source_refresh(  # noqa: PLR0915
                         "the source noticing its migration out",
                         describe=lambda: vm_entry(src, "lmig1"))
             assert not migration.ended
+            print(f"extensions inside the migration: {extends(src, 'lmig1') - before}")
             assert loopdev.size_of(dom.device) == START_MIB * MiB  # never refreshed
             size = (await anyio.Path(lab.views("src").file_path(dom.volume)).stat()).st_size
             assert size > START_MIB * MiB  # extended in metadata
