@@ -18,10 +18,10 @@ What libvirt 9.0 does differently from QMP here (seen on this rig; README "Live 
 - The destination's domain is in the incoming migration job until the switchover, so its
   autoextend cannot read the incoming VM's drives before it runs; its view grew through its
   own extension after the guest's retried write failed with ENOSPC there.
-- A domain that paused during the migration arrived once (in a bare experiment) PAUSED with
-  reason USER on the destination; autoextend never resumes an operator's pause, so the lab
-  resumes such a domain as the management would (vdsm passes the pause code along). In the
-  test runs so far libvirt resumed it itself; the test prints which happened.
+- A domain that paused during the migration arrives on the destination PAUSED with reason
+  USER (every run so far); autoextend never resumes an operator's pause, so the lab resumes
+  it as the management would (vdsm passes the pause code along) and the test prints it:
+  the issue's "the destination resumes within 10 s" is not autoextend's doing here.
 - No negative control (deferral off, stale read) through libvirt: whether the source can
   extend and refresh while the guest runs during the migration depends on the job lock
   above, so the stale read cannot be produced on demand.
