@@ -46,16 +46,18 @@ async def vm_status(host: HostProcess, vm: str) -> dict[str, Any]:
     return {}
 
 
+@pytest.mark.parametrize("spm_on", ["source", "destination"])
 async def test_libvirt_mailbox_migration_source_extends_through_spm(
-    lab_tmp_path: Path, libvirtd_pair: tuple[LabLibvirtd, LabLibvirtd]
+    lab_tmp_path: Path, libvirtd_pair: tuple[LabLibvirtd, LabLibvirtd], spm_on: str
 ) -> None:
-    """The guest starts on whichever host the lease made SPM, so the source extends through
-    its own SPM server (the QMP test also runs the SPM on the destination)."""
+    """The source host asks the SPM for the extensions made during the migration, whether
+    the SPM is the source itself or the destination (the guest is started on the host that
+    makes it so)."""
     uris = {1: libvirtd_pair[0].uri, 2: libvirtd_pair[1].uri}
     async with pool(2, directory=lab_tmp_path, chunk_mib=16, poll_interval_s=0.5,
                     libvirt_uris=uris) as p:
-        source = await p.wait_for_spm()
-        target = 3 - source
+        spm = await p.wait_for_spm()
+        source, target = (spm, 3 - spm) if spm_on == "source" else (3 - spm, spm)
         src, dst = p.hosts[source], p.hosts[target]
         conns = {h: await anyio.to_thread.run_sync(libvirt.open, uris[h]) for h in (1, 2)}
         for conn in conns.values():
@@ -127,7 +129,7 @@ async def test_libvirt_mailbox_migration_source_extends_through_spm(
         for serial in (src_serial, dst_serial):
             assert "I/O error" not in serial.read_text(errors="replace")
         assert loopdev.size_of(device) == START_MIB * MiB  # never refreshed after
-        spm_sizes = [e for e in p.hosts[source].log_events()
+        spm_sizes = [e for e in p.hosts[spm].log_events()
                      if e.get("event") == "volume extended" and e.get("volume") == str(volume)]
         assert len(spm_sizes) >= 1
 
