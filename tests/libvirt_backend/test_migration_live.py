@@ -16,12 +16,12 @@ What libvirt 9.0 does differently from QMP here (seen on this rig; README "Live 
   during the migration; in others both fall inside it, as over QMP. The test asks for at
   least one deferred extension and prints how many there were.
 - The destination's domain is in the incoming migration job until the switchover, so its
-  autoextend cannot read the incoming VM's drives before it runs; its view grew through its
-  own extension after the guest's retried write failed with ENOSPC there.
-- A domain that paused during the migration arrives on the destination PAUSED with reason
-  USER (every run so far); autoextend never resumes an operator's pause, so the lab resumes
-  it as the management would (vdsm passes the pause code along) and the test prints it:
-  the issue's "the destination resumes within 10 s" is not autoextend's doing here.
+  autoextend cannot read the incoming VM's drives and does not refresh before the guest
+  runs: libvirt resumes the destination, the guest's retried write fails with ENOSPC on the
+  destination's unrefreshed view, and libvirt reports the domain PAUSED with reason USER.
+  autoextend then extends and refreshes there but never resumes an operator's pause, so the
+  lab resumes it as the management would and the test prints it: the issue's "the
+  destination resumes within 10 s" is not autoextend's doing through libvirt yet.
 - No negative control (deferral off, stale read) through libvirt: whether the source can
   extend and refresh while the guest runs during the migration depends on the job lock
   above, so the stale read cannot be produced on demand.
