@@ -33,8 +33,11 @@ def domain_xml(
     memory_mib: int = 256,
     vcpus: int = 1,
     error_policy: str = "enospace",
+    rerror_policy: str = "report",
+    files: bool = False,
 ) -> str:
-    """A domain running the lab guest with ``devices`` as vda, vdb, ... (qcow2 on block)."""
+    """A domain running the lab guest with ``devices`` as vda, vdb, ... (qcow2 on block; with
+    ``files``, raw images in files, such as a :mod:`~autoextend.lab.faultfs` mount's)."""
     if not 0 < len(devices) <= 26:
         raise ValueError("a lab domain needs 1..26 disks")
     dom = ET.Element("domain", type="qemu")
@@ -53,10 +56,14 @@ def domain_xml(
     dev = _sub(dom, "devices")
     _sub(dev, "emulator", EMULATOR)
     for index, device in enumerate(devices):
-        disk = _sub(dev, "disk", type="block", device="disk")
-        _sub(disk, "driver", name="qemu", type="qcow2", cache="none", io="native",
-             error_policy=error_policy, rerror_policy="report")
-        _sub(disk, "source", dev=device)
+        disk = _sub(dev, "disk", type="file" if files else "block", device="disk")
+        _sub(disk, "driver", name="qemu", type="raw" if files else "qcow2", cache="none",
+             io="threads" if files else "native", error_policy=error_policy,
+             rerror_policy=rerror_policy)
+        if files:
+            _sub(disk, "source", file=device)
+        else:
+            _sub(disk, "source", dev=device)
         _sub(disk, "target", dev="vd" + chr(ord("a") + index), bus="virtio")
     serial = _sub(dev, "serial", type="file")
     _sub(serial, "source", path=str(serial_log))
@@ -68,7 +75,7 @@ def domain_xml(
 
 
 def guest_domain_xml(name: str, guest: GuestImage, devices: Sequence[str], job: GuestJob,
-                     serial_log: str | Path, **kwargs: int | str) -> str:
+                     serial_log: str | Path, **kwargs: int | str | bool) -> str:
     """:func:`domain_xml` running ``job`` (kernel command line from :func:`build_cmdline`)."""
     return domain_xml(name, guest, devices, cmdline=build_cmdline(job), serial_log=serial_log,
                       **kwargs)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ Fixtures:
     qemu_vm          function: ``await qemu_vm(volumes_or_devices, job, ...)`` boots the guest;
                      ``await qemu_vm.start(spec)`` runs any :class:`VmSpec`
     libvirtd         session: a running isolated lab libvirtd (:class:`LabLibvirtd`)
+    libvirtd_pair    session: two more, each with its own host UUID (migrations between them)
 
 At session end every loop device backed by a file under the session's directories (``lab_dir``
 and pytest's basetemp) and every QEMU/libvirtd/virtlogd process pointing there (or a child of
@@ -169,6 +170,27 @@ async def libvirtd(lab_dir: Path) -> AsyncIterator[LabLibvirtd]:
         yield daemon
     finally:
         await daemon.stop()
+
+
+@pytest.fixture(scope="session")
+async def libvirtd_pair(lab_dir: Path) -> AsyncIterator[tuple[LabLibvirtd, LabLibvirtd]]:
+    """Two lab libvirtd daemons for the whole session (started side by side), each with its
+    own host UUID and no cgroups, so that a domain can migrate from one to the other."""
+    daemons: list[LabLibvirtd] = []
+
+    async def start(name: str) -> None:
+        daemons.append(await start_libvirtd(lab_dir / name))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(start, "libvirtd-a")
+            tg.start_soon(start, "libvirtd-b")
+        daemons.sort(key=lambda d: d.root.name)
+        yield daemons[0], daemons[1]
+    finally:
+        with anyio.CancelScope(shield=True):
+            for daemon in daemons:
+                await daemon.stop()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -1,8 +1,9 @@
 """Find (and clean up) lab resources a test session left behind.
 
 A resource belongs to a session when it points into one of the session's directories: a loop
-device whose backing file lives there, or a QEMU / libvirtd / virtlogd / Prometheus process
-whose command line names a path there. Direct child processes of the session count too. Other
+device whose backing file lives there, a FUSE mount (the lab's fault file system) mounted
+there, or a QEMU / libvirtd / virtlogd / Prometheus / fault-file-system process whose command
+line names a path there. Direct child processes of the session count too. Other
 sessions' resources (other engineers run tests on the same machine) are never reported or touched.
 
 Synchronous on purpose: it runs from pytest's ``sessionfinish`` hook, outside the event loop.
@@ -19,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 WATCHED_PROGRAMS = ("qemu-system", "libvirtd", "virtlogd", "virtqemud", "prometheus")
+WATCHED_MODULES = ("autoextend.lab.faultfs",)  # python -m MODULE ...
 
 
 @dataclass(frozen=True)
 class Leftover:
-    kind: str    # "loop" or "process"
+    kind: str    # "loop", "mount" or "process"
     ident: str   # /dev/loopN or pid
     detail: str  # backing file or command line
 
@@ -89,7 +91,8 @@ def leftover_processes(roots: list[str], parent: int | None = None) -> list[Left
         if not argv or _is_zombie(pid):
             continue
         program = Path(argv[0]).name
-        if not any(program.startswith(name) for name in WATCHED_PROGRAMS):
+        if not any(program.startswith(name) for name in WATCHED_PROGRAMS) and not any(
+                module in argv for module in WATCHED_MODULES):
             continue
         mine = parent is not None and _proc_ppid(pid) == parent
         mine = mine or any(
@@ -100,13 +103,30 @@ def leftover_processes(roots: list[str], parent: int | None = None) -> list[Left
     return found
 
 
+def leftover_fuse_mounts(roots: list[str], mounts: Path = Path("/proc/self/mounts")
+                         ) -> list[Leftover]:
+    """FUSE mounts whose mount point is under one of ``roots``."""
+    try:
+        lines = mounts.read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 2 and fields[2].startswith("fuse") and _under(fields[1], roots):
+            found.append(Leftover("mount", fields[1], fields[0]))
+    return found
+
+
 def find_leftovers(roots: list[str], parent: int | None = None) -> list[Leftover]:
     """Everything under ``roots`` (and children of ``parent``) still attached or running."""
-    return leftover_processes(roots, parent) + leftover_loop_devices(roots)
+    return (leftover_processes(roots, parent) + leftover_fuse_mounts(roots)
+            + leftover_loop_devices(roots))
 
 
 def clean_up(leftovers: list[Leftover], grace: float = 5.0) -> None:
-    """Kill leftover processes (TERM, then KILL) and detach leftover loop devices."""
+    """Kill leftover processes (TERM, then KILL), unmount leftover FUSE mounts (lazily) and
+    detach leftover loop devices."""
     pids = [int(item.ident) for item in leftovers if item.kind == "process"]
     for pid in pids:
         _signal(pid, signal.SIGTERM)
@@ -116,6 +136,9 @@ def clean_up(leftovers: list[Leftover], grace: float = 5.0) -> None:
         time.sleep(0.1)
     for pid in pids:
         _signal(pid, signal.SIGKILL)
+    for item in leftovers:
+        if item.kind == "mount":
+            subprocess.run(["umount", "-l", item.ident], capture_output=True, check=False)
     for item in leftovers:
         if item.kind == "loop":
             subprocess.run(["losetup", "--detach", item.ident], capture_output=True, check=False)

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -34,9 +35,12 @@ START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 20.0
 
 
-def libvirtd_conf(root: Path) -> str:
-    """libvirtd.conf: socket outside the masked paths, no auth, warnings to a file."""
+def libvirtd_conf(root: Path, host_uuid: str) -> str:
+    """libvirtd.conf: socket outside the masked paths, no auth, warnings to a file, and a host
+    UUID of its own (libvirt refuses a migration between two daemons with one host UUID; the
+    default comes from the machine, the same for every lab instance)."""
     return "\n".join([
+        f'host_uuid = "{host_uuid}"',
         f'unix_sock_dir = "{root / "sock"}"',
         'unix_sock_group = "root"',
         'unix_sock_ro_perms = "0700"',
@@ -54,9 +58,12 @@ def virtlogd_conf(root: Path) -> str:
 
 
 def qemu_conf() -> str:
-    """qemu.conf: run QEMU as root (a start takes seconds, not a minute), no MAC driver."""
+    """qemu.conf: run QEMU as root (a start takes seconds, not a minute), no MAC driver, no
+    cgroups (two lab daemons on one machine would both name a domain's cgroup
+    ``qemu-1-NAME`` in the one hierarchy; nothing in the lab needs them)."""
     return "\n".join([
         'user = "root"',
+        "cgroup_controllers = [ ]",
         'group = "root"',
         'security_driver = "none"',
         "remember_owner = 0",
@@ -65,10 +72,11 @@ def qemu_conf() -> str:
 
 
 def write_config(root: Path) -> None:
-    """Lay out ROOT: etc/ with the three config files, sock/, and the mounted dirs."""
+    """Lay out ROOT: etc/ with the three config files, sock/, and the mounted dirs; a new
+    host UUID for each instance."""
     for sub in ("etc", "etc/qemu", "sock", "run", "lib", "cache", "log"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    (root / "etc" / "libvirtd.conf").write_text(libvirtd_conf(root))
+    (root / "etc" / "libvirtd.conf").write_text(libvirtd_conf(root, str(uuid.uuid4())))
     (root / "etc" / "virtlogd.conf").write_text(virtlogd_conf(root))
     (root / "etc" / "qemu.conf").write_text(qemu_conf())
     (root / "etc" / "libvirt.conf").write_text("")

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,11 +83,21 @@ SANLOCK_TIMEOUTS = {"io_timeout_s": 2.0, "watchdog_fire_timeout_s": 60.0,
 def host_config(
     pool_dir: Path, host_dir: Path, host_id: int, *, time_scale: float,
     chunk_mib: int, poll_interval_s: float, metrics_port: int, engine: str = "native",
+    libvirt_uri: str = "",
 ) -> str:
+    """One host's config; with ``libvirt_uri`` its hypervisor is that libvirtd (else QMP)."""
     t = SANLOCK_TIMEOUTS if engine == "sanlock" else scaled_timeouts(time_scale)
+    hypervisor = "libvirt" if libvirt_uri else "qmp"
+    libvirt_section = "" if not libvirt_uri else f"""
+[libvirt]
+uri = "{libvirt_uri}"
+reconnect_interval_s = 0.2
+reconnect_max_s = 1.0
+rescan_interval_s = 1.0
+"""
     return f"""\
 [service]
-hypervisor = "qmp"
+hypervisor = "{hypervisor}"
 extender = "mailbox"
 control_socket = "{host_dir}/control.sock"
 
@@ -129,7 +139,7 @@ request_timeout_s = {t["request_timeout_s"]}
 enabled = true
 address = "127.0.0.1"
 port = {metrics_port}
-"""
+{libvirt_section}"""
 
 
 def host_view(host_id: int) -> str:
@@ -317,11 +327,13 @@ async def pool(
     poll_interval_s: float = 1.0,
     directory: Path | None = None,
     engine: str = "native",
+    libvirt_uris: Mapping[int, str] | None = None,
 ) -> AsyncIterator[Pool]:
     """``hosts`` autoextend processes sharing one metadata area and one volume root, in
     ``directory`` (default: a new directory under /var/tmp, removed afterwards). With
     ``engine = "sanlock"`` each host gets its own sanlock daemon (autoextend/lab/sanlockd.py,
-    in its own mount namespace) that outlives the host's process: LabError if none starts."""
+    in its own mount namespace) that outlives the host's process: LabError if none starts.
+    ``libvirt_uris`` gives host N the libvirt hypervisor on that libvirtd (else QMP)."""
     own_dir = directory is None
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="autoextend-pool-", dir="/var/tmp"))
@@ -352,7 +364,8 @@ async def pool(
                 port = free_port()
                 cfg.write_text(host_config(
                     directory, host_dir, host_id, time_scale=time_scale, chunk_mib=chunk_mib,
-                    poll_interval_s=poll_interval_s, metrics_port=port, engine=engine))
+                    poll_interval_s=poll_interval_s, metrics_port=port, engine=engine,
+                    libvirt_uri=(libvirt_uris or {}).get(host_id, "")))
                 host = HostProcess(host_id, host_dir, cfg, port)
                 if host_id in daemons:
                     host.env = daemons[host_id].env()

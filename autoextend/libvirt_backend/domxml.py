@@ -4,13 +4,17 @@ Block stats say how full an image is, but not its format, whether it is read-onl
 it sits on a block device. Those come from ``<devices><disk>`` of the live XML::
 
     <disk type='block' device='disk'>
-      <driver name='qemu' type='qcow2' error_policy='enospace'/>
+      <driver name='qemu' type='qcow2' error_policy='enospace' rerror_policy='report'/>
       <source dev='/dev/loop3' index='1'/>
       <target dev='vda' bus='virtio'/>
     </disk>
 
 ``index`` on ``<source>`` is the top image's index: the ``N`` in ``vda[N]``. Only writable
 qcow2 images on block devices are monitorable (the chunked drives of vdsm).
+
+``error_policy`` is the disk's ``werror``: with ``report`` or ``ignore`` an ENOSPC reaches the
+guest as an I/O error (ext4 then remounts read-only, and the failed write is lost) instead
+of pausing the VM for autoextend to extend and resume (issue 29, the error-policy audit).
 """
 
 from __future__ import annotations
@@ -49,6 +53,14 @@ class DiskFacts:
     readonly: bool
     path: str              # <source dev=...> or <source file=...>; "" when absent
     index: int | None      # <source index=...>: the top image's index
+    error_policy: str = ""   # <driver error_policy=...>: stop|report|ignore|enospace; "" unset
+    rerror_policy: str = ""  # <driver rerror_policy=...>: stop|report|ignore; "" unset
+
+    @property
+    def write_error_reaches_guest(self) -> bool:
+        """An ENOSPC on this disk goes to the guest as an I/O error instead of pausing the VM
+        (``report`` or ``ignore``). Unset means QEMU's default, ``enospc``: it pauses."""
+        return self.error_policy in WRITE_ERRORS_TO_GUEST
 
     @property
     def monitorable(self) -> bool:
@@ -59,6 +71,25 @@ class DiskFacts:
             and self.driver_type == "qcow2"
             and not self.readonly
         )
+
+
+WRITE_ERRORS_TO_GUEST = frozenset({"report", "ignore"})
+MAX_POLICY = 32  # longer is no libvirt policy name; kept out of logs and status
+
+
+def _policy(driver: ET.Element | None, name: str) -> str:
+    value = driver.get(name, "") if driver is not None else ""
+    return value if len(value) <= MAX_POLICY and value.isascii() else "invalid"
+
+
+def error_policies(disks: list[DiskFacts]) -> dict[str, tuple[str, str]]:
+    """{drive: (error_policy, rerror_policy)} of each monitorable disk, named like the
+    monitor's drives (``vda[N]`` when the XML gives the top image's index)."""
+    return {
+        (indexed_name(d.target, d.index) if d.index is not None else d.target):
+            (d.error_policy, d.rerror_policy)
+        for d in disks if d.monitorable
+    }
 
 
 class DomainXmlError(ValueError):
@@ -104,6 +135,8 @@ def parse_disks(xml: str) -> list[DiskFacts]:
                 readonly=disk.find("readonly") is not None,
                 path=path,
                 index=index,
+                error_policy=_policy(driver, "error_policy"),
+                rerror_policy=_policy(driver, "rerror_policy"),
             )
         )
     return disks

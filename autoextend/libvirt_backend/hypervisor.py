@@ -35,7 +35,7 @@ from autoextend.libvirt_backend import events as ev
 from autoextend.libvirt_backend import jobs
 from autoextend.libvirt_backend.config import LibvirtSettings
 from autoextend.libvirt_backend.connection import LibvirtConnection
-from autoextend.libvirt_backend.domxml import DomainXmlError, parse_disks
+from autoextend.libvirt_backend.domxml import DomainXmlError, error_policies, parse_disks
 from autoextend.libvirt_backend.errors import (
     LibvirtBackendError,
     LibvirtConnectFailed,
@@ -207,6 +207,18 @@ class LibvirtHypervisor:
 
         job, state, reason = await conn.call(vm, "jobStats", read)
         return migration_of(job, state, reason)
+
+    async def error_policies(self, vm: str) -> dict[str, tuple[str, str]]:
+        """{drive: (error_policy, rerror_policy)} of each managed-kind drive (writable qcow2
+        on a block device), from the live XML; "" where the XML sets none (QEMU's default:
+        pause on ENOSPC). A drive with ``report`` or ``ignore`` hands ENOSPC to the guest
+        (``DiskFacts.write_error_reaches_guest``). The monitor does not ask yet (issue 29)."""
+        conn = self._require(vm, "XMLDesc")
+        xml = await conn.call(vm, "XMLDesc", lambda c: c.lookupByName(vm).XMLDesc(0))
+        try:
+            return error_policies(parse_disks(xml))
+        except DomainXmlError as err:
+            raise MalformedReply(vm, "XMLDesc", str(err)) from err
 
     async def kill(self, vm: str) -> None:
         """``virDomainDestroy``: the domain stops at once (``[resume] policy = "kill"``)."""

@@ -10,7 +10,8 @@ import pytest
 from autoextend.lab.domxml import domain_xml, guest_domain_xml
 from autoextend.lab.guest import GuestJob, parse_cmdline
 from autoextend.lab.guestimage import GuestImage
-from autoextend.lab.libvirtd import libvirtd_conf, qemu_conf
+from autoextend.lab.libvirt_migrate import destination_xml
+from autoextend.lab.libvirtd import libvirtd_conf, qemu_conf, write_config
 
 GUEST = GuestImage(Path("/c/vmlinuz"), Path("/c/initrd.img"), "6.1", "k", Path("/c"))
 
@@ -48,6 +49,40 @@ def test_domain_xml_escapes_and_rejects() -> None:
 
 def test_config_files() -> None:
     assert 'user = "root"' in qemu_conf() and 'group = "root"' in qemu_conf()
-    conf = libvirtd_conf(Path("/r"))
+    assert "cgroup_controllers = [ ]" in qemu_conf()  # two lab daemons: no cgroup clash
+    conf = libvirtd_conf(Path("/r"), "6d1a2d2c-3f5e-4a86-9f59-0d6b7c1c2e11")
     assert 'unix_sock_dir = "/r/sock"' in conf
     assert 'auth_unix_rw = "none"' in conf
+    assert 'host_uuid = "6d1a2d2c-3f5e-4a86-9f59-0d6b7c1c2e11"' in conf
+
+
+def test_each_lab_libvirtd_has_its_own_host_uuid(tmp_path: Path) -> None:
+    """libvirt refuses a migration between two daemons with one host UUID."""
+    uuids = set()
+    for name in ("a", "b"):
+        write_config(tmp_path / name)
+        text = (tmp_path / name / "etc" / "libvirtd.conf").read_text()
+        (line,) = [x for x in text.splitlines() if x.startswith("host_uuid")]
+        uuids.add(line)
+    assert len(uuids) == 2
+
+
+def test_file_disks_for_a_fault_source() -> None:
+    xml = domain_xml("d", GUEST, ["/m/a.img"], cmdline="x", serial_log="/s", files=True,
+                     error_policy="stop", rerror_policy="stop")
+    disk = ET.fromstring(xml).find("./devices/disk")
+    assert disk is not None and disk.get("type") == "file"
+    driver, source = disk.find("driver"), disk.find("source")
+    assert driver is not None and source is not None
+    assert (driver.get("type"), driver.get("error_policy"), driver.get("rerror_policy"),
+            driver.get("io")) == ("raw", "stop", "stop", "threads")
+    assert source.attrib == {"file": "/m/a.img"}
+
+
+def test_destination_xml_maps_disks_and_serial() -> None:
+    xml = domain_xml("d", GUEST, ["/dev/loop1"], cmdline="x", serial_log="/s/src.serial")
+    moved = ET.fromstring(destination_xml(xml, {"/dev/loop1": "/dev/loop9"}, "/s/dst.serial"))
+    assert moved.find("./devices/disk/source").attrib == {"dev": "/dev/loop9"}  # type: ignore[union-attr]
+    assert moved.find("./devices/serial/source").get("path") == "/s/dst.serial"  # type: ignore[union-attr]
+    with pytest.raises(KeyError):
+        destination_xml(xml, {}, "/s/dst.serial")

@@ -81,3 +81,14 @@ def test_clean_session_passes_and_removes_its_dir(
     assert result.ret == 0
     assert "lab leftover check FAILED" not in result.stdout.str()
     assert not list(pytester.path.glob("ae-*"))
+
+
+async def test_finds_a_fault_fs_mount_and_its_process(lab_tmp_path: Path) -> None:
+    from autoextend.lab.faultfs import fault_fs
+
+    async with fault_fs(lab_tmp_path / "ffs") as fs:
+        found = {(item.kind, item.ident) for item in leftovers.find_leftovers(
+            [str(lab_tmp_path)])}
+        assert ("mount", str(fs.mountpoint)) in found
+        assert ("process", str(fs.process.pid)) in found
+    assert leftovers.find_leftovers([str(lab_tmp_path)]) == []

@@ -13,6 +13,7 @@ from autoextend.libvirt_backend import events as ev
 from autoextend.libvirt_backend.domxml import (
     DiskFacts,
     DomainXmlError,
+    error_policies,
     indexed_name,
     parse_disks,
     parse_indexed_name,
@@ -99,11 +100,37 @@ def test_parse_disks_reads_what_stats_do_not_say() -> None:
     disks = parse_disks(DOMAIN_XML)
     assert [d.target for d in disks] == ["vda", "vdb", "vdc", "vdd", "sda"]
     vda = disks[0]
-    assert vda == DiskFacts("vda", "block", "disk", "qcow2", False, "/dev/loop7", 3)
+    assert vda == DiskFacts("vda", "block", "disk", "qcow2", False, "/dev/loop7", 3,
+                            error_policy="enospace")
     assert vda.monitorable
     assert [d.monitorable for d in disks] == [True, False, False, False, False]
     assert disks[3].readonly
     assert disks[4] == DiskFacts("sda", "file", "cdrom", "", False, "", None)
+
+
+def disk_with(policy: str, rpolicy: str = "", index: str = "1") -> str:
+    attrs = "".join(f" {k}='{v}'" for k, v in (("error_policy", policy),
+                                                ("rerror_policy", rpolicy)) if v)
+    return (f"<domain><devices><disk type='block' device='disk'>"
+            f"<driver name='qemu' type='qcow2'{attrs}/><source dev='/dev/loop1' index='{index}'/>"
+            f"<target dev='vda'/></disk></devices></domain>")
+
+
+@pytest.mark.parametrize(("policy", "reaches_guest"), [
+    ("report", True), ("ignore", True), ("stop", False), ("enospace", False), ("", False),
+])
+def test_error_policy_audit(policy: str, reaches_guest: bool) -> None:
+    """Issue 29 item 5 (libvirt side): report/ignore hand ENOSPC to the guest."""
+    (disk,) = parse_disks(disk_with(policy, "report"))
+    assert (disk.error_policy, disk.rerror_policy) == (policy, "report")
+    assert disk.write_error_reaches_guest is reaches_guest
+    assert error_policies([disk]) == {"vda[1]": (policy, "report")}
+
+
+def test_error_policies_only_for_managed_kinds_and_bounded() -> None:
+    assert error_policies(parse_disks(DOMAIN_XML)) == {"vda[3]": ("enospace", "")}
+    (disk,) = parse_disks(disk_with("x" * 5000))
+    assert disk.error_policy == "invalid" and not disk.write_error_reaches_guest
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,210 @@
+"""A FUSE file system whose files fail with EIO on demand: a fault source that libvirt
+attaches as an ordinary ``<disk type='file'>``.
+
+``python -m autoextend.lab.faultfs BACKING_DIR MOUNTPOINT`` mounts ``BACKING_DIR``'s regular
+files at ``MOUNTPOINT`` (a flat passthrough: read, write, truncate, fsync). While the flag
+file ``BACKING_DIR/NAME.fail`` exists, every read, write and fsync of ``MOUNTPOINT/NAME``
+fails with EIO, as on a failed path to a SAN (opening and closing still work); remove it
+and the same requests succeed again. The flag is looked at on every request, so
+:meth:`FaultFs.fail` and :meth:`FaultFs.heal` take effect for the next request. Flag
+files are not shown in the mount.
+
+Mount namespaces: the lab libvirtd runs in its own (``lab/libvirtd_ns.py``, private
+propagation), which copies the mounts present when it starts. Mount the file system
+*before* starting the libvirtd that runs domains on it, so that QEMU (in libvirtd's
+namespace) and autoextend's storage probe (in this one) read the same files.
+
+:func:`fault_fs` mounts it from a test (fusepy over libfuse2, in a child process) and always
+unmounts it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import Process
+
+from autoextend.errors import LabError
+from autoextend.lab import proc
+from autoextend.lab.errors import CommandError
+from autoextend.lab.waiting import until
+from autoextend.logs import get_logger
+
+log = get_logger("lab.faultfs")
+
+FLAG_SUFFIX = ".fail"
+MOUNT_TIMEOUT_S = 30.0
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    """Whether ``mountpoint`` is a FUSE mount in this mount namespace."""
+    target = str(mountpoint)
+    with open("/proc/self/mounts") as mounts:
+        return any(line.split()[1] == target and line.split()[2].startswith("fuse")
+                   for line in mounts if len(line.split()) > 2)
+
+
+def _operations(backing: Path) -> Any:
+    """The fusepy Operations of the file system (fusepy imported here: lab-only dependency)."""
+    from fuse import FuseOSError, LoggingMixIn, Operations  # noqa: F401 (LoggingMixIn: debug)
+
+    lock = threading.Lock()
+
+    def real(path: str) -> str:
+        name = path.lstrip("/")
+        if "/" in name or name.endswith(FLAG_SUFFIX):
+            raise FuseOSError(errno.ENOENT)
+        return str(backing / name) if name else str(backing)
+
+    def check(path: str) -> None:
+        if os.path.exists(str(backing / path.lstrip("/")) + FLAG_SUFFIX):
+            raise FuseOSError(errno.EIO)
+
+    class FaultOps(Operations):  # type: ignore[misc]  # fusepy is untyped
+        use_ns = True
+
+        def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+            try:
+                st = os.lstat(real(path))
+            except OSError as err:
+                raise FuseOSError(err.errno) from None
+            keys = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_atime_ns",
+                    "st_mtime_ns", "st_ctime_ns")
+            attrs = {key.replace("_ns", ""): getattr(st, key) for key in keys}
+            return attrs
+
+        def readdir(self, path: str, fh: int) -> list[str]:
+            names = [n for n in os.listdir(backing) if not n.endswith(FLAG_SUFFIX)]
+            return [".", "..", *names]
+
+        def open(self, path: str, flags: int) -> int:
+            return os.open(real(path), flags & ~os.O_DIRECT)
+
+        def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+            check(path)
+            with lock:
+                return os.pread(fh, size, offset)
+
+        def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+            check(path)
+            with lock:
+                return os.pwrite(fh, data, offset)
+
+        def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+            os.truncate(real(path), length)
+
+        def flush(self, path: str, fh: int) -> None:
+            pass  # close() succeeds: only I/O fails, as on a broken path to a SAN
+
+        def fsync(self, path: str, datasync: bool, fh: int) -> None:
+            check(path)
+            os.fdatasync(fh) if datasync else os.fsync(fh)
+
+        def release(self, path: str, fh: int) -> None:
+            os.close(fh)
+
+    return FaultOps()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print("usage: python -m autoextend.lab.faultfs BACKING_DIR MOUNTPOINT", file=sys.stderr)
+        return 2
+    from fuse import FUSE
+
+    backing, mountpoint = Path(argv[1]).resolve(), Path(argv[2]).resolve()
+    # multithreaded: QEMU's I/O threads, the probe and the lab read at once
+    FUSE(_operations(backing), str(mountpoint), foreground=True, nothreads=False,
+         allow_other=True, direct_io=True)
+    return 0
+
+
+@dataclass
+class FaultFs:
+    """A mounted :mod:`faultfs`: ``path(name)`` is the file to attach, ``fail``/``heal``."""
+
+    backing: Path
+    mountpoint: Path
+    process: Process
+
+    def path(self, name: str) -> Path:
+        return self.mountpoint / name
+
+    def create(self, name: str, size: int) -> Path:
+        """A sparse ``size``-byte file ``name`` (blocking; small)."""
+        with open(self.backing / name, "wb") as f:
+            f.truncate(size)
+        return self.path(name)
+
+    def fail(self, name: str) -> None:
+        """From the next request on, reads and writes of ``name`` fail with EIO."""
+        (self.backing / (name + FLAG_SUFFIX)).touch()
+
+    def heal(self, name: str) -> None:
+        """From the next request on, reads and writes of ``name`` succeed again."""
+        (self.backing / (name + FLAG_SUFFIX)).unlink(missing_ok=True)
+
+    async def stop(self) -> None:
+        """Unmount (lazily: a QEMU may still hold a file) and end the process. Idempotent."""
+        with anyio.CancelScope(shield=True):
+            if await anyio.to_thread.run_sync(is_mounted, self.mountpoint):
+                try:
+                    await proc.run(["umount", "-l", str(self.mountpoint)])
+                except CommandError as err:
+                    log.warning("fault fs unmount failed", error=str(err))
+            if self.process.returncode is None:
+                self.process.send_signal(signal.SIGTERM)
+                with anyio.move_on_after(10):
+                    await self.process.wait()
+            if self.process.returncode is None:
+                self.process.kill()
+                await self.process.wait()
+            log.info("fault fs unmounted", mountpoint=str(self.mountpoint))
+
+
+@asynccontextmanager
+async def fault_fs(directory: Path) -> AsyncIterator[FaultFs]:
+    """A fault file system over ``directory/backing`` mounted at ``directory/mnt``.
+
+    Raises:
+        LabError: it did not mount (libfuse2/fusepy missing, no ``/dev/fuse``).
+    """
+    backing, mountpoint = directory / "backing", directory / "mnt"
+    for d in (backing, mountpoint):
+        await anyio.Path(d).mkdir(parents=True, exist_ok=True)
+    out = await anyio.to_thread.run_sync(lambda: open(directory / "faultfs.log", "wb"))
+    try:
+        process = await anyio.open_process(
+            [sys.executable, "-m", "autoextend.lab.faultfs", str(backing), str(mountpoint)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    finally:
+        out.close()
+    fs = FaultFs(backing, mountpoint, process)
+    try:
+        try:
+            await until(lambda: process.returncode is not None or is_mounted(mountpoint),
+                        MOUNT_TIMEOUT_S, "the fault file system mounted")
+        except AssertionError as err:
+            raise LabError(str(err)) from None
+        if process.returncode is not None:
+            text = (directory / "faultfs.log").read_text(errors="replace")[-1000:]
+            raise LabError(f"the fault file system did not mount ({process.returncode}): {text}")
+        log.info("fault fs mounted", mountpoint=str(mountpoint), pid=process.pid)
+        yield fs
+    finally:
+        await fs.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
