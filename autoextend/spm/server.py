@@ -103,6 +103,7 @@ class SpmMailServer:
         self._clock = clock or MonotonicClock()
         self._epoch = epoch & 0xFFFFFFFF
         self.counters = ServerCounters()
+        self._repeats = logs.Repeats(log)  # retried reply writes: once, then a count
         self._watch = RingWatch(storage, layout, settings, self.counters, live_hosts)
         self._inbox = Inbox(storage, layout, self.counters)
         self._replies: dict[int, list[Reply | None]] = {}
@@ -461,8 +462,10 @@ class SpmMailServer:
                                   strict=True):
                     self._replies[host][j] = old
             self._rescan.add(host)
-            log.warning("reply write failed, will serve again", host_id=host, error=str(err))
+            self._repeats.warning("reply write failed, will serve again", host_id=host,
+                                  error=str(err))
             return False
+        self._repeats.clear("reply write failed, will serve again")
         for i in span:
             self._written[(host, i)] = versions[i]
             self._on_disk[(host, i)] = images[i]

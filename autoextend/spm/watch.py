@@ -173,6 +173,7 @@ class RingWatch:
         self._rest: list[int] = self._all  # read by the sweep
         self.live_interval_s = self.sweep_interval_s
         self._live_failing = False
+        self._repeats = logs.Repeats(log)  # read errors retried every poll: once, then a count
         self._next_live_refresh = -1e18
         self._next_sweep = 0.0
         self._next_live = 0.0
@@ -313,9 +314,10 @@ class RingWatch:
                     raise
                 failed = True
                 self._counters.io_errors += 1
-                log.warning("ring sector read failed", first_host=first, hosts=count,
-                            error=str(err))
+                self._repeats.warning("ring sector read failed", first_host=first,
+                                      hosts=count, error=str(err))
                 continue
+            self._repeats.clear("ring sector read failed")
             if self._runs.get((first, count)) == data:
                 continue  # the same bytes as the last read of this run: nothing changed
             self._runs[(first, count)] = data
