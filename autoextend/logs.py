@@ -123,14 +123,19 @@ class Repeats:
         else:
             self._log.debug(event, repeats=cause.repeats, **kw)
 
-    def clear(self, event: str) -> None:
+    def clear(self, event: str, reason: str = "it worked again") -> None:
         """The cause of ``event`` is over: one line with its count if it came more than once."""
         cause = self._causes.pop(event, None)
         if cause is None or cause.repeats == 1:
             return
         timing = {"duration_s": self._now() - cause.since} if self._now is not None else {}
         self._log.info("repeated warning cleared", warning=event, repeats=cause.repeats,
-                       last_error=cause.last_error, **timing)
+                       last_error=cause.last_error, reason=reason, **timing)
+
+    def clear_all(self, reason: str = "stopped") -> None:
+        """Every cause is over (its owner stops): the count line of each that repeated."""
+        for event in list(self._causes):
+            self.clear(event, reason)
 
     def active(self, event: str) -> int:
         """How often ``event`` came since its cause began (0: not now)."""

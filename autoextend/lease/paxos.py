@@ -397,6 +397,7 @@ class PaxosLease:
                 except StorageError as err:
                     self.stats.io_errors += 1
                     self.repeats.warning("SPM lease release I/O failed", error=str(err))
+            self.repeats.clear("SPM lease release I/O failed", "gave up after 3 tries")
         raw = await self.storage.read(self.layout.leader_offset, self.layout.sector_size)
         try:
             leader = unpack_leader(raw, self.layout.leader_offset, self.layout.max_hosts)

@@ -133,6 +133,8 @@ class LeaseService(TermHolder[SpmTerm]):
                 finally:
                     tg.cancel_scope.cancel()
         finally:
+            self.repeats.clear_all()
+            self.paxos.repeats.clear_all()
             if self._term is not None:
                 self._term.end("leaving")
             with anyio.CancelScope(shield=True), anyio.move_on_after(
