@@ -14,8 +14,8 @@ and a number cut inside its digits (``2560`` read as ``25``) is still a number. 
    what a cut at any line or section boundary does to the keys after the cut. Entries of an
    array of tables (``[[policy.overrides]]``) are keyed by their position, so a cut that
    drops the last override is an absence too.
-2. **Factor**: a number a reload applies (``[policy]`` with its overrides, ``[resume]``;
-   :func:`autoextend.reload.is_live`) that would move up or down by more than
+2. **Factor**: a number under ``[policy]`` (its overrides and VG reserves included) or
+   ``[resume]`` that would move up or down by more than
    ``service.reload_max_factor`` (4 by default; the *running* config's value applies, never
    the new file's). A cut inside a number's digits moves it by about
    10x or more (``2560`` -> ``256``, ``19`` -> ``1``); so does a fallback from a tuned chunk
@@ -40,8 +40,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from autoextend.reload import is_live
 from autoextend.settings import Settings
+
+#: The sections whose numbers the factor rule watches: the policy (what a reload applies,
+#: with the VG reserves, which wait for a restart) and the resume policy.
+FACTOR_SECTIONS = ("policy", "resume")
 
 #: A key as a path: section and field names, and positions in arrays of tables.
 Path = tuple[str | int, ...]
@@ -148,7 +151,7 @@ def changes(running: Settings, new: Settings, raw: Mapping[str, Any],
         key = dotted(path)
         if not named(raw, path):
             why = "not in the file, so the default"
-        elif (is_live(key) and _is_number(old) and _is_number(now)
+        elif (path[0] in FACTOR_SECTIONS and _is_number(old) and _is_number(now)
               and beyond_factor(float(old), float(now), factor)):
             why = f"moves more than x{factor:g}"
         out.append(Change(key, old, now, why))

@@ -40,8 +40,7 @@ def compare_with_running(new: Settings, raw: dict[str, Any] | None, source: str)
         if not isinstance(overrides, dict):
             raise TypeError("overrides is not an object")
     except ServiceNotRunning:
-        click.echo(f"no service answers on {sock}: nothing to compare with")
-        return
+        return  # no service running here: nothing to compare with
     except (KeyError, TypeError, ValueError) as exc:
         raise control.UnexpectedAnswer(sock, f"config of an unknown shape ({exc})") from None
     # What the service would load: the file, with the service's own command-line options
