@@ -183,7 +183,7 @@ class LeaseService(TermHolder[SpmTerm]):
             try:
                 await self.delta.renew()
             except HostIdLost as err:
-                self.repeats.clear("host id renewal failed")
+                self.repeats.clear("host id renewal failed", "the host id was lost")
                 self._lost(err.reason, expiry)
                 next_at = self.clock.now()
                 continue
