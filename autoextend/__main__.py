@@ -1,7 +1,8 @@
-"""``python -m autoextend`` is the ``autoextend`` command."""
+"""``python -m autoextend`` is the ``autoextend`` command (signals are held first: see
+:mod:`autoextend.cli.entry`)."""
 
 import sys
 
-from autoextend.cli.main import main
+from autoextend.cli.entry import main
 
 sys.exit(main())

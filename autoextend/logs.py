@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any, Literal, TextIO, cast
 
 import structlog
@@ -72,3 +73,80 @@ def get_logger(component: str, **context: Any) -> Logger:
     # A lazy proxy: it assembles the logger from the configuration current at each call, so
     # module-level loggers follow a later ``configure()``.
     return cast(Logger, structlog.get_logger(component=component, **context))
+
+
+class Repeats:
+    """Repeated warnings of one cause: the first is logged, the rest are counted.
+
+    A *cause* is the event text of one call site ("host id rejoin failed"); its errors may
+    differ in detail (an offset) and are counted together. The first report of a cause is
+    logged at its level (and again once if it escalates, say from warning to error); later
+    reports go to debug with ``repeats=N``. When the cause is over (:meth:`clear`, called on
+    the next success) one info line says how often it came: ``repeated warning cleared`` with
+    ``warning``, ``repeats``, ``last_error`` and (with a clock) ``duration_s``. With a clock,
+    a cause that lasts logs ``repeated warning continues`` with the count every
+    ``remind_s``, at its level. This is the rule of the lease's bad records (each one logged
+    once) applied to retries, so an outage of any length logs a few lines, not one per retry.
+    """
+
+    def __init__(self, log: Logger, now: Callable[[], float] | None = None,
+                 remind_s: float = 600.0) -> None:
+        self._log = log
+        self._now = now
+        self._remind_s = remind_s
+        self._causes: dict[str, _Cause] = {}
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self.report("warning", event, **kw)
+
+    def error(self, event: str, **kw: Any) -> None:
+        self.report("error", event, **kw)
+
+    def report(self, level: str, event: str, **kw: Any) -> None:
+        now = self._now() if self._now is not None else 0.0
+        cause = self._causes.get(event)
+        if cause is None:
+            self._causes[event] = _Cause(now, now, {level}, kw.get("error"))
+            getattr(self._log, level)(event, **kw)
+            return
+        cause.repeats += 1
+        if "error" in kw:
+            cause.last_error = kw["error"]
+        if level not in cause.levels:
+            cause.levels.add(level)
+            getattr(self._log, level)(event, repeats=cause.repeats, **kw)
+        elif self._now is not None and now - cause.reminded >= self._remind_s:
+            cause.reminded = now
+            getattr(self._log, level)("repeated warning continues", warning=event,
+                                      repeats=cause.repeats, duration_s=now - cause.since,
+                                      last_error=cause.last_error)
+        else:
+            self._log.debug(event, repeats=cause.repeats, **kw)
+
+    def clear(self, event: str, reason: str = "it worked again") -> None:
+        """The cause of ``event`` is over: one line with its count if it came more than once."""
+        cause = self._causes.pop(event, None)
+        if cause is None or cause.repeats == 1:
+            return
+        timing = {"duration_s": self._now() - cause.since} if self._now is not None else {}
+        self._log.info("repeated warning cleared", warning=event, repeats=cause.repeats,
+                       last_error=cause.last_error, reason=reason, **timing)
+
+    def clear_all(self, reason: str = "stopped") -> None:
+        """Every cause is over (its owner stops): the count line of each that repeated."""
+        for event in list(self._causes):
+            self.clear(event, reason)
+
+    def active(self, event: str) -> int:
+        """How often ``event`` came since its cause began (0: not now)."""
+        cause = self._causes.get(event)
+        return cause.repeats if cause is not None else 0
+
+
+@dataclass
+class _Cause:
+    since: float
+    reminded: float
+    levels: set[str]
+    last_error: Any
+    repeats: int = 1

@@ -18,11 +18,12 @@ from typing import Any
 from autoextend.settings import Settings
 
 #: Keys (dotted prefixes) a reload applies.
-LIVE = ("policy", "resume", "service.dry_run", "service.log_level", "service.log_format")
+LIVE = ("policy", "resume", "service.dry_run", "service.log_level", "service.log_format",
+        "service.reload_max_factor")
 #: Keys under a live prefix that are nevertheless fixed at start: the reserve wrapper and its
 #: extent rounding are built with the volume backend.
 FIXED = ("policy.vg_reserve_mib", "policy.extent_mib")
-_SERVICE_LIVE = ("dry_run", "log_level", "log_format")
+_SERVICE_LIVE = ("dry_run", "log_level", "log_format", "reload_max_factor")
 _MISSING = object()
 
 

@@ -7,22 +7,27 @@ Wiring (config flows down from here; nothing reads globals)::
     control socket, metrics, sd_notify, signals
 
 SIGTERM/SIGINT cancel everything and exit cleanly; SIGHUP (or the control socket's ``reload``)
-reloads the config file: an invalid file is logged and the old config kept; a valid one is
+reloads the config file: an invalid file is logged and the old config kept; a file that looks
+half-written (``autoextend/reloadguard.py``) is held back until confirmed; a valid one is
 applied as far as the running parts can take it, and the keys that need a restart are logged
-and shown by ``status`` (``autoextend/reload.py``). Monitor state is never lost.
+and shown by ``status`` (``autoextend/reload.py``). Monitor state is never lost. Signals that
+came before the receiver existed were queued by :mod:`autoextend.earlysignals` and are handled
+first; SIGHUPs before the service is ready become one reload once it is.
 """
 
 from __future__ import annotations
 
+import enum
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
-from autoextend import logs, startup, timeouts, validation
+from autoextend import earlysignals, logs, reloadguard, startup, timeouts, validation
 from autoextend import reload as reload_mod
 from autoextend import settings as settings_mod
 from autoextend.capacity.wiring import CapacityPart
@@ -44,6 +49,27 @@ from autoextend.settings import Settings
 from autoextend.volumes import LocalAuthority, SpmAuthority, VolumeBackend, VolumeRef
 
 log = get_logger("service")
+
+CONFIRM_HOW = "autoextend config reload --confirm, or SIGHUP again with the same file"
+
+
+class ReloadOutcome(enum.Enum):
+    APPLIED = "applied"   # the file's config is in effect (as far as a reload applies)
+    HELD = "held"         # it looks half-written: the running config stays until confirmed
+    FAILED = "failed"     # invalid or unreadable: the running config stays
+
+
+@dataclass(frozen=True)
+class HeldReload:
+    """A reload held back by :mod:`autoextend.reloadguard`, waiting for confirmation."""
+
+    digest: str                          # of the file's bytes: a second SIGHUP confirms it
+    held: tuple[reloadguard.Change, ...]  # the changes that tripped the rule
+    changes: tuple[reloadguard.Change, ...]  # every change it would make
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"held": [c.line() for c in self.held], "held_keys": [c.key for c in self.held],
+                "changes": [c.line() for c in self.changes], "confirm": CONFIRM_HOW}
 
 
 def make_volume_backend(
@@ -147,9 +173,11 @@ class Service:
         self.control.register("spm_step_down", self._step_down)
         self.control.register("volume_reduce", self.capacity.handle_reduce)
         self.control.register("reload", self._reload)
+        self.control.register("config", self._config)
         self.reloads = 0
         self.reload_applied: tuple[str, ...] = ()       # by the last reload
         self.pending_restart: tuple[str, ...] = ()      # changed in the file, not in effect
+        self.held: HeldReload | None = None              # a reload waiting for confirmation
         self._export_input_metrics()
         if self.cluster is not None:
             self._export_cluster_metrics(self.cluster)
@@ -246,13 +274,26 @@ class Service:
     def _config_status(self) -> dict[str, Any]:
         return {"path": str(self.config_path) if self.config_path else None,
                 "reloads": self.reloads, "applied": list(self.reload_applied),
-                "pending_restart": list(self.pending_restart)}
+                "pending_restart": list(self.pending_restart),
+                "held": self.held.as_dict() if self.held is not None else None}
 
     async def _reload(self, request: dict[str, Any]) -> dict[str, Any]:
-        if not self.reload():
+        """``reload`` (``autoextend config reload [--confirm]``): like a SIGHUP; with
+        ``confirm`` the file is applied even when the reload guard would hold it back."""
+        confirm = request.get("confirm", False)
+        if not isinstance(confirm, bool):
+            raise AutoextendError("reload: confirm must be true or false")
+        outcome = self.reload(confirm=confirm)
+        if outcome is ReloadOutcome.FAILED:
             raise AutoextendError("the config file is invalid; the old config is kept "
                                   "(see the service log)")
-        return self._config_status()
+        return {**self._config_status(), "outcome": outcome.value}
+
+    async def _config(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``config``: the config in effect, for ``autoextend config check`` to compare a
+        file against (with the same rule a reload applies)."""
+        return {"running": self.settings.model_dump(mode="json"), "overrides": self.overrides,
+                **self._config_status()}
 
     def summary(self) -> str:
         vms = self.monitor.snapshot()
@@ -265,20 +306,33 @@ class Service:
         space = self.capacity.summary()
         return f"{text}; {space}" if space else text
 
-    def reload(self) -> bool:
-        """Re-read the config file; keep the old config when the new one is invalid.
+    def reload(self, *, confirm: bool = False) -> ReloadOutcome:
+        """Re-read the config file; keep the old config when the new one is invalid, or
+        when it looks half-written (``autoextend/reloadguard.py``) and is not confirmed:
+        ``confirm``, or the same file content as the reload held back.
 
         Applies what the running parts can take (``autoextend/reload.py``); ``settings``
         stays the config in effect, and the keys that need a restart are logged and kept
         for ``status``."""
         try:
-            new = settings_mod.load(self.config_path)
+            loaded = settings_mod.load_file(self.config_path)
+            new = loaded.settings
             if self.overrides:
                 new = settings_mod.with_overrides(new, self.overrides)
             validation.check_service(new, settings_mod.source_name(self.config_path))
         except ConfigError as exc:
             log.error("config reload failed; keeping the old config", error=str(exc))
-            return False
+            return ReloadOutcome.FAILED
+        found = reloadguard.changes(self.settings, new, loaded.raw,
+                                    self.settings.service.reload_max_factor)
+        suspicious = reloadguard.held(found)
+        confirmed = confirm or (self.held is not None and self.held.digest == loaded.digest)
+        if suspicious and not confirmed:
+            self.held = HeldReload(loaded.digest, tuple(suspicious), tuple(found))
+            log.warning("config reload held back until confirmed; keeping the running config",
+                        path=str(self.config_path), **self.held.as_dict())
+            return ReloadOutcome.HELD
+        self.held = None
         plan = reload_mod.plan(self.settings, new)
         now = plan.effective
         logs.configure(now.service.log_level, now.service.log_format)
@@ -289,14 +343,16 @@ class Service:
         self.settings = now
         self.reloads += 1
         self.reload_applied, self.pending_restart = plan.applied, plan.needs_restart
+        extra: dict[str, Any] = (
+            {"confirmed": [c.line() for c in suspicious]} if suspicious else {})
         if plan.needs_restart:
             log.warning("config reloaded; some changes need a restart",
                         path=str(self.config_path), applied=list(plan.applied),
-                        needs_restart=list(plan.needs_restart))
+                        needs_restart=list(plan.needs_restart), **extra)
         else:
             log.info("config reloaded", path=str(self.config_path),
-                     applied=list(plan.applied))
-        return True
+                     applied=list(plan.applied), **extra)
+        return ReloadOutcome.APPLIED
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -347,21 +403,60 @@ async def serve(
     config_path: Path | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
 ) -> None:
-    """Run the service until SIGTERM/SIGINT; SIGHUP reloads (CLI overrides stay applied)."""
+    """Run the service until SIGTERM/SIGINT; SIGHUP reloads (CLI overrides stay applied).
+
+    Signals queued before this (:mod:`autoextend.earlysignals`) are handled first; SIGHUPs
+    before the service is ready become one reload once it is ready."""
     service = Service(settings, config_path=config_path, overrides=overrides)
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async with anyio.create_task_group() as tg:
-            # start_soon, not start: SIGTERM must stop a start-up that waits (a lease join
-            # takes seconds); a start-up error still ends the group and reaches the CLI.
-            tg.start_soon(service.run)
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    service.reload()
-                    continue
-                log.info("shutting down", signal=signal.Signals(signum).name)
-                service.notifier.stopping()
-                tg.cancel_scope.cancel()
-                break
+    ready = anyio.Event()
+    reload_waiting = False
+
+    async def start() -> None:
+        async with anyio.create_task_group() as inner:
+            await inner.start(service.run)
+            ready.set()
+
+    async def reload_once_ready() -> None:
+        nonlocal reload_waiting
+        await ready.wait()
+        reload_waiting = False
+        service.reload()
+
+    def handle(signum: int, tg: TaskGroup) -> bool:
+        """Handle one signal; True when the service is to stop."""
+        nonlocal reload_waiting
+        if signum == signal.SIGHUP:
+            if ready.is_set():
+                service.reload()
+            elif not reload_waiting:
+                reload_waiting = True
+                log.info("reload requested before the service is ready; it runs once ready")
+                tg.start_soon(reload_once_ready)
+            return False
+        log.info("shutting down", signal=signal.Signals(signum).name)
+        service.notifier.stopping()
+        tg.cancel_scope.cancel()
+        return True
+
+    try:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
+            queued = earlysignals.take_queued()
+            async with anyio.create_task_group() as tg:
+                # start_soon, not start: SIGTERM must stop a start-up that waits (a lease join
+                # takes seconds); a start-up error still ends the group and reaches the CLI.
+                tg.start_soon(start)
+                stopping = False
+                for signum in queued:
+                    stopping = handle(signum, tg)
+                    if stopping:
+                        break
+                if not stopping:
+                    async for signum in received:
+                        if handle(signum, tg):
+                            break
+    finally:
+        if earlysignals.holding():
+            earlysignals.hold()  # a signal during the last steps of exit is queued, not fatal
     log.info("stopped")
 
 

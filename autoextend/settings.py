@@ -6,10 +6,12 @@ Every problem is reported with its dotted key (``policy.chunk_mib: must be >= 1`
 
 from __future__ import annotations
 
+import hashlib
 import os
 import reprlib
 import stat
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +44,9 @@ class ServiceSettings(Section):
     log_format: Literal["auto", "json", "console"] = "auto"
     control_socket: str = "/run/autoextend/control.sock"
     dry_run: bool = False
+    # A reload that moves a [policy] number by more than this factor (up or down) is held
+    # back until confirmed (autoextend/reloadguard.py).
+    reload_max_factor: float = Field(4.0, ge=1.0, le=1000.0)
 
 
 class MetricsSettings(Section):
@@ -145,6 +150,16 @@ def _read_config(file: Path) -> bytes:
         os.close(fd)
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """A config file as read: its validated settings, the parsed TOML (which keys the file
+    names: the reload guard needs it) and a digest of its bytes (the same file content)."""
+
+    settings: Settings
+    raw: dict[str, Any]
+    digest: str
+
+
 def load(path: Path | str | None = None) -> Settings:
     """Read and validate a config file.
 
@@ -154,13 +169,18 @@ def load(path: Path | str | None = None) -> Settings:
     Raises:
         ConfigError: unreadable file, TOML syntax error, unknown key, bad type or range.
     """
+    return load_file(path).settings
+
+
+def load_file(path: Path | str | None = None) -> Loaded:
+    """:func:`load`, keeping the parsed TOML and the digest of the bytes read."""
     explicit = path is not None
     file = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     try:
         raw = _read_config(file)
     except FileNotFoundError:
         if not explicit:
-            return Settings()
+            return Loaded(Settings(), {}, hashlib.sha256(b"").hexdigest())
         raise ConfigError(str(file), [("", "file not found")]) from None
     except OSError as exc:
         raise ConfigError(str(file), [("", f"cannot read: {exc.strerror or exc}")]) from None
@@ -176,7 +196,7 @@ def load(path: Path | str | None = None) -> Settings:
         raise ConfigError(
             str(file), [("", f"arrays or tables nested deeper than {MAX_NESTING}")]
         ) from None
-    return from_mapping(data, str(file))
+    return Loaded(from_mapping(data, str(file)), data, hashlib.sha256(raw).hexdigest())
 
 
 def with_overrides(settings: Settings, overrides: dict[str, dict[str, Any]]) -> Settings:

@@ -20,6 +20,7 @@ class CliContext:
     log_level: str | None = None
     log_format: str | None = None
     effective_log_level: str | None = None  # once a config is loaded: file + command line
+    loaded_raw: dict[str, Any] | None = None  # the parsed file of the last load (None: none)
 
     @property
     def debug(self) -> bool:
@@ -42,7 +43,8 @@ class CliContext:
 
     def load_settings(self, **overrides: dict[str, Any]) -> settings.Settings:
         """Load the config file (ConfigError on bad input), apply CLI overrides, set up logs."""
-        loaded = settings.load(self.config_path)
+        file = settings.load_file(self.config_path)
+        loaded, self.loaded_raw = file.settings, file.raw
         merged = dict(overrides)
         for section, values in self.cli_overrides().items():
             merged[section] = {**merged.get(section, {}), **values}

@@ -44,6 +44,8 @@ Examples:
   autoextend config check                          # the default file
   autoextend config check --config ./pool.toml     # exit 2 and one line if unusable
   autoextend --config ./pool.toml config show > effective.toml
+  autoextend config reload                         # like SIGHUP; may be held back
+  autoextend config reload --confirm               # apply a held-back reload
 """)
 def config_group() -> None:
     """Inspect and validate the configuration.
@@ -76,8 +78,29 @@ def config_check(obj: CliContext) -> None:
     prints for that file. What the machine must provide (the lease area, free ports) is
     checked when the service starts (exit 1).
     """
-    obj.load_service_settings()
+    from autoextend.cli import reloading
+
+    new = obj.load_service_settings()
     click.echo("config ok")
+    reloading.compare_with_running(new, obj.loaded_raw, obj.config_source)
+
+
+@config_group.command("reload")
+@click.option("--confirm", is_flag=True,
+              help="Apply the file even if the reload would be held back.")
+@pass_ctx
+def config_reload(obj: CliContext, confirm: bool) -> None:
+    """Ask the running service to re-read its config file (what SIGHUP does).
+
+    A file that looks half-written (a key it no longer sets would fall back to its default,
+    or a [policy] number would move by more than service.reload_max_factor) is held back:
+    the running config stays, the changes are printed and the exit code is 1. Check the
+    file, then confirm with --confirm (or send SIGHUP again with the same file content).
+    An invalid file is refused (exit 1); the running config stays.
+    """
+    from autoextend.cli import reloading
+
+    reloading.reload(obj.load_settings().service.control_socket, confirm)
 
 
 def _register_commands() -> None:

@@ -76,6 +76,12 @@ def render_status(result: dict[str, Any]) -> str:
     )
     if svc.get("hypervisor_problem"):
         lines.append(f"WARNING: {svc['hypervisor_problem']}")
+    held = (result.get("config") or {}).get("held")
+    if held:
+        keys = held.get("held_keys", [])
+        lines.append(f"RELOAD HELD: the config file looks half-written ({len(keys)} key(s): "
+                     + ", ".join(keys) + "); see `autoextend config check`, then"
+                     " `autoextend config reload --confirm` applies it")
     pending = (result.get("config") or {}).get("pending_restart")
     if pending:
         lines.append("RESTART NEEDED: the config file changes " + ", ".join(pending)

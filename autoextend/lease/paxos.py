@@ -57,7 +57,7 @@ from autoextend.lease.format import (
 )
 from autoextend.lease.layout import PAXOS_FIRST_DBLOCK_SECTOR, LeaseLayout
 from autoextend.lease.timeouts import LeaseTimeouts
-from autoextend.logs import get_logger
+from autoextend.logs import Repeats, get_logger
 from autoextend.sectors import IoTimeout, SectorStorage, StorageError, UnalignedIoError
 
 
@@ -185,6 +185,7 @@ class PaxosLease:
         self.last_leader: LeaderRecord | None = None
         self.own: Dblock | None = None  # our dblock as last written (or read)
         self.log = get_logger("lease", host_id=host_id)
+        self.repeats = Repeats(self.log, clock.now)  # retried I/O errors: once, then a count
 
     async def _read_sectors(self, err: StorageError) -> bytes:
         """The area read failed with an I/O error (not a timeout): read it sector by sector so
@@ -346,6 +347,7 @@ class PaxosLease:
         while True:
             try:
                 area = await self.read_area()
+                self.repeats.clear("SPM lease I/O failed")
                 top = highest_lver(area.blocks)
                 leader = area.leader
                 if leader is None or leader.lver < top:
@@ -366,7 +368,7 @@ class PaxosLease:
                 await self.clock.sleep(self.rng.uniform(0.0, self.timeouts.backoff_max))
             except StorageError as err:
                 self.stats.io_errors += 1
-                self.log.warning("SPM lease I/O failed", error=str(err))
+                self.repeats.warning("SPM lease I/O failed", error=str(err))
                 await self.clock.sleep(self.rng.uniform(0.0, self.timeouts.backoff_max))
 
     async def _guarded_ballot(self, area: PaxosArea, lver: int, mine: Value) -> Value:
@@ -390,10 +392,12 @@ class PaxosLease:
             for _ in range(3):
                 try:
                     await self._write_own(released)
+                    self.repeats.clear("SPM lease release I/O failed")
                     break
                 except StorageError as err:
                     self.stats.io_errors += 1
-                    self.log.warning("SPM lease release I/O failed", error=str(err))
+                    self.repeats.warning("SPM lease release I/O failed", error=str(err))
+            self.repeats.clear("SPM lease release I/O failed", "gave up after 3 tries")
         raw = await self.storage.read(self.layout.leader_offset, self.layout.sector_size)
         try:
             leader = unpack_leader(raw, self.layout.leader_offset, self.layout.max_hosts)

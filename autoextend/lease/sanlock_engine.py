@@ -48,7 +48,7 @@ from autoextend.lease.layout import MIB
 from autoextend.lease.liveness import HostState, HostStatus
 from autoextend.lease.term import Term, TermHolder
 from autoextend.lease.timeouts import LeaseTimeouts, lease_timeouts
-from autoextend.logs import get_logger
+from autoextend.logs import Repeats, get_logger
 
 RESOURCE_NAME = "SPM"
 _T = TypeVar("_T")
@@ -106,6 +106,7 @@ class SanlockEngine(TermHolder[SanlockTerm]):
         self._leader: tuple[int, int] | None = None
         self._own_ts: int | None = None
         self.log = get_logger("lease", host_id=self._host_id, engine="sanlock")
+        self.repeats = Repeats(self.log, self.clock.now)  # retried failures: once, then a count
 
     # ---- LeaseEngine properties -------------------------------------------------------------
 
@@ -261,8 +262,9 @@ class SanlockEngine(TermHolder[SanlockTerm]):
             if not self._joined.is_set():
                 try:
                     await self._rejoin()
+                    self.repeats.clear("sanlock rejoin failed")
                 except (AutoextendError, OSError) as err:
-                    self.log.warning("sanlock rejoin failed", error=str(err))
+                    self.repeats.warning("sanlock rejoin failed", error=str(err))
                     await self.clock.sleep(self._timeouts.acquire_poll)
                     continue
             await self.clock.sleep(self._hold_off_until - self.clock.now())
@@ -273,10 +275,11 @@ class SanlockEngine(TermHolder[SanlockTerm]):
                 await self._on_sock(sl.acquire, self._res)
             except sl.SanlockError as err:
                 if not err.busy:
-                    self.log.warning("sanlock acquire failed", error=str(err))
+                    self.repeats.warning("sanlock acquire failed", error=str(err))
                 await self._read_leader()
                 await self.clock.sleep(self._timeouts.acquire_poll)
                 continue
+            self.repeats.clear("sanlock acquire failed")
             held = await self._on_sock(sl.inquire)
             lver = held.get(self._key)
             if lver is None:

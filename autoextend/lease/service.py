@@ -35,7 +35,7 @@ from autoextend.lease.paxos import PaxosLease
 from autoextend.lease.term import Term, TermHolder
 from autoextend.lease.timeouts import LeaseTimeouts, lease_timeouts
 from autoextend.lease.watchdog import NullWatchdog, Watchdog
-from autoextend.logs import get_logger
+from autoextend.logs import Repeats, get_logger
 from autoextend.sectors import SectorStorage, StorageError
 
 
@@ -115,6 +115,8 @@ class LeaseService(TermHolder[SpmTerm]):
         self._hold_off_until = 0.0
         self._rejoin_not_before = 0.0
         self.log = get_logger("lease", host_id=self.host_id)
+        # Renewal and rejoin retry every renewal_retry (0.5 s): one line per cause, then a count.
+        self.repeats = Repeats(self.log, clock.now)
 
     # ---- host id -------------------------------------------------------------------------
 
@@ -131,6 +133,8 @@ class LeaseService(TermHolder[SpmTerm]):
                 finally:
                     tg.cancel_scope.cancel()
         finally:
+            self.repeats.clear_all()
+            self.paxos.repeats.clear_all()
             if self._term is not None:
                 self._term.end("leaving")
             with anyio.CancelScope(shield=True), anyio.move_on_after(
@@ -169,15 +173,17 @@ class LeaseService(TermHolder[SpmTerm]):
                     await self.delta.acquire()
                     self.stats.rejoins += 1
                     self._joined.set()
+                    self.repeats.clear("host id rejoin failed")
                     next_at = self.delta.last_renewal + t.renewal_interval
                 except (LeaseError, StorageError) as err:
-                    self.log.warning("host id rejoin failed", error=str(err))
+                    self.repeats.warning("host id rejoin failed", error=str(err))
                     next_at = self.clock.now() + t.renewal_retry
                 continue
             expiry = self.delta.expiry
             try:
                 await self.delta.renew()
             except HostIdLost as err:
+                self.repeats.clear("host id renewal failed", "the host id was lost")
                 self._lost(err.reason, expiry)
                 next_at = self.clock.now()
                 continue
@@ -185,9 +191,11 @@ class LeaseService(TermHolder[SpmTerm]):
                 self.stats.renewal_failures += 1
                 age = self.clock.now() - self.delta.last_renewal
                 level = "error" if age >= t.renewal_warn else "warning"
-                getattr(self.log, level)("host id renewal failed", error=str(err), duration_s=age)
+                self.repeats.report(level, "host id renewal failed", error=str(err),
+                                    duration_s=age)
                 next_at = self.clock.now() + t.renewal_retry
                 continue
+            self.repeats.clear("host id renewal failed")
             self.stats.renewals += 1
             if (self._term is not None and self._term.ended is None) or self._ballot_armed:
                 self.watchdog.update(self.delta.expiry)
@@ -274,7 +282,7 @@ class LeaseService(TermHolder[SpmTerm]):
             try:
                 await self.paxos.release(lver, generation)
             except StorageError as err:
-                self.log.warning("SPM lease release failed", lver=lver, error=str(err))
+                self.repeats.warning("SPM lease release failed", lver=lver, error=str(err))
 
     # TermHolder hooks: spm(), step_down() and term are in autoextend.lease.term.
 

@@ -134,6 +134,7 @@ class HostMailbox:
         self._clock = clock or MonotonicClock()
         self._log = log.bind(host_id=host_id)
         self.counters = HostMailboxCounters()
+        self._repeats = logs.Repeats(self._log, self._clock.now)  # retried I/O: once, then a count
         self.generation = 0
         self._running = False
         self._wake: anyio.Event | None = None
@@ -320,8 +321,10 @@ class HostMailbox:
                 await self._keep_bell_rung(self._clock.now())
         except AutoextendError as err:
             self.counters.io_errors += 1
-            self._log.warning("mailbox I/O failed, will retry", error=str(err))
+            self._repeats.warning("mailbox I/O failed, will retry", error=str(err))
             await self._clock.sleep(self._settings.reply_poll_max_s)
+        else:
+            self._repeats.clear("mailbox I/O failed, will retry")
 
     def _expire(self, now: float) -> None:
         for pending in list(self._by_volume.values()):

@@ -57,7 +57,8 @@ class Inbox:
     """The latest ring and box sectors of every host, and the requests they hold."""
 
     def __init__(
-        self, storage: SectorStorage, layout: MailboxLayout, counters: ServerCounters
+        self, storage: SectorStorage, layout: MailboxLayout, counters: ServerCounters,
+        repeats: logs.Repeats | None = None,
     ) -> None:
         self._storage = storage
         self._layout = layout
@@ -67,6 +68,8 @@ class Inbox:
         self._box_seen: dict[int, tuple[int, int] | None] = {}
         self._decoded: dict[tuple[int, int], tuple[bytes, _Part]] = {}
         self._logged: dict[tuple[int, int], str] = {}  # (host, sector) -> reason logged
+        # read errors retried every poll: once, then a count (the server's, when it has one)
+        self._repeats = repeats or logs.Repeats(log)
 
     def _corrupt(self, host_id: int, index: int, err: CorruptSector, what: str) -> None:
         self._counters.corrupt_sectors += 1
@@ -101,8 +104,9 @@ class Inbox:
             except AutoextendError as err:
                 self._counters.io_errors += 1
                 failed.update(range(first, first + count))
-                log.warning("ring sector read failed", error=str(err))
+                self._repeats.warning("ring sector read failed", error=str(err))
                 continue
+            self._repeats.clear("ring sector read failed")
             for n in range(count):
                 host_id = first + n
                 try:
@@ -126,8 +130,9 @@ class Inbox:
             except AutoextendError as err:
                 self._counters.io_errors += 1
                 failed.update(range(first, first + count))
-                log.warning("request box read failed", error=str(err))
+                self._repeats.warning("request box read failed", error=str(err))
                 continue
+            self._repeats.clear("request box read failed")
             for n in range(count):
                 host_id = first + n
                 head = self._heads.get(host_id)

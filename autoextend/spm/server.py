@@ -103,8 +103,10 @@ class SpmMailServer:
         self._clock = clock or MonotonicClock()
         self._epoch = epoch & 0xFFFFFFFF
         self.counters = ServerCounters()
-        self._watch = RingWatch(storage, layout, settings, self.counters, live_hosts)
-        self._inbox = Inbox(storage, layout, self.counters)
+        self._repeats = logs.Repeats(log)  # retried reads and writes: once, then a count
+        self._watch = RingWatch(storage, layout, settings, self.counters, live_hosts,
+                                repeats=self._repeats)
+        self._inbox = Inbox(storage, layout, self.counters, repeats=self._repeats)
         self._replies: dict[int, list[Reply | None]] = {}
         self._on_disk: dict[tuple[int, int], list[Reply | None]] = {}
         self._version: dict[tuple[int, int], int] = {}
@@ -167,6 +169,7 @@ class SpmMailServer:
         finally:
             self._tg = None
             self._stopped.set()
+            self._repeats.clear_all()
         if self._lost is not None:
             log.warning("SPM mail server stopped: not SPM", reason=self._lost.reason)
             raise self._lost
@@ -461,8 +464,10 @@ class SpmMailServer:
                                   strict=True):
                     self._replies[host][j] = old
             self._rescan.add(host)
-            log.warning("reply write failed, will serve again", host_id=host, error=str(err))
+            self._repeats.warning("reply write failed, will serve again", host_id=host,
+                                  error=str(err))
             return False
+        self._repeats.clear("reply write failed, will serve again")
         for i in span:
             self._written[(host, i)] = versions[i]
             self._on_disk[(host, i)] = images[i]

@@ -158,6 +158,7 @@ class RingWatch:
         settings: MailboxSettings,
         counters: ServerCounters,
         live_hosts: LiveHosts | None = None,
+        repeats: logs.Repeats | None = None,
     ) -> None:
         self._storage = storage
         self._layout = layout
@@ -173,6 +174,8 @@ class RingWatch:
         self._rest: list[int] = self._all  # read by the sweep
         self.live_interval_s = self.sweep_interval_s
         self._live_failing = False
+        # read errors retried every poll: once, then a count (the server's, when it has one)
+        self._repeats = repeats or logs.Repeats(log)
         self._next_live_refresh = -1e18
         self._next_sweep = 0.0
         self._next_live = 0.0
@@ -313,9 +316,10 @@ class RingWatch:
                     raise
                 failed = True
                 self._counters.io_errors += 1
-                log.warning("ring sector read failed", first_host=first, hosts=count,
-                            error=str(err))
+                self._repeats.warning("ring sector read failed", first_host=first,
+                                      hosts=count, error=str(err))
                 continue
+            self._repeats.clear("ring sector read failed")
             if self._runs.get((first, count)) == data:
                 continue  # the same bytes as the last read of this run: nothing changed
             self._runs[(first, count)] = data

@@ -30,7 +30,7 @@ def test_license_is_an_spdx_string() -> None:
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert meta["project"]["license"] == "GPL-2.0-or-later"
     assert "setuptools>=77" in meta["build-system"]["requires"]
-    assert meta["project"]["scripts"]["autoextend"] == "autoextend.cli.main:main"
+    assert meta["project"]["scripts"]["autoextend"] == "autoextend.cli.entry:main"
 
 
 def _unit_exec_start() -> list[str]:

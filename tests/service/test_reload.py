@@ -17,7 +17,7 @@ from autoextend import reload as reload_mod
 from autoextend import settings as settings_mod
 from autoextend.cli.service import render_status
 from autoextend.errors import AutoextendError
-from autoextend.service import Service
+from autoextend.service import ReloadOutcome, Service
 
 MiB = 1 << 20
 
@@ -103,7 +103,7 @@ async def test_reload_applies_what_it_can_and_says_what_needs_a_restart(
     changed["qmp"]["socket_glob"] = "/elsewhere/*.sock"
     write(path, changed)
     with capture_logs() as logs:
-        assert service.reload()
+        assert service.reload() is ReloadOutcome.APPLIED
     # applied: the monitor runs with the new policy and dry-run
     assert service.monitor.settings.chunk_mib == 512 and service.monitor.dry_run
     # not applied: the running values stay, and status shows those
@@ -140,7 +140,7 @@ async def test_an_invalid_file_changes_nothing(tmp_path: Path) -> None:
     before = service.settings
     path.write_text("[policy]\nchunk_mib = 0\n")
     with capture_logs() as logs:
-        assert not service.reload()
+        assert service.reload() is ReloadOutcome.FAILED
         with pytest.raises(AutoextendError, match="invalid"):
             await service._reload({})
     assert service.settings is before and service.monitor.settings.chunk_mib == 256
@@ -156,5 +156,128 @@ async def test_a_reloaded_extend_timeout_is_the_extension_deadline_in_local_mode
     assert service.monitor.extend_deadline_s == 60.0
     data["policy"]["extend_timeout_s"] = 5.0
     write(path, data)
-    assert service.reload()
+    assert service.reload() is ReloadOutcome.HELD  # 60 -> 5 s: more than x4
+    assert service.monitor.extend_deadline_s == 60.0
+    assert service.reload(confirm=True) is ReloadOutcome.APPLIED
     assert service.monitor.extend_deadline_s == 5.0 and service.pending_restart == ()
+
+
+# ---- a reload that looks half-written is held back until confirmed -------------------------
+
+FULL = """\
+[service]
+hypervisor = "qmp"
+control_socket = "{d}/ctl.sock"
+[qmp]
+socket_glob = "{d}/qmp/*.sock"
+[volumes]
+backend = "loop"
+loop_root = "{d}/volumes"
+[resume]
+policy = "leave"
+[policy]
+chunk_mib = 128
+utilization_percent = 50
+"""
+
+
+def full_file(tmp_path: Path) -> tuple[Service, Path, str]:
+    path = tmp_path / "autoextend.toml"
+    text = FULL.format(d=tmp_path)
+    path.write_text(text)
+    return Service(settings_mod.load(path), config_path=path), path, text
+
+
+def cut_before(text: str, header: str) -> str:
+    return text[: text.index(header)]
+
+
+async def test_a_file_cut_before_its_policy_is_held_and_a_second_sighup_confirms(
+    tmp_path: Path,
+) -> None:
+    service, path, text = full_file(tmp_path)
+    running = service.settings
+    path.write_text(cut_before(text, "[policy]"))
+    with capture_logs() as logs:
+        assert service.reload() is ReloadOutcome.HELD
+    assert service.settings is running and service.monitor.settings.chunk_mib == 128
+    (line,) = [e for e in logs if e["event"] ==
+               "config reload held back until confirmed; keeping the running config"]
+    assert line["log_level"] == "warning"
+    assert line["held"] == [
+        "policy.chunk_mib: 128 -> 2560 (held: not in the file, so the default)",
+        "policy.utilization_percent: 50 -> 20 (held: not in the file, so the default)",
+    ]
+    assert line["held_keys"] == ["policy.chunk_mib", "policy.utilization_percent"]
+    status = await service._status({})
+    assert status["config"]["held"]["held_keys"] == line["held_keys"]
+    assert "RELOAD HELD: the config file looks half-written (2 key(s): policy.chunk_mib," \
+        in render_status(status)
+    # The second SIGHUP with the same bytes is the confirmation.
+    with capture_logs() as logs:
+        assert service.reload() is ReloadOutcome.APPLIED
+    assert service.monitor.settings.chunk_mib == 2560 and service.held is None
+    (done,) = [e for e in logs if e["event"] == "config reloaded"]
+    assert done["confirmed"] == line["held"]
+    assert (await service._status({}))["config"]["held"] is None
+
+
+async def test_a_file_that_changed_again_is_not_a_confirmation(tmp_path: Path) -> None:
+    service, path, text = full_file(tmp_path)
+    path.write_text(cut_before(text, "[policy]"))
+    assert service.reload() is ReloadOutcome.HELD
+    path.write_text(cut_before(text, "[resume]"))  # still being written: another prefix
+    assert service.reload() is ReloadOutcome.HELD
+    assert service.monitor.settings.chunk_mib == 128 and service.settings.resume.policy == "leave"
+    # The whole file again: nothing changes, and nothing is held any more.
+    path.write_text(text)
+    assert service.reload() is ReloadOutcome.APPLIED
+    assert service.held is None and service.reload_applied == ()
+
+
+async def test_reload_confirm_over_the_control_socket_handler(tmp_path: Path) -> None:
+    service, path, text = full_file(tmp_path)
+    path.write_text(text.replace("chunk_mib = 128", "chunk_mib = 1024"))  # x8
+    reply = await service._reload({})
+    assert reply["outcome"] == "held"
+    assert reply["held"]["held"] == ["policy.chunk_mib: 128 -> 1024 (held: moves more than x4)"]
+    assert service.monitor.settings.chunk_mib == 128
+    reply = await service._reload({"confirm": True})
+    assert reply["outcome"] == "applied" and reply["held"] is None
+    assert reply["applied"] == ["policy.chunk_mib"] and service.monitor.settings.chunk_mib == 1024
+    with pytest.raises(AutoextendError, match="confirm must be true or false"):
+        await service._reload({"confirm": "yes"})
+
+
+async def test_ordinary_edits_apply_at_once(tmp_path: Path) -> None:
+    service, path, text = full_file(tmp_path)
+    path.write_text(text.replace("chunk_mib = 128", "chunk_mib = 256")
+                    .replace('policy = "leave"', 'policy = "auto"') + "retry_max_s = 10.0\n")
+    assert service.reload() is ReloadOutcome.APPLIED
+    assert service.reload_applied == ("policy.chunk_mib", "policy.retry_max_s", "resume.policy")
+
+
+async def test_the_running_factor_decides_not_the_new_files(tmp_path: Path) -> None:
+    service, path, text = full_file(tmp_path)
+    path.write_text(text.replace("chunk_mib = 128", "chunk_mib = 1024").replace(
+        'hypervisor = "qmp"', 'hypervisor = "qmp"\nreload_max_factor = 10.0'))
+    assert service.reload() is ReloadOutcome.HELD  # x8 > the running 4
+    assert service.reload(confirm=True) is ReloadOutcome.APPLIED
+    assert service.settings.service.reload_max_factor == 10.0  # live: in effect now
+    path.write_text(text.replace("chunk_mib = 128", "chunk_mib = 8192").replace(
+        'hypervisor = "qmp"', 'hypervisor = "qmp"\nreload_max_factor = 10.0'))
+    assert service.reload() is ReloadOutcome.APPLIED  # x8 from 1024: within 10
+
+
+async def test_the_config_request_gives_the_running_config_and_the_overrides(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "autoextend.toml"
+    path.write_text(FULL.format(d=tmp_path))
+    overrides = {"service": {"log_format": "json"}}
+    service = Service(settings_mod.with_overrides(settings_mod.load(path), overrides),
+                      config_path=path, overrides=overrides)
+    reply = await service._config({})
+    assert settings_mod.Settings.model_validate_json(
+        __import__("json").dumps(reply["running"])) == service.settings
+    assert reply["overrides"] == overrides and reply["held"] is None
