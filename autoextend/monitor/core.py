@@ -10,7 +10,7 @@ Structure (structured concurrency, every task has an owner)::
         ├── at most one extension task per drive   (monitor/extension.py)
         └── at most one live timer (resume backoff, retry, kill deadline)
 
-The objects, each with one job (no class here has a base class)::
+The objects, each with one job (none of them has a base class)::
 
     Monitor         routes events to VMs, owns the lifecycle (run, reload, drop), answers
                     status queries; counts nothing by hand

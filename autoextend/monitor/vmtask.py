@@ -33,7 +33,7 @@ from autoextend.monitor.observer import VmCheckFailed
 from autoextend.monitor.protocols import (
     DriveInfo,
     DrivesChanged,
-    EnospcError,
+    EnospcPause,
     JobEnded,
     MigrationChanged,
     RunState,
@@ -204,14 +204,14 @@ class VmTask:
                 await self.resync(rearm=False)
             case ThresholdCrossed():
                 await self._crossed(message)
-            case EnospcError(drive=name) if name in self.drives:
+            case EnospcPause(drive=name) if name in self.drives:
                 self.flag_enospc(self.drives[name], self._ctx.clock.now())
             case JobEnded():
                 self._steps.jobs.ended(self, message)
             case MigrationChanged():
                 self.machine.migration_stale = True
                 await self.resync(rearm=False)
-            case EnospcError() | VmPaused() | VmResumed():
+            case EnospcPause() | VmPaused() | VmResumed():
                 # Which drives failed, and whether they are ours, comes from a fresh look.
                 await self.resync(rearm=False)
             case _:
