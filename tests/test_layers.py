@@ -11,6 +11,9 @@
   aside): fakes are compositions or implement the protocol.
 - Every fixed sleep in the tests carries a comment: tests wait for events (``until()``, the
   monitor's ``idle()``), and sleep only where time itself is the subject.
+- The monitor is made of objects, not of a class split across files: no function in
+  ``autoextend/monitor/`` is over 60 lines, and no class there is more than one base deep
+  (a class whose base is itself a monitor class with a base would be a chain).
 """
 
 from __future__ import annotations
@@ -194,3 +197,68 @@ def test_no_test_subclasses_a_production_class() -> None:
     found = [f"{path.relative_to(ROOT)}: {cls}({base})" for path in py_files("tests")
              for cls, base in production_bases(path) if not is_interface(base)]
     assert found == []
+
+
+# ---- the monitor's shape: small functions, no class chains ------------------------------------
+
+MAX_FUNCTION_LINES = 60
+MAX_CLASS_CHAIN = 1
+
+
+def long_functions(sources: dict[str, str], limit: int) -> list[str]:
+    """``path:line name: N lines`` for every function (method, nested function) longer than
+    ``limit`` lines, from its ``def`` line to its last line."""
+    found = []
+    for rel, text in sources.items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                assert node.end_lineno is not None
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    found.append(f"{rel}:{node.lineno} {node.name}: {lines} lines")
+    return found
+
+
+def class_chains(sources: dict[str, str]) -> dict[str, int]:
+    """How many bases deep each class in ``sources`` goes: 0 with no base, 1 with bases from
+    elsewhere only (``Protocol``, an exception), 1 + its base's depth for a base defined in
+    ``sources`` (classes are matched by name)."""
+    bases: dict[str, list[str]] = {}
+    for text in sources.values():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef):
+                bases[node.name] = [ast.unparse(b).split("[")[0].rpartition(".")[2]
+                                    for b in node.bases]
+
+    def depth(name: str, seen: frozenset[str]) -> int:
+        own = bases.get(name, [])
+        if not own:
+            return 0
+        return 1 + max(depth(b, seen | {name}) if b in bases and b not in seen else 0
+                       for b in own)
+
+    return {name: depth(name, frozenset()) for name in bases}
+
+
+def monitor_sources() -> dict[str, str]:
+    return {p.relative_to(ROOT).as_posix(): p.read_text() for p in py_files("autoextend/monitor")}
+
+
+def test_the_shape_checks_see_a_long_function_and_a_chain() -> None:
+    """A check that cannot see what it forbids cannot fail: the old monitor's shape."""
+    chain = ("class A:\n    pass\nclass B(A):\n    pass\nclass C(B):\n    pass\n"
+             "class P(typing.Protocol):\n    pass\nclass E(AutoextendError):\n    pass\n")
+    assert class_chains({"m.py": chain}) == {"A": 0, "B": 1, "C": 2, "P": 1, "E": 1}
+    long = "async def f() -> None:\n" + "    x = 1\n" * 60
+    assert long_functions({"m.py": long}, 60) == ["m.py:1 f: 61 lines"]
+    assert long_functions({"m.py": long}, 61) == []
+
+
+def test_no_monitor_function_is_over_60_lines() -> None:
+    assert long_functions(monitor_sources(), MAX_FUNCTION_LINES) == []
+
+
+def test_no_monitor_class_is_more_than_one_base_deep() -> None:
+    deep = {name: n for name, n in class_chains(monitor_sources()).items()
+            if n > MAX_CLASS_CHAIN}
+    assert deep == {}

@@ -27,8 +27,8 @@ import libvirt
 
 from autoextend.libvirt_backend.domxml import DiskFacts, indexed_name, parse_indexed_name
 from autoextend.monitor.protocols import (
-    DriveError,
-    EnospcError,
+    DriveIoError,
+    EnospcPause,
     HypervisorEvent,
     PauseReason,
     RunState,
@@ -90,7 +90,7 @@ def threshold_outcome(vm: str, dev: str, threshold: int, excess: int) -> Thresho
 
 def io_error_outcome(
     vm: str, src_path: str, reason: str, drive_by_path: Mapping[str, str]
-) -> EnospcError | None:
+) -> EnospcPause | None:
     """An IO_ERROR_REASON event: ENOSPC on the drive at ``src_path`` (``""`` if not known).
 
     libvirt sets ``reason`` to ``"enospc"`` exactly when QEMU reported ``nospace``; other I/O
@@ -98,7 +98,7 @@ def io_error_outcome(
     """
     if reason != "enospc":
         return None
-    return EnospcError(vm, drive_by_path.get(src_path, ""))
+    return EnospcPause(vm, drive_by_path.get(src_path, ""))
 
 
 _PAUSED_REASONS: dict[int, PauseReason] = {
@@ -150,7 +150,7 @@ def run_state_of(
 
 
 def drive_errors(disk_errors: Mapping[str, int], disks: list[DiskFacts]) -> tuple[
-    DriveError, ...
+    DriveIoError, ...
 ]:
     """``dom.diskErrors()`` -> every disk in error, raw or qcow2, managed or not, named like
     the monitor's drives (``vda[1]`` when the live XML gives the top image's index), with the
@@ -158,7 +158,7 @@ def drive_errors(disk_errors: Mapping[str, int], disks: list[DiskFacts]) -> tupl
     none: int = libvirt.VIR_DOMAIN_DISK_ERROR_NONE
     no_space: int = libvirt.VIR_DOMAIN_DISK_ERROR_NO_SPACE
     by_target = {d.target: d for d in disks}
-    found: list[DriveError] = []
+    found: list[DriveIoError] = []
     for target, code in sorted(disk_errors.items()):
         if code == none:
             continue
@@ -166,6 +166,6 @@ def drive_errors(disk_errors: Mapping[str, int], disks: list[DiskFacts]) -> tupl
         name = target
         if disk is not None and disk.index is not None:
             name = indexed_name(target, disk.index)
-        found.append(DriveError(drive=name, path=disk.path if disk else "",
+        found.append(DriveIoError(drive=name, path=disk.path if disk else "",
                                 nospace=code == no_space))
     return tuple(found)

@@ -6,12 +6,24 @@ Structure (structured concurrency, every task has an owner)::
     ├── dispatcher        routes hypervisor events to the VM they concern
     ├── hypervisor.run    discovery + connections, sends events (bounded stream)
     ├── poller            every poll_interval_s, asks each VM to re-check (safety net)
-    └── one task per VM   its own bounded inbox and task group
+    └── one task per VM   VmTask.run: its own bounded inbox and task group
         ├── at most one extension task per drive   (monitor/extension.py)
         └── at most one live timer (resume backoff, retry, kill deadline)
 
-The VM task is the only owner of the VM's pause state (``vmstate.VmMachine``); every look at
-the VM goes through one resync path (``monitor/resync.py``).
+The objects, each with one job (none of them has a base class)::
+
+    Monitor         routes events to VMs, owns the lifecycle (run, reload, drop), answers
+                    status queries; counts nothing by hand
+    VmTask          one per VM (monitor/vmtask.py): the only owner of its VmMachine, its
+                    drives and its inbox; the one resync path
+    MonitorContext  the shared dependencies and settings (monitor/context.py)
+    Extensions      runs one drive's extension as ``plan.plan`` decides (monitor/extension.py)
+    MigrationSteps  a live migration's views (monitor/migrating.py)
+    JobSteps        block jobs paused for space, jobs that ended (monitor/jobs.py)
+    ResumeSteps     resume or kill a paused VM (monitor/resume.py)
+
+Decisions are pure functions: ``plan.look`` / ``plan.plan`` (a drive), ``vmstate.step``
+(a VM's pauses), ``migration.step`` (a VM's migration), ``pollplan`` (what a poll looks at).
 
 Invariants:
 
@@ -31,6 +43,8 @@ Invariants:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -38,51 +52,52 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from autoextend.clock import Clock
-from autoextend.errors import AutoextendError
-from autoextend.monitor import policy, pollplan
+from autoextend.monitor import pollplan
 from autoextend.monitor.config import PolicySettings, ResumeSettings
-from autoextend.monitor.drive import ThresholdState
-from autoextend.monitor.extension import DriveVanished, event_info
-from autoextend.monitor.migrating import VolumeViews
-from autoextend.monitor.observer import DriveGone, MonitorObserver, NullObserver, VmCheckFailed
+from autoextend.monitor.context import InFlight, MonitorContext, VolumeViews
+from autoextend.monitor.extension import DriveVanished
+from autoextend.monitor.observer import DriveGone, MonitorObserver, NullObserver
 from autoextend.monitor.probe import StorageProbe, direct_read_probe
 from autoextend.monitor.protocols import (
-    DrivesChanged,
-    EnospcError,
     Extender,
     Hypervisor,
     HypervisorEvent,
-    JobEnded,
-    MigrationChanged,
-    ThresholdCrossed,
     VmAppeared,
     VmGone,
-    VmPaused,
-    VmResumed,
 )
-from autoextend.monitor.resync import Resync
 from autoextend.monitor.vm import (
     POLL,
     RESYNC,
-    VM_INBOX_SIZE,
     LeaseOk,
     PolicyResolver,
-    Poll,
-    ResyncRequest,
-    Vm,
-    VmMessage,
+    SpaceGate,
     default_policy_resolver,
     log,
 )
-from autoextend.monitor.vmstate import ResumePolicy, VmMachine
+from autoextend.monitor.vmtask import Steps, VmTask
 from autoextend.volumes import VolumeRef
 
-__all__ = ["DriveVanished", "Monitor", "default_policy_resolver", "percentile"]
+__all__ = ["DriveVanished", "Monitor", "VolumeInUse", "default_policy_resolver", "percentile"]
 
 HYPERVISOR_STREAM_SIZE = 1024
 
 
-class Monitor(Resync):
+@dataclass(frozen=True)
+class VolumeInUse:
+    """A volume a VM's drive uses now, as the monitor knows it (a typed, read-only query
+    for other parts, e.g. the capacity watcher's committed sizes)."""
+
+    vm: str
+    drive: str
+    volume: VolumeRef
+    physical: int
+    capacity: int
+    cap: int
+
+
+class Monitor:
+    """Routes hypervisor events to the VMs' tasks and owns their lifecycle."""
+
     def __init__(
         self,
         hypervisor: Hypervisor,
@@ -100,17 +115,94 @@ class Monitor(Resync):
         views: VolumeViews | None = None,
     ) -> None:
         resume = resume or ResumeSettings()
-        super().__init__(
-            hypervisor, extender, settings, clock, policy_for=policy_for,
+        self.ctx = MonitorContext(
+            hypervisor, extender, settings, clock,
+            policy_for=policy_for or default_policy_resolver(settings),
             observer=observer or NullObserver(), dry_run=dry_run, resume=resume,
             probe=probe or direct_read_probe(resume.probe_timeout_s), lease_ok=lease_ok,
-            extend_deadline_s=extend_deadline_s,
+            extend_deadline_override=extend_deadline_s, views=views,
         )
+        self.ctx.in_flight = InFlight(lambda: self.extends_in_flight, self.ctx.observer)
+        self._steps = Steps.of(self.ctx)
+        self._vms: dict[str, VmTask] = {}
         self._tg: TaskGroup | None = None
         self._events_in: MemoryObjectReceiveStream[HypervisorEvent] | None = None
         self._next_poll = -math.inf  # when the poller wakes next (not started: now)
         self.polls = 0  # poll rounds posted so far (a test waits for N of them, then idle())
-        self.views = views  # this host's refresh, for migrations (monitor/migrating.py)
+        # Called with the VM and its volumes when a guest shut down cleanly (reduce_on_stop).
+        self.on_clean_stop: Callable[[str, list[VolumeRef]], object] | None = None
+
+    # ----------------------------------------------------------------- what others set and read
+
+    @property
+    def hypervisor(self) -> Hypervisor:
+        return self.ctx.hypervisor
+
+    @property
+    def extender(self) -> Extender:
+        return self.ctx.extender
+
+    @extender.setter
+    def extender(self, extender: Extender) -> None:
+        """Replace the extender (a test holds extensions back with a wrapper); the next
+        extension uses it."""
+        self.ctx.extender = extender
+
+    @property
+    def clock(self) -> Clock:
+        return self.ctx.clock
+
+    @property
+    def observer(self) -> MonitorObserver:
+        return self.ctx.observer
+
+    @property
+    def policy_for(self) -> PolicyResolver:
+        return self.ctx.policy_for
+
+    @property
+    def resume_settings(self) -> ResumeSettings:
+        return self.ctx.resume
+
+    @property
+    def views(self) -> VolumeViews | None:
+        return self.ctx.views
+
+    @property
+    def settings(self) -> PolicySettings:
+        return self.ctx.settings
+
+    @property
+    def dry_run(self) -> bool:
+        return self.ctx.dry_run
+
+    @property
+    def extend_deadline_s(self) -> float:
+        """How long one extension may take before it counts as failed (see timeouts.py)."""
+        return self.ctx.extend_deadline_s
+
+    @property
+    def space_gate(self) -> SpaceGate | None:
+        """Set by the service (capacity levels): why an extension must wait, or None."""
+        return self.ctx.space_gate
+
+    @space_gate.setter
+    def space_gate(self, gate: SpaceGate | None) -> None:
+        self.ctx.space_gate = gate
+
+    @property
+    def protect_views(self) -> bool:
+        """Test-only knob (the migration tests' negative control): False ignores migrations."""
+        return self.ctx.protect_views
+
+    @protect_views.setter
+    def protect_views(self, on: bool) -> None:
+        self.ctx.protect_views = on
+
+    @property
+    def extends_in_flight(self) -> int:
+        """Extensions in flight, counted from the VMs' drives (never kept by hand)."""
+        return sum(vm.in_flight() for vm in self._vms.values())
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -123,9 +215,9 @@ class Monitor(Resync):
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._dispatch, receive)
-            await tg.start(self.hypervisor.run, send)
+            await tg.start(self.ctx.hypervisor.run, send)
             tg.start_soon(self._poll_loop)
-            log.info("monitor started", dry_run=self.dry_run)
+            log.info("monitor started", dry_run=self.ctx.dry_run)
             task_status.started()
 
     def reconfigure(
@@ -134,15 +226,16 @@ class Monitor(Resync):
     ) -> None:
         """Apply a reloaded config. Drive states are kept; new numbers apply from the next
         decision (thresholds are re-armed by the next poll)."""
-        self.settings = settings
+        ctx = self.ctx
+        ctx.settings = settings
         if extend_deadline_s is not None:
-            self._extend_deadline_s = extend_deadline_s
-        self.policy_for = policy_for or default_policy_resolver(settings)
-        self.dry_run = dry_run
+            ctx.extend_deadline_override = extend_deadline_s
+        ctx.policy_for = policy_for or default_policy_resolver(settings)
+        ctx.dry_run = dry_run
         if resume is not None:
-            self.resume_settings = resume
+            ctx.resume = resume
         for vm in self._vms.values():
-            self._set_resume_policy(vm)
+            vm.apply_resume_settings()
             vm.post(RESYNC)
 
     def idle(self, *, extensions: bool = True) -> bool:
@@ -153,10 +246,10 @@ class Monitor(Resync):
         clock it is exact); never a sleep."""
         if self._events_in is None or not _parked(self._events_in):
             return False
-        now = self.clock.now()
+        now = self.ctx.clock.now()
         if now >= self._next_poll:
             return False
-        if extensions and self._in_flight:
+        if extensions and self.extends_in_flight:
             return False
         for vm in self._vms.values():
             if not _parked(vm.receive):
@@ -165,26 +258,21 @@ class Monitor(Resync):
                 return False
         return True
 
+    # ----------------------------------------------------------------- queries
+
     def snapshot(self) -> list[dict[str, Any]]:
         """What ``autoextend status`` shows: every VM and drive."""
-        return [
-            {
-                "vm": vm.name,
-                "paused": vm.machine.describe(),
-                "state": vm.machine.state.value,
-                "resume_policy": vm.machine.policy.value,
-                "resume_attempts": vm.machine.resume_attempts,
-                "last_action": vm.machine.last_action,
-                "migration": vm.machine.migration.value,
-                "drives": [d.snapshot() for d in vm.drives.values()],
-            }
-            for vm in self._vms.values()
-        ]
+        return [vm.snapshot() for vm in self._vms.values()]
+
+    def volumes_in_use(self) -> list[VolumeInUse]:
+        """Every managed drive's volume now (one entry per drive; a volume may repeat)."""
+        return [VolumeInUse(vm.name, d.name, d.volume, d.info.physical, d.info.capacity, d.cap)
+                for vm in self._vms.values() for d in vm.drives.values()]
 
     def space_added(self, vg: str) -> int:
         """The VG gained free space: every drive of it waiting to retry a failed extension
         retries now, not at its next backoff step. Returns how many drives were woken."""
-        now = self.clock.now()
+        now = self.ctx.clock.now()
         woken = 0
         for vm in self._vms.values():
             hit = [d for d in vm.drives.values() if d.volume.vg == vg and d.retry_now(now)]
@@ -208,18 +296,11 @@ class Monitor(Resync):
                 vm = self._vms.get(event.vm) or self._add_vm(event.vm)
                 vm.post(RESYNC if isinstance(event, VmAppeared) else event)
 
-    def _set_resume_policy(self, vm: Vm) -> None:
-        name, kill_after = self.resume_settings.for_vm(vm.name)
-        vm.machine.policy = ResumePolicy(name)
-        vm.machine.kill_after_s = kill_after
-
-    def _add_vm(self, name: str) -> Vm:
+    def _add_vm(self, name: str) -> VmTask:
         assert self._tg is not None
-        send, receive = anyio.create_memory_object_stream[VmMessage](VM_INBOX_SIZE)
-        vm = Vm(name, send, receive, machine=VmMachine())
-        self._set_resume_policy(vm)
+        vm = VmTask(name, self.ctx, self._steps)
         self._vms[name] = vm
-        self._tg.start_soon(self._vm_main, vm, name=f"vm:{name}")
+        self._tg.start_soon(vm.run, name=f"vm:{name}")
         log.info("vm added", vm=name)
         return vm
 
@@ -228,114 +309,28 @@ class Monitor(Resync):
         vm = self._vms.pop(name, None)
         if vm is None:
             return None
-        vm.scope.cancel()
-        vm.inbox.close()
-        # Counted here, once: the cancelled extension tasks see their drive gone and do not
-        # count it again (a task cancelled before it ran would not count it at all).
-        drives, vm.drives = vm.drives, {}
+        drives = vm.close()
         for d in drives.values():
-            self.observer.notify(DriveGone(name, d.name, d.volume))
-            if d.in_flight:
-                self._count_in_flight(-1)
+            self.ctx.observer.notify(DriveGone(name, d.name, d.volume))
+        self.ctx.in_flight_changed()  # its extensions no longer count
         log.info("vm gone", vm=name)
         return sorted({d.volume for d in drives.values()})
 
     async def _poll_loop(self) -> None:
+        ctx = self.ctx  # its settings are replaced on reload: read them at each use
         polls = 0
         while True:
-            self._next_poll = self.clock.now() + self.settings.poll_interval_s
-            await self.clock.sleep(self.settings.poll_interval_s)
+            self._next_poll = ctx.clock.now() + ctx.settings.poll_interval_s
+            await ctx.clock.sleep(ctx.settings.poll_interval_s)
             polls += 1
-            every = pollplan.full_poll_every(self.settings.poll_interval_s,
-                                             self.settings.full_poll_interval_s)
+            settings = ctx.settings
+            every = pollplan.full_poll_every(settings.poll_interval_s,
+                                             settings.full_poll_interval_s)
             full = polls % every == 0
             for vm in list(self._vms.values()):
                 if full or pollplan.needs_poll(vm):
                     vm.post(POLL)
             self.polls += 1
-
-    async def _vm_main(self, vm: Vm) -> None:
-        with vm.scope:
-            async with anyio.create_task_group() as tg, vm.receive:
-                vm.tg = tg
-                async for message in vm.receive:
-                    if vm.failures and self.clock.now() < vm.retry_at:
-                        vm.resync_pending = True  # backing off after a failure
-                        continue
-                    await self._handle_safely(vm, message)
-
-    async def _handle_safely(self, vm: Vm, message: VmMessage) -> None:
-        """Handle one message; any exception ends this attempt only, retried with backoff."""
-        try:
-            await self._handle(vm, message)
-            if vm.resync_pending:
-                vm.resync_pending = False
-                await self._resync(vm, rearm=True)
-        except Exception as exc:  # noqa: BLE001 - one VM's failure must not stop the others
-            self._failed(vm, exc)
-        else:
-            if vm.failures:
-                vm.failures = 0
-                log.info("vm check recovered", vm=vm.name)
-
-    def _failed(self, vm: Vm, exc: Exception) -> None:
-        """Count, log and schedule the retry of a failed VM check. Never raises."""
-        try:
-            vm.failures += 1
-            delay = policy.backoff(vm.failures, self.settings.retry_initial_s,
-                                   self.settings.retry_max_s)
-            vm.retry_at = self.clock.now() + delay
-            vm.resync_pending = True
-            self._wake_at(vm, vm.retry_at)
-            # Once per outage at warning level, then quietly until it recovers
-            # (e.g. libvirtd down: every poll of every VM would fail).
-            if isinstance(exc, AutoextendError):
-                report = log.debug if vm.failures > 1 else log.warning
-                report("vm check failed", vm=vm.name, error=str(exc),
-                       retry_in_s=round(delay, 3))
-            else:
-                log.error("vm check failed on an unexpected error", vm=vm.name,
-                          error=repr(exc), retry_in_s=round(delay, 3),
-                          exc_info=vm.failures == 1)
-            self.observer.notify(VmCheckFailed(vm.name, str(exc) or type(exc).__name__))
-        except Exception as again:  # noqa: BLE001 - e.g. an observer that raises
-            log.error("vm failure handling failed", vm=vm.name, error=repr(again))
-            vm.resync_pending = True
-
-    # ----------------------------------------------------------------- events
-
-    async def _handle(self, vm: Vm, message: VmMessage) -> None:
-        now = self.clock.now()
-        match message:
-            case ResyncRequest() | DrivesChanged():
-                await self._resync(vm, rearm=True)
-            case Poll():
-                await self._resync(vm, rearm=False)
-            case ThresholdCrossed(drive=name, threshold=thr, excess=excess):
-                d = vm.drives.get(name)
-                if d is None:
-                    await self._resync(vm, rearm=True)
-                    return
-                armed = d.state is ThresholdState.SET and d.threshold == thr and thr > 0
-                if d.mark_exceeded(now):
-                    log.info("threshold crossed", vm=vm.name, drive=name, threshold=thr,
-                             excess=excess)
-                    # The event names the threshold we armed on the size we know: the
-                    # decision needs no fresh query (the allocation is in the event).
-                    self._start_extension(vm, d, event_info(d.info, thr, excess)
-                                          if armed else None)
-            case EnospcError(drive=name) if name in vm.drives:
-                self._flag_enospc(vm, vm.drives[name], now)
-            case JobEnded():
-                self._job_ended(vm, message)
-            case MigrationChanged():
-                vm.machine.migration_stale = True
-                await self._resync(vm, rearm=False)
-            case EnospcError() | VmPaused() | VmResumed():
-                # Which drives failed, and whether they are ours, comes from a fresh look.
-                await self._resync(vm, rearm=False)
-            case _:
-                pass
 
 
 def _parked(stream: MemoryObjectReceiveStream[Any]) -> bool:

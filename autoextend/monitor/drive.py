@@ -18,7 +18,7 @@ States::
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from autoextend.monitor.protocols import DriveInfo
 from autoextend.volumes import VolumeRef
@@ -68,7 +68,6 @@ class DriveState:
     last_error: str = ""
     retry_at: float = 0.0
     extends: int = 0
-    history: list[float] = field(default_factory=list)
 
     @property
     def name(self) -> str:

@@ -13,54 +13,62 @@ drive (a different path), so nothing meant for one volume is applied to another.
 
 from __future__ import annotations
 
-from autoextend.monitor import policy
+from autoextend.monitor import plan
+from autoextend.monitor.context import MonitorContext, VmView
 from autoextend.monitor.drive import DriveState, ThresholdState
-from autoextend.monitor.extension import Extensions
 from autoextend.monitor.observer import JobFailed, JobResumed
 from autoextend.monitor.protocols import JobControl, JobEnded
-from autoextend.monitor.vm import Vm, log
+from autoextend.monitor.vm import log
 
 
-class JobSteps(Extensions):
-    async def _job_step(self, vm: Vm, d: DriveState) -> None:
+class JobSteps:
+    """Resumes block jobs paused for space and reports jobs that ended, for every VM (the
+    last resume of each job is kept here, by VM and job id)."""
+
+    def __init__(self, ctx: MonitorContext) -> None:
+        self._ctx = ctx
+        self._resumed_at: dict[tuple[str, str], float] = {}  # (vm, job id) -> last resume
+
+    async def step(self, vm: VmView, d: DriveState) -> None:
         """A job target whose job paused for lack of space: extend it, or resume the job."""
         info = d.info
         if not info.job or not info.job_paused or d.in_flight:
             return
-        pol = self.policy_for(info, d.volume)
-        if self._job_short(info, pol) or policy.needs_extension(info.allocation,
-                                                                  info.physical, pol):
+        ctx = self._ctx
+        pol = ctx.policy_for(info, d.volume)
+        if plan.full(info, False, pol, ctx.job_need(info, pol)):
             if d.state is ThresholdState.DISABLED:
                 return  # at its cap: the job stays paused, an operator must act
-            if d.mark_exceeded(self.clock.now(), enospc=True):
+            if d.mark_exceeded(ctx.clock.now(), enospc=True):
                 log.info("block job paused for lack of space", vm=vm.name, drive=d.name,
                          job=info.job, job_id=info.job_id, volume=str(d.volume))
-            self._start_extension(vm, d)
+            vm.start_extension(d)
             return
-        control = self.hypervisor
+        control = ctx.hypervisor
         if not isinstance(control, JobControl):
             return
         key = (vm.name, info.job_id)
-        now = self.clock.now()
-        due = self._job_resumed_at.get(key, -1e18) + self.settings.retry_initial_s
+        now = ctx.clock.now()
+        due = self._resumed_at.get(key, -1e18) + ctx.settings.retry_initial_s
         if now < due:
-            self._wake_at(vm, due)
+            vm.wake_at(due)
             return
-        self._job_resumed_at[key] = now
-        if self.dry_run:
+        self._resumed_at[key] = now
+        if ctx.dry_run:
             log.info("dry-run: would resume block job", vm=vm.name, job_id=info.job_id)
             return
         await control.resume_job(vm.name, info.job_id)
-        self.observer.notify(JobResumed(vm.name, d.name, info.job, info.job_id))
+        ctx.observer.notify(JobResumed(vm.name, d.name, info.job, info.job_id))
         log.info("block job resumed", vm=vm.name, drive=d.name, job=info.job,
                  job_id=info.job_id, physical=info.physical)
 
-    def _job_ended(self, vm: Vm, event: JobEnded) -> None:
-        self._job_resumed_at.pop((vm.name, event.job_id), None)
+    def ended(self, vm: VmView, event: JobEnded) -> None:
+        self._resumed_at.pop((vm.name, event.job_id), None)
         if not event.error:
             log.info("block job finished", vm=vm.name, job=event.kind, job_id=event.job_id)
             return
         reason = "nospace" if event.nospace else "error"
         log.warning("block job failed", vm=vm.name, job=event.kind, job_id=event.job_id,
                     reason=reason, error=event.error)
-        self.observer.notify(JobFailed(vm.name, event.job_id, event.kind, reason, event.error))
+        self._ctx.observer.notify(JobFailed(vm.name, event.job_id, event.kind, reason,
+                                            event.error))

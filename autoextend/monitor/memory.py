@@ -16,10 +16,10 @@ from anyio.streams.memory import MemoryObjectSendStream
 from autoextend.errors import HypervisorError
 from autoextend.monitor.migration import NOT_MIGRATING, MigrationInfo
 from autoextend.monitor.protocols import (
-    DriveError,
     DriveInfo,
+    DriveIoError,
     DrivesChanged,
-    EnospcError,
+    EnospcPause,
     ExtendOutcome,
     HypervisorEvent,
     HypervisorHealth,
@@ -147,7 +147,7 @@ class MemoryVm:
     drives: dict[str, MemoryDrive] = field(default_factory=dict)
     running: bool = True
     reason: PauseReason | None = None
-    errors: tuple[DriveError, ...] = ()
+    errors: tuple[DriveIoError, ...] = ()
 
 
 class MemoryHypervisor:
@@ -211,11 +211,11 @@ class MemoryHypervisor:
         if end > physical and rec.running:
             rec.running, rec.reason = False, PauseReason.ENOSPC
             if events:
-                self.emit(EnospcError(vm, drive))
+                self.emit(EnospcPause(vm, drive))
                 self.emit(VmPaused(vm, PauseReason.ENOSPC))
 
     def pause(
-        self, vm: str, reason: PauseReason, errors: tuple[DriveError, ...] = ()
+        self, vm: str, reason: PauseReason, errors: tuple[DriveIoError, ...] = ()
     ) -> None:
         """Pause as the hypervisor would; ``errors`` are the drives it reports in error."""
         rec = self.vms[vm]

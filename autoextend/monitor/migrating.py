@@ -3,40 +3,34 @@
 The rules and the invariant they keep are in ``monitor/migration.py``; this module carries
 them out for one VM, from the VM's own task (the one owner of its state):
 
-* :meth:`Migrations._check_migration`, on a resync: ask the hypervisor when something may
+* :meth:`MigrationSteps.check`, on a resync: ask the hypervisor when something may
   have changed (a ``MigrationChanged`` event, a migration pause, a VM not yet asked about,
   or one whose migration is not over), step the machine, and refresh every managed volume
   of the VM on this host when the step says so (destination: on arrival and completion;
   source: after a failed or cancelled migration).
-* :meth:`Migrations._may_refresh`, from an extension task, right before its extender would
+* :meth:`MigrationSteps.may_refresh`, from an extension task, right before its extender would
   refresh: False while the VM migrates out (then the extension only grows the volume in
   metadata and records the size in ``VmMachine.deferred_sizes``).
-* :meth:`Migrations._effective`: a drive's numbers as policy must see them while its
+* :func:`effective`: a drive's numbers as policy must see them while its
   view is frozen (the size it was extended to, not the size this host sees), so that one
   extension per need is made, not one per poll.
 
-``protect_views = False`` is a test-only knob (the negative control of the migration tests):
-the monitor then ignores migrations, as it did before it knew of them.
+``MonitorContext.protect_views = False`` is a test-only knob (the negative control of the
+migration tests): the monitor then ignores migrations, as it did before it knew of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Protocol
 
 from autoextend.monitor import migration
+from autoextend.monitor.context import MonitorContext, VmView
 from autoextend.monitor.migration import MigAction, MigrationAware, MigState, Role
 from autoextend.monitor.observer import MigrationNoted
 from autoextend.monitor.protocols import DriveInfo, MigrationChanged, PauseReason, RunState
-from autoextend.monitor.vm import MonitorBase, Vm, log
-from autoextend.volumes import VolumeRef
-
-
-class VolumeViews(Protocol):
-    """This host's view of volumes (the volume backend's ``refresh``)."""
-
-    async def refresh(self, volume: VolumeRef) -> int: ...
+from autoextend.monitor.vm import log
+from autoextend.monitor.vmstate import VmMachine
 
 
 @dataclass(frozen=True)
@@ -49,24 +43,27 @@ class MigrationCheck:
 NOTHING = MigrationCheck()
 
 
-class Migrations(MonitorBase):
-    views: VolumeViews | None = None
-    protect_views: bool = True  # test-only knob: False ignores migrations (negative control)
+class MigrationSteps:
+    """Carries out the migration rules for one VM at a time, from the VM's own task."""
+
+    def __init__(self, ctx: MonitorContext) -> None:
+        self._ctx = ctx
 
     @property
-    def _migration_aware(self) -> bool:
-        return self.protect_views and isinstance(self.hypervisor, MigrationAware)
+    def aware(self) -> bool:
+        return self._ctx.protect_views and isinstance(self._ctx.hypervisor, MigrationAware)
 
-    async def _check_migration(self, vm: Vm, state: RunState) -> MigrationCheck:
+    async def check(self, vm: VmView, state: RunState) -> MigrationCheck:
         """Step the VM's migration state from a fresh look, if anything may have changed."""
-        if not self._migration_aware:
+        if not self.aware:
             return NOTHING
         m = vm.machine
         if not (m.migration_stale or m.migration is not MigState.NONE
                 or (not state.running and state.pause_reason is PauseReason.MIGRATION)):
             return NOTHING
-        assert isinstance(self.hypervisor, MigrationAware)
-        info = await self.hypervisor.migration(vm.name)
+        hypervisor = self._ctx.hypervisor
+        assert isinstance(hypervisor, MigrationAware)
+        info = await hypervisor.migration(vm.name)
         before = m.migration
         result = migration.step(before, info)
         refreshed = False
@@ -84,7 +81,7 @@ class Migrations(MonitorBase):
             log.info("migration", vm=vm.name, role=info.role.value, phase=info.phase.value,
                      state=result.state.value, was=before.value)
             m.record(f"migration: {info.role.value} {info.phase.value}")
-            self.observer.notify(MigrationNoted(vm.name, info.role.value, info.phase.value,
+            self._ctx.observer.notify(MigrationNoted(vm.name, info.role.value, info.phase.value,
                                                 result.state.value))
         if MigAction.FREEZE_VIEWS in result.actions:
             log.info("vm migrates out: extending without refreshing this host's view until "
@@ -93,18 +90,20 @@ class Migrations(MonitorBase):
                    and info.role is Role.DESTINATION)
         return MigrationCheck(refreshed, MigAction.REARM in result.actions, arrived)
 
-    async def _refresh_all(self, vm: Vm, *, role: Role, quiet: bool = False) -> None:
-        if self.views is None:
+    async def _refresh_all(self, vm: VmView, *, role: Role, quiet: bool = False) -> None:
+        views = self._ctx.views
+        if views is None:
             log.warning("cannot refresh for a migration: no volume views", vm=vm.name)
             return
         volumes = sorted({d.volume for d in vm.drives.values()})
         for volume in volumes:
-            size = await self.views.refresh(volume)
+            size = await views.refresh(volume)
             (log.debug if quiet else log.info)(
                 "volume refreshed for a migration", vm=vm.name, volume=str(volume), size=size,
                 role=role.value)
 
-    def _arrived_paused(self, vm: Vm, state: RunState) -> RunState:
+    @staticmethod
+    def arrived_paused(vm: VmView, state: RunState) -> RunState:
         """A guest that ran out of space on the source during the migration arrives paused
         with QEMU's ``io-error`` status, but the destination's drives report no error (their
         I/O status is not migrated). With no drive failing for another reason, it is the
@@ -119,31 +118,35 @@ class Migrations(MonitorBase):
                  "source's ENOSPC pause", vm=vm.name)
         return dataclasses.replace(state, pause_reason=PauseReason.ENOSPC)
 
-    async def _may_refresh(self, vm: Vm) -> bool:
+    async def may_refresh(self, vm: VmView) -> bool:
         """Whether an extension of one of the VM's drives may refresh this host's view now.
 
         Asks the hypervisor first (events arrive late): a migration that started since the
         VM's task last looked freezes the view from now on.
         """
-        if not self._migration_aware:
+        if not self.aware:
             return True
         if not migration.may_refresh(vm.machine.migration):
             return False
-        assert isinstance(self.hypervisor, MigrationAware)
-        info = await self.hypervisor.migration(vm.name)
+        hypervisor = self._ctx.hypervisor
+        assert isinstance(hypervisor, MigrationAware)
+        info = await hypervisor.migration(vm.name)
         if info.role is Role.SOURCE and info.running:
             vm.post(MigrationChanged(vm.name))  # the VM's task steps its machine
             return False
         return True
 
-    def _effective(self, vm: Vm, info: DriveInfo) -> DriveInfo:
-        """``info`` with the size its volume was extended to while this host's view is
-        frozen, when that is larger than what this host sees."""
-        deferred = vm.machine.deferred_sizes.get(info.drive, 0)
-        if deferred <= info.physical:
-            return info
-        return dataclasses.replace(info, physical=deferred)
 
-    def _frozen(self, vm: Vm, drive: str) -> bool:
-        """The drive was extended while the view is frozen: nothing to arm until it ends."""
-        return vm.machine.deferred_sizes.get(drive, 0) > 0
+
+def effective(machine: VmMachine, info: DriveInfo) -> DriveInfo:
+    """``info`` with the size its volume was extended to while this host's view is frozen,
+    when that is larger than what this host sees."""
+    deferred = machine.deferred_sizes.get(info.drive, 0)
+    if deferred <= info.physical:
+        return info
+    return dataclasses.replace(info, physical=deferred)
+
+
+def frozen(machine: VmMachine, drive: str) -> bool:
+    """The drive was extended while the view is frozen: nothing to arm until it ends."""
+    return machine.deferred_sizes.get(drive, 0) > 0

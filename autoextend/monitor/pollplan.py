@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from autoextend.monitor.drive import ThresholdState
 from autoextend.monitor.migration import MigState
-from autoextend.monitor.vm import Vm
 from autoextend.monitor.vmstate import VmState
+from autoextend.monitor.vmtask import VmTask
 
 #: Drive states a poll acts on (SET waits for its event; EXTENDING and DISABLED have an
 #: owner or nothing to do).
@@ -32,7 +32,7 @@ POLLED_STATES = frozenset({VmState.PAUSED_ENOSPC, VmState.PAUSED_IO_ERROR})
 MIGRATING = frozenset({MigState.MIGRATING_OUT, MigState.INCOMING})
 
 
-def needs_poll(vm: Vm) -> bool:
+def needs_poll(vm: VmTask) -> bool:
     """True when a poll of ``vm`` may have something to do."""
     if vm.failures or vm.resync_pending or vm.machine.state in POLLED_STATES:
         return True

@@ -59,8 +59,8 @@ class PauseReason(enum.Enum):
 
 
 @dataclass(frozen=True)
-class DriveError:
-    """A drive the hypervisor reports in error while the VM is paused, managed or not.
+class DriveIoError:
+    """A drive the hypervisor reports in I/O error while the VM is paused, managed or not.
 
     ``drive`` is named like :attr:`DriveInfo.drive` (so the monitor can tell its own drives
     from others); ``path`` is the device or file underneath (what a storage probe reads);
@@ -78,7 +78,7 @@ class RunState:
     pause_reason: PauseReason | None = None  # set when not running
     # Set for I/O error pauses: every drive in error (also drives autoextend does not manage:
     # raw, capacity 0, outside the pool), so an ENOSPC on one of those is never resumed.
-    errors: tuple[DriveError, ...] = ()
+    errors: tuple[DriveIoError, ...] = ()
 
 
 # Events: the backend sends these into the monitor's stream.
@@ -113,8 +113,9 @@ class ThresholdCrossed:
 
 
 @dataclass(frozen=True)
-class EnospcError:
-    """A write failed with ENOSPC on this drive (``drive`` may be empty if unknown)."""
+class EnospcPause:
+    """A write on this drive failed with ENOSPC, which pauses the guest (``werror=enospc``;
+    ``drive`` may be empty if unknown). An event, not an exception: nothing raises it."""
 
     vm: str
     drive: str
@@ -152,7 +153,7 @@ class MigrationChanged:
 
 
 HypervisorEvent = (
-    VmAppeared | VmGone | DrivesChanged | ThresholdCrossed | EnospcError | VmPaused | VmResumed
+    VmAppeared | VmGone | DrivesChanged | ThresholdCrossed | EnospcPause | VmPaused | VmResumed
     | JobEnded
     | MigrationChanged
 )

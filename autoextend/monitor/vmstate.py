@@ -30,7 +30,7 @@ import enum
 from dataclasses import dataclass, field
 
 from autoextend.monitor.migration import MigState
-from autoextend.monitor.protocols import DriveError, PauseReason
+from autoextend.monitor.protocols import DriveIoError, PauseReason
 
 
 class VmState(enum.Enum):
@@ -117,7 +117,7 @@ def step(state: VmState, event: VmEvent, policy: ResumePolicy) -> Step:
 def classify(
     running: bool,
     reason: PauseReason | None,
-    errors: tuple[DriveError, ...],
+    errors: tuple[DriveIoError, ...],
     managed: frozenset[str],
 ) -> VmEvent:
     """The event a fresh look at the VM amounts to.
@@ -173,7 +173,7 @@ class VmMachine:
     probe_ok_in_a_row: int = 0
     first_ok_at: float | None = None
     expect_resume: bool = False
-    errors: tuple[DriveError, ...] = ()     # the drives in error at the last look
+    errors: tuple[DriveIoError, ...] = ()     # the drives in error at the last look
     last_action: str = ""                   # what autoextend last did, and why (status)
     # Managed drives that ran out of space since the VM last ran: an ENOSPC pause is
     # autoextend's to end only if this is not empty.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoextend.monitor.protocols import DriveError
+from autoextend.monitor.protocols import DriveIoError
 from autoextend.qmp.replies import drive_name
 
 
@@ -58,7 +58,7 @@ def _filenames(named_nodes: object) -> dict[str, str]:
 
 
 def drive_errors(query_block: object, named_nodes: object, node_stats: object) -> tuple[
-    DriveError, ...
+    DriveIoError, ...
 ]:
     """Every device whose io-status is not ``ok``, with the path at the bottom of its chain.
 
@@ -69,7 +69,7 @@ def drive_errors(query_block: object, named_nodes: object, node_stats: object) -
         return ()
     leaves = _leaf_nodes(node_stats)
     files = _filenames(named_nodes)
-    found: list[DriveError] = []
+    found: list[DriveIoError] = []
     for info in query_block:
         if not isinstance(info, dict):
             continue
@@ -89,5 +89,5 @@ def drive_errors(query_block: object, named_nodes: object, node_stats: object) -
                 path = files.get(leaves.get(root, root), "")
             if not path and isinstance(inserted.get("file"), str):
                 path = inserted["file"]
-        found.append(DriveError(drive=name, path=path, nospace=status == "nospace"))
+        found.append(DriveIoError(drive=name, path=path, nospace=status == "nospace"))
     return tuple(found)

@@ -25,7 +25,7 @@ from typing import Any
 
 from autoextend.monitor.protocols import (
     DriveInfo,
-    EnospcError,
+    EnospcPause,
     PauseReason,
     RunState,
     ThresholdCrossed,
@@ -323,11 +323,11 @@ def threshold_event(vm: str, data: object, topology: Topology) -> ThresholdCross
     )
 
 
-def io_error_event(vm: str, data: object, topology: Topology) -> tuple[bool, EnospcError | None]:
-    """BLOCK_IO_ERROR -> (nospace, EnospcError or None).
+def io_error_event(vm: str, data: object, topology: Topology) -> tuple[bool, EnospcPause | None]:
+    """BLOCK_IO_ERROR -> (nospace, EnospcPause or None).
 
     ``node-name`` is the device's root node, ``device`` may be empty; an unknown drive gives
-    an EnospcError with an empty drive name so the monitor still learns of it.
+    an EnospcPause with an empty drive name so the monitor still learns of it.
     """
     r = _Reader(vm, "BLOCK_IO_ERROR")
     body = r.dict_(data, "data")
@@ -340,4 +340,4 @@ def io_error_event(vm: str, data: object, topology: Topology) -> tuple[bool, Eno
         node if isinstance(node, str) and clean_string(node) else None,
         device if isinstance(device, str) and clean_string(device) else None,
     )
-    return True, EnospcError(vm=vm, drive=drive or "")
+    return True, EnospcPause(vm=vm, drive=drive or "")

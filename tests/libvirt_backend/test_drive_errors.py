@@ -6,7 +6,7 @@ import libvirt
 
 from autoextend.libvirt_backend.domxml import DiskFacts
 from autoextend.libvirt_backend.events import drive_errors
-from autoextend.monitor.protocols import DriveError
+from autoextend.monitor.protocols import DriveIoError
 
 
 def disk(target: str, path: str, index: int | None, driver: str = "qcow2") -> DiskFacts:
@@ -23,7 +23,7 @@ def test_named_like_the_monitors_drives_raw_included() -> None:
     disks = [disk("vda", "/dev/loop1", 1), disk("vdb", "/dev/loop2", 2),
              disk("vdc", "/var/tmp/raw.img", None, driver="raw")]
     assert drive_errors(errors, disks) == (
-        DriveError("vdb[2]", "/dev/loop2", True),
-        DriveError("vdc", "/var/tmp/raw.img", False),
-        DriveError("vdz", "", True),
+        DriveIoError("vdb[2]", "/dev/loop2", True),
+        DriveIoError("vdc", "/var/tmp/raw.img", False),
+        DriveIoError("vdz", "", True),
     )

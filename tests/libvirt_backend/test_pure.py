@@ -21,7 +21,7 @@ from autoextend.libvirt_backend.domxml import (
 from autoextend.libvirt_backend.stats import StatsError, drives_from_stats
 from autoextend.monitor.protocols import (
     DriveInfo,
-    EnospcError,
+    EnospcPause,
     PauseReason,
     RunState,
     ThresholdCrossed,
@@ -349,8 +349,8 @@ def test_threshold_only_on_indexed_names() -> None:
 
 def test_io_error_only_for_enospc() -> None:
     by_path = {"/dev/loop7": "vda[3]"}
-    assert ev.io_error_outcome("v", "/dev/loop7", "enospc", by_path) == EnospcError("v", "vda[3]")
-    assert ev.io_error_outcome("v", "/dev/loop9", "enospc", by_path) == EnospcError("v", "")
+    assert ev.io_error_outcome("v", "/dev/loop7", "enospc", by_path) == EnospcPause("v", "vda[3]")
+    assert ev.io_error_outcome("v", "/dev/loop9", "enospc", by_path) == EnospcPause("v", "")
     assert ev.io_error_outcome("v", "/dev/loop7", "", by_path) is None
     assert ev.io_error_outcome("v", "/dev/loop7", "eio", by_path) is None
 

@@ -11,7 +11,7 @@ from autoextend.libvirt_backend.tracker import DomainTracker
 from autoextend.monitor.protocols import (
     DriveInfo,
     DrivesChanged,
-    EnospcError,
+    EnospcPause,
     HypervisorEvent,
     PauseReason,
     ThresholdCrossed,
@@ -64,7 +64,7 @@ def test_enospc_pause_sequence() -> None:
     assert drain(receive) == [
         VmAppeared("vm1"),
         ThresholdCrossed("vm1", "vda[1]", 10, 1),
-        EnospcError("vm1", "vda[1]"),
+        EnospcPause("vm1", "vda[1]"),
         VmPaused("vm1", PauseReason.ENOSPC),
         VmResumed("vm1"),
     ]

@@ -14,13 +14,13 @@ from autoextend.monitor.config import ResumeOverride, ResumeSettings
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.memory import MemoryDrive
 from autoextend.monitor.policy import MiB
-from autoextend.monitor.protocols import DriveError, PauseReason
+from autoextend.monitor.protocols import DriveIoError, PauseReason
 from autoextend.volumes import VolumeRef
 from tests.monitor.rig import SETTINGS, Rig
 
 VOL = VolumeRef("vg0", "lv1")
 VOL2 = VolumeRef("vg0", "lv2")
-UNMANAGED_VDB = DriveError("vdb", "/dev/loop9", nospace=True)
+UNMANAGED_VDB = DriveIoError("vdb", "/dev/loop9", nospace=True)
 
 
 class Probe:
@@ -90,7 +90,7 @@ async def test_managed_and_unmanaged_together_extends_but_stays_paused() -> None
         await until(lambda: rig.hv.thresholds != [])
         rig.hv.write("vm1", "vda", 300 * MiB, events=False)  # past the end: no room
         rig.hv.pause("vm1", PauseReason.ENOSPC,
-                     (DriveError("vda", "/dev/vg0/lv1", True), UNMANAGED_VDB))
+                     (DriveIoError("vda", "/dev/vg0/lv1", True), UNMANAGED_VDB))
         await until(lambda: rig.volumes.sizes[VOL] > 300 * MiB)
         await settle(rig, 10.0)
         assert rig.hv.resumes == []
@@ -112,7 +112,7 @@ async def test_operator_resume_clears_unmanaged_state() -> None:
 
 
 def io_error(rig: Rig) -> None:
-    rig.hv.pause("vm1", PauseReason.IO_ERROR, (DriveError("vda", "/dev/vg0/lv1", False),))
+    rig.hv.pause("vm1", PauseReason.IO_ERROR, (DriveIoError("vda", "/dev/vg0/lv1", False),))
 
 
 async def test_io_error_auto_resumes_after_two_good_probes() -> None:
@@ -181,7 +181,7 @@ async def test_io_error_kill_after_timeout_per_vm_override() -> None:
         async with anyio.create_task_group() as tg:
             await tg.start(rig.monitor.run)
             io_error(rig)
-            rig.hv.pause("vm2", PauseReason.IO_ERROR, (DriveError("vda", "/dev/vg0/lv2", False),))
+            rig.hv.pause("vm2", PauseReason.IO_ERROR, (DriveIoError("vda", "/dev/vg0/lv2", False),))
             await until(lambda: vm_status(rig)["paused"] == "io-error")
             await settle(rig, 2.0)
             assert rig.hv.kills == []
@@ -265,7 +265,7 @@ async def test_enospc_named_managed_drive_is_extended_and_resumed_once() -> None
     async with anyio.create_task_group() as tg:
         await tg.start(rig.monitor.run)
         await until(lambda: rig.hv.thresholds != [])
-        rig.hv.pause("vm1", PauseReason.ENOSPC, (DriveError("vda", "/dev/vg0/lv1", True),))
+        rig.hv.pause("vm1", PauseReason.ENOSPC, (DriveIoError("vda", "/dev/vg0/lv1", True),))
         await until(lambda: rig.hv.resumes == ["vm1"])
         assert rig.volumes.sizes[VOL] > 256 * MiB  # extended before the resume
         await settle(rig, 5.0)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autoextend.monitor.protocols import DriveError, PauseReason
+from autoextend.monitor.protocols import DriveIoError, PauseReason
 from autoextend.monitor.vmstate import (
     PAUSED,
     Action,
@@ -159,8 +159,8 @@ def test_backoff_steps() -> None:
     assert [backoff(n, 1.0, 30.0) for n in range(8)] == [0, 1, 2, 4, 8, 16, 30, 30]
 
 
-def err(drive: str, nospace: bool = True) -> DriveError:
-    return DriveError(drive, f"/dev/{drive}", nospace)
+def err(drive: str, nospace: bool = True) -> DriveIoError:
+    return DriveIoError(drive, f"/dev/{drive}", nospace)
 
 
 def test_classify() -> None:

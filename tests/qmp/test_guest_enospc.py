@@ -9,7 +9,7 @@ from qmp_testlab import Lookup, MiB, fast_settings, qemu_lab, running, wait_for
 
 from autoextend.clock import MonotonicClock
 from autoextend.monitor.protocols import (
-    EnospcError,
+    EnospcPause,
     HypervisorEvent,
     PauseReason,
     ThresholdCrossed,
@@ -55,7 +55,7 @@ async def test_guest_enospc_pause_then_grow_and_resume() -> None:
             assert event == VmPaused("guest", PauseReason.ENOSPC)
             crossed = [e for e in seen if isinstance(e, ThresholdCrossed)]
             assert [(c.drive, c.threshold) for c in crossed] == [("vda", 32 * MiB)]
-            assert EnospcError("guest", "vda") in seen
+            assert EnospcPause("guest", "vda") in seen
             state = await hv.run_state("guest")
             assert not state.running and state.pause_reason is PauseReason.ENOSPC
 

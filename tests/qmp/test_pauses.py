@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoextend.monitor.protocols import DriveError
+from autoextend.monitor.protocols import DriveIoError
 from autoextend.qmp.pauses import drive_errors
 
 
@@ -31,8 +31,8 @@ def test_every_device_in_error_with_its_leaf_path() -> None:
     reply = [block("vda", "ok", "a-fmt"), block("vdb", "nospace", "a-fmt"),
              block("vdc", "failed", "b-fmt", drv="raw")]
     assert drive_errors(reply, NODES, STATS) == (
-        DriveError("vdb", "/dev/loop1", True),
-        DriveError("vdc", "/var/tmp/b.img", False),
+        DriveIoError("vdb", "/dev/loop1", True),
+        DriveIoError("vdc", "/var/tmp/b.img", False),
     )
 
 
@@ -42,4 +42,4 @@ def test_garbage_is_skipped_not_guessed() -> None:
                         block("vdd", "failed", "unknown-node")]
     # vdd: no node facts: the inserted filename is all there is
     assert drive_errors(reply, [None], [{"parent": "x"}]) == (
-        DriveError("vdd", "json:{}", False),)
+        DriveIoError("vdd", "json:{}", False),)

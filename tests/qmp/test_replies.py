@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoextend.monitor.protocols import DriveInfo, EnospcError, PauseReason, ThresholdCrossed
+from autoextend.monitor.protocols import DriveInfo, EnospcPause, PauseReason, ThresholdCrossed
 from autoextend.qmp.errors import MalformedReply
 from autoextend.qmp.replies import (
     MAX_SIZE,
@@ -167,9 +167,9 @@ def test_events() -> None:
     ) is None
     assert io_error_event("vm1", {"device": "", "node-name": "fmt0", "nospace": True,
                                   "operation": "write", "action": "stop"}, topo) == (
-        True, EnospcError("vm1", "vda"))
+        True, EnospcPause("vm1", "vda"))
     assert io_error_event("vm1", {"device": "", "node-name": "zzz", "nospace": True}, topo) == (
-        True, EnospcError("vm1", ""))
+        True, EnospcPause("vm1", ""))
     assert io_error_event("vm1", {"device": "", "node-name": "fmt0", "nospace": False},
                           topo) == (False, None)
     assert io_error_event("vm1", {"device": "", "node-name": "fmt0"}, topo) == (False, None)
@@ -300,5 +300,5 @@ def test_events_out_of_range_and_nul() -> None:
         threshold_event("vm1", {"node-name": "prot0\x00", "write-threshold": 1,
                                 "amount-exceeded": 1}, topo)
     assert io_error_event("vm1", {"nospace": True, "node-name": "fmt0\x00"}, topo) == (
-        True, EnospcError("vm1", ""))
+        True, EnospcPause("vm1", ""))
     assert vm_name({"name": "evil\x00name"}, "stem") == "stem"

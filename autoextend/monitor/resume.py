@@ -1,0 +1,119 @@
+"""Resume and kill: what follows a look at a paused VM, once its drives are seen to.
+
+:meth:`ResumeSteps.after_check` runs at the end of every resync of the VM, from the VM's own
+task (the one owner of its :class:`~.vmstate.VmMachine`): an ENOSPC pause is resumed once
+every managed drive that paused it has room (at most one resume per backoff step); an
+I/O-error pause follows ``[resume] policy`` (probe the storage twice, resume, or kill after
+``kill_after_s``). The pure rules are in ``vmstate.py``.
+"""
+
+from __future__ import annotations
+
+from autoextend.monitor import migration
+from autoextend.monitor.context import MonitorContext, VmView
+from autoextend.monitor.observer import IoErrorAction, Resumed, ResumeLatency
+from autoextend.monitor.probe import probe_all
+from autoextend.monitor.vm import log
+from autoextend.monitor.vmstate import Action, ResumePolicy, VmEvent, VmState
+
+
+class ResumeSteps:
+    """Ends the pauses autoextend may end (resume), or kills, for one VM at a time."""
+
+    def __init__(self, ctx: MonitorContext) -> None:
+        self._ctx = ctx
+
+    async def after_check(self, vm: VmView) -> None:
+        m = vm.machine
+        if m.paused and not migration.may_resume(m.migration):
+            held = f"left paused: {m.migration.value} (resumed where it runs next)"
+            if m.last_action != held:
+                m.record(held)
+                log.info("vm paused during a migration: not resuming it here", vm=vm.name,
+                         migration=m.migration.value)
+            return
+        if m.state is VmState.PAUSED_ENOSPC:
+            if any(d.enospc or d.in_flight for d in vm.drives.values()):
+                return
+            if not m.ours:
+                # Paused for ENOSPC, but on no drive autoextend knows to be full, and the
+                # hypervisor named none: not autoextend's pause to end (no resume storm).
+                if m.last_action != "left paused: enospc on no managed drive":
+                    m.record("left paused: enospc on no managed drive")
+                    log.warning("vm paused for lack of space, but no drive autoextend manages "
+                                "is full; leaving it paused", vm=vm.name)
+                return
+            s = self._ctx.resume
+            due = m.resume_due_at(s.backoff_initial_s, s.backoff_max_s)
+            if m.expect_resume and self._ctx.clock.now() < due:
+                vm.wake_at(due)  # sent already; RESUME not seen yet
+                return
+            await self._act(vm, VmEvent.ROOM, "enospc")
+        elif m.state is VmState.PAUSED_IO_ERROR:
+            await self._io_error_step(vm)
+
+    async def _io_error_step(self, vm: VmView) -> None:
+        m = vm.machine
+        s = self._ctx.resume
+        now = self._ctx.clock.now()
+        if m.policy is ResumePolicy.LEAVE or m.killed:
+            return  # leave it; or killed already (the VM is on its way out)
+        if any(d.enospc or d.in_flight for d in vm.drives.values()):
+            return  # a managed drive also ran out of space: extend first
+        if m.policy is ResumePolicy.KILL and m.paused_at is not None:
+            kill_at = m.paused_at + m.kill_after_s
+            if now >= kill_at:
+                await self._act(vm, VmEvent.KILL_DUE, "io-error",
+                                detail=f"paused on I/O error for over {m.kill_after_s:g} s")
+                return
+            vm.wake_at(kill_at)
+        if self._ctx.lease_ok is not None and not self._ctx.lease_ok():
+            m.probe_result(False, now, s.backoff_initial_s)
+            log.info("not resuming: this host's lease is not valid", vm=vm.name)
+            vm.wake_at(now + s.backoff_initial_s)
+            return
+        due = m.resume_due_at(s.backoff_initial_s, s.backoff_max_s)
+        paths = ([e.path for e in m.errors if not e.nospace] or [e.path for e in m.errors]
+                 or [d.info.path for d in vm.drives.values()])
+        ok = await probe_all(self._ctx.probe, paths)
+        now = self._ctx.clock.now()
+        if not m.probe_result(ok, now, s.backoff_initial_s):
+            if not ok:
+                log.info("storage probe failed; vm stays paused", vm=vm.name, paths=paths)
+            vm.wake_at(max(due, now + s.backoff_initial_s))
+            return
+        if self._ctx.clock.now() < due:
+            vm.wake_at(due)
+            return
+        await self._act(vm, VmEvent.STORAGE_OK, "io-error",
+                        detail="storage probe ok twice in a row")
+
+    async def _act(self, vm: VmView, event: VmEvent, cause: str, detail: str = "") -> None:
+        """Apply a check event; send the resume or kill it asks for."""
+        ctx = self._ctx
+        m = vm.machine
+        paused_at = m.paused_at
+        actions = m.apply(event, ctx.clock.now())
+        if Action.RESUME in actions:
+            if ctx.dry_run:
+                log.info("dry-run: would resume", vm=vm.name, cause=cause)
+                return
+            m.expect_resume = True
+            m.record(f"resumed after {cause}" + (f": {detail}" if detail else ""))
+            await ctx.hypervisor.resume(vm.name)
+            if cause == "io-error":
+                ctx.observer.notify(IoErrorAction(vm.name, "resume", detail))
+            else:
+                ctx.observer.notify(Resumed(vm.name, True))  # autoextend_resumes_total: ENOSPC
+                if paused_at is not None:
+                    ctx.observer.notify(ResumeLatency(vm.name, ctx.clock.now() - paused_at))
+            log.info("vm resumed", vm=vm.name, cause=cause, reason=detail or None,
+                     attempt=m.resume_attempts)
+        elif Action.KILL in actions:
+            if ctx.dry_run:
+                log.info("dry-run: would kill", vm=vm.name, reason=detail)
+                return
+            log.warning("killing vm", vm=vm.name, reason=detail)
+            m.record(f"killed: {detail}")
+            await ctx.hypervisor.kill(vm.name)
+            ctx.observer.notify(IoErrorAction(vm.name, "kill", detail))

@@ -1,0 +1,342 @@
+"""One VM's task: the only owner of the VM's pause machine, its drives and its inbox.
+
+The monitor (``monitor/core.py``) starts one :class:`VmTask` per VM and routes the VM's
+events to its inbox. The task handles one message at a time, and every look at the VM goes
+through its one resync path (:meth:`VmTask.resync`): fresh drives, fresh run state (with the
+drives in error, managed or not), the migration's step, one event for the VM's
+:class:`~.vmstate.VmMachine`, then each drive's own decision (``plan.look``), a job's
+step, then the pause's (resume or kill). Its task group holds at most one extension task per
+drive and at most one live timer.
+
+The collaborators it hands itself to (as a :class:`~.context.VmView`) do one thing each:
+:class:`~.migrating.MigrationSteps` (a live migration's views), :class:`~.extension.
+Extensions` (one drive's extension), :class:`~.jobs.JobSteps` (block jobs) and
+:class:`~.resume.ResumeSteps` (resume and kill).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from autoextend.errors import AutoextendError
+from autoextend.monitor import migration, plan, policy
+from autoextend.monitor.context import MonitorContext
+from autoextend.monitor.drive import DriveState, ThresholdState
+from autoextend.monitor.extension import Extensions, event_info
+from autoextend.monitor.jobs import JobSteps
+from autoextend.monitor.migrating import MigrationSteps, effective, frozen
+from autoextend.monitor.observer import VmCheckFailed
+from autoextend.monitor.protocols import (
+    DriveInfo,
+    DrivesChanged,
+    EnospcPause,
+    JobEnded,
+    MigrationChanged,
+    RunState,
+    ThresholdCrossed,
+    VmPaused,
+    VmResumed,
+)
+from autoextend.monitor.resume import ResumeSteps
+from autoextend.monitor.resync import merge_drives, observe
+from autoextend.monitor.vm import POLL, VM_INBOX_SIZE, Poll, ResyncRequest, VmMessage, log
+from autoextend.monitor.vmstate import ResumePolicy, VmMachine, VmState
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The collaborators every VM's task uses (one each per monitor)."""
+
+    migrations: MigrationSteps
+    extensions: Extensions
+    jobs: JobSteps
+    resumes: ResumeSteps
+
+    @classmethod
+    def of(cls, ctx: MonitorContext) -> Steps:
+        migrations = MigrationSteps(ctx)
+        return cls(migrations, Extensions(ctx, migrations), JobSteps(ctx), ResumeSteps(ctx))
+
+
+class VmTask:
+    """One VM: its inbox, its drives (each its own state machine) and its pause machine."""
+
+    def __init__(self, name: str, ctx: MonitorContext, steps: Steps) -> None:
+        self.name = name
+        self._ctx = ctx
+        self._steps = steps
+        self.inbox, self.receive = anyio.create_memory_object_stream[VmMessage](VM_INBOX_SIZE)
+        self.machine = VmMachine()
+        self.drives: dict[str, DriveState] = {}
+        self.scope = anyio.CancelScope()
+        self.resync_pending = False
+        self.failures = 0            # handling failed this many times in a row
+        self.retry_at = 0.0          # after a failure: not before this time
+        self.timer_at: float | None = None  # a wake-up is scheduled for this time
+        self._tg: TaskGroup | None = None
+        # The drive each running extension task was started for, by drive name.
+        self._extending: dict[str, DriveState] = {}
+        self.apply_resume_settings()
+
+    # ----------------------------------------------------------------- the task
+
+    async def run(self) -> None:
+        """Handle the inbox until the monitor drops the VM (cancels ``scope``)."""
+        with self.scope:
+            async with anyio.create_task_group() as tg, self.receive:
+                self._tg = tg
+                async for message in self.receive:
+                    if self.failures and self._ctx.clock.now() < self.retry_at:
+                        self.resync_pending = True  # backing off after a failure
+                        continue
+                    await self._handle_safely(message)
+
+    def post(self, message: VmMessage) -> None:
+        """Queue without blocking; a full inbox degrades to one pending resync."""
+        try:
+            self.inbox.send_nowait(message)
+        except anyio.WouldBlock:
+            self.resync_pending = True
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+    def close(self) -> dict[str, DriveState]:
+        """Stop the task (its extensions and timer with it); the drives it had."""
+        self.scope.cancel()
+        self.inbox.close()
+        drives, self.drives = self.drives, {}
+        return drives
+
+    def apply_resume_settings(self) -> None:
+        name, kill_after = self._ctx.resume.for_vm(self.name)
+        self.machine.policy = ResumePolicy(name)
+        self.machine.kill_after_s = kill_after
+
+    def in_flight(self) -> int:
+        """Extensions running for drives the VM still has (derived, never counted by hand:
+        an extension whose drive was replaced, removed or dropped no longer counts)."""
+        return sum(1 for name, d in self._extending.items() if self.drives.get(name) is d)
+
+    def wake_at(self, when: float) -> None:
+        """Make the VM's task look again at ``when`` (one timer per VM, the earliest wins)."""
+        if self._tg is None or (self.timer_at is not None and self.timer_at <= when):
+            return
+        self.timer_at = when
+
+        async def timer() -> None:
+            await self._ctx.clock.sleep(max(0.0, when - self._ctx.clock.now()))
+            if self.timer_at == when:
+                self.timer_at = None
+                self.post(POLL)
+
+        self._tg.start_soon(timer, name=f"timer:{self.name}")
+
+    def start_extension(self, d: DriveState, info: DriveInfo | None = None) -> None:
+        """Start the drive's extension task. ``info``: numbers fresh enough to decide on
+        (a threshold event for the threshold we armed); None queries the hypervisor first."""
+        if d.state is not ThresholdState.EXCEEDED or self._tg is None:
+            return
+        d.start_extend()
+        self._extending[d.name] = d
+        self._ctx.in_flight_changed()
+        self._tg.start_soon(self._extension, d, info, name=f"extend:{self.name}:{d.name}")
+
+    async def _extension(self, d: DriveState, info: DriveInfo | None) -> None:
+        try:
+            await self._steps.extensions.run(self, d, info)
+        finally:
+            if self._extending.get(d.name) is d:
+                del self._extending[d.name]
+            self._ctx.in_flight_changed()
+        if self.drives.get(d.name) is d:
+            self.post(POLL)  # the VM's task re-checks: re-arm, resume, retry
+
+    # ----------------------------------------------------------------- messages
+
+    async def _handle_safely(self, message: VmMessage) -> None:
+        """Handle one message; any exception ends this attempt only, retried with backoff."""
+        try:
+            await self._handle(message)
+            if self.resync_pending:
+                self.resync_pending = False
+                await self.resync(rearm=True)
+        except Exception as exc:  # noqa: BLE001 - one VM's failure must not stop the others
+            self._failed(exc)
+        else:
+            if self.failures:
+                self.failures = 0
+                log.info("vm check recovered", vm=self.name)
+
+    def _failed(self, exc: Exception) -> None:
+        """Count, log and schedule the retry of a failed VM check. Never raises."""
+        try:
+            self.failures += 1
+            settings = self._ctx.settings
+            delay = policy.backoff(self.failures, settings.retry_initial_s,
+                                   settings.retry_max_s)
+            self.retry_at = self._ctx.clock.now() + delay
+            self.resync_pending = True
+            self.wake_at(self.retry_at)
+            # Once per outage at warning level, then quietly until it recovers
+            # (e.g. libvirtd down: every poll of every VM would fail).
+            if isinstance(exc, AutoextendError):
+                report = log.debug if self.failures > 1 else log.warning
+                report("vm check failed", vm=self.name, error=str(exc),
+                       retry_in_s=round(delay, 3))
+            else:
+                log.error("vm check failed on an unexpected error", vm=self.name,
+                          error=repr(exc), retry_in_s=round(delay, 3),
+                          exc_info=self.failures == 1)
+            self._ctx.observer.notify(VmCheckFailed(self.name, str(exc) or type(exc).__name__))
+        except Exception as again:  # noqa: BLE001 - e.g. an observer that raises
+            log.error("vm failure handling failed", vm=self.name, error=repr(again))
+            self.resync_pending = True
+
+    async def _handle(self, message: VmMessage) -> None:
+        match message:
+            case ResyncRequest() | DrivesChanged():
+                await self.resync(rearm=True)
+            case Poll():
+                await self.resync(rearm=False)
+            case ThresholdCrossed():
+                await self._crossed(message)
+            case EnospcPause(drive=name) if name in self.drives:
+                self.flag_enospc(self.drives[name], self._ctx.clock.now())
+            case JobEnded():
+                self._steps.jobs.ended(self, message)
+            case MigrationChanged():
+                self.machine.migration_stale = True
+                await self.resync(rearm=False)
+            case EnospcPause() | VmPaused() | VmResumed():
+                # Which drives failed, and whether they are ours, comes from a fresh look.
+                await self.resync(rearm=False)
+            case _:
+                pass
+
+    async def _crossed(self, event: ThresholdCrossed) -> None:
+        d = self.drives.get(event.drive)
+        if d is None:
+            await self.resync(rearm=True)
+            return
+        thr = event.threshold
+        armed = d.state is ThresholdState.SET and d.threshold == thr and thr > 0
+        if d.mark_exceeded(self._ctx.clock.now()):
+            log.info("threshold crossed", vm=self.name, drive=d.name, threshold=thr,
+                     excess=event.excess)
+            # The event names the threshold we armed on the size we know: the decision
+            # needs no fresh query (the allocation is in the event).
+            self.start_extension(d, event_info(d.info, thr, event.excess) if armed else None)
+
+    # ----------------------------------------------------------------- the resync path
+
+    async def resync(self, *, rearm: bool) -> None:
+        """Re-read the VM and act. ``rearm``: the hypervisor may have lost our thresholds
+        (connect, hot-plug, dropped event), so arm every drive again."""
+        ctx, steps = self._ctx, self._steps
+        merge_drives(ctx, self, await ctx.hypervisor.drives(self.name), rearm=rearm)
+        state = await ctx.hypervisor.run_state(self.name)
+        moved = await steps.migrations.check(self, state)
+        if moved.refreshed or moved.rearm:  # views grew: fresh numbers, arm again
+            merge_drives(ctx, self, await ctx.hypervisor.drives(self.name), rearm=True)
+        if moved.arrived:
+            state = steps.migrations.arrived_paused(self, state)
+        observe(ctx, self, state)
+        if self.machine.state in (VmState.PAUSED_ENOSPC, VmState.PAUSED_ENOSPC_UNMANAGED) or any(
+            e.nospace and e.drive in self.drives for e in state.errors
+        ):
+            self._flag_enospc_drives(state)
+        for d in list(self.drives.values()):
+            await self._evaluate(d)
+            await steps.jobs.step(self, d)
+        await steps.resumes.after_check(self)
+
+    def _flag_enospc_drives(self, state: RunState) -> None:
+        """A VM paused for ENOSPC: flag the managed drives the hypervisor names, and those
+        inside their watermark (the ENOSPC event may have been missed, and the highest
+        written offset does not always reach the device size at an ENOSPC)."""
+        named = {e.drive for e in state.errors if e.nospace}
+        now = self._ctx.clock.now()
+        for d in self.drives.values():
+            if d.enospc or d.in_flight:
+                continue
+            pol = self._ctx.policy_for(d.info, d.volume)
+            info = effective(self.machine, d.info)  # frozen view: the size it was extended to
+            # The hypervisor keeps naming a drive until the VM runs again: act on that once.
+            named_now = d.name in named and d.name not in self.machine.full_drives
+            if named_now or policy.needs_extension(info.allocation, info.physical, pol):
+                self.flag_enospc(d, now)
+
+    def flag_enospc(self, d: DriveState, now: float) -> None:
+        self.machine.managed_drive_full(d.name)
+        if d.state is ThresholdState.DISABLED:
+            if not d.enospc:
+                log.warning("enospc on a drive at its cap", vm=self.name, drive=d.name,
+                            volume=str(d.volume))
+            d.mark_enospc_at_cap()
+            return
+        news = d.mark_exceeded(now, enospc=True)
+        log.info("enospc", vm=self.name, drive=d.name, new=news)
+        if d.state is ThresholdState.EXCEEDED:
+            self.start_extension(d)
+
+    async def _evaluate(self, d: DriveState) -> None:
+        """Carry out what a drive needs now (``plan.look``). Never blocks on an extension."""
+        if d.in_flight or d.name not in self.drives:
+            return
+        if not migration.may_arm(self.machine.migration):
+            return  # incoming (the guest runs elsewhere yet) or departed
+        ctx = self._ctx
+        info = effective(self.machine, d.info)
+        pol = ctx.policy_for(info, d.volume)
+        now = ctx.clock.now()
+        gates = plan.LookGates(now, frozen=frozen(self.machine, d.name),
+                               job_need=ctx.job_need(info, pol))
+        match plan.look(info, d, pol, gates):
+            case plan.Idle(warn=warn, reenable=reenable):
+                if warn:
+                    log.warning(warn, vm=self.name, drive=d.name)
+                if reenable:
+                    d.disarmed()
+            case plan.Wait(at=at):
+                self.wake_at(at)
+            case plan.Extend():
+                if d.mark_exceeded(now):
+                    log.info("drive needs extension (poll)", vm=self.name, drive=d.name,
+                             allocation=info.allocation, physical=info.physical)
+                self.start_extension(d)
+            case plan.Disable():
+                ctx.disable(self.name, d)
+            case plan.Arm(threshold=threshold, reenable=reenable):
+                if reenable:
+                    d.disarmed()
+                await self._arm(d, threshold)
+
+    async def _arm(self, d: DriveState, threshold: int) -> None:
+        if self._ctx.dry_run:
+            log.info("dry-run: would arm threshold", vm=self.name, drive=d.name,
+                     threshold=threshold)
+        else:
+            await self._ctx.hypervisor.set_threshold(self.name, d.info, threshold)
+        d.armed(threshold)
+        log.debug("threshold armed", vm=self.name, drive=d.name, threshold=threshold,
+                  physical=d.info.physical)
+
+    # ----------------------------------------------------------------- status
+
+    def snapshot(self) -> dict[str, Any]:
+        """What ``autoextend status`` shows of this VM and its drives."""
+        m = self.machine
+        return {
+            "vm": self.name,
+            "paused": m.describe(),
+            "state": m.state.value,
+            "resume_policy": m.policy.value,
+            "resume_attempts": m.resume_attempts,
+            "last_action": m.last_action,
+            "migration": m.migration.value,
+            "drives": [d.snapshot() for d in self.drives.values()],
+        }
