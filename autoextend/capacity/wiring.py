@@ -20,8 +20,8 @@ from autoextend.volumes import VolumeRef
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from autoextend.config import Settings
     from autoextend.monitor.core import Monitor
-    from autoextend.settings import Settings
 
 log = get_logger("capacity")
 STOPPED_QUEUE = 64

@@ -20,7 +20,7 @@ from autoextend.monitor import policy
 from autoextend.monitor.drive import DriveState, ThresholdState
 from autoextend.monitor.migrating import Migrations
 from autoextend.monitor.observer import ExtendFinished, VgFull, VmCheckFailed
-from autoextend.monitor.protocols import DriveInfo, ExtendOutcome, OutcomeKind
+from autoextend.monitor.protocols import DriveInfo, ExtendOutcome, OutcomeCode, OutcomeKind
 from autoextend.monitor.vm import POLL, SamplesAfterExtend, Vm, log
 from autoextend.monitor.vmstate import VmState
 
@@ -166,20 +166,20 @@ class Extensions(Migrations):
                 outcome = await self.extender.extend(d.volume, target, refresh=False)
         if outcome is None:
             outcome = ExtendOutcome(OutcomeKind.FAILED, 0, f"no answer within {deadline} s",
-                                    code="timeout")
+                                    code=OutcomeCode.TIMEOUT)
         t_extended = self.clock.now()
         if not outcome.ok:
             delay = self._retry_delay(d, outcome.kind)
             d.extend_failed(self.clock.now(), outcome.reason, delay)
             self.observer.notify(ExtendFinished(vm.name, d.name, d.volume, outcome.kind,
                                                 outcome.size, {"extender": t_extended - t_decided}))
-            if outcome.code == "vg_full":
+            if outcome.code is OutcomeCode.VG_FULL:
                 self.observer.notify(VgFull(vm.name, d.name, d.volume))
                 bound.error("volume group cannot satisfy the extension", size=target,
                             reason=outcome.reason, retry_in_s=round(delay, 3))
             else:
                 bound.warning("extension failed", result=outcome.kind.value,
-                              reason=outcome.reason, code=outcome.code, attempts=d.attempts,
+                              reason=outcome.reason, code=outcome.code.value, attempts=d.attempts,
                               retry_in_s=round(delay, 3))
             return False
         if not outcome.refreshed:
