@@ -15,6 +15,7 @@ from autoextend.capacity.watch import CapacityWatcher
 from autoextend.clock import Clock
 from autoextend.errors import AutoextendError
 from autoextend.logs import get_logger
+from autoextend.spm.wire import OP_REDUCE, Status
 from autoextend.volumes import VolumeRef
 
 if TYPE_CHECKING:
@@ -30,8 +31,6 @@ STOP_RETRIES = 20
 
 def mailbox_reduce(cluster: Any) -> RemoteReduce:
     """Mailbox mode: a REDUCE request to the SPM; the new size, or ReduceRefused."""
-    from autoextend.spm.wire import OP_REDUCE, Status
-
     async def remote(volume: VolumeRef, size: int) -> int:
         mailbox = cluster.mailbox
         if mailbox is None:
