@@ -30,6 +30,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from autoextend import startup
+from autoextend.backoff import backoff
 from autoextend.clock import Clock
 from autoextend.directio import open_storage
 from autoextend.errors import AutoextendError, ConfigError, NotSpmError, StartupError
@@ -38,7 +39,6 @@ from autoextend.lease.engine import LeaseEngine, make_engine
 from autoextend.lease.engine_record import check_engine
 from autoextend.lease.liveness import HostState
 from autoextend.logs import get_logger
-from autoextend.monitor.policy import backoff
 from autoextend.monitor.protocols import ExtendOutcome
 from autoextend.sectors import SectorStorage, StorageError
 from autoextend.spm.config import MailboxSettings, mailbox_base

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from autoextend.settings import Settings
+from autoextend.config import Settings
 
 #: Keys (dotted prefixes) a reload applies.
 LIVE = ("policy", "resume", "service.dry_run", "service.log_level", "service.log_format",

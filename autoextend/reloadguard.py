@@ -40,7 +40,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from autoextend.settings import Settings
+from autoextend.config import Settings
 
 #: The sections whose numbers the factor rule watches: the policy (what a reload applies,
 #: with the VG reserves, which wait for a restart) and the resume policy.

@@ -13,20 +13,17 @@ import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import tomli_w
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
-from autoextend.capacity.config import CapacitySettings
-from autoextend.confbase import Section
+from autoextend import validation
+from autoextend.config import MetricsSettings, ServiceSettings, Settings
 from autoextend.errors import ConfigError
-from autoextend.lease.config import LeaseSettings
-from autoextend.libvirt_backend.config import LibvirtSettings
-from autoextend.lvm.config import LvmSettings, VolumeSettings
-from autoextend.monitor.config import PolicySettings, ResumeSettings
-from autoextend.qmp.config import QmpSettings
-from autoextend.spm.config import MailboxSettings
+
+__all__ = ["MetricsSettings", "ServiceSettings", "Settings", "dump_toml", "from_mapping", "load",
+           "source_name", "with_overrides"]
 
 DEFAULT_CONFIG_PATH = Path("/etc/autoextend/autoextend.toml")
 # A config file is a few KiB; anything past this is not one (and /dev/zero never ends).
@@ -35,38 +32,6 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_NESTING = 16
 _short = reprlib.Repr()
 _short.maxlevel, _short.maxstring, _short.maxother = 2, 60, 60
-
-
-class ServiceSettings(Section):
-    hypervisor: Literal["qmp", "libvirt"] = "libvirt"
-    extender: Literal["local", "mailbox"] = "local"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["auto", "json", "console"] = "auto"
-    control_socket: str = "/run/autoextend/control.sock"
-    dry_run: bool = False
-    # A reload that moves a [policy] number by more than this factor (up or down) is held
-    # back until confirmed (autoextend/reloadguard.py).
-    reload_max_factor: float = Field(4.0, ge=1.0, le=1000.0)
-
-
-class MetricsSettings(Section):
-    enabled: bool = False
-    address: str = "127.0.0.1"
-    port: int = Field(9466, ge=1, le=65535)
-
-
-class Settings(Section):
-    service: ServiceSettings = ServiceSettings()
-    policy: PolicySettings = PolicySettings()
-    resume: ResumeSettings = ResumeSettings()
-    qmp: QmpSettings = QmpSettings()
-    libvirt: LibvirtSettings = LibvirtSettings()
-    volumes: VolumeSettings = VolumeSettings()
-    lvm: LvmSettings = LvmSettings()
-    lease: LeaseSettings = LeaseSettings()
-    mailbox: MailboxSettings = MailboxSettings()
-    metrics: MetricsSettings = MetricsSettings()
-    capacity: CapacitySettings = CapacitySettings()
 
 
 def _describe(err: dict[str, Any]) -> str:
@@ -99,8 +64,6 @@ def from_mapping(data: dict[str, Any], source: str = "<config>") -> Settings:
     """Validate a parsed TOML mapping: every key's type and range, then the value rules of
     :mod:`autoextend.validation` (NUL bytes, byte lengths, ...). Raises ConfigError naming
     every bad key."""
-    from autoextend import validation
-
     if _too_deep(data, MAX_NESTING):
         raise ConfigError(source, [("", f"arrays or tables nested deeper than {MAX_NESTING}")])
     try:

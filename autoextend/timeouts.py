@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from autoextend.settings import Settings
+    from autoextend.config import Settings
 
 HOST_DEAD_IO_TIMEOUTS = 8   # a host lease is dead 8 T after its last renewal (sanlock)
 ACQUIRE_IO_TIMEOUTS = 2     # paxos phase 1 + phase 2 of the SPM lease

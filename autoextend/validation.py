@@ -29,12 +29,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from autoextend.errors import ConfigError
+from autoextend.lvm.config import PVS_MESSAGE
 from autoextend.metadata_area import LEASE_AREA_SIZE
+from autoextend.names import is_valid_name
+from autoextend.spm.errors import LayoutError
+from autoextend.spm.layout import ALIGNMENT, MailboxLayout
 from autoextend.timeouts import check_timeouts
 
 if TYPE_CHECKING:
+    from autoextend.config import Settings
     from autoextend.lease.config import LeaseSettings
-    from autoextend.settings import Settings
     from autoextend.spm.config import MailboxSettings
 
 Problem = tuple[str, str]
@@ -44,7 +48,6 @@ Rule = Callable[["Settings"], Iterable[Problem]]
 SUN_PATH_MAX = 107
 # The host-name field of a lease host id record (autoextend.lease.format.NAME_BYTES).
 HOST_NAME_BYTES = 64
-PVS_MESSAGE = "must list the pool's PVs for volumes.backend = lvm"
 
 _HOSTNAME_RE = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -119,8 +122,6 @@ def _initial_not_above_max(s: Settings) -> Iterator[Problem]:
 
 
 def _lvm_names(s: Settings) -> Iterator[Problem]:
-    from autoextend.lvm.names import is_valid_name
-
     for vg in s.policy.vg_reserve_mib:
         if not is_valid_name(vg):
             yield f"policy.vg_reserve_mib.{vg}", "is not a valid VG name"
@@ -171,9 +172,6 @@ def cluster_rule(lease: LeaseSettings, mailbox: MailboxSettings,
 
 
 def _mailbox_region(lease: LeaseSettings, mailbox: MailboxSettings) -> Iterator[Problem]:
-    from autoextend.spm.errors import LayoutError
-    from autoextend.spm.layout import ALIGNMENT, MailboxLayout
-
     offset = mailbox.offset
     if offset is None:
         return

@@ -34,17 +34,19 @@ from typing import Any
 import anyio
 
 from autoextend import logs
+from autoextend.config import Settings
 from autoextend.lab.qemu import Drive, VmSpec, launch
 from autoextend.lab.singlehost import create_qcow2_disk, host_settings
 from autoextend.lab.waiting import until
 from autoextend.lvm.loop_backend import LoopVolumeBackend
+from autoextend.qemuimg import Measure
 from autoextend.qmp import connection, session
 from autoextend.service import Service
-from autoextend.settings import Settings
 from autoextend.volumes import LocalAuthority, VolumeRef
+from bench import results_file
 
 MiB = 1 << 20
-RESULTS = Path(__file__).resolve().parent / "results" / "idle.json"
+RESULTS = results_file("idle.json")
 
 
 def loadavg() -> list[float]:
@@ -81,13 +83,14 @@ class Calls:
         connection.QmpConnection.execute = counted  # type: ignore[method-assign]
         init = self._size
 
-        def init_counted(self: Any, name: str, conn: Any, device_size: Any) -> None:
+        def init_counted(self: session.VmSession, name: str, conn: connection.QmpConnection,
+                         device_size: session.DeviceSize,
+                         measure: Measure | None = None) -> None:
             async def sized(path: str) -> int | None:
                 counts["lseek"] += 1
-                result: int | None = await device_size(path)
-                return result
+                return await device_size(path)
 
-            init(self, name, conn, sized)
+            init(self, name, conn, sized, measure)
 
         session.VmSession.__init__ = init_counted  # type: ignore[method-assign]
 

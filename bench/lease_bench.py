@@ -26,6 +26,7 @@ Everything started (daemons, holders, workers, strace) is stopped in ``finally``
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import tempfile
@@ -37,7 +38,7 @@ import anyio
 
 from autoextend import logs
 from autoextend.lab.leasefile import format_file
-from bench import sanlock_peer
+from bench import results_file, sanlock_peer
 from bench.engine_figures import engine_free_acquire, engine_process_crash_takeover
 from bench.lease_figures import (
     IDLE_WINDOW_S,
@@ -51,7 +52,7 @@ from bench.lease_figures import (
     ours_takeovers,
 )
 
-RESULTS = Path(__file__).parent / "results" / "lease.json"
+RESULTS = results_file("lease.json")
 ROUNDS = 30  # free acquires per side
 
 
@@ -236,7 +237,22 @@ def loadavg() -> str:
         return f.read().strip()
 
 
-async def main() -> dict[str, Any] | None:
+async def run_quick(tmp: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``--quick``: our engine's acquire paths only, a few rounds (seconds, for the smoke test
+    of every benchmark); no takeover, no sanlock peer."""
+    ours: dict[str, Any] = {}
+    area = tmp / "ours-free.img"
+    await format_file(area, 16)
+    ours["acquire_release_cycle"] = await ours_cycle_io(area, cycles=2)
+    await format_file(area, 16)
+    async with free_acquirer(area) as mine:
+        for _ in range(3):
+            await mine.round()
+    ours["free_acquire"] = mine.summary()
+    return ours, {"ran": False, "reason": "--quick run: ours only"}
+
+
+async def main(quick: bool = False) -> dict[str, Any] | None:
     """The whole run; None if interrupted (SIGINT/SIGTERM cancel it, so that every process
     it started is stopped before it exits)."""
     logs.configure("error", "json")
@@ -250,12 +266,12 @@ async def main() -> dict[str, Any] | None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(until_signal, tg.cancel_scope)
-        result = await run()
+        result = await run(quick)
         tg.cancel_scope.cancel()
     return result
 
 
-async def run() -> dict[str, Any]:
+async def run(quick: bool = False) -> dict[str, Any]:
     began = time.monotonic()
     result: dict[str, Any] = {
         "machine": {"note": "2 cores shared with other engineers' test runs; ext4 file under "
@@ -264,7 +280,7 @@ async def run() -> dict[str, Any]:
         "io_timeout_s": T,
     }
     with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="autoextend-bench-") as tmp:
-        ours, sanlock = await run_all(Path(tmp))
+        ours, sanlock = await (run_quick if quick else run_all)(Path(tmp))
     sanlock["not_measured"] = {
         **sanlock.get("not_measured", {}),
         "takeover_after_sigkill_w2": "W (watchdog_fire_timeout) is fixed at 60 s in 3.8.5",
@@ -286,7 +302,10 @@ async def run() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    data = anyio.run(main)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="our engine's acquire paths only, a few rounds (seconds)")
+    data = anyio.run(main, parser.parse_args().quick)
     if data is None:
         raise SystemExit("interrupted")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

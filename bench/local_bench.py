@@ -51,10 +51,11 @@ from autoextend.monitor.core import percentile
 from autoextend.monitor.local import LocalExtender
 from autoextend.monitor.observer import Tally
 from autoextend.volumes import LocalAuthority, VolumeRef
+from bench import results_file
 from bench.floor import FloorExtender
 
 MiB = 1 << 20
-RESULTS = Path(__file__).resolve().parent / "results" / "local.json"
+RESULTS = results_file("local.json")
 PHASE_ORDER = ("wait", "decision", "extend", "refresh", "extender", "rearm", "total")
 
 
@@ -239,8 +240,19 @@ async def extender_throughput(volumes: int, rounds: int) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def run_part(part: str, quick: bool) -> dict[str, Any]:
+async def run_part(part: str, quick: bool, smoke: bool = False) -> dict[str, Any]:
     logs.configure("warning", "json")
+    if smoke:  # one short guest per side: does every path still run (figures meaningless)
+        if part == "floor":
+            return await side_by_side(1, 48, 16, 50, 16)
+        if part == "libvirt":
+            return await libvirt_runs(1, 48, 16, 50, 16)
+        if part == "pauses":
+            return {"qmp": await side_by_side(1, 24, 4, 90, 8),
+                    "libvirt": await libvirt_runs(1, 24, 4, 90, 8)}
+        if part == "extender":
+            return await extender_throughput(5, 1)
+        raise ValueError(part)
     rounds = 1 if quick else 4
     if part == "floor":
         return await side_by_side(rounds, 256 if quick else 512, 64, 50, 64)
@@ -260,6 +272,8 @@ def main() -> None:
     parser.add_argument("--part", choices=("floor", "libvirt", "pauses", "extender"),
                         action="append", help="run only these parts (default: all)")
     parser.add_argument("--quick", action="store_true", help="smaller run (CI-sized)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the smallest run: it still runs, figures meaningless")
     args = parser.parse_args()
     results: dict[str, Any] = {"benchmark": "local_extend"}
     if RESULTS.exists():
@@ -273,16 +287,17 @@ def main() -> None:
         # each part runs its own loop (the libvirt and pauses parts both use libvirt).
         for part in parts:
             subprocess.run([sys.executable, "-m", "bench.local_bench", "--part", part,
-                            *(["--quick"] if args.quick else [])], check=True)
+                            *(["--quick"] if args.quick else []),
+                            *(["--smoke"] if args.smoke else [])], check=True)
         return
     for part in parts:
         start = loadavg()
         t0 = time.monotonic()
-        figures = anyio.run(run_part, part, args.quick)
+        figures = anyio.run(run_part, part, args.quick, args.smoke)
         results[part] = {**figures, "elapsed_s": round(time.monotonic() - t0, 1),
                          "loadavg_start": start, "loadavg_end": loadavg(),
-                         "quick": args.quick, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                    time.gmtime())}
+                         "quick": args.quick, "smoke": args.smoke,
+                         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps({part: results[part]}, indent=2))

@@ -38,8 +38,9 @@ from autoextend.lvm.runner import LvmRunner, ProcessRunner
 from autoextend.lvm.shell import LvmShellRunner
 from autoextend.lvm.writer import LvmWriter
 from autoextend.volumes import LocalAuthority, VolumeRef
+from bench import results_file
 
-RESULTS = Path(__file__).parent / "results" / "lvm.json"
+RESULTS = results_file("lvm.json")
 MiB = 1 << 20
 EXTENT = 4 * MiB
 

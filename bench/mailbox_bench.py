@@ -55,8 +55,9 @@ from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.server import SpmMailServer
 from autoextend.spm.watch import cadence, idle_ring_read_rate
 from autoextend.volumes import ExtendResult, LocalAuthority, VolumeRef
+from bench import results_file
 
-RESULT = Path(__file__).parent / "results" / "mailbox.json"
+RESULT = results_file("mailbox.json")
 LIVE_SETTLE_S = 1.5  # the SPM asks for the live set once a second
 # The defaults are what is measured; AUTOEXTEND_BENCH_MAILBOX_SET (JSON, set from --set by
 # the parent) overrides keys for experiments.

@@ -25,8 +25,9 @@ from autoextend import logs
 from autoextend.lab.demo import latency_ms
 from autoextend.lab.guest import GuestJob
 from autoextend.lab.multihost import pool
+from bench import results_file
 
-RESULTS = Path(__file__).resolve().parent / "results" / "pool.json"
+RESULTS = results_file("pool.json")
 
 
 def ms(values: list[float]) -> dict[str, float]:

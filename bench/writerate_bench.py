@@ -40,9 +40,10 @@ from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.monitor.observer import Tally
 from autoextend.service import Service
 from autoextend.volumes import LocalAuthority, VolumeRef
+from bench import results_file
 
 MiB = 1 << 20
-RESULTS = Path(__file__).resolve().parent / "results" / "writerate.json"
+RESULTS = results_file("writerate.json")
 BLOCK = 4 * MiB
 START_MIB = 32
 VIRTUAL_MIB = 4096

@@ -14,6 +14,14 @@
 - The monitor is made of objects, not of a class split across files: no function in
   ``autoextend/monitor/`` is over 60 lines, and no class there is more than one base deep
   (a class whose base is itself a monitor class with a base would be a chain).
+- No import cycle among product modules, counting every import (function-local and
+  ``TYPE_CHECKING`` ones too: a local import that steps around a cycle is still one) and the
+  package ``__init__`` that importing a submodule runs first.
+- The neutral modules (:data:`NEUTRAL`: shared types and vocabulary) import only each other;
+  ``autoextend/lvm/`` imports nothing from the product but itself and them.
+- Config is loaded once at the top: only the service, the CLI and the lab import
+  ``autoextend.settings`` (the loader); below them, code gets its sections (or the whole
+  typed value, ``autoextend.config.Settings``, where a rule spans sections).
 """
 
 from __future__ import annotations
@@ -30,6 +38,13 @@ BACKENDS = ("autoextend.lvm", "autoextend.spm", "autoextend.lease", "autoextend.
             "autoextend.libvirt_backend")
 NOT_PRODUCTION = ("autoextend.lab", "sim", "tests", "bench")
 # The ``autoextend lab`` and ``autoextend demo`` commands front the lab itself.
+# Shared types and vocabulary every layer may import: they import only each other.
+NEUTRAL = ("autoextend.backoff", "autoextend.boundedjson", "autoextend.clock",
+           "autoextend.confbase", "autoextend.errors", "autoextend.logs",
+           "autoextend.metadata_area", "autoextend.names", "autoextend.sectors",
+           "autoextend.volumes")
+# The loader's only importers: what sits above service.py (the CLI, the lab) and service.py.
+SETTINGS_IMPORTERS = ("autoextend.service", "autoextend.cli", "autoextend.lab")
 LAB_FRONT_ENDS = {"autoextend/cli/lab.py": "autoextend.lab", "autoextend/cli/service.py":
                   "autoextend.lab"}
 
@@ -262,3 +277,124 @@ def test_no_monitor_class_is_more_than_one_base_deep() -> None:
     deep = {name: n for name, n in class_chains(monitor_sources()).items()
             if n > MAX_CLASS_CHAIN}
     assert deep == {}
+
+
+# ---- the module graph: no cycles, neutral vocabulary, config loaded at the top ---------------
+
+
+def product_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in py_files("autoextend")}
+
+
+def import_graph(sources: dict[str, tuple[str, bool]]) -> dict[str, set[str]]:
+    """Module -> the product modules it imports (every import in the file), with the packages
+    whose ``__init__`` the import runs first; ``sources``: (text, is_package) by module. A
+    module's own ancestor packages are left out (they are imported before it anyway)."""
+    def known(name: str) -> str | None:
+        while name and name not in sources:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for module, (text, is_package) in sources.items():
+        edges: set[str] = set()
+        for name in imports_in(text, module, is_package):
+            target = known(name)
+            while target is not None:
+                if target != module and not module.startswith(target + "."):
+                    edges.add(target)
+                target = known(target.rpartition(".")[0])
+        graph[module] = edges
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``graph``: its strongly connected parts of two or more modules
+    (Tarjan's algorithm, iterative), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                part = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    part.append(member)
+                    if member == node:
+                        break
+                if len(part) > 1:
+                    found.append(sorted(part))
+    return found
+
+
+def test_the_cycle_check_sees_local_typing_and_package_cycles() -> None:
+    local = {"p.a": ("def f():\n    from p import b\n", False), "p.b": ("import p.a\n", False),
+             "p": ("", True)}
+    assert cycles(import_graph(local)) == [["p.a", "p.b"]]
+    typing = {"p.a": ("if TYPE_CHECKING:\n    from p.b import X\n", False),
+              "p.b": ("from p.a import Y\n", False), "p": ("", True)}
+    assert cycles(import_graph(typing)) == [["p.a", "p.b"]]
+    # importing q.x runs q/__init__, which imports p.a: a cycle through a package
+    package = {"p.a": ("from q.x import Z\n", False), "q": ("from p.a import W\n", True),
+               "q.x": ("", False), "p": ("", True)}
+    assert cycles(import_graph(package)) == [["p.a", "q"]]
+    # a package importing its own submodules is not a cycle
+    own = {"q": ("from q.x import Z\n", True), "q.x": ("from q import y\n", False),
+           "q.y": ("", False)}
+    assert cycles(import_graph(own)) == []
+
+
+def test_no_import_cycle_among_product_modules() -> None:
+    sources = {m: (p.read_text(), p.name == "__init__.py") for m, p in product_modules().items()}
+    assert cycles(import_graph(sources)) == []
+
+
+def allowed(violation: str, packages: tuple[str, ...]) -> bool:
+    """``violation`` ("path imports name") names one of ``packages``, or the bare
+    ``autoextend`` package (``from autoextend import names``: its ``__init__`` is a docstring)."""
+    name = violation.split()[-1]
+    return name == "autoextend" or under(name, packages)
+
+
+def test_neutral_modules_import_only_each_other() -> None:
+    modules = product_modules()
+    for name in NEUTRAL:
+        assert name in modules, f"{name} is listed as neutral but does not exist"
+    neutral = [modules[name] for name in NEUTRAL]
+    found = [v for v in violations(neutral, ("autoextend",)) if not allowed(v, NEUTRAL)]
+    assert found == []
+
+
+def test_lvm_imports_nothing_above_the_neutral_types() -> None:
+    found = [v for v in violations(py_files("autoextend/lvm"), ("autoextend",))
+             if not allowed(v, ("autoextend.lvm", *NEUTRAL))]
+    assert found == []
+
+
+def test_nothing_below_the_service_imports_the_settings_loader() -> None:
+    below = [p for m, p in product_modules().items() if not under(m, SETTINGS_IMPORTERS)]
+    assert violations(below, ("autoextend.settings",)) == []

@@ -42,8 +42,8 @@ import zlib
 from dataclasses import dataclass
 
 from autoextend.capacity.figures import VgFigures
-from autoextend.lvm.names import is_valid_name
 from autoextend.metadata_area import LEASE_AREA_SIZE
+from autoextend.names import is_valid_name
 
 MAGIC = b"AXCP"
 VERSION = 1

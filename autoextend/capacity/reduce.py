@@ -27,9 +27,9 @@ from autoextend.capacity.figures import reduce_target
 from autoextend.capacity.qcheck import ImageCheckError, check_image, open_by
 from autoextend.errors import AutoextendError
 from autoextend.logs import get_logger
-from autoextend.lvm.names import is_valid_name
 from autoextend.monitor import overrides
 from autoextend.monitor.protocols import DriveInfo
+from autoextend.names import is_valid_name
 from autoextend.volumes import (
     FileBacked,
     FixedExtent,

@@ -16,7 +16,7 @@ import anyio
 from autoextend.capacity.figures import VgFigures
 from autoextend.lvm.loop_backend import LoopVolumeBackend, vg_capacity, vg_used
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
-from autoextend.lvm.names import is_valid_name
+from autoextend.names import is_valid_name
 from autoextend.volumes import innermost
 
 

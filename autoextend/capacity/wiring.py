@@ -15,13 +15,14 @@ from autoextend.capacity.watch import CapacityWatcher
 from autoextend.clock import Clock
 from autoextend.errors import AutoextendError
 from autoextend.logs import get_logger
+from autoextend.spm.wire import OP_REDUCE, Status
 from autoextend.volumes import VolumeRef
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from autoextend.config import Settings
     from autoextend.monitor.core import Monitor
-    from autoextend.settings import Settings
 
 log = get_logger("capacity")
 STOPPED_QUEUE = 64
@@ -30,8 +31,6 @@ STOP_RETRIES = 20
 
 def mailbox_reduce(cluster: Any) -> RemoteReduce:
     """Mailbox mode: a REDUCE request to the SPM; the new size, or ReduceRefused."""
-    from autoextend.spm.wire import OP_REDUCE, Status
-
     async def remote(volume: VolumeRef, size: int) -> int:
         mailbox = cluster.mailbox
         if mailbox is None:

@@ -8,7 +8,11 @@ from pydantic import Field, field_validator
 
 from autoextend.confbase import Section
 from autoextend.lvm.lvmconf import device_filter_entry
-from autoextend.lvm.names import is_valid_name
+from autoextend.names import is_valid_name
+
+# The rule ``volumes.backend = lvm`` needs ``lvm.pvs`` (autoextend.validation applies it; the
+# factory refuses a backend built without them, with the same words).
+PVS_MESSAGE = "must list the pool's PVs for volumes.backend = lvm"
 
 
 class VolumeSettings(Section):

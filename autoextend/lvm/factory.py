@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from autoextend.errors import ConfigError
+from autoextend.lvm.config import PVS_MESSAGE
 from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.lvmconf import LvmCommandConfig, resolve_activation
@@ -52,8 +53,6 @@ def make_volume_backend(
         return LoopVolumeBackend(volumes.loop_root, volumes.loop_extent_mib << 20, authority,
                                  host=volumes.loop_host)
     if not lvm.pvs:
-        from autoextend.validation import PVS_MESSAGE  # the rule lives there
-
         raise ConfigError("<settings>", [("lvm.pvs", PVS_MESSAGE)])
     runner = make_runner(lvm)
     config = command_config(lvm)

@@ -32,7 +32,8 @@ import anyio
 from autoextend.errors import NotSpmError
 from autoextend.lvm import loopdev
 from autoextend.lvm.errors import VolumeExists, VolumeNotFound, VolumeSpaceError
-from autoextend.lvm.names import check_name, is_valid_name, round_up_to_extent
+from autoextend.lvm.names import round_up_to_extent
+from autoextend.names import check_name, is_valid_name
 from autoextend.volumes import ExtendResult, SpmAuthority, VolumeRef
 
 SYS_BLOCK = Path("/sys/block")

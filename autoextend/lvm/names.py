@@ -1,4 +1,5 @@
-"""Pure helpers for LVM names, device paths and extent arithmetic (no I/O).
+"""Pure helpers for LVM device paths and extent arithmetic (no I/O). What a name may be is
+shared vocabulary: :mod:`autoextend.names`.
 
 Device-mapper names join VG and LV with a single ``-`` after doubling every ``-`` inside
 either name (``my-vg``/``lv-1`` -> ``my--vg-lv--1``). LVM names never start with ``-``, which
@@ -7,61 +8,8 @@ makes the split unambiguous.
 
 from __future__ import annotations
 
-import re
-
+from autoextend.names import is_valid_name, lv_name_problem
 from autoextend.volumes import VolumeRef
-
-MAX_NAME_LEN = 127
-_NAME_RE = re.compile(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]*")
-
-
-def is_valid_name(name: str) -> bool:
-    """True for a name lvm2 accepts for a VG or LV (characters, length, no leading ``-``)."""
-    return (
-        0 < len(name) <= MAX_NAME_LEN
-        and name not in (".", "..")
-        and _NAME_RE.fullmatch(name) is not None
-    )
-
-
-# LV names lvm2 reserves for its own internal (component) volumes, as lvm2's
-# apply_lvname_restrictions() does (lib/misc/lvm-string.c, lvm2 2.03): a name starting with a
-# reserved prefix, or containing a reserved part anywhere. "_mimagetmp" and "_rimage_N" are
-# covered by "_mimage" and "_rimage". lvm2 refuses to create such names, so an LV called so is
-# one of its internal volumes: never a VM disk to extend.
-RESERVED_LV_PREFIXES = ("pvmove", "snapshot")
-RESERVED_LV_PARTS = (
-    "_cdata", "_cmeta", "_corig", "_cpool", "_cvol", "_wcorig", "_mimage", "_mlog", "_rimage",
-    "_rmeta", "_tdata", "_tmeta", "_vdata", "_imeta", "_iorig", "_pmspare", "_vorigin",
-)
-
-
-def reserved_lv_word(name: str) -> str | None:
-    """The reserved prefix or part of lvm2 that ``name`` uses, or None."""
-    for prefix in RESERVED_LV_PREFIXES:
-        if name.startswith(prefix):
-            return prefix
-    for part in RESERVED_LV_PARTS:
-        if part in name:
-            return part
-    return None
-
-
-def lv_name_problem(name: str) -> str | None:
-    """Why ``name`` is not an LV name autoextend acts on (invalid, or reserved), or None."""
-    if not is_valid_name(name):
-        return "not a valid LVM name"
-    word = reserved_lv_word(name)
-    if word is not None:
-        return f"reserved for lvm2 internal volumes ({word!r})"
-    return None
-
-
-def check_name(kind: str, name: str) -> str:
-    """Return ``name`` or raise ValueError naming what is wrong with it."""
-    if not is_valid_name(name):
-        raise ValueError(f"invalid {kind} name {name!r}")
-    return name
 
 
 def extents_for(size: int, extent_size: int) -> int:

@@ -19,8 +19,8 @@ from autoextend.lvm.errors import (
     ReportFormatError,
 )
 from autoextend.lvm.lvmconf import LvmCommandConfig, render_config
-from autoextend.lvm.names import check_name
 from autoextend.lvm.runner import CommandResult, LvmRunner
+from autoextend.names import check_name
 from autoextend.volumes import VolumeRef
 
 T = TypeVar("T")

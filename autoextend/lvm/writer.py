@@ -21,9 +21,10 @@ from autoextend import logs
 from autoextend.lvm import report
 from autoextend.lvm.errors import LvmCommandError
 from autoextend.lvm.lvmconf import LvmCommandConfig, render_config
-from autoextend.lvm.names import check_name, extents_for
+from autoextend.lvm.names import extents_for
 from autoextend.lvm.reader import LvmReports, one_lv, one_vg, volume_arg
 from autoextend.lvm.runner import CommandResult, LvmRunner
+from autoextend.names import check_name
 from autoextend.volumes import ExtendResult, SpmAuthority, VolumeRef
 
 log = logs.get_logger("lvm")

@@ -23,7 +23,7 @@ from autoextend.monitor.context import MonitorContext, VmView
 from autoextend.monitor.drive import DriveState, ThresholdState
 from autoextend.monitor.migrating import MigrationSteps, effective
 from autoextend.monitor.observer import ExtendFinished, VgFull, VmCheckFailed
-from autoextend.monitor.protocols import DriveInfo, ExtendOutcome, OutcomeKind
+from autoextend.monitor.protocols import DriveInfo, ExtendOutcome, OutcomeCode, OutcomeKind
 from autoextend.monitor.vm import SamplesAfterExtend, log
 from autoextend.monitor.vmstate import VmState
 
@@ -184,7 +184,7 @@ class Extensions:
                 outcome = await extender.extend(d.volume, target, refresh=False)
         if outcome is None:
             outcome = ExtendOutcome(OutcomeKind.FAILED, 0, f"no answer within {deadline} s",
-                                    code="timeout")
+                                    code=OutcomeCode.TIMEOUT)
         return outcome
 
     def _failed(self, vm: VmView, d: DriveState, bound: Any, target: int,
@@ -194,13 +194,13 @@ class Extensions:
         d.extend_failed(ctx.clock.now(), outcome.reason, delay)
         ctx.observer.notify(ExtendFinished(vm.name, d.name, d.volume, outcome.kind,
                                            outcome.size, {"extender": t.extended - t.decided}))
-        if outcome.code == "vg_full":
+        if outcome.code is OutcomeCode.VG_FULL:
             ctx.observer.notify(VgFull(vm.name, d.name, d.volume))
             bound.error("volume group cannot satisfy the extension", size=target,
                         reason=outcome.reason, retry_in_s=round(delay, 3))
         else:
             bound.warning("extension failed", result=outcome.kind.value,
-                          reason=outcome.reason, code=outcome.code, attempts=d.attempts,
+                          reason=outcome.reason, code=outcome.code.value, attempts=d.attempts,
                           retry_in_s=round(delay, 3))
 
     def _deferred(self, vm: VmView, d: DriveState, bound: Any, target: int,

@@ -10,7 +10,7 @@ import time
 
 from autoextend.errors import VolumeError
 from autoextend.logs import get_logger
-from autoextend.monitor.protocols import ExtendOutcome, OutcomeKind
+from autoextend.monitor.protocols import ExtendOutcome, OutcomeCode, OutcomeKind
 from autoextend.volumes import (
     ExtendsAndRefreshes,
     VolumeBackend,
@@ -43,9 +43,9 @@ class LocalExtender:
                 seen = await self.backend.refresh(volume)
                 phases = {"extend": t1 - t0, "refresh": time.monotonic() - t1}
         except VolumeSpaceError as exc:
-            return ExtendOutcome(OutcomeKind.FAILED, 0, str(exc), code="vg_full")
+            return ExtendOutcome(OutcomeKind.FAILED, 0, str(exc), code=OutcomeCode.VG_FULL)
         except VolumeNotFound as exc:
-            return ExtendOutcome(OutcomeKind.REJECTED, 0, str(exc), code="not_found")
+            return ExtendOutcome(OutcomeKind.REJECTED, 0, str(exc), code=OutcomeCode.NOT_FOUND)
         except VolumeError as exc:
             return ExtendOutcome(OutcomeKind.FAILED, 0, str(exc))
         if seen < size:

@@ -24,6 +24,7 @@ from autoextend.monitor.protocols import (
     HypervisorEvent,
     HypervisorHealth,
     MigrationChanged,
+    OutcomeCode,
     OutcomeKind,
     PauseReason,
     RunState,
@@ -335,7 +336,7 @@ class MemoryExtender:
         try:
             result = await self.volumes.extend(volume, size)
         except VolumeNotFound as exc:
-            return ExtendOutcome(OutcomeKind.REJECTED, 0, str(exc), code="not_found")
+            return ExtendOutcome(OutcomeKind.REJECTED, 0, str(exc), code=OutcomeCode.NOT_FOUND)
         except VolumeSpaceError as exc:
-            return ExtendOutcome(OutcomeKind.FAILED, 0, str(exc), code="vg_full")
+            return ExtendOutcome(OutcomeKind.FAILED, 0, str(exc), code=OutcomeCode.VG_FULL)
         return ExtendOutcome(OutcomeKind.OK, result.size)

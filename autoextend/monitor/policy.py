@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from autoextend.backoff import backoff as backoff  # re-exported: callers use policy.backoff
+
 MiB = 1 << 20
 
 
@@ -80,10 +82,3 @@ def next_size(physical: int, capacity: int, policy: DrivePolicy) -> int:
 def at_cap(physical: int, capacity: int, policy: DrivePolicy) -> bool:
     """True when no extension can add space (the next size equals the current size)."""
     return next_size(physical, capacity, policy) <= physical
-
-
-def backoff(attempt: int, initial: float, maximum: float) -> float:
-    """Delay before retry number ``attempt`` (1-based): initial * 2**(attempt-1), capped."""
-    if attempt <= 1:
-        return min(initial, maximum)
-    return min(maximum, initial * (2.0 ** min(attempt - 1, 62)))

@@ -265,14 +265,23 @@ class OutcomeKind(enum.Enum):
     REJECTED = "rejected"  # will not succeed if retried as is (bad request, outside pool)
 
 
+class OutcomeCode(enum.Enum):
+    """Why an extension did not succeed, as far as the extender knows (machine-readable)."""
+
+    NONE = ""               # nothing more specific is known
+    VG_FULL = "vg_full"     # the VG cannot satisfy the request
+    TIMEOUT = "timeout"     # no answer in time
+    NO_SPM = "no_spm"       # no SPM serves the pool
+    NOT_FOUND = "not_found"  # no such volume
+    INVALID = "invalid"     # the request was refused as malformed or out of the pool
+
+
 @dataclass(frozen=True)
 class ExtendOutcome:
     kind: OutcomeKind
     size: int = 0          # the volume's size afterwards, as seen on this host (refreshed)
     reason: str = ""
-    # Machine-readable reason for a failure: "vg_full" (the VG cannot satisfy the request),
-    # "timeout", "no_spm", "not_found", "invalid", or "" when nothing more specific is known.
-    code: str = ""
+    code: OutcomeCode = OutcomeCode.NONE  # machine-readable reason for a failure
     # Durations of the extender's own phases in seconds, e.g. "request" (mailbox round trip),
     # "spm_extend" (lvextend on the SPM), "extend" (local extend), "refresh".
     phases: dict[str, float] = field(default_factory=dict)

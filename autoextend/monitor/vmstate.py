@@ -29,6 +29,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from autoextend.backoff import backoff
 from autoextend.monitor.migration import MigState
 from autoextend.monitor.protocols import DriveIoError, PauseReason
 
@@ -135,13 +136,6 @@ def classify(
     if reason is PauseReason.IO_ERROR:
         return VmEvent.IO_ERROR
     return VmEvent.OTHER_PAUSE
-
-
-def backoff(attempt: int, initial: float, maximum: float) -> float:
-    """Delay before resume attempt ``attempt`` (0 = the first): 0, initial, 2x ... maximum."""
-    if attempt <= 0:
-        return 0.0
-    return min(maximum, initial * 2.0 ** min(attempt - 1, 62))
 
 
 def describe(state: VmState, unmanaged: tuple[str, ...] = ()) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from autoextend import logs
 from autoextend.clock import Clock, MonotonicClock
 from autoextend.errors import AutoextendError
-from autoextend.monitor.protocols import ExtendOutcome, OutcomeKind
+from autoextend.monitor.protocols import ExtendOutcome, OutcomeCode, OutcomeKind
 from autoextend.spm.errors import MailboxError, MailboxTimeout
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.wire import ReasonCode, Status
@@ -44,19 +44,21 @@ class MailboxExtender:
             reply = await self._mailbox.request(volume, size, timeout_s=self._timeout_s)
         except MailboxError as err:
             bound.warning("extend request failed", error=str(err))
-            code = "timeout" if isinstance(err, MailboxTimeout) else ""
+            code = OutcomeCode.TIMEOUT if isinstance(err, MailboxTimeout) else OutcomeCode.NONE
             return ExtendOutcome(OutcomeKind.FAILED, reason=str(err), code=code)
         if reply.status is Status.REJECTED:
             bound.warning("SPM rejected the extend", reason=reply.text, size=size)
             return ExtendOutcome(OutcomeKind.REJECTED, reason=_reason(reply.reason.name,
                                                                       reply.text),
-                                 code="not_found" if reply.reason is ReasonCode.NO_SUCH_VOLUME
-                                 else "invalid")
+                                 code=OutcomeCode.NOT_FOUND
+                                 if reply.reason is ReasonCode.NO_SUCH_VOLUME
+                                 else OutcomeCode.INVALID)
         if reply.status is Status.FAILED:
             bound.warning("SPM could not extend", reason=reply.text, size=size)
             return ExtendOutcome(OutcomeKind.FAILED, reason=_reason(reply.reason.name,
                                                                     reply.text),
-                                 code="vg_full" if reply.reason is ReasonCode.NO_SPACE else "")
+                                 code=OutcomeCode.VG_FULL if reply.reason is ReasonCode.NO_SPACE
+                                 else OutcomeCode.NONE)
         t_reply = self._clock.now()
         if not refresh:  # a VM migrating out: this host's view stays as it is
             bound.info("extended through the SPM; refresh deferred", size=reply.size,

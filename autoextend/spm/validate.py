@@ -1,5 +1,5 @@
 """What the SPM accepts in a request (pure): VG in the pool, LVM-valid names that are not
-lvm2's reserved internal names (``autoextend.lvm.names.lv_name_problem``), a sane size.
+lvm2's reserved internal names (``autoextend.names.lv_name_problem``), a sane size.
 
 A request that fails here gets a REJECTED reply with a reason and is never acted upon.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from autoextend.lvm.names import is_valid_name, lv_name_problem
+from autoextend.names import is_valid_name, lv_name_problem
 from autoextend.spm.wire import ReasonCode, Request
 
 

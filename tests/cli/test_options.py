@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
 from autoextend.cli.main import cli
@@ -55,9 +56,10 @@ def test_run_accepts_config_after_the_subcommand(tmp_path: Path) -> None:
 
 def test_every_command_takes_the_common_options() -> None:
     for path in _all_commands(cli):
-        cmd = cli
+        cmd: click.Command = cli
         for name in path:
-            cmd = cmd.commands[name]  # type: ignore[attr-defined]
+            assert isinstance(cmd, click.Group)
+            cmd = cmd.commands[name]
         names = {p.name for p in cmd.params}
         assert {"config_path", "log_level", "log_format"} <= names, path
 

@@ -35,7 +35,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 # (name, settings over MAILBOX or over the defaults, expected key, expected text)
-CROSS_SECTION = [
+CROSS_SECTION: list[tuple[str, dict[str, Any] | None, str, str]] = [
     ("default-lvm-needs-pvs", None, "lvm.pvs", "must list the pool's PVs for volumes.backend = lvm"),
     ("mailbox-no-lease-path", {"lease": {"path": ""}}, "lease.path", "shared metadata area"),
     ("mailbox-no-host-id", {"lease": {"host_id": 0}}, "lease.host_id", "1..lease.max_hosts"),

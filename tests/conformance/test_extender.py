@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import anyio
 
-from autoextend.monitor.protocols import ExtendOutcome, OutcomeKind
+from autoextend.monitor.protocols import ExtendOutcome, OutcomeCode, OutcomeKind
 from autoextend.volumes import VolumeRef
 from tests.conformance.extender_subjects import ExtenderSubject
 from tests.lvm.support import MiB
@@ -50,7 +50,7 @@ async def test_a_missing_volume_is_rejected(extender_subject: Factory) -> None:
     async with extender_subject() as subject:
         await subject.create("v1", 8 * MiB)
         outcome = await subject.extender.extend(VolumeRef(subject.vg, "absent"), 16 * MiB)
-    assert (outcome.kind, outcome.code) == (OutcomeKind.REJECTED, "not_found"), outcome
+    assert (outcome.kind, outcome.code) == (OutcomeKind.REJECTED, OutcomeCode.NOT_FOUND), outcome
     assert outcome.reason
 
 
@@ -64,7 +64,7 @@ async def test_a_full_pool_fails_with_vg_full_and_keeps_the_size(
         seen = await subject.seen.size(ref)
         await subject.limit(subject.vg, None)
         after = await subject.extender.extend(ref, 12 * MiB)
-    assert (outcome.kind, outcome.code) == (OutcomeKind.FAILED, "vg_full"), outcome
+    assert (outcome.kind, outcome.code) == (OutcomeKind.FAILED, OutcomeCode.VG_FULL), outcome
     assert seen == 8 * MiB
     assert after.ok and after.size == _rounded(subject, 12 * MiB), after
 

@@ -44,7 +44,7 @@ async def test_late_write_lands_before_later_overlapping_write() -> None:
         inner, faulty = make(FaultPlan(seed=seed, timeout_prob=1.0, late_write_max_s=100.0))
         with pytest.raises(IoTimeout):
             await faulty.write(0, b"O" * SECTOR)
-        faulty.plan = FaultPlan()  # type: ignore[misc]
+        faulty.plan = FaultPlan()
         faulty._rng.seed(seed)
         await faulty.write(0, b"N" * SECTOR)
         assert inner.data[:SECTOR] == b"N" * SECTOR  # the old write never overwrites the new

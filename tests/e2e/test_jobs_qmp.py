@@ -26,8 +26,8 @@ from autoextend.lab.singlehost import LabHost, lab_host
 from autoextend.lab.thinvol import qemu_img_check
 from autoextend.lab.waiting import until
 from autoextend.monitor.observer import JobFailed, MonitorEvent, Tally
-from autoextend.monitor.protocols import Extender, ExtendOutcome
 from autoextend.volumes import VolumeRef
+from tests.doubles import HeldExtender
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
@@ -45,18 +45,6 @@ class Recorder:
         self.counts.notify(event)
         if isinstance(event, JobFailed):
             self.failures.append(event)
-
-
-class HeldExtender:
-    """Holds every extension until released."""
-
-    def __init__(self, inner: Extender) -> None:
-        self.inner = inner
-        self.release = anyio.Event()
-
-    async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome:
-        await self.release.wait()
-        return await self.inner.extend(volume, size)
 
 
 @dataclass
@@ -205,7 +193,7 @@ async def test_commit_intermediate_and_active_with_enospc(lab_tmp_path: Path) ->
             await until(paused, 60, "the commit paused for lack of space")
             await until(lambda: (vm.drive("vda#c1") or {}).get("job") == "commit", 30,
                         "the base monitored as the commit's target")
-            held.release.set()
+            held.release()
             await vm.wait_gone("c1")
             assert tally.counts.job_resumes >= 1
             assert vm.size("base") > 16 * MiB

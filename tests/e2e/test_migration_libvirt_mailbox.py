@@ -110,7 +110,7 @@ async def test_libvirt_mailbox_migration_source_extends_through_spm(
                 print("destination arrived PAUSED/USER: the lab resumes it")
                 await anyio.to_thread.run_sync(
                     lambda: conns[target].lookupByName("lmbx1").resume())
-            return s[0] == libvirt.VIR_DOMAIN_RUNNING
+            return bool(s[0] == libvirt.VIR_DOMAIN_RUNNING)
 
         await until(running, RESUME_BOUND_S, "the guest running on the destination")
         print(f"destination running {anyio.current_time() - migration.ended_at:.2f} s "

@@ -3,6 +3,7 @@ storage mailbox, with the SPM elected by the Disk Paxos lease, and real guests."
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -98,9 +99,13 @@ async def assert_views_are_per_host(
     for name, guest in the_pool.guests.items():
         final = await file_size(the_pool, guest.volume.lv)
         dev = guest.device
-        await until(lambda dev=dev, want=final: loopdev.size_of(dev) == want, 60,
+
+        def at_final(dev: str = dev, want: int = final) -> bool:
+            return loopdev.size_of(dev) == want
+
+        await until(at_final, 60,
                     f"{name}'s device at the final size (a last refresh may be in flight)",
-                    describe=lambda dev=dev: loopdev.size_of(dev))
+                    describe=functools.partial(loopdev.size_of, dev))
         device, size_then = watchers[name]
         assert final > size_then, (name, final, size_then)
         assert loopdev.size_of(device) == size_then, (name, device)
@@ -242,7 +247,8 @@ async def test_corrupt_mailbox_bytes_are_rejected_counted_and_serving_goes_on(la
         assert status["server"]["corrupt_sectors"] >= 1
         assert any(e.get("event", "").startswith("corrupt") or "corrupt" in e.get("event", "")
                    for e in p.hosts[spm].log_events())
-        assert p.hosts[spm].process is not None and p.hosts[spm].process.returncode is None
+        process = p.hosts[spm].process
+        assert process is not None and process.returncode is None
 
 
 def test_cli_spm_commands_without_service(tmp_path: Any) -> None:

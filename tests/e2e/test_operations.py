@@ -21,8 +21,8 @@ from autoextend.lab.guest import GuestJob
 from autoextend.lab.singlehost import LabHost, lab_host
 from autoextend.lab.waiting import until
 from autoextend.monitor.observer import Tally
-from autoextend.monitor.protocols import Extender, ExtendOutcome, PauseReason
-from autoextend.volumes import VolumeRef
+from autoextend.monitor.protocols import PauseReason
+from tests.doubles import HeldExtender
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
@@ -48,7 +48,8 @@ def scrape(address: tuple[str, int]) -> dict[str, float]:
 def paused(host: LabHost, vm: str) -> str | None:
     for v in host.service.monitor.snapshot():
         if v["vm"] == vm:
-            return v["paused"]
+            state: str | None = v["paused"]
+            return state
     return None
 
 
@@ -75,16 +76,6 @@ async def test_metrics_endpoint_after_real_extensions(lab_tmp_path: Path) -> Non
         assert 'autoextend_volume_physical_bytes{volume="demo/vm1-disk"}' not in m or (
             m['autoextend_volume_physical_bytes{volume="demo/vm1-disk"}'] == size
         )
-
-
-class HeldExtender:
-    def __init__(self, inner: Extender) -> None:
-        self.inner = inner
-        self.release = anyio.Event()
-
-    async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome:
-        await self.release.wait()
-        return await self.inner.extend(volume, size)
 
 
 def write_config(host: LabHost, path: Path) -> None:
@@ -114,10 +105,11 @@ async def test_status_json_with_paused_vm_and_extension_in_flight(tmp_path: Path
         assert readable.returncode == 0
         text = readable.stdout.decode()
         assert "PAUSED (enospc)" in text and "extending" in text
+        assert host.service.metrics_address is not None
         m = await anyio.to_thread.run_sync(scrape, host.service.metrics_address)
         assert m["autoextend_extends_in_flight"] == 1
         assert m['autoextend_volume_physical_bytes{volume="demo/vm1-disk"}'] == 32 * MiB
-        held.release.set()
+        held.release()
         assert (await guest.vm.result(timeout=300)).verified
 
 

@@ -14,8 +14,8 @@ from autoextend.lab.singlehost import LabHost, lab_host
 from autoextend.lab.thinvol import qemu_img_check
 from autoextend.lab.waiting import until
 from autoextend.monitor.observer import Tally
-from autoextend.monitor.protocols import Extender, ExtendOutcome, PauseReason
-from autoextend.volumes import VolumeRef
+from autoextend.monitor.protocols import PauseReason
+from tests.doubles import HeldExtender
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
@@ -31,7 +31,8 @@ def drive(host: LabHost, vm: str) -> dict[str, object]:
 def paused(host: LabHost, vm: str) -> str | None:
     for v in host.service.monitor.snapshot():
         if v["vm"] == vm:
-            return v["paused"]
+            state: str | None = v["paused"]
+            return state
     return None
 
 
@@ -53,20 +54,6 @@ async def test_guest_writes_1gib_into_128mib_volume(lab_tmp_path: Path) -> None:
         assert check.clean, check
 
 
-class HeldExtender:
-    """Holds every extension until released (to make the guest hit ENOSPC first)."""
-
-    def __init__(self, inner: Extender) -> None:
-        self.inner = inner
-        self.release = anyio.Event()
-        self.calls = 0
-
-    async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome:
-        self.calls += 1
-        await self.release.wait()
-        return await self.inner.extend(volume, size)
-
-
 async def test_enospc_pause_is_extended_and_resumed(lab_tmp_path: Path) -> None:
     tally = Tally()
     async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=128) as host:
@@ -79,7 +66,7 @@ async def test_enospc_pause_is_extended_and_resumed(lab_tmp_path: Path) -> None:
             status = await qmp.execute("query-status")
         assert status["status"] == "io-error"  # type: ignore[index]
         assert tally.resumes == 0
-        held.release.set()
+        held.release()
         result = await guest.vm.result(timeout=300)
         assert result.verified, result
         assert tally.enospc_pauses >= 1

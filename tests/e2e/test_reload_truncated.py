@@ -20,6 +20,7 @@ import pytest
 from anyio.abc import Process
 
 from autoextend import control
+from autoextend.errors import ServiceNotRunning
 from autoextend.lab.guest import GuestJob, with_expected_md5
 from autoextend.lab.guestimage import GuestImage
 from autoextend.lab.qemu import guest_spec, launch
@@ -112,7 +113,7 @@ async def test_truncated_configs_sighuped_while_a_guest_writes_change_nothing(
         async def answers() -> bool:
             try:
                 await control.call_dict(sock, "status")
-            except control.ServiceNotRunning:
+            except ServiceNotRunning:
                 assert proc.returncode is None, log.read_text()
                 return False
             return True

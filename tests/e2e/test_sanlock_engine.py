@@ -112,7 +112,7 @@ async def test_sanlock_pool_dump_status_crash_takeover_and_fence(lab_tmp_path: P
         await p.hosts[spm].start()  # systemd would restart it; the lockspace is still joined
 
         async def rejoined() -> bool:
-            return (await spm_info(p, spm))["lease_health"] == "ok"
+            return bool((await spm_info(p, spm))["lease_health"] == "ok")
 
         await until(rejoined, 60, "the restarted host is joined again")
 

@@ -6,8 +6,9 @@ from typing import Any
 
 import anyio
 import pytest
+from qemu.qmp import QMPClient
 
-from autoextend.lab import thinvol
+from autoextend.lab import proc
 from autoextend.lab.fixtures import QemuVmFactory, ThinVolumeFactory
 from autoextend.lab.guest import GuestJob, Mode, expected_md5
 from autoextend.lab.qemu import Drive, VmSpec
@@ -33,6 +34,13 @@ async def test_guest_writes_256_mib_and_verifies(
     assert check.image_end_offset >= 256 * MiB
 
 
+async def _listed(client: QMPClient, command: str) -> list[dict[str, Any]]:
+    """A QMP command's reply that is a list of objects."""
+    reply = await client.execute(command)
+    assert isinstance(reply, list)
+    return reply
+
+
 async def _wait_event(events: Any, name: str) -> dict[str, Any]:
     async for event in events:
         if event["event"] == name:
@@ -55,6 +63,7 @@ async def test_guest_pauses_on_enospc_and_resumes_after_grow(
             assert error["nospace"] is True
             assert error["operation"] == "write" and error["action"] == "stop"
             status = await client.execute("query-status")
+            assert isinstance(status, dict)
             assert status["status"] == "io-error" and status["running"] is False
 
             assert vm.returncode is None
@@ -89,7 +98,7 @@ async def test_corrupted_read_back_fails_verification(
     assert intact_result.written_mib == 0
 
     # the guest is gone; corrupt 4 KiB in the middle of its data through the qcow2 layer
-    await thinvol.proc.run(
+    await proc.run(
         ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 8M 4k", vol.device])
     corrupt = await qemu_vm([vol], verify, name="verify2", precompute_md5=False)
     result = await corrupt.result()
@@ -136,11 +145,11 @@ async def test_guestless_instance_has_its_block_nodes(
     vm = await qemu_vm.start(VmSpec(name=f"bare-{machine}", drives=drives, machine=machine,
                                     memory_mib=32, paused=True))
     async with vm.qmp() as client:
-        nodes = {n["node-name"] for n in await client.execute("query-named-block-nodes")}
+        nodes = {n["node-name"] for n in await _listed(client, "query-named-block-nodes")}
         assert {"file0", "fmt0", "file1", "fmt1"} <= nodes
         await client.execute("block-set-write-threshold",
                              {"node-name": "file1", "write-threshold": 4 * MiB})
-        devices = {b["qdev"] for b in await client.execute("query-block") if b.get("qdev")}
+        devices = {b["qdev"] for b in await _listed(client, "query-block") if b.get("qdev")}
         if machine == "q35":
             assert any(d.startswith("/machine/peripheral/vda") or d == "vda" for d in devices)
         else:

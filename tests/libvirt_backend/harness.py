@@ -39,11 +39,8 @@ from autoextend.monitor.observer import (
     Tally,
     VgFull,
 )
-from autoextend.monitor.protocols import (
-    Extender,
-    ExtendOutcome,
-)
 from autoextend.volumes import LocalAuthority, VolumeRef
+from tests.doubles import HeldExtender
 
 MiB = 1 << 20
 VG = "lv"
@@ -54,27 +51,6 @@ def fast_settings(uri: str, **overrides: Any) -> LibvirtSettings:
                               "rescan_interval_s": 1.0, "call_timeout_s": 10.0}
     values.update(overrides)
     return LibvirtSettings(**values)
-
-
-class HeldExtender:
-    """Passes extensions through, or holds them while ``hold()`` is in effect."""
-
-    def __init__(self, inner: Extender) -> None:
-        self.inner = inner
-        self.calls = 0
-        self._open = anyio.Event()
-        self._open.set()
-
-    def hold(self) -> None:
-        self._open = anyio.Event()
-
-    def release(self) -> None:
-        self._open.set()
-
-    async def extend(self, volume: VolumeRef, size: int) -> ExtendOutcome:
-        self.calls += 1
-        await self._open.wait()
-        return await self.inner.extend(volume, size)
 
 
 class History:
@@ -248,7 +224,7 @@ async def lab_domains(
     backend = LoopVolumeBackend(str(workdir / "volumes"), 4 * MiB, LocalAuthority())
     hypervisor = LibvirtHypervisor(fast_settings(uri, **(libvirt_overrides or {})),
                                    backend.lookup, clock)
-    extender = HeldExtender(LocalExtender(backend))
+    extender = HeldExtender(LocalExtender(backend), held=False)
     tally = Tally()
     history = History()
     policy = PolicySettings(chunk_mib=chunk_mib, utilization_percent=50, extent_mib=4,

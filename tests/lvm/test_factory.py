@@ -34,6 +34,7 @@ async def test_lvm_backend_from_settings() -> None:
     assert isinstance(spm.reader._runner, ProcessRunner)
     plain = settings.from_mapping({"lvm": {"pvs": ["/dev/loop7"]}})
     default = make_volume_backend(plain.volumes, plain.lvm, None)
+    assert isinstance(default, LvmVolumeBackend)
     assert isinstance(default.reader._runner, LvmShellRunner)
     assert spm.lookup("/dev/vg0/lv") == VolumeRef("vg0", "lv")
     assert spm.lookup("/dev/vg1/lv") is None

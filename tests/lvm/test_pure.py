@@ -25,14 +25,13 @@ from autoextend.lvm.errors import (
 from autoextend.lvm.lvmconf import LvmCommandConfig, device_filter_entry, render_config
 from autoextend.lvm.names import (
     extents_for,
-    is_valid_name,
     mapper_name,
     parse_lvm_device_path,
     parse_mapper_name,
-    reserved_lv_word,
     round_up_to_extent,
 )
 from autoextend.lvm.shell import interpret_answer, quote_arg, shell_line, split_shell_line
+from autoextend.names import is_valid_name, reserved_lv_word
 from autoextend.volumes import VolumeRef
 
 NAME_CHARS = string.ascii_letters + string.digits + "+_.-"

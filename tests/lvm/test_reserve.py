@@ -18,7 +18,7 @@ from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.lvm.reserve import ReservedSpace
 from autoextend.monitor.local import LocalExtender
 from autoextend.monitor.memory import MemoryVolumes
-from autoextend.monitor.protocols import OutcomeKind
+from autoextend.monitor.protocols import OutcomeCode, OutcomeKind
 from autoextend.volumes import (
     ExtendResult,
     ExtendsAndRefreshes,
@@ -69,7 +69,7 @@ async def test_reserve_refuses_growth_into_the_reserve(loop_root: Path) -> None:
     with pytest.raises(VolumeSpaceError, match="reserved"):
         await guarded.extend(vol, 28 * MiB)  # would leave 36 MiB
     outcome = await LocalExtender(guarded).extend(vol, 28 * MiB)
-    assert outcome.kind is OutcomeKind.FAILED and outcome.code == "vg_full"
+    assert outcome.kind is OutcomeKind.FAILED and outcome.code is OutcomeCode.VG_FULL
     assert await inner.size(vol) == 24 * MiB
 
 

@@ -14,12 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from autoextend.lvm.errors import LvmError
-from autoextend.lvm.names import (
+from autoextend.lvm.names import parse_lvm_device_path
+from autoextend.names import (
     RESERVED_LV_PARTS,
     RESERVED_LV_PREFIXES,
     is_valid_name,
     lv_name_problem,
-    parse_lvm_device_path,
     reserved_lv_word,
 )
 from autoextend.spm.validate import check_request

@@ -90,22 +90,23 @@ async def test_crossed_before_armed_is_extended_on_discovery(rig: Rig) -> None:
         tg.cancel_scope.cancel()
 
 
-async def _paused_for_space(rig: Rig, tg: TaskGroup) -> None:
+async def _paused_for_space(rig: Rig, tg: TaskGroup) -> anyio.Event:
     """Start the monitor on vm1 and write past its drive's end with the extender held: the VM
-    is paused for space and its one extension waits on ``rig.ext.gate``."""
+    is paused for space and its one extension waits on the gate returned (``rig.ext.gate``)."""
     rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
-    rig.ext.gate = anyio.Event()
+    gate = rig.ext.gate = anyio.Event()
     await tg.start(rig.monitor.run)
     await until(lambda: rig.state() is ThresholdState.SET)
     rig.hv.write("vm1", "vda", 300 * MiB)  # past the end: ENOSPC + pause
     await until(lambda: rig.tally.enospc_pauses == 1 and rig.ext.calls == 1)
+    return gate
 
 
 async def test_enospc_pause_extends_then_resumes(rig: Rig) -> None:
     async with anyio.create_task_group() as tg:
-        await _paused_for_space(rig, tg)
+        gate = await _paused_for_space(rig, tg)
         assert rig.hv.resumes == []
-        rig.ext.gate.set()
+        gate.set()
         await until(lambda: rig.hv.resumes == ["vm1"])
         assert rig.hv.vms["vm1"].running
         assert rig.tally.resumes == 1
@@ -277,13 +278,13 @@ async def test_vm_back_after_lost_connection_mid_extension_is_resumed_once(rig: 
     """The monitor connection drops while a VM paused for space waits on its extension, and
     comes back (QEMU lived on): the VM is taken up again, extended and resumed exactly once."""
     async with anyio.create_task_group() as tg:
-        await _paused_for_space(rig, tg)
+        gate = await _paused_for_space(rig, tg)
         rig.hv.emit(VmGone("vm1"))
         await until(lambda: rig.monitor.snapshot() == [])
         assert rig.monitor.extends_in_flight == 0
         rig.hv.emit(VmAppeared("vm1"))  # reconnected: still paused for space
         await until(lambda: [v["vm"] for v in rig.monitor.snapshot()] == ["vm1"])
-        rig.ext.gate.set()
+        gate.set()
         await until(lambda: rig.hv.resumes == ["vm1"])
         await rig.settle()  # idle: no extension counted in flight twice or left over
         assert rig.hv.resumes == ["vm1"] and rig.hv.vms["vm1"].running

@@ -65,14 +65,6 @@ def test_needs_extension_matches_threshold(
         assert policy.needs_extension(allocation, physical, pol)
 
 
-@given(attempt=st.integers(0, 1000), initial=st.floats(0.01, 10), maximum=st.floats(0.01, 100))
-def test_backoff_bounded_and_monotonic(attempt: int, initial: float, maximum: float) -> None:
-    a = policy.backoff(attempt, initial, maximum)
-    b = policy.backoff(attempt + 1, initial, maximum)
-    assert 0 < a <= maximum
-    assert a <= b
-
-
 @pytest.mark.parametrize(
     "kwargs",
     [dict(chunk=0), dict(extent=0), dict(utilization_percent=100), dict(cap_factor=0.9)],

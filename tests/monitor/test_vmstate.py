@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from autoextend.backoff import backoff
 from autoextend.monitor.protocols import DriveIoError, PauseReason
 from autoextend.monitor.vmstate import (
     PAUSED,
@@ -17,7 +18,6 @@ from autoextend.monitor.vmstate import (
     VmEvent,
     VmMachine,
     VmState,
-    backoff,
     classify,
     describe,
     step,

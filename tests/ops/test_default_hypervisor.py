@@ -95,7 +95,9 @@ async def test_default_config_monitors_the_lab_libvirtd_domains(
             st = _started(cfg, run)
             if st is None:
                 return None
-            vms = {vm["vm"]: vm for vm in st["vms"]}
+            listed = st["vms"]
+            assert isinstance(listed, list)
+            vms = {vm["vm"]: vm for vm in listed}
             vm = vms.get("ops-default")
             return st if vm and vm["drives"] else None
 

@@ -109,8 +109,8 @@ async def test_dashboard_and_alerts_against_real_prometheus(lab_tmp_path: Path) 
             assert free["demo"] < size["demo"] <= 256 * MiB, pool_row
 
             await p.volumes.set_vg_capacity("demo", 1024 * MiB)  # space added
-            result = await g.vm.result(timeout=300)
-            assert result.verified
+            guest_result = await g.vm.result(timeout=300)
+            assert guest_result.verified
             await prom_until(prom, lambda pr: not pr.firing("AutoextendVMPaused")
                         and not [a for a in pr.alerts()
                                  if a["labels"]["alertname"] == "AutoextendVMPaused"],

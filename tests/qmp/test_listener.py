@@ -75,8 +75,9 @@ async def test_a_guest_shutdown_is_remembered_not_queued() -> None:
     from autoextend.qmp.listener import BoundedListener
 
     listener = BoundedListener(["STOP"], 4)
-    await listener.put({"event": "SHUTDOWN", "data": {"guest": False, "reason": "host-signal"}})
+    await listener.put(Message({"event": "SHUTDOWN",
+                                "data": {"guest": False, "reason": "host-signal"}}))
     assert not listener.guest_shutdown
-    await listener.put({"event": "SHUTDOWN",
-                        "data": {"guest": True, "reason": "guest-shutdown"}})
+    await listener.put(Message({"event": "SHUTDOWN",
+                                "data": {"guest": True, "reason": "guest-shutdown"}}))
     assert listener.guest_shutdown and listener.dropped == 0

@@ -14,7 +14,7 @@ down). Two ways, each proving one thing:
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -98,12 +98,12 @@ def agent_on(clock: Clock, lease: LeaseSettings, mailbox: MailboxSettings) -> Cl
                         lambda term: volumes, clock)  # type: ignore[arg-type,return-value]
 
 
-def warnings_by_cause(logs: list[dict[str, Any]]) -> collections.Counter[tuple[str, str, str]]:
+def warnings_by_cause(logs: Sequence[Mapping[str, Any]]) -> collections.Counter[tuple[str, str, str]]:
     return collections.Counter((e.get("component", ""), e["log_level"], e["event"])
                                for e in logs if e["log_level"] in ("warning", "error"))
 
 
-def check_once_then_counted(logs: list[dict[str, Any]]) -> None:
+def check_once_then_counted(logs: Sequence[Mapping[str, Any]]) -> None:
     """Each (component, level, event) once; each cause that repeated has its count line."""
     found = warnings_by_cause(logs)
     assert found, "the outage logged no warning at all"

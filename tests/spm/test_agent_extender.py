@@ -16,14 +16,10 @@ from autoextend.lease.config import LeaseSettings
 from autoextend.monitor.protocols import ExtendOutcome, OutcomeKind
 from autoextend.service import Service
 from autoextend.validation import check_service, mailbox_mode_rule
+from tests.doubles import no_spm_backend
 
 from .fakes import FAST
 from .pool import VG, MiB, Pool, serving, vol
-
-
-def no_spm_backend(term: object) -> object:
-    raise AssertionError("this test never becomes SPM")
-
 
 # The agent's own sections must pass the one rule: the mailbox after the lease area.
 AGENT_MAILBOX = FAST.model_copy(update={"offset": None})
@@ -31,7 +27,7 @@ AGENT_MAILBOX = FAST.model_copy(update={"offset": None})
 
 def agent_for(pool: Pool) -> ClusterAgent:
     return ClusterAgent(LeaseSettings(path="/nonexistent/area", host_id=1), AGENT_MAILBOX, (VG,),
-                        pool.backend, no_spm_backend, MonotonicClock())  # type: ignore[arg-type]
+                        pool.backend, no_spm_backend, MonotonicClock())
 
 
 async def test_a_request_before_the_join_waits_then_goes_through_the_mailbox() -> None:
@@ -59,10 +55,10 @@ def test_the_agent_refuses_sections_it_cannot_run_with() -> None:
     pool = Pool()
     with pytest.raises(ConfigError, match="lease.path"):
         ClusterAgent(LeaseSettings(host_id=1), FAST, (VG,), pool.backend, no_spm_backend,
-                     MonotonicClock())  # type: ignore[arg-type]
+                     MonotonicClock())
     with pytest.raises(ConfigError, match="lvm.vgs"):
         ClusterAgent(LeaseSettings(path="/a", host_id=1), FAST, (), pool.backend,
-                     no_spm_backend, MonotonicClock())  # type: ignore[arg-type]
+                     no_spm_backend, MonotonicClock())
 
 
 @pytest.mark.parametrize("sections", [
@@ -80,7 +76,7 @@ def test_the_agent_and_config_check_apply_one_rule(sections: dict[str, object]) 
         check_service(s)
     with pytest.raises(ConfigError) as refused:
         ClusterAgent(s.lease, s.mailbox, s.lvm.vgs, Pool().backend, no_spm_backend,
-                     MonotonicClock())  # type: ignore[arg-type]
+                     MonotonicClock())
     assert refused.value.problems == list(mailbox_mode_rule(s))
     assert set(refused.value.problems) <= set(checked.value.problems)
 

@@ -14,6 +14,7 @@ from autoextend.lease.errors import NotFormatted
 from autoextend.lease.layout import LEASE_AREA_SIZE
 from autoextend.sectorfakes import FaultPlan, FaultyStorage, MemoryStorage
 from autoextend.sectors import StorageError
+from tests.doubles import no_spm_backend
 from tests.lease.helpers import T, memory_area, settings
 
 from .fakes import FAST
@@ -23,13 +24,10 @@ MAILBOX = FAST.model_copy(update={"offset": None})  # after the lease area
 EVENT = "joining the pool failed on an I/O error; retrying"
 
 
-def no_spm_backend(term: object) -> object:
-    raise AssertionError("not used while joining")
-
 
 def agent(pool: Pool) -> ClusterAgent:
     return ClusterAgent(settings(1, path="/faulty/area"), MAILBOX, (VG,), pool.backend,
-                        no_spm_backend, MonotonicClock())  # type: ignore[arg-type]
+                        no_spm_backend, MonotonicClock())
 
 
 @pytest.mark.parametrize("plan", [

@@ -461,7 +461,9 @@ async def test_not_spm_stops_the_server_without_replying() -> None:
 
 async def test_step_down_finishes_running_and_hands_back_queued() -> None:
     pool = Pool()
-    pool.backend.delay = 0.05
+    # The running extend waits at the gate, so "one running, four queued" holds until the
+    # test opens it (in_flight == 5 alone says received: their tasks may not have run yet).
+    gate = pool.backend.gate = anyio.Event()
     statuses: list[Status] = []
     async with anyio.create_task_group() as tg:
         host = pool.host(1)
@@ -474,8 +476,13 @@ async def test_step_down_finishes_running_and_hands_back_queued() -> None:
 
         for n in range(5):
             tg.start_soon(ask, n)
-        await until(lambda: server.in_flight == 5)
-        await server.step_down()
+        await until(lambda: server.in_flight == 5 and pool.backend.held == 1)
+        async with anyio.create_task_group() as stepping:
+            stepping.start_soon(server.step_down)
+            await until(lambda: server.counters.handed_back == 4)
+            assert server.counters.replied == 0  # the running one is still at the gate
+            gate.set()
+        # step_down returned: the running extend finished and was answered
         assert server.counters.replied == 1 and server.counters.handed_back == 4
         await until(lambda: len(statuses) == 1)
         successor = pool.server()
