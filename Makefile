@@ -9,6 +9,7 @@ APT_STAMP := $(VENV)/.apt-done
 PIP_STAMP := $(VENV)/.pip-done
 GUEST_STAMP := $(VENV)/.guest-done
 PYTEST_ARGS ?=
+RIG_WORKERS ?= 2
 SIM_SEEDS ?= 40
 SIM_DURATION ?= 200000
 
@@ -48,13 +49,15 @@ $(GUEST_STAMP): $(PIP_STAMP) $(wildcard autoextend/lab/*.py)
 # private files (marker cpu: the simulation, the lease torture, packaging), on every core (a
 # test file stays on one worker: module fixtures start once), with
 # the unit guard on. Then the tests that use QEMU, libvirtd, lvm2, loop devices, sanlock and
-# Prometheus, one at a time. Both stages always run; exit 5 (nothing selected, e.g. by a path
-# in PYTEST_ARGS) is not a failure.
+# Prometheus, RIG_WORKERS at a time (each worker is its own pytest session: its own lab
+# directory, libvirtd, sanlock namespaces, uniquely named VGs, and a leftover check that looks
+# only at what that session made; a test file stays on one worker). Both stages always run;
+# exit 5 (nothing selected, e.g. by a path in PYTEST_ARGS) is not a failure.
 PYTEST_STAGE = || { r=$$?; [ $$r -eq 5 ] || rc=$$r; }
 test: setup
 	@rc=0; \
 	AUTOEXTEND_UNIT=1 $(BIN)/pytest -m "not slow or cpu" -n auto --dist loadfile $(PYTEST_ARGS) $(PYTEST_STAGE); \
-	$(BIN)/pytest -m "slow and not cpu" $(PYTEST_ARGS) $(PYTEST_STAGE); \
+	$(BIN)/pytest -m "slow and not cpu" -n $(RIG_WORKERS) --dist loadfile $(PYTEST_ARGS) $(PYTEST_STAGE); \
 	exit $$rc
 
 # Fast tests only: no QEMU, libvirtd, lvm2, loop devices, sanlock or Prometheus (the unit
