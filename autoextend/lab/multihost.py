@@ -83,8 +83,10 @@ SANLOCK_TIMEOUTS = {"io_timeout_s": 2.0, "watchdog_fire_timeout_s": 60.0,
 def host_config(
     pool_dir: Path, host_dir: Path, host_id: int, *, time_scale: float,
     chunk_mib: int, poll_interval_s: float, metrics_port: int, engine: str = "native",
+    hot_window_s: float | None = None,
 ) -> str:
     t = SANLOCK_TIMEOUTS if engine == "sanlock" else scaled_timeouts(time_scale)
+    hot = "" if hot_window_s is None else f"hot_window_s = {hot_window_s}\n"
     return f"""\
 [service]
 hypervisor = "qmp"
@@ -124,7 +126,7 @@ max_hosts = {MAX_HOSTS}
 [mailbox]
 max_hosts = {MAX_HOSTS}
 request_timeout_s = {t["request_timeout_s"]}
-
+{hot}
 [metrics]
 enabled = true
 address = "127.0.0.1"
@@ -317,11 +319,13 @@ async def pool(
     poll_interval_s: float = 1.0,
     directory: Path | None = None,
     engine: str = "native",
+    hot_window_s: float | None = None,
 ) -> AsyncIterator[Pool]:
     """``hosts`` autoextend processes sharing one metadata area and one volume root, in
     ``directory`` (default: a new directory under /var/tmp, removed afterwards). With
     ``engine = "sanlock"`` each host gets its own sanlock daemon (autoextend/lab/sanlockd.py,
-    in its own mount namespace) that outlives the host's process: LabError if none starts."""
+    in its own mount namespace) that outlives the host's process: LabError if none starts.
+    ``hot_window_s``: the SPMs' ``[mailbox] hot_window_s`` (default: the shipped 60 s)."""
     own_dir = directory is None
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="autoextend-pool-", dir="/var/tmp"))
@@ -352,7 +356,8 @@ async def pool(
                 port = free_port()
                 cfg.write_text(host_config(
                     directory, host_dir, host_id, time_scale=time_scale, chunk_mib=chunk_mib,
-                    poll_interval_s=poll_interval_s, metrics_port=port, engine=engine))
+                    poll_interval_s=poll_interval_s, metrics_port=port, engine=engine,
+                    hot_window_s=hot_window_s))
                 host = HostProcess(host_id, host_dir, cfg, port)
                 if host_id in daemons:
                     host.env = daemons[host_id].env()
