@@ -126,7 +126,8 @@ async def test_eight_rounds_of_reduce_with_the_spm_killed(lab_tmp_path: Path) ->
             asker = next(h for h in p.hosts if h != spm)
             await anyio.sleep(HOT + 1.0)  # time is the subject: past the new term's window
             for v in volumes:  # something to give back: an administrator's lvextend
-                await p.volumes.extend(v, file_size(p, v) + rng.randint(2, 16) * EXTENT)
+                grown = max(file_size(p, v), targets[v]) + rng.randint(2, 16) * EXTENT
+                await p.volumes.extend(v, grown)
             before = {v: file_size(p, v) for v in volumes}
             seen_before = reduced_lines(p)
             answers: dict[VolumeRef, tuple[int, str]] = {}
@@ -161,11 +162,11 @@ async def test_eight_rounds_of_reduce_with_the_spm_killed(lab_tmp_path: Path) ->
 async def test_dry_run_and_reduce_agree_inside_and_outside_the_hot_window(
     lab_tmp_path: Path,
 ) -> None:
-    """Inside the new SPM's window (the first ``hot`` seconds of its term) both refuse, with
-    the same reason; outside both give back the same amount; once reduced both have nothing
-    to give back."""
-    hot = 30.0
-    async with pool(2, directory=lab_tmp_path, chunk_mib=64, hot_window_s=hot) as p:
+    """Inside the new SPM's window (the first ``hot_window_s`` of its term, the shipped 60 s)
+    both refuse, with the same reason, whichever comes first; outside both give back the same
+    amount; once reduced both have nothing to give back."""
+    hot = 60.0
+    async with pool(2, directory=lab_tmp_path, chunk_mib=64) as p:
         spm = await p.wait_for_spm()
         asker = next(h for h in p.hosts if h != spm)
         volume = VolumeRef("demo", "idle-disk")
@@ -178,6 +179,8 @@ async def test_dry_run_and_reduce_agree_inside_and_outside_the_hot_window(
         reason = "the SPM refused: this SPM took over"
         assert reason in dry[1] and reason in real[1], (dry, real)
         assert "unchanged at 128.0 MiB" in real[1] and file_size(p, volume) == 128 * MiB
+        dry_after = await cli(p, asker, "volume", "reduce", name, "--dry-run")
+        assert dry_after[0] == 1 and reason in dry_after[1], dry_after
 
         async def outside() -> bool:
             return (await cli(p, asker, "volume", "reduce", name, "--dry-run"))[0] == 0
