@@ -24,6 +24,7 @@ import pytest
 
 from autoextend.capacity.figures import reduce_target
 from autoextend.capacity.qcheck import check_image
+from autoextend.errors import AutoextendError
 from autoextend.lab.guest import GuestJob
 from autoextend.lab.multihost import Pool, pool
 from autoextend.lab.singlehost import create_qcow2_disk
@@ -100,7 +101,24 @@ async def ask(p: Pool, host_id: int, v: VolumeRef,
     answers[v] = await cli(p, host_id, "volume", "reduce", f"{v.vg}/{v.lv}")
 
 
-async def kill_and_restart(p: Pool, host_id: int, delay: float) -> None:
+async def served(p: Pool, host_id: int) -> int:
+    """Requests the SPM on ``host_id`` has taken up in its term (-1 if it cannot say)."""
+    try:
+        status = await p.hosts[host_id].status()
+    except AutoextendError:
+        return -1
+    return int((status["spm"].get("server") or {}).get("received", -1))
+
+
+async def kill_and_restart(p: Pool, host_id: int, base: int, delay: float) -> None:
+    """SIGKILL the SPM ``delay`` seconds after it took up the round's first reduce (the
+    CLIs' own checks take a while: a kill before that would find nothing in flight), then
+    restart it a second later. ``base``: what it had taken up before the round."""
+
+    async def taken() -> bool:
+        return await served(p, host_id) > base
+
+    await until(taken, 180, "the SPM taking up the round's first reduce")
     await anyio.sleep(delay)  # time is the subject: a random moment of the burst
     await p.hosts[host_id].kill()
     await anyio.sleep(1.0)  # time is the subject: a restart delay, as systemd's
@@ -131,9 +149,11 @@ async def test_eight_rounds_of_reduce_with_the_spm_killed(lab_tmp_path: Path) ->
             before = {v: file_size(p, v) for v in volumes}
             seen_before = reduced_lines(p)
             answers: dict[VolumeRef, tuple[int, str]] = {}
-            delay = rng.uniform(0.0, 1.5)
+            delay = rng.uniform(0.0, 0.5)
+            base = await served(p, spm)
+            assert base >= 0
             async with anyio.create_task_group() as tg:
-                tg.start_soon(kill_and_restart, p, spm, delay)
+                tg.start_soon(kill_and_restart, p, spm, base, delay)
                 for v in volumes:
                     tg.start_soon(ask, p, asker, v, answers)
             new_lines = reduced_lines(p) - seen_before
