@@ -16,7 +16,9 @@ request whose reply is already on disk is not executed again.
 Extends run concurrently across VGs (at most ``max_concurrent_extends``) and one at a time
 per VG. A request is identified by ``(host, slot, generation, request_id)``; it is served at
 most once per server while its reply is known, and every extend is "to at least size", so a
-duplicate after a failover cannot grow a volume past what was asked.
+duplicate after a failover cannot grow a volume past what was asked. REDUCE and
+REDUCE_CHECK requests take the same path (validation, the VG's lock) to ``reducing.py``,
+whose first check makes a duplicate of a reduce answer OK without acting again.
 """
 
 from __future__ import annotations

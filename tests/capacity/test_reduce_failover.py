@@ -58,7 +58,8 @@ def file_size(p: Pool, volume: VolumeRef) -> int:
 def reduced_lines(p: Pool) -> Counter[tuple[str, int]]:
     """(volume, size) of every "volume reduced" the SPMs logged, on every host, every term."""
     return Counter((e["volume"], int(e["size"])) for host in p.hosts.values()
-                   for e in host.log_events() if e.get("event") == "volume reduced")
+                   for e in host.log_events()
+                   if e.get("event") == "volume reduced" and e.get("component") == "spm.server")
 
 
 def mib(line: str, after: str) -> int:
