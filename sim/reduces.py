@@ -114,7 +114,8 @@ class ReduceTraffic:
         w.outstanding[rid] = (inc, volume, size, started)
         w.stats.requests += 1
         kind = "reduce" if op == OP_REDUCE else "grow"
-        w.stats.reduces += op == OP_REDUCE
+        if op == OP_REDUCE:
+            w.stats.reduces += 1
         shrinks = self.shrinks.get(volume, 0)
         w.trace(f"{inc.name} req#{rid} {kind} {volume} {before // MiB} -> {size // MiB} MiB")
         refusal: ReduceRefused | None = None
@@ -146,7 +147,8 @@ class ReduceTraffic:
                 w.fail(f"{inc.name} req#{rid} grow {volume} OK but the volume is {truth}")
             return reply is not None
         if reply is not None and reply.status is Status.OK:
-            w.stats.reduced += truth < before
+            if truth < before:
+                w.stats.reduced += 1
             if reply.size != truth or truth > size:
                 w.fail(f"{inc.name} req#{rid} reduce {volume} to {size}: OK {reply.size} but "
                        f"the volume is {truth}")
