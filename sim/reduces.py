@@ -45,7 +45,8 @@ GiB = 1 << 30
 IDLE_PER_HOST = 2
 FLOOR = 256 * MiB             # reduces never ask below this
 GROW_PROB = 0.3               # a step is an extend (else a reduce)
-CRASH_AFTER_REDUCE_PROB = 0.05  # per applied reduce while faults are on: the SIGKILL
+CRASH_AFTER_REDUCE_PROB = 0.1  # per applied reduce while faults are on: the SIGKILL
+GAP_FACTOR = 2.0              # one step per host every 2 x request_gap_s on average
 
 
 def reduce_checks(mutation: str | None) -> tuple[ReduceCheck, ...]:
@@ -90,7 +91,7 @@ class ReduceTraffic:
         # A previous incarnation's request may still be served: wait until it cannot be.
         await clock.sleep(max(0.0, self.settled_at.get(inc.host_id, 0.0) - clock.now()))
         while True:
-            await clock.sleep(rng.expovariate(1.0 / w.cfg.request_gap_s))
+            await clock.sleep(rng.expovariate(1.0 / (GAP_FACTOR * w.cfg.request_gap_s)))
             volume = rng.choice(mine)
             before = w.volumes.sizes[volume]
             if rng.random() < GROW_PROB or before - 64 * MiB < FLOOR:
