@@ -51,8 +51,12 @@ async def cli(p: Pool, host_id: int, *args: str) -> tuple[int, str]:
     return done.returncode, out[0]
 
 
+def image_path(p: Pool, volume: VolumeRef) -> str:
+    return str(p.directory / "volumes" / volume.vg / volume.lv)
+
+
 def file_size(p: Pool, volume: VolumeRef) -> int:
-    return (p.directory / "volumes" / volume.vg / volume.lv).stat().st_size
+    return Path(image_path(p, volume)).stat().st_size
 
 
 def reduced_lines(p: Pool) -> Counter[tuple[str, int]]:
@@ -135,10 +139,10 @@ async def test_eight_rounds_of_reduce_with_the_spm_killed(lab_tmp_path: Path) ->
     async with pool(2, directory=lab_tmp_path, chunk_mib=64, hot_window_s=HOT) as p:
         await p.wait_for_spm()
         volumes = await guests_have_written(p, 4)
-        targets = {}
+        targets, ends = {}, {}
         for v in volumes:
-            end = (await check_image(str(p.directory / "volumes" / v.vg / v.lv))).image_end_offset
-            targets[v] = reduce_target(end, 1 << 40, CHUNK, EXTENT, leaf=True)
+            ends[v] = (await check_image(image_path(p, v))).image_end_offset
+            targets[v] = reduce_target(ends[v], 1 << 40, CHUNK, EXTENT, leaf=True)
         for rnd in range(ROUNDS):
             await both_joined(p)
             spm = await p.wait_for_spm()
@@ -177,6 +181,9 @@ async def test_eight_rounds_of_reduce_with_the_spm_killed(lab_tmp_path: Path) ->
                     outcomes["refused, unchanged" if after == before[v]
                              else "refused, changed"] += 1
         print(f"{ROUNDS} rounds x {len(volumes)} volumes: {dict(outcomes)}")
+        for v in volumes:  # the guests' images are whole: nothing was cut off
+            check = await check_image(image_path(p, v))
+            assert check.consistent and check.image_end_offset == ends[v], (v, check)
     assert sum(outcomes.values()) == ROUNDS * len(volumes)
 
 
