@@ -27,6 +27,16 @@ volume's backend change is "to exactly the asked size, never grow" (``Reduces.re
 volume is never reduced below the size a host asked for, and a second serving of the same
 request finds it done (check 1), so it is not reduced twice.
 
+An answer the host may have read is never contradicted by a later action on the same request.
+A reply whose write failed may still land (a timed-out write can be a late write), and the
+server then serves the request again: :class:`ReduceDesk` answers it with the verdict it gave
+before (``_given``), so a refused reduce is not applied later in the same term (found by the
+simulation: a refusal written late, then the reduce applied on the second serving, after the
+young-term window had passed). A new term reads the reply boxes before it serves anything,
+and by then every late write of the previous term has landed (an I/O is bounded well below
+the lease expiry, as fencing already assumes): a request answered on disk is not served
+again.
+
 A further check (the pool's in-use registry, issue 27) is one more function in
 :data:`REDUCE_CHECKS`, after check 1: the dry run asks it too, with no other change.
 The checks are passed to :class:`ReduceDesk` by its owner (the server's constructor): the
@@ -122,6 +132,8 @@ async def metadata_size(backend: VolumeBackend, volume: VolumeRef) -> int:
         raise VolumeNotFound(str(volume), path) from err
 
 
+GIVEN_MAX = 4096  # verdicts remembered per term (a reply write is retried within seconds)
+
 REDUCE_CHECKS: tuple[ReduceCheck, ...] = (already_applied, fresh_term, hot_volume)
 
 
@@ -149,6 +161,8 @@ class ReduceDesk:
         self._checks = tuple(checks)
         self._term_started = clock.now()  # what was asked before is not known here
         self._extends: dict[VolumeRef, tuple[float, int]] = {}
+        # (host, generation, request id) -> the verdict given (oldest dropped past GIVEN_MAX)
+        self._given: dict[tuple[int, int, int], Verdict] = {}
 
     def extend_asked(self, volume: VolumeRef, host: int) -> None:
         self._extends[volume] = (self._clock.now(), host)
@@ -160,9 +174,21 @@ class ReduceDesk:
                            now - self._term_started, None if when is None else now - when,
                            host, self.hot_window_s)
 
-    async def serve(self, host: int, req: Request) -> Verdict:
+    async def serve(self, host: int, generation: int, req: Request) -> Verdict:
         """The answer to a REDUCE (acting on it when every check passed) or a REDUCE_CHECK
-        (never acting). Raises NotSpmError when the term is lost."""
+        (never acting); a request served before in this term gets the same verdict again.
+        Raises NotSpmError when the term is lost."""
+        key = (host, generation, req.request_id)
+        given = self._given.get(key)
+        if given is not None:
+            return given
+        verdict = await self._judge_and_act(host, req)
+        self._given[key] = verdict
+        while len(self._given) > GIVEN_MAX:
+            del self._given[next(iter(self._given))]
+        return verdict
+
+    async def _judge_and_act(self, host: int, req: Request) -> Verdict:
         volume = VolumeRef(req.vg, req.lv)
         if not isinstance(self._backend, Reduces):
             return Verdict(Status.REJECTED, reason=ReasonCode.VOLUME_ERROR,

@@ -359,7 +359,7 @@ class SpmMailServer:
         volume = VolumeRef(item.vg, item.lv)
         if item.op in REDUCE_OPS:
             try:
-                v = await self._reduces.serve(key.host, item)
+                v = await self._reduces.serve(key.host, generation, item)
                 return answer(v.status, size=v.size, reason=v.reason, text=v.text)
             finally:
                 vg_lock.release()

@@ -10,7 +10,7 @@ import anyio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autoextend.clock import MonotonicClock
+from autoextend.clock import ManualClock, MonotonicClock
 from autoextend.lab.waiting import until
 from autoextend.sectorfakes import MemoryStorage
 from autoextend.spm.host import HostMailbox
@@ -115,17 +115,35 @@ async def test_dry_run_gets_the_verdict_of_the_reduce_and_never_acts() -> None:
         desk = ReduceDesk(backend, LocalAuthority(), clock, hot)
         if extended:
             desk.extend_asked(VOL, 3)
-        check = await desk.serve(2, Request(1, VG, "lv1", 100 * MiB, OP_REDUCE_CHECK))
+        check = await desk.serve(2, 1, Request(1, VG, "lv1", 100 * MiB, OP_REDUCE_CHECK))
         assert backend.reduces == []
-        real = await desk.serve(2, Request(2, VG, "lv1", 100 * MiB, OP_REDUCE))
+        real = await desk.serve(2, 1, Request(2, VG, "lv1", 100 * MiB, OP_REDUCE))
         assert (check.status, check.reason) == (real.status, real.reason)
         if real.status is Status.OK:
             assert check.size == real.size == 100 * MiB and backend.reduces == [(100 * MiB, True)]
-            again = await desk.serve(2, Request(3, VG, "lv1", 100 * MiB, OP_REDUCE))
+            again = await desk.serve(2, 1, Request(3, VG, "lv1", 100 * MiB, OP_REDUCE))
             assert again.status is Status.OK and again.size == 100 * MiB
             assert len(backend.reduces) == 1  # served twice, reduced once
         else:
             assert check.text == real.text and backend.sizes[VOL] == 256 * MiB
+
+
+async def test_a_request_served_again_gets_the_verdict_it_got_before() -> None:
+    """A refusal whose reply write failed may still land late; served again after the
+    young-term window, the request is refused again, never applied (the simulation's find:
+    seed 10 of the CI seeds)."""
+    backend = ReducingBackend(256 * MiB)
+    clock = ManualClock()
+    desk = ReduceDesk(backend, LocalAuthority(), clock, 60.0)
+    request = Request(7, VG, "lv1", 100 * MiB, OP_REDUCE)
+    first = await desk.serve(2, 5, request)
+    assert first.status is Status.REJECTED and "took over" in first.text
+    clock.advance(61.0)
+    assert await desk.serve(2, 5, request) == first and backend.reduces == []
+    other = await desk.serve(2, 5, Request(8, VG, "lv1", 100 * MiB, OP_REDUCE))  # a new id
+    assert other.status is Status.OK and backend.reduces == [(100 * MiB, True)]
+    again = await desk.serve(2, 6, Request(7, VG, "lv1", 100 * MiB, OP_REDUCE))  # new gen.
+    assert again.status is Status.OK and again.size == 100 * MiB
 
 
 def _server(storage: MemoryStorage, backend: ReducingBackend, hot: float,
