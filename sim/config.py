@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MUTATIONS = ("owner-read", "term-check", "generation")
+MUTATIONS = ("owner-read", "term-check", "generation", "reduce-idempotency")
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,9 @@ class Stats:
     closed: int = 0
     terms: int = 0
     changes: int = 0
+    reduces: int = 0          # reduce requests (sim/reduces.py)
+    reduced: int = 0          # ... whose answer was OK and that shrank the volume
+    reduce_refused: int = 0   # ... refused by the SPM (the volume unchanged)
     checks: int = 0
     faults: dict[str, int] = field(default_factory=dict)
     agent_exits: int = 0

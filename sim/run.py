@@ -34,7 +34,8 @@ class Result:
         faults = sum(s.faults.values())
         return (f"seed {self.cfg.seed}: {self.sim_seconds:.0f} sim s in {self.real_seconds:.1f} s, "
                 f"{s.requests} requests ({s.answered} ok, {s.rejected} rejected, "
-                f"{s.timeouts} timed out), {s.terms} SPM terms, {s.changes} extends, "
+                f"{s.timeouts} timed out; {s.reduces} reduces: {s.reduced} applied, "
+                f"{s.reduce_refused} refused), {s.terms} SPM terms, {s.changes} changes, "
                 f"{faults} faults, {s.watchdog_kills} watchdog resets, {s.checks} checks, "
                 f"trace {self.digest[:12]}")
 

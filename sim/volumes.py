@@ -65,6 +65,30 @@ class SimVolumeBackend:
         await self.inc.gate()
         return ExtendResult(max(old, size), changed)
 
+    async def reduce(self, volume: VolumeRef, size: int) -> ExtendResult:
+        """As lvreduce: to exactly ``size``, never grows (``Reduces``)."""
+        self.world.maybe_freeze_at_write(self.inc, self.term)
+        if self.inc.frozen:
+            await self.inc.gate()
+        if not self.inc.alive:
+            raise VolumeError("the process is gone")
+        self.term.check()
+        vols = self.world.volumes
+        if volume not in vols.sizes:
+            raise VolumeNotFound(str(volume))
+        old = vols.sizes[volume]
+        changed = size < old
+        self.world.check_change(self.inc, self.term, volume, old, size if changed else old,
+                                reduce=True)
+        if changed:
+            vols.sizes[volume] = size
+            vols.changes += 1
+            self.world.reduces.shrank(volume)
+            self.world.reduces.maybe_crash_after_reduce(self.inc)
+        await anyio.sleep(self.rng.uniform(0.01, 0.5))
+        await self.inc.gate()
+        return ExtendResult(min(old, size), changed)
+
     async def refresh(self, volume: VolumeRef) -> int:
         return self.world.volumes.sizes[volume]
 

@@ -36,6 +36,7 @@ from sim.config import MUTATIONS, SimConfig, Stats
 from sim.disk import HostStorage, SimDisk
 from sim.faults import FaultDriver
 from sim.host import Incarnation, SimClock, SimWatchdog
+from sim.reduces import ReduceTraffic, reduce_checks
 from sim.volumes import SimVolumeBackend, SimVolumes
 
 GiB = 1 << 30
@@ -92,6 +93,7 @@ class World(FaultDriver):
         tt = self.timeouts
         self.takeover_bound = (tt.lease_expiry + w) + 2 * t + tt.takeover_max_worst + 4 * t
         self.answer_bound = self.mailbox.request_timeout_s + 2 * self.mailbox.reply_poll_max_s
+        self.reduces = ReduceTraffic(self)
 
     # ---- trace -------------------------------------------------------------------------
 
@@ -143,14 +145,15 @@ class World(FaultDriver):
         self.check_single_spm("term start")
 
     def check_change(
-        self, inc: Incarnation, term: SpmTerm, volume: VolumeRef, old: int, new: int
+        self, inc: Incarnation, term: SpmTerm, volume: VolumeRef, old: int, new: int,
+        *, reduce: bool = False,
     ) -> None:
         now = self.loop.time()
         self.stats.checks += 1
         if new != old:
             self.stats.changes += 1
-            self.trace(f"{inc.name} extend {volume} {old // MiB} -> {new // MiB} MiB "
-                       f"lver {term.lver}")
+            self.trace(f"{inc.name} {'reduce' if reduce else 'extend'} {volume} "
+                       f"{old // MiB} -> {new // MiB} MiB lver {term.lver}")
         if term.ended is not None or now >= term.expiry:
             self.fail(f"{inc.name} changed {volume} under an invalid term lver {term.lver} "
                       f"(ended: {term.ended}, expiry {term.expiry:.3f}, now {now:.3f})")
@@ -158,8 +161,10 @@ class World(FaultDriver):
             self.fail(f"{inc.name} changed {volume} under lver {term.lver} while lver "
                       f"{self.max_lver} exists")
         self.check_single_spm("metadata change")
-        if new < old:
-            self.fail(f"{volume} shrank {old} -> {new}")
+        if new < old and not reduce:
+            self.fail(f"{volume} shrank {old} -> {new} by an extend")
+        if new > old and reduce:
+            self.fail(f"{volume} grew {old} -> {new} by a reduce")
         if new > self.volumes.caps[volume]:
             self.fail(f"{volume} extended to {new} past its cap {self.volumes.caps[volume]}")
         if new != old and (volume, new) not in self.asked:
@@ -217,6 +222,8 @@ class World(FaultDriver):
             self.trace(f"{inc.name} mailbox gen {mailbox.generation}")
             tg.start_soon(self.candidacy, inc, lease, storage, clock, rng)
             tg.start_soon(self.requester, inc, mailbox, clock, rng, tg)
+            tg.start_soon(self.reduces.requester, inc, mailbox, clock,
+                          random.Random(rng.getrandbits(64)))
 
     async def candidacy(self, inc: Incarnation, lease: LeaseService, storage: HostStorage,
                         clock: SimClock, rng: random.Random) -> None:
@@ -229,6 +236,7 @@ class World(FaultDriver):
                     storage, backend, VGS, layout=self.layout, authority=term,
                     settings=self.mailbox, clock=clock, epoch=term.lver,
                     live_hosts=lambda: self.live_hosts(inc, lease),
+                    reduce_checks=reduce_checks(self.cfg.mutation),
                 )
                 inc.server = server
                 try:
@@ -381,6 +389,9 @@ def mutation(name: str | None) -> Iterator[None]:
         return
     if name not in MUTATIONS:
         raise ValueError(f"unknown mutation {name!r} (known: {', '.join(MUTATIONS)})")
+    if name == "reduce-idempotency":  # a constructor argument of the server (sim/reduces.py)
+        yield
+        return
     target: type = {"owner-read": LeaseService, "term-check": SpmTerm,
                     "generation": HostMailbox}[name]
     attr = {"owner-read": "_fresh_owner_read", "term-check": "_enforce",

@@ -11,8 +11,19 @@ reduce_on_stop``), in this order; each refusal is one line (``ReduceRefused``, e
 5. target = ``round_up(end + chunk, extent)`` (``figures.reduce_target``; never below the
    end, never above the current size); nothing to do when it is not smaller;
 6. local mode: the volume backend shrinks it (the LVM writer's ``lvreduce``, or the loop
-   file); mailbox mode: a REDUCE request to the SPM, which refuses a volume any host asked
-   to extend within ``hot_window_s``.
+   file); mailbox mode: a REDUCE request to the SPM, which answers OK for a volume already
+   at or below the target and refuses one not yet reduced while its term is young or a host
+   asked to extend it within ``hot_window_s`` (``spm/reducing.py``).
+
+``--dry-run`` stops before 6, and in mailbox mode asks the SPM the questions of 6 with a
+REDUCE_CHECK request (it never acts): the dry run prints the verdict the reduce would get.
+
+What the host prints is true of the volume (:func:`settle`): when the SPM refused or did not
+answer, the host reads the volume's size again before it answers. If the volume is at or
+below the target anyway (an SPM reduced it and its answer was lost, or another host reduced
+it), that is a success, saying so (exit 0); otherwise the refusal says whether the volume is
+unchanged or changed anyway, and its size now (exit 1). Invariant: exit 0 and its line name
+the volume's size after the command; exit 1 names it too.
 """
 
 from __future__ import annotations
@@ -43,7 +54,9 @@ from autoextend.volumes import (
 
 log = get_logger("capacity")
 
-RemoteReduce = Callable[[VolumeRef, int], Awaitable[int]]
+# Mailbox mode: ask the SPM to reduce ``volume`` to ``size`` (``check``: only ask whether
+# it would); the size it leaves (or would leave), or ReduceRefused / ReduceUnanswered.
+RemoteReduce = Callable[[VolumeRef, int, bool], Awaitable[int]]
 
 
 class ReduceBackend(VolumeBackend, Reduces, HoldsPaths, Protocol):
@@ -76,6 +89,29 @@ class ReduceRefused(AutoextendError):
         super().__init__(f"cannot reduce {volume}: {reason}")
 
 
+class ReduceUnanswered(ReduceRefused):
+    """The SPM's answer did not come (timeout, the mailbox stopped): it may have acted."""
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def settle(volume: VolumeRef, before: int, target: int, refusal: ReduceRefused,
+           now: int) -> tuple[int, str]:
+    """What to say after the SPM refused or did not answer, given the volume's size read
+    again (pure): ``(new_size, note)`` when the volume is at or below the target anyway (a
+    success, exit 0); otherwise raises a ReduceRefused whose line ends with the size now."""
+    if now <= target:
+        return now, (f"{refusal.reason}; but the volume is at {_mib(now)} now: the reduce"
+                     " was applied")
+    if now == before:
+        raise type(refusal)(volume, f"{refusal.reason}; the volume is unchanged at"
+                                    f" {_mib(now)}") from refusal
+    raise type(refusal)(volume, f"{refusal.reason}; the volume changed anyway:"
+                                f" {_mib(before)} -> {_mib(now)}") from refusal
+
+
 @dataclass(frozen=True)
 class ReducePlan:
     volume: str
@@ -85,6 +121,7 @@ class ReducePlan:
     new_size: int        # after (== size for a dry run or nothing to give back)
     given_back: int
     dry_run: bool
+    note: str = ""       # how the outcome was known, when not from the SPM's OK
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,21 +184,28 @@ class Reducer:
         if not check.consistent:
             raise ReduceRefused(volume, f"qemu-img check found {check.corruptions} corruptions"
                                         f" and {check.check_errors} check errors")
-        size = await self.backend.size(volume)
+        size = await self._size_now(volume)
         chunk, extent = await self._chunk_and_extent(volume)
         target = reduce_target(check.image_end_offset, size, chunk, extent, leaf=True)
         plan = ReducePlan(str(volume), size, check.image_end_offset, target, size, 0, dry_run)
         bound = log.bind(volume=str(volume))
+        if dry_run and self.remote is not None and target < size:
+            await self.remote(volume, target, True)  # the SPM's verdict (ReduceRefused)
         if dry_run or target >= size:
             bound.info("reduce planned" if dry_run else "nothing to give back",
                        size=size, image_end=check.image_end_offset, target=target)
             return plan
+        note = ""
         if self.remote is not None:
-            new_size = await self.remote(volume, target)
             try:
-                await self.backend.refresh(volume)  # this host's view of the smaller LV
-            except AutoextendError as exc:
-                log.warning("refresh after reduce failed", volume=str(volume), error=str(exc))
+                new_size = await self.remote(volume, target, False)
+            except ReduceRefused as refusal:
+                new_size, note = settle(volume, size, target, refusal,
+                                        await self._size_now(volume))
+                bound.warning("reduce applied although the SPM's answer said otherwise",
+                              note=note)
+            else:
+                await self._size_now(volume)  # this host's view of the smaller LV
         else:
             new_size = (await self.backend.reduce(volume, target)).size
         given = max(0, size - new_size)
@@ -170,7 +214,17 @@ class Reducer:
         bound.info("volume reduced", size=size, new_size=new_size, given_back=given,
                    image_end=check.image_end_offset)
         return ReducePlan(str(volume), size, check.image_end_offset, target, new_size, given,
-                          dry_run)
+                          dry_run, note)
+
+    async def _size_now(self, volume: VolumeRef) -> int:
+        """This host's view of the volume, refreshed first (the SPM may have changed it);
+        the unrefreshed view when the refresh fails."""
+        try:
+            return await self.backend.refresh(volume)
+        except AutoextendError as exc:
+            log.warning("refresh before reading the size failed", volume=str(volume),
+                        error=str(exc))
+            return await self.backend.size(volume)
 
     def _image_path(self, volume: VolumeRef, paths: list[str]) -> str:
         base = innermost(self.backend)

@@ -9,13 +9,20 @@ import anyio
 
 from autoextend.capacity import metrics as capacity_metrics
 from autoextend.capacity.published import PublishedSource
-from autoextend.capacity.reduce import Reducer, ReduceRefused, RemoteReduce, parse_volume
+from autoextend.capacity.reduce import (
+    Reducer,
+    ReduceRefused,
+    ReduceUnanswered,
+    RemoteReduce,
+    parse_volume,
+)
 from autoextend.capacity.sources import VgSource, source_for
 from autoextend.capacity.watch import CapacityWatcher
 from autoextend.clock import Clock
 from autoextend.errors import AutoextendError
 from autoextend.logs import get_logger
-from autoextend.spm.wire import OP_REDUCE, Status
+from autoextend.spm.errors import MailboxClosed, MailboxTimeout
+from autoextend.spm.wire import OP_REDUCE, OP_REDUCE_CHECK, Status
 from autoextend.volumes import VolumeRef
 
 if TYPE_CHECKING:
@@ -30,12 +37,17 @@ STOP_RETRIES = 20
 
 
 def mailbox_reduce(cluster: Any) -> RemoteReduce:
-    """Mailbox mode: a REDUCE request to the SPM; the new size, or ReduceRefused."""
-    async def remote(volume: VolumeRef, size: int) -> int:
+    """Mailbox mode: a REDUCE (or, ``check``, a REDUCE_CHECK) request to the SPM; the size
+    it leaves (or would), or ReduceRefused, or ReduceUnanswered (it may have acted)."""
+    async def remote(volume: VolumeRef, size: int, check: bool) -> int:
         mailbox = cluster.mailbox
         if mailbox is None:
             raise ReduceRefused(volume, "this host has not joined the pool yet")
-        reply = await mailbox.request(volume, size, op=OP_REDUCE)
+        try:
+            reply = await mailbox.request(volume, size,
+                                          op=OP_REDUCE_CHECK if check else OP_REDUCE)
+        except (MailboxTimeout, MailboxClosed) as exc:
+            raise ReduceUnanswered(volume, f"no answer from the SPM ({exc})") from exc
         if reply.status is Status.OK:
             return int(reply.size)
         raise ReduceRefused(volume, f"the SPM refused: {reply.text or reply.reason.name}")

@@ -26,7 +26,8 @@ def _render(plan: dict[str, Any]) -> str:
         return f"{head}: nothing to give back"
     if plan["dry_run"]:
         return f"{head}: would give back {_mib(plan['size'] - plan['target'])} (dry run)"
-    return f"{head}: reduced to {_mib(plan['new_size'])}, gave back {_mib(plan['given_back'])}"
+    done = f"{head}: reduced to {_mib(plan['new_size'])}, gave back {_mib(plan['given_back'])}"
+    return f"{done} ({plan['note']})" if plan.get("note") else done
 
 
 def _volume_arg(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -41,14 +42,17 @@ def _volume_arg(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 @volume.command("reduce")
 @click.argument("vg_lv", metavar="VG/LV", callback=_volume_arg)
-@click.option("--dry-run", is_flag=True, help="Compute the target size, change nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Compute the target size and ask the SPM's verdict; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def volume_reduce(obj: CliContext, vg_lv: str, dry_run: bool, as_json: bool) -> None:
     """Reduce VG/LV to its image's end plus one chunk (rounded up to the extent).
 
     Refused (exit 1, one line) while any VM or process on this host has the volume open, or
-    (mailbox mode) while any host asked to extend it within the SPM's hot window.
+    (mailbox mode) while any host asked to extend it within the SPM's hot window, or the SPM
+    took over within it. A dry run asks the SPM the same questions. After a refusal or no
+    answer the line says the volume's size now (exit 0 if it was reduced anyway).
 
     \b
     Example:

@@ -84,6 +84,7 @@ def host_config(
     pool_dir: Path, host_dir: Path, host_id: int, *, time_scale: float,
     chunk_mib: int, poll_interval_s: float, metrics_port: int, engine: str = "native",
     libvirt_uri: str = "",
+    hot_window_s: float | None = None,
 ) -> str:
     """One host's config; with ``libvirt_uri`` its hypervisor is that libvirtd (else QMP)."""
     t = SANLOCK_TIMEOUTS if engine == "sanlock" else scaled_timeouts(time_scale)
@@ -95,6 +96,7 @@ reconnect_interval_s = 0.2
 reconnect_max_s = 1.0
 rescan_interval_s = 1.0
 """
+    hot = "" if hot_window_s is None else f"hot_window_s = {hot_window_s}\n"
     return f"""\
 [service]
 hypervisor = "{hypervisor}"
@@ -134,7 +136,7 @@ max_hosts = {MAX_HOSTS}
 [mailbox]
 max_hosts = {MAX_HOSTS}
 request_timeout_s = {t["request_timeout_s"]}
-
+{hot}
 [metrics]
 enabled = true
 address = "127.0.0.1"
@@ -328,12 +330,14 @@ async def pool(
     directory: Path | None = None,
     engine: str = "native",
     libvirt_uris: Mapping[int, str] | None = None,
+    hot_window_s: float | None = None,
 ) -> AsyncIterator[Pool]:
     """``hosts`` autoextend processes sharing one metadata area and one volume root, in
     ``directory`` (default: a new directory under /var/tmp, removed afterwards). With
     ``engine = "sanlock"`` each host gets its own sanlock daemon (autoextend/lab/sanlockd.py,
     in its own mount namespace) that outlives the host's process: LabError if none starts.
-    ``libvirt_uris`` gives host N the libvirt hypervisor on that libvirtd (else QMP)."""
+    ``libvirt_uris`` gives host N the libvirt hypervisor on that libvirtd (else QMP).
+    ``hot_window_s``: the SPMs' ``[mailbox] hot_window_s`` (default: the shipped 60 s)."""
     own_dir = directory is None
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="autoextend-pool-", dir="/var/tmp"))
@@ -365,7 +369,8 @@ async def pool(
                 cfg.write_text(host_config(
                     directory, host_dir, host_id, time_scale=time_scale, chunk_mib=chunk_mib,
                     poll_interval_s=poll_interval_s, metrics_port=port, engine=engine,
-                    libvirt_uri=(libvirt_uris or {}).get(host_id, "")))
+                    libvirt_uri=(libvirt_uris or {}).get(host_id, ""),
+                    hot_window_s=hot_window_s))
                 host = HostProcess(host_id, host_dir, cfg, port)
                 if host_id in daemons:
                     host.env = daemons[host_id].env()

@@ -16,12 +16,14 @@ request whose reply is already on disk is not executed again.
 Extends run concurrently across VGs (at most ``max_concurrent_extends``) and one at a time
 per VG. A request is identified by ``(host, slot, generation, request_id)``; it is served at
 most once per server while its reply is known, and every extend is "to at least size", so a
-duplicate after a failover cannot grow a volume past what was asked.
+duplicate after a failover cannot grow a volume past what was asked. REDUCE and
+REDUCE_CHECK requests take the same path (validation, the VG's lock) to ``reducing.py``,
+whose first check makes a duplicate of a reduce answer OK without acting again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -36,11 +38,12 @@ from autoextend.spm.counters import ServerCounters
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.inbox import Inbox
 from autoextend.spm.layout import SLOTS_PER_HOST, MailboxLayout, contiguous_runs
+from autoextend.spm.reducing import REDUCE_CHECKS, ReduceCheck, ReduceDesk
 from autoextend.spm.validate import check_request
 from autoextend.spm.waiting import sleep_or_event
 from autoextend.spm.watch import WAKE_EARLY_S, LiveHosts, RingWatch
 from autoextend.spm.wire import (
-    OP_REDUCE,
+    REDUCE_OPS,
     Kind,
     MalformedSlot,
     ReasonCode,
@@ -51,7 +54,6 @@ from autoextend.spm.wire import (
     encode_sector,
 )
 from autoextend.volumes import (
-    Reduces,
     SpmAuthority,
     VolumeBackend,
     VolumeNotFound,
@@ -87,12 +89,14 @@ class SpmMailServer:
         clock: Clock | None = None,
         epoch: int = 0,
         live_hosts: LiveHosts | None = None,
+        reduce_checks: Sequence[ReduceCheck] = REDUCE_CHECKS,
     ) -> None:
         """``live_hosts``, when given, returns the host ids the lease sees alive (it must be
         cheap and must not block: it is called from the event loop about once a second).
         Their ring sectors are read at the fast live-sweep cadence, every other one by the
         slow sweep; it decides only when a sector is read, never whether a request is
-        served, and a failing or odd result falls back to the full sweep."""
+        served, and a failing or odd result falls back to the full sweep.
+        ``reduce_checks``: what a reduce must pass (``reducing.py``; tests only change it)."""
         layout.check_fits(storage.size)
         self._storage = storage
         self._backend = backend
@@ -115,9 +119,8 @@ class SpmMailServer:
         self._newer_seen: set[_Key] = set()
         self._rescan: set[int] = set()
         self._vg_locks: dict[str, anyio.Lock] = {}
-        # The last extend request per volume (time, host): a reduce waits for hot_window_s.
-        self._extend_asked: dict[VolumeRef, tuple[float, int]] = {}
-        self._term_started = self._clock.now()  # what was asked before is not known here
+        self._reduces = ReduceDesk(backend, authority, self._clock, settings.hot_window_s,
+                                   reduce_checks)
         self._host_locks: dict[int, anyio.Lock] = {}
         self._queued: set[anyio.CancelScope] = set()
         self._accepting = True
@@ -357,13 +360,14 @@ class SpmMailServer:
             self.counters.handed_back += 1
             return None
         volume = VolumeRef(item.vg, item.lv)
-        if item.op == OP_REDUCE:
+        if item.op in REDUCE_OPS:
             try:
-                return await self._reduce(key, volume, item.size, answer)
+                v = await self._reduces.serve(key.host, generation, item)
+                return answer(v.status, size=v.size, reason=v.reason, text=v.text)
             finally:
                 vg_lock.release()
                 limiter.release()
-        self._extend_asked[volume] = (self._clock.now(), key.host)
+        self._reduces.extend_asked(volume, key.host)
         try:
             self._authority.check()
             result = await self._backend.extend(volume, item.size)
@@ -385,38 +389,6 @@ class SpmMailServer:
         finally:
             vg_lock.release()
             limiter.release()
-
-    async def _reduce(self, key: _Key, volume: VolumeRef, size: int,
-                      answer: Callable[..., Reply]) -> Reply:
-        """A REDUCE request (see ``capacity/reduce.py`` for the host's checks): refused while
-        any host asked to extend the volume within ``hot_window_s``."""
-        asked = self._extend_asked.get(volume)
-        now = self._clock.now()
-        if now - self._term_started < self._settings.hot_window_s:
-            return answer(Status.REJECTED, reason=ReasonCode.VOLUME_BUSY,
-                          text=f"this SPM took over {now - self._term_started:.0f} s ago:"
-                               " extends asked before are not known here; retry later")
-        if asked is not None and now - asked[0] < self._settings.hot_window_s:
-            return answer(Status.REJECTED, reason=ReasonCode.VOLUME_BUSY,
-                          text=f"host {asked[1]} asked to extend it {now - asked[0]:.0f} s ago")
-        if not isinstance(self._backend, Reduces):
-            return answer(Status.REJECTED, reason=ReasonCode.VOLUME_ERROR,
-                          text="this SPM's volume backend cannot reduce")
-        try:
-            self._authority.check()
-            result = await self._backend.reduce(volume, size)
-            log.info("volume reduced" if result.changed else "volume already that small",
-                     volume=str(volume), size=result.size, host_id=key.host)
-            return answer(Status.OK, size=result.size)
-        except NotSpmError:
-            raise
-        except VolumeNotFound as err:
-            return answer(Status.REJECTED, reason=ReasonCode.NO_SUCH_VOLUME, text=str(err))
-        except AutoextendError as err:
-            return answer(Status.FAILED, reason=ReasonCode.VOLUME_ERROR, text=str(err))
-        except Exception as err:  # a bug in a backend must not take the server down
-            log.exception("reduce failed unexpectedly", volume=str(volume))
-            return answer(Status.FAILED, reason=ReasonCode.INTERNAL, text=type(err).__name__)
 
     async def _reply(self, key: _Key, reply: Reply) -> bool:
         """Put the reply in the host's reply image and write it. One write at a time per host:

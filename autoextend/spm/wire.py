@@ -14,15 +14,21 @@ Request slot (host -> SPM), 120 bytes::
     4   u16  reserved       0
     6   u8   name_len       length of "vg/lv"
     7   u8   op             0 = extend, 1 = reduce (was reserved: an SPM of the first
-                            format answers a reduce MALFORMED and never acts on it)
-    8   u64  size           extend: to at least this many bytes; reduce: to this size
+                            format answers a reduce MALFORMED and never acts on it),
+                            2 = reduce check (``volume reduce --dry-run``: the SPM
+                            answers what a reduce would get, and never acts; an SPM
+                            that predates it answers MALFORMED "unknown op 2")
+    8   u64  size           extend: to at least this many bytes; reduce and reduce
+                            check: to this size
     16  104s name           ASCII "vg/lv", NUL padded
 
 Reply slot (SPM -> host), 120 bytes::
 
     0   u32  request_id     0 = empty slot
     4   u32  generation     the requesting host's generation (from its request sector)
-    8   u64  size           the volume's size after the extend (0 if unknown)
+    8   u64  size           the volume's size after the extend or reduce (0 if
+                            unknown); a reduce check's OK: the size the reduce would
+                            leave (``spm/reducing.py``)
     16  u8   status         Status
     17  u8   reason         ReasonCode
     18  u8   text_len
@@ -123,7 +129,9 @@ class MalformedSlot:
 
 OP_EXTEND = 0
 OP_REDUCE = 1
-OPS = (OP_EXTEND, OP_REDUCE)
+OP_REDUCE_CHECK = 2
+OPS = (OP_EXTEND, OP_REDUCE, OP_REDUCE_CHECK)
+REDUCE_OPS = (OP_REDUCE, OP_REDUCE_CHECK)
 
 
 @dataclass(frozen=True)

@@ -131,10 +131,10 @@ async def test_reduce_through_the_spm_mailbox(pool: Pool) -> None:
     from autoextend.spm.host import HostMailbox
     from autoextend.spm.layout import MailboxLayout
     from autoextend.spm.server import SpmMailServer
-    from autoextend.spm.wire import OP_REDUCE, ReasonCode, Status
+    from autoextend.spm.wire import OP_REDUCE, OP_REDUCE_CHECK, ReasonCode, Status
     from autoextend.volumes import LocalAuthority
 
-    hot = 0.3
+    hot = 2.0  # the young-term refusal below must come within it on a loaded machine
     settings = MailboxSettings(offset=0, max_hosts=4, poll_interval_s=0.005,
                                reply_poll_interval_s=0.002, reply_poll_max_s=0.02,
                                hot_window_s=hot)
@@ -156,20 +156,30 @@ async def test_reduce_through_the_spm_mailbox(pool: Pool) -> None:
             await tg.start(host.run)
             _, _, seqno = await vgs_truth(pool, pool.devices)
             t0 = clock.now()
+            young_dry = await host.request(volume, 166 * MiB, op=OP_REDUCE_CHECK)
             young = await host.request(volume, 166 * MiB, op=OP_REDUCE)
             assert young.status is Status.REJECTED and young.reason is ReasonCode.VOLUME_BUSY
-            assert "took over" in young.text
+            assert "took over" in young.text and "took over" in young_dry.text
+            assert young_dry.status is Status.REJECTED
             await until(lambda: clock.now() - t0 > hot, 10, "the new term's hot window")
             ok = await host.request(volume, 256 * MiB)  # an extend (no-op: large enough)
             assert ok.status is Status.OK
+            busy_dry = await host.request(volume, 166 * MiB, op=OP_REDUCE_CHECK)
             busy = await host.request(volume, 166 * MiB, op=OP_REDUCE)
             assert busy.status is Status.REJECTED and "host 2 asked to extend it" in busy.text
+            assert busy_dry.status is Status.REJECTED and "host 2 asked" in busy_dry.text
             assert (await vgs_truth(pool, pool.devices))[2] == seqno
             t1 = clock.now()
             await until(lambda: clock.now() - t1 > hot, 10, "the volume's hot window")
+            would = await host.request(volume, 166 * MiB, op=OP_REDUCE_CHECK)
+            assert would.status is Status.OK and would.size == 166 * MiB
+            assert (await vgs_truth(pool, pool.devices))[2] == seqno  # a dry run never acts
             done = await host.request(volume, 166 * MiB, op=OP_REDUCE)
             assert done.status is Status.OK and done.size == 168 * MiB
             assert (await pool.reader.lv(volume)).size == 168 * MiB
+            assert (await vgs_truth(pool, pool.devices))[2] == seqno + 1
+            again = await host.request(volume, 166 * MiB, op=OP_REDUCE)  # served again: done
+            assert again.status is Status.OK and again.size == 168 * MiB
             assert (await vgs_truth(pool, pool.devices))[2] == seqno + 1
             assert [c[0] for c in pool.runner.commands].count("lvreduce") == 1
             tg.cancel_scope.cancel()

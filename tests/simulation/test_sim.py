@@ -38,8 +38,9 @@ def _account(result: Result) -> None:
     s = result.stats
     for key, value in (("sim_s", result.sim_seconds), ("real_s", result.real_seconds),
                        ("requests", s.requests), ("faults", sum(s.faults.values())),
-                       ("checks", s.checks), ("terms", s.terms), ("extends", s.changes),
-                       ("seeds", 1)):
+                       ("checks", s.checks), ("terms", s.terms), ("changes", s.changes),
+                       ("reduces", s.reduces), ("reduced", s.reduced),
+                       ("reduce_refused", s.reduce_refused), ("seeds", 1)):
         _totals[key] = _totals.get(key, 0) + value
 
 
@@ -64,6 +65,7 @@ def test_seed_holds_every_invariant(seed: int, ci_runs: dict[int, Future[Result]
     print(result.summary())
     assert result.ok, result.report()
     assert result.stats.terms >= 2 and result.stats.changes > 0
+    assert result.stats.reduced > 0 and result.stats.reduce_refused > 0  # both verdicts
     assert sum(result.stats.faults.values()) > 100
 
 
@@ -75,7 +77,9 @@ def test_ci_seeds_cover_a_million_simulated_seconds() -> None:
     line = (f"{t['seeds']:.0f} seeds: {t['sim_s']:.0f} simulated seconds in {t['real_s']:.1f} s "
             f"({t['sim_s'] / t['real_s']:.0f} sim s per real s), {t['requests']:.0f} requests, "
             f"{t['faults']:.0f} faults injected, {t['terms']:.0f} SPM terms, "
-            f"{t['extends']:.0f} extends, {t['checks']:.0f} invariant checks, 0 violations")
+            f"{t['changes']:.0f} volume changes, {t['reduces']:.0f} reduces ({t['reduced']:.0f} "
+            f"applied, {t['reduce_refused']:.0f} refused), {t['checks']:.0f} invariant checks, "
+            f"0 violations")
     FIGURES.append(line)
     print(line)
     assert t["sim_s"] >= 1e6

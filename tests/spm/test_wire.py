@@ -14,6 +14,8 @@ from autoextend.spm.wire import (
     HOST_GENERATION_LIMIT,
     MAX_SIZE,
     NAME_FIELD,
+    OPS,
+    REQUEST_SLOT,
     SLOT_SIZE,
     Kind,
     MalformedSlot,
@@ -45,7 +47,7 @@ SECTOR_SIZES = st.sampled_from([512, 4096])
 
 @st.composite
 def requests(draw: st.DrawFn) -> Request:
-    return Request(draw(ids), draw(names), draw(names), draw(sizes))
+    return Request(draw(ids), draw(names), draw(names), draw(sizes), draw(st.sampled_from(OPS)))
 
 
 @st.composite
@@ -298,3 +300,11 @@ def test_next_generation_is_new_and_never_zero(seen: int, unreadable: bool, jump
         assert generation == seen + 1 + (jump if unreadable else 0) > seen
     else:  # started again from 1: no reply slot of ours carries it
         assert generation not in taken
+
+
+@given(ids, st.integers(len(OPS), 255))
+def test_an_unknown_op_is_malformed_never_acted_on(request_id: int, op: int) -> None:
+    """Range-checked decode: an op this format does not know (an SPM older than the reduce
+    check sees op 2 this way) is a MalformedSlot, answered REJECTED MALFORMED."""
+    raw = REQUEST_SLOT.pack(request_id, 0, 7, op, 100, b"vg0/lv1")
+    assert decode_request(raw) == MalformedSlot(request_id, f"unknown op {op}")

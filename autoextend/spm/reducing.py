@@ -1,0 +1,215 @@
+"""The SPM's side of a reduce: the same verdict for a real reduce and for its dry run, in
+every term.
+
+A reduce, unlike an extend, loses data if it is applied to a volume a guest is writing
+past the asked size, and it cannot be undone. So the SPM asks a fixed list of questions
+(:data:`REDUCE_CHECKS`, pure functions of :class:`ReduceFacts`) before it acts, and a
+REDUCE_CHECK request (``wire.OP_REDUCE_CHECK``, what ``volume reduce --dry-run`` sends)
+gets the answer of those very questions without the action: a dry run and the reduce it
+predicts cannot disagree unless the facts change in between (an extend asked, a term ending).
+
+The checks, in order; the first that answers decides:
+
+1. **already applied** (idempotency): the volume is at or below the asked size. Nothing is
+   to be done, so nothing can be unsafe: answer OK with the size. This is what makes a reduce
+   exact across SPM terms, like an extend ("to at least size"): the old SPM may have run
+   lvreduce and died before its reply reached the disk; the request is still in the host's
+   box, and the new SPM, which cannot tell, finds the volume already reduced and says so.
+   A request whose reply is on disk is never served again at all (``server.py`` loads the
+   reply boxes before it serves: the host reads the old SPM's reply).
+2. **fresh term**: this SPM took over less than ``hot_window_s`` ago. Extends asked of the
+   previous SPM are not known here, so a reduce *not yet applied* is refused; check 1 came
+   first, so an applied one is never refused by this rule.
+3. **hot volume**: some host asked to extend the volume within ``hot_window_s``.
+
+Invariant: the SPM changes a volume for a REDUCE only when every check passed, and the
+volume's backend change is "to exactly the asked size, never grow" (``Reduces.reduce``): a
+volume is never reduced below the size a host asked for, and a second serving of the same
+request finds it done (check 1), so it is not reduced twice.
+
+An answer the host may have read is never contradicted by a later action on the same request.
+A reply whose write failed may still land (a timed-out write can be a late write), and the
+server then serves the request again: :class:`ReduceDesk` answers it with the verdict it gave
+before (``_given``), so a refused reduce is not applied later in the same term (found by the
+simulation: a refusal written late, then the reduce applied on the second serving, after the
+young-term window had passed). A new term reads the reply boxes before it serves anything,
+and by then every late write of the previous term has landed (an I/O is bounded well below
+the lease expiry, as fencing already assumes): a request answered on disk is not served
+again.
+
+A further check (the pool's in-use registry, issue 27) is one more function in
+:data:`REDUCE_CHECKS`, after check 1: the dry run asks it too, with no other change.
+The checks are passed to :class:`ReduceDesk` by its owner (the server's constructor): the
+simulation's mutation check (``sim/``) leaves check 1 out that way, never by switching a
+class attribute.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import anyio
+
+from autoextend import logs
+from autoextend.clock import Clock
+from autoextend.errors import AutoextendError, NotSpmError
+from autoextend.spm.wire import OP_REDUCE_CHECK, ReasonCode, Request, Status
+from autoextend.volumes import (
+    FileBacked,
+    Reduces,
+    SpmAuthority,
+    VolumeBackend,
+    VolumeNotFound,
+    VolumeRef,
+    innermost,
+)
+
+log = logs.get_logger("spm.server")
+
+
+@dataclass(frozen=True)
+class ReduceFacts:
+    """What the SPM knows when it judges one reduce (all read before the checks run)."""
+
+    volume: VolumeRef
+    asked: int                      # the size the host asked for
+    size: int                       # the volume's size now (the SPM's backend)
+    term_age_s: float               # how long ago this SPM's term started
+    extend_age_s: float | None      # since the last extend request for it (this term)
+    extend_host: int                # who asked that extend
+    hot_window_s: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: Status
+    size: int = 0
+    reason: ReasonCode = ReasonCode.NONE
+    text: str = ""
+
+
+ReduceCheck = Callable[[ReduceFacts], Verdict | None]
+
+
+def already_applied(f: ReduceFacts) -> Verdict | None:
+    """Check 1: the volume is at or below the asked size: done (OK with the size)."""
+    if f.size <= f.asked:
+        return Verdict(Status.OK, f.size, text="already at or below the size asked")
+    return None
+
+
+def fresh_term(f: ReduceFacts) -> Verdict | None:
+    """Check 2: extends asked of the previous SPM are not known to this one yet."""
+    if f.term_age_s < f.hot_window_s:
+        return Verdict(Status.REJECTED, reason=ReasonCode.VOLUME_BUSY,
+                       text=f"this SPM took over {f.term_age_s:.0f} s ago: extends asked"
+                            " before are not known here; retry later")
+    return None
+
+
+def hot_volume(f: ReduceFacts) -> Verdict | None:
+    """Check 3: a host asked to extend the volume within the hot window."""
+    if f.extend_age_s is not None and f.extend_age_s < f.hot_window_s:
+        return Verdict(Status.REJECTED, reason=ReasonCode.VOLUME_BUSY,
+                       text=f"host {f.extend_host} asked to extend it"
+                            f" {f.extend_age_s:.0f} s ago")
+    return None
+
+
+async def metadata_size(backend: VolumeBackend, volume: VolumeRef) -> int:
+    """The volume's size in the pool's metadata, not one host's view of it: for the loop
+    stand-in its file's size (its ``size()`` is this host's loop device, which only this
+    host's refresh changes), for lvm ``lv_size``."""
+    base = innermost(backend)
+    if not isinstance(base, FileBacked):
+        return await backend.size(volume)
+    path = base.file_path(volume)
+    try:
+        return (await anyio.to_thread.run_sync(os.stat, path)).st_size
+    except FileNotFoundError as err:
+        raise VolumeNotFound(str(volume), path) from err
+
+
+GIVEN_MAX = 4096  # verdicts remembered per term (a reply write is retried within seconds)
+
+REDUCE_CHECKS: tuple[ReduceCheck, ...] = (already_applied, fresh_term, hot_volume)
+
+
+def judge(facts: ReduceFacts, checks: Sequence[ReduceCheck] = REDUCE_CHECKS) -> Verdict | None:
+    """The first check's answer, or None: the reduce may be applied (pure)."""
+    for check in checks:
+        verdict = check(facts)
+        if verdict is not None:
+            return verdict
+    return None
+
+
+class ReduceDesk:
+    """One SPM term's reduce bookkeeping (owned by ``SpmMailServer``): when the term started,
+    the last extend asked per volume, and the checks. Call :meth:`extend_asked` before every
+    extend is served and :meth:`serve` for REDUCE and REDUCE_CHECK requests (with the VG's
+    lock held, as for an extend)."""
+
+    def __init__(self, backend: VolumeBackend, authority: SpmAuthority, clock: Clock,
+                 hot_window_s: float, checks: Sequence[ReduceCheck] = REDUCE_CHECKS) -> None:
+        self._backend = backend
+        self._authority = authority
+        self._clock = clock
+        self.hot_window_s = hot_window_s
+        self._checks = tuple(checks)
+        self._term_started = clock.now()  # what was asked before is not known here
+        self._extends: dict[VolumeRef, tuple[float, int]] = {}
+        # (host, generation, request id) -> the verdict given (oldest dropped past GIVEN_MAX)
+        self._given: dict[tuple[int, int, int], Verdict] = {}
+
+    def extend_asked(self, volume: VolumeRef, host: int) -> None:
+        self._extends[volume] = (self._clock.now(), host)
+
+    async def facts(self, volume: VolumeRef, asked: int) -> ReduceFacts:
+        now = self._clock.now()
+        when, host = self._extends.get(volume, (None, 0))
+        return ReduceFacts(volume, asked, await metadata_size(self._backend, volume),
+                           now - self._term_started, None if when is None else now - when,
+                           host, self.hot_window_s)
+
+    async def serve(self, host: int, generation: int, req: Request) -> Verdict:
+        """The answer to a REDUCE (acting on it when every check passed) or a REDUCE_CHECK
+        (never acting); a request served before in this term gets the same verdict again.
+        Raises NotSpmError when the term is lost."""
+        key = (host, generation, req.request_id)
+        given = self._given.get(key)
+        if given is not None:
+            return given
+        verdict = await self._judge_and_act(host, req)
+        self._given[key] = verdict
+        while len(self._given) > GIVEN_MAX:
+            del self._given[next(iter(self._given))]
+        return verdict
+
+    async def _judge_and_act(self, host: int, req: Request) -> Verdict:
+        volume = VolumeRef(req.vg, req.lv)
+        if not isinstance(self._backend, Reduces):
+            return Verdict(Status.REJECTED, reason=ReasonCode.VOLUME_ERROR,
+                           text="this SPM's volume backend cannot reduce")
+        bound = log.bind(volume=str(volume), host_id=host, request_id=req.request_id)
+        try:
+            facts = await self.facts(volume, req.size)
+            verdict = judge(facts, self._checks)
+            if verdict is not None or req.op == OP_REDUCE_CHECK:
+                return verdict or Verdict(Status.OK, req.size, text="would reduce")
+            self._authority.check()
+            result = await self._backend.reduce(volume, req.size)
+            bound.info("volume reduced" if result.changed else "volume already that small",
+                       size=result.size, before=facts.size)
+            return Verdict(Status.OK, result.size)
+        except NotSpmError:
+            raise
+        except VolumeNotFound as err:
+            return Verdict(Status.REJECTED, reason=ReasonCode.NO_SUCH_VOLUME, text=str(err))
+        except AutoextendError as err:
+            return Verdict(Status.FAILED, reason=ReasonCode.VOLUME_ERROR, text=str(err))
+        except Exception as err:  # a bug in a backend must not take the server down
+            bound.exception("reduce failed unexpectedly")
+            return Verdict(Status.FAILED, reason=ReasonCode.INTERNAL, text=type(err).__name__)
