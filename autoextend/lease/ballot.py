@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from autoextend.lease.format import Dblock
+from autoextend.lease.format import FLAG_RELEASED, Dblock
 
 
 @dataclass(frozen=True)
@@ -77,3 +77,13 @@ def phase2_block(host_id: int, lver: int, mbal: int, value: Value) -> Dblock:
 
 def highest_lver(blocks: BlockView) -> int:
     return max([0] + [b.lver for b in blocks.values() if b is not None])
+
+
+def released_at(blocks: BlockView, lver: int) -> bool:
+    """Some host's block at ``lver`` is RELEASED: that host held version ``lver`` and gave it
+    back (only the holder of a version marks its block so), so instance ``lver`` is decided
+    and over. A leader record behind such a block lost its commit (or a late write of an older
+    version's release landed on it); the next version to run is ``lver + 1``, never ``lver``
+    again (re-running it would hand the same version out twice)."""
+    return any(b is not None and b.lver == lver and b.flags & FLAG_RELEASED
+               for b in blocks.values())

@@ -4,8 +4,11 @@
 
 1. Read the whole paxos area (leader + every dblock; one I/O).
 2. If some dblock is at a higher lver than a readable leader (a commit whose leader write was
-   lost, or a leader that is unreadable), re-run that instance: Paxos returns the value already
-   decided, or lets us decide it, and the leader is rewritten.
+   lost, or a leader that is unreadable, or one overwritten by a late release write of an
+   older version), re-run that instance: Paxos returns the value already decided, or lets us
+   decide it, and the leader is rewritten. But if that instance's holder has already marked
+   its block RELEASED, the instance is over: run the next one (``ballot.released_at``), so
+   no version is ever handed out twice.
 3. Else the next instance (leader.lver + 1) may be run only if the lease is free: no owner,
    RELEASED on the leader or on the owner's dblock for that lver, owned by us (an older
    incarnation, or a value someone adopted for us), or the owner's host id lease is gone
@@ -41,6 +44,7 @@ from autoextend.lease.ballot import (
     next_ballot,
     phase1_block,
     phase2_block,
+    released_at,
 )
 from autoextend.lease.errors import RecordError
 from autoextend.lease.format import (
@@ -351,7 +355,9 @@ class PaxosLease:
                 top = highest_lver(area.blocks)
                 leader = area.leader
                 if leader is None or leader.lver < top:
-                    lver = top if top > 0 else 1
+                    # a lost or overwritten commit: finish instance ``top``, unless its holder
+                    # already held and released it (then ``top`` must not be won again)
+                    lver = top + 1 if released_at(area.blocks, top) else max(top, 1)
                 elif await self._may_run_next(leader, area, generation, owner_gone):
                     lver = leader.lver + 1
                 else:
@@ -409,6 +415,13 @@ class PaxosLease:
             self.host_id, generation, lver,
         ) or leader.flags & FLAG_RELEASED:
             return  # someone committed a newer version: leave it alone
+        if self.guard is not None and self.clock.now() >= self.guard.valid_until():
+            # Our host id lease may have expired: another host may be committing a newer
+            # version right now, and a leader write of ours could land on top of it. Leave
+            # the leader; others see our RELEASED block (or our host id gone) instead.
+            self.log.info("SPM lease released (leader left: host id lease may have expired)",
+                          lver=lver)
+            return
         cleared = replace(leader, flags=leader.flags | FLAG_RELEASED, write_id=self.host_id)
         await self.storage.write(
             self.layout.leader_offset, pack_leader(cleared, self.layout.sector_size)
