@@ -106,8 +106,12 @@ def settle(volume: VolumeRef, before: int, target: int, refusal: ReduceRefused,
         return now, (f"{refusal.reason}; but the volume is at {_mib(now)} now: the reduce"
                      " was applied")
     if now == before:
+        # Unanswered: a stalled SPM that is still valid may apply it later; asking again is
+        # safe (a reduce is idempotent) and gives the outcome.
+        later = ("; the SPM may still apply it: run the same reduce again for its outcome"
+                 if isinstance(refusal, ReduceUnanswered) else "")
         raise type(refusal)(volume, f"{refusal.reason}; the volume is unchanged at"
-                                    f" {_mib(now)}") from refusal
+                                    f" {_mib(now)}{later}") from refusal
     raise type(refusal)(volume, f"{refusal.reason}; the volume changed anyway:"
                                 f" {_mib(before)} -> {_mib(now)}") from refusal
 

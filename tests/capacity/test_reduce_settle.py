@@ -49,3 +49,11 @@ def test_unchanged_refusal_line() -> None:
                256 * MiB)
     assert str(info.value) == ("cannot reduce vg0/lv1: the SPM refused: busy; the volume is"
                                " unchanged at 256.0 MiB")
+
+
+def test_unanswered_unchanged_line_says_the_spm_may_still_act() -> None:
+    with pytest.raises(ReduceUnanswered) as info:
+        settle(VOL, 256 * MiB, 108 * MiB, ReduceUnanswered(VOL, "no answer from the SPM"),
+               256 * MiB)
+    assert str(info.value).endswith("unchanged at 256.0 MiB; the SPM may still apply it: run"
+                                    " the same reduce again for its outcome")
