@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from autoextend.clock import MonotonicClock
+from autoextend.errors import NotSpmError
 from autoextend.lease.ballot import next_ballot
 from autoextend.lease.errors import RecordError
 from autoextend.lease.format import (
@@ -201,6 +202,26 @@ async def elect_over(place: str, fields: dict[str, int], must: bool) -> dict[str
     return {"lver": lver, "errors": lease.record_errors}
 
 
+def elect_retrying(place: str, fields: dict[str, int], must: bool) -> dict[str, Any]:
+    """:func:`elect_over`, run again (at most 3 times in all) when the term was fenced at its
+    expiry. With T = 20 ms the expiry is 160 ms after the last renewal; on a loaded machine
+    (stage one runs the simulation and the lease torture beside this) a process can be off
+    the CPU that long, and fencing is then the product's right answer. The property is about
+    records: a record that makes renewals fail is fenced in every attempt and still fails."""
+    for attempt in range(3):
+        try:
+            return anyio.run(elect_over, place, fields, must)
+        except NotSpmError as exc:
+            if attempt == 2 or not any(why in str(exc) for why in EXPIRY_REASONS):
+                raise
+            print(f"attempt {attempt + 1} fenced at its expiry ({exc}); again")
+    raise AssertionError("unreachable")
+
+
+# The two ways a term ends at its expiry (the guard, or the renewal loop's host id loss).
+EXPIRY_REASONS = ("lease may have expired", "not renewed within the lease expiry")
+
+
 def decodes(place: str, raw: bytes, offset: int) -> Any:
     """The record as the lease reads it, or None when it is unreadable."""
     try:
@@ -225,7 +246,7 @@ def test_hostile_record_never_stops_the_election(placement: tuple[str, dict[str,
     offset, raw = hostile_record(place, fields)
     record = decodes(place, raw, offset)
     jams = record is not None and getattr(record, "lver", 0) >= MAX_LVER - 1
-    result = anyio.run(elect_over, place, fields, not jams)
+    result = elect_retrying(place, fields, not jams)
     if not jams:
         assert 1 <= result["lver"] <= MAX_LVER
     if record is None:
