@@ -20,12 +20,14 @@ frozen until the migration ends, see ``monitor/migration.py``): the request is r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
-from autoextend.errors import VolumeError
+from autoextend.clock import Clock
+from autoextend.errors import AutoextendError, VolumeError
 from autoextend.logs import get_logger
 from autoextend.volumes import ReportsMetadataSize, VolumeBackend, VolumeRef
 
@@ -111,3 +113,82 @@ def string_list(request: dict[str, Any], key: str) -> list[str]:
     if len(value) > MAX_TARGETS:
         raise ValueError(f"volume_prepare: at most {MAX_TARGETS} {key}")
     return value
+
+
+WATCH_INTERVAL_S = 0.25   # how often an incoming VM's views are checked
+WATCH_MAX_S = 6 * 3600.0  # a watch ends after this even if the VM never settles
+
+
+@dataclass
+class _Watch:
+    vm: str
+    volumes: tuple[VolumeRef, ...]
+    until: float
+
+
+class IncomingWatch:
+    """Keeps an incoming VM's views at least at their metadata size until the VM has arrived.
+
+    Why: during a live migration the source extends without refreshing its own view, and
+    libvirt resumes the guest on the destination at the switchover, before the destination's
+    autoextend can read the incoming domain (libvirt holds its job lock), so the destination's
+    view must already be right when the guest runs. The hook's ``migrate begin`` refresh is
+    too early for an extension made during the migration; this watch, started by it, checks
+    the views every :data:`WATCH_INTERVAL_S` (a ``stat`` and a sysfs read on the loop
+    backend; ``lvs --readonly`` on lvm) and refreshes a smaller one at once. Refreshing the
+    destination early is always safe: no guest runs there yet.
+
+    Limit: an extension made on the source less than one interval before the switchover can
+    still reach the destination after its guest runs (then the guest pauses there on ENOSPC).
+
+    The watch for a VM ends when ``settled(vm)`` says the monitor has taken it over (it runs
+    here, its arrival refresh and re-arm have run), when one of its volumes is frozen here
+    (a VM migrating out of this host uses it: never refresh then), or after
+    :data:`WATCH_MAX_S`.
+    """
+
+    def __init__(self, backend: VolumeBackend, settled: Callable[[str], bool],
+                 frozen: Callable[[], dict[VolumeRef, str]], clock: Clock) -> None:
+        self._backend = backend
+        self._settled = settled
+        self._frozen = frozen
+        self._clock = clock
+        self._watches: dict[str, _Watch] = {}
+        self._wake = anyio.Event()
+        self.refreshes = 0  # views found smaller than their metadata and refreshed
+
+    def watch(self, vm: str, volumes: list[VolumeRef]) -> None:
+        self._watches[vm] = _Watch(vm, tuple(volumes), self._clock.now() + WATCH_MAX_S)
+        log.info("watching an incoming VM's views until it arrives", vm=vm,
+                 volumes=[str(v) for v in volumes])
+        self._wake.set()
+
+    def watching(self) -> list[str]:
+        return sorted(self._watches)
+
+    async def run(self) -> None:
+        while True:
+            if not self._watches:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+            for watch in list(self._watches.values()):
+                await self._check(watch)
+            await self._clock.sleep(WATCH_INTERVAL_S)
+
+    async def _check(self, watch: _Watch) -> None:
+        frozen = self._frozen()
+        if (self._settled(watch.vm) or self._clock.now() >= watch.until
+                or any(v in frozen for v in watch.volumes)):
+            self._watches.pop(watch.vm, None)
+            log.info("incoming VM watch ended", vm=watch.vm, settled=self._settled(watch.vm),
+                     frozen=sorted(frozen[v] for v in watch.volumes if v in frozen))
+            return
+        for volume in watch.volumes:
+            try:
+                done = await prepare_view(self._backend, volume)
+            except AutoextendError as exc:
+                log.warning("incoming VM's view not checked", vm=watch.vm,
+                            volume=str(volume), error=str(exc))
+                continue
+            if done.refreshed:
+                self.refreshes += 1

@@ -174,6 +174,9 @@ class Service:
         self.control.register("spm_step_down", self._step_down)
         self.control.register("volume_reduce", self.capacity.handle_reduce)
         self.control.register("volume_prepare", self._volume_prepare)
+        self.incoming = prepare.IncomingWatch(
+            self.backend, lambda vm: self.monitor.settled(vm),
+            lambda: self.monitor.frozen_views(), self.clock)
         self.control.register("reload", self._reload)
         self.control.register("config", self._config)
         self.reloads = 0
@@ -204,6 +207,9 @@ class Service:
             if volume in frozen:
                 raise prepare.ViewFrozen(volume, frozen[volume])
         done = [await prepare.prepare_view(self.backend, volume) for volume in sorted(targets)]
+        incoming = request.get("incoming_vm")
+        if isinstance(incoming, str) and incoming and targets:
+            self.incoming.watch(incoming[:256], sorted(targets))
         return {"volumes": [p.as_dict() for p in done], "skipped": skipped}
 
     def _export_input_metrics(self) -> None:
@@ -411,6 +417,7 @@ class Service:
             tg.start_soon(self.notifier.watchdog_loop, self.clock)
             tg.start_soon(self._status_loop)
             tg.start_soon(self.capacity.run)
+            tg.start_soon(self.incoming.run)
             self.notifier.ready(self.summary())
             log.info("service ready", hypervisor=self.settings.service.hypervisor,
                      extender=self.settings.service.extender)

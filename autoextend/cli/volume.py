@@ -125,10 +125,13 @@ def _render_prepared(result: dict[str, Any]) -> str:
 @click.option("--quiet", is_flag=True,
               help="Print nothing on success (a libvirt migrate hook's stdout replaces the "
                    "domain XML).")
+@click.option("--incoming", is_flag=True,
+              help="The VM arrives by live migration: also keep its views up to date until "
+                   "it runs here (the hook's migrate begin).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def volume_prepare(obj: CliContext, targets: tuple[str, ...], domain_xml: Any,
-                   socket_path: str | None, timeout: float, quiet: bool,
+                   socket_path: str | None, timeout: float, quiet: bool, incoming: bool,
                    as_json: bool) -> None:
     """Refresh this host's views of the volumes before a guest starts on them.
 
@@ -159,6 +162,8 @@ def volume_prepare(obj: CliContext, targets: tuple[str, ...], domain_xml: Any,
             vms.append(target)
     if domain_xml is not None and len(vms) != 1:
         raise click.BadParameter("give exactly one VM-NAME with it", param_hint="--domain-xml")
+    if incoming and len(vms) != 1:
+        raise click.BadParameter("give exactly one VM-NAME with it", param_hint="--incoming")
     settings = obj.load_settings()
     path = socket_path or settings.service.control_socket
     paths: list[str] = []
@@ -172,7 +177,8 @@ def volume_prepare(obj: CliContext, targets: tuple[str, ...], domain_xml: Any,
     async def ask() -> dict[str, Any]:
         with anyio.fail_after(timeout):
             return await control.call_dict(path, "volume_prepare", wait_s=timeout,
-                                           volumes=volumes, paths=paths)
+                                           volumes=volumes, paths=paths,
+                                           incoming_vm=vms[0] if incoming else "")
 
     try:
         result = anyio.run(ask)

@@ -74,6 +74,7 @@ from autoextend.monitor.vm import (
     default_policy_resolver,
     log,
 )
+from autoextend.monitor.vmstate import VmState
 from autoextend.monitor.vmtask import Steps, VmTask
 from autoextend.volumes import VolumeRef
 
@@ -275,6 +276,13 @@ class Monitor:
         return {d.volume: vm.name for vm in self._vms.values()
                 if not migration.may_refresh(vm.machine.migration)
                 for d in vm.drives.values()}
+
+    def settled(self, name: str) -> bool:
+        """The VM runs here with its drives known and no migration in progress (an incoming
+        one has arrived, been refreshed and armed by its VM task, and runs)."""
+        vm = self._vms.get(name)
+        return (vm is not None and vm.machine.migration is migration.MigState.NONE
+                and vm.machine.state is VmState.RUNNING and bool(vm.drives))
 
     def space_added(self, vg: str) -> int:
         """The VG gained free space: every drive of it waiting to retry a failed extension

@@ -29,6 +29,8 @@ What libvirt 9.0 does differently from QMP here (seen on this rig; README "Live 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +106,8 @@ async def finished(lab: LibvirtLab, name: str, timeout: float) -> GuestResult:  
 
 
 async def switch_over(lab: LibvirtLab, name: str, migration: Migration) -> float:
-    """Lift the bandwidth, wait for the end, and have the guest run on dst; returns the
-    seconds from the end of the migration until it runs there.
-
-    A domain that libvirt leaves PAUSED/USER on the destination is resumed here, as the
-    management would (see the module docs).
-    """
+    """Lift the bandwidth, wait for the end, and wait for the guest to run on dst with no
+    help; returns the seconds from the end of the migration until it runs there."""
     assert await migration.finish() is None, migration.error
     assert migration.ended_at is not None
     print(f"libvirt migration took {migration.duration_s:.1f} s")
@@ -118,23 +116,35 @@ async def switch_over(lab: LibvirtLab, name: str, migration: Migration) -> float
         state = await lab.state("dst", name)
         return state is not None and state[0] == RUNNING
 
-    async def paused_by_libvirt() -> bool:
-        return await lab.state("dst", name) == (libvirt.VIR_DOMAIN_PAUSED,
-                                                 libvirt.VIR_DOMAIN_PAUSED_USER)
-
-    await until(lambda: vm_entry(lab.hosts["dst"], name).get("migration") == "none"
-                and vm_entry(lab.hosts["dst"], name).get("drives"), 30,
-                "the destination's autoextend taking the VM over",
-                describe=lambda: vm_entry(lab.hosts["dst"], name))
-    if await paused_by_libvirt():
-        print("destination arrived PAUSED/USER: the lab resumes it")
-        dom = await anyio.to_thread.run_sync(lab.conns["dst"].lookupByName, name)
-        await anyio.to_thread.run_sync(dom.resume)
-    else:
-        print(f"destination arrived in state {await lab.state('dst', name)}")
     await until(running, RESUME_BOUND_S, "the guest running on the destination",
-                describe=lambda: vm_entry(lab.hosts["dst"], name))
+                describe=lambda: (vm_entry(lab.hosts["dst"], name),
+                                  lab.daemons["dst"].hook_runs()[-4:]))
     return anyio.current_time() - migration.ended_at
+
+
+async def stops_on_the_destination(lab: LibvirtLab, name: str, migration: Migration) -> None:
+    """The negative control's end: the guest does not run on for long on the destination."""
+    assert await migration.finish() is None, migration.error
+
+    async def paused() -> bool:
+        state = await lab.state("dst", name)
+        return state is not None and state[0] == libvirt.VIR_DOMAIN_PAUSED
+
+    await until(paused, 30, "the guest stopping on the destination's stale view",
+                describe=lambda: vm_entry(lab.hosts["dst"], name))
+    print(f"destination state without the hook: {await lab.state('dst', name)}")
+
+
+@asynccontextmanager
+async def hooked(lab: LibvirtLab, on: bool = True) -> AsyncIterator[None]:
+    """The shipped hook on the destination's libvirtd, against the destination's service
+    (``on``), or off."""
+    daemon = lab.daemons["dst"]
+    daemon.hook_to(lab.hosts["dst"].settings.service.control_socket if on else None)
+    try:
+        yield
+    finally:
+        daemon.hook_to(None)
 
 
 @pytest.fixture
@@ -142,10 +152,17 @@ def pair(libvirtd_pair: tuple[LabLibvirtd, LabLibvirtd]) -> tuple[LabLibvirtd, L
     return libvirtd_pair
 
 
+@pytest.mark.parametrize("hook", ["on", "off"])
 async def test_libvirt_local_migration_defers_source_refresh(
-    lab_tmp_path: Path, pair: tuple[LabLibvirtd, LabLibvirtd]
+    lab_tmp_path: Path, pair: tuple[LabLibvirtd, LabLibvirtd], hook: str
 ) -> None:
-    async with two_libvirt_hosts(lab_tmp_path, pair, chunk_mib=16, poll_interval_s=0.5) as lab:
+    """With the hook on the destination (``migrate begin``: refresh, then watch the incoming
+    VM's views until it arrives), the destination's view follows the source's deferred
+    extension before the switchover and the guest runs on with no help. Negative control,
+    hook off: the destination's view stays stale and the guest stops there on its first
+    write past the old end (libvirt: PAUSED/USER, never resumed by autoextend)."""
+    async with two_libvirt_hosts(lab_tmp_path, pair, chunk_mib=16, poll_interval_s=0.5) as lab, \
+            hooked(lab, hook == "on"):
         src, dst = lab.hosts["src"], lab.hosts["dst"]
         dom, dest_device = await boot(lab, "lmig1")
         before = extends(src, "lmig1")
@@ -164,12 +181,25 @@ async def test_libvirt_local_migration_defers_source_refresh(
             assert loopdev.size_of(dom.device) == START_MIB * MiB  # never refreshed
             size = (await anyio.Path(lab.views("src").file_path(dom.volume)).stat()).st_size
             assert size > START_MIB * MiB  # extended in metadata
+            if hook == "on":
+                await until(lambda: loopdev.size_of(dest_device) >= size, 10,
+                            "the destination's view following the extension (incoming watch)",
+                            describe=lambda: loopdev.size_of(dest_device))
+            else:
+                assert loopdev.size_of(dest_device) == START_MIB * MiB
             # Still paused on ENOSPC on the source a while later (time is the subject: a
             # resume here would run the guest on a view smaller than its writes).
             await anyio.sleep(3)
             assert await lab.state("src", "lmig1") == (libvirt.VIR_DOMAIN_PAUSED,
                                                         libvirt.VIR_DOMAIN_PAUSED_IOERROR)
+            if hook == "off":
+                await stops_on_the_destination(lab, "lmig1", migration)
+                return
             resumed_after = await switch_over(lab, "lmig1", migration)
+        runs = lab.daemons["dst"].hook_runs()
+        assert ("lmig1", "migrate", "begin", "0") in runs, runs
+        print(f"incoming watch refreshes on dst: {dst.service.incoming.refreshes}")
+        assert dst.service.incoming.refreshes >= 1
         print(f"destination running {resumed_after:.2f} s after the migration ended")
         assert resumed_after <= RESUME_BOUND_S
         result = await finished(lab, "lmig1", 180)
