@@ -1,7 +1,9 @@
 """Issue 29 item 1 in mailbox mode: two ``autoextend run`` host processes with the libvirt
 hypervisor, each on its own lab libvirtd, sharing one pool through the SPM; a guest migrates
 live (libvirt, over a UNIX socket) from one host to the other while the source asks the SPM
-for extensions through the mailbox. Sizes and what differs from QMP: see
+for extensions through the mailbox. The shipped libvirt hook runs on the destination's
+libvirtd (``migrate begin``: refresh, then watch the incoming VM's views until it runs), so
+the guest runs on the destination with no help. Sizes and what differs from QMP: see
 tests/libvirt_backend/test_migration_live.py; the QMP variant is
 tests/e2e/test_migration_mailbox.py."""
 

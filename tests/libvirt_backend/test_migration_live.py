@@ -16,15 +16,18 @@ What libvirt 9.0 does differently from QMP here (seen on this rig; README "Live 
   during the migration; in others both fall inside it, as over QMP. The test asks for at
   least one deferred extension and prints how many there were.
 - The destination's domain is in the incoming migration job until the switchover, so its
-  autoextend cannot read the incoming VM's drives and does not refresh before the guest
-  runs: libvirt resumes the destination, the guest's retried write fails with ENOSPC on the
-  destination's unrefreshed view, and libvirt reports the domain PAUSED with reason USER.
-  autoextend then extends and refreshes there but never resumes an operator's pause, so the
-  lab resumes it as the management would and the test prints it: the issue's "the
-  destination resumes within 10 s" is not autoextend's doing through libvirt yet.
-- No negative control (deferral off, stale read) through libvirt: whether the source can
-  extend and refresh while the guest runs during the migration depends on the job lock
-  above, so the stale read cannot be produced on demand.
+  autoextend cannot read the incoming VM's drives. Without help it would not refresh before
+  the guest runs: libvirt resumes the destination, the guest's retried write fails with
+  ENOSPC on the destination's unrefreshed view, and libvirt reports the domain PAUSED with
+  reason USER, which autoextend never resumes. The shipped libvirt hook, run by the
+  destination's libvirtd at ``migrate begin``, refreshes the destination's view and makes
+  its autoextend watch the incoming VM's views (from the domain XML, not from stats) until
+  the VM runs there: the view follows the source's deferred extension before the
+  switchover, and the guest must run on the destination within 10 s with no help.
+- Negative control ``[off]``: the hook off, the destination's view stays stale and the
+  guest stops there at the switchover. (No negative control with the source's deferral
+  off: whether the source can extend and refresh while the guest runs during the migration
+  depends on the job lock above, so the stale read cannot be produced on demand.)
 """
 
 from __future__ import annotations
