@@ -25,12 +25,15 @@ What libvirt 9.0 does differently from QMP here (seen on this rig; README "Live 
   the VM runs there: the view follows the source's deferred extension before the
   switchover, and the guest must run on the destination within 10 s with no help.
 - The source's own detection of its migration (``jobStats``) waits on the same lock: under
-  load it was seen to lag past the test's 60 s (then the source even retried ``resume``,
-  which libvirt refused during the migration). ``[on]`` asks for it, as before this issue.
-- Negative control ``[off]``: the hook off, the destination's view stays stale and the
-  guest stops there at the switchover. (No negative control with the source's deferral
-  off: whether the source can extend and refresh while the guest runs during the migration
-  depends on the job lock above, so the stale read cannot be produced on demand.)
+  load (load average 10 on 2 cores) it was seen to lag past the test's 60 s, twice in six
+  runs (the source then retried ``resume``, which libvirt refused during the migration).
+- No negative control through libvirt. Hook off, the outcome depends on timing: in six
+  runs under load the guest stopped on the destination (PAUSED/USER) twice, the source
+  lagged as above twice, and twice the destination's own refresh after the switchover came
+  before the guest's first write past the old end (once the guest verified, once the
+  deadline passed with no verdict). Source deferral off: whether the source can extend and
+  refresh while the guest runs depends on the job lock, so the stale read cannot be
+  produced on demand either. The hook's own negative control is test_stale_start.py.
 """
 
 from __future__ import annotations
@@ -128,25 +131,11 @@ async def switch_over(lab: LibvirtLab, name: str, migration: Migration) -> float
     return anyio.current_time() - migration.ended_at
 
 
-async def stops_on_the_destination(lab: LibvirtLab, name: str, migration: Migration) -> None:
-    """The negative control's end: the guest does not run on for long on the destination."""
-    assert await migration.finish() is None, migration.error
-
-    async def paused() -> bool:
-        state = await lab.state("dst", name)
-        return state is not None and state[0] == libvirt.VIR_DOMAIN_PAUSED
-
-    await until(paused, 30, "the guest stopping on the destination's stale view",
-                describe=lambda: vm_entry(lab.hosts["dst"], name))
-    print(f"destination state without the hook: {await lab.state('dst', name)}")
-
-
 @asynccontextmanager
-async def hooked(lab: LibvirtLab, on: bool = True) -> AsyncIterator[None]:
-    """The shipped hook on the destination's libvirtd, against the destination's service
-    (``on``), or off."""
+async def hooked(lab: LibvirtLab) -> AsyncIterator[None]:
+    """The shipped hook on the destination's libvirtd, against the destination's service."""
     daemon = lab.daemons["dst"]
-    daemon.hook_to(lab.hosts["dst"].settings.service.control_socket if on else None)
+    daemon.hook_to(lab.hosts["dst"].settings.service.control_socket)
     try:
         yield
     finally:
@@ -158,17 +147,14 @@ def pair(libvirtd_pair: tuple[LabLibvirtd, LabLibvirtd]) -> tuple[LabLibvirtd, L
     return libvirtd_pair
 
 
-@pytest.mark.parametrize("hook", ["on", "off"])
 async def test_libvirt_local_migration_defers_source_refresh(
-    lab_tmp_path: Path, pair: tuple[LabLibvirtd, LabLibvirtd], hook: str
+    lab_tmp_path: Path, pair: tuple[LabLibvirtd, LabLibvirtd]
 ) -> None:
     """With the hook on the destination (``migrate begin``: refresh, then watch the incoming
     VM's views until it arrives), the destination's view follows the source's deferred
-    extension before the switchover and the guest runs on with no help. Negative control,
-    hook off: the destination's view stays stale and the guest stops there on its first
-    write past the old end (libvirt: PAUSED/USER, never resumed by autoextend)."""
+    extension before the switchover and the guest runs on with no help."""
     async with two_libvirt_hosts(lab_tmp_path, pair, chunk_mib=16, poll_interval_s=0.5) as lab, \
-            hooked(lab, hook == "on"):
+            hooked(lab):
         src, dst = lab.hosts["src"], lab.hosts["dst"]
         dom, dest_device = await boot(lab, "lmig1")
         before = extends(src, "lmig1")
@@ -179,15 +165,6 @@ async def test_libvirt_local_migration_defers_source_refresh(
                         and vm_entry(src, "lmig1").get("paused") == "enospc", 90,
                         "a deferred extension and an ENOSPC pause during the migration",
                         describe=lambda: vm_entry(src, "lmig1"))
-            if hook == "off":
-                # The control needs only an extension in metadata that the destination's
-                # view has not followed (the source's own detection of its migration,
-                # checked in [on], can lag under load: see the module docs).
-                size = (await anyio.Path(lab.views("src").file_path(dom.volume)).stat()).st_size
-                assert size > START_MIB * MiB
-                assert loopdev.size_of(dest_device) == START_MIB * MiB
-                await stops_on_the_destination(lab, "lmig1", migration)
-                return
             await until(lambda: vm_entry(src, "lmig1").get("migration") == "migrating-out", 60,
                         "the source noticing its migration out",
                         describe=lambda: vm_entry(src, "lmig1"))
