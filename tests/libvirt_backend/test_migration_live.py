@@ -29,9 +29,9 @@ What libvirt 9.0 does differently from QMP here (seen on this rig; README "Live 
   runs (the source then retried ``resume``, which libvirt refused during the migration).
 - No negative control through libvirt. Hook off, the outcome depends on timing: in six
   runs under load the guest stopped on the destination (PAUSED/USER) twice, the source
-  lagged as above twice, and twice the destination's own refresh after the switchover came
-  before the guest's first write past the old end (once the guest verified, once the
-  deadline passed with no verdict). Source deferral off: whether the source can extend and
+  lagged as above twice, once the guest ran on and verified on the destination (the
+  destination's own refresh after the switchover came first), and once there was no verdict
+  within 30 s. Source deferral off: whether the source can extend and
   refresh while the guest runs depends on the job lock, so the stale read cannot be
   produced on demand either. The hook's own negative control is test_stale_start.py.
 """
