@@ -174,3 +174,31 @@ def test_hook_is_executable_and_posix_sh() -> None:
     assert os.access(HOOK, os.X_OK)
     assert HOOK.read_text().startswith("#!/bin/sh\n")
     subprocess.run(["sh", "-n", str(HOOK)], check=True, timeout=10)
+
+
+async def test_incoming_watch_follows_the_metadata_until_the_vm_settles() -> None:
+    from autoextend.clock import MonotonicClock
+    from autoextend.lab.waiting import until
+
+    views = Views(metadata=64 * MiB, view=64 * MiB)
+    settled = {"vm1": False}
+    frozen: dict[VolumeRef, str] = {}
+    watch = prepare.IncomingWatch(views, settled.__getitem__,  # type: ignore[arg-type]
+                                  lambda: frozen, MonotonicClock())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch.run)
+        watch.watch("vm1", [VOL])
+        views.metadata = 80 * MiB  # the source extends during the migration
+        await until(lambda: views.view == 80 * MiB, 5, "the view following the metadata")
+        assert watch.refreshes == 1 and watch.watching() == ["vm1"]
+        settled["vm1"] = True  # arrived: the monitor has it
+        await until(lambda: watch.watching() == [], 5, "the watch ending")
+        views.metadata = 96 * MiB
+        await anyio.sleep(3 * prepare.WATCH_INTERVAL_S)  # time is the subject: no more checks
+        assert views.view == 80 * MiB
+        settled["vm1"] = False
+        watch.watch("vm1", [VOL])
+        frozen[VOL] = "vm1"  # it migrates out again: its view is frozen, never refreshed
+        await until(lambda: watch.watching() == [], 5, "the watch ending on a frozen view")
+        assert views.view == 80 * MiB
+        tg.cancel_scope.cancel()
