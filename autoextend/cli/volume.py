@@ -90,6 +90,8 @@ def _libvirt_xml(uri: str, name: str) -> str:
     waits for the hook, so a call back into it can deadlock (the hook passes the XML)."""
     import libvirt
 
+    # libvirt's default handler prints each error to stderr too: one line, ours, is enough.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     try:
         conn = libvirt.openReadOnly(uri)
     except libvirt.libvirtError as exc:
