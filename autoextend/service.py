@@ -27,9 +27,10 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from autoextend import earlysignals, logs, reloadguard, startup, timeouts, validation
+from autoextend import earlysignals, logs, prepare, reloadguard, startup, timeouts, validation
 from autoextend import reload as reload_mod
 from autoextend import settings as settings_mod
+from autoextend.capacity.reduce import parse_volume
 from autoextend.capacity.wiring import CapacityPart
 from autoextend.clock import Clock, MonotonicClock
 from autoextend.cluster import ClusterAgent
@@ -172,6 +173,10 @@ class Service:
         self.control.register("status", self._status)
         self.control.register("spm_step_down", self._step_down)
         self.control.register("volume_reduce", self.capacity.handle_reduce)
+        self.control.register("volume_prepare", self._volume_prepare)
+        self.incoming = prepare.IncomingWatch(
+            self.backend, lambda vm: self.monitor.settled(vm),
+            lambda: self.monitor.frozen_views(), self.clock)
         self.control.register("reload", self._reload)
         self.control.register("config", self._config)
         self.reloads = 0
@@ -181,6 +186,31 @@ class Service:
         self._export_input_metrics()
         if self.cluster is not None:
             self._export_cluster_metrics(self.cluster)
+
+    async def _volume_prepare(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Control command ``volume_prepare``: ``{"volumes": ["vg/lv", ...], "paths":
+        ["/dev/...", ...]}``. Refreshes this host's view of each volume (and of each path that
+        is one of ours; other paths are listed as skipped) until it is at least its metadata
+        size (:mod:`autoextend.prepare`)."""
+        names = prepare.string_list(request, "volumes")
+        paths = prepare.string_list(request, "paths")
+        targets = {parse_volume(name) for name in names}
+        skipped: list[str] = []
+        for path in paths:
+            found = self.backend.lookup(path)
+            if found is None:
+                skipped.append(path)
+            else:
+                targets.add(found)
+        frozen = self.monitor.frozen_views()
+        for volume in sorted(targets):
+            if volume in frozen:
+                raise prepare.ViewFrozen(volume, frozen[volume])
+        done = [await prepare.prepare_view(self.backend, volume) for volume in sorted(targets)]
+        incoming = request.get("incoming_vm")
+        if isinstance(incoming, str) and incoming and targets:
+            self.incoming.watch(incoming[:256], sorted(targets))
+        return {"volumes": [p.as_dict() for p in done], "skipped": skipped}
 
     def _export_input_metrics(self) -> None:
         """Counters of bad input refused at the service's edges (see README, bad input)."""
@@ -387,6 +417,7 @@ class Service:
             tg.start_soon(self.notifier.watchdog_loop, self.clock)
             tg.start_soon(self._status_loop)
             tg.start_soon(self.capacity.run)
+            tg.start_soon(self.incoming.run)
             self.notifier.ready(self.summary())
             log.info("service ready", hypervisor=self.settings.service.hypervisor,
                      extender=self.settings.service.extender)

@@ -98,6 +98,18 @@ class ExtendsAndRefreshes(Protocol):
 
 
 @runtime_checkable
+class ReportsMetadataSize(Protocol):
+    """Optional: a backend that can say the volume's size in the pool's metadata (what the
+    SPM last wrote), as opposed to :meth:`VolumeBackend.size`, what this host's view shows.
+    A read-only query (``lvs --readonly``; the loop backend's file size). ``autoextend volume
+    prepare`` refreshes until the view is at least this size."""
+
+    async def metadata_size(self, volume: VolumeRef) -> int:
+        """Raises VolumeNotFound when the volume does not exist."""
+        ...
+
+
+@runtime_checkable
 class Reduces(Protocol):
     """Optional: a backend that can shrink a volume (``autoextend volume reduce``)."""
 

@@ -8,6 +8,7 @@ import anyio
 import click
 
 from autoextend.cli.context import CliContext, echo_reply, pass_ctx
+from autoextend.errors import AutoextendError
 
 
 @click.group("volume")
@@ -65,3 +66,129 @@ def volume_reduce(obj: CliContext, vg_lv: str, dry_run: bool, as_json: bool) -> 
     result = anyio.run(lambda: control.call_dict(path, "volume_reduce", wait_s=310.0,
                                                  volume=vg_lv, dry_run=dry_run))
     echo_reply(path, result, _render, as_json)
+
+
+PREPARE_TIMEOUT_S = 60.0  # the hook's bound: a VM start never waits longer on autoextend
+
+
+def _domain_paths(xml: str, name: str) -> list[str]:
+    """The source paths of the domain's writable qcow2 block disks (what autoextend manages);
+    the XML must be the named domain's."""
+    import xml.etree.ElementTree as ET
+
+    from autoextend.libvirt_backend.domxml import DomainXmlError, parse_disks
+
+    try:
+        disks = parse_disks(xml)
+        found = ET.fromstring(xml).findtext("name", "")
+    except DomainXmlError as exc:
+        raise click.BadParameter(str(exc), param_hint="--domain-xml") from None
+    if found != name:
+        raise click.BadParameter(f"the XML is domain {found[:64]!r}, not {name[:64]!r}",
+                                 param_hint="--domain-xml")
+    return [d.path for d in disks if d.monitorable and d.path]
+
+
+def _libvirt_xml(uri: str, name: str) -> str:
+    """The named domain's XML from libvirt (read-only). Never from a libvirt hook: libvirt
+    waits for the hook, so a call back into it can deadlock (the hook passes the XML)."""
+    import libvirt
+
+    # libvirt's default handler prints each error to stderr too: one line, ours, is enough.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    try:
+        conn = libvirt.openReadOnly(uri)
+    except libvirt.libvirtError as exc:
+        raise AutoextendError(f"libvirt {uri}: {exc.get_error_message()}") from None
+    try:
+        return str(conn.lookupByName(name).XMLDesc(0))
+    except libvirt.libvirtError as exc:
+        raise AutoextendError(f"VM {name[:64]}: {exc.get_error_message()}") from None
+    finally:
+        conn.close()
+
+
+def _render_prepared(result: dict[str, Any]) -> str:
+    lines = []
+    for v in result["volumes"]:
+        what = (f"refreshed from {_mib(v['before'])}" if v["refreshed"] else "up to date")
+        lines.append(f"{v['volume']}: {what}, sees {_mib(v['size'])}"
+                     f" (metadata {_mib(v['metadata_size'])})")
+    lines.extend(f"{p}: not a volume of this pool, skipped" for p in result["skipped"])
+    return "\n".join(lines) or "nothing to prepare"
+
+
+@volume.command("prepare")
+@click.argument("targets", metavar="VM-NAME | VG/LV ...", nargs=-1, required=True)
+@click.option("--domain-xml", type=click.File("r"), default=None,
+              help="The VM's libvirt XML (- for stdin: what a libvirt hook gets); without it "
+                   "a VM's XML is read from libvirt.")
+@click.option("--socket", "socket_path", default=None,
+              help="The service's control socket (default: the config's).")
+@click.option("--timeout", type=click.FloatRange(min=0.1, max=300.0),
+              default=PREPARE_TIMEOUT_S, show_default=True,
+              help="Give up (exit 1) after this many seconds.")
+@click.option("--quiet", is_flag=True,
+              help="Print nothing on success (a libvirt migrate hook's stdout replaces the "
+                   "domain XML).")
+@click.option("--incoming", is_flag=True,
+              help="The VM arrives by live migration: also keep its views up to date until "
+                   "it runs here (the hook's migrate begin).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def volume_prepare(obj: CliContext, targets: tuple[str, ...], domain_xml: Any,
+                   socket_path: str | None, timeout: float, quiet: bool, incoming: bool,
+                   as_json: bool) -> None:
+    """Refresh this host's views of the volumes before a guest starts on them.
+
+    Returns once this host sees each volume at least at its size in the metadata (an LV
+    extended by another host while this host kept it active is refreshed). Fails (exit 1,
+    one line) when the service is not running, a volume does not exist, or a view stays
+    stale: do not start the guest then. A TARGET with a "/" is a volume; anything else is a
+    VM, whose writable qcow2 block disks are prepared.
+
+    \b
+    Examples:
+      autoextend volume prepare pool/vm1-disk pool/vm1-data   # before starting QEMU
+      autoextend volume prepare vm1                          # a libvirt VM, by name
+      autoextend volume prepare --domain-xml - vm1 < vm1.xml  # what the libvirt hook runs
+    """
+    from autoextend import control
+    from autoextend.capacity.reduce import parse_volume
+
+    volumes, vms = [], []
+    for target in targets:
+        if "/" in target:
+            try:
+                parse_volume(target)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="VG/LV") from None
+            volumes.append(target)
+        else:
+            vms.append(target)
+    if domain_xml is not None and len(vms) != 1:
+        raise click.BadParameter("give exactly one VM-NAME with it", param_hint="--domain-xml")
+    if incoming and len(vms) != 1:
+        raise click.BadParameter("give exactly one VM-NAME with it", param_hint="--incoming")
+    settings = obj.load_settings()
+    path = socket_path or settings.service.control_socket
+    paths: list[str] = []
+    for name in vms:
+        if domain_xml is not None:
+            xml = domain_xml.read(1 << 24)
+        else:
+            xml = _libvirt_xml(settings.libvirt.uri, name)
+        paths.extend(_domain_paths(xml, name))
+
+    async def ask() -> dict[str, Any]:
+        with anyio.fail_after(timeout):
+            return await control.call_dict(path, "volume_prepare", wait_s=timeout,
+                                           volumes=volumes, paths=paths,
+                                           incoming_vm=vms[0] if incoming else "")
+
+    try:
+        result = anyio.run(ask)
+    except TimeoutError:
+        raise AutoextendError(f"volume prepare: no answer within {timeout:g} s") from None
+    if not quiet:
+        echo_reply(path, result, _render_prepared, as_json)

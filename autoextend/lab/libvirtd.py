@@ -13,6 +13,7 @@ domain start here (KVM absent) and each start takes about a minute.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -71,11 +72,50 @@ def qemu_conf() -> str:
     ])
 
 
+HOOK_SCRIPT = Path(__file__).resolve().parents[2] / "contrib" / "libvirt" / "hooks" / "qemu"
+HOOK_DIR = "hook"  # under ROOT: the switch (socket), the run log (runs.log)
+HOOK_TIMEOUT_S = 30.0
+
+
+def hook_wrapper(root: Path) -> str:
+    """``/etc/libvirt/hooks/qemu.d/autoextend`` of a lab daemon: runs the shipped hook
+    (``contrib/libvirt/hooks/qemu``, unchanged) against the control socket named in
+    ``ROOT/hook/socket``, and does nothing while that file is absent (the hook "off": libvirt
+    looks for hooks only when it starts, and the lab daemons live for the whole session).
+    Every run is logged to ``ROOT/hook/runs.log`` as ``VM OP SUB-OP RESULT``."""
+    conf = root / HOOK_DIR
+    program = Path(sys.executable).with_name("autoextend")
+    return "\n".join([
+        "#!/bin/sh",
+        f"conf={shlex.quote(str(conf))}",
+        'if [ ! -f "$conf/socket" ]; then echo "$1 $2 $3 off" >>"$conf/runs.log"; exit 0; fi',
+        f"AUTOEXTEND={shlex.quote(str(program))}",
+        'AUTOEXTEND_SOCKET=$(cat "$conf/socket")',
+        f"AUTOEXTEND_HOOK_TIMEOUT={HOOK_TIMEOUT_S:g}",
+        "export AUTOEXTEND AUTOEXTEND_SOCKET AUTOEXTEND_HOOK_TIMEOUT",
+        f'{shlex.quote(str(HOOK_SCRIPT))} "$@"',
+        "rc=$?",
+        'echo "$1 $2 $3 $rc" >>"$conf/runs.log"',
+        "exit $rc",
+        "",
+    ])
+
+
+def write_hook(root: Path) -> None:
+    hooks = root / "etc" / "hooks" / "qemu.d"
+    hooks.mkdir(parents=True, exist_ok=True)
+    (root / HOOK_DIR).mkdir(exist_ok=True)
+    script = hooks / "autoextend"
+    script.write_text(hook_wrapper(root))
+    script.chmod(0o755)
+
+
 def write_config(root: Path) -> None:
     """Lay out ROOT: etc/ with the three config files, sock/, and the mounted dirs; a new
-    host UUID for each instance."""
+    host UUID for each instance; the autoextend hook, off (see :func:`hook_wrapper`)."""
     for sub in ("etc", "etc/qemu", "sock", "run", "lib", "cache", "log"):
         (root / sub).mkdir(parents=True, exist_ok=True)
+    write_hook(root)
     (root / "etc" / "libvirtd.conf").write_text(libvirtd_conf(root, str(uuid.uuid4())))
     (root / "etc" / "virtlogd.conf").write_text(virtlogd_conf(root))
     (root / "etc" / "qemu.conf").write_text(qemu_conf())
@@ -124,6 +164,28 @@ class LabLibvirtd:
             return (self.root / "libvirtd.log").read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def hook_to(self, socket: str | os.PathLike[str] | None) -> None:
+        """Turn the autoextend hook on (against the service listening on ``socket``) or off
+        (None). Local file writes: quick enough for the loop."""
+        switch = self.root / HOOK_DIR / "socket"
+        if socket is None:
+            switch.unlink(missing_ok=True)
+        else:
+            switch.write_text(f"{os.fspath(socket)}\n")
+
+    def hook_runs(self) -> list[tuple[str, str, str, str]]:
+        """The hook's runs so far: (vm, operation, sub-operation, exit code or "off")."""
+        try:
+            text = (self.root / HOOK_DIR / "runs.log").read_text()
+        except FileNotFoundError:
+            return []
+        runs = []
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) == 4:
+                runs.append((parts[0], parts[1], parts[2], parts[3]))
+        return runs
 
     def domain_pids(self) -> list[int]:
         """PIDs of QEMU processes this libvirtd started (from its pid files)."""

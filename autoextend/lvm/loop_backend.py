@@ -333,6 +333,16 @@ class LoopVolumeBackend:
         except FileNotFoundError as err:
             raise VolumeNotFound(str(volume), self.file_path(volume)) from err
 
+    async def metadata_size(self, volume: VolumeRef) -> int:
+        """The file's size: what an "lvextend" on any host made it (the loop stand-in's
+        metadata)."""
+        path = self.file_path(volume)
+        try:
+            stat = await anyio.Path(path).stat()
+        except FileNotFoundError as err:
+            raise VolumeNotFound(str(volume), path) from err
+        return stat.st_size
+
     def lookup(self, path: str) -> VolumeRef | None:
         name = os.path.basename(path)
         if path == f"/dev/{name}" and name.startswith("loop"):

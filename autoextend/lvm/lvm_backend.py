@@ -69,6 +69,11 @@ class LvmVolumeBackend:
         await self.reader.refresh(volume)
         return await self.size(volume)
 
+    async def metadata_size(self, volume: VolumeRef) -> int:
+        """The LV's size in the VG metadata (``lvs --readonly``), whatever this host's
+        device-mapper table says."""
+        return (await self.reader.lv(volume)).size
+
     async def size(self, volume: VolumeRef) -> int:
         lv = await self.reader.lv(volume)
         if self.reader.config.activation and lv.active:

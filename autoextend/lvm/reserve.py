@@ -24,7 +24,14 @@ import anyio
 from autoextend.errors import VolumeError
 from autoextend.lvm.errors import VolumeSpaceError
 from autoextend.lvm.names import round_up_to_extent
-from autoextend.volumes import ExtendResult, HoldsPaths, Reduces, VolumeBackend, VolumeRef
+from autoextend.volumes import (
+    ExtendResult,
+    HoldsPaths,
+    Reduces,
+    ReportsMetadataSize,
+    VolumeBackend,
+    VolumeRef,
+)
 
 
 class FreeSpaceBackend(VolumeBackend, Protocol):
@@ -78,6 +85,11 @@ class ReservedSpace:
 
     async def size(self, volume: VolumeRef) -> int:
         return await self.inner.size(volume)
+
+    async def metadata_size(self, volume: VolumeRef) -> int:
+        if not isinstance(self.inner, ReportsMetadataSize):
+            raise VolumeError(f"{volume}: this volume backend cannot report metadata sizes")
+        return await self.inner.metadata_size(volume)
 
     def lookup(self, path: str) -> VolumeRef | None:
         return self.inner.lookup(path)

@@ -52,7 +52,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from autoextend.clock import Clock
-from autoextend.monitor import pollplan
+from autoextend.monitor import migration, pollplan
 from autoextend.monitor.config import PolicySettings, ResumeSettings
 from autoextend.monitor.context import InFlight, MonitorContext, VolumeViews
 from autoextend.monitor.extension import DriveVanished
@@ -74,6 +74,7 @@ from autoextend.monitor.vm import (
     default_policy_resolver,
     log,
 )
+from autoextend.monitor.vmstate import VmState
 from autoextend.monitor.vmtask import Steps, VmTask
 from autoextend.volumes import VolumeRef
 
@@ -268,6 +269,20 @@ class Monitor:
         """Every managed drive's volume now (one entry per drive; a volume may repeat)."""
         return [VolumeInUse(vm.name, d.name, d.volume, d.info.physical, d.info.capacity, d.cap)
                 for vm in self._vms.values() for d in vm.drives.values()]
+
+    def frozen_views(self) -> dict[VolumeRef, str]:
+        """Volumes whose view this host must not refresh now, each with the VM that holds it:
+        a VM migrating out (its view is frozen until the migration ends)."""
+        return {d.volume: vm.name for vm in self._vms.values()
+                if not migration.may_refresh(vm.machine.migration)
+                for d in vm.drives.values()}
+
+    def settled(self, name: str) -> bool:
+        """The VM runs here with its drives known and no migration in progress (an incoming
+        one has arrived, been refreshed and armed by its VM task, and runs)."""
+        vm = self._vms.get(name)
+        return (vm is not None and vm.machine.migration is migration.MigState.NONE
+                and vm.machine.state is VmState.RUNNING and bool(vm.drives))
 
     def space_added(self, vg: str) -> int:
         """The VG gained free space: every drive of it waiting to retry a failed extension

@@ -60,6 +60,19 @@ def test_systemd_unit_matches_the_install_steps() -> None:
     assert "RuntimeDirectory=autoextend" in text
 
 
+def test_libvirt_hook_matches_the_install_steps() -> None:
+    hook = ROOT / "contrib" / "libvirt" / "hooks" / "qemu"
+    assert hook.stat().st_mode & 0o111, "the hook must be executable"
+    readme = (ROOT / "README.md").read_text()
+    install = readme.split("### Install and enable", 1)[1].split("###", 1)[0]
+    step = "install -D -m 0755 contrib/libvirt/hooks/qemu /etc/libvirt/hooks/qemu.d/autoextend"
+    assert step in install
+    assert step.split()[-1] in hook.read_text()  # the hook's own install note agrees
+    # It runs the entry point where the unit does.
+    assert '${AUTOEXTEND:-/usr/local/bin/autoextend}' in hook.read_text()
+    assert _unit_exec_start()[0] == "/usr/local/bin/autoextend"
+
+
 @pytest.mark.slow
 @pytest.mark.cpu
 def test_wheel_and_sdist_install_into_a_fresh_venv(tmp_path: Path) -> None:
