@@ -31,6 +31,7 @@ from autoextend import earlysignals, logs, reloadguard, startup, timeouts, valid
 from autoextend import reload as reload_mod
 from autoextend import settings as settings_mod
 from autoextend.capacity.wiring import CapacityPart
+from autoextend.checks import ALL_ON, Checks
 from autoextend.clock import Clock, MonotonicClock
 from autoextend.cluster import ClusterAgent
 from autoextend.control import ControlServer
@@ -99,7 +100,7 @@ def make_hypervisor(
 
 
 def make_cluster_agent(
-    settings: Settings, host_backend: VolumeBackend, clock: Clock
+    settings: Settings, host_backend: VolumeBackend, clock: Clock, checks: Checks = ALL_ON
 ) -> ClusterAgent:
     """Mailbox mode: the agent, with its sections and the SPM's per-term backend factory."""
 
@@ -107,7 +108,7 @@ def make_cluster_agent(
         return make_volume_backend(settings, term)
 
     return ClusterAgent(settings.lease, settings.mailbox, settings.lvm.vgs, host_backend,
-                        spm_backend, clock)
+                        spm_backend, clock, checks=checks)
 
 
 class Service:
@@ -122,7 +123,10 @@ class Service:
         clock: Clock | None = None,
         observer: MonitorObserver | None = None,
         notifier: Notifier | None = None,
+        checks: Checks = ALL_ON,
     ) -> None:
+        """``checks``: every safety check on; only a test's negative control passes one off
+        (``autoextend/checks.py``). It reaches every part built here that has one."""
         validation.check_service(settings)  # `run` checked it already; direct callers too
         self.settings = settings
         self.config_path = config_path
@@ -138,7 +142,7 @@ class Service:
         self.cluster: ClusterAgent | None = None
         self.extender: Extender
         if settings.service.extender == "mailbox":
-            self.cluster = make_cluster_agent(settings, self.backend, self.clock)
+            self.cluster = make_cluster_agent(settings, self.backend, self.clock, checks)
             self.extender = self.cluster.extender()
         else:
             self.extender = LocalExtender(self.backend)
@@ -163,6 +167,7 @@ class Service:
             lease_ok=self._host_lease_valid if self.cluster is not None else None,
             extend_deadline_s=timeouts.extension_deadline_s(settings),
             views=self.backend,
+            checks=checks,
         )
         self.capacity = CapacityPart(settings, self.backend, self.monitor, self.clock,
                                      self.metrics.registry, cluster=self.cluster)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MUTATIONS = ("owner-read", "term-check", "generation")
+# Each mutation turns off one field of autoextend.checks.Checks in the world's hosts.
+MUTATIONS = {"owner-read": "fresh_owner_read", "term-check": "term_check",
+             "generation": "match_generation"}
 
 
 @dataclass(frozen=True)

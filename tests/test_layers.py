@@ -14,11 +14,19 @@
 - The monitor is made of objects, not of a class split across files: no function in
   ``autoextend/monitor/`` is over 60 lines, and no class there is more than one base deep
   (a class whose base is itself a monitor class with a base would be a chain).
+- No switch can turn a safety check off from outside: the checks a simulation mutant or a
+  negative control may turn off are one frozen value (``autoextend/checks.py: Checks``)
+  given at construction. No class in ``autoextend/`` binds a switch's name at class level
+  (field, attribute, property) but ``Checks``; no class there binds a bool outside a
+  dataclass or config field; no product module builds a ``Checks`` with anything off; and
+  ``sim/`` and ``tests/`` never set an attribute on a product class (no builtin ``setattr``
+  at all: its target cannot be checked).
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import inspect
 import re
@@ -262,3 +270,191 @@ def test_no_monitor_class_is_more_than_one_base_deep() -> None:
     deep = {name: n for name, n in class_chains(monitor_sources()).items()
             if n > MAX_CLASS_CHAIN}
     assert deep == {}
+
+
+# ---- no switch that turns a safety check off from outside ---------------------------------
+
+# The names the safety switches had as class attributes before they became Checks fields.
+OLD_SWITCHES = frozenset({"enforce", "fresh_owner_read", "match_generation", "protect_views"})
+# A bool class attribute that a library reads from the class (pyfuse3's Operations).
+BOOL_CLASS_ATTRIBUTES = {"autoextend/lab/faultfs.py: FaultOps.use_ns"}
+
+
+def switch_names() -> frozenset[str]:
+    from autoextend.checks import Checks
+
+    return OLD_SWITCHES | {f.name for f in dataclasses.fields(Checks)}
+
+
+def _is_dataclass(node: ast.ClassDef) -> bool:
+    for deco in node.decorator_list:
+        target = deco.func if isinstance(deco, ast.Call) else deco
+        if ast.unparse(target) in ("dataclass", "dataclasses.dataclass"):
+            return True
+    return False
+
+
+def _bound_names(stmt: ast.stmt) -> list[str]:
+    if isinstance(stmt, ast.Assign):
+        return [t.id for t in stmt.targets if isinstance(t, ast.Name)]
+    if isinstance(stmt, ast.AnnAssign | ast.AugAssign) and isinstance(stmt.target, ast.Name):
+        return [stmt.target.id]
+    if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
+        return [stmt.name]
+    return []
+
+
+def class_switches(sources: dict[str, str], names: frozenset[str]) -> list[str]:
+    """``path: Class.name`` for every class-level binding in ``sources`` that could be a
+    switch: a name of ``names`` (leading underscores aside; attribute, field, property or
+    method) in any class but ``autoextend/checks.py``'s ``Checks``; or a bool bound in the
+    body of a class that is neither a dataclass nor a config ``Section`` (whose fields are
+    set per instance, at construction)."""
+    found = []
+    for rel, text in sources.items():
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            fields = _is_dataclass(node) or any(ast.unparse(b) == "Section" for b in node.bases)
+            for stmt in node.body:
+                for name in _bound_names(stmt):
+                    where = f"{rel}: {node.name}.{name}"
+                    named = name.lstrip("_") in names
+                    if named and not (rel == "autoextend/checks.py" and node.name == "Checks"):
+                        found.append(where)
+                    value = getattr(stmt, "value", None)
+                    if (not named and not fields and isinstance(value, ast.Constant)
+                            and isinstance(value.value, bool)
+                            and where not in BOOL_CLASS_ATTRIBUTES):
+                        found.append(where)
+    return found
+
+
+def checks_turned_off(sources: dict[str, str]) -> list[str]:
+    """``path:line`` for every ``Checks(...)`` built with an argument, or ``replace()`` of a
+    checks value, in ``sources``: only sim/ and tests/ may turn a check off."""
+    found = []
+    for rel, text in sources.items():
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, ast.Call):
+                continue
+            func = ast.unparse(node.func)
+            if func.rpartition(".")[2] == "Checks" and (node.args or node.keywords):
+                found.append(f"{rel}:{node.lineno} {ast.unparse(node)}")
+            elif (func.rpartition(".")[2] == "replace" and node.args
+                  and re.search(r"checks|ALL_ON", ast.unparse(node.args[0]), re.I)):
+                found.append(f"{rel}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def _imported_names(tree: ast.AST) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                names[alias.asname or alias.name.split(".")[0]] = (
+                    alias.name if alias.asname else alias.name.split(".")[0])
+    return names
+
+
+def _product_class(expr: ast.expr, imported: dict[str, str]) -> str | None:
+    """The qualified name of the ``autoextend`` class ``expr`` (a dotted name) denotes, if
+    it does."""
+    dotted = ast.unparse(expr)
+    head, _, rest = dotted.partition(".")
+    if head not in imported or not re.fullmatch(r"[\w.]+", dotted):
+        return None
+    full = imported[head] + (f".{rest}" if rest else "")
+    if not full.startswith("autoextend."):
+        return None
+    parts = full.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return None
+        return full if inspect.isclass(obj) else None
+    return None
+
+
+def product_class_patches(sources: dict[str, str]) -> list[str]:
+    """``path:line`` for every builtin ``setattr``/``delattr`` call in ``sources``, every
+    ``x.setattr``/``x.delattr`` (monkeypatch) on an ``autoextend`` class, and every
+    assignment to or deletion of an attribute of one."""
+    found = []
+    for rel, text in sources.items():
+        tree = ast.parse(text)
+        imported = _imported_names(tree)
+        for node in ast.walk(tree):
+            targets: list[ast.expr] = []
+            if isinstance(node, ast.Call):
+                func = node.func
+                if isinstance(func, ast.Name) and func.id in ("setattr", "delattr"):
+                    found.append(f"{rel}:{node.lineno} {ast.unparse(node)}")
+                    continue
+                if (isinstance(func, ast.Attribute) and func.attr in ("setattr", "delattr")
+                        and node.args):
+                    targets = [node.args[0]]
+            elif isinstance(node, ast.Assign | ast.Delete):
+                targets = [t.value for t in node.targets if isinstance(t, ast.Attribute)]
+            elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+                if isinstance(node.target, ast.Attribute):
+                    targets = [node.target.value]
+            if any(_product_class(t, imported) for t in targets):
+                found.append(f"{rel}:{getattr(node, 'lineno', 0)} {ast.unparse(node)}")
+    return found
+
+
+def sources_of(*folders: str) -> dict[str, str]:
+    return {p.relative_to(ROOT).as_posix(): p.read_text()
+            for folder in folders for p in py_files(folder)}
+
+
+def test_the_switch_checks_see_the_old_switches() -> None:
+    """The four switches as they were (issue 26), and what stays allowed."""
+    names = switch_names()
+    old_term = "class Term:\n    _enforce = True\n"
+    old_context = ("@dataclass\nclass MonitorContext:\n    protect_views: bool = True\n"
+                   "class Monitor:\n    @property\n    def protect_views(self) -> bool: ...\n")
+    plain_bool = "class Mailbox:\n    _strict = True\n"
+    allowed = ("@dataclass(frozen=True)\nclass Gates:\n    dry_run: bool = False\n"
+               "class S(Section):\n    enabled: bool = True\n")
+    checks = "@dataclass(frozen=True)\nclass Checks:\n    term_check: bool = True\n"
+    assert class_switches({"a.py": old_term, "b.py": old_context, "c.py": plain_bool,
+                           "d.py": allowed, "autoextend/checks.py": checks}, names) == [
+        "a.py: Term._enforce", "b.py: MonitorContext.protect_views",
+        "b.py: Monitor.protect_views", "c.py: Mailbox._strict"]
+    assert class_switches({"e.py": checks}, names) == ["e.py: Checks.term_check"]
+    built = ("x = Checks(term_check=False)\ny = dataclasses.replace(ALL_ON, term_check=False)\n"
+             "z = Checks()\nw = dataclasses.replace(info, physical=1)\n")
+    assert checks_turned_off({"m.py": built}) == [
+        "m.py:1 Checks(term_check=False)", "m.py:2 dataclasses.replace(ALL_ON, term_check=False)"]
+    old_sim = ("from autoextend.lease.service import LeaseService\n"
+               "import autoextend.spm.host as host\nfrom autoextend import settings\n"
+               "setattr(target, attr, False)\nLeaseService._fresh_owner_read = False\n"
+               "host.HostMailbox._match_generation = False\n"
+               "monkeypatch.setattr(LeaseService, 'x', 1)\n"
+               "monkeypatch.setattr(settings, 'DEFAULT_CONFIG_PATH', 'p')\n"
+               "settings.DEFAULT_CONFIG_PATH = 'p'\nobj.attr = 1\n")
+    assert sorted(f.split()[0] for f in product_class_patches({"s.py": old_sim})) == [
+        "s.py:4", "s.py:5", "s.py:6", "s.py:7"]
+
+
+def test_no_class_attribute_can_switch_a_safety_check_off() -> None:
+    assert class_switches(sources_of("autoextend"), switch_names()) == []
+
+
+def test_only_the_simulation_and_tests_turn_a_check_off() -> None:
+    assert checks_turned_off(sources_of("autoextend")) == []
+
+
+def test_sim_and_tests_never_patch_a_product_class() -> None:
+    assert product_class_patches(sources_of("sim", "tests")) == []
