@@ -44,7 +44,7 @@ from autoextend.monitor.chunking import WriteRateChunks
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.local import LocalExtender
 from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
-from autoextend.monitor.protocols import Extender, Hypervisor, health_of
+from autoextend.monitor.protocols import Extender, Hypervisor
 from autoextend.sdnotify import Notifier
 from autoextend.settings import Settings
 from autoextend.volumes import LocalAuthority, SpmAuthority, VolumeBackend, VolumeRef
@@ -192,10 +192,10 @@ class Service:
         m, control = self.metrics, self.control.counters
         m.counter_from("autoextend_hypervisor_session_failures_total",
                        "VM sessions ended by a bad reply or an error (the VM is retried)",
-                       lambda: float(health_of(self.hypervisor).session_failures))
+                       lambda: float(self.hypervisor.health().session_failures))
         m.counter_from("autoextend_hypervisor_malformed_events_total",
                        "Hypervisor events dropped because their data failed validation",
-                       lambda: float(health_of(self.hypervisor).malformed_events))
+                       lambda: float(self.hypervisor.health().malformed_events))
         m.counter_from("autoextend_control_clients_refused_total",
                        "Control socket clients refused because too many were connected",
                        lambda: float(control.refused))
@@ -258,7 +258,7 @@ class Service:
         return {
             "service": {
                 "hypervisor": self.settings.service.hypervisor,
-                "hypervisor_problem": health_of(self.hypervisor).problem,
+                "hypervisor_problem": self.hypervisor.health().problem,
                 "extender": self.settings.service.extender,
                 "dry_run": self.monitor.dry_run,
                 "extends_in_flight": self.monitor.extends_in_flight,

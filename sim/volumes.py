@@ -77,5 +77,11 @@ class SimVolumeBackend:
     def device_path(self, volume: VolumeRef) -> str:
         return f"/dev/{volume.vg}/{volume.lv}"
 
+    async def reduce(self, volume: VolumeRef, size: int) -> ExtendResult:
+        raise VolumeError(f"{volume}: the simulation cannot reduce")
+
+    def holders_paths(self, volume: VolumeRef) -> list[str]:
+        return [self.device_path(volume)]
+
     async def aclose(self) -> None:
         return None

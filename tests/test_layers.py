@@ -21,6 +21,9 @@
   dataclass or config field; no product module builds a ``Checks`` with anything off; and
   ``sim/`` and ``tests/`` never set an attribute on a product class (no builtin ``setattr``
   at all: its target cannot be checked).
+- What every implementation has is on the protocol (``Hypervisor.migration``/``health``,
+  ``VolumeBackend.reduce``/``holders_paths``): at most 5 ``isinstance`` probes for an
+  optional capability (a runtime-checkable protocol) are left in ``autoextend/``.
 """
 
 from __future__ import annotations
@@ -458,3 +461,43 @@ def test_only_the_simulation_and_tests_turn_a_check_off() -> None:
 
 def test_sim_and_tests_never_patch_a_product_class() -> None:
     assert product_class_patches(sources_of("sim", "tests")) == []
+
+
+# ---- capabilities every implementation has are on the protocol ----------------------------
+
+MAX_CAPABILITY_PROBES = 5
+
+
+def capability_probes(sources: dict[str, str]) -> list[str]:
+    """``path:line isinstance(...)`` for every ``isinstance(x, P)`` in ``sources`` where
+    ``P`` (or one member of a tuple) is a ``@runtime_checkable`` class defined in
+    ``sources`` (an optional capability, asked at run time)."""
+    trees = {rel: ast.parse(text) for rel, text in sources.items()}
+    protocols = {node.name for tree in trees.values() for node in ast.walk(tree)
+                 if isinstance(node, ast.ClassDef) and any(
+                     ast.unparse(d).rpartition(".")[2] == "runtime_checkable"
+                     for d in node.decorator_list)}
+    found = []
+    for rel, tree in trees.items():
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id == "isinstance" and len(node.args) == 2):
+                kinds = node.args[1]
+                members = kinds.elts if isinstance(kinds, ast.Tuple) else [kinds]
+                if any(ast.unparse(m).rpartition(".")[2] in protocols for m in members):
+                    found.append(f"{rel}:{node.lineno} {ast.unparse(node)}")
+    return sorted(found)
+
+
+def test_the_probe_count_sees_a_probe() -> None:
+    source = ("@typing.runtime_checkable\nclass Reduces(Protocol):\n    pass\n"
+              "class Plain:\n    pass\n"
+              "def f(b):\n    return isinstance(b, Reduces), isinstance(b, Plain), "
+              "isinstance(b, (int, volumes.Reduces))\n")
+    assert capability_probes({"m.py": source}) == [
+        "m.py:7 isinstance(b, (int, volumes.Reduces))", "m.py:7 isinstance(b, Reduces)"]
+
+
+def test_at_most_five_capability_probes() -> None:
+    probes = capability_probes(sources_of("autoextend"))
+    assert len(probes) <= MAX_CAPABILITY_PROBES, "\n".join(probes)

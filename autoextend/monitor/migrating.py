@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from autoextend.checks import ALL_ON, Checks
 from autoextend.monitor import migration
 from autoextend.monitor.context import MonitorContext, VmView
-from autoextend.monitor.migration import MigAction, MigrationAware, MigState, Role
+from autoextend.monitor.migration import MigAction, MigState, Role
 from autoextend.monitor.observer import MigrationNoted
 from autoextend.monitor.protocols import DriveInfo, MigrationChanged, PauseReason, RunState
 from autoextend.monitor.vm import log
@@ -57,7 +57,7 @@ class MigrationSteps:
 
     @property
     def aware(self) -> bool:
-        return self._protect and isinstance(self._ctx.hypervisor, MigrationAware)
+        return self._protect
 
     async def check(self, vm: VmView, state: RunState) -> MigrationCheck:
         """Step the VM's migration state from a fresh look, if anything may have changed."""
@@ -68,7 +68,6 @@ class MigrationSteps:
                 or (not state.running and state.pause_reason is PauseReason.MIGRATION)):
             return NOTHING
         hypervisor = self._ctx.hypervisor
-        assert isinstance(hypervisor, MigrationAware)
         info = await hypervisor.migration(vm.name)
         before = m.migration
         result = migration.step(before, info)
@@ -135,7 +134,6 @@ class MigrationSteps:
         if not migration.may_refresh(vm.machine.migration):
             return False
         hypervisor = self._ctx.hypervisor
-        assert isinstance(hypervisor, MigrationAware)
         info = await hypervisor.migration(vm.name)
         if info.role is Role.SOURCE and info.running:
             vm.post(MigrationChanged(vm.name))  # the VM's task steps its machine

@@ -51,7 +51,6 @@ from autoextend.spm.wire import (
     encode_sector,
 )
 from autoextend.volumes import (
-    Reduces,
     SpmAuthority,
     VolumeBackend,
     VolumeNotFound,
@@ -399,9 +398,6 @@ class SpmMailServer:
         if asked is not None and now - asked[0] < self._settings.hot_window_s:
             return answer(Status.REJECTED, reason=ReasonCode.VOLUME_BUSY,
                           text=f"host {asked[1]} asked to extend it {now - asked[0]:.0f} s ago")
-        if not isinstance(self._backend, Reduces):
-            return answer(Status.REJECTED, reason=ReasonCode.VOLUME_ERROR,
-                          text="this SPM's volume backend cannot reduce")
         try:
             self._authority.check()
             result = await self._backend.reduce(volume, size)
