@@ -31,6 +31,7 @@ from anyio.abc import TaskStatus
 
 from autoextend import startup
 from autoextend.backoff import backoff
+from autoextend.checks import ALL_ON, Checks
 from autoextend.clock import Clock
 from autoextend.directio import open_storage
 from autoextend.errors import AutoextendError, ConfigError, NotSpmError, StartupError
@@ -69,6 +70,8 @@ class ClusterAgent:
         host_backend: VolumeBackend,
         spm_backend: SpmBackendFactory,
         clock: Clock,
+        *,
+        checks: Checks = ALL_ON,
     ) -> None:
         found = list(cluster_rule(lease, mailbox, vgs))
         if found:
@@ -79,6 +82,7 @@ class ClusterAgent:
         self.host_backend = host_backend
         self.spm_backend = spm_backend
         self.clock = clock
+        self.checks = checks  # for the lease engine and the host mailbox (autoextend/checks.py)
         self.host_id = lease.host_id
         self.log = get_logger("cluster", host_id=self.host_id)
         self.storage: SectorStorage | None = None
@@ -133,12 +137,13 @@ class ClusterAgent:
         )
         while True:
             try:
-                lease = make_engine(lease_cfg, storage, self.clock)
+                lease = make_engine(lease_cfg, storage, self.clock, self.checks)
             except ValueError as exc:  # geometry of the detected sector size (4 KiB)
                 raise StartupError(f"lease area on {path}", str(exc)) from None
             self.lease = lease
             self.mailbox = HostMailbox(
-                storage, layout, self.host_id, self.mailbox_config, self.clock
+                storage, layout, self.host_id, self.mailbox_config, self.clock,
+                checks=self.checks,
             )
             try:
                 await check_engine(storage, lease_cfg)  # its read is the join's first I/O

@@ -29,7 +29,7 @@ import anyio
 from autoextend.clock import Clock
 from autoextend.errors import AutoextendError, VolumeError
 from autoextend.logs import get_logger
-from autoextend.volumes import ReportsMetadataSize, VolumeBackend, VolumeRef
+from autoextend.volumes import VolumeBackend, VolumeRef
 
 log = get_logger("prepare")
 
@@ -81,10 +81,8 @@ async def prepare_view(backend: VolumeBackend, volume: VolumeRef) -> PreparedVie
     Raises:
         VolumeNotFound: no such volume.
         StaleView: still smaller after :data:`REFRESH_ATTEMPTS` refreshes.
-        VolumeError: the backend cannot report metadata sizes, or a refresh failed.
+        VolumeError: a refresh failed.
     """
-    if not isinstance(backend, ReportsMetadataSize):
-        raise VolumeError(f"{volume}: this volume backend cannot report metadata sizes")
     metadata = await backend.metadata_size(volume)
     before = seen = await backend.size(volume)
     for attempt in range(REFRESH_ATTEMPTS):

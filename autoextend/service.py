@@ -32,6 +32,7 @@ from autoextend import reload as reload_mod
 from autoextend import settings as settings_mod
 from autoextend.capacity.reduce import parse_volume
 from autoextend.capacity.wiring import CapacityPart
+from autoextend.checks import ALL_ON, Checks
 from autoextend.clock import Clock, MonotonicClock
 from autoextend.cluster import ClusterAgent
 from autoextend.control import ControlServer
@@ -44,7 +45,7 @@ from autoextend.monitor.chunking import WriteRateChunks
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.local import LocalExtender
 from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
-from autoextend.monitor.protocols import Extender, Hypervisor, health_of
+from autoextend.monitor.protocols import Extender, Hypervisor
 from autoextend.sdnotify import Notifier
 from autoextend.settings import Settings
 from autoextend.volumes import LocalAuthority, SpmAuthority, VolumeBackend, VolumeRef
@@ -100,7 +101,7 @@ def make_hypervisor(
 
 
 def make_cluster_agent(
-    settings: Settings, host_backend: VolumeBackend, clock: Clock
+    settings: Settings, host_backend: VolumeBackend, clock: Clock, checks: Checks = ALL_ON
 ) -> ClusterAgent:
     """Mailbox mode: the agent, with its sections and the SPM's per-term backend factory."""
 
@@ -108,7 +109,7 @@ def make_cluster_agent(
         return make_volume_backend(settings, term)
 
     return ClusterAgent(settings.lease, settings.mailbox, settings.lvm.vgs, host_backend,
-                        spm_backend, clock)
+                        spm_backend, clock, checks=checks)
 
 
 class Service:
@@ -123,7 +124,10 @@ class Service:
         clock: Clock | None = None,
         observer: MonitorObserver | None = None,
         notifier: Notifier | None = None,
+        checks: Checks = ALL_ON,
     ) -> None:
+        """``checks``: every safety check on; only a test's negative control passes one off
+        (``autoextend/checks.py``). It reaches every part built here that has one."""
         validation.check_service(settings)  # `run` checked it already; direct callers too
         self.settings = settings
         self.config_path = config_path
@@ -139,7 +143,7 @@ class Service:
         self.cluster: ClusterAgent | None = None
         self.extender: Extender
         if settings.service.extender == "mailbox":
-            self.cluster = make_cluster_agent(settings, self.backend, self.clock)
+            self.cluster = make_cluster_agent(settings, self.backend, self.clock, checks)
             self.extender = self.cluster.extender()
         else:
             self.extender = LocalExtender(self.backend)
@@ -164,6 +168,7 @@ class Service:
             lease_ok=self._host_lease_valid if self.cluster is not None else None,
             extend_deadline_s=timeouts.extension_deadline_s(settings),
             views=self.backend,
+            checks=checks,
         )
         self.capacity = CapacityPart(settings, self.backend, self.monitor, self.clock,
                                      self.metrics.registry, cluster=self.cluster)
@@ -217,10 +222,10 @@ class Service:
         m, control = self.metrics, self.control.counters
         m.counter_from("autoextend_hypervisor_session_failures_total",
                        "VM sessions ended by a bad reply or an error (the VM is retried)",
-                       lambda: float(health_of(self.hypervisor).session_failures))
+                       lambda: float(self.hypervisor.health().session_failures))
         m.counter_from("autoextend_hypervisor_malformed_events_total",
                        "Hypervisor events dropped because their data failed validation",
-                       lambda: float(health_of(self.hypervisor).malformed_events))
+                       lambda: float(self.hypervisor.health().malformed_events))
         m.counter_from("autoextend_control_clients_refused_total",
                        "Control socket clients refused because too many were connected",
                        lambda: float(control.refused))
@@ -283,7 +288,7 @@ class Service:
         return {
             "service": {
                 "hypervisor": self.settings.service.hypervisor,
-                "hypervisor_problem": health_of(self.hypervisor).problem,
+                "hypervisor_problem": self.hypervisor.health().problem,
                 "extender": self.settings.service.extender,
                 "dry_run": self.monitor.dry_run,
                 "extends_in_flight": self.monitor.extends_in_flight,

@@ -83,6 +83,24 @@ class VolumeBackend(Protocol):
 
     def device_path(self, volume: VolumeRef) -> str: ...
 
+    async def reduce(self, volume: VolumeRef, size: int) -> ExtendResult:
+        """Shrink to ``size`` rounded up to the extent size; never grows (``autoextend volume
+        reduce``). A backend that cannot (a test's fake) raises VolumeError saying so."""
+        ...
+
+    async def metadata_size(self, volume: VolumeRef) -> int:
+        """The volume's size in the pool's metadata (what the SPM last wrote: ``lvs
+        --readonly``'s ``lv_size``; the loop stand-in's file size), as opposed to
+        :meth:`size`, what this host's view shows. ``autoextend volume prepare`` refreshes
+        until the view is at least this size; the SPM judges a reduce by it. A backend with
+        one view (the fakes) answers its size. Raises VolumeNotFound."""
+        ...
+
+    def holders_paths(self, volume: VolumeRef) -> list[str]:
+        """Every path through which the volume may be open on this machine (device, file,
+        loop devices): ``autoextend volume reduce`` refuses a volume that is open."""
+        ...
+
 
 @runtime_checkable
 class ExtendsAndRefreshes(Protocol):
@@ -98,37 +116,6 @@ class ExtendsAndRefreshes(Protocol):
 
 
 @runtime_checkable
-class ReportsMetadataSize(Protocol):
-    """Optional: a backend that can say the volume's size in the pool's metadata (what the
-    SPM last wrote), as opposed to :meth:`VolumeBackend.size`, what this host's view shows.
-    A read-only query (``lvs --readonly``; the loop backend's file size). ``autoextend volume
-    prepare`` refreshes until the view is at least this size."""
-
-    async def metadata_size(self, volume: VolumeRef) -> int:
-        """Raises VolumeNotFound when the volume does not exist."""
-        ...
-
-
-@runtime_checkable
-class Reduces(Protocol):
-    """Optional: a backend that can shrink a volume (``autoextend volume reduce``)."""
-
-    async def reduce(self, volume: VolumeRef, size: int) -> ExtendResult:
-        """Shrink to ``size`` rounded up to the extent size; never grows."""
-        ...
-
-
-@runtime_checkable
-class HoldsPaths(Protocol):
-    """Optional: a backend that says where a process on this machine may hold a volume open
-    (``autoextend volume reduce`` refuses a volume that is open)."""
-
-    def holders_paths(self, volume: VolumeRef) -> list[str]:
-        """Every path through which the volume may be open here (device, file, loop devices)."""
-        ...
-
-
-@runtime_checkable
 class FileBacked(Protocol):
     """Optional: a backend whose volumes are files (the loop backend)."""
 
@@ -136,11 +123,12 @@ class FileBacked(Protocol):
 
 
 @runtime_checkable
-class FixedExtent(Protocol):
-    """Optional: a backend whose extent size is known without asking the VG."""
+class KnowsExtent(Protocol):
+    """Optional: a backend that knows its VGs' extent size: a fixed one (the loop backend,
+    the reserve guard's configured size, the in-memory backend) or read from the VG's
+    metadata (the lvm backend). One capability, so that no caller walks the wrappers."""
 
-    @property
-    def extent_size(self) -> int: ...
+    async def vg_extent_size(self, vg: str) -> int: ...
 
 
 @runtime_checkable

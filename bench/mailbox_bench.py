@@ -49,6 +49,7 @@ import anyio
 
 from autoextend import logs
 from autoextend.directio import DirectStorage, open_storage
+from autoextend.errors import VolumeError
 from autoextend.spm.config import MailboxSettings, mailbox_base
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.layout import MailboxLayout
@@ -87,6 +88,16 @@ class NoopBackend:
 
     def device_path(self, volume: VolumeRef) -> str:
         return ""
+
+    async def reduce(self, volume: VolumeRef, size: int) -> ExtendResult:
+        raise VolumeError(f"{volume}: the benchmark's backend cannot reduce")
+
+    async def metadata_size(self, volume: VolumeRef) -> int:
+        """One view: the size is the metadata's."""
+        return await self.size(volume)
+
+    def holders_paths(self, volume: VolumeRef) -> list[str]:
+        return [self.device_path(volume)]
 
 
 def _settings(max_hosts: int) -> MailboxSettings:

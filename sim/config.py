@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MUTATIONS = ("owner-read", "term-check", "generation", "reduce-idempotency")
+# Each mutation turns off one safety check in the world's hosts: a field of
+# autoextend.checks.Checks, or (None) the SPM's reduce idempotency check, which the server
+# is given as its list of reduce checks (sim/reduces.py: reduce_checks).
+MUTATIONS: dict[str, str | None] = {
+    "owner-read": "fresh_owner_read", "term-check": "term_check",
+    "generation": "match_generation", "reduce-idempotency": None,
+}
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import structlog
 
 from sim import vloop
 from sim.config import SimConfig, Stats
-from sim.world import World, mutation
+from sim.world import World
 
 
 @dataclass
@@ -74,8 +74,7 @@ def run_world(cfg: SimConfig) -> Result:
         await world.main()
 
     try:
-        with mutation(cfg.mutation):
-            vloop.run(main)
+        vloop.run(main)
     except (vloop.Livelock, vloop.Deadlock) as err:
         box["world"].trace(f"VIOLATION {type(err).__name__}: {err}", last=True)
         box["world"].violation = box["world"].violation or f"{type(err).__name__}: {err}"

@@ -66,7 +66,7 @@ class SimVolumeBackend:
         return ExtendResult(max(old, size), changed)
 
     async def reduce(self, volume: VolumeRef, size: int) -> ExtendResult:
-        """As lvreduce: to exactly ``size``, never grows (``Reduces``)."""
+        """As lvreduce: to exactly ``size``, never grows (``VolumeBackend.reduce``)."""
         self.world.maybe_freeze_at_write(self.inc, self.term)
         if self.inc.frozen:
             await self.inc.gate()
@@ -100,6 +100,13 @@ class SimVolumeBackend:
 
     def device_path(self, volume: VolumeRef) -> str:
         return f"/dev/{volume.vg}/{volume.lv}"
+
+    async def metadata_size(self, volume: VolumeRef) -> int:
+        """One view: the size is the metadata's."""
+        return await self.size(volume)
+
+    def holders_paths(self, volume: VolumeRef) -> list[str]:
+        return [self.device_path(volume)]
 
     async def aclose(self) -> None:
         return None

@@ -8,16 +8,16 @@ virtual loop's (``sim/vloop.py``); there are no threads. The same seed gives the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import random
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Literal
 
 import anyio
 from anyio.abc import TaskGroup
 
+from autoextend.checks import ALL_ON, Checks
 from autoextend.errors import NotSpmError
 from autoextend.lease.area import format_area
 from autoextend.lease.config import LeaseSettings
@@ -49,6 +49,8 @@ SAMPLE_S = 5.0  # the sampled checks' period (the SPM check also runs at every t
 class World(FaultDriver):
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
+        # Every host of this world is built with these (one check off under a mutation).
+        self.checks = mutant_checks(cfg.mutation)
         self.loop = asyncio.get_running_loop()
         self.stats = Stats()
         self._hash = hashlib.blake2b(digest_size=16)
@@ -210,10 +212,10 @@ class World(FaultDriver):
             max_hosts=self.max_hosts,
         )
         lease = LeaseService(storage, settings, clock, watchdog=SimWatchdog(self, inc),
-                             rng=random.Random(rng.getrandbits(64)))
+                             rng=random.Random(rng.getrandbits(64)), checks=self.checks)
         inc.lease = lease
         mailbox = HostMailbox(storage, self.layout, h, self.mailbox, clock,
-                              random.Random(rng.getrandbits(64)))
+                              random.Random(rng.getrandbits(64)), checks=self.checks)
         async with lease.joined(), anyio.create_task_group() as tg:
             inc.tg = tg
             record = lease.delta.record
@@ -381,23 +383,15 @@ class _RawStorage:
         return None
 
 
-@contextmanager
-def mutation(name: str | None) -> Iterator[None]:
-    """Disable one safety check of the real code (the mutation check) while the world runs."""
+def mutant_checks(name: str | None) -> Checks:
+    """The checks this world's hosts are built with: all on, or all but the one that the
+    mutation ``name`` turns off (the mutation check: the world must then fail). Only this
+    world's hosts get it; nothing process-wide changes."""
     if name is None:
-        yield
-        return
+        return ALL_ON
     if name not in MUTATIONS:
         raise ValueError(f"unknown mutation {name!r} (known: {', '.join(MUTATIONS)})")
-    if name == "reduce-idempotency":  # a constructor argument of the server (sim/reduces.py)
-        yield
-        return
-    target: type = {"owner-read": LeaseService, "term-check": SpmTerm,
-                    "generation": HostMailbox}[name]
-    attr = {"owner-read": "_fresh_owner_read", "term-check": "_enforce",
-            "generation": "_match_generation"}[name]
-    setattr(target, attr, False)
-    try:
-        yield
-    finally:
-        setattr(target, attr, True)
+    field = MUTATIONS[name]
+    if field is None:  # not a Checks field: the server's reduce checks (sim/reduces.py)
+        return ALL_ON
+    return dataclasses.replace(ALL_ON, **{field: False})

@@ -22,11 +22,22 @@
 - Config is loaded once at the top: only the service, the CLI and the lab import
   ``autoextend.settings`` (the loader); below them, code gets its sections (or the whole
   typed value, ``autoextend.config.Settings``, where a rule spans sections).
+- No switch can turn a safety check off from outside: the checks a simulation mutant or a
+  negative control may turn off are one frozen value (``autoextend/checks.py: Checks``)
+  given at construction. No class in ``autoextend/`` binds a switch's name at class level
+  (field, attribute, property) but ``Checks``; no class there binds a bool outside a
+  dataclass or config field; no product module builds a ``Checks`` with anything off; and
+  ``sim/`` and ``tests/`` never set an attribute on a product class (no builtin ``setattr``
+  at all: its target cannot be checked).
+- What every implementation has is on the protocol (``Hypervisor.migration``/``health``,
+  ``VolumeBackend.reduce``/``holders_paths``): at most 5 ``isinstance`` probes for an
+  optional capability (a runtime-checkable protocol) are left in ``autoextend/``.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import inspect
 import re
@@ -398,3 +409,231 @@ def test_lvm_imports_nothing_above_the_neutral_types() -> None:
 def test_nothing_below_the_service_imports_the_settings_loader() -> None:
     below = [p for m, p in product_modules().items() if not under(m, SETTINGS_IMPORTERS)]
     assert violations(below, ("autoextend.settings",)) == []
+
+
+# ---- no switch that turns a safety check off from outside ---------------------------------
+
+# The names the safety switches had as class attributes before they became Checks fields.
+OLD_SWITCHES = frozenset({"enforce", "fresh_owner_read", "match_generation", "protect_views"})
+# A bool class attribute that a library reads from the class (pyfuse3's Operations).
+BOOL_CLASS_ATTRIBUTES = {"autoextend/lab/faultfs.py: FaultOps.use_ns"}
+
+
+def switch_names() -> frozenset[str]:
+    from autoextend.checks import Checks
+
+    return OLD_SWITCHES | {f.name for f in dataclasses.fields(Checks)}
+
+
+def _is_dataclass(node: ast.ClassDef) -> bool:
+    for deco in node.decorator_list:
+        target = deco.func if isinstance(deco, ast.Call) else deco
+        if ast.unparse(target) in ("dataclass", "dataclasses.dataclass"):
+            return True
+    return False
+
+
+def _bound_names(stmt: ast.stmt) -> list[str]:
+    if isinstance(stmt, ast.Assign):
+        return [t.id for t in stmt.targets if isinstance(t, ast.Name)]
+    if isinstance(stmt, ast.AnnAssign | ast.AugAssign) and isinstance(stmt.target, ast.Name):
+        return [stmt.target.id]
+    if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
+        return [stmt.name]
+    return []
+
+
+def class_switches(sources: dict[str, str], names: frozenset[str]) -> list[str]:
+    """``path: Class.name`` for every class-level binding in ``sources`` that could be a
+    switch: a name of ``names`` (leading underscores aside; attribute, field, property or
+    method) in any class but ``autoextend/checks.py``'s ``Checks``; or a bool bound in the
+    body of a class that is neither a dataclass nor a config ``Section`` (whose fields are
+    set per instance, at construction)."""
+    found = []
+    for rel, text in sources.items():
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            fields = _is_dataclass(node) or any(ast.unparse(b) == "Section" for b in node.bases)
+            for stmt in node.body:
+                for name in _bound_names(stmt):
+                    where = f"{rel}: {node.name}.{name}"
+                    named = name.lstrip("_") in names
+                    if named and not (rel == "autoextend/checks.py" and node.name == "Checks"):
+                        found.append(where)
+                    value = getattr(stmt, "value", None)
+                    if (not named and not fields and isinstance(value, ast.Constant)
+                            and isinstance(value.value, bool)
+                            and where not in BOOL_CLASS_ATTRIBUTES):
+                        found.append(where)
+    return found
+
+
+def checks_turned_off(sources: dict[str, str]) -> list[str]:
+    """``path:line`` for every ``Checks(...)`` built with an argument, or ``replace()`` of a
+    checks value, in ``sources``: only sim/ and tests/ may turn a check off."""
+    found = []
+    for rel, text in sources.items():
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, ast.Call):
+                continue
+            func = ast.unparse(node.func)
+            if func.rpartition(".")[2] == "Checks" and (node.args or node.keywords):
+                found.append(f"{rel}:{node.lineno} {ast.unparse(node)}")
+            elif (func.rpartition(".")[2] == "replace" and node.args
+                  and re.search(r"checks|ALL_ON", ast.unparse(node.args[0]), re.I)):
+                found.append(f"{rel}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def _imported_names(tree: ast.AST) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                names[alias.asname or alias.name.split(".")[0]] = (
+                    alias.name if alias.asname else alias.name.split(".")[0])
+    return names
+
+
+def _product_class(expr: ast.expr, imported: dict[str, str]) -> str | None:
+    """The qualified name of the ``autoextend`` class ``expr`` (a dotted name) denotes, if
+    it does."""
+    dotted = ast.unparse(expr)
+    head, _, rest = dotted.partition(".")
+    if head not in imported or not re.fullmatch(r"[\w.]+", dotted):
+        return None
+    full = imported[head] + (f".{rest}" if rest else "")
+    if not full.startswith("autoextend."):
+        return None
+    parts = full.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return None
+        return full if inspect.isclass(obj) else None
+    return None
+
+
+def product_class_patches(sources: dict[str, str]) -> list[str]:
+    """``path:line`` for every builtin ``setattr``/``delattr`` call in ``sources``, every
+    ``x.setattr``/``x.delattr`` (monkeypatch) on an ``autoextend`` class, and every
+    assignment to or deletion of an attribute of one."""
+    found = []
+    for rel, text in sources.items():
+        tree = ast.parse(text)
+        imported = _imported_names(tree)
+        for node in ast.walk(tree):
+            targets: list[ast.expr] = []
+            if isinstance(node, ast.Call):
+                func = node.func
+                if isinstance(func, ast.Name) and func.id in ("setattr", "delattr"):
+                    found.append(f"{rel}:{node.lineno} {ast.unparse(node)}")
+                    continue
+                if (isinstance(func, ast.Attribute) and func.attr in ("setattr", "delattr")
+                        and node.args):
+                    targets = [node.args[0]]
+            elif isinstance(node, ast.Assign | ast.Delete):
+                targets = [t.value for t in node.targets if isinstance(t, ast.Attribute)]
+            elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+                if isinstance(node.target, ast.Attribute):
+                    targets = [node.target.value]
+            if any(_product_class(t, imported) for t in targets):
+                found.append(f"{rel}:{getattr(node, 'lineno', 0)} {ast.unparse(node)}")
+    return found
+
+
+def sources_of(*folders: str) -> dict[str, str]:
+    return {p.relative_to(ROOT).as_posix(): p.read_text()
+            for folder in folders for p in py_files(folder)}
+
+
+def test_the_switch_checks_see_the_old_switches() -> None:
+    """The four switches as they were (issue 26), and what stays allowed."""
+    names = switch_names()
+    old_term = "class Term:\n    _enforce = True\n"
+    old_context = ("@dataclass\nclass MonitorContext:\n    protect_views: bool = True\n"
+                   "class Monitor:\n    @property\n    def protect_views(self) -> bool: ...\n")
+    plain_bool = "class Mailbox:\n    _strict = True\n"
+    allowed = ("@dataclass(frozen=True)\nclass Gates:\n    dry_run: bool = False\n"
+               "class S(Section):\n    enabled: bool = True\n")
+    checks = "@dataclass(frozen=True)\nclass Checks:\n    term_check: bool = True\n"
+    assert class_switches({"a.py": old_term, "b.py": old_context, "c.py": plain_bool,
+                           "d.py": allowed, "autoextend/checks.py": checks}, names) == [
+        "a.py: Term._enforce", "b.py: MonitorContext.protect_views",
+        "b.py: Monitor.protect_views", "c.py: Mailbox._strict"]
+    assert class_switches({"e.py": checks}, names) == ["e.py: Checks.term_check"]
+    built = ("x = Checks(term_check=False)\ny = dataclasses.replace(ALL_ON, term_check=False)\n"
+             "z = Checks()\nw = dataclasses.replace(info, physical=1)\n")
+    assert checks_turned_off({"m.py": built}) == [
+        "m.py:1 Checks(term_check=False)", "m.py:2 dataclasses.replace(ALL_ON, term_check=False)"]
+    old_sim = ("from autoextend.lease.service import LeaseService\n"
+               "import autoextend.spm.host as host\nfrom autoextend import settings\n"
+               "setattr(target, attr, False)\nLeaseService._fresh_owner_read = False\n"
+               "host.HostMailbox._match_generation = False\n"
+               "monkeypatch.setattr(LeaseService, 'x', 1)\n"
+               "monkeypatch.setattr(settings, 'DEFAULT_CONFIG_PATH', 'p')\n"
+               "settings.DEFAULT_CONFIG_PATH = 'p'\nobj.attr = 1\n")
+    assert sorted(f.split()[0] for f in product_class_patches({"s.py": old_sim})) == [
+        "s.py:4", "s.py:5", "s.py:6", "s.py:7"]
+
+
+def test_no_class_attribute_can_switch_a_safety_check_off() -> None:
+    assert class_switches(sources_of("autoextend"), switch_names()) == []
+
+
+def test_only_the_simulation_and_tests_turn_a_check_off() -> None:
+    assert checks_turned_off(sources_of("autoextend")) == []
+
+
+def test_sim_and_tests_never_patch_a_product_class() -> None:
+    assert product_class_patches(sources_of("sim", "tests")) == []
+
+
+# ---- capabilities every implementation has are on the protocol ----------------------------
+
+MAX_CAPABILITY_PROBES = 5
+
+
+def capability_probes(sources: dict[str, str]) -> list[str]:
+    """``path:line isinstance(...)`` for every ``isinstance(x, P)`` in ``sources`` where
+    ``P`` (or one member of a tuple) is a ``@runtime_checkable`` class defined in
+    ``sources`` (an optional capability, asked at run time)."""
+    trees = {rel: ast.parse(text) for rel, text in sources.items()}
+    protocols = {node.name for tree in trees.values() for node in ast.walk(tree)
+                 if isinstance(node, ast.ClassDef) and any(
+                     ast.unparse(d).rpartition(".")[2] == "runtime_checkable"
+                     for d in node.decorator_list)}
+    found = []
+    for rel, tree in trees.items():
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id == "isinstance" and len(node.args) == 2):
+                kinds = node.args[1]
+                members = kinds.elts if isinstance(kinds, ast.Tuple) else [kinds]
+                if any(ast.unparse(m).rpartition(".")[2] in protocols for m in members):
+                    found.append(f"{rel}:{node.lineno} {ast.unparse(node)}")
+    return sorted(found)
+
+
+def test_the_probe_count_sees_a_probe() -> None:
+    source = ("@typing.runtime_checkable\nclass Reduces(Protocol):\n    pass\n"
+              "class Plain:\n    pass\n"
+              "def f(b):\n    return isinstance(b, Reduces), isinstance(b, Plain), "
+              "isinstance(b, (int, volumes.Reduces))\n")
+    assert capability_probes({"m.py": source}) == [
+        "m.py:7 isinstance(b, (int, volumes.Reduces))", "m.py:7 isinstance(b, Reduces)"]
+
+
+def test_at_most_five_capability_probes() -> None:
+    probes = capability_probes(sources_of("autoextend"))
+    assert len(probes) <= MAX_CAPABILITY_PROBES, "\n".join(probes)

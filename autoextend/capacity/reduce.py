@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import anyio
 
@@ -43,12 +43,9 @@ from autoextend.monitor.protocols import DriveInfo
 from autoextend.names import is_valid_name
 from autoextend.volumes import (
     FileBacked,
-    FixedExtent,
-    HoldsPaths,
-    Reduces,
+    KnowsExtent,
     VolumeBackend,
     VolumeRef,
-    Wraps,
     innermost,
 )
 
@@ -59,27 +56,10 @@ log = get_logger("capacity")
 RemoteReduce = Callable[[VolumeRef, int, bool], Awaitable[int]]
 
 
-class ReduceBackend(VolumeBackend, Reduces, HoldsPaths, Protocol):
-    """What the reducer needs of the host's volume backend (the reserve guard passes
-    ``reduce`` and ``holders_paths`` on; optional: ``FileBacked``, ``FixedExtent``,
-    :class:`ReadsVgs`, looked for through ``Wraps`` layers)."""
-
-
-class VgFacts(Protocol):
-    @property
-    def extent_size(self) -> int: ...
-
-
-class VgReader(Protocol):
-    async def vg(self, name: str) -> VgFacts: ...
-
-
-@runtime_checkable
-class ReadsVgs(Protocol):
-    """Optional: a backend that reads its VGs' metadata (the lvm backend's reader)."""
-
-    @property
-    def reader(self) -> VgReader: ...
+class ReduceBackend(VolumeBackend, Protocol):
+    """What the reducer needs of the host's volume backend (``reduce`` and
+    ``holders_paths`` are on every one; optional: ``KnowsExtent``, and ``FileBacked``
+    under its ``Wraps`` layers)."""
 
 
 class ReduceRefused(AutoextendError):
@@ -242,15 +222,9 @@ class Reducer:
 
 
 async def extent_of(backend: object, volume: VolumeRef, fallback: int) -> int:
-    """The extent size of ``volume``'s VG: the first layer of ``backend`` (looking through
-    wrappers) that knows it (a fixed extent size, or the VG's metadata); else ``fallback``
-    (the policy's ``extent_mib``)."""
-    layer = backend
-    while True:
-        if isinstance(layer, FixedExtent):
-            return int(layer.extent_size)
-        if isinstance(layer, ReadsVgs):
-            return int((await layer.reader.vg(volume.vg)).extent_size)
-        if not isinstance(layer, Wraps):
-            return fallback
-        layer = layer.inner
+    """The extent size of ``volume``'s VG as ``backend`` knows it (:class:`KnowsExtent`: the
+    reserve guard's and the loop backend's fixed size, the lvm backend's VG metadata); else
+    ``fallback`` (the policy's ``extent_mib``)."""
+    if isinstance(backend, KnowsExtent):
+        return await backend.vg_extent_size(volume.vg)
+    return fallback

@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 
+from autoextend.checks import ALL_ON, Checks
 from autoextend.lab.errors import VmError
 from autoextend.lab.guest import GuestJob, with_expected_md5
 from autoextend.lab.guestimage import GuestImage, build_guest
@@ -168,11 +169,13 @@ class MigrationLab:
 
 @asynccontextmanager
 async def two_local_hosts(
-    directory: Path, *, names: tuple[str, str] = ("src", "dst"), **settings: Any
+    directory: Path, *, names: tuple[str, str] = ("src", "dst"), checks: Checks = ALL_ON,
+    **settings: Any,
 ) -> AsyncIterator[MigrationLab]:
     """Two local-mode autoextend services (in this process) for migrations between them.
 
-    ``settings`` go to :func:`~autoextend.lab.singlehost.host_settings` (chunk, poll ...).
+    ``settings`` go to :func:`~autoextend.lab.singlehost.host_settings` (chunk, poll ...);
+    ``checks`` to both services (a negative control turns one off, ``autoextend/checks.py``).
     """
     image = await build_guest()
     root = directory / "volumes"
@@ -183,7 +186,8 @@ async def two_local_hosts(
             sections = {**extra, "volumes": {**extra.get("volumes", {}),
                                              "loop_root": str(root), "loop_host": name}}
             hosts[name] = await outer.enter_async_context(
-                lab_host(workdir=directory / name, extra=sections, **settings))
+                lab_host(workdir=directory / name, extra=sections, checks=checks,
+                         **settings))
         lab = MigrationLab(directory, image, hosts)
         async with lab.stack:  # guests and volumes go before the services
             yield lab

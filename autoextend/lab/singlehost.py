@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 
 from autoextend import settings as settings_mod
+from autoextend.checks import ALL_ON, Checks
 from autoextend.lab import proc
 from autoextend.lab.guest import GuestJob, with_expected_md5
 from autoextend.lab.guestimage import GuestImage, build_guest
@@ -170,6 +171,7 @@ async def lab_host(
     *,
     workdir: Path | None = None,
     observer: MonitorObserver | None = None,
+    checks: Checks = ALL_ON,
     **settings_kwargs: Any,
 ) -> AsyncIterator[LabHost]:
     """A running service on this machine, ready for guests. Cleans up everything on exit."""
@@ -183,7 +185,7 @@ async def lab_host(
         volumes = LoopVolumeBackend(
             cfg.volumes.loop_root, cfg.volumes.loop_extent_mib * MiB, LocalAuthority()
         )
-        service = Service(cfg, observer=observer)
+        service = Service(cfg, observer=observer, checks=checks)
         host = LabHost(base, cfg, service, image, volumes)
         async with host._stack, anyio.create_task_group() as tg:
             await tg.start(service.run)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
+from autoextend.checks import ALL_ON, Checks
 from autoextend.clock import Clock
 from autoextend.lease.config import LeaseSettings
 from autoextend.lease.liveness import HostStatus
@@ -97,13 +98,15 @@ class LeaseEngine(Protocol):
         ...
 
 
-def make_engine(settings: LeaseSettings, storage: SectorStorage, clock: Clock) -> LeaseEngine:
+def make_engine(settings: LeaseSettings, storage: SectorStorage, clock: Clock,
+                checks: Checks = ALL_ON) -> LeaseEngine:
     """The configured engine. ``storage`` is the metadata area (the native engine's I/O; the
-    sanlock engine takes only its sector size: the daemon does the lease I/O)."""
+    sanlock engine takes only its sector size: the daemon does the lease I/O). ``checks``:
+    see ``autoextend/checks.py`` (all on, except in a test's negative control)."""
     if settings.engine == "sanlock":
         from autoextend.lease.sanlock_engine import SanlockEngine
 
-        return SanlockEngine(settings, storage.sector_size, clock)
+        return SanlockEngine(settings, storage.sector_size, clock, checks)
     from autoextend.lease.service import LeaseService
 
-    return LeaseService(storage, settings, clock)
+    return LeaseService(storage, settings, clock, checks=checks)

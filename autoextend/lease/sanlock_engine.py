@@ -39,6 +39,7 @@ from typing import TypeVar
 
 import anyio
 
+from autoextend.checks import ALL_ON, Checks
 from autoextend.clock import Clock
 from autoextend.errors import AutoextendError, StartupError
 from autoextend.lease import sanlock_lib as sl
@@ -73,14 +74,17 @@ class SanlockTerm(Term):
     """One tenure as SPM: the SPM resource at version ``lver``."""
 
     def __init__(self, engine: SanlockEngine, lver: int) -> None:
-        super().__init__(engine.host_id, lver, lambda: engine.expiry, engine.clock)
+        super().__init__(engine.host_id, lver, lambda: engine.expiry, engine.clock,
+                         engine.checks)
 
 
 class SanlockEngine(TermHolder[SanlockTerm]):
-    def __init__(self, settings: LeaseSettings, sector_size: int, clock: Clock) -> None:
+    def __init__(self, settings: LeaseSettings, sector_size: int, clock: Clock,
+                 checks: Checks = ALL_ON) -> None:
         if settings.host_id < 1:
             raise LeaseError("lease.host_id is not configured (1..max_hosts)")
         self.settings = settings
+        self.checks = checks  # its terms get checks.term_check (see autoextend/checks.py)
         self._host_id = settings.host_id
         self._host_name = settings.host_name or socket.gethostname()
         self.clock = clock

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import TaskStatus
 
+from autoextend.checks import ALL_ON, Checks
 from autoextend.clock import Clock
 from autoextend.lease.config import LeaseSettings
 from autoextend.lease.delta import DeltaLease
@@ -44,7 +45,8 @@ class SpmTerm(Term):
     lease of ``generation`` (the term's expiry is that lease's)."""
 
     def __init__(self, service: LeaseService, lver: int, generation: int) -> None:
-        super().__init__(service.host_id, lver, lambda: service.delta.expiry, service.clock)
+        super().__init__(service.host_id, lver, lambda: service.delta.expiry, service.clock,
+                         service.checks)
         self.generation = generation
 
 
@@ -75,10 +77,6 @@ class LeaseStats:
 
 
 class LeaseService(TermHolder[SpmTerm]):
-    # Test-only switch (the simulation's mutation check, sim/): False skips the fresh read of
-    # the owner's host id record before a takeover and trusts a possibly stale cache.
-    _fresh_owner_read = True
-
     def __init__(
         self,
         storage: SectorStorage,
@@ -87,10 +85,15 @@ class LeaseService(TermHolder[SpmTerm]):
         *,
         watchdog: Watchdog | None = None,
         rng: random.Random | None = None,
+        checks: Checks = ALL_ON,
     ) -> None:
         if settings.host_id < 1:
             raise LeaseError("lease.host_id is not configured (1..max_hosts)")
         self.settings = settings
+        # checks.fresh_owner_read protects the takeover (_owner_gone: a free slot or another
+        # generation is trusted only from a read issued after the leader read); its terms
+        # get checks.term_check. Only the simulation's mutants pass either off.
+        self.checks = checks
         self.host_id = settings.host_id
         self.host_name = settings.host_name or socket.gethostname()
         self.clock = clock
@@ -213,7 +216,7 @@ class LeaseService(TermHolder[SpmTerm]):
         if not 1 <= owner <= self.layout.max_hosts:
             return True
         cached = self.monitor.record(owner)
-        if self._fresh_owner_read and (
+        if self.checks.fresh_owner_read and (
             owner not in self.monitor.peers
             or (cached is not None and (cached.free or cached.generation != generation))
             or self.monitor.needs_confirm(owner, self.clock.now())

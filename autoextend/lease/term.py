@@ -21,6 +21,7 @@ from typing import Generic, TypeVar
 
 import anyio
 
+from autoextend.checks import ALL_ON, Checks
 from autoextend.clock import Clock
 from autoextend.errors import NotSpmError
 from autoextend.logs import Logger
@@ -30,18 +31,17 @@ class Term:
     """One tenure as SPM: lease version ``lver`` held by ``host_id``, valid until ``expiry()``
     (re-read at every use: renewals move it) or until ended."""
 
-    # Test-only switch (the simulation's mutation check, sim/, sets it on SpmTerm): False
-    # makes check() pass whatever the term's state.
-    _enforce = True
-
     def __init__(self, host_id: int, lver: int, expiry: Callable[[], float],
-                 clock: Clock) -> None:
+                 clock: Clock, checks: Checks = ALL_ON) -> None:
         self.host_id = host_id
         self.lver = lver
         self.ended: str | None = None
         self._expiry = expiry
         self._clock = clock
         self._wake: anyio.CancelScope | None = None
+        # Protects this module's invariant (check() raises from the instant the lease may be
+        # lost). Only the simulation's term-check mutant passes checks.term_check off.
+        self._enforce = checks.term_check
 
     @property
     def expiry(self) -> float:

@@ -109,8 +109,8 @@ class LibvirtHypervisor:
         return f"libvirt {self.uri} cannot be reached (retrying): {self._connect_error}"
 
     def health(self) -> HypervisorHealth:
-        """Implements :class:`~autoextend.monitor.protocols.ReportsHealth` (libvirt events
-        carry no data to validate: ``malformed_events`` stays 0)."""
+        """``Hypervisor.health`` (libvirt events carry no data to validate:
+        ``malformed_events`` stays 0)."""
         return HypervisorHealth(self.session_failures, 0, self.watch_problem())
 
     # ------------------------------------------------------------------ protocol

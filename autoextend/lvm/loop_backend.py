@@ -233,6 +233,10 @@ class LoopVolumeBackend:
     def file_path(self, volume: VolumeRef) -> str:
         return os.path.join(self.root, check_name("VG", volume.vg), check_name("LV", volume.lv))
 
+    async def vg_extent_size(self, vg: str) -> int:
+        """The fixed extent size every file is rounded to (``volumes.KnowsExtent``)."""
+        return self.extent_size
+
     def _volume_of_file(self, path: str) -> VolumeRef | None:
         vg_dir, lv = os.path.split(path)
         root, vg = os.path.split(vg_dir)

@@ -60,6 +60,10 @@ class LvmVolumeBackend:
         """The LV's device path on this host (absent when it is not active here)."""
         return [self.device_path(volume)]
 
+    async def vg_extent_size(self, vg: str) -> int:
+        """The VG's extent size, from its metadata (``volumes.KnowsExtent``)."""
+        return (await self.reader.vg(vg)).extent_size
+
     async def free_bytes(self, vg: str) -> int | None:
         """Free bytes in the VG, from its metadata (read-only report)."""
         info = await self.reader.vg(vg)

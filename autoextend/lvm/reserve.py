@@ -21,14 +21,10 @@ from typing import Protocol
 
 import anyio
 
-from autoextend.errors import VolumeError
 from autoextend.lvm.errors import VolumeSpaceError
 from autoextend.lvm.names import round_up_to_extent
 from autoextend.volumes import (
     ExtendResult,
-    HoldsPaths,
-    Reduces,
-    ReportsMetadataSize,
     VolumeBackend,
     VolumeRef,
 )
@@ -74,21 +70,19 @@ class ReservedSpace:
     # (no extend_and_refresh, see ExtendsAndRefreshes): that would skip the check.
 
     async def reduce(self, volume: VolumeRef, size: int) -> ExtendResult:
-        if not isinstance(self.inner, Reduces):
-            raise VolumeError(f"{volume}: this volume backend cannot reduce")
         return await self.inner.reduce(volume, size)
 
+    async def vg_extent_size(self, vg: str) -> int:
+        """The extent size the guard rounds with (``volumes.KnowsExtent``)."""
+        return self.extent_size
+
     def holders_paths(self, volume: VolumeRef) -> list[str]:
-        if not isinstance(self.inner, HoldsPaths):
-            raise VolumeError(f"{volume}: this volume backend cannot tell who holds it open")
         return self.inner.holders_paths(volume)
 
     async def size(self, volume: VolumeRef) -> int:
         return await self.inner.size(volume)
 
     async def metadata_size(self, volume: VolumeRef) -> int:
-        if not isinstance(self.inner, ReportsMetadataSize):
-            raise VolumeError(f"{volume}: this volume backend cannot report metadata sizes")
         return await self.inner.metadata_size(volume)
 
     def lookup(self, path: str) -> VolumeRef | None:

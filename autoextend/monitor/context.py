@@ -89,9 +89,6 @@ class MonitorContext:
     extend_deadline_override: float | None = None
     views: VolumeViews | None = None  # this host's refresh, for migrations
     space_gate: SpaceGate | None = None  # set by the service (capacity levels)
-    # Test-only knob (the negative control of the migration tests): False ignores
-    # migrations, as the monitor did before it knew of them.
-    protect_views: bool = True
     in_flight: InFlight | None = field(default=None, repr=False)
 
     @property

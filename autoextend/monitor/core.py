@@ -51,6 +51,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from autoextend.checks import ALL_ON, Checks
 from autoextend.clock import Clock
 from autoextend.monitor import migration, pollplan
 from autoextend.monitor.config import PolicySettings, ResumeSettings
@@ -114,7 +115,10 @@ class Monitor:
         lease_ok: LeaseOk | None = None,
         extend_deadline_s: float | None = None,
         views: VolumeViews | None = None,
+        checks: Checks = ALL_ON,
     ) -> None:
+        """``checks``: all on, except in the migration tests' negative control
+        (``checks.protect_views``, see ``autoextend/checks.py``)."""
         resume = resume or ResumeSettings()
         self.ctx = MonitorContext(
             hypervisor, extender, settings, clock,
@@ -124,7 +128,7 @@ class Monitor:
             extend_deadline_override=extend_deadline_s, views=views,
         )
         self.ctx.in_flight = InFlight(lambda: self.extends_in_flight, self.ctx.observer)
-        self._steps = Steps.of(self.ctx)
+        self._steps = Steps.of(self.ctx, checks)
         self._vms: dict[str, VmTask] = {}
         self._tg: TaskGroup | None = None
         self._events_in: MemoryObjectReceiveStream[HypervisorEvent] | None = None
@@ -190,15 +194,6 @@ class Monitor:
     @space_gate.setter
     def space_gate(self, gate: SpaceGate | None) -> None:
         self.ctx.space_gate = gate
-
-    @property
-    def protect_views(self) -> bool:
-        """Test-only knob (the migration tests' negative control): False ignores migrations."""
-        return self.ctx.protect_views
-
-    @protect_views.setter
-    def protect_views(self, on: bool) -> None:
-        self.ctx.protect_views = on
 
     @property
     def extends_in_flight(self) -> int:

@@ -24,7 +24,7 @@ from autoextend.monitor.drive import DriveState, ThresholdState
 from autoextend.monitor.migrating import MigrationSteps, effective
 from autoextend.monitor.observer import ExtendFinished, VgFull, VmCheckFailed
 from autoextend.monitor.protocols import DriveInfo, ExtendOutcome, OutcomeCode, OutcomeKind
-from autoextend.monitor.vm import SamplesAfterExtend, log
+from autoextend.monitor.vm import log
 from autoextend.monitor.vmstate import VmState
 
 
@@ -225,8 +225,7 @@ class Extensions:
         # the new threshold fires it (the safety-net poll catches the rest).
         info = dataclasses.replace(info, physical=max(info.physical, outcome.size))
         d.update_info(info)
-        resolver = ctx.policy_for
-        if isinstance(resolver, SamplesAfterExtend) and resolver.sample_after_extend:
+        if ctx.policy_for.sample_after_extend:
             # Write-rate chunks: a fresh look now measures the rate over this extension,
             # so the threshold re-armed below already covers a burst.
             info = await self._fresh(vm, d)

@@ -127,6 +127,26 @@ class MemoryVolumes:
     def device_path(self, volume: VolumeRef) -> str:
         return f"/dev/{volume.vg}/{volume.lv}"
 
+    async def reduce(self, volume: VolumeRef, size: int) -> ExtendResult:
+        """Shrink to ``size`` rounded up to the extent size; never grows."""
+        self.authority.check()
+        current = self._current(volume)
+        target = self._rounded(size)
+        if target >= current:
+            return ExtendResult(current, False)
+        self.sizes[volume] = target
+        return ExtendResult(target, True)
+
+    async def metadata_size(self, volume: VolumeRef) -> int:
+        """One view: the size is the metadata's."""
+        return await self.size(volume)
+
+    def holders_paths(self, volume: VolumeRef) -> list[str]:
+        return [self.device_path(volume)]
+
+    async def vg_extent_size(self, vg: str) -> int:
+        return self.extent_size
+
     async def aclose(self) -> None:
         return None
 
@@ -297,7 +317,7 @@ class MemoryHypervisor:
     def volume_of(self, drive: DriveInfo) -> VolumeRef | None:
         return self.volumes.lookup(drive.path)
 
-    # --- optional capability: ReportsHealth
+    # --- health (Hypervisor.health)
 
     def health(self) -> HypervisorHealth:
         return HypervisorHealth(problem=self.problem)

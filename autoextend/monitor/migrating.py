@@ -15,8 +15,9 @@ them out for one VM, from the VM's own task (the one owner of its state):
   view is frozen (the size it was extended to, not the size this host sees), so that one
   extension per need is made, not one per poll.
 
-``MonitorContext.protect_views = False`` is a test-only knob (the negative control of the
-migration tests): the monitor then ignores migrations, as it did before it knew of them.
+``Checks.protect_views`` (``autoextend/checks.py``), given to the monitor when it is built,
+is on in production; only the migration tests' negative control builds a monitor with it
+off, which then ignores migrations, as it did before it knew of them.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from autoextend.checks import ALL_ON, Checks
 from autoextend.monitor import migration
 from autoextend.monitor.context import MonitorContext, VmView
-from autoextend.monitor.migration import MigAction, MigrationAware, MigState, Role
+from autoextend.monitor.migration import MigAction, MigState, Role
 from autoextend.monitor.observer import MigrationNoted
 from autoextend.monitor.protocols import DriveInfo, MigrationChanged, PauseReason, RunState
 from autoextend.monitor.vm import log
@@ -46,12 +48,16 @@ NOTHING = MigrationCheck()
 class MigrationSteps:
     """Carries out the migration rules for one VM at a time, from the VM's own task."""
 
-    def __init__(self, ctx: MonitorContext) -> None:
+    def __init__(self, ctx: MonitorContext, checks: Checks = ALL_ON) -> None:
         self._ctx = ctx
+        # Protects monitor/migration.py's invariant (the source never refreshes its view
+        # during a migration; the destination refreshes before it arms). Only the migration
+        # tests' negative control passes checks.protect_views off.
+        self._protect = checks.protect_views
 
     @property
     def aware(self) -> bool:
-        return self._ctx.protect_views and isinstance(self._ctx.hypervisor, MigrationAware)
+        return self._protect
 
     async def check(self, vm: VmView, state: RunState) -> MigrationCheck:
         """Step the VM's migration state from a fresh look, if anything may have changed."""
@@ -62,7 +68,6 @@ class MigrationSteps:
                 or (not state.running and state.pause_reason is PauseReason.MIGRATION)):
             return NOTHING
         hypervisor = self._ctx.hypervisor
-        assert isinstance(hypervisor, MigrationAware)
         info = await hypervisor.migration(vm.name)
         before = m.migration
         result = migration.step(before, info)
@@ -129,7 +134,6 @@ class MigrationSteps:
         if not migration.may_refresh(vm.machine.migration):
             return False
         hypervisor = self._ctx.hypervisor
-        assert isinstance(hypervisor, MigrationAware)
         info = await hypervisor.migration(vm.name)
         if info.role is Role.SOURCE and info.running:
             vm.post(MigrationChanged(vm.name))  # the VM's task steps its machine

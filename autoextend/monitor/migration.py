@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 
 class Role(enum.Enum):
@@ -166,11 +165,3 @@ def may_arm(state: MigState) -> bool:
     """Whether thresholds may be armed and extensions started for the VM's drives."""
     return state is MigState.NONE or state is MigState.MIGRATING_OUT
 
-
-@runtime_checkable
-class MigrationAware(Protocol):
-    """A hypervisor backend that can say whether a VM migrates (QMP, libvirt)."""
-
-    async def migration(self, vm: str) -> MigrationInfo:
-        """The VM's migration role and phase now. Raises HypervisorError on failure."""
-        ...

@@ -15,6 +15,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.errors import HypervisorError
+from autoextend.monitor.migration import MigrationInfo
 from autoextend.volumes import VolumeRef
 
 
@@ -193,20 +194,6 @@ class HypervisorHealth:
     problem: str | None = None
 
 
-@runtime_checkable
-class ReportsHealth(Protocol):
-    """Optional hypervisor capability: counters and a current problem (see
-    :class:`HypervisorHealth`). The service checks it with ``isinstance``; a hypervisor
-    without it reports a healthy, all-zero :class:`HypervisorHealth`."""
-
-    def health(self) -> HypervisorHealth: ...
-
-
-def health_of(hypervisor: object) -> HypervisorHealth:
-    """``hypervisor.health()`` when it reports health, else all zeros and no problem."""
-    return hypervisor.health() if isinstance(hypervisor, ReportsHealth) else HypervisorHealth()
-
-
 class Hypervisor(Protocol):
     """A source of drive events and the calls the monitor makes back.
 
@@ -246,6 +233,16 @@ class Hypervisor(Protocol):
 
     def volume_of(self, drive: DriveInfo) -> VolumeRef | None:
         """Map a drive to its volume, or None when it is not on a managed volume."""
+        ...
+
+    async def migration(self, vm: str) -> MigrationInfo:
+        """The VM's migration role and phase now (``monitor/migration.py``); every backend
+        can tell (QMP ``query-migrate``, libvirt's job info)."""
+        ...
+
+    def health(self) -> HypervisorHealth:
+        """What the backend counts at its edge and why nothing can be watched now, if so
+        (:class:`HypervisorHealth`; all zeros and no problem when healthy). No I/O."""
         ...
 
 

@@ -5,7 +5,7 @@ drawn in ``monitor/core.py``.)"""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from autoextend.logs import get_logger
 from autoextend.monitor import overrides, policy
@@ -15,16 +15,14 @@ from autoextend.volumes import VolumeRef
 
 log = get_logger("monitor")
 
-PolicyResolver = Callable[[DriveInfo, VolumeRef], policy.DrivePolicy]
+class PolicyResolver(Protocol):
+    """A drive's policy, asked at every decision: the config's (:class:`FixedPolicy`), or
+    one that follows what it measures (the write-rate chunks, ``monitor/chunking.py``).
+    While ``sample_after_extend`` is true the monitor samples the drive once more right
+    after each extension and asks again (false for a resolver that measures nothing)."""
 
-
-@runtime_checkable
-class SamplesAfterExtend(Protocol):
-    """Optional on a :data:`PolicyResolver`: one whose policy follows what it measures (the
-    write-rate chunks, ``monitor/chunking.py``). While ``sample_after_extend`` is true the
-    monitor samples the drive once more right after each extension and asks again."""
-
-    sample_after_extend: bool
+    @property
+    def sample_after_extend(self) -> bool: ...
 
     def __call__(self, info: DriveInfo, volume: VolumeRef) -> policy.DrivePolicy: ...
 
@@ -50,6 +48,20 @@ POLL = Poll()
 VmMessage = HypervisorEvent | ResyncRequest | Poll
 
 
+class FixedPolicy:
+    """Config defaults plus ``[[policy.overrides]]``: measures nothing."""
+
+    def __init__(self, settings: PolicySettings) -> None:
+        self.settings = settings
+
+    @property
+    def sample_after_extend(self) -> bool:
+        return False
+
+    def __call__(self, info: DriveInfo, volume: VolumeRef) -> policy.DrivePolicy:
+        return overrides.resolve(self.settings, info, volume)
+
+
 def default_policy_resolver(settings: PolicySettings) -> PolicyResolver:
     """Config defaults plus ``[[policy.overrides]]``."""
-    return lambda info, volume: overrides.resolve(settings, info, volume)
+    return FixedPolicy(settings)

@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from autoextend.checks import ALL_ON, Checks
 from autoextend.errors import AutoextendError
 from autoextend.monitor import migration, plan, policy
 from autoextend.monitor.context import MonitorContext
@@ -57,8 +58,8 @@ class Steps:
     resumes: ResumeSteps
 
     @classmethod
-    def of(cls, ctx: MonitorContext) -> Steps:
-        migrations = MigrationSteps(ctx)
+    def of(cls, ctx: MonitorContext, checks: Checks = ALL_ON) -> Steps:
+        migrations = MigrationSteps(ctx, checks)
         return cls(migrations, Extensions(ctx, migrations), JobSteps(ctx), ResumeSteps(ctx))
 
 

@@ -182,7 +182,7 @@ class QmpHypervisor:
         return None
 
     def health(self) -> HypervisorHealth:
-        """Implements :class:`~autoextend.monitor.protocols.ReportsHealth`."""
+        """``Hypervisor.health``."""
         return HypervisorHealth(self.session_failures, self.malformed_events,
                                 self.watch_problem())
 

@@ -42,6 +42,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from autoextend import logs
+from autoextend.checks import ALL_ON, Checks
 from autoextend.clock import Clock, MonotonicClock
 from autoextend.errors import AutoextendError
 from autoextend.sectors import SectorStorage
@@ -111,10 +112,6 @@ class HostMailbox:
     """One host's end of the mailbox. Start :meth:`run` in a task group (``await tg.start``),
     then call :meth:`request` from any task."""
 
-    # Test-only switch (the simulation's mutation check, sim/): False accepts a reply of any
-    # generation in the slot.
-    _match_generation = True
-
     def __init__(
         self,
         storage: SectorStorage,
@@ -123,9 +120,14 @@ class HostMailbox:
         settings: MailboxSettings,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        checks: Checks = ALL_ON,
     ) -> None:
         layout.check_host(host_id)
         layout.check_fits(storage.size)
+        # checks.match_generation protects "a host acts only on replies to its own
+        # incarnation" (a reply must carry this mailbox's generation). Only the simulation's
+        # generation mutant passes it off (autoextend/checks.py).
+        self._match_generation = checks.match_generation
         self._rng = rng
         self._storage = storage
         self._layout = layout

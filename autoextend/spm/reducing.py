@@ -23,7 +23,7 @@ The checks, in order; the first that answers decides:
 3. **hot volume**: some host asked to extend the volume within ``hot_window_s``.
 
 Invariant: the SPM changes a volume for a REDUCE only when every check passed, and the
-volume's backend change is "to exactly the asked size, never grow" (``Reduces.reduce``): a
+volume's backend change is "to exactly the asked size, never grow" (``VolumeBackend.reduce``): a
 volume is never reduced below the size a host asked for, and a second serving of the same
 request finds it done (check 1), so it is not reduced twice.
 
@@ -46,24 +46,18 @@ class attribute.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import anyio
 
 from autoextend import logs
 from autoextend.clock import Clock
 from autoextend.errors import AutoextendError, NotSpmError
 from autoextend.spm.wire import OP_REDUCE_CHECK, ReasonCode, Request, Status
 from autoextend.volumes import (
-    FileBacked,
-    Reduces,
     SpmAuthority,
     VolumeBackend,
     VolumeNotFound,
     VolumeRef,
-    innermost,
 )
 
 log = logs.get_logger("spm.server")
@@ -118,20 +112,6 @@ def hot_volume(f: ReduceFacts) -> Verdict | None:
     return None
 
 
-async def metadata_size(backend: VolumeBackend, volume: VolumeRef) -> int:
-    """The volume's size in the pool's metadata, not one host's view of it: for the loop
-    stand-in its file's size (its ``size()`` is this host's loop device, which only this
-    host's refresh changes), for lvm ``lv_size``."""
-    base = innermost(backend)
-    if not isinstance(base, FileBacked):
-        return await backend.size(volume)
-    path = base.file_path(volume)
-    try:
-        return (await anyio.to_thread.run_sync(os.stat, path)).st_size
-    except FileNotFoundError as err:
-        raise VolumeNotFound(str(volume), path) from err
-
-
 GIVEN_MAX = 4096  # verdicts remembered per term (a reply write is retried within seconds)
 
 REDUCE_CHECKS: tuple[ReduceCheck, ...] = (already_applied, fresh_term, hot_volume)
@@ -170,7 +150,7 @@ class ReduceDesk:
     async def facts(self, volume: VolumeRef, asked: int) -> ReduceFacts:
         now = self._clock.now()
         when, host = self._extends.get(volume, (None, 0))
-        return ReduceFacts(volume, asked, await metadata_size(self._backend, volume),
+        return ReduceFacts(volume, asked, await self._backend.metadata_size(volume),
                            now - self._term_started, None if when is None else now - when,
                            host, self.hot_window_s)
 
@@ -190,9 +170,6 @@ class ReduceDesk:
 
     async def _judge_and_act(self, host: int, req: Request) -> Verdict:
         volume = VolumeRef(req.vg, req.lv)
-        if not isinstance(self._backend, Reduces):
-            return Verdict(Status.REJECTED, reason=ReasonCode.VOLUME_ERROR,
-                           text="this SPM's volume backend cannot reduce")
         bound = log.bind(volume=str(volume), host_id=host, request_id=req.request_id)
         try:
             facts = await self.facts(volume, req.size)

@@ -1,13 +1,15 @@
-"""Where reduce planning takes the extent size from: the first layer of the backend (through
-wrappers) with a fixed extent size, else the first that reads its VGs' metadata, else the
-policy's ``extent_mib``. Duck typing is gone: each is an explicit protocol."""
+"""Where reduce planning takes the extent size from: the backend's one capability
+(``volumes.KnowsExtent``: a fixed size, or the VG's metadata), else the policy's
+``extent_mib``. The reserve guard answers with its own size: no caller walks the wrappers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autoextend.capacity.reduce import ReadsVgs, extent_of
-from autoextend.volumes import FixedExtent, VolumeRef, Wraps
+from autoextend.capacity.reduce import extent_of
+from autoextend.lvm.reserve import ReservedSpace
+from autoextend.monitor.memory import MemoryVolumes
+from autoextend.volumes import KnowsExtent, LocalAuthority, VolumeRef
 
 MiB = 1 << 20
 VOL = VolumeRef("vg", "lv")
@@ -18,57 +20,35 @@ class Vg:
     extent_size: int
 
 
-class Reader:
+class ReadingBackend:
+    """Like the lvm backend: reads the extent size from the VG's metadata."""
+
     def __init__(self, extents: dict[str, int]) -> None:
         self.extents = extents
         self.asked: list[str] = []
 
-    async def vg(self, name: str) -> Vg:
-        self.asked.append(name)
-        return Vg(self.extents[name])
-
-
-class ReadingBackend:
-    """Like the lvm backend: no extent_size of its own, a reader of VG metadata."""
-
-    def __init__(self, reader: Reader) -> None:
-        self.reader = reader
+    async def vg_extent_size(self, vg: str) -> int:
+        self.asked.append(vg)
+        return self.extents[vg]
 
 
 class Bare:
     """Knows nothing about extents."""
 
 
-class Wrapper:
-    def __init__(self, inner: object) -> None:
-        self.inner = inner
-
-
-class FixedWrapper(Wrapper):
-    extent_size = 8 * MiB
-
-
-async def test_a_backend_without_extent_size_asks_its_reader() -> None:
-    reader = Reader({"vg": 32 * MiB})
-    backend = ReadingBackend(reader)
-    assert isinstance(backend, ReadsVgs) and not isinstance(backend, FixedExtent)
+async def test_a_backend_that_reads_its_vg_is_asked() -> None:
+    backend = ReadingBackend({"vg": 32 * MiB})
+    assert isinstance(backend, KnowsExtent)
     assert await extent_of(backend, VOL, 4 * MiB) == 32 * MiB
-    assert reader.asked == ["vg"]
+    assert backend.asked == ["vg"]
 
 
-async def test_the_reader_is_found_through_wrappers() -> None:
-    reader = Reader({"vg": 16 * MiB})
-    wrapped = Wrapper(Wrapper(ReadingBackend(reader)))
-    assert isinstance(wrapped, Wraps)
-    assert await extent_of(wrapped, VOL, 4 * MiB) == 16 * MiB
-
-
-async def test_the_outermost_fixed_extent_wins_without_reading() -> None:
-    reader = Reader({"vg": 16 * MiB})
-    assert await extent_of(FixedWrapper(ReadingBackend(reader)), VOL, 4 * MiB) == 8 * MiB
-    assert reader.asked == []
+async def test_the_reserve_guard_answers_with_its_own_extent_size() -> None:
+    volumes = MemoryVolumes(extent_size=2 * MiB, authority=LocalAuthority())
+    assert await extent_of(volumes, VOL, 4 * MiB) == 2 * MiB
+    guarded = ReservedSpace(volumes, {"vg": 8 * MiB}, 8 * MiB)
+    assert await extent_of(guarded, VOL, 4 * MiB) == 8 * MiB
 
 
 async def test_nothing_known_falls_back_to_the_policy() -> None:
     assert await extent_of(Bare(), VOL, 4 * MiB) == 4 * MiB
-    assert await extent_of(Wrapper(Bare()), VOL, 2 * MiB) == 2 * MiB

@@ -13,17 +13,16 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from autoextend.errors import HypervisorError
+from autoextend.monitor.migration import NOT_MIGRATING
 from autoextend.monitor.protocols import (
     HypervisorHealth,
     PauseReason,
-    ReportsHealth,
     RunState,
     ThresholdCrossed,
     VmGone,
     VmNotFound,
     VmPaused,
     VmResumed,
-    health_of,
 )
 from tests.conformance.hypervisor_subjects import CAPACITY, PHYSICAL, Driver, MiB, serving
 
@@ -142,10 +141,13 @@ async def test_a_bad_call_on_a_known_vm_is_a_hypervisor_error(
         assert still.threshold == 0
 
 
-async def test_health_is_reported_through_the_protocol(hypervisor_driver: Factory) -> None:
+async def test_health_and_migration_are_on_the_protocol(hypervisor_driver: Factory) -> None:
+    """Every backend reports health and a VM's migration (``Hypervisor.health`` and
+    ``Hypervisor.migration``: no capability probe)."""
     async with serving(hypervisor_driver()) as driver:
         hv, vm = driver.hypervisor, driver.name()
         await driver.add_vm(vm)
-        assert isinstance(hv, ReportsHealth)
-        assert health_of(hv) == HypervisorHealth(0, 0, None)
-    assert health_of(object()) == HypervisorHealth()  # no capability: healthy, all zeros
+        assert hv.health() == HypervisorHealth(0, 0, None)
+        assert await hv.migration(vm) == NOT_MIGRATING
+        with pytest.raises(VmNotFound):
+            await hv.migration(driver.name())

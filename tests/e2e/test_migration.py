@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
+from autoextend.checks import ALL_ON, Checks
 from autoextend.lab.guest import GuestJob
 from autoextend.lab.migrate import MigrationLab, start_migration, two_local_hosts
 from autoextend.lab.qemu import QemuVm
@@ -46,8 +47,8 @@ def extends(host: LabHost, vm: str) -> int:
     return int(drive(host, vm).get("extends", 0))
 
 
-def local_lab(directory: Path) -> Any:
-    return two_local_hosts(directory, chunk_mib=16, poll_interval_s=0.5)
+def local_lab(directory: Path, checks: Checks = ALL_ON) -> Any:
+    return two_local_hosts(directory, chunk_mib=16, poll_interval_s=0.5, checks=checks)
 
 
 async def boot_and_migrate(lab: MigrationLab, name: str) -> tuple[QemuVm, QemuVm, Any, str]:
@@ -101,12 +102,11 @@ def volume(name: str) -> VolumeRef:
 
 
 async def test_negative_control_without_deferral_reads_stale_zeros(lab_tmp_path: Path) -> None:
-    """The same migration with the protection switched off (a test-only knob): the source
+    """The same migration with the protection off (both services built with
+    ``Checks(protect_views=False)``, the negative control): the source
     refreshes its own view during the migration, the destination never refreshes, and the
     guest's read-back on the destination gets zeros where its data is."""
-    async with local_lab(lab_tmp_path) as lab:
-        for host in lab.hosts.values():
-            host.service.monitor.protect_views = False
+    async with local_lab(lab_tmp_path, checks=Checks(protect_views=False)) as lab:
         src = lab.hosts["src"]
         vm, dest, migration, device = await boot_and_migrate(lab, "neg1")
         before = extends(src, "neg1")

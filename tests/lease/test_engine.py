@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from autoextend.checks import ALL_ON, Checks
 from autoextend.clock import ManualClock
 from autoextend.errors import NotSpmError, StartupError
 from autoextend.lease import engine_record as er
@@ -21,6 +22,7 @@ from autoextend.lease.engine import LeaseEngine, make_engine
 from autoextend.lease.layout import LEASE_AREA_SIZE, LeaseLayout, max_hosts_limit
 from autoextend.lease.sanlock_area import DELTA_MAGIC, parse_leader
 from autoextend.lease.sanlock_engine import SanlockEngine, SanlockTerm, sanlock_location
+from autoextend.lease.service import LeaseService
 from autoextend.sectorfakes import MemoryStorage
 
 MiB = 1 << 20
@@ -163,3 +165,18 @@ def test_sanlock_term_ends_at_its_expiry_without_io() -> None:
     term.end("stepped down")
     with pytest.raises(NotSpmError, match="stepped down"):
         term.check()
+
+
+def test_make_engine_gives_both_engines_the_checks_it_is_given() -> None:
+    """The checks reach the engine, and through it every term it makes; all on unless a
+    caller (only a test's negative control) passes one off (autoextend/checks.py)."""
+    clock = ManualClock()
+    storage = MemoryStorage(8 * MiB)
+    off = Checks(term_check=False)
+    for settings in (LeaseSettings(path="/p", host_id=1),
+                     LeaseSettings(path="/p", host_id=1, engine="sanlock", io_timeout_s=1.0)):
+        default, mutant = make_engine(settings, storage, clock), make_engine(
+            settings, storage, clock, off)
+        assert isinstance(default, LeaseService | SanlockEngine)
+        assert isinstance(mutant, LeaseService | SanlockEngine)
+        assert default.checks == ALL_ON and mutant.checks is off

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from autoextend.checks import ALL_ON, Checks
 from autoextend.clock import ManualClock
 from autoextend.errors import NotSpmError
 from autoextend.lease.config import LeaseSettings
@@ -152,19 +153,23 @@ def test_the_first_end_reason_sticks() -> None:
     assert term.ended == "stepped down"
 
 
-def test_enforce_switch_is_per_engine_term_class() -> None:
-    """The simulation's mutation check turns SpmTerm._enforce off; nothing else changes."""
+def test_term_check_is_off_only_in_the_engine_built_without_it() -> None:
+    """The simulation's term-check mutant builds its engine with ``Checks(term_check=False)``:
+    that engine's terms pass check() whatever their state; every other engine, and every
+    term class, still enforces (there is no class-level switch left to flip)."""
     clock = ManualClock(100.0)
-    native = LeaseService(MemoryStorage(8 * MiB), LeaseSettings(path="/p", host_id=1), clock)
+    storage, settings = MemoryStorage(8 * MiB), LeaseSettings(path="/p", host_id=1)
+    mutant = LeaseService(storage, settings, clock, checks=Checks(term_check=False))
+    native = LeaseService(storage, settings, clock)
     engine = SanlockEngine(LeaseSettings(path="/p", host_id=1, engine="sanlock",
                                          io_timeout_s=1.0), 512, clock)
-    spm, sanlock = SpmTerm(native, 1, 1), SanlockTerm(engine, 2)  # both past their expiry
-    SpmTerm._enforce = False
-    try:
-        spm.check()
-        with pytest.raises(NotSpmError):
-            sanlock.check()
-    finally:
-        SpmTerm._enforce = True
-    with pytest.raises(NotSpmError, match="may have expired"):
-        spm.check()
+    off = SpmTerm(mutant, 1, 1)  # every term below is past its expiry
+    off.check()
+    off.end("stepped down")
+    off.check()
+    for term in (SpmTerm(native, 1, 1), SanlockTerm(engine, 2), Term(1, 1, lambda: 0.0, clock)):
+        with pytest.raises(NotSpmError, match="may have expired"):
+            term.check()
+    for cls in (Term, SpmTerm, SanlockTerm):
+        assert "_enforce" not in vars(cls)
+    assert native.checks == ALL_ON and engine.checks == ALL_ON

@@ -11,7 +11,6 @@ import pytest
 
 from autoextend import settings as settings_mod
 from autoextend.capacity.sources import LoopSource, source_for
-from autoextend.errors import VolumeError
 from autoextend.lab.waiting import until
 from autoextend.lvm import factory
 from autoextend.lvm.loop_backend import LoopVolumeBackend
@@ -23,9 +22,7 @@ from autoextend.volumes import (
     ExtendResult,
     ExtendsAndRefreshes,
     FileBacked,
-    HoldsPaths,
     LocalAuthority,
-    Reduces,
     VolumeRef,
     VolumeSpaceError,
     innermost,
@@ -98,6 +95,15 @@ class HeldExtends:
 
     def device_path(self, volume: VolumeRef) -> str:
         return self.inner.device_path(volume)
+
+    async def reduce(self, volume: VolumeRef, size: int) -> ExtendResult:
+        return await self.inner.reduce(volume, size)
+
+    async def metadata_size(self, volume: VolumeRef) -> int:
+        return await self.inner.metadata_size(volume)
+
+    def holders_paths(self, volume: VolumeRef) -> list[str]:
+        return self.inner.holders_paths(volume)
 
     async def free_bytes(self, vg: str) -> int | None:
         return await self.inner.free_bytes(vg)
@@ -182,7 +188,6 @@ async def test_guard_passes_on_reduce_and_holders_but_no_way_to_grow(loop_root: 
     assert isinstance(inner, ExtendsAndRefreshes)
     assert not isinstance(guarded, ExtendsAndRefreshes)
     assert not any(name.startswith("extend_") for name in dir(guarded))
-    assert isinstance(guarded, Reduces) and isinstance(guarded, HoldsPaths)
     assert (await guarded.reduce(vol, 10 * MiB)) == ExtendResult(12 * MiB, True)
     assert await inner.size(vol) == 12 * MiB
     assert guarded.holders_paths(vol) == inner.holders_paths(vol) == [inner.file_path(vol)]
@@ -191,14 +196,15 @@ async def test_guard_passes_on_reduce_and_holders_but_no_way_to_grow(loop_root: 
     assert isinstance(source_for(guarded), LoopSource)  # ... seen through the guard
 
 
-async def test_guard_over_a_backend_that_cannot_reduce_says_so() -> None:
+async def test_guard_passes_reduce_and_holders_on_to_any_backend() -> None:
+    """``reduce`` and ``holders_paths`` are on every volume backend (the protocol): the guard
+    passes them on without a probe, to the in-memory backend too."""
     volumes = MemoryVolumes(extent_size=4 * MiB, authority=LocalAuthority())
     vol = VolumeRef("vg", "a")
     await volumes.create(vol, 16 * MiB)
     guarded = ReservedSpace(volumes, {"vg": 8 * MiB}, 4 * MiB)
-    with pytest.raises(VolumeError, match="cannot reduce"):
-        await guarded.reduce(vol, 8 * MiB)
-    with pytest.raises(VolumeError, match="who holds it open"):
-        guarded.holders_paths(vol)
-    assert await volumes.size(vol) == 16 * MiB
+    assert (await guarded.reduce(vol, 7 * MiB)) == ExtendResult(8 * MiB, True)
+    assert (await guarded.reduce(vol, 12 * MiB)) == ExtendResult(8 * MiB, False)  # never grows
+    assert guarded.holders_paths(vol) == ["/dev/vg/a"]
+    assert await volumes.size(vol) == 8 * MiB
     assert source_for(guarded) is None

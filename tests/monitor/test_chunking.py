@@ -16,7 +16,7 @@ from autoextend.monitor.chunking import (
 from autoextend.monitor.config import PolicySettings
 from autoextend.monitor.observer import DriveGone, ExtendFinished
 from autoextend.monitor.protocols import DriveInfo, OutcomeKind
-from autoextend.monitor.vm import SamplesAfterExtend, default_policy_resolver
+from autoextend.monitor.vm import default_policy_resolver
 from autoextend.volumes import VolumeRef
 
 MiB = 1 << 20
@@ -138,10 +138,11 @@ def test_fixed_mode_reports_the_fixed_chunk() -> None:
 
 
 def test_only_write_rate_mode_asks_for_a_sample_after_extend() -> None:
-    """The monitor asks ``isinstance(policy_for, SamplesAfterExtend)``: the chunk resolver is
-    one, and says yes only in write_rate mode (also after a reload); a plain resolver is not."""
+    """The monitor reads ``policy_for.sample_after_extend`` (on every resolver, no probe):
+    the chunk resolver says yes only in write_rate mode (also after a reload); the config's
+    resolver never does."""
     chunks = WriteRateChunks(PolicySettings(chunk_mib=128, extent_mib=4), ManualClock())
-    assert isinstance(chunks, SamplesAfterExtend) and not chunks.sample_after_extend
+    assert not chunks.sample_after_extend
     chunks.reconfigure(PolicySettings(chunk_mib=128, extent_mib=4, chunk_mode="write_rate"))
     assert chunks.sample_after_extend
-    assert not isinstance(default_policy_resolver(PolicySettings()), SamplesAfterExtend)
+    assert not default_policy_resolver(PolicySettings()).sample_after_extend

@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from autoextend import control, prepare
-from autoextend.errors import AutoextendError, VolumeError
+from autoextend.errors import AutoextendError
 from autoextend.lab.singlehost import host_settings
 from autoextend.service import Service
 from autoextend.volumes import VolumeNotFound, VolumeRef
@@ -84,15 +84,6 @@ async def test_a_view_that_stays_stale_is_an_error() -> None:
     assert str(err.value) == (f"vg0/lv1: this host sees {64 * MiB} bytes after refreshing, the"
                               f" metadata says {112 * MiB}: the view is stale; do not start a"
                               " guest on it")
-
-
-async def test_a_backend_without_metadata_sizes_is_an_error() -> None:
-    class Blind:
-        async def size(self, volume: VolumeRef) -> int:
-            return 0
-
-    with pytest.raises(VolumeError, match="cannot report metadata sizes"):
-        await prepare.prepare_view(Blind(), VOL)  # type: ignore[arg-type]
 
 
 async def test_the_service_prepares_over_its_control_socket(tmp_path: Path) -> None:

@@ -3,22 +3,25 @@ clock, disk and hosts, under seeded faults.
 
 - a fixed set of seeds covering more than 10**6 simulated seconds holds every invariant;
 - the same seed gives the same trace, byte for byte;
-- with one safety check of the real code disabled (test-only switches), the simulation finds
+- with one safety check of the real code disabled (``Checks`` injected into the world's hosts), the simulation finds
   a violation within the CI budget and prints the command that replays it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 
 import pytest
 
+from autoextend.checks import ALL_ON, Checks
 from autoextend.lease.service import LeaseService, SpmTerm
 from autoextend.spm.host import HostMailbox
 from sim.config import MUTATIONS, SimConfig
 from sim.run import Result, run_world
+from sim.world import mutant_checks
 
 from .figures import FIGURES
 
@@ -121,8 +124,27 @@ def test_mutation_is_caught(mutation: str) -> None:
         assert spent < budget, f"mutation {mutation} not caught in {spent:.0f} simulated s"
     else:
         pytest.fail(f"mutation {mutation} not caught")
-    # The switch is restored: the real code checks again.
-    assert LeaseService._fresh_owner_read and SpmTerm._enforce and HostMailbox._match_generation
+    # The mutant lived in that world's hosts only: nothing process-wide was switched.
+    field = MUTATIONS[mutation]
+    off = {} if field is None else {field: False}  # None: the server's reduce checks
+    assert mutant_checks(mutation) == dataclasses.replace(ALL_ON, **off)
+    assert mutant_checks(None) == ALL_ON == Checks()
+
+
+def test_a_mutant_world_builds_its_hosts_with_one_check_off() -> None:
+    """Each mutation turns off exactly one field of the injected ``Checks``, in the world's
+    own hosts (given at construction); the product classes carry no switch."""
+    fields = {f.name for f in dataclasses.fields(Checks)}
+    assert {f for f in MUTATIONS.values() if f is not None} <= fields
+    for name, field in MUTATIONS.items():
+        checks = mutant_checks(name)
+        # reduce-idempotency is given to the SPM server as its reduce checks (sim/reduces.py)
+        assert [f for f in fields if not getattr(checks, f)] == ([] if field is None else [field])
+    with pytest.raises(ValueError, match="unknown mutation"):
+        mutant_checks("no-such")
+    for cls in (LeaseService, SpmTerm, HostMailbox):
+        assert not any(isinstance(v, bool) for k, v in vars(cls).items() if k.startswith("_")
+                       and not k.startswith("__")), cls
 
 
 def test_cli_prints_the_trace_and_the_replay_command_of_a_failing_seed() -> None:

@@ -97,6 +97,16 @@ class RecordingBackend:
     def device_path(self, volume: VolumeRef) -> str:
         return f"/dev/{volume.vg}/{volume.lv}"
 
+    async def reduce(self, volume: VolumeRef, size: int) -> ExtendResult:
+        raise VolumeError(f"{volume}: this fake cannot reduce")
+
+    async def metadata_size(self, volume: VolumeRef) -> int:
+        """One view: the size is the metadata's."""
+        return await self.size(volume)
+
+    def holders_paths(self, volume: VolumeRef) -> list[str]:
+        return [self.device_path(volume)]
+
 
 class Authority:
     def __init__(self) -> None:
