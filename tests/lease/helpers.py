@@ -11,6 +11,9 @@ from autoextend.sectorfakes import MemoryStorage
 
 T = 0.02
 W = 0.05
+# For tests whose subject is not timing: a lease that a loaded machine (a CPU hog beside
+# two xdist workers) cannot let lapse by stalling the loop for a few hundred ms.
+STEADY = {"io_timeout_s": 0.25, "watchdog_fire_timeout_s": 0.5}
 MAX_HOSTS = 8
 
 
