@@ -23,6 +23,9 @@ Each field names the invariant it protects and where it is checked:
 - ``protect_views`` (``monitor/migrating.py: MigrationSteps``): during a live migration the
   source never refreshes its view and the destination refreshes before it arms. Off: the
   migration tests' negative control (the guest reads stale zeros on the destination).
+- ``check_views`` (``monitor/viewcheck.py: judge_view``, used at every VM appearance and by
+  the continuous view audit): no guest runs on a view smaller than its volume's metadata
+  size. Off: the simulation's ``view-check`` mutant and the stale-start negative control.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Checks:
     fresh_owner_read: bool = True
     match_generation: bool = True
     protect_views: bool = True
+    check_views: bool = True
 
 
 ALL_ON = Checks()
