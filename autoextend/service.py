@@ -39,6 +39,7 @@ from autoextend.control import ControlServer
 from autoextend.errors import AutoextendError, ConfigError
 from autoextend.logs import get_logger
 from autoextend.lvm import factory
+from autoextend.lvm.discard import Discarded
 from autoextend.lvm.reserve import FreeSpaceBackend
 from autoextend.metrics import Metrics, serve_metrics
 from autoextend.monitor.chunking import WriteRateChunks
@@ -75,7 +76,8 @@ class HeldReload:
 
 
 def make_volume_backend(
-    settings: Settings, authority: SpmAuthority | None = None
+    settings: Settings, authority: SpmAuthority | None = None,
+    discarded: Discarded | None = None,
 ) -> FreeSpaceBackend:
     """The host's volume backend. Single-host (local extender) mode: this host is the only
     writer, by configuration (``LocalAuthority``). In mailbox mode the host side gets no
@@ -85,6 +87,7 @@ def make_volume_backend(
     return factory.make_pool_backend(
         settings.volumes, settings.lvm, authority,
         reserves_mib=settings.policy.vg_reserve_mib, extent_mib=settings.policy.extent_mib,
+        discarded=discarded,
     )
 
 
@@ -101,12 +104,13 @@ def make_hypervisor(
 
 
 def make_cluster_agent(
-    settings: Settings, host_backend: VolumeBackend, clock: Clock, checks: Checks = ALL_ON
+    settings: Settings, host_backend: VolumeBackend, clock: Clock, checks: Checks = ALL_ON,
+    discarded: Discarded | None = None,
 ) -> ClusterAgent:
     """Mailbox mode: the agent, with its sections and the SPM's per-term backend factory."""
 
     def spm_backend(term: SpmAuthority) -> FreeSpaceBackend:
-        return make_volume_backend(settings, term)
+        return make_volume_backend(settings, term, discarded)
 
     return ClusterAgent(settings.lease, settings.mailbox, settings.lvm.vgs, host_backend,
                         spm_backend, clock, checks=checks)
@@ -139,11 +143,13 @@ class Service:
         self.notifier = notifier or Notifier()
         # In dependency order: volumes, then the extender (the cluster agent's in mailbox
         # mode: it waits inside for the agent to join), then the hypervisor and the monitor.
-        self.backend = make_volume_backend(settings)
+        self.discarded = Discarded()  # every writer's discards, across SPM terms
+        self.backend = make_volume_backend(settings, discarded=self.discarded)
         self.cluster: ClusterAgent | None = None
         self.extender: Extender
         if settings.service.extender == "mailbox":
-            self.cluster = make_cluster_agent(settings, self.backend, self.clock, checks)
+            self.cluster = make_cluster_agent(settings, self.backend, self.clock, checks,
+                                              self.discarded)
             self.extender = self.cluster.extender()
         else:
             self.extender = LocalExtender(self.backend)
@@ -235,6 +241,9 @@ class Service:
         m.counter_from("autoextend_control_accept_errors_total",
                        "Control socket accept() failures (out of file descriptors)",
                        lambda: float(control.accept_errors))
+        m.counter_from("autoextend_discarded_bytes_total",
+                       "Bytes of freed extents given back to the array (BLKDISCARD after a "
+                       "reduce or remove)", lambda: float(self.discarded.bytes))
 
     def _host_lease_valid(self) -> bool:
         """Mailbox mode: resume a VM after an I/O error only while this host's lease holds
