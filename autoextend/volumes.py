@@ -78,9 +78,11 @@ class ReportsVgFigures(Protocol):
     the capacity part's published source (the SPM's record, in mailbox mode)."""
 
     async def vg_figures(self, vgs: Sequence[str]) -> list[VgFigures]:
-        """Figures of those of ``vgs`` that have them (a VG that does not exist, or a loop or
-        in-memory VG without a capacity, is left out). Raises AutoextendError (or OSError)
-        when the look fails as a whole."""
+        """Figures of those of ``vgs`` that have them (a loop or in-memory VG without a
+        capacity is left out). A VG that does not exist is left out by the loop and
+        in-memory backends, while lvm's one ``vgs`` report refuses it: the whole look raises
+        VolumeNotFound. Raises AutoextendError (or OSError) when the look fails as a whole.
+        Reads only: a host without the authority to write answers the same."""
         ...
 
 
