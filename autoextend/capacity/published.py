@@ -1,11 +1,12 @@
 """Mailbox mode: the SPM publishes its VG figures (``record.py``); other hosts read them.
 
 :class:`PublishedSource` is the watcher's source on every host of a pool. While this host
-holds the SPM term it asks its own backend (``vgs``) and writes the record when the figures
-changed or ``publish_interval_s`` passed (checking the term before the write); otherwise it
-reads the record. A record whose ``seq`` has not moved for 3 x ``publish_interval_s`` is
-stale (no SPM, or a frozen one): the look fails (logged once by the watcher) and the last
-figures stay. A record that fails its checks is counted and never used.
+holds the SPM term it asks its own backend (``vg_figures``: ``vgs`` for lvm) and writes the
+record when the figures changed or ``publish_interval_s`` passed (checking the term before
+the write); otherwise it reads the record. A record whose ``seq`` has not moved for 3 x
+``publish_interval_s`` is stale (no SPM, or a frozen one): the look fails (logged once by
+the watcher) and the last figures stay. A record that fails its checks is counted and never
+used.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
@@ -56,6 +58,21 @@ def test_committed_counts_each_volume_once_per_vg() -> None:
               use("b", VolumeRef("vg0", "lv9"), 50 * MiB), use("c", OTHER, 7 * MiB)]
     assert committed_by_vg(in_use) == {"vg0": 150 * MiB, "vg1": 7 * MiB}
     assert committed_by_vg([]) == {}
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["vg0", "vg1"]),
+                          st.sampled_from(["lv1", "lv2", "lv3"]),
+                          st.integers(0, 1 << 40)), max_size=12))
+def test_committed_is_the_caps_of_the_distinct_volumes(
+        rows: list[tuple[str, str, str, int]]) -> None:
+    """A volume several drives use counts once (with its cap as last seen), in its own VG."""
+    in_use = [use(vm, VolumeRef(vg, lv), cap) for vm, vg, lv, cap in rows]
+    caps = {u.volume: u.cap for u in in_use}
+    got = committed_by_vg(in_use)
+    assert set(got) == {v.vg for v in caps}
+    assert sum(got.values()) == sum(caps.values())
+    for vg, total in got.items():
+        assert total == sum(c for v, c in caps.items() if v.vg == vg)
 
 
 async def test_the_watcher_reads_the_backend_and_the_monitors_query() -> None:
