@@ -159,7 +159,13 @@ class Service:
             "autoextend_chunk_bytes",
             "The chunk in use per volume (chunk_mib, or the write-rate chunk)",
             lambda: {str(v): c for v, c in self.chunks.chunks().items()})
-        observers: list[MonitorObserver] = [self.tally, self.metrics, self.chunks]
+        # The capacity part before the monitor: the monitor takes its gate and tells it (an
+        # observer) of clean stops; the part gets the monitor's queries in run().
+        self.capacity = CapacityPart(settings, self.backend, self.clock, self.metrics.registry,
+                                     cluster=self.cluster,
+                                     on_level=lambda: self.notifier.status(self.summary()))
+        observers: list[MonitorObserver] = [self.tally, self.metrics, self.chunks,
+                                            self.capacity]
         if observer is not None:
             observers.append(observer)
         self.monitor = Monitor(
@@ -174,16 +180,13 @@ class Service:
             lease_ok=self._host_lease_valid if self.cluster is not None else None,
             extend_deadline_s=timeouts.extension_deadline_s(settings),
             views=self.backend,
+            space_gate=self.capacity.gate,
             checks=checks,
         )
-        self.capacity = CapacityPart(settings, self.backend, self.monitor, self.clock,
-                                     self.metrics.registry, cluster=self.cluster)
-        if self.capacity.watcher is not None:
-            self.capacity.watcher.on_level = lambda: self.notifier.status(self.summary())
         self.control = ControlServer(settings.service.control_socket)
         self.control.register("status", self._status)
         self.control.register("spm_step_down", self._step_down)
-        self.control.register("volume_reduce", self.capacity.handle_reduce)
+        self.control.register("volume_reduce", self._volume_reduce)
         self.control.register("volume_prepare", self._volume_prepare)
         self.incoming = prepare.IncomingWatch(
             self.backend, lambda vm: self.monitor.settled(vm),
@@ -197,6 +200,11 @@ class Service:
         self._export_input_metrics()
         if self.cluster is not None:
             self._export_cluster_metrics(self.cluster)
+
+    async def _volume_reduce(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Control command ``volume_reduce`` (``capacity/reduce.py``), checked against the
+        monitor's volumes in use."""
+        return await self.capacity.handle_reduce(request, self.monitor)
 
     async def _volume_prepare(self, request: dict[str, Any]) -> dict[str, Any]:
         """Control command ``volume_prepare``: ``{"volumes": ["vg/lv", ...], "paths":
@@ -430,7 +438,7 @@ class Service:
                 await tg.start(self.monitor.run)
             tg.start_soon(self.notifier.watchdog_loop, self.clock)
             tg.start_soon(self._status_loop)
-            tg.start_soon(self.capacity.run)
+            tg.start_soon(self.capacity.run, self.monitor)
             tg.start_soon(self.incoming.run)
             self.notifier.ready(self.summary())
             log.info("service ready", hypervisor=self.settings.service.hypervisor,
