@@ -79,9 +79,8 @@ class ReportsVgFigures(Protocol):
 
     async def vg_figures(self, vgs: Sequence[str]) -> list[VgFigures]:
         """Figures of those of ``vgs`` that have them (a loop or in-memory VG without a
-        capacity is left out). A VG that does not exist is left out by the loop and
-        in-memory backends, while lvm's one ``vgs`` report refuses it: the whole look raises
-        VolumeNotFound. Raises AutoextendError (or OSError) when the look fails as a whole.
+        capacity is left out), and so is a VG that does not exist. Raises AutoextendError
+        (or OSError) when the look fails as a whole.
         Reads only: a host without the authority to write answers the same."""
         ...
 

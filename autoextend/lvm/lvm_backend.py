@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import anyio
 
 from autoextend.errors import NotSpmError
+from autoextend.lvm.errors import NoSuchVolumeGroup
 from autoextend.lvm.names import lvm_device_path, parse_lvm_device_path
 from autoextend.lvm.reader import LvmReader
 from autoextend.lvm.runner import LvmRunner
@@ -72,10 +73,19 @@ class LvmVolumeBackend:
 
     async def vg_figures(self, vgs: Sequence[str]) -> list[VgFigures]:
         """``vg_size`` and ``vg_free`` of ``vgs`` from one read-only ``vgs`` report
-        (``volumes.ReportsVgFigures``)."""
+        (``volumes.ReportsVgFigures``). A VG lvm2 does not know is left out, as the other
+        backends do: lvm2 refuses the whole report then, so each VG is asked alone."""
         if not vgs:
             return []
-        found = await self.reader.vgs(*vgs)
+        try:
+            found = await self.reader.vgs(*vgs)
+        except NoSuchVolumeGroup:
+            found = ()
+            for name in vgs:
+                try:
+                    found += await self.reader.vgs(name)
+                except NoSuchVolumeGroup:
+                    continue
         return [VgFigures(vg.name, vg.size, vg.free) for vg in found]
 
     async def refresh(self, volume: VolumeRef) -> int:
