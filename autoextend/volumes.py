@@ -65,11 +65,21 @@ class ExtendResult:
 
 @dataclass(frozen=True)
 class VgFigures:
-    """One VG as read from its backend: ``size`` and ``free`` in bytes."""
+    """One VG as read from its backend: ``size`` and ``free`` in bytes.
+
+    The metadata figures are None where the backend has no VG metadata (the loop and
+    in-memory backends): ``mda_size`` and ``mda_free`` are lvm2's ``vg_mda_size`` and
+    ``vg_mda_free`` (bytes; free is at most about half the size, see ``lvm/report.py``);
+    ``segments`` is the LV segments of the VG in all and ``max_segments`` the most any one
+    LV has (``lvs -o seg_count``)."""
 
     vg: str
     size: int
     free: int
+    mda_size: int | None = None
+    mda_free: int | None = None
+    segments: int | None = None
+    max_segments: int | None = None
 
 
 class ReportsVgFigures(Protocol):

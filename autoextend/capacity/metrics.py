@@ -1,5 +1,9 @@
 """Prometheus gauges of the VGs (labelled ``vg``), read from the watcher at scrape time,
-and the counter of space given back by reduces."""
+and the counter of space given back by reduces.
+
+The metadata area gauges (``autoextend_vg_mda_*``, ``autoextend_vg_lv_segments_max``) exist
+only for VGs whose backend has lvm2 metadata (not the loop or in-memory backends), and in
+mailbox mode only once the SPM publishes them (``record.py`` version 2)."""
 
 from __future__ import annotations
 
@@ -21,6 +25,17 @@ GAUGES = (
      "Free bytes over the recent rate of consumed bytes (+Inf while nothing is used)"),
     ("autoextend_vg_level", "Space level: 0 ok, 1 warning, 2 critical"),
 )
+MDA_GAUGES = (
+    ("autoextend_vg_mda_size_bytes", "Size of the VG's (smallest) lvm2 metadata area"),
+    ("autoextend_vg_mda_free_bytes",
+     "Free bytes in the VG's lvm2 metadata area (vg_mda_free: at most about half its size)"),
+    ("autoextend_vg_mda_bytes_per_extend",
+     "Metadata bytes one extend that adds a segment costs (moving average of measures)"),
+    ("autoextend_vg_mda_extends_left",
+     "Extends (each adding a segment) until the metadata area is full"),
+    ("autoextend_vg_mda_level", "Metadata area level: 0 ok, 1 warning, 2 critical"),
+)
+SEGMENT_GAUGE = ("autoextend_vg_lv_segments_max", "Most segments any one LV of the VG has")
 LEVEL_VALUE = {Level.OK: 0.0, Level.WARNING: 1.0, Level.CRITICAL: 2.0}
 
 
@@ -30,13 +45,21 @@ class CapacityCollector:
         self.reduced = reduced  # (reduces done, bytes given back)
 
     def collect(self) -> Iterator[Metric]:
-        families = {name: GaugeMetricFamily(name, doc, labels=["vg"]) for name, doc in GAUGES}
+        families = {name: GaugeMetricFamily(name, doc, labels=["vg"])
+                    for name, doc in (*GAUGES, *MDA_GAUGES, SEGMENT_GAUGE)}
         for vg, st in sorted(self.watcher.state.items()):
             f = st.figures
             values = (f.size, f.free, st.committed, overcommit_ratio(st.committed, f.size),
                       st.headroom_s, LEVEL_VALUE[st.level])
             for (name, _), value in zip(GAUGES, values, strict=True):
                 families[name].add_metric([vg], float(value))
+            if f.mda_size is not None and f.mda_free is not None:
+                mda = (float(f.mda_size), float(f.mda_free), st.mda.bytes_per_extend,
+                       float(st.mda_extends_left or 0), LEVEL_VALUE[st.mda_level])
+                for (name, _), gauge in zip(MDA_GAUGES, mda, strict=True):
+                    families[name].add_metric([vg], gauge)
+            if f.max_segments is not None:
+                families[SEGMENT_GAUGE[0]].add_metric([vg], float(f.max_segments))
         yield from families.values()
         count, given = self.reduced()
         yield CounterMetricFamily("autoextend_volume_reduces",

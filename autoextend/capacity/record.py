@@ -11,20 +11,36 @@ checking its term before every write); a zeroed sector means "never published".
 Layout (little-endian)::
 
     0   4s   magic "AXCP"
-    4   u8   version 1
+    4   u8   version 1 or 2
     5   u8   count           VG entries that follow (<= (sector - 32) // 96)
     6   u16  reserved        0
     8   u32  host_id         the SPM that wrote it (1..2000)
     12  u32  crc32           of the whole sector with this field zeroed
     16  u64  seq             one more at every write (hosts tell a live record by it)
     24  u64  reserved        0
-    32  entries, 96 bytes each:
+    32  entries, 96 bytes each; version 1:
         0  u8   name_len     1..64
         1  7s   reserved     0
         8  64s  name         ASCII VG name, NUL padded (lvm2 name rules)
         72 u64  size         bytes, < 2**63
         80 u64  free         bytes, <= size
         88 u64  reserved     0
+    version 2 gives the reserved bytes of an entry the VG's metadata figures:
+        1  u8   flags        bit 0: the mda fields are set; bit 1: the segment fields are
+                             set; the other bits 0 (a field not set is 0)
+        2  u16  max_segments the most segments of one LV (65535 stands for more)
+        4  u32  segments     the VG's LV segments in all (2**32-1 stands for more)
+        88 u32  mda_size     metadata area size in 512-byte units (lvm2 counts it in
+                             sectors; 2**32-1 stands for 2 TiB or more)
+        92 u32  mda_free     metadata area free, 512-byte units, <= mda_size
+
+The SPM writes version 1 when no VG has metadata figures (the loop backend), so a pool
+that has none reads the same record as before; with them it writes version 2, which a host
+of an earlier release refuses as it refuses any record it cannot check ("unusable",
+counted, never acted on): during a rolling upgrade such a host has no VG figures until it
+runs this release (its extensions are not held back by the record then, as without one).
+Values past a field's range are clamped, never wrapped; ``mda_size`` and ``mda_free`` are
+rounded down to 512 bytes (lvm2 reports them in whole sectors, so nothing is lost).
 
 5 VGs fit in a 512 B sector, 42 in 4 KiB; a pool with more VGs publishes the first ones by
 name (the rest have no figures on other hosts, logged once by the SPM). Every field is
@@ -47,15 +63,22 @@ from autoextend.names import is_valid_name
 
 MAGIC = b"AXCP"
 VERSION = 1
+VERSION_MDA = 2
 HEADER = struct.Struct("<4sBBHIIQQ")
 ENTRY = struct.Struct("<B7s64sQQQ")
+ENTRY_MDA = struct.Struct("<BBHI64sQQII")
+FLAG_MDA = 1
+FLAG_SEGMENTS = 2
+MDA_UNIT = 512
+U16_MAX = (1 << 16) - 1
+U32_MAX = (1 << 32) - 1
 HEADER_SIZE = 32
 ENTRY_SIZE = 96
 NAME_FIELD = 64
 CRC_OFFSET = 12
 MAX_HOST_ID = 2000
 MAX_SIZE = (1 << 63) - 1
-assert HEADER.size == HEADER_SIZE and ENTRY.size == ENTRY_SIZE
+assert HEADER.size == HEADER_SIZE and ENTRY.size == ENTRY_SIZE == ENTRY_MDA.size
 
 
 class BadRecord(ValueError):
@@ -83,12 +106,34 @@ def capacity(sector_size: int) -> int:
     return (sector_size - HEADER_SIZE) // ENTRY_SIZE
 
 
+def _has_mda(f: VgFigures) -> bool:
+    return f.mda_size is not None and f.mda_free is not None
+
+
+def _has_segments(f: VgFigures) -> bool:
+    return f.segments is not None and f.max_segments is not None
+
+
+def published(f: VgFigures) -> VgFigures:
+    """``f`` as a record carries it: metadata figures rounded down to 512 bytes and every
+    field clamped to its range (what :func:`decode` gives back)."""
+    mda_size = mda_free = segments = max_segments = None
+    if f.mda_size is not None and f.mda_free is not None:
+        mda_size = min(f.mda_size // MDA_UNIT, U32_MAX) * MDA_UNIT
+        mda_free = min(f.mda_free // MDA_UNIT, U32_MAX) * MDA_UNIT
+    if f.segments is not None and f.max_segments is not None:
+        segments, max_segments = min(f.segments, U32_MAX), min(f.max_segments, U16_MAX)
+    return VgFigures(f.vg, f.size, f.free, mda_size, mda_free, segments, max_segments)
+
+
 def encode(record: VgRecord, sector_size: int) -> bytes:
     """One sector. Entries past the sector's capacity are left out (sorted by name first);
-    raises ValueError for values no decoder would accept."""
+    version 2 when a VG has metadata figures (see the module docs); raises ValueError for
+    values no decoder would accept."""
     figs = sorted(record.figures, key=lambda f: f.vg)[: capacity(sector_size)]
     if not 1 <= record.host_id <= MAX_HOST_ID or not 0 <= record.seq <= MAX_SIZE:
         raise ValueError("host_id or seq out of range")
+    version = VERSION_MDA if any(_has_mda(f) or _has_segments(f) for f in figs) else VERSION
     out = bytearray(sector_size)
     for i, f in enumerate(figs):
         name = f.vg.encode("ascii")
@@ -96,9 +141,24 @@ def encode(record: VgRecord, sector_size: int) -> bytes:
             raise ValueError(f"VG name not publishable: {f.vg!r}")
         if not 0 <= f.free <= f.size <= MAX_SIZE:
             raise ValueError(f"VG {f.vg}: sizes out of range")
-        ENTRY.pack_into(out, HEADER_SIZE + i * ENTRY_SIZE, len(name), bytes(7), name,
-                        f.size, f.free, 0)
-    HEADER.pack_into(out, 0, MAGIC, VERSION, len(figs), 0, record.host_id, 0, record.seq, 0)
+        at = HEADER_SIZE + i * ENTRY_SIZE
+        if version == VERSION:
+            ENTRY.pack_into(out, at, len(name), bytes(7), name, f.size, f.free, 0)
+            continue
+        if any(v is not None and v < 0 for v in (f.mda_size, f.mda_free, f.segments,
+                                                   f.max_segments)):
+            raise ValueError(f"VG {f.vg}: negative metadata figures")
+        if f.mda_size is not None and f.mda_free is not None and f.mda_free > f.mda_size:
+            raise ValueError(f"VG {f.vg}: metadata area free past its size")
+        if f.segments is not None and f.max_segments is not None \
+                and f.max_segments > f.segments:
+            raise ValueError(f"VG {f.vg}: one LV has more segments than the VG")
+        p = published(f)
+        flags = (FLAG_MDA if _has_mda(p) else 0) | (FLAG_SEGMENTS if _has_segments(p) else 0)
+        ENTRY_MDA.pack_into(out, at, len(name), flags, p.max_segments or 0, p.segments or 0,
+                            name, f.size, f.free, (p.mda_size or 0) // MDA_UNIT,
+                            (p.mda_free or 0) // MDA_UNIT)
+    HEADER.pack_into(out, 0, MAGIC, version, len(figs), 0, record.host_id, 0, record.seq, 0)
     crc = zlib.crc32(out)
     struct.pack_into("<I", out, CRC_OFFSET, crc)
     return bytes(out)
@@ -111,7 +171,7 @@ def decode(data: bytes) -> VgRecord | None:
     if len(data) not in (512, 4096):
         raise BadRecord(f"not one sector ({len(data)} bytes)")
     magic, version, count, reserved, host_id, crc, seq, reserved2 = HEADER.unpack_from(data)
-    if magic != MAGIC or version != VERSION:
+    if magic != MAGIC or version not in (VERSION, VERSION_MDA):
         raise BadRecord("bad magic or version")
     check = bytearray(data)
     struct.pack_into("<I", check, CRC_OFFSET, 0)
@@ -131,9 +191,17 @@ def decode(data: bytes) -> VgRecord | None:
     figs = []
     for i in range(count):
         at = HEADER_SIZE + i * ENTRY_SIZE
-        name_len, pad, name, size, free, zero = ENTRY.unpack_from(data, at)
-        if any(pad) or zero or not 1 <= name_len <= NAME_FIELD or any(name[name_len:]):
-            raise BadRecord(f"entry {i}: bad name length, padding or reserved field")
+        if version == VERSION:
+            name_len, pad, name, size, free, zero = ENTRY.unpack_from(data, at)
+            if any(pad) or zero:
+                raise BadRecord(f"entry {i}: reserved field is not zero")
+            extra: tuple[int | None, ...] = (None, None, None, None)
+        else:
+            name_len, flags, max_segs, segs, name, size, free, mda_size, mda_free = \
+                ENTRY_MDA.unpack_from(data, at)
+            extra = _metadata_fields(i, flags, max_segs, segs, mda_size, mda_free)
+        if not 1 <= name_len <= NAME_FIELD or any(name[name_len:]):
+            raise BadRecord(f"entry {i}: bad name length or padding")
         try:
             vg = name[:name_len].decode("ascii")
         except UnicodeDecodeError:
@@ -142,7 +210,25 @@ def decode(data: bytes) -> VgRecord | None:
             raise BadRecord(f"entry {i}: not a valid VG name")
         if not 0 <= free <= size <= MAX_SIZE:
             raise BadRecord(f"entry {i}: free past size, or out of range")
-        figs.append(VgFigures(vg, size, free))
+        figs.append(VgFigures(vg, size, free, *extra))
     if len({f.vg for f in figs}) != len(figs):
         raise BadRecord("a VG appears twice")
     return VgRecord(host_id, seq, tuple(figs))
+
+
+def _metadata_fields(i: int, flags: int, max_segs: int, segs: int, mda_size: int,
+                     mda_free: int) -> tuple[int | None, ...]:
+    """(mda_size, mda_free, segments, max_segments) of a version 2 entry, checked."""
+    if flags & ~(FLAG_MDA | FLAG_SEGMENTS):
+        raise BadRecord(f"entry {i}: unknown flags {flags:#x}")
+    if not flags & FLAG_MDA and (mda_size or mda_free):
+        raise BadRecord(f"entry {i}: metadata area fields set without their flag")
+    if not flags & FLAG_SEGMENTS and (segs or max_segs):
+        raise BadRecord(f"entry {i}: segment fields set without their flag")
+    if mda_free > mda_size:
+        raise BadRecord(f"entry {i}: metadata area free past its size")
+    if flags & FLAG_SEGMENTS and max_segs > segs:
+        raise BadRecord(f"entry {i}: one LV has more segments than the VG")
+    mda = (mda_size * MDA_UNIT, mda_free * MDA_UNIT) if flags & FLAG_MDA else (None, None)
+    seg = (segs, max_segs) if flags & FLAG_SEGMENTS else (None, None)
+    return (*mda, *seg)

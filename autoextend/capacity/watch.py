@@ -9,7 +9,12 @@ level (``figures.py``). It
   the capacity part wakes their drives, so extensions that failed for a full VG retry at
   once instead of at their next backoff step;
 * answers the monitor's gate: at the critical level only drives whose VM paused on ENOSPC
-  are extended (the last space goes to the VMs that are stopped).
+  are extended (the last space goes to the VMs that are stopped);
+* does the same for the VG's lvm2 metadata area (``[capacity] mda_warning_percent_free``,
+  ``mda_critical_percent_free``): its own level, logged at each crossing (``volume group
+  metadata area level changed``), and at critical the same gate holds back extensions of
+  running VMs (each extend of a fragmented LV grows the metadata; lvm2 fails every change
+  once the area is full). It also measures the metadata bytes per extend (``figures.py``).
 
 It knows nothing of the monitor: each look is given the VGs to look at and their committed
 bytes (``wiring.py`` takes both from the monitor's typed query). A failed look is logged
@@ -28,10 +33,14 @@ import anyio
 from autoextend.capacity.config import CapacitySettings
 from autoextend.capacity.figures import (
     Level,
+    MdaMeasure,
     VgFigures,
+    extends_left,
     headroom_seconds,
     level_of,
+    mda_level_of,
     overcommit_ratio,
+    update_mda_measure,
     update_rate,
 )
 from autoextend.clock import Clock
@@ -48,10 +57,18 @@ class VgState:
     rate: float = 0.0
     level: Level = Level.OK
     committed: int = 0
+    mda_level: Level = Level.OK
+    mda: MdaMeasure = MdaMeasure()
 
     @property
     def headroom_s(self) -> float:
         return headroom_seconds(self.figures.free, self.rate)
+
+    @property
+    def mda_extends_left(self) -> int | None:
+        """Extends until the metadata area is full (None without metadata figures)."""
+        free = self.figures.mda_free
+        return None if free is None else extends_left(free, self.mda.bytes_per_extend)
 
     def snapshot(self) -> dict[str, Any]:
         f = self.figures
@@ -65,6 +82,12 @@ class VgState:
             "rate_bytes_per_s": round(self.rate, 3),
             "headroom_s": None if math.isinf(head) else round(head, 1),
             "level": self.level.value,
+            "mda_size": f.mda_size,
+            "mda_free": f.mda_free,
+            "mda_level": self.mda_level.value,
+            "mda_bytes_per_extend": round(self.mda.bytes_per_extend, 1),
+            "mda_extends_left": self.mda_extends_left,
+            "max_segments": f.max_segments,
         }
 
 
@@ -90,6 +113,8 @@ class CapacityWatcher:
         self.looked = anyio.Event()  # set after each look (tests wait on it)
         # Every level change: (time, vg, new level, free, size, free at the look before).
         self.changes: list[tuple[float, str, Level, int, int, int | None]] = []
+        # Every metadata area level change: (time, vg, new level, mda_free, mda_size).
+        self.mda_changes: list[tuple[float, str, Level, int | None, int | None]] = []
 
     async def look(self, vgs: Iterable[str], committed: Mapping[str, int]) -> list[str]:
         """One look at ``vgs``, with the bytes committed in each (the caps of its volumes in
@@ -118,17 +143,26 @@ class CapacityWatcher:
             st = self.state.get(f.vg)
             if st is None:
                 st = self.state[f.vg] = VgState(f, now)
+                st.mda = update_mda_measure(st.mda, f.mda_free, f.segments)
                 self._set_level(st, None, now)
+                self._set_mda_level(st, now)
             else:
                 before = st.figures
+                mda_was = st.mda_level
                 st.rate = update_rate(st.rate, before.free, f.free, now - st.seen_at,
                                       self.settings.rate_window_s)
                 st.figures, st.seen_at = f, now
+                st.mda = update_mda_measure(st.mda, f.mda_free, f.segments)
                 self._set_level(st, before.free, now)
+                self._set_mda_level(st, now)
                 if f.free > before.free:
                     log.info("volume group gained space", vg=f.vg, free=f.free,
                              gained=f.free - before.free)
                     gained.append(f.vg)
+                elif mda_was is Level.CRITICAL and st.mda_level is not Level.CRITICAL:
+                    log.info("volume group metadata area gained space", vg=f.vg,
+                             mda_free=f.mda_free)
+                    gained.append(f.vg)  # the extensions the gate held back go on now
             st.committed = committed.get(f.vg, 0)
         self.looks += 1
         self.looked.set()
@@ -149,13 +183,35 @@ class CapacityWatcher:
         self.changes.append((now, f.vg, level, f.free, f.size, free_before))
         self._on_level()
 
+    def _set_mda_level(self, st: VgState, now: float) -> None:
+        f = st.figures
+        level = mda_level_of(f.mda_size, f.mda_free, self.settings.mda_levels)
+        if level is st.mda_level:
+            return
+        report = {Level.OK: log.info, Level.WARNING: log.warning,
+                  Level.CRITICAL: log.error}[level]
+        pct = round(100.0 * (f.mda_free or 0) / f.mda_size, 1) if f.mda_size else 0.0
+        report("volume group metadata area level changed", vg=f.vg, level=level.value,
+               was=st.mda_level.value, mda_free=f.mda_free, mda_size=f.mda_size,
+               free_percent=pct, extends_left=st.mda_extends_left)
+        st.mda_level = level
+        self.mda_changes.append((now, f.vg, level, f.mda_free, f.mda_size))
+        self._on_level()
+
     def gate(self, volume: VolumeRef, paused_enospc: bool) -> str | None:
-        """The monitor's space gate: hold back extensions of a critical VG's running VMs."""
+        """The monitor's space gate: hold back extensions of the running VMs of a VG at its
+        critical level, or whose metadata area is at its critical level."""
         st = self.state.get(volume.vg)
-        if st is None or st.level is not Level.CRITICAL or paused_enospc:
+        if st is None or paused_enospc:
             return None
-        return (f"VG {volume.vg} is at its critical level ({st.figures.free} bytes free): "
-                "only VMs paused on ENOSPC are extended")
+        if st.level is Level.CRITICAL:
+            return (f"VG {volume.vg} is at its critical level ({st.figures.free} bytes free): "
+                    "only VMs paused on ENOSPC are extended")
+        if st.mda_level is Level.CRITICAL:
+            return (f"VG {volume.vg}'s metadata area is at its critical level "
+                    f"({st.figures.mda_free} of {st.figures.mda_size} bytes free): "
+                    "only VMs paused on ENOSPC are extended")
+        return None
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [self.state[vg].snapshot() for vg in sorted(self.state)]
@@ -165,8 +221,12 @@ class CapacityWatcher:
         parts = []
         for vg in sorted(self.state):
             st = self.state[vg]
+            f = st.figures
             if st.level is not Level.OK:
-                f = st.figures
                 pct = 100.0 * f.free / f.size if f.size else 0.0
                 parts.append(f"VG {vg} {st.level.value.upper()} {pct:.0f}% free")
+            if st.mda_level is not Level.OK and f.mda_size:
+                pct = 100.0 * (f.mda_free or 0) / f.mda_size
+                parts.append(f"VG {vg} metadata area {st.mda_level.value.upper()} "
+                             f"{pct:.0f}% free")
         return ", ".join(parts)

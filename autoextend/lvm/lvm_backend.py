@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import anyio
 
 from autoextend.errors import NotSpmError
+from autoextend.lvm import report
 from autoextend.lvm.errors import NoSuchVolumeGroup
 from autoextend.lvm.names import lvm_device_path, parse_lvm_device_path
 from autoextend.lvm.reader import LvmReader
@@ -47,6 +48,8 @@ class LvmVolumeBackend:
         self.reader = reader
         self.writer = writer
         self._vgs = frozenset(vgs)
+        # Per VG: the segment counts at a vg_seqno (segments change only with the metadata).
+        self._segments: dict[str, tuple[int, report.SegmentCounts]] = {}
 
     async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
         if self.writer is None:
@@ -72,9 +75,14 @@ class LvmVolumeBackend:
         return info.free_extents * info.extent_size
 
     async def vg_figures(self, vgs: Sequence[str]) -> list[VgFigures]:
-        """``vg_size`` and ``vg_free`` of ``vgs`` from one read-only ``vgs`` report
-        (``volumes.ReportsVgFigures``). A VG lvm2 does not know is left out, as the other
-        backends do: lvm2 refuses the whole report then, so each VG is asked alone."""
+        """``vg_size``, ``vg_free`` and the metadata area figures of ``vgs`` from one
+        read-only ``vgs`` report, and their LVs' segments (``volumes.ReportsVgFigures``).
+
+        The segments come from one ``lvs -o seg_count`` report per VG, and only when the
+        VG's ``vg_seqno`` moved since the last one (segments change only with the
+        metadata): at most one more report per look and VG, none while nothing changes.
+        A VG lvm2 does not know is left out, as the other backends do: lvm2 refuses the
+        whole report then, so each VG is asked alone."""
         if not vgs:
             return []
         try:
@@ -86,7 +94,23 @@ class LvmVolumeBackend:
                     found += await self.reader.vgs(name)
                 except NoSuchVolumeGroup:
                     continue
-        return [VgFigures(vg.name, vg.size, vg.free) for vg in found]
+        out = []
+        for vg in found:
+            try:
+                segs = await self._segment_counts(vg)
+            except NoSuchVolumeGroup:
+                continue  # removed between the two reports
+            out.append(VgFigures(vg.name, vg.size, vg.free, vg.mda_size, vg.mda_free,
+                                 segs.total, segs.max))
+        return out
+
+    async def _segment_counts(self, vg: report.VG) -> report.SegmentCounts:
+        known = self._segments.get(vg.name)
+        if known is not None and known[0] == vg.seqno:
+            return known[1]
+        counts = await self.reader.segment_counts(vg.name)
+        self._segments[vg.name] = (vg.seqno, counts)
+        return counts
 
     async def refresh(self, volume: VolumeRef) -> int:
         await self.reader.refresh(volume)

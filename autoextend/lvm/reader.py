@@ -70,6 +70,10 @@ class LvmReports:
             "lvs", report.LV_FIELDS, render_config(self.config), targets, self._readonly
         )
 
+    def segment_counts_args(self, vg: str) -> list[str]:
+        return report_args("lvs", report.LVSEG_COUNT_FIELDS, render_config(self.config),
+                           [check_name("VG", vg)], self._readonly)
+
 
 def one_vg(result: CommandResult, name: str) -> report.VG:
     vgs = parse_or_raise(result, report.parse_vgs)
@@ -112,6 +116,13 @@ class LvmReader:
     async def lvs(self, vg: str) -> tuple[report.LV, ...]:
         result = await self._runner.run(self._reports.lvs_args([check_name("VG", vg)]))
         return parse_or_raise(result, report.parse_lvs)
+
+    async def segment_counts(self, vg: str) -> report.SegmentCounts:
+        """The VG's LVs and their segments (one ``lvs -o seg_count`` report); a VG without
+        LVs has none. Raises NoSuchVolumeGroup."""
+        result = await self._runner.run(self._reports.segment_counts_args(vg))
+        counts = parse_or_raise(result, report.parse_segment_counts)
+        return counts.get(vg, report.SegmentCounts(vg, 0, 0, 0))
 
     async def lv(self, volume: VolumeRef) -> report.LV:
         """Raises NoSuchVolumeGroup / NoSuchLogicalVolume."""

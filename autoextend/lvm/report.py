@@ -24,7 +24,8 @@ PV_FIELDS = (
 )
 VG_FIELDS = (
     "vg_name", "vg_uuid", "vg_size", "vg_free", "vg_extent_size", "vg_extent_count",
-    "vg_free_count", "vg_seqno", "pv_count", "lv_count", "vg_tags",
+    "vg_free_count", "vg_seqno", "pv_count", "lv_count", "vg_tags", "vg_mda_size",
+    "vg_mda_free", "vg_mda_count",
 )
 LV_FIELDS = (
     "vg_name", "lv_name", "lv_uuid", "lv_size", "vg_extent_size", "lv_tags", "lv_active",
@@ -58,6 +59,13 @@ class VG:
     pv_count: int
     lv_count: int
     tags: tuple[str, ...]
+    # The VG's metadata areas (lvm2's text metadata, a circular buffer on each PV that has
+    # one): the smallest area's size, and the least free space of any (bytes). lvm2 keeps
+    # room for the old and the new copy, so ``mda_free`` is at most about half of
+    # ``mda_size`` and reaching 0 means the next change that grows the metadata fails.
+    mda_size: int = 0
+    mda_free: int = 0
+    mda_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -180,9 +188,14 @@ def parse_vgs(text: str) -> tuple[VG, ...]:
             pv_count=_int(row, "pv_count"),
             lv_count=_int(row, "lv_count"),
             tags=_tags(row["vg_tags"]),
+            mda_size=_int(row, "vg_mda_size"),
+            mda_free=_int(row, "vg_mda_free"),
+            mda_count=_int(row, "vg_mda_count"),
         )
         if vg.extent_size == 0:
             raise ReportFormatError(f"VG {vg.name} has extent size 0")
+        if vg.mda_free > vg.mda_size:
+            raise ReportFormatError(f"VG {vg.name} has more metadata area free than its size")
         vgs.append(vg)
     return tuple(vgs)
 
@@ -247,3 +260,31 @@ def parse_pvsegs(text: str) -> tuple[PvSegment, ...]:
             raise ReportFormatError("lv_name has a NUL byte or is too long")
         segs.append(seg)
     return tuple(segs)
+
+
+LVSEG_COUNT_FIELDS = ("vg_name", "lv_name", "seg_count")
+
+
+@dataclass(frozen=True)
+class SegmentCounts:
+    """One VG's LV segments (``lvs -o seg_count``): every extend that cannot continue an
+    LV's last run adds one, and each costs about 110 bytes of lvm2's text metadata."""
+
+    vg: str
+    lvs: int
+    total: int
+    max: int
+
+
+def parse_segment_counts(text: str) -> dict[str, SegmentCounts]:
+    """Per VG, from ``lvs -o <LVSEG_COUNT_FIELDS> --reportformat json``: the LVs, their
+    segments in all and the most any one LV has. Every LV has at least one segment."""
+    counts: dict[str, list[int]] = {}
+    for row in _rows(text, "lv", LVSEG_COUNT_FIELDS):
+        vg = _name(row, "vg_name")
+        _name(row, "lv_name")
+        segs = _int(row, "seg_count")
+        if segs == 0:
+            raise ReportFormatError(f"LV {vg}/{row['lv_name']} has no segment")
+        counts.setdefault(vg, []).append(segs)
+    return {vg: SegmentCounts(vg, len(c), sum(c), max(c)) for vg, c in counts.items()}

@@ -73,7 +73,7 @@ GOOD = record.encode(record.VgRecord(3, 7, (VgFigures("gold", 512 * MiB, 100 * M
 
 @pytest.mark.parametrize(("offset", "fmt", "value", "why"), [
     (0, "4s", b"XXXX", "magic"),
-    (4, "B", 2, "version"),
+    (4, "B", 3, "version"),
     (5, "B", 6, "entries do not fit"),
     (200, "B", 1, "bytes after"),
     (6, "H", 1, "reserved"),
@@ -92,6 +92,83 @@ GOOD = record.encode(record.VgRecord(3, 7, (VgFigures("gold", 512 * MiB, 100 * M
 ])
 def test_every_field_is_range_checked(offset: int, fmt: str, value: object, why: str) -> None:
     data = bytearray(GOOD)
+    struct.pack_into("<" + fmt, data, offset, value)
+    with pytest.raises(record.BadRecord, match=why):
+        record.decode(resealed(data))
+
+
+@st.composite
+def lvm_figures(draw: st.DrawFn) -> VgFigures:
+    """Figures as the lvm backend gives them (metadata area in whole sectors), or a loop
+    VG's (no metadata figures)."""
+    f = draw(figures())
+    if draw(st.booleans()):
+        return f
+    mda_size = draw(st.integers(0, record.U32_MAX)) * 512
+    segments = draw(st.integers(0, record.U32_MAX))
+    return VgFigures(f.vg, f.size, f.free, mda_size,
+                     draw(st.integers(0, mda_size // 512)) * 512, segments,
+                     draw(st.integers(0, min(segments, record.U16_MAX))))
+
+
+@given(st.lists(lvm_figures(), max_size=6, unique_by=lambda f: f.vg), st.integers(1, 2000),
+       st.integers(0, record.MAX_SIZE), st.sampled_from([512, 4096]))
+def test_round_trip_with_metadata_figures(figs: list[VgFigures], host: int, seq: int,
+                                          sector: int) -> None:
+    data = record.encode(record.VgRecord(host, seq, tuple(figs)), sector)
+    rec = record.decode(data)
+    assert rec is not None
+    kept = sorted(figs, key=lambda f: f.vg)[: record.capacity(sector)]
+    assert rec.figures == tuple(kept)
+    # A record without metadata figures stays version 1: what an earlier release reads.
+    with_mda = any(f.mda_size is not None for f in kept)
+    assert data[4] == (record.VERSION_MDA if with_mda else record.VERSION)
+
+
+@given(st.integers(0, 1 << 62), st.data())
+def test_metadata_figures_are_clamped_and_rounded_down(mda_size: int,
+                                                       data: st.DataObject) -> None:
+    mda_free = data.draw(st.integers(0, mda_size))
+    segments = data.draw(st.integers(0, 1 << 40))
+    most = data.draw(st.integers(0, segments))
+    f = VgFigures("vg", 10, 5, mda_size, mda_free, segments, most)
+    rec = record.decode(record.encode(record.VgRecord(1, 1, (f,)), 512))
+    assert rec is not None
+    (got,) = rec.figures
+    assert got == record.published(f)
+    assert got.mda_size is not None and got.mda_free is not None
+    assert got.mda_free <= got.mda_size <= mda_size and got.mda_free <= mda_free
+    assert got.mda_size % 512 == 0 and (mda_size - got.mda_size < 512
+                                        or got.mda_size == record.U32_MAX * 512)
+    assert got.segments == min(segments, record.U32_MAX)
+    assert got.max_segments == min(most, record.U16_MAX)
+
+
+def test_encode_refuses_inconsistent_metadata_figures() -> None:
+    for bad in (VgFigures("vg", 10, 5, 512, 1024), VgFigures("vg", 10, 5, -512, 0),
+                VgFigures("vg", 10, 5, None, None, 3, 4)):
+        with pytest.raises(ValueError, match="VG vg"):
+            record.encode(record.VgRecord(1, 1, (bad,)), 512)
+
+
+MDA = record.encode(record.VgRecord(3, 7, (VgFigures(
+    "gold", 512 * MiB, 100 * MiB, 128 * MiB, 60 * MiB, 900, 12),)), 512)
+
+
+@pytest.mark.parametrize(("offset", "fmt", "value", "why"), [
+    (33, "B", 4, "unknown flags"),
+    (33, "B", 2, "metadata area fields set without their flag"),
+    (33, "B", 1, "segment fields set without their flag"),
+    (34, "H", 901, "more segments than the VG"),
+    (120, "I", 1, "free past its size"),
+    (124, "I", 128 * 2048 + 1, "free past its size"),
+    (32, "B", 0, "entry 0"),
+    (112, "Q", 513 * MiB, "free past size"),
+])
+def test_every_version_2_field_is_checked(offset: int, fmt: str, value: object,
+                                          why: str) -> None:
+    assert record.decode(MDA) is not None
+    data = bytearray(MDA)
     struct.pack_into("<" + fmt, data, offset, value)
     with pytest.raises(record.BadRecord, match=why):
         record.decode(resealed(data))

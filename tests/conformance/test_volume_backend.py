@@ -137,3 +137,32 @@ async def test_vg_figures_follow_the_volumes(volume_subject: Subject) -> None:
     assert await subject.backend.vg_figures([]) == []
     assert await subject.backend.vg_figures([ref.vg, "nosuchvg"]) == [after]
     assert await subject.backend.vg_figures(["nosuchvg"]) == []
+
+
+async def test_metadata_figures_only_where_the_pool_has_metadata(
+        volume_subject: Subject) -> None:
+    """lvm gives the VG's metadata area (``vg_mda_size``/``vg_mda_free``) and its LVs'
+    segments, and the area's free space drops as the metadata grows (an extend that cannot
+    continue the LV adds a segment); the loop and in-memory backends have none (None)."""
+    subject = volume_subject
+    ref = await subject.create("meta", 8 * MiB)
+    other = await subject.create("meta2", 8 * MiB)  # so that the next extend fragments
+    if subject.limit is not None:
+        await subject.limit(ref.vg, 64 * MiB)
+    [before] = await subject.backend.vg_figures([ref.vg])
+    if subject.kind != "lvm":
+        assert (before.mda_size, before.mda_free, before.segments, before.max_segments) == (
+            None, None, None, None)
+        return
+    assert before.mda_size is not None and before.mda_free is not None
+    assert 0 < before.mda_free <= before.mda_size // 2  # lvm2 keeps room for two copies
+    assert (before.segments, before.max_segments) == (2, 1)
+    for _ in range(8):  # each adds a segment: the two LVs' extents interleave
+        for volume in (ref, other):
+            size = await subject.backend.metadata_size(volume)
+            await subject.backend.extend(volume, size + subject.extent)
+    [after] = await subject.backend.vg_figures([ref.vg])
+    assert (after.segments, after.max_segments) == (18, 9)
+    assert after.mda_size == before.mda_size
+    assert after.mda_free is not None and after.mda_free < before.mda_free
+    assert await subject.host_side.vg_figures([ref.vg]) == [after]

@@ -113,16 +113,56 @@ def test_lvs_report_round_trip(lvs: list[report.LV]) -> None:
         report.VG, name=names, uuid=st.just("u"), size=sizes, free=sizes,
         extent_size=extent_sizes, extent_count=sizes, free_extents=sizes, seqno=sizes,
         pv_count=st.integers(0, 100), lv_count=st.integers(0, 1000), tags=tags.map(tuple),
+        mda_size=st.just(1 << 27), mda_free=st.integers(0, 1 << 27), mda_count=st.integers(0, 9),
     )
 )
 def test_vgs_report_round_trip(vg: report.VG) -> None:
-    row = {
+    assert report.parse_vgs(_lvm_json("vg", [_vg_row(vg)])) == (vg,)
+
+
+def _vg_row(vg: report.VG) -> dict[str, str]:
+    return {
         "vg_name": vg.name, "vg_uuid": vg.uuid, "vg_size": str(vg.size), "vg_free": str(vg.free),
         "vg_extent_size": str(vg.extent_size), "vg_extent_count": str(vg.extent_count),
         "vg_free_count": str(vg.free_extents), "vg_seqno": str(vg.seqno),
         "pv_count": str(vg.pv_count), "lv_count": str(vg.lv_count), "vg_tags": ",".join(vg.tags),
+        "vg_mda_size": str(vg.mda_size), "vg_mda_free": str(vg.mda_free),
+        "vg_mda_count": str(vg.mda_count),
     }
-    assert report.parse_vgs(_lvm_json("vg", [row])) == (vg,)
+
+
+def test_vgs_report_metadata_area_is_strict() -> None:
+    vg = report.VG("vg", "u", 8, 4, 4, 2, 1, 3, 1, 0, (), 2093056, 1044480, 1)
+    assert report.parse_vgs(_lvm_json("vg", [_vg_row(vg)])) == (vg,)
+    for key, value, why in (("vg_mda_free", "2093057", "more metadata area free"),
+                            ("vg_mda_size", "-1", "not a non-negative integer"),
+                            ("vg_mda_count", "", "not a non-negative integer")):
+        row = {**_vg_row(vg), key: value}
+        with pytest.raises(ReportFormatError, match=why):
+            report.parse_vgs(_lvm_json("vg", [row]))
+    row = _vg_row(vg)
+    del row["vg_mda_free"]
+    with pytest.raises(ReportFormatError, match="lacks vg_mda_free"):
+        report.parse_vgs(_lvm_json("vg", [row]))
+
+
+@given(st.dictionaries(names, st.lists(st.integers(1, 1 << 20), min_size=1, max_size=5),
+                       max_size=4))
+def test_segment_counts_report(by_vg: dict[str, list[int]]) -> None:
+    rows = [{"vg_name": vg, "lv_name": f"lv{i}", "seg_count": str(n)}
+            for vg, counts in by_vg.items() for i, n in enumerate(counts)]
+    got = report.parse_segment_counts(_lvm_json("lv", rows))
+    assert got == {vg: report.SegmentCounts(vg, len(c), sum(c), max(c))
+                   for vg, c in by_vg.items()}
+
+
+def test_segment_counts_report_is_strict() -> None:
+    for row, why in (({"vg_name": "vg", "lv_name": "lv", "seg_count": "0"}, "no segment"),
+                     ({"vg_name": "vg", "lv_name": "", "seg_count": "1"}, "lv_name is empty"),
+                     ({"vg_name": "vg", "lv_name": "lv", "seg_count": "x"}, "non-negative"),
+                     ({"vg_name": "vg", "lv_name": "lv"}, "lacks seg_count")):
+        with pytest.raises(ReportFormatError, match=why):
+            report.parse_segment_counts(_lvm_json("lv", [row]))
 
 
 def test_pvs_report_with_a_missing_pv() -> None:
@@ -153,7 +193,8 @@ def test_garbage_reports_are_rejected(text: str) -> None:
     )
 )
 def test_garbage_json_is_rejected_cleanly(doc: object) -> None:
-    for parse in (report.parse_lvs, report.parse_vgs, report.parse_pvs):
+    for parse in (report.parse_lvs, report.parse_vgs, report.parse_pvs,
+                  report.parse_segment_counts):
         try:
             parse(json.dumps(doc))
         except ReportFormatError:
