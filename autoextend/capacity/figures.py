@@ -27,6 +27,8 @@ Derivations:
   level: ``critical`` when ``mda_free`` is below ``critical_percent`` of ``mda_size``, else
   ``warning`` below ``warning_percent`` (vdsm creates 128 MiB areas and flags one under
   20 % free; defaults 20 and 5), else ``ok``. A level of 0 is off; unknown figures are ok.
+  As ``vg_mda_free`` starts at about half the size, 20 % free means the metadata fills about
+  60 % of the room lvm2 can use, 5 % about 90 %.
 * **Metadata bytes per extend.** Measured, not assumed: between two looks at which the VG's
   LV segments (``lvs -o seg_count``, summed) grew by at least ``SEGMENT_SAMPLE`` (16) and
   ``vg_mda_free`` did not rise, one sample is the drop in ``vg_mda_free`` over the segments
@@ -34,10 +36,10 @@ Derivations:
   sample is below 32 bytes); an exponential moving average of the samples with weight
   ``SEGMENT_ALPHA`` (0.25). A look at which the segments fell or the free space rose (an
   ``lvremove``, a reduce, a larger area) restarts the measure there, and so does a sample
-  under ``SEGMENT_MIN_BYTES`` (16) per segment (metadata freed in the same interval). Before the first sample
-  it is ``SEGMENT_BYTES_ESTIMATE`` (128 bytes, above the ~110 measured). Creating an LV also
-  adds a segment but costs ~4x more: counted in, it makes the average larger, which errs
-  on the safe side. Every extend is counted as adding a segment (the worst case, what a
+  under ``SEGMENT_MIN_BYTES`` (16) per segment (metadata freed in the same interval).
+  Before the first sample it is ``SEGMENT_BYTES_ESTIMATE`` (128 bytes, above the ~110
+  measured). Creating an LV also adds a segment but costs several times more (its header):
+  counted in, it makes the average larger, which errs on the safe side. Every extend is counted as adding a segment (the worst case, what a
   pool of interleaved extends does), so **extends left** is ``mda_free // bytes_per_extend``.
 """
 

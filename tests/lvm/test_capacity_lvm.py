@@ -80,9 +80,15 @@ async def test_gauges_match_vgs_and_vgextend_wakes(pool: Pool) -> None:
         await check(devices)
         assert woken == [pool.vg]
         assert gauge("autoextend_vg_level") == 0.0
-        # Every command of the watcher's host was a read-only report.
+        # Every command of the watcher's host was a read-only report: one vgs per look,
+        # and an lvs of the segments only when the VG's metadata changed.
         assert host_runner.commands and all(
-            c[0] == "vgs" and "--readonly" in c for c in host_runner.commands)
+            c[0] in ("vgs", "lvs") and "--readonly" in c for c in host_runner.commands)
+        vgs = [c for c in host_runner.commands if c[0] == "vgs"]
+        lvs = [c for c in host_runner.commands if c[0] == "lvs"]
+        assert len(vgs) == 3 and len(lvs) == 3  # each look saw a new vg_seqno
+        await watcher.look([pool.vg], {})
+        assert [c[0] for c in host_runner.commands[-1:]] == ["vgs"]  # unchanged: no lvs
     finally:
         await anyio.run_process(["lvm", "vgreduce", "--config", cfg, pool.vg, *extra],
                                 check=False)
