@@ -53,3 +53,18 @@ def test_unit_tests_catch_a_broken_rule(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode != 0
     assert "AutoextendLeaseRenewalLate" in result.stdout + result.stderr
+
+
+def test_unit_tests_catch_a_broken_metadata_area_rule(tmp_path: Path) -> None:
+    """The metadata area page is tested too: a rule that never fires fails them."""
+    rules = (RULES_DIR / "alerts.yml").read_text()
+    broken = rules.replace("max by (vg) (autoextend_vg_mda_level) >= 2",
+                           "max by (vg) (autoextend_vg_mda_level) >= 3")
+    assert broken != rules
+    (tmp_path / "alerts.yml").write_text(broken)
+    shutil.copy(RULES_DIR / "alerts_test.yml", tmp_path)
+    assert promtool is not None
+    result = subprocess.run([promtool, "test", "rules", "alerts_test.yml"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode != 0
+    assert "AutoextendVGMetadataAreaFull" in result.stdout + result.stderr
