@@ -38,9 +38,15 @@ Derivations:
   ``lvremove``, a reduce, a larger area) restarts the measure there, and so does a sample
   under ``SEGMENT_MIN_BYTES`` (16) per segment (metadata freed in the same interval).
   Before the first sample it is ``SEGMENT_BYTES_ESTIMATE`` (128 bytes, above the ~110
-  measured). Creating an LV also adds a segment but costs several times more (its header):
+  measured). Creating an LV also adds a segment but costs about twice more (its header):
   counted in, it makes the average larger, which errs on the safe side. Every extend is counted as adding a segment (the worst case, what a
   pool of interleaved extends does), so **extends left** is ``mda_free // bytes_per_extend``.
+* **LVs an area holds** (``config check --live``): lvm2 can use about half the area, and the
+  warning level leaves ``warning_percent`` of the size free, so the metadata may grow to
+  ``size * (50 - warning_percent) / 100`` before the warning; an LV is planned at
+  ``LV_HEADER_BYTES`` (400: ~250 measured without tags, vdsm's tags add ~150) plus
+  ``PLANNED_SEGMENTS`` (50) segments of ``SEGMENT_BYTES_ESTIMATE``: ~6.8 KB. A 128 MiB area
+  (vdsm's) holds ~5,900 such LVs at 20 %; lvm2's default ~1 MiB area ~45.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from dataclasses import dataclass
 from autoextend.volumes import VgFigures
 
 __all__ = ["Level", "Levels", "MdaLevels", "MdaMeasure", "MiB", "VgFigures",
-           "extends_left", "headroom_seconds", "level_of", "mda_level_of", "overcommit_ratio",
+           "extends_left", "headroom_seconds", "level_of", "lvs_the_area_holds", "mda_level_of", "overcommit_ratio",
            "reduce_target", "round_up", "update_mda_measure", "update_rate"]
 
 MiB = 1 << 20
@@ -139,6 +145,18 @@ def update_mda_measure(m: MdaMeasure, mda_free: int | None, segments: int | None
 def extends_left(mda_free: int, bytes_per_extend: float) -> int:
     """Extends (each adding a segment) until the metadata area is full."""
     return int(max(0, mda_free) // max(bytes_per_extend, SEGMENT_MIN_BYTES))
+
+
+LV_HEADER_BYTES = 400
+PLANNED_SEGMENTS = 50
+
+
+def lvs_the_area_holds(mda_size: int, warning_percent: float) -> int:
+    """How many LVs of ``PLANNED_SEGMENTS`` segments fit in a metadata area of ``mda_size``
+    bytes before its warning level (see the module docs)."""
+    per_lv = LV_HEADER_BYTES + PLANNED_SEGMENTS * SEGMENT_BYTES_ESTIMATE
+    room = max(0.0, mda_size * (50.0 - min(warning_percent, 50.0)) / 100.0)
+    return int(room // per_lv)
 
 
 def update_rate(rate: float, free_before: int, free_now: int, dt: float, window: float) -> float:

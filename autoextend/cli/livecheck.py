@@ -3,6 +3,11 @@
 Gathers the numbers (multipath's queueing, the lease timings, the mailbox deadline,
 ``[resume]``) and prints :mod:`autoextend.coherence`'s outcomes, one line per failure. A
 combination that ends in a guest-visible error is a RISK line, and the exit code is 1.
+
+With ``volumes.backend = "lvm"`` and lvm2 usable here, one read-only ``vgs`` of
+``[lvm] vgs`` adds a warning line for each VG whose metadata area is too small for its LVs
+(``capacity/figures.py``: LVs an area holds). Nothing is said where lvm2 is not configured
+or cannot be run.
 """
 
 from __future__ import annotations
@@ -16,7 +21,12 @@ from pathlib import Path
 import click
 
 from autoextend import coherence, multipath
+from autoextend.capacity.figures import PLANNED_SEGMENTS, lvs_the_area_holds
 from autoextend.errors import AutoextendError
+from autoextend.lvm import report as lvm_report
+from autoextend.lvm.errors import ReportFormatError
+from autoextend.lvm.lvmconf import LvmCommandConfig, render_config
+from autoextend.lvm.reader import report_args
 from autoextend.monitor.policy import DrivePolicy, MiB, watermark
 from autoextend.settings import Settings
 
@@ -57,6 +67,35 @@ def _read(path: Path) -> str:
         raise multipath.MultipathConfigError(f"{path}: not UTF-8 text") from None
 
 
+def small_metadata_areas(s: Settings) -> list[str]:
+    """One line per VG of ``[lvm] vgs`` whose metadata area holds fewer LVs (of
+    ``PLANNED_SEGMENTS`` segments, before its warning level) than it has; none where lvm2
+    is not configured or cannot be run (not found, refused, no answer)."""
+    if s.volumes.backend != "lvm" or not s.lvm.pvs or not s.lvm.vgs:
+        return []
+    tool = shutil.which(s.lvm.lvm_binary)
+    if tool is None:
+        return []
+    args = report_args("vgs", lvm_report.VG_FIELDS, render_config(LvmCommandConfig(s.lvm.pvs)),
+                       s.lvm.vgs, readonly=True)
+    try:
+        done = subprocess.run([tool, *args], capture_output=True, text=True,
+                              timeout=COMMAND_TIMEOUT_S, check=False)
+        vgs = lvm_report.parse_vgs(done.stdout) if done.returncode == 0 else ()
+    except (OSError, subprocess.TimeoutExpired, ReportFormatError):
+        return []
+    warn = s.capacity.mda_warning_percent_free
+    lines = []
+    for vg in vgs:
+        holds = lvs_the_area_holds(vg.mda_size, warn)
+        if vg.mda_size and vg.lv_count > holds:
+            lines.append(
+                f"VG {vg.name}: its {vg.mda_size / MiB:.1f} MiB metadata area holds about "
+                f"{holds} LVs of {PLANNED_SEGMENTS} segments before {warn:g} % free, and it "
+                f"has {vg.lv_count} (vdsm makes its PVs with `pvcreate --metadatasize 128m`)")
+    return lines
+
+
 def inputs(s: Settings, mp: multipath.MultipathConfig | None,
            guest_io_timeout_s: float | None) -> coherence.Inputs:
     if mp is None:
@@ -81,12 +120,13 @@ def report(s: Settings, mp: multipath.MultipathConfig | None, guest_io_timeout_s
     i = inputs(s, mp, guest_io_timeout_s)
     found = coherence.outcomes(i, path_losses or coherence.default_path_losses(i))
     risks = [o for o in found if o.level == "risk"]
+    areas = small_metadata_areas(s)
     if as_json:
         click.echo(json.dumps({
             "lease_io_timeout_s": i.io_timeout_s, "watchdog_fire_timeout_s":
             i.watchdog_fire_timeout_s, "multipath_queue_s": None if math.isinf(i.queue_s)
             else i.queue_s, "multipath_queueing": i.queueing,
-            "outcomes": [o.__dict__ for o in found]}, indent=2))
+            "outcomes": [o.__dict__ for o in found], "metadata_areas": areas}, indent=2))
     else:
         queued = "forever" if math.isinf(i.queue_s) else f"{i.queue_s:g} s"
         click.echo(f"timeouts: lease T {i.io_timeout_s:g} s, W {i.watchdog_fire_timeout_s:g} s "
@@ -95,6 +135,8 @@ def report(s: Settings, mp: multipath.MultipathConfig | None, guest_io_timeout_s
         for o in found:
             mark = {"risk": "RISK", "warning": "warn"}.get(o.level, "ok")
             click.echo(f"  {mark:<4}  {o.failure:<18} {o.outcome}")
+        for line in areas:
+            click.echo(f"  warn  {'metadata area':<18} {line}")
     if risks:
         raise RisksFound(f"{len(risks)} failure(s) end in a guest-visible error: "
                          + ", ".join(o.failure for o in risks))

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
+
+import anyio
+import pytest
 
 from .clirun import autoextend
 
@@ -65,3 +70,56 @@ def test_bad_multipath_file_is_one_line(tmp_path: Path) -> None:
                            "queue, fail or a count")
     code, _, err = check(tmp_path, "--multipath-config", str(tmp_path / "absent.conf"))
     assert code == 2 and "absent.conf" in err and "Traceback" not in err
+
+
+def test_no_metadata_area_line_without_lvm(tmp_path: Path) -> None:
+    """The loop backend (no lvm2 configured): nothing is said of metadata areas."""
+    code, out, _ = check(tmp_path, "--multipath-config", str(FIXTURES / "vdsm.conf"), "--json")
+    assert code == 0 and json.loads(out)["metadata_areas"] == []
+    code, out, _ = check(tmp_path, "--multipath-config", str(FIXTURES / "vdsm.conf"))
+    assert code == 0 and "metadata area" not in out
+
+
+@pytest.mark.slow
+async def test_a_small_metadata_area_is_one_warning_line(tmp_path: Path) -> None:
+    """Real lvm2 (activation off, a loop PV with a 60 KiB metadata area, which holds 2 LVs
+    of 50 segments before 20 % free): silent at 2 LVs, one warn line at 3."""
+    from autoextend.lvm.lvmconf import LvmCommandConfig, render_config
+    from tests.lvm.support import MiB, make_pv_files, release_devices, unique_name
+
+    workdir = tempfile.mkdtemp(prefix="autoextend-livecheck-", dir="/var/tmp")
+    devices: list[str] = []
+    try:
+        _, devices = await make_pv_files(workdir, 1, 64 * MiB)
+        cfg = render_config(LvmCommandConfig(tuple(devices)))
+        vg = unique_name()
+        for argv in (["pvcreate", "--metadatasize", "32k", "--dataalignment", "64k", "--yes",
+                      *devices], ["vgcreate", vg, *devices],
+                     *(["lvcreate", "-an", "-Zn", "-L", "4m", "-n", f"lv{i}", vg]
+                       for i in range(2))):
+            done = await anyio.run_process(["lvm", argv[0], "--config", cfg, *argv[1:]],
+                                           check=False)
+            assert done.returncode == 0, done.stderr.decode()
+        conf = tmp_path / "lvm.toml"
+        conf.write_text(f'[volumes]\nbackend = "lvm"\n[lvm]\npvs = ["{devices[0]}"]\n'
+                        f'vgs = ["{vg}"]\n')
+
+        def live() -> tuple[int, str]:
+            r = autoextend("--config", str(conf), "config", "check", "--live",
+                           "--multipath-config", str(FIXTURES / "vdsm.conf"))
+            return r.code, r.stdout
+
+        code, out = await anyio.to_thread.run_sync(live)
+        assert code == 0 and "metadata area" not in out, out
+        done = await anyio.run_process(["lvm", "lvcreate", "--config", cfg, "-an", "-Zn", "-L",
+                                        "4m", "-n", "lv2", vg], check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        code, out = await anyio.to_thread.run_sync(live)
+        lines = [line for line in out.splitlines() if "metadata area" in line]
+        assert code == 0 and len(lines) == 1, out
+        assert lines[0].split()[0] == "warn"
+        assert f"VG {vg}: its 0.1 MiB metadata area holds about 2 LVs" in lines[0]
+        assert "it has 3" in lines[0] and "--metadatasize 128m" in lines[0]
+    finally:
+        await release_devices(devices)
+        shutil.rmtree(workdir, ignore_errors=True)
