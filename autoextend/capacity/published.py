@@ -7,6 +7,10 @@ the write); otherwise it reads the record. A record whose ``seq`` has not moved 
 ``publish_interval_s`` is stale (no SPM, or a frozen one): the look fails (logged once by
 the watcher) and the last figures stay. A record that fails its checks is counted and never
 used.
+
+The record carries what the SPM's backend gives: with lvm, the metadata area figures and
+the LVs' segments as well (record version 2), so every host's watcher has the metadata
+area level and its gate holds back at the critical level as the SPM's does.
 """
 
 from __future__ import annotations

@@ -238,3 +238,32 @@ async def test_spm_publishes_and_hosts_read_until_stale() -> None:
     with pytest.raises(FiguresUnavailable, match="unusable"):
         await host.vg_figures(["gold"])
     assert host.bad_records == 1
+
+
+async def test_hosts_get_the_metadata_figures_and_their_gate_holds_back() -> None:
+    """Mailbox mode: the SPM publishes its lvm figures (version 2); a host's watcher reads
+    the metadata area from the record and its gate holds back at the critical level, as
+    the SPM's own does."""
+    from autoextend.capacity.figures import Level
+    from autoextend.capacity.watch import CapacityWatcher
+    from autoextend.volumes import VolumeRef
+
+    storage = MemoryStorage(8 * MiB, 512)
+    clock = ManualClock()
+    settings = CapacitySettings()
+    spm_agent = SimpleNamespace(storage=storage, lease=SimpleNamespace(term=Term()), host_id=1)
+    host_agent = SimpleNamespace(storage=storage, lease=SimpleNamespace(term=None), host_id=2)
+    local = Local()
+    local.figs = [VgFigures("gold", 512 * MiB, 200 * MiB, 128 * MiB, 5 * MiB, 90_000, 140)]
+    spm = CapacityWatcher(settings, PublishedSource(spm_agent, local, settings, 0, clock), clock)
+    host = CapacityWatcher(settings, PublishedSource(host_agent, Local(), settings, 0, clock),
+                           clock)
+    await spm.look(["gold"], {})
+    await host.look(["gold"], {})
+    assert host.state["gold"].figures == local.figs[0]
+    raw = await storage.read(record.record_offset(0, 512), 512)
+    assert raw[4] == record.VERSION_MDA
+    for w in (spm, host):
+        assert w.state["gold"].mda_level is Level.CRITICAL  # 3.9 % free
+        assert w.gate(VolumeRef("gold", "lv"), paused_enospc=False) is not None
+        assert w.gate(VolumeRef("gold", "lv"), paused_enospc=True) is None
