@@ -39,8 +39,9 @@ Derivations:
   under ``SEGMENT_MIN_BYTES`` (16) per segment (metadata freed in the same interval).
   Before the first sample it is ``SEGMENT_BYTES_ESTIMATE`` (128 bytes, above the ~110
   measured). Creating an LV also adds a segment but costs about twice more (its header):
-  counted in, it makes the average larger, which errs on the safe side. Every extend is counted as adding a segment (the worst case, what a
-  pool of interleaved extends does), so **extends left** is ``mda_free // bytes_per_extend``.
+  counted in, it makes the average larger, which errs on the safe side. Every extend is
+  counted as adding a segment (the worst case, what a pool of interleaved extends does), so
+  **extends left** is ``mda_free // bytes_per_extend``.
 * **LVs an area holds** (``config check --live``): lvm2 can use about half the area, and the
   warning level leaves ``warning_percent`` of the size free, so the metadata may grow to
   ``size * (50 - warning_percent) / 100`` before the warning; an LV is planned at
@@ -58,8 +59,9 @@ from dataclasses import dataclass
 from autoextend.volumes import VgFigures
 
 __all__ = ["Level", "Levels", "MdaLevels", "MdaMeasure", "MiB", "VgFigures",
-           "extends_left", "headroom_seconds", "level_of", "lvs_the_area_holds", "mda_level_of", "overcommit_ratio",
-           "reduce_target", "round_up", "update_mda_measure", "update_rate"]
+           "extends_left", "headroom_seconds", "level_of", "lvs_the_area_holds",
+           "mda_level_of", "overcommit_ratio", "reduce_target", "round_up",
+           "update_mda_measure", "update_rate"]
 
 MiB = 1 << 20
 

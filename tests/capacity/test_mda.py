@@ -120,13 +120,17 @@ async def test_the_gate_holds_back_at_the_metadata_critical_level() -> None:
     w = CapacityWatcher(CapacitySettings(), src, ManualClock(),
                         on_level=lambda: levels.append(1))
     vol = VolumeRef("vg0", "lv")
+
+    def level() -> Level:
+        return w.state["vg0"].mda_level
+
     with capture_logs() as logs:
         src.figs["vg0"] = fig(60 * MiB)
         assert await w.look(["vg0"], {}) == []
-        assert w.state["vg0"].mda_level is Level.OK and w.gate(vol, False) is None
+        assert level() is Level.OK and w.gate(vol, False) is None
         src.figs["vg0"] = fig(20 * MiB)  # 15.6 % free: warning, nothing held back
         await w.look(["vg0"], {})
-        assert w.state["vg0"].mda_level is Level.WARNING and w.gate(vol, False) is None
+        assert level() is Level.WARNING and w.gate(vol, False) is None
         src.figs["vg0"] = fig(6 * MiB)  # 4.7 % free: critical
         await w.look(["vg0"], {})
         held = w.gate(vol, paused_enospc=False)
