@@ -39,8 +39,11 @@ from autoextend.control import ControlServer
 from autoextend.errors import AutoextendError, ConfigError
 from autoextend.logs import get_logger
 from autoextend.lvm import factory
-from autoextend.lvm.discard import Discarded
+from autoextend.lvm.foreign import ForeignWriteAudit
+from autoextend.lvm.reader import LvmReader
 from autoextend.lvm.reserve import FreeSpaceBackend
+from autoextend.lvm.runner import ProcessRunner
+from autoextend.lvm.writer import WriterTally
 from autoextend.metrics import Metrics, serve_metrics
 from autoextend.monitor.chunking import WriteRateChunks
 from autoextend.monitor.core import Monitor
@@ -77,7 +80,7 @@ class HeldReload:
 
 def make_volume_backend(
     settings: Settings, authority: SpmAuthority | None = None,
-    discarded: Discarded | None = None,
+    tally: WriterTally | None = None,
 ) -> FreeSpaceBackend:
     """The host's volume backend. Single-host (local extender) mode: this host is the only
     writer, by configuration (``LocalAuthority``). In mailbox mode the host side gets no
@@ -87,8 +90,19 @@ def make_volume_backend(
     return factory.make_pool_backend(
         settings.volumes, settings.lvm, authority,
         reserves_mib=settings.policy.vg_reserve_mib, extent_mib=settings.policy.extent_mib,
-        discarded=discarded,
+        tally=tally,
     )
+
+
+def make_foreign_write_audit(settings: Settings, writes: WriterTally) -> ForeignWriteAudit | None:
+    """The foreign-write audit (``lvm/foreign.py``) of the lvm backend: its own read-only
+    lvm2 process per look, beside the backend's runner."""
+    lvm = settings.lvm
+    if settings.volumes.backend != "lvm" or not lvm.vgs:
+        return None
+    runner = ProcessRunner(lvm.lvm_binary, lvm.command_timeout_s, 1, use_aio=lvm.use_aio)
+    return ForeignWriteAudit(writes.ledger, LvmReader(runner, factory.command_config(lvm)),
+                             lvm.vgs)
 
 
 def make_hypervisor(
@@ -105,12 +119,12 @@ def make_hypervisor(
 
 def make_cluster_agent(
     settings: Settings, host_backend: VolumeBackend, clock: Clock, checks: Checks = ALL_ON,
-    discarded: Discarded | None = None,
+    tally: WriterTally | None = None,
 ) -> ClusterAgent:
     """Mailbox mode: the agent, with its sections and the SPM's per-term backend factory."""
 
     def spm_backend(term: SpmAuthority) -> FreeSpaceBackend:
-        return make_volume_backend(settings, term, discarded)
+        return make_volume_backend(settings, term, tally)
 
     return ClusterAgent(settings.lease, settings.mailbox, settings.lvm.vgs, host_backend,
                         spm_backend, clock, checks=checks)
@@ -143,13 +157,14 @@ class Service:
         self.notifier = notifier or Notifier()
         # In dependency order: volumes, then the extender (the cluster agent's in mailbox
         # mode: it waits inside for the agent to join), then the hypervisor and the monitor.
-        self.discarded = Discarded()  # every writer's discards, across SPM terms
-        self.backend = make_volume_backend(settings, discarded=self.discarded)
+        self.writes = WriterTally()  # every writer's discards and commits, across SPM terms
+        self.backend = make_volume_backend(settings, tally=self.writes)
+        self.foreign = make_foreign_write_audit(settings, self.writes)
         self.cluster: ClusterAgent | None = None
         self.extender: Extender
         if settings.service.extender == "mailbox":
             self.cluster = make_cluster_agent(settings, self.backend, self.clock, checks,
-                                              self.discarded)
+                                              self.writes)
             self.extender = self.cluster.extender()
         else:
             self.extender = LocalExtender(self.backend)
@@ -249,9 +264,14 @@ class Service:
         m.counter_from("autoextend_control_accept_errors_total",
                        "Control socket accept() failures (out of file descriptors)",
                        lambda: float(control.accept_errors))
+        ledger = self.writes.ledger
+        m.counter_from("autoextend_vg_foreign_writes_total",
+                       "Changes to a pool VG's metadata that this host's writer did not make "
+                       "(another process ran lvm2 on the pool)",
+                       lambda: float(ledger.foreign_writes))
         m.counter_from("autoextend_discarded_bytes_total",
                        "Bytes of freed extents given back to the array (BLKDISCARD after a "
-                       "reduce or remove)", lambda: float(self.discarded.bytes))
+                       "reduce or remove)", lambda: float(self.writes.discarded.bytes))
 
     def _host_lease_valid(self) -> bool:
         """Mailbox mode: resume a VM after an I/O error only while this host's lease holds
@@ -321,7 +341,16 @@ class Service:
             "spm": self.cluster.status() if self.cluster is not None else None,
             "config": self._config_status(),
             "capacity": self.capacity.status(),
+            "foreign_writes": self._foreign_status(),
         }
+
+    def _foreign_status(self) -> dict[str, Any] | None:
+        if self.foreign is None:
+            return None
+        last = self.writes.ledger.last
+        return {"total": self.writes.ledger.foreign_writes, "looks": self.foreign.looked,
+                "auditing": self.foreign.ledger.active(),
+                "last": last.describe() if last is not None else None}
 
     def _config_status(self) -> dict[str, Any]:
         return {"path": str(self.config_path) if self.config_path else None,
@@ -440,10 +469,18 @@ class Service:
             tg.start_soon(self._status_loop)
             tg.start_soon(self.capacity.run, self.monitor)
             tg.start_soon(self.incoming.run)
+            if self.foreign is not None:
+                tg.start_soon(self._foreign_write_loop, self.foreign)
             self.notifier.ready(self.summary())
             log.info("service ready", hypervisor=self.settings.service.hypervisor,
                      extender=self.settings.service.extender)
             task_status.started()
+
+    async def _foreign_write_loop(self, audit: ForeignWriteAudit) -> None:
+        """The foreign-write audit at the capacity watcher's cadence (a reload applies)."""
+        while True:
+            await audit.look()
+            await self.clock.sleep(self.settings.capacity.poll_interval_s)
 
     async def _status_loop(self) -> None:
         while True:
