@@ -58,6 +58,7 @@ class Stats:
     deferred: int = 0         # ... that landed on a migration's source (no refresh there)
     guest_reads: int = 0      # reads checked against the written mark
     write_failures: int = 0   # guest writes past the view's end (ENOSPC)
+    restart_behind: int = 0   # running guests a restarted agent finds on a view < metadata
     faults: dict[str, int] = field(default_factory=dict)
     agent_exits: int = 0
     watchdog_kills: int = 0

@@ -150,6 +150,17 @@ class ViewTraffic:
         h = inc.host_id
         agent = Agent(inc, mailbox, clock, tg)
         self.agents[h] = agent
+        w = self.world
+        for vm in self.vms:
+            # Not modelled (the product's side): what the monitor's appearance check does
+            # with the guests it finds already running when it starts. Counted: those on a
+            # view below the metadata (an extension whose refresh died with the previous
+            # incarnation), which judge_view(guest_has_run=True) would pause.
+            view = self.views[h].get(vm.volume, 0)
+            if vm.host == h and view < w.volumes.sizes[vm.volume]:
+                w.stats.restart_behind += 1
+                w.trace(f"{inc.name} finds {vm.name} running on view {view // MiB} MiB < "
+                        f"metadata {w.volumes.sizes[vm.volume] // MiB} MiB")
         try:
             while True:
                 for vm in self.vms:

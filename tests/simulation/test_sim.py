@@ -47,7 +47,8 @@ def _account(result: Result) -> None:
                        ("reduces", s.reduces), ("reduced", s.reduced),
                        ("reduce_refused", s.reduce_refused), ("vm_starts", s.vm_starts),
                        ("stale_starts", s.stale_starts), ("migrations", s.migrations),
-                       ("guest_reads", s.guest_reads), ("seeds", 1)):
+                       ("guest_reads", s.guest_reads), ("restart_behind", s.restart_behind),
+                       ("write_failures", s.write_failures), ("seeds", 1)):
         _totals[key] = _totals.get(key, 0) + value
 
 
@@ -94,7 +95,9 @@ def test_ci_seeds_cover_a_million_simulated_seconds() -> None:
             f"{t['changes']:.0f} volume changes, {t['reduces']:.0f} reduces ({t['reduced']:.0f} "
             f"applied, {t['reduce_refused']:.0f} refused), {t['vm_starts']:.0f} VM starts "
             f"({t['stale_starts']:.0f} on a stale view), {t['migrations']:.0f} migrations, "
-            f"{t['guest_reads']:.0f} guest reads checked, {t['checks']:.0f} invariant checks, "
+            f"{t['guest_reads']:.0f} guest reads checked ({t['write_failures']:.0f} writes past "
+            f"a view's end; {t['restart_behind']:.0f} guests a restarted agent found on a view "
+            f"below the metadata), {t['checks']:.0f} invariant checks, "
             f"0 violations")
     FIGURES.append(line)
     print(line)
