@@ -21,6 +21,7 @@ makes); then the guest runs and reads back the 40 MiB through the shortened chai
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import libvirt
 import pytest
 
 from autoextend import control
@@ -42,6 +42,7 @@ from autoextend.lab.thinvol import qemu_img_check
 from autoextend.lab.waiting import until
 from autoextend.libvirt_backend import merges
 from autoextend.volumes import VolumeRef
+from tests.cli.clirun import Result, autoextend
 
 from .harness import Domain, MiB, Rig, lab_domains, monitoring
 
@@ -158,6 +159,11 @@ async def prepare(sock: str, **request: Any) -> dict[str, Any]:
     return await control.call_dict(sock, "merge_prepare", wait_s=120, **request)
 
 
+async def cli(*args: str) -> Result:
+    """The CLI in its own process (in a worker thread: the service runs on this loop)."""
+    return await anyio.to_thread.run_sync(lambda: autoextend(*args, timeout=180))
+
+
 async def test_prepare_merge_grows_the_base_before_the_job(
     libvirtd: LabLibvirtd, lab_guest: GuestImage, lab_tmp_path: Path
 ) -> None:
@@ -182,8 +188,12 @@ async def test_prepare_merge_grows_the_base_before_the_job(
             with pytest.raises(AutoextendError) as err:
                 await prepare(sock, **request)
             assert words in str(err.value) and "Traceback" not in str(err.value), err.value
+        unknown = await cli("volume", "prepare-merge", "--socket", sock, name, "vdq")
+        assert unknown.code == 1 and "no writable disk vdq" in unknown.error, unknown
         before = await size_of(rig, c.base_vol)
-        done = await prepare(sock, vm=name, drive=top)
+        ran = await cli("volume", "prepare-merge", "--socket", sock, "--json", name, top)
+        assert ran.code == 0, ran
+        done = json.loads(ran.stdout)
         after = await size_of(rig, c.base_vol)
         print(f"prepare-merge: {done}")
         assert (done["top"], done["base"]) == (top, f"vda[{c.base_index}]")
