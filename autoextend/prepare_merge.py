@@ -10,7 +10,8 @@ the base before it starts any merge; this is that step, for a management that ca
 What "prepared" means: when the call returns, the base's volume is at least the size the
 merge needs, with the rule the monitor uses for a commit base (``monitor/jobpolicy.py:
 need_size``): ``qemu-img measure`` of the top (its chain followed down through the base:
-the top's data plus the base's), plus the watermark, rounded up to the extent and capped at
+the top's data plus the base's; when QEMU's locks refuse it, the sum of the merged images'
+device sizes, ``merges.with_bound``), plus the watermark, rounded up to the extent and capped at
 the drive's cap. The growth goes through the service's extender (the VG reserve, or the SPM in
 mailbox mode), like every other extension. The libvirt backend also remembers the pair, so
 the commit that follows is watched with that base (``libvirt_backend/merges.py``).
@@ -59,11 +60,12 @@ class PreparedMerge:
     top: str            # vda[N]
     base: str           # vda[M]
     volume: VolumeRef   # the base's
-    need: int           # qemu-img measure of the top
+    need: int           # qemu-img measure of the top (or the bound, see ``estimated``)
     before: int         # the base's size when the call came
     size: int           # its size now (>= target, or the cap)
     target: int         # what the rule asked for
     dry_run: bool = False
+    estimated: bool = False  # the measure failed: ``need`` is ``MergePair.bound``
 
     @property
     def extended(self) -> bool:
@@ -72,7 +74,8 @@ class PreparedMerge:
     def as_dict(self) -> dict[str, Any]:
         return {"vm": self.vm, "top": self.top, "base": self.base, "volume": str(self.volume),
                 "need": self.need, "before": self.before, "size": self.size,
-                "target": self.target, "extended": self.extended, "dry_run": self.dry_run}
+                "target": self.target, "extended": self.extended, "dry_run": self.dry_run,
+                "estimated": self.estimated}
 
 
 async def prepare_merge(chains: MergeChains, extender: Extender, policy_for: PolicyResolver,
@@ -92,14 +95,16 @@ async def prepare_merge(chains: MergeChains, extender: Extender, policy_for: Pol
     if volume is None:
         raise MergeNotPrepared(vm, pair.base_name,
                                f"{info.path} is not a volume of this pool")
-    need = await measure(pair.top.path)
-    if need is None:
+    measured = await measure(pair.top.path)
+    need = measured or pair.bound
+    if not need:
         raise MergeNotPrepared(vm, pair.base_name, f"qemu-img measure of {pair.top_name}"
-                               f" ({pair.top.path}) failed (see the service log)")
+                               f" ({pair.top.path}) failed (see the service log) and the"
+                               " block stats give no bound")
     info = dataclasses.replace(info, job_need=need)
     target = jobpolicy.need_size(info, policy_for(info, volume))
     done = PreparedMerge(vm, pair.top_name, pair.base_name, volume, need, info.physical,
-                         info.physical, target, dry_run)
+                         info.physical, target, dry_run, estimated=not measured)
     if target <= info.physical or dry_run:
         log.info("merge base has room" if target <= info.physical else
                  "dry-run: would extend the merge base", vm=vm, drive=pair.base_name,

@@ -166,18 +166,18 @@ class LibvirtHypervisor:
         return found.drives
 
     async def _read(self, vm: str, *,
-                    commits: bool) -> tuple[dict[str, Any], str, dict[str, int]]:
+                    commits: bool) -> tuple[dict[str, Any], str, set[str]]:
         """The domain's block stats (backing chains included), its live XML and, with
         ``commits``, the disks that run a snapshot merge (one worker-thread call)."""
         conn = self._require(vm, "domainListGetStats")
 
-        def read(c: libvirt.virConnect) -> tuple[dict[str, Any], str, dict[str, int]]:
+        def read(c: libvirt.virConnect) -> tuple[dict[str, Any], str, set[str]]:
             dom = c.lookupByName(vm)
             if not dom.isActive():
                 raise _NotRunning
             found = c.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_BLOCK, STATS_FLAGS)
             xml = dom.XMLDesc(0)
-            running = _commit_jobs(dom, xml) if commits else {}
+            running = _commit_jobs(dom, xml) if commits else set()
             return (found[0][1] if found else {}), xml, running
 
         try:
@@ -186,11 +186,12 @@ class LibvirtHypervisor:
             raise VmNotFound(vm, "domainListGetStats", "domain is not running") from None
 
     async def _job_drives(self, vm: str, stats: dict[str, Any], xml: str,
-                          commits: dict[str, int], found: DrivesFound) -> list[DriveInfo]:
+                          commits: set[str], found: DrivesFound) -> list[DriveInfo]:
         """The job targets: each ``<mirror>`` (an active commit's base, a copy's target) and
         the base of each running snapshot merge (``merges.py``), commit bases measured."""
         mirrors = jobs.parse_mirrors(xml)
         tops: dict[str, str] = {}
+        bounds: dict[str, int] = {}
         for m in mirrors:
             top = next((d for d in found.drives if d.drive.startswith(m.target + "[")), None)
             if top is not None:
@@ -204,8 +205,9 @@ class LibvirtHypervisor:
                 continue
             mirrors.append(jobs.Mirror(disk, "commit", pair.base.index, pair.base.path))
             tops[pair.base_name] = pair.top.path
+            bounds[pair.base_name] = merges.with_bound(pair, chains[disk], stats).bound
         targets = jobs.job_targets(vm, stats, mirrors, found)
-        return await self._commit_needs.add(vm, targets, tops)
+        return await self._commit_needs.add(vm, targets, tops, bounds)
 
     async def merge_base(self, vm: str, drive: str,
                          base: int | None) -> tuple[merges.MergePair, DriveInfo]:
@@ -228,7 +230,8 @@ class LibvirtHypervisor:
         if disk not in chains:
             raise merges.MergeChoiceError(
                 f"VM {vm[:64]} has no writable disk {disk} without a block job running")
-        pair = merges.choose(disk, chains[disk], top, base)
+        pair = merges.with_bound(merges.choose(disk, chains[disk], top, base), chains[disk],
+                                 stats)
         found = DrivesFound()
         targets = jobs.job_targets(
             vm, stats, [jobs.Mirror(disk, "commit", pair.base.index, pair.base.path)], found)
@@ -439,10 +442,10 @@ class LibvirtHypervisor:
                     tracker.emit(VmPaused(vm, state.pause_reason))
 
 
-def _commit_jobs(dom: Any, xml: str) -> dict[str, int]:
-    """{disk: job type} of the disks that may hold a snapshot merge (a chain of three or
-    more, no ``<mirror>``) and run a commit now (``blockJobInfo``; in a worker thread)."""
-    running: dict[str, int] = {}
+def _commit_jobs(dom: Any, xml: str) -> set[str]:
+    """The disks that may hold a snapshot merge (a chain of three or more, no ``<mirror>``)
+    and run a commit now (``blockJobInfo``; in a worker thread)."""
+    running: set[str] = set()
     for disk, chain in merges.parse_chains(xml).items():
         if not merges.may_merge(chain):
             continue
@@ -451,7 +454,7 @@ def _commit_jobs(dom: Any, xml: str) -> dict[str, int]:
         except libvirt.libvirtError:
             continue  # the disk went away meanwhile: the next look sees it
         if info and info.get("type") == libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT:
-            running[disk] = int(info["type"])
+            running.add(disk)
     return running
 
 

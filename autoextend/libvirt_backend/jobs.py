@@ -8,6 +8,8 @@ Its numbers come from the block stats entry with ``backingIndex == N`` (an activ
 base is in the chain, so it has one). A job target without such an entry is skipped with a
 reason: the monitor never guesses numbers. ``VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2`` makes the
 monitor look again (a job started, became ready, pivoted or ended) and reports failures.
+A snapshot merge (a non-active commit) has no ``<mirror>``: ``merges.py`` names its base,
+which then goes through :func:`job_targets` and :class:`CommitNeeds` like a mirror's.
 """
 
 from __future__ import annotations
@@ -119,11 +121,12 @@ class CommitNeeds:
         self._measure = measure or qemu_img_measure
         self._needs: dict[tuple[str, str, str], int] = {}  # (vm, target, top path) -> need
 
-    async def add(self, vm: str, targets: list[DriveInfo],
-                  tops: Mapping[str, str]) -> list[DriveInfo]:
+    async def add(self, vm: str, targets: list[DriveInfo], tops: Mapping[str, str],
+                  bounds: Mapping[str, int] | None = None) -> list[DriveInfo]:
         """``targets`` with ``job_need`` set on each commit base; ``tops`` maps a base's
-        drive name (``vda[N]``) to the path of its commit's top. Needs of bases no longer
-        reported for ``vm`` are dropped (a later job on the same base measures again)."""
+        drive name (``vda[N]``) to the path of its commit's top, ``bounds`` to an upper
+        bound used when the top cannot be measured. Needs of bases no longer reported for
+        ``vm`` are dropped (a later job on the same base measures again)."""
         live = {(vm, t.drive, tops.get(t.drive, "")) for t in targets}
         for key in [k for k in self._needs if k[0] == vm and k not in live]:
             del self._needs[key]
@@ -135,7 +138,8 @@ class CommitNeeds:
                 continue
             key = (vm, t.drive, top)
             if key not in self._needs:
-                self._needs[key] = await self._measure(top) or 0
+                self._needs[key] = (await self._measure(top)
+                                    or (bounds or {}).get(t.drive, 0))
                 log.info("commit base measured", vm=vm, drive=t.drive, top=top,
                          need=self._needs[key], physical=t.physical)
             need = self._needs[key]

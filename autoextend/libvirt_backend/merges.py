@@ -26,17 +26,24 @@ kind and progress only). :func:`commit_pair` decides, in this order:
 
 The base then becomes a job target (``vda[N]``, job ``commit``) like an active commit's
 base: a threshold on it, a doubled chunk, and pre-extension to ``qemu-img measure`` of the
-top (its chain followed down to the base: the top's data plus the base's).
+top (its chain followed down to the base: the top's data plus the base's). When QEMU's locks
+refuse the measure, :func:`with_bound` gives an upper bound instead: the sum of the device
+sizes of the images from the top down to the base (no image holds more than its device;
+the monitor still caps the growth at the drive's cap). libvirt's ``allocation`` of a backing
+image is no help there: it is the highest offset written in this QEMU run, 0 for an image
+nothing wrote since the start.
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 from autoextend.libvirt_backend.domxml import indexed_name, parse_indexed_name
-from autoextend.libvirt_backend.stats import clean_path
+from autoextend.libvirt_backend.stats import MAX_ENTRIES, MAX_SIZE, _uint, clean_path
 
 MAX_DEPTH = 512        # images in one chain: far beyond any real snapshot chain
 MAX_INTENTS = 4096     # recorded prepare-merge intents (the oldest is dropped past this)
@@ -58,6 +65,7 @@ class MergePair:
     disk: str
     top: ChainImage
     base: ChainImage
+    bound: int = 0   # an upper bound of the merged data when it cannot be measured; 0: none
 
     @property
     def base_name(self) -> str:
@@ -217,3 +225,20 @@ def commit_pair(disk: str, chain: list[ChainImage],
     if len(chain) == 3:
         return MergePair(disk, chain[1], chain[2])
     return None
+
+
+def with_bound(pair: MergePair, chain: list[ChainImage],
+               stats: Mapping[str, Any]) -> MergePair:
+    """``pair`` with ``bound``: the device sizes (block stats ``physical``) of the images
+    from its top down to its base, summed; 0 when one of them has no stats entry."""
+    count = min(_uint(stats, "block.count") or 0, MAX_ENTRIES)
+    physical: dict[int, int] = {}
+    for i in range(count):
+        index = _uint(stats, f"block.{i}.backingIndex")
+        size = _uint(stats, f"block.{i}.physical")
+        if stats.get(f"block.{i}.name") == pair.disk and index is not None and size:
+            physical[index] = size
+    merged = [i.index for i in chain if pair.top.depth <= i.depth <= pair.base.depth]
+    if not merged or any(index not in physical for index in merged):
+        return pair
+    return replace(pair, bound=min(sum(physical[index] for index in merged), MAX_SIZE))

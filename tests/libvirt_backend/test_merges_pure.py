@@ -170,12 +170,13 @@ class Chains:
 
     info: DriveInfo
     volume: VolumeRef | None = VolumeRef("vg0", "base")
+    bound: int = 0
 
     async def merge_base(self, vm: str, drive: str,
                          base: int | None) -> tuple[MergePair, DriveInfo]:
         if vm != "vm1":
             raise MergeChoiceError(f"VM {vm} has no writable disk vda")
-        return MergePair("vda", image(2, 1), image(3, 2)), self.info
+        return MergePair("vda", image(2, 1), image(3, 2), self.bound), self.info
 
     def volume_of(self, drive: DriveInfo) -> VolumeRef | None:
         return self.volume
@@ -273,3 +274,33 @@ def test_prepare_merge_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert autoextend("volume", "prepare-merge", "vm1").code == 2  # DRIVE missing
     bad = autoextend("volume", "prepare-merge", "vm1", "vda", "--base", "x")
     assert bad.code == 2 and "--base" in bad.error
+
+
+STATS = {
+    "block.count": 4,
+    "block.0.name": "vda", "block.0.backingIndex": 1, "block.0.physical": 64 * MiB,
+    "block.1.name": "vda", "block.1.backingIndex": 2, "block.1.physical": 48 * MiB,
+    "block.2.name": "vda", "block.2.backingIndex": 3, "block.2.physical": 16 * MiB,
+    "block.3.name": "vdb", "block.3.backingIndex": 4, "block.3.physical": 1024 * MiB,
+}
+
+
+def test_the_bound_sums_the_merged_images_devices() -> None:
+    chain = merges.parse_chains(XML)["vda"]
+    pair = merges.with_bound(merges.choose("vda", chain, 2, None), chain, STATS)
+    assert pair.bound == 64 * MiB  # vda[2] and vda[3]; not the active image, not vdb
+    active = merges.with_bound(merges.choose("vda", chain, None, 3), chain, STATS)
+    assert active.bound == 128 * MiB
+    missing = {k: v for k, v in STATS.items() if not k.startswith("block.2.")}
+    assert merges.with_bound(merges.choose("vda", chain, 2, None), chain, missing).bound == 0
+
+
+async def test_an_unmeasurable_top_falls_back_to_the_bound() -> None:
+    needs = CommitNeeds(unmeasurable)
+    [got] = await needs.add("vm1", [base_info(16 * MiB)], {"vda[3]": "/dev/loop2"},
+                            {"vda[3]": 64 * MiB})
+    assert got.job_need == 64 * MiB
+    bounded = Chains(base_info(16 * MiB), bound=64 * MiB)
+    done = await prepare_merge(bounded, Extender(), POLICY, unmeasurable,
+                               ("vm1", "vda[2]", None))
+    assert done.estimated and done.need == 64 * MiB and done.size >= 64 * MiB
