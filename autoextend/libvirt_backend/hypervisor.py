@@ -148,7 +148,8 @@ class LibvirtHypervisor:
             await self._connection_loop(task_status)
 
     async def drives(self, vm: str) -> list[DriveInfo]:
-        """Fresh numbers for each writable qcow2 block disk's top image (``vda[N]``)."""
+        """Fresh numbers for each writable qcow2 block disk's top image (``vda[N]``), and
+        for each block job's target (a ``<mirror>``, a snapshot merge's base)."""
         stats, xml, commits = await self._read(vm, commits=self._watch_merges)
         try:
             found = drives_from_stats(vm, stats, parse_disks(xml))
