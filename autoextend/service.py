@@ -50,6 +50,8 @@ from autoextend.monitor.core import Monitor
 from autoextend.monitor.local import LocalExtender
 from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
 from autoextend.monitor.protocols import Extender, Hypervisor
+from autoextend.prepare_merge import MergeChains, merge_request, prepare_merge
+from autoextend.qemuimg import qemu_img_measure
 from autoextend.sdnotify import Notifier
 from autoextend.settings import Settings
 from autoextend.volumes import LocalAuthority, SpmAuthority, VolumeBackend, VolumeRef
@@ -108,13 +110,22 @@ def make_foreign_write_audit(settings: Settings, writes: WriterTally) -> Foreign
 def make_hypervisor(
     settings: Settings, lookup: Callable[[str], VolumeRef | None], clock: Clock
 ) -> Hypervisor:
+    return make_hypervisor_parts(settings, lookup, clock)[0]
+
+
+def make_hypervisor_parts(
+    settings: Settings, lookup: Callable[[str], VolumeRef | None], clock: Clock
+) -> tuple[Hypervisor, MergeChains | None]:
+    """The hypervisor backend, and what ``volume prepare-merge`` asks (libvirt only: QEMU
+    alone has no snapshot chain a management merges by name)."""
     if settings.service.hypervisor == "libvirt":
         from autoextend.libvirt_backend.hypervisor import LibvirtHypervisor
 
-        return LibvirtHypervisor(settings.libvirt, lookup, clock)
+        hypervisor = LibvirtHypervisor(settings.libvirt, lookup, clock)
+        return hypervisor, hypervisor
     from autoextend.qmp.hypervisor import QmpHypervisor
 
-    return QmpHypervisor(settings.qmp, lookup, clock)
+    return QmpHypervisor(settings.qmp, lookup, clock), None
 
 
 def make_cluster_agent(
@@ -168,7 +179,8 @@ class Service:
             self.extender = self.cluster.extender()
         else:
             self.extender = LocalExtender(self.backend)
-        self.hypervisor = make_hypervisor(settings, self.backend.lookup, self.clock)
+        self.hypervisor, self.merge_chains = make_hypervisor_parts(
+            settings, self.backend.lookup, self.clock)
         self.chunks = WriteRateChunks(settings.policy, self.clock)
         self.metrics.volume_gauge_from(
             "autoextend_chunk_bytes",
@@ -203,6 +215,7 @@ class Service:
         self.control.register("spm_step_down", self._step_down)
         self.control.register("volume_reduce", self._volume_reduce)
         self.control.register("volume_prepare", self._volume_prepare)
+        self.control.register("merge_prepare", self._merge_prepare)
         self.incoming = prepare.IncomingWatch(
             self.backend, lambda vm: self.monitor.settled(vm),
             lambda: self.monitor.frozen_views(), self.clock)
@@ -245,6 +258,20 @@ class Service:
         if isinstance(incoming, str) and incoming and targets:
             self.incoming.watch(incoming[:256], sorted(targets))
         return {"volumes": [p.as_dict() for p in done], "skipped": skipped}
+
+    async def _merge_prepare(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Control command ``merge_prepare``: ``{"vm": ..., "drive": "vda" | "vda[N]",
+        "base": M | null}``. Grows the merge's base to what the merge needs before a
+        management starts it (:mod:`autoextend.prepare_merge`)."""
+        wanted = merge_request(request)
+        if self.merge_chains is None:
+            raise AutoextendError("volume prepare-merge needs the libvirt hypervisor"
+                                  " (service.hypervisor = \"libvirt\")")
+        with anyio.fail_after(timeouts.extension_deadline_s(self.settings) + 60):
+            done = await prepare_merge(self.merge_chains, self.extender,
+                                       self.monitor.policy_for, qemu_img_measure, wanted,
+                                       dry_run=self.monitor.dry_run)
+        return done.as_dict()
 
     def _export_input_metrics(self) -> None:
         """Counters of bad input refused at the service's edges (see README, bad input)."""
