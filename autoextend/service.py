@@ -218,7 +218,7 @@ class Service:
         return {"volumes": [p.as_dict() for p in done], "skipped": skipped}
 
     def _export_input_metrics(self) -> None:
-        """Counters of bad input refused at the service's edges (see README, bad input)."""
+        """Counters of bad input refused at the service's edges (docs/operator-guide.md)."""
         m, control = self.metrics, self.control.counters
         m.counter_from("autoextend_hypervisor_session_failures_total",
                        "VM sessions ended by a bad reply or an error (the VM is retried)",
