@@ -85,6 +85,8 @@ def toml_comments(path: Path = DEFAULT_TOML) -> tuple[dict[str, dict[str, str]],
     """(section -> key -> comment, section -> introduction) from the documented default file."""
     sections: dict[str, list[str]] = {}
     current: list[str] = []
+    if not path.exists():  # an installed package: the models' own comments only
+        return {}, {}
     for raw in path.read_text().splitlines():
         found = _SECTION_LINE.match(raw)
         if found:
@@ -109,7 +111,7 @@ def source_comments(model: type[BaseModel]) -> dict[str, str]:
         lines = inspect.getsource(model).splitlines()[1:]
     except (OSError, TypeError):
         return {}
-    return _comment_blocks([ln for ln in lines], _FIELD_LINE)
+    return _comment_blocks(lines, _FIELD_LINE)
 
 
 def docstring_bullets(model: type[BaseModel]) -> dict[str, str]:
