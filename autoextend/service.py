@@ -274,7 +274,7 @@ class Service:
         return done.as_dict()
 
     def _export_input_metrics(self) -> None:
-        """Counters of bad input refused at the service's edges (see README, bad input)."""
+        """Counters of bad input refused at the service's edges (docs/operator-guide.md)."""
         m, control = self.metrics, self.control.counters
         m.counter_from("autoextend_hypervisor_session_failures_total",
                        "VM sessions ended by a bad reply or an error (the VM is retried)",
