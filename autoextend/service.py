@@ -27,7 +27,16 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from autoextend import earlysignals, logs, prepare, reloadguard, startup, timeouts, validation
+from autoextend import (
+    drill,
+    earlysignals,
+    logs,
+    prepare,
+    reloadguard,
+    startup,
+    timeouts,
+    validation,
+)
 from autoextend import reload as reload_mod
 from autoextend import settings as settings_mod
 from autoextend.capacity.reduce import parse_volume
@@ -213,6 +222,7 @@ class Service:
         self.control = ControlServer(settings.service.control_socket)
         self.control.register("status", self._status)
         self.control.register("spm_step_down", self._step_down)
+        self.control.register("spm_drill", self._spm_drill)
         self.control.register("volume_reduce", self._volume_reduce)
         self.control.register("volume_prepare", self._volume_prepare)
         self.control.register("merge_prepare", self._merge_prepare)
@@ -347,6 +357,15 @@ class Service:
         if self.cluster is None:
             raise AutoextendError("this host runs in local mode: there is no SPM role")
         return await self.cluster.step_down()
+
+    async def _spm_drill(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.cluster is None:
+            raise AutoextendError("this host runs in local mode: there is no SPM role")
+        timeout = request.get("timeout_s", 30.0)
+        if not isinstance(timeout, int | float) or not 1 <= timeout <= 100:
+            raise AutoextendError("timeout_s must be a number of seconds in 1..100")
+        report = await drill.drill(self.cluster, self.tally, self.clock, float(timeout))
+        return report.as_dict() | {"lines": report.lines()}
 
     async def _status(self, request: dict[str, Any]) -> dict[str, Any]:
         return {
