@@ -23,6 +23,7 @@ import annotated_types
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from autoextend.confbase import value_text
 from autoextend.config import Settings
 
 DEFAULT_TOML = Path(__file__).resolve().parents[2] / "config" / "autoextend.toml"
@@ -143,20 +144,6 @@ def type_name(annotation: Any) -> str:
         return f"table of {type_name(item)}"
     return {bool: "boolean", int: "integer", float: "float", str: "string"}.get(
         annotation, str(annotation))
-
-
-def value_text(value: Any) -> str:
-    if value is None:
-        return "unset"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, tuple | list):
-        return "[" + ", ".join(value_text(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {value_text(v)}" for k, v in value.items()) + "}"
-    return repr(value)
 
 
 def range_text(field: FieldInfo) -> str:
