@@ -288,3 +288,21 @@ def parse_segment_counts(text: str) -> dict[str, SegmentCounts]:
             raise ReportFormatError(f"LV {vg}/{row['lv_name']} has no segment")
         counts.setdefault(vg, []).append(segs)
     return {vg: SegmentCounts(vg, len(c), sum(c), max(c)) for vg, c in counts.items()}
+
+
+LOOK_FIELDS = ("vg_name", "lv_name", "lv_size", "vg_seqno")
+
+
+def parse_vg_look(text: str, vg: str) -> tuple[int | None, dict[str, int]]:
+    """(vg_seqno, {lv: size}) of ``vg`` from ``lvs -o <LOOK_FIELDS> VG``; the seqno is None
+    when the VG has no LV (no row carries it). Every row must agree on the seqno."""
+    seqnos: set[int] = set()
+    sizes: dict[str, int] = {}
+    for row in _rows(text, "lv", LOOK_FIELDS):
+        if _name(row, "vg_name") != vg:
+            raise ReportFormatError(f"an LV of VG {row['vg_name']!r} in the report of {vg!r}")
+        seqnos.add(_int(row, "vg_seqno"))
+        sizes[_name(row, "lv_name")] = _int(row, "lv_size")
+    if len(seqnos) > 1:
+        raise ReportFormatError(f"VG {vg}: rows disagree on vg_seqno ({sorted(seqnos)})")
+    return (seqnos.pop() if seqnos else None), sizes

@@ -18,6 +18,7 @@ same per-VG critical section, before any other command can hand them out again
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -25,6 +26,7 @@ from autoextend import logs
 from autoextend.errors import NotSpmError
 from autoextend.lvm import discard, report
 from autoextend.lvm.errors import LvmCommandError, LvmError
+from autoextend.lvm.foreign import WriteLedger
 from autoextend.lvm.lvmconf import LvmCommandConfig, render_config
 from autoextend.lvm.names import extents_for
 from autoextend.lvm.reader import (
@@ -41,6 +43,15 @@ from autoextend.volumes import ExtendResult, SpmAuthority, VolumeRef
 
 log = logs.get_logger("lvm")
 
+
+@dataclass
+class WriterTally:
+    """What outlives one writer (one SPM term): the bytes discarded, and the ledger of our
+    own metadata commits that the foreign-write audit compares ``vg_seqno`` with."""
+
+    discarded: discard.Discarded = field(default_factory=discard.Discarded)
+    ledger: WriteLedger = field(default_factory=WriteLedger)
+
 METADATA_ONLY = ("--autobackup", "n", "--driverloaded", "n")
 
 
@@ -49,7 +60,7 @@ class LvmWriter:
 
     def __init__(
         self, runner: LvmRunner, config: LvmCommandConfig, authority: SpmAuthority,
-        *, discard_freed: bool = True, discarded: discard.Discarded | None = None,
+        *, discard_freed: bool = True, tally: WriterTally | None = None,
     ) -> None:
         self._runner = runner
         self._authority = authority
@@ -58,14 +69,27 @@ class LvmWriter:
         self._vg_locks: dict[str, anyio.Lock] = {}
         self._extent_sizes: dict[str, int] = {}
         self._discard_freed = discard_freed
-        # Bytes given back to the array after reduces and removes (a tally shared with the
-        # service when it passes one in).
-        self.discarded = discarded if discarded is not None else discard.Discarded()
+        # Shared with the service when it passes one in (one per process, across terms).
+        self.tally = tally if tally is not None else WriterTally()
+        self.discarded = self.tally.discarded
+        self.tally.ledger.writer_started(authority)
         self._no_discard: set[str] = set()  # PV devices that refused BLKDISCARD
 
     async def _run(self, args: Sequence[str]) -> CommandResult:
         self._authority.check()
         return await self._runner.run(args)
+
+    async def _commit(self, vg: str, args: Sequence[str]) -> CommandResult:
+        """Run one metadata command on ``vg`` (its lock held), counted in the ledger from
+        before it runs until it ends (``foreign.py``)."""
+        self.tally.ledger.begin(vg)
+        committed = False
+        try:
+            result = await self._run(args)
+            committed = True
+            return result
+        finally:
+            self.tally.ledger.end(vg, committed)
 
     def _vg_lock(self, vg: str) -> anyio.Lock:
         return self._vg_locks.setdefault(vg, anyio.Lock())
@@ -109,7 +133,7 @@ class LvmWriter:
             try:
                 # Optimistic: one command when the LV must grow (the common case). lvextend
                 # refuses a size not larger than the current one, which the reload sorts out.
-                await self._run(args)
+                await self._commit(volume.vg, args)
             except LvmCommandError:
                 current = await self.lv(volume)
                 if current.extent_count >= extents:
@@ -135,7 +159,7 @@ class LvmWriter:
                 return ExtendResult(current.size, False)
             args = ["lvreduce", "--config", self._config, *METADATA_ONLY, "--force"]
             before = await self._segments(volume.vg)
-            await self._run([*args, "--extents", str(extents), target])
+            await self._commit(volume.vg, [*args, "--extents", str(extents), target])
             log.info("lv reduced", volume=str(volume), size=extents * extent_size,
                      was=current.size)
             await self._give_back(volume, before)
@@ -155,14 +179,14 @@ class LvmWriter:
         for tag in tags:
             args += ["--addtag", tag]
         async with self._vg_lock(volume.vg):
-            await self._run([*args, check_name("VG", volume.vg)])
+            await self._commit(volume.vg, [*args, check_name("VG", volume.vg)])
         return await self.lv(volume)
 
     async def remove_lv(self, volume: VolumeRef) -> None:
         args = ["lvremove", "--config", self._config, *METADATA_ONLY, "--yes"]
         async with self._vg_lock(volume.vg):
             before = await self._segments(volume.vg)
-            await self._run([*args, volume_arg(volume)])
+            await self._commit(volume.vg, [*args, volume_arg(volume)])
             await self._give_back(volume, before)
 
     # Discard of freed extents (see discard.py; called with the VG lock held).
@@ -218,7 +242,7 @@ class LvmWriter:
         for tag in remove:
             args += ["--deltag", tag]
         async with self._vg_lock(volume.vg):
-            await self._run([*args, volume_arg(volume)])
+            await self._commit(volume.vg, [*args, volume_arg(volume)])
         return await self.lv(volume)
 
     async def pvcreate(self, devices: Sequence[str], metadata_size: int | None = None) -> None:
