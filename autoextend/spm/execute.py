@@ -27,6 +27,8 @@ SPM); a request that got its turn runs to its verdict.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import anyio
 
 from autoextend import logs
@@ -51,7 +53,7 @@ class Executor:
     def __init__(
         self, backend: VolumeBackend, authority: SpmAuthority, clock: Clock, *,
         hot_window_s: float, max_concurrent: int,
-        reduce_checks: tuple[ReduceCheck, ...] | list[ReduceCheck] = REDUCE_CHECKS,
+        reduce_checks: Sequence[ReduceCheck] = REDUCE_CHECKS,
     ) -> None:
         self._backend = backend
         self._authority = authority

@@ -101,7 +101,7 @@ class SpmMailServer:
         self._executor = Executor(backend, authority, self._clock,
                                   hot_window_s=settings.hot_window_s,
                                   max_concurrent=settings.max_concurrent_extends,
-                                  reduce_checks=tuple(reduce_checks))
+                                  reduce_checks=reduce_checks)
         self._accepting = True
         self._scan_cursor = 0
         self._scan_credit = 0.0
