@@ -314,6 +314,30 @@ def test_the_spm_server_and_the_host_mailbox_stay_under_350_lines() -> None:
     assert long_files(sources, MAX_MAILBOX_END_LINES) == []
 
 
+def manual_lock_calls(sources: dict[str, str]) -> list[str]:
+    """``path:line call`` for every ``x.acquire()`` / ``x.release()`` call in ``sources``
+    (a lock taken by hand instead of with ``async with``)."""
+    found = []
+    for rel, text in sources.items():
+        for node in ast.walk(ast.parse(text)):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("acquire", "release")):
+                found.append(f"{rel}:{node.lineno} {ast.unparse(node)}")
+    return sorted(found)
+
+
+def test_the_lock_check_sees_a_lock_taken_by_hand() -> None:
+    source = "async def f(lock):\n    await lock.acquire()\n    lock.release()\n"
+    assert manual_lock_calls({"m.py": source}) == ["m.py:2 lock.acquire()",
+                                                   "m.py:3 lock.release()"]
+    assert manual_lock_calls({"m.py": "async def f(lock):\n    async with lock:\n"
+                                      "        pass\n"}) == []
+
+
+def test_the_mailbox_takes_every_lock_with_async_with() -> None:
+    assert manual_lock_calls(sources_of("autoextend/spm")) == []
+
+
 # ---- the module graph: no cycles, neutral vocabulary, config loaded at the top ---------------
 
 
