@@ -12,13 +12,14 @@ this executor's per-VG lock: one op per VG at a time, held from before the op re
 until its verdict is known. It is needed here, above the backend, because a reduce reads the
 volume's facts, judges them and acts (``reducing.py``): an extend of the same VG must not
 come in between, and only a lock around the whole op can keep it out. Two per-VG locks
-below it remain, each for callers that have no executor in front of them, and are never
-contended on the SPM path (this lock is held around them): ``LvmWriter``'s (``lvm/writer.py``:
-one lvm2 command per VG at a time in the process, for the local extender and the CLI; with
-``wait_for_locks`` off, lvm2 would fail a second command instead of queueing it) and the
-reserve guard's (``lvm/reserve.py``: its free-space check and the extend as one step, for
-the local extender, whose drives extend concurrently). Removing either would make the local
-mode unsafe, so they stay; no other lock serializes a VG.
+below it remain, each for callers that have no executor in front of them; on the SPM they
+are never contended (the term's backend is used by this executor alone, and this lock is held
+around them): ``LvmWriter``'s (``lvm/writer.py``: one lvm2 command per VG at a time in the
+process, for the local extender and the CLI; with ``wait_for_locks`` off, lvm2 would fail a
+second command instead of queueing it) and the reserve guard's (``lvm/reserve.py``: its
+free-space check and the extend as one step, for the local extender, whose drives extend
+concurrently: without it two extends could pass one check and eat into the reserve). Neither
+can go without breaking the local mode, so both stay; no other lock serializes a VG.
 
 Step-down hands queued requests back: :meth:`Executor.hand_back` cancels every request
 still waiting for the limiter or a VG lock (left unanswered in the hosts' boxes for the next
