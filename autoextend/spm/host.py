@@ -291,6 +291,7 @@ class HostMailbox:
             pending.slot = free.pop(0)
             pending.created = now
             self._slots.send(pending.slot, pending.request())
+            self._changed()
 
     async def _flush(self) -> bool:
         """Write the dirty box sectors (one I/O for the range) and, once that is durable, the
