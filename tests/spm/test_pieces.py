@@ -70,6 +70,51 @@ def test_an_answered_slot_rides_along_with_another_write_and_a_withdrawal_does_n
     assert table.take_dirty() == ({3}, True)
 
 
+SLOT_OPS = st.lists(st.tuples(st.sampled_from(["send", "withdraw", "answer", "clear", "flush",
+                                               "fail"]),
+                               st.integers(0, 9), st.floats(0.0, 3.0)), max_size=60)
+
+
+@given(SLOT_OPS)
+def test_the_disk_differs_from_the_slots_only_in_answered_slots(ops: list[tuple[str, int,
+                                                                             float]]) -> None:
+    """Whatever happens, a sector not marked dirty holds on disk what the slots hold, except
+    answered slots (cleared lazily, and harmless: the SPM answered them already); a sent slot
+    and only a sent slot holds a request."""
+    layout = layout_for()
+    table = SlotTable(layout)
+    table.reset()
+    disk: dict[int, list[Request | None]] = {i: table.image(i)
+                                             for i in range(layout.request_sectors)}
+    now, next_id = 0.0, 1
+    for op, slot, dt in ops:
+        now += dt
+        state = table.state(slot)
+        if op == "send":
+            table.send(slot, Request(next_id, "vg0", f"lv{slot}", MiB))
+            next_id += 1
+        elif op == "withdraw" and state is SlotState.SENT:
+            table.withdraw(slot)
+        elif op == "answer" and state is SlotState.SENT:
+            table.answer(slot, now)
+        elif op == "clear":
+            table.clear_answered(now)
+        elif op in ("flush", "fail"):
+            dirty, ring = table.take_dirty()
+            if op == "fail":
+                table.put_back(dirty, ring)
+            else:
+                disk.update({i: table.image(i) for i in dirty})
+        for i in range(layout.request_sectors):
+            slots = layout.request_sector_slots(i)
+            for j, held, on_disk in zip(slots, table.image(i), disk[i], strict=True):
+                assert (held is not None) == (table.state(j) is SlotState.SENT)
+                if i not in table.dirty and table.state(j) is not SlotState.ANSWERED:
+                    assert on_disk == held
+    table.clear_answered(now + CLEAR_DELAY_S)
+    assert SlotState.ANSWERED not in [table.state(j) for j in range(10)]
+
+
 # ---- a request in flight and its waiters --------------------------------------------------------
 
 
