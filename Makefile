@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := qemu-system-x86 qemu-utils lvm2 libvirt-daemon-system libvirt-dev pkg-config \
-	busybox-static cpio sanlock gcc python3-venv python3-dev util-linux strace prometheus libfuse2
+	busybox-static cpio sanlock gcc python3-venv python3-dev util-linux strace prometheus libfuse2 \
+	man-db groff-base
 APT_STAMP := $(VENV)/.apt-done
 PIP_STAMP := $(VENV)/.pip-done
 GUEST_STAMP := $(VENV)/.guest-done

@@ -210,8 +210,10 @@ class ClusterAgent:
         if server is not None:
             await server.step_down(timeout_s)
         self.lease.step_down()
-        self.log.info("stepped down as SPM", lver=lver)
-        return {"stepped_down": True, "lver": lver, "host_id": self.host_id}
+        handed_back = server.counters.handed_back if server is not None else 0
+        self.log.info("stepped down as SPM", lver=lver, handed_back=handed_back)
+        return {"stepped_down": True, "lver": lver, "host_id": self.host_id,
+                "handed_back": handed_back}
 
     def status(self) -> dict[str, Any]:
         lease = self.lease

@@ -6,7 +6,7 @@ Each component owns its section model next to its code (``monitor/config.py``,
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,3 +19,19 @@ class Section(BaseModel):
 
 # TOML arrays arrive as lists; keep them immutable tuples in the model. Items stay strict.
 StrTuple = Annotated[tuple[str, ...], Field(strict=False)]
+
+
+def value_text(value: Any) -> str:
+    """A setting's value as TOML writes it (``unset`` for None): what the configuration
+    reference prints, and what a reload's change lines show."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(value_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {value_text(v)}" for k, v in value.items()) + "}"
+    return repr(value)

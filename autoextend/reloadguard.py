@@ -40,6 +40,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from autoextend.confbase import value_text
 from autoextend.config import Settings
 
 #: The sections whose numbers the factor rule watches: the policy (what a reload applies,
@@ -106,18 +107,8 @@ class Change:
 
     def line(self) -> str:
         """The one line the log and ``config check`` print for this change."""
-        text = f"{self.key}: {_show(self.old)} -> {_show(self.new)}"
+        text = f"{self.key}: {value_text(self.old)} -> {value_text(self.new)}"
         return f"{text} (held: {self.why_held})" if self.why_held else text
-
-
-def _show(value: Any) -> str:
-    if value is None:
-        return "unset"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    return str(value)
 
 
 def _is_number(value: Any) -> typing.TypeGuard[int | float]:

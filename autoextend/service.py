@@ -27,7 +27,16 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from autoextend import earlysignals, logs, prepare, reloadguard, startup, timeouts, validation
+from autoextend import (
+    drill,
+    earlysignals,
+    logs,
+    prepare,
+    reloadguard,
+    startup,
+    timeouts,
+    validation,
+)
 from autoextend import reload as reload_mod
 from autoextend import settings as settings_mod
 from autoextend.capacity.reduce import parse_volume
@@ -39,13 +48,19 @@ from autoextend.control import ControlServer
 from autoextend.errors import AutoextendError, ConfigError
 from autoextend.logs import get_logger
 from autoextend.lvm import factory
+from autoextend.lvm.foreign import ForeignWriteAudit
+from autoextend.lvm.reader import LvmReader
 from autoextend.lvm.reserve import FreeSpaceBackend
+from autoextend.lvm.runner import ProcessRunner
+from autoextend.lvm.writer import WriterTally
 from autoextend.metrics import Metrics, serve_metrics
 from autoextend.monitor.chunking import WriteRateChunks
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.local import LocalExtender
 from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
 from autoextend.monitor.protocols import Extender, Hypervisor
+from autoextend.prepare_merge import MergeChains, merge_request, prepare_merge
+from autoextend.qemuimg import qemu_img_measure
 from autoextend.sdnotify import Notifier
 from autoextend.settings import Settings
 from autoextend.volumes import LocalAuthority, SpmAuthority, VolumeBackend, VolumeRef
@@ -75,7 +90,8 @@ class HeldReload:
 
 
 def make_volume_backend(
-    settings: Settings, authority: SpmAuthority | None = None
+    settings: Settings, authority: SpmAuthority | None = None,
+    tally: WriterTally | None = None,
 ) -> FreeSpaceBackend:
     """The host's volume backend. Single-host (local extender) mode: this host is the only
     writer, by configuration (``LocalAuthority``). In mailbox mode the host side gets no
@@ -85,28 +101,50 @@ def make_volume_backend(
     return factory.make_pool_backend(
         settings.volumes, settings.lvm, authority,
         reserves_mib=settings.policy.vg_reserve_mib, extent_mib=settings.policy.extent_mib,
+        tally=tally,
     )
+
+
+def make_foreign_write_audit(settings: Settings, writes: WriterTally) -> ForeignWriteAudit | None:
+    """The foreign-write audit (``lvm/foreign.py``) of the lvm backend: its own read-only
+    lvm2 process per look, beside the backend's runner."""
+    lvm = settings.lvm
+    if settings.volumes.backend != "lvm" or not lvm.vgs:
+        return None
+    runner = ProcessRunner(lvm.lvm_binary, lvm.command_timeout_s, 1, use_aio=lvm.use_aio)
+    return ForeignWriteAudit(writes.ledger, LvmReader(runner, factory.command_config(lvm)),
+                             lvm.vgs)
 
 
 def make_hypervisor(
     settings: Settings, lookup: Callable[[str], VolumeRef | None], clock: Clock
 ) -> Hypervisor:
+    return make_hypervisor_parts(settings, lookup, clock)[0]
+
+
+def make_hypervisor_parts(
+    settings: Settings, lookup: Callable[[str], VolumeRef | None], clock: Clock
+) -> tuple[Hypervisor, MergeChains | None]:
+    """The hypervisor backend, and what ``volume prepare-merge`` asks (libvirt only: QEMU
+    alone has no snapshot chain a management merges by name)."""
     if settings.service.hypervisor == "libvirt":
         from autoextend.libvirt_backend.hypervisor import LibvirtHypervisor
 
-        return LibvirtHypervisor(settings.libvirt, lookup, clock)
+        hypervisor = LibvirtHypervisor(settings.libvirt, lookup, clock)
+        return hypervisor, hypervisor
     from autoextend.qmp.hypervisor import QmpHypervisor
 
-    return QmpHypervisor(settings.qmp, lookup, clock)
+    return QmpHypervisor(settings.qmp, lookup, clock), None
 
 
 def make_cluster_agent(
-    settings: Settings, host_backend: VolumeBackend, clock: Clock, checks: Checks = ALL_ON
+    settings: Settings, host_backend: VolumeBackend, clock: Clock, checks: Checks = ALL_ON,
+    tally: WriterTally | None = None,
 ) -> ClusterAgent:
     """Mailbox mode: the agent, with its sections and the SPM's per-term backend factory."""
 
     def spm_backend(term: SpmAuthority) -> FreeSpaceBackend:
-        return make_volume_backend(settings, term)
+        return make_volume_backend(settings, term, tally)
 
     return ClusterAgent(settings.lease, settings.mailbox, settings.lvm.vgs, host_backend,
                         spm_backend, clock, checks=checks)
@@ -139,21 +177,31 @@ class Service:
         self.notifier = notifier or Notifier()
         # In dependency order: volumes, then the extender (the cluster agent's in mailbox
         # mode: it waits inside for the agent to join), then the hypervisor and the monitor.
-        self.backend = make_volume_backend(settings)
+        self.writes = WriterTally()  # every writer's discards and commits, across SPM terms
+        self.backend = make_volume_backend(settings, tally=self.writes)
+        self.foreign = make_foreign_write_audit(settings, self.writes)
         self.cluster: ClusterAgent | None = None
         self.extender: Extender
         if settings.service.extender == "mailbox":
-            self.cluster = make_cluster_agent(settings, self.backend, self.clock, checks)
+            self.cluster = make_cluster_agent(settings, self.backend, self.clock, checks,
+                                              self.writes)
             self.extender = self.cluster.extender()
         else:
             self.extender = LocalExtender(self.backend)
-        self.hypervisor = make_hypervisor(settings, self.backend.lookup, self.clock)
+        self.hypervisor, self.merge_chains = make_hypervisor_parts(
+            settings, self.backend.lookup, self.clock)
         self.chunks = WriteRateChunks(settings.policy, self.clock)
         self.metrics.volume_gauge_from(
             "autoextend_chunk_bytes",
             "The chunk in use per volume (chunk_mib, or the write-rate chunk)",
             lambda: {str(v): c for v, c in self.chunks.chunks().items()})
-        observers: list[MonitorObserver] = [self.tally, self.metrics, self.chunks]
+        # The capacity part before the monitor: the monitor takes its gate and tells it (an
+        # observer) of clean stops; the part gets the monitor's queries in run().
+        self.capacity = CapacityPart(settings, self.backend, self.clock, self.metrics.registry,
+                                     cluster=self.cluster,
+                                     on_level=lambda: self.notifier.status(self.summary()))
+        observers: list[MonitorObserver] = [self.tally, self.metrics, self.chunks,
+                                            self.capacity]
         if observer is not None:
             observers.append(observer)
         self.monitor = Monitor(
@@ -168,17 +216,16 @@ class Service:
             lease_ok=self._host_lease_valid if self.cluster is not None else None,
             extend_deadline_s=timeouts.extension_deadline_s(settings),
             views=self.backend,
+            space_gate=self.capacity.gate,
             checks=checks,
         )
-        self.capacity = CapacityPart(settings, self.backend, self.monitor, self.clock,
-                                     self.metrics.registry, cluster=self.cluster)
-        if self.capacity.watcher is not None:
-            self.capacity.watcher.on_level = lambda: self.notifier.status(self.summary())
         self.control = ControlServer(settings.service.control_socket)
         self.control.register("status", self._status)
         self.control.register("spm_step_down", self._step_down)
-        self.control.register("volume_reduce", self.capacity.handle_reduce)
+        self.control.register("spm_drill", self._spm_drill)
+        self.control.register("volume_reduce", self._volume_reduce)
         self.control.register("volume_prepare", self._volume_prepare)
+        self.control.register("merge_prepare", self._merge_prepare)
         self.incoming = prepare.IncomingWatch(
             self.backend, lambda vm: self.monitor.settled(vm),
             lambda: self.monitor.frozen_views(), self.clock)
@@ -191,6 +238,11 @@ class Service:
         self._export_input_metrics()
         if self.cluster is not None:
             self._export_cluster_metrics(self.cluster)
+
+    async def _volume_reduce(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Control command ``volume_reduce`` (``capacity/reduce.py``), checked against the
+        monitor's volumes in use."""
+        return await self.capacity.handle_reduce(request, self.monitor)
 
     async def _volume_prepare(self, request: dict[str, Any]) -> dict[str, Any]:
         """Control command ``volume_prepare``: ``{"volumes": ["vg/lv", ...], "paths":
@@ -217,8 +269,22 @@ class Service:
             self.incoming.watch(incoming[:256], sorted(targets))
         return {"volumes": [p.as_dict() for p in done], "skipped": skipped}
 
+    async def _merge_prepare(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Control command ``merge_prepare``: ``{"vm": ..., "drive": "vda" | "vda[N]",
+        "base": M | null}``. Grows the merge's base to what the merge needs before a
+        management starts it (:mod:`autoextend.prepare_merge`)."""
+        wanted = merge_request(request)
+        if self.merge_chains is None:
+            raise AutoextendError("volume prepare-merge needs the libvirt hypervisor"
+                                  " (service.hypervisor = \"libvirt\")")
+        with anyio.fail_after(timeouts.extension_deadline_s(self.settings) + 60):
+            done = await prepare_merge(self.merge_chains, self.extender,
+                                       self.monitor.policy_for, qemu_img_measure, wanted,
+                                       dry_run=self.monitor.dry_run)
+        return done.as_dict()
+
     def _export_input_metrics(self) -> None:
-        """Counters of bad input refused at the service's edges (see README, bad input)."""
+        """Counters of bad input refused at the service's edges (docs/operator-guide.md)."""
         m, control = self.metrics, self.control.counters
         m.counter_from("autoextend_hypervisor_session_failures_total",
                        "VM sessions ended by a bad reply or an error (the VM is retried)",
@@ -235,6 +301,14 @@ class Service:
         m.counter_from("autoextend_control_accept_errors_total",
                        "Control socket accept() failures (out of file descriptors)",
                        lambda: float(control.accept_errors))
+        ledger = self.writes.ledger
+        m.counter_from("autoextend_vg_foreign_writes_total",
+                       "Changes to a pool VG's metadata that this host's writer did not make "
+                       "(another process ran lvm2 on the pool)",
+                       lambda: float(ledger.foreign_writes))
+        m.counter_from("autoextend_discarded_bytes_total",
+                       "Bytes of freed extents given back to the array (BLKDISCARD after a "
+                       "reduce or remove)", lambda: float(self.writes.discarded.bytes))
 
     def _host_lease_valid(self) -> bool:
         """Mailbox mode: resume a VM after an I/O error only while this host's lease holds
@@ -284,6 +358,15 @@ class Service:
             raise AutoextendError("this host runs in local mode: there is no SPM role")
         return await self.cluster.step_down()
 
+    async def _spm_drill(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.cluster is None:
+            raise AutoextendError("this host runs in local mode: there is no SPM role")
+        timeout = request.get("timeout_s", 30.0)
+        if not isinstance(timeout, int | float) or not 1 <= timeout <= 100:
+            raise AutoextendError("timeout_s must be a number of seconds in 1..100")
+        report = await drill.drill(self.cluster, self.tally, self.clock, float(timeout))
+        return report.as_dict() | {"lines": report.lines()}
+
     async def _status(self, request: dict[str, Any]) -> dict[str, Any]:
         return {
             "service": {
@@ -304,7 +387,16 @@ class Service:
             "spm": self.cluster.status() if self.cluster is not None else None,
             "config": self._config_status(),
             "capacity": self.capacity.status(),
+            "foreign_writes": self._foreign_status(),
         }
+
+    def _foreign_status(self) -> dict[str, Any] | None:
+        if self.foreign is None:
+            return None
+        last = self.writes.ledger.last
+        return {"total": self.writes.ledger.foreign_writes, "looks": self.foreign.looked,
+                "auditing": self.foreign.ledger.active(),
+                "last": last.describe() if last is not None else None}
 
     def _config_status(self) -> dict[str, Any]:
         return {"path": str(self.config_path) if self.config_path else None,
@@ -421,12 +513,20 @@ class Service:
                 await tg.start(self.monitor.run)
             tg.start_soon(self.notifier.watchdog_loop, self.clock)
             tg.start_soon(self._status_loop)
-            tg.start_soon(self.capacity.run)
+            tg.start_soon(self.capacity.run, self.monitor)
             tg.start_soon(self.incoming.run)
+            if self.foreign is not None:
+                tg.start_soon(self._foreign_write_loop, self.foreign)
             self.notifier.ready(self.summary())
             log.info("service ready", hypervisor=self.settings.service.hypervisor,
                      extender=self.settings.service.extender)
             task_status.started()
+
+    async def _foreign_write_loop(self, audit: ForeignWriteAudit) -> None:
+        """The foreign-write audit at the capacity watcher's cadence (a reload applies)."""
+        while True:
+            await audit.look()
+            await self.clock.sleep(self.settings.capacity.poll_interval_s)
 
     async def _status_loop(self) -> None:
         while True:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Each mutation turns off one safety check in the world's hosts: a field of
+# Each mutation turns off one safety check in the world's hosts (the sim's views, for
+# check_views and protect_views: sim/views.py): a field of
 # autoextend.checks.Checks, or (None) the SPM's reduce idempotency check, which the server
 # is given as its list of reduce checks (sim/reduces.py: reduce_checks).
 MUTATIONS: dict[str, str | None] = {
     "owner-read": "fresh_owner_read", "term-check": "term_check",
     "generation": "match_generation", "reduce-idempotency": None,
+    "view-check": "check_views", "protect-views": "protect_views",
 }
 
 
@@ -45,6 +47,18 @@ class Stats:
     reduced: int = 0          # ... whose answer was OK and that shrank the volume
     reduce_refused: int = 0   # ... refused by the SPM (the volume unchanged)
     checks: int = 0
+    # Views (sim/views.py).
+    vm_starts: int = 0
+    vm_stops: int = 0
+    stale_starts: int = 0     # starts whose appearance check refreshed a stale view
+    migrations: int = 0
+    migrations_failed: int = 0
+    view_refreshes: int = 0
+    view_extends: int = 0     # extensions of guest volumes (through the mailbox)
+    deferred: int = 0         # ... that landed on a migration's source (no refresh there)
+    guest_reads: int = 0      # reads checked against the written mark
+    write_failures: int = 0   # guest writes past the view's end (ENOSPC)
+    restart_behind: int = 0   # running guests a restarted agent finds on a view < metadata
     faults: dict[str, int] = field(default_factory=dict)
     agent_exits: int = 0
     watchdog_kills: int = 0

@@ -36,7 +36,9 @@ class Result:
                 f"{s.requests} requests ({s.answered} ok, {s.rejected} rejected, "
                 f"{s.timeouts} timed out; {s.reduces} reduces: {s.reduced} applied, "
                 f"{s.reduce_refused} refused), {s.terms} SPM terms, {s.changes} changes, "
-                f"{faults} faults, {s.watchdog_kills} watchdog resets, {s.checks} checks, "
+                f"{faults} faults, {s.watchdog_kills} watchdog resets; {s.vm_starts} VM starts "
+                f"({s.stale_starts} on a stale view), {s.migrations} migrations, "
+                f"{s.guest_reads} guest reads; {s.checks} checks, "
                 f"trace {self.digest[:12]}")
 
     def report(self, tail: int = 60) -> str:

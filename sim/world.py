@@ -37,6 +37,7 @@ from sim.disk import HostStorage, SimDisk
 from sim.faults import FaultDriver
 from sim.host import Incarnation, SimClock, SimWatchdog
 from sim.reduces import ReduceTraffic, reduce_checks
+from sim.views import ViewTraffic
 from sim.volumes import SimVolumeBackend, SimVolumes
 
 GiB = 1 << 30
@@ -61,6 +62,7 @@ class World(FaultDriver):
         self.rng_faults = random.Random(seeds.getrandbits(64))
         self.rng_disk = random.Random(seeds.getrandbits(64))
         self.rng_hosts = random.Random(seeds.getrandbits(64))
+        rng_views = random.Random(seeds.getrandbits(64))
         t, w = cfg.io_timeout, cfg.watchdog
         self.timeouts = lease_timeouts(t, w)
         self.max_hosts = max(8, cfg.hosts)
@@ -96,6 +98,7 @@ class World(FaultDriver):
         self.takeover_bound = (tt.lease_expiry + w) + 2 * t + tt.takeover_max_worst + 4 * t
         self.answer_bound = self.mailbox.request_timeout_s + 2 * self.mailbox.reply_poll_max_s
         self.reduces = ReduceTraffic(self)
+        self.views = ViewTraffic(self, rng_views)
 
     # ---- trace -------------------------------------------------------------------------
 
@@ -226,6 +229,7 @@ class World(FaultDriver):
             tg.start_soon(self.requester, inc, mailbox, clock, rng, tg)
             tg.start_soon(self.reduces.requester, inc, mailbox, clock,
                           random.Random(rng.getrandbits(64)))
+            tg.start_soon(self.views.agent, inc, mailbox, clock, tg)
 
     async def candidacy(self, inc: Incarnation, lease: LeaseService, storage: HostStorage,
                         clock: SimClock, rng: random.Random) -> None:
@@ -346,6 +350,7 @@ class World(FaultDriver):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.sampler)
                 tg.start_soon(self.faults, tg)
+                tg.start_soon(self.views.manager, tg)
                 for h in range(1, self.cfg.hosts + 1):
                     tg.start_soon(self.supervise, h)
                     await anyio.sleep(self.rng_faults.uniform(0.0, 5.0))

@@ -13,6 +13,7 @@ from autoextend.confbase import Section
 
 
 class VgLevels(Section):
+    # Instead of [capacity]'s value for this VG (at least one of the two).
     warn_free_percent: float | None = Field(None, ge=0.0, lt=100.0)
     critical_free_mib: int | None = Field(None, ge=0, le=1 << 40)
 

@@ -87,6 +87,10 @@ def render_status(result: dict[str, Any]) -> str:
         lines.append("RESTART NEEDED: the config file changes " + ", ".join(pending)
                      + " (the running values stay until a restart)")
     lines.extend(render_capacity(result.get("capacity")))
+    foreign = result.get("foreign_writes") or {}
+    if foreign.get("total"):
+        lines.append(f"FOREIGN WRITES: {foreign['total']} change(s) to the pool's VG metadata "
+                     f"by another writer; last: {foreign.get('last')}")
     vms = result.get("vms", [])
     if not vms:
         lines.append("no VMs monitored")

@@ -192,3 +192,58 @@ def volume_prepare(obj: CliContext, targets: tuple[str, ...], domain_xml: Any,
         raise AutoextendError(f"volume prepare: no answer within {timeout:g} s") from None
     if not quiet:
         echo_reply(path, result, _render_prepared, as_json)
+
+
+def _render_merge(r: dict[str, Any]) -> str:
+    head = (f"{r['vm']}: merge {r['top']} into {r['base']} ({r['volume']}): needs"
+            f" {_mib(r['need'])}, base target {_mib(r['target'])}")
+    if r["dry_run"] and r["target"] > r["size"]:
+        return f"{head}: would extend from {_mib(r['size'])} (dry run)"
+    if r["extended"]:
+        return f"{head}: extended from {_mib(r['before'])} to {_mib(r['size'])}"
+    return f"{head}: has room ({_mib(r['size'])})"
+
+
+@volume.command("prepare-merge")
+@click.argument("vm", metavar="VM-NAME")
+@click.argument("drive", metavar="DRIVE")
+@click.option("--base", type=click.IntRange(min=0, max=(1 << 31) - 1), default=None,
+              metavar="N", help="The index of the image to merge into (the N of vda[N]); "
+                                "default: the image right below the top.")
+@click.option("--socket", "socket_path", default=None,
+              help="The service's control socket (default: the config's).")
+@click.option("--timeout", type=click.FloatRange(min=0.1, max=600.0),
+              default=PREPARE_TIMEOUT_S, show_default=True,
+              help="Give up (exit 1) after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def volume_prepare_merge(obj: CliContext, vm: str, drive: str, base: int | None,
+                         socket_path: str | None, timeout: float, as_json: bool) -> None:
+    """Grow a snapshot merge's base before the merge starts (libvirt).
+
+    DRIVE is the top of the merge: vda[N] for image N of vda's backing chain (deleting an
+    older snapshot: a non-active blockcommit), or vda for the active image (an active
+    commit). Returns once the base volume holds what the merge needs (qemu-img measure of
+    the top, plus the watermark), so the commit cannot stop for lack of space. Fails (exit
+    1, one line) for an unknown VM, drive or image: do not start the merge then.
+
+    \b
+    Examples:
+      autoextend volume prepare-merge vm1 'vda[2]'            # then: virsh blockcommit
+      autoextend volume prepare-merge vm1 'vda[3]' --base 1   #   vm1 vda --top vda[3] ...
+    """
+    from autoextend import control
+
+    settings = obj.load_settings()
+    path = socket_path or settings.service.control_socket
+
+    async def ask() -> dict[str, Any]:
+        with anyio.fail_after(timeout):
+            return await control.call_dict(path, "merge_prepare", wait_s=timeout,
+                                           vm=vm, drive=drive, base=base)
+
+    try:
+        result = anyio.run(ask)
+    except TimeoutError:
+        raise AutoextendError(f"volume prepare-merge: no answer within {timeout:g} s") from None
+    echo_reply(path, result, _render_merge, as_json)

@@ -81,6 +81,11 @@ class LeaseEngine(Protocol):
         """(host_id, lver) of the SPM as last seen, or None."""
         ...
 
+    async def read_spm(self) -> tuple[int, int] | None:
+        """(host_id, lver) of the SPM lease's holder from a fresh read of the storage (or the
+        daemon), or None when it is free. Changes nothing in the contest (``spm drill``)."""
+        ...
+
     def host_states(self) -> dict[int, HostStatus]: ...
 
     @property

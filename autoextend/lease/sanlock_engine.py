@@ -327,6 +327,11 @@ class SanlockEngine(TermHolder[SanlockTerm]):
 
     # ---- status ------------------------------------------------------------------------------
 
+    async def read_spm(self) -> tuple[int, int] | None:
+        """The resource's owner as the daemon reads it now (``read_resource_owner``; a
+        failed read raises SanlockError)."""
+        return await self._call(sl.read_resource_owner, self._res)
+
     def current_spm(self) -> tuple[int, int] | None:
         if self.term is not None:
             return self._host_id, self.term.lver

@@ -29,7 +29,7 @@ from autoextend.clock import Clock
 from autoextend.lease.config import LeaseSettings
 from autoextend.lease.delta import DeltaLease
 from autoextend.lease.errors import HostIdLost, LeaseError
-from autoextend.lease.format import sectors
+from autoextend.lease.format import sectors, unpack_leader
 from autoextend.lease.layout import LeaseLayout
 from autoextend.lease.liveness import HostMonitor, HostStatus
 from autoextend.lease.paxos import PaxosLease
@@ -313,6 +313,14 @@ class LeaseService(TermHolder[SpmTerm]):
         return 2 * self.timeouts.renewal_interval
 
     # ---- status --------------------------------------------------------------------------
+
+    async def read_spm(self) -> tuple[int, int] | None:
+        """A fresh read of the leader record alone: no state of the contest changes (the
+        paxos engine's reads keep their own order for the fresh-owner-read check)."""
+        layout = self.layout
+        raw = await self.storage.read(layout.leader_offset, layout.sector_size)
+        leader = unpack_leader(raw, layout.leader_offset, layout.max_hosts)
+        return None if leader.free else (leader.owner_id, leader.lver)
 
     def current_spm(self) -> tuple[int, int] | None:
         """(host_id, lver) of the SPM as last seen (our own term, else the last leader read)."""

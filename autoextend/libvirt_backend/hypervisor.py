@@ -32,10 +32,15 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.clock import Clock
 from autoextend.libvirt_backend import events as ev
-from autoextend.libvirt_backend import jobs
+from autoextend.libvirt_backend import jobs, merges
 from autoextend.libvirt_backend.config import LibvirtSettings
 from autoextend.libvirt_backend.connection import LibvirtConnection
-from autoextend.libvirt_backend.domxml import DomainXmlError, error_policies, parse_disks
+from autoextend.libvirt_backend.domxml import (
+    DomainXmlError,
+    error_policies,
+    indexed_name,
+    parse_disks,
+)
 from autoextend.libvirt_backend.errors import (
     LibvirtBackendError,
     LibvirtConnectFailed,
@@ -45,7 +50,7 @@ from autoextend.libvirt_backend.errors import (
 )
 from autoextend.libvirt_backend.eventloop import ensure_event_impl
 from autoextend.libvirt_backend.migration import migration_of
-from autoextend.libvirt_backend.stats import StatsError, drives_from_stats
+from autoextend.libvirt_backend.stats import DrivesFound, StatsError, drives_from_stats
 from autoextend.libvirt_backend.tracker import DomainTracker
 from autoextend.logs import get_logger
 from autoextend.monitor.migration import MigrationInfo
@@ -69,6 +74,8 @@ class LibvirtHypervisor:
     """Running domains of one libvirtd, watched through events and queried on demand.
 
     ``lookup`` maps a block device path to its volume (the volume backend's ``lookup``).
+    ``watch_merges``: watch the base of a running snapshot merge (a non-active commit, see
+    ``merges.py``); only a test's negative control turns it off.
     """
 
     def __init__(
@@ -76,6 +83,8 @@ class LibvirtHypervisor:
         settings: LibvirtSettings,
         lookup: Callable[[str], VolumeRef | None],
         clock: Clock,
+        *,
+        watch_merges: bool = True,
     ) -> None:
         self.settings = settings
         self._lookup = lookup
@@ -87,6 +96,8 @@ class LibvirtHypervisor:
         self.session_failures = 0
         self._connect_error: str | None = None  # the last failure while not connected
         self._commit_needs = jobs.CommitNeeds()
+        self._watch_merges = watch_merges
+        self._intents = merges.MergeIntents()  # what prepare-merge was told, per disk
 
     # ------------------------------------------------------------------ extras
 
@@ -137,20 +148,9 @@ class LibvirtHypervisor:
             await self._connection_loop(task_status)
 
     async def drives(self, vm: str) -> list[DriveInfo]:
-        """Fresh numbers for each writable qcow2 block disk's top image (``vda[N]``)."""
-        conn = self._require(vm, "domainListGetStats")
-
-        def read(c: libvirt.virConnect) -> tuple[dict[str, Any], str]:
-            dom = c.lookupByName(vm)
-            if not dom.isActive():
-                raise _NotRunning
-            found = c.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_BLOCK, STATS_FLAGS)
-            return (found[0][1] if found else {}), dom.XMLDesc(0)
-
-        try:
-            stats, xml = await conn.call(vm, "domainListGetStats", read)
-        except _NotRunning:
-            raise VmNotFound(vm, "domainListGetStats", "domain is not running") from None
+        """Fresh numbers for each writable qcow2 block disk's top image (``vda[N]``), and
+        for each block job's target (a ``<mirror>``, a snapshot merge's base)."""
+        stats, xml, commits = await self._read(vm, commits=self._watch_merges)
         try:
             found = drives_from_stats(vm, stats, parse_disks(xml))
         except (StatsError, DomainXmlError) as err:
@@ -160,13 +160,87 @@ class LibvirtHypervisor:
             self.session_failures += 1
             log.exception("libvirt stats not understood", vm=vm)
             raise MalformedReply(vm, "domainListGetStats", type(err).__name__) from err
-        targets = jobs.job_targets(vm, stats, jobs.parse_mirrors(xml), found)
-        if targets:
-            found.drives.extend(await self._commit_needs.add(targets, list(found.drives)))
+        found.drives.extend(await self._job_drives(vm, stats, xml, commits, found))
         for drive, reason in found.skipped:
             log.warning("drive skipped", vm=vm, drive=drive, reason=reason)
         self._tracker.drives_seen(vm, found.drives)
         return found.drives
+
+    async def _read(self, vm: str, *,
+                    commits: bool) -> tuple[dict[str, Any], str, set[str]]:
+        """The domain's block stats (backing chains included), its live XML and, with
+        ``commits``, the disks that run a snapshot merge (one worker-thread call)."""
+        conn = self._require(vm, "domainListGetStats")
+
+        def read(c: libvirt.virConnect) -> tuple[dict[str, Any], str, set[str]]:
+            dom = c.lookupByName(vm)
+            if not dom.isActive():
+                raise _NotRunning
+            found = c.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_BLOCK, STATS_FLAGS)
+            xml = dom.XMLDesc(0)
+            running = _commit_jobs(dom, xml) if commits else set()
+            return (found[0][1] if found else {}), xml, running
+
+        try:
+            return await conn.call(vm, "domainListGetStats", read)
+        except _NotRunning:
+            raise VmNotFound(vm, "domainListGetStats", "domain is not running") from None
+
+    async def _job_drives(self, vm: str, stats: dict[str, Any], xml: str,
+                          commits: set[str], found: DrivesFound) -> list[DriveInfo]:
+        """The job targets: each ``<mirror>`` (an active commit's base, a copy's target) and
+        the base of each running snapshot merge (``merges.py``), commit bases measured."""
+        mirrors = jobs.parse_mirrors(xml)
+        tops: dict[str, str] = {}
+        bounds: dict[str, int] = {}
+        for m in mirrors:
+            top = next((d for d in found.drives if d.drive.startswith(m.target + "[")), None)
+            if top is not None:
+                tops[indexed_name(m.target, m.index)] = top.path
+        chains = merges.parse_chains(xml) if commits else {}
+        for disk in sorted(commits):
+            pair = merges.commit_pair(disk, chains.get(disk, []), self._intents.get(vm, disk))
+            if pair is None:
+                found.skipped.append((disk, "a snapshot merge runs but libvirt does not say"
+                                      " into which image; run prepare-merge before it"))
+                continue
+            mirrors.append(jobs.Mirror(disk, "commit", pair.base.index, pair.base.path))
+            tops[pair.base_name] = pair.top.path
+            bounds[pair.base_name] = merges.with_bound(pair, chains[disk], stats).bound
+        targets = jobs.job_targets(vm, stats, mirrors, found)
+        return await self._commit_needs.add(vm, targets, tops, bounds)
+
+    async def merge_base(self, vm: str, drive: str,
+                         base: int | None) -> tuple[merges.MergePair, DriveInfo]:
+        """The images ``autoextend volume prepare-merge VM DRIVE [--base N]`` names (DRIVE
+        ``vda``: the active image is the top; ``vda[N]``: image N is; the base defaults to
+        the image right below the top) and the base's numbers now, as a commit target.
+        Records them, so the commit that follows is watched with that base.
+
+        Raises:
+            MergeChoiceError: no such drive, image or pair, or a base autoextend cannot grow.
+            VmNotFound, LibvirtBackendError: the domain does not run, libvirt failed.
+        """
+        parsed = merges.parse_drive(drive)
+        if parsed is None:
+            raise merges.MergeChoiceError(
+                f"{drive[:64]!r} is no drive name (vda, or vda[N]: image N is the top)")
+        disk, top = parsed
+        stats, xml, _ = await self._read(vm, commits=False)
+        chains = merges.parse_chains(xml)
+        if disk not in chains:
+            raise merges.MergeChoiceError(
+                f"VM {vm[:64]} has no writable disk {disk} without a block job running")
+        pair = merges.with_bound(merges.choose(disk, chains[disk], top, base), chains[disk],
+                                 stats)
+        found = DrivesFound()
+        targets = jobs.job_targets(
+            vm, stats, [jobs.Mirror(disk, "commit", pair.base.index, pair.base.path)], found)
+        if not targets:
+            reason = found.skipped[0][1] if found.skipped else "no block stats"
+            raise merges.MergeChoiceError(f"{pair.base_name}: {reason}")
+        self._intents.record(vm, pair)
+        return pair, targets[0]
 
     async def set_threshold(self, vm: str, drive: DriveInfo, threshold: int) -> None:
         """Arm ``drive.node`` (``vda[N]``); libvirt clears it when the event fires."""
@@ -367,6 +441,22 @@ class LibvirtHypervisor:
                     continue
                 if not state.running and state.pause_reason is not None:
                     tracker.emit(VmPaused(vm, state.pause_reason))
+
+
+def _commit_jobs(dom: Any, xml: str) -> set[str]:
+    """The disks that may hold a snapshot merge (a chain of three or more, no ``<mirror>``)
+    and run a commit now (``blockJobInfo``; in a worker thread)."""
+    running: set[str] = set()
+    for disk, chain in merges.parse_chains(xml).items():
+        if not merges.may_merge(chain):
+            continue
+        try:
+            info = dom.blockJobInfo(disk, 0)
+        except libvirt.libvirtError:
+            continue  # the disk went away meanwhile: the next look sees it
+        if info and info.get("type") == libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT:
+            running.add(disk)
+    return running
 
 
 class _NotRunning(Exception):

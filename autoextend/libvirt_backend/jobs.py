@@ -8,6 +8,8 @@ Its numbers come from the block stats entry with ``backingIndex == N`` (an activ
 base is in the chain, so it has one). A job target without such an entry is skipped with a
 reason: the monitor never guesses numbers. ``VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2`` makes the
 monitor look again (a job started, became ready, pivoted or ended) and reports failures.
+A snapshot merge (a non-active commit) has no ``<mirror>``: ``merges.py`` names its base,
+which then goes through :func:`job_targets` and :class:`CommitNeeds` like a mirror's.
 """
 
 from __future__ import annotations
@@ -111,27 +113,35 @@ def block_job_events(vm: str, disk: str, job_type: int,
 
 
 class CommitNeeds:
-    """``qemu-img measure`` of an active commit's top, once per job (the monitor grows the
-    base to it before the commit writes much; see ``monitor/jobpolicy.py``)."""
+    """``qemu-img measure`` of a commit's top, once per job (the monitor grows the base to
+    it before the commit writes much; see ``monitor/jobpolicy.py``). An active commit's top
+    is the disk's active image, a snapshot merge's the image named by ``merges.py``."""
 
     def __init__(self, measure: Measure | None = None) -> None:
         self._measure = measure or qemu_img_measure
-        self._needs: dict[tuple[str, str], int] = {}
+        self._needs: dict[tuple[str, str, str], int] = {}  # (vm, target, top path) -> need
 
-    async def add(self, targets: list[DriveInfo], tops: list[DriveInfo]) -> list[DriveInfo]:
-        live = {(t.vm, t.drive) for t in targets}
-        for key in set(self._needs) - live:
-            if key[0] in {t.vm for t in tops} or not tops:
-                del self._needs[key]
+    async def add(self, vm: str, targets: list[DriveInfo], tops: Mapping[str, str],
+                  bounds: Mapping[str, int] | None = None) -> list[DriveInfo]:
+        """``targets`` with ``job_need`` set on each commit base; ``tops`` maps a base's
+        drive name (``vda[N]``) to the path of its commit's top, ``bounds`` to an upper
+        bound used when the top cannot be measured. Needs of bases no longer reported for
+        ``vm`` are dropped (a later job on the same base measures again)."""
+        live = {(vm, t.drive, tops.get(t.drive, "")) for t in targets}
+        for key in [k for k in self._needs if k[0] == vm and k not in live]:
+            del self._needs[key]
         out: list[DriveInfo] = []
         for t in targets:
-            top = next((d for d in tops if d.drive.startswith(t.job_id + "[")), None)
-            if t.job != "commit" or top is None:
+            top = tops.get(t.drive)
+            if t.job != "commit" or not top:
                 out.append(t)
                 continue
-            key = (t.vm, t.drive)
+            key = (vm, t.drive, top)
             if key not in self._needs:
-                self._needs[key] = await self._measure(top.path) or 0
+                self._needs[key] = (await self._measure(top)
+                                    or (bounds or {}).get(t.drive, 0))
+                log.info("commit base measured", vm=vm, drive=t.drive, top=top,
+                         need=self._needs[key], physical=t.physical)
             need = self._needs[key]
             out.append(dataclasses.replace(t, job_need=need) if need else t)
         return out

@@ -19,7 +19,7 @@ from autoextend.lvm.reader import LvmReader
 from autoextend.lvm.reserve import FreeSpaceBackend, with_reserves
 from autoextend.lvm.runner import LvmRunner, ProcessRunner
 from autoextend.lvm.shell import LvmShellRunner
-from autoextend.lvm.writer import LvmWriter
+from autoextend.lvm.writer import LvmWriter, WriterTally
 from autoextend.volumes import SpmAuthority
 
 if TYPE_CHECKING:
@@ -44,7 +44,8 @@ def command_config(lvm: LvmSettings) -> LvmCommandConfig:
 
 
 def make_volume_backend(
-    volumes: VolumeSettings, lvm: LvmSettings, authority: SpmAuthority | None
+    volumes: VolumeSettings, lvm: LvmSettings, authority: SpmAuthority | None,
+    tally: WriterTally | None = None,
 ) -> LvmVolumeBackend | LoopVolumeBackend:
     """The backend named by ``[volumes] backend``. Call ``aclose()`` when done.
 
@@ -56,7 +57,8 @@ def make_volume_backend(
         raise ConfigError("<settings>", [("lvm.pvs", PVS_MESSAGE)])
     runner = make_runner(lvm)
     config = command_config(lvm)
-    writer = None if authority is None else LvmWriter(runner, config, authority)
+    writer = None if authority is None else LvmWriter(
+        runner, config, authority, discard_freed=lvm.discard_freed, tally=tally)
     return LvmVolumeBackend(runner, LvmReader(runner, config), writer, lvm.vgs)
 
 
@@ -67,9 +69,10 @@ def make_pool_backend(
     *,
     reserves_mib: Mapping[str, int],
     extent_mib: int,
+    tally: WriterTally | None = None,
 ) -> FreeSpaceBackend:
     """:func:`make_volume_backend` guarded by the VG reserves (``[policy] vg_reserve_mib``;
     ``extent_mib`` is ``[policy] extent_mib``, the lvm backend's extent size)."""
-    backend = make_volume_backend(volumes, lvm, authority)
+    backend = make_volume_backend(volumes, lvm, authority, tally)
     extent = (volumes.loop_extent_mib if volumes.backend == "loop" else extent_mib) << 20
     return with_reserves(backend, reserves_mib, extent)

@@ -118,6 +118,18 @@ class LvmReader:
         result = await self._runner.run(self._reports.lvs_args([volume_arg(volume)]))
         return one_lv(result, volume)
 
+    async def vg_look(self, vg: str) -> tuple[int, dict[str, int]]:
+        """``vg_seqno`` and {lv: size} of ``vg`` from one ``lvs`` report (``vgs`` for the
+        seqno of a VG without LVs): the foreign-write audit's look."""
+        name = check_name("VG", vg)
+        args = report_args("lvs", report.LOOK_FIELDS, render_config(self.config), [name],
+                           readonly=True)
+        seqno, sizes = parse_or_raise(await self._runner.run(args),
+                                      lambda text: report.parse_vg_look(text, vg))
+        if seqno is None:
+            seqno = (await self.vg(vg)).seqno
+        return seqno, sizes
+
     async def refresh(self, volume: VolumeRef) -> None:
         """Reload an active LV's device-mapper table from current metadata
         (``lvchange --refresh``); needs device-mapper.

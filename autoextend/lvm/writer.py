@@ -10,25 +10,48 @@ backup file on every extend.
 Metadata writes are serialized per VG inside this process (lvm2's VG lock serializes them
 across processes anyway). On the SPM this lock is never contended: the mailbox executor's
 per-VG lock is held around every op (``spm/execute.py`` states the per-VG serialization).
+
+After a reduce or a remove, the extents it freed are discarded on the PV devices inside the
+same per-VG critical section, before any other command can hand them out again
+(``discard.py`` holds the argument).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import anyio
 
 from autoextend import logs
-from autoextend.lvm import report
-from autoextend.lvm.errors import LvmCommandError
+from autoextend.errors import NotSpmError
+from autoextend.lvm import discard, report
+from autoextend.lvm.errors import LvmCommandError, LvmError
+from autoextend.lvm.foreign import WriteLedger
 from autoextend.lvm.lvmconf import LvmCommandConfig, render_config
 from autoextend.lvm.names import extents_for
-from autoextend.lvm.reader import LvmReports, one_lv, one_vg, volume_arg
+from autoextend.lvm.reader import (
+    LvmReports,
+    one_lv,
+    one_vg,
+    parse_or_raise,
+    report_args,
+    volume_arg,
+)
 from autoextend.lvm.runner import CommandResult, LvmRunner
 from autoextend.names import check_name
 from autoextend.volumes import ExtendResult, SpmAuthority, VolumeRef
 
 log = logs.get_logger("lvm")
+
+
+@dataclass
+class WriterTally:
+    """What outlives one writer (one SPM term): the bytes discarded, and the ledger of our
+    own metadata commits that the foreign-write audit compares ``vg_seqno`` with."""
+
+    discarded: discard.Discarded = field(default_factory=discard.Discarded)
+    ledger: WriteLedger = field(default_factory=WriteLedger)
 
 METADATA_ONLY = ("--autobackup", "n", "--driverloaded", "n")
 
@@ -37,7 +60,8 @@ class LvmWriter:
     """Metadata writes (SPM only): extend, create/remove/tag LVs, pvcreate/vgcreate."""
 
     def __init__(
-        self, runner: LvmRunner, config: LvmCommandConfig, authority: SpmAuthority
+        self, runner: LvmRunner, config: LvmCommandConfig, authority: SpmAuthority,
+        *, discard_freed: bool = True, tally: WriterTally | None = None,
     ) -> None:
         self._runner = runner
         self._authority = authority
@@ -45,13 +69,32 @@ class LvmWriter:
         self.config = config
         # One write command per VG at a time, for callers with no per-VG lock of their own
         # (the local extender, the CLI): with wait_for_locks off lvm2 would fail a second
-        # command, and reduce's read-then-lvreduce is one step.
+        # command; reduce's read-then-lvreduce and a remove's discard of the extents it
+        # freed are one step each.
         self._vg_locks: dict[str, anyio.Lock] = {}
         self._extent_sizes: dict[str, int] = {}
+        self._discard_freed = discard_freed
+        # Shared with the service when it passes one in (one per process, across terms).
+        self.tally = tally if tally is not None else WriterTally()
+        self.discarded = self.tally.discarded
+        self.tally.ledger.writer_started(authority)
+        self._no_discard: set[str] = set()  # PV devices that refused BLKDISCARD
 
     async def _run(self, args: Sequence[str]) -> CommandResult:
         self._authority.check()
         return await self._runner.run(args)
+
+    async def _commit(self, vg: str, args: Sequence[str]) -> CommandResult:
+        """Run one metadata command on ``vg`` (its lock held), counted in the ledger from
+        before it runs until it ends (``foreign.py``)."""
+        self.tally.ledger.begin(vg)
+        committed = False
+        try:
+            result = await self._run(args)
+            committed = True
+            return result
+        finally:
+            self.tally.ledger.end(vg, committed)
 
     def _vg_lock(self, vg: str) -> anyio.Lock:
         return self._vg_locks.setdefault(vg, anyio.Lock())
@@ -95,7 +138,7 @@ class LvmWriter:
             try:
                 # Optimistic: one command when the LV must grow (the common case). lvextend
                 # refuses a size not larger than the current one, which the reload sorts out.
-                await self._run(args)
+                await self._commit(volume.vg, args)
             except LvmCommandError:
                 current = await self.lv(volume)
                 if current.extent_count >= extents:
@@ -120,9 +163,11 @@ class LvmWriter:
             if current.extent_count <= extents:
                 return ExtendResult(current.size, False)
             args = ["lvreduce", "--config", self._config, *METADATA_ONLY, "--force"]
-            await self._run([*args, "--extents", str(extents), target])
+            before = await self._segments(volume.vg)
+            await self._commit(volume.vg, [*args, "--extents", str(extents), target])
             log.info("lv reduced", volume=str(volume), size=extents * extent_size,
                      was=current.size)
+            await self._give_back(volume, before)
             return ExtendResult(extents * extent_size, True)
 
     async def create_lv(
@@ -139,13 +184,59 @@ class LvmWriter:
         for tag in tags:
             args += ["--addtag", tag]
         async with self._vg_lock(volume.vg):
-            await self._run([*args, check_name("VG", volume.vg)])
+            await self._commit(volume.vg, [*args, check_name("VG", volume.vg)])
         return await self.lv(volume)
 
     async def remove_lv(self, volume: VolumeRef) -> None:
         args = ["lvremove", "--config", self._config, *METADATA_ONLY, "--yes"]
         async with self._vg_lock(volume.vg):
-            await self._run([*args, volume_arg(volume)])
+            before = await self._segments(volume.vg)
+            await self._commit(volume.vg, [*args, volume_arg(volume)])
+            await self._give_back(volume, before)
+
+    # Discard of freed extents (see discard.py; called with the VG lock held).
+
+    async def segments(self, vg: str) -> tuple[report.PvSegment, ...]:
+        """The VG's PV segments: which extents of which PV each LV holds, and which are free."""
+        args = report_args("pvs", report.PVSEG_FIELDS, self._config, [], readonly=False)
+        result = await self._run([*args, "--segments", "--select",
+                                  f"vg_name={check_name('VG', vg)}"])
+        return parse_or_raise(result, report.parse_pvsegs)
+
+    async def _segments(self, vg: str) -> tuple[report.PvSegment, ...] | None:
+        return await self.segments(vg) if self._discard_freed else None
+
+    async def _give_back(self, volume: VolumeRef,
+                         before: tuple[report.PvSegment, ...] | None) -> None:
+        """Discard what the command just freed. The command has succeeded: a failure here
+        is logged, never raised (the extents stay allocated in the array, nothing else)."""
+        if before is None:
+            return
+        try:
+            ranges = discard.freed_ranges(before, await self._segments(volume.vg) or (),
+                                          volume.lv)
+            done = await self._discard(ranges)
+        except (OSError, LvmError, NotSpmError) as err:
+            log.error("discard of freed extents failed (they stay allocated in the array)",
+                      volume=str(volume), error=str(err))
+            return
+        if done:
+            log.info("freed extents discarded", volume=str(volume), bytes=done)
+
+    async def _discard(self, ranges: list[discard.ByteRange]) -> int:
+        done = 0
+        for piece in (p for r in ranges for p in discard.split(r)):
+            if piece.device in self._no_discard:
+                continue
+            self._authority.check()  # a discard writes shared storage: only in our term
+            if not await anyio.to_thread.run_sync(discard.discard, piece):
+                log.warning("device does not support discard: freed extents stay allocated"
+                            " in the array", device=piece.device)
+                self._no_discard.add(piece.device)
+                continue
+            done += piece.length
+            self.discarded.bytes += piece.length
+        return done
 
     async def change_tags(
         self, volume: VolumeRef, add: Sequence[str] = (), remove: Sequence[str] = ()
@@ -156,7 +247,7 @@ class LvmWriter:
         for tag in remove:
             args += ["--deltag", tag]
         async with self._vg_lock(volume.vg):
-            await self._run([*args, volume_arg(volume)])
+            await self._commit(volume.vg, [*args, volume_arg(volume)])
         return await self.lv(volume)
 
     async def pvcreate(self, devices: Sequence[str], metadata_size: int | None = None) -> None:

@@ -19,10 +19,14 @@ from autoextend.confbase import Section
 
 
 class PolicyOverride(Section):
+    # What the entry matches: the drive's VG, LV, VM and drive names (every one given must
+    # match; at least one is needed).
     vg: str | None = None
     lv: str | None = None
     vm: str | None = None
     drive: str | None = None
+    # Instead of [policy]'s value for the matching drives (the last matching entry wins per
+    # key; at least one is needed).
     chunk_mib: int | None = Field(None, ge=1, le=1 << 24)
     utilization_percent: int | None = Field(None, ge=0, le=99)
     cap_factor: float | None = Field(None, ge=1.0, le=4.0)
@@ -71,7 +75,9 @@ class PolicySettings(Section):
 class ResumeOverride(Section):
     """``[[resume.overrides]]``: another policy for the VMs it names (the last match wins)."""
 
+    # The VM (its name) this entry applies to.
     vm: str
+    # Instead of [resume]'s value for this VM (the last matching entry wins; at least one).
     policy: Literal["auto", "leave", "kill"] | None = None
     kill_after_s: float | None = Field(None, gt=0.0, le=86400.0)
 

@@ -88,7 +88,7 @@ class MonitorContext:
     lease_ok: LeaseOk | None
     extend_deadline_override: float | None = None
     views: VolumeViews | None = None  # this host's refresh, for migrations
-    space_gate: SpaceGate | None = None  # set by the service (capacity levels)
+    space_gate: SpaceGate | None = None  # the monitor's constructor (capacity levels)
     in_flight: InFlight | None = field(default=None, repr=False)
 
     @property

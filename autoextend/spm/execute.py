@@ -16,7 +16,8 @@ below it remain, each for callers that have no executor in front of them; on the
 are never contended (the term's backend is used by this executor alone, and this lock is held
 around them): ``LvmWriter``'s (``lvm/writer.py``: one lvm2 command per VG at a time in the
 process, for the local extender and the CLI; with ``wait_for_locks`` off, lvm2 would fail a
-second command instead of queueing it) and the reserve guard's (``lvm/reserve.py``: its
+second command instead of queueing it; a reduce's or remove's discard of the extents it
+freed runs in the same critical section) and the reserve guard's (``lvm/reserve.py``: its
 free-space check and the extend as one step, for the local extender, whose drives extend
 concurrently: without it two extends could pass one check and eat into the reserve). Neither
 can go without breaking the local mode, so both stay; no other lock serializes a VG.

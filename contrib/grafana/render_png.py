@@ -5,7 +5,7 @@
     python3 contrib/grafana/render_png.py http://127.0.0.1:9090 out.png [--minutes 30]
 
 The panels and expressions are those of dashboard.py (the same as autoextend.json). Grafana is
-not packaged for Debian 12, so the README's screenshot is made this way, from the Prometheus
+not packaged for Debian 12, so the operator guide's screenshot is made this way, from the Prometheus
 of the end-to-end test (tests/ops/test_prometheus_e2e.py with AUTOEXTEND_DASHBOARD_PNG=path).
 """
 

@@ -3,8 +3,9 @@
 The entry point holds the signals from its first line (autoextend/earlysignals.py). "After
 spawn" below counts from the moment the process catches SIGHUP (``SigCgt`` in
 /proc/PID/status): before that the interpreter itself is starting and runs no line of
-autoextend, which no program can cover (see the README); the half second after it spans the
-imports (about 0.3 s idle, more under load), the config load and the start-up.
+autoextend, which no program can cover (see docs/operator-guide.md, "Signals during
+start-up"); the half second after it spans the imports (about 0.3 s idle, more under load),
+the config load and the start-up.
 """
 
 from __future__ import annotations

@@ -216,19 +216,23 @@ async def lab_domains(
     *,
     chunk_mib: int = 64,
     poll_interval_s: float = 1.0,
+    full_poll_interval_s: float | None = None,
     libvirt_overrides: dict[str, Any] | None = None,
+    watch_merges: bool = True,
 ) -> AsyncIterator[Rig]:
     """A rig whose monitor is built but not running (see :func:`monitoring`): domains started
-    now are already running when the monitor starts."""
+    now are already running when the monitor starts. ``watch_merges=False``: the libvirt
+    backend does not watch a snapshot merge's base (a negative control)."""
     clock = MonotonicClock()
     backend = LoopVolumeBackend(str(workdir / "volumes"), 4 * MiB, LocalAuthority())
     hypervisor = LibvirtHypervisor(fast_settings(uri, **(libvirt_overrides or {})),
-                                   backend.lookup, clock)
+                                   backend.lookup, clock, watch_merges=watch_merges)
     extender = HeldExtender(LocalExtender(backend), held=False)
     tally = Tally()
     history = History()
     policy = PolicySettings(chunk_mib=chunk_mib, utilization_percent=50, extent_mib=4,
-                            poll_interval_s=poll_interval_s, retry_initial_s=0.2,
+                            poll_interval_s=poll_interval_s,
+                            full_poll_interval_s=full_poll_interval_s, retry_initial_s=0.2,
                             retry_max_s=2.0)
     monitor = Monitor(hypervisor, extender, policy, clock, observer=Fanout(tally, history))
     rig = Rig(uri, workdir, guest, backend, hypervisor, monitor, extender, tally, history)

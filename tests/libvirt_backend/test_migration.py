@@ -1,8 +1,8 @@
 """The libvirt backend's migration awareness: the job and lifecycle events mapped to the
 monitor's neutral terms (pure), and ``migration()`` against a real lab libvirtd domain.
 
-A real migration between two libvirtd instances is not run here (see README, "Live
-migration"): the QMP end-to-end tests (tests/e2e/test_migration.py) migrate real guests.
+A real migration between two libvirtd instances is not run here (see docs/migration.md): the
+QMP end-to-end tests (tests/e2e/test_migration.py) migrate real guests.
 """
 
 from __future__ import annotations

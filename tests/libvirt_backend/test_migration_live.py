@@ -7,7 +7,7 @@ Sizes as in the QMP tests (tests/e2e/test_migration.py): 96 MiB at 12 MiB/s into
 volume with a 16 MiB chunk; the migration held at libvirt's smallest bandwidth (1 MiB/s)
 until the guest ran out of its frozen view on the source.
 
-What libvirt 9.0 does differently from QMP here (seen on this rig; README "Live migration"):
+What libvirt 9.0 does differently from QMP here (seen on this rig; docs/migration.md):
 
 - The source's migration job can hold the domain's job lock for most of the migration:
   block stats, ``blockInfo`` and ``setBlockThreshold`` then wait (a call times out after

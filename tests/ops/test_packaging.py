@@ -1,5 +1,6 @@
-"""Packaging: the wheel and sdist install into a fresh virtualenv; the systemd unit matches
-the install steps in the README."""
+"""Packaging: the wheel and sdist install into a fresh virtualenv (with the man pages); the
+systemd unit matches the install steps of the operator guide (docs/operator-guide.md) and the
+README's copy of them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,14 @@ from autoextend.settings import DEFAULT_CONFIG_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "config" / "autoextend.service"
+
+
+def _install_steps() -> list[str]:
+    """The install steps: the operator guide's section and the README's copy of it."""
+    guide = (ROOT / "docs" / "operator-guide.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    return [guide.split("## Install and enable", 1)[1].split("\n## ", 1)[0],
+            readme.split("## Install on a host", 1)[1].split("\n## ", 1)[0]]
 
 
 def _run(cmd: list[str], expect: int = 0, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -41,17 +50,17 @@ def _unit_exec_start() -> list[str]:
 def test_systemd_unit_matches_the_install_steps() -> None:
     argv = _unit_exec_start()
     binary = argv[0]
-    # README: `pip install .` as root (pip's scripts dir /usr/local/bin) or the symlink
+    # Install steps: `pip install .` as root (pip's scripts dir /usr/local/bin) or the symlink
     # `ln -s .venv/bin/autoextend /usr/local/bin/autoextend`: both put the entry point here.
     assert binary == "/usr/local/bin/autoextend"
-    readme = (ROOT / "README.md").read_text()
-    install = readme.split("### Install and enable", 1)[1].split("###", 1)[0]
-    assert re.search(r"ln -s \"?\S+/\.venv/bin/autoextend\"? /usr/local/bin/autoextend", install)
-    assert "install -m 0644 config/autoextend.service /etc/systemd/system/autoextend.service" \
-        in install
-    # No --config: the service reads the default path, where the README installs the file.
+    for install in _install_steps():
+        assert re.search(r"ln -s \"?\S+/\.venv/bin/autoextend\"? /usr/local/bin/autoextend",
+                         install)
+        assert "install -m 0644 config/autoextend.service /etc/systemd/system/autoextend.service" \
+            in install
+        # No --config: the service reads the default path, where the steps install the file.
+        assert f"config/autoextend.toml {DEFAULT_CONFIG_PATH}" in install
     assert "--config" not in argv and argv[-1] == "run"
-    assert f"config/autoextend.toml {DEFAULT_CONFIG_PATH}" in install
     text = UNIT.read_text()
     assert "Type=notify" in text and "ExecReload=/bin/kill -HUP $MAINPID" in text
     # The unit's RuntimeDirectory is where the default control socket lives.
@@ -63,10 +72,9 @@ def test_systemd_unit_matches_the_install_steps() -> None:
 def test_libvirt_hook_matches_the_install_steps() -> None:
     hook = ROOT / "contrib" / "libvirt" / "hooks" / "qemu"
     assert hook.stat().st_mode & 0o111, "the hook must be executable"
-    readme = (ROOT / "README.md").read_text()
-    install = readme.split("### Install and enable", 1)[1].split("###", 1)[0]
     step = "install -D -m 0755 contrib/libvirt/hooks/qemu /etc/libvirt/hooks/qemu.d/autoextend"
-    assert step in install
+    for install in _install_steps():
+        assert step in install
     assert step.split()[-1] in hook.read_text()  # the hook's own install note agrees
     # It runs the entry point where the unit does.
     assert '${AUTOEXTEND:-/usr/local/bin/autoextend}' in hook.read_text()
@@ -87,6 +95,10 @@ def test_wheel_and_sdist_install_into_a_fresh_venv(tmp_path: Path) -> None:
         _run([str(venv / "bin" / "pip"), "install", "-q", str(artifact)])
         version = _run([str(venv / "bin" / "autoextend"), "--version"])
         assert version.stdout.strip() == f"autoextend, version {__version__}"
+        # The man pages land under the prefix's share/man (/usr/local/share/man as root).
+        for page in ("man8/autoextend.8", "man5/autoextend.toml.5"):
+            installed = venv / "share" / "man" / page
+            assert installed.read_text() == (ROOT / "man" / Path(page).name).read_text()
         # The installed package works from outside the source tree. The shipped config is
         # complete but for the pool's PVs, which only the operator knows: config check says so
         # in one line (exit 2), and passes once they are given.

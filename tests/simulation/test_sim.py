@@ -1,7 +1,9 @@
 """The deterministic simulation (sim/): the real lease, mailbox and SPM server on a simulated
 clock, disk and hosts, under seeded faults.
 
-- a fixed set of seeds covering more than 10**6 simulated seconds holds every invariant;
+- a fixed set of seeds covering more than 10**6 simulated seconds holds every invariant,
+  among them the views' (sim/views.py: no guest reads through a view smaller than what any
+  guest wrote, across VM moves, live migrations, agent restarts and reboots);
 - the same seed gives the same trace, byte for byte;
 - with one safety check of the real code disabled (``Checks`` injected into the world's hosts), the simulation finds
   a violation within the CI budget and prints the command that replays it.
@@ -43,7 +45,10 @@ def _account(result: Result) -> None:
                        ("requests", s.requests), ("faults", sum(s.faults.values())),
                        ("checks", s.checks), ("terms", s.terms), ("changes", s.changes),
                        ("reduces", s.reduces), ("reduced", s.reduced),
-                       ("reduce_refused", s.reduce_refused), ("seeds", 1)):
+                       ("reduce_refused", s.reduce_refused), ("vm_starts", s.vm_starts),
+                       ("stale_starts", s.stale_starts), ("migrations", s.migrations),
+                       ("guest_reads", s.guest_reads), ("restart_behind", s.restart_behind),
+                       ("write_failures", s.write_failures), ("seeds", 1)):
         _totals[key] = _totals.get(key, 0) + value
 
 
@@ -73,6 +78,10 @@ def test_seed_holds_every_invariant(seed: int, ci_runs: dict[int, Future[Result]
     assert result.stats.terms >= 2 and result.stats.changes > 0
     assert result.stats.reduced > 0 and result.stats.reduce_refused > 0  # both verdicts
     assert sum(result.stats.faults.values()) > 100
+    # The views were exercised: VMs started on stale views (the appearance check refreshed
+    # them), migrated, and their guests read through every view they ran on.
+    assert result.stats.stale_starts > 0 and result.stats.migrations > 0
+    assert result.stats.guest_reads > 1000 and result.stats.faults.get("reboot", 0) > 0
 
 
 def test_ci_seeds_cover_a_million_simulated_seconds() -> None:
@@ -84,7 +93,11 @@ def test_ci_seeds_cover_a_million_simulated_seconds() -> None:
             f"({t['sim_s'] / t['real_s']:.0f} sim s per real s), {t['requests']:.0f} requests, "
             f"{t['faults']:.0f} faults injected, {t['terms']:.0f} SPM terms, "
             f"{t['changes']:.0f} volume changes, {t['reduces']:.0f} reduces ({t['reduced']:.0f} "
-            f"applied, {t['reduce_refused']:.0f} refused), {t['checks']:.0f} invariant checks, "
+            f"applied, {t['reduce_refused']:.0f} refused), {t['vm_starts']:.0f} VM starts "
+            f"({t['stale_starts']:.0f} on a stale view), {t['migrations']:.0f} migrations, "
+            f"{t['guest_reads']:.0f} guest reads checked ({t['write_failures']:.0f} writes past "
+            f"a view's end; {t['restart_behind']:.0f} guests a restarted agent found on a view "
+            f"below the metadata), {t['checks']:.0f} invariant checks, "
             f"0 violations")
     FIGURES.append(line)
     print(line)
@@ -129,6 +142,30 @@ def test_mutation_is_caught(mutation: str) -> None:
     off = {} if field is None else {field: False}  # None: the server's reduce checks
     assert mutant_checks(mutation) == dataclasses.replace(ALL_ON, **off)
     assert mutant_checks(None) == ALL_ON == Checks()
+
+
+# The views' mutants are caught fast (a VM starts or arrives on a stale view within a few
+# thousand simulated seconds): every CI seed must catch them, not just one lucky seed.
+VIEW_MUTANTS = ("view-check", "protect-views")
+VIEW_MUTANT_BUDGET = 20_000.0  # simulated seconds per seed (the worlds stop at the violation)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("mutation", VIEW_MUTANTS)
+def test_view_mutant_is_caught_by_every_ci_seed(mutation: str) -> None:
+    caught: list[float] = []
+    for seed in CI_SEEDS:
+        cfg = SimConfig(seed=seed, duration=VIEW_MUTANT_BUDGET, mutation=mutation)
+        result = run_world(cfg)
+        assert not result.ok, f"mutation {mutation} not caught by seed {seed}: {cfg.command()}"
+        assert result.violation is not None
+        assert "reads zeros where data is" in result.violation, result.report(tail=15)
+        report = result.report(tail=5)
+        assert f"VIOLATION: {result.violation}" in report and cfg.command() in report
+        caught.append(result.sim_seconds)
+    FIGURES.append(f"mutation {mutation}: caught by each of seeds {CI_SEEDS.start}.."
+                   f"{CI_SEEDS.stop - 1}, after {min(caught):.0f} to {max(caught):.0f} "
+                   f"simulated seconds")
 
 
 def test_a_mutant_world_builds_its_hosts_with_one_check_off() -> None:
