@@ -48,7 +48,9 @@ class ReservedSpace:
         self.inner = inner
         self.reserves = dict(reserves)
         self.extent_size = extent_size
-        self.locks: dict[str, anyio.Lock] = {}  # per VG: check + extend as one step
+        # Per VG: check + extend as one step (the local extender's drives extend at once; on
+        # the SPM it is never contended: spm/execute.py's per-VG lock is held around it).
+        self.locks: dict[str, anyio.Lock] = {}
 
     async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
         reserve = self.reserves.get(volume.vg, 0)

@@ -7,8 +7,9 @@ changes metadata only and never touches device-mapper, so it does not see a new 
 the host using the LV refreshes (vdsm BZ 1983882). ``--autobackup n`` skips the metadata
 backup file on every extend.
 
-Extends are serialized per VG inside this process (lvm2's VG lock serializes them across
-processes anyway).
+Metadata writes are serialized per VG inside this process (lvm2's VG lock serializes them
+across processes anyway). On the SPM this lock is never contended: the mailbox executor's
+per-VG lock is held around every op (``spm/execute.py`` states the per-VG serialization).
 
 After a reduce or a remove, the extents it freed are discarded on the PV devices inside the
 same per-VG critical section, before any other command can hand them out again
@@ -66,6 +67,10 @@ class LvmWriter:
         self._authority = authority
         self._reports = LvmReports(config, readonly=False)
         self.config = config
+        # One write command per VG at a time, for callers with no per-VG lock of their own
+        # (the local extender, the CLI): with wait_for_locks off lvm2 would fail a second
+        # command; reduce's read-then-lvreduce and a remove's discard of the extents it
+        # freed are one step each.
         self._vg_locks: dict[str, anyio.Lock] = {}
         self._extent_sizes: dict[str, int] = {}
         self._discard_freed = discard_freed

@@ -1,8 +1,10 @@
 """The host side of the mailbox: send extend requests to the SPM and wait for the replies.
 
 :class:`HostMailbox` owns this host's request box and its ring sector (only this host writes
-them). :meth:`HostMailbox.run` is the one task that does I/O; callers of
-:meth:`HostMailbox.request` only change in-memory state and wait.
+them). :meth:`HostMailbox.run` is the one task that does I/O (``hostio.py``); callers of
+:meth:`HostMailbox.request` only change in-memory state and wait. Each slot is in one state
+of ``slots.SlotState`` (free, sent, answered), changed only by ``slots.SlotTable``; a request
+in flight and its waiters are one ``pending.Pending``.
 
 Slot handshake (no extra round trip):
 
@@ -35,8 +37,8 @@ it after a failover.
 
 from __future__ import annotations
 
+import itertools
 import random
-from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import TaskStatus
@@ -47,29 +49,20 @@ from autoextend.clock import Clock, MonotonicClock
 from autoextend.errors import AutoextendError
 from autoextend.sectors import SectorStorage
 from autoextend.spm.config import MailboxSettings
-from autoextend.spm.errors import CorruptSector, MailboxClosed, MailboxTimeout
+from autoextend.spm.errors import MailboxClosed, MailboxTimeout
 from autoextend.spm.generation import next_generation
+from autoextend.spm.hostio import HostSectors
 from autoextend.spm.hostpolicy import (
     HostMailboxCounters,
     local_rejection,
     next_retry_delay,
     reply_poll_interval,
 )
-from autoextend.spm.layout import SLOTS_PER_HOST, MailboxLayout
+from autoextend.spm.layout import MailboxLayout
+from autoextend.spm.pending import Pending, Waiter
+from autoextend.spm.slots import CLEAR_DELAY_S, SlotState, SlotTable
 from autoextend.spm.waiting import sleep_or_event
-from autoextend.spm.wire import (
-    MAX_REQUEST_ID,
-    OP_EXTEND,
-    Kind,
-    ReasonCode,
-    Reply,
-    Request,
-    Ring,
-    Status,
-    decode_sector,
-    encode_ring,
-    encode_sector,
-)
+from autoextend.spm.wire import MAX_REQUEST_ID, OP_EXTEND, ReasonCode, Reply, Status
 from autoextend.volumes import VolumeRef
 
 log = logs.get_logger("spm.host")
@@ -78,34 +71,11 @@ __all__ = [
     "CLEAR_DELAY_S",
     "HostMailbox",
     "HostMailboxCounters",
+    "SlotState",
     "local_rejection",
     "next_retry_delay",
     "reply_poll_interval",
 ]
-
-CLEAR_DELAY_S = 1.0  # an answered slot is cleared on disk with the next write, or after this
-
-
-@dataclass(eq=False)
-class _Waiter:
-    size: int
-    deadline: float
-    done: anyio.Event = field(default_factory=anyio.Event)
-    reply: Reply | None = None
-    timed_out: bool = False
-    closed: bool = False
-
-
-@dataclass(eq=False)
-class _Pending:
-    volume: VolumeRef
-    size: int
-    request_id: int
-    created: float
-    slot: int | None = None
-    op: int = OP_EXTEND
-    waiters: list[_Waiter] = field(default_factory=list)
-    earlier: dict[int, int] = field(default_factory=dict)  # superseded id -> its size
 
 
 class HostMailbox:
@@ -137,22 +107,15 @@ class HostMailbox:
         self._log = log.bind(host_id=host_id)
         self.counters = HostMailboxCounters()
         self._repeats = logs.Repeats(self._log, self._clock.now)  # retried I/O: once, then a count
+        self._io = HostSectors(storage, layout, host_id, settings, self._clock, self.counters,
+                               self._log)
         self.generation = 0
         self._running = False
         self._wake: anyio.Event | None = None
         self._next_id = 1
-        self._slots: list[Request | None] = [None] * SLOTS_PER_HOST
-        self._by_volume: dict[VolumeRef, _Pending] = {}
-        self._queue: list[_Pending] = []  # waiting for a free slot, oldest first
-        self._dirty: set[int] = set()  # request sectors to write (0 = the ring sector)
-        self._ring_needed = False
-        self._ring_count = 0
-        self._box_seq = 0
-        self._lazy: set[int] = set()  # sectors holding answered slots not yet cleared on disk
-        self._lazy_since = 0.0
-        self._rung_at = -1e18
-        self._retry_delay = 0.0
-        self._logged: dict[int, str] = {}  # reply sector -> corruption reason logged
+        self._slots = SlotTable(layout)  # each slot's state; the sectors to write
+        self._by_volume: dict[VolumeRef, Pending] = {}
+        self._queue: list[Pending] = []  # waiting for a free slot, oldest first
 
     @property
     def host_id(self) -> int:
@@ -185,14 +148,14 @@ class HostMailbox:
             return rejection
         self.counters.requests += 1
         limit = self._settings.request_timeout_s if timeout_s is None else timeout_s
-        waiter = _Waiter(size, self._clock.now() + limit)
+        waiter = Waiter(size, self._clock.now() + limit)
         pending = self._by_volume.get(volume)
         if pending is not None and (op != OP_EXTEND or pending.op != OP_EXTEND):
             # A reduce never joins nor supersedes anything, nor is joined.
             return Reply(0, 0, Status.FAILED, 0, ReasonCode.VOLUME_BUSY,
                          "another request for this volume is in flight")
         if pending is None:
-            pending = _Pending(volume, size, self._new_id(), self._clock.now(), op=op)
+            pending = Pending(volume, size, self._new_id(), self._clock.now(), op=op)
             self._by_volume[volume] = pending
             self._queue.append(pending)
             self.counters.sent += 1
@@ -207,7 +170,9 @@ class HostMailbox:
             await waiter.done.wait()
         finally:
             if not waiter.done.is_set():  # cancelled
-                self._drop_waiter(pending, waiter)
+                pending.drop(waiter)
+                if not pending.waiters:
+                    self._withdraw(pending)
         if waiter.reply is not None:
             return waiter.reply
         if waiter.closed:
@@ -219,31 +184,12 @@ class HostMailbox:
         self._next_id = 1 if self._next_id >= MAX_REQUEST_ID else self._next_id + 1
         return request_id
 
-    def _write_slot(
-        self, slot: int, request: Request | None, *, ring: bool, lazy: bool = False
-    ) -> None:
-        """Change a slot in memory; the run task writes it. ``lazy``: an answered slot, whose
-        clearing may wait for the next write (or CLEAR_DELAY_S): the SPM already answered
-        it, so seeing it again changes nothing."""
-        self._slots[slot] = request
-        sector = self._layout.request_slot_sector(slot)
-        if lazy:
-            if not self._lazy:
-                self._lazy_since = self._clock.now()
-            self._lazy.add(sector)
-            return
-        self._dirty.add(sector)
-        self._ring_needed = self._ring_needed or ring
+    def _changed(self) -> None:
+        """Slots changed that must be written now: wake the run task."""
         if self._wake is not None:
             self._wake.set()
 
-    def _drop_waiter(self, pending: _Pending, waiter: _Waiter) -> None:
-        if waiter in pending.waiters:
-            pending.waiters.remove(waiter)
-        if not pending.waiters:
-            self._withdraw(pending)
-
-    def _withdraw(self, pending: _Pending) -> None:
+    def _withdraw(self, pending: Pending) -> None:
         if self._by_volume.get(pending.volume) is not pending:
             return
         del self._by_volume[pending.volume]
@@ -251,11 +197,16 @@ class HostMailbox:
             self._queue.remove(pending)
         if pending.slot is not None:
             self.counters.withdrawn += 1
-            self._write_slot(pending.slot, None, ring=False)
+            self._slots.withdraw(pending.slot)
+            self._changed()
 
-    def _finish(self, pending: _Pending, waiter: _Waiter) -> None:
-        pending.waiters.remove(waiter)
-        waiter.done.set()
+    def _reissue(self, pending: Pending, size: int) -> None:
+        """Rewrite the pending slot with a new id for ``size`` (supersede, or re-ask)."""
+        pending.reissue(self._new_id(), size, self._clock.now())
+        self.counters.sent += 1
+        if pending.slot is not None:
+            self._slots.send(pending.slot, pending.request())
+            self._changed()
 
     # The I/O task.
 
@@ -277,26 +228,24 @@ class HostMailbox:
         finally:
             self._running = False
             for pending in list(self._by_volume.values()):
-                for waiter in list(pending.waiters):
+                for waiter in pending.waiters:
                     waiter.closed = True
-                    self._finish(pending, waiter)
+                pending.finish(list(pending.waiters))
             self._by_volume.clear()
             self._queue.clear()
 
     async def _start(self) -> None:
         self.generation = await next_generation(self._storage, self._layout, self._host_id,
                                                   self._rng)
-        self._ring_count = 0
-        self._dirty = set(range(self._layout.request_sectors))
-        self._ring_needed = True
+        self._io.ring_count = 0
+        self._slots.reset()
         await self._flush()
         self._log.info("host mailbox started", generation=self.generation)
 
     def _sleep_time(self) -> float | None:
-        if self._dirty or self._queue:
-            return 0.0 if self._dirty else self._settings.reply_poll_interval_s
-        clear = (None if not self._lazy else
-                 max(0.0, self._lazy_since + CLEAR_DELAY_S - self._clock.now()))
+        if self._slots.dirty or self._queue:
+            return 0.0 if self._slots.dirty else self._settings.reply_poll_interval_s
+        clear = self._slots.clear_wait(self._clock.now())
         if not self._by_volume:
             return clear  # idle: no I/O until a request comes (or answered slots to clear)
         newest = max(p.created for p in self._by_volume.values())
@@ -311,16 +260,13 @@ class HostMailbox:
         now = self._clock.now()
         self._expire(now)
         self._assign_slots(now)
-        # (The same sum as in _sleep_time: a difference could round below it and spin.)
-        if self._lazy and (self._dirty or now >= self._lazy_since + CLEAR_DELAY_S):
-            self._dirty |= self._lazy
-            self._lazy = set()
+        self._slots.clear_answered(now)
         try:
-            rang = await self._flush() if self._dirty else False
+            rang = await self._flush() if self._slots.dirty else False
             if not rang and any(p.slot is not None for p in self._by_volume.values()):
                 # (Right after a ring the SPM cannot have answered yet: poll next time.)
                 await self._poll_replies()
-                await self._keep_bell_rung(self._clock.now())
+                await self._io.ring_again(self._slots, self.generation, self.in_flight)
         except AutoextendError as err:
             self.counters.io_errors += 1
             self._repeats.warning("mailbox I/O failed, will retry", error=str(err))
@@ -330,127 +276,58 @@ class HostMailbox:
 
     def _expire(self, now: float) -> None:
         for pending in list(self._by_volume.values()):
-            for waiter in [w for w in pending.waiters if w.deadline <= now]:
-                waiter.timed_out = True
+            for waiter in pending.expired(now):
                 self.counters.timeouts += 1
-                self._finish(pending, waiter)
+                pending.finish([waiter])
                 self._log.warning("no reply from the SPM", volume=str(pending.volume),
                                   request_id=pending.request_id)
             if not pending.waiters:
                 self._withdraw(pending)
 
     def _assign_slots(self, now: float) -> None:
-        free = [i for i, slot in enumerate(self._slots) if slot is None]
+        free = self._slots.free()
         while self._queue and free:
             pending = self._queue.pop(0)
             pending.slot = free.pop(0)
             pending.created = now
-            self._write_slot(pending.slot, Request(pending.request_id, pending.volume.vg,
-                                                   pending.volume.lv, pending.size,
-                                                   pending.op), ring=True)
+            self._slots.send(pending.slot, pending.request())
+            self._changed()
 
     async def _flush(self) -> bool:
         """Write the dirty box sectors (one I/O for the range) and, once that is durable, the
         ring sector (when it holds a changed slot, or to ring). True if it rang."""
-        layout = self._layout
-        dirty, self._dirty = self._dirty, set()
-        ring, self._ring_needed = self._ring_needed, False
-        box = sorted(i for i in dirty if i > 0)
+        dirty, ring = self._slots.take_dirty()
+        box = [i for i in dirty if i > 0]
         try:
             if box:
-                data = b"".join(
-                    encode_sector(Kind.REQUEST, layout.sector_size, i, self._host_id,
-                                  self.generation,
-                                  [self._slots[j] for j in layout.request_sector_slots(i)])
-                    for i in range(box[0], box[-1] + 1)
-                )
-                await self._storage.write(
-                    layout.request_offset(self._host_id) + (box[0] - 1) * layout.sector_size,
-                    data,
-                )
-                self._box_seq = (self._box_seq + 1) & 0xFFFFFFFF
+                await self._io.write_box(self._slots, box, self.generation)
             if ring or 0 in dirty:
-                await self._ring()
+                await self._io.ring(self._slots, self.generation)
         except BaseException:
-            self._dirty |= dirty
-            self._ring_needed = self._ring_needed or ring
+            self._slots.put_back(dirty, ring)
             raise
         return ring
 
-    async def _ring(self) -> None:
-        """Write our ring sector (the head slots, the box sequence) with the next count;
-        nobody else writes it."""
-        layout = self._layout
-        count = self._ring_count + 1
-        head = tuple(self._slots[j] for j in layout.request_sector_slots(0))
-        await self._storage.write(
-            layout.ring_offset(self._host_id),
-            encode_ring(layout.sector_size,
-                        Ring(self._host_id, self.generation, count, self._box_seq, head)),
-        )
-        self._ring_count = count
-        self._rung_at = self._clock.now()
-        self.counters.rings += 1
-
-    async def _keep_bell_rung(self, now: float) -> None:
-        """Ring again, with backoff, while no reply comes (a safety net: rings themselves are
-        never lost)."""
-        delay = self._retry_delay or self._settings.ring_retry_initial_s
-        if now - self._rung_at >= delay:
-            self._log.info("no reply yet, ringing again", pending=self.in_flight)
-            await self._ring()
-            self._retry_delay = next_retry_delay(
-                delay, self._settings.ring_retry_initial_s, self._settings.ring_retry_max_s
-            )
-
     async def _poll_replies(self) -> None:
-        layout = self._layout
-        ss = layout.sector_size
-        by_sector: dict[int, list[_Pending]] = {}
+        """Read the reply sectors of the sent slots and take the replies meant for them:
+        same slot, same id, and this mailbox's generation (``checks.match_generation``)."""
+        by_sector: dict[int, list[Pending]] = {}
         for pending in self._by_volume.values():
             if pending.slot is not None:
-                by_sector.setdefault(layout.reply_slot_sector(pending.slot), []).append(pending)
-        first, last = min(by_sector), max(by_sector)
-        data = await self._storage.read(
-            layout.reply_offset(self._host_id) + first * ss, (last - first + 1) * ss
-        )
-        for index, pendings in by_sector.items():
-            raw = data[(index - first) * ss : (index - first + 1) * ss]
-            try:
-                sector = decode_sector(raw, Kind.REPLY, index, self._host_id,
-                                       len(layout.reply_sector_slots(index)))
-            except CorruptSector as err:
-                self.counters.corrupt_sectors += 1
-                if self._logged.get(index) != err.reason:  # logged once, counted every time
-                    self._logged[index] = err.reason
-                    self._log.warning("corrupt reply sector skipped", error=str(err))
-                continue
-            self._logged.pop(index, None)
-            base = layout.reply_sector_slots(index).start
-            for pending in pendings:
-                assert pending.slot is not None
-                reply = sector.slots[pending.slot - base]
-                if isinstance(reply, Reply) and (reply.generation == self.generation
-                                                 or not self._match_generation):
-                    self._take_reply(pending, reply)
+                sector = self._layout.reply_slot_sector(pending.slot)
+                by_sector.setdefault(sector, []).append(pending)
+        replies = await self._io.read_replies(set(by_sector))
+        for pending in itertools.chain.from_iterable(by_sector.values()):
+            reply = None if pending.slot is None else replies.get(pending.slot)
+            if reply is not None and (reply.generation == self.generation
+                                      or not self._match_generation):
+                self._take_reply(pending, reply)
 
-    def _take_reply(self, pending: _Pending, reply: Reply) -> None:
-        if reply.request_id == pending.request_id and reply.status is not Status.OK:
-            # A failed or rejected size answers those who asked for it; anyone who joined
-            # with a smaller size is asked for again on their own (the larger size may be
-            # what was wrong).
-            satisfied = [w for w in pending.waiters if w.size >= pending.size]
-            rest = [w for w in pending.waiters if w.size < pending.size]
-            if rest:
-                self._finish_all(pending, satisfied, reply)
-                self._reissue(pending, max(w.size for w in rest))
-                return
-            satisfied = list(pending.waiters)
-        elif reply.request_id == pending.request_id:
-            satisfied = list(pending.waiters)
-        elif reply.request_id in pending.earlier and reply.status is Status.OK:
-            satisfied = [w for w in pending.waiters if w.size <= reply.size]
-        else:
+    def _take_reply(self, pending: Pending, reply: Reply) -> None:
+        satisfied, again = pending.answered_by(reply)
+        if again is not None:
+            self._finish_all(pending, satisfied, reply)
+            self._reissue(pending, again)
             return
         if not satisfied:
             return
@@ -458,23 +335,9 @@ class HostMailbox:
         if reply.request_id == pending.request_id or not pending.waiters:
             assert pending.slot is not None
             del self._by_volume[pending.volume]
-            self._write_slot(pending.slot, None, ring=False, lazy=True)
+            self._slots.answer(pending.slot, self._clock.now())
 
-    def _finish_all(self, pending: _Pending, waiters: list[_Waiter], reply: Reply) -> None:
+    def _finish_all(self, pending: Pending, waiters: list[Waiter], reply: Reply) -> None:
         self.counters.replies += 1
-        self._retry_delay = 0.0
-        for waiter in waiters:
-            waiter.reply = reply
-            self._finish(pending, waiter)
-
-    def _reissue(self, pending: _Pending, size: int) -> None:
-        """Rewrite the pending slot with a new id for ``size`` (supersede, or re-ask)."""
-        pending.earlier[pending.request_id] = pending.size
-        pending.request_id = self._new_id()
-        pending.size = size
-        pending.created = self._clock.now()
-        self.counters.sent += 1
-        if pending.slot is not None:
-            self._write_slot(pending.slot, Request(pending.request_id, pending.volume.vg,
-                                                   pending.volume.lv, size, pending.op),
-                              ring=True)
+        self._io.answered()
+        pending.finish(waiters, reply)

@@ -15,8 +15,8 @@ The checks, in order; the first that answers decides:
    exact across SPM terms, like an extend ("to at least size"): the old SPM may have run
    lvreduce and died before its reply reached the disk; the request is still in the host's
    box, and the new SPM, which cannot tell, finds the volume already reduced and says so.
-   A request whose reply is on disk is never served again at all (``server.py`` loads the
-   reply boxes before it serves: the host reads the old SPM's reply).
+   A request whose reply is on disk is never served again at all (``replybox.py`` loads the
+   reply boxes before the server serves: the host reads the old SPM's reply).
 2. **fresh term**: this SPM took over less than ``hot_window_s`` ago. Extends asked of the
    previous SPM are not known here, so a reduce *not yet applied* is refused; check 1 came
    first, so an applied one is never refused by this rule.
@@ -29,8 +29,8 @@ request finds it done (check 1), so it is not reduced twice.
 
 An answer the host may have read is never contradicted by a later action on the same request.
 A reply whose write failed may still land (a timed-out write can be a late write), and the
-server then serves the request again: :class:`ReduceDesk` answers it with the verdict it gave
-before (``_given``), so a refused reduce is not applied later in the same term (found by the
+server then serves the request again: it is answered with the verdict it got before
+(``ReduceDesk.given``), so a refused reduce is not applied later in the same term (found by the
 simulation: a refusal written late, then the reduce applied on the second serving, after the
 young-term window had passed). A new term reads the reply boxes before it serves anything,
 and by then every late write of the previous term has landed (an I/O is bounded well below
@@ -39,9 +39,9 @@ again.
 
 A further check (the pool's in-use registry, issue 27) is one more function in
 :data:`REDUCE_CHECKS`, after check 1: the dry run asks it too, with no other change.
-The checks are passed to :class:`ReduceDesk` by its owner (the server's constructor): the
-simulation's mutation check (``sim/``) leaves check 1 out that way, never by switching a
-class attribute.
+The checks are passed to :class:`ReduceDesk` by its owner (the server's constructor, through
+the executor): the simulation's mutation check (``sim/``) leaves check 1 out that way, never
+by switching a class attribute.
 """
 
 from __future__ import annotations
@@ -51,14 +51,8 @@ from dataclasses import dataclass
 
 from autoextend import logs
 from autoextend.clock import Clock
-from autoextend.errors import AutoextendError, NotSpmError
 from autoextend.spm.wire import OP_REDUCE_CHECK, ReasonCode, Request, Status
-from autoextend.volumes import (
-    SpmAuthority,
-    VolumeBackend,
-    VolumeNotFound,
-    VolumeRef,
-)
+from autoextend.volumes import SpmAuthority, VolumeBackend, VolumeRef
 
 log = logs.get_logger("spm.server")
 
@@ -128,9 +122,10 @@ def judge(facts: ReduceFacts, checks: Sequence[ReduceCheck] = REDUCE_CHECKS) -> 
 
 class ReduceDesk:
     """One SPM term's reduce bookkeeping (owned by ``SpmMailServer``): when the term started,
-    the last extend asked per volume, and the checks. Call :meth:`extend_asked` before every
-    extend is served and :meth:`serve` for REDUCE and REDUCE_CHECK requests (with the VG's
-    lock held, as for an extend)."""
+    the last extend asked per volume, the checks and the verdicts given. The executor
+    (``execute.py``) calls :meth:`extend_asked` before every extend is served, and
+    :meth:`given`, :meth:`judge_and_act` and :meth:`remember` for REDUCE and REDUCE_CHECK
+    requests, with the VG's lock held for both."""
 
     def __init__(self, backend: VolumeBackend, authority: SpmAuthority, clock: Clock,
                  hot_window_s: float, checks: Sequence[ReduceCheck] = REDUCE_CHECKS) -> None:
@@ -154,39 +149,30 @@ class ReduceDesk:
                            now - self._term_started, None if when is None else now - when,
                            host, self.hot_window_s)
 
-    async def serve(self, host: int, generation: int, req: Request) -> Verdict:
-        """The answer to a REDUCE (acting on it when every check passed) or a REDUCE_CHECK
-        (never acting); a request served before in this term gets the same verdict again.
-        Raises NotSpmError when the term is lost."""
-        key = (host, generation, req.request_id)
-        given = self._given.get(key)
-        if given is not None:
-            return given
-        verdict = await self._judge_and_act(host, req)
-        self._given[key] = verdict
+    def given(self, host: int, generation: int, req: Request) -> Verdict | None:
+        """The verdict this term gave the request before, if any: a request served again
+        gets it again (a reply write that failed may still land late)."""
+        return self._given.get((host, generation, req.request_id))
+
+    def remember(self, host: int, generation: int, req: Request, verdict: Verdict) -> None:
+        """Record the verdict given (whatever it is, an error's too; the oldest go first)."""
+        self._given[(host, generation, req.request_id)] = verdict
         while len(self._given) > GIVEN_MAX:
             del self._given[next(iter(self._given))]
-        return verdict
 
-    async def _judge_and_act(self, host: int, req: Request) -> Verdict:
+    async def judge_and_act(self, host: int, req: Request) -> Verdict:
+        """The answer to a REDUCE (acting on it when every check passed) or a REDUCE_CHECK
+        (never acting). What the backend raises goes up: the executor turns it into the
+        verdict (``execute.py``, the one ladder of every op). Raises NotSpmError when the
+        term is lost (checked right before the reduce)."""
         volume = VolumeRef(req.vg, req.lv)
-        bound = log.bind(volume=str(volume), host_id=host, request_id=req.request_id)
-        try:
-            facts = await self.facts(volume, req.size)
-            verdict = judge(facts, self._checks)
-            if verdict is not None or req.op == OP_REDUCE_CHECK:
-                return verdict or Verdict(Status.OK, req.size, text="would reduce")
-            self._authority.check()
-            result = await self._backend.reduce(volume, req.size)
-            bound.info("volume reduced" if result.changed else "volume already that small",
-                       size=result.size, before=facts.size)
-            return Verdict(Status.OK, result.size)
-        except NotSpmError:
-            raise
-        except VolumeNotFound as err:
-            return Verdict(Status.REJECTED, reason=ReasonCode.NO_SUCH_VOLUME, text=str(err))
-        except AutoextendError as err:
-            return Verdict(Status.FAILED, reason=ReasonCode.VOLUME_ERROR, text=str(err))
-        except Exception as err:  # a bug in a backend must not take the server down
-            bound.exception("reduce failed unexpectedly")
-            return Verdict(Status.FAILED, reason=ReasonCode.INTERNAL, text=type(err).__name__)
+        facts = await self.facts(volume, req.size)
+        verdict = judge(facts, self._checks)
+        if verdict is not None or req.op == OP_REDUCE_CHECK:
+            return verdict or Verdict(Status.OK, req.size, text="would reduce")
+        self._authority.check()
+        result = await self._backend.reduce(volume, req.size)
+        log.info("volume reduced" if result.changed else "volume already that small",
+                 volume=str(volume), host_id=host, request_id=req.request_id,
+                 size=result.size, before=facts.size)
+        return Verdict(Status.OK, result.size)

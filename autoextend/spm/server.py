@@ -13,12 +13,14 @@ On start it reads every ring sector, then every reply box (what was already answ
 every request box, and serves what is pending: after a failover nothing is lost, and a
 request whose reply is already on disk is not executed again.
 
-Extends run concurrently across VGs (at most ``max_concurrent_extends``) and one at a time
-per VG. A request is identified by ``(host, slot, generation, request_id)``; it is served at
-most once per server while its reply is known, and every extend is "to at least size", so a
-duplicate after a failover cannot grow a volume past what was asked. REDUCE and
-REDUCE_CHECK requests take the same path (validation, the VG's lock) to ``reducing.py``,
-whose first check makes a duplicate of a reduce answer OK without acting again.
+Ops run concurrently across VGs (at most ``max_concurrent_extends``) and one at a time per
+VG, through one path for every op (``execute.py``, which also states the per-VG
+serialization); replies go out through the reply boxes (``replybox.py``). A request is
+identified by ``(host, slot, generation, request_id)``; it is served at most once per server
+while its reply is known, and every extend is "to at least size", so a duplicate after a
+failover cannot grow a volume past what was asked. REDUCE and REDUCE_CHECK requests take the
+same path (validation, the VG's lock) to ``reducing.py``, whose first check makes a
+duplicate of a reduce answer OK without acting again.
 """
 
 from __future__ import annotations
@@ -31,39 +33,22 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from autoextend import logs
 from autoextend.clock import Clock, MonotonicClock
-from autoextend.errors import AutoextendError, NotSpmError
+from autoextend.errors import NotSpmError
 from autoextend.sectors import SectorStorage
 from autoextend.spm.config import MailboxSettings
 from autoextend.spm.counters import ServerCounters
-from autoextend.spm.errors import CorruptSector
+from autoextend.spm.execute import Executor
 from autoextend.spm.inbox import Inbox
-from autoextend.spm.layout import SLOTS_PER_HOST, MailboxLayout, contiguous_runs
-from autoextend.spm.reducing import REDUCE_CHECKS, ReduceCheck, ReduceDesk
+from autoextend.spm.layout import MailboxLayout
+from autoextend.spm.reducing import REDUCE_CHECKS, ReduceCheck
+from autoextend.spm.replybox import ReplyBoxes
 from autoextend.spm.validate import check_request
 from autoextend.spm.waiting import sleep_or_event
 from autoextend.spm.watch import WAKE_EARLY_S, LiveHosts, RingWatch
-from autoextend.spm.wire import (
-    REDUCE_OPS,
-    Kind,
-    MalformedSlot,
-    ReasonCode,
-    Reply,
-    Request,
-    Status,
-    decode_sector,
-    encode_sector,
-)
-from autoextend.volumes import (
-    SpmAuthority,
-    VolumeBackend,
-    VolumeNotFound,
-    VolumeRef,
-    VolumeSpaceError,
-)
+from autoextend.spm.wire import MalformedSlot, ReasonCode, Reply, Request, Status
+from autoextend.volumes import SpmAuthority, VolumeBackend
 
 log = logs.get_logger("spm.server")
-
-MAX_READ_BYTES = 1 << 20  # adjacent boxes are read together, up to this much per I/O
 
 __all__ = ["ServerCounters", "SpmMailServer"]
 
@@ -98,36 +83,29 @@ class SpmMailServer:
         served, and a failing or odd result falls back to the full sweep.
         ``reduce_checks``: what a reduce must pass (``reducing.py``; tests only change it)."""
         layout.check_fits(storage.size)
-        self._storage = storage
-        self._backend = backend
         self._pool_vgs = frozenset(pool_vgs)
         self._layout = layout
         self._authority = authority
         self._settings = settings
         self._clock = clock or MonotonicClock()
-        self._epoch = epoch & 0xFFFFFFFF
         self.counters = ServerCounters()
         self._repeats = logs.Repeats(log)  # retried reads and writes: once, then a count
         self._watch = RingWatch(storage, layout, settings, self.counters, live_hosts,
                                 repeats=self._repeats)
         self._inbox = Inbox(storage, layout, self.counters, repeats=self._repeats)
-        self._replies: dict[int, list[Reply | None]] = {}
-        self._on_disk: dict[tuple[int, int], list[Reply | None]] = {}
-        self._version: dict[tuple[int, int], int] = {}
-        self._written: dict[tuple[int, int], int] = {}
+        self._boxes = ReplyBoxes(storage, layout, authority, self.counters, self._repeats,
+                                 epoch=epoch, write_failed=self._rescan_later)
         self._inflight: dict[_Key, tuple[int, int]] = {}
         self._newer_seen: set[_Key] = set()
         self._rescan: set[int] = set()
-        self._vg_locks: dict[str, anyio.Lock] = {}
-        self._reduces = ReduceDesk(backend, authority, self._clock, settings.hot_window_s,
-                                   reduce_checks)
-        self._host_locks: dict[int, anyio.Lock] = {}
-        self._queued: set[anyio.CancelScope] = set()
+        self._executor = Executor(backend, authority, self._clock,
+                                  hot_window_s=settings.hot_window_s,
+                                  max_concurrent=settings.max_concurrent_extends,
+                                  reduce_checks=reduce_checks)
         self._accepting = True
         self._scan_cursor = 0
         self._scan_credit = 0.0
         self._tg: TaskGroup | None = None
-        self._limiter: anyio.CapacityLimiter | None = None
         self._lost: NotSpmError | None = None
         self._wake: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
@@ -145,13 +123,12 @@ class SpmMailServer:
         """
         self._wake = anyio.Event()
         self._stopped = anyio.Event()
-        self._limiter = anyio.CapacityLimiter(self._settings.max_concurrent_extends)
         layout = self._layout
         self._lost = None
         try:
             self._authority.check()
             await self._watch.start(self._clock.now())  # rings first, then boxes
-            await self._load_replies()
+            await self._boxes.load()
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 await self._scan(list(range(1, layout.max_hosts + 1)))
@@ -167,8 +144,7 @@ class SpmMailServer:
                     now = self._clock.now()
                     await self._poll(now - last)
                     last = now
-                for scope in list(self._queued):
-                    scope.cancel()
+                self._executor.hand_back()
         finally:
             self._tg = None
             self._stopped.set()
@@ -195,8 +171,7 @@ class SpmMailServer:
         for the next SPM), let running extends finish and reply, then return once :meth:`run`
         has returned. After ``timeout_s`` running extends are cancelled too."""
         self._accepting = False
-        for scope in list(self._queued):
-            scope.cancel()
+        self._executor.hand_back()
         if self._wake is not None:
             self._wake.set()
         if self._stopped is None:
@@ -225,33 +200,6 @@ class SpmMailServer:
             self._tg.cancel_scope.cancel()
 
     # Reading.
-
-    async def _load_replies(self) -> None:
-        layout = self._layout
-        ss = layout.sector_size
-        size = layout.reply_box_bytes
-        per_read = max(1, MAX_READ_BYTES // size)
-        for first, count in contiguous_runs(list(range(1, layout.max_hosts + 1)), per_read):
-            data = await self._storage.read(layout.reply_offset(first), count * size)
-            for n in range(count):
-                host = first + n
-                image: list[Reply | None] = [None] * SLOTS_PER_HOST
-                box = data[n * size : (n + 1) * size]
-                for index in range(layout.reply_sectors):
-                    slots = layout.reply_sector_slots(index)
-                    try:
-                        sector = decode_sector(box[index * ss : (index + 1) * ss], Kind.REPLY,
-                                               index, host, len(slots))
-                    except CorruptSector as err:
-                        self.counters.corrupt_sectors += 1
-                        log.warning("corrupt reply sector (will be rewritten)", error=str(err))
-                        continue
-                    for slot, reply in zip(slots, sector.slots, strict=True):
-                        image[slot] = reply if isinstance(reply, Reply) else None
-                self._replies[host] = image
-                for index in range(layout.reply_sectors):
-                    self._on_disk[(host, index)] = [image[j] for j in
-                                                    layout.reply_sector_slots(index)]
 
     async def _poll(self, elapsed: float) -> None:
         """Take what rang; read the boxes that may hold something new; rescan what failed
@@ -298,7 +246,7 @@ class SpmMailServer:
             if running != ident:
                 self._newer_seen.add(key)
             return
-        done = self._replies[key.host][key.slot]
+        done = self._boxes.answered(key.host, key.slot)
         if done is not None and (done.generation, done.request_id) == ident:
             self.counters.duplicates += 1
             return
@@ -311,11 +259,14 @@ class SpmMailServer:
 
     # Serving.
 
+    def _rescan_later(self, host: int) -> None:
+        self._rescan.add(host)
+
     async def _serve(self, key: _Key, generation: int, item: Request | MalformedSlot) -> None:
         bound = log.bind(host_id=key.host, request_id=item.request_id)
         try:
             reply = await self._decide(key, generation, item)
-            if reply is not None and await self._reply(key, reply):
+            if reply is not None and await self._boxes.put(key.host, key.slot, reply):
                 bound.info("replied", status=reply.status.name, size=reply.size,
                            reason=reply.text or None)
         except NotSpmError as err:
@@ -339,117 +290,9 @@ class SpmMailServer:
         rejection = check_request(item, self._pool_vgs, self._settings.max_request_bytes)
         if rejection is not None:
             return answer(Status.REJECTED, reason=rejection.reason, text=rejection.text)
-        if not self._accepting or self._limiter is None:
+        verdict = (await self._executor.execute(key.host, generation, item)
+                   if self._accepting else None)
+        if verdict is None:
             self.counters.handed_back += 1
             return None
-        limiter = self._limiter
-        vg_lock = self._vg_locks.setdefault(item.vg, anyio.Lock())
-        scope = anyio.CancelScope()
-        self._queued.add(scope)
-        acquired = False
-        with scope:
-            await limiter.acquire()
-            try:
-                await vg_lock.acquire()
-            except BaseException:
-                limiter.release()
-                raise
-            acquired = True
-        self._queued.discard(scope)
-        if not acquired:
-            self.counters.handed_back += 1
-            return None
-        volume = VolumeRef(item.vg, item.lv)
-        if item.op in REDUCE_OPS:
-            try:
-                v = await self._reduces.serve(key.host, generation, item)
-                return answer(v.status, size=v.size, reason=v.reason, text=v.text)
-            finally:
-                vg_lock.release()
-                limiter.release()
-        self._reduces.extend_asked(volume, key.host)
-        try:
-            self._authority.check()
-            result = await self._backend.extend(volume, item.size)
-            log.info("volume extended" if result.changed else "volume already large enough",
-                     volume=str(volume), size=result.size, host_id=key.host,
-                     request_id=item.request_id)
-            return answer(Status.OK, size=result.size)
-        except NotSpmError:
-            raise
-        except VolumeNotFound as err:
-            return answer(Status.REJECTED, reason=ReasonCode.NO_SUCH_VOLUME, text=str(err))
-        except VolumeSpaceError as err:
-            return answer(Status.FAILED, reason=ReasonCode.NO_SPACE, text=str(err))
-        except AutoextendError as err:
-            return answer(Status.FAILED, reason=ReasonCode.VOLUME_ERROR, text=str(err))
-        except Exception as err:  # a bug in a backend must not take the server down
-            log.exception("extend failed unexpectedly", volume=str(volume))
-            return answer(Status.FAILED, reason=ReasonCode.INTERNAL, text=type(err).__name__)
-        finally:
-            vg_lock.release()
-            limiter.release()
-
-    async def _reply(self, key: _Key, reply: Reply) -> bool:
-        """Put the reply in the host's reply image and write it. One write at a time per host:
-        it covers every reply sector of that host with unwritten replies (one I/O for the
-        range), so replies that queue behind a write are folded into the next one. False when
-        the write failed: the request will be served again."""
-        layout = self._layout
-        host = key.host
-        skey = (host, layout.reply_slot_sector(key.slot))
-        self._replies[host][key.slot] = reply
-        version = self._version[skey] = self._version.get(skey, 0) + 1
-        lock = self._host_locks.setdefault(host, anyio.Lock())
-        async with lock:
-            if self._replies[host][key.slot] is not reply:
-                return False  # a failed write of this sector took it back
-            if self._written.get(skey, 0) < version and not await self._write_replies(host):
-                return False
-        self._count(reply)
-        return True
-
-    async def _write_replies(self, host: int) -> bool:
-        """Write the range of ``host``'s reply sectors that hold unwritten replies (called
-        with the host's lock held)."""
-        layout = self._layout
-        dirty = [i for i in range(layout.reply_sectors)
-                 if self._version.get((host, i), 0) > self._written.get((host, i), 0)]
-        span = range(min(dirty), max(dirty) + 1)
-        versions = {i: self._version.get((host, i), 0) for i in span}
-        images = {i: [self._replies[host][j] for j in layout.reply_sector_slots(i)]
-                  for i in span}
-        data = b"".join(encode_sector(Kind.REPLY, layout.sector_size, i, host, self._epoch,
-                                      images[i]) for i in span)
-        try:
-            self._authority.check()
-            await self._storage.write(
-                layout.reply_offset(host) + span.start * layout.sector_size, data
-            )
-        except NotSpmError:
-            raise
-        except AutoextendError as err:
-            # Forget what did not reach the disk; the requests are served again.
-            self.counters.io_errors += 1
-            for i in span:
-                for j, old in zip(layout.reply_sector_slots(i), self._on_disk[(host, i)],
-                                  strict=True):
-                    self._replies[host][j] = old
-            self._rescan.add(host)
-            self._repeats.warning("reply write failed, will serve again", host_id=host,
-                                  error=str(err))
-            return False
-        self._repeats.clear("reply write failed, will serve again")
-        for i in span:
-            self._written[(host, i)] = versions[i]
-            self._on_disk[(host, i)] = images[i]
-        return True
-
-    def _count(self, reply: Reply) -> None:
-        self.counters.replied += 1
-        if reply.status is Status.OK:
-            self.counters.ok += 1
-        elif reply.status is Status.FAILED:
-            self.counters.failed += 1
-        else:
-            self.counters.rejected += 1
+        return answer(verdict.status, verdict.size, verdict.reason, verdict.text)

@@ -13,11 +13,12 @@ from hypothesis import strategies as st
 from autoextend.clock import ManualClock, MonotonicClock
 from autoextend.lab.waiting import until
 from autoextend.sectorfakes import MemoryStorage
+from autoextend.spm.execute import Executor
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.reducing import (
     REDUCE_CHECKS,
-    ReduceDesk,
     ReduceFacts,
+    Verdict,
     already_applied,
     fresh_term,
     hot_volume,
@@ -25,6 +26,7 @@ from autoextend.spm.reducing import (
 )
 from autoextend.spm.server import SpmMailServer
 from autoextend.spm.wire import (
+    OP_EXTEND,
     OP_REDUCE,
     OP_REDUCE_CHECK,
     ReasonCode,
@@ -115,20 +117,26 @@ class ReducingBackend:
         return f"/dev/{volume.vg}/{volume.lv}"
 
 
+async def _verdict(executor: Executor, host: int, generation: int, req: Request) -> Verdict:
+    verdict = await executor.execute(host, generation, req)
+    assert verdict is not None  # nothing hands it back here
+    return verdict
+
+
 async def test_dry_run_gets_the_verdict_of_the_reduce_and_never_acts() -> None:
     clock = MonotonicClock()
     for hot, extended in ((3600.0, False), (0.0, True), (0.0, False)):
         backend = ReducingBackend(256 * MiB)
-        desk = ReduceDesk(backend, LocalAuthority(), clock, hot)
+        desk = Executor(backend, LocalAuthority(), clock, hot_window_s=hot, max_concurrent=1)
         if extended:
-            desk.extend_asked(VOL, 3)
-        check = await desk.serve(2, 1, Request(1, VG, "lv1", 100 * MiB, OP_REDUCE_CHECK))
+            await desk.execute(3, 1, Request(9, VG, "lv1", 256 * MiB, OP_EXTEND))
+        check = await _verdict(desk, 2, 1, Request(1, VG, "lv1", 100 * MiB, OP_REDUCE_CHECK))
         assert backend.reduces == []
-        real = await desk.serve(2, 1, Request(2, VG, "lv1", 100 * MiB, OP_REDUCE))
+        real = await _verdict(desk, 2, 1, Request(2, VG, "lv1", 100 * MiB, OP_REDUCE))
         assert (check.status, check.reason) == (real.status, real.reason)
         if real.status is Status.OK:
             assert check.size == real.size == 100 * MiB and backend.reduces == [(100 * MiB, True)]
-            again = await desk.serve(2, 1, Request(3, VG, "lv1", 100 * MiB, OP_REDUCE))
+            again = await _verdict(desk, 2, 1, Request(3, VG, "lv1", 100 * MiB, OP_REDUCE))
             assert again.status is Status.OK and again.size == 100 * MiB
             assert len(backend.reduces) == 1  # served twice, reduced once
         else:
@@ -141,15 +149,15 @@ async def test_a_request_served_again_gets_the_verdict_it_got_before() -> None:
     seed 10 of the CI seeds)."""
     backend = ReducingBackend(256 * MiB)
     clock = ManualClock()
-    desk = ReduceDesk(backend, LocalAuthority(), clock, 60.0)
+    desk = Executor(backend, LocalAuthority(), clock, hot_window_s=60.0, max_concurrent=1)
     request = Request(7, VG, "lv1", 100 * MiB, OP_REDUCE)
-    first = await desk.serve(2, 5, request)
+    first = await _verdict(desk, 2, 5, request)
     assert first.status is Status.REJECTED and "took over" in first.text
     clock.advance(61.0)
-    assert await desk.serve(2, 5, request) == first and backend.reduces == []
-    other = await desk.serve(2, 5, Request(8, VG, "lv1", 100 * MiB, OP_REDUCE))  # a new id
+    assert await _verdict(desk, 2, 5, request) == first and backend.reduces == []
+    other = await _verdict(desk, 2, 5, Request(8, VG, "lv1", 100 * MiB, OP_REDUCE))  # a new id
     assert other.status is Status.OK and backend.reduces == [(100 * MiB, True)]
-    again = await desk.serve(2, 6, Request(7, VG, "lv1", 100 * MiB, OP_REDUCE))  # new gen.
+    again = await _verdict(desk, 2, 6, Request(7, VG, "lv1", 100 * MiB, OP_REDUCE))  # new gen.
     assert again.status is Status.OK and again.size == 100 * MiB
 
 

@@ -1,0 +1,131 @@
+"""One request on the SPM: wait for its turn, run its op, turn every outcome into a verdict.
+
+Every op (extend, reduce, reduce check) takes the same path, :meth:`Executor.execute`: a
+slot of the limiter (at most ``max_concurrent_extends`` ops at once, across VGs), the VG's
+lock, then :meth:`Executor._execute`, which runs the op and turns every exception into a
+verdict with one ladder. ``authority.check()`` runs right before the backend's change
+(``extend`` here, ``reduce`` in ``reducing.py``), and the backend checks it again before
+every lvm2 command (``lvm/writer.py``).
+
+Per-VG serialization (stated here once). The lock that serializes the SPM's work on a VG is
+this executor's per-VG lock: one op per VG at a time, held from before the op reads anything
+until its verdict is known. It is needed here, above the backend, because a reduce reads the
+volume's facts, judges them and acts (``reducing.py``): an extend of the same VG must not
+come in between, and only a lock around the whole op can keep it out. Two per-VG locks
+below it remain, each for callers that have no executor in front of them; on the SPM they
+are never contended (the term's backend is used by this executor alone, and this lock is held
+around them): ``LvmWriter``'s (``lvm/writer.py``: one lvm2 command per VG at a time in the
+process, for the local extender and the CLI; with ``wait_for_locks`` off, lvm2 would fail a
+second command instead of queueing it; a reduce's or remove's discard of the extents it
+freed runs in the same critical section) and the reserve guard's (``lvm/reserve.py``: its
+free-space check and the extend as one step, for the local extender, whose drives extend
+concurrently: without it two extends could pass one check and eat into the reserve). Neither
+can go without breaking the local mode, so both stay; no other lock serializes a VG.
+
+Step-down hands queued requests back: :meth:`Executor.hand_back` cancels every request
+still waiting for the limiter or a VG lock (left unanswered in the hosts' boxes for the next
+SPM); a request that got its turn runs to its verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+
+from autoextend import logs
+from autoextend.clock import Clock
+from autoextend.errors import AutoextendError, NotSpmError
+from autoextend.spm.reducing import REDUCE_CHECKS, ReduceCheck, ReduceDesk, Verdict
+from autoextend.spm.wire import REDUCE_OPS, ReasonCode, Request, Status
+from autoextend.volumes import (
+    SpmAuthority,
+    VolumeBackend,
+    VolumeNotFound,
+    VolumeRef,
+    VolumeSpaceError,
+)
+
+log = logs.get_logger("spm.server")
+
+
+class Executor:
+    """Runs the SPM's requests: its turns (limiter, VG locks) and the one op path."""
+
+    def __init__(
+        self, backend: VolumeBackend, authority: SpmAuthority, clock: Clock, *,
+        hot_window_s: float, max_concurrent: int,
+        reduce_checks: Sequence[ReduceCheck] = REDUCE_CHECKS,
+    ) -> None:
+        self._backend = backend
+        self._authority = authority
+        self._max_concurrent = max_concurrent
+        self._reduces = ReduceDesk(backend, authority, clock, hot_window_s, reduce_checks)
+        self._limiter: anyio.CapacityLimiter | None = None  # made in the event loop
+        self._vg_locks: dict[str, anyio.Lock] = {}  # the per-VG serialization (above)
+        self._queued: set[anyio.CancelScope] = set()  # requests waiting for their turn
+
+    def hand_back(self) -> None:
+        """Cancel every request still waiting for its turn (:meth:`execute` returns None)."""
+        for scope in list(self._queued):
+            scope.cancel()
+
+    async def execute(self, host: int, generation: int, req: Request) -> Verdict | None:
+        """The verdict on ``req`` once it had its turn, or None when it was handed back
+        while waiting. Raises NotSpmError when the term is lost."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self._max_concurrent)
+        vg_lock = self._vg_locks.setdefault(req.vg, anyio.Lock())
+        scope = anyio.CancelScope()
+        self._queued.add(scope)
+        try:
+            with scope:
+                async with self._limiter, vg_lock:
+                    # Its turn: from here on only the term's end or the server's own stop
+                    # cancels it (hand_back no longer sees this scope).
+                    self._queued.discard(scope)
+                    return await self._execute(host, generation, req)
+        finally:
+            self._queued.discard(scope)
+        return None  # handed back while it waited
+
+    async def _execute(self, host: int, generation: int, req: Request) -> Verdict:
+        """Run one op and turn what it raised into a verdict (the VG's lock is held).
+
+        A reduce served again in this term gets the verdict it got before, whatever it was
+        (``reducing.py``); an extend is simply run again ("to at least size")."""
+        volume = VolumeRef(req.vg, req.lv)
+        reduce = req.op in REDUCE_OPS
+        if reduce:
+            given = self._reduces.given(host, generation, req)
+            if given is not None:
+                return given
+        else:
+            self._reduces.extend_asked(volume, host)
+        try:
+            verdict = await (self._reduces.judge_and_act(host, req) if reduce
+                             else self._extend(host, req, volume))
+        except NotSpmError:
+            raise
+        except VolumeNotFound as err:
+            verdict = Verdict(Status.REJECTED, reason=ReasonCode.NO_SUCH_VOLUME, text=str(err))
+        except VolumeSpaceError as err:
+            verdict = Verdict(Status.FAILED, reason=ReasonCode.NO_SPACE, text=str(err))
+        except AutoextendError as err:
+            verdict = Verdict(Status.FAILED, reason=ReasonCode.VOLUME_ERROR, text=str(err))
+        except Exception as err:  # a bug in a backend must not take the server down
+            log.exception("op failed unexpectedly", op=req.op, volume=str(volume),
+                          host_id=host, request_id=req.request_id)
+            verdict = Verdict(Status.FAILED, reason=ReasonCode.INTERNAL,
+                              text=type(err).__name__)
+        if reduce:
+            self._reduces.remember(host, generation, req, verdict)
+        return verdict
+
+    async def _extend(self, host: int, req: Request, volume: VolumeRef) -> Verdict:
+        self._authority.check()
+        result = await self._backend.extend(volume, req.size)
+        log.info("volume extended" if result.changed else "volume already large enough",
+                 volume=str(volume), size=result.size, host_id=host,
+                 request_id=req.request_id)
+        return Verdict(Status.OK, result.size)
