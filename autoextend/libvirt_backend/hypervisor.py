@@ -31,8 +31,8 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.clock import Clock
-from autoextend.libvirt_backend import events as ev
 from autoextend.libvirt_backend import backups, jobs, merges
+from autoextend.libvirt_backend import events as ev
 from autoextend.libvirt_backend.config import LibvirtSettings
 from autoextend.libvirt_backend.connection import LibvirtConnection
 from autoextend.libvirt_backend.domxml import (
