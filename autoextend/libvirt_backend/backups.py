@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from autoextend.libvirt_backend.jobs import Mirror
 from autoextend.libvirt_backend.stats import MAX_ENTRIES, _uint, clean_path
 
 MAX_XML = 1 << 20      # bytes of backup XML: far beyond any real backup of 4096 disks
@@ -113,6 +114,13 @@ def parse_backup(xml: str) -> list[BackupImage]:
             block=disk.get("type") == "block",
             qcow2=driver is not None and driver.get("type") == "qcow2"))
     return found
+
+
+def job_mirrors(images: list[BackupImage]) -> list[Mirror]:
+    """The images autoextend watches (qcow2 on a block device, with an index) as job
+    targets of kind ``backup``: ``jobs.job_targets`` gives them their numbers."""
+    return [Mirror(i.disk, "backup", i.index, i.path)
+            for i in images if i.managed_kind and i.index is not None]
 
 
 def _absolute(path: str) -> bool:

@@ -203,25 +203,14 @@ class LibvirtHypervisor:
             raise VmNotFound(vm, "domainListGetStats", "domain is not running") from None
 
     def _backup_images(self, vm: str, xml: str) -> list[jobs.Mirror]:
-        """The images of a running backup autoextend can watch (qcow2 on a block device,
-        with an index), as job targets; a backup XML refused is counted and logged, and the
-        drives are still reported without it."""
-        if not xml:
-            return []
+        """The images of a running backup autoextend can watch, as job targets; a backup
+        XML refused is counted and logged, and the drives are still reported without it."""
         try:
-            images = backups.parse_backup(xml)
+            return backups.job_mirrors(backups.parse_backup(xml)) if xml else []
         except backups.BackupXmlError as err:
             self.session_failures += 1
             log.warning("backup XML not understood", vm=vm, error=str(err))
             return []
-        watched: list[jobs.Mirror] = []
-        for image in images:
-            if image.managed_kind and image.index is not None:
-                watched.append(jobs.Mirror(image.disk, "backup", image.index, image.path))
-            else:
-                log.debug("backup image not watched", vm=vm, drive=image.disk,
-                          path=image.path, reason="not a qcow2 image on a block device")
-        return watched
 
     async def _job_drives(self, vm: str, stats: dict[str, Any], xml: str,
                           commits: set[str], found: DrivesFound,
