@@ -31,8 +31,8 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.clock import Clock
+from autoextend.libvirt_backend import backups, jobs, merges
 from autoextend.libvirt_backend import events as ev
-from autoextend.libvirt_backend import jobs, merges
 from autoextend.libvirt_backend.config import LibvirtSettings
 from autoextend.libvirt_backend.connection import LibvirtConnection
 from autoextend.libvirt_backend.domxml import (
@@ -75,7 +75,8 @@ class LibvirtHypervisor:
 
     ``lookup`` maps a block device path to its volume (the volume backend's ``lookup``).
     ``watch_merges``: watch the base of a running snapshot merge (a non-active commit, see
-    ``merges.py``); only a test's negative control turns it off.
+    ``merges.py``); ``watch_backups``: watch the scratch or target of a running backup
+    (``backups.py``). Only a test's negative control turns them off.
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class LibvirtHypervisor:
         clock: Clock,
         *,
         watch_merges: bool = True,
+        watch_backups: bool = True,
     ) -> None:
         self.settings = settings
         self._lookup = lookup
@@ -97,6 +99,7 @@ class LibvirtHypervisor:
         self._connect_error: str | None = None  # the last failure while not connected
         self._commit_needs = jobs.CommitNeeds()
         self._watch_merges = watch_merges
+        self._watch_backups = watch_backups
         self._intents = merges.MergeIntents()  # what prepare-merge was told, per disk
 
     # ------------------------------------------------------------------ extras
@@ -149,8 +152,9 @@ class LibvirtHypervisor:
 
     async def drives(self, vm: str) -> list[DriveInfo]:
         """Fresh numbers for each writable qcow2 block disk's top image (``vda[N]``), and
-        for each block job's target (a ``<mirror>``, a snapshot merge's base)."""
-        stats, xml, commits = await self._read(vm, commits=self._watch_merges)
+        for each block job's target (a ``<mirror>``, a snapshot merge's base, a backup's
+        scratch or target)."""
+        stats, xml, commits, backup = await self._read(vm, commits=self._watch_merges)
         try:
             found = drives_from_stats(vm, stats, parse_disks(xml))
         except (StatsError, DomainXmlError) as err:
@@ -160,37 +164,61 @@ class LibvirtHypervisor:
             self.session_failures += 1
             log.exception("libvirt stats not understood", vm=vm)
             raise MalformedReply(vm, "domainListGetStats", type(err).__name__) from err
-        found.drives.extend(await self._job_drives(vm, stats, xml, commits, found))
+        found.drives.extend(await self._job_drives(vm, stats, xml, commits, found,
+                                                   self._backup_images(vm, backup)))
         for drive, reason in found.skipped:
             log.warning("drive skipped", vm=vm, drive=drive, reason=reason)
         self._tracker.drives_seen(vm, found.drives)
         return found.drives
 
     async def _read(self, vm: str, *,
-                    commits: bool) -> tuple[dict[str, Any], str, set[str]]:
-        """The domain's block stats (backing chains included), its live XML and, with
-        ``commits``, the disks that run a snapshot merge (one worker-thread call)."""
-        conn = self._require(vm, "domainListGetStats")
+                    commits: bool) -> tuple[dict[str, Any], str, set[str], str]:
+        """The domain's block stats (backing chains included), its live XML, with
+        ``commits`` the disks that run a snapshot merge, and the backup XML while a backup
+        runs ("" otherwise); one worker-thread call.
 
-        def read(c: libvirt.virConnect) -> tuple[dict[str, Any], str, set[str]]:
+        Cost per look: ``domainListGetStats`` and ``XMLDesc`` always; ``blockJobInfo`` per
+        disk whose chain has three images or more (``_commit_jobs``); ``backupGetXMLDesc``
+        only when the block stats list an image the domain XML does not describe
+        (``backups.undescribed``: a backup's scratch or target). A VM with no job and
+        short chains costs two calls.
+        """
+        conn = self._require(vm, "domainListGetStats")
+        backups_on = self._watch_backups
+
+        def read(c: libvirt.virConnect) -> tuple[dict[str, Any], str, set[str], str]:
             dom = c.lookupByName(vm)
             if not dom.isActive():
                 raise _NotRunning
             found = c.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_BLOCK, STATS_FLAGS)
+            stats = found[0][1] if found else {}
             xml = dom.XMLDesc(0)
             running = _commit_jobs(dom, xml) if commits else set()
-            return (found[0][1] if found else {}), xml, running
+            backup = _backup_xml(dom, stats, xml) if backups_on else ""
+            return stats, xml, running, backup
 
         try:
             return await conn.call(vm, "domainListGetStats", read)
         except _NotRunning:
             raise VmNotFound(vm, "domainListGetStats", "domain is not running") from None
 
+    def _backup_images(self, vm: str, xml: str) -> list[jobs.Mirror]:
+        """The images of a running backup autoextend can watch, as job targets; a backup
+        XML refused is counted and logged, and the drives are still reported without it."""
+        try:
+            return backups.job_mirrors(backups.parse_backup(xml)) if xml else []
+        except backups.BackupXmlError as err:
+            self.session_failures += 1
+            log.warning("backup XML not understood", vm=vm, error=str(err))
+            return []
+
     async def _job_drives(self, vm: str, stats: dict[str, Any], xml: str,
-                          commits: set[str], found: DrivesFound) -> list[DriveInfo]:
-        """The job targets: each ``<mirror>`` (an active commit's base, a copy's target) and
-        the base of each running snapshot merge (``merges.py``), commit bases measured."""
-        mirrors = jobs.parse_mirrors(xml)
+                          commits: set[str], found: DrivesFound,
+                          backup: list[jobs.Mirror]) -> list[DriveInfo]:
+        """The job targets: each ``<mirror>`` (an active commit's base, a copy's target),
+        the base of each running snapshot merge (``merges.py``), commit bases measured, and
+        each image a running backup writes (``backups.py``)."""
+        mirrors = jobs.parse_mirrors(xml) + backup
         tops: dict[str, str] = {}
         bounds: dict[str, int] = {}
         for m in mirrors:
@@ -226,7 +254,7 @@ class LibvirtHypervisor:
             raise merges.MergeChoiceError(
                 f"{drive[:64]!r} is no drive name (vda, or vda[N]: image N is the top)")
         disk, top = parsed
-        stats, xml, _ = await self._read(vm, commits=False)
+        stats, xml, _, _ = await self._read(vm, commits=False)
         chains = merges.parse_chains(xml)
         if disk not in chains:
             raise merges.MergeChoiceError(
@@ -457,6 +485,17 @@ def _commit_jobs(dom: Any, xml: str) -> set[str]:
         if info and info.get("type") == libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT:
             running.add(disk)
     return running
+
+
+def _backup_xml(dom: Any, stats: dict[str, Any], xml: str) -> str:
+    """The backup XML when the block stats show an image the domain XML does not describe
+    (a backup's scratch or target), else "" without asking (in a worker thread)."""
+    if not backups.undescribed(stats, backups.described(xml)):
+        return ""
+    try:
+        return str(dom.backupGetXMLDesc(0))
+    except libvirt.libvirtError:
+        return ""  # no backup (it ended meanwhile, or another job's image): nothing to add
 
 
 class _NotRunning(Exception):

@@ -34,6 +34,10 @@ from autoextend.qmp.errors import MalformedReply
 
 PROTOCOL_DRIVER = "host_device"
 FORMAT_DRIVER = "qcow2"
+#: Filters QEMU 7.2 puts above a drive's image and shows in ``query-block`` (``commit_top``
+#: and ``mirror_top`` are implicit and hidden there): a backup's ``copy-before-write``,
+#: whose ``file`` child is the image the guest writes.
+SHOWN_FILTERS = frozenset({"copy-before-write"})
 PERIPHERAL_PREFIX = "/machine/peripheral/"
 
 #: Sizes, offsets and thresholds QEMU reports are int64 in QMP's schema; nothing larger is
@@ -206,11 +210,26 @@ def parse_topology(
         inserted = blk.dict_(inserted, f"{where}.inserted")
         if blk.bool_(inserted, "ro", f"{where}.inserted"):
             continue
-        if blk.str_(inserted, "drv", f"{where}.inserted") != FORMAT_DRIVER:
+        drv = blk.str_(inserted, "drv", f"{where}.inserted")
+        root = shown = blk.str_(inserted, "node-name", f"{where}.inserted")
+        filtered = drv in SHOWN_FILTERS
+        if filtered:  # a running backup: the image is the filter's file child
+            below = file_child.get(root)
+            child = nodes.get(below) if below else None
+            if below is None or child is None:
+                continue
+            fw = f"query-named-block-nodes[{below}]"
+            if nodes_r.bool_(child, "ro", fw):
+                continue
+            drv, root, where_image = nodes_r.str_(child, "drv", fw), below, fw
+            image = nodes_r.dict_(child.get("image"), f"{fw}.image")
+        else:
+            where_image = f"{where}.inserted"
+            image = blk.dict_(inserted.get("image"), f"{where}.inserted.image")
+        if drv != FORMAT_DRIVER:
             continue
-        root = blk.str_(inserted, "node-name", f"{where}.inserted")
-        image = blk.dict_(inserted.get("image"), f"{where}.inserted.image")
-        capacity = blk.int_(image, "virtual-size", f"{where}.inserted.image")
+        capacity = (nodes_r if filtered else blk).int_(image, "virtual-size",
+                                                       f"{where_image}.image")
         prot_name = file_child.get(root)
         prot = nodes.get(prot_name) if prot_name else None
         if prot_name is None or prot is None:
@@ -233,7 +252,7 @@ def parse_topology(
             )
         )
         by_node[prot_name] = name
-        by_node[root] = name
+        by_node[root] = by_node[shown] = name
         if device:
             by_device[device] = name
     return Topology(tuple(drives), by_node, by_device)

@@ -1,5 +1,5 @@
-"""Issue 13 over QMP: block commit, block mirror and a live snapshot with the real service
-(QMP backend, local extender, loop volumes) and a real QEMU.
+"""Issue 13 over QMP: block commit, block mirror, a backup (issue 29 item 4) and a live
+snapshot with the real service (QMP backend, local extender, loop volumes) and a real QEMU.
 
 The QEMU runs no guest (``-S``): writes go through the device's own BlockBackend with HMP
 ``qemu-io -d /machine/peripheral/vda/virtio-backend``, the path a guest's writes take, so
@@ -365,3 +365,43 @@ async def test_active_commit_while_a_guest_writes(lab_tmp_path: Path) -> None:
         assert tally.failures == []
         assert Path(host.volumes.file_path(base_ref)).stat().st_size > 40 * MiB
         assert (await qemu_img_check(base)).clean
+
+
+@pytest.mark.parametrize("on_target_error", ["enospc", "report"])
+async def test_blockdev_backup_target_is_extended(lab_tmp_path: Path,
+                                                  on_target_error: str) -> None:
+    """``blockdev-backup`` (``sync=full``) of 40 MiB into a target on a 16 MiB volume, the
+    disk overwritten during the job: the target (``vda#b1``, found through the job's
+    ``target`` edge) is extended and holds the data of the backup's start.
+    ``enospc``: the job pauses on the full target and is resumed after the extension.
+    ``report`` (QEMU's default), speed-limited: the target's threshold alone keeps it ahead
+    of the job (the first ENOSPC would end the job)."""
+    tally = Recorder()
+    async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=8,
+                        poll_interval_s=0.5) as host:
+        async with chain_vm(host, [("top", 64)], [("top", 0x5a, 0, 40)]) as vm:
+            ref, device = await host.create_disk("vm1-bak", 16, 256)
+            vm.vols["bak"] = Vol(ref, device)
+            await vm.qmp("blockdev-add", {
+                "driver": "qcow2", "node-name": "fbak",
+                "file": {"driver": "host_device", "filename": device, "node-name": "pbak",
+                         "cache": {"direct": True}, "aio": "native"}})
+            args: dict[str, object] = {"job-id": "b1", "device": "ftop", "target": "fbak", "sync": "full",
+                    "on-target-error": on_target_error}
+            if on_target_error == "report":
+                args["speed"] = 16 * MiB  # 256 MiB virtual (zeros count too): ~16 s
+            await vm.qmp("blockdev-backup", args)
+            await until(lambda: (vm.drive("vda#b1") or {}).get("job") == "backup", 30,
+                        "the backup target monitored")
+            assert (vm.drive("vda#b1") or {}).get("path") == device
+            await vm.write(0x5b, 0, 8)  # the "guest" overwrites while the backup runs
+            await vm.wait_gone("b1")
+            await until(lambda: vm.drive("vda#b1") is None, 30, "the job target dropped")
+            await vm.qmp("quit")
+        assert tally.failures == []
+        if on_target_error == "enospc":
+            assert tally.counts.job_resumes >= 1
+        assert vm.size("bak") > 40 * MiB
+        assert (await qemu_img_check(device)).clean
+        await vm.verify("bak", [(0x5a, 0, 40)])        # the backup's point in time
+        await vm.verify("top", [(0x5b, 0, 8), (0x5a, 8, 32)])

@@ -219,14 +219,17 @@ async def lab_domains(
     full_poll_interval_s: float | None = None,
     libvirt_overrides: dict[str, Any] | None = None,
     watch_merges: bool = True,
+    watch_backups: bool = True,
 ) -> AsyncIterator[Rig]:
     """A rig whose monitor is built but not running (see :func:`monitoring`): domains started
     now are already running when the monitor starts. ``watch_merges=False``: the libvirt
-    backend does not watch a snapshot merge's base (a negative control)."""
+    backend does not watch a snapshot merge's base, ``watch_backups=False`` a backup's scratch
+    or target (negative controls)."""
     clock = MonotonicClock()
     backend = LoopVolumeBackend(str(workdir / "volumes"), 4 * MiB, LocalAuthority())
     hypervisor = LibvirtHypervisor(fast_settings(uri, **(libvirt_overrides or {})),
-                                   backend.lookup, clock, watch_merges=watch_merges)
+                                   backend.lookup, clock, watch_merges=watch_merges,
+                                   watch_backups=watch_backups)
     extender = HeldExtender(LocalExtender(backend), held=False)
     tally = Tally()
     history = History()

@@ -3,6 +3,8 @@ during an active ``block-commit`` paused by ``on-error=enospc``."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from autoextend.monitor.protocols import DrivesChanged, JobEnded
 from autoextend.qmp.errors import MalformedReply
 from autoextend.qmp.jobs import is_nospace, job_ended, job_targets, parse_graph, parse_jobs
 from autoextend.qmp.jobwatch import job_event
+from autoextend.qmp.replies import parse_topology
 
 MiB = 1 << 20
 
@@ -122,3 +125,34 @@ def test_job_events() -> None:
     assert job_event("vm1", "BLOCK_JOB_ERROR", {"device": "c1"}, log) == []
     assert job_ended({"device": 1}) is None
     assert not is_nospace("Input/output error")
+
+
+BACKUP = json.loads((Path(__file__).parent / "data" / "backup_running.json").read_text())
+
+
+def test_drive_and_target_while_a_backup_runs() -> None:
+    """During ``blockdev-backup`` the device's root in ``query-block`` is the job's
+    ``copy-before-write`` filter (recorded from QEMU 7.2): the drive is the qcow2 below it,
+    and the backup's target is a job target of that drive."""
+    topology = parse_topology("vm1", BACKUP["query-block"],
+                              BACKUP["query-named-block-nodes"], BACKUP["query-blockstats"])
+    [drive] = topology.drives
+    assert (drive.drive, drive.node, drive.path, drive.capacity) == (
+        "vda", "ptop", "/dev/loop21", 256 * MiB)
+    highest = {e["node-name"]: e["stats"]["wr_highest_offset"]
+               for e in BACKUP["query-blockstats"] if e.get("node-name")}
+    nodes = {n["node-name"]: n for n in BACKUP["query-named-block-nodes"]}
+    [target] = job_targets("vm1", parse_jobs("vm1", BACKUP["query-block-jobs"]),
+                           parse_graph("vm1", BACKUP["x-debug-query-block-graph"]), nodes,
+                           highest, topology.by_node)
+    assert (target.drive, target.node, target.path, target.job, target.job_id) == (
+        "vda#b1", "pbak", "/dev/loop23", "backup", "b1")
+
+
+def test_a_filter_without_a_known_child_is_skipped() -> None:
+    stats = [e for e in BACKUP["query-blockstats"]
+             if e.get("node-name") not in ("ftop",) and not str(e.get("node-name", ""))
+             .startswith("#")]
+    topology = parse_topology("vm1", BACKUP["query-block"],
+                              BACKUP["query-named-block-nodes"], stats)
+    assert topology.drives == ()
