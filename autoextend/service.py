@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,16 +39,25 @@ from autoextend.control import ControlServer
 from autoextend.errors import AutoextendError, ConfigError
 from autoextend.logs import get_logger
 from autoextend.lvm import factory
+from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.reserve import FreeSpaceBackend
 from autoextend.metrics import Metrics, serve_metrics
 from autoextend.monitor.chunking import WriteRateChunks
+from autoextend.monitor.context import Sizes, ViewSizes
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.local import LocalExtender
 from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
 from autoextend.monitor.protocols import Extender, Hypervisor
+from autoextend.monitor.views import PerVolumeSizes
 from autoextend.sdnotify import Notifier
 from autoextend.settings import Settings
-from autoextend.volumes import LocalAuthority, SpmAuthority, VolumeBackend, VolumeRef
+from autoextend.volumes import (
+    LocalAuthority,
+    SpmAuthority,
+    VolumeBackend,
+    VolumeRef,
+    innermost,
+)
 
 log = get_logger("service")
 
@@ -86,6 +95,27 @@ def make_volume_backend(
         settings.volumes, settings.lvm, authority,
         reserves_mib=settings.policy.vg_reserve_mib, extent_mib=settings.policy.extent_mib,
     )
+
+
+class LvmViewSizes:
+    """The view check's sizes on lvm: one ``lvs --readonly`` per VG (``monitor/views.py``)."""
+
+    def __init__(self, backend: LvmVolumeBackend) -> None:
+        self._backend = backend
+
+    async def view_sizes(self, vg: str, volumes: Sequence[VolumeRef]
+                         ) -> dict[VolumeRef, Sizes]:
+        every = await self._backend.lv_views(vg)
+        return {v: Sizes(*every[v]) for v in volumes if v in every}
+
+
+def make_view_sizes(backend: VolumeBackend) -> ViewSizes:
+    """Where the view check reads sizes: one report per VG on lvm; the backend's own
+    ``size`` and ``metadata_size`` per volume otherwise (the loop stand-in: no process)."""
+    inner = innermost(backend)
+    if isinstance(inner, LvmVolumeBackend):
+        return LvmViewSizes(inner)
+    return PerVolumeSizes(backend)
 
 
 def make_hypervisor(
@@ -168,6 +198,7 @@ class Service:
             lease_ok=self._host_lease_valid if self.cluster is not None else None,
             extend_deadline_s=timeouts.extension_deadline_s(settings),
             views=self.backend,
+            view_sizes=make_view_sizes(self.backend),
             checks=checks,
         )
         self.capacity = CapacityPart(settings, self.backend, self.monitor, self.clock,
@@ -213,6 +244,9 @@ class Service:
                 raise prepare.ViewFrozen(volume, frozen[volume])
         done = [await prepare.prepare_view(self.backend, volume) for volume in sorted(targets)]
         incoming = request.get("incoming_vm")
+        if not incoming:  # a start on a stale view (a migration's early refresh is not one)
+            for _ in range(prepare.stale_at_start(done)):
+                self.metrics.stale_views.labels("start").inc()
         if isinstance(incoming, str) and incoming and targets:
             self.incoming.watch(incoming[:256], sorted(targets))
         return {"volumes": [p.as_dict() for p in done], "skipped": skipped}

@@ -55,7 +55,7 @@ from autoextend.checks import ALL_ON, Checks
 from autoextend.clock import Clock
 from autoextend.monitor import migration, pollplan
 from autoextend.monitor.config import PolicySettings, ResumeSettings
-from autoextend.monitor.context import InFlight, MonitorContext, VolumeViews
+from autoextend.monitor.context import InFlight, MonitorContext, ViewSizes, VolumeViews
 from autoextend.monitor.extension import DriveVanished
 from autoextend.monitor.observer import DriveGone, MonitorObserver, NullObserver
 from autoextend.monitor.probe import StorageProbe, direct_read_probe
@@ -66,6 +66,7 @@ from autoextend.monitor.protocols import (
     VmAppeared,
     VmGone,
 )
+from autoextend.monitor.views import audit
 from autoextend.monitor.vm import (
     POLL,
     RESYNC,
@@ -115,20 +116,23 @@ class Monitor:
         lease_ok: LeaseOk | None = None,
         extend_deadline_s: float | None = None,
         views: VolumeViews | None = None,
+        view_sizes: ViewSizes | None = None,
         checks: Checks = ALL_ON,
     ) -> None:
-        """``checks``: all on, except in the migration tests' negative control
-        (``checks.protect_views``, see ``autoextend/checks.py``)."""
+        """``checks``: all on, except in a negative control or a simulation mutant (see
+        ``autoextend/checks.py``). ``view_sizes``: where the view check reads this host's
+        views and the metadata sizes (``monitor/views.py``); None: no view check."""
         resume = resume or ResumeSettings()
         self.ctx = MonitorContext(
             hypervisor, extender, settings, clock,
             policy_for=policy_for or default_policy_resolver(settings),
             observer=observer or NullObserver(), dry_run=dry_run, resume=resume,
             probe=probe or direct_read_probe(resume.probe_timeout_s), lease_ok=lease_ok,
-            extend_deadline_override=extend_deadline_s, views=views,
+            extend_deadline_override=extend_deadline_s, views=views, view_sizes=view_sizes,
         )
         self.ctx.in_flight = InFlight(lambda: self.extends_in_flight, self.ctx.observer)
         self._steps = Steps.of(self.ctx, checks)
+        self._checks = checks
         self._vms: dict[str, VmTask] = {}
         self._tg: TaskGroup | None = None
         self._events_in: MemoryObjectReceiveStream[HypervisorEvent] | None = None
@@ -340,7 +344,17 @@ class Monitor:
             for vm in list(self._vms.values()):
                 if full or pollplan.needs_poll(vm):
                     vm.post(POLL)
+            if full:
+                await self._audit_views()
             self.polls += 1
+
+    async def _audit_views(self) -> None:
+        """The continuous view audit, once per full poll (``monitor/views.py``). A failure
+        is logged; the next full poll tries again."""
+        try:
+            await audit(self.ctx, self._checks, list(self._vms.values()))
+        except Exception as exc:  # noqa: BLE001 - the poller must go on
+            log.error("view audit failed", error=repr(exc))
 
 
 def _parked(stream: MemoryObjectReceiveStream[Any]) -> bool:

@@ -44,7 +44,16 @@ from autoextend.monitor.protocols import (
 )
 from autoextend.monitor.resume import ResumeSteps
 from autoextend.monitor.resync import merge_drives, observe
-from autoextend.monitor.vm import POLL, VM_INBOX_SIZE, Poll, ResyncRequest, VmMessage, log
+from autoextend.monitor.views import ViewSteps
+from autoextend.monitor.vm import (
+    POLL,
+    VM_INBOX_SIZE,
+    Poll,
+    ResyncRequest,
+    ViewSuspect,
+    VmMessage,
+    log,
+)
 from autoextend.monitor.vmstate import ResumePolicy, VmMachine, VmState
 
 
@@ -56,11 +65,13 @@ class Steps:
     extensions: Extensions
     jobs: JobSteps
     resumes: ResumeSteps
+    views: ViewSteps
 
     @classmethod
     def of(cls, ctx: MonitorContext, checks: Checks = ALL_ON) -> Steps:
         migrations = MigrationSteps(ctx, checks)
-        return cls(migrations, Extensions(ctx, migrations), JobSteps(ctx), ResumeSteps(ctx))
+        return cls(migrations, Extensions(ctx, migrations), JobSteps(ctx), ResumeSteps(ctx),
+                   ViewSteps(ctx, checks))
 
 
 class VmTask:
@@ -212,6 +223,9 @@ class VmTask:
             case MigrationChanged():
                 self.machine.migration_stale = True
                 await self.resync(rearm=False)
+            case ViewSuspect():
+                await self._steps.views.confirm(self, message)
+                await self.resync(rearm=False)
             case EnospcPause() | VmPaused() | VmResumed():
                 # Which drives failed, and whether they are ours, comes from a fresh look.
                 await self.resync(rearm=False)
@@ -241,7 +255,10 @@ class VmTask:
         merge_drives(ctx, self, await ctx.hypervisor.drives(self.name), rearm=rearm)
         state = await ctx.hypervisor.run_state(self.name)
         moved = await steps.migrations.check(self, state)
-        if moved.refreshed or moved.rearm:  # views grew: fresh numbers, arm again
+        # A VM that appeared here without an incoming migration: its views are checked
+        # against the metadata before anything is armed (monitor/views.py).
+        refreshed = await steps.views.on_appear(self, state)
+        if moved.refreshed or moved.rearm or refreshed:  # views grew: fresh numbers, arm again
             merge_drives(ctx, self, await ctx.hypervisor.drives(self.name), rearm=True)
         if moved.arrived:
             state = steps.migrations.arrived_paused(self, state)
@@ -339,5 +356,6 @@ class VmTask:
             "resume_attempts": m.resume_attempts,
             "last_action": m.last_action,
             "migration": m.migration.value,
+            "stale_views": dict(m.stale_views),
             "drives": [d.snapshot() for d in self.drives.values()],
         }
