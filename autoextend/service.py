@@ -333,6 +333,8 @@ class Service:
                 "unmanaged_enospc": self.tally.unmanaged,
                 "io_error_resumes": self.tally.io_error_resumes,
                 "kills": self.tally.kills,
+                "stale_views": self.tally.stale_views,
+                "stale_view_pauses": self.tally.stale_view_pauses,
             },
             "vms": self.monitor.snapshot(),
             "spm": self.cluster.status() if self.cluster is not None else None,

@@ -178,6 +178,7 @@ class MemoryVm:
     running: bool = True
     reason: PauseReason | None = None
     errors: tuple[DriveIoError, ...] = ()
+    prelaunch: bool = False  # started paused and never run yet (QEMU -S)
 
 
 class MemoryHypervisor:
@@ -302,7 +303,8 @@ class MemoryHypervisor:
 
     async def run_state(self, vm: str) -> RunState:
         rec = self._vm(vm)
-        return RunState(rec.running, rec.reason, rec.errors if not rec.running else ())
+        return RunState(rec.running, rec.reason, rec.errors if not rec.running else (),
+                        prelaunch=rec.prelaunch and not rec.running)
 
     async def kill(self, vm: str) -> None:
         self._vm(vm)
@@ -312,7 +314,7 @@ class MemoryHypervisor:
     async def resume(self, vm: str) -> None:
         rec = self._vm(vm)
         self.resumes.append(vm)
-        rec.running, rec.reason, rec.errors = True, None, ()
+        rec.running, rec.reason, rec.errors, rec.prelaunch = True, None, (), False
         self.emit(VmResumed(vm))
         for name, d in rec.drives.items():  # QEMU retries the failed write on cont
             if d.allocation > self.volumes.sizes[d.volume]:

@@ -122,8 +122,12 @@ class ViewSteps:
         refreshed (the caller reads the drives again before arming)."""
         m = vm.machine
         source = self.source
-        if m.views_checked or source is None or not vm.drives:
-            m.views_checked = m.views_checked or source is None
+        if m.views_checked or not vm.drives:
+            return False
+        if source is None or m.migration is not MigState.NONE:
+            # Off, or incoming: the migration protocol refreshes on arrival (judge_view
+            # says OK for every drive of a migrating VM; no need to read).
+            m.views_checked = True
             return False
         sizes = await read_sizes(source, (d.volume for d in vm.drives.values()))
         refreshed = False
@@ -131,9 +135,7 @@ class ViewSteps:
             found = sizes.get(d.volume)
             if found is None:
                 continue
-            action = judge_view(found.view, found.metadata,
-                                migrating=m.migration is not MigState.NONE,
-                                guest_has_run=not state.prelaunch)
+            action = judge_view(found.view, found.metadata, guest_has_run=not state.prelaunch)
             if action is ViewAction.REFRESH:
                 await self._refresh(vm, d.name, d.volume, found, "appear")
                 refreshed = True
