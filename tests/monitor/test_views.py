@@ -17,9 +17,9 @@ from autoextend.lab.waiting import until
 from autoextend.metrics import Metrics
 from autoextend.monitor.context import Sizes
 from autoextend.monitor.core import Monitor
-from autoextend.monitor.migration import Phase, Role
+from autoextend.monitor.migration import MigrationInfo, Phase, Role
 from autoextend.monitor.observer import StaleViewFound
-from autoextend.monitor.protocols import MigrationInfo, PauseReason
+from autoextend.monitor.protocols import PauseReason
 from autoextend.monitor.viewcheck import ViewAction
 from autoextend.monitor.views import PerVolumeSizes, judge, read_sizes
 from autoextend.volumes import VolumeRef
