@@ -155,7 +155,8 @@ class StaleViewFound:
     """This host's view of a drive's volume was smaller than its metadata size
     (``monitor/views.py``). ``when``: ``start`` (volume prepare had to refresh), ``appear``
     (the check at a VM's appearance), ``audit`` (the continuous audit). ``action``:
-    ``refresh`` (the guest had not run) or ``pause`` (it had: paused, never resumed by
+    ``refresh`` (the guest had not run: the view was refreshed and its process stopped, to
+    be started again on the refreshed view) or ``pause`` (it had: paused, never resumed by
     autoextend)."""
 
     vm: str

@@ -8,8 +8,10 @@ state):
   that appears here *without* an incoming migration (a start, a service restart, a
   reconnect) has every managed drive's view compared with its volume's metadata size. A
   stale view under a guest that has not run (QEMU ``-S`` in ``prelaunch``, a libvirt domain
-  starting up) is refreshed, then the drives are read again and armed; under a guest that
-  has run, the guest is paused (:meth:`ViewSteps.hold`). An incoming VM is left to the
+  starting up) is refreshed, and then that guest's process is stopped before it runs
+  (:meth:`ViewSteps._restart` says why: QEMU keeps the length it opened the device with,
+  so the refresh protects the next start, not this process); under a guest that has run,
+  the guest is paused (:meth:`ViewSteps.hold`). An incoming VM is left to the
   migration protocol (``monitor/migrating.py`` refreshes it on arrival).
 * :func:`audit`, at every full poll: one read of sizes per VG for the drives of every VM
   that is not migrating; a drive whose view is smaller than the metadata (and has no
@@ -118,8 +120,9 @@ class ViewSteps:
         return self._ctx.view_sizes if self._check else None
 
     async def on_appear(self, vm: VmView, state: RunState) -> bool:
-        """The check at the VM's appearance (its first resync). True when a view was
-        refreshed (the caller reads the drives again before arming)."""
+        """The check at the VM's appearance (its first resync). True when the VM was stopped
+        (a stale view under a guest that has not run: see :meth:`_restart`); the caller
+        then stops looking at it."""
         m = vm.machine
         source = self.source
         if m.views_checked or not vm.drives:
@@ -130,7 +133,7 @@ class ViewSteps:
             m.views_checked = True
             return False
         sizes = await read_sizes(source, (d.volume for d in vm.drives.values()))
-        refreshed = False
+        refreshed: list[str] = []
         for d in list(vm.drives.values()):
             found = sizes.get(d.volume)
             if found is None:
@@ -138,11 +141,13 @@ class ViewSteps:
             action = judge_view(found.view, found.metadata, guest_has_run=not state.prelaunch)
             if action is ViewAction.REFRESH:
                 await self._refresh(vm, d.name, d.volume, found, "appear")
-                refreshed = True
+                refreshed.append(d.name)
             elif action is ViewAction.PAUSE:
                 await self.hold(vm, d.name, d.volume, found, "appear")
         m.views_checked = True  # only now: a failed read or refresh is retried at next look
-        return refreshed
+        if refreshed:
+            await self._restart(vm, refreshed)
+        return bool(refreshed)
 
     async def confirm(self, vm: VmView, message: ViewSuspect) -> None:
         """The audit's suspicion, judged again from a fresh read of those drives and a fresh
@@ -161,6 +166,8 @@ class ViewSteps:
             match judge(found, in_flight=d.in_flight, guest_has_run=not state.prelaunch):
                 case ViewAction.REFRESH:
                     await self._refresh(vm, d.name, d.volume, found, "audit")
+                    await self._restart(vm, [d.name])
+                    return
                 case ViewAction.PAUSE:
                     await self.hold(vm, d.name, d.volume, found, "audit")
                 case ViewAction.OK:
@@ -179,6 +186,29 @@ class ViewSteps:
         vm.machine.record(f"refreshed a stale view of {drive} before the guest ran")
         self._ctx.observer.notify(StaleViewFound(vm.name, drive, volume, when, found.view,
                                                  found.metadata, "refresh"))
+
+    async def _restart(self, vm: VmView, drives: list[str]) -> None:
+        """Stop a guest that has not run, whose views were just refreshed under it.
+
+        Why: the hypervisor opened the drive before the refresh, and QEMU keeps a block
+        device's length from when it opened it (seen with QEMU 7.2: after the loop device
+        grew under a ``-S`` QEMU, the ``host_device`` node still said 64 MiB, reads past it
+        returned zeros, and neither ``blockdev-reopen`` of the node nor ``cont`` re-read the
+        length; ``block_resize`` of the node is refused while qcow2 uses it). Refreshing
+        the view therefore protects the *next* start only; this process would still read
+        zeros. The guest has not run, so stopping it loses nothing: the management sees the
+        start fail and starts it again, on the refreshed view.
+        """
+        names = ", ".join(drives)
+        vm.machine.record(f"stopped before it ran: stale view of {names} (refreshed; start it "
+                          "again)")
+        log.error("guest stopped before it ran: its process opened a stale view of its "
+                  "volume; the view is refreshed now, start the guest again", vm=vm.name,
+                  drives=drives)
+        if self._ctx.dry_run:
+            log.info("dry-run: would stop the guest", vm=vm.name)
+            return
+        await self._ctx.hypervisor.kill(vm.name)
 
     async def hold(self, vm: VmView, drive: str, volume: VolumeRef, found: Sizes,
                    when: str) -> None:

@@ -257,8 +257,9 @@ class VmTask:
         moved = await steps.migrations.check(self, state)
         # A VM that appeared here without an incoming migration: its views are checked
         # against the metadata before anything is armed (monitor/views.py).
-        refreshed = await steps.views.on_appear(self, state)
-        if moved.refreshed or moved.rearm or refreshed:  # views grew: fresh numbers, arm again
+        if await steps.views.on_appear(self, state):
+            return  # stopped before it ran (a stale view): it goes away
+        if moved.refreshed or moved.rearm:  # views grew: fresh numbers, arm again
             merge_drives(ctx, self, await ctx.hypervisor.drives(self.name), rearm=True)
         if moved.arrived:
             state = steps.migrations.arrived_paused(self, state)

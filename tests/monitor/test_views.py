@@ -60,7 +60,9 @@ def stale(rig: Rig, volume: VolumeRef, view_mib: int, metadata_mib: int) -> None
     rig.volumes.metadata[volume] = metadata_mib * MiB
 
 
-async def test_a_prelaunch_guest_on_a_stale_view_is_refreshed_before_arming() -> None:
+async def test_a_prelaunch_guest_on_a_stale_view_is_refreshed_and_stopped_before_it_runs(
+) -> None:
+    """Refreshed for the next start, and this process stopped (it opened the stale view)."""
     rig, _ = make_rig()
     rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 4096 * MiB)})
     stale(rig, VOL, 256, 512)
@@ -68,13 +70,18 @@ async def test_a_prelaunch_guest_on_a_stale_view_is_refreshed_before_arming() ->
     rig.hv.vms["vm1"].prelaunch = True
     async with anyio.create_task_group() as tg:
         await tg.start(rig.monitor.run)
-        await until(lambda: rig.hv.thresholds != [], describe=rig.describe)
+        await until(lambda: rig.hv.kills == ["vm1"], describe=rig.describe)
         assert rig.volumes.sizes[VOL] == 512 * MiB  # refreshed
-        # Armed on the refreshed size (threshold = physical - 64 MiB), never on the stale one.
-        assert rig.hv.thresholds == [("vm1", "vda", 448 * MiB)]
+        assert rig.hv.thresholds == []  # nothing armed on the process that saw it stale
         assert rig.tally.stale_views == 1 and rig.tally.stale_view_pauses == 0
-        assert rig.hv.suspends == []
-        assert entry(rig)["stale_views"] == {}
+        assert rig.hv.suspends == [] and rig.hv.resumes == []
+        # Started again (on the refreshed view): checked, nothing stale, armed.
+        rig.hv.add_vm("vm1", {"vda": (VOL, 512 * MiB, 4096 * MiB)})
+        rig.hv.vms["vm1"].running, rig.hv.vms["vm1"].reason = False, PauseReason.OTHER
+        rig.hv.vms["vm1"].prelaunch = True
+        await until(lambda: rig.hv.thresholds == [("vm1", "vda", 448 * MiB)],
+                    describe=rig.describe)
+        assert rig.hv.kills == ["vm1"] and rig.tally.stale_views == 1
         tg.cancel_scope.cancel()
 
 
