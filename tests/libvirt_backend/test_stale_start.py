@@ -112,6 +112,11 @@ async def test_start_on_a_stale_view_is_refreshed_by_the_hook(
         print(f"hook runs on B: {runs}")
         assert ("stale1", "prepare", "begin", "0") in runs
         assert result.verified, result
+        # Counted as a stale view found at start (issue 28: autoextend_stale_views_total);
+        # the appearance check then found nothing stale.
+        sample = lab.hosts["b"].service.metrics.registry.get_sample_value
+        assert sample("autoextend_stale_views_total", {"when": "start"}) == 1
+        assert sample("autoextend_stale_views_total", {"when": "appear"}) == 0
         assert result.mode is Mode.VERIFY and result.md5 == result.expected_md5
         assert loopdev.size_of(b_device) > START_MIB * MiB
 
