@@ -15,7 +15,8 @@ state):
   migration protocol (``monitor/migrating.py`` refreshes it on arrival).
 * :func:`audit`, at every full poll: one read of sizes per VG for the drives of every VM
   that is not migrating; a drive whose view is smaller than the metadata (and has no
-  extension in flight, whose refresh would catch it up) makes the monitor post
+  extension in flight or awaiting its retry, whose refresh would catch it up:
+  :func:`extension_pending`) makes the monitor post
   :class:`ViewSuspect` to its VM. The VM's task reads that drive again
   (:meth:`ViewSteps.confirm`) and judges with what it knows *then* (a refresh may have
   landed, a migration or an extension may have started), so the audit's early read never
@@ -51,6 +52,7 @@ from typing import Protocol
 from autoextend.checks import ALL_ON, Checks
 from autoextend.errors import AutoextendError
 from autoextend.monitor.context import MonitorContext, Sizes, ViewSizes, VmView
+from autoextend.monitor.drive import DriveState, ThresholdState
 from autoextend.monitor.migration import MigState
 from autoextend.monitor.observer import StaleViewFound
 from autoextend.monitor.protocols import RunState
@@ -82,6 +84,13 @@ class PerVolumeSizes:
             except VolumeNotFound:
                 continue
         return found
+
+
+def extension_pending(d: DriveState) -> bool:
+    """An extension of ``d`` is in flight, or failed and waits for its retry (a timed-out
+    mailbox request may still be served late: the metadata then grows with no extension in
+    flight here). Either way the extender refreshes this host's view when it runs."""
+    return d.in_flight or (d.state is ThresholdState.EXCEEDED and d.attempts > 0)
 
 
 def judge(found: Sizes, *, in_flight: bool, guest_has_run: bool) -> ViewAction:
@@ -163,7 +172,8 @@ class ViewSteps:
             found = sizes.get(d.volume)
             if found is None:
                 continue
-            match judge(found, in_flight=d.in_flight, guest_has_run=not state.prelaunch):
+            match judge(found, in_flight=extension_pending(d),
+                        guest_has_run=not state.prelaunch):
                 case ViewAction.REFRESH:
                     await self._refresh(vm, d.name, d.volume, found, "audit")
                     await self._restart(vm, [d.name])
@@ -257,7 +267,7 @@ async def audit(ctx: MonitorContext, checks: Checks, vms: Sequence[VmView]) -> i
     told = 0
     for vm in watched:
         suspects = tuple(d.name for d in vm.drives.values() if d.volume in sizes
-                         and judge(sizes[d.volume], in_flight=d.in_flight,
+                         and judge(sizes[d.volume], in_flight=extension_pending(d),
                                    guest_has_run=True) is not ViewAction.OK)
         if suspects:
             vm.post(ViewSuspect(vm.name, suspects))

@@ -17,9 +17,10 @@ from autoextend.lab.waiting import until
 from autoextend.metrics import Metrics
 from autoextend.monitor.context import Sizes
 from autoextend.monitor.core import Monitor
+from autoextend.monitor.drive import ThresholdState
 from autoextend.monitor.migration import MigrationInfo, Phase, Role
 from autoextend.monitor.observer import StaleViewFound
-from autoextend.monitor.protocols import PauseReason
+from autoextend.monitor.protocols import OutcomeKind, PauseReason
 from autoextend.monitor.viewcheck import ViewAction
 from autoextend.monitor.views import PerVolumeSizes, judge, read_sizes
 from autoextend.volumes import VolumeRef
@@ -176,6 +177,31 @@ async def test_the_audit_leaves_a_drive_with_an_extension_in_flight() -> None:
         rig.ext.gate.set()
         await until(lambda: rig.volumes.sizes[VOL] >= 384 * MiB, describe=rig.describe)
         await rig.advance(SETTINGS.poll_interval_s)
+        assert rig.hv.suspends == [] and rig.tally.stale_views == 0
+        tg.cancel_scope.cancel()
+
+
+async def test_the_audit_leaves_a_drive_whose_failed_extension_awaits_its_retry() -> None:
+    """A timed-out request served late: the metadata grew, nothing is in flight here, the
+    retry (which refreshes) is due later. Not a stale view to pause for."""
+    rig, _ = make_rig()
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 4096 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.hv.thresholds != [], describe=rig.describe)
+        rig.ext.fail_with = OutcomeKind.REJECTED  # retried after retry_max_s (2 s)
+        rig.hv.write("vm1", "vda", 200 * MiB)
+        await until(lambda: rig.ext.calls >= 1 and rig.state() is ThresholdState.EXCEEDED,
+                    describe=rig.describe)
+        stale(rig, VOL, 256, 384)  # served late, elsewhere
+        polls = rig.monitor.polls
+        await rig.advance(SETTINGS.poll_interval_s)  # a full poll, before the retry
+        assert rig.monitor.polls > polls and rig.state() is ThresholdState.EXCEEDED
+        assert rig.hv.suspends == [] and rig.tally.stale_views == 0
+        rig.ext.fail_with = None
+        for _ in range(3):  # the retry comes due: it extends and refreshes
+            await rig.advance(SETTINGS.poll_interval_s)
+        assert rig.volumes.sizes[VOL] >= 384 * MiB
         assert rig.hv.suspends == [] and rig.tally.stale_views == 0
         tg.cancel_scope.cancel()
 
