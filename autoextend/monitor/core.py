@@ -21,6 +21,7 @@ The objects, each with one job (none of them has a base class)::
     MigrationSteps  a live migration's views (monitor/migrating.py)
     JobSteps        block jobs paused for space, jobs that ended (monitor/jobs.py)
     ResumeSteps     resume or kill a paused VM (monitor/resume.py)
+    ViewSteps       the view check at appearance, and the audit's findings (monitor/views.py)
 
 Decisions are pure functions: ``plan.look`` / ``plan.plan`` (a drive), ``vmstate.step``
 (a VM's pauses), ``migration.step`` (a VM's migration), ``pollplan`` (what a poll looks at).
@@ -36,6 +37,10 @@ Invariants:
 * No host ever runs the guest through a view of its volume smaller than one it wrote
   through: live migration defers the source's refreshes and refreshes the destination
   first (``monitor/migration.py`` has the invariant and the argument).
+* No guest runs on a view of its volume smaller than the volume's metadata size: checked at
+  every appearance that is not an incoming migration, before anything is armed, and audited
+  at every full poll; a guest that ran on one is paused and never resumed by autoextend
+  (``monitor/views.py``, the rule in ``monitor/viewcheck.py``; ``Checks.check_views``).
 * An exception while handling one VM ends that VM's handling only (logged, counted, retried
   with backoff), never the monitor.
 """
