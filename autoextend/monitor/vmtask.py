@@ -10,8 +10,9 @@ drive and at most one live timer.
 
 The collaborators it hands itself to (as a :class:`~.context.VmView`) do one thing each:
 :class:`~.migrating.MigrationSteps` (a live migration's views), :class:`~.extension.
-Extensions` (one drive's extension), :class:`~.jobs.JobSteps` (block jobs) and
-:class:`~.resume.ResumeSteps` (resume and kill).
+Extensions` (one drive's extension), :class:`~.jobs.JobSteps` (block jobs),
+:class:`~.resume.ResumeSteps` (resume and kill) and :class:`~.views.ViewSteps` (the view
+check at the VM's appearance, and the audit's findings).
 """
 
 from __future__ import annotations
