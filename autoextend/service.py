@@ -39,6 +39,7 @@ from autoextend.control import ControlServer
 from autoextend.errors import AutoextendError, ConfigError
 from autoextend.logs import get_logger
 from autoextend.lvm import factory
+from autoextend.lvm.discard import Discarded
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.reserve import FreeSpaceBackend
 from autoextend.metrics import Metrics, serve_metrics
@@ -84,7 +85,8 @@ class HeldReload:
 
 
 def make_volume_backend(
-    settings: Settings, authority: SpmAuthority | None = None
+    settings: Settings, authority: SpmAuthority | None = None,
+    discarded: Discarded | None = None,
 ) -> FreeSpaceBackend:
     """The host's volume backend. Single-host (local extender) mode: this host is the only
     writer, by configuration (``LocalAuthority``). In mailbox mode the host side gets no
@@ -94,6 +96,7 @@ def make_volume_backend(
     return factory.make_pool_backend(
         settings.volumes, settings.lvm, authority,
         reserves_mib=settings.policy.vg_reserve_mib, extent_mib=settings.policy.extent_mib,
+        discarded=discarded,
     )
 
 
@@ -131,12 +134,13 @@ def make_hypervisor(
 
 
 def make_cluster_agent(
-    settings: Settings, host_backend: VolumeBackend, clock: Clock, checks: Checks = ALL_ON
+    settings: Settings, host_backend: VolumeBackend, clock: Clock, checks: Checks = ALL_ON,
+    discarded: Discarded | None = None,
 ) -> ClusterAgent:
     """Mailbox mode: the agent, with its sections and the SPM's per-term backend factory."""
 
     def spm_backend(term: SpmAuthority) -> FreeSpaceBackend:
-        return make_volume_backend(settings, term)
+        return make_volume_backend(settings, term, discarded)
 
     return ClusterAgent(settings.lease, settings.mailbox, settings.lvm.vgs, host_backend,
                         spm_backend, clock, checks=checks)
@@ -169,11 +173,13 @@ class Service:
         self.notifier = notifier or Notifier()
         # In dependency order: volumes, then the extender (the cluster agent's in mailbox
         # mode: it waits inside for the agent to join), then the hypervisor and the monitor.
-        self.backend = make_volume_backend(settings)
+        self.discarded = Discarded()  # every writer's discards, across SPM terms
+        self.backend = make_volume_backend(settings, discarded=self.discarded)
         self.cluster: ClusterAgent | None = None
         self.extender: Extender
         if settings.service.extender == "mailbox":
-            self.cluster = make_cluster_agent(settings, self.backend, self.clock, checks)
+            self.cluster = make_cluster_agent(settings, self.backend, self.clock, checks,
+                                              self.discarded)
             self.extender = self.cluster.extender()
         else:
             self.extender = LocalExtender(self.backend)
@@ -183,7 +189,13 @@ class Service:
             "autoextend_chunk_bytes",
             "The chunk in use per volume (chunk_mib, or the write-rate chunk)",
             lambda: {str(v): c for v, c in self.chunks.chunks().items()})
-        observers: list[MonitorObserver] = [self.tally, self.metrics, self.chunks]
+        # The capacity part before the monitor: the monitor takes its gate and tells it (an
+        # observer) of clean stops; the part gets the monitor's queries in run().
+        self.capacity = CapacityPart(settings, self.backend, self.clock, self.metrics.registry,
+                                     cluster=self.cluster,
+                                     on_level=lambda: self.notifier.status(self.summary()))
+        observers: list[MonitorObserver] = [self.tally, self.metrics, self.chunks,
+                                            self.capacity]
         if observer is not None:
             observers.append(observer)
         self.monitor = Monitor(
@@ -198,17 +210,14 @@ class Service:
             lease_ok=self._host_lease_valid if self.cluster is not None else None,
             extend_deadline_s=timeouts.extension_deadline_s(settings),
             views=self.backend,
+            space_gate=self.capacity.gate,
             view_sizes=make_view_sizes(self.backend),
             checks=checks,
         )
-        self.capacity = CapacityPart(settings, self.backend, self.monitor, self.clock,
-                                     self.metrics.registry, cluster=self.cluster)
-        if self.capacity.watcher is not None:
-            self.capacity.watcher.on_level = lambda: self.notifier.status(self.summary())
         self.control = ControlServer(settings.service.control_socket)
         self.control.register("status", self._status)
         self.control.register("spm_step_down", self._step_down)
-        self.control.register("volume_reduce", self.capacity.handle_reduce)
+        self.control.register("volume_reduce", self._volume_reduce)
         self.control.register("volume_prepare", self._volume_prepare)
         self.incoming = prepare.IncomingWatch(
             self.backend, lambda vm: self.monitor.settled(vm),
@@ -222,6 +231,11 @@ class Service:
         self._export_input_metrics()
         if self.cluster is not None:
             self._export_cluster_metrics(self.cluster)
+
+    async def _volume_reduce(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Control command ``volume_reduce`` (``capacity/reduce.py``), checked against the
+        monitor's volumes in use."""
+        return await self.capacity.handle_reduce(request, self.monitor)
 
     async def _volume_prepare(self, request: dict[str, Any]) -> dict[str, Any]:
         """Control command ``volume_prepare``: ``{"volumes": ["vg/lv", ...], "paths":
@@ -269,6 +283,9 @@ class Service:
         m.counter_from("autoextend_control_accept_errors_total",
                        "Control socket accept() failures (out of file descriptors)",
                        lambda: float(control.accept_errors))
+        m.counter_from("autoextend_discarded_bytes_total",
+                       "Bytes of freed extents given back to the array (BLKDISCARD after a "
+                       "reduce or remove)", lambda: float(self.discarded.bytes))
 
     def _host_lease_valid(self) -> bool:
         """Mailbox mode: resume a VM after an I/O error only while this host's lease holds
@@ -457,7 +474,7 @@ class Service:
                 await tg.start(self.monitor.run)
             tg.start_soon(self.notifier.watchdog_loop, self.clock)
             tg.start_soon(self._status_loop)
-            tg.start_soon(self.capacity.run)
+            tg.start_soon(self.capacity.run, self.monitor)
             tg.start_soon(self.incoming.run)
             self.notifier.ready(self.summary())
             log.info("service ready", hypervisor=self.settings.service.hypervisor,

@@ -16,6 +16,7 @@ This module imports no backend package, so every layer may import it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -60,6 +61,28 @@ class ExtendResult:
 
     size: int
     changed: bool
+
+
+@dataclass(frozen=True)
+class VgFigures:
+    """One VG as read from its backend: ``size`` and ``free`` in bytes."""
+
+    vg: str
+    size: int
+    free: int
+
+
+class ReportsVgFigures(Protocol):
+    """The pool's VG figures: what the capacity watcher reads. The pool backends (lvm, loop,
+    the reserve guard passing on to what it wraps, the in-memory one) implement it; so does
+    the capacity part's published source (the SPM's record, in mailbox mode)."""
+
+    async def vg_figures(self, vgs: Sequence[str]) -> list[VgFigures]:
+        """Figures of those of ``vgs`` that have them (a loop or in-memory VG without a
+        capacity is left out), and so is a VG that does not exist. Raises AutoextendError
+        (or OSError) when the look fails as a whole.
+        Reads only: a host without the authority to write answers the same."""
+        ...
 
 
 class VolumeBackend(Protocol):

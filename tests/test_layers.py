@@ -637,3 +637,114 @@ def test_the_probe_count_sees_a_probe() -> None:
 def test_at_most_five_capability_probes() -> None:
     probes = capability_probes(sources_of("autoextend"))
     assert len(probes) <= MAX_CAPABILITY_PROBES, "\n".join(probes)
+
+
+# ---- no Any at a seam of capacity/ ---------------------------------------------------------
+
+# A JSON payload (the control socket's requests and answers, ``status``): ``dict[str, Any]``
+# or ``Mapping[str, Any]``, or a list or sequence of them, optionally ``| None``.
+PAYLOADS = ("dict", "Mapping")
+PAYLOAD_LISTS = ("list", "Sequence")
+
+
+def _is_any(node: ast.expr) -> bool:
+    return ast.unparse(node) in ("Any", "typing.Any", "t.Any")
+
+
+def _is_payload(node: ast.expr) -> bool:
+    """``node`` is a JSON payload type: ``dict[str, Any]`` / ``Mapping[str, Any]``, a
+    ``list`` / ``Sequence`` of those, or one of those ``| None``."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        sides = (node.left, node.right)
+        return (any(ast.unparse(s) == "None" for s in sides)
+                and all(ast.unparse(s) == "None" or _is_payload(s) for s in sides))
+    if not isinstance(node, ast.Subscript):
+        return False
+    name = ast.unparse(node.value).rpartition(".")[2]
+    args = node.slice
+    if name in PAYLOADS and isinstance(args, ast.Tuple) and len(args.elts) == 2:
+        return ast.unparse(args.elts[0]) == "str" and _is_any(args.elts[1])
+    return name in PAYLOAD_LISTS and _is_payload(args)
+
+
+def _annotation(node: ast.expr) -> ast.expr:
+    """The annotation as an expression (a quoted one parsed)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return ast.parse(node.value, mode="eval").body
+    return node
+
+
+def any_seams(sources: dict[str, str]) -> list[str]:
+    """``path:line what: annotation`` for every annotation in ``sources`` that mentions
+    ``Any`` and is not a JSON payload (:func:`_is_payload`): function parameters (``*args``,
+    ``**kwargs`` and lambdas' none included), return types, and annotated assignments
+    (``self.x: T = ...``, class fields, module variables). Strict on purpose: ``Any`` inside
+    anything else (``Callable[[], list[dict[str, Any]]]``, ``list[Any]``, ``Iterator[Any]``)
+    is a collaborator or a value whose type is unknown, and a collaborator is a Protocol or a
+    concrete type. An alias of ``Any`` (``from typing import Any as A``, ``A = Any``) is
+    refused outright, since the check matches the name."""
+    found = []
+    for rel, text in sources.items():
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            where = f"{rel}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.ImportFrom) and node.module == "typing":
+                found += [f"{where} alias of Any: {a.asname}" for a in node.names
+                          if a.name == "Any" and a.asname]
+            elif (isinstance(node, ast.Assign) and _is_any(node.value)):
+                found.append(f"{where} alias of Any: {ast.unparse(node)}")
+            annotated: list[tuple[str, ast.expr]] = []
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                a = node.args
+                params = [*a.posonlyargs, *a.args, *a.kwonlyargs,
+                          *([a.vararg] if a.vararg else []), *([a.kwarg] if a.kwarg else [])]
+                annotated += [(f"{node.name}({p.arg})", p.annotation) for p in params
+                              if p.annotation is not None]
+                if node.returns is not None:
+                    annotated.append((f"{node.name} returns", node.returns))
+            elif isinstance(node, ast.AnnAssign):
+                annotated.append((ast.unparse(node.target), node.annotation))
+            for what, ann in annotated:
+                expr = _annotation(ann)
+                if any(_is_any(n) for n in ast.walk(expr) if isinstance(n, ast.expr)) and \
+                        not _is_payload(expr):
+                    found.append(f"{where} {what}: {ast.unparse(expr)}")
+    return sorted(found, key=lambda f: (f.split(":")[0], int(f.split(":")[1].split()[0])))
+
+
+def test_the_any_check_sees_the_old_capacity_seams() -> None:
+    """The seams capacity/ had (issue 26), and the payloads that stay allowed."""
+    old = ("class PublishedSource:\n"
+           "    def __init__(self, cluster: Any, local: VgSource) -> None:\n"
+           "        self.cluster: Any = cluster\n"
+           "    async def _publish(self, storage: Any, term: 'Any', offset: int) -> None: ...\n"
+           "class Reducer:\n"
+           "    def __init__(self, settings: Any,\n"
+           "                 vms: Callable[[], list[dict[str, Any]]]) -> None: ...\n"
+           "    def collect(self) -> Iterator[Any]: ...\n"
+           "def mailbox_reduce(cluster: Any | None, *rest: Any) -> None: ...\n")
+    assert [f.split(" ", 1)[1] for f in any_seams({"m.py": old})] == [
+        "__init__(cluster): Any", "self.cluster: Any", "_publish(storage): Any",
+        "_publish(term): Any", "__init__(settings): Any",
+        "__init__(vms): Callable[[], list[dict[str, Any]]]", "collect returns: Iterator[Any]",
+        "mailbox_reduce(cluster): Any | None", "mailbox_reduce(rest): Any"]
+    payloads = ("async def handle(self, request: dict[str, Any]) -> dict[str, Any]: ...\n"
+                "def render(capacity: Mapping[str, Any] | None) -> list[str]: ...\n"
+                "def snapshot(self) -> list[dict[str, Any]]: ...\n"
+                "x: 'dict[str, Any] | None' = None\n")
+    assert any_seams({"p.py": payloads}) == []
+    aliases = "from typing import Any as Anything\nLoose = Any\n"
+    assert len(any_seams({"a.py": aliases})) == 2
+    # Not payloads: Any as a key, a dict keyed by anything else, Any | int.
+    loose = ("def f(a: dict[Any, str], b: dict[int, Any], c: Any | int) -> None: ...\n")
+    assert len(any_seams({"l.py": loose})) == 3
+
+
+def test_no_any_typed_collaborator_in_capacity() -> None:
+    assert any_seams(sources_of("autoextend/capacity")) == []
+
+
+def test_capacity_picks_no_backend_by_class() -> None:
+    """The VG figures are a capability of the pool backend (``vg_figures``): capacity/
+    imports no volume backend to ask ``isinstance`` of."""
+    assert violations(py_files("autoextend/capacity"), ("autoextend.lvm",)) == []

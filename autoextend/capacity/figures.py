@@ -25,6 +25,11 @@ import enum
 import math
 from dataclasses import dataclass
 
+from autoextend.volumes import VgFigures
+
+__all__ = ["Level", "Levels", "MiB", "VgFigures", "headroom_seconds", "level_of",
+           "overcommit_ratio", "reduce_target", "round_up", "update_rate"]
+
 MiB = 1 << 20
 
 
@@ -41,15 +46,6 @@ class Levels:
 
     warn_free_percent: float
     critical_free: int
-
-
-@dataclass(frozen=True)
-class VgFigures:
-    """One VG as read from its backend: ``size`` and ``free`` in bytes."""
-
-    vg: str
-    size: int
-    free: int
 
 
 def level_of(size: int, free: int, levels: Levels) -> Level:

@@ -4,10 +4,9 @@ and the counter of space given back by reduces."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from autoextend.capacity.figures import Level, overcommit_ratio
 from autoextend.capacity.watch import CapacityWatcher
@@ -30,7 +29,7 @@ class CapacityCollector:
         self.watcher = watcher
         self.reduced = reduced  # (reduces done, bytes given back)
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Metric]:
         families = {name: GaugeMetricFamily(name, doc, labels=["vg"]) for name, doc in GAUGES}
         for vg, st in sorted(self.watcher.state.items()):
             f = st.figures
@@ -45,7 +44,7 @@ class CapacityCollector:
         yield CounterMetricFamily("autoextend_volume_reduced_bytes",
                                   "Bytes given back to the VGs by reduces", value=given)
 
-    def describe(self) -> list[Any]:
+    def describe(self) -> list[Metric]:
         return []
 
 

@@ -1,25 +1,27 @@
 """Mailbox mode: the SPM publishes its VG figures (``record.py``); other hosts read them.
 
 :class:`PublishedSource` is the watcher's source on every host of a pool. While this host
-holds the SPM term it asks its own backend (``vgs``) and writes the record when the figures
-changed or ``publish_interval_s`` passed (checking the term before the write); otherwise it
-reads the record. A record whose ``seq`` has not moved for 3 x ``publish_interval_s`` is
-stale (no SPM, or a frozen one): the look fails (logged once by the watcher) and the last
-figures stay. A record that fails its checks is counted and never used.
+holds the SPM term it asks its own backend (``vg_figures``: ``vgs`` for lvm) and writes the
+record when the figures changed or ``publish_interval_s`` passed (checking the term before
+the write); otherwise it reads the record. A record whose ``seq`` has not moved for 3 x
+``publish_interval_s`` is stale (no SPM, or a frozen one): the look fails (logged once by
+the watcher) and the last figures stay. A record that fails its checks is counted and never
+used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Protocol
 
 from autoextend.capacity import record
 from autoextend.capacity.config import CapacitySettings
 from autoextend.capacity.figures import VgFigures
-from autoextend.capacity.sources import VgSource
 from autoextend.clock import Clock
 from autoextend.errors import AutoextendError
 from autoextend.logs import get_logger
+from autoextend.sectors import SectorStorage
+from autoextend.volumes import ReportsVgFigures, SpmAuthority
 
 log = get_logger("capacity")
 
@@ -28,10 +30,35 @@ class FiguresUnavailable(AutoextendError):
     pass
 
 
+class HoldsTerm(Protocol):
+    """The lease engine as the record's writer sees it: the SPM term while this host holds
+    it (checked before every write)."""
+
+    @property
+    def term(self) -> SpmAuthority | None: ...
+
+
+class PoolMember(Protocol):
+    """This host's membership in the pool (the cluster agent): the shared storage and the
+    lease once it has joined (None before), and its host id."""
+
+    @property
+    def host_id(self) -> int: ...
+
+    @property
+    def storage(self) -> SectorStorage | None: ...
+
+    @property
+    def lease(self) -> HoldsTerm | None: ...
+
+
 class PublishedSource:
-    def __init__(self, cluster: Any, local: VgSource, settings: CapacitySettings,
-                 area_offset: int, clock: Clock) -> None:
-        self.cluster = cluster  # ClusterAgent: .storage, .lease (.term), .host_id
+    """A :class:`~autoextend.volumes.ReportsVgFigures`: this host's backend (``local``) while
+    it is the SPM, which publishes them; the SPM's record otherwise."""
+
+    def __init__(self, cluster: PoolMember, local: ReportsVgFigures,
+                 settings: CapacitySettings, area_offset: int, clock: Clock) -> None:
+        self.cluster = cluster
         self.local = local
         self.settings = settings
         self.area_offset = area_offset
@@ -43,7 +70,7 @@ class PublishedSource:
         self.bad_records = 0
         self._seen: tuple[int, int, float] | None = None  # (host, seq, when it changed)
 
-    async def figures(self, vgs: Sequence[str]) -> list[VgFigures]:
+    async def vg_figures(self, vgs: Sequence[str]) -> list[VgFigures]:
         storage = self.cluster.storage
         lease = self.cluster.lease
         if storage is None or lease is None:
@@ -51,7 +78,7 @@ class PublishedSource:
         offset = record.record_offset(self.area_offset, storage.sector_size)
         term = lease.term
         if term is not None:
-            figs = await self.local.figures(vgs)
+            figs = await self.local.vg_figures(vgs)
             await self._publish(storage, term, offset, tuple(figs))
             return figs
         raw = await storage.read(offset, storage.sector_size)
@@ -72,7 +99,7 @@ class PublishedSource:
         wanted = set(vgs)
         return [f for f in rec.figures if f.vg in wanted]
 
-    async def _publish(self, storage: Any, term: Any, offset: int,
+    async def _publish(self, storage: SectorStorage, term: SpmAuthority, offset: int,
                        figs: tuple[VgFigures, ...]) -> None:
         now = self.clock.now()
         if figs == self.published and now - self.published_at < self.settings.publish_interval_s:

@@ -28,7 +28,7 @@ the volume's size after the command; exit 1 names it too.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -36,9 +36,11 @@ import anyio
 
 from autoextend.capacity.figures import reduce_target
 from autoextend.capacity.qcheck import ImageCheckError, check_image, open_by
+from autoextend.config import Settings
 from autoextend.errors import AutoextendError
 from autoextend.logs import get_logger
 from autoextend.monitor import overrides
+from autoextend.monitor.core import VolumeInUse
 from autoextend.monitor.protocols import DriveInfo
 from autoextend.names import is_valid_name
 from autoextend.volumes import (
@@ -60,6 +62,13 @@ class ReduceBackend(VolumeBackend, Protocol):
     """What the reducer needs of the host's volume backend (``reduce`` and
     ``holders_paths`` are on every one; optional: ``KnowsExtent``, and ``FileBacked``
     under its ``Wraps`` layers)."""
+
+
+class VolumesInUse(Protocol):
+    """Who uses which volume on this host now: the monitor's typed query (asked under the
+    reducer's lock, right before the other checks)."""
+
+    def volumes_in_use(self) -> Sequence[VolumeInUse]: ...
 
 
 class ReduceRefused(AutoextendError):
@@ -123,35 +132,35 @@ class Reducer:
     def __init__(
         self,
         backend: ReduceBackend,
-        settings: Any,
-        vms: Callable[[], list[dict[str, Any]]],
+        settings: Settings,
         *,
         remote: RemoteReduce | None = None,
     ) -> None:
+        """``settings``: ``[lvm] vgs`` (the pool) and ``[policy]`` (chunk, extent), replaced
+        on reload; ``remote``: mailbox mode's request to the SPM (None: local mode, the
+        backend reduces)."""
         self.backend = backend
         self.settings = settings
-        self._vms = vms
         self.remote = remote
         self.reduces = 0
         self.given_back = 0
         self._lock = anyio.Lock()
 
-    async def reduce(self, volume: VolumeRef, *, dry_run: bool = False,
+    async def reduce(self, volume: VolumeRef, users: VolumesInUse, *, dry_run: bool = False,
                      exclude_vm: str | None = None) -> ReducePlan:
+        """Reduce ``volume`` (see the module docs); ``users``: the monitor, asked whether a
+        VM (other than ``exclude_vm``) uses it. Raises ReduceRefused."""
         async with self._lock:
-            return await self._reduce(volume, dry_run, exclude_vm)
+            return await self._reduce(volume, users, dry_run, exclude_vm)
 
-    async def _reduce(self, volume: VolumeRef, dry_run: bool,
+    async def _reduce(self, volume: VolumeRef, users: VolumesInUse, dry_run: bool,
                       exclude_vm: str | None) -> ReducePlan:
         pool = self.settings.lvm.vgs
         if pool and volume.vg not in pool:
             raise ReduceRefused(volume, f"VG {volume.vg} is not in the pool ({', '.join(pool)})")
-        for vm in self._vms():
-            if vm["vm"] == exclude_vm:
-                continue
-            for d in vm["drives"]:
-                if d["volume"] == str(volume):
-                    raise ReduceRefused(volume, f"VM {vm['vm']} uses it (drive {d['drive']})")
+        for use in users.volumes_in_use():
+            if use.volume == volume and use.vm != exclude_vm:
+                raise ReduceRefused(volume, f"VM {use.vm} uses it (drive {use.drive})")
         try:
             paths = list(self.backend.holders_paths(volume))
         except AutoextendError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def _mib(n: Any) -> str:
+def _mib(n: int | float) -> str:
     value = int(n) / (1 << 20)
     return f"{value / 1024:.1f}GiB" if value >= 1024 else f"{value:.1f}MiB"
 

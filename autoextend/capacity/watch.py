@@ -3,14 +3,17 @@
 Per VG it keeps the last figures, the moving average of consumed bytes per second and the
 level (``figures.py``). It
 
-* logs a level crossing once (``volume group space level changed``, warning or error);
-* calls ``on_space(vg)`` when free space grew (``vgextend``, a raised loop VG capacity, a
-  reduce), so extensions that failed for a full VG retry at once instead of at their next
-  backoff step;
+* logs a level crossing once (``volume group space level changed``, warning or error) and
+  calls ``on_level()`` (the service's STATUS= line);
+* tells which VGs gained free space (``vgextend``, a raised loop VG capacity, a reduce):
+  the capacity part wakes their drives, so extensions that failed for a full VG retry at
+  once instead of at their next backoff step;
 * answers the monitor's gate: at the critical level only drives whose VM paused on ENOSPC
   are extended (the last space goes to the VMs that are stopped).
 
-A failed look is logged once (and again when it works) and never stops the watcher.
+It knows nothing of the monitor: each look is given the VGs to look at and their committed
+bytes (``wiring.py`` takes both from the monitor's typed query). A failed look is logged
+once (and again when it works) and never stops the watcher.
 """
 
 from __future__ import annotations
@@ -31,10 +34,9 @@ from autoextend.capacity.figures import (
     overcommit_ratio,
     update_rate,
 )
-from autoextend.capacity.sources import VgSource
 from autoextend.clock import Clock
 from autoextend.logs import get_logger
-from autoextend.volumes import VolumeRef
+from autoextend.volumes import ReportsVgFigures, VolumeRef
 
 log = get_logger("capacity")
 
@@ -70,52 +72,48 @@ class CapacityWatcher:
     def __init__(
         self,
         settings: CapacitySettings,
-        source: VgSource,
+        source: ReportsVgFigures,
         clock: Clock,
         *,
-        vgs: Callable[[], Iterable[str]],
-        committed: Callable[[], Mapping[str, int]] = dict,
-        on_space: Callable[[str], object] = lambda vg: None,
+        on_level: Callable[[], object] = lambda: None,
     ) -> None:
+        """``source``: the pool backend, or the SPM's published record (mailbox mode);
+        ``on_level``: called after every level change."""
         self.settings = settings
         self.source = source
         self.clock = clock
-        self._vgs = vgs
-        self._committed = committed
-        self._on_space = on_space
+        self._on_level = on_level
         self.state: dict[str, VgState] = {}
         self.looks = 0
         self.failures = 0
         self._failing = False
         self.looked = anyio.Event()  # set after each look (tests wait on it)
-        self.on_level: Callable[[], object] = lambda: None  # a level changed (STATUS=)
         # Every level change: (time, vg, new level, free, size, free at the look before).
         self.changes: list[tuple[float, str, Level, int, int, int | None]] = []
 
-    async def run(self) -> None:
-        while True:
-            await self.look()
-            await self.clock.sleep(self.settings.poll_interval_s)
-
-    async def look(self) -> None:
-        """One look at every VG; never raises (but cancellation)."""
-        names = sorted(set(self._vgs()))
+    async def look(self, vgs: Iterable[str], committed: Mapping[str, int]) -> list[str]:
+        """One look at ``vgs``, with the bytes committed in each (the caps of its volumes in
+        use); the VGs that gained free space since the last look. Never raises (but
+        cancellation): a failed look gains nothing."""
+        names = sorted(set(vgs))
         try:
-            found = await self.source.figures(names)
+            found = await self.source.vg_figures(names)
         except Exception as exc:  # noqa: BLE001 - a failed look must not stop the watcher
             self.failures += 1
             if not self._failing:
                 log.warning("volume group figures unavailable", error=str(exc) or repr(exc))
             self._failing = True
-            return
+            return []
         if self._failing:
             log.info("volume group figures available again")
             self._failing = False
-        self.update(found, self.clock.now())
+        return self.update(found, self.clock.now(), committed)
 
-    def update(self, found: Iterable[VgFigures], now: float) -> None:
-        """Take fresh figures (from the backend, or the SPM's published record)."""
-        committed = self._committed()
+    def update(self, found: Iterable[VgFigures], now: float,
+               committed: Mapping[str, int]) -> list[str]:
+        """Take fresh figures (from the backend, or the SPM's published record); the VGs
+        that gained free space."""
+        gained: list[str] = []
         for f in found:
             st = self.state.get(f.vg)
             if st is None:
@@ -130,11 +128,12 @@ class CapacityWatcher:
                 if f.free > before.free:
                     log.info("volume group gained space", vg=f.vg, free=f.free,
                              gained=f.free - before.free)
-                    self._on_space(f.vg)
+                    gained.append(f.vg)
             st.committed = committed.get(f.vg, 0)
         self.looks += 1
         self.looked.set()
         self.looked = anyio.Event()
+        return gained
 
     def _set_level(self, st: VgState, free_before: int | None, now: float) -> None:
         f = st.figures
@@ -148,7 +147,7 @@ class CapacityWatcher:
                was=st.level.value, free=f.free, size=f.size, free_percent=pct)
         st.level = level
         self.changes.append((now, f.vg, level, f.free, f.size, free_before))
-        self.on_level()
+        self._on_level()
 
     def gate(self, volume: VolumeRef, paused_enospc: bool) -> str | None:
         """The monitor's space gate: hold back extensions of a critical VG's running VMs."""

@@ -1,42 +1,81 @@
-"""The capacity part of one service: the watcher, its gauges, the monitor's hooks, and the
-``volume_reduce`` control command (see ``reduce.py``)."""
+"""The capacity part of one service: the watcher, its gauges, the monitor's gate, reduce on
+a clean stop, and the ``volume_reduce`` control command (see ``reduce.py``).
+
+Built before the monitor, which takes two things from it at construction: :meth:`gate`
+(its ``space_gate``) and the part itself as an observer (:meth:`notify`: a
+:class:`~autoextend.monitor.observer.CleanStop` queues the VM's volumes for
+``[policy] reduce_on_stop``). What the part needs of the monitor is its typed query of the
+volumes in use and its ``space_added`` (:class:`MonitorQueries`), given to :meth:`run`
+and :meth:`handle_reduce`: no object is wired into another after construction.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
 from autoextend.capacity import metrics as capacity_metrics
-from autoextend.capacity.published import PublishedSource
+from autoextend.capacity.published import PoolMember, PublishedSource
 from autoextend.capacity.reduce import (
+    ReduceBackend,
     Reducer,
     ReduceRefused,
     ReduceUnanswered,
     RemoteReduce,
+    VolumesInUse,
     parse_volume,
 )
-from autoextend.capacity.sources import VgSource, source_for
 from autoextend.capacity.watch import CapacityWatcher
 from autoextend.clock import Clock
 from autoextend.errors import AutoextendError
 from autoextend.logs import get_logger
+from autoextend.monitor.core import VolumeInUse
+from autoextend.monitor.observer import CleanStop, MonitorEvent
 from autoextend.spm.errors import MailboxClosed, MailboxTimeout
-from autoextend.spm.wire import OP_REDUCE, OP_REDUCE_CHECK, Status
-from autoextend.volumes import VolumeRef
+from autoextend.spm.wire import OP_REDUCE, OP_REDUCE_CHECK, Reply, Status
+from autoextend.volumes import ReportsVgFigures, VolumeRef
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from autoextend.config import Settings
-    from autoextend.monitor.core import Monitor
 
 log = get_logger("capacity")
 STOPPED_QUEUE = 64
 STOP_RETRIES = 20
 
 
-def mailbox_reduce(cluster: Any) -> RemoteReduce:
+class CapacityBackend(ReduceBackend, ReportsVgFigures, Protocol):
+    """The host's pool backend as the capacity part uses it: the volume boundary (a reduce,
+    the holders, the sizes) and the VGs' figures."""
+
+
+class MailboxHost(Protocol):
+    """This host's side of the SPM mailbox (``spm.host.HostMailbox``), as a reduce uses it.
+    Raises MailboxTimeout or MailboxClosed when no reply comes."""
+
+    async def request(self, volume: VolumeRef, size: int, *, op: int = ...) -> Reply: ...
+
+
+class Pool(PoolMember, Protocol):
+    """Mailbox mode: this host in the pool (the cluster agent): the published figures'
+    storage and lease, and the mailbox once it has joined (None before)."""
+
+    @property
+    def mailbox(self) -> MailboxHost | None: ...
+
+
+class MonitorQueries(VolumesInUse, Protocol):
+    """What the capacity part asks of the monitor while it runs."""
+
+    def space_added(self, vg: str) -> int:
+        """The VG gained free space: wake its drives waiting to retry; how many woke."""
+        ...
+
+
+def mailbox_reduce(cluster: Pool) -> RemoteReduce:
     """Mailbox mode: a REDUCE (or, ``check``, a REDUCE_CHECK) request to the SPM; the size
     it leaves (or would), or ReduceRefused, or ReduceUnanswered (it may have acted)."""
     async def remote(volume: VolumeRef, size: int, check: bool) -> int:
@@ -55,16 +94,12 @@ def mailbox_reduce(cluster: Any) -> RemoteReduce:
     return remote
 
 
-def committed_by_vg(vms: list[dict[str, Any]]) -> dict[str, int]:
-    """Sum of the caps of the volumes in the monitor's snapshot, per VG (each volume once)."""
-    caps: dict[str, int] = {}
-    for vm in vms:
-        for d in vm["drives"]:
-            caps[str(d["volume"])] = int(d["cap"])
+def committed_by_vg(in_use: Iterable[VolumeInUse]) -> dict[str, int]:
+    """Sum of the caps of the volumes in use, per VG (each volume once)."""
+    caps = {use.volume: use.cap for use in in_use}
     out: dict[str, int] = {}
     for volume, cap in caps.items():
-        vg = volume.partition("/")[0]
-        out[vg] = out.get(vg, 0) + cap
+        out[volume.vg] = out.get(volume.vg, 0) + cap
     return out
 
 
@@ -72,49 +107,60 @@ class CapacityPart:
     def __init__(
         self,
         settings: Settings,
-        backend: Any,
-        monitor: Monitor,
+        backend: CapacityBackend,
         clock: Clock,
         registry: CollectorRegistry,
-        source: VgSource | None = None,
-        cluster: Any = None,
+        *,
+        cluster: Pool | None = None,
+        on_level: Callable[[], object] = lambda: None,
     ) -> None:
+        """``cluster``: mailbox mode (None: local mode); ``on_level``: a VG's level changed
+        (the service's STATUS= line)."""
         self.settings = settings
-        self.monitor = monitor
         self.clock = clock
         self._stopped_send, self._stopped = anyio.create_memory_object_stream[
-            tuple[str, list[VolumeRef]]](STOPPED_QUEUE)
-        monitor.on_clean_stop = self._on_clean_stop
-        self.reducer = Reducer(backend, settings, monitor.snapshot,
+            tuple[str, tuple[VolumeRef, ...]]](STOPPED_QUEUE)
+        self.reducer = Reducer(backend, settings,
                                remote=None if cluster is None else mailbox_reduce(cluster))
-        source = source or source_for(backend)
+        source: ReportsVgFigures = backend
         self.published: PublishedSource | None = None
-        if source is not None and cluster is not None:
+        if cluster is not None:
             self.published = source = PublishedSource(
-                cluster, source, settings.capacity, settings.lease.offset, clock)
+                cluster, backend, settings.capacity, settings.lease.offset, clock)
         self.watcher: CapacityWatcher | None = None
-        if source is not None and settings.capacity.enabled:
-            self.watcher = CapacityWatcher(
-                settings.capacity, source, clock, vgs=self._vgs,
-                committed=lambda: committed_by_vg(monitor.snapshot()),
-                on_space=monitor.space_added)
-            monitor.space_gate = self.watcher.gate
+        if settings.capacity.enabled:
+            self.watcher = CapacityWatcher(settings.capacity, source, clock, on_level=on_level)
             capacity_metrics.register(registry, capacity_metrics.CapacityCollector(
                 self.watcher, lambda: (self.reducer.reduces, self.reducer.given_back)))
 
-    def _vgs(self) -> set[str]:
+    # ----------------------------------------------------------------- for the monitor
+
+    def gate(self, volume: VolumeRef, paused_enospc: bool) -> str | None:
+        """The monitor's ``space_gate``: why an extension of ``volume`` must wait (its VG is
+        at its critical level and the VM is not paused on ENOSPC), or None."""
+        if self.watcher is None:
+            return None
+        return self.watcher.gate(volume, paused_enospc)
+
+    def notify(self, event: MonitorEvent) -> None:
+        """A monitor observer: a guest shut down cleanly; reduce its volumes
+        (``[policy] reduce_on_stop``)."""
+        match event:
+            case CleanStop(vm=vm, volumes=volumes):
+                self._on_clean_stop(vm, volumes)
+
+    def _vgs(self, in_use: Iterable[VolumeInUse]) -> set[str]:
         names = set(self.settings.lvm.vgs)
-        for vm in self.monitor.snapshot():
-            for d in vm["drives"]:
-                names.add(str(d["volume"]).partition("/")[0])
+        names.update(use.volume.vg for use in in_use)
         return names
 
-    async def handle_reduce(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def handle_reduce(self, request: dict[str, Any],
+                            monitor: VolumesInUse) -> dict[str, Any]:
         """Control command ``volume_reduce``: ``{"volume": "vg/lv", "dry_run": bool}``."""
         volume = request.get("volume")
         if not isinstance(volume, str):
             raise ValueError("volume_reduce needs \"volume\": \"VG/LV\"")
-        plan = await self.reducer.reduce(parse_volume(volume),
+        plan = await self.reducer.reduce(parse_volume(volume), monitor,
                                          dry_run=request.get("dry_run") is True)
         return plan.as_dict()
 
@@ -126,14 +172,24 @@ class CapacityPart:
         if self.published is not None:
             self.published.settings = settings.capacity
 
-    async def run(self) -> None:
+    async def run(self, monitor: MonitorQueries) -> None:
+        """The watcher's looks and the reduces after clean stops, until cancelled."""
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._reduce_stopped)
+            tg.start_soon(self._reduce_stopped, monitor)
             if self.watcher is not None:
-                await self.watcher.run()
+                await self._watch(self.watcher, monitor)
 
-    def _on_clean_stop(self, vm: str, volumes: list[VolumeRef]) -> None:
-        """``[policy] reduce_on_stop``: a guest shut down cleanly; reduce its volumes."""
+    async def _watch(self, watcher: CapacityWatcher, monitor: MonitorQueries) -> None:
+        """Every ``poll_interval_s``: look at the pool's VGs and those of the volumes in
+        use; wake the drives of a VG that gained space."""
+        while True:
+            in_use = monitor.volumes_in_use()
+            for vg in await watcher.look(self._vgs(in_use), committed_by_vg(in_use)):
+                monitor.space_added(vg)
+            await self.clock.sleep(watcher.settings.poll_interval_s)
+
+    def _on_clean_stop(self, vm: str, volumes: tuple[VolumeRef, ...]) -> None:
+        """``[policy] reduce_on_stop``: queue the volumes (never blocks the monitor)."""
         if not self.settings.policy.reduce_on_stop or not volumes:
             return
         try:
@@ -141,17 +197,18 @@ class CapacityPart:
         except anyio.WouldBlock:
             log.warning("too many stopped VMs queued for reduce; skipping", vm=vm)
 
-    async def _reduce_stopped(self) -> None:
+    async def _reduce_stopped(self, monitor: VolumesInUse) -> None:
         async for vm, volumes in self._stopped:
             for volume in volumes:
-                await self._reduce_after_stop(vm, volume)
+                await self._reduce_after_stop(vm, volume, monitor)
 
-    async def _reduce_after_stop(self, vm: str, volume: VolumeRef) -> None:
+    async def _reduce_after_stop(self, vm: str, volume: VolumeRef,
+                                 monitor: VolumesInUse) -> None:
         """QEMU may hold the device a moment after the guest's shutdown: retry that
         refusal for up to 10 s; any other refusal is logged and ends the attempt."""
         for attempt in range(STOP_RETRIES):
             try:
-                plan = await self.reducer.reduce(volume, exclude_vm=vm)
+                plan = await self.reducer.reduce(volume, monitor, exclude_vm=vm)
             except ReduceRefused as exc:
                 if "open on this host" in exc.reason and attempt + 1 < STOP_RETRIES:
                     await self.clock.sleep(0.5)

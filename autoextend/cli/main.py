@@ -9,6 +9,7 @@ only with ``--log-level debug``.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -67,8 +68,22 @@ def config_show(obj: CliContext) -> None:
 
 
 @config_group.command("check")
+@click.option("--live", is_flag=True,
+              help="Also state what each failure (path loss, SPM crash, VG full, array full) "
+                   "does with this host's timeouts; exit 1 if one ends in a guest-visible error.")
+@click.option("--multipath-config",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --live: read this multipath.conf instead of `multipath -t`.")
+@click.option("--guest-io-timeout", type=click.FloatRange(min=1, max=86400),
+              help="With --live: the guests' own I/O timeout in seconds (Linux SCSI/SATA "
+                   "disks 30, Windows 60; virtio-blk has none, the default).")
+@click.option("--path-loss", type=click.FloatRange(min=1, max=86400), multiple=True,
+              help="With --live: a path-loss duration to evaluate, in seconds (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="With --live: the outcomes as JSON.")
 @pass_ctx
-def config_check(obj: CliContext) -> None:
+def config_check(obj: CliContext, live: bool, multipath_config: Path | None,
+                 guest_io_timeout: float | None, path_loss: tuple[float, ...],
+                 as_json: bool) -> None:
     """Validate the config file with every rule `autoextend run` applies.
 
     Checks each key's type and range, NUL bytes and byte lengths of paths and names, and the
@@ -77,10 +92,21 @@ def config_check(obj: CliContext) -> None:
     0, or prints one line naming every problem and exits 2: the same line `autoextend run`
     prints for that file. What the machine must provide (the lease area, free ports) is
     checked when the service starts (exit 1).
+
+    With --live it also reads this host's multipath queueing (no_path_retry x
+    polling_interval, from `multipath -t`, or --multipath-config) and states what a path
+    loss, an SPM crash, a full VG and a full array do with these timeouts: I/O queued, VMs
+    paused and resumed, host fenced, or an error the guest sees (a RISK line, exit 1).
     """
     from autoextend.cli import reloading
 
     new = obj.load_service_settings()
+    if live:
+        from autoextend.cli import livecheck
+
+        livecheck.report(new, livecheck.read_multipath(multipath_config), guest_io_timeout,
+                         path_loss, as_json)
+        return
     click.echo("config ok")
     reloading.compare_with_running(new, obj.loaded_raw, obj.config_source)
 

@@ -66,6 +66,9 @@ class LvmSettings(Section):
     # Keep lvm2's metadata archive (/etc/lvm/archive) for every change. Off: the SPM
     # changes metadata often and lvm2 keeps metadata copies on every PV anyway.
     archive: bool = False
+    # After a reduce or remove, the SPM discards (BLKDISCARD) exactly the extents it freed,
+    # so a thin array gets them back (vdsm's "discard after delete"). Off: leave them.
+    discard_freed: bool = True
 
     @field_validator("pvs")
     @classmethod

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from autoextend.errors import ConfigError
 from autoextend.lvm.config import PVS_MESSAGE
+from autoextend.lvm.discard import Discarded
 from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.lvmconf import LvmCommandConfig, resolve_activation
@@ -44,7 +45,8 @@ def command_config(lvm: LvmSettings) -> LvmCommandConfig:
 
 
 def make_volume_backend(
-    volumes: VolumeSettings, lvm: LvmSettings, authority: SpmAuthority | None
+    volumes: VolumeSettings, lvm: LvmSettings, authority: SpmAuthority | None,
+    discarded: Discarded | None = None,
 ) -> LvmVolumeBackend | LoopVolumeBackend:
     """The backend named by ``[volumes] backend``. Call ``aclose()`` when done.
 
@@ -56,7 +58,8 @@ def make_volume_backend(
         raise ConfigError("<settings>", [("lvm.pvs", PVS_MESSAGE)])
     runner = make_runner(lvm)
     config = command_config(lvm)
-    writer = None if authority is None else LvmWriter(runner, config, authority)
+    writer = None if authority is None else LvmWriter(
+        runner, config, authority, discard_freed=lvm.discard_freed, discarded=discarded)
     return LvmVolumeBackend(runner, LvmReader(runner, config), writer, lvm.vgs)
 
 
@@ -67,9 +70,10 @@ def make_pool_backend(
     *,
     reserves_mib: Mapping[str, int],
     extent_mib: int,
+    discarded: Discarded | None = None,
 ) -> FreeSpaceBackend:
     """:func:`make_volume_backend` guarded by the VG reserves (``[policy] vg_reserve_mib``;
     ``extent_mib`` is ``[policy] extent_mib``, the lvm backend's extent size)."""
-    backend = make_volume_backend(volumes, lvm, authority)
+    backend = make_volume_backend(volumes, lvm, authority, discarded)
     extent = (volumes.loop_extent_mib if volumes.backend == "loop" else extent_mib) << 20
     return with_reserves(backend, reserves_mib, extent)

@@ -25,6 +25,7 @@ import errno
 import fcntl
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -34,7 +35,7 @@ from autoextend.lvm import loopdev
 from autoextend.lvm.errors import VolumeExists, VolumeNotFound, VolumeSpaceError
 from autoextend.lvm.names import round_up_to_extent
 from autoextend.names import check_name, is_valid_name
-from autoextend.volumes import ExtendResult, SpmAuthority, VolumeRef
+from autoextend.volumes import ExtendResult, SpmAuthority, VgFigures, VolumeRef
 
 SYS_BLOCK = Path("/sys/block")
 _DELETED = " (deleted)"
@@ -116,6 +117,25 @@ def _shrink_file(path: str, size: int) -> tuple[int, bool]:
 def _vg_free(vg_dir: str) -> int | None:
     capacity = vg_capacity(vg_dir)
     return None if capacity is None else max(0, capacity - vg_used(vg_dir))
+
+
+def _vg_figures(root: str, vgs: Sequence[str]) -> list[VgFigures]:
+    """Each loop VG's capacity and what its LVs' files leave of it (a VG without a capacity,
+    or without a directory, has no figures)."""
+    out = []
+    for vg in vgs:
+        if not is_valid_name(vg):
+            continue
+        vg_dir = os.path.join(root, vg)
+        try:
+            capacity = vg_capacity(vg_dir)
+            if capacity is None:
+                continue
+            used = vg_used(vg_dir)
+        except FileNotFoundError:
+            continue
+        out.append(VgFigures(vg, capacity, max(0, capacity - used)))
+    return out
 
 
 def _create_file(path: str, size: int) -> None:
@@ -413,6 +433,10 @@ class LoopVolumeBackend:
         """Free bytes in the VG (None: the loop VG has no capacity set)."""
         vg_dir = os.path.join(self.root, check_name("VG", vg))
         return await anyio.to_thread.run_sync(_vg_free, vg_dir)
+
+    async def vg_figures(self, vgs: Sequence[str]) -> list[VgFigures]:
+        """``volumes.ReportsVgFigures``: the loop VGs that have a capacity (``.vg_size``)."""
+        return await anyio.to_thread.run_sync(_vg_figures, self.root, list(vgs))
 
     async def set_vg_capacity(self, vg: str, size: int | None) -> None:
         """Give a loop VG a capacity (None removes it): lab and tests ("VG full")."""

@@ -9,15 +9,17 @@ sees: the active LV's block device size, or the metadata size where the LV is no
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import anyio
 
 from autoextend.errors import NotSpmError
+from autoextend.lvm.errors import NoSuchVolumeGroup
 from autoextend.lvm.names import lvm_device_path, parse_lvm_device_path
 from autoextend.lvm.reader import LvmReader
 from autoextend.lvm.runner import LvmRunner
 from autoextend.lvm.writer import LvmWriter
-from autoextend.volumes import ExtendResult, VolumeRef
+from autoextend.volumes import ExtendResult, VgFigures, VolumeRef
 
 
 def _block_device_size(path: str) -> int | None:
@@ -68,6 +70,23 @@ class LvmVolumeBackend:
         """Free bytes in the VG, from its metadata (read-only report)."""
         info = await self.reader.vg(vg)
         return info.free_extents * info.extent_size
+
+    async def vg_figures(self, vgs: Sequence[str]) -> list[VgFigures]:
+        """``vg_size`` and ``vg_free`` of ``vgs`` from one read-only ``vgs`` report
+        (``volumes.ReportsVgFigures``). A VG lvm2 does not know is left out, as the other
+        backends do: lvm2 refuses the whole report then, so each VG is asked alone."""
+        if not vgs:
+            return []
+        try:
+            found = await self.reader.vgs(*vgs)
+        except NoSuchVolumeGroup:
+            found = ()
+            for name in vgs:
+                try:
+                    found += await self.reader.vgs(name)
+                except NoSuchVolumeGroup:
+                    continue
+        return [VgFigures(vg.name, vg.size, vg.free) for vg in found]
 
     async def refresh(self, volume: VolumeRef) -> int:
         await self.reader.refresh(volume)

@@ -208,3 +208,42 @@ def parse_lvs(text: str) -> tuple[LV, ...]:
             )
         lvs.append(lv)
     return tuple(lvs)
+
+
+PVSEG_FIELDS = ("pv_name", "pe_start", "pvseg_start", "pvseg_size", "vg_name", "lv_name",
+                "vg_extent_size")
+
+
+@dataclass(frozen=True)
+class PvSegment:
+    """A run of physical extents on one PV: free (``lv`` empty) or one LV's."""
+
+    pv: str
+    pe_start: int      # byte offset of extent 0 on the PV device
+    start: int         # first extent of the run
+    count: int         # extents in the run
+    vg: str
+    lv: str            # "" for free extents
+    extent_size: int
+
+
+def parse_pvsegs(text: str) -> tuple[PvSegment, ...]:
+    """PV segments from ``pvs --segments -o <PVSEG_FIELDS> --reportformat json --units b
+    --nosuffix``. Each run must be non-empty, and the extent size non-zero."""
+    segs: list[PvSegment] = []
+    for row in _rows(text, "pvseg", PVSEG_FIELDS):
+        seg = PvSegment(
+            pv=_name(row, "pv_name"),
+            pe_start=_int(row, "pe_start"),
+            start=_int(row, "pvseg_start"),
+            count=_int(row, "pvseg_size"),
+            vg=row["vg_name"],
+            lv=row["lv_name"],
+            extent_size=_int(row, "vg_extent_size"),
+        )
+        if seg.count == 0 or seg.extent_size == 0:
+            raise ReportFormatError(f"PV {seg.pv} segment at {seg.start} is empty")
+        if "\x00" in seg.lv or len(seg.lv) > 4096:
+            raise ReportFormatError("lv_name has a NUL byte or is too long")
+        segs.append(seg)
+    return tuple(segs)

@@ -9,14 +9,14 @@ The check and the extension that follows run under one lock per VG: two extensio
 cannot both pass the check on the same free space and together eat into the reserve.
 
 Besides the volume boundary it passes on, explicitly, only what cannot grow a volume:
-``reduce``, ``holders_paths``, ``free_bytes``, ``aclose``. It never offers
+``reduce``, ``holders_paths``, ``free_bytes``, ``vg_figures``, ``aclose``. It never offers
 ``extend_and_refresh`` (:class:`~autoextend.volumes.ExtendsAndRefreshes`), so the check
 cannot be skipped; look through ``inner`` for what the wrapped backend is (its files).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import anyio
@@ -25,12 +25,17 @@ from autoextend.lvm.errors import VolumeSpaceError
 from autoextend.lvm.names import round_up_to_extent
 from autoextend.volumes import (
     ExtendResult,
+    ReportsVgFigures,
+    VgFigures,
     VolumeBackend,
     VolumeRef,
 )
 
 
-class FreeSpaceBackend(VolumeBackend, Protocol):
+class FreeSpaceBackend(VolumeBackend, ReportsVgFigures, Protocol):
+    """A pool's backend (what the service runs on): the volume boundary, the VGs' free bytes
+    (the reserve check) and figures (the capacity watcher), and ``aclose``."""
+
     async def free_bytes(self, vg: str) -> int | None: ...
 
     async def aclose(self) -> None: ...
@@ -93,6 +98,10 @@ class ReservedSpace:
 
     async def free_bytes(self, vg: str) -> int | None:
         return await self.inner.free_bytes(vg)
+
+    async def vg_figures(self, vgs: Sequence[str]) -> list[VgFigures]:
+        """The wrapped backend's figures (the reserve is part of the VG's free bytes)."""
+        return await self.inner.vg_figures(vgs)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

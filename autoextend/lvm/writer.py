@@ -9,6 +9,10 @@ backup file on every extend.
 
 Extends are serialized per VG inside this process (lvm2's VG lock serializes them across
 processes anyway).
+
+After a reduce or a remove, the extents it freed are discarded on the PV devices inside the
+same per-VG critical section, before any other command can hand them out again
+(``discard.py`` holds the argument).
 """
 
 from __future__ import annotations
@@ -18,11 +22,19 @@ from collections.abc import Sequence
 import anyio
 
 from autoextend import logs
-from autoextend.lvm import report
-from autoextend.lvm.errors import LvmCommandError
+from autoextend.errors import NotSpmError
+from autoextend.lvm import discard, report
+from autoextend.lvm.errors import LvmCommandError, LvmError
 from autoextend.lvm.lvmconf import LvmCommandConfig, render_config
 from autoextend.lvm.names import extents_for
-from autoextend.lvm.reader import LvmReports, one_lv, one_vg, volume_arg
+from autoextend.lvm.reader import (
+    LvmReports,
+    one_lv,
+    one_vg,
+    parse_or_raise,
+    report_args,
+    volume_arg,
+)
 from autoextend.lvm.runner import CommandResult, LvmRunner
 from autoextend.names import check_name
 from autoextend.volumes import ExtendResult, SpmAuthority, VolumeRef
@@ -36,7 +48,8 @@ class LvmWriter:
     """Metadata writes (SPM only): extend, create/remove/tag LVs, pvcreate/vgcreate."""
 
     def __init__(
-        self, runner: LvmRunner, config: LvmCommandConfig, authority: SpmAuthority
+        self, runner: LvmRunner, config: LvmCommandConfig, authority: SpmAuthority,
+        *, discard_freed: bool = True, discarded: discard.Discarded | None = None,
     ) -> None:
         self._runner = runner
         self._authority = authority
@@ -44,6 +57,11 @@ class LvmWriter:
         self.config = config
         self._vg_locks: dict[str, anyio.Lock] = {}
         self._extent_sizes: dict[str, int] = {}
+        self._discard_freed = discard_freed
+        # Bytes given back to the array after reduces and removes (a tally shared with the
+        # service when it passes one in).
+        self.discarded = discarded if discarded is not None else discard.Discarded()
+        self._no_discard: set[str] = set()  # PV devices that refused BLKDISCARD
 
     async def _run(self, args: Sequence[str]) -> CommandResult:
         self._authority.check()
@@ -116,9 +134,11 @@ class LvmWriter:
             if current.extent_count <= extents:
                 return ExtendResult(current.size, False)
             args = ["lvreduce", "--config", self._config, *METADATA_ONLY, "--force"]
+            before = await self._segments(volume.vg)
             await self._run([*args, "--extents", str(extents), target])
             log.info("lv reduced", volume=str(volume), size=extents * extent_size,
                      was=current.size)
+            await self._give_back(volume, before)
             return ExtendResult(extents * extent_size, True)
 
     async def create_lv(
@@ -141,7 +161,53 @@ class LvmWriter:
     async def remove_lv(self, volume: VolumeRef) -> None:
         args = ["lvremove", "--config", self._config, *METADATA_ONLY, "--yes"]
         async with self._vg_lock(volume.vg):
+            before = await self._segments(volume.vg)
             await self._run([*args, volume_arg(volume)])
+            await self._give_back(volume, before)
+
+    # Discard of freed extents (see discard.py; called with the VG lock held).
+
+    async def segments(self, vg: str) -> tuple[report.PvSegment, ...]:
+        """The VG's PV segments: which extents of which PV each LV holds, and which are free."""
+        args = report_args("pvs", report.PVSEG_FIELDS, self._config, [], readonly=False)
+        result = await self._run([*args, "--segments", "--select",
+                                  f"vg_name={check_name('VG', vg)}"])
+        return parse_or_raise(result, report.parse_pvsegs)
+
+    async def _segments(self, vg: str) -> tuple[report.PvSegment, ...] | None:
+        return await self.segments(vg) if self._discard_freed else None
+
+    async def _give_back(self, volume: VolumeRef,
+                         before: tuple[report.PvSegment, ...] | None) -> None:
+        """Discard what the command just freed. The command has succeeded: a failure here
+        is logged, never raised (the extents stay allocated in the array, nothing else)."""
+        if before is None:
+            return
+        try:
+            ranges = discard.freed_ranges(before, await self._segments(volume.vg) or (),
+                                          volume.lv)
+            done = await self._discard(ranges)
+        except (OSError, LvmError, NotSpmError) as err:
+            log.error("discard of freed extents failed (they stay allocated in the array)",
+                      volume=str(volume), error=str(err))
+            return
+        if done:
+            log.info("freed extents discarded", volume=str(volume), bytes=done)
+
+    async def _discard(self, ranges: list[discard.ByteRange]) -> int:
+        done = 0
+        for piece in (p for r in ranges for p in discard.split(r)):
+            if piece.device in self._no_discard:
+                continue
+            self._authority.check()  # a discard writes shared storage: only in our term
+            if not await anyio.to_thread.run_sync(discard.discard, piece):
+                log.warning("device does not support discard: freed extents stay allocated"
+                            " in the array", device=piece.device)
+                self._no_discard.add(piece.device)
+                continue
+            done += piece.length
+            self.discarded.bytes += piece.length
+        return done
 
     async def change_tags(
         self, volume: VolumeRef, add: Sequence[str] = (), remove: Sequence[str] = ()

@@ -108,7 +108,7 @@ class MonitorContext:
     extend_deadline_override: float | None = None
     views: VolumeViews | None = None  # this host's refresh, for migrations
     view_sizes: ViewSizes | None = None  # the view check's sizes (monitor/views.py)
-    space_gate: SpaceGate | None = None  # set by the service (capacity levels)
+    space_gate: SpaceGate | None = None  # the monitor's constructor (capacity levels)
     in_flight: InFlight | None = field(default=None, repr=False)
 
     @property

@@ -48,7 +48,6 @@ Invariants:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +61,7 @@ from autoextend.monitor import migration, pollplan
 from autoextend.monitor.config import PolicySettings, ResumeSettings
 from autoextend.monitor.context import InFlight, MonitorContext, ViewSizes, VolumeViews
 from autoextend.monitor.extension import DriveVanished
-from autoextend.monitor.observer import DriveGone, MonitorObserver, NullObserver
+from autoextend.monitor.observer import CleanStop, DriveGone, MonitorObserver, NullObserver
 from autoextend.monitor.probe import StorageProbe, direct_read_probe
 from autoextend.monitor.protocols import (
     Extender,
@@ -93,11 +92,14 @@ HYPERVISOR_STREAM_SIZE = 1024
 @dataclass(frozen=True)
 class VolumeInUse:
     """A volume a VM's drive uses now, as the monitor knows it (a typed, read-only query
-    for other parts, e.g. the capacity watcher's committed sizes)."""
+    for other parts: the capacity watcher's committed sizes and VGs, the reducer's "in use"
+    refusal). Sizes in bytes: ``allocation``, ``physical`` and ``capacity`` as QEMU or
+    libvirt last reported them, ``cap`` the most the volume may grow to."""
 
     vm: str
     drive: str
     volume: VolumeRef
+    allocation: int
     physical: int
     capacity: int
     cap: int
@@ -121,19 +123,25 @@ class Monitor:
         lease_ok: LeaseOk | None = None,
         extend_deadline_s: float | None = None,
         views: VolumeViews | None = None,
+        space_gate: SpaceGate | None = None,
         view_sizes: ViewSizes | None = None,
         checks: Checks = ALL_ON,
     ) -> None:
-        """``checks``: all on, except in a negative control or a simulation mutant (see
-        ``autoextend/checks.py``). ``view_sizes``: where the view check reads this host's
-        views and the metadata sizes (``monitor/views.py``); None: no view check."""
+        """``space_gate``: why an extension must wait, or None (the capacity levels: at a
+        VG's critical level only VMs paused on ENOSPC are extended). ``view_sizes``: where
+        the view check reads this host's views and the metadata sizes
+        (``monitor/views.py``); None: no view check. ``checks``: all on, except in a
+        negative control or a simulation mutant (see ``autoextend/checks.py``). A guest's
+        clean shutdown is told to the observer
+        (:class:`~autoextend.monitor.observer.CleanStop`)."""
         resume = resume or ResumeSettings()
         self.ctx = MonitorContext(
             hypervisor, extender, settings, clock,
             policy_for=policy_for or default_policy_resolver(settings),
             observer=observer or NullObserver(), dry_run=dry_run, resume=resume,
             probe=probe or direct_read_probe(resume.probe_timeout_s), lease_ok=lease_ok,
-            extend_deadline_override=extend_deadline_s, views=views, view_sizes=view_sizes,
+            extend_deadline_override=extend_deadline_s, views=views, space_gate=space_gate,
+            view_sizes=view_sizes,
         )
         self.ctx.in_flight = InFlight(lambda: self.extends_in_flight, self.ctx.observer)
         self._steps = Steps.of(self.ctx, checks)
@@ -143,8 +151,6 @@ class Monitor:
         self._events_in: MemoryObjectReceiveStream[HypervisorEvent] | None = None
         self._next_poll = -math.inf  # when the poller wakes next (not started: now)
         self.polls = 0  # poll rounds posted so far (a test waits for N of them, then idle())
-        # Called with the VM and its volumes when a guest shut down cleanly (reduce_on_stop).
-        self.on_clean_stop: Callable[[str, list[VolumeRef]], object] | None = None
 
     # ----------------------------------------------------------------- what others set and read
 
@@ -197,12 +203,8 @@ class Monitor:
 
     @property
     def space_gate(self) -> SpaceGate | None:
-        """Set by the service (capacity levels): why an extension must wait, or None."""
+        """Given at construction (the capacity levels): why an extension must wait, or None."""
         return self.ctx.space_gate
-
-    @space_gate.setter
-    def space_gate(self, gate: SpaceGate | None) -> None:
-        self.ctx.space_gate = gate
 
     @property
     def extends_in_flight(self) -> int:
@@ -271,7 +273,8 @@ class Monitor:
 
     def volumes_in_use(self) -> list[VolumeInUse]:
         """Every managed drive's volume now (one entry per drive; a volume may repeat)."""
-        return [VolumeInUse(vm.name, d.name, d.volume, d.info.physical, d.info.capacity, d.cap)
+        return [VolumeInUse(vm.name, d.name, d.volume, d.info.allocation, d.info.physical,
+                            d.info.capacity, d.cap)
                 for vm in self._vms.values() for d in vm.drives.values()]
 
     def frozen_views(self) -> dict[VolumeRef, str]:
@@ -309,8 +312,8 @@ class Monitor:
             async for event in receive:
                 if isinstance(event, VmGone):
                     volumes = self._drop_vm(event.vm)
-                    if event.clean and volumes is not None and self.on_clean_stop is not None:
-                        self.on_clean_stop(event.vm, volumes)
+                    if event.clean and volumes is not None:
+                        self.ctx.observer.notify(CleanStop(event.vm, tuple(volumes)))
                     continue
                 vm = self._vms.get(event.vm) or self._add_vm(event.vm)
                 vm.post(RESYNC if isinstance(event, VmAppeared) else event)

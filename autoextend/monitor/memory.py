@@ -7,6 +7,7 @@ operator pauses) quickly and deterministically.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -40,6 +41,7 @@ from autoextend.volumes import (
     LocalAuthority,
     NoAuthority,
     SpmAuthority,
+    VgFigures,
     VolumeExists,
     VolumeNotFound,
     VolumeRef,
@@ -102,6 +104,16 @@ class MemoryVolumes:
         if capacity is None:
             return None
         return capacity - sum(size for ref, size in self.sizes.items() if ref.vg == vg)
+
+    async def vg_figures(self, vgs: Sequence[str]) -> list[VgFigures]:
+        """``volumes.ReportsVgFigures``: the VGs given a capacity (the others are unlimited,
+        without figures, like a loop VG without ``.vg_size``)."""
+        out = []
+        for vg in vgs:
+            free = await self.free_bytes(vg)
+            if free is not None:
+                out.append(VgFigures(vg, self.capacities[vg], max(0, free)))
+        return out
 
     async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
         self.extend_calls.append((volume, size))

@@ -33,6 +33,16 @@ class DriveGone:
 
 
 @dataclass(frozen=True)
+class CleanStop:
+    """A guest shut itself down cleanly (never a migration, a crash, a kill or a lost
+    connection: ``VmGone.clean``); ``volumes`` are its managed drives' volumes, each once,
+    sorted (``[policy] reduce_on_stop`` reduces them)."""
+
+    vm: str
+    volumes: tuple[VolumeRef, ...]
+
+
+@dataclass(frozen=True)
 class ExtendFinished:
     """One extension attempt ended. ``kind`` None means capped (nothing to do).
 
@@ -169,8 +179,8 @@ class StaleViewFound:
 
 
 MonitorEvent = (
-    DriveSeen | DriveGone | ExtendFinished | ExtendsInFlight | Paused | Resumed | DriveAtCap
-    | VgFull | UnmanagedEnospc | IoErrorAction | VmCheckFailed | JobFailed | JobResumed
+    DriveSeen | DriveGone | CleanStop | ExtendFinished | ExtendsInFlight | Paused | Resumed
+    | DriveAtCap | VgFull | UnmanagedEnospc | IoErrorAction | VmCheckFailed | JobFailed | JobResumed
     | MigrationNoted | ResumeLatency | StaleViewFound
 )
 

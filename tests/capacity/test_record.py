@@ -114,7 +114,7 @@ class Local:
     def __init__(self) -> None:
         self.figs = [VgFigures("gold", 512 * MiB, 200 * MiB)]
 
-    async def figures(self, vgs: Sequence[str]) -> list[VgFigures]:
+    async def vg_figures(self, vgs: Sequence[str]) -> list[VgFigures]:
         return [f for f in self.figs if f.vg in vgs]
 
 
@@ -138,26 +138,26 @@ async def test_spm_publishes_and_hosts_read_until_stale() -> None:
     spm = PublishedSource(spm_agent, local, settings, 0, clock)
     host = PublishedSource(host_agent, Local(), settings, 0, clock)
     with pytest.raises(FiguresUnavailable, match="no SPM has published"):
-        await host.figures(["gold"])
-    assert await spm.figures(["gold"]) == local.figs
-    assert await host.figures(["gold"]) == local.figs
-    await spm.figures(["gold"])
+        await host.vg_figures(["gold"])
+    assert await spm.vg_figures(["gold"]) == local.figs
+    assert await host.vg_figures(["gold"]) == local.figs
+    await spm.vg_figures(["gold"])
     assert spm.writes == 1  # unchanged and young: no write
     local.figs = [VgFigures("gold", 512 * MiB, 150 * MiB)]
-    await spm.figures(["gold"])
-    assert spm.writes == 2 and (await host.figures(["gold"]))[0].free == 150 * MiB
+    await spm.vg_figures(["gold"])
+    assert spm.writes == 2 and (await host.vg_figures(["gold"]))[0].free == 150 * MiB
     clock.advance(5.0)
-    await spm.figures(["gold"])  # the heartbeat
+    await spm.vg_figures(["gold"])  # the heartbeat
     assert spm.writes == 3
-    await host.figures(["gold"])
+    await host.vg_figures(["gold"])
     clock.advance(16.0)  # the SPM is gone: no write for more than 3 x 5 s
     with pytest.raises(FiguresUnavailable, match="has not changed"):
-        await host.figures(["gold"])
+        await host.vg_figures(["gold"])
     term.valid = False
     with pytest.raises(NotSpmError):
-        await spm.figures(["gold"])  # a term that ended writes nothing
+        await spm.vg_figures(["gold"])  # a term that ended writes nothing
     assert spm.writes == 3
     await storage.write(record.record_offset(0, 512), b"\x01" * 512)
     with pytest.raises(FiguresUnavailable, match="unusable"):
-        await host.figures(["gold"])
+        await host.vg_figures(["gold"])
     assert host.bad_records == 1

@@ -1,4 +1,5 @@
-"""The capacity watcher and the monitor's hooks, against in-memory parts (fast)."""
+"""The capacity watcher and the monitor's seams for it (the gate and the clean-stop event,
+both given at construction), against in-memory parts (fast)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from autoextend.capacity.watch import CapacityWatcher
 from autoextend.clock import ManualClock
 from autoextend.lab.waiting import until
 from autoextend.monitor.drive import ThresholdState
+from autoextend.monitor.observer import CleanStop, MonitorEvent
 from autoextend.monitor.protocols import OutcomeKind
 from autoextend.volumes import VolumeRef
 from tests.monitor.rig import VOL, Rig
@@ -31,39 +33,55 @@ class Vgs:
     def set(self, vg: str, size: int, free: int) -> None:
         self.figs[vg] = VgFigures(vg, size, free)
 
-    async def figures(self, vgs: Sequence[str]) -> list[VgFigures]:
+    async def vg_figures(self, vgs: Sequence[str]) -> list[VgFigures]:
         if self.fail:
             raise OSError("injected")
         return [self.figs[v] for v in vgs if v in self.figs]
 
 
-def watcher(src: Vgs, clock: ManualClock, **kw: object) -> tuple[CapacityWatcher, list[str]]:
-    woken: list[str] = []
-    settings = CapacitySettings.model_validate(
-        {"warn_free_percent": 20.0, "critical_free_mib": 64, "rate_window_s": 10.0, **kw})
-    w = CapacityWatcher(settings, src, clock, vgs=lambda: ["vg0"],
-                        committed=lambda: {"vg0": 1024 * MiB}, on_space=woken.append)
-    return w, woken
+class Watched:
+    """A watcher over ``src`` looking at vg0 with 1 GiB committed; ``woken``: the VGs each
+    look said gained space, ``levels``: how often ``on_level`` was called."""
+
+    def __init__(self, src: Vgs, clock: ManualClock, **kw: object) -> None:
+        settings = CapacitySettings.model_validate(
+            {"warn_free_percent": 20.0, "critical_free_mib": 64, "rate_window_s": 10.0, **kw})
+        self.woken: list[str] = []
+        self.levels = 0
+        self.w = CapacityWatcher(settings, src, clock, on_level=self._level)
+
+    def _level(self) -> None:
+        self.levels += 1
+
+    async def look(self) -> None:
+        self.woken.extend(await self.w.look(["vg0"], {"vg0": 1024 * MiB}))
+
+
+def watcher(src: Vgs, clock: ManualClock, **kw: object) -> tuple[CapacityWatcher, Watched]:
+    watched = Watched(src, clock, **kw)
+    return watched.w, watched
 
 
 async def test_levels_log_once_and_rate_and_wake() -> None:
     src, clock = Vgs(), ManualClock()
-    w, woken = watcher(src, clock)
+    w, watched = watcher(src, clock)
+    woken = watched.woken
     src.set("vg0", 512 * MiB, 200 * MiB)
     with capture_logs() as logs:
-        await w.look()
+        await watched.look()
         clock.advance(1.0)
         src.set("vg0", 512 * MiB, 100 * MiB)  # 80.5 % used: warning
-        await w.look()
+        await watched.look()
         clock.advance(1.0)
         src.set("vg0", 512 * MiB, 90 * MiB)
-        await w.look()  # still warning: no second log
+        await watched.look()  # still warning: no second log
         clock.advance(1.0)
         src.set("vg0", 512 * MiB, 32 * MiB)
-        await w.look()  # critical
+        await watched.look()  # critical
     changes = [e for e in logs if e["event"] == "volume group space level changed"]
     assert [e["level"] for e in changes] == ["warning", "critical"]
     assert changes[1]["log_level"] == "error"
+    assert watched.levels == 2  # on_level: once per change
     st = w.state["vg0"]
     assert st.level is Level.CRITICAL and st.rate > 0 and st.committed == 1024 * MiB
     assert "VG vg0 CRITICAL 6% free" == w.summary()
@@ -76,20 +94,21 @@ async def test_levels_log_once_and_rate_and_wake() -> None:
     assert w.gate(VolumeRef("other", "lv"), paused_enospc=False) is None
     clock.advance(1.0)
     src.set("vg0", 1024 * MiB, 544 * MiB)  # vgextend
-    await w.look()
+    await watched.look()
     assert woken == ["vg0"] and w.state["vg0"].level is Level.OK and w.summary() == ""
+    assert watched.levels == 3
 
 
 async def test_failed_look_is_logged_once_and_kept_going() -> None:
     src, clock = Vgs(), ManualClock()
-    w, _ = watcher(src, clock)
+    w, watched = watcher(src, clock)
     src.fail = True
     with capture_logs() as logs:
-        await w.look()
-        await w.look()
+        await watched.look()
+        await watched.look()
         src.fail = False
         src.set("vg0", 512 * MiB, 400 * MiB)
-        await w.look()
+        await watched.look()
     events = [e["event"] for e in logs]
     assert events.count("volume group figures unavailable") == 1
     assert "volume group figures available again" in events
@@ -129,14 +148,14 @@ async def test_space_added_retries_a_failed_extension_at_once(rig: Rig) -> None:
         tg.cancel_scope.cancel()
 
 
-async def test_critical_gate_extends_only_paused_vms(rig: Rig) -> None:
+async def test_critical_gate_extends_only_paused_vms() -> None:
     held: list[tuple[VolumeRef, bool]] = []
 
     def gate(volume: VolumeRef, paused: bool) -> str | None:
         held.append((volume, paused))
         return None if paused else "critical"
 
-    rig.monitor.space_gate = gate
+    rig = Rig(retry_initial_s=30.0, retry_max_s=60.0, space_gate=gate)
     rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
     async with anyio.create_task_group() as tg:
         await tg.start(rig.monitor.run)
@@ -150,11 +169,22 @@ async def test_critical_gate_extends_only_paused_vms(rig: Rig) -> None:
         tg.cancel_scope.cancel()
 
 
-async def test_clean_stop_reports_the_volumes_and_a_crash_does_not(rig: Rig) -> None:
+class Stops:
+    """An observer that keeps the clean stops."""
+
+    def __init__(self) -> None:
+        self.seen: list[CleanStop] = []
+
+    def notify(self, event: MonitorEvent) -> None:
+        if isinstance(event, CleanStop):
+            self.seen.append(event)
+
+
+async def test_clean_stop_reports_the_volumes_and_a_crash_does_not() -> None:
     from autoextend.monitor.protocols import VmGone
 
-    stopped: list[tuple[str, list[VolumeRef]]] = []
-    rig.monitor.on_clean_stop = lambda vm, volumes: stopped.append((vm, volumes))
+    stops = Stops()
+    rig = Rig(retry_initial_s=30.0, retry_max_s=60.0, observer=stops)
     other = VolumeRef("vg0", "lv2")
     rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
     rig.hv.add_vm("vm2", {"vda": (other, 256 * MiB, 1024 * MiB)})
@@ -165,7 +195,7 @@ async def test_clean_stop_reports_the_volumes_and_a_crash_does_not(rig: Rig) -> 
         rig.hv.emit(VmGone("vm2"))  # crashed, killed, migrated or connection lost
         rig.hv.emit(VmGone("vm1", clean=True))
         await until(lambda: not rig.monitor.snapshot(), what="both VMs dropped")
-        assert stopped == [("vm1", [VOL])]
+        assert stops.seen == [CleanStop("vm1", (VOL,))]
         tg.cancel_scope.cancel()
 
 

@@ -114,3 +114,26 @@ async def test_size_without_device_is_the_metadata_size(volume_subject: Subject)
     ref = await subject.create("v1", 8 * MiB)
     await subject.backend.extend(ref, 12 * MiB)
     assert await subject.host_side.size(ref) == 12 * MiB
+
+
+async def test_vg_figures_follow_the_volumes(volume_subject: Subject) -> None:
+    """``vg_figures`` (``volumes.ReportsVgFigures``, the capacity watcher's source): a VG's
+    size and free bytes, free dropping by what an extension took; read-only (the host side
+    answers the same); a VG that does not exist is left out (never made-up figures, and
+    never a failed look for the VGs that do exist)."""
+    subject = volume_subject
+    ref = await subject.create("figs", 8 * MiB)
+    if subject.limit is not None:
+        assert await subject.backend.vg_figures([ref.vg]) == []  # unlimited: no figures
+        await subject.limit(ref.vg, 64 * MiB)
+    [before] = await subject.backend.vg_figures([ref.vg])
+    assert before.vg == ref.vg and 0 <= before.free < before.size
+    if subject.limit is not None:
+        assert before.size == 64 * MiB and before.free == 64 * MiB - _rounded(subject, 8 * MiB)
+    await subject.backend.extend(ref, 8 * MiB + 2 * subject.extent)
+    [after] = await subject.backend.vg_figures([ref.vg])
+    assert after.size == before.size and before.free - after.free == 2 * subject.extent
+    assert await subject.host_side.vg_figures([ref.vg]) == [after]
+    assert await subject.backend.vg_figures([]) == []
+    assert await subject.backend.vg_figures([ref.vg, "nosuchvg"]) == [after]
+    assert await subject.backend.vg_figures(["nosuchvg"]) == []

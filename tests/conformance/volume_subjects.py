@@ -21,11 +21,11 @@ from autoextend.lvm.loop_backend import LoopVolumeBackend, attached_devices
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.lvmconf import LvmCommandConfig, device_mapper_present
 from autoextend.lvm.reader import LvmReader
-from autoextend.lvm.reserve import ReservedSpace
+from autoextend.lvm.reserve import FreeSpaceBackend, ReservedSpace
 from autoextend.lvm.runner import ProcessRunner
 from autoextend.lvm.writer import LvmWriter
 from autoextend.monitor.memory import MemoryVolumes
-from autoextend.volumes import LocalAuthority, VolumeBackend, VolumeRef
+from autoextend.volumes import LocalAuthority, VolumeRef
 from tests.lvm.support import EXTENT, MiB, make_pv_files, release_devices, unique_name
 
 RESERVE = 8 * MiB  # what the reserve-wrapped subjects keep free in their VG
@@ -34,8 +34,8 @@ RESERVE = 8 * MiB  # what the reserve-wrapped subjects keep free in their VG
 @dataclass
 class Subject:
     kind: str
-    backend: VolumeBackend            # may write (SPM / single host)
-    host_side: VolumeBackend          # no authority: reads and refreshes only
+    backend: FreeSpaceBackend         # may write (SPM / single host)
+    host_side: FreeSpaceBackend       # no authority: reads and refreshes only
     create: Callable[[str, int], Awaitable[VolumeRef]]
     sees_device_sizes: bool           # this host has block devices (sizes change on refresh)
     extent: int                       # sizes round up to this

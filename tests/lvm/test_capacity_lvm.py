@@ -12,7 +12,6 @@ import pytest
 
 from autoextend.capacity import metrics as capacity_metrics
 from autoextend.capacity.config import CapacitySettings
-from autoextend.capacity.sources import LvmSource, source_for
 from autoextend.capacity.watch import CapacityWatcher
 from autoextend.clock import MonotonicClock
 from autoextend.errors import NotSpmError
@@ -42,12 +41,9 @@ async def test_gauges_match_vgs_and_vgextend_wakes(pool: Pool) -> None:
 
     host_runner = RecordingRunner(ProcessRunner(timeout_s=30.0))
     host = LvmVolumeBackend(host_runner, LvmReader(host_runner, pool.config), None, (pool.vg,))
-    source = source_for(host)
-    assert isinstance(source, LvmSource)
     woken: list[str] = []
     settings = CapacitySettings.model_validate({"warn_free_percent": 20.0})
-    watcher = CapacityWatcher(settings, source, MonotonicClock(), vgs=lambda: [pool.vg],
-                              committed=lambda: {pool.vg: 2048 * MiB}, on_space=woken.append)
+    watcher = CapacityWatcher(settings, host, MonotonicClock())  # the backend's vg_figures
     registry = CollectorRegistry()
     capacity_metrics.register(registry, capacity_metrics.CapacityCollector(
         watcher, lambda: (0, 0)))
@@ -56,7 +52,7 @@ async def test_gauges_match_vgs_and_vgextend_wakes(pool: Pool) -> None:
         return registry.get_sample_value(name, {"vg": pool.vg})
 
     async def check(devices: list[str]) -> None:
-        await watcher.look()
+        woken.extend(await watcher.look([pool.vg], {pool.vg: 2048 * MiB}))
         size, free, _ = await vgs_truth(pool, devices)
         assert gauge("autoextend_vg_size_bytes") == size
         assert gauge("autoextend_vg_free_bytes") == free

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import anyio
 import pytest
 
 from autoextend import settings as settings_mod
-from autoextend.capacity.sources import LoopSource, source_for
 from autoextend.lab.waiting import until
 from autoextend.lvm import factory
 from autoextend.lvm.loop_backend import LoopVolumeBackend
@@ -23,6 +22,7 @@ from autoextend.volumes import (
     ExtendsAndRefreshes,
     FileBacked,
     LocalAuthority,
+    VgFigures,
     VolumeRef,
     VolumeSpaceError,
     innermost,
@@ -107,6 +107,9 @@ class HeldExtends:
 
     async def free_bytes(self, vg: str) -> int | None:
         return await self.inner.free_bytes(vg)
+
+    async def vg_figures(self, vgs: Sequence[str]) -> list[VgFigures]:
+        return await self.inner.vg_figures(vgs)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -193,7 +196,11 @@ async def test_guard_passes_on_reduce_and_holders_but_no_way_to_grow(loop_root: 
     assert guarded.holders_paths(vol) == inner.holders_paths(vol) == [inner.file_path(vol)]
     assert not isinstance(guarded, FileBacked)  # only what the wrapped backend is ...
     assert innermost(guarded) is inner and isinstance(innermost(guarded), FileBacked)
-    assert isinstance(source_for(guarded), LoopSource)  # ... seen through the guard
+    # The VG figures are the wrapped backend's, passed on (the capability, not a probe):
+    assert await guarded.vg_figures(["vg"]) == []  # no capacity set: no figures
+    await inner.set_vg_capacity("vg", 64 * MiB)
+    assert await guarded.vg_figures(["vg", "nope"]) == await inner.vg_figures(["vg"]) == [
+        VgFigures("vg", 64 * MiB, 64 * MiB - 12 * MiB)]
 
 
 async def test_guard_passes_reduce_and_holders_on_to_any_backend() -> None:
@@ -207,4 +214,6 @@ async def test_guard_passes_reduce_and_holders_on_to_any_backend() -> None:
     assert (await guarded.reduce(vol, 12 * MiB)) == ExtendResult(8 * MiB, False)  # never grows
     assert guarded.holders_paths(vol) == ["/dev/vg/a"]
     assert await volumes.size(vol) == 8 * MiB
-    assert source_for(guarded) is None
+    assert await guarded.vg_figures(["vg"]) == []  # unlimited: no figures
+    await volumes.set_vg_capacity("vg", 32 * MiB)
+    assert await guarded.vg_figures(["vg", "other"]) == [VgFigures("vg", 32 * MiB, 24 * MiB)]

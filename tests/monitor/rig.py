@@ -8,7 +8,8 @@ from autoextend.monitor.config import PolicySettings
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.drive import ThresholdState
 from autoextend.monitor.memory import MemoryExtender, MemoryHypervisor, MemoryVolumes
-from autoextend.monitor.observer import Tally
+from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
+from autoextend.monitor.vm import SpaceGate
 from autoextend.volumes import VolumeRef
 
 VOL = VolumeRef("vg0", "lv1")
@@ -21,15 +22,21 @@ SETTINGS = PolicySettings(
 
 
 class Rig:
-    def __init__(self, **settings: object) -> None:
+    def __init__(self, *, space_gate: SpaceGate | None = None,
+                 observer: MonitorObserver | None = None, **settings: object) -> None:
+        """``settings``: PolicySettings fields; ``space_gate`` and ``observer`` (besides the
+        rig's tally) go to the monitor's constructor."""
         self.volumes = MemoryVolumes()
         self.hv = MemoryHypervisor(self.volumes)
         self.ext = MemoryExtender(self.volumes)
         self.clock = ManualClock()
         self.tally = Tally()
         cfg = SETTINGS.model_copy(update=settings)
-        self.monitor = Monitor(self.hv, self.ext, cfg, self.clock, observer=self.tally,
-                               dry_run=bool(settings.get("dry_run", False)))
+        self.monitor = Monitor(self.hv, self.ext, cfg, self.clock,
+                               observer=self.tally if observer is None
+                               else Fanout(self.tally, observer),
+                               dry_run=bool(settings.get("dry_run", False)),
+                               space_gate=space_gate)
 
     def state(self, vm: str = "vm1", drive: str = "vda") -> ThresholdState | None:
         for v in self.monitor.snapshot():

@@ -86,10 +86,12 @@ async def test_volumes_in_use_is_a_typed_view_of_the_drives() -> None:
         await until(lambda: len(rig.monitor.volumes_in_use()) == 2)
         got = sorted(rig.monitor.volumes_in_use(), key=lambda v: v.vm)
         assert got == [
-            VolumeInUse("vm1", "vda", VOL, 256 * MiB, 1024 * MiB, 1128 * MiB),
-            VolumeInUse("vm2", "vdb", other, 512 * MiB, 2048 * MiB, 2256 * MiB),
+            VolumeInUse("vm1", "vda", VOL, allocation=0, physical=256 * MiB,
+                        capacity=1024 * MiB, cap=1128 * MiB),
+            VolumeInUse("vm2", "vdb", other, allocation=0, physical=512 * MiB,
+                        capacity=2048 * MiB, cap=2256 * MiB),
         ]
-        snap = {(v["vm"], d["volume"]): d["cap"] for v in rig.monitor.snapshot()
-                for d in v["drives"]}
-        assert {(v.vm, str(v.volume)): v.cap for v in got} == snap
+        snap = {(v["vm"], d["volume"]): (d["cap"], d["allocation"])
+                for v in rig.monitor.snapshot() for d in v["drives"]}
+        assert {(v.vm, str(v.volume)): (v.cap, v.allocation) for v in got} == snap
         tg.cancel_scope.cancel()
