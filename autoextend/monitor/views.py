@@ -93,13 +93,17 @@ def extension_pending(d: DriveState) -> bool:
     return d.in_flight or (d.state is ThresholdState.EXCEEDED and d.attempts > 0)
 
 
-def judge(found: Sizes, *, in_flight: bool, guest_has_run: bool) -> ViewAction:
+def judge(found: Sizes, *, in_flight: bool, guest_has_run: bool,
+          deferred: int = 0) -> ViewAction:
     """:func:`~.viewcheck.judge_view` for a drive of a VM that is not migrating. An extension
     in flight counts as extending to the metadata size: the extender refreshes this host's
     view when it lands (its contract), whatever size the metadata reached meanwhile, so
-    its drive's view is not judged until it has."""
-    return judge_view(found.view, found.metadata,
-                      extending_to=found.metadata if in_flight else None,
+    its drive's view is not judged until it has. ``deferred``: the size the drive was
+    extended to without a refresh because its VM migrates out (``VmMachine.
+    deferred_sizes``: set by the extension at once, possibly before the VM's machine has
+    stepped to ``migrating-out``): an extension of this host's up to that size."""
+    extending_to = found.metadata if in_flight else (deferred or None)
+    return judge_view(found.view, found.metadata, extending_to=extending_to,
                       guest_has_run=guest_has_run)
 
 
@@ -164,7 +168,8 @@ class ViewSteps:
         source, m = self.source, vm.machine
         drives = [vm.drives[n] for n in message.drives
                   if n in vm.drives and n not in m.stale_views]
-        if source is None or not drives or m.migration is not MigState.NONE:
+        if (source is None or not drives or m.migration is not MigState.NONE
+                or m.deferred_sizes):
             return
         sizes = await read_sizes(source, (d.volume for d in drives))
         state = await self._ctx.hypervisor.run_state(vm.name)
@@ -173,7 +178,8 @@ class ViewSteps:
             if found is None:
                 continue
             match judge(found, in_flight=extension_pending(d),
-                        guest_has_run=not state.prelaunch):
+                        guest_has_run=not state.prelaunch,
+                        deferred=m.deferred_sizes.get(d.name, 0)):
                 case ViewAction.REFRESH:
                     await self._refresh(vm, d.name, d.volume, found, "audit")
                     await self._restart(vm, [d.name])
@@ -256,7 +262,10 @@ async def audit(ctx: MonitorContext, checks: Checks, vms: Sequence[VmView]) -> i
     source = ctx.view_sizes
     if not checks.check_views or source is None:
         return 0
+    # Not a VM with a deferred extension either: it migrates out (its view frozen on
+    # purpose), possibly before its machine has stepped to migrating-out.
     watched = [vm for vm in vms if vm.machine.migration is MigState.NONE
+               and not vm.machine.deferred_sizes
                and vm.machine.views_checked and not vm.machine.stale_views]
     try:
         sizes = await read_sizes(source, (d.volume for vm in watched
@@ -268,7 +277,9 @@ async def audit(ctx: MonitorContext, checks: Checks, vms: Sequence[VmView]) -> i
     for vm in watched:
         suspects = tuple(d.name for d in vm.drives.values() if d.volume in sizes
                          and judge(sizes[d.volume], in_flight=extension_pending(d),
-                                   guest_has_run=True) is not ViewAction.OK)
+                                   guest_has_run=True,
+                                   deferred=vm.machine.deferred_sizes.get(d.name, 0))
+                         is not ViewAction.OK)
         if suspects:
             vm.post(ViewSuspect(vm.name, suspects))
             told += 1

@@ -17,12 +17,14 @@ from autoextend.lab.waiting import until
 from autoextend.metrics import Metrics
 from autoextend.monitor.context import Sizes
 from autoextend.monitor.core import Monitor
-from autoextend.monitor.drive import ThresholdState
+from autoextend.monitor.drive import DriveState, ThresholdState
 from autoextend.monitor.migration import MigrationInfo, Phase, Role
 from autoextend.monitor.observer import StaleViewFound
-from autoextend.monitor.protocols import OutcomeKind, PauseReason
+from autoextend.monitor.protocols import DriveInfo, OutcomeKind, PauseReason
 from autoextend.monitor.viewcheck import ViewAction
-from autoextend.monitor.views import PerVolumeSizes, judge, read_sizes
+from autoextend.monitor.views import PerVolumeSizes, audit, judge, read_sizes
+from autoextend.monitor.vm import ViewSuspect
+from autoextend.monitor.vmstate import VmMachine
 from autoextend.volumes import VolumeRef
 from tests.monitor.rig import SETTINGS, VOL, Rig
 
@@ -236,3 +238,41 @@ def test_the_metric_counts_by_when_and_pauses() -> None:
     assert sample("autoextend_stale_views_total", {"when": "audit"}) == 2
     assert sample("autoextend_stale_views_total", {"when": "start"}) == 0
     assert sample("autoextend_stale_view_pauses_total") == 2
+
+
+class OneVm:
+    """A VM as the audit sees it (the VmView protocol), recording what is posted to it."""
+
+    def __init__(self, name: str, drives: dict[str, DriveState]) -> None:
+        self.name = name
+        self.machine = VmMachine(views_checked=True, migration_stale=False)
+        self.drives = drives
+        self.posted: list[object] = []
+
+    def post(self, message: object) -> None:
+        self.posted.append(message)
+
+    def wake_at(self, when: float) -> None:
+        pass
+
+    def start_extension(self, d: DriveState, info: object = None) -> None:
+        pass
+
+
+async def test_the_audit_leaves_a_source_whose_view_is_frozen_before_it_knows_it_migrates(
+) -> None:
+    """The extension found the VM migrating out (``may_refresh`` asks the hypervisor) and
+    extended without a refresh (``deferred_sizes``) before the VM's machine stepped to
+    migrating-out: its view is stale on purpose (monitor/migration.py), not one to pause
+    for. The same VM without the deferred size is a suspect."""
+    rig, sizes = make_rig()
+    stale(rig, VOL, 256, 384)
+    info = DriveInfo("vm1", "vda", "node-vda", "/dev/vg0/lv1", 4096 * MiB, 0, 256 * MiB, 0)
+    vm = OneVm("vm1", {"vda": DriveState(info, VOL, 8192 * MiB, ThresholdState.SET)})
+    vm.machine.deferred_sizes["vda"] = 384 * MiB
+    assert await audit(rig.monitor.ctx, ALL_ON, [vm]) == 0
+    assert vm.posted == []
+    vm.machine.deferred_sizes.clear()
+    assert await audit(rig.monitor.ctx, ALL_ON, [vm]) == 1
+    assert vm.posted == [ViewSuspect("vm1", ("vda",))]
+    assert await audit(rig.monitor.ctx, Checks(check_views=False), [vm]) == 0
