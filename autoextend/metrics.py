@@ -32,6 +32,7 @@ from autoextend.monitor.observer import (
     Paused,
     Resumed,
     ResumeLatency,
+    StaleViewFound,
     UnmanagedEnospc,
     VgFull,
     VmCheckFailed,
@@ -41,6 +42,7 @@ from autoextend.monitor.protocols import OutcomeKind, PauseReason
 log = get_logger("metrics")
 
 JOB_KINDS = ("commit", "mirror", "backup")
+STALE_VIEW_WHEN = ("start", "appear", "audit")
 PHASES = ("wait", "decision", "extender", "request", "spm_extend", "extend", "refresh", "rearm",
           "total", "resume")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -115,6 +117,17 @@ class Metrics:
             "Block jobs resumed after their target was extended", ["job"], registry=r)
         for kind in JOB_KINDS:
             self.job_targets.labels(kind).set(0)
+        self.stale_views = Counter(
+            "autoextend_stale_views_total",
+            "Views of a volume found smaller than its metadata size, by when: start (volume "
+            "prepare refreshed one), appear (a VM appeared on it), audit (a running guest's "
+            "view, at a full poll)", ["when"], registry=r)
+        self.stale_view_pauses = Counter(
+            "autoextend_stale_view_pauses_total",
+            "Guests paused because they ran on a stale view (never resumed by autoextend)",
+            registry=r)
+        for when in STALE_VIEW_WHEN:
+            self.stale_views.labels(when)
         self._jobs: dict[tuple[str, str], str] = {}
         self._drives: set[tuple[str, str]] = set()
         self._paused: dict[str, PauseReason] = {}
@@ -171,6 +184,10 @@ class Metrics:
                 self.job_resumes.labels(kind).inc()
             case MigrationNoted(role=role, phase=phase):
                 self.migrations_total.labels(role, phase).inc()
+            case StaleViewFound(when=when, action=action):
+                self.stale_views.labels(when).inc()
+                if action == "pause":
+                    self.stale_view_pauses.inc()
 
     def _drive_seen(self, event: DriveSeen) -> None:
         info, v = event.info, str(event.volume)

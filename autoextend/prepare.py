@@ -102,6 +102,13 @@ async def prepare_view(backend: VolumeBackend, volume: VolumeRef) -> PreparedVie
     return prepared
 
 
+def stale_at_start(done: list[PreparedView]) -> int:
+    """How many of a start's views were stale (refreshed): the ``start`` count of
+    ``autoextend_stale_views_total`` (the service counts it; ``monitor/views.py`` counts the
+    appearance check and the audit)."""
+    return sum(1 for p in done if p.refreshed)
+
+
 def string_list(request: dict[str, Any], key: str) -> list[str]:
     """``request[key]`` as a list of at most :data:`MAX_TARGETS` short strings (ValueError)."""
     value = request.get(key, [])

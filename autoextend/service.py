@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,21 +49,30 @@ from autoextend.errors import AutoextendError, ConfigError
 from autoextend.logs import get_logger
 from autoextend.lvm import factory
 from autoextend.lvm.foreign import ForeignWriteAudit
+from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.reader import LvmReader
 from autoextend.lvm.reserve import FreeSpaceBackend
 from autoextend.lvm.runner import ProcessRunner
 from autoextend.lvm.writer import WriterTally
 from autoextend.metrics import Metrics, serve_metrics
 from autoextend.monitor.chunking import WriteRateChunks
+from autoextend.monitor.context import Sizes, ViewSizes
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.local import LocalExtender
 from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
 from autoextend.monitor.protocols import Extender, Hypervisor
+from autoextend.monitor.views import PerVolumeSizes
 from autoextend.prepare_merge import MergeChains, merge_request, prepare_merge
 from autoextend.qemuimg import qemu_img_measure
 from autoextend.sdnotify import Notifier
 from autoextend.settings import Settings
-from autoextend.volumes import LocalAuthority, SpmAuthority, VolumeBackend, VolumeRef
+from autoextend.volumes import (
+    LocalAuthority,
+    SpmAuthority,
+    VolumeBackend,
+    VolumeRef,
+    innermost,
+)
 
 log = get_logger("service")
 
@@ -114,6 +123,27 @@ def make_foreign_write_audit(settings: Settings, writes: WriterTally) -> Foreign
     runner = ProcessRunner(lvm.lvm_binary, lvm.command_timeout_s, 1, use_aio=lvm.use_aio)
     return ForeignWriteAudit(writes.ledger, LvmReader(runner, factory.command_config(lvm)),
                              lvm.vgs)
+
+
+class LvmViewSizes:
+    """The view check's sizes on lvm: one ``lvs --readonly`` per VG (``monitor/views.py``)."""
+
+    def __init__(self, backend: LvmVolumeBackend) -> None:
+        self._backend = backend
+
+    async def view_sizes(self, vg: str, volumes: Sequence[VolumeRef]
+                         ) -> dict[VolumeRef, Sizes]:
+        every = await self._backend.lv_views(vg)
+        return {v: Sizes(*every[v]) for v in volumes if v in every}
+
+
+def make_view_sizes(backend: VolumeBackend) -> ViewSizes:
+    """Where the view check reads sizes: one report per VG on lvm; the backend's own
+    ``size`` and ``metadata_size`` per volume otherwise (the loop stand-in: no process)."""
+    inner = innermost(backend)
+    if isinstance(inner, LvmVolumeBackend):
+        return LvmViewSizes(inner)
+    return PerVolumeSizes(backend)
 
 
 def make_hypervisor(
@@ -217,6 +247,7 @@ class Service:
             extend_deadline_s=timeouts.extension_deadline_s(settings),
             views=self.backend,
             space_gate=self.capacity.gate,
+            view_sizes=make_view_sizes(self.backend),
             checks=checks,
         )
         self.control = ControlServer(settings.service.control_socket)
@@ -265,6 +296,9 @@ class Service:
                 raise prepare.ViewFrozen(volume, frozen[volume])
         done = [await prepare.prepare_view(self.backend, volume) for volume in sorted(targets)]
         incoming = request.get("incoming_vm")
+        if not incoming:  # a start on a stale view (a migration's early refresh is not one)
+            for _ in range(prepare.stale_at_start(done)):
+                self.metrics.stale_views.labels("start").inc()
         if isinstance(incoming, str) and incoming and targets:
             self.incoming.watch(incoming[:256], sorted(targets))
         return {"volumes": [p.as_dict() for p in done], "skipped": skipped}
@@ -382,6 +416,8 @@ class Service:
                 "unmanaged_enospc": self.tally.unmanaged,
                 "io_error_resumes": self.tally.io_error_resumes,
                 "kills": self.tally.kills,
+                "stale_views": self.tally.stale_views,
+                "stale_view_pauses": self.tally.stale_view_pauses,
             },
             "vms": self.monitor.snapshot(),
             "spm": self.cluster.status() if self.cluster is not None else None,

@@ -73,6 +73,8 @@ def render_status(result: dict[str, Any]) -> str:
         + (f", {svc['unmanaged_enospc']} unmanaged ENOSPC" if svc.get("unmanaged_enospc") else "")
         + (f", {svc['io_error_resumes']} I/O-error resumes" if svc.get("io_error_resumes") else "")
         + (f", {svc['kills']} killed" if svc.get("kills") else "")
+        + (f", {svc['stale_views']} stale views ({svc.get('stale_view_pauses', 0)} paused)"
+           if svc.get("stale_views") else "")
     )
     if svc.get("hypervisor_problem"):
         lines.append(f"WARNING: {svc['hypervisor_problem']}")
@@ -106,6 +108,11 @@ def render_status(result: dict[str, Any]) -> str:
                 f" alloc {_human(d['allocation'])} / phys {_human(d['physical'])}"
                 f" / cap {_human(d['cap'])}  threshold {_human(d['threshold'])}{err}"
             )
+            stale = (vm.get("stale_views") or {}).get(d["drive"])
+            if stale:
+                lines.append(f"    STALE VIEW: {stale}; guest paused, never resumed by"
+                             " autoextend: check the guest's data, refresh the view"
+                             " (autoextend volume prepare), then resume it by hand")
     return "\n".join(lines)
 
 
@@ -120,7 +127,9 @@ Output: the SPM line (mailbox mode: the SPM's host id, this host's id and lease
 health), a summary line (hypervisor, extender, extends in flight and done, failures,
 ENOSPC pauses, automatic resumes), then each VM (PAUSED with the reason when paused)
 and each of its drives: volume, state, allocation / physical size / cap, threshold and
-the last error. Exit 1 with one line when the service is not running.
+the last error; a STALE VIEW line under a drive whose view was found smaller than its
+volume (the guest is paused and autoextend never resumes it). Exit 1 with one line when
+the service is not running.
 """
 
 

@@ -145,7 +145,8 @@ def run_state_of(
         if reason == libvirt.VIR_DOMAIN_PAUSED_IOERROR:
             enospc = disk_errors is not None and enospc_only(disk_errors)
             return RunState(False, PauseReason.ENOSPC if enospc else PauseReason.IO_ERROR)
-        return RunState(False, _PAUSED_REASONS.get(reason, PauseReason.OTHER))
+        return RunState(False, _PAUSED_REASONS.get(reason, PauseReason.OTHER),
+                        prelaunch=reason == libvirt.VIR_DOMAIN_PAUSED_STARTING_UP)
     return RunState(False, PauseReason.OTHER)  # crashed, pmsuspended, no state
 
 

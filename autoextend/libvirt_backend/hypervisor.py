@@ -331,6 +331,10 @@ class LibvirtHypervisor:
         conn = self._require(vm, "resume")
         await conn.call(vm, "resume", lambda c: c.lookupByName(vm).resume())
 
+    async def suspend(self, vm: str) -> None:
+        conn = self._require(vm, "suspend")
+        await conn.call(vm, "suspend", lambda c: c.lookupByName(vm).suspend())
+
     def volume_of(self, drive: DriveInfo) -> VolumeRef | None:
         return self._lookup(drive.path)
 

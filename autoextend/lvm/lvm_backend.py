@@ -121,6 +121,24 @@ class LvmVolumeBackend:
         device-mapper table says."""
         return (await self.reader.lv(volume)).size
 
+    async def lv_views(self, vg: str) -> dict[VolumeRef, tuple[int, int]]:
+        """Every LV of ``vg`` as ``(view, metadata)`` sizes, from one ``lvs --readonly`` of
+        the VG and one ``lseek`` per LV active here (the view check, ``monitor/views.py``).
+        An LV not active here (or no device-mapper) has no view but its metadata size.
+        Raises NoSuchVolumeGroup."""
+        lvs = await self.reader.lvs(vg)
+        active = self.reader.config.activation
+
+        def read() -> dict[VolumeRef, tuple[int, int]]:
+            found = {}
+            for lv in lvs:
+                seen = _block_device_size(self.device_path(lv.ref)) if active and lv.active \
+                    else None
+                found[lv.ref] = (lv.size if seen is None else seen, lv.size)
+            return found
+
+        return await anyio.to_thread.run_sync(read)
+
     async def size(self, volume: VolumeRef) -> int:
         lv = await self.reader.lv(volume)
         if self.reader.config.activation and lv.active:

@@ -11,7 +11,7 @@ moment it decides, so new numbers apply from the next decision.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -31,6 +31,25 @@ class VolumeViews(Protocol):
     """This host's view of volumes (the volume backend's ``refresh``)."""
 
     async def refresh(self, volume: VolumeRef) -> int: ...
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """One volume as the view check sees it (``monitor/views.py``)."""
+
+    view: int      # what this host's view of the volume shows now
+    metadata: int  # the volume's size in the pool's metadata
+
+
+class ViewSizes(Protocol):
+    """Where the view check reads sizes, one call per VG (``monitor/views.py`` says what
+    each source costs)."""
+
+    async def view_sizes(self, vg: str, volumes: Sequence[VolumeRef]
+                         ) -> dict[VolumeRef, Sizes]:
+        """The view and metadata sizes of ``volumes`` (all in ``vg``); a volume that does
+        not exist (any more) is left out. Raises VolumeError when the VG cannot be read."""
+        ...
 
 
 class VmView(Protocol):
@@ -88,6 +107,7 @@ class MonitorContext:
     lease_ok: LeaseOk | None
     extend_deadline_override: float | None = None
     views: VolumeViews | None = None  # this host's refresh, for migrations
+    view_sizes: ViewSizes | None = None  # the view check's sizes (monitor/views.py)
     space_gate: SpaceGate | None = None  # the monitor's constructor (capacity levels)
     in_flight: InFlight | None = field(default=None, repr=False)
 

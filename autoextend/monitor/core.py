@@ -21,6 +21,7 @@ The objects, each with one job (none of them has a base class)::
     MigrationSteps  a live migration's views (monitor/migrating.py)
     JobSteps        block jobs paused for space, jobs that ended (monitor/jobs.py)
     ResumeSteps     resume or kill a paused VM (monitor/resume.py)
+    ViewSteps       the view check at appearance, and the audit's findings (monitor/views.py)
 
 Decisions are pure functions: ``plan.look`` / ``plan.plan`` (a drive), ``vmstate.step``
 (a VM's pauses), ``migration.step`` (a VM's migration), ``pollplan`` (what a poll looks at).
@@ -36,6 +37,10 @@ Invariants:
 * No host ever runs the guest through a view of its volume smaller than one it wrote
   through: live migration defers the source's refreshes and refreshes the destination
   first (``monitor/migration.py`` has the invariant and the argument).
+* No guest runs on a view of its volume smaller than the volume's metadata size: checked at
+  every appearance that is not an incoming migration, before anything is armed, and audited
+  at every full poll; a guest that ran on one is paused and never resumed by autoextend
+  (``monitor/views.py``, the rule in ``monitor/viewcheck.py``; ``Checks.check_views``).
 * An exception while handling one VM ends that VM's handling only (logged, counted, retried
   with backoff), never the monitor.
 """
@@ -54,7 +59,7 @@ from autoextend.checks import ALL_ON, Checks
 from autoextend.clock import Clock
 from autoextend.monitor import migration, pollplan
 from autoextend.monitor.config import PolicySettings, ResumeSettings
-from autoextend.monitor.context import InFlight, MonitorContext, VolumeViews
+from autoextend.monitor.context import InFlight, MonitorContext, ViewSizes, VolumeViews
 from autoextend.monitor.extension import DriveVanished
 from autoextend.monitor.observer import CleanStop, DriveGone, MonitorObserver, NullObserver
 from autoextend.monitor.probe import StorageProbe, direct_read_probe
@@ -65,6 +70,7 @@ from autoextend.monitor.protocols import (
     VmAppeared,
     VmGone,
 )
+from autoextend.monitor.views import audit
 from autoextend.monitor.vm import (
     POLL,
     RESYNC,
@@ -118,12 +124,15 @@ class Monitor:
         extend_deadline_s: float | None = None,
         views: VolumeViews | None = None,
         space_gate: SpaceGate | None = None,
+        view_sizes: ViewSizes | None = None,
         checks: Checks = ALL_ON,
     ) -> None:
         """``space_gate``: why an extension must wait, or None (the capacity levels: at a
-        VG's critical level only VMs paused on ENOSPC are extended). ``checks``: all on,
-        except in the migration tests' negative control (``checks.protect_views``, see
-        ``autoextend/checks.py``). A guest's clean shutdown is told to the observer
+        VG's critical level only VMs paused on ENOSPC are extended). ``view_sizes``: where
+        the view check reads this host's views and the metadata sizes
+        (``monitor/views.py``); None: no view check. ``checks``: all on, except in a
+        negative control or a simulation mutant (see ``autoextend/checks.py``). A guest's
+        clean shutdown is told to the observer
         (:class:`~autoextend.monitor.observer.CleanStop`)."""
         resume = resume or ResumeSettings()
         self.ctx = MonitorContext(
@@ -132,9 +141,11 @@ class Monitor:
             observer=observer or NullObserver(), dry_run=dry_run, resume=resume,
             probe=probe or direct_read_probe(resume.probe_timeout_s), lease_ok=lease_ok,
             extend_deadline_override=extend_deadline_s, views=views, space_gate=space_gate,
+            view_sizes=view_sizes,
         )
         self.ctx.in_flight = InFlight(lambda: self.extends_in_flight, self.ctx.observer)
         self._steps = Steps.of(self.ctx, checks)
+        self._checks = checks
         self._vms: dict[str, VmTask] = {}
         self._tg: TaskGroup | None = None
         self._events_in: MemoryObjectReceiveStream[HypervisorEvent] | None = None
@@ -341,7 +352,17 @@ class Monitor:
             for vm in list(self._vms.values()):
                 if full or pollplan.needs_poll(vm):
                     vm.post(POLL)
+            if full:
+                await self._audit_views()
             self.polls += 1
+
+    async def _audit_views(self) -> None:
+        """The continuous view audit, once per full poll (``monitor/views.py``). A failure
+        is logged; the next full poll tries again."""
+        try:
+            await audit(self.ctx, self._checks, list(self._vms.values()))
+        except Exception as exc:  # noqa: BLE001 - the poller must go on
+            log.error("view audit failed", error=repr(exc))
 
 
 def _parked(stream: MemoryObjectReceiveStream[Any]) -> bool:

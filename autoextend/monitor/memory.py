@@ -67,11 +67,15 @@ class MemoryVolumes:
         self.extent_size = extent_size
         self.authority: SpmAuthority = authority or LocalAuthority()
         self.extend_calls: list[tuple[VolumeRef, int]] = []
+        #: A volume's size in the metadata where it differs from this host's view (a test
+        #: makes a view stale: extended elsewhere, or shrunk behind the service's back);
+        #: ``refresh`` brings the view to it. Absent: one size, the view is the metadata.
+        self.metadata: dict[VolumeRef, int] = {}
 
     def host_side(self) -> MemoryVolumes:
         """The same volumes seen by a host that may not write metadata (not the SPM)."""
         view = MemoryVolumes(extent_size=self.extent_size, authority=NoAuthority())
-        view.sizes, view.capacities = self.sizes, self.capacities
+        view.sizes, view.capacities, view.metadata = self.sizes, self.capacities, self.metadata
         return view
 
     def _rounded(self, size: int) -> int:
@@ -114,7 +118,8 @@ class MemoryVolumes:
     async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
         self.extend_calls.append((volume, size))
         self.authority.check()
-        current = self._current(volume)
+        current = max(self._current(volume), self.metadata.pop(volume, 0))
+        self.sizes[volume] = current  # as lvextend grows from the metadata, then refreshes
         target = self._rounded(size)
         if target <= current:
             return ExtendResult(current, False)
@@ -126,6 +131,9 @@ class MemoryVolumes:
         return ExtendResult(target, True)
 
     async def refresh(self, volume: VolumeRef) -> int:
+        current = self._current(volume)
+        if self.metadata.get(volume, current) != current:
+            self.sizes[volume] = self.metadata.pop(volume)
         return self._current(volume)
 
     async def size(self, volume: VolumeRef) -> int:
@@ -150,8 +158,9 @@ class MemoryVolumes:
         return ExtendResult(target, True)
 
     async def metadata_size(self, volume: VolumeRef) -> int:
-        """One view: the size is the metadata's."""
-        return await self.size(volume)
+        """The view's size, unless a test set another in :attr:`metadata`."""
+        current = self._current(volume)
+        return self.metadata.get(volume, current)
 
     def holders_paths(self, volume: VolumeRef) -> list[str]:
         return [self.device_path(volume)]
@@ -181,6 +190,7 @@ class MemoryVm:
     running: bool = True
     reason: PauseReason | None = None
     errors: tuple[DriveIoError, ...] = ()
+    prelaunch: bool = False  # started paused and never run yet (QEMU -S)
 
 
 class MemoryHypervisor:
@@ -189,6 +199,7 @@ class MemoryHypervisor:
         self.vms: dict[str, MemoryVm] = {}
         self.resumes: list[str] = []
         self.kills: list[str] = []
+        self.suspends: list[str] = []
         self.job_resumes: list[tuple[str, str]] = []
         self.thresholds: list[tuple[str, str, int]] = []
         self.fail_set_threshold = False
@@ -304,7 +315,8 @@ class MemoryHypervisor:
 
     async def run_state(self, vm: str) -> RunState:
         rec = self._vm(vm)
-        return RunState(rec.running, rec.reason, rec.errors if not rec.running else ())
+        return RunState(rec.running, rec.reason, rec.errors if not rec.running else (),
+                        prelaunch=rec.prelaunch and not rec.running)
 
     async def kill(self, vm: str) -> None:
         self._vm(vm)
@@ -314,11 +326,17 @@ class MemoryHypervisor:
     async def resume(self, vm: str) -> None:
         rec = self._vm(vm)
         self.resumes.append(vm)
-        rec.running, rec.reason, rec.errors = True, None, ()
+        rec.running, rec.reason, rec.errors, rec.prelaunch = True, None, (), False
         self.emit(VmResumed(vm))
         for name, d in rec.drives.items():  # QEMU retries the failed write on cont
             if d.allocation > self.volumes.sizes[d.volume]:
                 self.write(vm, name, 0)
+
+    async def suspend(self, vm: str) -> None:
+        rec = self._vm(vm)
+        self.suspends.append(vm)
+        if rec.running:
+            self.pause(vm, PauseReason.USER)
 
     async def resume_job(self, vm: str, job_id: str) -> None:
         self.job_resumes.append((vm, job_id))

@@ -160,10 +160,28 @@ class MigrationNoted:
     state: str
 
 
+@dataclass(frozen=True)
+class StaleViewFound:
+    """This host's view of a drive's volume was smaller than its metadata size
+    (``monitor/views.py``). ``when``: ``start`` (volume prepare had to refresh), ``appear``
+    (the check at a VM's appearance), ``audit`` (the continuous audit). ``action``:
+    ``refresh`` (the guest had not run: the view was refreshed and its process stopped, to
+    be started again on the refreshed view) or ``pause`` (it had: paused, never resumed by
+    autoextend)."""
+
+    vm: str
+    drive: str
+    volume: VolumeRef
+    when: str
+    view: int
+    metadata: int
+    action: str
+
+
 MonitorEvent = (
     DriveSeen | DriveGone | CleanStop | ExtendFinished | ExtendsInFlight | Paused | Resumed
     | DriveAtCap | VgFull | UnmanagedEnospc | IoErrorAction | VmCheckFailed | JobFailed | JobResumed
-    | MigrationNoted | ResumeLatency
+    | MigrationNoted | ResumeLatency | StaleViewFound
 )
 
 
@@ -193,6 +211,8 @@ class Tally:
     job_failures: int = 0
     job_resumes: int = 0
     migrations: int = 0  # migration state changes noted (MigrationNoted)
+    stale_views: int = 0  # StaleViewFound, any ``when``
+    stale_view_pauses: int = 0  # of those, the ones that paused the guest
     latencies: list[float] = field(default_factory=list)
     #: ``phases`` of each successful extension, and pause -> resume seconds (ENOSPC).
     phases: list[Mapping[str, float]] = field(default_factory=list)
@@ -233,6 +253,9 @@ class Tally:
                 self.migrations += 1
             case ResumeLatency(seconds=seconds):
                 self.resume_latencies.append(seconds)
+            case StaleViewFound(action=action):
+                self.stale_views += 1
+                self.stale_view_pauses += action == "pause"
 
 
 class Fanout:

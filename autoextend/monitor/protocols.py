@@ -80,6 +80,10 @@ class RunState:
     # Set for I/O error pauses: every drive in error (also drives autoextend does not manage:
     # raw, capacity 0, outside the pool), so an ENOSPC on one of those is never resumed.
     errors: tuple[DriveIoError, ...] = ()
+    # The guest has not run since its process started: QEMU ``-S`` before the first ``cont``
+    # (QMP status ``prelaunch``), a libvirt domain paused while starting up. Nothing has
+    # been read through its views yet (``monitor/viewcheck.py``).
+    prelaunch: bool = False
 
 
 # Events: the backend sends these into the monitor's stream.
@@ -229,6 +233,11 @@ class Hypervisor(Protocol):
 
     async def kill(self, vm: str) -> None:
         """Terminate the VM (``[resume] policy = "kill"``)."""
+        ...
+
+    async def suspend(self, vm: str) -> None:
+        """Pause the guest (QMP ``stop``, libvirt ``suspend``): a guest found running on a
+        stale view of its volume (``monitor/views.py``). Pausing a paused guest is no error."""
         ...
 
     def volume_of(self, drive: DriveInfo) -> VolumeRef | None:

@@ -25,6 +25,12 @@ class ResumeSteps:
 
     async def after_check(self, vm: VmView) -> None:
         m = vm.machine
+        if m.stale_views:
+            # Paused by autoextend for a stale view (monitor/views.py): never resumed here.
+            held = "left paused: stale view (" + ", ".join(sorted(m.stale_views)) + ")"
+            if m.paused and m.last_action != held:
+                m.record(held)
+            return
         if m.paused and not migration.may_resume(m.migration):
             held = f"left paused: {m.migration.value} (resumed where it runs next)"
             if m.last_action != held:

@@ -5,6 +5,7 @@ drawn in ``monitor/core.py``.)"""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from autoextend.logs import get_logger
@@ -43,9 +44,18 @@ class Poll:
     """Periodic safety-net check (or a timer: a resume or a retry is due)."""
 
 
+@dataclass(frozen=True)
+class ViewSuspect:
+    """From the view audit to a VM's task: these drives' views looked stale
+    (``monitor/views.py``)."""
+
+    vm: str
+    drives: tuple[str, ...]
+
+
 RESYNC = ResyncRequest()
 POLL = Poll()
-VmMessage = HypervisorEvent | ResyncRequest | Poll
+VmMessage = HypervisorEvent | ResyncRequest | Poll | ViewSuspect
 
 
 class FixedPolicy:

@@ -180,6 +180,14 @@ class VmMachine:
     migration: MigState = MigState.NONE
     migration_stale: bool = True
     deferred_sizes: dict[str, int] = field(default_factory=dict)
+    # The view check (``monitor/views.py``): ``views_checked``, the check at the VM's
+    # appearance has run (or had nothing to do: an incoming migration). ``stale_views``:
+    # per drive, why autoextend paused the guest for a stale view. While it holds anything
+    # the VM is never resumed automatically, whatever else its state says (only an operator
+    # can tell what the guest did with what it read); it clears when the VM is seen running
+    # again (someone resumed it).
+    views_checked: bool = False
+    stale_views: dict[str, str] = field(default_factory=dict)
 
     def apply(
         self, event: VmEvent, now: float, *, reason: PauseReason | None = None,
@@ -195,6 +203,7 @@ class VmMachine:
         if result.state is VmState.RUNNING and before in PAUSED:
             self.full_drives = set()
             self.killed = False
+            self.stale_views = {}
         if result.state is VmState.RUNNING:
             self.pause_reason = None
             self.unmanaged = ()

@@ -10,8 +10,9 @@ drive and at most one live timer.
 
 The collaborators it hands itself to (as a :class:`~.context.VmView`) do one thing each:
 :class:`~.migrating.MigrationSteps` (a live migration's views), :class:`~.extension.
-Extensions` (one drive's extension), :class:`~.jobs.JobSteps` (block jobs) and
-:class:`~.resume.ResumeSteps` (resume and kill).
+Extensions` (one drive's extension), :class:`~.jobs.JobSteps` (block jobs),
+:class:`~.resume.ResumeSteps` (resume and kill) and :class:`~.views.ViewSteps` (the view
+check at the VM's appearance, and the audit's findings).
 """
 
 from __future__ import annotations
@@ -44,7 +45,16 @@ from autoextend.monitor.protocols import (
 )
 from autoextend.monitor.resume import ResumeSteps
 from autoextend.monitor.resync import merge_drives, observe
-from autoextend.monitor.vm import POLL, VM_INBOX_SIZE, Poll, ResyncRequest, VmMessage, log
+from autoextend.monitor.views import ViewSteps
+from autoextend.monitor.vm import (
+    POLL,
+    VM_INBOX_SIZE,
+    Poll,
+    ResyncRequest,
+    ViewSuspect,
+    VmMessage,
+    log,
+)
 from autoextend.monitor.vmstate import ResumePolicy, VmMachine, VmState
 
 
@@ -56,11 +66,13 @@ class Steps:
     extensions: Extensions
     jobs: JobSteps
     resumes: ResumeSteps
+    views: ViewSteps
 
     @classmethod
     def of(cls, ctx: MonitorContext, checks: Checks = ALL_ON) -> Steps:
         migrations = MigrationSteps(ctx, checks)
-        return cls(migrations, Extensions(ctx, migrations), JobSteps(ctx), ResumeSteps(ctx))
+        return cls(migrations, Extensions(ctx, migrations), JobSteps(ctx), ResumeSteps(ctx),
+                   ViewSteps(ctx, checks))
 
 
 class VmTask:
@@ -212,6 +224,9 @@ class VmTask:
             case MigrationChanged():
                 self.machine.migration_stale = True
                 await self.resync(rearm=False)
+            case ViewSuspect():
+                await self._steps.views.confirm(self, message)
+                await self.resync(rearm=False)
             case EnospcPause() | VmPaused() | VmResumed():
                 # Which drives failed, and whether they are ours, comes from a fresh look.
                 await self.resync(rearm=False)
@@ -241,6 +256,10 @@ class VmTask:
         merge_drives(ctx, self, await ctx.hypervisor.drives(self.name), rearm=rearm)
         state = await ctx.hypervisor.run_state(self.name)
         moved = await steps.migrations.check(self, state)
+        # A VM that appeared here without an incoming migration: its views are checked
+        # against the metadata before anything is armed (monitor/views.py).
+        if await steps.views.on_appear(self, state):
+            return  # stopped before it ran (a stale view): it goes away
         if moved.refreshed or moved.rearm:  # views grew: fresh numbers, arm again
             merge_drives(ctx, self, await ctx.hypervisor.drives(self.name), rearm=True)
         if moved.arrived:
@@ -339,5 +358,6 @@ class VmTask:
             "resume_attempts": m.resume_attempts,
             "last_action": m.last_action,
             "migration": m.migration.value,
+            "stale_views": dict(m.stale_views),
             "drives": [d.snapshot() for d in self.drives.values()],
         }

@@ -151,6 +151,9 @@ class QmpHypervisor:
     async def resume(self, vm: str) -> None:
         await self._session(vm, "cont").resume()
 
+    async def suspend(self, vm: str) -> None:
+        await self._session(vm, "stop").suspend()
+
     async def resume_job(self, vm: str, job_id: str) -> None:
         await self._session(vm, "job-resume").resume_job(job_id)
 

@@ -323,7 +323,8 @@ def parse_run_state(
     status = r.str_(reply, "status", "return")
     if running:
         return RunState(running=True)
-    return RunState(running=False, pause_reason=classify_pause(status, io_status, saw_nospace))
+    return RunState(running=False, pause_reason=classify_pause(status, io_status, saw_nospace),
+                    prelaunch=status == "prelaunch")
 
 
 def threshold_event(vm: str, data: object, topology: Topology) -> ThresholdCrossed | None:

@@ -150,6 +150,10 @@ class VmSession:
     async def resume(self) -> None:
         await self.conn.execute("cont")
 
+    async def suspend(self) -> None:
+        """``stop``: the guest pauses (a stale view, ``monitor/views.py``)."""
+        await self.conn.execute("stop")
+
     async def resume_job(self, job_id: str) -> None:
         """``job-resume``: a job paused by ``on-error=enospc`` goes on once it has room."""
         await self.conn.execute("job-resume", {"id": job_id})

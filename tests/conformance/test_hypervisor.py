@@ -89,6 +89,23 @@ async def test_pause_and_resume_are_events_and_state(hypervisor_driver: Factory)
         assert await hv.run_state(vm) == RunState(False, PauseReason.USER)
 
 
+async def test_suspend_pauses_a_running_vm_and_a_paused_one_stays(
+    hypervisor_driver: Factory,
+) -> None:
+    """``suspend`` (the view check pauses a guest that ran on a stale view): an operator-like
+    pause, seen as an event and as state; suspending a paused VM is no error."""
+    async with serving(hypervisor_driver()) as driver:
+        hv, vm = driver.hypervisor, driver.name()
+        await driver.add_vm(vm)
+        await hv.resume(vm)
+        assert await driver.next_event(vm, VmResumed) == VmResumed(vm)
+        await hv.suspend(vm)
+        assert await driver.next_event(vm, VmPaused) == VmPaused(vm, PauseReason.USER)
+        assert await hv.run_state(vm) == RunState(False, PauseReason.USER)
+        await hv.suspend(vm)
+        assert await hv.run_state(vm) == RunState(False, PauseReason.USER)
+
+
 async def test_a_killed_vm_is_gone_and_then_not_found(hypervisor_driver: Factory) -> None:
     async with serving(hypervisor_driver()) as driver:
         hv, vm = driver.hypervisor, driver.name()
@@ -117,6 +134,7 @@ async def test_every_call_on_an_unknown_vm_raises_the_neutral_vm_not_found(
             "run_state": lambda: hv.run_state(other),
             "resume": lambda: hv.resume(other),
             "kill": lambda: hv.kill(other),
+            "suspend": lambda: hv.suspend(other),
         }
         for call, make in calls.items():
             with pytest.raises(VmNotFound) as info:

@@ -103,10 +103,13 @@ def volume(name: str) -> VolumeRef:
 
 async def test_negative_control_without_deferral_reads_stale_zeros(lab_tmp_path: Path) -> None:
     """The same migration with the protection off (both services built with
-    ``Checks(protect_views=False)``, the negative control): the source
+    ``Checks(protect_views=False, check_views=False)``, the negative control): the source
     refreshes its own view during the migration, the destination never refreshes, and the
-    guest's read-back on the destination gets zeros where its data is."""
-    async with local_lab(lab_tmp_path, checks=Checks(protect_views=False)) as lab:
+    guest's read-back on the destination gets zeros where its data is. (The view check,
+    issue 28, is off too: it would otherwise catch the stale destination at its appearance
+    or audit and pause the guest, which is the second line of defence, not this one.)"""
+    off = Checks(protect_views=False, check_views=False)
+    async with local_lab(lab_tmp_path, checks=off) as lab:
         src = lab.hosts["src"]
         vm, dest, migration, device = await boot_and_migrate(lab, "neg1")
         before = extends(src, "neg1")

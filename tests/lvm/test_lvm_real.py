@@ -24,6 +24,7 @@ from autoextend.lvm.lvmconf import LvmCommandConfig
 from autoextend.lvm.reader import LvmReader
 from autoextend.lvm.runner import ProcessRunner
 from autoextend.lvm.writer import LvmWriter
+from autoextend.service import LvmViewSizes
 from autoextend.volumes import LocalAuthority, NoAuthority, VolumeRef
 
 from .support import EXTENT, MiB, Pool, RecordingRunner, needs_dm
@@ -214,3 +215,20 @@ async def test_refresh_of_an_active_lv(pool: Pool) -> None:
         assert await backend.refresh(ref) == 16 * MiB
     finally:
         await reader.set_active(ref, False)
+
+
+async def test_the_view_check_reads_a_whole_vg_with_one_lvs(pool: Pool) -> None:
+    """Issue 28: the view check's sizes on lvm are one ``lvs --readonly`` per VG, whatever
+    the number of LVs asked about; without device-mapper an LV's view is its metadata size
+    (no table to fall behind), and an LV that is not there is left out."""
+    refs = [VolumeRef(pool.vg, f"lv{i}") for i in range(3)]
+    for i, ref in enumerate(refs):
+        await pool.writer.create_lv(ref, (8 + 4 * i) * MiB)
+    backend = LvmVolumeBackend(pool.runner, pool.reader, None, (pool.vg,))
+    before = len(pool.runner.commands)
+    sizes = await LvmViewSizes(backend).view_sizes(
+        pool.vg, [*refs, VolumeRef(pool.vg, "absent")])
+    commands = pool.runner.commands[before:]
+    assert len(commands) == 1 and "lvs" in commands[0] and "--readonly" in commands[0]
+    assert {r: (s.view, s.metadata) for r, s in sizes.items()} == {
+        r: ((8 + 4 * i) * MiB, (8 + 4 * i) * MiB) for i, r in enumerate(refs)}

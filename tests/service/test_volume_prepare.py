@@ -105,6 +105,8 @@ async def test_the_service_prepares_over_its_control_socket(tmp_path: Path) -> N
         with pytest.raises(AutoextendError, match="must be a list of strings"):
             await control.call(sock, "volume_prepare", paths="/dev/sda")
         tg.cancel_scope.cancel()
+    sample = service.metrics.registry.get_sample_value
+    assert sample("autoextend_stale_views_total", {"when": "start"}) == 0  # nothing refreshed
     # Not attached on this host: the view is the file, up to date; the path named the same LV.
     assert done == {"volumes": [{"volume": "vg0/lv1", "metadata_size": 64 * MiB,
                                  "before": 64 * MiB, "size": 64 * MiB, "refreshed": False}],
@@ -193,3 +195,12 @@ async def test_incoming_watch_follows_the_metadata_until_the_vm_settles() -> Non
         await until(lambda: watch.watching() == [], 5, "the watch ending on a frozen view")
         assert views.view == 80 * MiB
         tg.cancel_scope.cancel()
+
+
+def test_stale_at_start_counts_the_refreshed_views() -> None:
+    vol = VolumeRef("vg0", "lv1")
+    done = [prepare.PreparedView(vol, 96 * MiB, 64 * MiB, 96 * MiB),
+            prepare.PreparedView(vol, 64 * MiB, 64 * MiB, 64 * MiB),
+            prepare.PreparedView(vol, 80 * MiB, 64 * MiB, 96 * MiB)]
+    assert prepare.stale_at_start(done) == 2
+    assert prepare.stale_at_start([]) == 0
