@@ -141,9 +141,11 @@ class Metrics:
         """A counter whose value another component keeps (exposed as ``<name>_total``)."""
         self.registry.register(_CallbackCounter(name, doc, fn))
 
-    def volume_gauge_from(self, name: str, doc: str, fn: Callable[[], dict[str, float]]) -> None:
-        """A gauge per volume whose values another component keeps (read at scrape time)."""
-        self.registry.register(_CallbackVolumeGauge(name, doc, fn))
+    def volume_gauge_from(self, name: str, doc: str, fn: Callable[[], dict[str, float]],
+                          label: str = "volume") -> None:
+        """A gauge per volume (or per value of ``label``) whose values another component
+        keeps (read at scrape time)."""
+        self.registry.register(_CallbackVolumeGauge(name, doc, fn, label))
 
     # ---- MonitorObserver
 
@@ -240,15 +242,16 @@ class Metrics:
 
 
 class _CallbackVolumeGauge:
-    def __init__(self, name: str, doc: str, fn: Callable[[], dict[str, float]]) -> None:
-        self.name, self.doc, self.fn = name, doc, fn
+    def __init__(self, name: str, doc: str, fn: Callable[[], dict[str, float]],
+                 label: str = "volume") -> None:
+        self.name, self.doc, self.fn, self.label = name, doc, fn, label
 
     def collect(self) -> Any:
         from prometheus_client.core import GaugeMetricFamily
 
-        family = GaugeMetricFamily(self.name, self.doc, labels=["volume"])
-        for volume, value in sorted(self.fn().items()):
-            family.add_metric([volume], value)
+        family = GaugeMetricFamily(self.name, self.doc, labels=[self.label])
+        for value_of, value in sorted(self.fn().items()):
+            family.add_metric([value_of], value)
         yield family
 
     def describe(self) -> Any:

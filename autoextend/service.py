@@ -335,6 +335,10 @@ class Service:
         m.counter_from("autoextend_control_accept_errors_total",
                        "Control socket accept() failures (out of file descriptors)",
                        lambda: float(control.accept_errors))
+        m.volume_gauge_from(
+            "autoextend_drive_error_policy",
+            "Managed drives by write error policy (report and ignore hand ENOSPC to the "
+            "guest as an I/O error)", self.monitor.drive_error_policies, label="policy")
         ledger = self.writes.ledger
         m.counter_from("autoextend_vg_foreign_writes_total",
                        "Changes to a pool VG's metadata that this host's writer did not make "

@@ -10,6 +10,7 @@ import click
 
 from autoextend.capacity.render import render_capacity
 from autoextend.cli.context import CliContext, echo_reply, pass_ctx
+from autoextend.monitor.protocols import ENOSPC_TO_GUEST
 
 RUN_EPILOG = """\b
 Examples:
@@ -103,6 +104,8 @@ def render_status(result: dict[str, Any]) -> str:
         for d in vm.get("drives", []):
             err = f"  last error: {d['last_error']}" if d.get("last_error") else ""
             job = f" ({d['job']} target)" if d.get("job") else ""
+            if d.get("error_policy") in ENOSPC_TO_GUEST:
+                err += f"  policy={d['error_policy']}: ENOSPC reaches the guest"
             lines.append(
                 f"  {d['drive'] + job:<8} {d['volume']:<24} {d['state']:<9}"
                 f" alloc {_human(d['allocation'])} / phys {_human(d['physical'])}"

@@ -120,6 +120,8 @@ def drives_from_stats(vm: str, stats: Mapping[str, Any], disks: list[DiskFacts])
                 allocation=allocation,
                 physical=physical,
                 threshold=_uint(stats, f"block.{i}.threshold") or 0,
+                # libvirt's "enospace" is QEMU's werror=enospc (DriveInfo's vocabulary)
+                error_policy="enospc" if disk.error_policy == "enospace" else disk.error_policy,
             )
         )
     return found

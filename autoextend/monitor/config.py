@@ -61,6 +61,10 @@ class PolicySettings(Section):
     overrides: tuple[PolicyOverride, ...] = Field((), strict=False)
     vg_reserve_mib: dict[str, int] = Field(default_factory=dict)
     reduce_on_stop: bool = False
+    # A drive whose write error policy is report or ignore hands an ENOSPC to the guest as an
+    # I/O error (the write is lost) instead of pausing the VM. true: still extend it (the
+    # threshold usually comes first); false: leave it alone (it is listed in status).
+    manage_enospc_to_guest: bool = True
 
     @model_validator(mode="after")
     def _reserves_positive(self) -> PolicySettings:

@@ -277,6 +277,16 @@ class Monitor:
                             d.info.capacity, d.cap)
                 for vm in self._vms.values() for d in vm.drives.values()]
 
+    def drive_error_policies(self) -> dict[str, float]:
+        """How many managed drives have each write error policy ("default": unset, QEMU's
+        ``enospc``); ``report`` and ``ignore`` hand an ENOSPC to the guest."""
+        found: dict[str, float] = {}
+        for vm in self._vms.values():
+            for d in vm.drives.values():
+                policy_name = d.info.error_policy or "default"
+                found[policy_name] = found.get(policy_name, 0.0) + 1
+        return found
+
     def frozen_views(self) -> dict[VolumeRef, str]:
         """Volumes whose view this host must not refresh now, each with the VM that holds it:
         a VM migrating out (its view is frozen until the migration ends)."""

@@ -169,4 +169,5 @@ class DriveState:
             "last_error": self.last_error,
             "job": self.info.job,
             "job_id": self.info.job_id,
+            "error_policy": self.info.error_policy,
         }

@@ -182,6 +182,7 @@ class MemoryDrive:
     job_id: str = ""
     job_paused: bool = False
     job_need: int = 0
+    error_policy: str = ""  # the drive's werror (DriveInfo.error_policy)
 
 
 @dataclass
@@ -300,7 +301,8 @@ class MemoryHypervisor:
         return [
             DriveInfo(vm, name, f"node-{name}", self.volumes.device_path(d.volume), d.capacity,
                       d.allocation, self.volumes.sizes[d.volume], d.threshold, job=d.job,
-                      job_id=d.job_id, job_paused=d.job_paused, job_need=d.job_need)
+                      job_id=d.job_id, job_paused=d.job_paused, job_need=d.job_need,
+                      error_policy=d.error_policy)
             for name, d in rec.drives.items()
         ]
 

@@ -35,6 +35,12 @@ class DriveInfo:
     job stopped for lack of space (``on-error=enospc``) and waits for ``resume_job``, and
     ``job_need`` is the size the target should have for the job to finish (a commit base
     measured at the job's start; 0 when unknown).
+
+    ``error_policy`` is the drive's write error policy (QEMU's ``werror``) as the hypervisor
+    says: ``stop``, ``enospc``, ``report`` or ``ignore``; "" when unset or not known (QEMU's
+    default is ``enospc``: the VM pauses). With ``report`` or ``ignore``
+    (:data:`ENOSPC_TO_GUEST`) an ENOSPC is handed to the guest as an I/O error instead: the
+    write is lost and ext4 remounts read-only.
     """
 
     vm: str
@@ -49,6 +55,11 @@ class DriveInfo:
     job_id: str = ""
     job_paused: bool = False
     job_need: int = 0
+    error_policy: str = ""
+
+
+# Write error policies that hand an ENOSPC to the guest instead of pausing the VM.
+ENOSPC_TO_GUEST = frozenset({"report", "ignore"})
 
 
 class PauseReason(enum.Enum):

@@ -12,7 +12,7 @@ from autoextend.monitor import policy
 from autoextend.monitor.context import MonitorContext, VmView
 from autoextend.monitor.drive import DriveState
 from autoextend.monitor.observer import DriveGone, DriveSeen, Paused, Resumed, UnmanagedEnospc
-from autoextend.monitor.protocols import DriveInfo, PauseReason, RunState
+from autoextend.monitor.protocols import ENOSPC_TO_GUEST, DriveInfo, PauseReason, RunState
 from autoextend.monitor.vm import log
 from autoextend.monitor.vmstate import Action, classify
 
@@ -60,6 +60,11 @@ def merge_drives(ctx: MonitorContext, vm: VmView, infos: list[DriveInfo], *, rea
         volume = ctx.hypervisor.volume_of(info)
         if volume is None:
             continue
+        if info.error_policy in ENOSPC_TO_GUEST and not ctx.settings.manage_enospc_to_guest:
+            if info.drive not in vm.drives:
+                log.debug("drive left alone: its error policy hands ENOSPC to the guest",
+                          vm=vm.name, drive=info.drive, error_policy=info.error_policy)
+            continue
         seen.add(info.drive)
         d = vm.drives.get(info.drive)
         if d is None or d.info.path != info.path:
@@ -71,6 +76,11 @@ def merge_drives(ctx: MonitorContext, vm: VmView, infos: list[DriveInfo], *, rea
             log.info("drive added", vm=vm.name, drive=info.drive, volume=str(volume),
                      physical=info.physical, capacity=info.capacity,
                      job=info.job or None, job_need=info.job_need or None)
+            if info.error_policy in ENOSPC_TO_GUEST:
+                log.warning("drive's error policy hands ENOSPC to the guest as an I/O error "
+                            "(the write is lost): set error_policy='stop' or 'enospace'",
+                            vm=vm.name, drive=info.drive, volume=str(volume),
+                            error_policy=info.error_policy)
             continue
         d.update_info(info, cap=policy.cap(info.capacity, ctx.policy_for(info, volume)))
         ctx.observer.notify(DriveSeen(info, volume, d.cap))

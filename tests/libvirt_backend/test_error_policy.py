@@ -43,5 +43,11 @@ async def test_error_policies_of_real_domains(
                     if seen >= set(policies):
                         break
             found = {name: await hypervisor.error_policies(name) for name in policies}
+            # what the monitor gets with each drive: DriveInfo.error_policy
+            drives = {name: await hypervisor.drives(name) for name in policies}
             tg.cancel_scope.cancel()
     assert found == {name: {"vda[1]": (policy, "report")} for name, policy in policies.items()}
+    in_qemu_words = {"report": "report", "stop": "stop", "enospace": "enospc"}
+    assert {name: [(d.drive, d.error_policy) for d in found_drives]
+            for name, found_drives in drives.items()} == {
+        name: [("vda[1]", in_qemu_words[policy])] for name, policy in policies.items()}

@@ -173,7 +173,7 @@ def test_top_image_of_each_writable_qcow2_block_disk() -> None:
     found = drives_from_stats("vm1", stats, parse_disks(DOMAIN_XML))
     assert found.drives == [
         DriveInfo("vm1", "vda[3]", "vda[3]", "/dev/loop7", 1024 * MiB, 5 * MiB, 128 * MiB,
-                  100 * MiB)
+                  100 * MiB, error_policy="enospc")  # libvirt's error_policy='enospace'
     ]
     assert found.skipped == []
 
