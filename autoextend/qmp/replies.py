@@ -60,6 +60,9 @@ class Topology:
     drives: tuple[DriveInfo, ...] = ()
     by_node: Mapping[str, str] = field(default_factory=dict)
     by_device: Mapping[str, str] = field(default_factory=dict)
+    #: drive -> its device's QOM path (``qdev``), and its BlockBackend (legacy ``-drive``) name
+    qdev_of: Mapping[str, str] = field(default_factory=dict)
+    device_of: Mapping[str, str] = field(default_factory=dict)
 
     def drive_of(self, node: str | None, device: str | None = None) -> str | None:
         if node and node in self.by_node:
@@ -196,6 +199,8 @@ def parse_topology(
     drives: list[DriveInfo] = []
     by_node: dict[str, str] = {}
     by_device: dict[str, str] = {}
+    qdev_of: dict[str, str] = {}
+    device_of: dict[str, str] = {}
     for i, raw in enumerate(blk.list_(query_block, "return")):
         where = f"[{i}]"
         info = blk.dict_(raw, where)
@@ -255,7 +260,10 @@ def parse_topology(
         by_node[root] = by_node[shown] = name
         if device:
             by_device[device] = name
-    return Topology(tuple(drives), by_node, by_device)
+            device_of[name] = device
+        if qdev.startswith("/"):
+            qdev_of[name] = qdev
+    return Topology(tuple(drives), by_node, by_device, qdev_of, device_of)
 
 
 def parse_io_status(vm: str, query_block: object) -> dict[str, str]:

@@ -18,6 +18,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.clock import Clock
@@ -33,8 +34,9 @@ from autoextend.monitor.protocols import (
     VmResumed,
 )
 from autoextend.qemuimg import Measure
+from autoextend.qmp import errpolicy
 from autoextend.qmp.connection import QmpConnection
-from autoextend.qmp.errors import MalformedReply, QmpDisconnected, QmpError
+from autoextend.qmp.errors import MalformedReply, QmpCommandFailed, QmpDisconnected, QmpError
 from autoextend.qmp.jobwatch import JobWatch, job_event
 from autoextend.qmp.migration import migration_info, migration_phase
 from autoextend.qmp.pauses import drive_errors
@@ -69,6 +71,8 @@ class VmSession:
         self.failure: str | None = None
         #: Events dropped because their data failed validation (logged 1st, 10th, every 1000th).
         self.malformed_events = 0
+        self._policies: dict[str, str] = {}   # device QOM path -> its werror (errpolicy.py)
+        self._argv: list[str] | None = None   # QEMU's command line, read once if needed
 
     async def fail(self, command: str, err: BaseException) -> QmpError:
         """End this session because of ``err``; return the error to raise to the caller."""
@@ -111,8 +115,32 @@ class VmSession:
             size = await self._device_size(info.path)
             if size is not None and size != info.physical:
                 info = dataclasses.replace(info, physical=size)
+            policy = await self._error_policy(info.drive)
+            if policy:
+                info = dataclasses.replace(info, error_policy=policy)
             fresh.append(info)
         return fresh
+
+    async def _error_policy(self, drive: str) -> str:
+        """The drive's ``werror`` (``qmp/errpolicy.py``): read once per device per session."""
+        qdev = self.topology.qdev_of.get(drive)
+        if qdev is None:
+            return ""
+        if qdev in self._policies:
+            return self._policies[qdev]
+        try:
+            value = await self.conn.execute("qom-get", {"path": qdev, "property": "werror"})
+        except QmpCommandFailed:
+            value = None  # a device without the property: unknown
+        legacy = ""
+        if value == "auto":
+            if self._argv is None:
+                found = await anyio.to_thread.run_sync(errpolicy.qemu_argv, self.conn.path)
+                self._argv = found or []
+            legacy = errpolicy.legacy_werror(self._argv, self.topology.device_of.get(drive, ""))
+        policy = errpolicy.resolve(value, legacy)
+        self._policies[qdev] = policy
+        return policy
 
     async def run_state(self) -> RunState:
         return await self._guarded("query-status", self._run_state)

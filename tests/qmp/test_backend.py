@@ -315,3 +315,29 @@ async def test_connection_dropped_while_qemu_lives_is_reconnected() -> None:
                 assert isinstance(crossed, ThresholdCrossed) and crossed.vm == "vm1"
                 assert hv.session_failures == 0  # QEMU's side ended it, not a bad reply
             server.cancel_scope.cancel()
+
+
+async def test_error_policy_from_the_device_and_from_a_legacy_drive() -> None:
+    """Issue 29 item 5 over QMP: ``werror`` of a ``-device`` (qom-get), of a legacy
+    ``-drive`` (the device says ``auto``; read from QEMU's command line), and unset."""
+    async with qemu_lab() as lab:
+        a, b, c = await lab.volume(), await lab.volume(), await lab.volume()
+        await lab.start_custom("pol", [
+            "-machine", "q35", "-accel", "tcg", "-m", "32", "-nodefaults", "-display", "none",
+            "-S", "-name", "pol",
+            "-blockdev", f"driver=host_device,filename={a.device},node-name=p0,cache.direct=on",
+            "-blockdev", "driver=qcow2,file=p0,node-name=f0",
+            "-device", "virtio-blk-pci,drive=f0,id=vda,werror=report",
+            "-drive", f"file={b.device},format=qcow2,if=none,id=d1,werror=ignore,"
+                      "cache.direct=on",
+            "-device", "virtio-blk-pci,drive=d1,id=vdb",
+            "-blockdev", f"driver=host_device,filename={c.device},node-name=p2,cache.direct=on",
+            "-blockdev", "driver=qcow2,file=p2,node-name=f2",
+            "-device", "virtio-blk-pci,drive=f2,id=vdc",
+        ])
+        hv = QmpHypervisor(fast_settings(lab), Lookup(lab), MonotonicClock())
+        async with running(hv):
+            drives = {d.drive: d.error_policy for d in await hv.drives("pol")}
+            again = {d.drive: d.error_policy for d in await hv.drives("pol")}  # cached
+    # unset anywhere: "" (QEMU's default, enospc: the VM pauses), as over libvirt
+    assert drives == again == {"vda": "report", "vdb": "ignore", "vdc": ""}
