@@ -22,6 +22,7 @@ from autoextend.spm.reducing import (
     already_applied,
     fresh_term,
     hot_volume,
+    in_use_on_a_host,
     judge,
 )
 from autoextend.spm.server import SpmMailServer
@@ -70,7 +71,7 @@ def test_a_reduce_already_applied_is_ok_whatever_the_term_or_the_window(f: Reduc
 
 
 def test_the_checks_and_their_order() -> None:
-    assert REDUCE_CHECKS == (already_applied, fresh_term, hot_volume)
+    assert REDUCE_CHECKS == (already_applied, fresh_term, hot_volume, in_use_on_a_host)
 
 
 class ReducingBackend:
