@@ -247,10 +247,10 @@ def held_volumes(backend: VolumeBackend, proc: str = "/proc",
 
     Every fd in ``proc`` (this process's excepted) that names a block device or a file is
     mapped to a volume by ``backend.lookup`` (a ``/dev/dm-N`` by its ``/dev/mapper`` name)
-    and kept when it is this host's device of that volume (``device_path``, or the file of a
-    file-backed one): in the lab, where several hosts share one machine, another host's
-    loop device over the same file is that host's to publish."""
-    base = innermost(backend)
+    and kept when it is this host's device of that volume (``device_path``): in the lab,
+    where several hosts share one machine, another host's loop device over the same file is
+    that host's to publish. (A process holding the lab's volume *file* itself is not found:
+    the lab's guests open loop devices; real LVM volumes have no file.)"""
     found: set[VolumeRef] = set()
     seen: dict[str, VolumeRef | None] = {}
     me = str(os.getpid())
@@ -270,15 +270,14 @@ def held_volumes(backend: VolumeBackend, proc: str = "/proc",
             if not target.startswith("/") or target.startswith(("/proc", "/sys")):
                 continue
             if target not in seen:
-                seen[target] = _own_volume(backend, base, target, sys_block)
+                seen[target] = _own_volume(backend, target, sys_block)
             volume = seen[target]
             if volume is not None:
                 found.add(volume)
     return found
 
 
-def _own_volume(backend: VolumeBackend, base: object, target: str,
-                sys_block: str) -> VolumeRef | None:
+def _own_volume(backend: VolumeBackend, target: str, sys_block: str) -> VolumeRef | None:
     path = target
     name = os.path.basename(target)
     if target == f"/dev/{name}" and name.startswith("dm-"):
@@ -291,8 +290,6 @@ def _own_volume(backend: VolumeBackend, base: object, target: str,
         volume = backend.lookup(path)
         if volume is None:
             return None
-        if isinstance(base, FileBacked) and base.file_path(volume) == target:
-            return volume
         own = os.path.realpath(backend.device_path(volume))
     except (AutoextendError, OSError, ValueError):
         return None

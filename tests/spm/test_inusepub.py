@@ -9,26 +9,16 @@ from pathlib import Path
 from autoextend.capacity.reduce import held_volumes
 from autoextend.clock import ManualClock
 from autoextend.sectorfakes import MemoryStorage
-from autoextend.sectors import StorageError
 from autoextend.spm import inuse
 from autoextend.spm.inusepub import InUsePublisher
 from autoextend.volumes import VolumeRef
 
-from .fakes import FAST, layout_for
-
-
-class FailingWrites(MemoryStorage):
-    fail = False
-
-    async def write(self, offset: int, data: bytes) -> None:
-        if self.fail:
-            raise StorageError("mem", "write", offset, len(data), "injected")
-        await super().write(offset, data)
+from .fakes import FAST, Watched, layout_for
 
 
 async def test_publishes_continues_its_seq_and_survives_failures() -> None:
     layout = layout_for(FAST)
-    storage = FailingWrites(layout.end, 512)
+    storage = Watched(MemoryStorage(layout.end, 512))
     names = ["vg0/a", "vg0/b"]
 
     async def source() -> list[str]:
@@ -42,9 +32,9 @@ async def test_publishes_continues_its_seq_and_survives_failures() -> None:
     assert first is not None and first.seq == 1 and first.lists("vg0/b")
     raw = await storage.read(layout.inuse_offset(3), inuse.RECORD_BYTES)
     assert inuse.decode(raw, 3) == first and first.generation == 77
-    storage.fail = True
+    storage.fail_writes = True
     assert await pub.publish_once() is None and pub.failures == 1
-    storage.fail = False
+    storage.fail_writes = False
     names[:] = ["boom"]
     assert await pub.publish_once() is None and pub.failures == 2
     names[:] = []
