@@ -50,6 +50,9 @@ from autoextend.volumes import (
 
 log = logs.get_logger("spm.server")
 
+# The ops the in-use gate judges (``inusegate.py``): a REMOVE joins them when it exists.
+IN_USE_GATED = (OP_REDUCE,)
+
 
 class Executor:
     """Runs the SPM's requests: its turns (limiter, VG locks) and the one op path."""
@@ -86,7 +89,7 @@ class Executor:
         first_look: Look | None = None
         try:
             with scope:
-                if req.op == OP_REDUCE and self._in_use is not None:
+                if req.op in IN_USE_GATED and self._in_use is not None:
                     # The in-use gate's first look and settle, before the VG's lock
                     # (``inusegate.py``): the wait must not hold up the VG's extends.
                     first_look = await self._in_use.look()

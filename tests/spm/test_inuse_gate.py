@@ -23,7 +23,7 @@ from autoextend.spm.inusepub import InUsePublisher
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.server import SpmMailServer
 from autoextend.spm.wire import OP_REDUCE, OP_REDUCE_CHECK, Reply, Status
-from autoextend.volumes import LocalAuthority
+from autoextend.volumes import LocalAuthority, VolumeRef
 
 from .fakes import FAST, VG, VOL, ReducingBackend, Watched, layout_for
 
@@ -38,7 +38,7 @@ class Rig:
     def __init__(self) -> None:
         self.layout: MailboxLayout = layout_for(FAST)
         self.storage = Watched(MemoryStorage(self.layout.end, 512))
-        # The SPM's looks: its reads of the records of hosts 1 and 2 in one run (8 KiB);
+        # The SPM's looks: its reads of the records of hosts 1, 2, .. in one run (8 KiB+);
         # a publisher reads only its own record (4 KiB), once at start.
         self.looks = 0
         self.on_look: dict[int, list[str]] = {}
@@ -60,7 +60,7 @@ class Rig:
 
     def _read(self, offset: int, length: int) -> None:
         """Before the n-th look reads, host 2 opens what ``on_look[n]`` says."""
-        if offset == self.layout.inuse_offset(1) and length == 2 * inuse.RECORD_BYTES:
+        if offset == self.layout.inuse_offset(1) and length >= 2 * inuse.RECORD_BYTES:
             self.looks += 1
             self.open[2].extend(self.on_look.get(self.looks, []))
 
@@ -183,3 +183,30 @@ async def test_goal_never_both_the_reduce_and_the_open_proceed() -> None:
         reply = await rig.ask()
     opened = rig.open[2] == [str(VOL)]
     assert not (opened and reply.status is Status.OK)
+
+
+async def test_the_settle_does_not_hold_up_the_vgs_extends() -> None:
+    """The wait between the two looks is made before the VG's lock: an extend of another
+    volume of the VG asked meanwhile is answered before the reduce."""
+    rig = Rig()
+    other = VolumeRef(VG, "lv2")
+    rig.backend.sizes[other] = 64 * MiB
+    rig.states[3] = ("live", 33)  # publishes once, then is silent: the settle runs out
+    order: list[str] = []
+    silent = InUsePublisher(rig.storage, rig.layout, 3, rig._source(1), lambda: 33,
+                            MonotonicClock(), period_s=PERIOD)
+    await silent.start()
+    await silent.publish_once()
+
+    async def extend_during_the_settle() -> None:
+        await until(lambda: rig.looks >= 2, 30, "the settle")
+        reply = await rig.host.request(other, 128 * MiB)
+        assert reply.status is Status.OK
+        order.append("extend")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(extend_during_the_settle)
+        reply = await rig.ask()
+        order.append("reduce")
+    assert reply.status is Status.REJECTED and "host 3" in reply.text
+    assert order == ["extend", "reduce"] and rig.backend.sizes[other] == 128 * MiB
