@@ -24,8 +24,8 @@ the reduce is applied after ``t2``, while the VG's lock is held.
   ``t2``: the record read at ``t2`` has ``seq >= s + 2`` where ``s`` was read at ``t1``.
   Publish ``s + 2`` collected after publish ``s + 1`` was written, and ``s + 1`` could not
   have been written before ``t1`` (the first look would have read it), so it collected after
-  ``t1``. A holder that opened v before ``t1`` and still holds it is in that record: refused.
-  A holder that opened and closed v entirely before that collection no longer holds it.
+  ``t1``. A holder that opened v before that collection and still held it then is in that
+  record: refused. One that closed v before that collection no longer holds it.
 * B opened v after the collection of the record read at ``t2`` (a window of at most one
   period plus the settle time): this look cannot see it. What closes this window is on
   the host: an open that goes through the host first must publish v *before* it lets the
