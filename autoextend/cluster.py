@@ -5,6 +5,7 @@ Every host runs the same thing (``service.extender = "mailbox"``)::
     ClusterAgent.run
     └── lease.joined()                 host id (delta lease) acquired and renewed
         ├── HostMailbox.run            this host's requests to the SPM
+        ├── InUsePublisher.run         this host's open pool volumes, every 2 s (issue 27)
         └── candidacy loop             wait for the SPM lease, then, inside its scope:
             └── SpmMailServer.run      validate, extend (writer gated by the SPM term), reply
 
@@ -13,6 +14,8 @@ Invariants:
 * The SPM mail server and its volume writer exist only inside ``lease.spm()``; the writer
   checks the term before every metadata change, and the term's scope is cancelled before
   the lease could expire (self-fencing, see ``autoextend/lease/README.md``).
+* The SPM judges every reduce by every live host's in-use record (``spm/inusegate.py``):
+  the agent's publisher writes this host's, and its SPM term reads them all.
 * Losing or giving up the role never stops the host side: requests stay in this host's
   mailbox and the next SPM serves them.
 * An I/O error while joining (the first lease or mailbox I/O) does not end the agent: it is
@@ -24,6 +27,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -45,6 +49,8 @@ from autoextend.sectors import SectorStorage, StorageError
 from autoextend.spm.config import MailboxSettings, mailbox_base
 from autoextend.spm.extender import MailboxExtender
 from autoextend.spm.host import HostMailbox
+from autoextend.spm.inusegate import InUseGate, lease_states
+from autoextend.spm.inusepub import InUsePublisher, InUseSource
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.server import SpmMailServer
 from autoextend.validation import cluster_rule
@@ -72,7 +78,10 @@ class ClusterAgent:
         clock: Clock,
         *,
         checks: Checks = ALL_ON,
+        in_use: InUseSource | None = None,
     ) -> None:
+        """``in_use``: this host's open pool volumes (the service's: the monitor's drives
+        and the holders scan); None publishes none (a test's agent that runs no guests)."""
         found = list(cluster_rule(lease, mailbox, vgs))
         if found:
             raise ConfigError("<settings>", found)
@@ -89,6 +98,8 @@ class ClusterAgent:
         self.lease: LeaseEngine | None = None
         self.mailbox: HostMailbox | None = None
         self.server: SpmMailServer | None = None
+        self.in_use_source: InUseSource = in_use or _nothing_in_use
+        self.publisher: InUsePublisher | None = None
         self.terms = 0
         self.join_failures = 0  # I/O errors while joining (each retried with backoff)
         self._joined: anyio.Event | None = None  # made inside the event loop, on first use
@@ -149,6 +160,10 @@ class ClusterAgent:
                 await check_engine(storage, lease_cfg)  # its read is the join's first I/O
                 async with lease.joined(), anyio.create_task_group() as tg:
                     await tg.start(self.mailbox.run)
+                    self.publisher = InUsePublisher(
+                        storage, layout, self.host_id, self.in_use_source,
+                        partial(self._own_generation, lease), self.clock)
+                    await tg.start(self.publisher.run)
                     tg.start_soon(self._candidacy, lease, storage, layout)
                     self.log.info("joined the pool", host_name=lease.host_name,
                                   join_failures=self.join_failures)
@@ -179,6 +194,8 @@ class ClusterAgent:
                     storage, backend, self.vgs, layout=layout, authority=term,
                     settings=self.mailbox_config, clock=self.clock, epoch=term.lver,
                     live_hosts=lambda: self._live_hosts(lease),
+                    in_use=InUseGate(storage, layout, lambda: self._host_states(lease),
+                                     self.clock),
                 )
                 self.server = server
                 self.log.info("this host is SPM", lver=term.lver)
@@ -200,6 +217,17 @@ class ClusterAgent:
                 if s.state not in (HostState.FREE, HostState.DEAD)}
         live.add(self.host_id)
         return live
+
+    def _own_generation(self, lease: LeaseEngine) -> int:
+        own = lease.host_states().get(self.host_id)
+        return int(own.generation) if own is not None else 0
+
+    def _host_states(self, lease: LeaseEngine) -> dict[int, tuple[str, int]]:
+        """Every host the lease knows, and this one (live: it runs this code)."""
+        states = dict(lease_states(lease.host_states)())
+        _, generation = states.get(self.host_id, ("live", 0))
+        states[self.host_id] = ("live", generation)
+        return states
 
     async def step_down(self, timeout_s: float = 30.0) -> dict[str, Any]:
         """Finish or hand back the requests in flight, then release the SPM lease."""
@@ -243,8 +271,17 @@ class ClusterAgent:
             "terms_held": self.terms,
             "join_failures": self.join_failures,
             "mailbox": dict(vars(self.mailbox.counters)) if self.mailbox is not None else {},
+            "in_use": ({"seq": self.publisher.seq, "published": self.publisher.published,
+                        "failures": self.publisher.failures,
+                        "volumes": len(self.publisher.last.hashes)
+                        if self.publisher.last is not None else None}
+                       if self.publisher is not None else None),
             "server": dict(vars(server.counters)) if server is not None else None,
         }
+
+
+async def _nothing_in_use() -> list[str]:
+    return []
 
 
 class AgentExtender:

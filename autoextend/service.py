@@ -39,7 +39,7 @@ from autoextend import (
 )
 from autoextend import reload as reload_mod
 from autoextend import settings as settings_mod
-from autoextend.capacity.reduce import parse_volume
+from autoextend.capacity.reduce import in_use_names, parse_volume
 from autoextend.capacity.wiring import CapacityPart
 from autoextend.checks import ALL_ON, Checks
 from autoextend.clock import Clock, MonotonicClock
@@ -57,7 +57,7 @@ from autoextend.lvm.writer import WriterTally
 from autoextend.metrics import Metrics, serve_metrics
 from autoextend.monitor.chunking import WriteRateChunks
 from autoextend.monitor.context import Sizes, ViewSizes
-from autoextend.monitor.core import Monitor
+from autoextend.monitor.core import Monitor, VolumeInUse
 from autoextend.monitor.local import LocalExtender
 from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
 from autoextend.monitor.protocols import Extender, Hypervisor
@@ -66,6 +66,7 @@ from autoextend.prepare_merge import MergeChains, merge_request, prepare_merge
 from autoextend.qemuimg import qemu_img_measure
 from autoextend.sdnotify import Notifier
 from autoextend.settings import Settings
+from autoextend.spm.inusepub import InUseSource
 from autoextend.volumes import (
     LocalAuthority,
     SpmAuthority,
@@ -169,7 +170,7 @@ def make_hypervisor_parts(
 
 def make_cluster_agent(
     settings: Settings, host_backend: VolumeBackend, clock: Clock, checks: Checks = ALL_ON,
-    tally: WriterTally | None = None,
+    tally: WriterTally | None = None, in_use: InUseSource | None = None,
 ) -> ClusterAgent:
     """Mailbox mode: the agent, with its sections and the SPM's per-term backend factory."""
 
@@ -177,7 +178,18 @@ def make_cluster_agent(
         return make_volume_backend(settings, term, tally)
 
     return ClusterAgent(settings.lease, settings.mailbox, settings.lvm.vgs, host_backend,
-                        spm_backend, clock, checks=checks)
+                        spm_backend, clock, checks=checks, in_use=in_use)
+
+
+class _LateUsers:
+    """The service's monitor's volumes in use, once the monitor exists (none before)."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    def volumes_in_use(self) -> list[VolumeInUse]:
+        monitor = getattr(self._service, "monitor", None)
+        return monitor.volumes_in_use() if monitor is not None else []
 
 
 class Service:
@@ -213,8 +225,11 @@ class Service:
         self.cluster: ClusterAgent | None = None
         self.extender: Extender
         if settings.service.extender == "mailbox":
-            self.cluster = make_cluster_agent(settings, self.backend, self.clock, checks,
-                                              self.writes)
+            # This host's open volumes for its in-use record (issue 27): the monitor's
+            # drives, asked when the publisher runs (the monitor is made below).
+            self.cluster = make_cluster_agent(
+                settings, self.backend, self.clock, checks, self.writes,
+                in_use=in_use_names(_LateUsers(self), self.backend))
             self.extender = self.cluster.extender()
         else:
             self.extender = LocalExtender(self.backend)

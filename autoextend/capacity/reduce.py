@@ -28,6 +28,7 @@ the volume's size after the command; exit 1 names it too.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -237,3 +238,70 @@ async def extent_of(backend: object, volume: VolumeRef, fallback: int) -> int:
     if isinstance(backend, KnowsExtent):
         return await backend.vg_extent_size(volume.vg)
     return fallback
+
+
+def held_volumes(backend: VolumeBackend, proc: str = "/proc",
+                 sys_block: str = "/sys/block") -> set[VolumeRef]:
+    """The pool volumes some process on this host has open through this host's own view
+    (the holders scan of the in-use records, ``spm/inuse.py``; blocking: run it in a thread).
+
+    Every fd in ``proc`` (this process's excepted) that names a block device or a file is
+    mapped to a volume by ``backend.lookup`` (a ``/dev/dm-N`` by its ``/dev/mapper`` name)
+    and kept when it is this host's device of that volume (``device_path``): in the lab,
+    where several hosts share one machine, another host's loop device over the same file is
+    that host's to publish. (A process holding the lab's volume *file* itself is not found:
+    the lab's guests open loop devices; real LVM volumes have no file.)"""
+    found: set[VolumeRef] = set()
+    seen: dict[str, VolumeRef | None] = {}
+    me = str(os.getpid())
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit() or entry.name == me:
+            continue
+        fd_dir = os.path.join(proc, entry.name, "fd")
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue  # gone, or a kernel thread
+        for fd in fds:
+            try:
+                target = os.readlink(os.path.join(fd_dir, fd))
+            except OSError:
+                continue
+            if not target.startswith("/") or target.startswith(("/proc", "/sys")):
+                continue
+            if target not in seen:
+                seen[target] = _own_volume(backend, target, sys_block)
+            volume = seen[target]
+            if volume is not None:
+                found.add(volume)
+    return found
+
+
+def _own_volume(backend: VolumeBackend, target: str, sys_block: str) -> VolumeRef | None:
+    path = target
+    name = os.path.basename(target)
+    if target == f"/dev/{name}" and name.startswith("dm-"):
+        try:
+            with open(os.path.join(sys_block, name, "dm", "name")) as f:
+                path = "/dev/mapper/" + f.read().strip()
+        except OSError:
+            return None
+    try:
+        volume = backend.lookup(path)
+        if volume is None:
+            return None
+        own = os.path.realpath(backend.device_path(volume))
+    except (AutoextendError, OSError, ValueError):
+        return None
+    return volume if own == os.path.realpath(target) else None
+
+
+def in_use_names(users: VolumesInUse, backend: VolumeBackend) -> Callable[[], Awaitable[
+        list[str]]]:
+    """The in-use publisher's source (``spm/inusepub.py``): the volumes of the monitor's
+    drives (``users``), plus what the holders scan finds (:func:`held_volumes`)."""
+    async def names() -> list[str]:
+        volumes = {use.volume for use in users.volumes_in_use()}
+        volumes |= await anyio.to_thread.run_sync(held_volumes, backend)
+        return sorted(str(v) for v in volumes)
+    return names

@@ -36,8 +36,10 @@ import anyio
 from autoextend import logs
 from autoextend.clock import Clock
 from autoextend.errors import AutoextendError, NotSpmError
+from autoextend.spm.inuse import Look
+from autoextend.spm.inusegate import InUseGate
 from autoextend.spm.reducing import REDUCE_CHECKS, ReduceCheck, ReduceDesk, Verdict
-from autoextend.spm.wire import REDUCE_OPS, ReasonCode, Request, Status
+from autoextend.spm.wire import OP_REDUCE, REDUCE_OPS, ReasonCode, Request, Status
 from autoextend.volumes import (
     SpmAuthority,
     VolumeBackend,
@@ -48,6 +50,9 @@ from autoextend.volumes import (
 
 log = logs.get_logger("spm.server")
 
+# The ops the in-use gate judges (``inusegate.py``): a REMOVE joins them when it exists.
+IN_USE_GATED = (OP_REDUCE,)
+
 
 class Executor:
     """Runs the SPM's requests: its turns (limiter, VG locks) and the one op path."""
@@ -56,11 +61,14 @@ class Executor:
         self, backend: VolumeBackend, authority: SpmAuthority, clock: Clock, *,
         hot_window_s: float, max_concurrent: int,
         reduce_checks: Sequence[ReduceCheck] = REDUCE_CHECKS,
+        in_use: InUseGate | None = None,
     ) -> None:
         self._backend = backend
         self._authority = authority
         self._max_concurrent = max_concurrent
-        self._reduces = ReduceDesk(backend, authority, clock, hot_window_s, reduce_checks)
+        self._in_use = in_use
+        self._reduces = ReduceDesk(backend, authority, clock, hot_window_s, reduce_checks,
+                                   in_use)
         self._limiter: anyio.CapacityLimiter | None = None  # made in the event loop
         self._vg_locks: dict[str, anyio.Lock] = {}  # the per-VG serialization (above)
         self._queued: set[anyio.CancelScope] = set()  # requests waiting for their turn
@@ -78,18 +86,25 @@ class Executor:
         vg_lock = self._vg_locks.setdefault(req.vg, anyio.Lock())
         scope = anyio.CancelScope()
         self._queued.add(scope)
+        first_look: Look | None = None
         try:
             with scope:
+                if req.op in IN_USE_GATED and self._in_use is not None:
+                    # The in-use gate's first look and settle, before the VG's lock
+                    # (``inusegate.py``): the wait must not hold up the VG's extends.
+                    first_look = await self._in_use.look()
+                    await self._in_use.settle(first_look)
                 async with self._limiter, vg_lock:
                     # Its turn: from here on only the term's end or the server's own stop
                     # cancels it (hand_back no longer sees this scope).
                     self._queued.discard(scope)
-                    return await self._execute(host, generation, req)
+                    return await self._execute(host, generation, req, first_look)
         finally:
             self._queued.discard(scope)
         return None  # handed back while it waited
 
-    async def _execute(self, host: int, generation: int, req: Request) -> Verdict:
+    async def _execute(self, host: int, generation: int, req: Request,
+                       first_look: Look | None = None) -> Verdict:
         """Run one op and turn what it raised into a verdict (the VG's lock is held).
 
         A reduce served again in this term gets the verdict it got before, whatever it was
@@ -103,7 +118,7 @@ class Executor:
         else:
             self._reduces.extend_asked(volume, host)
         try:
-            verdict = await (self._reduces.judge_and_act(host, req) if reduce
+            verdict = await (self._reduces.judge_and_act(host, req, first_look) if reduce
                              else self._extend(host, req, volume))
         except NotSpmError:
             raise

@@ -5,6 +5,8 @@ From ``base`` on, in this order::
     ring sectors      max_hosts x 1 sector              (host h writes only sector h - 1)
     request boxes     max_hosts x request_box_bytes     (host h writes only its own box)
     reply boxes       max_hosts x reply_box_bytes       (only the SPM writes them)
+    in-use records    max_hosts x 4 KiB                 (host h writes only record h - 1;
+                                                         ``inuse.py``, issue 27)
 
 Host ids run 1..max_hosts; host ``h`` is index ``h - 1`` everywhere. A host's
 ``SLOTS_PER_HOST`` request slots are spread over its ring sector (request sector 0, the
@@ -21,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from autoextend.spm.errors import LayoutError
+from autoextend.spm.inuse import RECORD_BYTES as INUSE_RECORD_BYTES
 from autoextend.spm.wire import head_slots, slots_per_sector
 
 SLOTS_PER_HOST = 64  # requests in flight per host (vdsm: 63)
@@ -118,8 +121,36 @@ class MailboxLayout:
         return self.request_base + self.max_hosts * self.request_box_bytes
 
     @property
-    def end(self) -> int:
+    def inuse_base(self) -> int:
+        """The in-use records (one per host, ``inuse.py``), after the reply boxes."""
         return self.reply_base + self.max_hosts * self.reply_box_bytes
+
+    @property
+    def inuse_record_bytes(self) -> int:
+        return INUSE_RECORD_BYTES
+
+    def inuse_offset(self, host_id: int) -> int:
+        """Absolute offset of ``host_id``'s in-use record."""
+        self.check_host(host_id)
+        return self.inuse_base + (host_id - 1) * INUSE_RECORD_BYTES
+
+    @property
+    def end(self) -> int:
+        return self.inuse_base + self.max_hosts * INUSE_RECORD_BYTES
+
+    def regions(self) -> list[tuple[str, int, int]]:
+        """Every writer's region, ``(who, start, end)`` (tests check none overlap)."""
+        out: list[tuple[str, int, int]] = []
+        for h in range(1, self.max_hosts + 1):
+            ring = self.ring_offset(h)
+            out.append((f"ring {h}", ring, ring + self.sector_size))
+            box = self.request_offset(h)
+            out.append((f"requests {h}", box, box + self.request_box_bytes))
+            reply = self.reply_offset(h)
+            out.append((f"replies {h} (SPM)", reply, reply + self.reply_box_bytes))
+            rec = self.inuse_offset(h)
+            out.append((f"in-use {h}", rec, rec + INUSE_RECORD_BYTES))
+        return out
 
     @property
     def total_bytes(self) -> int:

@@ -37,8 +37,11 @@ and by then every late write of the previous term has landed (an I/O is bounded 
 the lease expiry, as fencing already assumes): a request answered on disk is not served
 again.
 
-A further check (the pool's in-use registry, issue 27) is one more function in
-:data:`REDUCE_CHECKS`, after check 1: the dry run asks it too, with no other change.
+4. **in use on a host**: some host that is not known dead lists the volume in its in-use
+   record, or a record needed to know is stale or unreadable (``inusegate.py``, which also
+   argues the race with a host opening the volume meanwhile). Only when the server was
+   given an in-use gate (mailbox mode: the cluster agent always gives one); the dry run
+   asks it too (one look, no freshness rule).
 The checks are passed to :class:`ReduceDesk` by its owner (the server's constructor, through
 the executor): the simulation's mutation check (``sim/``) leaves check 1 out that way, never
 by switching a class attribute.
@@ -51,6 +54,8 @@ from dataclasses import dataclass
 
 from autoextend import logs
 from autoextend.clock import Clock
+from autoextend.spm.inuse import Look
+from autoextend.spm.inusegate import InUseGate
 from autoextend.spm.wire import OP_REDUCE_CHECK, ReasonCode, Request, Status
 from autoextend.volumes import SpmAuthority, VolumeBackend, VolumeRef
 
@@ -68,6 +73,7 @@ class ReduceFacts:
     extend_age_s: float | None      # since the last extend request for it (this term)
     extend_host: int                # who asked that extend
     hot_window_s: float
+    in_use: str | None = None       # why a host's in-use record forbids it (inusegate.py)
 
 
 @dataclass(frozen=True)
@@ -106,9 +112,17 @@ def hot_volume(f: ReduceFacts) -> Verdict | None:
     return None
 
 
+def in_use_on_a_host(f: ReduceFacts) -> Verdict | None:
+    """Check 4: a host has it open, or its in-use record cannot say (``inusegate.py``)."""
+    if f.in_use is not None:
+        return Verdict(Status.REJECTED, reason=ReasonCode.VOLUME_BUSY, text=f.in_use)
+    return None
+
+
 GIVEN_MAX = 4096  # verdicts remembered per term (a reply write is retried within seconds)
 
-REDUCE_CHECKS: tuple[ReduceCheck, ...] = (already_applied, fresh_term, hot_volume)
+REDUCE_CHECKS: tuple[ReduceCheck, ...] = (already_applied, fresh_term, hot_volume,
+                                          in_use_on_a_host)
 
 
 def judge(facts: ReduceFacts, checks: Sequence[ReduceCheck] = REDUCE_CHECKS) -> Verdict | None:
@@ -128,8 +142,10 @@ class ReduceDesk:
     requests, with the VG's lock held for both."""
 
     def __init__(self, backend: VolumeBackend, authority: SpmAuthority, clock: Clock,
-                 hot_window_s: float, checks: Sequence[ReduceCheck] = REDUCE_CHECKS) -> None:
+                 hot_window_s: float, checks: Sequence[ReduceCheck] = REDUCE_CHECKS,
+                 in_use: InUseGate | None = None) -> None:
         self._backend = backend
+        self.in_use = in_use
         self._authority = authority
         self._clock = clock
         self.hot_window_s = hot_window_s
@@ -142,12 +158,17 @@ class ReduceDesk:
     def extend_asked(self, volume: VolumeRef, host: int) -> None:
         self._extends[volume] = (self._clock.now(), host)
 
-    async def facts(self, volume: VolumeRef, asked: int) -> ReduceFacts:
+    async def facts(self, volume: VolumeRef, asked: int,
+                    first_look: Look | None = None) -> ReduceFacts:
+        """``first_look``: the in-use records read before the settle (None: a dry run)."""
+        size = await self._backend.metadata_size(volume)
+        in_use = (None if self.in_use is None or size <= asked
+                  else await self.in_use.refusal(str(volume), first_look))
         now = self._clock.now()
         when, host = self._extends.get(volume, (None, 0))
-        return ReduceFacts(volume, asked, await self._backend.metadata_size(volume),
-                           now - self._term_started, None if when is None else now - when,
-                           host, self.hot_window_s)
+        return ReduceFacts(volume, asked, size, now - self._term_started,
+                           None if when is None else now - when, host, self.hot_window_s,
+                           in_use)
 
     def given(self, host: int, generation: int, req: Request) -> Verdict | None:
         """The verdict this term gave the request before, if any: a request served again
@@ -160,13 +181,14 @@ class ReduceDesk:
         while len(self._given) > GIVEN_MAX:
             del self._given[next(iter(self._given))]
 
-    async def judge_and_act(self, host: int, req: Request) -> Verdict:
+    async def judge_and_act(self, host: int, req: Request,
+                            first_look: Look | None = None) -> Verdict:
         """The answer to a REDUCE (acting on it when every check passed) or a REDUCE_CHECK
         (never acting). What the backend raises goes up: the executor turns it into the
         verdict (``execute.py``, the one ladder of every op). Raises NotSpmError when the
         term is lost (checked right before the reduce)."""
         volume = VolumeRef(req.vg, req.lv)
-        facts = await self.facts(volume, req.size)
+        facts = await self.facts(volume, req.size, first_look)
         verdict = judge(facts, self._checks)
         if verdict is not None or req.op == OP_REDUCE_CHECK:
             return verdict or Verdict(Status.OK, req.size, text="would reduce")

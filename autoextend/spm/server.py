@@ -39,6 +39,7 @@ from autoextend.spm.config import MailboxSettings
 from autoextend.spm.counters import ServerCounters
 from autoextend.spm.execute import Executor
 from autoextend.spm.inbox import Inbox
+from autoextend.spm.inusegate import InUseGate
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.reducing import REDUCE_CHECKS, ReduceCheck
 from autoextend.spm.replybox import ReplyBoxes
@@ -75,13 +76,15 @@ class SpmMailServer:
         epoch: int = 0,
         live_hosts: LiveHosts | None = None,
         reduce_checks: Sequence[ReduceCheck] = REDUCE_CHECKS,
+        in_use: InUseGate | None = None,
     ) -> None:
         """``live_hosts``, when given, returns the host ids the lease sees alive (it must be
         cheap and must not block: it is called from the event loop about once a second).
         Their ring sectors are read at the fast live-sweep cadence, every other one by the
         slow sweep; it decides only when a sector is read, never whether a request is
         served, and a failing or odd result falls back to the full sweep.
-        ``reduce_checks``: what a reduce must pass (``reducing.py``; tests only change it)."""
+        ``reduce_checks``: what a reduce must pass (``reducing.py``; tests only change it).
+        ``in_use``: the hosts' in-use records a REDUCE is judged by (``inusegate.py``)."""
         layout.check_fits(storage.size)
         self._pool_vgs = frozenset(pool_vgs)
         self._layout = layout
@@ -101,7 +104,7 @@ class SpmMailServer:
         self._executor = Executor(backend, authority, self._clock,
                                   hot_window_s=settings.hot_window_s,
                                   max_concurrent=settings.max_concurrent_extends,
-                                  reduce_checks=reduce_checks)
+                                  reduce_checks=reduce_checks, in_use=in_use)
         self._accepting = True
         self._scan_cursor = 0
         self._scan_credit = 0.0

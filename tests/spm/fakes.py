@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 
 from autoextend.errors import NotSpmError, VolumeError
+from autoextend.sectorfakes import MemoryStorage
+from autoextend.sectors import StorageError
 from autoextend.spm.config import MailboxSettings, mailbox_base
 from autoextend.spm.layout import MailboxLayout
 from autoextend.volumes import ExtendResult, VolumeNotFound, VolumeRef, VolumeSpaceError
@@ -121,3 +125,76 @@ class Authority:
 
 class BrokenBackendError(VolumeError):
     pass
+
+
+VG = "vg0"
+VOL = VolumeRef(VG, "lv1")
+
+
+class ReducingBackend:
+    """Sizes in memory (the metadata); ``reduce`` applies at once, then may wait at
+    ``after_apply`` (an SPM killed after its lvreduce, before its reply)."""
+
+    def __init__(self, size: int) -> None:
+        self.sizes = {VOL: size}
+        self.reduces: list[tuple[int, bool]] = []
+        self.after_apply: anyio.Event | None = None
+
+    async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
+        old = self.sizes[volume]
+        self.sizes[volume] = max(old, size)
+        return ExtendResult(self.sizes[volume], size > old)
+
+    async def reduce(self, volume: VolumeRef, size: int) -> ExtendResult:
+        if volume not in self.sizes:
+            raise VolumeNotFound(str(volume))
+        old = self.sizes[volume]
+        self.sizes[volume] = min(old, size)
+        self.reduces.append((size, size < old))
+        if self.after_apply is not None:
+            await self.after_apply.wait()
+        return ExtendResult(self.sizes[volume], size < old)
+
+    async def refresh(self, volume: VolumeRef) -> int:
+        return self.sizes[volume]
+
+    async def metadata_size(self, volume: VolumeRef) -> int:
+        """One view: the size is the metadata's."""
+        return await self.size(volume)
+
+    def holders_paths(self, volume: VolumeRef) -> list[str]:
+        return []
+
+    async def size(self, volume: VolumeRef) -> int:
+        return self.sizes[volume]
+
+    def lookup(self, path: str) -> VolumeRef | None:
+        return None
+
+    def device_path(self, volume: VolumeRef) -> str:
+        return f"/dev/{volume.vg}/{volume.lv}"
+
+
+class Watched:
+    """Wraps a storage: ``on_read(offset, length)`` runs before every read; writes fail
+    while ``fail_writes`` is set (a wrapper, not a subclass: tests/test_layers.py)."""
+
+    def __init__(self, inner: MemoryStorage) -> None:
+        self.inner = inner
+        self.sector_size = inner.sector_size
+        self.size = inner.size
+        self.path = inner.path
+        self.on_read: Callable[[int, int], None] = lambda offset, length: None
+        self.fail_writes = False
+
+    async def read(self, offset: int, length: int) -> bytes:
+        self.on_read(offset, length)
+        return await self.inner.read(offset, length)
+
+    async def write(self, offset: int, data: bytes) -> None:
+        if self.fail_writes:
+            raise StorageError(self.path, "write", offset, len(data), "injected")
+        await self.inner.write(offset, data)
+
+    async def close(self) -> None:
+        await self.inner.close()

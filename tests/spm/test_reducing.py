@@ -22,6 +22,7 @@ from autoextend.spm.reducing import (
     already_applied,
     fresh_term,
     hot_volume,
+    in_use_on_a_host,
     judge,
 )
 from autoextend.spm.server import SpmMailServer
@@ -35,13 +36,11 @@ from autoextend.spm.wire import (
     Status,
     encode_ring,
 )
-from autoextend.volumes import ExtendResult, LocalAuthority, VolumeNotFound, VolumeRef
+from autoextend.volumes import LocalAuthority
 
-from .fakes import FAST, layout_for
+from .fakes import FAST, VG, VOL, ReducingBackend, layout_for
 
 MiB = 1 << 20
-VG = "vg0"
-VOL = VolumeRef(VG, "lv1")
 sizes = st.integers(1, 1 << 40)
 ages = st.floats(0.0, 1e5, allow_nan=False)
 
@@ -70,51 +69,7 @@ def test_a_reduce_already_applied_is_ok_whatever_the_term_or_the_window(f: Reduc
 
 
 def test_the_checks_and_their_order() -> None:
-    assert REDUCE_CHECKS == (already_applied, fresh_term, hot_volume)
-
-
-class ReducingBackend:
-    """Sizes in memory (the metadata); ``reduce`` applies at once, then may wait at
-    ``after_apply`` (an SPM killed after its lvreduce, before its reply)."""
-
-    def __init__(self, size: int) -> None:
-        self.sizes = {VOL: size}
-        self.reduces: list[tuple[int, bool]] = []
-        self.after_apply: anyio.Event | None = None
-
-    async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
-        old = self.sizes[volume]
-        self.sizes[volume] = max(old, size)
-        return ExtendResult(self.sizes[volume], size > old)
-
-    async def reduce(self, volume: VolumeRef, size: int) -> ExtendResult:
-        if volume not in self.sizes:
-            raise VolumeNotFound(str(volume))
-        old = self.sizes[volume]
-        self.sizes[volume] = min(old, size)
-        self.reduces.append((size, size < old))
-        if self.after_apply is not None:
-            await self.after_apply.wait()
-        return ExtendResult(self.sizes[volume], size < old)
-
-    async def refresh(self, volume: VolumeRef) -> int:
-        return self.sizes[volume]
-
-    async def metadata_size(self, volume: VolumeRef) -> int:
-        """One view: the size is the metadata's."""
-        return await self.size(volume)
-
-    def holders_paths(self, volume: VolumeRef) -> list[str]:
-        return []
-
-    async def size(self, volume: VolumeRef) -> int:
-        return self.sizes[volume]
-
-    def lookup(self, path: str) -> VolumeRef | None:
-        return None
-
-    def device_path(self, volume: VolumeRef) -> str:
-        return f"/dev/{volume.vg}/{volume.lv}"
+    assert REDUCE_CHECKS == (already_applied, fresh_term, hot_volume, in_use_on_a_host)
 
 
 async def _verdict(executor: Executor, host: int, generation: int, req: Request) -> Verdict:

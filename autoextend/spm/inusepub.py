@@ -1,0 +1,111 @@
+"""The host side of the in-use records: publish this host's open pool volumes every period.
+
+:class:`InUsePublisher` runs inside the host's membership (``cluster.py``, next to the host
+mailbox): every ``period_s`` it asks its source for the volumes this host has open (the
+monitor's VMs' drives plus the holders scan, ``capacity/reduce.py: in_use_names``), builds its
+record (``inuse.py``: one more ``seq`` every time, the host's delta lease generation) and
+writes it to its own record, which no one else writes. It writes even when nothing changed:
+a moving ``seq`` is how the SPM knows the record is fresh.
+
+At start it reads its own record and continues from its ``seq`` (the SPM then never sees
+``seq`` go back within a generation). A failed write or a failing source is logged once (then
+counted) and retried at the next period; the record on disk then goes stale, and the SPM
+refuses reduces while it stays stale (``inuse.judge``): an outage here costs reduces, never
+safety. Nothing here stops the host.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Collection
+
+import anyio
+from anyio.abc import TaskStatus
+
+from autoextend import logs
+from autoextend.clock import Clock
+from autoextend.sectors import SectorStorage, StorageError
+from autoextend.spm import inuse
+from autoextend.spm.errors import CorruptSector
+from autoextend.spm.layout import MailboxLayout
+
+log = logs.get_logger("spm.inuse")
+
+# This host's open pool volumes, as "vg/lv" names (may raise: logged, the record not written).
+InUseSource = Callable[[], Awaitable[Collection[str]]]
+
+
+class InUsePublisher:
+    def __init__(self, storage: SectorStorage, layout: MailboxLayout, host_id: int,
+                 source: InUseSource, generation: Callable[[], int], clock: Clock, *,
+                 period_s: float = inuse.PUBLISH_PERIOD_S,
+                 wall_us: Callable[[], int] = lambda: int(time.time() * 1e6)) -> None:
+        layout.check_host(host_id)
+        self._storage = storage
+        self._layout = layout
+        self.host_id = host_id
+        self._source = source
+        self._generation = generation
+        self._clock = clock
+        self.period_s = period_s
+        self._wall_us = wall_us
+        self.seq = 0
+        self.published = 0
+        self.failures = 0
+        self.last: inuse.InUseRecord | None = None
+        self._repeats = logs.Repeats(log)
+
+    async def start(self) -> None:
+        """Continue from the ``seq`` on disk (an unreadable record: from a fresh high one)."""
+        offset = self._layout.inuse_offset(self.host_id)
+        raw = await self._storage.read(offset, inuse.RECORD_BYTES)
+        try:
+            old = inuse.decode(raw, self.host_id)
+        except CorruptSector:
+            old = None
+            self.seq = int(self._wall_us())  # above any seq a previous run could have reached
+        if old is not None:
+            self.seq = old.seq
+
+    async def publish_once(self) -> inuse.InUseRecord | None:
+        """Collect and write one record; None when the source or the write failed."""
+        try:
+            names = sorted(await self._source())
+        except Exception as exc:  # a failing source must not stop publishing
+            self.failures += 1
+            self._repeats.warning("collecting the volumes in use failed",
+                                  error=str(exc) or type(exc).__name__, host_id=self.host_id)
+            return None
+        self.seq += 1
+        record = inuse.make_record(self.host_id, self._generation(), self.seq,
+                                   self._wall_us(), names)
+        try:
+            await self._storage.write(self._layout.inuse_offset(self.host_id),
+                                      inuse.encode(record, self._storage.sector_size))
+        except StorageError as exc:
+            self.failures += 1
+            self._repeats.warning("writing the in-use record failed", error=str(exc),
+                                  host_id=self.host_id)
+            return None
+        self._repeats.clear("writing the in-use record failed")
+        self._repeats.clear("collecting the volumes in use failed")
+        if self.last is None or self.last.hashes != record.hashes:
+            log.info("volumes in use published", host_id=self.host_id, volumes=len(names),
+                     overflow=record.overflow, seq=record.seq)
+        self.last = record
+        self.published += 1
+        return record
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Publish now, then every ``period_s`` (``started()`` after the first attempt)."""
+        try:
+            await self.start()
+        except StorageError as exc:
+            self.seq = int(self._wall_us())
+            log.warning("reading this host's in-use record failed; starting from a high seq",
+                        error=str(exc), host_id=self.host_id)
+        await self.publish_once()
+        task_status.started()
+        while True:
+            await self._clock.sleep(self.period_s)
+            await self.publish_once()

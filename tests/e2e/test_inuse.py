@@ -1,0 +1,113 @@
+"""Issue 27 item 1 end to end: a volume an idle guest uses on another host is not reduced.
+
+Two ``autoextend run`` hosts share a pool (mailbox mode). A real guest runs on host B and
+stays idle (a trickle of writes, no extend) past the SPM's hot window, so the old "asked to
+extend it lately" check no longer refuses; host A asks to reduce the guest's volume. The SPM
+reads the hosts' in-use records (``spm/inusegate.py``) and refuses with one line naming
+host B; the volume keeps its size.
+
+The lab's hosts share one machine, so host A's own check ("no process on this host has it
+open", a scan of /proc) would see host B's QEMU and refuse first. Host A is therefore
+restarted in its own PID namespace with its own /proc (``unshare``), as on a machine of its
+own: its scan sees none of B's processes, and what refuses is the SPM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from autoextend.lab.guest import GuestJob
+from autoextend.lab.multihost import Pool, pool
+from autoextend.lab.waiting import until
+
+pytestmark = pytest.mark.slow
+MiB = 1 << 20
+HOT = 2.0
+
+
+async def cli(p: Pool, host_id: int, *args: str) -> tuple[int, str]:
+    done = await anyio.run_process(
+        [sys.executable, "-m", "autoextend", "--config", str(p.hosts[host_id].config),
+         "--log-format", "json", *args], check=False)
+    out = [line for line in (done.stdout.decode() + done.stderr.decode()).splitlines()
+           if line.strip() and not line.startswith("{")]
+    assert len(out) == 1 and "Traceback" not in done.stderr.decode(), out
+    return done.returncode, out[0]
+
+
+async def host_status(p: Pool, host_id: int) -> dict[str, Any]:
+    return (await p.statuses()).get(host_id, {})
+
+
+async def restart_alone(p: Pool, host_id: int) -> None:
+    """Stop ``host_id`` (it leaves the pool) and run it again in a PID namespace of its own,
+    with its own /proc; stopped when the pool closes."""
+    host = p.hosts[host_id]
+    await host.stop()
+    log = await anyio.to_thread.run_sync(lambda: open(host.log_path, "ab"))
+    try:
+        process = await anyio.open_process(
+            ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM",
+             sys.executable, "-m", "autoextend", "--config", str(host.config),
+             "--log-format", "json", "--log-level", "info", "run"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=dict(os.environ))
+    finally:
+        log.close()
+
+    async def stop() -> None:
+        with anyio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                with anyio.move_on_after(15):
+                    await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+    p.stack.push_async_callback(stop)
+
+    async def joined() -> bool:
+        status = (await p.statuses()).get(host_id, {}).get("spm") or {}
+        return status.get("lease_health") == "ok" and bool(status.get("in_use"))
+
+    host.process = process  # p.statuses() asks it; the pool's own stop finds it ended
+    await until(joined, 300, f"host {host_id} to join again in its own PID namespace")
+
+
+@pytest.mark.timeout(900)
+async def test_a_volume_an_idle_guest_uses_on_another_host_is_not_reduced(
+    lab_tmp_path: Path,
+) -> None:
+    async with pool(2, directory=lab_tmp_path, chunk_mib=64, hot_window_s=HOT) as p:
+        guest_host = await p.wait_for_spm()
+        asker = next(h for h in p.hosts if h != guest_host)
+        await restart_alone(p, asker)
+        # A trickle (16 KiB/s): the guest keeps running for minutes and asks for no extend.
+        g = await p.start_guest(guest_host, "idle", GuestJob(mib=512, rate_kib_s=16),
+                                start_mib=160, virtual_mib=1024)
+        name = f"{g.volume.vg}/{g.volume.lv}"
+
+        async def listed() -> bool:
+            status = await host_status(p, guest_host)
+            in_use = (status.get("spm") or {}).get("in_use") or {}
+            return bool(status.get("vms")) and (in_use.get("volumes") or 0) >= 1
+
+        await until(listed, 300, "host B's monitor to see the guest and publish its volume")
+        await anyio.sleep(2 * HOT)  # time is the subject: idle past the hot window
+        size = (await anyio.Path(p.directory / "volumes" / g.volume.vg / g.volume.lv)
+                .stat()).st_size
+        code, line = await cli(p, asker, "volume", "reduce", name)
+        assert code == 1, line
+        assert f"in use on host {guest_host}" in line, line
+        assert (await anyio.Path(p.directory / "volumes" / g.volume.vg / g.volume.lv)
+                .stat()).st_size == size
+        code, dry = await cli(p, asker, "volume", "reduce", name, "--dry-run")
+        assert code == 1 and f"host {guest_host}" in dry, dry
+        assert g.vm.returncode is None  # the guest still runs
