@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import anyio
 import click
 
 from autoextend.cli.context import CliContext, echo_reply, pass_ctx
 from autoextend.errors import AutoextendError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group("volume")
@@ -118,16 +121,23 @@ def _render_prepared(result: dict[str, Any]) -> str:
     return "\n".join(lines) or "nothing to prepare"
 
 
+def service_call_options(max_timeout_s: float) -> Callable[[F], F]:
+    """``--socket`` and ``--timeout``: the options of a command that asks the service."""
+    def apply(f: F) -> F:
+        f = click.option("--timeout", type=click.FloatRange(min=0.1, max=max_timeout_s),
+                         default=PREPARE_TIMEOUT_S, show_default=True,
+                         help="Give up (exit 1) after this many seconds.")(f)
+        return click.option("--socket", "socket_path", default=None,
+                            help="The service's control socket (default: the config's).")(f)
+    return apply
+
+
 @volume.command("prepare")
 @click.argument("targets", metavar="VM-NAME | VG/LV ...", nargs=-1, required=True)
 @click.option("--domain-xml", type=click.File("r"), default=None,
               help="The VM's libvirt XML (- for stdin: what a libvirt hook gets); without it "
                    "a VM's XML is read from libvirt.")
-@click.option("--socket", "socket_path", default=None,
-              help="The service's control socket (default: the config's).")
-@click.option("--timeout", type=click.FloatRange(min=0.1, max=300.0),
-              default=PREPARE_TIMEOUT_S, show_default=True,
-              help="Give up (exit 1) after this many seconds.")
+@service_call_options(max_timeout_s=300.0)
 @click.option("--quiet", is_flag=True,
               help="Print nothing on success (a libvirt migrate hook's stdout replaces the "
                    "domain XML).")
@@ -210,11 +220,7 @@ def _render_merge(r: dict[str, Any]) -> str:
 @click.option("--base", type=click.IntRange(min=0, max=(1 << 31) - 1), default=None,
               metavar="N", help="The index of the image to merge into (the N of vda[N]); "
                                 "default: the image right below the top.")
-@click.option("--socket", "socket_path", default=None,
-              help="The service's control socket (default: the config's).")
-@click.option("--timeout", type=click.FloatRange(min=0.1, max=600.0),
-              default=PREPARE_TIMEOUT_S, show_default=True,
-              help="Give up (exit 1) after this many seconds.")
+@service_call_options(max_timeout_s=600.0)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def volume_prepare_merge(obj: CliContext, vm: str, drive: str, base: int | None,
