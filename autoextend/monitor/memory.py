@@ -204,6 +204,7 @@ class MemoryHypervisor:
         self.job_resumes: list[tuple[str, str]] = []
         self.thresholds: list[tuple[str, str, int]] = []
         self.fail_set_threshold = False
+        self.fail_kills = 0  # the next N kills fail
         #: Per VM, what ``migration()`` answers (absent: not migrating).
         self.migrations: dict[str, MigrationInfo] = {}
         self.problem: str | None = None  # what health() reports as the current problem
@@ -322,6 +323,9 @@ class MemoryHypervisor:
 
     async def kill(self, vm: str) -> None:
         self._vm(vm)
+        if self.fail_kills > 0:  # as libvirt's destroy of a QEMU stuck on failing storage
+            self.fail_kills -= 1
+            raise HypervisorError(f"{vm}: kill failed (injected)")
         self.kills.append(vm)
         self.remove_vm(vm)
 

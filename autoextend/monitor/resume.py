@@ -9,12 +9,16 @@ I/O-error pause follows ``[resume] policy`` (probe the storage twice, resume, or
 
 from __future__ import annotations
 
+from autoextend.errors import AutoextendError
 from autoextend.monitor import migration
 from autoextend.monitor.context import MonitorContext, VmView
 from autoextend.monitor.observer import IoErrorAction, Resumed, ResumeLatency
 from autoextend.monitor.probe import probe_all
+from autoextend.monitor.protocols import VmNotFound
 from autoextend.monitor.vm import log
 from autoextend.monitor.vmstate import Action, ResumePolicy, VmEvent, VmState
+
+KILL_ATTEMPTS = 3
 
 
 class ResumeSteps:
@@ -121,5 +125,24 @@ class ResumeSteps:
                 return
             log.warning("killing vm", vm=vm.name, reason=detail)
             m.record(f"killed: {detail}")
-            await ctx.hypervisor.kill(vm.name)
+            # Counted once per pause, when decided: the kill below may be slow or fail while
+            # QEMU is stuck on the failing storage (libvirt's destroy then errs, and the
+            # domain goes away later), and it is retried, never counted twice.
             ctx.observer.notify(IoErrorAction(vm.name, "kill", detail))
+            await self._kill(vm)
+
+    async def _kill(self, vm: VmView) -> None:
+        """Kill the VM: up to :data:`KILL_ATTEMPTS` tries until it is gone (a VM already gone
+        is killed). No pause between them: libvirt's destroy itself waits for a stuck QEMU
+        (SIGTERM, then SIGKILL) before it gives up."""
+        for attempt in range(1, KILL_ATTEMPTS + 1):
+            try:
+                await self._ctx.hypervisor.kill(vm.name)
+                return
+            except VmNotFound:
+                return
+            except AutoextendError as err:
+                if attempt == KILL_ATTEMPTS:
+                    raise
+                log.warning("kill failed; trying again", vm=vm.name, error=str(err),
+                            attempt=attempt)

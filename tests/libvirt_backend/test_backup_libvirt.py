@@ -122,8 +122,11 @@ async def test_pull_backup_scratch_is_extended(
         print(f"scratch {size // MiB} MiB; {rig.history}")
         assert result.verified and result.mode is Mode.WRITE, result
         assert rig.tally.job_failures == 0
-        assert [line for line in rig.history.lines if line.startswith("paused")] == [
-            f"paused {dom.name} user"], str(rig.history)  # started paused; no ENOSPC pause
+        # started paused (seen as a user pause unless the monitor's first look came after the
+        # resume: its first check can fail on libvirt's transient "backup job data missing");
+        # never an ENOSPC pause
+        paused = [line for line in rig.history.lines if line.startswith("paused")]
+        assert paused in ([], [f"paused {dom.name} user"]), str(rig.history)
         assert size >= (SCRATCH_MIB + OLD.mib // 2) * MiB
         assert (await qemu_img_check(scratch)).clean
 

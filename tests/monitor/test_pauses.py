@@ -195,6 +195,23 @@ async def test_io_error_kill_after_timeout_per_vm_override() -> None:
     assert rig.tally.kills == 1
 
 
+async def test_a_failing_kill_is_retried_and_counted_once() -> None:
+    rig, probe = make_rig(ResumeSettings(policy="kill", kill_after_s=3.0))
+    probe.ok = False
+    rig.hv.fail_kills = 2  # destroy fails twice (QEMU stuck on the failing storage)
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        io_error(rig)
+        await until(lambda: vm_status(rig)["paused"] == "io-error")
+        await settle(rig, 4.0)
+        await until(lambda: rig.hv.kills == ["vm1"])
+        await settle(rig, 10.0)
+        tg.cancel_scope.cancel()
+    assert rig.hv.kills == ["vm1"] and rig.hv.fail_kills == 0
+    assert rig.tally.kills == 1  # one decision, counted once
+
+
 async def test_no_resume_while_lease_invalid() -> None:
     rig, probe = make_rig(ResumeSettings(policy="auto"), lease_ok=False)
     rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
