@@ -83,14 +83,17 @@ class Chain:
                 "command-line": f'qemu-io -d {DEVICE} "write -P {pattern} {off}M 2M"'})
 
     async def free(self) -> int:
-        """Bytes left in the top image's device: its size minus the highest written offset."""
+        """Bytes left in the top image's device: its size minus the highest written offset
+        (0, to be asked again, while a job's filter comes or goes between the three reads)."""
         [block] = await self.qmp("query-block")
         root = block["inserted"]["node-name"]
         stats = await self.qmp("query-blockstats", {"query-nodes": True})
-        parent = next(e["parent"] for e in stats if e.get("node-name") == root)
+        parent = next((e["parent"] for e in stats if e.get("node-name") == root), None)
         nodes = await self.qmp("query-named-block-nodes", {"flat": True})
-        path = next(n["image"]["filename"] for n in nodes
-                    if n["node-name"] == parent["node-name"])
+        path = next((n["image"]["filename"] for n in nodes
+                     if parent is not None and n["node-name"] == parent["node-name"]), None)
+        if parent is None or path is None:
+            return 0
         sectors = await anyio.Path(f"/sys/block/{Path(path).name}/size").read_text()
         return int(sectors) * 512 - int(parent["stats"]["wr_highest_offset"])
 
