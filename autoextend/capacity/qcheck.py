@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import anyio
@@ -82,9 +83,26 @@ def open_by(paths: list[str], proc: str = "/proc") -> list[tuple[int, str]]:
     if not wanted:
         return []
     found: list[tuple[int, str]] = []
-    me = os.getpid()
+    hit: set[str] = set()
+    for pid, fd_path in other_processes_fds(proc):
+        if pid in hit or _identity(fd_path) not in wanted:
+            continue
+        hit.add(pid)
+        try:
+            with open(os.path.join(proc, pid, "comm")) as f:
+                comm = f.read(64).strip()
+        except OSError:
+            comm = "?"
+        found.append((int(pid), comm))
+    return found
+
+
+def other_processes_fds(proc: str = "/proc") -> Iterator[tuple[str, str]]:
+    """(pid, ``/proc/PID/fd/N``) for every open file of every process but this one; a process
+    gone meanwhile, or a kernel thread, is skipped. Blocking: run it in a thread."""
+    me = str(os.getpid())
     for entry in os.scandir(proc):
-        if not entry.name.isdigit() or int(entry.name) == me:
+        if not entry.name.isdigit() or entry.name == me:
             continue
         fd_dir = os.path.join(proc, entry.name, "fd")
         try:
@@ -92,12 +110,4 @@ def open_by(paths: list[str], proc: str = "/proc") -> list[tuple[int, str]]:
         except OSError:
             continue  # gone, or a kernel thread
         for fd in fds:
-            if _identity(os.path.join(fd_dir, fd)) in wanted:
-                try:
-                    with open(os.path.join(proc, entry.name, "comm")) as f:
-                        comm = f.read(64).strip()
-                except OSError:
-                    comm = "?"
-                found.append((int(entry.name), comm))
-                break
-    return found
+            yield entry.name, os.path.join(fd_dir, fd)

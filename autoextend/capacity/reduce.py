@@ -36,7 +36,12 @@ from typing import Any, Protocol
 import anyio
 
 from autoextend.capacity.figures import reduce_target
-from autoextend.capacity.qcheck import ImageCheckError, check_image, open_by
+from autoextend.capacity.qcheck import (
+    ImageCheckError,
+    check_image,
+    open_by,
+    other_processes_fds,
+)
 from autoextend.config import Settings
 from autoextend.errors import AutoextendError
 from autoextend.logs import get_logger
@@ -253,27 +258,18 @@ def held_volumes(backend: VolumeBackend, proc: str = "/proc",
     the lab's guests open loop devices; real LVM volumes have no file.)"""
     found: set[VolumeRef] = set()
     seen: dict[str, VolumeRef | None] = {}
-    me = str(os.getpid())
-    for entry in os.scandir(proc):
-        if not entry.name.isdigit() or entry.name == me:
-            continue
-        fd_dir = os.path.join(proc, entry.name, "fd")
+    for _pid, fd_path in other_processes_fds(proc):
         try:
-            fds = os.listdir(fd_dir)
+            target = os.readlink(fd_path)
         except OSError:
-            continue  # gone, or a kernel thread
-        for fd in fds:
-            try:
-                target = os.readlink(os.path.join(fd_dir, fd))
-            except OSError:
-                continue
-            if not target.startswith("/") or target.startswith(("/proc", "/sys")):
-                continue
-            if target not in seen:
-                seen[target] = _own_volume(backend, target, sys_block)
-            volume = seen[target]
-            if volume is not None:
-                found.add(volume)
+            continue
+        if not target.startswith("/") or target.startswith(("/proc", "/sys")):
+            continue
+        if target not in seen:
+            seen[target] = _own_volume(backend, target, sys_block)
+        volume = seen[target]
+        if volume is not None:
+            found.add(volume)
     return found
 
 
