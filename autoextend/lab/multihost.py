@@ -54,6 +54,7 @@ MiB = 1 << 20
 VG = "demo"
 MAX_HOSTS = 16
 META_SIZE = 64 * MiB
+JOURNAL_META_SIZE = 72 * MiB  # with [mailbox] journal: the journal ends at 69 MiB
 
 
 # Every lease and mailbox timeout of the lab is the shipped default times this one factor, so
@@ -85,8 +86,10 @@ def host_config(
     chunk_mib: int, poll_interval_s: float, metrics_port: int, engine: str = "native",
     libvirt_uri: str = "",
     hot_window_s: float | None = None,
+    journal: bool = False,
 ) -> str:
-    """One host's config; with ``libvirt_uri`` its hypervisor is that libvirtd (else QMP)."""
+    """One host's config; with ``libvirt_uri`` its hypervisor is that libvirtd (else QMP);
+    ``journal``: the SPM keeps the journal of metadata changes (``[mailbox] journal``)."""
     t = SANLOCK_TIMEOUTS if engine == "sanlock" else scaled_timeouts(time_scale)
     hypervisor = "libvirt" if libvirt_uri else "qmp"
     libvirt_section = "" if not libvirt_uri else f"""
@@ -97,6 +100,8 @@ reconnect_max_s = 1.0
 rescan_interval_s = 1.0
 """
     hot = "" if hot_window_s is None else f"hot_window_s = {hot_window_s}\n"
+    if journal:
+        hot += "journal = true\n"
     return f"""\
 [service]
 hypervisor = "{hypervisor}"
@@ -331,13 +336,15 @@ async def pool(
     engine: str = "native",
     libvirt_uris: Mapping[int, str] | None = None,
     hot_window_s: float | None = None,
+    journal: bool = False,
 ) -> AsyncIterator[Pool]:
     """``hosts`` autoextend processes sharing one metadata area and one volume root, in
     ``directory`` (default: a new directory under /var/tmp, removed afterwards). With
     ``engine = "sanlock"`` each host gets its own sanlock daemon (autoextend/lab/sanlockd.py,
     in its own mount namespace) that outlives the host's process: LabError if none starts.
     ``libvirt_uris`` gives host N the libvirt hypervisor on that libvirtd (else QMP).
-    ``hot_window_s``: the SPMs' ``[mailbox] hot_window_s`` (default: the shipped 60 s)."""
+    ``hot_window_s``: the SPMs' ``[mailbox] hot_window_s`` (default: the shipped 60 s).
+    ``journal``: the SPMs keep the journal (``[mailbox] journal``; a larger metadata area)."""
     own_dir = directory is None
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="autoextend-pool-", dir="/var/tmp"))
@@ -347,7 +354,7 @@ async def pool(
 
         def make_meta() -> None:
             with open(meta, "wb") as f:
-                f.truncate(META_SIZE)
+                f.truncate(JOURNAL_META_SIZE if journal else META_SIZE)
 
         await anyio.to_thread.run_sync(make_meta)
         await proc.run([sys.executable, "-m", "autoextend", "lease", "init", "--path", str(meta),
@@ -370,7 +377,7 @@ async def pool(
                     directory, host_dir, host_id, time_scale=time_scale, chunk_mib=chunk_mib,
                     poll_interval_s=poll_interval_s, metrics_port=port, engine=engine,
                     libvirt_uri=(libvirt_uris or {}).get(host_id, ""),
-                    hot_window_s=hot_window_s))
+                    hot_window_s=hot_window_s, journal=journal))
                 host = HostProcess(host_id, host_dir, cfg, port)
                 if host_id in daemons:
                     host.env = daemons[host_id].env()
