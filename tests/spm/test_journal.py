@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from autoextend.capacity.record import record_offset as vg_record_offset
 from autoextend.clock import ManualClock
 from autoextend.errors import NotSpmError
+from autoextend.lease.config import LeaseSettings
 from autoextend.lease.engine_record import record_offset as engine_record_offset
 from autoextend.lease.layout import LeaseLayout, max_hosts_limit
 from autoextend.metadata_area import (
@@ -29,14 +30,15 @@ from autoextend.metadata_area import (
     journal_start,
     mailbox_start,
 )
-from autoextend.sectorfakes import MemoryStorage
-from autoextend.sectors import StorageError
+from autoextend.sectorfakes import FaultPlan, FaultyStorage, MemoryStorage
 from autoextend.spm import journal
+from autoextend.spm.config import MailboxSettings, journal_base
 from autoextend.spm.execute import Executor
 from autoextend.spm.journal import Entry, Op, Record, decode, encode, scan_slots
 from autoextend.spm.journalring import JournalWriter, Ring, clear_ring, read_ring
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.wire import OP_REDUCE, Request, Status
+from autoextend.validation import cluster_rule
 from autoextend.volumes import VolumeRef
 
 from .fakes import VOL, Authority, RecordingBackend, ReducingBackend
@@ -261,16 +263,31 @@ async def test_the_term_is_checked_before_every_write() -> None:
     assert bytes(storage.data) == before
 
 
-class _FailingWrites(MemoryStorage):
-    async def write(self, offset: int, data: bytes) -> None:
-        raise StorageError(self.path, "write", offset, len(data), "EIO (test)")
-
-
-async def test_a_failed_write_loses_the_record_not_the_change() -> None:
-    storage = _FailingWrites(8 * 512 + 64 * 256, 512)
-    writer = _writer(storage, Ring(8 * 512, 64))
-    assert await writer.note(Op.EXTEND, VOL, MIB, 2 * MIB, host=2) is None
-    assert writer.counters.failures == 1 and writer.counters.appended == 0
+@pytest.mark.parametrize("sector_size", [512, 4096])
+async def test_a_torn_write_loses_the_record_not_the_change_and_the_next_spm_goes_on(
+        sector_size: int) -> None:
+    """The fault injector tears every write (a byte prefix of its first sector lands, the
+    caller gets StorageError): the record is lost and counted, nothing is raised, and the
+    next SPM finds the head at the last whole record and writes over the torn one."""
+    storage, ring = _storage(sector_size, 64)
+    first = _writer(storage, ring)
+    for n in range(3):
+        await first.append(entry(n))
+    torn = FaultyStorage(storage, FaultPlan(seed=1, torn_prob=1.0), ManualClock(), 1.0)
+    dying = _writer(torn, ring)
+    assert await dying.note(Op.EXTEND, VOL, MIB, 2 * MIB, host=2) is None
+    assert dying.counters.failures == 1 and dying.counters.appended == 0
+    assert torn.counts.torn_writes >= 1
+    # The prefix that landed may hold the whole record (its tail is NUL padding): then it
+    # is there, although its writer counted it lost; else it is torn and skipped.
+    landed = (await read_ring(storage, ring)).head
+    assert landed in (3, 4)
+    after = _writer(storage, ring, lver=2, host=2)
+    assert await after.append(entry(9, lver=2)) == landed + 1
+    scan = await read_ring(storage, ring)
+    assert [r.seq for r in scan.records] == list(range(1, landed + 2)) and scan.skipped == 0
+    assert scan.records[:3] == [Record(n + 1, entry(n)) for n in range(3)]
+    assert scan.records[-1] == Record(landed + 1, entry(9, lver=2))
 
 
 async def test_clear_ring_zeroes_the_ring_only() -> None:
@@ -310,3 +327,23 @@ async def test_a_reduce_is_recorded_with_the_size_before() -> None:
     assert (rec.entry.op, rec.entry.old_size, rec.entry.new_size, rec.entry.host,
             rec.entry.request_id) == (Op.REDUCE, 256 * MIB, 128 * MIB, 4, 21)
     assert rec.entry.volume == str(VolumeRef("vg0", "lv1"))
+
+
+# ---- its configuration --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("offset", "problem"), [
+    (45 * MIB + 4096, "must be a multiple of 1048576"),
+    (2 * MIB, "overlaps the lease area"),
+    (6 * MIB, "overlaps the mailbox"),
+    (None, None),
+    (60 * MIB, None),
+])
+def test_a_configured_journal_offset_is_checked(offset: int | None, problem: str | None) -> None:
+    lease = LeaseSettings(path="/dev/x", host_id=1, max_hosts=250)
+    mailbox = MailboxSettings(journal=True, journal_offset=offset)
+    found = [text for key, text in cluster_rule(lease, mailbox, ("vg0",))
+             if key == "mailbox.journal_offset"]
+    assert bool(found) == (problem is not None)
+    assert problem is None or any(problem in text for text in found), found
+    assert journal_base(mailbox) == (JOURNAL_OFFSET if offset is None else offset)
