@@ -13,8 +13,8 @@ import anyio
 import click
 import pytest
 
-from autoextend.clock import MonotonicClock
 from autoextend.cli.journal import check_volume, parse_since
+from autoextend.clock import MonotonicClock
 from autoextend.cluster import ClusterAgent
 from autoextend.errors import StartupError
 from autoextend.metadata_area import JOURNAL_OFFSET, MIB

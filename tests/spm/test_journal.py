@@ -31,6 +31,7 @@ from autoextend.metadata_area import (
     mailbox_start,
 )
 from autoextend.sectorfakes import FaultPlan, FaultyStorage, MemoryStorage
+from autoextend.sectors import SectorStorage
 from autoextend.spm import journal
 from autoextend.spm.config import MailboxSettings, journal_base
 from autoextend.spm.execute import Executor
@@ -180,7 +181,7 @@ def _storage(sector_size: int, records: int) -> tuple[MemoryStorage, Ring]:
     return MemoryStorage(base + records * 256 + 8 * sector_size, sector_size), Ring(base, records)
 
 
-def _writer(storage: MemoryStorage, ring: Ring, lver: int = 1, host: int = 1,
+def _writer(storage: SectorStorage, ring: Ring, lver: int = 1, host: int = 1,
             authority: Authority | None = None) -> JournalWriter:
     return JournalWriter(storage, ring, authority or Authority(), lver=lver, spm_host=host,
                          wall=lambda: 1_700_000_000.0)
