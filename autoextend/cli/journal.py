@@ -78,7 +78,7 @@ def as_dict(r: Record) -> dict[str, Any]:
     return {"seq": r.seq, "time": _iso(e.time_us), "time_us": e.time_us, "lver": e.lver,
             "spm_host": e.spm_host, "host": e.host, "request_id": e.request_id,
             "generation": e.generation, "op": e.op.name.lower(), "volume": e.volume,
-            "old_size": e.old_size or None, "new_size": e.new_size}
+            "old_size": e.old_size or None, "new_size": e.new_size, "found": e.found}
 
 
 def growth(records: Sequence[Record]) -> list[dict[str, Any]]:
@@ -102,7 +102,7 @@ def render(records: Sequence[Record], scan: Scan, where: str) -> list[str]:
     if not records:
         return lines
     lines.append(f"{'SEQ':>8}  {'TIME (UTC)':<23}  {'LVER':>5}  {'SPM':>4}  {'HOST':>4}  "
-                 f"{'REQUEST':>10}  {'OP':<6}  {'VOLUME':<24}  {'OLD':>10}  {'NEW':>10}")
+                 f"{'REQUEST':>10}  {'OP':<7}  {'VOLUME':<24}  {'OLD':>10}  {'NEW':>10}")
     term: tuple[int, int] | None = None
     for r in records:
         e = r.entry
@@ -112,7 +112,7 @@ def render(records: Sequence[Record], scan: Scan, where: str) -> list[str]:
         term = (e.lver, e.spm_host)
         old = _size(e.old_size) if e.old_size else "?"
         lines.append(f"{r.seq:>8}  {_iso(e.time_us)[:23]:<23}  {e.lver:>5}  {e.spm_host:>4}  "
-                     f"{e.host or '-':>4}  {e.request_id or '-':>10}  {e.op.name.lower():<6}  "
+                     f"{e.host or '-':>4}  {e.request_id or '-':>10}  {_op(r):<7}  "
                      f"{e.volume:<24}  {old:>10}  {_size(e.new_size):>10}")
     lines.append("growth by VG and requesting host:")
     for row in growth(records):
@@ -120,6 +120,11 @@ def render(records: Sequence[Record], scan: Scan, where: str) -> list[str]:
         lines.append(f"  {row['vg']:<16} host {row['host'] or '-':>4}: {row['changes']:>6}"
                      f" changes, {sign}{_size(abs(row['bytes']))}")
     return lines
+
+
+def _op(r: Record) -> str:
+    """The op; ``extend!`` for a change recorded late (FOUND: see the command's help)."""
+    return r.entry.op.name.lower() + ("!" if r.entry.found else "")
 
 
 def _iso(time_us: int) -> str:
@@ -154,6 +159,10 @@ def dump(obj: CliContext, since: str | None, volume: str | None, as_json: bool,
     SPM's term (lver) and host, the host that asked, the request id, the volume, and its
     size before and after; then the growth per VG and host. Reads the metadata area
     directly (from any host, without the service); writes nothing.
+
+    An op marked "!" ("found": true in JSON) was recorded late: an SPM found the volume
+    grown past the last size the journal had for it (an SPM that died between its change
+    and its record, or a change made outside autoextend).
 
     \b
     Examples:

@@ -148,9 +148,14 @@ class Executor:
         log.info("volume extended" if result.changed else "volume already large enough",
                  volume=str(volume), size=result.size, host_id=host,
                  request_id=req.request_id)
-        if result.changed and self._journal is not None:
+        if self._journal is not None:
             # Before the reply: a change is journaled before the host hears of it.
-            await self._journal.note(Op.EXTEND, volume, result.previous, result.size,
-                                     host=host, request_id=req.request_id,
-                                     generation=generation)
+            if result.changed:
+                await self._journal.note(Op.EXTEND, volume, result.previous, result.size,
+                                         host=host, request_id=req.request_id,
+                                         generation=generation)
+            else:  # an earlier SPM may have made it and died before its record
+                await self._journal.note_found(volume, result.size, host=host,
+                                               request_id=req.request_id,
+                                               generation=generation)
         return Verdict(Status.OK, result.size)

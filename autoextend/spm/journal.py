@@ -17,7 +17,10 @@ Record (little-endian, 256 bytes)::
     4   u8   version 1
     5   u8   op            Op: 1 extend, 2 reduce
     6   u8   name_len      length of "vg/lv", 3..NAME_FIELD
-    7   u8   reserved      0
+    7   u8   flags         bit 0 FOUND: the SPM found the volume grown past the last
+                           size the journal had for it, and recorded the change late
+                           (an SPM that died between its change and its record, or a
+                           change made outside autoextend); the other bits 0
     8   u64  seq           1..2**63-1
     16  u64  lver          the SPM term (lease version) that made the change
     24  u64  time_us       wall clock of the SPM, microseconds since the epoch
@@ -58,6 +61,7 @@ NAME_FIELD = 192
 MAX_SEQ = (1 << 63) - 1
 MAX_U64 = (1 << 64) - 1
 MAX_HOST_ID = 2000
+FLAG_FOUND = 1
 assert RECORD.size == RECORD_SIZE
 
 
@@ -85,6 +89,7 @@ class Entry:
     request_id: int = 0
     generation: int = 0
     time_us: int = 0
+    found: bool = False  # recorded late (FLAG_FOUND)
 
     @property
     def volume(self) -> str:
@@ -121,7 +126,8 @@ def encode(record: Record) -> bytes:
             raise ValueError(f"value {value} out of range")
     if not 0 <= e.request_id <= 0xFFFFFFFF or not 0 <= e.generation <= 0xFFFFFFFF:
         raise ValueError("request id or generation out of range")
-    out = bytearray(RECORD.pack(MAGIC, VERSION, int(e.op), len(name), 0, record.seq, e.lver,
+    flags = FLAG_FOUND if e.found else 0
+    out = bytearray(RECORD.pack(MAGIC, VERSION, int(e.op), len(name), flags, record.seq, e.lver,
                                 e.time_us, e.old_size, e.new_size, e.request_id,
                                 e.generation, e.spm_host, e.host, 0, name))
     struct.pack_into("<I", out, CRC_OFFSET, zlib.crc32(out))
@@ -135,7 +141,7 @@ def decode(data: bytes) -> Record | None:
         raise BadRecord(f"not one record ({len(data)} bytes)")
     if not any(data):
         return None
-    (magic, version, op, name_len, reserved, seq, lver, time_us, old_size, new_size,
+    (magic, version, op, name_len, flags, seq, lver, time_us, old_size, new_size,
      request_id, generation, spm_host, host, crc, name) = RECORD.unpack(data)
     if magic != MAGIC or version != VERSION:
         raise BadRecord("bad magic or version")
@@ -143,8 +149,8 @@ def decode(data: bytes) -> Record | None:
     struct.pack_into("<I", check, CRC_OFFSET, 0)
     if zlib.crc32(check) != crc:
         raise BadRecord("bad checksum")
-    if reserved:
-        raise BadRecord("reserved field is not zero")
+    if flags & ~FLAG_FOUND:
+        raise BadRecord(f"unknown flags {flags:#x}")
     if op not in Op.__members__.values():
         raise BadRecord(f"unknown op {op}")
     if not 1 <= seq <= MAX_SEQ:
@@ -160,7 +166,7 @@ def decode(data: bytes) -> Record | None:
     if not sep or not is_valid_name(vg) or not is_valid_name(lv):
         raise BadRecord("not a valid vg/lv name")
     return Record(seq, Entry(Op(op), vg, lv, old_size, new_size, lver, spm_host, host,
-                             request_id, generation, time_us))
+                             request_id, generation, time_us, bool(flags & FLAG_FOUND)))
 
 
 @dataclass

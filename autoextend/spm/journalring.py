@@ -17,6 +17,11 @@ valid term writes the ring, and each write continues after the last valid record
 * Group commit: appends that arrive while a write is in flight go out together in the next
   write. A batch of ``k`` records touches at most ``k`` sectors (``ceil((k - 1) / per) + 1``
   with ``per`` records a sector), so the journal adds at most one sector write per change.
+* A change recorded late: an SPM killed between its change and its record leaves the
+  change unrecorded; the next SPM serves the request again and finds the volume already
+  that large. When the journal's last size for the volume is smaller than what it finds,
+  :meth:`JournalWriter.note_found` records the change then, flagged FOUND (the last size
+  it had is the size before). A volume with no record in the ring cannot be judged so.
 * A sector is written whole. The writer keeps the image of the head's sector and rewrites
   the records already in it with the same bytes; a sector the head enters is written from
   zeros (on a wrapped ring it drops at most ``per - 1`` of the oldest records a little
@@ -119,6 +124,7 @@ class JournalWriter:
         self._pending: list[_Pending] = []
         self.head: int | None = None  # the last seq written (None: not recovered yet)
         self._image: tuple[int, bytearray] | None = None  # (sector index, its bytes)
+        self._last: dict[str, int] = {}  # volume -> its size in its newest record
         self.counters = JournalCounters()
         self._repeats = logs.Repeats(log)
 
@@ -128,13 +134,14 @@ class JournalWriter:
             await self._recover()
 
     async def note(self, op: Op, volume: VolumeRef, old_size: int | None, new_size: int, *,
-                   host: int = 0, request_id: int = 0, generation: int = 0) -> int | None:
+                   host: int = 0, request_id: int = 0, generation: int = 0,
+                   found: bool = False) -> int | None:
         """Append the record of one change; its ``seq``, or None when the write failed
         (logged, counted: the change stands, only its record is lost). Raises NotSpmError
         when the term is no longer valid."""
         entry = Entry(op, volume.vg, volume.lv, old_size or 0, new_size, self.lver,
                       self.spm_host, host, request_id, generation,
-                      int(self._wall() * 1_000_000))
+                      int(self._wall() * 1_000_000), found)
         try:
             seq = await self.append(entry)
         except StorageError as err:
@@ -144,6 +151,24 @@ class JournalWriter:
             return None
         self._repeats.clear(LOST)
         return seq
+
+    async def note_found(self, volume: VolumeRef, size: int, *, host: int = 0,
+                         request_id: int = 0, generation: int = 0) -> int | None:
+        """An extend found ``volume`` at ``size`` already: record the change late (FOUND)
+        when the journal's last size for it is smaller; else nothing (None). The caller
+        holds the volume's VG lock (no other change of it comes in between)."""
+        try:
+            async with self._lock:
+                await self._recover()
+        except StorageError:
+            return None  # the next change tries again
+        last = self._last.get(str(volume))
+        if last is None or last >= size:
+            return None
+        log.warning("journal: a change was not recorded; recording it late", volume=str(volume),
+                    size=size, journaled=last, host_id=host, request_id=request_id)
+        return await self.note(Op.EXTEND, volume, last, size, host=host,
+                               request_id=request_id, generation=generation, found=True)
 
     async def append(self, entry: Entry) -> int:
         """Write ``entry`` (with whatever else is pending) and return its ``seq``. Raises
@@ -178,6 +203,7 @@ class JournalWriter:
         self.counters.skipped_at_start = scan.skipped
         self.counters.head_at_start = head
         self.head = head
+        self._last = {r.entry.volume: r.entry.new_size for r in scan.records}  # seq order
         if head:
             index = journal.slot_of(head, self._ring.records) // self._per
             image = bytearray(self._storage.sector_size)
@@ -214,6 +240,7 @@ class JournalWriter:
         self._image = (last, sectors[last])
         for i, item in enumerate(batch, start=self.head + 1):
             item.seq = i
+            self._last[item.entry.volume] = item.entry.new_size
         self.head = seq
         self.counters.appended += len(batch)
 

@@ -81,7 +81,7 @@ def test_dump_filters_by_volume_and_time_as_json(tmp_path: Path, area: Path) -> 
         "seq": 4, "time": "2027-01-15 08:03:00.000000", "time_us": (T0 + 180) * 1_000_000,
         "lver": 5, "spm_host": 2, "host": 2, "request_id": 103, "generation": 1,
         "op": "extend", "volume": "demo/vm2-disk", "old_size": 256 * MIB,
-        "new_size": 320 * MIB}
+        "new_size": 320 * MIB, "found": False}
     assert data["skipped"] == 1 and data["total"] == 4
     whole_vg = autoextend("--config", cfg, "journal", "dump", "--json", "--volume", "demo")
     assert len(json.loads(whole_vg.stdout)["records"]) == 4

@@ -99,3 +99,34 @@ async def test_journal_lists_every_extension_across_a_step_down(lab_tmp_path: Pa
         grown = {(row["vg"], row["host"]): row["bytes"] for row in dumps[0]["growth"]}
         assert grown == {("demo", g.host_id): CHUNK * sum(
             1 for r in records if r["volume"] == str(g.volume)) for g in (g1, g2)}
+
+
+async def test_journal_survives_the_spm_host_being_killed(lab_tmp_path: Path) -> None:
+    """The SPM's process is killed mid-run (and stays dead): the other host takes the role
+    and goes on after the last valid record. The guests run on the surviving host, so its
+    counter is every extension asked for."""
+    async with pool(2, directory=lab_tmp_path, chunk_mib=64, journal=True) as p:
+        old_spm = await p.wait_for_spm()
+        other = 3 - old_spm
+        g1 = await p.start_guest(other, "vm1", GuestJob(mib=384), start_mib=64,
+                                 virtual_mib=1024)
+        await until(lambda: monitor_extensions(p).get(str(g1.volume), 0) >= 2, 300,
+                    "two extensions of vm1", describe=lambda: monitor_extensions(p))
+        await p.hosts[old_spm].kill()
+        assert await p.wait_for_spm(timeout_s=120) == other
+        result = await g1.vm.result(timeout=900)
+        assert result.verified, result
+        metrics = await anyio.to_thread.run_sync(p.hosts[other].scrape)
+        ok = metrics['autoextend_extend_requests_total{result="ok"}']
+        dumps = [await dump(p, host, "--json") for host in sorted(p.hosts)]
+        assert dumps[0]["records"] == dumps[1]["records"] and dumps[0]["skipped"] == 0
+        records = dumps[0]["records"]
+        assert len(records) == ok == monitor_extensions(p)[str(g1.volume)]
+        assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+        sizes = [r["new_size"] for r in records]
+        assert sizes == [64 * MiB + CHUNK * (i + 1) for i in range(len(records))]
+        assert all(r["host"] == other for r in records)
+        terms = sorted({(r["lver"], r["spm_host"]) for r in records})
+        assert [host for _, host in terms] == [old_spm, other], terms
+        text = await dump(p, other)
+        assert f"(host {old_spm}) -> lver {terms[1][0]} (host {other})" in text

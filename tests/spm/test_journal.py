@@ -52,7 +52,7 @@ U64 = st.integers(0, (1 << 64) - 1)
 def entries() -> st.SearchStrategy[Entry]:
     return st.builds(Entry, st.sampled_from(Op), NAME, NAME, U64, U64, U64,
                      st.integers(1, 2000), st.integers(0, 2000), st.integers(0, 2**32 - 1),
-                     st.integers(0, 2**32 - 1), U64)
+                     st.integers(0, 2**32 - 1), U64, st.booleans())
 
 
 def entry(n: int = 0, lver: int = 1) -> Entry:
@@ -315,6 +315,29 @@ async def test_the_executor_records_every_change_and_only_changes() -> None:
     scan = await read_ring(storage, ring)
     assert scan.records == [Record(1, Entry(Op.EXTEND, "vg0", "lv1", 64 * MIB, 128 * MIB, 7,
                                             1, 2, 11, 5, 1_700_000_000_000_000))]
+
+
+async def test_a_change_an_spm_died_before_recording_is_recorded_late() -> None:
+    """The old SPM grew lv1 to 128 MiB (recorded), then to 192 MiB, and died before its
+    record; the next SPM serves the request again, finds 192 MiB and records it, FOUND,
+    from 128 MiB. A volume the ring knows nothing of, or one at its journaled size, gets
+    no record."""
+    storage, ring = _storage(512, 64)
+    await _writer(storage, ring, lver=1).append(
+        Entry(Op.EXTEND, "vg0", "lv1", 64 * MIB, 128 * MIB, 1, 1, 2, 10, 5))
+    other = VolumeRef("vg0", "other")
+    backend = RecordingBackend({VOL: 192 * MIB, other: 64 * MIB})
+    writer = _writer(storage, ring, lver=2, host=3)
+    executor = Executor(backend, Authority(), ManualClock(), hot_window_s=0.0,
+                        max_concurrent=4, journal=writer)
+    for req in (Request(11, "vg0", "lv1", 192 * MIB), Request(11, "vg0", "lv1", 192 * MIB),
+                Request(12, "vg0", "other", 32 * MIB)):
+        verdict = await executor.execute(2, 5, req)
+        assert verdict is not None and verdict.status is Status.OK
+    records = (await read_ring(storage, ring)).records
+    assert [r.seq for r in records] == [1, 2]
+    assert records[1].entry == Entry(Op.EXTEND, "vg0", "lv1", 128 * MIB, 192 * MIB, 2, 3, 2,
+                                     11, 5, 1_700_000_000_000_000, found=True)
 
 
 async def test_a_reduce_is_recorded_with_the_size_before() -> None:
