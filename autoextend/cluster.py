@@ -104,6 +104,7 @@ class ClusterAgent:
         self.publisher: InUsePublisher | None = None
         self.terms = 0
         self.join_failures = 0  # I/O errors while joining (each retried with backoff)
+        self.journal = JournalCounters()  # every term's journal writer counts here
         self._joined: anyio.Event | None = None  # made inside the event loop, on first use
 
     def extender(self) -> AgentExtender:
@@ -207,7 +208,8 @@ class ClusterAgent:
                 self.terms += 1
                 backend = self.spm_backend(term)
                 journal = None if ring is None else JournalWriter(
-                    storage, ring, term, lver=term.lver, spm_host=self.host_id)
+                    storage, ring, term, lver=term.lver, spm_host=self.host_id,
+                    counters=self.journal)
                 server = SpmMailServer(
                     storage, backend, self.vgs, layout=layout, authority=term,
                     settings=self.mailbox_config, clock=self.clock, epoch=term.lver,
@@ -296,13 +298,8 @@ class ClusterAgent:
                         if self.publisher.last is not None else None}
                        if self.publisher is not None else None),
             "server": dict(vars(server.counters)) if server is not None else None,
-            "journal": _journal_status(server.journal.counters)
-            if server is not None and server.journal is not None else None,
+            "journal": (dict(vars(self.journal)) if self.mailbox_config.journal else None),
         }
-
-
-def _journal_status(counters: JournalCounters) -> dict[str, int]:
-    return dict(vars(counters))
 
 
 async def _nothing_in_use() -> list[str]:

@@ -110,7 +110,9 @@ class JournalWriter:
     """Appends records for one SPM term (``lver``) of host ``spm_host``."""
 
     def __init__(self, storage: SectorStorage, ring: Ring, authority: SpmAuthority, *,
-                 lver: int, spm_host: int, wall: Callable[[], float] = time.time) -> None:
+                 lver: int, spm_host: int, wall: Callable[[], float] = time.time,
+                 counters: JournalCounters | None = None) -> None:
+        """``counters``: shared by the writers of one process, across terms (else new)."""
         if storage.sector_size % journal.RECORD_SIZE or ring.base % storage.sector_size:
             raise ValueError("the journal must start on a sector boundary")
         self._storage = storage
@@ -125,7 +127,7 @@ class JournalWriter:
         self.head: int | None = None  # the last seq written (None: not recovered yet)
         self._image: tuple[int, bytearray] | None = None  # (sector index, its bytes)
         self._last: dict[str, int] = {}  # volume -> its size in its newest record
-        self.counters = JournalCounters()
+        self.counters = counters if counters is not None else JournalCounters()
         self._repeats = logs.Repeats(log)
 
     async def prepare(self) -> None:

@@ -75,6 +75,8 @@ async def test_journal_lists_every_extension_across_a_step_down(lab_tmp_path: Pa
         records = dumps[0]["records"]
         assert dumps[0]["skipped"] == 0 and dumps[0]["total"] == len(records)
         assert len(records) == ok == sum(monitor_extensions(p).values())
+        assert sum(m["autoextend_journal_records_total"] for m in metrics) == len(records)
+        assert sum(m["autoextend_journal_write_failures_total"] for m in metrics) == 0
         assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
         # Every extension an SPM made, and nothing else, with who asked for it.
         assert sorted((r["volume"], r["new_size"], r["host"]) for r in records) == spm_changes(p)
