@@ -164,6 +164,9 @@ class HostProcess:
     process: Process | None = None
     starts: int = 0
     env: dict[str, str] = field(default_factory=dict)  # e.g. its sanlock daemon's run dir
+    # What runs it: ``python -m autoextend`` (the chaos soak's mutation check runs
+    # ``sim.mutant_service``, which takes the same arguments).
+    runner: tuple[str, ...] = ("-m", "autoextend")
 
     def scrape(self) -> dict[str, float]:
         """The host's /metrics as {series: value} (blocking: call from a worker thread)."""
@@ -193,7 +196,7 @@ class HostProcess:
         err = await anyio.to_thread.run_sync(open_log)
         try:
             self.process = await anyio.open_process(
-                [sys.executable, "-m", "autoextend", "--config", str(self.config),
+                [sys.executable, *self.runner, "--config", str(self.config),
                  "--log-format", "json", "--log-level", "info", "run"],
                 stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                 env={**os.environ, **self.env} if self.env else None,
@@ -331,13 +334,15 @@ async def pool(
     engine: str = "native",
     libvirt_uris: Mapping[int, str] | None = None,
     hot_window_s: float | None = None,
+    runner: tuple[str, ...] = ("-m", "autoextend"),
 ) -> AsyncIterator[Pool]:
     """``hosts`` autoextend processes sharing one metadata area and one volume root, in
     ``directory`` (default: a new directory under /var/tmp, removed afterwards). With
     ``engine = "sanlock"`` each host gets its own sanlock daemon (autoextend/lab/sanlockd.py,
     in its own mount namespace) that outlives the host's process: LabError if none starts.
     ``libvirt_uris`` gives host N the libvirt hypervisor on that libvirtd (else QMP).
-    ``hot_window_s``: the SPMs' ``[mailbox] hot_window_s`` (default: the shipped 60 s)."""
+    ``hot_window_s``: the SPMs' ``[mailbox] hot_window_s`` (default: the shipped 60 s).
+    ``runner``: what each host process runs (``HostProcess.runner``)."""
     own_dir = directory is None
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="autoextend-pool-", dir="/var/tmp"))
@@ -371,7 +376,7 @@ async def pool(
                     poll_interval_s=poll_interval_s, metrics_port=port, engine=engine,
                     libvirt_uri=(libvirt_uris or {}).get(host_id, ""),
                     hot_window_s=hot_window_s))
-                host = HostProcess(host_id, host_dir, cfg, port)
+                host = HostProcess(host_id, host_dir, cfg, port, runner=runner)
                 if host_id in daemons:
                     host.env = daemons[host_id].env()
                 the_pool.hosts[host_id] = host
