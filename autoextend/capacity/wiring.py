@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from autoextend.capacity import metrics as capacity_metrics
+from autoextend.capacity.committed import CommittedPublisher, CommittedScanner, make_lister
 from autoextend.capacity.published import PoolMember, PublishedSource
 from autoextend.capacity.reduce import (
     ReduceBackend,
@@ -128,6 +129,11 @@ class CapacityPart:
             self.published = source = PublishedSource(
                 cluster, backend, settings.capacity, settings.lease.offset, clock)
         self.watcher: CapacityWatcher | None = None
+        self.committed: CommittedPublisher | None = None  # pool admission's figures
+        if cluster is not None and settings.capacity.enabled:
+            self.committed = CommittedPublisher(
+                cluster, CommittedScanner(make_lister(settings), clock), settings.capacity,
+                settings.lvm.vgs, settings.lease.offset, clock)
         if settings.capacity.enabled:
             self.watcher = CapacityWatcher(settings.capacity, source, clock, on_level=on_level)
             capacity_metrics.register(registry, capacity_metrics.CapacityCollector(
@@ -171,11 +177,15 @@ class CapacityPart:
             self.watcher.settings = settings.capacity
         if self.published is not None:
             self.published.settings = settings.capacity
+        if self.committed is not None:
+            self.committed.settings = settings.capacity
 
     async def run(self, monitor: MonitorQueries) -> None:
         """The watcher's looks and the reduces after clean stops, until cancelled."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._reduce_stopped, monitor)
+            if self.committed is not None:
+                tg.start_soon(self.committed.run)
             if self.watcher is not None:
                 await self._watch(self.watcher, monitor)
 

@@ -1,0 +1,285 @@
+"""Mailbox mode: the SPM sums the virtual sizes of every volume in the pool's VGs and
+publishes them (``committed_record.py``); ``autoextend pool admit`` reads them on any host.
+
+Every ``[capacity] committed_interval_s`` the host holding the SPM term lists each pool VG's
+volumes (:class:`VolumeLister`: one read-only ``lvs`` per VG with lvm, a directory scan
+with loop volumes) and takes each one's virtual size from its ``autoextend.vsize`` tag
+(``lvm/vsize.py``), else from ``qemu-img info -U`` of its device (lvm: ``/dev/VG/LV``, only
+where the LV is active on the SPM host) or file (loop). A volume neither gives is unknown
+(counted apart, never guessed: ``admission.py``). A ``qemu-img`` answer is reused while the
+volume is the same (lvm: LV uuid and size; loop: inode, size and mtime), for at most 10
+intervals, so a pool of untagged volumes costs one ``qemu-img`` per volume per 10
+intervals. The term is checked before every write; a host that is not the SPM writes
+nothing. A scan that fails is logged once (until one works again) and retried next interval.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+
+from autoextend.capacity import committed_record
+from autoextend.capacity.admission import VgCommitted, VolumeVsize, sum_committed
+from autoextend.capacity.config import CapacitySettings
+from autoextend.capacity.published import PoolMember
+from autoextend.clock import Clock
+from autoextend.errors import AutoextendError, NotSpmError
+from autoextend.logs import Repeats, get_logger
+from autoextend.lvm.errors import NoSuchVolumeGroup
+from autoextend.lvm.loop_backend import vg_capacity
+from autoextend.lvm.names import lvm_device_path
+from autoextend.lvm.reader import LvmReader
+from autoextend.lvm.vsize import BadVsizeTag, vsize_from_tags
+from autoextend.names import check_name
+from autoextend.volumes import VolumeRef
+
+if TYPE_CHECKING:
+    from autoextend.config import Settings
+
+log = get_logger("capacity")
+QEMU_IMG_TIMEOUT_S = 30.0
+REUSE_INTERVALS = 10
+MAX_VSIZE = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class ListedVolume:
+    """One volume as a lister sees it: ``ident`` changes when the volume may have changed;
+    ``tag_vsize`` from its tag (None: no tag), ``tag_problem`` why a tag is unusable;
+    ``path`` what ``qemu-img info`` would open."""
+
+    lv: str
+    ident: tuple[object, ...]
+    tag_vsize: int | None
+    tag_problem: str
+    path: str
+
+
+@dataclass(frozen=True)
+class VgVolumes:
+    vg: str
+    size: int
+    volumes: tuple[ListedVolume, ...]
+
+
+class VolumeLister(Protocol):
+    """Every volume of a VG and the VG's size; None when the VG is not there (or, loop,
+    has no capacity set)."""
+
+    async def vg_volumes(self, vg: str) -> VgVolumes | None: ...
+
+
+def _tag(tags: Sequence[str]) -> tuple[int | None, str]:
+    try:
+        return vsize_from_tags(tags), ""
+    except BadVsizeTag as exc:
+        return None, str(exc)
+
+
+class LvmLister:
+    """One read-only ``vgs`` and one ``lvs`` per VG (every LV, with its tags)."""
+
+    def __init__(self, reader: LvmReader) -> None:
+        self.reader = reader
+
+    async def vg_volumes(self, vg: str) -> VgVolumes | None:
+        try:
+            info = await self.reader.vg(vg)
+            lvs = await self.reader.lvs(vg)
+        except NoSuchVolumeGroup:
+            return None
+        out = []
+        for lv in lvs:
+            vsize, problem = _tag(lv.tags)
+            out.append(ListedVolume(lv.name, (lv.uuid, lv.size), vsize, problem,
+                                    lvm_device_path(VolumeRef(lv.vg, lv.name))))
+        return VgVolumes(vg, info.size, tuple(out))
+
+
+class LoopLister:
+    """The loop backend's VGs: ``<root>/<vg>/<lv>`` files; a VG's size is its capacity
+    (``.vg_size``), a VG without one is left out (it has no size to commit against)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    async def vg_volumes(self, vg: str) -> VgVolumes | None:
+        vg_dir = os.path.join(self.root, check_name("VG", vg))
+
+        def scan() -> VgVolumes | None:
+            if not os.path.isdir(vg_dir):
+                return None
+            size = vg_capacity(vg_dir)
+            if size is None:
+                return None
+            out = []
+            with os.scandir(vg_dir) as entries:
+                for e in entries:
+                    if e.name.startswith(".") or not e.is_file(follow_symlinks=False):
+                        continue
+                    st = e.stat(follow_symlinks=False)
+                    out.append(ListedVolume(e.name, (st.st_ino, st.st_size, st.st_mtime_ns),
+                                            None, "", e.path))
+            return VgVolumes(vg, size, tuple(sorted(out, key=lambda v: v.lv)))
+
+        return await anyio.to_thread.run_sync(scan)
+
+
+#: path -> (virtual size, "") or (None, why not).
+VsizeProbe = Callable[[str], Awaitable[tuple[int | None, str]]]
+
+
+def parse_info(text: str) -> int:
+    """``virtual-size`` from ``qemu-img info --output=json``; ValueError otherwise."""
+    doc = json.loads(text)
+    size = doc.get("virtual-size") if isinstance(doc, dict) else None
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_VSIZE:
+        raise ValueError(f"no usable virtual-size ({size!r})")
+    return size
+
+
+async def qemu_img_vsize(path: str) -> tuple[int | None, str]:
+    """``qemu-img info -U -f qcow2``: the image's virtual size, or why it has none. A path
+    that does not exist here (an LV not active on this host) is not tried."""
+    if not await anyio.to_thread.run_sync(os.path.exists, path):
+        return None, "no tag, and no device to open on this host (LV not active here)"
+    try:
+        with anyio.fail_after(QEMU_IMG_TIMEOUT_S):
+            done = await anyio.run_process(
+                ["qemu-img", "info", "-U", "-f", "qcow2", "--output=json", path], check=False)
+    except (OSError, TimeoutError) as exc:
+        return None, f"qemu-img info failed: {exc or 'timed out'}"
+    if done.returncode != 0:
+        err = done.stderr.decode(errors="replace").strip().splitlines()
+        return None, f"qemu-img info: {(err[-1] if err else 'failed')[:200]}"
+    try:
+        return parse_info(done.stdout.decode(errors="replace")), ""
+    except ValueError as exc:
+        return None, f"qemu-img info: {exc}"
+
+
+class CommittedScanner:
+    """The committed space of VGs (see the module docs)."""
+
+    def __init__(self, lister: VolumeLister, clock: Clock, *,
+                 probe: VsizeProbe = qemu_img_vsize, reuse_s: float = 300.0) -> None:
+        self.lister = lister
+        self.clock = clock
+        self.probe = probe
+        self.reuse_s = reuse_s
+        self.probes = 0
+        self._cache: dict[tuple[str, str], tuple[tuple[object, ...], VolumeVsize, float]] = {}
+
+    async def volumes(self, vg: str) -> tuple[int, list[VolumeVsize]] | None:
+        """The VG's size and each volume's virtual size (None: no such VG)."""
+        listed = await self.lister.vg_volumes(vg)
+        if listed is None:
+            return None
+        now = self.clock.now()
+        out = []
+        for v in listed.volumes:
+            if v.tag_vsize is not None:
+                out.append(VolumeVsize(v.lv, v.tag_vsize, "tag"))
+                continue
+            key = (vg, v.lv)
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] == v.ident and now - hit[2] < self.reuse_s:
+                out.append(hit[1])
+                continue
+            vsize, why = await self.probe(v.path)
+            self.probes += 1
+            if v.tag_problem:
+                why = f"{v.tag_problem}; {why}" if vsize is None else why
+            got = VolumeVsize(v.lv, vsize, "qemu-img" if vsize is not None else "unknown", why)
+            self._cache[key] = (v.ident, got, now)
+            out.append(got)
+        alive = {(vg, v.lv) for v in listed.volumes}
+        for key in [k for k in self._cache if k[0] == vg and k not in alive]:
+            del self._cache[key]
+        return listed.size, out
+
+    async def scan(self, vgs: Sequence[str]) -> list[VgCommitted]:
+        out = []
+        for vg in sorted(set(vgs)):
+            found = await self.volumes(vg)
+            if found is not None:
+                out.append(sum_committed(vg, found[0], found[1]))
+        return out
+
+
+class CommittedPublisher:
+    """While this host holds the SPM term: a scan and one record write per
+    ``committed_interval_s``."""
+
+    def __init__(self, cluster: PoolMember, scanner: CommittedScanner,
+                 settings: CapacitySettings, vgs: Sequence[str], area_offset: int,
+                 clock: Clock, wall: Callable[[], float] = time.time) -> None:
+        self.cluster = cluster
+        self.scanner = scanner
+        self.settings = settings
+        self.vgs = tuple(vgs)
+        self.area_offset = area_offset
+        self.clock = clock
+        self.wall = wall
+        self.seq = 0
+        self.writes = 0
+        self._repeats = Repeats(log, clock.now)
+
+    async def publish_once(self) -> bool:
+        """Scan and write the record if this host holds the SPM term; whether it wrote."""
+        storage, lease = self.cluster.storage, self.cluster.lease
+        term = None if lease is None else lease.term
+        if storage is None or term is None:
+            return False
+        figs = await self.scanner.scan(self.vgs)
+        self.seq += 1
+        data = committed_record.encode(committed_record.CommittedRecord(
+            self.cluster.host_id, self.seq, int(self.wall() * 1000), tuple(figs)),
+            storage.sector_size)
+        term.check()  # only the SPM of this very term writes the record
+        await storage.write(committed_record.record_offset(self.area_offset,
+                                                           storage.sector_size), data)
+        self.writes += 1
+        unknown = sum(f.unknown for f in figs)
+        if unknown:
+            self._repeats.warning("volumes of unknown virtual size in the committed space",
+                                  unknown=unknown)
+        else:
+            self._repeats.clear("volumes of unknown virtual size in the committed space")
+        return True
+
+    async def run(self) -> None:
+        while True:
+            wrote = False
+            try:
+                self.scanner.reuse_s = REUSE_INTERVALS * self.settings.committed_interval_s
+                wrote = await self.publish_once()
+                self._repeats.clear("committed space not published")
+            except NotSpmError:
+                pass  # the term ended between the scan and the write: nothing written
+            except (AutoextendError, OSError, ValueError) as exc:
+                self._repeats.warning("committed space not published", error=str(exc))
+            # Not the SPM (yet): look again at the VG record's pace, so a new SPM publishes
+            # soon after its takeover.
+            await self.clock.sleep(self.settings.committed_interval_s if wrote
+                                   else min(self.settings.publish_interval_s,
+                                            self.settings.committed_interval_s))
+
+
+def make_lister(settings: Settings) -> VolumeLister:
+    """The lister of the configured backend (its own read-only lvm2 process per report, as
+    the foreign-write audit has)."""
+    if settings.volumes.backend == "loop":
+        return LoopLister(settings.volumes.loop_root)
+    from autoextend.lvm.factory import command_config
+    from autoextend.lvm.runner import ProcessRunner
+
+    lvm = settings.lvm
+    runner = ProcessRunner(lvm.lvm_binary, lvm.command_timeout_s, 1, use_aio=lvm.use_aio)
+    return LvmLister(LvmReader(runner, command_config(lvm)))
