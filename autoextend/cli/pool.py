@@ -74,7 +74,11 @@ def check_fresh(rec: CommittedRecord | None, now: float, max_age_s: float) -> fl
         raise NoFreshRecord("no SPM has published the pool's committed space yet (is the"
                             " SPM running this release, with [capacity] enabled?)")
     age = now - rec.published_ms / 1000.0
-    if age > max_age_s or age < -max_age_s:
+    if age < -max_age_s:
+        raise NoFreshRecord(
+            f"the committed-space record of SPM host {rec.host_id} is dated {-age:.0f} s in"
+            f" the future (over {max_age_s:.0f} s): the hosts' clocks disagree")
+    if age > max_age_s:
         raise NoFreshRecord(
             f"the committed-space record of SPM host {rec.host_id} is {age:.0f} s old"
             f" (over {max_age_s:.0f} s): no SPM, a stuck one, one of an earlier release,"
