@@ -1,16 +1,17 @@
 """Mailbox mode: the SPM sums the virtual sizes of every volume in the pool's VGs and
 publishes them (``committed_record.py``); ``autoextend pool admit`` reads them on any host.
 
-Every ``[capacity] committed_interval_s`` the host holding the SPM term lists each pool VG's
-volumes (:class:`VolumeLister`: one read-only ``lvs`` per VG with lvm, a directory scan
-with loop volumes) and takes each one's virtual size from its ``autoextend.vsize`` tag
-(``lvm/vsize.py``), else from ``qemu-img info -U`` of its device (lvm: ``/dev/VG/LV``, only
-where the LV is active on the SPM host) or file (loop). A volume neither gives is unknown
-(counted apart, never guessed: ``admission.py``). A ``qemu-img`` answer is reused while the
-volume is the same (lvm: LV uuid and size; loop: inode, size and mtime), for at most 10
-intervals, so a pool of untagged volumes costs one ``qemu-img`` per volume per 10
-intervals. The term is checked before every write; a host that is not the SPM writes
-nothing. A scan that fails is logged once (until one works again) and retried next interval.
+Every ``[capacity] committed_interval_s`` the host holding the SPM term lists each pool
+VG's volumes (``volumes.ListsVolumes``, ``lvm/listing.py``: one read-only ``lvs`` per VG
+with lvm, a directory scan with loop volumes) and takes each one's virtual size from its
+``autoextend.vsize`` tag (``lvm/vsize.py``), else from ``qemu-img info -U`` of its device
+(lvm: ``/dev/VG/LV``, only where the LV is active on the SPM host) or file (loop). A
+volume neither gives is unknown (counted apart, never guessed: ``admission.py``). A
+``qemu-img`` answer is reused while the volume is the same (lvm: LV uuid and size; loop:
+inode, size and mtime), for at most 10 intervals, so a pool of untagged volumes costs one
+``qemu-img`` per volume per 10 intervals. The term is checked before every write; a host
+that is not the SPM writes nothing. A scan that fails is logged once (until one works
+again) and retried next interval. With ``[capacity] enabled = false`` nothing is published.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
@@ -31,104 +30,12 @@ from autoextend.capacity.published import PoolMember
 from autoextend.clock import Clock
 from autoextend.errors import AutoextendError, NotSpmError
 from autoextend.logs import Repeats, get_logger
-from autoextend.lvm.errors import NoSuchVolumeGroup
-from autoextend.lvm.loop_backend import vg_capacity
-from autoextend.lvm.names import lvm_device_path
-from autoextend.lvm.reader import LvmReader
-from autoextend.lvm.vsize import BadVsizeTag, vsize_from_tags
-from autoextend.names import check_name
-from autoextend.volumes import VolumeRef
-
-if TYPE_CHECKING:
-    from autoextend.config import Settings
+from autoextend.volumes import ListsVolumes
 
 log = get_logger("capacity")
 QEMU_IMG_TIMEOUT_S = 30.0
 REUSE_INTERVALS = 10
 MAX_VSIZE = (1 << 63) - 1
-
-
-@dataclass(frozen=True)
-class ListedVolume:
-    """One volume as a lister sees it: ``ident`` changes when the volume may have changed;
-    ``tag_vsize`` from its tag (None: no tag), ``tag_problem`` why a tag is unusable;
-    ``path`` what ``qemu-img info`` would open."""
-
-    lv: str
-    ident: tuple[object, ...]
-    tag_vsize: int | None
-    tag_problem: str
-    path: str
-
-
-@dataclass(frozen=True)
-class VgVolumes:
-    vg: str
-    size: int
-    volumes: tuple[ListedVolume, ...]
-
-
-class VolumeLister(Protocol):
-    """Every volume of a VG and the VG's size; None when the VG is not there (or, loop,
-    has no capacity set)."""
-
-    async def vg_volumes(self, vg: str) -> VgVolumes | None: ...
-
-
-def _tag(tags: Sequence[str]) -> tuple[int | None, str]:
-    try:
-        return vsize_from_tags(tags), ""
-    except BadVsizeTag as exc:
-        return None, str(exc)
-
-
-class LvmLister:
-    """One read-only ``vgs`` and one ``lvs`` per VG (every LV, with its tags)."""
-
-    def __init__(self, reader: LvmReader) -> None:
-        self.reader = reader
-
-    async def vg_volumes(self, vg: str) -> VgVolumes | None:
-        try:
-            info = await self.reader.vg(vg)
-            lvs = await self.reader.lvs(vg)
-        except NoSuchVolumeGroup:
-            return None
-        out = []
-        for lv in lvs:
-            vsize, problem = _tag(lv.tags)
-            out.append(ListedVolume(lv.name, (lv.uuid, lv.size), vsize, problem,
-                                    lvm_device_path(VolumeRef(lv.vg, lv.name))))
-        return VgVolumes(vg, info.size, tuple(out))
-
-
-class LoopLister:
-    """The loop backend's VGs: ``<root>/<vg>/<lv>`` files; a VG's size is its capacity
-    (``.vg_size``), a VG without one is left out (it has no size to commit against)."""
-
-    def __init__(self, root: str) -> None:
-        self.root = root
-
-    async def vg_volumes(self, vg: str) -> VgVolumes | None:
-        vg_dir = os.path.join(self.root, check_name("VG", vg))
-
-        def scan() -> VgVolumes | None:
-            if not os.path.isdir(vg_dir):
-                return None
-            size = vg_capacity(vg_dir)
-            if size is None:
-                return None
-            out = []
-            with os.scandir(vg_dir) as entries:
-                for e in entries:
-                    if e.name.startswith(".") or not e.is_file(follow_symlinks=False):
-                        continue
-                    st = e.stat(follow_symlinks=False)
-                    out.append(ListedVolume(e.name, (st.st_ino, st.st_size, st.st_mtime_ns),
-                                            None, "", e.path))
-            return VgVolumes(vg, size, tuple(sorted(out, key=lambda v: v.lv)))
-
-        return await anyio.to_thread.run_sync(scan)
 
 
 #: path -> (virtual size, "") or (None, why not).
@@ -167,7 +74,7 @@ async def qemu_img_vsize(path: str) -> tuple[int | None, str]:
 class CommittedScanner:
     """The committed space of VGs (see the module docs)."""
 
-    def __init__(self, lister: VolumeLister, clock: Clock, *,
+    def __init__(self, lister: ListsVolumes, clock: Clock, *,
                  probe: VsizeProbe = qemu_img_vsize, reuse_s: float = 300.0) -> None:
         self.lister = lister
         self.clock = clock
@@ -270,16 +177,3 @@ class CommittedPublisher:
             await self.clock.sleep(self.settings.committed_interval_s if wrote
                                    else min(self.settings.publish_interval_s,
                                             self.settings.committed_interval_s))
-
-
-def make_lister(settings: Settings) -> VolumeLister:
-    """The lister of the configured backend (its own read-only lvm2 process per report, as
-    the foreign-write audit has)."""
-    if settings.volumes.backend == "loop":
-        return LoopLister(settings.volumes.loop_root)
-    from autoextend.lvm.factory import command_config
-    from autoextend.lvm.runner import ProcessRunner
-
-    lvm = settings.lvm
-    runner = ProcessRunner(lvm.lvm_binary, lvm.command_timeout_s, 1, use_aio=lvm.use_aio)
-    return LvmLister(LvmReader(runner, command_config(lvm)))

@@ -8,17 +8,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from autoextend.capacity import committed_record as cr
-from autoextend.capacity.committed import (
-    CommittedPublisher,
-    CommittedScanner,
-    ListedVolume,
-    VgVolumes,
-    parse_info,
-)
+from autoextend.capacity.committed import CommittedPublisher, CommittedScanner, parse_info
 from autoextend.capacity.config import CapacitySettings
 from autoextend.clock import ManualClock
 from autoextend.errors import NotSpmError
 from autoextend.sectorfakes import MemoryStorage
+from autoextend.volumes import ListedVolume, VgVolumes
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -8,8 +8,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from autoextend.capacity.committed import CommittedScanner, LoopLister
+from autoextend.capacity.committed import CommittedScanner
 from autoextend.clock import ManualClock
+from autoextend.lvm.listing import LoopLister
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
@@ -29,8 +30,8 @@ async def test_loop_volumes_are_measured_with_qemu_img(tmp_path: Path) -> None:
     (vg / ".vg_size").write_text(f"{GiB}\n")
     await qcow2(vg / "disk1", 64 * MiB, 2 * GiB)
     await qcow2(vg / "disk2", 8 * MiB, 5 * GiB + 512)
-    with open(vg / "raw", "wb") as f:
-        f.truncate(16 * MiB)
+    with open(vg / "raw", "wb") as raw:
+        raw.truncate(16 * MiB)
     (tmp_path / "nosize").mkdir()
     scanner = CommittedScanner(LoopLister(str(tmp_path)), ManualClock())
     [f] = await scanner.scan(["demo", "nosize", "absent"])

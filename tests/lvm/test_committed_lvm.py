@@ -16,10 +16,11 @@ import pytest
 
 from autoextend.capacity import committed_record as cr
 from autoextend.capacity.admission import limit_of
-from autoextend.capacity.committed import CommittedPublisher, CommittedScanner, LvmLister
+from autoextend.capacity.committed import CommittedPublisher, CommittedScanner
 from autoextend.capacity.config import CapacitySettings
 from autoextend.clock import MonotonicClock
 from autoextend.directio import open_storage
+from autoextend.lvm.listing import LvmLister
 from autoextend.lvm.lvmconf import render_config
 from autoextend.lvm.vsize import VSIZE_TAG_PREFIX, vsize_tag
 from autoextend.volumes import LocalAuthority, VolumeRef
