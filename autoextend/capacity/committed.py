@@ -81,6 +81,7 @@ class CommittedScanner:
         self.probe = probe
         self.reuse_s = reuse_s
         self.probes = 0
+        self.unknown: list[str] = []
         self._cache: dict[tuple[str, str], tuple[tuple[object, ...], VolumeVsize, float]] = {}
 
     async def volumes(self, vg: str) -> tuple[int, list[VolumeVsize]] | None:
@@ -112,11 +113,16 @@ class CommittedScanner:
         return listed.size, out
 
     async def scan(self, vgs: Sequence[str]) -> list[VgCommitted]:
+        """Each VG's committed space; :attr:`unknown` lists the volumes of unknown virtual
+        size ("vg/lv: why") of this scan."""
         out = []
+        unknown = []
         for vg in sorted(set(vgs)):
             found = await self.volumes(vg)
             if found is not None:
                 out.append(sum_committed(vg, found[0], found[1]))
+                unknown += [f"{vg}/{v.lv}: {v.why}" for v in found[1] if v.vsize is None]
+        self.unknown = unknown
         return out
 
 
@@ -156,7 +162,7 @@ class CommittedPublisher:
         unknown = sum(f.unknown for f in figs)
         if unknown:
             self._repeats.warning("volumes of unknown virtual size in the committed space",
-                                  unknown=unknown)
+                                  unknown=unknown, volumes=self.scanner.unknown[:10])
         else:
             self._repeats.clear("volumes of unknown virtual size in the committed space")
         return True

@@ -68,8 +68,10 @@ async def read_record(lease: LeaseSettings) -> CommittedRecord | None:
         await storage.close()
 
 
-def check_fresh(rec: CommittedRecord | None, now: float, max_age_s: float) -> float:
-    """The record's age in seconds; NoFreshRecord when there is none or it is too old."""
+def check_fresh(rec: CommittedRecord | None, now: float,
+                max_age_s: float) -> tuple[CommittedRecord, float]:
+    """The record and its age in seconds; NoFreshRecord when there is none, or it is too
+    old (or dated too far in the future)."""
     if rec is None:
         raise NoFreshRecord("no SPM has published the pool's committed space yet (is the"
                             " SPM running this release, with [capacity] enabled?)")
@@ -83,7 +85,7 @@ def check_fresh(rec: CommittedRecord | None, now: float, max_age_s: float) -> fl
             f"the committed-space record of SPM host {rec.host_id} is {age:.0f} s old"
             f" (over {max_age_s:.0f} s): no SPM, a stuck one, one of an earlier release,"
             " or the hosts' clocks disagree")
-    return age
+    return rec, age
 
 
 def choose(rec: CommittedRecord, vg: str | None) -> VgCommitted:
@@ -179,9 +181,8 @@ def pool_admit(obj: CliContext, new: int, vg: str | None, max_ratio: float | Non
         rec = anyio.run(read_record, lease)
     except BadCommittedRecord as exc:
         raise NoFreshRecord(f"the SPM's committed-space record is unusable: {exc}") from None
-    age = check_fresh(rec, time.time(),
-                      max_age_s or 3 * settings.capacity.committed_interval_s)
-    assert rec is not None
+    rec, age = check_fresh(rec, time.time(),
+                           max_age_s or 3 * settings.capacity.committed_interval_s)
     answer = admit(choose(rec, vg), new,
                    max_ratio or settings.capacity.max_overcommit_ratio,
                    allow_unknown=allow_unknown)

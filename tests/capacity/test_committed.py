@@ -112,6 +112,7 @@ async def test_unknown_volumes_are_logged_once() -> None:
             await pub.publish_once()
     warned = [e for e in logs if e["log_level"] == "warning"]
     assert len(warned) == 1 and warned[0]["unknown"] == 1
+    assert warned[0]["volumes"] == ["gold/a: cannot open"]  # what to tag, and why
 
 
 def test_parse_info() -> None:
