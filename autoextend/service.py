@@ -244,7 +244,9 @@ class Service:
         # observer) of clean stops; the part gets the monitor's queries in run().
         self.capacity = CapacityPart(settings, self.backend, self.clock, self.metrics.registry,
                                      cluster=self.cluster,
-                                     on_level=lambda: self.notifier.status(self.summary()))
+                                     on_level=lambda: self.notifier.status(self.summary()),
+                                     lister=None if self.cluster is None else
+                                     factory.make_volume_lister(settings.volumes, settings.lvm))
         observers: list[MonitorObserver] = [self.tally, self.metrics, self.chunks,
                                             self.capacity]
         if observer is not None:
