@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
@@ -36,6 +38,7 @@ import anyio
 
 from autoextend.errors import AutoextendError
 from autoextend.lab import chaos_plan as plan
+from autoextend.lab.faultfs import FaultFs, fault_fs
 from autoextend.lab.guest import GuestJob, GuestResult
 from autoextend.lab.migrate import start_destination, start_migration
 from autoextend.lab.multihost import VG, HostProcess, Pool, PoolGuest, pool
@@ -51,6 +54,7 @@ MiB = 1 << 20
 EXTENT = 4 * MiB
 SETTLE_S = 90.0  # after the schedule: how long every host has to be up and watching
 MIGRATION_BPS = 8 * MiB  # slow enough that the hold decides when it ends
+METADATA = "metadata"  # the metadata area's file name (lab/multihost.py)
 
 
 @dataclass(frozen=True)
@@ -121,9 +125,10 @@ class _Guest:
 class Soak:
     """One soak run on a started pool."""
 
-    def __init__(self, cfg: SoakConfig, p: Pool) -> None:
+    def __init__(self, cfg: SoakConfig, p: Pool, paths: dict[int, FaultFs]) -> None:
         self.cfg = cfg
         self.pool = p
+        self.paths = paths  # each host's path to the metadata area (a fault fs mount)
         self.rng = random.Random(cfg.seed ^ 0x5EED)
         self.report = SoakReport(config=_config_json(cfg), replay=cfg.replay())
         self.guests: dict[str, _Guest] = {}
@@ -289,6 +294,22 @@ class Soak:
         finally:
             await self.pool.volumes.set_vg_capacity(VG, None)
 
+    async def _meta_errors(self, fault: plan.Fault, record: FaultRecord) -> None:
+        """EIO on every read and write of the metadata area: on every host (the LUN) or on
+        one host's path."""
+        if not self.paths:
+            record.detail = "no fault file system"
+            return
+        hosts = sorted(self.paths)
+        one = fault.pick % 2 == 1
+        fs = self.paths[hosts[(fault.pick >> 1) % len(hosts)]]
+        record.target = f"host {fs.tag.removeprefix('h')}'s path" if one else "every host"
+        fs.fail(METADATA, this_mount=one)
+        try:
+            await anyio.sleep(fault.hold_s)  # time is the subject: the storage stays broken
+        finally:
+            fs.heal(METADATA, this_mount=one)
+
     async def _migrate(self, fault: plan.Fault, record: FaultRecord) -> None:
         running = [g for g in self.guests.values() if g.result is None and not g.migrating
                    and g.guest.vm.returncode is None]
@@ -440,16 +461,39 @@ def _config_json(cfg: SoakConfig) -> dict[str, Any]:
 
 
 async def soak(cfg: SoakConfig) -> SoakReport:
-    """Run one soak; the lab is always torn down."""
+    """Run one soak; the lab is always torn down (its directory too, unless it was given
+    or ``AUTOEXTEND_KEEP_POOL`` is set)."""
     started = time.monotonic()
     runner = ("-m", "sim.mutant_service", "--off", ",".join(cfg.mutant)) if cfg.mutant \
         else ("-m", "autoextend")
     faults = plan.plan_faults(cfg.seed, cfg.duration_s, cfg.timing, cfg.kinds)
+    directory = cfg.directory or Path(tempfile.mkdtemp(prefix="autoextend-chaos-",
+                                                       dir="/var/tmp"))
+    try:
+        return await _soak(cfg, directory, runner, faults, started)
+    finally:
+        if cfg.directory is None and not os.environ.get("AUTOEXTEND_KEEP_POOL"):
+            await anyio.to_thread.run_sync(
+                lambda: shutil.rmtree(directory, ignore_errors=True))
+
+
+async def _soak(cfg: SoakConfig, directory: Path, runner: tuple[str, ...],
+                faults: list[plan.Fault], started: float) -> SoakReport:
     async with AsyncExitStack() as stack:
+        paths: dict[int, FaultFs] = {}
+        if any(k in plan.STORAGE_FAULTS for k in cfg.kinds):
+            # Each host reaches the metadata area through its own mount of one directory,
+            # so that the area can fail for every host or on one host's path.
+            for host_id in range(1, cfg.hosts + 1):
+                paths[host_id] = await stack.enter_async_context(fault_fs(
+                    directory / f"path-{host_id}", backing=directory / "meta",
+                    tag=f"h{host_id}"))
         p = await stack.enter_async_context(pool(
             cfg.hosts, chunk_mib=cfg.chunk_mib, poll_interval_s=1.0,
-            directory=cfg.directory, runner=runner))
-        run = Soak(cfg, p)
+            directory=directory, runner=runner,
+            metadata_dir=directory / "meta" if paths else None,
+            host_metadata={h: fs.path(METADATA) for h, fs in paths.items()}))
+        run = Soak(cfg, p, paths)
         await p.wait_for_spm()
         await run.start_guests()
         for g in run.guests.values():

@@ -13,8 +13,10 @@ production (a VG fills during a failover, a guest migrates while the SPM moves):
   valid changed config and SIGHUP) and ``reload-broken`` (a broken file and SIGHUP; then the
   good file back and SIGHUP);
 - lane 1, storage and guests: ``vg-full`` (the VG has no free extent for the hold, then
-  grows again) and ``migrate`` (a live migration of a guest to another host, held slow for
-  the hold, then let finish).
+  grows again), ``migrate`` (a live migration of a guest to another host, held slow for
+  the hold, then let finish) and ``meta-errors`` (every read and write of the metadata area
+  fails with EIO for 5 to 30 s: on every host, as when the LUN fails, or on one host's path
+  only; each host reaches the area through its own fault file system mount).
 
 Each lane's faults follow one another: a gap, the fault held, healed, the next gap.
 """
@@ -29,7 +31,8 @@ from datetime import datetime
 from typing import Any
 
 HOST_FAULTS = ("kill-host", "stop-spm", "kill-spm", "step-down", "reload", "reload-broken")
-POOL_FAULTS = ("vg-full", "migrate")
+POOL_FAULTS = ("vg-full", "migrate", "meta-errors")
+STORAGE_FAULTS = ("meta-errors",)  # held for Timing.storage_hold
 FAULT_KINDS = HOST_FAULTS + POOL_FAULTS
 
 
@@ -51,6 +54,10 @@ class Timing:
 
     hold: tuple[float, float] = (3.0, 12.0)
     gap: tuple[float, float] = (2.0, 8.0)
+    storage_hold: tuple[float, float] = (5.0, 30.0)
+
+    def hold_of(self, kind: str) -> tuple[float, float]:
+        return self.storage_hold if kind in STORAGE_FAULTS else self.hold
 
 
 def plan_faults(seed: int, duration_s: float, timing: Timing = Timing(),
@@ -66,10 +73,11 @@ def plan_faults(seed: int, duration_s: float, timing: Timing = Timing(),
             continue
         t = rng.uniform(*timing.gap)
         while True:
-            hold = rng.uniform(*timing.hold)
+            kind = rng.choice(choices)
+            hold = rng.uniform(*timing.hold_of(kind))
             if t + hold > duration_s:
                 break
-            faults.append(Fault(round(t, 3), rng.choice(choices), round(hold, 3), lane,
+            faults.append(Fault(round(t, 3), kind, round(hold, 3), lane,
                                 rng.randrange(1 << 30)))
             t += hold + rng.uniform(*timing.gap)
     return sorted(faults, key=lambda f: (f.at_s, f.lane))

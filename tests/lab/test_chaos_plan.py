@@ -35,7 +35,8 @@ def test_the_schedule_is_seeded_and_fits(seed: int, duration: float) -> None:
             assert b.at_s >= a.at_s + a.hold_s + timing.gap[0] - 1e-3  # never overlap
         for f in mine:
             assert f.kind in (plan.HOST_FAULTS if lane == 0 else plan.POOL_FAULTS)
-            assert timing.hold[0] - 1e-3 <= f.hold_s <= timing.hold[1] + 1e-3
+            low, high = timing.hold_of(f.kind)
+            assert low - 1e-3 <= f.hold_s <= high + 1e-3
             assert f.at_s + f.hold_s <= duration + 1e-3
 
 
