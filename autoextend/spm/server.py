@@ -108,7 +108,7 @@ class SpmMailServer:
                                   hot_window_s=settings.hot_window_s,
                                   max_concurrent=settings.max_concurrent_extends,
                                   reduce_checks=reduce_checks, in_use=in_use,
-                                  journal=journal)
+                                  epoch=epoch, journal=journal)
         self.journal = journal
         self._accepting = True
         self._scan_cursor = 0

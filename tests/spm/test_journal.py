@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from autoextend.capacity.committed_record import record_offset as committed_record_offset
 from autoextend.capacity.record import record_offset as vg_record_offset
 from autoextend.clock import ManualClock
 from autoextend.errors import NotSpmError
@@ -77,6 +78,8 @@ def test_no_two_regions_of_the_metadata_area_overlap(sector_size: int, max_hosts
                ("paxos leases", lease.paxos_start, lease.paxos_start + lease.paxos_length),
                ("VG record", vg_record_offset(area, sector_size),
                 vg_record_offset(area, sector_size) + sector_size),
+               ("committed record", committed_record_offset(area, sector_size),
+                committed_record_offset(area, sector_size) + sector_size),
                ("engine record", engine_record_offset(area),
                 engine_record_offset(area) + sector_size),
                *mailbox.regions(),
