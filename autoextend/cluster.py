@@ -105,6 +105,7 @@ class ClusterAgent:
         self.terms = 0
         self.join_failures = 0  # I/O errors while joining (each retried with backoff)
         self.journal = JournalCounters()  # every term's journal writer counts here
+        self.journal_on = False  # the SPM keeps the journal ([mailbox] journal, area size)
         self._joined: anyio.Event | None = None  # made inside the event loop, on first use
 
     def extender(self) -> AgentExtender:
@@ -189,13 +190,19 @@ class ClusterAgent:
     def _journal_ring(self, storage_size: int) -> Ring | None:
         """The journal's ring when ``[mailbox] journal`` is on; StartupError when the
         metadata area is too small for it."""
-        if not self.mailbox_config.journal:
+        mode = self.mailbox_config.journal
+        if mode is False:
             return None
         base = journal_base(self.mailbox_config, self.lease_config.offset)
         try:
             check_journal_fits(self.lease_config.path, base, storage_size)
         except AreaTooSmall as exc:
+            if mode == "auto":
+                self.log.info("no journal of metadata changes: the metadata area is too small "
+                              "for one ([mailbox] journal = \"auto\")", detail=str(exc))
+                return None
             raise StartupError("mailbox.journal", str(exc)) from None
+        self.journal_on = True
         return Ring(base)
 
     async def _candidacy(
@@ -298,7 +305,7 @@ class ClusterAgent:
                         if self.publisher.last is not None else None}
                        if self.publisher is not None else None),
             "server": dict(vars(server.counters)) if server is not None else None,
-            "journal": (dict(vars(self.journal)) if self.mailbox_config.journal else None),
+            "journal": dict(vars(self.journal)) if self.journal_on else None,
         }
 
 

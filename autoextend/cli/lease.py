@@ -70,15 +70,22 @@ def init(obj: CliContext, path: str | None, offset: int | None, max_hosts: int |
     cfg = _settings(obj, path, offset, max_hosts, int(sector_size) if sector_size else None,
                     engine)
     mailbox = obj.load_settings().mailbox
-    journal = journal_base(mailbox, cfg.offset) if mailbox.journal else None
+    journal = journal_base(mailbox, cfg.offset) if mailbox.journal is not False else None
+    journal_auto = mailbox.journal == "auto"
     if not yes:
         click.confirm(f"Format the lease area at {cfg.path} offset {cfg.offset}?", abort=True)
 
     async def run() -> LeaseLayout:
         storage = await open_storage(cfg.path, cfg.sector_size, cfg.io_timeout_s)
         try:
+            nonlocal journal
             if journal is not None:  # before anything is written
-                check_journal_fits(cfg.path, journal, storage.size)
+                try:
+                    check_journal_fits(cfg.path, journal, storage.size)
+                except AreaTooSmall:
+                    if not journal_auto:
+                        raise
+                    journal = None  # "auto": no journal on an area this small
             layout = LeaseLayout(cfg.offset, storage.sector_size, cfg.max_hosts)
             if cfg.engine == "sanlock":
                 startup.check_lease_area_fits(cfg.path, cfg.offset, storage.size)
@@ -100,6 +107,8 @@ def init(obj: CliContext, path: str | None, offset: int | None, max_hosts: int |
         raise click.BadParameter(str(err)) from None
     if journal is not None:
         click.echo(f"journal cleared: offset {journal}..{journal_end(journal)}")
+    elif journal_auto:
+        click.echo("no journal: the area is too small for one ([mailbox] journal = \"auto\")")
     if cfg.engine == "sanlock":
         where, ls_offset, res_offset = sanlock_location(cfg)
         click.echo(f"formatted lease area for sanlock: lockspace {cfg.sanlock_lockspace!r} at "

@@ -53,7 +53,7 @@ log = get_logger("lab.multihost")
 MiB = 1 << 20
 VG = "demo"
 MAX_HOSTS = 16
-META_SIZE = 64 * MiB
+META_SIZE = 72 * MiB  # the journal ([mailbox] journal = "auto") ends at 69 MiB
 JOURNAL_META_SIZE = 72 * MiB  # with [mailbox] journal: the journal ends at 69 MiB
 
 

@@ -7,6 +7,8 @@ lease area's: ``[lease] sector_size``): they fix the layout on the shared metada
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from autoextend.confbase import Section
@@ -77,8 +79,9 @@ class MailboxSettings(Section):
     # SPM: append a record of every metadata change it makes (extend, reduce: term, host,
     # volume, old and new size, request id, time) to the journal on the metadata area, which
     # `autoextend journal dump` reads from any host. Needs 25 MiB of the area from
-    # journal_offset on (start-up and `lease init` refuse a smaller area).
-    journal: bool = False
+    # journal_offset on. "auto": on when the metadata area is that large (else off, said once
+    # at start-up); true: start-up and `lease init` refuse a smaller area; false: off.
+    journal: bool | Literal["auto"] = "auto"
     # Byte offset of the journal (multiple of 1 MiB). Unset: [lease] offset + 44 MiB, after
     # the largest mailbox (2000 hosts), so no mailbox record moves (autoextend/metadata_area.py).
     journal_offset: int | None = Field(None, ge=0)
