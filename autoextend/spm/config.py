@@ -22,7 +22,8 @@ class MailboxSettings(Section):
     # Byte offset of the mailbox region on the metadata area (multiple of 4096).
     # Unset: right after the lease area ([lease] offset + metadata_area.MAILBOX_OFFSET).
     offset: int | None = Field(None, ge=0)
-    # Host ids 1..max_hosts have a mailbox (16 KiB each, plus a 4 KiB in-use record). 250 =
+    # Host ids 1..max_hosts have a mailbox (16 KiB each, a 4 KiB in-use record, a one-sector
+    # summary record). 250 =
     # the [lease] max_hosts default (host ids cannot be higher); up to 2000 (sanlock's
     # HOSTS_MAX). The SPM's idle reads and its cold-path latency grow with it (see
     # README.md, I/O budget).
