@@ -20,7 +20,7 @@ from autoextend.spm.summarypub import SummaryPublisher, WriteBudget
 from .fakes import FAST, Watched, layout_for
 
 SECTOR_SIZES = st.sampled_from([512, 4096])
-NAMES = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=90)
+NAMES = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=90)
 FACTS = st.builds(
     HostFacts,
     vms=st.integers(0, 1 << 33), drives=st.integers(0, 1 << 33),

@@ -1,0 +1,158 @@
+"""``autoextend pool status`` (issue 33 item 1) on a three-host lab pool with guests writing:
+the SPM host is killed (the SPM moves once). On each surviving host, ``pool status --json``
+(a CLI process reading the metadata area, not the service) shows the same hosts, SPM, VG
+figures and per-host summaries, checked field by field against each host's own ``status``,
+and names the killed host dead within the lease bound."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import tomllib
+from typing import Any
+
+import anyio
+import pytest
+
+from autoextend.lab.guest import GuestJob
+from autoextend.lab.multihost import Pool, pool
+from autoextend.lab.waiting import until
+from autoextend.lease.timeouts import lease_timeouts
+from autoextend.spm.summarypub import REFILL_S
+
+pytestmark = pytest.mark.slow
+
+
+async def pool_status(p: Pool, host: int) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "autoextend", "--config", str(p.hosts[host].config),
+           "pool", "status", "--json"]
+    done = await anyio.run_process(cmd, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    report = json.loads(done.stdout)
+    assert isinstance(report, dict)
+    return report
+
+
+def by_id(report: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    return {int(h["host_id"]): h for h in report["hosts"]}
+
+
+def pool_view(report: dict[str, Any]) -> dict[str, Any]:
+    """What must read the same from every host: hosts, SPM, VGs, summaries."""
+    hosts = {h: (e["name"], e["generation"], e["state"], e.get("engine"), e.get("summary"))
+             for h, e in by_id(report).items()}
+    return {"hosts": hosts, "spm": report["spm"], "vgs": report["vgs"],
+            "vg_record": report["vg_record"]}
+
+
+def mismatches(report: dict[str, Any], statuses: dict[int, dict[str, Any]], spm: int,
+               dead: int) -> list[str]:
+    """Every field of ``report`` that differs from the hosts' own ``status``."""
+    found = []
+    hosts = by_id(report)
+    spm_view = statuses[spm]["spm"]
+    if report["spm"] != {"host_id": spm, "lver": spm_view["spm_lver"]}:
+        found.append(f"spm {report['spm']} vs the SPM's status lver {spm_view['spm_lver']}")
+    for host, st in statuses.items():
+        entry = hosts.get(host)
+        if entry is None:
+            found.append(f"host {host} missing")
+            continue
+        summary = dict(entry.get("summary") or {})
+        summary.pop("paused_total", None)
+        summary.pop("paused_cut", None)
+        if summary != st["summary"]:
+            found.append(f"host {host} summary {summary} vs its status {st['summary']}")
+        if entry["state"] != "live" or entry["renewal_age_s"] is None:
+            found.append(f"host {host} state {entry['state']}")
+        if entry.get("engine") != st["spm"]["engine"] or not entry.get("record_current"):
+            found.append(f"host {host} engine {entry.get('engine')} or an old record")
+        seen = spm_view["hosts"].get(str(host))
+        if seen is None or seen["name"] != entry["name"] or seen["state"] != "live":
+            found.append(f"host {host} as the SPM's lease sees it: {seen}")
+        mine = {v["vg"]: (v["size"], v["free"], v["level"]) for v in st["capacity"]["vgs"]}
+        shown = {v["vg"]: (v["size"], v["free"], v["level"]) for v in report["vgs"]}
+        if mine != shown:
+            found.append(f"VG figures {shown} vs host {host}'s status {mine}")
+    gone = hosts.get(dead)
+    if gone is None or gone["state"] != "dead" or spm_view["hosts"].get(
+            str(dead), {}).get("state") != "dead":
+        found.append(f"host {dead} not dead: {gone}")
+    return found
+
+
+async def test_pool_status_from_every_surviving_host(lab_tmp_path: Any) -> None:
+    async with pool(3, directory=lab_tmp_path, chunk_mib=64) as p:
+        old_spm = await p.wait_for_spm()
+        writers = [h for h in p.hosts if h != old_spm]
+        guests = [await p.start_guest(h, f"vm{h}", GuestJob(mib=320, seed=h), start_mib=64,
+                                      virtual_mib=1024) for h in writers]
+
+        async def extended() -> bool:
+            st = await p.statuses()
+            return all(int(st[h]["service"]["extends"]) > 0 for h in writers)
+
+        await until(extended, 300, "a first extension on both writing hosts")
+        before = await pool_status(p, writers[0])
+        assert by_id(before)[old_spm]["state"] == "live"
+        assert before["spm"]["host_id"] == old_spm
+        old_lver = before["spm"]["lver"]
+
+        await p.hosts[old_spm].kill()
+        killed_at = time.monotonic()
+        lease = tomllib.loads(p.hosts[old_spm].config.read_text())["lease"]
+        t = lease_timeouts(lease["io_timeout_s"], lease["watchdog_fire_timeout_s"])
+        # The lease bound: DEAD 8T + W after the last renewal, seen by a renewal read (2T)
+        # and a confirming poll; then the survivors' summary records carry it within one
+        # write budget step (REFILL_S); pool status watches at most 3T.
+        bound = t.takeover_max_worst + REFILL_S + 3 * t.io_timeout
+        named: dict[int, float] = {}
+
+        async def named_dead() -> bool:
+            for host in writers:
+                if host not in named:
+                    report = await pool_status(p, host)
+                    if by_id(report)[old_spm]["state"] == "dead":
+                        named[host] = time.monotonic() - killed_at
+            return len(named) == len(writers)
+
+        await until(named_dead, bound, f"host {old_spm} named dead by pool status on "
+                    "every surviving host within the lease bound", describe=lambda: named)
+        new_spm = await p.wait_for_spm(timeout_s=120, not_host=old_spm)
+        results = [await g.vm.result(timeout=900) for g in guests]
+        assert all(r.verified for r in results), results
+
+        # Quiet now: the records settle (each within one budget step) and must agree with
+        # every host's own status, and read the same from every host.
+        last: dict[str, Any] = {}
+
+        async def agree() -> bool:
+            statuses = await p.statuses()
+            reports = {h: await pool_status(p, h) for h in writers}
+            last["reports"], last["statuses"] = reports, statuses
+            last["diff"] = {h: mismatches(r, statuses, new_spm, old_spm)
+                            for h, r in reports.items()}
+            views = [pool_view(r) for r in reports.values()]
+            return not any(last["diff"].values()) and all(v == views[0] for v in views)
+
+        await until(agree, 120, "pool status agreeing with every host's status",
+                    describe=lambda: last.get("diff"))
+        reports = last["reports"]
+        report = reports[writers[0]]
+        assert report["spm"]["host_id"] == new_spm and report["spm"]["lver"] > old_lver
+        assert report["vgs"] and report["vg_record"]["host_id"] == new_spm
+        for host in writers:
+            summary = by_id(report)[host]["summary"]
+            assert summary["drives"] == 1 and summary["extends_last_hour"] >= 1
+            assert summary["last_extend_ms"] is not None and summary["version"]
+        dead = by_id(report)[old_spm]
+        assert dead["judged_by"] and set(dead["judged_by"]) <= set(writers)
+        text = await anyio.run_process(
+            [sys.executable, "-m", "autoextend", "--config", str(p.hosts[new_spm].config),
+             "pool", "status"], check=False)
+        assert text.returncode == 0, text.stderr
+        out = text.stdout.decode()
+        assert f"SPM: host {new_spm} (term lver {report['spm']['lver']})" in out
+        assert "DEAD" in out and "VGs (record of SPM host" in out
+        print(f"named dead after {named} s (bound {bound:.1f} s)\n{out}")
