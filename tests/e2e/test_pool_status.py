@@ -85,6 +85,7 @@ def mismatches(report: dict[str, Any], statuses: dict[int, dict[str, Any]], spm:
 async def test_pool_status_from_every_surviving_host(lab_tmp_path: Any) -> None:
     async with pool(3, directory=lab_tmp_path, chunk_mib=64) as p:
         old_spm = await p.wait_for_spm()
+        await p.volumes.set_vg_capacity("demo", 8 << 30)  # VG figures for the SPM's record
         writers = [h for h in p.hosts if h != old_spm]
         guests = [await p.start_guest(h, f"vm{h}", GuestJob(mib=320, seed=h), start_mib=64,
                                       virtual_mib=1024) for h in writers]
