@@ -14,9 +14,10 @@ Everything comes from the metadata area, read-only, with O_DIRECT (like ``lease 
 
 **Liveness, without a clock shared with anyone.** A host record changes at every renewal
 (every 2T). This command reads the host records again every :data:`POLL_S` for a while
-(``--observe``; by default until every held host has changed once, at most one renewal
-interval plus T of the slowest host, 3T): a host whose record changed is **live**, and its
-renewal age is at most the time since the read that showed the change. A host whose record
+(``--observe``; by default until every held host has changed once or is said dead or
+failing by a host seen live, at most one renewal interval plus T of the slowest host,
+3T): a host whose record changed is **live**, and its renewal age is at most the time
+since the read that showed the change. A host whose record
 did not change is judged by what the lease of the hosts seen live says of it, from their
 summary records (the services' ``LeaseEngine.host_states()``, the rule of
 ``lease/liveness.py``: DEAD only after 8T + W of silence proven by a read): **dead** if one
@@ -213,14 +214,32 @@ def default_observe_s(slots: Mapping[int, Slot], io_timeout_s: float) -> float:
     return 3.0 * max([io_timeout_s, *ts])
 
 
+def said_gone(records: Mapping[int, summary.SummaryRecord | str],
+              watches: Mapping[int, Watch], host: int) -> bool:
+    """A host seen live says ``host`` (of its current generation) is dead or failing."""
+    low = watches[host].slot.generation & 0xFFFFFFFF
+    for wid, rec in records.items():
+        w = watches.get(wid)
+        if isinstance(rec, str) or w is None or not w.changed or wid == host \
+                or rec.generation != w.slot.generation:
+            continue
+        if any(p.host_id == host and p.generation_low == low for p in rec.peers):
+            return True
+    return False
+
+
 async def observe(read: Callable[[], Any], first: dict[int, Slot], clock: Clock,
-                  observe_s: float, until_all: bool) -> tuple[dict[int, Watch], float]:
+                  observe_s: float, until_all: bool,
+                  records: Mapping[int, summary.SummaryRecord | str] | None = None,
+                  ) -> tuple[dict[int, Watch], float]:
     """Read the slots again every POLL_S for ``observe_s`` (``until_all``: stop once every
-    held slot changed). Returns the watches and the time watched."""
+    held slot changed, or is said dead or failing by a host seen live in ``records``).
+    Returns the watches and the time watched."""
     start = clock.now()
     watches = {h: Watch(s, last_change=start) for h, s in first.items()}
     while clock.now() - start < observe_s:
-        if until_all and all(w.changed for w in watches.values() if not w.slot.free):
+        if until_all and all(w.changed or said_gone(records or {}, watches, h)
+                             for h, w in watches.items() if not w.slot.free):
             break
         await anyio.sleep(POLL_S)
         slots: dict[int, Slot] = await read()
@@ -260,7 +279,8 @@ async def read_pool(settings: Settings, clock: Clock, observe_s: float | None) -
         window = default_observe_s(first, lease.io_timeout_s) if observe_s is None \
             else observe_s
         watches, watched = await observe(reader.slots, first, clock, window,
-                                         until_all=observe_s is None)
+                                         until_all=observe_s is None,
+                                         records=await reader.records())
         return Reading(
             engine=engine, watches=watches, observed_s=watched, leader=await reader.leader(),
             records=await reader.records(), vg=await reader.vg_record(),

@@ -24,7 +24,8 @@ def pool() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--observe", "observe_s", type=click.FloatRange(0, 3600), default=None,
               help="Seconds to watch the host records for renewals (default: until every "
-                   "held host renewed once, at most 3 x io_timeout; 0: one read).")
+                   "held host renewed once or is said dead by a live one, at most 3 x "
+                   "io_timeout; 0: one read).")
 @pass_ctx
 def pool_status(obj: CliContext, as_json: bool, observe_s: float | None) -> None:
     """Every host (id, name, live or dead, generation, last renewal, engine), the SPM and its

@@ -12,11 +12,11 @@ from autoextend import __version__, hostsummary
 from autoextend.capacity.config import CapacitySettings
 from autoextend.capacity.figures import VgFigures
 from autoextend.capacity.record import VgRecord
-from autoextend.clock import ManualClock
+from autoextend.clock import ManualClock, MonotonicClock
 from autoextend.monitor.observer import ExtendFinished
 from autoextend.monitor.protocols import OutcomeKind
 from autoextend.poolreport import combine, lines
-from autoextend.poolview import Leader, Reading, Slot, Watch
+from autoextend.poolview import Leader, Reading, Slot, Watch, observe
 from autoextend.spm import summary
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.summary import HostFacts, PausedVm
@@ -131,3 +131,19 @@ def test_this_hosts_summary() -> None:
     clock.advance(700)  # the first one is now more than an hour old
     assert hostsummary.facts(vms, history).extends_hour == 1
     assert hostsummary.as_dict(facts)["paused"] == {"a": "enospc", "b": "user"}
+
+
+async def test_the_watch_ends_once_every_host_renewed_or_is_said_dead() -> None:
+    """Host 1 renews at the second read; host 3 never does, but host 1 (seen live) says it
+    is dead: the watch ends there, not at its window."""
+    reads = []
+
+    async def read() -> dict[int, Slot]:
+        reads.append(1)
+        return {1: slot(1, 10 if len(reads) < 2 else 11), 3: slot(3, 30)}
+
+    first = await read()
+    records: dict[int, Any] = {1: rec(1, 11, {3: ("dead", 30)})}
+    watches, _ = await observe(read, first, MonotonicClock(), 600.0, True, records)
+    assert watches[1].changed and not watches[3].changed
+    assert len(reads) == 2  # the first, and the one that saw host 1 renew: no more
