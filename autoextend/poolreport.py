@@ -201,6 +201,9 @@ def lines(report: dict[str, Any]) -> list[str]:
             if v["mda_size"]:
                 out.append(f"    metadata area {_mib(v['mda_free'])} free of"
                            f" {_mib(v['mda_size'])}, level {v['mda_level']}")
+    if report.get("unreadable_records"):
+        out.append("summary records UNREADABLE of host(s) without a lease record: "
+                   + ", ".join(str(h) for h in report["unreadable_records"]))
     paused = [(h["host_id"], vm, why) for h in hosts if h.get("summary")
               for vm, why in sorted(h["summary"]["paused"].items())]
     if paused:

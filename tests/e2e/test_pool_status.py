@@ -19,6 +19,8 @@ from autoextend.lab.guest import GuestJob
 from autoextend.lab.multihost import Pool, pool
 from autoextend.lab.waiting import until
 from autoextend.lease.timeouts import lease_timeouts
+from autoextend.spm.config import MailboxSettings, mailbox_base
+from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.summarypub import REFILL_S
 
 pytestmark = pytest.mark.slow
@@ -157,3 +159,31 @@ async def test_pool_status_from_every_surviving_host(lab_tmp_path: Any) -> None:
         assert f"SPM: host {new_spm} (term lver {report['spm']['lver']})" in out
         assert "DEAD" in out and "VGs (record of SPM host" in out
         print(f"named dead after {named} s (bound {bound:.1f} s)\n{out}")
+
+
+async def test_pool_status_on_a_fresh_area_with_garbage(lab_tmp_path: Any) -> None:
+    """No host joined, one summary sector of garbage: one read, exit 0, the garbage shown as
+    unreadable (never a traceback, never a host)."""
+    meta = lab_tmp_path / "metadata"
+    with open(meta, "wb") as f:
+        f.truncate(64 << 20)
+    cfg = lab_tmp_path / "autoextend.toml"
+    cfg.write_text(f'[lease]\npath = "{meta}"\nhost_id = 1\nmax_hosts = 16\n'
+                   "[mailbox]\nmax_hosts = 16\n")
+    cli = [sys.executable, "-m", "autoextend", "--config", str(cfg)]
+    init = await anyio.run_process([*cli, "lease", "init", "--yes"], check=False)
+    assert init.returncode == 0, init.stderr
+    layout = MailboxLayout(mailbox_base(MailboxSettings(max_hosts=16)), 512, 16)
+    with open(meta, "r+b") as f:
+        f.seek(layout.summary_offset(2))
+        f.write(b"AXHS" + bytes(range(256)) + bytes(252))
+    done = await anyio.run_process([*cli, "pool", "status", "--json", "--observe", "0"],
+                                   check=False)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["hosts"] == [] and report["spm"] == {"host_id": None, "lver": 0}
+    assert report["vg_record"] is None and report["unreadable_records"] == [2]
+    text = await anyio.run_process([*cli, "pool", "status", "--observe", "0"], check=False)
+    assert text.returncode == 0 and not text.stderr, text.stderr
+    out = text.stdout.decode()
+    assert "SPM: none" in out and "UNREADABLE of host(s) without a lease record: 2" in out
