@@ -47,8 +47,8 @@ An all-zero record is "never published" (``None``).
 as fit after them (at least 3, names cut to 64 bytes at a character boundary): the counts
 ``paused_total`` and ``vms`` stay exact whatever the list holds.
 
-**I/O.** See ``summarypub.py``: at most ``BURST + L / REFILL_S`` writes of one sector in any
-``L`` seconds per host (3 + L/15), 0.067 writes/s in the long run; reading the whole pool is
+**I/O.** See ``summarypub.py``: at most ``5 + L / 12`` writes of one sector in any ``L``
+seconds per host, 0.083 writes/s (one per 12 s) in the long run; reading the whole pool is
 one read of ``max_hosts`` sectors.
 """
 

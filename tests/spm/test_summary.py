@@ -199,3 +199,50 @@ async def test_a_failing_source_writes_nothing() -> None:
     pub = SummaryPublisher(storage, layout, 1, "sanlock", broken, dict, ManualClock())
     assert not await pub.look() and pub.failures == 1
     assert summary.decode(await storage.read(layout.summary_offset(1), 512), 1) is None
+
+
+async def test_a_dead_peer_goes_out_while_extensions_spent_the_budget() -> None:
+    layout = layout_for(FAST)
+    storage = MemoryStorage(layout.end, 512)
+    clock = ManualClock()
+    n = [0]
+    view: dict[int, tuple[str, int]] = {1: ("live", 7), 2: ("live", 9)}
+    pub = SummaryPublisher(storage, layout, 1, "native",
+                           lambda: HostFacts(extends_hour=n[0]), lambda: view, clock)
+    for _ in range(5):           # an extension a second: the main bucket runs dry
+        n[0] += 1
+        clock.advance(1.0)
+        await pub.look()
+    assert pub.writes == 3
+    view[2] = ("dead", 9)
+    clock.advance(1.0)
+    assert await pub.look()      # the peer bucket lets the news out
+    rec = summary.decode(await storage.read(layout.summary_offset(1), 512), 1)
+    assert rec is not None and [(p.host_id, p.state) for p in rec.peers] == [(2, "dead")]
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.lists(st.tuples(st.sampled_from([0.2, 1.0, 5.0, 30.0]), st.booleans(),
+                          st.booleans()), min_size=50, max_size=400))
+async def test_the_publisher_writes_at_most_5_plus_l_over_12(
+        steps: list[tuple[float, bool, bool]]) -> None:
+    """Whatever changes and when: in any L seconds at most 5 + L/12 writes."""
+    layout = layout_for(FAST)
+    storage = MemoryStorage(layout.end, 512)
+    clock = ManualClock()
+    n = [0]
+    view: dict[int, tuple[str, int]] = {1: ("live", 7), 2: ("live", 9)}
+    pub = SummaryPublisher(storage, layout, 1, "native",
+                           lambda: HostFacts(extends_hour=n[0]), lambda: view, clock)
+    times = []
+    for dt, extend, flap in steps:
+        clock.advance(dt)
+        n[0] += extend
+        if flap:
+            view[2] = ("dead", 9) if view[2][0] == "live" else ("live", 9)
+        if await pub.look():
+            times.append(clock.now())
+    for i, start in enumerate(times):
+        for length in (1.0, 10.0, 60.0, 600.0):
+            count = sum(1 for t in times[i:] if t < start + length)
+            assert count <= 5 + length / 12 + 1e-9, (start, length, count)
