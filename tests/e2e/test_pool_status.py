@@ -17,6 +17,7 @@ import pytest
 
 from autoextend.lab.guest import GuestJob
 from autoextend.lab.multihost import Pool, pool
+from autoextend.lab.sanlockd import unavailable
 from autoextend.lab.waiting import until
 from autoextend.lease.timeouts import lease_timeouts
 from autoextend.spm.config import MailboxSettings, mailbox_base
@@ -201,3 +202,41 @@ async def test_pool_status_on_a_fresh_area_with_garbage(lab_tmp_path: Any) -> No
     assert text.returncode == 0 and not text.stderr, text.stderr
     out = text.stdout.decode()
     assert "SPM: none" in out and "UNREADABLE of host(s) without a lease record: 2" in out
+
+
+async def test_pool_status_with_the_sanlock_engine(lab_tmp_path: Any) -> None:
+    """The sanlock engine's records (lockspace, resource leader) read the same way: two
+    hosts, each with its sanlock daemon; pool status agrees with their own status."""
+    reason = unavailable()
+    if reason:
+        pytest.skip(f"the sanlock daemon cannot run here: {reason}")
+    async with pool(2, directory=lab_tmp_path, engine="sanlock") as p:
+        spm = await p.wait_for_spm()
+        last: dict[str, Any] = {}
+
+        async def agree() -> bool:
+            statuses = await p.statuses()
+            reports = {h: await pool_status(p, h) for h in p.hosts}
+            last["reports"] = reports
+            found = []
+            for report in reports.values():
+                hosts = by_id(report)
+                if report["engine"] != "sanlock" or report["spm"] != {
+                        "host_id": spm, "lver": statuses[spm]["spm"]["spm_lver"]}:
+                    found.append(f"engine or SPM {report['engine']} {report['spm']}")
+                for host, st in statuses.items():
+                    entry = hosts.get(host, {})
+                    summary = dict(entry.get("summary") or {})
+                    summary.pop("paused_total", None)
+                    summary.pop("paused_cut", None)
+                    if entry.get("state") != "live" or entry.get("engine") != "sanlock" \
+                            or summary != st["summary"] or not entry.get("record_current"):
+                        found.append(f"host {host}: {entry}")
+            last["found"] = found
+            return not found
+
+        # sanlock renews every 2T (4 s here): the default watch (3T) sees every host renew.
+        await until(agree, 120, "pool status agreeing with the sanlock hosts' status",
+                    describe=lambda: last.get("found"))
+        names = {h["host_id"]: h["name"] for h in last["reports"][spm]["hosts"]}
+        assert set(names) == {1, 2} and all(names.values()), names
