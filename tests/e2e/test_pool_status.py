@@ -6,6 +6,7 @@ and names the killed host dead within the lease bound."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -192,7 +193,8 @@ async def test_pool_status_on_a_fresh_area_with_garbage(lab_tmp_path: Any) -> No
     with open(meta, "r+b") as f:
         f.seek(layout.summary_offset(2))
         f.write(b"AXHS" + bytes(range(256)) + bytes(252))
-    done = await anyio.run_process([*cli, "pool", "status", "--json", "--observe", "0"],
+    before = hashlib.sha256(meta.read_bytes()).hexdigest()
+    done = await anyio.run_process([*cli, "pool", "status", "--json", "--observe", "0.5"],
                                    check=False)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -202,6 +204,7 @@ async def test_pool_status_on_a_fresh_area_with_garbage(lab_tmp_path: Any) -> No
     assert text.returncode == 0 and not text.stderr, text.stderr
     out = text.stdout.decode()
     assert "SPM: none" in out and "UNREADABLE of host(s) without a lease record: 2" in out
+    assert hashlib.sha256(meta.read_bytes()).hexdigest() == before  # it only reads
 
 
 async def test_pool_status_with_the_sanlock_engine(lab_tmp_path: Any) -> None:
