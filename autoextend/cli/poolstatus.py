@@ -15,12 +15,7 @@ from autoextend.cli.context import CliContext, pass_ctx
 from autoextend.errors import ConfigError
 
 
-@click.group("pool")
-def pool() -> None:
-    """The storage pool as a whole, read from the shared metadata area."""
-
-
-@pool.command("status")
+@click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--observe", "observe_s", type=click.FloatRange(0, 3600), default=None,
               help="Seconds to watch the host records for renewals (default: until every "
