@@ -123,12 +123,16 @@ async def test_pool_status_from_every_surviving_host(lab_tmp_path: Any) -> None:
         bound = t.takeover_max_worst + LOOK_S + 3 * t.io_timeout + REFILL_S
         named: dict[int, float] = {}
 
+        async def ask(host: int) -> None:
+            report = await pool_status(p, host)
+            if by_id(report)[old_spm]["state"] == "dead":
+                named.setdefault(host, time.monotonic() - killed_at)
+
         async def named_dead() -> bool:
-            for host in writers:
-                if host not in named:
-                    report = await pool_status(p, host)
-                    if by_id(report)[old_spm]["state"] == "dead":
-                        named[host] = time.monotonic() - killed_at
+            async with anyio.create_task_group() as tg:  # both hosts at once
+                for host in writers:
+                    if host not in named:
+                        tg.start_soon(ask, host)
             return len(named) == len(writers)
 
         await until(named_dead, bound, f"host {old_spm} named dead by pool status on "
