@@ -6,6 +6,7 @@ Every host runs the same thing (``service.extender = "mailbox"``)::
     └── lease.joined()                 host id (delta lease) acquired and renewed
         ├── HostMailbox.run            this host's requests to the SPM
         ├── InUsePublisher.run         this host's open pool volumes, every 2 s (issue 27)
+        ├── SummaryPublisher.run       this host's summary for ``pool status`` (issue 33)
         └── candidacy loop             wait for the SPM lease, then, inside its scope:
             └── SpmMailServer.run      validate, extend (writer gated by the SPM term), reply
 
@@ -55,6 +56,8 @@ from autoextend.spm.inusepub import InUsePublisher, InUseSource
 from autoextend.spm.journalring import JournalCounters, JournalWriter, Ring
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.server import SpmMailServer
+from autoextend.spm.summary import HostFacts
+from autoextend.spm.summarypub import FactsSource, SummaryPublisher
 from autoextend.validation import cluster_rule
 from autoextend.volumes import SpmAuthority, VolumeBackend, VolumeRef
 
@@ -81,9 +84,12 @@ class ClusterAgent:
         *,
         checks: Checks = ALL_ON,
         in_use: InUseSource | None = None,
+        summary: FactsSource | None = None,
     ) -> None:
         """``in_use``: this host's open pool volumes (the service's: the monitor's drives
-        and the holders scan); None publishes none (a test's agent that runs no guests)."""
+        and the holders scan); None publishes none (a test's agent that runs no guests).
+        ``summary``: this host's facts for its summary record (``pool status``); None
+        publishes an empty summary."""
         found = list(cluster_rule(lease, mailbox, vgs))
         if found:
             raise ConfigError("<settings>", found)
@@ -102,6 +108,8 @@ class ClusterAgent:
         self.server: SpmMailServer | None = None
         self.in_use_source: InUseSource = in_use or _nothing_in_use
         self.publisher: InUsePublisher | None = None
+        self.summary_source: FactsSource = summary or HostFacts
+        self.summary: SummaryPublisher | None = None
         self.terms = 0
         self.join_failures = 0  # I/O errors while joining (each retried with backoff)
         self.journal = JournalCounters()  # every term's journal writer counts here
@@ -169,6 +177,10 @@ class ClusterAgent:
                         storage, layout, self.host_id, self.in_use_source,
                         partial(self._own_generation, lease), self.clock)
                     await tg.start(self.publisher.run)
+                    self.summary = SummaryPublisher(
+                        storage, layout, self.host_id, lease_cfg.engine, self.summary_source,
+                        lease_states(lease.host_states), self.clock)
+                    await tg.start(self.summary.run)
                     tg.start_soon(self._candidacy, lease, storage, layout, journal)
                     self.log.info("joined the pool", host_name=lease.host_name,
                                   join_failures=self.join_failures)
@@ -306,6 +318,9 @@ class ClusterAgent:
                        if self.publisher is not None else None),
             "server": dict(vars(server.counters)) if server is not None else None,
             "journal": dict(vars(self.journal)) if self.journal_on else None,
+            "summary_record": ({"seq": self.summary.seq, "writes": self.summary.writes,
+                                "failures": self.summary.failures}
+                               if self.summary is not None else None),
         }
 
 

@@ -7,16 +7,17 @@ relative to the lease area start (``[lease] offset``, a multiple of 1 MiB)::
                                (their inner layout: ``autoextend/lease/layout.py``)
     +4 MiB  MAILBOX_OFFSET     the SPM storage mailbox (``[mailbox] offset`` overrides it;
                                its inner layout: ``autoextend/spm/layout.py``); at most
-                               MAILBOX_MAX_SIZE (40 MiB: 2000 hosts x 20 KiB at either
-                               sector size), whatever ``[mailbox] max_hosts`` is
-    +44 MiB JOURNAL_OFFSET     the journal of metadata changes (``[mailbox] journal``, off by
-                               default; ``[mailbox] journal_offset`` overrides it): a ring of
+                               MAILBOX_MAX_SIZE (48 MiB: 2000 hosts take 40.0 MiB at 512 B
+                               sectors, 46.9 MiB at 4 KiB), whatever ``[mailbox] max_hosts`` is
+    +52 MiB JOURNAL_OFFSET     the journal of metadata changes (``[mailbox] journal``, "auto" by
+                               default: on when the area holds it; ``[mailbox] journal_offset``
+                               overrides the place): a ring of
                                JOURNAL_RECORDS 256-byte records, JOURNAL_SIZE (25 MiB); its
                                records: ``autoextend/spm/journal.py``
 
 The journal comes after the mailbox's largest possible end, so turning it on moves no
-existing record and a later ``max_hosts`` change never reaches it. With the journal on,
-the metadata area must reach ``journal offset + 25 MiB`` (69 MiB past the lease area start
+existing record and a later ``max_hosts`` change never reaches it. With ``journal = true``,
+the metadata area must reach ``journal offset + 25 MiB`` (77 MiB past the lease area start
 by default); start-up and ``lease init`` refuse a smaller one (:func:`check_journal_fits`).
 """
 
@@ -28,8 +29,8 @@ LEASE_AREA_SIZE = 4 * MIB
 MAILBOX_OFFSET = LEASE_AREA_SIZE  # from the area start; the mailbox region begins here
 
 
-MAILBOX_MAX_SIZE = 40 * MIB  # the mailbox at max_hosts 2000, either sector size (39.1 MiB)
-JOURNAL_OFFSET = MAILBOX_OFFSET + MAILBOX_MAX_SIZE  # 44 MiB from the area start
+MAILBOX_MAX_SIZE = 48 * MIB  # the mailbox at max_hosts 2000: 40.0 MiB at 512 B, 46.9 at 4 KiB
+JOURNAL_OFFSET = MAILBOX_OFFSET + MAILBOX_MAX_SIZE  # 52 MiB from the area start
 JOURNAL_RECORD_SIZE = 256  # divides both sector sizes: no record spans two sectors
 JOURNAL_SIZE = 25 * MIB
 JOURNAL_RECORDS = JOURNAL_SIZE // JOURNAL_RECORD_SIZE  # 102,400 (at least 100,000)

@@ -16,6 +16,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskStatus
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.registry import RestrictedRegistry
 
 from autoextend import __version__
 from autoextend.logs import get_logger
@@ -279,7 +280,7 @@ class LoopRegistry:
     under the iteration and the scrape would fail with HTTP 500 (seen as the drives of a
     stopping guest went away)."""
 
-    def __init__(self, registry: CollectorRegistry, token: Any) -> None:
+    def __init__(self, registry: CollectorRegistry | RestrictedRegistry, token: Any) -> None:
         self._registry = registry
         self._token = token
 
@@ -288,6 +289,7 @@ class LoopRegistry:
                                                token=self._token))
 
     def restricted_registry(self, names: Any) -> LoopRegistry:
+        assert isinstance(self._registry, CollectorRegistry)  # restricted only once
         return LoopRegistry(self._registry.restricted_registry(names), self._token)
 
 
@@ -301,7 +303,7 @@ async def serve_metrics(
     """
     on_loop = LoopRegistry(registry, anyio.lowlevel.current_token())
     server, thread = await anyio.to_thread.run_sync(
-        lambda: start_http_server(port, address, on_loop)  # type: ignore[arg-type]
+        lambda: start_http_server(port, address, on_loop)
     )
     bound = server.server_address[:2]
     log.info("metrics endpoint up", address=bound[0], port=bound[1])

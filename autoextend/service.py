@@ -30,6 +30,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from autoextend import (
     drill,
     earlysignals,
+    hostsummary,
     logs,
     prepare,
     reloadguard,
@@ -67,6 +68,8 @@ from autoextend.qemuimg import qemu_img_measure
 from autoextend.sdnotify import Notifier
 from autoextend.settings import Settings
 from autoextend.spm.inusepub import InUseSource
+from autoextend.spm.summary import HostFacts
+from autoextend.spm.summarypub import FactsSource
 from autoextend.volumes import (
     LocalAuthority,
     SpmAuthority,
@@ -171,6 +174,7 @@ def make_hypervisor_parts(
 def make_cluster_agent(
     settings: Settings, host_backend: VolumeBackend, clock: Clock, checks: Checks = ALL_ON,
     tally: WriterTally | None = None, in_use: InUseSource | None = None,
+    summary: FactsSource | None = None,
 ) -> ClusterAgent:
     """Mailbox mode: the agent, with its sections and the SPM's per-term backend factory."""
 
@@ -178,7 +182,7 @@ def make_cluster_agent(
         return make_volume_backend(settings, term, tally)
 
     return ClusterAgent(settings.lease, settings.mailbox, settings.lvm.vgs, host_backend,
-                        spm_backend, clock, checks=checks, in_use=in_use)
+                        spm_backend, clock, checks=checks, in_use=in_use, summary=summary)
 
 
 class _LateUsers:
@@ -214,6 +218,7 @@ class Service:
         self.overrides = overrides or {}
         self.clock = clock or MonotonicClock()
         self.tally = Tally()
+        self.history = hostsummary.ExtendHistory(self.clock)  # pool status (issue 33)
         self.metrics = Metrics()
         self.metrics_address: tuple[str, int] | None = None
         self.notifier = notifier or Notifier()
@@ -229,7 +234,8 @@ class Service:
             # drives, asked when the publisher runs (the monitor is made below).
             self.cluster = make_cluster_agent(
                 settings, self.backend, self.clock, checks, self.writes,
-                in_use=in_use_names(_LateUsers(self), self.backend))
+                in_use=in_use_names(_LateUsers(self), self.backend),
+                summary=self.host_facts)
             self.extender = self.cluster.extender()
         else:
             self.extender = LocalExtender(self.backend)
@@ -248,7 +254,7 @@ class Service:
                                      lister=None if self.cluster is None else
                                      factory.make_volume_lister(settings.volumes, settings.lvm))
         observers: list[MonitorObserver] = [self.tally, self.metrics, self.chunks,
-                                            self.capacity]
+                                            self.capacity, self.history]
         if observer is not None:
             observers.append(observer)
         self.monitor = Monitor(
@@ -451,7 +457,14 @@ class Service:
             "config": self._config_status(),
             "capacity": self.capacity.status(),
             "foreign_writes": self._foreign_status(),
+            "summary": hostsummary.as_dict(self.host_facts()),
         }
+
+    def host_facts(self) -> HostFacts:
+        """This host's summary (its summary record, ``pool status``; issue 33)."""
+        monitor = getattr(self, "monitor", None)  # the agent may ask before it is made
+        return hostsummary.facts(monitor.snapshot() if monitor is not None else [],
+                                 self.history)
 
     def _foreign_status(self) -> dict[str, Any] | None:
         if self.foreign is None:

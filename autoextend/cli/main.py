@@ -130,13 +130,14 @@ def config_reload(obj: CliContext, confirm: bool) -> None:
 
 
 def _register_commands() -> None:
-    from autoextend.cli import journal, lab, lease, pool, service, spm, volume
+    from autoextend.cli import journal, lab, lease, pool, poolstatus, service, spm, volume
 
     service.register(cli)
     cli.add_command(journal.journal)
     cli.add_command(lab.lab)
     cli.add_command(lease.lease)
     cli.add_command(spm.spm)
+    pool.pool.add_command(poolstatus.pool_status)  # `pool status` beside `pool admit`
     cli.add_command(pool.pool)
     cli.add_command(volume.volume)
     attach_everywhere(cli)

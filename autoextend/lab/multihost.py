@@ -53,8 +53,8 @@ log = get_logger("lab.multihost")
 MiB = 1 << 20
 VG = "demo"
 MAX_HOSTS = 16
-META_SIZE = 72 * MiB  # the journal ([mailbox] journal = "auto") ends at 69 MiB
-JOURNAL_META_SIZE = 72 * MiB  # with [mailbox] journal: the journal ends at 69 MiB
+META_SIZE = 80 * MiB  # the journal ([mailbox] journal = "auto") ends at 77 MiB
+JOURNAL_META_SIZE = 80 * MiB  # with [mailbox] journal: the journal ends at 77 MiB
 
 
 # Every lease and mailbox timeout of the lab is the shipped default times this one factor, so

@@ -24,7 +24,8 @@ class MailboxSettings(Section):
     # Byte offset of the mailbox region on the metadata area (multiple of 4096).
     # Unset: right after the lease area ([lease] offset + metadata_area.MAILBOX_OFFSET).
     offset: int | None = Field(None, ge=0)
-    # Host ids 1..max_hosts have a mailbox (16 KiB each, plus a 4 KiB in-use record). 250 =
+    # Host ids 1..max_hosts have a mailbox (16 KiB each, a 4 KiB in-use record, a one-sector
+    # summary record). 250 =
     # the [lease] max_hosts default (host ids cannot be higher); up to 2000 (sanlock's
     # HOSTS_MAX). The SPM's idle reads and its cold-path latency grow with it (see
     # README.md, I/O budget).
@@ -82,7 +83,7 @@ class MailboxSettings(Section):
     # journal_offset on. "auto": on when the metadata area is that large (else off, said once
     # at start-up); true: start-up and `lease init` refuse a smaller area; false: off.
     journal: bool | Literal["auto"] = "auto"
-    # Byte offset of the journal (multiple of 1 MiB). Unset: [lease] offset + 44 MiB, after
+    # Byte offset of the journal (multiple of 1 MiB). Unset: [lease] offset + 52 MiB, after
     # the largest mailbox (2000 hosts), so no mailbox record moves (autoextend/metadata_area.py).
     journal_offset: int | None = Field(None, ge=0)
 

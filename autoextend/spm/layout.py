@@ -7,6 +7,8 @@ From ``base`` on, in this order::
     reply boxes       max_hosts x reply_box_bytes       (only the SPM writes them)
     in-use records    max_hosts x 4 KiB                 (host h writes only record h - 1;
                                                          ``inuse.py``, issue 27)
+    summary records   max_hosts x 1 sector              (host h writes only sector h - 1;
+                                                         ``summary.py``, issue 33)
 
 Host ids run 1..max_hosts; host ``h`` is index ``h - 1`` everywhere. A host's
 ``SLOTS_PER_HOST`` request slots are spread over its ring sector (request sector 0, the
@@ -135,8 +137,19 @@ class MailboxLayout:
         return self.inuse_base + (host_id - 1) * INUSE_RECORD_BYTES
 
     @property
-    def end(self) -> int:
+    def summary_base(self) -> int:
+        """The summary records (one sector per host, ``summary.py``), after the in-use
+        records."""
         return self.inuse_base + self.max_hosts * INUSE_RECORD_BYTES
+
+    def summary_offset(self, host_id: int) -> int:
+        """Absolute offset of ``host_id``'s summary record (one sector)."""
+        self.check_host(host_id)
+        return self.summary_base + (host_id - 1) * self.sector_size
+
+    @property
+    def end(self) -> int:
+        return self.summary_base + self.max_hosts * self.sector_size
 
     def regions(self) -> list[tuple[str, int, int]]:
         """Every writer's region, ``(who, start, end)`` (tests check none overlap)."""
@@ -150,6 +163,8 @@ class MailboxLayout:
             out.append((f"replies {h} (SPM)", reply, reply + self.reply_box_bytes))
             rec = self.inuse_offset(h)
             out.append((f"in-use {h}", rec, rec + INUSE_RECORD_BYTES))
+            summary = self.summary_offset(h)
+            out.append((f"summary {h}", summary, summary + self.sector_size))
         return out
 
     @property

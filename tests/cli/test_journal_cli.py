@@ -37,10 +37,10 @@ def _entry(n: int, lver: int, spm: int, lv: str = "vm1-disk") -> Entry:
 
 @pytest.fixture
 def area(tmp_path: Path) -> Path:
-    """A 72 MiB metadata area with 4 records (two terms) and one torn slot in its journal."""
+    """An 80 MiB metadata area with 4 records (two terms) and one torn slot in its journal."""
     path = tmp_path / "area"
     with path.open("wb") as f:
-        f.truncate(72 * MIB)
+        f.truncate(80 * MIB)
     records = [Record(1, _entry(0, 3, 1)), Record(2, _entry(1, 3, 1, "vm2-disk")),
                Record(3, _entry(2, 5, 2)), Record(4, _entry(3, 5, 2, "vm2-disk"))]
     fd = os.open(path, os.O_WRONLY)
@@ -107,9 +107,9 @@ def test_an_area_without_room_for_the_journal_is_a_clear_error(tmp_path: Path) -
     assert result.error == (f"autoextend: error: no journal on this metadata area: the journal"
                             f" needs bytes {JOURNAL_OFFSET}..{JOURNAL_OFFSET + 25 * MIB} of"
                             f" {small}, which has {16 * MIB} (grow the metadata area to at"
-                            " least 69 MiB, or set [mailbox] journal = false)")
+                            " least 77 MiB, or set [mailbox] journal = false)")
     init = autoextend("--config", cfg, "lease", "init", "--max-hosts", "16", "--yes")
-    assert init.code == 1 and "grow the metadata area to at least 69 MiB" in init.error
+    assert init.code == 1 and "grow the metadata area to at least 77 MiB" in init.error
     assert not any(small.read_bytes()[:4 * MIB])  # nothing was formatted
 
 
@@ -139,6 +139,6 @@ async def test_the_agent_refuses_to_start_on_an_area_too_small_for_the_journal()
     agent = ClusterAgent(lease_settings(1, path="/memory/area"),
                          MailboxSettings(max_hosts=16, journal=True), ("vg0",),
                          Pool().backend, no_spm_backend, MonotonicClock())
-    with pytest.raises(StartupError, match="grow the metadata area to at least 69 MiB"):
+    with pytest.raises(StartupError, match="grow the metadata area to at least 77 MiB"):
         with anyio.fail_after(10):
             await agent.run_on(MemoryStorage(16 * MIB, 512))

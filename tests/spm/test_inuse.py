@@ -197,4 +197,5 @@ def test_no_two_regions_overlap_at_the_largest_pool(sector_size: int) -> None:
     layout = MailboxLayout(0, sector_size, 2000)
     regions = sorted(layout.regions(), key=lambda r: r[1])
     assert all(a[2] <= b[1] for a, b in zip(regions, regions[1:], strict=False))
-    assert layout.inuse_offset(2000) + inuse.RECORD_BYTES == layout.end
+    assert layout.inuse_offset(2000) + inuse.RECORD_BYTES == layout.summary_base
+    assert layout.summary_offset(2000) + sector_size == layout.end  # issue 33

@@ -111,7 +111,7 @@ def test_a_mailbox_moved_past_the_default_moves_the_journal_after_it() -> None:
 def test_an_area_too_small_for_the_journal_is_refused_with_the_size_it_needs() -> None:
     start = journal_start(None)
     check_journal_fits("/dev/x", start, journal_end(start))
-    with pytest.raises(AreaTooSmall, match=r"grow the metadata area to at least 69 MiB"):
+    with pytest.raises(AreaTooSmall, match=r"grow the metadata area to at least 77 MiB"):
         check_journal_fits("/dev/x", start, 64 * MIB)
 
 
