@@ -79,6 +79,7 @@ class _Seen:
     sample: Sample
     physical: int
     watermark: int
+    latest: int  # the newest allocation seen (also one too close to the last sample)
 
 
 class DriveRates:
@@ -104,8 +105,15 @@ class DriveRates:
                watermark: int) -> Sample:
         seen = self._drives.get(volume)
         s = update(seen.sample if seen else None, t, allocation, self.half_life_s)
-        self._drives[volume] = _Seen(s, physical, watermark)
+        taken = seen is None or s is not seen.sample  # a new sample (or a fresh start)
+        latest = allocation if taken or seen is None else max(seen.latest, allocation)
+        self._drives[volume] = _Seen(s, physical, watermark, latest)
         return s
+
+    def latest(self, volume: VolumeRef) -> int:
+        """The newest allocation seen of the volume (0 for none)."""
+        seen = self._drives.get(volume)
+        return seen.latest if seen else 0
 
     def last(self, volume: VolumeRef) -> Sample | None:
         seen = self._drives.get(volume)
@@ -123,7 +131,7 @@ class DriveRates:
         out; a drive written at 0 bytes/s has no finite headroom either)."""
         out: dict[str, float] = {}
         for volume, seen in self._drives.items():
-            h = headroom_s(free_above_threshold(seen.sample.allocation, seen.physical,
+            h = headroom_s(free_above_threshold(seen.latest, seen.physical,
                                                 seen.watermark), seen.sample.rate)
             if math.isfinite(h):
                 out[str(volume)] = h

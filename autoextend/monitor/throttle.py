@@ -5,11 +5,15 @@ Derivation. An extension starts at the threshold, with the free space above it
 seconds from now:
 
 * ``E = p99 - elapsed`` while the extension is younger than the p99 of recent extensions
-  (measured, ``rate.DriveRates.latency_s``) and the pool's SPM term is valid;
-* ``E = failover_s - elapsed`` (at least :data:`MIN_REMAINING_S`) while no SPM term is valid
-  (mailbox mode: the SPM's host lease stopped renewing; ``timeouts.failover_s``, 8T+W+2T) or
-  once the extension outlived the p99 (something is wrong: plan for the worst that still
-  ends: a failover; in local mode the bound is the extension deadline).
+  (measured, ``rate.DriveRates.latency_s``);
+* ``E = failover_s - elapsed`` (at least :data:`MIN_REMAINING_S`) once it outlived the p99:
+  something is wrong, so plan for the worst that still ends, an SPM failover
+  (``timeouts.failover_s``, 8T+W+2T; in local mode the extension deadline). While no SPM
+  term is valid no extension lands sooner than that; the reason shown is then
+  ``SPM failover``. The host's view of the SPM's renewals is not trusted to throttle on its
+  own (a host reads the other hosts' records only now and then, so a stale view would
+  throttle healthy guests); an extension stuck behind a lost SPM outlives its p99 within
+  that p99, and the bound applies from then on.
 
 At the drive's write rate ``r`` the free space lasts ``F / r``. When that is less than
 ``E`` the guest would pause, so its writes are limited to
@@ -83,12 +87,12 @@ class Expectation:
 
 
 def expect(elapsed_s: float, p99_s: float, failover_s: float, spm_valid: bool) -> Expectation:
-    """The expected rest of an extension that has run ``elapsed_s`` (see module doc)."""
-    if not spm_valid:
-        return Expectation(max(failover_s - elapsed_s, MIN_REMAINING_S), SPM_FAILOVER)
-    if elapsed_s >= p99_s:
-        return Expectation(max(failover_s - elapsed_s, MIN_REMAINING_S), OVERDUE)
-    return Expectation(p99_s - elapsed_s, WRITE_RATE)
+    """The expected rest of an extension that has run ``elapsed_s`` (see module doc);
+    ``spm_valid`` only names the reason."""
+    if elapsed_s < p99_s:
+        return Expectation(p99_s - elapsed_s, WRITE_RATE)
+    return Expectation(max(failover_s - elapsed_s, MIN_REMAINING_S),
+                       OVERDUE if spm_valid else SPM_FAILOVER)
 
 
 def limit_for(free: int, rate: float, remaining_s: float, floor: int) -> int | None:
@@ -208,7 +212,8 @@ class Throttles:
         held = self.held.get(d.volume)
         current = held.bps if held is not None else 0
         rate = min(s.rate, current) if current else s.rate
-        free = free_above_threshold(predicted_allocation(s, now, rate), physical, watermark)
+        allocation = max(self.rates.latest(d.volume), predicted_allocation(s, now, rate))
+        free = free_above_threshold(allocation, physical, watermark)
         floor = self._ctx.settings.throttle_floor_mib_s * MiB
         return tighter(current, limit_for(free, rate, exp.remaining_s, floor))
 
@@ -238,8 +243,10 @@ class Throttles:
             own = original.write_bps
             if held is None and own and own <= bps:
                 return  # its own limit is tighter already: nothing to add
-            applied = original.with_write_bps(bps)
-            await hv.set_io_limits(vm.name, info, applied)
+            await hv.set_io_limits(vm.name, info, original.with_write_bps(bps))
+            # As the hypervisor has them (QEMU names a new throttle group after the
+            # device): what the lift compares with to see whether someone changed them.
+            applied = await hv.io_limits(vm.name, info)
         except AutoextendError as exc:
             bound.warning("throttle: setting the write limit failed", error=str(exc),
                           limit_bps=bps)
@@ -270,7 +277,8 @@ class Throttles:
         else:
             held = self.held.get(d.volume)
             rate = min(s.rate, held.bps) if held is not None else s.rate
-            allocation = max(before.allocation, predicted_allocation(s, now, rate))
+            allocation = max(before.allocation, self.rates.latest(d.volume),
+                             predicted_allocation(s, now, rate))
         left = free_above_threshold(allocation, before.physical, watermark)
         ctx.observer.notify(WatermarkLeft(vm.name, d.name, d.volume, left / watermark))
 
