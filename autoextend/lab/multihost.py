@@ -85,8 +85,10 @@ def host_config(
     chunk_mib: int, poll_interval_s: float, metrics_port: int, engine: str = "native",
     libvirt_uri: str = "",
     hot_window_s: float | None = None,
+    policy_extra: str = "",
 ) -> str:
-    """One host's config; with ``libvirt_uri`` its hypervisor is that libvirtd (else QMP)."""
+    """One host's config; with ``libvirt_uri`` its hypervisor is that libvirtd (else QMP).
+    ``policy_extra``: more ``[policy]`` lines (TOML), e.g. ``throttle = false``."""
     t = SANLOCK_TIMEOUTS if engine == "sanlock" else scaled_timeouts(time_scale)
     hypervisor = "libvirt" if libvirt_uri else "qmp"
     libvirt_section = "" if not libvirt_uri else f"""
@@ -110,6 +112,7 @@ extent_mib = 4
 poll_interval_s = {poll_interval_s}
 retry_initial_s = 0.2
 retry_max_s = 2.0
+{policy_extra}
 
 [qmp]
 socket_glob = "{host_dir}/qmp/*.sock"
@@ -331,13 +334,15 @@ async def pool(
     engine: str = "native",
     libvirt_uris: Mapping[int, str] | None = None,
     hot_window_s: float | None = None,
+    policy_extra: str = "",
 ) -> AsyncIterator[Pool]:
     """``hosts`` autoextend processes sharing one metadata area and one volume root, in
     ``directory`` (default: a new directory under /var/tmp, removed afterwards). With
     ``engine = "sanlock"`` each host gets its own sanlock daemon (autoextend/lab/sanlockd.py,
     in its own mount namespace) that outlives the host's process: LabError if none starts.
     ``libvirt_uris`` gives host N the libvirt hypervisor on that libvirtd (else QMP).
-    ``hot_window_s``: the SPMs' ``[mailbox] hot_window_s`` (default: the shipped 60 s)."""
+    ``hot_window_s``: the SPMs' ``[mailbox] hot_window_s`` (default: the shipped 60 s).
+    ``policy_extra``: more ``[policy]`` lines for every host."""
     own_dir = directory is None
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="autoextend-pool-", dir="/var/tmp"))
@@ -370,7 +375,7 @@ async def pool(
                     directory, host_dir, host_id, time_scale=time_scale, chunk_mib=chunk_mib,
                     poll_interval_s=poll_interval_s, metrics_port=port, engine=engine,
                     libvirt_uri=(libvirt_uris or {}).get(host_id, ""),
-                    hot_window_s=hot_window_s))
+                    hot_window_s=hot_window_s, policy_extra=policy_extra))
                 host = HostProcess(host_id, host_dir, cfg, port)
                 if host_id in daemons:
                     host.env = daemons[host_id].env()

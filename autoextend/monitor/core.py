@@ -242,6 +242,7 @@ class Monitor:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._dispatch, receive)
+            tg.start_soon(self.throttles.lift_at_stop)
             await tg.start(self.ctx.hypervisor.run, send)
             tg.start_soon(self._poll_loop)
             log.info("monitor started", dry_run=self.ctx.dry_run)

@@ -70,6 +70,8 @@ MIN_REMAINING_S = 1.0
 CHECK_S = 0.1
 #: How often it asks the hypervisor for fresh numbers while it throttles or is overdue.
 RESAMPLE_S = 1.0
+#: How long the monitor's stop waits for the throttled drives' limits to be restored.
+STOP_RESTORE_S = 5.0
 #: A new limit replaces the one in place only when it is this much lower.
 TIGHTEN = 0.9
 
@@ -281,6 +283,37 @@ class Throttles:
                              predicted_allocation(s, now, rate))
         left = free_above_threshold(allocation, before.physical, watermark)
         ctx.observer.notify(WatermarkLeft(vm.name, d.name, d.volume, left / watermark))
+
+    async def lift_at_stop(self) -> None:
+        """Wait until the monitor stops, then give every throttled drive its own limits
+        back (best effort, bounded: the hypervisor's connections close at the same time; a
+        limit left behind by a crash stays until lifted by hand)."""
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_RESTORE_S):
+                for volume, held in list(self.held.items()):
+                    self.held.pop(volume, None)
+                    await self._restore(held, volume)
+
+    async def _restore(self, held: Held, volume: VolumeRef) -> None:
+        """Set ``held.original`` again unless someone changed the limits meanwhile."""
+        bound = log.bind(vm=held.vm, drive=held.drive, volume=str(volume))
+        hv = self._ctx.hypervisor
+        try:
+            info = next((i for i in await hv.drives(held.vm) if i.drive == held.drive), None)
+            if info is None:
+                return
+            now = await hv.io_limits(held.vm, info)
+            if now != held.applied:
+                bound.warning("throttle: the drive's limits were changed while throttled; "
+                              "leaving them as they are", limits=dict(now.values))
+                return
+            await hv.set_io_limits(held.vm, info, held.original)
+            bound.info("throttle lifted at stop")
+        except AutoextendError as exc:
+            bound.warning("throttle: restoring the drive's limits failed", error=str(exc),
+                          limits=dict(held.original.values))
 
     async def lift(self, vm: VmView, d: DriveState, info: DriveInfo) -> None:
         """Restore the drive's own limits (the step that re-arms it). Never raises."""

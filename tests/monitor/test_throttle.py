@@ -145,3 +145,17 @@ async def test_near_miss_and_headroom_are_reported() -> None:
         await until(lambda: rig.state() is ThresholdState.SET)
         tg.cancel_scope.cancel()
     assert len(left) == 1 and 0 <= left[0] <= 56 / 64
+
+
+async def test_a_stopping_monitor_gives_the_drives_their_limits_back() -> None:
+    rig = Rig()
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    rig.hv.vms["vm1"].drives["vda"].limits = THEIRS
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await start_writing(rig)
+        await until(lambda: rig.monitor.throttles.held, describe=rig.describe)
+        assert drive_limits(rig) != THEIRS
+        tg.cancel_scope.cancel()  # the service stops with the extension still held
+    assert drive_limits(rig) == THEIRS
+    assert not rig.monitor.throttles.held
