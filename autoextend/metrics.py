@@ -139,8 +139,8 @@ class Metrics:
             "autoextend_throttles_total",
             "Write limits the throttle set or tightened on a drive, by reason (SPM failover, "
             "extension overdue, write rate)", ["reason"], registry=r)
-        for reason in ("SPM failover", "extension overdue", "write rate"):
-            self.throttles.labels(reason)
+        for why in ("SPM failover", "extension overdue", "write rate"):
+            self.throttles.labels(why)
         self._jobs: dict[tuple[str, str], str] = {}
         self._drives: set[tuple[str, str]] = set()
         self._paused: dict[str, PauseReason] = {}

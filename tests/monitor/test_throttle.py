@@ -29,14 +29,16 @@ def throttle_status(rig: Rig) -> str:
     return str(d["throttle"])
 
 
-async def start_writing(rig: Rig) -> None:
-    """100 MiB/s for one poll, then past the threshold: the extension is held."""
+async def start_writing(rig: Rig) -> anyio.Event:
+    """100 MiB/s for one poll, then past the threshold: the extension is held until the
+    returned event is set."""
     await until(lambda: rig.state() is ThresholdState.SET)
     rig.hv.write("vm1", "vda", 100 * MiB, events=False)
     rig.clock.advance(1.0)  # a poll samples 100 MiB in 1 s
     await rig.settle()
-    rig.ext.gate = anyio.Event()
+    rig.ext.gate = gate = anyio.Event()
     rig.hv.write("vm1", "vda", 100 * MiB)  # 200 MiB: crosses 192 MiB, 56 MiB left
+    return gate
 
 
 async def test_held_extension_is_throttled_then_lifted_and_limits_restored() -> None:
@@ -48,7 +50,7 @@ async def test_held_extension_is_throttled_then_lifted_and_limits_restored() -> 
     rig.hv.vms["vm1"].drives["vda"].limits = THEIRS
     async with anyio.create_task_group() as tg:
         await tg.start(rig.monitor.run)
-        await start_writing(rig)
+        gate = await start_writing(rig)
         # 56 MiB at 100 MiB/s lasts 0.56 s < the 1 s p99: 56 MiB/s makes it last 1 s.
         await until(lambda: rig.hv.limit_calls, describe=rig.describe)
         first = rig.hv.limit_calls[-1][2]
@@ -65,7 +67,7 @@ async def test_held_extension_is_throttled_then_lifted_and_limits_restored() -> 
         assert throttle_status(rig) == "THROTTLED 4 MiB/s (SPM failover)"
         assert rig.state() is ThresholdState.EXTENDING
 
-        rig.ext.gate.set()  # the SPM is back: the extension lands
+        gate.set()  # the SPM is back: the extension lands
         await until(lambda: rig.state() is ThresholdState.SET and not rig.monitor.throttles.held,
                     describe=rig.describe)
         assert drive_limits(rig) == THEIRS  # exactly what the drive had
@@ -83,11 +85,11 @@ async def test_a_drive_limited_tighter_already_is_left_alone() -> None:
     rig.hv.vms["vm1"].drives["vda"].limits = own
     async with anyio.create_task_group() as tg:
         await tg.start(rig.monitor.run)
-        await start_writing(rig)
+        gate = await start_writing(rig)
         await until(lambda: rig.state() is ThresholdState.EXTENDING)
         await rig.settle(extensions=False)
         assert rig.hv.limit_calls == [] and drive_limits(rig) == own
-        rig.ext.gate.set()
+        gate.set()
         await until(lambda: rig.state() is ThresholdState.SET)
         assert rig.hv.limit_calls == [] and rig.tally.throttle_lifts == 0
         tg.cancel_scope.cancel()
@@ -98,11 +100,11 @@ async def test_limits_someone_changed_while_throttled_are_kept() -> None:
     rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
     async with anyio.create_task_group() as tg:
         await tg.start(rig.monitor.run)
-        await start_writing(rig)
+        gate = await start_writing(rig)
         await until(lambda: rig.hv.limit_calls, describe=rig.describe)
         operator = IoLimits.of({"bps_wr": 7 * MiB, "iops": 100})
         rig.hv.vms["vm1"].drives["vda"].limits = operator
-        rig.ext.gate.set()
+        gate.set()
         await until(lambda: rig.state() is ThresholdState.SET and not rig.monitor.throttles.held)
         assert drive_limits(rig) == operator
         assert len(rig.hv.limit_calls) == 1  # nothing written over the operator's
@@ -114,12 +116,12 @@ async def test_throttle_off_sets_no_limit() -> None:
     rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
     async with anyio.create_task_group() as tg:
         await tg.start(rig.monitor.run)
-        await start_writing(rig)
+        gate = await start_writing(rig)
         await until(lambda: rig.state() is ThresholdState.EXTENDING)
         rig.clock.advance(2.0)
         await rig.settle(extensions=False)
         assert rig.hv.limit_calls == [] and throttle_status(rig) == ""
-        rig.ext.gate.set()
+        gate.set()
         await until(lambda: rig.state() is ThresholdState.SET)
         tg.cancel_scope.cancel()
 
@@ -136,12 +138,12 @@ async def test_near_miss_and_headroom_are_reported() -> None:
     rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
     async with anyio.create_task_group() as tg:
         await tg.start(rig.monitor.run)
-        await start_writing(rig)
+        gate = await start_writing(rig)
         await until(lambda: rig.state() is ThresholdState.EXTENDING)
         await rig.settle(extensions=False)
         headroom = rig.monitor.rates.headrooms()[str(VOL)]
         assert headroom == pytest.approx(56 / 100)  # 56 MiB left at 100 MiB/s
-        rig.ext.gate.set()
+        gate.set()
         await until(lambda: rig.state() is ThresholdState.SET)
         tg.cancel_scope.cancel()
     assert len(left) == 1 and 0 <= left[0] <= 56 / 64
