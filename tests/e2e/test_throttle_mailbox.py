@@ -2,9 +2,11 @@
 
 Two ``autoextend run`` hosts share a pool through the storage mailbox (lab timing: every
 lease and mailbox timeout is the shipped one x 0.05, so an SPM failover takes up to
-10 T + W = 8 s). A real TCG guest on the host that is not the SPM writes 2 GiB as fast as it
-can, in 256 MiB chunks (a 128 MiB watermark). Once five extensions measured the p99, the
-SPM's process is stopped (SIGSTOP) for 20 s: the next extension waits for the failover.
+10 T + W = 8 s). A real TCG guest on the host that is not the SPM writes 1 GiB as fast as it
+can, in 64 MiB chunks (a 32 MiB watermark: a guest writing faster than 4 MiB/s runs through
+it within a failover). Once five extensions measured the p99, the SPM's process is stopped
+(SIGSTOP) for 20 s: the next extension waits for the failover (the other host, the guest's,
+takes the SPM role after 8 T + W and serves the request waiting in its mailbox).
 
 - With the throttle (the default) its write limit makes the watermark last until the
   extension lands: no pause, and the data verifies.
@@ -49,11 +51,11 @@ async def stalled_spm_run(directory: Path, *, throttle: bool
     """The run; (the guest's data verified, the guest's host's events)."""
     extra = f"throttle = {'true' if throttle else 'false'}\nthrottle_floor_mib_s = 1"
     directory.mkdir()
-    async with pool(2, directory=directory, chunk_mib=256, policy_extra=extra) as p:
+    async with pool(2, directory=directory, chunk_mib=64, policy_extra=extra) as p:
         spm = await p.wait_for_spm()
         host = next(h for h in p.hosts if h != spm)
-        g = await p.start_guest(host, "vm1", GuestJob(mib=2048), start_mib=256,
-                                virtual_mib=4096)
+        g = await p.start_guest(host, "vm1", GuestJob(mib=1024), start_mib=64,
+                                virtual_mib=2048)
         volume = str(g.volume)
         await until(lambda: extensions(monitor_events(p, host, volume)) >= 5, 900,
                     "five extensions (a measured p99)",
@@ -73,6 +75,7 @@ def pauses(events: list[dict[str, Any]]) -> int:
     return sum(1 for e in events if e.get("event") == "vm paused" and e.get("reason") == "enospc")
 
 
+@pytest.mark.timeout(900)  # a guest writing 1 GiB under TCG beside other load, a failover
 async def test_throttle_carries_a_guest_through_a_stopped_spm(lab_tmp_path: Path) -> None:
     verified, events = await stalled_spm_run(lab_tmp_path / "throttle", throttle=True)
     names = [e.get("event") for e in events]
@@ -90,6 +93,7 @@ async def test_throttle_carries_a_guest_through_a_stopped_spm(lab_tmp_path: Path
     assert reasons & {"SPM failover", "extension overdue"}, reasons
 
 
+@pytest.mark.timeout(900)  # the same run
 async def test_without_the_throttle_the_same_run_pauses(lab_tmp_path: Path) -> None:
     verified, events = await stalled_spm_run(lab_tmp_path / "off", throttle=False)
     assert verified  # resumed after the failover, data intact
