@@ -186,6 +186,14 @@ class Throttles:
 
     async def _watch(self, vm: VmView, d: DriveState, info: DriveInfo, watermark: int,
                      started: float) -> None:
+        """The watch, contained: a failure here must never end the extension it watches."""
+        try:
+            await self._watching(vm, d, info, watermark, started)
+        except Exception as exc:  # noqa: BLE001 - the extension goes on without a throttle
+            log.error("throttle watch failed", vm=vm.name, drive=d.name, error=repr(exc))
+
+    async def _watching(self, vm: VmView, d: DriveState, info: DriveInfo, watermark: int,
+                        started: float) -> None:
         ctx = self._ctx
         resampled = -math.inf
         while True:
