@@ -158,6 +158,7 @@ class Extensions:
                 ctx.disable(vm.name, d)
                 ctx.observer.notify(
                     ExtendFinished(vm.name, d.name, d.volume, None, info.physical))
+                await self._throttles.lift(vm, d, info)  # nothing will land: no limit
             case plan.NotNeeded(threshold=new_threshold):
                 # A stale event (the drive grew since), or someone else extended it already.
                 d.not_needed(new_threshold)
@@ -168,6 +169,8 @@ class Extensions:
                 except AutoextendError:
                     d.disarmed()
                     raise
+                finally:
+                    await self._throttles.lift(vm, d, info)  # the room is there
             case plan.Hold(dry_run=True, target=target):
                 bound.info("dry-run: would extend", physical=info.physical, size=target)
                 d.extend_failed(ctx.clock.now(), "dry-run", ctx.settings.retry_max_s)
