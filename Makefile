@@ -14,7 +14,7 @@ RIG_WORKERS ?= 2
 SIM_SEEDS ?= 40
 SIM_DURATION ?= 200000
 
-.PHONY: all setup apt venv guest test unit demo bench lint clean sim
+.PHONY: all setup apt venv guest test unit demo bench lint clean sim chaos
 
 all: test
 
@@ -70,6 +70,13 @@ unit: venv
 # its trace and the command that replays it).
 sim: venv
 	$(BIN)/python -m sim --seeds $(SIM_SEEDS) --duration $(SIM_DURATION) --hosts 4
+
+# The chaos soak of the real system (docs/chaos.md): 3 hosts, 4 TCG guests, CHAOS_DURATION
+# seconds of seeded faults (a random seed, printed first; CHAOS_ARGS="--seed N" replays one).
+CHAOS_DURATION ?= 600
+CHAOS_ARGS ?=
+chaos: setup
+	$(BIN)/python -m bench.chaos --duration $(CHAOS_DURATION) --hosts 3 --guests 4 $(CHAOS_ARGS)
 
 demo: setup
 	$(BIN)/autoextend demo

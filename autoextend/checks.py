@@ -12,8 +12,11 @@ class-level switch named like one of these fields, no ``setattr`` on a product c
 Each field names the invariant it protects and where it is checked:
 
 - ``term_check`` (``lease/term.py: Term.check``): the body of ``spm()`` acts only while the
-  SPM term is valid; ``check()`` raises from the instant the lease may be lost. Off: the
-  simulation's ``term-check`` mutant (a stale SPM writes metadata).
+  SPM term is valid; ``check()`` raises from the instant the lease may be lost, and the
+  term's guard (``guard``, the check's timer) cancels the body at that instant, as does the
+  loss of the host id (``LeaseService._lost``). Off (all three):
+  the simulation's ``term-check`` mutant and the chaos soak's (a stale SPM writes metadata
+  and replies).
 - ``fresh_owner_read`` (``lease/service.py: LeaseService._owner_gone``): a takeover trusts a
   free slot or another generation only from a read issued after its leader read. Off: the
   simulation's ``owner-read`` mutant (two SPMs at once).

@@ -244,7 +244,9 @@ class Service:
         # observer) of clean stops; the part gets the monitor's queries in run().
         self.capacity = CapacityPart(settings, self.backend, self.clock, self.metrics.registry,
                                      cluster=self.cluster,
-                                     on_level=lambda: self.notifier.status(self.summary()))
+                                     on_level=lambda: self.notifier.status(self.summary()),
+                                     lister=None if self.cluster is None else
+                                     factory.make_volume_lister(settings.volumes, settings.lvm))
         observers: list[MonitorObserver] = [self.tally, self.metrics, self.chunks,
                                             self.capacity]
         if observer is not None:
@@ -622,12 +624,14 @@ async def serve(
     settings: Settings,
     config_path: Path | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
+    checks: Checks = ALL_ON,
 ) -> None:
     """Run the service until SIGTERM/SIGINT; SIGHUP reloads (CLI overrides stay applied).
 
     Signals queued before this (:mod:`autoextend.earlysignals`) are handled first; SIGHUPs
-    before the service is ready become one reload once it is ready."""
-    service = Service(settings, config_path=config_path, overrides=overrides)
+    before the service is ready become one reload once it is ready. ``checks``: all on,
+    except in the chaos soak's mutation check (``sim/mutant_service.py``)."""
+    service = Service(settings, config_path=config_path, overrides=overrides, checks=checks)
     ready = anyio.Event()
     reload_waiting = False
 

@@ -95,6 +95,39 @@ class ReportsVgFigures(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ListedVolume:
+    """One volume of a VG as a :class:`ListsVolumes` sees it: ``ident`` changes when the
+    volume may have changed; ``tag_vsize`` the virtual size its ``autoextend.vsize`` tag
+    gives (None: no tag, or ``tag_problem`` says why it is unusable); ``path`` the device or
+    file ``qemu-img info`` would open."""
+
+    lv: str
+    ident: tuple[object, ...]
+    tag_vsize: int | None
+    tag_problem: str
+    path: str
+
+
+@dataclass(frozen=True)
+class VgVolumes:
+    """Every volume of one VG, and the VG's size in bytes."""
+
+    vg: str
+    size: int
+    volumes: tuple[ListedVolume, ...]
+
+
+class ListsVolumes(Protocol):
+    """Every volume of a pool VG (running or not): the SPM's committed-space scan
+    (``capacity/committed.py``). Implementations: ``lvm/listing.py`` (lvm, loop)."""
+
+    async def vg_volumes(self, vg: str) -> VgVolumes | None:
+        """The VG's volumes and size; None when the VG is not there (or, loop, has no
+        capacity set). Reads only. Raises AutoextendError or OSError when the look fails."""
+        ...
+
+
 class VolumeBackend(Protocol):
     """Raises :class:`~autoextend.errors.VolumeError` subclasses on failure."""
 

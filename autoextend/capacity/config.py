@@ -36,6 +36,8 @@ class CapacitySettings(Section):
     publish_interval_s: float = Field(5.0, gt=0.0, le=3600.0)
     mda_warning_percent_free: float = Field(20.0, ge=0.0, lt=100.0)
     mda_critical_percent_free: float = Field(5.0, ge=0.0, lt=100.0)
+    max_overcommit_ratio: float = Field(4.0, gt=0.0, le=1000.0)
+    committed_interval_s: float = Field(30.0, ge=1.0, le=86400.0)
 
     @model_validator(mode="after")
     def _mda_order(self) -> CapacitySettings:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from autoextend.capacity import metrics as capacity_metrics
+from autoextend.capacity.committed import CommittedPublisher, CommittedScanner
 from autoextend.capacity.published import PoolMember, PublishedSource
 from autoextend.capacity.reduce import (
     ReduceBackend,
@@ -35,7 +36,7 @@ from autoextend.monitor.core import VolumeInUse
 from autoextend.monitor.observer import CleanStop, MonitorEvent
 from autoextend.spm.errors import MailboxClosed, MailboxTimeout
 from autoextend.spm.wire import OP_REDUCE, OP_REDUCE_CHECK, Reply, Status
-from autoextend.volumes import ReportsVgFigures, VolumeRef
+from autoextend.volumes import ListsVolumes, ReportsVgFigures, VolumeRef
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -113,9 +114,11 @@ class CapacityPart:
         *,
         cluster: Pool | None = None,
         on_level: Callable[[], object] = lambda: None,
+        lister: ListsVolumes | None = None,
     ) -> None:
         """``cluster``: mailbox mode (None: local mode); ``on_level``: a VG's level changed
-        (the service's STATUS= line)."""
+        (the service's STATUS= line); ``lister``: every volume of the pool's VGs (mailbox
+        mode: the SPM publishes their committed space, ``committed.py``)."""
         self.settings = settings
         self.clock = clock
         self._stopped_send, self._stopped = anyio.create_memory_object_stream[
@@ -128,6 +131,11 @@ class CapacityPart:
             self.published = source = PublishedSource(
                 cluster, backend, settings.capacity, settings.lease.offset, clock)
         self.watcher: CapacityWatcher | None = None
+        self.committed: CommittedPublisher | None = None  # pool admission's figures
+        if cluster is not None and lister is not None and settings.capacity.enabled:
+            self.committed = CommittedPublisher(
+                cluster, CommittedScanner(lister, clock), settings.capacity,
+                settings.lvm.vgs, settings.lease.offset, clock)
         if settings.capacity.enabled:
             self.watcher = CapacityWatcher(settings.capacity, source, clock, on_level=on_level)
             capacity_metrics.register(registry, capacity_metrics.CapacityCollector(
@@ -171,11 +179,15 @@ class CapacityPart:
             self.watcher.settings = settings.capacity
         if self.published is not None:
             self.published.settings = settings.capacity
+        if self.committed is not None:
+            self.committed.settings = settings.capacity
 
     async def run(self, monitor: MonitorQueries) -> None:
         """The watcher's looks and the reduces after clean stops, until cancelled."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._reduce_stopped, monitor)
+            if self.committed is not None:
+                tg.start_soon(self.committed.run)
             if self.watcher is not None:
                 await self._watch(self.watcher, monitor)
 

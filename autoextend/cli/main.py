@@ -130,12 +130,13 @@ def config_reload(obj: CliContext, confirm: bool) -> None:
 
 
 def _register_commands() -> None:
-    from autoextend.cli import lab, lease, service, spm, volume
+    from autoextend.cli import lab, lease, pool, service, spm, volume
 
     service.register(cli)
     cli.add_command(lab.lab)
     cli.add_command(lease.lease)
     cli.add_command(spm.spm)
+    cli.add_command(pool.pool)
     cli.add_command(volume.volume)
     attach_everywhere(cli)
 

@@ -55,8 +55,10 @@ def is_mounted(mountpoint: Path) -> bool:
                    for line in mounts if len(line.split()) > 2)
 
 
-def _operations(backing: Path) -> Any:
-    """The fusepy Operations of the file system (fusepy imported here: lab-only dependency)."""
+def _operations(backing: Path, tag: str = "") -> Any:
+    """The fusepy Operations of the file system (fusepy imported here: lab-only dependency).
+    With ``tag``, the flag ``NAME.TAG.fail`` fails this mount's ``NAME`` only (one host's path
+    to a shared file, when each host mounts the same backing directory with its own tag)."""
     from fuse import FuseOSError, LoggingMixIn, Operations  # noqa: F401 (LoggingMixIn: debug)
 
     lock = threading.Lock()
@@ -68,7 +70,9 @@ def _operations(backing: Path) -> Any:
         return str(backing / name) if name else str(backing)
 
     def check(path: str) -> None:
-        if os.path.exists(str(backing / path.lstrip("/")) + FLAG_SUFFIX):
+        base = str(backing / path.lstrip("/"))
+        if os.path.exists(base + FLAG_SUFFIX) or (
+                tag and os.path.exists(f"{base}.{tag}{FLAG_SUFFIX}")):
             raise FuseOSError(errno.EIO)
 
     class FaultOps(Operations):  # type: ignore[misc]  # fusepy is untyped
@@ -85,7 +89,8 @@ def _operations(backing: Path) -> Any:
             return attrs
 
         def readdir(self, path: str, fh: int) -> list[str]:
-            names = [n for n in os.listdir(backing) if not n.endswith(FLAG_SUFFIX)]
+            names = [n for n in os.listdir(backing) if not n.endswith(FLAG_SUFFIX)
+                     and os.path.isfile(backing / n)]
             return [".", "..", *names]
 
         def open(self, path: str, flags: int) -> int:
@@ -118,14 +123,16 @@ def _operations(backing: Path) -> Any:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        print("usage: python -m autoextend.lab.faultfs BACKING_DIR MOUNTPOINT", file=sys.stderr)
+    if len(argv) not in (3, 4):
+        print("usage: python -m autoextend.lab.faultfs BACKING_DIR MOUNTPOINT [TAG]",
+              file=sys.stderr)
         return 2
     from fuse import FUSE
 
     backing, mountpoint = Path(argv[1]).resolve(), Path(argv[2]).resolve()
+    tag = argv[3] if len(argv) == 4 else ""
     # multithreaded: QEMU's I/O threads, the probe and the lab read at once
-    FUSE(_operations(backing), str(mountpoint), foreground=True, nothreads=False,
+    FUSE(_operations(backing, tag), str(mountpoint), foreground=True, nothreads=False,
          allow_other=True, direct_io=True)
     return 0
 
@@ -137,6 +144,7 @@ class FaultFs:
     backing: Path
     mountpoint: Path
     process: Process
+    tag: str = ""
 
     def path(self, name: str) -> Path:
         return self.mountpoint / name
@@ -147,13 +155,20 @@ class FaultFs:
             f.truncate(size)
         return self.path(name)
 
-    def fail(self, name: str) -> None:
-        """From the next request on, reads and writes of ``name`` fail with EIO."""
-        (self.backing / (name + FLAG_SUFFIX)).touch()
+    def fail(self, name: str, *, this_mount: bool = False) -> None:
+        """From the next request on, reads and writes of ``name`` fail with EIO (on every
+        mount of the backing directory, or with ``this_mount`` on this tagged one only)."""
+        self._flag(name, this_mount).touch()
 
-    def heal(self, name: str) -> None:
+    def heal(self, name: str, *, this_mount: bool = False) -> None:
         """From the next request on, reads and writes of ``name`` succeed again."""
-        (self.backing / (name + FLAG_SUFFIX)).unlink(missing_ok=True)
+        self._flag(name, this_mount).unlink(missing_ok=True)
+
+    def _flag(self, name: str, this_mount: bool) -> Path:
+        if this_mount and not self.tag:
+            raise ValueError("this mount has no tag")
+        stem = f"{name}.{self.tag}" if this_mount else name
+        return self.backing / (stem + FLAG_SUFFIX)
 
     async def stop(self) -> None:
         """Unmount (lazily: a QEMU may still hold a file) and end the process. Idempotent."""
@@ -174,23 +189,27 @@ class FaultFs:
 
 
 @asynccontextmanager
-async def fault_fs(directory: Path) -> AsyncIterator[FaultFs]:
-    """A fault file system over ``directory/backing`` mounted at ``directory/mnt``.
+async def fault_fs(directory: Path, backing: Path | None = None,
+                   tag: str = "") -> AsyncIterator[FaultFs]:
+    """A fault file system over ``backing`` (default ``directory/backing``) mounted at
+    ``directory/mnt``; ``tag`` names this mount for :meth:`FaultFs.fail` ``(this_mount=True)``.
 
     Raises:
         LabError: it did not mount (libfuse2/fusepy missing, no ``/dev/fuse``).
     """
-    backing, mountpoint = directory / "backing", directory / "mnt"
+    backing = backing or directory / "backing"
+    mountpoint = directory / "mnt"
     for d in (backing, mountpoint):
         await anyio.Path(d).mkdir(parents=True, exist_ok=True)
     out = await anyio.to_thread.run_sync(lambda: open(directory / "faultfs.log", "wb"))
     try:
         process = await anyio.open_process(
-            [sys.executable, "-m", "autoextend.lab.faultfs", str(backing), str(mountpoint)],
+            [sys.executable, "-m", "autoextend.lab.faultfs", str(backing), str(mountpoint),
+             *([tag] if tag else [])],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out)
     finally:
         out.close()
-    fs = FaultFs(backing, mountpoint, process)
+    fs = FaultFs(backing, mountpoint, process, tag)
     try:
         try:
             await until(lambda: process.returncode is not None or is_mounted(mountpoint),

@@ -85,6 +85,7 @@ def host_config(
     chunk_mib: int, poll_interval_s: float, metrics_port: int, engine: str = "native",
     libvirt_uri: str = "",
     hot_window_s: float | None = None,
+    metadata: Path | None = None,
     policy_extra: str = "",
 ) -> str:
     """One host's config; with ``libvirt_uri`` its hypervisor is that libvirtd (else QMP).
@@ -129,7 +130,7 @@ vgs = ["{VG}"]
 
 [lease]
 engine = "{engine}"
-path = "{pool_dir}/metadata"
+path = "{metadata or pool_dir / 'metadata'}"
 host_id = {host_id}
 host_name = "lab-host-{host_id}"
 io_timeout_s = {t["io_timeout_s"]}
@@ -167,6 +168,9 @@ class HostProcess:
     process: Process | None = None
     starts: int = 0
     env: dict[str, str] = field(default_factory=dict)  # e.g. its sanlock daemon's run dir
+    # What runs it: ``python -m autoextend`` (the chaos soak's mutation check runs
+    # ``sim.mutant_service``, which takes the same arguments).
+    runner: tuple[str, ...] = ("-m", "autoextend")
 
     def scrape(self) -> dict[str, float]:
         """The host's /metrics as {series: value} (blocking: call from a worker thread)."""
@@ -196,7 +200,7 @@ class HostProcess:
         err = await anyio.to_thread.run_sync(open_log)
         try:
             self.process = await anyio.open_process(
-                [sys.executable, "-m", "autoextend", "--config", str(self.config),
+                [sys.executable, *self.runner, "--config", str(self.config),
                  "--log-format", "json", "--log-level", "info", "run"],
                 stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                 env={**os.environ, **self.env} if self.env else None,
@@ -268,10 +272,11 @@ class Pool:
     guests: dict[str, PoolGuest] = field(default_factory=dict)
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
     sanlock_daemons: dict[int, SanlockDaemon] = field(default_factory=dict)
+    metadata_dir: Path | None = None  # where the metadata file is (default: directory)
 
     @property
     def metadata(self) -> Path:
-        return self.directory / "metadata"
+        return (self.metadata_dir or self.directory) / "metadata"
 
     def host_volumes(self, host_id: int) -> LoopVolumeBackend:
         """The pool's volumes as host ``host_id`` sees them: its own loop devices only."""
@@ -334,6 +339,9 @@ async def pool(
     engine: str = "native",
     libvirt_uris: Mapping[int, str] | None = None,
     hot_window_s: float | None = None,
+    runner: tuple[str, ...] = ("-m", "autoextend"),
+    metadata_dir: Path | None = None,
+    host_metadata: Mapping[int, Path] | None = None,
     policy_extra: str = "",
 ) -> AsyncIterator[Pool]:
     """``hosts`` autoextend processes sharing one metadata area and one volume root, in
@@ -342,13 +350,17 @@ async def pool(
     in its own mount namespace) that outlives the host's process: LabError if none starts.
     ``libvirt_uris`` gives host N the libvirt hypervisor on that libvirtd (else QMP).
     ``hot_window_s``: the SPMs' ``[mailbox] hot_window_s`` (default: the shipped 60 s).
-    ``policy_extra``: more ``[policy]`` lines for every host."""
+    ``runner``: what each host process runs (``HostProcess.runner``). ``metadata_dir``: where
+    the metadata area file is made (default ``directory``); ``host_metadata``: the path host N
+    opens it by (default the file itself), e.g. its own fault file system mount of that
+    directory, so that one host's path can fail (``lab/faultfs.py``). ``policy_extra``: more
+    ``[policy]`` lines for every host."""
     own_dir = directory is None
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="autoextend-pool-", dir="/var/tmp"))
     try:
         image = await build_guest()
-        meta = directory / "metadata"
+        meta = (metadata_dir or directory) / "metadata"
 
         def make_meta() -> None:
             with open(meta, "wb") as f:
@@ -358,7 +370,7 @@ async def pool(
         await proc.run([sys.executable, "-m", "autoextend", "lease", "init", "--path", str(meta),
                         "--max-hosts", str(MAX_HOSTS), "--engine", engine, "--yes"])
         volumes = LoopVolumeBackend(str(directory / "volumes"), 4 * MiB, LocalAuthority())
-        the_pool = Pool(directory, image, volumes)
+        the_pool = Pool(directory, image, volumes, metadata_dir=metadata_dir)
         async with the_pool.stack:
             daemons = the_pool.sanlock_daemons
             if engine == "sanlock":
@@ -375,8 +387,9 @@ async def pool(
                     directory, host_dir, host_id, time_scale=time_scale, chunk_mib=chunk_mib,
                     poll_interval_s=poll_interval_s, metrics_port=port, engine=engine,
                     libvirt_uri=(libvirt_uris or {}).get(host_id, ""),
-                    hot_window_s=hot_window_s, policy_extra=policy_extra))
-                host = HostProcess(host_id, host_dir, cfg, port)
+                    hot_window_s=hot_window_s,
+                    metadata=(host_metadata or {}).get(host_id), policy_extra=policy_extra))
+                host = HostProcess(host_id, host_dir, cfg, port, runner=runner)
                 if host_id in daemons:
                     host.env = daemons[host_id].env()
                 the_pool.hosts[host_id] = host

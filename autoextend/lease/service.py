@@ -156,7 +156,7 @@ class LeaseService(TermHolder[SpmTerm]):
         # generation, so rejoin only once the old lease is over for them anyway (expiry + W)
         # and our SPM body has exited.
         self._rejoin_not_before = expiry + self.timeouts.watchdog_fire
-        if self._term is not None:
+        if self._term is not None and self._term.enforced:  # (the term-check mutant: never)
             self.stats.fenced += 1
             self._term.end(f"host id lost: {reason}")
 

@@ -26,6 +26,8 @@ from autoextend.clock import Clock
 from autoextend.errors import NotSpmError
 from autoextend.logs import Logger
 
+MUTANT_NAP_S = 3600.0  # the guard's sleep when the term check is off (mutant only)
+
 
 class Term:
     """One tenure as SPM: lease version ``lver`` held by ``host_id``, valid until ``expiry()``
@@ -46,6 +48,11 @@ class Term:
     @property
     def expiry(self) -> float:
         return self._expiry()
+
+    @property
+    def enforced(self) -> bool:
+        """Whether this term's check runs (always, but in the term-check mutant)."""
+        return self._enforce
 
     @property
     def valid(self) -> bool:
@@ -76,7 +83,9 @@ async def guard(term: TermT, clock: Clock, body: anyio.CancelScope,
     """Sleep until the term's expiry (woken early by ``term.end``); at the expiry call
     ``fence(term)``, which must end the term; then cancel the body."""
     while term.ended is None:
-        remaining = term.expiry - clock.now()
+        # The term-check mutant (checks.term_check off) turns off the check's timer too:
+        # its term never ends by time, only by a step-down, a release or an error.
+        remaining = term.expiry - clock.now() if term.enforced else MUTANT_NAP_S
         if remaining <= 0:
             fence(term)
             break

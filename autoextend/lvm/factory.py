@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from autoextend.errors import ConfigError
 from autoextend.lvm.config import PVS_MESSAGE
+from autoextend.lvm.listing import LoopLister, LvmLister
 from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.lvmconf import LvmCommandConfig, resolve_activation
@@ -20,7 +21,7 @@ from autoextend.lvm.reserve import FreeSpaceBackend, with_reserves
 from autoextend.lvm.runner import LvmRunner, ProcessRunner
 from autoextend.lvm.shell import LvmShellRunner
 from autoextend.lvm.writer import LvmWriter, WriterTally
-from autoextend.volumes import SpmAuthority
+from autoextend.volumes import ListsVolumes, SpmAuthority
 
 if TYPE_CHECKING:
     from autoextend.lvm.config import LvmSettings, VolumeSettings
@@ -76,3 +77,12 @@ def make_pool_backend(
     backend = make_volume_backend(volumes, lvm, authority, tally)
     extent = (volumes.loop_extent_mib if volumes.backend == "loop" else extent_mib) << 20
     return with_reserves(backend, reserves_mib, extent)
+
+
+def make_volume_lister(volumes: VolumeSettings, lvm: LvmSettings) -> ListsVolumes:
+    """Every volume of a pool VG, for the SPM's committed-space scan (``listing.py``): on
+    lvm with its own read-only lvm2 process per report, as the foreign-write audit has."""
+    if volumes.backend == "loop":
+        return LoopLister(volumes.loop_root)
+    runner = ProcessRunner(lvm.lvm_binary, lvm.command_timeout_s, 1, use_aio=lvm.use_aio)
+    return LvmLister(LvmReader(runner, command_config(lvm)))

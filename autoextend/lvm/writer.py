@@ -39,6 +39,7 @@ from autoextend.lvm.reader import (
     volume_arg,
 )
 from autoextend.lvm.runner import CommandResult, LvmRunner
+from autoextend.lvm.vsize import vsize_tag
 from autoextend.names import check_name
 from autoextend.volumes import ExtendResult, SpmAuthority, VolumeRef
 
@@ -171,9 +172,14 @@ class LvmWriter:
             return ExtendResult(extents * extent_size, True)
 
     async def create_lv(
-        self, volume: VolumeRef, size: int, tags: Sequence[str] = (), activate: bool = False
+        self, volume: VolumeRef, size: int, tags: Sequence[str] = (), activate: bool = False,
+        *, virtual_size: int | None = None,
     ) -> report.LV:
-        """Create an LV of ``size`` bytes (rounded up to extents), inactive unless asked."""
+        """Create an LV of ``size`` bytes (rounded up to extents), inactive unless asked.
+        ``virtual_size``: the disk image's virtual size, set as the ``autoextend.vsize``
+        tag (``vsize.py``: the pool's committed space counts it)."""
+        if virtual_size is not None:
+            tags = [*tags, vsize_tag(virtual_size)]
         extents = extents_for(size, await self._extent_size(volume.vg))
         args = ["lvcreate", "--config", self._config, "--autobackup", "n", "--yes"]
         if activate:

@@ -61,10 +61,11 @@ class Executor:
         self, backend: VolumeBackend, authority: SpmAuthority, clock: Clock, *,
         hot_window_s: float, max_concurrent: int,
         reduce_checks: Sequence[ReduceCheck] = REDUCE_CHECKS,
-        in_use: InUseGate | None = None,
+        in_use: InUseGate | None = None, epoch: int = 0,
     ) -> None:
         self._backend = backend
         self._authority = authority
+        self._epoch = epoch  # the SPM term's lver, logged with every change (chaos checks it)
         self._max_concurrent = max_concurrent
         self._in_use = in_use
         self._reduces = ReduceDesk(backend, authority, clock, hot_window_s, reduce_checks,
@@ -142,5 +143,5 @@ class Executor:
         result = await self._backend.extend(volume, req.size)
         log.info("volume extended" if result.changed else "volume already large enough",
                  volume=str(volume), size=result.size, host_id=host,
-                 request_id=req.request_id)
+                 request_id=req.request_id, lver=self._epoch)
         return Verdict(Status.OK, result.size)

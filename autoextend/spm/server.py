@@ -104,7 +104,8 @@ class SpmMailServer:
         self._executor = Executor(backend, authority, self._clock,
                                   hot_window_s=settings.hot_window_s,
                                   max_concurrent=settings.max_concurrent_extends,
-                                  reduce_checks=reduce_checks, in_use=in_use)
+                                  reduce_checks=reduce_checks, in_use=in_use,
+                                  epoch=epoch)
         self._accepting = True
         self._scan_cursor = 0
         self._scan_credit = 0.0

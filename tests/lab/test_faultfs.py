@@ -48,3 +48,30 @@ async def test_fails_with_eio_while_flagged_and_recovers(lab_tmp_path: Path) -> 
         assert (fs.backing / "a.img").read_bytes()[:BLOCK] == b"\x5a" * BLOCK
         mountpoint = fs.mountpoint
     assert not is_mounted(mountpoint)
+
+
+async def test_tagged_mounts_fail_one_path_or_every_path(lab_tmp_path: Path) -> None:
+    """Two hosts' paths to one shared file (two tagged mounts of one backing directory, as
+    the chaos soak gives its hosts the metadata area): one path fails alone, or both."""
+    backing = lab_tmp_path / "shared"
+    async with fault_fs(lab_tmp_path / "p1", backing=backing, tag="h1") as one, \
+            fault_fs(lab_tmp_path / "p2", backing=backing, tag="h2") as two:
+        await anyio.to_thread.run_sync(one.create, "meta", 1 << 20)
+        a, b = one.path("meta"), two.path("meta")
+        assert direct_io(a, write=True) == 0
+        one.fail("meta", this_mount=True)
+        assert direct_io(a, write=False) == errno.EIO
+        assert direct_io(b, write=False) == 0  # the other path still works
+        one.heal("meta", this_mount=True)
+        two.fail("meta")  # untagged: the file itself, on every path
+        assert direct_io(a, write=False) == errno.EIO
+        assert direct_io(b, write=False) == errno.EIO
+        two.heal("meta")
+        assert direct_io(a, write=False) == 0 and direct_io(b, write=False) == 0
+        with pytest.raises(ValueError):
+            await fault_fs_without_tag_fail(lab_tmp_path)
+
+
+async def fault_fs_without_tag_fail(directory: Path) -> None:
+    async with fault_fs(directory / "plain") as fs:
+        fs.fail("x", this_mount=True)

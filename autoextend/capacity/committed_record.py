@@ -1,0 +1,168 @@
+"""The SPM's committed-space record: a companion sector of the VG record (pure codec).
+
+The VG record (``record.py``) has no spare byte left in its version 2 entries, and a new
+version of it would make every host of the previous release refuse it during a rolling
+upgrade (no VG figures, so no critical-level gate on those hosts until they are upgraded).
+The committed space goes into a sector of its own instead, which earlier releases never
+read: the sector before the VG record's 4 KiB, ``area offset + 4 MiB - 12 KiB``. Nothing
+else reaches it at either sector size: the native paxos dblocks end at +2 MiB + 502 x 4 KiB
+(500 hosts at 4 KiB sectors; 2002 x 512 B at 512 B), sanlock's lockspace and resource end at
++2 MiB, the VG record is at +4 MiB - 8 KiB and the engine record at +4 MiB - 4 KiB
+(``tests/capacity/test_committed_record.py`` checks it). One writer (the SPM, checking its
+term before every write); a zeroed sector means "never published".
+
+Layout (little-endian)::
+
+    0   4s   magic "AXCM"
+    4   u8   version 1
+    5   u8   count           VG entries that follow (<= (sector - 32) // 96)
+    6   u16  reserved        0
+    8   u32  host_id         the SPM that wrote it (1..2000)
+    12  u32  crc32           of the whole sector with this field zeroed
+    16  u64  seq             one more at every write
+    24  u64  published_ms    wall-clock time of the write, ms since the Unix epoch
+    32  entries, 96 bytes each:
+        0  u8   name_len     1..64
+        1  7s   reserved     0
+        8  64s  name         ASCII VG name, NUL padded (lvm2 name rules)
+        72 u64  size         the VG's bytes, < 2**63
+        80 u64  committed    the known virtual sizes of its volumes, summed, < 2**63
+        88 u32  volumes      its volumes, counted
+        92 u32  unknown      of them, those of unknown virtual size, <= volumes
+
+Why a wall-clock time: ``autoextend pool admit`` is a one-shot command on any host; it
+cannot watch ``seq`` move for a while as the service's watcher does. A record older than
+3 x ``[capacity] committed_interval_s`` (the SPM writes one every interval) is stale: no
+SPM, a frozen one, or an SPM of an earlier release, which never writes this sector. The
+hosts' clocks must agree within that margin (NTP); a record dated in the future by more than
+it is stale too.
+
+Rolling upgrade: hosts of the previous release never read or write this sector, and the VG
+record stays as it was (version 1 or 2): nothing changes for them. While the SPM runs the
+previous release, no record is written (or the last one goes stale), and ``pool admit`` on
+an upgraded host says so (exit 2) instead of answering from old figures. A downgrade leaves
+a record that goes stale by its time.
+
+5 VGs fit in a 512 B sector, 42 in 4 KiB: the VG record's own capacity, so every VG the VG
+record carries has its committed figures here (sorted by name, the rest left out).
+
+I/O: the SPM writes one sector per ``committed_interval_s`` (30 s: 0.03 writes/s); reads
+happen only when someone runs ``pool admit``.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+from autoextend.capacity.admission import VgCommitted
+from autoextend.metadata_area import LEASE_AREA_SIZE
+from autoextend.names import is_valid_name
+
+MAGIC = b"AXCM"
+VERSION = 1
+HEADER = struct.Struct("<4sBBHIIQQ")
+ENTRY = struct.Struct("<B7s64sQQII")
+HEADER_SIZE = 32
+ENTRY_SIZE = 96
+NAME_FIELD = 64
+CRC_OFFSET = 12
+MAX_HOST_ID = 2000
+MAX_SIZE = (1 << 63) - 1
+U32_MAX = (1 << 32) - 1
+RECORD_FROM_END = 12288  # the VG record has the 4 KiB after it, the engine record the last
+assert HEADER.size == HEADER_SIZE and ENTRY.size == ENTRY_SIZE
+
+
+class BadCommittedRecord(ValueError):
+    """The sector is not a valid committed-space record."""
+
+
+@dataclass(frozen=True)
+class CommittedRecord:
+    host_id: int
+    seq: int
+    published_ms: int
+    vgs: tuple[VgCommitted, ...]
+
+
+def record_offset(area_offset: int, sector_size: int) -> int:
+    """Absolute offset of the record (``area offset + 4 MiB - 12 KiB``)."""
+    assert sector_size <= 4096
+    return area_offset + LEASE_AREA_SIZE - RECORD_FROM_END
+
+
+def capacity(sector_size: int) -> int:
+    return (sector_size - HEADER_SIZE) // ENTRY_SIZE
+
+
+def encode(rec: CommittedRecord, sector_size: int) -> bytes:
+    """One sector; entries past its capacity are left out (sorted by name first).
+    ValueError for values no decoder would accept."""
+    vgs = sorted(rec.vgs, key=lambda v: v.vg)[: capacity(sector_size)]
+    if not 1 <= rec.host_id <= MAX_HOST_ID or not 0 <= rec.seq <= MAX_SIZE \
+            or not 0 <= rec.published_ms <= MAX_SIZE:
+        raise ValueError("host_id, seq or published_ms out of range")
+    out = bytearray(sector_size)
+    for i, v in enumerate(vgs):
+        name = v.vg.encode("ascii", errors="replace")
+        if not is_valid_name(v.vg) or len(name) > NAME_FIELD:
+            raise ValueError(f"VG name not publishable: {v.vg!r}")
+        if not (0 <= v.size <= MAX_SIZE and 0 <= v.committed <= MAX_SIZE
+                and 0 <= v.unknown <= v.volumes <= U32_MAX):
+            raise ValueError(f"VG {v.vg}: figures out of range")
+        ENTRY.pack_into(out, HEADER_SIZE + i * ENTRY_SIZE, len(name), bytes(7), name, v.size,
+                        v.committed, v.volumes, v.unknown)
+    HEADER.pack_into(out, 0, MAGIC, VERSION, len(vgs), 0, rec.host_id, 0, rec.seq,
+                     rec.published_ms)
+    struct.pack_into("<I", out, CRC_OFFSET, zlib.crc32(out))
+    return bytes(out)
+
+
+def decode(data: bytes) -> CommittedRecord | None:
+    """The record in ``data`` (one sector), None for a zeroed sector; BadCommittedRecord
+    for anything that fails a check."""
+    if not any(data):
+        return None
+    if len(data) not in (512, 4096):
+        raise BadCommittedRecord(f"not one sector ({len(data)} bytes)")
+    magic, version, count, reserved, host_id, crc, seq, published_ms = HEADER.unpack_from(data)
+    if magic != MAGIC or version != VERSION:
+        raise BadCommittedRecord("bad magic or version")
+    check = bytearray(data)
+    struct.pack_into("<I", check, CRC_OFFSET, 0)
+    if zlib.crc32(check) != crc:
+        raise BadCommittedRecord("bad checksum")
+    if reserved:
+        raise BadCommittedRecord("reserved header field is not zero")
+    if not 1 <= host_id <= MAX_HOST_ID:
+        raise BadCommittedRecord(f"host id {host_id} out of range")
+    if seq > MAX_SIZE or published_ms > MAX_SIZE:
+        raise BadCommittedRecord("seq or time out of range")
+    if count > capacity(len(data)):
+        raise BadCommittedRecord(f"{count} entries do not fit")
+    if any(data[HEADER_SIZE + count * ENTRY_SIZE:]):
+        raise BadCommittedRecord("bytes after the last entry are not zero")
+    vgs = []
+    for i in range(count):
+        name_len, pad, name, size, committed, volumes, unknown = ENTRY.unpack_from(
+            data, HEADER_SIZE + i * ENTRY_SIZE)
+        if any(pad):
+            raise BadCommittedRecord(f"entry {i}: reserved field is not zero")
+        if not 1 <= name_len <= NAME_FIELD or any(name[name_len:]):
+            raise BadCommittedRecord(f"entry {i}: bad name length or padding")
+        try:
+            vg = name[:name_len].decode("ascii")
+        except UnicodeDecodeError:
+            raise BadCommittedRecord(f"entry {i}: name is not ASCII") from None
+        if not is_valid_name(vg):
+            raise BadCommittedRecord(f"entry {i}: not a valid VG name")
+        if size > MAX_SIZE or committed > MAX_SIZE:
+            raise BadCommittedRecord(f"entry {i}: size or committed out of range")
+        if unknown > volumes:
+            raise BadCommittedRecord(f"entry {i}: more unknown volumes than volumes")
+        vgs.append(VgCommitted(vg, size, committed, volumes, unknown))
+    if len({v.vg for v in vgs}) != len(vgs):
+        raise BadCommittedRecord("a VG appears twice")
+    return CommittedRecord(host_id, seq, published_ms, tuple(vgs))

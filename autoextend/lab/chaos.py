@@ -1,0 +1,515 @@
+"""The chaos soak: real hosts, SPM, storage and guests failing at random, with nothing lost.
+
+:func:`soak` starts a multi-host lab (``lab/multihost.py``: ``autoextend run`` processes in
+mailbox mode, each with its own loop views, one shared lease and mailbox area), boots TCG
+guests that write the verifiable pattern at their own rates, and runs a seeded fault
+schedule (``chaos_plan.py``) against them. A supervisor restarts any host process that
+exits outside a fault, as systemd would, and counts it. After the schedule it lets every
+guest finish and checks the invariants:
+
+- every guest's data verifies (the guest compares what it reads back with the pattern);
+- ``qemu-img check`` of every volume is clean;
+- no guest is left paused once the faults have healed (a guest that never finishes its
+  writes is one);
+- no volume grew more than its writes need plus two chunks;
+- never two SPM writers in one term, and no change under a stale term (the SPMs' logs);
+- no traceback in any log;
+- every host ends running, with every VM it runs watched.
+
+The result is a :class:`SoakReport`; ``bench/chaos.py`` writes it as JSON and one page of
+Markdown, with the line that replays the run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from autoextend.errors import AutoextendError
+from autoextend.lab import chaos_plan as plan
+from autoextend.lab.faultfs import FaultFs, fault_fs
+from autoextend.lab.guest import GuestJob, GuestResult
+from autoextend.lab.migrate import start_destination, start_migration
+from autoextend.lab.multihost import VG, HostProcess, Pool, PoolGuest, pool
+from autoextend.lab.qemu import QemuVm
+from autoextend.lab.thinvol import qemu_img_check
+from autoextend.logs import get_logger
+from autoextend.lvm import loopdev
+from autoextend.lvm.loop_backend import vg_used
+
+log = get_logger("lab.chaos")
+
+MiB = 1 << 20
+EXTENT = 4 * MiB
+SETTLE_S = 90.0  # after the schedule: how long every host has to be up and watching
+MIGRATION_BPS = 8 * MiB  # slow enough that the hold decides when it ends
+METADATA = "metadata"  # the metadata area's file name (lab/multihost.py)
+
+
+@dataclass(frozen=True)
+class SoakConfig:
+    seed: int
+    duration_s: float = 600.0
+    hosts: int = 3
+    guests: int = 4
+    chunk_mib: int = 16
+    start_mib: int = 32
+    rates_mib_s: tuple[float, float] = (0.5, 2.0)
+    timing: plan.Timing = plan.Timing()
+    kinds: tuple[str, ...] = plan.FAULT_KINDS
+    # Checks fields the hosts run with off (``sim/mutant_service.py``): the mutation check.
+    mutant: tuple[str, ...] = ()
+    directory: Path | None = None
+
+    def replay(self) -> str:
+        args = [f"--seed {self.seed}", f"--duration {self.duration_s:g}",
+                f"--hosts {self.hosts}", f"--guests {self.guests}"]
+        if self.mutant:
+            args.append(f"--mutant {','.join(self.mutant)}")
+        if set(self.kinds) != set(plan.FAULT_KINDS):
+            args.append(f"--kinds {','.join(self.kinds)}")
+        return "python -m bench.chaos " + " ".join(args)
+
+
+@dataclass
+class FaultRecord:
+    kind: str
+    target: str
+    start_s: float
+    end_s: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class SoakReport:
+    config: dict[str, Any]
+    replay: str
+    faults: list[FaultRecord] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    unexpected_exits: list[str] = field(default_factory=list)
+    guests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pauses: list[dict[str, Any]] = field(default_factory=list)
+    extensions: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return not self.violations
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["passed"] = self.passed
+        return out
+
+
+@dataclass
+class _Guest:
+    name: str
+    job: GuestJob
+    guest: PoolGuest
+    migrating: bool = False
+    result: GuestResult | None = None
+
+
+class Soak:
+    """One soak run on a started pool."""
+
+    def __init__(self, cfg: SoakConfig, p: Pool, paths: dict[int, FaultFs]) -> None:
+        self.cfg = cfg
+        self.pool = p
+        self.paths = paths  # each host's path to the metadata area (a fault fs mount)
+        self.rng = random.Random(cfg.seed ^ 0x5EED)
+        self.report = SoakReport(config=_config_json(cfg), replay=cfg.replay())
+        self.guests: dict[str, _Guest] = {}
+        self.held_down: set[int] = set()  # hosts a fault keeps down or stopped
+        self.t0 = 0.0  # the schedule's start (anyio clock)
+        self.wall0 = 0.0  # the same instant, wall clock (log timestamps)
+
+    def now(self) -> float:
+        return round(anyio.current_time() - self.t0, 3)
+
+    # ------------------------------------------------------------------ setup
+
+    async def start_guests(self) -> None:
+        hosts = sorted(self.pool.hosts)
+        for i in range(self.cfg.guests):
+            rate = self.rng.uniform(*self.cfg.rates_mib_s)
+            mib = max(self.cfg.chunk_mib * 2, int(rate * self.cfg.duration_s))
+            job = GuestJob(mib=mib, rate_kib_s=int(rate * 1024), seed=100 + i)
+            name = f"chaos{i}"
+            host = hosts[i % len(hosts)]
+            guest = await self.pool.start_guest(
+                host, name, job, start_mib=self.cfg.start_mib,
+                virtual_mib=max(1024, 2 * mib))
+            self.guests[name] = _Guest(name, job, guest)
+
+    # ------------------------------------------------------------------ supervision
+
+    async def supervise(self) -> None:
+        """Restart a host process that exited while no fault holds it down (systemd's
+        ``Restart=on-failure``); each such exit is reported."""
+        while True:
+            await anyio.sleep(0.5)  # time is the subject: a supervisor's poll
+            for host_id, host in self.pool.hosts.items():
+                proc = host.process
+                if host_id in self.held_down or proc is None or proc.returncode is None:
+                    continue
+                self.report.unexpected_exits.append(
+                    f"host {host_id} exited ({proc.returncode}) at {self.now()} s")
+                log.warning("host exited outside a fault; restarting", host_id=host_id,
+                            rc=proc.returncode)
+                await self._start(host)
+
+    async def _start(self, host: HostProcess) -> None:
+        for attempt in range(5):
+            try:
+                await host.start()
+                return
+            except AutoextendError as err:
+                log.warning("host restart failed", host_id=host.host_id, error=str(err),
+                            attempt=attempt)
+                await anyio.sleep(1.0)  # time is the subject: a restart back-off
+        self.report.violations.append(f"host {host.host_id} does not start again")
+
+    # ------------------------------------------------------------------ faults
+
+    async def run_lane(self, faults: list[plan.Fault]) -> None:
+        for fault in faults:
+            await anyio.sleep_until(self.t0 + fault.at_s)
+            record = FaultRecord(fault.kind, "", self.now())
+            self.report.faults.append(record)
+            log.info("fault", kind=fault.kind, hold_s=fault.hold_s)
+            try:
+                await getattr(self, "_" + fault.kind.replace("-", "_"))(fault, record)
+            except (AutoextendError, OSError) as err:
+                record.detail = f"not applied: {err}"
+            record.end_s = self.now()
+
+    async def _spm(self) -> int | None:
+        return await self.pool.spm_host()
+
+    async def _kill_host(self, fault: plan.Fault, record: FaultRecord) -> None:
+        host = self.pool.hosts[sorted(self.pool.hosts)[fault.pick % len(self.pool.hosts)]]
+        await self._down(host, fault.hold_s, record)
+
+    async def _kill_spm(self, fault: plan.Fault, record: FaultRecord) -> None:
+        spm = await self._spm()
+        if spm is None:
+            record.detail = "no SPM to kill"
+            return
+        await self._down(self.pool.hosts[spm], fault.hold_s, record)
+
+    async def _down(self, host: HostProcess, hold_s: float, record: FaultRecord) -> None:
+        record.target = f"host {host.host_id}"
+        self.held_down.add(host.host_id)
+        try:
+            await host.kill()
+            await anyio.sleep(hold_s)  # time is the subject: the host stays dead
+            await self._start(host)
+        finally:
+            self.held_down.discard(host.host_id)
+
+    async def _stop_spm(self, fault: plan.Fault, record: FaultRecord) -> None:
+        spm = await self._spm()
+        if spm is None:
+            record.detail = "no SPM to stop"
+            return
+        host = self.pool.hosts[spm]
+        record.target = f"host {spm}"
+        proc = host.process
+        if proc is None or proc.returncode is not None:
+            record.detail = "not running"
+            return
+        self.held_down.add(spm)
+        try:
+            proc.send_signal(signal.SIGSTOP)
+            await anyio.sleep(fault.hold_s)  # time is the subject: a frozen holder
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGCONT)
+            self.held_down.discard(spm)
+
+    async def _step_down(self, fault: plan.Fault, record: FaultRecord) -> None:
+        spm = await self._spm()
+        if spm is None:
+            record.detail = "no SPM"
+            return
+        record.target = f"host {spm}"
+        cli = [sys.executable, "-m", "autoextend", "--config", str(self.pool.hosts[spm].config),
+               "spm", "step-down"]
+        done = await anyio.run_process(cli, check=False)
+        record.detail = f"exit {done.returncode}"
+        await anyio.sleep(fault.hold_s)  # time is the subject: the next fault waits
+
+    async def _reload(self, fault: plan.Fault, record: FaultRecord) -> None:
+        host = self._pick_host(fault)
+        record.target = f"host {host.host_id}"
+        text = host.config.read_text()
+        changed = text.replace("poll_interval_s = 1.0", "poll_interval_s = 0.9")
+        if changed == text:
+            changed = text.replace("poll_interval_s = 0.9", "poll_interval_s = 1.0")
+        host.config.write_text(changed)
+        self._hup(host)
+        await anyio.sleep(fault.hold_s)  # time is the subject: the next fault waits
+
+    async def _reload_broken(self, fault: plan.Fault, record: FaultRecord) -> None:
+        host = self._pick_host(fault)
+        record.target = f"host {host.host_id}"
+        good = host.config.read_text()
+        try:
+            host.config.write_text(good + "\n[policy\nchunk_mib = -3\n")
+            self._hup(host)
+            await anyio.sleep(fault.hold_s)  # time is the subject: the broken file stays
+        finally:
+            host.config.write_text(good)
+            self._hup(host)
+
+    def _pick_host(self, fault: plan.Fault) -> HostProcess:
+        return self.pool.hosts[sorted(self.pool.hosts)[fault.pick % len(self.pool.hosts)]]
+
+    @staticmethod
+    def _hup(host: HostProcess) -> None:
+        if host.process is not None and host.process.returncode is None:
+            host.process.send_signal(signal.SIGHUP)
+
+    async def _vg_full(self, fault: plan.Fault, record: FaultRecord) -> None:
+        root = str(self.pool.directory / "volumes" / VG)
+        used = await anyio.to_thread.run_sync(vg_used, root)
+        record.target = VG
+        record.detail = f"capacity {used} bytes (no free extent)"
+        try:
+            await self.pool.volumes.set_vg_capacity(VG, used)
+            await anyio.sleep(fault.hold_s)  # time is the subject: the VG stays full
+        finally:
+            await self.pool.volumes.set_vg_capacity(VG, None)
+
+    async def _meta_errors(self, fault: plan.Fault, record: FaultRecord) -> None:
+        """EIO on every read and write of the metadata area: on every host (the LUN) or on
+        one host's path."""
+        if not self.paths:
+            record.detail = "no fault file system"
+            return
+        hosts = sorted(self.paths)
+        one = fault.pick % 2 == 1
+        fs = self.paths[hosts[(fault.pick >> 1) % len(hosts)]]
+        record.target = f"host {fs.tag.removeprefix('h')}'s path" if one else "every host"
+        fs.fail(METADATA, this_mount=one)
+        try:
+            await anyio.sleep(fault.hold_s)  # time is the subject: the storage stays broken
+        finally:
+            fs.heal(METADATA, this_mount=one)
+
+    async def _migrate(self, fault: plan.Fault, record: FaultRecord) -> None:
+        running = [g for g in self.guests.values() if g.result is None and not g.migrating
+                   and g.guest.vm.returncode is None]
+        if not running:
+            record.detail = "no running guest"
+            return
+        g = running[fault.pick % len(running)]
+        others = [h for h in sorted(self.pool.hosts) if h != g.guest.host_id]
+        target = others[(fault.pick >> 8) % len(others)]
+        record.target = f"{g.name}: host {g.guest.host_id} -> {target}"
+        g.migrating = True
+        try:
+            await self._migrate_guest(g, target, fault.hold_s, record)
+        finally:
+            g.migrating = False
+
+    async def _migrate_guest(self, g: _Guest, target: int, hold_s: float,
+                             record: FaultRecord) -> None:
+        p, source = self.pool, g.guest
+        device = await p.host_volumes(target).attach(source.volume)
+        workdir = p.directory / "vms" / f"{g.name}-{len(self.report.faults)}-{target}"
+        dest = await start_destination(source.vm, [device], workdir,
+                                       p.hosts[target].directory / "qmp")
+        p.stack.push_async_callback(dest.stop)
+        sock = p.directory / f"{g.name}-{len(self.report.faults)}.mig"
+        migration = await start_migration(source.vm, dest, sock, max_bandwidth=MIGRATION_BPS)
+        await anyio.sleep(hold_s)  # time is the subject: the migration stays open
+        status = await migration.finish(timeout=120)
+        record.detail = status
+        if status == "completed":
+            # No guest runs on a view smaller than what was written: what the guest wrote
+            # on the source (now stopped after the switchover) must fit in the
+            # destination's view (a later refresh only grows it: never a false alarm).
+            written = await highest_write(source.vm)
+            view = await anyio.to_thread.run_sync(loopdev.size_of, device)
+            record.detail += f"; written {written}, destination view {view}"
+            if written is not None and view < written:
+                self.report.violations.append(
+                    f"{g.name} runs on host {target} with a view of {view} bytes, less than "
+                    f"the {written} bytes written on host {source.host_id} (stale view)")
+            await source.vm.stop()
+            g.guest = PoolGuest(dest, target, source.volume, device)
+            p.guests[g.name] = g.guest
+        else:
+            await dest.stop()
+
+    # ------------------------------------------------------------------ the end
+
+    async def settle(self) -> None:
+        """Every host running and watching every VM it runs (within SETTLE_S)."""
+        deadline = anyio.current_time() + SETTLE_S
+        missing: list[str] = []
+        while anyio.current_time() < deadline:
+            missing = await self._unwatched()
+            if not missing:
+                return
+            await anyio.sleep(0.5)  # time is the subject: polling the hosts' status
+        self.report.violations.extend(missing)
+
+    async def _unwatched(self) -> list[str]:
+        out = []
+        for host_id, host in self.pool.hosts.items():
+            if host.process is None or host.process.returncode is not None:
+                out.append(f"host {host_id} is not running")
+                continue
+            try:
+                status = await host.status()
+            except AutoextendError as err:
+                out.append(f"host {host_id} does not answer: {err}")
+                continue
+            watched = {v["vm"] for v in status.get("vms", []) if v.get("drives")}
+            for g in self.guests.values():
+                if (g.guest.host_id == host_id and g.guest.vm.returncode is None
+                        and g.name not in watched):
+                    out.append(f"host {host_id} does not watch {g.name}")
+        return out
+
+    async def finish_guests(self, timeout_s: float) -> None:
+        async def one(g: _Guest) -> None:
+            try:
+                g.result = await g.guest.vm.result(timeout=timeout_s)
+            except AutoextendError as err:
+                self.report.violations.append(
+                    f"{g.name} did not finish its writes (left paused?): {err.args[0]}")
+
+        async with anyio.create_task_group() as tg:
+            for g in self.guests.values():
+                tg.start_soon(one, g)
+
+    async def check(self) -> None:
+        r, cfg = self.report, self.cfg
+        events = [(h, e) for h, host in self.pool.hosts.items() for e in host.log_events()]
+        for g in self.guests.values():
+            path = str(self.pool.directory / "volumes" / VG / g.guest.volume.lv)
+            size = os.stat(path).st_size
+            await g.guest.vm.wait_exit(timeout=120)
+            check = await qemu_img_check(path)
+            res = g.result
+            r.guests[g.name] = {
+                "host": g.guest.host_id, "mib": g.job.mib, "rate_kib_s": g.job.rate_kib_s,
+                "verified": bool(res and res.verified), "error": res.error if res else "none",
+                "size": size, "image_end_offset": check.image_end_offset,
+                "qemu_img_check_clean": check.clean,
+            }
+            if res is not None and not res.verified:
+                r.violations.append(f"{g.name}: data does not verify ({res.error})")
+            if not check.clean:
+                r.violations.append(f"{g.name}: qemu-img check not clean: {check.raw}")
+            bad = plan.growth_violation(g.name, size, cfg.start_mib * MiB,
+                                        check.image_end_offset, cfg.chunk_mib * MiB, EXTENT)
+            if bad:
+                r.violations.append(bad)
+        r.violations.extend(plan.spm_writer_violations(events))
+        for host_id, host in self.pool.hosts.items():
+            r.violations.extend(plan.tracebacks(host_id, host.log_path.read_text(
+                errors="replace")))
+        found = plan.pauses(events)
+        r.pauses = [{"vm": x.vm, "host": x.host, "reason": x.reason,
+                     "at_s": round(x.start - self.wall0, 3),
+                     "duration_s": None if x.duration_s is None else round(x.duration_s, 3)}
+                    for x in found]
+        lat = plan.extension_latencies(events)
+        every = [v for values in lat.values() for v in values]
+        r.extensions = {"count": len(every), "p50_s": plan.percentile(every, 0.5),
+                        "p99_s": plan.percentile(every, 0.99),
+                        "max_s": max(every) if every else None,
+                        "spm_changes": sum(1 for _, e in events
+                                           if e.get("event") == "volume extended")}
+
+
+async def highest_write(vm: QemuVm) -> int | None:
+    """The highest offset the guest's drive wrote on its device (``query-blockstats``: the
+    protocol node's ``wr_highest_offset``), or None if QEMU does not say."""
+    async with vm.qmp("chaos") as client:
+        reply = await client.execute("query-blockstats")
+    if not isinstance(reply, list) or not reply:
+        return None
+    parent = reply[0].get("parent") if isinstance(reply[0], dict) else None
+    try:
+        return int(parent["stats"]["wr_highest_offset"])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _config_json(cfg: SoakConfig) -> dict[str, Any]:
+    out = asdict(cfg)
+    out["directory"] = str(cfg.directory) if cfg.directory else None
+    return out
+
+
+async def soak(cfg: SoakConfig) -> SoakReport:
+    """Run one soak; the lab is always torn down (its directory too, unless it was given
+    or ``AUTOEXTEND_KEEP_POOL`` is set)."""
+    started = time.monotonic()
+    runner = ("-m", "sim.mutant_service", "--off", ",".join(cfg.mutant)) if cfg.mutant \
+        else ("-m", "autoextend")
+    faults = plan.plan_faults(cfg.seed, cfg.duration_s, cfg.timing, cfg.kinds)
+    directory = cfg.directory or Path(tempfile.mkdtemp(prefix="autoextend-chaos-",
+                                                       dir="/var/tmp"))
+    try:
+        return await _soak(cfg, directory, runner, faults, started)
+    finally:
+        if cfg.directory is None and not os.environ.get("AUTOEXTEND_KEEP_POOL"):
+            await anyio.to_thread.run_sync(
+                lambda: shutil.rmtree(directory, ignore_errors=True))
+
+
+async def _soak(cfg: SoakConfig, directory: Path, runner: tuple[str, ...],
+                faults: list[plan.Fault], started: float) -> SoakReport:
+    async with AsyncExitStack() as stack:
+        paths: dict[int, FaultFs] = {}
+        if any(k in plan.STORAGE_FAULTS for k in cfg.kinds):
+            # Each host reaches the metadata area through its own mount of one directory,
+            # so that the area can fail for every host or on one host's path.
+            for host_id in range(1, cfg.hosts + 1):
+                paths[host_id] = await stack.enter_async_context(fault_fs(
+                    directory / f"path-{host_id}", backing=directory / "meta",
+                    tag=f"h{host_id}"))
+        p = await stack.enter_async_context(pool(
+            cfg.hosts, chunk_mib=cfg.chunk_mib, poll_interval_s=1.0,
+            directory=directory, runner=runner,
+            metadata_dir=directory / "meta" if paths else None,
+            host_metadata={h: fs.path(METADATA) for h, fs in paths.items()}))
+        run = Soak(cfg, p, paths)
+        await p.wait_for_spm()
+        await run.start_guests()
+        for g in run.guests.values():
+            await g.guest.vm.wait_for_start(timeout=300)
+        run.t0, run.wall0 = anyio.current_time(), time.time()
+        log.info("chaos soak started", seed=cfg.seed, faults=len(faults),
+                 replay=cfg.replay())
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run.supervise)
+            async with anyio.create_task_group() as lanes:
+                for lane in (0, 1):
+                    lanes.start_soon(run.run_lane, [f for f in faults if f.lane == lane])
+            await run.settle()
+            await run.finish_guests(timeout_s=max(300.0, cfg.duration_s))
+            tg.cancel_scope.cancel()
+        await run.settle()
+        await run.check()
+        run.report.elapsed_s = round(time.monotonic() - started, 1)
+        return run.report

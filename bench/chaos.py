@@ -1,0 +1,150 @@
+"""``make chaos``: the chaos soak of the real system (``autoextend/lab/chaos.py``).
+
+    python -m bench.chaos [--seed N] [--duration 600] [--hosts 3] [--guests 4]
+                          [--mutant term_check,protect_views] [--kinds K,...] [--out DIR]
+
+3 ``autoextend run`` hosts in mailbox mode, TCG guests writing the verifiable pattern, and
+a seeded schedule of host kills, SPM freezes and kills, step-downs, config reloads (some
+broken), a full VG and live migrations. Without ``--seed`` a random seed is chosen and
+printed first. Writes ``chaos-<seed>.json`` and ``chaos-<seed>.md`` (one page: the faults,
+the pauses, extension latencies under fault, every invariant violation, and the line that
+replays the run) under ``--out`` (default ``bench/results/``). Exit 0 when every invariant
+held, 1 when one did not, 2 for bad arguments.
+
+``--mutant`` runs every host with those safety checks off (``sim/mutant_service.py``): the
+mutation check, which must end in a violation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from autoextend import logs
+from autoextend.checks import Checks
+from autoextend.lab.chaos import SoakConfig, SoakReport, soak
+from autoextend.lab.chaos_plan import FAULT_KINDS
+from bench import results_file
+
+
+def render(report: SoakReport) -> str:
+    """The one-page Markdown report."""
+    cfg = report.config
+    lines = [
+        f"# Chaos soak, seed {cfg['seed']}: {'PASSED' if report.passed else 'FAILED'}",
+        "",
+        f"{cfg['hosts']} hosts, {cfg['guests']} guests, {cfg['duration_s']:g} s of faults, "
+        f"{report.elapsed_s:g} s in all; chunk {cfg['chunk_mib']} MiB."
+        + (f" Mutant: checks off {cfg['mutant']}." if cfg["mutant"] else ""),
+        "",
+        f"Replay: `{report.replay}`",
+        "",
+        "## Invariant violations",
+        "",
+    ]
+    lines += [f"- {v}" for v in report.violations] or ["None."]
+    lines += ["", f"## Faults ({len(report.faults)})", "",
+              "| at s | kind | target | held s | detail |", "|---|---|---|---|---|"]
+    for f in report.faults:
+        lines.append(f"| {f.start_s:.1f} | {f.kind} | {f.target} | "
+                     f"{f.end_s - f.start_s:.1f} | {f.detail} |")
+    # A "migration" pause is the source's switchover (its QEMU then stops): not a pause the
+    # guest feels beyond the migration's downtime, so it is left out of the worst pause.
+    durations = [p["duration_s"] for p in report.pauses
+                 if p["duration_s"] is not None and p["reason"] != "migration"]
+    lines += ["", f"## Pauses ({len(report.pauses)})", ""]
+    if report.pauses:
+        worst = max(durations) if durations else None
+        lines.append(f"Worst pause: {worst:.2f} s." if worst is not None else
+                     "No pause ended.")
+        lines += ["", "| at s | vm | host | reason | duration s |", "|---|---|---|---|---|"]
+        for p in report.pauses:
+            d = ("switchover" if p["reason"] == "migration" else "open") \
+                if p["duration_s"] is None else f"{p['duration_s']:.2f}"
+            lines.append(f"| {p['at_s']:.1f} | {p['vm']} | {p['host']} | {p['reason']} | "
+                         f"{d} |")
+    else:
+        lines.append("None.")
+    ext = report.extensions
+    lines += ["", "## Extensions", "",
+              f"{ext.get('count', 0)} extensions seen by the hosts' monitors, "
+              f"{ext.get('spm_changes', 0)} changes made by the SPMs; threshold to re-armed: "
+              f"p50 {_s(ext.get('p50_s'))}, p99 {_s(ext.get('p99_s'))}, "
+              f"max {_s(ext.get('max_s'))}.", "",
+              "## Guests", "", "| guest | host | MiB | KiB/s | verified | size | check |",
+              "|---|---|---|---|---|---|---|"]
+    for name, g in sorted(report.guests.items()):
+        lines.append(f"| {name} | {g['host']} | {g['mib']} | {g['rate_kib_s']} | "
+                     f"{g['verified']} | {g['size']} | "
+                     f"{'clean' if g['qemu_img_check_clean'] else 'NOT clean'} |")
+    if report.unexpected_exits:
+        lines += ["", "## Host exits outside a fault (restarted)", ""]
+        lines += [f"- {x}" for x in report.unexpected_exits]
+    return "\n".join(lines) + "\n"
+
+
+def _s(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f} s"
+
+
+def write(report: SoakReport, out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"chaos-{report.config['seed']}" + ("-mutant" if report.config["mutant"] else "")
+    js, md = out / f"{stem}.json", out / f"{stem}.md"
+    js.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    md.write_text(render(report))
+    return js, md
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.chaos",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds of faults")
+    parser.add_argument("--hosts", type=int, default=3)
+    parser.add_argument("--guests", type=int, default=4)
+    parser.add_argument("--mutant", default="", help="Checks fields to turn off, comma-separated")
+    parser.add_argument("--kinds", default=",".join(FAULT_KINDS),
+                        help="fault kinds to schedule, comma-separated (default: all)")
+    parser.add_argument("--out", type=Path, default=results_file("x").parent)
+    args = parser.parse_args(argv)
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(1 << 31)
+    known = {f.name for f in dataclasses.fields(Checks)}
+    args.mutant = tuple(m for m in args.mutant.split(",") if m)
+    if not set(args.mutant) <= known:
+        parser.error(f"--mutant: unknown check(s) {sorted(set(args.mutant) - known)}")
+    args.kinds = tuple(k for k in args.kinds.split(",") if k)
+    if not args.kinds or not set(args.kinds) <= set(FAULT_KINDS):
+        parser.error(f"--kinds: choose from {', '.join(FAULT_KINDS)}")
+    if not 2 <= args.hosts <= 8:
+        parser.error("--hosts must be 2..8")
+    if not 1 <= args.guests <= 12:
+        parser.error("--guests must be 1..12")
+    if not 10 <= args.duration <= 24 * 3600:
+        parser.error("--duration must be 10..86400 seconds")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    cfg = SoakConfig(seed=args.seed, duration_s=args.duration, hosts=args.hosts,
+                     guests=args.guests, mutant=args.mutant, kinds=args.kinds)
+    print(f"chaos soak: seed {cfg.seed}; replay: {cfg.replay()}", flush=True)
+    logs.configure("warning", "json")
+    report = anyio.run(soak, cfg)
+    js, md = write(report, args.out)
+    print(render(report))
+    print(f"written: {js} {md}")
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The chaos soak's pure parts (``autoextend/lab/chaos_plan.py``): the seeded schedule and
+the invariants it checks over the hosts' logs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from autoextend.lab import chaos_plan as plan
+from bench import chaos as bench_chaos
+
+MiB = 1 << 20
+
+
+def stamp(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
+def ev(t: float, event: str, **fields: Any) -> dict[str, Any]:
+    return {"timestamp": stamp(t), "event": event, **fields}
+
+
+@given(st.integers(0, 2**31), st.floats(10, 3600))
+def test_the_schedule_is_seeded_and_fits(seed: int, duration: float) -> None:
+    faults = plan.plan_faults(seed, duration)
+    assert faults == plan.plan_faults(seed, duration)
+    timing = plan.Timing()
+    for lane in (0, 1):
+        mine = [f for f in faults if f.lane == lane]
+        for a, b in zip(mine, mine[1:], strict=False):
+            assert b.at_s >= a.at_s + a.hold_s + timing.gap[0] - 1e-3  # never overlap
+        for f in mine:
+            assert f.kind in (plan.HOST_FAULTS if lane == 0 else plan.POOL_FAULTS)
+            low, high = timing.hold_of(f.kind)
+            assert low - 1e-3 <= f.hold_s <= high + 1e-3
+            assert f.at_s + f.hold_s <= duration + 1e-3
+
+
+def test_a_long_schedule_has_every_kind() -> None:
+    kinds = {f.kind for f in plan.plan_faults(7, 3600)}
+    assert kinds == set(plan.FAULT_KINDS)
+
+
+def test_kinds_limit_the_schedule() -> None:
+    faults = plan.plan_faults(3, 600, kinds=("stop-spm",))
+    assert faults and {f.kind for f in faults} == {"stop-spm"}
+
+
+def test_one_writer_per_term_is_clean() -> None:
+    events = [(1, ev(10, "SPM term started", lver=1)),
+              (1, ev(11, "volume extended", lver=1, volume="demo/a")),
+              (2, ev(20, "SPM term started", lver=2)),
+              (2, ev(21, "volume extended", lver=2, volume="demo/a"))]
+    assert plan.spm_writer_violations(events) == []
+
+
+def test_a_stale_spm_write_is_caught() -> None:
+    """The old SPM (term 1) writes after host 2 started term 2: what a missing term check
+    before a write does after a freeze."""
+    events = [(1, ev(10, "SPM term started", lver=1)),
+              (2, ev(20, "SPM term started", lver=2)),
+              (1, ev(20.5, "volume extended", lver=1, volume="demo/a"))]
+    found = plan.spm_writer_violations(events)
+    assert len(found) == 1 and "host 1 changed demo/a under term 1" in found[0]
+
+
+def test_two_owners_of_one_term_are_caught() -> None:
+    events = [(1, ev(10, "SPM term started", lver=3)), (2, ev(11, "SPM term started", lver=3)),
+              (2, ev(12, "volume extended", lver=3, volume="demo/b"))]
+    found = plan.spm_writer_violations(events)
+    assert any("started by hosts 1 and 2" in v for v in found)
+    assert any("host 2 changed demo/b under term 3 of host 1" in v for v in found)
+
+
+def test_tracebacks_are_found() -> None:
+    text = '{"event": "ok"}\n{"event": "boom", "exception": "Traceback ..."}\nplain\n'
+    assert len(plan.tracebacks(2, text)) == 1
+    assert plan.tracebacks(2, "Traceback (most recent call last):\n")
+    assert plan.tracebacks(1, '{"event": "fine"}\n') == []
+
+
+@given(st.integers(0, 4096), st.integers(0, 4096), st.integers(1, 64))
+def test_growth_bound(start_mib: int, end_mib: int, chunk_mib: int) -> None:
+    start, end, chunk = start_mib * MiB, end_mib * MiB, chunk_mib * MiB
+    need = max(start, end)
+    bound = -(-(need + 2 * chunk) // (4 * MiB)) * (4 * MiB)
+    assert plan.growth_violation("v", bound, start, end, chunk, 4 * MiB) is None
+    assert plan.growth_violation("v", bound + 4 * MiB, start, end, chunk, 4 * MiB)
+
+
+def test_pauses_pair_up_per_host_and_vm() -> None:
+    events = [(1, ev(100, "vm paused", vm="a", reason="enospc")),
+              (2, ev(101, "vm paused", vm="b", reason="eio")),
+              (1, ev(102.5, "vm resumed", vm="a")),
+              (1, ev(103, "vm paused", vm="a", reason="enospc"))]
+    found = plan.pauses(events)
+    assert [(p.vm, p.host, p.reason) for p in found] == [
+        ("a", 1, "enospc"), ("b", 2, "eio"), ("a", 1, "enospc")]
+    assert found[0].duration_s == pytest.approx(2.5)
+    assert found[1].end is None and found[2].end is None
+
+
+def test_extension_latencies_and_percentiles() -> None:
+    events = [(1, ev(1, "extended", duration_s=0.1)), (2, ev(2, "extended", duration_s=0.3)),
+              (2, ev(3, "extended"))]
+    lat = plan.extension_latencies(events)
+    assert lat == {"1": [0.1], "2": [0.3]}
+    assert plan.percentile([0.1, 0.3], 0.5) == 0.3
+    assert plan.percentile([], 0.5) is None
+
+
+def test_bench_arguments_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in (["--mutant", "no_such_check"], ["--hosts", "1"], ["--duration", "1"]):
+        with pytest.raises(SystemExit) as exc:
+            bench_chaos.parse(bad)
+        assert exc.value.code == 2
+    args = bench_chaos.parse(["--mutant", "term_check,protect_views"])
+    assert args.mutant == ("term_check", "protect_views") and args.seed is not None
