@@ -44,13 +44,15 @@ from autoextend.lease.engine import LeaseEngine, make_engine
 from autoextend.lease.engine_record import check_engine
 from autoextend.lease.liveness import HostState
 from autoextend.logs import get_logger
+from autoextend.metadata_area import AreaTooSmall, check_journal_fits
 from autoextend.monitor.protocols import ExtendOutcome
 from autoextend.sectors import SectorStorage, StorageError
-from autoextend.spm.config import MailboxSettings, mailbox_base
+from autoextend.spm.config import MailboxSettings, journal_base, mailbox_base
 from autoextend.spm.extender import MailboxExtender
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.inusegate import InUseGate, lease_states
 from autoextend.spm.inusepub import InUsePublisher, InUseSource
+from autoextend.spm.journalring import JournalCounters, JournalWriter, Ring
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.server import SpmMailServer
 from autoextend.validation import cluster_rule
@@ -102,6 +104,8 @@ class ClusterAgent:
         self.publisher: InUsePublisher | None = None
         self.terms = 0
         self.join_failures = 0  # I/O errors while joining (each retried with backoff)
+        self.journal = JournalCounters()  # every term's journal writer counts here
+        self.journal_on = False  # the SPM keeps the journal ([mailbox] journal, area size)
         self._joined: anyio.Event | None = None  # made inside the event loop, on first use
 
     def extender(self) -> AgentExtender:
@@ -141,6 +145,7 @@ class ClusterAgent:
         path = lease_cfg.path
         self.storage = storage
         startup.check_lease_area_fits(path, lease_cfg.offset, storage.size)
+        journal = self._journal_ring(storage.size)
         layout = MailboxLayout(
             mailbox_base(self.mailbox_config, lease_cfg.offset),
             storage.sector_size,
@@ -164,7 +169,7 @@ class ClusterAgent:
                         storage, layout, self.host_id, self.in_use_source,
                         partial(self._own_generation, lease), self.clock)
                     await tg.start(self.publisher.run)
-                    tg.start_soon(self._candidacy, lease, storage, layout)
+                    tg.start_soon(self._candidacy, lease, storage, layout, journal)
                     self.log.info("joined the pool", host_name=lease.host_name,
                                   join_failures=self.join_failures)
                     self._joined_event().set()
@@ -182,20 +187,43 @@ class ClusterAgent:
                        attempts=self.join_failures, retry_in_s=round(delay, 3))
                 await self.clock.sleep(delay)
 
+    def _journal_ring(self, storage_size: int) -> Ring | None:
+        """The journal's ring when ``[mailbox] journal`` is on; StartupError when the
+        metadata area is too small for it."""
+        mode = self.mailbox_config.journal
+        if mode is False:
+            return None
+        base = journal_base(self.mailbox_config, self.lease_config.offset)
+        try:
+            check_journal_fits(self.lease_config.path, base, storage_size)
+        except AreaTooSmall as exc:
+            if mode == "auto":
+                self.log.info("no journal of metadata changes: the metadata area is too small "
+                              "for one ([mailbox] journal = \"auto\")", detail=str(exc))
+                return None
+            raise StartupError("mailbox.journal", str(exc)) from None
+        self.journal_on = True
+        return Ring(base)
+
     async def _candidacy(
-        self, lease: LeaseEngine, storage: SectorStorage, layout: MailboxLayout
+        self, lease: LeaseEngine, storage: SectorStorage, layout: MailboxLayout,
+        ring: Ring | None = None,
     ) -> None:
         """Forever: wait for the SPM lease, serve as SPM while it is valid, start over."""
         while True:
             async with lease.spm() as term:
                 self.terms += 1
                 backend = self.spm_backend(term)
+                journal = None if ring is None else JournalWriter(
+                    storage, ring, term, lver=term.lver, spm_host=self.host_id,
+                    counters=self.journal)
                 server = SpmMailServer(
                     storage, backend, self.vgs, layout=layout, authority=term,
                     settings=self.mailbox_config, clock=self.clock, epoch=term.lver,
                     live_hosts=lambda: self._live_hosts(lease),
                     in_use=InUseGate(storage, layout, lambda: self._host_states(lease),
                                      self.clock),
+                    journal=journal,
                 )
                 self.server = server
                 self.log.info("this host is SPM", lver=term.lver)
@@ -277,6 +305,7 @@ class ClusterAgent:
                         if self.publisher.last is not None else None}
                        if self.publisher is not None else None),
             "server": dict(vars(server.counters)) if server is not None else None,
+            "journal": dict(vars(self.journal)) if self.journal_on else None,
         }
 
 

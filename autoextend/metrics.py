@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskStatus
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -288,6 +289,25 @@ class _CallbackCounter:
         return []
 
 
+class LoopRegistry:
+    """The registry as the HTTP server's thread sees it: every collection runs on the event
+    loop. The callback gauges and collectors read state the loop owns (the monitor's VMs and
+    drives, the capacity watcher's VGs); read from another thread, a dict could change size
+    under the iteration and the scrape would fail with HTTP 500 (seen as the drives of a
+    stopping guest went away)."""
+
+    def __init__(self, registry: CollectorRegistry, token: Any) -> None:
+        self._registry = registry
+        self._token = token
+
+    def collect(self) -> Any:
+        return iter(anyio.from_thread.run_sync(lambda: list(self._registry.collect()),
+                                               token=self._token))
+
+    def restricted_registry(self, names: Any) -> LoopRegistry:
+        return LoopRegistry(self._registry.restricted_registry(names), self._token)
+
+
 async def serve_metrics(
     registry: CollectorRegistry, address: str, port: int,
     *, task_status: TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
@@ -296,8 +316,9 @@ async def serve_metrics(
 
     ``task_status.started()`` reports the bound (address, port); port 0 picks a free one.
     """
+    on_loop = LoopRegistry(registry, anyio.lowlevel.current_token())
     server, thread = await anyio.to_thread.run_sync(
-        lambda: start_http_server(port, address, registry)
+        lambda: start_http_server(port, address, on_loop)  # type: ignore[arg-type]
     )
     bound = server.server_address[:2]
     log.info("metrics endpoint up", address=bound[0], port=bound[1])

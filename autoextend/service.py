@@ -436,6 +436,12 @@ class Service:
         m.counter_from("autoextend_lease_bad_records_total",
                        "Lease records (delta, leader, dblock) read as corrupt or impossible",
                        lambda: float(cluster.lease.record_errors) if cluster.lease else 0.0)
+        m.counter_from("autoextend_journal_records_total",
+                       "Records this host wrote to the journal of metadata changes as SPM",
+                       lambda: float(cluster.journal.appended))
+        m.counter_from("autoextend_journal_write_failures_total",
+                       "Journal records lost to a failed write (the change itself stands)",
+                       lambda: float(cluster.journal.failures))
 
     async def _step_down(self, request: dict[str, Any]) -> dict[str, Any]:
         if self.cluster is None:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from autoextend.errors import ConfigError
 from autoextend.lvm.config import PVS_MESSAGE
-from autoextend.metadata_area import LEASE_AREA_SIZE
+from autoextend.metadata_area import AREA_ALIGN, LEASE_AREA_SIZE, journal_end, mailbox_start
 from autoextend.names import is_valid_name
 from autoextend.spm.errors import LayoutError
 from autoextend.spm.layout import ALIGNMENT, MailboxLayout
@@ -169,6 +169,7 @@ def cluster_rule(lease: LeaseSettings, mailbox: MailboxSettings,
         yield ("mailbox.max_hosts",
                f"{mailbox.max_hosts} leaves lease.host_id {lease.host_id} without a mailbox")
     yield from _mailbox_region(lease, mailbox)
+    yield from _journal_region(lease, mailbox)
 
 
 def _mailbox_region(lease: LeaseSettings, mailbox: MailboxSettings) -> Iterator[Problem]:
@@ -189,6 +190,26 @@ def _mailbox_region(lease: LeaseSettings, mailbox: MailboxSettings) -> Iterator[
         yield ("mailbox.offset",
                f"the mailbox ({offset}..{end}) overlaps the lease area"
                f" ({lease_start}..{lease_start + LEASE_AREA_SIZE})")
+
+
+def _journal_region(lease: LeaseSettings, mailbox: MailboxSettings) -> Iterator[Problem]:
+    """A configured journal offset: 1 MiB aligned, clear of the lease area and the mailbox
+    (at its largest for max_hosts: 4 KiB sectors)."""
+    start = mailbox.journal_offset
+    if start is None:
+        return
+    if start % AREA_ALIGN:
+        yield "mailbox.journal_offset", f"must be a multiple of {AREA_ALIGN} (got {start})"
+        return
+    end = journal_end(start)
+    lease_start = lease.offset
+    box = mailbox_start(mailbox.offset, lease_start)
+    box_end = max(MailboxLayout(box, size, mailbox.max_hosts).end for size in (512, 4096))
+    for what, first, last in (("the lease area", lease_start, lease_start + LEASE_AREA_SIZE),
+                              ("the mailbox", box, box_end)):
+        if start < last and end > first:
+            yield ("mailbox.journal_offset",
+                   f"the journal ({start}..{end}) overlaps {what} ({first}..{last})")
 
 
 # check_timeouts: an extension must outlast one SPM failover (autoextend/timeouts.py).

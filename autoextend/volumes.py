@@ -57,10 +57,12 @@ class VolumeRef:
 class ExtendResult:
     """``size`` is the volume's size in metadata afterwards; ``changed`` is False when the
     volume was already at least as large as asked (idempotent no-op, or another extend got
-    there first)."""
+    there first). ``previous``: its size before, where the backend knows it (the SPM's
+    journal records it)."""
 
     size: int
     changed: bool
+    previous: int | None = None
 
 
 @dataclass(frozen=True)

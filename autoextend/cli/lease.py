@@ -18,6 +18,9 @@ from autoextend.lease.engine_record import BadEngineRecord, read_record, write_r
 from autoextend.lease.layout import LeaseLayout
 from autoextend.lease.sanlock_area import dump_sanlock, format_sanlock
 from autoextend.lease.sanlock_engine import sanlock_location
+from autoextend.metadata_area import AreaTooSmall, check_journal_fits, journal_end
+from autoextend.spm.config import journal_base
+from autoextend.spm.journalring import Ring, clear_ring
 
 
 def _settings(obj: CliContext, path: str | None, offset: int | None, max_hosts: int | None,
@@ -66,12 +69,23 @@ def init(obj: CliContext, path: str | None, offset: int | None, max_hosts: int |
     Destroys existing leases: run it only while no host uses the area."""
     cfg = _settings(obj, path, offset, max_hosts, int(sector_size) if sector_size else None,
                     engine)
+    mailbox = obj.load_settings().mailbox
+    journal = journal_base(mailbox, cfg.offset) if mailbox.journal is not False else None
+    journal_auto = mailbox.journal == "auto"
     if not yes:
         click.confirm(f"Format the lease area at {cfg.path} offset {cfg.offset}?", abort=True)
 
     async def run() -> LeaseLayout:
         storage = await open_storage(cfg.path, cfg.sector_size, cfg.io_timeout_s)
         try:
+            nonlocal journal
+            if journal is not None:  # before anything is written
+                try:
+                    check_journal_fits(cfg.path, journal, storage.size)
+                except AreaTooSmall:
+                    if not journal_auto:
+                        raise
+                    journal = None  # "auto": no journal on an area this small
             layout = LeaseLayout(cfg.offset, storage.sector_size, cfg.max_hosts)
             if cfg.engine == "sanlock":
                 startup.check_lease_area_fits(cfg.path, cfg.offset, storage.size)
@@ -79,14 +93,22 @@ def init(obj: CliContext, path: str | None, offset: int | None, max_hosts: int |
             else:
                 await format_area(storage, layout, cfg.io_timeout_s)
             await write_record(storage, cfg)
+            if journal is not None:
+                await clear_ring(storage, Ring(journal))
             return layout
         finally:
             await storage.close()
 
     try:
         layout = anyio.run(run)
+    except AreaTooSmall as err:
+        raise click.ClickException(str(err)) from None
     except ValueError as err:
         raise click.BadParameter(str(err)) from None
+    if journal is not None:
+        click.echo(f"journal cleared: offset {journal}..{journal_end(journal)}")
+    elif journal_auto:
+        click.echo("no journal: the area is too small for one ([mailbox] journal = \"auto\")")
     if cfg.engine == "sanlock":
         where, ls_offset, res_offset = sanlock_location(cfg)
         click.echo(f"formatted lease area for sanlock: lockspace {cfg.sanlock_lockspace!r} at "

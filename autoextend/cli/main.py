@@ -130,9 +130,10 @@ def config_reload(obj: CliContext, confirm: bool) -> None:
 
 
 def _register_commands() -> None:
-    from autoextend.cli import lab, lease, pool, service, spm, volume
+    from autoextend.cli import journal, lab, lease, pool, service, spm, volume
 
     service.register(cli)
+    cli.add_command(journal.journal)
     cli.add_command(lab.lab)
     cli.add_command(lease.lease)
     cli.add_command(spm.spm)

@@ -53,7 +53,8 @@ log = get_logger("lab.multihost")
 MiB = 1 << 20
 VG = "demo"
 MAX_HOSTS = 16
-META_SIZE = 64 * MiB
+META_SIZE = 72 * MiB  # the journal ([mailbox] journal = "auto") ends at 69 MiB
+JOURNAL_META_SIZE = 72 * MiB  # with [mailbox] journal: the journal ends at 69 MiB
 
 
 # Every lease and mailbox timeout of the lab is the shipped default times this one factor, so
@@ -86,9 +87,11 @@ def host_config(
     libvirt_uri: str = "",
     hot_window_s: float | None = None,
     metadata: Path | None = None,
+    journal: bool = False,
     policy_extra: str = "",
 ) -> str:
-    """One host's config; with ``libvirt_uri`` its hypervisor is that libvirtd (else QMP).
+    """One host's config; with ``libvirt_uri`` its hypervisor is that libvirtd (else QMP);
+    ``journal``: the SPM keeps the journal of metadata changes (``[mailbox] journal``);
     ``policy_extra``: more ``[policy]`` lines (TOML), e.g. ``throttle = false``."""
     t = SANLOCK_TIMEOUTS if engine == "sanlock" else scaled_timeouts(time_scale)
     hypervisor = "libvirt" if libvirt_uri else "qmp"
@@ -100,6 +103,8 @@ reconnect_max_s = 1.0
 rescan_interval_s = 1.0
 """
     hot = "" if hot_window_s is None else f"hot_window_s = {hot_window_s}\n"
+    if journal:
+        hot += "journal = true\n"
     return f"""\
 [service]
 hypervisor = "{hypervisor}"
@@ -342,6 +347,7 @@ async def pool(
     runner: tuple[str, ...] = ("-m", "autoextend"),
     metadata_dir: Path | None = None,
     host_metadata: Mapping[int, Path] | None = None,
+    journal: bool = False,
     policy_extra: str = "",
 ) -> AsyncIterator[Pool]:
     """``hosts`` autoextend processes sharing one metadata area and one volume root, in
@@ -353,8 +359,9 @@ async def pool(
     ``runner``: what each host process runs (``HostProcess.runner``). ``metadata_dir``: where
     the metadata area file is made (default ``directory``); ``host_metadata``: the path host N
     opens it by (default the file itself), e.g. its own fault file system mount of that
-    directory, so that one host's path can fail (``lab/faultfs.py``). ``policy_extra``: more
-    ``[policy]`` lines for every host."""
+    directory, so that one host's path can fail (``lab/faultfs.py``).
+    ``journal``: the SPMs keep the journal (``[mailbox] journal``; a larger metadata area).
+    ``policy_extra``: more ``[policy]`` lines for every host."""
     own_dir = directory is None
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="autoextend-pool-", dir="/var/tmp"))
@@ -364,7 +371,7 @@ async def pool(
 
         def make_meta() -> None:
             with open(meta, "wb") as f:
-                f.truncate(META_SIZE)
+                f.truncate(JOURNAL_META_SIZE if journal else META_SIZE)
 
         await anyio.to_thread.run_sync(make_meta)
         await proc.run([sys.executable, "-m", "autoextend", "lease", "init", "--path", str(meta),
@@ -388,7 +395,8 @@ async def pool(
                     poll_interval_s=poll_interval_s, metrics_port=port, engine=engine,
                     libvirt_uri=(libvirt_uris or {}).get(host_id, ""),
                     hot_window_s=hot_window_s,
-                    metadata=(host_metadata or {}).get(host_id), policy_extra=policy_extra))
+                    metadata=(host_metadata or {}).get(host_id), journal=journal,
+                    policy_extra=policy_extra))
                 host = HostProcess(host_id, host_dir, cfg, port, runner=runner)
                 if host_id in daemons:
                     host.env = daemons[host_id].env()

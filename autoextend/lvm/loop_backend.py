@@ -67,9 +67,9 @@ def vg_used(vg_dir: str) -> int:
     return total
 
 
-def _grow_file(path: str, size: int) -> tuple[int, bool]:
+def _grow_file(path: str, size: int) -> tuple[int, bool, int]:
     """Grow ``path`` to ``size`` under an exclusive flock on its VG; never shrink, never
-    past the VG's capacity (VolumeSpaceError)."""
+    past the VG's capacity (VolumeSpaceError). Returns (size, changed, size before)."""
     vg_dir = os.path.dirname(path)
     lock = os.open(vg_dir, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -78,7 +78,7 @@ def _grow_file(path: str, size: int) -> tuple[int, bool]:
         try:
             current = os.fstat(fd).st_size
             if current >= size:
-                return current, False
+                return current, False, current
             capacity = vg_capacity(vg_dir)
             if capacity is not None:
                 free = capacity - vg_used(vg_dir)
@@ -88,7 +88,7 @@ def _grow_file(path: str, size: int) -> tuple[int, bool]:
                         f" {max(free, 0)} free"
                     )
             os.ftruncate(fd, size)
-            return size, True
+            return size, True, current
         finally:
             os.close(fd)
     finally:
@@ -286,10 +286,10 @@ class LoopVolumeBackend:
     async def extend(self, volume: VolumeRef, size: int) -> ExtendResult:
         target, path = self._resize_target(volume, size)
         try:
-            new_size, changed = await anyio.to_thread.run_sync(_grow_file, path, target)
+            new_size, changed, before = await anyio.to_thread.run_sync(_grow_file, path, target)
         except FileNotFoundError as err:
             raise VolumeNotFound(str(volume), path) from err
-        return ExtendResult(new_size, changed)
+        return ExtendResult(new_size, changed, before)
 
     async def extend_and_refresh(
         self, volume: VolumeRef, size: int
@@ -301,7 +301,7 @@ class LoopVolumeBackend:
         def work() -> tuple[ExtendResult, int, dict[str, float]]:
             t0 = time.perf_counter()
             try:
-                new_size, changed = _grow_file(path, target)
+                new_size, changed, before = _grow_file(path, target)
             except FileNotFoundError as err:
                 raise VolumeNotFound(str(volume), path) from err
             t1 = time.perf_counter()
@@ -314,7 +314,7 @@ class LoopVolumeBackend:
                                             reason=err.strerror or str(err)) from err
             seen = loopdev.size_of(devices[0]) if devices else os.stat(path).st_size
             t2 = time.perf_counter()
-            return ExtendResult(new_size, changed), seen, {"extend": t1 - t0,
+            return ExtendResult(new_size, changed, before), seen, {"extend": t1 - t0,
                                                           "refresh": t2 - t1}
 
         return await anyio.to_thread.run_sync(work)

@@ -18,6 +18,7 @@ same per-VG critical section, before any other command can hand them out again
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -55,6 +56,14 @@ class WriterTally:
     ledger: WriteLedger = field(default_factory=WriteLedger)
 
 METADATA_ONLY = ("--autobackup", "n", "--driverloaded", "n")
+# lvextend's "Size of logical volume vg/lv changed from 1.00 GiB (256 extents) to ...".
+_RESIZED = re.compile(r"changed from [^(]*\((\d+) extents\) to")
+
+
+def resized_from(output: str) -> int | None:
+    """The extent count an lvextend or lvreduce reported the LV had before, if it said."""
+    found = _RESIZED.search(output)
+    return int(found.group(1)) if found else None
 
 
 class LvmWriter:
@@ -139,15 +148,17 @@ class LvmWriter:
             try:
                 # Optimistic: one command when the LV must grow (the common case). lvextend
                 # refuses a size not larger than the current one, which the reload sorts out.
-                await self._commit(volume.vg, args)
+                result = await self._commit(volume.vg, args)
             except LvmCommandError:
                 current = await self.lv(volume)
                 if current.extent_count >= extents:
                     log.debug("lv already large enough", volume=str(volume), size=current.size)
-                    return ExtendResult(current.size, False)
+                    return ExtendResult(current.size, False, current.size)
                 raise
+            before = resized_from(result.stdout + result.stderr)
             log.info("lv extended", volume=str(volume), size=extents * extent_size)
-            return ExtendResult(extents * extent_size, True)
+            return ExtendResult(extents * extent_size, True,
+                                None if before is None else before * extent_size)
 
     async def reduce(self, volume: VolumeRef, size: int) -> ExtendResult:
         """Shrink ``volume`` to ``size`` bytes rounded up to whole extents; never grows

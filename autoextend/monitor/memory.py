@@ -123,13 +123,13 @@ class MemoryVolumes:
         self.sizes[volume] = current  # as lvextend grows from the metadata, then refreshes
         target = self._rounded(size)
         if target <= current:
-            return ExtendResult(current, False)
+            return ExtendResult(current, False, current)
         free = await self.free_bytes(volume.vg)
         if free is not None and target - current > free:
             raise VolumeSpaceError(f"VG {volume.vg}: {free} bytes free, {volume} needs "
                                    f"{target - current} more")
         self.sizes[volume] = target
-        return ExtendResult(target, True)
+        return ExtendResult(target, True, current)
 
     async def refresh(self, volume: VolumeRef) -> int:
         current = self._current(volume)
@@ -156,7 +156,7 @@ class MemoryVolumes:
         if target >= current:
             return ExtendResult(current, False)
         self.sizes[volume] = target
-        return ExtendResult(target, True)
+        return ExtendResult(target, True, current)
 
     async def metadata_size(self, volume: VolumeRef) -> int:
         """The view's size, unless a test set another in :attr:`metadata`."""

@@ -7,10 +7,12 @@ lease area's: ``[lease] sector_size``): they fix the layout on the shared metada
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from autoextend.confbase import Section
-from autoextend.metadata_area import mailbox_start
+from autoextend.metadata_area import journal_start, mailbox_start
 
 MiB = 1 << 20
 TiB = 1 << 40
@@ -74,8 +76,23 @@ class MailboxSettings(Section):
     # Host: give up waiting for a reply after this long. Longer than an SPM failover
     # (lease expiry 80 s + acquisition) so a failover does not fail the request.
     request_timeout_s: float = Field(180.0, gt=0.0, le=86400.0)
+    # SPM: append a record of every metadata change it makes (extend, reduce: term, host,
+    # volume, old and new size, request id, time) to the journal on the metadata area, which
+    # `autoextend journal dump` reads from any host. Needs 25 MiB of the area from
+    # journal_offset on. "auto": on when the metadata area is that large (else off, said once
+    # at start-up); true: start-up and `lease init` refuse a smaller area; false: off.
+    journal: bool | Literal["auto"] = "auto"
+    # Byte offset of the journal (multiple of 1 MiB). Unset: [lease] offset + 44 MiB, after
+    # the largest mailbox (2000 hosts), so no mailbox record moves (autoextend/metadata_area.py).
+    journal_offset: int | None = Field(None, ge=0)
 
 
 def mailbox_base(settings: MailboxSettings, lease_area_offset: int = 0) -> int:
     """Where the mailbox region starts: ``offset`` if set, else after the lease area."""
     return mailbox_start(settings.offset, lease_area_offset)
+
+
+def journal_base(settings: MailboxSettings, lease_area_offset: int = 0) -> int:
+    """Where the journal starts: ``journal_offset`` if set, else after the largest mailbox."""
+    return journal_start(settings.journal_offset, lease_area_offset,
+                         mailbox_base(settings, lease_area_offset))

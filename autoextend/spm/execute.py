@@ -38,6 +38,8 @@ from autoextend.clock import Clock
 from autoextend.errors import AutoextendError, NotSpmError
 from autoextend.spm.inuse import Look
 from autoextend.spm.inusegate import InUseGate
+from autoextend.spm.journal import Op
+from autoextend.spm.journalring import JournalWriter
 from autoextend.spm.reducing import REDUCE_CHECKS, ReduceCheck, ReduceDesk, Verdict
 from autoextend.spm.wire import OP_REDUCE, REDUCE_OPS, ReasonCode, Request, Status
 from autoextend.volumes import (
@@ -62,14 +64,16 @@ class Executor:
         hot_window_s: float, max_concurrent: int,
         reduce_checks: Sequence[ReduceCheck] = REDUCE_CHECKS,
         in_use: InUseGate | None = None, epoch: int = 0,
+        journal: JournalWriter | None = None,
     ) -> None:
         self._backend = backend
+        self._journal = journal
         self._authority = authority
         self._epoch = epoch  # the SPM term's lver, logged with every change (chaos checks it)
         self._max_concurrent = max_concurrent
         self._in_use = in_use
         self._reduces = ReduceDesk(backend, authority, clock, hot_window_s, reduce_checks,
-                                   in_use)
+                                   in_use, journal)
         self._limiter: anyio.CapacityLimiter | None = None  # made in the event loop
         self._vg_locks: dict[str, anyio.Lock] = {}  # the per-VG serialization (above)
         self._queued: set[anyio.CancelScope] = set()  # requests waiting for their turn
@@ -119,8 +123,8 @@ class Executor:
         else:
             self._reduces.extend_asked(volume, host)
         try:
-            verdict = await (self._reduces.judge_and_act(host, req, first_look) if reduce
-                             else self._extend(host, req, volume))
+            verdict = await (self._reduces.judge_and_act(host, req, first_look, generation)
+                             if reduce else self._extend(host, generation, req, volume))
         except NotSpmError:
             raise
         except VolumeNotFound as err:
@@ -138,10 +142,21 @@ class Executor:
             self._reduces.remember(host, generation, req, verdict)
         return verdict
 
-    async def _extend(self, host: int, req: Request, volume: VolumeRef) -> Verdict:
+    async def _extend(self, host: int, generation: int, req: Request,
+                      volume: VolumeRef) -> Verdict:
         self._authority.check()
         result = await self._backend.extend(volume, req.size)
         log.info("volume extended" if result.changed else "volume already large enough",
                  volume=str(volume), size=result.size, host_id=host,
                  request_id=req.request_id, lver=self._epoch)
+        if self._journal is not None:
+            # Before the reply: a change is journaled before the host hears of it.
+            if result.changed:
+                await self._journal.note(Op.EXTEND, volume, result.previous, result.size,
+                                         host=host, request_id=req.request_id,
+                                         generation=generation)
+            else:  # an earlier SPM may have made it and died before its record
+                await self._journal.note_found(volume, result.size, host=host,
+                                               request_id=req.request_id,
+                                               generation=generation)
         return Verdict(Status.OK, result.size)

@@ -56,6 +56,8 @@ from autoextend import logs
 from autoextend.clock import Clock
 from autoextend.spm.inuse import Look
 from autoextend.spm.inusegate import InUseGate
+from autoextend.spm.journal import Op
+from autoextend.spm.journalring import JournalWriter
 from autoextend.spm.wire import OP_REDUCE_CHECK, ReasonCode, Request, Status
 from autoextend.volumes import SpmAuthority, VolumeBackend, VolumeRef
 
@@ -143,9 +145,11 @@ class ReduceDesk:
 
     def __init__(self, backend: VolumeBackend, authority: SpmAuthority, clock: Clock,
                  hot_window_s: float, checks: Sequence[ReduceCheck] = REDUCE_CHECKS,
-                 in_use: InUseGate | None = None) -> None:
+                 in_use: InUseGate | None = None,
+                 journal: JournalWriter | None = None) -> None:
         self._backend = backend
         self.in_use = in_use
+        self._journal = journal
         self._authority = authority
         self._clock = clock
         self.hot_window_s = hot_window_s
@@ -182,7 +186,7 @@ class ReduceDesk:
             del self._given[next(iter(self._given))]
 
     async def judge_and_act(self, host: int, req: Request,
-                            first_look: Look | None = None) -> Verdict:
+                            first_look: Look | None = None, generation: int = 0) -> Verdict:
         """The answer to a REDUCE (acting on it when every check passed) or a REDUCE_CHECK
         (never acting). What the backend raises goes up: the executor turns it into the
         verdict (``execute.py``, the one ladder of every op). Raises NotSpmError when the
@@ -197,4 +201,7 @@ class ReduceDesk:
         log.info("volume reduced" if result.changed else "volume already that small",
                  volume=str(volume), host_id=host, request_id=req.request_id,
                  size=result.size, before=facts.size)
+        if result.changed and self._journal is not None:
+            await self._journal.note(Op.REDUCE, volume, facts.size, result.size, host=host,
+                                     request_id=req.request_id, generation=generation)
         return Verdict(Status.OK, result.size)

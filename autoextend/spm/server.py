@@ -34,12 +34,13 @@ from anyio.abc import TaskGroup, TaskStatus
 from autoextend import logs
 from autoextend.clock import Clock, MonotonicClock
 from autoextend.errors import NotSpmError
-from autoextend.sectors import SectorStorage
+from autoextend.sectors import SectorStorage, StorageError
 from autoextend.spm.config import MailboxSettings
 from autoextend.spm.counters import ServerCounters
 from autoextend.spm.execute import Executor
 from autoextend.spm.inbox import Inbox
 from autoextend.spm.inusegate import InUseGate
+from autoextend.spm.journalring import JournalWriter
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.reducing import REDUCE_CHECKS, ReduceCheck
 from autoextend.spm.replybox import ReplyBoxes
@@ -77,6 +78,7 @@ class SpmMailServer:
         live_hosts: LiveHosts | None = None,
         reduce_checks: Sequence[ReduceCheck] = REDUCE_CHECKS,
         in_use: InUseGate | None = None,
+        journal: JournalWriter | None = None,
     ) -> None:
         """``live_hosts``, when given, returns the host ids the lease sees alive (it must be
         cheap and must not block: it is called from the event loop about once a second).
@@ -84,7 +86,8 @@ class SpmMailServer:
         slow sweep; it decides only when a sector is read, never whether a request is
         served, and a failing or odd result falls back to the full sweep.
         ``reduce_checks``: what a reduce must pass (``reducing.py``; tests only change it).
-        ``in_use``: the hosts' in-use records a REDUCE is judged by (``inusegate.py``)."""
+        ``in_use``: the hosts' in-use records a REDUCE is judged by (``inusegate.py``).
+        ``journal``: where every change is recorded (``journalring.py``; None: not kept)."""
         layout.check_fits(storage.size)
         self._pool_vgs = frozenset(pool_vgs)
         self._layout = layout
@@ -105,7 +108,8 @@ class SpmMailServer:
                                   hot_window_s=settings.hot_window_s,
                                   max_concurrent=settings.max_concurrent_extends,
                                   reduce_checks=reduce_checks, in_use=in_use,
-                                  epoch=epoch)
+                                  epoch=epoch, journal=journal)
+        self.journal = journal
         self._accepting = True
         self._scan_cursor = 0
         self._scan_credit = 0.0
@@ -135,6 +139,8 @@ class SpmMailServer:
             await self._boxes.load()
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                if self.journal is not None:
+                    tg.start_soon(self._prepare_journal, self.journal)
                 await self._scan(list(range(1, layout.max_hosts + 1)))
                 log.info("SPM mail server started", pending=self.in_flight,
                          max_hosts=layout.max_hosts,
@@ -157,6 +163,14 @@ class SpmMailServer:
             log.warning("SPM mail server stopped: not SPM", reason=self._lost.reason)
             raise self._lost
         log.info("SPM mail server stopped", handed_back=self.counters.handed_back)
+
+    async def _prepare_journal(self, journal: JournalWriter) -> None:
+        """Find the journal's head while the first requests are read (else the first
+        change does)."""
+        try:
+            await journal.prepare()
+        except StorageError as err:
+            log.warning("journal head not found yet: reading the ring failed", error=str(err))
 
     def _idle_wait(self) -> float:
         """Seconds until the next poll: when the ring watch has something due (at least

@@ -31,6 +31,7 @@ async def test_extend_rounds_up_and_never_shrinks(volume_subject: Subject) -> No
     assert grown > 17 * MiB  # every subject has extents bigger than 1 MiB
     result = await subject.backend.extend(ref, 17 * MiB)
     assert (result.size, result.changed) == (grown, True)
+    assert result.previous in (None, 8 * MiB)  # the size before, where the backend knows it
     assert (await subject.backend.extend(ref, grown)).changed is False
     shrink = await subject.backend.extend(ref, 4 * MiB)
     assert (shrink.size, shrink.changed) == (grown, False)

@@ -62,6 +62,7 @@ async def test_extend_rounds_up_and_never_shrinks(pool: Pool) -> None:
     await pool.writer.create_lv(ref, 8 * MiB)
     result = await pool.writer.extend(ref, 20 * MiB + 5)
     assert (result.size, result.changed) == (24 * MiB, True)
+    assert result.previous == 8 * MiB  # from lvextend's own report (the SPM's journal)
     assert (await pool.reader.lv(ref)).size == 24 * MiB
     seqno = (await pool.reader.vg(pool.vg)).seqno
     again = await pool.writer.extend(ref, 24 * MiB)

@@ -81,7 +81,7 @@ class RecordingBackend:
                 raise VolumeSpaceError(f"not enough space for {volume}")
             self.sizes[volume] = size
             self.calls.append((volume, size, True))
-            return ExtendResult(size, True)
+            return ExtendResult(size, True, current)
         finally:
             self._running_vg[volume.vg] -= 1
 
