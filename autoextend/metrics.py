@@ -35,9 +35,11 @@ from autoextend.monitor.observer import (
     Resumed,
     ResumeLatency,
     StaleViewFound,
+    Throttled,
     UnmanagedEnospc,
     VgFull,
     VmCheckFailed,
+    WatermarkLeft,
 )
 from autoextend.monitor.protocols import OutcomeKind, PauseReason
 
@@ -47,6 +49,7 @@ JOB_KINDS = ("commit", "mirror", "backup")
 STALE_VIEW_WHEN = ("start", "appear", "audit")
 PHASES = ("wait", "decision", "extender", "request", "spm_extend", "extend", "refresh", "rearm",
           "total", "resume")
+WATERMARK_LEFT_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -130,6 +133,16 @@ class Metrics:
             registry=r)
         for when in STALE_VIEW_WHEN:
             self.stale_views.labels(when)
+        self.watermark_left = Histogram(
+            "autoextend_extension_watermark_left_ratio",
+            "Fraction of the watermark still free when each extension landed (near misses: "
+            "near 0 the guest almost paused)", buckets=WATERMARK_LEFT_BUCKETS, registry=r)
+        self.throttles = Counter(
+            "autoextend_throttles_total",
+            "Write limits the throttle set or tightened on a drive, by reason (SPM failover, "
+            "extension overdue, write rate)", ["reason"], registry=r)
+        for why in ("SPM failover", "extension overdue", "write rate"):
+            self.throttles.labels(why)
         self._jobs: dict[tuple[str, str], str] = {}
         self._drives: set[tuple[str, str]] = set()
         self._paused: dict[str, PauseReason] = {}
@@ -188,6 +201,10 @@ class Metrics:
                 self.job_resumes.labels(kind).inc()
             case MigrationNoted(role=role, phase=phase):
                 self.migrations_total.labels(role, phase).inc()
+            case WatermarkLeft(fraction=fraction):
+                self.watermark_left.observe(fraction)
+            case Throttled(reason=reason):
+                self.throttles.labels(reason).inc()
             case StaleViewFound(when=when, action=action):
                 self.stale_views.labels(when).inc()
                 if action == "pause":

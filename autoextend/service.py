@@ -272,7 +272,12 @@ class Service:
             space_gate=self.capacity.gate,
             view_sizes=make_view_sizes(self.backend),
             checks=checks,
+            spm_ok=self._spm_term_valid if self.cluster is not None else None,
+            failover_s=(timeouts.failover_s(settings.lease.io_timeout_s,
+                                            settings.lease.watchdog_fire_timeout_s)
+                        if self.cluster is not None else None),
         )
+        self._export_throttle_metrics()
         self.control = ControlServer(settings.service.control_socket)
         self.control.register("status", self._status)
         self.control.register("spm_step_down", self._step_down)
@@ -376,6 +381,30 @@ class Service:
         (not expired, not fencing itself)."""
         lease = self.cluster.lease if self.cluster is not None else None
         return lease is not None and lease.held
+
+    def _spm_term_valid(self) -> bool:
+        """Mailbox mode, for the write throttle's reason (``SPM failover``): an SPM is
+        known and its host lease renews (this host holds the term, or the SPM's record was
+        seen to change within two renewal intervals, 4 T)."""
+        lease = self.cluster.lease if self.cluster is not None else None
+        if lease is None:
+            return False
+        if lease.term is not None:
+            return True
+        spm = lease.current_spm()
+        status = lease.host_states().get(spm[0]) if spm is not None else None
+        return status is not None and status.silent_s < 4 * self.settings.lease.io_timeout_s
+
+    def _export_throttle_metrics(self) -> None:
+        """The write throttle's figures (``monitor/throttle.py``, ``monitor/rate.py``)."""
+        m, monitor = self.metrics, self.monitor
+        m.counter_from("autoextend_throttled_seconds",
+                       "Drive-seconds spent with a write limit set by the throttle",
+                       monitor.throttles.seconds_total)
+        m.volume_gauge_from("autoextend_drive_headroom_seconds",
+                            "Free space above the threshold divided by the recent write "
+                            "rate: how long an extension may take before the guest pauses",
+                            monitor.rates.headrooms)
 
     def _export_cluster_metrics(self, cluster: ClusterAgent) -> None:
         m = self.metrics

@@ -104,6 +104,8 @@ def render_status(result: dict[str, Any]) -> str:
         for d in vm.get("drives", []):
             err = f"  last error: {d['last_error']}" if d.get("last_error") else ""
             job = f" ({d['job']} target)" if d.get("job") else ""
+            if d.get("throttle"):
+                err += f"  {d['throttle']}"
             if d.get("error_policy") in ENOSPC_TO_GUEST:
                 err += f"  policy={d['error_policy']}: ENOSPC reaches the guest"
             lines.append(

@@ -88,9 +88,11 @@ def host_config(
     hot_window_s: float | None = None,
     metadata: Path | None = None,
     journal: bool = False,
+    policy_extra: str = "",
 ) -> str:
     """One host's config; with ``libvirt_uri`` its hypervisor is that libvirtd (else QMP);
-    ``journal``: the SPM keeps the journal of metadata changes (``[mailbox] journal``)."""
+    ``journal``: the SPM keeps the journal of metadata changes (``[mailbox] journal``);
+    ``policy_extra``: more ``[policy]`` lines (TOML), e.g. ``throttle = false``."""
     t = SANLOCK_TIMEOUTS if engine == "sanlock" else scaled_timeouts(time_scale)
     hypervisor = "libvirt" if libvirt_uri else "qmp"
     libvirt_section = "" if not libvirt_uri else f"""
@@ -116,6 +118,7 @@ extent_mib = 4
 poll_interval_s = {poll_interval_s}
 retry_initial_s = 0.2
 retry_max_s = 2.0
+{policy_extra}
 
 [qmp]
 socket_glob = "{host_dir}/qmp/*.sock"
@@ -345,6 +348,7 @@ async def pool(
     metadata_dir: Path | None = None,
     host_metadata: Mapping[int, Path] | None = None,
     journal: bool = False,
+    policy_extra: str = "",
 ) -> AsyncIterator[Pool]:
     """``hosts`` autoextend processes sharing one metadata area and one volume root, in
     ``directory`` (default: a new directory under /var/tmp, removed afterwards). With
@@ -356,7 +360,8 @@ async def pool(
     the metadata area file is made (default ``directory``); ``host_metadata``: the path host N
     opens it by (default the file itself), e.g. its own fault file system mount of that
     directory, so that one host's path can fail (``lab/faultfs.py``).
-    ``journal``: the SPMs keep the journal (``[mailbox] journal``; a larger metadata area)."""
+    ``journal``: the SPMs keep the journal (``[mailbox] journal``; a larger metadata area).
+    ``policy_extra``: more ``[policy]`` lines for every host."""
     own_dir = directory is None
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="autoextend-pool-", dir="/var/tmp"))
@@ -390,7 +395,8 @@ async def pool(
                     poll_interval_s=poll_interval_s, metrics_port=port, engine=engine,
                     libvirt_uri=(libvirt_uris or {}).get(host_id, ""),
                     hot_window_s=hot_window_s,
-                    metadata=(host_metadata or {}).get(host_id), journal=journal))
+                    metadata=(host_metadata or {}).get(host_id), journal=journal,
+                    policy_extra=policy_extra))
                 host = HostProcess(host_id, host_dir, cfg, port, runner=runner)
                 if host_id in daemons:
                     host.env = daemons[host_id].env()

@@ -31,7 +31,8 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.clock import Clock
-from autoextend.libvirt_backend import backups, jobs, merges
+from autoextend.errors import HypervisorError
+from autoextend.libvirt_backend import backups, iotune, jobs, merges
 from autoextend.libvirt_backend import events as ev
 from autoextend.libvirt_backend.config import LibvirtSettings
 from autoextend.libvirt_backend.connection import LibvirtConnection
@@ -58,6 +59,7 @@ from autoextend.monitor.protocols import (
     DriveInfo,
     HypervisorEvent,
     HypervisorHealth,
+    IoLimits,
     RunState,
     VmAppeared,
     VmGone,
@@ -337,6 +339,35 @@ class LibvirtHypervisor:
 
     def volume_of(self, drive: DriveInfo) -> VolumeRef | None:
         return self._lookup(drive.path)
+
+    async def io_limits(self, vm: str, drive: DriveInfo) -> IoLimits:
+        """The disk's limits (``blockIoTune``, ``libvirt_backend/iotune.py``)."""
+        target = self._io_target(vm, drive)
+        conn = self._require(vm, "blockIoTune")
+        params = await conn.call(
+            vm, "blockIoTune",
+            lambda c: dict(c.lookupByName(vm).blockIoTune(target, libvirt.VIR_DOMAIN_AFFECT_LIVE)))
+        try:
+            return iotune.limits_from(params)
+        except iotune.IoTuneError as err:
+            raise MalformedReply(vm, "blockIoTune", str(err)) from err
+
+    async def set_io_limits(self, vm: str, drive: DriveInfo, limits: IoLimits) -> None:
+        """``setBlockIoTune`` (live) with exactly ``limits``."""
+        target = self._io_target(vm, drive)
+        params = iotune.params_of(limits)
+        conn = self._require(vm, "setBlockIoTune")
+        await conn.call(
+            vm, "setBlockIoTune",
+            lambda c: c.lookupByName(vm).setBlockIoTune(target, params,
+                                                        libvirt.VIR_DOMAIN_AFFECT_LIVE))
+
+    @staticmethod
+    def _io_target(vm: str, drive: DriveInfo) -> str:
+        try:
+            return iotune.target_of(drive)
+        except ValueError as err:
+            raise HypervisorError(f"{vm}: {err}") from None
 
     # ------------------------------------------------------------------ connection
 

@@ -65,6 +65,14 @@ class PolicySettings(Section):
     # I/O error (the write is lost) instead of pausing the VM. true: still extend it (the
     # threshold usually comes first); false: leave it alone (it is listed in status).
     manage_enospc_to_guest: bool = True
+    # Throttle before pause: while a drive's extension runs and its free space above the
+    # threshold would run out before the extension lands (the p99 of recent extensions, or
+    # the SPM failover bound while no SPM term is valid), limit the guest's writes to that
+    # drive so the space lasts; lifted when the grown drive is re-armed, and the drive's
+    # own limits are restored exactly. false: never throttle.
+    throttle: bool = True
+    # The lowest write limit the throttle sets (MiB/s): below it the guest may still pause.
+    throttle_floor_mib_s: int = Field(4, ge=1, le=1 << 20)
 
     @model_validator(mode="after")
     def _reserves_positive(self) -> PolicySettings:

@@ -110,6 +110,11 @@ class MonitorContext:
     view_sizes: ViewSizes | None = None  # the view check's sizes (monitor/views.py)
     space_gate: SpaceGate | None = None  # the monitor's constructor (capacity levels)
     in_flight: InFlight | None = field(default=None, repr=False)
+    # The write throttle (monitor/throttle.py): is the pool's SPM term valid now (None: no
+    # SPM, local mode), and how long an extension may take across an SPM failover (None:
+    # the extension deadline).
+    spm_ok: Callable[[], bool] | None = None
+    failover_s: float | None = None
 
     @property
     def extend_deadline_s(self) -> float:

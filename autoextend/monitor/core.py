@@ -48,6 +48,7 @@ Invariants:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,11 +58,17 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from autoextend.checks import ALL_ON, Checks
 from autoextend.clock import Clock
-from autoextend.monitor import migration, pollplan
+from autoextend.monitor import migration, policy, pollplan
 from autoextend.monitor.config import PolicySettings, ResumeSettings
 from autoextend.monitor.context import InFlight, MonitorContext, ViewSizes, VolumeViews
 from autoextend.monitor.extension import DriveVanished
-from autoextend.monitor.observer import CleanStop, DriveGone, MonitorObserver, NullObserver
+from autoextend.monitor.observer import (
+    CleanStop,
+    DriveGone,
+    Fanout,
+    MonitorObserver,
+    NullObserver,
+)
 from autoextend.monitor.probe import StorageProbe, direct_read_probe
 from autoextend.monitor.protocols import (
     Extender,
@@ -70,6 +77,8 @@ from autoextend.monitor.protocols import (
     VmAppeared,
     VmGone,
 )
+from autoextend.monitor.rate import DriveRates
+from autoextend.monitor.throttle import Throttles
 from autoextend.monitor.views import audit
 from autoextend.monitor.vm import (
     POLL,
@@ -126,6 +135,8 @@ class Monitor:
         space_gate: SpaceGate | None = None,
         view_sizes: ViewSizes | None = None,
         checks: Checks = ALL_ON,
+        spm_ok: Callable[[], bool] | None = None,
+        failover_s: float | None = None,
     ) -> None:
         """``space_gate``: why an extension must wait, or None (the capacity levels: at a
         VG's critical level only VMs paused on ENOSPC are extended). ``view_sizes``: where
@@ -133,18 +144,27 @@ class Monitor:
         (``monitor/views.py``); None: no view check. ``checks``: all on, except in a
         negative control or a simulation mutant (see ``autoextend/checks.py``). A guest's
         clean shutdown is told to the observer
-        (:class:`~autoextend.monitor.observer.CleanStop`)."""
+        (:class:`~autoextend.monitor.observer.CleanStop`). ``spm_ok`` (mailbox mode: is
+        the pool's SPM term valid now) and ``failover_s`` (how long an extension may take
+        across a failover) are the write throttle's (``monitor/throttle.py``)."""
         resume = resume or ResumeSettings()
+        resolver = policy_for or default_policy_resolver(settings)
+        self.rates = DriveRates(
+            clock, settings.rate_half_life_s, settings.assumed_latency_s,
+            lambda info, volume: policy.watermark(self.ctx.policy_for(info, volume)))
+        outer = observer or NullObserver()
         self.ctx = MonitorContext(
             hypervisor, extender, settings, clock,
-            policy_for=policy_for or default_policy_resolver(settings),
-            observer=observer or NullObserver(), dry_run=dry_run, resume=resume,
+            policy_for=resolver,
+            observer=outer, dry_run=dry_run, resume=resume,
             probe=probe or direct_read_probe(resume.probe_timeout_s), lease_ok=lease_ok,
             extend_deadline_override=extend_deadline_s, views=views, space_gate=space_gate,
-            view_sizes=view_sizes,
+            view_sizes=view_sizes, spm_ok=spm_ok, failover_s=failover_s,
         )
+        self.throttles = Throttles(self.ctx, self.rates)
+        self.ctx.observer = Fanout(self.rates, self.throttles, outer)
         self.ctx.in_flight = InFlight(lambda: self.extends_in_flight, self.ctx.observer)
-        self._steps = Steps.of(self.ctx, checks)
+        self._steps = Steps.of(self.ctx, self.throttles, checks)
         self._checks = checks
         self._vms: dict[str, VmTask] = {}
         self._tg: TaskGroup | None = None
@@ -222,6 +242,7 @@ class Monitor:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._dispatch, receive)
+            tg.start_soon(self.throttles.lift_at_stop)
             await tg.start(self.ctx.hypervisor.run, send)
             tg.start_soon(self._poll_loop)
             log.info("monitor started", dry_run=self.ctx.dry_run)
@@ -239,6 +260,8 @@ class Monitor:
             ctx.extend_deadline_override = extend_deadline_s
         ctx.policy_for = policy_for or default_policy_resolver(settings)
         ctx.dry_run = dry_run
+        self.rates.half_life_s = settings.rate_half_life_s
+        self.rates.assumed_latency_s = settings.assumed_latency_s
         if resume is not None:
             ctx.resume = resume
         for vm in self._vms.values():

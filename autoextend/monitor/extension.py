@@ -24,6 +24,7 @@ from autoextend.monitor.drive import DriveState, ThresholdState
 from autoextend.monitor.migrating import MigrationSteps, effective
 from autoextend.monitor.observer import ExtendFinished, VgFull, VmCheckFailed
 from autoextend.monitor.protocols import DriveInfo, ExtendOutcome, OutcomeCode, OutcomeKind
+from autoextend.monitor.throttle import Throttles
 from autoextend.monitor.vm import log
 from autoextend.monitor.vmstate import VmState
 
@@ -55,9 +56,11 @@ class _Times:
 class Extensions:
     """Runs the extension task of one drive at a time (as many tasks as drives need)."""
 
-    def __init__(self, ctx: MonitorContext, migrations: MigrationSteps) -> None:
+    def __init__(self, ctx: MonitorContext, migrations: MigrationSteps,
+                 throttles: Throttles) -> None:
         self._ctx = ctx
         self._migrations = migrations
+        self._throttles = throttles
 
     async def run(self, vm: VmView, d: DriveState, known: DriveInfo | None = None) -> None:
         """Extend until the drive has its watermark of room (or is capped); one task owns it.
@@ -135,13 +138,14 @@ class Extensions:
             return False
         bound.info("extending", physical=info.physical, size=decision.target,
                    allocation=info.allocation, wait_s=round(t.start - t.event, 6))
-        outcome = await self._call(vm, d, decision.target)
+        async with self._throttles.watching(vm, d, info, pol, t.event):
+            outcome = await self._call(vm, d, decision.target)
         t.extended = ctx.clock.now()
         if not outcome.ok:
             self._failed(vm, d, bound, decision.target, outcome, t)
             return False
         if not outcome.refreshed:
-            self._deferred(vm, d, bound, decision.target, outcome, t)
+            await self._deferred(vm, d, bound, decision.target, outcome, t)
             return False
         return await self._grown(vm, d, bound, info, pol, outcome, t)
 
@@ -154,6 +158,7 @@ class Extensions:
                 ctx.disable(vm.name, d)
                 ctx.observer.notify(
                     ExtendFinished(vm.name, d.name, d.volume, None, info.physical))
+                await self._throttles.lift(vm, d, info)  # nothing will land: no limit
             case plan.NotNeeded(threshold=new_threshold):
                 # A stale event (the drive grew since), or someone else extended it already.
                 d.not_needed(new_threshold)
@@ -164,6 +169,8 @@ class Extensions:
                 except AutoextendError:
                     d.disarmed()
                     raise
+                finally:
+                    await self._throttles.lift(vm, d, info)  # the room is there
             case plan.Hold(dry_run=True, target=target):
                 bound.info("dry-run: would extend", physical=info.physical, size=target)
                 d.extend_failed(ctx.clock.now(), "dry-run", ctx.settings.retry_max_s)
@@ -203,12 +210,13 @@ class Extensions:
                           reason=outcome.reason, code=outcome.code.value, attempts=d.attempts,
                           retry_in_s=round(delay, 3))
 
-    def _deferred(self, vm: VmView, d: DriveState, bound: Any, target: int,
+    async def _deferred(self, vm: VmView, d: DriveState, bound: Any, target: int,
                   outcome: ExtendOutcome, t: _Times) -> None:
         """Extended in metadata only (migrating out): remember the size, arm nothing."""
         sizes = vm.machine.deferred_sizes
         sizes[d.name] = max(sizes.get(d.name, 0), outcome.size, target)
         d.extend_done(0)  # nothing to arm: this host's view did not grow
+        await self._throttles.lift(vm, d, d.info)
         self._ctx.observer.notify(ExtendFinished(
             vm.name, d.name, d.volume, OutcomeKind.OK, outcome.size,
             {**outcome.phases, "extender": t.extended - t.start}))
@@ -223,6 +231,7 @@ class Extensions:
         # The extender checked the size this host sees (its contract): that is the new
         # physical size. No second query: the allocation moves on anyway, and a write past
         # the new threshold fires it (the safety-net poll catches the rest).
+        self._throttles.landed(vm, d, info, pol)
         info = dataclasses.replace(info, physical=max(info.physical, outcome.size))
         d.update_info(info)
         if ctx.policy_for.sample_after_extend:
@@ -259,6 +268,7 @@ class Extensions:
         if policy.at_cap(info.physical, info.capacity, pol):
             d.extend_done(0)
             self._ctx.disable(vm.name, d)
+            await self._throttles.lift(vm, d, info)
             return 0
         new_threshold = policy.threshold(info.physical, pol)
         d.extend_done(new_threshold)
@@ -268,4 +278,5 @@ class Extensions:
             # The extension itself succeeded: do not extend again, just arm later.
             d.disarmed()
             bound.warning("re-arming failed; the next poll arms it", error=str(exc))
+        await self._throttles.lift(vm, d, info)  # the same step: the room is there now
         return new_threshold

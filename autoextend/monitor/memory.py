@@ -24,6 +24,7 @@ from autoextend.monitor.protocols import (
     ExtendOutcome,
     HypervisorEvent,
     HypervisorHealth,
+    IoLimits,
     MigrationChanged,
     OutcomeCode,
     OutcomeKind,
@@ -183,6 +184,7 @@ class MemoryDrive:
     job_paused: bool = False
     job_need: int = 0
     error_policy: str = ""  # the drive's werror (DriveInfo.error_policy)
+    limits: IoLimits = IoLimits()  # the drive's I/O limits (io_limits / set_io_limits)
 
 
 @dataclass
@@ -203,6 +205,8 @@ class MemoryHypervisor:
         self.suspends: list[str] = []
         self.job_resumes: list[tuple[str, str]] = []
         self.thresholds: list[tuple[str, str, int]] = []
+        #: Every set_io_limits call: (vm, drive, limits).
+        self.limit_calls: list[tuple[str, str, IoLimits]] = []
         self.fail_set_threshold = False
         self.fail_kills = 0  # the next N kills fail
         #: Per VM, what ``migration()`` answers (absent: not migrating).
@@ -352,6 +356,19 @@ class MemoryHypervisor:
 
     def volume_of(self, drive: DriveInfo) -> VolumeRef | None:
         return self.volumes.lookup(drive.path)
+
+    def _guest_drive(self, vm: str, drive: DriveInfo) -> MemoryDrive:
+        found = self._vm(vm).drives.get(drive.drive)
+        if found is None or found.job:  # as QEMU and libvirt refuse a device they lack
+            raise HypervisorError(f"{vm}: no guest device {drive.drive}")
+        return found
+
+    async def io_limits(self, vm: str, drive: DriveInfo) -> IoLimits:
+        return self._guest_drive(vm, drive).limits
+
+    async def set_io_limits(self, vm: str, drive: DriveInfo, limits: IoLimits) -> None:
+        self._guest_drive(vm, drive).limits = limits
+        self.limit_calls.append((vm, drive.drive, limits))
 
     # --- health (Hypervisor.health)
 

@@ -178,10 +178,44 @@ class StaleViewFound:
     action: str
 
 
+@dataclass(frozen=True)
+class Throttled:
+    """The write throttle set (or tightened) a drive's write limit to ``bps`` bytes/s
+    (``monitor/throttle.py``); ``reason``: ``SPM failover``, ``extension overdue`` or
+    ``write rate``."""
+
+    vm: str
+    drive: str
+    volume: VolumeRef
+    bps: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ThrottleLifted:
+    """The drive's own limits are back, after ``seconds`` throttled."""
+
+    vm: str
+    drive: str
+    volume: VolumeRef
+    seconds: float
+
+
+@dataclass(frozen=True)
+class WatermarkLeft:
+    """An extension landed with this fraction (0..1) of the watermark still free (the
+    near-miss figure: 0 is a pause, or as good as one)."""
+
+    vm: str
+    drive: str
+    volume: VolumeRef
+    fraction: float
+
+
 MonitorEvent = (
     DriveSeen | DriveGone | CleanStop | ExtendFinished | ExtendsInFlight | Paused | Resumed
     | DriveAtCap | VgFull | UnmanagedEnospc | IoErrorAction | VmCheckFailed | JobFailed | JobResumed
-    | MigrationNoted | ResumeLatency | StaleViewFound
+    | MigrationNoted | ResumeLatency | StaleViewFound | Throttled | ThrottleLifted | WatermarkLeft
 )
 
 
@@ -213,6 +247,8 @@ class Tally:
     migrations: int = 0  # migration state changes noted (MigrationNoted)
     stale_views: int = 0  # StaleViewFound, any ``when``
     stale_view_pauses: int = 0  # of those, the ones that paused the guest
+    throttles: int = 0  # Throttled: limits set or tightened
+    throttle_lifts: int = 0  # ThrottleLifted
     latencies: list[float] = field(default_factory=list)
     #: ``phases`` of each successful extension, and pause -> resume seconds (ENOSPC).
     phases: list[Mapping[str, float]] = field(default_factory=list)
@@ -256,6 +292,10 @@ class Tally:
             case StaleViewFound(action=action):
                 self.stale_views += 1
                 self.stale_view_pauses += action == "pause"
+            case Throttled():
+                self.throttles += 1
+            case ThrottleLifted():
+                self.throttle_lifts += 1
 
 
 class Fanout:

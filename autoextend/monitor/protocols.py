@@ -97,6 +97,68 @@ class RunState:
     prelaunch: bool = False
 
 
+#: A drive's I/O limit fields, by QMP's names (``block_set_io_throttle``, ``query-block``'s
+#: ``inserted``); libvirt's ``blockIoTune`` names map onto them one to one. 0 is "no limit".
+IO_LIMIT_FIELDS = (
+    "bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr",
+    "bps_max", "bps_rd_max", "bps_wr_max", "iops_max", "iops_rd_max", "iops_wr_max",
+    "bps_max_length", "bps_rd_max_length", "bps_wr_max_length",
+    "iops_max_length", "iops_rd_max_length", "iops_wr_max_length", "iops_size",
+)
+
+
+@dataclass(frozen=True)
+class IoLimits:
+    """A drive's I/O limits as the hypervisor has them now (``monitor/throttle.py``).
+
+    ``values`` holds every field of :data:`IO_LIMIT_FIELDS` that is not 0, sorted by name;
+    ``group`` is the throttle group the drive is in ("" for none). Read them before
+    changing them, and give them back unchanged to restore them exactly.
+    """
+
+    values: tuple[tuple[str, int], ...] = ()
+    group: str = ""
+
+    @classmethod
+    def of(cls, fields: dict[str, int], group: str = "") -> IoLimits:
+        """From a field -> value map (unknown fields are an error; zeros are dropped)."""
+        unknown = set(fields) - set(IO_LIMIT_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown I/O limit fields: {sorted(unknown)}")
+        if any(v < 0 for v in fields.values()):
+            raise ValueError("I/O limits must be >= 0")
+        return cls(tuple(sorted((k, v) for k, v in fields.items() if v)), group)
+
+    def get(self, name: str) -> int:
+        return dict(self.values).get(name, 0)
+
+    @property
+    def unlimited(self) -> bool:
+        return not self.values
+
+    @property
+    def write_bps(self) -> int:
+        """The write bandwidth these limits allow (bytes/s; 0: none set): the lower of the
+        total and the write limit."""
+        set_ = [v for v in (self.get("bps"), self.get("bps_wr")) if v]
+        return min(set_) if set_ else 0
+
+    def with_write_bps(self, bps: int) -> IoLimits:
+        """These limits with the write bandwidth lowered to ``bps`` (never raised). QEMU
+        refuses a total (``bps``) beside a write limit, so a drive that has a total gets
+        its total lowered (reads share it); the burst allowance of the field lowered is
+        dropped, since it would let the guest write past it."""
+        if bps <= 0:
+            raise ValueError("a write limit must be > 0")
+        fields = dict(self.values)
+        name = "bps" if fields.get("bps") else "bps_wr"
+        current = fields.get(name, 0)
+        fields[name] = min(current, bps) if current else bps
+        for burst in (f"{name}_max", f"{name}_max_length"):
+            fields.pop(burst, None)
+        return IoLimits.of(fields, self.group)
+
+
 # Events: the backend sends these into the monitor's stream.
 
 
@@ -263,6 +325,16 @@ class Hypervisor(Protocol):
     def health(self) -> HypervisorHealth:
         """What the backend counts at its edge and why nothing can be watched now, if so
         (:class:`HypervisorHealth`; all zeros and no problem when healthy). No I/O."""
+        ...
+
+    async def io_limits(self, vm: str, drive: DriveInfo) -> IoLimits:
+        """The guest drive's I/O limits now (QMP ``query-block``'s ``inserted``, libvirt
+        ``blockIoTune``): what the write throttle reads before it sets one."""
+        ...
+
+    async def set_io_limits(self, vm: str, drive: DriveInfo, limits: IoLimits) -> None:
+        """Set every I/O limit of the guest drive to ``limits`` (fields not in it to 0):
+        QMP ``block_set_io_throttle``, libvirt ``setBlockIoTune`` (live)."""
         ...
 
 

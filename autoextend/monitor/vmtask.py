@@ -45,6 +45,7 @@ from autoextend.monitor.protocols import (
 )
 from autoextend.monitor.resume import ResumeSteps
 from autoextend.monitor.resync import merge_drives, observe
+from autoextend.monitor.throttle import Throttles
 from autoextend.monitor.views import ViewSteps
 from autoextend.monitor.vm import (
     POLL,
@@ -67,12 +68,13 @@ class Steps:
     jobs: JobSteps
     resumes: ResumeSteps
     views: ViewSteps
+    throttles: Throttles
 
     @classmethod
-    def of(cls, ctx: MonitorContext, checks: Checks = ALL_ON) -> Steps:
+    def of(cls, ctx: MonitorContext, throttles: Throttles, checks: Checks = ALL_ON) -> Steps:
         migrations = MigrationSteps(ctx, checks)
-        return cls(migrations, Extensions(ctx, migrations), JobSteps(ctx), ResumeSteps(ctx),
-                   ViewSteps(ctx, checks))
+        return cls(migrations, Extensions(ctx, migrations, throttles), JobSteps(ctx),
+                   ResumeSteps(ctx), ViewSteps(ctx, checks), throttles)
 
 
 class VmTask:
@@ -359,5 +361,6 @@ class VmTask:
             "last_action": m.last_action,
             "migration": m.migration.value,
             "stale_views": dict(m.stale_views),
-            "drives": [d.snapshot() for d in self.drives.values()],
+            "drives": [{**d.snapshot(), "throttle": self._steps.throttles.status(d.volume)}
+                       for d in self.drives.values()],
         }

@@ -33,6 +33,7 @@ from autoextend.monitor.protocols import (
     DriveInfo,
     HypervisorEvent,
     HypervisorHealth,
+    IoLimits,
     RunState,
     VmAppeared,
     VmGone,
@@ -150,6 +151,12 @@ class QmpHypervisor:
 
     async def resume(self, vm: str) -> None:
         await self._session(vm, "cont").resume()
+
+    async def io_limits(self, vm: str, drive: DriveInfo) -> IoLimits:
+        return await self._session(vm, "query-block").io_limits(drive)
+
+    async def set_io_limits(self, vm: str, drive: DriveInfo, limits: IoLimits) -> None:
+        await self._session(vm, "block_set_io_throttle").set_io_limits(drive, limits)
 
     async def suspend(self, vm: str) -> None:
         await self._session(vm, "stop").suspend()

@@ -28,6 +28,7 @@ from autoextend.monitor.protocols import (
     DriveInfo,
     DrivesChanged,
     HypervisorEvent,
+    IoLimits,
     MigrationChanged,
     RunState,
     VmPaused,
@@ -37,6 +38,7 @@ from autoextend.qemuimg import Measure
 from autoextend.qmp import errpolicy
 from autoextend.qmp.connection import QmpConnection
 from autoextend.qmp.errors import MalformedReply, QmpCommandFailed, QmpDisconnected, QmpError
+from autoextend.qmp.iolimits import parse_io_limits, throttle_args
 from autoextend.qmp.jobwatch import JobWatch, job_event
 from autoextend.qmp.migration import migration_info, migration_phase
 from autoextend.qmp.pauses import drive_errors
@@ -174,6 +176,33 @@ class VmSession:
         await self.conn.execute(
             "block-set-write-threshold", {"node-name": drive.node, "write-threshold": threshold}
         )
+
+    async def io_limits(self, drive: DriveInfo) -> IoLimits:
+        """The guest drive's I/O limits (``query-block``, ``qmp/iolimits.py``)."""
+        return await self._guarded("query-block", lambda: self._io_limits(drive))
+
+    async def _io_limits(self, drive: DriveInfo) -> IoLimits:
+        qdev, device = self._device_names(drive)
+        limits = parse_io_limits(self.name, await self.conn.execute("query-block"), qdev,
+                                 device)
+        if limits is None:
+            raise QmpCommandFailed(self.name, "query-block", "DeviceNotFound",
+                                   f"no device with a medium for drive {drive.drive}")
+        return limits
+
+    async def set_io_limits(self, drive: DriveInfo, limits: IoLimits) -> None:
+        """``block_set_io_throttle`` with exactly ``limits`` (``qmp/iolimits.py``)."""
+        qdev, device = self._device_names(drive)
+        await self.conn.execute("block_set_io_throttle", throttle_args(qdev, device, limits))
+
+    def _device_names(self, drive: DriveInfo) -> tuple[str, str]:
+        """(QOM path, BlockBackend name) of the guest device of ``drive``."""
+        qdev = self.topology.qdev_of.get(drive.drive, "")
+        device = self.topology.device_of.get(drive.drive, "")
+        if drive.job or not (qdev or device):
+            raise QmpCommandFailed(self.name, "block_set_io_throttle", "DeviceNotFound",
+                                   f"drive {drive.drive} is not a guest device")
+        return qdev, device
 
     async def resume(self) -> None:
         await self.conn.execute("cont")

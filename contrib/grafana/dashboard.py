@@ -66,6 +66,27 @@ SERVICE_PANELS: tuple[Panel, ...] = (
         Target("autoextend_volume_cap_bytes - autoextend_volume_physical_bytes",
                "left to cap: {{volume}}")),
         "Per volume: written space still free, and how far the volume may still grow."),
+    Panel("Drive headroom vs extension time", "s", (
+        Target("autoextend_drive_headroom_seconds", "headroom {{volume}}"),
+        Target('histogram_quantile(0.99, sum by (le) (rate('
+               f'autoextend_extend_duration_seconds_bucket{{phase="total"}}[{W}])))',
+               "p99 extension time")),
+        "Free space above the threshold over the recent write rate: a volume whose headroom "
+        "is below the p99 extension time pauses unless the write throttle slows it "
+        "(AutoextendHeadroomShort)."),
+    Panel("Near misses and the write throttle", "percentunit", (
+        Target("histogram_quantile(0.5, sum by (le) (rate("
+               f"autoextend_extension_watermark_left_ratio_bucket[{W}])))",
+               "watermark left at landing, p50"),
+        Target("histogram_quantile(0.01, sum by (le) (rate("
+               f"autoextend_extension_watermark_left_ratio_bucket[{W}])))",
+               "watermark left at landing, p1"),
+        Target(f"sum(rate(autoextend_throttled_seconds_total[{W}]))",
+               "drives throttled (drive-seconds/s)"),
+        Target(f"sum by (reason) (increase(autoextend_throttles_total[{W}]))",
+               "throttles /5m: {{reason}}")),
+        "The fraction of the watermark still free when each extension landed (near 0: the "
+        "guest almost paused), and the write throttle ([policy] throttle) at work."),
     Panel("Hosts and drives", "short", (
         Target('up{job=~".*autoextend.*"}', "up {{instance}}"),
         Target("autoextend_drives_monitored", "drives {{instance}}")),),

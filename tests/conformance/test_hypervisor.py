@@ -16,6 +16,7 @@ from autoextend.errors import HypervisorError
 from autoextend.monitor.migration import NOT_MIGRATING
 from autoextend.monitor.protocols import (
     HypervisorHealth,
+    IoLimits,
     PauseReason,
     RunState,
     ThresholdCrossed,
@@ -169,3 +170,30 @@ async def test_health_and_migration_are_on_the_protocol(hypervisor_driver: Facto
         assert await hv.migration(vm) == NOT_MIGRATING
         with pytest.raises(VmNotFound):
             await hv.migration(driver.name())
+
+
+async def test_io_limits_read_back_and_restore_exactly(hypervisor_driver: Factory) -> None:
+    """What the write throttle relies on (``monitor/throttle.py``): a drive's limits can be
+    read, a write limit set on top of them, and the limits read before given back exactly."""
+    async with serving(hypervisor_driver()) as driver:
+        hv, vm = driver.hypervisor, driver.name()
+        await driver.add_vm(vm)
+        (drive,) = await hv.drives(vm)
+        assert (await hv.io_limits(vm, drive)).unlimited  # a new VM has none
+        theirs = IoLimits.of({"iops": 500, "bps_rd": 300 * MiB})
+        await hv.set_io_limits(vm, drive, theirs)
+        read = await hv.io_limits(vm, drive)
+        assert read.values == theirs.values
+        throttled = read.with_write_bps(12 * MiB)
+        await hv.set_io_limits(vm, drive, throttled)
+        now = await hv.io_limits(vm, drive)
+        assert (now.write_bps, now.get("iops"), now.get("bps_rd")) == (12 * MiB, 500, 300 * MiB)
+        await hv.set_io_limits(vm, drive, read)
+        assert await hv.io_limits(vm, drive) == read  # exactly, group included
+        await hv.set_io_limits(vm, drive, IoLimits())
+        assert (await hv.io_limits(vm, drive)).unlimited
+        with pytest.raises(VmNotFound):
+            await hv.io_limits(f"{vm}-absent", drive)
+        with pytest.raises(HypervisorError):
+            await hv.set_io_limits(vm, dataclasses.replace(drive, drive="zz9", node="zz9"),
+                                   theirs)

@@ -170,7 +170,9 @@ async def test_failed_extension_retries_with_backoff(rig: Rig) -> None:
         assert rig.ext.calls == 1
         rig.ext.fail_with = None
         rig.clock.advance(1.0)  # poll after retry_at
-        await until(lambda: rig.volumes.sizes[VOL] == 384 * MiB)
+        # The grown volume, then the drive re-armed (the extension task yields in between).
+        await until(lambda: rig.volumes.sizes[VOL] == 384 * MiB
+                    and rig.state() is ThresholdState.SET)
         assert rig.monitor.snapshot()[0]["drives"][0]["last_error"] == ""
         assert rig.tally.failed == 1
         tg.cancel_scope.cancel()

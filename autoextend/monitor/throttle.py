@@ -1,0 +1,346 @@
+"""Throttle before pause: slow a guest's writes so its headroom outlasts its extension.
+
+Derivation. An extension starts at the threshold, with the free space above it
+(``rate.free_above_threshold``: ``F`` bytes) to work with. It is expected to land ``E``
+seconds from now:
+
+* ``E = p99 - elapsed`` while the extension is younger than the p99 of recent extensions
+  (measured, ``rate.DriveRates.latency_s``);
+* ``E = failover_s - elapsed`` (at least :data:`MIN_REMAINING_S`) once it outlived the p99:
+  something is wrong, so plan for the worst that still ends, an SPM failover
+  (``timeouts.failover_s``, 8T+W+2T; in local mode the extension deadline). While no SPM
+  term is valid no extension lands sooner than that; the reason shown is then
+  ``SPM failover``. The host's view of the SPM's renewals is not trusted to throttle on its
+  own (a host reads the other hosts' records only now and then, so a stale view would
+  throttle healthy guests); an extension stuck behind a lost SPM outlives its p99 within
+  that p99, and the bound applies from then on.
+
+At the drive's write rate ``r`` the free space lasts ``F / r``. When that is less than
+``E`` the guest would pause, so its writes are limited to
+
+    limit = max(floor, F / E)
+
+which is below ``r`` (``F / r < E`` is ``F / E < r``): the free space then lasts until the
+extension lands. Only ever tightened while the extension runs (a guest held at ``limit``
+keeps ``F / E`` where it is); lifted in the step that re-arms the grown drive (or leaves
+it at its cap, or to a migration), and then the limits the drive had before are restored
+exactly: they are read first (``Hypervisor.io_limits``), a drive whose own write limit is
+already at or below ``limit`` is left alone, and a drive whose limits someone changed
+while it was throttled keeps theirs.
+
+``[policy] throttle = false`` turns it off; ``throttle_floor_mib_s`` is the floor. A guest
+sees slower writes (its I/O waits in QEMU), never an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import anyio
+
+from autoextend.errors import AutoextendError
+from autoextend.monitor import policy
+from autoextend.monitor.context import MonitorContext, VmView
+from autoextend.monitor.drive import DriveState
+from autoextend.monitor.observer import (
+    DriveGone,
+    MonitorEvent,
+    Throttled,
+    ThrottleLifted,
+    WatermarkLeft,
+)
+from autoextend.monitor.protocols import DriveInfo, IoLimits
+from autoextend.monitor.rate import (
+    DriveRates,
+    Sample,
+    free_above_threshold,
+    headroom_s,
+    predicted_allocation,
+)
+from autoextend.monitor.vm import log
+from autoextend.volumes import VolumeRef
+
+MiB = 1 << 20
+#: The least time an extension is still expected to take, once its bound has passed.
+MIN_REMAINING_S = 1.0
+#: How often the watch looks at a drive being extended (arithmetic only, no I/O).
+CHECK_S = 0.1
+#: How often it asks the hypervisor for fresh numbers while it throttles or is overdue.
+RESAMPLE_S = 1.0
+#: How long the monitor's stop waits for the throttled drives' limits to be restored.
+STOP_RESTORE_S = 5.0
+#: A new limit replaces the one in place only when it is this much lower.
+TIGHTEN = 0.9
+
+SPM_FAILOVER = "SPM failover"
+OVERDUE = "extension overdue"
+WRITE_RATE = "write rate"
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """How long until the extension lands (seconds from now), and why that long."""
+
+    remaining_s: float
+    reason: str
+
+
+def expect(elapsed_s: float, p99_s: float, failover_s: float, spm_valid: bool) -> Expectation:
+    """The expected rest of an extension that has run ``elapsed_s`` (see module doc);
+    ``spm_valid`` only names the reason."""
+    if elapsed_s < p99_s:
+        return Expectation(p99_s - elapsed_s, WRITE_RATE)
+    return Expectation(max(failover_s - elapsed_s, MIN_REMAINING_S),
+                       OVERDUE if spm_valid else SPM_FAILOVER)
+
+
+def limit_for(free: int, rate: float, remaining_s: float, floor: int) -> int | None:
+    """The write limit (bytes/s) that makes ``free`` last ``remaining_s``, never below
+    ``floor``; None when the rate does not need one (the headroom lasts)."""
+    if remaining_s <= 0 or headroom_s(free, rate) >= remaining_s:
+        return None
+    return max(floor, math.floor(free / remaining_s))
+
+
+def tighter(current: int, wanted: int | None) -> int | None:
+    """The limit to set now: ``wanted`` when there is none yet (``current`` 0) or it is
+    clearly lower; otherwise None (keep what is set)."""
+    if wanted is None or wanted <= 0:
+        return None
+    if current == 0 or wanted < current * TIGHTEN:
+        return wanted
+    return None
+
+
+def describe(bps: int, reason: str) -> str:
+    """``THROTTLED 12 MiB/s (SPM failover)``, as ``status`` shows it."""
+    return f"THROTTLED {bps // MiB} MiB/s ({reason})" if bps >= MiB else \
+        f"THROTTLED {bps // 1024} KiB/s ({reason})"
+
+
+@dataclass
+class Held:
+    """One drive autoextend throttles: what it had, what it got, since when and why."""
+
+    vm: str
+    drive: str
+    original: IoLimits
+    applied: IoLimits
+    bps: int
+    reason: str
+    since: float
+
+
+class Throttles:
+    """The monitor's write throttle: one per monitor (``monitor/vmtask.py: Steps``)."""
+
+    def __init__(self, ctx: MonitorContext, rates: DriveRates) -> None:
+        self._ctx = ctx
+        self.rates = rates
+        self.held: dict[VolumeRef, Held] = {}
+        self._seconds_done = 0.0
+
+    # ------------------------------------------------------------ what others read
+
+    def seconds_total(self) -> float:
+        """``autoextend_throttled_seconds_total``: drive-seconds spent throttled."""
+        now = self._ctx.clock.now()
+        return self._seconds_done + sum(now - h.since for h in self.held.values())
+
+    def status(self, volume: VolumeRef) -> str:
+        h = self.held.get(volume)
+        return describe(h.bps, h.reason) if h is not None else ""
+
+    def notify(self, event: MonitorEvent) -> None:
+        """A drive gone (with its VM or unplugged): nothing left to restore."""
+        if isinstance(event, DriveGone):
+            h = self.held.pop(event.volume, None)
+            if h is not None:
+                self._seconds_done += self._ctx.clock.now() - h.since
+
+    # ------------------------------------------------------------ during an extension
+
+    def _enabled(self, info: DriveInfo) -> bool:
+        return self._ctx.settings.throttle and not info.job and not self._ctx.dry_run
+
+    @contextlib.asynccontextmanager
+    async def watching(self, vm: VmView, d: DriveState, info: DriveInfo,
+                       pol: policy.DrivePolicy, started: float) -> AsyncIterator[None]:
+        """Watch the drive while its extension runs (the body): throttle it when its
+        headroom will not last until the extension lands."""
+        if not self._enabled(info):
+            yield
+            return
+        watermark = policy.watermark(pol)
+        self.rates.sample(d.volume, self._ctx.clock.now(), info.allocation, info.physical,
+                          watermark)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch, vm, d, info, watermark, started)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _watch(self, vm: VmView, d: DriveState, info: DriveInfo, watermark: int,
+                     started: float) -> None:
+        """The watch, contained: a failure here must never end the extension it watches."""
+        try:
+            await self._watching(vm, d, info, watermark, started)
+        except Exception as exc:  # noqa: BLE001 - the extension goes on without a throttle
+            log.error("throttle watch failed", vm=vm.name, drive=d.name, error=repr(exc))
+
+    async def _watching(self, vm: VmView, d: DriveState, info: DriveInfo, watermark: int,
+                        started: float) -> None:
+        ctx = self._ctx
+        resampled = -math.inf
+        while True:
+            now = ctx.clock.now()
+            exp = self._expect(now - started)
+            if exp.reason != WRITE_RATE:
+                self.rates.overdue.add(d.volume)
+            s = self.rates.last(d.volume) or Sample(now, info.allocation)
+            wanted = self._wanted(d, s, now, info.physical, watermark, exp)
+            if (wanted is not None or exp.reason != WRITE_RATE) and now - resampled >= RESAMPLE_S:
+                resampled = now
+                s = await self._resample(vm, d, info, watermark)
+                wanted = self._wanted(d, s, ctx.clock.now(), info.physical, watermark, exp)
+            if wanted is not None:
+                await self._apply(vm, d, info, wanted, exp.reason)
+            await ctx.clock.sleep(CHECK_S)
+
+    def _expect(self, elapsed: float) -> Expectation:
+        ctx = self._ctx
+        spm_ok = ctx.spm_ok() if ctx.spm_ok is not None else True
+        bound = ctx.failover_s if ctx.failover_s is not None else ctx.extend_deadline_s
+        return expect(elapsed, self.rates.latency_s(), bound, spm_ok)
+
+    def _wanted(self, d: DriveState, s: Sample, now: float, physical: int, watermark: int,
+                exp: Expectation) -> int | None:
+        held = self.held.get(d.volume)
+        current = held.bps if held is not None else 0
+        rate = min(s.rate, current) if current else s.rate
+        allocation = max(self.rates.latest(d.volume), predicted_allocation(s, now, rate))
+        free = free_above_threshold(allocation, physical, watermark)
+        floor = self._ctx.settings.throttle_floor_mib_s * MiB
+        return tighter(current, limit_for(free, rate, exp.remaining_s, floor))
+
+    async def _resample(self, vm: VmView, d: DriveState, info: DriveInfo,
+                        watermark: int) -> Sample:
+        """Fresh numbers from the hypervisor (one drive query), as one more sample."""
+        try:
+            fresh = await self._ctx.hypervisor.drives(vm.name)
+        except AutoextendError as exc:
+            log.debug("throttle: drive query failed", vm=vm.name, drive=d.name, error=str(exc))
+            fresh = []
+        for f in fresh:
+            if f.drive == d.name and f.path == info.path:
+                return self.rates.sample(d.volume, self._ctx.clock.now(), f.allocation,
+                                         info.physical, watermark)
+        return self.rates.last(d.volume) or Sample(self._ctx.clock.now(), info.allocation)
+
+    async def _apply(self, vm: VmView, d: DriveState, info: DriveInfo, bps: int,
+                     reason: str) -> None:
+        """Set the drive's write limit to ``bps`` (read its own limits first, once)."""
+        ctx = self._ctx
+        hv = ctx.hypervisor
+        bound = log.bind(vm=vm.name, drive=d.name, volume=str(d.volume))
+        held = self.held.get(d.volume)
+        try:
+            original = held.original if held is not None else await hv.io_limits(vm.name, info)
+            own = original.write_bps
+            if held is None and own and own <= bps:
+                return  # its own limit is tighter already: nothing to add
+            await hv.set_io_limits(vm.name, info, original.with_write_bps(bps))
+            # As the hypervisor has them (QEMU names a new throttle group after the
+            # device): what the lift compares with to see whether someone changed them.
+            applied = await hv.io_limits(vm.name, info)
+        except AutoextendError as exc:
+            bound.warning("throttle: setting the write limit failed", error=str(exc),
+                          limit_bps=bps)
+            return
+        if held is None:
+            self.held[d.volume] = Held(vm.name, d.name, original, applied, bps, reason,
+                                       ctx.clock.now())
+        else:
+            held.applied, held.bps, held.reason = applied, bps, reason
+        ctx.observer.notify(Throttled(vm.name, d.name, d.volume, bps, reason))
+        bound.warning("guest writes throttled until the extension lands",
+                      limit_mib_s=round(bps / MiB, 2), reason=reason,
+                      status=describe(bps, reason))
+
+    # ------------------------------------------------------------ after an extension
+
+    def landed(self, vm: VmView, d: DriveState, before: DriveInfo,
+               pol: policy.DrivePolicy) -> None:
+        """The extension landed: report how much of the watermark was left then (the
+        near-miss figure: 0 is a pause, or as good as one). The allocation at landing is
+        predicted from the last sample and the rate (no query on this path)."""
+        ctx = self._ctx
+        watermark = policy.watermark(pol)
+        s = self.rates.last(d.volume)
+        now = ctx.clock.now()
+        if d.enospc or s is None:
+            allocation = before.physical if d.enospc else before.allocation
+        else:
+            held = self.held.get(d.volume)
+            rate = min(s.rate, held.bps) if held is not None else s.rate
+            allocation = max(before.allocation, self.rates.latest(d.volume),
+                             predicted_allocation(s, now, rate))
+        left = free_above_threshold(allocation, before.physical, watermark)
+        ctx.observer.notify(WatermarkLeft(vm.name, d.name, d.volume, left / watermark))
+
+    async def lift_at_stop(self) -> None:
+        """Wait until the monitor stops, then give every throttled drive its own limits
+        back (best effort, bounded: the hypervisor's connections close at the same time; a
+        limit left behind by a crash stays until lifted by hand)."""
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_RESTORE_S):
+                for volume, held in list(self.held.items()):
+                    self.held.pop(volume, None)
+                    await self._restore(held, volume)
+
+    async def _restore(self, held: Held, volume: VolumeRef) -> None:
+        """Set ``held.original`` again unless someone changed the limits meanwhile."""
+        bound = log.bind(vm=held.vm, drive=held.drive, volume=str(volume))
+        hv = self._ctx.hypervisor
+        try:
+            info = next((i for i in await hv.drives(held.vm) if i.drive == held.drive), None)
+            if info is None:
+                return
+            now = await hv.io_limits(held.vm, info)
+            if now != held.applied:
+                bound.warning("throttle: the drive's limits were changed while throttled; "
+                              "leaving them as they are", limits=dict(now.values))
+                return
+            await hv.set_io_limits(held.vm, info, held.original)
+            bound.info("throttle lifted at stop")
+        except AutoextendError as exc:
+            bound.warning("throttle: restoring the drive's limits failed", error=str(exc),
+                          limits=dict(held.original.values))
+
+    async def lift(self, vm: VmView, d: DriveState, info: DriveInfo) -> None:
+        """Restore the drive's own limits (the step that re-arms it). Never raises."""
+        held = self.held.pop(d.volume, None)
+        if held is None:
+            return
+        ctx = self._ctx
+        seconds = ctx.clock.now() - held.since
+        self._seconds_done += seconds
+        bound = log.bind(vm=vm.name, drive=d.name, volume=str(d.volume))
+        try:
+            now = await ctx.hypervisor.io_limits(vm.name, info)
+            if now != held.applied:
+                bound.warning("throttle: the drive's limits were changed while throttled; "
+                              "leaving them as they are", limits=dict(now.values))
+            else:
+                await ctx.hypervisor.set_io_limits(vm.name, info, held.original)
+        except AutoextendError as exc:
+            bound.warning("throttle: restoring the drive's limits failed", error=str(exc),
+                          limits=dict(held.original.values))
+        ctx.observer.notify(ThrottleLifted(vm.name, d.name, d.volume, seconds))
+        bound.info("throttle lifted", duration_s=round(seconds, 3))

@@ -1,0 +1,163 @@
+"""The write throttle (``monitor/throttle.py``) over the in-memory hypervisor: a drive
+whose extension is held is limited so its headroom lasts, the limit is lifted in the step
+that re-arms, and the drive's own limits come back exactly (or someone else's stay)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from autoextend.lab.waiting import until
+from autoextend.monitor.drive import ThresholdState
+from autoextend.monitor.observer import MonitorEvent, WatermarkLeft
+from autoextend.monitor.protocols import IoLimits
+from autoextend.monitor.throttle import MiB
+from tests.monitor.rig import VOL, Rig
+
+# Rig: watermark 64 MiB, threshold 192 MiB at 256 MiB, assumed p99 1 s (no extension
+# measured yet), extension deadline 5 s.
+THEIRS = IoLimits.of({"iops": 500, "bps_rd": 300 * MiB}, group="g1")
+
+
+def drive_limits(rig: Rig) -> IoLimits:
+    return rig.hv.vms["vm1"].drives["vda"].limits
+
+
+def throttle_status(rig: Rig) -> str:
+    (vm,) = rig.monitor.snapshot()
+    (d,) = vm["drives"]
+    return str(d["throttle"])
+
+
+async def start_writing(rig: Rig) -> anyio.Event:
+    """100 MiB/s for one poll, then past the threshold: the extension is held until the
+    returned event is set."""
+    await until(lambda: rig.state() is ThresholdState.SET)
+    rig.hv.write("vm1", "vda", 100 * MiB, events=False)
+    rig.clock.advance(1.0)  # a poll samples 100 MiB in 1 s
+    await rig.settle()
+    rig.ext.gate = gate = anyio.Event()
+    rig.hv.write("vm1", "vda", 100 * MiB)  # 200 MiB: crosses 192 MiB, 56 MiB left
+    return gate
+
+
+async def test_held_extension_is_throttled_then_lifted_and_limits_restored() -> None:
+    rig = Rig()
+    rig.monitor.ctx.failover_s = 20.0
+    spm = [True]
+    rig.monitor.ctx.spm_ok = lambda: spm[0]
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    rig.hv.vms["vm1"].drives["vda"].limits = THEIRS
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        gate = await start_writing(rig)
+        # 56 MiB at 100 MiB/s lasts 0.56 s < the 1 s p99: 56 MiB/s makes it last 1 s.
+        await until(lambda: rig.hv.limit_calls, describe=rig.describe)
+        first = rig.hv.limit_calls[-1][2]
+        assert first.get("bps_wr") == 56 * MiB
+        assert (first.get("iops"), first.get("bps_rd"), first.group) == (500, 300 * MiB, "g1")
+        assert throttle_status(rig) == "THROTTLED 56 MiB/s (write rate)"
+
+        spm[0] = False  # the SPM is gone; the extension outlives its p99
+        rig.hv.write("vm1", "vda", 10 * MiB, events=False)
+        rig.clock.advance(1.0)
+        await until(lambda: drive_limits(rig).get("bps_wr") < 56 * MiB, describe=rig.describe)
+        # 46 MiB left over the 19 s to the failover bound: 2.4 MiB/s, below the 4 MiB/s floor.
+        assert drive_limits(rig).get("bps_wr") == 4 * MiB
+        assert throttle_status(rig) == "THROTTLED 4 MiB/s (SPM failover)"
+        assert rig.state() is ThresholdState.EXTENDING
+
+        gate.set()  # the SPM is back: the extension lands
+        await until(lambda: rig.state() is ThresholdState.SET and not rig.monitor.throttles.held,
+                    describe=rig.describe)
+        assert drive_limits(rig) == THEIRS  # exactly what the drive had
+        assert throttle_status(rig) == ""
+        assert rig.tally.throttles == 2 and rig.tally.throttle_lifts == 1
+        assert rig.tally.enospc_pauses == 0
+        assert rig.monitor.throttles.seconds_total() == pytest.approx(1.0)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_drive_limited_tighter_already_is_left_alone() -> None:
+    rig = Rig()
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    own = IoLimits.of({"bps_wr": 2 * MiB})
+    rig.hv.vms["vm1"].drives["vda"].limits = own
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        gate = await start_writing(rig)
+        await until(lambda: rig.state() is ThresholdState.EXTENDING)
+        await rig.settle(extensions=False)
+        assert rig.hv.limit_calls == [] and drive_limits(rig) == own
+        gate.set()
+        await until(lambda: rig.state() is ThresholdState.SET)
+        assert rig.hv.limit_calls == [] and rig.tally.throttle_lifts == 0
+        tg.cancel_scope.cancel()
+
+
+async def test_limits_someone_changed_while_throttled_are_kept() -> None:
+    rig = Rig()
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        gate = await start_writing(rig)
+        await until(lambda: rig.hv.limit_calls, describe=rig.describe)
+        operator = IoLimits.of({"bps_wr": 7 * MiB, "iops": 100})
+        rig.hv.vms["vm1"].drives["vda"].limits = operator
+        gate.set()
+        await until(lambda: rig.state() is ThresholdState.SET and not rig.monitor.throttles.held)
+        assert drive_limits(rig) == operator
+        assert len(rig.hv.limit_calls) == 1  # nothing written over the operator's
+        tg.cancel_scope.cancel()
+
+
+async def test_throttle_off_sets_no_limit() -> None:
+    rig = Rig(throttle=False)
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        gate = await start_writing(rig)
+        await until(lambda: rig.state() is ThresholdState.EXTENDING)
+        rig.clock.advance(2.0)
+        await rig.settle(extensions=False)
+        assert rig.hv.limit_calls == [] and throttle_status(rig) == ""
+        gate.set()
+        await until(lambda: rig.state() is ThresholdState.SET)
+        tg.cancel_scope.cancel()
+
+
+async def test_near_miss_and_headroom_are_reported() -> None:
+    left: list[float] = []
+
+    class Near:
+        def notify(self, event: MonitorEvent) -> None:
+            if isinstance(event, WatermarkLeft):
+                left.append(event.fraction)
+
+    rig = Rig(observer=Near())
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        gate = await start_writing(rig)
+        await until(lambda: rig.state() is ThresholdState.EXTENDING)
+        await rig.settle(extensions=False)
+        headroom = rig.monitor.rates.headrooms()[str(VOL)]
+        assert headroom == pytest.approx(56 / 100)  # 56 MiB left at 100 MiB/s
+        gate.set()
+        await until(lambda: rig.state() is ThresholdState.SET)
+        tg.cancel_scope.cancel()
+    assert len(left) == 1 and 0 <= left[0] <= 56 / 64
+
+
+async def test_a_stopping_monitor_gives_the_drives_their_limits_back() -> None:
+    rig = Rig()
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    rig.hv.vms["vm1"].drives["vda"].limits = THEIRS
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await start_writing(rig)
+        await until(lambda: rig.monitor.throttles.held, describe=rig.describe)
+        assert drive_limits(rig) != THEIRS
+        tg.cancel_scope.cancel()  # the service stops with the extension still held
+    assert drive_limits(rig) == THEIRS
+    assert not rig.monitor.throttles.held
