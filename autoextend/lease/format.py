@@ -21,7 +21,8 @@ default priority). Layout, right after the record's CRC, little-endian:
 
     magic "DEXT" (u32), length (u16, bytes of fields that follow, >= 2),
     spm_priority (u16: 0..100, 0xFFFF = never), [fields a later release appends],
-    CRC-32 of the sector from its first byte up to here (record and extension together).
+    CRC-32 (u32) of the record's fields (without their CRC) followed by the extension's
+    fields, which binds the extension to its record.
 
 A later release may append fields (a larger length); this one reads the first and checks
 the CRC over all of them. An extension that does not check out (bad magic, length, CRC, or a
@@ -158,9 +159,15 @@ def pack_delta(rec: DeltaRecord, sector_size: int) -> bytes:
     if rec.spm_priority is None:
         return sealed
     ext = _DELTA_EXT.pack(DELTA_EXT_MAGIC, 2, to_wire(rec.spm_priority))
-    head = sealed[:DELTA_EXT_OFFSET] + ext
-    record = head + _CRC.pack(zlib.crc32(head))
+    record = sealed[:DELTA_EXT_OFFSET] + ext + _CRC.pack(_ext_crc(sealed, ext))
     return record + bytes(sector_size - len(record))
+
+
+def _ext_crc(sector: bytes, ext: bytes) -> int:
+    """CRC-32 of the record's fields (not their CRC: a message followed by its own CRC-32
+    has a constant CRC, which would not bind the extension to its record) and then of the
+    extension's fields."""
+    return zlib.crc32(ext, zlib.crc32(sector[: _DELTA.size]))
 
 
 def delta_extension(data: bytes) -> Priority | None:
@@ -176,7 +183,7 @@ def delta_extension(data: bytes) -> Priority | None:
     if crc_at + _CRC.size > len(data):
         return None
     (crc,) = _CRC.unpack_from(data, crc_at)
-    if crc != zlib.crc32(data[:crc_at]):
+    if crc != _ext_crc(data, data[DELTA_EXT_OFFSET:crc_at]):
         return None
     return from_wire(wire)
 

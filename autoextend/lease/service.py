@@ -33,7 +33,13 @@ from autoextend.lease.format import sectors, unpack_leader
 from autoextend.lease.layout import LeaseLayout
 from autoextend.lease.liveness import HostMonitor, HostState, HostStatus
 from autoextend.lease.paxos import PaxosLease
-from autoextend.lease.priority import NEVER, Priority, parse_priority, yield_window
+from autoextend.lease.priority import (
+    NEVER,
+    POLLS_PER_LEVEL,
+    Priority,
+    parse_priority,
+    yield_window,
+)
 from autoextend.lease.term import Term, TermHolder
 from autoextend.lease.timeouts import LeaseTimeouts, lease_timeouts
 from autoextend.lease.watchdog import NullWatchdog, Watchdog
@@ -379,9 +385,11 @@ class LeaseService(TermHolder[SpmTerm]):
         term.end("lease may have expired (not renewed in time)")
 
     def _default_hold_off(self) -> float:
-        # Longer than the yield to one higher level (priority.py: 2 polls), so that a
-        # step-down of the highest-priority host hands the role on.
-        return max(2 * self.timeouts.renewal_interval, 3 * self.timeouts.acquire_poll)
+        # Longer than a lower host's look at the free lease (one poll) plus its yield to
+        # one higher level (priority.py): a step-down of the highest-priority host hands
+        # the role on. With the default poll (T) this is the 4T it always was.
+        return max(2 * self.timeouts.renewal_interval,
+                   (POLLS_PER_LEVEL + 2) * self.timeouts.acquire_poll)
 
     # ---- status --------------------------------------------------------------------------
 
