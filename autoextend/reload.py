@@ -3,9 +3,10 @@
 A reload (SIGHUP, or the control socket's ``reload``) applies what the running parts can take
 without being rebuilt: the policy numbers and overrides, the resume policy, dry-run, the
 log settings and ``lease.spm_priority`` (it only decides when this host starts a ballot, and
-it is published at the next renewal; a running SPM term is kept). Every other key (the hypervisor, the extender, the volume backend, the lease,
-the mailbox, sockets and endpoints, a VG reserve, the extent size the reserve rounds with, and
-the extension deadline in mailbox mode) is fixed when the service starts. A reload that
+it is published at the next renewal; a running SPM term is kept). Every other key (the
+hypervisor, the extender, the volume backend, the rest of the lease, the mailbox, sockets and
+endpoints, a VG reserve, the extent size the reserve rounds with, and the extension deadline
+in mailbox mode) is fixed when the service starts. A reload that
 changes one of those keeps running with the old value and names the key; ``status`` shows the
 config in effect and the keys waiting for a restart, never a value that is not in effect.
 """

@@ -5,7 +5,9 @@ The rule checked (``[lease] spm_priority``, ``autoextend/lease/priority.py``): a
 priority is ``never`` never holds the role (``World.term_started`` checks that in every world),
 and each election is won by a host of the highest priority among the hosts free to take the
 role: every host that contends, except the one that just stepped down (it stays out for its
-hold-off). The first election, with every host starting at once, counts too.
+hold-off, which outlasts a lower host's yield). Each term is held longer than a hold-off, so
+the host that stepped down before is back in the contest. The first election, with every
+host starting at once, counts too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from autoextend.lease.priority import NEVER
+from sim.config import SimConfig
 
 if TYPE_CHECKING:
     from sim.world import World
@@ -22,9 +25,8 @@ if TYPE_CHECKING:
 POLL_S = 1.0  # how often the driver looks for the next term (virtual time)
 
 
-def expected_winners(world: World, stepped_down: int | None) -> set[int]:
+def expected_winners(cfg: SimConfig, stepped_down: int | None) -> set[int]:
     """The hosts that may win: the highest priority among those free to take the role."""
-    cfg = world.cfg
     free = {h: cfg.priority(h) for h in range(1, cfg.hosts + 1)
             if h != stepped_down and cfg.priority(h) != NEVER}
     if not free:
@@ -38,7 +40,7 @@ async def elections(world: World) -> None:
     cfg = world.cfg
     last_lver = 0
     stepped: int | None = None
-    hold = 3 * cfg.io_timeout
+    hold = 5 * cfg.io_timeout  # > the hold-off (4T at the default poll)
     for number in range(cfg.elections + 1):
         while True:
             valid = [(i, t) for i, t in world.valid_terms() if t.lver > last_lver]
@@ -49,7 +51,7 @@ async def elections(world: World) -> None:
         last_lver = term.lver
         world.stats.elections.append((stepped, inc.host_id))
         world.stats.checks += 1
-        allowed = expected_winners(world, stepped)
+        allowed = expected_winners(cfg, stepped)
         world.trace(f"election {number}: {inc.name} won lver {term.lver} (stepped down: "
                     f"{'-' if stepped is None else f'h{stepped}'}; expected one of "
                     f"{sorted(allowed)})")

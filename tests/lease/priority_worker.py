@@ -61,5 +61,6 @@ if __name__ == "__main__":
     parser.add_argument("--io-timeout", type=float, default=0.2)
     parser.add_argument("--watchdog", type=float, default=0.5)
     parser.add_argument("--poll", type=float, default=0.5)
-    parser.add_argument("--hold", type=float, default=1.0)
+    # longer than the hold-off (4 polls): the host that stepped down before contends again
+    parser.add_argument("--hold", type=float, default=2.5)
     anyio.run(main, parser.parse_args())

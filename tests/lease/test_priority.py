@@ -169,7 +169,7 @@ def test_the_yield_levels() -> None:
 ])
 def test_bad_priorities_get_a_clear_error(value: object, error: str) -> None:
     with pytest.raises(ValidationError, match=error):
-        LeaseSettings(spm_priority=value)
+        LeaseSettings.model_validate({"spm_priority": value})
 
 
 def test_the_priority_setting() -> None:
@@ -210,7 +210,9 @@ async def test_five_wins_the_free_election_and_never_never_contends() -> None:
         while True:
             async with lease.spm() as term:
                 winners.append(term.host_id)
-                await anyio.sleep(3 * STEADY["io_timeout_s"])  # hold it: time is the subject
+                # Hold the role past a hold-off (4 polls): the host that stepped down before
+                # is back in the contest. Time is the subject.
+                await anyio.sleep(4.5)
                 lease.step_down()
                 await anyio.sleep_forever()
 
@@ -222,11 +224,11 @@ async def test_five_wins_the_free_election_and_never_never_contends() -> None:
         await until(lambda: all(len(h.monitor.peers) >= 3 for h in hosts.values()), 30,
                     "every host watched the others", describe=lambda: winners)
         go.set()
-        await until(lambda: len(winners) >= 5, 60, "five elections", describe=lambda: winners)
+        await until(lambda: len(winners) >= 3, 90, "three elections", describe=lambda: winners)
         tg.cancel_scope.cancel()
     # 5 wins the free election; after its step-down the 0 host takes over (5 is held off);
     # after the 0 host's, 5 again; the never host never.
-    assert winners[:5] == [2, 1, 2, 1, 2]
+    assert winners[:3] == [2, 1, 2]
     assert low.stats.yielded >= 1 and five.stats.yielded == 0
     assert never.stats.acquisitions == 0 and never.paxos.stats.ballots == 0
 

@@ -1,6 +1,6 @@
 """SPM priority between real processes on a shared O_DIRECT file: hosts with priorities
 0 / 5 / never start together; the 5 host wins the free election, and over 20 elections
-(each SPM steps down after holding the role a second) the never host never holds it."""
+(each SPM steps down after holding the role longer than a step-down's hold-off) the never host never holds it."""
 
 from __future__ import annotations
 

@@ -78,9 +78,7 @@ def test_without_the_yield_the_low_host_wins(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_expected_winners() -> None:
     cfg = SimConfig(seed=1, hosts=4, priorities=("never", 0, 5, 0))
-    world = type("W", (), {"cfg": cfg})()
-    assert expected_winners(world, None) == {3}  # type: ignore[arg-type]
-    assert expected_winners(world, 3) == {2, 4}  # type: ignore[arg-type]
-    assert expected_winners(world, 2) == {3}  # type: ignore[arg-type]
-    lone = type("W", (), {"cfg": SimConfig(seed=1, hosts=1, priorities=("never",))})()
-    assert expected_winners(lone, None) == set()  # type: ignore[arg-type]
+    assert expected_winners(cfg, None) == {3}
+    assert expected_winners(cfg, 3) == {2, 4}
+    assert expected_winners(cfg, 2) == {3}
+    assert expected_winners(SimConfig(seed=1, hosts=1, priorities=("never",)), None) == set()
