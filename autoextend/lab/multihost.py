@@ -85,6 +85,7 @@ def host_config(
     chunk_mib: int, poll_interval_s: float, metrics_port: int, engine: str = "native",
     libvirt_uri: str = "",
     hot_window_s: float | None = None,
+    spm_priority: int | str = 50,
 ) -> str:
     """One host's config; with ``libvirt_uri`` its hypervisor is that libvirtd (else QMP)."""
     t = SANLOCK_TIMEOUTS if engine == "sanlock" else scaled_timeouts(time_scale)
@@ -132,6 +133,7 @@ host_name = "lab-host-{host_id}"
 io_timeout_s = {t["io_timeout_s"]}
 watchdog_fire_timeout_s = {t["watchdog_fire_timeout_s"]}
 max_hosts = {MAX_HOSTS}
+spm_priority = {json.dumps(spm_priority)}
 
 [mailbox]
 max_hosts = {MAX_HOSTS}
@@ -331,13 +333,15 @@ async def pool(
     engine: str = "native",
     libvirt_uris: Mapping[int, str] | None = None,
     hot_window_s: float | None = None,
+    spm_priorities: Mapping[int, int | str] | None = None,
 ) -> AsyncIterator[Pool]:
     """``hosts`` autoextend processes sharing one metadata area and one volume root, in
     ``directory`` (default: a new directory under /var/tmp, removed afterwards). With
     ``engine = "sanlock"`` each host gets its own sanlock daemon (autoextend/lab/sanlockd.py,
     in its own mount namespace) that outlives the host's process: LabError if none starts.
     ``libvirt_uris`` gives host N the libvirt hypervisor on that libvirtd (else QMP).
-    ``hot_window_s``: the SPMs' ``[mailbox] hot_window_s`` (default: the shipped 60 s)."""
+    ``hot_window_s``: the SPMs' ``[mailbox] hot_window_s`` (default: the shipped 60 s).
+    ``spm_priorities``: host N's ``[lease] spm_priority`` (default 50)."""
     own_dir = directory is None
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="autoextend-pool-", dir="/var/tmp"))
@@ -370,7 +374,8 @@ async def pool(
                     directory, host_dir, host_id, time_scale=time_scale, chunk_mib=chunk_mib,
                     poll_interval_s=poll_interval_s, metrics_port=port, engine=engine,
                     libvirt_uri=(libvirt_uris or {}).get(host_id, ""),
-                    hot_window_s=hot_window_s))
+                    hot_window_s=hot_window_s,
+                    spm_priority=(spm_priorities or {}).get(host_id, 50)))
                 host = HostProcess(host_id, host_dir, cfg, port)
                 if host_id in daemons:
                     host.env = daemons[host_id].env()
