@@ -6,6 +6,7 @@ engine a SIGHUP moves the role: the SPM turned ``never`` steps down and the host
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from pathlib import Path
@@ -79,6 +80,24 @@ async def test_a_reload_moves_the_native_spm_role(lab_tmp_path: Path) -> None:
                            for e in p.hosts[h].log_events()) for h in (1, 2))
 
         await until(applied, 60, "both hosts applied the new spm_priority")
+
+        async def on_disk() -> dict[int, object]:
+            cli = [sys.executable, "-m", "autoextend", "--config", str(p.hosts[1].config),
+                   "lease", "dump", "--json"]
+            done = await anyio.run_process(cli, check=False)
+            assert done.returncode == 0, done.stderr
+            hosts = json.loads(done.stdout)["hosts"]
+            return {h["host_id"]: h.get("spm_priority") for h in hosts if h.get("state") == "held"}
+
+        seen: list[dict[int, object]] = [{}]
+
+        async def published() -> bool:
+            seen[0] = await on_disk()
+            return seen[0] == {1: 5, 2: "never"}
+
+        # Each host publishes its new priority in its host id record at its next renewal.
+        await until(published, 60, "the new priorities in the delta records",
+                    describe=lambda: seen[0])
         status = (await p.hosts[2].status())["spm"]
         assert status["spm_priority"] == "never" and status["is_spm"]  # its term is kept
         await step_down(p, 2)
