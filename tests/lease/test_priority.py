@@ -267,3 +267,17 @@ async def test_a_reload_makes_a_never_host_contend_and_publishes_it() -> None:
         await until(lambda: seen() == 7, 30, "the new priority published", describe=seen)
         with pytest.raises(ValueError, match="must be 0..100"):
             lease.set_spm_priority(400)
+
+
+def test_the_sanlock_engine_takes_never_or_the_default_only() -> None:
+    """sanlock has no priority: a reload may switch between never and the default (the
+    engine's spm() waits while never), a number is refused with the reason."""
+    from autoextend.lease.sanlock_engine import SanlockEngine
+
+    engine = SanlockEngine(LeaseSettings(engine="sanlock", host_id=1, path="/nonexistent",
+                                         spm_priority=NEVER), 512, MonotonicClock())
+    assert engine.spm_priority == NEVER
+    with pytest.raises(ValueError, match="needs the native engine"):
+        engine.set_spm_priority(5)
+    engine.set_spm_priority(DEFAULT_PRIORITY)
+    assert engine.spm_priority == DEFAULT_PRIORITY
