@@ -148,7 +148,8 @@ class ClusterAgent:
         )
         while True:
             try:
-                lease = make_engine(lease_cfg, storage, self.clock, self.checks)
+                # self.lease_config: a reload's spm_priority holds for a retried join too
+                lease = make_engine(self.lease_config, storage, self.clock, self.checks)
             except ValueError as exc:  # geometry of the detected sector size (4 KiB)
                 raise StartupError(f"lease area on {path}", str(exc)) from None
             self.lease = lease
