@@ -37,7 +37,7 @@ async def next_spm(p: Pool, never: int, terms_before: int, holder: int) -> int:
             assert not spm[never]["is_spm"], spm[never]
             if spm[holder]["is_spm"] and spm[holder]["terms_held"] > terms_before:
                 return int(spm[holder]["terms_held"])
-            await anyio.sleep(0.2)
+            await anyio.sleep(0.2)  # polling the hosts' status: how often we look
 
 
 async def test_a_never_host_never_takes_the_sanlock_spm_role(lab_tmp_path: Path) -> None:
