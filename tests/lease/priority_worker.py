@@ -58,9 +58,11 @@ if __name__ == "__main__":
     parser.add_argument("--host-id", type=int, required=True)
     parser.add_argument("--priority", required=True)
     parser.add_argument("--hosts", type=int, required=True)
-    parser.add_argument("--io-timeout", type=float, default=0.2)
-    parser.add_argument("--watchdog", type=float, default=0.5)
-    parser.add_argument("--poll", type=float, default=0.5)
+    # T = 0.5 s: a loaded machine's stalls of a second do not cost a host its lease
+    parser.add_argument("--io-timeout", type=float, default=0.5)
+    parser.add_argument("--watchdog", type=float, default=1.0)
+    # a poll of 1 s: the 5 host looks within 1 s, a 0 host yields 2 s (a margin of 1 s)
+    parser.add_argument("--poll", type=float, default=1.0)
     # longer than the hold-off (4 polls): the host that stepped down before contends again
-    parser.add_argument("--hold", type=float, default=2.5)
+    parser.add_argument("--hold", type=float, default=5.0)
     anyio.run(main, parser.parse_args())
