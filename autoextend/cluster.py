@@ -161,7 +161,8 @@ class ClusterAgent:
         )
         while True:
             try:
-                lease = make_engine(lease_cfg, storage, self.clock, self.checks)
+                # self.lease_config: a reload's spm_priority holds for a retried join too
+                lease = make_engine(self.lease_config, storage, self.clock, self.checks)
             except ValueError as exc:  # geometry of the detected sector size (4 KiB)
                 raise StartupError(f"lease area on {path}", str(exc)) from None
             self.lease = lease
@@ -183,7 +184,8 @@ class ClusterAgent:
                     await tg.start(self.summary.run)
                     tg.start_soon(self._candidacy, lease, storage, layout, journal)
                     self.log.info("joined the pool", host_name=lease.host_name,
-                                  join_failures=self.join_failures)
+                                  join_failures=self.join_failures,
+                                  spm_priority=self.lease_config.spm_priority)
                     self._joined_event().set()
                     task_status.started()
                 return
@@ -269,6 +271,14 @@ class ClusterAgent:
         states[self.host_id] = ("live", generation)
         return states
 
+    def set_spm_priority(self, lease: LeaseSettings) -> None:
+        """A reload's ``[lease] spm_priority`` (the only lease key a reload applies): kept for
+        the next engine (a rejoin) and given to the running one."""
+        self.lease_config = self.lease_config.model_copy(
+            update={"spm_priority": lease.spm_priority})
+        if self.lease is not None:
+            self.lease.set_spm_priority(lease.spm_priority)
+
     async def step_down(self, timeout_s: float = 30.0) -> dict[str, Any]:
         """Finish or hand back the requests in flight, then release the SPM lease."""
         if self.lease is None or self.lease.term is None:
@@ -302,6 +312,7 @@ class ClusterAgent:
         return {
             "host_id": self.host_id,
             "engine": self.lease_config.engine,
+            "spm_priority": self.lease_config.spm_priority,
             "spm_host_id": spm[0] if spm else None,
             "spm_lver": spm[1] if spm else None,
             "is_spm": bool(lease is not None and lease.term is not None),

@@ -1,10 +1,12 @@
 """What a config reload applies to a running service, and what needs a restart (pure).
 
 A reload (SIGHUP, or the control socket's ``reload``) applies what the running parts can take
-without being rebuilt: the policy numbers and overrides, the resume policy, dry-run and the
-log settings. Every other key (the hypervisor, the extender, the volume backend, the lease,
-the mailbox, sockets and endpoints, a VG reserve, the extent size the reserve rounds with, and
-the extension deadline in mailbox mode) is fixed when the service starts. A reload that
+without being rebuilt: the policy numbers and overrides, the resume policy, dry-run, the
+log settings and ``lease.spm_priority`` (it only decides when this host starts a ballot, and
+it is published at the next renewal; a running SPM term is kept). Every other key (the
+hypervisor, the extender, the volume backend, the rest of the lease, the mailbox, sockets and
+endpoints, a VG reserve, the extent size the reserve rounds with, and the extension deadline
+in mailbox mode) is fixed when the service starts. A reload that
 changes one of those keeps running with the old value and names the key; ``status`` shows the
 config in effect and the keys waiting for a restart, never a value that is not in effect.
 """
@@ -19,7 +21,7 @@ from autoextend.config import Settings
 
 #: Keys (dotted prefixes) a reload applies.
 LIVE = ("policy", "resume", "service.dry_run", "service.log_level", "service.log_format",
-        "service.reload_max_factor")
+        "service.reload_max_factor", "lease.spm_priority")
 #: Keys under a live prefix that are nevertheless fixed at start: the reserve wrapper and its
 #: extent rounding are built with the volume backend.
 FIXED = ("policy.vg_reserve_mib", "policy.extent_mib")
@@ -69,8 +71,9 @@ def plan(running: Settings, new: Settings) -> ReloadPlan:
     service = running.service.model_copy(
         update={k: getattr(new.service, k) for k in _SERVICE_LIVE}
     )
+    lease = running.lease.model_copy(update={"spm_priority": new.lease.spm_priority})
     effective = running.model_copy(
-        update={"policy": policy, "resume": new.resume, "service": service}
+        update={"policy": policy, "resume": new.resume, "service": service, "lease": lease}
     )
     return ReloadPlan(
         effective,

@@ -572,6 +572,8 @@ class Service:
         self.monitor.reconfigure(now.policy, self.chunks, now.service.dry_run, now.resume,
                                  extend_deadline_s=timeouts.extension_deadline_s(now))
         self.capacity.reconfigure(now)
+        if self.cluster is not None:
+            self.cluster.set_spm_priority(now.lease)
         self.settings = now
         self.reloads += 1
         self.reload_applied, self.pending_restart = plan.applied, plan.needs_restart

@@ -7,7 +7,7 @@ import argparse
 import random
 import sys
 
-from sim.config import MUTATIONS, SimConfig
+from sim.config import MUTATIONS, SimConfig, parse_priorities
 from sim.run import run_world
 
 
@@ -22,8 +22,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="mean simulated seconds between faults")
     p.add_argument("--mutation", choices=MUTATIONS, default=None,
                    help="disable one safety check (the simulation must then fail)")
+    p.add_argument("--priorities", default="",
+                   help="[lease] spm_priority of hosts 1, 2, ... (e.g. 0,5,never)")
+    p.add_argument("--elections", type=int, default=0,
+                   help="no faults: step the SPM down this many times, check the winners")
     p.add_argument("--tail", type=int, default=60, help="trace lines printed on failure")
     args = p.parse_args(argv)
+    try:
+        priorities = parse_priorities(args.priorities) if args.priorities else ()
+    except ValueError as err:
+        print(f"--priorities: {err}", file=sys.stderr)
+        return 2
     if not 1 <= args.hosts <= 2000:
         print("--hosts must be 1..2000", file=sys.stderr)
         return 2
@@ -35,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     total = 0.0
     for seed in range(first, first + args.seeds):
         result = run_world(SimConfig(seed=seed, hosts=args.hosts, duration=args.duration,
-                                     fault_gap_s=args.fault_gap, mutation=args.mutation))
+                                     fault_gap_s=args.fault_gap, mutation=args.mutation,
+                                     priorities=priorities, elections=args.elections))
         total += result.sim_seconds
         print(result.summary(), flush=True)
         if not result.ok:

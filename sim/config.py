@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from autoextend.lease.priority import DEFAULT_PRIORITY, Priority, parse_priority
+
 # Each mutation turns off one safety check in the world's hosts (the sim's views, for
 # check_views and protect_views: sim/views.py): a field of
 # autoextend.checks.Checks, or (None) the SPM's reduce idempotency check, which the server
@@ -26,12 +28,33 @@ class SimConfig:
     request_gap_s: float = 40.0      # mean time between request bursts, per host
     fault_gap_s: float = 150.0       # mean time between faults
     mutation: str | None = None
+    # [lease] spm_priority of host 1, 2, ... (a host past the end: the default).
+    priorities: tuple[Priority, ...] = ()
+    # > 0: no faults; instead the SPM steps down this many times (sim/elections.py).
+    elections: int = 0
+
+    def priority(self, host_id: int) -> Priority:
+        if host_id <= len(self.priorities):
+            return self.priorities[host_id - 1]
+        return DEFAULT_PRIORITY
 
     def command(self) -> str:
         extra = f" --fault-gap {self.fault_gap_s:g}" if self.fault_gap_s != 150.0 else ""
         extra += f" --mutation {self.mutation}" if self.mutation else ""
+        if self.priorities:
+            extra += " --priorities " + ",".join(str(p) for p in self.priorities)
+        extra += f" --elections {self.elections}" if self.elections else ""
         return (f"python -m sim --seed {self.seed} --hosts {self.hosts} "
                 f"--duration {self.duration:g}{extra}")
+
+
+def parse_priorities(text: str) -> tuple[Priority, ...]:
+    """``--priorities 0,5,never`` (ValueError with the reason)."""
+    out: list[Priority] = []
+    for part in text.split(","):
+        word = part.strip()
+        out.append(parse_priority(word if word == "never" else int(word)))
+    return tuple(out)
 
 
 @dataclass
@@ -62,3 +85,5 @@ class Stats:
     faults: dict[str, int] = field(default_factory=dict)
     agent_exits: int = 0
     watchdog_kills: int = 0
+    # SPM priority (sim/elections.py): (host stepped down or None at the start, winner).
+    elections: list[tuple[int | None, int]] = field(default_factory=list)

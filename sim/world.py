@@ -23,6 +23,7 @@ from autoextend.lease.area import format_area
 from autoextend.lease.config import LeaseSettings
 from autoextend.lease.layout import LeaseLayout, mailbox_offset
 from autoextend.lease.liveness import HostState
+from autoextend.lease.priority import MAX_LEVELS, NEVER, POLLS_PER_LEVEL
 from autoextend.lease.service import LeaseService, SpmTerm
 from autoextend.lease.timeouts import lease_timeouts
 from autoextend.spm.config import MailboxSettings
@@ -34,6 +35,7 @@ from autoextend.spm.wire import Status
 from autoextend.volumes import VolumeRef
 from sim.config import MUTATIONS, SimConfig, Stats
 from sim.disk import HostStorage, SimDisk
+from sim.elections import elections
 from sim.faults import FaultDriver
 from sim.host import Incarnation, SimClock, SimWatchdog
 from sim.reduces import ReduceTraffic, reduce_checks
@@ -90,12 +92,16 @@ class World(FaultDriver):
         self._next_req = 0
         self.violation: str | None = None
         self.stop = anyio.CancelScope()
-        self.fault_end = self.loop.time() + cfg.duration
+        # An elections world (sim/elections.py) has no faults: it runs for ``duration``.
+        self.run_end = self.loop.time() + cfg.duration
+        self.fault_end = self.loop.time() if cfg.elections else self.run_end
         self.last_fault = self.loop.time()
         # Liveness: after the last fault, a host is SPM within this (a host that lost its
         # host id rejoins after expiry + W; then the worst-case takeover).
         tt = self.timeouts
         self.takeover_bound = (tt.lease_expiry + w) + 2 * t + tt.takeover_max_worst + 4 * t
+        if len(set(map(str, cfg.priorities))) > 1:  # a lower host may yield first
+            self.takeover_bound += MAX_LEVELS * POLLS_PER_LEVEL * tt.acquire_poll
         self.answer_bound = self.mailbox.request_timeout_s + 2 * self.mailbox.reply_poll_max_s
         self.reduces = ReduceTraffic(self)
         self.views = ViewTraffic(self, rng_views)
@@ -143,6 +149,8 @@ class World(FaultDriver):
         self.trace(f"{inc.name} SPM term lver {term.lver} gen {term.generation} "
                    f"expiry {term.expiry:.3f}")
         self.stats.checks += 1
+        if self.cfg.priority(inc.host_id) == NEVER:
+            self.fail(f"{inc.name} took the SPM role although its spm_priority is never")
         if term.lver <= self.max_lver:
             self.fail(f"{inc.name} acquired lver {term.lver} <= {self.max_lver} already held")
         self.max_lver = term.lver
@@ -212,7 +220,7 @@ class World(FaultDriver):
         settings = LeaseSettings(
             path="sim", host_id=h, host_name=f"host{h}", sector_size=SECTOR,
             io_timeout_s=cfg.io_timeout, watchdog_fire_timeout_s=cfg.watchdog,
-            max_hosts=self.max_hosts,
+            max_hosts=self.max_hosts, spm_priority=cfg.priority(h),
         )
         lease = LeaseService(storage, settings, clock, watchdog=SimWatchdog(self, inc),
                              rng=random.Random(rng.getrandbits(64)), checks=self.checks)
@@ -341,7 +349,7 @@ class World(FaultDriver):
     async def main(self) -> None:
         await format_area(_RawStorage(self.disk), LeaseLayout(0, SECTOR, self.max_hosts),
                           self.cfg.io_timeout)
-        end = self.fault_end + self.takeover_bound + self.answer_bound + 60.0
+        end = self.run_end + self.takeover_bound + self.answer_bound + 60.0
         self.trace(f"world seed {self.cfg.seed} hosts {self.cfg.hosts} "
                    f"duration {self.cfg.duration:g} mutation {self.cfg.mutation}")
         self.stop.deadline = end
@@ -349,7 +357,10 @@ class World(FaultDriver):
         with self.stop:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.sampler)
-                tg.start_soon(self.faults, tg)
+                if self.cfg.elections:
+                    tg.start_soon(elections, self)
+                else:
+                    tg.start_soon(self.faults, tg)
                 tg.start_soon(self.views.manager, tg)
                 for h in range(1, self.cfg.hosts + 1):
                     tg.start_soon(self.supervise, h)

@@ -131,7 +131,8 @@ def type_name(annotation: Any) -> str:
         return " | ".join(f'"{a}"' if isinstance(a, str) else str(a) for a in args)
     if origin in (typing.Union, types.UnionType):
         rest = [a for a in args if a is not type(None)]
-        return " | ".join(type_name(a) for a in rest) + " (optional)"
+        text = " | ".join(type_name(a) for a in rest)
+        return text + " (optional)" if len(rest) < len(args) else text
     if origin is tuple:
         item = args[0]
         if isinstance(item, type) and issubclass(item, BaseModel):

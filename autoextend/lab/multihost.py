@@ -89,6 +89,7 @@ def host_config(
     metadata: Path | None = None,
     journal: bool = False,
     policy_extra: str = "",
+    spm_priority: int | str = 50,
 ) -> str:
     """One host's config; with ``libvirt_uri`` its hypervisor is that libvirtd (else QMP);
     ``journal``: the SPM keeps the journal of metadata changes (``[mailbox] journal``);
@@ -141,6 +142,7 @@ host_name = "lab-host-{host_id}"
 io_timeout_s = {t["io_timeout_s"]}
 watchdog_fire_timeout_s = {t["watchdog_fire_timeout_s"]}
 max_hosts = {MAX_HOSTS}
+spm_priority = {json.dumps(spm_priority)}
 
 [mailbox]
 max_hosts = {MAX_HOSTS}
@@ -349,6 +351,7 @@ async def pool(
     host_metadata: Mapping[int, Path] | None = None,
     journal: bool = False,
     policy_extra: str = "",
+    spm_priorities: Mapping[int, int | str] | None = None,
 ) -> AsyncIterator[Pool]:
     """``hosts`` autoextend processes sharing one metadata area and one volume root, in
     ``directory`` (default: a new directory under /var/tmp, removed afterwards). With
@@ -361,7 +364,8 @@ async def pool(
     opens it by (default the file itself), e.g. its own fault file system mount of that
     directory, so that one host's path can fail (``lab/faultfs.py``).
     ``journal``: the SPMs keep the journal (``[mailbox] journal``; a larger metadata area).
-    ``policy_extra``: more ``[policy]`` lines for every host."""
+    ``policy_extra``: more ``[policy]`` lines for every host.
+    ``spm_priorities``: host N's ``[lease] spm_priority`` (default 50)."""
     own_dir = directory is None
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="autoextend-pool-", dir="/var/tmp"))
@@ -396,7 +400,8 @@ async def pool(
                     libvirt_uri=(libvirt_uris or {}).get(host_id, ""),
                     hot_window_s=hot_window_s,
                     metadata=(host_metadata or {}).get(host_id), journal=journal,
-                    policy_extra=policy_extra))
+                    policy_extra=policy_extra,
+                    spm_priority=(spm_priorities or {}).get(host_id, 50)))
                 host = HostProcess(host_id, host_dir, cfg, port, runner=runner)
                 if host_id in daemons:
                     host.env = daemons[host_id].env()

@@ -78,6 +78,7 @@ async def dump_area(storage: SectorStorage, layout: LeaseLayout) -> dict[str, An
             "host_name": rec.host_name, "generation": rec.generation,
             "timestamp_us": rec.timestamp_us, "io_timeout_ms": rec.io_timeout_ms,
             "watchdog_ms": rec.watchdog_ms,
+            "spm_priority": rec.spm_priority,  # None: not published (an older release)
         })
     paxos = await storage.read(layout.paxos_start, layout.paxos_length)
     parts = sectors(paxos, ss)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from autoextend.confbase import Section
 from autoextend.lease.layout import AREA_ALIGN, max_hosts_limit
+from autoextend.lease.priority import DEFAULT_PRIORITY, Priority, parse_priority
 
 # A 1 MiB sanlock lockspace holds 2000 hosts with 512-byte sectors, 250 with 4096-byte ones.
 SANLOCK_MAX_HOSTS_4K = 250
@@ -50,6 +51,18 @@ class LeaseSettings(Section):
     # How often a host waiting for the SPM lease re-reads it (0 = io_timeout). After a clean
     # release another host takes over within this plus one ballot.
     acquire_poll_s: float = Field(default=0.0, ge=0.0, le=600.0)
+    # SPM priority (oVirt's): "never" (this host never contends for the SPM role, but joins
+    # and sends its requests like any host) or 0..100. When the lease is free, a host yields
+    # to live hosts with a higher number for two acquire polls per level (at most six), then
+    # contends anyway. Equal numbers contend as before. Native engine: published in the host
+    # id record; sanlock engine: only "never" or the default. A reload applies it (a running
+    # SPM term is kept: ``autoextend spm step-down`` hands it over).
+    spm_priority: Priority = DEFAULT_PRIORITY
+
+    @field_validator("spm_priority", mode="before")
+    @classmethod
+    def _check_priority(cls, value: object) -> Priority:
+        return parse_priority(value)
 
     @model_validator(mode="after")
     def _check_geometry(self) -> LeaseSettings:
@@ -62,6 +75,9 @@ class LeaseSettings(Section):
             if self.io_timeout_s != int(self.io_timeout_s) or self.io_timeout_s > 65535:
                 raise ValueError("io_timeout_s must be a whole number of seconds with "
                                  "engine = \"sanlock\" (sanlock's unit)")
+            if self.spm_priority not in ("never", DEFAULT_PRIORITY):
+                raise ValueError(f"spm_priority must be \"never\" or {DEFAULT_PRIORITY} (the "
+                                 "default) with engine = \"sanlock\": sanlock has no priority")
             if self.sector_size == 4096 and self.host_id > SANLOCK_MAX_HOSTS_4K:
                 raise ValueError(f"host_id must be <= {SANLOCK_MAX_HOSTS_4K} with engine = "
                                  "\"sanlock\" and 4096-byte sectors")

@@ -26,6 +26,7 @@ from autoextend.lease.format import (
 )
 from autoextend.lease.layout import LeaseLayout
 from autoextend.lease.liveness import HostMonitor
+from autoextend.lease.priority import DEFAULT_PRIORITY, Priority
 from autoextend.lease.timeouts import LeaseTimeouts
 from autoextend.logs import get_logger
 from autoextend.sectors import SectorStorage
@@ -56,6 +57,8 @@ class DeltaLease:
         self.clock = clock
         self.monitor = monitor
         self.rng = rng or random.Random()
+        # Published in our record's extension (format.py) at the claim and every renewal.
+        self.spm_priority: Priority = DEFAULT_PRIORITY
         self.record: DeltaRecord | None = None  # what we last wrote while holding
         self.expiry = 0.0                        # our clock; lease valid while now < expiry
         self.last_renewal = 0.0                  # start of the last successful renewal
@@ -110,7 +113,7 @@ class DeltaLease:
             host_id=self.host_id, generation=generation, timestamp_us=_us(start),
             host_name=self.host_name, io_timeout_ms=int(t.io_timeout * 1000),
             watchdog_ms=int(t.watchdog_fire * 1000), sector_size=self.layout.sector_size,
-            max_hosts=self.layout.max_hosts,
+            max_hosts=self.layout.max_hosts, spm_priority=self.spm_priority,
         )
         data = pack_delta(claim, self.layout.sector_size)
         await self.storage.write(self._offset(), data)
@@ -137,13 +140,15 @@ class DeltaLease:
         for index, raw in enumerate(sectors(area, self.layout.sector_size)):
             host = index + 1
             self.monitor.observe(host, raw, self.layout.delta_offset(host), start, done)
+        self.monitor.area_seen = done
         mine = self.monitor.record(self.host_id)
         if mine is not None and (
             mine.generation != self.record.generation or mine.host_name != self.host_name
         ):
             self.record = None
             raise HostIdLost(self.host_id, f"slot now held by {mine.host_name!r}")
-        update = replace(self.record, timestamp_us=_us(self.clock.now()))
+        update = replace(self.record, timestamp_us=_us(self.clock.now()),
+                         spm_priority=self.spm_priority)
         await self.storage.write(self._offset(), pack_delta(update, self.layout.sector_size))
         if self.clock.now() >= self.expiry:
             self.record = None

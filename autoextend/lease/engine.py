@@ -72,6 +72,11 @@ class LeaseEngine(Protocol):
         while so that another host takes over."""
         ...
 
+    def set_spm_priority(self, value: object) -> None:
+        """Apply a new ``[lease] spm_priority`` (a reload); "never" stops contending from
+        the next election (a term in progress is kept). ValueError if not valid here."""
+        ...
+
     @property
     def term(self) -> SpmLease | None:
         """The current term while it is valid."""

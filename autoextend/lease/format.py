@@ -11,6 +11,24 @@ A record whose checksum is right is still range-checked field by field (:func:`c
 lver so large that ``+1`` no longer fits its field, a host id outside 1..2000, an unknown
 flag, an I/O timeout of 49 days) makes the record exactly as unreadable as a bad checksum.
 Every limit leaves headroom for the arithmetic done on the value (see README, "Bad records").
+
+The delta record's **extension** (since the SPM priority): bytes placed *after* the record's
+CRC, in the zero rest of its sector, which a release without it never reads (``_open``
+decodes the fixed record and its CRC only, and ignores the rest of the sector). So a host
+that publishes it stays readable, byte for byte the same record, to every older host (a
+rolling upgrade mixes both), and an older host's record simply has no extension (the
+default priority). Layout, right after the record's CRC, little-endian:
+
+    magic "DEXT" (u32), length (u16, bytes of fields that follow, >= 2),
+    spm_priority (u16: 0..100, 0xFFFF = never), [fields a later release appends],
+    CRC-32 (u32) of the record's fields (without their CRC) followed by the extension's
+    fields, which binds the extension to its record.
+
+A later release may append fields (a larger length); this one reads the first and checks
+the CRC over all of them. An extension that does not check out (bad magic, length, CRC, or a
+priority out of range) is *absent*, never an unreadable record: the host id record around
+it is as readable as an older release finds it. The version and flags of the record itself
+stay 1 and 0: an older release refuses any other (and would see the host as unreadable).
 """
 
 from __future__ import annotations
@@ -20,6 +38,7 @@ import zlib
 from dataclasses import dataclass
 
 from autoextend.lease.errors import RecordError
+from autoextend.lease.priority import Priority, from_wire, to_wire
 
 VERSION = 1
 DELTA_MAGIC = 0x44454C54  # "DELT"
@@ -48,6 +67,10 @@ _LEADER = struct.Struct("<IHHHHIQQQHI")
 # magic, version, host_id, flags, lver, mbal, bal, inp_host, inp_generation
 _DBLOCK = struct.Struct("<IHHIQQQHQ")
 _CRC = struct.Struct("<I")
+DELTA_EXT_MAGIC = 0x54584544  # "DEXT" (little-endian)
+# magic, length (bytes of fields after it), spm_priority
+_DELTA_EXT = struct.Struct("<IHH")
+DELTA_EXT_OFFSET = _DELTA.size + _CRC.size
 
 
 @dataclass(frozen=True)
@@ -63,6 +86,8 @@ class DeltaRecord:
     sector_size: int
     max_hosts: int
     flags: int = 0
+    # In the record's extension (None: none written, an older release or unreadable).
+    spm_priority: Priority | None = None
 
     @property
     def free(self) -> bool:
@@ -130,7 +155,37 @@ def pack_delta(rec: DeltaRecord, sector_size: int) -> bytes:
         DELTA_MAGIC, VERSION, rec.sector_size, rec.host_id, rec.max_hosts, rec.flags,
         rec.generation, rec.timestamp_us, rec.io_timeout_ms, rec.watchdog_ms, name,
     )
-    return _seal(body, sector_size)
+    sealed = _seal(body, sector_size)
+    if rec.spm_priority is None:
+        return sealed
+    ext = _DELTA_EXT.pack(DELTA_EXT_MAGIC, 2, to_wire(rec.spm_priority))
+    record = sealed[:DELTA_EXT_OFFSET] + ext + _CRC.pack(_ext_crc(sealed, ext))
+    return record + bytes(sector_size - len(record))
+
+
+def _ext_crc(sector: bytes, ext: bytes) -> int:
+    """CRC-32 of the record's fields (not their CRC: a message followed by its own CRC-32
+    has a constant CRC, which would not bind the extension to its record) and then of the
+    extension's fields."""
+    return zlib.crc32(ext, zlib.crc32(sector[: _DELTA.size]))
+
+
+def delta_extension(data: bytes) -> Priority | None:
+    """The SPM priority in a delta sector's extension, or None when there is none that
+    checks out (see the module doc). Pure; never raises on any bytes."""
+    end = DELTA_EXT_OFFSET + _DELTA_EXT.size
+    if len(data) < end + _CRC.size:
+        return None
+    magic, length, wire = _DELTA_EXT.unpack_from(data, DELTA_EXT_OFFSET)
+    if magic != DELTA_EXT_MAGIC or length < 2:
+        return None
+    crc_at = DELTA_EXT_OFFSET + 6 + length
+    if crc_at + _CRC.size > len(data):
+        return None
+    (crc,) = _CRC.unpack_from(data, crc_at)
+    if crc != _ext_crc(data, data[DELTA_EXT_OFFSET:crc_at]):
+        return None
+    return from_wire(wire)
 
 
 def unpack_delta(data: bytes, offset: int = 0, host_id: int | None = None) -> DeltaRecord:
@@ -146,6 +201,7 @@ def unpack_delta(data: bytes, offset: int = 0, host_id: int | None = None) -> De
     rec = DeltaRecord(
         host_id=f[3], generation=f[6], timestamp_us=f[7], host_name=name,
         io_timeout_ms=f[8], watchdog_ms=f[9], sector_size=f[2], max_hosts=f[4], flags=f[5],
+        spm_priority=delta_extension(data),
     )
     problem = check_delta(rec, host_id)
     if problem:

@@ -53,6 +53,7 @@ class HostMonitor:
         self.host_dead = host_dead
         self.peers: dict[int, PeerView] = {}
         self.bad_records = 0
+        self.area_seen: float | None = None  # completion of the last read of every slot
 
     def observe(self, host_id: int, raw: bytes, offset: int, issued: float, done: float) -> None:
         record: DeltaRecord | None

@@ -91,6 +91,9 @@ class BallotAborted(Exception):
 
 # (owner_id, owner_generation) -> True if the owner's host id lease is provably gone.
 OwnerGone = Callable[[int, int], Awaitable[bool]]
+# lver -> seconds this host still waits before it starts a ballot for that instance (0: go);
+# the SPM priority (priority.py). It only delays the start of a ballot, never changes one.
+Defer = Callable[[int], Awaitable[float]]
 
 
 class BallotGuard(Protocol):
@@ -344,9 +347,11 @@ class PaxosLease:
             return True  # our older incarnation, or a value adopted for us: we are not holding
         return await owner_gone(leader.owner_id, leader.owner_generation)
 
-    async def acquire(self, generation: int, owner_gone: OwnerGone) -> int:
+    async def acquire(self, generation: int, owner_gone: OwnerGone,
+                      defer: Defer | None = None) -> int:
         """Loop until we own a new lver; return it. Cancel to give up. StorageError/RecordError
-        are counted and retried after a poll interval."""
+        are counted and retried after a poll interval. ``defer``: asked before every ballot;
+        while it answers a wait, no ballot starts (the area is read again after it)."""
         mine = Value(self.host_id, generation)
         while True:
             try:
@@ -362,6 +367,10 @@ class PaxosLease:
                     lver = leader.lver + 1
                 else:
                     await self.clock.sleep(self.timeouts.acquire_poll)
+                    continue
+                wait = await defer(lver) if defer is not None else 0.0
+                if wait > 0:
+                    await self.clock.sleep(min(wait, self.timeouts.acquire_poll))
                     continue
                 value = await self._guarded_ballot(area, lver, mine)
                 if value == mine:

@@ -22,6 +22,10 @@ before any other host may take over (8T + W after it last saw a renewal). A daem
 stops answering, a lockspace that disappears or a resource no longer held ends the term at
 once.
 
+SPM priority: sanlock has no priority and this engine publishes none, so ``[lease]
+spm_priority`` may only be "never" (``spm()`` never asks the daemon for the resource; the host
+still joins the lockspace and uses the mailbox) or the default (contend as always).
+
 If this process dies (SIGKILL included), the daemon releases its resources: another host
 takes over within one acquire poll. If the whole host dies, takeover waits for sanlock's
 host_dead, 8T + W (140..210 s at sanlock's defaults).
@@ -47,6 +51,7 @@ from autoextend.lease.config import LeaseSettings
 from autoextend.lease.errors import LeaseError
 from autoextend.lease.layout import MIB
 from autoextend.lease.liveness import HostState, HostStatus
+from autoextend.lease.priority import DEFAULT_PRIORITY, NEVER, Priority, parse_priority
 from autoextend.lease.term import Term, TermHolder
 from autoextend.lease.timeouts import LeaseTimeouts, lease_timeouts
 from autoextend.logs import Repeats, get_logger
@@ -105,6 +110,8 @@ class SanlockEngine(TermHolder[SanlockTerm]):
         self._joined = anyio.Event()
         self._term: SanlockTerm | None = None
         self._hold_off_until = 0.0
+        self.spm_priority: Priority = settings.spm_priority
+        self._priority_changed = anyio.Event()
         self._hosts: dict[int, sl.HostInfo] = {}
         self._changed: dict[int, tuple[int, float]] = {}  # host -> (timestamp, seen at)
         self._leader: tuple[int, int] | None = None
@@ -272,6 +279,9 @@ class SanlockEngine(TermHolder[SanlockTerm]):
                     await self.clock.sleep(self._timeouts.acquire_poll)
                     continue
             await self.clock.sleep(self._hold_off_until - self.clock.now())
+            if self.spm_priority == NEVER:  # never contends: wait for a reload to change it
+                await self._priority_changed.wait()
+                continue
             if self.clock.now() >= self.expiry:
                 await self.clock.sleep(self.poll)
                 continue
@@ -324,6 +334,20 @@ class SanlockEngine(TermHolder[SanlockTerm]):
 
     def _default_hold_off(self) -> float:
         return 2 * self._timeouts.renewal_interval
+
+    def set_spm_priority(self, value: object) -> None:
+        """Apply a new ``spm_priority`` (a reload): "never" or the default only (sanlock has
+        no priority); a term in progress is kept. ValueError otherwise."""
+        priority = parse_priority(value)
+        if priority not in (NEVER, DEFAULT_PRIORITY):
+            raise ValueError(f"spm_priority {priority} needs the native engine (sanlock has "
+                             "no priority)")
+        if priority == self.spm_priority:
+            return
+        self.log.info("SPM priority changed", old=self.spm_priority, new=priority)
+        self.spm_priority = priority
+        self._priority_changed.set()
+        self._priority_changed = anyio.Event()
 
     # ---- status ------------------------------------------------------------------------------
 

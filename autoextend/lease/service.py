@@ -31,8 +31,15 @@ from autoextend.lease.delta import DeltaLease
 from autoextend.lease.errors import HostIdLost, LeaseError
 from autoextend.lease.format import sectors, unpack_leader
 from autoextend.lease.layout import LeaseLayout
-from autoextend.lease.liveness import HostMonitor, HostStatus
+from autoextend.lease.liveness import HostMonitor, HostState, HostStatus
 from autoextend.lease.paxos import PaxosLease
+from autoextend.lease.priority import (
+    NEVER,
+    POLLS_PER_LEVEL,
+    Priority,
+    parse_priority,
+    yield_window,
+)
 from autoextend.lease.term import Term, TermHolder
 from autoextend.lease.timeouts import LeaseTimeouts, lease_timeouts
 from autoextend.lease.watchdog import NullWatchdog, Watchdog
@@ -74,6 +81,7 @@ class LeaseStats:
     rejoins: int = 0
     acquisitions: int = 0
     fenced: int = 0
+    yielded: int = 0   # free instances this host first left to a higher-priority host
 
 
 class LeaseService(TermHolder[SpmTerm]):
@@ -110,6 +118,12 @@ class LeaseService(TermHolder[SpmTerm]):
             storage, self.layout, self.host_id, self.timeouts, clock, rng, guard=_Guard(self)
         )
         self._ballot_armed = False
+        # [lease] spm_priority (priority.py): published in our host id record, and the yield
+        # before a ballot; _free_since: (lver, when we first saw that instance free to run).
+        self.spm_priority: Priority = settings.spm_priority
+        self.delta.spm_priority = self.spm_priority
+        self._priority_changed = anyio.Event()
+        self._free_since: tuple[int, float] | None = None
         self.watchdog = watchdog or NullWatchdog()
         self.stats = LeaseStats()
         self.storage = storage
@@ -246,6 +260,63 @@ class LeaseService(TermHolder[SpmTerm]):
                 gone.add(host)
         return gone
 
+    async def _read_delta_area(self) -> None:
+        """One read of every host id slot, issued now, into the monitor."""
+        issued = self.clock.now()
+        area = await self.storage.read(self.layout.delta_start, self.layout.delta_length)
+        done = self.clock.now()
+        for index, raw in enumerate(sectors(area, self.layout.sector_size)):
+            host = index + 1
+            self.monitor.observe(host, raw, self.layout.delta_offset(host), issued, done)
+        self.monitor.area_seen = done
+
+    # ---- SPM priority ----------------------------------------------------------------------
+
+    def set_spm_priority(self, value: object) -> None:
+        """Apply a new ``spm_priority`` (a reload): published at the next renewal, used from
+        the next look at a free lease. A term in progress is kept. ValueError if invalid."""
+        priority = parse_priority(value)
+        if priority == self.spm_priority:
+            return
+        self.log.info("SPM priority changed", old=self.spm_priority, new=priority)
+        self.spm_priority = priority
+        self.delta.spm_priority = priority
+        self._priority_changed.set()
+        self._priority_changed = anyio.Event()
+
+    def _peer_priorities(self, now: float) -> list[tuple[bool, Priority | None]]:
+        """Every other host: may it contend (held, readable, LIVE or UNKNOWN), and the
+        priority its record publishes."""
+        out: list[tuple[bool, Priority | None]] = []
+        for host, view in self.monitor.peers.items():
+            record = view.record
+            if host == self.host_id or record is None or record.free:
+                continue
+            state = self.monitor.status(host, now).state
+            out.append((state in (HostState.LIVE, HostState.UNKNOWN), record.spm_priority))
+        return out
+
+    async def _defer(self, lver: int) -> float:
+        """Seconds to yield before a ballot for instance ``lver`` (priority.py; 0: go)."""
+        if self.spm_priority == NEVER:
+            return self.timeouts.acquire_poll
+        if self._free_since is None or self._free_since[0] != lver:
+            self._free_since = (lver, self.clock.now())
+            if self.monitor.area_seen is None:  # just joined: no renewal has read the peers
+                await self._read_delta_area()
+            fresh = True
+        else:
+            fresh = False
+        now = self.clock.now()
+        window = yield_window(self.spm_priority, self._peer_priorities(now),
+                              self.timeouts.acquire_poll)
+        remaining = self._free_since[1] + window - now
+        if remaining > 0 and fresh:
+            self.stats.yielded += 1
+            self.log.info("SPM lease free: yielding to higher-priority hosts", lver=lver,
+                          priority=self.spm_priority, duration_s=round(window, 3))
+        return max(0.0, remaining)
+
     def _arm_for_ballot(self, expiry: float | None) -> None:
         self._ballot_armed = expiry is not None
         if self._term is None:
@@ -255,11 +326,15 @@ class LeaseService(TermHolder[SpmTerm]):
         while True:
             await self._joined.wait()
             await self.clock.sleep(self._hold_off_until - self.clock.now())
+            if self.spm_priority == NEVER:  # never contends: wait for a reload to change it
+                await self._priority_changed.wait()
+                continue
             record = self.delta.record
             if record is None:
                 continue
             try:
-                lver = await self.paxos.acquire(record.generation, self._owner_gone)
+                lver = await self.paxos.acquire(record.generation, self._owner_gone,
+                                                self._defer)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self._abandon_acquire(record.generation)
@@ -310,7 +385,11 @@ class LeaseService(TermHolder[SpmTerm]):
         term.end("lease may have expired (not renewed in time)")
 
     def _default_hold_off(self) -> float:
-        return 2 * self.timeouts.renewal_interval
+        # Longer than a lower host's look at the free lease (one poll) plus its yield to
+        # one higher level (priority.py): a step-down of the highest-priority host hands
+        # the role on. With the default poll (T) this is the 4T it always was.
+        return max(2 * self.timeouts.renewal_interval,
+                   (POLLS_PER_LEVEL + 2) * self.timeouts.acquire_poll)
 
     # ---- status --------------------------------------------------------------------------
 
