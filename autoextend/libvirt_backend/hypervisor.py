@@ -6,7 +6,8 @@ Structure::
     ├── connection loop   connect (backoff) -> subscribe -> announce every running domain
     │   └── rescan        every rescan_interval_s: list running domains (safety net)
     ├── resync task       VMs whose event did not fit in the stream: VmAppeared or VmGone
-    └── classify task     I/O error pauses of unknown cause: ask dom.state()/diskErrors()
+    ├── classify task     I/O error pauses of unknown cause: ask dom.state()/diskErrors()
+    └── verify task       outgoing-migration marks (from events): check them with jobStats
 
 libvirt callbacks run on the event loop thread (libvirtaio) and go to the
 :class:`~autoextend.libvirt_backend.tracker.DomainTracker`, which translates them and
@@ -53,11 +54,12 @@ from autoextend.libvirt_backend.migration import migration_of
 from autoextend.libvirt_backend.stats import DrivesFound, StatsError, drives_from_stats
 from autoextend.libvirt_backend.tracker import DomainTracker
 from autoextend.logs import get_logger
-from autoextend.monitor.migration import MigrationInfo
+from autoextend.monitor.migration import MigrationInfo, Phase, Role
 from autoextend.monitor.protocols import (
     DriveInfo,
     HypervisorEvent,
     HypervisorHealth,
+    MigrationChanged,
     RunState,
     VmAppeared,
     VmGone,
@@ -68,6 +70,7 @@ from autoextend.volumes import VolumeRef
 log = get_logger("libvirt")
 
 STATS_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING
+OUTGOING = MigrationInfo(Role.SOURCE, Phase.ACTIVE)  # what an outgoing mark answers
 
 
 class LibvirtHypervisor:
@@ -148,6 +151,7 @@ class LibvirtHypervisor:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._resync_loop)
             tg.start_soon(self._classify_loop)
+            tg.start_soon(self._verify_loop)
             await self._connection_loop(task_status)
 
     async def drives(self, vm: str) -> list[DriveInfo]:
@@ -299,7 +303,45 @@ class LibvirtHypervisor:
         return result
 
     async def migration(self, vm: str) -> MigrationInfo:
-        """The VM's migration role and phase: its job (``jobStats``) and ``state()``."""
+        """The VM's migration role and phase.
+
+        A VM that libvirt's migration iteration event marked as migrating out
+        (``outgoing.py``) is answered at once, and its mark is checked against ``jobStats``
+        in the background. Otherwise the job (``jobStats``) and ``state()`` are asked, but an
+        iteration event that comes while ``jobStats`` waits on the migration's job ends the
+        wait: the answer is then "migrating out".
+        """
+        marks = self._tracker.outgoing
+        if marks.get(vm) is not None:
+            self._tracker.verify.add(vm)
+            return OUTGOING
+        answer: MigrationInfo | None = None
+        failure: LibvirtBackendError | None = None
+
+        async with anyio.create_task_group() as tg:
+            async def ask() -> None:
+                nonlocal answer, failure
+                try:
+                    answer = await self._job_migration(vm)
+                except LibvirtBackendError as err:
+                    failure = err
+                tg.cancel_scope.cancel()
+
+            async def marked() -> None:
+                nonlocal answer
+                await marks.wait(vm)
+                answer = OUTGOING
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(ask)
+            tg.start_soon(marked)
+        if answer is OUTGOING or failure is None:
+            assert answer is not None
+            return answer
+        raise failure
+
+    async def _job_migration(self, vm: str) -> MigrationInfo:
+        """``jobStats`` and ``state()``, in the monitor's terms."""
         conn = self._require(vm, "jobStats")
 
         def read(c: libvirt.virConnect) -> tuple[dict[str, object], int, int]:
@@ -390,6 +432,7 @@ class LibvirtHypervisor:
         tracker = self._tracker
         self._conn = tracker.current = conn
         tracker.enospc_seen.clear()
+        tracker.outgoing.clear_all()  # events may have been missed: jobStats decides again
         for event_id, callback in (
             (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, tracker.on_lifecycle),
             (libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON, tracker.on_io_error),
@@ -397,6 +440,8 @@ class LibvirtHypervisor:
             (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, tracker.on_device_change),
             (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, tracker.on_device_change),
             (libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2, jobs.block_job_callback(tracker)),
+            (libvirt.VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION, tracker.on_migration_iteration),
+            (libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, tracker.on_job_completed),
         ):
             await conn.call("", "domainEventRegisterAny", conn.register(event_id, callback))
         await self._reconcile(conn, announce_all=True)
@@ -473,6 +518,31 @@ class LibvirtHypervisor:
                     continue
                 if not state.running and state.pause_reason is not None:
                     tracker.emit(VmPaused(vm, state.pause_reason))
+
+
+    async def _verify_loop(self) -> None:
+        """Check outgoing-migration marks against ``jobStats``: a mark whose migration
+        ended with no event to say so (cancelled before the switchover) is dropped, and the
+        monitor is told to ask again. A mark set anew meanwhile is kept."""
+        tracker = self._tracker
+        while True:
+            for vm in sorted(await tracker.verify.take()):
+                seen = tracker.outgoing.get(vm)
+                if seen is None or self._conn is None:
+                    continue
+                try:
+                    info = await self._job_migration(vm)
+                except VmNotFound:
+                    continue  # STOPPED clears it (or did)
+                except LibvirtBackendError as err:
+                    log.debug("outgoing migration check failed", vm=vm, error=str(err))
+                    continue  # the monitor's next look hands it back
+                if info.role is Role.SOURCE and info.running:
+                    continue
+                if tracker.outgoing.clear(vm, seen):
+                    log.info("outgoing migration over (jobStats)", vm=vm, role=info.role.value,
+                             phase=info.phase.value)
+                    tracker.emit(MigrationChanged(vm))
 
 
 def _commit_jobs(dom: Any, xml: str) -> set[str]:
