@@ -44,6 +44,7 @@ from autoextend.libvirt_backend.domxml import (
 )
 from autoextend.libvirt_backend.errors import (
     LibvirtBackendError,
+    LibvirtCallFailed,
     LibvirtConnectFailed,
     LibvirtDisconnected,
     MalformedReply,
@@ -275,8 +276,18 @@ class LibvirtHypervisor:
         return pair, targets[0]
 
     async def set_threshold(self, vm: str, drive: DriveInfo, threshold: int) -> None:
-        """Arm ``drive.node`` (``vda[N]``); libvirt clears it when the event fires."""
+        """Arm ``drive.node`` (``vda[N]``); libvirt clears it when the event fires.
+
+        Raises:
+            LibvirtCallFailed: at once while the domain migrates out (``outgoing.py``):
+                libvirt runs no threshold change (a MODIFY job) until the migration ends,
+                and the call would only wait for its end.
+        """
         conn = self._require(vm, "setBlockThreshold")
+        if self._tracker.outgoing.get(vm) is not None:
+            raise LibvirtCallFailed(vm, "setBlockThreshold", libvirt.VIR_ERR_OPERATION_INVALID,
+                                    "the domain migrates out: no threshold change until the "
+                                    "migration ends")
         await conn.call(vm, "setBlockThreshold",
                         lambda c: c.lookupByName(vm).setBlockThreshold(drive.node, threshold))
 

@@ -105,6 +105,7 @@ class VmTask:
                 async for message in self.receive:
                     if self.failures and self._ctx.clock.now() < self.retry_at:
                         self.resync_pending = True  # backing off after a failure
+                        await self._absorb(message)
                         continue
                     await self._handle_safely(message)
 
@@ -223,6 +224,7 @@ class VmTask:
                 self._steps.jobs.ended(self, message)
             case MigrationChanged():
                 self.machine.migration_stale = True
+                await self._steps.migrations.freeze_early(self)
                 await self.resync(rearm=False)
             case ViewSuspect():
                 await self._steps.views.confirm(self, message)
@@ -232,6 +234,25 @@ class VmTask:
                 await self.resync(rearm=False)
             case _:
                 pass
+
+    async def _absorb(self, message: VmMessage) -> None:
+        """While backing off after a failed look (the pending resync re-reads everything):
+        keep what a message says that needs no look. A migration's news (the source's view
+        freezes now, not after the hypervisor answers a look again), a crossing or an ENOSPC
+        on a known drive (its extension starts now). Never raises."""
+        try:
+            match message:
+                case MigrationChanged():
+                    self.machine.migration_stale = True
+                    await self._steps.migrations.freeze_early(self)
+                case ThresholdCrossed(drive=name) if name in self.drives:
+                    await self._crossed(message)
+                case EnospcPause(drive=name) if name in self.drives:
+                    self.flag_enospc(self.drives[name], self._ctx.clock.now())
+                case _:
+                    pass
+        except AutoextendError as err:
+            log.debug("message kept for the next look", vm=self.name, error=str(err))
 
     async def _crossed(self, event: ThresholdCrossed) -> None:
         d = self.drives.get(event.drive)

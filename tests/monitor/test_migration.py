@@ -229,3 +229,26 @@ async def test_departed_source_is_left_alone() -> None:
             await rig.advance(SETTINGS.poll_interval_s)
         assert rig.ext.calls == 0 and views.refreshed == [] and rig.hv.resumes == []
         tg.cancel_scope.cancel()
+
+
+async def test_source_freezes_on_news_while_its_looks_fail() -> None:
+    """libvirt's looks (block stats, thresholds) can fail for as long as a migration holds
+    the domain's job, and the VM's task backs off: the news of the migration, and an ENOSPC
+    on a known drive, are still acted on at once (not dropped until a look succeeds)."""
+    rig, views = make_rig()
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 4096 * MiB)})
+    rig.hv.fail_set_threshold = True  # every look fails where it arms
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: bool(entry(rig).get("drives")), describe=rig.describe)
+        await rig.settle()
+        assert rig.monitor.snapshot()[0]["drives"][0]["state"] == "unset"
+        rig.hv.migrate("vm1", MigrationInfo(Role.SOURCE, Phase.ACTIVE))
+        await rig.settle()  # no time passes: still backing off
+        assert entry(rig)["migration"] == "migrating-out"
+        rig.hv.write("vm1", "vda", 300 * MiB)  # past the view: ENOSPC pause
+        await until(lambda: rig.ext.unrefreshed == 1, describe=rig.describe)
+        await rig.settle()
+        assert views.refreshed == [] and rig.hv.resumes == []
+        assert rig.volumes.sizes[VOL] == 256 * MiB  # the view stays frozen
+        tg.cancel_scope.cancel()
