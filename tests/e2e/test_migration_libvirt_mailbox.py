@@ -97,10 +97,14 @@ async def test_libvirt_mailbox_migration_source_extends_through_spm(
                                   devices={device: dest_device}, serial_log=dst_serial,
                                   socket_path=lab_tmp_path / "lmbx1.mig") as migration:
             async def outran() -> bool:
-                return len(deferred(src, "lmbx1")) >= 1 and (
+                return len(deferred(src, "lmbx1")) >= 2 and (
                     await vm_status(src, "lmbx1")).get("paused") == "enospc"
 
-            await until(outran, 90, "a deferred extension and an ENOSPC pause on the source")
+            # Two: the threshold crossing armed before the migration, then the ENOSPC on
+            # the frozen view (the source learns of its migration from libvirt's
+            # MIGRATION_ITERATION event; see test_migration_live.py).
+            await until(outran, 90,
+                        "two deferred extensions and an ENOSPC pause on the source")
             assert not migration.ended
             print(f"deferred extensions inside the migration: {len(deferred(src, 'lmbx1'))}")
             assert loopdev.size_of(device) == START_MIB * MiB  # the source's view: frozen
