@@ -23,8 +23,8 @@ vanished meanwhile get ``VmGone``. A VM is named by its domain name.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import anyio
 import libvirt
@@ -72,6 +72,7 @@ log = get_logger("libvirt")
 
 STATS_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING
 OUTGOING = MigrationInfo(Role.SOURCE, Phase.ACTIVE)  # what an outgoing mark answers
+T = TypeVar("T")
 
 
 class LibvirtHypervisor:
@@ -203,9 +204,40 @@ class LibvirtHypervisor:
             return stats, xml, running, backup
 
         try:
-            return await conn.call(vm, "domainListGetStats", read)
+            return await self._unless_outgoing(
+                vm, "domainListGetStats", conn.call(vm, "domainListGetStats", read))
         except _NotRunning:
             raise VmNotFound(vm, "domainListGetStats", "domain is not running") from None
+
+    async def _unless_outgoing(self, vm: str, call: str, pending: Awaitable[T]) -> T:
+        """``pending``, unless libvirt's migration iteration event marks the VM as migrating
+        out first (``outgoing.py``): then stop waiting (the call waits behind the
+        migration's job, for as long as the migration runs) and raise. A VM marked already
+        is asked as usual (a stats call may get through between the migration's own).
+
+        Raises:
+            LibvirtCallFailed: the VM was marked while the call waited.
+        """
+        marks = self._tracker.outgoing
+        if marks.get(vm) is not None:
+            return await pending
+        result: list[T] = []
+
+        async with anyio.create_task_group() as tg:
+            async def ask() -> None:
+                result.append(await pending)
+                tg.cancel_scope.cancel()
+
+            async def marked() -> None:
+                await marks.wait(vm)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(ask)
+            tg.start_soon(marked)
+        if result:
+            return result[0]
+        raise LibvirtCallFailed(vm, call, libvirt.VIR_ERR_OPERATION_INVALID,
+                                "the domain started migrating out: its job holds the call")
 
     def _backup_images(self, vm: str, xml: str) -> list[jobs.Mirror]:
         """The images of a running backup autoextend can watch, as job targets; a backup
@@ -288,8 +320,9 @@ class LibvirtHypervisor:
             raise LibvirtCallFailed(vm, "setBlockThreshold", libvirt.VIR_ERR_OPERATION_INVALID,
                                     "the domain migrates out: no threshold change until the "
                                     "migration ends")
-        await conn.call(vm, "setBlockThreshold",
-                        lambda c: c.lookupByName(vm).setBlockThreshold(drive.node, threshold))
+        await self._unless_outgoing(vm, "setBlockThreshold", conn.call(
+            vm, "setBlockThreshold",
+            lambda c: c.lookupByName(vm).setBlockThreshold(drive.node, threshold)))
 
     async def run_state(self, vm: str) -> RunState:
         """Running, or paused and why (``diskErrors()`` tells ENOSPC from other I/O errors)."""

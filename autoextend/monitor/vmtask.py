@@ -274,7 +274,12 @@ class VmTask:
         """Re-read the VM and act. ``rearm``: the hypervisor may have lost our thresholds
         (connect, hot-plug, dropped event), so arm every drive again."""
         ctx, steps = self._ctx, self._steps
-        merge_drives(ctx, self, await ctx.hypervisor.drives(self.name), rearm=rearm)
+        # Migrating out: the drives as last read. The hypervisor's stats can wait behind the
+        # migration for its whole length (libvirt's job), and nothing is refreshed or
+        # resumed here until it ends; the crossings and ENOSPCs still come as events, and
+        # the check below reads the drives again when the migration ends.
+        if self.machine.migration is not migration.MigState.MIGRATING_OUT or not self.drives:
+            merge_drives(ctx, self, await ctx.hypervisor.drives(self.name), rearm=rearm)
         state = await ctx.hypervisor.run_state(self.name)
         moved = await steps.migrations.check(self, state)
         # A VM that appeared here without an incoming migration: its views are checked

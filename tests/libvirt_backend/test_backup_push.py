@@ -135,7 +135,7 @@ async def test_push_backup_target_is_extended_and_completes(
         if same.returncode != 0:
             for path in (str(image), target):
                 for cmd in (["qemu-img", "map", "-U", "--output=json", "-f", "qcow2", path],
-                            ["qemu-io", "-U", "-f", "qcow2", "-c", "read -v 0 64", path]):
+                            ["qemu-io", "-r", "-U", "-f", "qcow2", "-c", "read -v 0 64", "-c", "read -P 0x5a 0 48M", path]):
                     out = await anyio.run_process(cmd, check=False)
                     print(path, cmd[1], out.stdout.decode()[:1500], out.stderr.decode()[:500])
         assert same.returncode == 0, same.stdout + same.stderr

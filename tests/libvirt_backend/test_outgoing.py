@@ -233,3 +233,35 @@ async def test_a_failed_jobstats_without_a_mark_is_raised() -> None:
     conn.release.set()
     with pytest.raises(LibvirtTimeout):
         await hypervisor(conn).migration("vm1")
+
+
+async def test_set_threshold_stops_waiting_when_the_migration_shows() -> None:
+    """A call that waits behind the migration's job ends when the event marks the VM (the
+    VM's task is not held for the call's whole timeout), and a marked VM is refused at once
+    (libvirt runs no threshold change until the migration ends)."""
+    from autoextend.libvirt_backend.errors import LibvirtCallFailed
+    from autoextend.monitor.protocols import DriveInfo
+
+    conn = BlockedJobConnection({})
+    h = hypervisor(conn)
+    t = h._tracker
+    t.current = CONN
+    info = DriveInfo("vm1", "vda[1]", "vda[1]", "/dev/loop3", 1 << 30, 0, 64 << 20)
+    failed: list[Exception] = []
+
+    async def arm() -> None:
+        try:
+            await h.set_threshold("vm1", info, 32 << 20)
+        except LibvirtCallFailed as err:
+            failed.append(err)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(arm)
+            await anyio.wait_all_tasks_blocked()
+            assert conn.calls == 1 and failed == []
+            t.on_migration_iteration(None, Dom("vm1"), 1, CONN)
+    assert len(failed) == 1 and "migrating out" in str(failed[0])
+    with pytest.raises(LibvirtCallFailed, match="migrates out"):
+        await h.set_threshold("vm1", info, 32 << 20)
+    assert conn.calls == 1
