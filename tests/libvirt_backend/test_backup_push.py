@@ -39,7 +39,7 @@ from autoextend.lab.waiting import until
 from autoextend.libvirt_backend import backups
 from autoextend.volumes import VolumeRef
 
-from .harness import MiB, Rig, lab_domains, monitoring
+from .harness import VG, MiB, Rig, lab_domains, monitoring
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +79,11 @@ async def pushing(guest: GuestImage, workdir: Path, name: str, watch_backups: bo
         async with lab_domains(daemon.uri, workdir, guest, chunk_mib=8, poll_interval_s=0.5,
                                full_poll_interval_s=0.5, watch_backups=watch_backups
                                ) as rig, monitoring(rig):
-            target_vol, target = await rig.disk(f"{name}-target", TARGET_MIB, VIRTUAL_MIB)
+            # A blank volume: libvirt formats the target (qcow2 on the block device).
+            target_vol = VolumeRef(VG, f"{name}-target")
+            target = await rig.backend.create(target_vol, TARGET_MIB * MiB)
+            assert target is not None
+            rig.volumes.append(target_vol)
             xml = guest_domain_xml(name, guest, [str(image)], GuestJob(mib=1),
                                    workdir / f"{name}.serial", files=True)
             rig.domains.append(name)

@@ -13,6 +13,7 @@ import libvirt
 import pytest
 
 from autoextend.clock import MonotonicClock
+from autoextend.lab.waiting import until
 from autoextend.libvirt_backend.config import LibvirtSettings
 from autoextend.libvirt_backend.errors import LibvirtTimeout
 from autoextend.libvirt_backend.hypervisor import LibvirtHypervisor
@@ -195,8 +196,7 @@ async def test_verify_drops_a_mark_whose_migration_ended_silently() -> None:
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(h._verify_loop)
-            while t.outgoing.get("vm1") is not None:  # noqa: ASYNC110 - a few passes at most
-                await anyio.sleep(0.01)
+            await until(lambda: t.outgoing.get("vm1") is None, 5, "the mark dropped")
             tg.cancel_scope.cancel()
     assert await h.migration("vm1") == NOT_MIGRATING  # jobStats decides again
     seen = []
@@ -220,8 +220,7 @@ async def test_verify_keeps_a_mark_while_jobstats_says_migrating() -> None:
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(h._verify_loop)
-            while conn.calls < 1:  # noqa: ASYNC110
-                await anyio.sleep(0.01)
+            await until(lambda: conn.calls >= 1, 5, "the verify task's jobStats")
             await anyio.wait_all_tasks_blocked()
             tg.cancel_scope.cancel()
     assert t.outgoing.get("vm1") is not None
