@@ -222,10 +222,14 @@ class LibvirtHypervisor:
         if marks.get(vm) is not None:
             return await pending
         result: list[T] = []
+        failure: list[Exception] = []
 
         async with anyio.create_task_group() as tg:
             async def ask() -> None:
-                result.append(await pending)
+                try:
+                    result.append(await pending)
+                except Exception as err:  # noqa: BLE001 - raised below, not in a group
+                    failure.append(err)
                 tg.cancel_scope.cancel()
 
             async def marked() -> None:
@@ -234,6 +238,8 @@ class LibvirtHypervisor:
 
             tg.start_soon(ask)
             tg.start_soon(marked)
+        if failure:
+            raise failure[0]
         if result:
             return result[0]
         raise LibvirtCallFailed(vm, call, libvirt.VIR_ERR_OPERATION_INVALID,

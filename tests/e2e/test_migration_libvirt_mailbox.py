@@ -84,10 +84,12 @@ async def test_libvirt_mailbox_migration_source_extends_through_spm(
         xml = guest_domain_xml("lmbx1", p.image, [device], job, src_serial)
         await anyio.to_thread.run_sync(conns[source].createXML, xml, 0)
 
-        async def monitored() -> bool:
-            return bool((await vm_status(src, "lmbx1")).get("drives"))
+        async def armed() -> bool:
+            drives = (await vm_status(src, "lmbx1")).get("drives") or [{}]
+            return bool(drives[0].get("state") == "set")
 
-        await until(monitored, 60, "the source monitoring lmbx1")
+        # Armed before the migration starts: libvirt runs no threshold change during it.
+        await until(armed, 60, "the source arming lmbx1")
         dest_device = await p.host_volumes(target).attach(volume)
         # The shipped hook on the destination's libvirtd, against the destination's service.
         daemon = libvirtd_pair[target - 1]

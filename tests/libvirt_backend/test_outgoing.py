@@ -264,3 +264,15 @@ async def test_set_threshold_stops_waiting_when_the_migration_shows() -> None:
     with pytest.raises(LibvirtCallFailed, match="migrates out"):
         await h.set_threshold("vm1", info, 32 << 20)
     assert conn.calls == 1
+
+
+async def test_a_call_that_fails_unmarked_raises_its_own_error() -> None:
+    """Not wrapped in an exception group by the wait for a mark."""
+    conn = BlockedJobConnection({})
+    conn.fail = True
+    conn.release.set()
+    from autoextend.monitor.protocols import DriveInfo
+
+    info = DriveInfo("vm1", "vda[1]", "vda[1]", "/dev/loop3", 1 << 30, 0, 64 << 20)
+    with pytest.raises(LibvirtTimeout):
+        await hypervisor(conn).set_threshold("vm1", info, 32 << 20)
