@@ -105,8 +105,14 @@ async def test_libvirt_mailbox_migration_source_extends_through_spm(
             # Two: the threshold crossing armed before the migration, then the ENOSPC on
             # the frozen view (the source learns of its migration from libvirt's
             # MIGRATION_ITERATION event; see test_migration_live.py).
+            def seen() -> object:
+                return [(e.get("timestamp"), e.get("event"), e.get("error"), e.get("drive"))
+                        for e in src.log_events() if e.get("vm") == "lmbx1"
+                        and e.get("event") != "view up to date before start"][-25:]
+
             await until(outran, 90,
-                        "two deferred extensions and an ENOSPC pause on the source")
+                        "two deferred extensions and an ENOSPC pause on the source",
+                        describe=seen)
             assert not migration.ended
             print(f"deferred extensions inside the migration: {len(deferred(src, 'lmbx1'))}")
             assert loopdev.size_of(device) == START_MIB * MiB  # the source's view: frozen
