@@ -260,7 +260,7 @@ class VmTask:
             await self.resync(rearm=True)
             return
         thr = event.threshold
-        armed = d.state is ThresholdState.SET and d.threshold == thr and thr > 0
+        armed = d.ours(thr)
         if d.mark_exceeded(self._ctx.clock.now()):
             log.info("threshold crossed", vm=self.name, drive=d.name, threshold=thr,
                      excess=event.excess)
