@@ -5,9 +5,12 @@ attaches as an ordinary ``<disk type='file'>``.
 files at ``MOUNTPOINT`` (a flat passthrough: read, write, truncate, fsync). While the flag
 file ``BACKING_DIR/NAME.fail`` exists, every read, write and fsync of ``MOUNTPOINT/NAME``
 fails with EIO, as on a failed path to a SAN (opening and closing still work); remove it
-and the same requests succeed again. The flag is looked at on every request, so
-:meth:`FaultFs.fail` and :meth:`FaultFs.heal` take effect for the next request. Flag
-files are not shown in the mount.
+and the same requests succeed again. While ``BACKING_DIR/NAME.slow`` exists, each read of
+``MOUNTPOINT/NAME`` first waits the seconds it holds (reads are served one at a time, so
+this bounds the file's read rate: a slow source disk that holds a block job open). The
+flags are looked at on every request, so :meth:`FaultFs.fail`, :meth:`FaultFs.slow` and
+:meth:`FaultFs.heal` take effect for the next request. Flag files are not shown in the
+mount.
 
 Mount namespaces: the lab libvirtd runs in its own (``lab/libvirtd_ns.py``, private
 propagation), which copies the mounts present when it starts. Mount the file system
@@ -26,6 +29,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -44,6 +48,7 @@ from autoextend.logs import get_logger
 log = get_logger("lab.faultfs")
 
 FLAG_SUFFIX = ".fail"
+SLOW_SUFFIX = ".slow"
 MOUNT_TIMEOUT_S = 30.0
 
 
@@ -63,9 +68,12 @@ def _operations(backing: Path, tag: str = "") -> Any:
 
     lock = threading.Lock()
 
+    def flag(name: str) -> bool:
+        return name.endswith((FLAG_SUFFIX, SLOW_SUFFIX))
+
     def real(path: str) -> str:
         name = path.lstrip("/")
-        if "/" in name or name.endswith(FLAG_SUFFIX):
+        if "/" in name or flag(name):
             raise FuseOSError(errno.ENOENT)
         return str(backing / name) if name else str(backing)
 
@@ -74,6 +82,13 @@ def _operations(backing: Path, tag: str = "") -> Any:
         if os.path.exists(base + FLAG_SUFFIX) or (
                 tag and os.path.exists(f"{base}.{tag}{FLAG_SUFFIX}")):
             raise FuseOSError(errno.EIO)
+
+    def delay(path: str) -> float:
+        try:
+            with open(str(backing / path.lstrip("/")) + SLOW_SUFFIX) as f:
+                return max(0.0, min(float(f.read().strip() or 0), 10.0))
+        except (OSError, ValueError):
+            return 0.0
 
     class FaultOps(Operations):  # type: ignore[misc]  # fusepy is untyped
         use_ns = True
@@ -89,7 +104,7 @@ def _operations(backing: Path, tag: str = "") -> Any:
             return attrs
 
         def readdir(self, path: str, fh: int) -> list[str]:
-            names = [n for n in os.listdir(backing) if not n.endswith(FLAG_SUFFIX)
+            names = [n for n in os.listdir(backing) if not flag(n)
                      and os.path.isfile(backing / n)]
             return [".", "..", *names]
 
@@ -98,7 +113,10 @@ def _operations(backing: Path, tag: str = "") -> Any:
 
         def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
             check(path)
+            wait = delay(path)
             with lock:
+                if wait:
+                    time.sleep(wait)  # the slow flag: time is the point
                 return os.pread(fh, size, offset)
 
         def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
@@ -160,9 +178,16 @@ class FaultFs:
         mount of the backing directory, or with ``this_mount`` on this tagged one only)."""
         self._flag(name, this_mount).touch()
 
+    def slow(self, name: str, seconds: float) -> None:
+        """From the next request on, each read of ``name`` first waits ``seconds``."""
+        (self.backing / (name + SLOW_SUFFIX)).write_text(f"{seconds:g}")
+
     def heal(self, name: str, *, this_mount: bool = False) -> None:
-        """From the next request on, reads and writes of ``name`` succeed again."""
+        """From the next request on, reads and writes of ``name`` succeed again (at speed,
+        unless ``this_mount``: then only this mount's failure ends)."""
         self._flag(name, this_mount).unlink(missing_ok=True)
+        if not this_mount:
+            (self.backing / (name + SLOW_SUFFIX)).unlink(missing_ok=True)
 
     def _flag(self, name: str, this_mount: bool) -> Path:
         if this_mount and not self.tag:

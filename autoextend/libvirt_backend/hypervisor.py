@@ -6,7 +6,8 @@ Structure::
     ├── connection loop   connect (backoff) -> subscribe -> announce every running domain
     │   └── rescan        every rescan_interval_s: list running domains (safety net)
     ├── resync task       VMs whose event did not fit in the stream: VmAppeared or VmGone
-    └── classify task     I/O error pauses of unknown cause: ask dom.state()/diskErrors()
+    ├── classify task     I/O error pauses of unknown cause: ask dom.state()/diskErrors()
+    └── verify task       outgoing-migration marks (from events): check them with jobStats
 
 libvirt callbacks run on the event loop thread (libvirtaio) and go to the
 :class:`~autoextend.libvirt_backend.tracker.DomainTracker`, which translates them and
@@ -22,8 +23,8 @@ vanished meanwhile get ``VmGone``. A VM is named by its domain name.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import anyio
 import libvirt
@@ -44,6 +45,7 @@ from autoextend.libvirt_backend.domxml import (
 )
 from autoextend.libvirt_backend.errors import (
     LibvirtBackendError,
+    LibvirtCallFailed,
     LibvirtConnectFailed,
     LibvirtDisconnected,
     MalformedReply,
@@ -54,12 +56,13 @@ from autoextend.libvirt_backend.migration import migration_of
 from autoextend.libvirt_backend.stats import DrivesFound, StatsError, drives_from_stats
 from autoextend.libvirt_backend.tracker import DomainTracker
 from autoextend.logs import get_logger
-from autoextend.monitor.migration import MigrationInfo
+from autoextend.monitor.migration import MigrationInfo, Phase, Role
 from autoextend.monitor.protocols import (
     DriveInfo,
     HypervisorEvent,
     HypervisorHealth,
     IoLimits,
+    MigrationChanged,
     RunState,
     VmAppeared,
     VmGone,
@@ -70,6 +73,8 @@ from autoextend.volumes import VolumeRef
 log = get_logger("libvirt")
 
 STATS_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING
+OUTGOING = MigrationInfo(Role.SOURCE, Phase.ACTIVE)  # what an outgoing mark answers
+T = TypeVar("T")
 
 
 class LibvirtHypervisor:
@@ -150,6 +155,7 @@ class LibvirtHypervisor:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._resync_loop)
             tg.start_soon(self._classify_loop)
+            tg.start_soon(self._verify_loop)
             await self._connection_loop(task_status)
 
     async def drives(self, vm: str) -> list[DriveInfo]:
@@ -200,9 +206,46 @@ class LibvirtHypervisor:
             return stats, xml, running, backup
 
         try:
-            return await conn.call(vm, "domainListGetStats", read)
+            return await self._unless_outgoing(
+                vm, "domainListGetStats", conn.call(vm, "domainListGetStats", read))
         except _NotRunning:
             raise VmNotFound(vm, "domainListGetStats", "domain is not running") from None
+
+    async def _unless_outgoing(self, vm: str, call: str, pending: Awaitable[T]) -> T:
+        """``pending``, unless libvirt's migration iteration event marks the VM as migrating
+        out first (``outgoing.py``): then stop waiting (the call waits behind the
+        migration's job, for as long as the migration runs) and raise. A VM marked already
+        is asked as usual (a stats call may get through between the migration's own).
+
+        Raises:
+            LibvirtCallFailed: the VM was marked while the call waited.
+        """
+        marks = self._tracker.outgoing
+        if marks.get(vm) is not None:
+            return await pending
+        result: list[T] = []
+        failure: list[Exception] = []
+
+        async with anyio.create_task_group() as tg:
+            async def ask() -> None:
+                try:
+                    result.append(await pending)
+                except Exception as err:  # noqa: BLE001 - raised below, not in a group
+                    failure.append(err)
+                tg.cancel_scope.cancel()
+
+            async def marked() -> None:
+                await marks.wait(vm)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(ask)
+            tg.start_soon(marked)
+        if failure:
+            raise failure[0]
+        if result:
+            return result[0]
+        raise LibvirtCallFailed(vm, call, libvirt.VIR_ERR_OPERATION_INVALID,
+                                "the domain started migrating out: its job holds the call")
 
     def _backup_images(self, vm: str, xml: str) -> list[jobs.Mirror]:
         """The images of a running backup autoextend can watch, as job targets; a backup
@@ -273,10 +316,21 @@ class LibvirtHypervisor:
         return pair, targets[0]
 
     async def set_threshold(self, vm: str, drive: DriveInfo, threshold: int) -> None:
-        """Arm ``drive.node`` (``vda[N]``); libvirt clears it when the event fires."""
+        """Arm ``drive.node`` (``vda[N]``); libvirt clears it when the event fires.
+
+        Raises:
+            LibvirtCallFailed: at once while the domain migrates out (``outgoing.py``):
+                libvirt runs no threshold change (a MODIFY job) until the migration ends,
+                and the call would only wait for its end.
+        """
         conn = self._require(vm, "setBlockThreshold")
-        await conn.call(vm, "setBlockThreshold",
-                        lambda c: c.lookupByName(vm).setBlockThreshold(drive.node, threshold))
+        if self._tracker.outgoing.get(vm) is not None:
+            raise LibvirtCallFailed(vm, "setBlockThreshold", libvirt.VIR_ERR_OPERATION_INVALID,
+                                    "the domain migrates out: no threshold change until the "
+                                    "migration ends")
+        await self._unless_outgoing(vm, "setBlockThreshold", conn.call(
+            vm, "setBlockThreshold",
+            lambda c: c.lookupByName(vm).setBlockThreshold(drive.node, threshold)))
 
     async def run_state(self, vm: str) -> RunState:
         """Running, or paused and why (``diskErrors()`` tells ENOSPC from other I/O errors)."""
@@ -301,7 +355,45 @@ class LibvirtHypervisor:
         return result
 
     async def migration(self, vm: str) -> MigrationInfo:
-        """The VM's migration role and phase: its job (``jobStats``) and ``state()``."""
+        """The VM's migration role and phase.
+
+        A VM that libvirt's migration iteration event marked as migrating out
+        (``outgoing.py``) is answered at once, and its mark is checked against ``jobStats``
+        in the background. Otherwise the job (``jobStats``) and ``state()`` are asked, but an
+        iteration event that comes while ``jobStats`` waits on the migration's job ends the
+        wait: the answer is then "migrating out".
+        """
+        marks = self._tracker.outgoing
+        if marks.get(vm) is not None:
+            self._tracker.verify.add(vm)
+            return OUTGOING
+        answer: MigrationInfo | None = None
+        failure: LibvirtBackendError | None = None
+
+        async with anyio.create_task_group() as tg:
+            async def ask() -> None:
+                nonlocal answer, failure
+                try:
+                    answer = await self._job_migration(vm)
+                except LibvirtBackendError as err:
+                    failure = err
+                tg.cancel_scope.cancel()
+
+            async def marked() -> None:
+                nonlocal answer
+                await marks.wait(vm)
+                answer = OUTGOING
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(ask)
+            tg.start_soon(marked)
+        if answer is OUTGOING or failure is None:
+            assert answer is not None
+            return answer
+        raise failure
+
+    async def _job_migration(self, vm: str) -> MigrationInfo:
+        """``jobStats`` and ``state()``, in the monitor's terms."""
         conn = self._require(vm, "jobStats")
 
         def read(c: libvirt.virConnect) -> tuple[dict[str, object], int, int]:
@@ -421,6 +513,7 @@ class LibvirtHypervisor:
         tracker = self._tracker
         self._conn = tracker.current = conn
         tracker.enospc_seen.clear()
+        tracker.outgoing.clear_all()  # events may have been missed: jobStats decides again
         for event_id, callback in (
             (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, tracker.on_lifecycle),
             (libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON, tracker.on_io_error),
@@ -428,6 +521,8 @@ class LibvirtHypervisor:
             (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, tracker.on_device_change),
             (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, tracker.on_device_change),
             (libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2, jobs.block_job_callback(tracker)),
+            (libvirt.VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION, tracker.on_migration_iteration),
+            (libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, tracker.on_job_completed),
         ):
             await conn.call("", "domainEventRegisterAny", conn.register(event_id, callback))
         await self._reconcile(conn, announce_all=True)
@@ -504,6 +599,31 @@ class LibvirtHypervisor:
                     continue
                 if not state.running and state.pause_reason is not None:
                     tracker.emit(VmPaused(vm, state.pause_reason))
+
+
+    async def _verify_loop(self) -> None:
+        """Check outgoing-migration marks against ``jobStats``: a mark whose migration
+        ended with no event to say so (cancelled before the switchover) is dropped, and the
+        monitor is told to ask again. A mark set anew meanwhile is kept."""
+        tracker = self._tracker
+        while True:
+            for vm in sorted(await tracker.verify.take()):
+                seen = tracker.outgoing.get(vm)
+                if seen is None or self._conn is None:
+                    continue
+                try:
+                    info = await self._job_migration(vm)
+                except VmNotFound:
+                    continue  # STOPPED clears it (or did)
+                except LibvirtBackendError as err:
+                    log.debug("outgoing migration check failed", vm=vm, error=str(err))
+                    continue  # the monitor's next look hands it back
+                if info.role is Role.SOURCE and info.running:
+                    continue
+                if tracker.outgoing.clear(vm, seen):
+                    log.info("outgoing migration over (jobStats)", vm=vm, role=info.role.value,
+                             phase=info.phase.value)
+                    tracker.emit(MigrationChanged(vm))
 
 
 def _commit_jobs(dom: Any, xml: str) -> set[str]:

@@ -6,8 +6,10 @@ A live migration's lifecycle events: on the destination STARTED/MIGRATED when th
 domain is created (paused, reason migration) and RESUMED/MIGRATED when it takes over; on the
 source SUSPENDED/MIGRATED (or POSTCOPY) at the switchover, STOPPED/MIGRATED when it
 completed, and RESUMED/MIGRATED when a migration failed after the source paused. None of
-them marks the *start* of an outgoing migration: the monitor asks for the job before every
-refresh it makes (``monitor/migrating.py``), which is what freezes the source's view.
+them marks the *start* of an outgoing migration; libvirt's migration iteration event does
+(on the source only, at the start of the first RAM pass): ``outgoing.py`` keeps what it says,
+and the monitor asks before every refresh it makes (``monitor/migrating.py``), which is what
+freezes the source's view.
 """
 
 from __future__ import annotations
@@ -63,3 +65,10 @@ def migration_event(vm: str, event: int, detail: int) -> MigrationChanged | None
     if detail in _MIGRATION_DETAILS.get(event, frozenset()):
         return MigrationChanged(vm)
     return None
+
+
+def ends_outgoing(event: int) -> bool:
+    """A lifecycle event after which a source's outgoing mark no longer holds: STOPPED (the
+    migration completed, or the domain went away), RESUMED (it failed after the pause, or
+    an operator resumed the guest: ``jobStats`` is asked again either way)."""
+    return event in (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_RESUMED)

@@ -6,7 +6,9 @@ running domains after each connect and periodically. Callbacks stay tiny: transl
 monitor's stream. A full stream never blocks a callback: the VM is marked for a resync, which
 the backend's resync task delivers (as ``VmAppeared`` or ``VmGone``) when there is room.
 Pause reasons that need a query (I/O error pauses not known to be ENOSPC) are handed to the
-backend's classify task the same way.
+backend's classify task the same way. Outgoing migrations are marked from libvirt's
+migration iteration events (:mod:`~autoextend.libvirt_backend.outgoing`); the backend's
+verify task checks a mark against ``jobStats`` in the background.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.libvirt_backend import events as ev
-from autoextend.libvirt_backend.migration import migration_event
+from autoextend.libvirt_backend.migration import ends_outgoing, migration_event
+from autoextend.libvirt_backend.outgoing import OutgoingMarks
 from autoextend.logs import get_logger
 from autoextend.monitor.protocols import (
     DriveInfo,
     DrivesChanged,
     HypervisorEvent,
+    MigrationChanged,
     VmAppeared,
     VmGone,
     VmResumed,
@@ -67,6 +71,8 @@ class DomainTracker:
         self.event_seq: dict[str, int] = {}  # lifecycle events seen per VM
         self.resync = PendingVms()
         self.classify = PendingVms()
+        self.outgoing = OutgoingMarks()  # VMs known from events to migrate out
+        self.verify = PendingVms()       # marks to check against jobStats
 
     # ------------------------------------------------------------------ sending
 
@@ -86,6 +92,7 @@ class DomainTracker:
         self.active.discard(vm)
         self.enospc_seen.discard(vm)
         self.drive_by_path.pop(vm, None)
+        self.outgoing.clear(vm)
 
     def drives_seen(self, vm: str, drives: list[DriveInfo]) -> None:
         """Remember which path is which drive, to name the drive of an ENOSPC report."""
@@ -139,11 +146,39 @@ class DomainTracker:
                 self.enospc_seen.discard(vm)
             if outcome is not None:
                 self.emit(outcome)
+            if ends_outgoing(event) and self.outgoing.clear(vm):
+                log.debug("outgoing migration mark cleared", vm=vm, lifecycle_event=event)
             moved = migration_event(vm, event, detail)
             if moved is not None:
                 self.emit(moved)
         except Exception:  # noqa: BLE001 - see above
             log.exception("libvirt lifecycle callback failed")
+
+    def on_migration_iteration(self, _conn: Any, dom: Any, iteration: int,
+                               opaque: object) -> None:
+        """VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION: this host is a migration's source."""
+        if not self._is_current(opaque):
+            return
+        try:
+            vm = dom.name()
+            if self.outgoing.set(vm):
+                log.info("libvirt reports a migration out", vm=vm, iteration=iteration)
+                self.emit(MigrationChanged(vm))
+        except Exception:  # noqa: BLE001
+            log.exception("libvirt migration iteration callback failed")
+
+    def on_job_completed(self, _conn: Any, dom: Any, _params: Any, opaque: object) -> None:
+        """VIR_DOMAIN_EVENT_ID_JOB_COMPLETED: whatever job it was, ask again."""
+        if not self._is_current(opaque):
+            return
+        try:
+            vm = dom.name()
+            if self.outgoing.clear(vm):
+                log.debug("outgoing migration mark cleared: job completed", vm=vm)
+            if vm in self.active:
+                self.emit(MigrationChanged(vm))
+        except Exception:  # noqa: BLE001
+            log.exception("libvirt job completed callback failed")
 
     def on_io_error(self, _conn: Any, dom: Any, src_path: str, dev_alias: str, action: int,
                     reason: str, opaque: object) -> None:

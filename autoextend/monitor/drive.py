@@ -68,6 +68,9 @@ class DriveState:
     last_error: str = ""
     retry_at: float = 0.0
     extends: int = 0
+    #: The threshold last armed, kept when a re-arm clears ``threshold`` (a re-arm that
+    #: failed leaves the hypervisor's threshold in place: its event is still ours).
+    last_armed: int = 0
 
     @property
     def name(self) -> str:
@@ -94,7 +97,16 @@ class DriveState:
 
     def armed(self, threshold: int) -> None:
         self._go(ThresholdState.SET)
-        self.threshold = threshold
+        self.threshold = self.last_armed = threshold
+
+    def ours(self, threshold: int) -> bool:
+        """A crossing of ``threshold`` is of the threshold this drive armed last (set now,
+        or cleared for a re-arm that has not succeeded): its event's numbers can be used."""
+        if threshold <= 0:
+            return False
+        if self.state is ThresholdState.SET:
+            return self.threshold == threshold
+        return self.state is ThresholdState.UNSET and self.last_armed == threshold
 
     def disarmed(self) -> None:
         """Arming failed, or the hypervisor may have lost the threshold (reconnect)."""

@@ -8,6 +8,9 @@ them out for one VM, from the VM's own task (the one owner of its state):
   or one whose migration is not over), step the machine, and refresh every managed volume
   of the VM on this host when the step says so (destination: on arrival and completion;
   source: after a failed or cancelled migration).
+* :meth:`MigrationSteps.freeze_early`, on a ``MigrationChanged`` (also while the VM's task
+  backs off after a failed look): the step into MIGRATING_OUT at once, before a look whose
+  hypervisor calls may wait behind the migration's job.
 * :meth:`MigrationSteps.may_refresh`, from an extension task, right before its extender would
   refresh: False while the VM migrates out (then the extension only grows the volume in
   metadata and records the size in ``VmMachine.deferred_sizes``).
@@ -82,18 +85,37 @@ class MigrationSteps:
         m.migration_stale = False
         if result.state is not MigState.MIGRATING_OUT:
             m.deferred_sizes.clear()
+        self._note(vm, info, before, result)
+        arrived = (before is MigState.INCOMING and result.state is MigState.NONE
+                   and info.role is Role.DESTINATION)
+        return MigrationCheck(refreshed, MigAction.REARM in result.actions, arrived)
+
+    async def freeze_early(self, vm: VmView) -> None:
+        """On news of a migration, before the look that may wait on the hypervisor (libvirt's
+        block stats wait behind a migration's job): a VM found migrating out is frozen now.
+        Only the step into MIGRATING_OUT is taken here: it needs no drives and no refresh;
+        every other step waits for :meth:`check` at the full look."""
+        m = vm.machine
+        if not self.aware or m.migration is not MigState.NONE:
+            return
+        info = await self._ctx.hypervisor.migration(vm.name)
+        result = migration.step(MigState.NONE, info)
+        if result.state is not MigState.MIGRATING_OUT:
+            return
+        m.migration = result.state
+        self._note(vm, info, MigState.NONE, result)
+
+    def _note(self, vm: VmView, info: migration.MigrationInfo, before: MigState,
+              result: migration.MigStep) -> None:
         if MigAction.NOTE in result.actions:
             log.info("migration", vm=vm.name, role=info.role.value, phase=info.phase.value,
                      state=result.state.value, was=before.value)
-            m.record(f"migration: {info.role.value} {info.phase.value}")
+            vm.machine.record(f"migration: {info.role.value} {info.phase.value}")
             self._ctx.observer.notify(MigrationNoted(vm.name, info.role.value, info.phase.value,
                                                 result.state.value))
         if MigAction.FREEZE_VIEWS in result.actions:
             log.info("vm migrates out: extending without refreshing this host's view until "
                      "the migration ends", vm=vm.name)
-        arrived = (before is MigState.INCOMING and result.state is MigState.NONE
-                   and info.role is Role.DESTINATION)
-        return MigrationCheck(refreshed, MigAction.REARM in result.actions, arrived)
 
     async def _refresh_all(self, vm: VmView, *, role: Role, quiet: bool = False) -> None:
         views = self._ctx.views

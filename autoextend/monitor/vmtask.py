@@ -107,6 +107,7 @@ class VmTask:
                 async for message in self.receive:
                     if self.failures and self._ctx.clock.now() < self.retry_at:
                         self.resync_pending = True  # backing off after a failure
+                        await self._absorb(message)
                         continue
                     await self._handle_safely(message)
 
@@ -225,6 +226,7 @@ class VmTask:
                 self._steps.jobs.ended(self, message)
             case MigrationChanged():
                 self.machine.migration_stale = True
+                await self._steps.migrations.freeze_early(self)
                 await self.resync(rearm=False)
             case ViewSuspect():
                 await self._steps.views.confirm(self, message)
@@ -235,13 +237,32 @@ class VmTask:
             case _:
                 pass
 
+    async def _absorb(self, message: VmMessage) -> None:
+        """While backing off after a failed look (the pending resync re-reads everything):
+        keep what a message says that needs no look. A migration's news (the source's view
+        freezes now, not after the hypervisor answers a look again), a crossing or an ENOSPC
+        on a known drive (its extension starts now). Never raises."""
+        try:
+            match message:
+                case MigrationChanged():
+                    self.machine.migration_stale = True
+                    await self._steps.migrations.freeze_early(self)
+                case ThresholdCrossed(drive=name) if name in self.drives:
+                    await self._crossed(message)
+                case EnospcPause(drive=name) if name in self.drives:
+                    self.flag_enospc(self.drives[name], self._ctx.clock.now())
+                case _:
+                    pass
+        except AutoextendError as err:
+            log.debug("message kept for the next look", vm=self.name, error=str(err))
+
     async def _crossed(self, event: ThresholdCrossed) -> None:
         d = self.drives.get(event.drive)
         if d is None:
             await self.resync(rearm=True)
             return
         thr = event.threshold
-        armed = d.state is ThresholdState.SET and d.threshold == thr and thr > 0
+        armed = d.ours(thr)
         if d.mark_exceeded(self._ctx.clock.now()):
             log.info("threshold crossed", vm=self.name, drive=d.name, threshold=thr,
                      excess=event.excess)
@@ -255,7 +276,12 @@ class VmTask:
         """Re-read the VM and act. ``rearm``: the hypervisor may have lost our thresholds
         (connect, hot-plug, dropped event), so arm every drive again."""
         ctx, steps = self._ctx, self._steps
-        merge_drives(ctx, self, await ctx.hypervisor.drives(self.name), rearm=rearm)
+        # Migrating out: the drives as last read. The hypervisor's stats can wait behind the
+        # migration for its whole length (libvirt's job), and nothing is refreshed or
+        # resumed here until it ends; the crossings and ENOSPCs still come as events, and
+        # the check below reads the drives again when the migration ends.
+        if self.machine.migration is not migration.MigState.MIGRATING_OUT or not self.drives:
+            merge_drives(ctx, self, await ctx.hypervisor.drives(self.name), rearm=rearm)
         state = await ctx.hypervisor.run_state(self.name)
         moved = await steps.migrations.check(self, state)
         # A VM that appeared here without an incoming migration: its views are checked

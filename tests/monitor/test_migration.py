@@ -11,8 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from autoextend.errors import HypervisorError
 from autoextend.lab.waiting import until
 from autoextend.monitor.core import Monitor
+from autoextend.monitor.drive import ThresholdState
 from autoextend.monitor.migration import (
     ENDED,
     NOT_MIGRATING,
@@ -27,7 +29,7 @@ from autoextend.monitor.migration import (
     step,
 )
 from autoextend.monitor.policy import MiB
-from autoextend.monitor.protocols import PauseReason
+from autoextend.monitor.protocols import DriveInfo, DrivesChanged, PauseReason
 from autoextend.qmp.errors import MalformedReply
 from autoextend.qmp.migration import migration_info, migration_phase
 from autoextend.volumes import VolumeRef
@@ -228,4 +230,55 @@ async def test_departed_source_is_left_alone() -> None:
         for _ in range(5):
             await rig.advance(SETTINGS.poll_interval_s)
         assert rig.ext.calls == 0 and views.refreshed == [] and rig.hv.resumes == []
+        tg.cancel_scope.cancel()
+
+
+async def test_source_freezes_on_news_while_its_looks_fail() -> None:
+    """libvirt's looks (block stats, thresholds) can fail for as long as a migration holds
+    the domain's job, and the VM's task backs off: the news of the migration, and an ENOSPC
+    on a known drive, are still acted on at once (not dropped until a look succeeds)."""
+    rig, views = make_rig()
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 4096 * MiB)})
+    rig.hv.fail_set_threshold = True  # every look fails where it arms
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: bool(entry(rig).get("drives")), describe=rig.describe)
+        await rig.settle()
+        assert rig.monitor.snapshot()[0]["drives"][0]["state"] == "unset"
+        rig.hv.migrate("vm1", MigrationInfo(Role.SOURCE, Phase.ACTIVE))
+        await rig.settle()  # no time passes: still backing off
+        assert entry(rig)["migration"] == "migrating-out"
+        rig.hv.write("vm1", "vda", 300 * MiB)  # past the view: ENOSPC pause
+        await until(lambda: rig.ext.unrefreshed == 1, describe=rig.describe)
+        await rig.settle()
+        assert views.refreshed == [] and rig.hv.resumes == []
+        assert rig.volumes.sizes[VOL] == 256 * MiB  # the view stays frozen
+        tg.cancel_scope.cancel()
+
+
+async def test_a_crossing_after_a_failed_rearm_is_acted_on_from_the_event() -> None:
+    """A re-arm that failed (libvirt: the migration's job holds ``setBlockThreshold``) left
+    the hypervisor's threshold in place; its crossing is ours, and the extension starts from
+    the event's numbers, with no look (which would wait behind the same job)."""
+    rig, views = make_rig()
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 4096 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.hv.thresholds != [], describe=rig.describe)
+        await rig.settle()
+        rig.hv.fail_set_threshold = True
+        rig.hv.emit(DrivesChanged("vm1"))  # a re-arm, which fails
+        await rig.settle()
+        assert rig.state() is ThresholdState.UNSET
+        rig.hv.migrate("vm1", MigrationInfo(Role.SOURCE, Phase.ACTIVE))
+        await rig.settle()  # backing off after the failed look: the news is still taken
+        assert entry(rig)["migration"] == "migrating-out"
+
+        async def no_look(vm: str) -> list[DriveInfo]:
+            raise HypervisorError("stats wait behind the migration (injected)")
+
+        rig.hv.drives = no_look  # type: ignore[method-assign]
+        rig.hv.write("vm1", "vda", 200 * MiB)  # crosses the threshold still armed
+        await until(lambda: rig.ext.unrefreshed == 1, describe=rig.describe)
+        assert views.refreshed == []
         tg.cancel_scope.cancel()
