@@ -183,6 +183,8 @@ class MemoryDrive:
     job_paused: bool = False
     job_need: int = 0
     error_policy: str = ""  # the drive's werror (DriveInfo.error_policy)
+    backing_full: bool = False  # the storage under the volume is full: every write fails
+    retry: int = 0  # a write refused for that, retried on resume (as QEMU does on cont)
 
 
 @dataclass
@@ -247,6 +249,17 @@ class MemoryHypervisor:
             thr, d.threshold = d.threshold, 0
             if events:
                 self.emit(ThresholdCrossed(vm, drive, thr, end - thr))
+        if d.backing_full and nbytes > 0:
+            # The storage under the volume refuses the write (a thin array out of space):
+            # ENOSPC inside the volume; nothing is written, and the write is retried on cont.
+            d.retry = nbytes
+            if rec.running:
+                rec.running, rec.reason = False, PauseReason.ENOSPC
+                if events:
+                    self.emit(EnospcPause(vm, drive))
+                    self.emit(VmPaused(vm, PauseReason.ENOSPC))
+            return
+        d.retry = 0
         d.allocation = end
         if d.job and end > physical:  # a job with on-error=enospc pauses itself, not the VM
             if not d.job_paused:
@@ -337,6 +350,8 @@ class MemoryHypervisor:
         for name, d in rec.drives.items():  # QEMU retries the failed write on cont
             if d.allocation > self.volumes.sizes[d.volume]:
                 self.write(vm, name, 0)
+            elif d.retry:
+                self.write(vm, name, d.retry)
 
     async def suspend(self, vm: str) -> None:
         rec = self._vm(vm)
