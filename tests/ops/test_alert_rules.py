@@ -49,6 +49,8 @@ def test_rules_pass_their_unit_tests() -> None:
      "increase(autoextend_vg_foreign_writes_total[15m]) > 1", "AutoextendForeignWrite"),
     ("increase(autoextend_stale_view_pauses_total[1h]) > 0",
      "increase(autoextend_stale_view_pauses_total[1h]) > 1", "AutoextendStaleView"),
+    ("(increase(autoextend_backing_store_full_total[1h])) > 0",
+     "(increase(autoextend_backing_store_full_total[1h])) > 1", "AutoextendBackingStoreFull"),
 ])
 def test_unit_tests_catch_a_broken_rule(tmp_path: Path, good: str, bad: str,
                                         alert: str) -> None:
