@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from autoextend import __version__
 from autoextend.logs import get_logger
 from autoextend.monitor.observer import (
+    BackingStoreFull,
     DriveAtCap,
     DriveGone,
     DriveSeen,
@@ -34,7 +35,6 @@ from autoextend.monitor.observer import (
     ResumeLatency,
     StaleViewFound,
     UnmanagedEnospc,
-    BackingStoreFull,
     VgFull,
     VmCheckFailed,
 )

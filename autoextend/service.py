@@ -63,7 +63,7 @@ from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
 from autoextend.monitor.protocols import Extender, Hypervisor
 from autoextend.monitor.views import PerVolumeSizes
 from autoextend.prepare_merge import MergeChains, merge_request, prepare_merge
-from autoextend.qemuimg import qemu_img_measure
+from autoextend.qemuimg import qemu_img_fully_allocated, qemu_img_measure
 from autoextend.sdnotify import Notifier
 from autoextend.settings import Settings
 from autoextend.spm.inusepub import InUseSource
@@ -264,6 +264,7 @@ class Service:
             space_gate=self.capacity.gate,
             view_sizes=make_view_sizes(self.backend),
             checks=checks,
+            measure_full=qemu_img_fully_allocated,  # the honest cap (monitor/caps.py)
         )
         self.control = ControlServer(settings.service.control_socket)
         self.control.register("status", self._status)

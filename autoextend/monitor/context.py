@@ -17,6 +17,7 @@ from typing import Protocol
 
 from autoextend.clock import Clock
 from autoextend.monitor import jobpolicy, policy
+from autoextend.monitor.caps import CapBook
 from autoextend.monitor.config import PolicySettings, ResumeSettings
 from autoextend.monitor.drive import DriveState
 from autoextend.monitor.observer import DriveAtCap, ExtendsInFlight, MonitorObserver
@@ -110,6 +111,7 @@ class MonitorContext:
     view_sizes: ViewSizes | None = None  # the view check's sizes (monitor/views.py)
     space_gate: SpaceGate | None = None  # the monitor's constructor (capacity levels)
     in_flight: InFlight | None = field(default=None, repr=False)
+    caps: CapBook = field(default_factory=CapBook)  # the measured caps (monitor/caps.py)
 
     @property
     def extend_deadline_s(self) -> float:

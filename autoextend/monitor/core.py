@@ -58,6 +58,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from autoextend.checks import ALL_ON, Checks
 from autoextend.clock import Clock
 from autoextend.monitor import migration, pollplan
+from autoextend.monitor.caps import CapBook, FullAllocation, MeasuredCaps
 from autoextend.monitor.config import PolicySettings, ResumeSettings
 from autoextend.monitor.context import InFlight, MonitorContext, ViewSizes, VolumeViews
 from autoextend.monitor.extension import DriveVanished
@@ -126,6 +127,7 @@ class Monitor:
         space_gate: SpaceGate | None = None,
         view_sizes: ViewSizes | None = None,
         checks: Checks = ALL_ON,
+        measure_full: FullAllocation | None = None,
     ) -> None:
         """``space_gate``: why an extension must wait, or None (the capacity levels: at a
         VG's critical level only VMs paused on ENOSPC are extended). ``view_sizes``: where
@@ -133,15 +135,18 @@ class Monitor:
         (``monitor/views.py``); None: no view check. ``checks``: all on, except in a
         negative control or a simulation mutant (see ``autoextend/checks.py``). A guest's
         clean shutdown is told to the observer
-        (:class:`~autoextend.monitor.observer.CleanStop`)."""
+        (:class:`~autoextend.monitor.observer.CleanStop`). ``measure_full``: ``qemu-img
+        measure``'s fully allocated size, for the honest cap (``monitor/caps.py``); None:
+        the cap is capacity x cap_factor."""
         resume = resume or ResumeSettings()
+        book = CapBook(measure_full)
         self.ctx = MonitorContext(
             hypervisor, extender, settings, clock,
-            policy_for=policy_for or default_policy_resolver(settings),
+            policy_for=MeasuredCaps(policy_for or default_policy_resolver(settings), book),
             observer=observer or NullObserver(), dry_run=dry_run, resume=resume,
             probe=probe or direct_read_probe(resume.probe_timeout_s), lease_ok=lease_ok,
             extend_deadline_override=extend_deadline_s, views=views, space_gate=space_gate,
-            view_sizes=view_sizes,
+            view_sizes=view_sizes, caps=book,
         )
         self.ctx.in_flight = InFlight(lambda: self.extends_in_flight, self.ctx.observer)
         self._steps = Steps.of(self.ctx, checks)
@@ -237,7 +242,8 @@ class Monitor:
         ctx.settings = settings
         if extend_deadline_s is not None:
             ctx.extend_deadline_override = extend_deadline_s
-        ctx.policy_for = policy_for or default_policy_resolver(settings)
+        ctx.policy_for = MeasuredCaps(policy_for or default_policy_resolver(settings),
+                                      ctx.caps)
         ctx.dry_run = dry_run
         if resume is not None:
             ctx.resume = resume

@@ -185,6 +185,8 @@ class MemoryDrive:
     error_policy: str = ""  # the drive's werror (DriveInfo.error_policy)
     backing_full: bool = False  # the storage under the volume is full: every write fails
     retry: int = 0  # a write refused for that, retried on resume (as QEMU does on cont)
+    cluster_size: int = 0  # DriveInfo.cluster_size (0: not reported)
+    bitmaps: tuple[tuple[str, int], ...] = ()  # persistent bitmaps (name, granularity)
 
 
 @dataclass
@@ -316,7 +318,8 @@ class MemoryHypervisor:
             DriveInfo(vm, name, f"node-{name}", self.volumes.device_path(d.volume), d.capacity,
                       d.allocation, self.volumes.sizes[d.volume], d.threshold, job=d.job,
                       job_id=d.job_id, job_paused=d.job_paused, job_need=d.job_need,
-                      error_policy=d.error_policy)
+                      error_policy=d.error_policy, cluster_size=d.cluster_size,
+                      bitmaps=d.bitmaps)
             for name, d in rec.drives.items()
         ]
 

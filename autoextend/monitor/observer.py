@@ -191,8 +191,8 @@ class StaleViewFound:
 
 MonitorEvent = (
     DriveSeen | DriveGone | CleanStop | ExtendFinished | ExtendsInFlight | Paused | Resumed
-    | DriveAtCap | VgFull | UnmanagedEnospc | BackingStoreFull | IoErrorAction | VmCheckFailed | JobFailed | JobResumed
-    | MigrationNoted | ResumeLatency | StaleViewFound
+    | DriveAtCap | VgFull | UnmanagedEnospc | BackingStoreFull | IoErrorAction | VmCheckFailed
+    | JobFailed | JobResumed | MigrationNoted | ResumeLatency | StaleViewFound
 )
 
 

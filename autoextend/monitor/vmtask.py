@@ -259,7 +259,9 @@ class VmTask:
         """Re-read the VM and act. ``rearm``: the hypervisor may have lost our thresholds
         (connect, hot-plug, dropped event), so arm every drive again."""
         ctx, steps = self._ctx, self._steps
-        merge_drives(ctx, self, await ctx.hypervisor.drives(self.name), rearm=rearm)
+        infos = await ctx.hypervisor.drives(self.name)
+        await ctx.caps.ensure(infos)  # a new (capacity, cluster size): measured once
+        merge_drives(ctx, self, infos, rearm=rearm)
         state = await ctx.hypervisor.run_state(self.name)
         moved = await steps.migrations.check(self, state)
         # A VM that appeared here without an incoming migration: its views are checked
@@ -383,12 +385,26 @@ class VmTask:
 
     # ----------------------------------------------------------------- status
 
+    def _at_cap_text(self) -> str | None:
+        """``enospc, at cap ...`` for a VM paused for space on a drive at its cap: where the
+        image ends and what its bitmaps take, next to the cap (``monitor/policy.py``)."""
+        if self.machine.state is not VmState.PAUSED_ENOSPC:
+            return None
+        for d in self.drives.values():
+            if d.state is ThresholdState.DISABLED and d.enospc:
+                i = d.info
+                bitmaps = policy.bitmap_bytes(i.capacity, i.cluster_size, i.bitmaps) \
+                    if i.cluster_size > 0 else 0
+                return (f"enospc, at cap: {d.name} image end {i.allocation} B, "
+                        f"bitmaps {bitmaps} B, cap {d.cap} B")
+        return None
+
     def snapshot(self) -> dict[str, Any]:
         """What ``autoextend status`` shows of this VM and its drives."""
         m = self.machine
         return {
             "vm": self.name,
-            "paused": m.describe(),
+            "paused": self._at_cap_text() or m.describe(),
             "state": m.state.value,
             "resume_policy": m.policy.value,
             "resume_attempts": m.resume_attempts,

@@ -12,8 +12,7 @@ from autoextend.lab.waiting import until
 from autoextend.monitor.backing import EnospcKind, EnospcSample, classify, has_room
 from autoextend.monitor.drive import ThresholdState
 from autoextend.monitor.policy import MiB
-from autoextend.monitor.protocols import ThresholdCrossed
-from autoextend.monitor.protocols import EnospcPause
+from autoextend.monitor.protocols import EnospcPause, ThresholdCrossed
 from tests.monitor.rig import VOL, Rig
 
 sizes = st.integers(min_value=1, max_value=1 << 40)
