@@ -56,9 +56,9 @@ class ResumeSteps:
                 return
             s = self._ctx.resume
             due = m.resume_due_at(s.backoff_initial_s, s.backoff_max_s)
-            # Sent already and RESUME not seen yet; or a pause on a drive with room, which
-            # may repeat at once (a full backing store): one resume per backoff step.
-            if (m.expect_resume or m.room_drives) and self._ctx.clock.now() < due:
+            # Sent already and RESUME not seen yet; or a full backing store, which pauses
+            # again at once: one resume per backoff step.
+            if (m.expect_resume or m.backing_full) and self._ctx.clock.now() < due:
                 vm.wake_at(due)
                 return
             await self._act(vm, VmEvent.ROOM, "enospc")

@@ -192,8 +192,8 @@ class VmMachine:
     # hypervisor event named since the VM last ran (a backend may name none in its run
     # state). ``resumed_on``: per drive armed then, its (physical, threshold) at the last
     # resume autoextend sent. ``room_drives``: drives that paused the VM with room (never
-    # extended for it); ``backing_full``: of those, the ones shown to be on a full backing
-    # store. Both last until the VM has run for the longest backoff after a resume
+    # extended for it) since it last ran. ``backing_full``: drives shown to be on a full
+    # backing store; it lasts until the VM has run for the longest backoff after a resume
     # (:meth:`ran_stably`): a pause that repeats keeps its backoff and its one warning.
     enospc_events: set[str] = field(default_factory=set)
     resumed_on: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -208,15 +208,16 @@ class VmMachine:
         result = step(before, event, self.policy)
         self.state = result.state
         if (result.state is VmState.RUNNING and before is VmState.PAUSED_ENOSPC
-                and not self.room_drives):
+                and not self.backing_full):
             # An ENOSPC resume worked (room is checked before each): no backoff owed. Not so
-            # after a pause on a drive with room: it may pause again at once (a full
-            # backing store), and the backoff holds until it ran stably.
+            # on a full backing store: it pauses again at once, and the backoff holds until
+            # the VM ran stably.
             self.resume_attempts = 0
             self.last_resume_at = None
         if result.state is VmState.RUNNING and before in PAUSED:
             self.full_drives = set()
             self.enospc_events = set()
+            self.room_drives = set()
             self.killed = False
             self.stale_views = {}
         if result.state is VmState.RUNNING:

@@ -103,6 +103,11 @@ async def test_stale_enospc_after_our_extension_resumes_without_classifying() ->
             assert rig.hv.vms["vm1"].running
             assert rig.ext.calls == 1 and rig.volumes.sizes[VOL] == 384 * MiB
             assert rig.tally.backing_full == 0
+            # The next pause is the volume's own: extended and resumed at once (no backoff
+            # owed for the stale one; the clock does not move).
+            rig.hv.write("vm1", "vda", 100 * MiB)
+            await until(lambda: rig.hv.resumes == ["vm1", "vm1"], describe=rig.describe)
+            assert rig.volumes.sizes[VOL] == 512 * MiB and rig.tally.backing_full == 0
             tg.cancel_scope.cancel()
     assert not [e for e in logs if "backing store full" in str(e["event"])]
 
