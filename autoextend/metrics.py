@@ -21,6 +21,7 @@ from prometheus_client.registry import RestrictedRegistry
 from autoextend import __version__
 from autoextend.logs import get_logger
 from autoextend.monitor.observer import (
+    BackingStoreFull,
     DriveAtCap,
     DriveGone,
     DriveSeen,
@@ -79,6 +80,11 @@ class Metrics:
             "autoextend_unmanaged_enospc_total",
             "ENOSPC pauses involving a drive autoextend does not manage (left paused)",
             registry=r)
+        self.backing_store_full_total = Counter(
+            "autoextend_backing_store_full_total",
+            "ENOSPC pauses on a drive with room, repeated after a resume: the storage under "
+            "the VG is full (never extended; resumed under the [resume] backoff), by VG",
+            ["vg"], registry=r)
         self.io_error_actions_total = Counter(
             "autoextend_io_error_actions_total",
             "What autoextend did about I/O-error pauses (resume, kill), by reason",
@@ -191,6 +197,8 @@ class Metrics:
                 self.vg_full_total.inc()
             case UnmanagedEnospc():
                 self.unmanaged_enospc_total.inc()
+            case BackingStoreFull(volume=volume):
+                self.backing_store_full_total.labels(volume.vg).inc()
             case IoErrorAction(action=action, reason=reason):
                 self.io_error_actions_total.labels(action, reason).inc()
             case VmCheckFailed():

@@ -41,3 +41,28 @@ async def qemu_img_measure(path: str) -> int | None:
     if isinstance(required, int) and not isinstance(required, bool) and 0 < required <= MAX_SIZE:
         return required
     return None
+
+
+async def qemu_img_fully_allocated(capacity: int, cluster_size: int) -> int | None:
+    """``qemu-img measure -O qcow2 -o cluster_size=C --size CAPACITY``'s ``fully-allocated``:
+    the most a qcow2 of that capacity occupies without bitmaps (the honest cap's base,
+    ``monitor/policy.py``); None when qemu-img gives no figure."""
+    command = ["qemu-img", "measure", "--output=json", "-O", "qcow2",
+               "-o", f"cluster_size={cluster_size}", "--size", str(capacity)]
+    try:
+        with anyio.fail_after(30):
+            done = await anyio.run_process(command, check=False)
+    except (OSError, TimeoutError) as err:
+        log.warning("qemu-img measure failed", capacity=capacity, error=str(err))
+        return None
+    if done.returncode != 0:
+        log.warning("qemu-img measure failed", capacity=capacity,
+                    error=done.stderr.decode(errors="replace").strip()[:300])
+        return None
+    try:
+        full = json.loads(done.stdout).get("fully-allocated")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(full, int) and not isinstance(full, bool) and 0 < full <= MAX_SIZE:
+        return full
+    return None

@@ -64,7 +64,7 @@ from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
 from autoextend.monitor.protocols import Extender, Hypervisor
 from autoextend.monitor.views import PerVolumeSizes
 from autoextend.prepare_merge import MergeChains, merge_request, prepare_merge
-from autoextend.qemuimg import qemu_img_measure
+from autoextend.qemuimg import qemu_img_fully_allocated, qemu_img_measure
 from autoextend.sdnotify import Notifier
 from autoextend.settings import Settings
 from autoextend.spm.inusepub import InUseSource
@@ -276,6 +276,7 @@ class Service:
             failover_s=(timeouts.failover_s(settings.lease.io_timeout_s,
                                             settings.lease.watchdog_fire_timeout_s)
                         if self.cluster is not None else None),
+            measure_full=qemu_img_fully_allocated,  # the honest cap (monitor/caps.py)
         )
         self._export_throttle_metrics()
         self.control = ControlServer(settings.service.control_socket)

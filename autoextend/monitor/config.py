@@ -51,6 +51,10 @@ class PolicySettings(Section):
     retry_initial_s: float = Field(1.0, gt=0.0, le=600.0)
     retry_max_s: float = Field(30.0, gt=0.0, le=3600.0)
     job_chunk_factor: float = Field(2.0, ge=1.0, le=16.0)
+    # One event (a crossing, an ENOSPC, a poll) grows a drive by at most this many chunks,
+    # unless two fresh samples of its allocation agree that it needs more (a bogus
+    # allocation cannot take chunk after chunk up to the cap; monitor/plan.py: agree).
+    max_chunks_per_event: int = Field(4, ge=1, le=1024)
     job_pre_extend: bool = True
     chunk_mode: Literal["fixed", "write_rate"] = "fixed"
     min_chunk_mib: int = Field(256, ge=1, le=1 << 24)

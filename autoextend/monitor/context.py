@@ -17,6 +17,7 @@ from typing import Protocol
 
 from autoextend.clock import Clock
 from autoextend.monitor import jobpolicy, policy
+from autoextend.monitor.caps import CapBook
 from autoextend.monitor.config import PolicySettings, ResumeSettings
 from autoextend.monitor.drive import DriveState
 from autoextend.monitor.observer import DriveAtCap, ExtendsInFlight, MonitorObserver
@@ -115,6 +116,7 @@ class MonitorContext:
     # the extension deadline).
     spm_ok: Callable[[], bool] | None = None
     failover_s: float | None = None
+    caps: CapBook = field(default_factory=CapBook)  # the measured caps (monitor/caps.py)
 
     @property
     def extend_deadline_s(self) -> float:

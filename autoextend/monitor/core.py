@@ -59,6 +59,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from autoextend.checks import ALL_ON, Checks
 from autoextend.clock import Clock
 from autoextend.monitor import migration, policy, pollplan
+from autoextend.monitor.caps import CapBook, FullAllocation, MeasuredCaps
 from autoextend.monitor.config import PolicySettings, ResumeSettings
 from autoextend.monitor.context import InFlight, MonitorContext, ViewSizes, VolumeViews
 from autoextend.monitor.extension import DriveVanished
@@ -137,6 +138,7 @@ class Monitor:
         checks: Checks = ALL_ON,
         spm_ok: Callable[[], bool] | None = None,
         failover_s: float | None = None,
+        measure_full: FullAllocation | None = None,
     ) -> None:
         """``space_gate``: why an extension must wait, or None (the capacity levels: at a
         VG's critical level only VMs paused on ENOSPC are extended). ``view_sizes``: where
@@ -146,9 +148,12 @@ class Monitor:
         clean shutdown is told to the observer
         (:class:`~autoextend.monitor.observer.CleanStop`). ``spm_ok`` (mailbox mode: is
         the pool's SPM term valid now) and ``failover_s`` (how long an extension may take
-        across a failover) are the write throttle's (``monitor/throttle.py``)."""
+        across a failover) are the write throttle's (``monitor/throttle.py``).
+        ``measure_full``: ``qemu-img measure``'s fully allocated size, for the honest cap
+        (``monitor/caps.py``); None: the cap is capacity x cap_factor."""
         resume = resume or ResumeSettings()
-        resolver = policy_for or default_policy_resolver(settings)
+        book = CapBook(measure_full)
+        resolver = MeasuredCaps(policy_for or default_policy_resolver(settings), book)
         self.rates = DriveRates(
             clock, settings.rate_half_life_s, settings.assumed_latency_s,
             lambda info, volume: policy.watermark(self.ctx.policy_for(info, volume)))
@@ -159,7 +164,7 @@ class Monitor:
             observer=outer, dry_run=dry_run, resume=resume,
             probe=probe or direct_read_probe(resume.probe_timeout_s), lease_ok=lease_ok,
             extend_deadline_override=extend_deadline_s, views=views, space_gate=space_gate,
-            view_sizes=view_sizes, spm_ok=spm_ok, failover_s=failover_s,
+            view_sizes=view_sizes, spm_ok=spm_ok, failover_s=failover_s, caps=book,
         )
         self.throttles = Throttles(self.ctx, self.rates)
         self.ctx.observer = Fanout(self.rates, self.throttles, outer)
@@ -258,7 +263,8 @@ class Monitor:
         ctx.settings = settings
         if extend_deadline_s is not None:
             ctx.extend_deadline_override = extend_deadline_s
-        ctx.policy_for = policy_for or default_policy_resolver(settings)
+        ctx.policy_for = MeasuredCaps(policy_for or default_policy_resolver(settings),
+                                      ctx.caps)
         ctx.dry_run = dry_run
         self.rates.half_life_s = settings.rate_half_life_s
         self.rates.assumed_latency_s = settings.assumed_latency_s

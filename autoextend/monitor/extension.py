@@ -71,8 +71,9 @@ class Extensions:
         never the VM's task, never the monitor.
         """
         bound = log.bind(vm=vm.name, drive=d.name, volume=str(d.volume))
+        base = d.info.physical  # the size when this event's extensions began (the bound)
         try:
-            while await self._once(vm, d, bound, known):
+            while await self._once(vm, d, bound, known, base):
                 known = None
         except Exception as exc:  # noqa: BLE001 - contained per drive, see docstring
             self._crashed(vm, d, bound, exc)
@@ -110,7 +111,8 @@ class Extensions:
         return gate(d.volume, d.enospc or vm.machine.state is VmState.PAUSED_ENOSPC)
 
     async def _once(
-        self, vm: VmView, d: DriveState, bound: Any, known: DriveInfo | None = None
+        self, vm: VmView, d: DriveState, bound: Any, known: DriveInfo | None = None,
+        base: int = 0,
     ) -> bool:
         """One extension. Returns True when the drive needs another one right away.
 
@@ -147,7 +149,7 @@ class Extensions:
         if not outcome.refreshed:
             await self._deferred(vm, d, bound, decision.target, outcome, t)
             return False
-        return await self._grown(vm, d, bound, info, pol, outcome, t)
+        return await self._grown(vm, d, bound, info, pol, outcome, t, base)
 
     async def _not_extending(self, vm: VmView, d: DriveState, bound: Any, info: DriveInfo,
                              decision: plan.Disable | plan.NotNeeded | plan.Hold) -> None:
@@ -225,7 +227,8 @@ class Extensions:
                    duration_s=t.extended - t.start)
 
     async def _grown(self, vm: VmView, d: DriveState, bound: Any, info: DriveInfo,
-                     pol: policy.DrivePolicy, outcome: ExtendOutcome, t: _Times) -> bool:
+                     pol: policy.DrivePolicy, outcome: ExtendOutcome, t: _Times,
+                     base: int = 0) -> bool:
         """The volume grew on this host: re-arm, report. True when it needs more at once."""
         ctx = self._ctx
         # The extender checked the size this host sees (its contract): that is the new
@@ -259,7 +262,28 @@ class Extensions:
         ):
             d.mark_exceeded(ctx.clock.now())
             d.start_extend()
+            return await self._may_go_on(vm, d, bound, info, pol, base)
+        return False
+
+    async def _may_go_on(self, vm: VmView, d: DriveState, bound: Any, info: DriveInfo,
+                         pol: policy.DrivePolicy, base: int) -> bool:
+        """Another extension for the same event: within ``max_chunks_per_event`` chunks, or
+        when two fresh samples agree (``plan.agree``). Otherwise the drive waits for its
+        retry time (a new event then grows it by the bound again, at most)."""
+        ctx = self._ctx
+        k = ctx.settings.max_chunks_per_event
+        if plan.within_bound(base, info.physical, pol, k):
             return True
+        first = await self._fresh(vm, d)
+        second = await self._fresh(vm, d)
+        if plan.agree(first, second, pol):
+            return True
+        delay = ctx.retry_delay(d, OutcomeKind.FAILED)
+        reason = (f"grown by {k} chunk(s) for one event; the allocation "
+                  f"({second.allocation}) is not confirmed by two samples")
+        d.extend_failed(ctx.clock.now(), reason, delay)
+        bound.warning("extension bounded", reason=reason, physical=info.physical,
+                      allocation=second.allocation, retry_in_s=round(delay, 3))
         return False
 
     async def _rearm(self, vm: VmView, d: DriveState, bound: Any, info: DriveInfo,

@@ -185,6 +185,10 @@ class MemoryDrive:
     job_need: int = 0
     error_policy: str = ""  # the drive's werror (DriveInfo.error_policy)
     limits: IoLimits = IoLimits()  # the drive's I/O limits (io_limits / set_io_limits)
+    backing_full: bool = False  # the storage under the volume is full: every write fails
+    retry: int = 0  # a write refused for that, retried on resume (as QEMU does on cont)
+    cluster_size: int = 0  # DriveInfo.cluster_size (0: not reported)
+    bitmaps: tuple[tuple[str, int], ...] = ()  # persistent bitmaps (name, granularity)
 
 
 @dataclass
@@ -251,6 +255,17 @@ class MemoryHypervisor:
             thr, d.threshold = d.threshold, 0
             if events:
                 self.emit(ThresholdCrossed(vm, drive, thr, end - thr))
+        if d.backing_full and nbytes > 0:
+            # The storage under the volume refuses the write (a thin array out of space):
+            # ENOSPC inside the volume; nothing is written, and the write is retried on cont.
+            d.retry = nbytes
+            if rec.running:
+                rec.running, rec.reason = False, PauseReason.ENOSPC
+                if events:
+                    self.emit(EnospcPause(vm, drive))
+                    self.emit(VmPaused(vm, PauseReason.ENOSPC))
+            return
+        d.retry = 0
         d.allocation = end
         if d.job and end > physical:  # a job with on-error=enospc pauses itself, not the VM
             if not d.job_paused:
@@ -307,7 +322,8 @@ class MemoryHypervisor:
             DriveInfo(vm, name, f"node-{name}", self.volumes.device_path(d.volume), d.capacity,
                       d.allocation, self.volumes.sizes[d.volume], d.threshold, job=d.job,
                       job_id=d.job_id, job_paused=d.job_paused, job_need=d.job_need,
-                      error_policy=d.error_policy)
+                      error_policy=d.error_policy, cluster_size=d.cluster_size,
+                      bitmaps=d.bitmaps)
             for name, d in rec.drives.items()
         ]
 
@@ -341,6 +357,8 @@ class MemoryHypervisor:
         for name, d in rec.drives.items():  # QEMU retries the failed write on cont
             if d.allocation > self.volumes.sizes[d.volume]:
                 self.write(vm, name, 0)
+            elif d.retry:
+                self.write(vm, name, d.retry)
 
     async def suspend(self, vm: str) -> None:
         rec = self._vm(vm)

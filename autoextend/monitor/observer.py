@@ -110,6 +110,17 @@ class UnmanagedEnospc:
 
 
 @dataclass(frozen=True)
+class BackingStoreFull:
+    """An ENOSPC on a drive with room, after autoextend's own resume on the same size and
+    threshold: the storage under the volume is full (``monitor/backing.py``). Once per
+    drive until the VM has run stably."""
+
+    vm: str
+    drive: str
+    volume: VolumeRef
+
+
+@dataclass(frozen=True)
 class IoErrorAction:
     """``action`` is ``resume`` or ``kill`` after an I/O-error pause, with its reason."""
 
@@ -214,8 +225,9 @@ class WatermarkLeft:
 
 MonitorEvent = (
     DriveSeen | DriveGone | CleanStop | ExtendFinished | ExtendsInFlight | Paused | Resumed
-    | DriveAtCap | VgFull | UnmanagedEnospc | IoErrorAction | VmCheckFailed | JobFailed | JobResumed
-    | MigrationNoted | ResumeLatency | StaleViewFound | Throttled | ThrottleLifted | WatermarkLeft
+    | DriveAtCap | VgFull | UnmanagedEnospc | BackingStoreFull | IoErrorAction | VmCheckFailed
+    | JobFailed | JobResumed | MigrationNoted | ResumeLatency | StaleViewFound | Throttled
+    | ThrottleLifted | WatermarkLeft
 )
 
 
@@ -239,6 +251,7 @@ class Tally:
     resumes: int = 0
     capped: int = 0
     unmanaged: int = 0
+    backing_full: int = 0
     io_error_resumes: int = 0
     kills: int = 0
     check_failures: int = 0
@@ -275,6 +288,8 @@ class Tally:
                 self.capped += 1
             case UnmanagedEnospc():
                 self.unmanaged += 1
+            case BackingStoreFull():
+                self.backing_full += 1
             case IoErrorAction(action="resume"):
                 self.io_error_resumes += 1
             case IoErrorAction(action="kill"):

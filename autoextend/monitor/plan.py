@@ -165,3 +165,28 @@ def plan(info: DriveInfo, d: DriveState, pol: policy.DrivePolicy, gates: Gates
     if gates.dry_run:
         return Hold("dry-run", target, dry_run=True)
     return Extend(target)
+
+
+# ---- a bound on growth per event -----------------------------------------------------------
+
+
+def plausible(info: DriveInfo, pol: policy.DrivePolicy) -> bool:
+    """An allocation a real drive can report: writes past the end fail, so the highest
+    written offset cannot lie more than a chunk past the device's size."""
+    return 0 <= info.allocation <= info.physical + pol.chunk
+
+
+def agree(first: DriveInfo, second: DriveInfo, pol: policy.DrivePolicy) -> bool:
+    """Two fresh samples of one drive (``second`` taken after ``first``) agree that it
+    needs more room: both plausible, both under the watermark at the size they saw, and
+    the allocation did not go back (a spike that vanishes is no agreement)."""
+    return (plausible(first, pol) and plausible(second, pol)
+            and policy.needs_extension(first.allocation, first.physical, pol)
+            and policy.needs_extension(second.allocation, second.physical, pol)
+            and second.allocation >= first.allocation)
+
+
+def within_bound(base: int, physical: int, pol: policy.DrivePolicy, max_chunks: int) -> bool:
+    """True while the growth since the event (``physical - base``) is below ``max_chunks``
+    chunks: one more extension may follow without two agreeing samples."""
+    return physical - base < max_chunks * pol.chunk

@@ -13,6 +13,26 @@ Derivation (vdsm's thin provisioning, ../shared/reference/vdsm.md §1):
   ``capacity * 1.1``. So ``cap = round_up(capacity * cap_factor, extent)`` and
   ``next = min(next, cap)``. We never shrink: ``next >= physical`` always.
 * A drive whose physical size has reached the cap is DISABLED: nothing more to do.
+
+The honest cap (issue 30 item 3). ``capacity * 1.1`` is a guess: persistent bitmaps and
+leaked clusters can need more (vdsm#371), a large image needs far less. Where the drive's
+cluster size is known (``DriveInfo.cluster_size``) and ``qemu-img measure`` answered, the
+cap is what a qcow2 of that capacity can ever occupy:
+
+    cap = round_up(fully_allocated + bitmap_bytes + cluster, extent)
+
+* ``fully_allocated``: ``qemu-img measure -O qcow2 -o cluster_size=C --size CAPACITY``'s
+  ``fully-allocated`` (header, L1, L2 and refcount structures, and every data cluster);
+* ``bitmap_bytes`` (:func:`bitmap_bytes`): the persistent bitmaps as they will be stored,
+  recomputed from the drive's bitmaps at every decision (a bitmap added or removed changes
+  the cap at once); for each bitmap of granularity ``g``, ``ceil(ceil(capacity / g) / 8)``
+  bytes of data in whole clusters, plus its table (8 bytes per data cluster, in whole
+  clusters), and one bitmap directory (an entry of ``round_up(24 + len(name), 8)`` bytes
+  per bitmap, in whole clusters). The same figure as ``qemu-img measure``'s ``bitmaps``
+  for an image holding them (checked against qemu-img in ``tests/monitor/test_cap.py``);
+* one cluster of slack (a leaked cluster from an interrupted allocation).
+
+``DrivePolicy.cap_bytes`` carries that cap (0: the factor).
 """
 
 from __future__ import annotations
@@ -33,6 +53,7 @@ class DrivePolicy:
     utilization_percent: int
     cap_factor: float
     extent: int
+    cap_bytes: int = 0  # the measured cap (see the module's docstring); 0: capacity x factor
 
     def __post_init__(self) -> None:
         if self.chunk <= 0 or self.extent <= 0:
@@ -41,6 +62,11 @@ class DrivePolicy:
             raise ValueError("utilization_percent must be in [0, 100)")
         if self.cap_factor < 1.0:
             raise ValueError("cap_factor must be >= 1.0")
+
+
+def ceil_div(value: int, step: int) -> int:
+    """``ceil(value / step)`` in integers (step > 0)."""
+    return -(-value // step)
 
 
 def round_up(value: int, step: int) -> int:
@@ -66,8 +92,31 @@ def needs_extension(allocation: int, physical: int, policy: DrivePolicy) -> bool
     return physical - allocation < watermark(policy)
 
 
+def bitmap_bytes(capacity: int, cluster: int, bitmaps: tuple[tuple[str, int], ...]) -> int:
+    """What a qcow2 of ``capacity`` with ``cluster``-byte clusters stores for its persistent
+    ``bitmaps`` (name, granularity): data, tables and the directory, in whole clusters."""
+    if not bitmaps:
+        return 0
+    total = 0
+    directory = 0
+    for name, granularity in bitmaps:
+        bits = ceil_div(capacity, granularity)  # one bit per granularity-sized piece
+        clusters = ceil_div(ceil_div(bits, 8), cluster)
+        total += clusters * cluster + round_up(clusters * 8, cluster)
+        directory += round_up(24 + len(name.encode()), 8)
+    return total + round_up(directory, cluster)
+
+
+def measured_cap(fully_allocated: int, bitmaps: int, cluster: int, extent: int) -> int:
+    """The honest cap: a fully allocated image, its bitmaps and one cluster, extent-aligned."""
+    return round_up(fully_allocated + bitmaps + cluster, extent)
+
+
 def cap(capacity: int, policy: DrivePolicy) -> int:
-    """The largest size a volume may reach: ``round_up(ceil(capacity * cap_factor), extent)``."""
+    """The largest size a volume may reach: the measured cap when known, else
+    ``round_up(ceil(capacity * cap_factor), extent)``."""
+    if policy.cap_bytes > 0:
+        return policy.cap_bytes
     # Decimal-free exact ceiling for float factors: math.ceil on the product is exact
     # enough for sizes below 2**53 bytes (8 PiB).
     return round_up(math.ceil(capacity * policy.cap_factor), policy.extent)

@@ -56,6 +56,10 @@ class DriveInfo:
     job_paused: bool = False
     job_need: int = 0
     error_policy: str = ""
+    # The qcow2's cluster size (0: not reported) and its persistent dirty bitmaps as
+    # (name, granularity): what the honest cap needs (``monitor/policy.py``).
+    cluster_size: int = 0
+    bitmaps: tuple[tuple[str, int], ...] = ()
 
 
 # Write error policies that hand an ENOSPC to the guest instead of pausing the VM.

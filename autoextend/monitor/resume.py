@@ -12,6 +12,7 @@ from __future__ import annotations
 from autoextend.errors import AutoextendError
 from autoextend.monitor import migration
 from autoextend.monitor.context import MonitorContext, VmView
+from autoextend.monitor.drive import ThresholdState
 from autoextend.monitor.observer import IoErrorAction, Resumed, ResumeLatency
 from autoextend.monitor.probe import probe_all
 from autoextend.monitor.protocols import VmNotFound
@@ -55,8 +56,10 @@ class ResumeSteps:
                 return
             s = self._ctx.resume
             due = m.resume_due_at(s.backoff_initial_s, s.backoff_max_s)
-            if m.expect_resume and self._ctx.clock.now() < due:
-                vm.wake_at(due)  # sent already; RESUME not seen yet
+            # Sent already and RESUME not seen yet; or a full backing store, which pauses
+            # again at once: one resume per backoff step.
+            if (m.expect_resume or m.backing_full) and self._ctx.clock.now() < due:
+                vm.wake_at(due)
                 return
             await self._act(vm, VmEvent.ROOM, "enospc")
         elif m.state is VmState.PAUSED_IO_ERROR:
@@ -109,6 +112,8 @@ class ResumeSteps:
                 log.info("dry-run: would resume", vm=vm.name, cause=cause)
                 return
             m.expect_resume = True
+            m.resuming({d.name: (d.info.physical, d.threshold) for d in vm.drives.values()
+                        if d.state is ThresholdState.SET})
             m.record(f"resumed after {cause}" + (f": {detail}" if detail else ""))
             await ctx.hypervisor.resume(vm.name)
             if cause == "io-error":

@@ -188,6 +188,17 @@ class VmMachine:
     # again (someone resumed it).
     views_checked: bool = False
     stale_views: dict[str, str] = field(default_factory=dict)
+    # ENOSPC on a drive with room (``monitor/backing.py``). ``enospc_events``: drives a
+    # hypervisor event named since the VM last ran (a backend may name none in its run
+    # state). ``resumed_on``: per drive armed then, its (physical, threshold) at the last
+    # resume autoextend sent. ``room_drives``: drives that paused the VM with room (never
+    # extended for it) since it last ran. ``backing_full``: drives shown to be on a full
+    # backing store; it lasts until the VM has run for the longest backoff after a resume
+    # (:meth:`ran_stably`): a pause that repeats keeps its backoff and its one warning.
+    enospc_events: set[str] = field(default_factory=set)
+    resumed_on: dict[str, tuple[int, int]] = field(default_factory=dict)
+    room_drives: set[str] = field(default_factory=set)
+    backing_full: set[str] = field(default_factory=set)
 
     def apply(
         self, event: VmEvent, now: float, *, reason: PauseReason | None = None,
@@ -196,12 +207,17 @@ class VmMachine:
         before = self.state
         result = step(before, event, self.policy)
         self.state = result.state
-        if result.state is VmState.RUNNING and before is VmState.PAUSED_ENOSPC:
-            # An ENOSPC resume worked (room is checked before each): no backoff owed.
+        if (result.state is VmState.RUNNING and before is VmState.PAUSED_ENOSPC
+                and not self.backing_full):
+            # An ENOSPC resume worked (room is checked before each): no backoff owed. Not so
+            # on a full backing store: it pauses again at once, and the backoff holds until
+            # the VM ran stably.
             self.resume_attempts = 0
             self.last_resume_at = None
         if result.state is VmState.RUNNING and before in PAUSED:
             self.full_drives = set()
+            self.enospc_events = set()
+            self.room_drives = set()
             self.killed = False
             self.stale_views = {}
         if result.state is VmState.RUNNING:
@@ -256,10 +272,14 @@ class VmMachine:
                 and now - self.last_resume_at >= maximum):
             self.resume_attempts = 0
             self.last_resume_at = None
+            self.room_drives = set()
+            self.backing_full = set()
 
     def describe(self) -> str | None:
         if self.state is VmState.PAUSED_OTHER and self.pause_reason is not None:
             return self.pause_reason.value  # user, migration, other: the hypervisor's word
+        if self.state is VmState.PAUSED_ENOSPC and self.backing_full:
+            return "enospc, backing store full"
         return describe(self.state, self.unmanaged)
 
     def managed_drive_full(self, drive: str) -> None:
@@ -270,6 +290,12 @@ class VmMachine:
     @property
     def ours(self) -> bool:
         return bool(self.full_drives)
+
+    def resuming(self, armed: dict[str, tuple[int, int]]) -> None:
+        """A resume is about to be sent; ``armed``: each armed drive's (physical, threshold).
+        A pause seen after it is a new one (``monitor/backing.py``)."""
+        self.resumed_on = dict(armed)
+        self.enospc_events = set()
 
     def record(self, what: str) -> None:
         """Remember the last resume or kill and its reason, for ``autoextend status``."""

@@ -25,13 +25,13 @@ from anyio.abc import TaskGroup
 
 from autoextend.checks import ALL_ON, Checks
 from autoextend.errors import AutoextendError
-from autoextend.monitor import migration, plan, policy
+from autoextend.monitor import backing, migration, plan, policy
 from autoextend.monitor.context import MonitorContext
 from autoextend.monitor.drive import DriveState, ThresholdState
 from autoextend.monitor.extension import Extensions, event_info
 from autoextend.monitor.jobs import JobSteps
 from autoextend.monitor.migrating import MigrationSteps, effective, frozen
-from autoextend.monitor.observer import VmCheckFailed
+from autoextend.monitor.observer import BackingStoreFull, VmCheckFailed
 from autoextend.monitor.protocols import (
     DriveInfo,
     DrivesChanged,
@@ -221,7 +221,13 @@ class VmTask:
             case ThresholdCrossed():
                 await self._crossed(message)
             case EnospcPause(drive=name) if name in self.drives:
-                self.flag_enospc(self.drives[name], self._ctx.clock.now())
+                self.machine.enospc_events.add(name)
+                if self.drives[name].state is ThresholdState.SET:
+                    # Armed and not crossed: room, perhaps (monitor/backing.py). Fresh
+                    # numbers and the run state decide, never the event alone.
+                    await self.resync(rearm=False)
+                else:
+                    self.flag_enospc(self.drives[name], self._ctx.clock.now())
             case JobEnded():
                 self._steps.jobs.ended(self, message)
             case MigrationChanged():
@@ -281,7 +287,9 @@ class VmTask:
         # resumed here until it ends; the crossings and ENOSPCs still come as events, and
         # the check below reads the drives again when the migration ends.
         if self.machine.migration is not migration.MigState.MIGRATING_OUT or not self.drives:
-            merge_drives(ctx, self, await ctx.hypervisor.drives(self.name), rearm=rearm)
+            infos = await ctx.hypervisor.drives(self.name)
+            await ctx.caps.ensure(infos)  # a new (capacity, cluster size): measured once
+            merge_drives(ctx, self, infos, rearm=rearm)
         state = await ctx.hypervisor.run_state(self.name)
         moved = await steps.migrations.check(self, state)
         # A VM that appeared here without an incoming migration: its views are checked
@@ -306,17 +314,47 @@ class VmTask:
         """A VM paused for ENOSPC: flag the managed drives the hypervisor names, and those
         inside their watermark (the ENOSPC event may have been missed, and the highest
         written offset does not always reach the device size at an ENOSPC)."""
-        named = {e.drive for e in state.errors if e.nospace}
+        named = {e.drive for e in state.errors if e.nospace} | self.machine.enospc_events
         now = self._ctx.clock.now()
         for d in self.drives.values():
             if d.enospc or d.in_flight:
                 continue
             pol = self._ctx.policy_for(d.info, d.volume)
             info = effective(self.machine, d.info)  # frozen view: the size it was extended to
+            if d.name in named and self._with_room(d, info, pol):
+                continue  # never extended for this pause (monitor/backing.py)
             # The hypervisor keeps naming a drive until the VM runs again: act on that once.
             named_now = d.name in named and d.name not in self.machine.full_drives
             if named_now or policy.needs_extension(info.allocation, info.physical, pol):
                 self.flag_enospc(d, now)
+
+    def _with_room(self, d: DriveState, info: DriveInfo, pol: policy.DrivePolicy) -> bool:
+        """An ENOSPC named on ``d``: True when the drive has room (``backing.classify``),
+        which makes the pause autoextend's to resume, never by an extension."""
+        m = self.machine
+        armed = d.threshold if d.state is ThresholdState.SET else 0
+        kind = backing.classify(backing.EnospcSample(
+            armed=armed, seen=info.threshold, allocation=info.allocation,
+            physical=info.physical, watermark=policy.watermark(pol),
+            resumed_on=m.resumed_on.get(d.name)))
+        if kind is backing.EnospcKind.VOLUME_FULL:
+            m.room_drives.discard(d.name)
+            m.backing_full.discard(d.name)
+            return False
+        m.managed_drive_full(d.name)  # autoextend's pause to end: by a resume
+        bound = log.bind(vm=self.name, drive=d.name, volume=str(d.volume), vg=d.volume.vg,
+                         allocation=info.allocation, physical=info.physical)
+        if d.name not in m.room_drives:
+            m.room_drives.add(d.name)
+            bound.info("enospc on a drive with room: not extending it; resuming under the "
+                       "[resume] backoff (a stale event, or the storage under it is full)")
+        if kind is backing.EnospcKind.BACKING_STORE_FULL and d.name not in m.backing_full:
+            m.backing_full.add(d.name)
+            bound.warning("backing store full: the storage under the VG refused a write "
+                          "inside the drive's volume (ENOSPC with room); never extending "
+                          "for it, resuming under the [resume] backoff")
+            self._ctx.observer.notify(BackingStoreFull(self.name, d.name, d.volume))
+        return True
 
     def flag_enospc(self, d: DriveState, now: float) -> None:
         self.machine.managed_drive_full(d.name)
@@ -375,12 +413,26 @@ class VmTask:
 
     # ----------------------------------------------------------------- status
 
+    def _at_cap_text(self) -> str | None:
+        """``enospc, at cap ...`` for a VM paused for space on a drive at its cap: where the
+        image ends and what its bitmaps take, next to the cap (``monitor/policy.py``)."""
+        if self.machine.state is not VmState.PAUSED_ENOSPC:
+            return None
+        for d in self.drives.values():
+            if d.state is ThresholdState.DISABLED and d.enospc:
+                i = d.info
+                bitmaps = policy.bitmap_bytes(i.capacity, i.cluster_size, i.bitmaps) \
+                    if i.cluster_size > 0 else 0
+                return (f"enospc, at cap: {d.name} image end {i.allocation} B, "
+                        f"bitmaps {bitmaps} B, cap {d.cap} B")
+        return None
+
     def snapshot(self) -> dict[str, Any]:
         """What ``autoextend status`` shows of this VM and its drives."""
         m = self.machine
         return {
             "vm": self.name,
-            "paused": m.describe(),
+            "paused": self._at_cap_text() or m.describe(),
             "state": m.state.value,
             "resume_policy": m.policy.value,
             "resume_attempts": m.resume_attempts,

@@ -228,9 +228,11 @@ def parse_topology(
                 continue
             drv, root, where_image = nodes_r.str_(child, "drv", fw), below, fw
             image = nodes_r.dict_(child.get("image"), f"{fw}.image")
+            node, node_r = child, nodes_r
         else:
             where_image = f"{where}.inserted"
             image = blk.dict_(inserted.get("image"), f"{where}.inserted.image")
+            node, node_r = inserted, blk
         if drv != FORMAT_DRIVER:
             continue
         capacity = (nodes_r if filtered else blk).int_(image, "virtual-size",
@@ -254,6 +256,9 @@ def parse_topology(
                 allocation=highest.get(prot_name, 0),
                 physical=nodes_r.int_(prot_image, "virtual-size", f"{pw}.image"),
                 threshold=nodes_r.int_(prot, "write_threshold", pw, default=0),
+                cluster_size=node_r.int_(image, "cluster-size", f"{where_image}.image",
+                                         default=0),
+                bitmaps=persistent_bitmaps(node_r, node, where_image),
             )
         )
         by_node[prot_name] = name
@@ -264,6 +269,23 @@ def parse_topology(
         if qdev.startswith("/"):
             qdev_of[name] = qdev
     return Topology(tuple(drives), by_node, by_device, qdev_of, device_of)
+
+
+def persistent_bitmaps(r: _Reader, node: Mapping[str, Any], where: str
+                       ) -> tuple[tuple[str, int], ...]:
+    """The node's persistent dirty bitmaps as (name, granularity), sorted (what the qcow2
+    stores, and what the honest cap counts: ``monitor/policy.py``)."""
+    out = []
+    for i, raw in enumerate(r.list_(node.get("dirty-bitmaps", []), f"{where}.dirty-bitmaps")):
+        bw = f"{where}.dirty-bitmaps[{i}]"
+        bitmap = r.dict_(raw, bw)
+        if not r.bool_(bitmap, "persistent", bw, default=False):
+            continue
+        granularity = r.int_(bitmap, "granularity", bw)
+        if granularity <= 0:
+            raise r.fail(f"{bw}.granularity: {granularity} is not positive")
+        out.append((r.str_(bitmap, "name", bw, default=""), granularity))
+    return tuple(sorted(out))
 
 
 def parse_io_status(vm: str, query_block: object) -> dict[str, str]:

@@ -13,8 +13,10 @@ from autoextend.lab.guest import GuestJob
 from autoextend.lab.singlehost import LabHost, lab_host
 from autoextend.lab.thinvol import qemu_img_check
 from autoextend.lab.waiting import until
+from autoextend.monitor import policy
 from autoextend.monitor.observer import Tally
 from autoextend.monitor.protocols import PauseReason
+from autoextend.qemuimg import qemu_img_fully_allocated
 from tests.doubles import HeldExtender
 
 pytestmark = pytest.mark.slow
@@ -97,8 +99,13 @@ async def test_operator_pause_is_never_resumed(lab_tmp_path: Path) -> None:
 
 
 async def test_drive_at_cap_is_disabled(lab_tmp_path: Path) -> None:
-    # virtual 64 MiB -> cap = round_up(70.4 MiB, 4 MiB) = 72 MiB; start 32 MiB, chunk 128:
-    # the first extension is capped at 72 MiB and the drive is DISABLED from then on.
+    # virtual 64 MiB -> the measured cap: round_up(qemu-img measure's fully allocated size
+    # (64.4 MiB) + one cluster, 4 MiB) = 68 MiB (capacity x 1.1 gave 72 MiB); start 32 MiB,
+    # chunk 128: the first extension is capped there and the drive is DISABLED from then on.
+    full = await qemu_img_fully_allocated(64 * MiB, 64 << 10)
+    assert full is not None
+    cap = policy.measured_cap(full, 0, 64 << 10, 4 * MiB)
+    assert cap == 68 * MiB
     tally = Tally()
     async with lab_host(workdir=lab_tmp_path, observer=tally, chunk_mib=128,
                         poll_interval_s=0.5) as host:
@@ -117,7 +124,7 @@ async def test_drive_at_cap_is_disabled(lab_tmp_path: Path) -> None:
         result = await guest.vm.result(timeout=300)
         assert result.verified, result
         size = (await anyio.Path(host.volumes.file_path(guest.volume)).stat()).st_size
-        assert size == 72 * MiB
+        assert size == cap
 
 
 async def test_qemu_killed_mid_run_others_keep_being_served(lab_tmp_path: Path) -> None:

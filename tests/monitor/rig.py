@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from autoextend.clock import ManualClock
 from autoextend.lab.waiting import until
+from autoextend.monitor.caps import FullAllocation
 from autoextend.monitor.config import PolicySettings
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.drive import ThresholdState
@@ -23,9 +24,10 @@ SETTINGS = PolicySettings(
 
 class Rig:
     def __init__(self, *, space_gate: SpaceGate | None = None,
-                 observer: MonitorObserver | None = None, **settings: object) -> None:
-        """``settings``: PolicySettings fields; ``space_gate`` and ``observer`` (besides the
-        rig's tally) go to the monitor's constructor."""
+                 observer: MonitorObserver | None = None,
+                 measure_full: FullAllocation | None = None, **settings: object) -> None:
+        """``settings``: PolicySettings fields; ``space_gate``, ``observer`` (besides the
+        rig's tally) and ``measure_full`` go to the monitor's constructor."""
         self.volumes = MemoryVolumes()
         self.hv = MemoryHypervisor(self.volumes)
         self.ext = MemoryExtender(self.volumes)
@@ -36,7 +38,7 @@ class Rig:
                                observer=self.tally if observer is None
                                else Fanout(self.tally, observer),
                                dry_run=bool(settings.get("dry_run", False)),
-                               space_gate=space_gate)
+                               space_gate=space_gate, measure_full=measure_full)
 
     def state(self, vm: str = "vm1", drive: str = "vda") -> ThresholdState | None:
         for v in self.monitor.snapshot():

@@ -51,6 +51,8 @@ def test_rules_pass_their_unit_tests() -> None:
      "increase(autoextend_stale_view_pauses_total[1h]) > 1", "AutoextendStaleView"),
     ("group_left histogram_quantile(0.99,", "group_left histogram_quantile(0.5,",
      "AutoextendHeadroomShort"),
+    ("(increase(autoextend_backing_store_full_total[1h])) > 0",
+     "(increase(autoextend_backing_store_full_total[1h])) > 1", "AutoextendBackingStoreFull"),
 ])
 def test_unit_tests_catch_a_broken_rule(tmp_path: Path, good: str, bad: str,
                                         alert: str) -> None:

@@ -46,9 +46,10 @@ def test_recorded_topology_keeps_only_writable_qcow2_on_host_device() -> None:
     topo = topology_of(RECORD)
     assert list(topo.drives) == [
         DriveInfo(vm="vm1", drive="vda", node="prot0", path=DEV["rw"], capacity=1 << 30,
-                  allocation=2424832, physical=64 * MiB, threshold=32 * MiB),
+                  allocation=2424832, physical=64 * MiB, threshold=32 * MiB,
+                  cluster_size=65536),
         DriveInfo(vm="vm1", drive="sdb", node="prot9", path=DEV["hot"], capacity=1 << 30,
-                  allocation=0, physical=64 * MiB, threshold=0),
+                  allocation=0, physical=64 * MiB, threshold=0, cluster_size=65536),
     ]
     # raw vdb, read-only vdc and the empty cd0 are not monitorable
     assert topo.drive_of("prot0") == "vda"
@@ -302,3 +303,21 @@ def test_events_out_of_range_and_nul() -> None:
     assert io_error_event("vm1", {"nospace": True, "node-name": "fmt0\x00"}, topo) == (
         True, EnospcPause("vm1", ""))
     assert vm_name({"name": "evil\x00name"}, "stem") == "stem"
+
+
+def test_persistent_bitmaps_are_read_from_the_format_node() -> None:
+    """The honest cap counts the qcow2's persistent bitmaps (name, granularity); a bitmap
+    that is not persistent is never stored, and a bad granularity is malformed."""
+    record = json.loads(json.dumps(RECORD))
+    inserted = next(b["inserted"] for b in record["query-block"]
+                    if b.get("inserted", {}).get("node-name") == "fmt0")
+    inserted["dirty-bitmaps"] = [
+        {"name": "inc1", "granularity": 65536, "persistent": True, "count": 0},
+        {"name": "tmp", "granularity": 4096, "persistent": False, "count": 0},
+        {"name": "full", "granularity": 4096, "persistent": True, "count": 7},
+    ]
+    vda = topology_of(record).drives[0]
+    assert vda.drive == "vda" and vda.bitmaps == (("full", 4096), ("inc1", 65536))
+    inserted["dirty-bitmaps"][0]["granularity"] = 0
+    with pytest.raises(MalformedReply):
+        topology_of(record)
