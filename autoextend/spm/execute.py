@@ -29,7 +29,8 @@ SPM); a request that got its turn runs to its verdict.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 import anyio
 
@@ -91,22 +92,30 @@ class Executor:
         vg_lock = self._vg_locks.setdefault(req.vg, anyio.Lock())
         scope = anyio.CancelScope()
         self._queued.add(scope)
-        first_look: Look | None = None
         try:
             with scope:
-                if req.op in IN_USE_GATED and self._in_use is not None:
-                    # The in-use gate's first look and settle, before the VG's lock
-                    # (``inusegate.py``): the wait must not hold up the VG's extends.
-                    first_look = await self._in_use.look()
-                    await self._in_use.settle(first_look)
-                async with self._limiter, vg_lock:
-                    # Its turn: from here on only the term's end or the server's own stop
-                    # cancels it (hand_back no longer sees this scope).
-                    self._queued.discard(scope)
-                    return await self._execute(host, generation, req, first_look)
+                async with self._gate(host, req) as first_look:
+                    async with self._limiter, vg_lock:
+                        # Its turn: from here on only the term's end or the server's own
+                        # stop cancels it (hand_back no longer sees this scope).
+                        self._queued.discard(scope)
+                        return await self._execute(host, generation, req, first_look)
         finally:
             self._queued.discard(scope)
         return None  # handed back while it waited
+
+    @asynccontextmanager
+    async def _gate(self, host: int, req: Request) -> AsyncIterator[Look | None]:
+        """The in-use gate of a shrinking op (``IN_USE_GATED``; ``inusegate.py``): the
+        intent written, the first look and the settle made before the VG's lock (the wait
+        must not hold up the VG's extends); the intent taken back when the op is done.
+        Other ops: nothing (None)."""
+        if req.op not in IN_USE_GATED or self._in_use is None:
+            yield None
+            return
+        async with self._in_use.guard(f"{req.vg}/{req.lv}", req.op, host, req.request_id,
+                                      self._authority) as first_look:
+            yield first_look
 
     async def _execute(self, host: int, generation: int, req: Request,
                        first_look: Look | None = None) -> Verdict:

@@ -26,20 +26,38 @@ the reduce is applied after ``t2``, while the VG's lock is held.
   have been written before ``t1`` (the first look would have read it), so it collected after
   ``t1``. A holder that opened v before that collection and still held it then is in that
   record: refused. One that closed v before that collection no longer holds it.
-* B opened v after the collection of the record read at ``t2`` (a window of at most one
-  period plus the settle time): this look cannot see it. What closes this window is on
-  the host: an open that goes through the host first must publish v *before* it lets the
-  guest use it and must then check for a reduce in flight (a write-then-read on each side,
-  Dekker style: either the SPM's second look sees B's record or B sees the SPM's intent).
-  This needs an SPM intent record and the host's ``volume prepare`` hook, NOT BUILT yet
-  (issue 27 report). The backstop for an open that bypasses the host (a guest started
-  without ``volume prepare``) is the monitor's view audit: a view LARGER than the metadata
-  size means the volume shrank under the guest: pause it, alert, never write past the new
-  end (``monitor/viewcheck.py`` handles only view < metadata today; NOT BUILT either).
+* B opened v after the collection of the record read at ``t2``: this look cannot see it.
+  The **intent record** closes this window (``intent.py``; a write-then-read on each side,
+  Dekker style). Before the first look the SPM writes an intent naming v (``begin``: W_s)
+  and keeps it until the op is done (``end``); its second look (R_s) starts after W_s
+  completed. A host lets a guest open v only through :func:`inusepub.InUsePublisher.claim`:
+  it adds v to its record and writes it (W_h), then reads the intent record (R_h), and goes
+  on only if no intent names v; it keeps v in every later record until the guest let go.
+  Storage is linearizable per sector (one writer each, O_DIRECT), so either
 
-So, as built: a volume a guest or a process on any live host held at the first look, or
-opened before that host's next collection, is never reduced; an open in the last window
-is not refused by the SPM.
+  - R_h saw W_s: the host refuses the open (it may retry after the op: it then opens the
+    volume at its new size, its view made after the claim); or
+  - R_h did not see W_s: then W_h completed before W_s did, so before R_s started, and
+    R_s reads W_h or a later record of the host, every one listing v: the SPM refuses.
+
+  Never both proceed. A host that cannot write its record or read the intent record
+  refuses the open (retry later); a corrupt intent record names every volume. An intent
+  left by an SPM that died stays until the next SPM's first ``begin`` rewrites the record:
+  opens of that one volume wait until then (safe: the old SPM is fenced and reduces
+  nothing).
+* The backstop for an open that bypasses :meth:`claim` (a guest started without ``volume
+  prepare``, a process outside autoextend) is the monitor's view check: a view LARGER
+  than the metadata means the volume shrank under the guest: pause it, alert, never write
+  past the new end (``monitor/viewcheck.py: judge_view``, ``ViewAction.SHRUNK``).
+
+So: a volume a guest or a process on any live host held at the first look, opened before
+that host's next collection, or claimed at any moment before the op is done, is never
+shrunk.
+
+**Entry point for every shrinking op** (REDUCE today, REMOVE next): :meth:`InUseGate.guard`
+(``async with gate.guard(name, op, host, request_id) as first_look:``; around the op, the
+VG's lock taken inside it), then :meth:`InUseGate.refusal` with that ``first_look`` as the
+second look, with the VG's lock held, right before the lvm2 command.
 
 Dead and free hosts are skipped: a dead host is fenced (its watchdog fired before the lease
 expired), a free id runs nothing. A FAILING host (renewals late, not yet dead) is not
@@ -53,14 +71,19 @@ reads when no reduce is judged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+
+import anyio
 
 from autoextend import logs
 from autoextend.clock import Clock
 from autoextend.sectors import SectorStorage, StorageError
-from autoextend.spm import inuse
+from autoextend.spm import intent, inuse
+from autoextend.errors import NotSpmError
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.layout import MailboxLayout, contiguous_runs
+from autoextend.volumes import SpmAuthority
 
 log = logs.get_logger("spm.server")
 
@@ -80,6 +103,9 @@ class InUseGate:
         self._clock = clock
         self.period_s = period_s
         self.margin_s = margin_s
+        self._intents: set[intent.Intent] = set()   # this term's, as last written
+        self._written: set[intent.Intent] = set()   # on storage (the last write succeeded)
+        self._intent_lock = anyio.Lock()
 
     def states(self) -> dict[int, tuple[str, int]]:
         """The lease's host states, limited to the layout's host ids."""
@@ -116,8 +142,53 @@ class InUseGate:
                 return
             await self._clock.sleep(self.period_s / 2)
 
+    async def _write_intents(self) -> bool:
+        """Write this SPM's intents whole; True when the write succeeded."""
+        data = intent.encode(self._intents, self._storage.sector_size)
+        try:
+            await self._storage.write(self._layout.intent_offset, data)
+        except StorageError as exc:
+            log.warning("writing the intent record failed", error=str(exc))
+            self._written = set()
+            return False
+        self._written = set(self._intents)
+        return True
+
+    @asynccontextmanager
+    async def guard(self, name: str, op: int, host: int, request_id: int,
+                    authority: SpmAuthority | None = None) -> AsyncIterator[inuse.Look]:
+        """The gate around one shrinking op of ``name`` (the entry point of REDUCE and
+        REMOVE): write the intent, take the first look, settle; yield the first look (pass
+        it to :meth:`refusal`, the second look, made right before the lvm2 command); take
+        the intent back when the op is done, whatever happened, unless ``authority`` says
+        the term is over (a fenced SPM must not overwrite its successor's record: the
+        stale intent stays until the next SPM's first write)."""
+        mine = intent.intent(name, op, host, request_id)
+        async with self._intent_lock:
+            self._intents.add(mine)
+            await self._write_intents()
+        try:
+            first = await self.look()
+            await self.settle(first)
+            yield first
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with self._intent_lock:
+                    self._intents.discard(mine)
+                    try:
+                        if authority is not None:
+                            authority.check()
+                    except NotSpmError:
+                        pass
+                    else:
+                        await self._write_intents()
+
     async def refusal(self, name: str, before: inuse.Look | None) -> str | None:
-        """The second look: why ``name`` must not be reduced, or None."""
+        """The second look: why ``name`` must not be reduced, or None. With ``before``
+        (not a dry run), also refused when this op's intent is not on storage (its write
+        failed): a host could not have seen it."""
+        if before is not None and intent.names(self._written, name) is None:
+            return "the SPM could not write its intent record; retry later"
         states = self.states()
         return inuse.judge(name, await self.look(states), states, before)
 

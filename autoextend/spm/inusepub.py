@@ -12,6 +12,12 @@ At start it reads its own record and continues from its ``seq`` (the SPM then ne
 counted) and retried at the next period; the record on disk then goes stale, and the SPM
 refuses reduces while it stays stale (``inuse.judge``): an outage here costs reduces, never
 safety. Nothing here stops the host.
+
+**Claims** (the host's half of the intent protocol, ``inusegate.py``): before a guest (or
+anything else) opens a pool volume through this host, :meth:`InUsePublisher.claim` adds it to
+the record, writes the record, then reads the SPM's intent record; the open may go on only
+when no shrinking op names the volume. The claim stays in every record until
+:meth:`InUsePublisher.release`. The view must be made after the claim returned.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from anyio.abc import TaskStatus
 from autoextend import logs
 from autoextend.clock import Clock
 from autoextend.sectors import SectorStorage, StorageError
-from autoextend.spm import inuse
+from autoextend.spm import intent, inuse
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.layout import MailboxLayout
 
@@ -54,6 +60,8 @@ class InUsePublisher:
         self.failures = 0
         self.last: inuse.InUseRecord | None = None
         self._repeats = logs.Repeats(log)
+        self.claims: set[str] = set()
+        self._lock = anyio.Lock()  # one publish at a time: seq only goes up on disk
 
     async def start(self) -> None:
         """Continue from the ``seq`` on disk (an unreadable record: from a fresh high one)."""
@@ -69,8 +77,38 @@ class InUsePublisher:
 
     async def publish_once(self) -> inuse.InUseRecord | None:
         """Collect and write one record; None when the source or the write failed."""
+        async with self._lock:
+            return await self._publish()
+
+    async def claim(self, name: str) -> str | None:
+        """Before ``vg/lv`` ``name`` is opened here: why it must not be opened now, or None
+        (then it stays listed until :meth:`release`). Write-then-read: the record listing
+        it is written before the SPM's intent record is read (``inusegate.py``)."""
+        self.claims.add(name)
+        if await self.publish_once() is None:
+            self.claims.discard(name)
+            return f"{name}: this host could not publish its volumes in use; retry later"
         try:
-            names = sorted(await self._source())
+            raw = await self._storage.read(self._layout.intent_offset, intent.RECORD_BYTES)
+            named = intent.names(intent.decode(raw), name)
+        except (StorageError, CorruptSector) as exc:
+            self.claims.discard(name)
+            return f"{name}: the SPM's intent record is unreadable ({exc}); retry later"
+        if named is not None:
+            self.claims.discard(name)
+            log.warning("open refused: a shrinking op is in flight", volume=name,
+                        host_id=self.host_id, request_id=named.request_id)
+            return (f"{name} is being shrunk by the SPM ({named.text()}); retry when it is"
+                    " done")
+        return None
+
+    def release(self, name: str) -> None:
+        """``name`` is no longer open here through a claim (dropped at the next publish)."""
+        self.claims.discard(name)
+
+    async def _publish(self) -> inuse.InUseRecord | None:
+        try:
+            names = sorted({*(await self._source()), *self.claims})
         except Exception as exc:  # a failing source must not stop publishing
             self.failures += 1
             self._repeats.warning("collecting the volumes in use failed",

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from autoextend.spm.errors import LayoutError
+from autoextend.spm.intent import RECORD_BYTES as INTENT_RECORD_BYTES
 from autoextend.spm.inuse import RECORD_BYTES as INUSE_RECORD_BYTES
 from autoextend.spm.wire import head_slots, slots_per_sector
 
@@ -148,8 +149,14 @@ class MailboxLayout:
         return self.summary_base + (host_id - 1) * self.sector_size
 
     @property
-    def end(self) -> int:
+    def intent_offset(self) -> int:
+        """The SPM's intent record (``intent.py``, written by the SPM only), after the
+        summary records."""
         return self.summary_base + self.max_hosts * self.sector_size
+
+    @property
+    def end(self) -> int:
+        return self.intent_offset + INTENT_RECORD_BYTES
 
     def regions(self) -> list[tuple[str, int, int]]:
         """Every writer's region, ``(who, start, end)`` (tests check none overlap)."""
@@ -165,6 +172,8 @@ class MailboxLayout:
             out.append((f"in-use {h}", rec, rec + INUSE_RECORD_BYTES))
             summary = self.summary_offset(h)
             out.append((f"summary {h}", summary, summary + self.sector_size))
+        out.append(("intents (SPM)", self.intent_offset,
+                    self.intent_offset + INTENT_RECORD_BYTES))
         return out
 
     @property

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoextend.spm import inuse
+from autoextend.spm import intent, inuse
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.inuse import InUseRecord, decode, encode, judge, make_record
 from autoextend.spm.layout import MailboxLayout
@@ -198,4 +198,5 @@ def test_no_two_regions_overlap_at_the_largest_pool(sector_size: int) -> None:
     regions = sorted(layout.regions(), key=lambda r: r[1])
     assert all(a[2] <= b[1] for a, b in zip(regions, regions[1:], strict=False))
     assert layout.inuse_offset(2000) + inuse.RECORD_BYTES == layout.summary_base
-    assert layout.summary_offset(2000) + sector_size == layout.end  # issue 33
+    assert layout.summary_offset(2000) + sector_size == layout.intent_offset  # issue 33
+    assert layout.intent_offset + intent.RECORD_BYTES == layout.end  # the SPM's intents

@@ -16,7 +16,8 @@ import pytest
 from autoextend.clock import MonotonicClock
 from autoextend.lab.waiting import until
 from autoextend.sectorfakes import MemoryStorage
-from autoextend.spm import inuse
+from autoextend.sectors import StorageError
+from autoextend.spm import intent, inuse
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.inusegate import InUseGate
 from autoextend.spm.inusepub import InUsePublisher
@@ -157,8 +158,8 @@ async def test_an_open_during_the_first_look_or_the_settle_is_refused(at_look: i
 
 async def test_what_is_built_the_open_in_the_last_window_is_not_seen() -> None:
     """An open after the second look's read is not refused: the SPM's looks cannot see the
-    future. This pins down the window that the intent record and the host's shrink check
-    must close (NOT BUILT: see ``inusegate.py``); the strict xfail below states the goal."""
+    future. This is the window the intent record closes for opens that go through the host's
+    claim (the tests below), and the monitor's shrink check for the others."""
     rig = Rig()
     rig.on_look[10_000] = [str(VOL)]  # never during the looks
     reply = await rig.ask()
@@ -166,23 +167,137 @@ async def test_what_is_built_the_open_in_the_last_window_is_not_seen() -> None:
     assert rig.looks >= 3  # a first look, a settle, a second look
 
 
-@pytest.mark.xfail(strict=True, reason="issue 27: the last window (after the SPM's second look)"
-                   " needs the SPM's intent record and the host's check before it opens; not"
-                   " built")
-async def test_goal_never_both_the_reduce_and_the_open_proceed() -> None:
-    rig = Rig()
+# The last window, closed by the intent record (``inusegate.py``): host 2 claims the volume
+# (``InUsePublisher.claim``, what it does before a guest opens it) while the reduce is in
+# flight, at each moment of the SPM's work. Never both proceed.
 
-    async def open_after_the_last_look() -> None:
-        # The guest starts on host 2 right after the SPM's reduce, with a view of the old
-        # size; nothing on host 2 stops it (the missing part). Both proceed: the xfail.
-        await until(lambda: rig.backend.reduces != [], 30, "the reduce")
-        rig.open[2].append(str(VOL))
+MOMENTS = ["before-the-intent", "first-look", "settle", "second-look", "after-lvreduce"]
+
+
+async def claim_during_the_reduce(moment: str) -> tuple[str | None, Reply, Rig]:
+    rig = Rig()
+    rig.backend.after_apply = anyio.Event()  # the reduce waits after lvreduce, intent held
+    claimed: list[str | None] = []
+    at = {"first-look": 1, "settle": 2, "second-look": None}
+    real_write = rig.storage.write
+    claimed_before = anyio.Event()
+
+    async def write(offset: int, data: bytes) -> None:
+        # "before-the-intent": host 2's whole claim (its write, then its read of the
+        # intent record) runs right before the SPM writes its intent.
+        if offset == rig.layout.intent_offset and not claimed and moment == "before-the-intent":
+            claimed.append(await rig.publishers[2].claim(str(VOL)))
+            claimed_before.set()
+        await real_write(offset, data)
+
+    rig.storage.write = write  # type: ignore[method-assign]
+
+    async def claimer() -> None:
+        if moment == "before-the-intent":
+            await claimed_before.wait()
+            assert rig.backend.after_apply is not None
+            rig.backend.after_apply.set()
+            return
+        if moment == "after-lvreduce":
+            await until(lambda: rig.backend.reduces != [], 30, "the lvreduce")
+        elif moment == "second-look":
+            # Right before the second look: when the settle's looks are done, the next look
+            # is the second one; claim when the looks stop moving for half a period.
+            await until(lambda: rig.looks >= 3, 30, "the settle")
+            seen = -1
+            while seen != rig.looks:
+                seen = rig.looks
+                await anyio.sleep(PERIOD / 4)
+        else:
+            n = at[moment]
+            assert n is not None
+            await until(lambda: rig.looks >= n, 30, f"look {n}")
+        claimed.append(await rig.publishers[2].claim(str(VOL)))
+        assert rig.backend.after_apply is not None
+        rig.backend.after_apply.set()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(open_after_the_last_look)
+        tg.start_soon(claimer)
         reply = await rig.ask()
-    opened = rig.open[2] == [str(VOL)]
-    assert not (opened and reply.status is Status.OK)
+    assert len(claimed) == 1
+    return claimed[0], reply, rig
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+async def test_never_both_the_reduce_and_the_open_proceed(moment: str) -> None:
+    refused, reply, rig = await claim_during_the_reduce(moment)
+    opened = refused is None
+    assert not (opened and reply.status is Status.OK), (refused, reply)
+    if opened:  # the SPM saw the claim in host 2's record
+        assert "in use on host 2" in reply.text and rig.backend.sizes[VOL] == 256 * MiB
+    else:  # host 2 saw the SPM's intent (the SPM may also have seen the claim: both wait)
+        assert refused is not None and "being shrunk" in refused and str(VOL) in refused
+        assert str(VOL) not in rig.publishers[2].claims
+    if reply.status is Status.OK:
+        assert rig.backend.sizes[VOL] == 100 * MiB
+    else:
+        assert rig.backend.sizes[VOL] == 256 * MiB and rig.backend.reduces == []
+    # Both sides of the argument are reached: the claim made before the intent goes on and
+    # the SPM refuses; a claim while the lvreduce runs is refused and the reduce goes on.
+    if moment == "before-the-intent":
+        assert opened and reply.status is Status.REJECTED
+    if moment == "after-lvreduce":
+        assert not opened and reply.status is Status.OK
+
+
+async def test_after_the_reduce_the_intent_is_gone_and_the_open_goes_on() -> None:
+    rig = Rig()
+    reply = await rig.ask()
+    assert reply.status is Status.OK
+    raw = await rig.storage.read(rig.layout.intent_offset, intent.RECORD_BYTES)
+    assert intent.decode(raw) == frozenset()
+    assert await rig.publishers[2].claim(str(VOL)) is None  # a view made now is 100 MiB
+    assert str(VOL) in rig.publishers[2].claims
+
+
+async def test_the_intent_names_the_volume_and_the_request_while_in_flight() -> None:
+    rig = Rig()
+    rig.backend.after_apply = anyio.Event()
+    seen: list[frozenset[intent.Intent]] = []
+
+    async def look_at_it() -> None:
+        await until(lambda: rig.backend.reduces != [], 30, "the lvreduce")
+        raw = await rig.storage.read(rig.layout.intent_offset, intent.RECORD_BYTES)
+        seen.append(intent.decode(raw))
+        assert rig.backend.after_apply is not None
+        rig.backend.after_apply.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(look_at_it)
+        reply = await rig.ask()
+    assert reply.status is Status.OK
+    (one,) = seen[0]
+    assert one.volume_hash == inuse.volume_hash(str(VOL)) and one.host == 1
+    assert one.op == OP_REDUCE
+
+
+async def test_an_intent_that_cannot_be_written_refuses_the_reduce() -> None:
+    rig = Rig()
+    real_write = rig.storage.write
+
+    async def write(offset: int, data: bytes) -> None:
+        if offset == rig.layout.intent_offset:
+            raise StorageError(rig.storage.path, "write", offset, len(data), "injected")
+        await real_write(offset, data)
+
+    rig.storage.write = write  # type: ignore[method-assign]
+    reply = await rig.ask()
+    assert reply.status is Status.REJECTED and "intent" in reply.text
+    assert rig.backend.sizes[VOL] == 256 * MiB
+
+
+async def test_a_corrupt_intent_record_refuses_every_claim() -> None:
+    rig = Rig()
+    await rig.storage.write(rig.layout.intent_offset, b"\xff" * 512)
+    pub = rig.publishers[2]
+    await pub.start()
+    refused = await pub.claim(str(VOL))
+    assert refused is not None and "unreadable" in refused and not pub.claims
 
 
 async def test_the_settle_does_not_hold_up_the_vgs_extends() -> None:
