@@ -323,6 +323,7 @@ class Service:
         for volume in sorted(targets):
             if volume in frozen:
                 raise prepare.ViewFrozen(volume, frozen[volume])
+        await self._claim(sorted(targets))
         done = [await prepare.prepare_view(self.backend, volume) for volume in sorted(targets)]
         incoming = request.get("incoming_vm")
         if not incoming:  # a start on a stale view (a migration's early refresh is not one)
@@ -331,6 +332,23 @@ class Service:
         if isinstance(incoming, str) and incoming and targets:
             self.incoming.watch(incoming[:256], sorted(targets))
         return {"volumes": [p.as_dict() for p in done], "skipped": skipped}
+
+    async def _claim(self, volumes: list[VolumeRef]) -> None:
+        """Mailbox mode: list ``volumes`` in this host's in-use record and check that the
+        SPM is shrinking none of them, before their views are made (the host's half of the
+        intent protocol, ``spm/inusegate.py``). Refused: the claims of this call are taken
+        back and the start fails with one line (retry later)."""
+        publisher = None if self.cluster is None else self.cluster.publisher
+        if publisher is None:
+            return
+        claimed: list[str] = []
+        for volume in volumes:
+            refusal = await publisher.claim(str(volume))
+            if refusal is not None:
+                for name in claimed:
+                    publisher.release(name)
+                raise AutoextendError(refusal)
+            claimed.append(str(volume))
 
     async def _merge_prepare(self, request: dict[str, Any]) -> dict[str, Any]:
         """Control command ``merge_prepare``: ``{"vm": ..., "drive": "vda" | "vda[N]",

@@ -78,9 +78,9 @@ import anyio
 
 from autoextend import logs
 from autoextend.clock import Clock
+from autoextend.errors import NotSpmError
 from autoextend.sectors import SectorStorage, StorageError
 from autoextend.spm import intent, inuse
-from autoextend.errors import NotSpmError
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.layout import MailboxLayout, contiguous_runs
 from autoextend.volumes import SpmAuthority

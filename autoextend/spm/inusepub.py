@@ -17,7 +17,9 @@ safety. Nothing here stops the host.
 anything else) opens a pool volume through this host, :meth:`InUsePublisher.claim` adds it to
 the record, writes the record, then reads the SPM's intent record; the open may go on only
 when no shrinking op names the volume. The claim stays in every record until
-:meth:`InUsePublisher.release`. The view must be made after the claim returned.
+:meth:`InUsePublisher.release`, until the source lists the volume itself (the monitor saw
+the guest: it lists it from then on, as long as it is open), or for ``CLAIM_TTL_S`` if the
+source never does (a start that failed). The view must be made after the claim returned.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from autoextend.spm.errors import CorruptSector
 from autoextend.spm.layout import MailboxLayout
 
 log = logs.get_logger("spm.inuse")
+
+CLAIM_TTL_S = 600.0  # a claimed volume the source never listed (a guest start that failed)
 
 # This host's open pool volumes, as "vg/lv" names (may raise: logged, the record not written).
 InUseSource = Callable[[], Awaitable[Collection[str]]]
@@ -60,7 +64,7 @@ class InUsePublisher:
         self.failures = 0
         self.last: inuse.InUseRecord | None = None
         self._repeats = logs.Repeats(log)
-        self.claims: set[str] = set()
+        self.claims: dict[str, float] = {}  # name -> when the claim lapses (clock)
         self._lock = anyio.Lock()  # one publish at a time: seq only goes up on disk
 
     async def start(self) -> None:
@@ -84,18 +88,18 @@ class InUsePublisher:
         """Before ``vg/lv`` ``name`` is opened here: why it must not be opened now, or None
         (then it stays listed until :meth:`release`). Write-then-read: the record listing
         it is written before the SPM's intent record is read (``inusegate.py``)."""
-        self.claims.add(name)
+        self.claims[name] = self._clock.now() + CLAIM_TTL_S
         if await self.publish_once() is None:
-            self.claims.discard(name)
+            self.claims.pop(name, None)
             return f"{name}: this host could not publish its volumes in use; retry later"
         try:
             raw = await self._storage.read(self._layout.intent_offset, intent.RECORD_BYTES)
             named = intent.names(intent.decode(raw), name)
         except (StorageError, CorruptSector) as exc:
-            self.claims.discard(name)
+            self.claims.pop(name, None)
             return f"{name}: the SPM's intent record is unreadable ({exc}); retry later"
         if named is not None:
-            self.claims.discard(name)
+            self.claims.pop(name, None)
             log.warning("open refused: a shrinking op is in flight", volume=name,
                         host_id=self.host_id, request_id=named.request_id)
             return (f"{name} is being shrunk by the SPM ({named.text()}); retry when it is"
@@ -104,16 +108,21 @@ class InUsePublisher:
 
     def release(self, name: str) -> None:
         """``name`` is no longer open here through a claim (dropped at the next publish)."""
-        self.claims.discard(name)
+        self.claims.pop(name, None)
 
     async def _publish(self) -> inuse.InUseRecord | None:
         try:
-            names = sorted({*(await self._source()), *self.claims})
+            listed = set(await self._source())
         except Exception as exc:  # a failing source must not stop publishing
             self.failures += 1
             self._repeats.warning("collecting the volumes in use failed",
                                   error=str(exc) or type(exc).__name__, host_id=self.host_id)
             return None
+        now = self._clock.now()
+        for name, lapses in list(self.claims.items()):
+            if name in listed or now >= lapses:  # the source has it now, or it never came
+                del self.claims[name]
+        names = sorted(listed | set(self.claims))
         self.seq += 1
         record = inuse.make_record(self.host_id, self._generation(), self.seq,
                                    self._wall_us(), names)

@@ -10,7 +10,7 @@ from autoextend.capacity.reduce import held_volumes
 from autoextend.clock import ManualClock
 from autoextend.sectorfakes import MemoryStorage
 from autoextend.spm import inuse
-from autoextend.spm.inusepub import InUsePublisher
+from autoextend.spm.inusepub import CLAIM_TTL_S, InUsePublisher
 from autoextend.volumes import VolumeRef
 
 from .fakes import FAST, Watched, layout_for
@@ -90,3 +90,33 @@ def test_held_volumes_finds_this_hosts_devices_only(tmp_path: Path) -> None:
     found = held_volumes(Backend(str(mine)), str(proc))  # type: ignore[arg-type]
     assert found == {VolumeRef("vg0", "v")}
     assert held_volumes(Backend(str(tmp_path / "x")), str(proc)) == set()  # type: ignore[arg-type]
+
+
+async def test_a_claim_is_listed_until_the_source_lists_it_or_it_lapses() -> None:
+    """``claim`` (the host's half of the intent protocol): listed at once, before the
+    intent record is read; handed to the source when the monitor sees the guest; a claim
+    the source never lists lapses after CLAIM_TTL_S; a failed write takes it back."""
+    layout = layout_for(FAST)
+    storage = Watched(MemoryStorage(layout.end, 512))
+    listed: list[str] = []
+
+    async def source() -> list[str]:
+        return list(listed)
+
+    clock = ManualClock()
+    pub = InUsePublisher(storage, layout, 3, source, lambda: 77, clock)
+    await pub.start()
+    assert await pub.claim("vg0/a") is None and await pub.claim("vg0/b") is None
+    raw = await storage.read(layout.inuse_offset(3), inuse.RECORD_BYTES)
+    rec = inuse.decode(raw, 3)
+    assert rec is not None and rec.lists("vg0/a") and rec.lists("vg0/b")
+    listed.append("vg0/a")  # the monitor saw the guest on vg0/a
+    await pub.publish_once()
+    assert set(pub.claims) == {"vg0/b"}
+    clock.advance(CLAIM_TTL_S)
+    last = await pub.publish_once()
+    assert last is not None and last.lists("vg0/a") and not last.lists("vg0/b")
+    assert not pub.claims
+    storage.fail_writes = True
+    refused = await pub.claim("vg0/c")
+    assert refused is not None and "could not publish" in refused and not pub.claims
