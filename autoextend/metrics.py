@@ -137,6 +137,10 @@ class Metrics:
             "autoextend_stale_view_pauses_total",
             "Guests paused because they ran on a stale view (never resumed by autoextend)",
             registry=r)
+        self.shrunk_view_pauses = Counter(
+            "autoextend_shrunk_view_pauses_total",
+            "Guests paused because their volume shrank under this host's view (view larger "
+            "than the metadata size; never resumed by autoextend)", registry=r)
         for when in STALE_VIEW_WHEN:
             self.stale_views.labels(when)
         self.watermark_left = Histogram(
@@ -213,6 +217,8 @@ class Metrics:
                 self.watermark_left.observe(fraction)
             case Throttled(reason=reason):
                 self.throttles.labels(reason).inc()
+            case StaleViewFound(action="shrunk"):
+                self.shrunk_view_pauses.inc()
             case StaleViewFound(when=when, action=action):
                 self.stale_views.labels(when).inc()
                 if action == "pause":

@@ -178,7 +178,8 @@ class StaleViewFound:
     (the check at a VM's appearance), ``audit`` (the continuous audit). ``action``:
     ``refresh`` (the guest had not run: the view was refreshed and its process stopped, to
     be started again on the refreshed view) or ``pause`` (it had: paused, never resumed by
-    autoextend)."""
+    autoextend); ``shrunk``: the view was LARGER than the metadata (the volume shrank under
+    the guest, issue 27): paused, never resumed by autoextend."""
 
     vm: str
     drive: str
@@ -306,7 +307,7 @@ class Tally:
                 self.resume_latencies.append(seconds)
             case StaleViewFound(action=action):
                 self.stale_views += 1
-                self.stale_view_pauses += action == "pause"
+                self.stale_view_pauses += action in ("pause", "shrunk")
             case Throttled():
                 self.throttles += 1
             case ThrottleLifted():

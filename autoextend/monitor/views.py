@@ -155,7 +155,7 @@ class ViewSteps:
             if action is ViewAction.REFRESH:
                 await self._refresh(vm, d.name, d.volume, found, "appear")
                 refreshed.append(d.name)
-            elif action is ViewAction.PAUSE:
+            elif action in (ViewAction.PAUSE, ViewAction.SHRUNK):
                 await self.hold(vm, d.name, d.volume, found, "appear")
         m.views_checked = True  # only now: a failed read or refresh is retried at next look
         if refreshed:
@@ -184,7 +184,7 @@ class ViewSteps:
                     await self._refresh(vm, d.name, d.volume, found, "audit")
                     await self._restart(vm, [d.name])
                     return
-                case ViewAction.PAUSE:
+                case ViewAction.PAUSE | ViewAction.SHRUNK:
                     await self.hold(vm, d.name, d.volume, found, "audit")
                 case ViewAction.OK:
                     pass
@@ -228,7 +228,11 @@ class ViewSteps:
 
     async def hold(self, vm: VmView, drive: str, volume: VolumeRef, found: Sizes,
                    when: str) -> None:
-        """Pause a guest that ran on a stale view; it is never resumed automatically."""
+        """Pause a guest that ran on a stale view, or whose volume shrank under its view
+        (larger than the metadata); it is never resumed automatically."""
+        if found.view > found.metadata:
+            await self._hold_shrunk(vm, drive, volume, found, when)
+            return
         m = vm.machine
         why = (f"view {found.view} bytes < metadata {found.metadata} bytes"
                f" (found at {when})")
@@ -251,6 +255,31 @@ class ViewSteps:
             metadata=found.metadata, when=when)
         self._ctx.observer.notify(StaleViewFound(vm.name, drive, volume, when, found.view,
                                                  found.metadata, "pause"))
+
+
+    async def _hold_shrunk(self, vm: VmView, drive: str, volume: VolumeRef, found: Sizes,
+                           when: str) -> None:
+        m = vm.machine
+        why = (f"view {found.view} bytes > metadata {found.metadata} bytes: the volume shrank"
+               f" under the guest (found at {when})")
+        m.stale_views[drive] = why
+        m.record(f"paused: volume of {drive} shrank: {why}")
+        if self._ctx.dry_run:
+            log.error("dry-run: would pause a guest whose volume shrank under it",
+                      vm=vm.name, drive=drive, volume=str(volume), view=found.view,
+                      metadata=found.metadata)
+        else:
+            await self._ctx.hypervisor.suspend(vm.name)
+        log.error(
+            "guest paused: its volume shrank under it (this host's view is larger than the "
+            "volume's metadata size); a write past the new end may land on another volume's "
+            "extents. autoextend will never resume it. Find which host reduced or removed "
+            "the volume, check this guest's data and the volume that now owns the freed "
+            "extents, then stop the guest or grow the volume back and resume it by hand",
+            vm=vm.name, drive=drive, volume=str(volume), view=found.view,
+            metadata=found.metadata, when=when)
+        self._ctx.observer.notify(StaleViewFound(vm.name, drive, volume, when, found.view,
+                                                 found.metadata, "shrunk"))
 
 
 async def audit(ctx: MonitorContext, checks: Checks, vms: Sequence[VmView]) -> int:

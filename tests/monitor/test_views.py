@@ -223,7 +223,9 @@ def test_judge_never_lets_a_stale_view_pass_unless_an_extension_will_refresh_it(
     view: int, metadata: int, in_flight: bool, ran: bool
 ) -> None:
     action = judge(Sizes(view, metadata), in_flight=in_flight, guest_has_run=ran)
-    if view >= metadata or in_flight:
+    if view > metadata:
+        assert action is ViewAction.SHRUNK
+    elif view == metadata or in_flight:
         assert action is ViewAction.OK
     else:
         assert action is (ViewAction.PAUSE if ran else ViewAction.REFRESH)
@@ -238,6 +240,9 @@ def test_the_metric_counts_by_when_and_pauses() -> None:
     assert sample("autoextend_stale_views_total", {"when": "audit"}) == 2
     assert sample("autoextend_stale_views_total", {"when": "start"}) == 0
     assert sample("autoextend_stale_view_pauses_total") == 2
+    metrics.notify(StaleViewFound("vm1", "vda", VOL, "audit", 2, 1, "shrunk"))
+    assert sample("autoextend_shrunk_view_pauses_total") == 1
+    assert sample("autoextend_stale_views_total", {"when": "audit"}) == 2  # not a stale one
 
 
 class OneVm:
