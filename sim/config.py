@@ -69,6 +69,8 @@ class Stats:
     reduces: int = 0          # reduce requests (sim/reduces.py)
     reduced: int = 0          # ... whose answer was OK and that shrank the volume
     reduce_refused: int = 0   # ... refused by the SPM (the volume unchanged)
+    claims: int = 0           # claims of another host's idle volume that went on
+    claims_refused: int = 0   # ... refused (the SPM's intent named the volume, or I/O)
     checks: int = 0
     # Views (sim/views.py).
     vm_starts: int = 0

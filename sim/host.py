@@ -9,6 +9,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from autoextend.lease.service import LeaseService
+from autoextend.spm.inusepub import InUsePublisher
 from autoextend.spm.server import SpmMailServer
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ class Incarnation:
         self.scope = anyio.CancelScope()
         self.lease: LeaseService | None = None
         self.server: SpmMailServer | None = None
+        self.publisher: InUsePublisher | None = None
         self.tg: TaskGroup | None = None
         self.armed: float | None = None      # watchdog deadline (term expiry)
         self.restart_after = 1.0             # a process that exits is restarted (systemd)

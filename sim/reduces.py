@@ -19,6 +19,13 @@ instant the host acts on an answer the metadata must say exactly what the answer
 - **once**: one request shrinks its volume at most once; every shrink is to a size some
   reduce asked for (``World.check_change``), so never below its target.
 
+- **never both** (issue 27 item 1, the in-use gate and its intent record, ``spm/
+  inusegate.py``): every host runs the real in-use publisher, and the SPM the real gate.
+  Now and then a host *claims* an idle volume of another host (``InUsePublisher.claim``, as
+  ``volume prepare`` does before a guest opens it) and holds it for a while. A reduce that
+  shrinks a volume while a live incarnation holds a successful claim on it fails the run
+  (``ReduceTraffic.check_shrink``, called for every shrink).
+
 A request that timed out (or an incarnation that crashed with one in flight) may still be
 served by an SPM that took it up before it was withdrawn; until that SPM's term must have
 ended, the host leaves the volume alone (``settle_s``), so the exactness above holds.
@@ -27,6 +34,7 @@ ended, the host leaves the volume alone (``settle_s``), so the exactness above h
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING
 
 from autoextend.capacity.reduce import ReduceRefused, ReduceUnanswered, settle
@@ -37,6 +45,7 @@ from autoextend.spm.wire import OP_EXTEND, OP_REDUCE, Status
 from autoextend.volumes import VolumeRef
 
 if TYPE_CHECKING:
+    from autoextend.spm.inusepub import InUsePublisher
     from sim.host import Incarnation, SimClock
     from sim.world import World
 
@@ -47,6 +56,7 @@ FLOOR = 256 * MiB             # reduces never ask below this
 GROW_PROB = 0.3               # a step is an extend (else a reduce)
 CRASH_AFTER_REDUCE_PROB = 0.1  # per applied reduce while faults are on: the issue's SIGKILL
 GAP_FACTOR = 2.0              # one step per host every 2 x request_gap_s on average
+CLAIM_GAP_FACTOR = 6.0        # one claim per host every 6 x request_gap_s on average
 
 
 def reduce_checks(mutation: str | None) -> tuple[ReduceCheck, ...]:
@@ -63,6 +73,7 @@ class ReduceTraffic:
         self.owner: dict[VolumeRef, int] = {}
         self.shrinks: dict[VolumeRef, int] = {}
         self.settled_at: dict[int, float] = {}  # host -> no request of it can land after
+        self.claims: list[tuple[Incarnation, VolumeRef]] = []  # held, successful claims
         for h in range(1, world.cfg.hosts + 1):
             for k in range(IDLE_PER_HOST):
                 vol = VolumeRef(("vg0", "vg1")[k % 2], f"h{h}-idle{k}")
@@ -75,6 +86,52 @@ class ReduceTraffic:
 
     def shrank(self, volume: VolumeRef) -> None:
         self.shrinks[volume] = self.shrinks.get(volume, 0) + 1
+        self.check_shrink(volume)
+
+    def check_shrink(self, volume: VolumeRef) -> None:
+        """Never both: no volume shrinks while a live incarnation holds a claim on it."""
+        w = self.world
+        w.stats.checks += 1
+        for inc, vol in self.claims:
+            if vol == volume and inc.alive:
+                w.fail(f"{volume} shrank while {inc.name} held a claim on it (a guest there"
+                       " may write past the new end)")
+
+    def in_use_of(self, inc: Incarnation) -> Callable[[], Awaitable[Collection[str]]]:
+        """The publisher's source: this host runs no guests of its own (its claims are
+        listed by the publisher itself)."""
+        async def none() -> list[str]:
+            return []
+        return none
+
+    async def claimer(self, inc: Incarnation, publisher: InUsePublisher, clock: SimClock,
+                      rng: random.Random) -> None:
+        """Now and then claim another host's idle volume, hold it, let it go."""
+        w = self.world
+        others = sorted(v for v, h in self.owner.items() if h != inc.host_id)
+        if not others:
+            return
+        while True:
+            await clock.sleep(rng.expovariate(1.0 / (CLAIM_GAP_FACTOR * w.cfg.request_gap_s)))
+            volume = rng.choice(others)
+            refused = await publisher.claim(str(volume))
+            if not inc.alive:
+                return
+            w.stats.checks += 1
+            if refused is not None:
+                w.trace(f"{inc.name} claim {volume} refused: {refused}")
+                w.stats.claims_refused += 1
+                continue
+            w.trace(f"{inc.name} claim {volume} ({w.volumes.sizes[volume] // MiB} MiB)")
+            w.stats.claims += 1
+            held = (inc, volume)
+            self.claims.append(held)
+            try:
+                await clock.sleep(rng.uniform(1.0, 4.0) * w.cfg.request_gap_s)
+            finally:
+                self.claims.remove(held)
+            publisher.release(str(volume))
+            w.trace(f"{inc.name} release {volume}")
 
     def maybe_crash_after_reduce(self, inc: Incarnation) -> None:
         """The issue's case: the SPM is killed after lvreduce, before its reply is written."""

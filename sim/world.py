@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import random
 from collections import deque
+from functools import partial
 from typing import Literal
 
 import anyio
@@ -29,6 +30,8 @@ from autoextend.lease.timeouts import lease_timeouts
 from autoextend.spm.config import MailboxSettings
 from autoextend.spm.errors import MailboxClosed, MailboxTimeout
 from autoextend.spm.host import HostMailbox
+from autoextend.spm.inusegate import InUseGate, lease_states
+from autoextend.spm.inusepub import InUsePublisher
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.server import SpmMailServer
 from autoextend.spm.wire import Status
@@ -232,10 +235,17 @@ class World(FaultDriver):
             record = lease.delta.record
             self.trace(f"{inc.name} joined gen {record.generation if record else None}")
             await tg.start(mailbox.run)
+            publisher = InUsePublisher(storage, self.layout, h, self.reduces.in_use_of(inc),
+                                       partial(_generation, lease), clock,
+                                       wall_us=lambda: int(self.loop.time() * 1e6) + 1)
+            inc.publisher = publisher
+            await tg.start(publisher.run)
             self.trace(f"{inc.name} mailbox gen {mailbox.generation}")
             tg.start_soon(self.candidacy, inc, lease, storage, clock, rng)
             tg.start_soon(self.requester, inc, mailbox, clock, rng, tg)
             tg.start_soon(self.reduces.requester, inc, mailbox, clock,
+                          random.Random(rng.getrandbits(64)))
+            tg.start_soon(self.reduces.claimer, inc, publisher, clock,
                           random.Random(rng.getrandbits(64)))
             tg.start_soon(self.views.agent, inc, mailbox, clock, tg)
 
@@ -251,6 +261,8 @@ class World(FaultDriver):
                     settings=self.mailbox, clock=clock, epoch=term.lver,
                     live_hosts=lambda: self.live_hosts(inc, lease),
                     reduce_checks=reduce_checks(self.cfg.mutation),
+                    in_use=InUseGate(storage, self.layout, lease_states(lease.host_states),
+                                     clock),
                 )
                 inc.server = server
                 try:
@@ -365,6 +377,11 @@ class World(FaultDriver):
                 for h in range(1, self.cfg.hosts + 1):
                     tg.start_soon(self.supervise, h)
                     await anyio.sleep(self.rng_faults.uniform(0.0, 5.0))
+
+
+def _generation(lease: LeaseService) -> int:
+    record = lease.delta.record
+    return record.generation if record is not None else 0
 
 
 def _leaf(err: BaseException) -> str:
