@@ -18,6 +18,7 @@ behind the service's back, as a reduce by another host would; the loop device ke
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,21 @@ from autoextend.lab.singlehost import lab_host
 from autoextend.lab.waiting import until
 from autoextend.lvm import loopdev
 
-from .promserver import free_port, prometheus
-from .test_stale_audit import prom_until
+from .promserver import Prometheus, free_port, prometheus
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
+
+
+async def prom_until(prom: Prometheus, cond: Callable[[Prometheus], Any], timeout: float,  # noqa: ASYNC109
+                     what: str) -> Any:
+    with anyio.move_on_after(timeout):
+        while True:
+            found = await anyio.to_thread.run_sync(cond, prom)
+            if found:
+                return found
+            await anyio.sleep(0.5)  # poll with a deadline (each look is a Prometheus query)
+    raise AssertionError(f"{what}: not within {timeout} s; alerts: {prom.alerts()}\n{prom.log()}")
 
 
 async def test_a_volume_shrunk_under_a_running_guest_pauses_it_for_good(

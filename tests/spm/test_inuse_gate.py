@@ -207,7 +207,7 @@ async def claim_during_the_reduce(moment: str) -> tuple[str | None, Reply, Rig]:
             seen = -1
             while seen != rig.looks:
                 seen = rig.looks
-                await anyio.sleep(PERIOD / 4)
+                await anyio.sleep(PERIOD / 4)  # poll: the looks are counted, not signalled
         else:
             n = at[moment]
             assert n is not None
