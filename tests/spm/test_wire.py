@@ -176,9 +176,10 @@ def test_layout_regions_do_not_overlap(sector_size: int, max_hosts: int, base: i
     assert layout.request_offset(max_hosts) + layout.request_box_bytes == layout.reply_base
     assert layout.reply_offset(max_hosts) + layout.reply_box_bytes == layout.inuse_base
     assert layout.inuse_offset(max_hosts) + layout.inuse_record_bytes == layout.summary_base
-    assert layout.summary_offset(max_hosts) + sector_size == layout.end
+    assert layout.summary_offset(max_hosts) + sector_size == layout.intent_offset
+    assert layout.intent_offset + 4096 == layout.end  # the SPM's intent record
     for offset in (layout.request_base, layout.reply_base, layout.inuse_base,
-                   layout.summary_base, layout.end):
+                   layout.summary_base, layout.intent_offset, layout.end):
         assert offset % sector_size == 0
     # Every slot lives in exactly one request sector (0 = ring) and one reply sector.
     requests = [s for i in range(layout.request_sectors) for s in layout.request_sector_slots(i)]
@@ -257,13 +258,14 @@ def test_layout_rejects_bad_geometry() -> None:
 
 def test_sizes_of_the_area() -> None:
     """16 KiB per host with either sector size (the ring sector is the box's first sector),
-    plus the 4 KiB in-use record and the one-sector summary record."""
+    plus the 4 KiB in-use record and the one-sector summary record; and the SPM's 4 KiB
+    intent record once."""
     for sector_size in (512, 4096):
         layout = MailboxLayout(0, sector_size, 2000)
         assert layout.reply_box_bytes == 8192
         assert layout.box_bytes == layout.request_box_bytes  # the name older callers use
         assert layout.ring_bytes + 2000 * layout.request_box_bytes == 2000 * 8192
-        assert layout.total_bytes == 2000 * (16384 + 4096 + sector_size)
+        assert layout.total_bytes == 2000 * (16384 + 4096 + sector_size) + 4096
     assert MailboxLayout(0, 512, 250).ring_bytes == 128_000
 
 
