@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING
 
 from autoextend.capacity.reduce import ReduceRefused, ReduceUnanswered, settle
+from autoextend.lease.liveness import HostState
 from autoextend.spm.errors import MailboxClosed, MailboxTimeout
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.reducing import REDUCE_CHECKS, ReduceCheck, already_applied
@@ -84,16 +85,23 @@ class ReduceTraffic:
         # it or lost its term (a frozen holder cannot write after its expiry).
         self.settle_s = world.takeover_bound
 
-    def shrank(self, volume: VolumeRef) -> None:
+    def shrank(self, volume: VolumeRef, spm: Incarnation) -> None:
         self.shrinks[volume] = self.shrinks.get(volume, 0) + 1
-        self.check_shrink(volume)
+        self.check_shrink(volume, spm)
 
-    def check_shrink(self, volume: VolumeRef) -> None:
-        """Never both: no volume shrinks while a live incarnation holds a claim on it."""
+    def check_shrink(self, volume: VolumeRef, spm: Incarnation) -> None:
+        """Never both: no volume shrinks while a live incarnation holds a claim on it,
+        unless the shrinking SPM's lease sees that host FREE or DEAD. The product's premise
+        (``inusegate.py``): a dead host is fenced. The simulation does not fence a frozen
+        host that is not SPM (it may thaw with its claim), so this check takes the premise
+        as given rather than testing it."""
         w = self.world
         w.stats.checks += 1
+        states = spm.lease.host_states() if spm.lease is not None else {}
         for inc, vol in self.claims:
-            if vol == volume and inc.alive:
+            gone = (inc.host_id in states
+                    and states[inc.host_id].state in (HostState.FREE, HostState.DEAD))
+            if vol == volume and inc.alive and not gone:
                 w.fail(f"{volume} shrank while {inc.name} held a claim on it (a guest there"
                        " may write past the new end)")
 

@@ -83,7 +83,7 @@ class SimVolumeBackend:
         if changed:
             vols.sizes[volume] = size
             vols.changes += 1
-            self.world.reduces.shrank(volume)
+            self.world.reduces.shrank(volume, self.inc)
             self.world.reduces.maybe_crash_after_reduce(self.inc)
         await anyio.sleep(self.rng.uniform(0.01, 0.5))
         await self.inc.gate()

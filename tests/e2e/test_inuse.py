@@ -24,8 +24,10 @@ import anyio
 import pytest
 
 from autoextend.lab.guest import GuestJob
-from autoextend.lab.multihost import Pool, pool
+from autoextend.lab.multihost import VG, Pool, pool
+from autoextend.lab.singlehost import create_qcow2_disk
 from autoextend.lab.waiting import until
+from autoextend.volumes import VolumeRef
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
@@ -111,3 +113,27 @@ async def test_a_volume_an_idle_guest_uses_on_another_host_is_not_reduced(
         code, dry = await cli(p, asker, "volume", "reduce", name, "--dry-run")
         assert code == 1 and f"host {guest_host}" in dry, dry
         assert g.vm.returncode is None  # the guest still runs
+
+
+@pytest.mark.timeout(900)
+async def test_a_volume_prepared_on_another_host_is_not_reduced(lab_tmp_path: Path) -> None:
+    """The host's claim with real storage: ``volume prepare`` on host B lists the volume in
+    B's in-use record before any guest runs on it (it reads the SPM's intent record after:
+    nothing names the volume, so it goes on), and host A's reduce is refused naming B. No
+    process holds the volume anywhere, so only B's claim can refuse."""
+    async with pool(2, directory=lab_tmp_path, chunk_mib=64, hot_window_s=HOT) as p:
+        spm = await p.wait_for_spm()
+        other = next(h for h in p.hosts if h != spm)
+        for preparer, asker in ((other, spm), (spm, other)):
+            volume, _ = await create_qcow2_disk(
+                p.host_volumes(preparer), p.stack, VolumeRef(VG, f"claimed-on-{preparer}"),
+                160, 1024)
+            name = f"{volume.vg}/{volume.lv}"
+            code, line = await cli(p, preparer, "volume", "prepare", name)
+            assert code == 0, line
+            code, line = await cli(p, asker, "volume", "reduce", name)
+            assert code == 1, line
+            assert f"in use on host {preparer}" in line, line
+            size = (await anyio.Path(p.directory / "volumes" / volume.vg / volume.lv)
+                    .stat()).st_size
+            assert size == 160 * MiB
