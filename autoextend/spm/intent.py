@@ -2,9 +2,10 @@
 a guest open a volume (issue 27, item 1: the last window of the in-use gate).
 
 One ``RECORD_BYTES`` record after the summary records (``layout.py: intent_offset``), written
-only by the SPM (a new SPM rewrites it whole, from its own empty set, at its first shrinking
-op; a fenced SPM writes nothing). It lists every REDUCE (and, later, REMOVE) the SPM has
-between "about to take the in-use records' second look" and "the op is done".
+only by the SPM (a new SPM writes it empty when its mail server starts, then whole, from its
+own set, at every change; a fenced SPM writes nothing). It lists every REDUCE (and, later,
+REMOVE) the SPM has between "about to take the in-use records' second look" and "the op is
+done".
 
 Record (little-endian), written as its used prefix rounded up to whole sectors::
 

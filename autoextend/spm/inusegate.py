@@ -28,8 +28,8 @@ the reduce is applied after ``t2``, while the VG's lock is held.
   record: refused. One that closed v before that collection no longer holds it.
 * B opened v after the collection of the record read at ``t2``: this look cannot see it.
   The **intent record** closes this window (``intent.py``; a write-then-read on each side,
-  Dekker style). Before the first look the SPM writes an intent naming v (``begin``: W_s)
-  and keeps it until the op is done (``end``); its second look (R_s) starts after W_s
+  Dekker style). Before the first look the SPM writes an intent naming v (:meth:`InUseGate.guard`:
+  W_s) and keeps it until the op is done; its second look (R_s) starts after W_s
   completed. A host lets a guest open v only through :func:`inusepub.InUsePublisher.claim`:
   it adds v to its record and writes it (W_h), then reads the intent record (R_h), and goes
   on only if no intent names v; it keeps v in every later record until the guest let go.
@@ -42,9 +42,9 @@ the reduce is applied after ``t2``, while the VG's lock is held.
 
   Never both proceed. A host that cannot write its record or read the intent record
   refuses the open (retry later); a corrupt intent record names every volume. An intent
-  left by an SPM that died stays until the next SPM's first ``begin`` rewrites the record:
-  opens of that one volume wait until then (safe: the old SPM is fenced and reduces
-  nothing).
+  left by an SPM that died stays until the next SPM's mail server starts and writes the
+  record empty (``clear_intents``): opens of that one volume wait until then (safe: the old
+  SPM is fenced and reduces nothing).
 * The backstop for an open that bypasses :meth:`claim` (a guest started without ``volume
   prepare``, a process outside autoextend) is the monitor's view check: a view LARGER
   than the metadata means the volume shrank under the guest: pause it, alert, never write
@@ -153,6 +153,14 @@ class InUseGate:
             return False
         self._written = set(self._intents)
         return True
+
+    async def clear_intents(self) -> None:
+        """At the start of a term: write an empty intent record (a previous SPM's intents,
+        or garbage in a never-written area, would hold up opens until the first reduce).
+        A failure is logged; the first ``guard`` writes the record again."""
+        async with self._intent_lock:
+            self._intents.clear()
+            await self._write_intents()
 
     @asynccontextmanager
     async def guard(self, name: str, op: int, host: int, request_id: int,

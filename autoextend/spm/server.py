@@ -110,6 +110,7 @@ class SpmMailServer:
                                   reduce_checks=reduce_checks, in_use=in_use,
                                   epoch=epoch, journal=journal)
         self.journal = journal
+        self._in_use = in_use
         self._accepting = True
         self._scan_cursor = 0
         self._scan_credit = 0.0
@@ -135,6 +136,8 @@ class SpmMailServer:
         self._lost = None
         try:
             self._authority.check()
+            if self._in_use is not None:  # a previous SPM's intents end with its term
+                await self._in_use.clear_intents()
             await self._watch.start(self._clock.now())  # rings first, then boxes
             await self._boxes.load()
             async with anyio.create_task_group() as tg:

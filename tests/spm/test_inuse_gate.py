@@ -325,3 +325,18 @@ async def test_the_settle_does_not_hold_up_the_vgs_extends() -> None:
         order.append("reduce")
     assert reply.status is Status.REJECTED and "host 3" in reply.text
     assert order == ["extend", "reduce"] and rig.backend.sizes[other] == 128 * MiB
+
+
+async def test_a_previous_spms_intent_is_cleared_when_the_server_starts() -> None:
+    rig = Rig()
+    left = intent.intent(str(VOL), OP_REDUCE, 2, 9)  # an SPM that died mid-reduce
+    await rig.storage.write(rig.layout.intent_offset, intent.encode([left], 512))
+    pub = rig.publishers[2]
+    await pub.start()
+    refused = await pub.claim(str(VOL))
+    assert refused is not None and "request 9 of host 2" in refused
+    reply = await rig.ask()  # starts this term's server: the record is written empty first
+    assert reply.status is Status.OK
+    raw = await rig.storage.read(rig.layout.intent_offset, intent.RECORD_BYTES)
+    assert intent.decode(raw) == frozenset()
+    assert await pub.claim(str(VOL)) is None
