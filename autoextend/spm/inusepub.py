@@ -65,6 +65,7 @@ class InUsePublisher:
         self.last: inuse.InUseRecord | None = None
         self._repeats = logs.Repeats(log)
         self.claims: dict[str, float] = {}  # name -> when the claim lapses (clock)
+        self.started = False  # start() read this host's seq from disk
         self._lock = anyio.Lock()  # one publish at a time: seq only goes up on disk
 
     async def start(self) -> None:
@@ -78,6 +79,7 @@ class InUsePublisher:
             self.seq = int(self._wall_us())  # above any seq a previous run could have reached
         if old is not None:
             self.seq = old.seq
+        self.started = True
 
     async def publish_once(self) -> inuse.InUseRecord | None:
         """Collect and write one record; None when the source or the write failed."""
@@ -88,6 +90,8 @@ class InUsePublisher:
         """Before ``vg/lv`` ``name`` is opened here: why it must not be opened now, or None
         (then it stays listed until :meth:`release`). Write-then-read: the record listing
         it is written before the SPM's intent record is read (``inusegate.py``)."""
+        if not self.started:
+            return f"{name}: this host's in-use record is not started yet; retry later"
         self.claims[name] = self._clock.now() + CLAIM_TTL_S
         if await self.publish_once() is None:
             self.claims.pop(name, None)
@@ -149,6 +153,7 @@ class InUsePublisher:
             await self.start()
         except StorageError as exc:
             self.seq = int(self._wall_us())
+            self.started = True
             log.warning("reading this host's in-use record failed; starting from a high seq",
                         error=str(exc), host_id=self.host_id)
         await self.publish_once()

@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 from autoextend.clock import MonotonicClock
+from autoextend.errors import NotSpmError
 from autoextend.lab.waiting import until
 from autoextend.sectorfakes import MemoryStorage
 from autoextend.sectors import StorageError
@@ -340,3 +341,22 @@ async def test_a_previous_spms_intent_is_cleared_when_the_server_starts() -> Non
     raw = await rig.storage.read(rig.layout.intent_offset, intent.RECORD_BYTES)
     assert intent.decode(raw) == frozenset()
     assert await pub.claim(str(VOL)) is None
+
+
+async def test_an_spm_whose_term_ended_leaves_its_intent_for_the_next_one() -> None:
+    """A fenced SPM must not overwrite its successor's record: its intent stays (opens of
+    that volume wait) until the next SPM's server writes the record empty."""
+    rig = Rig()
+
+    class Lost:
+        def check(self) -> None:
+            raise NotSpmError("term over")
+
+    async with rig.gate.guard(str(VOL), OP_REDUCE, 1, 5, Lost()):
+        pass
+    raw = await rig.storage.read(rig.layout.intent_offset, intent.RECORD_BYTES)
+    assert intent.names(intent.decode(raw), str(VOL)) == intent.intent(str(VOL), OP_REDUCE, 1, 5)
+    async with rig.gate.guard(str(VOL), OP_REDUCE, 1, 6):  # no authority: always taken back
+        pass
+    raw = await rig.storage.read(rig.layout.intent_offset, intent.RECORD_BYTES)
+    assert intent.decode(raw) == frozenset()
