@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import libvirt
@@ -49,7 +49,7 @@ from autoextend.libvirt_backend.errors import (
     VmNotFound,
 )
 from autoextend.libvirt_backend.eventloop import ensure_event_impl
-from autoextend.libvirt_backend.migration import migration_of
+from autoextend.libvirt_backend.migration import migration_of, outgoing
 from autoextend.libvirt_backend.stats import DrivesFound, StatsError, drives_from_stats
 from autoextend.libvirt_backend.tracker import DomainTracker
 from autoextend.logs import get_logger
@@ -68,6 +68,7 @@ from autoextend.volumes import VolumeRef
 log = get_logger("libvirt")
 
 STATS_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING
+T = TypeVar("T")
 
 
 class LibvirtHypervisor:
@@ -101,6 +102,9 @@ class LibvirtHypervisor:
         self._watch_merges = watch_merges
         self._watch_backups = watch_backups
         self._intents = merges.MergeIntents()  # what prepare-merge was told, per disk
+        # Domain handles by name, each with the connection it came from: a call on a known
+        # domain is then one RPC, not a lookupByName first (``_on_domain``).
+        self._domains: dict[str, tuple[libvirt.virConnect, libvirt.virDomain]] = {}
 
     # ------------------------------------------------------------------ extras
 
@@ -271,10 +275,35 @@ class LibvirtHypervisor:
         return pair, targets[0]
 
     async def set_threshold(self, vm: str, drive: DriveInfo, threshold: int) -> None:
-        """Arm ``drive.node`` (``vda[N]``); libvirt clears it when the event fires."""
-        conn = self._require(vm, "setBlockThreshold")
-        await conn.call(vm, "setBlockThreshold",
-                        lambda c: c.lookupByName(vm).setBlockThreshold(drive.node, threshold))
+        """Arm ``drive.node`` (``vda[N]``); libvirt clears it when the event fires. One RPC
+        on a domain seen before (``_on_domain``)."""
+        await self._on_domain(vm, "setBlockThreshold",
+                              lambda dom: dom.setBlockThreshold(drive.node, threshold))
+
+    async def _on_domain(self, vm: str, call: str, fn: Callable[[libvirt.virDomain], T]) -> T:
+        """``fn(domain)`` in a worker thread, on the domain's cached handle.
+
+        libvirtd finds the domain of a handle by its UUID, so a cached handle never reaches
+        another domain: one whose domain was undefined and defined again under the same
+        name fails with "no domain", and is then looked up once more by name.
+        """
+        conn = self._require(vm, call)
+        cache = self._domains
+
+        def run(c: libvirt.virConnect) -> T:
+            cached = cache.get(vm)
+            if cached is not None and cached[0] is c:
+                try:
+                    return fn(cached[1])
+                except libvirt.libvirtError as err:
+                    if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
+                    cache.pop(vm, None)
+            dom = c.lookupByName(vm)
+            cache[vm] = (c, dom)
+            return fn(dom)
+
+        return await conn.call(vm, call, run)
 
     async def run_state(self, vm: str) -> RunState:
         """Running, or paused and why (``diskErrors()`` tells ENOSPC from other I/O errors)."""
@@ -310,6 +339,13 @@ class LibvirtHypervisor:
         job, state, reason = await conn.call(vm, "jobStats", read)
         return migration_of(job, state, reason)
 
+    async def outgoing_migration(self, vm: str) -> bool:
+        """``Hypervisor.outgoing_migration``: one ``jobStats`` RPC. libvirt sends no event
+        when an outgoing migration starts (its lifecycle events come at the switchover), so
+        this check stays a query, the one kept before an extension refreshes."""
+        job = await self._on_domain(vm, "jobStats", lambda dom: dict(dom.jobStats()))
+        return outgoing(job)
+
     async def error_policies(self, vm: str) -> dict[str, tuple[str, str]]:
         """{drive: (error_policy, rerror_policy)} of each managed-kind drive (writable qcow2
         on a block device), from the live XML; "" where the XML sets none (QEMU's default:
@@ -328,8 +364,7 @@ class LibvirtHypervisor:
         await conn.call(vm, "destroy", lambda c: c.lookupByName(vm).destroy())
 
     async def resume(self, vm: str) -> None:
-        conn = self._require(vm, "resume")
-        await conn.call(vm, "resume", lambda c: c.lookupByName(vm).resume())
+        await self._on_domain(vm, "resume", lambda dom: dom.resume())
 
     async def suspend(self, vm: str) -> None:
         conn = self._require(vm, "suspend")
@@ -432,6 +467,8 @@ class LibvirtHypervisor:
         running = await conn.call("", "listAllDomains", names)
         if conn is self._conn:
             self._tracker.reconcile(running, seq_before, announce_all=announce_all)
+        for vm in set(self._domains) - running:  # handles of domains that went away
+            self._domains.pop(vm, None)
 
     # ------------------------------------------------------------------ follow-ups
 

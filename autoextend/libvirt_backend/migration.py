@@ -6,8 +6,9 @@ A live migration's lifecycle events: on the destination STARTED/MIGRATED when th
 domain is created (paused, reason migration) and RESUMED/MIGRATED when it takes over; on the
 source SUSPENDED/MIGRATED (or POSTCOPY) at the switchover, STOPPED/MIGRATED when it
 completed, and RESUMED/MIGRATED when a migration failed after the source paused. None of
-them marks the *start* of an outgoing migration: the monitor asks for the job before every
-refresh it makes (``monitor/migrating.py``), which is what freezes the source's view.
+them marks the *start* of an outgoing migration: the monitor asks for the job (one
+``jobStats``, :func:`outgoing`) before every refresh it makes (``monitor/migrating.py``),
+which is what freezes the source's view.
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def migration_of(job: Mapping[str, object], state: int, reason: int) -> Migratio
         # not yet taken over (a source always has its job while it migrates out).
         return MigrationInfo(Role.DESTINATION, Phase.PENDING)
     return NOT_MIGRATING
+
+
+def outgoing(job: Mapping[str, object]) -> bool:
+    """Whether the job stats show an outgoing migration that has not ended."""
+    return (job.get("operation") == libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT
+            and job.get("type", libvirt.VIR_DOMAIN_JOB_NONE) in _RUNNING_JOBS)
 
 
 def migration_event(vm: str, event: int, detail: int) -> MigrationChanged | None:

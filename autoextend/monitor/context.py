@@ -110,6 +110,11 @@ class MonitorContext:
     view_sizes: ViewSizes | None = None  # the view check's sizes (monitor/views.py)
     space_gate: SpaceGate | None = None  # the monitor's constructor (capacity levels)
     in_flight: InFlight | None = field(default=None, repr=False)
+    #: After an extension this host verified, re-arm and resume from what is known, and
+    #: learn of migrations from events (``Hypervisor.outgoing_migration``). False restores
+    #: the old path for the bench's before/after comparison: a migration probe before every
+    #: extension and a full look (drives, run state) after it. Nothing else sets it.
+    fast_resume: bool = True
 
     @property
     def extend_deadline_s(self) -> float:

@@ -260,6 +260,14 @@ class Hypervisor(Protocol):
         can tell (QMP ``query-migrate``, libvirt's job info)."""
         ...
 
+    async def outgoing_migration(self, vm: str) -> bool:
+        """Whether an outgoing migration of the VM may have started, as cheaply as the
+        backend can tell; asked right before an extension refreshes this host's view
+        (``monitor/migrating.py``). QMP: from the ``MIGRATION`` events already read (no
+        command while QEMU sends them and none says a migration runs; else
+        ``migration()``); libvirt: one ``jobStats``. True when in doubt."""
+        ...
+
     def health(self) -> HypervisorHealth:
         """What the backend counts at its edge and why nothing can be watched now, if so
         (:class:`HypervisorHealth`; all zeros and no problem when healthy). No I/O."""

@@ -49,6 +49,7 @@ from autoextend.monitor.views import ViewSteps
 from autoextend.monitor.vm import (
     POLL,
     VM_INBOX_SIZE,
+    Extended,
     Poll,
     ResyncRequest,
     ViewSuspect,
@@ -166,7 +167,9 @@ class VmTask:
                 del self._extending[d.name]
             self._ctx.in_flight_changed()
         if self.drives.get(d.name) is d:
-            self.post(POLL)  # the VM's task re-checks: re-arm, resume, retry
+            # The VM's task goes on from what it knows: re-arm, resume, retry
+            # (after_extension). The old path (fast_resume off) looked again first.
+            self.post(Extended(d.name) if self._ctx.fast_resume else POLL)
 
     # ----------------------------------------------------------------- messages
 
@@ -217,6 +220,14 @@ class VmTask:
                 await self.resync(rearm=False)
             case ThresholdCrossed():
                 await self._crossed(message)
+            case Extended(drive=name):
+                d = self.drives.get(name)
+                if d is not None and d.info.job:
+                    # A job's target: whether its job paused for space is in no event
+                    # the extension saw, so look (jobs are rare and off the resume path).
+                    await self.resync(rearm=False)
+                else:
+                    await self.after_extension()
             case EnospcPause(drive=name) if name in self.drives:
                 self.flag_enospc(self.drives[name], self._ctx.clock.now())
             case JobEnded():
@@ -273,6 +284,25 @@ class VmTask:
             await self._evaluate(d)
             await steps.jobs.step(self, d)
         await steps.resumes.after_check(self)
+
+    async def after_extension(self) -> None:
+        """What follows an extension, from what this task knows, with no fresh look (no
+        drive read, no run-state read): each drive's ``plan.look`` (arm one whose re-arm
+        failed, wait for a retry), a job paused for space, then the pause's step (``cont``
+        an ENOSPC pause whose drives all have room now).
+
+        Why nothing needs reading again: the extender checked the size this host sees (its
+        contract), and the extension task re-armed on it; the pause state is the machine's,
+        which every STOP and RESUME keeps current (each is a look of its own, handled in
+        order in this inbox, so a pause or resume seen before this message is already in
+        the machine); a migration is known from events, and the extension itself did not
+        refresh a view while one may run (``migrating.MigrationSteps.may_refresh``). A
+        ``cont`` that crosses a resume by someone else is harmless: QEMU ignores it.
+        """
+        for d in list(self.drives.values()):
+            await self._evaluate(d)
+            await self._steps.jobs.step(self, d)
+        await self._steps.resumes.after_check(self)
 
     def _flag_enospc_drives(self, state: RunState) -> None:
         """A VM paused for ENOSPC: flag the managed drives the hypervisor names, and those

@@ -8,6 +8,7 @@ the connection under a shield so a dead QEMU never leaves a half-open client beh
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Mapping
 
 import anyio
@@ -35,6 +36,9 @@ EVENT_NAMES = (
     *JOB_EVENT_NAMES,
     "MIGRATION",
 )
+
+#: How many command names ``QmpConnection.recent`` keeps.
+RECENT_COMMANDS = 64
 
 # How long closing may take before we give up on a clean disconnect.
 _CLOSE_TIMEOUT_S = 5.0
@@ -65,6 +69,10 @@ class QmpConnection:
         self.failure: str | None = None
         self.listener = BoundedListener(EVENT_NAMES, event_queue_size)
         self._client.register_listener(self.listener)
+        #: Commands sent on this connection so far, and the names of the last few (what a
+        #: test or the bench counts per resume).
+        self.executed = 0
+        self.recent: deque[str] = deque(maxlen=RECENT_COMMANDS)
 
     @property
     def connected(self) -> bool:
@@ -106,6 +114,8 @@ class QmpConnection:
         """
         if not self.connected:
             raise QmpDisconnected(self.label, command, "not connected")
+        self.executed += 1
+        self.recent.append(command)
         try:
             with anyio.fail_after(self._command_timeout_s):
                 return await self._client.execute(command, arguments)

@@ -80,6 +80,10 @@ class BoundedListener(EventListener):
         # Set on receipt (not when the queue is pumped, which a lost connection cancels):
         # QEMU's SHUTDOWN of a guest that powered itself off (reduce_on_stop).
         self.guest_shutdown = False
+        # Set on receipt too: the status of the last MIGRATION event read from the socket
+        # (None: none yet). The reader takes messages in the order QEMU sent them, so any
+        # reply read after a migration started comes after its MIGRATION event.
+        self.migration_status: str | None = None
 
     async def put(self, event: Message) -> None:
         """Called by the client's reader: enqueue without ever waiting."""
@@ -87,6 +91,12 @@ class BoundedListener(EventListener):
             data = event.get("data")
             self.guest_shutdown = (isinstance(data, dict) and data.get("guest") is True
                                    and data.get("reason") == "guest-shutdown")
+        if event.get("event") == "MIGRATION":
+            data = event.get("data")
+            status = data.get("status") if isinstance(data, dict) else None
+            # Anything but a short string counts as "a migration may run" (the check asks).
+            self.migration_status = status if isinstance(status, str) and len(status) <= 64 \
+                else "unknown"
         if not self.accept(event):
             return
         try:
