@@ -268,4 +268,6 @@ class Extensions:
             # The extension itself succeeded: do not extend again, just arm later.
             d.disarmed()
             bound.warning("re-arming failed; the next poll arms it", error=str(exc))
+        else:  # what the hypervisor holds now (plan.look arms a drive whose info says 0)
+            d.update_info(dataclasses.replace(d.info, threshold=new_threshold))
         return new_threshold

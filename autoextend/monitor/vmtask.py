@@ -17,6 +17,7 @@ check at the VM's appearance, and the audit's findings).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -371,6 +372,7 @@ class VmTask:
                      threshold=threshold)
         else:
             await self._ctx.hypervisor.set_threshold(self.name, d.info, threshold)
+            d.update_info(dataclasses.replace(d.info, threshold=threshold))
         d.armed(threshold)
         log.debug("threshold armed", vm=self.name, drive=d.name, threshold=threshold,
                   physical=d.info.physical)

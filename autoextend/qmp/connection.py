@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import anyio
 from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPError, Runstate
@@ -37,11 +37,23 @@ EVENT_NAMES = (
     "MIGRATION",
 )
 
-#: How many command names ``QmpConnection.recent`` keeps.
-RECENT_COMMANDS = 64
+#: How many commands and events ``QmpConnection.recent`` keeps.
+RECENT_MESSAGES = 256
 
 # How long closing may take before we give up on a clean disconnect.
 _CLOSE_TIMEOUT_S = 5.0
+
+
+def commands_after(trace: Iterable[tuple[str, str]], event: str) -> list[str]:
+    """The commands in ``trace`` (``QmpConnection.recent``) after the last ``event`` read;
+    all of them when it holds no such event."""
+    found: list[str] = []
+    for kind, name in trace:
+        if kind == "event" and name == event:
+            found = []
+        elif kind == "command":
+            found.append(name)
+    return found
 
 
 class QmpConnection:
@@ -67,12 +79,13 @@ class QmpConnection:
         #: Why the connection failed on our side (a message we could not parse, an unexpected
         #: library error), as opposed to QEMU closing it; None while healthy.
         self.failure: str | None = None
-        self.listener = BoundedListener(EVENT_NAMES, event_queue_size)
-        self._client.register_listener(self.listener)
-        #: Commands sent on this connection so far, and the names of the last few (what a
-        #: test or the bench counts per resume).
+        #: Commands sent on this connection so far, and the last few commands and events
+        #: in the order they were sent and read, as ("command" | "event", name): what a
+        #: test or the bench counts per resume.
         self.executed = 0
-        self.recent: deque[str] = deque(maxlen=RECENT_COMMANDS)
+        self.recent: deque[tuple[str, str]] = deque(maxlen=RECENT_MESSAGES)
+        self.listener = BoundedListener(EVENT_NAMES, event_queue_size, trace=self.recent)
+        self._client.register_listener(self.listener)
 
     @property
     def connected(self) -> bool:
@@ -115,7 +128,7 @@ class QmpConnection:
         if not self.connected:
             raise QmpDisconnected(self.label, command, "not connected")
         self.executed += 1
-        self.recent.append(command)
+        self.recent.append(("command", command))
         try:
             with anyio.fail_after(self._command_timeout_s):
                 return await self._client.execute(command, arguments)

@@ -183,9 +183,9 @@ class QmpHypervisor:
         """Connected VMs: name -> QMP socket path."""
         return {name: s.conn.path for name, s in self._sessions.items()}
 
-    def commands_sent(self, vm: str) -> tuple[int, tuple[str, ...]]:
-        """How many QMP commands went to the VM on its current connection, and the names
-        of the last few (``QmpConnection.recent``); for tests and the bench.
+    def commands_sent(self, vm: str) -> tuple[int, tuple[tuple[str, str], ...]]:
+        """How many QMP commands went to the VM on its current connection, and the last few
+        commands and events in order (``QmpConnection.recent``); for tests and the bench.
 
         Raises:
             VmNotFound: the VM is not connected.

@@ -17,6 +17,7 @@ consumer turns into a resynchronisation.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Iterable
 
 from qemu.qmp import EventListener, Message, QMPClient
@@ -72,8 +73,10 @@ def new_client(name: str) -> QMPClient:
 class BoundedListener(EventListener):
     """An EventListener holding at most ``maxsize`` pending events and no history."""
 
-    def __init__(self, names: Iterable[str] | None, maxsize: int) -> None:
+    def __init__(self, names: Iterable[str] | None, maxsize: int, *,
+                 trace: deque[tuple[str, str]] | None = None) -> None:
         super().__init__(list(names) if names is not None else None)
+        self._trace = trace  # every event's name is appended as ("event", name)
         self._queue = asyncio.Queue(maxsize=maxsize)
         self.dropped = 0
         self._overflowed = False
@@ -87,6 +90,9 @@ class BoundedListener(EventListener):
 
     async def put(self, event: Message) -> None:
         """Called by the client's reader: enqueue without ever waiting."""
+        name = event.get("event")
+        if self._trace is not None and isinstance(name, str):
+            self._trace.append(("event", name[:64]))
         if event.get("event") == "SHUTDOWN":  # remembered, never queued
             data = event.get("data")
             self.guest_shutdown = (isinstance(data, dict) and data.get("guest") is True

@@ -34,7 +34,8 @@ async def test_no_command_until_a_migration_event_then_the_probe_finds_it() -> N
             before, _ = hv.commands_sent("vm1")
             assert await hv.outgoing_migration("vm1") is True
             count, recent = hv.commands_sent("vm1")
-            assert count - before == 2 and recent[-2:] == ("query-status", "query-migrate")
+            assert count - before == 2 and recent[-2:] == (("command", "query-status"),
+                                                   ("command", "query-migrate"))
 
             await lab.control(qemu, "migrate_cancel")
             await wait_for(events, lambda e: isinstance(e, MigrationChanged))
@@ -62,4 +63,5 @@ async def test_without_migration_events_every_check_asks() -> None:
             before, _ = hv.commands_sent("vm1")
             assert await hv.outgoing_migration("vm1") is False
             count, recent = hv.commands_sent("vm1")
-            assert count - before == 2 and recent[-2:] == ("query-status", "query-migrate")
+            assert count - before == 2 and recent[-2:] == (("command", "query-status"),
+                                                   ("command", "query-migrate"))
