@@ -168,9 +168,11 @@ class VmTask:
                 del self._extending[d.name]
             self._ctx.in_flight_changed()
         if self.drives.get(d.name) is d:
-            # The VM's task goes on from what it knows: re-arm, resume, retry
-            # (after_extension). The old path (fast_resume off) looked again first.
-            self.post(Extended(d.name) if self._ctx.fast_resume else POLL)
+            # Done (grown, deferred, not needed, capped): the VM's task goes on from what
+            # it knows (after_extension). Failed or crashed (a drive replaced under it,
+            # say): a full look. The old path (fast_resume off) always looked.
+            done = d.state is not ThresholdState.EXCEEDED and self._ctx.fast_resume
+            self.post(Extended(d.name) if done else POLL)
 
     # ----------------------------------------------------------------- messages
 
