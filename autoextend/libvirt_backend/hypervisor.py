@@ -509,7 +509,7 @@ class LibvirtHypervisor:
                     tracker.resync.add(vm)
                     continue
                 if not state.running and state.pause_reason is not None:
-                    tracker.emit(VmPaused(vm, state.pause_reason))
+                    tracker.emit(VmPaused(vm, state.pause_reason, state))
 
 
 def _commit_jobs(dom: Any, xml: str) -> set[str]:

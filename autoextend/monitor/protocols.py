@@ -139,8 +139,12 @@ class EnospcPause:
 
 @dataclass(frozen=True)
 class VmPaused:
+    """The VM paused. ``state``: the run state the backend read for this event, when it read
+    one (QMP reads it on ``STOP``): the VM's task takes it in without reading it again."""
+
     vm: str
     reason: PauseReason
+    state: RunState | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from autoextend.monitor.protocols import (
     EnospcPause,
     JobEnded,
     MigrationChanged,
+    PauseReason,
     RunState,
     ThresholdCrossed,
     VmPaused,
@@ -241,6 +242,8 @@ class VmTask:
             case ViewSuspect():
                 await self._steps.views.confirm(self, message)
                 await self.resync(rearm=False)
+            case VmPaused(state=RunState() as state) if self._ctx.fast_resume:
+                await self._paused(state)
             case EnospcPause() | VmPaused() | VmResumed():
                 # Which drives failed, and whether they are ours, comes from a fresh look.
                 await self.resync(rearm=False)
@@ -302,6 +305,27 @@ class VmTask:
         refresh a view while one may run (``migrating.MigrationSteps.may_refresh``). A
         ``cont`` that crosses a resume by someone else is harmless: QEMU ignores it.
         """
+        for d in list(self.drives.values()):
+            await self._evaluate(d)
+            await self._steps.jobs.step(self, d)
+        await self._steps.resumes.after_check(self)
+
+    async def _paused(self, state: RunState) -> None:
+        """A pause with the run state the backend read for it: the resync's steps on that
+        state, without reading the drives or the run state again (both are on the resume's
+        critical path). Anything a plain pause does not cover takes the full resync: a VM
+        not yet looked at, a migration known or in doubt, a pause for a migration."""
+        m = self.machine
+        if (not m.views_checked or not self.drives or m.migration_stale
+                or m.migration is not migration.MigState.NONE
+                or state.pause_reason is PauseReason.MIGRATION or state.running):
+            await self.resync(rearm=False)
+            return
+        observe(self._ctx, self, state)
+        if self.machine.state in (VmState.PAUSED_ENOSPC, VmState.PAUSED_ENOSPC_UNMANAGED) or any(
+            e.nospace and e.drive in self.drives for e in state.errors
+        ):
+            self._flag_enospc_drives(state)
         for d in list(self.drives.values()):
             await self._evaluate(d)
             await self._steps.jobs.step(self, d)

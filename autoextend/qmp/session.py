@@ -276,7 +276,7 @@ class VmSession:
             state = await self.run_state()
             if state.running or state.pause_reason is None:
                 return []  # resumed again before we asked; RESUME follows or has come
-            return [VmPaused(self.name, state.pause_reason)]
+            return [VmPaused(self.name, state.pause_reason, state)]
         if name == "RESUME":
             self._saw_nospace = False
             return [VmResumed(self.name)]
