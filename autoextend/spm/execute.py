@@ -36,11 +36,11 @@ import anyio
 from autoextend import logs
 from autoextend.clock import Clock
 from autoextend.errors import AutoextendError, NotSpmError
+from autoextend.spm import volumeops
 from autoextend.spm.inuse import Look
 from autoextend.spm.inusegate import InUseGate
 from autoextend.spm.journal import Op
 from autoextend.spm.journalring import JournalWriter
-from autoextend.spm import volumeops
 from autoextend.spm.reducing import (
     REDUCE_CHECKS,
     ReduceCheck,

@@ -53,20 +53,25 @@ class CreateRefused(ValueError):
 
 def initial_size(capacity: int, initial: int | None, chunk: int) -> int:
     """The size of a new thin (qcow2) volume's LV, vdsm's rule: one chunk when no initial
-    size is given; else the initial size plus 10 % for qcow2's metadata, rounded up to a
+    size is given (here at most the capacity plus 10 %: a small disk gets no more than it
+    can ever use); else the initial size plus 10 % for qcow2's metadata, rounded up to a
     sector. An initial size above the capacity is refused (CreateRefused), as vdsm does.
     The writer rounds the result up to whole extents."""
     if capacity <= 0:
         raise CreateRefused("the capacity must be positive")
     if initial is None:
-        return chunk
+        return min(chunk, _with_overhead(capacity))
     if initial <= 0:
         raise CreateRefused("the size must be positive")
     if initial > capacity:
         raise CreateRefused(f"the size ({initial} B) is larger than the capacity"
                             f" ({capacity} B)")
+    return _with_overhead(initial)
+
+
+def _with_overhead(size: int) -> int:
     num, den = QCOW_OVERHEAD
-    grown = -(-initial * num // den)
+    grown = -(-size * num // den)
     return -(-grown // SECTOR) * SECTOR
 
 
