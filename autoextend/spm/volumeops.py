@@ -124,8 +124,11 @@ async def create(writer: PoolWriter, volume: VolumeRef, size: int, vsize: int, *
     if found is not None:
         if request in found.tags:
             return Verdict(Status.OK, found.size, text="already created by this request")
+        made_by = [t[len(REQUEST_TAG_PREFIX):] for t in found.tags
+                   if t.startswith(REQUEST_TAG_PREFIX)]
+        by = f" (made by request {made_by[0]})" if made_by else " (not made through autoextend)"
         return Verdict(Status.REJECTED, found.size, ReasonCode.VOLUME_EXISTS,
-                       f"{volume} exists already")
+                       f"{volume} exists already{by}")
     made = await writer.create_lv(volume, size, (owner_tag(owner), request),
                                   virtual_size=vsize)
     return Verdict(Status.OK, made.size, text="created")

@@ -50,6 +50,7 @@ async def test_create_is_one_commit_and_idempotent_by_request(pool: Pool) -> Non
     other = await volumeops.create(pool.writer, vol, 50 * MiB, 1 << 30, owner="host-3",
                                    request=volumeops.request_tag(3, 1, 41))
     assert other.status is Status.REJECTED and other.reason is ReasonCode.VOLUME_EXISTS
+    assert other.text.endswith("exists already (made by request 2.7.41)"), other.text
     assert await seqno(pool) == before + 1
     assert (await pool.reader.lv(vol)).size == 2 * EXTENT
     assert [lv.name for lv in await pool.reader.lvs(pool.vg)] == ["disk1"]
