@@ -11,7 +11,10 @@ import pytest
 
 from autoextend.errors import NotSpmError
 from autoextend.lvm import loopdev
+from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.vsize import vsize_from_tags
+from autoextend.monitor.core import VolumeInUse
+from autoextend.poolops import PoolOpError, PoolOps
 from autoextend.lvm.writer import LvmWriter
 from autoextend.spm import volumeops
 from autoextend.spm.wire import ReasonCode, Status
@@ -119,3 +122,29 @@ async def test_grow_pv_after_the_device_grew(pool: Pool) -> None:
     assert vg_after.extent_count == vg_before.extent_count + 64 * MiB // EXTENT
     again = await volumeops.grow(pool.writer, pool.vg)
     assert again.size == 0 and (await seqno(pool)) == vg_after.seqno
+
+
+class Users:
+    """The monitor's answer to "which volumes do this host's VMs use" (a fixed list)."""
+
+    def __init__(self, uses: list[VolumeInUse]) -> None:
+        self.uses = uses
+
+    def volumes_in_use(self) -> list[VolumeInUse]:
+        return self.uses
+
+
+async def test_local_mode_remove_is_refused_while_a_vm_here_uses_it(pool: Pool) -> None:
+    vol = VolumeRef(pool.vg, "used")
+    await pool.writer.create_lv(vol, EXTENT)
+    ops = PoolOps(LvmVolumeBackend(pool.runner, pool.reader, pool.writer, (pool.vg,)),
+                  (pool.vg,), 64 * MiB, None)
+    use = VolumeInUse("vm1", "vda", vol, 0, EXTENT, 1 << 30, 1 << 30)
+    before = await seqno(pool)
+    with pytest.raises(PoolOpError, match="not removed|remove refused") as err:
+        await ops.volume_remove({"volume": str(vol)}, Users([use]))
+    assert "VM vm1 uses it (drive vda)" in str(err.value)
+    assert await seqno(pool) == before
+    done = await ops.volume_remove({"volume": str(vol)}, Users([]))
+    assert done == {"volume": str(vol), "done": True, "size": 0, "text": "removed"}
+    assert await seqno(pool) == before + 1
