@@ -13,9 +13,9 @@ from autoextend.errors import NotSpmError
 from autoextend.lvm import loopdev
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.vsize import vsize_from_tags
+from autoextend.lvm.writer import LvmWriter
 from autoextend.monitor.core import VolumeInUse
 from autoextend.poolops import PoolOpError, PoolOps
-from autoextend.lvm.writer import LvmWriter
 from autoextend.spm import volumeops
 from autoextend.spm.wire import ReasonCode, Status
 from autoextend.volumes import LocalAuthority, NoAuthority, VolumeRef
