@@ -115,6 +115,9 @@ def volume_create(obj: CliContext, vg_lv: str, capacity: int, size: int | None,
     """
     from autoextend import control
 
+    if size is not None and size > capacity:
+        raise click.BadParameter(f"{size} B is more than the capacity ({capacity} B)",
+                                 param_hint="--size")
     settings = obj.load_settings()
     path = settings.service.control_socket
     result = anyio.run(lambda: control.call_dict(path, "volume_create", wait_s=310.0,
