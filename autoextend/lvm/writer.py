@@ -27,7 +27,7 @@ import anyio
 from autoextend import logs
 from autoextend.errors import NotSpmError
 from autoextend.lvm import discard, report
-from autoextend.lvm.errors import LvmCommandError, LvmError
+from autoextend.lvm.errors import LvmCommandError, LvmError, NoSuchLogicalVolume
 from autoextend.lvm.foreign import WriteLedger
 from autoextend.lvm.lvmconf import LvmCommandConfig, render_config
 from autoextend.lvm.names import extents_for
@@ -203,6 +203,35 @@ class LvmWriter:
         async with self._vg_lock(volume.vg):
             await self._commit(volume.vg, [*args, check_name("VG", volume.vg)])
         return await self.lv(volume)
+
+    async def find_lv(self, volume: VolumeRef) -> report.LV | None:
+        """The LV, or None when its VG has no LV of that name (NoSuchVolumeGroup raised)."""
+        try:
+            return await self.lv(volume)
+        except NoSuchLogicalVolume:
+            return None
+
+    async def pv_growth(self, vg: str) -> tuple[report.PvGrowth, ...]:
+        """The VG's PVs with their devices' sizes (what ``grow_pvs`` would use)."""
+        args = report_args("pvs", report.PV_GROWTH_FIELDS, self._config, [], readonly=False)
+        result = await self._run([*args, "--select", f"vg_name={check_name('VG', vg)}"])
+        return parse_or_raise(result, report.parse_pv_growth)
+
+    async def grow_pvs(self, vg: str) -> list[report.PvGrowth]:
+        """``pvresize`` every PV of ``vg`` whose device now holds more extents than the PV
+        has (a grown LUN); one metadata commit per PV that grew, none when none did (so a
+        second call changes nothing). Returns the PVs resized (as they were before)."""
+        grown: list[report.PvGrowth] = []
+        async with self._vg_lock(vg):
+            for pv in await self.pv_growth(vg):
+                if pv.room <= pv.extent_count:
+                    continue
+                args = ["pvresize", "--config", self._config, "--driverloaded", "n", "--yes"]
+                await self._commit(vg, [*args, pv.name])
+                log.info("pv resized", vg=vg, pv=pv.name, extents=pv.extent_count,
+                         room=pv.room)
+                grown.append(pv)
+        return grown
 
     async def remove_lv(self, volume: VolumeRef) -> None:
         args = ["lvremove", "--config", self._config, *METADATA_ONLY, "--yes"]

@@ -14,6 +14,8 @@ from autoextend.spm.wire import (
     HOST_GENERATION_LIMIT,
     MAX_SIZE,
     NAME_FIELD,
+    OP_CREATE,
+    OP_GROW_PV,
     OPS,
     REQUEST_SLOT,
     SLOT_SIZE,
@@ -47,7 +49,13 @@ SECTOR_SIZES = st.sampled_from([512, 4096])
 
 @st.composite
 def requests(draw: st.DrawFn) -> Request:
-    return Request(draw(ids), draw(names), draw(names), draw(sizes), draw(st.sampled_from(OPS)))
+    op = draw(st.sampled_from(OPS))
+    if op == OP_CREATE:  # a create's name has 96 bytes, and it carries a virtual size
+        short = st.text(NAME_CHARS, min_size=1, max_size=47)
+        return Request(draw(ids), draw(short), draw(short), draw(sizes), op,
+                       draw(st.integers(1, MAX_SIZE)))
+    lv = "" if op == OP_GROW_PV else draw(names)
+    return Request(draw(ids), draw(names), lv, draw(sizes), op)
 
 
 @st.composite
