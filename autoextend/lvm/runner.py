@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import anyio
 from anyio.abc import ByteReceiveStream, Process
@@ -55,6 +55,23 @@ class LvmRunner(Protocol):
     async def aclose(self) -> None:
         """Stop any long-lived process. Safe to call twice."""
         ...
+
+
+@runtime_checkable
+class RoutesByVg(Protocol):
+    """A runner that keeps a runner per VG (``shell.PerVgShellRunner``): commands on one VG
+    go to that VG's runner, so VGs run in parallel and each VG one command at a time."""
+
+    def for_vg(self, vg: str) -> LvmRunner:
+        ...
+
+
+def runner_for(runner: LvmRunner, vg: str | None) -> LvmRunner:
+    """The runner for a command on ``vg``: the VG's own one where ``runner`` routes by VG,
+    else ``runner`` itself (also for commands of no one VG: ``vg`` None)."""
+    if vg is not None and isinstance(runner, RoutesByVg):
+        return runner.for_vg(vg)
+    return runner
 
 
 def lvm_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
