@@ -7,7 +7,10 @@ and returns a :class:`CommandResult` with the report text. A non-zero exit is so
 running at its timeout is killed with its whole process group and reaped before
 :class:`~autoextend.lvm.errors.LvmTimeoutError` is raised.
 
-The persistent ``lvm`` shell session (``shell.py``) implements the same protocol.
+The persistent ``lvm`` shell session (``shell.py``) implements the same protocol. A runner
+that keeps one runner per VG (``shell.PerVgShellRunner``) also offers ``for_vg``
+(:class:`RoutesByVg`); the reader and the writer send each command on a VG through
+:func:`runner_for`, so VGs run in parallel.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from autoextend.volumes import LocalAuthority, VolumeRef
 
 from .support import EXTENT, MiB, make_pv_files, release_devices, unique_name
 
+
 def _vg_of(argv: Sequence[str]) -> str:
     """The VG a command of this test is about: its last argument, ``vg/lv`` or ``vg``, or
     ``vg_name=vg`` (the writer's segment report)."""
