@@ -348,6 +348,9 @@ class LvmShellRunner:
             log.debug("lvm shell started", pid=self._session.process.pid)
         return self._session
 
+    def for_vg(self, vg: str) -> LvmRunner:
+        return self  # one session: every VG's commands one at a time (PerVgShellRunner: not)
+
     async def aclose(self) -> None:
         async with self._lock:
             session, self._session = self._session, None

@@ -1,9 +1,9 @@
 """VGs are extended in parallel on the SPM, each VG one lvm2 command at a time.
 
 Real lvm2 (activation off) on loop-device PVs: four VGs, the SPM's executor and the default
-runner (a persistent ``lvm`` shell per VG). Each session's runner is instrumented where it
-hands a command to lvm2 (with the session's lock held), so the test sees what lvm2 runs at
-once: never two commands of one VG, and commands of different VGs overlapping. No timing is
+runner (a persistent ``lvm`` shell per VG). Each session's runner is instrumented (a
+wrapper), so the test sees what lvm2 runs at once: never two commands of one VG, and
+commands of different VGs overlapping. No timing is
 asserted (the extends/s figure is bench/lvm_bench.py's)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from autoextend.clock import ManualClock
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.lvmconf import LvmCommandConfig
 from autoextend.lvm.reader import LvmReader
-from autoextend.lvm.runner import runner_for
+from autoextend.lvm.runner import CommandResult, LvmRunner, runner_for
 from autoextend.lvm.shell import LvmShellRunner, PerVgShellRunner
 from autoextend.lvm.writer import LvmWriter
 from autoextend.spm.execute import Executor
@@ -48,26 +48,34 @@ class InFlight:
         self.commands: Counter[str] = Counter()
 
 
-class WatchedShell(LvmShellRunner):
-    """An lvm shell session whose command, sent and answered with the session's lock held,
-    is counted in ``flight`` while lvm2 runs it."""
+class Watched:
+    """One session's runner, its commands counted in ``flight`` from when they are handed
+    to the session until answered. A session serves one VG alone (asserted below), so a
+    count of at most 1 per VG here means nothing was even queued behind a command of that
+    VG: lvm2 ran at most one command per VG at a time."""
 
     def __init__(self, flight: InFlight) -> None:
-        super().__init__(timeout_s=60)
+        self.inner = LvmShellRunner(timeout_s=60)
         self.flight = flight
 
-    async def _run_in_session(self, argv: tuple[str, ...], line: str) -> tuple[int, str, str]:
-        vg, flight = _vg_of(argv), self.flight
+    async def run(self, args: Sequence[str]) -> CommandResult:
+        vg, flight = _vg_of(args), self.flight
         flight.now[vg] += 1
         flight.total += 1
         flight.most[vg] = max(flight.most[vg], flight.now[vg])
         flight.most_total = max(flight.most_total, flight.total)
-        flight.commands[argv[0]] += 1
+        flight.commands[args[0]] += 1
         try:
-            return await super()._run_in_session(argv, line)
+            return await self.inner.run(args)
         finally:
             flight.now[vg] -= 1
             flight.total -= 1
+
+    def for_vg(self, vg: str) -> LvmRunner:
+        return self
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 @pytest.mark.slow
@@ -75,7 +83,7 @@ async def test_four_vgs_extend_in_parallel_one_command_per_vg() -> None:
     workdir = tempfile.mkdtemp(prefix="autoextend-parvg-", dir="/var/tmp")
     devices: list[str] = []
     flight = InFlight()
-    runner = PerVgShellRunner(make_session=lambda: WatchedShell(flight))
+    runner = PerVgShellRunner(make_session=lambda: Watched(flight))
     try:
         _, devices = await make_pv_files(workdir, 4, 128 * MiB)
         config = LvmCommandConfig(tuple(devices))
