@@ -39,7 +39,7 @@ from autoextend.lvm.reader import (
     report_args,
     volume_arg,
 )
-from autoextend.lvm.runner import CommandResult, LvmRunner
+from autoextend.lvm.runner import CommandResult, LvmRunner, runner_for
 from autoextend.lvm.vsize import vsize_tag
 from autoextend.names import check_name
 from autoextend.volumes import ExtendResult, SpmAuthority, VolumeRef
@@ -90,9 +90,11 @@ class LvmWriter:
         self.tally.ledger.writer_started(authority)
         self._no_discard: set[str] = set()  # PV devices that refused BLKDISCARD
 
-    async def _run(self, args: Sequence[str]) -> CommandResult:
+    async def _run(self, args: Sequence[str], vg: str | None) -> CommandResult:
+        """Run one command on ``vg`` (None: no one VG), through that VG's runner where the
+        runner keeps one per VG (``runner.runner_for``: VGs then run in parallel)."""
         self._authority.check()
-        return await self._runner.run(args)
+        return await runner_for(self._runner, vg).run(args)
 
     async def _commit(self, vg: str, args: Sequence[str]) -> CommandResult:
         """Run one metadata command on ``vg`` (its lock held), counted in the ledger from
@@ -100,7 +102,7 @@ class LvmWriter:
         self.tally.ledger.begin(vg)
         committed = False
         try:
-            result = await self._run(args)
+            result = await self._run(args, vg)
             committed = True
             return result
         finally:
@@ -116,12 +118,13 @@ class LvmWriter:
     # Reports (with the VG lock lvm2 takes for a normal read).
 
     async def vg(self, name: str) -> report.VG:
-        vg = one_vg(await self._run(self._reports.vgs_args([name])), name)
+        vg = one_vg(await self._run(self._reports.vgs_args([name]), name), name)
         self._extent_sizes[vg.name] = vg.extent_size
         return vg
 
     async def lv(self, volume: VolumeRef) -> report.LV:
-        return one_lv(await self._run(self._reports.lvs_args([volume_arg(volume)])), volume)
+        return one_lv(await self._run(self._reports.lvs_args([volume_arg(volume)]), volume.vg),
+                      volume)
 
     async def _extent_size(self, vg: str) -> int:
         cached = self._extent_sizes.get(vg)
@@ -246,7 +249,7 @@ class LvmWriter:
         """The VG's PV segments: which extents of which PV each LV holds, and which are free."""
         args = report_args("pvs", report.PVSEG_FIELDS, self._config, [], readonly=False)
         result = await self._run([*args, "--segments", "--select",
-                                  f"vg_name={check_name('VG', vg)}"])
+                                  f"vg_name={check_name('VG', vg)}"], vg)
         return parse_or_raise(result, report.parse_pvsegs)
 
     async def _segments(self, vg: str) -> tuple[report.PvSegment, ...] | None:
@@ -303,7 +306,7 @@ class LvmWriter:
         args = ["pvcreate", "--config", self._config, "--yes"]
         if metadata_size is not None:
             args += ["--metadatasize", f"{metadata_size}b"]
-        await self._run([*args, *devices])
+        await self._run([*args, *devices], None)
 
     async def vgcreate(
         self, name: str, devices: Sequence[str], extent_size: int | None = None
@@ -311,11 +314,11 @@ class LvmWriter:
         args = ["vgcreate", "--config", self._config, "--autobackup", "n"]
         if extent_size is not None:
             args += ["--physicalextentsize", f"{extent_size}b"]
-        await self._run([*args, check_name("VG", name), *devices])
+        await self._run([*args, check_name("VG", name), *devices], name)
         return await self.vg(name)
 
     async def vgremove(self, name: str) -> None:
         """Remove a VG and all its LVs."""
         args = ["vgremove", "--config", self._config, "--driverloaded", "n", "--yes", "--force"]
-        await self._run([*args, check_name("VG", name)])
+        await self._run([*args, check_name("VG", name)], name)
         self._extent_sizes.pop(name, None)

@@ -21,6 +21,10 @@ freed runs in the same critical section) and the reserve guard's (``lvm/reserve.
 free-space check and the extend as one step, for the local extender, whose drives extend
 concurrently: without it two extends could pass one check and eat into the reserve). Neither
 can go without breaking the local mode, so both stay; no other lock serializes a VG.
+Nor is anything global below: the default runner keeps an ``lvm`` shell session per VG
+(``lvm/shell.py``, ``PerVgShellRunner``) and lvm2's own file locks are per VG, so the ops of
+different VGs reach lvm2 at once (``tests/lvm/test_parallel_vgs.py``, ``bench/lvm_bench.py``
+``parallel_vgs``).
 
 Step-down hands queued requests back: :meth:`Executor.hand_back` cancels every request
 still waiting for the limiter or a VG lock (left unanswered in the hosts' boxes for the next
