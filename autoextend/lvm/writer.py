@@ -217,7 +217,7 @@ class LvmWriter:
     async def pv_growth(self, vg: str) -> tuple[report.PvGrowth, ...]:
         """The VG's PVs with their devices' sizes (what ``grow_pvs`` would use)."""
         args = report_args("pvs", report.PV_GROWTH_FIELDS, self._config, [], readonly=False)
-        result = await self._run([*args, "--select", f"vg_name={check_name('VG', vg)}"])
+        result = await self._run([*args, "--select", f"vg_name={check_name('VG', vg)}"], vg)
         return parse_or_raise(result, report.parse_pv_growth)
 
     async def grow_pvs(self, vg: str) -> list[report.PvGrowth]:
