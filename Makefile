@@ -64,7 +64,7 @@ test: setup
 # Fast tests only: no QEMU, libvirtd, lvm2, loop devices, sanlock or Prometheus (the unit
 # guard, autoextend/lab/unitguard.py, fails a test that starts one: mark it slow).
 unit: venv
-	AUTOEXTEND_UNIT=1 $(BIN)/pytest -m "not slow" -n auto $(PYTEST_ARGS)
+	AUTOEXTEND_UNIT=1 $(BIN)/pytest -m "not slow" -n auto --hypothesis-profile=unit $(PYTEST_ARGS)
 
 # A longer soak of the deterministic simulation with random seeds (a failing seed prints
 # its trace and the command that replays it).
