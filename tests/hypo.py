@@ -18,13 +18,16 @@ UNIT_EXAMPLES = 20   # the "unit" profile's, for make unit
 MIN_EXAMPLES = 10
 
 
-def examples(full: int) -> int:
-    """``full`` under the full profile; the same share of it as the loaded profile's
+def examples(full: int, profile: settings | None = None) -> int:
+    """``full`` under the full profile; the same share of it as the profile's
     ``max_examples`` is of ``FULL_EXAMPLES`` under a smaller one, but at least
-    ``MIN_EXAMPLES`` (or ``full``, if that is less)."""
+    ``MIN_EXAMPLES`` (or ``full``, if that is less). ``profile``: the loaded one by
+    default."""
     if full < 1:
         raise ValueError(f"examples({full}): a property test tries at least 1 input")
-    share = settings.default.max_examples / FULL_EXAMPLES
+    if profile is None:
+        profile = settings.get_profile(settings.get_current_profile_name())
+    share = profile.max_examples / FULL_EXAMPLES
     if share >= 1:
         return full
     return max(min(full, MIN_EXAMPLES), round(full * share))
