@@ -63,8 +63,13 @@ test: setup
 
 # Fast tests only: no QEMU, libvirtd, lvm2, loop devices, sanlock or Prometheus (the unit
 # guard, autoextend/lab/unitguard.py, fails a test that starts one: mark it slow).
+# Fewer hypothesis examples (profile "unit", tests/hypo.py; make test runs the full counts).
+# Bytecode is cached even where PYTHONDONTWRITEBYTECODE is set: without the cache every
+# worker and every `python -m autoextend` child compiles the package again, and pytest
+# rewrites every test module's asserts again (about 5 s of CPU per worker).
 unit: venv
-	AUTOEXTEND_UNIT=1 $(BIN)/pytest -m "not slow" -n auto $(PYTEST_ARGS)
+	env -u PYTHONDONTWRITEBYTECODE AUTOEXTEND_UNIT=1 $(BIN)/pytest -m "not slow" -n auto \
+		--hypothesis-profile=unit $(PYTEST_ARGS)
 
 # A longer soak of the deterministic simulation with random seeds (a failing seed prints
 # its trace and the command that replays it).

@@ -63,6 +63,7 @@ from autoextend.monitor.local import LocalExtender
 from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
 from autoextend.monitor.protocols import Extender, Hypervisor
 from autoextend.monitor.views import PerVolumeSizes
+from autoextend.poolops import PoolOps
 from autoextend.prepare_merge import MergeChains, merge_request, prepare_merge
 from autoextend.qemuimg import qemu_img_fully_allocated, qemu_img_measure
 from autoextend.sdnotify import Notifier
@@ -286,6 +287,13 @@ class Service:
         self.control.register("volume_reduce", self._volume_reduce)
         self.control.register("volume_prepare", self._volume_prepare)
         self.control.register("merge_prepare", self._merge_prepare)
+        # One writer for the pool (issue 27 item 2, ``poolops.py``).
+        self.pool_ops = PoolOps(self.backend, settings.lvm.vgs,
+                                settings.policy.chunk_mib << 20, self.cluster)
+        self.control.register("volume_create", self.pool_ops.volume_create)
+        self.control.register("volume_remove",
+                              lambda r: self.pool_ops.volume_remove(r, self.monitor))
+        self.control.register("pool_grow", self.pool_ops.pool_grow)
         self.incoming = prepare.IncomingWatch(
             self.backend, lambda vm: self.monitor.settled(vm),
             lambda: self.monitor.frozen_views(), self.clock)

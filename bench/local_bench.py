@@ -5,8 +5,11 @@ Parts (``--part``; each under 5 minutes, each records the load average at its st
 ``floor``
     Real TCG guests write 512 MiB into a 64 MiB thin volume (qcow2 on a loop device, 64 MiB
     chunks, utilization 50 %: 32 MiB watermark). Rounds alternate, on the same guest image,
-    sizes and chunk: the floor (``bench/floor.py``: grow, refresh, re-arm, nothing else) and
-    the real service over QMP. Latency per extension (event to re-armed threshold) with
+    sizes and chunk: the floor (``bench/floor.py``: grow, refresh, re-arm, nothing else),
+    the real service over QMP on the old path (``autoextend_before``: ``fast_resume`` off, a
+    migration probe before every extension and a full look after it) and on the current
+    one (``autoextend``). Each reports the QMP commands per resume and per re-arm
+    (``autoextend/lab/qmpcount.py``). Latency per extension (event to re-armed threshold) with
     autoextend's phases; the ratio autoextend / floor at p50 and p99.
 ``libvirt``
     The same guests as libvirt domains (an isolated libvirtd), the service's libvirt backend.
@@ -36,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +49,13 @@ from autoextend import logs
 from autoextend.lab.demo import DemoOptions, run_libvirt_demo
 from autoextend.lab.guest import GuestJob, with_expected_md5
 from autoextend.lab.qemu import guest_spec, launch
+from autoextend.lab.qmpcount import CommandCounts
 from autoextend.lab.singlehost import create_qcow2_disk, host_settings, lab_host
 from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.monitor.core import percentile
 from autoextend.monitor.local import LocalExtender
 from autoextend.monitor.observer import Tally
+from autoextend.qmp.hypervisor import QmpHypervisor
 from autoextend.volumes import LocalAuthority, VolumeRef
 from bench import results_file
 from bench.floor import FloorExtender
@@ -125,8 +131,7 @@ async def floor_round(workdir: Path, image: Any, job: GuestJob, chunk_mib: int, 
     return floor, pauses
 
 
-async def autoextend_round(host: Any, job: GuestJob, start_mib: int, name: str,
-                           tally: Tally) -> QemuPauses:
+async def autoextend_round(host: Any, job: GuestJob, start_mib: int, name: str) -> QemuPauses:
     guest = await host.start_guest(name, job, start_mib=start_mib, virtual_mib=1024)
     pauses = QemuPauses()
     watcher = await guest.vm.connect_qmp("pauses")
@@ -144,18 +149,65 @@ async def autoextend_round(host: Any, job: GuestJob, start_mib: int, name: str,
     return pauses
 
 
+class Switch:
+    """The lab host's observer: passes each event to the observers of the variant that
+    runs now (``to``)."""
+
+    def __init__(self) -> None:
+        self.to: tuple[Any, ...] = ()
+
+    def notify(self, event: Any) -> None:
+        for observer in self.to:
+            observer.notify(event)
+
+
+@dataclass
+class Variant:
+    """One way of running autoextend in the comparison (``fast_resume`` on or off)."""
+
+    fast_resume: bool
+    tally: Tally = field(default_factory=Tally)
+    counts: CommandCounts = field(default_factory=CommandCounts)
+    qemu_pauses: list[float] = field(default_factory=list)
+
+    def figures(self) -> dict[str, Any]:
+        t, c = self.tally, self.counts
+        return {"fast_resume": self.fast_resume, "extends": t.extends,
+                "pauses": t.enospc_pauses, "phases_ms": phase_table(t.phases),
+                "pause_resume_service_ms": ms(t.resume_latencies),
+                "pause_resume_qemu_ms": ms(self.qemu_pauses),
+                "qmp_commands": {"ok_to_cont": counted(c.ok_to_cont),
+                                 "pause_to_cont": counted(c.pause_to_cont),
+                                 "event_to_rearm": counted(c.event_to_rearm)}}
+
+
+def counted(windows: list[list[str]]) -> dict[str, float]:
+    """QMP commands per window (a resume, a re-arm): n, p50, p99, max."""
+    sizes = [float(len(w)) for w in windows]
+    return {"n": len(sizes), "p50": percentile(sizes, 50), "p99": percentile(sizes, 99),
+            "max": max(sizes, default=0.0)}
+
+
 async def side_by_side(rounds: int, write_mib: int, chunk_mib: int, util: int,
-                       start_mib: int) -> dict[str, Any]:
-    """Alternating rounds: the floor, then autoextend over QMP, on the same guest job."""
+                       start_mib: int, *, before: bool = True) -> dict[str, Any]:
+    """Alternating rounds on the same guest job: the floor, then autoextend over QMP on the
+    old path (``before``: ``fast_resume`` off, a migration probe before every extension and
+    a full look after it), then on the current path."""
     base = Path(tempfile.mkdtemp(prefix="ae-bench-floor-", dir="/var/tmp"))
-    tally = Tally()
+    switch = Switch()
+    variants = {"autoextend": Variant(True)}
+    if before:
+        variants = {"autoextend_before": Variant(False), **variants}
     floor_phases: list[dict[str, float]] = []
     floor_pauses: list[float] = []
     floor_pause_count = 0
-    ae_qemu_pauses: list[float] = []
     try:
         settings = host_settings(base, chunk_mib=chunk_mib, utilization_percent=util)
-        async with lab_host(settings, workdir=base, observer=tally) as host:
+        async with lab_host(settings, workdir=base, observer=switch) as host:
+            hv = host.service.hypervisor
+            assert isinstance(hv, QmpHypervisor)
+            for v in variants.values():
+                v.counts.attach(hv, host.service.monitor)
             job = await anyio.to_thread.run_sync(with_expected_md5, GuestJob(mib=write_mib))
             for r in range(rounds):
                 floor, fp = await floor_round(base, host.image, job, chunk_mib, util,
@@ -163,26 +215,34 @@ async def side_by_side(rounds: int, write_mib: int, chunk_mib: int, util: int,
                 floor_phases += floor.phases
                 floor_pauses += fp.latencies
                 floor_pause_count += floor.pauses
-                ap = await autoextend_round(host, job, start_mib, f"vm{r}", tally)
-                ae_qemu_pauses += ap.latencies
+                for key, v in variants.items():
+                    host.service.monitor.ctx.fast_resume = v.fast_resume
+                    switch.to = (v.tally, v.counts)
+                    ap = await autoextend_round(host, job, start_mib, f"{key}{r}")
+                    v.qemu_pauses += ap.latencies
+                switch.to = ()
     finally:
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(base, ignore_errors=True))
-    ae = phase_table(tally.phases)
     fl = phase_table(floor_phases)
-    return {
+    out: dict[str, Any] = {
         "rounds": rounds, "write_mib": write_mib, "chunk_mib": chunk_mib,
         "utilization_percent": util, "start_mib": start_mib,
-        "autoextend": {"extends": tally.extends, "pauses": tally.enospc_pauses,
-                       "phases_ms": ae,
-                       "pause_resume_service_ms": ms(tally.resume_latencies),
-                       "pause_resume_qemu_ms": ms(ae_qemu_pauses)},
         "floor": {"extends": len(floor_phases), "pauses": floor_pause_count, "phases_ms": fl,
                   "pause_resume_qemu_ms": ms(floor_pauses)},
-        "ratio": {
+    }
+    for key, v in variants.items():
+        out[key] = v.figures()
+        ae = out[key]["phases_ms"]
+        suffix = key.removeprefix("autoextend")
+        out["ratio" + suffix] = {
             q: round(ae["total"][q] / fl["total"][q], 2) if fl.get("total", {}).get(q) else None
             for q in ("p50", "p99")
-        } if "total" in ae else {},
-    }
+        } if "total" in ae else {}
+        qemu, floor_qemu = out[key]["pause_resume_qemu_ms"], out["floor"]["pause_resume_qemu_ms"]
+        out["pause_ratio" + suffix] = {
+            q: round(qemu[q] / floor_qemu[q], 2) if floor_qemu.get(q) else None
+            for q in ("p50", "p99")}
+    return out
 
 
 async def libvirt_runs(rounds: int, write_mib: int, chunk_mib: int, util: int,
@@ -244,11 +304,11 @@ async def run_part(part: str, quick: bool, smoke: bool = False) -> dict[str, Any
     logs.configure("warning", "json")
     if smoke:  # one short guest per side: does every path still run (figures meaningless)
         if part == "floor":
-            return await side_by_side(1, 48, 16, 50, 16)
+            return await side_by_side(1, 48, 16, 50, 16, before=False)
         if part == "libvirt":
             return await libvirt_runs(1, 48, 16, 50, 16)
         if part == "pauses":
-            return {"qmp": await side_by_side(1, 24, 4, 90, 8),
+            return {"qmp": await side_by_side(1, 24, 4, 90, 8, before=False),
                     "libvirt": await libvirt_runs(1, 24, 4, 90, 8)}
         if part == "extender":
             return await extender_throughput(5, 1)

@@ -9,7 +9,15 @@ extend adds a segment, so the metadata grows as the run goes on. Each runner is 
 with lvm2's AIO off (the default here: its per-command io_destroy costs ~35 ms) and on.
 Also times read-only ``lvs`` of one LV (a host's size query).
 
-    python -m bench.lvm_bench [--lvs 500] [--extends 500]
+Then VGs in parallel, as on the SPM (``parallel_vgs``): extends through the SPM's executor
+and the default runner (a persistent ``lvm`` shell per VG), first into one VG, then into 4
+VGs at once, in the same run; ``--parallel-runs`` runs (default 3, min/median/max and the load
+average of each). Five VGs of one loop PV each, so that every VG takes the same number of
+extends (the metadata grows with each) and the 1-VG case is not favoured. Goal: 4 VGs give at
+least 3x the extends/s of one (issue 32). On a shared machine the figures are indicative.
+
+    python -m bench.lvm_bench [--lvs 500] [--extends 500] [--parallel-runs 3]
+                              [--parallel-extends 40]
 
 Writes bench/results/lvm.json and prints it. Baseline: vdsm's lvextend, about 0.2 s per call
 on its SPM, one at a time (about 5 extends/s).
@@ -31,12 +39,16 @@ from typing import Any
 import anyio
 
 from autoextend import logs
+from autoextend.clock import ManualClock
 from autoextend.lvm import loopdev
+from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.lvmconf import LvmCommandConfig
 from autoextend.lvm.reader import LvmReader
 from autoextend.lvm.runner import LvmRunner, ProcessRunner
-from autoextend.lvm.shell import LvmShellRunner
+from autoextend.lvm.shell import LvmShellRunner, PerVgShellRunner
 from autoextend.lvm.writer import LvmWriter
+from autoextend.spm.execute import Executor
+from autoextend.spm.wire import Request, Status
 from autoextend.volumes import LocalAuthority, VolumeRef
 from bench import results_file
 
@@ -93,7 +105,108 @@ async def _reads(reader: LvmReader, refs: list[VolumeRef]) -> dict[str, float]:
     return _stats(latencies, time.perf_counter() - started)
 
 
-async def run(lv_count: int, extend_count: int) -> dict[str, Any]:
+def _loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"min": round(min(values), 2), "median": round(statistics.median(values), 2),
+            "max": round(max(values), 2)}
+
+
+PARALLEL_VGS = 4
+PARALLEL_LVS = 8  # LVs per VG, extended in turn
+
+
+async def _timed_extends(executor: Executor, vgs: list[str], sizes: dict[VolumeRef, int],
+                         per_vg: int) -> float:
+    """``per_vg`` extends (one extent each) into each of ``vgs``, all VGs at once, each VG's
+    LVs asking together (one request per LV at a time, so each one really grows it; the
+    executor runs one per VG at a time); extends/s."""
+    request_ids = iter(range(1, 1 << 30))
+    left = dict.fromkeys(vgs, per_vg)
+
+    async def lv_worker(ref: VolumeRef) -> None:
+        while left[ref.vg] > 0:
+            left[ref.vg] -= 1
+            sizes[ref] += EXTENT
+            verdict = await executor.execute(
+                1, 1, Request(next(request_ids), ref.vg, ref.lv, sizes[ref]))
+            assert verdict is not None and verdict.status == Status.OK, verdict
+            assert verdict.size == sizes[ref], (verdict, sizes[ref])
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for vg in vgs:
+            for index in range(PARALLEL_LVS):
+                tg.start_soon(lv_worker, VolumeRef(vg, f"lv{index}"))
+    return len(vgs) * per_vg / (time.perf_counter() - started)
+
+
+async def parallel_vgs(runs: int, per_vg: int) -> dict[str, Any]:
+    """1 VG against 4 VGs at once, through the SPM's executor and the default runner."""
+    workdir = tempfile.mkdtemp(prefix="autoextend-lvmbench-par-", dir="/var/tmp")
+    devices: list[str] = []
+    runner = PerVgShellRunner(timeout_s=120)
+    try:
+        extents = PARALLEL_LVS + runs * per_vg * 2 + 64
+        for index in range(PARALLEL_VGS + 1):
+            path = os.path.join(workdir, f"pv{index}.img")
+            await anyio.to_thread.run_sync(_sparse_file, path, extents * EXTENT + 64 * MiB)
+            devices.append(await loopdev.attach(path))
+        config = LvmCommandConfig(tuple(devices))
+        writer = LvmWriter(runner, config, LocalAuthority())
+        vgs = [f"aebenchp{os.getpid()}v{index}" for index in range(PARALLEL_VGS + 1)]
+        sizes: dict[VolumeRef, int] = {}
+        for vg, device in zip(vgs, devices, strict=True):
+            await writer.pvcreate([device])
+            await writer.vgcreate(vg, [device], extent_size=EXTENT)
+            for index in range(PARALLEL_LVS):
+                ref = VolumeRef(vg, f"lv{index}")
+                await writer.create_lv(ref, EXTENT)
+                sizes[ref] = EXTENT
+        backend = LvmVolumeBackend(runner, LvmReader(runner, config), writer, tuple(vgs))
+        executor = Executor(backend, LocalAuthority(), ManualClock(), hot_window_s=0.0,
+                            max_concurrent=10)
+        solo, group = vgs[:1], vgs[1:]
+        rows = []
+        for number in range(runs):
+            load = _loadavg()
+            if number % 2:  # alternate which goes first, against a drifting machine
+                four = await _timed_extends(executor, group, sizes, per_vg)
+                one = await _timed_extends(executor, solo, sizes, per_vg)
+            else:
+                one = await _timed_extends(executor, solo, sizes, per_vg)
+                four = await _timed_extends(executor, group, sizes, per_vg)
+            rows.append({"run": number + 1, "loadavg_1m": load[0],
+                         "one_vg_per_s": round(one, 1), "four_vgs_per_s": round(four, 1),
+                         "ratio": round(four / one, 2)})
+        for vg in vgs:
+            await writer.vgremove(vg)
+        return {
+            "setup": {"vgs": PARALLEL_VGS, "pvs_per_vg": 1, "lvs_per_vg": PARALLEL_LVS,
+                      "activation": False, "extends_per_vg_per_run": per_vg,
+                      "runner": "shell (a persistent lvm shell per VG)",
+                      "path": "spm.execute.Executor (limiter 10, per-VG lock) -> LvmWriter"},
+            "runs": rows,
+            "one_vg_per_s": _spread([row["one_vg_per_s"] for row in rows]),
+            "four_vgs_per_s": _spread([row["four_vgs_per_s"] for row in rows]),
+            "ratio_four_to_one": _spread([row["ratio"] for row in rows]),
+            "goal_ratio": 3.0,
+            "notes": "each run: one VG, and 4 other VGs at once (same extends per VG; which "
+            "goes first alternates); "
+            "indicative on a shared machine (loadavg_1m per run). At most one lvm2 command "
+            "per VG is in flight: tests/lvm/test_parallel_vgs.py asserts it",
+        }
+    finally:
+        await runner.aclose()
+        for device in devices:
+            await loopdev.detach(device)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def run(lv_count: int, extend_count: int, parallel_runs: int = 3,
+              parallel_extends: int = 40) -> dict[str, Any]:
     workdir = tempfile.mkdtemp(prefix="autoextend-lvmbench-", dir="/var/tmp")
     device = ""
     shell = LvmShellRunner(timeout_s=120)
@@ -150,6 +263,7 @@ async def run(lv_count: int, extend_count: int) -> dict[str, Any]:
                 results["extend_shell"]["per_second"]
                 / results["extend_process"]["per_second"], 2
             ),
+            "parallel_vgs": await parallel_vgs(parallel_runs, parallel_extends),
             "baseline": {"vdsm_lvextend_s": 0.2, "vdsm_extends_per_second": 5.0},
             "notes": "extend = one lvextend --driverloaded n (extent size cached); "
             "process/shell run lvm2 with use_aio=0 from a private lvm.conf, the *_aio rows with "
@@ -166,13 +280,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lvs", type=int, default=500)
     parser.add_argument("--extends", type=int, default=500)
+    parser.add_argument("--parallel-runs", type=int, default=3,
+                        help="runs of the 1 VG against 4 VGs comparison")
+    parser.add_argument("--parallel-extends", type=int, default=40,
+                        help="extends per VG in each of those runs")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
+    for name in ("lvs", "extends", "parallel_runs", "parallel_extends"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     logs.configure("warning", "json")  # logs to stderr; stdout is the JSON result
-    start = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    result = anyio.run(run, args.lvs, min(args.extends, args.lvs))
+    start = _loadavg()
+    result = anyio.run(run, args.lvs, min(args.extends, args.lvs), args.parallel_runs,
+                       args.parallel_extends)
     result["loadavg_start"] = start
-    result["loadavg_end"] = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    result["loadavg_end"] = _loadavg()
     text = json.dumps(result, indent=2)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text + "\n")

@@ -36,7 +36,8 @@ SMOKE_ARGS: dict[str, list[str]] = {
     "bench.idle_bench": ["--vms", "2", "--drives", "2", "--window", "1", "--warmup", "0"],
     "bench.mailbox_bench": ["--quick", "--runs", "1", "--no-save"],
     "bench.pool_bench": ["--quick"],
-    "bench.lvm_bench": ["--lvs", "4", "--extends", "4"],
+    "bench.lvm_bench": ["--lvs", "4", "--extends", "4", "--parallel-runs", "1",
+                        "--parallel-extends", "4"],
     "bench.lease_bench": ["--quick"],
 }
 

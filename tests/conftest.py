@@ -7,7 +7,11 @@ Hypothesis profile: no per-example deadline and no "input generation is slow" he
 The property tests check what the code computes, not how fast; on a loaded machine (make
 test runs them beside the simulation and the lease torture, and CI may run a CPU hog
 beside it) generating 1 input took 1.5 s once, and that failed a correct test. Per-test
-``@settings(...)`` inherit these and change only what they name."""
+``@settings(...)`` inherit these and change only what they name.
+
+Profile "unit" (``make unit`` passes ``--hypothesis-profile=unit``): the same, with fewer
+examples; an explicit count is written ``max_examples=examples(N)`` (tests/hypo.py) so it
+shrinks with the profile. ``make test`` runs the full counts."""
 
 from __future__ import annotations
 
@@ -17,8 +21,13 @@ import pytest
 import structlog
 from hypothesis import HealthCheck, settings
 
+from tests.hypo import UNIT_EXAMPLES
+
 settings.register_profile("autoextend", deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
+# make unit: fewer generated inputs per property (tests/hypo.py scales explicit counts).
+settings.register_profile("unit", parent=settings.get_profile("autoextend"),
+                          max_examples=UNIT_EXAMPLES)
 settings.load_profile("autoextend")
 
 pytest_plugins = [

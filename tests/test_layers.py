@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import importlib
 import inspect
 import re
@@ -60,6 +61,13 @@ LAB_FRONT_ENDS = {"autoextend/cli/lab.py": "autoextend.lab", "autoextend/cli/ser
                   "autoextend.lab"}
 
 
+@functools.cache
+def parse(source: str, filename: str = "<unknown>") -> ast.Module:
+    """``ast.parse``, once per text and name: the rules below walk the same product files
+    many times, and only read the trees they get."""
+    return ast.parse(source, filename)
+
+
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
@@ -78,7 +86,7 @@ def imports_in(source: str, module: str, is_package: bool = False) -> set[str]:
     if not is_package:
         package.pop()
     out: set[str] = set()
-    for node in ast.walk(ast.parse(source, module)):
+    for node in ast.walk(parse(source, module)):
         if isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -193,7 +201,7 @@ def test_every_sleep_in_the_tests_says_why() -> None:
 
 def production_bases(path: Path) -> list[tuple[str, str]]:
     """(class, base) for each class in ``path`` whose base is imported from ``autoextend``."""
-    tree = ast.parse(path.read_text())
+    tree = parse(path.read_text())
     imported: dict[str, str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -236,7 +244,7 @@ def long_functions(sources: dict[str, str], limit: int) -> list[str]:
     ``limit`` lines, from its ``def`` line to its last line."""
     found = []
     for rel, text in sources.items():
-        for node in ast.walk(ast.parse(text)):
+        for node in ast.walk(parse(text)):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 assert node.end_lineno is not None
                 lines = node.end_lineno - node.lineno + 1
@@ -251,7 +259,7 @@ def class_chains(sources: dict[str, str]) -> dict[str, int]:
     ``sources`` (classes are matched by name)."""
     bases: dict[str, list[str]] = {}
     for text in sources.values():
-        for node in ast.walk(ast.parse(text)):
+        for node in ast.walk(parse(text)):
             if isinstance(node, ast.ClassDef):
                 bases[node.name] = [ast.unparse(b).split("[")[0].rpartition(".")[2]
                                     for b in node.bases]
@@ -319,7 +327,7 @@ def manual_lock_calls(sources: dict[str, str]) -> list[str]:
     (a lock taken by hand instead of with ``async with``)."""
     found = []
     for rel, text in sources.items():
-        for node in ast.walk(ast.parse(text)):
+        for node in ast.walk(parse(text)):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr in ("acquire", "release")):
                 found.append(f"{rel}:{node.lineno} {ast.unparse(node)}")
@@ -499,7 +507,7 @@ def class_switches(sources: dict[str, str], names: frozenset[str]) -> list[str]:
     set per instance, at construction)."""
     found = []
     for rel, text in sources.items():
-        for node in ast.walk(ast.parse(text)):
+        for node in ast.walk(parse(text)):
             if not isinstance(node, ast.ClassDef):
                 continue
             fields = _is_dataclass(node) or any(ast.unparse(b) == "Section" for b in node.bases)
@@ -522,7 +530,7 @@ def checks_turned_off(sources: dict[str, str]) -> list[str]:
     checks value, in ``sources``: only sim/ and tests/ may turn a check off."""
     found = []
     for rel, text in sources.items():
-        for node in ast.walk(ast.parse(text)):
+        for node in ast.walk(parse(text)):
             if not isinstance(node, ast.Call):
                 continue
             func = ast.unparse(node.func)
@@ -578,7 +586,7 @@ def product_class_patches(sources: dict[str, str]) -> list[str]:
     assignment to or deletion of an attribute of one."""
     found = []
     for rel, text in sources.items():
-        tree = ast.parse(text)
+        tree = parse(text)
         imported = _imported_names(tree)
         for node in ast.walk(tree):
             targets: list[ast.expr] = []
@@ -656,7 +664,7 @@ def capability_probes(sources: dict[str, str]) -> list[str]:
     """``path:line isinstance(...)`` for every ``isinstance(x, P)`` in ``sources`` where
     ``P`` (or one member of a tuple) is a ``@runtime_checkable`` class defined in
     ``sources`` (an optional capability, asked at run time)."""
-    trees = {rel: ast.parse(text) for rel, text in sources.items()}
+    trees = {rel: parse(text) for rel, text in sources.items()}
     protocols = {node.name for tree in trees.values() for node in ast.walk(tree)
                  if isinstance(node, ast.ClassDef) and any(
                      ast.unparse(d).rpartition(".")[2] == "runtime_checkable"
@@ -733,7 +741,7 @@ def any_seams(sources: dict[str, str]) -> list[str]:
     refused outright, since the check matches the name."""
     found = []
     for rel, text in sources.items():
-        tree = ast.parse(text)
+        tree = parse(text)
         for node in ast.walk(tree):
             where = f"{rel}:{getattr(node, 'lineno', 0)}"
             if isinstance(node, ast.ImportFrom) and node.module == "typing":

@@ -137,7 +137,8 @@ def render(a: Admission, rec: CommittedRecord, age: float) -> str:
 
 @click.group("pool")
 def pool() -> None:
-    """The pool as a whole, from the metadata area (any host, no SPM needed)."""
+    """The pool as a whole: admission (from the metadata area, any host, no SPM
+    needed) and growth (through the pool's one writer)."""
 
 
 @pool.command("admit", epilog="""\b
@@ -192,3 +193,37 @@ def pool_admit(obj: CliContext, new: int, vg: str | None, max_ratio: float | Non
         click.echo(render(answer, rec, age))
     if not answer.admit:
         raise click.exceptions.Exit(1)
+
+
+def _render_grown(r: dict[str, Any]) -> str:
+    lines = []
+    for v in r["vgs"]:
+        added = f", added {_b(v['size'])}" if v["size"] else ""
+        lines.append(f"VG {v['vg']}: {v['text']}{added}")
+    return "\n".join(lines)
+
+
+@pool.command("grow", epilog="""\b
+Examples:
+  autoextend pool grow             # every VG of [lvm] vgs
+  autoextend pool grow --vg gold
+""")
+@click.option("--vg", "vgs", multiple=True, help="Only this VG (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def pool_grow(obj: CliContext, vgs: tuple[str, ...], as_json: bool) -> None:
+    """Use a grown LUN: pvresize the PVs whose device grew (through the pool's one writer).
+
+    Rescan the LUN on every host first (the SPM checks only its own view of the device).
+    Mailbox mode: the SPM runs it (from any host); local mode: this host's writer. A PV
+    that did not grow is left alone, so running it twice changes nothing. Drives paused
+    on a full VG resume once the watcher sees the space.
+    """
+    from autoextend import control
+    from autoextend.cli.context import echo_reply
+
+    settings = obj.load_settings()
+    path = settings.service.control_socket
+    result = anyio.run(lambda: control.call_dict(path, "pool_grow", wait_s=310.0,
+                                                 vgs=list(vgs)))
+    echo_reply(path, result, _render_grown, as_json)

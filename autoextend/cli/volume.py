@@ -71,6 +71,84 @@ def volume_reduce(obj: CliContext, vg_lv: str, dry_run: bool, as_json: bool) -> 
     echo_reply(path, result, _render, as_json)
 
 
+def _render_created(r: dict[str, Any]) -> str:
+    return f"{r['volume']}: {r['text']}, {_mib(r['size'])}"
+
+
+def _render_removed(r: dict[str, Any]) -> str:
+    return f"{r['volume']}: {r['text']}"
+
+
+def _size_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    from autoextend.cli.pool import parse_size
+
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+@volume.command("create")
+@click.argument("vg_lv", metavar="VG/LV", callback=_volume_arg)
+@click.option("--capacity", required=True, callback=_size_option, metavar="SIZE",
+              help="The disk's virtual size (the guest's disk size): bytes, or with "
+                   "K/M/G/T (binary).")
+@click.option("--size", callback=_size_option, metavar="SIZE", default=None,
+              help="Initial allocation; the LV gets it plus 10 % for qcow2 metadata "
+                   "(default: one chunk, at most the capacity plus 10 %).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def volume_create(obj: CliContext, vg_lv: str, capacity: int, size: int | None,
+                  as_json: bool) -> None:
+    """Create VG/LV for a thin qcow2 disk, through the pool's one writer.
+
+    Mailbox mode: the SPM creates it (from any host); local mode: this host's writer.
+    The LV is tagged with its capacity (autoextend.vsize=), its owner and the request, and
+    left inactive. Asking again after a lost answer finds it done. Refused (exit 1, one
+    line) when another volume has that name.
+
+    \b
+    Example:
+      autoextend volume create pool/vm1-disk --capacity 20G --size 1G
+    """
+    from autoextend import control
+
+    if size is not None and size > capacity:
+        raise click.BadParameter(f"{size} B is more than the capacity ({capacity} B)",
+                                 param_hint="--size")
+    settings = obj.load_settings()
+    path = settings.service.control_socket
+    result = anyio.run(lambda: control.call_dict(path, "volume_create", wait_s=310.0,
+                                                 volume=vg_lv, capacity=capacity, size=size))
+    echo_reply(path, result, _render_created, as_json)
+
+
+@volume.command("remove")
+@click.argument("vg_lv", metavar="VG/LV", callback=_volume_arg)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def volume_remove(obj: CliContext, vg_lv: str, as_json: bool) -> None:
+    """Remove VG/LV through the pool's one writer.
+
+    Refused (exit 1, one line naming where) while a VM or a process on this host has it
+    open, or (mailbox mode) while any live host lists it in its in-use record, or a host's
+    record cannot say. A volume that is not there is reported, not an error.
+
+    \b
+    Example:
+      autoextend volume remove pool/vm1-disk
+    """
+    from autoextend import control
+
+    settings = obj.load_settings()
+    path = settings.service.control_socket
+    result = anyio.run(lambda: control.call_dict(path, "volume_remove", wait_s=310.0,
+                                                 volume=vg_lv))
+    echo_reply(path, result, _render_removed, as_json)
+
+
 PREPARE_TIMEOUT_S = 60.0  # the hook's bound: a VM start never waits longer on autoextend
 
 

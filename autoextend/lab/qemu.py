@@ -111,6 +111,8 @@ def qemu_command(spec: VmSpec, qmp_socket: str, serial_log: str) -> list[str]:
         "-accel", "tcg",
         "-nodefaults", "-no-user-config", "-display", "none",
         "-qmp", f"unix:{_safe(qmp_socket, 'qmp socket')},server=on,wait=off",
+        # MIGRATION events from the start, as libvirt turns them on when it starts QEMU.
+        "-global", "migration.x-events=on",
     ]
     if spec.machine != "none":
         command += [

@@ -52,7 +52,7 @@ from autoextend.libvirt_backend.errors import (
     VmNotFound,
 )
 from autoextend.libvirt_backend.eventloop import ensure_event_impl
-from autoextend.libvirt_backend.migration import migration_of
+from autoextend.libvirt_backend.migration import migration_of, outgoing
 from autoextend.libvirt_backend.stats import DrivesFound, StatsError, drives_from_stats
 from autoextend.libvirt_backend.tracker import DomainTracker
 from autoextend.logs import get_logger
@@ -108,6 +108,9 @@ class LibvirtHypervisor:
         self._watch_merges = watch_merges
         self._watch_backups = watch_backups
         self._intents = merges.MergeIntents()  # what prepare-merge was told, per disk
+        # Domain handles by name, each with the connection it came from: a call on a known
+        # domain is then one RPC, not a lookupByName first (``_on_domain``).
+        self._domains: dict[str, tuple[libvirt.virConnect, libvirt.virDomain]] = {}
 
     # ------------------------------------------------------------------ extras
 
@@ -316,21 +319,46 @@ class LibvirtHypervisor:
         return pair, targets[0]
 
     async def set_threshold(self, vm: str, drive: DriveInfo, threshold: int) -> None:
-        """Arm ``drive.node`` (``vda[N]``); libvirt clears it when the event fires.
+        """Arm ``drive.node`` (``vda[N]``); libvirt clears it when the event fires. One RPC
+        on a domain seen before (``_on_domain``).
 
         Raises:
             LibvirtCallFailed: at once while the domain migrates out (``outgoing.py``):
                 libvirt runs no threshold change (a MODIFY job) until the migration ends,
                 and the call would only wait for its end.
         """
-        conn = self._require(vm, "setBlockThreshold")
+        self._require(vm, "setBlockThreshold")
         if self._tracker.outgoing.get(vm) is not None:
             raise LibvirtCallFailed(vm, "setBlockThreshold", libvirt.VIR_ERR_OPERATION_INVALID,
                                     "the domain migrates out: no threshold change until the "
                                     "migration ends")
-        await self._unless_outgoing(vm, "setBlockThreshold", conn.call(
-            vm, "setBlockThreshold",
-            lambda c: c.lookupByName(vm).setBlockThreshold(drive.node, threshold)))
+        await self._unless_outgoing(vm, "setBlockThreshold", self._on_domain(
+            vm, "setBlockThreshold", lambda dom: dom.setBlockThreshold(drive.node, threshold)))
+
+    async def _on_domain(self, vm: str, call: str, fn: Callable[[libvirt.virDomain], T]) -> T:
+        """``fn(domain)`` in a worker thread, on the domain's cached handle.
+
+        libvirtd finds the domain of a handle by its UUID, so a cached handle never reaches
+        another domain: one whose domain was undefined and defined again under the same
+        name fails with "no domain", and is then looked up once more by name.
+        """
+        conn = self._require(vm, call)
+        cache = self._domains
+
+        def run(c: libvirt.virConnect) -> T:
+            cached = cache.get(vm)
+            if cached is not None and cached[0] is c:
+                try:
+                    return fn(cached[1])
+                except libvirt.libvirtError as err:
+                    if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
+                    cache.pop(vm, None)
+            dom = c.lookupByName(vm)
+            cache[vm] = (c, dom)
+            return fn(dom)
+
+        return await conn.call(vm, call, run)
 
     async def run_state(self, vm: str) -> RunState:
         """Running, or paused and why (``diskErrors()`` tells ENOSPC from other I/O errors)."""
@@ -404,6 +432,22 @@ class LibvirtHypervisor:
         job, state, reason = await conn.call(vm, "jobStats", read)
         return migration_of(job, state, reason)
 
+    async def outgoing_migration(self, vm: str) -> bool:
+        """``Hypervisor.outgoing_migration``: True at once for a VM libvirt's migration
+        iteration event marked as migrating out (``outgoing.py``); otherwise one
+        ``jobStats`` RPC (no event marks the phases before the first RAM pass), which also
+        ends with True if the mark comes while it waits behind the migration's job."""
+        if self._tracker.outgoing.get(vm) is not None:
+            return True
+        try:
+            job = await self._unless_outgoing(vm, "jobStats", self._on_domain(
+                vm, "jobStats", lambda dom: dict(dom.jobStats())))
+        except LibvirtCallFailed:
+            if self._tracker.outgoing.get(vm) is not None:
+                return True
+            raise
+        return outgoing(job)
+
     async def error_policies(self, vm: str) -> dict[str, tuple[str, str]]:
         """{drive: (error_policy, rerror_policy)} of each managed-kind drive (writable qcow2
         on a block device), from the live XML; "" where the XML sets none (QEMU's default:
@@ -422,8 +466,7 @@ class LibvirtHypervisor:
         await conn.call(vm, "destroy", lambda c: c.lookupByName(vm).destroy())
 
     async def resume(self, vm: str) -> None:
-        conn = self._require(vm, "resume")
-        await conn.call(vm, "resume", lambda c: c.lookupByName(vm).resume())
+        await self._on_domain(vm, "resume", lambda dom: dom.resume())
 
     async def suspend(self, vm: str) -> None:
         conn = self._require(vm, "suspend")
@@ -558,6 +601,8 @@ class LibvirtHypervisor:
         running = await conn.call("", "listAllDomains", names)
         if conn is self._conn:
             self._tracker.reconcile(running, seq_before, announce_all=announce_all)
+        for vm in set(self._domains) - running:  # handles of domains that went away
+            self._domains.pop(vm, None)
 
     # ------------------------------------------------------------------ follow-ups
 
@@ -598,7 +643,7 @@ class LibvirtHypervisor:
                     tracker.resync.add(vm)
                     continue
                 if not state.running and state.pause_reason is not None:
-                    tracker.emit(VmPaused(vm, state.pause_reason))
+                    tracker.emit(VmPaused(vm, state.pause_reason, state))
 
 
     async def _verify_loop(self) -> None:

@@ -8,8 +8,9 @@ source SUSPENDED/MIGRATED (or POSTCOPY) at the switchover, STOPPED/MIGRATED when
 completed, and RESUMED/MIGRATED when a migration failed after the source paused. None of
 them marks the *start* of an outgoing migration; libvirt's migration iteration event does
 (on the source only, at the start of the first RAM pass): ``outgoing.py`` keeps what it says,
-and the monitor asks before every refresh it makes (``monitor/migrating.py``), which is what
-freezes the source's view.
+and the monitor asks before every refresh it makes (``monitor/migrating.py``,
+``Hypervisor.outgoing_migration``: the mark, else one ``jobStats``), which is what freezes the
+source's view.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ def migration_of(job: Mapping[str, object], state: int, reason: int) -> Migratio
         # not yet taken over (a source always has its job while it migrates out).
         return MigrationInfo(Role.DESTINATION, Phase.PENDING)
     return NOT_MIGRATING
+
+
+def outgoing(job: Mapping[str, object]) -> bool:
+    """Whether the job stats show an outgoing migration that has not ended."""
+    return (job.get("operation") == libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT
+            and job.get("type", libvirt.VIR_DOMAIN_JOB_NONE) in _RUNNING_JOBS)
 
 
 def migration_event(vm: str, event: int, detail: int) -> MigrationChanged | None:

@@ -49,10 +49,11 @@ class LvmSettings(Section):
     command_timeout_s: float = Field(30.0, gt=0.0, le=3600.0)
     # At most this many lvm2 processes at once (vdsm: 10).
     max_concurrent: int = Field(10, ge=1, le=100)
-    # shell: one persistent `lvm` shell session, commands one at a time (1.5x the extends/s
-    # of one process per command on a VG of 500 LVs, see bench/lvm_bench.py; killed and
-    # restarted after a timeout, a bad answer or its death). process: one lvm process per
-    # command, up to max_concurrent at once.
+    # shell: a persistent `lvm` shell session per VG (at most max_concurrent sessions),
+    # each VG's commands one at a time and VGs in parallel (1.5x the extends/s of one
+    # process per command on a VG of 500 LVs, see bench/lvm_bench.py; a session is killed
+    # and restarted after a timeout, a bad answer or its death). process: one lvm process
+    # per command, up to max_concurrent at once.
     runner: Literal["process", "shell"] = "shell"
     # auto: activate/refresh only where device-mapper exists (/dev/mapper/control).
     activation: Literal["auto", "on", "off"] = "auto"

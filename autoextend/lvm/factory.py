@@ -19,7 +19,7 @@ from autoextend.lvm.lvmconf import LvmCommandConfig, resolve_activation
 from autoextend.lvm.reader import LvmReader
 from autoextend.lvm.reserve import FreeSpaceBackend, with_reserves
 from autoextend.lvm.runner import LvmRunner, ProcessRunner
-from autoextend.lvm.shell import LvmShellRunner
+from autoextend.lvm.shell import PerVgShellRunner
 from autoextend.lvm.writer import LvmWriter, WriterTally
 from autoextend.volumes import ListsVolumes, SpmAuthority
 
@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
 def make_runner(lvm: LvmSettings) -> LvmRunner:
     if lvm.runner == "shell":
-        return LvmShellRunner(lvm.lvm_binary, lvm.command_timeout_s, use_aio=lvm.use_aio)
+        # A session per VG (at most max_concurrent): VGs extend in parallel (shell.py).
+        return PerVgShellRunner(lvm.lvm_binary, lvm.command_timeout_s, use_aio=lvm.use_aio,
+                                max_sessions=max(2, lvm.max_concurrent))
     return ProcessRunner(
         lvm.lvm_binary, lvm.command_timeout_s, lvm.max_concurrent, use_aio=lvm.use_aio
     )

@@ -19,7 +19,7 @@ from autoextend.lvm.errors import (
     ReportFormatError,
 )
 from autoextend.lvm.lvmconf import LvmCommandConfig, render_config
-from autoextend.lvm.runner import CommandResult, LvmRunner
+from autoextend.lvm.runner import CommandResult, LvmRunner, runner_for
 from autoextend.names import check_name
 from autoextend.volumes import VolumeRef
 
@@ -99,34 +99,39 @@ class LvmReader:
         self._reports = LvmReports(config, readonly=True)
         self.config = config
 
+    async def _run(self, args: list[str], vg: str | None) -> CommandResult:
+        """Through ``vg``'s own runner where the runner keeps one per VG (None: no one VG)."""
+        return await runner_for(self._runner, vg).run(args)
+
     async def pvs(self, vg: str | None = None) -> tuple[report.PV, ...]:
         """The pool's PVs (only those of ``vg`` if given)."""
-        result = await self._runner.run(self._reports.pvs_args())
+        result = await self._run(self._reports.pvs_args(), None)
         pvs = parse_or_raise(result, report.parse_pvs)
         return pvs if vg is None else tuple(pv for pv in pvs if pv.vg == vg)
 
     async def vgs(self, *names: str) -> tuple[report.VG, ...]:
-        result = await self._runner.run(self._reports.vgs_args(names))
+        result = await self._run(self._reports.vgs_args(names),
+                                 names[0] if len(names) == 1 else None)
         return parse_or_raise(result, report.parse_vgs)
 
     async def vg(self, name: str) -> report.VG:
         """Raises NoSuchVolumeGroup."""
-        return one_vg(await self._runner.run(self._reports.vgs_args([name])), name)
+        return one_vg(await self._run(self._reports.vgs_args([name]), name), name)
 
     async def lvs(self, vg: str) -> tuple[report.LV, ...]:
-        result = await self._runner.run(self._reports.lvs_args([check_name("VG", vg)]))
+        result = await self._run(self._reports.lvs_args([check_name("VG", vg)]), vg)
         return parse_or_raise(result, report.parse_lvs)
 
     async def segment_counts(self, vg: str) -> report.SegmentCounts:
         """The VG's LVs and their segments (one ``lvs -o seg_count`` report); a VG without
         LVs has none. Raises NoSuchVolumeGroup."""
-        result = await self._runner.run(self._reports.segment_counts_args(vg))
+        result = await self._run(self._reports.segment_counts_args(vg), vg)
         counts = parse_or_raise(result, report.parse_segment_counts)
         return counts.get(vg, report.SegmentCounts(vg, 0, 0, 0))
 
     async def lv(self, volume: VolumeRef) -> report.LV:
         """Raises NoSuchVolumeGroup / NoSuchLogicalVolume."""
-        result = await self._runner.run(self._reports.lvs_args([volume_arg(volume)]))
+        result = await self._run(self._reports.lvs_args([volume_arg(volume)]), volume.vg)
         return one_lv(result, volume)
 
     async def vg_look(self, vg: str) -> tuple[int, dict[str, int]]:
@@ -135,7 +140,7 @@ class LvmReader:
         name = check_name("VG", vg)
         args = report_args("lvs", report.LOOK_FIELDS, render_config(self.config), [name],
                            readonly=True)
-        seqno, sizes = parse_or_raise(await self._runner.run(args),
+        seqno, sizes = parse_or_raise(await self._run(args, vg),
                                       lambda text: report.parse_vg_look(text, vg))
         if seqno is None:
             seqno = (await self.vg(vg)).seqno
@@ -154,7 +159,7 @@ class LvmReader:
             raise DeviceMapperUnavailable(
                 args, "activation is disabled (no device-mapper on this host)", None
             )
-        await self._runner.run(args)
+        await self._run(args, volume.vg)
 
     async def set_active(self, volume: VolumeRef, active: bool) -> None:
         """Activate or deactivate an LV on this host (``lvchange -a``; device-mapper only,
@@ -165,4 +170,4 @@ class LvmReader:
             raise DeviceMapperUnavailable(
                 args, "activation is disabled (no device-mapper on this host)", None
             )
-        await self._runner.run(args)
+        await self._run(args, volume.vg)

@@ -306,3 +306,33 @@ def parse_vg_look(text: str, vg: str) -> tuple[int | None, dict[str, int]]:
     if len(seqnos) > 1:
         raise ReportFormatError(f"VG {vg}: rows disagree on vg_seqno ({sorted(seqnos)})")
     return (seqnos.pop() if seqnos else None), sizes
+
+
+PV_GROWTH_FIELDS = ("pv_name", "dev_size", "pe_start", "pv_pe_count", "vg_extent_size")
+
+
+@dataclass(frozen=True)
+class PvGrowth:
+    """A PV and its device: ``room`` is how many extents the device holds past
+    ``pe_start`` (more than ``extent_count``: the LUN grew and ``pvresize`` would use it)."""
+
+    name: str
+    device_size: int
+    pe_start: int
+    extent_count: int
+    extent_size: int
+
+    @property
+    def room(self) -> int:
+        if self.extent_size <= 0 or self.device_size <= self.pe_start:
+            return 0
+        return (self.device_size - self.pe_start) // self.extent_size
+
+
+def parse_pv_growth(text: str) -> tuple[PvGrowth, ...]:
+    """From ``pvs -o <PV_GROWTH_FIELDS> --reportformat json --units b --nosuffix``."""
+    return tuple(
+        PvGrowth(_name(row, "pv_name"), _int(row, "dev_size"), _int(row, "pe_start"),
+                 _int(row, "pv_pe_count"), _int(row, "vg_extent_size"))
+        for row in _rows(text, "pv", PV_GROWTH_FIELDS)
+    )

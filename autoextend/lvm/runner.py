@@ -7,7 +7,10 @@ and returns a :class:`CommandResult` with the report text. A non-zero exit is so
 running at its timeout is killed with its whole process group and reaped before
 :class:`~autoextend.lvm.errors.LvmTimeoutError` is raised.
 
-The persistent ``lvm`` shell session (``shell.py``) implements the same protocol.
+The persistent ``lvm`` shell session (``shell.py``) implements the same protocol. Every
+runner has ``for_vg``: most return themselves, ``shell.PerVgShellRunner`` the VG's own
+session. The reader and the writer send each command on a VG through :func:`runner_for`,
+so VGs run in parallel.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ class CommandResult:
 
 
 class LvmRunner(Protocol):
-    """Runs lvm2 commands. Implementations: :class:`ProcessRunner`, ``LvmShellRunner``."""
+    """Runs lvm2 commands. Implementations: :class:`ProcessRunner`, ``LvmShellRunner``,
+    ``PerVgShellRunner``."""
 
     async def run(self, args: Sequence[str]) -> CommandResult:
         """Run one command. Raises LvmError subclasses (LvmTimeoutError when killed)."""
@@ -55,6 +59,18 @@ class LvmRunner(Protocol):
     async def aclose(self) -> None:
         """Stop any long-lived process. Safe to call twice."""
         ...
+
+    def for_vg(self, vg: str) -> LvmRunner:
+        """The runner for commands on ``vg``: itself, or the VG's own runner where this one
+        keeps one per VG (``shell.PerVgShellRunner``: VGs then run in parallel, each one
+        command at a time)."""
+        ...
+
+
+def runner_for(runner: LvmRunner, vg: str | None) -> LvmRunner:
+    """The runner for a command on ``vg`` (``runner.for_vg``); ``runner`` itself for a
+    command of no one VG (``vg`` None)."""
+    return runner if vg is None else runner.for_vg(vg)
 
 
 def lvm_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -186,6 +202,9 @@ class ProcessRunner:
                 await process.aclose()
         assert process.returncode is not None
         return process.returncode, bytes(out), bytes(err)
+
+    def for_vg(self, vg: str) -> LvmRunner:
+        return self  # one limiter for all: commands of different VGs already run at once
 
     async def aclose(self) -> None:
         return None  # the shared private LVM_SYSTEM_DIR is removed at process exit

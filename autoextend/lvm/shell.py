@@ -9,9 +9,16 @@ one JSON document whose last ``shell``/``cmd`` status entry carries its return c
 activation, ...) comes with each command's ``--config``, as with :class:`ProcessRunner`.
 (The host's own ``/etc/lvm/lvm.conf`` is therefore not read in shell mode.)
 
-Commands run one at a time. A command that times out, is cancelled, or gets an answer that is
-not a well-formed document kills the session (its whole process group) and reaps it; the next
-command starts a fresh session.
+Commands run one at a time in a session. A command that times out, is cancelled, or gets an
+answer that is not a well-formed document kills the session (its whole process group) and
+reaps it; the next command starts a fresh session.
+
+One session for the whole host would serialize every VG's commands (4 VGs extended at once
+gave 1.15x the extends/s of one VG here, against 3.4x with a session each).
+:class:`PerVgShellRunner` therefore keeps one session per VG (commands of no one VG get one
+of their own): VGs run in parallel, each VG one command at a time. lvm2's own locks are per
+VG too (``V_<vg>`` files under ``/run/lock/lvm``; an lvextend takes no global lock), so
+nothing below serializes the VGs again.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -36,7 +43,13 @@ from autoextend.lvm.errors import (
     LvmTimeoutError,
     classify_failure,
 )
-from autoextend.lvm.runner import MAX_OUTPUT, CommandResult, kill_process_group, lvm_environment
+from autoextend.lvm.runner import (
+    MAX_OUTPUT,
+    CommandResult,
+    LvmRunner,
+    kill_process_group,
+    lvm_environment,
+)
 
 log = logs.get_logger("lvm")
 
@@ -335,8 +348,54 @@ class LvmShellRunner:
             log.debug("lvm shell started", pid=self._session.process.pid)
         return self._session
 
+    def for_vg(self, vg: str) -> LvmRunner:
+        return self  # one session: every VG's commands one at a time (PerVgShellRunner: not)
+
     async def aclose(self) -> None:
         async with self._lock:
             session, self._session = self._session, None
             if session is not None:
                 await session.close()
+
+
+class PerVgShellRunner:
+    """An :class:`LvmShellRunner` per VG (``for_vg``), and one for commands of no one VG
+    (``run``). At most ``max_sessions`` sessions in all, each started at its first command;
+    past that, VGs share the VG sessions in turn (each still one command at a time).
+    ``make_session`` builds one session's runner (tests wrap it to watch the commands)."""
+
+    def __init__(
+        self,
+        lvm_binary: str = "lvm",
+        timeout_s: float = 30.0,
+        env: Mapping[str, str] | None = None,
+        use_aio: bool = False,
+        max_sessions: int = 10,
+        make_session: Callable[[], LvmRunner] | None = None,
+    ) -> None:
+        if max_sessions < 2:
+            raise ValueError(f"max_sessions must be at least 2, got {max_sessions}")
+        self._make: Callable[[], LvmRunner] = make_session or (
+            lambda: LvmShellRunner(lvm_binary, timeout_s, env, use_aio))
+        self._max_sessions = max_sessions
+        self._shared = self._make()  # commands of no one VG
+        self._sessions: list[LvmRunner] = []  # the VG sessions, in the order made
+        self._by_vg: dict[str, LvmRunner] = {}
+
+    def for_vg(self, vg: str) -> LvmRunner:
+        runner = self._by_vg.get(vg)
+        if runner is None:
+            if len(self._sessions) < self._max_sessions - 1:
+                runner = self._make()
+                self._sessions.append(runner)
+            else:  # the cap: share, in turn
+                runner = self._sessions[len(self._by_vg) % len(self._sessions)]
+            self._by_vg[vg] = runner
+        return runner
+
+    async def run(self, args: Sequence[str]) -> CommandResult:
+        return await self._shared.run(args)
+
+    async def aclose(self) -> None:
+        for runner in (self._shared, *self._sessions):
+            await runner.aclose()

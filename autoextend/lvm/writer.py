@@ -27,7 +27,7 @@ import anyio
 from autoextend import logs
 from autoextend.errors import NotSpmError
 from autoextend.lvm import discard, report
-from autoextend.lvm.errors import LvmCommandError, LvmError
+from autoextend.lvm.errors import LvmCommandError, LvmError, NoSuchLogicalVolume
 from autoextend.lvm.foreign import WriteLedger
 from autoextend.lvm.lvmconf import LvmCommandConfig, render_config
 from autoextend.lvm.names import extents_for
@@ -39,7 +39,7 @@ from autoextend.lvm.reader import (
     report_args,
     volume_arg,
 )
-from autoextend.lvm.runner import CommandResult, LvmRunner
+from autoextend.lvm.runner import CommandResult, LvmRunner, runner_for
 from autoextend.lvm.vsize import vsize_tag
 from autoextend.names import check_name
 from autoextend.volumes import ExtendResult, SpmAuthority, VolumeRef
@@ -90,9 +90,11 @@ class LvmWriter:
         self.tally.ledger.writer_started(authority)
         self._no_discard: set[str] = set()  # PV devices that refused BLKDISCARD
 
-    async def _run(self, args: Sequence[str]) -> CommandResult:
+    async def _run(self, args: Sequence[str], vg: str | None) -> CommandResult:
+        """Run one command on ``vg`` (None: no one VG), through that VG's runner where the
+        runner keeps one per VG (``runner.runner_for``: VGs then run in parallel)."""
         self._authority.check()
-        return await self._runner.run(args)
+        return await runner_for(self._runner, vg).run(args)
 
     async def _commit(self, vg: str, args: Sequence[str]) -> CommandResult:
         """Run one metadata command on ``vg`` (its lock held), counted in the ledger from
@@ -100,7 +102,7 @@ class LvmWriter:
         self.tally.ledger.begin(vg)
         committed = False
         try:
-            result = await self._run(args)
+            result = await self._run(args, vg)
             committed = True
             return result
         finally:
@@ -116,12 +118,13 @@ class LvmWriter:
     # Reports (with the VG lock lvm2 takes for a normal read).
 
     async def vg(self, name: str) -> report.VG:
-        vg = one_vg(await self._run(self._reports.vgs_args([name])), name)
+        vg = one_vg(await self._run(self._reports.vgs_args([name]), name), name)
         self._extent_sizes[vg.name] = vg.extent_size
         return vg
 
     async def lv(self, volume: VolumeRef) -> report.LV:
-        return one_lv(await self._run(self._reports.lvs_args([volume_arg(volume)])), volume)
+        return one_lv(await self._run(self._reports.lvs_args([volume_arg(volume)]), volume.vg),
+                      volume)
 
     async def _extent_size(self, vg: str) -> int:
         cached = self._extent_sizes.get(vg)
@@ -204,6 +207,35 @@ class LvmWriter:
             await self._commit(volume.vg, [*args, check_name("VG", volume.vg)])
         return await self.lv(volume)
 
+    async def find_lv(self, volume: VolumeRef) -> report.LV | None:
+        """The LV, or None when its VG has no LV of that name (NoSuchVolumeGroup raised)."""
+        try:
+            return await self.lv(volume)
+        except NoSuchLogicalVolume:
+            return None
+
+    async def pv_growth(self, vg: str) -> tuple[report.PvGrowth, ...]:
+        """The VG's PVs with their devices' sizes (what ``grow_pvs`` would use)."""
+        args = report_args("pvs", report.PV_GROWTH_FIELDS, self._config, [], readonly=False)
+        result = await self._run([*args, "--select", f"vg_name={check_name('VG', vg)}"], vg)
+        return parse_or_raise(result, report.parse_pv_growth)
+
+    async def grow_pvs(self, vg: str) -> list[report.PvGrowth]:
+        """``pvresize`` every PV of ``vg`` whose device now holds more extents than the PV
+        has (a grown LUN); one metadata commit per PV that grew, none when none did (so a
+        second call changes nothing). Returns the PVs resized (as they were before)."""
+        grown: list[report.PvGrowth] = []
+        async with self._vg_lock(vg):
+            for pv in await self.pv_growth(vg):
+                if pv.room <= pv.extent_count:
+                    continue
+                args = ["pvresize", "--config", self._config, "--driverloaded", "n", "--yes"]
+                await self._commit(vg, [*args, pv.name])
+                log.info("pv resized", vg=vg, pv=pv.name, extents=pv.extent_count,
+                         room=pv.room)
+                grown.append(pv)
+        return grown
+
     async def remove_lv(self, volume: VolumeRef) -> None:
         args = ["lvremove", "--config", self._config, *METADATA_ONLY, "--yes"]
         async with self._vg_lock(volume.vg):
@@ -217,7 +249,7 @@ class LvmWriter:
         """The VG's PV segments: which extents of which PV each LV holds, and which are free."""
         args = report_args("pvs", report.PVSEG_FIELDS, self._config, [], readonly=False)
         result = await self._run([*args, "--segments", "--select",
-                                  f"vg_name={check_name('VG', vg)}"])
+                                  f"vg_name={check_name('VG', vg)}"], vg)
         return parse_or_raise(result, report.parse_pvsegs)
 
     async def _segments(self, vg: str) -> tuple[report.PvSegment, ...] | None:
@@ -274,7 +306,7 @@ class LvmWriter:
         args = ["pvcreate", "--config", self._config, "--yes"]
         if metadata_size is not None:
             args += ["--metadatasize", f"{metadata_size}b"]
-        await self._run([*args, *devices])
+        await self._run([*args, *devices], None)
 
     async def vgcreate(
         self, name: str, devices: Sequence[str], extent_size: int | None = None
@@ -282,11 +314,11 @@ class LvmWriter:
         args = ["vgcreate", "--config", self._config, "--autobackup", "n"]
         if extent_size is not None:
             args += ["--physicalextentsize", f"{extent_size}b"]
-        await self._run([*args, check_name("VG", name), *devices])
+        await self._run([*args, check_name("VG", name), *devices], name)
         return await self.vg(name)
 
     async def vgremove(self, name: str) -> None:
         """Remove a VG and all its LVs."""
         args = ["vgremove", "--config", self._config, "--driverloaded", "n", "--yes", "--force"]
-        await self._run([*args, check_name("VG", name)])
+        await self._run([*args, check_name("VG", name)], name)
         self._extent_sizes.pop(name, None)

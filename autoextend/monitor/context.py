@@ -117,6 +117,11 @@ class MonitorContext:
     spm_ok: Callable[[], bool] | None = None
     failover_s: float | None = None
     caps: CapBook = field(default_factory=CapBook)  # the measured caps (monitor/caps.py)
+    #: After an extension this host verified, re-arm and resume from what is known, and
+    #: learn of migrations from events (``Hypervisor.outgoing_migration``). False restores
+    #: the old path for the bench's before/after comparison: a migration probe before every
+    #: extension and a full look (drives, run state) after it. Nothing else sets it.
+    fast_resume: bool = True
 
     @property
     def extend_deadline_s(self) -> float:

@@ -302,5 +302,7 @@ class Extensions:
             # The extension itself succeeded: do not extend again, just arm later.
             d.disarmed()
             bound.warning("re-arming failed; the next poll arms it", error=str(exc))
+        else:  # what the hypervisor holds now (plan.look arms a drive whose info says 0)
+            d.update_info(dataclasses.replace(d.info, threshold=new_threshold))
         await self._throttles.lift(vm, d, info)  # the same step: the room is there now
         return new_threshold

@@ -15,7 +15,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.errors import HypervisorError
-from autoextend.monitor.migration import NOT_MIGRATING, MigrationInfo
+from autoextend.monitor.migration import NOT_MIGRATING, MigrationInfo, Role
 from autoextend.monitor.protocols import (
     DriveInfo,
     DriveIoError,
@@ -310,6 +310,11 @@ class MemoryHypervisor:
     async def migration(self, vm: str) -> MigrationInfo:
         self._vm(vm)
         return self.migrations.get(vm, NOT_MIGRATING)
+
+    async def outgoing_migration(self, vm: str) -> bool:
+        """From the state ``migrate`` set (what a backend's events would have said)."""
+        info = await self.migration(vm)
+        return info.role is Role.SOURCE and info.running
 
     def migrate(self, vm: str, info: MigrationInfo) -> None:
         """Set the VM's migration state, with the event a hypervisor would send."""

@@ -35,12 +35,35 @@ metadata never shrinks, so ``view_D >= V_S`` before the switchover; after it, on
 view matters and D refreshes before it arms. If the migration fails, S's view is refreshed
 before the guest runs on (its pause is only ended by a resume after the refresh).
 
-The one gap: S learns of the migration from QEMU asynchronously. An extension whose
-refresh began just before S learned of it can grow ``V_S`` after D refreshed at
-appearance. D's refreshes while the migration is active (each ``MIGRATION`` event, each
-poll) cover it as soon as one comes after S's refresh, which is before the switchover
-unless the whole migration is shorter than one poll interval. To keep the window small, S
-asks the hypervisor for the migration status right before every refresh it makes.
+**How S learns of the migration.** From events and the looks it makes anyway, and from one
+check right before an extension refreshes S's view (``Hypervisor.outgoing_migration``):
+
+* QMP: QEMU emits ``MIGRATION`` (status ``setup``) inside the ``migrate`` command, before
+  it sends anything to D, on every QMP monitor, when the ``events`` migration capability is
+  on (libvirt turns it on when it starts QEMU; the lab does too). The backend records each
+  ``MIGRATION`` status in its reader, as the message comes off the socket, so the check
+  costs no command while the capability is on and no migration was seen; it asks
+  (``query-status`` + ``query-migrate``) only once an event says a migration runs, or
+  while QEMU sends none (the capability is read at connect and again every few drive-watch
+  passes).
+* libvirt: no event marks the start of an outgoing migration (its lifecycle events come at
+  the switchover), so the check stays a query: one ``jobStats`` on a cached domain handle.
+
+**The one gap, and what covers it.** A refresh on S passes the check only if S had read no
+sign of a migration when it checked: over QMP, QEMU had not yet emitted ``setup`` when it
+sent the last message S read (QMP keeps a monitor's messages in order), which is what the
+old probe before every extension told too (QEMU had not started it when it answered). The
+migration can still start between the check and the refresh (over the mailbox the check is
+made before the SPM's round trip, as the probe was), and then ``V_S`` grows after D's
+refresh at appearance. D's refreshes while the migration is active (each ``MIGRATION``
+event D sends, each poll) cover it as soon as one comes after S's refresh, which is before
+the switchover unless the whole migration is shorter than one poll interval. The window is
+the same size as with the probe: from S's last read of QEMU to its refresh.
+
+S never resumes a guest whose extension deferred its refresh, even before its VM task has
+stepped to migrating-out (``VmMachine.deferred_sizes``, ``resume.py``): its view did not
+grow. After an extension that did refresh, S re-arms and resumes from what it knows
+(``vmtask.after_extension``): a resume changes no view, so it needs no look.
 
 ``step`` is pure and total; :class:`~autoextend.monitor.vmstate.VmMachine` holds the state
 (one owner); ``monitor/migrating.py`` carries out the actions.

@@ -205,8 +205,12 @@ class EnospcPause:
 
 @dataclass(frozen=True)
 class VmPaused:
+    """The VM paused. ``state``: the run state the backend read for this event, when it read
+    one (QMP reads it on ``STOP``): the VM's task takes it in without reading it again."""
+
     vm: str
     reason: PauseReason
+    state: RunState | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -324,6 +328,14 @@ class Hypervisor(Protocol):
     async def migration(self, vm: str) -> MigrationInfo:
         """The VM's migration role and phase now (``monitor/migration.py``); every backend
         can tell (QMP ``query-migrate``, libvirt's job info)."""
+        ...
+
+    async def outgoing_migration(self, vm: str) -> bool:
+        """Whether an outgoing migration of the VM may have started, as cheaply as the
+        backend can tell; asked right before an extension refreshes this host's view
+        (``monitor/migrating.py``). QMP: from the ``MIGRATION`` events already read (no
+        command while QEMU sends them and none says a migration runs; else
+        ``migration()``); libvirt: one ``jobStats``. True when in doubt."""
         ...
 
     def health(self) -> HypervisorHealth:

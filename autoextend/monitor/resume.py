@@ -36,12 +36,16 @@ class ResumeSteps:
             if m.paused and m.last_action != held:
                 m.record(held)
             return
-        if m.paused and not migration.may_resume(m.migration):
-            held = f"left paused: {m.migration.value} (resumed where it runs next)"
+        # An extension deferred its refresh (deferred_sizes): a migration out runs, even
+        # if this task has not stepped the machine yet (its look may wait on the
+        # hypervisor). The view did not grow: never resume here then.
+        if m.paused and (not migration.may_resume(m.migration) or m.deferred_sizes):
+            state = migration.MigState.MIGRATING_OUT if m.deferred_sizes else m.migration
+            held = f"left paused: {state.value} (resumed where it runs next)"
             if m.last_action != held:
                 m.record(held)
                 log.info("vm paused during a migration: not resuming it here", vm=vm.name,
-                         migration=m.migration.value)
+                         migration=state.value)
             return
         if m.state is VmState.PAUSED_ENOSPC:
             if any(d.enospc or d.in_flight for d in vm.drives.values()):

@@ -53,9 +53,18 @@ class ViewSuspect:
     drives: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Extended:
+    """From a drive's extension task to its VM's task: the extension ended (grown and
+    re-armed, deferred, failed or not needed). The VM's task acts on what it knows, with no
+    fresh look: arm, retry, resume (``VmTask.after_extension``)."""
+
+    drive: str
+
+
 RESYNC = ResyncRequest()
 POLL = Poll()
-VmMessage = HypervisorEvent | ResyncRequest | Poll | ViewSuspect
+VmMessage = HypervisorEvent | ResyncRequest | Poll | ViewSuspect | Extended
 
 
 class FixedPolicy:

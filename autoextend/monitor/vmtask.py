@@ -17,6 +17,7 @@ check at the VM's appearance, and the audit's findings).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ from autoextend.monitor.protocols import (
     EnospcPause,
     JobEnded,
     MigrationChanged,
+    PauseReason,
     RunState,
     ThresholdCrossed,
     VmPaused,
@@ -50,6 +52,7 @@ from autoextend.monitor.views import ViewSteps
 from autoextend.monitor.vm import (
     POLL,
     VM_INBOX_SIZE,
+    Extended,
     Poll,
     ResyncRequest,
     ViewSuspect,
@@ -169,7 +172,11 @@ class VmTask:
                 del self._extending[d.name]
             self._ctx.in_flight_changed()
         if self.drives.get(d.name) is d:
-            self.post(POLL)  # the VM's task re-checks: re-arm, resume, retry
+            # Done (grown, deferred, not needed, capped): the VM's task goes on from what
+            # it knows (after_extension). Failed or crashed (a drive replaced under it,
+            # say): a full look. The old path (fast_resume off) always looked.
+            done = d.state is not ThresholdState.EXCEEDED and self._ctx.fast_resume
+            self.post(Extended(d.name) if done else POLL)
 
     # ----------------------------------------------------------------- messages
 
@@ -220,6 +227,14 @@ class VmTask:
                 await self.resync(rearm=False)
             case ThresholdCrossed():
                 await self._crossed(message)
+            case Extended(drive=name):
+                d = self.drives.get(name)
+                if d is not None and d.info.job:
+                    # A job's target: whether its job paused for space is in no event
+                    # the extension saw, so look (jobs are rare and off the resume path).
+                    await self.resync(rearm=False)
+                else:
+                    await self.after_extension()
             case EnospcPause(drive=name) if name in self.drives:
                 self.machine.enospc_events.add(name)
                 if self.drives[name].state is ThresholdState.SET:
@@ -237,6 +252,8 @@ class VmTask:
             case ViewSuspect():
                 await self._steps.views.confirm(self, message)
                 await self.resync(rearm=False)
+            case VmPaused(state=RunState() as state) if self._ctx.fast_resume:
+                await self._paused(state)
             case EnospcPause() | VmPaused() | VmResumed():
                 # Which drives failed, and whether they are ours, comes from a fresh look.
                 await self.resync(rearm=False)
@@ -309,6 +326,46 @@ class VmTask:
             await self._evaluate(d)
             await steps.jobs.step(self, d)
         await steps.resumes.after_check(self)
+
+    async def after_extension(self) -> None:
+        """What follows an extension, from what this task knows, with no fresh look (no
+        drive read, no run-state read): each drive's ``plan.look`` (arm one whose re-arm
+        failed, wait for a retry), a job paused for space, then the pause's step (``cont``
+        an ENOSPC pause whose drives all have room now).
+
+        Why nothing needs reading again: the extender checked the size this host sees (its
+        contract), and the extension task re-armed on it; the pause state is the machine's,
+        which every STOP and RESUME keeps current (each is a look of its own, handled in
+        order in this inbox, so a pause or resume seen before this message is already in
+        the machine); a migration is known from events, and the extension itself did not
+        refresh a view while one may run (``migrating.MigrationSteps.may_refresh``). A
+        ``cont`` that crosses a resume by someone else is harmless: QEMU ignores it.
+        """
+        for d in list(self.drives.values()):
+            await self._evaluate(d)
+            await self._steps.jobs.step(self, d)
+        await self._steps.resumes.after_check(self)
+
+    async def _paused(self, state: RunState) -> None:
+        """A pause with the run state the backend read for it: the resync's steps on that
+        state, without reading the drives or the run state again (both are on the resume's
+        critical path). Anything a plain pause does not cover takes the full resync: a VM
+        not yet looked at, a migration known or in doubt, a pause for a migration."""
+        m = self.machine
+        if (not m.views_checked or not self.drives or m.migration_stale
+                or m.migration is not migration.MigState.NONE
+                or state.pause_reason is PauseReason.MIGRATION or state.running):
+            await self.resync(rearm=False)
+            return
+        observe(self._ctx, self, state)
+        if self.machine.state in (VmState.PAUSED_ENOSPC, VmState.PAUSED_ENOSPC_UNMANAGED) or any(
+            e.nospace and e.drive in self.drives for e in state.errors
+        ):
+            self._flag_enospc_drives(state)
+        for d in list(self.drives.values()):
+            await self._evaluate(d)
+            await self._steps.jobs.step(self, d)
+        await self._steps.resumes.after_check(self)
 
     def _flag_enospc_drives(self, state: RunState) -> None:
         """A VM paused for ENOSPC: flag the managed drives the hypervisor names, and those
@@ -407,6 +464,7 @@ class VmTask:
                      threshold=threshold)
         else:
             await self._ctx.hypervisor.set_threshold(self.name, d.info, threshold)
+            d.update_info(dataclasses.replace(d.info, threshold=threshold))
         d.armed(threshold)
         log.debug("threshold armed", vm=self.name, drive=d.name, threshold=threshold,
                   physical=d.info.physical)

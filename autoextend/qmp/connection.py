@@ -8,7 +8,8 @@ the connection under a shield so a dead QEMU never leaves a half-open client beh
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterable, Mapping
 
 import anyio
 from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPError, Runstate
@@ -36,8 +37,23 @@ EVENT_NAMES = (
     "MIGRATION",
 )
 
+#: How many commands and events ``QmpConnection.recent`` keeps.
+RECENT_MESSAGES = 256
+
 # How long closing may take before we give up on a clean disconnect.
 _CLOSE_TIMEOUT_S = 5.0
+
+
+def commands_after(trace: Iterable[tuple[str, str]], event: str) -> list[str]:
+    """The commands in ``trace`` (``QmpConnection.recent``) after the last ``event`` read;
+    all of them when it holds no such event."""
+    found: list[str] = []
+    for kind, name in trace:
+        if kind == "event" and name == event:
+            found = []
+        elif kind == "command":
+            found.append(name)
+    return found
 
 
 class QmpConnection:
@@ -63,7 +79,12 @@ class QmpConnection:
         #: Why the connection failed on our side (a message we could not parse, an unexpected
         #: library error), as opposed to QEMU closing it; None while healthy.
         self.failure: str | None = None
-        self.listener = BoundedListener(EVENT_NAMES, event_queue_size)
+        #: Commands sent on this connection so far, and the last few commands and events
+        #: in the order they were sent and read, as ("command" | "event", name): what a
+        #: test or the bench counts per resume.
+        self.executed = 0
+        self.recent: deque[tuple[str, str]] = deque(maxlen=RECENT_MESSAGES)
+        self.listener = BoundedListener(EVENT_NAMES, event_queue_size, trace=self.recent)
         self._client.register_listener(self.listener)
 
     @property
@@ -106,6 +127,8 @@ class QmpConnection:
         """
         if not self.connected:
             raise QmpDisconnected(self.label, command, "not connected")
+        self.executed += 1
+        self.recent.append(("command", command))
         try:
             with anyio.fail_after(self._command_timeout_s):
                 return await self._client.execute(command, arguments)

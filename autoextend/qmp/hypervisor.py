@@ -149,6 +149,11 @@ class QmpHypervisor:
         """The VM's migration role and phase (``query-status`` + ``query-migrate``)."""
         return await self._session(vm, "query-migrate").migration()
 
+    async def outgoing_migration(self, vm: str) -> bool:
+        """``Hypervisor.outgoing_migration``: from the ``MIGRATION`` events read, no command
+        (``VmSession.outgoing_migration``)."""
+        return await self._session(vm, "query-migrate").outgoing_migration()
+
     async def resume(self, vm: str) -> None:
         await self._session(vm, "cont").resume()
 
@@ -184,6 +189,16 @@ class QmpHypervisor:
     def vms(self) -> dict[str, str]:
         """Connected VMs: name -> QMP socket path."""
         return {name: s.conn.path for name, s in self._sessions.items()}
+
+    def commands_sent(self, vm: str) -> tuple[int, tuple[tuple[str, str], ...]]:
+        """How many QMP commands went to the VM on its current connection, and the last few
+        commands and events in order (``QmpConnection.recent``); for tests and the bench.
+
+        Raises:
+            VmNotFound: the VM is not connected.
+        """
+        conn = self._session(vm, "commands").conn
+        return conn.executed, tuple(conn.recent)
 
     def watch_problem(self) -> str | None:
         """Why nothing can be watched right now (for ``status``), or None."""
@@ -300,6 +315,12 @@ class QmpHypervisor:
                 if session.failure is not None:
                     return session.failure
                 vlog.warning("qmp drive query failed", error=str(err))
+            try:
+                await session.read_migration_events()
+            except QmpError as err:
+                if session.failure is not None:
+                    return session.failure
+                vlog.debug("qmp migration capability query failed", error=str(err))
             await events.send(VmAppeared(name))
             announced = True
             vlog.info("vm connected")

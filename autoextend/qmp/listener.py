@@ -17,6 +17,7 @@ consumer turns into a resynchronisation.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Iterable
 
 from qemu.qmp import EventListener, Message, QMPClient
@@ -72,21 +73,36 @@ def new_client(name: str) -> QMPClient:
 class BoundedListener(EventListener):
     """An EventListener holding at most ``maxsize`` pending events and no history."""
 
-    def __init__(self, names: Iterable[str] | None, maxsize: int) -> None:
+    def __init__(self, names: Iterable[str] | None, maxsize: int, *,
+                 trace: deque[tuple[str, str]] | None = None) -> None:
         super().__init__(list(names) if names is not None else None)
+        self._trace = trace  # every event's name is appended as ("event", name)
         self._queue = asyncio.Queue(maxsize=maxsize)
         self.dropped = 0
         self._overflowed = False
         # Set on receipt (not when the queue is pumped, which a lost connection cancels):
         # QEMU's SHUTDOWN of a guest that powered itself off (reduce_on_stop).
         self.guest_shutdown = False
+        # Set on receipt too: the status of the last MIGRATION event read from the socket
+        # (None: none yet). The reader takes messages in the order QEMU sent them, so any
+        # reply read after a migration started comes after its MIGRATION event.
+        self.migration_status: str | None = None
 
     async def put(self, event: Message) -> None:
         """Called by the client's reader: enqueue without ever waiting."""
+        name = event.get("event")
+        if self._trace is not None and isinstance(name, str):
+            self._trace.append(("event", name[:64]))
         if event.get("event") == "SHUTDOWN":  # remembered, never queued
             data = event.get("data")
             self.guest_shutdown = (isinstance(data, dict) and data.get("guest") is True
                                    and data.get("reason") == "guest-shutdown")
+        if event.get("event") == "MIGRATION":
+            data = event.get("data")
+            status = data.get("status") if isinstance(data, dict) else None
+            # Anything but a short string counts as "a migration may run" (the check asks).
+            self.migration_status = status if isinstance(status, str) and len(status) <= 64 \
+                else "unknown"
         if not self.accept(event):
             return
         try:

@@ -14,6 +14,7 @@ in that reply is acted upon.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -23,7 +24,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.clock import Clock
 from autoextend.logs import get_logger
-from autoextend.monitor.migration import MigrationInfo
+from autoextend.monitor.migration import MigrationInfo, Phase, Role
 from autoextend.monitor.protocols import (
     DriveInfo,
     DrivesChanged,
@@ -58,6 +59,11 @@ log = get_logger("qmp")
 DeviceSize = Callable[[str], Awaitable[int | None]]
 T = TypeVar("T")
 
+#: The drive watch re-reads the ``events`` migration capability every this many passes.
+CAPABILITY_EVERY = 6
+#: ``MIGRATION`` statuses after which no migration runs.
+_NOT_RUNNING = frozenset({Phase.NONE, Phase.COMPLETED, Phase.FAILED, Phase.CANCELLED})
+
 
 class VmSession:
     def __init__(self, name: str, conn: QmpConnection, device_size: DeviceSize,
@@ -75,6 +81,9 @@ class VmSession:
         self.malformed_events = 0
         self._policies: dict[str, str] = {}   # device QOM path -> its werror (errpolicy.py)
         self._argv: list[str] | None = None   # QEMU's command line, read once if needed
+        #: QEMU sends ``MIGRATION`` events (the ``events`` migration capability is on), as
+        #: last read; False when unknown (then every outgoing-migration check asks).
+        self.migration_events = False
 
     async def fail(self, command: str, err: BaseException) -> QmpError:
         """End this session because of ``err``; return the error to raise to the caller."""
@@ -169,6 +178,33 @@ class VmSession:
         reply = await self.conn.execute("query-migrate")
         return migration_info(self.name, run_status if isinstance(run_status, str) else "",
                               reply)
+
+    async def read_migration_events(self) -> bool:
+        """Read whether QEMU sends ``MIGRATION`` events (``query-migrate-capabilities``);
+        a QEMU that refuses or answers garbage counts as not sending them."""
+        try:
+            reply = await self.conn.execute("query-migrate-capabilities")
+        except QmpCommandFailed:
+            reply = None
+        self.migration_events = isinstance(reply, list) and any(
+            isinstance(c, dict) and c.get("capability") == "events" and c.get("state") is True
+            for c in reply)
+        return self.migration_events
+
+    async def outgoing_migration(self) -> bool:
+        """Whether an outgoing migration may have started (``Hypervisor.outgoing_migration``).
+
+        No command while QEMU sends ``MIGRATION`` events and the last one read (if any) says
+        no migration runs: QEMU emits ``setup`` inside the ``migrate`` command, before any
+        byte goes to the destination, and the reader takes it off the socket before any
+        reply QEMU sent after it. Otherwise ``query-status`` + ``query-migrate``.
+        """
+        status = self.conn.listener.migration_status
+        if self.migration_events and (status is None or migration_phase(
+                self.name, {"status": status}) in _NOT_RUNNING):
+            return False
+        info = await self.migration()
+        return info.role is Role.SOURCE and info.running
 
     async def set_threshold(self, drive: DriveInfo, threshold: int) -> None:
         if not 0 <= threshold <= MAX_SIZE:
@@ -269,7 +305,7 @@ class VmSession:
             state = await self.run_state()
             if state.running or state.pause_reason is None:
                 return []  # resumed again before we asked; RESUME follows or has come
-            return [VmPaused(self.name, state.pause_reason)]
+            return [VmPaused(self.name, state.pause_reason, state)]
         if name == "RESUME":
             self._saw_nospace = False
             return [VmResumed(self.name)]
@@ -288,6 +324,7 @@ class VmSession:
         QEMU 7.2 has no event for a hot-plugged disk, and DEVICE_DELETED for an unplug.
         """
         previous: frozenset[tuple[str, str]] | None = None
+        passes = 0
         while True:
             current: frozenset[tuple[str, str]] | None
             try:
@@ -301,4 +338,9 @@ class VmSession:
                 self._log.info("drives changed")
                 await send.send(DrivesChanged(self.name))
             previous = current
+            passes += 1
+            if passes % CAPABILITY_EVERY == 0:
+                # A management may turn the events capability on or off at any time.
+                with contextlib.suppress(QmpError):
+                    await self.read_migration_events()
             await clock.sleep(interval_s)

@@ -21,6 +21,10 @@ freed runs in the same critical section) and the reserve guard's (``lvm/reserve.
 free-space check and the extend as one step, for the local extender, whose drives extend
 concurrently: without it two extends could pass one check and eat into the reserve). Neither
 can go without breaking the local mode, so both stay; no other lock serializes a VG.
+Nor is anything global below: the default runner keeps an ``lvm`` shell session per VG
+(``lvm/shell.py``, ``PerVgShellRunner``) and lvm2's own file locks are per VG, so the ops of
+different VGs reach lvm2 at once (``tests/lvm/test_parallel_vgs.py``, ``bench/lvm_bench.py``
+``parallel_vgs``).
 
 Step-down hands queued requests back: :meth:`Executor.hand_back` cancels every request
 still waiting for the limiter or a VG lock (left unanswered in the hosts' boxes for the next
@@ -37,24 +41,48 @@ import anyio
 from autoextend import logs
 from autoextend.clock import Clock
 from autoextend.errors import AutoextendError, NotSpmError
+from autoextend.spm import volumeops
 from autoextend.spm.inuse import Look
 from autoextend.spm.inusegate import InUseGate
 from autoextend.spm.journal import Op
 from autoextend.spm.journalring import JournalWriter
-from autoextend.spm.reducing import REDUCE_CHECKS, ReduceCheck, ReduceDesk, Verdict
-from autoextend.spm.wire import OP_REDUCE, REDUCE_OPS, ReasonCode, Request, Status
+from autoextend.spm.reducing import (
+    REDUCE_CHECKS,
+    ReduceCheck,
+    ReduceDesk,
+    Verdict,
+    fresh_term,
+    hot_volume,
+    in_use_on_a_host,
+    judge,
+)
+from autoextend.spm.wire import (
+    OP_CREATE,
+    OP_GROW_PV,
+    OP_REDUCE,
+    OP_REMOVE,
+    REDUCE_OPS,
+    VOLUME_OPS,
+    ReasonCode,
+    Request,
+    Status,
+)
 from autoextend.volumes import (
     SpmAuthority,
     VolumeBackend,
     VolumeNotFound,
     VolumeRef,
     VolumeSpaceError,
+    innermost,
 )
 
 log = logs.get_logger("spm.server")
 
-# The ops the in-use gate judges (``inusegate.py``): a REMOVE joins them when it exists.
-IN_USE_GATED = (OP_REDUCE,)
+# The ops the in-use gate judges (``inusegate.py``).
+IN_USE_GATED = (OP_REDUCE, OP_REMOVE)
+# What a REMOVE must pass (``reducing.py``'s rules but "already applied": a volume that is
+# gone is answered before them, ``volumeops.remove``).
+REMOVE_CHECKS = (fresh_term, hot_volume, in_use_on_a_host)
 
 
 class Executor:
@@ -124,7 +152,7 @@ class Executor:
         A reduce served again in this term gets the verdict it got before, whatever it was
         (``reducing.py``); an extend is simply run again ("to at least size")."""
         volume = VolumeRef(req.vg, req.lv)
-        reduce = req.op in REDUCE_OPS
+        reduce = req.op in REDUCE_OPS or req.op in VOLUME_OPS
         if reduce:
             given = self._reduces.given(host, generation, req)
             if given is not None:
@@ -132,8 +160,12 @@ class Executor:
         else:
             self._reduces.extend_asked(volume, host)
         try:
-            verdict = await (self._reduces.judge_and_act(host, req, first_look, generation)
-                             if reduce else self._extend(host, generation, req, volume))
+            if req.op in VOLUME_OPS:
+                verdict = await self._volume_op(host, generation, req, volume, first_look)
+            elif reduce:
+                verdict = await self._reduces.judge_and_act(host, req, first_look, generation)
+            else:
+                verdict = await self._extend(host, generation, req, volume)
         except NotSpmError:
             raise
         except VolumeNotFound as err:
@@ -169,3 +201,33 @@ class Executor:
                                                request_id=req.request_id,
                                                generation=generation)
         return Verdict(Status.OK, result.size)
+
+    async def _volume_op(self, host: int, generation: int, req: Request, volume: VolumeRef,
+                         first_look: Look | None) -> Verdict:
+        """CREATE, REMOVE, GROW-PV (``volumeops.py``) through the term's writer."""
+        writer = getattr(innermost(self._backend), "writer", None)
+        if writer is None:
+            return Verdict(Status.REJECTED, reason=ReasonCode.INTERNAL,
+                           text="this SPM's backend cannot create, remove or grow")
+        self._authority.check()
+        if req.op == OP_CREATE:
+            verdict = await volumeops.create(
+                writer, volume, req.size, req.vsize, owner=f"host-{host}",
+                request=volumeops.request_tag(host, generation, req.request_id))
+        elif req.op == OP_REMOVE:
+            verdict = await volumeops.remove(
+                writer, volume, lambda: self._remove_refusal(volume, first_look))
+        else:
+            assert req.op == OP_GROW_PV
+            verdict = await volumeops.grow(writer, req.vg)
+        log.info("volume op", op=req.op, volume=str(volume), host_id=host,
+                 request_id=req.request_id, status=verdict.status.name, size=verdict.size,
+                 text=verdict.text, lver=self._epoch)
+        return verdict
+
+    async def _remove_refusal(self, volume: VolumeRef, first_look: Look | None) -> str | None:
+        """Why ``volume`` must not be removed now: the young-term and hot rules and the
+        in-use gate's second look (the facts a reduce to 0 would have), or None."""
+        facts = await self._reduces.facts(volume, 0, first_look)
+        verdict = judge(facts, REMOVE_CHECKS)
+        return None if verdict is None else verdict.text

@@ -130,10 +130,11 @@ class HostMailbox:
 
     async def request(
         self, volume: VolumeRef, size: int, *, timeout_s: float | None = None,
-        op: int = OP_EXTEND,
+        op: int = OP_EXTEND, vsize: int = 0,
     ) -> Reply:
         """Ask the SPM to extend ``volume`` to at least ``size`` bytes and wait for its reply.
 
+        ``op``: any ``wire`` op; ``vsize``: a create's virtual size (``wire.Request``).
         Returns the reply (OK, FAILED or REJECTED). A name or size that cannot be sent gets a
         REJECTED reply made here (request_id 0) without any I/O.
 
@@ -155,7 +156,8 @@ class HostMailbox:
             return Reply(0, 0, Status.FAILED, 0, ReasonCode.VOLUME_BUSY,
                          "another request for this volume is in flight")
         if pending is None:
-            pending = Pending(volume, size, self._new_id(), self._clock.now(), op=op)
+            pending = Pending(volume, size, self._new_id(), self._clock.now(), op=op,
+                              vsize=vsize)
             self._by_volume[volume] = pending
             self._queue.append(pending)
             self.counters.sent += 1

@@ -10,7 +10,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from autoextend.names import is_valid_name, lv_name_problem
-from autoextend.spm.wire import ReasonCode, Request
+from autoextend.spm.wire import OP_GROW_PV, ReasonCode, Request
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ def check_request(
     """None when the SPM may act on ``req``; otherwise why not."""
     if not is_valid_name(req.vg):
         return Rejection(ReasonCode.BAD_NAME, f"malformed VG name {req.vg[:40]!r}")
-    problem = lv_name_problem(req.lv)
+    problem = None if req.op == OP_GROW_PV and not req.lv else lv_name_problem(req.lv)
     if problem:
         return Rejection(ReasonCode.BAD_NAME, f"LV name {req.lv[:40]!r}: {problem}")
     if req.vg not in pool_vgs:

@@ -17,10 +17,16 @@ Request slot (host -> SPM), 120 bytes::
                             format answers a reduce MALFORMED and never acts on it),
                             2 = reduce check (``volume reduce --dry-run``: the SPM
                             answers what a reduce would get, and never acts; an SPM
-                            that predates it answers MALFORMED "unknown op 2")
+                            that predates it answers MALFORMED "unknown op 2"),
+                            3 = create, 4 = remove, 5 = grow PV (``spm/volumeops.py``;
+                            an SPM that predates them answers MALFORMED "unknown op N"
+                            and never acts)
     8   u64  size           extend: to at least this many bytes; reduce and reduce
-                            check: to this size
-    16  104s name           ASCII "vg/lv", NUL padded
+                            check: to this size; create: the LV's initial size; remove
+                            and grow PV: 1 (unused)
+    16  104s name           ASCII "vg/lv", NUL padded; grow PV: "vg/" (no LV); create:
+                            the name in the first 96 bytes, and at 112 (the field's last
+                            8 bytes) a u64 the volume's virtual size (capacity)
 
 Reply slot (SPM -> host), 120 bytes::
 
@@ -117,6 +123,7 @@ class ReasonCode(enum.IntEnum):
     VOLUME_ERROR = 8
     INTERNAL = 9
     VOLUME_BUSY = 10  # reduce: a host asked to extend the volume within hot_window_s
+    VOLUME_EXISTS = 11  # create: another volume of that name exists (only new ops get it)
 
 
 @dataclass(frozen=True)
@@ -130,8 +137,14 @@ class MalformedSlot:
 OP_EXTEND = 0
 OP_REDUCE = 1
 OP_REDUCE_CHECK = 2
-OPS = (OP_EXTEND, OP_REDUCE, OP_REDUCE_CHECK)
+OP_CREATE = 3
+OP_REMOVE = 4
+OP_GROW_PV = 5
+OPS = (OP_EXTEND, OP_REDUCE, OP_REDUCE_CHECK, OP_CREATE, OP_REMOVE, OP_GROW_PV)
 REDUCE_OPS = (OP_REDUCE, OP_REDUCE_CHECK)
+VOLUME_OPS = (OP_CREATE, OP_REMOVE, OP_GROW_PV)  # one writer for the pool (volumeops.py)
+CREATE_NAME_FIELD = NAME_FIELD - 8  # a create's name; its virtual size takes the rest
+VSIZE = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -141,6 +154,7 @@ class Request:
     lv: str
     size: int
     op: int = OP_EXTEND
+    vsize: int = 0  # create only: the volume's virtual size (its capacity), bytes
 
 
 @dataclass(frozen=True)
@@ -190,6 +204,15 @@ def encode_request(req: Request | None) -> bytes:
         raise ValueError(f"size out of range: {req.size}")
     if req.op not in OPS:
         raise ValueError(f"unknown op: {req.op}")
+    if req.op == OP_CREATE:
+        if len(name) > CREATE_NAME_FIELD:
+            raise ValueError(f"volume name longer than {CREATE_NAME_FIELD} bytes: {name!r}")
+        if not 0 < req.vsize <= MAX_SIZE:
+            raise ValueError(f"virtual size out of range: {req.vsize}")
+        field = name.ljust(CREATE_NAME_FIELD, b"\0") + VSIZE.pack(req.vsize)
+        return REQUEST_SLOT.pack(req.request_id, 0, len(name), req.op, req.size, field)
+    if req.vsize:
+        raise ValueError("only a create carries a virtual size")
     return REQUEST_SLOT.pack(req.request_id, 0, len(name), req.op, req.size, name)
 
 
@@ -201,7 +224,13 @@ def decode_request(raw: bytes) -> Request | MalformedSlot | None:
         return MalformedSlot(request_id, "reserved bytes are not zero")
     if op not in OPS:
         return MalformedSlot(request_id, f"unknown op {op}")
-    if not 0 < name_len <= NAME_FIELD or any(name[name_len:]):
+    vsize = 0
+    if op == OP_CREATE:
+        (vsize,) = VSIZE.unpack(name[CREATE_NAME_FIELD:])
+        name = name[:CREATE_NAME_FIELD]
+        if vsize == 0:
+            return MalformedSlot(request_id, "a create without a virtual size")
+    if not 0 < name_len <= len(name) or any(name[name_len:]):
         return MalformedSlot(request_id, "bad name length or padding")
     try:
         text = name[:name_len].decode("ascii")
@@ -210,7 +239,9 @@ def decode_request(raw: bytes) -> Request | MalformedSlot | None:
     vg, sep, lv = text.partition("/")
     if not sep:
         return MalformedSlot(request_id, "volume name is not vg/lv")
-    return Request(request_id, vg, lv, size, op)
+    if op == OP_GROW_PV and lv:
+        return MalformedSlot(request_id, "a grow PV names a VG only (\"vg/\")")
+    return Request(request_id, vg, lv, size, op, vsize)
 
 
 def encode_reply(reply: Reply | None) -> bytes:

@@ -16,6 +16,7 @@ from autoextend import settings as settings_mod
 from autoextend.errors import ConfigError
 from autoextend.reload import is_live
 from autoextend.settings import Settings
+from tests.hypo import examples
 
 FACTOR = 4.0
 
@@ -58,7 +59,7 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
     return {name: sections[name] for name in order}
 
 
-@settings(max_examples=40)  # each example validates every prefix of its file
+@settings(max_examples=examples(40))  # each example validates every prefix of its file
 @given(configs())
 def test_a_file_cut_at_any_line_never_changes_a_value_unheld(data: dict[str, Any]) -> None:
     """Every prefix of the file that ends at a line (so: at every section boundary too)
@@ -77,7 +78,7 @@ def test_a_file_cut_at_any_line_never_changes_a_value_unheld(data: dict[str, Any
         assert found == reloadguard.held(found), (cut, [c.line() for c in found])
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(configs(), st.data())
 def test_a_file_cut_anywhere_changes_at_most_the_value_it_cuts_and_by_less_than_the_factor(
     data: dict[str, Any], pick: st.DataObject,

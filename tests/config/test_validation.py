@@ -15,6 +15,7 @@ from autoextend import settings, validation
 from autoextend.errors import ConfigError
 from autoextend.lease.layout import MAILBOX_OFFSET
 from tests.cli.clirun import autoextend, loop_config, write_config
+from tests.hypo import examples
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "config" / "autoextend.toml"
@@ -158,7 +159,7 @@ section_choices = st.fixed_dictionaries({
 })
 
 
-@settings_profile(max_examples=200, deadline=None)
+@settings_profile(max_examples=examples(200), deadline=None)
 @given(section_choices)
 def test_what_check_accepts_the_service_is_built_from(data: dict[str, Any]) -> None:
     """Property: check_service passes exactly when every part of `run` can be built from

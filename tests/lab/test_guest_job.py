@@ -21,6 +21,7 @@ from autoextend.lab.guest import (
     parse_result,
     pattern_block,
 )
+from tests.hypo import examples
 
 md5s = st.text(alphabet="0123456789abcdef", min_size=32, max_size=32)
 
@@ -137,7 +138,7 @@ def test_counter_pattern_matches_busybox_seq() -> None:
     assert (1 << 20) % len(block) != 0
 
 
-@settings(deadline=None, max_examples=25)
+@settings(deadline=None, max_examples=examples(25))
 @given(st.integers(0, MAX_SEED), st.integers(0, MAX_SEED))
 def test_seeds_give_different_data(a: int, b: int) -> None:
     if a != b:

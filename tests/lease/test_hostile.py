@@ -48,6 +48,7 @@ from autoextend.lease.service import LeaseService
 from autoextend.lease.timeouts import lease_timeouts
 from autoextend.sectorfakes import MemoryStorage
 from autoextend.sectors import StorageError
+from tests.hypo import examples
 
 from .helpers import MAX_HOSTS, T, W, memory_area
 from .helpers import settings as lease_settings
@@ -234,7 +235,7 @@ def decodes(place: str, raw: bytes, offset: int) -> Any:
         return None
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(placements())
 def test_hostile_record_never_stops_the_election(placement: tuple[str, dict[str, int]]) -> None:
     """One hostile record anywhere in the area (host 3 is absent): host 1 still becomes SPM,

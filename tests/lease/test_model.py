@@ -23,6 +23,7 @@ from autoextend.lease.ballot import (
 )
 from autoextend.lease.errors import RecordError
 from autoextend.lease.format import Dblock, pack_dblock, unpack_dblock
+from tests.hypo import examples
 
 HOSTS = (1, 2, 3)
 MAX_HOSTS = 4
@@ -131,6 +132,6 @@ class DiskPaxosModel(RuleBasedStateMachine):
         assert len(set(self.decided)) <= 1, self.decided
 
 
-DiskPaxosModel.TestCase.settings = settings(max_examples=400, stateful_step_count=40,
+DiskPaxosModel.TestCase.settings = settings(max_examples=examples(400), stateful_step_count=40,
                                             deadline=None)
 TestDiskPaxos = DiskPaxosModel.TestCase

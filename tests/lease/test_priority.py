@@ -194,6 +194,9 @@ def test_a_reload_applies_the_priority_and_no_other_lease_key() -> None:
 # ---- LeaseService on an in-memory area -----------------------------------------------------
 
 
+# Real time is the subject (hold-offs of whole seconds, about 15 s): stage 1 of make test.
+@pytest.mark.slow
+@pytest.mark.cpu
 async def test_five_wins_the_free_election_and_never_never_contends() -> None:
     storage = await memory_area()
     clock = MonotonicClock()

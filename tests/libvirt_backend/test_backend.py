@@ -141,6 +141,19 @@ async def test_calls_and_events_on_a_real_domain(
                     await call
             with pytest.raises(VmNotFound, match="nosuch: setBlockThreshold"):
                 await hypervisor.set_threshold("nosuch", drive, 1)
+
+            # The same name again is another domain (a new UUID): the handle cached for
+            # the old one is refused by libvirtd, and the call goes to the new one.
+            for _ in range(2):  # the second time, a handle for the first is cached
+                await rig.start("lv-calls", GuestJob(mib=8), paused=True, reuse=dom)
+                await next_for(receive, "lv-calls", VmAppeared)
+                await hypervisor.set_threshold("lv-calls", drive, 4 * MiB)
+                await rig.call((await rig.dom("lv-calls")).destroy)
+                await next_for(receive, "lv-calls", VmGone)
+            await rig.start("lv-calls", GuestJob(mib=8), paused=True, reuse=dom)
+            await hypervisor.set_threshold("lv-calls", drive, 8 * MiB)
+            assert (await hypervisor.drives("lv-calls"))[0].threshold == 8 * MiB
+            assert await hypervisor.outgoing_migration("lv-calls") is False
             tg.cancel_scope.cancel()
 
 

@@ -41,6 +41,9 @@ class RecordingRunner:
     async def aclose(self) -> None:
         await self.inner.aclose()
 
+    def for_vg(self, vg: str) -> LvmRunner:
+        return self  # every command through this wrapper
+
 
 @dataclass
 class Pool:

@@ -142,6 +142,9 @@ class LosesTermAfter:
     async def aclose(self) -> None:
         await self.inner.aclose()
 
+    def for_vg(self, vg: str) -> LvmRunner:
+        return self  # every command through this wrapper
+
 
 async def test_an_spm_that_lost_its_term_discards_nothing(pool: Pool) -> None:
     fenced = LosesTermAfter(pool.runner, "lvreduce")

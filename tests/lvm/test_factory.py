@@ -10,7 +10,7 @@ from autoextend.lvm.factory import make_volume_backend
 from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.runner import ProcessRunner
-from autoextend.lvm.shell import LvmShellRunner
+from autoextend.lvm.shell import PerVgShellRunner
 from autoextend.volumes import LocalAuthority, VolumeRef
 
 
@@ -35,7 +35,7 @@ async def test_lvm_backend_from_settings() -> None:
     plain = settings.from_mapping({"lvm": {"pvs": ["/dev/loop7"]}})
     default = make_volume_backend(plain.volumes, plain.lvm, None)
     assert isinstance(default, LvmVolumeBackend)
-    assert isinstance(default.reader._runner, LvmShellRunner)
+    assert isinstance(default.reader._runner, PerVgShellRunner)  # a session per VG
     assert spm.lookup("/dev/vg0/lv") == VolumeRef("vg0", "lv")
     assert spm.lookup("/dev/vg1/lv") is None
     with pytest.raises(NotSpmError):

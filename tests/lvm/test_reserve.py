@@ -210,7 +210,7 @@ async def test_guard_passes_reduce_and_holders_on_to_any_backend() -> None:
     vol = VolumeRef("vg", "a")
     await volumes.create(vol, 16 * MiB)
     guarded = ReservedSpace(volumes, {"vg": 8 * MiB}, 4 * MiB)
-    assert (await guarded.reduce(vol, 7 * MiB)) == ExtendResult(8 * MiB, True)
+    assert (await guarded.reduce(vol, 7 * MiB)) == ExtendResult(8 * MiB, True, previous=16 * MiB)
     assert (await guarded.reduce(vol, 12 * MiB)) == ExtendResult(8 * MiB, False)  # never grows
     assert guarded.holders_paths(vol) == ["/dev/vg/a"]
     assert await volumes.size(vol) == 8 * MiB

@@ -96,10 +96,15 @@ async def test_monitor_caps_at_the_measure_and_moves_the_cap_with_the_bitmaps() 
         rig.hv.write("vm1", "vda", 260 * MiB)  # past the end: extended, at most to the cap
         await until(lambda: rig.state() is ThresholdState.DISABLED, describe=rig.describe)
         assert rig.volumes.sizes[VOL] == 304 * MiB
+        # The write fits now: the guest is resumed (at its cap, but with room).
+        await until(lambda: rig.monitor.snapshot()[0]["state"] == "running",
+                    describe=rig.describe)
+        rig.hv.write("vm1", "vda", 46 * MiB)  # to 306 MiB, past the cap: paused there
         await until(lambda: str(rig.monitor.snapshot()[0]["paused"]).startswith(
             "enospc, at cap"), describe=rig.describe)
         assert rig.monitor.snapshot()[0]["paused"] == (
-            f"enospc, at cap: vda image end {260 * MiB} B, bitmaps 0 B, cap {304 * MiB} B")
+            f"enospc, at cap: vda image end {306 * MiB} B, bitmaps 0 B, cap {304 * MiB} B")
+        assert rig.volumes.sizes[VOL] == 304 * MiB
         assert calls == [(300 * MiB, 64 * KiB)]  # measured once
         # A persistent bitmap (granularity 512: 75 KiB of data) is added: the cap moves at
         # the next look (no new measure), and the drive grows to it.

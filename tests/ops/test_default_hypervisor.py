@@ -37,6 +37,9 @@ def _started(cfg: Path, run: Running) -> dict[str, object] | None:
     return status_json(cfg)
 
 
+# A whole service process (about 20 s on a loaded machine): stage 1 of make test.
+@pytest.mark.slow
+@pytest.mark.cpu
 def test_unreachable_libvirtd_warns_once_and_status_shows_it(tmp_path: Path) -> None:
     cfg = tmp_path / "autoextend.toml"
     cfg.write_text(f'[service]\ncontrol_socket = "{tmp_path}/ctl.sock"\n'
@@ -60,6 +63,9 @@ def test_unreachable_libvirtd_warns_once_and_status_shows_it(tmp_path: Path) -> 
         assert "retrying" in str(warnings[0]["retry"])
 
 
+# A whole service process (about 20 s on a loaded machine): stage 1 of make test.
+@pytest.mark.slow
+@pytest.mark.cpu
 def test_qmp_glob_matching_nothing_warns_once_and_status_shows_it(tmp_path: Path) -> None:
     cfg = tmp_path / "autoextend.toml"
     cfg.write_text(f'[service]\nhypervisor = "qmp"\ncontrol_socket = "{tmp_path}/ctl.sock"\n'

@@ -25,6 +25,7 @@ from autoextend.qmp.replies import (
     threshold_event,
     vm_name,
 )
+from tests.hypo import examples
 
 RECORD: dict[str, Any] = json.loads(
     (Path(__file__).parent / "data" / "q35_mixed.json").read_text()
@@ -224,7 +225,7 @@ def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(data=st.data())
 def test_any_corruption_is_a_malformed_reply_or_a_valid_topology(data: st.DataObject) -> None:
     record = copy.deepcopy(RECORD)

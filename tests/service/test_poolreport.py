@@ -21,6 +21,7 @@ from autoextend.spm import summary
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.summary import HostFacts, PausedVm
 from autoextend.volumes import VolumeRef
+from tests.hypo import examples
 
 T = {"io_timeout_s": 0.5, "watchdog_fire_timeout_s": 3.0}
 GIB = 1 << 30
@@ -87,7 +88,7 @@ def test_watching_for_host_dead_decides_alone() -> None:
     assert "no summary record" in "\n".join(lines(report))
 
 
-@settings(deadline=None, max_examples=100)
+@settings(deadline=None, max_examples=examples(100))
 @given(st.dictionaries(st.integers(1, 16), st.tuples(st.booleans(), st.booleans(),
                                                      st.integers(0, 5))),
        st.dictionaries(st.integers(1, 16), st.binary(min_size=512, max_size=512)),

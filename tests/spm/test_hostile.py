@@ -43,6 +43,7 @@ from autoextend.spm.wire import (
     encode_sector,
 )
 from autoextend.volumes import VolumeRef
+from tests.hypo import examples
 
 from .fakes import FAST
 from .pool import VG, MiB, Pool, serving, vol
@@ -177,7 +178,7 @@ async def serve_beside(ring: bytes, box: bytes, reply: bytes) -> dict[str, objec
             "corrupt": server.counters.corrupt_sectors, "received": server.counters.received}
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ring_sectors(), box_sectors(Kind.REQUEST, ABSENT, 1), box_sectors(Kind.REPLY, 1, 0))
 def test_hostile_sectors_never_stop_serving(ring: bytes, box: bytes, reply: bytes) -> None:
     result = anyio.run(serve_beside, ring, box, reply)

@@ -13,6 +13,7 @@ from autoextend.spm import intent, inuse
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.inuse import InUseRecord, decode, encode, judge, make_record
 from autoextend.spm.layout import MailboxLayout
+from tests.hypo import examples
 
 SECTOR_SIZES = st.sampled_from([512, 4096])
 U64 = st.integers(0, (1 << 64) - 1)
@@ -27,7 +28,7 @@ def records(draw: st.DrawFn, host: int | None = None) -> InUseRecord:
         draw(st.integers(1, (1 << 64) - 1)), draw(U64), hashes, draw(st.booleans()))
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(SECTOR_SIZES, records())
 def test_round_trip(sector_size: int, rec: InUseRecord) -> None:
     raw = encode(rec, sector_size)
@@ -37,7 +38,7 @@ def test_round_trip(sector_size: int, rec: InUseRecord) -> None:
     assert decode(raw + b"\xff" * (inuse.RECORD_BYTES - len(raw)), rec.host_id) == rec
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(SECTOR_SIZES, records(host=5), st.data())
 def test_a_flipped_byte_is_detected(sector_size: int, rec: InUseRecord,
                                     data: st.DataObject) -> None:
@@ -53,7 +54,7 @@ def test_a_flipped_byte_is_detected(sector_size: int, rec: InUseRecord,
     assert got is None and not any(raw[: inuse.HEAD_SIZE])
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.binary(min_size=0, max_size=4096), st.integers(1, 2000))
 def test_garbage_never_crashes(data: bytes, host: int) -> None:
     try:
@@ -156,7 +157,7 @@ def test_judge_skips_dead_and_free_hosts_but_not_failing_ones() -> None:
     assert failing is not None and "host 2" in failing
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.dictionaries(st.integers(1, 6), st.sampled_from(
     ["live", "fail", "dead", "free", "unknown"]), min_size=1),
     st.dictionaries(st.integers(1, 6), st.booleans()), st.integers(0, 3))
@@ -181,7 +182,7 @@ def test_judge_never_passes_a_listed_volume_on_a_host_not_gone(
 # The layout's regions.
 
 
-@settings(deadline=None, max_examples=40)
+@settings(deadline=None, max_examples=examples(40))
 @given(SECTOR_SIZES, st.integers(1, 300))
 def test_no_two_regions_overlap(sector_size: int, max_hosts: int) -> None:
     layout = MailboxLayout(4096, sector_size, max_hosts)

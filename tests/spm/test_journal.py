@@ -42,6 +42,7 @@ from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.wire import OP_REDUCE, Request, Status
 from autoextend.validation import cluster_rule
 from autoextend.volumes import VolumeRef
+from tests.hypo import examples
 
 from .fakes import VOL, Authority, RecordingBackend, ReducingBackend
 
@@ -64,7 +65,7 @@ def entry(n: int = 0, lver: int = 1) -> Entry:
 # ---- where it lives -----------------------------------------------------------------------
 
 
-@settings(deadline=None, max_examples=60)
+@settings(deadline=None, max_examples=examples(60))
 @given(st.sampled_from([512, 4096]), st.integers(1, 2000), st.integers(0, 64))
 def test_no_two_regions_of_the_metadata_area_overlap(sector_size: int, max_hosts: int,
                                                      area_mib: int) -> None:
@@ -118,7 +119,7 @@ def test_an_area_too_small_for_the_journal_is_refused_with_the_size_it_needs() -
 # ---- the record codec ---------------------------------------------------------------------
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(entries(), st.integers(1, (1 << 63) - 1))
 def test_a_record_round_trips(e: Entry, seq: int) -> None:
     data = encode(Record(seq, e))
@@ -126,7 +127,7 @@ def test_a_record_round_trips(e: Entry, seq: int) -> None:
     assert decode(data) == Record(seq, e)
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(entries(), st.integers(0, journal.RECORD_SIZE - 1), st.integers(1, 255))
 def test_a_damaged_record_is_refused_never_misread(e: Entry, at: int, xor: int) -> None:
     data = bytearray(encode(Record(5, e)))
@@ -143,7 +144,7 @@ def test_an_empty_slot_is_none_and_values_out_of_range_are_not_encoded() -> None
             encode(bad)
 
 
-@settings(max_examples=100)
+@settings(max_examples=examples(100))
 @given(st.lists(st.integers(0, 40), min_size=1, max_size=16, unique=True),
        st.integers(0, 4095), st.integers(0, 2**32), st.booleans())
 def test_a_torn_sector_gives_only_whole_old_or_new_records_and_counts_the_rest(

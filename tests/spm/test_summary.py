@@ -16,6 +16,7 @@ from autoextend.spm import summary
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.summary import HostFacts, PausedVm
 from autoextend.spm.summarypub import SummaryPublisher, WriteBudget
+from tests.hypo import examples
 
 from .fakes import FAST, Watched, layout_for
 
@@ -35,7 +36,7 @@ PEERS = st.dictionaries(st.integers(1, 2000),
                         max_size=40)
 
 
-@settings(deadline=None, max_examples=300)
+@settings(deadline=None, max_examples=examples(300))
 @given(SECTOR_SIZES, st.integers(1, 2000), st.sampled_from(["native", "sanlock"]),
        st.integers(0, (1 << 63) - 1), st.integers(1, (1 << 64) - 1), FACTS, PEERS)
 def test_round_trip(sector_size: int, host: int, engine: str, generation: int, seq: int,
@@ -56,7 +57,7 @@ def test_round_trip(sector_size: int, host: int, engine: str, generation: int, s
         assert [p.reason for p in rec.paused] == [p.reason for p in facts.paused]
 
 
-@settings(deadline=None, max_examples=300)
+@settings(deadline=None, max_examples=examples(300))
 @given(st.binary(min_size=512, max_size=512))
 def test_garbage_is_rejected_or_never_published(data: bytes) -> None:
     try:
@@ -76,7 +77,7 @@ def _valid() -> bytes:
     return summary.encode(rec, 512)
 
 
-@settings(deadline=None, max_examples=300)
+@settings(deadline=None, max_examples=examples(300))
 @given(st.integers(0, 511), st.integers(1, 255))
 def test_any_flipped_byte_is_rejected(at: int, xor: int) -> None:
     raw = bytearray(_valid())
@@ -221,7 +222,7 @@ async def test_a_dead_peer_goes_out_while_extensions_spent_the_budget() -> None:
     assert rec is not None and [(p.host_id, p.state) for p in rec.peers] == [(2, "dead")]
 
 
-@settings(deadline=None, max_examples=30)
+@settings(deadline=None, max_examples=examples(30))
 @given(st.lists(st.tuples(st.sampled_from([0.2, 1.0, 5.0, 30.0]), st.booleans(),
                           st.booleans()), min_size=50, max_size=400))
 async def test_the_publisher_writes_at_most_5_plus_l_over_12(

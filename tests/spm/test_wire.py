@@ -14,6 +14,8 @@ from autoextend.spm.wire import (
     HOST_GENERATION_LIMIT,
     MAX_SIZE,
     NAME_FIELD,
+    OP_CREATE,
+    OP_GROW_PV,
     OPS,
     REQUEST_SLOT,
     SLOT_SIZE,
@@ -36,6 +38,7 @@ from autoextend.spm.wire import (
     slots_per_sector,
 )
 from autoextend.volumes import VolumeRef
+from tests.hypo import examples
 
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+_.-"
 names = st.text(NAME_CHARS, min_size=1, max_size=50)
@@ -47,7 +50,13 @@ SECTOR_SIZES = st.sampled_from([512, 4096])
 
 @st.composite
 def requests(draw: st.DrawFn) -> Request:
-    return Request(draw(ids), draw(names), draw(names), draw(sizes), draw(st.sampled_from(OPS)))
+    op = draw(st.sampled_from(OPS))
+    if op == OP_CREATE:  # a create's name has 96 bytes, and it carries a virtual size
+        short = st.text(NAME_CHARS, min_size=1, max_size=47)
+        return Request(draw(ids), draw(short), draw(short), draw(sizes), op,
+                       draw(st.integers(1, MAX_SIZE)))
+    lv = "" if op == OP_GROW_PV else draw(names)
+    return Request(draw(ids), draw(names), lv, draw(sizes), op)
 
 
 @st.composite
@@ -112,7 +121,7 @@ def test_sector_round_trip(case: tuple[int, int, int, int, list[Request | None]]
     assert list(sector.slots) == slots
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(request_sectors(), st.data())
 def test_any_single_corrupted_byte_is_detected(
     case: tuple[int, int, int, int, list[Request | None]], data: st.DataObject
@@ -127,7 +136,7 @@ def test_any_single_corrupted_byte_is_detected(
         decode_sector(bytes(raw), Kind.REQUEST, index, host, len(slots))
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(SECTOR_SIZES, st.data())
 def test_torn_sector_is_old_new_or_detected(sector_size: int, data: st.DataObject) -> None:
     """A sector write that stopped partway (a prefix of new bytes over old) never decodes as
@@ -193,7 +202,7 @@ def test_layout_regions_do_not_overlap(sector_size: int, max_hosts: int, base: i
     assert len(layout.request_sector_slots(0)) == layout.head_slots >= 4
 
 
-@settings(deadline=None, max_examples=50)
+@settings(deadline=None, max_examples=examples(50))
 @given(SECTOR_SIZES, st.integers(1, 2000))
 def test_every_sector_has_one_writer(sector_size: int, max_hosts: int) -> None:
     """Host h writes its ring sector and its request box, the SPM the reply boxes: no two
@@ -224,7 +233,7 @@ def test_ring_sector_round_trip(sector_size: int, host: int, generation: int, co
     assert decode_ring(raw, host) == Ring(host, generation, count, box_seq, slots)
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(SECTOR_SIZES, st.integers(1, 0xFFFFFFFF), st.integers(1, 1 << 40), st.data())
 def test_corrupt_ring_sector_is_detected(sector_size: int, generation: int, count: int,
                                          data: st.DataObject) -> None:

@@ -1,0 +1,157 @@
+"""One writer for the pool: CREATE, REMOVE and GROW-PV on the writer (issue 27, item 2).
+
+The SPM (mailbox mode, ops ``wire.OP_CREATE``, ``OP_REMOVE``, ``OP_GROW_PV``, served by
+``execute.py`` like an extend: the term checked before every lvm2 command, the VG's lock
+held) and the one host (local mode, the local writer) run these same functions, so no other
+process needs to run lvm2 writes on the pool.
+
+**Idempotency.** A request may be served twice: a reply write that failed, or an SPM killed
+after the command and before its reply (the request stays in the host's box and the next
+SPM serves it). Each op is written so that a second serving finds it done and answers OK
+without a second metadata commit:
+
+- CREATE tags the LV ``autoextend.request=<host>.<generation>.<request id>`` in the same
+  ``lvcreate`` (one metadata commit: the LV exists with its tags or not at all, so an SPM
+  killed in the middle leaves no half-made LV). A second serving finds an LV of that name
+  carrying that tag: OK with its size. An LV of that name *without* the tag is someone
+  else's: REJECTED ``VOLUME_EXISTS``, never a second LV, never a change to it.
+- REMOVE: an LV that is not there is answered OK ("not there"). The CLI says so, so a typo
+  is visible, and nothing was written.
+- GROW-PV: ``pvresize`` runs only for a PV whose device holds more extents than the PV has;
+  a second serving finds none.
+
+**REMOVE is gated like REDUCE**: the in-use gate's two looks (``inusegate.py``: refused
+while any live host lists the volume, or its record cannot say), the young-term and hot
+rules of ``reducing.py``. An LV that is gone needs no gate (it is checked first).
+
+**GROW-PV's gap.** The brief is "``pvresize`` once every live host sees the larger
+device". This SPM only checks its own view of the device (``dev_size``). A host whose
+kernel has not rescanned the LUN sees the old size; since the new extents lie past the end
+it sees, an LV extended into them fails I/O there (it cannot corrupt anything, it errors).
+Rescan the LUN on every host before ``pool grow`` (``echo 1 > /sys/block/sdX/device/rescan``,
+``multipathd resize map``); a per-host device-size report is not built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from autoextend.spm.reducing import Verdict
+from autoextend.spm.wire import ReasonCode, Status
+from autoextend.volumes import VolumeRef
+
+OWNER_TAG_PREFIX = "autoextend.owner="
+REQUEST_TAG_PREFIX = "autoextend.request="
+QCOW_OVERHEAD = (11, 10)  # vdsm's QCOW_OVERHEAD_FACTOR, 1.1, as a fraction
+SECTOR = 512
+
+
+class CreateRefused(ValueError):
+    """A create that cannot be asked as given (a usage error: one line)."""
+
+
+def initial_size(capacity: int, initial: int | None, chunk: int) -> int:
+    """The size of a new thin (qcow2) volume's LV, vdsm's rule: one chunk when no initial
+    size is given (here at most the capacity plus 10 %: a small disk gets no more than it
+    can ever use); else the initial size plus 10 % for qcow2's metadata, rounded up to a
+    sector. An initial size above the capacity is refused (CreateRefused), as vdsm does.
+    The writer rounds the result up to whole extents."""
+    if capacity <= 0:
+        raise CreateRefused("the capacity must be positive")
+    if initial is None:
+        return min(chunk, _with_overhead(capacity))
+    if initial <= 0:
+        raise CreateRefused("the size must be positive")
+    if initial > capacity:
+        raise CreateRefused(f"the size ({initial} B) is larger than the capacity"
+                            f" ({capacity} B)")
+    return _with_overhead(initial)
+
+
+def _with_overhead(size: int) -> int:
+    num, den = QCOW_OVERHEAD
+    grown = -(-size * num // den)
+    return -(-grown // SECTOR) * SECTOR
+
+
+def request_tag(host: int, generation: int, request_id: int) -> str:
+    return f"{REQUEST_TAG_PREFIX}{host}.{generation}.{request_id}"
+
+
+def owner_tag(owner: str) -> str:
+    return f"{OWNER_TAG_PREFIX}{owner}"
+
+
+class FoundLv(Protocol):
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def tags(self) -> tuple[str, ...]: ...
+
+
+class GrownPv(Protocol):
+    @property
+    def room(self) -> int: ...
+
+    @property
+    def extent_count(self) -> int: ...
+
+    @property
+    def extent_size(self) -> int: ...
+
+
+class PoolWriter(Protocol):
+    """What these ops need of the writer (``lvm/writer.py: LvmWriter``)."""
+
+    async def find_lv(self, volume: VolumeRef) -> FoundLv | None: ...
+
+    async def create_lv(self, volume: VolumeRef, size: int, tags: Sequence[str] = (),
+                        activate: bool = False, *,
+                        virtual_size: int | None = None) -> FoundLv: ...
+
+    async def remove_lv(self, volume: VolumeRef) -> None: ...
+
+    async def grow_pvs(self, vg: str) -> Sequence[GrownPv]: ...
+
+
+async def create(writer: PoolWriter, volume: VolumeRef, size: int, vsize: int, *,
+                 owner: str, request: str) -> Verdict:
+    """Create ``volume`` (``size`` bytes, rounded up to extents; inactive, metadata only)
+    tagged with its virtual size, owner and request; idempotent (module docs)."""
+    found = await writer.find_lv(volume)
+    if found is not None:
+        if request in found.tags:
+            return Verdict(Status.OK, found.size, text="already created by this request")
+        made_by = [t[len(REQUEST_TAG_PREFIX):] for t in found.tags
+                   if t.startswith(REQUEST_TAG_PREFIX)]
+        by = f" (made by request {made_by[0]})" if made_by else " (not made through autoextend)"
+        return Verdict(Status.REJECTED, found.size, ReasonCode.VOLUME_EXISTS,
+                       f"{volume} exists already{by}")
+    made = await writer.create_lv(volume, size, (owner_tag(owner), request),
+                                  virtual_size=vsize)
+    return Verdict(Status.OK, made.size, text="created")
+
+
+async def remove(writer: PoolWriter, volume: VolumeRef,
+                 refusal: Callable[[], Awaitable[str | None]]) -> Verdict:
+    """Remove ``volume`` unless ``refusal()`` says why it must not go (in use somewhere;
+    asked only when the LV exists); an LV that is not there is OK ("not there", nothing
+    written)."""
+    if await writer.find_lv(volume) is None:
+        return Verdict(Status.OK, 0, text="not there (already removed?)")
+    why = await refusal()
+    if why is not None:
+        return Verdict(Status.REJECTED, reason=ReasonCode.VOLUME_BUSY, text=why)
+    await writer.remove_lv(volume)
+    return Verdict(Status.OK, 0, text="removed")
+
+
+async def grow(writer: PoolWriter, vg: str) -> Verdict:
+    """``pvresize`` the PVs of ``vg`` whose device grew; OK with the bytes added."""
+    grown = await writer.grow_pvs(vg)
+    added = sum((pv.room - pv.extent_count) * pv.extent_size for pv in grown)
+    if not grown:
+        return Verdict(Status.OK, 0, text="no PV of the VG has grown")
+    return Verdict(Status.OK, added, text=f"{len(grown)} PV(s) resized")
