@@ -124,6 +124,14 @@ async def test_a_volume_prepared_on_another_host_is_not_reduced(lab_tmp_path: Pa
     async with pool(2, directory=lab_tmp_path, chunk_mib=64, hot_window_s=HOT) as p:
         spm = await p.wait_for_spm()
         other = next(h for h in p.hosts if h != spm)
+
+        async def both_publish() -> bool:
+            statuses = await p.statuses()
+            return all((((statuses.get(h) or {}).get("spm") or {}).get("in_use") or {})
+                       .get("published") for h in p.hosts)
+
+        # Both hosts publish: a refusal can then only name a claim, not a missing record.
+        await until(both_publish, 300, "both hosts to publish their in-use records")
         for preparer, asker in ((other, spm), (spm, other)):
             volume, _ = await create_qcow2_disk(
                 p.host_volumes(preparer), p.stack, VolumeRef(VG, f"claimed-on-{preparer}"),
