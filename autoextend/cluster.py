@@ -212,8 +212,9 @@ class ClusterAgent:
             check_journal_fits(self.lease_config.path, base, storage_size)
         except AreaTooSmall as exc:
             if mode == "auto":
-                self.log.info("no journal of metadata changes: the metadata area is too small "
-                              "for one ([mailbox] journal = \"auto\")", detail=str(exc))
+                # Debug, not info: a start-up that fails next must say so in one line.
+                self.log.debug("no journal of metadata changes: the metadata area is too "
+                               "small for one ([mailbox] journal = \"auto\")", detail=str(exc))
                 return None
             raise StartupError("mailbox.journal", str(exc)) from None
         self.journal_on = True

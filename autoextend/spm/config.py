@@ -80,8 +80,8 @@ class MailboxSettings(Section):
     # SPM: append a record of every metadata change it makes (extend, reduce: term, host,
     # volume, old and new size, request id, time) to the journal on the metadata area, which
     # `autoextend journal dump` reads from any host. Needs 25 MiB of the area from
-    # journal_offset on. "auto": on when the metadata area is that large (else off, said once
-    # at start-up); true: start-up and `lease init` refuse a smaller area; false: off.
+    # journal_offset on. "auto": on when the metadata area is that large (else off; `spm
+    # status` shows no journal); true: start-up and `lease init` refuse a smaller area.
     journal: bool | Literal["auto"] = "auto"
     # Byte offset of the journal (multiple of 1 MiB). Unset: [lease] offset + 52 MiB, after
     # the largest mailbox (2000 hosts), so no mailbox record moves (autoextend/metadata_area.py).

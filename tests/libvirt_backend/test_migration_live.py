@@ -245,8 +245,9 @@ async def test_libvirt_negative_control_without_deferral_reads_stale_zeros(
         size = (await anyio.Path(lab.views("dst").file_path(dom.volume)).stat()).st_size
         assert loopdev.size_of(dest_device) < size  # the destination's view is stale
         state = await lab.state("dst", "lneg1")
-        assert state is not None
-        if state[0] != RUNNING:
+        # None: the guest already ran on dst, read back and powered off (libvirt resumed
+        # it there; seen under heavy load). Its result is on dst's serial either way.
+        if state is not None and state[0] != RUNNING:
             dst_dom = await anyio.to_thread.run_sync(lab.conns["dst"].lookupByName, "lneg1")
             await anyio.to_thread.run_sync(dst_dom.resume)
         result = await finished(lab, "lneg1", 180)
