@@ -254,6 +254,15 @@ class Extensions:
         }
         ctx.observer.notify(
             ExtendFinished(vm.name, d.name, d.volume, OutcomeKind.OK, info.physical, phases))
+        m = vm.machine
+        if d.name in m.backing_full or d.name in m.room_drives:
+            # An extension of this drive landed: its pauses were the volume's, not a full
+            # storage's (a stale ENOSPC classified "with room" before it). No backoff holds
+            # the next resume (monitor/backing.py).
+            m.backing_full.discard(d.name)
+            m.room_drives.discard(d.name)
+            m.resume_attempts = 0
+            m.last_resume_at = None
         bound.info("extended", size=info.physical, threshold=new_threshold,
                    duration_s=phases["total"],
                    phases={k: round(v, 6) for k, v in phases.items()})
