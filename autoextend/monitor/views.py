@@ -230,56 +230,43 @@ class ViewSteps:
                    when: str) -> None:
         """Pause a guest that ran on a stale view, or whose volume shrank under its view
         (larger than the metadata); it is never resumed automatically."""
-        if found.view > found.metadata:
-            await self._hold_shrunk(vm, drive, volume, found, when)
-            return
         m = vm.machine
-        why = (f"view {found.view} bytes < metadata {found.metadata} bytes"
-               f" (found at {when})")
+        shrunk = found.view > found.metadata
+        if shrunk:
+            why = (f"view {found.view} bytes > metadata {found.metadata} bytes: the volume "
+                   f"shrank under the guest (found at {when})")
+            m.record(f"paused: volume of {drive} shrank: {why}")
+            dry = "dry-run: would pause a guest whose volume shrank under it"
+            told = (
+                "guest paused: its volume shrank under it (this host's view is larger than "
+                "the volume's metadata size); a write past the new end may land on another "
+                "volume's extents. autoextend will never resume it. Find which host reduced "
+                "or removed the volume, check this guest's data and the volume that now owns "
+                "the freed extents, then stop the guest or grow the volume back and resume it "
+                "by hand")
+        else:
+            why = (f"view {found.view} bytes < metadata {found.metadata} bytes"
+                   f" (found at {when})")
+            m.record(f"paused: stale view of {drive}: {why}")
+            dry = "dry-run: would pause a guest running on a stale view"
+            told = (
+                "guest paused: it ran on a stale view of its volume (smaller than the volume's "
+                "metadata size); it may have read zeros past the view's end. autoextend will "
+                "never resume it. Check which host extended or resized the volume and how this "
+                "host's view fell behind (a device-mapper table not refreshed, a device "
+                "reattached), check the guest's data, refresh the view (autoextend volume "
+                "prepare), then resume or restart the guest by hand")
         m.stale_views[drive] = why
-        m.record(f"paused: stale view of {drive}: {why}")
+        sizes = {"vm": vm.name, "drive": drive, "volume": str(volume), "view": found.view,
+                 "metadata": found.metadata}
         if self._ctx.dry_run:
-            log.error("dry-run: would pause a guest running on a stale view", vm=vm.name,
-                      drive=drive, volume=str(volume), view=found.view,
-                      metadata=found.metadata)
+            log.error(dry, **sizes)
         else:
             await self._ctx.hypervisor.suspend(vm.name)
-        log.error(
-            "guest paused: it ran on a stale view of its volume (smaller than the volume's "
-            "metadata size); it may have read zeros past the view's end. autoextend will "
-            "never resume it. Check which host extended or resized the volume and how this "
-            "host's view fell behind (a device-mapper table not refreshed, a device "
-            "reattached), check the guest's data, refresh the view (autoextend volume "
-            "prepare), then resume or restart the guest by hand",
-            vm=vm.name, drive=drive, volume=str(volume), view=found.view,
-            metadata=found.metadata, when=when)
+        log.error(told, **sizes, when=when)
         self._ctx.observer.notify(StaleViewFound(vm.name, drive, volume, when, found.view,
-                                                 found.metadata, "pause"))
-
-
-    async def _hold_shrunk(self, vm: VmView, drive: str, volume: VolumeRef, found: Sizes,
-                           when: str) -> None:
-        m = vm.machine
-        why = (f"view {found.view} bytes > metadata {found.metadata} bytes: the volume shrank"
-               f" under the guest (found at {when})")
-        m.stale_views[drive] = why
-        m.record(f"paused: volume of {drive} shrank: {why}")
-        if self._ctx.dry_run:
-            log.error("dry-run: would pause a guest whose volume shrank under it",
-                      vm=vm.name, drive=drive, volume=str(volume), view=found.view,
-                      metadata=found.metadata)
-        else:
-            await self._ctx.hypervisor.suspend(vm.name)
-        log.error(
-            "guest paused: its volume shrank under it (this host's view is larger than the "
-            "volume's metadata size); a write past the new end may land on another volume's "
-            "extents. autoextend will never resume it. Find which host reduced or removed "
-            "the volume, check this guest's data and the volume that now owns the freed "
-            "extents, then stop the guest or grow the volume back and resume it by hand",
-            vm=vm.name, drive=drive, volume=str(volume), view=found.view,
-            metadata=found.metadata, when=when)
-        self._ctx.observer.notify(StaleViewFound(vm.name, drive, volume, when, found.view,
-                                                 found.metadata, "shrunk"))
+                                                 found.metadata,
+                                                 "shrunk" if shrunk else "pause"))
 
 
 async def audit(ctx: MonitorContext, checks: Checks, vms: Sequence[VmView]) -> int:
