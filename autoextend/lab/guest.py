@@ -202,9 +202,14 @@ def parse_result(line: str) -> GuestResult:
 
 
 def find_result(serial_text: str) -> GuestResult | None:
-    """The last result line in a serial log, or None when the guest has not printed one."""
+    """The last complete result line in a serial log, or None when the guest has not
+    printed one yet.
+
+    A serial log is read while QEMU still writes it: a last line without its newline may
+    be cut short, so it does not count until the newline arrives."""
     found = None
-    for line in serial_text.splitlines():
+    complete, _, _ = serial_text.rpartition("\n")
+    for line in complete.splitlines():
         if RESULT_MARKER in line:
             found = line
     return parse_result(found) if found is not None else None

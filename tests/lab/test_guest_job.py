@@ -83,6 +83,18 @@ def test_find_result_takes_the_last_line() -> None:
     assert find_result("boot\nno marker\n") is None
 
 
+def test_find_result_waits_for_the_newline() -> None:
+    """A serial log read while QEMU writes it can end mid-line (CI saw one cut at
+    'verify_s'): that line is not a result until its newline arrives."""
+    first = GuestResult(Mode.WRITE, 1, True)
+    last = GuestResult(Mode.VERIFY, 2, True, md5="a" * 32, expected_md5="a" * 32)
+    whole = format_result(last)
+    for cut in (len(whole) // 2, whole.index("verify_s") + len("verify_s"), len(whole)):
+        assert find_result(f"boot\n{whole[:cut]}") is None
+        assert find_result(f"{format_result(first)}\r\n{whole[:cut]}") == first
+    assert find_result(f"boot\n{whole}\r\n") == last
+
+
 @pytest.mark.parametrize(
     "line",
     [
