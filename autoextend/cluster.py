@@ -50,6 +50,7 @@ from autoextend.monitor.protocols import ExtendOutcome
 from autoextend.sectors import SectorStorage, StorageError
 from autoextend.spm.config import MailboxSettings, journal_base, mailbox_base
 from autoextend.spm.extender import MailboxExtender
+from autoextend.spm.handoffio import StorageHandoff
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.inusegate import InUseGate, lease_states
 from autoextend.spm.inusepub import InUsePublisher, InUseSource
@@ -85,8 +86,11 @@ class ClusterAgent:
         checks: Checks = ALL_ON,
         in_use: InUseSource | None = None,
         summary: FactsSource | None = None,
+        handoff: StorageHandoff | None = None,
     ) -> None:
-        """``in_use``: this host's open pool volumes (the service's: the monitor's drives
+        """``handoff``: the pause claims this host's in-use record carries and the reads of
+        the others' (``spm/handoffio.py``), bound once joined; None: no claims.
+        ``in_use``: this host's open pool volumes (the service's: the monitor's drives
         and the holders scan); None publishes none (a test's agent that runs no guests).
         ``summary``: this host's facts for its summary record (``pool status``); None
         publishes an empty summary."""
@@ -110,6 +114,7 @@ class ClusterAgent:
         self.publisher: InUsePublisher | None = None
         self.summary_source: FactsSource = summary or HostFacts
         self.summary: SummaryPublisher | None = None
+        self.handoff = handoff
         self.terms = 0
         self.join_failures = 0  # I/O errors while joining (each retried with backoff)
         self.journal = JournalCounters()  # every term's journal writer counts here
@@ -176,7 +181,10 @@ class ClusterAgent:
                     await tg.start(self.mailbox.run)
                     self.publisher = InUsePublisher(
                         storage, layout, self.host_id, self.in_use_source,
-                        partial(self._own_generation, lease), self.clock)
+                        partial(self._own_generation, lease), self.clock,
+                        pause_claims=None if self.handoff is None else self.handoff.claims)
+                    if self.handoff is not None:
+                        self.handoff.bind(storage, layout, self.publisher)
                     await tg.start(self.publisher.run)
                     self.summary = SummaryPublisher(
                         storage, layout, self.host_id, lease_cfg.engine, self.summary_source,

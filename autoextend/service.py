@@ -61,6 +61,7 @@ from autoextend.monitor.context import Sizes, ViewSizes
 from autoextend.monitor.core import Monitor, VolumeInUse
 from autoextend.monitor.local import LocalExtender
 from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
+from autoextend.monitor.pauseclaims import OwnPause
 from autoextend.monitor.protocols import Extender, Hypervisor
 from autoextend.monitor.views import PerVolumeSizes
 from autoextend.poolops import PoolOps
@@ -68,6 +69,7 @@ from autoextend.prepare_merge import MergeChains, merge_request, prepare_merge
 from autoextend.qemuimg import qemu_img_fully_allocated, qemu_img_measure
 from autoextend.sdnotify import Notifier
 from autoextend.settings import Settings
+from autoextend.spm.handoffio import StorageHandoff
 from autoextend.spm.inusepub import InUseSource
 from autoextend.spm.summary import HostFacts
 from autoextend.spm.summarypub import FactsSource
@@ -175,7 +177,7 @@ def make_hypervisor_parts(
 def make_cluster_agent(
     settings: Settings, host_backend: VolumeBackend, clock: Clock, checks: Checks = ALL_ON,
     tally: WriterTally | None = None, in_use: InUseSource | None = None,
-    summary: FactsSource | None = None,
+    summary: FactsSource | None = None, handoff: StorageHandoff | None = None,
 ) -> ClusterAgent:
     """Mailbox mode: the agent, with its sections and the SPM's per-term backend factory."""
 
@@ -183,7 +185,8 @@ def make_cluster_agent(
         return make_volume_backend(settings, term, tally)
 
     return ClusterAgent(settings.lease, settings.mailbox, settings.lvm.vgs, host_backend,
-                        spm_backend, clock, checks=checks, in_use=in_use, summary=summary)
+                        spm_backend, clock, checks=checks, in_use=in_use, summary=summary,
+                        handoff=handoff)
 
 
 class _LateUsers:
@@ -230,13 +233,19 @@ class Service:
         self.foreign = make_foreign_write_audit(settings, self.writes)
         self.cluster: ClusterAgent | None = None
         self.extender: Extender
+        self.handoff: StorageHandoff | None = None
         if settings.service.extender == "mailbox":
+            # The ENOSPC pauses this host claims ride in its in-use record, and a VM that
+            # arrives paused from a migration is resumed only on its source's claim
+            # (monitor/handoff.py).
+            self.handoff = StorageHandoff(settings.lease.host_id, self._pause_claims,
+                                          self.clock)
             # This host's open volumes for its in-use record (issue 27): the monitor's
             # drives, asked when the publisher runs (the monitor is made below).
             self.cluster = make_cluster_agent(
                 settings, self.backend, self.clock, checks, self.writes,
                 in_use=in_use_names(_LateUsers(self), self.backend),
-                summary=self.host_facts)
+                summary=self.host_facts, handoff=self.handoff)
             self.extender = self.cluster.extender()
         else:
             self.extender = LocalExtender(self.backend)
@@ -278,6 +287,7 @@ class Service:
                                             settings.lease.watchdog_fire_timeout_s)
                         if self.cluster is not None else None),
             measure_full=qemu_img_fully_allocated,  # the honest cap (monitor/caps.py)
+            handoff=self.handoff,
         )
         self._export_throttle_metrics()
         self.control = ControlServer(settings.service.control_socket)
@@ -515,6 +525,11 @@ class Service:
             "foreign_writes": self._foreign_status(),
             "summary": hostsummary.as_dict(self.host_facts()),
         }
+
+    def _pause_claims(self) -> list[OwnPause]:
+        """The monitor's claimed ENOSPC pauses (none before the monitor exists)."""
+        monitor = getattr(self, "monitor", None)
+        return monitor.pause_claims() if monitor is not None else []
 
     def host_facts(self) -> HostFacts:
         """This host's summary (its summary record, ``pool status``; issue 33)."""

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from autoextend.clock import Clock
 from autoextend.monitor import jobpolicy, policy
+from autoextend.monitor.arrival import PauseHandoff
 from autoextend.monitor.caps import CapBook
 from autoextend.monitor.config import PolicySettings, ResumeSettings
 from autoextend.monitor.drive import DriveState
@@ -122,6 +123,9 @@ class MonitorContext:
     #: the old path for the bench's before/after comparison: a migration probe before every
     #: extension and a full look (drives, run state) after it. Nothing else sets it.
     fast_resume: bool = True
+    #: Where a destination learns whether a VM that arrived paused was paused by its source
+    #: for ENOSPC (``monitor/handoff.py``); None: local mode, such a VM is never resumed.
+    handoff: PauseHandoff | None = None
 
     @property
     def extend_deadline_s(self) -> float:

@@ -59,6 +59,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from autoextend.checks import ALL_ON, Checks
 from autoextend.clock import Clock
 from autoextend.monitor import migration, policy, pollplan
+from autoextend.monitor.arrival import PauseHandoff
 from autoextend.monitor.caps import CapBook, FullAllocation, MeasuredCaps
 from autoextend.monitor.config import PolicySettings, ResumeSettings
 from autoextend.monitor.context import InFlight, MonitorContext, ViewSizes, VolumeViews
@@ -70,6 +71,7 @@ from autoextend.monitor.observer import (
     MonitorObserver,
     NullObserver,
 )
+from autoextend.monitor.pauseclaims import ClaimBook, OwnPause
 from autoextend.monitor.probe import StorageProbe, direct_read_probe
 from autoextend.monitor.protocols import (
     Extender,
@@ -139,6 +141,7 @@ class Monitor:
         spm_ok: Callable[[], bool] | None = None,
         failover_s: float | None = None,
         measure_full: FullAllocation | None = None,
+        handoff: PauseHandoff | None = None,
     ) -> None:
         """``space_gate``: why an extension must wait, or None (the capacity levels: at a
         VG's critical level only VMs paused on ENOSPC are extended). ``view_sizes``: where
@@ -150,7 +153,9 @@ class Monitor:
         the pool's SPM term valid now) and ``failover_s`` (how long an extension may take
         across a failover) are the write throttle's (``monitor/throttle.py``).
         ``measure_full``: ``qemu-img measure``'s fully allocated size, for the honest cap
-        (``monitor/caps.py``); None: the cap is capacity x cap_factor."""
+        (``monitor/caps.py``); None: the cap is capacity x cap_factor. ``handoff``: the
+        shared records an ENOSPC pause follows a migrating VM through (mailbox mode,
+        ``monitor/handoff.py``); None: a VM that arrives paused is never resumed."""
         resume = resume or ResumeSettings()
         book = CapBook(measure_full)
         resolver = MeasuredCaps(policy_for or default_policy_resolver(settings), book)
@@ -165,7 +170,9 @@ class Monitor:
             probe=probe or direct_read_probe(resume.probe_timeout_s), lease_ok=lease_ok,
             extend_deadline_override=extend_deadline_s, views=views, space_gate=space_gate,
             view_sizes=view_sizes, spm_ok=spm_ok, failover_s=failover_s, caps=book,
+            handoff=handoff,
         )
+        self.claims = ClaimBook(clock)
         self.throttles = Throttles(self.ctx, self.rates)
         self.ctx.observer = Fanout(self.rates, self.throttles, outer)
         self.ctx.in_flight = InFlight(lambda: self.extends_in_flight, self.ctx.observer)
@@ -306,6 +313,11 @@ class Monitor:
                             d.info.capacity, d.cap)
                 for vm in self._vms.values() for d in vm.drives.values()]
 
+    def pause_claims(self) -> list[OwnPause]:
+        """The ENOSPC pauses this host claims now, for its in-use record
+        (``monitor/pauseclaims.py``)."""
+        return self.claims.current(self._vms.values())
+
     def drive_error_policies(self) -> dict[str, float]:
         """How many managed drives have each write error policy ("default": unset, QEMU's
         ``enospc``); ``report`` and ``ignore`` hand an ENOSPC to the guest."""
@@ -370,6 +382,7 @@ class Monitor:
         vm = self._vms.pop(name, None)
         if vm is None:
             return None
+        self.claims.departed(vm)
         drives = vm.close()
         for d in drives.values():
             self.ctx.observer.notify(DriveGone(name, d.name, d.volume))

@@ -129,22 +129,6 @@ class MigrationSteps:
                 "volume refreshed for a migration", vm=vm.name, volume=str(volume), size=size,
                 role=role.value)
 
-    @staticmethod
-    def arrived_paused(vm: VmView, state: RunState) -> RunState:
-        """A guest that ran out of space on the source during the migration arrives paused
-        with QEMU's ``io-error`` status, but the destination's drives report no error (their
-        I/O status is not migrated). With no drive failing for another reason, it is the
-        ENOSPC pause autoextend owns: resume it here once the drives have room."""
-        if state.running or state.pause_reason is not PauseReason.IO_ERROR:
-            return state
-        if any(not e.nospace for e in state.errors):
-            return state
-        for name in vm.drives:
-            vm.machine.managed_drive_full(name)
-        log.info("vm arrived paused on an I/O error with no drive in error: taken as the "
-                 "source's ENOSPC pause", vm=vm.name)
-        return dataclasses.replace(state, pause_reason=PauseReason.ENOSPC)
-
     async def may_refresh(self, vm: VmView) -> bool:
         """Whether an extension of one of the VM's drives may refresh this host's view now.
 

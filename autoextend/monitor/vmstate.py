@@ -30,6 +30,7 @@ import enum
 from dataclasses import dataclass, field
 
 from autoextend.backoff import backoff
+from autoextend.monitor.arrival import Arrival
 from autoextend.monitor.migration import MigState
 from autoextend.monitor.protocols import DriveIoError, PauseReason
 
@@ -199,6 +200,15 @@ class VmMachine:
     resumed_on: dict[str, tuple[int, int]] = field(default_factory=dict)
     room_drives: set[str] = field(default_factory=set)
     backing_full: set[str] = field(default_factory=set)
+    # Arrived paused from a live migration (``monitor/handoff.py``): resumed here only once
+    # the source's claim of an ENOSPC pause was adopted. Cleared when the VM runs.
+    arrival: Arrival | None = None
+    # This host's claim of the pause (``monitor/pauseclaims.py``): when the VM entered its
+    # current ENOSPC pause, while that pause is autoextend's. Kept through the migration's
+    # own pause (finish-migrate, postmigrate) while a migration out runs: the claim must
+    # outlive the guest's stay here. Cleared when the VM runs, or pauses for another
+    # reason with no migration.
+    claimed_at: float | None = None
 
     def apply(
         self, event: VmEvent, now: float, *, reason: PauseReason | None = None,
@@ -220,6 +230,7 @@ class VmMachine:
             self.room_drives = set()
             self.killed = False
             self.stale_views = {}
+            self.arrival = None
         if result.state is VmState.RUNNING:
             self.pause_reason = None
             self.unmanaged = ()
@@ -233,12 +244,20 @@ class VmMachine:
             self.first_ok_at = None
             if result.state is VmState.PAUSED_ENOSPC_UNMANAGED:
                 self.unmanaged = unmanaged
+        self._keep_claim(result.state, now)
         if Action.KILL in result.actions:
             self.killed = True
         if Action.RESUME in result.actions:
             self.resume_attempts += 1
             self.last_resume_at = now
         return result.actions
+
+    def _keep_claim(self, state: VmState, now: float) -> None:
+        if state is VmState.PAUSED_ENOSPC:
+            if self.claimed_at is None:
+                self.claimed_at = now
+        elif state is VmState.RUNNING or self.migration is MigState.NONE:
+            self.claimed_at = None
 
     @property
     def paused(self) -> bool:

@@ -30,6 +30,7 @@ from autoextend.monitor import backing, migration, plan, policy
 from autoextend.monitor.context import MonitorContext
 from autoextend.monitor.drive import DriveState, ThresholdState
 from autoextend.monitor.extension import Extensions, event_info
+from autoextend.monitor.handoff import HandoffSteps
 from autoextend.monitor.jobs import JobSteps
 from autoextend.monitor.migrating import MigrationSteps, effective, frozen
 from autoextend.monitor.observer import BackingStoreFull, VmCheckFailed
@@ -72,12 +73,13 @@ class Steps:
     resumes: ResumeSteps
     views: ViewSteps
     throttles: Throttles
+    handoffs: HandoffSteps
 
     @classmethod
     def of(cls, ctx: MonitorContext, throttles: Throttles, checks: Checks = ALL_ON) -> Steps:
         migrations = MigrationSteps(ctx, checks)
         return cls(migrations, Extensions(ctx, migrations, throttles), JobSteps(ctx),
-                   ResumeSteps(ctx), ViewSteps(ctx, checks), throttles)
+                   ResumeSteps(ctx), ViewSteps(ctx, checks), throttles, HandoffSteps(ctx))
 
 
 class VmTask:
@@ -315,8 +317,11 @@ class VmTask:
             return  # stopped before it ran (a stale view): it goes away
         if moved.refreshed or moved.rearm:  # views grew: fresh numbers, arm again
             merge_drives(ctx, self, await ctx.hypervisor.drives(self.name), rearm=True)
-        if moved.arrived:
-            state = steps.migrations.arrived_paused(self, state)
+        adopted = self.machine.arrival is not None and self.machine.arrival.resumable
+        state = await steps.handoffs.check(self, state, arrived=moved.arrived)
+        if not adopted and self.machine.arrival is not None and self.machine.arrival.resumable:
+            # An arrived pause adopted now: its volumes were refreshed, read them again.
+            merge_drives(ctx, self, await ctx.hypervisor.drives(self.name), rearm=True)
         observe(ctx, self, state)
         if self.machine.state in (VmState.PAUSED_ENOSPC, VmState.PAUSED_ENOSPC_UNMANAGED) or any(
             e.nospace and e.drive in self.drives for e in state.errors
@@ -353,7 +358,7 @@ class VmTask:
         not yet looked at, a migration known or in doubt, a pause for a migration."""
         m = self.machine
         if (not m.views_checked or not self.drives or m.migration_stale
-                or m.migration is not migration.MigState.NONE
+                or m.migration is not migration.MigState.NONE or m.arrival is not None
                 or state.pause_reason is PauseReason.MIGRATION or state.running):
             await self.resync(rearm=False)
             return

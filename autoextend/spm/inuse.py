@@ -15,12 +15,14 @@ Record (little-endian), written as its used prefix rounded up to whole sectors::
                             volume counts as in use there); other bits 0
     6   u16  count          volume hashes that follow (0..MAX_VOLUMES)
     8   u16  host id        the writer (== the record's place)
-    10  u16  reserved       0
-    12  u32  crc32          of bytes 0..40+8*count with this field zero
+    10  u16  claims         pause claims after the hashes (0..handoff.MAX_CLAIMS)
+    12  u32  crc32          of bytes 0..40+8*count+32*claims with this field zero
     16  u64  generation     the host's delta lease generation (0: not known to the host)
     24  u64  seq            1, 2, ... with every publish of this incarnation (never 0)
     32  u64  published_us   the host's wall clock (shown in refusals; never compared)
     40  u64  hashes[count]  strictly ascending
+    ..  32 B claims[claims] pause claims (``handoff.py``: how an ENOSPC pause follows its
+                            VM through a live migration), strictly ascending
 
 **Bound: hashes, not names.** A volume is its 64-bit hash (blake2b of ``vg/lv``): fixed
 width, so the record's size depends only on the count, decoding needs no name checks, and
@@ -41,8 +43,11 @@ left by a previous run is never taken for a current one.
 
 Range checks on decode (every field, like the mailbox sectors; anything else is corrupt,
 i.e. unreadable, and the SPM refuses while it lasts): magic, version, host id exact; flags
-only bit 0; count 0..507; reserved 0; crc; seq >= 1; generation any u64 below 2^63; hashes
-strictly ascending. An all-zero first sector is "never published" (``None``).
+only bit 0; count 0..507; claims 0..32 and within the record; crc; seq >= 1; generation any
+u64 below 2^63; hashes strictly ascending; every claim (``handoff.decode``). A host running
+an autoextend from before the claims reads a record that holds any as unreadable (its
+reserved field is not zero): its SPM refuses reduces while such a record is published,
+which is safe. An all-zero first sector is "never published" (``None``).
 
 Publish period: ``PUBLISH_PERIOD_S`` (2 s). Cost per host: one write of one sector per
 period (512 B with up to 59 open volumes at 512 B sectors, else up to 8 sectors; one 4 KiB
@@ -59,6 +64,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from autoextend.spm import handoff
 from autoextend.spm.errors import CorruptSector
 
 MAGIC = b"AXIU"
@@ -90,6 +96,7 @@ class InUseRecord:
     published_us: int
     hashes: frozenset[int]
     overflow: bool = False
+    claims: tuple[handoff.PauseClaim, ...] = ()  # pause claims (handoff.py)
 
     def lists(self, name: str) -> bool:
         """The host may have ``name`` open (listed, or it overflowed)."""
@@ -97,11 +104,20 @@ class InUseRecord:
 
 
 def make_record(host_id: int, generation: int, seq: int, published_us: int,
-                names: Iterable[str]) -> InUseRecord:
-    """The record of ``names`` (overflow past MAX_VOLUMES: the first ones by hash kept)."""
+                names: Iterable[str],
+                claims: Iterable[handoff.PauseClaim] = ()) -> InUseRecord:
+    """The record of ``names`` and ``claims`` (at most ``handoff.MAX_CLAIMS`` claims; the
+    hashes that do not fit beside them overflow: the first ones by hash kept)."""
+    kept = handoff.fit(claims)
+    room = max_volumes(len(kept))
     hashes = sorted({volume_hash(n) for n in names})
     return InUseRecord(host_id, generation, seq, published_us,
-                       frozenset(hashes[:MAX_VOLUMES]), len(hashes) > MAX_VOLUMES)
+                       frozenset(hashes[:room]), len(hashes) > room, kept)
+
+
+def max_volumes(claims: int) -> int:
+    """How many hashes fit beside ``claims`` pause claims."""
+    return (RECORD_BYTES - HEAD_SIZE - handoff.ENTRY_SIZE * claims) // 8
 
 
 def _crc(buf: bytes | bytearray, length: int) -> int:
@@ -110,17 +126,21 @@ def _crc(buf: bytes | bytearray, length: int) -> int:
     return zlib.crc32(bytes(buf[CRC_OFFSET + 4 : length]), crc)
 
 
-def used_bytes(count: int, sector_size: int) -> int:
-    """Bytes to write for a record of ``count`` hashes: whole sectors."""
-    length = HEAD_SIZE + 8 * count
+def used_bytes(count: int, sector_size: int, claims: int = 0) -> int:
+    """Bytes to write for a record of ``count`` hashes and ``claims`` claims: whole
+    sectors."""
+    length = HEAD_SIZE + 8 * count + handoff.ENTRY_SIZE * claims
     return -(-length // sector_size) * sector_size
 
 
 def encode(record: InUseRecord, sector_size: int) -> bytes:
     """The record as whole sectors (only its used prefix: ``used_bytes``)."""
     hashes = sorted(record.hashes)
-    if len(hashes) > MAX_VOLUMES:
-        raise ValueError(f"{len(hashes)} volumes do not fit (at most {MAX_VOLUMES})")
+    if len(record.claims) > handoff.MAX_CLAIMS:
+        raise ValueError(f"{len(record.claims)} pause claims (at most {handoff.MAX_CLAIMS})")
+    if len(hashes) > max_volumes(len(record.claims)):
+        raise ValueError(f"{len(hashes)} volumes do not fit (at most "
+                         f"{max_volumes(len(record.claims))} beside the claims)")
     if not 1 <= record.host_id <= 0xFFFF:
         raise ValueError(f"host id out of range: {record.host_id}")
     if not 0 <= record.generation <= MAX_RECORD_GENERATION:
@@ -131,12 +151,16 @@ def encode(record: InUseRecord, sector_size: int) -> bytes:
         raise ValueError(f"timestamp out of range: {record.published_us}")
     if any(not 0 <= h <= MAX_SEQ for h in hashes):
         raise ValueError("a hash is not a u64")
-    buf = bytearray(used_bytes(len(hashes), sector_size))
+    entries = handoff.encode(record.claims)  # raises on a claim out of range
+    claims = len(entries) // handoff.ENTRY_SIZE
+    buf = bytearray(used_bytes(len(hashes), sector_size, claims))
     HEAD.pack_into(buf, 0, MAGIC, VERSION, FLAG_OVERFLOW if record.overflow else 0,
-                   len(hashes), record.host_id, 0, 0, record.generation, record.seq,
+                   len(hashes), record.host_id, claims, 0, record.generation, record.seq,
                    record.published_us)
     struct.pack_into(f"<{len(hashes)}Q", buf, HEAD_SIZE, *hashes)
-    struct.pack_into("<I", buf, CRC_OFFSET, _crc(buf, HEAD_SIZE + 8 * len(hashes)))
+    buf[HEAD_SIZE + 8 * len(hashes):HEAD_SIZE + 8 * len(hashes) + len(entries)] = entries
+    struct.pack_into("<I", buf, CRC_OFFSET, _crc(buf, HEAD_SIZE + 8 * len(hashes) +
+                                                 len(entries)))
     return bytes(buf)
 
 
@@ -151,13 +175,17 @@ def decode(data: bytes, expect_host: int) -> InUseRecord | None:
         raise _corrupt(expect_host, "shorter than its header")
     if not any(data[:HEAD_SIZE]):
         return None
-    (magic, version, flags, count, host_id, reserved, crc, generation, seq,
+    (magic, version, flags, count, host_id, nclaims, crc, generation, seq,
      published_us) = HEAD.unpack_from(data, 0)
     if magic != MAGIC:
         raise _corrupt(expect_host, "bad magic")
     if count > MAX_VOLUMES:
         raise _corrupt(expect_host, f"count {count} > {MAX_VOLUMES}")
-    length = HEAD_SIZE + 8 * count
+    if nclaims > handoff.MAX_CLAIMS:
+        raise _corrupt(expect_host, f"claims count {nclaims} > {handoff.MAX_CLAIMS}")
+    length = HEAD_SIZE + 8 * count + handoff.ENTRY_SIZE * nclaims
+    if length > RECORD_BYTES:
+        raise _corrupt(expect_host, "hashes and claims do not fit the record")
     if len(data) < length:
         raise _corrupt(expect_host, "shorter than its count says")
     if crc != _crc(data, length):
@@ -166,8 +194,8 @@ def decode(data: bytes, expect_host: int) -> InUseRecord | None:
         raise _corrupt(expect_host, f"unsupported version {version}")
     if host_id != expect_host:
         raise _corrupt(expect_host, f"record says host {host_id} (layout mismatch?)")
-    if flags & ~FLAG_OVERFLOW or reserved:
-        raise _corrupt(expect_host, "unknown flags or reserved field not zero")
+    if flags & ~FLAG_OVERFLOW:
+        raise _corrupt(expect_host, "unknown flags")
     if seq == 0:
         raise _corrupt(expect_host, "seq 0")
     if generation > MAX_RECORD_GENERATION:
@@ -175,8 +203,11 @@ def decode(data: bytes, expect_host: int) -> InUseRecord | None:
     hashes = struct.unpack_from(f"<{count}Q", data, HEAD_SIZE)
     if any(a >= b for a, b in zip(hashes, hashes[1:], strict=False)):
         raise _corrupt(expect_host, "hashes not strictly ascending")
+    claims = handoff.decode(bytes(data[HEAD_SIZE + 8 * count:length]), nclaims)
+    if isinstance(claims, str):
+        raise _corrupt(expect_host, claims)
     return InUseRecord(host_id, generation, seq, published_us, frozenset(hashes),
-                       bool(flags & FLAG_OVERFLOW))
+                       bool(flags & FLAG_OVERFLOW), claims)
 
 
 # What the SPM reads: per host, a record, None (never published) or the reason it is

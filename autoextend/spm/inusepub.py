@@ -25,7 +25,7 @@ source never does (a start that failed). The view must be made after the claim r
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable
 
 import anyio
 from anyio.abc import TaskStatus
@@ -33,7 +33,7 @@ from anyio.abc import TaskStatus
 from autoextend import logs
 from autoextend.clock import Clock
 from autoextend.sectors import SectorStorage, StorageError
-from autoextend.spm import intent, inuse
+from autoextend.spm import handoff, intent, inuse
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.layout import MailboxLayout
 
@@ -43,13 +43,16 @@ CLAIM_TTL_S = 600.0  # a claimed volume the source never listed (a guest start t
 
 # This host's open pool volumes, as "vg/lv" names (may raise: logged, the record not written).
 InUseSource = Callable[[], Awaitable[Collection[str]]]
+# This host's pause claims and tombstones (``handoff.py``; may raise: logged, none written).
+ClaimSource = Callable[[], Iterable[handoff.PauseClaim]]
 
 
 class InUsePublisher:
     def __init__(self, storage: SectorStorage, layout: MailboxLayout, host_id: int,
                  source: InUseSource, generation: Callable[[], int], clock: Clock, *,
                  period_s: float = inuse.PUBLISH_PERIOD_S,
-                 wall_us: Callable[[], int] = lambda: int(time.time() * 1e6)) -> None:
+                 wall_us: Callable[[], int] = lambda: int(time.time() * 1e6),
+                 pause_claims: ClaimSource | None = None) -> None:
         layout.check_host(host_id)
         self._storage = storage
         self._layout = layout
@@ -59,6 +62,7 @@ class InUsePublisher:
         self._clock = clock
         self.period_s = period_s
         self._wall_us = wall_us
+        self._pause_claims = pause_claims
         self.seq = 0
         self.published = 0
         self.failures = 0
@@ -127,9 +131,10 @@ class InUsePublisher:
             if name in listed or now >= lapses:  # the source has it now, or it never came
                 del self.claims[name]
         names = sorted(listed | set(self.claims))
+        pauses = self._collect_pauses()
         self.seq += 1
         record = inuse.make_record(self.host_id, self._generation(), self.seq,
-                                   self._wall_us(), names)
+                                   self._wall_us(), names, pauses)
         try:
             await self._storage.write(self._layout.inuse_offset(self.host_id),
                                       inuse.encode(record, self._storage.sector_size))
@@ -146,6 +151,21 @@ class InUsePublisher:
         self.last = record
         self.published += 1
         return record
+
+    def _collect_pauses(self) -> list[handoff.PauseClaim]:
+        if self._pause_claims is None:
+            return []
+        try:
+            pauses = list(self._pause_claims())
+        except Exception as exc:  # noqa: BLE001 - a failing source must not stop publishing
+            self._repeats.warning("collecting the pause claims failed",
+                                  error=str(exc) or type(exc).__name__, host_id=self.host_id)
+            return []
+        if len(set(pauses)) > handoff.MAX_CLAIMS:
+            self._repeats.warning("more pause claims than a record holds; the rest are not "
+                                  "published (their guests stay paused where they migrate)",
+                                  claims=len(set(pauses)), host_id=self.host_id)
+        return pauses
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Publish now, then every ``period_s`` (``started()`` after the first attempt)."""

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoextend.spm import intent, inuse
+from autoextend.spm import handoff, intent, inuse
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.inuse import InUseRecord, decode, encode, judge, make_record
 from autoextend.spm.layout import MailboxLayout
@@ -81,7 +81,8 @@ def _raw(host: int = 3, *, version: int = 1, flags: int = 0, count: int = 0,
 @pytest.mark.parametrize(("fields", "problem"), [
     ({"version": 2}, "version"),
     ({"flags": 2}, "flags"),
-    ({"reserved": 1}, "reserved"),
+    ({"reserved": handoff.MAX_CLAIMS + 1}, "claims count"),
+    ({"reserved": 1}, "checksum"),
     ({"seq": 0}, "seq 0"),
     ({"generation": 1 << 63}, "generation"),
     ({"count": inuse.MAX_VOLUMES + 1}, "count"),
