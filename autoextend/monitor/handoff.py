@@ -11,16 +11,21 @@ written after the guest arrived, at most once (``spm/handoff.py`` has the rule a
 is enough). :meth:`HandoffSteps.check` runs in every resync of the VM, from its own task:
 
 * on the arrival (the step from INCOMING to NONE) of a guest that is not running: the
-  machine's :class:`~.arrival.Arrival` starts WAITING, with the records' baseline (or none
-  in local mode: NO_CHANNEL, never resumed);
+  machine's :class:`~.arrival.Arrival` starts WAITING, with the records' baseline (or, in
+  local mode, NO_CHANNEL: no claim can come);
 * while WAITING: look for a fresh claim every :data:`LOOK_S`, up to :data:`WAIT_S`. Found:
   publish this host's tombstone first (the write must succeed), refresh the claimed volumes,
   flag their drives full, and from then on the pause is this host's ENOSPC pause (the
   monitor extends through the SPM if a drive is still full, re-arms and resumes under
-  ``[resume]``). None in time: UNCLAIMED, never resumed here;
-* whatever the hypervisor calls the pause, a VM that arrived paused and whose claim was not
-  adopted is an other-pause to the machine (an ``io-error`` is not resumed by the I/O error
-  policy: nothing says its storage failed here).
+  ``[resume]``). None in time: UNCLAIMED, never resumed as an ENOSPC pause here;
+* while WAITING the pause is an other-pause to the machine (nothing resumes it); after it
+  (no claim, or local mode) it is what the hypervisor here says it is, never more:
+  libvirt's PAUSED/USER stays paused; QEMU's migrated ``io-error`` run state (a fact: an
+  I/O error policy stopped the guest, on whatever host) follows ``[resume] policy`` as any
+  I/O error pause does (probe the storage, resume or kill), which is also what the source
+  would have done with it. That is how a QMP guest paused on ENOSPC is resumed in local
+  mode, where there is no claim: resumed, it retries its write, and a drive still
+  full pauses it again, now with the ENOSPC reported here (extended, resumed as usual).
 
 The source never resumes the guest once it left; the claim's tombstone keeps a third host
 from adopting the same pause after a later migration.
@@ -61,18 +66,19 @@ class HandoffSteps:
             await self._look(vm, a)
         if a.state is ArrivalState.ADOPTED:
             return dataclasses.replace(state, pause_reason=PauseReason.ENOSPC)
-        if state.pause_reason in (PauseReason.ENOSPC, PauseReason.IO_ERROR):
+        if a.state is ArrivalState.WAITING:  # nothing is resumed before the claim's answer
             return dataclasses.replace(state, pause_reason=PauseReason.OTHER)
-        return state
+        return state  # the hypervisor's own word, as for any pause
 
     async def _arrived(self, vm: VmView) -> None:
         m = vm.machine
         if self._ctx.handoff is None:
             m.arrival = Arrival(ArrivalState.NO_CHANNEL)
-            m.record("left paused: arrived paused from a migration; no shared records "
-                     "to learn the pause's cause from (local mode)")
+            m.record("arrived paused from a migration; local mode: no record of the pause's "
+                     "cause (an I/O error pause follows [resume] policy, any other stays)")
             log.warning("vm arrived paused from a migration; local mode has no record of "
-                        "why its source paused it: leaving it paused", vm=vm.name)
+                        "why its source paused it: only an I/O error pause may be resumed, "
+                        "under [resume] policy", vm=vm.name)
             return
         now = self._ctx.clock.now()
         m.arrival = Arrival(ArrivalState.WAITING, deadline=now + WAIT_S)

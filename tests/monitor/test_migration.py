@@ -196,8 +196,10 @@ async def test_source_extends_without_refresh_and_resumes_after_failure() -> Non
 
 
 async def test_destination_refreshes_before_arming_and_leaves_arrived_pause_local() -> None:
-    """Local mode has no shared record of why the source paused the guest: an arrived pause
-    is never resumed (``monitor/handoff.py``; the mailbox-mode handoff: test_handoff.py)."""
+    """Local mode has no shared record of why the source paused the guest: an arrived
+    pause is what the hypervisor here says (``monitor/handoff.py``): an I/O error pause
+    follows [resume] policy, and its storage probe fails here (the memory hypervisor's
+    paths do not exist), so it stays paused; the mailbox-mode handoff: test_handoff.py."""
     rig, views = make_rig()
     rig.hv.migrations["vm1"] = MigrationInfo(Role.DESTINATION, Phase.PENDING)
     rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 4096 * MiB)})
