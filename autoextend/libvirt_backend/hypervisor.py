@@ -417,8 +417,22 @@ class LibvirtHypervisor:
             tg.start_soon(marked)
         if answer is OUTGOING or failure is None:
             assert answer is not None
-            return answer
+            return self._incoming_ended(vm, answer)
         raise failure
+
+    def _incoming_ended(self, vm: str, answer: MigrationInfo) -> MigrationInfo:
+        """A domain that STARTED/MIGRATED here whose job no longer runs and that is not
+        paused for its migration: the incoming migration completed (a failed one takes the
+        domain away). libvirt drops the job then, so the answer would be "no migration";
+        the monitor needs the arrival (``monitor/handoff.py``). Said once."""
+        if vm not in self._tracker.incoming:
+            return answer
+        if answer.role is Role.NONE:
+            self._tracker.incoming.discard(vm)
+            return MigrationInfo(Role.DESTINATION, Phase.COMPLETED)
+        if answer.role is not Role.DESTINATION or not answer.running:
+            self._tracker.incoming.discard(vm)
+        return answer
 
     async def _job_migration(self, vm: str) -> MigrationInfo:
         """``jobStats`` and ``state()``, in the monitor's terms."""

@@ -74,6 +74,12 @@ def migration_event(vm: str, event: int, detail: int) -> MigrationChanged | None
     return None
 
 
+def started_by_migration(event: int, detail: int) -> bool:
+    """STARTED/MIGRATED: the domain was created here for an incoming migration."""
+    return bool(event == libvirt.VIR_DOMAIN_EVENT_STARTED
+                and detail == libvirt.VIR_DOMAIN_EVENT_STARTED_MIGRATED)
+
+
 def ends_outgoing(event: int) -> bool:
     """A lifecycle event after which a source's outgoing mark no longer holds: STOPPED (the
     migration completed, or the domain went away), RESUMED (it failed after the pause, or

@@ -19,7 +19,11 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from autoextend.libvirt_backend import events as ev
-from autoextend.libvirt_backend.migration import ends_outgoing, migration_event
+from autoextend.libvirt_backend.migration import (
+    ends_outgoing,
+    migration_event,
+    started_by_migration,
+)
 from autoextend.libvirt_backend.outgoing import OutgoingMarks
 from autoextend.logs import get_logger
 from autoextend.monitor.protocols import (
@@ -73,6 +77,10 @@ class DomainTracker:
         self.classify = PendingVms()
         self.outgoing = OutgoingMarks()  # VMs known from events to migrate out
         self.verify = PendingVms()       # marks to check against jobStats
+        # Domains that STARTED/MIGRATED here (an incoming migration), until a look at their
+        # job says how it ended (``LibvirtHypervisor.migration``): the fact that a domain
+        # found paused after its job ended arrived by migration (monitor/handoff.py).
+        self.incoming: set[str] = set()
 
     # ------------------------------------------------------------------ sending
 
@@ -93,6 +101,7 @@ class DomainTracker:
         self.enospc_seen.discard(vm)
         self.drive_by_path.pop(vm, None)
         self.outgoing.clear(vm)
+        self.incoming.discard(vm)
 
     def drives_seen(self, vm: str, drives: list[DriveInfo]) -> None:
         """Remember which path is which drive, to name the drive of an ENOSPC report."""
@@ -140,6 +149,8 @@ class DomainTracker:
             if isinstance(outcome, VmAppeared):
                 self.active.add(vm)
                 self.enospc_seen.discard(vm)
+                if started_by_migration(event, detail):
+                    self.incoming.add(vm)
             elif isinstance(outcome, VmGone):
                 self.forget(vm)
             elif isinstance(outcome, VmResumed):

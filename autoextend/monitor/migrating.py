@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from autoextend.checks import ALL_ON, Checks
 from autoextend.monitor import migration
 from autoextend.monitor.context import MonitorContext, VmView
-from autoextend.monitor.migration import MigAction, MigState, Role
+from autoextend.monitor.migration import MigAction, MigState, Phase, Role
 from autoextend.monitor.observer import MigrationNoted
 from autoextend.monitor.protocols import DriveInfo, MigrationChanged, PauseReason, RunState
 from autoextend.monitor.vm import log
@@ -86,8 +86,10 @@ class MigrationSteps:
         if result.state is not MigState.MIGRATING_OUT:
             m.deferred_sizes.clear()
         self._note(vm, info, before, result)
-        arrived = (before is MigState.INCOMING and result.state is MigState.NONE
-                   and info.role is Role.DESTINATION)
+        # Also when this host first saw the VM after its migration (a look that failed for
+        # the whole incoming job, a restart): the handoff (monitor/handoff.py) asks then.
+        arrived = (result.state is MigState.NONE and info.role is Role.DESTINATION
+                   and (before is MigState.INCOMING or info.phase is Phase.COMPLETED))
         return MigrationCheck(refreshed, MigAction.REARM in result.actions, arrived)
 
     async def freeze_early(self, vm: VmView) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from autoextend.lab.domxml import guest_domain_xml
 from autoextend.lab.guest import GuestJob, find_result, with_expected_md5
-from autoextend.lab.libvirt_migrate import live_migration
+from autoextend.lab.libvirt_migrate import UNLIMITED_MIB_S, live_migration
 from autoextend.lab.libvirtd import LabLibvirtd
 from autoextend.lab.multihost import VG, HostProcess, Pool, pool
 from autoextend.lab.singlehost import create_qcow2_disk
@@ -65,7 +65,8 @@ class Setup:
         async with live_migration(self.conns[self.source], self.conns[self.target], name,
                                   devices={self.device: dest_device},
                                   serial_log=self.dst_serial,
-                                  socket_path=self.p.directory / f"{name}.mig") as migration:
+                                  socket_path=self.p.directory / f"{name}.mig",
+                                  bandwidth_mib_s=UNLIMITED_MIB_S) as migration:
             assert await migration.finish() is None, migration.error
         return dest_device
 
