@@ -276,3 +276,19 @@ async def test_a_call_that_fails_unmarked_raises_its_own_error() -> None:
     info = DriveInfo("vm1", "vda[1]", "vda[1]", "/dev/loop3", 1 << 30, 0, 64 << 20)
     with pytest.raises(LibvirtTimeout):
         await hypervisor(conn).set_threshold("vm1", info, 32 << 20)
+
+
+async def test_an_incoming_domain_whose_job_ended_arrived_once() -> None:
+    """STARTED/MIGRATED, then no job and not paused for the migration: the incoming
+    migration completed here (said once; libvirt no longer has the job)."""
+    conn = BlockedJobConnection({"type": E.VIR_DOMAIN_JOB_NONE})
+    conn.release.set()
+    h = hypervisor(conn)
+    t = h._tracker
+    t.current = CONN
+    assert await h.migration("vm1") == MigrationInfo(Role.NONE, Phase.NONE)
+    t.on_lifecycle(None, Dom("vm1"), E.VIR_DOMAIN_EVENT_STARTED,
+                   E.VIR_DOMAIN_EVENT_STARTED_MIGRATED, CONN)
+    with anyio.fail_after(5):
+        assert await h.migration("vm1") == MigrationInfo(Role.DESTINATION, Phase.COMPLETED)
+        assert await h.migration("vm1") == MigrationInfo(Role.NONE, Phase.NONE)

@@ -167,3 +167,17 @@ async def test_pending_vms_wake_and_drain() -> None:
         t.resync.add("b")
     assert got == [{"a", "b"}]
     assert t.resync.names == set()
+
+
+def test_started_migrated_marks_an_incoming_domain() -> None:
+    """STARTED/MIGRATED is the fact that a domain came here by migration (the monitor's
+    handoff of an arrived pause needs it: monitor/handoff.py); STOPPED forgets it."""
+    t, receive = tracker()
+    t.on_lifecycle(None, Dom("a"), E.VIR_DOMAIN_EVENT_STARTED,
+                   E.VIR_DOMAIN_EVENT_STARTED_BOOTED, CONN)
+    t.on_lifecycle(None, Dom("b"), E.VIR_DOMAIN_EVENT_STARTED,
+                   E.VIR_DOMAIN_EVENT_STARTED_MIGRATED, CONN)
+    assert t.incoming == {"b"}
+    assert drain(receive) == [VmAppeared("a"), VmAppeared("b")]
+    t.on_lifecycle(None, Dom("b"), E.VIR_DOMAIN_EVENT_STOPPED, 0, CONN)
+    assert t.incoming == set()
