@@ -153,9 +153,7 @@ class Monitor:
         the pool's SPM term valid now) and ``failover_s`` (how long an extension may take
         across a failover) are the write throttle's (``monitor/throttle.py``).
         ``measure_full``: ``qemu-img measure``'s fully allocated size, for the honest cap
-        (``monitor/caps.py``); None: the cap is capacity x cap_factor. ``handoff``: the
-        shared records an ENOSPC pause follows a migrating VM through (mailbox mode,
-        ``monitor/handoff.py``); None: a VM that arrives paused is never resumed."""
+        (``monitor/caps.py``); None: the cap is capacity x cap_factor. ``handoff``: handoff.py"""
         resume = resume or ResumeSettings()
         book = CapBook(measure_full)
         resolver = MeasuredCaps(policy_for or default_policy_resolver(settings), book)
@@ -170,8 +168,7 @@ class Monitor:
             probe=probe or direct_read_probe(resume.probe_timeout_s), lease_ok=lease_ok,
             extend_deadline_override=extend_deadline_s, views=views, space_gate=space_gate,
             view_sizes=view_sizes, spm_ok=spm_ok, failover_s=failover_s, caps=book,
-            handoff=handoff,
-        )
+            handoff=handoff)
         self.claims = ClaimBook(clock)
         self.throttles = Throttles(self.ctx, self.rates)
         self.ctx.observer = Fanout(self.rates, self.throttles, outer)
