@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 import anyio
+import pytest
 
 from autoextend.errors import AutoextendError
 from autoextend.lab.waiting import until
@@ -224,28 +225,28 @@ def test_tombstones_outlive_retained_claims() -> None:
     assert records.TOMBSTONE_S >= pauseclaims.RETAIN_S + 180
 
 
-async def test_local_mode_io_error_arrival_follows_the_resume_policy() -> None:
+@pytest.mark.parametrize(("reason", "resumed"), [
+    (PauseReason.IO_ERROR, ["vm1"]), (PauseReason.USER, [])])
+async def test_local_mode_io_error_arrival_follows_the_resume_policy(
+        reason: PauseReason, resumed: list[str]) -> None:
     """No claim can come in local mode: QEMU's migrated ``io-error`` is an I/O error pause
     (probed, then resumed under policy auto); an operator's pause stays."""
-    for reason, resumed in ((PauseReason.IO_ERROR, ["vm1"]), (PauseReason.USER, [])):
-        rig = Rig()
-        views = Views(rig)
+    rig = Rig()
 
-        async def ok(path: str) -> bool:
-            return True
+    async def ok(path: str) -> bool:
+        return True
 
-        rig.monitor = Monitor(rig.hv, rig.ext, SETTINGS, rig.clock, observer=rig.tally,
-                              views=views, probe=ok)
-        arrive_paused(rig)
-        async with anyio.create_task_group() as tg:
-            await tg.start(rig.monitor.run)
-            await until(lambda: entry(rig).get("migration") == "incoming",
-                        describe=rig.describe)
-            rig.hv.vms["vm1"].reason = reason
-            rig.hv.migrate("vm1", MigrationInfo(Role.DESTINATION, Phase.COMPLETED))
-            await until(lambda: "local mode" in str(entry(rig).get("last_action")),
-                        describe=rig.describe)
-            for _ in range(10):
-                await rig.advance(SETTINGS.poll_interval_s)
-            assert rig.hv.resumes == resumed, reason
-            tg.cancel_scope.cancel()
+    rig.monitor = Monitor(rig.hv, rig.ext, SETTINGS, rig.clock, observer=rig.tally,
+                          views=Views(rig), probe=ok)
+    arrive_paused(rig)
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: entry(rig).get("migration") == "incoming", describe=rig.describe)
+        rig.hv.vms["vm1"].reason = reason
+        rig.hv.migrate("vm1", MigrationInfo(Role.DESTINATION, Phase.COMPLETED))
+        await until(lambda: "local mode" in str(entry(rig).get("last_action")),
+                    describe=rig.describe)
+        for _ in range(10):
+            await rig.advance(SETTINGS.poll_interval_s)
+        assert rig.hv.resumes == resumed
+        tg.cancel_scope.cancel()
