@@ -42,18 +42,20 @@ zero, strictly ascending (no duplicates). Anything else makes the whole record c
 
 Then B writes its own tombstone for the claim *before* it resumes anything, and treats the
 pause as its own ENOSPC pause (extends through the SPM if the drive is still full, refreshes,
-re-arms, resumes under ``[resume]``). Nothing else makes B resume an arrived pause.
+re-arms, resumes under ``[resume]``). Nothing else makes B resume an arrived pause as an
+ENOSPC pause (after the wait, QEMU's migrated ``io-error`` state is an I/O error pause like
+any other, under ``[resume] policy``: ``monitor/handoff.py``).
 
 **Why the source keeps its claim after the guest left** (``monitor/pauseclaims.py``): B needs
 a record collected after the arrival. A keeps claiming a departed guest's pause for
 ``RETAIN_S`` (``monitor/pauseclaims.py``); B keeps its tombstone for :data:`TOMBSTONE_S`
-(longer), so every time A's
-claim can be read, B's tombstone can be too, and a later migration of the same guest (B to C,
-after B resumed it and an operator paused it) never adopts A's old claim.
+(longer), so every time A's claim can be read, B's tombstone can be too, and a later
+migration of the same guest (B to C, after B resumed it and an operator paused it) never
+adopts A's old claim.
 
-**What is never resumed:** an arrived pause that no fresh record claims within
-``monitor/handoff.WAIT_S`` (an operator's pause, a source that died or cannot write, local
-mode: no shared area), or whose claim was adopted already.
+**What is never resumed as an ENOSPC pause:** an arrived pause that no fresh record claims
+within ``monitor/handoff.WAIT_S`` (an operator's pause, a source that died or cannot
+write, local mode: no shared area), or whose claim was adopted already.
 """
 
 from __future__ import annotations
