@@ -27,7 +27,8 @@ work:
 
 * the chunk follows the rule above with a per-drive margin, but is never larger than the
   fixed chunk (``chunk_mib``, the drive's overrides included): at every rate it strands at
-  most what the fixed chunk strands (:func:`combined_chunk`);
+  most what the fixed chunk strands (:func:`combined_chunk`). A drive not yet seen writing
+  keeps the fixed chunk (an idle rate says nothing about the first burst);
 * the throttle (``monitor/throttle.py``) carries whatever that watermark cannot: a rate past
   ``watermark / p99``, an extension past its p99, an SPM failover. A throttled guest is
   slowed, never paused, as long as its limit is set before the watermark is gone (the
@@ -174,6 +175,7 @@ class _Drive:
     measured: bool = False
     chunk: int = 0
     margin: float = 0.0  # combined mode: the near-miss-corrected margin (0: rate_margin)
+    grew: bool = False  # a sample showed the allocation growing (not only idle samples)
 
 
 class WriteRateChunks:
@@ -234,8 +236,11 @@ class WriteRateChunks:
             d.rate = next_rate(d.rate, now - d.t, info.allocation - d.allocation,
                                self.params.half_life_s)
             d.measured = True
+            d.grew = d.grew or info.allocation > d.allocation
             d.t, d.allocation = now, info.allocation
-        if not (self.enabled and d.measured):
+        if not (self.enabled and d.measured) or (self.combined and not d.grew):
+            # Combined mode: a rate measured only while idle says nothing about the first
+            # burst; the fixed chunk (the ceiling) carries it.
             d.chunk = base.chunk
             return base
         cap = round_up(math.ceil(info.capacity * base.cap_factor), base.extent)

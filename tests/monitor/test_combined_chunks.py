@@ -207,3 +207,21 @@ def test_combined_mode_needs_the_throttle() -> None:
     with pytest.raises(ValidationError, match="needs throttle = true"):
         _combined(throttle=False)
     assert _combined(chunk_mode="write_rate", throttle=False).throttle is False
+
+
+def test_a_drive_seen_only_idle_keeps_the_fixed_chunk() -> None:
+    """An idle rate (0 B/s) would give the smallest chunk, and the first burst only its
+    watermark: in combined mode the fixed chunk stays until the drive is seen writing."""
+    clock = ManualClock()
+    chunks = WriteRateChunks(_combined(), clock)
+    vol = VolumeRef("vg", "lv")
+    chunks(_info(GiB), vol)
+    for _ in range(3):
+        clock.advance(10.0)
+        assert chunks(_info(GiB), vol).chunk == 64 * MiB
+    clock.advance(10.0)
+    assert chunks(_info(GiB + 4 * MiB), vol).chunk == 8 * MiB  # 0.4 MiB/s: the minimum
+    plain = WriteRateChunks(_combined(chunk_mode="write_rate"), clock)
+    plain(_info(GiB), vol)
+    clock.advance(10.0)
+    assert plain(_info(GiB), vol).chunk == 8 * MiB  # plain write_rate: as before
