@@ -23,8 +23,8 @@ landed), and what held the rate back (:func:`limited_by`).
 
 Lab scale: 16 MiB fixed chunks at 50 % utilization (8 MiB watermark); write-rate chunks from
 16 MiB to 1 GiB (the same 16 MiB until a rate is measured); the combined mode's chunks from
-12 MiB (a 6 MiB watermark: more than one 4 MiB block) up to the fixed 16 MiB, the throttle carrying the rest. ``fixed_16mib_throttle``
-shows what the throttle alone does.
+12 MiB (a 6 MiB watermark: more than one 4 MiB block) up to the fixed 16 MiB, the throttle
+carrying the rest. ``fixed_16mib_throttle`` shows what the throttle alone does.
 """
 
 from __future__ import annotations
