@@ -253,23 +253,36 @@ class Throttles:
             own = original.write_bps
             if held is None and own and own <= bps:
                 return  # its own limit is tighter already: nothing to add
-            await hv.set_io_limits(vm.name, info, original.with_write_bps(bps))
-            # As the hypervisor has them (QEMU names a new throttle group after the
-            # device): what the lift compares with to see whether someone changed them.
-            applied = await hv.io_limits(vm.name, info)
+            # Shielded from the set to the record: the extension may land meanwhile and
+            # end this watch, and a limit set but not recorded would never be lifted.
+            with anyio.CancelScope(shield=True):
+                await hv.set_io_limits(vm.name, info, original.with_write_bps(bps))
+                # As the hypervisor has them (QEMU names a new throttle group after the
+                # device): what the lift compares with to see whether someone changed them.
+                applied = await self._applied(vm, info, original.with_write_bps(bps))
+                if held is None:
+                    self.held[d.volume] = Held(vm.name, d.name, original, applied, bps,
+                                               reason, ctx.clock.now())
+                else:
+                    held.applied, held.bps, held.reason = applied, bps, reason
         except AutoextendError as exc:
             bound.warning("throttle: setting the write limit failed", error=str(exc),
                           limit_bps=bps)
             return
-        if held is None:
-            self.held[d.volume] = Held(vm.name, d.name, original, applied, bps, reason,
-                                       ctx.clock.now())
-        else:
-            held.applied, held.bps, held.reason = applied, bps, reason
         ctx.observer.notify(Throttled(vm.name, d.name, d.volume, bps, reason))
         bound.warning("guest writes throttled until the extension lands",
                       limit_mib_s=round(bps / MiB, 2), reason=reason,
                       status=describe(bps, reason))
+
+    async def _applied(self, vm: VmView, info: DriveInfo, sent: IoLimits) -> IoLimits:
+        """The limits the drive has after a set (read back); what was sent when the read
+        fails (the set went through: it must still be recorded, to be lifted)."""
+        try:
+            return await self._ctx.hypervisor.io_limits(vm.name, info)
+        except AutoextendError as exc:
+            log.debug("throttle: reading the limits back failed", vm=vm.name,
+                      drive=info.drive, error=str(exc))
+            return sent
 
     # ------------------------------------------------------------ after an extension
 
