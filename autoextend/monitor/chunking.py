@@ -29,11 +29,13 @@ work:
   fixed chunk (``chunk_mib``, the drive's overrides included): at every rate it strands at
   most what the fixed chunk strands (:func:`combined_chunk`). A drive not yet seen writing
   keeps the fixed chunk (an idle rate says nothing about the first burst);
-* the throttle (``monitor/throttle.py``) carries whatever that watermark cannot: a rate past
-  ``watermark / p99``, an extension past its p99, an SPM failover. A throttled guest is
-  slowed, never paused, as long as its limit is set before the watermark is gone (the
-  throttle's reaction, a few monitor commands) and ``free / expected`` stays above the
-  floor;
+* the throttle (``monitor/throttle.py``) carries whatever that watermark cannot: an
+  extension past its p99, an SPM failover, and a rate past ``watermark / p99``. A throttled
+  guest is slowed, never paused, as long as its limit is in place before the watermark is
+  gone and ``free / expected`` stays above the floor. A limit set once an extension started
+  comes a few monitor commands late, later than a fast guest fills a small watermark: in
+  this mode a guest faster than its watermark covers keeps a limit from one re-arm to the
+  next (``throttle.steady_limit``: watermark / (p99 x margin)), lifted once it slows down;
 * the near-miss figure (the fraction of the watermark left when each extension landed,
   ``WatermarkLeft``) corrects the margin per drive (:func:`next_margin`): a landing with
   less than :data:`NEAR_MISS_LOW` left (the estimate lagged the guest, or the throttle had
@@ -42,8 +44,10 @@ work:
   The ceiling above still holds, so the feedback only moves a drive between little
   stranded space and little throttling, never past the fixed chunk.
 
-So no pause happens at any rate whose watermark outlasts the throttle's reaction, and the
-guest keeps its full rate whenever the fixed chunk's watermark covers ``rate x p99``.
+So after a drive's first extension at a rate, no pause happens at any rate (the first one
+still needs its watermark to outlast the throttle's reaction: the rule cannot know a burst
+before it sees one), and the guest keeps its full rate whenever the fixed chunk's watermark
+covers ``rate x p99 x margin``.
 """
 
 from __future__ import annotations

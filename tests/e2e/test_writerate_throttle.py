@@ -13,7 +13,8 @@ throttle pauses in this run. Here:
 - no pause, and the data verifies;
 - the guest was throttled through the stall, and every extension added at most the fixed
   chunk (never more space stranded than the fixed chunk would);
-- the throttle is lifted by the first extension that lands after the stall.
+- the limit is lifted after the stall (by a re-arm, or once the guest slowed down: in this
+  mode a guest faster than its watermark covers keeps a limit between extensions).
 
 No timing is asserted: only pauses, data, sizes and the order of what the host logged. The
 rate at which a fixed chunk pauses without an outage depends on the machine's load (its
@@ -90,6 +91,5 @@ async def test_combined_policy_carries_a_guest_through_a_stopped_spm(
     steps = [e["size"] - e["physical"] for e in events if e.get("event") == "extending"]
     assert steps and all(0 < s <= CHUNK for s in steps), steps
     first = names.index(THROTTLED)
-    lifted = names.index(LIFTED, first)
-    assert "extended" not in names[first:lifted]
-    assert "extended" in names[lifted:], names[lifted:]
+    assert "extended" in names[first:], "no extension landed after the stall"
+    assert any(str(n).startswith(LIFTED) for n in names[first:]), names[first:]

@@ -26,7 +26,7 @@ from autoextend.monitor.chunking import (
 from autoextend.monitor.config import PolicyOverride, PolicySettings
 from autoextend.monitor.observer import WatermarkLeft
 from autoextend.monitor.protocols import DriveInfo
-from autoextend.monitor.throttle import limit_for
+from autoextend.monitor.throttle import PRESSING, hold_expiry, limit_for, steady_limit
 from autoextend.volumes import VolumeRef
 
 MiB = 1 << 20
@@ -225,3 +225,32 @@ def test_a_drive_seen_only_idle_keeps_the_fixed_chunk() -> None:
     plain(_info(GiB), vol)
     clock.advance(10.0)
     assert plain(_info(GiB), vol).chunk == 8 * MiB  # plain write_rate: as before
+
+
+@given(rate=st.floats(0, 1e11), watermark=st.integers(1, 1 << 40),
+       latency=st.floats(1e-3, 300), margin=st.floats(1, MAX_MARGIN),
+       floor=st.integers(1, 64 * MiB), current=st.integers(0, 1 << 34))
+def test_steady_limit_lets_the_next_extension_land_in_the_watermark(
+    rate: float, watermark: int, latency: float, margin: float, floor: int, current: int,
+) -> None:
+    """Held between extensions: none for a guest whose rate the watermark covers (and that
+    does not press against its limit); otherwise a guest held at the limit fills at most
+    the watermark in ``p99 x margin`` (unless the floor is above that: documented)."""
+    limit = steady_limit(rate, watermark, latency, margin, floor, current)
+    pressing = current > 0 and rate >= PRESSING * current
+    needs = rate * latency * margin > watermark
+    assert (limit is None) == (not needs and not pressing)
+    if limit is not None:
+        assert limit >= floor
+        if limit > floor:
+            assert limit * latency * margin <= watermark
+
+
+@given(now=st.floats(0, 1e6), room=st.integers(-GiB, 1 << 40), limit=st.integers(0, 1 << 34))
+def test_a_hold_outlasts_the_time_to_the_threshold_at_the_limit(
+    now: float, room: int, limit: int,
+) -> None:
+    end = hold_expiry(now, room, limit)
+    assert end >= now + 1.0
+    if limit > 0:
+        assert end >= now + max(0, room) / limit  # a guest still at the limit renews it

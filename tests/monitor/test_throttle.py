@@ -194,3 +194,47 @@ async def test_a_limit_set_as_the_extension_lands_is_still_lifted() -> None:
         assert drive_limits(rig) == THEIRS
         assert rig.tally.throttles == 1 and rig.tally.throttle_lifts == 1
         tg.cancel_scope.cancel()
+
+
+async def test_combined_mode_holds_a_fast_guest_between_extensions_until_it_slows() -> None:
+    """``chunk_mode = "write_rate_throttle"``: at the re-arm a guest writing faster than
+    its watermark covers (100 MiB/s x 1 s p99 x margin 2 > 64 MiB) keeps a limit, 64 MiB /
+    (1 s x 2) = 32 MiB/s, with the drive's own other limits; once it has not reached its
+    threshold within twice the time it would need at the limit, its own limits are back."""
+    rig = Rig(chunk_mode="write_rate_throttle")
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    rig.hv.vms["vm1"].drives["vda"].limits = THEIRS
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        gate = await start_writing(rig)
+        await until(lambda: rig.hv.limit_calls, describe=rig.describe)
+        gate.set()
+        await until(lambda: rig.state() is ThresholdState.SET, describe=rig.describe)
+        await rig.settle()
+        assert rig.tally.throttle_lifts == 0
+        held = drive_limits(rig)
+        assert held.get("bps_wr") == 32 * MiB
+        assert (held.get("iops"), held.get("bps_rd")) == (500, 300 * MiB)
+        assert throttle_status(rig) == "THROTTLED 32 MiB/s (write rate)"
+        # 384 - 200 MiB to the end at 32 MiB/s: 5.75 s; twice that and 1 s: 12.5 s.
+        await rig.advance(12.0)
+        assert drive_limits(rig).get("bps_wr") == 32 * MiB
+        await rig.advance(1.0)
+        await until(lambda: not rig.monitor.throttles.held, describe=rig.describe)
+        assert drive_limits(rig) == THEIRS
+        assert rig.tally.throttle_lifts == 1 and throttle_status(rig) == ""
+        tg.cancel_scope.cancel()
+
+
+async def test_fixed_mode_lifts_at_the_re_arm_as_before() -> None:
+    rig = Rig()
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        gate = await start_writing(rig)
+        await until(lambda: rig.hv.limit_calls, describe=rig.describe)
+        gate.set()
+        await until(lambda: rig.state() is ThresholdState.SET and not rig.monitor.throttles.held,
+                    describe=rig.describe)
+        assert drive_limits(rig) == IoLimits()
+        tg.cancel_scope.cancel()
