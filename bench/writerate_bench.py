@@ -15,11 +15,17 @@ First the writer alone: one step on a volume that needs no extension, unpaced (i
 under the load of the moment). Then, for each mode and each target rate (paced block by
 block), on a fresh volume: the ENOSPC write failures (the writer retries the block after
 20 ms, as a resumed guest would: each is a pause), the rate reached, the stranded space at
-the end (physical size minus the highest written offset), the throttle's seconds and
+the end (physical size minus the highest written offset) and its mean and maximum over the
+step (sampled after each block: what the guest would strand had it stopped there; the value
+at the end alone depends on where the last chunk happens to end), the throttle's seconds and
 lowest limit, the near-miss figures (the watermark's fraction left when each extension
 landed), and what held the rate back (:func:`limited_by`).
 
     python -m bench.writerate_bench [--quick]     # JSON to bench/results/writerate.json
+
+The writes are ``aio_write`` (one at a time, the next when QEMU printed the last one's
+completion): a synchronous ``write`` would hold QEMU's monitor for as long as a throttled
+write waits, and with it every command the service sends.
 
 Lab scale: 16 MiB fixed chunks at 50 % utilization (8 MiB watermark); write-rate chunks from
 16 MiB to 1 GiB (the same 16 MiB until a rate is measured); the combined mode's chunks from
@@ -35,6 +41,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -64,6 +71,8 @@ BLOCK = 4 * MiB
 START_MIB = 32
 VIRTUAL_MIB = 4096
 
+#: How often the writer looks for its write's completion in QEMU's output.
+POLL_S = 0.0005
 #: A step reaching less than this share of its target rate was held back.
 REACHED = 0.9
 
@@ -170,13 +179,44 @@ async def hmp(client: Any, line: str, output: QemuOutput | None = None) -> str:
     return out
 
 
+class Completions:
+    """``qemu-io``'s ``aio_write`` completions, as QEMU prints them on its stdout."""
+
+    def __init__(self, output: QemuOutput) -> None:
+        self.output = output
+        self.partial = ""
+
+    async def next(self, timeout: float = 120.0) -> str:
+        """The next completion line (``wrote ...`` or ``aio_write failed: ...``)."""
+        deadline = time.perf_counter() + timeout
+        while True:
+            text = self.partial + self.output.new_text()
+            *lines, self.partial = text.split("\n")
+            for n, line in enumerate(lines):
+                if line.startswith("wrote ") or "aio_write failed" in line:
+                    self.partial = "\n".join([*lines[n + 1:], self.partial])
+                    return line
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"no aio_write completion within {timeout} s")
+            await anyio.sleep(POLL_S)
+
+
 async def write_at_rate(client: Any, device: str, total: int, rate_mib_s: float | None,
-                        output: QemuOutput | None = None) -> dict[str, Any]:
+                        output: QemuOutput,
+                        physical: Callable[[], int] | None = None) -> dict[str, Any]:
     """Write ``total`` bytes in BLOCK-sized patterned writes paced to ``rate_mib_s`` (None:
-    as fast as the writer goes) through ``device``'s BlockBackend."""
+    as fast as the writer goes) through ``device``'s BlockBackend, one at a time.
+
+    Each write is an ``aio_write``: the monitor command returns at once and the write
+    completes in QEMU's block layer, as a guest's does, so a throttled write does not hold
+    QEMU's monitor (a synchronous ``write`` would, and every command of the service behind
+    it). ``physical``: the volume's size now; after each block, what it holds beyond the
+    data written so far is sampled (the stranded space, had the guest stopped there)."""
     blocks = total // BLOCK
     interval = BLOCK / (rate_mib_s * MiB) if rate_mib_s else 0.0
     enospc = 0
+    held: list[int] = []
+    done = Completions(output)
     t0 = time.perf_counter()
     for i in range(blocks):
         due = t0 + i * interval
@@ -184,19 +224,25 @@ async def write_at_rate(client: Any, device: str, total: int, rate_mib_s: float 
         if due > now:
             await anyio.sleep(due - now)
         while True:
-            out = await hmp(
-                client, f'qemu-io -d {device} "write -P {pattern(i)} {i * BLOCK} {BLOCK}"',
-                output)
-            if "No space left" in out:
+            await hmp(client,
+                      f'qemu-io -d {device} "aio_write -P {pattern(i)} {i * BLOCK} {BLOCK}"')
+            line = await done.next()
+            if "No space left" in line:
                 enospc += 1
                 await anyio.sleep(0.02)
                 continue
-            if "wrote" not in out:
-                raise RuntimeError(f"qemu-io write failed: {out.strip()[:200]}")
+            if not line.startswith("wrote "):
+                raise RuntimeError(f"qemu-io write failed: {line.strip()[:200]}")
             break
+        if physical is not None:
+            held.append(physical() - (i + 1) * BLOCK)
     elapsed = time.perf_counter() - t0
-    return {"enospc": enospc, "elapsed_s": round(elapsed, 3),
-            "rate_mib_s": round(total / MiB / elapsed, 1)}
+    out: dict[str, Any] = {"enospc": enospc, "elapsed_s": round(elapsed, 3),
+                           "rate_mib_s": round(total / MiB / elapsed, 1)}
+    if held:
+        out["stranded_mean_mib"] = round(sum(held) / len(held) / MiB, 1)
+        out["stranded_max_mib"] = round(max(held) / MiB, 1)
+    return out
 
 
 async def verify(client: Any, device: str, total: int,
@@ -244,6 +290,11 @@ async def _writer_vm(volumes: LoopVolumeBackend, stack: AsyncExitStack, base: Pa
     client = await vm.connect_qmp("writer")
     stack.push_async_callback(client.disconnect)
     return ref, vm, client
+
+
+def size_of(path: str | Path) -> Callable[[], int]:
+    """The file's size now, each time it is called."""
+    return lambda: os.stat(path).st_size
 
 
 def _loop_volumes(base: Path) -> LoopVolumeBackend:
@@ -297,7 +348,8 @@ async def one_policy(name: str, rates: list[float], total: int,
                     step.reset()
                     output = QemuOutput(vm.stderr_log)
                     device = await device_path(client)
-                    figures = await write_at_rate(client, device, total, rate, output)
+                    figures = await write_at_rate(client, device, total, rate, output,
+                                                  size_of(volumes.file_path(ref)))
                     written_end = await highest_offset(client)
                     physical = os.stat(volumes.file_path(ref)).st_size
                     chunks = service.chunks.chunks()
@@ -336,9 +388,14 @@ async def one_policy(name: str, rates: list[float], total: int,
         "highest_rate_without_enospc_mib_s": best["rate_mib_s"] if best else 0.0,
         "stranded_mib_at_that_rate": best["stranded_mib"] if best else None,
         "stranded_mib_sum_over_steps": round(sum(s["stranded_mib"] for s in steps), 1),
+        "stranded_mean_mib_sum_over_steps": round(
+            sum(s.get("stranded_mean_mib", 0.0) for s in steps), 1),
         "extension_latency_p99_ms": round(service.chunks.latency_s() * 1000, 1)
         if POLICIES[name]["chunk_mode"] != "fixed" else None,
         "extension_latency_p99_ms_measured": round(p99(tally.latencies) * 1000, 1),
+        "extension_phase_p99_ms": {
+            phase: round(p99([ph[phase] for ph in tally.phases if phase in ph]) * 1000, 1)
+            for phase in ("wait", "decision", "extender", "rearm", "total")},
     }
 
 

@@ -39,8 +39,8 @@ the re-arm step such a drive keeps a limit instead of losing it (:func:`steady_l
 
     limit = max(floor, W / (p99 x m))
 
-with ``W`` the re-armed watermark and ``m`` the drive's margin (``rate_margin``, corrected
-by its near-miss figures like the chunk's, ``chunking.next_margin``): the next extension,
+with ``W`` the re-armed watermark and ``m`` the drive's margin (1 at first, corrected by
+its near-miss figures like the chunk's margin, ``chunking.next_margin``): the next extension,
 started at the threshold with the guest held there, lands before the watermark is gone. It
 is kept while the guest needs it (its rate x p99 x m is more than ``W``, or it presses
 against the limit it has) and lifted at the first re-arm where it does not, or once the
@@ -99,6 +99,9 @@ PRESSING = 0.9
 #: held guest has to reach its threshold again.
 STEADY_CHECK_S = 0.5
 STEADY_GRACE_S = 1.0
+#: Held between extensions: the margin a drive starts with (the p99 is already a bound;
+#: near misses raise it, ``chunking.next_margin``).
+HOLD_MARGIN = 1.0
 
 SPM_FAILOVER = "SPM failover"
 OVERDUE = "extension overdue"
@@ -371,9 +374,8 @@ class Throttles:
                              predicted_allocation(s, now, rate))
         left = free_above_threshold(allocation, before.physical, watermark)
         if self._holds():
-            base = ctx.settings.rate_margin
-            self.margins[d.volume] = next_margin(self.margins.get(d.volume, base),
-                                                 left / watermark, base)
+            self.margins[d.volume] = next_margin(self.margins.get(d.volume, HOLD_MARGIN),
+                                                 left / watermark, HOLD_MARGIN)
         ctx.observer.notify(WatermarkLeft(vm.name, d.name, d.volume, left / watermark))
 
     async def lift_at_stop(self) -> None:
@@ -417,7 +419,7 @@ class Throttles:
         rate = s.rate if s is not None else 0.0
         watermark = info.physical - threshold
         limit = steady_limit(rate, watermark, self.rates.latency_s(),
-                             self.margins.get(d.volume, ctx.settings.rate_margin),
+                             self.margins.get(d.volume, HOLD_MARGIN),
                              ctx.settings.throttle_floor_mib_s * MiB,
                              held.bps if held is not None else 0)
         if limit is None:

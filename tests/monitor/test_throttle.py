@@ -198,8 +198,8 @@ async def test_a_limit_set_as_the_extension_lands_is_still_lifted() -> None:
 
 async def test_combined_mode_holds_a_fast_guest_between_extensions_until_it_slows() -> None:
     """``chunk_mode = "write_rate_throttle"``: at the re-arm a guest writing faster than
-    its watermark covers (100 MiB/s x 1 s p99 x margin 2 > 64 MiB) keeps a limit, 64 MiB /
-    (1 s x 2) = 32 MiB/s, with the drive's own other limits; once it has not reached its
+    its watermark covers (100 MiB/s x 1 s p99 x margin 1 > 64 MiB) keeps a limit, 64 MiB /
+    (1 s x 1) = 64 MiB/s, with the drive's own other limits; once it has not reached its
     threshold within twice the time it would need at the limit, its own limits are back."""
     rig = Rig(chunk_mode="write_rate_throttle")
     rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
@@ -213,12 +213,12 @@ async def test_combined_mode_holds_a_fast_guest_between_extensions_until_it_slow
         await rig.settle()
         assert rig.tally.throttle_lifts == 0
         held = drive_limits(rig)
-        assert held.get("bps_wr") == 32 * MiB
+        assert held.get("bps_wr") == 64 * MiB
         assert (held.get("iops"), held.get("bps_rd")) == (500, 300 * MiB)
-        assert throttle_status(rig) == "THROTTLED 32 MiB/s (write rate)"
-        # 384 - 200 MiB to the end at 32 MiB/s: 5.75 s; twice that and 1 s: 12.5 s.
-        await rig.advance(12.0)
-        assert drive_limits(rig).get("bps_wr") == 32 * MiB
+        assert throttle_status(rig) == "THROTTLED 64 MiB/s (write rate)"
+        # 384 - 200 MiB to the end at 64 MiB/s: 2.875 s; twice that and 1 s: 6.75 s.
+        await rig.advance(6.0)
+        assert drive_limits(rig).get("bps_wr") == 64 * MiB
         await rig.advance(1.0)
         await until(lambda: not rig.monitor.throttles.held, describe=rig.describe)
         assert drive_limits(rig) == THEIRS
