@@ -194,6 +194,8 @@ class Throttles:
         self.held: dict[VolumeRef, Held] = {}
         self._seconds_done = 0.0
         self._watched: set[VolumeRef] = set()  # drives whose extension is running
+        #: Holds being ended: a watch must not read their limits as the drive's own yet.
+        self._restoring: set[VolumeRef] = set()
         #: Held between extensions: each drive's margin, corrected by its near misses.
         self.margins: dict[VolumeRef, float] = {}
 
@@ -314,6 +316,8 @@ class Throttles:
         hv = ctx.hypervisor
         bound = log.bind(vm=vm.name, drive=d.name, volume=str(d.volume))
         held = self.held.get(d.volume)
+        if d.volume in self._restoring:
+            return  # its own limits are on their way back: the next look sets this one
         try:
             original = held.original if held is not None else await hv.io_limits(vm.name, info)
             own = original.write_bps
@@ -385,7 +389,10 @@ class Throttles:
         try:
             while True:  # and end the holds whose guest slowed down (module doc)
                 await self._ctx.clock.sleep(STEADY_CHECK_S)
-                await self._expire()
+                try:
+                    await self._expire()
+                except Exception as exc:  # noqa: BLE001 - never the monitor's end
+                    log.error("throttle: ending a hold failed", error=repr(exc))
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_RESTORE_S):
                 for volume, held in list(self.held.items()):
@@ -402,7 +409,11 @@ class Throttles:
             self.held.pop(volume, None)
             seconds = now - held.since
             self._seconds_done += seconds
-            await self._restore(held, volume, "throttle lifted: the guest slowed down")
+            self._restoring.add(volume)
+            try:
+                await self._restore(held, volume, "throttle lifted: the guest slowed down")
+            finally:
+                self._restoring.discard(volume)
             self._ctx.observer.notify(ThrottleLifted(held.vm, held.drive, volume, seconds))
 
     async def _hold(self, vm: VmView, d: DriveState, info: DriveInfo) -> bool:
