@@ -196,6 +196,7 @@ class Throttles:
         self._watched: set[VolumeRef] = set()  # drives whose extension is running
         #: Holds being ended: a watch must not read their limits as the drive's own yet.
         self._restoring: set[VolumeRef] = set()
+        self._wake: anyio.Event | None = None  # set when a hold starts (lift_at_stop waits)
         #: Held between extensions: each drive's margin, corrected by its near misses.
         self.margins: dict[VolumeRef, float] = {}
 
@@ -388,6 +389,9 @@ class Throttles:
         limit left behind by a crash stays until lifted by hand)."""
         try:
             while True:  # and end the holds whose guest slowed down (module doc)
+                if not any(h.expires is not None for h in self.held.values()):
+                    self._wake = anyio.Event()  # no timer while nothing is held
+                    await self._wake.wait()
                 await self._ctx.clock.sleep(STEADY_CHECK_S)
                 try:
                     await self._expire()
@@ -443,16 +447,21 @@ class Throttles:
             if now != held.applied:
                 return False  # someone changed them: the lift leaves theirs
             if abs(limit - held.bps) < (1 - TIGHTEN) * held.bps:
-                held.expires = hold_expiry(ctx.clock.now(), info.physical -
-                                           self.rates.latest(d.volume), held.bps)
+                self._renew(held, hold_expiry(ctx.clock.now(), info.physical -
+                                              self.rates.latest(d.volume), held.bps))
                 return True  # about the same: keep it as it is
         await self._apply(vm, d, info, limit, WRITE_RATE, holding=True)
         held = self.held.get(d.volume)
         if held is None or held.bps != limit:
             return False  # not set (its own limit is tighter, or the set failed)
-        held.expires = hold_expiry(ctx.clock.now(), info.physical -
-                                   self.rates.latest(d.volume), limit)
+        self._renew(held, hold_expiry(ctx.clock.now(), info.physical -
+                                      self.rates.latest(d.volume), limit))
         return True
+
+    def _renew(self, held: Held, expires: float) -> None:
+        held.expires = expires
+        if self._wake is not None:
+            self._wake.set()
 
     async def _restore(self, held: Held, volume: VolumeRef,
                        done: str = "throttle lifted at stop") -> None:

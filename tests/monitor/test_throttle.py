@@ -238,3 +238,32 @@ async def test_fixed_mode_lifts_at_the_re_arm_as_before() -> None:
                     describe=rig.describe)
         assert drive_limits(rig) == IoLimits()
         tg.cancel_scope.cancel()
+
+
+async def test_combined_mode_a_renewed_hold_still_ends() -> None:
+    """A guest still fast at the next re-arm is held again (the watch tightened the limit
+    during that extension; the re-arm sets the hold back); once it stops, that hold ends
+    too (the expiry wakes for a hold set while none was waiting) and its limits are back."""
+    rig = Rig(chunk_mode="write_rate_throttle")
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        gate = await start_writing(rig)
+        await until(lambda: rig.hv.limit_calls, describe=rig.describe)
+        gate.set()
+        await until(lambda: rig.state() is ThresholdState.SET, describe=rig.describe)
+        await rig.settle()
+        assert drive_limits(rig).get("bps_wr") == 64 * MiB
+        rig.ext.gate = None
+        rig.clock.advance(2.0)
+        rig.hv.write("vm1", "vda", 128 * MiB)  # 328 MiB at 64 MiB/s: past 320 MiB
+        await until(lambda: rig.tally.extends == 2 and rig.state() is ThresholdState.SET,
+                    describe=rig.describe)
+        await rig.settle()
+        assert drive_limits(rig).get("bps_wr") == 64 * MiB
+        assert rig.monitor.throttles.held and rig.tally.throttle_lifts == 0
+        await rig.advance(30.0)
+        await until(lambda: not rig.monitor.throttles.held, describe=rig.describe)
+        assert drive_limits(rig) == IoLimits()
+        assert rig.tally.throttle_lifts == 1
+        tg.cancel_scope.cancel()
