@@ -19,6 +19,35 @@ gets a larger chunk at its next decision.
 The rate is a moving average that rises at once and decays with a half-life
 (:func:`next_rate`): a burst is believed immediately, quiet time lowers the estimate slowly.
 Until a drive has a rate, its chunk is the configured fixed ``chunk_mib``.
+
+Combined with the throttle (``chunk_mode = "write_rate_throttle"``, issue 30 item 6). The
+rule above alone strands more than the fixed chunk at high rates (its watermark is the
+burst's rate x latency), and still pauses past ``max_chunk``. The combined policy splits the
+work:
+
+* the chunk follows the rule above with a per-drive margin, but is never larger than the
+  fixed chunk (``chunk_mib``, the drive's overrides included): at every rate it strands at
+  most what the fixed chunk strands (:func:`combined_chunk`). A drive not yet seen writing
+  keeps the fixed chunk (an idle rate says nothing about the first burst);
+* the throttle (``monitor/throttle.py``) carries whatever that watermark cannot: an
+  extension past its p99, an SPM failover, and a rate past ``watermark / p99``. A throttled
+  guest is slowed, never paused, as long as its limit is in place before the watermark is
+  gone and ``free / expected`` stays above the floor. A limit set once an extension started
+  comes a few monitor commands late, later than a fast guest fills a small watermark: in
+  this mode a guest faster than its watermark covers keeps a limit from one re-arm to the
+  next (``throttle.steady_limit``: watermark / (p99 x margin)), lifted once it slows down;
+* the near-miss figure (the fraction of the watermark left when each extension landed,
+  ``WatermarkLeft``) corrects the margin per drive (:func:`next_margin`): a landing with
+  less than :data:`NEAR_MISS_LOW` left (the estimate lagged the guest, or the throttle had
+  to hold it) doubles it, one with more than :data:`NEAR_MISS_HIGH` left lowers it by
+  :data:`MARGIN_DECAY` toward the configured ``rate_margin``; at most :data:`MAX_MARGIN`.
+  The ceiling above still holds, so the feedback only moves a drive between little
+  stranded space and little throttling, never past the fixed chunk.
+
+So after a drive's first extension at a rate, no pause happens at any rate (the first one
+still needs its watermark to outlast the throttle's reaction: the rule cannot know a burst
+before it sees one), and the guest keeps its full rate whenever the fixed chunk's watermark
+covers ``rate x p99 x margin``.
 """
 
 from __future__ import annotations
@@ -30,7 +59,7 @@ from dataclasses import dataclass, replace
 from autoextend.clock import Clock
 from autoextend.monitor import overrides
 from autoextend.monitor.config import PolicySettings
-from autoextend.monitor.observer import DriveGone, ExtendFinished, MonitorEvent
+from autoextend.monitor.observer import DriveGone, ExtendFinished, MonitorEvent, WatermarkLeft
 from autoextend.monitor.policy import DrivePolicy, MiB, round_up
 from autoextend.monitor.protocols import DriveInfo, OutcomeKind
 from autoextend.volumes import VolumeRef
@@ -41,6 +70,18 @@ LATENCY_WINDOW = 64
 LATENCY_MIN_SAMPLES = 5
 #: Allocation samples closer together than this are merged (a poll right after an event).
 MIN_SAMPLE_GAP_S = 0.02
+#: Near-miss feedback (combined mode): a landing with less of the watermark left than this
+#: grows the drive's margin by MARGIN_GROW ...
+NEAR_MISS_LOW = 0.25
+MARGIN_GROW = 2.0
+#: ... and one with more left than this lowers it by MARGIN_DECAY (not below rate_margin).
+NEAR_MISS_HIGH = 0.75
+MARGIN_DECAY = 0.8
+#: The most a drive's margin grows to (times rate x latency).
+MAX_MARGIN = 64.0
+
+#: The chunk modes that size chunks by the write rate.
+RATE_MODES = ("write_rate", "write_rate_throttle")
 
 
 @dataclass(frozen=True)
@@ -80,6 +121,36 @@ def rate_chunk(
     return chunk
 
 
+def combined_chunk(
+    rate: float, latency_s: float, margin: float, params: RateChunkParams,
+    utilization_percent: int, extent: int, room_to_cap: int, fixed_chunk: int,
+) -> int:
+    """The combined policy's chunk (see module doc): :func:`rate_chunk` with the drive's
+    ``margin``, never larger than ``fixed_chunk`` (nor smaller than one extent).
+
+    In ``[min(min_chunk, ceiling), ceiling]`` with ``ceiling = min(max_chunk,
+    fixed_chunk)`` (rounded to the extent); at most ``room_to_cap`` when that is at least
+    the lower bound.
+    """
+    ceiling = max(extent, min(params.max_chunk, round_up(max(fixed_chunk, 1), extent)))
+    lowest = min(params.min_chunk, ceiling)
+    bounded = replace(params, min_chunk=lowest, max_chunk=ceiling,
+                      margin=min(max(margin, params.margin), MAX_MARGIN))
+    return rate_chunk(rate, latency_s, bounded, utilization_percent, extent, room_to_cap)
+
+
+def next_margin(margin: float, left_fraction: float, base: float) -> float:
+    """The drive's margin after an extension landed with ``left_fraction`` of its
+    watermark free (the near-miss feedback, see module doc); always in ``[base,
+    MAX_MARGIN]`` (``base``: the configured ``rate_margin``)."""
+    margin = min(max(margin, base), MAX_MARGIN)
+    if math.isnan(left_fraction) or left_fraction < NEAR_MISS_LOW:
+        return min(margin * MARGIN_GROW, MAX_MARGIN)
+    if left_fraction > NEAR_MISS_HIGH:
+        return max(margin * MARGIN_DECAY, base)
+    return margin
+
+
 def next_rate(rate: float, dt: float, grown: int, half_life_s: float) -> float:
     """The allocation rate after ``grown`` bytes in ``dt`` seconds: up at once to a higher
     instantaneous rate, else decayed toward it with ``half_life_s``."""
@@ -107,7 +178,8 @@ class _Drive:
     rate: float = 0.0
     measured: bool = False
     chunk: int = 0
-
+    margin: float = 0.0  # combined mode: the near-miss-corrected margin (0: rate_margin)
+    grew: bool = False  # a sample showed the allocation growing (not only idle samples)
 
 
 class WriteRateChunks:
@@ -129,7 +201,10 @@ class WriteRateChunks:
     def reconfigure(self, settings: PolicySettings) -> None:
         """A reloaded ``[policy]``: rates and latencies measured so far are kept."""
         self.settings = settings
-        self.enabled = settings.chunk_mode == "write_rate"
+        self.enabled = settings.chunk_mode in RATE_MODES
+        #: ``write_rate_throttle``: chunks no larger than the fixed one, margins corrected
+        #: by the near-miss figures, the throttle carrying the rest (module doc).
+        self.combined = settings.chunk_mode == "write_rate_throttle"
         #: Read by the monitor: sample the drive once more right after each extension.
         self.sample_after_extend = self.enabled
         self.params = params_from(settings)
@@ -147,6 +222,10 @@ class WriteRateChunks:
         """The chunk in use per drive (bytes), as last resolved."""
         return {v: d.chunk for v, d in self._drives.items() if d.chunk}
 
+    def margins(self) -> dict[VolumeRef, float]:
+        """Combined mode: the margin per drive (the configured one until corrected)."""
+        return {v: d.margin or self.params.margin for v, d in self._drives.items()}
+
     def rate(self, volume: VolumeRef) -> float:
         d = self._drives.get(volume)
         return d.rate if d is not None else 0.0
@@ -161,13 +240,21 @@ class WriteRateChunks:
             d.rate = next_rate(d.rate, now - d.t, info.allocation - d.allocation,
                                self.params.half_life_s)
             d.measured = True
+            d.grew = d.grew or info.allocation > d.allocation
             d.t, d.allocation = now, info.allocation
-        if not (self.enabled and d.measured):
+        if not (self.enabled and d.measured) or (self.combined and not d.grew):
+            # Combined mode: a rate measured only while idle says nothing about the first
+            # burst; the fixed chunk (the ceiling) carries it.
             d.chunk = base.chunk
             return base
         cap = round_up(math.ceil(info.capacity * base.cap_factor), base.extent)
-        d.chunk = rate_chunk(d.rate, self.latency_s(), self.params, base.utilization_percent,
-                             base.extent, cap - info.physical)
+        if self.combined:
+            d.chunk = combined_chunk(d.rate, self.latency_s(), d.margin or self.params.margin,
+                                     self.params, base.utilization_percent, base.extent,
+                                     cap - info.physical, base.chunk)
+        else:
+            d.chunk = rate_chunk(d.rate, self.latency_s(), self.params,
+                                 base.utilization_percent, base.extent, cap - info.physical)
         return replace(base, chunk=d.chunk)
 
     # ------------------------------------------------------------ observer side
@@ -178,6 +265,11 @@ class WriteRateChunks:
                 self._latencies.append(phases["total"])
             case DriveGone(volume=volume):
                 self._drives.pop(volume, None)
+            case WatermarkLeft(volume=volume, fraction=fraction) if self.combined:
+                d = self._drives.get(volume)
+                if d is not None:
+                    d.margin = next_margin(d.margin or self.params.margin, fraction,
+                                           self.params.margin)
             case _:
                 pass
 

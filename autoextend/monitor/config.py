@@ -56,7 +56,7 @@ class PolicySettings(Section):
     # allocation cannot take chunk after chunk up to the cap; monitor/plan.py: agree).
     max_chunks_per_event: int = Field(4, ge=1, le=1024)
     job_pre_extend: bool = True
-    chunk_mode: Literal["fixed", "write_rate"] = "fixed"
+    chunk_mode: Literal["fixed", "write_rate", "write_rate_throttle"] = "fixed"
     min_chunk_mib: int = Field(256, ge=1, le=1 << 24)
     max_chunk_mib: int = Field(20480, ge=1, le=1 << 24)
     rate_margin: float = Field(2.0, ge=1.0, le=100.0)
@@ -82,6 +82,9 @@ class PolicySettings(Section):
     def _reserves_positive(self) -> PolicySettings:
         if self.min_chunk_mib > self.max_chunk_mib:
             raise ValueError("min_chunk_mib must be <= max_chunk_mib")
+        if self.chunk_mode == "write_rate_throttle" and not self.throttle:
+            raise ValueError('chunk_mode = "write_rate_throttle" needs throttle = true '
+                             '(the throttle carries what its chunks do not)')
         for vg, mib in self.vg_reserve_mib.items():
             if mib < 0:
                 raise ValueError(f"vg_reserve_mib.{vg} must be >= 0")

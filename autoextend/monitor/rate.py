@@ -120,7 +120,8 @@ class DriveRates:
         return seen.sample if seen else None
 
     def latency_s(self) -> float:
-        """The p99 extension time (event to re-armed), or the assumed one until measured."""
+        """The p99 extension time (event to the grown volume, before the re-arm), or the
+        assumed one until measured."""
         if len(self._latencies) < LATENCY_MIN_SAMPLES:
             return self.assumed_latency_s
         return p99(self._latencies)
@@ -143,7 +144,9 @@ class DriveRates:
                 if volume in self.overdue:
                     self.overdue.discard(volume)
                 elif "total" in phases:
-                    self._latencies.append(phases["total"])
+                    # Until the space is there: the re-arm's commands (and the throttle's
+                    # lift in that step) come after it, and a guest does not wait for them.
+                    self._latencies.append(max(0.0, phases["total"] - phases.get("rearm", 0.0)))
             case DriveGone(volume=volume):
                 self._drives.pop(volume, None)
                 self.overdue.discard(volume)

@@ -30,6 +30,23 @@ while it was throttled keeps theirs.
 
 ``[policy] throttle = false`` turns it off; ``throttle_floor_mib_s`` is the floor. A guest
 sees slower writes (its I/O waits in QEMU), never an error.
+
+Held between extensions (``chunk_mode = "write_rate_throttle"`` only, issue 30 item 6). A
+limit set during an extension only helps when it is in place before the watermark is gone;
+a guest that fills its watermark faster than the throttle can react (a few monitor
+commands) pauses anyway, and in that mode the chunk stops growing at the fixed one. So at
+the re-arm step such a drive keeps a limit instead of losing it (:func:`steady_limit`):
+
+    limit = max(floor, W / (p99 x m))
+
+with ``W`` the re-armed watermark and ``m`` the drive's margin (1 at first, corrected by
+its near-miss figures like the chunk's margin, ``chunking.next_margin``): the next extension,
+started at the threshold with the guest held there, lands before the watermark is gone. It
+is kept while the guest needs it (its rate x p99 x m is more than ``W``, or it presses
+against the limit it has) and lifted at the first re-arm where it does not, or once the
+guest, held at the limit, has not reached its threshold within twice the time it would
+need (:data:`STEADY_GRACE_S` more): it slowed down or stopped. The drive's own limits are
+restored then, exactly as after an extension.
 """
 
 from __future__ import annotations
@@ -43,8 +60,9 @@ import anyio
 
 from autoextend.errors import AutoextendError
 from autoextend.monitor import policy
+from autoextend.monitor.chunking import next_margin
 from autoextend.monitor.context import MonitorContext, VmView
-from autoextend.monitor.drive import DriveState
+from autoextend.monitor.drive import DriveState, ThresholdState
 from autoextend.monitor.observer import (
     DriveGone,
     MonitorEvent,
@@ -74,6 +92,16 @@ RESAMPLE_S = 1.0
 STOP_RESTORE_S = 5.0
 #: A new limit replaces the one in place only when it is this much lower.
 TIGHTEN = 0.9
+#: Held between extensions: a guest whose rate is at least this share of its limit presses
+#: against it (it would write faster); the limit is kept.
+PRESSING = 0.9
+#: Held between extensions: how often the hold's expiry is looked at, and the least time a
+#: held guest has to reach its threshold again.
+STEADY_CHECK_S = 0.5
+STEADY_GRACE_S = 1.0
+#: Held between extensions: the margin a drive starts with (the p99 is already a bound;
+#: near misses raise it, ``chunking.next_margin``).
+HOLD_MARGIN = 1.0
 
 SPM_FAILOVER = "SPM failover"
 OVERDUE = "extension overdue"
@@ -115,6 +143,26 @@ def tighter(current: int, wanted: int | None) -> int | None:
     return None
 
 
+def steady_limit(rate: float, watermark: int, latency_s: float, margin: float, floor: int,
+                 current: int) -> int | None:
+    """The limit to hold between extensions (see module doc), or None when the guest needs
+    none: its ``rate x latency_s x margin`` fits in ``watermark`` and it does not press
+    against the limit it has (``current``, 0 for none)."""
+    if latency_s <= 0 or watermark <= 0:
+        return None
+    margin = max(1.0, margin)
+    pressing = current > 0 and rate >= PRESSING * current
+    if rate * latency_s * margin <= watermark and not pressing:
+        return None
+    return max(floor, math.floor(watermark / (latency_s * margin)))
+
+
+def hold_expiry(now: float, room: int, limit: int) -> float:
+    """When a hold ends if the guest does not reach its threshold first: twice the time
+    the ``room`` up to the end of the volume lasts at the limit, plus STEADY_GRACE_S."""
+    return now + 2.0 * max(0, room) / max(1, limit) + STEADY_GRACE_S
+
+
 def describe(bps: int, reason: str) -> str:
     """``THROTTLED 12 MiB/s (SPM failover)``, as ``status`` shows it."""
     return f"THROTTLED {bps // MiB} MiB/s ({reason})" if bps >= MiB else \
@@ -132,6 +180,9 @@ class Held:
     bps: int
     reason: str
     since: float
+    #: Held between extensions (module doc): when the hold ends unless renewed; None while
+    #: it belongs to an extension.
+    expires: float | None = None
 
 
 class Throttles:
@@ -142,6 +193,12 @@ class Throttles:
         self.rates = rates
         self.held: dict[VolumeRef, Held] = {}
         self._seconds_done = 0.0
+        self._watched: set[VolumeRef] = set()  # drives whose extension is running
+        #: Holds being ended: a watch must not read their limits as the drive's own yet.
+        self._restoring: set[VolumeRef] = set()
+        self._wake: anyio.Event | None = None  # set when a hold starts (lift_at_stop waits)
+        #: Held between extensions: each drive's margin, corrected by its near misses.
+        self.margins: dict[VolumeRef, float] = {}
 
     # ------------------------------------------------------------ what others read
 
@@ -154,9 +211,14 @@ class Throttles:
         h = self.held.get(volume)
         return describe(h.bps, h.reason) if h is not None else ""
 
+    def _holds(self) -> bool:
+        """Held between extensions: only with ``chunk_mode = "write_rate_throttle"``."""
+        return self._ctx.settings.chunk_mode == "write_rate_throttle"
+
     def notify(self, event: MonitorEvent) -> None:
         """A drive gone (with its VM or unplugged): nothing left to restore."""
         if isinstance(event, DriveGone):
+            self.margins.pop(event.volume, None)
             h = self.held.pop(event.volume, None)
             if h is not None:
                 self._seconds_done += self._ctx.clock.now() - h.since
@@ -177,12 +239,19 @@ class Throttles:
         watermark = policy.watermark(pol)
         self.rates.sample(d.volume, self._ctx.clock.now(), info.allocation, info.physical,
                           watermark)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch, vm, d, info, watermark, started)
-            try:
-                yield
-            finally:
-                tg.cancel_scope.cancel()
+        held = self.held.get(d.volume)
+        if held is not None:
+            held.expires = None  # the extension's now: its re-arm decides again
+        self._watched.add(d.volume)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch, vm, d, info, watermark, started)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            self._watched.discard(d.volume)
 
     async def _watch(self, vm: VmView, d: DriveState, info: DriveInfo, watermark: int,
                      started: float) -> None:
@@ -242,34 +311,53 @@ class Throttles:
         return self.rates.last(d.volume) or Sample(self._ctx.clock.now(), info.allocation)
 
     async def _apply(self, vm: VmView, d: DriveState, info: DriveInfo, bps: int,
-                     reason: str) -> None:
+                     reason: str, holding: bool = False) -> None:
         """Set the drive's write limit to ``bps`` (read its own limits first, once)."""
         ctx = self._ctx
         hv = ctx.hypervisor
         bound = log.bind(vm=vm.name, drive=d.name, volume=str(d.volume))
         held = self.held.get(d.volume)
+        if d.volume in self._restoring:
+            return  # its own limits are on their way back: the next look sets this one
         try:
             original = held.original if held is not None else await hv.io_limits(vm.name, info)
             own = original.write_bps
             if held is None and own and own <= bps:
                 return  # its own limit is tighter already: nothing to add
-            await hv.set_io_limits(vm.name, info, original.with_write_bps(bps))
-            # As the hypervisor has them (QEMU names a new throttle group after the
-            # device): what the lift compares with to see whether someone changed them.
-            applied = await hv.io_limits(vm.name, info)
+            # Shielded from the set to the record: the extension may land meanwhile and
+            # end this watch, and a limit set but not recorded would never be lifted.
+            with anyio.CancelScope(shield=True):
+                await hv.set_io_limits(vm.name, info, original.with_write_bps(bps))
+                # As the hypervisor has them (QEMU names a new throttle group after the
+                # device): what the lift compares with to see whether someone changed them.
+                applied = await self._applied(vm, info, original.with_write_bps(bps))
+                if held is None:
+                    self.held[d.volume] = Held(vm.name, d.name, original, applied, bps,
+                                               reason, ctx.clock.now())
+                else:
+                    held.applied, held.bps, held.reason = applied, bps, reason
         except AutoextendError as exc:
             bound.warning("throttle: setting the write limit failed", error=str(exc),
                           limit_bps=bps)
             return
-        if held is None:
-            self.held[d.volume] = Held(vm.name, d.name, original, applied, bps, reason,
-                                       ctx.clock.now())
-        else:
-            held.applied, held.bps, held.reason = applied, bps, reason
         ctx.observer.notify(Throttled(vm.name, d.name, d.volume, bps, reason))
+        if holding:  # at every re-arm of a fast guest: not a warning each time
+            bound.info("guest writes held at a limit between extensions",
+                       limit_mib_s=round(bps / MiB, 2), status=describe(bps, reason))
+            return
         bound.warning("guest writes throttled until the extension lands",
                       limit_mib_s=round(bps / MiB, 2), reason=reason,
                       status=describe(bps, reason))
+
+    async def _applied(self, vm: VmView, info: DriveInfo, sent: IoLimits) -> IoLimits:
+        """The limits the drive has after a set (read back); what was sent when the read
+        fails (the set went through: it must still be recorded, to be lifted)."""
+        try:
+            return await self._ctx.hypervisor.io_limits(vm.name, info)
+        except AutoextendError as exc:
+            log.debug("throttle: reading the limits back failed", vm=vm.name,
+                      drive=info.drive, error=str(exc))
+            return sent
 
     # ------------------------------------------------------------ after an extension
 
@@ -290,6 +378,9 @@ class Throttles:
             allocation = max(before.allocation, self.rates.latest(d.volume),
                              predicted_allocation(s, now, rate))
         left = free_above_threshold(allocation, before.physical, watermark)
+        if self._holds():
+            self.margins[d.volume] = next_margin(self.margins.get(d.volume, HOLD_MARGIN),
+                                                 left / watermark, HOLD_MARGIN)
         ctx.observer.notify(WatermarkLeft(vm.name, d.name, d.volume, left / watermark))
 
     async def lift_at_stop(self) -> None:
@@ -297,14 +388,83 @@ class Throttles:
         back (best effort, bounded: the hypervisor's connections close at the same time; a
         limit left behind by a crash stays until lifted by hand)."""
         try:
-            await anyio.sleep_forever()
+            while True:  # and end the holds whose guest slowed down (module doc)
+                if not any(h.expires is not None for h in self.held.values()):
+                    self._wake = anyio.Event()  # no timer while nothing is held
+                    await self._wake.wait()
+                await self._ctx.clock.sleep(STEADY_CHECK_S)
+                try:
+                    await self._expire()
+                except Exception as exc:  # noqa: BLE001 - never the monitor's end
+                    log.error("throttle: ending a hold failed", error=repr(exc))
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_RESTORE_S):
                 for volume, held in list(self.held.items()):
                     self.held.pop(volume, None)
                     await self._restore(held, volume)
 
-    async def _restore(self, held: Held, volume: VolumeRef) -> None:
+    async def _expire(self) -> None:
+        """Lift the holds between extensions that ran out (never one whose drive is being
+        extended: its watch owns the limit until the re-arm)."""
+        now = self._ctx.clock.now()
+        for volume, held in list(self.held.items()):
+            if held.expires is None or now < held.expires or volume in self._watched:
+                continue
+            self.held.pop(volume, None)
+            seconds = now - held.since
+            self._seconds_done += seconds
+            self._restoring.add(volume)
+            try:
+                await self._restore(held, volume, "throttle lifted: the guest slowed down")
+            finally:
+                self._restoring.discard(volume)
+            self._ctx.observer.notify(ThrottleLifted(held.vm, held.drive, volume, seconds))
+
+    async def _hold(self, vm: VmView, d: DriveState, info: DriveInfo) -> bool:
+        """Held between extensions: keep (or set) the drive's limit at the re-arm. True
+        when the drive is held now."""
+        if not (self._holds() and self._enabled(info)) or d.state is not ThresholdState.SET:
+            return False
+        threshold = d.info.threshold
+        if threshold <= 0 or threshold >= info.physical:
+            return False
+        ctx = self._ctx
+        held = self.held.get(d.volume)
+        s = self.rates.last(d.volume)
+        rate = s.rate if s is not None else 0.0
+        watermark = info.physical - threshold
+        limit = steady_limit(rate, watermark, self.rates.latency_s(),
+                             self.margins.get(d.volume, HOLD_MARGIN),
+                             ctx.settings.throttle_floor_mib_s * MiB,
+                             held.bps if held is not None else 0)
+        if limit is None:
+            return False
+        if held is not None:
+            try:
+                now = await ctx.hypervisor.io_limits(vm.name, info)
+            except AutoextendError:
+                return False  # the lift reads again, and says what failed
+            if now != held.applied:
+                return False  # someone changed them: the lift leaves theirs
+            if abs(limit - held.bps) < (1 - TIGHTEN) * held.bps:
+                self._renew(held, hold_expiry(ctx.clock.now(), info.physical -
+                                              self.rates.latest(d.volume), held.bps))
+                return True  # about the same: keep it as it is
+        await self._apply(vm, d, info, limit, WRITE_RATE, holding=True)
+        held = self.held.get(d.volume)
+        if held is None or held.bps != limit:
+            return False  # not set (its own limit is tighter, or the set failed)
+        self._renew(held, hold_expiry(ctx.clock.now(), info.physical -
+                                      self.rates.latest(d.volume), limit))
+        return True
+
+    def _renew(self, held: Held, expires: float) -> None:
+        held.expires = expires
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _restore(self, held: Held, volume: VolumeRef,
+                       done: str = "throttle lifted at stop") -> None:
         """Set ``held.original`` again unless someone changed the limits meanwhile."""
         bound = log.bind(vm=held.vm, drive=held.drive, volume=str(volume))
         hv = self._ctx.hypervisor
@@ -318,13 +478,16 @@ class Throttles:
                               "leaving them as they are", limits=dict(now.values))
                 return
             await hv.set_io_limits(held.vm, info, held.original)
-            bound.info("throttle lifted at stop")
+            bound.info(done)
         except AutoextendError as exc:
             bound.warning("throttle: restoring the drive's limits failed", error=str(exc),
                           limits=dict(held.original.values))
 
     async def lift(self, vm: VmView, d: DriveState, info: DriveInfo) -> None:
-        """Restore the drive's own limits (the step that re-arms it). Never raises."""
+        """Restore the drive's own limits (the step that re-arms it), or, held between
+        extensions, keep a limit (module doc). Never raises."""
+        if await self._hold(vm, d, info):
+            return
         held = self.held.pop(d.volume, None)
         if held is None:
             return

@@ -10,7 +10,7 @@ import pytest
 from autoextend.lab.waiting import until
 from autoextend.monitor.drive import ThresholdState
 from autoextend.monitor.observer import MonitorEvent, WatermarkLeft
-from autoextend.monitor.protocols import IoLimits
+from autoextend.monitor.protocols import DriveInfo, IoLimits
 from autoextend.monitor.throttle import MiB
 from tests.monitor.rig import VOL, Rig
 
@@ -161,3 +161,109 @@ async def test_a_stopping_monitor_gives_the_drives_their_limits_back() -> None:
         tg.cancel_scope.cancel()  # the service stops with the extension still held
     assert drive_limits(rig) == THEIRS
     assert not rig.monitor.throttles.held
+
+
+async def test_a_limit_set_as_the_extension_lands_is_still_lifted() -> None:
+    """The extension lands while the hypervisor has applied the limit but not answered yet
+    (the bench saw it: a 5 ms extension beside a busy QEMU monitor). The watch ends with
+    the extension, but the limit it set is recorded and lifted in the re-arm step."""
+    rig = Rig()
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    rig.hv.vms["vm1"].drives["vda"].limits = THEIRS
+    answered = anyio.Event()
+    setting = anyio.Event()
+    real_set = rig.hv.set_io_limits
+
+    async def slow_set(vm: str, drive: DriveInfo, limits: IoLimits) -> None:
+        await real_set(vm, drive, limits)  # applied at once, answered later
+        setting.set()
+        await answered.wait()
+
+    rig.hv.set_io_limits = slow_set  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        gate = await start_writing(rig)
+        await setting.wait()
+        assert drive_limits(rig).get("bps_wr") == 56 * MiB
+        gate.set()  # the extension lands while the set is unanswered
+        await anyio.sleep(0.05)  # time is the subject: the landing must not wait on QMP
+        answered.set()
+        await until(lambda: rig.state() is ThresholdState.SET and not rig.monitor.throttles.held,
+                    describe=rig.describe)
+        await rig.settle()
+        assert drive_limits(rig) == THEIRS
+        assert rig.tally.throttles == 1 and rig.tally.throttle_lifts == 1
+        tg.cancel_scope.cancel()
+
+
+async def test_combined_mode_holds_a_fast_guest_between_extensions_until_it_slows() -> None:
+    """``chunk_mode = "write_rate_throttle"``: at the re-arm a guest writing faster than
+    its watermark covers (100 MiB/s x 1 s p99 x margin 1 > 64 MiB) keeps a limit, 64 MiB /
+    (1 s x 1) = 64 MiB/s, with the drive's own other limits; once it has not reached its
+    threshold within twice the time it would need at the limit, its own limits are back."""
+    rig = Rig(chunk_mode="write_rate_throttle")
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    rig.hv.vms["vm1"].drives["vda"].limits = THEIRS
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        gate = await start_writing(rig)
+        await until(lambda: rig.hv.limit_calls, describe=rig.describe)
+        gate.set()
+        await until(lambda: rig.state() is ThresholdState.SET, describe=rig.describe)
+        await rig.settle()
+        assert rig.tally.throttle_lifts == 0
+        held = drive_limits(rig)
+        assert held.get("bps_wr") == 64 * MiB
+        assert (held.get("iops"), held.get("bps_rd")) == (500, 300 * MiB)
+        assert throttle_status(rig) == "THROTTLED 64 MiB/s (write rate)"
+        # 384 - 200 MiB to the end at 64 MiB/s: 2.875 s; twice that and 1 s: 6.75 s.
+        await rig.advance(6.0)
+        assert drive_limits(rig).get("bps_wr") == 64 * MiB
+        await rig.advance(1.0)
+        await until(lambda: not rig.monitor.throttles.held, describe=rig.describe)
+        assert drive_limits(rig) == THEIRS
+        assert rig.tally.throttle_lifts == 1 and throttle_status(rig) == ""
+        tg.cancel_scope.cancel()
+
+
+async def test_fixed_mode_lifts_at_the_re_arm_as_before() -> None:
+    rig = Rig()
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        gate = await start_writing(rig)
+        await until(lambda: rig.hv.limit_calls, describe=rig.describe)
+        gate.set()
+        await until(lambda: rig.state() is ThresholdState.SET and not rig.monitor.throttles.held,
+                    describe=rig.describe)
+        assert drive_limits(rig) == IoLimits()
+        tg.cancel_scope.cancel()
+
+
+async def test_combined_mode_a_renewed_hold_still_ends() -> None:
+    """A guest still fast at the next re-arm is held again (the watch tightened the limit
+    during that extension; the re-arm sets the hold back); once it stops, that hold ends
+    too (the expiry wakes for a hold set while none was waiting) and its limits are back."""
+    rig = Rig(chunk_mode="write_rate_throttle")
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        gate = await start_writing(rig)
+        await until(lambda: rig.hv.limit_calls, describe=rig.describe)
+        gate.set()
+        await until(lambda: rig.state() is ThresholdState.SET, describe=rig.describe)
+        await rig.settle()
+        assert drive_limits(rig).get("bps_wr") == 64 * MiB
+        rig.ext.gate = None
+        rig.clock.advance(2.0)
+        rig.hv.write("vm1", "vda", 128 * MiB)  # 328 MiB at 64 MiB/s: past 320 MiB
+        await until(lambda: rig.tally.extends == 2 and rig.state() is ThresholdState.SET,
+                    describe=rig.describe)
+        await rig.settle()
+        assert drive_limits(rig).get("bps_wr") == 64 * MiB
+        assert rig.monitor.throttles.held and rig.tally.throttle_lifts == 0
+        await rig.advance(30.0)
+        await until(lambda: not rig.monitor.throttles.held, describe=rig.describe)
+        assert drive_limits(rig) == IoLimits()
+        assert rig.tally.throttle_lifts == 1
+        tg.cancel_scope.cancel()
