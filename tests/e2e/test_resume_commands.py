@@ -93,5 +93,7 @@ async def test_from_the_threshold_event_to_the_rearmed_threshold(lab_tmp_path: P
         guest = await host.start_guest("vm2", job, start_mib=16, virtual_mib=256)
         assert (await guest.vm.result(timeout=300)).verified
         old = counts.event_to_rearm[len(fast):]
-        assert old and all(w == ["query-status", "query-migrate", "block-set-write-threshold"]
-                           for w in old), old
+        # (At least the probe; under load a window may also hold the old path's full look
+        # after the previous extension.)
+        assert old and all(w[-1] == "block-set-write-threshold" and "query-status" in w
+                           and "query-migrate" in w and len(w) >= 3 for w in old), old
