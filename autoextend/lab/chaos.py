@@ -92,6 +92,41 @@ class FaultRecord:
     detail: str = ""
 
 
+#: A source host that answers its status for this long during a migration of its VM and
+#: never says the VM migrates out missed it (it learns from QEMU's events within a second).
+MISSED_AFTER_S = 8.0
+
+
+@dataclass
+class SourceWatch:
+    """What the source host's service said during a migration's hold."""
+
+    known_view: int | None = None  # the source's view when its service first said so
+    first_s: float | None = None   # first and last answer with the VM listed, not migrating
+    last_s: float | None = None
+
+    def answered(self, now: float, entry: dict[str, Any] | None) -> None:
+        if entry is None or self.known_view is not None:
+            return
+        if entry.get("migration") != "migrating-out":
+            self.first_s = now if self.first_s is None else self.first_s
+            self.last_s = now
+
+    def violations(self, vm: str, host_id: int, view_now: int) -> list[str]:
+        """The source's own rule (``monitor/migration.py``): once it knows of the
+        migration out, it never refreshes its view; and it does come to know."""
+        if self.known_view is not None:
+            if view_now > self.known_view:
+                return [f"host {host_id} refreshed {vm}'s view from {self.known_view} to "
+                        f"{view_now} bytes during its migration out, after saying so"]
+            return []
+        if (self.first_s is not None and self.last_s is not None
+                and self.last_s - self.first_s >= MISSED_AFTER_S):
+            return [f"host {host_id} answered for {self.last_s - self.first_s:.1f} s of "
+                    f"{vm}'s migration out and never said it migrates out"]
+        return []
+
+
 @dataclass
 class SoakReport:
     config: dict[str, Any]
@@ -341,7 +376,7 @@ class Soak:
         p.stack.push_async_callback(dest.stop)
         sock = p.directory / f"{g.name}-{len(self.report.faults)}.mig"
         migration = await start_migration(source.vm, dest, sock, max_bandwidth=MIGRATION_BPS)
-        await anyio.sleep(hold_s)  # time is the subject: the migration stays open
+        seen = await self._watch_source(g.name, source, hold_s)
 
         unprepared: list[str] = []
 
@@ -369,6 +404,7 @@ class Soak:
                 self.report.violations.append(
                     f"{g.name} runs on host {target} with a view of {view} bytes, less than "
                     f"the {written} bytes written on host {source.host_id} (stale view)")
+            self.report.violations.extend(seen.violations(g.name, source.host_id, source_view))
 
         try:
             status = await switch_over(migration, prepare, check, timeout=120)
@@ -387,6 +423,29 @@ class Soak:
             p.guests[g.name] = g.guest
         else:
             await dest.stop()
+
+    async def _watch_source(self, vm: str, source: PoolGuest, hold_s: float) -> SourceWatch:
+        """Hold the migration open for ``hold_s`` while watching the source host: when its
+        service first says the VM migrates out, and its view then (the source's own rule,
+        which the management's prepare would otherwise hide: the mutation check)."""
+        host = self.pool.hosts[source.host_id]
+        seen = SourceWatch()
+        deadline = anyio.current_time() + hold_s
+        while anyio.current_time() < deadline:
+            try:
+                with anyio.fail_after(2.0):
+                    status = await host.status()
+            except (AutoextendError, TimeoutError):
+                status = None  # down or frozen by another fault: no judgement now
+            if status is not None:
+                entry = next((v for v in status.get("vms", []) if v.get("vm") == vm), None)
+                seen.answered(anyio.current_time(), entry)
+                if (entry is not None and entry.get("migration") == "migrating-out"
+                        and seen.known_view is None):
+                    seen.known_view = await anyio.to_thread.run_sync(loopdev.size_of,
+                                                                     source.device)
+            await anyio.sleep(0.5)  # time is the subject: the migration stays open
+        return seen
 
     # ------------------------------------------------------------------ the end
 
