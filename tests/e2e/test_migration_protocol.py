@@ -129,6 +129,7 @@ async def test_protocol_destination_never_runs_on_a_smaller_view(lab_tmp_path: P
         result = await dest.result(timeout=300)
         assert result.verified, result
         assert result.written_mib == JOB.mib
+        assert await dest.wait_exit(timeout=60) == 0  # it holds the image until it exits
         check_img = await qemu_img_check(dst_device)
         assert check_img.clean, check_img
 
