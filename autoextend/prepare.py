@@ -102,6 +102,25 @@ async def prepare_view(backend: VolumeBackend, volume: VolumeRef) -> PreparedVie
     return prepared
 
 
+async def prepare_targets(backend: VolumeBackend, volumes: list[VolumeRef], paths: list[str]
+                          ) -> dict[str, Any]:
+    """``autoextend volume prepare --direct``: :func:`prepare_view` for each volume and each
+    path that is one of ``backend``'s, in this process, without the service (which may be
+    down or frozen). What the service adds is left out: it knows which VMs migrate out of
+    this host (their views are frozen), so this is for a migration's destination only, after
+    the switchover (docs/migration.md). The service's reply shape."""
+    targets = set(volumes)
+    skipped: list[str] = []
+    for path in paths:
+        found = backend.lookup(path)
+        if found is None:
+            skipped.append(path)
+        else:
+            targets.add(found)
+    done = [await prepare_view(backend, volume) for volume in sorted(targets)]
+    return {"volumes": [p.as_dict() for p in done], "skipped": skipped}
+
+
 def stale_at_start(done: list[PreparedView]) -> int:
     """How many of a start's views were stale (refreshed): the ``start`` count of
     ``autoextend_stale_views_total`` (the service counts it; ``monitor/views.py`` counts the

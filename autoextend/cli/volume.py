@@ -222,11 +222,16 @@ def service_call_options(max_timeout_s: float) -> Callable[[F], F]:
 @click.option("--incoming", is_flag=True,
               help="The VM arrives by live migration: also keep its views up to date until "
                    "it runs here (the hook's migrate begin).")
+@click.option("--direct", is_flag=True,
+              help="Refresh the views in this process, without the service (down or frozen "
+                   "as it may be): for a management that prepares a migration's destination "
+                   "after the switchover and before it resumes the guest there. Never on a "
+                   "host the VM migrates out of (the service's frozen-view check is skipped).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def volume_prepare(obj: CliContext, targets: tuple[str, ...], domain_xml: Any,
                    socket_path: str | None, timeout: float, quiet: bool, incoming: bool,
-                   as_json: bool) -> None:
+                   direct: bool, as_json: bool) -> None:
     """Refresh this host's views of the volumes before a guest starts on them.
 
     Returns once this host sees each volume at least at its size in the metadata (an LV
@@ -240,6 +245,7 @@ def volume_prepare(obj: CliContext, targets: tuple[str, ...], domain_xml: Any,
       autoextend volume prepare pool/vm1-disk pool/vm1-data   # before starting QEMU
       autoextend volume prepare vm1                          # a libvirt VM, by name
       autoextend volume prepare --domain-xml - vm1 < vm1.xml  # what the libvirt hook runs
+      autoextend volume prepare --direct pool/vm1-disk  # QMP migration, destination, paused
     """
     from autoextend import control
     from autoextend.capacity.reduce import parse_volume
@@ -258,6 +264,9 @@ def volume_prepare(obj: CliContext, targets: tuple[str, ...], domain_xml: Any,
         raise click.BadParameter("give exactly one VM-NAME with it", param_hint="--domain-xml")
     if incoming and len(vms) != 1:
         raise click.BadParameter("give exactly one VM-NAME with it", param_hint="--incoming")
+    if incoming and direct:
+        raise click.BadParameter("the incoming watch is the service's: not with --direct",
+                                 param_hint="--incoming")
     settings = obj.load_settings()
     path = socket_path or settings.service.control_socket
     paths: list[str] = []
@@ -267,6 +276,12 @@ def volume_prepare(obj: CliContext, targets: tuple[str, ...], domain_xml: Any,
         else:
             xml = _libvirt_xml(settings.libvirt.uri, name)
         paths.extend(_domain_paths(xml, name))
+
+    if direct:
+        result = anyio.run(_prepare_direct, settings, volumes, paths, timeout)
+        if not quiet:
+            echo_reply("(direct)", result, _render_prepared, as_json)
+        return
 
     async def ask() -> dict[str, Any]:
         with anyio.fail_after(timeout):
@@ -280,6 +295,25 @@ def volume_prepare(obj: CliContext, targets: tuple[str, ...], domain_xml: Any,
         raise AutoextendError(f"volume prepare: no answer within {timeout:g} s") from None
     if not quiet:
         echo_reply(path, result, _render_prepared, as_json)
+
+
+async def _prepare_direct(settings: Any, volumes: list[str], paths: list[str],
+                          limit_s: float) -> dict[str, Any]:
+    """``volume prepare --direct``: the refresh in this process (``prepare.prepare_targets``)
+    on the configured backend, with no right to write metadata."""
+    from autoextend import prepare
+    from autoextend.capacity.reduce import parse_volume
+    from autoextend.lvm.factory import make_volume_backend
+
+    backend = make_volume_backend(settings.volumes, settings.lvm, None)
+    try:
+        with anyio.fail_after(limit_s):
+            return await prepare.prepare_targets(
+                backend, [parse_volume(v) for v in volumes], paths)
+    except TimeoutError:
+        raise AutoextendError(f"volume prepare: not done within {limit_s:g} s") from None
+    finally:
+        await backend.aclose()
 
 
 def _render_merge(r: dict[str, Any]) -> str:

@@ -38,9 +38,10 @@ import anyio
 
 from autoextend.errors import AutoextendError
 from autoextend.lab import chaos_plan as plan
+from autoextend.lab.errors import VmError
 from autoextend.lab.faultfs import FaultFs, fault_fs
 from autoextend.lab.guest import GuestJob, GuestResult
-from autoextend.lab.migrate import start_destination, start_migration
+from autoextend.lab.migrate import prepare_direct, start_destination, start_migration, switch_over
 from autoextend.lab.multihost import VG, HostProcess, Pool, PoolGuest, pool
 from autoextend.lab.qemu import QemuVm
 from autoextend.lab.thinvol import qemu_img_check
@@ -89,6 +90,41 @@ class FaultRecord:
     start_s: float
     end_s: float = 0.0
     detail: str = ""
+
+
+#: A source host that answers its status for this long during a migration of its VM and
+#: never says the VM migrates out missed it (it learns from QEMU's events within a second).
+MISSED_AFTER_S = 8.0
+
+
+@dataclass
+class SourceWatch:
+    """What the source host's service said during a migration's hold."""
+
+    known_view: int | None = None  # the source's view when its service first said so
+    first_s: float | None = None   # first and last answer with the VM listed, not migrating
+    last_s: float | None = None
+
+    def answered(self, now: float, entry: dict[str, Any] | None) -> None:
+        if entry is None or self.known_view is not None:
+            return
+        if entry.get("migration") != "migrating-out":
+            self.first_s = now if self.first_s is None else self.first_s
+            self.last_s = now
+
+    def violations(self, vm: str, host_id: int, view_now: int) -> list[str]:
+        """The source's own rule (``monitor/migration.py``): once it knows of the
+        migration out, it never refreshes its view; and it does come to know."""
+        if self.known_view is not None:
+            if view_now > self.known_view:
+                return [f"host {host_id} refreshed {vm}'s view from {self.known_view} to "
+                        f"{view_now} bytes during its migration out, after saying so"]
+            return []
+        if (self.first_s is not None and self.last_s is not None
+                and self.last_s - self.first_s >= MISSED_AFTER_S):
+            return [f"host {host_id} answered for {self.last_s - self.first_s:.1f} s of "
+                    f"{vm}'s migration out and never said it migrates out"]
+        return []
 
 
 @dataclass
@@ -328,33 +364,88 @@ class Soak:
 
     async def _migrate_guest(self, g: _Guest, target: int, hold_s: float,
                              record: FaultRecord) -> None:
+        """A live migration as a QMP management must run it (docs/migration.md): the
+        destination held by ``-S``, its host's views prepared after the switchover
+        (``volume prepare --direct``: whatever that host's service is doing, killed or
+        frozen by another fault), checked against what the guest wrote, then ``cont``."""
         p, source = self.pool, g.guest
         device = await p.host_volumes(target).attach(source.volume)
         workdir = p.directory / "vms" / f"{g.name}-{len(self.report.faults)}-{target}"
         dest = await start_destination(source.vm, [device], workdir,
-                                       p.hosts[target].directory / "qmp")
+                                       p.hosts[target].directory / "qmp", autostart=False)
         p.stack.push_async_callback(dest.stop)
         sock = p.directory / f"{g.name}-{len(self.report.faults)}.mig"
         migration = await start_migration(source.vm, dest, sock, max_bandwidth=MIGRATION_BPS)
-        await anyio.sleep(hold_s)  # time is the subject: the migration stays open
-        status = await migration.finish(timeout=120)
-        record.detail = status
-        if status == "completed":
+        seen = await self._watch_source(g.name, source, hold_s)
+
+        unprepared: list[str] = []
+
+        async def prepare() -> None:
+            try:
+                await prepare_direct(p.hosts[target].config, [source.volume])
+            except VmError as err:  # the guest stays paused there: it never runs
+                unprepared.append(str(err))
+                raise
+
+        async def check() -> None:
             # No guest runs on a view smaller than what was written: what the guest wrote
-            # on the source (now stopped after the switchover) must fit in the
-            # destination's view (a later refresh only grows it: never a false alarm).
-            written = await highest_write(source.vm)
+            # on the source (stopped since the switchover) must fit in the destination's
+            # view, right before the guest may run there. "Written" is QEMU's highest
+            # write offset bounded by the source's view: a write that failed (ENOSPC) past
+            # the view's end raises that offset too (seen: 16 MiB + 320 KiB on a 16 MiB
+            # device), which the first soak took for data (its four reports).
+            highest = await highest_write(source.vm)
+            source_view = await anyio.to_thread.run_sync(loopdev.size_of, source.device)
             view = await anyio.to_thread.run_sync(loopdev.size_of, device)
-            record.detail += f"; written {written}, destination view {view}"
+            written = None if highest is None else min(highest, source_view)
+            record.detail += (f"; written {written} (highest {highest}, source view "
+                              f"{source_view}), destination view {view}")
             if written is not None and view < written:
                 self.report.violations.append(
                     f"{g.name} runs on host {target} with a view of {view} bytes, less than "
                     f"the {written} bytes written on host {source.host_id} (stale view)")
+            self.report.violations.extend(seen.violations(g.name, source.host_id, source_view))
+
+        try:
+            status = await switch_over(migration, prepare, check, timeout=120)
+        except VmError:
+            if not unprepared:
+                raise
+            status = "completed"
+            record.detail += f"; destination not prepared: {unprepared[0]}"
+            self.report.violations.append(
+                f"{g.name}: host {target}'s views could not be prepared after the "
+                f"switchover; the guest is left paused there: {unprepared[0]}")
+        record.detail = status + record.detail
+        if status == "completed":
             await source.vm.stop()
             g.guest = PoolGuest(dest, target, source.volume, device)
             p.guests[g.name] = g.guest
         else:
             await dest.stop()
+
+    async def _watch_source(self, vm: str, source: PoolGuest, hold_s: float) -> SourceWatch:
+        """Hold the migration open for ``hold_s`` while watching the source host: when its
+        service first says the VM migrates out, and its view then (the source's own rule,
+        which the management's prepare would otherwise hide: the mutation check)."""
+        host = self.pool.hosts[source.host_id]
+        seen = SourceWatch()
+        deadline = anyio.current_time() + hold_s
+        while anyio.current_time() < deadline:
+            try:
+                with anyio.fail_after(2.0):
+                    status = await host.status()
+            except (AutoextendError, TimeoutError):
+                status = None  # down or frozen by another fault: no judgement now
+            if status is not None:
+                entry = next((v for v in status.get("vms", []) if v.get("vm") == vm), None)
+                seen.answered(anyio.current_time(), entry)
+                if (entry is not None and entry.get("migration") == "migrating-out"
+                        and seen.known_view is None):
+                    seen.known_view = await anyio.to_thread.run_sync(loopdev.size_of,
+                                                                     source.device)
+            await anyio.sleep(0.5)  # time is the subject: the migration stays open
+        return seen
 
     # ------------------------------------------------------------------ the end
 

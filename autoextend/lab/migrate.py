@@ -7,6 +7,14 @@ devices (each host has its own view of a volume, ``[volumes] loop_host``), turns
 and ``migrate`` on the source, both on one UNIX socket. ``max-bandwidth`` stretches the
 migration (so that extensions fall inside it); :meth:`Migration.finish` lifts it.
 
+The QMP management protocol (docs/migration.md), which the chaos soak follows: the destination
+QEMU is started with ``-S`` (``autostart=False``: it does not run on arrival, as libvirt
+starts it), and after the switchover :func:`switch_over` prepares the destination host's
+views (``autoextend volume prepare --direct``, which needs no service: :func:`prepare_direct`)
+and only then resumes the destination (``cont``). Without it (``autostart=True``, the default here,
+which the older tests keep as the management that follows no protocol) the destination
+runs at the switchover on whatever view its host has then.
+
 :func:`two_local_hosts` gives two in-process autoextend services in local (single-writer)
 mode sharing one loop volume root, each with its own QMP socket directory and its own loop
 views; the multihost lab (``lab/multihost.py``) gives mailbox-mode hosts as processes.
@@ -15,7 +23,8 @@ views; the multihost lab (``lab/multihost.py``) gives mailbox-mode hosts as proc
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,18 +62,21 @@ async def _execute(vm: QemuVm, command: str, arguments: dict[str, Any] | None = 
 
 
 async def start_destination(
-    source: QemuVm, devices: Sequence[str], workdir: Path, qmp_dir: Path
+    source: QemuVm, devices: Sequence[str], workdir: Path, qmp_dir: Path, *,
+    autostart: bool = True,
 ) -> QemuVm:
     """A QEMU for ``source``'s guest, waiting for an incoming migration (``-incoming
     defer``), its drives on ``devices`` (the destination host's views), its service socket
-    in ``qmp_dir`` (the destination host's)."""
+    in ``qmp_dir`` (the destination host's). ``autostart=False``: with ``-S``, it stays
+    paused after the switchover until the management's ``cont`` (:func:`switch_over`)."""
     if len(devices) != len(source.spec.drives):
         raise ValueError("one destination device per source drive")
     drives = tuple(dataclasses.replace(d, device=dev)
                    for d, dev in zip(source.spec.drives, devices, strict=True))
+    held = () if autostart else ("-S",)
     spec = dataclasses.replace(
         source.spec, drives=drives,
-        extra_args=(*service_socket_args(source.name, qmp_dir), "-incoming", "defer"))
+        extra_args=(*service_socket_args(source.name, qmp_dir), "-incoming", "defer", *held))
     return await launch(spec, workdir)
 
 
@@ -124,6 +136,67 @@ async def start_migration(
     return migration
 
 
+# ------------------------------------------------------------------ the QMP protocol
+
+
+async def prepare_direct(config: Path, volumes: Sequence[VolumeRef]) -> str:
+    """``autoextend volume prepare --direct`` with a host's config: that host's views of
+    ``volumes`` refreshed to their metadata size, whatever its service's state (down,
+    frozen). Returns the JSON it printed.
+
+    Raises:
+        VmError: the command failed (the management must not resume the guest then).
+    """
+    done = await anyio.run_process(
+        [sys.executable, "-m", "autoextend", "--config", str(config), "volume", "prepare",
+         "--direct", "--json", *(str(v) for v in volumes)], check=False)
+    if done.returncode != 0:
+        raise VmError(",".join(str(v) for v in volumes),
+                      f"volume prepare --direct failed ({done.returncode}): "
+                      f"{done.stderr.decode(errors='replace').strip()[-500:]}")
+    return done.stdout.decode(errors="replace")
+
+
+async def arrived_state(destination: QemuVm, timeout: float = 60.0) -> str:  # noqa: ASYNC109
+    """The destination's run state once the incoming migration has been loaded there (no
+    longer ``inmigrate``): ``paused`` (held by ``-S``; the source ran at the switchover),
+    ``running`` (no ``-S``), or the source's pause (``io-error``: the source was paused for
+    lack of space, which the destination's autoextend resumes once its drives have room)."""
+    with anyio.move_on_after(timeout):
+        while True:
+            status = str((await _execute(destination, "query-status")).get("status", ""))
+            if status != "inmigrate":
+                return status
+            await anyio.sleep(0.05)  # time is the subject: QEMU loading the last pass
+    raise VmError(destination.name, f"still inmigrate {timeout} s after the switchover")
+
+
+async def switch_over(
+    migration: Migration, prepare: Callable[[], Awaitable[object]],
+    check: Callable[[], Awaitable[None]] | None = None, timeout: float = 60.0,  # noqa: ASYNC109
+) -> str:
+    """The end of a QMP migration under the protocol: lift the bandwidth limit and wait for
+    the end; if it completed (the source is stopped: nothing more is written there), wait
+    for the destination to load it, ``prepare`` the destination's views, run ``check``
+    (the lab's invariant, right before the guest may run there), then ``cont`` the
+    destination if ``-S`` held it. Returns the migration's final status.
+
+    A ``prepare`` that raises leaves the destination paused (the exception propagates):
+    a guest never runs on a view that may be smaller than what it wrote."""
+    status = await migration.finish(timeout)
+    if status != "completed":
+        return status
+    arrived = await arrived_state(migration.destination, timeout)
+    await prepare()
+    if check is not None:
+        await check()
+    if arrived == "paused":
+        await _execute(migration.destination, "cont")
+        log.info("destination resumed after its views were prepared",
+                 vm=migration.destination.name)
+    return status
+
+
 # ------------------------------------------------------------------ two local hosts
 
 
@@ -158,13 +231,28 @@ class MigrationLab:
         self.stack.push_async_callback(vm.stop)
         return vm, volume, device
 
-    async def destination(self, host: str, source: QemuVm, volume: VolumeRef) -> QemuVm:
-        """``source``'s guest waiting for its migration on ``host`` (own view attached)."""
+    async def destination(self, host: str, source: QemuVm, volume: VolumeRef, *,
+                          autostart: bool = True) -> QemuVm:
+        """``source``'s guest waiting for its migration on ``host`` (own view attached);
+        ``autostart=False``: held by ``-S`` after the switchover (:func:`switch_over`)."""
         device = await self.views(host).attach(volume)
         vm = await start_destination(source, [device], self.directory / "vms" /
-                                     f"{source.name}-{host}", self.qmp_dir(host))
+                                     f"{source.name}-{host}", self.qmp_dir(host),
+                                     autostart=autostart)
         self.stack.push_async_callback(vm.stop)
         return vm
+
+    def volumes_config(self, host: str) -> Path:
+        """A config naming only ``host``'s volume backend (what ``volume prepare --direct``
+        needs); written once."""
+        cfg = self.hosts[host].settings.volumes
+        path = self.directory / f"{host}-volumes.toml"
+        if not path.exists():
+            path.write_text(
+                "[volumes]\nbackend = \"loop\"\n"
+                f"loop_root = \"{cfg.loop_root}\"\nloop_host = \"{cfg.loop_host}\"\n"
+                f"loop_extent_mib = {cfg.loop_extent_mib}\n")
+        return path
 
 
 @asynccontextmanager

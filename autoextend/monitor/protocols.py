@@ -260,6 +260,17 @@ class VmNotFound(HypervisorError):
         super().__init__(f"{vm}: {detail}")
 
 
+class MigrationRunning(HypervisorError):
+    """A resume refused by the backend: an outgoing migration of the VM is active (a VM
+    migrating out is never resumed on its source, ``monitor/migration.py``). ``status`` is
+    the hypervisor's word for the migration's state."""
+
+    def __init__(self, vm: str, status: str) -> None:
+        self.vm = vm
+        self.status = status
+        super().__init__(f"{vm}: not resumed: a migration out of this host is {status}")
+
+
 class HypervisorDisconnected(HypervisorError):
     """The backend has no usable connection right now (QMP socket or libvirtd lost); the
     call may succeed after a reconnect."""
@@ -310,7 +321,11 @@ class Hypervisor(Protocol):
 
     async def run_state(self, vm: str) -> RunState: ...
 
-    async def resume(self, vm: str) -> None: ...
+    async def resume(self, vm: str) -> None:
+        """Let the guest run. Raises :class:`MigrationRunning` when a backend that can see it
+        finds an outgoing migration active (QMP asks ``query-migrate`` right before ``cont``;
+        libvirt's own job lock refuses a resume during a migration)."""
+        ...
 
     async def kill(self, vm: str) -> None:
         """Terminate the VM (``[resume] policy = "kill"``)."""

@@ -15,7 +15,7 @@ from autoextend.monitor.context import MonitorContext, VmView
 from autoextend.monitor.drive import ThresholdState
 from autoextend.monitor.observer import IoErrorAction, Resumed, ResumeLatency
 from autoextend.monitor.probe import probe_all
-from autoextend.monitor.protocols import VmNotFound
+from autoextend.monitor.protocols import MigrationRunning, VmNotFound
 from autoextend.monitor.vm import log
 from autoextend.monitor.vmstate import Action, ResumePolicy, VmEvent, VmState
 
@@ -110,6 +110,7 @@ class ResumeSteps:
         ctx = self._ctx
         m = vm.machine
         paused_at = m.paused_at
+        backoff = (m.resume_attempts, m.last_resume_at)
         actions = m.apply(event, ctx.clock.now())
         if Action.RESUME in actions:
             if ctx.dry_run:
@@ -119,7 +120,11 @@ class ResumeSteps:
             m.resuming({d.name: (d.info.physical, d.threshold) for d in vm.drives.values()
                         if d.state is ThresholdState.SET})
             m.record(f"resumed after {cause}" + (f": {detail}" if detail else ""))
-            await ctx.hypervisor.resume(vm.name)
+            try:
+                await ctx.hypervisor.resume(vm.name)
+            except MigrationRunning as err:
+                self._refused(vm, err, backoff)
+                return
             if cause == "io-error":
                 ctx.observer.notify(IoErrorAction(vm.name, "resume", detail))
             else:
@@ -139,6 +144,23 @@ class ResumeSteps:
             # domain goes away later), and it is retried, never counted twice.
             ctx.observer.notify(IoErrorAction(vm.name, "kill", detail))
             await self._kill(vm)
+
+    def _refused(self, vm: VmView, err: MigrationRunning,
+                 backoff: tuple[int, float | None]) -> None:
+        """The backend refused the resume: a migration out of this host runs, which this
+        task had not learnt of yet (events off or unread). Nothing was sent to the guest:
+        undo the resume's bookkeeping, hold the VM as migrating out, and look again now
+        (the look steps the migration's region; the guest is resumed where it runs next,
+        or here if the migration fails)."""
+        m = vm.machine
+        m.expect_resume = False
+        m.resume_attempts, m.last_resume_at = backoff
+        m.migration_stale = True
+        m.record(f"left paused: {migration.MigState.MIGRATING_OUT.value} (resumed where it "
+                 "runs next)")
+        log.warning("resume refused: the vm is migrating out of this host", vm=vm.name,
+                    migration=err.status)
+        vm.wake_at(self._ctx.clock.now())
 
     async def _kill(self, vm: VmView) -> None:
         """Kill the VM: up to :data:`KILL_ATTEMPTS` tries until it is gone (a VM already gone

@@ -31,6 +31,7 @@ from autoextend.monitor.protocols import (
     HypervisorEvent,
     IoLimits,
     MigrationChanged,
+    MigrationRunning,
     RunState,
     VmPaused,
     VmResumed,
@@ -53,6 +54,7 @@ from autoextend.qmp.replies import (
     parse_topology,
     threshold_event,
 )
+from autoextend.qmp.stopstate import StopErrors
 
 log = get_logger("qmp")
 
@@ -73,6 +75,7 @@ class VmSession:
         self._device_size = device_size
         self.topology = Topology()
         self._saw_nospace = False
+        self._stops = StopErrors()  # the errors that stopped the VM (qmp/stopstate.py)
         self._jobs = JobWatch(measure)
         self._log = log.bind(vm=name)
         #: Why this session was ended by us (a bad reply, an unexpected error), else None.
@@ -241,7 +244,25 @@ class VmSession:
         return qdev, device
 
     async def resume(self) -> None:
+        """``cont``, right after a ``query-migrate`` on the same connection says no outgoing
+        migration is active (raises :class:`MigrationRunning` otherwise).
+
+        Why ask: the ``MIGRATION`` events may be off, or not read yet, and nothing in QEMU
+        stops a ``cont`` on a source whose migration runs (libvirt's job lock does that for
+        libvirt). The window left: a ``migrate`` that QEMU handles between its answer to
+        ``query-migrate`` and the ``cont`` (one round trip on this socket; QEMU handles
+        monitor commands one at a time on its main loop). See docs/migration.md.
+        """
+        status = await self._guarded("query-migrate", self._migration_status)
+        if migration_phase(self.name, {"status": status}) not in _NOT_RUNNING:
+            raise MigrationRunning(self.name, status)
         await self.conn.execute("cont")
+
+    async def _migration_status(self) -> str:
+        reply = await self.conn.execute("query-migrate")
+        migration_phase(self.name, reply)  # validate (MalformedReply ends the session)
+        status = reply.get("status", "none") if isinstance(reply, dict) else "none"
+        return status if isinstance(status, str) else "none"
 
     async def suspend(self) -> None:
         """``stop``: the guest pauses (a stale view, ``monitor/views.py``)."""
@@ -293,6 +314,7 @@ class VmSession:
                 return []
             return [crossed]
         if name == "BLOCK_IO_ERROR":
+            self._stops.note(data, self.topology)
             _, enospc = io_error_event(self.name, data, self.topology)
             if enospc is None:
                 return []
@@ -302,12 +324,14 @@ class VmSession:
                 enospc = io_error_event(self.name, data, self.topology)[1] or enospc
             return [enospc]
         if name == "STOP":
-            state = await self.run_state()
+            # An ENOSPC stop is known from the error events before it: no read (issue 30).
+            state = self._stops.state() or await self.run_state()
             if state.running or state.pause_reason is None:
                 return []  # resumed again before we asked; RESUME follows or has come
             return [VmPaused(self.name, state.pause_reason, state)]
         if name == "RESUME":
             self._saw_nospace = False
+            self._stops.clear()
             return [VmResumed(self.name)]
         if name == "DEVICE_DELETED":
             return [DrivesChanged(self.name)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from autoextend.lab.guest import GuestJob
@@ -49,6 +50,27 @@ async def _ok_to_cont(host: LabHost, counts: CommandCounts, held: HeldExtender,
     return counts.ok_to_cont[resumes]
 
 
+class AtThePause:
+    """The monitor's extender, each extension landing the moment QEMU has stopped the guest
+    for ENOSPC (seen on the lab's own QMP socket), or after 5 s if it never does: its OK
+    then races the service's handling of QEMU's ``STOP``."""
+
+    def __init__(self, inner: Any, host: LabHost) -> None:
+        self.inner = inner
+        self.host = host
+
+    async def extend(self, volume: Any, size: int, *, refresh: bool = True) -> Any:
+        vm = next(g.vm for g in self.host.guests.values() if g.volume == volume)
+        with anyio.move_on_after(5.0):
+            async with vm.qmp("at-the-pause") as client:
+                while True:
+                    status = await client.execute("query-status")
+                    if isinstance(status, dict) and status.get("status") == "io-error":
+                        break
+                    await anyio.sleep(0.002)  # time is the subject: QEMU's own stop
+        return await self.inner.extend(volume, size, refresh=refresh)
+
+
 def counted(host: LabHost, counts: CommandCounts) -> HeldExtender:
     """Count on the host's QMP connections; the extensions pass a HeldExtender (released)."""
     monitor = host.service.monitor
@@ -67,7 +89,9 @@ async def test_from_the_extenders_ok_to_cont(lab_tmp_path: Path) -> None:
         held = counted(host, counts)
         names = await _ok_to_cont(host, counts, held, "vm1")
         assert len(names) <= 3, names
-        assert names == ["block-set-write-threshold", "cont"]
+        # The re-arm, the migration check right before the cont (issue 31: never cont while
+        # a migration out runs, ``VmSession.resume``), the cont.
+        assert names == ["block-set-write-threshold", "query-migrate", "cont"]
         # The old path (the negative control): a full look between the OK and the cont.
         host.service.monitor.ctx.fast_resume = False
         old = await _ok_to_cont(host, counts, held, "vm2")
@@ -91,5 +115,34 @@ async def test_from_the_threshold_event_to_the_rearmed_threshold(lab_tmp_path: P
         guest = await host.start_guest("vm2", job, start_mib=16, virtual_mib=256)
         assert (await guest.vm.result(timeout=300)).verified
         old = counts.event_to_rearm[len(fast):]
-        assert old and all(w == ["query-status", "query-migrate", "block-set-write-threshold"]
-                           for w in old), old
+        # (At least the probe; under load a window may also hold the old path's full look
+        # after the previous extension.)
+        assert old and all(w[-1] == "block-set-write-threshold" and "query-status" in w
+                           and "query-migrate" in w and len(w) >= 3 for w in old), old
+
+
+async def test_unheld_pauses_stay_within_the_budget(lab_tmp_path: Path) -> None:
+    """Each extension's OK comes the moment QEMU stops the guest, racing the service's
+    handling of ``STOP``. That handler used to read the run state and the drives (up to
+    four commands) inside the window (the bench's p99 of 7; with the handler's reads put
+    back, this test failed 2 runs of 2); it now takes an ENOSPC stop from the error events
+    before it (``qmp/stopstate.py``), so every window is the re-arm, the migration check
+    and the ``cont``."""
+    counts = CommandCounts()
+    # The throttle off: while it acts, its lift at the re-arm adds its own two commands
+    # (query-block, block_set_io_throttle) to the window; this counts the resume path.
+    extra = {**QUIET, "policy": {"throttle": False}}
+    async with lab_host(workdir=lab_tmp_path, observer=counts, chunk_mib=8,
+                        poll_interval_s=600.0, extra=extra) as host:
+        counted(host, counts)
+        monitor = host.service.monitor
+        monitor.extender = AtThePause(monitor.extender, host)
+        guest = await host.start_guest("vm1", GuestJob(mib=64), start_mib=16,
+                                       virtual_mib=256)
+        result = await guest.vm.result(timeout=600)
+        assert result.verified, result
+        windows = counts.ok_to_cont
+        assert windows, "no ENOSPC pause: the guest never outran its extensions"
+        assert all(len(w) <= 3 and w[-1] == "cont" for w in windows), windows
+        reads = ("query-status", "query-block", "query-named-block-nodes", "query-blockstats")
+        assert not any(name in reads for w in windows for name in w), windows

@@ -204,3 +204,28 @@ def test_stale_at_start_counts_the_refreshed_views() -> None:
             prepare.PreparedView(vol, 80 * MiB, 64 * MiB, 96 * MiB)]
     assert prepare.stale_at_start(done) == 2
     assert prepare.stale_at_start([]) == 0
+
+
+def test_cli_direct_needs_no_service(tmp_path: Path) -> None:
+    """``volume prepare --direct`` (the QMP migration protocol's destination step) refreshes
+    in its own process: no service, no control socket. A loop volume not attached on this
+    host is seen at its file's size: up to date."""
+    import json
+
+    (tmp_path / "volumes" / "vg0").mkdir(parents=True)
+    (tmp_path / "volumes" / "vg0" / "lv1").write_bytes(b"")
+    os.truncate(tmp_path / "volumes" / "vg0" / "lv1", 64 * MiB)
+    cfg = tmp_path / "volumes.toml"
+    cfg.write_text(f'[volumes]\nbackend = "loop"\nloop_root = "{tmp_path / "volumes"}"\n'
+                   'loop_host = "h1"\n')
+    done = autoextend("--config", str(cfg), "volume", "prepare", "--direct", "--json",
+                      "vg0/lv1")
+    assert done.code == 0, done
+    assert json.loads(done.stdout) == {
+        "volumes": [{"volume": "vg0/lv1", "metadata_size": 64 * MiB, "before": 64 * MiB,
+                     "size": 64 * MiB, "refreshed": False}], "skipped": []}
+    missing = autoextend("--config", str(cfg), "volume", "prepare", "--direct", "vg0/nope")
+    assert missing.code == 1 and "vg0/nope" in missing.error
+    both = autoextend("--config", str(cfg), "volume", "prepare", "--direct", "--incoming",
+                      "vm1")
+    assert both.code == 2 and "not with --direct" in both.error
