@@ -210,20 +210,39 @@ class Executor:
             return Verdict(Status.REJECTED, reason=ReasonCode.INTERNAL,
                            text="this SPM's backend cannot create, remove or grow")
         self._authority.check()
+        note = self._note(host, generation, req.request_id)
         if req.op == OP_CREATE:
             verdict = await volumeops.create(
                 writer, volume, req.size, req.vsize, owner=f"host-{host}",
-                request=volumeops.request_tag(host, generation, req.request_id))
+                request=volumeops.request_tag(host, generation, req.request_id),
+                parent=req.parent, note=note)
         elif req.op == OP_REMOVE:
             verdict = await volumeops.remove(
-                writer, volume, lambda: self._remove_refusal(volume, first_look))
+                writer, volume, lambda: self._remove_refusal(volume, first_look), note)
         else:
             assert req.op == OP_GROW_PV
-            verdict = await volumeops.grow(writer, req.vg)
+            verdict = await volumeops.grow(writer, req.vg, note)
         log.info("volume op", op=req.op, volume=str(volume), host_id=host,
                  request_id=req.request_id, status=verdict.status.name, size=verdict.size,
-                 text=verdict.text, lver=self._epoch)
+                 text=verdict.text, lver=self._epoch, parent=req.parent or None)
         return verdict
+
+    def _note(self, host: int, generation: int, request_id: int) -> volumeops.Note | None:
+        """The journal, bound to one request (None without a journal): a change is journaled
+        before the host hears of it, as an extend is."""
+        journal = self._journal
+        if journal is None:
+            return None
+
+        async def note(op: Op, volume: VolumeRef, old_size: int, new_size: int, *,
+                       found: bool = False) -> object:
+            if found:
+                return await journal.note_created_late(
+                    volume, new_size, host=host, request_id=request_id, generation=generation)
+            return await journal.note(op, volume, old_size, new_size, host=host,
+                                      request_id=request_id, generation=generation)
+
+        return note
 
     async def _remove_refusal(self, volume: VolumeRef, first_look: Look | None) -> str | None:
         """Why ``volume`` must not be removed now: the young-term and hot rules and the
