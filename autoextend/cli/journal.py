@@ -77,7 +77,8 @@ def as_dict(r: Record) -> dict[str, Any]:
     e = r.entry
     return {"seq": r.seq, "time": _iso(e.time_us), "time_us": e.time_us, "lver": e.lver,
             "spm_host": e.spm_host, "host": e.host, "request_id": e.request_id,
-            "generation": e.generation, "op": e.op.name.lower().replace("_", "-"), "volume": e.volume,
+            "generation": e.generation, "op": e.op.name.lower().replace("_", "-"),
+            "volume": e.volume,
             "old_size": e.old_size or None, "new_size": e.new_size, "found": e.found}
 
 

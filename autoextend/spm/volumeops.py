@@ -36,12 +36,10 @@ between its ``lvcreate`` and its record) only when the caller's journal lacks it
 while any live host lists the volume, or its record cannot say), the young-term and hot
 rules of ``reducing.py``. An LV that is gone needs no gate (it is checked first).
 
-**GROW-PV's gap.** The brief is "``pvresize`` once every live host sees the larger
-device". This SPM only checks its own view of the device (``dev_size``). A host whose
-kernel has not rescanned the LUN sees the old size; since the new extents lie past the end
-it sees, an LV extended into them fails I/O there (it cannot corrupt anything, it errors).
-Rescan the LUN on every host before ``pool grow`` (``echo 1 > /sys/block/sdX/device/rescan``,
-``multipathd resize map``); a per-host device-size report is not built.
+**GROW-PV waits for every host's view.** ``pvresize`` runs only once every live host sees
+the larger device (``devicegate.py``: each host publishes the size of its view of each PV
+in its in-use record; the SPM refuses, one line naming the first host whose view is
+smaller or unknown). Local mode has one host: its writer's view is the only one.
 """
 
 from __future__ import annotations
@@ -119,6 +117,15 @@ class FoundLv(Protocol):
 
 class GrownPv(Protocol):
     @property
+    def name(self) -> str: ...
+
+    @property
+    def uuid(self) -> str: ...
+
+    @property
+    def device_size(self) -> int: ...
+
+    @property
     def room(self) -> int: ...
 
     @property
@@ -139,7 +146,13 @@ class PoolWriter(Protocol):
 
     async def remove_lv(self, volume: VolumeRef) -> None: ...
 
+    async def pv_growth(self, vg: str) -> Sequence[GrownPv]: ...
+
     async def grow_pvs(self, vg: str) -> Sequence[GrownPv]: ...
+
+
+# Why the PVs that grew must not be resized yet (another host's view), or None.
+GrowRefusal = Callable[[Sequence[GrownPv]], Awaitable[str | None]]
 
 
 async def create(writer: PoolWriter, volume: VolumeRef, size: int, vsize: int, *,
@@ -208,9 +221,17 @@ async def remove(writer: PoolWriter, volume: VolumeRef,
     return Verdict(Status.OK, 0, text="removed")
 
 
-async def grow(writer: PoolWriter, vg: str, note: Note | None = None) -> Verdict:
-    """``pvresize`` the PVs of ``vg`` whose device grew; OK with the bytes added. The
-    journal record (``vg/``, no LV) has the resized PVs' bytes before and after."""
+async def grow(writer: PoolWriter, vg: str, note: Note | None = None,
+               refusal: GrowRefusal | None = None) -> Verdict:
+    """``pvresize`` the PVs of ``vg`` whose device grew, unless ``refusal`` says another
+    host does not see them grown yet (FAILED, VOLUME_BUSY: nothing written); OK with the
+    bytes added. The journal record (``vg/``, no LV) has the resized PVs' bytes before
+    and after."""
+    if refusal is not None:
+        pvs = await writer.pv_growth(vg)
+        why = await refusal([pv for pv in pvs if pv.room > pv.extent_count])
+        if why is not None:
+            return Verdict(Status.FAILED, reason=ReasonCode.VOLUME_BUSY, text=why)
     grown = await writer.grow_pvs(vg)
     if not grown:
         return Verdict(Status.OK, 0, text="no PV of the VG has grown")
