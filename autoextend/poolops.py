@@ -26,7 +26,7 @@ from autoextend.spm import volumeops
 from autoextend.spm.errors import MailboxClosed, MailboxTimeout
 from autoextend.spm.reducing import Verdict
 from autoextend.spm.wire import OP_CREATE, OP_GROW_PV, OP_REMOVE, Reply, Status
-from autoextend.volumes import VolumeBackend, VolumeRef, innermost
+from autoextend.volumes import VolumeBackend, VolumeRef
 
 
 class PoolOpError(AutoextendError):
@@ -153,11 +153,11 @@ class PoolOps:
         return None
 
     def _writer(self) -> volumeops.PoolWriter:
-        writer = getattr(innermost(self.backend), "writer", None)
+        writer = volumeops.pool_writer(self.backend)
         if writer is None:
             raise PoolOpError("this host's backend has no LVM writer ([service] extender"
                               " = \"lvm\" with the lvm backend)")
-        return writer  # type: ignore[no-any-return]
+        return writer
 
     async def _ask(self, volume: VolumeRef, size: int, op: int, vsize: int,
                    parent: str = "") -> Verdict:

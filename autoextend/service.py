@@ -21,6 +21,7 @@ import enum
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,8 @@ from autoextend.logs import get_logger
 from autoextend.lvm import factory
 from autoextend.lvm.foreign import ForeignWriteAudit
 from autoextend.lvm.devviews import DeviceViews
+from autoextend.lvm.loop_backend import LoopVolumeBackend
+from autoextend.lvm.loop_pool import device_views as loop_device_views
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.reader import LvmReader
 from autoextend.lvm.reserve import FreeSpaceBackend

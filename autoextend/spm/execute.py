@@ -73,7 +73,6 @@ from autoextend.volumes import (
     VolumeNotFound,
     VolumeRef,
     VolumeSpaceError,
-    innermost,
 )
 
 log = logs.get_logger("spm.server")
@@ -209,7 +208,7 @@ class Executor:
     async def _volume_op(self, host: int, generation: int, req: Request, volume: VolumeRef,
                          first_look: Look | None) -> Verdict:
         """CREATE, REMOVE, GROW-PV (``volumeops.py``) through the term's writer."""
-        writer = getattr(innermost(self._backend), "writer", None)
+        writer = volumeops.pool_writer(self._backend)
         if writer is None:
             return Verdict(Status.REJECTED, reason=ReasonCode.INTERNAL,
                            text="this SPM's backend cannot create, remove or grow")
@@ -259,7 +258,7 @@ class Executor:
         """Before the VG's lock: wait (a few publish periods at most) until every live
         host's record shows the PVs of ``vg`` at least as large as this SPM sees them;
         the check under the lock (:meth:`_grow_refusal`) decides."""
-        writer = getattr(innermost(self._backend), "writer", None)
+        writer = volumeops.pool_writer(self._backend)
         gate = self._in_use
         if writer is None or gate is None:
             return

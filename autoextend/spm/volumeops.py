@@ -45,13 +45,14 @@ smaller or unknown). Local mode has one host: its writer's view is the only one.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
+from autoextend.lvm.loop_pool import loop_pool_writer
 from autoextend.lvm.vsize import BadVsizeTag, vsize_from_tags
 from autoextend.spm.journal import Op
 from autoextend.spm.reducing import Verdict
 from autoextend.spm.wire import ReasonCode, Status
-from autoextend.volumes import VolumeRef
+from autoextend.volumes import VolumeBackend, VolumeRef, innermost
 
 OWNER_TAG_PREFIX = "autoextend.owner="
 PARENT_TAG_PREFIX = "autoextend.parent="
@@ -149,6 +150,16 @@ class PoolWriter(Protocol):
     async def pv_growth(self, vg: str) -> Sequence[GrownPv]: ...
 
     async def grow_pvs(self, vg: str) -> Sequence[GrownPv]: ...
+
+
+def pool_writer(backend: VolumeBackend) -> PoolWriter | None:
+    """The writer of the pool ops behind ``backend``: the lvm backend's ``LvmWriter``, the
+    loop stand-in's ``LoopPoolWriter``; None for a backend that has none."""
+    loop = loop_pool_writer(backend)
+    if loop is not None:
+        return loop
+    writer = getattr(innermost(backend), "writer", None)
+    return cast("PoolWriter | None", writer)
 
 
 # Why the PVs that grew must not be resized yet (another host's view), or None.
