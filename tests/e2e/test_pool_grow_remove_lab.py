@@ -39,8 +39,8 @@ async def test_a_guest_paused_on_a_full_vg_resumes_after_pool_grow(lab_tmp_path:
         guest_host, asker = [h for h in sorted(p.hosts) if h != spm]
         vg_dir = p.directory / "volumes" / VG
         await p.volumes.set_vg_capacity(VG, 64 * MiB)  # only the guest's first 64 MiB fit
-        with open(vg_dir / PV_FILE, "wb") as f:  # the VG's one PV: 64 MiB so far
-            f.truncate(64 * MiB)
+        (vg_dir / PV_FILE).touch()
+        os.truncate(vg_dir / PV_FILE, 64 * MiB)  # the VG's one PV: 64 MiB so far
         g = await p.start_guest(guest_host, "vm1", GuestJob(mib=160), start_mib=64,
                                 virtual_mib=512)
         host = p.hosts[guest_host]
@@ -52,10 +52,10 @@ async def test_a_guest_paused_on_a_full_vg_resumes_after_pool_grow(lab_tmp_path:
             return False
 
         await until(paused_for_space, 300, "the guest to pause on the full VG")
-        code, line = await cli(p, asker, "pool", "grow", VG)  # the PV has not grown
+        code, line = await cli(p, asker, "pool", "grow", "--vg", VG)  # the PV has not grown
         assert code == 0 and "no PV of the VG has grown" in line, line
         os.truncate(vg_dir / PV_FILE, 1024 * MiB)  # the LUN grew on the array
-        code, line = await cli(p, asker, "pool", "grow", VG)
+        code, line = await cli(p, asker, "pool", "grow", "--vg", VG)
         assert code == 0 and "1 PV(s) resized" in line, line
         assert vg_capacity(str(vg_dir)) == 1024 * MiB
         result = await g.vm.result(timeout=300)
