@@ -54,6 +54,7 @@ async def test_a_guest_paused_on_a_full_vg_resumes_after_pool_grow(lab_tmp_path:
         await until(paused_for_space, 300, "the guest to pause on the full VG")
         code, line = await cli(p, asker, "pool", "grow", "--vg", VG)  # the PV has not grown
         assert code == 0 and "no PV of the VG has grown" in line, line
+        assert await paused_for_space()  # nothing grew: still paused
         os.truncate(vg_dir / PV_FILE, 1024 * MiB)  # the LUN grew on the array
         code, line = await cli(p, asker, "pool", "grow", "--vg", VG)
         assert code == 0 and "1 PV(s) resized" in line, line
