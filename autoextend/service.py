@@ -50,8 +50,8 @@ from autoextend.control import ControlServer
 from autoextend.errors import AutoextendError, ConfigError
 from autoextend.logs import get_logger
 from autoextend.lvm import factory
-from autoextend.lvm.foreign import ForeignWriteAudit
 from autoextend.lvm.devviews import DeviceViews
+from autoextend.lvm.foreign import ForeignWriteAudit
 from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.lvm.loop_pool import device_views as loop_device_views
 from autoextend.lvm.lvm_backend import LvmVolumeBackend

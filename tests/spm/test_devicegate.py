@@ -29,7 +29,7 @@ class Pv:
 
 
 def record(host: int, views: dict[str, int], generation: int = 1) -> inuse.InUseRecord:
-    return inuse.make_record(host, generation, 5, 0, [], views)
+    return inuse.make_record(host, generation, 5, 0, [], devices=views)
 
 
 PVS = [Pv("/dev/sdb", "uuid-b", 128 * MiB, 16), Pv("/dev/sdc", "uuid-c", 64 * MiB, 16)]
