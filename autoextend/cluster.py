@@ -53,7 +53,7 @@ from autoextend.spm.extender import MailboxExtender
 from autoextend.spm.handoffio import StorageHandoff
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.inusegate import InUseGate, lease_states
-from autoextend.spm.inusepub import InUsePublisher, InUseSource
+from autoextend.spm.inusepub import DeviceSource, InUsePublisher, InUseSource
 from autoextend.spm.journalring import JournalCounters, JournalWriter, Ring
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.server import SpmMailServer
@@ -87,13 +87,16 @@ class ClusterAgent:
         in_use: InUseSource | None = None,
         summary: FactsSource | None = None,
         handoff: StorageHandoff | None = None,
+        devices: DeviceSource | None = None,
     ) -> None:
         """``handoff``: the pause claims this host's in-use record carries and the reads of
         the others' (``spm/handoffio.py``), bound once joined; None: no claims.
         ``in_use``: this host's open pool volumes (the service's: the monitor's drives
         and the holders scan); None publishes none (a test's agent that runs no guests).
         ``summary``: this host's facts for its summary record (``pool status``); None
-        publishes an empty summary."""
+        publishes an empty summary. ``devices``: this host's view of the pool's PVs for
+        its in-use record (GROW-PV waits for it, ``spm/devicegate.py``); None publishes
+        none."""
         found = list(cluster_rule(lease, mailbox, vgs))
         if found:
             raise ConfigError("<settings>", found)
@@ -111,6 +114,7 @@ class ClusterAgent:
         self.mailbox: HostMailbox | None = None
         self.server: SpmMailServer | None = None
         self.in_use_source: InUseSource = in_use or _nothing_in_use
+        self.device_source = devices
         self.publisher: InUsePublisher | None = None
         self.summary_source: FactsSource = summary or HostFacts
         self.summary: SummaryPublisher | None = None
@@ -182,7 +186,8 @@ class ClusterAgent:
                     self.publisher = InUsePublisher(
                         storage, layout, self.host_id, self.in_use_source,
                         partial(self._own_generation, lease), self.clock,
-                        pause_claims=None if self.handoff is None else self.handoff.claims)
+                        pause_claims=None if self.handoff is None else self.handoff.claims,
+                        devices=self.device_source)
                     if self.handoff is not None:
                         self.handoff.bind(storage, layout, self.publisher)
                     await tg.start(self.publisher.run)

@@ -26,7 +26,7 @@ from autoextend.spm import volumeops
 from autoextend.spm.errors import MailboxClosed, MailboxTimeout
 from autoextend.spm.reducing import Verdict
 from autoextend.spm.wire import OP_CREATE, OP_GROW_PV, OP_REMOVE, Reply, Status
-from autoextend.volumes import VolumeBackend, VolumeRef, innermost
+from autoextend.volumes import VolumeBackend, VolumeRef
 
 
 class PoolOpError(AutoextendError):
@@ -35,7 +35,7 @@ class PoolOpError(AutoextendError):
 
 class Mailbox(Protocol):
     async def request(self, volume: VolumeRef, size: int, *, op: int = ...,
-                      vsize: int = ...) -> Reply: ...
+                      vsize: int = ..., parent: str = ...) -> Reply: ...
 
 
 class Pool(Protocol):
@@ -50,6 +50,21 @@ def _int(request: dict[str, Any], key: str, *, required: bool = True) -> int | N
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"{key} must be a positive number of bytes")
     return value
+
+
+def _parent(volume: VolumeRef, value: object) -> str:
+    """A snapshot's parent: an LV name, or ``vg/lv`` in the volume's own VG ("" for none)."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str):
+        raise ValueError("parent must be an LV name")
+    vg, sep, lv = value.rpartition("/")
+    if sep and vg != volume.vg:
+        raise ValueError(f"parent {value[:80]!r} is not in VG {volume.vg}: a snapshot LV"
+                         " lives in its parent's VG")
+    if not is_valid_name(lv) or lv == volume.lv:
+        raise ValueError(f"malformed parent LV name {lv[:40]!r}")
+    return lv
 
 
 class PoolOps:
@@ -67,8 +82,10 @@ class PoolOps:
             raise PoolOpError(f"VG {vg} is not in the pool ({', '.join(self.pool_vgs)})")
 
     async def volume_create(self, request: dict[str, Any]) -> dict[str, Any]:
-        """``{"volume": "vg/lv", "capacity": bytes, "size": bytes or null}``."""
+        """``{"volume": "vg/lv", "capacity": bytes, "size": bytes or null, "parent": "lv"
+        or "vg/lv" or null}`` (a parent: a snapshot LV for a qcow2 overlay on it)."""
         volume = parse_volume(str(request.get("volume", "")))
+        parent = _parent(volume, request.get("parent"))
         capacity = _int(request, "capacity")
         assert capacity is not None
         try:
@@ -78,11 +95,12 @@ class PoolOps:
             raise ValueError(str(exc)) from None
         self._in_pool(volume.vg)
         if self.cluster is not None:
-            verdict = await self._ask(volume, size, OP_CREATE, capacity)
+            verdict = await self._ask(volume, size, OP_CREATE, capacity, parent)
         else:
             verdict = await volumeops.create(
                 self._writer(), volume, size, capacity, owner="local",
-                request=f"{volumeops.REQUEST_TAG_PREFIX}local.{uuid.uuid4().hex[:16]}")
+                request=f"{volumeops.REQUEST_TAG_PREFIX}local.{uuid.uuid4().hex[:16]}",
+                parent=parent)
         return self._answer("volume", str(volume), "create", verdict)
 
     async def volume_remove(self, request: dict[str, Any],
@@ -135,18 +153,19 @@ class PoolOps:
         return None
 
     def _writer(self) -> volumeops.PoolWriter:
-        writer = getattr(innermost(self.backend), "writer", None)
+        writer = volumeops.pool_writer(self.backend)
         if writer is None:
             raise PoolOpError("this host's backend has no LVM writer ([service] extender"
                               " = \"lvm\" with the lvm backend)")
-        return writer  # type: ignore[no-any-return]
+        return writer
 
-    async def _ask(self, volume: VolumeRef, size: int, op: int, vsize: int) -> Verdict:
+    async def _ask(self, volume: VolumeRef, size: int, op: int, vsize: int,
+                   parent: str = "") -> Verdict:
         mailbox = None if self.cluster is None else self.cluster.mailbox
         if mailbox is None:
             raise PoolOpError("this host has not joined the pool yet; retry")
         try:
-            reply = await mailbox.request(volume, size, op=op, vsize=vsize)
+            reply = await mailbox.request(volume, size, op=op, vsize=vsize, parent=parent)
         except (MailboxTimeout, MailboxClosed) as exc:
             raise PoolOpError(f"no answer from the SPM ({exc}); the op may still be done:"
                               " run the same command again to know") from exc

@@ -21,6 +21,7 @@ import enum
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,10 @@ from autoextend.control import ControlServer
 from autoextend.errors import AutoextendError, ConfigError
 from autoextend.logs import get_logger
 from autoextend.lvm import factory
+from autoextend.lvm.devviews import DeviceViews
 from autoextend.lvm.foreign import ForeignWriteAudit
+from autoextend.lvm.loop_backend import LoopVolumeBackend
+from autoextend.lvm.loop_pool import device_views as loop_device_views
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.reader import LvmReader
 from autoextend.lvm.reserve import FreeSpaceBackend
@@ -70,7 +74,7 @@ from autoextend.qemuimg import qemu_img_fully_allocated, qemu_img_measure
 from autoextend.sdnotify import Notifier
 from autoextend.settings import Settings
 from autoextend.spm.handoffio import StorageHandoff
-from autoextend.spm.inusepub import InUseSource
+from autoextend.spm.inusepub import DeviceSource, InUseSource
 from autoextend.spm.summary import HostFacts
 from autoextend.spm.summarypub import FactsSource
 from autoextend.volumes import (
@@ -184,9 +188,15 @@ def make_cluster_agent(
     def spm_backend(term: SpmAuthority) -> FreeSpaceBackend:
         return make_volume_backend(settings, term, tally)
 
+    inner = innermost(host_backend)  # this host's view of the PVs (GROW-PV)
+    devices: DeviceSource | None = None
+    if isinstance(inner, LvmVolumeBackend):
+        devices = DeviceViews(inner.reader, settings.lvm.vgs, clock)
+    elif isinstance(inner, LoopVolumeBackend):
+        devices = partial(loop_device_views, inner.root, settings.lvm.vgs)
     return ClusterAgent(settings.lease, settings.mailbox, settings.lvm.vgs, host_backend,
                         spm_backend, clock, checks=checks, in_use=in_use, summary=summary,
-                        handoff=handoff)
+                        handoff=handoff, devices=devices)
 
 
 class _LateUsers:

@@ -23,7 +23,7 @@ from autoextend.errors import ConfigError
 from autoextend.metadata_area import AreaTooSmall, check_journal_fits
 from autoextend.names import is_valid_name
 from autoextend.spm.config import journal_base
-from autoextend.spm.journal import Record, Scan
+from autoextend.spm.journal import Op, Record, Scan
 from autoextend.spm.journalring import Ring, read_ring
 
 _AGO = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
@@ -77,19 +77,23 @@ def as_dict(r: Record) -> dict[str, Any]:
     e = r.entry
     return {"seq": r.seq, "time": _iso(e.time_us), "time_us": e.time_us, "lver": e.lver,
             "spm_host": e.spm_host, "host": e.host, "request_id": e.request_id,
-            "generation": e.generation, "op": e.op.name.lower(), "volume": e.volume,
+            "generation": e.generation, "op": e.op.name.lower().replace("_", "-"),
+            "volume": e.volume,
             "old_size": e.old_size or None, "new_size": e.new_size, "found": e.found}
 
 
 def growth(records: Sequence[Record]) -> list[dict[str, Any]]:
-    """Per VG and requesting host: the changes and the bytes they added (reduces count
-    negative; an extend whose old size is unknown counts 0 bytes)."""
+    """Per VG and requesting host: the changes and the LV bytes they added (reduces and
+    removes count negative, a create its size; an extend whose old size is unknown counts
+    0 bytes; a grow-pv adds room, not LV bytes: it counts 0)."""
     sums: dict[tuple[str, int], list[int]] = {}
     for r in records:
         e = r.entry
         row = sums.setdefault((e.vg, e.host), [0, 0])
         row[0] += 1
-        if e.old_size:
+        if e.op is Op.CREATE:
+            row[1] += e.new_size
+        elif e.old_size and e.op is not Op.GROW_PV:
             row[1] += e.new_size - e.old_size
     return [{"vg": vg, "host": host, "changes": n, "bytes": added}
             for (vg, host), (n, added) in sorted(sums.items())]
@@ -110,7 +114,7 @@ def render(records: Sequence[Record], scan: Scan, where: str) -> list[str]:
             lines.append(f"{'':>8}  --- SPM term changed: lver {term[0]} (host {term[1]})"
                          f" -> lver {e.lver} (host {e.spm_host}) ---")
         term = (e.lver, e.spm_host)
-        old = _size(e.old_size) if e.old_size else "?"
+        old = _size(e.old_size) if e.old_size else "-" if e.op is Op.CREATE else "?"
         lines.append(f"{r.seq:>8}  {_iso(e.time_us)[:23]:<23}  {e.lver:>5}  {e.spm_host:>4}  "
                      f"{e.host or '-':>4}  {e.request_id or '-':>10}  {_op(r):<7}  "
                      f"{e.volume:<24}  {old:>10}  {_size(e.new_size):>10}")
@@ -124,7 +128,7 @@ def render(records: Sequence[Record], scan: Scan, where: str) -> list[str]:
 
 def _op(r: Record) -> str:
     """The op; ``extend!`` for a change recorded late (FOUND: see the command's help)."""
-    return r.entry.op.name.lower() + ("!" if r.entry.found else "")
+    return r.entry.op.name.lower().replace("_", "-") + ("!" if r.entry.found else "")
 
 
 def _iso(time_us: int) -> str:
@@ -155,7 +159,8 @@ def journal() -> None:
 @pass_ctx
 def dump(obj: CliContext, since: str | None, volume: str | None, as_json: bool,
          path: str | None) -> None:
-    """Show every metadata change the SPMs made (extend, reduce), oldest first: when, the
+    """Show every metadata change the SPMs made (extend, reduce, create, remove,
+    grow-pv: a VG's PVs resized, its volume shown as "VG/"), oldest first: when, the
     SPM's term (lver) and host, the host that asked, the request id, the volume, and its
     size before and after; then the growth per VG and host. Reads the metadata area
     directly (from any host, without the service); writes nothing.

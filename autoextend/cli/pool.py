@@ -214,10 +214,12 @@ Examples:
 def pool_grow(obj: CliContext, vgs: tuple[str, ...], as_json: bool) -> None:
     """Use a grown LUN: pvresize the PVs whose device grew (through the pool's one writer).
 
-    Rescan the LUN on every host first (the SPM checks only its own view of the device).
-    Mailbox mode: the SPM runs it (from any host); local mode: this host's writer. A PV
-    that did not grow is left alone, so running it twice changes nothing. Drives paused
-    on a full VG resume once the watcher sees the space.
+    Rescan the LUN on every host first. Mailbox mode: the SPM runs it (from any host),
+    once every live host's published view of the device is at least as large as its own
+    (it waits a few seconds for them, then refuses with one line naming the host whose
+    view is smaller); local mode: this host's writer. A PV that did not grow is left
+    alone, so running it twice changes nothing. Drives paused on a full VG resume once the
+    watcher sees the space.
     """
     from autoextend import control
     from autoextend.cli.context import echo_reply

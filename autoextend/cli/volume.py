@@ -98,10 +98,14 @@ def _size_option(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--size", callback=_size_option, metavar="SIZE", default=None,
               help="Initial allocation; the LV gets it plus 10 % for qcow2 metadata "
                    "(default: one chunk, at most the capacity plus 10 %).")
+@click.option("--parent", default=None, metavar="LV",
+              help="Make a snapshot LV: the LV for a qcow2 overlay on LV (BASE or VG/BASE, "
+                   "same VG); tagged autoextend.parent=BASE. The capacity must be at least "
+                   "the parent's.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def volume_create(obj: CliContext, vg_lv: str, capacity: int, size: int | None,
-                  as_json: bool) -> None:
+                  parent: str | None, as_json: bool) -> None:
     """Create VG/LV for a thin qcow2 disk, through the pool's one writer.
 
     Mailbox mode: the SPM creates it (from any host); local mode: this host's writer.
@@ -109,9 +113,13 @@ def volume_create(obj: CliContext, vg_lv: str, capacity: int, size: int | None,
     left inactive. Asking again after a lost answer finds it done. Refused (exit 1, one
     line) when another volume has that name.
 
+    With --parent the LV is a snapshot LV for a qcow2 overlay on the parent (the overlay
+    itself is made with qemu-img where the LV is active); the parent must exist.
+
     \b
-    Example:
+    Examples:
       autoextend volume create pool/vm1-disk --capacity 20G --size 1G
+      autoextend volume create pool/vm1-snap1 --parent vm1-disk --capacity 20G
     """
     from autoextend import control
 
@@ -121,7 +129,8 @@ def volume_create(obj: CliContext, vg_lv: str, capacity: int, size: int | None,
     settings = obj.load_settings()
     path = settings.service.control_socket
     result = anyio.run(lambda: control.call_dict(path, "volume_create", wait_s=310.0,
-                                                 volume=vg_lv, capacity=capacity, size=size))
+                                                 volume=vg_lv, capacity=capacity, size=size,
+                                                 parent=parent))
     echo_reply(path, result, _render_created, as_json)
 
 

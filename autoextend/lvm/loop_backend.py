@@ -250,6 +250,11 @@ class LoopVolumeBackend:
             raise NotSpmError("this host may not change volumes (no authority)")
         self._authority.check()
 
+    def check_writable(self) -> None:
+        """Raises NotSpmError unless this backend may change volumes now
+        (``loop_pool.py``'s ops check it as lvm2 commands check the term)."""
+        self._check()
+
     def file_path(self, volume: VolumeRef) -> str:
         return os.path.join(self.root, check_name("VG", volume.vg), check_name("LV", volume.lv))
 

@@ -308,7 +308,8 @@ def parse_vg_look(text: str, vg: str) -> tuple[int | None, dict[str, int]]:
     return (seqnos.pop() if seqnos else None), sizes
 
 
-PV_GROWTH_FIELDS = ("pv_name", "dev_size", "pe_start", "pv_pe_count", "vg_extent_size")
+PV_GROWTH_FIELDS = ("pv_name", "dev_size", "pe_start", "pv_pe_count", "vg_extent_size",
+                    "pv_uuid")
 
 
 @dataclass(frozen=True)
@@ -321,6 +322,7 @@ class PvGrowth:
     pe_start: int
     extent_count: int
     extent_size: int
+    uuid: str = ""
 
     @property
     def room(self) -> int:
@@ -333,6 +335,6 @@ def parse_pv_growth(text: str) -> tuple[PvGrowth, ...]:
     """From ``pvs -o <PV_GROWTH_FIELDS> --reportformat json --units b --nosuffix``."""
     return tuple(
         PvGrowth(_name(row, "pv_name"), _int(row, "dev_size"), _int(row, "pe_start"),
-                 _int(row, "pv_pe_count"), _int(row, "vg_extent_size"))
+                 _int(row, "pv_pe_count"), _int(row, "vg_extent_size"), str(row["pv_uuid"]))
         for row in _rows(text, "pv", PV_GROWTH_FIELDS)
     )

@@ -41,7 +41,7 @@ import anyio
 from autoextend import logs
 from autoextend.clock import Clock
 from autoextend.errors import AutoextendError, NotSpmError
-from autoextend.spm import volumeops
+from autoextend.spm import devicegate, volumeops
 from autoextend.spm.inuse import Look
 from autoextend.spm.inusegate import InUseGate
 from autoextend.spm.journal import Op
@@ -73,7 +73,6 @@ from autoextend.volumes import (
     VolumeNotFound,
     VolumeRef,
     VolumeSpaceError,
-    innermost,
 )
 
 log = logs.get_logger("spm.server")
@@ -96,6 +95,7 @@ class Executor:
         journal: JournalWriter | None = None,
     ) -> None:
         self._backend = backend
+        self._clock = clock
         self._journal = journal
         self._authority = authority
         self._epoch = epoch  # the SPM term's lver, logged with every change (chaos checks it)
@@ -137,7 +137,10 @@ class Executor:
         """The in-use gate of a shrinking op (``IN_USE_GATED``; ``inusegate.py``): the
         intent written, the first look and the settle made before the VG's lock (the wait
         must not hold up the VG's extends); the intent taken back when the op is done.
-        Other ops: nothing (None)."""
+        A GROW-PV: the wait for every host's view of the grown PVs, also before the lock
+        (``devicegate.py``). Other ops: nothing (None)."""
+        if req.op == OP_GROW_PV and self._in_use is not None:
+            await self._wait_for_views(req.vg)
         if req.op not in IN_USE_GATED or self._in_use is None:
             yield None
             return
@@ -205,25 +208,69 @@ class Executor:
     async def _volume_op(self, host: int, generation: int, req: Request, volume: VolumeRef,
                          first_look: Look | None) -> Verdict:
         """CREATE, REMOVE, GROW-PV (``volumeops.py``) through the term's writer."""
-        writer = getattr(innermost(self._backend), "writer", None)
+        writer = volumeops.pool_writer(self._backend)
         if writer is None:
             return Verdict(Status.REJECTED, reason=ReasonCode.INTERNAL,
                            text="this SPM's backend cannot create, remove or grow")
         self._authority.check()
+        note = self._note(host, generation, req.request_id)
         if req.op == OP_CREATE:
             verdict = await volumeops.create(
                 writer, volume, req.size, req.vsize, owner=f"host-{host}",
-                request=volumeops.request_tag(host, generation, req.request_id))
+                request=volumeops.request_tag(host, generation, req.request_id),
+                parent=req.parent, note=note)
         elif req.op == OP_REMOVE:
             verdict = await volumeops.remove(
-                writer, volume, lambda: self._remove_refusal(volume, first_look))
+                writer, volume, lambda: self._remove_refusal(volume, first_look), note)
         else:
             assert req.op == OP_GROW_PV
-            verdict = await volumeops.grow(writer, req.vg)
+            verdict = await volumeops.grow(writer, req.vg, note, self._grow_refusal)
         log.info("volume op", op=req.op, volume=str(volume), host_id=host,
                  request_id=req.request_id, status=verdict.status.name, size=verdict.size,
-                 text=verdict.text, lver=self._epoch)
+                 text=verdict.text, lver=self._epoch, parent=req.parent or None)
         return verdict
+
+    def _note(self, host: int, generation: int, request_id: int) -> volumeops.Note | None:
+        """The journal, bound to one request (None without a journal): a change is journaled
+        before the host hears of it, as an extend is."""
+        journal = self._journal
+        if journal is None:
+            return None
+
+        async def note(op: Op, volume: VolumeRef, old_size: int, new_size: int, *,
+                       found: bool = False) -> object:
+            if found:
+                return await journal.note_created_late(
+                    volume, new_size, host=host, request_id=request_id, generation=generation)
+            return await journal.note(op, volume, old_size, new_size, host=host,
+                                      request_id=request_id, generation=generation)
+
+        return note
+
+    async def _grow_refusal(self, pvs: Sequence[devicegate.PvView]) -> str | None:
+        """Why the PVs that grew must not be resized yet (``devicegate.py``), or None."""
+        if self._in_use is None:
+            return None
+        states = self._in_use.states()
+        return devicegate.grow_refusal(pvs, await self._in_use.look(states), states)
+
+    async def _wait_for_views(self, vg: str) -> None:
+        """Before the VG's lock: wait (a few publish periods at most) until every live
+        host's record shows the PVs of ``vg`` at least as large as this SPM sees them;
+        the check under the lock (:meth:`_grow_refusal`) decides."""
+        writer = volumeops.pool_writer(self._backend)
+        gate = self._in_use
+        if writer is None or gate is None:
+            return
+        deadline = self._clock.now() + devicegate.WAIT_PERIODS * gate.period_s + gate.margin_s
+        while True:
+            try:
+                pvs = await writer.pv_growth(vg)
+            except AutoextendError:
+                return  # the op itself reports it
+            if await self._grow_refusal(pvs) is None or self._clock.now() >= deadline:
+                return
+            await self._clock.sleep(gate.period_s / 2)
 
     async def _remove_refusal(self, volume: VolumeRef, first_look: Look | None) -> str | None:
         """Why ``volume`` must not be removed now: the young-term and hot rules and the

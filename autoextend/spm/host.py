@@ -130,11 +130,12 @@ class HostMailbox:
 
     async def request(
         self, volume: VolumeRef, size: int, *, timeout_s: float | None = None,
-        op: int = OP_EXTEND, vsize: int = 0,
+        op: int = OP_EXTEND, vsize: int = 0, parent: str = "",
     ) -> Reply:
         """Ask the SPM to extend ``volume`` to at least ``size`` bytes and wait for its reply.
 
-        ``op``: any ``wire`` op; ``vsize``: a create's virtual size (``wire.Request``).
+        ``op``: any ``wire`` op; ``vsize``: a create's virtual size, ``parent`` a snapshot
+        create's parent LV (``wire.Request``).
         Returns the reply (OK, FAILED or REJECTED). A name or size that cannot be sent gets a
         REJECTED reply made here (request_id 0) without any I/O.
 
@@ -144,7 +145,7 @@ class HostMailbox:
         """
         if not self._running or self._wake is None:
             raise MailboxClosed()
-        rejection = local_rejection(volume, size)
+        rejection = local_rejection(volume, size, op, parent)
         if rejection is not None:
             return rejection
         self.counters.requests += 1
@@ -157,7 +158,7 @@ class HostMailbox:
                          "another request for this volume is in flight")
         if pending is None:
             pending = Pending(volume, size, self._new_id(), self._clock.now(), op=op,
-                              vsize=vsize)
+                              vsize=vsize, parent=parent)
             self._by_volume[volume] = pending
             self._queue.append(pending)
             self.counters.sent += 1

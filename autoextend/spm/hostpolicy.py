@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autoextend.spm.wire import MAX_SIZE, NAME_FIELD, ReasonCode, Reply, Status
+from autoextend.spm.wire import (
+    CREATE_NAME_FIELD,
+    MAX_SIZE,
+    NAME_FIELD,
+    OP_CREATE,
+    OP_EXTEND,
+    ReasonCode,
+    Reply,
+    Status,
+)
 from autoextend.volumes import VolumeRef
 
 
@@ -20,12 +29,16 @@ def next_retry_delay(previous: float, initial: float, maximum: float) -> float:
     return min(maximum, initial if previous <= 0 else previous * 2)
 
 
-def local_rejection(volume: VolumeRef, size: int) -> Reply | None:
-    """A request that cannot even be written to the mailbox, answered here (pure)."""
-    name = f"{volume.vg}/{volume.lv}"
-    if not name.isascii() or len(name) > NAME_FIELD or "/" in volume.vg or "/" in volume.lv:
+def local_rejection(volume: VolumeRef, size: int, op: int = OP_EXTEND,
+                    parent: str = "") -> Reply | None:
+    """A request that cannot even be written to the mailbox, answered here (pure). A
+    create's name (with its parent, ``vg/lv/parent``) must fit ``CREATE_NAME_FIELD``."""
+    name = f"{volume.vg}/{volume.lv}" + (f"/{parent}" if parent else "")
+    limit = CREATE_NAME_FIELD if op == OP_CREATE else NAME_FIELD
+    if (not name.isascii() or len(name) > limit or "/" in volume.vg or "/" in volume.lv
+            or "/" in parent or (parent and op != OP_CREATE)):
         return Reply(0, 0, Status.REJECTED, 0, ReasonCode.BAD_NAME,
-                     f"volume name not ASCII or longer than {NAME_FIELD} bytes")
+                     f"volume name not ASCII or longer than {limit} bytes")
     if not 0 < size <= MAX_SIZE:
         return Reply(0, 0, Status.REJECTED, 0, ReasonCode.BAD_SIZE, f"bad size {size}")
     return None

@@ -12,17 +12,33 @@ Record (little-endian), written as its used prefix rounded up to whole sectors::
     0   4s   magic          "AXIU"
     4   u8   version        1
     5   u8   flags          bit 0: overflow (the host holds more volumes than fit: every
-                            volume counts as in use there); other bits 0
+                            volume counts as in use there); bit 1: device views follow
+                            the claims; other bits 0
     6   u16  count          volume hashes that follow (0..MAX_VOLUMES)
     8   u16  host id        the writer (== the record's place)
     10  u16  claims         pause claims after the hashes (0..handoff.MAX_CLAIMS)
-    12  u32  crc32          of bytes 0..40+8*count+32*claims with this field zero
+    12  u32  crc32          of the bytes up to the record's end (below) with this field
+                            zero
     16  u64  generation     the host's delta lease generation (0: not known to the host)
     24  u64  seq            1, 2, ... with every publish of this incarnation (never 0)
     32  u64  published_us   the host's wall clock (shown in refusals; never compared)
     40  u64  hashes[count]  strictly ascending
     ..  32 B claims[claims] pause claims (``handoff.py``: how an ENOSPC pause follows its
                             VM through a live migration), strictly ascending
+    ..  u64  devices        with flag bit 1 only: device views that follow (1..MAX_DEVICES)
+    ..  16 B views[devices] {u64 hash of a PV's UUID, u64 bytes}, hashes strictly
+                            ascending, bytes 1..2^63-1
+
+**Device views (GROW-PV, ``devicegate.py``).** A host running the lvm backend (or the
+lab's loop stand-in) lists, for each PV of its pool VGs, the 64-bit hash of the PV's UUID
+(``device_hash``: lvm2's UUID without its dashes, so every host names a PV alike whatever
+its device path there) and the size in bytes of the device as *this host's kernel* sees
+it. The SPM runs ``pvresize`` only once every live host lists a size at least the one the
+SPM sees. A record without flag bit 1 (a host that publishes no views: an older release,
+or a backend without PVs) has none, and a GROW-PV is refused while such a host is live; a
+release from before the views reads a record with flag bit 1 as unreadable (unknown flag),
+so its SPM refuses reduces while such records are published, which is safe. The views take
+``8 + 16 d`` bytes from the hashes' room.
 
 **Bound: hashes, not names.** A volume is its 64-bit hash (blake2b of ``vg/lv``): fixed
 width, so the record's size depends only on the count, decoding needs no name checks, and
@@ -62,7 +78,7 @@ import hashlib
 import struct
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from autoextend.spm import handoff
 from autoextend.spm.errors import CorruptSector
@@ -75,6 +91,10 @@ HEAD_SIZE = HEAD.size  # 40
 CRC_OFFSET = 12
 MAX_VOLUMES = (RECORD_BYTES - HEAD_SIZE) // 8  # 507
 FLAG_OVERFLOW = 1
+FLAG_DEVICES = 2
+DEVICE = struct.Struct("<QQ")
+MAX_DEVICES = 64  # PVs of the pool's VGs one host lists (more: refused at publish)
+MAX_DEVICE_SIZE = (1 << 63) - 1
 MAX_RECORD_GENERATION = (1 << 63) - 1
 MAX_SEQ = (1 << 64) - 1
 PUBLISH_PERIOD_S = 2.0
@@ -88,6 +108,16 @@ def volume_hash(name: str) -> int:
                           "little")
 
 
+def device_hash(pv_uuid: str) -> int:
+    """The 64-bit hash of a PV's UUID (dashes and case ignored) a record's views list."""
+    return volume_hash("pv:" + pv_uuid.replace("-", "").lower())
+
+
+def views_bytes(devices: int) -> int:
+    """Bytes the device views take (none: 0; else their count and the entries)."""
+    return 8 + DEVICE.size * devices if devices else 0
+
+
 @dataclass(frozen=True)
 class InUseRecord:
     host_id: int
@@ -97,27 +127,42 @@ class InUseRecord:
     hashes: frozenset[int]
     overflow: bool = False
     claims: tuple[handoff.PauseClaim, ...] = ()  # pause claims (handoff.py)
+    devices: Mapping[int, int] = field(default_factory=dict)  # pv hash -> bytes seen here
 
     def lists(self, name: str) -> bool:
         """The host may have ``name`` open (listed, or it overflowed)."""
         return self.overflow or volume_hash(name) in self.hashes
 
+    def sees(self, pv_uuid: str) -> int | None:
+        """The size this host's kernel gave the PV's device, or None (not listed)."""
+        return self.devices.get(device_hash(pv_uuid))
+
 
 def make_record(host_id: int, generation: int, seq: int, published_us: int,
                 names: Iterable[str],
-                claims: Iterable[handoff.PauseClaim] = ()) -> InUseRecord:
-    """The record of ``names`` and ``claims`` (at most ``handoff.MAX_CLAIMS`` claims; the
-    hashes that do not fit beside them overflow: the first ones by hash kept)."""
+                claims: Iterable[handoff.PauseClaim] = (),
+                devices: Mapping[str, int] | None = None) -> InUseRecord:
+    """The record of ``names``, ``claims`` (at most ``handoff.MAX_CLAIMS``) and the device
+    views ``{pv uuid: bytes}``; the hashes that do not fit beside them overflow (the first
+    ones by hash kept). Raises ValueError for more than MAX_DEVICES views or a size out of
+    range."""
+    views = {device_hash(u): size for u, size in (devices or {}).items()}
+    if len(views) > MAX_DEVICES:
+        raise ValueError(f"{len(views)} PVs do not fit in the in-use record (at most"
+                         f" {MAX_DEVICES})")
+    if any(not 1 <= size <= MAX_DEVICE_SIZE for size in views.values()):
+        raise ValueError("a device size is out of range")
     kept = handoff.fit(claims)
-    room = max_volumes(len(kept))
+    room = max_volumes(len(kept), len(views))
     hashes = sorted({volume_hash(n) for n in names})
     return InUseRecord(host_id, generation, seq, published_us,
-                       frozenset(hashes[:room]), len(hashes) > room, kept)
+                       frozenset(hashes[:room]), len(hashes) > room, kept, views)
 
 
-def max_volumes(claims: int) -> int:
-    """How many hashes fit beside ``claims`` pause claims."""
-    return (RECORD_BYTES - HEAD_SIZE - handoff.ENTRY_SIZE * claims) // 8
+def max_volumes(claims: int, devices: int = 0) -> int:
+    """How many hashes fit beside ``claims`` pause claims and ``devices`` device views."""
+    return (RECORD_BYTES - HEAD_SIZE - handoff.ENTRY_SIZE * claims
+            - views_bytes(devices)) // 8
 
 
 def _crc(buf: bytes | bytearray, length: int) -> int:
@@ -126,10 +171,10 @@ def _crc(buf: bytes | bytearray, length: int) -> int:
     return zlib.crc32(bytes(buf[CRC_OFFSET + 4 : length]), crc)
 
 
-def used_bytes(count: int, sector_size: int, claims: int = 0) -> int:
-    """Bytes to write for a record of ``count`` hashes and ``claims`` claims: whole
-    sectors."""
-    length = HEAD_SIZE + 8 * count + handoff.ENTRY_SIZE * claims
+def used_bytes(count: int, sector_size: int, claims: int = 0, devices: int = 0) -> int:
+    """Bytes to write for a record of ``count`` hashes, ``claims`` claims and ``devices``
+    device views: whole sectors."""
+    length = HEAD_SIZE + 8 * count + handoff.ENTRY_SIZE * claims + views_bytes(devices)
     return -(-length // sector_size) * sector_size
 
 
@@ -138,9 +183,15 @@ def encode(record: InUseRecord, sector_size: int) -> bytes:
     hashes = sorted(record.hashes)
     if len(record.claims) > handoff.MAX_CLAIMS:
         raise ValueError(f"{len(record.claims)} pause claims (at most {handoff.MAX_CLAIMS})")
-    if len(hashes) > max_volumes(len(record.claims)):
+    views = sorted(record.devices.items())
+    if len(views) > MAX_DEVICES:
+        raise ValueError(f"{len(views)} device views do not fit (at most {MAX_DEVICES})")
+    if any(not 0 <= h <= MAX_SEQ or not 1 <= n <= MAX_DEVICE_SIZE for h, n in views):
+        raise ValueError("a device view is out of range")
+    if len(hashes) > max_volumes(len(record.claims), len(views)):
         raise ValueError(f"{len(hashes)} volumes do not fit (at most "
-                         f"{max_volumes(len(record.claims))} beside the claims)")
+                         f"{max_volumes(len(record.claims), len(views))} beside the claims"
+                         " and device views)")
     if not 1 <= record.host_id <= 0xFFFF:
         raise ValueError(f"host id out of range: {record.host_id}")
     if not 0 <= record.generation <= MAX_RECORD_GENERATION:
@@ -153,14 +204,20 @@ def encode(record: InUseRecord, sector_size: int) -> bytes:
         raise ValueError("a hash is not a u64")
     entries = handoff.encode(record.claims)  # raises on a claim out of range
     claims = len(entries) // handoff.ENTRY_SIZE
-    buf = bytearray(used_bytes(len(hashes), sector_size, claims))
-    HEAD.pack_into(buf, 0, MAGIC, VERSION, FLAG_OVERFLOW if record.overflow else 0,
-                   len(hashes), record.host_id, claims, 0, record.generation, record.seq,
-                   record.published_us)
+    buf = bytearray(used_bytes(len(hashes), sector_size, claims, len(views)))
+    flags = (FLAG_OVERFLOW if record.overflow else 0) | (FLAG_DEVICES if views else 0)
+    HEAD.pack_into(buf, 0, MAGIC, VERSION, flags, len(hashes), record.host_id, claims, 0,
+                   record.generation, record.seq, record.published_us)
     struct.pack_into(f"<{len(hashes)}Q", buf, HEAD_SIZE, *hashes)
-    buf[HEAD_SIZE + 8 * len(hashes):HEAD_SIZE + 8 * len(hashes) + len(entries)] = entries
-    struct.pack_into("<I", buf, CRC_OFFSET, _crc(buf, HEAD_SIZE + 8 * len(hashes) +
-                                                 len(entries)))
+    at = HEAD_SIZE + 8 * len(hashes)
+    buf[at:at + len(entries)] = entries
+    at += len(entries)
+    if views:
+        struct.pack_into("<Q", buf, at, len(views))
+        for i, (h, n) in enumerate(views):
+            DEVICE.pack_into(buf, at + 8 + i * DEVICE.size, h, n)
+        at += views_bytes(len(views))
+    struct.pack_into("<I", buf, CRC_OFFSET, _crc(buf, at))
     return bytes(buf)
 
 
@@ -183,9 +240,19 @@ def decode(data: bytes, expect_host: int) -> InUseRecord | None:
         raise _corrupt(expect_host, f"count {count} > {MAX_VOLUMES}")
     if nclaims > handoff.MAX_CLAIMS:
         raise _corrupt(expect_host, f"claims count {nclaims} > {handoff.MAX_CLAIMS}")
-    length = HEAD_SIZE + 8 * count + handoff.ENTRY_SIZE * nclaims
+    claims_end = HEAD_SIZE + 8 * count + handoff.ENTRY_SIZE * nclaims
+    length = claims_end
+    devices = 0
+    if flags & FLAG_DEVICES:
+        if len(data) < claims_end + 8 or claims_end + 8 > RECORD_BYTES:
+            raise _corrupt(expect_host, "device views do not fit the record")
+        (devices,) = struct.unpack_from("<Q", data, claims_end)
+        if not 1 <= devices <= MAX_DEVICES:
+            raise _corrupt(expect_host, f"device views count {devices} not in"
+                                        f" 1..{MAX_DEVICES}")
+        length += views_bytes(devices)
     if length > RECORD_BYTES:
-        raise _corrupt(expect_host, "hashes and claims do not fit the record")
+        raise _corrupt(expect_host, "hashes, claims and device views do not fit the record")
     if len(data) < length:
         raise _corrupt(expect_host, "shorter than its count says")
     if crc != _crc(data, length):
@@ -194,7 +261,7 @@ def decode(data: bytes, expect_host: int) -> InUseRecord | None:
         raise _corrupt(expect_host, f"unsupported version {version}")
     if host_id != expect_host:
         raise _corrupt(expect_host, f"record says host {host_id} (layout mismatch?)")
-    if flags & ~FLAG_OVERFLOW:
+    if flags & ~(FLAG_OVERFLOW | FLAG_DEVICES):
         raise _corrupt(expect_host, "unknown flags")
     if seq == 0:
         raise _corrupt(expect_host, "seq 0")
@@ -203,11 +270,17 @@ def decode(data: bytes, expect_host: int) -> InUseRecord | None:
     hashes = struct.unpack_from(f"<{count}Q", data, HEAD_SIZE)
     if any(a >= b for a, b in zip(hashes, hashes[1:], strict=False)):
         raise _corrupt(expect_host, "hashes not strictly ascending")
-    claims = handoff.decode(bytes(data[HEAD_SIZE + 8 * count:length]), nclaims)
+    claims = handoff.decode(bytes(data[HEAD_SIZE + 8 * count:claims_end]), nclaims)
     if isinstance(claims, str):
         raise _corrupt(expect_host, claims)
+    views = [DEVICE.unpack_from(data, claims_end + 8 + i * DEVICE.size)
+             for i in range(devices)]
+    if any(a[0] >= b[0] for a, b in zip(views, views[1:], strict=False)):
+        raise _corrupt(expect_host, "device views not strictly ascending")
+    if any(not 1 <= n <= MAX_DEVICE_SIZE for _, n in views):
+        raise _corrupt(expect_host, "a device size out of range")
     return InUseRecord(host_id, generation, seq, published_us, frozenset(hashes),
-                       bool(flags & FLAG_OVERFLOW), claims)
+                       bool(flags & FLAG_OVERFLOW), claims, dict(views))
 
 
 # What the SPM reads: per host, a record, None (never published) or the reason it is

@@ -25,7 +25,7 @@ source never does (a start that failed). The view must be made after the claim r
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 
 import anyio
 from anyio.abc import TaskStatus
@@ -43,6 +43,9 @@ CLAIM_TTL_S = 600.0  # a claimed volume the source never listed (a guest start t
 
 # This host's open pool volumes, as "vg/lv" names (may raise: logged, the record not written).
 InUseSource = Callable[[], Awaitable[Collection[str]]]
+# This host's view of the pool's PVs, {pv uuid: device bytes} (``inuse.py``, device views;
+# may raise: logged, the record goes out without views, so a GROW-PV waits for this host).
+DeviceSource = Callable[[], Awaitable[Mapping[str, int]]]
 # This host's pause claims and tombstones (``handoff.py``; may raise: logged, none written).
 ClaimSource = Callable[[], Iterable[handoff.PauseClaim]]
 
@@ -52,7 +55,8 @@ class InUsePublisher:
                  source: InUseSource, generation: Callable[[], int], clock: Clock, *,
                  period_s: float = inuse.PUBLISH_PERIOD_S,
                  wall_us: Callable[[], int] = lambda: int(time.time() * 1e6),
-                 pause_claims: ClaimSource | None = None) -> None:
+                 pause_claims: ClaimSource | None = None,
+                 devices: DeviceSource | None = None) -> None:
         layout.check_host(host_id)
         self._storage = storage
         self._layout = layout
@@ -63,6 +67,7 @@ class InUsePublisher:
         self.period_s = period_s
         self._wall_us = wall_us
         self._pause_claims = pause_claims
+        self._devices = devices
         self.seq = 0
         self.published = 0
         self.failures = 0
@@ -132,9 +137,10 @@ class InUsePublisher:
                 del self.claims[name]
         names = sorted(listed | set(self.claims))
         pauses = self._collect_pauses()
+        views = await self._views()
         self.seq += 1
         record = inuse.make_record(self.host_id, self._generation(), self.seq,
-                                   self._wall_us(), names, pauses)
+                                   self._wall_us(), names, pauses, views)
         try:
             await self._storage.write(self._layout.inuse_offset(self.host_id),
                                       inuse.encode(record, self._storage.sector_size))
@@ -166,6 +172,21 @@ class InUsePublisher:
                                   "published (their guests stay paused where they migrate)",
                                   claims=len(set(pauses)), host_id=self.host_id)
         return pauses
+
+    async def _views(self) -> Mapping[str, int]:
+        """This host's device views; none when it has no source or the source failed."""
+        if self._devices is None:
+            return {}
+        what = "collecting this host's view of the PVs failed"
+        try:
+            views = dict(await self._devices())
+            inuse.make_record(self.host_id, 0, 1, 0, (), (), views)  # fits, sizes in range
+        except Exception as exc:  # a failing source must not stop publishing
+            self._repeats.warning(what, error=str(exc) or type(exc).__name__,
+                                  host_id=self.host_id)
+            return {}
+        self._repeats.clear(what)
+        return views
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Publish now, then every ``period_s`` (``started()`` after the first attempt)."""

@@ -1,7 +1,8 @@
 """The journal of metadata changes: its record format and the ring's arithmetic (pure, no I/O).
 
 The SPM appends one record for every metadata change it makes (an extend that grew a
-volume, a reduce that shrank one). The records live in a ring of
+volume, a reduce that shrank one, an LV created or removed, the PVs of a VG resized:
+``spm/volumeops.py``). The records live in a ring of
 :data:`~autoextend.metadata_area.JOURNAL_RECORDS` fixed 256-byte slots in the metadata area
 (``metadata_area.py``), so any host can read who grew what, and when, without the SPM.
 
@@ -15,8 +16,10 @@ Record (little-endian, 256 bytes)::
 
     0   4s   magic "AXJR"
     4   u8   version 1
-    5   u8   op            Op: 1 extend, 2 reduce
-    6   u8   name_len      length of "vg/lv", 3..NAME_FIELD
+    5   u8   op            Op: 1 extend, 2 reduce, 3 create, 4 remove, 5 grow-pv
+    6   u8   name_len      length of "vg/lv", 3..NAME_FIELD ("vg/", 2..: a grow-pv,
+                           which names a VG and no LV; its sizes are the resized PVs'
+                           bytes before and after)
     7   u8   flags         bit 0 FOUND: the SPM found the volume grown past the last
                            size the journal had for it, and recorded the change late
                            (an SPM that died between its change and its record, or a
@@ -68,6 +71,9 @@ assert RECORD.size == RECORD_SIZE
 class Op(enum.IntEnum):
     EXTEND = 1
     REDUCE = 2
+    CREATE = 3  # old size 0
+    REMOVE = 4  # new size 0
+    GROW_PV = 5  # "vg/": the VG's resized PVs, bytes before and after
 
 
 class BadRecord(ValueError):
@@ -102,6 +108,11 @@ class Record:
     entry: Entry
 
 
+def _valid_lv(op: Op, lv: str) -> bool:
+    """A grow-pv names no LV; every other op one valid LV."""
+    return lv == "" if op is Op.GROW_PV else is_valid_name(lv)
+
+
 def slot_of(seq: int, records: int = JOURNAL_RECORDS) -> int:
     """The ring slot of record ``seq`` (1-based sequence numbers)."""
     return (seq - 1) % records
@@ -115,7 +126,7 @@ def encode(record: Record) -> bytes:
     """256 bytes; raises ValueError for a value no decoder would accept."""
     e = record.entry
     name = e.volume.encode("ascii", "replace")
-    if not is_valid_name(e.vg) or not is_valid_name(e.lv) or len(name) > NAME_FIELD:
+    if not is_valid_name(e.vg) or not _valid_lv(e.op, e.lv) or len(name) > NAME_FIELD:
         raise ValueError(f"volume name not journaled: {e.volume!r}")
     if not 1 <= record.seq <= MAX_SEQ:
         raise ValueError(f"seq {record.seq} out of range")
@@ -157,13 +168,13 @@ def decode(data: bytes) -> Record | None:
         raise BadRecord(f"seq {seq} out of range")
     if not 1 <= spm_host <= MAX_HOST_ID or host > MAX_HOST_ID:
         raise BadRecord("host id out of range")
-    if not 3 <= name_len <= NAME_FIELD or any(name[name_len:]):
+    if not 2 <= name_len <= NAME_FIELD or any(name[name_len:]):
         raise BadRecord("bad name length or padding")
     try:
         vg, sep, lv = name[:name_len].decode("ascii").partition("/")
     except UnicodeDecodeError:
         raise BadRecord("name is not ASCII") from None
-    if not sep or not is_valid_name(vg) or not is_valid_name(lv):
+    if not sep or not is_valid_name(vg) or not _valid_lv(Op(op), lv):
         raise BadRecord("not a valid vg/lv name")
     return Record(seq, Entry(Op(op), vg, lv, old_size, new_size, lver, spm_host, host,
                              request_id, generation, time_us, bool(flags & FLAG_FOUND)))

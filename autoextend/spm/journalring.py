@@ -172,6 +172,21 @@ class JournalWriter:
         return await self.note(Op.EXTEND, volume, last, size, host=host,
                                request_id=request_id, generation=generation, found=True)
 
+    async def note_created_late(self, volume: VolumeRef, size: int, *, host: int = 0,
+                                request_id: int = 0, generation: int = 0) -> int | None:
+        """A create served again found its LV made by its own request: record the create
+        late (FOUND) when the journal has no record of the volume since it last went (an
+        SPM that died between its ``lvcreate`` and its record); else nothing (None)."""
+        try:
+            async with self._lock:
+                await self._recover()
+        except StorageError:
+            return None
+        if self._last.get(str(volume)):
+            return None
+        return await self.note(Op.CREATE, volume, 0, size, host=host, request_id=request_id,
+                               generation=generation, found=True)
+
     async def append(self, entry: Entry) -> int:
         """Write ``entry`` (with whatever else is pending) and return its ``seq``. Raises
         StorageError (the record is not written) and NotSpmError."""

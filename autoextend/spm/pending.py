@@ -44,13 +44,14 @@ class Pending:
     slot: int | None = None
     op: int = OP_EXTEND
     vsize: int = 0  # a create's virtual size (wire.Request.vsize)
+    parent: str = ""  # a snapshot create's parent LV (wire.Request.parent)
     waiters: list[Waiter] = field(default_factory=list)
     earlier: dict[int, int] = field(default_factory=dict)  # superseded id -> its size
 
     def request(self) -> Request:
         """What goes into the slot."""
         return Request(self.request_id, self.volume.vg, self.volume.lv, self.size, self.op,
-                       self.vsize)
+                       self.vsize, self.parent)
 
     def reissue(self, request_id: int, size: int, now: float) -> None:
         """A new id for ``size`` (supersede, or ask again); the old id is remembered."""

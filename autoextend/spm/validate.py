@@ -28,6 +28,9 @@ def check_request(
     problem = None if req.op == OP_GROW_PV and not req.lv else lv_name_problem(req.lv)
     if problem:
         return Rejection(ReasonCode.BAD_NAME, f"LV name {req.lv[:40]!r}: {problem}")
+    problem = lv_name_problem(req.parent) if req.parent else None
+    if problem:
+        return Rejection(ReasonCode.BAD_NAME, f"parent LV name {req.parent[:40]!r}: {problem}")
     if req.vg not in pool_vgs:
         return Rejection(ReasonCode.VG_NOT_IN_POOL, f"VG {req.vg} is not in the pool")
     if req.size <= 0:

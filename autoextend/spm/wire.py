@@ -155,6 +155,7 @@ class Request:
     size: int
     op: int = OP_EXTEND
     vsize: int = 0  # create only: the volume's virtual size (its capacity), bytes
+    parent: str = ""  # create only: the LV (same VG) a qcow2 overlay is made on (snapshot)
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,11 @@ def _crc(sector: bytes | bytearray) -> int:
 def encode_request(req: Request | None) -> bytes:
     if req is None:
         return bytes(SLOT_SIZE)
-    name = f"{req.vg}/{req.lv}".encode("ascii")
+    if req.parent and req.op != OP_CREATE:
+        raise ValueError("only a create names a parent")
+    # A snapshot LV's create carries its parent as a third part: "vg/lv/parent" (an SPM
+    # without snapshots reads the LV name "lv/parent" and rejects it: BAD_NAME).
+    name = f"{req.vg}/{req.lv}{'/' if req.parent else ''}{req.parent}".encode("ascii")
     if not 0 < req.request_id <= MAX_REQUEST_ID:
         raise ValueError(f"request id out of range: {req.request_id}")
     if len(name) > NAME_FIELD:
@@ -241,7 +246,12 @@ def decode_request(raw: bytes) -> Request | MalformedSlot | None:
         return MalformedSlot(request_id, "volume name is not vg/lv")
     if op == OP_GROW_PV and lv:
         return MalformedSlot(request_id, "a grow PV names a VG only (\"vg/\")")
-    return Request(request_id, vg, lv, size, op, vsize)
+    parent = ""
+    if op == OP_CREATE and "/" in lv:
+        lv, _, parent = lv.partition("/")
+        if not lv or not parent:
+            return MalformedSlot(request_id, "a snapshot create is vg/lv/parent")
+    return Request(request_id, vg, lv, size, op, vsize, parent)
 
 
 def encode_reply(reply: Reply | None) -> bytes:

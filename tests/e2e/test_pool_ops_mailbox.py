@@ -1,8 +1,9 @@
 """One writer for the pool in mailbox mode (issue 27 item 2), on real lvm2 (activation off,
 loop PVs shared by two ``autoextend run`` hosts, as a shared LUN is).
 
-From the host that is not the SPM: ``volume create``, ``volume remove`` and ``pool grow``
-are served by the SPM, and each moves ``vg_seqno`` exactly once. Then the SPM is SIGKILLed
+From the host that is not the SPM: ``volume create`` (also of a snapshot LV, ``--parent``),
+``volume remove`` and ``pool grow`` are served by the SPM, each moves ``vg_seqno`` exactly
+once, and ``journal dump`` lists each. Then the SPM is SIGKILLed
 right after its ``lvcreate`` committed and before its reply (its lvm2 binary is a wrapper
 that kills its parent once a marker file exists): the other host takes over, serves the
 request still in its box, finds the LV its request made, and answers OK. One LV, one
@@ -10,6 +11,7 @@ commit, nothing half made."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -128,15 +130,36 @@ async def test_ops_from_a_non_spm_host_and_a_create_across_an_spm_kill(
         lv = await pool.reader.lv(VolumeRef(pool.vg, "a"))
         assert f"autoextend.owner=host-{asker}" in lv.tags
         assert any(t.startswith(f"autoextend.request={asker}.") for t in lv.tags)
-        await anyio.sleep(HOT)  # time is the subject: the SPM's term is older than HOT
-        code, line = await cli(cfg, "volume", "remove", f"{pool.vg}/a")
-        assert code == 0 and line.endswith("removed"), line
+        # A snapshot LV on "a": one commit, tagged with its parent; asked again, nothing.
+        code, line = await cli(cfg, "volume", "create", f"{pool.vg}/a-snap", "--parent", "a",
+                               "--capacity", "1G")
+        assert code == 0 and "created on parent a" in line, line
         assert await seqno() == s0 + 2
+        snap = await pool.reader.lv(VolumeRef(pool.vg, "a-snap"))
+        assert "autoextend.parent=a" in snap.tags
+        code, line = await cli(cfg, "volume", "create", f"{pool.vg}/b-snap", "--parent", "b",
+                               "--capacity", "1G")
+        assert code == 1 and "parent" in line and "does not exist" in line, line
+        assert await seqno() == s0 + 2
+        await anyio.sleep(HOT)  # time is the subject: the SPM's term is older than HOT
+        for name in ("a-snap", "a"):
+            code, line = await cli(cfg, "volume", "remove", f"{pool.vg}/{name}")
+            assert code == 0 and line.endswith("removed"), line
+        assert await seqno() == s0 + 4
         os.truncate(pool.files[2], os.path.getsize(pool.files[2]) + 16 * MiB)
         await loopdev.set_capacity(pool.devices[2])
         code, line = await cli(cfg, "pool", "grow")
         assert code == 0 and "1 PV(s) resized" in line, line
-        assert await seqno() == s0 + 3
+        assert await seqno() == s0 + 5
+        # Every op is in the SPM's journal, read from the asking host.
+        done = await anyio.run_process(
+            [sys.executable, "-m", "autoextend", "--config", str(cfg), "journal", "dump",
+             "--json"])
+        records = json.loads(done.stdout)["records"]
+        assert [(r["op"], r["volume"], r["host"]) for r in records] == [
+            ("create", f"{pool.vg}/a", asker), ("create", f"{pool.vg}/a-snap", asker),
+            ("remove", f"{pool.vg}/a-snap", asker), ("remove", f"{pool.vg}/a", asker),
+            ("grow-pv", f"{pool.vg}/", asker)]
         # The SPM dies right after its lvcreate committed, before it could reply.
         (hosts[spm_id].directory / "kill-after-lvcreate").touch()
         code, line = await cli(cfg, "volume", "create", f"{pool.vg}/b", "--capacity", "1G")
@@ -144,7 +167,7 @@ async def test_ops_from_a_non_spm_host_and_a_create_across_an_spm_kill(
         assert killed is not None and killed.returncode == -9, "no SPM kill mid-create"
         assert code == 0 and "already created by this request" in line, line
         assert await spm() == asker
-        assert await seqno() == s0 + 4
+        assert await seqno() == s0 + 6
         names = [x.name for x in await pool.reader.lvs(pool.vg)]
         assert names == ["b"]
         status = await control.call(hosts[asker].control_socket, "status", wait_s=5)

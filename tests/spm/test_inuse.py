@@ -21,11 +21,14 @@ U64 = st.integers(0, (1 << 64) - 1)
 
 @st.composite
 def records(draw: st.DrawFn, host: int | None = None) -> InUseRecord:
-    hashes = draw(st.frozensets(U64, max_size=inuse.MAX_VOLUMES))
+    devices = draw(st.dictionaries(U64, st.integers(1, inuse.MAX_DEVICE_SIZE),
+                                   max_size=inuse.MAX_DEVICES))
+    hashes = draw(st.frozensets(U64, max_size=inuse.max_volumes(0, len(devices))))
     return InUseRecord(
         host if host is not None else draw(st.integers(1, 2000)),
         draw(st.integers(0, inuse.MAX_RECORD_GENERATION)),
-        draw(st.integers(1, (1 << 64) - 1)), draw(U64), hashes, draw(st.booleans()))
+        draw(st.integers(1, (1 << 64) - 1)), draw(U64), hashes, draw(st.booleans()),
+        devices=devices)
 
 
 @settings(max_examples=examples(200))
@@ -43,7 +46,7 @@ def test_round_trip(sector_size: int, rec: InUseRecord) -> None:
 def test_a_flipped_byte_is_detected(sector_size: int, rec: InUseRecord,
                                     data: st.DataObject) -> None:
     raw = bytearray(encode(rec, sector_size))
-    used = inuse.HEAD_SIZE + 8 * len(rec.hashes)
+    used = inuse.HEAD_SIZE + 8 * len(rec.hashes) + inuse.views_bytes(len(rec.devices))
     pos = data.draw(st.integers(0, used - 1))
     raw[pos] ^= data.draw(st.integers(1, 255))
     try:
@@ -67,20 +70,36 @@ def test_garbage_never_crashes(data: bytes, host: int) -> None:
 
 def _raw(host: int = 3, *, version: int = 1, flags: int = 0, count: int = 0,
          reserved: int = 0, generation: int = 1, seq: int = 1,
-         hashes: tuple[int, ...] = ()) -> bytes:
-    """A checksum-valid record with any field values (hostile writer)."""
+         hashes: tuple[int, ...] = (), devices: int | None = None,
+         views: tuple[tuple[int, int], ...] = ()) -> bytes:
+    """A checksum-valid record with any field values (hostile writer); ``devices``: the
+    device views' count field after the hashes (no claims), then ``views``."""
     buf = bytearray(inuse.RECORD_BYTES)
     inuse.HEAD.pack_into(buf, 0, inuse.MAGIC, version, flags, count, host, reserved, 0,
                          generation, seq, 0)
     struct.pack_into(f"<{len(hashes)}Q", buf, inuse.HEAD_SIZE, *hashes)
     length = inuse.HEAD_SIZE + 8 * min(count, inuse.MAX_VOLUMES)
+    if devices is not None:
+        at = inuse.HEAD_SIZE + 8 * len(hashes)
+        struct.pack_into("<Q", buf, at, devices)
+        for i, view in enumerate(views):
+            inuse.DEVICE.pack_into(buf, at + 8 + 16 * i, *view)
+        length = min(inuse.RECORD_BYTES,
+                     at + inuse.views_bytes(min(max(devices, 1), inuse.MAX_DEVICES)))
     struct.pack_into("<I", buf, inuse.CRC_OFFSET, inuse._crc(buf, length))
     return bytes(buf)
 
 
 @pytest.mark.parametrize(("fields", "problem"), [
     ({"version": 2}, "version"),
-    ({"flags": 2}, "flags"),
+    ({"flags": 4}, "flags"),
+    ({"flags": 2, "devices": 0}, "device views count 0"),
+    ({"flags": 2, "devices": inuse.MAX_DEVICES + 1}, "device views count"),
+    ({"flags": 2, "devices": 1, "count": inuse.max_volumes(0, 1) + 1,
+      "hashes": tuple(range(inuse.max_volumes(0, 1) + 1))}, "do not fit"),
+    ({"flags": 2, "devices": 2, "views": ((6, 1), (5, 1))}, "ascending"),
+    ({"flags": 2, "devices": 1, "views": ((6, 0),)}, "size"),
+    ({"flags": 2, "devices": 1, "views": ((6, 1 << 63),)}, "size"),
     ({"reserved": handoff.MAX_CLAIMS + 1}, "claims count"),
     ({"reserved": 1}, "checksum"),
     ({"seq": 0}, "seq 0"),
@@ -95,6 +114,22 @@ def test_checksum_valid_records_are_range_checked(fields: dict[str, int],
     raw = _raw(**fields)  # type: ignore[arg-type]
     with pytest.raises(CorruptSector, match=problem):
         decode(raw, 3)
+
+
+def test_device_views_take_room_from_the_volumes_and_round_trip() -> None:
+    views = {f"uuid-{i}": (i + 1) << 30 for i in range(inuse.MAX_DEVICES)}
+    names = [f"vg/lv{i}" for i in range(inuse.MAX_VOLUMES)]
+    rec = make_record(2, 7, 1, 0, names, devices=views)
+    assert rec.overflow and len(rec.hashes) == inuse.max_volumes(0, inuse.MAX_DEVICES)
+    assert rec.sees("UUID-3") == rec.sees("uuid3") == 4 << 30 and rec.sees("other") is None
+    raw = encode(rec, 4096)
+    assert len(raw) == 4096 and raw[5] & inuse.FLAG_DEVICES
+    assert decode(raw, 2) == rec
+    assert not encode(make_record(2, 7, 1, 0, names[:3]), 512)[5] & inuse.FLAG_DEVICES
+    with pytest.raises(ValueError):
+        make_record(2, 7, 1, 0, [], devices={**views, "one-more": 1})
+    with pytest.raises(ValueError):
+        make_record(2, 7, 1, 0, [], devices={"u": 0})
 
 
 def test_limits_accepted() -> None:
@@ -202,3 +237,19 @@ def test_no_two_regions_overlap_at_the_largest_pool(sector_size: int) -> None:
     assert layout.inuse_offset(2000) + inuse.RECORD_BYTES == layout.summary_base
     assert layout.summary_offset(2000) + sector_size == layout.intent_offset  # issue 33
     assert layout.intent_offset + intent.RECORD_BYTES == layout.end  # the SPM's intents
+
+
+@pytest.mark.parametrize("sector_size", [512, 4096])
+def test_claims_and_device_views_together_round_trip(sector_size: int) -> None:
+    claims = [handoff.PauseClaim(handoff.Kind.CLAIM, 10 + i, 20 + i, 1, 500 + i)
+              for i in range(3)]
+    rec = make_record(4, 9, 2, 0, ["vg/a", "vg/b"], claims, {"pv-1": 1 << 30, "pv-2": 5})
+    assert len(rec.claims) == 3 and rec.sees("pv2") == 5
+    raw = encode(rec, sector_size)
+    assert decode(raw, 4) == rec
+    assert decode(raw + b"\xff" * (inuse.RECORD_BYTES - len(raw)), 4) == rec
+    # The flag is checksummed with the views: a record that lost it is refused.
+    old = bytearray(raw)
+    old[5] &= ~inuse.FLAG_DEVICES
+    with pytest.raises(CorruptSector):
+        decode(bytes(old), 4)

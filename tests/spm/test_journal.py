@@ -5,6 +5,9 @@ commit, the term check) and the executor's records (pure logic on in-memory stor
 from __future__ import annotations
 
 import random
+import struct
+import zlib
+from dataclasses import replace
 
 import anyio
 import pytest
@@ -52,9 +55,11 @@ U64 = st.integers(0, (1 << 64) - 1)
 
 
 def entries() -> st.SearchStrategy[Entry]:
+    """Any entry; a grow-pv names a VG and no LV ("vg/")."""
     return st.builds(Entry, st.sampled_from(Op), NAME, NAME, U64, U64, U64,
                      st.integers(1, 2000), st.integers(0, 2000), st.integers(0, 2**32 - 1),
-                     st.integers(0, 2**32 - 1), U64, st.booleans())
+                     st.integers(0, 2**32 - 1), U64, st.booleans()).map(
+        lambda e: replace(e, lv="") if e.op is Op.GROW_PV else e)
 
 
 def entry(n: int = 0, lver: int = 1) -> Entry:
@@ -375,3 +380,21 @@ def test_a_configured_journal_offset_is_checked(offset: int | None, problem: str
     assert bool(found) == (problem is not None)
     assert problem is None or any(problem in text for text in found), found
     assert journal_base(mailbox) == (JOURNAL_OFFSET if offset is None else offset)
+
+
+def test_a_grow_pv_names_a_vg_and_no_lv_and_the_other_ops_one_lv() -> None:
+    grow = Entry(Op.GROW_PV, "vg0", "", 64 * MIB, 128 * MIB, 1, 1)
+    rec = decode(encode(Record(3, grow)))
+    assert rec is not None and rec.entry == grow and rec.entry.volume == "vg0/"
+    for op in (Op.EXTEND, Op.REDUCE, Op.CREATE, Op.REMOVE):
+        with pytest.raises(ValueError):
+            encode(Record(1, replace(grow, op=op)))
+    with pytest.raises(ValueError):
+        encode(Record(1, replace(grow, lv="lv1")))
+    # A checksum-valid "vg/" record of another op is garbage, never an LV named "".
+    data = bytearray(encode(Record(3, grow)))
+    data[5] = int(Op.REMOVE)
+    struct.pack_into("<I", data, journal.CRC_OFFSET, 0)
+    struct.pack_into("<I", data, journal.CRC_OFFSET, zlib.crc32(data))
+    with pytest.raises(journal.BadRecord):
+        decode(bytes(data))

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from autoextend.spm import volumeops
+from autoextend.spm.hostpolicy import local_rejection
 from autoextend.spm.validate import check_request
 from autoextend.spm.wire import (
     CREATE_NAME_FIELD,
@@ -27,6 +28,7 @@ from autoextend.spm.wire import (
     decode_request,
     encode_request,
 )
+from autoextend.volumes import VolumeRef
 
 
 def test_an_op_this_release_does_not_know_is_refused_before_anything_else() -> None:
@@ -56,6 +58,31 @@ def test_what_cannot_be_sent_or_decoded() -> None:
     # A remove with bytes after its name: malformed, as for every op but create.
     junk = REQUEST_SLOT.pack(3, 0, 5, OP_REMOVE, 1, b"vg/lv".ljust(104, b"\0")[:103] + b"x")
     assert isinstance(decode_request(junk), MalformedSlot)
+
+
+def test_a_snapshot_create_carries_its_parent() -> None:
+    req = Request(9, "vg", "snap1", 5 << 20, OP_CREATE, 20 << 30, "base")
+    raw = encode_request(req)
+    assert raw[16:16 + raw[6]] == b"vg/snap1/base" and decode_request(raw) == req
+    assert check_request(req, {"vg"}, 1 << 40) is None
+    bad = check_request(Request(9, "vg", "snap1", 1, OP_CREATE, 1, "_mlog"), {"vg"}, 1 << 40)
+    assert bad is not None and bad.reason is ReasonCode.BAD_NAME
+    with pytest.raises(ValueError):  # only a create names a parent
+        encode_request(Request(1, "vg", "lv", 1, OP_REMOVE, 0, "base"))
+    with pytest.raises(ValueError):  # the parent counts in the create's 96 bytes
+        encode_request(Request(1, "vg", "l" * 40, 1, OP_CREATE, 5, "p" * 60))
+    for name in (b"vg/snap1/", b"vg//base"):
+        half = REQUEST_SLOT.pack(3, 0, len(name), OP_CREATE, 1,
+                                 name.ljust(CREATE_NAME_FIELD, b"\0") + (5).to_bytes(8, "little"))
+        assert isinstance(decode_request(half), MalformedSlot)
+
+
+def test_a_parent_that_cannot_be_sent_is_refused_on_the_host() -> None:
+    vol = VolumeRef("vg", "snap1")
+    assert local_rejection(vol, 1, OP_CREATE, "base") is None
+    for op, parent in ((OP_CREATE, "p" * 90), (OP_REMOVE, "base"), (OP_CREATE, "a/b")):
+        found = local_rejection(vol, 1, op, parent)
+        assert found is not None and found.reason is ReasonCode.BAD_NAME
 
 
 def test_a_grow_names_a_vg_only_and_passes_validation() -> None:

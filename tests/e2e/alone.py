@@ -1,0 +1,64 @@
+"""Helpers of the issue 27 lab tests (a plain module, not a test module): the CLI of one
+lab host, its status, and restarting a host in a PID namespace of its own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import anyio
+
+from autoextend.lab.multihost import Pool
+from autoextend.lab.waiting import until
+
+
+async def cli(p: Pool, host_id: int, *args: str) -> tuple[int, str]:
+    done = await anyio.run_process(
+        [sys.executable, "-m", "autoextend", "--config", str(p.hosts[host_id].config),
+         "--log-format", "json", *args], check=False)
+    out = [line for line in (done.stdout.decode() + done.stderr.decode()).splitlines()
+           if line.strip() and not line.startswith("{")]
+    assert len(out) == 1 and "Traceback" not in done.stderr.decode(), out
+    return done.returncode, out[0]
+
+
+async def host_status(p: Pool, host_id: int) -> dict[str, Any]:
+    return (await p.statuses()).get(host_id, {})
+
+
+async def restart_alone(p: Pool, host_id: int) -> None:
+    """Stop ``host_id`` (it leaves the pool) and run it again in a PID namespace of its own,
+    with its own /proc; stopped when the pool closes."""
+    host = p.hosts[host_id]
+    await host.stop()
+    log = await anyio.to_thread.run_sync(lambda: open(host.log_path, "ab"))
+    try:
+        process = await anyio.open_process(
+            ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM",
+             sys.executable, "-m", "autoextend", "--config", str(host.config),
+             "--log-format", "json", "--log-level", "info", "run"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=dict(os.environ))
+    finally:
+        log.close()
+
+    async def stop() -> None:
+        with anyio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                with anyio.move_on_after(15):
+                    await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+    p.stack.push_async_callback(stop)
+
+    async def joined() -> bool:
+        status = (await p.statuses()).get(host_id, {}).get("spm") or {}
+        return status.get("lease_health") == "ok" and bool(status.get("in_use"))
+
+    host.process = process  # p.statuses() asks it; the pool's own stop finds it ended
+    await until(joined, 300, f"host {host_id} to join again in its own PID namespace")
