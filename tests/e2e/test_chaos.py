@@ -2,8 +2,9 @@
 
 Three ``autoextend run`` hosts in mailbox mode and three TCG guests writing the verifiable
 pattern, under 75 s of seeded faults from every kind (``autoextend/lab/chaos_plan.py``):
-host kills, SPM freezes and kills, step-downs, config reloads (some broken), a full VG and
-live migrations, two lanes at once. Every invariant of ``autoextend/lab/chaos.py`` must hold.
+host kills, SPM freezes and kills, step-downs, config reloads (some broken), a full VG,
+metadata I/O errors, EIO on a guest's own volume (chaos1 runs on a fault volume) and live
+migrations, two lanes at once. Every invariant of ``autoextend/lab/chaos.py`` must hold.
 
 The seed is new on every run (``AUTOEXTEND_CHAOS_SEED`` fixes it) and printed first, with the
 command that replays the run at full scale; a failure prints the whole one-page report.
