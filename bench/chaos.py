@@ -80,7 +80,8 @@ def render(report: SoakReport) -> str:
         f"# Chaos soak, seed {cfg['seed']}: {'PASSED' if report.passed else 'FAILED'}",
         "",
         f"{cfg['hosts']} hosts, {cfg['guests']} guests, {cfg['duration_s']:g} s of faults, "
-        f"{report.elapsed_s:g} s in all; chunk {cfg['chunk_mib']} MiB."
+        f"{report.elapsed_s:g} s in all; chunk {cfg['chunk_mib']} MiB; at most "
+        f"{cfg.get('max_mib', '-')} MiB written per guest (rates x{cfg.get('rate_scale', 1)})."
         + (f" Mutant: checks off {cfg['mutant']}." if cfg["mutant"] else ""),
         "",
         f"Replay: `{report.replay}`",

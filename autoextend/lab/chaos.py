@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from qemu.qmp import QMPError
 
 from autoextend.errors import AutoextendError
 from autoextend.lab import chaos_plan as plan
@@ -533,7 +534,7 @@ async def _run_state(vm: QemuVm) -> str:
     try:
         async with vm.qmp("chaos") as client:
             reply = await client.execute("query-status")
-    except (VmError, OSError, EOFError) as err:
+    except (VmError, QMPError, OSError, EOFError) as err:
         return "exited" if vm.returncode is not None else f"unknown ({err})"
     return str(reply.get("status", "unknown")) if isinstance(reply, dict) else "unknown"
 
