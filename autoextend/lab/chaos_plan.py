@@ -187,6 +187,7 @@ class Pause:
     reason: str
     start: float
     end: float | None  # None: not resumed (yet)
+    gone: bool = False  # ended by the VM leaving the host (migrated away, or its QEMU ended)
 
     @property
     def duration_s(self) -> float | None:
@@ -195,8 +196,10 @@ class Pause:
 
 def pauses(events: Iterable[tuple[int, Mapping[str, Any]]]) -> list[Pause]:
     """Every ``vm paused`` a host logged, ended by that host's next ``vm resumed`` or
-    ``vm runs again`` of the same VM (a pause seen by two hosts, e.g. across a migration,
-    counts on each)."""
+    ``vm runs again`` of the same VM, or by its ``vm gone`` (the VM left the host: a
+    migration's source, paused when the switchover came, does not resume there; counted
+    to its next resume on that host, such a pause looked minutes long). A pause seen by two
+    hosts, e.g. across a migration, counts on each."""
     open_: dict[tuple[int, str], tuple[str, float]] = {}
     out: list[Pause] = []
     for host, e in sorted(events, key=lambda he: when(he[1])):
@@ -209,6 +212,10 @@ def pauses(events: Iterable[tuple[int, Mapping[str, Any]]]) -> list[Pause]:
             begun = open_.pop((host, vm), None)
             if begun is not None:
                 out.append(Pause(vm, host, begun[0], begun[1], when(e)))
+        elif event == "vm gone":
+            begun = open_.pop((host, vm), None)
+            if begun is not None:
+                out.append(Pause(vm, host, begun[0], begun[1], when(e), gone=True))
     out.extend(Pause(vm, host, reason, start, None)
                for (host, vm), (reason, start) in open_.items())
     return sorted(out, key=lambda p: p.start)

@@ -105,6 +105,21 @@ def test_pauses_pair_up_per_host_and_vm() -> None:
     assert found[1].end is None and found[2].end is None
 
 
+def test_a_pause_ends_when_the_vm_leaves_the_host() -> None:
+    """A migration's source paused (ENOSPC) when the switchover came: its pause ends with
+    ``vm gone`` there, not at the VM's next resume on that host minutes later."""
+    events = [(1, ev(100, "vm paused", vm="a", reason="io-error")),
+              (1, ev(103, "vm gone", vm="a")),
+              (2, ev(104, "vm paused", vm="a", reason="enospc")),
+              (2, ev(104.5, "vm resumed", vm="a")),
+              (1, ev(400, "vm paused", vm="a", reason="migration")),
+              (1, ev(401, "vm resumed", vm="a"))]
+    found = plan.pauses(events)
+    assert [(p.host, p.duration_s, p.gone) for p in found] == [
+        (1, pytest.approx(3.0), True), (2, pytest.approx(0.5), False),
+        (1, pytest.approx(1.0), False)]
+
+
 def test_extension_latencies_and_percentiles() -> None:
     events = [(1, ev(1, "extended", duration_s=0.1)), (2, ev(2, "extended", duration_s=0.3)),
               (2, ev(3, "extended"))]
