@@ -115,9 +115,8 @@ def test_a_pause_ends_when_the_vm_leaves_the_host() -> None:
               (1, ev(400, "vm paused", vm="a", reason="migration")),
               (1, ev(401, "vm resumed", vm="a"))]
     found = plan.pauses(events)
-    assert [(p.host, p.duration_s, p.gone) for p in found] == [
-        (1, pytest.approx(3.0), True), (2, pytest.approx(0.5), False),
-        (1, pytest.approx(1.0), False)]
+    assert [(p.host, p.gone) for p in found] == [(1, True), (2, False), (1, False)]
+    assert [round(p.duration_s or -1, 3) for p in found] == [3.0, 0.5, 1.0]
 
 
 def test_extension_latencies_and_percentiles() -> None:
