@@ -1,14 +1,17 @@
 """``make chaos``: the chaos soak of the real system (``autoextend/lab/chaos.py``).
 
     python -m bench.chaos [--seed N] [--duration 600] [--hosts 3] [--guests 4]
-                          [--mutant term_check,protect_views] [--kinds K,...] [--out DIR]
+                          [--max-mib 1024] [--mutant term_check,protect_views]
+                          [--kinds K,...] [--out DIR]
 
 3 ``autoextend run`` hosts in mailbox mode, TCG guests writing the verifiable pattern, and
 a seeded schedule of host kills, SPM freezes and kills, step-downs, config reloads (some
-broken), a full VG and live migrations. Without ``--seed`` a random seed is chosen and
-printed first. Writes ``chaos-<seed>.json`` and ``chaos-<seed>.md`` (one page: the faults,
-the pauses, extension latencies under fault, every invariant violation, and the line that
-replays the run) under ``--out`` (default ``bench/results/``). Exit 0 when every invariant
+broken), a full VG, EIO on a guest's volume and live migrations. Each guest writes at
+most ``--max-mib`` (a long soak writes at lower rates). Without ``--seed`` a random seed is
+chosen and printed first. Writes ``chaos-<seed>.json`` and ``chaos-<seed>.md`` (one page:
+the faults, the pauses, extension latencies under fault, every invariant violation, and the
+line that replays the run) under ``--out`` (default ``bench/results/``), and prints the summary
+block (faults, pauses, worst pause, extensions, violations). Exit 0 when every invariant
 held, 1 when one did not, 2 for bad arguments.
 
 ``--mutant`` runs every host with those safety checks off (``sim/mutant_service.py``): the
@@ -22,6 +25,7 @@ import dataclasses
 import json
 import random
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +33,44 @@ import anyio
 
 from autoextend import logs
 from autoextend.checks import Checks
-from autoextend.lab.chaos import SoakConfig, SoakReport, soak
+from autoextend.lab.chaos import MAX_MIB, SoakConfig, SoakReport, soak
 from autoextend.lab.chaos_plan import FAULT_KINDS
 from bench import results_file
+
+
+def worst_pause(report: SoakReport) -> float | None:
+    """The longest ended pause, leaving out a ``migration`` pause: the source's switchover
+    (its QEMU then stops), not a pause the guest feels beyond the migration's downtime."""
+    durations = [p["duration_s"] for p in report.pauses
+                 if p["duration_s"] is not None and p["reason"] != "migration"]
+    return max(durations) if durations else None
+
+
+def summary(report: SoakReport) -> str:
+    """The summary block (for the README): faults injected, pauses, worst pause,
+    extensions, invariant violations."""
+    cfg = report.config
+    kinds = Counter(f.kind for f in report.faults)
+    reasons = Counter(p["reason"] for p in report.pauses)
+    worst = worst_pause(report)
+    ext = report.extensions
+    lines = [
+        f"Chaos soak, seed {cfg['seed']}: {cfg['hosts']} hosts, {cfg['guests']} guests, "
+        f"{cfg['duration_s']:g} s of faults: {'PASSED' if report.passed else 'FAILED'}",
+        f"- faults injected: {len(report.faults)} ("
+        + ", ".join(f"{n} {k}" for k, n in kinds.most_common()) + ")",
+        f"- pauses: {len(report.pauses)}"
+        + (" (" + ", ".join(f"{n} {r}" for r, n in reasons.most_common()) + ")"
+           if reasons else ""),
+        "- worst pause: " + ("-" if worst is None else f"{worst:.2f} s")
+        + (" (migration switchovers left out)" if reasons.get("migration") else ""),
+        f"- extensions: {ext.get('count', 0)} seen by the monitors, "
+        f"{ext.get('spm_changes', 0)} made by the SPMs; threshold to re-armed p50 "
+        f"{_s(ext.get('p50_s'))}, p99 {_s(ext.get('p99_s'))}",
+        f"- invariant violations: {len(report.violations)}",
+        f"- replay: {report.replay}",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def render(report: SoakReport) -> str:
@@ -41,10 +80,17 @@ def render(report: SoakReport) -> str:
         f"# Chaos soak, seed {cfg['seed']}: {'PASSED' if report.passed else 'FAILED'}",
         "",
         f"{cfg['hosts']} hosts, {cfg['guests']} guests, {cfg['duration_s']:g} s of faults, "
-        f"{report.elapsed_s:g} s in all; chunk {cfg['chunk_mib']} MiB."
+        f"{report.elapsed_s:g} s in all; chunk {cfg['chunk_mib']} MiB; at most "
+        f"{cfg.get('max_mib', '-')} MiB written per guest (rates x{cfg.get('rate_scale', 1)})."
         + (f" Mutant: checks off {cfg['mutant']}." if cfg["mutant"] else ""),
         "",
         f"Replay: `{report.replay}`",
+        "",
+        "## Summary",
+        "",
+        "```",
+        summary(report).rstrip("\n"),
+        "```",
         "",
         "## Invariant violations",
         "",
@@ -55,19 +101,16 @@ def render(report: SoakReport) -> str:
     for f in report.faults:
         lines.append(f"| {f.start_s:.1f} | {f.kind} | {f.target} | "
                      f"{f.end_s - f.start_s:.1f} | {f.detail} |")
-    # A "migration" pause is the source's switchover (its QEMU then stops): not a pause the
-    # guest feels beyond the migration's downtime, so it is left out of the worst pause.
-    durations = [p["duration_s"] for p in report.pauses
-                 if p["duration_s"] is not None and p["reason"] != "migration"]
     lines += ["", f"## Pauses ({len(report.pauses)})", ""]
     if report.pauses:
-        worst = max(durations) if durations else None
+        worst = worst_pause(report)
         lines.append(f"Worst pause: {worst:.2f} s." if worst is not None else
                      "No pause ended.")
         lines += ["", "| at s | vm | host | reason | duration s |", "|---|---|---|---|---|"]
         for p in report.pauses:
             d = ("switchover" if p["reason"] == "migration" else "open") \
-                if p["duration_s"] is None else f"{p['duration_s']:.2f}"
+                if p["duration_s"] is None else f"{p['duration_s']:.2f}" + (
+                    " (left the host)" if p.get("gone") else "")
             lines.append(f"| {p['at_s']:.1f} | {p['vm']} | {p['host']} | {p['reason']} | "
                          f"{d} |")
     else:
@@ -110,6 +153,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of faults")
     parser.add_argument("--hosts", type=int, default=3)
     parser.add_argument("--guests", type=int, default=4)
+    parser.add_argument("--max-mib", type=int, default=MAX_MIB,
+                        help="what one guest writes at most, MiB (a long soak scales the "
+                             "write rates down to fit)")
     parser.add_argument("--mutant", default="", help="Checks fields to turn off, comma-separated")
     parser.add_argument("--kinds", default=",".join(FAULT_KINDS),
                         help="fault kinds to schedule, comma-separated (default: all)")
@@ -130,18 +176,22 @@ def parse(argv: list[str]) -> argparse.Namespace:
         parser.error("--guests must be 1..12")
     if not 10 <= args.duration <= 24 * 3600:
         parser.error("--duration must be 10..86400 seconds")
+    if not 64 <= args.max_mib <= 1 << 20:
+        parser.error("--max-mib must be 64..1048576")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     cfg = SoakConfig(seed=args.seed, duration_s=args.duration, hosts=args.hosts,
-                     guests=args.guests, mutant=args.mutant, kinds=args.kinds)
+                     guests=args.guests, mutant=args.mutant, kinds=args.kinds,
+                     max_mib=args.max_mib)
     print(f"chaos soak: seed {cfg.seed}; replay: {cfg.replay()}", flush=True)
     logs.configure("warning", "json")
     report = anyio.run(soak, cfg)
     js, md = write(report, args.out)
     print(render(report))
+    print(summary(report))
     print(f"written: {js} {md}")
     return 0 if report.passed else 1
 

@@ -16,6 +16,13 @@ guest finish and checks the invariants:
 - no traceback in any log;
 - every host ends running, with every VM it runs watched.
 
+Every second guest (chaos1, chaos3, ...) runs on a fault volume (``lab/faultvol.py``): its
+data path goes through a fault file system, for the ``guest-eio`` fault, and its drive has
+``werror=stop,rerror=stop`` (a production thin disk's policy), so that an EIO pauses it.
+How much each guest writes is capped (``max_mib``): a long soak scales the write rates
+down, and the chunk with them, so that the fastest guest still needs several extensions a
+minute (``chaos_plan.rate_scale``, ``soak_chunk_mib``).
+
 The result is a :class:`SoakReport`; ``bench/chaos.py`` writes it as JSON and one page of
 Markdown, with the line that replays the run.
 """
@@ -35,19 +42,23 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from qemu.qmp import QMPError
 
 from autoextend.errors import AutoextendError
 from autoextend.lab import chaos_plan as plan
 from autoextend.lab.errors import VmError
 from autoextend.lab.faultfs import FaultFs, fault_fs
+from autoextend.lab.faultvol import FaultVolume, create_fault_volume
 from autoextend.lab.guest import GuestJob, GuestResult
 from autoextend.lab.migrate import prepare_direct, start_destination, start_migration, switch_over
 from autoextend.lab.multihost import VG, HostProcess, Pool, PoolGuest, pool
 from autoextend.lab.qemu import QemuVm
 from autoextend.lab.thinvol import qemu_img_check
+from autoextend.lab.waiting import until
 from autoextend.logs import get_logger
 from autoextend.lvm import loopdev
 from autoextend.lvm.loop_backend import vg_used
+from autoextend.volumes import VolumeRef
 
 log = get_logger("lab.chaos")
 
@@ -55,6 +66,8 @@ MiB = 1 << 20
 EXTENT = 4 * MiB
 SETTLE_S = 90.0  # after the schedule: how long every host has to be up and watching
 MIGRATION_BPS = 8 * MiB  # slow enough that the hold decides when it ends
+RESUME_WAIT_S = 90.0  # after a guest-eio heal: how long the fault waits for the guest to run
+MAX_MIB = 1024  # what one guest writes at most (SoakConfig.max_mib)
 METADATA = "metadata"  # the metadata area's file name (lab/multihost.py)
 
 
@@ -66,16 +79,34 @@ class SoakConfig:
     guests: int = 4
     chunk_mib: int = 16
     start_mib: int = 32
-    rates_mib_s: tuple[float, float] = (0.5, 2.0)
+    rates_mib_s: tuple[float, float] = (0.5, 2.0)  # before the scale (plan.rate_scale)
+    max_mib: int = MAX_MIB
     timing: plan.Timing = plan.Timing()
     kinds: tuple[str, ...] = plan.FAULT_KINDS
     # Checks fields the hosts run with off (``sim/mutant_service.py``): the mutation check.
     mutant: tuple[str, ...] = ()
     directory: Path | None = None
 
+    @property
+    def scale(self) -> float:
+        return plan.rate_scale(self.rates_mib_s, self.duration_s, self.max_mib)
+
+    @property
+    def soak_chunk_mib(self) -> int:
+        """The chunk the hosts run with (``chunk_mib``, smaller when the rates are scaled)."""
+        return plan.soak_chunk_mib(self.rates_mib_s[1] * self.scale, self.chunk_mib,
+                                   EXTENT // MiB)
+
+    @property
+    def fault_volumes(self) -> bool:
+        """Whether every second guest runs on a fault volume (for ``guest-eio``)."""
+        return "guest-eio" in self.kinds
+
     def replay(self) -> str:
         args = [f"--seed {self.seed}", f"--duration {self.duration_s:g}",
                 f"--hosts {self.hosts}", f"--guests {self.guests}"]
+        if self.max_mib != MAX_MIB:
+            args.append(f"--max-mib {self.max_mib}")
         if self.mutant:
             args.append(f"--mutant {','.join(self.mutant)}")
         if set(self.kinds) != set(plan.FAULT_KINDS):
@@ -156,15 +187,18 @@ class _Guest:
     guest: PoolGuest
     migrating: bool = False
     result: GuestResult | None = None
+    fault: FaultVolume | None = None  # its volume's data path can fail (guest-eio)
 
 
 class Soak:
     """One soak run on a started pool."""
 
-    def __init__(self, cfg: SoakConfig, p: Pool, paths: dict[int, FaultFs]) -> None:
+    def __init__(self, cfg: SoakConfig, p: Pool, paths: dict[int, FaultFs],
+                 volfs: FaultFs | None = None) -> None:
         self.cfg = cfg
         self.pool = p
         self.paths = paths  # each host's path to the metadata area (a fault fs mount)
+        self.volfs = volfs  # where the fault volumes' data is
         self.rng = random.Random(cfg.seed ^ 0x5EED)
         self.report = SoakReport(config=_config_json(cfg), replay=cfg.replay())
         self.guests: dict[str, _Guest] = {}
@@ -179,16 +213,35 @@ class Soak:
 
     async def start_guests(self) -> None:
         hosts = sorted(self.pool.hosts)
-        for i in range(self.cfg.guests):
-            rate = self.rng.uniform(*self.cfg.rates_mib_s)
-            mib = max(self.cfg.chunk_mib * 2, int(rate * self.cfg.duration_s))
-            job = GuestJob(mib=mib, rate_kib_s=int(rate * 1024), seed=100 + i)
+        cfg = self.cfg
+        for i in range(cfg.guests):
+            rate = self.rng.uniform(*cfg.rates_mib_s) * cfg.scale
+            mib = plan.guest_mib(rate, cfg.duration_s, cfg.soak_chunk_mib, cfg.max_mib)
+            job = GuestJob(mib=mib, rate_kib_s=max(1, int(rate * 1024)), seed=100 + i)
             name = f"chaos{i}"
             host = hosts[i % len(hosts)]
-            guest = await self.pool.start_guest(
-                host, name, job, start_mib=self.cfg.start_mib,
-                virtual_mib=max(1024, 2 * mib))
-            self.guests[name] = _Guest(name, job, guest)
+            virtual_mib = max(1024, 2 * mib)
+            fault: FaultVolume | None = None
+            if self.volfs is not None and i % 2 == 1:
+                fault, guest = await self._start_on_fault_volume(host, name, job, virtual_mib)
+            else:
+                guest = await self.pool.start_guest(host, name, job, start_mib=cfg.start_mib,
+                                                    virtual_mib=virtual_mib)
+            self.guests[name] = _Guest(name, job, guest, fault=fault)
+
+    async def _start_on_fault_volume(self, host: int, name: str, job: GuestJob,
+                                     virtual_mib: int) -> tuple[FaultVolume, PoolGuest]:
+        assert self.volfs is not None
+        p = self.pool
+        fault = await create_fault_volume(p.volumes, self.volfs, p.stack,
+                                          VolumeRef(VG, f"{name}-disk"),
+                                          self.cfg.start_mib * MiB)
+        device = await p.host_volumes(host).attach(fault.volume)
+        await anyio.run_process(["qemu-img", "create", "-q", "-f", "qcow2", device,
+                                 f"{virtual_mib}M"])
+        guest = await p.launch_guest(host, name, job, fault.volume, device,
+                                     werror="stop", rerror="stop")
+        return fault, guest
 
     # ------------------------------------------------------------------ supervision
 
@@ -345,6 +398,39 @@ class Soak:
             await anyio.sleep(fault.hold_s)  # time is the subject: the storage stays broken
         finally:
             fs.heal(METADATA, this_mount=one)
+
+    async def _guest_eio(self, fault: plan.Fault, record: FaultRecord) -> None:
+        """EIO on every read and write of one running guest's own volume for the hold (on
+        every host's view), then healed; the fault ends once the guest runs again (at most
+        RESUME_WAIT_S later), so that no later fault meets it still paused."""
+        running = [g for g in self.guests.values() if g.fault is not None
+                   and g.result is None and not g.migrating and g.guest.vm.returncode is None]
+        if not running:
+            record.detail = "no running guest on a fault volume"
+            return
+        g = running[fault.pick % len(running)]
+        assert g.fault is not None
+        record.target = f"{g.name} on host {g.guest.host_id}"
+        g.fault.fail()
+        try:
+            await anyio.sleep(fault.hold_s)  # time is the subject: the volume stays broken
+            at_heal = await _run_state(g.guest.vm)
+        finally:
+            g.fault.heal()
+        healed = anyio.current_time()
+
+        async def runs() -> bool:
+            return await _run_state(g.guest.vm) in ("running", "exited")
+
+        try:
+            await until(runs, RESUME_WAIT_S, f"{g.name} running again")
+            state = "running"
+        except AssertionError:
+            state = await _run_state(g.guest.vm)
+        waited = anyio.current_time() - healed
+        record.detail = (f"{at_heal} at the heal; "
+                         + (f"running {waited:.1f} s after it" if state == "running"
+                            else f"{state} {waited:.0f} s after it"))
 
     async def _migrate(self, fault: plan.Fault, record: FaultRecord) -> None:
         running = [g for g in self.guests.values() if g.result is None and not g.migrating
@@ -520,7 +606,8 @@ class Soak:
         found = plan.pauses(events)
         r.pauses = [{"vm": x.vm, "host": x.host, "reason": x.reason,
                      "at_s": round(x.start - self.wall0, 3),
-                     "duration_s": None if x.duration_s is None else round(x.duration_s, 3)}
+                     "duration_s": None if x.duration_s is None else round(x.duration_s, 3),
+                     "gone": x.gone}
                     for x in found]
         lat = plan.extension_latencies(events)
         every = [v for values in lat.values() for v in values]
@@ -529,6 +616,18 @@ class Soak:
                         "max_s": max(every) if every else None,
                         "spm_changes": sum(1 for _, e in events
                                            if e.get("event") == "volume extended")}
+
+
+async def _run_state(vm: QemuVm) -> str:
+    """QEMU's run state (``query-status``: running, io-error, ...), or ``exited``."""
+    if vm.returncode is not None:
+        return "exited"
+    try:
+        async with vm.qmp("chaos") as client:
+            reply = await client.execute("query-status")
+    except (VmError, QMPError, OSError, EOFError) as err:
+        return "exited" if vm.returncode is not None else f"unknown ({err})"
+    return str(reply.get("status", "unknown")) if isinstance(reply, dict) else "unknown"
 
 
 async def highest_write(vm: QemuVm) -> int | None:
@@ -548,6 +647,8 @@ async def highest_write(vm: QemuVm) -> int | None:
 def _config_json(cfg: SoakConfig) -> dict[str, Any]:
     out = asdict(cfg)
     out["directory"] = str(cfg.directory) if cfg.directory else None
+    out["chunk_mib"] = cfg.soak_chunk_mib  # what the hosts ran with
+    out["rate_scale"] = round(cfg.scale, 4)
     return out
 
 
@@ -579,12 +680,16 @@ async def _soak(cfg: SoakConfig, directory: Path, runner: tuple[str, ...],
                 paths[host_id] = await stack.enter_async_context(fault_fs(
                     directory / f"path-{host_id}", backing=directory / "meta",
                     tag=f"h{host_id}"))
+        volfs = None
+        if cfg.fault_volumes:
+            volfs = await stack.enter_async_context(fault_fs(
+                directory / "guest-volumes", backing=directory / "guest-data"))
         p = await stack.enter_async_context(pool(
-            cfg.hosts, chunk_mib=cfg.chunk_mib, poll_interval_s=1.0,
+            cfg.hosts, chunk_mib=cfg.soak_chunk_mib, poll_interval_s=1.0,
             directory=directory, runner=runner,
             metadata_dir=directory / "meta" if paths else None,
             host_metadata={h: fs.path(METADATA) for h, fs in paths.items()}))
-        run = Soak(cfg, p, paths)
+        run = Soak(cfg, p, paths, volfs)
         await p.wait_for_spm()
         await run.start_guests()
         for g in run.guests.values():

@@ -14,9 +14,11 @@ production (a VG fills during a failover, a guest migrates while the SPM moves):
   good file back and SIGHUP);
 - lane 1, storage and guests: ``vg-full`` (the VG has no free extent for the hold, then
   grows again), ``migrate`` (a live migration of a guest to another host, held slow for
-  the hold, then let finish) and ``meta-errors`` (every read and write of the metadata area
+  the hold, then let finish), ``meta-errors`` (every read and write of the metadata area
   fails with EIO for 5 to 30 s: on every host, as when the LUN fails, or on one host's path
-  only; each host reaches the area through its own fault file system mount).
+  only; each host reaches the area through its own fault file system mount) and
+  ``guest-eio`` (every read and write of one guest's own volume fails with EIO for the
+  hold: the guest pauses, ``werror=stop``, and autoextend resumes it after the heal).
 
 Each lane's faults follow one another: a gap, the fault held, healed, the next gap.
 """
@@ -31,7 +33,7 @@ from datetime import datetime
 from typing import Any
 
 HOST_FAULTS = ("kill-host", "stop-spm", "kill-spm", "step-down", "reload", "reload-broken")
-POOL_FAULTS = ("vg-full", "migrate", "meta-errors")
+POOL_FAULTS = ("vg-full", "migrate", "meta-errors", "guest-eio")
 STORAGE_FAULTS = ("meta-errors",)  # held for Timing.storage_hold
 FAULT_KINDS = HOST_FAULTS + POOL_FAULTS
 
@@ -81,6 +83,34 @@ def plan_faults(seed: int, duration_s: float, timing: Timing = Timing(),
                                 rng.randrange(1 << 30)))
             t += hold + rng.uniform(*timing.gap)
     return sorted(faults, key=lambda f: (f.at_s, f.lane))
+
+
+# ------------------------------------------------------------------ how much the guests write
+
+EXTENTS_PER_MINUTE = 4  # the fastest guest needs at least this many extensions a minute
+
+
+def rate_scale(rates_mib_s: tuple[float, float], duration_s: float, max_mib: int) -> float:
+    """The factor (at most 1) the guests' write rates are scaled by so that the fastest
+    possible guest writes at most ``max_mib`` in ``duration_s``: a long soak writes at
+    lower rates instead of rate x duration (an hour at 2 MiB/s is 7 GiB per guest)."""
+    fastest = rates_mib_s[1] * duration_s
+    return 1.0 if fastest <= max_mib else max_mib / fastest
+
+
+def guest_mib(rate_mib_s: float, duration_s: float, chunk_mib: int, max_mib: int) -> int:
+    """What one guest writes: its rate for the whole soak, at least two chunks (so that it
+    needs an extension), at most ``max_mib``."""
+    return min(max_mib, max(2 * chunk_mib, int(rate_mib_s * duration_s)))
+
+
+def soak_chunk_mib(fastest_mib_s: float, chunk_mib: int, extent_mib: int) -> int:
+    """The chunk the hosts extend by: ``chunk_mib``, or smaller (whole extents, at least
+    one) when the guests write so slowly that the fastest would need fewer than
+    EXTENTS_PER_MINUTE extensions a minute."""
+    per_minute = fastest_mib_s * 60.0 / EXTENTS_PER_MINUTE
+    fits = int(per_minute // extent_mib) * extent_mib
+    return max(extent_mib, min(chunk_mib, fits))
 
 
 # ------------------------------------------------------------------ invariants over logs
@@ -157,6 +187,7 @@ class Pause:
     reason: str
     start: float
     end: float | None  # None: not resumed (yet)
+    gone: bool = False  # ended by the VM leaving the host (migrated away, or its QEMU ended)
 
     @property
     def duration_s(self) -> float | None:
@@ -165,8 +196,10 @@ class Pause:
 
 def pauses(events: Iterable[tuple[int, Mapping[str, Any]]]) -> list[Pause]:
     """Every ``vm paused`` a host logged, ended by that host's next ``vm resumed`` or
-    ``vm runs again`` of the same VM (a pause seen by two hosts, e.g. across a migration,
-    counts on each)."""
+    ``vm runs again`` of the same VM, or by its ``vm gone`` (the VM left the host: a
+    migration's source, paused when the switchover came, does not resume there; counted
+    to its next resume on that host, such a pause looked minutes long). A pause seen by two
+    hosts, e.g. across a migration, counts on each."""
     open_: dict[tuple[int, str], tuple[str, float]] = {}
     out: list[Pause] = []
     for host, e in sorted(events, key=lambda he: when(he[1])):
@@ -179,6 +212,10 @@ def pauses(events: Iterable[tuple[int, Mapping[str, Any]]]) -> list[Pause]:
             begun = open_.pop((host, vm), None)
             if begun is not None:
                 out.append(Pause(vm, host, begun[0], begun[1], when(e)))
+        elif event == "vm gone":
+            begun = open_.pop((host, vm), None)
+            if begun is not None:
+                out.append(Pause(vm, host, begun[0], begun[1], when(e), gone=True))
     out.extend(Pause(vm, host, reason, start, None)
                for (host, vm), (reason, start) in open_.items())
     return sorted(out, key=lambda p: p.start)

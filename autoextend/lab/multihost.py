@@ -16,6 +16,7 @@ makes its guest see the new size.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -297,11 +298,22 @@ class Pool:
         volume, device = await create_qcow2_disk(  # attached in the name of its host
             self.host_volumes(host_id), self.stack, VolumeRef(VG, f"{name}-disk"), start_mib,
             virtual_mib)
+        return await self.launch_guest(host_id, name, job, volume, device)
+
+    async def launch_guest(
+        self, host_id: int, name: str, job: GuestJob, volume: VolumeRef, device: str, *,
+        werror: str = "enospc", rerror: str = "report",
+    ) -> PoolGuest:
+        """Boot guest ``name`` on host ``host_id`` with its disk on ``device`` (host
+        ``host_id``'s view of ``volume``, holding a qcow2 image), with that error policy."""
         host = self.hosts[host_id]
         job = await anyio.to_thread.run_sync(with_expected_md5, job)  # guest only compares
         socket = host.directory / "qmp" / f"{name}.sock"
         spec = guest_spec(name, self.image, [device], job,
                           extra_args=("-name", name, "-qmp", f"unix:{socket},server=on,wait=off"))
+        if (werror, rerror) != ("enospc", "report"):
+            spec = dataclasses.replace(spec, drives=tuple(
+                dataclasses.replace(d, werror=werror, rerror=rerror) for d in spec.drives))
         vm = await launch(spec, self.directory / "vms" / name)
         self.stack.push_async_callback(vm.stop)
         guest = PoolGuest(vm, host_id, volume, device)

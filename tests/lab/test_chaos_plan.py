@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from autoextend.lab import chaos_plan as plan
+from autoextend.lab.chaos import FaultRecord, SoakConfig, SoakReport
 from bench import chaos as bench_chaos
 
 MiB = 1 << 20
@@ -104,6 +105,20 @@ def test_pauses_pair_up_per_host_and_vm() -> None:
     assert found[1].end is None and found[2].end is None
 
 
+def test_a_pause_ends_when_the_vm_leaves_the_host() -> None:
+    """A migration's source paused (ENOSPC) when the switchover came: its pause ends with
+    ``vm gone`` there, not at the VM's next resume on that host minutes later."""
+    events = [(1, ev(100, "vm paused", vm="a", reason="io-error")),
+              (1, ev(103, "vm gone", vm="a")),
+              (2, ev(104, "vm paused", vm="a", reason="enospc")),
+              (2, ev(104.5, "vm resumed", vm="a")),
+              (1, ev(400, "vm paused", vm="a", reason="migration")),
+              (1, ev(401, "vm resumed", vm="a"))]
+    found = plan.pauses(events)
+    assert [(p.host, p.gone) for p in found] == [(1, True), (2, False), (1, False)]
+    assert [round(p.duration_s or -1, 3) for p in found] == [3.0, 0.5, 1.0]
+
+
 def test_extension_latencies_and_percentiles() -> None:
     events = [(1, ev(1, "extended", duration_s=0.1)), (2, ev(2, "extended", duration_s=0.3)),
               (2, ev(3, "extended"))]
@@ -114,9 +129,65 @@ def test_extension_latencies_and_percentiles() -> None:
 
 
 def test_bench_arguments_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
-    for bad in (["--mutant", "no_such_check"], ["--hosts", "1"], ["--duration", "1"]):
+    for bad in (["--mutant", "no_such_check"], ["--hosts", "1"], ["--duration", "1"],
+                ["--max-mib", "10"], ["--kinds", "guest-eio,nope"]):
         with pytest.raises(SystemExit) as exc:
             bench_chaos.parse(bad)
         assert exc.value.code == 2
     args = bench_chaos.parse(["--mutant", "term_check,protect_views"])
     assert args.mutant == ("term_check", "protect_views") and args.seed is not None
+
+
+@given(st.floats(0.01, 4.0), st.floats(1.0, 4.0), st.floats(10, 86400), st.integers(64, 8192))
+def test_the_write_cap_holds(slow: float, spread: float, duration: float, cap: int) -> None:
+    """Scaled rates never write more than the cap in the soak's time; a guest writes at
+    least two chunks and at most the cap; the chunk is whole extents, at most the
+    configured one, and small enough that the fastest guest needs several extensions a
+    minute (unless one extent already is that small)."""
+    rates = (slow, slow * spread)
+    scale = plan.rate_scale(rates, duration, cap)
+    assert 0 < scale <= 1
+    assert rates[1] * scale * duration <= cap * (1 + 1e-9)
+    chunk = plan.soak_chunk_mib(rates[1] * scale, 16, 4)
+    assert 4 <= chunk <= 16 and chunk % 4 == 0
+    per_minute = rates[1] * scale * 60
+    assert chunk == 4 or per_minute / chunk >= plan.EXTENTS_PER_MINUTE
+    for rate in rates:
+        mib = plan.guest_mib(rate * scale, duration, chunk, cap)
+        assert min(cap, 2 * chunk) <= mib <= cap
+
+
+def test_the_default_soak_and_an_hour_need_several_extensions_a_minute() -> None:
+    ten = SoakConfig(seed=1)
+    assert ten.soak_chunk_mib == 16 and ten.scale < 1  # 2 MiB/s x 600 s > 1024 MiB
+    assert ten.rates_mib_s[1] * ten.scale * 60 / ten.soak_chunk_mib >= 4
+    hour = SoakConfig(seed=1, duration_s=3600, guests=6)
+    fastest = hour.rates_mib_s[1] * hour.scale
+    assert fastest * 3600 <= hour.max_mib + 1
+    assert hour.soak_chunk_mib == 4 and fastest * 60 / hour.soak_chunk_mib >= 4
+    assert "--max-mib" not in hour.replay()
+    assert "--max-mib 512" in SoakConfig(seed=1, max_mib=512).replay()
+
+
+def test_the_summary_block_counts_what_the_readme_needs() -> None:
+    report = SoakReport(config={"seed": 5, "hosts": 3, "guests": 2, "duration_s": 60.0,
+                                "chunk_mib": 16, "mutant": ()}, replay="python -m bench.chaos")
+    report.faults = [FaultRecord("guest-eio", "chaos1", 1.0, 5.0),
+                     FaultRecord("kill-spm", "host 1", 2.0, 9.0),
+                     FaultRecord("guest-eio", "chaos1", 20.0, 25.0)]
+    report.pauses = [{"vm": "chaos1", "host": 1, "reason": "io-error", "at_s": 1.0,
+                      "duration_s": 6.5},
+                     {"vm": "chaos0", "host": 2, "reason": "migration", "at_s": 3.0,
+                      "duration_s": 99.0},
+                     {"vm": "chaos0", "host": 1, "reason": "enospc", "at_s": 4.0,
+                      "duration_s": None}]
+    report.extensions = {"count": 12, "spm_changes": 11, "p50_s": 0.1, "p99_s": 2.0}
+    text = bench_chaos.summary(report)
+    assert "faults injected: 3 (2 guest-eio, 1 kill-spm)" in text
+    assert "pauses: 3 (1 io-error, 1 migration, 1 enospc)" in text
+    assert "worst pause: 6.50 s" in text  # the migration switchover is left out
+    assert "extensions: 12 seen by the monitors, 11 made by the SPMs" in text
+    assert "invariant violations: 0" in text and "PASSED" in text
+    report.violations.append("chaos1: data does not verify")
+    assert "invariant violations: 1" in bench_chaos.summary(report)
+    assert "FAILED" in bench_chaos.render(report)
