@@ -41,7 +41,7 @@ from autoextend.clock import Clock
 from autoextend.directio import open_storage
 from autoextend.errors import AutoextendError, ConfigError, NotSpmError, StartupError
 from autoextend.lease.config import LeaseSettings
-from autoextend.lease.engine import LeaseEngine, make_engine
+from autoextend.lease.engine import LeaseEngine, SpmLease, make_engine
 from autoextend.lease.engine_record import check_engine
 from autoextend.lease.liveness import HostState
 from autoextend.logs import get_logger
@@ -242,6 +242,27 @@ class ClusterAgent:
             async with lease.spm() as term:
                 self.terms += 1
                 backend = self.spm_backend(term)
+                self.log.info("this host is SPM", lver=term.lver)
+                try:
+                    await self._serve_term(lease, storage, layout, ring, term, backend)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await backend.aclose()
+            self.log.info("no longer SPM")
+            await self.clock.sleep(0)  # a checkpoint between terms
+
+    async def _serve_term(
+        self, lease: LeaseEngine, storage: SectorStorage, layout: MailboxLayout,
+        ring: Ring | None, term: SpmLease, backend: FreeSpaceBackend,
+    ) -> None:
+        """Serve the mailbox for one term. A start-up read that fails (the metadata area
+        erroring just as this host took the role) is retried with a backoff while the term
+        holds: never a crash of the agent. The lease bounds it: renewals that fail too end
+        the term, and the term's end cancels this."""
+        failures = 0
+        in_use = InUseGate(storage, layout, lambda: self._host_states(lease), self.clock)
+        try:
+            while True:
                 journal = None if ring is None else JournalWriter(
                     storage, ring, term, lver=term.lver, spm_host=self.host_id,
                     counters=self.journal)
@@ -249,22 +270,29 @@ class ClusterAgent:
                     storage, backend, self.vgs, layout=layout, authority=term,
                     settings=self.mailbox_config, clock=self.clock, epoch=term.lver,
                     live_hosts=lambda: self._live_hosts(lease),
-                    in_use=InUseGate(storage, layout, lambda: self._host_states(lease),
-                                     self.clock),
+                    in_use=in_use,
                     journal=journal,
                 )
                 self.server = server
-                self.log.info("this host is SPM", lver=term.lver)
                 try:
                     await server.run()
+                    return
                 except NotSpmError as exc:
                     self.log.warning("SPM role ended", reason=str(exc))
+                    return
+                except StorageError as exc:
+                    failures += 1
+                    delay = backoff(failures, self.lease_config.io_timeout_s,
+                                    6 * self.lease_config.io_timeout_s)
+                    report = self.log.warning if failures == 1 else self.log.debug
+                    report("SPM mail server could not start on an I/O error; retrying",
+                           error=str(exc), attempts=failures, retry_in_s=round(delay, 3),
+                           lver=term.lver)
                 finally:
                     self.server = None
-                    with anyio.CancelScope(shield=True):
-                        await backend.aclose()
-            self.log.info("no longer SPM")
-            await self.clock.sleep(0)  # a checkpoint between terms
+                await self.clock.sleep(delay)
+        finally:
+            in_use.end()
 
     def _live_hosts(self, lease: LeaseEngine) -> set[int]:
         """Host ids whose mail the SPM reads at its fast cadence: every host whose delta

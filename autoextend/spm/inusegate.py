@@ -106,6 +106,13 @@ class InUseGate:
         self._intents: set[intent.Intent] = set()   # this term's, as last written
         self._written: set[intent.Intent] = set()   # on storage (the last write succeeded)
         self._intent_lock = anyio.Lock()
+        # A failing intent write is logged once per outage, then counted (a term's retried
+        # start-ups and every guard share this gate).
+        self._repeats = logs.Repeats(log, clock.now)
+
+    def end(self) -> None:
+        """The term is over: count any write failure still repeating (one summary line)."""
+        self._repeats.clear_all()
 
     def states(self) -> dict[int, tuple[str, int]]:
         """The lease's host states, limited to the layout's host ids."""
@@ -148,9 +155,10 @@ class InUseGate:
         try:
             await self._storage.write(self._layout.intent_offset, data)
         except StorageError as exc:
-            log.warning("writing the intent record failed", error=str(exc))
+            self._repeats.warning("writing the intent record failed", error=str(exc))
             self._written = set()
             return False
+        self._repeats.clear("writing the intent record failed")
         self._written = set(self._intents)
         return True
 
