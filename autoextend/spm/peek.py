@@ -6,7 +6,7 @@ costs a loop wake, a worker-thread hop and an anyio timeout scope (0.6-0.7 ms of
 in a thread of its own, on its own descriptor and buffer, the same read costs a timer wake
 and the read itself (0.13 ms), and the loop sleeps until a sector really changed. That is
 what lets a quiet live host's ring sector be read every 40 ms at under 0.4 % of a core
-(``docs/mailbox-cadence.md``).
+(``spm/README.md``, "Cadence, reads and CPU"; ``cadence.py``).
 
 Why it cannot lose a request: the peeker is only a hint. The server reads every ring sector
 itself, on the loop, at least every ``max(PEEK_FALLBACK_S, sweep)`` (``watch.py``), and takes

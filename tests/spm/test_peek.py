@@ -103,6 +103,18 @@ def test_the_defaults_come_from_the_formula() -> None:
     assert live_interval_window(CostModel(read_cpu_s=0.3e-3), 0.004, 0.060) is None
 
 
+@given(st.integers(1, 2000), st.floats(1.0, 86400.0))
+def test_the_box_scan_reads_in_batches_and_still_covers_every_box(
+    max_hosts: int, interval: float
+) -> None:
+    batch = watch.scan_batch(max_hosts, interval)
+    assert 1 <= batch <= max_hosts
+    period = batch * interval / max_hosts  # seconds between two batches
+    assert batch == 1 or period <= watch.FULL_SCAN_BATCH_S + 1e-9
+    # every box once per interval, give or take one batch's period
+    assert period <= max(watch.FULL_SCAN_BATCH_S, interval / max_hosts) + 1e-9
+
+
 # With real O_DIRECT storage and the real clock.
 
 
