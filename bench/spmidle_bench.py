@@ -68,7 +68,8 @@ def one_run(root: Path, settings: MailboxSettings, window: float, quick: bool) -
             rate["server"] = {k: after[k] - before[k] for k in
                               ("polls", "sweeps", "live_polls", "hot_polls", "peek_nudges")}
             rate["expected_read_bytes_per_s"] = round(
-                idle_ring_read_rate(live, MAX_HOSTS, 512, settings)
+                idle_ring_read_rate(live, MAX_HOSTS, 512, settings,
+                                    peeking=os.environ["AUTOEXTEND_BENCH_PEEK"] != "0")
                 + MAX_HOSTS * 8192 / settings.full_scan_interval_s)
             idle[str(n_live)] = rate
         result["idle"] = idle

@@ -4,7 +4,7 @@
 With ``T`` the live sweep's cadence (``live_poll_interval_s``), ``T_s`` the sweep's, ``c``
 the CPU of one ring peeker read (a timer wake-up and an I/O wake-up of its thread), ``B``
 the server's own idle CPU share (the live set asked once a second, its fallback reads every
-5 s, a batch of the box scan every 10 s) and ``t`` the time from noticing a ring to the
+10 s, a batch of the box scan every 10 s) and ``t`` the time from noticing a ring to the
 host holding the reply (p99):
 
 - idle CPU share  ``C(T) = c * W(T) + B``, ``W(T) = 1/T`` (+ ``1/T_s`` when the sweep cannot

@@ -71,7 +71,7 @@ MERGE_GAP_BYTES = 4096
 LIVE_REFRESH_S = 1.0
 #: With a peeker running, the server's own reads of every ring sector come at least this
 #: often (the latency bound if the peeker stops; the safety argument does not need it).
-PEEK_FALLBACK_S = 5.0
+PEEK_FALLBACK_S = 10.0
 #: The slow full scan of the request boxes reads a batch about this often (``scan_batch``).
 FULL_SCAN_BATCH_S = 10.0
 _EPSILON = 1e-6  # what is due this close to now is due now
@@ -117,15 +117,19 @@ def live_interval(cover_count: int, sector_size: int, settings: MailboxSettings,
 
 
 def idle_ring_read_rate(live: Collection[int], max_hosts: int, sector_size: int,
-                        settings: MailboxSettings) -> float:
+                        settings: MailboxSettings, peeking: bool = False) -> float:
     """Bytes/s the SPM reads from the ring area while no host is hot: the live sweep of the
-    live cover plus the sweep of every other ring sector (pure; the I/O budget)."""
+    live cover plus the sweep of every other ring sector, plus, with the ring peeker
+    (``peeking``), the server's own reads of every ring sector every
+    ``max(PEEK_FALLBACK_S, sweep)`` (pure; the I/O budget)."""
     sweep_s = cadence(max_hosts * sector_size, settings.ring_sweep_bytes_per_s,
                       settings.poll_interval_s)
     covered = len(live_cover(live, max_hosts, sector_size))
     rate = (max_hosts - covered) * sector_size / sweep_s
     if covered:
         rate += covered * sector_size / live_interval(covered, sector_size, settings, sweep_s)
+    if peeking:
+        rate += max_hosts * sector_size / max(PEEK_FALLBACK_S, sweep_s)
     return rate
 
 

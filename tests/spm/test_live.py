@@ -72,6 +72,9 @@ def test_idle_reads_never_exceed_vdsm_at_the_defaults(live: set[int]) -> None:
     rate = idle_ring_read_rate(live, 250, 512, DEFAULTS)
     full_scan = 250 * 8192 / DEFAULTS.full_scan_interval_s
     assert rate + full_scan <= 518_000
+    # the ring peeker's reads are the live sweep and the sweep; the server's own come on top
+    with_peeker = idle_ring_read_rate(live, 250, 512, DEFAULTS, peeking=True)
+    assert rate < with_peeker and with_peeker + full_scan <= 518_000
     assert rate <= DEFAULTS.ring_sweep_bytes_per_s + DEFAULTS.live_sweep_bytes_per_s
 
 
