@@ -154,6 +154,11 @@ class DirectStorage:
         self.stats.writes += 1
         self.stats.write_bytes += length
 
+    def open_reader(self) -> DirectReader:
+        """A blocking reader on a descriptor of its own, for one long-lived thread (the SPM's
+        ring peeker, ``spm/peek.py``). Call it in that thread: the open may block."""
+        return DirectReader(self.path, self.sector_size, self.size)
+
     async def close(self) -> None:
         """Close; the descriptor is released once abandoned I/O threads are done with it."""
         with self._lock:
@@ -163,6 +168,52 @@ class DirectStorage:
             if self._users == 0 and self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+
+
+class DirectReader:
+    """Blocking, read-only O_DIRECT reads on a descriptor of its own, into one reused
+    page-aligned buffer: for a thread that reads on its own cadence (no worker-thread hop, no
+    event-loop wake per read). No timeout: a read that hangs holds only its own thread. Not
+    thread-safe: one thread uses it, and closes it."""
+
+    def __init__(self, path: str, sector_size: int, size: int) -> None:
+        self.path = path
+        self.sector_size = sector_size
+        self.size = size
+        self._fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+        self._buf = mmap.mmap(-1, max(sector_size, mmap.PAGESIZE))
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` (whole sectors).
+
+        Raises:
+            UnalignedIoError: not whole sectors, or past the end.
+            StorageError: the OS reported an error, or the reader is closed.
+        """
+        check_range(self.path, "read", self.sector_size, self.size, offset, length)
+        if self._fd < 0:
+            raise StorageError(self.path, "read", offset, length, "reader is closed")
+        if len(self._buf) < length:
+            self._buf.close()
+            self._buf = mmap.mmap(-1, length)
+        view = memoryview(self._buf)[:length]
+        try:
+            got = os.preadv(self._fd, [view], offset)
+            if got != length:
+                raise StorageError(self.path, "read", offset, length,
+                                   f"short read ({got} of {length} bytes)")
+            return bytes(view)
+        except OSError as err:
+            raise StorageError(self.path, "read", offset, length,
+                               err.strerror or str(err)) from err
+        finally:
+            view.release()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._buf.close()
 
 
 def _open_blocking(path: str, sector_size: int) -> tuple[int, int, int]:
@@ -219,4 +270,4 @@ async def open_storage(path: str, sector_size: int = 0, io_timeout: float = 10.0
     return DirectStorage(path, fd, sector, size, io_timeout)
 
 
-__all__ = ["BLKSSZGET", "DirectStorage", "open_storage"]
+__all__ = ["BLKSSZGET", "DirectReader", "DirectStorage", "open_storage"]

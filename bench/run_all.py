@@ -22,11 +22,13 @@ BENCHMARKS: list[list[str]] = [
     ["bench.writerate_bench"],
     ["bench.idle_bench", "--window", "65"],
     ["bench.mailbox_bench", "--runs", "1"],
+    ["bench.spmidle_bench"],
     ["bench.pool_bench"],
     ["bench.lvm_bench"],
     ["bench.lease_bench"],
 ]
 QUICK_FLAG = {"bench.local_bench", "bench.writerate_bench", "bench.mailbox_bench",
+              "bench.spmidle_bench",
               "bench.pool_bench", "bench.lease_bench"}
 # The smallest run each benchmark offers, for ``--smoke`` and tests/ops/test_benches.py:
 # seconds each, figures not looked at; only that every benchmark still runs to its end.
@@ -35,6 +37,7 @@ SMOKE_ARGS: dict[str, list[str]] = {
     "bench.writerate_bench": ["--quick"],
     "bench.idle_bench": ["--vms", "2", "--drives", "2", "--window", "1", "--warmup", "0"],
     "bench.mailbox_bench": ["--quick", "--runs", "1", "--no-save"],
+    "bench.spmidle_bench": ["--quick", "--runs", "1", "--window", "1", "--no-save"],
     "bench.pool_bench": ["--quick"],
     "bench.lvm_bench": ["--lvs", "4", "--extends", "4", "--parallel-runs", "1",
                         "--parallel-extends", "4"],

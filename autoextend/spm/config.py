@@ -47,16 +47,18 @@ class MailboxSettings(Section):
     # reads; with 250 hosts and 512 B sectors it sweeps every 0.49 s.
     ring_sweep_bytes_per_s: int = Field(256 * 1024, ge=4096)
     # SPM: the ring sectors of the hosts the lease sees alive (not FREE/DEAD) are read every
-    # poll_interval_s, slowed so this costs at most this many bytes/s (and never read less
-    # often than by the sweep above, which then skips them). 256 KiB/s: 12 live hosts at
-    # 25 ms (512 B sectors), 50 live at 0.1 s; the SPM's whole idle reads stay at or below
-    # vdsm's 518 KB/s whatever the number of live hosts (README.md, I/O budget).
-    live_sweep_bytes_per_s: int = Field(256 * 1024, ge=4096)
-    # SPM: the live sweep runs at most this often (then as the budget above allows). A live
-    # host with no recent traffic is noticed within this (its next requests are on the 25 ms
-    # hot path); waking every 25 ms for two quiet live hosts cost 2.4 % of a core, every
-    # 0.2 s about 0.5 %.
-    live_poll_interval_s: float = Field(0.2, gt=0.0, le=60.0)
+    # live_poll_interval_s, slowed so this costs at most this many bytes/s (and never read
+    # less often than by the sweep above). 240 KiB/s: 21 live hosts at 45 ms (512 B
+    # sectors), 50 live at 0.1 s; with the sweep and the full scan the SPM's idle reads stay
+    # at or below vdsm's 518 KB/s whatever the number of live hosts (spm/README.md, "Cadence,
+    # reads and CPU": sweep + live sweep + full scan <= 518 KB/s).
+    live_sweep_bytes_per_s: int = Field(240 * 1024, ge=4096)
+    # SPM: the live sweep's fastest cadence: a quiet live host's first request is noticed
+    # within this. On O_DIRECT storage a reader thread of its own does it and wakes the
+    # server only when a ring sector changed (about 0.14 ms of CPU per read here), so 45 ms
+    # keeps an idle SPM under 0.4 % of a core and a cold request under 60 ms at p99
+    # (spm/README.md, "Cadence, reads and CPU", has the formula).
+    live_poll_interval_s: float = Field(0.045, gt=0.0, le=60.0)
     # SPM: every request box is read once per this period anyway (safety net against a ring
     # sector corrupted on disk); spread evenly, so it adds max_hosts*8 KiB/period of reads.
     full_scan_interval_s: float = Field(300.0, gt=0.0, le=86400.0)

@@ -25,3 +25,5 @@ class ServerCounters:
     live_hosts_errors: int = 0  # live_hosts calls that failed or returned something odd
     rings: int = 0  # ring sector changes noticed (each leads to a read of that host's box)
     corrupt_rings: int = 0  # ring sectors that failed their checks (counted once per change)
+    peek_nudges: int = 0  # times the ring peeker woke the server for a changed ring sector
+    peek_errors: int = 0  # times the ring peeker stopped (the server reads on its own then)

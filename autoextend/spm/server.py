@@ -42,11 +42,12 @@ from autoextend.spm.inbox import Inbox
 from autoextend.spm.inusegate import InUseGate
 from autoextend.spm.journalring import JournalWriter
 from autoextend.spm.layout import MailboxLayout
+from autoextend.spm.peek import PeekSource, PeekStats
 from autoextend.spm.reducing import REDUCE_CHECKS, ReduceCheck
 from autoextend.spm.replybox import ReplyBoxes
 from autoextend.spm.validate import check_request
 from autoextend.spm.waiting import sleep_or_event
-from autoextend.spm.watch import WAKE_EARLY_S, LiveHosts, RingWatch
+from autoextend.spm.watch import WAKE_EARLY_S, LiveHosts, RingWatch, peek_source, scan_batch
 from autoextend.spm.wire import MalformedSlot, ReasonCode, Reply, Request, Status
 from autoextend.volumes import SpmAuthority, VolumeBackend
 
@@ -79,6 +80,7 @@ class SpmMailServer:
         reduce_checks: Sequence[ReduceCheck] = REDUCE_CHECKS,
         in_use: InUseGate | None = None,
         journal: JournalWriter | None = None,
+        peek: PeekSource | None | bool = True,
     ) -> None:
         """``live_hosts``, when given, returns the host ids the lease sees alive (it must be
         cheap and must not block: it is called from the event loop about once a second).
@@ -87,7 +89,9 @@ class SpmMailServer:
         served, and a failing or odd result falls back to the full sweep.
         ``reduce_checks``: what a reduce must pass (``reducing.py``; tests only change it).
         ``in_use``: the hosts' in-use records a REDUCE is judged by (``inusegate.py``).
-        ``journal``: where every change is recorded (``journalring.py``; None: not kept)."""
+        ``journal``: where every change is recorded (``journalring.py``; None: not kept).
+        ``peek``: the ring peeker's reader (``peek.py``); True: the storage's own when it
+        has one (O_DIRECT) and the clock is real; False: none."""
         layout.check_fits(storage.size)
         self._pool_vgs = frozenset(pool_vgs)
         self._layout = layout
@@ -96,8 +100,10 @@ class SpmMailServer:
         self._clock = clock or MonotonicClock()
         self.counters = ServerCounters()
         self._repeats = logs.Repeats(log)  # retried reads and writes: once, then a count
+        if isinstance(peek, bool):
+            peek = peek_source(storage, self._clock) if peek else None
         self._watch = RingWatch(storage, layout, settings, self.counters, live_hosts,
-                                repeats=self._repeats)
+                                repeats=self._repeats, peek=peek)
         self._inbox = Inbox(storage, layout, self.counters, repeats=self._repeats)
         self._boxes = ReplyBoxes(storage, layout, authority, self.counters, self._repeats,
                                  epoch=epoch, write_failed=self._rescan_later)
@@ -123,6 +129,11 @@ class SpmMailServer:
     def in_flight(self) -> int:
         return len(self._inflight)
 
+    @property
+    def peek_stats(self) -> PeekStats | None:
+        """The ring peeker's reads (``peek.py``; None: no peeker runs)."""
+        return self._watch.peek_stats
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or stepped down (then it returns once in-flight work ended).
 
@@ -138,7 +149,7 @@ class SpmMailServer:
             self._authority.check()
             if self._in_use is not None:  # a previous SPM's intents end with its term
                 await self._in_use.clear_intents()
-            await self._watch.start(self._clock.now())  # rings first, then boxes
+            await self._watch.start(self._clock.now(), self._nudged)  # rings, then boxes
             await self._boxes.load()
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -154,11 +165,14 @@ class SpmMailServer:
                     await sleep_or_event(self._clock, self._idle_wait(), self._wake)
                     if not self._accepting or not self._still_spm():
                         break
+                    if self._wake.is_set():  # nudged by the ring peeker: wait anew next
+                        self._wake = anyio.Event()
                     now = self._clock.now()
                     await self._poll(now - last)
                     last = now
                 self._executor.hand_back()
         finally:
+            self._watch.stop()
             self._tg = None
             self._stopped.set()
             self._repeats.clear_all()
@@ -166,6 +180,10 @@ class SpmMailServer:
             log.warning("SPM mail server stopped: not SPM", reason=self._lost.reason)
             raise self._lost
         log.info("SPM mail server stopped", handed_back=self.counters.handed_back)
+
+    def _nudged(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
     async def _prepare_journal(self, journal: JournalWriter) -> None:
         """Find the journal's head while the first requests are read (else the first
@@ -185,7 +203,7 @@ class SpmMailServer:
             return poll
         now = self._clock.now()
         due = self._watch.next_due(now) - now - WAKE_EARLY_S
-        return min(max(poll, due), max(poll, self._watch.sweep_interval_s))
+        return min(max(poll, due), self._watch.max_wait_s)
 
     async def step_down(self, timeout_s: float | None = None) -> None:
         """Stop taking requests, hand back queued ones (left unanswered in the hosts' boxes
@@ -243,6 +261,8 @@ class SpmMailServer:
         max_hosts = self._layout.max_hosts
         self._scan_credit += elapsed * max_hosts / self._settings.full_scan_interval_s
         count = min(int(self._scan_credit), max_hosts)
+        if count < scan_batch(max_hosts, self._settings.full_scan_interval_s):
+            return []  # fewer, larger reads: a batch about every FULL_SCAN_BATCH_S
         self._scan_credit -= count
         hosts = [(self._scan_cursor + i) % max_hosts + 1 for i in range(count)]
         self._scan_cursor = (self._scan_cursor + count) % max_hosts

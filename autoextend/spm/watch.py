@@ -31,21 +31,34 @@ Every ring sector is read by the live sweep or by the sweep, so ``live_hosts`` d
 *when* a sector is read, never *whether*: a wrong, failing or odd live set costs latency,
 never a request (a failing callable falls back to the full sweep, logged once).
 
+**The peeker** (``peek.py``): on O_DIRECT storage and the real clock, a long-lived thread
+does the live sweep and the sweep on the cadences above and wakes the server only when a
+ring sector changed; the server then reads those sectors itself at once. The server's own
+live sweep and sweep then run every ``max(PEEK_FALLBACK_S, sweep)``: every ring sector is
+still read *by the server* at that pace, so the peeker decides only when a sector is read
+early, never whether it is read: a dead, hung or wrong peeker costs latency, never a
+request (the same argument as the live set's). Requests are taken only from the server's
+own reads.
+
 The pure parts (cadence math, the tracker of what was seen and who is active) have no I/O.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Callable, Collection
 
 from autoextend import logs
+from autoextend.clock import Clock, MonotonicClock
+from autoextend.directio import DirectStorage
 from autoextend.errors import AutoextendError
 from autoextend.sectors import SectorStorage
 from autoextend.spm.config import MailboxSettings
 from autoextend.spm.counters import ServerCounters
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.layout import MailboxLayout, contiguous_runs
+from autoextend.spm.peek import Peeker, PeekGroup, PeekSource, PeekStats
 from autoextend.spm.wire import Ring, decode_ring
 
 log = logs.get_logger("spm.watch")
@@ -56,6 +69,11 @@ MAX_READ_BYTES = 1 << 20  # one I/O reads at most this much
 MERGE_GAP_BYTES = 4096
 # How often the live set is asked for (the lease changes a host's state in seconds).
 LIVE_REFRESH_S = 1.0
+#: With a peeker running, the server's own reads of every ring sector come at least this
+#: often (the latency bound if the peeker stops; the safety argument does not need it).
+PEEK_FALLBACK_S = 10.0
+#: The slow full scan of the request boxes reads a batch about this often (``scan_batch``).
+FULL_SCAN_BATCH_S = 10.0
 _EPSILON = 1e-6  # what is due this close to now is due now
 #: The server sleeps until this much before what is due (clocks and float sums may land a
 #: hair short of it; less than ``_EPSILON``, so what it wakes for is due).
@@ -99,16 +117,36 @@ def live_interval(cover_count: int, sector_size: int, settings: MailboxSettings,
 
 
 def idle_ring_read_rate(live: Collection[int], max_hosts: int, sector_size: int,
-                        settings: MailboxSettings) -> float:
+                        settings: MailboxSettings, peeking: bool = False) -> float:
     """Bytes/s the SPM reads from the ring area while no host is hot: the live sweep of the
-    live cover plus the sweep of every other ring sector (pure; the I/O budget)."""
+    live cover plus the sweep of every other ring sector, plus, with the ring peeker
+    (``peeking``), the server's own reads of every ring sector every
+    ``max(PEEK_FALLBACK_S, sweep)`` (pure; the I/O budget)."""
     sweep_s = cadence(max_hosts * sector_size, settings.ring_sweep_bytes_per_s,
                       settings.poll_interval_s)
     covered = len(live_cover(live, max_hosts, sector_size))
     rate = (max_hosts - covered) * sector_size / sweep_s
     if covered:
         rate += covered * sector_size / live_interval(covered, sector_size, settings, sweep_s)
+    if peeking:
+        rate += max_hosts * sector_size / max(PEEK_FALLBACK_S, sweep_s)
     return rate
+
+
+def scan_batch(max_hosts: int, full_scan_interval_s: float) -> int:
+    """Request boxes the server's slow full scan reads at once: about
+    ``FULL_SCAN_BATCH_S`` worth of the scan, at least one (pure). Every box is still read once
+    per ``full_scan_interval_s`` (give or take one batch), in a read every few seconds rather
+    than one host's ring and box every poll."""
+    return max(1, min(max_hosts, int(max_hosts * FULL_SCAN_BATCH_S / full_scan_interval_s)))
+
+
+def peek_source(storage: SectorStorage, clock: Clock) -> PeekSource | None:
+    """The peeker's reader for ``storage``: only storage that opens readers of its own
+    (O_DIRECT) on the real clock (a thread cannot follow an injected clock)."""
+    if isinstance(storage, DirectStorage) and isinstance(clock, MonotonicClock):
+        return storage.open_reader
+    return None
 
 
 def ring_key(data: bytes, host_id: int) -> tuple[RingKey, Ring | CorruptSector]:
@@ -159,6 +197,7 @@ class RingWatch:
         counters: ServerCounters,
         live_hosts: LiveHosts | None = None,
         repeats: logs.Repeats | None = None,
+        peek: PeekSource | None = None,
     ) -> None:
         self._storage = storage
         self._layout = layout
@@ -182,22 +221,87 @@ class RingWatch:
         self._last_hot = -1e18
         self._raw: dict[int, bytes] = {}  # the bytes last read of each ring sector
         self._runs: dict[tuple[int, int], bytes] = {}  # ... and of each run read together
+        self._peek = peek
+        self._peeker: Peeker | None = None
+        self._nudged: set[int] = set()  # hosts the peeker saw change, read at the next poll
+        self._nudge: Callable[[], None] = lambda: None
+        # the server's own cadences (the sweep's and the live sweep's, slower with a peeker)
+        self._loop_sweep_s = self.sweep_interval_s
+        self._loop_live_s = self.sweep_interval_s
+
+    @property
+    def max_wait_s(self) -> float:
+        """The longest the server may sleep: until its own next sweep."""
+        return max(self._settings.poll_interval_s, self._loop_sweep_s)
+
+    @property
+    def peek_stats(self) -> PeekStats | None:
+        """The running peeker's counts (None: no peeker)."""
+        return None if self._peeker is None else self._peeker.stats
 
     @property
     def live_cover(self) -> list[int]:
         """The ring sectors the live sweep reads now (empty: the sweep reads them all)."""
         return list(self._cover)
 
-    async def start(self, now: float) -> None:
-        """Read every ring sector (nothing is reported: the caller reads every box next).
+    async def start(self, now: float, nudge: Callable[[], None] | None = None) -> None:
+        """Read every ring sector (nothing is reported: the caller reads every box next),
+        then start the peeker if there is one (``nudge`` wakes the server when it saw a
+        change; it is called on the event loop).
 
         Raises:
             StorageError: the ring area could not be read.
         """
         await self._read(self._all, raise_errors=True, counting=False)
+        if self._peek is not None:
+            self._nudge = nudge or self._nudge
+            loop = asyncio.get_running_loop()
+            self._peeker = Peeker(
+                self._peek, self._layout.ring_offset, self._layout.sector_size,
+                lambda hosts: loop.call_soon_threadsafe(self._peeked, hosts),
+                lambda reason: loop.call_soon_threadsafe(self._peek_failed, reason),
+                self._raw)
+            self._loop_sweep_s = max(PEEK_FALLBACK_S, self.sweep_interval_s)
         self._refresh_live(now)
-        self._next_sweep = now + self.sweep_interval_s
-        self._next_live = now + self.live_interval_s
+        self._configure_peeker()
+        self._next_sweep = now + self._loop_sweep_s
+        self._next_live = now + self._loop_live_s
+        if self._peeker is not None:
+            self._peeker.start()
+
+    def stop(self) -> None:
+        """Stop the peeker (the server stopped)."""
+        if self._peeker is not None:
+            self._peeker.stop()
+            self._peeker = None
+
+    def _peeked(self, hosts: list[int]) -> None:
+        """On the loop: the peeker saw these ring sectors change."""
+        if self._peeker is None:
+            return
+        self._counters.peek_nudges += 1
+        self._nudged.update(hosts)
+        self._nudge()
+
+    def _peek_failed(self, reason: str) -> None:
+        """On the loop: the peeker ended; the server reads on its own cadences again."""
+        if self._peeker is None:
+            return
+        self._peeker = None
+        self._counters.peek_errors += 1
+        self._loop_sweep_s = self.sweep_interval_s
+        self._loop_live_s = self.live_interval_s
+        self._next_sweep = self._next_live = 0.0  # everything is read at the next poll
+        log.warning("ring peeker stopped, the server reads on its own cadence", error=reason)
+        self._nudge()
+
+    def _configure_peeker(self) -> None:
+        if self._peeker is None:
+            return
+        groups = [PeekGroup(tuple(self._rest), self.sweep_interval_s)]
+        if self._cover:
+            groups.append(PeekGroup(tuple(self._cover), self.live_interval_s))
+        self._peeker.configure(groups)
 
     def mark_active(self, host_id: int, now: float) -> None:
         self.tracker.mark_active(host_id, now)
@@ -209,7 +313,8 @@ class RingWatch:
         not read keep their old state, so their changes show up at the next read (a failed
         sweep or live sweep is tried again at the next poll)."""
         self._refresh_live(now)
-        hosts: set[int] = set()
+        hosts: set[int] = set(self._nudged)
+        self._nudged.clear()
         sweep = now >= self._next_sweep - _EPSILON
         live = bool(self._cover) and now >= self._next_live - _EPSILON
         if sweep:
@@ -229,20 +334,22 @@ class RingWatch:
                 hosts.update(hot)
         elif hot:
             self._last_hot = now  # every hot host is read anyway
-        if not hosts:
-            return {}
-        changed, failed = await self._read(sorted(hosts))
+        # A sweep with nothing to read (every sector live) is still done: rescheduled, else
+        # it stays due and the server wakes at every poll for it.
+        changed, failed = await self._read(sorted(hosts)) if hosts else ({}, False)
         retry = self._settings.poll_interval_s
         if sweep:
-            self._next_sweep = now + (retry if failed else self.sweep_interval_s)
+            self._next_sweep = now + (retry if failed else self._loop_sweep_s)
         if live:
-            self._next_live = now + (retry if failed else self.live_interval_s)
+            self._next_live = now + (retry if failed else self._loop_live_s)
         return changed
 
     def next_due(self, now: float) -> float:
         """When :meth:`poll` has something to read next (the sweep, the live sweep, the hot
         hosts' next read, the next ask for the live set): the server sleeps until then
         instead of waking every ``poll_interval_s`` to find nothing due."""
+        if self._nudged:
+            return now
         due = self._next_sweep
         if self._cover:
             due = min(due, self._next_live)
@@ -270,12 +377,14 @@ class RingWatch:
         covered = set(cover)
         self._cover = cover
         self._rest = [h for h in self._all if h not in covered]
-        old_interval = self.live_interval_s
+        old_interval = self._loop_live_s
         self.live_interval_s = live_interval(len(cover), layout.sector_size, self._settings,
                                              self.sweep_interval_s)
+        self._loop_live_s = self._loop_sweep_s if self._peeker else self.live_interval_s
         # A sector leaving the live sweep is read by the next sweep, at most a sweep from now.
         self._next_live = min(self._next_live,
-                              self._next_live - old_interval + self.live_interval_s)
+                              self._next_live - old_interval + self._loop_live_s)
+        self._configure_peeker()
         log.info("live sweep", hosts=len(covered), interval_s=round(self.live_interval_s, 3))
 
     def _ask_live(self) -> frozenset[int] | None:

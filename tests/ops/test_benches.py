@@ -34,7 +34,7 @@ def test_every_benchmark_is_run_and_has_a_smoke_run() -> None:
 
 # Benchmarks that use only CPU and private files run beside the unit tests (marker cpu); the
 # others use QEMU, libvirtd, lvm2 or loop devices (the rig stage, one at a time).
-CPU_ONLY = {"bench.mailbox_bench", "bench.lease_bench"}
+CPU_ONLY = {"bench.mailbox_bench", "bench.spmidle_bench", "bench.lease_bench"}
 
 
 def _param(bench: list[str]) -> object:
