@@ -36,7 +36,6 @@ from autoextend.sectorfakes import MemoryStorage
 from autoextend.sectors import SectorStorage, StorageError
 from autoextend.spm.config import MailboxSettings, mailbox_base
 from autoextend.spm.layout import MailboxLayout
-from autoextend.spm.replybox import ReplyBoxes
 from autoextend.volumes import ExtendResult, VolumeRef
 
 MAX_HOSTS = 8
@@ -262,36 +261,40 @@ def test_repeats_reminds_while_a_cause_lasts() -> None:
     assert [e["log_level"] for e in logs if e["log_level"] != "debug"] == ["warning"] * 3
 
 
-async def test_an_spm_whose_start_up_read_fails_retries_and_serves(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+class StartupFaults(Outage):
+    """Fails the SPM's start-up read of every host's reply boxes (one read longer than one
+    box, at the first box) ``failures`` times; a host's read of its own box still works."""
+
+    def __init__(self, inner: SectorStorage, layout: MailboxLayout, failures: int) -> None:
+        super().__init__(inner)
+        self.layout, self.failures = layout, failures
+
+    async def read(self, offset: int, length: int) -> bytes:
+        if (self.failures and offset == self.layout.reply_offset(1)
+                and length > self.layout.reply_box_bytes):
+            self.failures -= 1
+            raise StorageError(self.path, "read", offset, length, "I/O error (injected)")
+        return await self.inner.read(offset, length)
+
+
+async def test_an_spm_whose_start_up_read_fails_retries_and_serves() -> None:
     """The metadata area errors just as this host takes the SPM role: the mail server's
-    start-up read fails. Before, the StorageError left the term and ended the whole agent
-    (seen as a 1-in-6 failure of the real-time outage test above, when the outage began in
-    the start-up). Now the start-up is retried with a backoff while the term holds: one
-    warning, the role kept, the request served once the area answers again."""
-    failures = 3
-    real_load = ReplyBoxes.load
-
-    async def failing_load(self: ReplyBoxes) -> None:
-        nonlocal failures
-        if failures:
-            failures -= 1
-            raise StorageError("/outage/area", "read", 0, 4096, "I/O error (injected)")
-        await real_load(self)
-
-    monkeypatch.setattr(ReplyBoxes, "load", failing_load)
+    start-up read of the reply boxes fails. Before, the StorageError left the term and ended
+    the whole agent (seen as a 1-in-6 failure of the real-time outage test above, when the
+    outage began in the start-up). Now the start-up is retried with a backoff while the term
+    holds: one warning, the role kept, the request served once the area answers again."""
     lease = LeaseSettings(path="/outage/area", host_id=1, host_name="h1", max_hosts=MAX_HOSTS)
     mailbox = MailboxSettings(max_hosts=MAX_HOSTS)
     layout = MailboxLayout(mailbox_base(mailbox, 0), 512, MAX_HOSTS)
     memory = MemoryStorage(layout.end, 512)
     await format_area(memory, LeaseLayout(0, 512, MAX_HOSTS), lease.io_timeout_s)
+    storage = StartupFaults(memory, layout, failures=3)
     clock = ManualClock()
     agent = agent_on(clock, lease, mailbox)
     outcome: list[Any] = []
     with capture_logs() as logs:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(agent.run_on, memory)
+            tg.start_soon(agent.run_on, storage)
 
             async def ask() -> None:
                 outcome.append(await agent.extender().extend(VOLUME, 128 * MiB))
@@ -306,7 +309,7 @@ async def test_an_spm_whose_start_up_read_fails_retries_and_serves(
                 if outcome:
                     break
             tg.cancel_scope.cancel()
-    assert failures == 0
+    assert storage.failures == 0
     assert outcome and outcome[0].ok, outcome
     events = [e["event"] for e in logs]
     retry = "SPM mail server could not start on an I/O error; retrying"
