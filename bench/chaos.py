@@ -127,6 +127,11 @@ def render(report: SoakReport) -> str:
         lines.append(f"| {name} | {g['host']} | {g['mib']} | {g['rate_kib_s']} | "
                      f"{g['verified']} | {g['size']} | "
                      f"{'clean' if g['qemu_img_check_clean'] else 'NOT clean'} |")
+    if report.late_guests:
+        lines += ["", "## Guests slower than planned (still writing at their finish time; "
+                  "given more time while they moved)", ""]
+        lines += [f"- {name}: {mib} MiB written when the first wait ran out"
+                  for name, mib in sorted(report.late_guests.items())]
     if report.unexpected_exits:
         lines += ["", "## Host exits outside a fault (restarted)", ""]
         lines += [f"- {x}" for x in report.unexpected_exits]

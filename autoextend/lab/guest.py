@@ -215,6 +215,20 @@ def find_result(serial_text: str) -> GuestResult | None:
     return parse_result(found) if found is not None else None
 
 
+def last_progress(serial_text: str) -> int | None:
+    """The guest's last complete progress report (MiB written), or None before the first."""
+    found = None
+    complete, _, _ = serial_text.rpartition("\n")
+    for line in complete.splitlines():
+        at = line.find(PROGRESS_MARKER)
+        if at < 0:
+            continue
+        _, sep, value = line[at + len(PROGRESS_MARKER):].strip().partition("written_mib=")
+        if sep and value.isdigit():
+            found = int(value)
+    return found
+
+
 def pattern_block(pattern: Pattern, seed: int) -> bytes:
     """The block the guest repeats to make its data stream (same bytes as its ``seq -w``)."""
     if pattern is Pattern.FILL:

@@ -17,6 +17,7 @@ from autoextend.lab.guest import (
     expected_md5,
     find_result,
     format_result,
+    last_progress,
     parse_cmdline,
     parse_result,
     pattern_block,
@@ -164,3 +165,11 @@ def test_expected_md5_depends_on_length_and_seed() -> None:
     assert expected_md5(GuestJob(mib=1, pattern=Pattern.FILL, seed=0)) == (
         "b6d81b360a5672d80c27430f39153e2c"  # md5 of 1 MiB of zero bytes
     )
+
+
+def test_last_progress_reads_complete_lines_only() -> None:
+    assert last_progress("boot\n") is None
+    text = "AUTOEXTEND-GUEST-PROGRESS written_mib=16\n[ 1.0] AUTOEXTEND-GUEST-PROGRESS written_mib=32\n"
+    assert last_progress(text) == 32
+    assert last_progress(text + "AUTOEXTEND-GUEST-PROGRESS written_mib=4") == 32  # cut short
+    assert last_progress(text + "AUTOEXTEND-GUEST-PROGRESS written_mib=x\n") == 32
