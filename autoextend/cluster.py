@@ -46,7 +46,7 @@ from autoextend.lease.engine_record import check_engine
 from autoextend.lease.liveness import HostState
 from autoextend.logs import get_logger
 from autoextend.metadata_area import AreaTooSmall, check_journal_fits
-from autoextend.monitor.protocols import ExtendOutcome
+from autoextend.monitor.protocols import ExtendOutcome, RefreshGate
 from autoextend.sectors import SectorStorage, StorageError
 from autoextend.spm.config import MailboxSettings, journal_base, mailbox_base
 from autoextend.spm.extender import MailboxExtender
@@ -390,7 +390,8 @@ class AgentExtender:
         self._inner: MailboxExtender | None = None
 
     async def extend(
-        self, volume: VolumeRef, size: int, *, refresh: bool = True
+        self, volume: VolumeRef, size: int, *, refresh: bool = True,
+        may_refresh: RefreshGate | None = None,
     ) -> ExtendOutcome:
         if self._inner is None:
             mailbox = await self._agent.wait_joined()
@@ -398,4 +399,4 @@ class AgentExtender:
                                           clock=self._agent.clock)
         if not refresh:
             return await self._inner.extend(volume, size, refresh=False)
-        return await self._inner.extend(volume, size)
+        return await self._inner.extend(volume, size, may_refresh=may_refresh)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import anyio
 
 from autoextend.lvm.reserve import FreeSpaceBackend
-from autoextend.monitor.protocols import Extender, ExtendOutcome
+from autoextend.monitor.protocols import Extender, ExtendOutcome, RefreshGate
 from autoextend.volumes import SpmAuthority, VolumeRef
 
 
@@ -33,11 +33,12 @@ class HeldExtender:
         self._open.set()
 
     async def extend(
-        self, volume: VolumeRef, size: int, *, refresh: bool = True
+        self, volume: VolumeRef, size: int, *, refresh: bool = True,
+        may_refresh: RefreshGate | None = None,
     ) -> ExtendOutcome:
         self.calls += 1
         await self._open.wait()
-        return await self.inner.extend(volume, size, refresh=refresh)
+        return await self.inner.extend(volume, size, refresh=refresh, may_refresh=may_refresh)
 
 
 def no_spm_backend(term: SpmAuthority) -> FreeSpaceBackend:

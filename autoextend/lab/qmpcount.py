@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.observer import ExtendFinished, MonitorEvent, Resumed
-from autoextend.monitor.protocols import Extender, ExtendOutcome
+from autoextend.monitor.protocols import Extender, ExtendOutcome, RefreshGate
 from autoextend.qmp.connection import commands_after
 from autoextend.qmp.errors import VmNotFound
 from autoextend.qmp.hypervisor import QmpHypervisor
@@ -74,9 +74,10 @@ class _MarkOk:
         self.inner = inner
         self._counts = counts
 
-    async def extend(self, volume: VolumeRef, size: int, *, refresh: bool = True
-                     ) -> ExtendOutcome:
-        outcome = await self.inner.extend(volume, size, refresh=refresh)
+    async def extend(self, volume: VolumeRef, size: int, *, refresh: bool = True,
+                     may_refresh: RefreshGate | None = None) -> ExtendOutcome:
+        outcome = await self.inner.extend(volume, size, refresh=refresh,
+                                          may_refresh=may_refresh)
         if outcome.ok:
             self._counts._at_ok.update(self._counts._counts())
         return outcome

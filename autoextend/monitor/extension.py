@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
@@ -188,7 +189,10 @@ class Extensions:
         outcome: ExtendOutcome | None = None
         with anyio.move_on_after(deadline):
             if await self._migrations.may_refresh(vm):
-                outcome = await extender.extend(d.volume, target)
+                # asked again right before the refresh: a request through the SPM can
+                # outlast the start of a migration out (monitor/migration.py)
+                outcome = await extender.extend(
+                    d.volume, target, may_refresh=partial(self._migrations.may_refresh, vm))
             else:  # migrating out: grow the volume, leave this host's view (migration.py)
                 outcome = await extender.extend(d.volume, target, refresh=False)
         if outcome is None:

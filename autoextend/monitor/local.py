@@ -10,7 +10,7 @@ import time
 
 from autoextend.errors import VolumeError
 from autoextend.logs import get_logger
-from autoextend.monitor.protocols import ExtendOutcome, OutcomeCode, OutcomeKind
+from autoextend.monitor.protocols import ExtendOutcome, OutcomeCode, OutcomeKind, RefreshGate
 from autoextend.volumes import (
     ExtendsAndRefreshes,
     VolumeBackend,
@@ -27,7 +27,8 @@ class LocalExtender:
         self.backend = backend
 
     async def extend(
-        self, volume: VolumeRef, size: int, *, refresh: bool = True
+        self, volume: VolumeRef, size: int, *, refresh: bool = True,
+        may_refresh: RefreshGate | None = None,  # one short local step: asked just before
     ) -> ExtendOutcome:
         t0 = time.monotonic()
         both = self.backend if isinstance(self.backend, ExtendsAndRefreshes) else None

@@ -29,6 +29,7 @@ from autoextend.monitor.protocols import (
     OutcomeCode,
     OutcomeKind,
     PauseReason,
+    RefreshGate,
     RunState,
     ThresholdCrossed,
     VmAppeared,
@@ -417,12 +418,15 @@ class MemoryExtender:
         self.metadata: dict[VolumeRef, int] = {}
 
     async def extend(
-        self, volume: VolumeRef, size: int, *, refresh: bool = True
+        self, volume: VolumeRef, size: int, *, refresh: bool = True,
+        may_refresh: RefreshGate | None = None,
     ) -> ExtendOutcome:
         self.calls += 1
-        self.unrefreshed += not refresh
         if self.gate is not None:
             await self.gate.wait()
+        if refresh and may_refresh is not None and not await may_refresh():
+            refresh = False  # as the mailbox extender: asked after the (held) request
+        self.unrefreshed += not refresh
         if self.fail_with is not None:
             return ExtendOutcome(self.fail_with, 0, "injected failure")
         if not refresh:

@@ -8,6 +8,7 @@ queries with :class:`DriveInfo`. Nothing here knows about mailboxes or LVM comma
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -414,6 +415,11 @@ class ExtendOutcome:
         return self.kind is OutcomeKind.OK
 
 
+#: Asked right before an extender refreshes this host's view: may it still? (False: a
+#: migration out began while the request was in flight, see ``Extender``.)
+RefreshGate = Callable[[], Awaitable[bool]]
+
+
 class Extender(Protocol):
     """Gets a volume to at least ``size`` bytes and visible at that size on this host.
 
@@ -424,8 +430,15 @@ class Extender(Protocol):
     ``refresh=False`` (passed only while the VM migrates out of this host): get the volume
     to ``size`` in metadata but leave this host's view as it is; the outcome has
     ``refreshed=False`` and the size in metadata.
+
+    ``may_refresh``: asked right before this host's view would be refreshed. A request
+    through the SPM can take seconds (a failover: minutes), and a migration out can begin
+    meanwhile; False then leaves the view as with ``refresh=False``. An extender whose
+    extend and refresh are one short local step may ignore it (the monitor asked just
+    before the call).
     """
 
     async def extend(
-        self, volume: VolumeRef, size: int, *, refresh: bool = True
+        self, volume: VolumeRef, size: int, *, refresh: bool = True,
+        may_refresh: RefreshGate | None = None,
     ) -> ExtendOutcome: ...

@@ -10,7 +10,7 @@ from __future__ import annotations
 from autoextend import logs
 from autoextend.clock import Clock, MonotonicClock
 from autoextend.errors import AutoextendError
-from autoextend.monitor.protocols import ExtendOutcome, OutcomeCode, OutcomeKind
+from autoextend.monitor.protocols import ExtendOutcome, OutcomeCode, OutcomeKind, RefreshGate
 from autoextend.spm.errors import MailboxError, MailboxTimeout
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.wire import ReasonCode, Status
@@ -36,7 +36,8 @@ class MailboxExtender:
         self._clock = clock or MonotonicClock()
 
     async def extend(
-        self, volume: VolumeRef, size: int, *, refresh: bool = True
+        self, volume: VolumeRef, size: int, *, refresh: bool = True,
+        may_refresh: RefreshGate | None = None,
     ) -> ExtendOutcome:
         bound = log.bind(volume=str(volume), host_id=self._mailbox.host_id)
         started = self._clock.now()
@@ -60,6 +61,8 @@ class MailboxExtender:
                                  code=OutcomeCode.VG_FULL if reply.reason is ReasonCode.NO_SPACE
                                  else OutcomeCode.NONE)
         t_reply = self._clock.now()
+        if refresh and may_refresh is not None and not await may_refresh():
+            refresh = False  # a migration out began while the request was at the SPM
         if not refresh:  # a VM migrating out: this host's view stays as it is
             bound.info("extended through the SPM; refresh deferred", size=reply.size,
                        duration_s=t_reply - started)

@@ -47,7 +47,7 @@ from autoextend.lab.singlehost import lab_host
 from autoextend.lab.thinvol import qemu_img_check
 from autoextend.lab.waiting import until
 from autoextend.lvm import loopdev
-from autoextend.monitor.protocols import Extender, ExtendOutcome, Hypervisor
+from autoextend.monitor.protocols import Extender, ExtendOutcome, Hypervisor, RefreshGate
 from autoextend.qmp.hypervisor import QmpHypervisor
 from autoextend.volumes import VolumeRef
 
@@ -164,10 +164,11 @@ class LandsThenHeld:
         self.landed = anyio.Event()
         self.go = anyio.Event()
 
-    async def extend(self, volume: VolumeRef, size: int, *, refresh: bool = True
-                     ) -> ExtendOutcome:
+    async def extend(self, volume: VolumeRef, size: int, *, refresh: bool = True,
+                     may_refresh: RefreshGate | None = None) -> ExtendOutcome:
         await self.start.wait()
-        outcome = await self.inner.extend(volume, size, refresh=refresh)
+        outcome = await self.inner.extend(volume, size, refresh=refresh,
+                                          may_refresh=may_refresh)
         self.landed.set()
         await self.go.wait()
         return outcome

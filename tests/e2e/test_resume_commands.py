@@ -59,7 +59,8 @@ class AtThePause:
         self.inner = inner
         self.host = host
 
-    async def extend(self, volume: Any, size: int, *, refresh: bool = True) -> Any:
+    async def extend(self, volume: Any, size: int, *, refresh: bool = True,
+                     may_refresh: Any = None) -> Any:
         vm = next(g.vm for g in self.host.guests.values() if g.volume == volume)
         with anyio.move_on_after(5.0):
             async with vm.qmp("at-the-pause") as client:
@@ -68,7 +69,8 @@ class AtThePause:
                     if isinstance(status, dict) and status.get("status") == "io-error":
                         break
                     await anyio.sleep(0.002)  # time is the subject: QEMU's own stop
-        return await self.inner.extend(volume, size, refresh=refresh)
+        return await self.inner.extend(volume, size, refresh=refresh,
+                                       may_refresh=may_refresh)
 
 
 def counted(host: LabHost, counts: CommandCounts) -> HeldExtender:

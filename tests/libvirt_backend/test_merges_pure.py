@@ -21,7 +21,7 @@ from autoextend.libvirt_backend.jobs import CommitNeeds
 from autoextend.libvirt_backend.merges import ChainImage, MergeChoiceError, MergePair
 from autoextend.monitor import jobpolicy
 from autoextend.monitor.config import PolicySettings
-from autoextend.monitor.protocols import DriveInfo, ExtendOutcome, OutcomeKind
+from autoextend.monitor.protocols import DriveInfo, ExtendOutcome, OutcomeKind, RefreshGate
 from autoextend.monitor.vm import FixedPolicy
 from autoextend.prepare_merge import MergeNotPrepared, merge_request, prepare_merge
 from autoextend.qemuimg import Measure
@@ -187,8 +187,8 @@ class Extender:
     outcome: OutcomeKind = OutcomeKind.OK
     calls: list[tuple[VolumeRef, int]] = field(default_factory=list)
 
-    async def extend(self, volume: VolumeRef, size: int, *,
-                     refresh: bool = True) -> ExtendOutcome:
+    async def extend(self, volume: VolumeRef, size: int, *, refresh: bool = True,
+                     may_refresh: RefreshGate | None = None) -> ExtendOutcome:
         self.calls.append((volume, size))
         if self.outcome is OutcomeKind.OK:
             return ExtendOutcome(OutcomeKind.OK, size)

@@ -289,3 +289,30 @@ async def test_a_crossing_after_a_failed_rearm_is_acted_on_from_the_event() -> N
         await until(lambda: rig.ext.unrefreshed == 1, describe=rig.describe)
         assert views.refreshed == []
         tg.cancel_scope.cancel()
+
+
+async def test_a_migration_that_begins_while_the_request_is_at_the_spm_freezes_the_view(
+) -> None:
+    """The check before an extension's refresh is made right before the refresh, not only
+    before the request: a request through the SPM can take seconds (a failover), and a
+    migration out that begins meanwhile must find this host's view as it was. Found by the
+    chaos soak: the source's view grew 16 MiB after it had logged the migration."""
+    rig, views = make_rig()
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 4096 * MiB)})
+    rig.ext.gate = anyio.Event()  # the request waits at the "SPM"
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.hv.thresholds != [], describe=rig.describe)
+        rig.hv.write("vm1", "vda", 200 * MiB)  # crosses the threshold: the request goes out
+        await until(lambda: rig.ext.calls == 1, describe=rig.describe)
+        rig.hv.migrate("vm1", MigrationInfo(Role.SOURCE, Phase.ACTIVE))
+        await until(lambda: entry(rig).get("migration") == "migrating-out",
+                    describe=rig.describe)
+        rig.ext.gate.set()  # the SPM answers after the migration began
+        await until(lambda: rig.ext.unrefreshed == 1, describe=rig.describe)
+        for _ in range(3):
+            await rig.advance(SETTINGS.poll_interval_s)
+        assert rig.volumes.sizes[VOL] == 256 * MiB  # this host's view never grew
+        assert rig.ext.metadata[VOL] > 256 * MiB   # the extension is in metadata
+        assert views.refreshed == [] and rig.hv.resumes == []
+        tg.cancel_scope.cancel()
