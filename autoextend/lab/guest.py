@@ -56,9 +56,12 @@ class GuestJob:
     offset_mib: int = 0
     mode: Mode = Mode.WRITE
     expect_md5: str = ""  # if set, the guest compares with this instead of regenerating
+    # seconds the guest waits between its writes and its read-back (printing a HOLD line
+    # first): a test can stop it there, e.g. for a migration's switchover
+    hold_s: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("mib", "rate_kib_s", "offset_mib"):
+        for name in ("mib", "rate_kib_s", "offset_mib", "hold_s"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not (
                 0 <= value <= MAX_NUMBER
@@ -87,6 +90,8 @@ def build_cmdline(job: GuestJob, extra: tuple[str, ...] = ()) -> str:
     ]
     if job.expect_md5:
         params.append(f"ae_expect={job.expect_md5}")
+    if job.hold_s:
+        params.append(f"ae_hold_s={job.hold_s}")
     return " ".join(params)
 
 
@@ -113,6 +118,7 @@ def parse_cmdline(cmdline: str) -> GuestJob:
             offset_mib=int(values.get("ae_offset_mib", "0")),
             mode=Mode(values.get("ae_mode", "write")),
             expect_md5=values.get("ae_expect", ""),
+            hold_s=int(values.get("ae_hold_s", "0")),
         )
     except (KeyError, TypeError) as err:
         raise ValueError(f"bad guest job: {err}") from err

@@ -31,6 +31,7 @@ mount -t tmpfs tmp /tmp
 set -f
 
 MIB=0; RATE_KIB=0; PATTERN=counter; SEED=1; DEV=/dev/vda; OFFSET_MIB=0; MODE=write; EXPECT=
+HOLD_S=0
 WRITTEN=0; GOT=-; WANT=-; BOOT_CS=0; WRITE_CS=0; VERIFY_CS=0
 
 now_cs() { read -r up _ < /proc/uptime; NOW=$(( ${up%.*} * 100 + 1${up#*.} - 100 )); }
@@ -61,9 +62,10 @@ for word in $CMDLINE; do
         ae_offset_mib=*) OFFSET_MIB=${word#*=} ;;
         ae_mode=*) MODE=${word#*=} ;;
         ae_expect=*) EXPECT=${word#*=} ;;
+        ae_hold_s=*) HOLD_S=${word#*=} ;;
     esac
 done
-for v in MIB RATE_KIB SEED OFFSET_MIB; do
+for v in MIB RATE_KIB SEED OFFSET_MIB HOLD_S; do
     eval "val=\$$v"
     is_num "$val" || finish fail "bad-$v"
 done
@@ -124,6 +126,10 @@ if [ "$MODE" = write ]; then
     dd of="$DEV" if=/dev/null count=0 conv=notrunc,fsync 2>/dev/null || ERR=${ERR:-flush-failed}
     now_cs; WRITE_CS=$((NOW - BOOT_CS))
     [ -n "$ERR" ] && finish fail "$ERR"
+    if [ "$HOLD_S" -gt 0 ]; then
+        echo "AUTOEXTEND-GUEST-HOLD s=$HOLD_S"
+        sleep "$HOLD_S"
+    fi
 fi
 
 now_cs; start=$NOW

@@ -36,6 +36,7 @@ jobs = st.builds(
     offset_mib=st.integers(0, 10**6),
     mode=st.sampled_from(Mode),
     expect_md5=st.one_of(st.just(""), md5s),
+    hold_s=st.integers(0, 10**6),
 )
 
 seconds = st.integers(0, 10**6).map(lambda cs: cs / 100)
