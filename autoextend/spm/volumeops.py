@@ -49,6 +49,7 @@ from typing import Protocol, cast
 
 from autoextend.lvm.loop_pool import loop_pool_writer
 from autoextend.lvm.vsize import BadVsizeTag, vsize_from_tags
+from autoextend.spm.devicegate import PvView
 from autoextend.spm.journal import Op
 from autoextend.spm.reducing import Verdict
 from autoextend.spm.wire import ReasonCode, Status
@@ -116,21 +117,8 @@ class FoundLv(Protocol):
     def tags(self) -> tuple[str, ...]: ...
 
 
-class GrownPv(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def uuid(self) -> str: ...
-
-    @property
-    def device_size(self) -> int: ...
-
-    @property
-    def room(self) -> int: ...
-
-    @property
-    def extent_count(self) -> int: ...
+class GrownPv(PvView, Protocol):
+    """A PV the writer can grow: the device gate's view of it, and its extent size."""
 
     @property
     def extent_size(self) -> int: ...
