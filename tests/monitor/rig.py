@@ -64,3 +64,19 @@ class Rig:
         """Move the manual clock, then :meth:`settle`."""
         self.clock.advance(seconds)
         await self.settle(extensions=extensions)
+
+
+class Views:
+    """The monitor's volume views for migration tests: a refresh makes this host's view
+    catch up with the size the extender put in metadata (``MemoryExtender.metadata``)."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+        self.refreshed: list[VolumeRef] = []
+
+    async def refresh(self, volume: VolumeRef) -> int:
+        """This host's view catches up with the size in metadata."""
+        self.refreshed.append(volume)
+        sizes = self.rig.volumes.sizes
+        sizes[volume] = max(sizes[volume], self.rig.ext.metadata.get(volume, 0))
+        return sizes[volume]

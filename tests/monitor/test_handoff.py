@@ -21,20 +21,7 @@ from autoextend.monitor.migration import MigrationInfo, Phase, Role
 from autoextend.monitor.policy import MiB
 from autoextend.monitor.protocols import OutcomeKind, PauseReason, VmResumed
 from autoextend.volumes import VolumeRef
-from tests.monitor.rig import SETTINGS, VOL, Rig
-
-
-class Views:
-    def __init__(self, rig: Rig) -> None:
-        self.rig = rig
-        self.refreshed: list[VolumeRef] = []
-
-    async def refresh(self, volume: VolumeRef) -> int:
-        """This host's view catches up with the size in metadata."""
-        self.refreshed.append(volume)
-        sizes = self.rig.volumes.sizes
-        sizes[volume] = max(sizes[volume], self.rig.ext.metadata.get(volume, 0))
-        return sizes[volume]
+from tests.monitor.rig import SETTINGS, VOL, Rig, Views
 
 
 def entry(rig: Rig) -> dict[str, object]:

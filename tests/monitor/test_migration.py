@@ -33,7 +33,7 @@ from autoextend.monitor.protocols import DriveInfo, DrivesChanged, PauseReason
 from autoextend.qmp.errors import MalformedReply
 from autoextend.qmp.migration import migration_info, migration_phase
 from autoextend.volumes import VolumeRef
-from tests.monitor.rig import SETTINGS, Rig
+from tests.monitor.rig import SETTINGS, Rig, Views
 
 VOL = VolumeRef("vg0", "lv1")
 infos = st.builds(MigrationInfo, st.sampled_from(Role), st.sampled_from(Phase))
@@ -141,19 +141,6 @@ def test_ended_phases() -> None:
 
 
 # ------------------------------------------------------------------ the monitor
-
-
-class Views:
-    def __init__(self, rig: Rig) -> None:
-        self.rig = rig
-        self.refreshed: list[VolumeRef] = []
-
-    async def refresh(self, volume: VolumeRef) -> int:
-        """This host's view catches up with the size in metadata."""
-        self.refreshed.append(volume)
-        sizes = self.rig.volumes.sizes
-        sizes[volume] = max(sizes[volume], self.rig.ext.metadata.get(volume, 0))
-        return sizes[volume]
 
 
 def make_rig() -> tuple[Rig, Views]:
