@@ -73,6 +73,18 @@ async def stalled_spm_run(directory: Path, *, throttle: bool
         return result.verified, monitor_events(p, host, volume), before
 
 
+def timeline(events: list[dict[str, Any]]) -> str:
+    """The events as one line each (time, event, the fields that tell the story): what a
+    failure shows, so that a run on CI can be read without its host logs."""
+    keys = ("reason", "limit_mib_s", "threshold", "physical", "allocation", "duration_s",
+            "request_id", "state", "error")
+    lines = []
+    for e in events:
+        fields = " ".join(f"{k}={e[k]}" for k in keys if k in e)
+        lines.append(f"{str(e.get('timestamp', ''))[11:23]} {e.get('event')} {fields}")
+    return "\n".join(lines)
+
+
 def pauses(events: list[dict[str, Any]]) -> int:
     return sum(1 for e in events if e.get("event") == "vm paused" and e.get("reason") == "enospc")
 
@@ -86,8 +98,7 @@ async def test_throttle_carries_a_guest_through_a_stopped_spm(lab_tmp_path: Path
     # extensions, no p99 measured yet) a guest under heavy load can outrun an extension of
     # ordinary latency; CI saw one such pause with a CPU-heavy soak beside the suite.
     print(f"pauses before the stall: {pauses(events[:before])}")
-    assert pauses(events[before:]) == 0, [e for e in events[before:]
-                                          if e.get("event") == "vm paused"]
+    assert pauses(events[before:]) == 0, "a pause from the stall on:\n" + timeline(events)
     assert THROTTLED in names, "the stall did not throttle the guest"
     first = names.index(THROTTLED)
     lifted = names.index(LIFTED, first)
