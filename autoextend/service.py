@@ -194,7 +194,7 @@ def make_cluster_agent(
     if isinstance(inner, LvmVolumeBackend):
         devices = DeviceViews(inner.reader, settings.lvm.vgs, clock)
     elif isinstance(inner, LoopVolumeBackend):
-        devices = partial(loop_device_views, inner.root, settings.lvm.vgs)
+        devices = partial(loop_device_views, inner.root, settings.lvm.vgs, inner)
     return ClusterAgent(settings.lease, settings.mailbox, settings.lvm.vgs, host_backend,
                         spm_backend, clock, checks=checks, in_use=in_use, summary=summary,
                         handoff=handoff, devices=devices)
