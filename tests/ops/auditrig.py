@@ -5,31 +5,17 @@ alert rules, and a guest that writes slowly into a 128 MiB volume, its drive arm
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
-
 from autoextend.lab.guest import GuestJob
 from autoextend.lab.singlehost import Guest, LabHost, lab_host
 from autoextend.lab.waiting import until
 
-from .promserver import Prometheus, free_port, prometheus
-
-
-async def prom_until(prom: Prometheus, cond: Callable[[Prometheus], Any], timeout: float,  # noqa: ASYNC109
-                     what: str) -> Any:
-    """Poll ``cond(prom)`` (in a worker thread) until truthy; fail naming ``what``."""
-    with anyio.move_on_after(timeout):
-        while True:
-            found = await anyio.to_thread.run_sync(cond, prom)
-            if found:
-                return found
-            await anyio.sleep(0.5)  # poll with a deadline (each look is a Prometheus query)
-    raise AssertionError(f"{what}: not within {timeout} s; alerts: {prom.alerts()}\n{prom.log()}")
+from .promserver import Prometheus, free_port, prom_until, prometheus
 
 
 @dataclass
