@@ -47,6 +47,21 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
+def _cold_group(spm: Worker, workers: list[Worker], meta: str, first: int, count: int,
+                live: list[int], rnd: int) -> list[float]:
+    """The first-request latencies of hosts ``first``.. (``count`` of them, a worker of
+    their own, one request each, one after the other) with ``live`` the SPM's live set."""
+    group = Worker(["host", meta, str(first), str(count)])
+    workers.append(group)
+    spm.ask({"cmd": "live", "hosts": live})
+    time.sleep(LIVE_SETTLE_S)
+    group.send({"cmd": "cold", "per_host": 1, "round": rnd})
+    latencies: list[float] = group.receive()["latencies"]
+    group.stop()
+    workers.remove(group)
+    return latencies
+
+
 def one_run(root: Path, settings: MailboxSettings, window: float, quick: bool) -> dict[str, Any]:
     meta = _fresh_area(root, f"meta{time.monotonic_ns()}", MAX_HOSTS)
     workers: list[Worker] = []
@@ -83,28 +98,11 @@ def one_run(root: Path, settings: MailboxSettings, window: float, quick: bool) -
         cold: dict[str, list[float]] = {"live_11": [], "live_50": [], "not_live": []}
         for r in range(small_rounds):  # hosts 100.. (10 per round), 1 other host live
             first = 100 + 10 * r
-            group = Worker(["host", meta, str(first), str(n)])
-            workers.append(group)
-            spm.ask({"cmd": "live", "hosts": [1, *range(first, first + n)]})
-            time.sleep(LIVE_SETTLE_S)
-            group.send({"cmd": "cold", "per_host": 1, "round": r})
-            cold["live_11"] += group.receive()["latencies"]
-            group.stop()
-            workers.remove(group)
-        group = Worker(["host", meta, "150", str(2 * n)])
-        workers.append(group)
-        spm.ask({"cmd": "live", "hosts": list(range(150, 200))})
-        time.sleep(LIVE_SETTLE_S)
-        group.send({"cmd": "cold", "per_host": 1, "round": 10})
-        cold["live_50"] = group.receive()["latencies"]
-        group.stop()
-        workers.remove(group)
-        group = Worker(["host", meta, "200", str(2 * n)])
-        workers.append(group)
-        spm.ask({"cmd": "live", "hosts": list(range(1, 51))})
-        time.sleep(LIVE_SETTLE_S)
-        group.send({"cmd": "cold", "per_host": 1, "round": 11})
-        cold["not_live"] = group.receive()["latencies"]
+            cold["live_11"] += _cold_group(spm, workers, meta, first, n,
+                                           [1, *range(first, first + n)], r)
+        cold["live_50"] = _cold_group(spm, workers, meta, 150, 2 * n, list(range(150, 200)),
+                                      10)
+        cold["not_live"] = _cold_group(spm, workers, meta, 200, 2 * n, list(range(1, 51)), 11)
         result["cold_latencies_s"] = {k: [round(v, 4) for v in vs] for k, vs in cold.items()}
         result["cold"] = {k: summary(vs) for k, vs in cold.items()}
         result["spm_counters"] = spm.ask({"cmd": "io"})["counters"]

@@ -53,26 +53,24 @@ happen only when someone runs ``pool admit``.
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass
 
+from autoextend.capacity import vgsector
 from autoextend.capacity.admission import VgCommitted
+
+# The frame's figures, as this record's callers and tests name them.
+from autoextend.capacity.vgsector import CRC_OFFSET as CRC_OFFSET
+from autoextend.capacity.vgsector import ENTRY_SIZE
+from autoextend.capacity.vgsector import MAX_SIZE as MAX_SIZE
+from autoextend.capacity.vgsector import U32_MAX as U32_MAX
+from autoextend.capacity.vgsector import capacity as capacity
 from autoextend.metadata_area import LEASE_AREA_SIZE
-from autoextend.names import is_valid_name
 
 MAGIC = b"AXCM"
 VERSION = 1
-HEADER = struct.Struct("<4sBBHIIQQ")
 ENTRY = struct.Struct("<B7s64sQQII")
-HEADER_SIZE = 32
-ENTRY_SIZE = 96
-NAME_FIELD = 64
-CRC_OFFSET = 12
-MAX_HOST_ID = 2000
-MAX_SIZE = (1 << 63) - 1
-U32_MAX = (1 << 32) - 1
 RECORD_FROM_END = 12288  # the VG record has the 4 KiB after it, the engine record the last
-assert HEADER.size == HEADER_SIZE and ENTRY.size == ENTRY_SIZE
+assert ENTRY.size == ENTRY_SIZE
 
 
 class BadCommittedRecord(ValueError):
@@ -93,76 +91,44 @@ def record_offset(area_offset: int, sector_size: int) -> int:
     return area_offset + LEASE_AREA_SIZE - RECORD_FROM_END
 
 
-def capacity(sector_size: int) -> int:
-    return (sector_size - HEADER_SIZE) // ENTRY_SIZE
-
-
 def encode(rec: CommittedRecord, sector_size: int) -> bytes:
     """One sector; entries past its capacity are left out (sorted by name first).
     ValueError for values no decoder would accept."""
     vgs = sorted(rec.vgs, key=lambda v: v.vg)[: capacity(sector_size)]
-    if not 1 <= rec.host_id <= MAX_HOST_ID or not 0 <= rec.seq <= MAX_SIZE \
-            or not 0 <= rec.published_ms <= MAX_SIZE:
-        raise ValueError("host_id, seq or published_ms out of range")
+    vgsector.check_writer(rec.host_id, rec.seq)
+    if not 0 <= rec.published_ms <= MAX_SIZE:
+        raise ValueError("published_ms out of range")
     out = bytearray(sector_size)
     for i, v in enumerate(vgs):
-        name = v.vg.encode("ascii", errors="replace")
-        if not is_valid_name(v.vg) or len(name) > NAME_FIELD:
-            raise ValueError(f"VG name not publishable: {v.vg!r}")
+        name = vgsector.name_field(v.vg)
         if not (0 <= v.size <= MAX_SIZE and 0 <= v.committed <= MAX_SIZE
                 and 0 <= v.unknown <= v.volumes <= U32_MAX):
             raise ValueError(f"VG {v.vg}: figures out of range")
-        ENTRY.pack_into(out, HEADER_SIZE + i * ENTRY_SIZE, len(name), bytes(7), name, v.size,
+        ENTRY.pack_into(out, vgsector.entry_at(i), len(name), bytes(7), name, v.size,
                         v.committed, v.volumes, v.unknown)
-    HEADER.pack_into(out, 0, MAGIC, VERSION, len(vgs), 0, rec.host_id, 0, rec.seq,
-                     rec.published_ms)
-    struct.pack_into("<I", out, CRC_OFFSET, zlib.crc32(out))
-    return bytes(out)
+    return vgsector.seal(out, MAGIC, vgsector.Header(VERSION, len(vgs), rec.host_id, rec.seq,
+                                                     rec.published_ms))
 
 
 def decode(data: bytes) -> CommittedRecord | None:
     """The record in ``data`` (one sector), None for a zeroed sector; BadCommittedRecord
     for anything that fails a check."""
-    if not any(data):
+    head = vgsector.open_sector(data, MAGIC, (VERSION,), BadCommittedRecord)
+    if head is None:
         return None
-    if len(data) not in (512, 4096):
-        raise BadCommittedRecord(f"not one sector ({len(data)} bytes)")
-    magic, version, count, reserved, host_id, crc, seq, published_ms = HEADER.unpack_from(data)
-    if magic != MAGIC or version != VERSION:
-        raise BadCommittedRecord("bad magic or version")
-    check = bytearray(data)
-    struct.pack_into("<I", check, CRC_OFFSET, 0)
-    if zlib.crc32(check) != crc:
-        raise BadCommittedRecord("bad checksum")
-    if reserved:
-        raise BadCommittedRecord("reserved header field is not zero")
-    if not 1 <= host_id <= MAX_HOST_ID:
-        raise BadCommittedRecord(f"host id {host_id} out of range")
-    if seq > MAX_SIZE or published_ms > MAX_SIZE:
-        raise BadCommittedRecord("seq or time out of range")
-    if count > capacity(len(data)):
-        raise BadCommittedRecord(f"{count} entries do not fit")
-    if any(data[HEADER_SIZE + count * ENTRY_SIZE:]):
-        raise BadCommittedRecord("bytes after the last entry are not zero")
+    if head.stamp > MAX_SIZE:
+        raise BadCommittedRecord("time out of range")
     vgs = []
-    for i in range(count):
+    for i in range(head.count):
         name_len, pad, name, size, committed, volumes, unknown = ENTRY.unpack_from(
-            data, HEADER_SIZE + i * ENTRY_SIZE)
+            data, vgsector.entry_at(i))
         if any(pad):
             raise BadCommittedRecord(f"entry {i}: reserved field is not zero")
-        if not 1 <= name_len <= NAME_FIELD or any(name[name_len:]):
-            raise BadCommittedRecord(f"entry {i}: bad name length or padding")
-        try:
-            vg = name[:name_len].decode("ascii")
-        except UnicodeDecodeError:
-            raise BadCommittedRecord(f"entry {i}: name is not ASCII") from None
-        if not is_valid_name(vg):
-            raise BadCommittedRecord(f"entry {i}: not a valid VG name")
+        vg = vgsector.entry_name(i, name_len, name, BadCommittedRecord)
         if size > MAX_SIZE or committed > MAX_SIZE:
             raise BadCommittedRecord(f"entry {i}: size or committed out of range")
         if unknown > volumes:
             raise BadCommittedRecord(f"entry {i}: more unknown volumes than volumes")
         vgs.append(VgCommitted(vg, size, committed, volumes, unknown))
-    if len({v.vg for v in vgs}) != len(vgs):
-        raise BadCommittedRecord("a VG appears twice")
-    return CommittedRecord(host_id, seq, published_ms, tuple(vgs))
+    vgsector.check_unique((v.vg for v in vgs), BadCommittedRecord)
+    return CommittedRecord(head.host_id, head.seq, head.stamp, tuple(vgs))

@@ -54,31 +54,29 @@ I/O: the SPM writes one sector when the figures change and at least every
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass
 
+from autoextend.capacity import vgsector
 from autoextend.capacity.figures import VgFigures
+
+# The frame's figures, as this record's callers and tests name them.
+from autoextend.capacity.vgsector import CRC_OFFSET as CRC_OFFSET
+from autoextend.capacity.vgsector import ENTRY_SIZE
+from autoextend.capacity.vgsector import MAX_SIZE as MAX_SIZE
+from autoextend.capacity.vgsector import U32_MAX as U32_MAX
+from autoextend.capacity.vgsector import capacity as capacity
 from autoextend.metadata_area import LEASE_AREA_SIZE
-from autoextend.names import is_valid_name
 
 MAGIC = b"AXCP"
 VERSION = 1
 VERSION_MDA = 2
-HEADER = struct.Struct("<4sBBHIIQQ")
 ENTRY = struct.Struct("<B7s64sQQQ")
 ENTRY_MDA = struct.Struct("<BBHI64sQQII")
 FLAG_MDA = 1
 FLAG_SEGMENTS = 2
 MDA_UNIT = 512
 U16_MAX = (1 << 16) - 1
-U32_MAX = (1 << 32) - 1
-HEADER_SIZE = 32
-ENTRY_SIZE = 96
-NAME_FIELD = 64
-CRC_OFFSET = 12
-MAX_HOST_ID = 2000
-MAX_SIZE = (1 << 63) - 1
-assert HEADER.size == HEADER_SIZE and ENTRY.size == ENTRY_SIZE == ENTRY_MDA.size
+assert ENTRY.size == ENTRY_SIZE == ENTRY_MDA.size
 
 
 class BadRecord(ValueError):
@@ -100,10 +98,6 @@ def record_offset(area_offset: int, sector_size: int) -> int:
     ``area offset + 4 MiB - 8 KiB``."""
     assert sector_size <= RECORD_FROM_END // 2
     return area_offset + LEASE_AREA_SIZE - RECORD_FROM_END
-
-
-def capacity(sector_size: int) -> int:
-    return (sector_size - HEADER_SIZE) // ENTRY_SIZE
 
 
 def _has_mda(f: VgFigures) -> bool:
@@ -131,17 +125,14 @@ def encode(record: VgRecord, sector_size: int) -> bytes:
     version 2 when a VG has metadata figures (see the module docs); raises ValueError for
     values no decoder would accept."""
     figs = sorted(record.figures, key=lambda f: f.vg)[: capacity(sector_size)]
-    if not 1 <= record.host_id <= MAX_HOST_ID or not 0 <= record.seq <= MAX_SIZE:
-        raise ValueError("host_id or seq out of range")
+    vgsector.check_writer(record.host_id, record.seq)
     version = VERSION_MDA if any(_has_mda(f) or _has_segments(f) for f in figs) else VERSION
     out = bytearray(sector_size)
     for i, f in enumerate(figs):
-        name = f.vg.encode("ascii")
-        if not is_valid_name(f.vg) or len(name) > NAME_FIELD:
-            raise ValueError(f"VG name not publishable: {f.vg!r}")
+        name = vgsector.name_field(f.vg)
         if not 0 <= f.free <= f.size <= MAX_SIZE:
             raise ValueError(f"VG {f.vg}: sizes out of range")
-        at = HEADER_SIZE + i * ENTRY_SIZE
+        at = vgsector.entry_at(i)
         if version == VERSION:
             ENTRY.pack_into(out, at, len(name), bytes(7), name, f.size, f.free, 0)
             continue
@@ -158,40 +149,21 @@ def encode(record: VgRecord, sector_size: int) -> bytes:
         ENTRY_MDA.pack_into(out, at, len(name), flags, p.max_segments or 0, p.segments or 0,
                             name, f.size, f.free, (p.mda_size or 0) // MDA_UNIT,
                             (p.mda_free or 0) // MDA_UNIT)
-    HEADER.pack_into(out, 0, MAGIC, version, len(figs), 0, record.host_id, 0, record.seq, 0)
-    crc = zlib.crc32(out)
-    struct.pack_into("<I", out, CRC_OFFSET, crc)
-    return bytes(out)
+    return vgsector.seal(out, MAGIC, vgsector.Header(version, len(figs), record.host_id,
+                                                     record.seq, 0))
 
 
 def decode(data: bytes) -> VgRecord | None:
     """The record in ``data`` (one sector), None for a zeroed sector; BadRecord otherwise."""
-    if not any(data):
+    head = vgsector.open_sector(data, MAGIC, (VERSION, VERSION_MDA), BadRecord)
+    if head is None:
         return None
-    if len(data) not in (512, 4096):
-        raise BadRecord(f"not one sector ({len(data)} bytes)")
-    magic, version, count, reserved, host_id, crc, seq, reserved2 = HEADER.unpack_from(data)
-    if magic != MAGIC or version not in (VERSION, VERSION_MDA):
-        raise BadRecord("bad magic or version")
-    check = bytearray(data)
-    struct.pack_into("<I", check, CRC_OFFSET, 0)
-    if zlib.crc32(check) != crc:
-        raise BadRecord("bad checksum")
-    if reserved or reserved2:
+    if head.stamp:
         raise BadRecord("reserved header fields are not zero")
-    if not 1 <= host_id <= MAX_HOST_ID:
-        raise BadRecord(f"host id {host_id} out of range")
-    if seq > MAX_SIZE:
-        raise BadRecord("seq out of range")
-    if count > capacity(len(data)):
-        raise BadRecord(f"{count} entries do not fit")
-    end = HEADER_SIZE + count * ENTRY_SIZE
-    if any(data[end:]):
-        raise BadRecord("bytes after the last entry are not zero")
     figs = []
-    for i in range(count):
-        at = HEADER_SIZE + i * ENTRY_SIZE
-        if version == VERSION:
+    for i in range(head.count):
+        at = vgsector.entry_at(i)
+        if head.version == VERSION:
             name_len, pad, name, size, free, zero = ENTRY.unpack_from(data, at)
             if any(pad) or zero:
                 raise BadRecord(f"entry {i}: reserved field is not zero")
@@ -200,20 +172,12 @@ def decode(data: bytes) -> VgRecord | None:
             name_len, flags, max_segs, segs, name, size, free, mda_size, mda_free = \
                 ENTRY_MDA.unpack_from(data, at)
             extra = _metadata_fields(i, flags, max_segs, segs, mda_size, mda_free)
-        if not 1 <= name_len <= NAME_FIELD or any(name[name_len:]):
-            raise BadRecord(f"entry {i}: bad name length or padding")
-        try:
-            vg = name[:name_len].decode("ascii")
-        except UnicodeDecodeError:
-            raise BadRecord(f"entry {i}: name is not ASCII") from None
-        if not is_valid_name(vg):
-            raise BadRecord(f"entry {i}: not a valid VG name")
+        vg = vgsector.entry_name(i, name_len, name, BadRecord)
         if not 0 <= free <= size <= MAX_SIZE:
             raise BadRecord(f"entry {i}: free past size, or out of range")
         figs.append(VgFigures(vg, size, free, *extra))
-    if len({f.vg for f in figs}) != len(figs):
-        raise BadRecord("a VG appears twice")
-    return VgRecord(host_id, seq, tuple(figs))
+    vgsector.check_unique((f.vg for f in figs), BadRecord)
+    return VgRecord(head.host_id, head.seq, tuple(figs))
 
 
 def _metadata_fields(i: int, flags: int, max_segs: int, segs: int, mda_size: int,

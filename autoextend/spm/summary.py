@@ -55,9 +55,9 @@ one read of ``max_hosts`` sectors.
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass, field
 
+from autoextend.spm import sealing
 from autoextend.spm.errors import CorruptSector
 
 MAGIC = b"AXHS"
@@ -162,6 +162,28 @@ def _clean_version(version: str) -> str:
     return text[:VERSION_MAX]
 
 
+def _ids_ok(generation: int, seq: int) -> bool:
+    return 0 <= generation <= MAX_GENERATION and 1 <= seq <= MAX_U64
+
+
+def _counts_ok(peers: int, paused: int, paused_total: int, vms: int) -> bool:
+    return peers <= MAX_PEERS and paused <= paused_total <= vms <= U32_MAX
+
+
+def _peer_ok(previous: int, peer: int, writer: int) -> bool:
+    """Peer ids ascend strictly, within 1..MAX_HOST_ID, and never name the writer."""
+    return previous < peer <= MAX_HOST_ID and peer != writer
+
+
+def _version_ok(text: str) -> bool:
+    return len(text) <= VERSION_MAX and text == _clean_version(text)
+
+
+def _paused_ok(at: int, length: int) -> bool:
+    """A paused entry with a ``length``-byte name at byte ``at`` fits the record."""
+    return 1 <= length <= NAME_MAX and at + 2 + length <= RECORD_BYTES
+
+
 def make_record(host_id: int, engine: str, generation: int, seq: int, published_us: int,
                 facts: HostFacts, peers: dict[int, tuple[str, int]]) -> SummaryRecord:
     """The record of ``facts`` and the lease view ``peers`` ({host: (state, generation)},
@@ -199,15 +221,15 @@ def encode(record: SummaryRecord, sector_size: int) -> bytes:
         raise ValueError(f"host id out of range: {r.host_id}")
     if r.engine not in ENGINE_CODES:
         raise ValueError(f"unknown engine {r.engine!r}")
-    if not 0 <= r.generation <= MAX_GENERATION or not 1 <= r.seq <= MAX_U64:
+    if not _ids_ok(r.generation, r.seq):
         raise ValueError("generation or seq out of range")
     if not 0 <= r.published_us <= MAX_U64:
         raise ValueError("timestamp out of range")
-    if len(r.peers) > MAX_PEERS or not len(r.paused) <= r.paused_total <= r.vms <= U32_MAX:
+    if not _counts_ok(len(r.peers), len(r.paused), r.paused_total, r.vms):
         raise ValueError("counts out of range")
-    version = r.version.encode("ascii")
-    if len(version) > VERSION_MAX or r.version != _clean_version(r.version):
+    if not _version_ok(r.version):
         raise ValueError(f"version not publishable: {r.version!r}")
+    version = r.version.encode("ascii")
     last = NO_LATENCY if r.last_extend_ms is None else r.last_extend_ms
     if not 0 <= last <= U32_MAX or not 0 <= r.drives <= U32_MAX \
             or not 0 <= r.extends_hour <= U32_MAX:
@@ -221,8 +243,8 @@ def encode(record: SummaryRecord, sector_size: int) -> bytes:
     at = HEAD_SIZE
     previous = 0
     for p in r.peers:
-        if p.state not in PEER_CODES or not previous < p.host_id <= MAX_HOST_ID \
-                or p.host_id == r.host_id or not 0 <= p.generation_low <= U32_MAX:
+        if p.state not in PEER_CODES or not _peer_ok(previous, p.host_id, r.host_id) \
+                or not 0 <= p.generation_low <= U32_MAX:
             raise ValueError(f"peer entry not publishable: {p}")
         PEER.pack_into(buf, at, p.host_id, PEER_CODES[p.state], 0, p.generation_low)
         previous = p.host_id
@@ -231,20 +253,14 @@ def encode(record: SummaryRecord, sector_size: int) -> bytes:
         name = v.vm.encode("utf-8")
         if v.reason not in REASON_CODES or not 1 <= len(name) <= NAME_MAX or b"\0" in name:
             raise ValueError(f"paused entry not publishable: {v}")
-        if at + 2 + len(name) > RECORD_BYTES:
+        if not _paused_ok(at, len(name)):
             raise ValueError("paused entries do not fit")
         buf[at] = REASON_CODES[v.reason] | (REASON_CUT if v.cut else 0)
         buf[at + 1] = len(name)
         buf[at + 2:at + 2 + len(name)] = name
         at += 2 + len(name)
-    struct.pack_into("<I", buf, CRC_OFFSET, _crc(buf))
+    sealing.seal(buf, CRC_OFFSET, RECORD_BYTES)
     return bytes(buf)
-
-
-def _crc(buf: bytes | bytearray) -> int:
-    crc = zlib.crc32(bytes(buf[:CRC_OFFSET]))
-    crc = zlib.crc32(b"\0\0\0\0", crc)
-    return zlib.crc32(bytes(buf[CRC_OFFSET + 4:RECORD_BYTES]), crc)
 
 
 def _corrupt(host_id: int, reason: str) -> CorruptSector:
@@ -263,7 +279,7 @@ def decode(data: bytes, expect_host: int) -> SummaryRecord | None:
      version_raw) = HEAD.unpack_from(data, 0)
     if magic != MAGIC:
         raise _corrupt(expect_host, "bad magic")
-    if crc != _crc(data):
+    if crc != sealing.crc_of(data, CRC_OFFSET, RECORD_BYTES):
         raise _corrupt(expect_host, "bad checksum")
     if version != VERSION:
         raise _corrupt(expect_host, f"unsupported version {version}")
@@ -273,9 +289,9 @@ def decode(data: bytes, expect_host: int) -> SummaryRecord | None:
         raise _corrupt(expect_host, f"unknown engine {engine}")
     if flags & ~(FLAG_PAUSED_CUT | FLAG_PEERS_CUT) or reserved:
         raise _corrupt(expect_host, "unknown flags or reserved field not zero")
-    if seq == 0 or generation > MAX_GENERATION:
+    if not _ids_ok(generation, seq):
         raise _corrupt(expect_host, "seq 0 or generation out of range")
-    if not paused <= paused_total <= vms or peers > MAX_PEERS:
+    if not _counts_ok(peers, paused, paused_total, vms):
         raise _corrupt(expect_host, "counts out of range")
     text = _version(expect_host, version_raw, version_len)
     at = HEAD_SIZE
@@ -283,8 +299,7 @@ def decode(data: bytes, expect_host: int) -> SummaryRecord | None:
     previous = 0
     for _ in range(peers):
         peer, state, zero, gen_low = PEER.unpack_from(data, at)
-        if state not in PEER_STATES or zero or not previous < peer <= MAX_HOST_ID \
-                or peer == host_id:
+        if state not in PEER_STATES or zero or not _peer_ok(previous, peer, host_id):
             raise _corrupt(expect_host, f"bad peer entry at byte {at}")
         views.append(PeerView(peer, PEER_STATES[state], gen_low))
         previous = peer
@@ -307,7 +322,7 @@ def _version(host: int, raw: bytes, length: int) -> str:
     if length > VERSION_MAX or any(raw[length:]):
         raise _corrupt(host, "bad version length or padding")
     text = raw[:length].decode("ascii", "replace")
-    if text != _clean_version(text):
+    if not _version_ok(text):
         raise _corrupt(host, "version is not printable ASCII")
     return text
 
@@ -317,7 +332,7 @@ def _paused_entry(data: bytes, at: int, host: int) -> tuple[PausedVm, int]:
         raise _corrupt(host, "paused entries run past the record")
     code, length = data[at], data[at + 1]
     reason = REASONS.get(code & ~REASON_CUT)
-    if reason is None or not 1 <= length <= NAME_MAX or at + 2 + length > RECORD_BYTES:
+    if reason is None or not _paused_ok(at, length):
         raise _corrupt(host, f"bad paused entry at byte {at}")
     raw = data[at + 2:at + 2 + length]
     try:

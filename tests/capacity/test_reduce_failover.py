@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from autoextend.lab.multihost import Pool, pool
 from autoextend.lab.singlehost import create_qcow2_disk
 from autoextend.lab.waiting import until
 from autoextend.volumes import VolumeRef
+from tests.e2e.alone import cli
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
@@ -38,17 +38,6 @@ EXTENT = 4 * MiB
 ROUNDS = 8
 HOT = 2.0  # the SPM's hot window: a new SPM refuses reduces not yet applied this long
 SIZE = re.compile(r"(\d+\.\d) MiB")
-
-
-async def cli(p: Pool, host_id: int, *args: str) -> tuple[int, str]:
-    """Run the CLI against host ``host_id``; its exit code and its one line for people."""
-    done = await anyio.run_process(
-        [sys.executable, "-m", "autoextend", "--config", str(p.hosts[host_id].config),
-         "--log-format", "json", *args], check=False)
-    out = [line for line in (done.stdout.decode() + done.stderr.decode()).splitlines()
-           if line.strip() and not line.startswith("{")]
-    assert len(out) == 1 and "Traceback" not in done.stderr.decode(), out
-    return done.returncode, out[0]
 
 
 def image_path(p: Pool, volume: VolumeRef) -> str:

@@ -13,9 +13,6 @@ data does not verify). A first page that cannot be had fails the whole request w
 
 from __future__ import annotations
 
-import errno
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -23,12 +20,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from autoextend.cli.service import render_status
-from autoextend.lab import proc
 from autoextend.lab.guest import GuestJob, with_expected_md5
 from autoextend.lab.qemu import guest_spec, launch
 from autoextend.lab.singlehost import VG, LabHost, lab_host
 from autoextend.lab.thinvol import qemu_img_check
 from autoextend.lab.waiting import until
+from tests.fullstore import full_warnings, small_tmpfs
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
@@ -38,18 +35,6 @@ FULL_MIB = 32  # the tmpfs under the VG (filled before the guest runs)
 WRITE_MIB = 64
 # Time is the subject here: nothing may be extended while the storage stays full.
 FULL_WINDOW_S = 8.0
-
-
-@asynccontextmanager
-async def small_tmpfs(path: Path, size_mib: int) -> AsyncIterator[Path]:
-    """A tmpfs of ``size_mib`` mounted on ``path``; always unmounted."""
-    path.mkdir(parents=True, exist_ok=True)
-    await proc.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}M", "tmpfs", str(path)])
-    try:
-        yield path
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.run_process(["umount", "-l", str(path)], check=False)
 
 
 def vm_status(host: LabHost, vm: str) -> dict[str, object]:
@@ -64,27 +49,12 @@ def metric(host: LabHost, name: str, labels: dict[str, str] | None = None) -> fl
     return value or 0.0
 
 
-def fill(directory: Path) -> Path:
-    """Take every free page of the file system under ``directory`` (a filler file)."""
-    filler = directory / "filler"
-    block = b"\xa5" * (64 << 10)
-    with open(filler, "wb", buffering=0) as f:
-        for size in (len(block), 4096):
-            try:
-                while True:
-                    f.write(block[:size])
-            except OSError as err:
-                if err.errno != errno.ENOSPC:
-                    raise
-    return filler
-
-
 async def test_full_backing_store_is_never_extended_and_resumes_when_freed(
         lab_tmp_path: Path) -> None:
     vg_dir = lab_tmp_path / "volumes" / VG
     resume = {"backoff_initial_s": 0.5, "backoff_max_s": 4.0}
     with capture_logs() as logs:
-        async with small_tmpfs(vg_dir, FULL_MIB), \
+        async with small_tmpfs(vg_dir, FULL_MIB) as store, \
                 lab_host(workdir=lab_tmp_path, poll_interval_s=POLL_S,
                          extra={"resume": resume}) as host:
             volume, device = await host.create_disk("bsf-disk", START_MIB, 1024)
@@ -100,7 +70,7 @@ async def test_full_backing_store_is_never_extended_and_resumes_when_freed(
             await until(lambda: any(d["state"] == "set" for d in
                                     vm_status(host, "bsf").get("drives", [])),  # type: ignore[attr-defined]
                         60, "the threshold armed", describe=lambda: vm_status(host, "bsf"))
-            filler = await anyio.to_thread.run_sync(fill, vg_dir)
+            await store.fill()
             volume_file = vg_dir / volume.lv
             async with vm.qmp("test") as qmp:
                 await qmp.execute("cont")
@@ -120,8 +90,7 @@ async def test_full_backing_store_is_never_extended_and_resumes_when_freed(
 
             # Space is freed (the array grown: room for everything the guest writes): the
             # next resume under the backoff sticks.
-            await proc.run(["mount", "-o", f"remount,size={4 * START_MIB}M", str(vg_dir)])
-            await anyio.to_thread.run_sync(filler.unlink)
+            await store.free(4 * START_MIB)
             result = await vm.result(timeout=600)
             assert result.verified and result.written_mib == WRITE_MIB, result
             assert metric(host, "autoextend_extend_requests_total", {"result": "ok"}) == 0.0
@@ -131,7 +100,6 @@ async def test_full_backing_store_is_never_extended_and_resumes_when_freed(
             check = await qemu_img_check(device, force_share=True)
             assert check.clean, check.raw
             await vm.stop()
-    warnings = [e for e in logs if e.get("log_level") == "warning"
-                and "backing store full" in str(e.get("event"))]
+    warnings = full_warnings(logs)
     assert len(warnings) == 1, warnings
     assert (warnings[0]["vm"], warnings[0]["drive"], warnings[0]["vg"]) == ("bsf", "vda", VG)

@@ -8,20 +8,17 @@ freed by growing the tmpfs and deleting the filler.
 
 from __future__ import annotations
 
-import errno
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from autoextend.lab import proc
 from autoextend.lab.guest import GuestJob
 from autoextend.lab.guestimage import GuestImage
 from autoextend.lab.libvirtd import LabLibvirtd
 from autoextend.lab.waiting import until
+from tests.fullstore import full_warnings, small_tmpfs
 
 from .harness import VG, MiB, served
 
@@ -33,32 +30,6 @@ WRITE_MIB = 64
 FULL_WINDOW_S = 8.0
 
 
-@asynccontextmanager
-async def small_tmpfs(path: Path, size_mib: int) -> AsyncIterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    await proc.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}M", "tmpfs", str(path)])
-    try:
-        yield path
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.run_process(["umount", "-l", str(path)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Take every free page of the file system under ``directory`` (a filler file)."""
-    filler = directory / "filler"
-    block = b"\xa5" * (64 << 10)
-    with open(filler, "wb", buffering=0) as f:
-        for size in (len(block), 4096):
-            try:
-                while True:
-                    f.write(block[:size])
-            except OSError as err:
-                if err.errno != errno.ENOSPC:
-                    raise
-    return filler
-
-
 @pytest.mark.timeout(900)  # a boot under TCG through libvirtd, a backoff, the write
 async def test_full_backing_store_is_never_extended_over_libvirt(
     libvirtd: LabLibvirtd, lab_guest: GuestImage, lab_tmp_path: Path,
@@ -66,14 +37,14 @@ async def test_full_backing_store_is_never_extended_over_libvirt(
     name = "lv-bsf"
     vg_dir = lab_tmp_path / "volumes" / VG
     with capture_logs() as logs:
-        async with small_tmpfs(vg_dir, FULL_MIB), \
+        async with small_tmpfs(vg_dir, FULL_MIB) as store, \
                 served(libvirtd.uri, lab_tmp_path, lab_guest, poll_interval_s=0.2) as rig:
             domain = await rig.start(name, GuestJob(mib=WRITE_MIB), start_mib=START_MIB,
                                      virtual_mib=1024, paused=True)
             await until(lambda: any(d["state"] == "set"
                                     for d in (rig.vm(name) or {}).get("drives", [])),
                         60, "the threshold armed", describe=lambda: rig.vm(name))
-            filler = await anyio.to_thread.run_sync(fill, vg_dir)
+            await store.fill()
             dom = await rig.dom(name)
             await rig.call(dom.resume)
             await until(lambda: rig.paused(name) == "enospc, backing store full", 300,
@@ -88,15 +59,13 @@ async def test_full_backing_store_is_never_extended_over_libvirt(
             resumed_while_full = rig.tally.resumes
             assert resumed_while_full >= 2
 
-            await proc.run(["mount", "-o", f"remount,size={4 * START_MIB}M", str(vg_dir)])
-            await anyio.to_thread.run_sync(filler.unlink)
+            await store.free(4 * START_MIB)
             result = await rig.finished(domain, 600)
             assert result.verified and result.written_mib == WRITE_MIB, result
             assert rig.tally.extends == 0
             assert volume_file.stat().st_size == START_MIB * MiB
             assert rig.tally.backing_full == 1
             assert rig.tally.resumes > resumed_while_full
-    warnings = [e for e in logs if e.get("log_level") == "warning"
-                and "backing store full" in str(e.get("event"))]
+    warnings = full_warnings(logs)
     assert len(warnings) == 1, warnings
     assert warnings[0]["vm"] == name and warnings[0]["vg"] == VG

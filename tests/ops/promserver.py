@@ -15,10 +15,12 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import anyio
 
 RULES = Path(__file__).resolve().parents[2] / "contrib" / "prometheus" / "alerts.yml"
 
@@ -118,3 +120,15 @@ def prometheus(directory: Path, targets: list[str], *, interval: str = "1s",
                 proc.kill()
                 proc.wait()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+async def prom_until(prom: Prometheus, cond: Callable[[Prometheus], Any], timeout: float,  # noqa: ASYNC109
+                     what: str) -> Any:
+    """Poll ``cond(prom)`` (in a worker thread) until truthy; fail naming ``what``."""
+    with anyio.move_on_after(timeout):
+        while True:
+            found = await anyio.to_thread.run_sync(cond, prom)
+            if found:
+                return found
+            await anyio.sleep(0.5)  # poll with a deadline (each look is a Prometheus query)
+    raise AssertionError(f"{what}: not within {timeout} s; alerts: {prom.alerts()}\n{prom.log()}")

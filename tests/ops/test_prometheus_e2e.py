@@ -20,9 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -30,7 +28,7 @@ import pytest
 from autoextend.lab.guest import GuestJob
 from autoextend.lab.multihost import pool
 
-from .promserver import Prometheus, prometheus
+from .promserver import Prometheus, prom_until, prometheus
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
@@ -45,20 +43,6 @@ def panel_exprs() -> list[tuple[str, str]]:
 
 def _targets(title: str) -> list[str]:
     return [e for t, e in panel_exprs() if t == title]
-
-
-async def prom_until(prom: Prometheus, cond: Callable[[Prometheus], Any], timeout: float,
-                what: str) -> Any:
-    """Poll ``cond(prom)`` (in a worker thread) until truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await anyio.to_thread.run_sync(cond, prom)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; "
-                                 f"alerts: {prom.alerts()}\n{prom.log()}")
-        await anyio.sleep(0.5)  # poll with a deadline (each look is a Prometheus query)
 
 
 async def test_dashboard_and_alerts_against_real_prometheus(lab_tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ with its write budget (``spm/summarypub.py``)."""
 from __future__ import annotations
 
 import random
-import struct
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +11,7 @@ from hypothesis import strategies as st
 
 from autoextend.clock import ManualClock
 from autoextend.sectorfakes import MemoryStorage
-from autoextend.spm import summary
+from autoextend.spm import sealing, summary
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.summary import HostFacts, PausedVm
 from autoextend.spm.summarypub import SummaryPublisher, WriteBudget
@@ -87,7 +86,7 @@ def test_any_flipped_byte_is_rejected(at: int, xor: int) -> None:
 
 
 def _resealed(raw: bytearray) -> bytes:
-    struct.pack_into("<I", raw, summary.CRC_OFFSET, summary._crc(raw))
+    sealing.seal(raw, summary.CRC_OFFSET, summary.RECORD_BYTES)
     return bytes(raw)
 
 
