@@ -5,6 +5,7 @@ that re-arms, and the drive's own limits come back exactly (or someone else's st
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from autoextend.lab.waiting import until
@@ -271,3 +272,48 @@ async def test_combined_mode_a_renewed_hold_still_ends() -> None:
         assert drive_limits(rig) == IoLimits()
         assert rig.tally.throttle_lifts == 1
         tg.cancel_scope.cancel()
+
+
+async def test_a_fast_guest_outlasts_a_failover_that_ends_late() -> None:
+    """CI (stop 38): a guest whose watermark lasts 0.3 s, a 50 ms p99, a QEMU monitor that
+    takes 0.1 s to set a limit, and an SPM failover that ends 2 s after its 8 s bound (a
+    loaded host renews and reads late). A limit sized to make the space last exactly the
+    bound ran out before the new SPM served the request: the guest paused (it does with the
+    throttle of stop 38). Planned for twice the bound plus the p99, it does not.
+
+    The guest is a model: every 10 ms of the manual clock it writes 200 MiB/s, or the
+    drive's write limit when one is set."""
+    rate, step, set_s, bound, lands = 200 * MiB, 0.01, 0.1, 8.0, 10.0
+    rig = Rig(assumed_latency_s=0.05, throttle_floor_mib_s=1, extend_timeout_s=60.0)
+    rig.monitor.ctx.failover_s = bound
+    rig.monitor.ctx.spm_ok = lambda: False
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    real_set = rig.hv.set_io_limits
+
+    async def slow_set(vm: str, drive: DriveInfo, limits: IoLimits) -> None:
+        await rig.clock.sleep(set_s)  # a busy QEMU monitor answers late
+        await real_set(vm, drive, limits)
+
+    rig.hv.set_io_limits = slow_set  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.state() is ThresholdState.SET)
+        rig.ext.gate = gate = anyio.Event()  # the SPM is gone: the extension waits
+        started = rig.clock.now()
+        while rig.clock.now() - started < 1.0 + lands:  # ~1 s to the crossing, then the failover
+            limit = drive_limits(rig).get("bps_wr") or rate
+            rig.hv.write("vm1", "vda", int(min(rate, limit) * step))
+            rig.clock.advance(step)
+            for _ in range(20):  # let the monitor see the clock move
+                await anyio.lowlevel.checkpoint()
+        assert rig.state() is ThresholdState.EXTENDING
+        gate.set()  # the new SPM serves the request
+        await until(lambda: rig.state() is ThresholdState.SET and not rig.monitor.throttles.held,
+                    describe=rig.describe)
+        assert rig.tally.throttles >= 1
+        assert rig.tally.enospc_pauses == 0, rig.describe()
+        tg.cancel_scope.cancel()
+
+
+
+
