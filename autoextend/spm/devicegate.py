@@ -78,7 +78,7 @@ def grow_refusal(pvs: Sequence[PvView], look: inuse.Look,
                         " of the device is unknown (an older autoextend there, or a backend"
                         " without PVs); not resized")
             if seen < pv.device_size:
-                return (f"host {host} sees PV {pv.name} as {seen} B, smaller than the"
-                        f" {pv.device_size} B this SPM sees: rescan the device on host"
-                        f" {host}, then run pool grow again")
+                # What to do first: the reply's text field holds 100 bytes (spm/wire.py).
+                return (f"rescan PV {pv.name} on host {host}, then run pool grow again:"
+                        f" host {host} sees {seen} B, the SPM {pv.device_size} B")
     return None
