@@ -63,6 +63,7 @@ from autoextend.monitor import policy
 from autoextend.monitor.chunking import next_margin
 from autoextend.monitor.context import MonitorContext, VmView
 from autoextend.monitor.drive import DriveState, ThresholdState
+from autoextend.monitor.holds import HoldFile, HoldRecord, recover
 from autoextend.monitor.observer import (
     DriveGone,
     MonitorEvent,
@@ -188,9 +189,12 @@ class Held:
 class Throttles:
     """The monitor's write throttle: one per monitor (``monitor/vmtask.py: Steps``)."""
 
-    def __init__(self, ctx: MonitorContext, rates: DriveRates) -> None:
+    def __init__(self, ctx: MonitorContext, rates: DriveRates,
+                 holds: HoldFile | None = None) -> None:
         self._ctx = ctx
         self.rates = rates
+        #: What is written down across a crash (``monitor/holds.py``).
+        self.holds = holds if holds is not None else HoldFile(None)
         self.held: dict[VolumeRef, Held] = {}
         self._seconds_done = 0.0
         self._watched: set[VolumeRef] = set()  # drives whose extension is running
@@ -222,6 +226,11 @@ class Throttles:
             h = self.held.pop(event.volume, None)
             if h is not None:
                 self._seconds_done += self._ctx.clock.now() - h.since
+                self.holds.forget(h.vm, h.drive)  # written with the next change
+
+    async def recover(self) -> None:
+        """At start-up: give back the limits a previous run left (``monitor/holds.py``)."""
+        await recover(self.holds, self._ctx.hypervisor, self._ctx.dry_run)
 
     # ------------------------------------------------------------ during an extension
 
@@ -317,20 +326,32 @@ class Throttles:
         hv = ctx.hypervisor
         bound = log.bind(vm=vm.name, drive=d.name, volume=str(d.volume))
         held = self.held.get(d.volume)
-        if d.volume in self._restoring:
+        if d.volume in self._restoring or self.holds.busy == (vm.name, d.name):
             return  # its own limits are on their way back: the next look sets this one
         try:
-            original = held.original if held is not None else await hv.io_limits(vm.name, info)
+            original = held.original if held is not None else self.holds.adopt(
+                vm.name, d.name, await hv.io_limits(vm.name, info))
             own = original.write_bps
             if held is None and own and own <= bps:
                 return  # its own limit is tighter already: nothing to add
             # Shielded from the set to the record: the extension may land meanwhile and
             # end this watch, and a limit set but not recorded would never be lifted.
             with anyio.CancelScope(shield=True):
-                await hv.set_io_limits(vm.name, info, original.with_write_bps(bps))
+                sent = original.with_write_bps(bps)
+                await self._write_down(vm, d, original, sent)  # before the set: a crash
+                try:
+                    await hv.set_io_limits(vm.name, info, sent)
+                except AutoextendError:
+                    if held is None:  # nothing set: nothing to give back
+                        await self.holds.drop(vm.name, d.name)
+                    else:  # the limit in place stays what the record says
+                        await self._write_down(vm, d, original, held.applied)
+                    raise
                 # As the hypervisor has them (QEMU names a new throttle group after the
                 # device): what the lift compares with to see whether someone changed them.
-                applied = await self._applied(vm, info, original.with_write_bps(bps))
+                applied = await self._applied(vm, info, sent)
+                if applied != sent:
+                    await self._write_down(vm, d, original, applied)
                 if held is None:
                     self.held[d.volume] = Held(vm.name, d.name, original, applied, bps,
                                                reason, ctx.clock.now())
@@ -348,6 +369,10 @@ class Throttles:
         bound.warning("guest writes throttled until the extension lands",
                       limit_mib_s=round(bps / MiB, 2), reason=reason,
                       status=describe(bps, reason))
+
+    async def _write_down(self, vm: VmView, d: DriveState, original: IoLimits,
+                          applied: IoLimits) -> None:
+        await self.holds.put(HoldRecord(vm.name, d.name, str(d.volume), original, applied))
 
     async def _applied(self, vm: VmView, info: DriveInfo, sent: IoLimits) -> IoLimits:
         """The limits the drive has after a set (read back); what was sent when the read
@@ -386,7 +411,8 @@ class Throttles:
     async def lift_at_stop(self) -> None:
         """Wait until the monitor stops, then give every throttled drive its own limits
         back (best effort, bounded: the hypervisor's connections close at the same time; a
-        limit left behind by a crash stays until lifted by hand)."""
+        limit not given back, or left by a crash, stays in the hold file and the next start
+        gives it back: ``monitor/holds.py``)."""
         try:
             while True:  # and end the holds whose guest slowed down (module doc)
                 if not any(h.expires is not None for h in self.held.values()):
@@ -470,18 +496,27 @@ class Throttles:
         hv = self._ctx.hypervisor
         try:
             info = next((i for i in await hv.drives(held.vm) if i.drive == held.drive), None)
-            if info is None:
-                return
-            now = await hv.io_limits(held.vm, info)
-            if now != held.applied:
-                bound.warning("throttle: the drive's limits were changed while throttled; "
-                              "leaving them as they are", limits=dict(now.values))
-                return
-            await hv.set_io_limits(held.vm, info, held.original)
-            bound.info(done)
+            if info is not None:
+                now = await hv.io_limits(held.vm, info)
+                if now != held.applied:
+                    bound.warning("throttle: the drive's limits were changed while "
+                                  "throttled; leaving them as they are",
+                                  limits=dict(now.values))
+                else:
+                    await hv.set_io_limits(held.vm, info, held.original)
+                    bound.info(done)
         except AutoextendError as exc:
-            bound.warning("throttle: restoring the drive's limits failed", error=str(exc),
-                          limits=dict(held.original.values))
+            self._left(held, volume, exc)
+            return
+        await self.holds.drop(held.vm, held.drive)
+
+    def _left(self, held: Held, volume: VolumeRef, exc: AutoextendError) -> None:
+        """A lift failed: the record stays (the next start gives the limits back; a new
+        hold of the drive meanwhile takes its own limits from it)."""
+        self.holds.unsettled.add((held.vm, held.drive))
+        log.warning("throttle: restoring the drive's limits failed; kept in the hold file",
+                    vm=held.vm, drive=held.drive, volume=str(volume), error=str(exc),
+                    limits=dict(held.original.values))
 
     async def lift(self, vm: VmView, d: DriveState, info: DriveInfo) -> None:
         """Restore the drive's own limits (the step that re-arms it), or, held between
@@ -502,8 +537,8 @@ class Throttles:
                               "leaving them as they are", limits=dict(now.values))
             else:
                 await ctx.hypervisor.set_io_limits(vm.name, info, held.original)
+            await self.holds.drop(vm.name, d.name)
         except AutoextendError as exc:
-            bound.warning("throttle: restoring the drive's limits failed", error=str(exc),
-                          limits=dict(held.original.values))
+            self._left(held, d.volume, exc)
         ctx.observer.notify(ThrottleLifted(vm.name, d.name, d.volume, seconds))
         bound.info("throttle lifted", duration_s=round(seconds, 3))
