@@ -80,6 +80,7 @@ from autoextend.monitor.rate import (
     predicted_allocation,
 )
 from autoextend.monitor.vm import log
+from autoextend.monitor.vmstate import VmState
 from autoextend.volumes import VolumeRef
 
 MiB = 1 << 20
@@ -100,6 +101,9 @@ PRESSING = 0.9
 #: held guest has to reach its threshold again.
 STEADY_CHECK_S = 0.5
 STEADY_GRACE_S = 1.0
+#: A lift put off until the paused guest's ``cont`` (:meth:`Throttles.after_resume`) is done
+#: by the expiry loop at the latest this long after the re-arm.
+DEFER_S = 2.0
 #: Held between extensions: the margin a drive starts with (the p99 is already a bound;
 #: near misses raise it, ``chunking.next_margin``).
 HOLD_MARGIN = 1.0
@@ -203,6 +207,8 @@ class Throttles:
         self._wake: anyio.Event | None = None  # set when a hold starts (lift_at_stop waits)
         #: Held between extensions: each drive's margin, corrected by its near misses.
         self.margins: dict[VolumeRef, float] = {}
+        #: Lifts put off until the VM's resume was sent (:meth:`after_resume`).
+        self._deferred: dict[VolumeRef, tuple[VmView, DriveState, DriveInfo]] = {}
 
     # ------------------------------------------------------------ what others read
 
@@ -223,6 +229,7 @@ class Throttles:
         """A drive gone (with its VM or unplugged): nothing left to restore."""
         if isinstance(event, DriveGone):
             self.margins.pop(event.volume, None)
+            self._deferred.pop(event.volume, None)
             h = self.held.pop(event.volume, None)
             if h is not None:
                 self._seconds_done += self._ctx.clock.now() - h.since
@@ -251,6 +258,7 @@ class Throttles:
         held = self.held.get(d.volume)
         if held is not None:
             held.expires = None  # the extension's now: its re-arm decides again
+        self._deferred.pop(d.volume, None)
         self._watched.add(d.volume)
         try:
             async with anyio.create_task_group() as tg:
@@ -437,11 +445,13 @@ class Throttles:
             if held.expires is None or now < held.expires or volume in self._watched:
                 continue
             self.held.pop(volume, None)
+            deferred = self._deferred.pop(volume, None) is not None
             seconds = now - held.since
             self._seconds_done += seconds
             self._restoring.add(volume)
             try:
-                await self._restore(held, volume, "throttle lifted: the guest slowed down")
+                await self._restore(held, volume, "throttle lifted" if deferred else
+                                    "throttle lifted: the guest slowed down")
             finally:
                 self._restoring.discard(volume)
             self._ctx.observer.notify(ThrottleLifted(held.vm, held.drive, volume, seconds))
@@ -520,9 +530,29 @@ class Throttles:
 
     async def lift(self, vm: VmView, d: DriveState, info: DriveInfo) -> None:
         """Restore the drive's own limits (the step that re-arms it), or, held between
-        extensions, keep a limit (module doc). Never raises."""
+        extensions, keep a limit (module doc). A guest paused for lack of space gets its
+        ``cont`` first (the lift is not needed to resume it, and its read and set would
+        delay it): the lift then follows the resume (:meth:`after_resume`). Never raises."""
         if await self._hold(vm, d, info):
             return
+        held = self.held.get(d.volume)
+        if held is None:
+            return
+        if not self._holds() and vm.machine.state is VmState.PAUSED_ENOSPC:
+            self._deferred[d.volume] = (vm, d, info)
+            self._renew(held, self._ctx.clock.now() + DEFER_S)  # at the latest
+            return
+        await self._lift_now(vm, d, info)
+
+    async def after_resume(self, vm: VmView) -> None:
+        """The VM's pause step is done (its ``cont`` sent, or not due): the lifts put off
+        for it now. Never raises."""
+        for volume, (v, d, info) in list(self._deferred.items()):
+            if v is vm:
+                del self._deferred[volume]
+                await self._lift_now(v, d, info)
+
+    async def _lift_now(self, vm: VmView, d: DriveState, info: DriveInfo) -> None:
         held = self.held.pop(d.volume, None)
         if held is None:
             return

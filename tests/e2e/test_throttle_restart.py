@@ -59,8 +59,18 @@ def events(p: Pool, host_id: int) -> list[str]:
             if e.get("vm") == "vm1"]
 
 
+def stall_throttles(p: Pool, host_id: int) -> int:
+    """Limits set because an extension outlived its p99 (the stall's, not a fast guest's
+    before it)."""
+    return sum(1 for e in p.hosts[host_id].log_events()
+               if e.get("event") == THROTTLED and e.get("vm") == "vm1"
+               and e.get("reason") in ("SPM failover", "extension overdue"))
+
+
 def hold_file(p: Pool, host_id: int) -> list[Any]:
     path = p.hosts[host_id].directory / "throttle-holds.json"
+    if not path.exists():
+        return []
     holds = json.loads(path.read_text())["holds"]
     assert isinstance(holds, list)
     return holds
@@ -82,13 +92,13 @@ async def killed_while_throttled(p: Pool) -> tuple[int, PoolGuest, IoLimits]:
     assert process is not None and process.returncode is None
     process.send_signal(signal.SIGSTOP)
     try:
-        await until(lambda: THROTTLED in events(p, host), 300, "the stall to throttle",
-                    describe=lambda: events(p, host)[-20:])
+        await until(lambda: stall_throttles(p, host) and hold_file(p, host), 300,
+                    "the stall to throttle", describe=lambda: events(p, host)[-20:])
         await p.hosts[host].kill()
     finally:
         process.send_signal(signal.SIGCONT)
     left = await qemu_limits(g)
-    assert left != own and 0 < left.get("bps_wr"), left
+    assert left != own and 0 < left.get("bps_wr"), (left, events(p, host)[-20:])
     (rec,) = hold_file(p, host)
     assert rec["vm"] == "vm1" and rec["drive"] == "vda" and rec["original"]["values"] == {
         "bps_rd": 900 * MiB, "iops": 200000}
