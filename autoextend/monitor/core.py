@@ -142,8 +142,7 @@ class Monitor:
         spm_ok: Callable[[], bool] | None = None,
         failover_s: float | None = None,
         measure_full: FullAllocation | None = None,
-        handoff: PauseHandoff | None = None,
-        throttle_holds: str | None = None,
+        handoff: PauseHandoff | None = None, throttle_holds: str | None = None,
     ) -> None:
         """``space_gate``: why an extension must wait, or None (the capacity levels: at a
         VG's critical level only VMs paused on ENOSPC are extended). ``view_sizes``: where
@@ -155,9 +154,7 @@ class Monitor:
         the pool's SPM term valid now) and ``failover_s`` (how long an extension may take
         across a failover) are the write throttle's (``monitor/throttle.py``).
         ``measure_full``: ``qemu-img measure``'s fully allocated size, for the honest cap
-        (``monitor/caps.py``); None: the cap is capacity x cap_factor. ``handoff``: handoff.py.
-        ``throttle_holds``: the throttle's hold file (``monitor/holds.py``); None: none
-        (a limit left by a crash is not given back at the next start)."""
+        (caps.py; None: capacity x cap_factor). See handoff.py, holds.py (throttle_holds)."""
         resume = resume or ResumeSettings()
         book = CapBook(measure_full)
         resolver = MeasuredCaps(policy_for or default_policy_resolver(settings), book)
