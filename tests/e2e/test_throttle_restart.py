@@ -31,6 +31,7 @@ import pytest
 
 from autoextend.lab.domxml import guest_domain_xml
 from autoextend.lab.guest import GuestJob, with_expected_md5
+from autoextend.lab.libvirtd import LabLibvirtd
 from autoextend.lab.multihost import Pool, PoolGuest, pool
 from autoextend.lab.singlehost import create_qcow2_disk
 from autoextend.lab.waiting import until
@@ -164,26 +165,23 @@ async def killed_while_throttled(p: Pool, start: StartGuest) -> tuple[int, Drive
 
 
 @asynccontextmanager
-async def stalled_pool(request: pytest.FixtureRequest, directory: Path,
-                       backend: str) -> AsyncIterator[tuple[Pool, StartGuest]]:
+async def stalled_pool(directory: Path, libvirtd: tuple[LabLibvirtd, LabLibvirtd] | None
+                       ) -> AsyncIterator[tuple[Pool, StartGuest]]:
     """The pool, and how its guest starts (QMP, or each host on its lab libvirtd)."""
     directory.mkdir()
     uris: dict[int, str] | None = None
     start: StartGuest = qmp_guest
-    if backend == "libvirt":
-        pair = request.getfixturevalue("libvirtd_pair")
-        uris = {1: pair[0].uri, 2: pair[1].uri}
+    if libvirtd is not None:
+        uris = {1: libvirtd[0].uri, 2: libvirtd[1].uri}
         start = libvirt_guest(directory, uris)
     async with pool(2, directory=directory, chunk_mib=64, libvirt_uris=uris,
                     policy_extra="throttle_floor_mib_s = 1") as p:
         yield p, start
 
 
-@pytest.mark.parametrize("backend", ["qmp", "libvirt"])
-@pytest.mark.timeout(900)  # a guest writing under TCG beside other load, a stall
-async def test_a_restart_gives_back_the_limits_a_killed_service_left(
-        lab_tmp_path: Path, request: pytest.FixtureRequest, backend: str) -> None:
-    async with stalled_pool(request, lab_tmp_path / "restart", backend) as (p, start):
+async def given_back(directory: Path,
+                     libvirtd: tuple[LabLibvirtd, LabLibvirtd] | None = None) -> None:
+    async with stalled_pool(directory, libvirtd) as (p, start):
         host, drive, own = await killed_while_throttled(p, start)
         await p.hosts[host].start()
         await until(lambda: GIVEN_BACK in events(p, host), 300, "the limits given back",
@@ -194,11 +192,9 @@ async def test_a_restart_gives_back_the_limits_a_killed_service_left(
         # restarted host's view check holds such a guest paused; not this test's subject.)
 
 
-@pytest.mark.parametrize("backend", ["qmp", "libvirt"])
-@pytest.mark.timeout(900)  # the same run
-async def test_limits_changed_while_the_service_was_down_are_kept(
-        lab_tmp_path: Path, request: pytest.FixtureRequest, backend: str) -> None:
-    async with stalled_pool(request, lab_tmp_path / "changed", backend) as (p, start):
+async def changed_kept(directory: Path,
+                       libvirtd: tuple[LabLibvirtd, LabLibvirtd] | None = None) -> None:
+    async with stalled_pool(directory, libvirtd) as (p, start):
         host, drive, own = await killed_while_throttled(p, start)
         operator = IoLimits.of({"bps_wr": 300 * MiB, "iops": 150000})
         await drive.set(operator)
@@ -208,3 +204,26 @@ async def test_limits_changed_while_the_service_was_down_are_kept(
         now = await drive.limits()
         assert now.values == operator.values and now != own, now
         assert hold_file(p, host) == []
+
+
+@pytest.mark.timeout(900)  # a guest writing under TCG beside other load, a stall
+async def test_a_restart_gives_back_the_limits_a_killed_service_left(
+        lab_tmp_path: Path) -> None:
+    await given_back(lab_tmp_path / "restart")
+
+
+@pytest.mark.timeout(900)  # the same run
+async def test_limits_changed_while_the_service_was_down_are_kept(lab_tmp_path: Path) -> None:
+    await changed_kept(lab_tmp_path / "changed")
+
+
+@pytest.mark.timeout(900)  # the same run, on libvirt
+async def test_libvirt_a_restart_gives_back_the_limits_a_killed_service_left(
+        lab_tmp_path: Path, libvirtd_pair: tuple[LabLibvirtd, LabLibvirtd]) -> None:
+    await given_back(lab_tmp_path / "restart", libvirtd_pair)
+
+
+@pytest.mark.timeout(900)  # the same run, on libvirt
+async def test_libvirt_limits_changed_while_the_service_was_down_are_kept(
+        lab_tmp_path: Path, libvirtd_pair: tuple[LabLibvirtd, LabLibvirtd]) -> None:
+    await changed_kept(lab_tmp_path / "changed", libvirtd_pair)
