@@ -28,6 +28,14 @@ exactly: they are read first (``Hypervisor.io_limits``), a drive whose own write
 already at or below ``limit`` is left alone, and a drive whose limits someone changed
 while it was throttled keeps theirs.
 
+A guest paused for lack of space gets its ``cont`` before the lift (the lift is not needed
+to resume it; its read and set would come between the extender's OK and the ``cont``): the
+re-arm puts the lift off, and the VM's pause step lifts it right after the ``cont``
+(:meth:`Throttles.after_resume`; the expiry loop after :data:`DEFER_S` at the latest).
+
+Across a crash: each hold is written down before its limit is set and struck out when it
+is lifted (``monitor/holds.py``); the next start gives back what a killed service left.
+
 ``[policy] throttle = false`` turns it off; ``throttle_floor_mib_s`` is the floor. A guest
 sees slower writes (its I/O waits in QEMU), never an error.
 
