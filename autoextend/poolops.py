@@ -4,7 +4,9 @@ item 2): every change to a pool VG goes through the one writer.
 Mailbox mode: a CREATE, REMOVE or GROW-PV request to the SPM (``spm/volumeops.py`` holds
 what the SPM does and its idempotency); local mode: the same functions on the local writer.
 A remove is first checked on this host (a VM here uses it, a process here has it open: one
-clear line at once); in mailbox mode the SPM then asks every host (the in-use gate).
+clear line at once); in mailbox mode the SPM then asks every host (the in-use gate); in
+local mode with a shared area this host reads the other hosts' in-use records itself
+(``sharedgate.py``, the SPM's rule and code), right before the local writer removes.
 
 Each handler returns ``{"volume" or "vg", "done": bool, "size": bytes, "text": ...}`` or
 raises AutoextendError with one line (the control socket sends it back as the error).
@@ -19,7 +21,7 @@ from typing import Any, Protocol
 import anyio
 
 from autoextend.capacity.qcheck import open_by
-from autoextend.capacity.reduce import VolumesInUse, parse_volume
+from autoextend.capacity.reduce import SharedRefusal, VolumesInUse, parse_volume
 from autoextend.errors import AutoextendError
 from autoextend.names import is_valid_name
 from autoextend.spm import volumeops
@@ -71,11 +73,14 @@ class PoolOps:
     """The three control commands of one service."""
 
     def __init__(self, backend: VolumeBackend, pool_vgs: Collection[str], chunk: int,
-                 cluster: Pool | None) -> None:
+                 cluster: Pool | None, shared: SharedRefusal | None = None) -> None:
+        """``shared``: local mode's look at the other hosts' in-use records when the pool
+        has a shared area (``sharedgate.py``; asked only for a volume that exists)."""
         self.backend = backend
         self.pool_vgs = pool_vgs
         self.chunk = chunk
         self.cluster = cluster
+        self.shared = shared
 
     def _in_pool(self, vg: str) -> None:
         if self.pool_vgs and vg not in self.pool_vgs:
@@ -115,7 +120,9 @@ class PoolOps:
             verdict = await self._ask(volume, 1, OP_REMOVE, 0)
         else:
             async def refusal() -> str | None:
-                return local_refusal
+                if local_refusal is not None or self.shared is None:
+                    return local_refusal
+                return await self.shared(str(volume), False)  # another host's use
 
             verdict = await volumeops.remove(self._writer(), volume, refusal)
         return self._answer("volume", str(volume), "remove", verdict)

@@ -75,6 +75,7 @@ from autoextend.prepare_merge import MergeChains, merge_request, prepare_merge
 from autoextend.qemuimg import qemu_img_fully_allocated, qemu_img_measure
 from autoextend.sdnotify import Notifier
 from autoextend.settings import Settings
+from autoextend.sharedgate import SharedAreaGate
 from autoextend.spm.handoffio import StorageHandoff
 from autoextend.spm.inusepub import DeviceSource, InUseSource
 from autoextend.spm.summary import HostFacts
@@ -195,7 +196,7 @@ def make_cluster_agent(
     if isinstance(inner, LvmVolumeBackend):
         devices = DeviceViews(inner.reader, settings.lvm.vgs, clock)
     elif isinstance(inner, LoopVolumeBackend):
-        devices = partial(loop_device_views, inner.root, settings.lvm.vgs)
+        devices = partial(loop_device_views, inner.root, settings.lvm.vgs, inner)
     return ClusterAgent(settings.lease, settings.mailbox, settings.lvm.vgs, host_backend,
                         spm_backend, clock, checks=checks, in_use=in_use, summary=summary,
                         handoff=handoff, devices=devices)
@@ -270,8 +271,13 @@ class Service:
             lambda: {str(v): c for v, c in self.chunks.chunks().items()})
         # The capacity part before the monitor: the monitor takes its gate and tells it (an
         # observer) of clean stops; the part gets the monitor's queries in run().
+        # Local mode beside a pool's shared area: reduces and removes read the other hosts'
+        # in-use records first (issue 27, ``sharedgate.py``); none without one.
+        self.shared_gate = (SharedAreaGate(settings, self.clock)
+                            if self.cluster is None and settings.lease.path else None)
+        shared = None if self.shared_gate is None else self._shared_refusal
         self.capacity = CapacityPart(settings, self.backend, self.clock, self.metrics.registry,
-                                     cluster=self.cluster,
+                                     cluster=self.cluster, shared=shared,
                                      on_level=lambda: self.notifier.status(self.summary()),
                                      lister=None if self.cluster is None else
                                      factory.make_volume_lister(settings.volumes, settings.lvm))
@@ -312,7 +318,7 @@ class Service:
         self.control.register("merge_prepare", self._merge_prepare)
         # One writer for the pool (issue 27 item 2, ``poolops.py``).
         self.pool_ops = PoolOps(self.backend, settings.lvm.vgs,
-                                settings.policy.chunk_mib << 20, self.cluster)
+                                settings.policy.chunk_mib << 20, self.cluster, shared)
         self.control.register("volume_create", self.pool_ops.volume_create)
         self.control.register("volume_remove",
                               lambda r: self.pool_ops.volume_remove(r, self.monitor))
@@ -329,6 +335,10 @@ class Service:
         self._export_input_metrics()
         if self.cluster is not None:
             self._export_cluster_metrics(self.cluster)
+
+    async def _shared_refusal(self, name: str, dry_run: bool) -> str | None:
+        gate = self.shared_gate
+        return None if gate is None else await gate.refusal(name, dry_run=dry_run)
 
     async def _volume_reduce(self, request: dict[str, Any]) -> dict[str, Any]:
         """Control command ``volume_reduce`` (``capacity/reduce.py``), checked against the

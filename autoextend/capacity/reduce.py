@@ -10,13 +10,17 @@ reduce_on_stop``), in this order; each refusal is one line (``ReduceRefused``, e
 4. ``qemu-img check`` reports no corruption; its ``image-end-offset`` is the image's end;
 5. target = ``round_up(end + chunk, extent)`` (``figures.reduce_target``; never below the
    end, never above the current size); nothing to do when it is not smaller;
-6. local mode: the volume backend shrinks it (the LVM writer's ``lvreduce``, or the loop
-   file); mailbox mode: a REDUCE request to the SPM, which answers OK for a volume already
-   at or below the target and refuses one not yet reduced while its term is young or a host
-   asked to extend it within ``hot_window_s`` (``spm/reducing.py``).
+6. local mode: when the pool has a shared area (``[lease] path``), no other host that is
+   not known dead lists the volume in its in-use record, and every such record is fresh
+   (``sharedgate.py``: the SPM's rule and code); then the volume backend shrinks it (the
+   LVM writer's ``lvreduce``, or the loop file); mailbox mode: a REDUCE request to the SPM,
+   which answers OK for a volume already at or below the target and refuses one not yet
+   reduced while its term is young or a host asked to extend it within ``hot_window_s``
+   (``spm/reducing.py``).
 
 ``--dry-run`` stops before 6, and in mailbox mode asks the SPM the questions of 6 with a
 REDUCE_CHECK request (it never acts): the dry run prints the verdict the reduce would get.
+In local mode with a shared area it makes the one look of 6 (without the freshness rule).
 
 What the host prints is true of the volume (:func:`settle`): when the SPM refused or did not
 answer, the host reads the volume's size again before it answers. If the volume is at or
@@ -62,6 +66,10 @@ log = get_logger("capacity")
 # Mailbox mode: ask the SPM to reduce ``volume`` to ``size`` (``check``: only ask whether
 # it would); the size it leaves (or would leave), or ReduceRefused / ReduceUnanswered.
 RemoteReduce = Callable[[VolumeRef, int, bool], Awaitable[int]]
+
+# Local mode with a shared area (``sharedgate.py``): why ``vg/lv`` must not shrink because
+# of another host (``dry_run``: one look, no freshness rule), or None.
+SharedRefusal = Callable[[str, bool], Awaitable[str | None]]
 
 
 class ReduceBackend(VolumeBackend, Protocol):
@@ -141,13 +149,17 @@ class Reducer:
         settings: Settings,
         *,
         remote: RemoteReduce | None = None,
+        shared: SharedRefusal | None = None,
     ) -> None:
         """``settings``: ``[lvm] vgs`` (the pool) and ``[policy]`` (chunk, extent), replaced
         on reload; ``remote``: mailbox mode's request to the SPM (None: local mode, the
-        backend reduces)."""
+        backend reduces); ``shared``: local mode's look at the other hosts' in-use records
+        when the pool has a shared area (``sharedgate.py``; asked right before the backend
+        reduces, and by a dry run)."""
         self.backend = backend
         self.settings = settings
         self.remote = remote
+        self.shared = shared if remote is None else None
         self.reduces = 0
         self.given_back = 0
         self._lock = anyio.Lock()
@@ -190,6 +202,10 @@ class Reducer:
         bound = log.bind(volume=str(volume))
         if dry_run and self.remote is not None and target < size:
             await self.remote(volume, target, True)  # the SPM's verdict (ReduceRefused)
+        if self.shared is not None and target < size:
+            why = await self.shared(str(volume), dry_run)  # another host's use (local mode)
+            if why is not None:
+                raise ReduceRefused(volume, f"{why}; the volume is unchanged at {_mib(size)}")
         if dry_run or target >= size:
             bound.info("reduce planned" if dry_run else "nothing to give back",
                        size=size, image_end=check.image_end_offset, target=target)

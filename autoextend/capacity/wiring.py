@@ -25,6 +25,7 @@ from autoextend.capacity.reduce import (
     ReduceRefused,
     ReduceUnanswered,
     RemoteReduce,
+    SharedRefusal,
     VolumesInUse,
     parse_volume,
 )
@@ -115,16 +116,19 @@ class CapacityPart:
         cluster: Pool | None = None,
         on_level: Callable[[], object] = lambda: None,
         lister: ListsVolumes | None = None,
+        shared: SharedRefusal | None = None,
     ) -> None:
         """``cluster``: mailbox mode (None: local mode); ``on_level``: a VG's level changed
         (the service's STATUS= line); ``lister``: every volume of the pool's VGs (mailbox
-        mode: the SPM publishes their committed space, ``committed.py``)."""
+        mode: the SPM publishes their committed space, ``committed.py``); ``shared``: local
+        mode's look at the other hosts' in-use records (``sharedgate.py``)."""
         self.settings = settings
         self.clock = clock
         self._stopped_send, self._stopped = anyio.create_memory_object_stream[
             tuple[str, tuple[VolumeRef, ...]]](STOPPED_QUEUE)
         self.reducer = Reducer(backend, settings,
-                               remote=None if cluster is None else mailbox_reduce(cluster))
+                               remote=None if cluster is None else mailbox_reduce(cluster),
+                               shared=shared)
         source: ReportsVgFigures = backend
         self.published: PublishedSource | None = None
         if cluster is not None:

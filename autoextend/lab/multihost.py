@@ -425,3 +425,24 @@ async def pool(
     finally:
         if own_dir and not os.environ.get("AUTOEXTEND_KEEP_POOL"):
             await anyio.to_thread.run_sync(lambda: shutil.rmtree(directory, ignore_errors=True))
+
+
+def vm_events(the_pool: Pool, host_id: int, volume: str, vm: str = "vm1"
+              ) -> list[dict[str, Any]]:
+    """A host's events about the volume (or its VM), and its lease and SPM events (when it
+    took the SPM role: a failover's end), in log order."""
+    return [e for e in the_pool.hosts[host_id].log_events()
+            if e.get("volume") == volume or e.get("vm") == vm
+            or e.get("component") in ("lease", "cluster")]
+
+
+def timeline(events: list[dict[str, Any]]) -> str:
+    """The events as one line each (time, event, the fields that tell the story): what a
+    failure shows, so that a run on CI can be read without its host logs."""
+    keys = ("reason", "limit_mib_s", "threshold", "physical", "allocation", "duration_s",
+            "request_id", "state", "error")
+    lines = []
+    for e in events:
+        fields = " ".join(f"{k}={e[k]}" for k in keys if k in e)
+        lines.append(f"{str(e.get('timestamp', ''))[11:23]} {e.get('event')} {fields}")
+    return "\n".join(lines)

@@ -271,9 +271,18 @@ class LoopVolumeBackend:
 
     def _devices_of(self, volume: VolumeRef) -> list[str]:
         """This host's loop devices over the volume's file."""
-        path = self.file_path(volume)
+        return self.devices_over(self.file_path(volume))
+
+    def devices_over(self, path: str) -> list[str]:
+        """This host's loop devices over ``path`` (a file under the root: a volume, or a
+        VG's ``.pv``; blocking, reads sysfs)."""
         mine = attached_devices() if self.view_dir is None else _view_devices(self.view_dir)
         return sorted(dev for dev, backing in mine.items() if backing == path)
+
+    async def attach_view(self, path: str) -> str:
+        """Attach a loop device of this host's own over ``path`` (recorded in its view):
+        the lab's per-host view of a VG's ``.pv`` (``loop_pool.device_views``)."""
+        return await self._attach(await anyio.to_thread.run_sync(os.path.realpath, path))
 
     async def _attach(self, path: str) -> str:
         device = await loopdev.attach(path)

@@ -13,8 +13,12 @@ metadata has a stand-in here:
   device's size; the VG's capacity (``.vg_size``) is the PV's size in the metadata. A
   GROW-PV (``pvresize``) sets the capacity to the file's size, in whole extents, when the
   file grew past it. A VG without ``.pv`` (or without a capacity) has no PV to grow.
-  Every lab host sees the file's one size (``device_views``): the per-host rescan is
-  modelled with real loop devices in ``tests/lvm/test_grow_views_lvm.py`` only.
+  A lab host sees the file's size (``device_views``), unless it attached a loop device of
+  its own over ``.pv`` (``LoopVolumeBackend.attach_view``, a host with ``[volumes]
+  loop_host``): then it sees that device's size, which stays the old one until that host
+  rescans it (``losetup -c``), as a host's kernel keeps a LUN's old size
+  (``tests/e2e/test_pool_grow_views_lab.py``; with real lvm2:
+  ``tests/lvm/test_grow_views_lvm.py``).
 
 Every change checks the backend's authority first (the SPM's term), as lvm2 commands do.
 """
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 
 import anyio
 
+from autoextend.lvm import loopdev
 from autoextend.lvm.errors import VolumeExists
 from autoextend.lvm.loop_backend import VG_SIZE_FILE, LoopVolumeBackend, vg_capacity
 from autoextend.lvm.names import round_up_to_extent
@@ -177,17 +182,27 @@ class LoopPoolWriter:
         return grown
 
 
-async def device_views(root: str, vgs: Sequence[str]) -> dict[str, int]:
-    """A lab host's view of the loop VGs' PVs, ``{uuid: bytes}`` (the ``.pv`` files'
-    sizes: every lab host sees the same)."""
+async def device_views(root: str, vgs: Sequence[str],
+                       host: LoopVolumeBackend | None = None) -> dict[str, int]:
+    """A lab host's view of the loop VGs' PVs, ``{uuid: bytes}``: the ``.pv`` files' sizes,
+    or, for a ``host`` with its own view (``loop_host``) that attached a loop device over a
+    ``.pv`` (``attach_view``), that device's size as the kernel reports it."""
 
     def look() -> dict[str, int]:
         out: dict[str, int] = {}
         for vg in vgs:
+            pv = os.path.join(root, check_name("VG", vg), PV_FILE)
             try:
-                size = os.stat(os.path.join(root, check_name("VG", vg), PV_FILE)).st_size
+                size = os.stat(pv).st_size
             except FileNotFoundError:
                 continue
+            own = ([] if host is None or host.view_dir is None
+                   else host.devices_over(os.path.realpath(pv)))
+            if own:
+                try:
+                    size = loopdev.size_of(own[0])
+                except loopdev.LoopError:
+                    continue  # no view: the SPM's gate refuses a grow (safe)
             if size > 0:
                 out[pv_uuid(vg)] = size
         return out

@@ -71,7 +71,7 @@ class PolicySettings(Section):
     manage_enospc_to_guest: bool = True
     # Throttle before pause: while a drive's extension runs and its free space above the
     # threshold would run out before the extension lands (the p99 of recent extensions, or
-    # the SPM failover bound while no SPM term is valid), limit the guest's writes to that
+    # twice the SPM failover bound once an extension outlived it), limit the guest's writes to that
     # drive so the space lasts; lifted when the grown drive is re-armed, and the drive's
     # own limits are restored exactly. false: never throttle.
     throttle: bool = True

@@ -4,25 +4,34 @@ Derivation. An extension starts at the threshold, with the free space above it
 (``rate.free_above_threshold``: ``F`` bytes) to work with. It is expected to land ``E``
 seconds from now:
 
-* ``E = p99 - elapsed`` while the extension is younger than the p99 of recent extensions
-  (measured, ``rate.DriveRates.latency_s``);
-* ``E = failover_s - elapsed`` (at least :data:`MIN_REMAINING_S`) once it outlived the p99:
-  something is wrong, so plan for the worst that still ends, an SPM failover
-  (``timeouts.failover_s``, 8T+W+2T; in local mode the extension deadline). While no SPM
-  term is valid no extension lands sooner than that; the reason shown is then
-  ``SPM failover``. The host's view of the SPM's renewals is not trusted to throttle on its
-  own (a host reads the other hosts' records only now and then, so a stale view would
-  throttle healthy guests); an extension stuck behind a lost SPM outlives its p99 within
-  that p99, and the bound applies from then on.
+* ``E = p99 - elapsed + R`` while the extension is younger than the p99 of recent
+  extensions (measured, ``rate.DriveRates.latency_s``);
+* ``E = SLACK x failover_s + p99 - elapsed + R`` (at least :data:`MIN_REMAINING_S`) once it
+  outlived the p99: something is wrong, so plan for the worst that still ends, an SPM
+  failover (``timeouts.failover_s``, 8T+W+2T; in local mode the extension deadline). That
+  bound is the time until a new SPM *reads* the request; the extension then takes an
+  ordinary one (the p99) to land. The bound also assumes every host renews and reads on
+  time, which an overloaded host does not: the plan is for :data:`FAILOVER_SLACK` times the
+  bound (a guest slowed more during a failover, rather than paused at its end). While no SPM
+  term is valid no extension lands sooner than that; the reason shown is then ``SPM
+  failover``. The host's view of the SPM's renewals is not trusted to throttle on its own
+  (a host reads the other hosts' records only now and then, so a stale view would throttle
+  healthy guests); an extension stuck behind a lost SPM outlives its p99 within that p99,
+  and the bound applies from then on.
+* ``R`` is the throttle's reaction: one look (:data:`CHECK_S`) and one set of a limit (``A``,
+  measured: the slowest of the recent sets, :data:`ACT_ASSUMED_S` before any). A limit
+  decided now is in place only ``A`` later, and a limit needed at the p99 is decided up to
+  one look after it: the plan includes both, so the space is not gone before the limit is.
 
 At the drive's write rate ``r`` the free space lasts ``F / r``. When that is less than
 ``E`` the guest would pause, so its writes are limited to
 
-    limit = max(floor, F / E)
+    limit = max(floor, (F - r x A) / (E - A))
 
-which is below ``r`` (``F / r < E`` is ``F / E < r``): the free space then lasts until the
-extension lands. Only ever tightened while the extension runs (a guest held at ``limit``
-keeps ``F / E`` where it is); lifted in the step that re-arms the grown drive (or leaves
+which is below ``r`` (``F / r < E`` is ``(F - rA) / (E - A) < r``): the space left when the
+limit is in place, ``A`` from now, then lasts until the extension lands. Only ever tightened
+while the extension runs (a guest held at ``limit`` keeps the figure where it is); lifted in
+the step that re-arms the grown drive (or leaves
 it at its cap, or to a migration), and then the limits the drive had before are restored
 exactly: they are read first (``Hypervisor.io_limits``), a drive whose own write limit is
 already at or below ``limit`` is left alone, and a drive whose limits someone changed
@@ -61,6 +70,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -94,6 +104,12 @@ from autoextend.volumes import VolumeRef
 MiB = 1 << 20
 #: The least time an extension is still expected to take, once its bound has passed.
 MIN_REMAINING_S = 1.0
+#: The plan during a failover is for this many times its bound (module doc).
+FAILOVER_SLACK = 2.0
+#: How long setting a limit is assumed to take until one was measured, and how many of the
+#: recent sets the measured figure (the slowest) is taken from.
+ACT_ASSUMED_S = 0.1
+ACT_WINDOW = 8
 #: How often the watch looks at a drive being extended (arithmetic only, no I/O).
 CHECK_S = 0.1
 #: How often it asks the hypervisor for fresh numbers while it throttles or is overdue.
@@ -129,21 +145,27 @@ class Expectation:
     reason: str
 
 
-def expect(elapsed_s: float, p99_s: float, failover_s: float, spm_valid: bool) -> Expectation:
-    """The expected rest of an extension that has run ``elapsed_s`` (see module doc);
-    ``spm_valid`` only names the reason."""
+def expect(elapsed_s: float, p99_s: float, failover_s: float, spm_valid: bool,
+           react_s: float = 0.0) -> Expectation:
+    """The expected rest of an extension that has run ``elapsed_s``, with the throttle's
+    reaction ``react_s`` (see module doc); ``spm_valid`` only names the reason."""
     if elapsed_s < p99_s:
-        return Expectation(p99_s - elapsed_s, WRITE_RATE)
-    return Expectation(max(failover_s - elapsed_s, MIN_REMAINING_S),
+        return Expectation(p99_s - elapsed_s + react_s, WRITE_RATE)
+    return Expectation(max(FAILOVER_SLACK * failover_s + p99_s - elapsed_s + react_s,
+                           MIN_REMAINING_S),
                        OVERDUE if spm_valid else SPM_FAILOVER)
 
 
-def limit_for(free: int, rate: float, remaining_s: float, floor: int) -> int | None:
-    """The write limit (bytes/s) that makes ``free`` last ``remaining_s``, never below
+def limit_for(free: int, rate: float, remaining_s: float, floor: int,
+              act_s: float = 0.0) -> int | None:
+    """The write limit (bytes/s) that makes ``free`` last ``remaining_s`` when it takes
+    ``act_s`` to be in place (the guest writes at ``rate`` until then), never below
     ``floor``; None when the rate does not need one (the headroom lasts)."""
     if remaining_s <= 0 or headroom_s(free, rate) >= remaining_s:
         return None
-    return max(floor, math.floor(free / remaining_s))
+    act_s = min(max(0.0, act_s), remaining_s / 2)  # the rest is planned for, at least half
+    left = free - rate * act_s
+    return max(floor, math.floor(max(0.0, left) / (remaining_s - act_s)))
 
 
 def tighter(current: int, wanted: int | None) -> int | None:
@@ -217,6 +239,8 @@ class Throttles:
         self.margins: dict[VolumeRef, float] = {}
         #: Lifts put off until the VM's resume was sent (:meth:`after_resume`).
         self._deferred: dict[VolumeRef, tuple[VmView, DriveState, DriveInfo]] = {}
+        #: How long the recent sets of a limit took (read the drive's own, set): ``A``.
+        self._acts: deque[float] = deque(maxlen=ACT_WINDOW)
 
     # ------------------------------------------------------------ what others read
 
@@ -289,7 +313,9 @@ class Throttles:
     async def _watching(self, vm: VmView, d: DriveState, info: DriveInfo, watermark: int,
                         started: float) -> None:
         ctx = self._ctx
-        resampled = -math.inf
+        # The extension's own sample (``watching``) is fresh: the first look acts on it at
+        # once, with no query first (every command before the set is space gone).
+        resampled = ctx.clock.now()
         while True:
             now = ctx.clock.now()
             exp = self._expect(now - started)
@@ -305,11 +331,15 @@ class Throttles:
                 await self._apply(vm, d, info, wanted, exp.reason)
             await ctx.clock.sleep(CHECK_S)
 
+    def act_s(self) -> float:
+        """``A``: how long setting a limit takes (the slowest of the recent sets)."""
+        return max(self._acts) if self._acts else ACT_ASSUMED_S
+
     def _expect(self, elapsed: float) -> Expectation:
         ctx = self._ctx
         spm_ok = ctx.spm_ok() if ctx.spm_ok is not None else True
         bound = ctx.failover_s if ctx.failover_s is not None else ctx.extend_deadline_s
-        return expect(elapsed, self.rates.latency_s(), bound, spm_ok)
+        return expect(elapsed, self.rates.latency_s(), bound, spm_ok, CHECK_S + self.act_s())
 
     def _wanted(self, d: DriveState, s: Sample, now: float, physical: int, watermark: int,
                 exp: Expectation) -> int | None:
@@ -319,7 +349,7 @@ class Throttles:
         allocation = max(self.rates.latest(d.volume), predicted_allocation(s, now, rate))
         free = free_above_threshold(allocation, physical, watermark)
         floor = self._ctx.settings.throttle_floor_mib_s * MiB
-        return tighter(current, limit_for(free, rate, exp.remaining_s, floor))
+        return tighter(current, limit_for(free, rate, exp.remaining_s, floor, self.act_s()))
 
     async def _resample(self, vm: VmView, d: DriveState, info: DriveInfo,
                         watermark: int) -> Sample:
@@ -345,6 +375,7 @@ class Throttles:
         if d.volume in self._restoring or self.holds.busy == (vm.name, d.name):
             return  # its own limits are on their way back: the next look sets this one
         try:
+            began = ctx.clock.now()
             original = held.original if held is not None else self.holds.adopt(
                 vm.name, d.name, await hv.io_limits(vm.name, info))
             own = original.write_bps
@@ -363,6 +394,7 @@ class Throttles:
                     else:  # the limit in place stays what the record says
                         await self._write_down(vm, d, original, held.applied)
                     raise
+                self._acts.append(ctx.clock.now() - began)
                 # As the hypervisor has them (QEMU names a new throttle group after the
                 # device): what the lift compares with to see whether someone changed them.
                 applied = await self._applied(vm, info, sent)

@@ -29,11 +29,17 @@ async def host_status(p: Pool, host_id: int) -> dict[str, Any]:
     return (await p.statuses()).get(host_id, {})
 
 
-async def restart_alone(p: Pool, host_id: int) -> None:
+async def restart_alone(p: Pool, host_id: int, *, local: bool = False) -> None:
     """Stop ``host_id`` (it leaves the pool) and run it again in a PID namespace of its own,
-    with its own /proc; stopped when the pool closes."""
+    with its own /proc; stopped when the pool closes. ``local``: it comes back in local mode
+    (``[service] extender = "local"``), its ``[lease]`` section (the pool's shared area)
+    kept."""
     host = p.hosts[host_id]
     await host.stop()
+    if local:
+        text = host.config.read_text()
+        assert 'extender = "mailbox"' in text
+        host.config.write_text(text.replace('extender = "mailbox"', 'extender = "local"'))
     log = await anyio.to_thread.run_sync(lambda: open(host.log_path, "ab"))
     try:
         process = await anyio.open_process(
@@ -57,6 +63,8 @@ async def restart_alone(p: Pool, host_id: int) -> None:
     p.stack.push_async_callback(stop)
 
     async def joined() -> bool:
+        if local:  # no lease, no SPM section: the service answers
+            return bool((await p.statuses()).get(host_id))
         status = (await p.statuses()).get(host_id, {}).get("spm") or {}
         return status.get("lease_health") == "ok" and bool(status.get("in_use"))
 

@@ -27,19 +27,13 @@ import anyio
 import pytest
 
 from autoextend.lab.guest import GuestJob
-from autoextend.lab.multihost import Pool, pool
+from autoextend.lab.multihost import pool, timeline, vm_events
 from autoextend.lab.waiting import until
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
 THROTTLED = "guest writes throttled until the extension lands"
 LIFTED = "throttle lifted"
-
-
-def monitor_events(the_pool: Pool, host_id: int, volume: str) -> list[dict[str, Any]]:
-    """The host's monitor events about the volume (or its VM), in log order."""
-    return [e for e in the_pool.hosts[host_id].log_events()
-            if e.get("volume") == volume or e.get("vm") == "vm1"]
 
 
 def extensions(events: list[dict[str, Any]]) -> int:
@@ -58,31 +52,19 @@ async def stalled_spm_run(directory: Path, *, throttle: bool
         g = await p.start_guest(host, "vm1", GuestJob(mib=1024), start_mib=64,
                                 virtual_mib=2048)
         volume = str(g.volume)
-        await until(lambda: extensions(monitor_events(p, host, volume)) >= 5, 900,
+        await until(lambda: extensions(vm_events(p, host, volume)) >= 5, 900,
                     "five extensions (a measured p99)",
-                    describe=lambda: extensions(monitor_events(p, host, volume)))
+                    describe=lambda: extensions(vm_events(p, host, volume)))
         process = p.hosts[spm].process
         assert process is not None and process.returncode is None
-        before = len(monitor_events(p, host, volume))
+        before = len(vm_events(p, host, volume))
         process.send_signal(signal.SIGSTOP)
         try:
             await anyio.sleep(20.0)  # time is the subject: the SPM is stopped for 20 s
         finally:
             process.send_signal(signal.SIGCONT)
         result = await g.vm.result(timeout=900)
-        return result.verified, monitor_events(p, host, volume), before
-
-
-def timeline(events: list[dict[str, Any]]) -> str:
-    """The events as one line each (time, event, the fields that tell the story): what a
-    failure shows, so that a run on CI can be read without its host logs."""
-    keys = ("reason", "limit_mib_s", "threshold", "physical", "allocation", "duration_s",
-            "request_id", "state", "error")
-    lines = []
-    for e in events:
-        fields = " ".join(f"{k}={e[k]}" for k in keys if k in e)
-        lines.append(f"{str(e.get('timestamp', ''))[11:23]} {e.get('event')} {fields}")
-    return "\n".join(lines)
+        return result.verified, vm_events(p, host, volume), before
 
 
 def pauses(events: list[dict[str, Any]]) -> int:

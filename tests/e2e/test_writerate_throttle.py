@@ -31,7 +31,7 @@ import anyio
 import pytest
 
 from autoextend.lab.guest import GuestJob
-from autoextend.lab.multihost import Pool, pool
+from autoextend.lab.multihost import pool, timeline, vm_events
 from autoextend.lab.waiting import until
 
 pytestmark = pytest.mark.slow
@@ -47,12 +47,6 @@ POLICY = "\n".join((
     "assumed_latency_s = 0.5",
     "throttle_floor_mib_s = 1",
 ))
-
-
-def monitor_events(the_pool: Pool, host_id: int, volume: str) -> list[dict[str, Any]]:
-    """The host's monitor events about the volume (or its VM), in log order."""
-    return [e for e in the_pool.hosts[host_id].log_events()
-            if e.get("volume") == volume or e.get("vm") == "vm1"]
 
 
 def count(events: list[dict[str, Any]], name: str) -> int:
@@ -71,9 +65,9 @@ async def test_combined_policy_carries_a_guest_through_a_stopped_spm(
         g = await p.start_guest(host, "vm1", GuestJob(mib=1024), start_mib=64,
                                 virtual_mib=2048)
         volume = str(g.volume)
-        await until(lambda: count(monitor_events(p, host, volume), "extended") >= 5, 900,
+        await until(lambda: count(vm_events(p, host, volume), "extended") >= 5, 900,
                     "five extensions (a measured p99 and rate)",
-                    describe=lambda: count(monitor_events(p, host, volume), "extended"))
+                    describe=lambda: count(vm_events(p, host, volume), "extended"))
         process = p.hosts[spm].process
         assert process is not None and process.returncode is None
         process.send_signal(signal.SIGSTOP)
@@ -82,11 +76,11 @@ async def test_combined_policy_carries_a_guest_through_a_stopped_spm(
         finally:
             process.send_signal(signal.SIGCONT)
         result = await g.vm.result(timeout=900)
-        events = monitor_events(p, host, volume)
+        events = vm_events(p, host, volume)
     names = [e.get("event") for e in events]
     assert result.verified, result
     paused = [e for e in events if e.get("event") == "vm paused"]
-    assert not paused, paused
+    assert not paused, "a pause:\n" + timeline(events)
     assert THROTTLED in names, "the stall did not throttle the guest"
     steps = [e["size"] - e["physical"] for e in events if e.get("event") == "extending"]
     assert steps and all(0 < s <= CHUNK for s in steps), steps

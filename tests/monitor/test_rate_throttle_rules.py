@@ -17,6 +17,7 @@ from autoextend.monitor.rate import (
     update,
 )
 from autoextend.monitor.throttle import (
+    FAILOVER_SLACK,
     MIN_REMAINING_S,
     OVERDUE,
     SPM_FAILOVER,
@@ -69,31 +70,38 @@ def test_free_above_threshold_and_headroom(allocation: int, physical: int, water
 
 
 @given(elapsed=st.floats(0.0, 1e4), p99=st.floats(0.001, 1e3), failover=st.floats(1.0, 1e4),
-       spm=st.booleans())
+       spm=st.booleans(), react=st.floats(0.0, 10.0))
 def test_the_expected_rest_of_an_extension(elapsed: float, p99: float, failover: float,
-                                           spm: bool) -> None:
-    e = expect(elapsed, p99, failover, spm)
+                                           spm: bool, react: float) -> None:
+    e = expect(elapsed, p99, failover, spm, react)
     assert e.remaining_s > 0
     if elapsed < p99:
         assert e.reason == WRITE_RATE
-        assert e.remaining_s == pytest.approx(p99 - elapsed)
+        # the rest of the p99, and the throttle's reaction on top
+        assert e.remaining_s == pytest.approx(p99 - elapsed + react)
     else:
         assert e.reason == (OVERDUE if spm else SPM_FAILOVER)
-        assert e.remaining_s == max(failover - elapsed, MIN_REMAINING_S)
+        # overdue: a failover (with slack) then an ordinary extension, never below the least
+        assert e.remaining_s == max(FAILOVER_SLACK * failover + p99 - elapsed + react,
+                                    MIN_REMAINING_S)
+        assert e.remaining_s >= min(failover + p99 - elapsed + react, MIN_REMAINING_S)
 
 
 @given(free=st.integers(0, 1 << 40), rate=rates, remaining=st.floats(0.01, 1e4),
-       floor=st.integers(1, 1 << 30))
+       floor=st.integers(1, 1 << 30), act=st.floats(0.0, 10.0))
 def test_a_limit_makes_the_headroom_last_or_sits_at_the_floor(
-        free: int, rate: float, remaining: float, floor: int) -> None:
-    limit = limit_for(free, rate, remaining, floor)
+        free: int, rate: float, remaining: float, floor: int, act: float) -> None:
+    limit = limit_for(free, rate, remaining, floor, act)
     if headroom_s(free, rate) >= remaining:
         assert limit is None  # the headroom lasts as it is
         return
     assert limit is not None and limit >= floor
     if limit > floor:
         assert limit < rate  # it slows the guest
-        assert free / limit >= remaining * (1 - 1e-9)  # the space lasts until it lands
+        # The guest writes at its rate until the limit is in place (act, at most half the
+        # rest), then at the limit: the space lasts until the extension lands.
+        a = min(act, remaining / 2)
+        assert rate * a + limit * (remaining - a) <= free * (1 + 1e-9)
 
 
 @given(current=st.integers(0, 1 << 40), wanted=st.none() | st.integers(1, 1 << 40))

@@ -123,7 +123,7 @@ async def killed_while_throttled(rig: Rig, path: Path) -> IoLimits:
         tg.cancel_scope.cancel()
     rig.ext.gate = None
     left = limits(rig)
-    assert left != THEIRS and left.get("bps_wr") == 56 * MiB
+    assert left != THEIRS and 0 < left.get("bps_wr") < 100 * MiB
     (rec,) = recorded(path)
     assert (rec.vm, rec.drive, rec.original, rec.applied) == ("vm1", "vda", THEIRS, left)
     return left
