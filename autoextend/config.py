@@ -8,6 +8,7 @@ the service as a whole. It is a neutral type: the rules over it (:mod:`autoexten
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field
@@ -28,10 +29,20 @@ class ServiceSettings(Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     control_socket: str = "/run/autoextend/control.sock"
+    # Where the service keeps what must outlive it (the write throttle's hold file,
+    # throttle-holds.json: the limits to give back after a crash). "" (default): the
+    # control socket's directory, /run/autoextend.
+    state_dir: str = ""
     dry_run: bool = False
     # A reload that moves a [policy] number by more than this factor (up or down) is held
     # back until confirmed (autoextend/reloadguard.py).
     reload_max_factor: float = Field(4.0, ge=1.0, le=1000.0)
+
+
+    @property
+    def state_path(self) -> str:
+        """The state directory in effect (``state_dir``, or the control socket's)."""
+        return self.state_dir or os.path.dirname(self.control_socket) or "."
 
 
 class MetricsSettings(Section):

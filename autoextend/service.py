@@ -18,6 +18,7 @@ first; SIGHUPs before the service is ready become one reload once it is.
 from __future__ import annotations
 
 import enum
+import os
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ from autoextend.lvm.reserve import FreeSpaceBackend
 from autoextend.lvm.runner import ProcessRunner
 from autoextend.lvm.writer import WriterTally
 from autoextend.metrics import Metrics, serve_metrics
+from autoextend.monitor import holds
 from autoextend.monitor.chunking import WriteRateChunks
 from autoextend.monitor.context import Sizes, ViewSizes
 from autoextend.monitor.core import Monitor, VolumeInUse
@@ -304,6 +306,7 @@ class Service:
                         if self.cluster is not None else None),
             measure_full=qemu_img_fully_allocated,  # the honest cap (monitor/caps.py)
             handoff=self.handoff,
+            throttle_holds=os.path.join(settings.service.state_path, holds.FILE_NAME),
         )
         self._export_throttle_metrics()
         self.control = ControlServer(settings.service.control_socket)

@@ -64,6 +64,7 @@ from autoextend.monitor.caps import CapBook, FullAllocation, MeasuredCaps
 from autoextend.monitor.config import PolicySettings, ResumeSettings
 from autoextend.monitor.context import InFlight, MonitorContext, ViewSizes, VolumeViews
 from autoextend.monitor.extension import DriveVanished
+from autoextend.monitor.holds import HoldFile
 from autoextend.monitor.observer import (
     CleanStop,
     DriveGone,
@@ -141,7 +142,7 @@ class Monitor:
         spm_ok: Callable[[], bool] | None = None,
         failover_s: float | None = None,
         measure_full: FullAllocation | None = None,
-        handoff: PauseHandoff | None = None,
+        handoff: PauseHandoff | None = None, throttle_holds: str | None = None,
     ) -> None:
         """``space_gate``: why an extension must wait, or None (the capacity levels: at a
         VG's critical level only VMs paused on ENOSPC are extended). ``view_sizes``: where
@@ -153,7 +154,7 @@ class Monitor:
         the pool's SPM term valid now) and ``failover_s`` (how long an extension may take
         across a failover) are the write throttle's (``monitor/throttle.py``).
         ``measure_full``: ``qemu-img measure``'s fully allocated size, for the honest cap
-        (``monitor/caps.py``); None: the cap is capacity x cap_factor. ``handoff``: handoff.py"""
+        (caps.py; None: capacity x cap_factor). See handoff.py, holds.py (throttle_holds)."""
         resume = resume or ResumeSettings()
         book = CapBook(measure_full)
         resolver = MeasuredCaps(policy_for or default_policy_resolver(settings), book)
@@ -170,7 +171,7 @@ class Monitor:
             view_sizes=view_sizes, spm_ok=spm_ok, failover_s=failover_s, caps=book,
             handoff=handoff)
         self.claims = ClaimBook(clock)
-        self.throttles = Throttles(self.ctx, self.rates)
+        self.throttles = Throttles(self.ctx, self.rates, HoldFile(throttle_holds))
         self.ctx.observer = Fanout(self.rates, self.throttles, outer)
         self.ctx.in_flight = InFlight(lambda: self.extends_in_flight, self.ctx.observer)
         self._steps = Steps.of(self.ctx, self.throttles, checks)
@@ -253,6 +254,7 @@ class Monitor:
             tg.start_soon(self._dispatch, receive)
             tg.start_soon(self.throttles.lift_at_stop)
             await tg.start(self.ctx.hypervisor.run, send)
+            tg.start_soon(self.throttles.recover)  # limits a previous run left (holds.py)
             tg.start_soon(self._poll_loop)
             log.info("monitor started", dry_run=self.ctx.dry_run)
             task_status.started()

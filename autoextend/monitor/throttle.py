@@ -37,6 +37,14 @@ exactly: they are read first (``Hypervisor.io_limits``), a drive whose own write
 already at or below ``limit`` is left alone, and a drive whose limits someone changed
 while it was throttled keeps theirs.
 
+A guest paused for lack of space gets its ``cont`` before the lift (the lift is not needed
+to resume it; its read and set would come between the extender's OK and the ``cont``): the
+re-arm puts the lift off, and the VM's pause step lifts it right after the ``cont``
+(:meth:`Throttles.after_resume`; the expiry loop after :data:`DEFER_S` at the latest).
+
+Across a crash: each hold is written down before its limit is set and struck out when it
+is lifted (``monitor/holds.py``); the next start gives back what a killed service left.
+
 ``[policy] throttle = false`` turns it off; ``throttle_floor_mib_s`` is the floor. A guest
 sees slower writes (its I/O waits in QEMU), never an error.
 
@@ -73,6 +81,7 @@ from autoextend.monitor import policy
 from autoextend.monitor.chunking import next_margin
 from autoextend.monitor.context import MonitorContext, VmView
 from autoextend.monitor.drive import DriveState, ThresholdState
+from autoextend.monitor.holds import HoldFile, HoldRecord, recover
 from autoextend.monitor.observer import (
     DriveGone,
     MonitorEvent,
@@ -89,6 +98,7 @@ from autoextend.monitor.rate import (
     predicted_allocation,
 )
 from autoextend.monitor.vm import log
+from autoextend.monitor.vmstate import VmState
 from autoextend.volumes import VolumeRef
 
 MiB = 1 << 20
@@ -115,6 +125,9 @@ PRESSING = 0.9
 #: held guest has to reach its threshold again.
 STEADY_CHECK_S = 0.5
 STEADY_GRACE_S = 1.0
+#: A lift put off until the paused guest's ``cont`` (:meth:`Throttles.after_resume`) is done
+#: by the expiry loop at the latest this long after the re-arm.
+DEFER_S = 2.0
 #: Held between extensions: the margin a drive starts with (the p99 is already a bound;
 #: near misses raise it, ``chunking.next_margin``).
 HOLD_MARGIN = 1.0
@@ -210,9 +223,12 @@ class Held:
 class Throttles:
     """The monitor's write throttle: one per monitor (``monitor/vmtask.py: Steps``)."""
 
-    def __init__(self, ctx: MonitorContext, rates: DriveRates) -> None:
+    def __init__(self, ctx: MonitorContext, rates: DriveRates,
+                 holds: HoldFile | None = None) -> None:
         self._ctx = ctx
         self.rates = rates
+        #: What is written down across a crash (``monitor/holds.py``).
+        self.holds = holds if holds is not None else HoldFile(None)
         self.held: dict[VolumeRef, Held] = {}
         self._seconds_done = 0.0
         self._watched: set[VolumeRef] = set()  # drives whose extension is running
@@ -221,6 +237,8 @@ class Throttles:
         self._wake: anyio.Event | None = None  # set when a hold starts (lift_at_stop waits)
         #: Held between extensions: each drive's margin, corrected by its near misses.
         self.margins: dict[VolumeRef, float] = {}
+        #: Lifts put off until the VM's resume was sent (:meth:`after_resume`).
+        self._deferred: dict[VolumeRef, tuple[VmView, DriveState, DriveInfo]] = {}
         #: How long the recent sets of a limit took (read the drive's own, set): ``A``.
         self._acts: deque[float] = deque(maxlen=ACT_WINDOW)
 
@@ -243,9 +261,15 @@ class Throttles:
         """A drive gone (with its VM or unplugged): nothing left to restore."""
         if isinstance(event, DriveGone):
             self.margins.pop(event.volume, None)
+            self._deferred.pop(event.volume, None)
             h = self.held.pop(event.volume, None)
             if h is not None:
                 self._seconds_done += self._ctx.clock.now() - h.since
+                self.holds.forget(h.vm, h.drive)  # written with the next change
+
+    async def recover(self) -> None:
+        """At start-up: give back the limits a previous run left (``monitor/holds.py``)."""
+        await recover(self.holds, self._ctx.hypervisor, self._ctx.dry_run)
 
     # ------------------------------------------------------------ during an extension
 
@@ -266,6 +290,7 @@ class Throttles:
         held = self.held.get(d.volume)
         if held is not None:
             held.expires = None  # the extension's now: its re-arm decides again
+        self._deferred.pop(d.volume, None)
         self._watched.add(d.volume)
         try:
             async with anyio.create_task_group() as tg:
@@ -347,22 +372,34 @@ class Throttles:
         hv = ctx.hypervisor
         bound = log.bind(vm=vm.name, drive=d.name, volume=str(d.volume))
         held = self.held.get(d.volume)
-        if d.volume in self._restoring:
+        if d.volume in self._restoring or self.holds.busy == (vm.name, d.name):
             return  # its own limits are on their way back: the next look sets this one
         try:
             began = ctx.clock.now()
-            original = held.original if held is not None else await hv.io_limits(vm.name, info)
+            original = held.original if held is not None else self.holds.adopt(
+                vm.name, d.name, await hv.io_limits(vm.name, info))
             own = original.write_bps
             if held is None and own and own <= bps:
                 return  # its own limit is tighter already: nothing to add
             # Shielded from the set to the record: the extension may land meanwhile and
             # end this watch, and a limit set but not recorded would never be lifted.
             with anyio.CancelScope(shield=True):
-                await hv.set_io_limits(vm.name, info, original.with_write_bps(bps))
+                sent = original.with_write_bps(bps)
+                await self._write_down(vm, d, original, sent)  # before the set: a crash
+                try:
+                    await hv.set_io_limits(vm.name, info, sent)
+                except AutoextendError:
+                    if held is None:  # nothing set: nothing to give back
+                        await self.holds.drop(vm.name, d.name)
+                    else:  # the limit in place stays what the record says
+                        await self._write_down(vm, d, original, held.applied)
+                    raise
                 self._acts.append(ctx.clock.now() - began)
                 # As the hypervisor has them (QEMU names a new throttle group after the
                 # device): what the lift compares with to see whether someone changed them.
-                applied = await self._applied(vm, info, original.with_write_bps(bps))
+                applied = await self._applied(vm, info, sent)
+                if applied != sent:
+                    await self._write_down(vm, d, original, applied)
                 if held is None:
                     self.held[d.volume] = Held(vm.name, d.name, original, applied, bps,
                                                reason, ctx.clock.now())
@@ -383,6 +420,10 @@ class Throttles:
         level = bound.info if reason == WRITE_RATE else bound.warning
         level("guest writes throttled until the extension lands",
               limit_mib_s=round(bps / MiB, 2), reason=reason, status=describe(bps, reason))
+
+    async def _write_down(self, vm: VmView, d: DriveState, original: IoLimits,
+                          applied: IoLimits) -> None:
+        await self.holds.put(HoldRecord(vm.name, d.name, str(d.volume), original, applied))
 
     async def _applied(self, vm: VmView, info: DriveInfo, sent: IoLimits) -> IoLimits:
         """The limits the drive has after a set (read back); what was sent when the read
@@ -421,7 +462,8 @@ class Throttles:
     async def lift_at_stop(self) -> None:
         """Wait until the monitor stops, then give every throttled drive its own limits
         back (best effort, bounded: the hypervisor's connections close at the same time; a
-        limit left behind by a crash stays until lifted by hand)."""
+        limit not given back, or left by a crash, stays in the hold file and the next start
+        gives it back: ``monitor/holds.py``)."""
         try:
             while True:  # and end the holds whose guest slowed down (module doc)
                 if not any(h.expires is not None for h in self.held.values()):
@@ -446,11 +488,13 @@ class Throttles:
             if held.expires is None or now < held.expires or volume in self._watched:
                 continue
             self.held.pop(volume, None)
+            deferred = self._deferred.pop(volume, None) is not None
             seconds = now - held.since
             self._seconds_done += seconds
             self._restoring.add(volume)
             try:
-                await self._restore(held, volume, "throttle lifted: the guest slowed down")
+                await self._restore(held, volume, "throttle lifted" if deferred else
+                                    "throttle lifted: the guest slowed down")
             finally:
                 self._restoring.discard(volume)
             self._ctx.observer.notify(ThrottleLifted(held.vm, held.drive, volume, seconds))
@@ -505,24 +549,53 @@ class Throttles:
         hv = self._ctx.hypervisor
         try:
             info = next((i for i in await hv.drives(held.vm) if i.drive == held.drive), None)
-            if info is None:
-                return
-            now = await hv.io_limits(held.vm, info)
-            if now != held.applied:
-                bound.warning("throttle: the drive's limits were changed while throttled; "
-                              "leaving them as they are", limits=dict(now.values))
-                return
-            await hv.set_io_limits(held.vm, info, held.original)
-            bound.info(done)
+            if info is not None:
+                now = await hv.io_limits(held.vm, info)
+                if now != held.applied:
+                    bound.warning("throttle: the drive's limits were changed while "
+                                  "throttled; leaving them as they are",
+                                  limits=dict(now.values))
+                else:
+                    await hv.set_io_limits(held.vm, info, held.original)
+                    bound.info(done)
         except AutoextendError as exc:
-            bound.warning("throttle: restoring the drive's limits failed", error=str(exc),
-                          limits=dict(held.original.values))
+            self._left(held, volume, exc)
+            return
+        await self.holds.drop(held.vm, held.drive)
+
+    def _left(self, held: Held, volume: VolumeRef, exc: AutoextendError) -> None:
+        """A lift failed: the record stays (the next start gives the limits back; a new
+        hold of the drive meanwhile takes its own limits from it)."""
+        self.holds.unsettled.add((held.vm, held.drive))
+        log.warning("throttle: restoring the drive's limits failed; kept in the hold file",
+                    vm=held.vm, drive=held.drive, volume=str(volume), error=str(exc),
+                    limits=dict(held.original.values))
 
     async def lift(self, vm: VmView, d: DriveState, info: DriveInfo) -> None:
         """Restore the drive's own limits (the step that re-arms it), or, held between
-        extensions, keep a limit (module doc). Never raises."""
+        extensions, keep a limit (module doc). A guest paused for lack of space gets its
+        ``cont`` first (the lift is not needed to resume it, and its read and set would
+        delay it): the lift then follows the resume (:meth:`after_resume`). Never raises."""
         if await self._hold(vm, d, info):
             return
+        held = self.held.get(d.volume)
+        if held is None:
+            return
+        if not self._holds() and vm.machine.state is VmState.PAUSED_ENOSPC:
+            self._deferred[d.volume] = (vm, d, info)
+            self._renew(held, self._ctx.clock.now() + DEFER_S)  # at the latest
+            return
+        await self._lift_now(vm, d, info)
+
+    async def after_resume(self, vm: VmView) -> None:
+        """The VM's pause step is done (its ``cont`` sent, or not due): the lifts put off
+        for it now. Never raises."""
+        for volume, (v, d, info) in list(self._deferred.items()):
+            if v is vm:
+                del self._deferred[volume]
+                await self._lift_now(v, d, info)
+
+    async def _lift_now(self, vm: VmView, d: DriveState, info: DriveInfo) -> None:
         held = self.held.pop(d.volume, None)
         if held is None:
             return
@@ -537,8 +610,8 @@ class Throttles:
                               "leaving them as they are", limits=dict(now.values))
             else:
                 await ctx.hypervisor.set_io_limits(vm.name, info, held.original)
+            await self.holds.drop(vm.name, d.name)
         except AutoextendError as exc:
-            bound.warning("throttle: restoring the drive's limits failed", error=str(exc),
-                          limits=dict(held.original.values))
+            self._left(held, d.volume, exc)
         ctx.observer.notify(ThrottleLifted(vm.name, d.name, d.volume, seconds))
         bound.info("throttle lifted", duration_s=round(seconds, 3))

@@ -350,6 +350,7 @@ class VmTask:
             await self._evaluate(d)
             await self._steps.jobs.step(self, d)
         await self._steps.resumes.after_check(self)
+        await self._steps.throttles.after_resume(self)  # lifts put off until the cont
 
     async def _paused(self, state: RunState) -> None:
         """A pause with the run state the backend read for it: the resync's steps on that

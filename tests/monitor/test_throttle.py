@@ -317,3 +317,33 @@ async def test_a_fast_guest_outlasts_a_failover_that_ends_late() -> None:
 
 
 
+
+async def test_a_paused_guest_is_resumed_before_its_limit_is_lifted() -> None:
+    """Issue 30: the lift is not needed to resume a guest paused for lack of space, and its
+    read and set would delay the ``cont``: the lift follows the resume."""
+    rig = Rig()
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    rig.hv.vms["vm1"].drives["vda"].limits = THEIRS
+    resumes_at_set: list[int] = []
+    real_set = rig.hv.set_io_limits
+
+    async def noting_set(vm: str, drive: DriveInfo, limits: IoLimits) -> None:
+        resumes_at_set.append(len(rig.hv.resumes))
+        await real_set(vm, drive, limits)
+
+    rig.hv.set_io_limits = noting_set  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        gate = await start_writing(rig)
+        await until(lambda: rig.monitor.throttles.held, describe=rig.describe)
+        rig.hv.write("vm1", "vda", 60 * MiB)  # past the end: an ENOSPC pause
+        await until(lambda: not rig.hv.vms["vm1"].running and rig.monitor.idle(
+            extensions=False), describe=rig.describe)
+        gate.set()
+        await until(lambda: rig.hv.resumes and not rig.monitor.throttles.held,
+                    describe=rig.describe)
+        await rig.settle()
+        assert drive_limits(rig) == THEIRS
+        assert resumes_at_set == [0, 1], resumes_at_set  # the limit before, the lift after
+        assert rig.tally.throttle_lifts == 1
+        tg.cancel_scope.cancel()
