@@ -50,9 +50,8 @@ metadata size (from then on they read what the other host wrote). Everything els
 held: a guest that is running, paused for another reason or for ENOSPC on another drive,
 or whose highest write lies within this view or further past its end (a false hold of a
 guest with many writes in flight is on the safe side). ``filled`` is computed at a VM's
-appearance only, never for a VM migrating in (the migration protocol's, ``monitor/views.py``),
-and a guest held for a stale view is paused by autoextend, not for ENOSPC, so a later
-appearance never turns a hold into GROWN.
+appearance only, never for a VM migrating in (the migration protocol's, ``monitor/views.py``);
+the same two facts decide again at a later appearance (a hold is kept in memory only).
 
 And the other way (issue 27, item 1: the backstop of the in-use protocol, ``spm/inusegate.py``):
 
