@@ -43,10 +43,15 @@ there, and (2) holds with the writes the guest had in flight when QEMU stopped i
 request, a few at most; :data:`FILL_SLACK` covers eight requests of 1 MiB). In the hazard,
 the other host's data already lies past this view's end when this QEMU opens the image, so
 its allocations start past that data: its failing writes, and so its highest written
-offset, end past the other host's data. (2) tells the two apart unless the other host wrote
-less than :data:`FILL_SLACK` past this view's end, or the image has free clusters past it
-that this QEMU allocated first: those guests would be resumed on a view refreshed to the
-metadata size (from then on they read what the other host wrote). Everything else stays
+offset, end past the other host's data, unless a write that failed rewrote one of the
+other host's clusters (it fails wherever that cluster lies past the view). So (2) tells the
+two apart except when the other host wrote less than :data:`FILL_SLACK` past this view's
+end, when a write that failed rewrote a cluster the other host placed within
+:data:`FILL_SLACK` of it, or when the image has free clusters past it that this QEMU
+allocated first: those guests would be resumed on a view refreshed to the metadata size
+(from then on they read what the other host wrote; what they read before, they read). They
+all need a guest started on a stale view with autoextend down and no ``volume prepare``
+hook: what autoextend cannot see, it cannot hold. Everything else stays
 held: a guest that is running, paused for another reason or for ENOSPC on another drive,
 or whose highest write lies within this view or further past its end (a false hold of a
 guest with many writes in flight is on the safe side). ``filled`` is computed at a VM's
