@@ -50,8 +50,8 @@ end, when a write that failed rewrote a cluster the other host placed within
 :data:`FILL_SLACK` of it, or when the image has free clusters past it that this QEMU
 allocated first: those guests would be resumed on a view refreshed to the metadata size
 (from then on they read what the other host wrote; what they read before, they read). They
-all need a guest started on a stale view with autoextend down and no ``volume prepare``
-hook: what autoextend cannot see, it cannot hold. Everything else stays
+all need a guest started on a stale view while autoextend was down and without the
+``volume prepare`` hook (``docs/stale-views.md``), the start that hook exists to refuse. Everything else stays
 held: a guest that is running, paused for another reason or for ENOSPC on another drive,
 or whose highest write lies within this view or further past its end (a false hold of a
 guest with many writes in flight is on the safe side). ``filled`` is computed at a VM's
