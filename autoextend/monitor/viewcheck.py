@@ -51,10 +51,12 @@ end, when a write that failed rewrote a cluster the other host placed within
 allocated first: those guests would be resumed on a view refreshed to the metadata size
 (from then on they read what the other host wrote; what they read before, they read). They
 all need a guest started on a stale view while autoextend was down and without the
-``volume prepare`` hook (``docs/stale-views.md``), the start that hook exists to refuse. Everything else stays
-held: a guest that is running, paused for another reason or for ENOSPC on another drive,
-or whose highest write lies within this view or further past its end (a false hold of a
-guest with many writes in flight is on the safe side). ``filled`` is computed at a VM's
+``volume prepare`` hook (``docs/stale-views.md``), the start that hook exists to refuse.
+Everything else stays held: a guest that is running (this includes a guest of this host's
+own late extension that had not reached the view's end yet at the restart: nothing this
+host can read tells it from the hazard), paused for another reason or for ENOSPC on
+another drive, or whose highest write lies within this view or further past its end (a
+false hold of a guest with many writes in flight is on the safe side). ``filled`` is computed at a VM's
 appearance only, never for a VM migrating in (the migration protocol's, ``monitor/views.py``);
 the same two facts decide again at a later appearance (a hold is kept in memory only).
 
