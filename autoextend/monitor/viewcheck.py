@@ -56,9 +56,10 @@ Everything else stays held: a guest that is running (this includes a guest of th
 own late extension that had not reached the view's end yet at the restart: nothing this
 host can read tells it from the hazard), paused for another reason or for ENOSPC on
 another drive, or whose highest write lies within this view or further past its end (a
-false hold of a guest with many writes in flight is on the safe side). ``filled`` is computed at a VM's
-appearance only, never for a VM migrating in (the migration protocol's, ``monitor/views.py``);
-the same two facts decide again at a later appearance (a hold is kept in memory only).
+false hold of a guest with many writes in flight is on the safe side). ``filled`` is
+computed at a VM's appearance only, never for a VM migrating in (the migration protocol's,
+``monitor/views.py``); the same two facts decide again at a later appearance (a hold is
+kept in memory only).
 
 And the other way (issue 27, item 1: the backstop of the in-use protocol, ``spm/inusegate.py``):
 
