@@ -11,7 +11,11 @@ state):
   starting up) is refreshed, and then that guest's process is stopped before it runs
   (:meth:`ViewSteps._restart` says why: QEMU keeps the length it opened the device with,
   so the refresh protects the next start, not this process); under a guest that has run,
-  the guest is paused (:meth:`ViewSteps.hold`). An incoming VM is left to the
+  the guest is paused (:meth:`ViewSteps.hold`), unless it is paused for ENOSPC on that
+  drive with its failed writes just past the view's end (``viewcheck.filled_view``: this
+  host's own extension landed after the service died): then the view is refreshed and the
+  VM's drives read again (:meth:`ViewSteps._catch_up`), and the guest is re-armed and
+  resumed like any ENOSPC pause of autoextend's. An incoming VM is left to the
   migration protocol (``monitor/migrating.py`` refreshes it on arrival).
 * :func:`audit`, at every full poll: one read of sizes per VG for the drives of every VM
   that is not migrating; a drive whose view is smaller than the metadata (and has no
@@ -56,7 +60,8 @@ from autoextend.monitor.drive import DriveState, ThresholdState
 from autoextend.monitor.migration import MigState
 from autoextend.monitor.observer import StaleViewFound
 from autoextend.monitor.protocols import RunState
-from autoextend.monitor.viewcheck import ViewAction, judge_view
+from autoextend.monitor.resync import merge_drives
+from autoextend.monitor.viewcheck import ViewAction, filled_view, judge_view
 from autoextend.monitor.vm import ViewSuspect, log
 from autoextend.volumes import VolumeNotFound, VolumeRef
 
@@ -107,6 +112,11 @@ def judge(found: Sizes, *, in_flight: bool, guest_has_run: bool,
                       guest_has_run=guest_has_run)
 
 
+def paused_enospc_on(state: RunState, drive: str) -> bool:
+    """The VM is paused, and the hypervisor names ``drive`` as out of space."""
+    return not state.running and any(e.nospace and e.drive == drive for e in state.errors)
+
+
 async def read_sizes(source: ViewSizes, volumes: Iterable[VolumeRef]
                      ) -> dict[VolumeRef, Sizes]:
     """Sizes of ``volumes``, one :meth:`ViewSizes.view_sizes` call per VG."""
@@ -147,16 +157,25 @@ class ViewSteps:
             return False
         sizes = await read_sizes(source, (d.volume for d in vm.drives.values()))
         refreshed: list[str] = []
+        grown = False
         for d in list(vm.drives.values()):
             found = sizes.get(d.volume)
             if found is None:
                 continue
-            action = judge_view(found.view, found.metadata, guest_has_run=not state.prelaunch)
+            filled = filled_view(found.view, d.info.allocation,
+                                 paused_enospc_here=paused_enospc_on(state, d.name))
+            action = judge_view(found.view, found.metadata, guest_has_run=not state.prelaunch,
+                                filled=filled)
             if action is ViewAction.REFRESH:
                 await self._refresh(vm, d.name, d.volume, found, "appear")
                 refreshed.append(d.name)
+            elif action is ViewAction.GROWN:
+                await self._catch_up(vm, d.name, d.volume, found, d.info.allocation)
+                grown = True
             elif action in (ViewAction.PAUSE, ViewAction.SHRUNK):
                 await self.hold(vm, d.name, d.volume, found, "appear")
+        if grown:  # the views grew: fresh numbers, armed again by the caller's look
+            merge_drives(self._ctx, vm, await self._ctx.hypervisor.drives(vm.name), rearm=True)
         m.views_checked = True  # only now: a failed read or refresh is retried at next look
         if refreshed:
             await self._restart(vm, refreshed)
@@ -202,6 +221,26 @@ class ViewSteps:
         vm.machine.record(f"refreshed a stale view of {drive} before the guest ran")
         self._ctx.observer.notify(StaleViewFound(vm.name, drive, volume, when, found.view,
                                                  found.metadata, "refresh"))
+
+    async def _catch_up(self, vm: VmView, drive: str, volume: VolumeRef, found: Sizes,
+                        allocation: int) -> None:
+        """The refresh an extension of this host's missed: the guest paused for ENOSPC at
+        this view's end and the volume grew since (``viewcheck``: GROWN). Not a stale view:
+        not counted as one; the guest is resumed by the usual ENOSPC path once its drives
+        have room."""
+        views = self._ctx.views
+        if views is None:
+            raise AutoextendError(f"{volume}: this host's view is behind the volume's metadata "
+                                  f"({found.view} bytes, metadata {found.metadata}) and there "
+                                  "is no way to refresh it")
+        size = await views.refresh(volume)
+        log.warning("view behind the volume's metadata under a guest paused for ENOSPC at "
+                    "its end (an extension of this host's landed while the service was "
+                    "down): refreshed; the guest resumes as from any ENOSPC pause",
+                    vm=vm.name, drive=drive, volume=str(volume), view=found.view,
+                    metadata=found.metadata, allocation=allocation, size=size)
+        vm.machine.record(f"refreshed the view of {drive}: an extension landed while the "
+                          "service was down")
 
     async def _restart(self, vm: VmView, drives: list[str]) -> None:
         """Stop a guest that has not run, whose views were just refreshed under it.

@@ -20,7 +20,7 @@ from autoextend.monitor.core import Monitor
 from autoextend.monitor.drive import DriveState, ThresholdState
 from autoextend.monitor.migration import MigrationInfo, Phase, Role
 from autoextend.monitor.observer import StaleViewFound
-from autoextend.monitor.protocols import DriveInfo, OutcomeKind, PauseReason
+from autoextend.monitor.protocols import DriveInfo, DriveIoError, OutcomeKind, PauseReason
 from autoextend.monitor.viewcheck import ViewAction
 from autoextend.monitor.views import PerVolumeSizes, audit, judge, read_sizes
 from autoextend.monitor.vm import ViewSuspect
@@ -281,3 +281,47 @@ async def test_the_audit_leaves_a_source_whose_view_is_frozen_before_it_knows_it
     assert await audit(rig.monitor.ctx, ALL_ON, [vm]) == 1
     assert vm.posted == [ViewSuspect("vm1", ("vda",))]
     assert await audit(rig.monitor.ctx, Checks(check_views=False), [vm]) == 0
+
+
+def paused_past_its_view(rig: Rig, past: int) -> None:
+    """vm1's guest wrote its 256 MiB view full and paused for ENOSPC with its failed writes
+    ending ``past`` bytes beyond the view's end (QEMU counts them in its highest offset);
+    then the SPM served this host's extension (to 320 MiB) while the service was down."""
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 4096 * MiB)})
+    rig.hv.write("vm1", "vda", 256 * MiB + past, events=False)
+    rig.hv.pause("vm1", PauseReason.ENOSPC, (DriveIoError("vda", "/dev/vg0/lv1", True),))
+    stale(rig, VOL, 256, 320)
+
+
+async def test_a_guest_paused_for_enospc_at_its_views_end_gets_its_grown_view_and_resumes(
+) -> None:
+    """The service died with this host's extension in flight; the SPM grew the volume after.
+    At the restart the view is behind the metadata under a guest that paused for ENOSPC at
+    the view's end: refreshed, re-armed and resumed, never held as a stale view."""
+    rig, _ = make_rig()
+    paused_past_its_view(rig, 320 * 1024)
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.hv.resumes == ["vm1"], describe=rig.describe)
+        # This host's view caught up (and grew on: the drive was still inside its
+        # watermark, so it was extended again before the resume, as at any ENOSPC).
+        assert rig.volumes.sizes[VOL] >= 320 * MiB
+        assert rig.hv.suspends == [] and rig.tally.stale_views == 0
+        assert not entry(rig)["stale_views"]
+        assert rig.hv.thresholds and rig.hv.thresholds[-1][2] > 256 * MiB  # re-armed
+        tg.cancel_scope.cancel()
+
+
+async def test_a_guest_whose_failed_writes_lie_far_past_its_view_stays_held() -> None:
+    """Failed writes far past the view's end: its qcow2 allocates past data that another
+    host wrote beyond this view (the stale-view hazard): paused, never resumed."""
+    rig, _ = make_rig()
+    paused_past_its_view(rig, 40 * MiB)
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.hv.suspends == ["vm1"], describe=rig.describe)
+        for _ in range(5):
+            await rig.advance(SETTINGS.poll_interval_s)
+        assert rig.hv.resumes == [] and "vda" in entry(rig)["stale_views"]  # type: ignore[operator]
+        assert rig.tally.stale_views == 1 and rig.tally.stale_view_pauses == 1
+        tg.cancel_scope.cancel()
