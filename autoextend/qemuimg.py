@@ -1,5 +1,6 @@
 """``qemu-img measure``: what a qcow2 holding an image chain's data needs (used by both
-hypervisor backends to size a commit's base before the commit writes)."""
+hypervisor backends to size a commit's base before the commit writes, and by the libvirt
+backend to size a push-mode backup's target before the backup writes)."""
 
 from __future__ import annotations
 
@@ -20,13 +21,24 @@ MAX_SIZE = (1 << 63) - 1
 Measure = Callable[[str], Awaitable[int | None]]
 
 
-async def qemu_img_measure(path: str) -> int | None:
-    """``qemu-img measure -U -O qcow2``: what a qcow2 with the chain's data needs."""
+#: ``Measure`` with the image's format given (``raw``, ``qcow2``): no format probe.
+FormatMeasure = Callable[[str, str], Awaitable[int | None]]
+
+#: Formats :func:`qemu_img_measure` accepts for ``fmt``.
+FORMATS = frozenset({"raw", "qcow2"})
+
+
+async def qemu_img_measure(path: str, fmt: str = "") -> int | None:
+    """``qemu-img measure -U -O qcow2``: what a qcow2 with the chain's data needs. ``fmt``
+    (``raw``, ``qcow2``) names the source's format, so qemu-img does not probe it (a raw
+    disk's content is the guest's: it must never be taken for a qcow2 header)."""
+    if fmt and fmt not in FORMATS:
+        return None
+    command = ["qemu-img", "measure", "-U", "--output=json", "-O", "qcow2"]
+    command += ["-f", fmt] if fmt else []
     try:
         with anyio.fail_after(30):
-            done = await anyio.run_process(
-                ["qemu-img", "measure", "-U", "--output=json", "-O", "qcow2", path],
-                check=False)
+            done = await anyio.run_process([*command, path], check=False)
     except (OSError, TimeoutError) as err:
         log.warning("qemu-img measure failed", path=path, error=str(err))
         return None

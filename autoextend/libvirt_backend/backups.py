@@ -37,7 +37,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from autoextend.libvirt_backend.jobs import Mirror
+from autoextend.libvirt_backend.domxml import DiskFacts, indexed_name
+from autoextend.libvirt_backend.jobs import BackupSource, Mirror
 from autoextend.libvirt_backend.stats import MAX_ENTRIES, _uint, clean_path
 
 MAX_XML = 1 << 20      # bytes of backup XML: far beyond any real backup of 4096 disks
@@ -121,6 +122,22 @@ def job_mirrors(images: list[BackupImage]) -> list[Mirror]:
     targets of kind ``backup``: ``jobs.job_targets`` gives them their numbers."""
     return [Mirror(i.disk, "backup", i.index, i.path)
             for i in images if i.managed_kind and i.index is not None]
+
+
+def push_sources(images: list[BackupImage], disks: list[DiskFacts]
+                 ) -> dict[str, BackupSource]:
+    """{push target's drive name (``vda[N]``): the source of the disk it backs up}, for the
+    watched push targets (``jobs.BackupNeeds`` sizes them from it); a pull-mode scratch is
+    not named: its need is not known up front."""
+    by_target = {d.target: d for d in disks}
+    found: dict[str, BackupSource] = {}
+    for image in images:
+        disk = by_target.get(image.disk)
+        if image.mode == "push" and image.managed_kind and image.index is not None \
+                and disk is not None:
+            found[indexed_name(image.disk, image.index)] = BackupSource(disk.path,
+                                                                        disk.driver_type)
+    return found
 
 
 def _absolute(path: str) -> bool:

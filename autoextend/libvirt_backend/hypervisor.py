@@ -105,6 +105,7 @@ class LibvirtHypervisor:
         self.session_failures = 0
         self._connect_error: str | None = None  # the last failure while not connected
         self._commit_needs = jobs.CommitNeeds()
+        self._backup_needs = jobs.BackupNeeds()
         self._watch_merges = watch_merges
         self._watch_backups = watch_backups
         self._intents = merges.MergeIntents()  # what prepare-merge was told, per disk
@@ -167,7 +168,8 @@ class LibvirtHypervisor:
         scratch or target)."""
         stats, xml, commits, backup = await self._read(vm, commits=self._watch_merges)
         try:
-            found = drives_from_stats(vm, stats, parse_disks(xml))
+            disks = parse_disks(xml)
+            found = drives_from_stats(vm, stats, disks)
         except (StatsError, DomainXmlError) as err:
             self.session_failures += 1
             raise MalformedReply(vm, "domainListGetStats", str(err)) from err
@@ -175,8 +177,11 @@ class LibvirtHypervisor:
             self.session_failures += 1
             log.exception("libvirt stats not understood", vm=vm)
             raise MalformedReply(vm, "domainListGetStats", type(err).__name__) from err
-        found.drives.extend(await self._job_drives(vm, stats, xml, commits, found,
-                                                   self._backup_images(vm, backup)))
+        images = self._backup_images(vm, backup)
+        found.drives.extend(await self._backup_needs.add(
+            vm, await self._job_drives(vm, stats, xml, commits, found,
+                                       backups.job_mirrors(images)),
+            backups.push_sources(images, disks)))
         for drive, reason in found.skipped:
             log.warning("drive skipped", vm=vm, drive=drive, reason=reason)
         self._tracker.drives_seen(vm, found.drives)
@@ -250,11 +255,11 @@ class LibvirtHypervisor:
         raise LibvirtCallFailed(vm, call, libvirt.VIR_ERR_OPERATION_INVALID,
                                 "the domain started migrating out: its job holds the call")
 
-    def _backup_images(self, vm: str, xml: str) -> list[jobs.Mirror]:
-        """The images of a running backup autoextend can watch, as job targets; a backup
-        XML refused is counted and logged, and the drives are still reported without it."""
+    def _backup_images(self, vm: str, xml: str) -> list[backups.BackupImage]:
+        """The images a running backup writes; a backup XML refused is counted and logged,
+        and the drives are still reported without it."""
         try:
-            return backups.job_mirrors(backups.parse_backup(xml)) if xml else []
+            return backups.parse_backup(xml) if xml else []
         except backups.BackupXmlError as err:
             self.session_failures += 1
             log.warning("backup XML not understood", vm=vm, error=str(err))

@@ -10,6 +10,7 @@ reason: the monitor never guesses numbers. ``VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2`` m
 monitor look again (a job started, became ready, pivoted or ended) and reports failures.
 A snapshot merge (a non-active commit) has no ``<mirror>``: ``merges.py`` names its base,
 which then goes through :func:`job_targets` and :class:`CommitNeeds` like a mirror's.
+A push-mode backup's target gets its need from :class:`BackupNeeds`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from autoextend.libvirt_backend.stats import DrivesFound, _uint, clean_path
 from autoextend.libvirt_backend.tracker import DomainTracker
 from autoextend.logs import get_logger
 from autoextend.monitor.protocols import DriveInfo, DrivesChanged, HypervisorEvent, JobEnded
-from autoextend.qemuimg import Measure, qemu_img_measure
+from autoextend.qemuimg import FORMATS, FormatMeasure, Measure, qemu_img_measure
 
 log = get_logger("libvirt")
 
@@ -144,6 +145,62 @@ class CommitNeeds:
                          need=self._needs[key], physical=t.physical)
             need = self._needs[key]
             out.append(dataclasses.replace(t, job_need=need) if need else t)
+        return out
+
+
+@dataclass(frozen=True)
+class BackupSource:
+    """The disk image a push-mode backup copies from (``<source>`` of the backed-up disk)."""
+
+    path: str
+    fmt: str  # <driver type=...>: raw | qcow2 (anything else is not measured)
+
+
+class BackupNeeds:
+    """A push-mode backup target's ``job_need``: what the backup can write into it, found
+    once per job, so the monitor grows the target to it before the copy writes much (the
+    copy runs at disk speed: a watermark lasts less than a threshold event's latency on a
+    loaded host, and libvirt starts the job with on-error=report, so one ENOSPC ends it).
+
+    The need is ``qemu-img measure -O qcow2`` of the backed-up disk's source, its chain
+    followed: all the data a full backup copies; an incremental backup copies less, so this
+    is a safe upper bound for it too. When the source cannot be measured (a network disk,
+    an unknown format, qemu-img failing) the bound is the target's virtual size (the
+    disk's capacity: the backup copies at most every guest-visible byte), which
+    ``jobpolicy.need_size`` caps at the drive's cap. Not the job's ``disk_total`` (one more
+    libvirt call per look for the same figure) nor the source's highest written offset
+    (QEMU counts it from its own start: data written before it is missed).
+    A pull-mode scratch gets no need (what it holds is the guest's writes during the
+    backup: not measurable up front); it is left as it is.
+    """
+
+    def __init__(self, measure: FormatMeasure | None = None) -> None:
+        self._measure = measure or qemu_img_measure
+        self._needs: dict[tuple[str, str, str], int] = {}  # (vm, target, source) -> need
+
+    async def add(self, vm: str, targets: list[DriveInfo],
+                  sources: Mapping[str, BackupSource]) -> list[DriveInfo]:
+        """``targets`` with ``job_need`` set on each backup target named in ``sources``
+        (a push target's drive name ``vda[N]`` -> its disk's source). Needs of targets no
+        longer reported for ``vm`` are dropped (a later backup measures again)."""
+        live = {(vm, t.drive, sources[t.drive].path) for t in targets if t.drive in sources}
+        for key in [k for k in self._needs if k[0] == vm and k not in live]:
+            del self._needs[key]
+        out: list[DriveInfo] = []
+        for t in targets:
+            source = sources.get(t.drive)
+            if t.job != "backup" or source is None:
+                out.append(t)
+                continue
+            key = (vm, t.drive, source.path)
+            if key not in self._needs:
+                measured = await self._measure(source.path, source.fmt) \
+                    if source.path and source.fmt in FORMATS else None
+                self._needs[key] = measured or t.capacity
+                log.info("backup target need", vm=vm, drive=t.drive, source=source.path,
+                         need=self._needs[key], measured=measured is not None,
+                         physical=t.physical)
+            out.append(dataclasses.replace(t, job_need=self._needs[key]))
         return out
 
 

@@ -10,7 +10,9 @@ on: each read of it waits, and the backup copies 48 MiB of data at a few MiB/s i
 whether the guest runs or not, and nothing else writes the disk.
 
 - With the backend's backup watch (``libvirt_backend/backups.py``): the target (``vda[N]``
-  from the backup XML) is watched and extended like any job target; the backup completes
+  from the backup XML) is watched like any job target, with a need (``jobs.BackupNeeds``:
+  ``qemu-img measure`` of the disk): its first extension already takes it past the disk's
+  data, so no threshold event has to win a race with the copy; the backup completes
   (libvirt's completed job: COMPLETED, operation BACKUP), ``qemu-img check`` of the target
   is clean and ``qemu-img compare`` finds its content equal to the disk's.
 - Negative control (the watch off): the target stays at 16 MiB and the backup fails
@@ -126,6 +128,12 @@ async def test_push_backup_target_is_extended_and_completes(
         assert job.get("operation") == libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP, job
         assert size >= DATA_MIB * MiB
         assert rig.tally.job_failures == 0
+        # Pre-extension: the target's first extension went to its need (the disk's data
+        # measured) at once, not one chunk (16 -> 24/32 MiB) per threshold event.
+        extends = [int(line.split()[-1]) for line in rig.history.lines
+                   if line.startswith("extend bk-push vda[") and "capped" not in line]
+        assert extends, rig.history
+        assert extends[0] >= DATA_MIB * MiB, rig.history
         # QEMU wrote the target with O_DIRECT: read it back past this host's page cache.
         await proc.run(["blockdev", "--flushbufs", target])
         assert (await qemu_img_check(target)).clean

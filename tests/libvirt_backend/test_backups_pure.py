@@ -17,8 +17,11 @@ from hypothesis import strategies as st
 from autoextend.clock import MonotonicClock
 from autoextend.libvirt_backend import backups, jobs
 from autoextend.libvirt_backend.backups import BackupImage, BackupXmlError
+from autoextend.libvirt_backend.domxml import DiskFacts
 from autoextend.libvirt_backend.hypervisor import LibvirtHypervisor, _backup_xml
 from autoextend.libvirt_backend.stats import DrivesFound
+from autoextend.monitor import jobpolicy, policy
+from autoextend.monitor.protocols import DriveInfo
 from tests.libvirt_backend.harness import fast_settings
 
 MiB = 1 << 20
@@ -203,14 +206,15 @@ def hypervisor() -> LibvirtHypervisor:
 
 def test_a_managed_scratch_becomes_a_backup_job_target() -> None:
     hv = hypervisor()
-    watched = hv._backup_images("vm1", PULL)
+    watched = backups.job_mirrors(hv._backup_images("vm1", PULL))
     assert watched == [jobs.Mirror("vda", "backup", 2, "/dev/loop23")]
     found = DrivesFound()
     (target,) = jobs.job_targets("vm1", STATS, watched, found)
     assert (target.drive, target.node, target.path, target.job, target.job_id) == (
         "vda[2]", "vda[2]", "/dev/loop23", "backup", "vda")
     assert (target.physical, target.allocation) == (16 * MiB, 327680)
-    assert hv._backup_images("vm1", PUSH) == [jobs.Mirror("vda", "backup", 2, "/dev/loop24")]
+    assert backups.job_mirrors(hv._backup_images("vm1", PUSH)) == [
+        jobs.Mirror("vda", "backup", 2, "/dev/loop24")]
     assert hv.session_failures == 0
 
 
@@ -219,3 +223,75 @@ def test_a_refused_backup_xml_is_counted_not_raised() -> None:
     assert hv._backup_images("vm1", "<domainbackup mode='x'/>") == []
     assert hv._backup_images("vm1", "") == []
     assert hv.session_failures == 1
+
+
+# ---- a push target's need (jobs.BackupNeeds) -----------------------------------------------
+
+DISKS = [DiskFacts("vda", "file", "disk", "raw", False, "/srv/vm1.img", None),
+         DiskFacts("vdb", "network", "disk", "qcow2", False, "", None)]
+
+
+def test_only_push_targets_get_a_source() -> None:
+    assert backups.push_sources(backups.parse_backup(PUSH), DISKS) == {
+        "vda[2]": jobs.BackupSource("/srv/vm1.img", "raw")}
+    assert backups.push_sources(backups.parse_backup(PULL), DISKS) == {}
+    assert backups.push_sources(backups.parse_backup(PUSH), []) == {}
+
+
+def backup_target(physical: int, **kw: Any) -> DriveInfo:
+    values: dict[str, Any] = {"vm": "vm1", "drive": "vda[2]", "node": "vda[2]",
+                              "path": "/dev/loop24", "capacity": 64 * MiB,
+                              "allocation": 0, "physical": physical, "job": "backup",
+                              "job_id": "vda"}
+    values.update(kw)
+    return DriveInfo(**values)
+
+
+async def test_a_push_target_need_is_the_source_measure_once_per_job() -> None:
+    measured: list[tuple[str, str]] = []
+
+    async def measure(path: str, fmt: str) -> int | None:
+        measured.append((path, fmt))
+        return 49 * MiB
+
+    needs = jobs.BackupNeeds(measure)
+    sources = {"vda[2]": jobs.BackupSource("/srv/vm1.img", "raw")}
+    for _ in range(2):
+        [got] = await needs.add("vm1", [backup_target(16 * MiB)], sources)
+        assert got.job_need == 49 * MiB
+    assert measured == [("/srv/vm1.img", "raw")]
+    await needs.add("vm1", [], {})  # the backup ended: a new one measures again
+    await needs.add("vm1", [backup_target(16 * MiB)], sources)
+    assert len(measured) == 2
+    # A pull scratch (no source given) and other jobs' targets keep no need.
+    [scratch] = await needs.add("vm1", [backup_target(16 * MiB)], {})
+    [mirror] = await needs.add("vm1", [backup_target(16 * MiB, job="mirror")], sources)
+    assert scratch.job_need == 0 and mirror.job_need == 0
+    assert len(measured) == 2
+
+
+@pytest.mark.parametrize("source", [jobs.BackupSource("/srv/vm1.img", "raw"),
+                                    jobs.BackupSource("", "qcow2"),
+                                    jobs.BackupSource("/srv/vm1.img", "vmdk")])
+async def test_an_unmeasurable_source_bounds_the_need_by_the_capacity(
+        source: jobs.BackupSource) -> None:
+    async def unmeasurable(path: str, fmt: str) -> int | None:
+        return None
+
+    needs = jobs.BackupNeeds(unmeasurable)
+    [got] = await needs.add("vm1", [backup_target(16 * MiB)], {"vda[2]": source})
+    assert got.job_need == 64 * MiB
+
+
+async def test_a_push_target_is_grown_to_its_need_on_the_first_look() -> None:
+    """The monitor's sizing (jobpolicy) on a measured push target: short, so extended to
+    the need plus a watermark before the copy fills the first chunk."""
+    async def measure(path: str, fmt: str) -> int | None:
+        return 49 * MiB
+
+    [got] = await jobs.BackupNeeds(measure).add(
+        "vm1", [backup_target(16 * MiB)], {"vda[2]": jobs.BackupSource("/srv/a", "raw")})
+    pol = policy.DrivePolicy(chunk=8 * MiB, utilization_percent=50, cap_factor=1.1,
+                             extent=4 * MiB)
+    assert jobpolicy.short(got, pol)
+    assert jobpolicy.need_size(got, pol) >= 49 * MiB
