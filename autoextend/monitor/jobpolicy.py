@@ -6,7 +6,8 @@ gives the bytes a qcow2 with all of that data needs (``job_need``). Growing the 
 ``need + watermark`` before the job writes much means the common commit needs no threshold
 at all, and the base still has its usual watermark of room afterwards. The size is rounded up
 to the extent and never passes the drive's cap (``policy.cap``), so a wrong measure cannot
-grow a volume past what its virtual size allows.
+grow a volume past what its virtual size allows. A push-mode backup's target gets its need
+the same way (``libvirt_backend/jobs.py`` ``BackupNeeds``: the backed-up disk measured).
 """
 
 from __future__ import annotations

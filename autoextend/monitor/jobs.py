@@ -5,7 +5,8 @@ A job's target (a commit base, a mirror target, a backup scratch node) reaches t
 as one more drive (``DriveInfo.job`` set), so it has its own :class:`DriveState`, its
 threshold on its own protocol node and extensions through the same extender; the chunk is
 larger while the job runs (``[policy] job_chunk_factor``, see ``overrides.resolve``), and a
-commit base measured at the job's start is grown to what the merge needs first
+commit base (or a push backup's target) measured at the job's start is grown to what the
+job needs first
 (``jobpolicy.need_size``). When the job ends (a pivot, a completion), the target is no
 longer reported: its state is dropped, and a new top image under the drive's name is a new
 drive (a different path), so nothing meant for one volume is applied to another.
