@@ -78,7 +78,8 @@ def grow_refusal(pvs: Sequence[PvView], look: inuse.Look,
                         " of the device is unknown (an older autoextend there, or a backend"
                         " without PVs); not resized")
             if seen < pv.device_size:
-                # What to do first: the reply's text field holds 100 bytes (spm/wire.py).
-                return (f"rescan PV {pv.name} on host {host}, then run pool grow again:"
-                        f" host {host} sees {seen} B, the SPM {pv.device_size} B")
+                # The host and what to do first: the reply's text field holds 100 bytes
+                # (spm/wire.py), and a PV's path can take most of them.
+                return (f"host {host}: rescan PV {pv.name} there, then run pool grow again"
+                        f" (it sees {seen} B, the SPM {pv.device_size} B)")
     return None

@@ -109,8 +109,8 @@ async def test_pvresize_waits_for_every_live_host_to_see_the_larger_device(
     status, _, text = await grow(hosts, 1)
     assert status is Status.FAILED, text
     # The advice first (the reply's text holds 100 bytes), then the figures as they fit.
-    assert text.startswith(f"rescan PV {hosts.devices[1][0]} on host 2, then run pool grow"
-                           " again: host 2 sees"), text
+    assert text.startswith(f"host 2: rescan PV {hosts.devices[1][0]} there, then run pool"
+                           " grow again"), text
     assert "\n" not in text
     assert await seqno(pool) == s0
     # Host 2 is dead per the lease: it does not count.
@@ -128,7 +128,7 @@ async def test_pvresize_waits_for_every_live_host_to_see_the_larger_device(
         await loopdev.set_capacity(hosts.devices[host][1])
     await publish(hosts)
     status, _, text = await grow(hosts, 3)
-    assert status is Status.FAILED and text.startswith("rescan PV"), text
+    assert status is Status.FAILED and text.startswith("host 2: rescan PV"), text
     assert await seqno(pool) == s0 + 1
     # Host 2 rescans; its next publish shows it, and the grow goes through (once).
     for index in (0, 1):

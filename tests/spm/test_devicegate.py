@@ -42,8 +42,8 @@ def test_the_first_host_whose_view_is_smaller_is_named() -> None:
     look: inuse.Look = {1: record(1, full), 2: record(2, {**full, "uuid-b": 64 * MiB}),
                         3: record(3, {}), 4: "read failed"}
     why = grow_refusal(PVS, look, states)
-    assert why == (f"rescan PV /dev/sdb on host 2, then run pool grow again: host 2 sees"
-                   f" {64 * MiB} B, the SPM {128 * MiB} B"), why
+    assert why == (f"host 2: rescan PV /dev/sdb there, then run pool grow again (it sees"
+                   f" {64 * MiB} B, the SPM {128 * MiB} B)"), why
     look = {**look, 2: record(2, full)}
     why = grow_refusal(PVS, look, states)  # host 3 is failing, not dead: it counts
     assert why is not None and why.startswith("host 3 does not list PV /dev/sdb"), why
