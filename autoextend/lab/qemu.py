@@ -27,7 +27,7 @@ import anyio
 from anyio.abc import Process
 from qemu.qmp import QMPClient
 from qemu.qmp.protocol import ConnectError
-from qemu.qmp.qmp_client import NegotiationError
+from qemu.qmp.qmp_client import GreetingError, NegotiationError
 
 from autoextend import logs
 from autoextend.lab.errors import VmError
@@ -299,6 +299,9 @@ async def connect_qmp(path: str, client_name: str, timeout: float = 10.0) -> QMP
     QEMU 7.2 can also stop answering its monitors for seconds (seen right after an active
     commit failed with ENOSPC, beside a CPU hog): the greeting arrives, the capabilities
     reply does not, and the handshake fails. A new connection once QEMU answers again works.
+    And a client that connects right after another left can be sent what QEMU had queued
+    for that one before its own greeting (seen under load: "'Greeting' object requires 'QMP'
+    member"); the next connection gets a greeting first.
     """
     deadline = anyio.current_time() + timeout
     while True:
@@ -310,7 +313,7 @@ async def connect_qmp(path: str, client_name: str, timeout: float = 10.0) -> QMP
         except (ConnectError, TimeoutError) as exc:
             cause = exc.exc if isinstance(exc, ConnectError) else exc
             if not isinstance(cause, ConnectionRefusedError | FileNotFoundError
-                              | NegotiationError | TimeoutError):
+                              | GreetingError | NegotiationError | TimeoutError):
                 raise
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await client.disconnect()
