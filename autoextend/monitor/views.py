@@ -208,14 +208,19 @@ class ViewSteps:
                 case ViewAction.OK:
                     pass
 
-    async def _refresh(self, vm: VmView, drive: str, volume: VolumeRef, found: Sizes,
-                       when: str) -> None:
+    async def _refresh_view(self, volume: VolumeRef, found: Sizes, problem: str) -> int:
+        """Refresh this host's view of ``volume``; its new size. Raises when this host has
+        no way to refresh views (``problem`` says what is wrong with the one it has)."""
         views = self._ctx.views
         if views is None:
-            raise AutoextendError(f"{volume}: this host's view is stale ({found.view} bytes, "
+            raise AutoextendError(f"{volume}: this host's view {problem} ({found.view} bytes, "
                                   f"metadata {found.metadata}) and there is no way to "
                                   "refresh it")
-        size = await views.refresh(volume)
+        return await views.refresh(volume)
+
+    async def _refresh(self, vm: VmView, drive: str, volume: VolumeRef, found: Sizes,
+                       when: str) -> None:
+        size = await self._refresh_view(volume, found, "is stale")
         log.warning("stale view refreshed before the guest ran", vm=vm.name, drive=drive,
                     volume=str(volume), view=found.view, metadata=found.metadata, size=size)
         vm.machine.record(f"refreshed a stale view of {drive} before the guest ran")
@@ -228,12 +233,7 @@ class ViewSteps:
         this view's end and the volume grew since (``viewcheck``: GROWN). Not a stale view:
         not counted as one; the guest is resumed by the usual ENOSPC path once its drives
         have room."""
-        views = self._ctx.views
-        if views is None:
-            raise AutoextendError(f"{volume}: this host's view is behind the volume's metadata "
-                                  f"({found.view} bytes, metadata {found.metadata}) and there "
-                                  "is no way to refresh it")
-        size = await views.refresh(volume)
+        size = await self._refresh_view(volume, found, "is behind the volume's metadata")
         log.warning("view behind the volume's metadata under a guest paused for ENOSPC at "
                     "its end (an extension of this host's landed while the service was "
                     "down): refreshed; the guest resumes as from any ENOSPC pause",
