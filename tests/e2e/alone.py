@@ -29,6 +29,23 @@ async def host_status(p: Pool, host_id: int) -> dict[str, Any]:
     return (await p.statuses()).get(host_id, {})
 
 
+async def in_use_count(p: Pool, host_id: int) -> int:
+    """How many volumes ``host_id`` publishes as in use (its ``status``)."""
+    status = await host_status(p, host_id)
+    return int(((status.get("spm") or {}).get("in_use") or {}).get("volumes") or 0)
+
+
+async def published_and_idle(p: Pool, host_id: int, hot_window_s: float) -> None:
+    """Wait until ``host_id``'s monitor sees its guest and publishes its volume, then until
+    the guest has been idle past the hot window (no extend request counts any more)."""
+    async def listed() -> bool:
+        return bool((await host_status(p, host_id)).get("vms")) and (
+            await in_use_count(p, host_id) >= 1)
+
+    await until(listed, 300, f"host {host_id}'s monitor to see the guest and publish its volume")
+    await anyio.sleep(2 * hot_window_s)  # time is the subject: idle past the hot window
+
+
 async def restart_alone(p: Pool, host_id: int, *, local: bool = False) -> None:
     """Stop ``host_id`` (it leaves the pool) and run it again in a PID namespace of its own,
     with its own /proc; stopped when the pool closes. ``local``: it comes back in local mode

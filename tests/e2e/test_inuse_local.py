@@ -24,7 +24,7 @@ from autoextend.lab.guest import GuestJob
 from autoextend.lab.multihost import pool
 from autoextend.lab.waiting import until
 
-from .alone import cli, host_status, restart_alone
+from .alone import cli, in_use_count, published_and_idle, restart_alone
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
@@ -44,17 +44,7 @@ async def test_a_local_mode_host_does_not_shrink_a_volume_a_guest_uses_on_anothe
                                 start_mib=160, virtual_mib=1024)
         name = f"{g.volume.vg}/{g.volume.lv}"
         path = anyio.Path(p.directory / "volumes" / g.volume.vg / g.volume.lv)
-
-        async def in_use_count() -> int:
-            status = await host_status(p, guest_host)
-            return int(((status.get("spm") or {}).get("in_use") or {}).get("volumes") or 0)
-
-        async def listed() -> bool:
-            return bool((await host_status(p, guest_host)).get("vms")) and (
-                await in_use_count() >= 1)
-
-        await until(listed, 300, "host B's monitor to see the guest and publish its volume")
-        await anyio.sleep(2 * HOT)  # time is the subject: idle past the hot window
+        await published_and_idle(p, guest_host, HOT)
         size = (await path.stat()).st_size
         for command in (("volume", "reduce", name), ("volume", "reduce", name, "--dry-run"),
                         ("volume", "remove", name)):
@@ -68,7 +58,7 @@ async def test_a_local_mode_host_does_not_shrink_a_volume_a_guest_uses_on_anothe
         await g.vm.stop()  # negative control: nothing uses the volume anywhere now
 
         async def released() -> bool:
-            return await in_use_count() == 0
+            return await in_use_count(p, guest_host) == 0
 
         await until(released, 300, "host B to stop listing the volume")
         code, line = await cli(p, asker, "volume", "reduce", name)

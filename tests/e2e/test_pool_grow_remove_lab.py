@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from autoextend.lab.guest import GuestJob
@@ -25,7 +24,7 @@ from autoextend.lab.waiting import until
 from autoextend.lvm.loop_backend import vg_capacity
 from autoextend.lvm.loop_pool import PV_FILE
 
-from .alone import cli, host_status, restart_alone
+from .alone import cli, in_use_count, published_and_idle, restart_alone
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
@@ -77,17 +76,7 @@ async def test_remove_of_a_volume_an_idle_guest_uses_on_another_host_is_refused(
                                 start_mib=160, virtual_mib=1024)
         name = f"{g.volume.vg}/{g.volume.lv}"
         path = p.directory / "volumes" / g.volume.vg / g.volume.lv
-
-        async def in_use_count() -> int:
-            status = await host_status(p, guest_host)
-            return int(((status.get("spm") or {}).get("in_use") or {}).get("volumes") or 0)
-
-        async def listed() -> bool:
-            return bool((await host_status(p, guest_host)).get("vms")) and (
-                await in_use_count() >= 1)
-
-        await until(listed, 300, "host B's monitor to see the guest and publish its volume")
-        await anyio.sleep(2 * HOT)  # time is the subject: idle past the hot window
+        await published_and_idle(p, guest_host, HOT)
         code, line = await cli(p, asker, "volume", "remove", name)
         assert code == 1, line
         assert f"in use on host {guest_host}" in line, line
@@ -95,7 +84,7 @@ async def test_remove_of_a_volume_an_idle_guest_uses_on_another_host_is_refused(
         await g.vm.stop()
 
         async def released() -> bool:
-            return await in_use_count() == 0
+            return await in_use_count(p, guest_host) == 0
 
         await until(released, 300, "host B to stop listing the volume")
         code, line = await cli(p, asker, "volume", "remove", name)
