@@ -208,6 +208,7 @@ class Soak:
         self.report = SoakReport(config=_config_json(cfg), replay=cfg.replay())
         self.guests: dict[str, _Guest] = {}
         self.held_down: set[int] = set()  # hosts a fault keeps down or stopped
+        self._tool_configs: dict[int, Path] = {}  # hosts whose config a fault broke
         self.t0 = 0.0  # the schedule's start (anyio clock)
         self.wall0 = 0.0  # the same instant, wall clock (log timestamps)
 
@@ -340,7 +341,7 @@ class Soak:
             record.detail = "no SPM"
             return
         record.target = f"host {spm}"
-        cli = [sys.executable, "-m", "autoextend", "--config", str(self.pool.hosts[spm].config),
+        cli = [sys.executable, "-m", "autoextend", "--config", str(self._tool_config(spm)),
                "spm", "step-down"]
         done = await anyio.run_process(cli, check=False)
         record.detail = f"exit {done.returncode}"
@@ -361,6 +362,12 @@ class Soak:
         host = self._pick_host(fault)
         record.target = f"host {host.host_id}"
         good = host.config.read_text()
+        # The operator's tools (a migration's ``volume prepare``, ``spm step-down``) run
+        # meanwhile with the last good file, as an operator who knows the file is broken
+        # would: a broken file is refused by every command (tests/cli), not a finding here.
+        last_good = host.config.with_name("autoextend.last-good.toml")
+        last_good.write_text(good)
+        self._tool_configs[host.host_id] = last_good
         try:
             host.config.write_text(good + "\n[policy\nchunk_mib = -3\n")
             self._hup(host)
@@ -368,6 +375,11 @@ class Soak:
         finally:
             host.config.write_text(good)
             self._hup(host)
+            self._tool_configs.pop(host.host_id, None)
+
+    def _tool_config(self, host_id: int) -> Path:
+        """The config file an operator's command on ``host_id`` runs with (see above)."""
+        return self._tool_configs.get(host_id, self.pool.hosts[host_id].config)
 
     def _pick_host(self, fault: plan.Fault) -> HostProcess:
         return self.pool.hosts[sorted(self.pool.hosts)[fault.pick % len(self.pool.hosts)]]
@@ -473,7 +485,7 @@ class Soak:
 
         async def prepare() -> None:
             try:
-                await prepare_direct(p.hosts[target].config, [source.volume])
+                await prepare_direct(self._tool_config(target), [source.volume])
             except VmError as err:  # the guest stays paused there: it never runs
                 unprepared.append(str(err))
                 raise

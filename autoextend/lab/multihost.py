@@ -40,6 +40,7 @@ from autoextend.errors import AutoextendError
 from autoextend.lab import proc
 from autoextend.lab.guest import GuestJob, with_expected_md5
 from autoextend.lab.guestimage import GuestImage, build_guest
+from autoextend.lab.jsonlog import json_records
 from autoextend.lab.qemu import QemuVm, guest_spec, launch
 from autoextend.lab.sanlockd import SanlockDaemon, build_shim, sanlock_daemon
 from autoextend.lab.singlehost import create_qcow2_disk
@@ -249,18 +250,7 @@ class HostProcess:
                 await self.kill()
 
     def log_events(self) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return events
-        for line in text.splitlines():
-            if line.startswith("{"):
-                try:
-                    events.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        return events
+        return json_records(self.log_path)
 
 
 @dataclass

@@ -10,7 +10,6 @@ the config load and the start-up.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 
 from autoextend.earlysignals import command_of
+from autoextend.lab.jsonlog import json_records
 
 from .clirun import autoextend, loop_config, write_config
 
@@ -48,8 +48,7 @@ class Started:
         self.proc, self.log, self.handler_after_s = proc, log, handler_after_s
 
     def records(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log.read_text().splitlines()
-                if line.startswith("{")]
+        return json_records(self.log)
 
 
 @contextmanager

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from autoextend.lab.jsonlog import json_records
+
 from .clirun import autoextend
 
 FULL = """\
@@ -47,8 +49,7 @@ class Running:
     text: str
 
     def records(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log.read_text().splitlines()
-                if line.startswith("{")]
+        return json_records(self.log)
 
     def status(self) -> dict[str, Any]:
         result = autoextend("--config", str(self.cfg), "status", "--json")

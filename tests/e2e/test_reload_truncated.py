@@ -8,7 +8,6 @@ guest writes all the while (QEMU under TCG, a loop-device thin volume).
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from contextlib import AsyncExitStack
@@ -23,6 +22,7 @@ from autoextend import control
 from autoextend.errors import ServiceNotRunning
 from autoextend.lab.guest import GuestJob, with_expected_md5
 from autoextend.lab.guestimage import GuestImage
+from autoextend.lab.jsonlog import json_records
 from autoextend.lab.qemu import guest_spec, launch
 from autoextend.lab.singlehost import create_qcow2_disk
 from autoextend.lab.waiting import until
@@ -69,7 +69,7 @@ REFUSED = ("config reload held back until confirmed; keeping the running config"
 
 
 def records(log: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return json_records(log)
 
 
 def boundaries(text: str) -> list[int]:

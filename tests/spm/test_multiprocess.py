@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from autoextend.lab.jsonlog import json_records
 from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.wire import Ring, encode_ring
 
@@ -81,9 +82,7 @@ class Rig:
         return data
 
     def records(self) -> list[dict[str, Any]]:
-        if not self.record.exists():
-            return []
-        return [json.loads(line) for line in self.record.read_text().splitlines() if line]
+        return json_records(self.record)
 
     def counters(self) -> dict[str, int]:
         data: dict[str, int] = json.loads(self.status.read_text())
