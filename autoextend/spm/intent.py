@@ -30,12 +30,12 @@ until the SPM writes the record again. The protocol and its argument are in ``in
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.inuse import volume_hash
+from autoextend.spm.sealing import crc_of, seal
 
 MAGIC = b"AXIN"
 VERSION = 1
@@ -70,12 +70,6 @@ def names(intents: Iterable[Intent], name: str) -> Intent | None:
     return next((i for i in sorted(intents) if i.volume_hash == h), None)
 
 
-def _crc(buf: bytes | bytearray, length: int) -> int:
-    crc = zlib.crc32(bytes(buf[:CRC_OFFSET]))
-    crc = zlib.crc32(b"\0\0\0\0", crc)
-    return zlib.crc32(bytes(buf[CRC_OFFSET + 4 : length]), crc)
-
-
 def encode(intents: Iterable[Intent], sector_size: int) -> bytes:
     """The record of ``intents`` as whole sectors (raises ValueError past MAX_INTENTS or on a
     field out of range)."""
@@ -91,7 +85,7 @@ def encode(intents: Iterable[Intent], sector_size: int) -> bytes:
             raise ValueError(f"intent field out of range: {i}")
         ENTRY.pack_into(buf, HEAD.size + k * ENTRY.size, i.volume_hash, i.op, i.host,
                         i.request_id)
-    struct.pack_into("<I", buf, CRC_OFFSET, _crc(buf, length))
+    seal(buf, CRC_OFFSET, length)
     return bytes(buf)
 
 
@@ -113,7 +107,7 @@ def decode(data: bytes) -> frozenset[Intent]:
     length = HEAD.size + ENTRY.size * count
     if len(data) < length:
         raise _corrupt("shorter than its count says")
-    if crc != _crc(data, length):
+    if crc != crc_of(data, CRC_OFFSET, length):
         raise _corrupt("bad checksum")
     if version != VERSION:
         raise _corrupt(f"unsupported version {version}")

@@ -76,12 +76,12 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from autoextend.spm import handoff
 from autoextend.spm.errors import CorruptSector
+from autoextend.spm.sealing import crc_of, seal
 
 MAGIC = b"AXIU"
 VERSION = 1
@@ -165,12 +165,6 @@ def max_volumes(claims: int, devices: int = 0) -> int:
             - views_bytes(devices)) // 8
 
 
-def _crc(buf: bytes | bytearray, length: int) -> int:
-    crc = zlib.crc32(bytes(buf[:CRC_OFFSET]))
-    crc = zlib.crc32(b"\0\0\0\0", crc)
-    return zlib.crc32(bytes(buf[CRC_OFFSET + 4 : length]), crc)
-
-
 def used_bytes(count: int, sector_size: int, claims: int = 0, devices: int = 0) -> int:
     """Bytes to write for a record of ``count`` hashes, ``claims`` claims and ``devices``
     device views: whole sectors."""
@@ -217,7 +211,7 @@ def encode(record: InUseRecord, sector_size: int) -> bytes:
         for i, (h, n) in enumerate(views):
             DEVICE.pack_into(buf, at + 8 + i * DEVICE.size, h, n)
         at += views_bytes(len(views))
-    struct.pack_into("<I", buf, CRC_OFFSET, _crc(buf, at))
+    seal(buf, CRC_OFFSET, at)
     return bytes(buf)
 
 
@@ -255,7 +249,7 @@ def decode(data: bytes, expect_host: int) -> InUseRecord | None:
         raise _corrupt(expect_host, "hashes, claims and device views do not fit the record")
     if len(data) < length:
         raise _corrupt(expect_host, "shorter than its count says")
-    if crc != _crc(data, length):
+    if crc != crc_of(data, CRC_OFFSET, length):
         raise _corrupt(expect_host, "bad checksum")
     if version != VERSION:
         raise _corrupt(expect_host, f"unsupported version {version}")

@@ -3,9 +3,8 @@
 A record's CRC-32 (``zlib.crc32``) covers its bytes from the start to ``end`` with its own
 4-byte field read as zeros, so a writer can pack every field, then the checksum, and a
 reader can check a record in place without copying it. The record modules say where their
-field is and where the checksummed bytes end (``summary.py``: its 512-byte record).
-``intent.py``, ``inuse.py`` and ``wire.py`` compute the same checksum with a copy of their
-own (``_crc``) for now.
+field is and where the checksummed bytes end (``summary.py``: its 512-byte record;
+``intent.py`` and ``inuse.py``: their used length; ``wire.py``: the whole sector).
 """
 
 from __future__ import annotations

@@ -64,11 +64,11 @@ from __future__ import annotations
 
 import enum
 import struct
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from autoextend.spm.errors import CorruptSector
+from autoextend.spm.sealing import crc_of, seal
 
 VERSION = 1
 REQUEST_MAGIC = b"AXRQ"
@@ -182,12 +182,6 @@ class Sector:
 
 def slots_per_sector(sector_size: int) -> int:
     return (sector_size - HEADER_SIZE) // SLOT_SIZE
-
-
-def _crc(sector: bytes | bytearray) -> int:
-    crc = zlib.crc32(sector[:CRC_OFFSET])
-    crc = zlib.crc32(b"\0\0\0\0", crc)
-    return zlib.crc32(sector[CRC_OFFSET + 4 :], crc)
 
 
 # Slots.
@@ -316,7 +310,7 @@ def encode_sector(
         )
         start = HEADER_SIZE + i * SLOT_SIZE
         buf[start : start + SLOT_SIZE] = raw
-    struct.pack_into("<I", buf, CRC_OFFSET, _crc(buf))
+    seal(buf, CRC_OFFSET)
     return bytes(buf)
 
 
@@ -333,7 +327,7 @@ def decode_sector(
     magic, version, index, host_id, generation, crc = HEADER.unpack_from(data, 0)
     if magic != kind.value:
         raise CorruptSector(kind.name.lower(), expect_host, expect_index, "bad magic")
-    if crc != _crc(data):
+    if crc != crc_of(data, CRC_OFFSET):
         raise CorruptSector(kind.name.lower(), expect_host, expect_index, "bad checksum")
     if version != VERSION:
         raise CorruptSector(
@@ -390,7 +384,7 @@ def encode_ring(sector_size: int, ring: Ring) -> bytes:
             raise ValueError("cannot encode a malformed slot")
         start = RING_HEADER_SIZE + i * SLOT_SIZE
         buf[start : start + SLOT_SIZE] = encode_request(slot)
-    struct.pack_into("<I", buf, CRC_OFFSET, _crc(buf))
+    seal(buf, CRC_OFFSET)
     return bytes(buf)
 
 
@@ -404,7 +398,7 @@ def decode_ring(data: bytes, expect_host: int) -> Ring:
     magic, version, index, host_id, generation, crc = HEADER.unpack_from(data, 0)
     if magic != RING_MAGIC:
         raise CorruptSector("ring", expect_host, 0, "bad magic")
-    if crc != _crc(data):
+    if crc != crc_of(data, CRC_OFFSET):
         raise CorruptSector("ring", expect_host, 0, "bad checksum")
     if version != VERSION:
         raise CorruptSector("ring", expect_host, 0, f"unsupported version {version}")

@@ -20,6 +20,7 @@ from autoextend.spm.handoff import Kind, PauseClaim, Seen, adoptable
 from autoextend.spm.handoffio import HandoffUnavailable, StorageHandoff
 from autoextend.spm.inuse import InUseRecord
 from autoextend.spm.inusepub import InUsePublisher
+from autoextend.spm.sealing import seal
 from autoextend.volumes import VolumeRef
 
 from .fakes import FAST, Watched, layout_for
@@ -63,7 +64,7 @@ def _raw_claims(entries: list[tuple[int, int, int, int, int, int, int]]) -> byte
     for i, e in enumerate(entries):
         handoff.ENTRY.pack_into(buf, inuse.HEAD_SIZE + i * handoff.ENTRY_SIZE, *e)
     length = inuse.HEAD_SIZE + handoff.ENTRY_SIZE * len(entries)
-    struct.pack_into("<I", buf, inuse.CRC_OFFSET, inuse._crc(buf, length))
+    seal(buf, inuse.CRC_OFFSET, length)
     return bytes(buf)
 
 

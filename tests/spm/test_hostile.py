@@ -8,16 +8,16 @@ and the valid request is still served.
 
 from __future__ import annotations
 
-import struct
-
 import anyio
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.generation import after
+from autoextend.spm.sealing import seal
 from autoextend.spm.validate import check_request
 from autoextend.spm.wire import (
+    CRC_OFFSET,
     HEADER,
     HOST_GENERATION_LIMIT,
     MAX_SIZE,
@@ -35,7 +35,6 @@ from autoextend.spm.wire import (
     Reply,
     Request,
     Status,
-    _crc,
     decode_reply,
     decode_request,
     decode_ring,
@@ -92,8 +91,8 @@ def reply_slots(draw: st.DrawFn) -> bytes:
     )
 
 
-def seal(buf: bytearray) -> bytes:
-    struct.pack_into("<I", buf, 12, _crc(buf))
+def sealed(buf: bytearray) -> bytes:
+    seal(buf, CRC_OFFSET)
     return bytes(buf)
 
 
@@ -111,7 +110,7 @@ def ring_sectors(draw: st.DrawFn) -> bytes:
     for i in range(4):
         buf[RING_HEADER_SIZE + i * SLOT_SIZE : RING_HEADER_SIZE + (i + 1) * SLOT_SIZE] = (
             draw(request_slots()))
-    return seal(buf)
+    return sealed(buf)
 
 
 @st.composite
@@ -127,7 +126,7 @@ def box_sectors(draw: st.DrawFn, kind: Kind, host: int, index: int) -> bytes:
     slot = request_slots() if kind is Kind.REQUEST else reply_slots()
     for i in range(4):
         buf[16 + i * SLOT_SIZE : 16 + (i + 1) * SLOT_SIZE] = draw(slot)
-    return seal(buf)
+    return sealed(buf)
 
 
 def acceptable(item: Request | MalformedSlot | None) -> bool:
@@ -214,7 +213,7 @@ async def test_host_at_the_generation_limit_starts_again_past_its_replies() -> N
     buf = bytearray(512)
     HEADER.pack_into(buf, 0, RING_MAGIC, VERSION, 0, 1, HOST_GENERATION_LIMIT, 0)
     RING_BODY.pack_into(buf, 16, 9, 0, 0)
-    await pool.storage.write(layout.ring_offset(1), seal(buf))
+    await pool.storage.write(layout.ring_offset(1), sealed(buf))
     stale = Reply(1, 1, Status.FAILED, 0, text="stale")
     await pool.storage.write(layout.reply_offset(1), encode_sector(Kind.REPLY, 512, 0, 1, 0,
                                                                    [stale]))

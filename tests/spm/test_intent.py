@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from autoextend.spm import intent
 from autoextend.spm.errors import CorruptSector
+from autoextend.spm.sealing import seal
 from autoextend.spm.wire import OP_REDUCE
 
 SECTOR_SIZES = st.sampled_from([512, 4096])
@@ -59,8 +60,6 @@ def test_out_of_range_is_refused_on_encode() -> None:
 def test_a_zero_request_id_on_storage_is_corrupt() -> None:
     data = bytearray(intent.encode([intent.Intent(5, 1, 1, 1)], 512))
     struct.pack_into("<I", data, 16 + 12, 0)
-    struct.pack_into("<I", data, 8, 0)
-    crc = intent._crc(data, 32)
-    struct.pack_into("<I", data, 8, crc)
+    seal(data, intent.CRC_OFFSET, 32)
     with pytest.raises(CorruptSector, match="entry 0"):
         intent.decode(bytes(data))

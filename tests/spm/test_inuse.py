@@ -13,6 +13,7 @@ from autoextend.spm import handoff, intent, inuse
 from autoextend.spm.errors import CorruptSector
 from autoextend.spm.inuse import InUseRecord, decode, encode, judge, make_record
 from autoextend.spm.layout import MailboxLayout
+from autoextend.spm.sealing import seal
 from tests.hypo import examples
 
 SECTOR_SIZES = st.sampled_from([512, 4096])
@@ -86,7 +87,7 @@ def _raw(host: int = 3, *, version: int = 1, flags: int = 0, count: int = 0,
             inuse.DEVICE.pack_into(buf, at + 8 + 16 * i, *view)
         length = min(inuse.RECORD_BYTES,
                      at + inuse.views_bytes(min(max(devices, 1), inuse.MAX_DEVICES)))
-    struct.pack_into("<I", buf, inuse.CRC_OFFSET, inuse._crc(buf, length))
+    seal(buf, inuse.CRC_OFFSET, length)
     return bytes(buf)
 
 
