@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -183,15 +182,7 @@ class HostProcess:
 
     def scrape(self) -> dict[str, float]:
         """The host's /metrics as {series: value} (blocking: call from a worker thread)."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-        values: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                values[name] = float(value)
-        return values
+        return proc.scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
 
     @property
     def control_socket(self) -> str:
@@ -251,6 +242,18 @@ class HostProcess:
 
     def log_events(self) -> list[dict[str, Any]]:
         return json_records(self.log_path)
+
+    def events(self, event: str, vm: str | None = None) -> list[dict[str, Any]]:
+        """The logged records of ``event`` (of ``vm``, if given)."""
+        return [e for e in self.log_events()
+                if e.get("event") == event and (vm is None or e.get("vm") == vm)]
+
+    async def vm_status(self, vm: str) -> dict[str, Any]:
+        """``vm``'s entry in the host's status (empty when the host does not watch it)."""
+        for v in (await self.status())["vms"]:
+            if v["vm"] == vm:
+                return dict(v)
+        return {}
 
 
 @dataclass

@@ -119,6 +119,13 @@ class LabHost:
     guests: dict[str, Guest] = field(default_factory=dict)
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
+    def vm_status(self, vm: str) -> dict[str, Any]:
+        """``vm``'s entry in the monitor's snapshot (empty when it does not watch it)."""
+        for v in self.service.monitor.snapshot():
+            if v["vm"] == vm:
+                return dict(v)
+        return {}
+
     async def create_disk(self, lv: str, start_mib: int, virtual_mib: int) -> tuple[VolumeRef, str]:
         """A thin volume: a ``start_mib`` loop volume holding a ``virtual_mib`` qcow2."""
         return await create_qcow2_disk(self.volumes, self._stack, VolumeRef(VG, lv),

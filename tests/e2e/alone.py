@@ -4,14 +4,15 @@ lab host, its status, and restarting a host in a PID namespace of its own."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from typing import Any
 
 import anyio
 
-from autoextend.lab.multihost import Pool
+from autoextend.lab import proc
+from autoextend.lab.guest import GuestJob
+from autoextend.lab.multihost import Pool, PoolGuest
 from autoextend.lab.waiting import until
 
 
@@ -67,17 +68,7 @@ async def restart_alone(p: Pool, host_id: int, *, local: bool = False) -> None:
     finally:
         log.close()
 
-    async def stop() -> None:
-        with anyio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-                with anyio.move_on_after(15):
-                    await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-
-    p.stack.push_async_callback(stop)
+    p.stack.push_async_callback(proc.stop, process)
 
     async def joined() -> bool:
         if local:  # no lease, no SPM section: the service answers
@@ -87,3 +78,15 @@ async def restart_alone(p: Pool, host_id: int, *, local: bool = False) -> None:
 
     host.process = process  # p.statuses() asks it; the pool's own stop finds it ended
     await until(joined, 300, f"host {host_id} to join again in its own PID namespace")
+
+
+async def idle_guest_elsewhere(p: Pool, *, local: bool = False) -> tuple[int, int, PoolGuest]:
+    """(guest host, asker, guest): an idle guest on the SPM's host, and the other host
+    restarted alone (:func:`restart_alone`) to ask for what must be refused there. A trickle
+    (16 KiB/s): the guest keeps running for minutes and asks for no extend."""
+    guest_host = await p.wait_for_spm()
+    asker = next(h for h in p.hosts if h != guest_host)
+    await restart_alone(p, asker, local=local)
+    g = await p.start_guest(guest_host, "idle", GuestJob(mib=512, rate_kib_s=16),
+                            start_mib=160, virtual_mib=1024)
+    return guest_host, asker, g

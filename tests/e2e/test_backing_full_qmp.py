@@ -37,13 +37,6 @@ WRITE_MIB = 64
 FULL_WINDOW_S = 8.0
 
 
-def vm_status(host: LabHost, vm: str) -> dict[str, object]:
-    for v in host.service.monitor.snapshot():
-        if v["vm"] == vm:
-            return v
-    return {}
-
-
 def metric(host: LabHost, name: str, labels: dict[str, str] | None = None) -> float:
     value = host.service.metrics.registry.get_sample_value(name, labels or {})
     return value or 0.0
@@ -68,16 +61,16 @@ async def test_full_backing_store_is_never_extended_and_resumes_when_freed(
             # The threshold is armed before the guest runs (an ENOSPC on a drive without
             # one is a full volume: extended, as always).
             await until(lambda: any(d["state"] == "set" for d in
-                                    vm_status(host, "bsf").get("drives", [])),  # type: ignore[attr-defined]
-                        60, "the threshold armed", describe=lambda: vm_status(host, "bsf"))
+                                    host.vm_status("bsf").get("drives", [])),
+                        60, "the threshold armed", describe=lambda: host.vm_status("bsf"))
             await store.fill()
             volume_file = vg_dir / volume.lv
             async with vm.qmp("test") as qmp:
                 await qmp.execute("cont")
-            await until(lambda: vm_status(host, "bsf").get("paused")
+            await until(lambda: host.vm_status("bsf").get("paused")
                         == "enospc, backing store full", 150,
                         "the backing-store-full classification",
-                        describe=lambda: vm_status(host, "bsf"))
+                        describe=lambda: host.vm_status("bsf"))
             assert metric(host, "autoextend_backing_store_full_total", {"vg": VG}) == 1.0
             await anyio.sleep(FULL_WINDOW_S)  # still full: resumed under backoff, never grown
             assert metric(host, "autoextend_extend_requests_total", {"result": "ok"}) == 0.0

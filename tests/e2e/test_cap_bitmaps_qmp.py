@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from autoextend.lab import proc
 from autoextend.lab.guest import GuestJob, with_expected_md5
 from autoextend.lab.qemu import guest_spec, launch
-from autoextend.lab.singlehost import LabHost, lab_host
+from autoextend.lab.singlehost import lab_host
 from autoextend.lab.thinvol import qemu_img_check
 from autoextend.lab.waiting import until
 from autoextend.monitor import policy
@@ -32,13 +32,6 @@ VIRTUAL_MIB = 64
 START_MIB = 16
 EXTENT = 4 * MiB  # the lab host's extent
 BITMAP = ("backup-0", 512)  # persistent; the finest granularity, the most bytes
-
-
-def vm_status(host: LabHost, vm: str) -> dict[str, object]:
-    for v in host.service.monitor.snapshot():
-        if v["vm"] == vm:
-            return v
-    return {}
 
 
 @pytest.mark.timeout(900)  # a boot and a full write of the disk under TCG
@@ -63,9 +56,9 @@ async def test_full_disk_with_a_persistent_bitmap_never_pauses_at_its_cap(
                                           f"unix:{sock},server=on,wait=off"))
             vm = await launch(spec, host.workdir / "vms" / "cap")
             host._stack.push_async_callback(vm.stop)
-            await until(lambda: bool(vm_status(host, "cap").get("drives")), 60,
+            await until(lambda: bool(host.vm_status("cap").get("drives")), 60,
                         "the service sees the guest")
-            drive = vm_status(host, "cap")["drives"][0]  # type: ignore[index]
+            drive = host.vm_status("cap")["drives"][0]
             assert drive["cap"] == cap, (drive, cap)
             result = await vm.result(timeout=600)
             assert result.verified and result.written_mib == VIRTUAL_MIB, result

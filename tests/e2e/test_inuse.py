@@ -18,13 +18,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from autoextend.lab.guest import GuestJob
 from autoextend.lab.multihost import VG, pool
 from autoextend.lab.singlehost import create_qcow2_disk
 from autoextend.lab.waiting import until
 from autoextend.volumes import VolumeRef
 
-from .alone import cli, host_status, restart_alone
+from .alone import cli, host_status, idle_guest_elsewhere
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
@@ -36,12 +35,7 @@ async def test_a_volume_an_idle_guest_uses_on_another_host_is_not_reduced(
     lab_tmp_path: Path,
 ) -> None:
     async with pool(2, directory=lab_tmp_path, chunk_mib=64, hot_window_s=HOT) as p:
-        guest_host = await p.wait_for_spm()
-        asker = next(h for h in p.hosts if h != guest_host)
-        await restart_alone(p, asker)
-        # A trickle (16 KiB/s): the guest keeps running for minutes and asks for no extend.
-        g = await p.start_guest(guest_host, "idle", GuestJob(mib=512, rate_kib_s=16),
-                                start_mib=160, virtual_mib=1024)
+        guest_host, asker, g = await idle_guest_elsewhere(p)
         name = f"{g.volume.vg}/{g.volume.lv}"
 
         async def listed() -> bool:

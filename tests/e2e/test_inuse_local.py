@@ -20,11 +20,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from autoextend.lab.guest import GuestJob
 from autoextend.lab.multihost import pool
 from autoextend.lab.waiting import until
 
-from .alone import cli, in_use_count, published_and_idle, restart_alone
+from .alone import cli, idle_guest_elsewhere, in_use_count, published_and_idle
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
@@ -36,12 +35,7 @@ async def test_a_local_mode_host_does_not_shrink_a_volume_a_guest_uses_on_anothe
     lab_tmp_path: Path,
 ) -> None:
     async with pool(2, directory=lab_tmp_path, chunk_mib=64, hot_window_s=HOT) as p:
-        guest_host = await p.wait_for_spm()
-        asker = next(h for h in p.hosts if h != guest_host)
-        await restart_alone(p, asker, local=True)
-        # A trickle (16 KiB/s): the guest keeps running for minutes and asks for no extend.
-        g = await p.start_guest(guest_host, "idle", GuestJob(mib=512, rate_kib_s=16),
-                                start_mib=160, virtual_mib=1024)
+        guest_host, asker, g = await idle_guest_elsewhere(p, local=True)
         name = f"{g.volume.vg}/{g.volume.lv}"
         path = anyio.Path(p.directory / "volumes" / g.volume.vg / g.volume.lv)
         await published_and_idle(p, guest_host, HOT)

@@ -8,14 +8,13 @@ guest has left A (the soak's case), and is grown again once the guest is on B.""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 
 from autoextend.lab.guest import GuestJob
 from autoextend.lab.migrate import start_destination, start_migration
-from autoextend.lab.multihost import VG, HostProcess, Pool, PoolGuest, pool
+from autoextend.lab.multihost import VG, Pool, PoolGuest, pool
 from autoextend.lab.qemu import QemuVm
 from autoextend.lab.thinvol import qemu_img_check
 from autoextend.lab.waiting import until
@@ -25,17 +24,6 @@ pytestmark = pytest.mark.slow
 MiB = 1 << 20
 START_MIB = 64
 UNLIMITED = 1 << 40
-
-
-async def vm_status(host: HostProcess, vm: str) -> dict[str, Any]:
-    for v in (await host.status())["vms"]:
-        if v["vm"] == vm:
-            return dict(v)
-    return {}
-
-
-def events(host: HostProcess, event: str, vm: str) -> list[dict[str, Any]]:
-    return [e for e in host.log_events() if e.get("event") == event and e.get("vm") == vm]
 
 
 async def qemu_status(vm: QemuVm) -> str:
@@ -73,15 +61,15 @@ async def test_enospc_pause_is_resumed_on_the_destination(lab_tmp_path: Path) ->
         await p.volumes.set_vg_capacity(VG, await anyio.to_thread.run_sync(vg_used, root))
 
         async def paused_on_a() -> bool:
-            return (await vm_status(src, "hand1")).get("paused") == "enospc"
+            return (await src.vm_status("hand1")).get("paused") == "enospc"
         await until(paused_on_a, 120, "the guest paused for ENOSPC on host A")
         assert await qemu_status(guest.vm) == "io-error"
         dest, device = await migrate_paused(p, guest, "hand1", target)
         async def adopted() -> bool:
-            return bool(events(dst, "adopted the ENOSPC pause of a vm that arrived paused",
-                               "hand1"))
+            return bool(dst.events("adopted the ENOSPC pause of a vm that arrived paused",
+                                   vm="hand1"))
         await until(adopted, 90, "host B adopting host A's claim")
-        found = events(dst, "adopted the ENOSPC pause of a vm that arrived paused", "hand1")
+        found = dst.events("adopted the ENOSPC pause of a vm that arrived paused", vm="hand1")
         assert found[0]["host_id"] == source
         await guest.vm.stop()  # the source QEMU (postmigrate) goes, as management would
         # B extends through the SPM once the VG has room again, then resumes.
@@ -91,8 +79,8 @@ async def test_enospc_pause_is_resumed_on_the_destination(lab_tmp_path: Path) ->
         assert result.written_mib == job.mib
         assert await dest.wait_exit(timeout=60) == 0
         assert "I/O error" not in dest.serial_text()
-        assert events(dst, "vm resumed", "hand1")  # B resumed it
-        assert not events(src, "vm resumed", "hand1")  # A never did
+        assert dst.events("vm resumed", vm="hand1")  # B resumed it
+        assert not src.events("vm resumed", vm="hand1")  # A never did
         check = await qemu_img_check(device)
         assert check.clean, check
 
@@ -108,20 +96,20 @@ async def test_user_pause_stays_paused_after_migration(lab_tmp_path: Path) -> No
                                     virtual_mib=1024)
 
         async def monitored() -> bool:
-            return bool((await vm_status(src, "hand2")).get("drives"))
+            return bool((await src.vm_status("hand2")).get("drives"))
         await until(monitored, 60, "host A monitoring the guest")
         async with guest.vm.qmp("test-handoff") as client:
             await client.execute("stop")
         async def user_paused() -> bool:
-            return (await vm_status(src, "hand2")).get("paused") == "user"
+            return (await src.vm_status("hand2")).get("paused") == "user"
         await until(user_paused, 30, "host A seeing the operator's pause")
         dest, _ = await migrate_paused(p, guest, "hand2", target)
         async def gave_up() -> bool:
-            return bool(events(dst, "no host claimed the pause of a vm that arrived paused: "
-                                    "leaving it paused", "hand2"))
+            return bool(dst.events("no host claimed the pause of a vm that arrived paused: "
+                                    "leaving it paused", vm="hand2"))
         await until(gave_up, 150, "host B giving up on a claim")
         assert await qemu_status(dest) == "paused"
-        assert not events(dst, "vm resumed", "hand2")
-        assert not events(src, "vm resumed", "hand2")
-        status = await vm_status(dst, "hand2")
+        assert not dst.events("vm resumed", vm="hand2")
+        assert not src.events("vm resumed", vm="hand2")
+        status = await dst.vm_status("hand2")
         assert "no host claimed" in status["last_action"]

@@ -21,7 +21,7 @@ from autoextend.lab.domxml import guest_domain_xml
 from autoextend.lab.guest import GuestJob, find_result, with_expected_md5
 from autoextend.lab.libvirt_migrate import UNLIMITED_MIB_S, live_migration
 from autoextend.lab.libvirtd import LabLibvirtd
-from autoextend.lab.multihost import VG, HostProcess, Pool, pool
+from autoextend.lab.multihost import VG, Pool, pool
 from autoextend.lab.singlehost import create_qcow2_disk
 from autoextend.lab.thinvol import qemu_img_check
 from autoextend.lab.waiting import until
@@ -30,17 +30,6 @@ from autoextend.volumes import VolumeRef
 
 pytestmark = pytest.mark.slow
 START_MIB = 64
-
-
-async def vm_status(host: HostProcess, vm: str) -> dict[str, Any]:
-    for v in (await host.status())["vms"]:
-        if v["vm"] == vm:
-            return dict(v)
-    return {}
-
-
-def events(host: HostProcess, event: str, vm: str) -> list[dict[str, Any]]:
-    return [e for e in host.log_events() if e.get("event") == event and e.get("vm") == vm]
 
 
 @dataclass
@@ -103,7 +92,7 @@ async def started(lab_tmp_path: Path, pair: tuple[LabLibvirtd, LabLibvirtd], nam
         await anyio.to_thread.run_sync(conns[source].createXML, xml, 0)
 
         async def armed() -> bool:
-            drives = (await vm_status(p.hosts[source], name)).get("drives") or [{}]
+            drives = (await p.hosts[source].vm_status(name)).get("drives") or [{}]
             return bool(drives[0].get("state") == "set")
         await until(armed, 60, f"host A arming {name}")
         yield setup
@@ -120,15 +109,15 @@ async def test_libvirt_enospc_pause_is_resumed_on_the_destination(
         await s.p.volumes.set_vg_capacity(VG, await anyio.to_thread.run_sync(vg_used, root))
 
         async def paused_on_a() -> bool:
-            return (await vm_status(src, name)).get("paused") == "enospc"
+            return (await src.vm_status(name)).get("paused") == "enospc"
         await until(paused_on_a, 120, "the guest paused for ENOSPC on host A")
         assert (await s.state(s.source, name)) == [libvirt.VIR_DOMAIN_PAUSED,
                                                   libvirt.VIR_DOMAIN_PAUSED_IOERROR]
         dest_device = await s.migrate(name)
         print("paused state on the destination:", await s.state(s.target, name))
         async def adopted() -> bool:
-            return bool(events(dst, "adopted the ENOSPC pause of a vm that arrived paused",
-                               name))
+            return bool(dst.events("adopted the ENOSPC pause of a vm that arrived paused",
+                                   vm=name))
         await until(adopted, 90, "host B adopting host A's claim")
         assert (await s.state(s.target, name))[0] == libvirt.VIR_DOMAIN_PAUSED  # VG full
         await s.p.volumes.set_vg_capacity(VG, None)
@@ -143,10 +132,10 @@ async def test_libvirt_enospc_pause_is_resumed_on_the_destination(
         assert result.verified, result
         assert result.written_mib == job.mib
         assert "I/O error" not in s.dst_serial.read_text(errors="replace")
-        assert events(dst, "vm resumed", name) and not events(src, "vm resumed", name)
+        assert dst.events("vm resumed", vm=name) and not src.events("vm resumed", vm=name)
 
         async def gone() -> bool:
-            return await vm_status(dst, name) == {}
+            return await dst.vm_status(name) == {}
         await until(gone, 60, "the guest powered off on the destination")
         check = await qemu_img_check(dest_device)
         assert check.clean, check
@@ -163,13 +152,13 @@ async def test_libvirt_user_pause_stays_paused_after_migration(
         dom = await anyio.to_thread.run_sync(s.conns[s.source].lookupByName, name)
         await anyio.to_thread.run_sync(dom.suspend)
         async def user_paused() -> bool:
-            return (await vm_status(src, name)).get("paused") == "user"
+            return (await src.vm_status(name)).get("paused") == "user"
         await until(user_paused, 30, "host A seeing the operator's pause")
         await s.migrate(name)
         print("paused state on the destination:", await s.state(s.target, name))
         async def gave_up() -> bool:
-            return bool(events(dst, "no host claimed the pause of a vm that arrived paused: "
-                                    "leaving it paused", name))
+            return bool(dst.events("no host claimed the pause of a vm that arrived paused: "
+                                    "leaving it paused", vm=name))
         await until(gave_up, 150, "host B giving up on a claim")
         assert (await s.state(s.target, name))[0] == libvirt.VIR_DOMAIN_PAUSED
-        assert not events(dst, "vm resumed", name) and not events(src, "vm resumed", name)
+        assert not dst.events("vm resumed", vm=name) and not src.events("vm resumed", vm=name)

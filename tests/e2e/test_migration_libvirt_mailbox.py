@@ -20,7 +20,7 @@ from autoextend.lab.domxml import guest_domain_xml
 from autoextend.lab.guest import GuestJob, find_result, with_expected_md5
 from autoextend.lab.libvirt_migrate import live_migration
 from autoextend.lab.libvirtd import LabLibvirtd
-from autoextend.lab.multihost import HostProcess, pool
+from autoextend.lab.multihost import pool
 from autoextend.lab.singlehost import create_qcow2_disk
 from autoextend.lab.thinvol import qemu_img_check
 from autoextend.lab.waiting import until
@@ -38,18 +38,7 @@ JOB = GuestJob(mib=96, rate_kib_s=4 * 1024, seed=2921)
 RESUME_BOUND_S = 10.0  # issue 29: the destination resumes within 10 s
 
 
-def deferred(host: HostProcess, vm: str) -> list[dict[str, Any]]:
-    """The host's extensions of ``vm`` made without refreshing (during a migration out)."""
-    return [e for e in host.log_events()
-            if e.get("event") == "extended; refresh deferred until the migration ends"
-            and e.get("vm") == vm]
-
-
-async def vm_status(host: HostProcess, vm: str) -> dict[str, Any]:
-    for v in (await host.status())["vms"]:
-        if v["vm"] == vm:
-            return dict(v)
-    return {}
+DEFERRED = "extended; refresh deferred until the migration ends"
 
 
 @pytest.mark.parametrize("spm_on", ["source", "destination"])
@@ -89,7 +78,7 @@ async def test_libvirt_mailbox_migration_source_extends_through_spm(
         await anyio.to_thread.run_sync(conns[source].createXML, xml, 0)
 
         async def armed() -> bool:
-            drives = (await vm_status(src, "lmbx1")).get("drives") or [{}]
+            drives = (await src.vm_status("lmbx1")).get("drives") or [{}]
             return bool(drives[0].get("state") == "set")
 
         # Armed before the migration starts: libvirt runs no threshold change during it.
@@ -103,8 +92,8 @@ async def test_libvirt_mailbox_migration_source_extends_through_spm(
                                   devices={device: dest_device}, serial_log=dst_serial,
                                   socket_path=lab_tmp_path / "lmbx1.mig") as migration:
             async def outran() -> bool:
-                return len(deferred(src, "lmbx1")) >= 2 and (
-                    await vm_status(src, "lmbx1")).get("paused") == "enospc"
+                return len(src.events(DEFERRED, vm="lmbx1")) >= 2 and (
+                    await src.vm_status("lmbx1")).get("paused") == "enospc"
 
             # Two: the threshold crossing armed before the migration, then the ENOSPC on
             # the frozen view (the source learns of its migration from libvirt's
@@ -118,7 +107,7 @@ async def test_libvirt_mailbox_migration_source_extends_through_spm(
                         "two deferred extensions and an ENOSPC pause on the source",
                         describe=seen)
             assert not migration.ended
-            print(f"deferred extensions inside the migration: {len(deferred(src, 'lmbx1'))}")
+            print(f"deferred extensions inside the migration: {len(src.events(DEFERRED, vm='lmbx1'))}")
             assert loopdev.size_of(device) == START_MIB * MiB  # the source's view: frozen
             assert await migration.finish() is None, migration.error
         assert migration.ended_at is not None
@@ -159,7 +148,7 @@ async def test_libvirt_mailbox_migration_source_extends_through_spm(
         assert len(spm_sizes) >= 1
 
         async def gone() -> bool:
-            return await vm_status(dst, "lmbx1") == {}
+            return await dst.vm_status("lmbx1") == {}
 
         await until(gone, 60, "the guest powered off on the destination")
         check = await qemu_img_check(dest_device)

@@ -6,13 +6,12 @@ Run with the SPM on the source and on the destination."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from autoextend.lab.guest import GuestJob
 from autoextend.lab.migrate import start_destination, start_migration
-from autoextend.lab.multihost import HostProcess, pool
+from autoextend.lab.multihost import pool
 from autoextend.lab.thinvol import qemu_img_check
 from autoextend.lab.waiting import until
 from autoextend.lvm import loopdev
@@ -23,18 +22,7 @@ START_MIB = 64
 JOB = GuestJob(mib=96, rate_kib_s=12 * 1024, seed=21)
 
 
-def deferred(host: HostProcess, vm: str) -> list[dict[str, Any]]:
-    """The host's extensions of ``vm`` made without refreshing (during a migration out)."""
-    return [e for e in host.log_events()
-            if e.get("event") == "extended; refresh deferred until the migration ends"
-            and e.get("vm") == vm]
-
-
-async def vm_status(host: HostProcess, vm: str) -> dict[str, Any]:
-    for v in (await host.status())["vms"]:
-        if v["vm"] == vm:
-            return dict(v)
-    return {}
+DEFERRED = "extended; refresh deferred until the migration ends"
 
 
 @pytest.mark.parametrize("spm_on", ["source", "destination"])
@@ -52,7 +40,7 @@ async def test_mailbox_migration_source_extends_through_spm(
                                     virtual_mib=1024)
         src, dst = p.hosts[source], p.hosts[target]
         async def monitored() -> bool:
-            return bool((await vm_status(src, "mbx1")).get("drives"))
+            return bool((await src.vm_status("mbx1")).get("drives"))
         await until(monitored, 60, "the source monitoring mbx1")
         dest_device = await p.host_volumes(target).attach(guest.volume)
         dest = await start_destination(guest.vm, [dest_device],
@@ -62,10 +50,10 @@ async def test_mailbox_migration_source_extends_through_spm(
         migration = await start_migration(guest.vm, dest, p.directory / "mbx1.mig",
                                           max_bandwidth=256 << 10)
         async def outran() -> bool:
-            return len(deferred(src, "mbx1")) >= 2 and (
-                await vm_status(src, "mbx1")).get("paused") == "enospc"
+            return len(src.events(DEFERRED, vm="mbx1")) >= 2 and (
+                await src.vm_status("mbx1")).get("paused") == "enospc"
         await until(outran, 90, "two deferred extensions and an ENOSPC pause on the source")
-        assert (await vm_status(src, "mbx1"))["migration"] == "migrating-out"
+        assert (await src.vm_status("mbx1"))["migration"] == "migrating-out"
         assert loopdev.size_of(guest.device) == START_MIB * MiB  # the source's view: frozen
         assert await migration.finish() == "completed"
         await guest.vm.stop()

@@ -11,12 +11,12 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import anyio
 import pytest
 
+from autoextend.lab import proc as lab_proc
 from autoextend.lab.guest import GuestJob
 from autoextend.lab.singlehost import LabHost, lab_host
 from autoextend.lab.waiting import until
@@ -35,14 +35,7 @@ def free_port() -> int:
 
 
 def scrape(address: tuple[str, int]) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://{address[0]}:{address[1]}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
+    return lab_proc.scrape(f"http://{address[0]}:{address[1]}/metrics")
 
 
 def paused(host: LabHost, vm: str) -> str | None:

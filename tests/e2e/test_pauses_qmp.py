@@ -96,13 +96,6 @@ async def qemu_events(vm: QemuVm, tg: TaskGroup) -> AsyncIterator[QemuEvents]:
         scope.cancel()
 
 
-def vm_status(host: LabHost, vm: str) -> dict[str, object]:
-    for v in host.service.monitor.snapshot():
-        if v["vm"] == vm:
-            return v
-    return {}
-
-
 async def boot(host: LabHost, name: str, job: GuestJob, blockdevs: list[str]) -> QemuVm:
     job = await anyio.to_thread.run_sync(with_expected_md5, job)
     sock = host.workdir / "qmp" / f"{name}.sock"
@@ -142,7 +135,7 @@ async def test_enospc_on_unmanaged_drive_is_never_resumed(lab_tmp_path: Path) ->
                                 qcow2_on("a", vda, "vda") + qcow2_on("b", outside.device, "vdb"))
                 async with qemu_events(vm, tg) as qemu:
                     await qemu.start()
-                    await until(lambda: vm_status(host, "u").get("state")
+                    await until(lambda: host.vm_status("u").get("state")
                                 == "paused-enospc-unmanaged", 120, "the unmanaged pause")
                     await until(lambda: qemu.count("STOP") >= 1, 30, "QEMU's STOP event")
                     assert qemu.count("RESUME") == 1  # our start
@@ -157,7 +150,7 @@ async def test_enospc_on_unmanaged_drive_is_never_resumed(lab_tmp_path: Path) ->
                     await outside.grow(to=256 * MiB)  # grown by hand
                     await anyio.sleep(AFTER_GROW_S)  # time is the subject: still not resumed
                     assert qemu.count("RESUME") == 1
-                    assert vm_status(host, "u")["paused"] == "enospc, unmanaged vdb"
+                    assert host.vm_status("u")["paused"] == "enospc, unmanaged vdb"
                     assert metric(host, "autoextend_unmanaged_enospc_total") == 1.0
                     await vm.stop()
                 tg.cancel_scope.cancel()
@@ -213,7 +206,7 @@ async def test_io_error_pause_auto_leave_kill_outage(lab_tmp_path: Path) -> None
                 vms[name] = await boot(host, name, GuestJob(mib=16),
                                        blkdebug_drive(images[name]))
                 qemu[name] = await stack.enter_async_context(qemu_events(vms[name], tg))
-            await until(lambda: all(vm_status(host, n) for n in vms), 30, "the service sees all")
+            await until(lambda: all(host.vm_status(n) for n in vms), 30, "the service sees all")
             for name in ("kill", "outage"):
                 images[name].rename(images[name].with_suffix(".away"))  # the outage begins
             for q in qemu.values():
@@ -238,7 +231,7 @@ async def test_io_error_pause_auto_leave_kill_outage(lab_tmp_path: Path) -> None
             await anyio.sleep(OBSERVE_S)
             for name in ("leave", "outage"):
                 assert qemu[name].count("RESUME") == 1, name
-                assert vm_status(host, name)["paused"] == "io-error", name
+                assert host.vm_status(name)["paused"] == "io-error", name
                 assert vms[name].returncode is None, name
 
             # the outage ends: resumed, and the guest finishes verified

@@ -24,7 +24,7 @@ from autoextend.lab.waiting import until
 from autoextend.lvm.loop_backend import vg_capacity
 from autoextend.lvm.loop_pool import PV_FILE
 
-from .alone import cli, in_use_count, published_and_idle, restart_alone
+from .alone import cli, idle_guest_elsewhere, in_use_count, published_and_idle
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
@@ -69,11 +69,7 @@ async def test_remove_of_a_volume_an_idle_guest_uses_on_another_host_is_refused(
     lab_tmp_path: Path,
 ) -> None:
     async with pool(2, directory=lab_tmp_path, chunk_mib=64, hot_window_s=HOT) as p:
-        guest_host = await p.wait_for_spm()
-        asker = next(h for h in p.hosts if h != guest_host)
-        await restart_alone(p, asker)
-        g = await p.start_guest(guest_host, "idle", GuestJob(mib=512, rate_kib_s=16),
-                                start_mib=160, virtual_mib=1024)
+        guest_host, asker, g = await idle_guest_elsewhere(p)
         name = f"{g.volume.vg}/{g.volume.lv}"
         path = p.directory / "volumes" / g.volume.vg / g.volume.lv
         await published_and_idle(p, guest_host, HOT)

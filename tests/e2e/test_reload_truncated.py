@@ -20,6 +20,7 @@ from anyio.abc import Process
 
 from autoextend import control
 from autoextend.errors import ServiceNotRunning
+from autoextend.lab import proc as lab_proc
 from autoextend.lab.guest import GuestJob, with_expected_md5
 from autoextend.lab.guestimage import GuestImage
 from autoextend.lab.jsonlog import json_records
@@ -98,17 +99,7 @@ async def test_truncated_configs_sighuped_while_a_guest_writes_change_nothing(
                 [sys.executable, "-m", "autoextend", "--config", str(cfg), "--log-format", "json",
                  "run"], stdout=None, stderr=err)
 
-        async def stop_service() -> None:
-            with anyio.CancelScope(shield=True):
-                if proc.returncode is None:
-                    proc.send_signal(signal.SIGTERM)
-                    with anyio.move_on_after(30):
-                        await proc.wait()
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
-
-        stack.push_async_callback(stop_service)
+        stack.push_async_callback(lab_proc.stop, proc, 30.0)
 
         async def answers() -> bool:
             try:
@@ -178,5 +169,5 @@ async def test_truncated_configs_sighuped_while_a_guest_writes_change_nothing(
         held = [r for r in records(log) if r["event"] == REFUSED[0]]
         assert held and all(r["held"] for r in held)
         assert "Traceback" not in log.read_text()
-        await stop_service()
+        await lab_proc.stop(proc, 30.0)
         assert proc.returncode == 0, log.read_text()[-2000:]

@@ -10,6 +10,7 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -60,11 +61,11 @@ async def test_a_never_host_never_takes_the_sanlock_spm_role(lab_tmp_path: Path)
         # ... and it is still a host of the pool: it sees host 2 live. Its table is the
         # daemon's, read every poll; a host that lost its lockspace under load and joined
         # again has an empty one until its next read (CI saw that once), so this waits.
-        seen: list[object] = [None]
+        seen: list[dict[str, Any]] = [{}]
 
         async def sees_host_2_live() -> bool:
             seen[0] = (await p.hosts[1].status())["spm"]["hosts"]
-            return (seen[0] or {}).get("2", {}).get("state") == "live"
+            return bool(seen[0].get("2", {}).get("state") == "live")
 
         await until(sees_host_2_live, 60, "host 1 sees host 2 live",
                     describe=lambda: (seen[0], [e for e in p.hosts[1].log_events()

@@ -37,13 +37,6 @@ NAMES = ("auto", "leave", "kill")
 PAUSED_IOERROR = (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_IOERROR)
 
 
-def vm_status(host: LabHost, vm: str) -> dict[str, Any]:
-    for v in host.service.monitor.snapshot():
-        if v["vm"] == vm:
-            return dict(v)
-    return {}
-
-
 def io_error_actions(host: LabHost) -> dict[tuple[str, str], float]:
     """autoextend_io_error_actions_total by (action, reason)."""
     return {(s.labels["action"], s.labels["reason"]): s.value
@@ -117,10 +110,10 @@ async def run_scenario(host: LabHost, conn: Any, fs: Any, guest: Any, job: Guest
 
     async def all_paused() -> bool:
         return all([await state(n) == PAUSED_IOERROR for n in ("auto", "leave")]) and all(
-            vm_status(host, n).get("paused") == "io-error" for n in ("auto", "leave"))
+            host.vm_status(n).get("paused") == "io-error" for n in ("auto", "leave"))
 
     await until(all_paused, 60, "the I/O-error pauses",
-                describe=lambda: {n: vm_status(host, n).get("paused") for n in NAMES})
+                describe=lambda: {n: host.vm_status(n).get("paused") for n in NAMES})
 
     # kill: the storage stays broken; libvirt destroys the domain after kill_after_s.
     await until(lambda: state("kill"), 1, "kill still there")
@@ -141,7 +134,7 @@ async def run_scenario(host: LabHost, conn: Any, fs: Any, guest: Any, job: Guest
         s = await state("auto")
         return s is not None and s[0] == libvirt.VIR_DOMAIN_RUNNING or s is None
 
-    await until(auto_running, 30, "auto resumed", describe=lambda: vm_status(host, "auto"))
+    await until(auto_running, 30, "auto resumed", describe=lambda: host.vm_status("auto"))
     resumed_after = time.monotonic() - back
     print(f"auto: running {resumed_after:.2f} s after the storage came back")
     assert resumed_after <= RESUME_BOUND_S
@@ -153,7 +146,7 @@ async def run_scenario(host: LabHost, conn: Any, fs: Any, guest: Any, job: Guest
     # leave: still paused for the issue's window, also with its storage back.
     await anyio.sleep(LEAVE_WINDOW_S - resumed_after)  # the observation window is the subject
     assert await state("leave") == PAUSED_IOERROR
-    assert vm_status(host, "leave")["paused"] == "io-error"
+    assert host.vm_status("leave")["paused"] == "io-error"
     assert io_error_actions(host) == {
         ("kill", f"paused on I/O error for over {KILL_AFTER_S:g} s"): 1.0,
         ("resume", "storage probe ok twice in a row"): 1.0,
