@@ -63,12 +63,15 @@ async def _execute(vm: QemuVm, command: str, arguments: dict[str, Any] | None = 
 
 async def start_destination(
     source: QemuVm, devices: Sequence[str], workdir: Path, qmp_dir: Path, *,
-    autostart: bool = True,
+    autostart: bool = True, late_block_activate: bool = False,
 ) -> QemuVm:
     """A QEMU for ``source``'s guest, waiting for an incoming migration (``-incoming
     defer``), its drives on ``devices`` (the destination host's views), its service socket
     in ``qmp_dir`` (the destination host's). ``autostart=False``: with ``-S``, it stays
-    paused after the switchover until the management's ``cont`` (:func:`switch_over`)."""
+    paused after the switchover until the management's ``cont`` (:func:`switch_over`).
+    ``late_block_activate``: the migration capability of that name, set before
+    ``migrate-incoming``: the drives' nodes are activated at ``cont``, not when the
+    migration completes (:func:`node_length` says why that matters)."""
     if len(devices) != len(source.spec.drives):
         raise ValueError("one destination device per source drive")
     drives = tuple(dataclasses.replace(d, device=dev)
@@ -77,7 +80,33 @@ async def start_destination(
     spec = dataclasses.replace(
         source.spec, drives=drives,
         extra_args=(*service_socket_args(source.name, qmp_dir), "-incoming", "defer", *held))
-    return await launch(spec, workdir)
+    vm = await launch(spec, workdir)
+    if late_block_activate:
+        try:
+            await _execute(vm, "migrate-set-capabilities", {"capabilities": [
+                {"capability": "late-block-activate", "state": True}]})
+        except BaseException:
+            await vm.stop()
+            raise
+    return vm
+
+
+async def node_length(vm: QemuVm, node: str) -> int | None:
+    """The length QEMU has for block node ``node`` (``query-named-block-nodes``:
+    ``image.virtual-size``), or None if it reports no such node.
+
+    For a ``host_device`` node QEMU 7.2 caches that length: it is read when the node is
+    opened and when it is activated (an incoming migration's nodes are opened inactive and
+    activated when the migration completes, or at ``cont`` with ``late-block-activate``),
+    raised by a write past it, never by a read, a grown device or a ``cont`` of an active
+    node. A read past it returns zeros (``tests/e2e/test_migration_node_length.py``)."""
+    nodes = await _execute(vm, "query-named-block-nodes", {"flat": True})
+    for entry in nodes if isinstance(nodes, list) else ():
+        if isinstance(entry, dict) and entry.get("node-name") == node:
+            image = entry.get("image")
+            size = image.get("virtual-size") if isinstance(image, dict) else None
+            return size if isinstance(size, int) else None
+    return None
 
 
 @dataclass
