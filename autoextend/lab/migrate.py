@@ -102,6 +102,13 @@ async def start_destination(
     return vm
 
 
+async def has_late_block_activate(vm: QemuVm) -> bool:
+    """Whether ``vm`` has the ``late-block-activate`` migration capability on."""
+    caps = await _execute(vm, "query-migrate-capabilities")
+    return any(isinstance(c, dict) and c.get("capability") == "late-block-activate"
+               and c.get("state") is True for c in caps if isinstance(caps, list))
+
+
 async def node_length(vm: QemuVm, node: str) -> int | None:
     """The length QEMU has for block node ``node`` (``query-named-block-nodes``:
     ``image.virtual-size``), or None if it reports no such node.
