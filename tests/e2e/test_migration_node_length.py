@@ -53,7 +53,7 @@ FAILED = "Pattern verification failed"
 
 @dataclass
 class Seen:
-    lengths: dict[str, int] = field(default_factory=dict)  # the node's length, by moment
+    lengths: dict[str, int | None] = field(default_factory=dict)  # the node's length, by moment
     reads: dict[str, str] = field(default_factory=dict)    # qemu-io's answer, by read
     leaks: int = 0
     corruptions: int = 0
