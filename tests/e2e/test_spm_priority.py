@@ -64,7 +64,8 @@ async def test_a_never_host_never_takes_the_sanlock_spm_role(lab_tmp_path: Path)
 
         async def sees_host_2_live() -> bool:
             seen[0] = (await p.hosts[1].status())["spm"]["hosts"]
-            return (seen[0] or {}).get("2", {}).get("state") == "live"
+            hosts = seen[0] if isinstance(seen[0], dict) else {}
+            return bool(hosts.get("2", {}).get("state") == "live")
 
         await until(sees_host_2_live, 60, "host 1 sees host 2 live",
                     describe=lambda: (seen[0], [e for e in p.hosts[1].log_events()
