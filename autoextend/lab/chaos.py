@@ -50,7 +50,14 @@ from autoextend.lab.errors import VmError
 from autoextend.lab.faultfs import FaultFs, fault_fs
 from autoextend.lab.faultvol import FaultVolume, create_fault_volume
 from autoextend.lab.guest import GuestJob, GuestResult, last_progress
-from autoextend.lab.migrate import prepare_direct, start_destination, start_migration, switch_over
+from autoextend.lab.migrate import (
+    has_late_block_activate,
+    node_length,
+    prepare_direct,
+    start_destination,
+    start_migration,
+    switch_over,
+)
 from autoextend.lab.multihost import VG, HostProcess, Pool, PoolGuest, pool
 from autoextend.lab.qemu import QemuVm
 from autoextend.lab.thinvol import qemu_img_check
@@ -482,6 +489,8 @@ class Soak:
         seen = await self._watch_source(g.name, source, hold_s)
 
         unprepared: list[str] = []
+        node = dest.spec.drives[0].node_name
+        written_on_source: list[int] = []
 
         async def prepare() -> None:
             try:
@@ -501,12 +510,25 @@ class Soak:
             source_view = await anyio.to_thread.run_sync(loopdev.size_of, source.device)
             view = await anyio.to_thread.run_sync(loopdev.size_of, device)
             written = None if highest is None else min(highest, source_view)
+            # QEMU's own length for the destination's node (issue 31): the length it reads
+            # within. Taken when QEMU activates the node: at cont with late-block-activate,
+            # else already (at the completion), and then final until a write raises it.
+            late = await has_late_block_activate(dest)
+            length = await node_length(dest, node)
             record.detail += (f"; written {written} (highest {highest}, source view "
-                              f"{source_view}), destination view {view}")
+                              f"{source_view}), destination view {view}, node {length} "
+                              f"({'late' if late else 'active'})")
+            if written is not None:
+                written_on_source.append(written)
             if written is not None and view < written:
                 self.report.violations.append(
                     f"{g.name} runs on host {target} with a view of {view} bytes, less than "
                     f"the {written} bytes written on host {source.host_id} (stale view)")
+            if written is not None and not late and length is not None and length < written:
+                self.report.violations.append(
+                    f"{g.name}'s QEMU on host {target} activated its drive with a length of "
+                    f"{length} bytes, less than the {written} bytes written on host "
+                    f"{source.host_id}: it reads zeros past it (stale node length)")
             self.report.violations.extend(seen.violations(g.name, source.host_id, source_view))
 
         try:
@@ -520,12 +542,36 @@ class Soak:
                 f"{g.name}: host {target}'s views could not be prepared after the "
                 f"switchover; the guest is left paused there: {unprepared[0]}")
         record.detail = status + record.detail
+        if status == "completed" and written_on_source and not unprepared:
+            await self._check_node_after_cont(g.name, dest, node, target, source.host_id,
+                                              written_on_source[0], record)
         if status == "completed":
             await source.vm.stop()
             g.guest = PoolGuest(dest, target, source.volume, device)
             p.guests[g.name] = g.guest
         else:
             await dest.stop()
+
+    async def _check_node_after_cont(self, vm: str, dest: QemuVm, node: str, target: int,
+                                     source_host: int, written: int,
+                                     record: FaultRecord) -> None:
+        """Right after the lab's ``cont`` (the earliest it can ask), the length QEMU
+        activated the destination's node with. Only on a running destination (one that
+        arrived ``io-error`` is still inactive: its autoextend resumes it). A guest write
+        past the length may already have raised it: this check can miss, never accuse."""
+        if await _run_state(dest) != "running":
+            return
+        try:
+            length = await node_length(dest, node)
+        except (QMPError, OSError, EOFError, VmError) as err:  # it may have exited since
+            record.detail += f"; node after cont unknown: {err}"
+            return
+        record.detail += f"; node after cont {length}"
+        if length is not None and length < written:
+            self.report.violations.append(
+                f"{vm}'s QEMU on host {target} runs with a drive length of {length} bytes "
+                f"after cont, less than the {written} bytes written on host {source_host}: "
+                "it reads zeros past it (stale node length)")
 
     async def _watch_source(self, vm: str, source: PoolGuest, hold_s: float) -> SourceWatch:
         """Hold the migration open for ``hold_s`` while watching the source host: when its

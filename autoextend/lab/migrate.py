@@ -9,11 +9,17 @@ migration (so that extensions fall inside it); :meth:`Migration.finish` lifts it
 
 The QMP management protocol (docs/migration.md), which the chaos soak follows: the destination
 QEMU is started with ``-S`` (``autostart=False``: it does not run on arrival, as libvirt
-starts it), and after the switchover :func:`switch_over` prepares the destination host's
-views (``autoextend volume prepare --direct``, which needs no service: :func:`prepare_direct`)
-and only then resumes the destination (``cont``). Without it (``autostart=True``, the default here,
-which the older tests keep as the management that follows no protocol) the destination
-runs at the switchover on whatever view its host has then.
+starts it) and with the ``late-block-activate`` migration capability (as libvirt sets it on
+its destinations: QEMU activates the drives' nodes, and so takes their devices' length, at
+``cont`` rather than when the migration completes), and after the switchover
+:func:`switch_over` prepares the destination host's views (``autoextend volume prepare
+--direct``, which needs no service: :func:`prepare_direct`) and only then resumes the
+destination (``cont``). Without the capability QEMU keeps the length the stale view had at
+the completion, however the view grows after, and reads zeros past it: the chaos soak's lost
+L2 table (issue 31; ``tests/e2e/test_migration_node_length.py``). Without the protocol
+(``autostart=True``, the default here, which the older tests keep as the management that
+follows no protocol) the destination runs at the switchover on whatever view its host has
+then.
 
 :func:`two_local_hosts` gives two in-process autoextend services in local (single-writer)
 mode sharing one loop volume root, each with its own QMP socket directory and its own loop
@@ -63,12 +69,18 @@ async def _execute(vm: QemuVm, command: str, arguments: dict[str, Any] | None = 
 
 async def start_destination(
     source: QemuVm, devices: Sequence[str], workdir: Path, qmp_dir: Path, *,
-    autostart: bool = True,
+    autostart: bool = True, late_block_activate: bool | None = None,
 ) -> QemuVm:
     """A QEMU for ``source``'s guest, waiting for an incoming migration (``-incoming
     defer``), its drives on ``devices`` (the destination host's views), its service socket
     in ``qmp_dir`` (the destination host's). ``autostart=False``: with ``-S``, it stays
-    paused after the switchover until the management's ``cont`` (:func:`switch_over`)."""
+    paused after the switchover until the management's ``cont`` (:func:`switch_over`).
+    ``late_block_activate``: the migration capability of that name, set before
+    ``migrate-incoming``: the drives' nodes are activated at ``cont``, not when the
+    migration completes. By default on with ``-S`` (the protocol: the views are prepared
+    after the switchover, before ``cont``, and QEMU must take their length *after* the
+    prepare: :func:`node_length`), off without (QEMU then runs the guest at the switchover,
+    activating the nodes first); a test passes it to show QEMU's behaviour either way."""
     if len(devices) != len(source.spec.drives):
         raise ValueError("one destination device per source drive")
     drives = tuple(dataclasses.replace(d, device=dev)
@@ -77,7 +89,42 @@ async def start_destination(
     spec = dataclasses.replace(
         source.spec, drives=drives,
         extra_args=(*service_socket_args(source.name, qmp_dir), "-incoming", "defer", *held))
-    return await launch(spec, workdir)
+    vm = await launch(spec, workdir)
+    if late_block_activate is None:
+        late_block_activate = not autostart
+    if late_block_activate:
+        try:
+            await _execute(vm, "migrate-set-capabilities", {"capabilities": [
+                {"capability": "late-block-activate", "state": True}]})
+        except BaseException:
+            await vm.stop()
+            raise
+    return vm
+
+
+async def has_late_block_activate(vm: QemuVm) -> bool:
+    """Whether ``vm`` has the ``late-block-activate`` migration capability on."""
+    caps = await _execute(vm, "query-migrate-capabilities")
+    return any(isinstance(c, dict) and c.get("capability") == "late-block-activate"
+               and c.get("state") is True for c in caps if isinstance(caps, list))
+
+
+async def node_length(vm: QemuVm, node: str) -> int | None:
+    """The length QEMU has for block node ``node`` (``query-named-block-nodes``:
+    ``image.virtual-size``), or None if it reports no such node.
+
+    For a ``host_device`` node QEMU 7.2 caches that length: it is read when the node is
+    opened and when it is activated (an incoming migration's nodes are opened inactive and
+    activated when the migration completes, or at ``cont`` with ``late-block-activate``),
+    raised by a write past it, never by a read, a grown device or a ``cont`` of an active
+    node. A read past it returns zeros (``tests/e2e/test_migration_node_length.py``)."""
+    nodes = await _execute(vm, "query-named-block-nodes", {"flat": True})
+    for entry in nodes if isinstance(nodes, list) else ():
+        if isinstance(entry, dict) and entry.get("node-name") == node:
+            image = entry.get("image")
+            size = image.get("virtual-size") if isinstance(image, dict) else None
+            return size if isinstance(size, int) else None
+    return None
 
 
 @dataclass

@@ -36,6 +36,7 @@ from autoextend.monitor.observer import MigrationNoted
 from autoextend.monitor.protocols import DriveInfo, MigrationChanged, PauseReason, RunState
 from autoextend.monitor.vm import log
 from autoextend.monitor.vmstate import VmMachine
+from autoextend.volumes import VolumeRef
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class MigrationCheck:
     refreshed: bool = False  # this host's views were refreshed: read the drives again
     rearm: bool = False      # arm every threshold again
     arrived: bool = False    # an incoming migration just completed here
+    stopped: bool = False    # stopped before it ran here (a short activation): it goes away
 
 
 NOTHING = MigrationCheck()
@@ -75,10 +77,11 @@ class MigrationSteps:
         before = m.migration
         result = migration.step(before, info)
         refreshed = False
+        sizes: dict[VolumeRef, int] = {}
         if MigAction.REFRESH_ALL in result.actions:
             # Repeated at every look while incoming: quietly after the first.
             quiet = before is MigState.INCOMING and result.state is MigState.INCOMING
-            await self._refresh_all(vm, role=info.role, quiet=quiet)
+            sizes = await self._refresh_all(vm, role=info.role, quiet=quiet)
             refreshed = True
         # Only now (a failed refresh raises, and the next look steps again).
         m.migration = result.state
@@ -90,7 +93,38 @@ class MigrationSteps:
         # the whole incoming job, a restart): the handoff (monitor/handoff.py) asks then.
         arrived = (result.state is MigState.NONE and info.role is Role.DESTINATION
                    and (before is MigState.INCOMING or info.phase is Phase.COMPLETED))
+        if arrived and await self._stopped_short(vm, info, sizes, state):
+            return MigrationCheck(refreshed, stopped=True)
         return MigrationCheck(refreshed, MigAction.REARM in result.actions, arrived)
+
+    async def _stopped_short(self, vm: VmView, info: migration.MigrationInfo,
+                             sizes: dict[VolumeRef, int], state: RunState) -> bool:
+        """Stop an arrived guest that has not run here whose hypervisor activated a drive
+        with a length smaller than the view refreshed since (``migration.short_activation``;
+        like ``ViewSteps._restart``: QEMU reads zeros past that length, and nothing makes it
+        read the length again). The management's migration then fails at its ``cont`` and
+        the source keeps the guest."""
+        views = {d.name: sizes[d.volume] for d in vm.drives.values() if d.volume in sizes}
+        short = migration.short_activation(info.node_lengths, views,
+                                           guest_has_run=state.running)
+        if not short:
+            return False
+        lengths = {d: n for d, n in info.node_lengths or () if d in short}
+        vm.machine.record(f"stopped before it ran: its hypervisor activated {', '.join(short)} "
+                          "on a stale view (set late-block-activate on the destination)")
+        log.error("arrived guest stopped before it ran: the hypervisor activated its drives "
+                  "with a length smaller than this host's view, refreshed after the "
+                  "activation; it would read zeros past that length. The management must set "
+                  "the late-block-activate migration capability on the destination (QEMU "
+                  "then activates the drives at cont) or prepare the destination's views "
+                  "before the migration completes; resume the guest on its source",
+                  vm=vm.name, drives=list(short), lengths=lengths,
+                  views={d: views[d] for d in short})
+        if self._ctx.dry_run:
+            log.info("dry-run: would stop the guest", vm=vm.name)
+            return False
+        await self._ctx.hypervisor.kill(vm.name)
+        return True
 
     async def freeze_early(self, vm: VmView) -> None:
         """On news of a migration, before the look that may wait on the hypervisor (libvirt's
@@ -119,17 +153,21 @@ class MigrationSteps:
             log.info("vm migrates out: extending without refreshing this host's view until "
                      "the migration ends", vm=vm.name)
 
-    async def _refresh_all(self, vm: VmView, *, role: Role, quiet: bool = False) -> None:
+    async def _refresh_all(self, vm: VmView, *, role: Role, quiet: bool = False
+                           ) -> dict[VolumeRef, int]:
+        """Refresh every managed volume of the VM on this host; their new sizes."""
         views = self._ctx.views
         if views is None:
             log.warning("cannot refresh for a migration: no volume views", vm=vm.name)
-            return
+            return {}
         volumes = sorted({d.volume for d in vm.drives.values()})
+        sizes: dict[VolumeRef, int] = {}
         for volume in volumes:
-            size = await views.refresh(volume)
+            size = sizes[volume] = await views.refresh(volume)
             (log.debug if quiet else log.info)(
                 "volume refreshed for a migration", vm=vm.name, volume=str(volume), size=size,
                 role=role.value)
+        return sizes
 
     async def may_refresh(self, vm: VmView) -> bool:
         """Whether an extension of one of the VM's drives may refresh this host's view now.

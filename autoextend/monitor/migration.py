@@ -72,6 +72,7 @@ grow. After an extension that did refresh, S re-arms and resumes from what it kn
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -98,8 +99,15 @@ ENDED = frozenset({Phase.COMPLETED, Phase.FAILED, Phase.CANCELLED})
 
 @dataclass(frozen=True)
 class MigrationInfo:
+    """``node_lengths``: on a destination whose incoming migration completed, per drive,
+    the length the hypervisor took for the drive's device when it activated the drive
+    (QEMU 7.2 reads within it and returns zeros past it, whatever the device's size now);
+    None when the drives await activation (QEMU's ``late-block-activate``: at ``cont``,
+    which reads the length again), when the backend cannot tell, and otherwise."""
+
     role: Role
     phase: Phase
+    node_lengths: tuple[tuple[str, int], ...] | None = None
 
     @property
     def running(self) -> bool:
@@ -188,3 +196,17 @@ def may_arm(state: MigState) -> bool:
     """Whether thresholds may be armed and extensions started for the VM's drives."""
     return state is MigState.NONE or state is MigState.MIGRATING_OUT
 
+
+
+def short_activation(node_lengths: tuple[tuple[str, int], ...] | None,
+                     views: Mapping[str, int], *, guest_has_run: bool) -> tuple[str, ...]:
+    """The drives (sorted) of a VM that just arrived here whose hypervisor activated them
+    with a length smaller than this host's view refreshed since: the guest would read zeros
+    between the two (issue 31: an L2 table there read as zeros and written back from that
+    copy). Nothing once the guest has run here (too late to stop it; its writes may have
+    raised the length), when the lengths are unknown or await activation (None), or for a
+    drive with no refreshed view."""
+    if guest_has_run or node_lengths is None:
+        return ()
+    return tuple(sorted({drive for drive, length in node_lengths
+                         if drive in views and length < views[drive]}))

@@ -311,6 +311,8 @@ class VmTask:
             merge_drives(ctx, self, infos, rearm=rearm)
         state = await ctx.hypervisor.run_state(self.name)
         moved = await steps.migrations.check(self, state)
+        if moved.stopped:
+            return  # arrived on a drive length QEMU took from a stale view: it goes away
         # A VM that appeared here without an incoming migration: its views are checked
         # against the metadata before anything is armed (monitor/views.py).
         if await steps.views.on_appear(self, state):

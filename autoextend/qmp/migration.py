@@ -14,6 +14,8 @@ the lab set it) carries only the new status: it becomes a neutral
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from autoextend.monitor.migration import MigrationInfo, Phase, Role
 from autoextend.qmp.errors import MalformedReply
 
@@ -67,3 +69,30 @@ def migration_info(vm: str, run_status: str, query_migrate: object) -> Migration
     if phase is Phase.COMPLETED:
         return MigrationInfo(Role.DESTINATION, Phase.COMPLETED)
     return MigrationInfo(Role.SOURCE, phase)
+
+
+def activated_lengths(capabilities: object, run_status: str, nodes: object,
+                      drive_nodes: Mapping[str, str]) -> tuple[tuple[str, int], ...] | None:
+    """Per drive (``drive_nodes``: drive -> its protocol node), the length QEMU activated
+    the node with (``query-named-block-nodes``: ``image.virtual-size``, QEMU 7.2's cached
+    length), on a destination whose incoming migration completed; None while the nodes
+    await activation (the ``late-block-activate`` capability on and the VM not running:
+    ``cont`` activates them and reads the length then) or when a reply cannot tell.
+
+    A drive whose node is missing from ``nodes`` is left out."""
+    if not isinstance(capabilities, list) or not isinstance(nodes, list):
+        return None
+    late = any(isinstance(c, dict) and c.get("capability") == "late-block-activate"
+               and c.get("state") is True for c in capabilities)
+    if late and run_status != "running":
+        return None
+    lengths: dict[str, int] = {}
+    for entry in nodes:
+        if not isinstance(entry, dict):
+            continue
+        image = entry.get("image")
+        size = image.get("virtual-size") if isinstance(image, dict) else None
+        if isinstance(size, int) and not isinstance(size, bool):
+            lengths[str(entry.get("node-name"))] = size
+    return tuple((drive, lengths[node]) for drive, node in sorted(drive_nodes.items())
+                 if node in lengths)

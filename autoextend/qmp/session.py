@@ -42,7 +42,7 @@ from autoextend.qmp.connection import QmpConnection
 from autoextend.qmp.errors import MalformedReply, QmpCommandFailed, QmpDisconnected, QmpError
 from autoextend.qmp.iolimits import parse_io_limits, throttle_args
 from autoextend.qmp.jobwatch import JobWatch, job_event
-from autoextend.qmp.migration import migration_info, migration_phase
+from autoextend.qmp.migration import activated_lengths, migration_info, migration_phase
 from autoextend.qmp.pauses import drive_errors
 from autoextend.qmp.replies import (
     MAX_SIZE,
@@ -179,8 +179,22 @@ class VmSession:
         status = await self.conn.execute("query-status")
         run_status = status.get("status", "") if isinstance(status, dict) else ""
         reply = await self.conn.execute("query-migrate")
-        return migration_info(self.name, run_status if isinstance(run_status, str) else "",
-                              reply)
+        run = run_status if isinstance(run_status, str) else ""
+        info = migration_info(self.name, run, reply)
+        if info.role is Role.DESTINATION and info.phase is Phase.COMPLETED:
+            info = dataclasses.replace(info, node_lengths=await self._activated_lengths(run))
+        return info
+
+    async def _activated_lengths(self, run_status: str) -> tuple[tuple[str, int], ...] | None:
+        """What QEMU activated the drives' nodes with, after an incoming migration
+        (``qmp/migration.py: activated_lengths``); None when QEMU refuses to say."""
+        try:
+            caps = await self.conn.execute("query-migrate-capabilities")
+            nodes = await self.conn.execute("query-named-block-nodes", {"flat": True})
+        except QmpCommandFailed:
+            return None
+        return activated_lengths(caps, run_status, nodes,
+                                 {d.drive: d.node for d in self.topology.drives if not d.job})
 
     async def read_migration_events(self) -> bool:
         """Read whether QEMU sends ``MIGRATION`` events (``query-migrate-capabilities``);

@@ -8,7 +8,11 @@ the destination's view was attached, then the source extended and refreshed its 
 (down, as the soak's faults leave it; here its QMP socket is where no service looks). With
 the protocol the guest never runs on a view smaller than what it wrote and its data
 verifies; without it (the negative control: QEMU's autostart, no prepare) it runs there on
-the short view.
+the short view. Its guest verified even before the destination had ``late-block-activate``
+(QEMU then kept the stale 32 MiB node length through the prepare and ``cont``): its one L2
+table and its refcount block lie in the image's first clusters, and it reads its data back
+only after its own writes on the destination have raised the node's length past it; the
+soak's guest needed an L2 table past the stale length first (``test_migration_node_length``).
 
 (b) A source paused for ENOSPC whose extension lands while a migration out runs, with
 QEMU's ``MIGRATION`` events off (nothing tells the service): the resume path's
@@ -36,6 +40,7 @@ from autoextend.lab.chaos import highest_write
 from autoextend.lab.guest import GuestJob
 from autoextend.lab.migrate import (
     MigrationLab,
+    node_length,
     prepare_direct,
     start_destination,
     start_migration,
@@ -122,6 +127,10 @@ async def test_protocol_destination_never_runs_on_a_smaller_view(lab_tmp_path: P
 
         prepared = lambda: prepare_direct(lab.volumes_config("dst"), [volume])  # noqa: E731
         assert await switch_over(migration, prepared, check) == "completed"
+        # QEMU took the prepared view's length when it activated the drive at cont
+        # (late-block-activate), not the stale one (test_migration_node_length.py).
+        seen["node"] = await node_length(dest, "file0")
+        assert seen["node"] is not None and seen["node"] >= seen["view"], seen
         assert seen["status"] == "paused", seen  # held by -S until the cont
         assert seen["written"] > START_MIB * MiB, seen  # it wrote past the old view
         assert seen["view"] >= seen["written"], seen
