@@ -103,7 +103,9 @@ class MigrationInfo:
     the length the hypervisor took for the drive's device when it activated the drive
     (QEMU 7.2 reads within it and returns zeros past it, whatever the device's size now);
     None when the drives await activation (QEMU's ``late-block-activate``: at ``cont``,
-    which reads the length again), when the backend cannot tell, and otherwise."""
+    which reads the length again), once the guest did block I/O in this process (it has
+    run here: ``qmp/migration.py: guest_did_io``), when the backend cannot tell, and
+    otherwise."""
 
     role: Role
     phase: Phase
@@ -195,7 +197,6 @@ def may_resume(state: MigState) -> bool:
 def may_arm(state: MigState) -> bool:
     """Whether thresholds may be armed and extensions started for the VM's drives."""
     return state is MigState.NONE or state is MigState.MIGRATING_OUT
-
 
 
 def short_activation(node_lengths: tuple[tuple[str, int], ...] | None,

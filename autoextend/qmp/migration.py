@@ -96,3 +96,27 @@ def activated_lengths(capabilities: object, run_status: str, nodes: object,
             lengths[str(entry.get("node-name"))] = size
     return tuple((drive, lengths[node]) for drive, node in sorted(drive_nodes.items())
                  if node in lengths)
+
+
+def guest_did_io(blockstats: object) -> bool | None:
+    """Whether the guest has done block I/O since its QEMU started: any device's read, write
+    or flush operations in a device-level ``query-blockstats`` reply (QEMU counts them per
+    device from zero in each process; an incoming migration does not carry them, and QEMU's
+    own metadata reads at activation are not a device's). None when the reply cannot tell.
+
+    A destination whose guest did I/O has run here: it is too late to stop it before it
+    reads, and a stop would lose a running guest (a user's pause, an ENOSPC pause after
+    it ran), so the short-activation guard leaves it alone."""
+    if not isinstance(blockstats, list):
+        return None
+    for entry in blockstats:
+        stats = entry.get("stats") if isinstance(entry, dict) else None
+        if not isinstance(stats, dict):
+            return None
+        for key in ("rd_operations", "wr_operations", "flush_operations"):
+            ops = stats.get(key, 0)
+            if not isinstance(ops, int) or isinstance(ops, bool):
+                return None
+            if ops > 0:
+                return True
+    return False

@@ -42,7 +42,12 @@ from autoextend.qmp.connection import QmpConnection
 from autoextend.qmp.errors import MalformedReply, QmpCommandFailed, QmpDisconnected, QmpError
 from autoextend.qmp.iolimits import parse_io_limits, throttle_args
 from autoextend.qmp.jobwatch import JobWatch, job_event
-from autoextend.qmp.migration import activated_lengths, migration_info, migration_phase
+from autoextend.qmp.migration import (
+    activated_lengths,
+    guest_did_io,
+    migration_info,
+    migration_phase,
+)
 from autoextend.qmp.pauses import drive_errors
 from autoextend.qmp.replies import (
     MAX_SIZE,
@@ -187,8 +192,12 @@ class VmSession:
 
     async def _activated_lengths(self, run_status: str) -> tuple[tuple[str, int], ...] | None:
         """What QEMU activated the drives' nodes with, after an incoming migration
-        (``qmp/migration.py: activated_lengths``); None when QEMU refuses to say."""
+        (``qmp/migration.py: activated_lengths``); None once the guest did I/O here
+        (``guest_did_io``) or when QEMU refuses to say."""
         try:
+            # Once the guest did I/O here it has run: no guard (guest_did_io says why).
+            if guest_did_io(await self.conn.execute("query-blockstats")) is not False:
+                return None
             caps = await self.conn.execute("query-migrate-capabilities")
             nodes = await self.conn.execute("query-named-block-nodes", {"flat": True})
         except QmpCommandFailed:

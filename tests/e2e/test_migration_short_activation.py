@@ -53,11 +53,13 @@ def extends(lab: MigrationLab, host: str, vm: str) -> int:
     return 0
 
 
-async def arrive_late(lab: MigrationLab, name: str, *, late: bool
+async def arrive_late(lab: MigrationLab, name: str, *, late: bool, ran: bool = False
                       ) -> tuple[QemuVm, QemuVm, str]:
     """Boot ``name`` on src; attach dst's view (32 MiB) and start the destination QEMU held
     by ``-S`` with its socket where dst's service does not look; let the source extend and
-    refresh (64 MiB); migrate; once it arrived, show dst's service the socket."""
+    refresh (64 MiB); migrate; once it arrived, show dst's service the socket. ``ran``: the
+    management continues the destination first, lets its guest write, and pauses it (a
+    user's pause) before dst's service sees it."""
     vm, volume, src_device = await lab.start_guest("src", name, JOB, start_mib=START_MIB,
                                                    virtual_mib=256)
     dst_device = await lab.views("dst").attach(volume)
@@ -74,6 +76,15 @@ async def arrive_late(lab: MigrationLab, name: str, *, late: bool
     assert await migration.wait_ended(120) == "completed"
     assert await arrived_state(dest, 120) == "paused"
     assert await node_length(dest, "file0") == START_MIB * MiB  # opened on the stale view
+    if ran:
+        await qmp(dest, "cont")
+
+        async def wrote() -> bool:
+            stats = await qmp(dest, "query-blockstats")
+            return any(e["stats"]["wr_operations"] > 0 for e in stats)
+
+        await until(wrote, 60, "the guest writing on the destination")
+        await qmp(dest, "stop")
     (lab.qmp_dir("dst") / f"{name}.sock").symlink_to(hidden / f"{name}.sock")
     await until(lambda: loopdev.size_of(dst_device) > START_MIB * MiB, 120,
                 "dst's service refreshing the arrived VM's view")
@@ -107,3 +118,19 @@ async def test_late_block_activate_arrival_runs_and_verifies(lab_tmp_path: Path)
         assert await dest.wait_exit(timeout=60) == 0
         check = await qemu_img_check(dst_device)
         assert check.clean, check
+
+
+async def test_a_guest_that_ran_here_is_never_stopped(lab_tmp_path: Path) -> None:
+    """The guard's other side: the same stale activation, but the guest ran (and wrote)
+    before dst's service first saw it, paused by a user since. Stopping it now would lose a
+    running guest and prevent nothing (it may already have read past the length): the
+    service leaves it alone (qmp/migration.py: guest_did_io)."""
+    async with two_local_hosts(lab_tmp_path, chunk_mib=32, poll_interval_s=0.5) as lab:
+        _, dest, _ = await arrive_late(lab, "short3", late=False, ran=True)
+        await until(lambda: "short3" in {v["vm"] for v in
+                                         lab.hosts["dst"].service.monitor.snapshot()}, 60,
+                    "dst's service watching the VM")
+        await until(lambda: lab.hosts["dst"].service.monitor.idle(extensions=False), 60,
+                    "dst's service done with the arrival")
+        assert dest.returncode is None  # not stopped
+        assert (await qmp(dest, "query-status"))["status"] == "paused"

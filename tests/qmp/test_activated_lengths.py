@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autoextend.qmp.migration import activated_lengths
+from autoextend.qmp.migration import activated_lengths, guest_did_io
 
 MiB = 1 << 20
 
@@ -50,4 +50,30 @@ def test_any_reply_gives_lengths_or_none_never_an_error(capabilities: Any, reply
     got = activated_lengths(capabilities, "paused", reply, {"vda": "file0"})
     assert got is None or all(isinstance(n, int) and not isinstance(n, bool) for _, n in got)
     if not isinstance(reply, list) or not isinstance(capabilities, list):
+        assert got is None
+
+
+def stats(**ops: int) -> list[dict[str, Any]]:
+    return [{"device": "", "qdev": "vda", "stats": {"rd_operations": 0, "wr_operations": 0,
+                                                     "flush_operations": 0}},
+            {"device": "", "qdev": "vdb", "stats": {"rd_operations": 0, "wr_operations": 0,
+                                                     "flush_operations": 0, **ops}}]
+
+
+def test_a_guest_that_did_any_io_here_has_run() -> None:
+    assert guest_did_io(stats()) is False  # a destination before its first cont
+    for key in ("rd_operations", "wr_operations", "flush_operations"):
+        assert guest_did_io(stats(**{key: 1})) is True
+    assert guest_did_io([]) is False  # no block device at all: nothing to guard
+
+
+@given(st.one_of(st.none(), st.integers(), st.text(),
+                 st.lists(st.one_of(st.none(), st.text(), st.dictionaries(
+                     st.just("stats"), st.one_of(st.none(), st.dictionaries(
+                         st.sampled_from(["rd_operations", "wr_operations"]),
+                         st.one_of(st.integers(), st.booleans(), st.text()))))))))
+def test_any_blockstats_reply_gives_a_bool_or_none_never_an_error(reply: Any) -> None:
+    got = guest_did_io(reply)
+    assert got in (True, False, None)
+    if not isinstance(reply, list):
         assert got is None
