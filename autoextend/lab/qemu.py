@@ -290,6 +290,15 @@ class QemuVm:
             log.debug("qemu stopped", vm=self.name, pid=self.pid, rc=self.process.returncode)
 
 
+def retried(cause: BaseException) -> bool:
+    """Whether :func:`connect_qmp` tries again after a handshake failed with ``cause``: a
+    connection refused, not there yet, reset, or closed, or a greeting or negotiation that
+    went wrong (its docstring says when each was seen). A QEMU that is gone keeps failing
+    and the deadline ends the retries."""
+    return isinstance(cause, ConnectionRefusedError | FileNotFoundError | ConnectionResetError
+                      | EOFError | GreetingError | NegotiationError | TimeoutError)
+
+
 async def connect_qmp(path: str, client_name: str, timeout: float = 10.0) -> QMPClient:  # noqa: ASYNC109
     """Connect a QMPClient to ``path``, retrying for up to ``timeout`` s a connect that was
     refused or whose handshake failed.
@@ -301,7 +310,9 @@ async def connect_qmp(path: str, client_name: str, timeout: float = 10.0) -> QMP
     reply does not, and the handshake fails. A new connection once QEMU answers again works.
     And a client that connects right after another left can be sent what QEMU had queued
     for that one before its own greeting (seen under load: "'Greeting' object requires 'QMP'
-    member"); the next connection gets a greeting first.
+    member"); the next connection gets a greeting first. Or QEMU resets the new connection
+    during the handshake (seen in the one-hour soak, on a migration's source, under load:
+    "Connection reset by peer"); the next one is accepted.
     """
     deadline = anyio.current_time() + timeout
     while True:
@@ -311,9 +322,7 @@ async def connect_qmp(path: str, client_name: str, timeout: float = 10.0) -> QMP
                 await client.connect(path)
             return client
         except (ConnectError, TimeoutError) as exc:
-            cause = exc.exc if isinstance(exc, ConnectError) else exc
-            if not isinstance(cause, ConnectionRefusedError | FileNotFoundError
-                              | GreetingError | NegotiationError | TimeoutError):
+            if not retried(exc.exc if isinstance(exc, ConnectError) else exc):
                 raise
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await client.disconnect()

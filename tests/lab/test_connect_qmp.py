@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import SocketStream
 
-from autoextend.lab.qemu import connect_qmp
+from autoextend.lab.qemu import connect_qmp, retried
 
 GREETING = {"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""},
                     "capabilities": []}}
@@ -56,3 +56,11 @@ async def test_a_connection_sent_something_else_first_is_retried(tmp_path: Path)
             await client.disconnect()
         tg.cancel_scope.cancel()
     assert connections == 2
+
+
+def test_only_transient_handshake_failures_are_retried() -> None:
+    for transient in (ConnectionRefusedError(), FileNotFoundError(), ConnectionResetError(),
+                      EOFError(), TimeoutError()):
+        assert retried(transient), transient
+    for lasting in (PermissionError(), ValueError("bad path"), OSError(36, "name too long")):
+        assert not retried(lasting), lasting
