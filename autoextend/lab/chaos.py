@@ -200,6 +200,10 @@ class _Guest:
     migrating: bool = False
     result: GuestResult | None = None
     fault: FaultVolume | None = None  # its volume's data path can fail (guest-eio)
+    # Its QEMU arrived by migration and has not run since: its nodes are still inactive
+    # (late-block-activate), and QEMU 7.2 aborts when such a QEMU migrates out
+    # (block.c bdrv_inactivate_recurse assertion; seen in the one-hour soak of stop 40).
+    inactive: bool = False
 
 
 class Soak:
@@ -458,7 +462,7 @@ class Soak:
 
     async def _migrate(self, fault: plan.Fault, record: FaultRecord) -> None:
         running = [g for g in self.guests.values() if g.result is None and not g.migrating
-                   and g.guest.vm.returncode is None]
+                   and g.guest.vm.returncode is None and not await self._still_inactive(g)]
         if not running:
             record.detail = "no running guest"
             return
@@ -471,6 +475,14 @@ class Soak:
             await self._migrate_guest(g, target, fault.hold_s, record)
         finally:
             g.migrating = False
+
+    @staticmethod
+    async def _still_inactive(g: _Guest) -> bool:
+        """Whether ``g``'s QEMU has not run since it arrived (``_Guest.inactive``): a QMP
+        management must not migrate it out before a ``cont`` (docs/migration.md)."""
+        if g.inactive and await _run_state(g.guest.vm) == "running":
+            g.inactive = False
+        return g.inactive
 
     async def _migrate_guest(self, g: _Guest, target: int, hold_s: float,
                              record: FaultRecord) -> None:
@@ -533,6 +545,17 @@ class Soak:
 
         try:
             status = await switch_over(migration, prepare, check, timeout=120)
+        except (QMPError, EOFError, OSError) as err:
+            if source.vm.returncode is None:
+                raise
+            # The source QEMU died under the migration: the guest is lost; a finding, and
+            # the soak goes on (its report shows it) instead of ending here.
+            record.detail = f"failed: the source QEMU exited ({err!r})"
+            self.report.violations.append(
+                f"{g.name}: its QEMU on host {source.host_id} exited during a migration to "
+                f"host {target}: {source.vm.workdir / 'qemu.log'}")
+            await dest.stop()
+            return
         except VmError:
             if not unprepared:
                 raise
@@ -547,6 +570,7 @@ class Soak:
                                               written_on_source[0], record)
         if status == "completed":
             await source.vm.stop()
+            g.inactive = await _run_state(dest) != "running"
             g.guest = PoolGuest(dest, target, source.volume, device)
             p.guests[g.name] = g.guest
         else:
