@@ -80,3 +80,12 @@ class Views:
         sizes = self.rig.volumes.sizes
         sizes[volume] = max(sizes[volume], self.rig.ext.metadata.get(volume, 0))
         return sizes[volume]
+
+
+def views_rig() -> tuple[Rig, Views]:
+    """A rig whose monitor refreshes views through :class:`Views` (migration tests)."""
+    rig = Rig()
+    views = Views(rig)
+    rig.monitor = Monitor(rig.hv, rig.ext, SETTINGS, rig.clock, observer=rig.tally,
+                          views=views)
+    return rig, views

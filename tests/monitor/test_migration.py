@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from autoextend.errors import HypervisorError
 from autoextend.lab.waiting import until
-from autoextend.monitor.core import Monitor
 from autoextend.monitor.drive import ThresholdState
 from autoextend.monitor.migration import (
     ENDED,
@@ -33,7 +32,7 @@ from autoextend.monitor.protocols import DriveInfo, DrivesChanged, PauseReason
 from autoextend.qmp.errors import MalformedReply
 from autoextend.qmp.migration import migration_info, migration_phase
 from autoextend.volumes import VolumeRef
-from tests.monitor.rig import SETTINGS, Rig, Views
+from tests.monitor.rig import SETTINGS, Rig, views_rig
 
 VOL = VolumeRef("vg0", "lv1")
 infos = st.builds(MigrationInfo, st.sampled_from(Role), st.sampled_from(Phase))
@@ -143,20 +142,12 @@ def test_ended_phases() -> None:
 # ------------------------------------------------------------------ the monitor
 
 
-def make_rig() -> tuple[Rig, Views]:
-    rig = Rig()
-    views = Views(rig)
-    rig.monitor = Monitor(rig.hv, rig.ext, SETTINGS, rig.clock, observer=rig.tally,
-                          views=views)
-    return rig, views
-
-
 def entry(rig: Rig) -> dict[str, object]:
     return next((v for v in rig.monitor.snapshot() if v["vm"] == "vm1"), {})
 
 
 async def test_source_extends_without_refresh_and_resumes_after_failure() -> None:
-    rig, views = make_rig()
+    rig, views = views_rig()
     rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 4096 * MiB)})
     async with anyio.create_task_group() as tg:
         await tg.start(rig.monitor.run)
@@ -187,7 +178,7 @@ async def test_destination_refreshes_before_arming_and_leaves_arrived_pause_loca
     pause is what the hypervisor here says (``monitor/handoff.py``): an I/O error pause
     follows [resume] policy, and its storage probe fails here (the memory hypervisor's
     paths do not exist), so it stays paused; the mailbox-mode handoff: test_handoff.py."""
-    rig, views = make_rig()
+    rig, views = views_rig()
     rig.hv.migrations["vm1"] = MigrationInfo(Role.DESTINATION, Phase.PENDING)
     rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 4096 * MiB)})
     rig.hv.vms["vm1"].running, rig.hv.vms["vm1"].reason = False, PauseReason.MIGRATION
@@ -210,7 +201,7 @@ async def test_destination_refreshes_before_arming_and_leaves_arrived_pause_loca
 
 
 async def test_departed_source_is_left_alone() -> None:
-    rig, views = make_rig()
+    rig, views = views_rig()
     rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 4096 * MiB)})
     async with anyio.create_task_group() as tg:
         await tg.start(rig.monitor.run)
@@ -231,7 +222,7 @@ async def test_source_freezes_on_news_while_its_looks_fail() -> None:
     """libvirt's looks (block stats, thresholds) can fail for as long as a migration holds
     the domain's job, and the VM's task backs off: the news of the migration, and an ENOSPC
     on a known drive, are still acted on at once (not dropped until a look succeeds)."""
-    rig, views = make_rig()
+    rig, views = views_rig()
     rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 4096 * MiB)})
     rig.hv.fail_set_threshold = True  # every look fails where it arms
     async with anyio.create_task_group() as tg:
@@ -254,7 +245,7 @@ async def test_a_crossing_after_a_failed_rearm_is_acted_on_from_the_event() -> N
     """A re-arm that failed (libvirt: the migration's job holds ``setBlockThreshold``) left
     the hypervisor's threshold in place; its crossing is ours, and the extension starts from
     the event's numbers, with no look (which would wait behind the same job)."""
-    rig, views = make_rig()
+    rig, views = views_rig()
     rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 4096 * MiB)})
     async with anyio.create_task_group() as tg:
         await tg.start(rig.monitor.run)
@@ -284,7 +275,7 @@ async def test_a_migration_that_begins_while_the_request_is_at_the_spm_freezes_t
     before the request: a request through the SPM can take seconds (a failover), and a
     migration out that begins meanwhile must find this host's view as it was. Found by the
     chaos soak: the source's view grew 16 MiB after it had logged the migration."""
-    rig, views = make_rig()
+    rig, views = views_rig()
     rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 4096 * MiB)})
     rig.ext.gate = anyio.Event()  # the request waits at the "SPM"
     async with anyio.create_task_group() as tg:

@@ -15,12 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from autoextend.lab.waiting import until
-from autoextend.monitor.core import Monitor
 from autoextend.monitor.migration import MigrationInfo, Phase, Role, short_activation
 from autoextend.monitor.policy import MiB
 from autoextend.monitor.protocols import PauseReason
 from autoextend.volumes import VolumeRef
-from tests.monitor.rig import SETTINGS, Rig, Views
+from tests.monitor.rig import Rig, Views, views_rig
 
 VOL = VolumeRef("vg0", "lv1")
 names = st.sampled_from(["vda", "vdb", "vdc", "sda"])
@@ -51,20 +50,12 @@ def test_short_activation_examples() -> None:
     assert short_activation(None, {"vda": 540 * MiB}, guest_has_run=False) == ()
 
 
-def make_rig() -> tuple[Rig, Views]:
-    rig = Rig()
-    views = Views(rig)
-    rig.monitor = Monitor(rig.hv, rig.ext, SETTINGS, rig.clock, observer=rig.tally,
-                          views=views)
-    return rig, views
-
-
 async def arrive(lengths: tuple[tuple[str, int], ...] | None, *, running: bool
                  ) -> tuple[Rig, Views]:
     """vm1 arrives here (first seen after its incoming migration completed), its view 256
     MiB, the volume 540 MiB in metadata (the source extended after this host's view was
     last refreshed); QEMU activated vda with ``lengths``."""
-    rig, views = make_rig()
+    rig, views = views_rig()
     rig.ext.metadata[VOL] = 540 * MiB
     rig.hv.migrations["vm1"] = MigrationInfo(Role.DESTINATION, Phase.COMPLETED, lengths)
     rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 4096 * MiB)})
