@@ -367,6 +367,8 @@ class Monitor:
                     continue
                 vm = self._vms.get(event.vm) or self._add_vm(event.vm)
                 vm.post(RESYNC if isinstance(event, VmAppeared) else event)
+                if isinstance(event, VmAppeared) and self._tg is not None:
+                    self.throttles.vm_connected(self._tg)
 
     def _add_vm(self, name: str) -> VmTask:
         assert self._tg is not None

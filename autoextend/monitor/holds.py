@@ -29,8 +29,14 @@ done:
 * its limits differ (someone changed them while the service was down): they are left
   alone, with a warning;
 * the VM or the drive is gone: the record is dropped;
+* the VM is not found while the hypervisor has VMs it cannot name yet (a QMP socket that
+  does not answer: another client holds it, or QEMU is busy): the record is kept, since
+  the VM may be behind that socket;
 * the hypervisor cannot answer now (disconnected): the record is kept; the throttle then
   takes ``original`` from it if it throttles that drive again (:meth:`HoldFile.adopt`).
+
+A kept record is looked at again each time a VM connects (:func:`recheck`), until it is
+settled by one of the rules above.
 
 A file that cannot be read or parsed is a warning naming it, never a failed start: its
 holds are then not restored (they are lifted by hand, as before this file existed).
@@ -166,7 +172,10 @@ class HoldFile:
         self.unsettled: set[tuple[str, str]] = set()
         #: The record the start-up check is settling now: the throttle leaves it alone.
         self.busy: tuple[str, str] | None = None
+        #: Records kept because their VM may be behind an unanswering socket (logged once).
+        self.waiting: set[tuple[str, str]] = set()
         self._lock = anyio.Lock()
+        self.settling = anyio.Lock()  # one pass of recover/recheck at a time
 
     async def load(self) -> list[HoldRecord]:
         """The records on disk (also kept in memory). Raises HoldFileError."""
@@ -199,6 +208,7 @@ class HoldFile:
         if rec is None or (only is not None and rec is not only):
             return
         self.unsettled.discard(key)
+        self.waiting.discard(key)
         del self.records[key]
         await self._save()
 
@@ -243,17 +253,30 @@ async def recover(holds: HoldFile, hv: Hypervisor, dry_run: bool) -> None:
                     "drives are not restored (check the drives' I/O limits)",
                     path=exc.path, problem=exc.problem)
         return
-    for rec in records:
-        if holds.records.get(rec.key) is not rec:
-            continue  # the throttle took it over meanwhile (HoldFile.adopt)
-        holds.busy = rec.key
-        try:
-            await _recover_one(holds, hv, rec, dry_run)
-        except Exception as exc:  # noqa: BLE001 - one record never stops the others
-            log.error("throttle: restoring a drive's limits from the hold file failed",
-                      vm=rec.vm, drive=rec.drive, volume=rec.volume, error=repr(exc))
-        finally:
-            holds.busy = None
+    await _settle(holds, hv, records, dry_run)
+
+
+async def recheck(holds: HoldFile, hv: Hypervisor, dry_run: bool) -> None:
+    """A VM connected: look again at the records start-up could not settle (module doc).
+    Never raises."""
+    await _settle(holds, hv, [holds.records[k] for k in list(holds.unsettled)
+                              if k in holds.records], dry_run)
+
+
+async def _settle(holds: HoldFile, hv: Hypervisor, records: list[HoldRecord],
+                  dry_run: bool) -> None:
+    async with holds.settling:
+        for rec in records:
+            if holds.records.get(rec.key) is not rec or rec.key not in holds.unsettled:
+                continue  # the throttle took it over meanwhile (HoldFile.adopt), or settled
+            holds.busy = rec.key
+            try:
+                await _recover_one(holds, hv, rec, dry_run)
+            except Exception as exc:  # noqa: BLE001 - one record never stops the others
+                log.error("throttle: restoring a drive's limits from the hold file failed",
+                          vm=rec.vm, drive=rec.drive, volume=rec.volume, error=repr(exc))
+            finally:
+                holds.busy = None
 
 
 async def _recover_one(holds: HoldFile, hv: Hypervisor, rec: HoldRecord,
@@ -277,6 +300,14 @@ async def _recover_one(holds: HoldFile, hv: Hypervisor, rec: HoldRecord,
             return
         await hv.set_io_limits(rec.vm, info, rec.original)
     except VmNotFound:
+        unnamed = hv.health().unidentified
+        if unnamed:
+            if rec.key not in holds.waiting:
+                holds.waiting.add(rec.key)
+                bound.warning("throttle: a recorded hold's VM is not connected, and the "
+                              "hypervisor has VMs it cannot name yet; the record is kept "
+                              "and checked again when a VM connects", unidentified=unnamed)
+            return
         bound.info("throttle: a recorded hold's VM is gone; record dropped")
         await holds.drop(*rec.key, only=rec)
         return

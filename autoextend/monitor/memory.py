@@ -217,6 +217,7 @@ class MemoryHypervisor:
         #: Per VM, what ``migration()`` answers (absent: not migrating).
         self.migrations: dict[str, MigrationInfo] = {}
         self.problem: str | None = None  # what health() reports as the current problem
+        self.unidentified = 0  # what health() reports as VMs found but not identified
         self._events: MemoryObjectSendStream[HypervisorEvent] | None = None
 
     # --- test controls
@@ -397,7 +398,7 @@ class MemoryHypervisor:
     # --- health (Hypervisor.health)
 
     def health(self) -> HypervisorHealth:
-        return HypervisorHealth(problem=self.problem)
+        return HypervisorHealth(problem=self.problem, unidentified=self.unidentified)
 
 
 class MemoryExtender:

@@ -283,12 +283,15 @@ class HypervisorHealth:
 
     ``session_failures``: VM sessions or calls ended by a bad reply or an unexpected error;
     ``malformed_events``: events dropped because their data failed validation; ``problem``:
-    why nothing can be watched right now (no socket matches, libvirtd unreachable), or None.
+    why nothing can be watched right now (no socket matches, libvirtd unreachable), or None;
+    ``unidentified``: VMs found but not identified (a QMP socket that does not answer): a
+    VM the backend reports as not found may be one of them.
     """
 
     session_failures: int = 0
     malformed_events: int = 0
     problem: str | None = None
+    unidentified: int = 0
 
 
 class Hypervisor(Protocol):

@@ -75,13 +75,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import anyio
+from anyio.abc import TaskGroup
 
 from autoextend.errors import AutoextendError
 from autoextend.monitor import policy
 from autoextend.monitor.chunking import next_margin
 from autoextend.monitor.context import MonitorContext, VmView
 from autoextend.monitor.drive import DriveState, ThresholdState
-from autoextend.monitor.holds import HoldFile, HoldRecord, recover
+from autoextend.monitor.holds import HoldFile, HoldRecord, recheck, recover
 from autoextend.monitor.observer import (
     DriveGone,
     MonitorEvent,
@@ -270,6 +271,12 @@ class Throttles:
     async def recover(self) -> None:
         """At start-up: give back the limits a previous run left (``monitor/holds.py``)."""
         await recover(self.holds, self._ctx.hypervisor, self._ctx.dry_run)
+
+    def vm_connected(self, tg: TaskGroup) -> None:
+        """A VM connected: records start-up kept for a VM it could not find yet are looked
+        at again (``holds.recheck``), in ``tg``."""
+        if self.holds.unsettled:
+            tg.start_soon(recheck, self.holds, self._ctx.hypervisor, self._ctx.dry_run)
 
     # ------------------------------------------------------------ during an extension
 

@@ -209,7 +209,13 @@ class QmpHypervisor:
     def health(self) -> HypervisorHealth:
         """``Hypervisor.health``."""
         return HypervisorHealth(self.session_failures, self.malformed_events,
-                                self.watch_problem())
+                                self.watch_problem(), self.unidentified())
+
+    def unidentified(self) -> int:
+        """Sockets found with no connected VM on them (connect failed, or not tried yet):
+        the VMs behind them are not known by name."""
+        served = {s.conn.path for s in self._sessions.values() if s.conn.connected}
+        return sum(1 for path in self._watchers if path not in served)
 
     def _session(self, vm: str, command: str) -> VmSession:
         session = self._sessions.get(vm)

@@ -14,6 +14,9 @@ limit stays in QEMU (``query-block`` / ``blkdeviotune`` shows it) and in the hos
   guest's volume behind the metadata: it refreshes it and resumes the guest (no stale-view
   hold, ``monitor/viewcheck.py``), and the guest's data verifies.
 - Negative control: limits changed by hand while the host was down are kept.
+- The guest's QMP socket held by another client at the restart (QEMU serves one at a
+  time): the VM cannot be named, so its record is kept (not dropped as gone), and the
+  limits are given back once the socket is let go and the VM connects.
 
 No timing is asserted: only the limits QEMU reports, the data and the host's log.
 """
@@ -52,6 +55,8 @@ THROTTLED = "guest writes throttled until the extension lands"
 GIVEN_BACK = "throttle: lifted a write limit a previous run left on the drive " \
              "(the service stopped without lifting it)"
 STALE_HOLD = "guest paused: it ran on a stale view of its volume"
+WAITING = "throttle: a recorded hold's VM is not connected, and the hypervisor has VMs " \
+          "it cannot name yet"
 KEPT = "throttle: a drive's limits were changed since a previous run throttled it; " \
        "leaving them as they are"
 
@@ -238,6 +243,32 @@ async def given_back(directory: Path,
             events(p, host)[-20:]
 
 
+async def named_late(directory: Path) -> None:
+    """The restart finds the guest's QMP socket held by another client (QEMU serves one
+    at a time): the VM cannot be named, so its record is kept, not dropped as gone, and
+    the limits are given back once the socket is let go and the VM connects."""
+    async with stalled_pool(directory, None) as (p, start):
+        host, drive, own, rec = await killed_while_throttled(p, start)
+        await until(drive.paused_for_enospc, 600, "the guest's ENOSPC pause at its view's end")
+        left = await drive.limits()
+        other = await anyio.connect_unix(p.hosts[host].directory / "qmp" / "vm1.sock")
+        try:
+            assert b'"QMP"' in await other.receive()  # QEMU serves this client now
+            await p.hosts[host].start()
+            await until(lambda: any(WAITING in e for e in events(p, host)), 300,
+                        "the record kept for a VM not named yet",
+                        describe=lambda: events(p, host)[-20:])
+            assert await drive.limits() == left and rec in hold_file(p, host)
+        finally:
+            await other.aclose()
+        await until(lambda: GIVEN_BACK in events(p, host), 300, "the limits given back",
+                    describe=lambda: events(p, host)[-20:])
+        assert await drive.limits() == own
+        await struck_out(p, host, rec)
+        result = await drive.result()
+        assert result.verified, result
+
+
 async def changed_kept(directory: Path,
                        libvirtd: tuple[LabLibvirtd, LabLibvirtd] | None = None) -> None:
     async with stalled_pool(directory, libvirtd) as (p, start):
@@ -256,6 +287,12 @@ async def changed_kept(directory: Path,
 async def test_a_restart_gives_back_the_limits_a_killed_service_left(
         lab_tmp_path: Path) -> None:
     await given_back(lab_tmp_path / "restart")
+
+
+@pytest.mark.timeout(900)  # the same run
+async def test_a_vm_whose_socket_is_held_at_the_restart_gets_its_limits_back_later(
+        lab_tmp_path: Path) -> None:
+    await named_late(lab_tmp_path / "held")
 
 
 @pytest.mark.timeout(900)  # the same run

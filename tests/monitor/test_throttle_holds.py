@@ -33,6 +33,7 @@ from autoextend.monitor.protocols import (
     HypervisorHealth,
     IoLimits,
     RunState,
+    VmAppeared,
 )
 from autoextend.monitor.throttle import MiB
 from autoextend.volumes import VolumeRef
@@ -191,6 +192,50 @@ async def test_a_vanished_vm_drops_its_record(tmp_path: Path) -> None:
     calls = len(rig.hv.limit_calls)
     await run_until(await restart(rig, path), lambda: recorded(path) == [])
     assert len(rig.hv.limit_calls) == calls
+
+
+async def test_a_vm_behind_an_unanswering_socket_keeps_its_record_until_it_connects(
+        tmp_path: Path) -> None:
+    """At the restart the VM is not found, but the hypervisor has a VM it cannot name (a
+    QMP socket someone else holds): the record is kept, not dropped, and the limits are
+    given back once the VM connects."""
+    rig = rig_with_guest()
+    path = tmp_path / "holds.json"
+    left = await killed_while_throttled(rig, path)
+    vm = rig.hv.vms.pop("vm1")  # not connected at the restart...
+    rig.hv.unidentified = 1  # ...but a socket answers to no one yet
+    monitor = await restart(rig, path)
+    with capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            await tg.start(monitor.run)
+            await until(lambda: any("cannot name" in e["event"] for e in logs))
+            assert [r.vm for r in recorded(path)] == ["vm1"]
+            rig.hv.unidentified = 0
+            rig.hv.vms["vm1"] = vm
+            assert limits(rig) == left
+            rig.hv.emit(VmAppeared("vm1"))  # it connects
+            await until(lambda: limits(rig) == THEIRS and recorded(path) == [],
+                        describe=lambda: (limits(rig), recorded(path)))
+            tg.cancel_scope.cancel()
+    (kept,) = [e for e in logs if "cannot name" in e["event"]]
+    assert kept["log_level"] == "warning" and kept["vm"] == "vm1" and kept["unidentified"] == 1
+    assert not any("record dropped" in e["event"] for e in logs)
+
+
+async def test_a_vm_not_found_with_every_socket_named_drops_its_record(
+        tmp_path: Path) -> None:
+    """The negative control: the same restart with no unnamed VM drops the record (the VM
+    is gone), and a VM connecting later finds no record to act on."""
+    rig = rig_with_guest()
+    path = tmp_path / "holds.json"
+    left = await killed_while_throttled(rig, path)
+    vm = rig.hv.vms.pop("vm1")
+    book = holds.HoldFile(str(path))
+    await holds.recover(book, rig.hv, dry_run=False)
+    assert recorded(path) == [] and not book.unsettled
+    rig.hv.vms["vm1"] = vm
+    await holds.recheck(book, rig.hv, dry_run=False)
+    assert limits(rig) == left
 
 
 @pytest.mark.parametrize("text", ["{not json", '{"version": 9, "holds": []}',
