@@ -5,6 +5,9 @@ re-armed threshold (1, no migration known), counted on the QMP connection itself
 (``MonitorContext.fast_resume`` off: a migration probe before every extension and a full look
 after it), which must need more: the counts can fail.
 
+With the throttle on and holding a limit over the pause, its lift still stays out of the
+window (it follows the ``cont``).
+
 The service's own background queries are kept out of the window (no drive watch, no poll
 within the test), so every command counted is one the resume or re-arm path sent.
 """
@@ -21,6 +24,7 @@ from autoextend.lab.guest import GuestJob
 from autoextend.lab.qmpcount import CommandCounts
 from autoextend.lab.singlehost import LabHost, lab_host
 from autoextend.lab.waiting import until
+from autoextend.monitor.observer import MonitorEvent, Resumed, Throttled
 from autoextend.qmp.hypervisor import QmpHypervisor
 from tests.doubles import HeldExtender
 
@@ -148,3 +152,54 @@ async def test_unheld_pauses_stay_within_the_budget(lab_tmp_path: Path) -> None:
         assert all(len(w) <= 3 and w[-1] == "cont" for w in windows), windows
         reads = ("query-status", "query-block", "query-named-block-nodes", "query-blockstats")
         assert not any(name in reads for w in windows for name in w), windows
+
+
+class Both:
+    """The host's observer: the command counts, and the order of throttles and resumes."""
+
+    def __init__(self, counts: CommandCounts) -> None:
+        self.counts = counts
+        self.order: list[str] = []
+
+    def notify(self, event: MonitorEvent) -> None:
+        self.counts.notify(event)
+        if isinstance(event, Throttled):
+            self.order.append("throttled")
+        elif isinstance(event, Resumed) and event.automatic:
+            self.order.append("resumed")
+
+    def throttled_pauses(self) -> int:
+        """Resumes with a throttle set since the resume before (the limit held at the OK)."""
+        found, held = 0, False
+        for what in self.order:
+            if what == "throttled":
+                held = True
+            else:
+                found += held
+                held = False
+        return found
+
+
+async def test_the_throttles_lift_stays_out_of_the_resume_window(lab_tmp_path: Path) -> None:
+    """The same race with the throttle on (the default): extensions held until QEMU stops
+    the guest make each one outlast the headroom, so the throttle limits the drive before
+    the pause. Its lift (a read and a set) comes after the ``cont``, so each window is still
+    at most the re-arm, the migration check and the ``cont``."""
+    counts = CommandCounts()
+    seen = Both(counts)
+    async with lab_host(workdir=lab_tmp_path, observer=seen, chunk_mib=8,
+                        poll_interval_s=600.0, extra=QUIET) as host:
+        counted(host, counts)
+        monitor = host.service.monitor
+        monitor.extender = AtThePause(monitor.extender, host)
+        guest = await host.start_guest("vm1", GuestJob(mib=64), start_mib=16,
+                                       virtual_mib=256)
+        result = await guest.vm.result(timeout=600)
+        assert result.verified, result
+        windows = counts.ok_to_cont
+        assert windows, "no ENOSPC pause: the guest never outran its extensions"
+        assert seen.throttled_pauses(), ("the throttle never held a limit over a pause",
+                                         seen.order)
+        assert all(len(w) <= 3 and w[-1] == "cont" for w in windows), windows
+        assert not any("block_set_io_throttle" in w or "query-block" in w
+                       for w in windows), windows
