@@ -414,6 +414,10 @@ class Service:
         m.counter_from("autoextend_hypervisor_malformed_events_total",
                        "Hypervisor events dropped because their data failed validation",
                        lambda: float(self.hypervisor.health().malformed_events))
+        m.gauge_from("autoextend_hypervisor_unidentified_vms",
+                     "QMP sockets found with no VM connected on them (connect failed: another "
+                     "client holds the socket, or QEMU does not answer)",
+                     lambda: float(self.hypervisor.health().unidentified))
         m.counter_from("autoextend_control_clients_refused_total",
                        "Control socket clients refused because too many were connected",
                        lambda: float(control.refused))

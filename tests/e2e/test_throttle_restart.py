@@ -259,6 +259,8 @@ async def named_late(directory: Path) -> None:
                         "the record kept for a VM not named yet",
                         describe=lambda: events(p, host)[-20:])
             assert await drive.limits() == left and rec in hold_file(p, host)
+            metrics = await anyio.to_thread.run_sync(p.hosts[host].scrape)
+            assert metrics["autoextend_hypervisor_unidentified_vms"] == 1, metrics
         finally:
             await other.aclose()
         await until(lambda: GIVEN_BACK in events(p, host), 300, "the limits given back",
