@@ -49,7 +49,7 @@ from autoextend.lab import chaos_plan as plan
 from autoextend.lab.errors import VmError
 from autoextend.lab.faultfs import FaultFs, fault_fs
 from autoextend.lab.faultvol import FaultVolume, create_fault_volume
-from autoextend.lab.guest import GuestJob, GuestResult, last_progress
+from autoextend.lab.guest import GuestJob, GuestResult, kernel_crash, last_progress
 from autoextend.lab.migrate import (
     has_late_block_activate,
     node_length,
@@ -204,6 +204,20 @@ class _Guest:
     # (late-block-activate), and QEMU 7.2 aborts when such a QEMU migrates out
     # (block.c bdrv_inactivate_recurse assertion; seen in the one-hour soak of stop 40).
     inactive: bool = False
+
+
+def first_kernel_crash(vms: Path, name: str) -> str | None:
+    """The first kernel crash line in any of guest ``name``'s QEMUs' serial logs under
+    ``vms`` (blocking), with that QEMU's folder (``NAME-FAULT-HOST``: the fault, a
+    migration, it arrived by). A guest keeps being migrated after its kernel crashed, so
+    the crash is often in an earlier QEMU's log."""
+    folders = [d for d in vms.glob(f"{name}*") if d.name == name or d.name.startswith(f"{name}-")]
+    for folder in sorted(folders, key=lambda d: d.stat().st_mtime):
+        serial = folder / "serial.log"
+        crash = kernel_crash(serial.read_text(errors="replace")) if serial.exists() else None
+        if crash is not None:
+            return f"{crash} (QEMU {folder.name})"
+    return None
 
 
 class Soak:
@@ -670,9 +684,13 @@ class Soak:
                     moving = now is not None and (seen is None or now > seen)
                     if not moving or anyio.current_time() >= deadline or \
                             vm.returncode is not None:
+                        crash = await anyio.to_thread.run_sync(
+                            first_kernel_crash, self.pool.directory / "vms", g.name)
+                        why = (f"its kernel crashed: {crash}" if crash is not None
+                               else "left paused?")
                         self.report.violations.append(
                             f"{g.name} did not finish its writes (no progress for "
-                            f"{wait_s:.0f} s: left paused?): {err.args[0]}")
+                            f"{wait_s:.0f} s: {why}): {err.args[0]}")
                         return
                     self.report.late_guests[g.name] = now or 0
                     seen, wait_s = now, STALL_S

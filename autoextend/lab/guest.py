@@ -221,6 +221,20 @@ def find_result(serial_text: str) -> GuestResult | None:
     return parse_result(found) if found is not None else None
 
 
+#: How the guest's kernel reports that it crashed (x86 oops, general protection fault, panic).
+KERNEL_CRASH_MARKERS = ("BUG: ", "general protection fault", "Oops: ", "Kernel panic")
+
+
+def kernel_crash(serial_text: str) -> str | None:
+    """The first line in which the guest's kernel reports a crash, or None. The guest runs
+    from its initramfs, so a crash there is its RAM's state (after a migration: what the
+    migration carried), not data read from its disk."""
+    for line in serial_text.splitlines():
+        if any(marker in line for marker in KERNEL_CRASH_MARKERS):
+            return line.strip()[:200]
+    return None
+
+
 def last_progress(serial_text: str) -> int | None:
     """The guest's last complete progress report (MiB written), or None before the first."""
     found = None

@@ -3,7 +3,9 @@ the invariants it checks over the hosts' logs."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from autoextend.lab import chaos_plan as plan
-from autoextend.lab.chaos import FaultRecord, SoakConfig, SoakReport
+from autoextend.lab.chaos import FaultRecord, SoakConfig, SoakReport, first_kernel_crash
 from bench import chaos as bench_chaos
 
 MiB = 1 << 20
@@ -191,3 +193,21 @@ def test_the_summary_block_counts_what_the_readme_needs() -> None:
     report.violations.append("chaos1: data does not verify")
     assert "invariant violations: 1" in bench_chaos.summary(report)
     assert "FAILED" in bench_chaos.render(report)
+
+
+def test_a_guests_kernel_crash_is_found_in_any_of_its_qemus(tmp_path: Path) -> None:
+    """The soak names a guest's kernel crash in its violation: the crash is often in an
+    earlier QEMU's serial log (the guest was migrated on after it), and a guest whose name
+    starts like another's (chaos4, chaos40) never reads the other's logs."""
+    crash = "[  826.040713] BUG: kernel NULL pointer dereference, address: 0000000000000000"
+    logs = {"chaos4": "AUTOEXTEND-GUEST-PROGRESS written_mib=16\n",
+            "chaos4-126-1": f"{crash}\n[  826.04] #PF: supervisor instruction fetch\n",
+            "chaos4-188-3": "", "chaos40-7-2": "[ 1.0] Kernel panic - not syncing\n"}
+    for when, (folder, text) in enumerate(logs.items()):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "serial.log").write_text(text)
+        os.utime(tmp_path / folder, (1000 + when, 1000 + when))
+    assert first_kernel_crash(tmp_path, "chaos4") == f"{crash} (QEMU chaos4-126-1)"
+    assert first_kernel_crash(tmp_path, "chaos40") == \
+        "[ 1.0] Kernel panic - not syncing (QEMU chaos40-7-2)"
+    assert first_kernel_crash(tmp_path, "chaos1") is None

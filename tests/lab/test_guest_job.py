@@ -17,6 +17,7 @@ from autoextend.lab.guest import (
     expected_md5,
     find_result,
     format_result,
+    kernel_crash,
     last_progress,
     parse_cmdline,
     parse_result,
@@ -174,3 +175,16 @@ def test_last_progress_reads_complete_lines_only() -> None:
     assert last_progress(text) == 32
     assert last_progress(text + "AUTOEXTEND-GUEST-PROGRESS written_mib=4") == 32  # cut short
     assert last_progress(text + "AUTOEXTEND-GUEST-PROGRESS written_mib=x\n") == 32
+
+
+def test_kernel_crash_finds_the_first_crash_line() -> None:
+    progress = "AUTOEXTEND-GUEST-PROGRESS written_mib=16\n"
+    assert kernel_crash(progress) is None
+    # The two crashes the one-hour soaks saw after migrations (stops 39 and 41).
+    npd = "[  826.040713] BUG: kernel NULL pointer dereference, address: 0000000000000000"
+    gpf = ("[ 3113.553297] general protection fault, probably for non-canonical address "
+           "0xdead00000000012a: 0000 [#1] PREEMPT SMP NOPTI")
+    assert kernel_crash(progress + npd + "\n[  826.04] #PF: supervisor\n") == npd
+    assert kernel_crash(gpf + "\n" + npd) == gpf
+    assert kernel_crash("[ 1.0] Kernel panic - not syncing: x\n").startswith("[ 1.0] Kernel")
+    assert kernel_crash("written_mib=16 no BUG here\n") is None  # "BUG" without ": "
