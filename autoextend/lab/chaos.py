@@ -669,31 +669,39 @@ class Soak:
         """Wait for every guest's result. A guest still writing after ``timeout_s`` is given
         more time while its progress moves (a guest on the FUSE fault volume, or under a
         heavy load, writes slower than planned): that is the lab's pace, not a violation. A
-        guest whose progress stands still for ``STALL_S`` (left paused, or hung) is one."""
+        guest whose progress stands still for ``STALL_S`` (left paused, or hung) is one. A
+        guest whose kernel crashed is one at once (looked for every ``STALL_S``): it will
+        never finish."""
+        vms = self.pool.directory / "vms"
+
         async def one(g: _Guest) -> None:
             vm = g.guest.vm
-            deadline = anyio.current_time() + FINISH_LATE_FACTOR * timeout_s
+            start = anyio.current_time()
+            deadline = start + FINISH_LATE_FACTOR * timeout_s
             wait_s = timeout_s
             seen = last_progress(vm.serial_text())
             while True:
                 try:
-                    g.result = await vm.result(timeout=wait_s)
+                    g.result = await vm.result(timeout=min(wait_s, STALL_S))
                     return
                 except AutoextendError as err:
+                    crash = await anyio.to_thread.run_sync(first_kernel_crash, vms, g.name)
+                    if crash is not None:
+                        self.report.violations.append(
+                            f"{g.name} did not finish its writes: its kernel crashed: {crash}")
+                        return
+                    if anyio.current_time() - start < wait_s and vm.returncode is None:
+                        continue  # within its time: only a crash ends the wait early
                     now = last_progress(vm.serial_text())
                     moving = now is not None and (seen is None or now > seen)
                     if not moving or anyio.current_time() >= deadline or \
                             vm.returncode is not None:
-                        crash = await anyio.to_thread.run_sync(
-                            first_kernel_crash, self.pool.directory / "vms", g.name)
-                        why = (f"its kernel crashed: {crash}" if crash is not None
-                               else "left paused?")
                         self.report.violations.append(
                             f"{g.name} did not finish its writes (no progress for "
-                            f"{wait_s:.0f} s: {why}): {err.args[0]}")
+                            f"{wait_s:.0f} s: left paused?): {err.args[0]}")
                         return
                     self.report.late_guests[g.name] = now or 0
-                    seen, wait_s = now, STALL_S
+                    seen, wait_s, start = now, STALL_S, anyio.current_time()
 
         async with anyio.create_task_group() as tg:
             for g in self.guests.values():
