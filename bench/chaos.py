@@ -110,7 +110,8 @@ def render(report: SoakReport) -> str:
         for p in report.pauses:
             d = ("switchover" if p["reason"] == "migration" else "open") \
                 if p["duration_s"] is None else f"{p['duration_s']:.2f}" + (
-                    " (left the host)" if p.get("gone") else "")
+                    " (left the host)" if p.get("gone") else
+                    " (its host restarted)" if p.get("restarted") else "")
             lines.append(f"| {p['at_s']:.1f} | {p['vm']} | {p['host']} | {p['reason']} | "
                          f"{d} |")
     else:

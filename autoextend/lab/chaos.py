@@ -743,7 +743,7 @@ class Soak:
         r.pauses = [{"vm": x.vm, "host": x.host, "reason": x.reason,
                      "at_s": round(x.start - self.wall0, 3),
                      "duration_s": None if x.duration_s is None else round(x.duration_s, 3),
-                     "gone": x.gone}
+                     "gone": x.gone, "restarted": x.restarted}
                     for x in found]
         lat = plan.extension_latencies(events)
         every = [v for values in lat.values() for v in values]

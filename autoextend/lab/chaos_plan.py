@@ -188,6 +188,7 @@ class Pause:
     start: float
     end: float | None  # None: not resumed (yet)
     gone: bool = False  # ended by the VM leaving the host (migrated away, or its QEMU ended)
+    restarted: bool = False  # ended by its host's service starting again (what it knew ends)
 
     @property
     def duration_s(self) -> float | None:
@@ -198,12 +199,20 @@ def pauses(events: Iterable[tuple[int, Mapping[str, Any]]]) -> list[Pause]:
     """Every ``vm paused`` a host logged, ended by that host's next ``vm resumed`` or
     ``vm runs again`` of the same VM, or by its ``vm gone`` (the VM left the host: a
     migration's source, paused when the switchover came, does not resume there; counted
-    to its next resume on that host, such a pause looked minutes long). A pause seen by two
-    hosts, e.g. across a migration, counts on each."""
+    to its next resume on that host, such a pause looked minutes long), or by that host's
+    ``service ready`` (its service was killed and started again: a VM still paused there
+    is logged paused again, and one that left meanwhile is never logged gone there; stop
+    41's soak counted such a pause as 23 minutes). A pause seen by two hosts, e.g. across a
+    migration, counts on each."""
     open_: dict[tuple[int, str], tuple[str, float]] = {}
     out: list[Pause] = []
     for host, e in sorted(events, key=lambda he: when(he[1])):
         vm, event = e.get("vm"), e.get("event")
+        if event == "service ready":
+            for key in [k for k in open_ if k[0] == host]:
+                reason, start = open_.pop(key)
+                out.append(Pause(key[1], host, reason, start, when(e), restarted=True))
+            continue
         if not isinstance(vm, str):
             continue
         if event == "vm paused":

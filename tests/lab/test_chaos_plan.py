@@ -121,6 +121,25 @@ def test_a_pause_ends_when_the_vm_leaves_the_host() -> None:
     assert [round(p.duration_s or -1, 3) for p in found] == [3.0, 0.5, 1.0]
 
 
+def test_a_pause_ends_when_its_hosts_service_starts_again() -> None:
+    """Stop 41's soak: the VM arrived paused on host 1, host 1's service was killed, the VM
+    was migrated away meanwhile (no ``vm gone`` there), and the pause ran to the VM's next
+    resume on host 1, 23 minutes later. Its host's ``service ready`` ends it; a VM still
+    paused there is logged paused again, as a new pause."""
+    events = [(1, ev(100, "vm paused", vm="a", reason="other")),
+              (1, ev(100.5, "vm paused", vm="b", reason="enospc")),
+              (2, ev(101, "vm paused", vm="c", reason="enospc")),
+              (1, ev(165, "service ready")),
+              (1, ev(166, "vm paused", vm="b", reason="enospc")),
+              (1, ev(167, "vm resumed", vm="b")),
+              (2, ev(168, "vm resumed", vm="c")),
+              (1, ev(1480, "vm runs again (resumed by someone else)", vm="a"))]
+    found = plan.pauses(events)
+    assert [(p.vm, p.host, p.duration_s, p.restarted) for p in found] == [
+        ("a", 1, 65.0, True), ("b", 1, 64.5, True), ("c", 2, 67.0, False),
+        ("b", 1, 1.0, False)]
+
+
 def test_extension_latencies_and_percentiles() -> None:
     events = [(1, ev(1, "extended", duration_s=0.1)), (2, ev(2, "extended", duration_s=0.3)),
               (2, ev(3, "extended"))]
