@@ -83,6 +83,8 @@ class MigrationSteps:
             quiet = before is MigState.INCOMING and result.state is MigState.INCOMING
             sizes = await self._refresh_all(vm, role=info.role, quiet=quiet)
             refreshed = True
+        if result.state is MigState.INCOMING:
+            m.incoming_sizes.update(sizes)
         # Only now (a failed refresh raises, and the next look steps again).
         m.migration = result.state
         m.migration_stale = False
@@ -95,6 +97,8 @@ class MigrationSteps:
                    and (before is MigState.INCOMING or info.phase is Phase.COMPLETED))
         if arrived and await self._stopped_short(vm, info, sizes, state):
             return MigrationCheck(refreshed, stopped=True)
+        if result.state is not MigState.INCOMING:
+            m.incoming_sizes.clear()
         return MigrationCheck(refreshed, MigAction.REARM in result.actions, arrived)
 
     async def _stopped_short(self, vm: VmView, info: migration.MigrationInfo,
@@ -105,8 +109,11 @@ class MigrationSteps:
         read the length again). The management's migration then fails at its ``cont`` and
         the source keeps the guest."""
         views = {d.name: sizes[d.volume] for d in vm.drives.values() if d.volume in sizes}
+        incoming = vm.machine.incoming_sizes
+        covered = {d.name: incoming[d.volume] for d in vm.drives.values()
+                   if d.volume in incoming}
         short = migration.short_activation(info.node_lengths, views,
-                                           guest_has_run=state.running)
+                                           guest_has_run=state.running, covered=covered)
         if not short:
             return False
         lengths = {d: n for d, n in info.node_lengths or () if d in short}

@@ -200,14 +200,26 @@ def may_arm(state: MigState) -> bool:
 
 
 def short_activation(node_lengths: tuple[tuple[str, int], ...] | None,
-                     views: Mapping[str, int], *, guest_has_run: bool) -> tuple[str, ...]:
+                     views: Mapping[str, int], *, guest_has_run: bool,
+                     covered: Mapping[str, int] | None = None) -> tuple[str, ...]:
     """The drives (sorted) of a VM that just arrived here whose hypervisor activated them
     with a length smaller than this host's view refreshed since: the guest would read zeros
     between the two (issue 31: an L2 table there read as zeros and written back from that
     copy). Nothing once the guest has run here (too late to stop it; its writes may have
     raised the length), when the lengths are unknown or await activation (None), or for a
-    drive with no refreshed view."""
+    drive with no refreshed view.
+
+    ``covered``: per drive, the view this host refreshed to while the migration was still
+    incoming (the last such refresh). The source froze its view when the migration began,
+    and the destination refreshes at every look while it runs (the argument above), so
+    data the source wrote lies below that size: a drive activated at least that long reads
+    nothing past its length, whatever the source extended in metadata afterwards (its
+    deferred extensions: the guest never wrote there). Found by stop 41's clean-clone run:
+    a guest that ran out of space on its frozen source view arrived with its drive
+    activated at that view, below the view refreshed at the completion, and was stopped."""
     if guest_has_run or node_lengths is None:
         return ()
+    covered = covered or {}
     return tuple(sorted({drive for drive, length in node_lengths
-                         if drive in views and length < views[drive]}))
+                         if drive in views and length < views[drive]
+                         and not (drive in covered and length >= covered[drive])}))

@@ -33,6 +33,7 @@ from autoextend.backoff import backoff
 from autoextend.monitor.arrival import Arrival
 from autoextend.monitor.migration import MigState
 from autoextend.monitor.protocols import DriveIoError, PauseReason
+from autoextend.volumes import VolumeRef
 
 
 class VmState(enum.Enum):
@@ -181,6 +182,9 @@ class VmMachine:
     migration: MigState = MigState.NONE
     migration_stale: bool = True
     deferred_sizes: dict[str, int] = field(default_factory=dict)
+    # ``incoming_sizes``: per volume, the size this host's view was refreshed to while the
+    # VM's migration here was incoming (the last such refresh; ``migration.short_activation``).
+    incoming_sizes: dict[VolumeRef, int] = field(default_factory=dict)
     # The view check (``monitor/views.py``): ``views_checked``, the check at the VM's
     # appearance has run (or had nothing to do: an incoming migration). ``stale_views``:
     # per drive, why autoextend paused the guest for a stale view. While it holds anything
