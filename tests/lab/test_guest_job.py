@@ -186,5 +186,5 @@ def test_kernel_crash_finds_the_first_crash_line() -> None:
            "0xdead00000000012a: 0000 [#1] PREEMPT SMP NOPTI")
     assert kernel_crash(progress + npd + "\n[  826.04] #PF: supervisor\n") == npd
     assert kernel_crash(gpf + "\n" + npd) == gpf
-    assert kernel_crash("[ 1.0] Kernel panic - not syncing: x\n").startswith("[ 1.0] Kernel")
+    assert kernel_crash("[ 1.0] Kernel panic - not syncing: x\n") == "[ 1.0] Kernel panic - not syncing: x"
     assert kernel_crash("written_mib=16 no BUG here\n") is None  # "BUG" without ": "
