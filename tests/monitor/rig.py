@@ -9,7 +9,9 @@ from autoextend.monitor.config import PolicySettings
 from autoextend.monitor.core import Monitor
 from autoextend.monitor.drive import ThresholdState
 from autoextend.monitor.memory import MemoryExtender, MemoryHypervisor, MemoryVolumes
+from autoextend.monitor.migration import MigrationInfo, Phase, Role
 from autoextend.monitor.observer import Fanout, MonitorObserver, Tally
+from autoextend.monitor.protocols import PauseReason
 from autoextend.monitor.vm import SpaceGate
 from autoextend.volumes import VolumeRef
 
@@ -89,3 +91,12 @@ def views_rig() -> tuple[Rig, Views]:
     rig.monitor = Monitor(rig.hv, rig.ext, SETTINGS, rig.clock, observer=rig.tally,
                           views=views)
     return rig, views
+
+
+def arrive_paused(rig: Rig, info: MigrationInfo | None = None,
+                  view: int = 256 * (1 << 20)) -> None:
+    """vm1 migrating in (``info``: pending by default), paused by its migration, its vda on
+    VOL with a ``view``-byte view here (4 GiB virtual)."""
+    rig.hv.migrations["vm1"] = info or MigrationInfo(Role.DESTINATION, Phase.PENDING)
+    rig.hv.add_vm("vm1", {"vda": (VOL, view, 4096 * (1 << 20))})
+    rig.hv.vms["vm1"].running, rig.hv.vms["vm1"].reason = False, PauseReason.MIGRATION

@@ -21,7 +21,7 @@ from autoextend.monitor.migration import MigrationInfo, Phase, Role
 from autoextend.monitor.policy import MiB
 from autoextend.monitor.protocols import OutcomeKind, PauseReason, VmResumed
 from autoextend.volumes import VolumeRef
-from tests.monitor.rig import SETTINGS, VOL, Rig, Views
+from tests.monitor.rig import SETTINGS, VOL, Rig, Views, arrive_paused
 
 
 def entry(rig: Rig) -> dict[str, object]:
@@ -60,13 +60,6 @@ def make_rig(fake: FakeHandoff | None) -> tuple[Rig, Views]:
     rig.monitor = Monitor(rig.hv, rig.ext, SETTINGS, rig.clock, observer=rig.tally,
                           views=views, handoff=fake)
     return rig, views
-
-
-def arrive_paused(rig: Rig) -> None:
-    """vm1 migrating in (the test then completes it with the VM paused)."""
-    rig.hv.migrations["vm1"] = MigrationInfo(Role.DESTINATION, Phase.PENDING)
-    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 4096 * MiB)})
-    rig.hv.vms["vm1"].running, rig.hv.vms["vm1"].reason = False, PauseReason.MIGRATION
 
 
 async def test_arrived_pause_is_resumed_on_an_adopted_claim() -> None:

@@ -32,7 +32,7 @@ from autoextend.monitor.protocols import DriveInfo, DrivesChanged, PauseReason
 from autoextend.qmp.errors import MalformedReply
 from autoextend.qmp.migration import migration_info, migration_phase
 from autoextend.volumes import VolumeRef
-from tests.monitor.rig import SETTINGS, Rig, views_rig
+from tests.monitor.rig import SETTINGS, Rig, arrive_paused, views_rig
 
 VOL = VolumeRef("vg0", "lv1")
 infos = st.builds(MigrationInfo, st.sampled_from(Role), st.sampled_from(Phase))
@@ -179,9 +179,7 @@ async def test_destination_refreshes_before_arming_and_leaves_arrived_pause_loca
     follows [resume] policy, and its storage probe fails here (the memory hypervisor's
     paths do not exist), so it stays paused; the mailbox-mode handoff: test_handoff.py."""
     rig, views = views_rig()
-    rig.hv.migrations["vm1"] = MigrationInfo(Role.DESTINATION, Phase.PENDING)
-    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 4096 * MiB)})
-    rig.hv.vms["vm1"].running, rig.hv.vms["vm1"].reason = False, PauseReason.MIGRATION
+    arrive_paused(rig)
     async with anyio.create_task_group() as tg:
         await tg.start(rig.monitor.run)
         await until(lambda: views.refreshed == [VOL], describe=rig.describe)

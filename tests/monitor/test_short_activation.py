@@ -17,11 +17,9 @@ from hypothesis import strategies as st
 from autoextend.lab.waiting import until
 from autoextend.monitor.migration import MigrationInfo, Phase, Role, short_activation
 from autoextend.monitor.policy import MiB
-from autoextend.monitor.protocols import MigrationChanged, PauseReason
-from autoextend.volumes import VolumeRef
-from tests.monitor.rig import Rig, Views, views_rig
+from autoextend.monitor.protocols import PauseReason
+from tests.monitor.rig import VOL, Rig, Views, arrive_paused, views_rig
 
-VOL = VolumeRef("vg0", "lv1")
 names = st.sampled_from(["vda", "vdb", "vdc", "sda"])
 sizes = st.integers(min_value=0, max_value=1 << 40)
 
@@ -66,10 +64,9 @@ async def arrive(lengths: tuple[tuple[str, int], ...] | None, *, running: bool
     last refreshed); QEMU activated vda with ``lengths``."""
     rig, views = views_rig()
     rig.ext.metadata[VOL] = 540 * MiB
-    rig.hv.migrations["vm1"] = MigrationInfo(Role.DESTINATION, Phase.COMPLETED, lengths)
-    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 4096 * MiB)})
-    if not running:
-        rig.hv.vms["vm1"].running, rig.hv.vms["vm1"].reason = False, PauseReason.MIGRATION
+    arrive_paused(rig, MigrationInfo(Role.DESTINATION, Phase.COMPLETED, lengths))
+    if running:
+        rig.hv.vms["vm1"].running, rig.hv.vms["vm1"].reason = True, None
     async with anyio.create_task_group() as tg:
         await tg.start(rig.monitor.run)
         await until(lambda: views.refreshed == [VOL], describe=rig.describe)
@@ -104,18 +101,15 @@ async def test_an_arrival_activated_on_its_incoming_view_runs_on() -> None:
     activated vda at 256 MiB. Nothing lies past that length, so the guest is not stopped."""
     rig, views = views_rig()
     rig.ext.metadata[VOL] = 256 * MiB
-    rig.hv.migrations["vm1"] = MigrationInfo(Role.DESTINATION, Phase.ACTIVE)
-    rig.hv.add_vm("vm1", {"vda": (VOL, 64 * MiB, 4096 * MiB)})
-    rig.hv.vms["vm1"].running, rig.hv.vms["vm1"].reason = False, PauseReason.MIGRATION
+    arrive_paused(rig, MigrationInfo(Role.DESTINATION, Phase.ACTIVE), 64 * MiB)
     async with anyio.create_task_group() as tg:
         await tg.start(rig.monitor.run)
         await until(lambda: views.refreshed == [VOL], describe=rig.describe)
         await until(lambda: rig.monitor.idle(extensions=False), describe=rig.describe)
         rig.ext.metadata[VOL] = 540 * MiB  # the source's deferred extensions
-        rig.hv.migrations["vm1"] = MigrationInfo(Role.DESTINATION, Phase.COMPLETED,
-                                                 (("vda", 256 * MiB),))
         rig.hv.vms["vm1"].reason = PauseReason.ENOSPC
-        rig.hv.emit(MigrationChanged("vm1"))
+        rig.hv.migrate("vm1", MigrationInfo(Role.DESTINATION, Phase.COMPLETED,
+                                            (("vda", 256 * MiB),)))
         await until(lambda: views.refreshed == [VOL, VOL], describe=rig.describe)
         await until(lambda: rig.monitor.idle(extensions=False), describe=rig.describe)
         tg.cancel_scope.cancel()
