@@ -230,17 +230,24 @@ async def given_back(directory: Path,
         # a stale view: nothing tells it from one started here on another host's data.)
         await until(drive.paused_for_enospc, 600, "the guest's ENOSPC pause at its view's end")
         await p.hosts[host].start()
-        await until(lambda: GIVEN_BACK in events(p, host), 300, "the limits given back",
-                    describe=lambda: events(p, host)[-20:])
-        assert await drive.limits() == own
-        await struck_out(p, host, rec)
+        await given_back_and_verified(p, host, drive, own, rec)
         # Its host died with an extension in flight that the SPM served after: the view
         # behind the metadata is this host's own (the guest paused for ENOSPC at its end),
         # so it is refreshed and the guest resumed, never held as a stale view.
-        result = await drive.result()
-        assert result.verified, result
         assert not [e for e in events(p, host) if e.startswith(STALE_HOLD)], \
             events(p, host)[-20:]
+
+
+async def given_back_and_verified(p: Pool, host: int, drive: Drive, own: IoLimits,
+                                  rec: Any) -> None:
+    """The restarted host gives the drive its own limits back, strikes the killed run's
+    record out, and the guest finishes with its data verified."""
+    await until(lambda: GIVEN_BACK in events(p, host), 300, "the limits given back",
+                describe=lambda: events(p, host)[-20:])
+    assert await drive.limits() == own
+    await struck_out(p, host, rec)
+    result = await drive.result()
+    assert result.verified, result
 
 
 async def named_late(directory: Path) -> None:
@@ -263,12 +270,7 @@ async def named_late(directory: Path) -> None:
             assert metrics["autoextend_hypervisor_unidentified_vms"] == 1, metrics
         finally:
             await other.aclose()
-        await until(lambda: GIVEN_BACK in events(p, host), 300, "the limits given back",
-                    describe=lambda: events(p, host)[-20:])
-        assert await drive.limits() == own
-        await struck_out(p, host, rec)
-        result = await drive.result()
-        assert result.verified, result
+        await given_back_and_verified(p, host, drive, own, rec)
 
 
 async def changed_kept(directory: Path,
