@@ -176,6 +176,8 @@ class HoldFile:
         self.waiting: set[tuple[str, str]] = set()
         self._lock = anyio.Lock()
         self.settling = anyio.Lock()  # one pass of recover/recheck at a time
+        #: A recheck waits for its pass: VMs that connect meanwhile need no pass of their own.
+        self.recheck_queued = False
 
     async def load(self) -> list[HoldRecord]:
         """The records on disk (also kept in memory). Raises HoldFileError."""
@@ -258,25 +260,36 @@ async def recover(holds: HoldFile, hv: Hypervisor, dry_run: bool) -> None:
 
 async def recheck(holds: HoldFile, hv: Hypervisor, dry_run: bool) -> None:
     """A VM connected: look again at the records start-up could not settle (module doc).
-    Never raises."""
-    await _settle(holds, hv, [holds.records[k] for k in list(holds.unsettled)
-                              if k in holds.records], dry_run)
+    Never raises. A recheck that has not started yet covers every VM that connects before
+    it does (many VMs connect at once at start-up), so such calls return at once."""
+    if holds.recheck_queued:
+        return
+    holds.recheck_queued = True
+    async with holds.settling:
+        holds.recheck_queued = False
+        await _settle_locked(holds, hv, [holds.records[k] for k in list(holds.unsettled)
+                                         if k in holds.records], dry_run)
 
 
 async def _settle(holds: HoldFile, hv: Hypervisor, records: list[HoldRecord],
                   dry_run: bool) -> None:
     async with holds.settling:
-        for rec in records:
-            if holds.records.get(rec.key) is not rec or rec.key not in holds.unsettled:
-                continue  # the throttle took it over meanwhile (HoldFile.adopt), or settled
-            holds.busy = rec.key
-            try:
-                await _recover_one(holds, hv, rec, dry_run)
-            except Exception as exc:  # noqa: BLE001 - one record never stops the others
-                log.error("throttle: restoring a drive's limits from the hold file failed",
-                          vm=rec.vm, drive=rec.drive, volume=rec.volume, error=repr(exc))
-            finally:
-                holds.busy = None
+        await _settle_locked(holds, hv, records, dry_run)
+
+
+async def _settle_locked(holds: HoldFile, hv: Hypervisor, records: list[HoldRecord],
+                         dry_run: bool) -> None:
+    for rec in records:
+        if holds.records.get(rec.key) is not rec or rec.key not in holds.unsettled:
+            continue  # the throttle took it over meanwhile (HoldFile.adopt), or settled
+        holds.busy = rec.key
+        try:
+            await _recover_one(holds, hv, rec, dry_run)
+        except Exception as exc:  # noqa: BLE001 - one record never stops the others
+            log.error("throttle: restoring a drive's limits from the hold file failed",
+                      vm=rec.vm, drive=rec.drive, volume=rec.volume, error=repr(exc))
+        finally:
+            holds.busy = None
 
 
 async def _recover_one(holds: HoldFile, hv: Hypervisor, rec: HoldRecord,

@@ -49,6 +49,7 @@ class Dying:
     def __init__(self, hv: MemoryHypervisor) -> None:
         self.hv = hv
         self.dead = False
+        self.drive_reads = 0
 
     def _check(self) -> None:
         if self.dead:
@@ -60,6 +61,7 @@ class Dying:
 
     async def drives(self, vm: str) -> list[DriveInfo]:
         self._check()
+        self.drive_reads += 1
         return await self.hv.drives(vm)
 
     async def set_threshold(self, vm: str, drive: DriveInfo, threshold: int) -> None:
@@ -236,6 +238,29 @@ async def test_a_vm_not_found_with_every_socket_named_drops_its_record(
     rig.hv.vms["vm1"] = vm
     await holds.recheck(book, rig.hv, dry_run=False)
     assert limits(rig) == left
+
+
+async def test_vms_connecting_while_a_recheck_waits_share_its_pass(tmp_path: Path) -> None:
+    """Many VMs connect at once at start-up: each asks for a recheck, but those that come
+    while one waits for its pass need none of their own: one look at the record, still
+    kept (its VM is still behind a socket no one can name)."""
+    rig = rig_with_guest()
+    path = tmp_path / "holds.json"
+    await killed_while_throttled(rig, path)
+    vm = rig.hv.vms.pop("vm1")
+    rig.hv.unidentified = 1
+    book = holds.HoldFile(str(path))
+    await holds.recover(book, rig.hv, dry_run=False)
+    assert book.unsettled == {("vm1", "vda")}
+    counting = Dying(rig.hv)
+    async with anyio.create_task_group() as tg:
+        async with book.settling:  # a pass (the start-up check) still runs
+            for _ in range(5):
+                tg.start_soon(holds.recheck, book, counting, False)
+            await until(lambda: book.recheck_queued)
+            await anyio.sleep(0.05)  # time is the subject: the other four get to ask
+    assert counting.drive_reads == 1 and book.unsettled == {("vm1", "vda")}
+    assert [r.vm for r in recorded(path)] == ["vm1"] and vm.drives["vda"].limits != THEIRS
 
 
 @pytest.mark.parametrize("text", ["{not json", '{"version": 9, "holds": []}',
