@@ -142,11 +142,14 @@ class SanlockEngine(TermHolder[SanlockTerm]):
     async def _call(self, fn: Callable[..., _T], *args: object) -> _T:
         return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
 
+    def _sock_guard(self) -> anyio.Lock:
+        if self._sock_lock is None:  # made in the event loop, not in __init__
+            self._sock_lock = anyio.Lock()
+        return self._sock_lock
+
     async def _on_sock(self, fn: Callable[..., _T], *args: object) -> _T:
         """A call on the registered socket (libsanlock wants those serialised)."""
-        if self._sock_lock is None:
-            self._sock_lock = anyio.Lock()
-        async with self._sock_lock:
+        async with self._sock_guard():
             if self._sock is None:
                 raise LeaseError("not registered with the sanlock daemon")
             return await anyio.to_thread.run_sync(fn, self._sock, *args)
@@ -230,9 +233,14 @@ class SanlockEngine(TermHolder[SanlockTerm]):
         return True
 
     async def _watch(self) -> None:
-        """Every poll: the hosts, our renewal, and (as SPM) that the resource is still ours."""
+        """Every poll: the hosts, our renewal, and (as SPM) that the resource is still ours;
+        after a loss, a new join (every host, whatever its SPM priority: a "never" host still
+        needs the lockspace for the mailbox's live set)."""
         while True:
             await self.clock.sleep(self.poll)
+            if not self._joined.is_set():
+                await self._rejoin()
+                continue
             try:
                 if await self._call(sl.inq_lockspace, self._ls) != 0:
                     self._lost("the lockspace is gone from the sanlock daemon")
@@ -250,7 +258,9 @@ class SanlockEngine(TermHolder[SanlockTerm]):
     def _lost(self, reason: str) -> None:
         if self._joined.is_set():
             self.log.error("host id lost", reason=reason)
-        self._joined = anyio.Event()
+            # A new Event only here: _acquire may be waiting on the unset one, which the
+            # next _join sets.
+            self._joined = anyio.Event()
         if self._term is not None:
             self._end_term(self._term, f"host id lost: {reason}")
 
@@ -262,22 +272,24 @@ class SanlockEngine(TermHolder[SanlockTerm]):
     # ---- SPM --------------------------------------------------------------------------------
 
     async def _rejoin(self) -> None:
-        """After a loss: once no term is left, join again (a new generation)."""
-        while self._term is not None:
-            await self.clock.sleep(self.poll)
-        self._close_sock()
-        await self._join()
+        """After a loss (the watcher): once no term is left (its scope ends it and releases),
+        join again, a new generation. A failure is logged once and retried every acquire
+        poll."""
+        if self._term is not None:
+            return
+        async with self._sock_guard():  # not under a call on it (an acquire in progress)
+            self._close_sock()
+        try:
+            await self._join()
+        except (AutoextendError, OSError, sl.SanlockError) as err:
+            self.repeats.warning("sanlock rejoin failed", error=str(err))
+            await self.clock.sleep(self._timeouts.acquire_poll)
+            return
+        self.repeats.clear("sanlock rejoin failed")
 
     async def _acquire(self) -> int:
         while True:
-            if not self._joined.is_set():
-                try:
-                    await self._rejoin()
-                    self.repeats.clear("sanlock rejoin failed")
-                except (AutoextendError, OSError) as err:
-                    self.repeats.warning("sanlock rejoin failed", error=str(err))
-                    await self.clock.sleep(self._timeouts.acquire_poll)
-                    continue
+            await self._joined.wait()  # the watcher joins again after a loss
             await self.clock.sleep(self._hold_off_until - self.clock.now())
             if self.spm_priority == NEVER:  # never contends: wait for a reload to change it
                 await self._priority_changed.wait()
