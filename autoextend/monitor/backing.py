@@ -33,6 +33,27 @@ Derivation:
   was armed on that size, and no write crossed it: the storage under the volume refused a
   write inside the volume. That is **backing store full**.
 
+Where the numbers come from (stop 42):
+
+* Only "backing store full" needs a fresh read. An ENOSPC named on a SET drive that
+  autoextend has not resumed since its threshold was armed on this size (``resumed_on``
+  differs) is one from before, whatever a read would say: the hypervisor sends a crossing
+  before the error of the write that crossed and before its pause (QEMU checks the
+  threshold as it prepares the write; libvirt passes QEMU's events on in order), and the
+  VM's task handles them in order, so no write crossed the threshold armed on this size
+  before it failed. It failed on the old size, and the space is there now. The pause
+  message that follows (QMP's STOP, whose run state the backend read) resumes the VM with
+  no drive read; if none comes within ``vmtask.PAUSE_FOLLOWS_S``, a look does. A lost
+  crossing is no risk: the QMP listener turns an overflow into a resync before any later
+  event, and a reconnect resyncs. An ENOSPC on a drive already resumed on this size takes
+  the fresh look, as above.
+* A pause message handled between our ``cont`` and its RESUME is from before the ``cont``
+  (the hypervisor sends the RESUME after every event from before it): the run state it
+  carries is stale, and only a fresh look decides (``VmMachine.cont_unconfirmed``). Taken
+  as new, it made the ENOSPC before the ``cont`` look like one after it, on the size just
+  resumed on: "backing store full", a false warning and alert, and a backoff step before
+  the next resume (the local bench found it at 4 MiB chunks).
+
 The rule, as :func:`classify`:
 
 * ``VOLUME_FULL`` -- the drive has no room by the rule above (not armed, the threshold fired,

@@ -212,6 +212,7 @@ class MemoryHypervisor:
         self.thresholds: list[tuple[str, str, int]] = []
         #: Every set_io_limits call: (vm, drive, limits).
         self.limit_calls: list[tuple[str, str, IoLimits]] = []
+        self.drive_reads = 0  # drives() calls: a look reads them, the fast paths do not
         self.fail_set_threshold = False
         self.fail_kills = 0  # the next N kills fail
         #: Per VM, what ``migration()`` answers (absent: not migrating).
@@ -325,6 +326,7 @@ class MemoryHypervisor:
 
     async def drives(self, vm: str) -> list[DriveInfo]:
         rec = self._vm(vm)
+        self.drive_reads += 1
         return [
             DriveInfo(vm, name, f"node-{name}", self.volumes.device_path(d.volume), d.capacity,
                       d.allocation, self.volumes.sizes[d.volume], d.threshold, job=d.job,

@@ -125,6 +125,7 @@ class ResumeSteps:
             except MigrationRunning as err:
                 self._refused(vm, err, backoff)
                 return
+            m.cont_unconfirmed = True
             if cause == "io-error":
                 ctx.observer.notify(IoErrorAction(vm.name, "resume", detail))
             else:

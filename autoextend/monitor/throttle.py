@@ -233,6 +233,9 @@ class Throttles:
         self.held: dict[VolumeRef, Held] = {}
         self._seconds_done = 0.0
         self._watched: set[VolumeRef] = set()  # drives whose extension is running
+        # Drives whose extension answered while their watch ran: a limit not sent yet is
+        # not sent (it would only be lifted at the re-arm, and would delay the cont).
+        self._answered: set[VolumeRef] = set()
         #: Holds being ended: a watch must not read their limits as the drive's own yet.
         self._restoring: set[VolumeRef] = set()
         self._wake: anyio.Event | None = None  # set when a hold starts (lift_at_stop waits)
@@ -299,15 +302,18 @@ class Throttles:
             held.expires = None  # the extension's now: its re-arm decides again
         self._deferred.pop(d.volume, None)
         self._watched.add(d.volume)
+        self._answered.discard(d.volume)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch, vm, d, info, watermark, started)
                 try:
                     yield
                 finally:
+                    self._answered.add(d.volume)
                     tg.cancel_scope.cancel()
         finally:
             self._watched.discard(d.volume)
+            self._answered.discard(d.volume)
 
     async def _watch(self, vm: VmView, d: DriveState, info: DriveInfo, watermark: int,
                      started: float) -> None:
@@ -334,7 +340,9 @@ class Throttles:
                 resampled = now
                 s = await self._resample(vm, d, info, watermark)
                 wanted = self._wanted(d, s, ctx.clock.now(), info.physical, watermark, exp)
-            if wanted is not None:
+            # A guest paused for lack of space writes nothing, and its cont follows the
+            # landing that lifts the limit: a limit set now would only delay that cont.
+            if wanted is not None and vm.machine.state is not VmState.PAUSED_ENOSPC:
                 await self._apply(vm, d, info, wanted, exp.reason)
             await ctx.clock.sleep(CHECK_S)
 
@@ -393,13 +401,14 @@ class Throttles:
             with anyio.CancelScope(shield=True):
                 sent = original.with_write_bps(bps)
                 await self._write_down(vm, d, original, sent)  # before the set: a crash
+                if not holding and d.volume in self._answered:
+                    # The extension answered while the record was written: no set.
+                    await self._unsent(vm, d, original, held)
+                    return
                 try:
                     await hv.set_io_limits(vm.name, info, sent)
                 except AutoextendError:
-                    if held is None:  # nothing set: nothing to give back
-                        await self.holds.drop(vm.name, d.name)
-                    else:  # the limit in place stays what the record says
-                        await self._write_down(vm, d, original, held.applied)
+                    await self._unsent(vm, d, original, held)
                     raise
                 self._acts.append(ctx.clock.now() - began)
                 # As the hypervisor has them (QEMU names a new throttle group after the
@@ -427,6 +436,14 @@ class Throttles:
         level = bound.info if reason == WRITE_RATE else bound.warning
         level("guest writes throttled until the extension lands",
               limit_mib_s=round(bps / MiB, 2), reason=reason, status=describe(bps, reason))
+
+    async def _unsent(self, vm: VmView, d: DriveState, original: IoLimits,
+                      held: Held | None) -> None:
+        """A limit written down was not set: the record says again what the drive has."""
+        if held is None:  # nothing set: nothing to give back
+            await self.holds.drop(vm.name, d.name)
+        else:  # the limit in place stays what the record says
+            await self._write_down(vm, d, original, held.applied)
 
     async def _write_down(self, vm: VmView, d: DriveState, original: IoLimits,
                           applied: IoLimits) -> None:

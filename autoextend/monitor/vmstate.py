@@ -169,6 +169,11 @@ class VmMachine:
     probe_ok_in_a_row: int = 0
     first_ok_at: float | None = None
     expect_resume: bool = False
+    # A cont autoextend sent whose RESUME this task has not handled yet. The hypervisor
+    # sends the RESUME a cont causes after every event from before it, so a pause or an
+    # ENOSPC message handled meanwhile is from before the cont: what it carries (QMP's STOP
+    # comes with the run state read for it) is stale, and only a fresh look may decide.
+    cont_unconfirmed: bool = False
     errors: tuple[DriveIoError, ...] = ()     # the drives in error at the last look
     last_action: str = ""                   # what autoextend last did, and why (status)
     # Managed drives that ran out of space since the VM last ran: an ENOSPC pause is

@@ -62,6 +62,9 @@ from autoextend.monitor.vm import (
 )
 from autoextend.monitor.vmstate import ResumePolicy, VmMachine, VmState
 
+#: After an ENOSPC on a drive with room, the pause message that follows it (QMP's STOP,
+#: libvirt's suspend) resumes the VM; if none came within this long, a look.
+PAUSE_FOLLOWS_S = 1.0
 
 @dataclass(frozen=True)
 class Steps:
@@ -237,14 +240,27 @@ class VmTask:
                     await self.resync(rearm=False)
                 else:
                     await self.after_extension()
+            case VmResumed():
+                self.machine.cont_unconfirmed = False
+                await self.resync(rearm=False)
+            case EnospcPause() | VmPaused() if self.machine.cont_unconfirmed:
+                # From before our cont (its RESUME comes after it): never taken as a new
+                # pause on the size just resumed on (that would be "backing store full").
+                await self.resync(rearm=False)
             case EnospcPause(drive=name) if name in self.drives:
                 self.machine.enospc_events.add(name)
-                if self.drives[name].state is ThresholdState.SET:
-                    # Armed and not crossed: room, perhaps (monitor/backing.py). Fresh
+                d = self.drives[name]
+                if d.state is not ThresholdState.SET:
+                    self.flag_enospc(d, self._ctx.clock.now())
+                elif self._first_on_this_size(d):
+                    # Armed and not crossed: the failed write crossed no threshold armed on
+                    # this size, so it has room now (monitor/backing.py). The pause message
+                    # that follows resumes it, with no look; if none comes, a look soon.
+                    self.wake_at(self._ctx.clock.now() + PAUSE_FOLLOWS_S)
+                else:
+                    # Again on the size resumed on: backing store full, perhaps. Fresh
                     # numbers and the run state decide, never the event alone.
                     await self.resync(rearm=False)
-                else:
-                    self.flag_enospc(self.drives[name], self._ctx.clock.now())
             case JobEnded():
                 self._steps.jobs.ended(self, message)
             case MigrationChanged():
@@ -256,7 +272,7 @@ class VmTask:
                 await self.resync(rearm=False)
             case VmPaused(state=RunState() as state) if self._ctx.fast_resume:
                 await self._paused(state)
-            case EnospcPause() | VmPaused() | VmResumed():
+            case EnospcPause() | VmPaused():
                 # Which drives failed, and whether they are ours, comes from a fresh look.
                 await self.resync(rearm=False)
             case _:
@@ -274,7 +290,10 @@ class VmTask:
                     await self._steps.migrations.freeze_early(self)
                 case ThresholdCrossed(drive=name) if name in self.drives:
                     await self._crossed(message)
-                case EnospcPause(drive=name) if name in self.drives:
+                case VmResumed():
+                    self.machine.cont_unconfirmed = False
+                case EnospcPause(drive=name) if (name in self.drives
+                                                 and not self.machine.cont_unconfirmed):
                     self.flag_enospc(self.drives[name], self._ctx.clock.now())
                 case _:
                     pass
@@ -354,15 +373,24 @@ class VmTask:
         await self._steps.resumes.after_check(self)
         await self._steps.throttles.after_resume(self)  # lifts put off until the cont
 
+    def _first_on_this_size(self, d: DriveState) -> bool:
+        """No resume of ours since this drive's threshold was armed on its size: an ENOSPC
+        on it now is one from before (``monitor/backing.py``), never backing store full."""
+        return self.machine.resumed_on.get(d.name) != (d.info.physical, d.threshold)
+
     async def _paused(self, state: RunState) -> None:
         """A pause with the run state the backend read for it: the resync's steps on that
         state, without reading the drives or the run state again (both are on the resume's
         critical path). Anything a plain pause does not cover takes the full resync: a VM
         not yet looked at, a migration known or in doubt, a pause for a migration."""
         m = self.machine
+        named = {e.drive for e in state.errors if e.nospace} | m.enospc_events
+        again = any(d.state is ThresholdState.SET and not self._first_on_this_size(d)
+                    for name, d in self.drives.items() if name in named)
         if (not m.views_checked or not self.drives or m.migration_stale
                 or m.migration is not migration.MigState.NONE or m.arrival is not None
-                or state.pause_reason is PauseReason.MIGRATION or state.running):
+                or state.pause_reason is PauseReason.MIGRATION or state.running
+                or again):  # backing store full, perhaps: only fresh numbers may say so
             await self.resync(rearm=False)
             return
         observe(self._ctx, self, state)

@@ -12,7 +12,15 @@ from autoextend.lab.waiting import until
 from autoextend.monitor.backing import EnospcKind, EnospcSample, classify, has_room
 from autoextend.monitor.drive import ThresholdState
 from autoextend.monitor.policy import MiB
-from autoextend.monitor.protocols import EnospcPause, ThresholdCrossed
+from autoextend.monitor.protocols import (
+    DriveIoError,
+    EnospcPause,
+    PauseReason,
+    RunState,
+    ThresholdCrossed,
+    VmPaused,
+)
+from autoextend.monitor.vmtask import PAUSE_FOLLOWS_S
 from tests.monitor.rig import VOL, Rig
 
 sizes = st.integers(min_value=1, max_value=1 << 40)
@@ -98,6 +106,8 @@ async def test_stale_enospc_after_our_extension_resumes_without_classifying() ->
             await rig.settle()
             assert rig.hv.resumes == []  # the hypervisor named no drive yet
             rig.hv.emit(EnospcPause("vm1", "vda"))  # the stale event, handled now
+            # No pause message follows it here (a backend that lost it): a look, soon.
+            await rig.advance(PAUSE_FOLLOWS_S)
             await until(lambda: rig.hv.resumes == ["vm1"], describe=rig.describe)
             await rig.settle()
             assert rig.hv.vms["vm1"].running
@@ -105,6 +115,52 @@ async def test_stale_enospc_after_our_extension_resumes_without_classifying() ->
             assert rig.tally.backing_full == 0
             # The next pause is the volume's own: extended and resumed at once (no backoff
             # owed for the stale one; the clock does not move).
+            rig.hv.write("vm1", "vda", 100 * MiB)
+            await until(lambda: rig.hv.resumes == ["vm1", "vm1"], describe=rig.describe)
+            assert rig.volumes.sizes[VOL] == 512 * MiB and rig.tally.backing_full == 0
+            tg.cancel_scope.cancel()
+    assert not [e for e in logs if "backing store full" in str(e["event"])]
+
+
+async def test_the_stop_read_before_our_cont_is_not_a_new_pause() -> None:
+    """The bench's finding (stop 42): QMP sends BLOCK_IO_ERROR, then STOP, whose run state
+    the backend read from those events. The ENOSPC, handled after the extension landed, is
+    resumed (room); the STOP's message, still in the inbox, holds the pause from before that
+    ``cont``. Taken as a new pause on the size just resumed on, it was "backing store full":
+    a false warning and alert, and the next real pause waited out a backoff step."""
+    rig = Rig()
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 4096 * MiB)})
+    rig.ext.gate = anyio.Event()
+    paused = RunState(False, PauseReason.ENOSPC,
+                      (DriveIoError("vda", rig.volumes.device_path(VOL), True),))
+    reads_at_resume: list[int] = []
+    real_resume = rig.hv.resume
+
+    async def noting_resume(vm: str) -> None:
+        reads_at_resume.append(rig.hv.drive_reads)
+        await real_resume(vm)
+
+    rig.hv.resume = noting_resume  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            await tg.start(rig.monitor.run)
+            await until(lambda: rig.state() is ThresholdState.SET)
+            rig.hv.write("vm1", "vda", 300 * MiB, events=False)  # paused; events held back
+            rig.hv.emit(ThresholdCrossed("vm1", "vda", 192 * MiB, 108 * MiB))
+            await until(lambda: rig.state() is ThresholdState.EXTENDING)
+            rig.ext.gate.set()
+            await until(lambda: rig.volumes.sizes[VOL] == 384 * MiB
+                        and rig.state() is ThresholdState.SET, describe=rig.describe)
+            await rig.settle()
+            reads = rig.hv.drive_reads
+            rig.hv.emit(EnospcPause("vm1", "vda"))  # BLOCK_IO_ERROR, then STOP: both stale
+            rig.hv.emit(VmPaused("vm1", PauseReason.ENOSPC, paused))
+            await until(lambda: rig.hv.resumes == ["vm1"], describe=rig.describe)
+            assert reads_at_resume == [reads]  # room from what the task knows: no look
+            await rig.settle()
+            assert rig.hv.vms["vm1"].running and rig.tally.backing_full == 0
+            # The next pause is the volume's own: extended and resumed at once, with no
+            # backoff step owed (the clock does not move).
             rig.hv.write("vm1", "vda", 100 * MiB)
             await until(lambda: rig.hv.resumes == ["vm1", "vm1"], describe=rig.describe)
             assert rig.volumes.sizes[VOL] == 512 * MiB and rig.tally.backing_full == 0

@@ -11,7 +11,7 @@ import pytest
 from autoextend.lab.waiting import until
 from autoextend.monitor.drive import ThresholdState
 from autoextend.monitor.observer import MonitorEvent, WatermarkLeft
-from autoextend.monitor.protocols import DriveInfo, IoLimits
+from autoextend.monitor.protocols import DriveInfo, EnospcPause, IoLimits, PauseReason, VmPaused
 from autoextend.monitor.throttle import ACT_ASSUMED_S, CHECK_S, MiB
 from tests.monitor.rig import VOL, Rig
 
@@ -346,4 +346,30 @@ async def test_a_paused_guest_is_resumed_before_its_limit_is_lifted() -> None:
         assert drive_limits(rig) == THEIRS
         assert resumes_at_set == [0, 1], resumes_at_set  # the limit before, the lift after
         assert rig.tally.throttle_lifts == 1
+        tg.cancel_scope.cancel()
+
+
+async def test_a_guest_paused_for_space_gets_no_limit_while_its_extension_runs() -> None:
+    """A paused guest writes nothing, and its cont follows the landing that would lift the
+    limit: a limit set meanwhile only puts two commands (read, set) before the cont (the
+    bench saw them in every such resume)."""
+    rig = Rig()
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        await until(lambda: rig.state() is ThresholdState.SET)
+        rig.hv.write("vm1", "vda", 100 * MiB, events=False)
+        rig.clock.advance(1.0)  # a poll samples 100 MiB in 1 s: fast enough for a limit
+        await rig.settle()
+        rig.ext.gate = gate = anyio.Event()
+        rig.hv.write("vm1", "vda", 160 * MiB, events=False)  # past the end: paused
+        rig.hv.emit(EnospcPause("vm1", "vda"))
+        rig.hv.emit(VmPaused("vm1", PauseReason.ENOSPC))
+        await until(lambda: rig.state() is ThresholdState.EXTENDING, describe=rig.describe)
+        await rig.advance(2 * CHECK_S, extensions=False)  # the watch looks again: none
+        assert rig.hv.limit_calls == [] and not rig.monitor.throttles.held
+        gate.set()
+        await until(lambda: rig.hv.resumes == ["vm1"], describe=rig.describe)
+        await rig.settle()
+        assert rig.hv.limit_calls == [] and rig.hv.vms["vm1"].running
         tg.cancel_scope.cancel()

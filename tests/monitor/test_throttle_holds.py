@@ -338,3 +338,31 @@ def test_records_round_trip(records: list[holds.HoldRecord]) -> None:
 def test_a_malformed_document_is_a_clear_error(doc: object) -> None:
     with pytest.raises(ValueError, match="version|holds|hold 0"):
         holds.decode(json.dumps(doc))
+
+
+async def test_a_limit_whose_extension_answers_while_it_is_written_down_is_not_set(
+        tmp_path: Path) -> None:
+    """The bench saw it: the watch writes its record down, and the extension answers
+    meanwhile. The set would go out after the extender's OK, only to be lifted at the
+    re-arm (two commands before the cont). It is not sent, and its record is struck out."""
+    rig = rig_with_guest()
+    path = tmp_path / "holds.json"
+    monitor = Monitor(rig.hv, rig.ext, SETTINGS, rig.clock, throttle_holds=str(path))
+    book = monitor.throttles.holds
+    async with anyio.create_task_group() as tg:
+        await tg.start(monitor.run)
+        await until(lambda: state(monitor) is ThresholdState.SET)
+        rig.hv.write("vm1", "vda", 100 * MiB, events=False)
+        rig.clock.advance(1.0)  # a poll samples 100 MiB in 1 s
+        await until(lambda: monitor.idle(), describe=rig.describe)
+        rig.ext.gate = gate = anyio.Event()
+        async with book._lock:  # the record's write is slow
+            rig.hv.write("vm1", "vda", 100 * MiB)  # crosses: the extension and its watch
+            await until(lambda: book.records, describe=rig.describe)  # written down next
+            gate.set()  # the extension answers before the record is on disk
+            await until(lambda: rig.volumes.sizes[VOL] == 384 * MiB)
+            await anyio.sleep(0.05)  # time is the subject: the answer reaches the watch
+        await until(lambda: monitor.idle() and not book.records, describe=rig.describe)
+        assert rig.hv.limit_calls == [] and limits(rig) == THEIRS
+        assert recorded(path) == [] and not monitor.throttles.held
+        tg.cancel_scope.cancel()
