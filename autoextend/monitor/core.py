@@ -298,6 +298,8 @@ class Monitor:
                 return False
             if vm.timer_at is not None and vm.timer_at <= now:
                 return False
+            if any(at <= now for at in vm.checks_at):
+                return False
         return True
 
     # ----------------------------------------------------------------- queries

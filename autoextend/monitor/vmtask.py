@@ -100,6 +100,8 @@ class VmTask:
         self.failures = 0            # handling failed this many times in a row
         self.retry_at = 0.0          # after a failure: not before this time
         self.timer_at: float | None = None  # a wake-up is scheduled for this time
+        self.pause_messages = 0  # VmPaused messages handled (the ENOSPC's safety check)
+        self.checks_at: set[float] = set()  # when those checks are due (Monitor.idle)
         self._tg: TaskGroup | None = None
         # The drive each running extension task was started for, by drive name.
         self._extending: dict[str, DriveState] = {}
@@ -225,6 +227,8 @@ class VmTask:
             self.resync_pending = True
 
     async def _handle(self, message: VmMessage) -> None:
+        if isinstance(message, VmPaused):
+            self.pause_messages += 1
         match message:
             case ResyncRequest() | DrivesChanged():
                 await self.resync(rearm=True)
@@ -241,8 +245,12 @@ class VmTask:
                 else:
                     await self.after_extension()
             case VmResumed():
+                ours = self.machine.cont_unconfirmed
                 self.machine.cont_unconfirmed = False
-                await self.resync(rearm=False)
+                if ours and self._ctx.fast_resume:
+                    await self._resumed()
+                else:  # someone else resumed it: a look
+                    await self.resync(rearm=False)
             case EnospcPause() | VmPaused() if self.machine.cont_unconfirmed:
                 # From before our cont (its RESUME comes after it): never taken as a new
                 # pause on the size just resumed on (that would be "backing store full").
@@ -256,7 +264,7 @@ class VmTask:
                     # Armed and not crossed: the failed write crossed no threshold armed on
                     # this size, so it has room now (monitor/backing.py). The pause message
                     # that follows resumes it, with no look; if none comes, a look soon.
-                    self.wake_at(self._ctx.clock.now() + PAUSE_FOLLOWS_S)
+                    self._expect_pause()
                 else:
                     # Again on the size resumed on: backing store full, perhaps. Fresh
                     # numbers and the run state decide, never the event alone.
@@ -372,6 +380,33 @@ class VmTask:
             await self._steps.jobs.step(self, d)
         await self._steps.resumes.after_check(self)
         await self._steps.throttles.after_resume(self)  # lifts put off until the cont
+
+    async def _resumed(self) -> None:
+        """The RESUME our ``cont`` caused: the VM runs (a pause since comes after it in the
+        same stream, and is handled next), so the machine takes that in with no look. The
+        look used to read everything here, and under a fast guest it ran into the next
+        pause's resume window."""
+        observe(self._ctx, self, RunState(True))
+        for d in list(self.drives.values()):
+            await self._evaluate(d)
+        await self._steps.throttles.after_resume(self)
+
+    def _expect_pause(self) -> None:
+        """A look in :data:`PAUSE_FOLLOWS_S` unless a pause message is handled first (a
+        wake-up regardless would land a look in the next pause's resume window)."""
+        if self._tg is None:
+            return
+        seen = self.pause_messages
+        when = self._ctx.clock.now() + PAUSE_FOLLOWS_S
+        self.checks_at.add(when)
+
+        async def check() -> None:
+            await self._ctx.clock.sleep(PAUSE_FOLLOWS_S)
+            if self.pause_messages == seen:
+                self.post(POLL)
+            self.checks_at.discard(when)
+
+        self._tg.start_soon(check, name=f"pause-follows:{self.name}")
 
     def _first_on_this_size(self, d: DriveState) -> bool:
         """No resume of ours since this drive's threshold was armed on its size: an ENOSPC
