@@ -369,10 +369,18 @@ class VmSession:
         """Poll the set of drives; send DrivesChanged when one was plugged or unplugged.
 
         QEMU 7.2 has no event for a hot-plugged disk, and DEVICE_DELETED for an unplug.
+
+        Not while the VM is stopped for lack of space (an ENOSPC error seen, no RESUME
+        since): its resume is on its way, and a poll's ``query-block`` would only sit
+        between the extension and the ``cont``. A drive plugged meanwhile is seen by the
+        next poll after the RESUME, or by the monitor's own look.
         """
         previous: frozenset[tuple[str, str]] | None = None
         passes = 0
         while True:
+            if self._saw_nospace:
+                await clock.sleep(interval_s)
+                continue
             current: frozenset[tuple[str, str]] | None
             try:
                 current = drive_set(self.name, await self.conn.execute("query-block"))

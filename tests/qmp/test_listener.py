@@ -7,9 +7,18 @@ from typing import Any
 import anyio
 from qemu.qmp import Message
 
-from autoextend.monitor.protocols import DrivesChanged, HypervisorEvent, VmResumed
+from autoextend.clock import ManualClock
+from autoextend.lab.waiting import until
+from autoextend.monitor.protocols import (
+    DriveInfo,
+    DrivesChanged,
+    EnospcPause,
+    HypervisorEvent,
+    VmResumed,
+)
 from autoextend.qmp.connection import EVENT_NAMES
 from autoextend.qmp.listener import BoundedListener, new_client
+from autoextend.qmp.replies import Topology
 from autoextend.qmp.session import VmSession
 
 
@@ -81,3 +90,51 @@ async def test_a_guest_shutdown_is_remembered_not_queued() -> None:
     await listener.put(Message({"event": "SHUTDOWN",
                                 "data": {"guest": True, "reason": "guest-shutdown"}}))
     assert listener.guest_shutdown and listener.dropped == 0
+
+
+class _PollConnection(_StubConnection):
+    """What the drive poll and the event pump touch: every command counted, each answered
+    with an empty list (no drives, no capabilities)."""
+
+    def __init__(self, listener: BoundedListener) -> None:
+        super().__init__(listener)
+        self.sent: list[str] = []
+
+    async def execute(self, command: str, arguments: Any = None) -> object:
+        self.sent.append(command)
+        return []
+
+
+async def test_the_drive_poll_waits_while_the_vm_is_stopped_for_enospc() -> None:
+    """The poll's query-block landed between an extension and its cont (issue 30's resume
+    windows, stop 42): it waits from the ENOSPC error to the RESUME."""
+    listener = BoundedListener(EVENT_NAMES, maxsize=10)
+    conn = _PollConnection(listener)
+    session = VmSession("vm1", conn, lambda path: _none())  # type: ignore[arg-type]
+    session.topology = Topology(
+        drives=(DriveInfo("vm1", "vda", "file0", "/dev/loop7", 1 << 30, 1 << 26, 1 << 26),),
+        by_node={"file0": "vda", "fmt0": "vda"}, by_device={"vda-be": "vda"})
+    clock = ManualClock()
+
+    def polls() -> int:
+        return conn.sent.count("query-block")
+
+    send, receive = anyio.create_memory_object_stream[HypervisorEvent](10)
+    with send, receive:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session.pump_events, send)
+            tg.start_soon(session.watch_drives, send, clock, 1.0)
+            await until(lambda: polls() == 1)
+            await listener.put(event("BLOCK_IO_ERROR", {
+                "device": "", "node-name": "fmt0", "operation": "write", "action": "stop",
+                "nospace": True, "reason": "No space left on device"}))
+            assert await receive.receive() == EnospcPause("vm1", "vda")
+            for _ in range(3):
+                clock.advance(1.0)
+                await anyio.sleep(0.01)  # time is the subject: a due poll would be sent
+            assert polls() == 1
+            await listener.put(event("RESUME"))
+            assert await receive.receive() == VmResumed("vm1")
+            clock.advance(1.0)
+            await until(lambda: polls() == 2)
+            tg.cancel_scope.cancel()
