@@ -370,15 +370,16 @@ class VmSession:
 
         QEMU 7.2 has no event for a hot-plugged disk, and DEVICE_DELETED for an unplug.
 
-        Not while the VM is stopped for lack of space (an ENOSPC error seen, no RESUME
-        since): its resume is on its way, and a poll's ``query-block`` would only sit
-        between the extension and the ``cont``. A drive plugged meanwhile is seen by the
-        next poll after the RESUME, or by the monitor's own look.
+        Not while the VM is stopped for lack of space (a stop-action ENOSPC error seen,
+        no RESUME since; ``qmp/stopstate.py``): its resume is on its way, and a poll's
+        ``query-block`` would only sit between the extension and the ``cont``. A drive
+        plugged meanwhile is seen by the next poll after the RESUME, or by the monitor's
+        own look. An ENOSPC handed to the guest (``werror=report``) stops nothing.
         """
         previous: frozenset[tuple[str, str]] | None = None
         passes = 0
         while True:
-            if self._saw_nospace:
+            if self._stops.errors:
                 await clock.sleep(interval_s)
                 continue
             current: frozenset[tuple[str, str]] | None
