@@ -219,6 +219,13 @@ class Held:
     #: Held between extensions (module doc): when the hold ends unless renewed; None while
     #: it belongs to an extension.
     expires: float | None = None
+    #: ``applied`` is what was sent, not read back (``Throttles._record``): the group QEMU
+    #: named is not known, so only the values are compared.
+    unread: bool = False
+
+    def still_ours(self, now: IoLimits) -> bool:
+        """The drive has the limits autoextend set (nobody changed them since)."""
+        return now.values == self.applied.values if self.unread else now == self.applied
 
 
 class Throttles:
@@ -411,16 +418,8 @@ class Throttles:
                     await self._unsent(vm, d, original, held)
                     raise
                 self._acts.append(ctx.clock.now() - began)
-                # As the hypervisor has them (QEMU names a new throttle group after the
-                # device): what the lift compares with to see whether someone changed them.
-                applied = await self._applied(vm, info, sent)
-                if applied != sent:
-                    await self._write_down(vm, d, original, applied)
-                if held is None:
-                    self.held[d.volume] = Held(vm.name, d.name, original, applied, bps,
-                                               reason, ctx.clock.now())
-                else:
-                    held.applied, held.bps, held.reason = applied, bps, reason
+                await self._record(vm, d, info, original, sent, bps, reason,
+                                   unread=not holding and d.volume in self._answered)
         except AutoextendError as exc:
             bound.warning("throttle: setting the write limit failed", error=str(exc),
                           limit_bps=bps)
@@ -436,6 +435,24 @@ class Throttles:
         level = bound.info if reason == WRITE_RATE else bound.warning
         level("guest writes throttled until the extension lands",
               limit_mib_s=round(bps / MiB, 2), reason=reason, status=describe(bps, reason))
+
+    async def _record(self, vm: VmView, d: DriveState, info: DriveInfo, original: IoLimits,
+                      sent: IoLimits, bps: int, reason: str, *, unread: bool) -> None:
+        """A limit set: keep it as the hypervisor has it (QEMU names a new throttle group
+        after the device), which the lift compares with to see whether someone changed the
+        limits. ``unread``: the extension answered as it was set, and the lift follows at
+        once; its read-back would only delay the re-arm and the ``cont`` (issue 30's
+        resume windows), so the lift reads instead and compares the values alone."""
+        applied = sent if unread else await self._applied(vm, info, sent)
+        if applied != sent:
+            await self._write_down(vm, d, original, applied)
+        held = self.held.get(d.volume)
+        if held is None:
+            self.held[d.volume] = Held(vm.name, d.name, original, applied, bps, reason,
+                                       self._ctx.clock.now(), unread=unread)
+        else:
+            held.applied, held.bps, held.reason = applied, bps, reason
+            held.unread = unread
 
     async def _unsent(self, vm: VmView, d: DriveState, original: IoLimits,
                       held: Held | None) -> None:
@@ -547,7 +564,7 @@ class Throttles:
                 now = await ctx.hypervisor.io_limits(vm.name, info)
             except AutoextendError:
                 return False  # the lift reads again, and says what failed
-            if now != held.applied:
+            if not held.still_ours(now):
                 return False  # someone changed them: the lift leaves theirs
             if abs(limit - held.bps) < (1 - TIGHTEN) * held.bps:
                 self._renew(held, hold_expiry(ctx.clock.now(), info.physical -
@@ -575,7 +592,7 @@ class Throttles:
             info = next((i for i in await hv.drives(held.vm) if i.drive == held.drive), None)
             if info is not None:
                 now = await hv.io_limits(held.vm, info)
-                if now != held.applied:
+                if not held.still_ours(now):
                     bound.warning("throttle: the drive's limits were changed while "
                                   "throttled; leaving them as they are",
                                   limits=dict(now.values))
@@ -629,7 +646,7 @@ class Throttles:
         bound = log.bind(vm=vm.name, drive=d.name, volume=str(d.volume))
         try:
             now = await ctx.hypervisor.io_limits(vm.name, info)
-            if now != held.applied:
+            if not held.still_ours(now):
                 bound.warning("throttle: the drive's limits were changed while throttled; "
                               "leaving them as they are", limits=dict(now.values))
             else:

@@ -373,3 +373,51 @@ async def test_a_guest_paused_for_space_gets_no_limit_while_its_extension_runs()
         await rig.settle()
         assert rig.hv.limit_calls == [] and rig.hv.vms["vm1"].running
         tg.cancel_scope.cancel()
+
+
+async def test_a_limit_set_as_the_extension_answers_is_read_back_by_the_lift() -> None:
+    """Issue 30's resume windows: a limit whose set was in flight when the extension
+    answered was read back before the re-arm (one more command before the cont). The lift
+    reads instead, and tells its own limit by the values (the hypervisor names a new
+    throttle group, as QEMU does): the drive's own limits still come back exactly."""
+    rig = Rig()
+    rig.hv.add_vm("vm1", {"vda": (VOL, 256 * MiB, 1024 * MiB)})
+    calls: list[str] = []
+    answered = anyio.Event()
+    setting = anyio.Event()
+    real_set, real_read = rig.hv.set_io_limits, rig.hv.io_limits
+    real_threshold = rig.hv.set_threshold
+
+    async def slow_set(vm: str, drive: DriveInfo, limits: IoLimits) -> None:
+        calls.append("set")
+        named = limits if limits.unlimited else IoLimits(limits.values, "throttle-vda")
+        await real_set(vm, drive, named)  # applied at once, answered later
+        setting.set()
+        await answered.wait()
+
+    async def read(vm: str, drive: DriveInfo) -> IoLimits:
+        calls.append("read")
+        return await real_read(vm, drive)
+
+    async def rearm(vm: str, drive: DriveInfo, threshold: int) -> None:
+        calls.append("rearm")
+        await real_threshold(vm, drive, threshold)
+
+    rig.hv.set_io_limits = slow_set  # type: ignore[method-assign]
+    rig.hv.io_limits = read  # type: ignore[method-assign]
+    rig.hv.set_threshold = rearm  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.monitor.run)
+        gate = await start_writing(rig)
+        await setting.wait()
+        gate.set()  # the extension answers while the set is unanswered
+        await anyio.sleep(0.05)  # time is the subject: the answer reaches the watch first
+        answered.set()
+        await until(lambda: rig.state() is ThresholdState.SET and not rig.monitor.throttles.held,
+                    describe=rig.describe)
+        await rig.settle()
+        assert drive_limits(rig) == IoLimits()  # its own (none), given back
+        i = calls.index("set")
+        assert calls[i + 1:i + 2] == ["rearm"], calls  # no read-back before the re-arm
+        assert calls[-2:] == ["read", "set"], calls  # the lift: read, then give back
+        tg.cancel_scope.cancel()
