@@ -25,7 +25,9 @@ lift and the write), which the start-up check below tells apart.
 At start-up (:func:`recover`), for each record, once the hypervisor's first discovery is
 done:
 
-* the drive still has exactly ``applied``: ``original`` is set again (logged);
+* the drive still has exactly ``applied`` (``IoLimits.matches``: a record of limits sent
+  and not read back names no group, and its values decide): ``original`` is set again
+  (logged);
 * its limits differ (someone changed them while the service was down): they are left
   alone, with a warning;
 * the VM or the drive is gone: the record is dropped;
@@ -223,7 +225,7 @@ class HoldFile:
         """The drive's own limits, given what it has ``now``: a record the start-up check
         could not settle whose limits the drive still has gives its ``original``."""
         rec = self.records.get((vm, drive))
-        if rec is not None and (vm, drive) in self.unsettled and now == rec.applied:
+        if rec is not None and (vm, drive) in self.unsettled and now.matches(rec.applied):
             log.info("throttle: the drive still has a limit a previous run set; its own "
                      "limits are taken from the hold file", vm=vm, drive=drive,
                      volume=rec.volume)
@@ -302,7 +304,7 @@ async def _recover_one(holds: HoldFile, hv: Hypervisor, rec: HoldRecord,
             await holds.drop(*rec.key, only=rec)
             return
         now = await hv.io_limits(rec.vm, info)
-        if now != rec.applied:
+        if not now.matches(rec.applied):
             bound.warning("throttle: a drive's limits were changed since a previous run "
                           "throttled it; leaving them as they are", limits=dict(now.values))
             await holds.drop(*rec.key, only=rec)

@@ -137,6 +137,15 @@ class IoLimits:
     def get(self, name: str) -> int:
         return dict(self.values).get(name, 0)
 
+    def matches(self, ours: IoLimits) -> bool:
+        """These limits (read now) are ``ours``, as autoextend recorded them. A record of
+        limits sent and not read back (``Throttles._record``) names no group where the
+        hypervisor names one (QEMU names a new throttle group after the device): then the
+        values alone decide."""
+        if self == ours:
+            return True
+        return not ours.group and not ours.unlimited and self.values == ours.values
+
     @property
     def unlimited(self) -> bool:
         return not self.values

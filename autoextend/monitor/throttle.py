@@ -219,13 +219,6 @@ class Held:
     #: Held between extensions (module doc): when the hold ends unless renewed; None while
     #: it belongs to an extension.
     expires: float | None = None
-    #: ``applied`` is what was sent, not read back (``Throttles._record``): the group QEMU
-    #: named is not known, so only the values are compared.
-    unread: bool = False
-
-    def still_ours(self, now: IoLimits) -> bool:
-        """The drive has the limits autoextend set (nobody changed them since)."""
-        return now.values == self.applied.values if self.unread else now == self.applied
 
 
 class Throttles:
@@ -442,17 +435,16 @@ class Throttles:
         after the device), which the lift compares with to see whether someone changed the
         limits. ``unread``: the extension answered as it was set, and the lift follows at
         once; its read-back would only delay the re-arm and the ``cont`` (issue 30's
-        resume windows), so the lift reads instead and compares the values alone."""
+        resume windows), so the lift reads instead (``IoLimits.matches``)."""
         applied = sent if unread else await self._applied(vm, info, sent)
         if applied != sent:
             await self._write_down(vm, d, original, applied)
         held = self.held.get(d.volume)
         if held is None:
             self.held[d.volume] = Held(vm.name, d.name, original, applied, bps, reason,
-                                       self._ctx.clock.now(), unread=unread)
+                                       self._ctx.clock.now())
         else:
             held.applied, held.bps, held.reason = applied, bps, reason
-            held.unread = unread
 
     async def _unsent(self, vm: VmView, d: DriveState, original: IoLimits,
                       held: Held | None) -> None:
@@ -564,7 +556,7 @@ class Throttles:
                 now = await ctx.hypervisor.io_limits(vm.name, info)
             except AutoextendError:
                 return False  # the lift reads again, and says what failed
-            if not held.still_ours(now):
+            if not now.matches(held.applied):
                 return False  # someone changed them: the lift leaves theirs
             if abs(limit - held.bps) < (1 - TIGHTEN) * held.bps:
                 self._renew(held, hold_expiry(ctx.clock.now(), info.physical -
@@ -592,7 +584,7 @@ class Throttles:
             info = next((i for i in await hv.drives(held.vm) if i.drive == held.drive), None)
             if info is not None:
                 now = await hv.io_limits(held.vm, info)
-                if not held.still_ours(now):
+                if not now.matches(held.applied):
                     bound.warning("throttle: the drive's limits were changed while "
                                   "throttled; leaving them as they are",
                                   limits=dict(now.values))
@@ -646,7 +638,7 @@ class Throttles:
         bound = log.bind(vm=vm.name, drive=d.name, volume=str(d.volume))
         try:
             now = await ctx.hypervisor.io_limits(vm.name, info)
-            if not held.still_ours(now):
+            if not now.matches(held.applied):
                 bound.warning("throttle: the drive's limits were changed while throttled; "
                               "leaving them as they are", limits=dict(now.values))
             else:

@@ -421,3 +421,13 @@ async def test_a_limit_set_as_the_extension_answers_is_read_back_by_the_lift() -
         assert calls[i + 1:i + 2] == ["rearm"], calls  # no read-back before the re-arm
         assert calls[-2:] == ["read", "set"], calls  # the lift: read, then give back
         tg.cancel_scope.cancel()
+
+
+def test_limits_match_their_record_exactly_or_by_values_when_sent_unread() -> None:
+    read = IoLimits.of({"bps_wr": 8 * MiB}, group="throttle-vda")
+    assert read.matches(read)
+    assert read.matches(IoLimits.of({"bps_wr": 8 * MiB}))  # sent, not read back
+    assert not read.matches(IoLimits.of({"bps_wr": 9 * MiB}))  # someone changed them
+    assert not read.matches(IoLimits.of({"bps_wr": 8 * MiB}, group="theirs"))
+    assert not IoLimits().matches(IoLimits.of({"bps_wr": 8 * MiB}))
+    assert IoLimits().matches(IoLimits())
