@@ -215,8 +215,12 @@ async def stalled_pool(directory: Path, libvirtd: tuple[LabLibvirtd, LabLibvirtd
     if libvirtd is not None:
         uris = {1: libvirtd[0].uri, 2: libvirtd[1].uri}
         start = libvirt_guest(directory, uris)
+    # Host 2 never takes the SPM role: the guest runs there, and a role that moved to it
+    # under load would serve its extensions through the stall (CI-like load saw the guest
+    # finish, its extensions served, while the stopped host was no longer the SPM).
     async with pool(2, directory=directory, chunk_mib=64, libvirt_uris=uris,
-                    policy_extra="throttle_floor_mib_s = 1") as p:
+                    policy_extra="throttle_floor_mib_s = 1",
+                    spm_priorities={2: "never"}) as p:
         yield p, start
 
 
