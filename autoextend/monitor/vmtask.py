@@ -408,6 +408,10 @@ class VmTask:
 
         self._tg.start_soon(check, name=f"pause-follows:{self.name}")
 
+    def _named_enospc(self, state: RunState) -> set[str]:
+        """The drives an ENOSPC names: in the run state, or in an event since the VM ran."""
+        return {e.drive for e in state.errors if e.nospace} | self.machine.enospc_events
+
     def _first_on_this_size(self, d: DriveState) -> bool:
         """No resume of ours since this drive's threshold was armed on its size: an ENOSPC
         on it now is one from before (``monitor/backing.py``), never backing store full."""
@@ -419,7 +423,7 @@ class VmTask:
         critical path). Anything a plain pause does not cover takes the full resync: a VM
         not yet looked at, a migration known or in doubt, a pause for a migration."""
         m = self.machine
-        named = {e.drive for e in state.errors if e.nospace} | m.enospc_events
+        named = self._named_enospc(state)
         again = any(d.state is ThresholdState.SET and not self._first_on_this_size(d)
                     for name, d in self.drives.items() if name in named)
         if (not m.views_checked or not self.drives or m.migration_stale
@@ -442,7 +446,7 @@ class VmTask:
         """A VM paused for ENOSPC: flag the managed drives the hypervisor names, and those
         inside their watermark (the ENOSPC event may have been missed, and the highest
         written offset does not always reach the device size at an ENOSPC)."""
-        named = {e.drive for e in state.errors if e.nospace} | self.machine.enospc_events
+        named = self._named_enospc(state)
         now = self._ctx.clock.now()
         for d in self.drives.values():
             if d.enospc or d.in_flight:

@@ -86,6 +86,28 @@ def test_the_same_sample_after_our_resume_is_backing_store_full() -> None:
     assert classify(fired) is EnospcKind.VOLUME_FULL
 
 
+async def paused_past_the_end_then_extended(rig: Rig) -> None:
+    """vm1 writes past the end of vda with its events held back (paused); the crossing
+    alone is sent, and the extension (held by ``rig.ext.gate``) lands and re-arms."""
+    await until(lambda: rig.state() is ThresholdState.SET)
+    rig.hv.write("vm1", "vda", 300 * MiB, events=False)  # paused; events held back
+    rig.hv.emit(ThresholdCrossed("vm1", "vda", 192 * MiB, 108 * MiB))
+    await until(lambda: rig.state() is ThresholdState.EXTENDING)
+    assert rig.ext.gate is not None
+    rig.ext.gate.set()
+    await until(lambda: rig.volumes.sizes[VOL] == 384 * MiB
+                and rig.state() is ThresholdState.SET, describe=rig.describe)
+    await rig.settle()
+
+
+async def next_pause_is_the_volumes_own(rig: Rig) -> None:
+    """After the stale pause, the next pause is the volume's own: extended and resumed at
+    once, with no backoff step owed (the clock does not move)."""
+    rig.hv.write("vm1", "vda", 100 * MiB)
+    await until(lambda: rig.hv.resumes == ["vm1", "vm1"], describe=rig.describe)
+    assert rig.volumes.sizes[VOL] == 512 * MiB and rig.tally.backing_full == 0
+
+
 async def test_stale_enospc_after_our_extension_resumes_without_classifying() -> None:
     """The finding of the last session: the guest wrote past the end; the ENOSPC event is
     handled only after the extension it needed landed and the threshold was re-armed. It
@@ -96,14 +118,7 @@ async def test_stale_enospc_after_our_extension_resumes_without_classifying() ->
     with capture_logs() as logs:
         async with anyio.create_task_group() as tg:
             await tg.start(rig.monitor.run)
-            await until(lambda: rig.state() is ThresholdState.SET)
-            rig.hv.write("vm1", "vda", 300 * MiB, events=False)  # paused; events held back
-            rig.hv.emit(ThresholdCrossed("vm1", "vda", 192 * MiB, 108 * MiB))
-            await until(lambda: rig.state() is ThresholdState.EXTENDING)
-            rig.ext.gate.set()
-            await until(lambda: rig.volumes.sizes[VOL] == 384 * MiB
-                        and rig.state() is ThresholdState.SET, describe=rig.describe)
-            await rig.settle()
+            await paused_past_the_end_then_extended(rig)
             assert rig.hv.resumes == []  # the hypervisor named no drive yet
             rig.hv.emit(EnospcPause("vm1", "vda"))  # the stale event, handled now
             # No pause message follows it here (a backend that lost it): a look, soon.
@@ -113,11 +128,7 @@ async def test_stale_enospc_after_our_extension_resumes_without_classifying() ->
             assert rig.hv.vms["vm1"].running
             assert rig.ext.calls == 1 and rig.volumes.sizes[VOL] == 384 * MiB
             assert rig.tally.backing_full == 0
-            # The next pause is the volume's own: extended and resumed at once (no backoff
-            # owed for the stale one; the clock does not move).
-            rig.hv.write("vm1", "vda", 100 * MiB)
-            await until(lambda: rig.hv.resumes == ["vm1", "vm1"], describe=rig.describe)
-            assert rig.volumes.sizes[VOL] == 512 * MiB and rig.tally.backing_full == 0
+            await next_pause_is_the_volumes_own(rig)
             tg.cancel_scope.cancel()
     assert not [e for e in logs if "backing store full" in str(e["event"])]
 
@@ -144,14 +155,7 @@ async def test_the_stop_read_before_our_cont_is_not_a_new_pause() -> None:
     with capture_logs() as logs:
         async with anyio.create_task_group() as tg:
             await tg.start(rig.monitor.run)
-            await until(lambda: rig.state() is ThresholdState.SET)
-            rig.hv.write("vm1", "vda", 300 * MiB, events=False)  # paused; events held back
-            rig.hv.emit(ThresholdCrossed("vm1", "vda", 192 * MiB, 108 * MiB))
-            await until(lambda: rig.state() is ThresholdState.EXTENDING)
-            rig.ext.gate.set()
-            await until(lambda: rig.volumes.sizes[VOL] == 384 * MiB
-                        and rig.state() is ThresholdState.SET, describe=rig.describe)
-            await rig.settle()
+            await paused_past_the_end_then_extended(rig)
             reads = rig.hv.drive_reads
             rig.hv.emit(EnospcPause("vm1", "vda"))  # BLOCK_IO_ERROR, then STOP: both stale
             rig.hv.emit(VmPaused("vm1", PauseReason.ENOSPC, paused))
@@ -162,11 +166,7 @@ async def test_the_stop_read_before_our_cont_is_not_a_new_pause() -> None:
             await rig.advance(PAUSE_FOLLOWS_S)  # the pause message came: no safety look
             assert rig.hv.drive_reads == reads
             assert rig.hv.vms["vm1"].running and rig.tally.backing_full == 0
-            # The next pause is the volume's own: extended and resumed at once, with no
-            # backoff step owed (the clock does not move).
-            rig.hv.write("vm1", "vda", 100 * MiB)
-            await until(lambda: rig.hv.resumes == ["vm1", "vm1"], describe=rig.describe)
-            assert rig.volumes.sizes[VOL] == 512 * MiB and rig.tally.backing_full == 0
+            await next_pause_is_the_volumes_own(rig)
             tg.cancel_scope.cancel()
     assert not [e for e in logs if "backing store full" in str(e["event"])]
 

@@ -108,6 +108,15 @@ def recorded(path: Path) -> list[holds.HoldRecord]:
     return holds.decode(path.read_text())
 
 
+async def sampled_at_100_mib_s(rig: Rig, monitor: Monitor) -> None:
+    """Once vm1's vda is armed, the guest writes 100 MiB in one poll (a rate the throttle
+    acts on); the monitor has taken the sample in."""
+    await until(lambda: state(monitor) is ThresholdState.SET)
+    rig.hv.write("vm1", "vda", 100 * MiB, events=False)
+    rig.clock.advance(1.0)  # a poll samples 100 MiB in 1 s
+    await until(lambda: monitor.idle(), describe=rig.describe)
+
+
 async def killed_while_throttled(rig: Rig, path: Path) -> IoLimits:
     """Run a monitor that throttles vm1's vda, then dies without lifting it; the limit
     it left on the drive."""
@@ -115,10 +124,7 @@ async def killed_while_throttled(rig: Rig, path: Path) -> IoLimits:
     monitor = Monitor(dying, rig.ext, SETTINGS, rig.clock, throttle_holds=str(path))
     async with anyio.create_task_group() as tg:
         await tg.start(monitor.run)
-        await until(lambda: state(monitor) is ThresholdState.SET)
-        rig.hv.write("vm1", "vda", 100 * MiB, events=False)
-        rig.clock.advance(1.0)  # a poll samples 100 MiB in 1 s
-        await until(lambda: monitor.idle(), describe=rig.describe)
+        await sampled_at_100_mib_s(rig, monitor)
         rig.ext.gate = anyio.Event()  # the extension never lands
         rig.hv.write("vm1", "vda", 100 * MiB)
         await until(lambda: monitor.throttles.held, describe=rig.describe)
@@ -351,10 +357,7 @@ async def test_a_limit_whose_extension_answers_while_it_is_written_down_is_not_s
     book = monitor.throttles.holds
     async with anyio.create_task_group() as tg:
         await tg.start(monitor.run)
-        await until(lambda: state(monitor) is ThresholdState.SET)
-        rig.hv.write("vm1", "vda", 100 * MiB, events=False)
-        rig.clock.advance(1.0)  # a poll samples 100 MiB in 1 s
-        await until(lambda: monitor.idle(), describe=rig.describe)
+        await sampled_at_100_mib_s(rig, monitor)
         rig.ext.gate = gate = anyio.Event()
         async with book._lock:  # the record's write is slow
             rig.hv.write("vm1", "vda", 100 * MiB)  # crosses: the extension and its watch
