@@ -49,6 +49,7 @@ from autoextend.qmp.migration import (
     migration_phase,
 )
 from autoextend.qmp.pauses import drive_errors
+from autoextend.qmp.pollgate import PollGate
 from autoextend.qmp.replies import (
     MAX_SIZE,
     Topology,
@@ -81,6 +82,7 @@ class VmSession:
         self.topology = Topology()
         self._saw_nospace = False
         self._stops = StopErrors()  # the errors that stopped the VM (qmp/stopstate.py)
+        self._poll_gate = PollGate()  # when the drive poll may run (qmp/pollgate.py)
         self._jobs = JobWatch(measure)
         self._log = log.bind(vm=name)
         #: Why this session was ended by us (a bad reply, an unexpected error), else None.
@@ -235,6 +237,7 @@ class VmSession:
     async def set_threshold(self, drive: DriveInfo, threshold: int) -> None:
         if not 0 <= threshold <= MAX_SIZE:
             raise ValueError(f"threshold must be in 0..2**63-1, got {threshold}")
+        self._poll_gate.rearm(drive.drive)
         await self.conn.execute(
             "block-set-write-threshold", {"node-name": drive.node, "write-threshold": threshold}
         )
@@ -335,6 +338,7 @@ class VmSession:
             if crossed is None:
                 self._log.debug("threshold event for an unmonitored node", data=data)
                 return []
+            self._poll_gate.cross(crossed.drive)
             return [crossed]
         if name == "BLOCK_IO_ERROR":
             self._stops.note(data, self.topology)
@@ -370,18 +374,17 @@ class VmSession:
 
         QEMU 7.2 has no event for a hot-plugged disk, and DEVICE_DELETED for an unplug.
 
-        Not while the VM is stopped for lack of space (a stop-action ENOSPC error seen,
-        no RESUME since; ``qmp/stopstate.py``): its resume is on its way, and a poll's
-        ``query-block`` would only sit between the extension and the ``cont``. A drive
-        plugged meanwhile is seen by the next poll after the RESUME, or by the monitor's
-        own look. An ENOSPC handed to the guest (``werror=report``) stops nothing.
+        After its first read, each poll waits for a quiet moment of this VM's session (no
+        ENOSPC stop, no extension on its way, no command just sent; ``qmp/pollgate.py``), so
+        that its ``query-block`` does not sit between an extension and the ``cont``.
         """
         previous: frozenset[tuple[str, str]] | None = None
         passes = 0
         while True:
-            if self._stops.errors:
-                await clock.sleep(interval_s)
-                continue
+            if previous is not None:
+                await self._poll_gate.quiet_moment(
+                    clock, interval_s, lambda: self.conn.executed,
+                    lambda: bool(self._stops.errors))
             current: frozenset[tuple[str, str]] | None
             try:
                 current = drive_set(self.name, await self.conn.execute("query-block"))
