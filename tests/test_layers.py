@@ -61,11 +61,19 @@ LAB_FRONT_ENDS = {"autoextend/cli/lab.py": "autoextend.lab", "autoextend/cli/ser
                   "autoextend.lab"}
 
 
-@functools.cache
 def parse(source: str, filename: str = "<unknown>") -> ast.Module:
-    """``ast.parse``, once per text and name: the rules below walk the same product files
-    many times, and only read the trees they get."""
-    return ast.parse(source, filename)
+    """``ast.parse``, once per text: the rules below walk the same product files many times,
+    and only read the trees they get. ``filename`` only names the file in a syntax error, so
+    it is not part of the cache's key (rules that name a file differently share its tree)."""
+    try:
+        return _parse(source)
+    except SyntaxError:
+        return ast.parse(source, filename)  # raises again, naming the file
+
+
+@functools.cache
+def _parse(source: str) -> ast.Module:
+    return ast.parse(source)
 
 
 def module_name(path: Path) -> str:
