@@ -68,9 +68,20 @@ def summary(report: SoakReport) -> str:
         f"{ext.get('spm_changes', 0)} made by the SPMs; threshold to re-armed p50 "
         f"{_s(ext.get('p50_s'))}, p99 {_s(ext.get('p99_s'))}",
         f"- invariant violations: {len(report.violations)}",
+        *guest_crash_lines(report),
         f"- replay: {report.replay}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def guest_crash_lines(report: SoakReport) -> list[str]:
+    """The summary's line for guests whose kernel crashed (none: no line)."""
+    crashes = report.guest_crashes
+    if not crashes:
+        return []
+    read = sum(1 for c in crashes.values() if c["verified"] is True)
+    return [f"- guest kernel crashes: {len(crashes)} (not storage; what they wrote read "
+            f"back intact by a second boot: {read} of {len(crashes)})"]
 
 
 def render(report: SoakReport) -> str:
@@ -128,6 +139,16 @@ def render(report: SoakReport) -> str:
         lines.append(f"| {name} | {g['host']} | {g['mib']} | {g['rate_kib_s']} | "
                      f"{g['verified']} | {g['size']} | "
                      f"{'clean' if g['qemu_img_check_clean'] else 'NOT clean'} |")
+    if report.guest_crashes:
+        lines += ["", "## Guest kernel crashes (apart from the invariants)", "",
+                  "A kernel crash is in the guest's RAM (it runs from its initramfs; its disk "
+                  "only holds the data it writes). Its QEMU was stopped, and a second boot on "
+                  "the same view read back what it had reported written; a read-back that "
+                  "fails is an invariant violation above.", "",
+                  "| guest | crash | MiB written | read back |", "|---|---|---|---|"]
+        for name, c in sorted(report.guest_crashes.items()):
+            back = {True: "intact", False: "DOES NOT VERIFY", None: "-"}[c["verified"]]
+            lines.append(f"| {name} | {c['crash']} | {c['written_mib']} | {back} |")
     if report.late_guests:
         lines += ["", "## Guests slower than planned (still writing at their finish time; "
                   "given more time while they moved)", ""]

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 from contextlib import AsyncExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from autoextend.lab import chaos_plan as plan
 from autoextend.lab.errors import VmError
 from autoextend.lab.faultfs import FaultFs, fault_fs
 from autoextend.lab.faultvol import FaultVolume, create_fault_volume
-from autoextend.lab.guest import GuestJob, GuestResult, kernel_crash, last_progress
+from autoextend.lab.guest import GuestJob, GuestResult, Mode, kernel_crash, last_progress
 from autoextend.lab.migrate import (
     has_late_block_activate,
     node_length,
@@ -74,6 +74,7 @@ EXTENT = 4 * MiB
 SETTLE_S = 90.0  # after the schedule: how long every host has to be up and watching
 STALL_S = 180.0  # a guest past its finish time whose progress stands still this long
 FINISH_LATE_FACTOR = 3.0  # a guest still moving gets at most this many finish timeouts
+READ_BACK_TIMEOUT_S = 900.0  # a second boot that reads back a crashed guest's writes
 MIGRATION_BPS = 8 * MiB  # slow enough that the hold decides when it ends
 RESUME_WAIT_S = 90.0  # after a guest-eio heal: how long the fault waits for the guest to run
 MAX_MIB = 1024  # what one guest writes at most (SoakConfig.max_mib)
@@ -180,6 +181,9 @@ class SoakReport:
     # guests that wrote slower than planned but kept moving: name -> MiB written when the
     # first wait ran out (the lab's pace, not a violation)
     late_guests: dict[str, int] = field(default_factory=dict)
+    # guests whose kernel crashed: name -> the crash, the MiB written by its last progress
+    # report, and whether a second boot read them back intact (Soak.read_back)
+    guest_crashes: dict[str, dict[str, Any]] = field(default_factory=dict)
     elapsed_s: float = 0.0
 
     @property
@@ -206,13 +210,33 @@ class _Guest:
     inactive: bool = False
 
 
+def guest_folders(vms: Path, name: str) -> list[Path]:
+    """The folders of guest ``name``'s QEMUs under ``vms``, oldest first: its first boot
+    (``NAME``) and each QEMU a migration started (``NAME-FAULT-HOST``), not a read-back
+    boot (``NAME-readback``)."""
+    folders = [d for d in vms.glob(f"{name}*") if d.name == name
+               or (d.name.startswith(f"{name}-") and not d.name.endswith("-readback"))]
+    return sorted(folders, key=lambda d: d.stat().st_mtime)
+
+
+def written_by_progress(vms: Path, name: str) -> int:
+    """The MiB guest ``name`` reported written, by its last progress line in any of its
+    QEMUs' serial logs (blocking; 0 before the first). Each report follows a completed
+    ``O_DIRECT`` write, so those MiB are on the volume."""
+    found = 0
+    for folder in guest_folders(vms, name):
+        serial = folder / "serial.log"
+        if serial.exists():
+            found = max(found, last_progress(serial.read_text(errors="replace")) or 0)
+    return found
+
+
 def first_kernel_crash(vms: Path, name: str) -> str | None:
     """The first kernel crash line in any of guest ``name``'s QEMUs' serial logs under
     ``vms`` (blocking), with that QEMU's folder (``NAME-FAULT-HOST``: the fault, a
     migration, it arrived by). A guest keeps being migrated after its kernel crashed, so
     the crash is often in an earlier QEMU's log."""
-    folders = [d for d in vms.glob(f"{name}*") if d.name == name or d.name.startswith(f"{name}-")]
-    for folder in sorted(folders, key=lambda d: d.stat().st_mtime):
+    for folder in guest_folders(vms, name):
         serial = folder / "serial.log"
         crash = kernel_crash(serial.read_text(errors="replace")) if serial.exists() else None
         if crash is not None:
@@ -687,8 +711,7 @@ class Soak:
                 except AutoextendError as err:
                     crash = await anyio.to_thread.run_sync(first_kernel_crash, vms, g.name)
                     if crash is not None:
-                        self.report.violations.append(
-                            f"{g.name} did not finish its writes: its kernel crashed: {crash}")
+                        await self.read_back(g, crash)
                         return
                     if anyio.current_time() - start < wait_s and vm.returncode is None:
                         continue  # within its time: only a crash ends the wait early
@@ -706,6 +729,36 @@ class Soak:
         async with anyio.create_task_group() as tg:
             for g in self.guests.values():
                 tg.start_soon(one, g)
+
+    async def read_back(self, g: _Guest, crash: str) -> None:
+        """A guest whose kernel crashed never finishes its writes, and cannot read them
+        back. Its QEMU is stopped (SIGTERM: QEMU writes its qcow2 metadata out), and a
+        second boot on the same host's view reads back what it had written by its last
+        progress report (``Mode.VERIFY``); its result is the guest's. What the guest wrote
+        is the storage's to keep; a crash in the guest's RAM is not (``kernel_crash``: the
+        guest runs from its initramfs). The crash stays in the report
+        (``guest_crashes``), apart from the invariants."""
+        vms = self.pool.directory / "vms"
+        written = await anyio.to_thread.run_sync(written_by_progress, vms, g.name)
+        record: dict[str, Any] = {"crash": crash, "written_mib": written, "verified": None}
+        self.report.guest_crashes[g.name] = record
+        log.warning("guest kernel crashed; reading back what it wrote", vm=g.name,
+                    crash=crash, written_mib=written)
+        await g.guest.vm.stop()
+        if written == 0:
+            return  # nothing on the volume to read back
+        job = replace(g.job, mode=Mode.VERIFY, mib=written, rate_kib_s=0, expect_md5="")
+        try:
+            again = await self.pool.launch_guest(
+                g.guest.host_id, f"{g.name}-readback", job, g.guest.volume, g.guest.device)
+            g.guest = again
+            g.result = await again.vm.result(timeout=READ_BACK_TIMEOUT_S)
+        except AutoextendError as err:
+            self.report.violations.append(
+                f"{g.name}: what it wrote before its kernel crashed could not be read back: "
+                f"{err.args[0] if err.args else err}")
+            return
+        record["verified"] = g.result.verified
 
     async def check(self) -> None:
         r, cfg = self.report, self.cfg

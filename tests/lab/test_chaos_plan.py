@@ -13,7 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from autoextend.lab import chaos_plan as plan
-from autoextend.lab.chaos import FaultRecord, SoakConfig, SoakReport, first_kernel_crash
+from autoextend.lab.chaos import (
+    FaultRecord,
+    SoakConfig,
+    SoakReport,
+    first_kernel_crash,
+    written_by_progress,
+)
 from bench import chaos as bench_chaos
 
 MiB = 1 << 20
@@ -230,3 +236,40 @@ def test_a_guests_kernel_crash_is_found_in_any_of_its_qemus(tmp_path: Path) -> N
     assert first_kernel_crash(tmp_path, "chaos40") == \
         "[ 1.0] Kernel panic - not syncing (QEMU chaos40-7-2)"
     assert first_kernel_crash(tmp_path, "chaos1") is None
+
+
+def test_what_a_crashed_guest_wrote_is_its_last_progress_in_any_of_its_qemus(
+        tmp_path: Path) -> None:
+    """The read-back of a crashed guest reads what it reported written, whichever of its
+    QEMUs (its first boot, each migration's) printed it last; never another guest's nor a
+    read-back boot's log, and a half-written last line does not count."""
+    logs = {"chaos4": "AUTOEXTEND-GUEST-PROGRESS written_mib=16\n",
+            "chaos4-126-1": "AUTOEXTEND-GUEST-PROGRESS written_mib=48\n"
+                            "AUTOEXTEND-GUEST-PROGRESS written_mib=6",
+            "chaos4-188-3": "[ 2.0] BUG: kernel NULL pointer dereference\n",
+            "chaos4-readback": "AUTOEXTEND-GUEST-PROGRESS written_mib=999\n",
+            "chaos40": "AUTOEXTEND-GUEST-PROGRESS written_mib=500\n"}
+    for when, (folder, text) in enumerate(logs.items()):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "serial.log").write_text(text)
+        os.utime(tmp_path / folder, (1000 + when, 1000 + when))
+    assert written_by_progress(tmp_path, "chaos4") == 48
+    assert written_by_progress(tmp_path, "chaos40") == 500
+    assert written_by_progress(tmp_path, "chaos1") == 0
+
+
+def test_the_report_keeps_a_guest_crash_apart_from_the_invariants() -> None:
+    report = SoakReport(config={"seed": 3, "hosts": 3, "guests": 2, "duration_s": 60.0,
+                                "chunk_mib": 16, "mutant": ()}, replay="r")
+    assert "guest kernel crashes" not in bench_chaos.summary(report)
+    report.guest_crashes["chaos4"] = {"crash": "[ 1.0] BUG: x", "written_mib": 48,
+                                      "verified": True}
+    text = bench_chaos.summary(report)
+    assert "PASSED" in text and "invariant violations: 0" in text
+    assert "guest kernel crashes: 1 (not storage; what they wrote read back intact by a " \
+           "second boot: 1 of 1)" in text
+    page = bench_chaos.render(report)
+    assert "| chaos4 | [ 1.0] BUG: x | 48 | intact |" in page
+    report.guest_crashes["chaos5"] = {"crash": "[ 2.0] BUG: y", "written_mib": 16,
+                                      "verified": False}
+    assert "| chaos5 | [ 2.0] BUG: y | 16 | DOES NOT VERIFY |" in bench_chaos.render(report)
