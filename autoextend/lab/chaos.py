@@ -76,6 +76,10 @@ STALL_S = 180.0  # a guest past its finish time whose progress stands still this
 FINISH_LATE_FACTOR = 3.0  # a guest still moving gets at most this many finish timeouts
 READ_BACK_TIMEOUT_S = 900.0  # a second boot that reads back a crashed guest's writes
 MIGRATION_BPS = 8 * MiB  # slow enough that the hold decides when it ends
+# A destination's prepare that fails (its metadata path under a fault, 5-30 s) is tried
+# again this often, for this long, before the guest is declared left paused there.
+PREPARE_EVERY_S = 2.0
+PREPARE_RETRY_S = 120.0
 RESUME_WAIT_S = 90.0  # after a guest-eio heal: how long the fault waits for the guest to run
 MAX_MIB = 1024  # what one guest writes at most (SoakConfig.max_mib)
 METADATA = "metadata"  # the metadata area's file name (lab/multihost.py)
@@ -539,15 +543,24 @@ class Soak:
         seen = await self._watch_source(g.name, source, hold_s)
 
         unprepared: list[str] = []
+        failed: list[str] = []  # prepares that failed and were tried again
         node = dest.spec.drives[0].node_name
         written_on_source: list[int] = []
 
         async def prepare() -> None:
-            try:
-                await prepare_direct(self._tool_config(target), [source.volume])
-            except VmError as err:  # the guest stays paused there: it never runs
-                unprepared.append(str(err))
-                raise
+            # As a management retries a failed start hook: the guest stays paused there
+            # meanwhile, and never runs on a view that was not prepared.
+            deadline = anyio.current_time() + PREPARE_RETRY_S
+            while True:
+                try:
+                    await prepare_direct(self._tool_config(target), [source.volume])
+                    return
+                except VmError as err:
+                    if anyio.current_time() >= deadline:
+                        unprepared.append(str(err))
+                        raise
+                    failed.append(str(err))
+                await anyio.sleep(PREPARE_EVERY_S)  # time is the subject: a fault heals
 
         async def check() -> None:
             # No guest runs on a view smaller than what was written: what the guest wrote
@@ -602,6 +615,9 @@ class Soak:
             self.report.violations.append(
                 f"{g.name}: host {target}'s views could not be prepared after the "
                 f"switchover; the guest is left paused there: {unprepared[0]}")
+        if failed:
+            record.detail += (f"; prepare failed {len(failed)} time(s) before it "
+                              f"{'gave up' if unprepared else 'succeeded'}: {failed[0][-160:]}")
         record.detail = status + record.detail
         if status == "completed" and written_on_source and not unprepared:
             await self._check_node_after_cont(g.name, dest, node, target, source.host_id,
