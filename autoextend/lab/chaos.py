@@ -262,6 +262,10 @@ class Soak:
         self.guests: dict[str, _Guest] = {}
         self.held_down: set[int] = set()  # hosts a fault keeps down or stopped
         self._tool_configs: dict[int, Path] = {}  # hosts whose config a fault broke
+        # One config fault per host at a time (the two lanes): a reload that read a file
+        # another lane had broken wrote it back broken, and a broken file's "last good"
+        # copy was the broken one, which a migration's prepare then failed on.
+        self._config_locks: dict[int, anyio.Lock] = {}
         self.t0 = 0.0  # the schedule's start (anyio clock)
         self.wall0 = 0.0  # the same instant, wall clock (log timestamps)
 
@@ -400,9 +404,16 @@ class Soak:
         record.detail = f"exit {done.returncode}"
         await anyio.sleep(fault.hold_s)  # time is the subject: the next fault waits
 
+    def _config_lock(self, host: HostProcess) -> anyio.Lock:
+        return self._config_locks.setdefault(host.host_id, anyio.Lock())
+
     async def _reload(self, fault: plan.Fault, record: FaultRecord) -> None:
         host = self._pick_host(fault)
         record.target = f"host {host.host_id}"
+        async with self._config_lock(host):
+            await self._reload_held(host, fault)
+
+    async def _reload_held(self, host: HostProcess, fault: plan.Fault) -> None:
         text = host.config.read_text()
         changed = text.replace("poll_interval_s = 1.0", "poll_interval_s = 0.9")
         if changed == text:
@@ -414,6 +425,10 @@ class Soak:
     async def _reload_broken(self, fault: plan.Fault, record: FaultRecord) -> None:
         host = self._pick_host(fault)
         record.target = f"host {host.host_id}"
+        async with self._config_lock(host):
+            await self._reload_broken_held(host, fault)
+
+    async def _reload_broken_held(self, host: HostProcess, fault: plan.Fault) -> None:
         good = host.config.read_text()
         # The operator's tools (a migration's ``volume prepare``, ``spm step-down``) run
         # meanwhile with the last good file, as an operator who knows the file is broken
