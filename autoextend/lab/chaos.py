@@ -411,39 +411,33 @@ class Soak:
         host = self._pick_host(fault)
         record.target = f"host {host.host_id}"
         async with self._config_lock(host):
-            await self._reload_held(host, fault)
-
-    async def _reload_held(self, host: HostProcess, fault: plan.Fault) -> None:
-        text = host.config.read_text()
-        changed = text.replace("poll_interval_s = 1.0", "poll_interval_s = 0.9")
-        if changed == text:
-            changed = text.replace("poll_interval_s = 0.9", "poll_interval_s = 1.0")
-        host.config.write_text(changed)
-        self._hup(host)
-        await anyio.sleep(fault.hold_s)  # time is the subject: the next fault waits
+            text = host.config.read_text()
+            changed = text.replace("poll_interval_s = 1.0", "poll_interval_s = 0.9")
+            if changed == text:
+                changed = text.replace("poll_interval_s = 0.9", "poll_interval_s = 1.0")
+            host.config.write_text(changed)
+            self._hup(host)
+            await anyio.sleep(fault.hold_s)  # time is the subject: the next fault waits
 
     async def _reload_broken(self, fault: plan.Fault, record: FaultRecord) -> None:
         host = self._pick_host(fault)
         record.target = f"host {host.host_id}"
         async with self._config_lock(host):
-            await self._reload_broken_held(host, fault)
-
-    async def _reload_broken_held(self, host: HostProcess, fault: plan.Fault) -> None:
-        good = host.config.read_text()
-        # The operator's tools (a migration's ``volume prepare``, ``spm step-down``) run
-        # meanwhile with the last good file, as an operator who knows the file is broken
-        # would: a broken file is refused by every command (tests/cli), not a finding here.
-        last_good = host.config.with_name("autoextend.last-good.toml")
-        last_good.write_text(good)
-        self._tool_configs[host.host_id] = last_good
-        try:
-            host.config.write_text(good + "\n[policy\nchunk_mib = -3\n")
-            self._hup(host)
-            await anyio.sleep(fault.hold_s)  # time is the subject: the broken file stays
-        finally:
-            host.config.write_text(good)
-            self._hup(host)
-            self._tool_configs.pop(host.host_id, None)
+            good = host.config.read_text()
+            # The operator's tools (a migration's ``volume prepare``, ``spm step-down``) run
+            # meanwhile with the last good file, as an operator who knows the file is broken
+            # would: a broken file is refused by every command (tests/cli), not a finding.
+            last_good = host.config.with_name("autoextend.last-good.toml")
+            last_good.write_text(good)
+            self._tool_configs[host.host_id] = last_good
+            try:
+                host.config.write_text(good + "\n[policy\nchunk_mib = -3\n")
+                self._hup(host)
+                await anyio.sleep(fault.hold_s)  # time is the subject: the broken file stays
+            finally:
+                host.config.write_text(good)
+                self._hup(host)
+                self._tool_configs.pop(host.host_id, None)
 
     def _tool_config(self, host_id: int) -> Path:
         """The config file an operator's command on ``host_id`` runs with (see above)."""
