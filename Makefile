@@ -53,12 +53,13 @@ $(GUEST_STAMP): $(PIP_STAMP) $(wildcard autoextend/lab/*.py)
 # Prometheus, RIG_WORKERS at a time (each worker is its own pytest session: its own lab
 # directory, libvirtd, sanlock namespaces, uniquely named VGs, and a leftover check that looks
 # only at what that session made; a test file stays on one worker). Both stages always run;
-# exit 5 (nothing selected, e.g. by a path in PYTEST_ARGS) is not a failure.
+# exit 5 (nothing selected, e.g. by a path in PYTEST_ARGS) is not a failure. The rig stage
+# prints its 40 slowest tests (where the suite's time goes).
 PYTEST_STAGE = || { r=$$?; [ $$r -eq 5 ] || rc=$$r; }
 test: setup
 	@rc=0; \
 	AUTOEXTEND_UNIT=1 $(BIN)/pytest -m "not slow or cpu" -n auto --dist loadfile $(PYTEST_ARGS) $(PYTEST_STAGE); \
-	$(BIN)/pytest -m "slow and not cpu" -n $(RIG_WORKERS) --dist loadfile $(PYTEST_ARGS) $(PYTEST_STAGE); \
+	$(BIN)/pytest -m "slow and not cpu" -n $(RIG_WORKERS) --dist loadfile --durations=40 $(PYTEST_ARGS) $(PYTEST_STAGE); \
 	exit $$rc
 
 # Fast tests only: no QEMU, libvirtd, lvm2, loop devices, sanlock or Prometheus (the unit
