@@ -151,12 +151,26 @@ class LvmViewSizes:
         return {v: Sizes(*every[v]) for v in volumes if v in every}
 
 
+class LoopViewSizes:
+    """The view check's sizes on the loop stand-in: one sysfs scan and one worker-thread
+    hop per VG (``LoopVolumeBackend.loop_views``)."""
+
+    def __init__(self, backend: LoopVolumeBackend) -> None:
+        self._backend = backend
+
+    async def view_sizes(self, vg: str, volumes: Sequence[VolumeRef]
+                         ) -> dict[VolumeRef, Sizes]:
+        return {v: Sizes(*sizes) for v, sizes in (await self._backend.loop_views(volumes)).items()}
+
+
 def make_view_sizes(backend: VolumeBackend) -> ViewSizes:
-    """Where the view check reads sizes: one report per VG on lvm; the backend's own
-    ``size`` and ``metadata_size`` per volume otherwise (the loop stand-in: no process)."""
+    """Where the view check reads sizes: one report per VG on lvm, one scan per VG on the
+    loop stand-in; the backend's own ``size`` and ``metadata_size`` per volume otherwise."""
     inner = innermost(backend)
     if isinstance(inner, LvmVolumeBackend):
         return LvmViewSizes(inner)
+    if isinstance(inner, LoopVolumeBackend):
+        return LoopViewSizes(inner)
     return PerVolumeSizes(backend)
 
 

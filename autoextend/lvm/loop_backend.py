@@ -276,8 +276,11 @@ class LoopVolumeBackend:
     def devices_over(self, path: str) -> list[str]:
         """This host's loop devices over ``path`` (a file under the root: a volume, or a
         VG's ``.pv``; blocking, reads sysfs)."""
-        mine = attached_devices() if self.view_dir is None else _view_devices(self.view_dir)
-        return sorted(dev for dev, backing in mine.items() if backing == path)
+        return sorted(dev for dev, backing in self._mine().items() if backing == path)
+
+    def _mine(self) -> dict[str, str]:
+        """``{"/dev/loopN": backing file}`` for this host's attached loop devices."""
+        return attached_devices() if self.view_dir is None else _view_devices(self.view_dir)
 
     async def attach_view(self, path: str) -> str:
         """Attach a loop device of this host's own over ``path`` (recorded in its view):
@@ -319,14 +322,14 @@ class LoopVolumeBackend:
             except FileNotFoundError as err:
                 raise VolumeNotFound(str(volume), path) from err
             t1 = time.perf_counter()
-            devices = self._devices_of(volume)
+            devices = self.devices_over(path)
             for device in devices:
                 try:
                     loopdev._set_capacity_blocking(device)
                 except OSError as err:
                     raise loopdev.LoopError(["ioctl", device, "LOOP_SET_CAPACITY"], -1, "",
                                             reason=err.strerror or str(err)) from err
-            seen = loopdev.size_of(devices[0]) if devices else os.stat(path).st_size
+            seen = self._size_over(volume, path, devices)
             t2 = time.perf_counter()
             return ExtendResult(new_size, changed, before), seen, {"extend": t1 - t0,
                                                           "refresh": t2 - t1}
@@ -353,23 +356,66 @@ class LoopVolumeBackend:
         return [path, *sorted(d for d, b in attached_devices().items() if b == path)]
 
     async def refresh(self, volume: VolumeRef) -> int:
+        """``LOOP_SET_CAPACITY`` on this host's devices of the volume (sysfs and an ioctl,
+        no losetup process), then the size this host sees: one worker-thread hop."""
         path = self.file_path(volume)
-        if not await anyio.Path(path).exists():
-            raise VolumeNotFound(str(volume), path)
-        devices = await anyio.to_thread.run_sync(self._devices_of, volume)
-        for device in devices:  # sysfs, no losetup process on the extend path
-            await loopdev.set_capacity(device)
-        return await self.size(volume)
+
+        def work() -> int:
+            if not os.path.exists(path):
+                raise VolumeNotFound(str(volume), path)
+            devices = self.devices_over(path)
+            for device in devices:
+                try:
+                    loopdev._set_capacity_blocking(device)
+                except OSError as err:
+                    raise loopdev.LoopError(["ioctl", device, "LOOP_SET_CAPACITY"], -1, "",
+                                            reason=err.strerror or str(err)) from err
+            return self._size_over(volume, path, devices)
+
+        return await anyio.to_thread.run_sync(work)
 
     async def size(self, volume: VolumeRef) -> int:
-        """The attached device's size on this host, or the file size when not attached."""
-        devices = self._devices_of(volume)
+        """The attached device's size on this host, or the file size when not attached (in a
+        worker thread: finding the devices reads every loop device's sysfs entry)."""
+        path = self.file_path(volume)
+        return await anyio.to_thread.run_sync(
+            lambda: self._size_over(volume, path, self.devices_over(path)))
+
+    def _size_over(self, volume: VolumeRef, path: str, devices: list[str]) -> int:
         if devices:
             return loopdev.size_of(devices[0])
         try:
-            return os.stat(self.file_path(volume)).st_size
+            return os.stat(path).st_size
         except FileNotFoundError as err:
-            raise VolumeNotFound(str(volume), self.file_path(volume)) from err
+            raise VolumeNotFound(str(volume), path) from err
+
+    async def loop_views(self, volumes: Sequence[VolumeRef]) -> dict[VolumeRef, tuple[int, int]]:
+        """``{volume: (this host's view, the file's size)}`` for every volume of
+        ``volumes`` that exists, in one worker-thread hop and one scan of the loop devices
+        (the view check's full audit reads a thousand volumes at once: one scan each made
+        that quadratic). Each file's size (the "metadata") is read before any view, so a
+        view grown meanwhile is never set against an older metadata size."""
+        paths = {volume: self.file_path(volume) for volume in volumes}
+
+        def work() -> dict[VolumeRef, tuple[int, int]]:
+            metadata: dict[VolumeRef, int] = {}
+            for volume, path in paths.items():
+                with contextlib.suppress(FileNotFoundError):
+                    metadata[volume] = os.stat(path).st_size
+            mine = self._mine()
+            by_file: dict[str, list[str]] = {}
+            for device, backing in sorted(mine.items()):
+                by_file.setdefault(backing, []).append(device)
+            found: dict[VolumeRef, tuple[int, int]] = {}
+            for volume, size in metadata.items():
+                devices = by_file.get(paths[volume], [])
+                try:
+                    found[volume] = (loopdev.size_of(devices[0]) if devices else size, size)
+                except loopdev.LoopError:
+                    continue  # detached meanwhile: the next audit reads it again
+            return found
+
+        return await anyio.to_thread.run_sync(work)
 
     async def metadata_size(self, volume: VolumeRef) -> int:
         """The file's size: what an "lvextend" on any host made it (the loop stand-in's

@@ -110,6 +110,24 @@ async def test_a_host_without_a_device_refreshes_nothing(views: Views) -> None:
         c.device_path(views.volume)
 
 
+@pytest.mark.slow
+async def test_loop_views_reads_each_hosts_view_and_the_metadata_in_one_scan(
+        views: Views) -> None:
+    """The view audit's batch read (``loop_views``): this host's view and the file's size
+    of every volume asked for, the same figures as ``size`` and ``metadata_size`` one at a
+    time; a volume with no file is left out, one with no device here shows the file."""
+    a, b, volume = views.spm, views.other, views.volume
+    unattached = VolumeRef(volume.vg, "plain")
+    await a.create(unattached, 8 * MiB, attach=False)
+    gone = VolumeRef(volume.vg, "gone")
+    await a.extend(volume, 40 * MiB)
+    await a.refresh(volume)
+    assert await a.loop_views([volume, unattached, gone]) == {
+        volume: (40 * MiB, 40 * MiB), unattached: (8 * MiB, 8 * MiB)}
+    assert await b.loop_views([volume]) == {volume: (16 * MiB, 40 * MiB)}  # B is stale
+    assert (await b.size(volume), await b.metadata_size(volume)) == (16 * MiB, 40 * MiB)
+
+
 @dataclass
 class IoResult:
     returncode: int
