@@ -17,6 +17,7 @@ consumer turns into a resynchronisation.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Iterable
 
@@ -46,7 +47,21 @@ class UnreadableMessage(DeserializationError):
 
 
 class BoundedClient(QMPClient):
-    """QMPClient whose reader never lets a parse error other than the library's escape."""
+    """QMPClient whose reader never lets a parse error other than the library's escape, and
+    that serialises a message for its debug log only when that log is on."""
+
+    # qemu.qmp's filters log every message with an eager ``str(msg)``: each reply is turned
+    # back into JSON for a debug line that is then dropped. With 50 VMs of 20 drives that
+    # was a third of an idle service's CPU (the drive watch's ``query-block`` replies).
+    def _cb_inbound(self, msg: Message) -> Message:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug("<-- %s", str(msg))
+        return msg
+
+    def _cb_outbound(self, msg: Message) -> Message:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug("--> %s", str(msg))
+        return msg
 
     async def _do_recv(self) -> Message:
         raw = await self._readline()

@@ -1,13 +1,15 @@
 """The QMP client's reader: a too-deep or unparsable line is qemu.qmp's own
-DeserializationError (which ends that connection), never a RecursionError or ValueError."""
+DeserializationError (which ends that connection), never a RecursionError or ValueError; and
+no message is serialised for a debug log that is off."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
-from qemu.qmp.message import DeserializationError
+from qemu.qmp.message import DeserializationError, Message
 
 from autoextend.qmp.devsize import device_size
 from autoextend.qmp.listener import MAX_DEPTH, BoundedClient
@@ -48,3 +50,30 @@ async def test_device_size_of_a_path_with_nul_is_unknown(tmp_path: Path) -> None
     assert await device_size(str(volume)) == 4096
     assert await device_size(str(volume) + "\x00") is None
     assert await device_size(str(tmp_path / "absent")) is None
+
+
+class _Counted(Message):
+    """A message that counts how often it is turned back into JSON."""
+
+    serialised = 0
+
+    def __str__(self) -> str:
+        _Counted.serialised += 1
+        return super().__str__()
+
+
+def test_a_message_is_serialised_for_the_debug_log_only_when_it_is_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """qemu.qmp's own filters call ``str(msg)`` for every message whatever the log level
+    (a big reply re-encoded, then dropped): the client's do it only for a debug log."""
+    client = BoundedClient("vm1")
+    msg = _Counted({"return": {"big": list(range(100))}})
+    _Counted.serialised = 0
+    with caplog.at_level(logging.INFO, logger=client.logger.name):
+        assert client._cb_inbound(msg) is msg and client._cb_outbound(msg) is msg
+    assert _Counted.serialised == 0
+    with caplog.at_level(logging.DEBUG, logger=client.logger.name):
+        client._cb_inbound(msg)
+        client._cb_outbound(msg)
+    assert _Counted.serialised == 2
+    assert [r.getMessage()[:4] for r in caplog.records] == ["<-- ", "--> "]
