@@ -11,7 +11,7 @@ and :meth:`handle_reduce`: no object is wired into another after construction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -72,6 +72,11 @@ class Pool(PoolMember, Protocol):
 class MonitorQueries(VolumesInUse, Protocol):
     """What the capacity part asks of the monitor while it runs."""
 
+    def caps_in_use(self) -> Mapping[VolumeRef, int]:
+        """Each volume in use now, once, with the most it may grow to (the watcher's look,
+        every ``poll_interval_s``: no per-drive record is built for it)."""
+        ...
+
     def space_added(self, vg: str) -> int:
         """The VG gained free space: wake its drives waiting to retry; how many woke."""
         ...
@@ -98,7 +103,11 @@ def mailbox_reduce(cluster: Pool) -> RemoteReduce:
 
 def committed_by_vg(in_use: Iterable[VolumeInUse]) -> dict[str, int]:
     """Sum of the caps of the volumes in use, per VG (each volume once)."""
-    caps = {use.volume: use.cap for use in in_use}
+    return committed_of({use.volume: use.cap for use in in_use})
+
+
+def committed_of(caps: Mapping[VolumeRef, int]) -> dict[str, int]:
+    """Sum of ``caps`` per VG."""
     out: dict[str, int] = {}
     for volume, cap in caps.items():
         out[volume.vg] = out.get(volume.vg, 0) + cap
@@ -161,9 +170,9 @@ class CapacityPart:
             case CleanStop(vm=vm, volumes=volumes):
                 self._on_clean_stop(vm, volumes)
 
-    def _vgs(self, in_use: Iterable[VolumeInUse]) -> set[str]:
+    def _vgs(self, volumes: Iterable[VolumeRef]) -> set[str]:
         names = set(self.settings.lvm.vgs)
-        names.update(use.volume.vg for use in in_use)
+        names.update(volume.vg for volume in volumes)
         return names
 
     async def handle_reduce(self, request: dict[str, Any],
@@ -199,8 +208,8 @@ class CapacityPart:
         """Every ``poll_interval_s``: look at the pool's VGs and those of the volumes in
         use; wake the drives of a VG that gained space."""
         while True:
-            in_use = monitor.volumes_in_use()
-            for vg in await watcher.look(self._vgs(in_use), committed_by_vg(in_use)):
+            caps = monitor.caps_in_use()
+            for vg in await watcher.look(self._vgs(caps), committed_of(caps)):
                 monitor.space_added(vg)
             await self.clock.sleep(watcher.settings.poll_interval_s)
 

@@ -150,18 +150,20 @@ def _create_file(path: str, size: int) -> None:
 def attached_devices(sys_block: Path = SYS_BLOCK) -> dict[str, str]:
     """``{"/dev/loopN": backing file}`` for every attached loop device (sysfs only)."""
     found: dict[str, str] = {}
-    try:
-        entries = list(sys_block.glob("loop*/loop/backing_file"))
+    root = os.fspath(sys_block)
+    try:  # os, not pathlib: this runs on every refresh, over every loop device's entry
+        names = [n for n in os.listdir(root) if n.startswith("loop")]
     except OSError:
         return found
-    for entry in entries:
+    for name in names:
         try:
-            backing = entry.read_text().rstrip("\n")
+            with open(f"{root}/{name}/loop/backing_file") as f:
+                backing = f.read().rstrip("\n")
         except OSError:
-            continue  # detached meanwhile
+            continue  # not attached (no loop/ entry), or detached meanwhile
         if backing.endswith(_DELETED):
             continue
-        found[f"/dev/{entry.parent.parent.name}"] = backing
+        found[f"/dev/{name}"] = backing
     return found
 
 

@@ -37,6 +37,9 @@ class Monitor:
     def volumes_in_use(self) -> list[VolumeInUse]:
         return list(self.in_use)
 
+    def caps_in_use(self) -> dict[VolumeRef, int]:
+        return {use.volume: use.cap for use in self.in_use}
+
     def space_added(self, vg: str) -> int:
         self.woken.append(vg)
         return 1

@@ -94,4 +94,6 @@ async def test_volumes_in_use_is_a_typed_view_of_the_drives() -> None:
         snap = {(v["vm"], d["volume"]): (d["cap"], d["allocation"])
                 for v in rig.monitor.snapshot() for d in v["drives"]}
         assert {(v.vm, str(v.volume)): (v.cap, v.allocation) for v in got} == snap
+        # The capacity watcher's cheaper query: each volume once, with its cap.
+        assert rig.monitor.caps_in_use() == {VOL: 1128 * MiB, other: 2256 * MiB}
         tg.cancel_scope.cancel()
