@@ -7,8 +7,8 @@ thin loop volume, watched by the real service over QMP with the default ``[polic
 - CPU: the process's user + system time over the window (the benchmark's own task only
   sleeps meanwhile), as % of one core;
 - resident memory (VmRSS) at the end;
-- QMP commands per second (counted at ``QmpConnection.execute``) and ``lseek`` size reads
-  per second.
+- QMP commands per second (counted at ``QmpConnection.execute``), ``lseek`` size reads
+  per second, and the worker-thread hops they take (one per VM look).
 
     python -m bench.idle_bench [--vms 50] [--drives 20] [--window 30]
 
@@ -27,6 +27,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ from bench import results_file
 
 MiB = 1 << 20
 RESULTS = results_file("idle.json")
+#: What Calls counts beside QMP commands: size reads, and the worker-thread hops they take.
+LOCAL = ("lseek", "size hops")
 
 
 def loadavg() -> list[float]:
@@ -84,11 +87,12 @@ class Calls:
         init = self._size
 
         def init_counted(self: session.VmSession, name: str, conn: connection.QmpConnection,
-                         device_size: session.DeviceSize,
+                         device_sizes: session.DeviceSizes,
                          measure: Measure | None = None) -> None:
-            async def sized(path: str) -> int | None:
-                counts["lseek"] += 1
-                return await device_size(path)
+            async def sized(paths: Sequence[str]) -> list[int | None]:
+                counts["lseek"] += len(paths)
+                counts["size hops"] += 1
+                return await device_sizes(paths)
 
             init(self, name, conn, sized, measure)
 
@@ -133,11 +137,12 @@ async def measure(settings: Settings, vms: int, drives: int, window_s: float,
             "drives": armed(), "window_s": round(elapsed, 1),
             "cpu_percent_of_core": round(100 * cpu / elapsed, 2),
             "rss_mib": rss_mib(), "rss_mib_at_window_start": rss0,
-            "qmp_calls_per_s": round(sum(v for k, v in counts.items() if k != "lseek")
+            "qmp_calls_per_s": round(sum(v for k, v in counts.items() if k not in LOCAL)
                                      / elapsed, 2),
             "qmp_calls_by_command_per_s": {k: round(v / elapsed, 2)
-                                           for k, v in sorted(counts.items()) if k != "lseek"},
+                                           for k, v in sorted(counts.items()) if k not in LOCAL},
             "size_reads_per_s": round(counts.get("lseek", 0) / elapsed, 2),
+            "size_read_hops_per_s": round(counts.get("size hops", 0) / elapsed, 2),
             "settings": {"poll_interval_s": settings.policy.poll_interval_s,
                          "full_poll_interval_s": settings.policy.full_poll_interval_s,
                          "qmp_rescan_interval_s": settings.qmp.rescan_interval_s,

@@ -41,10 +41,10 @@ from autoextend.monitor.protocols import (
 from autoextend.qemuimg import Measure
 from autoextend.qmp.config import QmpSettings
 from autoextend.qmp.connection import QmpConnection
-from autoextend.qmp.devsize import device_size
+from autoextend.qmp.devsize import device_sizes
 from autoextend.qmp.errors import QmpConnectFailed, QmpDisconnected, QmpError, VmNotFound
 from autoextend.qmp.replies import vm_name
-from autoextend.qmp.session import DeviceSize, VmSession
+from autoextend.qmp.session import DeviceSizes, VmSession
 from autoextend.volumes import VolumeRef
 
 log = get_logger("qmp")
@@ -92,13 +92,13 @@ class QmpHypervisor:
         lookup: Callable[[str], VolumeRef | None],
         clock: Clock,
         *,
-        device_size: DeviceSize = device_size,
+        device_sizes: DeviceSizes = device_sizes,
         measure: Measure | None = None,
     ) -> None:
         self.settings = settings
         self._lookup = lookup
         self._clock = clock
-        self._device_size = device_size
+        self._device_sizes = device_sizes
         self._measure = measure
         self._sessions: dict[str, VmSession] = {}
         self._watchers: dict[str, _Watcher] = {}
@@ -310,7 +310,7 @@ class QmpHypervisor:
             name = Path(watcher.path).stem
         name = self._unique_name(name, watcher.path)
         conn.label = name
-        session = VmSession(name, conn, self._device_size, self._measure)
+        session = VmSession(name, conn, self._device_sizes, self._measure)
         self._sessions[name] = session
         vlog = log.bind(vm=name, path=watcher.path)
         announced = False

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -64,7 +64,8 @@ from autoextend.qmp.stopstate import StopErrors
 
 log = get_logger("qmp")
 
-DeviceSize = Callable[[str], Awaitable[int | None]]
+#: The sizes of block device paths now, one per path (None: unknown; ``qmp/devsize.py``).
+DeviceSizes = Callable[[Sequence[str]], Awaitable[list[int | None]]]
 T = TypeVar("T")
 
 #: The drive watch re-reads the ``events`` migration capability every this many passes.
@@ -74,11 +75,11 @@ _NOT_RUNNING = frozenset({Phase.NONE, Phase.COMPLETED, Phase.FAILED, Phase.CANCE
 
 
 class VmSession:
-    def __init__(self, name: str, conn: QmpConnection, device_size: DeviceSize,
+    def __init__(self, name: str, conn: QmpConnection, device_sizes: DeviceSizes,
                  measure: Measure | None = None) -> None:
         self.name = name
         self.conn = conn
-        self._device_size = device_size
+        self._device_sizes = device_sizes
         self.topology = Topology()
         self._saw_nospace = False
         self._stops = StopErrors()  # the errors that stopped the VM (qmp/stopstate.py)
@@ -132,8 +133,9 @@ class VmSession:
         self.topology = await self._jobs.add_targets(self.name, self.conn, self.topology,
                                                      nodes, stats)
         fresh: list[DriveInfo] = []
-        for info in self.topology.drives:
-            size = await self._device_size(info.path)
+        drives = self.topology.drives
+        sizes = await self._device_sizes([info.path for info in drives])
+        for info, size in zip(drives, sizes, strict=True):
             if size is not None and size != info.physical:
                 info = dataclasses.replace(info, physical=size)
             policy = await self._error_policy(info.drive)

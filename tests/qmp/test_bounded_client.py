@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from qemu.qmp.message import DeserializationError, Message
 
-from autoextend.qmp.devsize import device_size
+from autoextend.qmp.devsize import device_size, device_sizes
 from autoextend.qmp.listener import MAX_DEPTH, BoundedClient
 
 
@@ -50,6 +50,10 @@ async def test_device_size_of_a_path_with_nul_is_unknown(tmp_path: Path) -> None
     assert await device_size(str(volume)) == 4096
     assert await device_size(str(volume) + "\x00") is None
     assert await device_size(str(tmp_path / "absent")) is None
+    # A VM's drives at once, each on its own: one unknown size spoils no other.
+    assert await device_sizes([str(volume), str(tmp_path / "absent"), str(volume) + "\x00",
+                               str(volume)]) == [4096, None, None, 4096]
+    assert await device_sizes([]) == []
 
 
 class _Counted(Message):
