@@ -67,7 +67,7 @@ async def test_pump_turns_overflow_into_a_resync() -> None:
     for _ in range(5):
         await listener.put(event("RESUME"))
     await listener.put(event("BLOCK_WRITE_THRESHOLD", {"node-name": 7}))  # dropped (full)
-    session = VmSession("vm1", _StubConnection(listener), lambda path: _none())  # type: ignore[arg-type]
+    session = VmSession("vm1", _StubConnection(listener), lambda paths: _none())  # type: ignore[arg-type]
     send, receive = anyio.create_memory_object_stream[HypervisorEvent](10)
     with send, receive:
         async with anyio.create_task_group() as tg:
@@ -81,8 +81,8 @@ async def test_pump_turns_overflow_into_a_resync() -> None:
                    DrivesChanged("vm1")]
 
 
-async def _none() -> int | None:
-    return None
+async def _none() -> list[int | None]:
+    return []
 
 
 async def test_a_guest_shutdown_is_remembered_not_queued() -> None:
@@ -132,7 +132,7 @@ async def _polling() -> AsyncIterator[tuple[BoundedListener, _PollConnection, Vm
     listener = BoundedListener(EVENT_NAMES, maxsize=10)
     clock = ManualClock()
     conn = _PollConnection(listener, clock)
-    session = VmSession("vm1", conn, lambda path: _none())  # type: ignore[arg-type]
+    session = VmSession("vm1", conn, lambda paths: _none())  # type: ignore[arg-type]
     session.topology = Topology(drives=(VDA,), by_node={"file0": "vda", "fmt0": "vda"},
                                 by_device={"vda-be": "vda"})
     send, receive = anyio.create_memory_object_stream[HypervisorEvent](10)
