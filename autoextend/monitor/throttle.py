@@ -190,7 +190,10 @@ def steady_limit(rate: float, watermark: int, latency_s: float, margin: float, f
     pressing = current > 0 and rate >= PRESSING * current
     if rate * latency_s * margin <= watermark and not pressing:
         return None
-    return max(floor, math.floor(watermark / (latency_s * margin)))
+    limit = math.floor(watermark / (latency_s * margin))
+    while limit > 0 and limit * latency_s * margin > watermark:
+        limit -= 1  # the division rounded up (a step at most): the limit must fit
+    return max(floor, limit)
 
 
 def hold_expiry(now: float, room: int, limit: int) -> float:
