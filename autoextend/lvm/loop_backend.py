@@ -324,14 +324,7 @@ class LoopVolumeBackend:
             except FileNotFoundError as err:
                 raise VolumeNotFound(str(volume), path) from err
             t1 = time.perf_counter()
-            devices = self.devices_over(path)
-            for device in devices:
-                try:
-                    loopdev._set_capacity_blocking(device)
-                except OSError as err:
-                    raise loopdev.LoopError(["ioctl", device, "LOOP_SET_CAPACITY"], -1, "",
-                                            reason=err.strerror or str(err)) from err
-            seen = self._size_over(volume, path, devices)
+            seen = self._refresh_blocking(volume, path)
             t2 = time.perf_counter()
             return ExtendResult(new_size, changed, before), seen, {"extend": t1 - t0,
                                                           "refresh": t2 - t1}
@@ -365,16 +358,20 @@ class LoopVolumeBackend:
         def work() -> int:
             if not os.path.exists(path):
                 raise VolumeNotFound(str(volume), path)
-            devices = self.devices_over(path)
-            for device in devices:
-                try:
-                    loopdev._set_capacity_blocking(device)
-                except OSError as err:
-                    raise loopdev.LoopError(["ioctl", device, "LOOP_SET_CAPACITY"], -1, "",
-                                            reason=err.strerror or str(err)) from err
-            return self._size_over(volume, path, devices)
+            return self._refresh_blocking(volume, path)
 
         return await anyio.to_thread.run_sync(work)
+
+    def _refresh_blocking(self, volume: VolumeRef, path: str) -> int:
+        """``LOOP_SET_CAPACITY`` on this host's devices over ``path``; the size it sees."""
+        devices = self.devices_over(path)
+        for device in devices:
+            try:
+                loopdev._set_capacity_blocking(device)
+            except OSError as err:
+                raise loopdev.LoopError(["ioctl", device, "LOOP_SET_CAPACITY"], -1, "",
+                                        reason=err.strerror or str(err)) from err
+        return self._size_over(volume, path, devices)
 
     async def size(self, volume: VolumeRef) -> int:
         """The attached device's size on this host, or the file size when not attached (in a
