@@ -33,7 +33,6 @@ from autoextend.capacity.watch import CapacityWatcher
 from autoextend.clock import Clock
 from autoextend.errors import AutoextendError
 from autoextend.logs import get_logger
-from autoextend.monitor.core import VolumeInUse
 from autoextend.monitor.observer import CleanStop, MonitorEvent
 from autoextend.spm.errors import MailboxClosed, MailboxTimeout
 from autoextend.spm.wire import OP_REDUCE, OP_REDUCE_CHECK, Reply, Status
@@ -99,11 +98,6 @@ def mailbox_reduce(cluster: Pool) -> RemoteReduce:
         raise ReduceRefused(volume, f"the SPM refused: {reply.text or reply.reason.name}")
 
     return remote
-
-
-def committed_by_vg(in_use: Iterable[VolumeInUse]) -> dict[str, int]:
-    """Sum of the caps of the volumes in use, per VG (each volume once)."""
-    return committed_of({use.volume: use.cap for use in in_use})
 
 
 def committed_of(caps: Mapping[VolumeRef, int]) -> dict[str, int]:

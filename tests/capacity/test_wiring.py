@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from autoextend.capacity.reduce import ReduceRefused
-from autoextend.capacity.wiring import CapacityPart, committed_by_vg
+from autoextend.capacity.wiring import CapacityPart, committed_of
 from autoextend.clock import ManualClock
 from autoextend.config import Settings
 from autoextend.lab.waiting import until
@@ -56,11 +56,18 @@ def settings(**policy: object) -> Settings:
         "policy": {"extent_mib": 4, **policy}})
 
 
+def committed(in_use: list[VolumeInUse]) -> dict[str, int]:
+    """What the watcher's look is given: the caps the monitor reports, summed per VG."""
+    monitor = Monitor()
+    monitor.in_use = in_use
+    return committed_of(monitor.caps_in_use())
+
+
 def test_committed_counts_each_volume_once_per_vg() -> None:
     in_use = [use("a", VOL, 100 * MiB), use("a", VOL, 100 * MiB, "vdb"),
               use("b", VolumeRef("vg0", "lv9"), 50 * MiB), use("c", OTHER, 7 * MiB)]
-    assert committed_by_vg(in_use) == {"vg0": 150 * MiB, "vg1": 7 * MiB}
-    assert committed_by_vg([]) == {}
+    assert committed(in_use) == {"vg0": 150 * MiB, "vg1": 7 * MiB}
+    assert committed([]) == {}
 
 
 @given(st.lists(st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["vg0", "vg1"]),
@@ -71,7 +78,7 @@ def test_committed_is_the_caps_of_the_distinct_volumes(
     """A volume several drives use counts once (with its cap as last seen), in its own VG."""
     in_use = [use(vm, VolumeRef(vg, lv), cap) for vm, vg, lv, cap in rows]
     caps = {u.volume: u.cap for u in in_use}
-    got = committed_by_vg(in_use)
+    got = committed(in_use)
     assert set(got) == {v.vg for v in caps}
     assert sum(got.values()) == sum(caps.values())
     for vg, total in got.items():
