@@ -38,9 +38,3 @@ async def device_sizes(paths: Sequence[str]) -> list[int | None]:
     if not paths:
         return []
     return await anyio.to_thread.run_sync(lambda: [_size_or_none(p) for p in paths])
-
-
-async def device_size(path: str) -> int | None:
-    """:func:`device_sizes` of one path."""
-    (size,) = await device_sizes([path])
-    return size

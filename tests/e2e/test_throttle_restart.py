@@ -169,8 +169,11 @@ async def stall_throttled(p: Pool, host: int, drive: Drive, attempt: int) -> boo
     fill its headroom before the limit is in place)."""
     asked = [0.0]
 
+    def throttled() -> bool:
+        return bool(stall_throttles(p, host) and hold_file(p, host))
+
     async def settled() -> bool:
-        if stall_throttles(p, host) and hold_file(p, host):
+        if throttled():
             return True
         if anyio.current_time() - asked[0] < 1.0:  # the hypervisor is asked once a second
             return False
@@ -178,7 +181,7 @@ async def stall_throttled(p: Pool, host: int, drive: Drive, attempt: int) -> boo
         return await drive.paused_for_enospc()
     await until(settled, 300, f"the stall to throttle (attempt {attempt})",
                 describe=lambda: events(p, host)[-20:])
-    return bool(stall_throttles(p, host) and hold_file(p, host))
+    return throttled()
 
 
 async def one_more_extension(p: Pool, host: int) -> None:

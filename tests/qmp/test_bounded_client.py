@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from qemu.qmp.message import DeserializationError, Message
 
-from autoextend.qmp.devsize import device_size, device_sizes
+from autoextend.qmp.devsize import device_sizes
 from autoextend.qmp.listener import MAX_DEPTH, BoundedClient
 
 
@@ -47,9 +47,9 @@ async def test_deep_but_allowed() -> None:
 async def test_device_size_of_a_path_with_nul_is_unknown(tmp_path: Path) -> None:
     volume = tmp_path / "v"
     volume.write_bytes(b"\0" * 4096)
-    assert await device_size(str(volume)) == 4096
-    assert await device_size(str(volume) + "\x00") is None
-    assert await device_size(str(tmp_path / "absent")) is None
+    assert await device_sizes([str(volume)]) == [4096]
+    assert await device_sizes([str(volume) + "\x00"]) == [None]
+    assert await device_sizes([str(tmp_path / "absent")]) == [None]
     # A VM's drives at once, each on its own: one unknown size spoils no other.
     assert await device_sizes([str(volume), str(tmp_path / "absent"), str(volume) + "\x00",
                                str(volume)]) == [4096, None, None, 4096]
