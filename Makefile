@@ -10,7 +10,7 @@ APT_STAMP := $(VENV)/.apt-done
 PIP_STAMP := $(VENV)/.pip-done
 GUEST_STAMP := $(VENV)/.guest-done
 PYTEST_ARGS ?=
-RIG_WORKERS ?= 2
+RIG_WORKERS ?= 4
 SIM_SEEDS ?= 40
 SIM_DURATION ?= 200000
 

@@ -85,10 +85,9 @@ async def test_a_small_metadata_area_is_one_warning_line(tmp_path: Path) -> None
     """Real lvm2 (activation off, a loop PV with a 60 KiB metadata area, which holds 2 LVs
     of 50 segments before 20 % free): silent at 2 LVs, one warn line at 3."""
     from autoextend.lvm.lvmconf import LvmCommandConfig, render_config
-    from tests.lvm.support import MiB, make_pv_files, release_devices, unique_name
+    from tests.lvm.support import MiB, make_pv_files, release_under, unique_name
 
     workdir = tempfile.mkdtemp(prefix="autoextend-livecheck-", dir="/var/tmp")
-    devices: list[str] = []
     try:
         _, devices = await make_pv_files(workdir, 1, 64 * MiB)
         cfg = render_config(LvmCommandConfig(tuple(devices)))
@@ -121,5 +120,5 @@ async def test_a_small_metadata_area_is_one_warning_line(tmp_path: Path) -> None
         assert f"VG {vg}: its 0.1 MiB metadata area holds about 2 LVs" in lines[0]
         assert "it has 3" in lines[0] and "--metadatasize 128m" in lines[0]
     finally:
-        await release_devices(devices)
+        await release_under(workdir)
         shutil.rmtree(workdir, ignore_errors=True)

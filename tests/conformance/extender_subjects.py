@@ -13,7 +13,6 @@ must not span a fixture's setup and teardown).
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 import anyio
 import pytest
 
-from autoextend.lvm.loop_backend import LoopVolumeBackend, attached_devices
+from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.monitor.local import LocalExtender
 from autoextend.monitor.memory import MemoryExtender, MemoryVolumes
 from autoextend.monitor.protocols import Extender
@@ -31,7 +30,7 @@ from autoextend.spm.extender import MailboxExtender
 from autoextend.spm.host import HostMailbox
 from autoextend.spm.server import SpmMailServer
 from autoextend.volumes import LocalAuthority, VolumeBackend, VolumeRef
-from tests.lvm.support import EXTENT, release_devices, unique_name
+from tests.lvm.support import EXTENT, release_under, unique_name
 from tests.spm.fakes import FAST, layout_for
 
 
@@ -88,9 +87,7 @@ async def local_loop_subject() -> AsyncIterator[ExtenderSubject]:
         yield ExtenderSubject("local-loop", LocalExtender(backend), vg, create, backend,
                               backend.set_vg_capacity, EXTENT)
     finally:
-        prefix = os.path.realpath(root) + "/"
-        mine = [dev for dev, path in attached_devices().items() if path.startswith(prefix)]
-        await release_devices(mine)
+        await release_under(root)
         shutil.rmtree(root, ignore_errors=True)
 
 

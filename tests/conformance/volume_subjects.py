@@ -9,7 +9,6 @@ The real ones need root, loop devices and lvm2: their parameters are marked ``sl
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from autoextend.lvm.loop_backend import LoopVolumeBackend, attached_devices
+from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.lvm.lvm_backend import LvmVolumeBackend
 from autoextend.lvm.lvmconf import LvmCommandConfig, device_mapper_present
 from autoextend.lvm.reader import LvmReader
@@ -26,7 +25,7 @@ from autoextend.lvm.runner import ProcessRunner
 from autoextend.lvm.writer import LvmWriter
 from autoextend.monitor.memory import MemoryVolumes
 from autoextend.volumes import LocalAuthority, VolumeRef
-from tests.lvm.support import EXTENT, MiB, make_pv_files, release_devices, unique_name
+from tests.lvm.support import EXTENT, MiB, make_pv_files, release_under, unique_name
 
 RESERVE = 8 * MiB  # what the reserve-wrapped subjects keep free in their VG
 
@@ -46,7 +45,6 @@ class Subject:
 @contextlib.asynccontextmanager
 async def lvm_subject() -> AsyncIterator[Subject]:
     workdir = tempfile.mkdtemp(prefix="autoextend-lvmcontract-", dir="/var/tmp")
-    devices: list[str] = []
     try:
         _, devices = await make_pv_files(workdir, 2, 128 * MiB)
         dm = device_mapper_present()
@@ -77,7 +75,7 @@ async def lvm_subject() -> AsyncIterator[Subject]:
                 for ref in created:
                     await reader.set_active(ref, False)
     finally:
-        await release_devices(devices)
+        await release_under(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -102,9 +100,7 @@ async def loop_subject(reserve: int = 0) -> AsyncIterator[Subject]:
         else:
             yield Subject("loop", backend, host, create, True, EXTENT, backend.set_vg_capacity)
     finally:
-        prefix = os.path.realpath(root) + "/"
-        mine = [dev for dev, path in attached_devices().items() if path.startswith(prefix)]
-        await release_devices(mine)
+        await release_under(root)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -9,7 +9,9 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import anyio
 import pytest
 
 from autoextend.lvm import loopdev
@@ -76,19 +78,40 @@ async def make_pv_files(workdir: str, count: int, size: int) -> tuple[list[str],
     return files, devices
 
 
-async def release_devices(devices: Sequence[str]) -> None:
-    for device in devices:
+def _backing_files() -> dict[str, str]:
+    """``{"/dev/loopN": backing file}`` of every attached loop device, a deleted file's too
+    (sysfs)."""
+    found: dict[str, str] = {}
+    for entry in Path("/sys/block").glob("loop*/loop/backing_file"):
         try:
-            await loopdev.detach(device)
-        except loopdev.LoopError:
-            pass  # already detached by the test
+            backing = entry.read_text().rstrip("\n")
+        except OSError:
+            continue  # detached meanwhile
+        found[f"/dev/{entry.parent.parent.name}"] = backing.removesuffix(" (deleted)")
+    return found
+
+
+async def release_under(root: str) -> None:
+    """Detach every loop device whose backing file is under ``root``, as listed now.
+
+    Never by a device number kept from before: the kernel hands a freed number to the next
+    attach at once, and with several pytest workers that is another worker's. A second
+    detach of a number a test had already detached took that worker's PV from under its
+    ``vgcreate`` ("Device seek error", seen with 4 rig workers).
+    """
+    prefix = os.path.realpath(root) + os.sep
+    for device, path in (await anyio.to_thread.run_sync(_backing_files)).items():
+        if path.startswith(prefix):
+            try:
+                await loopdev.detach(device)
+            except loopdev.LoopError:
+                pass  # detached since the listing
 
 
 @pytest.fixture
 async def pool() -> AsyncIterator[Pool]:
     """A VG of three 256 MiB PVs with 4 MiB extents (about 760 MiB free)."""
     workdir = tempfile.mkdtemp(prefix="autoextend-lvmtest-", dir="/var/tmp")
-    devices: list[str] = []
     try:
         files, devices = await make_pv_files(workdir, 3, 256 * MiB)
         config = LvmCommandConfig(tuple(devices))
@@ -99,5 +122,5 @@ async def pool() -> AsyncIterator[Pool]:
         await writer.vgcreate(vg, devices, extent_size=EXTENT)
         yield Pool(workdir, files, devices, vg, config, runner, writer, LvmReader(runner, config))
     finally:
-        await release_devices(devices)
+        await release_under(workdir)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -21,7 +21,7 @@ from autoextend.lvm.reader import LvmReader
 from autoextend.lvm.runner import ProcessRunner
 from autoextend.volumes import VolumeRef
 
-from .support import MiB, Pool, RecordingRunner, make_pv_files, release_devices
+from .support import MiB, Pool, RecordingRunner, make_pv_files, release_under
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +92,7 @@ async def test_gauges_match_vgs_and_vgextend_wakes(pool: Pool) -> None:
     finally:
         await anyio.run_process(["lvm", "vgreduce", "--config", cfg, pool.vg, *extra],
                                 check=False)
-        await release_devices(extra)
+        await release_under(extra_dir)
         await host.aclose()
 
 

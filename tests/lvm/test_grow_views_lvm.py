@@ -31,7 +31,7 @@ from autoextend.spm.layout import MailboxLayout
 from autoextend.spm.wire import OP_GROW_PV, ReasonCode, Request, Status
 from autoextend.volumes import LocalAuthority
 
-from .support import EXTENT, MiB, Pool, release_devices
+from .support import EXTENT, MiB, Pool
 
 pytestmark = pytest.mark.slow
 LAYOUT = MailboxLayout(0, 512, 4)
@@ -59,24 +59,22 @@ async def hosts(pool: Pool) -> AsyncIterator[Hosts]:
     storage = MemoryStorage(LAYOUT.end + 4096, 512)
     clock = MonotonicClock()
     devices: dict[int, list[str]] = {1: list(pool.devices)}
-    try:
-        for host in (2, 3):
-            devices[host] = [await loopdev.attach(f) for f in pool.files]
-        publishers = {}
-        for host, devs in devices.items():
-            reader = LvmReader(pool.runner, LvmCommandConfig(tuple(devs)))
-            publishers[host] = InUsePublisher(
-                storage, LAYOUT, host, nothing_open, lambda: 1, clock, period_s=0.2,
-                devices=DeviceViews(reader, (pool.vg,), clock))
-            await publishers[host].start()
-        states = {h: ("live", 1) for h in devices}
-        gate = InUseGate(storage, LAYOUT, lambda: states, clock, period_s=0.2, margin_s=0.2)
-        backend = LvmVolumeBackend(pool.runner, pool.reader, pool.writer, (pool.vg,))
-        executor = Executor(backend, LocalAuthority(), clock, hot_window_s=0.0,
-                            max_concurrent=2, in_use=gate)
-        yield Hosts(pool.vg, storage, devices, publishers, states, executor)
-    finally:
-        await release_devices([d for h, devs in devices.items() if h != 1 for d in devs])
+    # Hosts 2 and 3's devices are over the pool's files: the pool's teardown detaches them.
+    for host in (2, 3):
+        devices[host] = [await loopdev.attach(f) for f in pool.files]
+    publishers = {}
+    for host, devs in devices.items():
+        reader = LvmReader(pool.runner, LvmCommandConfig(tuple(devs)))
+        publishers[host] = InUsePublisher(
+            storage, LAYOUT, host, nothing_open, lambda: 1, clock, period_s=0.2,
+            devices=DeviceViews(reader, (pool.vg,), clock))
+        await publishers[host].start()
+    states = {h: ("live", 1) for h in devices}
+    gate = InUseGate(storage, LAYOUT, lambda: states, clock, period_s=0.2, margin_s=0.2)
+    backend = LvmVolumeBackend(pool.runner, pool.reader, pool.writer, (pool.vg,))
+    executor = Executor(backend, LocalAuthority(), clock, hot_window_s=0.0,
+                        max_concurrent=2, in_use=gate)
+    yield Hosts(pool.vg, storage, devices, publishers, states, executor)
 
 
 async def publish(hosts: Hosts) -> None:

@@ -35,7 +35,7 @@ from autoextend.lvm.runner import ProcessRunner
 from autoextend.lvm.writer import LvmWriter
 from autoextend.volumes import LocalAuthority, VolumeRef
 
-from .support import MiB, RecordingRunner, make_pv_files, release_devices, unique_name
+from .support import MiB, RecordingRunner, make_pv_files, release_under, unique_name
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,6 @@ class SmallArea:
 async def small_area() -> AsyncIterator[SmallArea]:
     """One 256 MiB loop PV with a 60 KiB metadata area, a VG of 1 MiB extents."""
     workdir = tempfile.mkdtemp(prefix="autoextend-mdatest-", dir="/var/tmp")
-    devices: list[str] = []
     runner = RecordingRunner(ProcessRunner(timeout_s=30.0))
     try:
         _, devices = await make_pv_files(workdir, 1, 256 * MiB)
@@ -70,7 +69,7 @@ async def small_area() -> AsyncIterator[SmallArea]:
         yield SmallArea(vg, config, runner, writer)
     finally:
         await runner.aclose()
-        await release_devices(devices)
+        await release_under(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -27,7 +27,7 @@ from autoextend.spm.execute import Executor
 from autoextend.spm.wire import Request, Status
 from autoextend.volumes import LocalAuthority, VolumeRef
 
-from .support import EXTENT, MiB, make_pv_files, release_devices, unique_name
+from .support import EXTENT, MiB, make_pv_files, release_under, unique_name
 
 
 def _vg_of(argv: Sequence[str]) -> str:
@@ -81,7 +81,6 @@ class Watched:
 @pytest.mark.slow
 async def test_four_vgs_extend_in_parallel_one_command_per_vg() -> None:
     workdir = tempfile.mkdtemp(prefix="autoextend-parvg-", dir="/var/tmp")
-    devices: list[str] = []
     flight = InFlight()
     runner = PerVgShellRunner(make_session=lambda: Watched(flight))
     try:
@@ -135,7 +134,7 @@ async def test_four_vgs_extend_in_parallel_one_command_per_vg() -> None:
             await writer.vgremove(vg)
     finally:
         await runner.aclose()
-        await release_devices(devices)
+        await release_under(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

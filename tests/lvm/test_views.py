@@ -18,10 +18,10 @@ from autoextend.errors import ConfigError
 from autoextend.lvm import loop_backend as lb
 from autoextend.lvm.errors import VolumeNotFound
 from autoextend.lvm.factory import make_volume_backend
-from autoextend.lvm.loop_backend import LoopVolumeBackend, attached_devices
+from autoextend.lvm.loop_backend import LoopVolumeBackend
 from autoextend.volumes import LocalAuthority, VolumeRef
 
-from .support import EXTENT, MiB, release_devices, unique_name
+from .support import EXTENT, MiB, release_under, unique_name
 
 
 @dataclass
@@ -43,9 +43,7 @@ async def views() -> AsyncIterator[Views]:
         await b.attach(volume)
         yield Views(a.root, a, b, volume)
     finally:
-        prefix = os.path.realpath(root) + "/"
-        await release_devices(
-            [dev for dev, path in attached_devices().items() if path.startswith(prefix)])
+        await release_under(root)
         await anyio.to_thread.run_sync(
             lambda: subprocess.run(["rm", "-rf", root], check=False))
 
