@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from autoextend.lab import chaos_plan as plan
@@ -34,6 +34,7 @@ def ev(t: float, event: str, **fields: Any) -> dict[str, Any]:
 
 
 @given(st.integers(0, 2**31), st.floats(10, 3600))
+@example(902, 2648.0)  # a gap counted from unrounded times came out 1 ms short
 def test_the_schedule_is_seeded_and_fits(seed: int, duration: float) -> None:
     faults = plan.plan_faults(seed, duration)
     assert faults == plan.plan_faults(seed, duration)
