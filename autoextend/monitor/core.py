@@ -249,12 +249,14 @@ class Monitor:
             HYPERVISOR_STREAM_SIZE
         )
         self._events_in = receive
+        # Read before any VM task can throttle a drive (holds.py: read_left).
+        left = await self.throttles.read_left()
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._dispatch, receive)
             tg.start_soon(self.throttles.lift_at_stop)
             await tg.start(self.ctx.hypervisor.run, send)
-            tg.start_soon(self.throttles.recover)  # limits a previous run left (holds.py)
+            tg.start_soon(self.throttles.recover, left)  # limits a previous run left
             tg.start_soon(self._poll_loop)
             log.info("monitor started", dry_run=self.ctx.dry_run)
             task_status.started()

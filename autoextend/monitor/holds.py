@@ -249,14 +249,30 @@ class HoldFile:
 
 
 async def recover(holds: HoldFile, hv: Hypervisor, dry_run: bool) -> None:
-    """The start-up check (module doc). Never raises."""
+    """The start-up check (module doc): :func:`read_left` then :func:`settle_left`.
+    Never raises."""
+    await settle_left(holds, hv, await read_left(holds), dry_run)
+
+
+async def read_left(holds: HoldFile) -> list[HoldRecord]:
+    """The start-up check's first half: the records a previous run left. Read before this
+    run can throttle anything: read after, the file also holds this run's own records,
+    and the check would take a limit just set for a guest as a previous run's leftover and
+    lift it (seen under load: the read ran late, in a task started beside the monitor).
+    Never raises (an unreadable file: no record, and a warning)."""
     try:
-        records = await holds.load()
+        return await holds.load()
     except HoldFileError as exc:
         log.warning("throttle: the hold file is unreadable; limits a previous run left on "
                     "drives are not restored (check the drives' I/O limits)",
                     path=exc.path, problem=exc.problem)
-        return
+        return []
+
+
+async def settle_left(holds: HoldFile, hv: Hypervisor, records: list[HoldRecord],
+                      dry_run: bool) -> None:
+    """The start-up check's second half: give back what ``records`` (from
+    :func:`read_left`) left on the drives. Never raises."""
     await _settle(holds, hv, records, dry_run)
 
 

@@ -82,7 +82,7 @@ from autoextend.monitor import policy
 from autoextend.monitor.chunking import next_margin
 from autoextend.monitor.context import MonitorContext, VmView
 from autoextend.monitor.drive import DriveState, ThresholdState
-from autoextend.monitor.holds import HoldFile, HoldRecord, recheck, recover
+from autoextend.monitor.holds import HoldFile, HoldRecord, read_left, recheck, settle_left
 from autoextend.monitor.observer import (
     DriveGone,
     MonitorEvent,
@@ -274,9 +274,15 @@ class Throttles:
                 self._seconds_done += self._ctx.clock.now() - h.since
                 self.holds.forget(h.vm, h.drive)  # written with the next change
 
-    async def recover(self) -> None:
-        """At start-up: give back the limits a previous run left (``monitor/holds.py``)."""
-        await recover(self.holds, self._ctx.hypervisor, self._ctx.dry_run)
+    async def read_left(self) -> list[HoldRecord]:
+        """At start-up, before any drive can be throttled: the records of the limits a
+        previous run left (``monitor/holds.py: read_left``)."""
+        return await read_left(self.holds)
+
+    async def recover(self, left: list[HoldRecord]) -> None:
+        """At start-up: give back the limits a previous run left (``left``, from
+        :meth:`read_left`)."""
+        await settle_left(self.holds, self._ctx.hypervisor, left, self._ctx.dry_run)
 
     def vm_connected(self, tg: TaskGroup) -> None:
         """A VM connected: records start-up kept for a VM it could not find yet are looked

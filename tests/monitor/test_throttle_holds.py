@@ -369,3 +369,44 @@ async def test_a_limit_whose_extension_answers_while_it_is_written_down_is_not_s
         assert rig.hv.limit_calls == [] and limits(rig) == THEIRS
         assert recorded(path) == [] and not monitor.throttles.held
         tg.cancel_scope.cancel()
+
+
+class RecordAtStart(Dying):
+    """Writes ``record`` into the hold file as the hypervisor starts: a record this run
+    wrote, in the file before the start-up check reads it if that check reads late."""
+
+    def __init__(self, hv: MemoryHypervisor, path: Path, record: holds.HoldRecord) -> None:
+        super().__init__(hv)
+        self.path = path
+        self.record = record
+
+    async def run(self, events: MemoryObjectSendStream[HypervisorEvent], *,
+                  task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self.path.write_text(holds.encode([self.record]))
+        await super().run(events, task_status=task_status)
+
+
+async def test_the_start_up_check_never_takes_this_runs_record_for_a_previous_runs(
+        tmp_path: Path) -> None:
+    """The start-up check reads the hold file before this run can throttle a drive. It used
+    to read it in a task started beside the running monitor: under load (make test beside a
+    CPU hog) the read came after the throttle had written down a limit it was setting, and
+    the check lifted that fresh limit as "a limit a previous run left". Here this run's
+    record appears as the hypervisor starts, the point the old read came after: the limit
+    stays, and so does its record."""
+    rig = rig_with_guest()
+    path = tmp_path / "holds.json"
+    mine = THEIRS.with_write_bps(10 * MiB)
+    rig.hv.vms["vm1"].drives["vda"].limits = mine  # set by this run
+    record = holds.HoldRecord("vm1", "vda", str(VOL), THEIRS, mine)
+    monitor = Monitor(RecordAtStart(rig.hv, path, record), rig.ext, SETTINGS, rig.clock,
+                      throttle_holds=str(path))
+    with capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            await tg.start(monitor.run)
+            await until(lambda: monitor.idle(), describe=rig.describe)
+            await anyio.wait_all_tasks_blocked()  # the start-up check has run to its end
+            assert limits(rig) == mine
+            tg.cancel_scope.cancel()
+    assert recorded(path) == [record]
+    assert not any("previous run" in str(e.get("event")) for e in logs), logs
