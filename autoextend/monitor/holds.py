@@ -22,8 +22,10 @@ mix), before the set when a hold starts and after the lift when it ends, so a li
 never on a drive without its record; a record may outlive its limit (a crash between the
 lift and the write), which the start-up check below tells apart.
 
-At start-up (:func:`recover`), for each record, once the hypervisor's first discovery is
-done:
+At start-up (:func:`recover`) the file is read before this run can throttle a drive
+(:func:`read_left`: read later, it would also hold this run's own records, and a limit
+just set would be lifted as a leftover). Then, for each record, once the hypervisor's
+first discovery is done (:func:`settle_left`):
 
 * the drive still has exactly ``applied`` (``IoLimits.matches``: a record of limits sent
   and not read back names no group, and its values decide): ``original`` is set again
