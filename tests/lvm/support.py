@@ -9,9 +9,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import anyio
 import pytest
 
 from autoextend.lvm import loopdev
@@ -78,19 +76,6 @@ async def make_pv_files(workdir: str, count: int, size: int) -> tuple[list[str],
     return files, devices
 
 
-def _backing_files() -> dict[str, str]:
-    """``{"/dev/loopN": backing file}`` of every attached loop device, a deleted file's too
-    (sysfs)."""
-    found: dict[str, str] = {}
-    for entry in Path("/sys/block").glob("loop*/loop/backing_file"):
-        try:
-            backing = entry.read_text().rstrip("\n")
-        except OSError:
-            continue  # detached meanwhile
-        found[f"/dev/{entry.parent.parent.name}"] = backing.removesuffix(" (deleted)")
-    return found
-
-
 async def release_under(root: str) -> None:
     """Detach every loop device whose backing file is under ``root``, as listed now.
 
@@ -100,10 +85,10 @@ async def release_under(root: str) -> None:
     ``vgcreate`` ("Device seek error", seen with 4 rig workers).
     """
     prefix = os.path.realpath(root) + os.sep
-    for device, path in (await anyio.to_thread.run_sync(_backing_files)).items():
-        if path.startswith(prefix):
+    for device in await loopdev.list_devices():
+        if device.backing_file.startswith(prefix):  # a deleted file's too
             try:
-                await loopdev.detach(device)
+                await loopdev.detach(device.name)
             except loopdev.LoopError:
                 pass  # detached since the listing
 
